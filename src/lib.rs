@@ -1,0 +1,11 @@
+//! Bosun: a build-executor agent that runs `.circleci/config.yml` jobs in clean Docker
+//! containers. Data flows one way: job spec → plan → container → events → sink.
+//!
+//! Layers (each uses only those below it):
+//! `execute` → `job` → `executor` / `checkout` / `stream` → `config` / `ssh`.
+
+pub mod checkout;
+pub mod config;
+pub mod executor;
+pub mod ssh;
+pub mod stream;
