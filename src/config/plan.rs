@@ -1,0 +1,72 @@
+//! The compiled job plan: what the executor runs. Nothing here refers back to YAML.
+
+use std::time::Duration;
+
+/// Default for `run.no_output_timeout`, as CircleCI documents it.
+pub const DEFAULT_NO_OUTPUT_TIMEOUT: Duration = Duration::from_secs(10 * 60);
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobPlan {
+    pub name: String,
+    /// The primary container: the first `docker:` image; steps run in it.
+    pub image: String,
+    /// `user:` of the primary image; `None` keeps the image's own `USER`.
+    pub user: Option<String>,
+    /// `environment:` of the primary image (applies to the whole container).
+    pub image_environment: Vec<(String, String)>,
+    /// Executor and job `environment:`, merged (job wins).
+    pub environment: Vec<(String, String)>,
+    /// As written (`~/project` by default); `~` is expanded against the container's `$HOME`.
+    pub working_directory: String,
+    /// Job-level `shell:`; `None` means bash if the image has it, else sh.
+    pub shell: Option<String>,
+    pub parallelism: u32,
+    pub steps: Vec<Step>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Step {
+    /// Display name: `name:` or, as CircleCI does, the command itself.
+    pub name: String,
+    pub kind: StepKind,
+    pub when: When,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum StepKind {
+    /// `checkout`, with `path:` relative to the working directory (or absolute, or `~/...`).
+    Checkout {
+        path: Option<String>,
+    },
+    Run(RunStep),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunStep {
+    pub command: String,
+    pub shell: Option<String>,
+    pub environment: Vec<(String, String)>,
+    /// Relative to the job's working directory unless absolute.
+    pub working_directory: Option<String>,
+    pub background: bool,
+    pub no_output_timeout: Duration,
+}
+
+/// `when:` of a step: whether it runs given how the job has gone so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum When {
+    #[default]
+    OnSuccess,
+    OnFail,
+    Always,
+}
+
+impl When {
+    pub fn should_run(self, job_failed: bool) -> bool {
+        match self {
+            When::OnSuccess => !job_failed,
+            When::OnFail => job_failed,
+            When::Always => true,
+        }
+    }
+}

@@ -1,0 +1,208 @@
+//! A YAML tree that remembers where every node came from.
+//!
+//! The compiler walks this tree instead of deserializing straight into typed structs, so that
+//! every error can point at `file:line:col` and name the key path, and so that the later
+//! compiler stages (parameters, commands, matrices) can rewrite nodes without losing positions.
+
+use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde_saphyr::Spanned;
+use std::fmt;
+
+/// Where a node starts in its file (1-based).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Pos {
+    pub line: u64,
+    pub col: u64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    Null,
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Str(String),
+    Seq(Vec<Node>),
+    /// Keys keep their own positions; order is the file's order.
+    Map(Vec<(Node, Node)>),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Node {
+    pub value: Value,
+    pub pos: Pos,
+}
+
+impl Node {
+    pub fn as_str(&self) -> Option<&str> {
+        match &self.value {
+            Value::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// Scalars as CircleCI treats them in string contexts (`environment: {N: 1}` is "1").
+    pub fn scalar_string(&self) -> Option<String> {
+        match &self.value {
+            Value::Str(s) => Some(s.clone()),
+            Value::Bool(b) => Some(b.to_string()),
+            Value::Int(i) => Some(i.to_string()),
+            Value::Float(f) => Some(f.to_string()),
+            Value::Null => Some(String::new()),
+            _ => None,
+        }
+    }
+
+    pub fn as_map(&self) -> Option<&[(Node, Node)]> {
+        match &self.value {
+            Value::Map(m) => Some(m),
+            _ => None,
+        }
+    }
+
+    pub fn as_seq(&self) -> Option<&[Node]> {
+        match &self.value {
+            Value::Seq(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    pub fn get(&self, key: &str) -> Option<&Node> {
+        self.as_map()?
+            .iter()
+            .find(|(k, _)| k.as_str() == Some(key))
+            .map(|(_, v)| v)
+    }
+
+    /// A short description of what this node is, for "expected X, found Y" messages.
+    pub fn kind(&self) -> &'static str {
+        match &self.value {
+            Value::Null => "null",
+            Value::Bool(_) => "a boolean",
+            Value::Int(_) => "an integer",
+            Value::Float(_) => "a number",
+            Value::Str(_) => "a string",
+            Value::Seq(_) => "a list",
+            Value::Map(_) => "a mapping",
+        }
+    }
+}
+
+/// Parse YAML text into a positioned tree. Anchors, aliases and `<<` merge keys are resolved by
+/// the parser; alias expansion is budgeted by serde-saphyr, so an alias bomb is an error, not
+/// an out-of-memory.
+pub fn parse(text: &str) -> Result<Node, YamlError> {
+    let spanned: Spanned<Value> =
+        serde_saphyr::from_str(text).map_err(|e| YamlError(e.to_string()))?;
+    Ok(from_spanned(spanned))
+}
+
+#[derive(Debug, Clone)]
+pub struct YamlError(pub String);
+
+fn from_spanned(s: Spanned<Value>) -> Node {
+    Node {
+        pos: Pos {
+            line: s.referenced.line(),
+            col: s.referenced.column(),
+        },
+        value: s.value,
+    }
+}
+
+impl<'de> Deserialize<'de> for Value {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(ValueVisitor)
+    }
+}
+
+struct ValueVisitor;
+
+impl<'de> Visitor<'de> for ValueVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("any YAML value")
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_none<E: de::Error>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        Value::deserialize(d)
+    }
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::Int(v))
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Value, E> {
+        Ok(i64::try_from(v)
+            .map(Value::Int)
+            .unwrap_or(Value::Float(v as f64)))
+    }
+    fn visit_i128<E: de::Error>(self, v: i128) -> Result<Value, E> {
+        Ok(i64::try_from(v)
+            .map(Value::Int)
+            .unwrap_or(Value::Float(v as f64)))
+    }
+    fn visit_u128<E: de::Error>(self, v: u128) -> Result<Value, E> {
+        Ok(i64::try_from(v)
+            .map(Value::Int)
+            .unwrap_or(Value::Float(v as f64)))
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Value, E> {
+        Ok(Value::Float(v))
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::Str(v.to_owned()))
+    }
+    fn visit_string<E: de::Error>(self, v: String) -> Result<Value, E> {
+        Ok(Value::Str(v))
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut out = Vec::new();
+        while let Some(item) = seq.next_element::<Spanned<Value>>()? {
+            out.push(from_spanned(item));
+        }
+        Ok(Value::Seq(out))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut out: Vec<(Node, Node)> = Vec::new();
+        while let Some((k, v)) = map.next_entry::<Spanned<Value>, Spanned<Value>>()? {
+            let (k, v) = (from_spanned(k), from_spanned(v));
+            // A later key replaces an earlier one, which is what `<<` merges rely on.
+            if let Some(slot) = out.iter_mut().find(|(ek, _)| ek.value == k.value) {
+                slot.1 = v;
+            } else {
+                out.push((k, v));
+            }
+        }
+        Ok(Value::Map(out))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn positions_anchors_and_merge_keys() {
+        let text = "base: &b\n  image: debian\n  user: root\njob:\n  <<: *b\n  user: circleci\n";
+        let n = parse(text).expect("parses");
+        let job = n.get("job").expect("job");
+        assert_eq!(job.get("image").and_then(Node::as_str), Some("debian"));
+        assert_eq!(job.get("user").and_then(Node::as_str), Some("circleci"));
+        let user = job.get("user").expect("user");
+        assert_eq!(user.pos.line, 6);
+        assert_eq!(user.pos.col, 9);
+    }
+
+    #[test]
+    fn syntax_error_is_reported_not_panicked() {
+        assert!(parse("a: [1, 2\nb: :").is_err());
+    }
+}
