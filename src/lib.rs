@@ -6,6 +6,8 @@
 
 pub mod checkout;
 pub mod config;
+pub mod execute;
 pub mod executor;
+pub mod job;
 pub mod ssh;
 pub mod stream;

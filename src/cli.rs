@@ -1,0 +1,78 @@
+//! Command-line surface. Thin: parse, call the library's front doors, print, exit.
+
+use bosun::execute::{self, ExecuteArgs};
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+use bosun::execute::EXIT_SETUP;
+
+#[derive(Parser)]
+#[command(
+    name = "bosun",
+    version,
+    about = "Runs .circleci/config.yml jobs in clean Docker containers"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run one job of .circleci/config.yml in a fresh container.
+    ///
+    /// Exit codes: 0 the job succeeded; 1 a step failed or timed out; 2 the job could not run
+    /// (bad config, Docker engine unreachable, checkout refused, image missing);
+    /// 130 canceled (Ctrl-C / SIGTERM).
+    #[command(
+        after_help = "Exit codes:\n  0    the job succeeded\n  1    a step failed or timed out\n  2    the job could not run: bad config, engine unreachable, checkout refused, image missing\n  130  canceled by SIGINT/SIGTERM (the container is removed first)"
+    )]
+    Execute(Box<ExecuteArgs>),
+    /// Print the SSH host keys a server presents, as known_hosts lines with SHA256 fingerprints.
+    Keyscan {
+        /// HOST or HOST:PORT (port 22 by default).
+        target: String,
+        /// Name to write in the lines (default: HOST); e.g. the real name when scanning a mapped port.
+        #[arg(long)]
+        name: Option<String>,
+        /// Seconds to wait for each handshake.
+        #[arg(long, default_value_t = 10)]
+        timeout: u64,
+    },
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    match cli.command {
+        Command::Execute(args) => ExitCode::from(execute::run(*args)),
+        Command::Keyscan {
+            target,
+            name,
+            timeout,
+        } => match keyscan(&target, name.as_deref(), timeout) {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::from(EXIT_SETUP)
+            }
+        },
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("BOSUN_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn keyscan(target: &str, name: Option<&str>, timeout: u64) -> anyhow::Result<String> {
+    let _ = (target, name, timeout);
+    anyhow::bail!("keyscan: not wired yet")
+}

@@ -1,0 +1,288 @@
+//! `bosun execute`: one job, by hand, from a local repository or a remote one.
+//!
+//! A front door only: it gathers keys, host keys and the config, then hands the job to
+//! [`job::run_job`] with a terminal or JSON sink — the same path the agent will use.
+
+use crate::config::{self, JobPlan};
+use crate::executor::DockerExecutor;
+use crate::job::{self, Access, JobSpec, Prefetched, Source};
+use crate::ssh::{KeyRole, KnownHosts, SshKey, VcsHosts};
+use crate::stream::{Event, EventSink, JobStatus, JsonSink, TerminalSink};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio_util::sync::CancellationToken;
+
+pub const EXIT_SUCCESS: u8 = 0;
+pub const EXIT_STEP_FAILED: u8 = 1;
+pub const EXIT_SETUP: u8 = 2;
+pub const EXIT_CANCELED: u8 = 130;
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct ExecuteArgs {
+    /// Job to run.
+    #[arg(long, default_value = "build")]
+    pub job: String,
+    /// Repository to check out (`git@bitbucket.org:acme/widget.git`); default: the git
+    /// repository containing the current directory (its committed state).
+    #[arg(long)]
+    pub repo: Option<String>,
+    /// Branch, tag or commit SHA to check out (default: the repository's HEAD).
+    #[arg(long = "ref")]
+    pub reference: Option<String>,
+    /// Config file. Default: `.circleci/config.yml` in the current directory, or in the
+    /// checked-out repository when `--repo` is given.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Private key of a Bitbucket user (opens all the user's repositories). Offered first.
+    #[arg(long)]
+    pub user_key: Option<PathBuf>,
+    /// Private deploy (access) key: opens one repository, read-only. Offered after the user key.
+    #[arg(long)]
+    pub deploy_key: Option<PathBuf>,
+    /// Extra known_hosts file(s) trusted besides Bitbucket's pinned keys.
+    #[arg(long = "known-hosts")]
+    pub known_hosts: Vec<PathBuf>,
+    /// Connect to a VCS host at another address, checking host keys under the real name:
+    /// `ssh.bitbucket.org=127.0.0.1:2222`, `bitbucket.example.com=10.0.0.5:7999`.
+    #[arg(long = "vcs-host", env = "BOSUN_VCS_HOSTS", value_delimiter = ',')]
+    pub vcs_hosts: Vec<String>,
+    /// Environment variable for every step, highest precedence: `--env NAME=value`.
+    #[arg(long = "env", short = 'e')]
+    pub env: Vec<String>,
+    /// Docker network for the job container (e.g. where service or VCS containers live).
+    #[arg(long)]
+    pub network: Option<String>,
+    /// CIRCLE_BUILD_NUM for the job.
+    #[arg(long, default_value_t = 1)]
+    pub build_num: u64,
+    /// Seconds between TERM and KILL when a step is stopped (timeout, cancel).
+    #[arg(long, default_value_t = 3)]
+    pub kill_grace: u64,
+    /// Job id (labels the container as bosun.job=ID); random by default.
+    #[arg(long)]
+    pub job_id: Option<String>,
+    /// One JSON event per line on stdout instead of the human view.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Problems before the job could run, each with what to do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum PrepareError {
+    #[error("{path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("no config at {0}\n  help: run bosun execute in a project with .circleci/config.yml, or pass --config FILE")]
+    NoConfig(String),
+    #[error("not inside a git repository ({0})\n  help: run bosun execute in a git repository, or pass --repo URL")]
+    NoRepo(String),
+    #[error("{0}")]
+    Config(#[from] config::ConfigError),
+    #[error("{0}")]
+    Ssh(#[from] crate::ssh::SshError),
+    #[error("`--env {0}`: expected NAME=value with a valid variable name")]
+    BadEnv(String),
+    #[error(transparent)]
+    Setup(#[from] job::SetupError),
+    #[error(transparent)]
+    Executor(#[from] crate::executor::ExecutorError),
+}
+
+/// Run `bosun execute`; returns the process exit code.
+pub fn run(args: ExecuteArgs) -> u8 {
+    let sink: Arc<dyn EventSink> = if args.json {
+        Arc::new(JsonSink::new(std::io::stdout()))
+    } else {
+        Arc::new(TerminalSink::new(std::io::stdout()))
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return EXIT_SETUP;
+        }
+    };
+    runtime.block_on(run_async(args, sink))
+}
+
+async fn run_async(args: ExecuteArgs, sink: Arc<dyn EventSink>) -> u8 {
+    let cancel = CancellationToken::new();
+    spawn_signal_handler(cancel.clone(), Arc::clone(&sink));
+    let job_name = args.job.clone();
+    let (spec, executor) = match prepare(args, &sink).await {
+        Ok(x) => x,
+        Err(e) => {
+            sink.emit(&Event::JobFinished {
+                job: job_name,
+                status: JobStatus::InfrastructureFail,
+                duration_ms: 0,
+                steps: Vec::new(),
+                error: Some(e.to_string()),
+            });
+            return EXIT_SETUP;
+        }
+    };
+    let outcome = job::run_job(Arc::new(executor), spec, sink, cancel).await;
+    match outcome.status {
+        JobStatus::Success => EXIT_SUCCESS,
+        JobStatus::Failed | JobStatus::TimedOut => EXIT_STEP_FAILED,
+        JobStatus::Canceled => EXIT_CANCELED,
+        JobStatus::InfrastructureFail => EXIT_SETUP,
+    }
+}
+
+/// First SIGINT/SIGTERM cancels the job (steps get TERM, then KILL, then the container is
+/// removed). Further signals are acknowledged but do not skip the cleanup.
+fn spawn_signal_handler(cancel: CancellationToken, sink: Arc<dyn EventSink>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        return;
+    };
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = int.recv() => {},
+                _ = term.recv() => {},
+            }
+            let again = cancel.is_cancelled();
+            cancel.cancel();
+            sink.emit(&Event::Info {
+                message: if again {
+                    "still stopping: removing the container".to_owned()
+                } else {
+                    "canceling: stopping the running step and removing the container".to_owned()
+                },
+            });
+        }
+    });
+}
+
+async fn prepare(
+    args: ExecuteArgs,
+    sink: &Arc<dyn EventSink>,
+) -> Result<(JobSpec, DockerExecutor), PrepareError> {
+    let mut keys = Vec::new();
+    if let Some(p) = &args.user_key {
+        keys.push(SshKey::from_file(p, KeyRole::User)?);
+    }
+    if let Some(p) = &args.deploy_key {
+        keys.push(SshKey::from_file(p, KeyRole::Deploy)?);
+    }
+    let mut known_hosts = KnownHosts::pinned();
+    for p in &args.known_hosts {
+        let text = std::fs::read_to_string(p).map_err(|source| PrepareError::Read {
+            path: p.display().to_string(),
+            source,
+        })?;
+        known_hosts.extend(KnownHosts::parse(&text, &p.display().to_string())?);
+    }
+    let mut vcs_hosts = VcsHosts::new();
+    for m in args.vcs_hosts.iter().filter(|m| !m.trim().is_empty()) {
+        vcs_hosts.add_mapping(m.trim())?;
+    }
+    let mut env = Vec::new();
+    for kv in &args.env {
+        match kv.split_once('=') {
+            Some((k, v)) if config::valid_env_name(k) => env.push((k.to_owned(), v.to_owned())),
+            _ => return Err(PrepareError::BadEnv(kv.clone())),
+        }
+    }
+    let access = Access {
+        keys,
+        known_hosts,
+        vcs_hosts,
+    };
+
+    let cwd = std::env::current_dir().map_err(|source| PrepareError::Read {
+        path: ".".into(),
+        source,
+    })?;
+    let source = match &args.repo {
+        Some(url) => Source {
+            url: url.clone(),
+            reference: args.reference.clone(),
+        },
+        None => Source {
+            url: find_repo_root(&cwd)
+                .ok_or_else(|| PrepareError::NoRepo(cwd.display().to_string()))?
+                .display()
+                .to_string(),
+            reference: args.reference.clone(),
+        },
+    };
+
+    // With --repo and no --config, the config lives in the repository: fetch first.
+    let mut prefetched: Option<Prefetched> = None;
+    let (config_text, config_name) = match (&args.config, &args.repo) {
+        (Some(p), _) => (read(p)?, p.display().to_string()),
+        (None, None) => {
+            let p = cwd.join(".circleci/config.yml");
+            if !p.exists() {
+                return Err(PrepareError::NoConfig(p.display().to_string()));
+            }
+            (read(&p)?, ".circleci/config.yml".to_owned())
+        }
+        (None, Some(url)) => {
+            // The fetch is blocking (git2); this runtime is multi-threaded, so block in place.
+            let fetched =
+                tokio::task::block_in_place(|| job::fetch_source(&access, &source, sink.as_ref()))?;
+            let p = fetched.dir.path().join("repo/.circleci/config.yml");
+            if !p.exists() {
+                return Err(PrepareError::NoConfig(format!(
+                    "{url} (at {}): .circleci/config.yml",
+                    fetched.outcome.sha
+                )));
+            }
+            let text = read(&p)?;
+            prefetched = Some(fetched);
+            (text, format!("{url}:.circleci/config.yml"))
+        }
+    };
+    let plan: JobPlan = config::compile_job(&config_text, &config_name, &args.job)?;
+    let executor = DockerExecutor::connect().await?;
+    let spec = JobSpec {
+        id: args.job_id.clone().unwrap_or_else(new_job_id),
+        agent_id: "execute".to_owned(),
+        plan,
+        source: Some(source),
+        access,
+        env,
+        network: args.network.clone(),
+        build_num: args.build_num,
+        kill_grace: Duration::from_secs(args.kill_grace),
+        prefetched,
+    };
+    Ok((spec, executor))
+}
+
+fn read(p: &Path) -> Result<String, PrepareError> {
+    std::fs::read_to_string(p).map_err(|source| PrepareError::Read {
+        path: p.display().to_string(),
+        source,
+    })
+}
+
+/// The working tree root holding `.git`, walking up from `dir`.
+fn find_repo_root(dir: &Path) -> Option<PathBuf> {
+    dir.ancestors()
+        .find(|d| d.join(".git").exists())
+        .map(Path::to_path_buf)
+}
+
+fn new_job_id() -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!("{:x}{:x}", nanos & 0xffff_ffff_ffff, std::process::id())
+}

@@ -1,0 +1,243 @@
+//! The Docker implementation of [`Executor`], over the Engine API (bollard).
+
+use super::{ContainerSpec, Exec, ExecSpec, Executor, ExecutorError, ImageInfo, Output, TarStream};
+use bollard::container::LogOutput;
+use bollard::exec::{CreateExecOptions, StartExecResults};
+use bollard::models::{ContainerCreateBody, HostConfig};
+use bollard::query_parameters::{
+    CreateImageOptionsBuilder, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
+    UploadToContainerOptionsBuilder,
+};
+use bollard::Docker;
+use futures_util::{StreamExt, TryStreamExt};
+use std::collections::HashMap;
+
+/// The idle main process of a job container: steps arrive through `exec`. A shell loop rather
+/// than `sleep infinity` because busybox images have no `infinity`; tini (`init`) reaps the
+/// zombies that background steps leave behind.
+const IDLE: &str = "while :; do sleep 3600; done";
+
+#[derive(Clone)]
+pub struct DockerExecutor {
+    docker: Docker,
+}
+
+impl DockerExecutor {
+    /// Connect through `DOCKER_HOST` (unix socket by default, `tcp://` works too) and settle on
+    /// an API version both sides speak: the engine here offers 1.41 while bollard starts at a
+    /// newer one, and we use nothing newer than 1.41.
+    pub async fn connect() -> Result<Self, ExecutorError> {
+        let host = std::env::var("DOCKER_HOST").ok();
+        let docker = Docker::connect_with_defaults().map_err(|source| ExecutorError::Connect {
+            host: host.clone(),
+            source,
+        })?;
+        let docker = docker
+            .negotiate_version()
+            .await
+            .map_err(|source| ExecutorError::Connect { host, source })?;
+        Ok(Self { docker })
+    }
+
+    pub fn client(&self) -> &Docker {
+        &self.docker
+    }
+
+    fn engine(
+        container: &str,
+        what: &'static str,
+    ) -> impl FnOnce(bollard::errors::Error) -> ExecutorError {
+        let container = container.to_owned();
+        move |source| ExecutorError::Engine {
+            container: container.to_owned(),
+            what,
+            source,
+        }
+    }
+}
+
+fn is_not_found(e: &bollard::errors::Error) -> bool {
+    matches!(
+        e,
+        bollard::errors::Error::DockerResponseServerError {
+            status_code: 404,
+            ..
+        }
+    )
+}
+
+impl Executor for DockerExecutor {
+    async fn image_info(&self, image: &str) -> Result<ImageInfo, ExecutorError> {
+        let inspect = match self.docker.inspect_image(image).await {
+            Ok(i) => i,
+            Err(e) if is_not_found(&e) => {
+                let opts = CreateImageOptionsBuilder::default()
+                    .from_image(image)
+                    .build();
+                let pulled: Result<Vec<_>, _> = self
+                    .docker
+                    .create_image(Some(opts), None, None)
+                    .try_collect()
+                    .await;
+                if let Err(e) = pulled {
+                    return Err(ExecutorError::ImageMissing {
+                        image: image.to_owned(),
+                        reason: e.to_string(),
+                    });
+                }
+                self.docker
+                    .inspect_image(image)
+                    .await
+                    .map_err(|e| ExecutorError::ImageMissing {
+                        image: image.to_owned(),
+                        reason: e.to_string(),
+                    })?
+            }
+            Err(e) => return Err(Self::engine(image, "inspect image")(e)),
+        };
+        let config = inspect.config.unwrap_or_default();
+        Ok(ImageInfo {
+            user: config.user.filter(|u| !u.is_empty()),
+            env: config.env.unwrap_or_default(),
+        })
+    }
+
+    async fn create(&self, spec: &ContainerSpec) -> Result<String, ExecutorError> {
+        let labels: HashMap<String, String> = spec.labels.iter().cloned().collect();
+        let body = ContainerCreateBody {
+            image: Some(spec.image.clone()),
+            user: spec.user.clone(),
+            env: Some(spec.env.clone()),
+            entrypoint: Some(vec!["/bin/sh".into(), "-c".into(), IDLE.into()]),
+            cmd: Some(vec![]),
+            labels: Some(labels),
+            host_config: Some(HostConfig {
+                init: Some(true),
+                network_mode: spec.network.clone(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let created = self
+            .docker
+            .create_container(None, body)
+            .await
+            .map_err(Self::engine(&spec.image, "create"))?;
+        let id = created.id;
+        if let Err(e) = self.docker.start_container(&id, None).await {
+            // Never leave a created-but-dead container behind.
+            let _ = self.remove(&id).await;
+            return Err(Self::engine(&id, "start")(e));
+        }
+        Ok(id)
+    }
+
+    async fn upload_tar(
+        &self,
+        container: &str,
+        dest: &str,
+        tar: TarStream,
+    ) -> Result<(), ExecutorError> {
+        let opts = UploadToContainerOptionsBuilder::default()
+            .path(dest)
+            .build();
+        self.docker
+            .upload_to_container(container, Some(opts), bollard::body_stream(tar))
+            .await
+            .map_err(Self::engine(container, "upload"))
+    }
+
+    async fn exec(&self, container: &str, spec: ExecSpec) -> Result<Exec, ExecutorError> {
+        let created = self
+            .docker
+            .create_exec(
+                container,
+                CreateExecOptions {
+                    cmd: Some(spec.cmd),
+                    env: Some(spec.env),
+                    user: spec.user,
+                    working_dir: spec.working_dir,
+                    attach_stdout: Some(true),
+                    attach_stderr: Some(true),
+                    attach_stdin: Some(false),
+                    // No TTY: output reaches the log byte for byte (a TTY turns \n into \r\n)
+                    // and stdout/stderr stay apart.
+                    tty: Some(false),
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(Self::engine(container, "exec create"))?;
+        let started = self
+            .docker
+            .start_exec(&created.id, None)
+            .await
+            .map_err(Self::engine(container, "exec start"))?;
+        let StartExecResults::Attached { output, .. } = started else {
+            return Err(ExecutorError::Other("exec started detached".into()));
+        };
+        let cid = container.to_owned();
+        let output = output
+            .filter_map(move |item| {
+                let cid = cid.clone();
+                async move {
+                    match item {
+                        Ok(LogOutput::StdOut { message }) | Ok(LogOutput::Console { message }) => {
+                            Some(Ok(Output::Stdout(message)))
+                        }
+                        Ok(LogOutput::StdErr { message }) => Some(Ok(Output::Stderr(message))),
+                        Ok(LogOutput::StdIn { .. }) => None,
+                        Err(source) => Some(Err(ExecutorError::Engine {
+                            container: cid,
+                            what: "exec output",
+                            source,
+                        })),
+                    }
+                }
+            })
+            .boxed();
+        Ok(Exec {
+            id: created.id,
+            output,
+        })
+    }
+
+    async fn exec_exit_code(&self, exec_id: &str) -> Result<Option<i64>, ExecutorError> {
+        let inspect = self
+            .docker
+            .inspect_exec(exec_id)
+            .await
+            .map_err(Self::engine(exec_id, "exec inspect"))?;
+        if inspect.running.unwrap_or(false) {
+            return Ok(None);
+        }
+        Ok(inspect.exit_code)
+    }
+
+    async fn remove(&self, container: &str) -> Result<(), ExecutorError> {
+        let opts = RemoveContainerOptionsBuilder::default()
+            .force(true)
+            .v(true)
+            .build();
+        match self.docker.remove_container(container, Some(opts)).await {
+            Ok(()) => Ok(()),
+            Err(e) if is_not_found(&e) => Ok(()),
+            Err(e) => Err(Self::engine(container, "remove")(e)),
+        }
+    }
+
+    async fn list_by_label(&self, label: &str, value: &str) -> Result<Vec<String>, ExecutorError> {
+        let mut filters = HashMap::new();
+        filters.insert("label".to_owned(), vec![format!("{label}={value}")]);
+        let opts = ListContainersOptionsBuilder::default()
+            .all(true)
+            .filters(&filters)
+            .build();
+        let list = self
+            .docker
+            .list_containers(Some(opts))
+            .await
+            .map_err(Self::engine(label, "list"))?;
+        Ok(list.into_iter().filter_map(|c| c.id).collect())
+    }
+}

@@ -1,0 +1,1202 @@
+//! One job's lifecycle, and the only place that knows its order:
+//! fetch (in parallel with) container start → install keys → steps → remove.
+//!
+//! `bosun execute` and (later) `bosun agent` both call [`run_job`]; they differ only in the
+//! [`EventSink`] they pass.
+
+use crate::checkout::{self, CheckoutOutcome, CheckoutSpec, Credentials};
+use crate::config::{merge_env, JobPlan, RunStep, StepKind};
+use crate::executor::{
+    ContainerSpec, ExecSpec, Executor, Output, TarStream, LABEL_AGENT, LABEL_JOB,
+};
+use crate::ssh::{self, KnownHosts, SshKey, VcsHosts};
+use crate::stream::{Event, EventSink, JobStatus, StepStatus, StepSummary, Stream};
+use bytes::Bytes;
+use futures_util::{FutureExt, StreamExt};
+use std::panic::AssertUnwindSafe;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// Where a job's code comes from.
+#[derive(Debug, Clone)]
+pub struct Source {
+    /// As the user wrote it: `git@bitbucket.org:acme/widget.git`, `ssh://…`, or a local path.
+    pub url: String,
+    /// Branch, tag or SHA; `None` = the remote's HEAD.
+    pub reference: Option<String>,
+}
+
+/// What opens the job's repositories: keys, trusted host keys, host mappings.
+pub struct Access {
+    /// User key first, then deploy key: the order SSH offers them in.
+    pub keys: Vec<SshKey>,
+    pub known_hosts: KnownHosts,
+    pub vcs_hosts: VcsHosts,
+}
+
+pub struct JobSpec {
+    /// Unique per run; labels the container.
+    pub id: String,
+    pub agent_id: String,
+    pub plan: JobPlan,
+    pub source: Option<Source>,
+    pub access: Access,
+    /// Highest-precedence variables (`--env`, later the project's settings).
+    pub env: Vec<(String, String)>,
+    pub network: Option<String>,
+    pub build_num: u64,
+    /// Grace between TERM and KILL when a step is stopped.
+    pub kill_grace: Duration,
+    /// A checkout already fetched (when the config itself had to come from the repository).
+    pub prefetched: Option<Prefetched>,
+}
+
+/// A fetched tree waiting to be uploaded by the `checkout` step.
+pub struct Prefetched {
+    pub dir: tempfile::TempDir,
+    pub outcome: CheckoutOutcome,
+}
+
+#[derive(Debug, Clone)]
+pub struct JobOutcome {
+    pub status: JobStatus,
+    pub steps: Vec<StepSummary>,
+    /// Set when the job could not run (infrastructure failure).
+    pub error: Option<String>,
+}
+
+/// Errors before any step could run: the job is an infrastructure failure, not a red build.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error(transparent)]
+    Executor(#[from] crate::executor::ExecutorError),
+    #[error(transparent)]
+    Checkout(#[from] checkout::CheckoutError),
+    #[error("the container could not be prepared: {0}")]
+    Prepare(String),
+}
+
+/// Per-job scratch directory inside the container (step scripts, pid files).
+fn scratch_dir(job_id: &str) -> String {
+    format!("/tmp/.bosun-{job_id}")
+}
+
+/// Run a job to the end. Never panics outward and always removes the container it made —
+/// after success, failure, cancellation, or a panic inside a step.
+pub async fn run_job<E: Executor>(
+    executor: Arc<E>,
+    spec: JobSpec,
+    sink: Arc<dyn EventSink>,
+    cancel: CancellationToken,
+) -> JobOutcome {
+    let started = Instant::now();
+    let mut spec = spec;
+    let prefetched = spec.prefetched.take();
+    let spec = Arc::new(spec);
+    sink.emit(&Event::JobStarted {
+        id: spec.id.clone(),
+        job: spec.plan.name.clone(),
+        image: spec.plan.image.clone(),
+    });
+    let mut container: Option<String> = None;
+    let result = AssertUnwindSafe(run_inner(
+        &executor,
+        &spec,
+        &sink,
+        &cancel,
+        prefetched,
+        &mut container,
+    ))
+    .catch_unwind()
+    .await;
+    if let Some(id) = &container {
+        if let Err(e) = executor.remove(id).await {
+            sink.emit(&Event::Info {
+                message: format!("warning: could not remove container {id}: {e}"),
+            });
+        }
+    }
+    let outcome = match result {
+        Ok(Ok(o)) => o,
+        Ok(Err(e)) => JobOutcome {
+            status: if cancel.is_cancelled() {
+                JobStatus::Canceled
+            } else {
+                JobStatus::InfrastructureFail
+            },
+            steps: Vec::new(),
+            error: Some(e.to_string()),
+        },
+        Err(panic) => JobOutcome {
+            status: JobStatus::InfrastructureFail,
+            steps: Vec::new(),
+            error: Some(format!("internal error: {}", panic_text(&panic))),
+        },
+    };
+    sink.emit(&Event::JobFinished {
+        job: spec.plan.name.clone(),
+        status: outcome.status,
+        duration_ms: millis(started.elapsed()),
+        steps: outcome.steps.clone(),
+        error: outcome.error.clone(),
+    });
+    outcome
+}
+
+fn panic_text(p: &Box<dyn std::any::Any + Send>) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a task panicked".to_owned())
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// What the container told us about its user, once, at start.
+struct ContainerUser {
+    home: String,
+    uid: u64,
+    gid: u64,
+    has_bash: bool,
+}
+
+/// Everything decided after setup that the steps need.
+struct Ctx {
+    container: String,
+    user: ContainerUser,
+    workdir: String,
+    /// Built-ins, image, executor/job env; step env and `--env` are layered per step.
+    base_env: Vec<(String, String)>,
+    checkout: Option<Prefetched>,
+}
+
+async fn run_inner<E: Executor>(
+    executor: &Arc<E>,
+    spec: &Arc<JobSpec>,
+    sink: &Arc<dyn EventSink>,
+    cancel: &CancellationToken,
+    prefetched: Option<Prefetched>,
+    container_slot: &mut Option<String>,
+) -> Result<JobOutcome, SetupError> {
+    let plan = &spec.plan;
+    let needs_checkout = plan
+        .steps
+        .iter()
+        .any(|s| matches!(s.kind, StepKind::Checkout { .. }));
+
+    // The fetch runs on a blocking thread while the engine creates the container: the two
+    // slowest parts of a job's start overlap.
+    let fetch = if needs_checkout && prefetched.is_none() {
+        spec.source.clone().map(|src| {
+            let spec = Arc::clone(spec);
+            let sink = Arc::clone(sink);
+            tokio::task::spawn_blocking(move || fetch_source(&spec.access, &src, sink.as_ref()))
+        })
+    } else {
+        None
+    };
+
+    let image = executor.image_info(&plan.image).await?;
+    let labels = vec![
+        (LABEL_JOB.to_owned(), spec.id.clone()),
+        (LABEL_AGENT.to_owned(), spec.agent_id.clone()),
+    ];
+    let container = executor
+        .create(&ContainerSpec {
+            image: plan.image.clone(),
+            user: plan.user.clone(),
+            env: plan
+                .image_environment
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect(),
+            labels,
+            network: spec.network.clone(),
+        })
+        .await?;
+    *container_slot = Some(container.clone());
+    sink.emit(&Event::Info {
+        message: format!(
+            "Container {} started from {}",
+            short(&container),
+            plan.image
+        ),
+    });
+
+    let user = probe_user(executor.as_ref(), &container, plan.user.as_deref()).await?;
+    let workdir = expand_home(&plan.working_directory, &user.home);
+
+    let checkout = match fetch {
+        None => prefetched,
+        Some(handle) => {
+            let fetched = tokio::select! {
+                r = handle => r.map_err(|e| SetupError::Prepare(format!("checkout task failed: {e}")))?,
+                () = cancel.cancelled() => return Err(SetupError::Prepare("canceled during checkout".into())),
+            };
+            Some(fetched?)
+        }
+    };
+
+    // Built-ins first, then the image's own ENV and `environment:` (so an image may override
+    // a built-in), then executor/job. Step env and `--env` come last, per step.
+    let mut env = builtin_env(spec, &user, &workdir, checkout.as_ref().map(|c| &c.outcome));
+    merge_env(
+        &mut env,
+        image
+            .env
+            .iter()
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect(),
+    );
+    merge_env(&mut env, plan.image_environment.clone());
+    merge_env(&mut env, plan.environment.clone());
+
+    install_files(executor.as_ref(), spec, &container, &user, &workdir).await?;
+    sink.emit(&Event::Info {
+        message: format!(
+            "Prepared {} for {} (working directory {workdir}{})",
+            if spec.access.keys.is_empty() {
+                "no SSH keys"
+            } else {
+                "~/.ssh"
+            },
+            user_display(plan.user.as_deref(), &user),
+            match spec.access.keys.len() {
+                0 => String::new(),
+                n => format!(", {n} key{}", if n == 1 { "" } else { "s" }),
+            }
+        ),
+    });
+
+    let ctx = Ctx {
+        container,
+        user,
+        workdir,
+        base_env: env,
+        checkout,
+    };
+    Ok(run_steps(executor, spec, sink, cancel, &ctx).await)
+}
+
+fn user_display(configured: Option<&str>, u: &ContainerUser) -> String {
+    match configured {
+        Some(name) => format!("user {name} ({}:{})", u.uid, u.gid),
+        None => format!("uid {}:{}", u.uid, u.gid),
+    }
+}
+
+fn short(id: &str) -> &str {
+    id.get(..12).unwrap_or(id)
+}
+
+/// Fetch `src` into a fresh temporary directory with the job's keys and host keys.
+pub fn fetch_source(
+    access: &Access,
+    src: &Source,
+    sink: &dyn EventSink,
+) -> Result<Prefetched, SetupError> {
+    let dir = tempfile::Builder::new()
+        .prefix("bosun-checkout-")
+        .tempdir()
+        .map_err(|e| SetupError::Prepare(format!("cannot create a checkout directory: {e}")))?;
+    let creds = Credentials {
+        keys: access.keys.iter().map(clone_key).collect(),
+        known_hosts: access.known_hosts.clone(),
+        hosts: access.vcs_hosts.clone(),
+    };
+    let cspec = CheckoutSpec {
+        url: src.url.clone(),
+        reference: src.reference.clone(),
+        dest: dir.path().join("repo"),
+    };
+    let mut progress = |line: &str| {
+        sink.emit(&Event::Info {
+            message: line.to_owned(),
+        })
+    };
+    let outcome = checkout::checkout(&cspec, &creds, &mut progress)?;
+    Ok(Prefetched { dir, outcome })
+}
+
+fn clone_key(k: &SshKey) -> SshKey {
+    SshKey {
+        role: k.role,
+        private: zeroize::Zeroizing::new(k.private.as_str().to_owned()),
+        public_fingerprint: k.public_fingerprint.clone(),
+    }
+}
+
+/// One exec that tells us `$HOME`, uid, gid and whether bash exists, as the job's user.
+async fn probe_user<E: Executor>(
+    executor: &E,
+    container: &str,
+    user: Option<&str>,
+) -> Result<ContainerUser, SetupError> {
+    let script = r#"printf '%s\n' "${HOME:-/}"; id -u; id -g; if [ -x /bin/bash ]; then echo bash; else echo sh; fi"#;
+    let (code, out) = capture(
+        executor,
+        container,
+        ExecSpec {
+            cmd: vec!["/bin/sh".into(), "-c".into(), script.into()],
+            user: user.map(str::to_owned),
+            ..Default::default()
+        },
+    )
+    .await?;
+    let text = String::from_utf8_lossy(&out);
+    let lines: Vec<&str> = text.lines().collect();
+    if code != Some(0) || lines.len() < 4 {
+        return Err(SetupError::Prepare(format!(
+            "could not start a shell in the container as {}: {}\n  help: the image needs /bin/sh, and `user:` must name a user the image knows",
+            user.unwrap_or("its default user"),
+            text.trim()
+        )));
+    }
+    let num = |s: &str| {
+        s.trim()
+            .parse::<u64>()
+            .map_err(|_| SetupError::Prepare(format!("unexpected `id` output: {s}")))
+    };
+    Ok(ContainerUser {
+        home: lines[0].trim().to_owned(),
+        uid: num(lines[1])?,
+        gid: num(lines[2])?,
+        has_bash: lines[3].trim() == "bash",
+    })
+}
+
+/// Run a short command and collect its stdout.
+async fn capture<E: Executor>(
+    executor: &E,
+    container: &str,
+    spec: ExecSpec,
+) -> Result<(Option<i64>, Vec<u8>), SetupError> {
+    let mut exec = executor.exec(container, spec).await?;
+    let mut out = Vec::new();
+    while let Some(item) = exec.output.next().await {
+        match item? {
+            Output::Stdout(b) => out.extend_from_slice(&b),
+            Output::Stderr(b) => out.extend_from_slice(&b),
+        }
+    }
+    Ok((wait_exit(executor, &exec.id).await?, out))
+}
+
+async fn wait_exit<E: Executor>(executor: &E, exec_id: &str) -> Result<Option<i64>, SetupError> {
+    // The output stream ends when the process closes it, which can be a moment before the
+    // engine records the exit; poll briefly.
+    for _ in 0..100 {
+        if let Some(code) = executor.exec_exit_code(exec_id).await? {
+            return Ok(Some(code));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(None)
+}
+
+pub fn expand_home(path: &str, home: &str) -> String {
+    let home = home.trim_end_matches('/');
+    if path == "~" {
+        home.to_owned()
+    } else if let Some(rest) = path.strip_prefix("~/") {
+        format!("{home}/{rest}")
+    } else {
+        path.to_owned()
+    }
+}
+
+fn builtin_env(
+    spec: &JobSpec,
+    user: &ContainerUser,
+    workdir: &str,
+    checkout: Option<&CheckoutOutcome>,
+) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = Vec::new();
+    let mut set = |k: &str, v: String| env.push((k.to_owned(), v));
+    set("CI", "true".into());
+    set("CIRCLECI", "true".into());
+    set("HOME", user.home.clone());
+    set("CIRCLE_JOB", spec.plan.name.clone());
+    set("CIRCLE_BUILD_NUM", spec.build_num.to_string());
+    set("CIRCLE_NODE_INDEX", "0".into());
+    set("CIRCLE_NODE_TOTAL", "1".into());
+    set("CIRCLE_WORKING_DIRECTORY", workdir.to_owned());
+    if let Some(src) = &spec.source {
+        set("CIRCLE_REPOSITORY_URL", src.url.clone());
+        if let Some((owner, repo)) = project_names(&src.url) {
+            set("CIRCLE_PROJECT_USERNAME", owner);
+            set("CIRCLE_PROJECT_REPONAME", repo);
+        }
+    }
+    match checkout {
+        Some(c) => {
+            set("CIRCLE_SHA1", c.sha.clone());
+            if let Some(b) = &c.branch {
+                set("CIRCLE_BRANCH", b.clone());
+            }
+            if let Some(t) = &c.tag {
+                set("CIRCLE_TAG", t.clone());
+            }
+        }
+        None => {
+            // No checkout step: still tell the job what was asked for.
+            if let Some(r) = spec.source.as_ref().and_then(|s| s.reference.clone()) {
+                if r.len() == 40 && r.chars().all(|c| c.is_ascii_hexdigit()) {
+                    set("CIRCLE_SHA1", r);
+                } else {
+                    set("CIRCLE_BRANCH", r);
+                }
+            }
+        }
+    }
+    env
+}
+
+/// `acme/widget` out of `git@host:acme/widget.git`, `ssh://git@host/acme/widget.git` or a path.
+pub fn project_names(url: &str) -> Option<(String, String)> {
+    let path = match ssh::parse_ssh_url(url) {
+        Some(u) => u.path,
+        None => url.to_owned(),
+    };
+    let path = path.trim_end_matches('/').trim_end_matches(".git");
+    let mut parts = path.rsplit('/').filter(|p| !p.is_empty());
+    let repo = parts.next()?.to_owned();
+    let owner = parts.next().unwrap_or("").to_owned();
+    Some((owner, repo))
+}
+
+/// One upload at job start: `~/.ssh` (keys, config, known_hosts), the scratch directory with
+/// every step's script, and the working directory, all owned by the job's user. Key bytes go
+/// from memory into the tar stream: never into a file on the agent's disk, an argument or an
+/// environment variable.
+async fn install_files<E: Executor>(
+    executor: &E,
+    spec: &JobSpec,
+    container: &str,
+    user: &ContainerUser,
+    workdir: &str,
+) -> Result<(), SetupError> {
+    let mut tar = TarBuilder::new(user.uid, user.gid);
+    let home = user.home.trim_end_matches('/');
+    let ssh_dir = format!("{home}/.ssh");
+    tar.dir(&ssh_dir, 0o700);
+    let vcs_hosts = vcs_host_names(spec);
+    let files = ssh::container_ssh_files(&spec.access.keys, &spec.access.known_hosts, &vcs_hosts);
+    for (name, bytes, mode) in &files.files {
+        tar.file(&format!("{ssh_dir}/{name}"), bytes, *mode);
+    }
+    let scratch = scratch_dir(&spec.id);
+    tar.dir(&scratch, 0o700);
+    for (i, step) in spec.plan.steps.iter().enumerate() {
+        if let StepKind::Run(run) = &step.kind {
+            tar.file(
+                &format!("{scratch}/step-{i}.sh"),
+                run.command.as_bytes(),
+                0o600,
+            );
+        }
+    }
+    tar.dir(workdir, 0o755);
+    let bytes = tar
+        .finish()
+        .map_err(|e| SetupError::Prepare(format!("building the setup archive: {e}")))?;
+    let stream: TarStream = futures_util::stream::once(async move { Bytes::from(bytes) }).boxed();
+    executor.upload_tar(container, "/", stream).await?;
+    Ok(())
+}
+
+/// The host names the container's ssh config covers: those of the job's repository, plus
+/// both Bitbucket names (private dependencies usually live there).
+fn vcs_host_names(spec: &JobSpec) -> Vec<String> {
+    let mut hosts = vec!["bitbucket.org".to_owned(), "ssh.bitbucket.org".to_owned()];
+    if let Some(u) = spec
+        .source
+        .as_ref()
+        .and_then(|s| ssh::parse_ssh_url(&s.url))
+    {
+        if !hosts.contains(&u.host) {
+            hosts.push(u.host);
+        }
+    }
+    hosts
+}
+
+/// A small in-memory tar writer with fixed ownership (the container user's), absolute paths
+/// made relative to `/`.
+pub struct TarBuilder {
+    inner: tar::Builder<Vec<u8>>,
+    uid: u64,
+    gid: u64,
+}
+
+impl TarBuilder {
+    pub fn new(uid: u64, gid: u64) -> Self {
+        Self {
+            inner: tar::Builder::new(Vec::new()),
+            uid,
+            gid,
+        }
+    }
+
+    fn header(&self, kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(kind);
+        h.set_mode(mode);
+        h.set_uid(self.uid);
+        h.set_gid(self.gid);
+        h.set_size(size);
+        h.set_mtime(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+        );
+        h
+    }
+
+    pub fn dir(&mut self, path: &str, mode: u32) {
+        let h = self.header(tar::EntryType::Directory, mode, 0);
+        let rel = path.trim_start_matches('/');
+        let _ = self
+            .inner
+            .append_data(&mut h.clone(), rel, std::io::empty());
+    }
+
+    pub fn file(&mut self, path: &str, data: &[u8], mode: u32) {
+        let h = self.header(tar::EntryType::Regular, mode, data.len() as u64);
+        let rel = path.trim_start_matches('/');
+        let _ = self.inner.append_data(&mut h.clone(), rel, data);
+    }
+
+    pub fn finish(self) -> std::io::Result<Vec<u8>> {
+        self.inner.into_inner()
+    }
+}
+
+/// Stream a directory tree (a checkout, `.git` included) as a tar rooted at `dest` inside the
+/// container, owned by the container user. Built on a blocking thread in 256 KiB pieces so a
+/// large tree never sits in memory whole and works against a remote engine.
+fn tar_tree_stream(
+    src: PathBuf,
+    dest: String,
+    uid: u64,
+    gid: u64,
+) -> (TarStream, tokio::task::JoinHandle<std::io::Result<()>>) {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(8);
+    let handle = tokio::task::spawn_blocking(move || {
+        let writer = ChannelWriter {
+            tx,
+            buf: Vec::with_capacity(CHUNK),
+        };
+        let mut b = tar::Builder::new(writer);
+        b.follow_symlinks(false);
+        append_tree(&mut b, &src, &src, dest.trim_start_matches('/'), uid, gid)?;
+        let mut w = b.into_inner()?;
+        w.flush_chunk()
+    });
+    let stream =
+        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (b, rx)) })
+            .boxed();
+    (stream, handle)
+}
+
+const CHUNK: usize = 256 * 1024;
+
+struct ChannelWriter {
+    tx: tokio::sync::mpsc::Sender<Bytes>,
+    buf: Vec<u8>,
+}
+
+impl ChannelWriter {
+    fn flush_chunk(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = Bytes::from(std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK)));
+        self.tx
+            .blocking_send(chunk)
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "upload ended early"))
+    }
+}
+
+impl std::io::Write for ChannelWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= CHUNK {
+            self.flush_chunk()?;
+        }
+        Ok(data.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn append_tree<W: std::io::Write>(
+    b: &mut tar::Builder<W>,
+    root: &Path,
+    dir: &Path,
+    dest: &str,
+    uid: u64,
+    gid: u64,
+) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let rel = dir.strip_prefix(root).unwrap_or(Path::new(""));
+    let name = if rel.as_os_str().is_empty() {
+        PathBuf::from(dest)
+    } else {
+        Path::new(dest).join(rel)
+    };
+    let meta = std::fs::symlink_metadata(dir)?;
+    let mut h = tar::Header::new_gnu();
+    h.set_metadata(&meta);
+    h.set_uid(uid);
+    h.set_gid(gid);
+    h.set_mode(meta.mode() & 0o7777);
+    b.append_data(&mut h, &name, std::io::empty())?;
+    let mut entries: Vec<_> = std::fs::read_dir(dir)?.collect::<Result<_, _>>()?;
+    entries.sort_by_key(|e| e.file_name());
+    for entry in entries {
+        let path = entry.path();
+        let meta = std::fs::symlink_metadata(&path)?;
+        if meta.is_dir() {
+            append_tree(b, root, &path, dest, uid, gid)?;
+            continue;
+        }
+        let rel = path.strip_prefix(root).unwrap_or(&path);
+        let name = Path::new(dest).join(rel);
+        let mut h = tar::Header::new_gnu();
+        h.set_metadata(&meta);
+        h.set_uid(uid);
+        h.set_gid(gid);
+        if meta.file_type().is_symlink() {
+            let target = std::fs::read_link(&path)?;
+            h.set_size(0);
+            b.append_link(&mut h, &name, &target)?;
+        } else if meta.is_file() {
+            let f = std::fs::File::open(&path)?;
+            b.append_data(&mut h, &name, f)?;
+        }
+    }
+    Ok(())
+}
+
+async fn run_steps<E: Executor>(
+    executor: &Arc<E>,
+    spec: &Arc<JobSpec>,
+    sink: &Arc<dyn EventSink>,
+    cancel: &CancellationToken,
+    ctx: &Ctx,
+) -> JobOutcome {
+    let mut summaries: Vec<StepSummary> = Vec::new();
+    let mut failed = false;
+    let mut status = JobStatus::Success;
+    let mut background: Vec<Background> = Vec::new();
+
+    for (i, step) in spec.plan.steps.iter().enumerate() {
+        let skipped = StepSummary {
+            step: i,
+            name: step.name.clone(),
+            status: StepStatus::Skipped,
+            exit_code: None,
+            duration_ms: 0,
+        };
+        if cancel.is_cancelled() || !step.when.should_run(failed) {
+            summaries.push(skipped);
+            continue;
+        }
+        let background_step = matches!(&step.kind, StepKind::Run(r) if r.background);
+        sink.emit(&Event::StepStarted {
+            step: i,
+            name: step.name.clone(),
+            background: background_step,
+        });
+        let t0 = Instant::now();
+        let summary = match &step.kind {
+            StepKind::Checkout { path } => {
+                checkout_step(
+                    executor.as_ref(),
+                    spec,
+                    sink,
+                    ctx,
+                    i,
+                    &step.name,
+                    path.as_deref(),
+                    t0,
+                )
+                .await
+            }
+            StepKind::Run(run) => {
+                let control = Arc::new(StepControl::default());
+                let task = {
+                    let executor = Arc::clone(executor);
+                    let spec = Arc::clone(spec);
+                    let sink = Arc::clone(sink);
+                    let cancel = cancel.clone();
+                    let run = run.clone();
+                    let name = step.name.clone();
+                    let container = ctx.container.clone();
+                    let cmd = step_command(
+                        &spec.id,
+                        i,
+                        &run,
+                        ctx.user.has_bash,
+                        spec.plan.shell.as_deref(),
+                    );
+                    let env = step_env(ctx, &run, &spec.env);
+                    let workdir = step_workdir(ctx, &run);
+                    let user = spec.plan.user.clone();
+                    let control = Arc::clone(&control);
+                    tokio::spawn(async move {
+                        run_step(
+                            executor.as_ref(),
+                            &spec,
+                            sink.as_ref(),
+                            &cancel,
+                            &container,
+                            i,
+                            &name,
+                            &run,
+                            cmd,
+                            env,
+                            workdir,
+                            user,
+                            &control,
+                        )
+                        .await
+                    })
+                };
+                if background_step {
+                    background.push(Background {
+                        i,
+                        name: step.name.clone(),
+                        t0,
+                        task,
+                        control,
+                    });
+                    continue;
+                }
+                match task.await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        // A panic in a step's task fails the step and the job; cleanup goes on.
+                        sink.emit(&Event::Info {
+                            message: format!("internal error in step {}: {e}", i + 1),
+                        });
+                        StepSummary {
+                            step: i,
+                            name: step.name.clone(),
+                            status: StepStatus::Failed,
+                            exit_code: None,
+                            duration_ms: millis(t0.elapsed()),
+                        }
+                    }
+                }
+            }
+        };
+        sink.emit(&Event::StepFinished(summary.clone()));
+        match summary.status {
+            StepStatus::Success | StepStatus::Skipped | StepStatus::Stopped => {}
+            StepStatus::Failed => {
+                failed = true;
+                if status == JobStatus::Success {
+                    status = JobStatus::Failed;
+                }
+            }
+            StepStatus::TimedOut => {
+                failed = true;
+                if status == JobStatus::Success {
+                    status = JobStatus::TimedOut;
+                }
+            }
+            StepStatus::Canceled => {
+                failed = true;
+                status = JobStatus::Canceled;
+            }
+        }
+        summaries.push(summary);
+    }
+
+    // Background steps end with the job: stop what still runs, report each once.
+    for Background {
+        i,
+        name,
+        t0,
+        task,
+        control,
+    } in background
+    {
+        if !task.is_finished() {
+            control
+                .stopped_by_job
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+            stop_step(
+                executor.as_ref(),
+                &ctx.container,
+                &spec.id,
+                i,
+                spec.kill_grace,
+            )
+            .await;
+        }
+        let summary =
+            match tokio::time::timeout(spec.kill_grace + Duration::from_secs(5), task).await {
+                Ok(Ok(s)) => s,
+                _ => StepSummary {
+                    step: i,
+                    name,
+                    status: StepStatus::Stopped,
+                    exit_code: None,
+                    duration_ms: millis(t0.elapsed()),
+                },
+            };
+        sink.emit(&Event::StepFinished(summary.clone()));
+        summaries.push(summary);
+    }
+    summaries.sort_by_key(|s| s.step);
+    if cancel.is_cancelled() {
+        status = JobStatus::Canceled;
+    }
+    JobOutcome {
+        status,
+        steps: summaries,
+        error: None,
+    }
+}
+
+/// A background step: it runs beside the next ones and is stopped when the job ends.
+struct Background {
+    i: usize,
+    name: String,
+    t0: Instant,
+    task: tokio::task::JoinHandle<StepSummary>,
+    control: Arc<StepControl>,
+}
+
+#[derive(Default)]
+struct StepControl {
+    stopped_by_job: std::sync::atomic::AtomicBool,
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn checkout_step<E: Executor>(
+    executor: &E,
+    spec: &JobSpec,
+    sink: &Arc<dyn EventSink>,
+    ctx: &Ctx,
+    i: usize,
+    name: &str,
+    path: Option<&str>,
+    t0: Instant,
+) -> StepSummary {
+    let say = |msg: String| {
+        sink.emit(&Event::Output {
+            step: i,
+            stream: Stream::Stdout,
+            data: Bytes::from(msg + "\n"),
+        })
+    };
+    let status = match &ctx.checkout {
+        None => {
+            say(match &spec.source {
+                None => "No repository to check out: run bosun execute inside a git repository, or give --repo".to_owned(),
+                Some(_) => "The checkout was not fetched".to_owned(),
+            });
+            StepStatus::Failed
+        }
+        Some(Prefetched { dir, outcome }) => {
+            let dest = match path {
+                None => ctx.workdir.clone(),
+                Some(p) if p.starts_with('/') || p.starts_with('~') => {
+                    expand_home(p, &ctx.user.home)
+                }
+                Some(p) => format!(
+                    "{}/{}",
+                    ctx.workdir.trim_end_matches('/'),
+                    p.trim_start_matches("./")
+                ),
+            };
+            let src = dir.path().join("repo");
+            let (stream, producer) = tar_tree_stream(src, dest.clone(), ctx.user.uid, ctx.user.gid);
+            let uploaded = executor.upload_tar(&ctx.container, "/", stream).await;
+            let produced = producer.await;
+            match (uploaded, produced) {
+                (Ok(()), Ok(Ok(()))) => {
+                    say(format!(
+                        "Checked out {} {} into {dest} in {}",
+                        outcome.sha,
+                        match (&outcome.branch, &outcome.tag) {
+                            (_, Some(t)) => format!("(tag {t})"),
+                            (Some(b), None) => format!("(branch {b})"),
+                            (None, None) => "(detached)".to_owned(),
+                        },
+                        crate::stream::format_duration(millis(t0.elapsed()))
+                    ));
+                    for (p, sha) in &outcome.submodules {
+                        say(format!("  submodule {p} at {sha}"));
+                    }
+                    StepStatus::Success
+                }
+                (Err(e), _) => {
+                    say(format!("Uploading the checkout failed: {e}"));
+                    StepStatus::Failed
+                }
+                (_, Ok(Err(e))) => {
+                    say(format!("Reading the checkout failed: {e}"));
+                    StepStatus::Failed
+                }
+                (_, Err(e)) => {
+                    say(format!("Reading the checkout failed: {e}"));
+                    StepStatus::Failed
+                }
+            }
+        }
+    };
+    StepSummary {
+        step: i,
+        name: name.to_owned(),
+        status,
+        exit_code: None,
+        duration_ms: millis(t0.elapsed()),
+    }
+}
+
+/// `/bin/sh -c 'echo $$ > pidfile; exec "$@"' SHELL… SCRIPT`: a `docker exec` process leads
+/// its own process group, so the pid it records is the group to signal on timeout or cancel;
+/// `exec` keeps that pid for the real shell.
+fn step_command(
+    job_id: &str,
+    i: usize,
+    run: &RunStep,
+    has_bash: bool,
+    job_shell: Option<&str>,
+) -> Vec<String> {
+    let scratch = scratch_dir(job_id);
+    let shell = run
+        .shell
+        .as_deref()
+        .or(job_shell)
+        .map(str::to_owned)
+        .unwrap_or_else(|| {
+            if has_bash {
+                "/bin/bash -eo pipefail".to_owned()
+            } else {
+                "/bin/sh -eo pipefail".to_owned()
+            }
+        });
+    let mut cmd = vec![
+        "/bin/sh".to_owned(),
+        "-c".to_owned(),
+        format!("echo $$ > {scratch}/step-{i}.pid; exec \"$@\""),
+        "bosun-step".to_owned(),
+    ];
+    cmd.extend(shell.split_whitespace().map(str::to_owned));
+    cmd.push(format!("{scratch}/step-{i}.sh"));
+    cmd
+}
+
+fn step_env(ctx: &Ctx, run: &RunStep, overrides: &[(String, String)]) -> Vec<String> {
+    let mut env = ctx.base_env.clone();
+    merge_env(&mut env, run.environment.clone());
+    merge_env(&mut env, overrides.to_vec());
+    env.into_iter().map(|(k, v)| format!("{k}={v}")).collect()
+}
+
+fn step_workdir(ctx: &Ctx, run: &RunStep) -> String {
+    match run.working_directory.as_deref() {
+        None => ctx.workdir.clone(),
+        Some(p) if p.starts_with('/') || p.starts_with('~') => expand_home(p, &ctx.user.home),
+        Some(p) => format!("{}/{}", ctx.workdir.trim_end_matches('/'), p),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_step<E: Executor>(
+    executor: &E,
+    spec: &JobSpec,
+    sink: &dyn EventSink,
+    cancel: &CancellationToken,
+    container: &str,
+    i: usize,
+    name: &str,
+    run: &RunStep,
+    cmd: Vec<String>,
+    env: Vec<String>,
+    workdir: String,
+    user: Option<String>,
+    control: &StepControl,
+) -> StepSummary {
+    let t0 = Instant::now();
+    let summary = |status, exit_code| StepSummary {
+        step: i,
+        name: name.to_owned(),
+        status,
+        exit_code,
+        duration_ms: millis(t0.elapsed()),
+    };
+    let mut exec = match executor
+        .exec(
+            container,
+            ExecSpec {
+                cmd,
+                env,
+                user,
+                working_dir: Some(workdir),
+            },
+        )
+        .await
+    {
+        Ok(e) => e,
+        Err(e) => {
+            sink.emit(&Event::Output {
+                step: i,
+                stream: Stream::Stderr,
+                data: Bytes::from(format!("bosun: could not start the step: {e}\n")),
+            });
+            return summary(StepStatus::Failed, None);
+        }
+    };
+    let mut interrupted: Option<StepStatus> = None;
+    loop {
+        let next = tokio::select! {
+            r = tokio::time::timeout(run.no_output_timeout, exec.output.next()) => r,
+            () = cancel.cancelled(), if interrupted.is_none() => {
+                interrupted = Some(StepStatus::Canceled);
+                stop_step(executor, container, &spec.id, i, spec.kill_grace).await;
+                continue;
+            }
+        };
+        match next {
+            Ok(Some(Ok(out))) => {
+                let (stream, data) = match out {
+                    Output::Stdout(b) => (Stream::Stdout, b),
+                    Output::Stderr(b) => (Stream::Stderr, b),
+                };
+                sink.emit(&Event::Output {
+                    step: i,
+                    stream,
+                    data,
+                });
+            }
+            Ok(Some(Err(e))) => {
+                sink.emit(&Event::Output {
+                    step: i,
+                    stream: Stream::Stderr,
+                    data: Bytes::from(format!("bosun: lost the step's output: {e}\n")),
+                });
+                break;
+            }
+            Ok(None) => break,
+            Err(_elapsed) => {
+                if interrupted.is_some() {
+                    // Already stopping and still silent after a whole timeout: give up on it.
+                    break;
+                }
+                interrupted = Some(StepStatus::TimedOut);
+                sink.emit(&Event::Output {
+                    step: i,
+                    stream: Stream::Stderr,
+                    data: Bytes::from(format!(
+                        "\nbosun: no output for {}; stopping the step (no_output_timeout)\n",
+                        crate::stream::format_duration(millis(run.no_output_timeout))
+                    )),
+                });
+                stop_step(executor, container, &spec.id, i, spec.kill_grace).await;
+            }
+        }
+    }
+    let code = wait_exit(executor, &exec.id).await.ok().flatten();
+    if control
+        .stopped_by_job
+        .load(std::sync::atomic::Ordering::SeqCst)
+    {
+        return summary(StepStatus::Stopped, code);
+    }
+    if let Some(status) = interrupted {
+        return summary(status, code);
+    }
+    match code {
+        Some(0) => summary(StepStatus::Success, code),
+        _ => summary(StepStatus::Failed, code),
+    }
+}
+
+/// TERM the step's process group, then KILL it after the grace period. Runs as root in the
+/// container so it can reach whatever the step became (sudo, setuid).
+async fn stop_step<E: Executor>(
+    executor: &E,
+    container: &str,
+    job_id: &str,
+    i: usize,
+    grace: Duration,
+) {
+    let pidfile = format!("{}/step-{i}.pid", scratch_dir(job_id));
+    // dash wants `kill -s SIG -- -PGID`, busybox rejects the `--`: try both spellings.
+    let script = format!(
+        "p=$(cat {pidfile} 2>/dev/null) || exit 0; \
+         sig() {{ kill -s \"$1\" -- \"-$p\" 2>/dev/null || kill -s \"$1\" \"-$p\" 2>/dev/null; }}; \
+         sig TERM || exit 0; i=0; \
+         while [ $i -lt {ticks} ] && sig 0; do sleep 0.1; i=$((i+1)); done; \
+         sig KILL; exit 0",
+        ticks = (grace.as_millis() / 100).max(1)
+    );
+    let _ = capture(
+        executor,
+        container,
+        ExecSpec {
+            cmd: vec!["/bin/sh".into(), "-c".into(), script],
+            user: Some("0".into()),
+            ..Default::default()
+        },
+    )
+    .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn home_expansion() {
+        assert_eq!(
+            expand_home("~/project", "/home/circleci"),
+            "/home/circleci/project"
+        );
+        assert_eq!(expand_home("~", "/root/"), "/root");
+        assert_eq!(expand_home("/abs", "/root"), "/abs");
+    }
+
+    #[test]
+    fn project_names_from_urls() {
+        assert_eq!(
+            project_names("/srv/repos/acme/widget.git"),
+            Some(("acme".into(), "widget".into()))
+        );
+    }
+
+    #[test]
+    fn step_command_records_its_group_and_falls_back_to_sh() {
+        let run = RunStep {
+            command: "make".into(),
+            shell: None,
+            environment: vec![],
+            working_directory: None,
+            background: false,
+            no_output_timeout: Duration::from_secs(1),
+        };
+        let cmd = step_command("j1", 2, &run, false, None);
+        assert_eq!(cmd[0], "/bin/sh");
+        assert!(cmd[2].contains("/tmp/.bosun-j1/step-2.pid"));
+        assert_eq!(
+            &cmd[4..],
+            ["/bin/sh", "-eo", "pipefail", "/tmp/.bosun-j1/step-2.sh"]
+        );
+        let cmd = step_command("j1", 2, &run, true, Some("/bin/zsh -e"));
+        assert_eq!(&cmd[4..6], ["/bin/zsh", "-e"]);
+    }
+}
