@@ -28,6 +28,8 @@ enum Command {
         after_help = "Exit codes:\n  0    the job succeeded\n  1    a step failed or timed out\n  2    the job could not run: bad config, engine unreachable, checkout refused, image missing\n  130  canceled by SIGINT/SIGTERM (the container is removed first)"
     )]
     Execute(Box<ExecuteArgs>),
+    /// Fetch a repository (with submodules) as a job's checkout would, into DEST.
+    Checkout(Box<execute::CheckoutArgs>),
     /// Print the SSH host keys a server presents, as known_hosts lines with SHA256 fingerprints.
     Keyscan {
         /// HOST or HOST:PORT (port 22 by default).
@@ -46,6 +48,7 @@ pub fn main() -> ExitCode {
     init_tracing();
     match cli.command {
         Command::Execute(args) => ExitCode::from(execute::run(*args)),
+        Command::Checkout(args) => ExitCode::from(execute::checkout(*args)),
         Command::Keyscan {
             target,
             name,

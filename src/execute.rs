@@ -34,19 +34,8 @@ pub struct ExecuteArgs {
     /// checked-out repository when `--repo` is given.
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// Private key of a Bitbucket user (opens all the user's repositories). Offered first.
-    #[arg(long)]
-    pub user_key: Option<PathBuf>,
-    /// Private deploy (access) key: opens one repository, read-only. Offered after the user key.
-    #[arg(long)]
-    pub deploy_key: Option<PathBuf>,
-    /// Extra known_hosts file(s) trusted besides Bitbucket's pinned keys.
-    #[arg(long = "known-hosts")]
-    pub known_hosts: Vec<PathBuf>,
-    /// Connect to a VCS host at another address, checking host keys under the real name:
-    /// `ssh.bitbucket.org=127.0.0.1:2222`, `bitbucket.example.com=10.0.0.5:7999`.
-    #[arg(long = "vcs-host", env = "BOSUN_VCS_HOSTS", value_delimiter = ',')]
-    pub vcs_hosts: Vec<String>,
+    #[command(flatten)]
+    pub access: AccessArgs,
     /// Environment variable for every step, highest precedence: `--env NAME=value`.
     #[arg(long = "env", short = 'e')]
     pub env: Vec<String>,
@@ -65,6 +54,50 @@ pub struct ExecuteArgs {
     /// One JSON event per line on stdout instead of the human view.
     #[arg(long)]
     pub json: bool,
+}
+
+/// Keys, host keys and host mappings: what opens repositories. Shared by `execute` and
+/// `checkout`.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct AccessArgs {
+    /// Private key of a Bitbucket user (opens all the user's repositories). Offered first.
+    #[arg(long)]
+    pub user_key: Option<PathBuf>,
+    /// Private deploy (access) key: opens one repository, read-only. Offered after the user key.
+    #[arg(long)]
+    pub deploy_key: Option<PathBuf>,
+    /// Extra known_hosts file(s) trusted besides Bitbucket's pinned keys.
+    #[arg(long = "known-hosts")]
+    pub known_hosts: Vec<PathBuf>,
+    /// Connect to a VCS host at another address, checking host keys under the real name:
+    /// `ssh.bitbucket.org=127.0.0.1:2222`, `bitbucket.example.com=10.0.0.5:7999`.
+    #[arg(long = "vcs-host", env = "BOSUN_VCS_HOSTS", value_delimiter = ',')]
+    pub vcs_hosts: Vec<String>,
+}
+
+impl AccessArgs {
+    pub fn load(&self) -> Result<Access, PrepareError> {
+        let mut keys = Vec::new();
+        if let Some(p) = &self.user_key {
+            keys.push(SshKey::from_file(p, KeyRole::User)?);
+        }
+        if let Some(p) = &self.deploy_key {
+            keys.push(SshKey::from_file(p, KeyRole::Deploy)?);
+        }
+        let mut known_hosts = KnownHosts::pinned();
+        for p in &self.known_hosts {
+            known_hosts.extend(KnownHosts::parse(&read(p)?, &p.display().to_string())?);
+        }
+        let mut vcs_hosts = VcsHosts::new();
+        for m in self.vcs_hosts.iter().filter(|m| !m.trim().is_empty()) {
+            vcs_hosts.add_mapping(m.trim())?;
+        }
+        Ok(Access {
+            keys,
+            known_hosts,
+            vcs_hosts,
+        })
+    }
 }
 
 /// Problems before the job could run, each with what to do about it.
@@ -171,25 +204,7 @@ async fn prepare(
     args: ExecuteArgs,
     sink: &Arc<dyn EventSink>,
 ) -> Result<(JobSpec, DockerExecutor), PrepareError> {
-    let mut keys = Vec::new();
-    if let Some(p) = &args.user_key {
-        keys.push(SshKey::from_file(p, KeyRole::User)?);
-    }
-    if let Some(p) = &args.deploy_key {
-        keys.push(SshKey::from_file(p, KeyRole::Deploy)?);
-    }
-    let mut known_hosts = KnownHosts::pinned();
-    for p in &args.known_hosts {
-        let text = std::fs::read_to_string(p).map_err(|source| PrepareError::Read {
-            path: p.display().to_string(),
-            source,
-        })?;
-        known_hosts.extend(KnownHosts::parse(&text, &p.display().to_string())?);
-    }
-    let mut vcs_hosts = VcsHosts::new();
-    for m in args.vcs_hosts.iter().filter(|m| !m.trim().is_empty()) {
-        vcs_hosts.add_mapping(m.trim())?;
-    }
+    let access = args.access.load()?;
     let mut env = Vec::new();
     for kv in &args.env {
         match kv.split_once('=') {
@@ -197,12 +212,6 @@ async fn prepare(
             _ => return Err(PrepareError::BadEnv(kv.clone())),
         }
     }
-    let access = Access {
-        keys,
-        known_hosts,
-        vcs_hosts,
-    };
-
     let cwd = std::env::current_dir().map_err(|source| PrepareError::Read {
         path: ".".into(),
         source,
@@ -285,4 +294,47 @@ fn new_job_id() -> String {
         .map(|d| d.as_nanos())
         .unwrap_or(0);
     format!("{:x}{:x}", nanos & 0xffff_ffff_ffff, std::process::id())
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct CheckoutArgs {
+    /// Repository URL, e.g. git@bitbucket.org:acme/widget.git
+    pub url: String,
+    /// Directory to create.
+    pub dest: PathBuf,
+    /// Branch, tag or commit SHA (default: the remote's HEAD).
+    #[arg(long = "ref")]
+    pub reference: Option<String>,
+    #[command(flatten)]
+    pub access: AccessArgs,
+}
+
+/// `bosun checkout`: fetch a repository exactly as a job's checkout would (same keys, host-key
+/// checks, submodules), to check access or measure. Returns the exit code.
+pub fn checkout(args: CheckoutArgs) -> u8 {
+    let result = args.access.load().and_then(|access| {
+        let creds = crate::checkout::Credentials {
+            keys: access.keys,
+            known_hosts: access.known_hosts,
+            hosts: access.vcs_hosts,
+        };
+        let spec = crate::checkout::CheckoutSpec {
+            url: args.url.clone(),
+            reference: args.reference.clone(),
+            dest: args.dest.clone(),
+        };
+        let mut progress = |line: &str| eprintln!("{line}");
+        crate::checkout::checkout(&spec, &creds, &mut progress)
+            .map_err(|e| PrepareError::Setup(job::SetupError::Checkout(e)))
+    });
+    match result {
+        Ok(outcome) => {
+            println!("{}", outcome.sha);
+            EXIT_SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            EXIT_SETUP
+        }
+    }
 }
