@@ -1,0 +1,147 @@
+//! `cargo bench --bench bosun`: Bosun against the baselines it must beat, in one run, on the
+//! same image and machine.
+//!
+//! (a) job overhead: `bosun execute` of a one-step `true` job (no checkout) against
+//!     `docker run --rm IMAGE true`; target ratio ≤ 1.3.
+//! (b) checkout: `bosun checkout` (git2, submodules, host-key checks) of a generated
+//!     repository (≈5,000 files, ≈1,000 commits, one submodule) from the Bitbucket stand-in,
+//!     against `git clone --recurse-submodules` over the same server; target ratio ≤ 1.5.
+//! (c) peak RSS of the bosun process during both (from wait4's rusage).
+//!
+//! Environment: BOSUN_BENCH_RUNS (default 7), BOSUN_BENCH_FILES (5000),
+//! BOSUN_BENCH_COMMITS (1000).
+
+#[path = "../tests/harness/mod.rs"]
+#[allow(dead_code)]
+mod harness;
+
+use harness::{ensure_images, image, Project, Rig};
+use std::os::unix::process::ExitStatusExt;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Sample {
+    wall: Duration,
+    max_rss_kib: i64,
+}
+
+/// Run to completion and measure wall time and the child's peak RSS.
+fn measure(cmd: &mut Command) -> Sample {
+    let t0 = Instant::now();
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let pid = child.id() as libc::pid_t;
+    let mut status: libc::c_int = 0;
+    // SAFETY: rusage is plain data that wait4 fills in; pid is our own child.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    let wall = t0.elapsed();
+    assert_eq!(r, pid, "wait4");
+    let st = std::process::ExitStatus::from_raw(status);
+    if !st.success() {
+        let mut err = String::new();
+        if let Some(mut e) = child.stderr {
+            let _ = std::io::Read::read_to_string(&mut e, &mut err);
+        }
+        panic!("{cmd:?} failed: {st}\n{err}");
+    }
+    Sample {
+        wall,
+        max_rss_kib: usage.ru_maxrss,
+    }
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn env_num(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; anything else (e.g. `cargo test --benches`) skips the run.
+    if !std::env::args().any(|a| a == "--bench") {
+        return;
+    }
+    let runs = env_num("BOSUN_BENCH_RUNS", 7).max(1);
+    ensure_images();
+    let img = image("base");
+    let bosun = harness::bosun_bin();
+
+    // (a) job overhead
+    let project = Project::new(&format!(
+        "version: 2.1\njobs:\n  build:\n    docker: [{{image: {img}}}]\n    steps: [{{run: 'true'}}]\n"
+    ));
+    // Warm both paths once (first container start on an image is slower).
+    measure(Command::new("docker").args(["run", "--rm", &img, "true"]));
+    measure(project.command(&[]));
+    let (mut docker_t, mut bosun_t, mut exec_rss) = (Vec::new(), Vec::new(), 0);
+    for _ in 0..runs {
+        docker_t.push(measure(Command::new("docker").args(["run", "--rm", &img, "true"])).wall);
+        let s = measure(&mut project.command(&[]));
+        bosun_t.push(s.wall);
+        exec_rss = exec_rss.max(s.max_rss_kib);
+    }
+    let (d, b) = (median(docker_t), median(bosun_t));
+    println!("(a) job overhead, median of {runs}:");
+    println!("    docker run --rm {img} true   {:>8.0} ms", d.as_secs_f64() * 1e3);
+    println!("    bosun execute (1 step: true)  {:>8.0} ms", b.as_secs_f64() * 1e3);
+    println!("    ratio bosun/docker            {:>8.2}   (target <= 1.3)", b.as_secs_f64() / d.as_secs_f64());
+
+    // (b) checkout
+    let files = env_num("BOSUN_BENCH_FILES", 5000);
+    let commits = env_num("BOSUN_BENCH_COMMITS", 1000);
+    let rig = Rig::start();
+    let data = tempfile::tempdir().expect("tempdir");
+    harness::run(
+        Command::new("bash")
+            .arg(harness::repo_root().join("benches/gen-repo.sh"))
+            .arg(data.path())
+            .arg(files.to_string())
+            .arg(commits.to_string()),
+    );
+    let ws = rig.srv_dir().join("repos/acme");
+    std::fs::create_dir_all(&ws).expect("mkdir");
+    harness::run(Command::new("cp").arg("-a").arg(data.path().join("bench.git")).arg(&ws));
+    harness::run(Command::new("cp").arg("-a").arg(data.path().join("lib.git")).arg(&ws));
+    harness::run(Command::new("chmod").args(["-R", "a+rwX"]).arg(&ws));
+    let key = rig.user_key(&["acme"]);
+    let url = "git@bitbucket.org:acme/bench.git";
+    let (mut git_t, mut git2_t, mut co_rss) = (Vec::new(), Vec::new(), 0);
+    for i in 0..runs.min(5) {
+        let out = tempfile::tempdir().expect("tempdir");
+        let mut git = rig.git(Some(&key));
+        git.args(["clone", "-q", "--recurse-submodules", &rig.ssh_url("acme/bench")])
+            .arg(out.path().join(format!("git-{i}")));
+        git_t.push(measure(&mut git).wall);
+        let mut c = Command::new(&bosun);
+        c.args(["checkout", url])
+            .arg(out.path().join(format!("bosun-{i}")))
+            .arg("--user-key")
+            .arg(&key.private_path)
+            .arg("--known-hosts")
+            .arg(rig.known_hosts_file());
+        for m in rig.vcs_host_mapping() {
+            c.args(["--vcs-host", &m]);
+        }
+        let s = measure(&mut c);
+        git2_t.push(s.wall);
+        co_rss = co_rss.max(s.max_rss_kib);
+    }
+    let n = git_t.len();
+    let (g, g2) = (median(git_t), median(git2_t));
+    println!("(b) checkout of {files} files / {commits} commits + submodule, median of {n}:");
+    println!("    git clone --recurse-submodules {:>8.0} ms", g.as_secs_f64() * 1e3);
+    println!("    bosun checkout (git2)          {:>8.0} ms", g2.as_secs_f64() * 1e3);
+    println!("    ratio bosun/git                {:>8.2}   (target <= 1.5)", g2.as_secs_f64() / g.as_secs_f64());
+    println!("(c) peak RSS of bosun: execute {:.1} MiB, checkout {:.1} MiB", exec_rss as f64 / 1024.0, co_rss as f64 / 1024.0);
+}
