@@ -79,7 +79,7 @@ pub enum CheckoutError {
     HostKey {
         url: String,
         #[source]
-        source: HostKeyError,
+        source: Box<HostKeyError>,
     },
     #[error(
         "{reference:?} is not a branch, tag or commit of {url}. Branches: {}. Tags: {}",
@@ -342,7 +342,7 @@ fn fetch_with_keys(
             Err(FetchFailure::HostKey(source)) => {
                 return Err(CheckoutError::HostKey {
                     url: plan.written.clone(),
-                    source,
+                    source: Box::new(source),
                 })
             }
             Err(FetchFailure::AuthExhausted(offered)) => {
