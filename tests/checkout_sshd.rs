@@ -77,8 +77,18 @@ fn make_repo(root: &Path, name: &str, files: &[&str], links: &[(&str, &str, &str
     if !links.is_empty() {
         let mut gm = String::new();
         for (path, url, sha) in links {
-            gm.push_str(&format!("[submodule \"{path}\"]\n\tpath = {path}\n\turl = {url}\n"));
-            git(&work, &["update-index", "--add", "--cacheinfo", &format!("160000,{sha},{path}")]);
+            gm.push_str(&format!(
+                "[submodule \"{path}\"]\n\tpath = {path}\n\turl = {url}\n"
+            ));
+            git(
+                &work,
+                &[
+                    "update-index",
+                    "--add",
+                    "--cacheinfo",
+                    &format!("160000,{sha},{path}"),
+                ],
+            );
         }
         std::fs::write(work.join(".gitmodules"), gm).expect("write");
         git(&work, &["add", ".gitmodules"]);
@@ -86,12 +96,36 @@ fn make_repo(root: &Path, name: &str, files: &[&str], links: &[(&str, &str, &str
     git(&work, &["commit", "-qm", "initial"]);
     let bare = root.join("repos/acme").join(format!("{name}.git"));
     std::fs::create_dir_all(bare.parent().expect("parent")).expect("mkdir");
-    run(root, "git", &["clone", "-q", "--bare", work.to_str().expect("utf8"), bare.to_str().expect("utf8")]);
+    run(
+        root,
+        "git",
+        &[
+            "clone",
+            "-q",
+            "--bare",
+            work.to_str().expect("utf8"),
+            bare.to_str().expect("utf8"),
+        ],
+    );
     git(&work, &["rev-parse", "HEAD"])
 }
 
 fn keygen(path: &Path) -> String {
-    run(Path::new("/"), "ssh-keygen", &["-q", "-t", "ed25519", "-N", "", "-C", "", "-f", path.to_str().expect("utf8")]);
+    run(
+        Path::new("/"),
+        "ssh-keygen",
+        &[
+            "-q",
+            "-t",
+            "ed25519",
+            "-N",
+            "",
+            "-C",
+            "",
+            "-f",
+            path.to_str().expect("utf8"),
+        ],
+    );
     std::fs::read_to_string(path.with_extension("pub"))
         .expect("pub")
         .trim()
@@ -116,14 +150,29 @@ fn start() -> Option<Server> {
     let root = dir.path();
     let _ = std::fs::create_dir_all("/run/sshd");
 
-    let mut shas = Shas { nested: make_repo(root, "nested", &["n.txt"], &[]), ..Shas::default() };
-    shas.lib = make_repo(root, "lib", &["l.txt"], &[("deps/nested", "../nested.git", &shas.nested)]);
+    let mut shas = Shas {
+        nested: make_repo(root, "nested", &["n.txt"], &[]),
+        ..Shas::default()
+    };
+    shas.lib = make_repo(
+        root,
+        "lib",
+        &["l.txt"],
+        &[("deps/nested", "../nested.git", &shas.nested)],
+    );
     shas.lib2 = make_repo(root, "lib2", &["l2.txt"], &[]);
     shas.main = make_repo(
         root,
         "widget",
         &["w.txt"],
-        &[("lib", "../lib.git", &shas.lib), ("vendor/lib2", "root@bitbucket.org:acme/lib2.git", &shas.lib2)],
+        &[
+            ("lib", "../lib.git", &shas.lib),
+            (
+                "vendor/lib2",
+                "root@bitbucket.org:acme/lib2.git",
+                &shas.lib2,
+            ),
+        ],
     );
     let work = root.join("work/widget");
     git(&work, &["checkout", "-q", "-b", "feature"]);
@@ -133,7 +182,16 @@ fn start() -> Option<Server> {
     git(&work, &["tag", "-a", "v1.0", "-m", "release"]);
     shas.feature = git(&work, &["rev-parse", "HEAD"]);
     let bare = root.join("repos/acme/widget.git");
-    git(&work, &["push", "-q", "--tags", bare.to_str().expect("utf8"), "feature"]);
+    git(
+        &work,
+        &[
+            "push",
+            "-q",
+            "--tags",
+            bare.to_str().expect("utf8"),
+            "feature",
+        ],
+    );
 
     let serve = root.join("serve.sh");
     std::fs::write(
@@ -195,7 +253,11 @@ exit 1
         .expect("start sshd");
     let deadline = Instant::now() + Duration::from_secs(10);
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "sshd did not start: {}", sshd_log(root));
+        assert!(
+            Instant::now() < deadline,
+            "sshd did not start: {}",
+            sshd_log(root)
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     let key_b64 = host_pub.split_whitespace().nth(1).expect("b64").to_string();
@@ -260,8 +322,10 @@ fn clones_with_submodules_by_branch_tag_and_sha() {
     let creds = s.creds(&[("user", KeyRole::User), ("deploy", KeyRole::Deploy)]);
     let mut lines = Vec::new();
     let dest = s.dest("head");
-    let out = checkout(&spec(WIDGET, None, dest.clone()), &creds, &mut |l| lines.push(l.to_string()))
-        .unwrap_or_else(|e| panic!("{e}\n{}", sshd_log(s.dir.path())));
+    let out = checkout(&spec(WIDGET, None, dest.clone()), &creds, &mut |l| {
+        lines.push(l.to_string())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", sshd_log(s.dir.path())));
     assert_eq!(out.sha, s.shas.main);
     assert_eq!(out.branch.as_deref(), Some("main"));
     assert_eq!(
@@ -275,37 +339,83 @@ fn clones_with_submodules_by_branch_tag_and_sha() {
     assert_eq!(git(&dest, &["rev-parse", "HEAD"]), s.shas.main);
     assert_eq!(git(&dest, &["status", "--porcelain"]), "");
     assert_eq!(git(&dest, &["remote", "get-url", "origin"]), WIDGET);
-    assert_eq!(git(&dest, &["config", "submodule.lib.url"]), "root@bitbucket.org:acme/lib.git");
-    assert_eq!(git(&dest.join("lib"), &["remote", "get-url", "origin"]), "root@bitbucket.org:acme/lib.git");
     assert_eq!(
-        git(&dest.join("lib/deps/nested"), &["remote", "get-url", "origin"]),
+        git(&dest, &["config", "submodule.lib.url"]),
+        "root@bitbucket.org:acme/lib.git"
+    );
+    assert_eq!(
+        git(&dest.join("lib"), &["remote", "get-url", "origin"]),
+        "root@bitbucket.org:acme/lib.git"
+    );
+    assert_eq!(
+        git(
+            &dest.join("lib/deps/nested"),
+            &["remote", "get-url", "origin"]
+        ),
         "root@bitbucket.org:acme/nested.git"
     );
     assert!(dest.join("vendor/lib2/l2.txt").exists());
     assert!(dest.join("lib/deps/nested/n.txt").exists());
     let text = lines.join("\n");
     assert!(
-        text.contains(&format!("Cloning {WIDGET} (ssh.bitbucket.org via 127.0.0.1:{})", s.port)),
+        text.contains(&format!(
+            "Cloning {WIDGET} (ssh.bitbucket.org via 127.0.0.1:{})",
+            s.port
+        )),
         "{text}"
     );
-    assert!(text.contains("Submodule lib → root@bitbucket.org:acme/lib.git"), "{text}");
-    assert!(text.contains(&format!("Checked out {} (branch main)", s.shas.main)), "{text}");
+    assert!(
+        text.contains("Submodule lib → root@bitbucket.org:acme/lib.git"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("Checked out {} (branch main)", s.shas.main)),
+        "{text}"
+    );
     assert!(!text.contains("PRIVATE"), "{text}");
 
-    let out = checkout(&spec(WIDGET, Some("feature"), s.dest("branch")), &creds, &mut |_| {}).expect("branch");
-    assert_eq!((out.sha.as_str(), out.branch.as_deref()), (s.shas.feature.as_str(), Some("feature")));
-    assert_eq!(git(&s.dest("branch"), &["symbolic-ref", "HEAD"]), "refs/heads/feature");
+    let out = checkout(
+        &spec(WIDGET, Some("feature"), s.dest("branch")),
+        &creds,
+        &mut |_| {},
+    )
+    .expect("branch");
+    assert_eq!(
+        (out.sha.as_str(), out.branch.as_deref()),
+        (s.shas.feature.as_str(), Some("feature"))
+    );
+    assert_eq!(
+        git(&s.dest("branch"), &["symbolic-ref", "HEAD"]),
+        "refs/heads/feature"
+    );
     assert_eq!(git(&s.dest("branch"), &["status", "--porcelain"]), "");
 
-    let out = checkout(&spec(WIDGET, Some("v1.0"), s.dest("tag")), &creds, &mut |_| {}).expect("tag");
-    assert_eq!((out.sha.as_str(), out.tag.as_deref()), (s.shas.feature.as_str(), Some("v1.0")));
+    let out = checkout(
+        &spec(WIDGET, Some("v1.0"), s.dest("tag")),
+        &creds,
+        &mut |_| {},
+    )
+    .expect("tag");
+    assert_eq!(
+        (out.sha.as_str(), out.tag.as_deref()),
+        (s.shas.feature.as_str(), Some("v1.0"))
+    );
 
-    let out = checkout(&spec(WIDGET, Some(&s.shas.main[..8]), s.dest("sha")), &creds, &mut |_| {}).expect("sha");
+    let out = checkout(
+        &spec(WIDGET, Some(&s.shas.main[..8]), s.dest("sha")),
+        &creds,
+        &mut |_| {},
+    )
+    .expect("sha");
     assert_eq!(out.sha, s.shas.main);
     assert_eq!(git(&s.dest("sha"), &["rev-parse", "HEAD"]), s.shas.main);
 
-    let err = checkout(&spec(WIDGET, Some("no-such"), s.dest("missing")), &creds, &mut |_| {})
-        .expect_err("missing ref");
+    let err = checkout(
+        &spec(WIDGET, Some("no-such"), s.dest("missing")),
+        &creds,
+        &mut |_| {},
+    )
+    .expect_err("missing ref");
     assert!(err.to_string().contains("Branches: feature, main"), "{err}");
 }
 
@@ -315,17 +425,28 @@ fn changed_and_unknown_host_keys_are_refused_with_fingerprint() {
     let fp = run(
         s.dir.path(),
         "ssh-keygen",
-        &["-lf", s.dir.path().join("host_ed25519.pub").to_str().expect("utf8")],
+        &[
+            "-lf",
+            s.dir
+                .path()
+                .join("host_ed25519.pub")
+                .to_str()
+                .expect("utf8"),
+        ],
     );
     let fp = fp.split_whitespace().nth(1).expect("fp").to_string();
 
     // Only the pinned keys: ssh.bitbucket.org is known, with other keys → CHANGED.
     let mut creds = s.creds(&[("user", KeyRole::User)]);
     creds.known_hosts = KnownHosts::pinned();
-    let err = checkout(&spec(WIDGET, None, s.dest("changed")), &creds, &mut |_| {}).expect_err("changed");
+    let err =
+        checkout(&spec(WIDGET, None, s.dest("changed")), &creds, &mut |_| {}).expect_err("changed");
     assert!(matches!(err, CheckoutError::HostKey { .. }), "{err:?}");
     let msg = err.to_string();
-    assert!(msg.contains("host key for ssh.bitbucket.org has CHANGED"), "{msg}");
+    assert!(
+        msg.contains("host key for ssh.bitbucket.org has CHANGED"),
+        "{msg}"
+    );
     assert!(msg.contains(&fp), "{msg}");
 
     // A host nobody pinned → unknown, with the line to add.
@@ -334,7 +455,11 @@ fn changed_and_unknown_host_keys_are_refused_with_fingerprint() {
         .add_mapping(&format!("git.corp.example=127.0.0.1:{}", s.port))
         .expect("mapping");
     let err = checkout(
-        &spec("ssh://root@git.corp.example/acme/widget.git", None, s.dest("unknown")),
+        &spec(
+            "ssh://root@git.corp.example/acme/widget.git",
+            None,
+            s.dest("unknown"),
+        ),
         &creds,
         &mut |_| {},
     )
@@ -342,7 +467,9 @@ fn changed_and_unknown_host_keys_are_refused_with_fingerprint() {
     let msg = err.to_string();
     assert!(msg.contains(&fp), "{msg}");
     assert!(
-        msg.contains("add this line to the file given with --known-hosts: git.corp.example ssh-ed25519 AAAA"),
+        msg.contains(
+            "add this line to the file given with --known-hosts: git.corp.example ssh-ed25519 AAAA"
+        ),
         "{msg}"
     );
 }
@@ -351,7 +478,8 @@ fn changed_and_unknown_host_keys_are_refused_with_fingerprint() {
 fn deploy_key_alone_fails_on_submodule_with_user_key_advice() {
     let Some(s) = start() else { return };
     let creds = s.creds(&[("deploy", KeyRole::Deploy)]);
-    let err = checkout(&spec(WIDGET, None, s.dest("deploy")), &creds, &mut |_| {}).expect_err("submodule");
+    let err = checkout(&spec(WIDGET, None, s.dest("deploy")), &creds, &mut |_| {})
+        .expect_err("submodule");
     let msg = err.to_string();
     eprintln!("deploy-only error: {msg}\n{err:?}");
     assert!(matches!(err, CheckoutError::NoAccess { .. }), "{err:?}");
@@ -364,10 +492,14 @@ fn deploy_key_alone_fails_on_submodule_with_user_key_advice() {
 fn unknown_key_is_refused_naming_keys_offered() {
     let Some(s) = start() else { return };
     let creds = s.creds(&[("stranger", KeyRole::User), ("stranger", KeyRole::Deploy)]);
-    let err = checkout(&spec(WIDGET, None, s.dest("stranger")), &creds, &mut |_| {}).expect_err("refused");
+    let err = checkout(&spec(WIDGET, None, s.dest("stranger")), &creds, &mut |_| {})
+        .expect_err("refused");
     let msg = err.to_string();
     assert!(matches!(err, CheckoutError::AuthRefused { .. }), "{err:?}");
-    assert!(msg.contains("user key SHA256:") && msg.contains("deploy key SHA256:"), "{msg}");
+    assert!(
+        msg.contains("user key SHA256:") && msg.contains("deploy key SHA256:"),
+        "{msg}"
+    );
     assert!(msg.contains(WIDGET), "{msg}");
 }
 
@@ -390,12 +522,26 @@ fn missing_repository_is_reported_as_no_access() {
     eprintln!("missing-repo error: {err}\n{err:?}");
     assert!(matches!(err, CheckoutError::NoAccess { .. }), "{err:?}");
     assert!(err.to_string().contains(url), "{err}");
+    assert!(
+        err.to_string()
+            .contains("the server said: conq: repository does not exist."),
+        "{err}"
+    );
 }
 
 #[test]
 fn keyscan_sees_the_server_key() {
     let Some(s) = start() else { return };
-    let keys = keyscan("127.0.0.1", s.port, "ssh.bitbucket.org", Duration::from_secs(5)).expect("scan");
+    let keys = keyscan(
+        "127.0.0.1",
+        s.port,
+        "ssh.bitbucket.org",
+        Duration::from_secs(5),
+    )
+    .expect("scan");
     assert_eq!(keys.len(), 1, "{keys:?}");
-    assert_eq!(keys[0].known_hosts_line("ssh.bitbucket.org", 22), s.host_key_line);
+    assert_eq!(
+        keys[0].known_hosts_line("ssh.bitbucket.org", 22),
+        s.host_key_line
+    );
 }

@@ -63,9 +63,10 @@ pub enum CheckoutError {
     AuthRefused { url: String, offered: Vec<String> },
     #[error(
         "repository {url} does not exist or is not accessible with the keys offered \
-         ({}){}. {DEPLOY_KEY_NOTE}",
+         ({}){}{}. {DEPLOY_KEY_NOTE}",
         offered_list(accepted),
-        if refused.is_empty() { String::new() } else { format!("; refused at login: {}", refused.join(", ")) }
+        if refused.is_empty() { String::new() } else { format!("; refused at login: {}", refused.join(", ")) },
+        if detail.trim().is_empty() { String::new() } else { format!("; the server said: {}", detail.trim()) }
     )]
     NoAccess {
         url: String,
@@ -290,7 +291,7 @@ fn fetch_once(
                 return Err(FetchFailure::AuthExhausted(offered.into_inner()));
             }
             let offered = offered.into_inner();
-            if plan.host_check.is_some() && looks_like_remote_hangup(&e) {
+            if plan.host_check.is_some() && !offered.is_empty() && looks_like_remote_hangup(&e) {
                 Err(FetchFailure::AfterAuth(offered.last().copied(), e))
             } else {
                 Err(FetchFailure::Other(e))
@@ -299,19 +300,14 @@ fn fetch_once(
     }
 }
 
-/// Bitbucket's "conq: repository does not exist." goes to the SSH channel's stderr, which
-/// libgit2 never reads: all it sees is the channel closing before the ref advertisement.
-/// That surfaces as an SSH/Net-class error about reading or an early EOF; treat those, after a
-/// successful login, as "the server would not serve this repository to this key".
+/// After a successful login, Bitbucket's forced command prints `conq: repository does not
+/// exist.` on the channel's stderr and exits 1. libgit2 1.9 (libssh2 transport), finding
+/// stdout empty, reads stderr and fails with class `Ssh`, code `Eof` and that text as the
+/// message. A server that closes without a word gives an "early EOF" instead. Both mean
+/// "this key may not read this repository" (or it does not exist: Bitbucket does not say).
 fn looks_like_remote_hangup(e: &git2::Error) -> bool {
     let msg = e.message().to_ascii_lowercase();
-    matches!(
-        e.class(),
-        ErrorClass::Ssh | ErrorClass::Net | ErrorClass::Http
-    ) && !msg.contains("failed to connect")
-        && !msg.contains("connection refused")
-        && !msg.contains("timed out")
-        && !msg.contains("could not resolve")
+    e.code() == ErrorCode::Eof
         || msg.contains("early eof")
         || msg.contains("repository not found")
         || msg.contains("does not exist")
