@@ -1,30 +1,689 @@
-//! checkout (temporary interface stub; replaced by the real module on merge)
-#![allow(dead_code, unused_variables)]
-use crate::ssh::{KnownHosts, SshKey, VcsHosts};
-use std::path::PathBuf;
+//! Checkout of a job's repository (and its submodules) with git2, blocking: run it in
+//! `spawn_blocking`.
+//!
+//! Three URLs exist for every repository:
+//! - WRITTEN: as the user (or `.gitmodules`) wrote it; it becomes `origin`, so `git remote -v`
+//!   in the container shows what the user expects and works there through the container's
+//!   ssh config;
+//! - LOGICAL: aliases applied (bitbucket.org → ssh.bitbucket.org); host keys are checked under
+//!   its host name;
+//! - PHYSICAL: what libgit2 dials, after the host mapping (e.g. 127.0.0.1:2222 in tests).
+
+use crate::ssh::{
+    parse_ssh_url, resolve_relative_url, verify_host_key, HostKeyError, HostKeyType, KnownHosts,
+    SshKey, VcsHosts,
+};
+use git2::build::CheckoutBuilder;
+use git2::{
+    AutotagOption, CertificateCheckStatus, Cred, CredentialType, ErrorClass, ErrorCode,
+    FetchOptions, Oid, RemoteCallbacks, Repository,
+};
+use std::cell::{Cell, RefCell};
+use std::path::{Path, PathBuf};
+
 pub struct CheckoutSpec {
+    /// As the user wrote it: `git@bitbucket.org:acme/widget.git`, `ssh://...`, or a local
+    /// path / `file://` URL.
     pub url: String,
+    /// Branch, tag, or full/abbreviated (≥ 7) commit SHA; `None` = the remote's HEAD branch.
     pub reference: Option<String>,
     pub dest: PathBuf,
 }
+
 pub struct Credentials {
+    /// Offered in this order: user key first, then deploy key.
     pub keys: Vec<SshKey>,
     pub known_hosts: KnownHosts,
     pub hosts: VcsHosts,
 }
+
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CheckoutOutcome {
     pub sha: String,
     pub branch: Option<String>,
     pub tag: Option<String>,
+    /// (path relative to the checkout root, commit), nested submodules included.
     pub submodules: Vec<(String, String)>,
 }
+
+const FETCH_REFSPECS: [&str; 2] = [
+    "+refs/heads/*:refs/remotes/origin/*",
+    "+refs/tags/*:refs/tags/*",
+];
+const DEPLOY_KEY_NOTE: &str = "A deploy key opens only the one repository it was added to; \
+     submodules and other private repositories need a user key (Project Settings → SSH Keys → \
+     Add User Key), which is offered first.";
+
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct CheckoutError(pub String);
+pub enum CheckoutError {
+    #[error(
+        "authentication to {url} was refused for every key offered ({}). {DEPLOY_KEY_NOTE}",
+        offered_list(offered)
+    )]
+    AuthRefused { url: String, offered: Vec<String> },
+    #[error(
+        "repository {url} does not exist or is not accessible with the keys offered \
+         ({}){}{}. {DEPLOY_KEY_NOTE}",
+        offered_list(accepted),
+        if refused.is_empty() { String::new() } else { format!("; refused at login: {}", refused.join(", ")) },
+        if detail.trim().is_empty() { String::new() } else { format!("; the server said: {}", detail.trim()) }
+    )]
+    NoAccess {
+        url: String,
+        /// Keys the server accepted at login that still could not read the repository.
+        accepted: Vec<String>,
+        refused: Vec<String>,
+        /// What libgit2 said, for debugging (it only sees the connection end).
+        detail: String,
+    },
+    #[error("{source} (while fetching {url})")]
+    HostKey {
+        url: String,
+        #[source]
+        source: Box<HostKeyError>,
+    },
+    #[error(
+        "{reference:?} is not a branch, tag or commit of {url}. Branches: {}. Tags: {}",
+        sample(branches),
+        sample(tags)
+    )]
+    RefNotFound {
+        reference: String,
+        url: String,
+        branches: Vec<String>,
+        tags: Vec<String>,
+    },
+    #[error("submodule {path}: {message}")]
+    Submodule { path: String, message: String },
+    #[error("checkout destination {}: {message}", path.display())]
+    Dest { path: PathBuf, message: String },
+    #[error("{context}: {source}")]
+    Git {
+        context: String,
+        #[source]
+        source: git2::Error,
+    },
+}
+
+fn offered_list(keys: &[String]) -> String {
+    if keys.is_empty() {
+        "no keys were configured".to_string()
+    } else {
+        keys.join(", ")
+    }
+}
+
+fn sample(names: &[String]) -> String {
+    if names.is_empty() {
+        return "(none)".to_string();
+    }
+    let mut s = names
+        .iter()
+        .take(10)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
+    if names.len() > 10 {
+        s.push_str(&format!(", … ({} in all)", names.len()));
+    }
+    s
+}
+
+fn git_err(context: impl Into<String>) -> impl FnOnce(git2::Error) -> CheckoutError {
+    let context = context.into();
+    move |source| CheckoutError::Git { context, source }
+}
+
+/// Where one repository is fetched from, in its three forms (see the module docs).
+#[derive(Debug, Clone)]
+struct RemotePlan {
+    written: String,
+    physical: String,
+    /// Logical (host, port) to check host keys under; `None` for non-SSH transports.
+    host_check: Option<(String, u16)>,
+    describe: String,
+}
+
+fn plan_remote(written: &str, hosts: &VcsHosts) -> RemotePlan {
+    let logical = hosts.logical_ssh_url(written);
+    let Some(url) = parse_ssh_url(&logical) else {
+        return RemotePlan {
+            written: written.to_string(),
+            physical: written.to_string(),
+            host_check: None,
+            describe: written.to_string(),
+        };
+    };
+    let check_port = url.port.unwrap_or(22);
+    let (connect_host, connect_port) = hosts
+        .mapping(&url.host)
+        .unwrap_or_else(|| (url.host.clone(), check_port));
+    let user = url.user.as_deref().unwrap_or("git");
+    let host_fmt = if connect_host.contains(':') {
+        format!("[{connect_host}]")
+    } else {
+        connect_host.clone()
+    };
+    let physical = format!(
+        "ssh://{user}@{host_fmt}:{connect_port}{}",
+        url.absolute_path()
+    );
+    let logical_name = if check_port == 22 {
+        url.host.clone()
+    } else {
+        format!("{}:{check_port}", url.host)
+    };
+    let describe = if connect_host == url.host && connect_port == check_port {
+        format!("{written} ({logical_name})")
+    } else {
+        format!("{written} ({logical_name} via {host_fmt}:{connect_port})")
+    };
+    RemotePlan {
+        written: written.to_string(),
+        physical,
+        host_check: Some((url.host, check_port)),
+        describe,
+    }
+}
+
+/// How one fetch attempt ended when it did not succeed.
+enum FetchFailure {
+    HostKey(HostKeyError),
+    /// Every key from the starting one on was refused at login (indices into the keys).
+    AuthExhausted(Vec<usize>),
+    /// Failed after login succeeded with this key (`None`: no key was needed/asked).
+    AfterAuth(Option<usize>, git2::Error),
+    Other(git2::Error),
+}
+
+/// One fetch over one connection, offering `keys[first..]` in order.
+fn fetch_once(
+    repo: &Repository,
+    plan: &RemotePlan,
+    refspecs: &[&str],
+    creds: &Credentials,
+    first: usize,
+) -> Result<Option<String>, FetchFailure> {
+    let next_key = Cell::new(first);
+    let offered: RefCell<Vec<usize>> = RefCell::new(Vec::new());
+    let exhausted = Cell::new(false);
+    let host_error: RefCell<Option<HostKeyError>> = RefCell::new(None);
+    let default_branch;
+    let result = {
+        let mut callbacks = RemoteCallbacks::new();
+        // libgit2 calls this again after each refused key; without a limit it would loop
+        // forever offering the same key.
+        callbacks.credentials(|_url, username, allowed| {
+            let user = username.unwrap_or("git");
+            if allowed.contains(CredentialType::USERNAME) {
+                return Cred::username(user);
+            }
+            if !allowed.contains(CredentialType::SSH_KEY)
+                && !allowed.contains(CredentialType::SSH_MEMORY)
+            {
+                return Err(git2::Error::from_str(
+                    "the server asked for a credential type other than an SSH key",
+                ));
+            }
+            let idx = next_key.get();
+            let Some(key) = creds.keys.get(idx) else {
+                exhausted.set(true);
+                return Err(git2::Error::new(
+                    ErrorCode::Auth,
+                    ErrorClass::Ssh,
+                    "all configured SSH keys were refused",
+                ));
+            };
+            next_key.set(idx + 1);
+            offered.borrow_mut().push(idx);
+            Cred::ssh_key_from_memory(user, None, &key.private, None)
+        });
+        callbacks.certificate_check(|cert, _hostname| {
+            let Some((host, port)) = &plan.host_check else {
+                return Ok(CertificateCheckStatus::CertificatePassthrough);
+            };
+            let verdict = match cert.as_hostkey().and_then(|hk| hk.hostkey()) {
+                Some(blob) => {
+                    let key_type = HostKeyType::from_blob(blob)
+                        .unwrap_or_else(|| HostKeyType::Other("unknown".into()));
+                    verify_host_key(&creds.known_hosts, host, *port, &key_type, blob)
+                }
+                None => Err(HostKeyError::NoHostKey {
+                    host: host.clone(),
+                    port: *port,
+                }),
+            };
+            match verdict {
+                Ok(()) => Ok(CertificateCheckStatus::CertificateOk),
+                Err(e) => {
+                    let err =
+                        git2::Error::new(ErrorCode::Certificate, ErrorClass::Ssh, e.to_string());
+                    *host_error.borrow_mut() = Some(e);
+                    Err(err)
+                }
+            }
+        });
+        let mut fo = FetchOptions::new();
+        fo.remote_callbacks(callbacks);
+        fo.download_tags(AutotagOption::None);
+        let mut remote = match repo.remote_anonymous(&plan.physical) {
+            Ok(r) => r,
+            Err(e) => return Err(FetchFailure::Other(e)),
+        };
+        let r = remote.fetch(refspecs, Some(&mut fo), None);
+        default_branch = remote
+            .default_branch()
+            .ok()
+            .and_then(|b| b.as_str().ok().map(str::to_string));
+        r
+    };
+    match result {
+        Ok(()) => Ok(default_branch),
+        Err(e) => {
+            if let Some(hk) = host_error.borrow_mut().take() {
+                return Err(FetchFailure::HostKey(hk));
+            }
+            if exhausted.get() {
+                return Err(FetchFailure::AuthExhausted(offered.into_inner()));
+            }
+            tracing::debug!(url = %plan.physical, class = ?e.class(), code = ?e.code(), "fetch failed: {e}");
+            if e.code() == ErrorCode::Auth {
+                return Err(FetchFailure::AuthExhausted(offered.into_inner()));
+            }
+            let offered = offered.into_inner();
+            if plan.host_check.is_some() && !offered.is_empty() && looks_like_remote_hangup(&e) {
+                Err(FetchFailure::AfterAuth(offered.last().copied(), e))
+            } else {
+                Err(FetchFailure::Other(e))
+            }
+        }
+    }
+}
+
+/// After a successful login, Bitbucket's forced command prints `conq: repository does not
+/// exist.` on the channel's stderr and exits 1. libgit2 1.9 (libssh2 transport), finding
+/// stdout empty, reads stderr and fails with class `Ssh`, code `Eof` and that text as the
+/// message. A server that closes without a word gives an "early EOF" instead. Both mean
+/// "this key may not read this repository" (or it does not exist: Bitbucket does not say).
+fn looks_like_remote_hangup(e: &git2::Error) -> bool {
+    let msg = e.message().to_ascii_lowercase();
+    e.code() == ErrorCode::Eof
+        || msg.contains("early eof")
+        || msg.contains("repository not found")
+        || msg.contains("does not exist")
+}
+
+/// Fetches with the keys in order; if a key logs in but the repository is not served to it,
+/// the whole fetch is retried from the next key (a deploy key may open the main repository
+/// that the user key's account cannot see).
+fn fetch_with_keys(
+    repo: &Repository,
+    plan: &RemotePlan,
+    refspecs: &[&str],
+    creds: &Credentials,
+) -> Result<Option<String>, CheckoutError> {
+    let describe = |i: &usize| {
+        creds
+            .keys
+            .get(*i)
+            .map(SshKey::describe)
+            .unwrap_or_else(|| "?".to_string())
+    };
+    let mut accepted_denied: Vec<usize> = Vec::new();
+    let mut refused: Vec<usize> = Vec::new();
+    let mut first = 0;
+    loop {
+        match fetch_once(repo, plan, refspecs, creds, first) {
+            Ok(head) => return Ok(head),
+            Err(FetchFailure::HostKey(source)) => {
+                return Err(CheckoutError::HostKey {
+                    url: plan.written.clone(),
+                    source: Box::new(source),
+                })
+            }
+            Err(FetchFailure::AuthExhausted(offered)) => {
+                refused.extend(offered);
+                if accepted_denied.is_empty() {
+                    return Err(CheckoutError::AuthRefused {
+                        url: plan.written.clone(),
+                        offered: refused.iter().map(describe).collect(),
+                    });
+                }
+                return Err(no_access(plan, creds, &accepted_denied, &refused, None));
+            }
+            Err(FetchFailure::AfterAuth(Some(idx), e)) => {
+                // Keys before `idx` in this attempt were refused at login.
+                refused.extend(first..idx);
+                accepted_denied.push(idx);
+                if idx + 1 >= creds.keys.len() {
+                    return Err(no_access(plan, creds, &accepted_denied, &refused, Some(e)));
+                }
+                first = idx + 1;
+            }
+            Err(FetchFailure::AfterAuth(None, e)) => {
+                return Err(no_access(plan, creds, &accepted_denied, &refused, Some(e)))
+            }
+            Err(FetchFailure::Other(e)) => {
+                return Err(git_err(format!("fetching {}", plan.describe))(e))
+            }
+        }
+    }
+}
+
+fn no_access(
+    plan: &RemotePlan,
+    creds: &Credentials,
+    accepted: &[usize],
+    refused: &[usize],
+    err: Option<git2::Error>,
+) -> CheckoutError {
+    let describe = |i: &usize| {
+        creds
+            .keys
+            .get(*i)
+            .map(SshKey::describe)
+            .unwrap_or_else(|| "?".to_string())
+    };
+    CheckoutError::NoAccess {
+        url: plan.written.clone(),
+        accepted: accepted.iter().map(describe).collect(),
+        refused: refused.iter().map(describe).collect(),
+        detail: err.map(|e| e.message().to_string()).unwrap_or_default(),
+    }
+}
+
+/// Clones (or updates) `spec.dest` and checks out the requested reference and all submodules.
 pub fn checkout(
     spec: &CheckoutSpec,
     creds: &Credentials,
     progress: &mut dyn FnMut(&str),
 ) -> Result<CheckoutOutcome, CheckoutError> {
-    Err(CheckoutError("stub".into()))
+    let repo = open_or_init(&spec.dest)?;
+    let plan = plan_remote(&spec.url, &creds.hosts);
+    progress(&format!("Cloning {}", plan.describe));
+    match repo.find_remote("origin") {
+        Ok(_) => repo
+            .remote_set_url("origin", &spec.url)
+            .map_err(git_err("setting the origin remote"))?,
+        Err(_) => {
+            repo.remote("origin", &spec.url)
+                .map_err(git_err("adding the origin remote"))?;
+        }
+    }
+    let remote_head = fetch_with_keys(&repo, &plan, &FETCH_REFSPECS, creds)?;
+    let target = resolve_reference(&repo, spec.reference.as_deref(), remote_head, &plan, creds)?;
+    let commit = repo
+        .find_commit(target.commit)
+        .map_err(git_err("reading the commit to check out"))?;
+    // Detach first so that (re)creating the branch never touches the current HEAD branch.
+    repo.set_head_detached(commit.id())
+        .map_err(git_err("detaching HEAD"))?;
+    repo.checkout_tree(commit.as_object(), Some(CheckoutBuilder::new().force()))
+        .map_err(git_err("checking out the tree"))?;
+    if let Some(branch) = &target.branch {
+        let mut local = repo
+            .branch(branch, &commit, true)
+            .map_err(git_err(format!("creating branch {branch}")))?;
+        local
+            .set_upstream(Some(&format!("origin/{branch}")))
+            .map_err(git_err(format!("setting the upstream of {branch}")))?;
+        repo.set_head(&format!("refs/heads/{branch}"))
+            .map_err(git_err(format!("pointing HEAD at {branch}")))?;
+    }
+    let mut submodules = Vec::new();
+    update_submodules(
+        &repo,
+        &spec.url,
+        creds,
+        progress,
+        Path::new(""),
+        &mut submodules,
+        0,
+    )?;
+    let sha = commit.id().to_string();
+    let what = match (&target.branch, &target.tag) {
+        (Some(b), _) => format!(" (branch {b})"),
+        (None, Some(t)) => format!(" (tag {t})"),
+        _ => String::new(),
+    };
+    progress(&format!("Checked out {sha}{what}"));
+    Ok(CheckoutOutcome {
+        sha,
+        branch: target.branch,
+        tag: target.tag,
+        submodules,
+    })
 }
+
+fn open_or_init(dest: &Path) -> Result<Repository, CheckoutError> {
+    if dest.join(".git").exists() {
+        return Repository::open(dest).map_err(git_err(format!(
+            "opening the existing repository in {}",
+            dest.display()
+        )));
+    }
+    if let Ok(mut entries) = std::fs::read_dir(dest) {
+        if entries.next().is_some() {
+            return Err(CheckoutError::Dest {
+                path: dest.to_path_buf(),
+                message: "exists, is not empty and is not a git repository".into(),
+            });
+        }
+    }
+    Repository::init(dest).map_err(git_err(format!(
+        "creating a repository in {}",
+        dest.display()
+    )))
+}
+
+struct Target {
+    commit: Oid,
+    branch: Option<String>,
+    tag: Option<String>,
+}
+
+fn resolve_reference(
+    repo: &Repository,
+    reference: Option<&str>,
+    remote_head: Option<String>,
+    plan: &RemotePlan,
+    creds: &Credentials,
+) -> Result<Target, CheckoutError> {
+    let branch_target = |name: &str| -> Option<Target> {
+        let r = repo
+            .find_reference(&format!("refs/remotes/origin/{name}"))
+            .ok()?;
+        Some(Target {
+            commit: r.peel_to_commit().ok()?.id(),
+            branch: Some(name.to_string()),
+            tag: None,
+        })
+    };
+    let tag_target = |name: &str| -> Option<Target> {
+        let r = repo.find_reference(&format!("refs/tags/{name}")).ok()?;
+        Some(Target {
+            commit: r.peel_to_commit().ok()?.id(),
+            branch: None,
+            tag: Some(name.to_string()),
+        })
+    };
+    let Some(reference) = reference else {
+        let head = remote_head
+            .as_deref()
+            .and_then(|h| h.strip_prefix("refs/heads/"))
+            .map(str::to_string);
+        let candidates = head
+            .into_iter()
+            .chain(["main".to_string(), "master".to_string()]);
+        for name in candidates {
+            if let Some(t) = branch_target(&name) {
+                return Ok(t);
+            }
+        }
+        return Err(ref_not_found(repo, "(remote HEAD)", plan));
+    };
+    if let Some(b) = reference.strip_prefix("refs/heads/") {
+        return branch_target(b).ok_or_else(|| ref_not_found(repo, reference, plan));
+    }
+    if let Some(t) = reference.strip_prefix("refs/tags/") {
+        return tag_target(t).ok_or_else(|| ref_not_found(repo, reference, plan));
+    }
+    if let Some(t) = branch_target(reference).or_else(|| tag_target(reference)) {
+        return Ok(t);
+    }
+    let is_hex = reference.len() >= 7
+        && reference.len() <= 40
+        && reference.chars().all(|c| c.is_ascii_hexdigit());
+    if is_hex {
+        if let Ok(c) = repo
+            .revparse_single(reference)
+            .and_then(|o| o.peel_to_commit())
+        {
+            return Ok(Target {
+                commit: c.id(),
+                branch: None,
+                tag: None,
+            });
+        }
+        if reference.len() == 40 {
+            // Not reachable from any branch or tag: ask for the object itself (servers allow
+            // this only with uploadpack.allowAnySHA1InWant or protocol v2).
+            if fetch_with_keys(repo, plan, &[reference], creds).is_ok() {
+                if let Ok(c) = Oid::from_str(reference).and_then(|o| repo.find_commit(o)) {
+                    return Ok(Target {
+                        commit: c.id(),
+                        branch: None,
+                        tag: None,
+                    });
+                }
+            }
+        }
+    }
+    Err(ref_not_found(repo, reference, plan))
+}
+
+fn ref_not_found(repo: &Repository, reference: &str, plan: &RemotePlan) -> CheckoutError {
+    let names = |glob: &str, prefix: &str| -> Vec<String> {
+        let mut v: Vec<String> = repo
+            .references_glob(glob)
+            .map(|refs| {
+                refs.filter_map(|r| r.ok())
+                    .filter_map(|r| {
+                        r.name()
+                            .ok()
+                            .map(|n| n.trim_start_matches(prefix).to_string())
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    };
+    CheckoutError::RefNotFound {
+        reference: reference.to_string(),
+        url: plan.written.clone(),
+        branches: names("refs/remotes/origin/*", "refs/remotes/origin/"),
+        tags: names("refs/tags/*", "refs/tags/"),
+    }
+}
+
+/// Nesting bound: a submodule that (indirectly) contains itself would otherwise recurse forever.
+const MAX_SUBMODULE_DEPTH: usize = 8;
+
+/// Each submodule is fetched with its own callbacks (same keys, same host-key check) because
+/// its URL may name another host, and libgit2's own submodule update cannot use ours.
+fn update_submodules(
+    repo: &Repository,
+    parent_url: &str,
+    creds: &Credentials,
+    progress: &mut dyn FnMut(&str),
+    prefix: &Path,
+    out: &mut Vec<(String, String)>,
+    depth: usize,
+) -> Result<(), CheckoutError> {
+    let submodules = repo.submodules().map_err(git_err("reading .gitmodules"))?;
+    for mut sm in submodules {
+        let rel_path = sm.path().to_path_buf();
+        let full_path = prefix.join(&rel_path).display().to_string();
+        let sm_err = |message: String| CheckoutError::Submodule {
+            path: full_path.clone(),
+            message,
+        };
+        if depth >= MAX_SUBMODULE_DEPTH {
+            return Err(sm_err(format!(
+                "submodules nested more than {MAX_SUBMODULE_DEPTH} deep"
+            )));
+        }
+        let name = sm.name().unwrap_or(&full_path).to_string();
+        let Some(gitlink) = sm.head_id() else {
+            // In .gitmodules but not in the commit's tree: git ignores it too.
+            continue;
+        };
+        let raw_url = sm
+            .url()
+            .ok()
+            .flatten()
+            .ok_or_else(|| sm_err("no url in .gitmodules".into()))?
+            .to_string();
+        let url = resolve_relative_url(parent_url, &raw_url).ok_or_else(|| {
+            sm_err(format!(
+                "relative url {raw_url} climbs above the root of {parent_url}"
+            ))
+        })?;
+        sm.init(false)
+            .map_err(git_err(format!("initialising submodule {full_path}")))?;
+        // libgit2 resolved relative URLs itself; store ours, which is the one we fetch.
+        repo.config()
+            .and_then(|mut c| c.set_str(&format!("submodule.{name}.url"), &url))
+            .map_err(git_err(format!(
+                "recording the url of submodule {full_path}"
+            )))?;
+        let plan = plan_remote(&url, &creds.hosts);
+        progress(&format!("Submodule {full_path} → {}", plan.describe));
+        let subrepo = match sm.open() {
+            Ok(r) => r,
+            Err(_) => sm.repo_init(true).map_err(git_err(format!(
+                "creating the repository of submodule {full_path}"
+            )))?,
+        };
+        match subrepo.find_remote("origin") {
+            Ok(_) => subrepo.remote_set_url("origin", &url),
+            Err(_) => subrepo.remote("origin", &url).map(|_| ()),
+        }
+        .map_err(git_err(format!("setting origin of submodule {full_path}")))?;
+        fetch_with_keys(&subrepo, &plan, &FETCH_REFSPECS, creds)?;
+        if subrepo.find_commit(gitlink).is_err() {
+            let sha = gitlink.to_string();
+            let fetched = fetch_with_keys(&subrepo, &plan, &[sha.as_str()], creds);
+            if fetched.is_err() || subrepo.find_commit(gitlink).is_err() {
+                return Err(sm_err(format!(
+                    "commit {gitlink} recorded by the parent is not on any branch or tag of {url} \
+                     (was it pushed?)"
+                )));
+            }
+        }
+        let commit = subrepo
+            .find_commit(gitlink)
+            .map_err(git_err(format!("reading commit {gitlink} of {full_path}")))?;
+        subrepo
+            .set_head_detached(gitlink)
+            .map_err(git_err(format!("detaching HEAD of {full_path}")))?;
+        subrepo
+            .checkout_tree(commit.as_object(), Some(CheckoutBuilder::new().force()))
+            .map_err(git_err(format!("checking out {full_path}")))?;
+        out.push((full_path.clone(), gitlink.to_string()));
+        update_submodules(
+            &subrepo,
+            &url,
+            creds,
+            progress,
+            &prefix.join(&rel_path),
+            out,
+            depth + 1,
+        )?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,264 @@
+use super::*;
+use std::process::Command;
+
+fn creds() -> Credentials {
+    let mut hosts = VcsHosts::new();
+    hosts
+        .add_mapping("ssh.bitbucket.org=127.0.0.1:2222")
+        .expect("mapping");
+    Credentials {
+        keys: Vec::new(),
+        known_hosts: KnownHosts::pinned(),
+        hosts,
+    }
+}
+
+#[test]
+fn plans_logical_and_physical_urls() {
+    let c = creds();
+    let p = plan_remote("git@bitbucket.org:acme/widget.git", &c.hosts);
+    assert_eq!(p.physical, "ssh://git@127.0.0.1:2222/acme/widget.git");
+    assert_eq!(p.host_check, Some(("ssh.bitbucket.org".to_string(), 22)));
+    assert_eq!(
+        p.describe,
+        "git@bitbucket.org:acme/widget.git (ssh.bitbucket.org via 127.0.0.1:2222)"
+    );
+    assert_eq!(p.written, "git@bitbucket.org:acme/widget.git");
+
+    let p = plan_remote("ssh://git@git.corp:7999/team/r.git", &c.hosts);
+    assert_eq!(p.physical, "ssh://git@git.corp:7999/team/r.git");
+    assert_eq!(p.host_check, Some(("git.corp".to_string(), 7999)));
+
+    let p = plan_remote("/srv/repos/x.git", &c.hosts);
+    assert_eq!(p.physical, "/srv/repos/x.git");
+    assert_eq!(p.host_check, None);
+}
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .args([
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@e",
+            "-c",
+            "init.defaultBranch=main",
+        ])
+        .args(["-c", "protocol.file.allow=always"])
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("git runs");
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// A bare upstream at `root/name.git` with one commit per file name on main.
+fn bare_repo(root: &Path, name: &str, files: &[&str]) -> PathBuf {
+    let work = root.join(format!("{name}-work"));
+    std::fs::create_dir_all(&work).expect("mkdir");
+    git(&work, &["init", "-q"]);
+    for f in files {
+        std::fs::write(work.join(f), f.as_bytes()).expect("write");
+        git(&work, &["add", f]);
+        git(&work, &["commit", "-qm", f]);
+    }
+    let bare = root.join(format!("{name}.git"));
+    git(
+        root,
+        &[
+            "clone",
+            "-q",
+            "--bare",
+            work.to_str().expect("utf8"),
+            bare.to_str().expect("utf8"),
+        ],
+    );
+    bare
+}
+
+#[test]
+fn local_checkout_branch_tag_sha_and_missing_ref() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let root = tmp.path();
+    let bare = bare_repo(root, "widget", &["a", "b"]);
+    let work = root.join("widget-work");
+    git(&work, &["checkout", "-q", "-b", "feature"]);
+    std::fs::write(work.join("f"), "f").expect("write");
+    git(&work, &["add", "f"]);
+    git(&work, &["commit", "-qm", "f"]);
+    git(&work, &["tag", "-a", "v1", "-m", "v1"]);
+    git(
+        &work,
+        &[
+            "push",
+            "-q",
+            "--tags",
+            bare.to_str().expect("utf8"),
+            "feature",
+        ],
+    );
+    let feature_sha = git(&work, &["rev-parse", "HEAD"]);
+    let main_sha = git(&work, &["rev-parse", "main"]);
+    let url = bare.to_str().expect("utf8").to_string();
+    let c = creds();
+    let mut lines = Vec::new();
+
+    let dest = root.join("co-head");
+    let out = checkout(
+        &CheckoutSpec {
+            url: url.clone(),
+            reference: None,
+            dest: dest.clone(),
+        },
+        &c,
+        &mut |l| lines.push(l.to_string()),
+    )
+    .expect("checkout HEAD");
+    assert_eq!(out.sha, main_sha);
+    assert_eq!(out.branch.as_deref(), Some("main"));
+    assert_eq!(git(&dest, &["rev-parse", "HEAD"]), main_sha);
+    assert_eq!(git(&dest, &["status", "--porcelain"]), "");
+    assert_eq!(
+        git(&dest, &["rev-parse", "--abbrev-ref", "main@{upstream}"]),
+        "origin/main"
+    );
+    assert_eq!(git(&dest, &["remote", "get-url", "origin"]), url);
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("Checked out ") && l.contains("(branch main)")),
+        "{lines:?}"
+    );
+
+    let dest = root.join("co-tag");
+    let out = checkout(
+        &CheckoutSpec {
+            url: url.clone(),
+            reference: Some("v1".into()),
+            dest: dest.clone(),
+        },
+        &c,
+        &mut |_| {},
+    )
+    .expect("checkout tag");
+    assert_eq!(
+        (out.sha.as_str(), out.tag.as_deref(), out.branch.as_deref()),
+        (feature_sha.as_str(), Some("v1"), None)
+    );
+    assert_eq!(git(&dest, &["rev-parse", "HEAD"]), feature_sha);
+
+    let dest = root.join("co-sha");
+    let out = checkout(
+        &CheckoutSpec {
+            url: url.clone(),
+            reference: Some(main_sha[..9].to_string()),
+            dest: dest.clone(),
+        },
+        &c,
+        &mut |_| {},
+    )
+    .expect("checkout sha");
+    assert_eq!(out.sha, main_sha);
+    assert_eq!(git(&dest, &["status", "--porcelain"]), "");
+
+    // Re-running into the same directory works and moves the branch.
+    let dest = root.join("co-head");
+    let out = checkout(
+        &CheckoutSpec {
+            url: url.clone(),
+            reference: Some("feature".into()),
+            dest: dest.clone(),
+        },
+        &c,
+        &mut |_| {},
+    )
+    .expect("re-checkout");
+    assert_eq!(out.sha, feature_sha);
+    assert_eq!(git(&dest, &["symbolic-ref", "HEAD"]), "refs/heads/feature");
+
+    let err = checkout(
+        &CheckoutSpec {
+            url: url.clone(),
+            reference: Some("nope".into()),
+            dest: root.join("co-x"),
+        },
+        &c,
+        &mut |_| {},
+    )
+    .expect_err("missing ref");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("\"nope\" is not a branch, tag or commit"),
+        "{msg}"
+    );
+    assert!(msg.contains("Branches: feature, main"), "{msg}");
+    assert!(msg.contains("Tags: v1"), "{msg}");
+}
+
+#[test]
+fn local_submodules_relative_and_nested() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let root = tmp.path();
+    let nested = bare_repo(root, "nested", &["n"]);
+    let lib = bare_repo(root, "lib", &["l"]);
+    let lib_work = root.join("lib-work");
+    git(
+        &lib_work,
+        &[
+            "submodule",
+            "add",
+            "-q",
+            nested.to_str().expect("utf8"),
+            "deps/nested",
+        ],
+    );
+    git(&lib_work, &["commit", "-qm", "sub"]);
+    git(
+        &lib_work,
+        &["push", "-q", lib.to_str().expect("utf8"), "main"],
+    );
+    let lib_sha = git(&lib_work, &["rev-parse", "HEAD"]);
+    let widget = bare_repo(root, "widget", &["w"]);
+    let w_work = root.join("widget-work");
+    git(&w_work, &["submodule", "add", "-q", "../lib.git", "lib"]);
+    // .gitmodules says ../lib.git, resolved against the origin of widget-work; point the
+    // work repo's origin at the bare one so git resolves the same way we do.
+    git(&w_work, &["commit", "-qm", "sub"]);
+    git(
+        &w_work,
+        &["push", "-q", widget.to_str().expect("utf8"), "main"],
+    );
+    let dest = root.join("co");
+    let mut lines = Vec::new();
+    let out = checkout(
+        &CheckoutSpec {
+            url: widget.to_str().expect("utf8").into(),
+            reference: None,
+            dest: dest.clone(),
+        },
+        &creds(),
+        &mut |l| lines.push(l.to_string()),
+    )
+    .expect("checkout with submodules");
+    assert_eq!(out.submodules.len(), 2, "{:?}", out.submodules);
+    assert_eq!(out.submodules[0], ("lib".to_string(), lib_sha));
+    assert_eq!(out.submodules[1].0, "lib/deps/nested");
+    assert!(dest.join("lib/l").exists());
+    assert!(dest.join("lib/deps/nested/n").exists());
+    assert_eq!(git(&dest, &["status", "--porcelain"]), "");
+    let status = git(&dest, &["submodule", "status", "--recursive"]);
+    assert!(!status.contains('-') && !status.contains('+'), "{status}");
+    assert_eq!(
+        git(&dest, &["config", "submodule.lib.url"]),
+        format!("{}/lib.git", root.display())
+    );
+    assert!(
+        lines.iter().any(|l| l.starts_with("Submodule lib → ")),
+        "{lines:?}"
+    );
+}
