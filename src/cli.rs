@@ -34,7 +34,8 @@ enum Command {
     Keyscan {
         /// HOST or HOST:PORT (port 22 by default).
         target: String,
-        /// Name to write in the lines (default: HOST); e.g. the real name when scanning a mapped port.
+        /// Name to write in the lines, for port 22 (default: HOST and its port); e.g. the real
+        /// name when scanning a mapped address.
         #[arg(long)]
         name: Option<String>,
         /// Seconds to wait for each handshake.
@@ -76,6 +77,24 @@ fn init_tracing() {
 }
 
 fn keyscan(target: &str, name: Option<&str>, timeout: u64) -> anyhow::Result<String> {
-    let _ = (target, name, timeout);
-    anyhow::bail!("keyscan: not wired yet")
+    let (host, port) = match target.rsplit_once(':') {
+        Some((h, p)) if !h.contains(':') || h.starts_with('[') => (
+            h.trim_start_matches('[').trim_end_matches(']'),
+            p.parse::<u16>()
+                .map_err(|_| anyhow::anyhow!("`{target}`: the port must be a number"))?,
+        ),
+        _ => (target, 22),
+    };
+    // With --name the lines are for the real host (the scan went to a mapped address).
+    let line_port = if name.is_some() { 22 } else { port };
+    let name = name.unwrap_or(host);
+    let keys = bosun::ssh::keyscan(host, port, name, std::time::Duration::from_secs(timeout))?;
+    if keys.is_empty() {
+        anyhow::bail!("{host}:{port} presented no host key");
+    }
+    let mut out = String::new();
+    for k in keys {
+        out.push_str(&format!("# {} {}\n{}\n", k.key_type, k.fingerprint, k.known_hosts_line(name, line_port)));
+    }
+    Ok(out)
 }

@@ -305,7 +305,7 @@ pub fn fetch_source(
         .tempdir()
         .map_err(|e| SetupError::Prepare(format!("cannot create a checkout directory: {e}")))?;
     let creds = Credentials {
-        keys: access.keys.iter().map(clone_key).collect(),
+        keys: access.keys.clone(),
         known_hosts: access.known_hosts.clone(),
         hosts: access.vcs_hosts.clone(),
     };
@@ -321,14 +321,6 @@ pub fn fetch_source(
     };
     let outcome = checkout::checkout(&cspec, &creds, &mut progress)?;
     Ok(Prefetched { dir, outcome })
-}
-
-fn clone_key(k: &SshKey) -> SshKey {
-    SshKey {
-        role: k.role,
-        private: zeroize::Zeroizing::new(k.private.as_str().to_owned()),
-        public_fingerprint: k.public_fingerprint.clone(),
-    }
 }
 
 /// One exec that tells us `$HOME`, uid, gid and whether bash exists, as the job's user.
