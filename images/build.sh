@@ -1,0 +1,335 @@
+#!/usr/bin/env bash
+# Builds Bosun's test images from Debian packages, without any container
+# registry (none is reachable from the machines this project runs on, and the
+# Docker engine starts with no images at all).
+#
+#   images/build.sh [base|nobash|gitserver|all]      (default: all)
+#
+# Each image is tagged bosun/<name>:<hash> and bosun/<name>:latest, where
+# <hash> covers everything that goes into it (this script, its package list,
+# the mirror, the suite, the stand-in's files). An existing hashed tag means
+# "up to date" and costs nothing, so tests may call this on every run.
+#
+# Environment:
+#   BOSUN_IMAGE_CACHE    scratch space for root filesystems (default /var/cache/bosun-images)
+#   BOSUN_DEBIAN_MIRROR  Debian mirror URL (default: the one apt on this machine uses)
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+SUITE=bookworm
+CACHE=${BOSUN_IMAGE_CACHE:-/var/cache/bosun-images}
+
+# bash/git/openssh-client/ca-certificates: what a CircleCI job's checkout
+# needs. procps: ps and kill, which minbase lacks (util-linux, in minbase,
+# brings setsid; tar is essential anyway).
+BASE_PACKAGES=bash,git,openssh-client,ca-certificates,procps
+GITSERVER_PACKAGES=openssh-server
+
+log() { printf '[images] %s\n' "$*" >&2; }
+die() {
+    log "error: $*"
+    exit 1
+}
+
+now() { date +%s.%N; }
+elapsed() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1fs", b - a }'; }
+
+# The mirror apt on this machine already uses is the one that is reachable.
+# deb822 stanzas (sources.list.d/*.sources) first, then one-line "deb URL suite"
+# entries; the suite must match exactly so -security/-updates are skipped.
+detect_mirror() {
+    if [[ -n ${BOSUN_DEBIAN_MIRROR:-} ]]; then
+        printf '%s\n' "$BOSUN_DEBIAN_MIRROR"
+        return
+    fi
+    local f uri
+    for f in /etc/apt/sources.list.d/*.sources; do
+        [[ -r $f ]] || continue
+        uri=$(awk -v suite="$SUITE" '
+            BEGIN { RS = ""; FS = "\n" }
+            {
+                uri = ""; has_suite = 0; is_deb = 0
+                for (i = 1; i <= NF; i++) {
+                    if ($i ~ /^URIs:/) { split($i, a, /[ \t]+/); uri = a[2] }
+                    if ($i ~ /^Suites:/) {
+                        n = split($i, s, /[ \t]+/)
+                        for (j = 2; j <= n; j++) if (s[j] == suite) has_suite = 1
+                    }
+                    if ($i ~ /^Types:/ && $i ~ /[ \t]deb([ \t]|$)/) is_deb = 1
+                }
+                if (uri != "" && has_suite && is_deb) { print uri; exit }
+            }' "$f")
+        if [[ -n $uri ]]; then
+            printf '%s\n' "${uri%/}"
+            return
+        fi
+    done
+    for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
+        [[ -r $f ]] || continue
+        uri=$(awk -v suite="$SUITE" '
+            $1 == "deb" {
+                i = 2
+                if ($i ~ /^\[/) { while (i <= NF && $i !~ /\]$/) i++; i++ }
+                if ($(i + 1) == suite) { print $i; exit }
+            }' "$f")
+        if [[ -n $uri ]]; then
+            printf '%s\n' "${uri%/}"
+            return
+        fi
+    done
+    printf '%s\n' http://deb.debian.org/debian
+}
+
+MIRROR=$(detect_mirror)
+
+hash_of() {
+    # Inputs are fed with their names so that moving bytes between inputs
+    # still changes the hash.
+    local item
+    for item in "$@"; do
+        printf '%s\n' "$item"
+    done | sha256sum | cut -c1-12
+}
+
+SCRIPT_SUM=$(sha256sum "$HERE/build.sh" | cut -d' ' -f1)
+GITSERVER_SUM=$(cd "$HERE/gitserver" && find . -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum | sha256sum | cut -d' ' -f1)
+
+BASE_HASH=$(hash_of "script=$SCRIPT_SUM" base "packages=$BASE_PACKAGES" "mirror=$MIRROR" "suite=$SUITE")
+NOBASH_HASH=$(hash_of "script=$SCRIPT_SUM" nobash "packages=busybox-static" "mirror=$MIRROR" "suite=$SUITE")
+GITSERVER_HASH=$(hash_of "script=$SCRIPT_SUM" gitserver "base=$BASE_HASH" "packages=$GITSERVER_PACKAGES" "files=$GITSERVER_SUM")
+
+image_exists() { docker image inspect "$1" >/dev/null 2>&1; }
+
+import_rootfs() {
+    local dir=$1 name=$2 hash=$3 cmd=$4
+    local t
+    t=$(now)
+    # --numeric-owner: the rootfs's uids are its own, not this host's names.
+    tar --numeric-owner -C "$dir" -c . |
+        docker import \
+            -c "CMD $cmd" \
+            -c "LABEL bosun.image=$name bosun.image.hash=$hash" \
+            - "bosun/$name:$hash" >/dev/null
+    docker tag "bosun/$name:$hash" "bosun/$name:latest"
+    log "$name: imported bosun/$name:$hash ($(elapsed "$t"))"
+}
+
+# Apt inside a chroot needs name resolution, and must not try to start the
+# services it installs (there is no init in there).
+chroot_apt_install() {
+    local dir=$1
+    shift
+    cp /etc/hosts /etc/resolv.conf "$dir/etc/"
+    printf '#!/bin/sh\nexit 101\n' >"$dir/usr/sbin/policy-rc.d"
+    chmod 755 "$dir/usr/sbin/policy-rc.d"
+    local logf
+    logf="$CACHE/apt-${dir##*/}.log"
+    if ! {
+        DEBIAN_FRONTEND=noninteractive chroot "$dir" apt-get -q update &&
+            DEBIAN_FRONTEND=noninteractive chroot "$dir" apt-get -q install -y --no-install-recommends "$@"
+    } >"$logf" 2>&1; then
+        tail -n 30 "$logf" >&2
+        die "apt-get install $* in $dir failed (full log: $logf)"
+    fi
+    chroot "$dir" apt-get clean
+    rm -f "$dir/usr/sbin/policy-rc.d"
+    rm -rf "$dir"/var/lib/apt/lists/*
+    # Docker bind-mounts its own over these at run time.
+    : >"$dir/etc/hosts"
+    : >"$dir/etc/resolv.conf"
+}
+
+# The base root filesystem, from debootstrap; gitserver starts from a copy of
+# it. When the base image is current but its rootfs is gone (it is removed
+# after use), exporting the image back is ~10x faster than debootstrap.
+base_rootfs() {
+    local dir="$CACHE/rootfs-base-$BASE_HASH"
+    if [[ -f $dir/.complete ]]; then
+        printf '%s\n' "$dir"
+        return
+    fi
+    rm -rf "$dir"
+    mkdir -p "$dir"
+    local t
+    t=$(now)
+    if image_exists "bosun/base:$BASE_HASH"; then
+        local cid
+        cid=$(docker create "bosun/base:$BASE_HASH" /bin/true)
+        docker export "$cid" | tar --numeric-owner -C "$dir" -x
+        docker rm "$cid" >/dev/null
+        log "base: rootfs exported from bosun/base:$BASE_HASH ($(elapsed "$t"))"
+    else
+        log "base: debootstrap $SUITE from $MIRROR"
+        if ! debootstrap --variant=minbase --include="$BASE_PACKAGES" \
+            "$SUITE" "$dir" "$MIRROR" >"$CACHE/debootstrap-base.log" 2>&1; then
+            tail -n 30 "$CACHE/debootstrap-base.log" >&2
+            [[ -f $dir/debootstrap/debootstrap.log ]] && tail -n 30 "$dir/debootstrap/debootstrap.log" >&2
+            die "debootstrap failed (full log: $CACHE/debootstrap-base.log)"
+        fi
+        # CircleCI's convenience images run jobs as circleci (uid 3434), so
+        # the executor must be tested against a non-root job user.
+        chroot "$dir" groupadd --gid 3434 circleci
+        chroot "$dir" useradd --uid 3434 --gid 3434 --create-home \
+            --home-dir /home/circleci --shell /bin/bash circleci
+        chroot "$dir" apt-get clean
+        : >"$dir/etc/hosts"
+        : >"$dir/etc/resolv.conf"
+        log "base: debootstrap done ($(elapsed "$t"))"
+    fi
+    touch "$dir/.complete"
+    printf '%s\n' "$dir"
+}
+
+build_base() {
+    if image_exists "bosun/base:$BASE_HASH"; then
+        docker tag "bosun/base:$BASE_HASH" bosun/base:latest
+        log "base: bosun/base:$BASE_HASH up to date"
+        return
+    fi
+    local dir
+    dir=$(base_rootfs)
+    for tool in bash git ssh setsid kill ps tar; do
+        chroot "$dir" sh -c "command -v $tool" >/dev/null || die "base: $tool missing from the rootfs"
+    done
+    import_rootfs "$dir" base "$BASE_HASH" '["/bin/bash"]'
+}
+
+build_nobash() {
+    if image_exists "bosun/nobash:$NOBASH_HASH"; then
+        docker tag "bosun/nobash:$NOBASH_HASH" bosun/nobash:latest
+        log "nobash: bosun/nobash:$NOBASH_HASH up to date"
+        return
+    fi
+    local t work dir
+    t=$(now)
+    work="$CACHE/work-nobash-$NOBASH_HASH"
+    dir="$CACHE/rootfs-nobash-$NOBASH_HASH"
+    rm -rf "$work" "$dir"
+    mkdir -p "$work" "$dir"
+    # apt-get download drops privileges to _apt, which must be able to write here.
+    chmod 777 "$work"
+    if ! (cd "$work" && apt-get download -qq busybox-static) >/dev/null 2>&1; then
+        # A fresh machine may not have package lists yet.
+        apt-get update -qq >/dev/null
+        (cd "$work" && apt-get download -qq busybox-static) >/dev/null
+    fi
+    dpkg-deb -x "$work"/busybox-static_*.deb "$work/x"
+
+    # Images without bash exist (alpine, distroless-ish); the executor must
+    # detect that and fall back to sh. Busybox alone is the smallest such image.
+    mkdir -p "$dir/bin" "$dir/sbin" "$dir/usr/bin" "$dir/usr/sbin" "$dir/etc" "$dir/root"
+    install -m 755 "$work/x/bin/busybox" "$dir/bin/busybox"
+    local applet
+    while IFS= read -r applet; do
+        [[ $applet == bin/busybox ]] && continue
+        [[ -e $dir/$applet ]] && continue
+        mkdir -p "$dir/$(dirname "$applet")"
+        ln -s /bin/busybox "$dir/$applet"
+    done < <("$dir/bin/busybox" --list-full)
+    [[ -e $dir/bin/bash ]] && die "nobash: busybox provides bash; that defeats the image"
+    install -d -m 1777 "$dir/tmp"
+    install -d -m 700 "$dir/root"
+    printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n' >"$dir/etc/passwd"
+    printf 'root:x:0:\nnogroup:x:65534:\n' >"$dir/etc/group"
+    : >"$dir/etc/hosts"
+    : >"$dir/etc/resolv.conf"
+    import_rootfs "$dir" nobash "$NOBASH_HASH" '["/bin/sh"]'
+    rm -rf "$work" "$dir"
+
+    docker run --rm bosun/nobash:latest sh -c 'echo ok' | grep -qx ok || die "nobash: sh does not run"
+    if docker run --rm bosun/nobash:latest sh -c 'test -e /bin/bash'; then
+        die "nobash: /bin/bash exists"
+    fi
+    log "nobash: done ($(elapsed "$t"))"
+}
+
+build_gitserver() {
+    if image_exists "bosun/gitserver:$GITSERVER_HASH"; then
+        docker tag "bosun/gitserver:$GITSERVER_HASH" bosun/gitserver:latest
+        log "gitserver: bosun/gitserver:$GITSERVER_HASH up to date"
+        return
+    fi
+    local t base dir
+    t=$(now)
+    base=$(base_rootfs)
+    dir="$CACHE/rootfs-gitserver-$GITSERVER_HASH"
+    rm -rf "$dir"
+    cp -a "$base" "$dir"
+    rm -f "$dir/.complete"
+    chroot_apt_install "$dir" $GITSERVER_PACKAGES
+    # Each container makes its own with ssh-keygen -A (bb-start).
+    rm -f "$dir"/etc/ssh/ssh_host_*
+
+    chroot "$dir" useradd --system --create-home --home-dir /home/git --shell /bin/sh git
+    # "*" rather than "!": with UsePAM no, sshd refuses "!" accounts as locked.
+    chroot "$dir" usermod -p '*' git
+    install -m 755 "$HERE/gitserver/bb-serve" "$HERE/gitserver/bb-start" "$dir/usr/local/bin/"
+    install -m 644 "$HERE/gitserver/sshd_config" "$dir/etc/ssh/sshd_config.d/bitbucket.conf"
+    install -m 644 "$HERE/gitserver/gitconfig" "$dir/etc/gitconfig"
+    # Catch config mistakes at build time rather than as a silent rig that
+    # never becomes ready.
+    mkdir -p "$dir/run/sshd"
+    chroot "$dir" ssh-keygen -q -t ed25519 -N '' -f /tmp/check_host_key
+    chroot "$dir" /usr/sbin/sshd -t -f /etc/ssh/sshd_config -h /tmp/check_host_key ||
+        die "gitserver: sshd rejects its configuration"
+    rm -f "$dir"/tmp/check_host_key*
+
+    import_rootfs "$dir" gitserver "$GITSERVER_HASH" '["/usr/local/bin/bb-start"]'
+    rm -rf "$dir"
+    log "gitserver: done ($(elapsed "$t"))"
+}
+
+main() {
+    local what=${1:-all}
+    case $what in
+        base | nobash | gitserver | all) ;;
+        *) die "usage: $0 [base|nobash|gitserver|all]" ;;
+    esac
+    command -v docker >/dev/null || die "docker CLI not found"
+    mkdir -p "$CACHE"
+    # Parallel test binaries each call this script; one builds, the others
+    # wait and then find the images up to date.
+    exec 9>"$CACHE/.lock"
+    flock 9
+
+    local t
+    t=$(now)
+    log "mirror $MIRROR, suite $SUITE, cache $CACHE"
+    # Leftovers of an interrupted run are never reused: a partial rootfs has
+    # no .complete marker and a hash nobody asks for again.
+    find "$CACHE" -mindepth 1 -maxdepth 1 -type d \( -name 'rootfs-*' -o -name 'work-*' \) \
+        ! -name "rootfs-base-$BASE_HASH" -exec rm -rf {} +
+    case $what in
+        base) build_base ;;
+        nobash) build_nobash ;;
+        gitserver) build_gitserver ;;
+        all)
+            build_base
+            build_nobash
+            build_gitserver
+            ;;
+    esac
+    # Root filesystems are only kept while another image still needs them.
+    if [[ $what == all ]] || image_exists "bosun/gitserver:$GITSERVER_HASH"; then
+        rm -rf "$CACHE"/rootfs-base-*
+    fi
+    prune_old_tags
+    log "total $(elapsed "$t")"
+}
+
+# Every edit of this script makes new hashed tags; drop the old ones so the
+# engine does not fill up with 300 MB images nobody refers to. Images still
+# used by a container stay (rmi refuses), which is what we want.
+prune_old_tags() {
+    local ref keep
+    keep=" bosun/base:$BASE_HASH bosun/nobash:$NOBASH_HASH bosun/gitserver:$GITSERVER_HASH "
+    while IFS= read -r ref; do
+        case $ref in
+            *:latest | *:"<none>") continue ;;
+        esac
+        [[ $keep == *" $ref "* ]] && continue
+        docker rmi "$ref" >/dev/null 2>&1 || true
+    done < <(docker images --format '{{.Repository}}:{{.Tag}}' --filter label=bosun.image)
+}
+
+main "$@"
