@@ -93,9 +93,18 @@ fn main() {
     }
     let (d, b) = (median(docker_t), median(bosun_t));
     println!("(a) job overhead, median of {runs}:");
-    println!("    docker run --rm {img} true   {:>8.0} ms", d.as_secs_f64() * 1e3);
-    println!("    bosun execute (1 step: true)  {:>8.0} ms", b.as_secs_f64() * 1e3);
-    println!("    ratio bosun/docker            {:>8.2}   (target <= 1.3)", b.as_secs_f64() / d.as_secs_f64());
+    println!(
+        "    docker run --rm {img} true   {:>8.0} ms",
+        d.as_secs_f64() * 1e3
+    );
+    println!(
+        "    bosun execute (1 step: true)  {:>8.0} ms",
+        b.as_secs_f64() * 1e3
+    );
+    println!(
+        "    ratio bosun/docker            {:>8.2}   (target <= 1.3)",
+        b.as_secs_f64() / d.as_secs_f64()
+    );
 
     // (b) checkout
     let files = env_num("BOSUN_BENCH_FILES", 5000);
@@ -111,8 +120,18 @@ fn main() {
     );
     let ws = rig.srv_dir().join("repos/acme");
     std::fs::create_dir_all(&ws).expect("mkdir");
-    harness::run(Command::new("cp").arg("-a").arg(data.path().join("bench.git")).arg(&ws));
-    harness::run(Command::new("cp").arg("-a").arg(data.path().join("lib.git")).arg(&ws));
+    harness::run(
+        Command::new("cp")
+            .arg("-a")
+            .arg(data.path().join("bench.git"))
+            .arg(&ws),
+    );
+    harness::run(
+        Command::new("cp")
+            .arg("-a")
+            .arg(data.path().join("lib.git"))
+            .arg(&ws),
+    );
     harness::run(Command::new("chmod").args(["-R", "a+rwX"]).arg(&ws));
     let key = rig.user_key(&["acme"]);
     let url = "git@bitbucket.org:acme/bench.git";
@@ -120,8 +139,13 @@ fn main() {
     for i in 0..runs.min(5) {
         let out = tempfile::tempdir().expect("tempdir");
         let mut git = rig.git(Some(&key));
-        git.args(["clone", "-q", "--recurse-submodules", &rig.ssh_url("acme/bench")])
-            .arg(out.path().join(format!("git-{i}")));
+        git.args([
+            "clone",
+            "-q",
+            "--recurse-submodules",
+            &rig.ssh_url("acme/bench"),
+        ])
+        .arg(out.path().join(format!("git-{i}")));
         git_t.push(measure(&mut git).wall);
         let mut c = Command::new(&bosun);
         c.args(["checkout", url])
@@ -140,8 +164,21 @@ fn main() {
     let n = git_t.len();
     let (g, g2) = (median(git_t), median(git2_t));
     println!("(b) checkout of {files} files / {commits} commits + submodule, median of {n}:");
-    println!("    git clone --recurse-submodules {:>8.0} ms", g.as_secs_f64() * 1e3);
-    println!("    bosun checkout (git2)          {:>8.0} ms", g2.as_secs_f64() * 1e3);
-    println!("    ratio bosun/git                {:>8.2}   (target <= 1.5)", g2.as_secs_f64() / g.as_secs_f64());
-    println!("(c) peak RSS of bosun: execute {:.1} MiB, checkout {:.1} MiB", exec_rss as f64 / 1024.0, co_rss as f64 / 1024.0);
+    println!(
+        "    git clone --recurse-submodules {:>8.0} ms",
+        g.as_secs_f64() * 1e3
+    );
+    println!(
+        "    bosun checkout (git2)          {:>8.0} ms",
+        g2.as_secs_f64() * 1e3
+    );
+    println!(
+        "    ratio bosun/git                {:>8.2}   (target <= 1.5)",
+        g2.as_secs_f64() / g.as_secs_f64()
+    );
+    println!(
+        "(c) peak RSS of bosun: execute {:.1} MiB, checkout {:.1} MiB",
+        exec_rss as f64 / 1024.0,
+        co_rss as f64 / 1024.0
+    );
 }

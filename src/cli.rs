@@ -94,7 +94,12 @@ fn keyscan(target: &str, name: Option<&str>, timeout: u64) -> anyhow::Result<Str
     }
     let mut out = String::new();
     for k in keys {
-        out.push_str(&format!("# {} {}\n{}\n", k.key_type, k.fingerprint, k.known_hosts_line(name, line_port)));
+        out.push_str(&format!(
+            "# {} {}\n{}\n",
+            k.key_type,
+            k.fingerprint,
+            k.known_hosts_line(name, line_port)
+        ));
     }
     Ok(out)
 }

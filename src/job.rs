@@ -126,7 +126,20 @@ pub async fn run_job<E: Executor>(
             } else {
                 JobStatus::InfrastructureFail
             },
-            steps: Vec::new(),
+            // No step ran; list them so every consumer sees the whole job.
+            steps: spec
+                .plan
+                .steps
+                .iter()
+                .enumerate()
+                .map(|(i, s)| StepSummary {
+                    step: i,
+                    name: s.name.clone(),
+                    status: StepStatus::Skipped,
+                    exit_code: None,
+                    duration_ms: 0,
+                })
+                .collect(),
             error: Some(e.to_string()),
         },
         Err(panic) => JobOutcome {
@@ -699,6 +712,7 @@ async fn run_steps<E: Executor>(
             duration_ms: 0,
         };
         if cancel.is_cancelled() || !step.when.should_run(failed) {
+            sink.emit(&Event::StepFinished(skipped.clone()));
             summaries.push(skipped);
             continue;
         }

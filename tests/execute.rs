@@ -95,7 +95,9 @@ jobs:
         "{env_line}"
     );
     assert!(
-        env_line.contains("NODE=0/1 HOME=/home/circleci PWD=/home/circleci/project WD=/home/circleci/project"),
+        env_line.contains(
+            "NODE=0/1 HOME=/home/circleci PWD=/home/circleci/project WD=/home/circleci/project"
+        ),
         "{env_line}"
     );
     assert!(env_line.contains("USER=circleci"), "{env_line}");
@@ -132,7 +134,12 @@ fn human_output_has_headers_and_a_summary_table() {
     ));
     let out = p.execute(&[]);
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
-    assert!(out.stdout.contains("==> Step 1: Greet\nhello world\n<== Step 1: success"), "{}", out.stdout);
+    assert!(
+        out.stdout
+            .contains("==> Step 1: Greet\nhello world\n<== Step 1: success"),
+        "{}",
+        out.stdout
+    );
     assert!(out.stdout.contains("STEP"), "{}", out.stdout);
     assert!(out.stdout.contains("Job build: success"), "{}", out.stdout);
     p.assert_no_container_left();
@@ -158,7 +165,11 @@ jobs:
     ));
     let out = p.execute(&["--json"]);
     assert_eq!(out.code, 1, "{}", out.stderr);
-    assert!(output_of(&out.events, 0).contains("shell is /bin/busybox"), "{:?}", out.events);
+    assert!(
+        output_of(&out.events, 0).contains("shell is /bin/busybox"),
+        "{:?}",
+        out.events
+    );
     assert_eq!(
         step_statuses(&out.events),
         vec![
@@ -198,7 +209,10 @@ jobs:
             ("sees the server".into(), "success".into()),
         ]
     );
-    assert!(started.elapsed() < Duration::from_secs(30), "the background step held the job");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "the background step held the job"
+    );
     p.assert_no_container_left();
 }
 
@@ -251,11 +265,17 @@ fn exit_code_2_for_problems_before_the_job_runs() {
     let out = p.execute(&[]);
     assert_eq!(out.code, 2);
     assert!(
-        out.stdout.contains(".circleci/config.yml:7:11: jobs.build.steps[0].run.comand: unknown key `comand`"),
+        out.stdout.contains(
+            ".circleci/config.yml:7:11: jobs.build.steps[0].run.comand: unknown key `comand`"
+        ),
         "{}",
         out.stdout
     );
-    assert!(out.stdout.contains("did you mean `command`?"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("did you mean `command`?"),
+        "{}",
+        out.stdout
+    );
 
     // An engine that is not there.
     let p = Project::new(&format!(
@@ -264,7 +284,11 @@ fn exit_code_2_for_problems_before_the_job_runs() {
     ));
     let out = p.execute_env(&[], &[("DOCKER_HOST", "unix:///nonexistent/docker.sock")]);
     assert_eq!(out.code, 2, "{}", out.stdout);
-    assert!(out.stdout.contains("cannot reach the Docker engine"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("cannot reach the Docker engine"),
+        "{}",
+        out.stdout
+    );
 
     // An image the engine does not have and cannot pull.
     let p = Project::new(
@@ -272,7 +296,11 @@ fn exit_code_2_for_problems_before_the_job_runs() {
     );
     let out = p.execute(&[]);
     assert_eq!(out.code, 2, "{}", out.stdout);
-    assert!(out.stdout.contains("bosun/does-not-exist:1"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("bosun/does-not-exist:1"),
+        "{}",
+        out.stdout
+    );
 
     // An unknown job lists the nearest.
     let p = Project::new(&format!(
@@ -281,7 +309,11 @@ fn exit_code_2_for_problems_before_the_job_runs() {
     ));
     let out = p.execute(&["--job", "biuld"]);
     assert_eq!(out.code, 2);
-    assert!(out.stdout.contains("did you mean `build`?"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("did you mean `build`?"),
+        "{}",
+        out.stdout
+    );
 }
 
 #[test]
@@ -304,16 +336,32 @@ jobs:
             img = image("base")
         ));
         let run = p.spawn(&["--json", "--kill-grace", "1"]);
-        run.wait_for_output("started", Duration::from_secs(60));
-        assert!(!p.containers().is_empty(), "the job's container exists while it runs");
+        // The step's own output, not the `job_started` event.
+        run.wait_for_output("started\\n", Duration::from_secs(60));
+        assert!(
+            !p.containers().is_empty(),
+            "the job's container exists while it runs"
+        );
         let t0 = Instant::now();
         run.signal(signal);
         let out = run.finish(Duration::from_secs(30));
-        assert!(t0.elapsed() < Duration::from_secs(10), "SIG{signal} took {:?}", t0.elapsed());
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "SIG{signal} took {:?}",
+            t0.elapsed()
+        );
         assert_eq!(out.code, 130, "SIG{signal}: {}", out.stderr);
         let statuses = step_statuses(&out.events);
-        assert_eq!(statuses[0], ("long".into(), "canceled".into()), "SIG{signal}");
-        assert_eq!(statuses[1], ("never".into(), "skipped".into()), "SIG{signal}");
+        assert_eq!(
+            statuses[0],
+            ("long".into(), "canceled".into()),
+            "SIG{signal}"
+        );
+        assert_eq!(
+            statuses[1],
+            ("never".into(), "skipped".into()),
+            "SIG{signal}"
+        );
         assert_eq!(out.events.last().expect("events")["status"], "canceled");
         p.assert_no_container_left();
     }

@@ -16,6 +16,10 @@
 //! on purpose: it must not share code (or bugs) with the agent under test.
 #![allow(dead_code)]
 
+mod project;
+#[allow(unused_imports)]
+pub use project::*;
+
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;

@@ -31,7 +31,12 @@ pub fn git_in(dir: &Path) -> Command {
     c.current_dir(dir)
         .env("GIT_CONFIG_NOSYSTEM", "1")
         .env("GIT_CONFIG_GLOBAL", "/dev/null")
-        .args(["-c", "user.name=Bosun Test", "-c", "user.email=test@bosun.invalid"])
+        .args([
+            "-c",
+            "user.name=Bosun Test",
+            "-c",
+            "user.email=test@bosun.invalid",
+        ])
         .stdin(Stdio::null());
     c
 }
@@ -116,7 +121,11 @@ impl Project {
 
     pub fn assert_no_container_left(&self) {
         let left = self.containers();
-        assert!(left.is_empty(), "containers left behind for job {}: {left:?}", self.job_id);
+        assert!(
+            left.is_empty(),
+            "containers left behind for job {}: {left:?}",
+            self.job_id
+        );
     }
 }
 
@@ -174,7 +183,10 @@ impl Running {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!("`{needle}` did not appear within {timeout:?}; output so far:\n{}", self.stdout_so_far());
+        panic!(
+            "`{needle}` did not appear within {timeout:?}; output so far:\n{}",
+            self.stdout_so_far()
+        );
     }
 
     pub fn signal(&self, sig: &str) {
@@ -189,7 +201,10 @@ impl Running {
                 Ok(None) if t0.elapsed() < timeout => std::thread::sleep(Duration::from_millis(50)),
                 _ => {
                     let _ = self.child.kill();
-                    panic!("bosun did not exit within {timeout:?}:\n{}", self.stdout_so_far());
+                    panic!(
+                        "bosun did not exit within {timeout:?}:\n{}",
+                        self.stdout_so_far()
+                    );
                 }
             }
         };
