@@ -66,7 +66,7 @@ pub enum CheckoutError {
          ({}){}{}. {DEPLOY_KEY_NOTE}",
         offered_list(accepted),
         if refused.is_empty() { String::new() } else { format!("; refused at login: {}", refused.join(", ")) },
-        if detail.trim().is_empty() { String::new() } else { format!("; the server said: {}", detail.trim()) }
+        if detail.trim().is_empty() { String::new() } else { format!("; the server said: {}", detail.trim().trim_end_matches('.')) }
     )]
     NoAccess {
         url: String,
