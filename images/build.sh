@@ -120,7 +120,7 @@ import_rootfs() {
     tar --numeric-owner -C "$dir" -c . |
         docker import \
             -c "CMD $cmd" \
-            -c "LABEL bosun.image=$name bosun.image.hash=$hash" \
+            -c "LABEL bosun.test-image=$name bosun.test-image.hash=$hash" \
             - "bosun/$name:$hash" >/dev/null
     docker tag "bosun/$name:$hash" "bosun/$name:latest"
     log "$name: imported bosun/$name:$hash ($(elapsed "$t"))"
@@ -355,7 +355,7 @@ prune_old_tags() {
         esac
         [[ $keep == *" $ref "* ]] && continue
         docker rmi "$ref" >/dev/null 2>&1 || true
-    done < <(docker images --format '{{.Repository}}:{{.Tag}}' --filter label=bosun.image)
+    done < <(docker images --format '{{.Repository}}:{{.Tag}}' --filter label=bosun.test-image)
 }
 
 main "$@"
