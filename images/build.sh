@@ -4,11 +4,18 @@
 # Docker engine starts with no images at all).
 #
 #   images/build.sh [base|nobash|gitserver|all]      (default: all)
+#   images/build.sh prune    remove hashed tags other than this version's
 #
 # Each image is tagged bosun/<name>:<hash> and bosun/<name>:latest, where
 # <hash> covers everything that goes into it (this script, its package list,
 # the mirror, the suite, the stand-in's files). An existing hashed tag means
 # "up to date" and costs nothing, so tests may call this on every run.
+#
+# stdout carries only the exact tags (one "bosun/<name>:<hash>" per line);
+# the test harness uses those rather than :latest, because several work trees
+# with different versions of this script may share one Docker engine, and
+# :latest then points at whichever built last. For the same reason old hashed
+# tags are never removed automatically (use `prune`).
 #
 # Environment:
 #   BOSUN_IMAGE_CACHE    scratch space for root filesystems (default /var/cache/bosun-images)
@@ -98,6 +105,11 @@ BASE_HASH=$(hash_of "script=$SCRIPT_SUM" base "packages=$BASE_PACKAGES" "mirror=
 NOBASH_HASH=$(hash_of "script=$SCRIPT_SUM" nobash "packages=busybox-static" "mirror=$MIRROR" "suite=$SUITE")
 GITSERVER_HASH=$(hash_of "script=$SCRIPT_SUM" gitserver "base=$BASE_HASH" "packages=$GITSERVER_PACKAGES" "files=$GITSERVER_SUM")
 
+# debootstrap, chroot and a rootfs full of root-owned files.
+need_root() {
+    ((EUID == 0)) || die "building bosun/$1 needs root (debootstrap, chroot); run: sudo $0"
+}
+
 image_exists() { docker image inspect "$1" >/dev/null 2>&1; }
 
 import_rootfs() {
@@ -108,7 +120,7 @@ import_rootfs() {
     tar --numeric-owner -C "$dir" -c . |
         docker import \
             -c "CMD $cmd" \
-            -c "LABEL bosun.image=$name bosun.image.hash=$hash" \
+            -c "LABEL bosun.test-image=$name bosun.test-image.hash=$hash" \
             - "bosun/$name:$hash" >/dev/null
     docker tag "bosun/$name:$hash" "bosun/$name:latest"
     log "$name: imported bosun/$name:$hash ($(elapsed "$t"))"
@@ -131,6 +143,7 @@ chroot_apt_install() {
         tail -n 30 "$logf" >&2
         die "apt-get install $* in $dir failed (full log: $logf)"
     fi
+    rm -f "$logf"
     chroot "$dir" apt-get clean
     rm -f "$dir/usr/sbin/policy-rc.d"
     rm -rf "$dir"/var/lib/apt/lists/*
@@ -144,6 +157,7 @@ chroot_apt_install() {
 # after use), exporting the image back is ~10x faster than debootstrap.
 base_rootfs() {
     local dir="$CACHE/rootfs-base-$BASE_HASH"
+    need_root base
     if [[ -f $dir/.complete ]]; then
         printf '%s\n' "$dir"
         return
@@ -201,6 +215,7 @@ build_nobash() {
         return
     fi
     local t work dir
+    need_root nobash
     t=$(now)
     work="$CACHE/work-nobash-$NOBASH_HASH"
     dir="$CACHE/rootfs-nobash-$NOBASH_HASH"
@@ -283,13 +298,19 @@ main() {
     local what=${1:-all}
     case $what in
         base | nobash | gitserver | all) ;;
-        *) die "usage: $0 [base|nobash|gitserver|all]" ;;
+        prune)
+            prune_old_tags
+            return
+            ;;
+        *) die "usage: $0 [base|nobash|gitserver|all|prune]" ;;
     esac
     command -v docker >/dev/null || die "docker CLI not found"
-    mkdir -p "$CACHE"
     # Parallel test binaries each call this script; one builds, the others
-    # wait and then find the images up to date.
-    exec 9>"$CACHE/.lock"
+    # wait and then find the images up to date. A non-root developer whose
+    # images are current cannot create the cache but needs no build either.
+    local lock="$CACHE/.lock"
+    mkdir -p "$CACHE" 2>/dev/null || lock="${TMPDIR:-/tmp}/bosun-images-$(id -u).lock"
+    exec 9>"$lock"
     flock 9
 
     local t
@@ -297,7 +318,7 @@ main() {
     log "mirror $MIRROR, suite $SUITE, cache $CACHE"
     # Leftovers of an interrupted run are never reused: a partial rootfs has
     # no .complete marker and a hash nobody asks for again.
-    find "$CACHE" -mindepth 1 -maxdepth 1 -type d \( -name 'rootfs-*' -o -name 'work-*' \) \
+    [[ -d $CACHE && -w $CACHE ]] && find "$CACHE" -mindepth 1 -maxdepth 1 -type d \( -name 'rootfs-*' -o -name 'work-*' \) \
         ! -name "rootfs-base-$BASE_HASH" -exec rm -rf {} +
     case $what in
         base) build_base ;;
@@ -309,17 +330,22 @@ main() {
             build_gitserver
             ;;
     esac
+    case $what in
+        base | all) echo "bosun/base:$BASE_HASH" ;;&
+        nobash | all) echo "bosun/nobash:$NOBASH_HASH" ;;&
+        gitserver | all) echo "bosun/gitserver:$GITSERVER_HASH" ;;
+    esac
     # Root filesystems are only kept while another image still needs them.
     if [[ $what == all ]] || image_exists "bosun/gitserver:$GITSERVER_HASH"; then
         rm -rf "$CACHE"/rootfs-base-*
     fi
-    prune_old_tags
     log "total $(elapsed "$t")"
 }
 
-# Every edit of this script makes new hashed tags; drop the old ones so the
-# engine does not fill up with 300 MB images nobody refers to. Images still
-# used by a container stay (rmi refuses), which is what we want.
+# Every edit of this script makes new hashed tags (~300 MB each); on a
+# developer's machine drop the old ones now and then. Images still used by a
+# container stay (rmi refuses). Not done automatically: another work tree's
+# build.sh may be using those tags right now.
 prune_old_tags() {
     local ref keep
     keep=" bosun/base:$BASE_HASH bosun/nobash:$NOBASH_HASH bosun/gitserver:$GITSERVER_HASH "
@@ -329,7 +355,7 @@ prune_old_tags() {
         esac
         [[ $keep == *" $ref "* ]] && continue
         docker rmi "$ref" >/dev/null 2>&1 || true
-    done < <(docker images --format '{{.Repository}}:{{.Tag}}' --filter label=bosun.image)
+    done < <(docker images --format '{{.Repository}}:{{.Tag}}' --filter label=bosun.test-image)
 }
 
 main "$@"

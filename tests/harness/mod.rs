@@ -46,7 +46,12 @@ pub fn repo_root() -> PathBuf {
 /// Builds the test images once per test process. `images/build.sh` is
 /// idempotent and takes a lock, so concurrent test binaries are fine.
 pub fn ensure_images() {
-    static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
+    images();
+}
+
+/// name → exact tag (`bosun/base:<hash>`), as printed by `images/build.sh`.
+fn images() -> &'static [(String, String)] {
+    static BUILT: OnceLock<Result<Vec<(String, String)>, String>> = OnceLock::new();
     let result = BUILT.get_or_init(|| {
         let script = repo_root().join("images/build.sh");
         let started = Instant::now();
@@ -56,30 +61,42 @@ pub fn ensure_images() {
             .stdin(Stdio::null())
             .output()
             .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
-        if out.status.success() {
-            eprintln!(
-                "[harness] images ready in {:.1}s",
-                started.elapsed().as_secs_f64()
-            );
-            Ok(())
-        } else {
-            Err(format!(
+        if !out.status.success() {
+            return Err(format!(
                 "{} all failed ({}):\n{}{}",
                 script.display(),
                 out.status,
                 String::from_utf8_lossy(&out.stdout),
                 String::from_utf8_lossy(&out.stderr)
-            ))
+            ));
         }
+        eprintln!(
+            "[harness] images ready in {:.1}s",
+            started.elapsed().as_secs_f64()
+        );
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| {
+                let name = l.strip_prefix("bosun/")?.split(':').next()?;
+                Some((name.to_string(), l.trim().to_string()))
+            })
+            .collect())
     });
-    if let Err(e) = result {
-        panic!("{e}");
+    match result {
+        Ok(tags) => tags,
+        Err(e) => panic!("{e}"),
     }
 }
 
-/// `bosun/<name>:latest`, e.g. `image("base")`.
+/// The exact tag of a test image built by this tree's `images/build.sh`,
+/// e.g. `image("base")` → `bosun/base:1a2b3c4d5e6f`. Not `:latest`: other
+/// work trees sharing the Docker engine may have retagged that.
 pub fn image(name: &str) -> String {
-    format!("bosun/{name}:latest")
+    images()
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, tag)| tag.clone())
+        .unwrap_or_else(|| panic!("images/build.sh built no image named {name:?}"))
 }
 
 /// A run id unique across processes and threads, short enough for names.
