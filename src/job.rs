@@ -591,18 +591,20 @@ fn tar_tree_stream(
     dest: String,
     uid: u64,
     gid: u64,
-) -> (TarStream, tokio::task::JoinHandle<std::io::Result<()>>) {
+) -> (TarStream, tokio::task::JoinHandle<std::io::Result<u64>>) {
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(8);
     let handle = tokio::task::spawn_blocking(move || {
         let writer = ChannelWriter {
             tx,
             buf: Vec::with_capacity(CHUNK),
+            total: 0,
         };
         let mut b = tar::Builder::new(writer);
         b.follow_symlinks(false);
         append_tree(&mut b, &src, &src, dest.trim_start_matches('/'), uid, gid)?;
         let mut w = b.into_inner()?;
-        w.flush_chunk()
+        w.flush_chunk()?;
+        Ok(w.total)
     });
     let stream =
         futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (b, rx)) })
@@ -615,6 +617,7 @@ const CHUNK: usize = 256 * 1024;
 struct ChannelWriter {
     tx: tokio::sync::mpsc::Sender<Bytes>,
     buf: Vec<u8>,
+    total: u64,
 }
 
 impl ChannelWriter {
@@ -622,6 +625,7 @@ impl ChannelWriter {
         if self.buf.is_empty() {
             return Ok(());
         }
+        self.total += self.buf.len() as u64;
         let chunk = Bytes::from(std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK)));
         self.tx
             .blocking_send(chunk)
@@ -932,15 +936,16 @@ async fn checkout_step<E: Executor>(
             let uploaded = executor.upload_tar(&ctx.container, "/", stream).await;
             let produced = producer.await;
             match (uploaded, produced) {
-                (Ok(()), Ok(Ok(()))) => {
+                (Ok(()), Ok(Ok(bytes))) => {
                     say(format!(
-                        "Checked out {} {} into {dest} in {}",
+                        "Checked out {} {} into {dest}: {:.1} MB uploaded to the container in {}",
                         outcome.sha,
                         match (&outcome.branch, &outcome.tag) {
                             (_, Some(t)) => format!("(tag {t})"),
                             (Some(b), None) => format!("(branch {b})"),
                             (None, None) => "(detached)".to_owned(),
                         },
+                        bytes as f64 / 1e6,
                         crate::stream::format_duration(millis(t0.elapsed()))
                     ));
                     for (p, sha) in &outcome.submodules {

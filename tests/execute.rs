@@ -366,3 +366,102 @@ jobs:
         p.assert_no_container_left();
     }
 }
+
+/// A TCP front for the engine's unix socket: the agent then talks to "a remote engine" and
+/// nothing can travel through a shared filesystem. Counts the bytes sent to the engine.
+fn tcp_engine_proxy() -> (u16, std::sync::Arc<std::sync::atomic::AtomicU64>) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let sent = std::sync::Arc::new(AtomicU64::new(0));
+    let counter = std::sync::Arc::clone(&sent);
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(tcp) = conn else { break };
+            let Ok(unix) = std::os::unix::net::UnixStream::connect("/var/run/docker.sock") else {
+                continue;
+            };
+            let (mut tcp_r, mut tcp_w) = (tcp.try_clone().expect("clone"), tcp);
+            let (mut unix_r, mut unix_w) = (unix.try_clone().expect("clone"), unix);
+            let counter = std::sync::Arc::clone(&counter);
+            std::thread::spawn(move || {
+                let n = std::io::copy(&mut tcp_r, &mut unix_w).unwrap_or(0);
+                counter.fetch_add(n, Ordering::Relaxed);
+                let _ = unix_w.shutdown(std::net::Shutdown::Write);
+            });
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut unix_r, &mut tcp_w);
+                let _ = tcp_w.shutdown(std::net::Shutdown::Write);
+            });
+        }
+    });
+    (port, sent)
+}
+
+#[test]
+fn tcp_docker_host_and_checkout_by_archive_upload() {
+    ensure_images();
+    let p = Project::new(&format!(
+        r#"version: 2.1
+jobs:
+  build:
+    docker: [{{image: {img}, user: circleci}}]
+    steps:
+      - checkout
+      - run: test "$(git rev-parse HEAD)" = "$CIRCLE_SHA1" && test -z "$(git status --porcelain)" && wc -c < big.bin
+"#,
+        img = image("base")
+    ));
+    // 3 MB of incompressible-ish data in the repository: it can only reach the container
+    // through the engine API.
+    let data: Vec<u8> = (0u32..3_000_000)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    std::fs::write(p.path().join("big.bin"), &data).expect("write");
+    harness::run(harness::git_in(p.path()).args(["add", "big.bin"]));
+    harness::run(harness::git_in(p.path()).args(["commit", "-q", "-m", "big"]));
+    let (port, sent) = tcp_engine_proxy();
+    let host = format!("tcp://127.0.0.1:{port}");
+    let out = p.execute_env(&["--json"], &[("DOCKER_HOST", host.as_str())]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    assert!(
+        output_of(&out.events, 1).contains("3000000"),
+        "{:?}",
+        out.events
+    );
+    let sent = sent.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        sent > 3_000_000,
+        "only {sent} bytes went to the engine over TCP"
+    );
+    p.assert_no_container_left();
+}
+
+#[test]
+fn image_user_and_home_are_honoured() {
+    ensure_images();
+    // An image whose USER is circleci (as CircleCI's cimg images are), made from the base.
+    let tag = format!("bosun/test-user:{}", harness::new_run_id());
+    let c = harness::docker(&[
+        "create",
+        "--label",
+        "bosun.test=image-user",
+        &image("base"),
+        "true",
+    ]);
+    harness::docker(&["commit", "--change", "USER circleci", &c, &tag]);
+    harness::docker(&["rm", "-f", &c]);
+    let p = Project::new(&format!(
+        "version: 2.1\njobs:\n  build:\n    docker: [{{image: {tag}}}]\n    steps:\n      - run: echo \"$(id -un) $HOME $PWD\" && stat -c '%U %a' ~/.ssh\n"
+    ));
+    let out = p.execute(&["--json"]);
+    harness::docker(&["rmi", "-f", &tag]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let text = output_of(&out.events, 0);
+    assert!(
+        text.contains("circleci /home/circleci /home/circleci/project"),
+        "{text}"
+    );
+    assert!(text.contains("circleci 700"), "{text}");
+    p.assert_no_container_left();
+}
