@@ -112,7 +112,10 @@ pub async fn run_job<E: Executor>(
     .catch_unwind()
     .await;
     if let Some(id) = &container {
-        if let Err(e) = executor.remove(id).await {
+        let t = Instant::now();
+        let removed = executor.remove(id).await;
+        tracing::debug!(ms = millis(t.elapsed()), "container removed");
+        if let Err(e) = removed {
             sink.emit(&Event::Info {
                 message: format!("warning: could not remove container {id}: {e}"),
             });
@@ -213,7 +216,9 @@ async fn run_inner<E: Executor>(
         None
     };
 
+    let t = Instant::now();
     let image = executor.image_info(&plan.image).await?;
+    tracing::debug!(ms = millis(t.elapsed()), "image inspected");
     let labels = vec![
         (LABEL_JOB.to_owned(), spec.id.clone()),
         (LABEL_AGENT.to_owned(), spec.agent_id.clone()),
@@ -229,18 +234,17 @@ async fn run_inner<E: Executor>(
                 .collect(),
             labels,
             network: spec.network.clone(),
+            main: vec!["/bin/sh".into(), "-c".into(), MAIN.into()],
         })
         .await?;
     *container_slot = Some(container.clone());
+    tracing::debug!(ms = millis(t.elapsed()), "container created");
+    let banner = executor.start(&container, Duration::from_secs(30)).await?;
+    tracing::debug!(ms = millis(t.elapsed()), "container started");
     sink.emit(&Event::Info {
-        message: format!(
-            "Container {} started from {}",
-            short(&container),
-            plan.image
-        ),
+        message: format!("Container {} started from {}", short(&container), plan.image),
     });
-
-    let user = probe_user(executor.as_ref(), &container, plan.user.as_deref()).await?;
+    let user = parse_banner(&banner)?;
     let workdir = expand_home(&plan.working_directory, &user.home);
 
     let checkout = match fetch {
@@ -270,6 +274,7 @@ async fn run_inner<E: Executor>(
     merge_env(&mut env, plan.environment.clone());
 
     install_files(executor.as_ref(), spec, &container, &user, &workdir).await?;
+    tracing::debug!(ms = millis(t.elapsed()), "files installed");
     sink.emit(&Event::Info {
         message: format!(
             "Prepared {} for {} (working directory {workdir}{})",
@@ -336,42 +341,31 @@ pub fn fetch_source(
     Ok(Prefetched { dir, outcome })
 }
 
-/// One exec that tells us `$HOME`, uid, gid and whether bash exists, as the job's user.
-async fn probe_user<E: Executor>(
-    executor: &E,
-    container: &str,
-    user: Option<&str>,
-) -> Result<ContainerUser, SetupError> {
-    let script = r#"printf '%s\n' "${HOME:-/}"; id -u; id -g; if [ -x /bin/bash ]; then echo bash; else echo sh; fi"#;
-    let (code, out) = capture(
-        executor,
-        container,
-        ExecSpec {
-            cmd: vec!["/bin/sh".into(), "-c".into(), script.into()],
-            user: user.map(str::to_owned),
-            ..Default::default()
-        },
-    )
-    .await?;
-    let text = String::from_utf8_lossy(&out);
-    let lines: Vec<&str> = text.lines().collect();
-    if code != Some(0) || lines.len() < 4 {
-        return Err(SetupError::Prepare(format!(
-            "could not start a shell in the container as {}: {}\n  help: the image needs /bin/sh, and `user:` must name a user the image knows",
-            user.unwrap_or("its default user"),
-            text.trim()
-        )));
-    }
-    let num = |s: &str| {
-        s.trim()
-            .parse::<u64>()
-            .map_err(|_| SetupError::Prepare(format!("unexpected `id` output: {s}")))
+/// The job container's main process: it announces who it runs as (`$HOME`, uid, gid, bash
+/// or not) in one line, then idles until the container is removed; steps arrive through
+/// exec. A shell loop rather than `sleep infinity`, which busybox lacks; the engine's init
+/// reaps what background steps leave behind.
+const MAIN: &str = r#"printf 'bosun-ready %s %s %s %s\n' "$(id -u)" "$(id -g)" "$([ -x /bin/bash ] && echo bash || echo sh)" "${HOME:-/}"; while :; do sleep 3600; done"#;
+
+/// Parse the main process's `bosun-ready UID GID SHELL HOME` line.
+fn parse_banner(line: &str) -> Result<ContainerUser, SetupError> {
+    let bad = || {
+        SetupError::Prepare(format!(
+            "could not start a shell in the container: `{}`\n  help: the image needs /bin/sh and `id`, and `user:` must name a user the image knows",
+            line.trim()
+        ))
     };
+    let rest = line.trim_end().strip_prefix("bosun-ready ").ok_or_else(bad)?;
+    let mut parts = rest.splitn(4, ' ');
+    let uid = parts.next().and_then(|p| p.parse().ok()).ok_or_else(bad)?;
+    let gid = parts.next().and_then(|p| p.parse().ok()).ok_or_else(bad)?;
+    let has_bash = parts.next().ok_or_else(bad)? == "bash";
+    let home = parts.next().filter(|h| !h.is_empty()).unwrap_or("/").to_owned();
     Ok(ContainerUser {
-        home: lines[0].trim().to_owned(),
-        uid: num(lines[1])?,
-        gid: num(lines[2])?,
-        has_bash: lines[3].trim() == "bash",
+        home,
+        uid,
+        gid,
+        has_bash,
     })
 }
 
@@ -1171,6 +1165,15 @@ async fn stop_step<E: Executor>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn banner_parsing() {
+        let u = parse_banner("bosun-ready 3434 3434 bash /home/circle ci\n").expect("parses");
+        assert_eq!((u.uid, u.gid, u.has_bash, u.home.as_str()), (3434, 3434, true, "/home/circle ci"));
+        let u = parse_banner("bosun-ready 0 0 sh ").expect("empty home");
+        assert_eq!(u.home, "/");
+        assert!(parse_banner("unable to find user nobody").is_err());
+    }
 
     #[test]
     fn home_expansion() {

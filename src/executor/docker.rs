@@ -5,17 +5,13 @@ use bollard::container::LogOutput;
 use bollard::exec::{CreateExecOptions, StartExecResults};
 use bollard::models::{ContainerCreateBody, HostConfig};
 use bollard::query_parameters::{
-    CreateImageOptionsBuilder, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
+    AttachContainerOptionsBuilder, CreateImageOptionsBuilder, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
     UploadToContainerOptionsBuilder,
 };
 use bollard::Docker;
 use futures_util::{StreamExt, TryStreamExt};
 use std::collections::HashMap;
-
-/// The idle main process of a job container: steps arrive through `exec`. A shell loop rather
-/// than `sleep infinity` because busybox images have no `infinity`; tini (`init`) reaps the
-/// zombies that background steps leave behind.
-const IDLE: &str = "while :; do sleep 3600; done";
+use std::time::Duration;
 
 #[derive(Clone)]
 pub struct DockerExecutor {
@@ -108,7 +104,7 @@ impl Executor for DockerExecutor {
             image: Some(spec.image.clone()),
             user: spec.user.clone(),
             env: Some(spec.env.clone()),
-            entrypoint: Some(vec!["/bin/sh".into(), "-c".into(), IDLE.into()]),
+            entrypoint: Some(spec.main.clone()),
             cmd: Some(vec![]),
             labels: Some(labels),
             host_config: Some(HostConfig {
@@ -123,13 +119,46 @@ impl Executor for DockerExecutor {
             .create_container(None, body)
             .await
             .map_err(Self::engine(&spec.image, "create"))?;
-        let id = created.id;
-        if let Err(e) = self.docker.start_container(&id, None).await {
-            // Never leave a created-but-dead container behind.
-            let _ = self.remove(&id).await;
-            return Err(Self::engine(&id, "start")(e));
-        }
-        Ok(id)
+        Ok(created.id)
+    }
+
+    async fn start(&self, container: &str, timeout: Duration) -> Result<String, ExecutorError> {
+        // Attach before starting, or the first line could pass before anyone listens.
+        let opts = AttachContainerOptionsBuilder::default()
+            .stream(true)
+            .stdout(true)
+            .stderr(true)
+            .build();
+        let mut attached = self
+            .docker
+            .attach_container(container, Some(opts))
+            .await
+            .map_err(Self::engine(container, "attach"))?;
+        self.docker
+            .start_container(container, None)
+            .await
+            .map_err(Self::engine(container, "start"))?;
+        let mut line = Vec::new();
+        let read = async {
+            while let Some(item) = attached.output.next().await {
+                let msg = item.map_err(Self::engine(container, "attach"))?.into_bytes();
+                line.extend_from_slice(&msg);
+                if let Some(end) = line.iter().position(|b| *b == b'\n') {
+                    line.truncate(end);
+                    return Ok(());
+                }
+            }
+            Err(ExecutorError::Other(format!(
+                "container {container}: its main process exited before it was ready: {}",
+                String::from_utf8_lossy(&line).trim()
+            )))
+        };
+        tokio::time::timeout(timeout, read).await.map_err(|_| {
+            ExecutorError::Other(format!(
+                "container {container}: no sign of life from its main process within {timeout:?}"
+            ))
+        })??;
+        Ok(String::from_utf8_lossy(&line).into_owned())
     }
 
     async fn upload_tar(

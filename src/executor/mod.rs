@@ -53,6 +53,9 @@ pub struct ContainerSpec {
     pub labels: Vec<(String, String)>,
     /// A Docker network to join (e.g. where the VCS host or service containers live).
     pub network: Option<String>,
+    /// The main process (replaces the image's entrypoint and command). It must print one line
+    /// first (see [`Executor::start`]), then stay alive until the container is removed.
+    pub main: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -83,10 +86,17 @@ pub trait Executor: Send + Sync + 'static {
         &self,
         image: &str,
     ) -> impl Future<Output = Result<ImageInfo, ExecutorError>> + Send;
-    /// Create and start a container that idles until it is removed.
+    /// Create (not start) a container running `spec.main`.
     fn create(
         &self,
         spec: &ContainerSpec,
+    ) -> impl Future<Output = Result<String, ExecutorError>> + Send;
+    /// Start it and return the first line its main process prints: the container tells what
+    /// it is (user, home…) without the cost of an extra process.
+    fn start(
+        &self,
+        container: &str,
+        timeout: std::time::Duration,
     ) -> impl Future<Output = Result<String, ExecutorError>> + Send;
     /// Extract a tar stream at `dest` (an existing directory) in the container. Works against a
     /// remote engine: nothing assumes the agent shares the engine's filesystem.
