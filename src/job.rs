@@ -7,7 +7,7 @@
 use crate::checkout::{self, CheckoutOutcome, CheckoutSpec, Credentials};
 use crate::config::{merge_env, JobPlan, RunStep, StepKind};
 use crate::executor::{
-    ContainerSpec, ExecSpec, Executor, Output, TarStream, LABEL_AGENT, LABEL_JOB,
+    Attached, ContainerSpec, ExecSpec, Executor, Output, TarStream, LABEL_AGENT, LABEL_JOB,
 };
 use crate::ssh::{self, KnownHosts, SshKey, VcsHosts};
 use crate::stream::{Event, EventSink, JobStatus, StepStatus, StepSummary, Stream};
@@ -17,6 +17,7 @@ use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
 
 /// Where a job's code comes from.
@@ -239,10 +240,15 @@ async fn run_inner<E: Executor>(
         .await?;
     *container_slot = Some(container.clone());
     tracing::debug!(ms = millis(t.elapsed()), "container created");
-    let banner = executor.start(&container, Duration::from_secs(30)).await?;
+    let mut main = executor.start(&container).await?;
+    let banner = main_line(&mut main.output, "bosun-ready").await?;
     tracing::debug!(ms = millis(t.elapsed()), "container started");
     sink.emit(&Event::Info {
-        message: format!("Container {} started from {}", short(&container), plan.image),
+        message: format!(
+            "Container {} started from {}",
+            short(&container),
+            plan.image
+        ),
     });
     let user = parse_banner(&banner)?;
     let workdir = expand_home(&plan.working_directory, &user.home);
@@ -273,7 +279,7 @@ async fn run_inner<E: Executor>(
     merge_env(&mut env, plan.image_environment.clone());
     merge_env(&mut env, plan.environment.clone());
 
-    install_files(executor.as_ref(), spec, &container, &user, &workdir).await?;
+    install_files(executor.as_ref(), spec, &container, main, &user, &workdir).await?;
     tracing::debug!(ms = millis(t.elapsed()), "files installed");
     sink.emit(&Event::Info {
         message: format!(
@@ -345,7 +351,59 @@ pub fn fetch_source(
 /// or not) in one line, then idles until the container is removed; steps arrive through
 /// exec. A shell loop rather than `sleep infinity`, which busybox lacks; the engine's init
 /// reaps what background steps leave behind.
-const MAIN: &str = r#"printf 'bosun-ready %s %s %s %s\n' "$(id -u)" "$(id -g)" "$([ -x /bin/bash ] && echo bash || echo sh)" "${HOME:-/}"; while :; do sleep 3600; done"#;
+const MAIN: &str = r#"printf 'bosun-ready %s %s %s %s\n' "$(id -u)" "$(id -g)" "$([ -x /bin/bash ] && echo bash || echo sh)" "${HOME:-/}"
+if tar -x -f - -C / 2>&1; then echo bosun-installed; else echo bosun-install-failed; fi
+exec </dev/null
+while :; do sleep 3600; done"#;
+
+/// How long the main process may take to announce itself or to take the files.
+const MAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Read the main process's output up to the line starting with `marker`; what came before it
+/// (e.g. tar's complaints) is returned as the error when the marker line never comes.
+async fn main_line(
+    output: &mut futures_util::stream::BoxStream<
+        'static,
+        Result<Output, crate::executor::ExecutorError>,
+    >,
+    marker: &str,
+) -> Result<String, SetupError> {
+    let mut buf = Vec::new();
+    let read = async {
+        loop {
+            if let Some(start) = find_line(&buf, marker) {
+                let line = &buf[start..];
+                if let Some(end) = line.iter().position(|b| *b == b'\n') {
+                    return Ok(String::from_utf8_lossy(&line[..end]).into_owned());
+                }
+            }
+            match output.next().await {
+                Some(Ok(Output::Stdout(b) | Output::Stderr(b))) => buf.extend_from_slice(&b),
+                Some(Err(e)) => return Err(SetupError::Executor(e)),
+                None => {
+                    return Err(SetupError::Prepare(format!(
+                        "the container's main process ended before it was ready: {}\n  help: the image needs /bin/sh and `id`, and `user:` must name a user the image knows",
+                        String::from_utf8_lossy(&buf).trim()
+                    )))
+                }
+            }
+        }
+    };
+    tokio::time::timeout(MAIN_TIMEOUT, read)
+        .await
+        .map_err(|_| {
+            SetupError::Prepare(format!(
+                "the container's main process gave no `{marker}` within {}s: {}",
+                MAIN_TIMEOUT.as_secs(),
+                String::from_utf8_lossy(&buf).trim()
+            ))
+        })?
+}
+
+fn find_line(buf: &[u8], marker: &str) -> Option<usize> {
+    let m = marker.as_bytes();
+    (0..buf.len()).find(|&i| (i == 0 || buf[i - 1] == b'\n') && buf[i..].starts_with(m))
+}
 
 /// Parse the main process's `bosun-ready UID GID SHELL HOME` line.
 fn parse_banner(line: &str) -> Result<ContainerUser, SetupError> {
@@ -355,12 +413,19 @@ fn parse_banner(line: &str) -> Result<ContainerUser, SetupError> {
             line.trim()
         ))
     };
-    let rest = line.trim_end().strip_prefix("bosun-ready ").ok_or_else(bad)?;
+    let rest = line
+        .trim_end()
+        .strip_prefix("bosun-ready ")
+        .ok_or_else(bad)?;
     let mut parts = rest.splitn(4, ' ');
     let uid = parts.next().and_then(|p| p.parse().ok()).ok_or_else(bad)?;
     let gid = parts.next().and_then(|p| p.parse().ok()).ok_or_else(bad)?;
     let has_bash = parts.next().ok_or_else(bad)? == "bash";
-    let home = parts.next().filter(|h| !h.is_empty()).unwrap_or("/").to_owned();
+    let home = parts
+        .next()
+        .filter(|h| !h.is_empty())
+        .unwrap_or("/")
+        .to_owned();
     Ok(ContainerUser {
         home,
         uid,
@@ -389,11 +454,14 @@ async fn capture<E: Executor>(
 async fn wait_exit<E: Executor>(executor: &E, exec_id: &str) -> Result<Option<i64>, SetupError> {
     // The output stream ends when the process closes it, which can be a moment before the
     // engine records the exit; poll briefly.
-    for _ in 0..100 {
+    let mut pause = Duration::from_millis(2);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
         if let Some(code) = executor.exec_exit_code(exec_id).await? {
             return Ok(Some(code));
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(100));
     }
     Ok(None)
 }
@@ -477,6 +545,7 @@ async fn install_files<E: Executor>(
     executor: &E,
     spec: &JobSpec,
     container: &str,
+    main: Attached,
     user: &ContainerUser,
     workdir: &str,
 ) -> Result<(), SetupError> {
@@ -504,8 +573,27 @@ async fn install_files<E: Executor>(
     let bytes = tar
         .finish()
         .map_err(|e| SetupError::Prepare(format!("building the setup archive: {e}")))?;
-    let stream: TarStream = futures_util::stream::once(async move { Bytes::from(bytes) }).boxed();
-    executor.upload_tar(container, "/", stream).await?;
+    // The main process is waiting with `tar -x` on its stdin: one write, no extra request.
+    // Without a usable tar in the image (or for a directory the user may not create), the
+    // engine's archive upload, as root, does it instead.
+    let Attached {
+        mut input,
+        mut output,
+    } = main;
+    let sent = async {
+        input.write_all(&bytes).await?;
+        input.shutdown().await
+    };
+    let via_stdin = match tokio::join!(sent, main_line(&mut output, "bosun-install")) {
+        (Ok(()), Ok(line)) => line == "bosun-installed",
+        _ => false,
+    };
+    if !via_stdin {
+        tracing::debug!("installing files through the engine's archive upload");
+        let stream: TarStream =
+            futures_util::stream::once(async move { Bytes::from(bytes) }).boxed();
+        executor.upload_tar(container, "/", stream).await?;
+    }
     Ok(())
 }
 
@@ -1169,7 +1257,10 @@ mod tests {
     #[test]
     fn banner_parsing() {
         let u = parse_banner("bosun-ready 3434 3434 bash /home/circle ci\n").expect("parses");
-        assert_eq!((u.uid, u.gid, u.has_bash, u.home.as_str()), (3434, 3434, true, "/home/circle ci"));
+        assert_eq!(
+            (u.uid, u.gid, u.has_bash, u.home.as_str()),
+            (3434, 3434, true, "/home/circle ci")
+        );
         let u = parse_banner("bosun-ready 0 0 sh ").expect("empty home");
         assert_eq!(u.home, "/");
         assert!(parse_banner("unable to find user nobody").is_err());

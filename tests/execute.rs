@@ -465,3 +465,19 @@ fn image_user_and_home_are_honoured() {
     assert!(text.contains("circleci 700"), "{text}");
     p.assert_no_container_left();
 }
+
+#[test]
+fn working_directory_the_user_may_not_create_is_made_by_the_engine() {
+    ensure_images();
+    // circleci cannot mkdir /opt/app: the in-container tar fails and the engine's archive
+    // upload (as root) creates it, owned by the job's user.
+    let p = Project::new(&format!(
+        "version: 2.1\njobs:\n  build:\n    docker: [{{image: {}, user: circleci}}]\n    working_directory: /opt/app\n    steps:\n      - run: echo \"$(pwd) $(stat -c %U .) $(stat -c '%U %a' ~/.ssh)\"\n",
+        image("base")
+    ));
+    let out = p.execute(&["--json"]);
+    assert_eq!(out.code, 0, "{}\n{:?}", out.stderr, out.events);
+    let text = output_of(&out.events, 0);
+    assert!(text.contains("/opt/app circleci circleci 700"), "{text}");
+    p.assert_no_container_left();
+}

@@ -1,17 +1,18 @@
 //! The Docker implementation of [`Executor`], over the Engine API (bollard).
 
-use super::{ContainerSpec, Exec, ExecSpec, Executor, ExecutorError, ImageInfo, Output, TarStream};
+use super::{
+    Attached, ContainerSpec, Exec, ExecSpec, Executor, ExecutorError, ImageInfo, Output, TarStream,
+};
 use bollard::container::LogOutput;
 use bollard::exec::{CreateExecOptions, StartExecResults};
 use bollard::models::{ContainerCreateBody, HostConfig};
 use bollard::query_parameters::{
-    AttachContainerOptionsBuilder, CreateImageOptionsBuilder, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
-    UploadToContainerOptionsBuilder,
+    AttachContainerOptionsBuilder, CreateImageOptionsBuilder, ListContainersOptionsBuilder,
+    RemoveContainerOptionsBuilder, UploadToContainerOptionsBuilder,
 };
 use bollard::Docker;
 use futures_util::{StreamExt, TryStreamExt};
 use std::collections::HashMap;
-use std::time::Duration;
 
 #[derive(Clone)]
 pub struct DockerExecutor {
@@ -62,6 +63,32 @@ fn is_not_found(e: &bollard::errors::Error) -> bool {
     )
 }
 
+/// Engine log frames → our output items.
+fn log_output(
+    stream: impl futures_util::Stream<Item = Result<LogOutput, bollard::errors::Error>> + Send + 'static,
+    container: String,
+) -> futures_util::stream::BoxStream<'static, Result<Output, ExecutorError>> {
+    stream
+        .filter_map(move |item| {
+            let container = container.clone();
+            async move {
+                match item {
+                    Ok(LogOutput::StdOut { message }) | Ok(LogOutput::Console { message }) => {
+                        Some(Ok(Output::Stdout(message)))
+                    }
+                    Ok(LogOutput::StdErr { message }) => Some(Ok(Output::Stderr(message))),
+                    Ok(LogOutput::StdIn { .. }) => None,
+                    Err(source) => Some(Err(ExecutorError::Engine {
+                        container,
+                        what: "output",
+                        source,
+                    })),
+                }
+            }
+        })
+        .boxed()
+}
+
 impl Executor for DockerExecutor {
     async fn image_info(&self, image: &str) -> Result<ImageInfo, ExecutorError> {
         let inspect = match self.docker.inspect_image(image).await {
@@ -105,6 +132,12 @@ impl Executor for DockerExecutor {
             user: spec.user.clone(),
             env: Some(spec.env.clone()),
             entrypoint: Some(spec.main.clone()),
+            // stdin stays open for the attached client until it closes it (files go that way).
+            open_stdin: Some(true),
+            stdin_once: Some(true),
+            attach_stdin: Some(true),
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
             cmd: Some(vec![]),
             labels: Some(labels),
             host_config: Some(HostConfig {
@@ -122,14 +155,15 @@ impl Executor for DockerExecutor {
         Ok(created.id)
     }
 
-    async fn start(&self, container: &str, timeout: Duration) -> Result<String, ExecutorError> {
-        // Attach before starting, or the first line could pass before anyone listens.
+    async fn start(&self, container: &str) -> Result<Attached, ExecutorError> {
+        // Attach before starting, or the first output could pass before anyone listens.
         let opts = AttachContainerOptionsBuilder::default()
             .stream(true)
+            .stdin(true)
             .stdout(true)
             .stderr(true)
             .build();
-        let mut attached = self
+        let attached = self
             .docker
             .attach_container(container, Some(opts))
             .await
@@ -138,27 +172,10 @@ impl Executor for DockerExecutor {
             .start_container(container, None)
             .await
             .map_err(Self::engine(container, "start"))?;
-        let mut line = Vec::new();
-        let read = async {
-            while let Some(item) = attached.output.next().await {
-                let msg = item.map_err(Self::engine(container, "attach"))?.into_bytes();
-                line.extend_from_slice(&msg);
-                if let Some(end) = line.iter().position(|b| *b == b'\n') {
-                    line.truncate(end);
-                    return Ok(());
-                }
-            }
-            Err(ExecutorError::Other(format!(
-                "container {container}: its main process exited before it was ready: {}",
-                String::from_utf8_lossy(&line).trim()
-            )))
-        };
-        tokio::time::timeout(timeout, read).await.map_err(|_| {
-            ExecutorError::Other(format!(
-                "container {container}: no sign of life from its main process within {timeout:?}"
-            ))
-        })??;
-        Ok(String::from_utf8_lossy(&line).into_owned())
+        Ok(Attached {
+            input: attached.input,
+            output: log_output(attached.output, container.to_owned()),
+        })
     }
 
     async fn upload_tar(
@@ -205,26 +222,7 @@ impl Executor for DockerExecutor {
         let StartExecResults::Attached { output, .. } = started else {
             return Err(ExecutorError::Other("exec started detached".into()));
         };
-        let cid = container.to_owned();
-        let output = output
-            .filter_map(move |item| {
-                let cid = cid.clone();
-                async move {
-                    match item {
-                        Ok(LogOutput::StdOut { message }) | Ok(LogOutput::Console { message }) => {
-                            Some(Ok(Output::Stdout(message)))
-                        }
-                        Ok(LogOutput::StdErr { message }) => Some(Ok(Output::Stderr(message))),
-                        Ok(LogOutput::StdIn { .. }) => None,
-                        Err(source) => Some(Err(ExecutorError::Engine {
-                            container: cid,
-                            what: "exec output",
-                            source,
-                        })),
-                    }
-                }
-            })
-            .boxed();
+        let output = log_output(output, container.to_owned());
         Ok(Exec {
             id: created.id,
             output,

@@ -53,9 +53,15 @@ pub struct ContainerSpec {
     pub labels: Vec<(String, String)>,
     /// A Docker network to join (e.g. where the VCS host or service containers live).
     pub network: Option<String>,
-    /// The main process (replaces the image's entrypoint and command). It must print one line
-    /// first (see [`Executor::start`]), then stay alive until the container is removed.
+    /// The main process (replaces the image's entrypoint and command); it must stay alive
+    /// until the container is removed. Its stdin is open until the attached client closes it.
     pub main: Vec<String>,
+}
+
+/// The main process's stdio, from [`Executor::start`].
+pub struct Attached {
+    pub input: std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>,
+    pub output: BoxStream<'static, Result<Output, ExecutorError>>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -91,13 +97,12 @@ pub trait Executor: Send + Sync + 'static {
         &self,
         spec: &ContainerSpec,
     ) -> impl Future<Output = Result<String, ExecutorError>> + Send;
-    /// Start it and return the first line its main process prints: the container tells what
-    /// it is (user, home…) without the cost of an extra process.
+    /// Start it, attached to its main process's stdin and output: the main process tells the
+    /// job what it is (user, home…) and can take files, without the cost of extra processes.
     fn start(
         &self,
         container: &str,
-        timeout: std::time::Duration,
-    ) -> impl Future<Output = Result<String, ExecutorError>> + Send;
+    ) -> impl Future<Output = Result<Attached, ExecutorError>> + Send;
     /// Extract a tar stream at `dest` (an existing directory) in the container. Works against a
     /// remote engine: nothing assumes the agent shares the engine's filesystem.
     fn upload_tar(
