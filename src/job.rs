@@ -570,9 +570,11 @@ async fn install_files<E: Executor>(
         }
     }
     tar.dir(workdir, 0o755);
-    let bytes = tar
-        .finish()
-        .map_err(|e| SetupError::Prepare(format!("building the setup archive: {e}")))?;
+    // The archive holds private keys: wiped from memory when it goes.
+    let bytes = zeroize::Zeroizing::new(
+        tar.finish()
+            .map_err(|e| SetupError::Prepare(format!("building the setup archive: {e}")))?,
+    );
     // The main process is waiting with `tar -x` on its stdin: one write, no extra request.
     // Without a usable tar in the image (or for a directory the user may not create), the
     // engine's archive upload, as root, does it instead.
@@ -591,7 +593,7 @@ async fn install_files<E: Executor>(
     if !via_stdin {
         tracing::debug!("installing files through the engine's archive upload");
         let stream: TarStream =
-            futures_util::stream::once(async move { Bytes::from(bytes) }).boxed();
+            futures_util::stream::once(async move { Bytes::from(bytes.to_vec()) }).boxed();
         executor.upload_tar(container, "/", stream).await?;
     }
     Ok(())
@@ -1253,6 +1255,152 @@ async fn stop_step<E: Executor>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{Step, When};
+    use crate::executor::{Exec, ExecutorError, ImageInfo};
+    use std::sync::Mutex;
+
+    /// An executor that records what the job asked of it and panics on `exec` of a chosen
+    /// command: proves the container is removed whatever happens inside a step's task.
+    #[derive(Default)]
+    struct Recording {
+        calls: Mutex<Vec<String>>,
+    }
+
+    impl Recording {
+        fn log(&self, s: String) {
+            if let Ok(mut c) = self.calls.lock() {
+                c.push(s);
+            }
+        }
+        fn calls(&self) -> Vec<String> {
+            self.calls.lock().map(|c| c.clone()).unwrap_or_default()
+        }
+    }
+
+    impl Executor for Recording {
+        async fn image_info(&self, image: &str) -> Result<ImageInfo, ExecutorError> {
+            self.log(format!("image_info {image}"));
+            Ok(ImageInfo::default())
+        }
+        async fn create(&self, _spec: &ContainerSpec) -> Result<String, ExecutorError> {
+            self.log("create".into());
+            Ok("c1".into())
+        }
+        async fn start(&self, container: &str) -> Result<Attached, ExecutorError> {
+            self.log(format!("start {container}"));
+            let lines = vec![
+                Ok(Output::Stdout(Bytes::from_static(
+                    b"bosun-ready 0 0 bash /root\n",
+                ))),
+                Ok(Output::Stdout(Bytes::from_static(b"bosun-installed\n"))),
+            ];
+            Ok(Attached {
+                input: Box::pin(tokio::io::sink()),
+                output: futures_util::stream::iter(lines).boxed(),
+            })
+        }
+        async fn upload_tar(
+            &self,
+            c: &str,
+            dest: &str,
+            _tar: TarStream,
+        ) -> Result<(), ExecutorError> {
+            self.log(format!("upload {c} {dest}"));
+            Ok(())
+        }
+        async fn exec(&self, _c: &str, spec: ExecSpec) -> Result<Exec, ExecutorError> {
+            if spec.cmd.last().is_some_and(|s| s.ends_with("step-0.sh")) {
+                panic!("boom in a step");
+            }
+            self.log(format!("exec {}", spec.cmd.join(" ")));
+            Ok(Exec {
+                id: "e1".into(),
+                output: futures_util::stream::empty().boxed(),
+            })
+        }
+        async fn exec_exit_code(&self, _id: &str) -> Result<Option<i64>, ExecutorError> {
+            Ok(Some(0))
+        }
+        async fn remove(&self, container: &str) -> Result<(), ExecutorError> {
+            self.log(format!("remove {container}"));
+            Ok(())
+        }
+        async fn list_by_label(&self, _l: &str, _v: &str) -> Result<Vec<String>, ExecutorError> {
+            Ok(vec![])
+        }
+    }
+
+    fn run_plan(steps: Vec<Step>) -> JobPlan {
+        JobPlan {
+            name: "build".into(),
+            image: "img".into(),
+            user: None,
+            image_environment: vec![],
+            environment: vec![],
+            working_directory: "~/project".into(),
+            shell: None,
+            parallelism: 1,
+            steps,
+        }
+    }
+
+    fn run_step_named(name: &str, when: When) -> Step {
+        Step {
+            name: name.into(),
+            kind: StepKind::Run(RunStep {
+                command: "true".into(),
+                shell: None,
+                environment: vec![],
+                working_directory: None,
+                background: false,
+                no_output_timeout: Duration::from_secs(5),
+            }),
+            when,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_panicking_step_task_fails_the_job_and_the_container_is_still_removed() {
+        let exec = Arc::new(Recording::default());
+        let spec = JobSpec {
+            id: "j".into(),
+            agent_id: "a".into(),
+            plan: run_plan(vec![
+                run_step_named("explodes", When::OnSuccess),
+                run_step_named("cleanup", When::Always),
+            ]),
+            source: None,
+            access: Access {
+                keys: vec![],
+                known_hosts: KnownHosts::pinned(),
+                vcs_hosts: VcsHosts::new(),
+            },
+            env: vec![],
+            network: None,
+            build_num: 1,
+            kill_grace: Duration::from_millis(100),
+            prefetched: None,
+        };
+        let sink = Arc::new(crate::stream::MemorySink::default());
+        let outcome = run_job(Arc::clone(&exec), spec, sink, CancellationToken::new()).await;
+        assert_eq!(outcome.status, JobStatus::Failed);
+        assert_eq!(outcome.steps[0].status, StepStatus::Failed);
+        assert_eq!(
+            outcome.steps[1].status,
+            StepStatus::Success,
+            "when: always still runs"
+        );
+        let calls = exec.calls();
+        assert_eq!(
+            calls.last().map(String::as_str),
+            Some("remove c1"),
+            "{calls:?}"
+        );
+        assert!(
+            !calls.iter().any(|c| c.starts_with("upload")),
+            "files went through stdin: {calls:?}"
+        );
+    }
 
     #[test]
     fn banner_parsing() {
