@@ -10,4 +10,5 @@ pub mod execute;
 pub mod executor;
 pub mod job;
 pub mod ssh;
+pub mod store;
 pub mod stream;
