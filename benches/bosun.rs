@@ -177,6 +177,77 @@ fn main() {
         "    ratio bosun/git                {:>8.2}   (target <= 1.5)",
         g2.as_secs_f64() / g.as_secs_f64()
     );
+
+    // (d) the checkout's way into the container: bosun's tar stream through the Engine API
+    // (works against a remote engine) against `docker cp` of the same tree.
+    let cfg = data.path().join("checkout-only.yml");
+    std::fs::write(
+        &cfg,
+        format!("version: 2.1\njobs:\n  build:\n    docker: [{{image: {img}}}]\n    steps: [checkout]\n"),
+    )
+    .expect("write config");
+    let scratch = Project::new("");
+    let mut c = scratch.command(&["--json", "--repo", url, "--config"]);
+    c.arg(&cfg)
+        .arg("--user-key")
+        .arg(&key.private_path)
+        .arg("--known-hosts")
+        .arg(rig.known_hosts_file())
+        .args(["--network", &rig.network]);
+    for m in rig.vcs_host_mapping() {
+        c.args(["--vcs-host", &m]);
+    }
+    let out = c.output().expect("bosun execute");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let upload_s: f64 = text
+        .lines()
+        .find_map(|l| l.split("uploaded to the container in ").nth(1))
+        .map(|t| t.trim_end_matches(|c: char| !c.is_ascii_digit()).to_owned())
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(f64::NAN);
+    let tree = tempfile::tempdir().expect("tempdir");
+    let tree_path = tree.path().join("project");
+    let mut co = Command::new(&bosun);
+    co.args(["checkout", url])
+        .arg(&tree_path)
+        .arg("--user-key")
+        .arg(&key.private_path)
+        .arg("--known-hosts")
+        .arg(rig.known_hosts_file());
+    for m in rig.vcs_host_mapping() {
+        co.args(["--vcs-host", &m]);
+    }
+    measure(&mut co);
+    let target = harness::docker(&[
+        "run",
+        "-d",
+        "--label",
+        "bosun.test=bench",
+        &img,
+        "sleep",
+        "600",
+    ]);
+    let cp = measure(
+        Command::new("docker")
+            .arg("cp")
+            .arg(&tree_path)
+            .arg(format!("{target}:/root/project")),
+    )
+    .wall;
+    harness::docker(&["rm", "-f", &target]);
+    println!("(d) checkout into the container (tree incl. .git):");
+    println!(
+        "    docker cp DIR C:/root/project  {:>8.0} ms",
+        cp.as_secs_f64() * 1e3
+    );
+    println!(
+        "    bosun tar stream (API upload)  {:>8.0} ms",
+        upload_s * 1e3
+    );
+    println!(
+        "    ratio bosun/docker cp          {:>8.2}",
+        upload_s / cp.as_secs_f64()
+    );
     println!(
         "(c) peak RSS of bosun: execute {:.1} MiB, checkout {:.1} MiB",
         exec_rss as f64 / 1024.0,
