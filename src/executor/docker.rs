@@ -1,13 +1,15 @@
 //! The Docker implementation of [`Executor`], over the Engine API (bollard).
 
 use super::{
-    Attached, ContainerSpec, Exec, ExecSpec, Executor, ExecutorError, ImageInfo, Output, TarStream,
+    Attached, ByteStream, ContainerSpec, Exec, ExecSpec, Executor, ExecutorError, ImageInfo,
+    Output, TarStream,
 };
 use bollard::container::LogOutput;
 use bollard::exec::{CreateExecOptions, StartExecResults};
 use bollard::models::{ContainerCreateBody, HostConfig};
 use bollard::query_parameters::{
-    AttachContainerOptionsBuilder, CreateImageOptionsBuilder, ListContainersOptionsBuilder,
+    AttachContainerOptionsBuilder, ContainerArchiveInfoOptionsBuilder, CreateImageOptionsBuilder,
+    DownloadFromContainerOptionsBuilder, ListContainersOptionsBuilder,
     RemoveContainerOptionsBuilder, UploadToContainerOptionsBuilder,
 };
 use bollard::Docker;
@@ -191,6 +193,40 @@ impl Executor for DockerExecutor {
             .upload_to_container(container, Some(opts), bollard::body_stream(tar))
             .await
             .map_err(Self::engine(container, "upload"))
+    }
+
+    async fn download_tar(
+        &self,
+        container: &str,
+        path: &str,
+    ) -> Result<Option<ByteStream>, ExecutorError> {
+        // A stat first: the archive stream only reports a missing path once it is read.
+        let info = ContainerArchiveInfoOptionsBuilder::default()
+            .path(path)
+            .build();
+        match self
+            .docker
+            .get_container_archive_info(container, Some(info))
+            .await
+        {
+            Ok(_) => {}
+            Err(e) if is_not_found(&e) => return Ok(None),
+            Err(e) => return Err(Self::engine(container, "stat")(e)),
+        }
+        let opts = DownloadFromContainerOptionsBuilder::default()
+            .path(path)
+            .build();
+        let cid = container.to_owned();
+        let stream = self
+            .docker
+            .download_from_container(container, Some(opts))
+            .map_err(move |source| ExecutorError::Engine {
+                container: cid.clone(),
+                what: "download",
+                source,
+            })
+            .boxed();
+        Ok(Some(stream))
     }
 
     async fn exec(&self, container: &str, spec: ExecSpec) -> Result<Exec, ExecutorError> {

@@ -85,6 +85,7 @@ pub struct Exec {
 }
 
 pub type TarStream = BoxStream<'static, Bytes>;
+pub type ByteStream = BoxStream<'static, Result<Bytes, ExecutorError>>;
 
 pub trait Executor: Send + Sync + 'static {
     /// Ensure the image is present (pulling it if the engine can) and read its config.
@@ -111,6 +112,13 @@ pub trait Executor: Send + Sync + 'static {
         dest: &str,
         tar: TarStream,
     ) -> impl Future<Output = Result<(), ExecutorError>> + Send;
+    /// A tar of `path` (file or directory; entries named from its base name), `None` if it
+    /// does not exist. Streamed: a large directory never sits in memory.
+    fn download_tar(
+        &self,
+        container: &str,
+        path: &str,
+    ) -> impl Future<Output = Result<Option<ByteStream>, ExecutorError>> + Send;
     fn exec(
         &self,
         container: &str,

@@ -4,6 +4,8 @@
 //! `bosun execute` and (later) `bosun agent` both call [`run_job`]; they differ only in the
 //! [`EventSink`] they pass.
 
+mod builtin;
+
 use crate::checkout::{self, CheckoutOutcome, CheckoutSpec, Credentials};
 use crate::config::{merge_env, JobPlan, RunStep, StepKind};
 use crate::executor::{

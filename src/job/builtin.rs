@@ -1,0 +1,452 @@
+//! The built-in steps that move files between the container and the local store: caches,
+//! workspaces, artifacts, test results. Each reports what it did through `say` and returns
+//! `Err(message)` when the step fails.
+
+use crate::executor::{Executor, TarStream};
+use crate::store::{junit, template, BlobId, Layer, Store};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use std::io::{Read, Write};
+use std::path::Path;
+
+/// What the built-in steps need to know about the running job.
+pub struct Ctx<'a, E: Executor> {
+    pub executor: &'a E,
+    pub container: &'a str,
+    pub home: &'a str,
+    pub workdir: &'a str,
+    /// The environment steps see (for `{{ .Environment.X }}`).
+    pub env: &'a [(String, String)],
+    pub branch: &'a str,
+    pub revision: &'a str,
+    pub build_num: u64,
+    pub store: &'a Store,
+    /// Workspace identity: the workflow run (or the job, when run alone).
+    pub workspace: &'a str,
+    pub job_id: &'a str,
+    pub job_name: &'a str,
+    pub say: &'a (dyn Fn(String) + Send + Sync),
+}
+
+impl<E: Executor> Ctx<'_, E> {
+    /// `~/x` and relative paths (against the working directory) → absolute.
+    pub fn abs(&self, p: &str) -> String {
+        let p = super::expand_home(p.trim(), self.home);
+        if p.starts_with('/') {
+            p
+        } else {
+            let rel = p.trim_start_matches("./");
+            if rel.is_empty() || rel == "." {
+                self.workdir.to_owned()
+            } else {
+                format!("{}/{}", self.workdir.trim_end_matches('/'), rel)
+            }
+        }
+    }
+
+    /// The whole tar of `path` from the container, in a temporary file.
+    async fn download(&self, path: &str) -> Result<Option<tempfile::NamedTempFile>, String> {
+        let Some(mut stream) = self
+            .executor
+            .download_tar(self.container, path)
+            .await
+            .map_err(|e| e.to_string())?
+        else {
+            return Ok(None);
+        };
+        let tmp_dir = self.store.root().join("tmp");
+        let mut file = tempfile::NamedTempFile::new_in(&tmp_dir).map_err(|e| e.to_string())?;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| e.to_string())?;
+            file.write_all(&chunk).map_err(|e| e.to_string())?;
+        }
+        file.flush().map_err(|e| e.to_string())?;
+        Ok(Some(file))
+    }
+
+    async fn read_file(&self, path: &str) -> Result<Option<Vec<u8>>, String> {
+        let Some(tar) = self.download(path).await? else {
+            return Ok(None);
+        };
+        let mut archive = tar::Archive::new(tar.reopen().map_err(|e| e.to_string())?);
+        for entry in archive.entries().map_err(|e| e.to_string())? {
+            let mut entry = entry.map_err(|e| e.to_string())?;
+            if entry.header().entry_type().is_file() {
+                let mut out = Vec::new();
+                entry.read_to_end(&mut out).map_err(|e| e.to_string())?;
+                return Ok(Some(out));
+            }
+        }
+        Ok(None)
+    }
+
+    async fn upload_blob(&self, blob: &BlobId, prefix: &str) -> Result<(), String> {
+        let path = self.store.blob_path(blob);
+        // Rewrite entry names under `prefix` (relative to `/`) while streaming.
+        let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(8);
+        let prefix = prefix.trim_matches('/').to_owned();
+        let producer = tokio::task::spawn_blocking(move || -> Result<(), String> {
+            let file = std::fs::File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+            let mut archive = tar::Archive::new(file);
+            let mut out = tar::Builder::new(ChunkSender::new(tx));
+            for entry in archive.entries().map_err(|e| e.to_string())? {
+                let mut entry = entry.map_err(|e| e.to_string())?;
+                let name = entry.path().map_err(|e| e.to_string())?.into_owned();
+                let dest = if prefix.is_empty() {
+                    name
+                } else {
+                    Path::new(&prefix).join(name)
+                };
+                let mut header = entry.header().clone();
+                if header.entry_type().is_symlink() || header.entry_type().is_hard_link() {
+                    let target = entry
+                        .link_name()
+                        .map_err(|e| e.to_string())?
+                        .map(|t| t.into_owned())
+                        .unwrap_or_default();
+                    out.append_link(&mut header, &dest, target).map_err(|e| e.to_string())?;
+                } else {
+                    out.append_data(&mut header, &dest, &mut entry).map_err(|e| e.to_string())?;
+                }
+            }
+            let mut sender = out.into_inner().map_err(|e| e.to_string())?;
+            sender.flush_chunk().map_err(|e| e.to_string())
+        });
+        let stream: TarStream =
+            futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (b, rx)) }).boxed();
+        let uploaded = self.executor.upload_tar(self.container, "/", stream).await;
+        let produced = producer.await.map_err(|e| e.to_string())?;
+        uploaded.map_err(|e| e.to_string())?;
+        produced
+    }
+
+    fn render_key(&self, tpl: &str, checksums: &[(String, String)]) -> Result<String, String> {
+        let ctx = template::KeyContext {
+            branch: self.branch,
+            revision: self.revision,
+            build_num: self.build_num,
+            env: self.env,
+            epoch: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+            arch: &template::arch(),
+        };
+        let mut lookup = |f: &str| {
+            checksums
+                .iter()
+                .find(|(name, _)| name == f)
+                .map(|(_, sum)| sum.clone())
+                .ok_or_else(|| format!("cannot checksum `{f}`: no such file in the container"))
+        };
+        template::render(tpl, &ctx, &mut lookup)
+    }
+
+    /// Checksums of the files a template names, read from the container first (the renderer
+    /// itself is pure).
+    async fn checksums_for(&self, tpl: &str) -> Result<Vec<(String, String)>, String> {
+        let mut out = Vec::new();
+        let mut rest = tpl;
+        while let Some(i) = rest.find("checksum") {
+            rest = &rest[i + "checksum".len()..];
+            let Some(open) = rest.find('"') else { break };
+            let after = &rest[open + 1..];
+            let Some(close) = after.find('"') else { break };
+            let file = &after[..close];
+            if let Some(content) = self.read_file(&self.abs(file)).await? {
+                out.push((file.to_owned(), template::checksum(&content)));
+            }
+            rest = &after[close + 1..];
+        }
+        Ok(out)
+    }
+
+    pub async fn save_cache(&self, key_tpl: &str, paths: &[String]) -> Result<(), String> {
+        let key = self.render_key(key_tpl, &self.checksums_for(key_tpl).await?)?;
+        if self.store.cache_exists(&key) {
+            (self.say)(format!("Skipping cache generation, cache already exists for key: {key}"));
+            return Ok(());
+        }
+        let tmp_dir = self.store.root().join("tmp");
+        let combined = tempfile::NamedTempFile::new_in(&tmp_dir).map_err(|e| e.to_string())?;
+        let mut builder = tar::Builder::new(combined.reopen().map_err(|e| e.to_string())?);
+        let mut found = 0;
+        for p in paths {
+            let abs = self.abs(p);
+            let Some(tar) = self.download(&abs).await? else {
+                (self.say)(format!("Warning: could not find {abs}; skipping it"));
+                continue;
+            };
+            found += 1;
+            // Entries are named from the path's base name: re-root them at its parent.
+            let parent = Path::new(&abs).parent().map(|p| p.to_path_buf()).unwrap_or_default();
+            append_rerooted(&mut builder, tar.path(), &parent, None)?;
+        }
+        if found == 0 {
+            (self.say)("Warning: none of the paths exist; no cache saved".to_owned());
+            return Ok(());
+        }
+        builder.into_inner().and_then(|mut f| f.flush()).map_err(|e| e.to_string())?;
+        let file = std::fs::File::open(combined.path()).map_err(|e| e.to_string())?;
+        let (blob, size) = self.store.put_blob(file).map_err(|e| e.to_string())?;
+        let saved = self.store.save_cache(&key, blob, size).map_err(|e| e.to_string())?;
+        if saved {
+            (self.say)(format!("Stored cache {key} ({:.1} MB)", size as f64 / 1e6));
+        } else {
+            (self.say)(format!("Skipping cache generation, cache already exists for key: {key}"));
+        }
+        Ok(())
+    }
+
+    pub async fn restore_cache(&self, key_tpls: &[String]) -> Result<(), String> {
+        for tpl in key_tpls {
+            let key = self.render_key(tpl, &self.checksums_for(tpl).await?)?;
+            if let Some(entry) = self.store.find_cache(&key).map_err(|e| e.to_string())? {
+                self.upload_blob(&entry.blob, "").await?;
+                (self.say)(format!(
+                    "Found a cache for key {key}: restored {} ({:.1} MB)",
+                    entry.key,
+                    entry.size as f64 / 1e6
+                ));
+                return Ok(());
+            }
+            (self.say)(format!("No cache is found for key: {key}"));
+        }
+        (self.say)("Warning: no cache was restored".to_owned());
+        Ok(())
+    }
+
+    pub async fn persist_to_workspace(&self, root: &str, paths: &[String]) -> Result<(), String> {
+        let root_abs = self.abs(root);
+        let Some(tar) = self.download(&root_abs).await? else {
+            return Err(format!("The specified root directory {root_abs} does not exist"));
+        };
+        let patterns: Vec<glob::Pattern> = paths
+            .iter()
+            .map(|p| glob::Pattern::new(p.trim_start_matches("./")).map_err(|e| format!("`{p}`: {e}")))
+            .collect::<Result<_, _>>()?;
+        let tmp_dir = self.store.root().join("tmp");
+        let layer = tempfile::NamedTempFile::new_in(&tmp_dir).map_err(|e| e.to_string())?;
+        let mut builder = tar::Builder::new(layer.reopen().map_err(|e| e.to_string())?);
+        // Entries come as `<root base name>/rel/path`: keep those under a matching pattern,
+        // named relative to the root.
+        let count = append_rerooted(&mut builder, tar.path(), Path::new(""), Some(&patterns))?;
+        if count == 0 {
+            return Err(format!("no files in {root_abs} match {}", paths.join(", ")));
+        }
+        builder.into_inner().and_then(|mut f| f.flush()).map_err(|e| e.to_string())?;
+        let file = std::fs::File::open(layer.path()).map_err(|e| e.to_string())?;
+        let (blob, size) = self.store.put_blob(file).map_err(|e| e.to_string())?;
+        self.store
+            .add_workspace_layer(
+                self.workspace,
+                &Layer {
+                    job: self.job_name.to_owned(),
+                    blob,
+                    size,
+                },
+            )
+            .map_err(|e| e.to_string())?;
+        (self.say)(format!(
+            "Persisted {count} entries from {root_abs} to the workspace ({:.1} MB)",
+            size as f64 / 1e6
+        ));
+        Ok(())
+    }
+
+    pub async fn attach_workspace(&self, at: &str) -> Result<(), String> {
+        let at_abs = self.abs(at);
+        let layers = self.store.workspace_layers(self.workspace).map_err(|e| e.to_string())?;
+        if layers.is_empty() {
+            return Err("there is no workspace to attach: no earlier job persisted one".to_owned());
+        }
+        for layer in &layers {
+            self.upload_blob(&layer.blob, &at_abs).await?;
+        }
+        (self.say)(format!(
+            "Attached {} workspace layer(s) at {at_abs} (from {})",
+            layers.len(),
+            layers.iter().map(|l| l.job.as_str()).collect::<Vec<_>>().join(", ")
+        ));
+        Ok(())
+    }
+
+    pub async fn store_artifacts(&self, path: &str, destination: Option<&str>) -> Result<(), String> {
+        let abs = self.abs(path);
+        let Some(tar) = self.download(&abs).await? else {
+            return Err(format!("{abs} does not exist"));
+        };
+        let base = Path::new(&abs)
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let dest_rel = destination.map(|d| d.trim_matches('/').to_owned()).unwrap_or(base);
+        let dest = self.store.artifacts_dir(self.job_id).join(&dest_rel);
+        let file = std::fs::File::open(tar.path()).map_err(|e| e.to_string())?;
+        let mut archive = tar::Archive::new(file);
+        let mut files = 0;
+        for entry in archive.entries().map_err(|e| e.to_string())? {
+            let mut entry = entry.map_err(|e| e.to_string())?;
+            if !entry.header().entry_type().is_file() {
+                continue;
+            }
+            let name = entry.path().map_err(|e| e.to_string())?.into_owned();
+            // The first component is the path's base name, which `destination` replaces;
+            // only plain components are kept, so nothing lands outside `dest`.
+            let rel: std::path::PathBuf = name
+                .components()
+                .skip(1)
+                .filter(|c| matches!(c, std::path::Component::Normal(_)))
+                .collect();
+            let target = if rel.as_os_str().is_empty() { dest.clone() } else { dest.join(&rel) };
+            if let Some(dir) = target.parent() {
+                std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            }
+            if target.is_dir() {
+                let _ = std::fs::remove_dir(&target);
+            }
+            let mut out = std::fs::File::create(&target).map_err(|e| format!("{}: {e}", target.display()))?;
+            std::io::copy(&mut entry, &mut out).map_err(|e| e.to_string())?;
+            files += 1;
+        }
+        (self.say)(format!("Uploaded {files} file(s) from {abs} to artifacts/{dest_rel} ({})", dest.display()));
+        Ok(())
+    }
+
+    pub async fn store_test_results(&self, path: &str) -> Result<(), String> {
+        let abs = self.abs(path);
+        let Some(tar) = self.download(&abs).await? else {
+            return Err(format!("{abs} does not exist"));
+        };
+        let file = std::fs::File::open(tar.path()).map_err(|e| e.to_string())?;
+        let mut archive = tar::Archive::new(file);
+        let mut total = junit::TestSummary::default();
+        let mut files = 0;
+        for entry in archive.entries().map_err(|e| e.to_string())? {
+            let mut entry = entry.map_err(|e| e.to_string())?;
+            let name = entry.path().map_err(|e| e.to_string())?.into_owned();
+            if !entry.header().entry_type().is_file()
+                || name.extension().and_then(|e| e.to_str()) != Some("xml")
+            {
+                continue;
+            }
+            let mut text = String::new();
+            if entry.read_to_string(&mut text).is_err() {
+                continue;
+            }
+            match junit::parse(&text) {
+                Ok(s) => {
+                    files += 1;
+                    total.merge(s);
+                }
+                Err(e) => (self.say)(format!("Warning: {} is not valid JUnit XML: {e}", name.display())),
+            }
+        }
+        (self.say)(format!(
+            "Test results from {files} file(s): {} tests, {} failures, {} errors, {} skipped",
+            total.tests, total.failures, total.errors, total.skipped
+        ));
+        for f in &total.failed {
+            (self.say)(format!("  failed: {f}"));
+        }
+        let dir = self.store.artifacts_dir(self.job_id);
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        let json = serde_json::to_vec_pretty(&total).map_err(|e| e.to_string())?;
+        std::fs::write(dir.join("test-results.json"), json).map_err(|e| e.to_string())?;
+        Ok(())
+    }
+}
+
+/// Copy entries of the tar at `src` into `out`, renamed: with `patterns`, names lose their
+/// first component (the root's base name) and only entries under a matching pattern are
+/// kept; without, names are joined under `parent`. Returns how many entries were written.
+fn append_rerooted<W: Write>(
+    out: &mut tar::Builder<W>,
+    src: &Path,
+    parent: &Path,
+    patterns: Option<&[glob::Pattern]>,
+) -> Result<usize, String> {
+    let file = std::fs::File::open(src).map_err(|e| e.to_string())?;
+    let mut archive = tar::Archive::new(file);
+    let mut count = 0;
+    for entry in archive.entries().map_err(|e| e.to_string())? {
+        let mut entry = entry.map_err(|e| e.to_string())?;
+        let name = entry.path().map_err(|e| e.to_string())?.into_owned();
+        let dest = match patterns {
+            None => parent.join(&name),
+            Some(pats) => {
+                let rel: std::path::PathBuf = name.components().skip(1).collect();
+                if rel.as_os_str().is_empty() {
+                    continue;
+                }
+                let keep = rel.ancestors().filter(|a| !a.as_os_str().is_empty()).any(|a| {
+                    let s = a.to_string_lossy();
+                    pats.iter().any(|p| p.matches(&s))
+                });
+                if !keep {
+                    continue;
+                }
+                rel
+            }
+        };
+        let dest: std::path::PathBuf = dest
+            .components()
+            .filter(|c| matches!(c, std::path::Component::Normal(_)))
+            .collect();
+        if dest.as_os_str().is_empty() {
+            continue;
+        }
+        let mut header = entry.header().clone();
+        let kind = header.entry_type();
+        if kind.is_symlink() || kind.is_hard_link() {
+            let target = entry
+                .link_name()
+                .map_err(|e| e.to_string())?
+                .map(|t| t.into_owned())
+                .unwrap_or_default();
+            out.append_link(&mut header, &dest, target).map_err(|e| e.to_string())?;
+        } else {
+            out.append_data(&mut header, &dest, &mut entry).map_err(|e| e.to_string())?;
+        }
+        count += 1;
+    }
+    Ok(count)
+}
+
+/// A `Write` that hands 256 KiB chunks to an async receiver.
+struct ChunkSender {
+    tx: tokio::sync::mpsc::Sender<Bytes>,
+    buf: Vec<u8>,
+}
+
+impl ChunkSender {
+    fn new(tx: tokio::sync::mpsc::Sender<Bytes>) -> Self {
+        Self {
+            tx,
+            buf: Vec::with_capacity(256 * 1024),
+        }
+    }
+
+    fn flush_chunk(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = Bytes::from(std::mem::take(&mut self.buf));
+        self.tx
+            .blocking_send(chunk)
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "upload ended early"))
+    }
+}
+
+impl Write for ChunkSender {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= 256 * 1024 {
+            self.flush_chunk()?;
+        }
+        Ok(data.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
