@@ -1,13 +1,24 @@
 //! `.circleci/config.yml` → [`JobPlan`]. Pure: text in, plan out, errors with positions.
 //!
-//! This is the start of the full 2.1 compiler: it reads the document into a positioned tree
-//! ([`yaml`]), resolves the job (and its executor and commands), and lowers its steps to the
-//! plan the executor runs. Every error names the file, line, column and key path.
+//! The CircleCI 2.1 compiler, offline: the document becomes a positioned tree ([`yaml`]);
+//! orbs (inline or vendored through an [`OrbLoader`]), parameters, executors, commands,
+//! conditional steps and matrices are expanded; the result is a workflow graph ([`graph`])
+//! whose build jobs carry the plan the executor runs, and the processed YAML.
+//! Every error names the file, line, column and key path.
 
+mod compile;
+pub mod graph;
+mod interp;
+mod lower;
 pub mod plan;
 pub mod yaml;
 
-pub use plan::{JobPlan, RunStep, Step, StepKind, When, DEFAULT_NO_OUTPUT_TIMEOUT};
+pub use graph::{
+    filters_allow, Filter, Filters, GitRef, Pattern, Workflow, WorkflowJob, WorkflowJobKind,
+};
+pub use plan::{
+    CompiledJob, DockerImage, JobPlan, RunStep, Step, StepKind, When, DEFAULT_NO_OUTPUT_TIMEOUT,
+};
 
 use std::fmt;
 use std::time::Duration;
@@ -41,20 +52,435 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-/// Compile one job of a config file.
-pub fn compile_job(text: &str, file: &str, job: &str) -> Result<JobPlan, ConfigError> {
-    let root = yaml::parse(text).map_err(|e| {
-        // serde-saphyr's message carries "line L column C"; keep it whole and add the file.
-        let (line, col) = line_col_from_message(&e.0);
-        ConfigError {
-            file: file.to_owned(),
-            pos: Pos { line, col },
-            path: String::new(),
-            message: format!("invalid YAML: {}", e.0),
-            hint: None,
+/// Values of `<< pipeline.* >>`, filled by the caller (from the checkout and the command line).
+/// The defaults are the ones `circleci config process` fabricates locally.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PipelineValues {
+    pub id: String,
+    pub number: i64,
+    pub project_git_url: String,
+    /// `github`, `bitbucket`, …
+    pub project_type: String,
+    pub git_branch: String,
+    pub git_tag: String,
+    pub git_revision: String,
+    pub git_base_revision: String,
+    pub trigger_source: String,
+    /// `--pipeline-param k=v`: read as the declared type (boolean, integer) when compiling.
+    pub parameters: Vec<(String, String)>,
+}
+
+impl Default for PipelineValues {
+    fn default() -> Self {
+        PipelineValues {
+            id: "00000000-0000-0000-0000-000000000001".to_owned(),
+            number: 1,
+            project_git_url: String::new(),
+            project_type: "github".to_owned(),
+            git_branch: String::new(),
+            git_tag: String::new(),
+            git_revision: String::new(),
+            git_base_revision: String::new(),
+            trigger_source: "webhook".to_owned(),
+            parameters: Vec::new(),
         }
+    }
+}
+
+impl PipelineValues {
+    /// The `pipeline.` names this compiler knows (others are integration-specific).
+    pub const NAMES: &'static [&'static str] = &[
+        "id",
+        "number",
+        "project.git_url",
+        "project.type",
+        "git.branch",
+        "git.tag",
+        "git.revision",
+        "git.base_revision",
+        "git.branch.is_default",
+        "trigger_source",
+        "schedule.name",
+        "schedule.id",
+        "trigger.type",
+    ];
+
+    fn value(&self, name: &str) -> Option<Value> {
+        let s = |v: &str| Some(Value::Str(v.to_owned()));
+        match name {
+            "id" => s(&self.id),
+            "number" => Some(Value::Int(self.number)),
+            "project.git_url" => s(&self.project_git_url),
+            "project.type" => s(&self.project_type),
+            "git.branch" => s(&self.git_branch),
+            "git.tag" => s(&self.git_tag),
+            "git.revision" => s(&self.git_revision),
+            "git.base_revision" => s(&self.git_base_revision),
+            "git.branch.is_default" => Some(Value::Bool(matches!(
+                self.git_branch.as_str(),
+                "main" | "master"
+            ))),
+            "trigger_source" => s(&self.trigger_source),
+            "trigger.type" => s(if self.trigger_source == "webhook" {
+                "webhook"
+            } else {
+                "api"
+            }),
+            "schedule.name" | "schedule.id" => s(""),
+            _ => None,
+        }
+    }
+}
+
+/// A registry orb reference, `namespace/name@version`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrbRef {
+    pub namespace: String,
+    pub name: String,
+    pub version: String,
+}
+
+impl OrbRef {
+    /// Where a vendored copy lives inside an orb dir: `<namespace>/<name>@<version>.yml`.
+    pub fn vendored_path(&self) -> String {
+        format!("{}/{}@{}.yml", self.namespace, self.name, self.version)
+    }
+}
+
+pub enum OrbSource {
+    /// `file` names the source in errors (e.g. the path read).
+    Found {
+        file: String,
+        text: String,
+    },
+    Missing,
+    Failed(String),
+}
+
+/// Supplies vendored orbs. The compiler does no I/O itself; the CLI reads an orb dir.
+pub trait OrbLoader {
+    fn load(&self, orb: &OrbRef) -> OrbSource;
+}
+
+#[derive(Default)]
+pub struct CompileOptions<'a> {
+    pub pipeline: PipelineValues,
+    pub orbs: Option<&'a dyn OrbLoader>,
+    /// The orb dir as the user named it, for "vendor it as DIR/…" hints.
+    pub orb_dir: Option<String>,
+}
+
+/// A compiled config: the workflow graph plus the processed (2.0-shaped) document.
+#[derive(Debug, Clone)]
+pub struct CompiledConfig {
+    /// `setup: true`: a dynamic-config setup file. It compiles like any other, but its jobs
+    /// only make sense followed by a continuation (a second config compiled separately).
+    pub setup: bool,
+    pub workflows: Vec<Workflow>,
+    processed: Node,
+}
+
+impl CompiledConfig {
+    /// The processed config as YAML, shaped like `circleci config process` output.
+    pub fn to_yaml(&self) -> String {
+        serde_saphyr::to_string(&self.processed)
+            .unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+    }
+
+    /// Every workflow job that runs something, by name (first workflow wins on duplicates).
+    pub fn find_job(&self, name: &str) -> Option<&WorkflowJob> {
+        self.workflows
+            .iter()
+            .flat_map(|w| &w.jobs)
+            .find(|j| j.name == name)
+    }
+}
+
+/// Compile a whole config. All errors that can be found independently are returned, in file
+/// order.
+pub fn compile(
+    text: &str,
+    file: &str,
+    opts: &CompileOptions,
+) -> Result<CompiledConfig, Vec<ConfigError>> {
+    let (engine, compiled) = compile_engine(text, file, opts)?;
+    match compiled {
+        Some(c) if engine.errors.is_empty() => Ok(c),
+        _ => {
+            let mut errs = engine.errors;
+            errs.sort_by(|a, b| {
+                (a.pos.file, a.pos.line, a.pos.col).cmp(&(b.pos.file, b.pos.line, b.pos.col))
+            });
+            Err(errs)
+        }
+    }
+}
+
+fn parse_error(file: &str, e: &yaml::YamlError) -> ConfigError {
+    // serde-saphyr's message carries "line L column C"; keep it whole and add the file.
+    let (line, col) = line_col_from_message(&e.0);
+    ConfigError {
+        file: file.to_owned(),
+        pos: Pos { line, col, file: 0 },
+        path: String::new(),
+        message: format!("invalid YAML: {}", e.0),
+        hint: None,
+    }
+}
+
+fn compile_engine(
+    text: &str,
+    file: &str,
+    opts: &CompileOptions,
+) -> Result<(compile::Engine, Option<CompiledConfig>), Vec<ConfigError>> {
+    let root = yaml::parse(text).map_err(|e| vec![parse_error(file, &e)])?;
+    let mut engine = compile::Engine {
+        files: vec![file.to_owned()],
+        scopes: Vec::new(),
+        pipeline: opts.pipeline.clone(),
+        pipeline_params: Vec::new(),
+        v21: false,
+        errors: Vec::new(),
+    };
+    if let Err(e) = engine.top_level(&root) {
+        return Err(vec![e]);
+    }
+    if let Err(e) = engine.pipeline_parameters(&root) {
+        engine.errors.push(e);
+    }
+    engine.load_orbs(&root, opts.orbs, opts.orb_dir.as_deref());
+    if !engine.errors.is_empty() {
+        // Without its orbs or parameters the rest would only repeat the same problem.
+        return Ok((engine, None));
+    }
+    let setup = root
+        .get("setup")
+        .is_some_and(|s| s.value == Value::Bool(true));
+    let wfs = engine.workflows(&root);
+    // Jobs no workflow invokes are still checked, when they can stand alone (no required
+    // parameters), so a typo in an unused job does not wait until someone uses it.
+    if let Some(jobs) = root.get("jobs").and_then(Node::as_map) {
+        for (k, def) in jobs {
+            let Some(name) = k.as_str() else { continue };
+            let invoked = wfs.iter().flat_map(|(w, _)| &w.jobs).any(|j| j.job == name);
+            let needs_args = def
+                .get("parameters")
+                .and_then(Node::as_map)
+                .is_some_and(|m| m.iter().any(|(_, d)| d.get("default").is_none()));
+            if !invoked && !needs_args {
+                let r = engine
+                    .expand_job(0, name, &[], k, &format!("jobs.{name}"), None, None)
+                    .and_then(|x| engine.lower_kind(&x).map(|_| ()));
+                if let Err(e) = r {
+                    if !engine.errors.contains(&e) {
+                        engine.errors.push(e);
+                    }
+                }
+            }
+        }
+    }
+    let processed = processed(&root, setup, &wfs);
+    let compiled = CompiledConfig {
+        setup,
+        workflows: wfs.into_iter().map(|(w, _)| w).collect(),
+        processed,
+    };
+    Ok((engine, Some(compiled)))
+}
+
+/// The 2.0-shaped document: `version: 2`, every invoked job expanded under its workflow name,
+/// workflows listing them with their resolved `requires`.
+fn processed(root: &Node, setup: bool, wfs: &[(Workflow, Vec<(String, Node)>)]) -> Node {
+    let p = Pos::default();
+    let key = |k: &str| Node::str(k, p);
+    let map = |m: Vec<(Node, Node)>| Node::new(Value::Map(m), p);
+    let mut jobs: Vec<(Node, Node)> = Vec::new();
+    let mut workflows: Vec<(Node, Node)> = vec![(key("version"), Node::new(Value::Int(2), p))];
+    for (wf, nodes) in wfs {
+        let mut entries = Vec::new();
+        for j in &wf.jobs {
+            let packed = nodes
+                .iter()
+                .find(|(n, _)| *n == j.name)
+                .map(|(_, n)| compile::unpack(n));
+            let mut entry: Vec<(Node, Node)> = Vec::new();
+            if !j.requires.is_empty() {
+                let reqs = j.requires.iter().map(|r| Node::str(r.clone(), p)).collect();
+                entry.push((key("requires"), Node::new(Value::Seq(reqs), p)));
+            }
+            match packed {
+                Some((job, wentry)) => {
+                    if !jobs
+                        .iter()
+                        .any(|(k, _)| k.as_str() == Some(j.name.as_str()))
+                    {
+                        jobs.push((key(&j.name), env_as_list(job)));
+                    }
+                    entry.extend(wentry.as_map().unwrap_or(&[]).iter().cloned());
+                }
+                None if j.is_approval() => entry.push((key("type"), key("approval"))),
+                None => {}
+            }
+            entries.push(if entry.is_empty() {
+                key(&j.name)
+            } else {
+                map(vec![(key(&j.name), map(entry))])
+            });
+        }
+        let mut w = Vec::new();
+        if let Some(t) = root
+            .get("workflows")
+            .and_then(|x| x.get(&wf.name))
+            .and_then(|x| x.get("triggers"))
+        {
+            w.push((key("triggers"), t.clone()));
+        }
+        w.push((key("jobs"), Node::new(Value::Seq(entries), p)));
+        workflows.push((key(&wf.name), map(w)));
+    }
+    let mut top = vec![(key("version"), Node::new(Value::Int(2), p))];
+    if setup {
+        top.push((key("setup"), Node::new(Value::Bool(true), p)));
+    }
+    top.push((key("jobs"), map(jobs)));
+    top.push((key("workflows"), map(workflows)));
+    map(top)
+}
+
+/// CircleCI's processed output writes `environment` as a list of single-key maps.
+fn env_as_list(job: Node) -> Node {
+    let pos = job.pos;
+    let Value::Map(m) = job.value else { return job };
+    let m = m
+        .into_iter()
+        .map(|(k, v)| {
+            if k.as_str() == Some("environment") {
+                if let Value::Map(pairs) = &v.value {
+                    let list = pairs
+                        .iter()
+                        .map(|(ek, ev)| {
+                            Node::new(Value::Map(vec![(ek.clone(), ev.clone())]), ev.pos)
+                        })
+                        .collect();
+                    return (k, Node::new(Value::Seq(list), v.pos));
+                }
+            }
+            (k, v)
+        })
+        .collect();
+    Node::new(Value::Map(m), pos)
+}
+
+/// `bosun config process`: the processed YAML, or every error found.
+pub fn process(text: &str, file: &str, opts: &CompileOptions) -> Result<String, Vec<ConfigError>> {
+    compile(text, file, opts).map(|c| c.to_yaml())
+}
+
+/// Compile one job of a config file, with default pipeline values and no vendored orbs.
+pub fn compile_job(text: &str, file: &str, job: &str) -> Result<JobPlan, ConfigError> {
+    compile_job_with(text, file, job, &CompileOptions::default())
+}
+
+/// Compile the config and return the plan of `job`: a workflow job name (matrix and `name:`
+/// included) or a job definition that needs no arguments. The first error is returned.
+pub fn compile_job_with(
+    text: &str,
+    file: &str,
+    job: &str,
+    opts: &CompileOptions,
+) -> Result<JobPlan, ConfigError> {
+    let first = |mut errs: Vec<ConfigError>| errs.remove(0);
+    let root = yaml::parse(text).map_err(|e| parse_error(file, &e))?;
+    if let Some(setup) = root.get("setup").filter(|s| s.value == Value::Bool(true)) {
+        return Err(ConfigError {
+            file: file.to_owned(),
+            pos: setup.pos,
+            path: "setup".to_owned(),
+            message: "this is a setup (dynamic) config: its job generates the real config and hands it to a continuation".to_owned(),
+            hint: Some("run the generated config instead, e.g. `bosun execute --config generated.yml`".to_owned()),
+        });
+    }
+    let (engine, compiled) = compile_engine(text, file, opts).map_err(first)?;
+    if !engine.errors.is_empty() {
+        let mut errs = engine.errors;
+        errs.sort_by(|a, b| {
+            (a.pos.file, a.pos.line, a.pos.col).cmp(&(b.pos.file, b.pos.line, b.pos.col))
+        });
+        return Err(first(errs));
+    }
+    let compiled = compiled.ok_or_else(|| ConfigError {
+        file: file.to_owned(),
+        pos: Pos::default(),
+        path: String::new(),
+        message: "the config did not compile".to_owned(),
+        hint: None,
     })?;
-    Compiler { file }.job(&root, job)
+    if let Some(wj) = compiled.find_job(job) {
+        return match &wj.kind {
+            WorkflowJobKind::Build(c) => {
+                let mut plan = c.plan.clone();
+                plan.name = wj.name.clone();
+                Ok(plan)
+            }
+            WorkflowJobKind::Approval => Err(ConfigError {
+                file: file.to_owned(),
+                pos: Pos::default(),
+                path: format!("workflows.{job}"),
+                message: format!("`{job}` is an approval job: there is nothing to run"),
+                hint: None,
+            }),
+            WorkflowJobKind::NotRunnable { reason } => Err(ConfigError {
+                file: file.to_owned(),
+                pos: Pos::default(),
+                path: format!("jobs.{}", wj.job),
+                message: format!("`{job}` cannot run here: {reason}"),
+                hint: Some("use a `docker:` image".to_owned()),
+            }),
+        };
+    }
+    // Not in any workflow: the definition itself, with its parameters' defaults.
+    let jobs = root
+        .get("jobs")
+        .ok_or_else(|| engine.err(&root, "", "required key [jobs] not found"))?;
+    let names: Vec<&str> = jobs
+        .as_map()
+        .map(|m| m.iter().filter_map(|(k, _)| k.as_str()).collect())
+        .unwrap_or_default();
+    let Some((k, _)) = jobs
+        .as_map()
+        .and_then(|m| m.iter().find(|(k, _)| k.as_str() == Some(job)))
+    else {
+        let mut all: Vec<&str> = names.clone();
+        all.extend(
+            compiled
+                .workflows
+                .iter()
+                .flat_map(|w| &w.jobs)
+                .map(|j| j.name.as_str()),
+        );
+        let msg = format!("Cannot find a definition for job named {job}");
+        return Err(match nearest(job, &all) {
+            Some(s) => engine.err_hint(jobs, "jobs", msg, format!("did you mean `{s}`?")),
+            None => engine.err_hint(
+                jobs,
+                "jobs",
+                msg,
+                format!("jobs in this config: {}", all.join(", ")),
+            ),
+        });
+    };
+    let x = engine.expand_job(0, job, &[], k, &format!("jobs.{job}"), None, None)?;
+    match engine.lower_kind(&x)? {
+        WorkflowJobKind::Build(c) => Ok(c.plan),
+        WorkflowJobKind::Approval => Err(engine.err(
+            &x.node,
+            &x.path,
+            format!("`{job}` is an approval job: there is nothing to run"),
+        )),
+        WorkflowJobKind::NotRunnable { reason } => {
+            Err(engine.err_hint(&x.node, &x.path, reason, "use a `docker:` image"))
+        }
+    }
 }
 
 /// Names of the jobs a config defines, in file order (for `--job` errors and listings).
@@ -71,7 +497,7 @@ pub fn job_names(text: &str) -> Vec<String> {
         .unwrap_or_default()
 }
 
-fn line_col_from_message(msg: &str) -> (u64, u64) {
+pub(crate) fn line_col_from_message(msg: &str) -> (u64, u64) {
     let num_after = |word: &str| -> Option<u64> {
         let idx = msg.find(word)? + word.len();
         let digits: String = msg[idx..]
@@ -87,7 +513,7 @@ fn line_col_from_message(msg: &str) -> (u64, u64) {
     )
 }
 
-const TOP_LEVEL_KEYS: &[&str] = &[
+pub(crate) const TOP_LEVEL_KEYS: &[&str] = &[
     "version",
     "jobs",
     "workflows",
@@ -97,7 +523,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "parameters",
     "setup",
 ];
-const JOB_KEYS: &[&str] = &[
+pub(crate) const JOB_KEYS: &[&str] = &[
     "description",
     "parallelism",
     "macos",
@@ -114,7 +540,7 @@ const JOB_KEYS: &[&str] = &[
     "parameters",
     "type",
 ];
-const EXECUTOR_KEYS: &[&str] = &[
+pub(crate) const EXECUTOR_KEYS: &[&str] = &[
     "description",
     "docker",
     "machine",
@@ -125,7 +551,7 @@ const EXECUTOR_KEYS: &[&str] = &[
     "environment",
     "parameters",
 ];
-const DOCKER_KEYS: &[&str] = &[
+pub(crate) const DOCKER_KEYS: &[&str] = &[
     "image",
     "name",
     "entrypoint",
@@ -136,7 +562,7 @@ const DOCKER_KEYS: &[&str] = &[
     "aws_auth",
     "gcp_auth",
 ];
-const RUN_KEYS: &[&str] = &[
+pub(crate) const RUN_KEYS: &[&str] = &[
     "name",
     "command",
     "shell",
@@ -148,719 +574,9 @@ const RUN_KEYS: &[&str] = &[
     "max_auto_reruns",
     "auto_rerun_delay",
 ];
-const CHECKOUT_KEYS: &[&str] = &["path", "method", "name"];
-/// Built-in steps this version does not execute yet: named so the error says so plainly
-/// instead of "cannot find a command".
-const NOT_YET_STEPS: &[&str] = &[
-    "save_cache",
-    "restore_cache",
-    "persist_to_workspace",
-    "attach_workspace",
-    "store_artifacts",
-    "store_test_results",
-    "add_ssh_keys",
-    "setup_remote_docker",
-    "when",
-    "unless",
-    "deploy",
-];
-const BUILTIN_STEPS: &[&str] = &["checkout", "run"];
+pub(crate) const CHECKOUT_KEYS: &[&str] = &["path", "method", "name"];
 
-struct Compiler<'a> {
-    file: &'a str,
-}
-
-impl Compiler<'_> {
-    fn err(&self, node: &Node, path: &str, message: impl Into<String>) -> ConfigError {
-        ConfigError {
-            file: self.file.to_owned(),
-            pos: node.pos,
-            path: path.to_owned(),
-            message: message.into(),
-            hint: None,
-        }
-    }
-
-    fn err_hint(
-        &self,
-        node: &Node,
-        path: &str,
-        message: impl Into<String>,
-        hint: impl Into<String>,
-    ) -> ConfigError {
-        ConfigError {
-            hint: Some(hint.into()),
-            ..self.err(node, path, message)
-        }
-    }
-
-    fn expect_map<'n>(
-        &self,
-        node: &'n Node,
-        path: &str,
-    ) -> Result<&'n [(Node, Node)], ConfigError> {
-        node.as_map().ok_or_else(|| {
-            self.err(
-                node,
-                path,
-                format!("expected a mapping, found {}", node.kind()),
-            )
-        })
-    }
-
-    fn expect_str<'n>(&self, node: &'n Node, path: &str) -> Result<&'n str, ConfigError> {
-        node.as_str().ok_or_else(|| {
-            self.err(
-                node,
-                path,
-                format!("expected a string, found {}", node.kind()),
-            )
-        })
-    }
-
-    /// Every key of `map` must be one of `allowed`; a typo gets the nearest valid key.
-    fn check_keys(
-        &self,
-        map: &[(Node, Node)],
-        allowed: &[&str],
-        path: &str,
-    ) -> Result<(), ConfigError> {
-        for (k, _) in map {
-            let Some(name) = k.as_str() else {
-                return Err(self.err(k, path, format!("keys must be strings, found {}", k.kind())));
-            };
-            if !allowed.contains(&name) {
-                let here = join(path, name);
-                let msg = format!("unknown key `{name}`");
-                return Err(match nearest(name, allowed) {
-                    Some(s) => self.err_hint(k, &here, msg, format!("did you mean `{s}`?")),
-                    None => self.err_hint(
-                        k,
-                        &here,
-                        msg,
-                        format!("permitted keys: {}", allowed.join(", ")),
-                    ),
-                });
-            }
-        }
-        Ok(())
-    }
-
-    fn job(&self, root: &Node, name: &str) -> Result<JobPlan, ConfigError> {
-        // Unknown top-level keys are accepted, as CircleCI does: they hold anchors
-        // (`aliases:`, `defaults:`). Only a near-miss of a real key is worth an error.
-        let top = self.expect_map(root, "")?;
-        for (k, _) in top {
-            if let Some(name) = k.as_str() {
-                if !TOP_LEVEL_KEYS.contains(&name) {
-                    if let Some(s) = nearest(name, TOP_LEVEL_KEYS).filter(|_| name.len() > 3) {
-                        return Err(self.err_hint(
-                            k,
-                            name,
-                            format!("unknown top-level key `{name}` would be ignored"),
-                            format!("did you mean `{s}`?"),
-                        ));
-                    }
-                }
-            }
-        }
-        self.version(root)?;
-        if let Some(setup) = root.get("setup") {
-            if setup.value == Value::Bool(true) {
-                return Err(self.err_hint(
-                    setup,
-                    "setup",
-                    "this is a setup (dynamic) config: its job generates the real config and hands it to a continuation",
-                    "run the generated config instead, e.g. `bosun execute --config generated.yml`",
-                ));
-            }
-        }
-        let jobs = root
-            .get("jobs")
-            .ok_or_else(|| self.err(root, "", "required key `jobs` not found"))?;
-        let jobs_map = self.expect_map(jobs, "jobs")?;
-        let names: Vec<&str> = jobs_map.iter().filter_map(|(k, _)| k.as_str()).collect();
-        let Some(job) = jobs.get(name) else {
-            let msg = format!("Cannot find a definition for job named {name}");
-            return Err(match nearest(name, &names) {
-                Some(s) => self.err_hint(jobs, "jobs", msg, format!("did you mean `{s}`?")),
-                None => self.err_hint(
-                    jobs,
-                    "jobs",
-                    msg,
-                    format!("jobs in this config: {}", names.join(", ")),
-                ),
-            });
-        };
-        let path = format!("jobs.{name}");
-        let job_map = self.expect_map(job, &path)?;
-        self.check_keys(job_map, JOB_KEYS, &path)?;
-        if job.get("parameters").is_some() {
-            return Err(self.err_hint(
-                job,
-                &path,
-                "job parameters are not supported by this version of bosun yet",
-                "inline the parameter values, or wait for the full 2.1 compiler",
-            ));
-        }
-        if let Some(t) = job.get("type") {
-            let t = self.expect_str(t, &join(&path, "type"))?;
-            if t != "build" {
-                return Err(self.err(
-                    job,
-                    &join(&path, "type"),
-                    format!(
-                        "a `{t}` job has no steps to execute; only build jobs run in a container"
-                    ),
-                ));
-            }
-        }
-
-        // Executor first, then the job's own keys replace it wholesale (environment merges).
-        let mut exec = ExecutorParts::default();
-        if let Some(e) = job.get("executor") {
-            exec = self.executor_ref(root, e, &join(&path, "executor"))?;
-        }
-        let own = self.executor_parts(job, &path, true)?;
-        let docker_given = own.docker.is_some();
-        if docker_given && job.get("executor").is_some() {
-            // CircleCI allows job keys to override an executor; `docker` replaces its images.
-        }
-        let docker = own.docker.or(exec.docker).ok_or_else(|| {
-            self.err_hint(
-                job,
-                &path,
-                "the job has no executor: exactly one of `docker`, `machine`, `macos` or `executor` is required",
-                "add e.g. `docker: [{image: cimg/base:current}]`",
-            )
-        })?;
-        let mut environment = exec.environment;
-        merge_env(&mut environment, own.environment);
-
-        let steps_node = job
-            .get("steps")
-            .ok_or_else(|| self.err(job, &path, "required key `steps` not found"))?;
-        let mut steps = Vec::new();
-        self.steps(root, steps_node, &join(&path, "steps"), &mut steps, 0)?;
-
-        let parallelism = match job.get("parallelism") {
-            None => 1,
-            Some(p) => match p.value {
-                Value::Int(n) if (1..=1000).contains(&n) => n as u32,
-                _ => {
-                    return Err(self.err(
-                        p,
-                        &join(&path, "parallelism"),
-                        format!("expected an integer from 1 to 1000, found {}", p.kind()),
-                    ))
-                }
-            },
-        };
-
-        Ok(JobPlan {
-            name: name.to_owned(),
-            image: docker.image,
-            user: docker.user,
-            image_environment: docker.environment,
-            environment,
-            working_directory: own
-                .working_directory
-                .or(exec.working_directory)
-                .unwrap_or_else(|| "~/project".to_owned()),
-            shell: own.shell.or(exec.shell),
-            parallelism,
-            steps,
-        })
-    }
-
-    fn version(&self, root: &Node) -> Result<(), ConfigError> {
-        let Some(v) = root.get("version") else {
-            return Err(self.err_hint(
-                root,
-                "version",
-                "Unsupported or missing workflows config version",
-                "add `version: 2.1` at the top of the file",
-            ));
-        };
-        let ok = match &v.value {
-            Value::Int(2) => true,
-            Value::Float(f) => (*f - 2.1).abs() < 1e-9 || (*f - 2.0).abs() < 1e-9,
-            Value::Str(s) => s == "2" || s == "2.1" || s == "2.0",
-            _ => false,
-        };
-        if ok {
-            Ok(())
-        } else {
-            Err(self.err_hint(
-                v,
-                "version",
-                format!(
-                    "unsupported config version {}",
-                    v.scalar_string().unwrap_or_else(|| v.kind().to_owned())
-                ),
-                "bosun reads version 2 and 2.1 configs",
-            ))
-        }
-    }
-
-    fn executor_ref(
-        &self,
-        root: &Node,
-        node: &Node,
-        path: &str,
-    ) -> Result<ExecutorParts, ConfigError> {
-        let name = match &node.value {
-            Value::Str(s) => s.as_str(),
-            Value::Map(_) => {
-                let n = node
-                    .get("name")
-                    .ok_or_else(|| self.err(node, path, "required key `name` not found"))?;
-                if node.as_map().is_some_and(|m| m.len() > 1) {
-                    return Err(self.err(
-                        node,
-                        path,
-                        "executor parameters are not supported by this version of bosun yet",
-                    ));
-                }
-                self.expect_str(n, &join(path, "name"))?
-            }
-            _ => {
-                return Err(self.err(
-                    node,
-                    path,
-                    format!(
-                        "expected an executor name or mapping, found {}",
-                        node.kind()
-                    ),
-                ))
-            }
-        };
-        if name.contains('/') {
-            return Err(self.err_hint(
-                node,
-                path,
-                format!("executor `{name}` comes from an orb, and orbs are not supported by this version of bosun yet"),
-                "define the executor under `executors:` in this file",
-            ));
-        }
-        let defs = root.get("executors");
-        let Some(def) = defs.and_then(|d| d.get(name)) else {
-            let known: Vec<&str> = defs
-                .and_then(Node::as_map)
-                .map(|m| m.iter().filter_map(|(k, _)| k.as_str()).collect())
-                .unwrap_or_default();
-            let msg = format!("Cannot find a definition for executor named {name}");
-            return Err(match nearest(name, &known) {
-                Some(s) => self.err_hint(node, path, msg, format!("did you mean `{s}`?")),
-                None => self.err(node, path, msg),
-            });
-        };
-        let def_path = format!("executors.{name}");
-        self.check_keys(self.expect_map(def, &def_path)?, EXECUTOR_KEYS, &def_path)?;
-        self.executor_parts(def, &def_path, false)
-    }
-
-    /// The executor-shaped keys of a job or an executor definition.
-    fn executor_parts(
-        &self,
-        node: &Node,
-        path: &str,
-        is_job: bool,
-    ) -> Result<ExecutorParts, ConfigError> {
-        for other in ["machine", "macos"] {
-            if let Some(n) = node.get(other) {
-                return Err(self.err_hint(
-                    n,
-                    &join(path, other),
-                    format!("`{other}` executors are not supported by bosun's Docker executor"),
-                    "use a `docker:` image",
-                ));
-            }
-        }
-        if is_job && node.get("docker").is_some() && node.get("executor").is_some() {
-            return Err(self.err(
-                node,
-                path,
-                "both `docker` and `executor` are set: a job uses exactly one executor",
-            ));
-        }
-        let docker = match node.get("docker") {
-            None => None,
-            Some(d) => Some(self.docker(d, &join(path, "docker"))?),
-        };
-        let environment = match node.get("environment") {
-            None => Vec::new(),
-            Some(e) => self.env_map(e, &join(path, "environment"))?,
-        };
-        let string_key = |k: &str| -> Result<Option<String>, ConfigError> {
-            node.get(k)
-                .map(|n| self.expect_str(n, &join(path, k)).map(str::to_owned))
-                .transpose()
-        };
-        Ok(ExecutorParts {
-            docker,
-            environment,
-            working_directory: string_key("working_directory")?,
-            shell: string_key("shell")?,
-        })
-    }
-
-    fn docker(&self, node: &Node, path: &str) -> Result<DockerImage, ConfigError> {
-        let list = node.as_seq().ok_or_else(|| {
-            self.err(
-                node,
-                path,
-                format!("expected a list of images, found {}", node.kind()),
-            )
-        })?;
-        let first = list.first().ok_or_else(|| {
-            self.err(
-                node,
-                path,
-                "the image list is empty; the first image is where steps run",
-            )
-        })?;
-        let p0 = format!("{path}[0]");
-        let m = self.expect_map(first, &p0)?;
-        self.check_keys(m, DOCKER_KEYS, &p0)?;
-        let image = first
-            .get("image")
-            .ok_or_else(|| self.err(first, &p0, "required key `image` not found"))?;
-        let image = self.expect_str(image, &join(&p0, "image"))?.to_owned();
-        if image.trim().is_empty() {
-            return Err(self.err(first, &join(&p0, "image"), "the image name is empty"));
-        }
-        let user = first
-            .get("user")
-            .map(|u| self.expect_str(u, &join(&p0, "user")).map(str::to_owned))
-            .transpose()?;
-        let environment = match first.get("environment") {
-            None => Vec::new(),
-            Some(e) => self.env_map(e, &join(&p0, "environment"))?,
-        };
-        Ok(DockerImage {
-            image,
-            user,
-            environment,
-        })
-    }
-
-    /// `environment:` as a mapping (or CircleCI's list of single-key maps / `K=V` strings).
-    fn env_map(&self, node: &Node, path: &str) -> Result<Vec<(String, String)>, ConfigError> {
-        let mut out = Vec::new();
-        let push =
-            |k: &Node, v: &Node, out: &mut Vec<(String, String)>| -> Result<(), ConfigError> {
-                let key = self.expect_str(k, path)?;
-                if !valid_env_name(key) {
-                    return Err(self.err_hint(
-                        k,
-                        &join(path, key),
-                        format!("`{key}` is not a valid environment variable name"),
-                        "use letters, digits and underscores, not starting with a digit",
-                    ));
-                }
-                let val = v.scalar_string().ok_or_else(|| {
-                    self.err(
-                        v,
-                        &join(path, key),
-                        format!("expected a string value, found {}", v.kind()),
-                    )
-                })?;
-                merge_env(out, vec![(key.to_owned(), val)]);
-                Ok(())
-            };
-        match &node.value {
-            Value::Map(m) => {
-                for (k, v) in m {
-                    push(k, v, &mut out)?;
-                }
-            }
-            Value::Seq(items) => {
-                for (i, item) in items.iter().enumerate() {
-                    let ip = format!("{path}[{i}]");
-                    match &item.value {
-                        Value::Map(m) => {
-                            for (k, v) in m {
-                                push(k, v, &mut out)?;
-                            }
-                        }
-                        Value::Str(s) => {
-                            let (k, v) = s
-                                .split_once('=')
-                                .ok_or_else(|| self.err(item, &ip, "expected `NAME=value`"))?;
-                            merge_env(&mut out, vec![(k.to_owned(), v.to_owned())]);
-                        }
-                        _ => {
-                            return Err(self.err(
-                                item,
-                                &ip,
-                                format!("expected a mapping, found {}", item.kind()),
-                            ))
-                        }
-                    }
-                }
-            }
-            Value::Null => {}
-            _ => {
-                return Err(self.err(
-                    node,
-                    path,
-                    format!("expected a mapping of variables, found {}", node.kind()),
-                ))
-            }
-        }
-        Ok(out)
-    }
-
-    fn steps(
-        &self,
-        root: &Node,
-        node: &Node,
-        path: &str,
-        out: &mut Vec<Step>,
-        depth: usize,
-    ) -> Result<(), ConfigError> {
-        if depth > 32 {
-            return Err(self.err(
-                node,
-                path,
-                "commands nest more than 32 levels deep (is a command calling itself?)",
-            ));
-        }
-        let list = node.as_seq().ok_or_else(|| {
-            self.err(
-                node,
-                path,
-                format!("expected a list of steps, found {}", node.kind()),
-            )
-        })?;
-        for (i, item) in list.iter().enumerate() {
-            let sp = format!("{path}[{i}]");
-            let (name, args) = match &item.value {
-                Value::Str(s) => (s.as_str(), None),
-                Value::Map(m) if m.len() == 1 => {
-                    let (k, v) = &m[0];
-                    (self.expect_str(k, &sp)?, Some(v))
-                }
-                Value::Map(_) => {
-                    return Err(self.err(
-                        item,
-                        &sp,
-                        "a step is a mapping with exactly one key (its type, e.g. `run:`); check the indentation of its arguments",
-                    ))
-                }
-                _ => {
-                    return Err(self.err(
-                        item,
-                        &sp,
-                        format!("expected a step (a string or a mapping), found {}", item.kind()),
-                    ))
-                }
-            };
-            let here = join(&sp, name);
-            match name {
-                "checkout" => out.push(self.checkout_step(args, item, &here)?),
-                "run" => {
-                    let Some(args) = args else {
-                        return Err(self.err(item, &here, "`run` needs a command"));
-                    };
-                    out.push(self.run_step(args, &here)?);
-                }
-                _ if NOT_YET_STEPS.contains(&name) => {
-                    return Err(self.err_hint(
-                        item,
-                        &here,
-                        format!("the `{name}` step is not supported by this version of bosun yet"),
-                        "remove it to run the job locally, or use a `run` step",
-                    ))
-                }
-                _ => {
-                    let cmd = root.get("commands").and_then(|c| c.get(name));
-                    let Some(cmd) = cmd else {
-                        let mut known: Vec<&str> = BUILTIN_STEPS.to_vec();
-                        known.extend(NOT_YET_STEPS);
-                        if let Some(m) = root.get("commands").and_then(Node::as_map) {
-                            known.extend(m.iter().filter_map(|(k, _)| k.as_str()));
-                        }
-                        let msg = format!("Cannot find a definition for command named {name}");
-                        return Err(match nearest(name, &known) {
-                            Some(s) => {
-                                self.err_hint(item, &sp, msg, format!("did you mean `{s}`?"))
-                            }
-                            None => self.err(item, &sp, msg),
-                        });
-                    };
-                    if cmd.get("parameters").is_some()
-                        || args.is_some_and(|a| a.value != Value::Null)
-                    {
-                        return Err(self.err(
-                            item,
-                            &here,
-                            "command parameters are not supported by this version of bosun yet",
-                        ));
-                    }
-                    let steps = cmd.get("steps").ok_or_else(|| {
-                        self.err(
-                            cmd,
-                            &format!("commands.{name}"),
-                            "required key `steps` not found",
-                        )
-                    })?;
-                    self.steps(
-                        root,
-                        steps,
-                        &format!("commands.{name}.steps"),
-                        out,
-                        depth + 1,
-                    )?;
-                }
-            }
-        }
-        Ok(())
-    }
-
-    fn checkout_step(
-        &self,
-        args: Option<&Node>,
-        item: &Node,
-        path: &str,
-    ) -> Result<Step, ConfigError> {
-        let mut checkout_path = None;
-        let mut display = "Checkout code".to_owned();
-        if let Some(a) = args.filter(|a| a.value != Value::Null) {
-            let m = self.expect_map(a, path)?;
-            self.check_keys(m, CHECKOUT_KEYS, path)?;
-            if let Some(p) = a.get("path") {
-                checkout_path = Some(self.expect_str(p, &join(path, "path"))?.to_owned());
-            }
-            if let Some(n) = a.get("name") {
-                display = self.expect_str(n, &join(path, "name"))?.to_owned();
-            }
-        }
-        let _ = item;
-        Ok(Step {
-            name: display,
-            kind: StepKind::Checkout {
-                path: checkout_path,
-            },
-            when: When::OnSuccess,
-        })
-    }
-
-    fn run_step(&self, args: &Node, path: &str) -> Result<Step, ConfigError> {
-        if let Some(cmd) = args.as_str() {
-            return Ok(Step {
-                name: cmd.to_owned(),
-                kind: StepKind::Run(RunStep {
-                    command: cmd.to_owned(),
-                    shell: None,
-                    environment: Vec::new(),
-                    working_directory: None,
-                    background: false,
-                    no_output_timeout: DEFAULT_NO_OUTPUT_TIMEOUT,
-                }),
-                when: When::OnSuccess,
-            });
-        }
-        let m = self.expect_map(args, path)?;
-        self.check_keys(m, RUN_KEYS, path)?;
-        let command = args
-            .get("command")
-            .ok_or_else(|| self.err(args, path, "required key `command` not found"))?;
-        let command = command
-            .scalar_string()
-            .filter(|_| !matches!(command.value, Value::Null))
-            .ok_or_else(|| {
-                self.err(
-                    command,
-                    &join(path, "command"),
-                    format!("expected a string, found {}", command.kind()),
-                )
-            })?;
-        let string_key = |k: &str| -> Result<Option<String>, ConfigError> {
-            args.get(k)
-                .map(|n| self.expect_str(n, &join(path, k)).map(str::to_owned))
-                .transpose()
-        };
-        let name = string_key("name")?.unwrap_or_else(|| command.clone());
-        let background = match args.get("background") {
-            None => false,
-            Some(b) => match b.value {
-                Value::Bool(v) => v,
-                _ => {
-                    return Err(self.err(
-                        b,
-                        &join(path, "background"),
-                        format!("expected true or false, found {}", b.kind()),
-                    ))
-                }
-            },
-        };
-        let no_output_timeout = match args.get("no_output_timeout") {
-            None => DEFAULT_NO_OUTPUT_TIMEOUT,
-            Some(n) => {
-                let text = n.scalar_string().unwrap_or_default();
-                parse_duration(&text).ok_or_else(|| {
-                    self.err_hint(
-                        n,
-                        &join(path, "no_output_timeout"),
-                        format!("`{text}` is not a duration"),
-                        "write a number with a unit: `90s`, `20m`, `1.5h`",
-                    )
-                })?
-            }
-        };
-        let when = match args.get("when") {
-            None => When::OnSuccess,
-            Some(w) => match w.as_str() {
-                Some("on_success") => When::OnSuccess,
-                Some("on_fail") => When::OnFail,
-                Some("always") => When::Always,
-                _ => {
-                    let found = w.scalar_string().unwrap_or_else(|| w.kind().to_owned());
-                    return Err(self.err_hint(
-                        w,
-                        &join(path, "when"),
-                        format!("`{found}` is not a valid `when`"),
-                        "use one of on_success, on_fail, always",
-                    ));
-                }
-            },
-        };
-        let environment = match args.get("environment") {
-            None => Vec::new(),
-            Some(e) => self.env_map(e, &join(path, "environment"))?,
-        };
-        Ok(Step {
-            name,
-            kind: StepKind::Run(RunStep {
-                command,
-                shell: string_key("shell")?,
-                environment,
-                working_directory: string_key("working_directory")?,
-                background,
-                no_output_timeout,
-            }),
-            when,
-        })
-    }
-}
-
-#[derive(Default)]
-struct ExecutorParts {
-    docker: Option<DockerImage>,
-    environment: Vec<(String, String)>,
-    working_directory: Option<String>,
-    shell: Option<String>,
-}
-
-struct DockerImage {
-    image: String,
-    user: Option<String>,
-    environment: Vec<(String, String)>,
-}
-
-fn join(path: &str, key: &str) -> String {
+pub(crate) fn join(path: &str, key: &str) -> String {
     if path.is_empty() {
         key.to_owned()
     } else {
@@ -903,7 +619,7 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
 }
 
 /// The closest candidate by edit distance, if it is close enough to be a typo.
-fn nearest<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
+pub(crate) fn nearest<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
     candidates
         .iter()
         .map(|c| (levenshtein(word, c), *c))

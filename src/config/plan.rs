@@ -39,6 +39,78 @@ pub enum StepKind {
         path: Option<String>,
     },
     Run(RunStep),
+    // Data-only steps: compiled and carried in the plan; the runner executes them later.
+    SaveCache {
+        key: String,
+        paths: Vec<String>,
+        name: Option<String>,
+        when: When,
+    },
+    /// `key` first, then `keys`, in order: the first hit wins.
+    RestoreCache {
+        keys: Vec<String>,
+    },
+    PersistToWorkspace {
+        root: String,
+        paths: Vec<String>,
+    },
+    AttachWorkspace {
+        at: String,
+    },
+    StoreArtifacts {
+        path: String,
+        destination: Option<String>,
+    },
+    StoreTestResults {
+        path: String,
+    },
+    /// Empty means every key the project has.
+    AddSshKeys {
+        fingerprints: Vec<String>,
+    },
+    SetupRemoteDocker,
+}
+
+impl StepKind {
+    /// The config's name for this step type (`save_cache`), for messages.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            StepKind::Checkout { .. } => "checkout",
+            StepKind::Run(_) => "run",
+            StepKind::SaveCache { .. } => "save_cache",
+            StepKind::RestoreCache { .. } => "restore_cache",
+            StepKind::PersistToWorkspace { .. } => "persist_to_workspace",
+            StepKind::AttachWorkspace { .. } => "attach_workspace",
+            StepKind::StoreArtifacts { .. } => "store_artifacts",
+            StepKind::StoreTestResults { .. } => "store_test_results",
+            StepKind::AddSshKeys { .. } => "add_ssh_keys",
+            StepKind::SetupRemoteDocker => "setup_remote_docker",
+        }
+    }
+}
+
+/// One `docker:` image of a job. The first is the primary container; the rest are services.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct DockerImage {
+    pub image: String,
+    /// Hostname of a service container (`localhost` when unset).
+    pub name: Option<String>,
+    pub entrypoint: Option<Vec<String>>,
+    pub command: Option<Vec<String>>,
+    pub user: Option<String>,
+    pub environment: Vec<(String, String)>,
+    /// `auth: {username, password}` for a private registry.
+    pub auth: Option<(String, String)>,
+}
+
+/// A compiled build job: the plan the executor runs plus the executor facts it does not use yet.
+/// (Kept beside [`JobPlan`] rather than in it so that `JobPlan` literals elsewhere still build.)
+#[derive(Debug, Clone, PartialEq)]
+pub struct CompiledJob {
+    pub plan: JobPlan,
+    /// Every image, primary first (the plan's `image`/`user`/`image_environment` repeat it).
+    pub docker: Vec<DockerImage>,
+    pub resource_class: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -88,7 +88,7 @@ fn typo_in_run_key_names_position_path_and_suggestion() {
     let shown = e.to_string();
     assert!(
         shown.starts_with(
-            ".circleci/config.yml:7:11: jobs.build.steps[0].run.comand: unknown key `comand`"
+            ".circleci/config.yml:7:11: jobs.build.steps[0].run.comand: extraneous key [comand] is not permitted"
         ),
         "{shown}"
     );
@@ -139,13 +139,172 @@ fn yaml_syntax_errors_carry_a_position() {
 }
 
 #[test]
-fn unsupported_steps_say_so_plainly() {
-    let text = "version: 2.1\njobs:\n  build:\n    docker: [{image: x}]\n    steps:\n      - save_cache: {key: k, paths: [a]}\n";
-    let e = compile(text, "build").expect_err("not yet");
-    assert!(
-        e.message.contains("`save_cache` step is not supported"),
-        "{e}"
+fn data_only_steps_compile_into_the_plan() {
+    let text = "version: 2.1\njobs:\n  build:\n    docker: [{image: x}]\n    steps:\n      - save_cache: {key: k, paths: [a]}\n      - restore_cache: {keys: [k1, k2]}\n      - setup_remote_docker\n";
+    let plan = compile(text, "build").expect("compiles");
+    assert_eq!(plan.steps[0].kind.type_name(), "save_cache");
+    assert_eq!(
+        plan.steps[1].kind,
+        StepKind::RestoreCache {
+            keys: vec!["k1".into(), "k2".into()]
+        }
     );
+    assert_eq!(plan.steps[2].kind, StepKind::SetupRemoteDocker);
+}
+
+const PARAMS: &str = r#"version: 2.1
+parameters:
+  deploy: {type: boolean, default: false}
+executors:
+  py:
+    parameters:
+      tag: {type: string, default: "3.11"}
+    docker: [{image: "cimg/python:<< parameters.tag >>"}]
+commands:
+  greet:
+    parameters:
+      who: {type: string}
+      extra: {type: steps, default: []}
+    steps:
+      - run: echo hello << parameters.who >>
+      - steps: << parameters.extra >>
+jobs:
+  test:
+    parameters:
+      par: {type: integer, default: 1}
+      v: {type: string}
+    executor: {name: py, tag: << parameters.v >>}
+    parallelism: << parameters.par >>
+    steps:
+      - greet:
+          who: world
+          extra:
+            - run: echo extra
+      - when:
+          condition: << pipeline.parameters.deploy >>
+          steps: [{run: deploy}]
+      - unless:
+          condition: {equal: [main, << pipeline.git.branch >>]}
+          steps: [{run: not-main}]
+workflows:
+  main:
+    jobs:
+      - test:
+          matrix:
+            parameters:
+              v: ["3.10", "3.11"]
+              par: [2]
+      - hold:
+          type: approval
+          requires: [test]
+"#;
+
+#[test]
+fn parameters_commands_executors_matrix_and_when() {
+    let opts = CompileOptions::default();
+    let c = compile_all(PARAMS, &opts).expect("compiles");
+    let wf = &c.workflows[0];
+    let names: Vec<&str> = wf.jobs.iter().map(|j| j.name.as_str()).collect();
+    assert_eq!(names, ["test-2-3.10", "test-2-3.11", "hold"]);
+    assert_eq!(wf.jobs[2].requires, ["test-2-3.10", "test-2-3.11"]);
+    assert!(wf.jobs[2].is_approval());
+    let WorkflowJobKind::Build(j) = &wf.jobs[0].kind else {
+        panic!("build")
+    };
+    assert_eq!(j.plan.image, "cimg/python:3.10");
+    assert_eq!(j.plan.parallelism, 2);
+    let steps: Vec<&str> = j.plan.steps.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(steps, ["echo hello world", "echo extra", "not-main"]);
+    let mut opts = CompileOptions::default();
+    opts.pipeline
+        .parameters
+        .push(("deploy".into(), "true".into()));
+    opts.pipeline.git_branch = "main".into();
+    let c = compile_all(PARAMS, &opts).expect("compiles");
+    let WorkflowJobKind::Build(j) = &c.workflows[0].jobs[0].kind else {
+        panic!("build")
+    };
+    let steps: Vec<&str> = j.plan.steps.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(steps, ["echo hello world", "echo extra", "deploy"]);
+    let yaml = c.to_yaml();
+    assert!(yaml.contains("test-2-3.10"), "{yaml}");
+}
+
+fn compile_all(text: &str, opts: &CompileOptions) -> Result<CompiledConfig, Vec<ConfigError>> {
+    super::compile(text, ".circleci/config.yml", opts)
+}
+
+#[test]
+fn argument_errors_use_circleci_wording() {
+    let missing = PARAMS.replace("      - test:\n          matrix:\n            parameters:\n              v: [\"3.10\", \"3.11\"]\n              par: [2]\n", "      - test\n");
+    let errs = compile_all(&missing, &CompileOptions::default()).expect_err("missing v");
+    assert!(
+        errs.iter()
+            .any(|e| e.message == "Missing required argument(s): v"),
+        "{errs:?}"
+    );
+    let bad = PARAMS.replace("who: world", "who: world\n          whom: x");
+    let errs = compile_all(&bad, &CompileOptions::default()).expect_err("unexpected");
+    assert!(
+        errs.iter()
+            .any(|e| e.message == "Unexpected argument(s): whom"),
+        "{errs:?}"
+    );
+    let typed = PARAMS.replace("par: [2]", "par: [\"2\"]");
+    let errs = compile_all(&typed, &CompileOptions::default()).expect_err("type");
+    assert!(
+        errs.iter().any(|e| {
+            e.message.starts_with(
+            "Type error for argument par: expected type: integer, actual value: \"2\" (type string)"
+        )
+        }),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn filters_and_tags() {
+    let text = "version: 2.1\njobs:\n  a: {docker: [{image: x}], steps: [checkout]}\nworkflows:\n  w:\n    jobs:\n      - a:\n          filters:\n            branches: {ignore: /wip-.*/}\n            tags: {only: /^v.*/}\n      - a:\n          name: b\n          requires: [a]\n";
+    let c = compile_all(text, &CompileOptions::default()).expect("compiles");
+    let wf = &c.workflows[0];
+    assert!(filters_allow(&wf.jobs[0].filters, GitRef::Branch("main")));
+    assert!(!filters_allow(&wf.jobs[0].filters, GitRef::Branch("wip-1")));
+    assert!(filters_allow(&wf.jobs[0].filters, GitRef::Tag("v1.0")));
+    let run: Vec<&str> = wf
+        .jobs_to_run(GitRef::Tag("v1.0"))
+        .iter()
+        .map(|j| j.name.as_str())
+        .collect();
+    assert_eq!(run, ["a"]);
+    assert_eq!(wf.jobs_to_run(GitRef::Branch("main")).len(), 2);
+}
+
+struct OneOrb;
+impl OrbLoader for OneOrb {
+    fn load(&self, orb: &OrbRef) -> OrbSource {
+        if orb.vendored_path() == "acme/tools@1.0.0.yml" {
+            OrbSource::Found {
+                file: "orbs/acme/tools@1.0.0.yml".into(),
+                text: "version: 2.1\ncommands:\n  hi:\n    steps: [{run: echo orb}]\n".into(),
+            }
+        } else {
+            OrbSource::Missing
+        }
+    }
+}
+
+#[test]
+fn vendored_and_missing_orbs() {
+    let text = "version: 2.1\norbs:\n  tools: acme/tools@1.0.0\njobs:\n  build:\n    docker: [{image: x}]\n    steps: [tools/hi]\n";
+    let e = compile(text, "build").expect_err("not vendored");
+    assert!(e.message.contains("acme/tools@1.0.0"), "{e}");
+    assert!(e.hint.as_deref().unwrap_or("").contains("--orb-dir"), "{e}");
+    let opts = CompileOptions {
+        orbs: Some(&OneOrb),
+        ..Default::default()
+    };
+    let plan = compile_job_with(text, "c.yml", "build", &opts).expect("vendored");
+    assert_eq!(plan.steps[0].name, "echo orb");
 }
 
 #[test]

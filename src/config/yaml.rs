@@ -13,6 +13,9 @@ use std::fmt;
 pub struct Pos {
     pub line: u64,
     pub col: u64,
+    /// Which file: an index into the compiler's file table (0 = the config itself). Nodes from
+    /// vendored orbs are inlined into the config's jobs, so each node must know its own file.
+    pub file: u32,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -92,9 +95,68 @@ impl Node {
 /// the parser; alias expansion is budgeted by serde-saphyr, so an alias bomb is an error, not
 /// an out-of-memory.
 pub fn parse(text: &str) -> Result<Node, YamlError> {
+    parse_file(text, 0)
+}
+
+/// [`parse`], tagging every node with `file`.
+pub fn parse_file(text: &str, file: u32) -> Result<Node, YamlError> {
     let spanned: Spanned<Value> =
         serde_saphyr::from_str(text).map_err(|e| YamlError(e.to_string()))?;
-    Ok(from_spanned(spanned))
+    let mut node = from_spanned(spanned);
+    if file != 0 {
+        node.set_file(file);
+    }
+    Ok(node)
+}
+
+impl Node {
+    pub fn new(value: Value, pos: Pos) -> Node {
+        Node { value, pos }
+    }
+
+    pub fn str(s: impl Into<String>, pos: Pos) -> Node {
+        Node::new(Value::Str(s.into()), pos)
+    }
+
+    fn set_file(&mut self, file: u32) {
+        self.pos.file = file;
+        match &mut self.value {
+            Value::Seq(items) => items.iter_mut().for_each(|n| n.set_file(file)),
+            Value::Map(m) => m.iter_mut().for_each(|(k, v)| {
+                k.set_file(file);
+                v.set_file(file);
+            }),
+            _ => {}
+        }
+    }
+}
+
+/// Emits the tree as plain YAML (positions dropped) for `config process`.
+impl serde::Serialize for Node {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::{SerializeMap, SerializeSeq};
+        match &self.value {
+            Value::Null => s.serialize_unit(),
+            Value::Bool(b) => s.serialize_bool(*b),
+            Value::Int(i) => s.serialize_i64(*i),
+            Value::Float(f) => s.serialize_f64(*f),
+            Value::Str(v) => s.serialize_str(v),
+            Value::Seq(items) => {
+                let mut seq = s.serialize_seq(Some(items.len()))?;
+                for i in items {
+                    seq.serialize_element(i)?;
+                }
+                seq.end()
+            }
+            Value::Map(m) => {
+                let mut map = s.serialize_map(Some(m.len()))?;
+                for (k, v) in m {
+                    map.serialize_entry(k, v)?;
+                }
+                map.end()
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -105,6 +167,7 @@ fn from_spanned(s: Spanned<Value>) -> Node {
         pos: Pos {
             line: s.referenced.line(),
             col: s.referenced.column(),
+            file: 0,
         },
         value: s.value,
     }

@@ -894,6 +894,24 @@ async fn run_steps<E: Executor>(
                     }
                 }
             }
+            other => {
+                // Compiled and carried in the plan; the runner does not execute these yet.
+                sink.emit(&Event::Output {
+                    step: i,
+                    stream: Stream::Stdout,
+                    data: Bytes::from(format!(
+                        "`{}` is not supported by this version of bosun yet\n",
+                        other.type_name()
+                    )),
+                });
+                StepSummary {
+                    step: i,
+                    name: step.name.clone(),
+                    status: StepStatus::Failed,
+                    exit_code: None,
+                    duration_ms: millis(t0.elapsed()),
+                }
+            }
         };
         sink.emit(&Event::StepFinished(summary.clone()));
         match summary.status {

@@ -1,0 +1,1552 @@
+//! The 2.1 compiler proper: orbs → scopes, jobs with executors, commands and conditional steps
+//! expanded, workflows with matrices, filters and requires; output both as plans and as the
+//! processed (2.0-shaped) YAML tree.
+
+use super::graph::{Filter, Filters, Pattern, Workflow, WorkflowJob, WorkflowJobKind};
+use super::interp::Scope as Sc;
+use super::plan::CompiledJob;
+use super::yaml::{self, Node, Pos, Value};
+use super::*;
+
+/// One namespace of elements: the config itself or an orb.
+pub(crate) struct Scope {
+    /// The config root or the orb's map.
+    pub root: Node,
+    /// Orb aliases this scope imports → scope index.
+    pub imports: Vec<(String, usize)>,
+    pub is_orb: bool,
+    /// Key-path prefix of this scope's definitions (`orbs.tools.` for an inline orb).
+    pub path: String,
+    /// `alias/` for elements of an orb as seen from the config (names in the output).
+    pub display: String,
+}
+
+pub(crate) struct Engine {
+    pub files: Vec<String>,
+    pub scopes: Vec<Scope>,
+    pub pipeline: PipelineValues,
+    pub pipeline_params: Vec<(String, Node)>,
+    pub v21: bool,
+    pub errors: Vec<ConfigError>,
+}
+
+/// A job after expansion: 2.0-shaped, with its steps still carrying the key paths they were
+/// written at (so lowering errors point into commands and orbs, not into the expansion).
+pub(crate) struct Expanded {
+    pub node: Node,
+    pub steps: Vec<(Node, String)>,
+    pub path: String,
+}
+
+pub(crate) const BUILTIN_STEPS: &[&str] = &[
+    "checkout",
+    "run",
+    "save_cache",
+    "restore_cache",
+    "persist_to_workspace",
+    "attach_workspace",
+    "store_artifacts",
+    "store_test_results",
+    "add_ssh_keys",
+    "setup_remote_docker",
+    "deploy",
+    "when",
+    "unless",
+];
+const INVOCATION_KEYS: &[&str] = &[
+    "requires",
+    "name",
+    "context",
+    "type",
+    "filters",
+    "matrix",
+    "pre-steps",
+    "post-steps",
+    "serial-group",
+    "override-with",
+];
+
+#[derive(Clone, Copy, PartialEq)]
+enum Kind {
+    Job,
+    Command,
+    Executor,
+}
+
+impl Kind {
+    fn section(self) -> &'static str {
+        match self {
+            Kind::Job => "jobs",
+            Kind::Command => "commands",
+            Kind::Executor => "executors",
+        }
+    }
+    fn word(self) -> &'static str {
+        match self {
+            Kind::Job => "job",
+            Kind::Command => "command",
+            Kind::Executor => "executor",
+        }
+    }
+}
+
+impl Engine {
+    pub(crate) fn err(&self, node: &Node, path: &str, message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            file: self
+                .files
+                .get(node.pos.file as usize)
+                .cloned()
+                .unwrap_or_default(),
+            pos: node.pos,
+            path: path.to_owned(),
+            message: message.into(),
+            hint: None,
+        }
+    }
+
+    pub(crate) fn err_hint(
+        &self,
+        node: &Node,
+        path: &str,
+        message: impl Into<String>,
+        hint: impl Into<String>,
+    ) -> ConfigError {
+        ConfigError {
+            hint: Some(hint.into()),
+            ..self.err(node, path, message)
+        }
+    }
+
+    pub(crate) fn expect_map<'n>(
+        &self,
+        node: &'n Node,
+        path: &str,
+    ) -> Result<&'n [(Node, Node)], ConfigError> {
+        node.as_map().ok_or_else(|| {
+            self.err(
+                node,
+                path,
+                format!("expected a mapping, found {}", node.kind()),
+            )
+        })
+    }
+
+    pub(crate) fn expect_str<'n>(
+        &self,
+        node: &'n Node,
+        path: &str,
+    ) -> Result<&'n str, ConfigError> {
+        node.as_str().ok_or_else(|| {
+            self.err(
+                node,
+                path,
+                format!("expected a string, found {}", node.kind()),
+            )
+        })
+    }
+
+    /// Every key of `map` must be one of `allowed`; a typo gets the nearest valid key.
+    pub(crate) fn check_keys(
+        &self,
+        map: &[(Node, Node)],
+        allowed: &[&str],
+        path: &str,
+    ) -> Result<(), ConfigError> {
+        for (k, _) in map {
+            let Some(name) = k.as_str() else {
+                return Err(self.err(k, path, format!("keys must be strings, found {}", k.kind())));
+            };
+            if !allowed.contains(&name) {
+                let here = join(path, name);
+                let msg = format!("extraneous key [{name}] is not permitted");
+                return Err(match nearest(name, allowed) {
+                    Some(s) => self.err_hint(k, &here, msg, format!("did you mean `{s}`?")),
+                    None => self.err_hint(
+                        k,
+                        &here,
+                        msg,
+                        format!("permitted keys: {}", allowed.join(", ")),
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn push(&mut self, r: Result<(), ConfigError>) {
+        if let Err(e) = r {
+            if !self.errors.contains(&e) {
+                self.errors.push(e);
+            }
+        }
+    }
+
+    // ---------------------------------------------------------------- top level and orbs
+
+    pub(crate) fn top_level(&mut self, root: &Node) -> Result<(), ConfigError> {
+        let top = self.expect_map(root, "")?;
+        for (k, _) in top {
+            if let Some(name) = k.as_str() {
+                if !TOP_LEVEL_KEYS.contains(&name) {
+                    // Unknown top-level keys hold anchors (`aliases:`, `defaults:`) and are
+                    // ignored, as CircleCI does; only a near-miss of a real key is an error.
+                    if let Some(s) = nearest(name, TOP_LEVEL_KEYS).filter(|_| name.len() > 3) {
+                        return Err(self.err_hint(
+                            k,
+                            name,
+                            format!("unknown top-level key `{name}` would be ignored"),
+                            format!("did you mean `{s}`?"),
+                        ));
+                    }
+                }
+            }
+        }
+        let Some(v) = root.get("version") else {
+            return Err(self.err_hint(
+                root,
+                "version",
+                "Unsupported or missing workflows config version",
+                "add `version: 2.1` at the top of the file",
+            ));
+        };
+        let (ok, v21) = match &v.value {
+            Value::Int(2) => (true, false),
+            Value::Float(f) if (*f - 2.1).abs() < 1e-9 => (true, true),
+            Value::Float(f) if (*f - 2.0).abs() < 1e-9 => (true, false),
+            Value::Str(s) => (matches!(s.as_str(), "2" | "2.0" | "2.1"), s == "2.1"),
+            _ => (false, false),
+        };
+        if !ok {
+            return Err(self.err_hint(
+                v,
+                "version",
+                format!(
+                    "Unsupported or missing workflows config version: {}",
+                    v.scalar_string().unwrap_or_else(|| v.kind().to_owned())
+                ),
+                "bosun reads version 2 and 2.1 configs",
+            ));
+        }
+        self.v21 = v21;
+        if !v21 {
+            for key in ["orbs", "commands", "executors", "parameters"] {
+                if let Some((k, _)) = top.iter().find(|(k, _)| k.as_str() == Some(key)) {
+                    return Err(self.err_hint(
+                        k,
+                        key,
+                        format!("`{key}` needs `version: 2.1`"),
+                        "change the top-level `version` to 2.1",
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Declared pipeline parameters with the caller's values applied (strings from the command
+    /// line are read as the declared type).
+    pub(crate) fn pipeline_parameters(&mut self, root: &Node) -> Result<(), ConfigError> {
+        let decls = root.get("parameters");
+        let mut given = Vec::new();
+        for (k, v) in &self.pipeline.parameters {
+            let ty = decls
+                .and_then(|d| d.get(k))
+                .and_then(|d| d.get("type"))
+                .and_then(Node::as_str);
+            let value = match ty {
+                Some("boolean") => match v.as_str() {
+                    "true" | "yes" | "on" => Value::Bool(true),
+                    "false" | "no" | "off" => Value::Bool(false),
+                    _ => Value::Str(v.clone()),
+                },
+                Some("integer") => v.parse().map_or_else(|_| Value::Str(v.clone()), Value::Int),
+                _ => Value::Str(v.clone()),
+            };
+            let pos = Pos::default();
+            given.push((Node::str(k.clone(), pos), Node::new(value, pos)));
+        }
+        if let Some(d) = decls {
+            for (k, decl) in self.expect_map(d, "parameters")? {
+                let name = k.as_str().unwrap_or("");
+                let path = join("parameters", name);
+                let m = self.expect_map(decl, &path)?;
+                self.check_keys(m, &["type", "default", "description", "enum"], &path)?;
+                if decl.get("default").is_none() {
+                    return Err(self.err(
+                        decl,
+                        &path,
+                        "required key [default] not found: pipeline parameters need a default",
+                    ));
+                }
+                if let Some(t) = decl.get("type").and_then(Node::as_str) {
+                    if !matches!(t, "string" | "boolean" | "integer" | "enum") {
+                        return Err(self.err(
+                            decl,
+                            &join(&path, "type"),
+                            format!(
+                                "pipeline parameters are string, boolean, integer or enum, not {t}"
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+        let cli = Node::new(Value::Null, Pos::default());
+        self.pipeline_params =
+            self.bind(decls, "parameters", &given, &cli, "--pipeline-param", true)?;
+        Ok(())
+    }
+
+    /// Build scope 0 (the config) and one scope per orb, loading vendored orbs through `loader`.
+    pub(crate) fn load_orbs(
+        &mut self,
+        root: &Node,
+        loader: Option<&dyn OrbLoader>,
+        orb_dir: Option<&str>,
+    ) {
+        self.scopes.push(Scope {
+            root: root.clone(),
+            imports: Vec::new(),
+            is_orb: false,
+            path: String::new(),
+            display: String::new(),
+        });
+        let mut loaded: Vec<(String, usize)> = Vec::new();
+        let imports = self.orb_imports(0, loader, orb_dir, &mut loaded, 0);
+        self.scopes[0].imports = imports;
+    }
+
+    fn orb_imports(
+        &mut self,
+        scope: usize,
+        loader: Option<&dyn OrbLoader>,
+        orb_dir: Option<&str>,
+        loaded: &mut Vec<(String, usize)>,
+        depth: usize,
+    ) -> Vec<(String, usize)> {
+        let Some(orbs) = self.scopes[scope].root.get("orbs").cloned() else {
+            return Vec::new();
+        };
+        let base = format!("{}orbs", self.scopes[scope].path);
+        let Some(entries) = orbs.as_map() else {
+            let e = self.err(
+                &orbs,
+                &base,
+                format!("expected a mapping of orbs, found {}", orbs.kind()),
+            );
+            self.push(Err(e));
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for (k, v) in entries {
+            let alias = k.as_str().unwrap_or("?").to_owned();
+            let path = join(&base, &alias);
+            if depth > 8 {
+                let e = self.err(v, &path, "orbs import each other more than 8 levels deep");
+                self.push(Err(e));
+                continue;
+            }
+            match &v.value {
+                Value::Map(_) => {
+                    let idx = self.scopes.len();
+                    self.scopes.push(Scope {
+                        root: v.clone(),
+                        imports: Vec::new(),
+                        is_orb: true,
+                        path: format!("{path}."),
+                        display: format!("{alias}/"),
+                    });
+                    let imp = self.orb_imports(idx, loader, orb_dir, loaded, depth + 1);
+                    self.scopes[idx].imports = imp;
+                    out.push((alias, idx));
+                }
+                Value::Str(_) => {
+                    let sc = Sc {
+                        params: None,
+                        pipeline_params: !self.scopes[scope].is_orb,
+                        matrix: None,
+                    };
+                    let r = self.subst(v, &path, sc).and_then(|n| {
+                        let s = n.as_str().unwrap_or("").to_owned();
+                        self.registry_orb(&s, v, &path, loader, orb_dir)
+                    });
+                    match r {
+                        Ok((reference, text, file)) => {
+                            if let Some((_, idx)) = loaded.iter().find(|(r, _)| *r == reference) {
+                                out.push((alias, *idx));
+                                continue;
+                            }
+                            let fid = self.files.len() as u32;
+                            self.files.push(file);
+                            match yaml::parse_file(&text, fid) {
+                                Ok(orb_root) => {
+                                    let idx = self.scopes.len();
+                                    self.scopes.push(Scope {
+                                        root: orb_root,
+                                        imports: Vec::new(),
+                                        is_orb: true,
+                                        path: String::new(),
+                                        display: format!("{alias}/"),
+                                    });
+                                    loaded.push((reference, idx));
+                                    let imp =
+                                        self.orb_imports(idx, loader, orb_dir, loaded, depth + 1);
+                                    self.scopes[idx].imports = imp;
+                                    out.push((alias, idx));
+                                }
+                                Err(e) => {
+                                    let (line, col) = line_col_from_message(&e.0);
+                                    let err = ConfigError {
+                                        file: self.files[fid as usize].clone(),
+                                        pos: Pos {
+                                            line,
+                                            col,
+                                            file: fid,
+                                        },
+                                        path: String::new(),
+                                        message: format!("invalid YAML in orb `{alias}`: {}", e.0),
+                                        hint: None,
+                                    };
+                                    self.push(Err(err));
+                                }
+                            }
+                        }
+                        Err(e) => self.push(Err(e)),
+                    }
+                }
+                _ => {
+                    let e = self.err(v, &path, format!("expected an orb reference (`namespace/name@version`) or an inline orb, found {}", v.kind()));
+                    self.push(Err(e));
+                }
+            }
+        }
+        out
+    }
+
+    fn registry_orb(
+        &self,
+        reference: &str,
+        at: &Node,
+        path: &str,
+        loader: Option<&dyn OrbLoader>,
+        orb_dir: Option<&str>,
+    ) -> Result<(String, String, String), ConfigError> {
+        let parsed = reference.split_once('@').and_then(|(nn, version)| {
+            let (ns, name) = nn.split_once('/')?;
+            let ok = |s: &str| !s.is_empty() && !s.contains(['/', '@', ' ', '\\']) && s != "..";
+            (ok(ns) && ok(name) && ok(version)).then(|| OrbRef {
+                namespace: ns.to_owned(),
+                name: name.to_owned(),
+                version: version.to_owned(),
+            })
+        });
+        let Some(orb) = parsed else {
+            return Err(self.err_hint(
+                at,
+                path,
+                format!("Invalid orb reference: '{reference}'"),
+                "write `namespace/name@version`, e.g. `circleci/node@5.1.0`",
+            ));
+        };
+        let file_name = format!("{}/{}@{}.yml", orb.namespace, orb.name, orb.version);
+        let dir = orb_dir.unwrap_or("DIR");
+        let how = format!(
+            "registry orbs cannot be fetched offline: vendor it as `{dir}/{file_name}` (e.g. `circleci orb source {reference} > {dir}/{file_name}`) and pass `--orb-dir {dir}`"
+        );
+        match loader.map(|l| l.load(&orb)) {
+            Some(OrbSource::Found { file, text }) => Ok((reference.to_owned(), text, file)),
+            Some(OrbSource::Failed(why)) => Err(self.err(
+                at,
+                path,
+                format!("cannot read the vendored orb {reference}: {why}"),
+            )),
+            Some(OrbSource::Missing) | None => Err(self.err_hint(
+                at,
+                path,
+                format!(
+                    "Cannot find {reference}: orb `{orb_alias}` is not inline and not vendored",
+                    orb_alias = path.rsplit('.').next().unwrap_or(reference)
+                ),
+                how,
+            )),
+        }
+    }
+
+    /// Find a job/command/executor as seen from `scope`: `name` in the scope itself, `alias/name`
+    /// through its imports.
+    fn resolve(&self, scope: usize, kind: Kind, name: &str) -> Option<(usize, Node, String)> {
+        let s = &self.scopes[scope];
+        if let Some((alias, rest)) = name.split_once('/') {
+            let (_, idx) = s.imports.iter().find(|(a, _)| a == alias)?;
+            return self.resolve(*idx, kind, rest);
+        }
+        let def = s.root.get(kind.section())?.get(name)?.clone();
+        Some((scope, def, format!("{}{}.{}", s.path, kind.section(), name)))
+    }
+
+    fn not_found(
+        &self,
+        scope: usize,
+        kind: Kind,
+        name: &str,
+        at: &Node,
+        path: &str,
+    ) -> ConfigError {
+        if let Some((alias, _)) = name.split_once('/') {
+            if !self.scopes[scope].imports.iter().any(|(a, _)| a == alias) {
+                return self.err_hint(
+                    at,
+                    path,
+                    format!(
+                        "Cannot find orb '{alias}' looking for {} named '{name}'",
+                        kind.word()
+                    ),
+                    "declare the orb under `orbs:`",
+                );
+            }
+        }
+        let msg = format!("Cannot find a definition for {} named {name}", kind.word());
+        let mut known: Vec<String> = Vec::new();
+        if kind == Kind::Command {
+            known.extend(BUILTIN_STEPS.iter().map(|s| s.to_string()));
+        }
+        let s = &self.scopes[scope];
+        if let Some(m) = s.root.get(kind.section()).and_then(Node::as_map) {
+            known.extend(m.iter().filter_map(|(k, _)| k.as_str().map(str::to_owned)));
+        }
+        for (alias, idx) in &s.imports {
+            if let Some(m) = self.scopes[*idx]
+                .root
+                .get(kind.section())
+                .and_then(Node::as_map)
+            {
+                known.extend(
+                    m.iter()
+                        .filter_map(|(k, _)| k.as_str().map(|k| format!("{alias}/{k}"))),
+                );
+            }
+        }
+        let refs: Vec<&str> = known.iter().map(String::as_str).collect();
+        match nearest(name, &refs) {
+            Some(s) => self.err_hint(at, path, msg, format!("did you mean `{s}`?")),
+            None => self.err(at, path, msg),
+        }
+    }
+
+    // ---------------------------------------------------------------- jobs
+
+    /// Expand job `job_ref` (as seen from `scope`) with invocation `args`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn expand_job(
+        &self,
+        scope: usize,
+        job_ref: &str,
+        args: &[(Node, Node)],
+        call: &Node,
+        call_path: &str,
+        pre: Option<&Node>,
+        post: Option<&Node>,
+    ) -> Result<Expanded, ConfigError> {
+        let Some((js, def, def_path)) = self.resolve(scope, Kind::Job, job_ref) else {
+            return Err(self.not_found(scope, Kind::Job, job_ref, call, call_path));
+        };
+        let m = self.expect_map(&def, &def_path)?;
+        self.check_keys(m, JOB_KEYS, &def_path)?;
+        let pp = !self.scopes[js].is_orb;
+        if let Some(decls) = def.get("parameters").and_then(Node::as_map) {
+            for (k, _) in decls {
+                let n = k.as_str().unwrap_or("");
+                if INVOCATION_KEYS.contains(&n) {
+                    return Err(self.err(k, &join(&def_path, "parameters"), format!("`{n}` is reserved for workflow job invocations and cannot be a job parameter")));
+                }
+            }
+        }
+        let bound = self.bind(
+            def.get("parameters"),
+            &join(&def_path, "parameters"),
+            args,
+            call,
+            call_path,
+            pp,
+        )?;
+        let sc = Sc {
+            params: Some(&bound),
+            pipeline_params: pp,
+            matrix: None,
+        };
+        let mut body: Vec<(Node, Node)> = Vec::new();
+        for (k, v) in m {
+            let key = k.as_str().unwrap_or("");
+            if key == "parameters" {
+                continue;
+            }
+            body.push((k.clone(), self.subst(v, &join(&def_path, key), sc)?));
+        }
+        let body = Node::new(Value::Map(body), def.pos);
+
+        // The executor first; keys the job sets replace the executor's (environment merges).
+        let mut out: Vec<(Node, Node)> = Vec::new();
+        if let Some(e) = body.get("executor") {
+            let exec = self.expand_executor(js, e, &join(&def_path, "executor"))?;
+            if let Some(em) = exec.as_map() {
+                let job_has_kind = ["docker", "machine", "macos"]
+                    .iter()
+                    .any(|k| body.get(k).is_some());
+                for (k, v) in em {
+                    let key = k.as_str().unwrap_or("");
+                    if job_has_kind && matches!(key, "docker" | "machine" | "macos") {
+                        continue;
+                    }
+                    out.push((k.clone(), v.clone()));
+                }
+            }
+        } else if !["docker", "machine", "macos"]
+            .iter()
+            .any(|k| body.get(k).is_some())
+            && !matches!(
+                body.get("type").and_then(Node::as_str),
+                Some("approval" | "no-op" | "release")
+            )
+        {
+            return Err(self.err_hint(
+                &def,
+                &def_path,
+                "the job has no executor: exactly one of `docker`, `machine`, `macos` or `executor` is required",
+                "add e.g. `docker: [{image: cimg/base:current}]`",
+            ));
+        }
+        if body.get("executor").is_some() && body.get("docker").is_some() {
+            // Allowed by CircleCI (the job's images replace the executor's); nothing to do.
+        }
+        for (k, v) in body.as_map().unwrap_or(&[]) {
+            let key = k.as_str().unwrap_or("");
+            match key {
+                "executor" | "steps" | "description" => {}
+                "environment" => {
+                    let merged = match out
+                        .iter()
+                        .position(|(ok, _)| ok.as_str() == Some("environment"))
+                    {
+                        Some(i) => {
+                            let prev = out.remove(i).1;
+                            merge_env_nodes(&prev, v)
+                        }
+                        None => v.clone(),
+                    };
+                    out.push((k.clone(), merged));
+                }
+                _ => {
+                    out.retain(|(ok, _)| ok.as_str() != Some(key));
+                    out.push((k.clone(), v.clone()));
+                }
+            }
+        }
+
+        let mut steps = Vec::new();
+        let mut calls = Vec::new();
+        if let Some(p) = pre {
+            self.expand_steps(
+                &mut vec![0],
+                p,
+                &join(call_path, "pre-steps"),
+                &mut steps,
+                &mut calls,
+            )?;
+        }
+        match body.get("steps") {
+            Some(s) => self.expand_steps(
+                &mut vec![js],
+                s,
+                &join(&def_path, "steps"),
+                &mut steps,
+                &mut calls,
+            )?,
+            None if body.get("type").is_none() => {
+                return Err(self.err(&def, &def_path, "required key [steps] not found"))
+            }
+            None => {}
+        }
+        if let Some(p) = post {
+            self.expand_steps(
+                &mut vec![0],
+                p,
+                &join(call_path, "post-steps"),
+                &mut steps,
+                &mut calls,
+            )?;
+        }
+        if body.get("steps").is_some() || pre.is_some() || post.is_some() {
+            let list: Vec<Node> = steps.iter().map(|(n, _)| n.clone()).collect();
+            out.push((
+                Node::str("steps", def.pos),
+                Node::new(Value::Seq(list), def.pos),
+            ));
+        }
+        Ok(Expanded {
+            node: Node::new(Value::Map(out), def.pos),
+            steps,
+            path: def_path,
+        })
+    }
+
+    /// `executor: name` / `{name, args…}` → the executor's keys, substituted.
+    fn expand_executor(&self, scope: usize, node: &Node, path: &str) -> Result<Node, ConfigError> {
+        let (name, args): (&str, Vec<(Node, Node)>) = match &node.value {
+            Value::Str(s) => (s.as_str(), Vec::new()),
+            Value::Map(m) => {
+                let n = node
+                    .get("name")
+                    .ok_or_else(|| self.err(node, path, "required key [name] not found"))?;
+                let args = m
+                    .iter()
+                    .filter(|(k, _)| k.as_str() != Some("name"))
+                    .cloned()
+                    .collect();
+                (self.expect_str(n, &join(path, "name"))?, args)
+            }
+            _ => {
+                return Err(self.err(
+                    node,
+                    path,
+                    format!(
+                        "expected an executor name or mapping, found {}",
+                        node.kind()
+                    ),
+                ))
+            }
+        };
+        let Some((es, def, def_path)) = self.resolve(scope, Kind::Executor, name) else {
+            return Err(self.not_found(scope, Kind::Executor, name, node, path));
+        };
+        let m = self.expect_map(&def, &def_path)?;
+        self.check_keys(m, EXECUTOR_KEYS, &def_path)?;
+        let pp = !self.scopes[es].is_orb;
+        let bound = self.bind(
+            def.get("parameters"),
+            &join(&def_path, "parameters"),
+            &args,
+            node,
+            path,
+            pp,
+        )?;
+        let sc = Sc {
+            params: Some(&bound),
+            pipeline_params: pp,
+            matrix: None,
+        };
+        let mut out = Vec::new();
+        for (k, v) in m {
+            let key = k.as_str().unwrap_or("");
+            if key == "parameters" || key == "description" {
+                continue;
+            }
+            out.push((k.clone(), self.subst(v, &join(&def_path, key), sc)?));
+        }
+        let kinds = out
+            .iter()
+            .filter(|(k, _)| matches!(k.as_str(), Some("docker" | "machine" | "macos")))
+            .count();
+        if kinds != 1 {
+            return Err(self.err(
+                &def,
+                &def_path,
+                "an executor needs exactly one of `docker`, `machine` or `macos`",
+            ));
+        }
+        Ok(Node::new(Value::Map(out), def.pos))
+    }
+
+    /// Expand a list of steps: commands inlined, `when`/`unless` decided, `steps:` spliced.
+    /// `stack` holds the scopes of the commands being expanded, innermost last: step names
+    /// resolve there first, then outwards (steps passed as arguments were written further out).
+    fn expand_steps(
+        &self,
+        stack: &mut Vec<usize>,
+        node: &Node,
+        path: &str,
+        out: &mut Vec<(Node, String)>,
+        calls: &mut Vec<String>,
+    ) -> Result<(), ConfigError> {
+        if stack.len() > 64 {
+            return Err(self.err(node, path, "steps nest more than 64 levels deep"));
+        }
+        let list = match &node.value {
+            Value::Seq(items) => items.as_slice(),
+            Value::Null => &[],
+            _ => {
+                return Err(self.err(
+                    node,
+                    path,
+                    format!("expected a list of steps, found {}", node.kind()),
+                ))
+            }
+        };
+        for (i, item) in list.iter().enumerate() {
+            let sp = format!("{path}[{i}]");
+            let (name, args) = match &item.value {
+                Value::Str(s) => (s.as_str(), None),
+                Value::Map(m) if m.len() == 1 => {
+                    let (k, v) = &m[0];
+                    (self.expect_str(k, &sp)?, Some(v))
+                }
+                Value::Map(_) => {
+                    return Err(self.err(
+                        item,
+                        &sp,
+                        "a step is a mapping with exactly one key (its type, e.g. `run:`); check the indentation of its arguments",
+                    ))
+                }
+                _ => {
+                    return Err(self.err(
+                        item,
+                        &sp,
+                        format!("expected a step (a string or a mapping), found {}", item.kind()),
+                    ))
+                }
+            };
+            let here = join(&sp, name);
+            // A command may shadow a built-in step name.
+            let command = stack
+                .iter()
+                .rev()
+                .find_map(|&s| self.resolve(s, Kind::Command, name));
+            if let Some((cs, def, def_path)) = command {
+                let qualified = format!("{}{}", self.scopes[cs].display, def_path);
+                if calls.contains(&qualified) {
+                    calls.push(qualified);
+                    return Err(self.err(
+                        item,
+                        &sp,
+                        format!("command `{name}` invokes itself: {}", calls.join(" → ")),
+                    ));
+                }
+                let m = self.expect_map(&def, &def_path)?;
+                self.check_keys(m, &["description", "parameters", "steps"], &def_path)?;
+                let args: Vec<(Node, Node)> = match args.map(|a| &a.value) {
+                    None | Some(Value::Null) => Vec::new(),
+                    Some(Value::Map(m)) => m.clone(),
+                    Some(_) => {
+                        let a = args.unwrap_or(item);
+                        return Err(self.err(
+                            a,
+                            &here,
+                            format!("expected a mapping of arguments, found {}", a.kind()),
+                        ));
+                    }
+                };
+                let pp = !self.scopes[cs].is_orb;
+                let bound = self.bind(
+                    def.get("parameters"),
+                    &join(&def_path, "parameters"),
+                    &args,
+                    item,
+                    &here,
+                    pp,
+                )?;
+                let steps = def
+                    .get("steps")
+                    .ok_or_else(|| self.err(&def, &def_path, "required key [steps] not found"))?;
+                let sc = Sc {
+                    params: Some(&bound),
+                    pipeline_params: pp,
+                    matrix: None,
+                };
+                let steps = self.subst(steps, &join(&def_path, "steps"), sc)?;
+                calls.push(qualified);
+                stack.push(cs);
+                let r = self.expand_steps(stack, &steps, &join(&def_path, "steps"), out, calls);
+                stack.pop();
+                calls.pop();
+                r?;
+                continue;
+            }
+            match name {
+                "steps" => {
+                    // What `- steps: << parameters.x >>` became: splice the list in place.
+                    let list = args.unwrap_or(item);
+                    self.expand_steps(stack, list, &here, out, calls)?;
+                }
+                "when" | "unless" => {
+                    let a = args.unwrap_or(item);
+                    let m = self.expect_map(a, &here)?;
+                    self.check_keys(m, &["condition", "steps"], &here)?;
+                    let cond = a
+                        .get("condition")
+                        .ok_or_else(|| self.err(a, &here, "required key [condition] not found"))?;
+                    let steps = a
+                        .get("steps")
+                        .ok_or_else(|| self.err(a, &here, "required key [steps] not found"))?;
+                    let holds = self.logic(cond, &join(&here, "condition"), 0)?;
+                    if holds == (name == "when") {
+                        self.expand_steps(stack, steps, &join(&here, "steps"), out, calls)?;
+                    }
+                }
+                "run" | "deploy" => {
+                    let Some(a) = args.filter(|a| a.value != Value::Null) else {
+                        return Err(self.err(item, &here, format!("`{name}` needs a command")));
+                    };
+                    // Processed output shows `run` in map form.
+                    let a = match &a.value {
+                        Value::Map(_) => a.clone(),
+                        _ => Node::new(
+                            Value::Map(vec![(Node::str("command", a.pos), a.clone())]),
+                            a.pos,
+                        ),
+                    };
+                    out.push((
+                        Node::new(Value::Map(vec![(Node::str(name, item.pos), a)]), item.pos),
+                        here,
+                    ));
+                }
+                _ if BUILTIN_STEPS.contains(&name) => out.push((item.clone(), here)),
+                _ => {
+                    let innermost = stack.last().copied().unwrap_or(0);
+                    return Err(self.not_found(innermost, Kind::Command, name, item, &sp));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    // ---------------------------------------------------------------- workflows
+
+    /// Compile every workflow (and the implicit one of a config with a single `build` job).
+    pub(crate) fn workflows(&mut self, root: &Node) -> Vec<(Workflow, Vec<(String, Node)>)> {
+        let mut out = Vec::new();
+        let Some(wfs) = root.get("workflows") else {
+            if root.get("jobs").and_then(|j| j.get("build")).is_some() {
+                let call = Node::str("build", Pos::default());
+                let r = self.expand_job(0, "build", &[], &call, "jobs.build", None, None);
+                match r.and_then(|x| Ok((self.lower_kind(&x)?, x))) {
+                    Ok((kind, x)) => out.push((
+                        Workflow {
+                            name: "workflow".to_owned(),
+                            jobs: vec![WorkflowJob {
+                                name: "build".to_owned(),
+                                job: "build".to_owned(),
+                                kind,
+                                requires: Vec::new(),
+                                context: Vec::new(),
+                                filters: Filters::default(),
+                            }],
+                        },
+                        vec![("build".to_owned(), x.node)],
+                    )),
+                    Err(e) => self.push(Err(e)),
+                }
+            }
+            return out;
+        };
+        let Some(map) = wfs.as_map() else {
+            let e = self.err(
+                wfs,
+                "workflows",
+                format!("expected a mapping of workflows, found {}", wfs.kind()),
+            );
+            self.push(Err(e));
+            return out;
+        };
+        for (k, wf) in map {
+            let name = k.as_str().unwrap_or("?");
+            if name == "version" {
+                continue;
+            }
+            let path = join("workflows", name);
+            let r = self.workflow(name, wf, &path);
+            match r {
+                Ok(Some(w)) => out.push(w),
+                Ok(None) => {}
+                Err(e) => self.push(Err(e)),
+            }
+        }
+        out
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn workflow(
+        &mut self,
+        name: &str,
+        wf: &Node,
+        path: &str,
+    ) -> Result<Option<(Workflow, Vec<(String, Node)>)>, ConfigError> {
+        let m = self.expect_map(wf, path)?;
+        self.check_keys(
+            m,
+            &["jobs", "when", "unless", "triggers", "max_auto_reruns"],
+            path,
+        )?;
+        let sc = Sc {
+            params: None,
+            pipeline_params: true,
+            matrix: None,
+        };
+        let wf = self.subst(wf, path, sc)?;
+        for (key, want) in [("when", true), ("unless", false)] {
+            if let Some(c) = wf.get(key) {
+                if self.logic(c, &join(path, key), 0)? != want {
+                    return Ok(None);
+                }
+            }
+        }
+        let jobs = wf
+            .get("jobs")
+            .ok_or_else(|| self.err(&wf, path, "required key [jobs] not found"))?;
+        let jp = join(path, "jobs");
+        let list = jobs.as_seq().ok_or_else(|| {
+            self.err(
+                jobs,
+                &jp,
+                format!("expected a list of jobs, found {}", jobs.kind()),
+            )
+        })?;
+        // (entry, explicit name?, matrix alias, requires as written)
+        struct Entry {
+            job: WorkflowJob,
+            explicit: bool,
+            alias: Option<String>,
+            requires: Vec<(String, Node)>,
+            node: Option<Node>,
+            at: Node,
+            path: String,
+        }
+        let mut entries: Vec<Entry> = Vec::new();
+        for (i, item) in list.iter().enumerate() {
+            let ip = format!("{jp}[{i}]");
+            let (job_ref, inv) = match &item.value {
+                Value::Str(s) => (s.clone(), None),
+                Value::Map(mm) if mm.len() == 1 => {
+                    (self.expect_str(&mm[0].0, &ip)?.to_owned(), Some(&mm[0].1))
+                }
+                _ => {
+                    self.push(Err(self.err(item, &ip, "a workflow job is a job name or a mapping with exactly one key (the job name); check the indentation of its arguments")));
+                    continue;
+                }
+            };
+            let here = join(&ip, &job_ref);
+            let inv_map: Vec<(Node, Node)> = match inv.map(|n| &n.value) {
+                None | Some(Value::Null) => Vec::new(),
+                Some(Value::Map(m)) => m.clone(),
+                Some(_) => {
+                    let n = inv.unwrap_or(item);
+                    self.push(Err(self.err(
+                        n,
+                        &here,
+                        format!("expected a mapping of job arguments, found {}", n.kind()),
+                    )));
+                    continue;
+                }
+            };
+            let combos = match self.matrix(&inv_map, &here) {
+                Ok(c) => c,
+                Err(e) => {
+                    self.push(Err(e));
+                    continue;
+                }
+            };
+            let alias = inv_map
+                .iter()
+                .find(|(k, _)| k.as_str() == Some("matrix"))
+                .map(|(_, m)| {
+                    m.get("alias")
+                        .and_then(Node::as_str)
+                        .unwrap_or(&job_ref)
+                        .to_owned()
+                });
+            for combo in combos {
+                let r = self.invocation(&job_ref, &inv_map, combo.as_deref(), item, &here);
+                match r {
+                    Ok((job, explicit, requires, node)) => entries.push(Entry {
+                        job,
+                        explicit,
+                        alias: alias.clone(),
+                        requires,
+                        node,
+                        at: item.clone(),
+                        path: here.clone(),
+                    }),
+                    Err(e) => self.push(Err(e)),
+                }
+            }
+        }
+        // Unnamed repeats of one job become job-1, job-2, … as CircleCI names them.
+        let mut counts: std::collections::HashMap<String, usize> = Default::default();
+        for e in entries.iter().filter(|e| !e.explicit) {
+            *counts.entry(e.job.name.clone()).or_default() += 1;
+        }
+        let mut seen: std::collections::HashMap<String, usize> = Default::default();
+        for e in entries.iter_mut().filter(|e| !e.explicit) {
+            if counts.get(&e.job.name).copied().unwrap_or(0) > 1 {
+                let n = seen.entry(e.job.name.clone()).or_default();
+                *n += 1;
+                e.job.name = format!("{}-{n}", e.job.name);
+            }
+        }
+        let names: Vec<String> = entries.iter().map(|e| e.job.name.clone()).collect();
+        for (i, e) in entries.iter().enumerate() {
+            if names[..i].contains(&e.job.name) {
+                let err = self.err_hint(
+                    &e.at,
+                    &e.path,
+                    format!(
+                        "job name `{}` is used twice in workflow '{name}'",
+                        e.job.name
+                    ),
+                    "give one of them a distinct `name:`",
+                );
+                self.push(Err(err));
+            }
+        }
+        let mut resolved_requires: Vec<Vec<String>> = Vec::new();
+        for e in &entries {
+            let mut reqs = Vec::new();
+            for (r, at) in &e.requires {
+                let targets: Vec<&str> = if names.contains(r) {
+                    vec![r.as_str()]
+                } else {
+                    entries
+                        .iter()
+                        .filter(|o| o.alias.as_deref() == Some(r.as_str()))
+                        .map(|o| o.job.name.as_str())
+                        .collect()
+                };
+                if targets.is_empty() {
+                    let n = entries
+                        .iter()
+                        .filter(|o| !o.explicit && o.job.job == *r)
+                        .count();
+                    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+                    let msg = format!("Job '{}' requires '{r}', which is the name of {n} other jobs in workflow '{name}'", e.job.name);
+                    let err = match nearest(r, &refs) {
+                        Some(s) => self.err_hint(
+                            at,
+                            &join(&e.path, "requires"),
+                            msg,
+                            format!("did you mean `{s}`?"),
+                        ),
+                        None if n > 1 => self.err_hint(
+                            at,
+                            &join(&e.path, "requires"),
+                            msg,
+                            "name each invocation (`name:`) and require those names",
+                        ),
+                        None => self.err(at, &join(&e.path, "requires"), msg),
+                    };
+                    self.push(Err(err));
+                }
+                for t in targets {
+                    if !reqs.iter().any(|x: &String| x == t) {
+                        reqs.push(t.to_owned());
+                    }
+                }
+            }
+            resolved_requires.push(reqs);
+        }
+        // Every job must be reachable from a job without requirements (no cycles).
+        let mut done = vec![false; entries.len()];
+        loop {
+            let mut progress = false;
+            for i in 0..entries.len() {
+                if !done[i]
+                    && resolved_requires[i]
+                        .iter()
+                        .all(|r| names.iter().position(|n| n == r).is_none_or(|j| done[j]))
+                {
+                    done[i] = true;
+                    progress = true;
+                }
+            }
+            if !progress {
+                break;
+            }
+        }
+        if !entries.is_empty() && done.iter().any(|d| !d) {
+            let stuck: Vec<&str> = entries
+                .iter()
+                .zip(&done)
+                .filter(|(_, d)| !**d)
+                .map(|(e, _)| e.job.name.as_str())
+                .collect();
+            let msg = if resolved_requires.iter().all(|r| !r.is_empty()) {
+                format!("At least one job in the workflow must have no dependencies. The following jobs are unreachable: {}", stuck.join(", "))
+            } else {
+                format!("The following jobs are unreachable: {}", stuck.join(", "))
+            };
+            self.push(Err(self.err_hint(
+                jobs,
+                &jp,
+                msg,
+                "the jobs' `requires` form a cycle",
+            )));
+        }
+        let mut out_jobs = Vec::new();
+        let mut nodes = Vec::new();
+        for (e, reqs) in entries.into_iter().zip(resolved_requires) {
+            let mut job = e.job;
+            job.requires = reqs;
+            if let Some(n) = e.node {
+                nodes.push((job.name.clone(), n));
+            }
+            out_jobs.push(job);
+        }
+        Ok(Some((
+            Workflow {
+                name: name.to_owned(),
+                jobs: out_jobs,
+            },
+            nodes,
+        )))
+    }
+
+    /// The combinations of a `matrix:` (each a list of (param, value)), or `[None]` without one.
+    #[allow(clippy::type_complexity)]
+    fn matrix(
+        &self,
+        inv: &[(Node, Node)],
+        path: &str,
+    ) -> Result<Vec<Option<Vec<(String, Node)>>>, ConfigError> {
+        let Some((_, m)) = inv.iter().find(|(k, _)| k.as_str() == Some("matrix")) else {
+            return Ok(vec![None]);
+        };
+        let mp = join(path, "matrix");
+        let mm = self.expect_map(m, &mp)?;
+        self.check_keys(mm, &["parameters", "exclude", "alias"], &mp)?;
+        let params = m
+            .get("parameters")
+            .ok_or_else(|| self.err(m, &mp, "required key [parameters] not found"))?;
+        let mut combos: Vec<Vec<(String, Node)>> = vec![Vec::new()];
+        for (k, vals) in self.expect_map(params, &join(&mp, "parameters"))? {
+            let pname = self.expect_str(k, &join(&mp, "parameters"))?;
+            let items = vals.as_seq().ok_or_else(|| {
+                self.err(
+                    vals,
+                    &join(&join(&mp, "parameters"), pname),
+                    format!("expected a list of values, found {}", vals.kind()),
+                )
+            })?;
+            let mut next = Vec::with_capacity(combos.len() * items.len());
+            for c in &combos {
+                for v in items {
+                    let mut c2 = c.clone();
+                    c2.push((pname.to_owned(), v.clone()));
+                    next.push(c2);
+                }
+            }
+            combos = next;
+            if combos.len() > 10_000 {
+                return Err(self.err(m, &mp, "the matrix expands to more than 10,000 jobs"));
+            }
+        }
+        if let Some(ex) = m.get("exclude") {
+            let items = ex.as_seq().ok_or_else(|| {
+                self.err(
+                    ex,
+                    &join(&mp, "exclude"),
+                    format!("expected a list of parameter maps, found {}", ex.kind()),
+                )
+            })?;
+            for (i, item) in items.iter().enumerate() {
+                let em = self.expect_map(item, &format!("{mp}.exclude[{i}]"))?;
+                let before = combos.len();
+                combos.retain(|c| {
+                    !em.iter().all(|(k, v)| {
+                        c.iter().any(|(ck, cv)| {
+                            Some(ck.as_str()) == k.as_str()
+                                && cv.scalar_string() == v.scalar_string()
+                        })
+                    })
+                });
+                if before == combos.len() {
+                    return Err(self.err(
+                        item,
+                        &format!("{mp}.exclude[{i}]"),
+                        "this exclusion matches no combination of the matrix parameters",
+                    ));
+                }
+            }
+        }
+        Ok(combos.into_iter().map(Some).collect())
+    }
+
+    /// One workflow job entry (one matrix combination): its name, requires and compiled job.
+    #[allow(clippy::type_complexity)]
+    fn invocation(
+        &self,
+        job_ref: &str,
+        inv: &[(Node, Node)],
+        combo: Option<&[(String, Node)]>,
+        at: &Node,
+        path: &str,
+    ) -> Result<(WorkflowJob, bool, Vec<(String, Node)>, Option<Node>), ConfigError> {
+        let sc = Sc {
+            params: None,
+            pipeline_params: true,
+            matrix: Some(combo.unwrap_or(&[])),
+        };
+        let mut args = Vec::new();
+        let get = |k: &str| {
+            inv.iter()
+                .find(|(n, _)| n.as_str() == Some(k))
+                .map(|(_, v)| v)
+        };
+        let keyed = |k: &str| -> Result<Option<Node>, ConfigError> {
+            get(k)
+                .map(|v| self.subst(v, &join(path, k), sc))
+                .transpose()
+        };
+        let name_node = keyed("name")?;
+        let requires = keyed("requires")?;
+        let context = keyed("context")?;
+        let filters = keyed("filters")?;
+        let pre = keyed("pre-steps")?;
+        let post = keyed("post-steps")?;
+        let ty = keyed("type")?;
+        for (k, v) in inv {
+            let key = k.as_str().unwrap_or("");
+            if !INVOCATION_KEYS.contains(&key) {
+                args.push((k.clone(), self.subst(v, &join(path, key), sc)?));
+            }
+        }
+        if let Some(c) = combo {
+            for (k, v) in c {
+                args.push((Node::str(k.clone(), v.pos), v.clone()));
+            }
+        }
+        let explicit = name_node.is_some();
+        let name = match &name_node {
+            Some(n) => n.scalar_string().filter(|s| !s.is_empty()).ok_or_else(|| {
+                self.err(
+                    n,
+                    &join(path, "name"),
+                    format!("expected a job name, found {}", n.kind()),
+                )
+            })?,
+            None => match combo {
+                Some(c) => {
+                    // Values ordered by parameter name, as CircleCI forms matrix job names.
+                    let mut sorted: Vec<&(String, Node)> = c.iter().collect();
+                    sorted.sort_by(|a, b| a.0.cmp(&b.0));
+                    let mut s = job_ref.to_owned();
+                    for (_, v) in sorted {
+                        s.push('-');
+                        s.push_str(&v.scalar_string().unwrap_or_default());
+                    }
+                    s
+                }
+                None => job_ref.to_owned(),
+            },
+        };
+        let mut reqs = Vec::new();
+        if let Some(r) = &requires {
+            let rp = join(path, "requires");
+            let items = r.as_seq().ok_or_else(|| {
+                self.err(
+                    r,
+                    &rp,
+                    format!("expected a list of job names, found {}", r.kind()),
+                )
+            })?;
+            for item in items {
+                match &item.value {
+                    Value::Map(m) => {
+                        for (k, _) in m {
+                            reqs.push((self.expect_str(k, &rp)?.to_owned(), k.clone()));
+                        }
+                    }
+                    _ => reqs.push((item.scalar_string().unwrap_or_default(), item.clone())),
+                }
+            }
+        }
+        let context = match &context {
+            None => Vec::new(),
+            Some(c) => match &c.value {
+                Value::Seq(items) => items.iter().filter_map(Node::scalar_string).collect(),
+                _ => vec![c.scalar_string().unwrap_or_default()],
+            },
+        };
+        let filters_parsed = match &filters {
+            None => Filters::default(),
+            Some(f) => self.filters(f, &join(path, "filters"))?,
+        };
+        let approval = match &ty {
+            None => false,
+            Some(t) if t.as_str() == Some("approval") => true,
+            Some(t) => {
+                return Err(self.err_hint(
+                    t,
+                    &join(path, "type"),
+                    format!(
+                        "`type: {}` is not valid in a workflow",
+                        t.scalar_string().unwrap_or_default()
+                    ),
+                    "only `type: approval` may be set on a workflow job",
+                ))
+            }
+        };
+        let (kind, node) = if approval {
+            (WorkflowJobKind::Approval, None)
+        } else {
+            let x = self.expand_job(0, job_ref, &args, at, path, pre.as_ref(), post.as_ref())?;
+            (self.lower_kind(&x)?, Some(x.node))
+        };
+        let wj = WorkflowJob {
+            name,
+            job: job_ref.to_owned(),
+            kind,
+            requires: Vec::new(),
+            context,
+            filters: filters_parsed,
+        };
+        let mut out_entry = Vec::new();
+        if let Some(t) = &ty {
+            out_entry.push((Node::str("type", t.pos), t.clone()));
+        }
+        if let Some(c) = get_node(inv, "context") {
+            out_entry.push((Node::str("context", c.pos), self.subst(c, path, sc)?));
+        }
+
+        if let Some(f) = &filters {
+            out_entry.push((Node::str("filters", f.pos), f.clone()));
+        }
+        let wf_entry = Node::new(Value::Map(out_entry), at.pos);
+        Ok((wj, explicit, reqs, node.map(|n| pack(n, wf_entry))))
+    }
+
+    fn filters(&self, f: &Node, path: &str) -> Result<Filters, ConfigError> {
+        if f.as_str().is_some() {
+            return Err(self.err_hint(f, path, "expression filters (`filters: pipeline.git.branch == \"main\"`) are not supported by bosun", "use `filters: {branches: {only: main}}`"));
+        }
+        let m = self.expect_map(f, path)?;
+        self.check_keys(m, &["branches", "tags"], path)?;
+        let one = |key: &str| -> Result<Option<Filter>, ConfigError> {
+            let Some(n) = f.get(key) else { return Ok(None) };
+            let p = join(path, key);
+            let m = self.expect_map(n, &p)?;
+            self.check_keys(m, &["only", "ignore"], &p)?;
+            let pats = |k: &str| -> Result<Vec<Pattern>, ConfigError> {
+                let Some(v) = n.get(k) else {
+                    return Ok(Vec::new());
+                };
+                let kp = join(&p, k);
+                let items: Vec<&Node> = match &v.value {
+                    Value::Seq(items) => items.iter().collect(),
+                    _ => vec![v],
+                };
+                items
+                    .into_iter()
+                    .map(|it| {
+                        let s = it
+                            .scalar_string()
+                            .filter(|_| !matches!(it.value, Value::Seq(_) | Value::Map(_)))
+                            .ok_or_else(|| {
+                                self.err(
+                                    it,
+                                    &kp,
+                                    format!("expected a name or /regex/, found {}", it.kind()),
+                                )
+                            })?;
+                        if s.len() >= 2 && s.starts_with('/') && s.ends_with('/') {
+                            Ok(Pattern::Regex(self.regex(&s[1..s.len() - 1], it, &kp)?))
+                        } else {
+                            Ok(Pattern::Exact(s))
+                        }
+                    })
+                    .collect()
+            };
+            Ok(Some(Filter {
+                only: pats("only")?,
+                ignore: pats("ignore")?,
+            }))
+        };
+        Ok(Filters {
+            branches: one("branches")?,
+            tags: one("tags")?,
+        })
+    }
+}
+
+fn get_node<'a>(inv: &'a [(Node, Node)], k: &str) -> Option<&'a Node> {
+    inv.iter()
+        .find(|(n, _)| n.as_str() == Some(k))
+        .map(|(_, v)| v)
+}
+
+/// A compiled job node and its workflow entry, carried together until output.
+fn pack(job: Node, entry: Node) -> Node {
+    Node::new(Value::Seq(vec![job, entry]), Pos::default())
+}
+
+/// `environment` of an executor merged with the job's (job wins); either may be a map or
+/// CircleCI's list of single-key maps.
+fn merge_env_nodes(under: &Node, over: &Node) -> Node {
+    let mut out: Vec<(Node, Node)> = Vec::new();
+    for n in [under, over] {
+        let pairs: Vec<(Node, Node)> = match &n.value {
+            Value::Map(m) => m.clone(),
+            Value::Seq(items) => items
+                .iter()
+                .filter_map(|i| i.as_map())
+                .flat_map(|m| m.to_vec())
+                .collect(),
+            _ => Vec::new(),
+        };
+        for (k, v) in pairs {
+            if let Some(slot) = out.iter_mut().find(|(ek, _)| ek.value == k.value) {
+                slot.1 = v;
+            } else {
+                out.push((k, v));
+            }
+        }
+    }
+    Node::new(Value::Map(out), over.pos)
+}
+
+impl Engine {
+    pub(crate) fn lower_kind(&self, x: &Expanded) -> Result<WorkflowJobKind, ConfigError> {
+        match x.node.get("type").and_then(Node::as_str) {
+            Some("approval") => return Ok(WorkflowJobKind::Approval),
+            Some(t @ ("no-op" | "release")) => {
+                return Ok(WorkflowJobKind::NotRunnable {
+                    reason: format!("a `{t}` job has no steps to execute"),
+                })
+            }
+            Some("build") | None => {}
+            Some(t) => {
+                return Err(self.err_hint(
+                    &x.node,
+                    &join(&x.path, "type"),
+                    format!("unknown job type `{t}`"),
+                    "job types are build, approval, no-op, release",
+                ))
+            }
+        }
+        for other in ["machine", "macos"] {
+            if x.node.get(other).is_some() {
+                // Still compile the steps, so their errors are reported.
+                self.lower_steps(x)?;
+                return Ok(WorkflowJobKind::NotRunnable {
+                    reason: format!(
+                        "`{other}` executors are not supported by bosun's Docker executor"
+                    ),
+                });
+            }
+        }
+        Ok(WorkflowJobKind::Build(Box::new(self.lower(x)?)))
+    }
+
+    pub(crate) fn lower(&self, x: &Expanded) -> Result<CompiledJob, ConfigError> {
+        lower::lower(self, x)
+    }
+
+    pub(crate) fn lower_steps(&self, x: &Expanded) -> Result<Vec<Step>, ConfigError> {
+        lower::steps(self, x)
+    }
+}
+
+/// Split a packed job node back into (job, workflow entry).
+pub(crate) fn unpack(n: &Node) -> (Node, Node) {
+    match n.as_seq() {
+        Some([a, b]) => (a.clone(), b.clone()),
+        _ => (n.clone(), Node::new(Value::Map(Vec::new()), n.pos)),
+    }
+}
