@@ -41,6 +41,7 @@ pub fn container_ssh_files(
     ordered.sort_by_key(|k| match k.role {
         KeyRole::User => 0,
         KeyRole::Deploy => 1,
+        KeyRole::Additional => 2,
     });
     let mut files = Vec::new();
     let mut names = KeyFileNames(Vec::new());

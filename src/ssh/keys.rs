@@ -13,6 +13,8 @@ use zeroize::Zeroizing;
 pub enum KeyRole {
     User,
     Deploy,
+    /// A project's "additional SSH key": installed only by an `add_ssh_keys` step.
+    Additional,
 }
 
 impl fmt::Display for KeyRole {
@@ -20,6 +22,7 @@ impl fmt::Display for KeyRole {
         f.write_str(match self {
             KeyRole::User => "user key",
             KeyRole::Deploy => "deploy key",
+            KeyRole::Additional => "additional key",
         })
     }
 }
@@ -123,6 +126,7 @@ impl SshKey {
         match self.role {
             KeyRole::User => "id_bosun_user",
             KeyRole::Deploy => "id_bosun_deploy",
+            KeyRole::Additional => "id_bosun_additional",
         }
     }
 
