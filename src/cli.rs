@@ -30,6 +30,9 @@ enum Command {
     Execute(Box<ExecuteArgs>),
     /// Fetch a repository (with submodules) as a job's checkout would, into DEST.
     Checkout(Box<execute::CheckoutArgs>),
+    /// Compile .circleci/config.yml offline: `process` prints it expanded, `validate` checks it.
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Print the SSH host keys a server presents, as known_hosts lines with SHA256 fingerprints.
     Keyscan {
         /// HOST or HOST:PORT (port 22 by default).
@@ -44,12 +47,104 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Print the compiled config (parameters substituted, commands and executors inlined,
+    /// matrices expanded, anchors resolved) as YAML. Exit 2 with every error found.
+    Process(ConfigArgs),
+    /// Exit 0 if the config compiles; otherwise print every error found and exit 2.
+    Validate(ConfigArgs),
+}
+
+#[derive(clap::Args)]
+struct ConfigArgs {
+    /// The config file.
+    #[arg(default_value = ".circleci/config.yml")]
+    file: std::path::PathBuf,
+    /// Directory of vendored registry orbs: DIR/<namespace>/<name>@<version>.yml.
+    #[arg(long, value_name = "DIR")]
+    orb_dir: Option<std::path::PathBuf>,
+    /// A pipeline parameter, KEY=VALUE (repeatable).
+    #[arg(long = "pipeline-param", value_name = "KEY=VALUE")]
+    pipeline_params: Vec<String>,
+}
+
+/// Reads vendored orbs from a directory (the compiler itself does no I/O).
+struct OrbDir(std::path::PathBuf);
+
+impl bosun::config::OrbLoader for OrbDir {
+    fn load(&self, orb: &bosun::config::OrbRef) -> bosun::config::OrbSource {
+        let path = self.0.join(orb.vendored_path());
+        match std::fs::read_to_string(&path) {
+            Ok(text) => bosun::config::OrbSource::Found {
+                file: path.display().to_string(),
+                text,
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => bosun::config::OrbSource::Missing,
+            Err(e) => bosun::config::OrbSource::Failed(format!("{}: {e}", path.display())),
+        }
+    }
+}
+
+fn config_command(cmd: ConfigCommand) -> ExitCode {
+    let (args, process) = match cmd {
+        ConfigCommand::Process(a) => (a, true),
+        ConfigCommand::Validate(a) => (a, false),
+    };
+    let name = args.file.display().to_string();
+    let text = match std::fs::read_to_string(&args.file) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: cannot read {name}: {e}");
+            return ExitCode::from(EXIT_SETUP);
+        }
+    };
+    let mut pipeline = bosun::config::PipelineValues::default();
+    for kv in &args.pipeline_params {
+        let Some((k, v)) = kv.split_once('=') else {
+            eprintln!("error: --pipeline-param `{kv}`: expected KEY=VALUE");
+            return ExitCode::from(EXIT_SETUP);
+        };
+        pipeline.parameters.push((k.to_owned(), v.to_owned()));
+    }
+    let loader = args.orb_dir.clone().map(OrbDir);
+    let opts = bosun::config::CompileOptions {
+        pipeline,
+        orbs: loader.as_ref().map(|l| l as &dyn bosun::config::OrbLoader),
+        orb_dir: args.orb_dir.as_ref().map(|d| d.display().to_string()),
+    };
+    match bosun::config::compile(&text, &name, &opts) {
+        Ok(c) => {
+            if c.setup {
+                eprintln!("note: {name} is a setup config (setup: true): its jobs generate the real config and continue the pipeline; compile that continuation config separately");
+            }
+            if process {
+                print!("{}", c.to_yaml());
+            } else {
+                println!("Config file at \"{name}\" is valid.");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(errs) => {
+            for e in &errs {
+                eprintln!("{e}");
+            }
+            eprintln!(
+                "error: Config file \"{name}\" contains {} error(s).",
+                errs.len()
+            );
+            ExitCode::from(EXIT_SETUP)
+        }
+    }
+}
+
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
     match cli.command {
         Command::Execute(args) => ExitCode::from(execute::run(*args)),
         Command::Checkout(args) => ExitCode::from(execute::checkout(*args)),
+        Command::Config(cmd) => config_command(cmd),
         Command::Keyscan {
             target,
             name,

@@ -805,6 +805,16 @@ impl Engine {
                     ))
                 }
             };
+            // CircleCI also accepts the 2.0-era hyphenated spellings (`restore-cache`).
+            let builtin_alias = name.replace('-', "_");
+            let name = match BUILTIN_STEPS.contains(&builtin_alias.as_str()) && name.contains('-') {
+                true => BUILTIN_STEPS
+                    .iter()
+                    .copied()
+                    .find(|b| *b == builtin_alias)
+                    .unwrap_or(name),
+                false => name,
+            };
             let here = join(&sp, name);
             // A command may shadow a built-in step name.
             let command = stack
@@ -1247,7 +1257,8 @@ impl Engine {
             })?;
             for (i, item) in items.iter().enumerate() {
                 let em = self.expect_map(item, &format!("{mp}.exclude[{i}]"))?;
-                let before = combos.len();
+                // An exclusion that matches nothing is accepted, as CircleCI does (a commented-out
+                // matrix value leaves its exclusions behind).
                 combos.retain(|c| {
                     !em.iter().all(|(k, v)| {
                         c.iter().any(|(ck, cv)| {
@@ -1256,13 +1267,6 @@ impl Engine {
                         })
                     })
                 });
-                if before == combos.len() {
-                    return Err(self.err(
-                        item,
-                        &format!("{mp}.exclude[{i}]"),
-                        "this exclusion matches no combination of the matrix parameters",
-                    ));
-                }
             }
         }
         Ok(combos.into_iter().map(Some).collect())

@@ -366,7 +366,8 @@ fn step(e: &Engine, item: &Node, path: &str) -> Result<Step, ConfigError> {
         kind,
         when: When::OnSuccess,
     };
-    Ok(match name {
+    let name = name.replace('-', "_");
+    Ok(match name.as_str() {
         "checkout" => {
             let a = a(CHECKOUT_KEYS)?;
             plain(
