@@ -61,29 +61,8 @@ struct ConfigArgs {
     /// The config file.
     #[arg(default_value = ".circleci/config.yml")]
     file: std::path::PathBuf,
-    /// Directory of vendored registry orbs: DIR/<namespace>/<name>@<version>.yml.
-    #[arg(long, value_name = "DIR")]
-    orb_dir: Option<std::path::PathBuf>,
-    /// A pipeline parameter, KEY=VALUE (repeatable).
-    #[arg(long = "pipeline-param", value_name = "KEY=VALUE")]
-    pipeline_params: Vec<String>,
-}
-
-/// Reads vendored orbs from a directory (the compiler itself does no I/O).
-struct OrbDir(std::path::PathBuf);
-
-impl bosun::config::OrbLoader for OrbDir {
-    fn load(&self, orb: &bosun::config::OrbRef) -> bosun::config::OrbSource {
-        let path = self.0.join(orb.vendored_path());
-        match std::fs::read_to_string(&path) {
-            Ok(text) => bosun::config::OrbSource::Found {
-                file: path.display().to_string(),
-                text,
-            },
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => bosun::config::OrbSource::Missing,
-            Err(e) => bosun::config::OrbSource::Failed(format!("{}: {e}", path.display())),
-        }
-    }
+    #[command(flatten)]
+    compile: bosun::execute::CompileArgs,
 }
 
 fn config_command(cmd: ConfigCommand) -> ExitCode {
@@ -99,20 +78,15 @@ fn config_command(cmd: ConfigCommand) -> ExitCode {
             return ExitCode::from(EXIT_SETUP);
         }
     };
-    let mut pipeline = bosun::config::PipelineValues::default();
-    for kv in &args.pipeline_params {
-        let Some((k, v)) = kv.split_once('=') else {
-            eprintln!("error: --pipeline-param `{kv}`: expected KEY=VALUE");
+    let pipeline = match args.compile.pipeline() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: {e}");
             return ExitCode::from(EXIT_SETUP);
-        };
-        pipeline.parameters.push((k.to_owned(), v.to_owned()));
-    }
-    let loader = args.orb_dir.clone().map(OrbDir);
-    let opts = bosun::config::CompileOptions {
-        pipeline,
-        orbs: loader.as_ref().map(|l| l as &dyn bosun::config::OrbLoader),
-        orb_dir: args.orb_dir.as_ref().map(|d| d.display().to_string()),
+        }
     };
+    let loader = args.compile.loader();
+    let opts = args.compile.options(pipeline, loader.as_ref());
     match bosun::config::compile(&text, &name, &opts) {
         Ok(c) => {
             if c.setup {

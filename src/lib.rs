@@ -12,3 +12,4 @@ pub mod job;
 pub mod ssh;
 pub mod store;
 pub mod stream;
+pub mod workflow;

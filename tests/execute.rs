@@ -266,7 +266,7 @@ fn exit_code_2_for_problems_before_the_job_runs() {
     assert_eq!(out.code, 2);
     assert!(
         out.stdout.contains(
-            ".circleci/config.yml:7:11: jobs.build.steps[0].run.comand: unknown key `comand`"
+            ".circleci/config.yml:7:11: jobs.build.steps[0].run.comand: extraneous key [comand] is not permitted"
         ),
         "{}",
         out.stdout

@@ -86,7 +86,8 @@ impl<E: Executor> Ctx<'_, E> {
         let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(8);
         let prefix = prefix.trim_matches('/').to_owned();
         let producer = tokio::task::spawn_blocking(move || -> Result<(), String> {
-            let file = std::fs::File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+            let file =
+                std::fs::File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
             let mut archive = tar::Archive::new(file);
             let mut out = tar::Builder::new(ChunkSender::new(tx));
             for entry in archive.entries().map_err(|e| e.to_string())? {
@@ -104,16 +105,22 @@ impl<E: Executor> Ctx<'_, E> {
                         .map_err(|e| e.to_string())?
                         .map(|t| t.into_owned())
                         .unwrap_or_default();
-                    out.append_link(&mut header, &dest, target).map_err(|e| e.to_string())?;
+                    out.append_link(&mut header, &dest, target)
+                        .map_err(|e| e.to_string())?;
                 } else {
-                    out.append_data(&mut header, &dest, &mut entry).map_err(|e| e.to_string())?;
+                    out.append_data(&mut header, &dest, &mut entry)
+                        .map_err(|e| e.to_string())?;
                 }
             }
             let mut sender = out.into_inner().map_err(|e| e.to_string())?;
             sender.flush_chunk().map_err(|e| e.to_string())
         });
         let stream: TarStream =
-            futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (b, rx)) }).boxed();
+            futures_util::stream::unfold(
+                rx,
+                |mut rx| async move { rx.recv().await.map(|b| (b, rx)) },
+            )
+            .boxed();
         let uploaded = self.executor.upload_tar(self.container, "/", stream).await;
         let produced = producer.await.map_err(|e| e.to_string())?;
         uploaded.map_err(|e| e.to_string())?;
@@ -164,7 +171,9 @@ impl<E: Executor> Ctx<'_, E> {
     pub async fn save_cache(&self, key_tpl: &str, paths: &[String]) -> Result<(), String> {
         let key = self.render_key(key_tpl, &self.checksums_for(key_tpl).await?)?;
         if self.store.cache_exists(&key) {
-            (self.say)(format!("Skipping cache generation, cache already exists for key: {key}"));
+            (self.say)(format!(
+                "Skipping cache generation, cache already exists for key: {key}"
+            ));
             return Ok(());
         }
         let tmp_dir = self.store.root().join("tmp");
@@ -179,21 +188,32 @@ impl<E: Executor> Ctx<'_, E> {
             };
             found += 1;
             // Entries are named from the path's base name: re-root them at its parent.
-            let parent = Path::new(&abs).parent().map(|p| p.to_path_buf()).unwrap_or_default();
+            let parent = Path::new(&abs)
+                .parent()
+                .map(|p| p.to_path_buf())
+                .unwrap_or_default();
             append_rerooted(&mut builder, tar.path(), &parent, None)?;
         }
         if found == 0 {
             (self.say)("Warning: none of the paths exist; no cache saved".to_owned());
             return Ok(());
         }
-        builder.into_inner().and_then(|mut f| f.flush()).map_err(|e| e.to_string())?;
+        builder
+            .into_inner()
+            .and_then(|mut f| f.flush())
+            .map_err(|e| e.to_string())?;
         let file = std::fs::File::open(combined.path()).map_err(|e| e.to_string())?;
         let (blob, size) = self.store.put_blob(file).map_err(|e| e.to_string())?;
-        let saved = self.store.save_cache(&key, blob, size).map_err(|e| e.to_string())?;
+        let saved = self
+            .store
+            .save_cache(&key, blob, size)
+            .map_err(|e| e.to_string())?;
         if saved {
             (self.say)(format!("Stored cache {key} ({:.1} MB)", size as f64 / 1e6));
         } else {
-            (self.say)(format!("Skipping cache generation, cache already exists for key: {key}"));
+            (self.say)(format!(
+                "Skipping cache generation, cache already exists for key: {key}"
+            ));
         }
         Ok(())
     }
@@ -219,11 +239,15 @@ impl<E: Executor> Ctx<'_, E> {
     pub async fn persist_to_workspace(&self, root: &str, paths: &[String]) -> Result<(), String> {
         let root_abs = self.abs(root);
         let Some(tar) = self.download(&root_abs).await? else {
-            return Err(format!("The specified root directory {root_abs} does not exist"));
+            return Err(format!(
+                "The specified root directory {root_abs} does not exist"
+            ));
         };
         let patterns: Vec<glob::Pattern> = paths
             .iter()
-            .map(|p| glob::Pattern::new(p.trim_start_matches("./")).map_err(|e| format!("`{p}`: {e}")))
+            .map(|p| {
+                glob::Pattern::new(p.trim_start_matches("./")).map_err(|e| format!("`{p}`: {e}"))
+            })
             .collect::<Result<_, _>>()?;
         let tmp_dir = self.store.root().join("tmp");
         let layer = tempfile::NamedTempFile::new_in(&tmp_dir).map_err(|e| e.to_string())?;
@@ -234,7 +258,10 @@ impl<E: Executor> Ctx<'_, E> {
         if count == 0 {
             return Err(format!("no files in {root_abs} match {}", paths.join(", ")));
         }
-        builder.into_inner().and_then(|mut f| f.flush()).map_err(|e| e.to_string())?;
+        builder
+            .into_inner()
+            .and_then(|mut f| f.flush())
+            .map_err(|e| e.to_string())?;
         let file = std::fs::File::open(layer.path()).map_err(|e| e.to_string())?;
         let (blob, size) = self.store.put_blob(file).map_err(|e| e.to_string())?;
         self.store
@@ -256,7 +283,10 @@ impl<E: Executor> Ctx<'_, E> {
 
     pub async fn attach_workspace(&self, at: &str) -> Result<(), String> {
         let at_abs = self.abs(at);
-        let layers = self.store.workspace_layers(self.workspace).map_err(|e| e.to_string())?;
+        let layers = self
+            .store
+            .workspace_layers(self.workspace)
+            .map_err(|e| e.to_string())?;
         if layers.is_empty() {
             return Err("there is no workspace to attach: no earlier job persisted one".to_owned());
         }
@@ -266,12 +296,20 @@ impl<E: Executor> Ctx<'_, E> {
         (self.say)(format!(
             "Attached {} workspace layer(s) at {at_abs} (from {})",
             layers.len(),
-            layers.iter().map(|l| l.job.as_str()).collect::<Vec<_>>().join(", ")
+            layers
+                .iter()
+                .map(|l| l.job.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
         ));
         Ok(())
     }
 
-    pub async fn store_artifacts(&self, path: &str, destination: Option<&str>) -> Result<(), String> {
+    pub async fn store_artifacts(
+        &self,
+        path: &str,
+        destination: Option<&str>,
+    ) -> Result<(), String> {
         let abs = self.abs(path);
         let Some(tar) = self.download(&abs).await? else {
             return Err(format!("{abs} does not exist"));
@@ -280,7 +318,9 @@ impl<E: Executor> Ctx<'_, E> {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let dest_rel = destination.map(|d| d.trim_matches('/').to_owned()).unwrap_or(base);
+        let dest_rel = destination
+            .map(|d| d.trim_matches('/').to_owned())
+            .unwrap_or(base);
         let dest = self.store.artifacts_dir(self.job_id).join(&dest_rel);
         let file = std::fs::File::open(tar.path()).map_err(|e| e.to_string())?;
         let mut archive = tar::Archive::new(file);
@@ -298,18 +338,26 @@ impl<E: Executor> Ctx<'_, E> {
                 .skip(1)
                 .filter(|c| matches!(c, std::path::Component::Normal(_)))
                 .collect();
-            let target = if rel.as_os_str().is_empty() { dest.clone() } else { dest.join(&rel) };
+            let target = if rel.as_os_str().is_empty() {
+                dest.clone()
+            } else {
+                dest.join(&rel)
+            };
             if let Some(dir) = target.parent() {
                 std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
             }
             if target.is_dir() {
                 let _ = std::fs::remove_dir(&target);
             }
-            let mut out = std::fs::File::create(&target).map_err(|e| format!("{}: {e}", target.display()))?;
+            let mut out =
+                std::fs::File::create(&target).map_err(|e| format!("{}: {e}", target.display()))?;
             std::io::copy(&mut entry, &mut out).map_err(|e| e.to_string())?;
             files += 1;
         }
-        (self.say)(format!("Uploaded {files} file(s) from {abs} to artifacts/{dest_rel} ({})", dest.display()));
+        (self.say)(format!(
+            "Uploaded {files} file(s) from {abs} to artifacts/{dest_rel} ({})",
+            dest.display()
+        ));
         Ok(())
     }
 
@@ -339,7 +387,10 @@ impl<E: Executor> Ctx<'_, E> {
                     files += 1;
                     total.merge(s);
                 }
-                Err(e) => (self.say)(format!("Warning: {} is not valid JUnit XML: {e}", name.display())),
+                Err(e) => (self.say)(format!(
+                    "Warning: {} is not valid JUnit XML: {e}",
+                    name.display()
+                )),
             }
         }
         (self.say)(format!(
@@ -379,10 +430,13 @@ fn append_rerooted<W: Write>(
                 if rel.as_os_str().is_empty() {
                     continue;
                 }
-                let keep = rel.ancestors().filter(|a| !a.as_os_str().is_empty()).any(|a| {
-                    let s = a.to_string_lossy();
-                    pats.iter().any(|p| p.matches(&s))
-                });
+                let keep = rel
+                    .ancestors()
+                    .filter(|a| !a.as_os_str().is_empty())
+                    .any(|a| {
+                        let s = a.to_string_lossy();
+                        pats.iter().any(|p| p.matches(&s))
+                    });
                 if !keep {
                     continue;
                 }
@@ -404,9 +458,11 @@ fn append_rerooted<W: Write>(
                 .map_err(|e| e.to_string())?
                 .map(|t| t.into_owned())
                 .unwrap_or_default();
-            out.append_link(&mut header, &dest, target).map_err(|e| e.to_string())?;
+            out.append_link(&mut header, &dest, target)
+                .map_err(|e| e.to_string())?;
         } else {
-            out.append_data(&mut header, &dest, &mut entry).map_err(|e| e.to_string())?;
+            out.append_data(&mut header, &dest, &mut entry)
+                .map_err(|e| e.to_string())?;
         }
         count += 1;
     }

@@ -32,6 +32,7 @@ pub struct Source {
 }
 
 /// What opens the job's repositories: keys, trusted host keys, host mappings.
+#[derive(Clone)]
 pub struct Access {
     /// User key first, then deploy key: the order SSH offers them in.
     pub keys: Vec<SshKey>,
@@ -54,11 +55,19 @@ pub struct JobSpec {
     pub kill_grace: Duration,
     /// A checkout already fetched (when the config itself had to come from the repository).
     pub prefetched: Option<Prefetched>,
+    /// Where caches, workspaces and artifacts live.
+    pub store: crate::store::Store,
+    /// Workspace identity shared by the jobs of one workflow run (the job id when alone).
+    pub workspace: String,
+    /// Keys only an `add_ssh_keys` step installs (CircleCI's "additional SSH keys").
+    pub additional_keys: Vec<SshKey>,
 }
 
 /// A fetched tree waiting to be uploaded by the `checkout` step.
+#[derive(Clone)]
 pub struct Prefetched {
-    pub dir: tempfile::TempDir,
+    /// Shared by the jobs of a workflow run, which all check out the same commit.
+    pub dir: Arc<tempfile::TempDir>,
     pub outcome: CheckoutOutcome,
 }
 
@@ -346,7 +355,10 @@ pub fn fetch_source(
         })
     };
     let outcome = checkout::checkout(&cspec, &creds, &mut progress)?;
-    Ok(Prefetched { dir, outcome })
+    Ok(Prefetched {
+        dir: Arc::new(dir),
+        outcome,
+    })
 }
 
 /// The job container's main process: it announces who it runs as (`$HOME`, uid, gid, bash
@@ -801,7 +813,17 @@ async fn run_steps<E: Executor>(
             exit_code: None,
             duration_ms: 0,
         };
-        if cancel.is_cancelled() || !step.when.should_run(failed) {
+        // store_artifacts / store_test_results run after a failed step too (not after a
+        // timeout or cancel): the results of a red build are what people need.
+        let when = match &step.kind {
+            StepKind::StoreArtifacts { .. } | StepKind::StoreTestResults { .. }
+                if step.when == crate::config::When::OnSuccess && status == JobStatus::Failed =>
+            {
+                crate::config::When::Always
+            }
+            _ => step.when,
+        };
+        if cancel.is_cancelled() || !when.should_run(failed) {
             sink.emit(&Event::StepFinished(skipped.clone()));
             summaries.push(skipped);
             continue;
@@ -895,19 +917,25 @@ async fn run_steps<E: Executor>(
                 }
             }
             other => {
-                // Compiled and carried in the plan; the runner does not execute these yet.
-                sink.emit(&Event::Output {
-                    step: i,
-                    stream: Stream::Stdout,
-                    data: Bytes::from(format!(
-                        "`{}` is not supported by this version of bosun yet\n",
-                        other.type_name()
-                    )),
-                });
+                let say = |line: String| {
+                    sink.emit(&Event::Output {
+                        step: i,
+                        stream: Stream::Stdout,
+                        data: Bytes::from(line + "\n"),
+                    })
+                };
+                let result = builtin_step(executor.as_ref(), spec, ctx, other, &say).await;
+                if let Err(e) = &result {
+                    say(format!("Error: {e}"));
+                }
                 StepSummary {
                     step: i,
                     name: step.name.clone(),
-                    status: StepStatus::Failed,
+                    status: if result.is_ok() {
+                        StepStatus::Success
+                    } else {
+                        StepStatus::Failed
+                    },
                     exit_code: None,
                     duration_ms: millis(t0.elapsed()),
                 }
@@ -981,6 +1009,150 @@ async fn run_steps<E: Executor>(
         steps: summaries,
         error: None,
     }
+}
+
+/// Caches, workspaces, artifacts, test results, extra keys: the steps the agent carries out
+/// itself against the container and the local store.
+async fn builtin_step<E: Executor>(
+    executor: &E,
+    spec: &JobSpec,
+    ctx: &Ctx,
+    kind: &StepKind,
+    say: &(dyn Fn(String) + Send + Sync),
+) -> Result<(), String> {
+    let mut env = ctx.base_env.clone();
+    merge_env(&mut env, spec.env.clone());
+    let outcome = ctx.checkout.as_ref().map(|c| &c.outcome);
+    let b = builtin::Ctx {
+        executor,
+        container: &ctx.container,
+        home: &ctx.user.home,
+        workdir: &ctx.workdir,
+        env: &env,
+        branch: outcome.and_then(|o| o.branch.as_deref()).unwrap_or(""),
+        revision: outcome.map(|o| o.sha.as_str()).unwrap_or(""),
+        build_num: spec.build_num,
+        store: &spec.store,
+        workspace: &spec.workspace,
+        job_id: &spec.id,
+        job_name: &spec.plan.name,
+        say,
+    };
+    match kind {
+        StepKind::SaveCache { key, paths, .. } => b.save_cache(key, paths).await,
+        StepKind::RestoreCache { keys } => b.restore_cache(keys).await,
+        StepKind::PersistToWorkspace { root, paths } => b.persist_to_workspace(root, paths).await,
+        StepKind::AttachWorkspace { at } => b.attach_workspace(at).await,
+        StepKind::StoreArtifacts { path, destination } => {
+            b.store_artifacts(path, destination.as_deref()).await
+        }
+        StepKind::StoreTestResults { path } => b.store_test_results(path).await,
+        StepKind::AddSshKeys { fingerprints } => {
+            add_ssh_keys(executor, spec, ctx, fingerprints, say).await
+        }
+        StepKind::SetupRemoteDocker => Err(
+            "setup_remote_docker is not supported by bosun yet: it needs a Docker engine per job, \
+             which a later version brings. Run the Docker commands on a machine with Docker, or \
+             drop the step to run the rest of the job"
+                .to_owned(),
+        ),
+        StepKind::Checkout { .. } | StepKind::Run(_) => Ok(()),
+    }
+}
+
+/// `add_ssh_keys`: install the chosen additional keys (all when no fingerprint is given) as
+/// `~/.ssh/id_rsa_<fingerprint>`, offered for every host after the job's own keys.
+async fn add_ssh_keys<E: Executor>(
+    executor: &E,
+    spec: &JobSpec,
+    ctx: &Ctx,
+    fingerprints: &[String],
+    say: &(dyn Fn(String) + Send + Sync),
+) -> Result<(), String> {
+    let candidates: Vec<&SshKey> = spec
+        .additional_keys
+        .iter()
+        .chain(spec.access.keys.iter())
+        .collect();
+    let normalize = |f: &str| {
+        f.trim()
+            .trim_start_matches("MD5:")
+            .replace(':', "")
+            .to_lowercase()
+    };
+    let mut chosen: Vec<&SshKey> = Vec::new();
+    if fingerprints.is_empty() {
+        chosen.extend(spec.additional_keys.iter());
+    } else {
+        for fp in fingerprints {
+            let found = candidates.iter().find(|k| {
+                k.public_fingerprint
+                    .as_deref()
+                    .is_some_and(|kf| kf == fp.trim() || normalize(kf) == normalize(fp))
+            });
+            match found {
+                Some(k) => chosen.push(k),
+                None => {
+                    let known: Vec<String> = candidates.iter().map(|k| k.describe()).collect();
+                    return Err(format!(
+                        "no key with fingerprint {fp} was given to this job (keys: {}); add it with --ssh-key FILE",
+                        if known.is_empty() { "none".to_owned() } else { known.join(", ") }
+                    ));
+                }
+            }
+        }
+    }
+    if chosen.is_empty() {
+        say("No additional SSH keys to add".to_owned());
+        return Ok(());
+    }
+    let home = ctx.user.home.trim_end_matches('/');
+    let mut tar = TarBuilder::new(ctx.user.uid, ctx.user.gid);
+    let mut config = String::from("\n# add_ssh_keys\nHost *\n");
+    let mut names = Vec::new();
+    for (n, key) in chosen.iter().enumerate() {
+        let tag: String = key
+            .public_fingerprint
+            .as_deref()
+            .unwrap_or("key")
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric())
+            .take(16)
+            .collect();
+        let name = format!("id_rsa_{tag}_{n}");
+        let mut body = key.private.as_str().to_owned();
+        if !body.ends_with('\n') {
+            body.push('\n');
+        }
+        tar.file(&format!("{home}/.ssh/{name}"), body.as_bytes(), 0o600);
+        config.push_str(&format!("  IdentityFile ~/.ssh/{name}\n"));
+        names.push(format!("{} as ~/.ssh/{name}", key.describe()));
+    }
+    // The job's own ssh config first (its Host blocks win), then the new keys for any host.
+    let vcs_hosts = vcs_host_names(spec);
+    let files = ssh::container_ssh_files(&spec.access.keys, &spec.access.known_hosts, &vcs_hosts);
+    let base = files
+        .files
+        .iter()
+        .find(|(n, _, _)| n == "config")
+        .map(|(_, b, _)| String::from_utf8_lossy(b).into_owned())
+        .unwrap_or_default();
+    tar.file(
+        &format!("{home}/.ssh/config"),
+        format!("{base}{config}").as_bytes(),
+        0o644,
+    );
+    let bytes = zeroize::Zeroizing::new(tar.finish().map_err(|e| e.to_string())?);
+    let stream: TarStream =
+        futures_util::stream::once(async move { Bytes::from(bytes.to_vec()) }).boxed();
+    executor
+        .upload_tar(&ctx.container, "/", stream)
+        .await
+        .map_err(|e| e.to_string())?;
+    for n in names {
+        say(format!("Added {n}"));
+    }
+    Ok(())
 }
 
 /// A background step: it runs beside the next ones and is stopped when the job ends.
@@ -1328,6 +1500,13 @@ mod tests {
             self.log(format!("upload {c} {dest}"));
             Ok(())
         }
+        async fn download_tar(
+            &self,
+            _c: &str,
+            _p: &str,
+        ) -> Result<Option<crate::executor::ByteStream>, ExecutorError> {
+            Ok(None)
+        }
         async fn exec(&self, _c: &str, spec: ExecSpec) -> Result<Exec, ExecutorError> {
             if spec.cmd.last().is_some_and(|s| s.ends_with("step-0.sh")) {
                 panic!("boom in a step");
@@ -1382,6 +1561,7 @@ mod tests {
     #[tokio::test]
     async fn a_panicking_step_task_fails_the_job_and_the_container_is_still_removed() {
         let exec = Arc::new(Recording::default());
+        let store_dir = tempfile::tempdir().expect("tempdir");
         let spec = JobSpec {
             id: "j".into(),
             agent_id: "a".into(),
@@ -1400,6 +1580,9 @@ mod tests {
             build_num: 1,
             kill_grace: Duration::from_millis(100),
             prefetched: None,
+            store: crate::store::Store::open(store_dir.path()).expect("store"),
+            workspace: "j".into(),
+            additional_keys: vec![],
         };
         let sink = Arc::new(crate::stream::MemorySink::default());
         let outcome = run_job(Arc::clone(&exec), spec, sink, CancellationToken::new()).await;

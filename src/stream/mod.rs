@@ -82,6 +82,75 @@ pub enum Event {
         #[serde(skip_serializing_if = "Option::is_none")]
         error: Option<String>,
     },
+    /// An event of one job of a workflow run (several run at once).
+    Job {
+        job: String,
+        inner: Box<Event>,
+    },
+    /// A workflow job that did not run, and why (filters, a failed requirement, an approval).
+    JobNotRun {
+        job: String,
+        status: WorkflowJobStatus,
+        reason: String,
+    },
+    WorkflowFinished {
+        workflow: String,
+        status: JobStatus,
+        duration_ms: u64,
+        jobs: Vec<WorkflowJobSummary>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WorkflowJobStatus {
+    Success,
+    Failed,
+    Canceled,
+    #[serde(rename = "timedout")]
+    TimedOut,
+    InfrastructureFail,
+    /// A job it requires did not succeed.
+    Blocked,
+    /// A `type: approval` job nobody approved (run with `--approve`).
+    OnHold,
+    /// Its filters exclude this branch or tag.
+    NotRun,
+    /// A job a Docker executor cannot run (`machine`, `macos`).
+    NotRunnable,
+}
+
+impl From<JobStatus> for WorkflowJobStatus {
+    fn from(s: JobStatus) -> Self {
+        match s {
+            JobStatus::Success => WorkflowJobStatus::Success,
+            JobStatus::Failed => WorkflowJobStatus::Failed,
+            JobStatus::Canceled => WorkflowJobStatus::Canceled,
+            JobStatus::TimedOut => WorkflowJobStatus::TimedOut,
+            JobStatus::InfrastructureFail => WorkflowJobStatus::InfrastructureFail,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct WorkflowJobSummary {
+    pub job: String,
+    pub status: WorkflowJobStatus,
+    pub duration_ms: u64,
+}
+
+fn workflow_word(s: WorkflowJobStatus) -> &'static str {
+    match s {
+        WorkflowJobStatus::Success => "success",
+        WorkflowJobStatus::Failed => "failed",
+        WorkflowJobStatus::Canceled => "canceled",
+        WorkflowJobStatus::TimedOut => "timed out",
+        WorkflowJobStatus::InfrastructureFail => "infra fail",
+        WorkflowJobStatus::Blocked => "blocked",
+        WorkflowJobStatus::OnHold => "on hold",
+        WorkflowJobStatus::NotRun => "not run",
+        WorkflowJobStatus::NotRunnable => "unrunnable",
+    }
 }
 
 fn lossy_utf8<S: Serializer>(b: &Bytes, s: S) -> Result<S::Ok, S::Error> {
@@ -95,12 +164,15 @@ pub trait EventSink: Send + Sync {
 /// Human output: a header per step, output as it happens, a summary table at the end.
 pub struct TerminalSink<W: Write + Send> {
     out: Mutex<W>,
+    /// Per workflow job: whether its next byte starts a line (for the `[job] ` prefix).
+    line_start: Mutex<std::collections::HashMap<String, bool>>,
 }
 
 impl<W: Write + Send> TerminalSink<W> {
     pub fn new(out: W) -> Self {
         Self {
             out: Mutex::new(out),
+            line_start: Mutex::new(std::collections::HashMap::new()),
         }
     }
 
@@ -144,10 +216,45 @@ fn job_word(s: JobStatus) -> &'static str {
 
 impl<W: Write + Send> EventSink for TerminalSink<W> {
     fn emit(&self, event: &Event) {
+        if let Event::Job { job, inner } = event {
+            // Render the job's event on its own, then prefix each line with the job's name.
+            let mut text = Vec::new();
+            render(&mut text, inner);
+            let mut prefixed = Vec::with_capacity(text.len() + 16);
+            let mut at_start = self
+                .line_start
+                .lock()
+                .map(|mut m| *m.entry(job.clone()).or_insert(true))
+                .unwrap_or(true);
+            for b in text {
+                if at_start {
+                    prefixed.extend_from_slice(format!("[{job}] ").as_bytes());
+                }
+                prefixed.push(b);
+                at_start = b == b'\n';
+            }
+            if let Ok(mut m) = self.line_start.lock() {
+                m.insert(job.clone(), at_start);
+            }
+            let mut out = match self.out.lock() {
+                Ok(o) => o,
+                Err(p) => p.into_inner(),
+            };
+            let _ = out.write_all(&prefixed).and_then(|()| out.flush());
+            return;
+        }
         let mut out = match self.out.lock() {
             Ok(o) => o,
             Err(p) => p.into_inner(),
         };
+        render(&mut *out, event);
+        let _ = out.flush();
+    }
+}
+
+/// The human rendering of one event.
+fn render(out: &mut dyn Write, event: &Event) {
+    {
         // A closed terminal must not take the job down with it: write errors are ignored.
         let _ = match event {
             Event::JobStarted { job, image, .. } => writeln!(out, "==> Job {job} on {image}"),
@@ -217,6 +324,44 @@ impl<W: Write + Send> EventSink for TerminalSink<W> {
                     format_duration(*duration_ms)
                 ));
                 out.write_all(text.as_bytes()).and_then(|()| out.flush())
+            }
+            Event::Job { inner, .. } => {
+                render(out, inner);
+                Ok(())
+            }
+            Event::JobNotRun {
+                job,
+                status,
+                reason,
+            } => writeln!(out, "--- {job}: {} ({reason})", workflow_word(*status)),
+            Event::WorkflowFinished {
+                workflow,
+                status,
+                duration_ms,
+                jobs,
+            } => {
+                let width = jobs
+                    .iter()
+                    .map(|j| j.job.chars().count())
+                    .max()
+                    .unwrap_or(3)
+                    .max(3);
+                let mut text =
+                    format!("\n{:<width$}  {:<10}  {:>8}\n", "JOB", "STATUS", "DURATION");
+                for j in jobs {
+                    text.push_str(&format!(
+                        "{:<width$}  {:<10}  {:>8}\n",
+                        j.job,
+                        workflow_word(j.status),
+                        format_duration(j.duration_ms)
+                    ));
+                }
+                text.push_str(&format!(
+                    "\nWorkflow {workflow}: {} in {}\n",
+                    job_word(*status),
+                    format_duration(*duration_ms)
+                ));
+                out.write_all(text.as_bytes())
             }
         };
     }

@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 
 pub struct Project {
     pub dir: tempfile::TempDir,
+    /// The local store (caches, workspaces, artifacts) this project's runs use.
+    pub store: tempfile::TempDir,
     /// `bosun.job` label of the job's container.
     pub job_id: String,
 }
@@ -55,6 +57,10 @@ impl Project {
         super::run(git_in(dir.path()).args(["commit", "-q", "-m", "config"]));
         Project {
             dir,
+            store: tempfile::Builder::new()
+                .prefix("bosun-store-")
+                .tempdir()
+                .expect("tempdir"),
             job_id: super::new_run_id(),
         }
     }
@@ -68,6 +74,7 @@ impl Project {
         c.current_dir(self.path())
             .arg("execute")
             .args(["--job-id", &self.job_id])
+            .env("BOSUN_STORE", self.store.path())
             .args(args)
             .stdin(Stdio::null());
         c
@@ -116,7 +123,21 @@ impl Project {
 
     /// Containers (any state) labelled with this project's job id.
     pub fn containers(&self) -> Vec<String> {
-        containers_labelled("bosun.job", &self.job_id)
+        // Workflow jobs are labelled JOB_ID-NAME.
+        let mut all = containers_labelled("bosun.job", &self.job_id);
+        all.extend(
+            containers_labelled("bosun.agent", "execute")
+                .into_iter()
+                .filter(|c| {
+                    let out = Command::new("docker")
+                        .args(["inspect", "-f", "{{index .Config.Labels \"bosun.job\"}}", c])
+                        .output()
+                        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+                        .unwrap_or_default();
+                    out.starts_with(&format!("{}-", self.job_id))
+                }),
+        );
+        all
     }
 
     pub fn assert_no_container_left(&self) {

@@ -1,0 +1,225 @@
+//! A whole workflow, locally: its jobs in dependency order, independent ones at once (up to a
+//! limit), workspaces handed along `requires` through the store, filters evaluated for the
+//! checked-out branch or tag, approvals held (or approved), and a final table.
+//!
+//! A failed job stops its dependants, not its siblings.
+
+use crate::config::{GitRef, Workflow, WorkflowJob, WorkflowJobKind};
+use crate::executor::Executor;
+use crate::job::{self, JobSpec};
+use crate::stream::{Event, EventSink, JobStatus, WorkflowJobStatus, WorkflowJobSummary};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+pub struct WorkflowOptions {
+    /// Jobs running at once.
+    pub max_parallel: usize,
+    /// Treat `type: approval` jobs as approved.
+    pub approve: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct WorkflowOutcome {
+    pub status: JobStatus,
+    pub jobs: Vec<WorkflowJobSummary>,
+}
+
+/// Forwards a job's events wrapped with its workflow name.
+struct JobSink {
+    job: String,
+    inner: Arc<dyn EventSink>,
+}
+
+impl EventSink for JobSink {
+    fn emit(&self, event: &Event) {
+        self.inner.emit(&Event::Job {
+            job: self.job.clone(),
+            inner: Box::new(event.clone()),
+        });
+    }
+}
+
+/// Run `workflow` for `git`. `make_spec` turns a build job into the spec `job::run_job` runs
+/// (the caller owns keys, store, checkout).
+pub async fn run_workflow<E: Executor>(
+    executor: Arc<E>,
+    workflow: &Workflow,
+    git: GitRef<'_>,
+    opts: &WorkflowOptions,
+    make_spec: &(dyn Fn(&WorkflowJob, &crate::config::CompiledJob) -> JobSpec + Sync),
+    sink: Arc<dyn EventSink>,
+    cancel: CancellationToken,
+) -> WorkflowOutcome {
+    let started = Instant::now();
+    let selected: Vec<&WorkflowJob> = workflow.jobs_to_run(git);
+    let mut state: HashMap<String, (WorkflowJobStatus, u64)> = HashMap::new();
+    for j in &workflow.jobs {
+        if !selected.iter().any(|s| s.name == j.name) {
+            let reason = match git {
+                GitRef::Branch(b) => format!("filters exclude branch {b}"),
+                GitRef::Tag(t) => format!("filters exclude tag {t} (tags are opt-in)"),
+            };
+            sink.emit(&Event::JobNotRun {
+                job: j.name.clone(),
+                status: WorkflowJobStatus::NotRun,
+                reason,
+            });
+            state.insert(j.name.clone(), (WorkflowJobStatus::NotRun, 0));
+        }
+    }
+    let mut pending: Vec<&WorkflowJob> = selected;
+    let mut running = tokio::task::JoinSet::new();
+    let mut in_flight = 0usize;
+    loop {
+        // Settle everything that can be decided without running anything.
+        let mut progressed = true;
+        while progressed {
+            progressed = false;
+            let mut still = Vec::new();
+            for j in pending.drain(..) {
+                let reqs: Vec<Option<WorkflowJobStatus>> = j
+                    .requires
+                    .iter()
+                    .map(|r| state.get(r).map(|(s, _)| *s))
+                    .collect();
+                if reqs
+                    .iter()
+                    .any(|r| matches!(r, Some(s) if *s != WorkflowJobStatus::Success))
+                {
+                    let blocker = j
+                        .requires
+                        .iter()
+                        .find(|r| {
+                            state
+                                .get(*r)
+                                .is_some_and(|(s, _)| *s != WorkflowJobStatus::Success)
+                        })
+                        .cloned()
+                        .unwrap_or_default();
+                    sink.emit(&Event::JobNotRun {
+                        job: j.name.clone(),
+                        status: WorkflowJobStatus::Blocked,
+                        reason: format!("requires {blocker}, which did not succeed"),
+                    });
+                    state.insert(j.name.clone(), (WorkflowJobStatus::Blocked, 0));
+                    progressed = true;
+                    continue;
+                }
+                if reqs.iter().any(Option::is_none) {
+                    still.push(j);
+                    continue;
+                }
+                match &j.kind {
+                    WorkflowJobKind::Approval => {
+                        let s = if opts.approve {
+                            WorkflowJobStatus::Success
+                        } else {
+                            sink.emit(&Event::JobNotRun {
+                                job: j.name.clone(),
+                                status: WorkflowJobStatus::OnHold,
+                                reason: "waiting for approval; run with --approve to approve it"
+                                    .into(),
+                            });
+                            WorkflowJobStatus::OnHold
+                        };
+                        state.insert(j.name.clone(), (s, 0));
+                        progressed = true;
+                    }
+                    WorkflowJobKind::NotRunnable { reason } => {
+                        sink.emit(&Event::JobNotRun {
+                            job: j.name.clone(),
+                            status: WorkflowJobStatus::NotRunnable,
+                            reason: reason.clone(),
+                        });
+                        state.insert(j.name.clone(), (WorkflowJobStatus::NotRunnable, 0));
+                        progressed = true;
+                    }
+                    WorkflowJobKind::Build(compiled) => {
+                        if in_flight < opts.max_parallel.max(1) && !cancel.is_cancelled() {
+                            let spec = make_spec(j, compiled);
+                            let job_sink: Arc<dyn EventSink> = Arc::new(JobSink {
+                                job: j.name.clone(),
+                                inner: Arc::clone(&sink),
+                            });
+                            let name = j.name.clone();
+                            let exec = Arc::clone(&executor);
+                            let cancel = cancel.clone();
+                            running.spawn(async move {
+                                let t0 = Instant::now();
+                                let outcome = job::run_job(exec, spec, job_sink, cancel).await;
+                                (name, outcome.status, t0.elapsed())
+                            });
+                            in_flight += 1;
+                        } else {
+                            still.push(j);
+                        }
+                    }
+                }
+            }
+            pending = still;
+        }
+        if in_flight == 0 {
+            break;
+        }
+        match running.join_next().await {
+            Some(Ok((name, status, took))) => {
+                state.insert(
+                    name,
+                    (
+                        WorkflowJobStatus::from(status),
+                        u64::try_from(took.as_millis()).unwrap_or(u64::MAX),
+                    ),
+                );
+            }
+            Some(Err(e)) => {
+                // run_job never panics outward; a join error means the task was aborted.
+                tracing::error!("workflow job task failed: {e}");
+            }
+            None => {}
+        }
+        in_flight = in_flight.saturating_sub(1);
+    }
+    // Anything left pending could never start (canceled before its turn).
+    for j in pending {
+        state.insert(j.name.clone(), (WorkflowJobStatus::Canceled, 0));
+    }
+    let jobs: Vec<WorkflowJobSummary> = workflow
+        .jobs
+        .iter()
+        .map(|j| {
+            let (status, duration_ms) = state
+                .get(&j.name)
+                .copied()
+                .unwrap_or((WorkflowJobStatus::Canceled, 0));
+            WorkflowJobSummary {
+                job: j.name.clone(),
+                status,
+                duration_ms,
+            }
+        })
+        .collect();
+    let status = if cancel.is_cancelled() {
+        JobStatus::Canceled
+    } else if jobs.iter().any(|j| {
+        matches!(
+            j.status,
+            WorkflowJobStatus::Failed
+                | WorkflowJobStatus::TimedOut
+                | WorkflowJobStatus::InfrastructureFail
+                | WorkflowJobStatus::Blocked
+        )
+    }) {
+        JobStatus::Failed
+    } else {
+        JobStatus::Success
+    };
+    sink.emit(&Event::WorkflowFinished {
+        workflow: workflow.name.clone(),
+        status,
+        duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        jobs: jobs.clone(),
+    });
+    WorkflowOutcome { status, jobs }
+}
