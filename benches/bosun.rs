@@ -7,6 +7,9 @@
 //!     repository (≈5,000 files, ≈1,000 commits, one submodule) from the Bitbucket stand-in,
 //!     against `git clone --recurse-submodules` over the same server; target ratio ≤ 1.5.
 //! (c) peak RSS of the bosun process during both (from wait4's rusage).
+//! (d) the checkout tree into the container (tar stream) against `docker cp`.
+//! (e) a restored 200 MB cache against `docker cp` of the same tree.
+//! (f) a four-job workflow against the sum of its jobs run one by one.
 //!
 //! Environment: BOSUN_BENCH_RUNS (default 7), BOSUN_BENCH_FILES (5000),
 //! BOSUN_BENCH_COMMITS (1000).
@@ -247,6 +250,90 @@ fn main() {
     println!(
         "    ratio bosun/docker cp          {:>8.2}",
         upload_s / cp.as_secs_f64()
+    );
+
+    // (e) a restored 200 MB cache against `docker cp` of the same tree.
+    let mb = env_num("BOSUN_BENCH_CACHE_MB", 200);
+    let cache_project = Project::new(&format!(
+        "version: 2.1\njobs:\n  build:\n    docker: [{{image: {img}}}]\n    steps:\n      - restore_cache: {{keys: [big-v1]}}\n      - run: test -d /root/big || (mkdir -p /root/big && for i in $(seq {mb}); do head -c 1048576 /dev/urandom > /root/big/f$i; done)\n      - save_cache: {{key: big-v1, paths: [/root/big]}}\n"
+    ));
+    let _ = cache_project
+        .command(&["--json"])
+        .output()
+        .expect("fill the cache");
+    let out = cache_project
+        .command(&["--json"])
+        .output()
+        .expect("restore");
+    let restore_ms = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|e| e["event"] == "step_finished" && e["step"] == 0)
+        .and_then(|e| e["duration_ms"].as_u64())
+        .unwrap_or(0);
+    let blob = std::fs::read_dir(cache_project.store.path().join("blobs/sha256"))
+        .expect("blobs")
+        .filter_map(Result::ok)
+        .max_by_key(|e| e.metadata().map(|m| m.len()).unwrap_or(0))
+        .expect("a blob")
+        .path();
+    let tree = tempfile::tempdir().expect("tempdir");
+    harness::run(
+        Command::new("tar")
+            .arg("-xf")
+            .arg(&blob)
+            .arg("-C")
+            .arg(tree.path()),
+    );
+    let target = harness::docker(&[
+        "run",
+        "-d",
+        "--label",
+        "bosun.test=bench",
+        &img,
+        "sleep",
+        "600",
+    ]);
+    let cp = measure(
+        Command::new("docker")
+            .arg("cp")
+            .arg(tree.path().join("root/big"))
+            .arg(format!("{target}:/root/big")),
+    )
+    .wall;
+    harness::docker(&["rm", "-f", &target]);
+    println!("(e) restore a {mb} MB cache into a fresh container:");
+    println!(
+        "    docker cp of the same tree     {:>8.0} ms",
+        cp.as_secs_f64() * 1e3
+    );
+    println!("    bosun restore_cache            {:>8} ms", restore_ms);
+    println!(
+        "    ratio bosun/docker cp          {:>8.2}",
+        restore_ms as f64 / (cp.as_secs_f64() * 1e3)
+    );
+
+    // (f) a four-job workflow against the sum of its jobs run one by one.
+    let wf = Project::new(&format!(
+        "version: 2.1\nexecutors:\n  d: {{docker: [{{image: {img}}}]}}\njobs:\n  build: {{executor: d, steps: [{{run: 'sleep 1'}}]}}\n  unit: {{executor: d, steps: [{{run: 'sleep 1'}}]}}\n  lint: {{executor: d, steps: [{{run: 'sleep 1'}}]}}\n  package: {{executor: d, steps: [{{run: 'sleep 1'}}]}}\nworkflows:\n  main:\n    jobs: [build, {{unit: {{requires: [build]}}}}, {{lint: {{requires: [build]}}}}, {{package: {{requires: [unit, lint]}}}}]\n"
+    ));
+    let whole = measure(&mut wf.command(&["--workflow", "main", "--jobs", "4"])).wall;
+    let mut sum = Duration::ZERO;
+    for job in ["build", "unit", "lint", "package"] {
+        sum += measure(&mut wf.command(&["--job", job])).wall;
+    }
+    println!("(f) four-job workflow (build → unit, lint → package; 1 s each):");
+    println!(
+        "    jobs one by one (sum)          {:>8.0} ms",
+        sum.as_secs_f64() * 1e3
+    );
+    println!(
+        "    bosun execute --workflow       {:>8.0} ms",
+        whole.as_secs_f64() * 1e3
+    );
+    println!(
+        "    ratio workflow/sum             {:>8.2}",
+        whole.as_secs_f64() / sum.as_secs_f64()
     );
     println!(
         "(c) peak RSS of bosun: execute {:.1} MiB, checkout {:.1} MiB",
