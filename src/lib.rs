@@ -9,6 +9,7 @@ pub mod config;
 pub mod execute;
 pub mod executor;
 pub mod job;
+pub mod protocol;
 pub mod ssh;
 pub mod store;
 pub mod stream;

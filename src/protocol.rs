@@ -1,0 +1,298 @@
+//! Every type that crosses the wire between agent and coordinator (protocol v1, HTTP/JSON).
+//! Both sides import this module; `docs/protocol.md` describes it for other coordinators.
+//!
+//! Endpoints (all under [`API_PREFIX`]; every call but `register` carries
+//! `Authorization: Bearer <agent token>`):
+//!
+//! | method, path | body → answer |
+//! |---|---|
+//! | `POST /agents/register` | [`RegisterRequest`] → 201 [`RegisterResponse`] |
+//! | `POST /jobs/claim?wait=SECONDS` | [`ClaimRequest`] → 200 [`ClaimResponse`] / 204 nothing queued |
+//! | `POST /agents/heartbeat` | [`Heartbeat`] → 200 [`HeartbeatResponse`] |
+//! | `POST /jobs/{id}/log?offset=N` | raw bytes → 200 [`LogAck`] / 409 [`LogAck`] (gap: resend from `offset`) |
+//! | `POST /jobs/{id}/events` | [`EventBatch`] → 200 [`EventAck`] / 409 [`EventAck`] (gap) |
+//! | `POST /jobs/{id}/finish` | [`FinishRequest`] → 200 / 409 [`LogAck`] (log incomplete) |
+//!
+//! Errors are JSON [`ApiError`]; 401 means the token is unknown or revoked (the agent stops).
+
+use serde::{Deserialize, Serialize};
+
+pub const PROTOCOL_VERSION: u32 = 1;
+pub const API_PREFIX: &str = "/api/v1";
+/// How long the coordinator holds a claim open when nothing is queued.
+pub const DEFAULT_CLAIM_WAIT_SECS: u64 = 30;
+/// A lease not renewed by a heartbeat within this many seconds lapses.
+pub const DEFAULT_LEASE_SECS: u64 = 30;
+/// Largest log chunk an agent sends in one request.
+pub const MAX_LOG_CHUNK: usize = 1024 * 1024;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RegisterRequest {
+    pub registration_token: String,
+    pub name: String,
+    pub resource_class: String,
+    #[serde(default)]
+    pub labels: Vec<String>,
+    pub version: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RegisterResponse {
+    pub agent_id: String,
+    pub agent_token: String,
+    pub protocol_version: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ClaimRequest {
+    pub resource_class: String,
+    #[serde(default)]
+    pub labels: Vec<String>,
+    /// Free slots: the coordinator answers with at most one job per claim.
+    pub capacity: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ClaimResponse {
+    pub job: WireJob,
+    pub lease_secs: u64,
+}
+
+/// A job as the coordinator hands it out.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct WireJob {
+    pub id: String,
+    pub project: WireProject,
+    pub commit_sha: String,
+    #[serde(default)]
+    pub branch: Option<String>,
+    #[serde(default)]
+    pub tag: Option<String>,
+    #[serde(default)]
+    pub pull_request: Option<WirePullRequest>,
+    pub job_name: String,
+    pub pipeline_number: u64,
+    /// User key first, then deploy key, as the agent offers them.
+    #[serde(default)]
+    pub keys: Vec<WireKey>,
+    /// Lines trusted besides the agent's pinned Bitbucket keys.
+    #[serde(default)]
+    pub known_hosts: Vec<String>,
+    #[serde(default)]
+    pub env: Vec<WireEnv>,
+    #[serde(default)]
+    pub timeouts: WireTimeouts,
+    /// Attempt number, from 1; a lapsed lease re-queues the job with the next one.
+    pub attempt: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct WireProject {
+    /// Bitbucket repository UUID (`{…}`).
+    pub uuid: String,
+    /// `workspace/repo`.
+    pub slug: String,
+    pub clone_url: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct WirePullRequest {
+    pub number: u64,
+    pub url: String,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum WireKeyRole {
+    User,
+    Deploy,
+    Additional,
+}
+
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct WireKey {
+    pub role: WireKeyRole,
+    /// OpenSSH private key text. Never logged: `Debug` hides it.
+    pub private_key: String,
+    #[serde(default)]
+    pub fingerprint: Option<String>,
+}
+
+impl std::fmt::Debug for WireKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WireKey")
+            .field("role", &self.role)
+            .field("private_key", &"<redacted>")
+            .field("fingerprint", &self.fingerprint)
+            .finish()
+    }
+}
+
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct WireEnv {
+    pub name: String,
+    pub value: String,
+    /// Secret values are masked (`********`) in everything the agent sends back.
+    #[serde(default)]
+    pub secret: bool,
+}
+
+impl std::fmt::Debug for WireEnv {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let value = if self.secret {
+            "<secret>"
+        } else {
+            self.value.as_str()
+        };
+        f.debug_struct("WireEnv")
+            .field("name", &self.name)
+            .field("value", &value)
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct WireTimeouts {
+    /// Whole job, seconds.
+    pub job_secs: u64,
+}
+
+impl Default for WireTimeouts {
+    fn default() -> Self {
+        WireTimeouts { job_secs: 3 * 3600 }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Heartbeat {
+    pub running: Vec<RunningJob>,
+    /// The agent is draining: it claims nothing new.
+    #[serde(default)]
+    pub draining: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RunningJob {
+    pub job_id: String,
+    /// Human words: `checkout`, `step 3/7: Test`.
+    pub state: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct HeartbeatResponse {
+    /// Jobs to cancel now.
+    #[serde(default)]
+    pub cancel: Vec<String>,
+    /// Jobs the coordinator does not (any longer) lease to this agent: stop them quietly.
+    #[serde(default)]
+    pub unknown: Vec<String>,
+    pub lease_secs: u64,
+}
+
+/// Answer to a log append: where the coordinator's copy of the log ends now.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LogAck {
+    pub offset: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct EventBatch {
+    /// Sequence number of the first event; events are numbered from 0 per job.
+    pub first_seq: u64,
+    pub events: Vec<JobEvent>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct EventAck {
+    /// The next sequence number the coordinator expects.
+    pub next_seq: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum JobEvent {
+    StepStarted {
+        step: u32,
+        name: String,
+        /// Log offset where the step's output starts (sections in the log view).
+        log_offset: u64,
+    },
+    StepFinished {
+        step: u32,
+        name: String,
+        status: String,
+        exit_code: Option<i64>,
+        duration_ms: u64,
+        log_offset: u64,
+    },
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum FinalStatus {
+    Success,
+    Failed,
+    Canceled,
+    #[serde(rename = "timedout")]
+    TimedOut,
+    InfrastructureFail,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FinishRequest {
+    pub status: FinalStatus,
+    /// Total bytes of (masked) log the agent sent; the coordinator checks it has them all.
+    pub log_bytes: u64,
+    /// Hex SHA-256 of those bytes.
+    pub log_sha256: String,
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ApiError {
+    pub error: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_do_not_show_in_debug() {
+        let k = WireKey {
+            role: WireKeyRole::User,
+            private_key: "-----BEGIN OPENSSH PRIVATE KEY-----\nAAAA".into(),
+            fingerprint: None,
+        };
+        assert!(!format!("{k:?}").contains("AAAA"));
+        let e = WireEnv {
+            name: "TOKEN".into(),
+            value: "hunter22".into(),
+            secret: true,
+        };
+        assert!(!format!("{e:?}").contains("hunter22"));
+    }
+
+    #[test]
+    fn events_and_statuses_have_stable_wire_names() {
+        let ev = JobEvent::StepFinished {
+            step: 1,
+            name: "t".into(),
+            status: "success".into(),
+            exit_code: Some(0),
+            duration_ms: 3,
+            log_offset: 10,
+        };
+        let v = serde_json::to_value(&ev).expect("json");
+        assert_eq!(v["type"], "step_finished");
+        assert_eq!(
+            serde_json::to_value(FinalStatus::TimedOut).expect("json"),
+            "timedout"
+        );
+        assert_eq!(
+            serde_json::to_value(FinalStatus::InfrastructureFail).expect("json"),
+            "infrastructure_fail"
+        );
+    }
+}
