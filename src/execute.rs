@@ -9,7 +9,7 @@ use crate::job::{self, Access, JobSpec, Prefetched, Source};
 use crate::ssh::{KeyRole, KnownHosts, SshKey, VcsHosts};
 use crate::store::Store;
 use crate::stream::{Event, EventSink, JobStatus, JsonSink, TerminalSink};
-use crate::workflow::{run_workflow, WorkflowOptions};
+use crate::workflow::{node_specs, run_nodes, run_workflow, WorkflowOptions};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -250,10 +250,10 @@ async fn run_async(args: ExecuteArgs, sink: Arc<dyn EventSink>) -> u8 {
     };
     let status = match prepared.what {
         What::Job(plan) => {
-            let spec = prepared.base.spec(prepared.base.id.clone(), *plan);
-            job::run_job(Arc::new(prepared.executor), spec, sink, cancel)
-                .await
-                .status
+            let base = &prepared.base;
+            let parallelism = plan.parallelism;
+            let nodes = node_specs(&|| base.spec(base.id.clone(), (*plan).clone()), parallelism);
+            run_nodes(Arc::new(prepared.executor), nodes, sink, cancel).await
         }
         What::Workflow(wf) => {
             let base = &prepared.base;
@@ -332,6 +332,8 @@ impl Base {
             store: self.store.clone(),
             workspace: self.id.clone(),
             additional_keys: self.additional_keys.clone(),
+            node_index: 0,
+            node_total: 1,
         }
     }
 }

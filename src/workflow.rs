@@ -41,6 +41,72 @@ impl EventSink for JobSink {
     }
 }
 
+/// Run a job on all its `parallelism` nodes at once (one container each, CIRCLE_NODE_INDEX
+/// 0..N); the job's status is the worst of its nodes'. A single node runs as it is.
+pub async fn run_nodes<E: Executor>(
+    executor: Arc<E>,
+    mut nodes: Vec<JobSpec>,
+    sink: Arc<dyn EventSink>,
+    cancel: CancellationToken,
+) -> JobStatus {
+    if nodes.len() <= 1 {
+        return match nodes.pop() {
+            Some(spec) => job::run_job(executor, spec, sink, cancel).await.status,
+            None => JobStatus::Success,
+        };
+    }
+    let mut set = tokio::task::JoinSet::new();
+    for node in nodes {
+        let node_sink: Arc<dyn EventSink> = Arc::new(JobSink {
+            job: format!("{}.{}", node.plan.name, node.node_index),
+            inner: Arc::clone(&sink),
+        });
+        set.spawn(job::run_job(
+            Arc::clone(&executor),
+            node,
+            node_sink,
+            cancel.clone(),
+        ));
+    }
+    let mut statuses = Vec::new();
+    while let Some(r) = set.join_next().await {
+        statuses.push(r.map(|o| o.status).unwrap_or(JobStatus::InfrastructureFail));
+    }
+    worst(&statuses)
+}
+
+/// The specs of a job's `parallelism` nodes, from one spec.
+pub fn node_specs(make: &dyn Fn() -> JobSpec, parallelism: u32) -> Vec<JobSpec> {
+    let total = parallelism.max(1);
+    (0..total)
+        .map(|n| {
+            let mut s = make();
+            if total > 1 {
+                s.id = format!("{}-{n}", s.id);
+            }
+            s.node_index = n;
+            s.node_total = total;
+            s
+        })
+        .collect()
+}
+
+/// Canceled beats infrastructure failure beats timed out beats failed beats success.
+fn worst(statuses: &[JobStatus]) -> JobStatus {
+    let rank = |s: &JobStatus| match s {
+        JobStatus::Success => 0,
+        JobStatus::Failed => 1,
+        JobStatus::TimedOut => 2,
+        JobStatus::InfrastructureFail => 3,
+        JobStatus::Canceled => 4,
+    };
+    statuses
+        .iter()
+        .copied()
+        .max_by_key(rank)
+        .unwrap_or(JobStatus::Success)
+}
+
 /// Run `workflow` for `git`. `make_spec` turns a build job into the spec `job::run_job` runs
 /// (the caller owns keys, store, checkout).
 pub async fn run_workflow<E: Executor>(
@@ -138,7 +204,6 @@ pub async fn run_workflow<E: Executor>(
                     }
                     WorkflowJobKind::Build(compiled) => {
                         if in_flight < opts.max_parallel.max(1) && !cancel.is_cancelled() {
-                            let spec = make_spec(j, compiled);
                             let job_sink: Arc<dyn EventSink> = Arc::new(JobSink {
                                 job: j.name.clone(),
                                 inner: Arc::clone(&sink),
@@ -146,10 +211,12 @@ pub async fn run_workflow<E: Executor>(
                             let name = j.name.clone();
                             let exec = Arc::clone(&executor);
                             let cancel = cancel.clone();
+                            let nodes =
+                                node_specs(&|| make_spec(j, compiled), compiled.plan.parallelism);
                             running.spawn(async move {
                                 let t0 = Instant::now();
-                                let outcome = job::run_job(exec, spec, job_sink, cancel).await;
-                                (name, outcome.status, t0.elapsed())
+                                let status = run_nodes(exec, nodes, job_sink, cancel).await;
+                                (name, status, t0.elapsed())
                             });
                             in_flight += 1;
                         } else {

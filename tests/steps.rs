@@ -330,3 +330,25 @@ fn a_workflow_runs_in_dependency_order_with_workspaces_and_failure_stops_only_de
     );
     p.assert_no_container_left();
 }
+
+#[test]
+fn parallelism_runs_one_container_per_node_with_its_index() {
+    ensure_images();
+    let p = Project::new(&format!(
+        "version: 2.1\njobs:\n  build:\n    docker: [{{image: {}}}]\n    parallelism: 3\n    steps:\n      - run: echo \"node $CIRCLE_NODE_INDEX of $CIRCLE_NODE_TOTAL on $(hostname)\"\n",
+        image("base")
+    ));
+    let out = p.execute(&["--json"]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    let mut hosts = std::collections::HashSet::new();
+    for i in 0..3 {
+        let text = output(&out.events, Some(&format!("build.{i}")), 0);
+        assert!(
+            text.contains(&format!("node {i} of 3 on ")),
+            "node {i}: {text}"
+        );
+        hosts.insert(text.trim().rsplit(' ').next().unwrap_or("").to_owned());
+    }
+    assert_eq!(hosts.len(), 3, "three containers: {hosts:?}");
+    p.assert_no_container_left();
+}

@@ -61,6 +61,9 @@ pub struct JobSpec {
     pub workspace: String,
     /// Keys only an `add_ssh_keys` step installs (CircleCI's "additional SSH keys").
     pub additional_keys: Vec<SshKey>,
+    /// This container's place among the job's `parallelism` nodes (0-based) and their count.
+    pub node_index: u32,
+    pub node_total: u32,
 }
 
 /// A fetched tree waiting to be uploaded by the `checkout` step.
@@ -504,8 +507,8 @@ fn builtin_env(
     set("HOME", user.home.clone());
     set("CIRCLE_JOB", spec.plan.name.clone());
     set("CIRCLE_BUILD_NUM", spec.build_num.to_string());
-    set("CIRCLE_NODE_INDEX", "0".into());
-    set("CIRCLE_NODE_TOTAL", "1".into());
+    set("CIRCLE_NODE_INDEX", spec.node_index.to_string());
+    set("CIRCLE_NODE_TOTAL", spec.node_total.max(1).to_string());
     set("CIRCLE_WORKING_DIRECTORY", workdir.to_owned());
     if let Some(src) = &spec.source {
         set("CIRCLE_REPOSITORY_URL", src.url.clone());
@@ -1583,6 +1586,8 @@ mod tests {
             store: crate::store::Store::open(store_dir.path()).expect("store"),
             workspace: "j".into(),
             additional_keys: vec![],
+            node_index: 0,
+            node_total: 1,
         };
         let sink = Arc::new(crate::stream::MemorySink::default());
         let outcome = run_job(Arc::clone(&exec), spec, sink, CancellationToken::new()).await;
