@@ -221,10 +221,13 @@ impl Engine {
                     at,
                     path,
                     format!("Unknown variable(s): {inner}"),
-                    format!(
-                        "pipeline values known offline: {}",
-                        super::PipelineValues::NAMES.join(", ")
-                    ),
+                    match nearest(rest, super::PipelineValues::NAMES) {
+                        Some(s) => format!("did you mean `pipeline.{s}`?"),
+                        None => format!(
+                            "pipeline values known offline: {}",
+                            super::PipelineValues::NAMES.join(", ")
+                        ),
+                    },
                 )),
             };
         }

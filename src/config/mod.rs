@@ -217,13 +217,15 @@ pub fn compile(
 }
 
 fn parse_error(file: &str, e: &yaml::YamlError) -> ConfigError {
-    // serde-saphyr's message carries "line L column C"; keep it whole and add the file.
-    let (line, col) = line_col_from_message(&e.0);
     ConfigError {
         file: file.to_owned(),
-        pos: Pos { line, col, file: 0 },
+        pos: Pos {
+            line: e.line,
+            col: e.col,
+            file: 0,
+        },
         path: String::new(),
-        message: format!("invalid YAML: {}", e.0),
+        message: format!("invalid YAML: {}", e.message),
         hint: None,
     }
 }
@@ -495,22 +497,6 @@ pub fn job_names(text: &str) -> Vec<String> {
             })
         })
         .unwrap_or_default()
-}
-
-pub(crate) fn line_col_from_message(msg: &str) -> (u64, u64) {
-    let num_after = |word: &str| -> Option<u64> {
-        let idx = msg.find(word)? + word.len();
-        let digits: String = msg[idx..]
-            .trim_start()
-            .chars()
-            .take_while(char::is_ascii_digit)
-            .collect();
-        digits.parse().ok()
-    };
-    (
-        num_after("line").unwrap_or(1),
-        num_after("column").unwrap_or(1),
-    )
 }
 
 pub(crate) const TOP_LEVEL_KEYS: &[&str] = &[
