@@ -28,6 +28,8 @@ pub(crate) struct Engine {
     pub pipeline_params: Vec<(String, Node)>,
     pub v21: bool,
     pub errors: Vec<ConfigError>,
+    /// Compiled filter and `matches` patterns: a matrix repeats the same filters per job.
+    pub regexes: std::cell::RefCell<std::collections::HashMap<String, regex::Regex>>,
 }
 
 /// A job after expansion: 2.0-shaped, with its steps still carrying the key paths they were
@@ -480,13 +482,13 @@ impl Engine {
 
     /// Find a job/command/executor as seen from `scope`: `name` in the scope itself, `alias/name`
     /// through its imports.
-    fn resolve(&self, scope: usize, kind: Kind, name: &str) -> Option<(usize, Node, String)> {
+    fn resolve(&self, scope: usize, kind: Kind, name: &str) -> Option<(usize, &Node, String)> {
         let s = &self.scopes[scope];
         if let Some((alias, rest)) = name.split_once('/') {
             let (_, idx) = s.imports.iter().find(|(a, _)| a == alias)?;
             return self.resolve(*idx, kind, rest);
         }
-        let def = s.root.get(kind.section())?.get(name)?.clone();
+        let def = s.root.get(kind.section())?.get(name)?;
         Some((scope, def, format!("{}{}.{}", s.path, kind.section(), name)))
     }
 
@@ -568,7 +570,7 @@ impl Engine {
         let Some((js, def, def_path)) = self.resolve(scope, Kind::Job, job_ref) else {
             return Err(self.not_found(scope, Kind::Job, job_ref, call, call_path));
         };
-        let m = self.expect_map(&def, &def_path)?;
+        let m = self.expect_map(def, &def_path)?;
         self.check_keys(m, JOB_KEYS, &def_path)?;
         let pp = !self.scopes[js].is_orb;
         if let Some(decls) = def.get("parameters").and_then(Node::as_map) {
@@ -627,7 +629,7 @@ impl Engine {
             )
         {
             return Err(self.err_hint(
-                &def,
+                def,
                 &def_path,
                 "the job has no executor: exactly one of `docker`, `machine`, `macos` or `executor` is required",
                 "add e.g. `docker: [{image: cimg/base:current}]`",
@@ -680,7 +682,7 @@ impl Engine {
                 &mut calls,
             )?,
             None if body.get("type").is_none() => {
-                return Err(self.err(&def, &def_path, "required key [steps] not found"))
+                return Err(self.err(def, &def_path, "required key [steps] not found"))
             }
             None => {}
         }
@@ -736,7 +738,7 @@ impl Engine {
         let Some((es, def, def_path)) = self.resolve(scope, Kind::Executor, name) else {
             return Err(self.not_found(scope, Kind::Executor, name, node, path));
         };
-        let m = self.expect_map(&def, &def_path)?;
+        let m = self.expect_map(def, &def_path)?;
         self.check_keys(m, EXECUTOR_KEYS, &def_path)?;
         let pp = !self.scopes[es].is_orb;
         let bound = self.bind(
@@ -766,7 +768,7 @@ impl Engine {
             .count();
         if kinds != 1 {
             return Err(self.err(
-                &def,
+                def,
                 &def_path,
                 "an executor needs exactly one of `docker`, `machine` or `macos`",
             ));
@@ -848,7 +850,7 @@ impl Engine {
                         format!("command `{name}` invokes itself: {}", calls.join(" → ")),
                     ));
                 }
-                let m = self.expect_map(&def, &def_path)?;
+                let m = self.expect_map(def, &def_path)?;
                 self.check_keys(m, &["description", "parameters", "steps"], &def_path)?;
                 let args: Vec<(Node, Node)> = match args.map(|a| &a.value) {
                     None | Some(Value::Null) => Vec::new(),
@@ -873,7 +875,7 @@ impl Engine {
                 )?;
                 let steps = def
                     .get("steps")
-                    .ok_or_else(|| self.err(&def, &def_path, "required key [steps] not found"))?;
+                    .ok_or_else(|| self.err(def, &def_path, "required key [steps] not found"))?;
                 let sc = Sc {
                     params: Some(&bound),
                     pipeline_params: pp,

@@ -503,7 +503,10 @@ impl Engine {
         at: &Node,
         path: &str,
     ) -> Result<regex::Regex, ConfigError> {
-        regex::Regex::new(&format!("^(?:{pattern})$")).map_err(|e| {
+        if let Some(re) = self.regexes.borrow().get(pattern) {
+            return Ok(re.clone());
+        }
+        let re = regex::Regex::new(&format!("^(?:{pattern})$")).map_err(|e| {
             let first = e
                 .to_string()
                 .lines()
@@ -516,7 +519,11 @@ impl Engine {
                 path,
                 format!("invalid regular expression `{pattern}`: {first}"),
             )
-        })
+        })?;
+        self.regexes
+            .borrow_mut()
+            .insert(pattern.to_owned(), re.clone());
+        Ok(re)
     }
 }
 

@@ -100,7 +100,7 @@ impl Node {
 /// `Y`, `N`, `yEs` and every quoted spelling are strings. Mapping *keys* are always strings, so
 /// a matrix parameter or environment variable may be named `n` or `on`.
 pub fn parse(text: &str) -> Result<Node, YamlError> {
-    parse_file(text, 0)
+    super::with_big_stack(|| parse_file(text, 0))
 }
 
 /// serde-saphyr's YAML 1.1 booleans include `y`/`n`, which CircleCI reads as strings, so the
@@ -109,6 +109,8 @@ pub fn parse(text: &str) -> Result<Node, YamlError> {
 fn options() -> serde_saphyr::Options {
     serde_saphyr::options! {
         strict_booleans: true,
+        // `.nan` / `.inf` as text: nothing in a config needs them as numbers.
+        non_finite_float_policy: serde_saphyr::options::NonFiniteFloatPolicy::AsString,
     }
 }
 
