@@ -28,6 +28,8 @@ pub(crate) struct Engine {
     pub pipeline_params: Vec<(String, Node)>,
     pub v21: bool,
     pub errors: Vec<ConfigError>,
+    /// Compiled filter and `matches` patterns: a matrix repeats the same filters per job.
+    pub regexes: std::cell::RefCell<std::collections::HashMap<String, regex::Regex>>,
 }
 
 /// A job after expansion: 2.0-shaped, with its steps still carrying the key paths they were
@@ -222,8 +224,11 @@ impl Engine {
                 v,
                 "version",
                 format!(
-                    "Unsupported or missing workflows config version: {}",
-                    v.scalar_string().unwrap_or_else(|| v.kind().to_owned())
+                    "Unsupported or missing workflows config version: expected 2, 2.0 or 2.1, found {}",
+                    match v.scalar_string() {
+                        Some(s) if !matches!(v.value, Value::Seq(_) | Value::Map(_)) => format!("`{s}`"),
+                        _ => v.kind().to_owned(),
+                    }
                 ),
                 "bosun reads version 2 and 2.1 configs",
             ));
@@ -396,16 +401,18 @@ impl Engine {
                                     out.push((alias, idx));
                                 }
                                 Err(e) => {
-                                    let (line, col) = line_col_from_message(&e.0);
                                     let err = ConfigError {
                                         file: self.files[fid as usize].clone(),
                                         pos: Pos {
-                                            line,
-                                            col,
+                                            line: e.line,
+                                            col: e.col,
                                             file: fid,
                                         },
                                         path: String::new(),
-                                        message: format!("invalid YAML in orb `{alias}`: {}", e.0),
+                                        message: format!(
+                                            "invalid YAML in orb `{alias}`: {}",
+                                            e.message
+                                        ),
                                         hint: None,
                                     };
                                     self.push(Err(err));
@@ -475,13 +482,13 @@ impl Engine {
 
     /// Find a job/command/executor as seen from `scope`: `name` in the scope itself, `alias/name`
     /// through its imports.
-    fn resolve(&self, scope: usize, kind: Kind, name: &str) -> Option<(usize, Node, String)> {
+    fn resolve(&self, scope: usize, kind: Kind, name: &str) -> Option<(usize, &Node, String)> {
         let s = &self.scopes[scope];
         if let Some((alias, rest)) = name.split_once('/') {
             let (_, idx) = s.imports.iter().find(|(a, _)| a == alias)?;
             return self.resolve(*idx, kind, rest);
         }
-        let def = s.root.get(kind.section())?.get(name)?.clone();
+        let def = s.root.get(kind.section())?.get(name)?;
         Some((scope, def, format!("{}{}.{}", s.path, kind.section(), name)))
     }
 
@@ -530,6 +537,18 @@ impl Engine {
         let refs: Vec<&str> = known.iter().map(String::as_str).collect();
         match nearest(name, &refs) {
             Some(s) => self.err_hint(at, path, msg, format!("did you mean `{s}`?")),
+            None if kind != Kind::Command && !refs.is_empty() => self.err_hint(
+                at,
+                path,
+                msg,
+                format!("{}s in scope: {}", kind.word(), refs.join(", ")),
+            ),
+            None if kind == Kind::Job => self.err_hint(
+                at,
+                path,
+                msg,
+                "define it under the top-level `jobs:`, or add `type: approval` for a manual hold",
+            ),
             None => self.err(at, path, msg),
         }
     }
@@ -551,7 +570,7 @@ impl Engine {
         let Some((js, def, def_path)) = self.resolve(scope, Kind::Job, job_ref) else {
             return Err(self.not_found(scope, Kind::Job, job_ref, call, call_path));
         };
-        let m = self.expect_map(&def, &def_path)?;
+        let m = self.expect_map(def, &def_path)?;
         self.check_keys(m, JOB_KEYS, &def_path)?;
         let pp = !self.scopes[js].is_orb;
         if let Some(decls) = def.get("parameters").and_then(Node::as_map) {
@@ -610,7 +629,7 @@ impl Engine {
             )
         {
             return Err(self.err_hint(
-                &def,
+                def,
                 &def_path,
                 "the job has no executor: exactly one of `docker`, `machine`, `macos` or `executor` is required",
                 "add e.g. `docker: [{image: cimg/base:current}]`",
@@ -663,7 +682,7 @@ impl Engine {
                 &mut calls,
             )?,
             None if body.get("type").is_none() => {
-                return Err(self.err(&def, &def_path, "required key [steps] not found"))
+                return Err(self.err(def, &def_path, "required key [steps] not found"))
             }
             None => {}
         }
@@ -719,7 +738,7 @@ impl Engine {
         let Some((es, def, def_path)) = self.resolve(scope, Kind::Executor, name) else {
             return Err(self.not_found(scope, Kind::Executor, name, node, path));
         };
-        let m = self.expect_map(&def, &def_path)?;
+        let m = self.expect_map(def, &def_path)?;
         self.check_keys(m, EXECUTOR_KEYS, &def_path)?;
         let pp = !self.scopes[es].is_orb;
         let bound = self.bind(
@@ -749,7 +768,7 @@ impl Engine {
             .count();
         if kinds != 1 {
             return Err(self.err(
-                &def,
+                def,
                 &def_path,
                 "an executor needs exactly one of `docker`, `machine` or `macos`",
             ));
@@ -831,7 +850,7 @@ impl Engine {
                         format!("command `{name}` invokes itself: {}", calls.join(" → ")),
                     ));
                 }
-                let m = self.expect_map(&def, &def_path)?;
+                let m = self.expect_map(def, &def_path)?;
                 self.check_keys(m, &["description", "parameters", "steps"], &def_path)?;
                 let args: Vec<(Node, Node)> = match args.map(|a| &a.value) {
                     None | Some(Value::Null) => Vec::new(),
@@ -856,7 +875,7 @@ impl Engine {
                 )?;
                 let steps = def
                     .get("steps")
-                    .ok_or_else(|| self.err(&def, &def_path, "required key [steps] not found"))?;
+                    .ok_or_else(|| self.err(def, &def_path, "required key [steps] not found"))?;
                 let sc = Sc {
                     params: Some(&bound),
                     pipeline_params: pp,
@@ -1066,15 +1085,20 @@ impl Engine {
             for combo in combos {
                 let r = self.invocation(&job_ref, &inv_map, combo.as_deref(), item, &here);
                 match r {
-                    Ok((job, explicit, requires, node)) => entries.push(Entry {
-                        job,
-                        explicit,
-                        alias: alias.clone(),
-                        requires,
-                        node,
-                        at: item.clone(),
-                        path: here.clone(),
-                    }),
+                    Ok((job, explicit, requires, node, deferred)) => {
+                        if let Some(e) = deferred {
+                            self.push(Err(e));
+                        }
+                        entries.push(Entry {
+                            job,
+                            explicit,
+                            alias: alias.clone(),
+                            requires,
+                            node,
+                            at: item.clone(),
+                            path: here.clone(),
+                        })
+                    }
                     Err(e) => self.push(Err(e)),
                 }
             }
@@ -1182,9 +1206,27 @@ impl Engine {
             } else {
                 format!("The following jobs are unreachable: {}", stuck.join(", "))
             };
+            // Point at the `requires:` of the first job that can never start.
+            let first = entries
+                .iter()
+                .zip(&done)
+                .find(|(_, d)| !**d)
+                .map(|(e, _)| e);
+            let (at, at_path) = match first {
+                Some(e) => match e.at.as_map().and_then(|m| m.first()).and_then(|(_, inv)| {
+                    inv.as_map()?
+                        .iter()
+                        .find(|(k, _)| k.as_str() == Some("requires"))
+                        .map(|(_, v)| v.clone())
+                }) {
+                    Some(r) => (r, join(&e.path, "requires")),
+                    None => (e.at.clone(), e.path.clone()),
+                },
+                None => (jobs.clone(), jp.clone()),
+            };
             self.push(Err(self.err_hint(
-                jobs,
-                &jp,
+                &at,
+                &at_path,
                 msg,
                 "the jobs' `requires` form a cycle",
             )));
@@ -1281,7 +1323,16 @@ impl Engine {
         combo: Option<&[(String, Node)]>,
         at: &Node,
         path: &str,
-    ) -> Result<(WorkflowJob, bool, Vec<(String, Node)>, Option<Node>), ConfigError> {
+    ) -> Result<
+        (
+            WorkflowJob,
+            bool,
+            Vec<(String, Node)>,
+            Option<Node>,
+            Option<ConfigError>,
+        ),
+        ConfigError,
+    > {
         let sc = Sc {
             params: None,
             pipeline_params: true,
@@ -1305,6 +1356,10 @@ impl Engine {
         let pre = keyed("pre-steps")?;
         let post = keyed("post-steps")?;
         let ty = keyed("type")?;
+        let is_approval = ty.as_ref().and_then(Node::as_str) == Some("approval");
+        if !is_approval {
+            self.check_invocation_args(job_ref, inv, path)?;
+        }
         for (k, v) in inv {
             let key = k.as_str().unwrap_or("");
             if !INVOCATION_KEYS.contains(&key) {
@@ -1387,11 +1442,27 @@ impl Engine {
                 ))
             }
         };
+        // A job that does not compile still takes its place in the workflow, so the
+        // workflow's own checks (requires, cycles) run and report too.
+        let mut deferred = None;
         let (kind, node) = if approval {
             (WorkflowJobKind::Approval, None)
         } else {
-            let x = self.expand_job(0, job_ref, &args, at, path, pre.as_ref(), post.as_ref())?;
-            (self.lower_kind(&x)?, Some(x.node))
+            let r = self
+                .expand_job(0, job_ref, &args, at, path, pre.as_ref(), post.as_ref())
+                .and_then(|x| Ok((self.lower_kind(&x)?, x.node)));
+            match r {
+                Ok((kind, node)) => (kind, Some(node)),
+                Err(e) => {
+                    deferred = Some(e);
+                    (
+                        WorkflowJobKind::NotRunnable {
+                            reason: "the job does not compile".to_owned(),
+                        },
+                        None,
+                    )
+                }
+            }
         };
         let wj = WorkflowJob {
             name,
@@ -1413,7 +1484,80 @@ impl Engine {
             out_entry.push((Node::str("filters", f.pos), f.clone()));
         }
         let wf_entry = Node::new(Value::Map(out_entry), at.pos);
-        Ok((wj, explicit, reqs, node.map(|n| pack(n, wf_entry))))
+        Ok((
+            wj,
+            explicit,
+            reqs,
+            node.map(|n| pack(n, wf_entry)),
+            deferred,
+        ))
+    }
+
+    /// Arguments of a workflow job invocation and its matrix parameters must be parameters
+    /// the job declares. Checked here, before expansion, so a typo'd invocation key
+    /// (`filter:`) is compared with the invocation keys too, and an undeclared matrix
+    /// parameter is reported once, at its key under `matrix.parameters`.
+    fn check_invocation_args(
+        &self,
+        job_ref: &str,
+        inv: &[(Node, Node)],
+        path: &str,
+    ) -> Result<(), ConfigError> {
+        let Some((_, def, _)) = self.resolve(0, Kind::Job, job_ref) else {
+            return Ok(()); // expand_job reports the missing definition
+        };
+        let declared: Vec<&str> = def
+            .get("parameters")
+            .and_then(Node::as_map)
+            .map(|m| m.iter().filter_map(|(k, _)| k.as_str()).collect())
+            .unwrap_or_default();
+        let describe_declared = || {
+            if declared.is_empty() {
+                format!("job `{job_ref}` declares no parameters")
+            } else {
+                format!("parameters of job `{job_ref}`: {}", declared.join(", "))
+            }
+        };
+        for (k, _) in inv {
+            let Some(key) = k.as_str() else { continue };
+            if INVOCATION_KEYS.contains(&key) || declared.contains(&key) {
+                continue;
+            }
+            let msg = format!("Unexpected argument(s): {key}");
+            let mut candidates: Vec<&str> = declared.clone();
+            candidates.extend(INVOCATION_KEYS);
+            let hint = match nearest(key, &candidates) {
+                Some(s) if INVOCATION_KEYS.contains(&s) => {
+                    format!(
+                        "did you mean `{s}`? (a workflow job key; any other key is a job argument)"
+                    )
+                }
+                Some(s) => format!("did you mean `{s}`?"),
+                None => describe_declared(),
+            };
+            return Err(self.err_hint(k, &join(path, key), msg, hint));
+        }
+        let params = inv
+            .iter()
+            .find(|(k, _)| k.as_str() == Some("matrix"))
+            .and_then(|(_, m)| m.get("parameters"))
+            .and_then(Node::as_map)
+            .unwrap_or(&[]);
+        for (k, _) in params {
+            let Some(key) = k.as_str() else { continue };
+            if declared.contains(&key) {
+                continue;
+            }
+            let msg = format!(
+                "Unexpected argument(s): {key}: the matrix parameter is not a parameter of job `{job_ref}`"
+            );
+            let hint = match nearest(key, &declared) {
+                Some(s) => format!("did you mean `{s}`?"),
+                None => describe_declared(),
+            };
+            return Err(self.err_hint(k, &format!("{path}.matrix.parameters.{key}"), msg, hint));
+        }
+        Ok(())
     }
 
     fn filters(&self, f: &Node, path: &str) -> Result<Filters, ConfigError> {

@@ -69,20 +69,30 @@ impl Engine {
         if !self.v21 {
             return Ok(node.clone());
         }
+        // Subtrees without `<<` are copied as they are, without building their key paths.
         Ok(match &node.value {
             Value::Str(s) if s.contains("<<") => self.subst_str(node, s, path, sc)?,
             Value::Seq(items) => {
                 let mut out = Vec::with_capacity(items.len());
                 for (i, item) in items.iter().enumerate() {
-                    out.push(self.subst(item, &format!("{path}[{i}]"), sc)?);
+                    out.push(if has_ref(item) {
+                        self.subst(item, &format!("{path}[{i}]"), sc)?
+                    } else {
+                        item.clone()
+                    });
                 }
                 Node::new(Value::Seq(out), node.pos)
             }
             Value::Map(m) => {
                 let mut out = Vec::with_capacity(m.len());
                 for (k, v) in m {
-                    let key = k.as_str().unwrap_or("?");
-                    out.push((k.clone(), self.subst(v, &join(path, key), sc)?));
+                    let v = if has_ref(v) {
+                        let key = k.as_str().unwrap_or("?");
+                        self.subst(v, &join(path, key), sc)?
+                    } else {
+                        v.clone()
+                    };
+                    out.push((k.clone(), v));
                 }
                 Node::new(Value::Map(out), node.pos)
             }
@@ -221,10 +231,13 @@ impl Engine {
                     at,
                     path,
                     format!("Unknown variable(s): {inner}"),
-                    format!(
-                        "pipeline values known offline: {}",
-                        super::PipelineValues::NAMES.join(", ")
-                    ),
+                    match nearest(rest, super::PipelineValues::NAMES) {
+                        Some(s) => format!("did you mean `pipeline.{s}`?"),
+                        None => format!(
+                            "pipeline values known offline: {}",
+                            super::PipelineValues::NAMES.join(", ")
+                        ),
+                    },
                 )),
             };
         }
@@ -500,7 +513,10 @@ impl Engine {
         at: &Node,
         path: &str,
     ) -> Result<regex::Regex, ConfigError> {
-        regex::Regex::new(&format!("^(?:{pattern})$")).map_err(|e| {
+        if let Some(re) = self.regexes.borrow().get(pattern) {
+            return Ok(re.clone());
+        }
+        let re = regex::Regex::new(&format!("^(?:{pattern})$")).map_err(|e| {
             let first = e
                 .to_string()
                 .lines()
@@ -513,7 +529,11 @@ impl Engine {
                 path,
                 format!("invalid regular expression `{pattern}`: {first}"),
             )
-        })
+        })?;
+        self.regexes
+            .borrow_mut()
+            .insert(pattern.to_owned(), re.clone());
+        Ok(re)
     }
 }
 
@@ -538,6 +558,16 @@ fn describe(v: &Node) -> String {
         Value::Null => "null".to_owned(),
         Value::Seq(_) => "a list (type sequence)".to_owned(),
         Value::Map(_) => "a mapping (type map)".to_owned(),
+    }
+}
+
+/// Whether any string under `n` contains `<<`.
+fn has_ref(n: &Node) -> bool {
+    match &n.value {
+        Value::Str(s) => s.contains("<<"),
+        Value::Seq(items) => items.iter().any(has_ref),
+        Value::Map(m) => m.iter().any(|(_, v)| has_ref(v)),
+        _ => false,
     }
 }
 

@@ -350,7 +350,7 @@ fn step(e: &Engine, item: &Node, path: &str) -> Result<Step, ConfigError> {
                     w,
                     &join(path, "when"),
                     format!(
-                        "`{}` is not a valid `when`",
+                        "expected one of on_success, on_fail, always, found `{}`",
                         w.scalar_string().unwrap_or_else(|| w.kind().to_owned())
                     ),
                     "use one of on_success, on_fail, always",
@@ -531,14 +531,22 @@ fn run_step(e: &Engine, args: &Node, path: &str) -> Result<Step, ConfigError> {
         None => DEFAULT_NO_OUTPUT_TIMEOUT,
         Some(n) => {
             let text = n.scalar_string().unwrap_or_default();
-            parse_duration(&text).ok_or_else(|| {
-                e.err_hint(
-                    n,
-                    &join(path, "no_output_timeout"),
-                    format!("`{text}` is not a duration"),
-                    "write a number with a unit: `90s`, `20m`, `1.5h`",
-                )
-            })?
+            parse_duration(&text)
+                .filter(|_| !matches!(n.value, Value::Seq(_) | Value::Map(_) | Value::Bool(_)))
+                .ok_or_else(|| {
+                    let found = match &n.value {
+                        Value::Str(_) | Value::Int(_) | Value::Float(_) => format!("`{text}`"),
+                        _ => n.kind().to_owned(),
+                    };
+                    e.err_hint(
+                        n,
+                        &join(path, "no_output_timeout"),
+                        format!(
+                            "expected a duration (a number with a unit s, m or h), found {found}"
+                        ),
+                        "write e.g. `90s`, `20m` or `1.5h`",
+                    )
+                })?
         }
     };
     let when = match args.get("when") {
@@ -552,7 +560,7 @@ fn run_step(e: &Engine, args: &Node, path: &str) -> Result<Step, ConfigError> {
                 return Err(e.err_hint(
                     w,
                     &join(path, "when"),
-                    format!("`{found}` is not a valid `when`"),
+                    format!("expected one of on_success, on_fail, always, found `{found}`"),
                     "use one of on_success, on_fail, always",
                 ));
             }

@@ -158,7 +158,7 @@ pub enum OrbSource {
 }
 
 /// Supplies vendored orbs. The compiler does no I/O itself; the CLI reads an orb dir.
-pub trait OrbLoader {
+pub trait OrbLoader: Sync {
     fn load(&self, orb: &OrbRef) -> OrbSource;
 }
 
@@ -203,6 +203,31 @@ pub fn compile(
     file: &str,
     opts: &CompileOptions,
 ) -> Result<CompiledConfig, Vec<ConfigError>> {
+    with_big_stack(|| compile_inner(text, file, opts))
+}
+
+/// The parser and the compiler recurse once per nesting level (YAML depth is capped at 64 by
+/// serde-saphyr's budget, command nesting at 64, logic at 100). An unoptimised build uses tens
+/// of kilobytes per level, more than a 2 MiB test thread has; so every entry point runs on a
+/// thread with a stack sized for the worst case the limits allow.
+pub(crate) fn with_big_stack<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    const STACK: usize = 64 * 1024 * 1024;
+    std::thread::scope(|s| {
+        let h = std::thread::Builder::new()
+            .name("bosun-config".to_owned())
+            .stack_size(STACK)
+            .spawn_scoped(s, f)
+            // Only fails when the OS refuses a thread, which nothing here can work around.
+            .expect("start the config compiler thread");
+        h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))
+    })
+}
+
+fn compile_inner(
+    text: &str,
+    file: &str,
+    opts: &CompileOptions,
+) -> Result<CompiledConfig, Vec<ConfigError>> {
     let (engine, compiled) = compile_engine(text, file, opts)?;
     match compiled {
         Some(c) if engine.errors.is_empty() => Ok(c),
@@ -217,13 +242,15 @@ pub fn compile(
 }
 
 fn parse_error(file: &str, e: &yaml::YamlError) -> ConfigError {
-    // serde-saphyr's message carries "line L column C"; keep it whole and add the file.
-    let (line, col) = line_col_from_message(&e.0);
     ConfigError {
         file: file.to_owned(),
-        pos: Pos { line, col, file: 0 },
+        pos: Pos {
+            line: e.line,
+            col: e.col,
+            file: 0,
+        },
         path: String::new(),
-        message: format!("invalid YAML: {}", e.0),
+        message: format!("invalid YAML: {}", e.message),
         hint: None,
     }
 }
@@ -233,7 +260,7 @@ fn compile_engine(
     file: &str,
     opts: &CompileOptions,
 ) -> Result<(compile::Engine, Option<CompiledConfig>), Vec<ConfigError>> {
-    let root = yaml::parse(text).map_err(|e| vec![parse_error(file, &e)])?;
+    let root = yaml::parse_file(text, 0).map_err(|e| vec![parse_error(file, &e)])?;
     let mut engine = compile::Engine {
         files: vec![file.to_owned()],
         scopes: Vec::new(),
@@ -241,6 +268,7 @@ fn compile_engine(
         pipeline_params: Vec::new(),
         v21: false,
         errors: Vec::new(),
+        regexes: Default::default(),
     };
     if let Err(e) = engine.top_level(&root) {
         return Err(vec![e]);
@@ -389,8 +417,17 @@ pub fn compile_job_with(
     job: &str,
     opts: &CompileOptions,
 ) -> Result<JobPlan, ConfigError> {
+    with_big_stack(|| compile_job_inner(text, file, job, opts))
+}
+
+fn compile_job_inner(
+    text: &str,
+    file: &str,
+    job: &str,
+    opts: &CompileOptions,
+) -> Result<JobPlan, ConfigError> {
     let first = |mut errs: Vec<ConfigError>| errs.remove(0);
-    let root = yaml::parse(text).map_err(|e| parse_error(file, &e))?;
+    let root = yaml::parse_file(text, 0).map_err(|e| parse_error(file, &e))?;
     if let Some(setup) = root.get("setup").filter(|s| s.value == Value::Bool(true)) {
         return Err(ConfigError {
             file: file.to_owned(),
@@ -495,22 +532,6 @@ pub fn job_names(text: &str) -> Vec<String> {
             })
         })
         .unwrap_or_default()
-}
-
-pub(crate) fn line_col_from_message(msg: &str) -> (u64, u64) {
-    let num_after = |word: &str| -> Option<u64> {
-        let idx = msg.find(word)? + word.len();
-        let digits: String = msg[idx..]
-            .trim_start()
-            .chars()
-            .take_while(char::is_ascii_digit)
-            .collect();
-        digits.parse().ok()
-    };
-    (
-        num_after("line").unwrap_or(1),
-        num_after("column").unwrap_or(1),
-    )
 }
 
 pub(crate) const TOP_LEVEL_KEYS: &[&str] = &[

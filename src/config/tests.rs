@@ -124,7 +124,7 @@ fn missing_version_and_bad_types() {
     assert_eq!(e.pos.line, 8);
     let text = "version: 2.1\njobs:\n  build:\n    docker: [{image: x}]\n    steps:\n      - run:\n          command: x\n          no_output_timeout: soon\n";
     let e = compile(text, "build").expect_err("bad duration");
-    assert!(e.message.contains("not a duration"), "{e}");
+    assert!(e.message.contains("expected a duration"), "{e}");
     let text = "version: 2.1\njobs:\n  build:\n    steps: [checkout]\n";
     let e = compile(text, "build").expect_err("no executor");
     assert!(e.message.contains("has no executor"), "{e}");

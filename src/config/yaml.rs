@@ -94,14 +94,78 @@ impl Node {
 /// Parse YAML text into a positioned tree. Anchors, aliases and `<<` merge keys are resolved by
 /// the parser; alias expansion is budgeted by serde-saphyr, so an alias bomb is an error, not
 /// an out-of-memory.
+///
+/// Booleans follow CircleCI's parser (SnakeYAML, YAML 1.1 without `y`/`n`): plain `true`,
+/// `false`, `yes`, `no`, `on`, `off` (lower, Capitalised or UPPER case) are booleans; `y`, `n`,
+/// `Y`, `N`, `yEs` and every quoted spelling are strings. Mapping *keys* are always strings, so
+/// a matrix parameter or environment variable may be named `n` or `on`.
 pub fn parse(text: &str) -> Result<Node, YamlError> {
-    parse_file(text, 0)
+    super::with_big_stack(|| parse_file(text, 0))
+}
+
+/// serde-saphyr's YAML 1.1 booleans include `y`/`n`, which CircleCI reads as strings, so the
+/// parser runs with YAML 1.2 core booleans (`strict_booleans`: only `true`/`false`) and the
+/// other SnakeYAML spellings are turned into booleans afterwards, when written plain.
+fn options() -> serde_saphyr::Options {
+    serde_saphyr::options! {
+        strict_booleans: true,
+        // `.nan` / `.inf` as text: nothing in a config needs them as numbers.
+        non_finite_float_policy: serde_saphyr::options::NonFiniteFloatPolicy::AsString,
+    }
+}
+
+/// SnakeYAML's boolean spellings beyond YAML 1.2's `true`/`false`.
+fn yaml11_word_bool(s: &str) -> Option<bool> {
+    match s {
+        "yes" | "Yes" | "YES" | "on" | "On" | "ON" => Some(true),
+        "no" | "No" | "NO" | "off" | "Off" | "OFF" => Some(false),
+        _ => None,
+    }
+}
+
+thread_local! {
+    /// The text being parsed, so the visitor can tell plain `yes` from quoted `"yes"`.
+    static SOURCE: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+}
+
+/// Whether the scalar defined at byte `offset` is written plain (not quoted, not a block).
+fn plain_at(offset: Option<u64>) -> bool {
+    let Some(off) = offset.and_then(|o| usize::try_from(o).ok()) else {
+        return false;
+    };
+    SOURCE.with(|s| {
+        let s = s.borrow();
+        let starts_plain = s
+            .get(off..)
+            .and_then(|rest| rest.chars().next())
+            .is_some_and(|c| !matches!(c, '"' | '\'' | '|' | '>' | '!' | '&' | '*'));
+        // A block scalar (`|-`, `>`) is located at its content: look at the header before it.
+        let header = s.get(..off).unwrap_or("").trim_end();
+        let last = header.rsplit('\n').next().unwrap_or("");
+        let last = last.split(" #").next().unwrap_or(last).trim_end();
+        let token = last.rsplit([' ', '\t']).next().unwrap_or("");
+        let block = token.starts_with(['|', '>'])
+            && token[1..]
+                .chars()
+                .all(|c| matches!(c, '-' | '+' | '1'..='9'));
+        starts_plain && !block
+    })
 }
 
 /// [`parse`], tagging every node with `file`.
 pub fn parse_file(text: &str, file: u32) -> Result<Node, YamlError> {
-    let spanned: Spanned<Value> =
-        serde_saphyr::from_str(text).map_err(|e| YamlError(e.to_string()))?;
+    SOURCE.with(|s| {
+        let mut s = s.borrow_mut();
+        s.clear();
+        s.push_str(text);
+    });
+    let parsed = serde_saphyr::from_str_with_options::<Spanned<Value>>(text, options());
+    SOURCE.with(|s| {
+        let mut s = s.borrow_mut();
+        s.clear();
+        s.shrink_to(64 * 1024);
+    });
+    let spanned = parsed.map_err(|e| YamlError::from_saphyr(&e))?;
     let mut node = from_spanned(spanned);
     if file != 0 {
         node.set_file(file);
@@ -159,10 +223,75 @@ impl serde::Serialize for Node {
     }
 }
 
+/// A YAML syntax error: where, and what, without serde-saphyr's source snippet.
 #[derive(Debug, Clone)]
-pub struct YamlError(pub String);
+pub struct YamlError {
+    pub message: String,
+    pub line: u64,
+    pub col: u64,
+}
+
+impl YamlError {
+    fn from_saphyr(e: &serde_saphyr::Error) -> YamlError {
+        let (line, col) = e
+            .location()
+            .map(|l| (l.line().max(1), l.column().max(1)))
+            .unwrap_or((1, 1));
+        let full = e.without_snippet().to_string();
+        let first = full.lines().next().unwrap_or("").trim();
+        // "error: line 8 column 6: while parsing …" → "while parsing …".
+        let mut message = first.strip_prefix("error:").unwrap_or(first).trim();
+        if let Some(rest) = message.strip_prefix("line ") {
+            if let Some((_, after)) = rest.split_once(": ") {
+                message = after;
+            }
+        }
+        let mut message = message
+            .replace(", set DuplicateKeyPolicy in Options if acceptable", "")
+            .trim()
+            .to_owned();
+        // The position is reported separately: drop a trailing " at line L, column C".
+        if let Some(i) = message.rfind(" at line ") {
+            if message[i + 9..]
+                .chars()
+                .all(|c| c.is_ascii_digit() || matches!(c, ',' | ' ') || c.is_alphabetic())
+            {
+                message.truncate(i);
+            }
+        }
+        YamlError {
+            message: if message.is_empty() {
+                full.trim().to_owned()
+            } else {
+                message
+            },
+            line,
+            col,
+        }
+    }
+}
+
+impl fmt::Display for YamlError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
 
 fn from_spanned(s: Spanned<Value>) -> Node {
+    let offset = s.defined.span().byte_offset();
+    let mut n = from_spanned_key(s);
+    if let Value::Str(text) = &n.value {
+        if let Some(b) = yaml11_word_bool(text) {
+            if plain_at(offset) {
+                n.value = Value::Bool(b);
+            }
+        }
+    }
+    n
+}
+
+/// A mapping key: never turned into a boolean.
+fn from_spanned_key(s: Spanned<Value>) -> Node {
     Node {
         pos: Pos {
             line: s.referenced.line(),
@@ -236,7 +365,7 @@ impl<'de> Visitor<'de> for ValueVisitor {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
         let mut out: Vec<(Node, Node)> = Vec::new();
         while let Some((k, v)) = map.next_entry::<Spanned<Value>, Spanned<Value>>()? {
-            let (k, v) = (from_spanned(k), from_spanned(v));
+            let (k, v) = (from_spanned_key(k), from_spanned(v));
             // A later key replaces an earlier one, which is what `<<` merges rely on.
             if let Some(slot) = out.iter_mut().find(|(ek, _)| ek.value == k.value) {
                 slot.1 = v;
