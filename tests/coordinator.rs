@@ -17,6 +17,8 @@ const BIN: &str = env!("CARGO_BIN_EXE_bosun");
 
 struct Server {
     child: Child,
+    /// The server's stderr lines, when started with `watch_log`.
+    log: Option<std::sync::mpsc::Receiver<String>>,
     base: String,
     data: PathBuf,
     _dir: Option<tempfile::TempDir>,
@@ -30,14 +32,33 @@ impl Drop for Server {
 }
 
 fn start(data: &Path, extra: &[&str]) -> Server {
-    let mut child = Command::new(BIN)
-        .args(["coordinator", "serve", "--listen", "127.0.0.1:0", "--data"])
+    start_with(data, extra, false)
+}
+
+fn start_with(data: &Path, extra: &[&str], watch_log: bool) -> Server {
+    let mut cmd = Command::new(BIN);
+    cmd.args(["coordinator", "serve", "--listen", "127.0.0.1:0", "--data"])
         .arg(data)
         .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start coordinator");
+        .stdout(Stdio::piped());
+    if watch_log {
+        cmd.env("BOSUN_LOG", "bosun=info").stderr(Stdio::piped());
+    } else {
+        cmd.stderr(Stdio::inherit());
+    }
+    let mut child = cmd.spawn().expect("start coordinator");
+    let log = child.stderr.take().map(|err| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                eprintln!("coordinator: {line}");
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        rx
+    });
     let stdout = child.stdout.take().expect("stdout");
     let mut line = String::new();
     BufReader::new(stdout)
@@ -50,6 +71,7 @@ fn start(data: &Path, extra: &[&str]) -> Server {
         .to_string();
     Server {
         child,
+        log,
         base,
         data: data.to_path_buf(),
         _dir: None,
@@ -58,6 +80,10 @@ fn start(data: &Path, extra: &[&str]) -> Server {
 
 /// A fresh data dir with project acme/widget, and a server on it.
 fn fresh(extra: &[&str]) -> Server {
+    fresh_with(extra, false)
+}
+
+fn fresh_with(extra: &[&str], watch_log: bool) -> Server {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");
     let key = dir.path().join("id_ed25519");
@@ -79,7 +105,7 @@ fn fresh(extra: &[&str]) -> Server {
             "TOKEN=hunter22",
         ],
     );
-    let mut s = start(&data, extra);
+    let mut s = start_with(&data, extra, watch_log);
     s._dir = Some(dir);
     s
 }
@@ -560,9 +586,11 @@ async fn everything_survives_sigkill_and_restart() {
     assert!(jobs.contains("success"), "{jobs}");
 }
 
-/// Optional: the job page in a real headless browser (Debian's `chromium`), if installed.
+/// Optional: the job page in a real headless browser (Debian's `chromium`), if installed: the
+/// server-rendered log is there, and the inline script follows the job live (new log text,
+/// a new step section, the final status) over server-sent events.
 #[tokio::test]
-async fn job_page_renders_in_headless_chromium() {
+async fn job_page_follows_the_job_live_in_headless_chromium() {
     let Some(chromium) = ["chromium", "chromium-browser", "google-chrome"]
         .into_iter()
         .find(|b| {
@@ -575,13 +603,15 @@ async fn job_page_renders_in_headless_chromium() {
         eprintln!("skipped: no chromium installed");
         return;
     };
-    let s = fresh(&[]);
+    let mut s = fresh_with(&[], true);
     let a = register(&s, "a1").await;
     let id = enqueue(&s.data, &[]);
     a.claim_job(5).await;
     a.log(&id, 0, b"hello <world>\n").await;
     let url = format!("{}/jobs/{id}", s.base);
-    let out = tokio::task::spawn_blocking(move || {
+    // Virtual time stands still while a request is open, so chromium dumps the DOM only after
+    // the job ended (the stream closes) plus the budget: after the live updates landed.
+    let browser = tokio::task::spawn_blocking(move || {
         Command::new(chromium)
             .args([
                 "--headless",
@@ -592,11 +622,53 @@ async fn job_page_renders_in_headless_chromium() {
                 &url,
             ])
             .output()
+    });
+    // What follows must reach the page live: wait until its script opened the stream.
+    let log = s.log.take().expect("server log");
+    tokio::task::spawn_blocking(move || loop {
+        let line = log
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the page never opened its live stream");
+        if line.contains("live stream opened") {
+            break;
+        }
     })
     .await
-    .expect("join")
-    .expect("chromium");
+    .expect("join");
+    a.log(&id, 14, b"LIVE <tail>\n").await;
+    let step = JobEvent::StepStarted {
+        step: 1,
+        name: "Run tests".into(),
+        log_offset: 26,
+    };
+    let batch = EventBatch {
+        first_seq: 0,
+        events: vec![step],
+    };
+    a.post(
+        &format!("/jobs/{id}/events"),
+        serde_json::to_value(batch).expect("json"),
+    )
+    .await;
+    a.log(&id, 26, b"in the step\n").await;
+    let all = b"hello <world>\nLIVE <tail>\nin the step\n";
+    assert_eq!(a.finish(&id, FinalStatus::Success, all).await.status(), 200);
+    let out = tokio::time::timeout(Duration::from_secs(60), browser)
+        .await
+        .expect("chromium did not finish within 60 s")
+        .expect("join")
+        .expect("chromium");
     let dom = String::from_utf8_lossy(&out.stdout);
-    assert!(dom.contains("hello &lt;world&gt;"), "{dom}");
-    assert!(dom.contains("running"), "{dom}");
+    assert!(
+        dom.contains("hello &lt;world&gt;\nLIVE &lt;tail&gt;\n</pre>"),
+        "{dom}"
+    );
+    assert!(
+        dom.contains("<h3>Run tests</h3><pre class=\"log\">in the step\n</pre>"),
+        "{dom}"
+    );
+    assert!(
+        dom.contains("class=\"status success\">success</td>"),
+        "{dom}"
+    );
 }

@@ -360,6 +360,7 @@ async fn job_stream(
         .and_then(|v| v.split_once(':'))
         .and_then(|(o, s)| Some((o.parse().ok()?, s.parse().ok()?)))
         .unwrap_or((q.offset, q.seq));
+    tracing::info!(job = id, offset, seq, "live stream opened");
     let changed = state.changed.subscribe();
     let follow = Follow {
         state,
