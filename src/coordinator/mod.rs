@@ -407,7 +407,6 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     }
     if tokens.is_empty() {
         // No way for agents to register otherwise; create one the operator reads with `token`.
-        store.registration_token()?;
         tokens.push(store.registration_token()?);
     }
     let (changed, _) = tokio::sync::watch::channel(0u64);
