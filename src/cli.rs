@@ -45,6 +45,9 @@ enum Command {
         #[arg(long, default_value_t = 10)]
         timeout: u64,
     },
+    /// The reference coordinator: queue jobs, lease them to agents, keep their logs.
+    #[command(subcommand)]
+    Coordinator(bosun::coordinator::Command),
 }
 
 #[derive(Subcommand)]
@@ -119,6 +122,7 @@ pub fn main() -> ExitCode {
         Command::Execute(args) => ExitCode::from(execute::run(*args)),
         Command::Checkout(args) => ExitCode::from(execute::checkout(*args)),
         Command::Config(cmd) => config_command(cmd),
+        Command::Coordinator(cmd) => ExitCode::from(bosun::coordinator::run(cmd)),
         Command::Keyscan {
             target,
             name,

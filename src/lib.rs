@@ -6,6 +6,7 @@
 
 pub mod checkout;
 pub mod config;
+pub mod coordinator;
 pub mod execute;
 pub mod executor;
 pub mod job;

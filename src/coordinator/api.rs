@@ -1,0 +1,296 @@
+//! The agent endpoints of protocol v1 (see [`crate::protocol`] and `docs/protocol.md`).
+
+use super::store::{self, AppendOutcome, EventsOutcome, FinishOutcome, Lease};
+use super::{AppState, CoordError};
+use crate::protocol::{
+    ApiError, ClaimRequest, ClaimResponse, EventAck, EventBatch, FinishRequest, Heartbeat,
+    HeartbeatResponse, LogAck, RegisterRequest, RegisterResponse, API_PREFIX,
+    DEFAULT_CLAIM_WAIT_SECS, MAX_LOG_CHUNK, PROTOCOL_VERSION,
+};
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use serde::Deserialize;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// An error answer: status plus JSON [`ApiError`].
+pub struct Failure(StatusCode, String);
+
+impl IntoResponse for Failure {
+    fn into_response(self) -> Response {
+        (self.0, Json(ApiError { error: self.1 })).into_response()
+    }
+}
+
+impl From<CoordError> for Failure {
+    fn from(e: CoordError) -> Self {
+        tracing::error!("{e}");
+        Failure(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+    }
+}
+
+type ApiResult = std::result::Result<Response, Failure>;
+
+pub fn router(state: Arc<AppState>) -> Router {
+    let api = Router::new()
+        .route("/agents/register", post(register))
+        .route("/agents/heartbeat", post(heartbeat))
+        .route("/jobs/claim", post(claim))
+        .route("/jobs/{id}/log", post(append_log))
+        .route("/jobs/{id}/events", post(append_events))
+        .route("/jobs/{id}/finish", post(finish))
+        // A log chunk is at most MAX_LOG_CHUNK; leave room for JSON bodies' overhead.
+        .layer(DefaultBodyLimit::max(MAX_LOG_CHUNK + 64 * 1024))
+        .with_state(state);
+    Router::new().nest(API_PREFIX, api)
+}
+
+/// The caller's agent id from `Authorization: Bearer …`, or 401.
+async fn agent(state: &AppState, headers: &HeaderMap) -> std::result::Result<String, Failure> {
+    let token = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|t| t.trim().to_string())
+        .ok_or_else(|| {
+            Failure(
+                StatusCode::UNAUTHORIZED,
+                "missing Authorization: Bearer <agent token>".into(),
+            )
+        })?;
+    match state.db(move |s| s.agent_by_token(&token)).await? {
+        Some(a) if !a.revoked => Ok(a.id),
+        Some(_) => Err(Failure(
+            StatusCode::UNAUTHORIZED,
+            "agent token revoked".into(),
+        )),
+        None => Err(Failure(
+            StatusCode::UNAUTHORIZED,
+            "agent token unknown".into(),
+        )),
+    }
+}
+
+fn job_id(raw: &str) -> std::result::Result<i64, Failure> {
+    store::parse_job_id(raw).ok_or_else(|| Failure(StatusCode::NOT_FOUND, format!("no job {raw}")))
+}
+
+fn refused(id: i64, lease: Lease) -> Failure {
+    match lease {
+        Lease::NotFound => Failure(StatusCode::NOT_FOUND, format!("no job {id}")),
+        Lease::FinishedByYou(s) => Failure(
+            StatusCode::FORBIDDEN,
+            format!("job {id} is finished ({s}); it takes no more writes"),
+        ),
+        Lease::NotYours | Lease::Held => Failure(
+            StatusCode::FORBIDDEN,
+            format!("job {id} is not leased to this agent (the lease lapsed or was never yours)"),
+        ),
+    }
+}
+
+fn json_body<T: serde::de::DeserializeOwned>(body: &Bytes) -> std::result::Result<T, Failure> {
+    serde_json::from_slice(body)
+        .map_err(|e| Failure(StatusCode::BAD_REQUEST, format!("bad JSON body: {e}")))
+}
+
+async fn register(State(state): State<Arc<AppState>>, body: Bytes) -> ApiResult {
+    let req: RegisterRequest = json_body(&body)?;
+    // Compare digests, not the strings, so the comparison time says nothing about the token.
+    let given = super::sha256_hex(req.registration_token.as_bytes());
+    if !state
+        .registration_tokens
+        .iter()
+        .any(|t| super::sha256_hex(t.as_bytes()) == given)
+    {
+        return Err(Failure(
+            StatusCode::UNAUTHORIZED,
+            "registration token invalid".into(),
+        ));
+    }
+    if req.name.trim().is_empty() {
+        return Err(Failure(StatusCode::BAD_REQUEST, "name is empty".into()));
+    }
+    let (agent_id, agent_token) = state
+        .db(move |s| s.register_agent(&req.name, &req.resource_class, &req.labels, &req.version))
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(RegisterResponse {
+            agent_id,
+            agent_token,
+            protocol_version: PROTOCOL_VERSION,
+        }),
+    )
+        .into_response())
+}
+
+#[derive(Deserialize)]
+struct WaitQuery {
+    wait: Option<u64>,
+}
+
+/// Long poll: answer the moment a fitting job is queued, or 204 after `wait` seconds.
+async fn claim(
+    State(state): State<Arc<AppState>>,
+    Query(q): Query<WaitQuery>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult {
+    let agent_id = agent(&state, &headers).await?;
+    let req: ClaimRequest = json_body(&body)?;
+    if req.capacity == 0 {
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    }
+    let wait = Duration::from_secs(
+        q.wait
+            .unwrap_or(DEFAULT_CLAIM_WAIT_SECS)
+            .min(DEFAULT_CLAIM_WAIT_SECS),
+    );
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut changed = state.changed.subscribe();
+    let lease = state.lease;
+    loop {
+        // Mark the current version seen before querying, so a change that lands during the
+        // query wakes us rather than being missed.
+        changed.borrow_and_update();
+        let (a, rc, labels) = (
+            agent_id.clone(),
+            req.resource_class.clone(),
+            req.labels.clone(),
+        );
+        if let Some(job) = state.db(move |s| s.claim(&a, &rc, &labels, lease)).await? {
+            state.bump();
+            return Ok(Json(ClaimResponse {
+                job,
+                lease_secs: lease.as_secs(),
+            })
+            .into_response());
+        }
+        match tokio::time::timeout_at(deadline, changed.changed()).await {
+            Ok(Ok(())) => continue,
+            // Deadline, or the sender is gone (shutting down): nothing for you.
+            _ => return Ok(StatusCode::NO_CONTENT.into_response()),
+        }
+    }
+}
+
+async fn heartbeat(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult {
+    let agent_id = agent(&state, &headers).await?;
+    let hb: Heartbeat = json_body(&body)?;
+    let lease = state.lease;
+    let ids: Vec<String> = hb.running.into_iter().map(|r| r.job_id).collect();
+    let out = state
+        .db(move |s| s.heartbeat(&agent_id, &ids, lease))
+        .await?;
+    Ok(Json(HeartbeatResponse {
+        cancel: out.cancel,
+        unknown: out.unknown,
+        lease_secs: lease.as_secs(),
+    })
+    .into_response())
+}
+
+#[derive(Deserialize)]
+struct OffsetQuery {
+    offset: u64,
+}
+
+async fn append_log(
+    State(state): State<Arc<AppState>>,
+    Path(raw): Path<String>,
+    Query(q): Query<OffsetQuery>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult {
+    let agent_id = agent(&state, &headers).await?;
+    let id = job_id(&raw)?;
+    if body.len() > MAX_LOG_CHUNK {
+        return Err(Failure(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("log chunks are at most {MAX_LOG_CHUNK} bytes"),
+        ));
+    }
+    let out = state
+        .db(move |s| s.append_log(id, &agent_id, q.offset, &body))
+        .await?;
+    match out {
+        AppendOutcome::Ack(offset) => {
+            state.bump();
+            Ok(Json(LogAck { offset }).into_response())
+        }
+        AppendOutcome::Gap(offset) => {
+            Ok((StatusCode::CONFLICT, Json(LogAck { offset })).into_response())
+        }
+        AppendOutcome::Refused(l) => Err(refused(id, l)),
+    }
+}
+
+async fn append_events(
+    State(state): State<Arc<AppState>>,
+    Path(raw): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult {
+    let agent_id = agent(&state, &headers).await?;
+    let id = job_id(&raw)?;
+    let batch: EventBatch = json_body(&body)?;
+    let out = state
+        .db(move |s| s.append_events(id, &agent_id, batch.first_seq, &batch.events))
+        .await?;
+    match out {
+        EventsOutcome::Ack(next_seq) => {
+            state.bump();
+            Ok(Json(EventAck { next_seq }).into_response())
+        }
+        EventsOutcome::Gap(next_seq) => {
+            Ok((StatusCode::CONFLICT, Json(EventAck { next_seq })).into_response())
+        }
+        EventsOutcome::Refused(l) => Err(refused(id, l)),
+    }
+}
+
+async fn finish(
+    State(state): State<Arc<AppState>>,
+    Path(raw): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult {
+    let agent_id = agent(&state, &headers).await?;
+    let id = job_id(&raw)?;
+    let req: FinishRequest = json_body(&body)?;
+    let out = state
+        .db(move |s| {
+            s.finish(
+                id,
+                &agent_id,
+                req.status,
+                req.log_bytes,
+                &req.log_sha256,
+                req.error.as_deref(),
+            )
+        })
+        .await?;
+    match out {
+        FinishOutcome::Done => {
+            state.bump();
+            Ok(Json(serde_json::json!({})).into_response())
+        }
+        FinishOutcome::Incomplete(offset) => {
+            Ok((StatusCode::CONFLICT, Json(LogAck { offset })).into_response())
+        }
+        FinishOutcome::DigestMismatch(msg) => {
+            state.bump();
+            Err(Failure(StatusCode::UNPROCESSABLE_ENTITY, msg))
+        }
+        FinishOutcome::Refused(l) => Err(refused(id, l)),
+    }
+}

@@ -1,0 +1,504 @@
+//! `bosun coordinator`: the reference coordinator. It queues jobs, leases them to agents over
+//! the protocol in [`crate::protocol`] (described for other implementers in
+//! `docs/protocol.md`), stores their logs and events durably, and shows them on a small web
+//! page that follows running jobs live.
+//!
+//! Layout: [`store`] (SQLite, the only state) ← [`api`] (agent endpoints) and [`web`] (HTML
+//! pages, server-sent events) ← [`serve`] and the CLI commands here.
+
+pub mod api;
+pub mod store;
+pub mod web;
+
+use crate::protocol::{WireEnv, DEFAULT_LEASE_SECS};
+use sha2::{Digest, Sha256};
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use store::{NewJob, NewProject, Store, DEFAULT_MAX_ATTEMPTS};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CoordError {
+    #[error("store: {0}")]
+    Db(#[from] rusqlite::Error),
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: String,
+        source: std::io::Error,
+    },
+}
+
+pub type Result<T> = std::result::Result<T, CoordError>;
+
+pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
+    hex(&Sha256::digest(bytes))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// `n` random bytes from the kernel, hex-encoded (tokens and ids).
+pub(crate) fn random_hex(n: usize) -> Result<String> {
+    let path = Path::new("/dev/urandom");
+    let mut buf = vec![0u8; n];
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut buf))
+        .map_err(|source| CoordError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    Ok(hex(&buf))
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum Command {
+    /// Serve the agent API (under /api/v1) and the web pages.
+    Serve(ServeArgs),
+    /// Manage projects.
+    #[command(subcommand)]
+    Project(ProjectCommand),
+    /// Queue a job; prints its id.
+    Enqueue(EnqueueArgs),
+    /// List jobs, newest first.
+    Jobs {
+        #[command(flatten)]
+        data: DataArg,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+    /// Cancel a job: queued ones at once, running ones at their agent's next heartbeat.
+    Cancel {
+        #[command(flatten)]
+        data: DataArg,
+        job: String,
+    },
+    /// Print the registration token agents present to register (created on first use).
+    Token {
+        #[command(flatten)]
+        data: DataArg,
+    },
+    /// Revoke an agent (by id or name): its next call gets 401 and it stops.
+    Revoke {
+        #[command(flatten)]
+        data: DataArg,
+        agent: String,
+    },
+    /// List registered agents.
+    Agents {
+        #[command(flatten)]
+        data: DataArg,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+pub struct DataArg {
+    /// The coordinator's data directory (holds coordinator.db).
+    #[arg(long, env = "BOSUN_COORDINATOR_DATA")]
+    pub data: PathBuf,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub data: DataArg,
+    /// Address to listen on; port 0 picks a free one (the chosen address is printed).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: String,
+    /// A file holding a registration token accepted besides the stored one (`token`).
+    #[arg(long)]
+    pub registration_token_file: Option<PathBuf>,
+    /// Lease length handed to agents; a lease not renewed by a heartbeat in time lapses.
+    #[arg(long, default_value_t = DEFAULT_LEASE_SECS)]
+    pub lease_secs: u64,
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum ProjectCommand {
+    /// Add a project (a Bitbucket repository) jobs can be queued for.
+    Add(ProjectAddArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ProjectAddArgs {
+    #[command(flatten)]
+    pub data: DataArg,
+    /// `workspace/repo`.
+    #[arg(long)]
+    pub slug: String,
+    #[arg(long)]
+    pub clone_url: String,
+    /// Bitbucket repository UUID (`{…}`); a random one if not given.
+    #[arg(long)]
+    pub uuid: Option<String>,
+    /// Private key file of the user key (offered first). Stored in coordinator.db (mode 0600).
+    #[arg(long)]
+    pub user_key: Option<PathBuf>,
+    /// Private key file of the deploy key. Stored in coordinator.db (mode 0600).
+    #[arg(long)]
+    pub deploy_key: Option<PathBuf>,
+    /// known_hosts lines trusted for this project's checkouts.
+    #[arg(long)]
+    pub known_hosts: Option<PathBuf>,
+    /// Environment variable K=V for the project's jobs.
+    #[arg(long = "env", value_name = "K=V")]
+    pub env: Vec<String>,
+    /// Secret environment variable K=V: agents mask its value in logs.
+    #[arg(long = "secret-env", value_name = "K=V")]
+    pub secret_env: Vec<String>,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct EnqueueArgs {
+    #[command(flatten)]
+    pub data: DataArg,
+    /// Project slug.
+    #[arg(long)]
+    pub project: String,
+    /// Branch (`main`, `refs/heads/main`) or tag (`refs/tags/v1`).
+    #[arg(long = "ref")]
+    pub git_ref: String,
+    /// Job name in .circleci/config.yml.
+    #[arg(long)]
+    pub job: String,
+    /// Commit to build; without it agents get the ref name as `commit_sha`.
+    #[arg(long)]
+    pub commit: Option<String>,
+    /// Only agents of this resource class may run it (default: any).
+    #[arg(long)]
+    pub resource_class: Option<String>,
+    /// Only agents with this label may run it (repeatable).
+    #[arg(long = "label")]
+    pub labels: Vec<String>,
+    /// Attempts before a lapsed lease marks the job infrastructure_fail.
+    #[arg(long, default_value_t = DEFAULT_MAX_ATTEMPTS)]
+    pub max_attempts: u32,
+}
+
+fn read_file(path: &Path) -> Result<String> {
+    std::fs::read_to_string(path).map_err(|source| CoordError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn parse_env(kv: &str, secret: bool) -> Result<WireEnv> {
+    match kv.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok(WireEnv {
+            name: k.to_string(),
+            value: v.to_string(),
+            secret,
+        }),
+        _ => Err(CoordError::Invalid(format!(
+            "`{}`: expected NAME=VALUE",
+            // Never echo a secret value back.
+            if secret {
+                kv.split('=').next().unwrap_or("")
+            } else {
+                kv
+            }
+        ))),
+    }
+}
+
+/// Run one `bosun coordinator …` command; returns the process exit code.
+pub fn run(cmd: Command) -> u8 {
+    match run_inner(cmd) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("error: {e}");
+            2
+        }
+    }
+}
+
+fn run_inner(cmd: Command) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    let print = |out: &mut std::io::StdoutLock<'_>, s: String| {
+        // A closed stdout (`| head`) is not an error worth reporting.
+        let _ = writeln!(out, "{s}");
+    };
+    match cmd {
+        Command::Serve(args) => {
+            drop(out);
+            let rt = tokio::runtime::Runtime::new().map_err(|source| CoordError::Io {
+                path: PathBuf::from("tokio runtime"),
+                source,
+            })?;
+            rt.block_on(serve(args))
+        }
+        Command::Project(ProjectCommand::Add(a)) => {
+            let store = Store::open(&a.data.data)?;
+            let mut env = Vec::new();
+            for kv in &a.env {
+                env.push(parse_env(kv, false)?);
+            }
+            for kv in &a.secret_env {
+                env.push(parse_env(kv, true)?);
+            }
+            let p = NewProject {
+                slug: a.slug.clone(),
+                uuid: a.uuid,
+                clone_url: a.clone_url,
+                user_key: a.user_key.as_deref().map(read_file).transpose()?,
+                deploy_key: a.deploy_key.as_deref().map(read_file).transpose()?,
+                known_hosts: a
+                    .known_hosts
+                    .as_deref()
+                    .map(read_file)
+                    .transpose()?
+                    .unwrap_or_default(),
+                env,
+            };
+            let uuid = store.add_project(&p)?;
+            print(&mut out, format!("{} {uuid}", a.slug));
+            Ok(())
+        }
+        Command::Enqueue(a) => {
+            let store = Store::open(&a.data.data)?;
+            let id = store.enqueue(&NewJob {
+                project_slug: a.project,
+                git_ref: a.git_ref,
+                commit_sha: a.commit,
+                job_name: a.job,
+                resource_class: a.resource_class,
+                labels: a.labels,
+                max_attempts: a.max_attempts,
+            })?;
+            print(&mut out, id.to_string());
+            Ok(())
+        }
+        Command::Jobs { data, limit } => {
+            let store = Store::open(&data.data)?;
+            print(
+                &mut out,
+                format!(
+                    "{:>6}  {:<20} {:<16} {:<16} {:<20} {:>7}  {:>8}  AGENT",
+                    "ID", "PROJECT", "REF", "JOB", "STATUS", "ATTEMPT", "DURATION"
+                ),
+            );
+            for j in store.list_jobs(limit)? {
+                print(
+                    &mut out,
+                    format!(
+                        "{:>6}  {:<20} {:<16} {:<16} {:<20} {:>3}/{:<3}  {:>8}  {}",
+                        j.id,
+                        j.project,
+                        j.git_ref,
+                        j.job_name,
+                        j.status,
+                        j.attempts,
+                        j.max_attempts,
+                        j.duration().map(fmt_duration).unwrap_or_default(),
+                        j.agent_id.as_deref().unwrap_or("-")
+                    ),
+                );
+            }
+            Ok(())
+        }
+        Command::Cancel { data, job } => {
+            let id = store::parse_job_id(&job)
+                .ok_or_else(|| CoordError::Invalid(format!("`{job}` is not a job id")))?;
+            let store = Store::open(&data.data)?;
+            let after = store.cancel(id)?;
+            print(&mut out, format!("job {id}: {after}"));
+            Ok(())
+        }
+        Command::Token { data } => {
+            let store = Store::open(&data.data)?;
+            print(&mut out, store.registration_token()?);
+            Ok(())
+        }
+        Command::Revoke { data, agent } => {
+            let store = Store::open(&data.data)?;
+            match store.revoke_agent(&agent)? {
+                0 => Err(CoordError::NotFound(format!("no agent {agent}"))),
+                n => {
+                    print(&mut out, format!("revoked {n} agent(s) matching {agent}"));
+                    Ok(())
+                }
+            }
+        }
+        Command::Agents { data } => {
+            let store = Store::open(&data.data)?;
+            for (id, name, rc, seen, revoked) in store.list_agents()? {
+                let ago = Duration::from_millis((store::now_ms() - seen).max(0) as u64);
+                print(
+                    &mut out,
+                    format!(
+                        "{id}  {name}  {rc}  seen {} ago{}",
+                        fmt_duration(ago),
+                        if revoked { "  REVOKED" } else { "" }
+                    ),
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+pub fn fmt_duration(d: Duration) -> String {
+    let s = d.as_secs();
+    if s >= 3600 {
+        format!("{}h{:02}m", s / 3600, (s % 3600) / 60)
+    } else if s >= 60 {
+        format!("{}m{:02}s", s / 60, s % 60)
+    } else {
+        format!("{}.{}s", s, d.subsec_millis() / 100)
+    }
+}
+
+/// Shared by the API and web handlers.
+pub struct AppState {
+    pub store: Arc<Store>,
+    /// Bumped whenever the database may have changed (our writes, or another process's,
+    /// noticed through `PRAGMA data_version`); long polls and live pages wait on it.
+    pub changed: tokio::sync::watch::Sender<u64>,
+    pub registration_tokens: Vec<String>,
+    pub lease: Duration,
+}
+
+impl AppState {
+    pub fn bump(&self) {
+        self.changed.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Run a store call off the async workers: SQLite commits fsync (synchronous=FULL).
+    pub async fn db<T, F>(&self, f: F) -> Result<T>
+    where
+        F: FnOnce(&Store) -> Result<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || f(&store))
+            .await
+            .map_err(|e| CoordError::Invalid(format!("store task failed: {e}")))?
+    }
+}
+
+/// Serve until SIGINT/SIGTERM. Prints `listening on http://ADDR` (the real port when 0 was
+/// asked for) on stdout once the socket is bound.
+pub async fn serve(args: ServeArgs) -> Result<()> {
+    let store = Arc::new(Store::open(&args.data.data)?);
+    let mut tokens = Vec::new();
+    if let Some(f) = &args.registration_token_file {
+        let t = read_file(f)?.trim().to_string();
+        if t.is_empty() {
+            return Err(CoordError::Invalid(format!(
+                "{}: the registration token file is empty",
+                f.display()
+            )));
+        }
+        tokens.push(t);
+    }
+    if let Some(t) = store.stored_registration_token()? {
+        tokens.push(t);
+    }
+    if tokens.is_empty() {
+        // No way for agents to register otherwise; create one the operator reads with `token`.
+        tokens.push(store.registration_token()?);
+    }
+    let (changed, _) = tokio::sync::watch::channel(0u64);
+    let state = Arc::new(AppState {
+        store: store.clone(),
+        changed,
+        registration_tokens: tokens,
+        lease: Duration::from_secs(args.lease_secs.max(1)),
+    });
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .map_err(|source| CoordError::Listen {
+            addr: args.listen.clone(),
+            source,
+        })?;
+    let addr: SocketAddr = listener.local_addr().map_err(|source| CoordError::Listen {
+        addr: args.listen.clone(),
+        source,
+    })?;
+    println!("listening on http://{addr}");
+    let _ = std::io::stdout().flush();
+
+    tokio::spawn(watch_changes(state.clone()));
+    tokio::spawn(reap_leases(state.clone()));
+
+    let app = api::router(state.clone()).merge(web::router(state.clone()));
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .map_err(|source| CoordError::Listen {
+            addr: addr.to_string(),
+            source,
+        })
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut term) = signal(SignalKind::terminate()) else {
+        // Without a SIGTERM handler, Ctrl-C still stops us.
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+/// Notice commits by other processes (the CLI's `enqueue`, `cancel`): `PRAGMA data_version`
+/// changes when another connection commits. Polling it is one cheap read every 50 ms —
+/// SQLite has no cross-process change notification.
+async fn watch_changes(state: Arc<AppState>) {
+    let conn = match state.store.open_watch_connection() {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!("cannot watch the store for changes: {e}; CLI changes are seen only on the next agent call");
+            return;
+        }
+    };
+    let conn = Arc::new(std::sync::Mutex::new(conn));
+    let mut last: Option<i64> = None;
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    loop {
+        tick.tick().await;
+        let c = conn.clone();
+        let v = tokio::task::spawn_blocking(move || {
+            let c = c.lock().unwrap_or_else(|p| p.into_inner());
+            c.query_row("PRAGMA data_version", [], |r| r.get::<_, i64>(0))
+        })
+        .await;
+        match v {
+            Ok(Ok(v)) => {
+                if last.is_some_and(|l| l != v) {
+                    state.bump();
+                }
+                last = Some(v);
+            }
+            Ok(Err(e)) => tracing::warn!("data_version: {e}"),
+            Err(e) => tracing::warn!("data_version task: {e}"),
+        }
+    }
+}
+
+/// Every second: lapsed leases go back to the queue (or fail); see [`Store::expire_leases`].
+async fn reap_leases(state: Arc<AppState>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        match state.db(|s| s.expire_leases()).await {
+            Ok(0) => {}
+            Ok(_) => state.bump(),
+            Err(e) => tracing::warn!("expiring leases: {e}"),
+        }
+    }
+}

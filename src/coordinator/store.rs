@@ -1,0 +1,1086 @@
+//! The coordinator's durable state: one SQLite file (`coordinator.db`) in the data directory.
+//!
+//! The server and the CLI (`bosun coordinator enqueue`, `cancel`, …) open the same file; WAL
+//! mode lets the CLI write while the server reads, and `synchronous=FULL` makes every commit
+//! durable before we answer the agent (an acknowledged log chunk or final status must survive
+//! a crash of the coordinator host). Private keys and secret env values are stored in this
+//! file, which is created mode 0600 inside a 0700 directory (SQLite gives its -wal/-shm
+//! files the database file's mode).
+
+use super::{random_hex, sha256_hex, CoordError, Result};
+use crate::protocol::{
+    FinalStatus, JobEvent, WireEnv, WireJob, WireKey, WireKeyRole, WireProject, WireTimeouts,
+};
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+pub const DB_FILE: &str = "coordinator.db";
+/// Attempts a job gets before a lapsed lease marks it `infrastructure_fail`.
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
+
+/// Schema versions, applied in order; `PRAGMA user_version` records how many ran.
+/// Append only: never edit a migration that has shipped.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE agents (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    token_sha256 TEXT NOT NULL UNIQUE,
+    resource_class TEXT NOT NULL,
+    labels TEXT NOT NULL,           -- JSON array
+    version TEXT NOT NULL,
+    created INTEGER NOT NULL,       -- ms since the epoch, like every time below
+    last_seen INTEGER NOT NULL,
+    revoked INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE projects (
+    id INTEGER PRIMARY KEY,
+    uuid TEXT NOT NULL UNIQUE,
+    slug TEXT NOT NULL UNIQUE,
+    clone_url TEXT NOT NULL,
+    user_key TEXT,
+    deploy_key TEXT,
+    known_hosts TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE project_env (
+    project_id INTEGER NOT NULL REFERENCES projects(id),
+    name TEXT NOT NULL,
+    value TEXT NOT NULL,
+    secret INTEGER NOT NULL,
+    PRIMARY KEY (project_id, name)
+);
+CREATE TABLE jobs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    project_id INTEGER NOT NULL REFERENCES projects(id),
+    commit_sha TEXT NOT NULL,
+    git_ref TEXT NOT NULL,
+    branch TEXT,
+    tag TEXT,
+    job_name TEXT NOT NULL,
+    pipeline_number INTEGER NOT NULL,
+    resource_class TEXT,            -- NULL: any agent
+    labels TEXT NOT NULL DEFAULT '[]',
+    status TEXT NOT NULL,           -- queued running success failed canceled timedout infrastructure_fail
+    agent_id TEXT,
+    lease_expires INTEGER,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    max_attempts INTEGER NOT NULL,
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    log_bytes INTEGER NOT NULL DEFAULT 0,
+    event_count INTEGER NOT NULL DEFAULT 0,
+    error TEXT,
+    created INTEGER NOT NULL,
+    started INTEGER,
+    finished INTEGER
+);
+CREATE INDEX jobs_status ON jobs(status, id);
+-- The log as appended chunks: an append is one INSERT, the log is the chunks by offset.
+CREATE TABLE job_logs (
+    job_id INTEGER NOT NULL REFERENCES jobs(id),
+    offset INTEGER NOT NULL,
+    bytes BLOB NOT NULL,
+    PRIMARY KEY (job_id, offset)
+);
+CREATE TABLE job_events (
+    job_id INTEGER NOT NULL REFERENCES jobs(id),
+    seq INTEGER NOT NULL,
+    json TEXT NOT NULL,
+    PRIMARY KEY (job_id, seq)
+);
+"#];
+
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+pub struct Store {
+    conn: Mutex<Connection>,
+    path: PathBuf,
+}
+
+/// A job as the CLI and the web pages show it.
+#[derive(Debug, Clone)]
+pub struct JobRow {
+    pub id: i64,
+    pub project: String,
+    pub commit_sha: String,
+    pub git_ref: String,
+    pub job_name: String,
+    pub pipeline_number: i64,
+    pub status: String,
+    pub agent_id: Option<String>,
+    pub attempts: u32,
+    pub max_attempts: u32,
+    pub cancel_requested: bool,
+    pub log_bytes: u64,
+    pub event_count: u64,
+    pub error: Option<String>,
+    pub created: i64,
+    pub started: Option<i64>,
+    pub finished: Option<i64>,
+}
+
+impl JobRow {
+    pub fn is_final(&self) -> bool {
+        !matches!(self.status.as_str(), "queued" | "running")
+    }
+    /// Run time so far (running) or in total (finished).
+    pub fn duration(&self) -> Option<Duration> {
+        let start = self.started?;
+        let end = self.finished.unwrap_or_else(now_ms);
+        Some(Duration::from_millis((end - start).max(0) as u64))
+    }
+}
+
+pub struct NewProject {
+    pub slug: String,
+    pub uuid: Option<String>,
+    pub clone_url: String,
+    pub user_key: Option<String>,
+    pub deploy_key: Option<String>,
+    pub known_hosts: String,
+    pub env: Vec<WireEnv>,
+}
+
+pub struct NewJob {
+    pub project_slug: String,
+    pub git_ref: String,
+    pub commit_sha: Option<String>,
+    pub job_name: String,
+    pub resource_class: Option<String>,
+    pub labels: Vec<String>,
+    pub max_attempts: u32,
+}
+
+/// (id, name, resource class, last seen, revoked).
+pub type AgentRow = (String, String, String, i64, bool);
+
+pub struct Agent {
+    pub id: String,
+    pub name: String,
+    pub revoked: bool,
+}
+
+/// Outcome of checking that the calling agent may write to a job.
+pub enum Lease {
+    Held,
+    /// Finished by this agent already (a resent finish is answered idempotently).
+    FinishedByYou(String),
+    NotYours,
+    NotFound,
+}
+
+pub enum AppendOutcome {
+    Ack(u64),
+    /// The agent skipped bytes: resend from the stored length.
+    Gap(u64),
+    Refused(Lease),
+}
+
+pub enum EventsOutcome {
+    Ack(u64),
+    Gap(u64),
+    Refused(Lease),
+}
+
+pub enum FinishOutcome {
+    Done,
+    /// The coordinator lacks bytes: the agent resends from this offset, then finishes again.
+    Incomplete(u64),
+    DigestMismatch(String),
+    Refused(Lease),
+}
+
+pub struct HeartbeatOutcome {
+    pub cancel: Vec<String>,
+    pub unknown: Vec<String>,
+}
+
+fn json_labels(labels: &[String]) -> String {
+    serde_json::to_string(labels).unwrap_or_else(|_| "[]".into())
+}
+
+fn status_word(s: FinalStatus) -> &'static str {
+    match s {
+        FinalStatus::Success => "success",
+        FinalStatus::Failed => "failed",
+        FinalStatus::Canceled => "canceled",
+        FinalStatus::TimedOut => "timedout",
+        FinalStatus::InfrastructureFail => "infrastructure_fail",
+    }
+}
+
+/// `refs/heads/x` or a bare name → branch; `refs/tags/x` → tag.
+fn split_ref(r: &str) -> (Option<String>, Option<String>) {
+    if let Some(t) = r.strip_prefix("refs/tags/") {
+        (None, Some(t.to_string()))
+    } else {
+        (
+            Some(r.strip_prefix("refs/heads/").unwrap_or(r).to_string()),
+            None,
+        )
+    }
+}
+
+const JOB_COLUMNS: &str = "j.id, p.slug, j.commit_sha, j.git_ref, j.job_name, j.pipeline_number, \
+     j.status, j.agent_id, j.attempts, j.max_attempts, j.cancel_requested, j.log_bytes, \
+     j.event_count, j.error, j.created, j.started, j.finished";
+
+fn job_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<JobRow> {
+    Ok(JobRow {
+        id: r.get(0)?,
+        project: r.get(1)?,
+        commit_sha: r.get(2)?,
+        git_ref: r.get(3)?,
+        job_name: r.get(4)?,
+        pipeline_number: r.get(5)?,
+        status: r.get(6)?,
+        agent_id: r.get(7)?,
+        attempts: r.get(8)?,
+        max_attempts: r.get(9)?,
+        cancel_requested: r.get(10)?,
+        log_bytes: r.get::<_, i64>(11)? as u64,
+        event_count: r.get::<_, i64>(12)? as u64,
+        error: r.get(13)?,
+        created: r.get(14)?,
+        started: r.get(15)?,
+        finished: r.get(16)?,
+    })
+}
+
+/// Parse a job id as agents and the CLI give it (decimal).
+pub fn parse_job_id(s: &str) -> Option<i64> {
+    s.trim().parse::<i64>().ok().filter(|n| *n > 0)
+}
+
+impl Store {
+    /// Open (creating if needed) the store in `dir`.
+    pub fn open(dir: &Path) -> Result<Store> {
+        let io = |source| CoordError::Io {
+            path: dir.to_path_buf(),
+            source,
+        };
+        if !dir.exists() {
+            std::fs::create_dir_all(dir).map_err(io)?;
+            set_mode(dir, 0o700)?;
+        }
+        let path = dir.join(DB_FILE);
+        // Create the file ourselves first so it is 0600 from its first byte: it holds keys.
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .mode(0o600)
+                .open(&path)
+                .map_err(|source| CoordError::Io {
+                    path: path.clone(),
+                    source,
+                })?;
+        }
+        let conn = Connection::open(&path)?;
+        conn.busy_timeout(Duration::from_secs(10))?;
+        conn.execute_batch(
+            "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;",
+        )?;
+        migrate(&conn)?;
+        Ok(Store {
+            conn: Mutex::new(conn),
+            path,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        // A panic while holding the lock leaves the connection usable (SQLite rolls back an
+        // open transaction when the Transaction guard drops), so poisoning is ignored.
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A second connection for the change watcher (see `data_version`).
+    pub fn open_watch_connection(&self) -> Result<Connection> {
+        let c = Connection::open(&self.path)?;
+        c.busy_timeout(Duration::from_secs(10))?;
+        Ok(c)
+    }
+
+    // ---- registration token and agents ----
+
+    /// The stored registration token, created on first use.
+    pub fn registration_token(&self) -> Result<String> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let existing: Option<String> = tx
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'registration_token'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let token = match existing {
+            Some(t) => t,
+            None => {
+                let t = format!("bosun-reg-{}", random_hex(24)?);
+                tx.execute(
+                    "INSERT INTO meta(key, value) VALUES ('registration_token', ?1)",
+                    [&t],
+                )?;
+                t
+            }
+        };
+        tx.commit()?;
+        Ok(token)
+    }
+
+    pub fn stored_registration_token(&self) -> Result<Option<String>> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'registration_token'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    /// Register an agent; returns (agent id, agent token). Only the token's digest is kept.
+    pub fn register_agent(
+        &self,
+        name: &str,
+        resource_class: &str,
+        labels: &[String],
+        version: &str,
+    ) -> Result<(String, String)> {
+        let id = format!("agent-{}", random_hex(8)?);
+        let token = format!("bosun-agent-{}", random_hex(32)?);
+        let now = now_ms();
+        self.conn().execute(
+            "INSERT INTO agents(id, name, token_sha256, resource_class, labels, version, created, last_seen) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)",
+            params![id, name, sha256_hex(token.as_bytes()), resource_class, json_labels(labels), version, now],
+        )?;
+        Ok((id, token))
+    }
+
+    /// The agent a bearer token belongs to (revoked ones included, so callers can say so).
+    pub fn agent_by_token(&self, token: &str) -> Result<Option<Agent>> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT id, name, revoked FROM agents WHERE token_sha256 = ?1",
+                [sha256_hex(token.as_bytes())],
+                |r| {
+                    Ok(Agent {
+                        id: r.get(0)?,
+                        name: r.get(1)?,
+                        revoked: r.get(2)?,
+                    })
+                },
+            )
+            .optional()?)
+    }
+
+    /// Revoke by id or name; returns how many agents were revoked.
+    pub fn revoke_agent(&self, who: &str) -> Result<usize> {
+        Ok(self.conn().execute(
+            "UPDATE agents SET revoked = 1 WHERE id = ?1 OR name = ?1",
+            [who],
+        )?)
+    }
+
+    /// Every agent, oldest first.
+    pub fn list_agents(&self) -> Result<Vec<AgentRow>> {
+        let conn = self.conn();
+        let mut st = conn.prepare(
+            "SELECT id, name, resource_class, last_seen, revoked FROM agents ORDER BY created",
+        )?;
+        let rows = st
+            .query_map([], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(rows)
+    }
+
+    // ---- projects and jobs (CLI side) ----
+
+    pub fn add_project(&self, p: &NewProject) -> Result<String> {
+        let uuid = match &p.uuid {
+            Some(u) => u.clone(),
+            None => {
+                let h = random_hex(16)?;
+                format!(
+                    "{{{}-{}-{}-{}-{}}}",
+                    &h[0..8],
+                    &h[8..12],
+                    &h[12..16],
+                    &h[16..20],
+                    &h[20..32]
+                )
+            }
+        };
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let exists: bool = tx.query_row(
+            "SELECT EXISTS(SELECT 1 FROM projects WHERE slug = ?1)",
+            [&p.slug],
+            |r| r.get(0),
+        )?;
+        if exists {
+            return Err(CoordError::Invalid(format!(
+                "project {} exists already",
+                p.slug
+            )));
+        }
+        tx.execute(
+            "INSERT INTO projects(uuid, slug, clone_url, user_key, deploy_key, known_hosts) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![
+                uuid,
+                p.slug,
+                p.clone_url,
+                p.user_key,
+                p.deploy_key,
+                p.known_hosts
+            ],
+        )?;
+        let pid = tx.last_insert_rowid();
+        for e in &p.env {
+            tx.execute(
+                "INSERT OR REPLACE INTO project_env(project_id, name, value, secret) VALUES (?1, ?2, ?3, ?4)",
+                params![pid, e.name, e.value, e.secret],
+            )?;
+        }
+        tx.commit()?;
+        Ok(uuid)
+    }
+
+    pub fn enqueue(&self, j: &NewJob) -> Result<i64> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let pid: i64 = tx
+            .query_row(
+                "SELECT id FROM projects WHERE slug = ?1",
+                [&j.project_slug],
+                |r| r.get(0),
+            )
+            .optional()?
+            .ok_or_else(|| {
+                CoordError::NotFound(format!(
+                    "no project {} (add it with `bosun coordinator project add`)",
+                    j.project_slug
+                ))
+            })?;
+        let pipeline: i64 = tx.query_row(
+            "SELECT COALESCE(MAX(pipeline_number), 0) + 1 FROM jobs WHERE project_id = ?1",
+            [pid],
+            |r| r.get(0),
+        )?;
+        let (branch, tag) = split_ref(&j.git_ref);
+        // Without --commit the agent gets the ref name to resolve (documented in protocol.md).
+        let commit = j.commit_sha.clone().unwrap_or_else(|| j.git_ref.clone());
+        tx.execute(
+            "INSERT INTO jobs(project_id, commit_sha, git_ref, branch, tag, job_name, pipeline_number, \
+             resource_class, labels, status, max_attempts, created) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'queued', ?10, ?11)",
+            params![pid, commit, j.git_ref, branch, tag, j.job_name, pipeline, j.resource_class,
+                json_labels(&j.labels), j.max_attempts.max(1), now_ms()],
+        )?;
+        let id = tx.last_insert_rowid();
+        tx.commit()?;
+        Ok(id)
+    }
+
+    /// Queued jobs end as `canceled` at once; running ones get `cancel_requested`, which the
+    /// next heartbeat of their agent returns. Returns the job's status afterwards.
+    pub fn cancel(&self, id: i64) -> Result<String> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let status: String = tx
+            .query_row("SELECT status FROM jobs WHERE id = ?1", [id], |r| r.get(0))
+            .optional()?
+            .ok_or_else(|| CoordError::NotFound(format!("no job {id}")))?;
+        let after = match status.as_str() {
+            "queued" => {
+                tx.execute(
+                    "UPDATE jobs SET status = 'canceled', finished = ?2, cancel_requested = 1 WHERE id = ?1",
+                    params![id, now_ms()],
+                )?;
+                "canceled".to_string()
+            }
+            "running" => {
+                tx.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ?1", [id])?;
+                "running (cancel requested)".to_string()
+            }
+            other => other.to_string(),
+        };
+        tx.commit()?;
+        Ok(after)
+    }
+
+    pub fn list_jobs(&self, limit: u32) -> Result<Vec<JobRow>> {
+        let conn = self.conn();
+        let mut st = conn.prepare(&format!(
+            "SELECT {JOB_COLUMNS} FROM jobs j JOIN projects p ON p.id = j.project_id \
+             ORDER BY j.id DESC LIMIT ?1"
+        ))?;
+        let rows = st
+            .query_map([limit], job_row)?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(rows)
+    }
+
+    pub fn job(&self, id: i64) -> Result<Option<JobRow>> {
+        Ok(self
+            .conn()
+            .query_row(
+                &format!(
+                    "SELECT {JOB_COLUMNS} FROM jobs j JOIN projects p ON p.id = j.project_id WHERE j.id = ?1"
+                ),
+                [id],
+                job_row,
+            )
+            .optional()?)
+    }
+
+    /// Log bytes from `from` to the end.
+    pub fn log_from(&self, id: i64, from: u64) -> Result<Vec<u8>> {
+        let conn = self.conn();
+        read_log(&conn, id, from)
+    }
+
+    /// Events from sequence number `from`.
+    pub fn events_from(&self, id: i64, from: u64) -> Result<Vec<(u64, JobEvent)>> {
+        let conn = self.conn();
+        let mut st = conn.prepare(
+            "SELECT seq, json FROM job_events WHERE job_id = ?1 AND seq >= ?2 ORDER BY seq",
+        )?;
+        let rows = st
+            .query_map(params![id, from as i64], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        let mut out = Vec::with_capacity(rows.len());
+        for (seq, json) in rows {
+            // Events were validated on the way in; one that no longer parses (an older
+            // schema) is skipped rather than breaking the page.
+            if let Ok(ev) = serde_json::from_str(&json) {
+                out.push((seq as u64, ev));
+            }
+        }
+        Ok(out)
+    }
+
+    // ---- agent calls ----
+
+    /// Lease the oldest queued job this agent can run, in one IMMEDIATE transaction so two
+    /// claimers (threads or processes) never get the same job.
+    pub fn claim(
+        &self,
+        agent_id: &str,
+        resource_class: &str,
+        labels: &[String],
+        lease: Duration,
+    ) -> Result<Option<WireJob>> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute(
+            "UPDATE agents SET last_seen = ?2 WHERE id = ?1",
+            params![agent_id, now_ms()],
+        )?;
+        let candidates: Vec<(i64, Option<String>, String)> = {
+            let mut st = tx.prepare(
+                "SELECT id, resource_class, labels FROM jobs WHERE status = 'queued' ORDER BY id LIMIT 200",
+            )?;
+            let rows = st
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            rows
+        };
+        // A job fits when its resource class is unset or equal, and the agent has every label.
+        let fits = |rc: &Option<String>, jl: &str| {
+            let class_ok = rc.as_deref().is_none_or(|c| c == resource_class);
+            let wanted: Vec<String> = serde_json::from_str(jl).unwrap_or_default();
+            class_ok && wanted.iter().all(|l| labels.contains(l))
+        };
+        let Some(id) = candidates
+            .iter()
+            .find(|(_, rc, jl)| fits(rc, jl))
+            .map(|c| c.0)
+        else {
+            return Ok(None);
+        };
+        let now = now_ms();
+        tx.execute(
+            "UPDATE jobs SET status = 'running', agent_id = ?2, lease_expires = ?3, \
+             attempts = attempts + 1, started = ?4 WHERE id = ?1 AND status = 'queued'",
+            params![id, agent_id, now + lease.as_millis() as i64, now],
+        )?;
+        let job = wire_job(&tx, id)?;
+        tx.commit()?;
+        Ok(Some(job))
+    }
+
+    fn lease_state(conn: &Connection, id: i64, agent_id: &str) -> Result<Lease> {
+        let row: Option<(String, Option<String>)> = conn
+            .query_row(
+                "SELECT status, agent_id FROM jobs WHERE id = ?1",
+                [id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        Ok(match row {
+            None => Lease::NotFound,
+            Some((s, Some(a))) if a == agent_id && s == "running" => Lease::Held,
+            Some((s, Some(a))) if a == agent_id && s != "queued" => Lease::FinishedByYou(s),
+            Some(_) => Lease::NotYours,
+        })
+    }
+
+    pub fn heartbeat(
+        &self,
+        agent_id: &str,
+        running: &[String],
+        lease: Duration,
+    ) -> Result<HeartbeatOutcome> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let now = now_ms();
+        tx.execute(
+            "UPDATE agents SET last_seen = ?2 WHERE id = ?1",
+            params![agent_id, now],
+        )?;
+        let mut out = HeartbeatOutcome {
+            cancel: vec![],
+            unknown: vec![],
+        };
+        for job in running {
+            let Some(id) = parse_job_id(job) else {
+                out.unknown.push(job.clone());
+                continue;
+            };
+            let n = tx.execute(
+                "UPDATE jobs SET lease_expires = ?3 WHERE id = ?1 AND agent_id = ?2 AND status = 'running'",
+                params![id, agent_id, now + lease.as_millis() as i64],
+            )?;
+            if n == 0 {
+                out.unknown.push(job.clone());
+                continue;
+            }
+            let cancel: bool = tx.query_row(
+                "SELECT cancel_requested FROM jobs WHERE id = ?1",
+                [id],
+                |r| r.get(0),
+            )?;
+            if cancel {
+                out.cancel.push(job.clone());
+            }
+        }
+        tx.commit()?;
+        Ok(out)
+    }
+
+    /// Append log bytes sent for `offset`; see `docs/protocol.md` (idempotent by offset).
+    pub fn append_log(
+        &self,
+        id: i64,
+        agent_id: &str,
+        offset: u64,
+        bytes: &[u8],
+    ) -> Result<AppendOutcome> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        match Self::lease_state(&tx, id, agent_id)? {
+            Lease::Held => {}
+            other => return Ok(AppendOutcome::Refused(other)),
+        }
+        let stored: i64 = tx.query_row("SELECT log_bytes FROM jobs WHERE id = ?1", [id], |r| {
+            r.get(0)
+        })?;
+        let stored = stored as u64;
+        if offset > stored {
+            return Ok(AppendOutcome::Gap(stored));
+        }
+        // A resend overlapping what we have: keep only the part beyond our end.
+        let skip = (stored - offset) as usize;
+        if skip >= bytes.len() {
+            return Ok(AppendOutcome::Ack(stored));
+        }
+        let new = &bytes[skip..];
+        tx.execute(
+            "INSERT INTO job_logs(job_id, offset, bytes) VALUES (?1, ?2, ?3)",
+            params![id, stored as i64, new],
+        )?;
+        let end = stored + new.len() as u64;
+        tx.execute(
+            "UPDATE jobs SET log_bytes = ?2 WHERE id = ?1",
+            params![id, end as i64],
+        )?;
+        tx.commit()?;
+        Ok(AppendOutcome::Ack(end))
+    }
+
+    pub fn append_events(
+        &self,
+        id: i64,
+        agent_id: &str,
+        first_seq: u64,
+        events: &[JobEvent],
+    ) -> Result<EventsOutcome> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        match Self::lease_state(&tx, id, agent_id)? {
+            Lease::Held => {}
+            other => return Ok(EventsOutcome::Refused(other)),
+        }
+        let next: i64 = tx.query_row("SELECT event_count FROM jobs WHERE id = ?1", [id], |r| {
+            r.get(0)
+        })?;
+        let next = next as u64;
+        if first_seq > next {
+            return Ok(EventsOutcome::Gap(next));
+        }
+        let skip = (next - first_seq) as usize;
+        let mut seq = next;
+        for ev in events.iter().skip(skip) {
+            let json = serde_json::to_string(ev).map_err(|e| CoordError::Invalid(e.to_string()))?;
+            tx.execute(
+                "INSERT INTO job_events(job_id, seq, json) VALUES (?1, ?2, ?3)",
+                params![id, seq as i64, json],
+            )?;
+            seq += 1;
+        }
+        tx.execute(
+            "UPDATE jobs SET event_count = ?2 WHERE id = ?1",
+            params![id, seq as i64],
+        )?;
+        tx.commit()?;
+        Ok(EventsOutcome::Ack(seq))
+    }
+
+    pub fn finish(
+        &self,
+        id: i64,
+        agent_id: &str,
+        status: FinalStatus,
+        log_bytes: u64,
+        log_sha256: &str,
+        error: Option<&str>,
+    ) -> Result<FinishOutcome> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        match Self::lease_state(&tx, id, agent_id)? {
+            Lease::Held => {}
+            // A resent finish (the answer to the first was lost) for the same status: done.
+            Lease::FinishedByYou(s) if s == status_word(status) => return Ok(FinishOutcome::Done),
+            other => return Ok(FinishOutcome::Refused(other)),
+        }
+        let stored: i64 = tx.query_row("SELECT log_bytes FROM jobs WHERE id = ?1", [id], |r| {
+            r.get(0)
+        })?;
+        if log_bytes != stored as u64 {
+            return Ok(FinishOutcome::Incomplete(stored as u64));
+        }
+        let digest = sha256_hex(&read_log(&tx, id, 0)?);
+        let now = now_ms();
+        if !digest.eq_ignore_ascii_case(log_sha256.trim()) {
+            let msg = format!(
+                "log digest differs: the agent sent sha256 {log_sha256}, the coordinator stored {digest} ({stored} bytes)"
+            );
+            tx.execute(
+                "UPDATE jobs SET status = 'infrastructure_fail', error = ?2, finished = ?3, lease_expires = NULL WHERE id = ?1",
+                params![id, msg, now],
+            )?;
+            tx.commit()?;
+            return Ok(FinishOutcome::DigestMismatch(msg));
+        }
+        tx.execute(
+            "UPDATE jobs SET status = ?2, error = ?3, finished = ?4, lease_expires = NULL WHERE id = ?1",
+            params![id, status_word(status), error, now],
+        )?;
+        tx.commit()?;
+        Ok(FinishOutcome::Done)
+    }
+
+    /// Jobs whose lease lapsed (no heartbeat): back to the queue for another attempt, or
+    /// `infrastructure_fail` once they used all attempts; canceled if a cancel was pending.
+    /// Returns how many jobs were re-queued (the caller wakes claimers).
+    pub fn expire_leases(&self) -> Result<usize> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let now = now_ms();
+        let lapsed: Vec<(i64, u32, u32, bool)> = {
+            let mut st = tx.prepare(
+                "SELECT id, attempts, max_attempts, cancel_requested FROM jobs \
+                 WHERE status = 'running' AND lease_expires < ?1",
+            )?;
+            let rows = st
+                .query_map([now], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            rows
+        };
+        let mut requeued = 0;
+        for (id, attempts, max, cancel) in lapsed {
+            if cancel {
+                tx.execute(
+                    "UPDATE jobs SET status = 'canceled', finished = ?2, lease_expires = NULL, \
+                     error = 'canceled; the agent stopped sending heartbeats' WHERE id = ?1",
+                    params![id, now],
+                )?;
+            } else if attempts >= max {
+                let msg = format!(
+                    "the agent stopped sending heartbeats (lease lapsed) on attempt {attempts} of {max}"
+                );
+                tx.execute(
+                    "UPDATE jobs SET status = 'infrastructure_fail', finished = ?2, lease_expires = NULL, error = ?3 WHERE id = ?1",
+                    params![id, now, msg],
+                )?;
+            } else {
+                // The next attempt's agent sends its log from offset 0 again, so the lost
+                // attempt's log and events go; the error field says what happened.
+                tx.execute("DELETE FROM job_logs WHERE job_id = ?1", [id])?;
+                tx.execute("DELETE FROM job_events WHERE job_id = ?1", [id])?;
+                let msg = format!("attempt {attempts} lost its lease (no heartbeat); re-queued");
+                tx.execute(
+                    "UPDATE jobs SET status = 'queued', agent_id = NULL, lease_expires = NULL, \
+                     started = NULL, log_bytes = 0, event_count = 0, error = ?2 WHERE id = ?1",
+                    params![id, msg],
+                )?;
+                requeued += 1;
+            }
+        }
+        tx.commit()?;
+        Ok(requeued)
+    }
+}
+
+fn read_log(conn: &Connection, id: i64, from: u64) -> Result<Vec<u8>> {
+    let mut st = conn.prepare(
+        "SELECT offset, bytes FROM job_logs WHERE job_id = ?1 AND offset + length(bytes) > ?2 ORDER BY offset",
+    )?;
+    let mut out = Vec::new();
+    let rows = st.query_map(params![id, from as i64], |r| {
+        Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?))
+    })?;
+    for row in rows {
+        let (off, bytes) = row?;
+        let skip = (from as i64 - off).max(0) as usize;
+        out.extend_from_slice(bytes.get(skip..).unwrap_or_default());
+    }
+    Ok(out)
+}
+
+fn wire_job(conn: &Connection, id: i64) -> Result<WireJob> {
+    let (pid, uuid, slug, clone_url, user_key, deploy_key, known_hosts): (
+        i64,
+        String,
+        String,
+        String,
+        Option<String>,
+        Option<String>,
+        String,
+    ) = conn.query_row(
+        "SELECT p.id, p.uuid, p.slug, p.clone_url, p.user_key, p.deploy_key, p.known_hosts \
+         FROM jobs j JOIN projects p ON p.id = j.project_id WHERE j.id = ?1",
+        [id],
+        |r| {
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+                r.get(6)?,
+            ))
+        },
+    )?;
+    let (commit_sha, branch, tag, job_name, pipeline_number, attempts): (
+        String,
+        Option<String>,
+        Option<String>,
+        String,
+        i64,
+        u32,
+    ) = conn.query_row(
+        "SELECT commit_sha, branch, tag, job_name, pipeline_number, attempts FROM jobs WHERE id = ?1",
+        [id],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)),
+    )?;
+    let mut keys = Vec::new();
+    for (role, key) in [
+        (WireKeyRole::User, user_key),
+        (WireKeyRole::Deploy, deploy_key),
+    ] {
+        if let Some(private_key) = key {
+            keys.push(WireKey {
+                role,
+                private_key,
+                fingerprint: None,
+            });
+        }
+    }
+    let env = {
+        let mut st = conn.prepare(
+            "SELECT name, value, secret FROM project_env WHERE project_id = ?1 ORDER BY name",
+        )?;
+        let rows = st
+            .query_map([pid], |r| {
+                Ok(WireEnv {
+                    name: r.get(0)?,
+                    value: r.get(1)?,
+                    secret: r.get(2)?,
+                })
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        rows
+    };
+    Ok(WireJob {
+        id: id.to_string(),
+        project: WireProject {
+            uuid,
+            slug,
+            clone_url,
+        },
+        commit_sha,
+        branch,
+        tag,
+        pull_request: None,
+        job_name,
+        pipeline_number: pipeline_number as u64,
+        keys,
+        known_hosts: known_hosts
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .map(String::from)
+            .collect(),
+        env,
+        timeouts: WireTimeouts::default(),
+        attempt: attempts,
+    })
+}
+
+fn migrate(conn: &Connection) -> Result<()> {
+    let version: usize =
+        conn.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))? as usize;
+    if version > MIGRATIONS.len() {
+        return Err(CoordError::Invalid(format!(
+            "the store has schema version {version}, newer than this bosun knows ({}); upgrade bosun",
+            MIGRATIONS.len()
+        )));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+        // Schema change and version bump commit together, so a crash never half-migrates.
+        conn.execute_batch(&format!(
+            "BEGIN IMMEDIATE; {sql}; PRAGMA user_version = {}; COMMIT;",
+            i + 1
+        ))?;
+    }
+    Ok(())
+}
+
+fn set_mode(path: &Path, mode: u32) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(|source| {
+        CoordError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> (tempfile::TempDir, Store) {
+        let d = tempfile::tempdir().expect("tempdir");
+        let s = Store::open(&d.path().join("data")).expect("open");
+        s.add_project(&NewProject {
+            slug: "acme/widget".into(),
+            uuid: None,
+            clone_url: "git@bitbucket.org:acme/widget.git".into(),
+            user_key: Some("KEY".into()),
+            deploy_key: None,
+            known_hosts: String::new(),
+            env: vec![],
+        })
+        .expect("project");
+        (d, s)
+    }
+
+    fn job(s: &Store) -> i64 {
+        s.enqueue(&NewJob {
+            project_slug: "acme/widget".into(),
+            git_ref: "main".into(),
+            commit_sha: None,
+            job_name: "build".into(),
+            resource_class: None,
+            labels: vec![],
+            max_attempts: 3,
+        })
+        .expect("enqueue")
+    }
+
+    #[test]
+    fn log_appends_are_idempotent_by_offset() {
+        let (_d, s) = store();
+        let id = job(&s);
+        let j = s
+            .claim("a1", "rc", &[], Duration::from_secs(30))
+            .expect("claim")
+            .expect("a job");
+        assert_eq!(j.id, id.to_string());
+        assert!(matches!(
+            s.append_log(id, "a1", 0, b"hello ").expect("append"),
+            AppendOutcome::Ack(6)
+        ));
+        assert!(matches!(
+            s.append_log(id, "a1", 0, b"hello ").expect("append"),
+            AppendOutcome::Ack(6)
+        ));
+        assert!(matches!(
+            s.append_log(id, "a1", 3, b"lo world").expect("append"),
+            AppendOutcome::Ack(11)
+        ));
+        assert!(matches!(
+            s.append_log(id, "a1", 20, b"x").expect("append"),
+            AppendOutcome::Gap(11)
+        ));
+        assert!(matches!(
+            s.append_log(id, "a2", 11, b"x").expect("append"),
+            AppendOutcome::Refused(Lease::NotYours)
+        ));
+        assert_eq!(s.log_from(id, 0).expect("log"), b"hello world");
+        assert_eq!(s.log_from(id, 8).expect("log"), b"rld");
+    }
+
+    #[test]
+    fn schema_version_is_recorded_and_reopen_keeps_data() {
+        let (d, s) = store();
+        let id = job(&s);
+        drop(s);
+        let s = Store::open(&d.path().join("data")).expect("reopen");
+        assert_eq!(s.job(id).expect("job").expect("exists").status, "queued");
+        let v: i64 = s
+            .conn()
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .expect("pragma");
+        assert_eq!(v as usize, MIGRATIONS.len());
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(s.path())
+            .expect("meta")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+}

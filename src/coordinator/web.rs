@@ -1,0 +1,415 @@
+//! Server-rendered pages: `GET /` (jobs), `GET /jobs/{id}` (one job, its log in step sections)
+//! and `GET /jobs/{id}/stream` (server-sent events following a running job). No framework and
+//! no external assets: the pages must work where nothing can be fetched.
+
+use super::store::{JobRow, Store};
+use super::{fmt_duration, AppState, CoordError};
+use crate::protocol::JobEvent;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use futures_util::stream::{self, Stream, StreamExt};
+use serde::Deserialize;
+use std::convert::Infallible;
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/", get(index))
+        .route("/jobs/{id}", get(job_page))
+        .route("/jobs/{id}/stream", get(job_stream))
+        .with_state(state)
+}
+
+/// Escape text for HTML element content and quoted attribute values.
+pub fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+const STYLE: &str = "body{font-family:sans-serif;margin:1.5em}table{border-collapse:collapse}\
+td,th{padding:.2em .8em;border-bottom:1px solid #ddd;text-align:left}\
+pre{background:#111;color:#eee;padding:.5em;white-space:pre-wrap;margin:0 0 1em}\
+.success{color:#070}.failed,.infrastructure_fail,.timedout{color:#b00}.canceled{color:#777}\
+.running{color:#05a}";
+
+fn page(title: &str, body: &str) -> Html<String> {
+    Html(format!(
+        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{}</title><style>{STYLE}</style></head>\n<body>{body}</body></html>\n",
+        escape(title)
+    ))
+}
+
+fn internal(e: CoordError) -> Response {
+    tracing::error!("{e}");
+    (
+        StatusCode::INTERNAL_SERVER_ERROR,
+        page("error", &format!("<p>{}</p>", escape(&e.to_string()))),
+    )
+        .into_response()
+}
+
+fn duration(j: &JobRow) -> String {
+    j.duration().map(fmt_duration).unwrap_or_default()
+}
+
+async fn index(State(state): State<Arc<AppState>>) -> Response {
+    let jobs = match state.db(|s| s.list_jobs(200)).await {
+        Ok(j) => j,
+        Err(e) => return internal(e),
+    };
+    let mut body = String::from(
+        "<h1>Jobs</h1><table id=\"jobs\"><tr><th>id</th><th>project</th><th>ref</th><th>job</th><th>status</th><th>duration</th></tr>\n",
+    );
+    for j in &jobs {
+        let _ = writeln!(
+            body,
+            "<tr><td><a href=\"/jobs/{id}\">{id}</a></td><td>{}</td><td>{}</td><td>{}</td><td class=\"status {s}\">{s}</td><td>{}</td></tr>",
+            escape(&j.project),
+            escape(&j.git_ref),
+            escape(&j.job_name),
+            escape(&duration(j)),
+            id = j.id,
+            s = escape(&j.status),
+        );
+    }
+    body.push_str("</table>");
+    // Refreshing the list every few seconds needs no script.
+    let mut html = page("bosun jobs", &body).0;
+    html = html.replacen(
+        "<head>",
+        "<head><meta http-equiv=\"refresh\" content=\"5\">",
+        1,
+    );
+    Html(html).into_response()
+}
+
+/// Split the log into sections at each step's start offset: (title, status, text).
+fn sections(log: &[u8], events: &[(u64, JobEvent)]) -> Vec<(String, String, String)> {
+    let mut starts: Vec<(u64, u32, String)> = Vec::new();
+    let mut status: std::collections::HashMap<u32, String> = Default::default();
+    for (_, ev) in events {
+        match ev {
+            JobEvent::StepStarted {
+                step,
+                name,
+                log_offset,
+            } => starts.push((*log_offset, *step, name.clone())),
+            JobEvent::StepFinished {
+                step,
+                status: s,
+                duration_ms,
+                ..
+            } => {
+                status.insert(
+                    *step,
+                    format!(
+                        "{s} in {}",
+                        fmt_duration(Duration::from_millis(*duration_ms))
+                    ),
+                );
+            }
+        }
+    }
+    let len = log.len() as u64;
+    let mut out = Vec::new();
+    let first = starts.first().map(|s| s.0).unwrap_or(len).min(len);
+    if first > 0 || starts.is_empty() {
+        out.push((
+            "Preparing".to_string(),
+            String::new(),
+            String::from_utf8_lossy(&log[..first as usize]).into_owned(),
+        ));
+    }
+    for (i, (start, step, name)) in starts.iter().enumerate() {
+        let end = starts.get(i + 1).map(|s| s.0).unwrap_or(len).min(len);
+        let start = (*start).min(end);
+        out.push((
+            name.clone(),
+            status.get(step).cloned().unwrap_or_default(),
+            String::from_utf8_lossy(&log[start as usize..end as usize]).into_owned(),
+        ));
+    }
+    out
+}
+
+async fn job_page(State(state): State<Arc<AppState>>, Path(raw): Path<String>) -> Response {
+    let Some(id) = super::store::parse_job_id(&raw) else {
+        return (
+            StatusCode::NOT_FOUND,
+            page("not found", "<p>No such job.</p>"),
+        )
+            .into_response();
+    };
+    let loaded = state
+        .db(move |s: &Store| {
+            let Some(job) = s.job(id)? else {
+                return Ok(None);
+            };
+            // Read events before the log: every event's offset then falls within the log.
+            let events = s.events_from(id, 0)?;
+            let log = s.log_from(id, 0)?;
+            Ok(Some((job, events, log)))
+        })
+        .await;
+    let (job, events, log) = match loaded {
+        Ok(Some(x)) => x,
+        Ok(None) => {
+            return (
+                StatusCode::NOT_FOUND,
+                page("not found", "<p>No such job.</p>"),
+            )
+                .into_response()
+        }
+        Err(e) => return internal(e),
+    };
+    let mut body = format!(
+        "<p><a href=\"/\">all jobs</a></p><h1>Job {id}: {}</h1>\n<table>\
+         <tr><th>project</th><td>{}</td></tr><tr><th>ref</th><td>{}</td></tr>\
+         <tr><th>commit</th><td>{}</td></tr><tr><th>pipeline</th><td>{}</td></tr>\
+         <tr><th>status</th><td id=\"status\" class=\"status {s}\">{s}</td></tr>\
+         <tr><th>attempt</th><td>{} of {}</td></tr><tr><th>agent</th><td>{}</td></tr>\
+         <tr><th>duration</th><td>{}</td></tr><tr><th>error</th><td id=\"error\">{}</td></tr></table>\n<div id=\"log\">",
+        escape(&job.job_name),
+        escape(&job.project),
+        escape(&job.git_ref),
+        escape(&job.commit_sha),
+        job.pipeline_number,
+        job.attempts,
+        job.max_attempts,
+        escape(job.agent_id.as_deref().unwrap_or("-")),
+        escape(&duration(&job)),
+        escape(job.error.as_deref().unwrap_or("")),
+        s = escape(&job.status),
+    );
+    for (title, status, text) in sections(&log, &events) {
+        let _ = write!(
+            body,
+            "<section><h3>{} <small>{}</small></h3><pre class=\"log\">{}</pre></section>",
+            escape(&title),
+            escape(&status),
+            escape(&text)
+        );
+    }
+    body.push_str("</div>\n");
+    if !job.is_final() {
+        // Follow the job: append new log text and steps as they arrive. textContent/append
+        // of strings never interprets HTML, so the log cannot inject markup.
+        let _ = write!(
+            body,
+            r#"<script>
+const es = new EventSource("/jobs/{id}/stream?offset={off}&seq={seq}");
+const logDiv = document.getElementById("log");
+let pre = [...document.querySelectorAll("pre.log")].pop();
+es.addEventListener("log", e => pre.append(JSON.parse(e.data).text));
+es.addEventListener("step", e => {{
+  const v = JSON.parse(e.data);
+  if (v.type !== "step_started") return;
+  const s = document.createElement("section"), h = document.createElement("h3");
+  h.textContent = v.name; pre = document.createElement("pre"); pre.className = "log";
+  s.append(h, pre); logDiv.append(s);
+}});
+es.addEventListener("status", e => {{
+  const v = JSON.parse(e.data), st = document.getElementById("status");
+  st.textContent = v.status; st.className = "status " + v.status;
+  document.getElementById("error").textContent = v.error || "";
+}});
+es.addEventListener("end", () => es.close());
+</script>"#,
+            off = log.len(),
+            seq = events.len(),
+        );
+    }
+    page(&format!("job {id}"), &body).into_response()
+}
+
+#[derive(Deserialize)]
+struct StreamQuery {
+    #[serde(default)]
+    offset: u64,
+    #[serde(default)]
+    seq: u64,
+}
+
+/// The longest prefix of `b` that is whole UTF-8 (a character split across chunks waits for
+/// its tail), unless `all` (the job ended: send everything, lossily).
+fn text_prefix(b: &[u8], all: bool) -> usize {
+    match std::str::from_utf8(b) {
+        Ok(_) => b.len(),
+        Err(e) if e.error_len().is_none() && !all => e.valid_up_to(),
+        Err(_) => b.len(),
+    }
+}
+
+struct Follow {
+    state: Arc<AppState>,
+    id: i64,
+    offset: u64,
+    seq: u64,
+    status: Option<String>,
+    done: bool,
+    changed: tokio::sync::watch::Receiver<u64>,
+}
+
+fn log_event(text: &[u8], end: u64, seq: u64) -> Event {
+    Event::default()
+        .event("log")
+        .id(format!("{end}:{seq}"))
+        .json_data(serde_json::json!({ "text": String::from_utf8_lossy(text) }))
+        .unwrap_or_default()
+}
+
+/// One round: everything new since the last, or `None` once the job ended and all was sent.
+async fn next_batch(mut f: Follow) -> Option<(Vec<Event>, Follow)> {
+    if f.done {
+        return None;
+    }
+    loop {
+        f.changed.borrow_and_update();
+        let (id, offset, seq) = (f.id, f.offset, f.seq);
+        let read = f
+            .state
+            .db(move |s| {
+                // The job first: if it was final then, the log and events read next are whole.
+                let job = s.job(id)?;
+                let events = s.events_from(id, seq)?;
+                let log = s.log_from(id, offset)?;
+                Ok((job, events, log))
+            })
+            .await;
+        let Ok((Some(job), events, log)) = read else {
+            return None;
+        };
+        let fin = job.is_final();
+        let mut out = Vec::new();
+        let take = text_prefix(&log, fin);
+        let mut sent = 0usize;
+        for (s, ev) in &events {
+            // Log text before a step's start goes out first, so it lands in the prior section.
+            if let JobEvent::StepStarted { log_offset, .. } = ev {
+                let upto = log_offset.saturating_sub(f.offset) as usize;
+                if upto > sent && upto <= take {
+                    out.push(log_event(&log[sent..upto], f.offset + upto as u64, *s));
+                    sent = upto;
+                }
+            }
+            f.seq = s + 1;
+            if let Ok(e) = Event::default()
+                .event("step")
+                .id(format!("{}:{}", f.offset + sent as u64, f.seq))
+                .json_data(ev)
+            {
+                out.push(e);
+            }
+        }
+        if take > sent {
+            out.push(log_event(&log[sent..take], f.offset + take as u64, f.seq));
+        }
+        f.offset += take as u64;
+        if f.status.as_deref() != Some(job.status.as_str()) {
+            f.status = Some(job.status.clone());
+            if let Ok(e) = Event::default()
+                .event("status")
+                .json_data(serde_json::json!({ "status": job.status, "error": job.error }))
+            {
+                out.push(e);
+            }
+        }
+        if fin {
+            out.push(Event::default().event("end").data("end"));
+            f.done = true;
+        }
+        if !out.is_empty() {
+            return Some((out, f));
+        }
+        // Nothing new: wait for a change (any write; we re-check) — never a busy loop.
+        if f.changed.changed().await.is_err() {
+            return None;
+        }
+    }
+}
+
+async fn job_stream(
+    State(state): State<Arc<AppState>>,
+    Path(raw): Path<String>,
+    Query(q): Query<StreamQuery>,
+    headers: HeaderMap,
+) -> Response {
+    let Some(id) = super::store::parse_job_id(&raw) else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    // A reconnecting EventSource resumes from the id of the last event it got ("offset:seq").
+    let (offset, seq) = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(':'))
+        .and_then(|(o, s)| Some((o.parse().ok()?, s.parse().ok()?)))
+        .unwrap_or((q.offset, q.seq));
+    tracing::info!(job = id, offset, seq, "live stream opened");
+    let changed = state.changed.subscribe();
+    let follow = Follow {
+        state,
+        id,
+        offset,
+        seq,
+        status: None,
+        done: false,
+        changed,
+    };
+    let s: std::pin::Pin<Box<dyn Stream<Item = Result<Event, Infallible>> + Send>> = Box::pin(
+        stream::unfold(follow, next_batch)
+            .flat_map(|batch| stream::iter(batch.into_iter().map(Ok))),
+    );
+    Sse::new(s)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escapes_markup() {
+        assert_eq!(
+            escape("<script>\"a\" & 'b'</script>"),
+            "&lt;script&gt;&quot;a&quot; &amp; &#39;b&#39;&lt;/script&gt;"
+        );
+    }
+
+    #[test]
+    fn sections_split_at_step_offsets() {
+        let log = b"prep\nstep one\nstep two\n";
+        let ev = |step, name: &str, off| JobEvent::StepStarted {
+            step,
+            name: name.into(),
+            log_offset: off,
+        };
+        let s = sections(log, &[(0, ev(1, "one", 5)), (1, ev(2, "two", 14))]);
+        let texts: Vec<&str> = s.iter().map(|x| x.2.as_str()).collect();
+        assert_eq!(texts, ["prep\n", "step one\n", "step two\n"]);
+    }
+
+    #[test]
+    fn split_characters_wait_for_their_tail() {
+        let b = "é".as_bytes();
+        assert_eq!(text_prefix(&b[..1], false), 0);
+        assert_eq!(text_prefix(&b[..1], true), 1);
+        assert_eq!(text_prefix(b, false), 2);
+    }
+}

@@ -1,0 +1,674 @@
+//! The reference coordinator as a real process on loopback: started with
+//! `bosun coordinator serve --listen 127.0.0.1:0`, driven over HTTP like an agent would,
+//! and through the CLI (`enqueue`, `cancel`, `revoke`) like an operator would.
+
+use bosun::protocol::{
+    ClaimResponse, EventAck, EventBatch, FinalStatus, FinishRequest, HeartbeatResponse, JobEvent,
+    LogAck, RegisterResponse,
+};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_bosun");
+
+struct Server {
+    child: Child,
+    /// The server's stderr lines, when started with `watch_log`.
+    log: Option<std::sync::mpsc::Receiver<String>>,
+    base: String,
+    data: PathBuf,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start(data: &Path, extra: &[&str]) -> Server {
+    start_with(data, extra, false)
+}
+
+fn start_with(data: &Path, extra: &[&str], watch_log: bool) -> Server {
+    let mut cmd = Command::new(BIN);
+    cmd.args(["coordinator", "serve", "--listen", "127.0.0.1:0", "--data"])
+        .arg(data)
+        .args(extra)
+        .stdout(Stdio::piped());
+    if watch_log {
+        cmd.env("BOSUN_LOG", "bosun=info").stderr(Stdio::piped());
+    } else {
+        cmd.stderr(Stdio::inherit());
+    }
+    let mut child = cmd.spawn().expect("start coordinator");
+    let log = child.stderr.take().map(|err| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                eprintln!("coordinator: {line}");
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        rx
+    });
+    let stdout = child.stdout.take().expect("stdout");
+    let mut line = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("read address");
+    let base = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_string();
+    Server {
+        child,
+        log,
+        base,
+        data: data.to_path_buf(),
+        _dir: None,
+    }
+}
+
+/// A fresh data dir with project acme/widget, and a server on it.
+fn fresh(extra: &[&str]) -> Server {
+    fresh_with(extra, false)
+}
+
+fn fresh_with(extra: &[&str], watch_log: bool) -> Server {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let key = dir.path().join("id_ed25519");
+    std::fs::write(&key, "-----BEGIN OPENSSH PRIVATE KEY-----\nTESTKEY\n").expect("key");
+    cli(
+        &data,
+        &[
+            "project",
+            "add",
+            "--slug",
+            "acme/widget",
+            "--clone-url",
+            "git@bitbucket.org:acme/widget.git",
+            "--user-key",
+            key.to_str().expect("utf8"),
+            "--env",
+            "A=1",
+            "--secret-env",
+            "TOKEN=hunter22",
+        ],
+    );
+    let mut s = start_with(&data, extra, watch_log);
+    s._dir = Some(dir);
+    s
+}
+
+/// Run `bosun coordinator ARGS… --data DATA`; returns trimmed stdout.
+fn cli(data: &Path, args: &[&str]) -> String {
+    let out = Command::new(BIN)
+        .arg("coordinator")
+        .args(args)
+        .arg("--data")
+        .arg(data)
+        .output()
+        .expect("run cli");
+    assert!(
+        out.status.success(),
+        "bosun coordinator {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn enqueue(data: &Path, extra: &[&str]) -> String {
+    let mut args = vec![
+        "enqueue",
+        "--project",
+        "acme/widget",
+        "--ref",
+        "main",
+        "--job",
+        "build",
+    ];
+    args.extend_from_slice(extra);
+    cli(data, &args)
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .expect("client")
+}
+
+struct Agent {
+    base: String,
+    token: String,
+    http: reqwest::Client,
+}
+
+impl Agent {
+    fn url(&self, p: &str) -> String {
+        format!("{}/api/v1{p}", self.base)
+    }
+    async fn post(&self, p: &str, body: serde_json::Value) -> reqwest::Response {
+        self.http
+            .post(self.url(p))
+            .bearer_auth(&self.token)
+            .json(&body)
+            .send()
+            .await
+            .expect("request")
+    }
+    async fn claim(&self, wait: u64) -> reqwest::Response {
+        self.post(
+            &format!("/jobs/claim?wait={wait}"),
+            json!({"resource_class": "docker", "labels": [], "capacity": 1}),
+        )
+        .await
+    }
+    async fn claim_job(&self, wait: u64) -> ClaimResponse {
+        let r = self.claim(wait).await;
+        assert_eq!(r.status(), 200);
+        r.json().await.expect("claim json")
+    }
+    async fn log(&self, id: &str, offset: u64, bytes: &[u8]) -> (u16, u64) {
+        let r = self
+            .http
+            .post(self.url(&format!("/jobs/{id}/log?offset={offset}")))
+            .bearer_auth(&self.token)
+            .body(bytes.to_vec())
+            .send()
+            .await
+            .expect("log");
+        let status = r.status().as_u16();
+        // 200/409 carry a LogAck; errors (403, 404) an ApiError, reported as offset 0.
+        let v: serde_json::Value = r.json().await.expect("json");
+        (status, v["offset"].as_u64().unwrap_or(0))
+    }
+    async fn heartbeat(&self, jobs: &[&str]) -> reqwest::Response {
+        let running: Vec<_> = jobs
+            .iter()
+            .map(|j| json!({"job_id": j, "state": "running"}))
+            .collect();
+        self.post("/agents/heartbeat", json!({ "running": running }))
+            .await
+    }
+    async fn finish(&self, id: &str, status: FinalStatus, log: &[u8]) -> reqwest::Response {
+        let req = FinishRequest {
+            status,
+            log_bytes: log.len() as u64,
+            log_sha256: sha256(log),
+            error: None,
+        };
+        self.post(
+            &format!("/jobs/{id}/finish"),
+            serde_json::to_value(req).expect("json"),
+        )
+        .await
+    }
+}
+
+fn sha256(b: &[u8]) -> String {
+    Sha256::digest(b)
+        .iter()
+        .map(|x| format!("{x:02x}"))
+        .collect()
+}
+
+async fn register(s: &Server, name: &str) -> Agent {
+    let token = cli(&s.data, &["token"]);
+    let r = client()
+        .post(format!("{}/api/v1/agents/register", s.base))
+        .json(&json!({"registration_token": token, "name": name,
+            "resource_class": "docker", "labels": [], "version": "test"}))
+        .send()
+        .await
+        .expect("register");
+    assert_eq!(r.status(), 201);
+    let reg: RegisterResponse = r.json().await.expect("json");
+    assert_eq!(reg.protocol_version, 1);
+    Agent {
+        base: s.base.clone(),
+        token: reg.agent_token,
+        http: client(),
+    }
+}
+
+async fn get_text(url: &str) -> String {
+    client()
+        .get(url)
+        .send()
+        .await
+        .expect("get")
+        .text()
+        .await
+        .expect("text")
+}
+
+#[tokio::test]
+async fn register_needs_the_registration_token() {
+    let s = fresh(&[]);
+    let r = client()
+        .post(format!("{}/api/v1/agents/register", s.base))
+        .json(&json!({"registration_token": "wrong", "name": "a",
+            "resource_class": "docker", "version": "test"}))
+        .send()
+        .await
+        .expect("register");
+    assert_eq!(r.status(), 401);
+    let a = register(&s, "a1").await;
+    // The token is stored only as a digest.
+    let db = std::fs::read(s.data.join("coordinator.db")).expect("db");
+    assert!(!db.windows(a.token.len()).any(|w| w == a.token.as_bytes()));
+    // A made-up bearer token is refused.
+    let bad = Agent {
+        token: "bosun-agent-nope".into(),
+        ..a
+    };
+    assert_eq!(bad.claim(0).await.status(), 401);
+}
+
+#[tokio::test]
+async fn claim_long_poll_wakes_on_cli_enqueue_and_answers_204_when_nothing_comes() {
+    let s = fresh(&[]);
+    let a = register(&s, "a1").await;
+
+    let t = Instant::now();
+    assert_eq!(a.claim(1).await.status(), 204);
+    let waited = t.elapsed();
+    assert!(
+        waited >= Duration::from_millis(950) && waited < Duration::from_secs(3),
+        "{waited:?}"
+    );
+
+    let data = s.data.clone();
+    let poll = tokio::spawn(async move {
+        let r = a.claim(20).await;
+        (Instant::now(), r.status(), r.text().await.expect("text"))
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (id, enqueued_at) = tokio::task::spawn_blocking(move || {
+        (enqueue(&data, &["--commit", "abc123"]), Instant::now())
+    })
+    .await
+    .expect("enqueue");
+    let (answered_at, status, body) = poll.await.expect("poll");
+    assert_eq!(status, 200, "{body}");
+    let lag = answered_at.saturating_duration_since(enqueued_at);
+    eprintln!("claim answered {lag:?} after the enqueue command exited");
+    assert!(lag < Duration::from_millis(300), "{lag:?}");
+    let c: ClaimResponse = serde_json::from_str(&body).expect("json");
+    assert_eq!(c.job.id, id);
+    assert_eq!(c.job.attempt, 1);
+    assert_eq!(c.job.commit_sha, "abc123");
+    assert_eq!(c.job.branch.as_deref(), Some("main"));
+    assert_eq!(c.job.project.slug, "acme/widget");
+    assert_eq!(c.job.keys.len(), 1);
+    assert!(c.job.env.iter().any(|e| e.name == "TOKEN" && e.secret));
+}
+
+#[tokio::test]
+async fn one_job_is_leased_to_one_agent_only() {
+    let s = fresh(&[]);
+    let a = register(&s, "a1").await;
+    let b = register(&s, "a2").await;
+    let (ra, rb, _) = tokio::join!(a.claim(3), b.claim(3), async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let data = s.data.clone();
+        tokio::task::spawn_blocking(move || enqueue(&data, &[]))
+            .await
+            .expect("enqueue")
+    });
+    let mut statuses = [ra.status().as_u16(), rb.status().as_u16()];
+    statuses.sort();
+    assert_eq!(statuses, [200, 204]);
+}
+
+#[tokio::test]
+async fn logs_and_events_are_idempotent_and_finish_checks_the_digest() {
+    let s = fresh(&[]);
+    let a = register(&s, "a1").await;
+    let id = enqueue(&s.data, &[]);
+    let job = a.claim_job(5).await.job;
+    assert_eq!(job.id, id);
+
+    // Same chunk twice: stored once.
+    assert_eq!(a.log(&id, 0, b"prep\n").await, (200, 5));
+    assert_eq!(a.log(&id, 0, b"prep\n").await, (200, 5));
+    // A gap: 409 with where the coordinator's copy ends.
+    assert_eq!(a.log(&id, 20, b"later\n").await, (409, 5));
+    // Resend from that offset (overlapping a little) works.
+    assert_eq!(a.log(&id, 3, b"p\nstep <one>\n").await, (200, 16));
+
+    let ev = |first_seq: u64, events: Vec<JobEvent>| {
+        serde_json::to_value(EventBatch { first_seq, events }).expect("json")
+    };
+    let started = JobEvent::StepStarted {
+        step: 1,
+        name: "Run <tests>".into(),
+        log_offset: 5,
+    };
+    let finished = JobEvent::StepFinished {
+        step: 1,
+        name: "Run <tests>".into(),
+        status: "success".into(),
+        exit_code: Some(0),
+        duration_ms: 1200,
+        log_offset: 16,
+    };
+    let r = a
+        .post(&format!("/jobs/{id}/events"), ev(0, vec![started.clone()]))
+        .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<EventAck>().await.expect("ack").next_seq, 1);
+    // Resent batch overlapping the stored one: only the new event is added.
+    let r = a
+        .post(
+            &format!("/jobs/{id}/events"),
+            ev(0, vec![started.clone(), finished.clone()]),
+        )
+        .await;
+    assert_eq!(r.json::<EventAck>().await.expect("ack").next_seq, 2);
+    let r = a
+        .post(&format!("/jobs/{id}/events"), ev(5, vec![finished.clone()]))
+        .await;
+    assert_eq!(r.status(), 409);
+    assert_eq!(r.json::<EventAck>().await.expect("ack").next_seq, 2);
+
+    let log = b"prep\nstep <one>\n";
+    // Claiming more bytes than stored: 409 with the stored length.
+    let mut longer = log.to_vec();
+    longer.extend_from_slice(b"lost");
+    let r = a.finish(&id, FinalStatus::Success, &longer).await;
+    assert_eq!(r.status(), 409);
+    assert_eq!(r.json::<LogAck>().await.expect("ack").offset, 16);
+
+    let r = a.finish(&id, FinalStatus::Success, log).await;
+    assert_eq!(r.status(), 200);
+    // A resent finish (lost answer) is answered the same.
+    assert_eq!(a.finish(&id, FinalStatus::Success, log).await.status(), 200);
+    // No writes after the end.
+    assert_eq!(a.log(&id, 16, b"x").await.0, 403);
+
+    let index = get_text(&s.base).await;
+    assert!(
+        index.contains(&format!("<a href=\"/jobs/{id}\">{id}</a>")),
+        "{index}"
+    );
+    assert!(index.contains(">success</td>"), "{index}");
+    let page = get_text(&format!("{}/jobs/{id}", s.base)).await;
+    assert!(page.contains("Run &lt;tests&gt;"), "{page}");
+    assert!(
+        page.contains("<pre class=\"log\">step &lt;one&gt;\n</pre>"),
+        "{page}"
+    );
+    assert!(page.contains("<pre class=\"log\">prep\n</pre>"), "{page}");
+
+    // A second job finished with a digest that does not match what was stored.
+    let id2 = enqueue(&s.data, &[]);
+    a.claim_job(5).await;
+    assert_eq!(a.log(&id2, 0, b"abc").await, (200, 3));
+    let r = a.finish(&id2, FinalStatus::Success, b"abd").await;
+    assert_eq!(r.status(), 422);
+    let err: serde_json::Value = r.json().await.expect("json");
+    assert!(
+        err["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("log digest differs"),
+        "{err}"
+    );
+    let jobs = cli(&s.data, &["jobs"]);
+    let line = jobs
+        .lines()
+        .find(|l| l.trim_start().starts_with(&format!("{id2} ")))
+        .unwrap_or_else(|| panic!("{jobs}"));
+    assert!(line.contains("infrastructure_fail"), "{jobs}");
+}
+
+#[tokio::test]
+async fn live_stream_sends_new_log_and_the_final_status() {
+    let s = fresh(&[]);
+    let a = register(&s, "a1").await;
+    let id = enqueue(&s.data, &[]);
+    a.claim_job(5).await;
+    a.log(&id, 0, b"first\n").await;
+    let mut stream = client()
+        .get(format!("{}/jobs/{id}/stream?offset=0&seq=0", s.base))
+        .send()
+        .await
+        .expect("stream");
+    assert_eq!(
+        stream
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok()),
+        Some("text/event-stream")
+    );
+    let mut got = String::new();
+    let mut sent_second = false;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !got.contains("event: end") && Instant::now() < deadline {
+        let chunk = tokio::time::timeout(Duration::from_secs(5), stream.chunk())
+            .await
+            .expect("stream stalled")
+            .expect("chunk");
+        let Some(chunk) = chunk else { break };
+        got.push_str(&String::from_utf8_lossy(&chunk));
+        if got.contains("first") && !sent_second {
+            sent_second = true;
+            a.log(&id, 6, b"second <b>\n").await;
+            a.finish(&id, FinalStatus::Failed, b"first\nsecond <b>\n")
+                .await;
+        }
+    }
+    assert!(got.contains("second <b>"), "{got}");
+    assert!(got.contains("\"status\":\"failed\""), "{got}");
+    assert!(got.contains("event: end"), "{got}");
+}
+
+#[tokio::test]
+async fn a_lapsed_lease_requeues_the_job_then_fails_it_after_max_attempts() {
+    let s = fresh(&["--lease-secs", "2"]);
+    let a = register(&s, "a1").await;
+    let id = enqueue(&s.data, &["--max-attempts", "2"]);
+    let c = a.claim_job(5).await;
+    assert_eq!((c.job.attempt, c.lease_secs), (1, 2));
+    a.log(&id, 0, b"attempt one\n").await;
+    // No heartbeat: within lease + reaper period the job is queued again, as attempt 2.
+    let c = a.claim_job(10).await;
+    assert_eq!((c.job.id.as_str(), c.job.attempt), (id.as_str(), 2));
+    // The old attempt's log went with it: the new attempt writes from 0.
+    assert_eq!(a.log(&id, 0, b"attempt two\n").await, (200, 12));
+    // Heartbeats keep the lease…
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        let hb: HeartbeatResponse = a.heartbeat(&[&id]).await.json().await.expect("hb");
+        assert!(hb.unknown.is_empty(), "{hb:?}");
+    }
+    // …and without them the last attempt ends as infrastructure_fail.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let jobs = cli(&s.data, &["jobs"]);
+        if jobs.contains("infrastructure_fail") {
+            assert!(jobs.contains("2/2"), "{jobs}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "{jobs}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let hb: HeartbeatResponse = a.heartbeat(&[&id]).await.json().await.expect("hb");
+    assert_eq!(hb.unknown, vec![id.clone()]);
+    assert_eq!(a.log(&id, 12, b"x").await.0, 403);
+}
+
+#[tokio::test]
+async fn cancel_through_the_cli_reaches_the_next_heartbeat() {
+    let s = fresh(&[]);
+    let a = register(&s, "a1").await;
+    let id = enqueue(&s.data, &[]);
+    a.claim_job(5).await;
+    let hb: HeartbeatResponse = a.heartbeat(&[&id]).await.json().await.expect("hb");
+    assert!(hb.cancel.is_empty());
+    assert!(cli(&s.data, &["cancel", &id]).contains("cancel requested"));
+    let hb: HeartbeatResponse = a.heartbeat(&[&id]).await.json().await.expect("hb");
+    assert_eq!(hb.cancel, vec![id.clone()]);
+    assert_eq!(hb.lease_secs, 30);
+    assert_eq!(
+        a.finish(&id, FinalStatus::Canceled, b"").await.status(),
+        200
+    );
+    // A queued job is canceled at once.
+    let id2 = enqueue(&s.data, &[]);
+    assert!(cli(&s.data, &["cancel", &id2]).ends_with("canceled"));
+    assert_eq!(a.claim(0).await.status(), 204);
+}
+
+#[tokio::test]
+async fn a_revoked_agent_gets_401() {
+    let s = fresh(&[]);
+    let a = register(&s, "doomed").await;
+    assert_eq!(a.heartbeat(&[]).await.status(), 200);
+    cli(&s.data, &["revoke", "doomed"]);
+    let r = a.heartbeat(&[]).await;
+    assert_eq!(r.status(), 401);
+    let body: serde_json::Value = r.json().await.expect("json");
+    assert_eq!(body["error"], "agent token revoked");
+    assert_eq!(a.claim(0).await.status(), 401);
+}
+
+#[tokio::test]
+async fn everything_survives_sigkill_and_restart() {
+    let mut s = fresh(&[]);
+    let a = register(&s, "a1").await;
+    let done = enqueue(&s.data, &[]);
+    a.claim_job(5).await;
+    let log = b"all the bytes\n";
+    assert_eq!(a.log(&done, 0, log).await, (200, 14));
+    assert_eq!(
+        a.finish(&done, FinalStatus::Success, log).await.status(),
+        200
+    );
+    let running = enqueue(&s.data, &[]);
+    a.claim_job(5).await;
+    assert_eq!(a.log(&running, 0, b"half").await, (200, 4));
+    let queued = enqueue(&s.data, &[]);
+
+    // SIGKILL: no chance to flush anything; every acknowledged write must be on disk.
+    s.child.kill().expect("kill");
+    s.child.wait().expect("wait");
+    let dir = s._dir.take();
+    let data = s.data.clone();
+    drop(s);
+    let mut s2 = start(&data, &[]);
+    s2._dir = dir;
+
+    let a = Agent {
+        base: s2.base.clone(),
+        ..a
+    };
+    // The running job's lease and log are intact: the agent carries on where it was.
+    assert_eq!(a.log(&running, 4, b" more").await, (200, 9));
+    let page = get_text(&format!("{}/jobs/{done}", s2.base)).await;
+    assert!(page.contains("all the bytes"), "{page}");
+    assert!(page.contains(">success</td>"), "{page}");
+    let c = a.claim_job(5).await;
+    assert_eq!(c.job.id, queued);
+    let jobs = cli(&s2.data, &["jobs"]);
+    assert!(jobs.contains("success"), "{jobs}");
+}
+
+/// Optional: the job page in a real headless browser (Debian's `chromium`), if installed: the
+/// server-rendered log is there, and the inline script follows the job live (new log text,
+/// a new step section, the final status) over server-sent events.
+#[tokio::test]
+async fn job_page_follows_the_job_live_in_headless_chromium() {
+    let Some(chromium) = ["chromium", "chromium-browser", "google-chrome"]
+        .into_iter()
+        .find(|b| {
+            Command::new(b)
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+    else {
+        eprintln!("skipped: no chromium installed");
+        return;
+    };
+    let mut s = fresh_with(&[], true);
+    let a = register(&s, "a1").await;
+    let id = enqueue(&s.data, &[]);
+    a.claim_job(5).await;
+    a.log(&id, 0, b"hello <world>\n").await;
+    let url = format!("{}/jobs/{id}", s.base);
+    // Virtual time stands still while a request is open, so chromium dumps the DOM only after
+    // the job ended (the stream closes) plus the budget: after the live updates landed.
+    let browser = tokio::task::spawn_blocking(move || {
+        Command::new(chromium)
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--virtual-time-budget=2000",
+                "--dump-dom",
+                &url,
+            ])
+            .output()
+    });
+    // What follows must reach the page live: wait until its script opened the stream.
+    let log = s.log.take().expect("server log");
+    tokio::task::spawn_blocking(move || loop {
+        let line = log
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the page never opened its live stream");
+        if line.contains("live stream opened") {
+            break;
+        }
+    })
+    .await
+    .expect("join");
+    a.log(&id, 14, b"LIVE <tail>\n").await;
+    let step = JobEvent::StepStarted {
+        step: 1,
+        name: "Run tests".into(),
+        log_offset: 26,
+    };
+    let batch = EventBatch {
+        first_seq: 0,
+        events: vec![step],
+    };
+    a.post(
+        &format!("/jobs/{id}/events"),
+        serde_json::to_value(batch).expect("json"),
+    )
+    .await;
+    a.log(&id, 26, b"in the step\n").await;
+    let all = b"hello <world>\nLIVE <tail>\nin the step\n";
+    assert_eq!(a.finish(&id, FinalStatus::Success, all).await.status(), 200);
+    let out = tokio::time::timeout(Duration::from_secs(60), browser)
+        .await
+        .expect("chromium did not finish within 60 s")
+        .expect("join")
+        .expect("chromium");
+    let dom = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        dom.contains("hello &lt;world&gt;\nLIVE &lt;tail&gt;\n</pre>"),
+        "{dom}"
+    );
+    assert!(
+        dom.contains("<h3>Run tests</h3><pre class=\"log\">in the step\n</pre>"),
+        "{dom}"
+    );
+    assert!(
+        dom.contains("class=\"status success\">success</td>"),
+        "{dom}"
+    );
+}
