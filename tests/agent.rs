@@ -31,6 +31,8 @@ struct St {
     heartbeats: Vec<Heartbeat>,
     claims: usize,
     registrations: usize,
+    /// Every call with the agent token answers 401.
+    revoked: bool,
 }
 
 struct Fake {
@@ -182,7 +184,7 @@ fn handle(mut conn: TcpStream, st: &Mutex<St>) -> std::io::Result<()> {
         drop(s);
         return respond(&mut conn, 201, &json(&resp));
     }
-    if auth != format!("Bearer {TOKEN}") {
+    if auth != format!("Bearer {TOKEN}") || st.lock().expect("st").revoked {
         return respond(&mut conn, 401, br#"{"error":"unknown token"}"#);
     }
     if path == "/jobs/claim" {
@@ -302,6 +304,28 @@ struct AgentProc {
 }
 
 impl AgentProc {
+    /// SIGKILL the agent (a crash) and start a new one on the same directories.
+    fn crash_and_restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = Self::spawn(self.dir.path(), "agent2.log");
+    }
+
+    fn spawn(d: &std::path::Path, log: &str) -> Child {
+        let log = std::fs::File::create(d.join(log)).expect("log");
+        Command::new(harness::bosun_bin())
+            .args(["agent", "--config"])
+            .arg(d.join("agent.toml"))
+            .env("BOSUN_LOG", "info,bosun=debug")
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("JOURNAL_STREAM")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn agent")
+    }
+
     fn start(fake: &Fake, agent_id: &str) -> AgentProc {
         let dir = tempfile::Builder::new()
             .prefix("bosun-agent-test-")
@@ -325,18 +349,7 @@ kill_grace_secs = 1
             d = d.display()
         );
         std::fs::write(d.join("agent.toml"), cfg).expect("cfg");
-        let log = std::fs::File::create(d.join("agent.log")).expect("log");
-        let child = Command::new(harness::bosun_bin())
-            .args(["agent", "--config"])
-            .arg(d.join("agent.toml"))
-            .env("BOSUN_LOG", "info,bosun=debug")
-            .env_remove("NOTIFY_SOCKET")
-            .env_remove("JOURNAL_STREAM")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn agent");
+        let child = Self::spawn(d, "agent.log");
         AgentProc {
             child,
             dir,
@@ -345,7 +358,26 @@ kill_grace_secs = 1
     }
 
     fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
+        let mut text = String::new();
+        for f in ["agent.log", "agent2.log"] {
+            text.push_str(&std::fs::read_to_string(self.dir.path().join(f)).unwrap_or_default());
+        }
+        text
+    }
+
+    fn wait_exit(&mut self, secs: u64) -> std::process::ExitStatus {
+        let until = Instant::now() + Duration::from_secs(secs);
+        loop {
+            if let Some(st) = self.child.try_wait().expect("wait") {
+                return st;
+            }
+            assert!(
+                Instant::now() < until,
+                "the agent did not exit:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     fn spool(&self) -> PathBuf {
@@ -459,11 +491,7 @@ jobs:
     assert!(log.len() > before_up, "the log grew after the outage");
     assert_eq!(fin.status, FinalStatus::Success, "{text}");
     assert_eq!(fin.log_bytes, log.len() as u64);
-    let digest: String = Sha256::digest(&log)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    assert_eq!(fin.log_sha256, digest, "byte for byte");
+    assert_eq!(fin.log_sha256, digest(&log), "byte for byte");
     assert!(text.contains("token=******** greeting=hello"), "{text}");
     assert!(text.contains("******** split"), "{text}");
     assert!(
@@ -618,14 +646,7 @@ jobs:
         agent.child.try_wait().expect("wait").is_none(),
         "the agent exited before its job finished"
     );
-    let until = Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(st) = agent.child.try_wait().expect("wait") {
-            break st;
-        }
-        assert!(Instant::now() < until, "the agent did not exit");
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let status = agent.wait_exit(60);
     assert_eq!(status.code(), Some(0), "{}", agent.log());
     let s = fake.st();
     let (fin, _) = s
@@ -644,4 +665,102 @@ jobs:
     drop(s);
     assert_eq!(std::fs::read_dir(agent.spool()).map_or(0, |d| d.count()), 0);
     p.assert_no_container_left();
+}
+
+fn digest(log: &[u8]) -> String {
+    Sha256::digest(log)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[test]
+fn after_a_crash_the_restarted_agent_removes_the_orphan_and_reports_the_job() {
+    ensure_images();
+    let p = Project::new(&format!(
+        r#"version: 2.1
+jobs:
+  build:
+    docker:
+      - image: {img}
+    steps:
+      - run:
+          name: long
+          command: echo before-crash; sleep 300
+"#,
+        img = image("base")
+    ));
+    let agent_id = format!("agent-{}", p.job_id);
+    let fake = Fake::start(&agent_id);
+    fake.st().queue.push(wire_job(&p, Vec::new()));
+    let mut agent = AgentProc::start(&fake, &agent_id);
+    let id = p.job_id.clone();
+    fake.wait_for("the step's output", 120, |s| {
+        s.logs
+            .get(&id)
+            .filter(|l| String::from_utf8_lossy(l).contains("before-crash"))
+            .map(|_| ())
+    });
+    agent.crash_and_restart();
+    assert_eq!(p.containers().len(), 1, "the crash left the container");
+    let (fin, _) = fake.wait_for("the finish", 60, |s| s.finish.get(&id).cloned());
+    let s = fake.st();
+    let log = s.logs[&id].clone();
+    let text = String::from_utf8_lossy(&log).into_owned();
+    assert_eq!(fin.status, FinalStatus::InfrastructureFail, "{text}");
+    assert!(text.contains("before-crash"), "{text}");
+    assert!(
+        text.contains("the agent stopped while this job ran"),
+        "{text}"
+    );
+    assert_eq!(fin.log_sha256, digest(&log));
+    assert_eq!(s.registrations, 1, "the stored agent token was reused");
+    drop(s);
+    p.assert_no_container_left();
+    let mode = std::fs::metadata(agent.dir.path().join("state/agent.json"))
+        .expect("agent.json")
+        .permissions();
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(mode.mode() & 0o777, 0o600);
+}
+
+#[test]
+fn bad_config_and_unreachable_repository_finish_as_infrastructure_fail() {
+    let p = Project::new(
+        "version: 2.1\njobs:\n  build:\n    docker:\n      - image: nope\n    steps: [checkout]\n",
+    );
+    let agent_id = format!("agent-{}", p.job_id);
+    let fake = Fake::start(&agent_id);
+    let mut no_job = wire_job(&p, Vec::new());
+    no_job.id = format!("{}-nojob", p.job_id);
+    no_job.job_name = "deploy".into();
+    let mut no_repo = wire_job(&p, Vec::new());
+    no_repo.id = format!("{}-norepo", p.job_id);
+    no_repo.project.clone_url = "/nonexistent/bosun/repo".into();
+    fake.st().queue.extend([no_job.clone(), no_repo.clone()]);
+    let _agent = AgentProc::start(&fake, &agent_id);
+    for (job, words) in [(&no_job, "deploy"), (&no_repo, "/nonexistent/bosun/repo")] {
+        let (fin, _) = fake.wait_for("the finish", 60, |s| s.finish.get(&job.id).cloned());
+        let text = String::from_utf8_lossy(&fake.st().logs[&job.id]).into_owned();
+        assert_eq!(fin.status, FinalStatus::InfrastructureFail, "{text}");
+        let err = fin.error.clone().unwrap_or_default();
+        assert!(err.contains(words), "{err}");
+        assert!(text.contains(words), "{text}");
+    }
+}
+
+#[test]
+fn a_revoked_token_stops_the_agent_with_a_clear_message() {
+    let agent_id = format!("agent-{}", harness::new_run_id());
+    let fake = Fake::start(&agent_id);
+    let mut agent = AgentProc::start(&fake, &agent_id);
+    fake.wait_for("a claim", 30, |s| (s.claims > 0).then_some(()));
+    fake.st().revoked = true;
+    let status = agent.wait_exit(30);
+    assert_eq!(status.code(), Some(78));
+    assert!(
+        agent.log().contains("agent token revoked"),
+        "{}",
+        agent.log()
+    );
 }
