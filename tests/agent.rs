@@ -30,6 +30,7 @@ struct St {
     cancel_sent: HashMap<String, Instant>,
     heartbeats: Vec<Heartbeat>,
     claims: usize,
+    last_claim: Option<ClaimRequest>,
     registrations: usize,
     /// Every call with the agent token answers 401.
     revoked: bool,
@@ -188,10 +189,11 @@ fn handle(mut conn: TcpStream, st: &Mutex<St>) -> std::io::Result<()> {
         return respond(&mut conn, 401, br#"{"error":"unknown token"}"#);
     }
     if path == "/jobs/claim" {
-        let _: ClaimRequest = serde_json::from_slice(&body).expect("claim body");
+        let req: ClaimRequest = serde_json::from_slice(&body).expect("claim body");
         let job = {
             let mut s = st.lock().expect("st");
             s.claims += 1;
+            s.last_claim = Some(req);
             if s.queue.is_empty() {
                 None
             } else {
@@ -308,17 +310,19 @@ impl AgentProc {
     fn crash_and_restart(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        self.child = Self::spawn(self.dir.path(), "agent2.log");
+        self.child = Self::spawn(self.dir.path(), "agent2.log", &[]);
     }
 
-    fn spawn(d: &std::path::Path, log: &str) -> Child {
+    fn spawn(d: &std::path::Path, log: &str, env: &[(&str, &str)]) -> Child {
         let log = std::fs::File::create(d.join(log)).expect("log");
-        Command::new(harness::bosun_bin())
+        let mut c = Command::new(harness::bosun_bin());
+        c.env_remove("NOTIFY_SOCKET")
+            .env_remove("WATCHDOG_USEC")
+            .env_remove("JOURNAL_STREAM");
+        c.envs(env.iter().copied())
             .args(["agent", "--config"])
             .arg(d.join("agent.toml"))
             .env("BOSUN_LOG", "info,bosun=debug")
-            .env_remove("NOTIFY_SOCKET")
-            .env_remove("JOURNAL_STREAM")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -327,6 +331,10 @@ impl AgentProc {
     }
 
     fn start(fake: &Fake, agent_id: &str) -> AgentProc {
+        Self::start_env(fake, agent_id, &[])
+    }
+
+    fn start_env(fake: &Fake, agent_id: &str, env: &[(&str, &str)]) -> AgentProc {
         let dir = tempfile::Builder::new()
             .prefix("bosun-agent-test-")
             .tempdir()
@@ -349,7 +357,7 @@ kill_grace_secs = 1
             d = d.display()
         );
         std::fs::write(d.join("agent.toml"), cfg).expect("cfg");
-        let child = Self::spawn(d, "agent.log");
+        let child = Self::spawn(d, "agent.log", env);
         AgentProc {
             child,
             dir,
@@ -763,4 +771,120 @@ fn a_revoked_token_stops_the_agent_with_a_clear_message() {
         "{}",
         agent.log()
     );
+}
+
+fn signal(agent: &AgentProc, sig: i32) {
+    let pid = i32::try_from(agent.child.id()).expect("pid");
+    // SAFETY: signalling our own child process.
+    assert_eq!(unsafe { libc::kill(pid, sig) }, 0);
+}
+
+#[test]
+fn second_sigterm_cancels_and_sd_notify_tells_systemd() {
+    ensure_images();
+    let p = Project::new(&format!(
+        r#"version: 2.1
+jobs:
+  build:
+    docker:
+      - image: {img}
+    steps:
+      - run:
+          name: long
+          command: echo running; sleep 300
+"#,
+        img = image("base")
+    ));
+    let agent_id = format!("agent-{}", p.job_id);
+    let fake = Fake::start(&agent_id);
+    fake.st().queue.push(wire_job(&p, Vec::new()));
+    let sock_dir = tempfile::tempdir().expect("tmp");
+    let sock_path = sock_dir.path().join("notify");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).expect("bind");
+    sock.set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("timeout");
+    let messages = Arc::new(Mutex::new(Vec::<String>::new()));
+    let (m, stop) = (Arc::clone(&messages), Arc::new(AtomicBool::new(false)));
+    let stop2 = Arc::clone(&stop);
+    let reader = std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while !stop2.load(Ordering::SeqCst) {
+            if let Ok(n) = sock.recv(&mut buf) {
+                m.lock()
+                    .expect("m")
+                    .push(String::from_utf8_lossy(&buf[..n]).into_owned());
+            }
+        }
+    });
+    let sock_str = sock_path.display().to_string();
+    let mut agent = AgentProc::start_env(
+        &fake,
+        &agent_id,
+        &[("NOTIFY_SOCKET", &sock_str), ("WATCHDOG_USEC", "1000000")],
+    );
+    let id = p.job_id.clone();
+    fake.wait_for("the step's output", 120, |s| {
+        s.logs
+            .get(&id)
+            .filter(|l| String::from_utf8_lossy(l).contains("running"))
+            .map(|_| ())
+    });
+    signal(&agent, libc::SIGTERM);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        agent.child.try_wait().expect("wait").is_none(),
+        "drain waits"
+    );
+    signal(&agent, libc::SIGTERM);
+    let status = agent.wait_exit(30);
+    assert_eq!(status.code(), Some(0), "{}", agent.log());
+    let (fin, _) = fake
+        .st()
+        .finish
+        .get(&id)
+        .cloned()
+        .expect("finish delivered");
+    assert_eq!(fin.status, FinalStatus::Canceled);
+    stop.store(true, Ordering::SeqCst);
+    reader.join().expect("reader");
+    let msgs = messages.lock().expect("m").clone();
+    let pos = |want: &str| {
+        msgs.iter()
+            .position(|m| m.lines().any(|l| l.starts_with(want)))
+    };
+    let ready = pos("READY=1").unwrap_or_else(|| panic!("{msgs:?}"));
+    let stopping = pos("STOPPING=1").unwrap_or_else(|| panic!("{msgs:?}"));
+    assert!(ready < stopping, "{msgs:?}");
+    assert!(pos("WATCHDOG=1").is_some(), "{msgs:?}");
+    assert!(
+        msgs.iter().any(|m| m.contains("STATUS=1 job(s) running")),
+        "{msgs:?}"
+    );
+    assert!(
+        msgs.iter().any(|m| m.contains("STATUS=draining")),
+        "{msgs:?}"
+    );
+    p.assert_no_container_left();
+}
+
+#[test]
+fn sighup_reloads_concurrency_and_labels() {
+    let agent_id = format!("agent-{}", harness::new_run_id());
+    let fake = Fake::start(&agent_id);
+    let agent = AgentProc::start(&fake, &agent_id);
+    fake.wait_for("a claim", 30, |s| s.last_claim.clone());
+    let first = fake.st().last_claim.clone().expect("claim");
+    assert_eq!((first.capacity, first.labels.len()), (1, 0));
+    let cfg_path = agent.dir.path().join("agent.toml");
+    let text = std::fs::read_to_string(&cfg_path).expect("cfg");
+    let text = text.replace("concurrency = 1", "concurrency = 3\nlabels = [\"big\"]");
+    std::fs::write(&cfg_path, text).expect("cfg");
+    signal(&agent, libc::SIGHUP);
+    fake.wait_for("a claim with the new config", 30, |s| {
+        s.last_claim
+            .as_ref()
+            .filter(|c| c.capacity == 3 && c.labels == vec!["big".to_owned()])
+            .map(|_| ())
+    });
+    assert!(agent.log().contains("config reloaded"), "{}", agent.log());
 }

@@ -91,6 +91,17 @@ impl Agent {
         }
     }
 
+    /// STATUS= for systemd: how many jobs run, and whether the agent drains.
+    fn report_status(&self) {
+        let n = self.jobs().len();
+        let status = if self.draining.is_cancelled() {
+            format!("draining: {n} job(s) running")
+        } else {
+            format!("{n} job(s) running")
+        };
+        notify(&[sd_notify::NotifyState::Status(&status)]);
+    }
+
     fn set_fatal(&self, msg: String) {
         if let Ok(mut m) = self.fatal_msg.lock() {
             m.get_or_insert(msg);
@@ -486,9 +497,18 @@ fn reload(agent: &Agent) {
     }
 }
 
+/// WATCHDOG=1 every half of `WATCHDOG_USEC` (when `WATCHDOG_PID`, if set, is this process:
+/// systemd sets both; `sd_notify::watchdog_enabled` insists on the PID).
 fn spawn_watchdog() {
-    let mut usec = 0u64;
-    if !sd_notify::watchdog_enabled(false, &mut usec) || usec == 0 {
+    let usec = std::env::var("WATCHDOG_USEC")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    let for_us = std::env::var("WATCHDOG_PID")
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+        .is_none_or(|pid| pid == std::process::id());
+    if usec == 0 || !for_us {
         return;
     }
     let every = Duration::from_micros(usec / 2);
@@ -510,7 +530,6 @@ async fn heartbeat_loop(agent: Arc<Agent>) {
                 state: e.state.lock().map(|s| s.clone()).unwrap_or_default(),
             })
             .collect();
-        let n = running.len();
         let hb = Heartbeat {
             running,
             draining: agent.draining.is_cancelled(),
@@ -541,12 +560,7 @@ async fn heartbeat_loop(agent: Arc<Agent>) {
             }
             Err(e) => tracing::warn!("heartbeat: {e}"),
         }
-        let status = if agent.draining.is_cancelled() {
-            format!("draining: {n} job(s) running")
-        } else {
-            format!("{n} job(s) running")
-        };
-        notify(&[sd_notify::NotifyState::Status(&status)]);
+        agent.report_status();
         let every = Duration::from_secs(agent.cfg().heartbeat_secs.max(1));
         tokio::select! {
             _ = tokio::time::sleep(every) => {},
@@ -621,10 +635,12 @@ fn start_job(agent: &Arc<Agent>, job: protocol::WireJob) {
     let id = job.id.clone();
     tracing::info!(job = %id, name = %job.job_name, attempt = job.attempt, "claimed");
     agent.jobs().insert(id.clone(), entry);
+    agent.report_status();
     let agent = Arc::clone(agent);
     tokio::spawn(async move {
         run::run_wire_job(&agent, job, cancel, quiet, state).await;
         agent.jobs().remove(&id);
+        agent.report_status();
         agent.changed.notify_waiters();
     });
 }
