@@ -37,7 +37,7 @@ pub(crate) async fn run_wire_job(
     state: Arc<Mutex<String>>,
 ) {
     let cfg = agent.cfg();
-    let spool = match SpoolJob::create(&cfg.spool_dir, &wire.id) {
+    let spool = match SpoolJob::create(&cfg.spool_dir, &wire.id, wire.attempt) {
         Ok(s) => Arc::new(s),
         Err(e) => {
             // Nothing can be reported without a spool; the lease lapses and the job is queued

@@ -72,9 +72,11 @@ fn io_ctx(path: &Path, e: std::io::Error) -> std::io::Error {
 }
 
 impl SpoolJob {
-    /// A new, empty spool for `job_id` (an existing one is resumed instead).
-    pub fn create(spool_dir: &Path, job_id: &str) -> std::io::Result<SpoolJob> {
-        let dir = spool_dir.join(dir_name(job_id));
+    /// A new, empty spool for attempt `attempt` of `job_id` (an existing one is resumed
+    /// instead). Each attempt has its own directory: a job re-queued after a lapsed lease and
+    /// claimed again never mixes with what an earlier attempt left behind.
+    pub fn create(spool_dir: &Path, job_id: &str, attempt: u32) -> std::io::Result<SpoolJob> {
+        let dir = spool_dir.join(format!("{}.{attempt}", dir_name(job_id)));
         if dir.join("state.json").exists() {
             return SpoolJob::open(&dir);
         }
@@ -365,7 +367,7 @@ mod tests {
             .flat_map(|i| format!("line {i}\n").into_bytes())
             .collect();
         {
-            let j = SpoolJob::create(root.path(), "job/1").expect("create");
+            let j = SpoolJob::create(root.path(), "job/1", 1).expect("create");
             for (i, c) in whole.chunks(777).enumerate() {
                 j.append_log(c).expect("log");
                 j.append_event(ev(i as u32, j.log_len())).expect("event");
