@@ -226,7 +226,7 @@ async fn run_agent(cfg: AgentConfig, config_path: PathBuf, required: bool) -> u8
         },
         _ = early_stop.cancelled() => return 0,
     };
-    tracing::info!(agent_id = %ident.agent_id, coordinator = %cfg.coordinator_url, "registered");
+    tracing::info!(agent_id = %ident.agent_id, coordinator = %cfg.coordinator_url, "registered as {} with {}", ident.agent_id, cfg.coordinator_url);
     let executor = match DockerExecutor::connect().await {
         Ok(e) => Arc::new(e),
         Err(e) => {
@@ -633,7 +633,7 @@ fn start_job(agent: &Arc<Agent>, job: protocol::WireJob) {
         Arc::clone(&entry.state),
     );
     let id = job.id.clone();
-    tracing::info!(job = %id, name = %job.job_name, attempt = job.attempt, "claimed");
+    tracing::info!(job = %id, name = %job.job_name, attempt = job.attempt, "claimed job {id} ({}, attempt {})", job.job_name, job.attempt);
     agent.jobs().insert(id.clone(), entry);
     agent.report_status();
     let agent = Arc::clone(agent);

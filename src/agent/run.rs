@@ -129,7 +129,7 @@ pub(crate) async fn run_wire_job(
     let error = error.map(|e| {
         String::from_utf8_lossy(&Masker::new(&secrets).0.mask_all(e.as_bytes())).into_owned()
     });
-    tracing::info!(job = %wire.id, ?status, "finished");
+    tracing::info!(job = %wire.id, ?status, "job {} finished: {status:?}", wire.id);
     if let Err(e) = spool.finish(final_status(status), error) {
         tracing::error!(job = %wire.id, "cannot record the finish: {e}");
     }
