@@ -28,6 +28,9 @@ enum Command {
         after_help = "Exit codes:\n  0    the job succeeded\n  1    a step failed or timed out\n  2    the job could not run: bad config, engine unreachable, checkout refused, image missing\n  130  canceled by SIGINT/SIGTERM (the container is removed first)"
     )]
     Execute(Box<ExecuteArgs>),
+    /// Run the long-lived agent: register with a coordinator, claim jobs, run them, stream
+    /// their logs back. First SIGTERM drains, second cancels the running jobs; SIGHUP reloads.
+    Agent(bosun::agent::AgentArgs),
     /// Fetch a repository (with submodules) as a job's checkout would, into DEST.
     Checkout(Box<execute::CheckoutArgs>),
     /// Compile .circleci/config.yml offline: `process` prints it expanded, `validate` checks it.
@@ -117,8 +120,13 @@ fn config_command(cmd: ConfigCommand) -> ExitCode {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Agent(args) = cli.command {
+        // The agent sets up its own logging (journald, JSON).
+        return ExitCode::from(bosun::agent::main(args));
+    }
     init_tracing();
     match cli.command {
+        Command::Agent(_) => unreachable!("handled above"),
         Command::Execute(args) => ExitCode::from(execute::run(*args)),
         Command::Checkout(args) => ExitCode::from(execute::checkout(*args)),
         Command::Config(cmd) => config_command(cmd),

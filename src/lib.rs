@@ -4,6 +4,7 @@
 //! Layers (each uses only those below it):
 //! `execute` → `job` → `executor` / `checkout` / `stream` → `config` / `ssh`.
 
+pub mod agent;
 pub mod checkout;
 pub mod config;
 pub mod coordinator;

@@ -1,6 +1,9 @@
 //! What a job tells the world while it runs: typed events, and the sinks that carry them
 //! (a terminal, JSON lines; later the coordinator with its spool).
 
+pub mod mask;
+pub mod spool;
+
 use bytes::Bytes;
 use serde::{Serialize, Serializer};
 use std::io::Write;
@@ -31,7 +34,7 @@ pub enum JobStatus {
     InfrastructureFail,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Stream {
     Stdout,
@@ -252,8 +255,8 @@ impl<W: Write + Send> EventSink for TerminalSink<W> {
     }
 }
 
-/// The human rendering of one event.
-fn render(out: &mut dyn Write, event: &Event) {
+/// The human rendering of one event (the terminal view; also the agent's job log).
+pub fn render(out: &mut dyn Write, event: &Event) {
     {
         // A closed terminal must not take the job down with it: write errors are ignored.
         let _ = match event {

@@ -1,0 +1,208 @@
+//! The agent's configuration: a TOML file (`/etc/bosun/agent.toml` by default), each key
+//! overridable by the environment variable `BOSUN_<KEY in upper case>` (lists: comma
+//! separated). `systemd/agent.toml` documents every key.
+
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+pub const DEFAULT_CONFIG: &str = "/etc/bosun/agent.toml";
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    pub coordinator_url: String,
+    #[serde(default = "d_reg_token_file")]
+    pub registration_token_file: PathBuf,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default = "d_state_dir")]
+    pub state_dir: PathBuf,
+    #[serde(default = "d_resource_class")]
+    pub resource_class: String,
+    #[serde(default)]
+    pub labels: Vec<String>,
+    #[serde(default = "d_concurrency")]
+    pub concurrency: u32,
+    #[serde(default = "d_work_dir")]
+    pub work_dir: PathBuf,
+    #[serde(default = "d_spool_dir")]
+    pub spool_dir: PathBuf,
+    #[serde(default = "d_store_dir")]
+    pub store_dir: PathBuf,
+    #[serde(default)]
+    pub docker_host: Option<String>,
+    #[serde(default)]
+    pub network: Option<String>,
+    #[serde(default)]
+    pub vcs_hosts: Vec<String>,
+    #[serde(default)]
+    pub known_hosts_file: Option<PathBuf>,
+    #[serde(default = "d_kill_grace")]
+    pub kill_grace_secs: u64,
+    #[serde(default = "d_heartbeat")]
+    pub heartbeat_secs: u64,
+    #[serde(default = "d_claim_wait")]
+    pub claim_wait_secs: u64,
+    #[serde(default = "d_flush")]
+    pub drain_flush_secs: u64,
+}
+
+fn d_reg_token_file() -> PathBuf {
+    "/etc/bosun/registration-token".into()
+}
+fn d_state_dir() -> PathBuf {
+    "/var/lib/bosun".into()
+}
+fn d_resource_class() -> String {
+    "default".into()
+}
+fn d_concurrency() -> u32 {
+    1
+}
+fn d_work_dir() -> PathBuf {
+    "/var/cache/bosun/work".into()
+}
+fn d_spool_dir() -> PathBuf {
+    "/var/lib/bosun/spool".into()
+}
+fn d_store_dir() -> PathBuf {
+    "/var/cache/bosun/store".into()
+}
+fn d_kill_grace() -> u64 {
+    3
+}
+fn d_heartbeat() -> u64 {
+    5
+}
+fn d_claim_wait() -> u64 {
+    crate::protocol::DEFAULT_CLAIM_WAIT_SECS
+}
+fn d_flush() -> u64 {
+    30
+}
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Str,
+    Int,
+    List,
+}
+
+/// Every key, and how its environment override is read.
+const KEYS: &[(&str, Kind)] = &[
+    ("coordinator_url", Kind::Str),
+    ("registration_token_file", Kind::Str),
+    ("name", Kind::Str),
+    ("state_dir", Kind::Str),
+    ("resource_class", Kind::Str),
+    ("labels", Kind::List),
+    ("concurrency", Kind::Int),
+    ("work_dir", Kind::Str),
+    ("spool_dir", Kind::Str),
+    ("store_dir", Kind::Str),
+    ("docker_host", Kind::Str),
+    ("network", Kind::Str),
+    ("vcs_hosts", Kind::List),
+    ("known_hosts_file", Kind::Str),
+    ("kill_grace_secs", Kind::Int),
+    ("heartbeat_secs", Kind::Int),
+    ("claim_wait_secs", Kind::Int),
+    ("drain_flush_secs", Kind::Int),
+];
+
+impl AgentConfig {
+    /// Read `path` (missing is fine when `required` is false) and apply `BOSUN_*` overrides.
+    pub fn load(path: &Path, required: bool) -> Result<AgentConfig, String> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => String::new(),
+            Err(e) => return Err(format!("{}: {e}", path.display())),
+        };
+        Self::parse(&text, &path.display().to_string(), |k| {
+            std::env::var(k).ok()
+        })
+    }
+
+    pub fn parse(
+        text: &str,
+        name: &str,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<AgentConfig, String> {
+        let mut table: toml::Table = toml::from_str(text).map_err(|e| format!("{name}: {e}"))?;
+        for (key, kind) in KEYS {
+            let var = format!("BOSUN_{}", key.to_ascii_uppercase());
+            let Some(v) = env(&var) else { continue };
+            let value = match kind {
+                Kind::Str => toml::Value::String(v),
+                Kind::Int => toml::Value::Integer(
+                    v.trim()
+                        .parse()
+                        .map_err(|_| format!("{var}={v}: expected a whole number"))?,
+                ),
+                Kind::List => toml::Value::Array(
+                    v.split(',')
+                        .map(str::trim)
+                        .filter(|s| !s.is_empty())
+                        .map(|s| toml::Value::String(s.to_owned()))
+                        .collect(),
+                ),
+            };
+            table.insert((*key).to_owned(), value);
+        }
+        let cfg: AgentConfig = table
+            .try_into()
+            .map_err(|e: toml::de::Error| format!("{name}: {e}"))?;
+        if cfg.concurrency == 0 {
+            return Err(format!("{name}: concurrency must be at least 1"));
+        }
+        if !cfg.coordinator_url.starts_with("http://")
+            && !cfg.coordinator_url.starts_with("https://")
+        {
+            return Err(format!(
+                "{name}: coordinator_url `{}` must start with http:// or https://",
+                cfg.coordinator_url
+            ));
+        }
+        Ok(cfg)
+    }
+
+    pub fn agent_name(&self) -> String {
+        self.name.clone().unwrap_or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .map(|s| s.trim().to_owned())
+                .ok()
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(|| "bosun-agent".to_owned())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_overrides_file() {
+        let text = "coordinator_url = \"http://c:8080\"\nlabels = [\"a\"]\nconcurrency = 2\n";
+        let c = AgentConfig::parse(text, "t", |k| match k {
+            "BOSUN_LABELS" => Some("x, y".into()),
+            "BOSUN_CONCURRENCY" => Some("4".into()),
+            _ => None,
+        })
+        .expect("parse");
+        assert_eq!(c.labels, vec!["x", "y"]);
+        assert_eq!(c.concurrency, 4);
+        assert_eq!(c.kill_grace_secs, 3);
+        assert!(AgentConfig::parse("coordinator_url = \"x\"", "t", |_| None).is_err());
+        assert!(
+            AgentConfig::parse("coordinator_url = \"http://x\"\nbogus = 1", "t", |_| None).is_err()
+        );
+    }
+
+    #[test]
+    fn the_example_config_parses() {
+        let text = include_str!("../../systemd/agent.toml");
+        let c = AgentConfig::parse(text, "agent.toml", |_| None).expect("example parses");
+        assert_eq!(c.state_dir, PathBuf::from("/var/lib/bosun"));
+    }
+}

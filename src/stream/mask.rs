@@ -1,0 +1,222 @@
+//! Streaming secret masking: every occurrence of a secret value in a byte stream fed in
+//! arbitrary chunks becomes `********`, also when a secret is split across chunks.
+//!
+//! - Values shorter than [`MIN_SECRET_LEN`] bytes are not masked (masking `1` or `yes` would
+//!   wreck every log); [`Masker::new`] returns them so the caller can warn in the job log.
+//!   GitLab uses 8; 4 masks more and leaks less.
+//! - A multi-line value is also masked line by line (a TTY turns `\n` into `\r\n`).
+//! - Overlapping occurrences are masked as their union: each maximal run of masked bytes
+//!   becomes one `********` (so `abcd` + `cdef` in `abcdef` leaves nothing of either).
+//! - At a chunk's end the longest tail that could still start a secret is held back, so at
+//!   most `longest secret - 1` bytes wait for the next chunk; [`Masker::finish`] flushes them.
+
+pub const MASK: &[u8] = b"********";
+pub const MIN_SECRET_LEN: usize = 4;
+
+#[derive(Debug, Clone, Default)]
+pub struct Masker {
+    secrets: Vec<Vec<u8>>,
+    first: Vec<bool>,
+    /// Bytes not yet decided (a possible secret prefix at the end of the last chunk).
+    pending: Vec<u8>,
+    /// Masked coverage extends this many bytes into `pending`.
+    covered: usize,
+    /// The last byte written was part of a masked run (one `********` per run).
+    in_mask: bool,
+}
+
+impl Masker {
+    /// A masker for `values`; also returns the values too short to mask.
+    pub fn new<I, S>(values: I) -> (Masker, Vec<String>)
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let mut m = Masker {
+            first: vec![false; 256],
+            ..Masker::default()
+        };
+        let mut short = Vec::new();
+        for v in values {
+            let v = v.as_ref();
+            if !m.add(v) && !v.is_empty() {
+                short.push(v.to_owned());
+            }
+        }
+        (m, short)
+    }
+
+    /// Add a secret; false if it is too short to mask. Call before feeding data.
+    pub fn add(&mut self, value: &str) -> bool {
+        if self.first.is_empty() {
+            self.first = vec![false; 256];
+        }
+        if value.len() < MIN_SECRET_LEN {
+            return false;
+        }
+        let mut parts = vec![value.as_bytes().to_vec()];
+        if value.contains('\n') {
+            parts.extend(
+                value
+                    .lines()
+                    .map(|l| l.trim_end_matches('\r'))
+                    .filter(|l| l.len() >= MIN_SECRET_LEN)
+                    .map(|l| l.as_bytes().to_vec()),
+            );
+        }
+        for p in parts {
+            if !self.secrets.contains(&p) {
+                self.first[usize::from(p[0])] = true;
+                self.secrets.push(p);
+            }
+        }
+        true
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.secrets.is_empty()
+    }
+
+    /// Feed a chunk; returns the bytes that can be written now.
+    pub fn feed(&mut self, chunk: &[u8]) -> Vec<u8> {
+        let mut buf = std::mem::take(&mut self.pending);
+        buf.extend_from_slice(chunk);
+        self.process(buf, false)
+    }
+
+    /// End of stream: flush what was held back.
+    pub fn finish(&mut self) -> Vec<u8> {
+        let buf = std::mem::take(&mut self.pending);
+        let out = self.process(buf, true);
+        self.in_mask = false;
+        self.covered = 0;
+        out
+    }
+
+    /// Mask a complete text (a message of its own) without touching the stream's state.
+    pub fn mask_all(&self, data: &[u8]) -> Vec<u8> {
+        let mut m = Masker {
+            secrets: self.secrets.clone(),
+            first: self.first.clone(),
+            ..Masker::default()
+        };
+        let mut out = m.feed(data);
+        out.extend(m.finish());
+        out
+    }
+
+    fn process(&mut self, buf: Vec<u8>, last: bool) -> Vec<u8> {
+        let mut out = Vec::with_capacity(buf.len());
+        if self.secrets.is_empty() {
+            return buf;
+        }
+        let mut covered = self.covered; // index into buf up to which bytes are masked
+        let mut i = 0;
+        while i < buf.len() {
+            let rest = &buf[i..];
+            if self.first[usize::from(rest[0])] {
+                let mut longest = 0;
+                let mut undecided = false;
+                for s in &self.secrets {
+                    if rest.len() >= s.len() {
+                        if rest.starts_with(s) {
+                            longest = longest.max(s.len());
+                        }
+                    } else if !last && s.starts_with(rest) {
+                        undecided = true;
+                    }
+                }
+                if undecided {
+                    break;
+                }
+                covered = covered.max(i + longest);
+            }
+            if i < covered {
+                if !self.in_mask {
+                    out.extend_from_slice(MASK);
+                    self.in_mask = true;
+                }
+            } else {
+                out.push(buf[i]);
+                self.in_mask = false;
+            }
+            i += 1;
+        }
+        self.pending = buf[i..].to_vec();
+        self.covered = covered.saturating_sub(i);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn whole(secrets: &[&str], input: &str) -> String {
+        let (mut m, _) = Masker::new(secrets);
+        let mut out = m.feed(input.as_bytes());
+        out.extend(m.finish());
+        String::from_utf8(out).expect("utf8")
+    }
+
+    /// Every way of cutting `input` in two, and byte by byte, gives the unsplit answer.
+    fn check(secrets: &[&str], input: &str, want: &str) {
+        assert_eq!(whole(secrets, input), want, "whole");
+        for cut in 0..=input.len() {
+            let (mut m, _) = Masker::new(secrets);
+            let mut out = m.feed(&input.as_bytes()[..cut]);
+            out.extend(m.feed(&input.as_bytes()[cut..]));
+            out.extend(m.finish());
+            assert_eq!(String::from_utf8_lossy(&out), want, "cut at {cut}");
+        }
+        let (mut m, _) = Masker::new(secrets);
+        let mut out = Vec::new();
+        for b in input.as_bytes() {
+            out.extend(m.feed(std::slice::from_ref(b)));
+        }
+        out.extend(m.finish());
+        assert_eq!(String::from_utf8_lossy(&out), want, "byte by byte");
+    }
+
+    #[test]
+    fn masks_at_every_split_point() {
+        check(&["hunter22"], "pw=hunter22!\n", "pw=********!\n");
+        check(&["hunter22"], "hunter22hunter2", "********hunter2");
+        check(&["hunter22"], "hunter2", "hunter2");
+        check(&["hunter22"], "hhunter22", "h********");
+    }
+
+    #[test]
+    fn overlapping_secrets_mask_their_union() {
+        check(&["abcd", "cdef"], "xabcdefy", "x********y");
+        check(&["abcd", "cdef"], "abcd cdef", "******** ********");
+    }
+
+    #[test]
+    fn a_secret_that_prefixes_another_masks_the_longer() {
+        check(&["abcd", "abcdefgh"], "abcdefgh.", "********.");
+        check(&["abcd", "abcdefgh"], "abcdefg", "********efg");
+        check(&["abcd", "abcdefgh"], "abcdabcdefgh", "********");
+    }
+
+    #[test]
+    fn short_values_are_reported_not_masked() {
+        let (m, short) = Masker::new(["abc", "", "abcd"]);
+        assert_eq!(short, vec!["abc".to_owned()]);
+        assert_eq!(m.mask_all(b"abc abcd"), b"abc ********");
+    }
+
+    #[test]
+    fn multi_line_values_mask_each_line() {
+        check(&["line-one\nline-two"], "a line-two\r\n", "a ********\r\n");
+    }
+
+    #[test]
+    fn holds_back_at_most_a_secret_prefix() {
+        let (mut m, _) = Masker::new(["secret-value"]);
+        assert_eq!(m.feed(b"hello secret-va"), b"hello ");
+        assert_eq!(m.feed(b"lue bye"), b"******** bye");
+        assert_eq!(m.feed(b" secr"), b" ");
+        assert_eq!(m.finish(), b"secr");
+    }
+}
