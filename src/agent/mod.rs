@@ -74,6 +74,9 @@ pub(crate) struct Agent {
     fatal: CancellationToken,
     fatal_msg: Mutex<Option<String>>,
     senders: AtomicUsize,
+    /// Jobs whose spool is still being delivered after they stopped running: heartbeats keep
+    /// their leases alive, or a long upload (or a coordinator outage) would let them lapse.
+    delivering: Mutex<std::collections::HashSet<String>>,
 }
 
 impl Agent {
@@ -247,6 +250,7 @@ async fn run_agent(cfg: AgentConfig, config_path: PathBuf, required: bool) -> u8
         fatal: CancellationToken::new(),
         fatal_msg: Mutex::new(None),
         senders: AtomicUsize::new(0),
+        delivering: Mutex::new(std::collections::HashSet::new()),
     });
     remove_orphans(&agent).await;
     notify(&[
@@ -422,8 +426,15 @@ async fn remove_orphans(agent: &Arc<Agent>) {
 
 pub(crate) fn spawn_sender(agent: Arc<Agent>, job: Arc<SpoolJob>) -> tokio::task::JoinHandle<()> {
     agent.senders.fetch_add(1, Ordering::SeqCst);
+    let id = job.job_id();
+    if let Ok(mut d) = agent.delivering.lock() {
+        d.insert(id.clone());
+    }
     tokio::spawn(async move {
         run::send_spool(&agent, &job).await;
+        if let Ok(mut d) = agent.delivering.lock() {
+            d.remove(&id);
+        }
         agent.senders.fetch_sub(1, Ordering::SeqCst);
     })
 }
@@ -522,7 +533,7 @@ fn spawn_watchdog() {
 
 async fn heartbeat_loop(agent: Arc<Agent>) {
     loop {
-        let running: Vec<RunningJob> = agent
+        let mut running: Vec<RunningJob> = agent
             .jobs()
             .iter()
             .map(|(id, e)| RunningJob {
@@ -530,6 +541,19 @@ async fn heartbeat_loop(agent: Arc<Agent>) {
                 state: e.state.lock().map(|s| s.clone()).unwrap_or_default(),
             })
             .collect();
+        let delivering: Vec<String> = agent
+            .delivering
+            .lock()
+            .map(|d| d.iter().cloned().collect())
+            .unwrap_or_default();
+        for id in delivering {
+            if !running.iter().any(|r| r.job_id == id) {
+                running.push(RunningJob {
+                    job_id: id,
+                    state: "delivering its log".to_owned(),
+                });
+            }
+        }
         let hb = Heartbeat {
             running,
             draining: agent.draining.is_cancelled(),

@@ -316,7 +316,11 @@ async fn send_round(agent: &Agent, job: &SpoolJob, id: &str) -> Result<bool, Api
     let len = job.log_len();
     let mut off = st.acked_log;
     while off < len {
-        let chunk = job.read_log(off, MAX_LOG_CHUNK).map_err(io)?;
+        // Only bytes up to `len` were synced before this round: never send past them (the log
+        // keeps growing meanwhile, and an unsynced tail the coordinator holds could be lost here
+        // in a crash, leaving the two copies unable to agree).
+        let want = MAX_LOG_CHUNK.min(usize::try_from(len - off).unwrap_or(MAX_LOG_CHUNK));
+        let chunk = job.read_log(off, want).map_err(io)?;
         let ack: LogAck = match agent.client.append_log(id, off, chunk).await {
             Ok(a) => a,
             Err(ApiErr::Conflict(body)) => conflict(&body)?,

@@ -1,0 +1,428 @@
+//! End to end, real processes only: `bosun coordinator` (SQLite, HTTP) + `bosun agent` +
+//! the Docker engine + the Bitbucket stand-in. A job enqueued through the CLI is checked out
+//! over SSH with the project's deploy key, runs, and its log and status reach the coordinator
+//! and its page — also across a coordinator crash, an agent crash and a cancel.
+
+mod harness;
+
+use bosun::coordinator::store::Store;
+use harness::{image, Rig};
+use sha2::{Digest, Sha256};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Coordinator {
+    data: PathBuf,
+    addr: String,
+    child: Child,
+}
+
+impl Coordinator {
+    fn start(data: &Path, listen: &str) -> Coordinator {
+        let mut child = Command::new(harness::bosun_bin())
+            .args([
+                "coordinator",
+                "serve",
+                "--listen",
+                listen,
+                "--lease-secs",
+                "10",
+                "--data",
+            ])
+            .arg(data)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("coordinator");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("listening line");
+        let addr = line
+            .trim()
+            .rsplit("http://")
+            .next()
+            .unwrap_or("")
+            .to_owned();
+        assert!(addr.contains(':'), "unexpected first line: {line}");
+        Coordinator {
+            data: data.to_path_buf(),
+            addr,
+            child,
+        }
+    }
+
+    fn cli(&self, args: &[&str]) -> String {
+        let mut c = Command::new(harness::bosun_bin());
+        c.arg("coordinator")
+            .args(args)
+            .arg("--data")
+            .arg(&self.data);
+        harness::run(&mut c).trim().to_owned()
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn status(&self, job: &str) -> String {
+        let store = Store::open(&self.data).expect("store");
+        let id = bosun::coordinator::store::parse_job_id(job).expect("job id");
+        store
+            .job(id)
+            .expect("job")
+            .map(|j| j.status)
+            .unwrap_or_default()
+    }
+
+    fn log(&self, job: &str) -> Vec<u8> {
+        let store = Store::open(&self.data).expect("store");
+        let id = bosun::coordinator::store::parse_job_id(job).expect("job id");
+        store.log_from(id, 0).expect("log")
+    }
+
+    fn wait_status(&self, job: &str, want: &[&str], timeout: Duration) -> String {
+        let t0 = Instant::now();
+        loop {
+            let s = self.status(job);
+            if want.iter().any(|w| s.contains(w)) {
+                return s;
+            }
+            assert!(
+                t0.elapsed() < timeout,
+                "job {job} still `{s}` after {timeout:?}; log:\n{}",
+                String::from_utf8_lossy(&self.log(job))
+                    .chars()
+                    .take(3000)
+                    .collect::<String>()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for Coordinator {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+struct Agent {
+    child: Child,
+    config: PathBuf,
+}
+
+impl Agent {
+    fn start(config: &Path) -> Agent {
+        // The agent's own log, kept beside its config for failure reports.
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(config.with_extension("log"))
+            .expect("agent log");
+        let child = Command::new(harness::bosun_bin())
+            .args(["agent", "--config"])
+            .arg(config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("agent");
+        Agent {
+            child,
+            config: config.to_path_buf(),
+        }
+    }
+
+    fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A coordinator with project acme/widget (deploy key, the stand-in's host keys, a secret),
+/// and an agent configured to reach the stand-in.
+struct Setup {
+    rig: Rig,
+    dir: tempfile::TempDir,
+    coordinator: Coordinator,
+    agent_config: PathBuf,
+}
+
+fn setup(config: &str) -> Setup {
+    let rig = Rig::start();
+    rig.create_repo("acme/widget");
+    let repo = rig.work_repo("acme/widget");
+    repo.write(".circleci/config.yml", config);
+    repo.commit("config");
+    repo.push("HEAD:refs/heads/main");
+    let deploy = rig.deploy_key("acme/widget");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("coordinator");
+    let coordinator = Coordinator::start(&data, "127.0.0.1:0");
+    let kh = rig.known_hosts_file();
+    coordinator.cli(&[
+        "project",
+        "add",
+        "--slug",
+        "acme/widget",
+        "--clone-url",
+        "git@bitbucket.org:acme/widget.git",
+        "--deploy-key",
+        deploy.private_path.to_str().expect("utf8"),
+        "--known-hosts",
+        kh.to_str().expect("utf8"),
+        "--secret-env",
+        "DEPLOY_TOKEN=s3cr3t-value-42",
+    ]);
+    let token = coordinator.cli(&["token"]);
+    let token_file = dir.path().join("registration-token");
+    std::fs::write(&token_file, format!("{token}\n")).expect("token file");
+    let agent_config = dir.path().join("agent.toml");
+    let vcs: Vec<String> = rig
+        .vcs_host_mapping()
+        .iter()
+        .map(|m| format!("{m:?}"))
+        .collect();
+    let root = dir.path();
+    std::fs::write(
+        &agent_config,
+        format!(
+            "coordinator_url = \"http://{addr}\"\nregistration_token_file = {tf:?}\nname = \"e2e\"\nstate_dir = {sd:?}\nspool_dir = {sp:?}\nstore_dir = {st:?}\nwork_dir = {wd:?}\nnetwork = {net:?}\nvcs_hosts = [{vcs}]\nconcurrency = 1\nheartbeat_secs = 1\nclaim_wait_secs = 2\nkill_grace_secs = 1\n",
+            addr = coordinator.addr,
+            tf = token_file,
+            sd = root.join("state"),
+            sp = root.join("spool"),
+            st = root.join("store"),
+            wd = root.join("work"),
+            net = rig.network,
+            vcs = vcs.join(", "),
+        ),
+    )
+    .expect("agent config");
+    Setup {
+        rig,
+        dir,
+        coordinator,
+        agent_config,
+    }
+}
+
+fn job_config(command: &str) -> String {
+    format!(
+        "version: 2.1\njobs:\n  build:\n    docker: [{{image: {img}}}]\n    steps:\n      - checkout\n      - run:\n          name: work\n          command: {command}\n",
+        img = image("base")
+    )
+}
+
+fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("write");
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
+#[test]
+fn an_enqueued_job_runs_and_its_masked_log_and_status_reach_the_coordinator_and_page() {
+    let s = setup(&job_config(
+        "'echo \"hello from e2e with $DEPLOY_TOKEN\" && git remote get-url origin'",
+    ));
+    let _agent = Agent::start(&s.agent_config);
+    let job = s.coordinator.cli(&[
+        "enqueue",
+        "--project",
+        "acme/widget",
+        "--ref",
+        "main",
+        "--job",
+        "build",
+    ]);
+    s.coordinator.wait_status(
+        &job,
+        &["success", "fail", "canceled"],
+        Duration::from_secs(120),
+    );
+    assert_eq!(s.coordinator.status(&job), "success");
+    let log = String::from_utf8_lossy(&s.coordinator.log(&job)).into_owned();
+    assert!(log.contains("hello from e2e with ********"), "{log}");
+    assert!(
+        !log.contains("s3cr3t-value-42"),
+        "the secret leaked:\n{log}"
+    );
+    assert!(log.contains("git@bitbucket.org:acme/widget.git"), "{log}");
+    let page = http_get(&s.coordinator.addr, &format!("/jobs/{job}"));
+    assert!(page.contains("hello from e2e with ********"), "{page}");
+    let index = http_get(&s.coordinator.addr, "/");
+    assert!(index.contains("success"), "{index}");
+    let _ = &s.rig;
+    let _ = &s.dir;
+}
+
+#[test]
+fn a_coordinator_killed_mid_job_loses_none_of_a_50_mb_log() {
+    // 50 MiB of known lines, then a marker. (`yes` dies of SIGPIPE when head is done, which
+    // pipefail would count as a failure.)
+    const LINE: &str = "bosun-e2e-line-0123456789abcdefghijklmnopqrstuvwxyz\n";
+    const BYTES: usize = 50 * 1024 * 1024;
+    let s = setup(&job_config(&format!(
+        "'(yes {} | head -c {BYTES}) || true; echo; echo all-done'",
+        LINE.trim_end()
+    )));
+    let mut coordinator = s.coordinator;
+    let addr = coordinator.addr.clone();
+    let data = coordinator.data.clone();
+    let _agent = Agent::start(&s.agent_config);
+    let job = coordinator.cli(&[
+        "enqueue",
+        "--project",
+        "acme/widget",
+        "--ref",
+        "main",
+        "--job",
+        "build",
+    ]);
+    // Kill the coordinator once part of the log has arrived.
+    let t0 = Instant::now();
+    while coordinator.log(&job).len() < 2 * 1024 * 1024 {
+        assert!(t0.elapsed() < Duration::from_secs(120), "no log arrived");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    coordinator.kill();
+    std::thread::sleep(Duration::from_secs(3));
+    let coordinator = Coordinator::start(&data, &addr);
+    coordinator.wait_status(
+        &job,
+        &["success", "fail", "canceled"],
+        Duration::from_secs(180),
+    );
+    let row = Store::open(&coordinator.data).ok().and_then(|st| {
+        st.job(bosun::coordinator::store::parse_job_id(&job)?)
+            .ok()
+            .flatten()
+    });
+    assert_eq!(
+        coordinator.status(&job),
+        "success",
+        "the finish's digest check passed: {:?}\nagent log:\n{}",
+        row.map(|r| r.error),
+        std::fs::read_to_string(s.agent_config.with_extension("log")).unwrap_or_default()
+    );
+    let log = coordinator.log(&job);
+    let start = log
+        .windows(LINE.len())
+        .position(|w| w == LINE.as_bytes())
+        .expect("the step's output is in the log");
+    let expected: Vec<u8> = LINE
+        .as_bytes()
+        .iter()
+        .copied()
+        .cycle()
+        .take(BYTES)
+        .collect();
+    let got = &log[start..start + BYTES.min(log.len() - start)];
+    assert_eq!(got.len(), BYTES, "the whole output arrived");
+    assert_eq!(
+        Sha256::digest(got),
+        Sha256::digest(&expected),
+        "byte-for-byte what the step printed"
+    );
+    assert!(String::from_utf8_lossy(&log[start + BYTES..]).contains("all-done"));
+    let _ = &s.rig;
+    let _ = &s.dir;
+}
+
+#[test]
+fn a_killed_agent_leaves_no_container_and_a_cancel_stops_a_sleeping_step() {
+    let s = setup(&job_config("'echo started; sleep 600'"));
+    let mut agent = Agent::start(&s.agent_config);
+    let job = s.coordinator.cli(&[
+        "enqueue",
+        "--project",
+        "acme/widget",
+        "--ref",
+        "main",
+        "--job",
+        "build",
+    ]);
+    let t0 = Instant::now();
+    while !String::from_utf8_lossy(&s.coordinator.log(&job)).contains("started") {
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "the job never started"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(!harness::containers_labelled("bosun.job", &job).is_empty());
+    agent.kill9();
+    let _agent = Agent::start(&agent.config);
+    let t1 = Instant::now();
+    while !harness::containers_labelled("bosun.job", &job).is_empty() {
+        assert!(
+            t1.elapsed() < Duration::from_secs(10),
+            "orphan container still there after 10 s"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Reported (or re-queued and run again); either way not left "running" for ever.
+    let status = s.coordinator.wait_status(
+        &job,
+        &["infrastructure", "queued", "running"],
+        Duration::from_secs(30),
+    );
+    assert!(!status.is_empty());
+
+    // A second job: cancel it while its step sleeps.
+    let job2 = s.coordinator.cli(&[
+        "enqueue",
+        "--project",
+        "acme/widget",
+        "--ref",
+        "main",
+        "--job",
+        "build",
+    ]);
+    let t2 = Instant::now();
+    while !String::from_utf8_lossy(&s.coordinator.log(&job2)).contains("started") {
+        assert!(
+            t2.elapsed() < Duration::from_secs(120),
+            "job 2 never started"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let t3 = Instant::now();
+    s.coordinator.cli(&["cancel", &job2]);
+    s.coordinator
+        .wait_status(&job2, &["canceled"], Duration::from_secs(10));
+    assert!(
+        t3.elapsed() < Duration::from_secs(6),
+        "cancel took {:?}",
+        t3.elapsed()
+    );
+    let t4 = Instant::now();
+    while !harness::containers_labelled("bosun.job", &job2).is_empty() {
+        assert!(
+            t4.elapsed() < Duration::from_secs(10),
+            "container of the canceled job left"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = &s.rig;
+    let _ = &s.dir;
+}
