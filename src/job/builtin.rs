@@ -89,7 +89,7 @@ impl<E: Executor> Ctx<'_, E> {
             let file =
                 std::fs::File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
             let mut archive = tar::Archive::new(file);
-            let mut out = tar::Builder::new(ChunkSender::new(tx));
+            let mut out = tar::Builder::new(super::ChannelWriter::new(tx));
             for entry in archive.entries().map_err(|e| e.to_string())? {
                 let mut entry = entry.map_err(|e| e.to_string())?;
                 let name = entry.path().map_err(|e| e.to_string())?.into_owned();
@@ -467,42 +467,4 @@ fn append_rerooted<W: Write>(
         count += 1;
     }
     Ok(count)
-}
-
-/// A `Write` that hands 256 KiB chunks to an async receiver.
-struct ChunkSender {
-    tx: tokio::sync::mpsc::Sender<Bytes>,
-    buf: Vec<u8>,
-}
-
-impl ChunkSender {
-    fn new(tx: tokio::sync::mpsc::Sender<Bytes>) -> Self {
-        Self {
-            tx,
-            buf: Vec::with_capacity(256 * 1024),
-        }
-    }
-
-    fn flush_chunk(&mut self) -> std::io::Result<()> {
-        if self.buf.is_empty() {
-            return Ok(());
-        }
-        let chunk = Bytes::from(std::mem::take(&mut self.buf));
-        self.tx
-            .blocking_send(chunk)
-            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "upload ended early"))
-    }
-}
-
-impl Write for ChunkSender {
-    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        self.buf.extend_from_slice(data);
-        if self.buf.len() >= 256 * 1024 {
-            self.flush_chunk()?;
-        }
-        Ok(data.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
 }

@@ -695,11 +695,7 @@ fn tar_tree_stream(
 ) -> (TarStream, tokio::task::JoinHandle<std::io::Result<u64>>) {
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(8);
     let handle = tokio::task::spawn_blocking(move || {
-        let writer = ChannelWriter {
-            tx,
-            buf: Vec::with_capacity(CHUNK),
-            total: 0,
-        };
+        let writer = ChannelWriter::new(tx);
         let mut b = tar::Builder::new(writer);
         b.follow_symlinks(false);
         append_tree(&mut b, &src, &src, dest.trim_start_matches('/'), uid, gid)?;
@@ -715,14 +711,23 @@ fn tar_tree_stream(
 
 const CHUNK: usize = 256 * 1024;
 
-struct ChannelWriter {
+/// A `Write` (for blocking tar builders) that hands 256 KiB chunks to an async receiver.
+pub(crate) struct ChannelWriter {
     tx: tokio::sync::mpsc::Sender<Bytes>,
     buf: Vec<u8>,
     total: u64,
 }
 
 impl ChannelWriter {
-    fn flush_chunk(&mut self) -> std::io::Result<()> {
+    pub(crate) fn new(tx: tokio::sync::mpsc::Sender<Bytes>) -> Self {
+        Self {
+            tx,
+            buf: Vec::with_capacity(CHUNK),
+            total: 0,
+        }
+    }
+
+    pub(crate) fn flush_chunk(&mut self) -> std::io::Result<()> {
         if self.buf.is_empty() {
             return Ok(());
         }
