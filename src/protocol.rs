@@ -24,7 +24,7 @@ pub const DEFAULT_CLAIM_WAIT_SECS: u64 = 30;
 /// A lease not renewed by a heartbeat within this many seconds lapses.
 pub const DEFAULT_LEASE_SECS: u64 = 30;
 /// Largest log chunk an agent sends in one request.
-pub const MAX_LOG_CHUNK: usize = 1024 * 1024;
+pub const MAX_LOG_CHUNK: usize = 8 * 1024 * 1024;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct RegisterRequest {
