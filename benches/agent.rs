@@ -67,33 +67,12 @@ impl Drop for Proc {
 }
 
 fn start_coordinator(data: &Path) -> (Proc, String) {
-    let mut child = Command::new(harness::bosun_bin())
-        .args(["coordinator", "serve", "--listen", "127.0.0.1:0", "--data"])
-        .arg(data)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("coordinator");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut line = String::new();
-    BufReader::new(stdout)
-        .read_line(&mut line)
-        .expect("listening line");
-    let addr = line
-        .trim()
-        .rsplit("http://")
-        .next()
-        .unwrap_or("")
-        .to_owned();
-    assert!(addr.contains(':'), "unexpected first line: {line}");
+    let (child, addr) = harness::spawn_coordinator(data, "127.0.0.1:0", &[]);
     (Proc(child), addr)
 }
 
 fn coordinator_cli(data: &Path, args: &[&str]) -> String {
-    let mut c = Command::new(harness::bosun_bin());
-    c.arg("coordinator").args(args).arg("--data").arg(data);
-    harness::run(&mut c).trim().to_owned()
+    harness::coordinator_cli(data, args)
 }
 
 /// A TCP proxy in front of the coordinator: counts connections and HTTP/1.1 requests

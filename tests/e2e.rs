@@ -8,7 +8,6 @@ mod harness;
 use bosun::coordinator::store::Store;
 use harness::{image, Rig};
 use sha2::{Digest, Sha256};
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -21,34 +20,7 @@ struct Coordinator {
 
 impl Coordinator {
     fn start(data: &Path, listen: &str) -> Coordinator {
-        let mut child = Command::new(harness::bosun_bin())
-            .args([
-                "coordinator",
-                "serve",
-                "--listen",
-                listen,
-                "--lease-secs",
-                "10",
-                "--data",
-            ])
-            .arg(data)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("coordinator");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("listening line");
-        let addr = line
-            .trim()
-            .rsplit("http://")
-            .next()
-            .unwrap_or("")
-            .to_owned();
-        assert!(addr.contains(':'), "unexpected first line: {line}");
+        let (child, addr) = harness::spawn_coordinator(data, listen, &["--lease-secs", "10"]);
         Coordinator {
             data: data.to_path_buf(),
             addr,
@@ -57,12 +29,7 @@ impl Coordinator {
     }
 
     fn cli(&self, args: &[&str]) -> String {
-        let mut c = Command::new(harness::bosun_bin());
-        c.arg("coordinator")
-            .args(args)
-            .arg("--data")
-            .arg(&self.data);
-        harness::run(&mut c).trim().to_owned()
+        harness::coordinator_cli(&self.data, args)
     }
 
     fn kill(&mut self) {

@@ -17,8 +17,11 @@
 #![allow(dead_code)]
 
 mod project;
+mod services;
 #[allow(unused_imports)]
 pub use project::*;
+#[allow(unused_imports)]
+pub use services::*;
 
 use std::fs;
 use std::io::Write;
