@@ -56,6 +56,18 @@ fn proc_status_kib(pid: u32, key: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {key} in /proc/{pid}/status"))
 }
 
+/// User + system CPU seconds a process has used so far (`/proc/PID/stat`, clock ticks).
+fn cpu_secs(pid: u32) -> f64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("proc stat");
+    // Fields after the parenthesised command name: state is field 3, utime 14, stime 15.
+    let rest = text.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f[11].parse::<u64>().unwrap_or(0) + f[12].parse::<u64>().unwrap_or(0);
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    ticks as f64 / hz
+}
+
 /// Child processes killed (and reaped) on drop.
 struct Proc(Child);
 
@@ -251,7 +263,7 @@ fn main() {
     let deploy = rig.deploy_key("acme/widget");
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("coordinator");
-    let (_coordinator, addr) = start_coordinator(&data);
+    let (coordinator, addr) = start_coordinator(&data);
     let kh = rig.known_hosts_file();
     coordinator_cli(
         &data,
@@ -277,34 +289,38 @@ fn main() {
         .iter()
         .map(|m| format!("{m:?}"))
         .collect();
-    let root = dir.path();
-    let agent_config: PathBuf = root.join("agent.toml");
-    std::fs::write(
-        &agent_config,
-        format!(
-            "coordinator_url = \"http://{paddr}\"\nregistration_token_file = {tf:?}\nname = \"bench\"\nstate_dir = {sd:?}\nspool_dir = {sp:?}\nstore_dir = {st:?}\nwork_dir = {wd:?}\nnetwork = {net:?}\nvcs_hosts = [{vcs}]\nconcurrency = 1\nkill_grace_secs = 1\n",
-            paddr = proxy.addr,
-            tf = token_file,
-            sd = root.join("state"),
-            sp = root.join("spool"),
-            st = root.join("store"),
-            wd = root.join("work"),
-            net = rig.network,
-            vcs = vcs.join(", "),
-        ),
-    )
-    .expect("agent config");
-    let agent_log = std::fs::File::create(root.join("agent.log")).expect("agent log");
-    let agent = Proc(
-        Command::new(harness::bosun_bin())
-            .args(["agent", "--config"])
-            .arg(&agent_config)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(agent_log)
-            .spawn()
-            .expect("agent"),
-    );
+    let root = dir.path().to_owned();
+    // The idle and pickup figures go through the counting proxy; the throughput run talks to
+    // the coordinator directly (the proxy would copy every byte once more).
+    let start_agent = |coordinator: &str, log: &str| {
+        let agent_config: PathBuf = root.join("agent.toml");
+        std::fs::write(
+            &agent_config,
+            format!(
+                "coordinator_url = \"http://{coordinator}\"\nregistration_token_file = {tf:?}\nname = \"bench\"\nstate_dir = {sd:?}\nspool_dir = {sp:?}\nstore_dir = {st:?}\nwork_dir = {wd:?}\nnetwork = {net:?}\nvcs_hosts = [{vcs}]\nconcurrency = 1\nkill_grace_secs = 1\n",
+                tf = token_file,
+                sd = root.join("state"),
+                sp = root.join("spool"),
+                st = root.join("store"),
+                wd = root.join("work"),
+                net = rig.network,
+                vcs = vcs.join(", "),
+            ),
+        )
+        .expect("agent config");
+        let agent_log = std::fs::File::create(root.join(log)).expect("agent log");
+        Proc(
+            Command::new(harness::bosun_bin())
+                .args(["agent", "--config"])
+                .arg(&agent_config)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(agent_log)
+                .spawn()
+                .expect("agent"),
+        )
+    };
+    let agent = start_agent(&proxy.addr, "agent.log");
     let agent_pid = agent.0.id();
     let store = Store::open(&data).expect("store");
     let t0 = Instant::now();
@@ -353,7 +369,14 @@ fn main() {
     }
     let (p, ef, ew) = (median(pickup), median(exec_first), median(exec_wall));
 
-    // 2. Log throughput.
+    // 2. Log throughput, with an agent straight to the coordinator.
+    drop(agent);
+    let agent = start_agent(&addr, "agent-direct.log");
+    let agent_pid = agent.0.id();
+    let coordinator_pid = coordinator.0.id();
+    let id = enqueue(&data, "build");
+    assert_eq!(wait_final(&store, id, Duration::from_secs(120)), "success");
+    let cpu0 = (cpu_secs(agent_pid), cpu_secs(coordinator_pid));
     let id = enqueue(&data, "big");
     let offset = wait_step_started(&store, id, Some(1), Duration::from_secs(120));
     let t = Instant::now();
@@ -376,6 +399,25 @@ fn main() {
     let status = wait_final(&store, id, Duration::from_secs(120));
     assert_eq!(status, "success", "big job {id}");
     let to_final = t.elapsed();
+    let cpu = (
+        cpu_secs(agent_pid) - cpu0.0,
+        cpu_secs(coordinator_pid) - cpu0.1,
+    );
+    // The step's own duration, as the agent measured it: how much the agent slowed the
+    // build itself down (back-pressure), apart from how long delivery took.
+    let step_ms = store
+        .events_from(id, 0)
+        .expect("events")
+        .into_iter()
+        .find_map(|(_, ev)| match ev {
+            JobEvent::StepFinished {
+                step: 1,
+                duration_ms,
+                ..
+            } => Some(duration_ms),
+            _ => None,
+        })
+        .expect("the print step's StepFinished");
     let peak_rss = proc_status_kib(agent_pid, "VmHWM");
     std::thread::sleep(Duration::from_secs(10));
     let idle_rss_after = proc_status_kib(agent_pid, "VmRSS");
@@ -434,8 +476,17 @@ fn main() {
         to_final.as_secs_f64()
     );
     println!(
+        "    the step itself under the agent         {:>8.1} MiB/s  ({:.2} s, its StepFinished)",
+        mib / (step_ms as f64 / 1e3),
+        step_ms as f64 / 1e3
+    );
+    println!(
         "    ratio agent/docker exec                 {:>8.2}   (target >= 0.7)",
         docker_secs / agent_secs
+    );
+    println!(
+        "    CPU seconds, agent / coordinator         {:>8.2} / {:.2}",
+        cpu.0, cpu.1
     );
     println!(
         "    agent peak RSS (VmHWM)                  {:>8.1} MiB   (target <= 50 MB)",
