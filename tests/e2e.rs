@@ -386,7 +386,8 @@ fn a_killed_agent_leaves_no_container_and_a_cancel_stops_a_sleeping_step() {
     while !harness::containers_labelled("bosun.job", &job2).is_empty() {
         assert!(
             t4.elapsed() < Duration::from_secs(10),
-            "container of the canceled job left"
+            "container of the canceled job left; agent log:\n{}",
+            std::fs::read_to_string(s.agent_config.with_extension("log")).unwrap_or_default()
         );
         std::thread::sleep(Duration::from_millis(100));
     }

@@ -262,6 +262,7 @@ pub(crate) async fn send_spool(agent: &Arc<Agent>, job: &Arc<SpoolJob>) {
         if agent.fatal.is_cancelled() {
             return;
         }
+        let round_started = Instant::now();
         match send_round(agent, job, &id).await {
             Ok(true) => {
                 tracing::debug!(job = %id, "delivered");
@@ -273,12 +274,24 @@ pub(crate) async fn send_spool(agent: &Arc<Agent>, job: &Arc<SpoolJob>) {
             Ok(false) => {
                 backoff.reset();
                 tokio::select! {
-                    _ = job.notify.notified() => {
-                        // Let a burst of output gather into one request.
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                    }
+                    _ = job.notify.notified() => {}
                     _ = tokio::time::sleep(Duration::from_secs(2)) => {},
                     _ = agent.fatal.cancelled() => return,
+                }
+                // A trickle of output gathers for up to GATHER after the last round began, so
+                // a chatty step costs at most a few requests a second; a flood (GATHER_BYTES
+                // waiting) or the job's end goes out at once. (A fixed pause after every
+                // wake-up kept the sender idle half the time under a flood.)
+                let deadline = round_started + GATHER;
+                while job.unsent_log() < GATHER_BYTES
+                    && job.finished().is_none()
+                    && Instant::now() < deadline
+                {
+                    tokio::select! {
+                        _ = job.notify.notified() => {}
+                        _ = tokio::time::sleep_until(deadline.into()) => {}
+                        _ = agent.fatal.cancelled() => return,
+                    }
                 }
             }
             Err(ApiErr::Unauthorized(m)) => {
@@ -307,18 +320,21 @@ fn conflict<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiErr> {
         .map_err(|e| ApiErr::Other(format!("409 without a usable offset: {e}")))
 }
 
+/// How long a little output may wait for more before it is sent.
+const GATHER: Duration = Duration::from_millis(200);
+/// Unsent output that is sent without waiting.
+const GATHER_BYTES: u64 = 256 * 1024;
+
 /// One pass: everything spooled so far. `Ok(true)` when the finish was acknowledged.
 async fn send_round(agent: &Agent, job: &SpoolJob, id: &str) -> Result<bool, ApiErr> {
     let io = |e: std::io::Error| ApiErr::Other(format!("spool: {e}"));
-    job.sync().map_err(io)?;
     let st = job.state();
     let finish = job.finished();
     let len = job.log_len();
     let mut off = st.acked_log;
     while off < len {
-        // Only bytes up to `len` were synced before this round: never send past them (the log
-        // keeps growing meanwhile, and an unsynced tail the coordinator holds could be lost here
-        // in a crash, leaving the two copies unable to agree).
+        // Up to the length read at the start of the round: the finish check below compares
+        // with the same length.
         let want = MAX_LOG_CHUNK.min(usize::try_from(len - off).unwrap_or(MAX_LOG_CHUNK));
         let chunk = job.read_log(off, want).map_err(io)?;
         let ack: LogAck = match agent.client.append_log(id, off, chunk).await {
@@ -327,8 +343,8 @@ async fn send_round(agent: &Agent, job: &SpoolJob, id: &str) -> Result<bool, Api
             Err(e) => return Err(e),
         };
         if ack.offset > len {
-            // The coordinator holds bytes this spool lost (an unsynced tail before a crash):
-            // the two copies can no longer agree.
+            // The coordinator holds bytes this spool lost (a tail never fsync'd when the
+            // agent's host went down; see `stream::spool`): the two copies can no longer agree.
             return Err(ApiErr::NotFound(format!(
                 "the coordinator has {} log bytes, the spool only {len}",
                 ack.offset

@@ -9,14 +9,22 @@
 //!   becomes one `********` (so `abcd` + `cdef` in `abcdef` leaves nothing of either).
 //! - At a chunk's end the longest tail that could still start a secret is held back, so at
 //!   most `longest secret - 1` bytes wait for the next chunk; [`Masker::finish`] flushes them.
+//! - Occurrences are found with one Aho-Corasick automaton over all values (overlapping
+//!   search, SIMD prefilter) and unmasked runs are copied whole: a byte-at-a-time scan cost
+//!   the agent ~0.2 CPU seconds per 200 MiB of log with a deploy key to mask.
 
 pub const MASK: &[u8] = b"********";
 pub const MIN_SECRET_LEN: usize = 4;
+
+use aho_corasick::AhoCorasick;
 
 #[derive(Debug, Clone, Default)]
 pub struct Masker {
     secrets: Vec<Vec<u8>>,
     first: Vec<bool>,
+    /// Every value of `secrets`; rebuilt by [`Masker::add`].
+    automaton: Option<AhoCorasick>,
+    longest: usize,
     /// Bytes not yet decided (a possible secret prefix at the end of the last chunk).
     pending: Vec<u8>,
     /// Masked coverage extends this many bytes into `pending`.
@@ -67,9 +75,13 @@ impl Masker {
         for p in parts {
             if !self.secrets.contains(&p) {
                 self.first[usize::from(p[0])] = true;
+                self.longest = self.longest.max(p.len());
                 self.secrets.push(p);
             }
         }
+        // Only fails past its size limits (millions of pattern bytes); masking then falls
+        // back to the byte-at-a-time scan rather than leaking.
+        self.automaton = AhoCorasick::new(&self.secrets).ok();
         true
     }
 
@@ -98,6 +110,8 @@ impl Masker {
         let mut m = Masker {
             secrets: self.secrets.clone(),
             first: self.first.clone(),
+            automaton: self.automaton.clone(),
+            longest: self.longest,
             ..Masker::default()
         };
         let mut out = m.feed(data);
@@ -106,10 +120,70 @@ impl Masker {
     }
 
     fn process(&mut self, buf: Vec<u8>, last: bool) -> Vec<u8> {
-        let mut out = Vec::with_capacity(buf.len());
         if self.secrets.is_empty() {
             return buf;
         }
+        let Some(ac) = self.automaton.as_ref() else {
+            return self.process_slow(buf, last);
+        };
+        // Hold back from the earliest position whose rest could still grow into a secret.
+        let mut end = buf.len();
+        if !last {
+            for p in buf.len().saturating_sub(self.longest - 1)..buf.len() {
+                let rest = &buf[p..];
+                if self.first[usize::from(rest[0])]
+                    && self
+                        .secrets
+                        .iter()
+                        .any(|s| s.len() > rest.len() && s.starts_with(rest))
+                {
+                    end = p;
+                    break;
+                }
+            }
+        }
+        // Masked intervals: what the last chunk's matches cover of this one, then every
+        // occurrence that starts before `end` (occurrences starting later are found again
+        // when the held-back tail is scanned with the next chunk).
+        let mut spans: Vec<(usize, usize)> = Vec::new();
+        if self.covered > 0 {
+            spans.push((0, self.covered));
+        }
+        spans.extend(
+            ac.find_overlapping_iter(&buf[..])
+                .filter(|m| m.start() < end)
+                .map(|m| (m.start(), m.end())),
+        );
+        spans.sort_unstable();
+        let mut out = Vec::with_capacity(end + MASK.len());
+        let mut pos = 0; // buf[..pos] is decided: written plain or under a mask
+        for (start, stop) in spans {
+            if start > pos {
+                out.extend_from_slice(&buf[pos..start]);
+                self.in_mask = false;
+                pos = start;
+            }
+            if stop > pos {
+                if !self.in_mask {
+                    out.extend_from_slice(MASK);
+                    self.in_mask = true;
+                }
+                pos = stop;
+            }
+        }
+        if pos < end {
+            out.extend_from_slice(&buf[pos..end]);
+            self.in_mask = false;
+        }
+        // A mask may reach into the held-back tail.
+        self.covered = pos.saturating_sub(end);
+        self.pending = buf[end..].to_vec();
+        out
+    }
+
+    /// The byte-at-a-time scan, for an automaton that could not be built.
+    fn process_slow(&mut self, buf: Vec<u8>, last: bool) -> Vec<u8> {
+        let mut out = Vec::with_capacity(buf.len());
         let mut covered = self.covered; // index into buf up to which bytes are masked
         let mut i = 0;
         while i < buf.len() {
@@ -209,6 +283,64 @@ mod tests {
     #[test]
     fn multi_line_values_mask_each_line() {
         check(&["line-one\nline-two"], "a line-two\r\n", "a ********\r\n");
+    }
+
+    /// The definition, on a whole text: every byte inside any occurrence of any value is
+    /// masked, each maximal masked run becomes one `********`.
+    fn oracle(secrets: &[Vec<u8>], text: &[u8]) -> Vec<u8> {
+        let mut masked = vec![false; text.len()];
+        for s in secrets {
+            for i in 0..text.len() {
+                if text[i..].starts_with(s) {
+                    masked[i..i + s.len()].iter_mut().for_each(|m| *m = true);
+                }
+            }
+        }
+        let mut out = Vec::new();
+        for (i, b) in text.iter().enumerate() {
+            if !masked[i] {
+                out.push(*b);
+            } else if i == 0 || !masked[i - 1] {
+                out.extend_from_slice(MASK);
+            }
+        }
+        out
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+        /// Any values, any text, cut anywhere: the streaming masker (and its fallback scan)
+        /// writes exactly what the definition says about the whole text.
+        #[test]
+        fn streaming_equals_the_definition(
+            values in proptest::collection::vec("[abc]{4,7}", 1..4),
+            text in "[abc\\n]{0,60}",
+            cuts in proptest::collection::vec(0usize..61, 0..6),
+        ) {
+            let (m, _) = Masker::new(&values);
+            let want = oracle(&m.secrets, text.as_bytes());
+            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c.min(text.len())).collect();
+            cuts.sort_unstable();
+            for fast in [true, false] {
+                let mut m = m.clone();
+                if !fast {
+                    m.automaton = None;
+                }
+                let mut out = Vec::new();
+                let mut at = 0;
+                for &c in &cuts {
+                    out.extend(m.feed(&text.as_bytes()[at..c]));
+                    at = c;
+                }
+                out.extend(m.feed(&text.as_bytes()[at..]));
+                out.extend(m.finish());
+                proptest::prop_assert_eq!(
+                    String::from_utf8_lossy(&out),
+                    String::from_utf8_lossy(&want),
+                    "fast={} cuts={:?}", fast, cuts
+                );
+            }
+        }
     }
 
     #[test]

@@ -2,14 +2,22 @@
 //! so that neither an agent restart nor a coordinator outage loses a byte.
 //!
 //! One directory per job under the spool directory:
-//! - `log`: the masked log, append-only (fsync'd in batches: [`SpoolJob::sync`], which the
-//!   sender calls before each round of sending);
+//! - `log`: the masked log, append-only;
 //! - `events.jsonl`: one `{"seq":N,"event":{…}}` per line, `seq` from 0;
 //! - `state.json`: what the coordinator acknowledged (log offset, next event seq) and the
 //!   final [`FinishRequest`] once known; replaced atomically (write, fsync, rename).
 //!
 //! The sender deletes the directory only when the coordinator acknowledged the finish. On
 //! start the agent [`scan`]s the directory and resumes every job left in it.
+//!
+//! What is fsync'd, and why no more: a write lands in the page cache, which outlives the
+//! agent's process, so a crash or restart of the agent loses nothing. Only a crash of the
+//! host could, and that also kills the job's container, so the job is lost either way and
+//! runs again (its lease lapses). So the log and events are fsync'd once, by
+//! [`SpoolJob::finish`], before the finish record is written: a *finished* job's report
+//! survives even a power cut, and is delivered after the reboot. Acknowledgements are
+//! written without fsync: losing one only makes the sender resend bytes the coordinator
+//! skips by offset. (fsync per send round cost the log stream half its throughput.)
 
 use crate::protocol::{FinishRequest, JobEvent};
 use serde::{Deserialize, Serialize};
@@ -43,7 +51,6 @@ struct Inner {
     events: File,
     next_seq: u64,
     state: SpoolState,
-    dirty: bool,
 }
 
 pub struct SpoolJob {
@@ -85,7 +92,7 @@ impl SpoolJob {
             job_id: job_id.to_owned(),
             ..SpoolState::default()
         };
-        write_state(&dir, &state)?;
+        write_state(&dir, &state, true)?;
         if let Ok(d) = File::open(spool_dir) {
             let _ = d.sync_all();
         }
@@ -151,7 +158,6 @@ impl SpoolJob {
                 events,
                 next_seq: good.len() as u64,
                 state,
-                dirty: false,
             }),
             notify: tokio::sync::Notify::new(),
         })
@@ -179,7 +185,6 @@ impl SpoolJob {
             g.log.write_all(data)?;
             g.sha.update(data);
             g.log_len += data.len() as u64;
-            g.dirty = true;
         }
         let len = g.log_len;
         drop(g);
@@ -200,7 +205,6 @@ impl SpoolJob {
         line.push(b'\n');
         g.events.write_all(&line)?;
         g.next_seq += 1;
-        g.dirty = true;
         drop(g);
         self.notify.notify_one();
         Ok(seq)
@@ -224,7 +228,6 @@ impl SpoolJob {
         let mut g = self.lock();
         g.log.sync_data()?;
         g.events.sync_data()?;
-        g.dirty = false;
         let req = FinishRequest {
             status,
             log_bytes: g.log_len,
@@ -232,7 +235,7 @@ impl SpoolJob {
             error,
         };
         g.state.finish = Some(req.clone());
-        write_state(&self.dir, &g.state)?;
+        write_state(&self.dir, &g.state, true)?;
         drop(g);
         self.notify.notify_one();
         Ok(req)
@@ -246,15 +249,10 @@ impl SpoolJob {
         self.lock().state.clone()
     }
 
-    /// fsync what was appended since the last call (the batch about to be sent).
-    pub fn sync(&self) -> std::io::Result<()> {
-        let mut g = self.lock();
-        if g.dirty {
-            g.log.sync_data()?;
-            g.events.sync_data()?;
-            g.dirty = false;
-        }
-        Ok(())
+    /// Log bytes written but not yet acknowledged by the coordinator.
+    pub fn unsent_log(&self) -> u64 {
+        let g = self.lock();
+        g.log_len.saturating_sub(g.state.acked_log)
     }
 
     /// Up to `max` log bytes from `offset`.
@@ -292,7 +290,7 @@ impl SpoolJob {
         let mut g = self.lock();
         if g.state.acked_log != offset {
             g.state.acked_log = offset;
-            write_state(&self.dir, &g.state)?;
+            write_state(&self.dir, &g.state, false)?;
         }
         Ok(())
     }
@@ -301,7 +299,7 @@ impl SpoolJob {
         let mut g = self.lock();
         if g.state.acked_events != next_seq {
             g.state.acked_events = next_seq;
-            write_state(&self.dir, &g.state)?;
+            write_state(&self.dir, &g.state, false)?;
         }
         Ok(())
     }
@@ -312,12 +310,15 @@ impl SpoolJob {
     }
 }
 
-fn write_state(dir: &Path, state: &SpoolState) -> std::io::Result<()> {
+/// Replace `state.json` atomically (write, rename); `durable` fsyncs the new file first.
+fn write_state(dir: &Path, state: &SpoolState, durable: bool) -> std::io::Result<()> {
     let tmp = dir.join("state.json.tmp");
     let text = serde_json::to_vec_pretty(state).map_err(std::io::Error::other)?;
     let mut f = File::create(&tmp).map_err(|e| io_ctx(&tmp, e))?;
     f.write_all(&text)?;
-    f.sync_all()?;
+    if durable {
+        f.sync_all()?;
+    }
     std::fs::rename(&tmp, dir.join("state.json"))?;
     Ok(())
 }
@@ -372,7 +373,6 @@ mod tests {
                 j.append_log(c).expect("log");
                 j.append_event(ev(i as u32, j.log_len())).expect("event");
             }
-            j.sync().expect("sync");
             // "Send" and ack half, then crash (drop without finishing).
             let half = whole.len() as u64 / 2;
             sent.extend(j.read_log(0, half as usize).expect("read"));
