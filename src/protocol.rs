@@ -24,6 +24,12 @@ pub const DEFAULT_CLAIM_WAIT_SECS: u64 = 30;
 /// A lease not renewed by a heartbeat within this many seconds lapses.
 pub const DEFAULT_LEASE_SECS: u64 = 30;
 /// Largest log chunk an agent sends in one request.
+/// Header on job writes (log, events, finish) naming the attempt they belong to; the
+/// coordinator refuses writes for an attempt other than the job's current one (403), so a late
+/// write of a lapsed attempt never lands in the next one's log. Optional: without it the lease
+/// check alone applies.
+pub const ATTEMPT_HEADER: &str = "bosun-attempt";
+
 pub const MAX_LOG_CHUNK: usize = 8 * 1024 * 1024;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

@@ -486,7 +486,32 @@ async fn a_lapsed_lease_requeues_the_job_then_fails_it_after_max_attempts() {
     // No heartbeat: within lease + reaper period the job is queued again, as attempt 2.
     let c = a.claim_job(10).await;
     assert_eq!((c.job.id.as_str(), c.job.attempt), (id.as_str(), 2));
-    // The old attempt's log went with it: the new attempt writes from 0.
+    // A late write that says it is attempt 1 is refused over HTTP, with the reason…
+    let late = a
+        .http
+        .post(a.url(&format!("/jobs/{id}/log?offset=0")))
+        .bearer_auth(&a.token)
+        .header(bosun::protocol::ATTEMPT_HEADER, "1")
+        .body(b"late bytes of attempt one\n".to_vec())
+        .send()
+        .await
+        .expect("late append");
+    assert_eq!(late.status(), 403);
+    let why = late.text().await.expect("body");
+    assert!(why.contains("attempt 2"), "{why}");
+    // …a malformed one is a 400 naming the header…
+    let bad = a
+        .http
+        .post(a.url(&format!("/jobs/{id}/log?offset=0")))
+        .bearer_auth(&a.token)
+        .header(bosun::protocol::ATTEMPT_HEADER, "two")
+        .body(b"x".to_vec())
+        .send()
+        .await
+        .expect("bad append");
+    assert_eq!(bad.status(), 400);
+    assert!(bad.text().await.expect("body").contains("bosun-attempt"));
+    // …and the old attempt's log went with it: the new attempt writes from 0.
     assert_eq!(a.log(&id, 0, b"attempt two\n").await, (200, 12));
     // Heartbeats keep the lease…
     for _ in 0..3 {

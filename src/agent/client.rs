@@ -82,7 +82,11 @@ impl Client {
             s if s.is_success() => Ok((s, body)),
             StatusCode::UNAUTHORIZED => Err(ApiErr::Unauthorized(text())),
             StatusCode::CONFLICT => Err(ApiErr::Conflict(body)),
-            StatusCode::NOT_FOUND | StatusCode::GONE => Err(ApiErr::NotFound(text())),
+            // 403 on a job: the lease lapsed, or the job moved on to another attempt or agent;
+            // nothing sent for it will ever be accepted.
+            StatusCode::NOT_FOUND | StatusCode::GONE | StatusCode::FORBIDDEN => {
+                Err(ApiErr::NotFound(text()))
+            }
             s if s.is_server_error()
                 || s == StatusCode::TOO_MANY_REQUESTS
                 || s == StatusCode::REQUEST_TIMEOUT =>
@@ -141,42 +145,64 @@ impl Client {
     pub async fn append_log(
         &self,
         job: &str,
+        attempt: u32,
         offset: u64,
         data: Vec<u8>,
     ) -> Result<LogAck, ApiErr> {
         let (_, body) = self
             .send(
-                self.http
-                    .post(self.url(&format!("/jobs/{job}/log?offset={offset}")))
-                    .header("content-type", "application/octet-stream")
-                    .body(data),
+                with_attempt(
+                    self.http
+                        .post(self.url(&format!("/jobs/{job}/log?offset={offset}"))),
+                    attempt,
+                )
+                .header("content-type", "application/octet-stream")
+                .body(data),
                 Duration::from_secs(60),
             )
             .await?;
         parse(&body)
     }
 
-    pub async fn events(&self, job: &str, batch: &EventBatch) -> Result<EventAck, ApiErr> {
+    pub async fn events(
+        &self,
+        job: &str,
+        attempt: u32,
+        batch: &EventBatch,
+    ) -> Result<EventAck, ApiErr> {
         let (_, body) = self
             .send(
-                self.http
-                    .post(self.url(&format!("/jobs/{job}/events")))
-                    .json(batch),
+                with_attempt(
+                    self.http.post(self.url(&format!("/jobs/{job}/events"))),
+                    attempt,
+                )
+                .json(batch),
                 Duration::from_secs(30),
             )
             .await?;
         parse(&body)
     }
 
-    pub async fn finish(&self, job: &str, req: &FinishRequest) -> Result<(), ApiErr> {
+    pub async fn finish(&self, job: &str, attempt: u32, req: &FinishRequest) -> Result<(), ApiErr> {
         self.send(
-            self.http
-                .post(self.url(&format!("/jobs/{job}/finish")))
-                .json(req),
+            with_attempt(
+                self.http.post(self.url(&format!("/jobs/{job}/finish"))),
+                attempt,
+            )
+            .json(req),
             Duration::from_secs(30),
         )
         .await
         .map(|_| ())
+    }
+}
+
+/// Name the attempt a job write belongs to (0: a spool from before attempts were recorded).
+fn with_attempt(req: reqwest::RequestBuilder, attempt: u32) -> reqwest::RequestBuilder {
+    if attempt == 0 {
+        req
+    } else {
+        req.header(crate::protocol::ATTEMPT_HEADER, attempt.to_string())
     }
 }
 

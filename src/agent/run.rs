@@ -299,7 +299,7 @@ pub(crate) async fn send_spool(agent: &Arc<Agent>, job: &Arc<SpoolJob>) {
                 return;
             }
             Err(ApiErr::NotFound(m)) => {
-                tracing::warn!(job = %id, "the coordinator does not know this job ({m}); dropping its spool");
+                tracing::warn!(job = %id, "the coordinator takes nothing more for this job ({m}); dropping its spool");
                 let _ = job.remove();
                 return;
             }
@@ -337,7 +337,7 @@ async fn send_round(agent: &Agent, job: &SpoolJob, id: &str) -> Result<bool, Api
         // with the same length.
         let want = MAX_LOG_CHUNK.min(usize::try_from(len - off).unwrap_or(MAX_LOG_CHUNK));
         let chunk = job.read_log(off, want).map_err(io)?;
-        let ack: LogAck = match agent.client.append_log(id, off, chunk).await {
+        let ack: LogAck = match agent.client.append_log(id, st.attempt, off, chunk).await {
             Ok(a) => a,
             Err(ApiErr::Conflict(body)) => conflict(&body)?,
             Err(e) => return Err(e),
@@ -364,7 +364,7 @@ async fn send_round(agent: &Agent, job: &SpoolJob, id: &str) -> Result<bool, Api
             first_seq: next,
             events,
         };
-        let ack: EventAck = match agent.client.events(id, &batch).await {
+        let ack: EventAck = match agent.client.events(id, st.attempt, &batch).await {
             Ok(a) => a,
             Err(ApiErr::Conflict(body)) => conflict(&body)?,
             Err(e) => return Err(e),
@@ -378,7 +378,7 @@ async fn send_round(agent: &Agent, job: &SpoolJob, id: &str) -> Result<bool, Api
     if off != fin.log_bytes || next != job.next_seq() {
         return Ok(false);
     }
-    match agent.client.finish(id, &fin).await {
+    match agent.client.finish(id, st.attempt, &fin).await {
         Ok(()) => Ok(true),
         Err(ApiErr::Conflict(body)) => {
             let ack: LogAck = conflict(&body)?;

@@ -4,7 +4,7 @@ use super::store::{self, AppendOutcome, EventsOutcome, FinishOutcome, Lease};
 use super::{AppState, CoordError};
 use crate::protocol::{
     ApiError, ClaimRequest, ClaimResponse, EventAck, EventBatch, FinishRequest, Heartbeat,
-    HeartbeatResponse, LogAck, RegisterRequest, RegisterResponse, API_PREFIX,
+    HeartbeatResponse, LogAck, RegisterRequest, RegisterResponse, API_PREFIX, ATTEMPT_HEADER,
     DEFAULT_CLAIM_WAIT_SECS, MAX_LOG_CHUNK, PROTOCOL_VERSION,
 };
 use axum::body::Bytes;
@@ -86,11 +86,34 @@ fn refused(id: i64, lease: Lease) -> Failure {
             StatusCode::FORBIDDEN,
             format!("job {id} is finished ({s}); it takes no more writes"),
         ),
+        Lease::Superseded { current } => Failure(
+            StatusCode::FORBIDDEN,
+            format!(
+                "job {id} is on attempt {current} now; writes for an earlier attempt are refused"
+            ),
+        ),
         Lease::NotYours | Lease::Held => Failure(
             StatusCode::FORBIDDEN,
             format!("job {id} is not leased to this agent (the lease lapsed or was never yours)"),
         ),
     }
+}
+
+/// The optional `Bosun-Attempt` header of a job write (see docs/protocol.md).
+fn attempt(headers: &HeaderMap) -> std::result::Result<Option<u32>, Failure> {
+    let Some(v) = headers.get(ATTEMPT_HEADER) else {
+        return Ok(None);
+    };
+    v.to_str()
+        .ok()
+        .and_then(|v| v.trim().parse::<u32>().ok())
+        .map(Some)
+        .ok_or_else(|| {
+            Failure(
+                StatusCode::BAD_REQUEST,
+                format!("{ATTEMPT_HEADER}: expected an attempt number (1, 2, …)"),
+            )
+        })
 }
 
 fn json_body<T: serde::de::DeserializeOwned>(body: &Bytes) -> std::result::Result<T, Failure> {
@@ -213,6 +236,7 @@ async fn append_log(
 ) -> ApiResult {
     let agent_id = agent(&state, &headers).await?;
     let id = job_id(&raw)?;
+    let attempt = attempt(&headers)?;
     if body.len() > MAX_LOG_CHUNK {
         return Err(Failure(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -220,7 +244,7 @@ async fn append_log(
         ));
     }
     let out = state
-        .db(move |s| s.append_log(id, &agent_id, q.offset, &body))
+        .db(move |s| s.append_log(id, &agent_id, attempt, q.offset, &body))
         .await?;
     match out {
         AppendOutcome::Ack(offset) => {
@@ -242,9 +266,10 @@ async fn append_events(
 ) -> ApiResult {
     let agent_id = agent(&state, &headers).await?;
     let id = job_id(&raw)?;
+    let attempt = attempt(&headers)?;
     let batch: EventBatch = json_body(&body)?;
     let out = state
-        .db(move |s| s.append_events(id, &agent_id, batch.first_seq, &batch.events))
+        .db(move |s| s.append_events(id, &agent_id, attempt, batch.first_seq, &batch.events))
         .await?;
     match out {
         EventsOutcome::Ack(next_seq) => {
@@ -266,18 +291,10 @@ async fn finish(
 ) -> ApiResult {
     let agent_id = agent(&state, &headers).await?;
     let id = job_id(&raw)?;
+    let attempt = attempt(&headers)?;
     let req: FinishRequest = json_body(&body)?;
     let out = state
-        .db(move |s| {
-            s.finish(
-                id,
-                &agent_id,
-                req.status,
-                req.log_bytes,
-                &req.log_sha256,
-                req.error.as_deref(),
-            )
-        })
+        .db(move |s| s.finish(id, &agent_id, attempt, &req))
         .await?;
     match out {
         FinishOutcome::Done => {

@@ -19,7 +19,8 @@
 
 use super::{random_hex, sha256_hex, CoordError, Result};
 use crate::protocol::{
-    FinalStatus, JobEvent, WireEnv, WireJob, WireKey, WireKeyRole, WireProject, WireTimeouts,
+    FinalStatus, FinishRequest, JobEvent, WireEnv, WireJob, WireKey, WireKeyRole, WireProject,
+    WireTimeouts,
 };
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use std::fs::File;
@@ -191,6 +192,10 @@ pub enum Lease {
     /// Finished by this agent already (a resent finish is answered idempotently).
     FinishedByYou(String),
     NotYours,
+    /// The write is for an earlier attempt than the job's current one.
+    Superseded {
+        current: u32,
+    },
     NotFound,
 }
 
@@ -745,18 +750,29 @@ impl Store {
         Ok(Some(job))
     }
 
-    fn lease_state(conn: &Connection, id: i64, agent_id: &str) -> Result<Lease> {
-        let row: Option<(String, Option<String>)> = conn
+    /// May `agent_id`, writing for `attempt` (when it says), write to job `id`?
+    fn lease_state(
+        conn: &Connection,
+        id: i64,
+        agent_id: &str,
+        attempt: Option<u32>,
+    ) -> Result<Lease> {
+        let row: Option<(String, Option<String>, u32)> = conn
             .query_row(
-                "SELECT status, agent_id FROM jobs WHERE id = ?1",
+                "SELECT status, agent_id, attempts FROM jobs WHERE id = ?1",
                 [id],
-                |r| Ok((r.get(0)?, r.get(1)?)),
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )
             .optional()?;
         Ok(match row {
             None => Lease::NotFound,
-            Some((s, Some(a))) if a == agent_id && s == "running" => Lease::Held,
-            Some((s, Some(a))) if a == agent_id && s != "queued" => Lease::FinishedByYou(s),
+            // A late write of a lapsed attempt, possibly from the same agent that claimed the
+            // next one: it must not land in the new attempt's log.
+            Some((_, _, current)) if attempt.is_some_and(|a| a != current) => {
+                Lease::Superseded { current }
+            }
+            Some((s, Some(a), _)) if a == agent_id && s == "running" => Lease::Held,
+            Some((s, Some(a), _)) if a == agent_id && s != "queued" => Lease::FinishedByYou(s),
             Some(_) => Lease::NotYours,
         })
     }
@@ -809,12 +825,13 @@ impl Store {
         &self,
         id: i64,
         agent_id: &str,
+        attempt: Option<u32>,
         offset: u64,
         bytes: &[u8],
     ) -> Result<AppendOutcome> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        match Self::lease_state(&tx, id, agent_id)? {
+        match Self::lease_state(&tx, id, agent_id, attempt)? {
             Lease::Held => {}
             other => return Ok(AppendOutcome::Refused(other)),
         }
@@ -875,12 +892,13 @@ impl Store {
         &self,
         id: i64,
         agent_id: &str,
+        attempt: Option<u32>,
         first_seq: u64,
         events: &[JobEvent],
     ) -> Result<EventsOutcome> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        match Self::lease_state(&tx, id, agent_id)? {
+        match Self::lease_state(&tx, id, agent_id, attempt)? {
             Lease::Held => {}
             other => return Ok(EventsOutcome::Refused(other)),
         }
@@ -913,14 +931,14 @@ impl Store {
         &self,
         id: i64,
         agent_id: &str,
-        status: FinalStatus,
-        log_bytes: u64,
-        log_sha256: &str,
-        error: Option<&str>,
+        attempt: Option<u32>,
+        req: &FinishRequest,
     ) -> Result<FinishOutcome> {
+        let (status, log_bytes, log_sha256) = (req.status, req.log_bytes, req.log_sha256.as_str());
+        let error = req.error.as_deref();
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        match Self::lease_state(&tx, id, agent_id)? {
+        match Self::lease_state(&tx, id, agent_id, attempt)? {
             Lease::Held => {}
             // A resent finish (the answer to the first was lost) for the same status: done.
             Lease::FinishedByYou(s) if s == status_word(status) => return Ok(FinishOutcome::Done),
@@ -1240,27 +1258,37 @@ mod tests {
             .expect("a job");
         assert_eq!(j.id, id.to_string());
         assert!(matches!(
-            s.append_log(id, "a1", 0, b"hello ").expect("append"),
+            s.append_log(id, "a1", None, 0, b"hello ").expect("append"),
             AppendOutcome::Ack(6)
         ));
         assert!(matches!(
-            s.append_log(id, "a1", 0, b"hello ").expect("append"),
+            s.append_log(id, "a1", None, 0, b"hello ").expect("append"),
             AppendOutcome::Ack(6)
         ));
         assert!(matches!(
-            s.append_log(id, "a1", 3, b"lo world").expect("append"),
+            s.append_log(id, "a1", None, 3, b"lo world")
+                .expect("append"),
             AppendOutcome::Ack(11)
         ));
         assert!(matches!(
-            s.append_log(id, "a1", 20, b"x").expect("append"),
+            s.append_log(id, "a1", None, 20, b"x").expect("append"),
             AppendOutcome::Gap(11)
         ));
         assert!(matches!(
-            s.append_log(id, "a2", 11, b"x").expect("append"),
+            s.append_log(id, "a2", None, 11, b"x").expect("append"),
             AppendOutcome::Refused(Lease::NotYours)
         ));
         assert_eq!(s.log_from(id, 0).expect("log"), b"hello world");
         assert_eq!(s.log_from(id, 8).expect("log"), b"rld");
+    }
+
+    fn fin(status: FinalStatus, log_bytes: u64, digest: &str) -> FinishRequest {
+        FinishRequest {
+            status,
+            log_bytes,
+            log_sha256: digest.to_owned(),
+            error: None,
+        }
     }
 
     fn claimed(s: &Store) -> i64 {
@@ -1283,7 +1311,8 @@ mod tests {
         let (d, s) = store();
         let id = claimed(&s);
         assert!(matches!(
-            s.append_log(id, "a1", 0, b"hello world").expect("append"),
+            s.append_log(id, "a1", None, 0, b"hello world")
+                .expect("append"),
             AppendOutcome::Ack(11)
         ));
         // The host went down before the unsynced tail reached the disk.
@@ -1293,12 +1322,12 @@ mod tests {
             .expect("open");
         f.set_len(5).expect("truncate");
         assert!(matches!(
-            s.append_log(id, "a1", 11, b"!").expect("append"),
+            s.append_log(id, "a1", None, 11, b"!").expect("append"),
             AppendOutcome::Gap(5)
         ));
         assert_eq!(s.job(id).expect("job").expect("row").log_bytes, 5);
         assert!(matches!(
-            s.append_log(id, "a1", 5, b" world!").expect("append"),
+            s.append_log(id, "a1", None, 5, b" world!").expect("append"),
             AppendOutcome::Ack(12)
         ));
         assert_eq!(s.log_from(id, 0).expect("log"), b"hello world!");
@@ -1306,16 +1335,16 @@ mod tests {
         f.set_len(7).expect("truncate");
         let digest = sha256_hex(b"hello world!");
         assert!(matches!(
-            s.finish(id, "a1", FinalStatus::Success, 12, &digest, None)
+            s.finish(id, "a1", None, &fin(FinalStatus::Success, 12, &digest))
                 .expect("finish"),
             FinishOutcome::Incomplete(7)
         ));
         assert!(matches!(
-            s.append_log(id, "a1", 7, b"orld!").expect("append"),
+            s.append_log(id, "a1", None, 7, b"orld!").expect("append"),
             AppendOutcome::Ack(12)
         ));
         assert!(matches!(
-            s.finish(id, "a1", FinalStatus::Success, 12, &digest, None)
+            s.finish(id, "a1", None, &fin(FinalStatus::Success, 12, &digest))
                 .expect("finish"),
             FinishOutcome::Done
         ));
@@ -1328,11 +1357,56 @@ mod tests {
     }
 
     #[test]
+    fn writes_of_a_lapsed_attempt_never_reach_the_next_one() {
+        let (_d, s) = store();
+        let id = job(&s);
+        let first = s
+            .claim("a1", "rc", &[], Duration::ZERO)
+            .expect("claim")
+            .expect("a job");
+        assert_eq!(first.attempt, 1);
+        std::thread::sleep(Duration::from_millis(5));
+        assert_eq!(s.expire_leases().expect("expire"), 1);
+        // The same agent claims the re-queued job while attempt 1's sender still has data.
+        let second = s
+            .claim("a1", "rc", &[], Duration::from_secs(30))
+            .expect("claim")
+            .expect("a job");
+        assert_eq!(second.attempt, 2);
+        assert!(matches!(
+            s.append_log(id, "a1", Some(1), 0, b"late bytes of attempt 1")
+                .expect("append"),
+            AppendOutcome::Refused(Lease::Superseded { current: 2 })
+        ));
+        assert!(matches!(
+            s.append_events(id, "a1", Some(1), 0, &[]).expect("events"),
+            EventsOutcome::Refused(Lease::Superseded { current: 2 })
+        ));
+        assert!(matches!(
+            s.append_log(id, "a1", Some(2), 0, b"attempt 2")
+                .expect("append"),
+            AppendOutcome::Ack(9)
+        ));
+        let digest = sha256_hex(b"attempt 2");
+        assert!(matches!(
+            s.finish(id, "a1", Some(1), &fin(FinalStatus::Failed, 9, &digest))
+                .expect("finish"),
+            FinishOutcome::Refused(Lease::Superseded { current: 2 })
+        ));
+        assert!(matches!(
+            s.finish(id, "a1", Some(2), &fin(FinalStatus::Success, 9, &digest))
+                .expect("finish"),
+            FinishOutcome::Done
+        ));
+        assert_eq!(s.log_from(id, 0).expect("log"), b"attempt 2");
+    }
+
+    #[test]
     fn bytes_of_an_append_that_never_committed_are_not_log() {
         let (d, s) = store();
         let id = claimed(&s);
         assert!(matches!(
-            s.append_log(id, "a1", 0, b"hello").expect("append"),
+            s.append_log(id, "a1", None, 0, b"hello").expect("append"),
             AppendOutcome::Ack(5)
         ));
         // A write that reached the file before the coordinator died, uncommitted.
@@ -1345,7 +1419,7 @@ mod tests {
             .expect("write");
         assert_eq!(s.log_from(id, 0).expect("log"), b"hello");
         assert!(matches!(
-            s.append_log(id, "a1", 5, b" world").expect("append"),
+            s.append_log(id, "a1", None, 5, b" world").expect("append"),
             AppendOutcome::Ack(11)
         ));
         assert_eq!(
@@ -1354,7 +1428,7 @@ mod tests {
         );
         let digest = sha256_hex(b"hello world");
         assert!(matches!(
-            s.finish(id, "a1", FinalStatus::Success, 11, &digest, None)
+            s.finish(id, "a1", None, &fin(FinalStatus::Success, 11, &digest))
                 .expect("finish"),
             FinishOutcome::Done
         ));

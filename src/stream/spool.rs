@@ -30,6 +30,9 @@ use std::sync::Mutex;
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct SpoolState {
     pub job_id: String,
+    /// The attempt this spool reports (0 in spools written before attempts were recorded).
+    #[serde(default)]
+    pub attempt: u32,
     /// The coordinator has the log up to here.
     pub acked_log: u64,
     /// The coordinator has events `0..acked_events`.
@@ -90,6 +93,7 @@ impl SpoolJob {
         std::fs::create_dir_all(&dir).map_err(|e| io_ctx(&dir, e))?;
         let state = SpoolState {
             job_id: job_id.to_owned(),
+            attempt,
             ..SpoolState::default()
         };
         write_state(&dir, &state, true)?;
