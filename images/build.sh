@@ -3,7 +3,7 @@
 # registry (none is reachable from the machines this project runs on, and the
 # Docker engine starts with no images at all).
 #
-#   images/build.sh [base|nobash|gitserver|all]      (default: all)
+#   images/build.sh [base|nobash|gitserver|systemd|all]      (default: all)
 #   images/build.sh prune    remove hashed tags other than this version's
 #
 # Each image is tagged bosun/<name>:<hash> and bosun/<name>:latest, where
@@ -31,6 +31,10 @@ CACHE=${BOSUN_IMAGE_CACHE:-/var/cache/bosun-images}
 # brings setsid; tar is essential anyway).
 BASE_PACKAGES=bash,git,openssh-client,ca-certificates,procps
 GITSERVER_PACKAGES=openssh-server
+# A machine an operator installs the agent on: systemd as PID 1 (systemd-sysv),
+# dbus for systemctl. The agent's runtime needs (libssl via openssl,
+# ca-certificates, zlib) are already in base.
+SYSTEMD_PACKAGES="systemd systemd-sysv dbus"
 
 log() { printf '[images] %s\n' "$*" >&2; }
 die() {
@@ -104,6 +108,7 @@ GITSERVER_SUM=$(cd "$HERE/gitserver" && find . -type f -print0 | LC_ALL=C sort -
 BASE_HASH=$(hash_of "script=$SCRIPT_SUM" base "packages=$BASE_PACKAGES" "mirror=$MIRROR" "suite=$SUITE")
 NOBASH_HASH=$(hash_of "script=$SCRIPT_SUM" nobash "packages=busybox-static" "mirror=$MIRROR" "suite=$SUITE")
 GITSERVER_HASH=$(hash_of "script=$SCRIPT_SUM" gitserver "base=$BASE_HASH" "packages=$GITSERVER_PACKAGES" "files=$GITSERVER_SUM")
+SYSTEMD_HASH=$(hash_of "script=$SCRIPT_SUM" systemd "base=$BASE_HASH" "packages=$SYSTEMD_PACKAGES")
 
 # debootstrap, chroot and a rootfs full of root-owned files.
 need_root() {
@@ -294,15 +299,44 @@ build_gitserver() {
     log "gitserver: done ($(elapsed "$t"))"
 }
 
+build_systemd() {
+    if image_exists "bosun/systemd:$SYSTEMD_HASH"; then
+        docker tag "bosun/systemd:$SYSTEMD_HASH" bosun/systemd:latest
+        log "systemd: bosun/systemd:$SYSTEMD_HASH up to date"
+        return
+    fi
+    local t base dir
+    t=$(now)
+    base=$(base_rootfs)
+    dir="$CACHE/rootfs-systemd-$SYSTEMD_HASH"
+    rm -rf "$dir"
+    cp -a "$base" "$dir"
+    rm -f "$dir/.complete"
+    chroot_apt_install "$dir" $SYSTEMD_PACKAGES
+    # Empty = "not yet initialised": each container's systemd makes its own at boot
+    # instead of every container sharing the id apt's postinst wrote here.
+    : >"$dir/etc/machine-id"
+    rm -f "$dir/var/lib/dbus/machine-id"
+    # No console in a container: getty would fail or respawn for nothing.
+    chroot "$dir" systemctl mask getty@tty1.service console-getty.service >/dev/null 2>&1 || true
+    [[ -x $dir/lib/systemd/systemd ]] || die "systemd: /lib/systemd/systemd missing from the rootfs"
+    chroot "$dir" sh -c 'command -v systemctl && command -v journalctl && command -v useradd' >/dev/null ||
+        die "systemd: systemctl, journalctl or useradd missing from the rootfs"
+
+    import_rootfs "$dir" systemd "$SYSTEMD_HASH" '["/lib/systemd/systemd"]'
+    rm -rf "$dir"
+    log "systemd: done ($(elapsed "$t"))"
+}
+
 main() {
     local what=${1:-all}
     case $what in
-        base | nobash | gitserver | all) ;;
+        base | nobash | gitserver | systemd | all) ;;
         prune)
             prune_old_tags
             return
             ;;
-        *) die "usage: $0 [base|nobash|gitserver|all|prune]" ;;
+        *) die "usage: $0 [base|nobash|gitserver|systemd|all|prune]" ;;
     esac
     command -v docker >/dev/null || die "docker CLI not found"
     # Parallel test binaries each call this script; one builds, the others
@@ -324,19 +358,22 @@ main() {
         base) build_base ;;
         nobash) build_nobash ;;
         gitserver) build_gitserver ;;
+        systemd) build_systemd ;;
         all)
             build_base
             build_nobash
             build_gitserver
+            build_systemd
             ;;
     esac
     case $what in
         base | all) echo "bosun/base:$BASE_HASH" ;;&
         nobash | all) echo "bosun/nobash:$NOBASH_HASH" ;;&
-        gitserver | all) echo "bosun/gitserver:$GITSERVER_HASH" ;;
+        gitserver | all) echo "bosun/gitserver:$GITSERVER_HASH" ;;&
+        systemd | all) echo "bosun/systemd:$SYSTEMD_HASH" ;;
     esac
     # Root filesystems are only kept while another image still needs them.
-    if [[ $what == all ]] || image_exists "bosun/gitserver:$GITSERVER_HASH"; then
+    if [[ $what == all ]] || { image_exists "bosun/gitserver:$GITSERVER_HASH" && image_exists "bosun/systemd:$SYSTEMD_HASH"; }; then
         rm -rf "$CACHE"/rootfs-base-*
     fi
     log "total $(elapsed "$t")"
@@ -348,7 +385,7 @@ main() {
 # build.sh may be using those tags right now.
 prune_old_tags() {
     local ref keep
-    keep=" bosun/base:$BASE_HASH bosun/nobash:$NOBASH_HASH bosun/gitserver:$GITSERVER_HASH "
+    keep=" bosun/base:$BASE_HASH bosun/nobash:$NOBASH_HASH bosun/gitserver:$GITSERVER_HASH bosun/systemd:$SYSTEMD_HASH "
     while IFS= read -r ref; do
         case $ref in
             *:latest | *:"<none>") continue ;;

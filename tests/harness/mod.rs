@@ -1,6 +1,6 @@
 //! The real test rig shared by every integration test (`mod harness;`).
 //!
-//! - images: `bosun/base`, `bosun/nobash`, `bosun/gitserver`, built from Debian
+//! - images: `bosun/base`, `bosun/nobash`, `bosun/gitserver`, `bosun/systemd`, built from Debian
 //!   packages by `images/build.sh` (no registry is reachable here);
 //! - [`Rig`]: a Bitbucket stand-in (real OpenSSH sshd, bare repos, per-key
 //!   access like Bitbucket's) on a Docker network of its own, reachable from
@@ -18,10 +18,13 @@
 
 mod project;
 mod services;
+mod systemd;
 #[allow(unused_imports)]
 pub use project::*;
 #[allow(unused_imports)]
 pub use services::*;
+#[allow(unused_imports)]
+pub use systemd::*;
 
 use std::fs;
 use std::io::Write;

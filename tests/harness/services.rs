@@ -38,3 +38,112 @@ pub fn coordinator_cli(data: &Path, args: &[&str]) -> String {
     c.arg("coordinator").args(args).arg("--data").arg(data);
     super::run(&mut c).trim().to_owned()
 }
+
+/// `bosun coordinator serve` in a container of its own on the rig's network, reachable there
+/// as `http://ALIAS:8080`: a separate machine from the agents', as in a real install, and
+/// nothing listens on any host interface. The data directory is the host's `data` (the
+/// process runs as its owner), so [`coordinator_cli`] and `Store::open` work on it from the
+/// host as with [`spawn_coordinator`]. Returns the container id and the URL.
+pub fn spawn_coordinator_container(
+    rig: &super::Rig,
+    data: &Path,
+    alias: &str,
+    extra: &[&str],
+) -> (String, String) {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::create_dir_all(data).expect("coordinator data dir");
+    let meta = std::fs::metadata(data).expect("coordinator data dir");
+    let bin = format!("{}:/usr/local/bin/bosun:ro", super::bosun_bin().display());
+    let vol = format!("{}:/data", data.display());
+    let user = format!("{}:{}", meta.uid(), meta.gid());
+    let label = format!("{}={}", super::LABEL, rig.run_id);
+    let mut args = vec![
+        "run",
+        "-d",
+        "--label",
+        &label,
+        "--network",
+        &rig.network,
+        "--network-alias",
+        alias,
+        "--user",
+        &user,
+        "-v",
+        &bin,
+        "-v",
+        &vol,
+    ];
+    let image = super::image("base");
+    args.extend([
+        image.as_str(),
+        "/usr/local/bin/bosun",
+        "coordinator",
+        "serve",
+        "--listen",
+        "0.0.0.0:8080",
+        "--data",
+        "/data",
+    ]);
+    args.extend(extra);
+    let container = super::docker(&args);
+    let t0 = std::time::Instant::now();
+    loop {
+        let out = super::output(Command::new("docker").args(["logs", &container]));
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if text.contains("listening on http://") {
+            break;
+        }
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(30),
+            "the coordinator container did not start listening in 30 s:\n{text}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    (container, format!("http://{alias}:8080"))
+}
+
+/// A job's status in the coordinator's store (`""` when unknown).
+pub fn job_status(data: &Path, job: &str) -> String {
+    use bosun::coordinator::store::{parse_job_id, Store};
+    let store = Store::open(data).expect("store");
+    let id = parse_job_id(job).expect("job id");
+    store
+        .job(id)
+        .expect("job")
+        .map(|j| j.status)
+        .unwrap_or_default()
+}
+
+/// A job's log as the coordinator holds it.
+pub fn job_log(data: &Path, job: &str) -> String {
+    use bosun::coordinator::store::{parse_job_id, Store};
+    let store = Store::open(data).expect("store");
+    let id = parse_job_id(job).expect("job id");
+    String::from_utf8_lossy(&store.log_from(id, 0).expect("log")).into_owned()
+}
+
+/// Polls until the job's status contains one of `want`; returns it.
+pub fn wait_job_status(
+    data: &Path,
+    job: &str,
+    want: &[&str],
+    timeout: std::time::Duration,
+) -> String {
+    let t0 = std::time::Instant::now();
+    loop {
+        let s = job_status(data, job);
+        if want.iter().any(|w| s.contains(w)) {
+            return s;
+        }
+        assert!(
+            t0.elapsed() < timeout,
+            "job {job} still `{s}` after {timeout:?}; log:\n{}",
+            job_log(data, job).chars().take(3000).collect::<String>()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
