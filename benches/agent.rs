@@ -376,48 +376,57 @@ fn main() {
     let coordinator_pid = coordinator.0.id();
     let id = enqueue(&data, "build");
     assert_eq!(wait_final(&store, id, Duration::from_secs(120)), "success");
-    let cpu0 = (cpu_secs(agent_pid), cpu_secs(coordinator_pid));
-    let id = enqueue(&data, "big");
-    let offset = wait_step_started(&store, id, Some(1), Duration::from_secs(120));
-    let t = Instant::now();
-    loop {
-        let row = store.job(id).expect("job").expect("row");
-        if row.log_bytes >= offset + log_bytes {
-            break;
+    // Three runs, median (each run is ~1–2 s on a 2-core machine shared with the engine).
+    let throughput_runs = 3;
+    let mut runs_out = Vec::new();
+    for _ in 0..throughput_runs {
+        let cpu0 = (cpu_secs(agent_pid), cpu_secs(coordinator_pid));
+        let id = enqueue(&data, "big");
+        let offset = wait_step_started(&store, id, Some(1), Duration::from_secs(120));
+        let t = Instant::now();
+        loop {
+            let row = store.job(id).expect("job").expect("row");
+            if row.log_bytes >= offset + log_bytes {
+                break;
+            }
+            assert!(
+                !row.is_final(),
+                "big job {id} ended `{}` ({:?}) with {} log bytes",
+                row.status,
+                row.error,
+                row.log_bytes
+            );
+            assert!(t.elapsed() < Duration::from_secs(600), "log never arrived");
+            std::thread::sleep(POLL);
         }
-        assert!(
-            !row.is_final(),
-            "big job {id} ended `{}` ({:?}) with {} log bytes",
-            row.status,
-            row.error,
-            row.log_bytes
+        let agent_secs = t.elapsed().as_secs_f64();
+        let status = wait_final(&store, id, Duration::from_secs(120));
+        assert_eq!(status, "success", "big job {id}");
+        let to_final = t.elapsed();
+        let cpu = (
+            cpu_secs(agent_pid) - cpu0.0,
+            cpu_secs(coordinator_pid) - cpu0.1,
         );
-        assert!(t.elapsed() < Duration::from_secs(600), "log never arrived");
-        std::thread::sleep(POLL);
+        // The step's own duration, as the agent measured it: how much the agent slowed the
+        // build itself down (back-pressure), apart from how long delivery took.
+        let step_ms = store
+            .events_from(id, 0)
+            .expect("events")
+            .into_iter()
+            .find_map(|(_, ev)| match ev {
+                JobEvent::StepFinished {
+                    step: 1,
+                    duration_ms,
+                    ..
+                } => Some(duration_ms),
+                _ => None,
+            })
+            .expect("the print step's StepFinished");
+        runs_out.push((agent_secs, to_final, cpu, step_ms));
     }
-    let agent_secs = t.elapsed().as_secs_f64();
-    let status = wait_final(&store, id, Duration::from_secs(120));
-    assert_eq!(status, "success", "big job {id}");
-    let to_final = t.elapsed();
-    let cpu = (
-        cpu_secs(agent_pid) - cpu0.0,
-        cpu_secs(coordinator_pid) - cpu0.1,
-    );
-    // The step's own duration, as the agent measured it: how much the agent slowed the
-    // build itself down (back-pressure), apart from how long delivery took.
-    let step_ms = store
-        .events_from(id, 0)
-        .expect("events")
-        .into_iter()
-        .find_map(|(_, ev)| match ev {
-            JobEvent::StepFinished {
-                step: 1,
-                duration_ms,
-                ..
-            } => Some(duration_ms),
-            _ => None,
-        })
-        .expect("the print step's StepFinished");
+    runs_out.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let all_secs: Vec<String> = runs_out.iter().map(|r| format!("{:.2}", r.0)).collect();
+    let (agent_secs, to_final, cpu, step_ms) = runs_out[runs_out.len() / 2];
     let peak_rss = proc_status_kib(agent_pid, "VmHWM");
     std::thread::sleep(Duration::from_secs(10));
     let idle_rss_after = proc_status_kib(agent_pid, "VmRSS");
@@ -470,10 +479,11 @@ fn main() {
         docker_secs
     );
     println!(
-        "    step start → coordinator has all bytes  {:>8.1} MiB/s  ({:.2} s; {:.2} s to success)",
+        "    step start → coordinator has all bytes  {:>8.1} MiB/s  ({:.2} s; {:.2} s to success; median of [{}] s)",
         mib / agent_secs,
         agent_secs,
-        to_final.as_secs_f64()
+        to_final.as_secs_f64(),
+        all_secs.join(", ")
     );
     println!(
         "    the step itself under the agent         {:>8.1} MiB/s  ({:.2} s, its StepFinished)",

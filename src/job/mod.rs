@@ -1357,8 +1357,12 @@ async fn run_step<E: Executor>(
         }
     };
     let mut interrupted: Option<StepStatus> = None;
+    // An output item read ahead while coalescing (see below) and not yet handled.
+    let mut peeked = None;
     loop {
         let next = tokio::select! {
+            // `Some(None)`: the stream ended while coalescing.
+            r = async { Ok(peeked.take().flatten()) }, if peeked.is_some() => r,
             r = tokio::time::timeout(run.no_output_timeout, exec.output.next()) => r,
             () = cancel.cancelled(), if interrupted.is_none() => {
                 interrupted = Some(StepStatus::Canceled);
@@ -1368,14 +1372,34 @@ async fn run_step<E: Executor>(
         };
         match next {
             Ok(Some(Ok(out))) => {
-                let (stream, data) = match out {
-                    Output::Stdout(b) => (Stream::Stdout, b),
-                    Output::Stderr(b) => (Stream::Stderr, b),
-                };
+                let (stream, data) = split_output(out);
+                // Under a flood the engine hands over ~16 KiB frames; join those already
+                // waiting (never waiting for more) so each sink sees one event per ~256 KiB
+                // instead of per frame: masking, spooling and hashing pay per event.
+                let mut joined: Option<Vec<u8>> = None;
+                while joined.as_ref().map_or(data.len(), Vec::len) < COALESCE_BYTES {
+                    match exec.output.next().now_or_never() {
+                        Some(Some(Ok(more))) => {
+                            let (s2, d2) = split_output(more);
+                            if s2 != stream {
+                                peeked = Some(Some(Ok(more_output(s2, d2))));
+                                break;
+                            }
+                            joined
+                                .get_or_insert_with(|| data.to_vec())
+                                .extend_from_slice(&d2);
+                        }
+                        Some(other) => {
+                            peeked = Some(other);
+                            break;
+                        }
+                        None => break,
+                    }
+                }
                 sink.emit(&Event::Output {
                     step: i,
                     stream,
-                    data,
+                    data: joined.map_or(data, Bytes::from),
                 });
             }
             Ok(Some(Err(e))) => {
@@ -1450,6 +1474,23 @@ async fn stop_step<E: Executor>(
         },
     )
     .await;
+}
+
+/// Largest output event made by joining frames that were already waiting.
+const COALESCE_BYTES: usize = 256 * 1024;
+
+fn split_output(out: Output) -> (Stream, Bytes) {
+    match out {
+        Output::Stdout(b) => (Stream::Stdout, b),
+        Output::Stderr(b) => (Stream::Stderr, b),
+    }
+}
+
+fn more_output(stream: Stream, data: Bytes) -> Output {
+    match stream {
+        Stream::Stdout => Output::Stdout(data),
+        Stream::Stderr => Output::Stderr(data),
+    }
 }
 
 #[cfg(test)]
