@@ -50,7 +50,11 @@ struct EventLine {
 struct Inner {
     log: File,
     log_len: u64,
+    /// SHA-256 of `log[..hashed]`. Hashing happens as the sender reads the log in order (and
+    /// for the rest at the finish), not as the step writes it: the step's output path stays
+    /// as short as it can be.
     sha: Sha256,
+    hashed: u64,
     events: File,
     next_seq: u64,
     state: SpoolState,
@@ -159,6 +163,7 @@ impl SpoolJob {
                 log,
                 log_len,
                 sha,
+                hashed: log_len,
                 events,
                 next_seq: good.len() as u64,
                 state,
@@ -187,7 +192,6 @@ impl SpoolJob {
         let mut g = self.lock();
         if !data.is_empty() {
             g.log.write_all(data)?;
-            g.sha.update(data);
             g.log_len += data.len() as u64;
         }
         let len = g.log_len;
@@ -219,8 +223,10 @@ impl SpoolJob {
     }
 
     /// Hex SHA-256 of the whole log so far.
-    pub fn log_sha256(&self) -> String {
-        hex(&self.lock().sha.clone().finalize())
+    pub fn log_sha256(&self) -> std::io::Result<String> {
+        let mut g = self.lock();
+        hash_rest(&self.dir, &mut g)?;
+        Ok(hex(&g.sha.clone().finalize()))
     }
 
     /// Record the job's end: `log_bytes` and `log_sha256` are filled in from the spool.
@@ -232,6 +238,7 @@ impl SpoolJob {
         let mut g = self.lock();
         g.log.sync_data()?;
         g.events.sync_data()?;
+        hash_rest(&self.dir, &mut g)?;
         let req = FinishRequest {
             status,
             log_bytes: g.log_len,
@@ -269,6 +276,13 @@ impl SpoolJob {
         f.seek(SeekFrom::Start(offset))?;
         let mut buf = vec![0u8; n];
         f.read_exact(&mut buf)?;
+        let mut g = self.lock();
+        let end = offset + n as u64;
+        if offset <= g.hashed && g.hashed < end {
+            let from = (g.hashed - offset) as usize;
+            g.sha.update(&buf[from..]);
+            g.hashed = end;
+        }
         Ok(buf)
     }
 
@@ -315,6 +329,35 @@ impl SpoolJob {
 }
 
 /// Replace `state.json` atomically (write, rename); `durable` fsyncs the new file first.
+/// Hash `log[hashed..log_len]` from the file (what the sender has not read yet).
+fn hash_rest(dir: &Path, g: &mut Inner) -> std::io::Result<()> {
+    if g.hashed >= g.log_len {
+        return Ok(());
+    }
+    let path = dir.join("log");
+    let mut f = File::open(&path).map_err(|e| io_ctx(&path, e))?;
+    f.seek(SeekFrom::Start(g.hashed))?;
+    let mut r = f.take(g.log_len - g.hashed);
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let k = r.read(&mut buf)?;
+        if k == 0 {
+            break;
+        }
+        g.sha.update(&buf[..k]);
+        g.hashed += k as u64;
+    }
+    if g.hashed != g.log_len {
+        return Err(std::io::Error::other(format!(
+            "{}: {} bytes, expected {}",
+            path.display(),
+            g.hashed,
+            g.log_len
+        )));
+    }
+    Ok(())
+}
+
 fn write_state(dir: &Path, state: &SpoolState, durable: bool) -> std::io::Result<()> {
     let tmp = dir.join("state.json.tmp");
     let text = serde_json::to_vec_pretty(state).map_err(std::io::Error::other)?;
@@ -416,5 +459,22 @@ mod tests {
         assert_eq!(jobs[0].finished(), Some(fin));
         jobs[0].remove().expect("remove");
         assert!(scan(root.path()).expect("scan").is_empty());
+    }
+
+    #[test]
+    fn the_digest_covers_every_byte_once_whatever_the_sender_read() {
+        let root = tempfile::tempdir().expect("tmp");
+        let j = SpoolJob::create(root.path(), "job/2", 1).expect("create");
+        let whole: Vec<u8> = (0..3000u32).map(|i| (i % 251) as u8).collect();
+        j.append_log(&whole[..1000]).expect("log");
+        // In order, then a resend from a lower offset (a 409), then a gap the finish fills.
+        assert_eq!(j.read_log(0, 600).expect("read"), &whole[..600]);
+        assert_eq!(j.read_log(300, 700).expect("read"), &whole[300..1000]);
+        j.append_log(&whole[1000..]).expect("log");
+        assert_eq!(j.read_log(100, 50).expect("read"), &whole[100..150]);
+        let fin = j.finish(FinalStatus::Success, None).expect("finish");
+        assert_eq!(fin.log_bytes, 3000);
+        assert_eq!(fin.log_sha256, hex(&Sha256::digest(&whole)));
+        assert_eq!(j.log_sha256().expect("digest"), fin.log_sha256);
     }
 }
