@@ -260,27 +260,10 @@ fn main() {
     repo.write(".circleci/config.yml", &config);
     repo.commit("config");
     repo.push("HEAD:refs/heads/main");
-    let deploy = rig.deploy_key("acme/widget");
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("coordinator");
     let (coordinator, addr) = start_coordinator(&data);
-    let kh = rig.known_hosts_file();
-    coordinator_cli(
-        &data,
-        &[
-            "project",
-            "add",
-            "--slug",
-            "acme/widget",
-            "--clone-url",
-            "git@bitbucket.org:acme/widget.git",
-            "--deploy-key",
-            deploy.private_path.to_str().expect("utf8"),
-            "--known-hosts",
-            kh.to_str().expect("utf8"),
-        ],
-    );
-    let token = coordinator_cli(&data, &["token"]);
+    let token = harness::add_stand_in_project(&data, &rig, "acme/widget", &[]);
     let token_file = dir.path().join("registration-token");
     std::fs::write(&token_file, format!("{token}\n")).expect("token file");
     let proxy = start_proxy(&addr);

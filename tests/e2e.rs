@@ -134,26 +134,15 @@ fn setup(config: &str) -> Setup {
     repo.write(".circleci/config.yml", config);
     repo.commit("config");
     repo.push("HEAD:refs/heads/main");
-    let deploy = rig.deploy_key("acme/widget");
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("coordinator");
     let coordinator = Coordinator::start(&data, "127.0.0.1:0");
-    let kh = rig.known_hosts_file();
-    coordinator.cli(&[
-        "project",
-        "add",
-        "--slug",
+    let token = harness::add_stand_in_project(
+        &data,
+        &rig,
         "acme/widget",
-        "--clone-url",
-        "git@bitbucket.org:acme/widget.git",
-        "--deploy-key",
-        deploy.private_path.to_str().expect("utf8"),
-        "--known-hosts",
-        kh.to_str().expect("utf8"),
-        "--secret-env",
-        "DEPLOY_TOKEN=s3cr3t-value-42",
-    ]);
-    let token = coordinator.cli(&["token"]);
+        &["--secret-env", "DEPLOY_TOKEN=s3cr3t-value-42"],
+    );
     let token_file = dir.path().join("registration-token");
     std::fs::write(&token_file, format!("{token}\n")).expect("token file");
     let agent_config = dir.path().join("agent.toml");

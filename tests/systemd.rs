@@ -111,7 +111,6 @@ fn the_agent_unit_installs_runs_reloads_drains_and_restarts_under_systemd() {
     );
     repo.commit("config");
     repo.push("HEAD:refs/heads/main");
-    let deploy = rig.deploy_key("acme/widget");
 
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("coordinator");
@@ -121,22 +120,7 @@ fn the_agent_unit_installs_runs_reloads_drains_and_restarts_under_systemd() {
     // firewall letting a container reach the bridge's gateway address).
     let (_coordinator, url) =
         harness::spawn_coordinator_container(&rig, &data, "coordinator", &["--lease-secs", "10"]);
-    coordinator_cli(
-        &data,
-        &[
-            "project",
-            "add",
-            "--slug",
-            "acme/widget",
-            "--clone-url",
-            "git@bitbucket.org:acme/widget.git",
-            "--deploy-key",
-            deploy.private_path.to_str().expect("utf8"),
-            "--known-hosts",
-            rig.known_hosts_file().to_str().expect("utf8"),
-        ],
-    );
-    let token = coordinator_cli(&data, &["token"]);
+    let token = harness::add_stand_in_project(&data, &rig, "acme/widget", &[]);
 
     let t0 = Instant::now();
     let host = SystemdHost::boot(&rig, "build-01");

@@ -314,10 +314,7 @@ impl Store {
         )?;
         let logs = dir.join(LOGS_DIR);
         if !logs.exists() {
-            std::fs::create_dir_all(&logs).map_err(|source| CoordError::Io {
-                path: logs.clone(),
-                source,
-            })?;
+            std::fs::create_dir_all(&logs).map_err(io_err(&logs))?;
             set_mode(&logs, 0o700)?;
         }
         migrate(&conn, &logs)?;
@@ -598,33 +595,22 @@ impl Store {
         self.read_log(id, from, end as u64)
     }
 
-    fn log_path(&self, id: i64) -> PathBuf {
-        log_path(&self.logs, id)
-    }
-
-    fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CoordError + '_ {
-        move |source| CoordError::Io {
-            path: path.to_path_buf(),
-            source,
-        }
-    }
-
     /// Bytes `from..end` of a job's log file (fewer if the file is shorter).
     fn read_log(&self, id: i64, from: u64, end: u64) -> Result<Vec<u8>> {
         use std::os::unix::fs::FileExt;
-        let path = self.log_path(id);
+        let path = log_path(&self.logs, id);
         let f = match File::open(&path) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(Self::io(&path)(e)),
+            Err(e) => return Err(io_err(&path)(e)),
         };
-        let len = f.metadata().map_err(Self::io(&path))?.len();
+        let len = f.metadata().map_err(io_err(&path))?.len();
         let end = end.min(len);
         if from >= end {
             return Ok(Vec::new());
         }
         let mut buf = vec![0u8; (end - from) as usize];
-        f.read_exact_at(&mut buf, from).map_err(Self::io(&path))?;
+        f.read_exact_at(&mut buf, from).map_err(io_err(&path))?;
         Ok(buf)
     }
 
@@ -632,7 +618,7 @@ impl Store {
     fn log_digest(&self, id: i64, end: u64) -> Result<(String, u64)> {
         use sha2::{Digest, Sha256};
         use std::io::Read;
-        let path = self.log_path(id);
+        let path = log_path(&self.logs, id);
         let mut sha = Sha256::new();
         let mut n = 0u64;
         match File::open(&path) {
@@ -640,7 +626,7 @@ impl Store {
                 let mut r = f.take(end);
                 let mut buf = vec![0u8; 1 << 20];
                 loop {
-                    let k = r.read(&mut buf).map_err(Self::io(&path))?;
+                    let k = r.read(&mut buf).map_err(io_err(&path))?;
                     if k == 0 {
                         break;
                     }
@@ -649,28 +635,28 @@ impl Store {
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(Self::io(&path)(e)),
+            Err(e) => return Err(io_err(&path)(e)),
         }
         Ok((super::hex(&sha.finalize()), n))
     }
 
     /// Make a job's log file durable (before its final status commits).
     fn sync_log(&self, id: i64) -> Result<()> {
-        let path = self.log_path(id);
+        let path = log_path(&self.logs, id);
         match File::open(&path) {
-            Ok(f) => f.sync_all().map_err(Self::io(&path))?,
+            Ok(f) => f.sync_all().map_err(io_err(&path))?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(Self::io(&path)(e)),
+            Err(e) => return Err(io_err(&path)(e)),
         }
         // The file's directory entry too: it was created without a sync.
         File::open(&self.logs)
             .and_then(|d| d.sync_all())
-            .map_err(Self::io(&self.logs))
+            .map_err(io_err(&self.logs))
     }
 
     /// Forget a job's log (a re-queued attempt starts over).
     fn drop_log(&self, id: i64) {
-        let path = self.log_path(id);
+        let path = log_path(&self.logs, id);
         if let Err(e) = std::fs::remove_file(&path) {
             if e.kind() != std::io::ErrorKind::NotFound {
                 tracing::warn!("{}: {e}", path.display());
@@ -865,8 +851,8 @@ impl Store {
             .write(true)
             .mode(0o600)
             .open(&path)
-            .map_err(Self::io(&path))?;
-        let on_disk = file.metadata().map_err(Self::io(&path))?.len();
+            .map_err(io_err(&path))?;
+        let on_disk = file.metadata().map_err(io_err(&path))?.len();
         if on_disk < stored {
             // The host crashed before the file reached the disk: what survived is the log.
             tracing::warn!(
@@ -894,9 +880,9 @@ impl Store {
             use std::os::unix::fs::FileExt;
             if on_disk > stored {
                 // An append that wrote but never committed: not part of the log.
-                file.set_len(stored).map_err(Self::io(&path))?;
+                file.set_len(stored).map_err(io_err(&path))?;
             }
-            file.write_all_at(new, stored).map_err(Self::io(&path))?;
+            file.write_all_at(new, stored).map_err(io_err(&path))?;
         }
         stored += new.len() as u64;
         tx.execute(
@@ -1154,6 +1140,14 @@ fn log_path(logs: &Path, id: i64) -> PathBuf {
     logs.join(format!("{id}.log"))
 }
 
+/// An I/O error about `path`, for `map_err`.
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> CoordError + '_ {
+    move |source| CoordError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
 /// Before migration 2: copy each job's log out of the `job_logs` blobs into its file.
 /// Idempotent (a crash before the migration commits redoes it from the start).
 fn export_blob_logs(conn: &Connection, logs: &Path) -> Result<()> {
@@ -1170,14 +1164,10 @@ fn export_blob_logs(conn: &Connection, logs: &Path) -> Result<()> {
     let mut open: Option<(i64, File)> = None;
     for row in rows {
         let (id, off, bytes) = row?;
-        let path = logs.join(format!("{id}.log"));
-        let io = |source| CoordError::Io {
-            path: path.clone(),
-            source,
-        };
+        let path = log_path(logs, id);
         if open.as_ref().is_none_or(|(j, _)| *j != id) {
-            if let Some((_, f)) = open.take() {
-                f.sync_all().map_err(io)?;
+            if let Some((prev, f)) = open.take() {
+                f.sync_all().map_err(io_err(&log_path(logs, prev)))?;
             }
             let f = std::fs::OpenOptions::new()
                 .create(true)
@@ -1185,25 +1175,19 @@ fn export_blob_logs(conn: &Connection, logs: &Path) -> Result<()> {
                 .write(true)
                 .mode(0o600)
                 .open(&path)
-                .map_err(io)?;
+                .map_err(io_err(&path))?;
             open = Some((id, f));
         }
         if let Some((_, f)) = &open {
-            f.write_all_at(&bytes, off as u64).map_err(io)?;
+            f.write_all_at(&bytes, off as u64).map_err(io_err(&path))?;
         }
     }
     if let Some((id, f)) = open {
-        f.sync_all().map_err(|source| CoordError::Io {
-            path: logs.join(format!("{id}.log")),
-            source,
-        })?;
+        f.sync_all().map_err(io_err(&log_path(logs, id)))?;
     }
     File::open(logs)
         .and_then(|d| d.sync_all())
-        .map_err(|source| CoordError::Io {
-            path: logs.to_path_buf(),
-            source,
-        })
+        .map_err(io_err(logs))
 }
 
 fn migrate(conn: &Connection, logs: &Path) -> Result<()> {

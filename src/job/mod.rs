@@ -1379,21 +1379,17 @@ async fn run_step<E: Executor>(
                 let mut joined: Option<Vec<u8>> = None;
                 while joined.as_ref().map_or(data.len(), Vec::len) < COALESCE_BYTES {
                     match exec.output.next().now_or_never() {
-                        Some(Some(Ok(more))) => {
-                            let (s2, d2) = split_output(more);
-                            if s2 != stream {
-                                peeked = Some(Some(Ok(more_output(s2, d2))));
-                                break;
-                            }
+                        None => break,
+                        Some(Some(Ok(more))) if stream_of(&more) == stream => {
+                            let (_, d2) = split_output(more);
                             joined
                                 .get_or_insert_with(|| data.to_vec())
                                 .extend_from_slice(&d2);
                         }
-                        Some(other) => {
-                            peeked = Some(other);
+                        Some(item) => {
+                            peeked = Some(item);
                             break;
                         }
-                        None => break,
                     }
                 }
                 sink.emit(&Event::Output {
@@ -1486,10 +1482,10 @@ fn split_output(out: Output) -> (Stream, Bytes) {
     }
 }
 
-fn more_output(stream: Stream, data: Bytes) -> Output {
-    match stream {
-        Stream::Stdout => Output::Stdout(data),
-        Stream::Stderr => Output::Stderr(data),
+fn stream_of(out: &Output) -> Stream {
+    match out {
+        Output::Stdout(_) => Stream::Stdout,
+        Output::Stderr(_) => Stream::Stderr,
     }
 }
 

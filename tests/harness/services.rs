@@ -4,6 +4,30 @@ use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
+/// `bosun coordinator project add` for the stand-in's repository `slug`, with a new deploy
+/// key for it and the stand-in's host keys (then `extra` arguments, e.g. `--secret-env`);
+/// returns a registration token for agents.
+pub fn add_stand_in_project(data: &Path, rig: &super::Rig, slug: &str, extra: &[&str]) -> String {
+    let deploy = rig.deploy_key(slug);
+    let known_hosts = rig.known_hosts_file();
+    let clone_url = format!("git@bitbucket.org:{slug}.git");
+    let mut args = vec![
+        "project",
+        "add",
+        "--slug",
+        slug,
+        "--clone-url",
+        &clone_url,
+        "--deploy-key",
+        deploy.private_path.to_str().expect("utf8"),
+        "--known-hosts",
+        known_hosts.to_str().expect("utf8"),
+    ];
+    args.extend_from_slice(extra);
+    coordinator_cli(data, &args);
+    coordinator_cli(data, &["token"])
+}
+
 /// Start `bosun coordinator serve --listen LISTEN --data DATA EXTRA…` and return it with the
 /// `host:port` it printed (`listening on http://ADDR`; port 0 picks a free one).
 pub fn spawn_coordinator(data: &Path, listen: &str, extra: &[&str]) -> (Child, String) {
