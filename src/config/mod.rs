@@ -636,7 +636,11 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
         "d" => n * 86400.0,
         _ => return None,
     };
-    (secs.is_finite() && secs > 0.0).then(|| Duration::from_secs_f64(secs))
+    // `try_`: a number too large for a Duration (`99999999999999999999h`) is an error, not a
+    // panic.
+    Duration::try_from_secs_f64(secs)
+        .ok()
+        .filter(|_| secs > 0.0)
 }
 
 /// The closest candidate by edit distance, if it is close enough to be a typo.

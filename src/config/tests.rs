@@ -337,6 +337,7 @@ fn durations() {
     assert_eq!(parse_duration("5s"), Some(Duration::from_secs(5)));
     assert_eq!(parse_duration("5"), None);
     assert_eq!(parse_duration("m"), None);
+    assert_eq!(parse_duration("99999999999999999999h"), None);
 }
 
 #[test]
