@@ -184,6 +184,46 @@ pub struct EnqueueArgs {
     /// Attempts before a lapsed lease marks the job infrastructure_fail.
     #[arg(long, default_value_t = DEFAULT_MAX_ATTEMPTS)]
     pub max_attempts: u32,
+    /// Number of the pull request this job builds; the job gets CIRCLE_PULL_REQUEST,
+    /// CIRCLE_PULL_REQUESTS and CIRCLE_PR_NUMBER.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub pull_request: Option<u64>,
+    /// The pull request's web address (needs --pull-request). Without it the Bitbucket Cloud
+    /// address is derived from the project slug: https://bitbucket.org/<slug>/pull-requests/<N>
+    /// (give it for self-hosted Bitbucket).
+    #[arg(long, value_name = "URL", requires = "pull_request")]
+    pub pull_request_url: Option<String>,
+    /// Time limit for the whole job, e.g. 90s, 30m, 2h (at most 24h; default 3h). The agent
+    /// stops the job when it runs out and reports it `timedout`.
+    #[arg(long, value_name = "DURATION", value_parser = parse_timeout)]
+    pub timeout: Option<u64>,
+}
+
+/// `--timeout`: a duration written as for `run.no_output_timeout`, in whole seconds (a
+/// fraction rounds up: the protocol counts seconds), within the store's limits.
+fn parse_timeout(text: &str) -> std::result::Result<u64, String> {
+    let out_of_range = || {
+        format!(
+            "a job timeout must be between 1s and {}h",
+            store::MAX_JOB_TIMEOUT_SECS / 3600
+        )
+    };
+    let Some(d) = crate::config::parse_duration(text) else {
+        // `0s` or a number too large for a Duration is well formed, just out of range: say
+        // that rather than "bad format".
+        let t = text.trim();
+        let number = t.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+        let unit = &t[number.len()..];
+        if number.parse::<f64>().is_ok() && ["ms", "s", "m", "h", "d"].contains(&unit) {
+            return Err(out_of_range());
+        }
+        return Err(
+            "expected a number with a unit s, m or h (e.g. 90s, 30m, 2h; also ms and d)".into(),
+        );
+    };
+    let secs = d.as_secs().saturating_add(u64::from(d.subsec_nanos() > 0));
+    store::check_timeout_secs(secs).map_err(|_| out_of_range())?;
+    Ok(secs)
 }
 
 fn read_file(path: &Path) -> Result<String> {
@@ -275,6 +315,9 @@ fn run_inner(cmd: Command) -> Result<()> {
                 resource_class: a.resource_class,
                 labels: a.labels,
                 max_attempts: a.max_attempts,
+                pr_number: a.pull_request,
+                pr_url: a.pull_request_url,
+                timeout_secs: a.timeout,
             })?;
             print(&mut out, id.to_string());
             Ok(())
@@ -284,19 +327,22 @@ fn run_inner(cmd: Command) -> Result<()> {
             print(
                 &mut out,
                 format!(
-                    "{:>6}  {:<20} {:<16} {:<16} {:<20} {:>7}  {:>8}  AGENT",
-                    "ID", "PROJECT", "REF", "JOB", "STATUS", "ATTEMPT", "DURATION"
+                    "{:>6}  {:<20} {:<16} {:<16} {:>6}  {:<20} {:>7}  {:>8}  AGENT",
+                    "ID", "PROJECT", "REF", "JOB", "PR", "STATUS", "ATTEMPT", "DURATION"
                 ),
             );
             for j in store.list_jobs(limit)? {
                 print(
                     &mut out,
                     format!(
-                        "{:>6}  {:<20} {:<16} {:<16} {:<20} {:>3}/{:<3}  {:>8}  {}",
+                        "{:>6}  {:<20} {:<16} {:<16} {:>6}  {:<20} {:>3}/{:<3}  {:>8}  {}",
                         j.id,
                         j.project,
                         j.git_ref,
                         j.job_name,
+                        j.pr_number
+                            .map(|n| format!("#{n}"))
+                            .unwrap_or_else(|| "-".into()),
                         j.status,
                         j.attempts,
                         j.max_attempts,
@@ -500,5 +546,104 @@ async fn reap_leases(state: Arc<AppState>) {
             Ok(_) => state.bump(),
             Err(e) => tracing::warn!("expiring leases: {e}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser, Debug)]
+    struct Cli {
+        #[command(subcommand)]
+        command: Command,
+    }
+
+    fn enqueue(extra: &[&str]) -> std::result::Result<EnqueueArgs, clap::Error> {
+        let mut argv = vec![
+            "bosun",
+            "enqueue",
+            "--data",
+            "/d",
+            "--project",
+            "acme/w",
+            "--ref",
+            "main",
+            "--job",
+            "build",
+        ];
+        argv.extend_from_slice(extra);
+        match Cli::try_parse_from(argv)?.command {
+            Command::Enqueue(a) => Ok(a),
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    fn error(extra: &[&str]) -> String {
+        match enqueue(extra) {
+            Err(e) => e.to_string(),
+            Ok(a) => panic!("{extra:?} was accepted: {a:?}"),
+        }
+    }
+
+    #[test]
+    fn enqueue_takes_a_pull_request_and_a_timeout() {
+        let a = enqueue(&["--pull-request", "7", "--timeout", "90s"]).expect("parses");
+        assert_eq!(
+            (a.pull_request, a.pull_request_url, a.timeout),
+            (Some(7), None, Some(90))
+        );
+        let a = enqueue(&[
+            "--pull-request",
+            "7",
+            "--pull-request-url",
+            "https://git.example.com/pr/7",
+            "--timeout",
+            "1.5h",
+        ])
+        .expect("parses");
+        assert_eq!(
+            a.pull_request_url.as_deref(),
+            Some("https://git.example.com/pr/7")
+        );
+        assert_eq!(a.timeout, Some(5400));
+        assert_eq!(
+            enqueue(&["--timeout", "2h"]).expect("parses").timeout,
+            Some(7200)
+        );
+        assert_eq!(
+            enqueue(&["--timeout", "30m"]).expect("parses").timeout,
+            Some(1800)
+        );
+        // Whole seconds on the wire: a fraction rounds up rather than to a zero limit.
+        assert_eq!(
+            enqueue(&["--timeout", "500ms"]).expect("parses").timeout,
+            Some(1)
+        );
+        let a = enqueue(&[]).expect("parses");
+        assert_eq!((a.pull_request, a.timeout), (None, None));
+    }
+
+    #[test]
+    fn a_bad_timeout_or_pull_request_is_a_parse_error_naming_the_flag() {
+        for bad in ["90", "0", "soon", "5 m", "2x", ""] {
+            let e = error(&[&format!("--timeout={bad}")]);
+            assert!(e.contains("--timeout"), "{bad}: {e}");
+            assert!(e.contains("90s, 30m, 2h"), "{bad}: {e}");
+        }
+        for out_of_range in ["0s", "0.0m", "-1s", "25h", "2d", "99999999999999999999h"] {
+            let e = error(&[&format!("--timeout={out_of_range}")]);
+            assert!(e.contains("--timeout"), "{out_of_range}: {e}");
+            assert!(e.contains("between 1s and 24h"), "{out_of_range}: {e}");
+        }
+        let e = error(&[
+            "--pull-request-url",
+            "https://bitbucket.org/acme/w/pull-requests/1",
+        ]);
+        assert!(e.contains("--pull-request"), "{e}");
+        let e = error(&["--pull-request", "0"]);
+        assert!(e.contains("--pull-request"), "{e}");
+        assert!(error(&["--pull-request", "seven"]).contains("--pull-request"));
     }
 }

@@ -20,7 +20,7 @@
 use super::{random_hex, sha256_hex, CoordError, Result};
 use crate::protocol::{
     FinalStatus, FinishRequest, JobEvent, WireEnv, WireJob, WireKey, WireKeyRole, WireProject,
-    WireTimeouts,
+    WirePullRequest, WireTimeouts,
 };
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use std::fs::File;
@@ -34,6 +34,9 @@ pub const DB_FILE: &str = "coordinator.db";
 pub const LOGS_DIR: &str = "logs";
 /// Attempts a job gets before a lapsed lease marks it `infrastructure_fail`.
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
+/// Longest job time limit an operator may set. A typo (`30h` for `30m`) would otherwise hold
+/// an agent's slot for days; 24 h is well past any real build.
+pub const MAX_JOB_TIMEOUT_SECS: u64 = 24 * 3600;
 
 /// Schema versions, applied in order; `PRAGMA user_version` records how many ran.
 /// Append only: never edit a migration that has shipped.
@@ -108,6 +111,10 @@ CREATE TABLE job_events (
 "#,
     // 2: logs move to files under `logs/` (copied out by `export_blob_logs` first).
     "DROP TABLE job_logs",
+    // 3: the pull request a job builds, and its time limit (NULL: the protocol's default).
+    "ALTER TABLE jobs ADD COLUMN pr_number INTEGER; \
+     ALTER TABLE jobs ADD COLUMN pr_url TEXT; \
+     ALTER TABLE jobs ADD COLUMN timeout_secs INTEGER",
 ];
 
 pub fn now_ms() -> i64 {
@@ -143,6 +150,10 @@ pub struct JobRow {
     pub created: i64,
     pub started: Option<i64>,
     pub finished: Option<i64>,
+    pub pr_number: Option<u64>,
+    pub pr_url: Option<String>,
+    /// `None`: the protocol's default limit.
+    pub timeout_secs: Option<u64>,
 }
 
 impl JobRow {
@@ -175,6 +186,29 @@ pub struct NewJob {
     pub resource_class: Option<String>,
     pub labels: Vec<String>,
     pub max_attempts: u32,
+    /// The pull request the job builds. Without a URL, the Bitbucket one is derived from the
+    /// project slug (`https://bitbucket.org/<slug>/pull-requests/<n>`).
+    pub pr_number: Option<u64>,
+    pub pr_url: Option<String>,
+    /// Whole-job time limit in seconds, 1..=[`MAX_JOB_TIMEOUT_SECS`]; `None`: the
+    /// protocol's default ([`WireTimeouts::default`]).
+    pub timeout_secs: Option<u64>,
+}
+
+/// The pull request URL of a Bitbucket Cloud repository `slug` (`workspace/repo`).
+pub fn bitbucket_pr_url(slug: &str, number: u64) -> String {
+    format!("https://bitbucket.org/{slug}/pull-requests/{number}")
+}
+
+/// Refuse a job time limit of zero or over [`MAX_JOB_TIMEOUT_SECS`].
+pub fn check_timeout_secs(secs: u64) -> Result<()> {
+    if secs == 0 || secs > MAX_JOB_TIMEOUT_SECS {
+        return Err(CoordError::Invalid(format!(
+            "a job timeout must be between 1s and {}h, not {secs}s",
+            MAX_JOB_TIMEOUT_SECS / 3600
+        )));
+    }
+    Ok(())
 }
 
 /// (id, name, resource class, last seen, revoked).
@@ -253,7 +287,8 @@ fn split_ref(r: &str) -> (Option<String>, Option<String>) {
 
 const JOB_COLUMNS: &str = "j.id, p.slug, j.commit_sha, j.git_ref, j.job_name, j.pipeline_number, \
      j.status, j.agent_id, j.attempts, j.max_attempts, j.cancel_requested, j.log_bytes, \
-     j.event_count, j.error, j.created, j.started, j.finished";
+     j.event_count, j.error, j.created, j.started, j.finished, j.pr_number, j.pr_url, \
+     j.timeout_secs";
 
 fn job_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<JobRow> {
     Ok(JobRow {
@@ -274,6 +309,9 @@ fn job_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<JobRow> {
         created: r.get(14)?,
         started: r.get(15)?,
         finished: r.get(16)?,
+        pr_number: r.get::<_, Option<i64>>(17)?.map(|n| n as u64),
+        pr_url: r.get(18)?,
+        timeout_secs: r.get::<_, Option<i64>>(19)?.map(|n| n as u64),
     })
 }
 
@@ -494,6 +532,44 @@ impl Store {
     }
 
     pub fn enqueue(&self, j: &NewJob) -> Result<i64> {
+        if let Some(secs) = j.timeout_secs {
+            check_timeout_secs(secs)?;
+        }
+        let pr_url = match (j.pr_number, &j.pr_url) {
+            (None, None) => None,
+            (None, Some(_)) => {
+                return Err(CoordError::Invalid(
+                    "a pull request URL needs the pull request's number".into(),
+                ))
+            }
+            (Some(0), _) => {
+                return Err(CoordError::Invalid(
+                    "pull request numbers start at 1".into(),
+                ))
+            }
+            (Some(n), None) => Some(bitbucket_pr_url(&j.project_slug, n)),
+            (Some(_), Some(url)) => {
+                // It becomes a link on the job page and a variable in the job: nothing but a
+                // web address belongs there.
+                if !(url.starts_with("https://") || url.starts_with("http://"))
+                    || url.chars().any(|c| c.is_whitespace() || c.is_control())
+                {
+                    return Err(CoordError::Invalid(format!(
+                        "pull request URL `{url}`: expected an http(s) address without spaces"
+                    )));
+                }
+                Some(url.clone())
+            }
+        };
+        // SQLite integers are signed: a number past i64 cannot be stored.
+        let pr_number = j
+            .pr_number
+            .map(|n| {
+                i64::try_from(n).map_err(|_| {
+                    CoordError::Invalid(format!("pull request number {n} is too large"))
+                })
+            })
+            .transpose()?;
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let pid: i64 = tx
@@ -519,10 +595,11 @@ impl Store {
         let commit = j.commit_sha.clone().unwrap_or_else(|| j.git_ref.clone());
         tx.execute(
             "INSERT INTO jobs(project_id, commit_sha, git_ref, branch, tag, job_name, pipeline_number, \
-             resource_class, labels, status, max_attempts, created) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'queued', ?10, ?11)",
+             resource_class, labels, status, max_attempts, created, pr_number, pr_url, timeout_secs) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'queued', ?10, ?11, ?12, ?13, ?14)",
             params![pid, commit, j.git_ref, branch, tag, j.job_name, pipeline, j.resource_class,
-                json_labels(&j.labels), j.max_attempts.max(1), now_ms()],
+                json_labels(&j.labels), j.max_attempts.max(1), now_ms(), pr_number, pr_url,
+                j.timeout_secs.map(|s| s as i64)],
         )?;
         let id = tx.last_insert_rowid();
         tx.commit()?;
@@ -1070,18 +1147,35 @@ fn wire_job(conn: &Connection, id: i64) -> Result<WireJob> {
             ))
         },
     )?;
-    let (commit_sha, branch, tag, job_name, pipeline_number, attempts): (
-        String,
-        Option<String>,
-        Option<String>,
-        String,
-        i64,
-        u32,
-    ) = conn.query_row(
-        "SELECT commit_sha, branch, tag, job_name, pipeline_number, attempts FROM jobs WHERE id = ?1",
-        [id],
-        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)),
-    )?;
+    let (commit_sha, branch, tag, job_name, pipeline_number, attempts, pull_request, timeouts) =
+        conn.query_row(
+            "SELECT commit_sha, branch, tag, job_name, pipeline_number, attempts, pr_number, \
+             pr_url, timeout_secs FROM jobs WHERE id = ?1",
+            [id],
+            |r| {
+                let pull_request = match (r.get::<_, Option<i64>>(6)?, r.get(7)?) {
+                    (Some(n), Some(url)) => Some(WirePullRequest {
+                        number: n as u64,
+                        url,
+                    }),
+                    _ => None,
+                };
+                let timeouts = match r.get::<_, Option<i64>>(8)? {
+                    Some(s) if s > 0 => WireTimeouts { job_secs: s as u64 },
+                    _ => WireTimeouts::default(),
+                };
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, Option<String>>(1)?,
+                    r.get::<_, Option<String>>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, i64>(4)?,
+                    r.get::<_, u32>(5)?,
+                    pull_request,
+                    timeouts,
+                ))
+            },
+        )?;
     let mut keys = Vec::new();
     for (role, key) in [
         (WireKeyRole::User, user_key),
@@ -1120,7 +1214,7 @@ fn wire_job(conn: &Connection, id: i64) -> Result<WireJob> {
         commit_sha,
         branch,
         tag,
-        pull_request: None,
+        pull_request,
         job_name,
         pipeline_number: pipeline_number as u64,
         keys,
@@ -1131,7 +1225,7 @@ fn wire_job(conn: &Connection, id: i64) -> Result<WireJob> {
             .map(String::from)
             .collect(),
         env,
-        timeouts: WireTimeouts::default(),
+        timeouts,
         attempt: attempts,
     })
 }
@@ -1242,8 +1336,8 @@ mod tests {
         (d, s)
     }
 
-    fn job(s: &Store) -> i64 {
-        s.enqueue(&NewJob {
+    fn new_job() -> NewJob {
+        NewJob {
             project_slug: "acme/widget".into(),
             git_ref: "main".into(),
             commit_sha: None,
@@ -1251,8 +1345,120 @@ mod tests {
             resource_class: None,
             labels: vec![],
             max_attempts: 3,
+            pr_number: None,
+            pr_url: None,
+            timeout_secs: None,
+        }
+    }
+
+    fn job(s: &Store) -> i64 {
+        s.enqueue(&new_job()).expect("enqueue")
+    }
+
+    fn claim_next(s: &Store) -> WireJob {
+        s.claim("a1", "rc", &[], Duration::from_secs(30))
+            .expect("claim")
+            .expect("a job")
+    }
+
+    #[test]
+    fn a_jobs_pull_request_and_timeout_reach_the_agent_in_its_claim() {
+        let (_d, s) = store();
+        let plain = job(&s);
+        let with_url = s
+            .enqueue(&NewJob {
+                pr_number: Some(7),
+                pr_url: Some(
+                    "https://bitbucket.example.com/projects/A/repos/w/pull-requests/7".into(),
+                ),
+                timeout_secs: Some(90),
+                ..new_job()
+            })
+            .expect("enqueue");
+        let derived = s
+            .enqueue(&NewJob {
+                pr_number: Some(12),
+                ..new_job()
+            })
+            .expect("enqueue");
+
+        let j = claim_next(&s);
+        assert_eq!(j.id, plain.to_string());
+        assert_eq!(j.pull_request, None);
+        assert_eq!(j.timeouts, WireTimeouts::default());
+        assert_eq!(j.timeouts.job_secs, 3 * 3600);
+
+        let j = claim_next(&s);
+        assert_eq!(j.id, with_url.to_string());
+        assert_eq!(
+            j.pull_request,
+            Some(WirePullRequest {
+                number: 7,
+                url: "https://bitbucket.example.com/projects/A/repos/w/pull-requests/7".into()
+            })
+        );
+        assert_eq!(j.timeouts.job_secs, 90);
+
+        let j = claim_next(&s);
+        assert_eq!(j.id, derived.to_string());
+        assert_eq!(
+            j.pull_request.map(|p| (p.number, p.url)),
+            Some((
+                12,
+                "https://bitbucket.org/acme/widget/pull-requests/12".into()
+            ))
+        );
+        assert_eq!(j.timeouts, WireTimeouts::default());
+
+        let row = s.job(with_url).expect("job").expect("row");
+        assert_eq!((row.pr_number, row.timeout_secs), (Some(7), Some(90)));
+        assert_eq!(s.job(plain).expect("job").expect("row").pr_number, None);
+    }
+
+    #[test]
+    fn bad_pull_requests_and_timeouts_are_refused_at_enqueue() {
+        let (_d, s) = store();
+        let refused = |j: NewJob| match s.enqueue(&j) {
+            Err(CoordError::Invalid(m)) => m,
+            other => panic!("expected a refusal, got {other:?}"),
+        };
+        assert!(refused(NewJob {
+            timeout_secs: Some(0),
+            ..new_job()
         })
-        .expect("enqueue")
+        .contains("between 1s and 24h"));
+        assert!(refused(NewJob {
+            timeout_secs: Some(MAX_JOB_TIMEOUT_SECS + 1),
+            ..new_job()
+        })
+        .contains("between 1s and 24h"));
+        assert!(refused(NewJob {
+            pr_url: Some("https://bitbucket.org/acme/widget/pull-requests/3".into()),
+            ..new_job()
+        })
+        .contains("needs the pull request's number"));
+        assert!(refused(NewJob {
+            pr_number: Some(3),
+            pr_url: Some("javascript:alert(1)".into()),
+            ..new_job()
+        })
+        .contains("http(s)"));
+        assert!(refused(NewJob {
+            pr_number: Some(0),
+            ..new_job()
+        })
+        .contains("start at 1"));
+        assert!(refused(NewJob {
+            pr_number: Some(u64::MAX),
+            ..new_job()
+        })
+        .contains("too large"));
+        assert!(s.list_jobs(10).expect("list").is_empty());
+        s.enqueue(&NewJob {
+            timeout_secs: Some(MAX_JOB_TIMEOUT_SECS),
+            ..new_job()
+        })
+        .expect("the maximum itself is allowed");
     }
 
     #[test]
@@ -1474,6 +1680,50 @@ mod tests {
             )
             .expect("query");
         assert_eq!(gone, 0);
+    }
+
+    #[test]
+    fn a_version_2_store_gains_pull_requests_and_timeouts_and_keeps_its_jobs() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let dir = d.path().join("data");
+        std::fs::create_dir_all(dir.join(LOGS_DIR)).expect("mkdir");
+        {
+            let conn = Connection::open(dir.join(DB_FILE)).expect("open");
+            conn.execute_batch(&format!(
+                "BEGIN; {}; {}; PRAGMA user_version = 2; COMMIT;",
+                MIGRATIONS[0], MIGRATIONS[1]
+            ))
+            .expect("v2 schema");
+            conn.execute_batch(
+                "INSERT INTO projects(id, uuid, slug, clone_url) VALUES (1, 'u', 'acme/widget', 'git@x:acme/widget.git');
+                 INSERT INTO jobs(id, project_id, commit_sha, git_ref, branch, job_name, pipeline_number, status, max_attempts, created)
+                   VALUES (4, 1, 'main', 'main', 'main', 'build', 1, 'queued', 3, 0);",
+            )
+            .expect("v2 rows");
+        }
+        let s = Store::open(&dir).expect("migrate");
+        let v: i64 = s
+            .conn()
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .expect("pragma");
+        assert_eq!(v, 3);
+        // The job queued before the upgrade: no pull request, the default limit.
+        let old = claim_next(&s);
+        assert_eq!(old.id, "4");
+        assert_eq!(old.pull_request, None);
+        assert_eq!(old.timeouts, WireTimeouts::default());
+        // A new one carries both.
+        let id = s
+            .enqueue(&NewJob {
+                pr_number: Some(5),
+                timeout_secs: Some(600),
+                ..new_job()
+            })
+            .expect("enqueue");
+        let new = claim_next(&s);
+        assert_eq!(new.id, id.to_string());
+        assert_eq!(new.pull_request.map(|p| p.number), Some(5));
+        assert_eq!(new.timeouts.job_secs, 600);
     }
 
     #[test]

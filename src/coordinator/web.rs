@@ -64,6 +64,27 @@ fn internal(e: CoordError) -> Response {
         .into_response()
 }
 
+/// The pull request (linked: the store only accepts http(s) addresses) and a time limit
+/// other than the default; nothing for a plain job.
+fn pr_and_timeout_rows(j: &JobRow) -> String {
+    let mut rows = String::new();
+    if let (Some(n), Some(url)) = (j.pr_number, &j.pr_url) {
+        let _ = write!(
+            rows,
+            "<tr><th>pull request</th><td><a href=\"{u}\">#{n}</a></td></tr>",
+            u = escape(url)
+        );
+    }
+    if let Some(secs) = j.timeout_secs {
+        let _ = write!(
+            rows,
+            "<tr><th>timeout</th><td>{}</td></tr>",
+            escape(&fmt_duration(Duration::from_secs(secs)))
+        );
+    }
+    rows
+}
+
 fn duration(j: &JobRow) -> String {
     j.duration().map(fmt_duration).unwrap_or_default()
 }
@@ -181,7 +202,7 @@ async fn job_page(State(state): State<Arc<AppState>>, Path(raw): Path<String>) -
     let mut body = format!(
         "<p><a href=\"/\">all jobs</a></p><h1>Job {id}: {}</h1>\n<table>\
          <tr><th>project</th><td>{}</td></tr><tr><th>ref</th><td>{}</td></tr>\
-         <tr><th>commit</th><td>{}</td></tr><tr><th>pipeline</th><td>{}</td></tr>\
+         <tr><th>commit</th><td>{}</td></tr><tr><th>pipeline</th><td>{}</td></tr>{}\
          <tr><th>status</th><td id=\"status\" class=\"status {s}\">{s}</td></tr>\
          <tr><th>attempt</th><td>{} of {}</td></tr><tr><th>agent</th><td>{}</td></tr>\
          <tr><th>duration</th><td>{}</td></tr><tr><th>error</th><td id=\"error\">{}</td></tr></table>\n<div id=\"log\">",
@@ -190,6 +211,7 @@ async fn job_page(State(state): State<Arc<AppState>>, Path(raw): Path<String>) -
         escape(&job.git_ref),
         escape(&job.commit_sha),
         job.pipeline_number,
+        pr_and_timeout_rows(&job),
         job.attempts,
         job.max_attempts,
         escape(job.agent_id.as_deref().unwrap_or("-")),
