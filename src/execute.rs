@@ -334,6 +334,7 @@ impl Base {
             additional_keys: self.additional_keys.clone(),
             node_index: 0,
             node_total: 1,
+            pull_request: None,
         }
     }
 }

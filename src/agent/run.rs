@@ -5,7 +5,7 @@ use super::client::{ApiErr, Backoff};
 use super::sink::AgentSink;
 use super::Agent;
 use crate::config;
-use crate::job::{self, Access, JobSpec, Source};
+use crate::job::{self, Access, JobSpec, PullRequest, Source};
 use crate::protocol::{
     EventAck, EventBatch, FinalStatus, LogAck, WireJob, WireKeyRole, MAX_LOG_CHUNK,
 };
@@ -250,6 +250,10 @@ async fn prepare(
         // One container per claimed job: the coordinator hands out each node as its own job.
         node_index: 0,
         node_total: 1,
+        pull_request: wire.pull_request.as_ref().map(|p| PullRequest {
+            number: p.number,
+            url: p.url.clone(),
+        }),
     })
 }
 

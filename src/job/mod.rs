@@ -40,6 +40,13 @@ pub struct Access {
     pub vcs_hosts: VcsHosts,
 }
 
+/// The pull request a job builds, as the coordinator names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PullRequest {
+    pub number: u64,
+    pub url: String,
+}
+
 pub struct JobSpec {
     /// Unique per run; labels the container.
     pub id: String,
@@ -64,6 +71,8 @@ pub struct JobSpec {
     /// This container's place among the job's `parallelism` nodes (0-based) and their count.
     pub node_index: u32,
     pub node_total: u32,
+    /// Set for a pull request build (the agent's jobs only; `bosun execute` has none).
+    pub pull_request: Option<PullRequest>,
 }
 
 /// A fetched tree waiting to be uploaded by the `checkout` step.
@@ -510,6 +519,15 @@ fn builtin_env(
     set("CIRCLE_NODE_INDEX", spec.node_index.to_string());
     set("CIRCLE_NODE_TOTAL", spec.node_total.max(1).to_string());
     set("CIRCLE_WORKING_DIRECTORY", workdir.to_owned());
+    if let Some(pr) = &spec.pull_request {
+        // CircleCI lists every pull request of the branch in CIRCLE_PULL_REQUESTS (comma-
+        // separated) and picks one for CIRCLE_PULL_REQUEST; a job here builds exactly one.
+        // CircleCI documents CIRCLE_PR_NUMBER for forked pull requests only; it is set for
+        // every pull request here, since the protocol does not say whether one is a fork.
+        set("CIRCLE_PULL_REQUEST", pr.url.clone());
+        set("CIRCLE_PULL_REQUESTS", pr.url.clone());
+        set("CIRCLE_PR_NUMBER", pr.number.to_string());
+    }
     if let Some(src) = &spec.source {
         set("CIRCLE_REPOSITORY_URL", src.url.clone());
         if let Some((owner, repo)) = project_names(&src.url) {
@@ -1603,17 +1621,11 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn a_panicking_step_task_fails_the_job_and_the_container_is_still_removed() {
-        let exec = Arc::new(Recording::default());
-        let store_dir = tempfile::tempdir().expect("tempdir");
-        let spec = JobSpec {
+    fn bare_spec(store_dir: &Path, plan: JobPlan) -> JobSpec {
+        JobSpec {
             id: "j".into(),
             agent_id: "a".into(),
-            plan: run_plan(vec![
-                run_step_named("explodes", When::OnSuccess),
-                run_step_named("cleanup", When::Always),
-            ]),
+            plan,
             source: None,
             access: Access {
                 keys: vec![],
@@ -1625,12 +1637,61 @@ mod tests {
             build_num: 1,
             kill_grace: Duration::from_millis(100),
             prefetched: None,
-            store: crate::store::Store::open(store_dir.path()).expect("store"),
+            store: crate::store::Store::open(store_dir).expect("store"),
             workspace: "j".into(),
             additional_keys: vec![],
             node_index: 0,
             node_total: 1,
+            pull_request: None,
+        }
+    }
+
+    #[test]
+    fn a_pull_request_build_gets_circleci_pull_request_variables() {
+        let store_dir = tempfile::tempdir().expect("tempdir");
+        let user = ContainerUser {
+            home: "/root".into(),
+            uid: 0,
+            gid: 0,
+            has_bash: true,
         };
+        const NAMES: [&str; 3] = [
+            "CIRCLE_PULL_REQUEST",
+            "CIRCLE_PULL_REQUESTS",
+            "CIRCLE_PR_NUMBER",
+        ];
+        let mut spec = bare_spec(store_dir.path(), run_plan(vec![]));
+        let env = builtin_env(&spec, &user, "/root/project", None);
+        for name in NAMES {
+            assert!(
+                !env.iter().any(|(k, _)| k == name),
+                "{name} set for a build that is no pull request: {env:?}"
+            );
+        }
+        let url = "https://bitbucket.org/acme/widget/pull-requests/7";
+        spec.pull_request = Some(PullRequest {
+            number: 7,
+            url: url.into(),
+        });
+        let env = builtin_env(&spec, &user, "/root/project", None);
+        let get = |name: &str| env.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
+        assert_eq!(get("CIRCLE_PULL_REQUEST"), Some(url));
+        assert_eq!(get("CIRCLE_PULL_REQUESTS"), Some(url));
+        assert_eq!(get("CIRCLE_PR_NUMBER"), Some("7"));
+        assert_eq!(get("CIRCLE_JOB"), Some("build"), "the others stay");
+    }
+
+    #[tokio::test]
+    async fn a_panicking_step_task_fails_the_job_and_the_container_is_still_removed() {
+        let exec = Arc::new(Recording::default());
+        let store_dir = tempfile::tempdir().expect("tempdir");
+        let spec = bare_spec(
+            store_dir.path(),
+            run_plan(vec![
+                run_step_named("explodes", When::OnSuccess),
+                run_step_named("cleanup", When::Always),
+            ]),
+        );
         let sink = Arc::new(crate::stream::MemorySink::default());
         let outcome = run_job(Arc::clone(&exec), spec, sink, CancellationToken::new()).await;
         assert_eq!(outcome.status, JobStatus::Failed);
