@@ -1,7 +1,8 @@
 //! End to end, real processes only: `bosun coordinator` (SQLite, HTTP) + `bosun agent` +
 //! the Docker engine + the Bitbucket stand-in. A job enqueued through the CLI is checked out
 //! over SSH with the project's deploy key, runs, and its log and status reach the coordinator
-//! and its page — also across a coordinator crash, an agent crash and a cancel.
+//! and its page — also across a coordinator crash, an agent crash, a cancel and a job time
+//! limit; a job queued for a pull request sees CircleCI's pull request variables.
 
 mod harness;
 
@@ -198,7 +199,7 @@ fn http_get(addr: &str, path: &str) -> String {
 #[test]
 fn an_enqueued_job_runs_and_its_masked_log_and_status_reach_the_coordinator_and_page() {
     let s = setup(&job_config(
-        "'echo \"hello from e2e with $DEPLOY_TOKEN\" && git remote get-url origin'",
+        "'echo \"hello from e2e with $DEPLOY_TOKEN\" && git remote get-url origin && echo \"pr=$CIRCLE_PR_NUMBER at $CIRCLE_PULL_REQUEST\"'",
     ));
     let _agent = Agent::start(&s.agent_config);
     let job = s.coordinator.cli(&[
@@ -209,6 +210,10 @@ fn an_enqueued_job_runs_and_its_masked_log_and_status_reach_the_coordinator_and_
         "main",
         "--job",
         "build",
+        "--pull-request",
+        "7",
+        "--timeout",
+        "10m",
     ]);
     s.coordinator.wait_status(
         &job,
@@ -223,8 +228,14 @@ fn an_enqueued_job_runs_and_its_masked_log_and_status_reach_the_coordinator_and_
         "the secret leaked:\n{log}"
     );
     assert!(log.contains("git@bitbucket.org:acme/widget.git"), "{log}");
+    assert!(
+        log.contains("pr=7 at https://bitbucket.org/acme/widget/pull-requests/7"),
+        "{log}"
+    );
     let page = http_get(&s.coordinator.addr, &format!("/jobs/{job}"));
     assert!(page.contains("hello from e2e with ********"), "{page}");
+    assert!(page.contains(">#7</a>"), "{page}");
+    assert!(s.coordinator.cli(&["jobs"]).contains("#7"));
     let index = http_get(&s.coordinator.addr, "/");
     assert!(index.contains("success"), "{index}");
     let _ = &s.rig;
@@ -380,6 +391,33 @@ fn a_killed_agent_leaves_no_container_and_a_cancel_stops_a_sleeping_step() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+
+    // A third job with a 5 s limit: its sleeping step is stopped and it ends `timedout`.
+    let t5 = Instant::now();
+    let job3 = s.coordinator.cli(&[
+        "enqueue",
+        "--project",
+        "acme/widget",
+        "--ref",
+        "main",
+        "--job",
+        "build",
+        "--timeout",
+        "5s",
+    ]);
+    s.coordinator.wait_status(
+        &job3,
+        &["success", "fail", "canceled", "timedout"],
+        Duration::from_secs(60),
+    );
+    assert_eq!(s.coordinator.status(&job3), "timedout");
+    assert!(
+        t5.elapsed() < Duration::from_secs(15),
+        "a 5 s limit ended the job after {:?}",
+        t5.elapsed()
+    );
+    assert!(String::from_utf8_lossy(&s.coordinator.log(&job3)).contains("started"));
+    assert!(harness::containers_labelled("bosun.job", &job3).is_empty());
     let _ = &s.rig;
     let _ = &s.dir;
 }
