@@ -16,6 +16,24 @@
 //!   overlapping search, which cannot use the prefilter, still ~0.25.)
 
 pub const MASK: &[u8] = b"********";
+
+use std::borrow::Cow;
+
+/// What a scan made of its input.
+enum Scanned {
+    /// The input's first `n` bytes, unchanged.
+    Plain(usize),
+    Masked(Vec<u8>),
+}
+
+impl Scanned {
+    fn into_vec(self, input: &[u8]) -> Vec<u8> {
+        match self {
+            Scanned::Plain(n) => input[..n].to_vec(),
+            Scanned::Masked(v) => v,
+        }
+    }
+}
 pub const MIN_SECRET_LEN: usize = 4;
 
 use aho_corasick::AhoCorasick;
@@ -94,21 +112,24 @@ impl Masker {
         self.secrets.is_empty()
     }
 
-    /// Feed a chunk; returns the bytes that can be written now.
-    pub fn feed(&mut self, chunk: &[u8]) -> Vec<u8> {
+    /// Feed a chunk; returns the bytes that can be written now: under a flood of plain
+    /// output, a slice of the chunk itself (no copy).
+    pub fn feed<'a>(&mut self, chunk: &'a [u8]) -> Cow<'a, [u8]> {
         if self.pending.is_empty() {
-            // The usual case under a flood: scan the chunk where it lies.
-            return self.process(chunk, false);
+            return match self.process(chunk, false) {
+                Scanned::Plain(n) => Cow::Borrowed(&chunk[..n]),
+                Scanned::Masked(v) => Cow::Owned(v),
+            };
         }
         let mut buf = std::mem::take(&mut self.pending);
         buf.extend_from_slice(chunk);
-        self.process(&buf, false)
+        Cow::Owned(self.process(&buf, false).into_vec(&buf))
     }
 
     /// End of stream: flush what was held back.
     pub fn finish(&mut self) -> Vec<u8> {
         let buf = std::mem::take(&mut self.pending);
-        let out = self.process(&buf, true);
+        let out = self.process(&buf, true).into_vec(&buf);
         self.in_mask = false;
         self.covered = 0;
         out
@@ -123,7 +144,7 @@ impl Masker {
             longest: self.longest,
             ..Masker::default()
         };
-        let mut out = m.feed(data);
+        let mut out = m.feed(data).into_owned();
         out.extend(m.finish());
         out
     }
@@ -142,12 +163,12 @@ impl Masker {
             .unwrap_or(0)
     }
 
-    fn process(&mut self, buf: &[u8], last: bool) -> Vec<u8> {
+    fn process(&mut self, buf: &[u8], last: bool) -> Scanned {
         if self.secrets.is_empty() {
-            return buf.to_vec();
+            return Scanned::Plain(buf.len());
         }
         if self.automaton.is_none() {
-            return self.process_slow(buf.to_vec(), last);
+            return Scanned::Masked(self.process_slow(buf.to_vec(), last));
         }
         // Hold back from the earliest position whose rest could still grow into a secret.
         let mut end = buf.len();
@@ -165,6 +186,16 @@ impl Masker {
                 }
             }
         }
+        let carried = self.covered.min(buf.len());
+        if carried == 0 && self.find(buf, 0).is_none_or(|(start, _)| start >= end) {
+            // Nothing to mask: what can go out is the input's own prefix.
+            if end > 0 {
+                self.in_mask = false;
+            }
+            self.covered = 0;
+            self.pending = buf[end..].to_vec();
+            return Scanned::Plain(end);
+        }
         let mut out = Vec::with_capacity(end + MASK.len());
         let mut pos = 0; // buf[..pos] is decided: written plain or under a mask
         let mut in_mask = self.in_mask;
@@ -179,7 +210,6 @@ impl Masker {
             }
         };
         // What the last chunk's matches cover of this one.
-        let carried = self.covered.min(buf.len());
         if carried > 0 {
             let stop = self.widen(buf, 0, carried, end);
             mask_to(&mut out, &mut pos, &mut in_mask, stop);
@@ -212,7 +242,7 @@ impl Masker {
         // A mask may reach into the held-back tail.
         self.covered = pos - end;
         self.pending = buf[end..].to_vec();
-        out
+        Scanned::Masked(out)
     }
 
     /// `stop`, pushed past every occurrence that starts in `from..stop` (and before `end`).
@@ -279,7 +309,7 @@ mod tests {
 
     fn whole(secrets: &[&str], input: &str) -> String {
         let (mut m, _) = Masker::new(secrets);
-        let mut out = m.feed(input.as_bytes());
+        let mut out = m.feed(input.as_bytes()).into_owned();
         out.extend(m.finish());
         String::from_utf8(out).expect("utf8")
     }
@@ -289,15 +319,15 @@ mod tests {
         assert_eq!(whole(secrets, input), want, "whole");
         for cut in 0..=input.len() {
             let (mut m, _) = Masker::new(secrets);
-            let mut out = m.feed(&input.as_bytes()[..cut]);
-            out.extend(m.feed(&input.as_bytes()[cut..]));
+            let mut out = m.feed(&input.as_bytes()[..cut]).into_owned();
+            out.extend_from_slice(&m.feed(&input.as_bytes()[cut..]));
             out.extend(m.finish());
             assert_eq!(String::from_utf8_lossy(&out), want, "cut at {cut}");
         }
         let (mut m, _) = Masker::new(secrets);
         let mut out = Vec::new();
         for b in input.as_bytes() {
-            out.extend(m.feed(std::slice::from_ref(b)));
+            out.extend_from_slice(&m.feed(std::slice::from_ref(b)));
         }
         out.extend(m.finish());
         assert_eq!(String::from_utf8_lossy(&out), want, "byte by byte");
@@ -380,10 +410,10 @@ mod tests {
                 let mut out = Vec::new();
                 let mut at = 0;
                 for &c in &cuts {
-                    out.extend(m.feed(&text.as_bytes()[at..c]));
+                    out.extend_from_slice(&m.feed(&text.as_bytes()[at..c]));
                     at = c;
                 }
-                out.extend(m.feed(&text.as_bytes()[at..]));
+                out.extend_from_slice(&m.feed(&text.as_bytes()[at..]));
                 out.extend(m.finish());
                 proptest::prop_assert_eq!(
                     String::from_utf8_lossy(&out),
@@ -397,9 +427,9 @@ mod tests {
     #[test]
     fn holds_back_at_most_a_secret_prefix() {
         let (mut m, _) = Masker::new(["secret-value"]);
-        assert_eq!(m.feed(b"hello secret-va"), b"hello ");
-        assert_eq!(m.feed(b"lue bye"), b"******** bye");
-        assert_eq!(m.feed(b" secr"), b" ");
+        assert_eq!(&*m.feed(b"hello secret-va"), b"hello ");
+        assert_eq!(&*m.feed(b"lue bye"), b"******** bye");
+        assert_eq!(&*m.feed(b" secr"), b" ");
         assert_eq!(m.finish(), b"secr");
     }
 }
