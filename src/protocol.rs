@@ -105,6 +105,9 @@ pub struct WireProject {
 pub struct WirePullRequest {
     pub number: u64,
     pub url: String,
+    /// From a fork of the project's repository (CircleCI sets `CIRCLE_PR_NUMBER` only then).
+    #[serde(default)]
+    pub fork: bool,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]

@@ -212,6 +212,7 @@ fn an_enqueued_job_runs_and_its_masked_log_and_status_reach_the_coordinator_and_
         "build",
         "--pull-request",
         "7",
+        "--pull-request-fork",
         "--timeout",
         "10m",
     ]);

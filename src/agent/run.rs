@@ -253,6 +253,7 @@ async fn prepare(
         pull_request: wire.pull_request.as_ref().map(|p| PullRequest {
             number: p.number,
             url: p.url.clone(),
+            fork: p.fork,
         }),
     })
 }

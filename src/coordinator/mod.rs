@@ -184,8 +184,8 @@ pub struct EnqueueArgs {
     /// Attempts before a lapsed lease marks the job infrastructure_fail.
     #[arg(long, default_value_t = DEFAULT_MAX_ATTEMPTS)]
     pub max_attempts: u32,
-    /// Number of the pull request this job builds; the job gets CIRCLE_PULL_REQUEST,
-    /// CIRCLE_PULL_REQUESTS and CIRCLE_PR_NUMBER.
+    /// Number of the pull request this job builds; the job gets CIRCLE_PULL_REQUEST and
+    /// CIRCLE_PULL_REQUESTS (and CIRCLE_PR_NUMBER with --pull-request-fork).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub pull_request: Option<u64>,
     /// The pull request's web address (needs --pull-request). Without it the Bitbucket Cloud
@@ -193,6 +193,10 @@ pub struct EnqueueArgs {
     /// (give it for self-hosted Bitbucket).
     #[arg(long, value_name = "URL", requires = "pull_request")]
     pub pull_request_url: Option<String>,
+    /// The pull request comes from a fork (needs --pull-request): the job also gets
+    /// CIRCLE_PR_NUMBER, which CircleCI sets for forked pull requests only.
+    #[arg(long, requires = "pull_request")]
+    pub pull_request_fork: bool,
     /// Time limit for the whole job, e.g. 90s, 30m, 2h (at most 24h; default 3h). The agent
     /// stops the job when it runs out and reports it `timedout`.
     #[arg(long, value_name = "DURATION", value_parser = parse_timeout)]
@@ -317,6 +321,7 @@ fn run_inner(cmd: Command) -> Result<()> {
                 max_attempts: a.max_attempts,
                 pr_number: a.pull_request,
                 pr_url: a.pull_request_url,
+                pr_fork: a.pull_request_fork,
                 timeout_secs: a.timeout,
             })?;
             print(&mut out, id.to_string());

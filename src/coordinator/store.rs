@@ -114,6 +114,7 @@ CREATE TABLE job_events (
     // 3: the pull request a job builds, and its time limit (NULL: the protocol's default).
     "ALTER TABLE jobs ADD COLUMN pr_number INTEGER; \
      ALTER TABLE jobs ADD COLUMN pr_url TEXT; \
+     ALTER TABLE jobs ADD COLUMN pr_fork INTEGER NOT NULL DEFAULT 0; \
      ALTER TABLE jobs ADD COLUMN timeout_secs INTEGER",
 ];
 
@@ -190,6 +191,8 @@ pub struct NewJob {
     /// project slug (`https://bitbucket.org/<slug>/pull-requests/<n>`).
     pub pr_number: Option<u64>,
     pub pr_url: Option<String>,
+    /// The pull request comes from a fork of the project's repository.
+    pub pr_fork: bool,
     /// Whole-job time limit in seconds, 1..=[`MAX_JOB_TIMEOUT_SECS`]; `None`: the
     /// protocol's default ([`WireTimeouts::default`]).
     pub timeout_secs: Option<u64>,
@@ -595,11 +598,12 @@ impl Store {
         let commit = j.commit_sha.clone().unwrap_or_else(|| j.git_ref.clone());
         tx.execute(
             "INSERT INTO jobs(project_id, commit_sha, git_ref, branch, tag, job_name, pipeline_number, \
-             resource_class, labels, status, max_attempts, created, pr_number, pr_url, timeout_secs) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'queued', ?10, ?11, ?12, ?13, ?14)",
+             resource_class, labels, status, max_attempts, created, pr_number, pr_url, pr_fork, \
+             timeout_secs) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'queued', ?10, ?11, ?12, ?13, ?14, ?15)",
             params![pid, commit, j.git_ref, branch, tag, j.job_name, pipeline, j.resource_class,
                 json_labels(&j.labels), j.max_attempts.max(1), now_ms(), pr_number, pr_url,
-                j.timeout_secs.map(|s| s as i64)],
+                j.pr_fork && pr_number.is_some(), j.timeout_secs.map(|s| s as i64)],
         )?;
         let id = tx.last_insert_rowid();
         tx.commit()?;
@@ -1150,13 +1154,14 @@ fn wire_job(conn: &Connection, id: i64) -> Result<WireJob> {
     let (commit_sha, branch, tag, job_name, pipeline_number, attempts, pull_request, timeouts) =
         conn.query_row(
             "SELECT commit_sha, branch, tag, job_name, pipeline_number, attempts, pr_number, \
-             pr_url, timeout_secs FROM jobs WHERE id = ?1",
+             pr_url, timeout_secs, pr_fork FROM jobs WHERE id = ?1",
             [id],
             |r| {
                 let pull_request = match (r.get::<_, Option<i64>>(6)?, r.get(7)?) {
                     (Some(n), Some(url)) => Some(WirePullRequest {
                         number: n as u64,
                         url,
+                        fork: r.get(9)?,
                     }),
                     _ => None,
                 };
@@ -1347,6 +1352,7 @@ mod tests {
             max_attempts: 3,
             pr_number: None,
             pr_url: None,
+            pr_fork: false,
             timeout_secs: None,
         }
     }
@@ -1378,6 +1384,7 @@ mod tests {
         let derived = s
             .enqueue(&NewJob {
                 pr_number: Some(12),
+                pr_fork: true,
                 ..new_job()
             })
             .expect("enqueue");
@@ -1394,7 +1401,8 @@ mod tests {
             j.pull_request,
             Some(WirePullRequest {
                 number: 7,
-                url: "https://bitbucket.example.com/projects/A/repos/w/pull-requests/7".into()
+                url: "https://bitbucket.example.com/projects/A/repos/w/pull-requests/7".into(),
+                fork: false,
             })
         );
         assert_eq!(j.timeouts.job_secs, 90);
@@ -1402,10 +1410,11 @@ mod tests {
         let j = claim_next(&s);
         assert_eq!(j.id, derived.to_string());
         assert_eq!(
-            j.pull_request.map(|p| (p.number, p.url)),
+            j.pull_request.map(|p| (p.number, p.url, p.fork)),
             Some((
                 12,
-                "https://bitbucket.org/acme/widget/pull-requests/12".into()
+                "https://bitbucket.org/acme/widget/pull-requests/12".into(),
+                true
             ))
         );
         assert_eq!(j.timeouts, WireTimeouts::default());

@@ -45,6 +45,8 @@ pub struct Access {
 pub struct PullRequest {
     pub number: u64,
     pub url: String,
+    /// From a fork of the project's repository.
+    pub fork: bool,
 }
 
 pub struct JobSpec {
@@ -522,11 +524,13 @@ fn builtin_env(
     if let Some(pr) = &spec.pull_request {
         // CircleCI lists every pull request of the branch in CIRCLE_PULL_REQUESTS (comma-
         // separated) and picks one for CIRCLE_PULL_REQUEST; a job here builds exactly one.
-        // CircleCI documents CIRCLE_PR_NUMBER for forked pull requests only; it is set for
-        // every pull request here, since the protocol does not say whether one is a fork.
         set("CIRCLE_PULL_REQUEST", pr.url.clone());
         set("CIRCLE_PULL_REQUESTS", pr.url.clone());
-        set("CIRCLE_PR_NUMBER", pr.number.to_string());
+        // Only for a fork, as CircleCI does: scripts test it to skip what a fork's build must
+        // not do (deploys, secrets).
+        if pr.fork {
+            set("CIRCLE_PR_NUMBER", pr.number.to_string());
+        }
     }
     if let Some(src) = &spec.source {
         set("CIRCLE_REPOSITORY_URL", src.url.clone());
@@ -1672,13 +1676,20 @@ mod tests {
         spec.pull_request = Some(PullRequest {
             number: 7,
             url: url.into(),
+            fork: false,
         });
         let env = builtin_env(&spec, &user, "/root/project", None);
         let get = |name: &str| env.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
         assert_eq!(get("CIRCLE_PULL_REQUEST"), Some(url));
         assert_eq!(get("CIRCLE_PULL_REQUESTS"), Some(url));
-        assert_eq!(get("CIRCLE_PR_NUMBER"), Some("7"));
+        assert_eq!(get("CIRCLE_PR_NUMBER"), None, "not a fork");
         assert_eq!(get("CIRCLE_JOB"), Some("build"), "the others stay");
+        if let Some(pr) = spec.pull_request.as_mut() {
+            pr.fork = true;
+        }
+        let env = builtin_env(&spec, &user, "/root/project", None);
+        let get = |name: &str| env.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
+        assert_eq!(get("CIRCLE_PR_NUMBER"), Some("7"), "a fork");
     }
 
     #[tokio::test]
