@@ -6,9 +6,7 @@ use super::sink::AgentSink;
 use super::Agent;
 use crate::config;
 use crate::job::{self, Access, JobSpec, PullRequest, Source};
-use crate::protocol::{
-    EventAck, EventBatch, FinalStatus, LogAck, WireJob, WireKeyRole, MAX_LOG_CHUNK,
-};
+use crate::protocol::{EventAck, EventBatch, FinalStatus, LogAck, WireJob, WireKeyRole};
 use crate::ssh::{KeyRole, KnownHosts, SshKey, VcsHosts};
 use crate::store::Store;
 use crate::stream::mask::Masker;
@@ -329,6 +327,10 @@ fn conflict<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiErr> {
 const GATHER: Duration = Duration::from_millis(200);
 /// Unsent output that is sent without waiting.
 const GATHER_BYTES: u64 = 256 * 1024;
+/// Largest log chunk the agent sends (the protocol allows [`crate::protocol::MAX_LOG_CHUNK`]): a sender that fell
+/// behind reads, holds and sends this much at once, so it bounds the agent's peak memory
+/// (8 MiB chunks put it at 37–51 MiB for a 200 MiB log, over the 50 MB budget).
+const SEND_CHUNK: usize = 2 * 1024 * 1024;
 
 /// One pass: everything spooled so far. `Ok(true)` when the finish was acknowledged.
 async fn send_round(agent: &Agent, job: &SpoolJob, id: &str) -> Result<bool, ApiErr> {
@@ -340,7 +342,7 @@ async fn send_round(agent: &Agent, job: &SpoolJob, id: &str) -> Result<bool, Api
     while off < len {
         // Up to the length read at the start of the round: the finish check below compares
         // with the same length.
-        let want = MAX_LOG_CHUNK.min(usize::try_from(len - off).unwrap_or(MAX_LOG_CHUNK));
+        let want = SEND_CHUNK.min(usize::try_from(len - off).unwrap_or(SEND_CHUNK));
         let chunk = job.read_log(off, want).map_err(io)?;
         let ack: LogAck = match agent.client.append_log(id, st.attempt, off, chunk).await {
             Ok(a) => a,
