@@ -147,7 +147,8 @@ impl Client {
         job: &str,
         attempt: u32,
         offset: u64,
-        data: Vec<u8>,
+        body: reqwest::Body,
+        len: u64,
     ) -> Result<LogAck, ApiErr> {
         let (_, body) = self
             .send(
@@ -157,7 +158,9 @@ impl Client {
                     attempt,
                 )
                 .header("content-type", "application/octet-stream")
-                .body(data),
+                // Known length: the body is streamed from the spool, not chunk-encoded.
+                .header("content-length", len)
+                .body(body),
                 Duration::from_secs(60),
             )
             .await?;
