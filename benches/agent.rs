@@ -83,10 +83,6 @@ fn start_coordinator(data: &Path) -> (Proc, String) {
     (Proc(child), addr)
 }
 
-fn coordinator_cli(data: &Path, args: &[&str]) -> String {
-    harness::coordinator_cli(data, args)
-}
-
 /// A TCP proxy in front of the coordinator: counts connections and HTTP/1.1 requests
 /// (request lines in the client → server stream).
 struct Proxy {
@@ -154,18 +150,7 @@ fn pump(mut from: TcpStream, mut to: TcpStream, count: Option<Arc<AtomicU64>>) {
 }
 
 fn enqueue(data: &Path, job: &str) -> i64 {
-    let id = coordinator_cli(
-        data,
-        &[
-            "enqueue",
-            "--project",
-            "acme/widget",
-            "--ref",
-            "main",
-            "--job",
-            job,
-        ],
-    );
+    let id = harness::enqueue_job(data, job, &[]);
     parse_job_id(&id).unwrap_or_else(|| panic!("job id from enqueue: {id}"))
 }
 

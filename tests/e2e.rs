@@ -33,6 +33,11 @@ impl Coordinator {
         harness::coordinator_cli(&self.data, args)
     }
 
+    /// Queue the `build` job; returns its id.
+    fn enqueue(&self, extra: &[&str]) -> String {
+        harness::enqueue_job(&self.data, "build", extra)
+    }
+
     fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -202,14 +207,7 @@ fn an_enqueued_job_runs_and_its_masked_log_and_status_reach_the_coordinator_and_
         "'echo \"hello from e2e with $DEPLOY_TOKEN\" && git remote get-url origin && echo \"pr=$CIRCLE_PR_NUMBER at $CIRCLE_PULL_REQUEST\"'",
     ));
     let _agent = Agent::start(&s.agent_config);
-    let job = s.coordinator.cli(&[
-        "enqueue",
-        "--project",
-        "acme/widget",
-        "--ref",
-        "main",
-        "--job",
-        "build",
+    let job = s.coordinator.enqueue(&[
         "--pull-request",
         "7",
         "--pull-request-fork",
@@ -257,15 +255,7 @@ fn a_coordinator_killed_mid_job_loses_none_of_a_50_mb_log() {
     let addr = coordinator.addr.clone();
     let data = coordinator.data.clone();
     let _agent = Agent::start(&s.agent_config);
-    let job = coordinator.cli(&[
-        "enqueue",
-        "--project",
-        "acme/widget",
-        "--ref",
-        "main",
-        "--job",
-        "build",
-    ]);
+    let job = coordinator.enqueue(&[]);
     // Kill the coordinator once part of the log has arrived.
     let t0 = Instant::now();
     while coordinator.log(&job).len() < 2 * 1024 * 1024 {
@@ -320,15 +310,7 @@ fn a_coordinator_killed_mid_job_loses_none_of_a_50_mb_log() {
 fn a_killed_agent_leaves_no_container_and_a_cancel_stops_a_sleeping_step() {
     let s = setup(&job_config("'echo started; sleep 600'"));
     let mut agent = Agent::start(&s.agent_config);
-    let job = s.coordinator.cli(&[
-        "enqueue",
-        "--project",
-        "acme/widget",
-        "--ref",
-        "main",
-        "--job",
-        "build",
-    ]);
+    let job = s.coordinator.enqueue(&[]);
     let t0 = Instant::now();
     while !String::from_utf8_lossy(&s.coordinator.log(&job)).contains("started") {
         assert!(
@@ -357,15 +339,7 @@ fn a_killed_agent_leaves_no_container_and_a_cancel_stops_a_sleeping_step() {
     assert!(!status.is_empty());
 
     // A second job: cancel it while its step sleeps.
-    let job2 = s.coordinator.cli(&[
-        "enqueue",
-        "--project",
-        "acme/widget",
-        "--ref",
-        "main",
-        "--job",
-        "build",
-    ]);
+    let job2 = s.coordinator.enqueue(&[]);
     let t2 = Instant::now();
     while !String::from_utf8_lossy(&s.coordinator.log(&job2)).contains("started") {
         assert!(
@@ -395,17 +369,7 @@ fn a_killed_agent_leaves_no_container_and_a_cancel_stops_a_sleeping_step() {
 
     // A third job with a 5 s limit: its sleeping step is stopped and it ends `timedout`.
     let t5 = Instant::now();
-    let job3 = s.coordinator.cli(&[
-        "enqueue",
-        "--project",
-        "acme/widget",
-        "--ref",
-        "main",
-        "--job",
-        "build",
-        "--timeout",
-        "5s",
-    ]);
+    let job3 = s.coordinator.enqueue(&["--timeout", "5s"]);
     s.coordinator.wait_status(
         &job3,
         &["success", "fail", "canceled", "timedout"],

@@ -7,7 +7,7 @@
 
 mod harness;
 
-use harness::{coordinator_cli, image, job_log, wait_job_status, Rig, SystemdHost};
+use harness::{enqueue_job, image, job_log, wait_job_status, Rig, SystemdHost};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -53,18 +53,7 @@ fn job_config(command: &str) -> String {
 }
 
 fn enqueue(data: &Path, job: &str) -> String {
-    coordinator_cli(
-        data,
-        &[
-            "enqueue",
-            "--project",
-            "acme/widget",
-            "--ref",
-            "main",
-            "--job",
-            job,
-        ],
-    )
+    enqueue_job(data, job, &[])
 }
 
 /// `find` over the agent's directories: `user mode path` per file and directory.

@@ -63,6 +63,22 @@ pub fn coordinator_cli(data: &Path, args: &[&str]) -> String {
     super::run(&mut c).trim().to_owned()
 }
 
+/// `bosun coordinator enqueue` of `job` on `main` of `acme/widget` (the project every rig
+/// adds), with `extra` flags; returns the job id it prints.
+pub fn enqueue_job(data: &Path, job: &str, extra: &[&str]) -> String {
+    let mut args = vec![
+        "enqueue",
+        "--project",
+        "acme/widget",
+        "--ref",
+        "main",
+        "--job",
+        job,
+    ];
+    args.extend_from_slice(extra);
+    coordinator_cli(data, &args)
+}
+
 /// `bosun coordinator serve` in a container of its own on the rig's network, reachable there
 /// as `http://ALIAS:8080`: a separate machine from the agents', as in a real install, and
 /// nothing listens on any host interface. The data directory is the host's `data` (the
