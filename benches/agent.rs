@@ -191,7 +191,7 @@ fn wait_final(store: &Store, id: i64, timeout: Duration) -> String {
     loop {
         let row = store.job(id).expect("job").expect("row");
         if row.is_final() {
-            return row.status;
+            return row.status.to_string();
         }
         assert!(t0.elapsed() < timeout, "job {id} still {}", row.status);
         std::thread::sleep(POLL);

@@ -3,13 +3,13 @@
 //! A front door only: it gathers keys, host keys and the config, then hands the job to
 //! [`job::run_job`] with a terminal or JSON sink — the same path the agent will use.
 
-use crate::config::{self, JobPlan};
+use crate::config;
 use crate::executor::DockerExecutor;
-use crate::job::{self, Access, JobSpec, Prefetched, Source};
+use crate::job::{self, Access, ConfigSource, EnvEntry, JobRequest, Source, Target};
 use crate::ssh::{KeyRole, KnownHosts, SshKey, VcsHosts};
 use crate::store::Store;
 use crate::stream::{Event, EventSink, JobStatus, JsonSink, TerminalSink};
-use crate::workflow::{node_specs, run_nodes, run_workflow, WorkflowOptions};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -59,6 +59,18 @@ pub struct ExecuteArgs {
     /// Environment variable for every step, highest precedence: `--env NAME=value`.
     #[arg(long = "env", short = 'e')]
     pub env: Vec<String>,
+    /// A secret variable (repeatable): like `--env`, and its value is masked (`********`)
+    /// wherever the job's output goes.
+    #[arg(long = "secret-env", value_name = "NAME=value")]
+    pub secret_env: Vec<String>,
+    /// The job's time limit (`90s`, `10m`, `1h`): past it the job is stopped and ends
+    /// `timedout` (exit code 1).
+    #[arg(long, value_parser = parse_duration)]
+    pub timeout: Option<Duration>,
+    /// Map a `machine:` image name to a local image (repeatable): `ubuntu-2204:current=bosun/machine`.
+    /// `machine: true` and unmapped `default` use bosun/machine.
+    #[arg(long = "machine-image", value_name = "NAME=IMAGE")]
+    pub machine_images: Vec<String>,
     /// Docker network for the job container (e.g. where service or VCS containers live).
     #[arg(long)]
     pub network: Option<String>,
@@ -88,43 +100,26 @@ pub struct CompileArgs {
     pub pipeline_params: Vec<String>,
 }
 
-/// Reads vendored orbs from a directory (the compiler itself does no I/O).
-pub struct OrbDir(pub PathBuf);
-
-impl config::OrbLoader for OrbDir {
-    fn load(&self, orb: &config::OrbRef) -> config::OrbSource {
-        let path = self.0.join(orb.vendored_path());
-        match std::fs::read_to_string(&path) {
-            Ok(text) => config::OrbSource::Found {
-                file: path.display().to_string(),
-                text,
-            },
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => config::OrbSource::Missing,
-            Err(e) => config::OrbSource::Failed(format!("{}: {e}", path.display())),
-        }
-    }
-}
-
 impl CompileArgs {
-    pub fn pipeline(&self) -> Result<config::PipelineValues, PrepareError> {
+    pub fn pipeline(&self) -> Result<config::PipelineValues, RequestError> {
         let mut pipeline = config::PipelineValues::default();
         for kv in &self.pipeline_params {
             let (k, v) = kv
                 .split_once('=')
-                .ok_or_else(|| PrepareError::BadParam(kv.clone()))?;
+                .ok_or_else(|| RequestError::BadParam(kv.clone()))?;
             pipeline.parameters.push((k.to_owned(), v.to_owned()));
         }
         Ok(pipeline)
     }
 
-    pub fn loader(&self) -> Option<OrbDir> {
-        self.orb_dir.clone().map(OrbDir)
+    pub fn loader(&self) -> Option<config::OrbDir> {
+        self.orb_dir.clone().map(config::OrbDir)
     }
 
     pub fn options<'a>(
         &self,
         pipeline: config::PipelineValues,
-        loader: Option<&'a OrbDir>,
+        loader: Option<&'a config::OrbDir>,
     ) -> config::CompileOptions<'a> {
         config::CompileOptions {
             pipeline,
@@ -154,7 +149,7 @@ pub struct AccessArgs {
 }
 
 impl AccessArgs {
-    pub fn load(&self) -> Result<Access, PrepareError> {
+    pub fn load(&self) -> Result<Access, RequestError> {
         let mut keys = Vec::new();
         if let Some(p) = &self.user_key {
             keys.push(SshKey::from_file(p, KeyRole::User)?);
@@ -180,15 +175,13 @@ impl AccessArgs {
 
 /// Problems before the job could run, each with what to do about it.
 #[derive(Debug, thiserror::Error)]
-pub enum PrepareError {
+pub enum RequestError {
     #[error("{path}: {source}")]
     Read {
         path: String,
         #[source]
         source: std::io::Error,
     },
-    #[error("no config at {0}\n  help: run bosun execute in a project with .circleci/config.yml, or pass --config FILE")]
-    NoConfig(String),
     #[error("not inside a git repository ({0})\n  help: run bosun execute in a git repository, or pass --repo URL")]
     NoRepo(String),
     #[error("{0}")]
@@ -199,10 +192,8 @@ pub enum PrepareError {
     BadEnv(String),
     #[error("`--pipeline-param {0}`: expected KEY=VALUE")]
     BadParam(String),
-    #[error("{}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"))]
-    Configs(Vec<config::ConfigError>),
-    #[error("no workflow named `{name}`; the config has: {known}")]
-    NoWorkflow { name: String, known: String },
+    #[error("`--machine-image {0}`: expected NAME=IMAGE")]
+    BadMachineImage(String),
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
     #[error(transparent)]
@@ -235,8 +226,15 @@ async fn run_async(args: ExecuteArgs, sink: Arc<dyn EventSink>) -> u8 {
     let cancel = CancellationToken::new();
     spawn_signal_handler(cancel.clone(), Arc::clone(&sink));
     let label = args.workflow.clone().unwrap_or_else(|| args.job.clone());
-    let prepared = match prepare(&args, &sink).await {
-        Ok(p) => p,
+    let ready = match request(&args) {
+        Ok(req) => DockerExecutor::connect()
+            .await
+            .map(|e| (req, e))
+            .map_err(RequestError::from),
+        Err(e) => Err(e),
+    };
+    let (req, executor) = match ready {
+        Ok(r) => r,
         Err(e) => {
             sink.emit(&Event::JobFinished {
                 job: label,
@@ -248,40 +246,8 @@ async fn run_async(args: ExecuteArgs, sink: Arc<dyn EventSink>) -> u8 {
             return EXIT_SETUP;
         }
     };
-    let status = match prepared.what {
-        What::Job(plan) => {
-            let base = &prepared.base;
-            let parallelism = plan.parallelism;
-            let nodes = node_specs(&|| base.spec(base.id.clone(), (*plan).clone()), parallelism);
-            run_nodes(Arc::new(prepared.executor), nodes, sink, cancel).await
-        }
-        What::Workflow(wf) => {
-            let base = &prepared.base;
-            let make = |wj: &config::WorkflowJob, cj: &config::CompiledJob| {
-                base.spec(format!("{}-{}", base.id, wj.name), cj.plan.clone())
-            };
-            let git = match (&base.git_tag, &base.git_branch) {
-                (Some(t), _) => config::GitRef::Tag(t),
-                (None, b) => config::GitRef::Branch(b),
-            };
-            let opts = WorkflowOptions {
-                max_parallel: args.max_parallel,
-                approve: args.approve,
-            };
-            run_workflow(
-                Arc::new(prepared.executor),
-                &wf,
-                git,
-                &opts,
-                &make,
-                sink,
-                cancel,
-            )
-            .await
-            .status
-        }
-    };
-    match status {
+    let outcome = job::request::run(Arc::new(executor), req, sink, cancel, &|_| {}).await;
+    match outcome.status {
         JobStatus::Success => EXIT_SUCCESS,
         JobStatus::Failed | JobStatus::TimedOut => EXIT_STEP_FAILED,
         JobStatus::Canceled => EXIT_CANCELED,
@@ -289,57 +255,7 @@ async fn run_async(args: ExecuteArgs, sink: Arc<dyn EventSink>) -> u8 {
     }
 }
 
-enum What {
-    Job(Box<JobPlan>),
-    Workflow(config::Workflow),
-}
-
-struct Prepared {
-    base: Base,
-    executor: DockerExecutor,
-    what: What,
-}
-
-/// Everything the jobs of one run share; `spec` makes each job's spec from it.
-struct Base {
-    id: String,
-    source: Source,
-    access: Access,
-    additional_keys: Vec<SshKey>,
-    env: Vec<(String, String)>,
-    network: Option<String>,
-    build_num: u64,
-    kill_grace: Duration,
-    prefetched: Option<Prefetched>,
-    store: Store,
-    git_branch: String,
-    git_tag: Option<String>,
-}
-
-impl Base {
-    fn spec(&self, id: String, plan: JobPlan) -> JobSpec {
-        JobSpec {
-            id,
-            agent_id: "execute".to_owned(),
-            plan,
-            source: Some(self.source.clone()),
-            access: self.access.clone(),
-            env: self.env.clone(),
-            network: self.network.clone(),
-            build_num: self.build_num,
-            kill_grace: self.kill_grace,
-            prefetched: self.prefetched.clone(),
-            store: self.store.clone(),
-            workspace: self.id.clone(),
-            additional_keys: self.additional_keys.clone(),
-            node_index: 0,
-            node_total: 1,
-            pull_request: None,
-        }
-    }
-}
-
-/// First SIGINT/SIGTERM cancels the job (steps get TERM, then KILL, then the container is
+/// First SIGINT/SIGTERM cancels the job (steps get TERM, then KILL, then the containers are
 /// removed). Further signals are acknowledged but do not skip the cleanup.
 fn spawn_signal_handler(cancel: CancellationToken, sink: Arc<dyn EventSink>) {
     use tokio::signal::unix::{signal, SignalKind};
@@ -359,22 +275,53 @@ fn spawn_signal_handler(cancel: CancellationToken, sink: Arc<dyn EventSink>) {
             cancel.cancel();
             sink.emit(&Event::Info {
                 message: if again {
-                    "still stopping: removing the container".to_owned()
+                    "still stopping: removing the containers".to_owned()
                 } else {
-                    "canceling: stopping the running step and removing the container".to_owned()
+                    "canceling: stopping the running step and removing the containers".to_owned()
                 },
             });
         }
     });
 }
 
-async fn prepare(args: &ExecuteArgs, sink: &Arc<dyn EventSink>) -> Result<Prepared, PrepareError> {
-    let access = args.access.load()?;
+/// The command line as a [`JobRequest`]: nothing is fetched or compiled here.
+fn request(args: &ExecuteArgs) -> Result<JobRequest, RequestError> {
+    let access = &args.access;
+    let mut keys = Vec::new();
+    if let Some(p) = &access.user_key {
+        keys.push(SshKey::from_file(p, KeyRole::User)?);
+    }
+    if let Some(p) = &access.deploy_key {
+        keys.push(SshKey::from_file(p, KeyRole::Deploy)?);
+    }
+    let known_hosts = access
+        .known_hosts
+        .iter()
+        .map(|p| Ok((read(p)?, p.display().to_string())))
+        .collect::<Result<Vec<_>, RequestError>>()?;
     let mut env = Vec::new();
-    for kv in &args.env {
+    for (kv, secret) in args
+        .env
+        .iter()
+        .map(|kv| (kv, false))
+        .chain(args.secret_env.iter().map(|kv| (kv, true)))
+    {
         match kv.split_once('=') {
-            Some((k, v)) if config::valid_env_name(k) => env.push((k.to_owned(), v.to_owned())),
-            _ => return Err(PrepareError::BadEnv(kv.clone())),
+            Some((k, v)) if config::valid_env_name(k) => env.push(EnvEntry {
+                name: k.to_owned(),
+                value: v.to_owned(),
+                secret,
+            }),
+            _ => return Err(RequestError::BadEnv(kv.clone())),
+        }
+    }
+    let mut machine_images = BTreeMap::new();
+    for kv in &args.machine_images {
+        match kv.split_once('=') {
+            Some((k, v)) if !k.trim().is_empty() && !v.trim().is_empty() => {
+                machine_images.insert(k.trim().to_owned(), v.trim().to_owned());
+            }
+            _ => return Err(RequestError::BadMachineImage(kv.clone())),
         }
     }
     let additional_keys = args
@@ -383,14 +330,14 @@ async fn prepare(args: &ExecuteArgs, sink: &Arc<dyn EventSink>) -> Result<Prepar
         .map(|p| SshKey::from_file(p, KeyRole::Additional))
         .collect::<Result<Vec<_>, _>>()?;
     let store = Store::open(args.store.clone().unwrap_or_else(Store::default_root))?;
-    let cwd = std::env::current_dir().map_err(|source| PrepareError::Read {
+    let cwd = std::env::current_dir().map_err(|source| RequestError::Read {
         path: ".".into(),
         source,
     })?;
     let local_root = match &args.repo {
         Some(_) => None,
         None => Some(
-            find_repo_root(&cwd).ok_or_else(|| PrepareError::NoRepo(cwd.display().to_string()))?,
+            find_repo_root(&cwd).ok_or_else(|| RequestError::NoRepo(cwd.display().to_string()))?,
         ),
     };
     let source = Source {
@@ -401,111 +348,50 @@ async fn prepare(args: &ExecuteArgs, sink: &Arc<dyn EventSink>) -> Result<Prepar
         },
         reference: args.reference.clone(),
     };
-    let fetch =
-        || tokio::task::block_in_place(|| job::fetch_source(&access, &source, sink.as_ref()));
-
-    // With --repo and no --config, the config lives in the repository: fetch first. A
-    // workflow needs the exact branch/tag (filters) before anything runs: fetch first too.
-    let mut prefetched: Option<Prefetched> = None;
-    let (config_text, config_name) = match (&args.config, &args.repo) {
-        (Some(p), _) => (read(p)?, p.display().to_string()),
-        (None, None) => {
-            let p = cwd.join(".circleci/config.yml");
-            if !p.exists() {
-                return Err(PrepareError::NoConfig(p.display().to_string()));
-            }
-            (read(&p)?, ".circleci/config.yml".to_owned())
-        }
-        (None, Some(url)) => {
-            let fetched = fetch()?;
-            let p = fetched.dir.path().join("repo/.circleci/config.yml");
-            if !p.exists() {
-                return Err(PrepareError::NoConfig(format!(
-                    "{url} (at {}): .circleci/config.yml",
-                    fetched.outcome.sha
-                )));
-            }
-            let text = read(&p)?;
-            prefetched = Some(fetched);
-            (text, format!("{url}:.circleci/config.yml"))
-        }
-    };
-    if args.workflow.is_some() && prefetched.is_none() {
-        prefetched = Some(fetch()?);
-    }
-
-    // pipeline.git.*: exact from a fetched checkout, else the best the ref says.
-    let (git_branch, git_tag, revision) = match &prefetched {
-        Some(p) => (
-            p.outcome.branch.clone().unwrap_or_default(),
-            p.outcome.tag.clone(),
-            p.outcome.sha.clone(),
-        ),
-        None => {
-            let head = local_root.as_deref().and_then(local_head_branch);
-            (
-                args.reference.clone().or(head).unwrap_or_default(),
-                None,
-                String::new(),
-            )
-        }
-    };
-    let mut pipeline = args.compile.pipeline()?;
-    pipeline.number = i64::try_from(args.build_num).unwrap_or(i64::MAX);
-    pipeline.project_git_url = source.url.clone();
-    pipeline.project_type = "bitbucket".to_owned();
-    pipeline.git_branch = git_branch.clone();
-    pipeline.git_tag = git_tag.clone().unwrap_or_default();
-    pipeline.git_revision = revision;
-    pipeline.trigger_source = "bosun".to_owned();
-    let loader = args.compile.loader();
-    let opts = args.compile.options(pipeline, loader.as_ref());
-
-    let what = match &args.workflow {
-        None => What::Job(Box::new(config::compile_job_with(
-            &config_text,
-            &config_name,
-            &args.job,
-            &opts,
-        )?)),
-        Some(name) => {
-            let compiled = config::compile(&config_text, &config_name, &opts)
-                .map_err(PrepareError::Configs)?;
-            let known = compiled
-                .workflows
-                .iter()
-                .map(|w| w.name.clone())
-                .collect::<Vec<_>>()
-                .join(", ");
-            let wf = compiled
-                .workflows
-                .into_iter()
-                .find(|w| &w.name == name)
-                .ok_or_else(|| PrepareError::NoWorkflow {
-                    name: name.clone(),
-                    known,
-                })?;
-            What::Workflow(wf)
-        }
-    };
-    let executor = DockerExecutor::connect().await?;
-    Ok(Prepared {
-        base: Base {
-            id: args.job_id.clone().unwrap_or_else(new_job_id),
-            source,
-            access,
-            additional_keys,
-            env,
-            network: args.network.clone(),
-            build_num: args.build_num,
-            kill_grace: Duration::from_secs(args.kill_grace),
-            prefetched,
-            store,
-            git_branch,
-            git_tag,
+    let config = match (&args.config, &args.repo) {
+        (Some(p), _) => ConfigSource::File {
+            path: p.clone(),
+            name: p.display().to_string(),
         },
-        executor,
-        what,
+        (None, None) => ConfigSource::File {
+            path: cwd.join(".circleci/config.yml"),
+            name: ".circleci/config.yml".to_owned(),
+        },
+        (None, Some(_)) => ConfigSource::Repository,
+    };
+    let target = match &args.workflow {
+        None => Target::Job(args.job.clone()),
+        Some(name) => Target::Workflow {
+            name: name.clone(),
+            max_parallel: args.max_parallel,
+            approve: args.approve,
+        },
+    };
+    let pipeline_params = args.compile.pipeline()?.parameters;
+    Ok(JobRequest {
+        id: args.job_id.clone().unwrap_or_else(new_job_id),
+        agent_id: "execute".to_owned(),
+        source,
+        local_branch: local_root.as_deref().and_then(local_head_branch),
+        config,
+        target,
+        keys,
+        additional_keys,
+        known_hosts,
+        vcs_hosts: access.vcs_hosts.clone(),
+        env,
+        pipeline_params,
+        pipeline_number: args.build_num,
+        branch: None,
+        tag: None,
+        pull_request: None,
+        time_limit: args.timeout,
+        network: args.network.clone(),
+        kill_grace: Duration::from_secs(args.kill_grace),
+        store,
+        orb_dir: args.compile.orb_dir.clone(),
+        machine_images,
+        registry: job::Registry::new(),
     })
 }
 
@@ -517,8 +403,8 @@ fn local_head_branch(root: &Path) -> Option<String> {
         .map(str::to_owned)
 }
 
-fn read(p: &Path) -> Result<String, PrepareError> {
-    std::fs::read_to_string(p).map_err(|source| PrepareError::Read {
+fn read(p: &Path) -> Result<String, RequestError> {
+    std::fs::read_to_string(p).map_err(|source| RequestError::Read {
         path: p.display().to_string(),
         source,
     })
@@ -568,7 +454,7 @@ pub fn checkout(args: CheckoutArgs) -> u8 {
         };
         let mut progress = |line: &str| eprintln!("{line}");
         crate::checkout::checkout(&spec, &creds, &mut progress)
-            .map_err(|e| PrepareError::Setup(job::SetupError::Checkout(e)))
+            .map_err(|e| RequestError::Setup(job::SetupError::Checkout(e)))
     });
     match result {
         Ok(outcome) => {
@@ -580,4 +466,11 @@ pub fn checkout(args: CheckoutArgs) -> u8 {
             EXIT_SETUP
         }
     }
+}
+
+/// `--timeout`: CircleCI's duration syntax (`90s`, `10m`, `1.5h`).
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    config::parse_duration(text)
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| format!("`{text}`: expected a duration such as 90s, 10m or 1h"))
 }

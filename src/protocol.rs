@@ -229,23 +229,144 @@ pub enum JobEvent {
     StepFinished {
         step: u32,
         name: String,
-        status: String,
+        status: StepStatus,
         exit_code: Option<i64>,
         duration_ms: u64,
         log_offset: u64,
     },
 }
 
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum FinalStatus {
-    Success,
-    Failed,
-    Canceled,
-    #[serde(rename = "timedout")]
-    TimedOut,
-    InfrastructureFail,
+/// The one status vocabulary. Each enum is a subset of the same words, spelled once here (the
+/// words CircleCI's API uses), and used unchanged by events, the wire, SQLite, the web pages
+/// and the terminal: `as_str`/`FromStr`/serde all come from this one table.
+macro_rules! statuses {
+    ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident = $word:literal,)+ }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        pub enum $name {
+            $($(#[$vmeta])* #[serde(rename = $word)] $variant,)+
+        }
+
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $word,)+
+                }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = UnknownStatus;
+            fn from_str(s: &str) -> Result<Self, UnknownStatus> {
+                match s {
+                    $($word => Ok($name::$variant),)+
+                    _ => Err(UnknownStatus(s.to_owned())),
+                }
+            }
+        }
+    };
 }
+
+/// A status word this side does not know (a newer peer, a damaged row).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown status `{0}`")]
+pub struct UnknownStatus(pub String);
+
+statuses! {
+    /// How a job ended.
+    JobStatus {
+        Success = "success",
+        Failed = "failed",
+        Canceled = "canceled",
+        /// The job's time limit (or a step's `no_output_timeout`) ran out.
+        TimedOut = "timedout",
+        /// The job could not run: bad config, engine, image, checkout.
+        InfrastructureFail = "infrastructure_fail",
+    }
+}
+
+statuses! {
+    /// How a step ended.
+    StepStatus {
+        Success = "success",
+        Failed = "failed",
+        /// Events stored before the vocabulary was one said `timed_out`: still read.
+        #[serde(alias = "timed_out")]
+        TimedOut = "timedout",
+        Canceled = "canceled",
+        /// Not run because of its `when:` and how the job had gone.
+        Skipped = "skipped",
+        /// A background step still running when the job ended; it was stopped with the job.
+        Stopped = "stopped",
+    }
+}
+
+statuses! {
+    /// A workflow job: how it ended, or why it did not run.
+    WorkflowJobStatus {
+        Success = "success",
+        Failed = "failed",
+        Canceled = "canceled",
+        TimedOut = "timedout",
+        InfrastructureFail = "infrastructure_fail",
+        /// A job it requires did not succeed.
+        Blocked = "blocked",
+        /// A `type: approval` job nobody approved (run with `--approve`).
+        OnHold = "on_hold",
+        /// Its filters exclude this branch or tag.
+        NotRun = "not_run",
+        /// A job this agent cannot run (`macos`).
+        NotRunnable = "not_runnable",
+    }
+}
+
+statuses! {
+    /// A coordinator job's state: waiting, running, or how it ended.
+    JobState {
+        Queued = "queued",
+        Running = "running",
+        Success = "success",
+        Failed = "failed",
+        Canceled = "canceled",
+        TimedOut = "timedout",
+        InfrastructureFail = "infrastructure_fail",
+    }
+}
+
+impl From<JobStatus> for WorkflowJobStatus {
+    fn from(s: JobStatus) -> Self {
+        match s {
+            JobStatus::Success => WorkflowJobStatus::Success,
+            JobStatus::Failed => WorkflowJobStatus::Failed,
+            JobStatus::Canceled => WorkflowJobStatus::Canceled,
+            JobStatus::TimedOut => WorkflowJobStatus::TimedOut,
+            JobStatus::InfrastructureFail => WorkflowJobStatus::InfrastructureFail,
+        }
+    }
+}
+
+impl From<JobStatus> for JobState {
+    fn from(s: JobStatus) -> Self {
+        match s {
+            JobStatus::Success => JobState::Success,
+            JobStatus::Failed => JobState::Failed,
+            JobStatus::Canceled => JobState::Canceled,
+            JobStatus::TimedOut => JobState::TimedOut,
+            JobStatus::InfrastructureFail => JobState::InfrastructureFail,
+        }
+    }
+}
+
+/// The finish an agent reports is a job status; the wire name stays.
+pub type FinalStatus = JobStatus;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct FinishRequest {
@@ -288,7 +409,7 @@ mod tests {
         let ev = JobEvent::StepFinished {
             step: 1,
             name: "t".into(),
-            status: "success".into(),
+            status: StepStatus::Success,
             exit_code: Some(0),
             duration_ms: 3,
             log_offset: 10,
@@ -303,5 +424,31 @@ mod tests {
             serde_json::to_value(FinalStatus::InfrastructureFail).expect("json"),
             "infrastructure_fail"
         );
+    }
+
+    #[test]
+    fn every_status_word_round_trips_through_str_and_serde() {
+        fn check<T>(all: &[T])
+        where
+            T: Copy
+                + std::fmt::Debug
+                + PartialEq
+                + std::str::FromStr
+                + Serialize
+                + std::fmt::Display,
+        {
+            for s in all {
+                let word = s.to_string();
+                assert_eq!(word.parse::<T>().ok(), Some(*s));
+                assert_eq!(serde_json::to_value(s).expect("json"), word.as_str());
+            }
+        }
+        check(JobStatus::ALL);
+        check(StepStatus::ALL);
+        check(WorkflowJobStatus::ALL);
+        check(JobState::ALL);
+        // One spelling per state: a step and a job that time out say the same word.
+        assert_eq!(StepStatus::TimedOut.as_str(), JobStatus::TimedOut.as_str());
+        assert!("timed_out".parse::<StepStatus>().is_err());
     }
 }

@@ -43,8 +43,8 @@ impl EventSink for JobSink {
 
 /// Run a job on all its `parallelism` nodes at once (one container each, CIRCLE_NODE_INDEX
 /// 0..N); the job's status is the worst of its nodes'. A single node runs as it is.
-pub async fn run_nodes<E: Executor>(
-    executor: Arc<E>,
+pub async fn run_nodes(
+    executor: Arc<dyn Executor>,
     mut nodes: Vec<JobSpec>,
     sink: Arc<dyn EventSink>,
     cancel: CancellationToken,
@@ -109,8 +109,8 @@ fn worst(statuses: &[JobStatus]) -> JobStatus {
 
 /// Run `workflow` for `git`. `make_spec` turns a build job into the spec `job::run_job` runs
 /// (the caller owns keys, store, checkout).
-pub async fn run_workflow<E: Executor>(
-    executor: Arc<E>,
+pub async fn run_workflow(
+    executor: Arc<dyn Executor>,
     workflow: &Workflow,
     git: GitRef<'_>,
     opts: &WorkflowOptions,

@@ -526,7 +526,7 @@ jobs:
             _ => None,
         })
         .collect();
-    let ends: Vec<(u32, String, u64)> = events
+    let ends: Vec<(u32, bosun::protocol::StepStatus, u64)> = events
         .iter()
         .filter_map(|e| match e {
             JobEvent::StepFinished {
@@ -534,7 +534,7 @@ jobs:
                 status,
                 log_offset,
                 ..
-            } => Some((*step, status.clone(), *log_offset)),
+            } => Some((*step, *status, *log_offset)),
             _ => None,
         })
         .collect();
@@ -542,7 +542,7 @@ jobs:
     assert_eq!(ends.len(), 3, "{events:?}");
     for (i, ((step, start), (estep, status, end))) in starts.iter().zip(&ends).enumerate() {
         assert_eq!((*step as usize, *estep as usize), (i, i));
-        assert_eq!(status, "success");
+        assert_eq!(*status, bosun::protocol::StepStatus::Success);
         let at = usize::try_from(*start).expect("offset");
         assert!(
             log[at..].starts_with(format!("\n==> Step {}", i + 1).as_bytes()),

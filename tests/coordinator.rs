@@ -359,7 +359,7 @@ async fn logs_and_events_are_idempotent_and_finish_checks_the_digest() {
     let finished = JobEvent::StepFinished {
         step: 1,
         name: "Run <tests>".into(),
-        status: "success".into(),
+        status: bosun::protocol::StepStatus::Success,
         exit_code: Some(0),
         duration_ms: 1200,
         log_offset: 16,

@@ -49,7 +49,7 @@ impl Coordinator {
         store
             .job(id)
             .expect("job")
-            .map(|j| j.status)
+            .map(|j| j.status.to_string())
             .unwrap_or_default()
     }
 

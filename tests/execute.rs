@@ -243,7 +243,7 @@ jobs:
     assert_eq!(
         step_statuses(&out.events),
         vec![
-            ("hangs".into(), "timed_out".into()),
+            ("hangs".into(), "timedout".into()),
             ("after timeout".into(), "success".into()),
         ]
     );

@@ -45,6 +45,10 @@ pub struct AgentConfig {
     pub claim_wait_secs: u64,
     #[serde(default = "d_flush")]
     pub drain_flush_secs: u64,
+    /// `machine:` image names → local images (`machine: true` runs `default`, which is
+    /// bosun/machine unless mapped here).
+    #[serde(default)]
+    pub machine_images: std::collections::BTreeMap<String, String>,
 }
 
 fn d_reg_token_file() -> PathBuf {

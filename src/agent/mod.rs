@@ -13,7 +13,7 @@ pub mod config;
 mod run;
 mod sink;
 
-use crate::executor::{DockerExecutor, Executor, LABEL_AGENT};
+use crate::executor::{DockerExecutor, Executor};
 use crate::protocol::{self, ClaimRequest, FinalStatus, Heartbeat, RegisterRequest, RunningJob};
 use crate::stream::spool::{self, SpoolJob};
 use client::{ApiErr, Backoff, Client};
@@ -67,7 +67,9 @@ pub(crate) struct Agent {
     config_required: bool,
     client: Client,
     agent_id: String,
-    executor: Arc<DockerExecutor>,
+    executor: Arc<dyn Executor>,
+    /// Running jobs, for parts that attach to them.
+    registry: crate::job::Registry,
     jobs: Mutex<HashMap<String, JobEntry>>,
     changed: tokio::sync::Notify,
     draining: CancellationToken,
@@ -231,7 +233,7 @@ async fn run_agent(cfg: AgentConfig, config_path: PathBuf, required: bool) -> u8
     };
     tracing::info!(agent_id = %ident.agent_id, coordinator = %cfg.coordinator_url, "registered as {} with {}", ident.agent_id, cfg.coordinator_url);
     let executor = match DockerExecutor::connect().await {
-        Ok(e) => Arc::new(e),
+        Ok(e) => Arc::new(e) as Arc<dyn Executor>,
         Err(e) => {
             tracing::error!("docker: {e}");
             return 1;
@@ -244,6 +246,7 @@ async fn run_agent(cfg: AgentConfig, config_path: PathBuf, required: bool) -> u8
         config_path,
         config_required: required,
         executor,
+        registry: crate::job::Registry::new(),
         jobs: Mutex::new(HashMap::new()),
         changed: tokio::sync::Notify::new(),
         draining: CancellationToken::new(),
@@ -386,20 +389,13 @@ fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
 
 /// Containers a crash left behind, and spooled jobs that never finished.
 async fn remove_orphans(agent: &Arc<Agent>) {
-    match agent
-        .executor
-        .list_by_label(LABEL_AGENT, &agent.agent_id)
-        .await
-    {
-        Ok(ids) => {
-            for id in ids {
-                tracing::warn!(container = %id, "removing a container left by an earlier run");
-                if let Err(e) = agent.executor.remove(&id).await {
-                    tracing::error!(container = %id, "cannot remove: {e}");
-                }
+    match crate::job::sweep(agent.executor.as_ref(), &agent.agent_id).await {
+        Ok(removed) => {
+            for (kind, id) in removed {
+                tracing::warn!(%id, "removed a {kind:?} left by an earlier run");
             }
         }
-        Err(e) => tracing::error!("cannot list leftover containers: {e}"),
+        Err(e) => tracing::error!("cannot remove what an earlier run left: {e}"),
     }
     let jobs = match spool::scan(&agent.cfg().spool_dir) {
         Ok(j) => j,

@@ -4,30 +4,16 @@
 use super::client::{ApiErr, Backoff};
 use super::sink::AgentSink;
 use super::Agent;
-use crate::config;
-use crate::job::{self, Access, JobSpec, PullRequest, Source};
-use crate::protocol::{
-    EventAck, EventBatch, FinalStatus, LogAck, WireJob, WireKeyRole, MAX_LOG_CHUNK,
-};
-use crate::ssh::{KeyRole, KnownHosts, SshKey, VcsHosts};
+use crate::job::{self, ConfigSource, EnvEntry, JobRequest, PullRequest, Source, Target};
+use crate::protocol::{EventAck, EventBatch, LogAck, WireJob, WireKeyRole, MAX_LOG_CHUNK};
+use crate::ssh::{KeyRole, SshKey};
 use crate::store::Store;
-use crate::stream::mask::Masker;
 use crate::stream::spool::SpoolJob;
 use crate::stream::{Event, EventSink, JobStatus};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
-
-fn final_status(s: JobStatus) -> FinalStatus {
-    match s {
-        JobStatus::Success => FinalStatus::Success,
-        JobStatus::Failed => FinalStatus::Failed,
-        JobStatus::Canceled => FinalStatus::Canceled,
-        JobStatus::TimedOut => FinalStatus::TimedOut,
-        JobStatus::InfrastructureFail => FinalStatus::InfrastructureFail,
-    }
-}
 
 pub(crate) async fn run_wire_job(
     agent: &Arc<Agent>,
@@ -47,78 +33,39 @@ pub(crate) async fn run_wire_job(
         }
     };
     let sender = super::spawn_sender(Arc::clone(agent), Arc::clone(&spool));
-
-    let mut secrets: Vec<String> = wire
-        .env
-        .iter()
-        .filter(|e| e.secret)
-        .map(|e| e.value.clone())
-        .collect();
-    secrets.extend(wire.keys.iter().map(|k| k.private_key.clone()));
-    let (masker, short) = Masker::new(&secrets);
-    let sink = Arc::new(AgentSink::new(
-        Arc::clone(&spool),
-        masker,
-        Arc::clone(&state),
-        0,
-    ));
-    for e in wire
-        .env
-        .iter()
-        .filter(|e| e.secret && short.contains(&e.value))
-    {
-        sink.line(&format!(
-            "warning: the value of secret {} is shorter than {} characters and is not masked",
-            e.name,
-            crate::stream::mask::MIN_SECRET_LEN
-        ));
-    }
-
-    // The job's own time limit: cancel, and report `timedout`.
-    let timed_out = Arc::new(AtomicBool::new(false));
-    let timer = {
-        let (cancel, timed_out) = (cancel.clone(), Arc::clone(&timed_out));
-        let limit = Duration::from_secs(wire.timeouts.job_secs.max(1));
-        tokio::spawn(async move {
-            tokio::time::sleep(limit).await;
-            timed_out.store(true, Ordering::SeqCst);
-            cancel.cancel();
-        })
-    };
-
-    let started = Instant::now();
+    let sink = Arc::new(AgentSink::new(Arc::clone(&spool), Arc::clone(&state), 0));
     if let Ok(mut s) = state.lock() {
         *s = "checkout".to_owned();
     }
-    let (status, error) = match prepare(agent, &wire, &sink, &cancel).await {
-        Err(msg) => {
-            let status = if cancel.is_cancelled() {
-                JobStatus::Canceled
-            } else {
-                JobStatus::InfrastructureFail
-            };
+    let outcome = match request(agent, &wire) {
+        Ok(req) => {
+            let sink_dyn: Arc<dyn EventSink> = sink.clone();
+            let on_prepared = |p: &job::Prepared| sink.set_total_steps(p.step_count());
+            job::request::run(
+                Arc::clone(&agent.executor),
+                req,
+                sink_dyn,
+                cancel.clone(),
+                &on_prepared,
+            )
+            .await
+        }
+        Err(e) => {
+            // The job's own keys or store could not be read: nothing secret is in the text
+            // (key parse errors name the role, never the key).
+            let error = e.to_string();
             sink.emit(&Event::JobFinished {
                 job: wire.job_name.clone(),
-                status,
-                duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+                status: JobStatus::InfrastructureFail,
+                duration_ms: 0,
                 steps: Vec::new(),
-                error: Some(msg.clone()),
+                error: Some(error.clone()),
             });
-            (status, Some(msg))
+            job::request::RequestOutcome {
+                status: JobStatus::InfrastructureFail,
+                error: Some(error),
+            }
         }
-        Ok(spec) => {
-            let sink_dyn: Arc<dyn EventSink> = sink.clone();
-            let outcome =
-                job::run_job(Arc::clone(&agent.executor), spec, sink_dyn, cancel.clone()).await;
-            (outcome.status, outcome.error)
-        }
-    };
-    timer.abort();
-    sink.flush();
-    let status = if status == JobStatus::Canceled && timed_out.load(Ordering::SeqCst) {
-        JobStatus::TimedOut
-    } else {
-        status
     };
     if quiet.load(Ordering::SeqCst) {
         tracing::info!(job = %wire.id, "stopped quietly (no longer ours)");
@@ -126,23 +73,31 @@ pub(crate) async fn run_wire_job(
         let _ = spool.remove();
         return;
     }
-    let error = error.map(|e| {
-        String::from_utf8_lossy(&Masker::new(&secrets).0.mask_all(e.as_bytes())).into_owned()
-    });
-    tracing::info!(job = %wire.id, ?status, "job {} finished: {status:?}", wire.id);
-    if let Err(e) = spool.finish(final_status(status), error) {
+    let status = outcome.status;
+    tracing::info!(job = %wire.id, ?status, "job {} finished: {status}", wire.id);
+    if let Err(e) = spool.finish(status, outcome.error) {
         tracing::error!(job = %wire.id, "cannot record the finish: {e}");
     }
 }
 
-/// Keys, host keys, the checkout, the config from the fetched tree: a [`JobSpec`], or the
-/// reason the job cannot run.
-async fn prepare(
-    agent: &Arc<Agent>,
-    wire: &WireJob,
-    sink: &Arc<AgentSink>,
-    cancel: &CancellationToken,
-) -> Result<JobSpec, String> {
+/// Why a claimed job could not even be asked for.
+#[derive(Debug, thiserror::Error)]
+enum RequestError {
+    #[error("the job's {role} key: {reason}")]
+    Key { role: KeyRole, reason: String },
+    #[error("{path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+}
+
+/// The claimed job as a [`JobRequest`]: the config comes from the commit, the time limit and
+/// secrets from the coordinator, the rest from the agent's settings.
+fn request(agent: &Arc<Agent>, wire: &WireJob) -> Result<JobRequest, RequestError> {
     let cfg = agent.cfg();
     let mut keys = Vec::new();
     let mut additional_keys = Vec::new();
@@ -153,108 +108,71 @@ async fn prepare(
             WireKeyRole::Additional => KeyRole::Additional,
         };
         let key = SshKey::from_text(zeroize::Zeroizing::new(k.private_key.clone()), role)
-            .map_err(|e| format!("the job's {role} key: {e}"))?;
+            .map_err(|reason| RequestError::Key { role, reason })?;
         if role == KeyRole::Additional {
             additional_keys.push(key);
         } else {
             keys.push(key);
         }
     }
-    let mut known_hosts = KnownHosts::pinned();
+    let mut known_hosts = Vec::new();
     if let Some(p) = &cfg.known_hosts_file {
-        let text = std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?;
-        known_hosts
-            .extend(KnownHosts::parse(&text, &p.display().to_string()).map_err(|e| e.to_string())?);
+        let text = std::fs::read_to_string(p).map_err(|source| RequestError::Read {
+            path: p.display().to_string(),
+            source,
+        })?;
+        known_hosts.push((text, p.display().to_string()));
     }
     if !wire.known_hosts.is_empty() {
-        known_hosts.extend(
-            KnownHosts::parse(&wire.known_hosts.join("\n"), "the job's known_hosts")
-                .map_err(|e| e.to_string())?,
-        );
+        known_hosts.push((
+            wire.known_hosts.join("\n"),
+            "the job's known_hosts".to_owned(),
+        ));
     }
-    let mut vcs_hosts = VcsHosts::new();
-    for m in cfg.vcs_hosts.iter().filter(|m| !m.trim().is_empty()) {
-        vcs_hosts.add_mapping(m.trim()).map_err(|e| e.to_string())?;
-    }
-    let access = Access {
-        keys,
-        known_hosts,
-        vcs_hosts,
-    };
-    let source = Source {
-        url: wire.project.clone_url.clone(),
-        reference: Some(wire.commit_sha.clone()),
-    };
-    let fetched = {
-        let (access, source, sink) = (access.clone(), source.clone(), Arc::clone(sink));
-        tokio::task::spawn_blocking(move || job::fetch_source(&access, &source, sink.as_ref()))
-            .await
-            .map_err(|e| format!("checkout panicked: {e}"))?
-            .map_err(|e| e.to_string())?
-    };
-    if cancel.is_cancelled() {
-        return Err("canceled before the job started".to_owned());
-    }
-    let file = fetched.dir.path().join("repo/.circleci/config.yml");
-    let text = std::fs::read_to_string(&file).map_err(|e| {
-        format!(
-            "{} at {}: cannot read .circleci/config.yml: {e}",
-            wire.project.slug, fetched.outcome.sha
-        )
-    })?;
-    let pipeline = config::PipelineValues {
-        number: i64::try_from(wire.pipeline_number).unwrap_or(i64::MAX),
-        project_git_url: wire.project.clone_url.clone(),
-        project_type: "bitbucket".to_owned(),
-        git_branch: wire
-            .branch
-            .clone()
-            .or(fetched.outcome.branch.clone())
-            .unwrap_or_default(),
-        git_tag: wire
-            .tag
-            .clone()
-            .or(fetched.outcome.tag.clone())
-            .unwrap_or_default(),
-        git_revision: fetched.outcome.sha.clone(),
-        trigger_source: "bosun".to_owned(),
-        ..config::PipelineValues::default()
-    };
-    let opts = config::CompileOptions {
-        pipeline,
-        orbs: None,
-        orb_dir: None,
-    };
-    let plan = config::compile_job_with(&text, ".circleci/config.yml", &wire.job_name, &opts)
-        .map_err(|e| e.to_string())?;
-    let store = Store::open(cfg.store_dir.clone()).map_err(|e| e.to_string())?;
-    sink.set_total_steps(plan.steps.len());
-    Ok(JobSpec {
+    Ok(JobRequest {
         id: wire.id.clone(),
         agent_id: agent.agent_id.clone(),
-        plan,
-        source: Some(source),
-        access,
+        source: Source {
+            url: wire.project.clone_url.clone(),
+            reference: Some(wire.commit_sha.clone()),
+        },
+        local_branch: None,
+        config: ConfigSource::Repository,
+        // One container per claimed job: the coordinator hands out each node as its own job.
+        target: Target::Node {
+            job: wire.job_name.clone(),
+            index: 0,
+            total: 1,
+        },
+        keys,
+        additional_keys,
+        known_hosts,
+        vcs_hosts: cfg.vcs_hosts.clone(),
         env: wire
             .env
             .iter()
-            .map(|e| (e.name.clone(), e.value.clone()))
+            .map(|e| EnvEntry {
+                name: e.name.clone(),
+                value: e.value.clone(),
+                secret: e.secret,
+            })
             .collect(),
-        network: cfg.network.clone(),
-        build_num: wire.pipeline_number,
-        kill_grace: Duration::from_secs(cfg.kill_grace_secs),
-        prefetched: Some(fetched),
-        store,
-        workspace: wire.id.clone(),
-        additional_keys,
-        // One container per claimed job: the coordinator hands out each node as its own job.
-        node_index: 0,
-        node_total: 1,
+        pipeline_params: Vec::new(),
+        pipeline_number: wire.pipeline_number,
+        branch: wire.branch.clone(),
+        tag: wire.tag.clone(),
         pull_request: wire.pull_request.as_ref().map(|p| PullRequest {
             number: p.number,
             url: p.url.clone(),
             fork: p.fork,
         }),
+        time_limit: Some(Duration::from_secs(wire.timeouts.job_secs.max(1))),
+        network: cfg.network.clone(),
+        kill_grace: Duration::from_secs(cfg.kill_grace_secs),
+        store: Store::open(cfg.store_dir.clone())?,
+        orb_dir: None,
+        machine_images: cfg.machine_images.clone(),
+        registry: agent.registry.clone(),
     })
 }
 

@@ -1668,16 +1668,13 @@ impl Engine {
                 ))
             }
         }
-        for other in ["machine", "macos"] {
-            if x.node.get(other).is_some() {
-                // Still compile the steps, so their errors are reported.
-                self.lower_steps(x)?;
-                return Ok(WorkflowJobKind::NotRunnable {
-                    reason: format!(
-                        "`{other}` executors are not supported by bosun's Docker executor"
-                    ),
-                });
-            }
+        if x.node.get("macos").is_some() {
+            // Still compile the steps, so their errors are reported.
+            self.lower_steps(x)?;
+            return Ok(WorkflowJobKind::NotRunnable {
+                reason: "`macos` jobs are not supported by this agent (it runs Linux containers)"
+                    .to_owned(),
+            });
         }
         Ok(WorkflowJobKind::Build(Box::new(self.lower(x)?)))
     }

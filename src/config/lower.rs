@@ -1,22 +1,34 @@
 //! An expanded (2.0-shaped) job → the plan the executor runs, checking every key on the way.
 
 use super::compile::{Engine, Expanded};
-use super::plan::{CompiledJob, DockerImage};
+use super::plan::{CompiledJob, DockerImage, ExecutorKind};
 use super::yaml::{Node, Value};
 use super::*;
 
 pub(crate) fn lower(e: &Engine, x: &Expanded) -> Result<CompiledJob, ConfigError> {
     let job = &x.node;
     let path = x.path.as_str();
-    let docker_node = job.get("docker").ok_or_else(|| {
-        e.err_hint(
-            job,
-            path,
-            "the job has no executor: exactly one of `docker`, `machine`, `macos` or `executor` is required",
-            "add e.g. `docker: [{image: cimg/base:current}]`",
-        )
-    })?;
-    let docker = images(e, docker_node, &join(path, "docker"))?;
+    let (docker, executor) = match (job.get("docker"), job.get("machine")) {
+        (Some(docker_node), _) => (
+            images(e, docker_node, &join(path, "docker"))?,
+            ExecutorKind::Docker,
+        ),
+        (None, Some(m)) => (
+            vec![DockerImage {
+                image: machine_image(e, m, &join(path, "machine"))?,
+                ..DockerImage::default()
+            }],
+            ExecutorKind::Machine,
+        ),
+        (None, None) => {
+            return Err(e.err_hint(
+                job,
+                path,
+                "the job has no executor: exactly one of `docker`, `machine`, `macos` or `executor` is required",
+                "add e.g. `docker: [{image: cimg/base:current}]`",
+            ))
+        }
+    };
     let environment = match job.get("environment") {
         None => Vec::new(),
         Some(n) => env_map(e, n, &join(path, "environment"))?,
@@ -68,10 +80,50 @@ pub(crate) fn lower(e: &Engine, x: &Expanded) -> Result<CompiledJob, ConfigError
             shell: string_key("shell")?,
             parallelism,
             steps,
+            services: docker.iter().skip(1).cloned().collect(),
+            executor,
         },
         docker,
         resource_class: string_key("resource_class")?,
     })
+}
+
+/// `machine: true`, `machine: {image: NAME, …}` or `machine: NAME`: the image name the agent
+/// maps to a local image (`default` when none is named).
+fn machine_image(e: &Engine, node: &Node, path: &str) -> Result<String, ConfigError> {
+    match &node.value {
+        Value::Bool(true) => Ok("default".to_owned()),
+        Value::Str(s) if !s.trim().is_empty() => Ok(s.trim().to_owned()),
+        Value::Map(_) => match node.get("image") {
+            None => Ok("default".to_owned()),
+            Some(i) => Ok(e.expect_str(i, &join(path, "image"))?.trim().to_owned()),
+        },
+        _ => Err(e.err_hint(
+            node,
+            path,
+            format!(
+                "expected `true` or a map with `image`, found {}",
+                node.kind()
+            ),
+            "e.g. `machine: {image: ubuntu-2204:current}`",
+        )),
+    }
+}
+
+/// A name other containers can resolve: RFC 1123 labels (letters, digits, `-`, not at an end),
+/// dot-separated, at most 253 characters.
+fn valid_host_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
 }
 
 fn images(e: &Engine, node: &Node, path: &str) -> Result<Vec<DockerImage>, ConfigError> {
@@ -148,9 +200,31 @@ fn images(e: &Engine, node: &Node, path: &str) -> Result<Vec<DockerImage>, Confi
                 Some((get("username")?, get("password")?))
             }
         };
+        let name = opt_str("name")?;
+        if let (Some(n), Some(node)) = (&name, item.get("name")) {
+            if !valid_host_name(n) {
+                return Err(e.err_hint(
+                    node,
+                    &join(&p, "name"),
+                    format!("`{n}` is not a valid host name"),
+                    "use letters, digits and `-` (e.g. `postgres-main`): the primary container reaches the service by this name",
+                ));
+            }
+            if let Some(prev) = out
+                .iter()
+                .position(|d: &DockerImage| d.name.as_deref() == Some(n))
+            {
+                return Err(e.err_hint(
+                    node,
+                    &join(&p, "name"),
+                    format!("two images are named `{n}` (also {path}[{prev}])"),
+                    "give each service its own `name:`",
+                ));
+            }
+        }
         out.push(DockerImage {
             image,
-            name: opt_str("name")?,
+            name,
             entrypoint: words("entrypoint")?,
             command: words("command")?,
             user: opt_str("user")?,

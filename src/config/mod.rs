@@ -10,14 +10,17 @@ mod compile;
 pub mod graph;
 mod interp;
 mod lower;
+mod orbdir;
 pub mod plan;
 pub mod yaml;
 
 pub use graph::{
     filters_allow, Filter, Filters, GitRef, Pattern, Workflow, WorkflowJob, WorkflowJobKind,
 };
+pub use orbdir::OrbDir;
 pub use plan::{
-    CompiledJob, DockerImage, JobPlan, RunStep, Step, StepKind, When, DEFAULT_NO_OUTPUT_TIMEOUT,
+    CompiledJob, DockerImage, ExecutorKind, JobPlan, RunStep, Step, StepKind, When,
+    DEFAULT_NO_OUTPUT_TIMEOUT,
 };
 
 use std::fmt;

@@ -22,6 +22,21 @@ pub struct JobPlan {
     pub shell: Option<String>,
     pub parallelism: u32,
     pub steps: Vec<Step>,
+    /// `docker:` images after the first: service containers beside the primary.
+    pub services: Vec<DockerImage>,
+    /// What the steps run in; for `Machine`, `image` is the `machine:` image name
+    /// (`default` for `machine: true`), mapped to a local image by the agent.
+    pub executor: ExecutorKind,
+}
+
+/// The kind of executor a job asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ExecutorKind {
+    /// A `docker:` primary container (and services).
+    #[default]
+    Docker,
+    /// A `machine:` job: a whole system (systemd, sudo) instead of a container image's shell.
+    Machine,
 }
 
 #[derive(Debug, Clone, PartialEq)]

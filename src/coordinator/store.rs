@@ -19,7 +19,7 @@
 
 use super::{random_hex, sha256_hex, CoordError, Result};
 use crate::protocol::{
-    FinalStatus, FinishRequest, JobEvent, WireEnv, WireJob, WireKey, WireKeyRole, WireProject,
+    FinishRequest, JobEvent, JobState, WireEnv, WireJob, WireKey, WireKeyRole, WireProject,
     WirePullRequest, WireTimeouts,
 };
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
@@ -140,7 +140,7 @@ pub struct JobRow {
     pub git_ref: String,
     pub job_name: String,
     pub pipeline_number: i64,
-    pub status: String,
+    pub status: JobState,
     pub agent_id: Option<String>,
     pub attempts: u32,
     pub max_attempts: u32,
@@ -159,7 +159,7 @@ pub struct JobRow {
 
 impl JobRow {
     pub fn is_final(&self) -> bool {
-        !matches!(self.status.as_str(), "queued" | "running")
+        !matches!(self.status, JobState::Queued | JobState::Running)
     }
     /// Run time so far (running) or in total (finished).
     pub fn duration(&self) -> Option<Duration> {
@@ -266,13 +266,20 @@ fn json_labels(labels: &[String]) -> String {
     serde_json::to_string(labels).unwrap_or_else(|_| "[]".into())
 }
 
-fn status_word(s: FinalStatus) -> &'static str {
-    match s {
-        FinalStatus::Success => "success",
-        FinalStatus::Failed => "failed",
-        FinalStatus::Canceled => "canceled",
-        FinalStatus::TimedOut => "timedout",
-        FinalStatus::InfrastructureFail => "infrastructure_fail",
+// The status words in SQLite are the protocol's, converted here and nowhere else.
+impl rusqlite::types::ToSql for JobState {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        Ok(self.as_str().into())
+    }
+}
+
+impl rusqlite::types::FromSql for JobState {
+    fn column_result(v: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
+        v.as_str()?
+            .parse()
+            .map_err(|e: crate::protocol::UnknownStatus| {
+                rusqlite::types::FromSqlError::Other(Box::new(e))
+            })
     }
 }
 
@@ -1027,7 +1034,9 @@ impl Store {
         match Self::lease_state(&tx, id, agent_id, attempt)? {
             Lease::Held => {}
             // A resent finish (the answer to the first was lost) for the same status: done.
-            Lease::FinishedByYou(s) if s == status_word(status) => return Ok(FinishOutcome::Done),
+            Lease::FinishedByYou(s) if s == JobState::from(status).as_str() => {
+                return Ok(FinishOutcome::Done)
+            }
             other => return Ok(FinishOutcome::Refused(other)),
         }
         let stored: i64 = tx.query_row("SELECT log_bytes FROM jobs WHERE id = ?1", [id], |r| {
@@ -1062,7 +1071,7 @@ impl Store {
         }
         tx.execute(
             "UPDATE jobs SET status = ?2, error = ?3, finished = ?4, lease_expires = NULL WHERE id = ?1",
-            params![id, status_word(status), error, now],
+            params![id, JobState::from(status), error, now],
         )?;
         tx.commit()?;
         Ok(FinishOutcome::Done)
@@ -1324,6 +1333,7 @@ fn set_mode(path: &Path, mode: u32) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::JobStatus;
 
     fn store() -> (tempfile::TempDir, Store) {
         let d = tempfile::tempdir().expect("tempdir");
@@ -1504,7 +1514,7 @@ mod tests {
         assert_eq!(s.log_from(id, 8).expect("log"), b"rld");
     }
 
-    fn fin(status: FinalStatus, log_bytes: u64, digest: &str) -> FinishRequest {
+    fn fin(status: JobStatus, log_bytes: u64, digest: &str) -> FinishRequest {
         FinishRequest {
             status,
             log_bytes,
@@ -1557,7 +1567,7 @@ mod tests {
         f.set_len(7).expect("truncate");
         let digest = sha256_hex(b"hello world!");
         assert!(matches!(
-            s.finish(id, "a1", None, &fin(FinalStatus::Success, 12, &digest))
+            s.finish(id, "a1", None, &fin(JobStatus::Success, 12, &digest))
                 .expect("finish"),
             FinishOutcome::Incomplete(7)
         ));
@@ -1566,7 +1576,7 @@ mod tests {
             AppendOutcome::Ack(12)
         ));
         assert!(matches!(
-            s.finish(id, "a1", None, &fin(FinalStatus::Success, 12, &digest))
+            s.finish(id, "a1", None, &fin(JobStatus::Success, 12, &digest))
                 .expect("finish"),
             FinishOutcome::Done
         ));
@@ -1611,12 +1621,12 @@ mod tests {
         ));
         let digest = sha256_hex(b"attempt 2");
         assert!(matches!(
-            s.finish(id, "a1", Some(1), &fin(FinalStatus::Failed, 9, &digest))
+            s.finish(id, "a1", Some(1), &fin(JobStatus::Failed, 9, &digest))
                 .expect("finish"),
             FinishOutcome::Refused(Lease::Superseded { current: 2 })
         ));
         assert!(matches!(
-            s.finish(id, "a1", Some(2), &fin(FinalStatus::Success, 9, &digest))
+            s.finish(id, "a1", Some(2), &fin(JobStatus::Success, 9, &digest))
                 .expect("finish"),
             FinishOutcome::Done
         ));
@@ -1650,7 +1660,7 @@ mod tests {
         );
         let digest = sha256_hex(b"hello world");
         assert!(matches!(
-            s.finish(id, "a1", None, &fin(FinalStatus::Success, 11, &digest))
+            s.finish(id, "a1", None, &fin(JobStatus::Success, 11, &digest))
                 .expect("finish"),
             FinishOutcome::Done
         ));
@@ -1741,7 +1751,10 @@ mod tests {
         let id = job(&s);
         drop(s);
         let s = Store::open(&d.path().join("data")).expect("reopen");
-        assert_eq!(s.job(id).expect("job").expect("exists").status, "queued");
+        assert_eq!(
+            s.job(id).expect("job").expect("exists").status,
+            JobState::Queued
+        );
         let v: i64 = s
             .conn()
             .query_row("PRAGMA user_version", [], |r| r.get(0))

@@ -106,7 +106,7 @@ async fn index(State(state): State<Arc<AppState>>) -> Response {
             escape(&j.job_name),
             escape(&duration(j)),
             id = j.id,
-            s = escape(&j.status),
+            s = j.status,
         );
     }
     body.push_str("</table>");
@@ -217,7 +217,7 @@ async fn job_page(State(state): State<Arc<AppState>>, Path(raw): Path<String>) -
         escape(job.agent_id.as_deref().unwrap_or("-")),
         escape(&duration(&job)),
         escape(job.error.as_deref().unwrap_or("")),
-        s = escape(&job.status),
+        s = job.status,
     );
     for (title, status, text) in sections(&log, &events) {
         let _ = write!(
@@ -283,7 +283,7 @@ struct Follow {
     id: i64,
     offset: u64,
     seq: u64,
-    status: Option<String>,
+    status: Option<crate::protocol::JobState>,
     done: bool,
     changed: tokio::sync::watch::Receiver<u64>,
 }
@@ -343,8 +343,8 @@ async fn next_batch(mut f: Follow) -> Option<(Vec<Event>, Follow)> {
             out.push(log_event(&log[sent..take], f.offset + take as u64, f.seq));
         }
         f.offset += take as u64;
-        if f.status.as_deref() != Some(job.status.as_str()) {
-            f.status = Some(job.status.clone());
+        if f.status != Some(job.status) {
+            f.status = Some(job.status);
             if let Ok(e) = Event::default()
                 .event("status")
                 .json_data(serde_json::json!({ "status": job.status, "error": job.error }))

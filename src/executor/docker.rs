@@ -2,18 +2,18 @@
 
 use super::{
     Attached, ByteStream, ContainerSpec, Exec, ExecSpec, Executor, ExecutorError, ImageInfo,
-    Output, TarStream,
+    NetworkMode, Output, OutputStream, ResourceKind, TarStream,
 };
 use bollard::container::LogOutput;
 use bollard::exec::{CreateExecOptions, StartExecResults};
-use bollard::models::{ContainerCreateBody, HostConfig};
+use bollard::models::{ContainerCreateBody, HostConfig, NetworkCreateRequest};
 use bollard::query_parameters::{
     AttachContainerOptionsBuilder, ContainerArchiveInfoOptionsBuilder, CreateImageOptionsBuilder,
-    DownloadFromContainerOptionsBuilder, ListContainersOptionsBuilder,
+    DownloadFromContainerOptionsBuilder, ListContainersOptionsBuilder, ListNetworksOptionsBuilder,
     RemoveContainerOptionsBuilder, UploadToContainerOptionsBuilder,
 };
 use bollard::Docker;
-use futures_util::{StreamExt, TryStreamExt};
+use futures_util::{FutureExt, StreamExt, TryStreamExt};
 use std::collections::HashMap;
 
 #[derive(Clone)]
@@ -27,14 +27,17 @@ impl DockerExecutor {
     /// newer one, and we use nothing newer than 1.41.
     pub async fn connect() -> Result<Self, ExecutorError> {
         let host = std::env::var("DOCKER_HOST").ok();
-        let docker = Docker::connect_with_defaults().map_err(|source| ExecutorError::Connect {
+        let docker = Docker::connect_with_defaults().map_err(|e| ExecutorError::Connect {
             host: host.clone(),
-            source,
+            source: Box::new(e),
         })?;
         let docker = docker
             .negotiate_version()
             .await
-            .map_err(|source| ExecutorError::Connect { host, source })?;
+            .map_err(|e| ExecutorError::Connect {
+                host,
+                source: Box::new(e),
+            })?;
         Ok(Self { docker })
     }
 
@@ -43,15 +46,23 @@ impl DockerExecutor {
     }
 
     fn engine(
-        container: &str,
+        target: &str,
         what: &'static str,
     ) -> impl FnOnce(bollard::errors::Error) -> ExecutorError {
-        let container = container.to_owned();
-        move |source| ExecutorError::Engine {
-            container: container.to_owned(),
-            what,
-            source,
-        }
+        let target = target.to_owned();
+        move |source| engine_error(target, what, source)
+    }
+}
+
+fn engine_error(
+    target: String,
+    what: &'static str,
+    source: bollard::errors::Error,
+) -> ExecutorError {
+    ExecutorError::Engine {
+        target,
+        what,
+        source: Box::new(source),
     }
 }
 
@@ -69,7 +80,7 @@ fn is_not_found(e: &bollard::errors::Error) -> bool {
 fn log_output(
     stream: impl futures_util::Stream<Item = Result<LogOutput, bollard::errors::Error>> + Send + 'static,
     container: String,
-) -> futures_util::stream::BoxStream<'static, Result<Output, ExecutorError>> {
+) -> OutputStream {
     stream
         .filter_map(move |item| {
             let container = container.clone();
@@ -80,17 +91,14 @@ fn log_output(
                     }
                     Ok(LogOutput::StdErr { message }) => Some(Ok(Output::Stderr(message))),
                     Ok(LogOutput::StdIn { .. }) => None,
-                    Err(source) => Some(Err(ExecutorError::Engine {
-                        container,
-                        what: "output",
-                        source,
-                    })),
+                    Err(source) => Some(Err(engine_error(container, "output", source))),
                 }
             }
         })
         .boxed()
 }
 
+#[async_trait::async_trait]
 impl Executor for DockerExecutor {
     async fn image_info(&self, image: &str) -> Result<ImageInfo, ExecutorError> {
         let inspect = match self.docker.inspect_image(image).await {
@@ -129,22 +137,41 @@ impl Executor for DockerExecutor {
 
     async fn create(&self, spec: &ContainerSpec) -> Result<String, ExecutorError> {
         let labels: HashMap<String, String> = spec.labels.iter().cloned().collect();
+        let network_mode = match &spec.network {
+            NetworkMode::Default => None,
+            NetworkMode::Named(n) => Some(n.clone()),
+            NetworkMode::ContainerOf(c) => Some(format!("container:{c}")),
+        };
+        let tmpfs: HashMap<String, String> = spec
+            .tmpfs
+            .iter()
+            .map(|p| (p.clone(), String::new()))
+            .collect();
+        let binds: Vec<String> = spec
+            .read_only_binds
+            .iter()
+            .map(|p| format!("{p}:{p}:ro"))
+            .collect();
         let body = ContainerCreateBody {
             image: Some(spec.image.clone()),
             user: spec.user.clone(),
             env: Some(spec.env.clone()),
-            entrypoint: Some(spec.main.clone()),
-            // stdin stays open for the attached client until it closes it (files go that way).
-            open_stdin: Some(true),
-            stdin_once: Some(true),
-            attach_stdin: Some(true),
+            entrypoint: spec.entrypoint.clone(),
+            cmd: spec.cmd.clone(),
+            // With `stdin`, it stays open for the attached client until it closes it.
+            open_stdin: Some(spec.stdin),
+            stdin_once: Some(spec.stdin),
+            attach_stdin: Some(spec.stdin),
             attach_stdout: Some(true),
             attach_stderr: Some(true),
-            cmd: Some(vec![]),
             labels: Some(labels),
+            stop_signal: spec.stop_signal.clone(),
             host_config: Some(HostConfig {
-                init: Some(true),
-                network_mode: spec.network.clone(),
+                init: Some(spec.init),
+                network_mode,
+                extra_hosts: (!spec.extra_hosts.is_empty()).then(|| spec.extra_hosts.clone()),
+                tmpfs: (!tmpfs.is_empty()).then_some(tmpfs),
+                binds: (!binds.is_empty()).then_some(binds),
                 ..Default::default()
             }),
             ..Default::default()
@@ -178,6 +205,20 @@ impl Executor for DockerExecutor {
             input: attached.input,
             output: log_output(attached.output, container.to_owned()),
         })
+    }
+
+    async fn wait(&self, container: &str) -> Result<i64, ExecutorError> {
+        // The engine answers a non-zero exit as an error carrying the code.
+        match self.docker.wait_container(container, None).next().await {
+            Some(Ok(r)) => Ok(r.status_code),
+            Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. })) => Ok(code),
+            Some(Err(e)) => Err(Self::engine(container, "wait")(e)),
+            None => Err(ExecutorError::Protocol {
+                target: container.to_owned(),
+                what: "wait",
+                detail: "the engine closed the wait without a status".to_owned(),
+            }),
+        }
     }
 
     async fn upload_tar(
@@ -220,11 +261,7 @@ impl Executor for DockerExecutor {
         let stream = self
             .docker
             .download_from_container(container, Some(opts))
-            .map_err(move |source| ExecutorError::Engine {
-                container: cid.clone(),
-                what: "download",
-                source,
-            })
+            .map_err(move |source| engine_error(cid.clone(), "download", source))
             .boxed();
         Ok(Some(stream))
     }
@@ -256,25 +293,17 @@ impl Executor for DockerExecutor {
             .await
             .map_err(Self::engine(container, "exec start"))?;
         let StartExecResults::Attached { output, .. } = started else {
-            return Err(ExecutorError::Other("exec started detached".into()));
+            return Err(ExecutorError::Protocol {
+                target: container.to_owned(),
+                what: "exec start",
+                detail: "the engine started the exec detached".to_owned(),
+            });
         };
         let output = log_output(output, container.to_owned());
-        Ok(Exec {
-            id: created.id,
-            output,
-        })
-    }
-
-    async fn exec_exit_code(&self, exec_id: &str) -> Result<Option<i64>, ExecutorError> {
-        let inspect = self
-            .docker
-            .inspect_exec(exec_id)
-            .await
-            .map_err(Self::engine(exec_id, "exec inspect"))?;
-        if inspect.running.unwrap_or(false) {
-            return Ok(None);
-        }
-        Ok(inspect.exit_code)
+        let docker = self.docker.clone();
+        let exec_id = created.id;
+        let exit = async move { exit_code(&docker, &exec_id).await }.boxed();
+        Ok(Exec { output, exit })
     }
 
     async fn remove(&self, container: &str) -> Result<(), ExecutorError> {
@@ -289,18 +318,84 @@ impl Executor for DockerExecutor {
         }
     }
 
-    async fn list_by_label(&self, label: &str, value: &str) -> Result<Vec<String>, ExecutorError> {
+    async fn create_network(
+        &self,
+        name: &str,
+        labels: &[(String, String)],
+    ) -> Result<String, ExecutorError> {
+        let created = self
+            .docker
+            .create_network(NetworkCreateRequest {
+                name: name.to_owned(),
+                labels: Some(labels.iter().cloned().collect()),
+                ..Default::default()
+            })
+            .await
+            .map_err(Self::engine(name, "create network"))?;
+        Ok(created.id)
+    }
+
+    async fn remove_network(&self, network: &str) -> Result<(), ExecutorError> {
+        match self.docker.remove_network(network).await {
+            Ok(()) => Ok(()),
+            Err(e) if is_not_found(&e) => Ok(()),
+            Err(e) => Err(Self::engine(network, "remove network")(e)),
+        }
+    }
+
+    async fn list_by_label(
+        &self,
+        kind: ResourceKind,
+        label: &str,
+        value: &str,
+    ) -> Result<Vec<String>, ExecutorError> {
         let mut filters = HashMap::new();
         filters.insert("label".to_owned(), vec![format!("{label}={value}")]);
-        let opts = ListContainersOptionsBuilder::default()
-            .all(true)
-            .filters(&filters)
-            .build();
-        let list = self
-            .docker
-            .list_containers(Some(opts))
-            .await
-            .map_err(Self::engine(label, "list"))?;
-        Ok(list.into_iter().filter_map(|c| c.id).collect())
+        match kind {
+            ResourceKind::Container => {
+                let opts = ListContainersOptionsBuilder::default()
+                    .all(true)
+                    .filters(&filters)
+                    .build();
+                let list = self
+                    .docker
+                    .list_containers(Some(opts))
+                    .await
+                    .map_err(Self::engine(label, "list containers"))?;
+                Ok(list.into_iter().filter_map(|c| c.id).collect())
+            }
+            ResourceKind::Network => {
+                let opts = ListNetworksOptionsBuilder::default()
+                    .filters(&filters)
+                    .build();
+                let list = self
+                    .docker
+                    .list_networks(Some(opts))
+                    .await
+                    .map_err(Self::engine(label, "list networks"))?;
+                Ok(list.into_iter().filter_map(|n| n.id).collect())
+            }
+        }
     }
+}
+
+/// An exec's exit code. The output stream ends when the process closes it, which can be a
+/// moment before the engine records the exit: poll briefly.
+async fn exit_code(docker: &Docker, exec_id: &str) -> Result<Option<i64>, ExecutorError> {
+    let mut pause = std::time::Duration::from_millis(2);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while std::time::Instant::now() < deadline {
+        let inspect = docker
+            .inspect_exec(exec_id)
+            .await
+            .map_err(|e| engine_error(exec_id.to_owned(), "exec inspect", e))?;
+        if !inspect.running.unwrap_or(false) {
+            if let Some(code) = inspect.exit_code {
+                return Ok(Some(code));
+            }
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(std::time::Duration::from_millis(100));
+    }
+    Ok(None)
 }

@@ -1,46 +1,73 @@
-//! Where a job's commands run. The trait is the whole surface `job` needs (create, upload,
-//! exec with streamed output, signal, remove, list by label) so that a Kubernetes executor can
-//! sit beside the Docker one without `job` changing.
+//! Where a job's commands run. The trait is the whole surface `job` needs (create, start,
+//! upload, exec with streamed output and its exit status, wait, remove, networks, list by
+//! label), object-safe so the job core holds an `Arc<dyn Executor>` and a Kubernetes executor
+//! can sit beside the Docker one without `job` changing. The contract, and how it maps onto a
+//! pod, is written down in `docs/executors.md`.
 
 pub mod docker;
+pub mod double;
 
 use bytes::Bytes;
+use futures_util::future::BoxFuture;
 use futures_util::stream::BoxStream;
-use std::future::Future;
 
 pub use docker::DockerExecutor;
 
-/// Label every container carries: the job's id. Used to find leftovers.
+/// Label every container and network carries: the job's id. Used to find leftovers.
 pub const LABEL_JOB: &str = "bosun.job";
-/// Label every container carries: the agent (or `bosun execute` run) that created it.
+/// Label every container and network carries: the agent (or `bosun execute` run) that made it.
 pub const LABEL_AGENT: &str = "bosun.agent";
+/// Label naming what a container is to its job: `primary`, `service` (see [`ResourceKind`]).
+pub const LABEL_KIND: &str = "bosun.kind";
+
+/// An engine error's cause, kept as a chain but without naming the engine client's types.
+pub type Cause = Box<dyn std::error::Error + Send + Sync>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExecutorError {
-    #[error("cannot reach the Docker engine{}: {source}\n  help: is dockerd running, and may this user use its socket? Point DOCKER_HOST at it (unix:///var/run/docker.sock or tcp://HOST:2375)", .host.as_deref().map(|h| format!(" at {h}")).unwrap_or_default())]
+    #[error("cannot reach the container engine{}: {source}\n  help: is dockerd running, and may this user use its socket? Point DOCKER_HOST at it (unix:///var/run/docker.sock or tcp://HOST:2375)", .host.as_deref().map(|h| format!(" at {h}")).unwrap_or_default())]
     Connect {
         host: Option<String>,
         #[source]
-        source: bollard::errors::Error,
+        source: Cause,
     },
     #[error("image `{image}` is not in the engine and could not be pulled: {reason}\n  help: build or load it first (docker build / docker load), or check the name")]
     ImageMissing { image: String, reason: String },
-    #[error("container {container}: {what} failed: {source}")]
+    #[error("{target}: {what} failed: {source}")]
     Engine {
-        container: String,
+        /// The container, exec, image or network the request was about.
+        target: String,
         what: &'static str,
         #[source]
-        source: bollard::errors::Error,
+        source: Cause,
     },
-    #[error("{0}")]
-    Other(String),
+    /// The engine answered in a way the executor does not understand.
+    #[error("{target}: {what}: {detail}")]
+    Protocol {
+        target: String,
+        what: &'static str,
+        detail: String,
+    },
 }
 
 /// What the agent learns about an image before it starts a container from it.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ImageInfo {
     pub user: Option<String>,
     pub env: Vec<String>,
+}
+
+/// Which network a container joins.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum NetworkMode {
+    /// The engine's default bridge.
+    #[default]
+    Default,
+    /// A named network (e.g. where the VCS host lives).
+    Named(String),
+    /// Another container's network namespace: its `localhost` is this one's (service
+    /// containers join the primary's, as the pod of a Kubernetes executor would).
+    ContainerOf(String),
 }
 
 #[derive(Debug, Clone, Default)]
@@ -51,17 +78,31 @@ pub struct ContainerSpec {
     /// `K=V` pairs set on the container itself.
     pub env: Vec<String>,
     pub labels: Vec<(String, String)>,
-    /// A Docker network to join (e.g. where the VCS host or service containers live).
-    pub network: Option<String>,
-    /// The main process (replaces the image's entrypoint and command); it must stay alive
-    /// until the container is removed. Its stdin is open until the attached client closes it.
-    pub main: Vec<String>,
+    pub network: NetworkMode,
+    /// Replaces the image's ENTRYPOINT (`None` keeps it).
+    pub entrypoint: Option<Vec<String>>,
+    /// Replaces the image's CMD (`None` keeps it).
+    pub cmd: Option<Vec<String>>,
+    /// Keep the main process's stdin open until the attached client closes it (the primary
+    /// takes its files that way).
+    pub stdin: bool,
+    /// Run the engine's tiny init as PID 1 (reaps what background steps leave). Off when the
+    /// main process is an init itself (systemd in a `machine` job).
+    pub init: bool,
+    /// `NAME:ADDRESS` lines added to the container's `/etc/hosts` (service names).
+    pub extra_hosts: Vec<String>,
+    /// Paths mounted as fresh tmpfs (`/run` for systemd).
+    pub tmpfs: Vec<String>,
+    /// Host paths mounted read-only at the same place (`/sys/fs/cgroup` for systemd).
+    pub read_only_binds: Vec<String>,
+    /// Signal the engine sends on stop (systemd wants SIGRTMIN+3).
+    pub stop_signal: Option<String>,
 }
 
-/// The main process's stdio, from [`Executor::start`].
+/// A running container's main process: its stdin and its output.
 pub struct Attached {
     pub input: std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>,
-    pub output: BoxStream<'static, Result<Output, ExecutorError>>,
+    pub output: OutputStream,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -79,61 +120,70 @@ pub enum Output {
     Stderr(Bytes),
 }
 
+pub type OutputStream = BoxStream<'static, Result<Output, ExecutorError>>;
+
+/// A started command: its output, then its exit status once the output has ended.
 pub struct Exec {
-    pub id: String,
-    pub output: BoxStream<'static, Result<Output, ExecutorError>>,
+    pub output: OutputStream,
+    /// Resolves to the exit code once the process has ended (`None` if the engine never
+    /// reported one, e.g. the container went away). Await it after `output` ends.
+    pub exit: BoxFuture<'static, Result<Option<i64>, ExecutorError>>,
 }
 
 pub type TarStream = BoxStream<'static, Bytes>;
 pub type ByteStream = BoxStream<'static, Result<Bytes, ExecutorError>>;
 
+/// What a labelled resource is, for the start-up sweep and for removal order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ResourceKind {
+    Container,
+    Network,
+}
+
+#[async_trait::async_trait]
 pub trait Executor: Send + Sync + 'static {
     /// Ensure the image is present (pulling it if the engine can) and read its config.
-    fn image_info(
-        &self,
-        image: &str,
-    ) -> impl Future<Output = Result<ImageInfo, ExecutorError>> + Send;
-    /// Create (not start) a container running `spec.main`.
-    fn create(
-        &self,
-        spec: &ContainerSpec,
-    ) -> impl Future<Output = Result<String, ExecutorError>> + Send;
-    /// Start it, attached to its main process's stdin and output: the main process tells the
-    /// job what it is (user, home…) and can take files, without the cost of extra processes.
-    fn start(
-        &self,
-        container: &str,
-    ) -> impl Future<Output = Result<Attached, ExecutorError>> + Send;
+    async fn image_info(&self, image: &str) -> Result<ImageInfo, ExecutorError>;
+    /// Create (not start) a container.
+    async fn create(&self, spec: &ContainerSpec) -> Result<String, ExecutorError>;
+    /// Start it, attached to its main process's stdin and output (attached before the start,
+    /// so no output is missed). The primary's main process tells the job what it is (user,
+    /// home…) and takes files, without the cost of extra processes.
+    async fn start(&self, container: &str) -> Result<Attached, ExecutorError>;
+    /// Wait for the container's main process to end; its exit code.
+    async fn wait(&self, container: &str) -> Result<i64, ExecutorError>;
     /// Extract a tar stream at `dest` (an existing directory) in the container. Works against a
     /// remote engine: nothing assumes the agent shares the engine's filesystem.
-    fn upload_tar(
+    async fn upload_tar(
         &self,
         container: &str,
         dest: &str,
         tar: TarStream,
-    ) -> impl Future<Output = Result<(), ExecutorError>> + Send;
+    ) -> Result<(), ExecutorError>;
     /// A tar of `path` (file or directory; entries named from its base name), `None` if it
     /// does not exist. Streamed: a large directory never sits in memory.
-    fn download_tar(
+    async fn download_tar(
         &self,
         container: &str,
         path: &str,
-    ) -> impl Future<Output = Result<Option<ByteStream>, ExecutorError>> + Send;
-    fn exec(
+    ) -> Result<Option<ByteStream>, ExecutorError>;
+    /// Run a command; its output streams, and its exit status comes with it.
+    async fn exec(&self, container: &str, spec: ExecSpec) -> Result<Exec, ExecutorError>;
+    /// Remove a container (stopping it first); one already gone is not an error.
+    async fn remove(&self, container: &str) -> Result<(), ExecutorError>;
+    /// Create a network carrying `labels`; its id.
+    async fn create_network(
         &self,
-        container: &str,
-        spec: ExecSpec,
-    ) -> impl Future<Output = Result<Exec, ExecutorError>> + Send;
-    /// Exit code of a finished exec (`None` while it runs).
-    fn exec_exit_code(
+        name: &str,
+        labels: &[(String, String)],
+    ) -> Result<String, ExecutorError>;
+    /// Remove a network; one already gone is not an error.
+    async fn remove_network(&self, network: &str) -> Result<(), ExecutorError>;
+    /// Containers (running or not) or networks carrying `label=value`.
+    async fn list_by_label(
         &self,
-        exec_id: &str,
-    ) -> impl Future<Output = Result<Option<i64>, ExecutorError>> + Send;
-    fn remove(&self, container: &str) -> impl Future<Output = Result<(), ExecutorError>> + Send;
-    /// Containers (running or not) carrying `label=value`.
-    fn list_by_label(
-        &self,
+        kind: ResourceKind,
         label: &str,
         value: &str,
-    ) -> impl Future<Output = Result<Vec<String>, ExecutorError>> + Send;
+    ) -> Result<Vec<String>, ExecutorError>;
 }

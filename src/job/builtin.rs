@@ -10,8 +10,8 @@ use std::io::{Read, Write};
 use std::path::Path;
 
 /// What the built-in steps need to know about the running job.
-pub struct Ctx<'a, E: Executor> {
-    pub executor: &'a E,
+pub struct Ctx<'a> {
+    pub executor: &'a dyn Executor,
     pub container: &'a str,
     pub home: &'a str,
     pub workdir: &'a str,
@@ -28,10 +28,10 @@ pub struct Ctx<'a, E: Executor> {
     pub say: &'a (dyn Fn(String) + Send + Sync),
 }
 
-impl<E: Executor> Ctx<'_, E> {
+impl Ctx<'_> {
     /// `~/x` and relative paths (against the working directory) → absolute.
     pub fn abs(&self, p: &str) -> String {
-        let p = super::expand_home(p.trim(), self.home);
+        let p = super::environment::expand_home(p.trim(), self.home);
         if p.starts_with('/') {
             p
         } else {
@@ -89,7 +89,7 @@ impl<E: Executor> Ctx<'_, E> {
             let file =
                 std::fs::File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
             let mut archive = tar::Archive::new(file);
-            let mut out = tar::Builder::new(super::ChannelWriter::new(tx));
+            let mut out = tar::Builder::new(super::archive::ChannelWriter::new(tx));
             for entry in archive.entries().map_err(|e| e.to_string())? {
                 let mut entry = entry.map_err(|e| e.to_string())?;
                 let name = entry.path().map_err(|e| e.to_string())?.into_owned();

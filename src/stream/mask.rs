@@ -17,6 +17,8 @@
 
 pub const MASK: &[u8] = b"********";
 
+use super::{Event, EventSink, StepSummary, Stream};
+use bytes::Bytes;
 use std::borrow::Cow;
 
 /// What a scan made of its input.
@@ -300,6 +302,158 @@ impl Masker {
         self.pending = buf[i..].to_vec();
         self.covered = covered.saturating_sub(i);
         out
+    }
+}
+
+/// A sink that masks every secret of a job before the events go on: step output through
+/// one streaming [`Masker`] per (step, stream) — interleaved streams never split a secret
+/// apart — flushed when the step ends; every text of the agent's own (step names, messages,
+/// errors, service output) masked whole. The job core puts it in front of whatever sink the
+/// front door chose, so `bosun execute` and the agent mask alike.
+pub struct MaskingSink {
+    inner: std::sync::Arc<dyn EventSink>,
+    base: Masker,
+    streams: std::sync::Mutex<std::collections::HashMap<(usize, Stream), Masker>>,
+    /// Names of the secrets too short to mask.
+    unmasked: Vec<String>,
+}
+
+impl MaskingSink {
+    /// `secrets`: (what it is, for warnings; its value).
+    pub fn new(inner: std::sync::Arc<dyn EventSink>, secrets: &[(String, String)]) -> Self {
+        let (base, short) = Masker::new(secrets.iter().map(|(_, v)| v));
+        let unmasked = secrets
+            .iter()
+            .filter(|(_, v)| short.contains(v))
+            .map(|(n, _)| n.clone())
+            .collect();
+        Self {
+            inner,
+            base,
+            streams: std::sync::Mutex::new(std::collections::HashMap::new()),
+            unmasked,
+        }
+    }
+
+    /// The secrets (by name) too short to be masked.
+    pub fn unmasked(&self) -> &[String] {
+        &self.unmasked
+    }
+
+    pub fn mask_text(&self, text: &str) -> String {
+        String::from_utf8_lossy(&self.base.mask_all(text.as_bytes())).into_owned()
+    }
+
+    fn mask_bytes(&self, data: &Bytes) -> Bytes {
+        Bytes::from(self.base.mask_all(data))
+    }
+
+    /// Emit what the maskers of `step` (all steps: `None`) still hold.
+    fn flush(&self, step: Option<usize>) {
+        let held: Vec<((usize, Stream), Vec<u8>)> = {
+            let mut streams = self.streams.lock().unwrap_or_else(|p| p.into_inner());
+            let mut out: Vec<_> = streams
+                .iter_mut()
+                .filter(|((s, _), _)| step.is_none_or(|want| *s == want))
+                .map(|(k, m)| (*k, m.finish()))
+                .filter(|(_, b)| !b.is_empty())
+                .collect();
+            out.sort_by_key(|(k, _)| (k.0, k.1 == Stream::Stderr));
+            out
+        };
+        for ((step, stream), data) in held {
+            self.inner.emit(&Event::Output {
+                step,
+                stream,
+                data: Bytes::from(data),
+            });
+        }
+    }
+}
+
+impl EventSink for MaskingSink {
+    fn emit(&self, event: &Event) {
+        let masked = match event {
+            Event::Output { step, stream, data } => {
+                let out = {
+                    let mut streams = self.streams.lock().unwrap_or_else(|p| p.into_inner());
+                    let m = streams
+                        .entry((*step, *stream))
+                        .or_insert_with(|| self.base.clone());
+                    match m.feed(data) {
+                        // Plain output: the same bytes, no copy.
+                        Cow::Borrowed(b) if b.len() == data.len() => data.clone(),
+                        Cow::Borrowed(b) => data.slice_ref(b),
+                        Cow::Owned(v) => Bytes::from(v),
+                    }
+                };
+                if out.is_empty() {
+                    return;
+                }
+                Event::Output {
+                    step: *step,
+                    stream: *stream,
+                    data: out,
+                }
+            }
+            Event::StepStarted {
+                step,
+                name,
+                background,
+            } => Event::StepStarted {
+                step: *step,
+                name: self.mask_text(name),
+                background: *background,
+            },
+            Event::StepFinished(s) => {
+                self.flush(Some(s.step));
+                let mut s = s.clone();
+                s.name = self.mask_text(&s.name);
+                Event::StepFinished(s)
+            }
+            Event::Info { message } => Event::Info {
+                message: self.mask_text(message),
+            },
+            Event::ServiceExited {
+                service,
+                image,
+                exit_code,
+                output,
+            } => Event::ServiceExited {
+                service: service.clone(),
+                image: image.clone(),
+                exit_code: *exit_code,
+                output: self.mask_bytes(output),
+            },
+            Event::ServiceOutput { service, data } => Event::ServiceOutput {
+                service: service.clone(),
+                data: self.mask_bytes(data),
+            },
+            Event::JobFinished {
+                job,
+                status,
+                duration_ms,
+                steps,
+                error,
+            } => {
+                self.flush(None);
+                Event::JobFinished {
+                    job: job.clone(),
+                    status: *status,
+                    duration_ms: *duration_ms,
+                    steps: steps
+                        .iter()
+                        .map(|s| StepSummary {
+                            name: self.mask_text(&s.name),
+                            ..s.clone()
+                        })
+                        .collect(),
+                    error: error.as_deref().map(|e| self.mask_text(e)),
+                }
+            }
+            other => other.clone(),
+        };
+        self.inner.emit(&masked);
     }
 }
 

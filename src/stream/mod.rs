@@ -10,29 +10,7 @@ use std::io::Write;
 use std::sync::Mutex;
 use std::time::Duration;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum StepStatus {
-    Success,
-    Failed,
-    TimedOut,
-    Canceled,
-    /// Not run because of its `when:` and how the job had gone.
-    Skipped,
-    /// A background step still running when the job ended; it was stopped with the job.
-    Stopped,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum JobStatus {
-    Success,
-    Failed,
-    Canceled,
-    #[serde(rename = "timedout")]
-    TimedOut,
-    InfrastructureFail,
-}
+pub use crate::protocol::{JobStatus, StepStatus, WorkflowJobStatus};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -60,9 +38,31 @@ pub enum Event {
         job: String,
         image: String,
     },
-    /// Something the agent itself did (container created, keys installed, checkout done).
+    /// Something the agent itself did (keys installed, checkout done).
     Info {
         message: String,
+    },
+    /// One of the job's containers started: which one, as data (tools attach to it by id).
+    ContainerStarted {
+        role: ContainerRole,
+        /// `primary`, or the service's name (`name:` or its image).
+        name: String,
+        image: String,
+        container: String,
+    },
+    /// A service container ended while the job still ran; its last output comes with it.
+    ServiceExited {
+        service: String,
+        image: String,
+        exit_code: Option<i64>,
+        #[serde(serialize_with = "lossy_utf8")]
+        output: Bytes,
+    },
+    /// What a service container printed, shown when the job failed.
+    ServiceOutput {
+        service: String,
+        #[serde(serialize_with = "lossy_utf8")]
+        data: Bytes,
     },
     StepStarted {
         step: usize,
@@ -104,35 +104,12 @@ pub enum Event {
     },
 }
 
+/// What a container is to its job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum WorkflowJobStatus {
-    Success,
-    Failed,
-    Canceled,
-    #[serde(rename = "timedout")]
-    TimedOut,
-    InfrastructureFail,
-    /// A job it requires did not succeed.
-    Blocked,
-    /// A `type: approval` job nobody approved (run with `--approve`).
-    OnHold,
-    /// Its filters exclude this branch or tag.
-    NotRun,
-    /// A job a Docker executor cannot run (`machine`, `macos`).
-    NotRunnable,
-}
-
-impl From<JobStatus> for WorkflowJobStatus {
-    fn from(s: JobStatus) -> Self {
-        match s {
-            JobStatus::Success => WorkflowJobStatus::Success,
-            JobStatus::Failed => WorkflowJobStatus::Failed,
-            JobStatus::Canceled => WorkflowJobStatus::Canceled,
-            JobStatus::TimedOut => WorkflowJobStatus::TimedOut,
-            JobStatus::InfrastructureFail => WorkflowJobStatus::InfrastructureFail,
-        }
-    }
+pub enum ContainerRole {
+    Primary,
+    Service,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -140,20 +117,6 @@ pub struct WorkflowJobSummary {
     pub job: String,
     pub status: WorkflowJobStatus,
     pub duration_ms: u64,
-}
-
-fn workflow_word(s: WorkflowJobStatus) -> &'static str {
-    match s {
-        WorkflowJobStatus::Success => "success",
-        WorkflowJobStatus::Failed => "failed",
-        WorkflowJobStatus::Canceled => "canceled",
-        WorkflowJobStatus::TimedOut => "timed out",
-        WorkflowJobStatus::InfrastructureFail => "infra fail",
-        WorkflowJobStatus::Blocked => "blocked",
-        WorkflowJobStatus::OnHold => "on hold",
-        WorkflowJobStatus::NotRun => "not run",
-        WorkflowJobStatus::NotRunnable => "unrunnable",
-    }
 }
 
 fn lossy_utf8<S: Serializer>(b: &Bytes, s: S) -> Result<S::Ok, S::Error> {
@@ -193,27 +156,6 @@ pub fn format_duration(ms: u64) -> String {
         format!("{}m{:02}s", d.as_secs() / 60, d.as_secs() % 60)
     } else {
         format!("{:.1}s", d.as_secs_f64())
-    }
-}
-
-fn status_word(s: StepStatus) -> &'static str {
-    match s {
-        StepStatus::Success => "success",
-        StepStatus::Failed => "failed",
-        StepStatus::TimedOut => "timed out",
-        StepStatus::Canceled => "canceled",
-        StepStatus::Skipped => "skipped",
-        StepStatus::Stopped => "stopped",
-    }
-}
-
-fn job_word(s: JobStatus) -> &'static str {
-    match s {
-        JobStatus::Success => "success",
-        JobStatus::Failed => "failed",
-        JobStatus::Canceled => "canceled",
-        JobStatus::TimedOut => "timed out",
-        JobStatus::InfrastructureFail => "infrastructure failure",
     }
 }
 
@@ -262,6 +204,44 @@ pub fn render(out: &mut dyn Write, event: &Event) {
         let _ = match event {
             Event::JobStarted { job, image, .. } => writeln!(out, "==> Job {job} on {image}"),
             Event::Info { message } => writeln!(out, "    {message}"),
+            Event::ContainerStarted {
+                role: ContainerRole::Primary,
+                image,
+                container,
+                ..
+            } => writeln!(
+                out,
+                "    Container {} started from {image}",
+                container.get(..12).unwrap_or(container)
+            ),
+            Event::ContainerStarted {
+                role: ContainerRole::Service,
+                name,
+                image,
+                container,
+            } => writeln!(
+                out,
+                "    Service {name} started from {image} (container {}; not waited for)",
+                container.get(..12).unwrap_or(container)
+            ),
+            Event::ServiceExited {
+                service,
+                image,
+                exit_code,
+                output,
+            } => {
+                let code =
+                    exit_code.map_or_else(|| "an unknown code".to_owned(), |c| c.to_string());
+                let _ = writeln!(
+                    out,
+                    "    Service {service} ({image}) exited with {code} while the job ran; its last output:"
+                );
+                indented(out, output)
+            }
+            Event::ServiceOutput { service, data } => {
+                let _ = writeln!(out, "    Output of service {service}:");
+                indented(out, data)
+            }
             Event::StepStarted {
                 step,
                 name,
@@ -282,7 +262,7 @@ pub fn render(out: &mut dyn Write, event: &Event) {
                     out,
                     "<== Step {}: {} in {}{code}",
                     s.step + 1,
-                    status_word(s.status),
+                    s.status.as_str(),
                     format_duration(s.duration_ms)
                 )
             }
@@ -314,7 +294,7 @@ pub fn render(out: &mut dyn Write, event: &Event) {
                         .collect();
                     text.push_str(&format!(
                         "{name:<width$}  {:<10}  {:>8}\n",
-                        status_word(s.status),
+                        s.status.as_str(),
                         format_duration(s.duration_ms)
                     ));
                 }
@@ -323,7 +303,7 @@ pub fn render(out: &mut dyn Write, event: &Event) {
                 }
                 text.push_str(&format!(
                     "\nJob {job}: {} in {}\n",
-                    job_word(*status),
+                    status.as_str(),
                     format_duration(*duration_ms)
                 ));
                 out.write_all(text.as_bytes()).and_then(|()| out.flush())
@@ -336,7 +316,7 @@ pub fn render(out: &mut dyn Write, event: &Event) {
                 job,
                 status,
                 reason,
-            } => writeln!(out, "--- {job}: {} ({reason})", workflow_word(*status)),
+            } => writeln!(out, "--- {job}: {} ({reason})", status.as_str()),
             Event::WorkflowFinished {
                 workflow,
                 status,
@@ -355,19 +335,28 @@ pub fn render(out: &mut dyn Write, event: &Event) {
                     text.push_str(&format!(
                         "{:<width$}  {:<10}  {:>8}\n",
                         j.job,
-                        workflow_word(j.status),
+                        j.status.as_str(),
                         format_duration(j.duration_ms)
                     ));
                 }
                 text.push_str(&format!(
                     "\nWorkflow {workflow}: {} in {}\n",
-                    job_word(*status),
+                    status.as_str(),
                     format_duration(*duration_ms)
                 ));
                 out.write_all(text.as_bytes())
             }
         };
     }
+}
+
+/// `data` with each line indented under its heading (and a final newline).
+fn indented(out: &mut dyn Write, data: &[u8]) -> std::io::Result<()> {
+    let text = String::from_utf8_lossy(data);
+    for line in text.lines() {
+        writeln!(out, "      | {line}")?;
+    }
+    Ok(())
 }
 
 /// Machine output: one JSON object per line.
@@ -461,7 +450,7 @@ mod tests {
         });
         let v = serde_json::to_value(&ev).expect("json");
         assert_eq!(v["event"], "step_finished");
-        assert_eq!(v["status"], "timed_out");
+        assert_eq!(v["status"], "timedout");
         let v = serde_json::to_value(Event::Output {
             step: 0,
             stream: Stream::Stderr,

@@ -154,7 +154,7 @@ pub fn job_status(data: &Path, job: &str) -> String {
     store
         .job(id)
         .expect("job")
-        .map(|j| j.status)
+        .map(|j| j.status.to_string())
         .unwrap_or_default()
 }
 

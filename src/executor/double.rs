@@ -1,0 +1,411 @@
+//! A recording, programmable [`Executor`] for tests of the job lifecycle without an engine
+//! (after youki's `Syscall` test double): every call is recorded in order, any call can be
+//! told to fail, and commands answer from a script.
+//!
+//! It plays the parts the job core relies on: a primary's main process that prints the
+//! `bosun-ready` banner and takes the files on stdin (or refuses them, to exercise the
+//! archive-upload fallback), execs whose output and exit code come from [`Script`], service
+//! containers that keep running (or end at once, to exercise the early-exit report), and
+//! removal that makes a container's output end.
+
+use super::{
+    Attached, ByteStream, ContainerSpec, Exec, ExecSpec, Executor, ExecutorError, ImageInfo,
+    Output, ResourceKind, TarStream,
+};
+use bytes::Bytes;
+use futures_util::{FutureExt, StreamExt};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::AsyncReadExt;
+use tokio_util::sync::CancellationToken;
+
+/// One call the job made, as recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Call {
+    ImageInfo(String),
+    Create { id: String, spec_image: String },
+    Start(String),
+    Wait(String),
+    Upload { container: String, dest: String },
+    Download { container: String, path: String },
+    Exec { container: String, cmd: String },
+    Remove(String),
+    CreateNetwork(String),
+    RemoveNetwork(String),
+    List(ResourceKind),
+}
+
+/// Which call to make fail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Op {
+    ImageInfo,
+    Create,
+    Start,
+    Upload,
+    Exec,
+    Remove,
+}
+
+/// How an exec whose command line contains `pattern` answers.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub pattern: String,
+    pub stdout: Vec<u8>,
+    pub exit: i64,
+    /// Output comes only after this long (a slow step).
+    pub delay: Duration,
+    /// Never ends by itself: only a removal (or the job stopping it) ends it.
+    pub hang: bool,
+}
+
+/// What the double answers; set before the job runs.
+#[derive(Debug, Clone, Default)]
+pub struct Script {
+    /// Images that are "not in the engine".
+    pub missing_images: HashSet<String>,
+    /// `(op, nth)`: the nth call (0-based) of `op` fails.
+    pub fail: Vec<(Op, usize)>,
+    /// The main process refuses the files on stdin (no usable tar in the image).
+    pub refuse_stdin_files: bool,
+    /// Service images whose container ends at once with this code and output.
+    pub exiting_services: HashMap<String, (i64, Vec<u8>)>,
+    /// Exec answers, first match wins; unmatched commands succeed silently.
+    pub replies: Vec<Reply>,
+    /// The banner's user: uid, gid, home.
+    pub user: Option<(u64, u64, String)>,
+    /// An exec whose command line contains this panics (a bug inside a step's task).
+    pub panic_on_exec: Option<String>,
+}
+
+#[derive(Default)]
+struct State {
+    calls: Vec<Call>,
+    counts: HashMap<Op, usize>,
+    next_id: usize,
+    images: HashMap<String, String>,
+    live: HashMap<String, CancellationToken>,
+    /// Hanging execs by (container, `step-N`): the job's stop script for that step ends them.
+    stoppable: HashMap<(String, String), CancellationToken>,
+    specs: HashMap<String, ContainerSpec>,
+}
+
+/// The double. Clone the `Arc` to keep looking at it after the job took it.
+#[derive(Default)]
+pub struct Recording {
+    script: Script,
+    state: Mutex<State>,
+}
+
+impl Recording {
+    pub fn new(script: Script) -> Arc<Self> {
+        Arc::new(Self {
+            script,
+            state: Mutex::default(),
+        })
+    }
+
+    pub fn calls(&self) -> Vec<Call> {
+        self.lock().calls.clone()
+    }
+
+    /// Containers created and not removed.
+    pub fn live(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.lock().live.keys().cloned().collect();
+        v.sort();
+        v
+    }
+
+    /// The spec a container was created with.
+    pub fn spec_of(&self, id: &str) -> Option<ContainerSpec> {
+        self.lock().specs.get(id).cloned()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Record a call; fail it if the script says so.
+    fn enter(&self, op: Option<Op>, call: Call) -> Result<(), ExecutorError> {
+        let mut st = self.lock();
+        st.calls.push(call.clone());
+        let Some(op) = op else { return Ok(()) };
+        let n = st.counts.entry(op).or_insert(0);
+        let nth = *n;
+        *n += 1;
+        if self.script.fail.contains(&(op, nth)) {
+            return Err(ExecutorError::Protocol {
+                target: format!("{call:?}"),
+                what: "scripted failure",
+                detail: format!("{op:?} call {nth} fails"),
+            });
+        }
+        Ok(())
+    }
+
+    fn ended(&self, container: &str) -> CancellationToken {
+        self.lock().live.get(container).cloned().unwrap_or_else(|| {
+            let t = CancellationToken::new();
+            t.cancel();
+            t
+        })
+    }
+}
+
+/// `step-N` in a step's command line (its script or its pid file).
+fn step_marker(cmd: &str) -> Option<String> {
+    let at = cmd.find("/step-")? + 1;
+    let digits: String = cmd[at + 5..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    (!digits.is_empty()).then(|| format!("step-{digits}"))
+}
+
+fn out(b: &[u8]) -> Result<Output, ExecutorError> {
+    Ok(Output::Stdout(Bytes::copy_from_slice(b)))
+}
+
+#[async_trait::async_trait]
+impl Executor for Recording {
+    async fn image_info(&self, image: &str) -> Result<ImageInfo, ExecutorError> {
+        self.enter(Some(Op::ImageInfo), Call::ImageInfo(image.to_owned()))?;
+        if self.script.missing_images.contains(image) {
+            return Err(ExecutorError::ImageMissing {
+                image: image.to_owned(),
+                reason: "not in the double's engine".to_owned(),
+            });
+        }
+        Ok(ImageInfo::default())
+    }
+
+    async fn create(&self, spec: &ContainerSpec) -> Result<String, ExecutorError> {
+        let id = {
+            let mut st = self.lock();
+            st.next_id += 1;
+            format!("c{}", st.next_id)
+        };
+        self.enter(
+            Some(Op::Create),
+            Call::Create {
+                id: id.clone(),
+                spec_image: spec.image.clone(),
+            },
+        )?;
+        let mut st = self.lock();
+        st.images.insert(id.clone(), spec.image.clone());
+        st.live.insert(id.clone(), CancellationToken::new());
+        st.specs.insert(id.clone(), spec.clone());
+        Ok(id)
+    }
+
+    async fn start(&self, container: &str) -> Result<Attached, ExecutorError> {
+        self.enter(Some(Op::Start), Call::Start(container.to_owned()))?;
+        let ended = self.ended(container);
+        let spec = self
+            .lock()
+            .specs
+            .get(container)
+            .cloned()
+            .unwrap_or_default();
+        let image = spec.image.clone();
+        if let Some((_, text)) = self.script.exiting_services.get(&image) {
+            let text = text.clone();
+            ended.cancel();
+            return Ok(Attached {
+                input: Box::pin(tokio::io::sink()),
+                output: futures_util::stream::iter(vec![out(&text)]).boxed(),
+            });
+        }
+        if !spec.stdin {
+            // A service or a machine: output until it is removed.
+            let output = futures_util::stream::once(async move {
+                ended.cancelled().await;
+            })
+            .filter_map(|()| async { None })
+            .boxed();
+            return Ok(Attached {
+                input: Box::pin(tokio::io::sink()),
+                output,
+            });
+        }
+        // The primary's main process: banner, then the files on stdin, then idle.
+        let (uid, gid, home) = self
+            .script
+            .user
+            .clone()
+            .unwrap_or((0, 0, "/root".to_owned()));
+        let (client, mut server) = tokio::io::duplex(64 * 1024);
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let _ = tx.send(out(
+            format!("bosun-ready {uid} {gid} bash {home}\n").as_bytes()
+        ));
+        let refuse = self.script.refuse_stdin_files;
+        tokio::spawn(async move {
+            let mut sink = Vec::new();
+            let _ = server.read_to_end(&mut sink).await;
+            let line: &[u8] = if refuse || sink.is_empty() {
+                b"tar: not found\nbosun-install-failed\n"
+            } else {
+                b"bosun-installed\n"
+            };
+            let _ = tx.send(out(line));
+            ended.cancelled().await;
+        });
+        let output =
+            futures_util::stream::unfold(
+                rx,
+                |mut rx| async move { rx.recv().await.map(|i| (i, rx)) },
+            )
+            .boxed();
+        Ok(Attached {
+            input: Box::pin(client),
+            output,
+        })
+    }
+
+    async fn wait(&self, container: &str) -> Result<i64, ExecutorError> {
+        self.enter(None, Call::Wait(container.to_owned()))?;
+        let image = self
+            .lock()
+            .images
+            .get(container)
+            .cloned()
+            .unwrap_or_default();
+        if let Some((code, _)) = self.script.exiting_services.get(&image) {
+            return Ok(*code);
+        }
+        self.ended(container).cancelled().await;
+        Ok(137)
+    }
+
+    async fn upload_tar(
+        &self,
+        container: &str,
+        dest: &str,
+        tar: TarStream,
+    ) -> Result<(), ExecutorError> {
+        // Drain it: a producer on the other end must not block.
+        let _: Vec<Bytes> = tar.collect().await;
+        self.enter(
+            Some(Op::Upload),
+            Call::Upload {
+                container: container.to_owned(),
+                dest: dest.to_owned(),
+            },
+        )
+    }
+
+    async fn download_tar(
+        &self,
+        container: &str,
+        path: &str,
+    ) -> Result<Option<ByteStream>, ExecutorError> {
+        self.enter(
+            None,
+            Call::Download {
+                container: container.to_owned(),
+                path: path.to_owned(),
+            },
+        )?;
+        Ok(None)
+    }
+
+    async fn exec(&self, container: &str, spec: ExecSpec) -> Result<Exec, ExecutorError> {
+        let cmd = spec.cmd.join(" ");
+        self.enter(
+            Some(Op::Exec),
+            Call::Exec {
+                container: container.to_owned(),
+                cmd: cmd.clone(),
+            },
+        )?;
+        if let Some(p) = &self.script.panic_on_exec {
+            assert!(!cmd.contains(p.as_str()), "the double panics on `{p}`");
+        }
+        let reply = self
+            .script
+            .replies
+            .iter()
+            .find(|r| cmd.contains(&r.pattern))
+            .cloned();
+        // The job stops a step by signalling the group recorded in `step-N.pid`.
+        if cmd.contains(".pid") && cmd.contains("TERM") {
+            if let Some(step) = step_marker(&cmd) {
+                if let Some(t) = self.lock().stoppable.remove(&(container.to_owned(), step)) {
+                    t.cancel();
+                }
+            }
+        }
+        let ended = self.ended(container);
+        let stopped = CancellationToken::new();
+        if let Some(step) = step_marker(&cmd).filter(|_| cmd.contains(".sh")) {
+            self.lock()
+                .stoppable
+                .insert((container.to_owned(), step), stopped.clone());
+        }
+        let Some(reply) = reply else {
+            return Ok(Exec {
+                output: futures_util::stream::empty().boxed(),
+                exit: async { Ok(Some(0)) }.boxed(),
+            });
+        };
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel::<Option<i64>>();
+        let output = futures_util::stream::once(async move {
+            tokio::select! {
+                () = tokio::time::sleep(reply.delay) => {}
+                () = ended.cancelled() => { let _ = done_tx.send(None); return None; }
+            }
+            if reply.hang {
+                tokio::select! {
+                    () = ended.cancelled() => { let _ = done_tx.send(None); }
+                    // Stopped by the job: killed by TERM.
+                    () = stopped.cancelled() => { let _ = done_tx.send(Some(143)); }
+                }
+                return None;
+            }
+            let _ = done_tx.send(Some(reply.exit));
+            Some(out(&reply.stdout))
+        })
+        .filter_map(|o| async move { o })
+        .boxed();
+        Ok(Exec {
+            output,
+            exit: async move { Ok(done_rx.await.ok().flatten()) }.boxed(),
+        })
+    }
+
+    async fn remove(&self, container: &str) -> Result<(), ExecutorError> {
+        self.enter(Some(Op::Remove), Call::Remove(container.to_owned()))?;
+        if let Some(t) = self.lock().live.remove(container) {
+            t.cancel();
+        }
+        Ok(())
+    }
+
+    async fn create_network(
+        &self,
+        name: &str,
+        _labels: &[(String, String)],
+    ) -> Result<String, ExecutorError> {
+        self.enter(None, Call::CreateNetwork(name.to_owned()))?;
+        Ok(format!("net-{name}"))
+    }
+
+    async fn remove_network(&self, network: &str) -> Result<(), ExecutorError> {
+        self.enter(None, Call::RemoveNetwork(network.to_owned()))
+    }
+
+    async fn list_by_label(
+        &self,
+        kind: ResourceKind,
+        _label: &str,
+        _value: &str,
+    ) -> Result<Vec<String>, ExecutorError> {
+        self.enter(None, Call::List(kind))?;
+        Ok(match kind {
+            ResourceKind::Container => self.live(),
+            ResourceKind::Network => Vec::new(),
+        })
+    }
+}

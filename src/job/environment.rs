@@ -1,0 +1,89 @@
+//! The variables CircleCI sets in every job (`CI`, `CIRCLE_*`), and `~` against the
+//! container's home.
+
+use super::bootstrap::ContainerUser;
+use super::JobSpec;
+use crate::checkout::CheckoutOutcome;
+use crate::ssh;
+
+pub fn expand_home(path: &str, home: &str) -> String {
+    let home = home.trim_end_matches('/');
+    if path == "~" {
+        home.to_owned()
+    } else if let Some(rest) = path.strip_prefix("~/") {
+        format!("{home}/{rest}")
+    } else {
+        path.to_owned()
+    }
+}
+
+pub(super) fn builtin_env(
+    spec: &JobSpec,
+    user: &ContainerUser,
+    workdir: &str,
+    checkout: Option<&CheckoutOutcome>,
+) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = Vec::new();
+    let mut set = |k: &str, v: String| env.push((k.to_owned(), v));
+    set("CI", "true".into());
+    set("CIRCLECI", "true".into());
+    set("HOME", user.home.clone());
+    set("CIRCLE_JOB", spec.plan.name.clone());
+    set("CIRCLE_BUILD_NUM", spec.build_num.to_string());
+    set("CIRCLE_NODE_INDEX", spec.node_index.to_string());
+    set("CIRCLE_NODE_TOTAL", spec.node_total.max(1).to_string());
+    set("CIRCLE_WORKING_DIRECTORY", workdir.to_owned());
+    if let Some(pr) = &spec.pull_request {
+        // CircleCI lists every pull request of the branch in CIRCLE_PULL_REQUESTS (comma-
+        // separated) and picks one for CIRCLE_PULL_REQUEST; a job here builds exactly one.
+        set("CIRCLE_PULL_REQUEST", pr.url.clone());
+        set("CIRCLE_PULL_REQUESTS", pr.url.clone());
+        // Only for a fork, as CircleCI does: scripts test it to skip what a fork's build must
+        // not do (deploys, secrets).
+        if pr.fork {
+            set("CIRCLE_PR_NUMBER", pr.number.to_string());
+        }
+    }
+    if let Some(src) = &spec.source {
+        set("CIRCLE_REPOSITORY_URL", src.url.clone());
+        if let Some((owner, repo)) = project_names(&src.url) {
+            set("CIRCLE_PROJECT_USERNAME", owner);
+            set("CIRCLE_PROJECT_REPONAME", repo);
+        }
+    }
+    match checkout {
+        Some(c) => {
+            set("CIRCLE_SHA1", c.sha.clone());
+            if let Some(b) = &c.branch {
+                set("CIRCLE_BRANCH", b.clone());
+            }
+            if let Some(t) = &c.tag {
+                set("CIRCLE_TAG", t.clone());
+            }
+        }
+        None => {
+            // No checkout step: still tell the job what was asked for.
+            if let Some(r) = spec.source.as_ref().and_then(|s| s.reference.clone()) {
+                if r.len() == 40 && r.chars().all(|c| c.is_ascii_hexdigit()) {
+                    set("CIRCLE_SHA1", r);
+                } else {
+                    set("CIRCLE_BRANCH", r);
+                }
+            }
+        }
+    }
+    env
+}
+
+/// `acme/widget` out of `git@host:acme/widget.git`, `ssh://git@host/acme/widget.git` or a path.
+pub fn project_names(url: &str) -> Option<(String, String)> {
+    let path = match ssh::parse_ssh_url(url) {
+        Some(u) => u.path,
+        None => url.to_owned(),
+    };
+    let path = path.trim_end_matches('/').trim_end_matches(".git");
+    let mut parts = path.rsplit('/').filter(|p| !p.is_empty());
+    let repo = parts.next()?.to_owned();
+    let owner = parts.next().unwrap_or("").to_owned();
+    Some((owner, repo))
+}

@@ -1,0 +1,377 @@
+//! The only place that knows a job's order: fetch (in parallel with) the primary's start →
+//! services → files → steps → holds → release; and what decides how a job ended (its time
+//! limit, cancel, a panic, a step's status).
+
+use super::bootstrap::{ask_user, install_files, main_line, main_process, parse_banner};
+use super::environment::{builtin_env, expand_home};
+use super::registry::Attachment;
+use super::resources::{Resources, Role};
+use super::steps::{run_steps, Ctx};
+use super::SetupError;
+use super::{fetch_source, machine, millis, services, short, JobOutcome, JobSpec, Prefetched};
+use crate::config::{merge_env, ExecutorKind, StepKind};
+use crate::executor::{ContainerSpec, Executor, NetworkMode};
+use crate::stream::mask::MaskingSink;
+use crate::stream::{ContainerRole, Event, EventSink, JobStatus, StepStatus, StepSummary};
+use futures_util::FutureExt;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// Run a job to the end. Never panics outward and always removes what it made — after
+/// success, failure, cancellation, its time limit, or a panic inside a step.
+///
+/// `cancel` is the caller's (a signal, the coordinator); the job's own time limit cancels a
+/// child of it and turns the outcome into `timedout`.
+pub async fn run_job(
+    executor: Arc<dyn Executor>,
+    spec: JobSpec,
+    sink: Arc<dyn EventSink>,
+    cancel: CancellationToken,
+) -> JobOutcome {
+    let started = Instant::now();
+    let mut spec = spec;
+    let prefetched = spec.prefetched.take();
+    let spec = Arc::new(spec);
+
+    // Secret values and key text never leave the job unmasked, whatever the sink.
+    let masking =
+        (!spec.secrets.is_empty()).then(|| Arc::new(MaskingSink::new(sink.clone(), &spec.secrets)));
+    let sink: Arc<dyn EventSink> = match &masking {
+        Some(m) => m.clone(),
+        None => sink,
+    };
+    if let Some(m) = &masking {
+        for name in m.unmasked() {
+            sink.emit(&Event::Info {
+                message: format!(
+                    "warning: a secret value ({name}) is shorter than {} characters and is not masked",
+                    crate::stream::mask::MIN_SECRET_LEN
+                ),
+            });
+        }
+    }
+
+    // The job's time limit cancels the job, and only the job.
+    let cancel = cancel.child_token();
+    let timed_out = Arc::new(AtomicBool::new(false));
+    let timer = spec.time_limit.map(|limit| {
+        let (cancel, timed_out) = (cancel.clone(), Arc::clone(&timed_out));
+        tokio::spawn(async move {
+            tokio::time::sleep(limit).await;
+            timed_out.store(true, Ordering::SeqCst);
+            cancel.cancel();
+        })
+    });
+
+    sink.emit(&Event::JobStarted {
+        id: spec.id.clone(),
+        job: spec.plan.name.clone(),
+        image: spec.plan.image.clone(),
+    });
+    let resources = Resources::new(Arc::clone(&executor), &spec.id, &spec.agent_id);
+    let result = AssertUnwindSafe(run_inner(
+        &executor, &spec, &sink, &cancel, prefetched, &resources,
+    ))
+    .catch_unwind()
+    .await;
+    if let Some(t) = timer {
+        t.abort();
+    }
+    let t = Instant::now();
+    for (r, e) in resources.release().await {
+        sink.emit(&Event::Info {
+            message: format!(
+                "warning: could not remove the job's {:?} {}: {e}",
+                r.role,
+                short(&r.id)
+            ),
+        });
+    }
+    tracing::debug!(ms = millis(t.elapsed()), "resources released");
+
+    let mut outcome = match result {
+        Ok(Ok(o)) => o,
+        Ok(Err(e)) => JobOutcome {
+            status: if cancel.is_cancelled() {
+                JobStatus::Canceled
+            } else {
+                JobStatus::InfrastructureFail
+            },
+            // No step ran; list them so every consumer sees the whole job.
+            steps: spec
+                .plan
+                .steps
+                .iter()
+                .enumerate()
+                .map(|(i, s)| StepSummary {
+                    step: i,
+                    name: s.name.clone(),
+                    status: StepStatus::Skipped,
+                    exit_code: None,
+                    duration_ms: 0,
+                })
+                .collect(),
+            error: Some(e.to_string()),
+        },
+        Err(panic) => JobOutcome {
+            status: JobStatus::InfrastructureFail,
+            steps: Vec::new(),
+            error: Some(format!("internal error: {}", panic_text(&panic))),
+        },
+    };
+    if timed_out.load(Ordering::SeqCst) && outcome.status == JobStatus::Canceled {
+        outcome.status = JobStatus::TimedOut;
+        if let Some(limit) = spec.time_limit {
+            sink.emit(&Event::Info {
+                message: format!(
+                    "the job ran out of its time limit ({}) and was stopped",
+                    crate::stream::format_duration(millis(limit))
+                ),
+            });
+        }
+    }
+    sink.emit(&Event::JobFinished {
+        job: spec.plan.name.clone(),
+        status: outcome.status,
+        duration_ms: millis(started.elapsed()),
+        steps: outcome.steps.clone(),
+        error: outcome.error.clone(),
+    });
+    if let Some(m) = &masking {
+        // What the masker still holds is what the error text would show: masked already.
+        outcome.error = outcome.error.map(|e| m.mask_text(&e));
+    }
+    outcome
+}
+
+fn panic_text(p: &Box<dyn std::any::Any + Send>) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a task panicked".to_owned())
+}
+
+async fn run_inner(
+    executor: &Arc<dyn Executor>,
+    spec: &Arc<JobSpec>,
+    sink: &Arc<dyn EventSink>,
+    cancel: &CancellationToken,
+    prefetched: Option<Prefetched>,
+    resources: &Resources,
+) -> Result<JobOutcome, SetupError> {
+    let plan = &spec.plan;
+    let needs_checkout = plan
+        .steps
+        .iter()
+        .any(|s| matches!(s.kind, StepKind::Checkout { .. }));
+
+    // The fetch runs on a blocking thread while the engine creates the containers: the two
+    // slowest parts of a job's start overlap.
+    let fetch = if needs_checkout && prefetched.is_none() {
+        spec.source.clone().map(|src| {
+            let spec = Arc::clone(spec);
+            let sink = Arc::clone(sink);
+            tokio::task::spawn_blocking(move || fetch_source(&spec.access, &src, sink.as_ref()))
+        })
+    } else {
+        None
+    };
+
+    let t = Instant::now();
+    let steps_done = CancellationToken::new();
+    // Stop watching services when this function returns, however it returns.
+    let _stop_watching = steps_done.clone().drop_guard();
+    let (container, user, step_user, image_env, services) = match &plan.executor {
+        ExecutorKind::Machine => {
+            let image = machine::local_image(spec, &plan.image)?;
+            // Missing image: an error before anything is created.
+            let info = executor.image_info(&image).await?;
+            let id = machine::boot(executor.as_ref(), resources, spec, &image).await?;
+            tracing::debug!(ms = millis(t.elapsed()), "machine booted");
+            sink.emit(&Event::ContainerStarted {
+                role: ContainerRole::Primary,
+                name: "primary".to_owned(),
+                image: image.clone(),
+                container: id.clone(),
+            });
+            let step_user = plan
+                .user
+                .clone()
+                .unwrap_or_else(|| machine::MACHINE_USER.to_owned());
+            let user = ask_user(executor.as_ref(), &id, Some(&step_user)).await?;
+            (id, user, Some(step_user), info.env, None)
+        }
+        ExecutorKind::Docker => {
+            // Every image first: a missing service image is an error before anything runs.
+            let info = executor.image_info(&plan.image).await?;
+            for svc in &plan.services {
+                executor
+                    .image_info(&svc.image)
+                    .await
+                    .map_err(|e| SetupError::Service {
+                        service: svc.name.clone().unwrap_or_else(|| svc.image.clone()),
+                        image: svc.image.clone(),
+                        reason: e.to_string(),
+                    })?;
+            }
+            tracing::debug!(ms = millis(t.elapsed()), "images inspected");
+            let role = Role::Primary;
+            let id = executor
+                .create(&ContainerSpec {
+                    image: plan.image.clone(),
+                    user: plan.user.clone(),
+                    env: plan
+                        .image_environment
+                        .iter()
+                        .map(|(k, v)| format!("{k}={v}"))
+                        .collect(),
+                    labels: resources.labels(&role),
+                    network: spec
+                        .network
+                        .clone()
+                        .map_or(NetworkMode::Default, NetworkMode::Named),
+                    entrypoint: Some(main_process()),
+                    cmd: Some(Vec::new()),
+                    stdin: true,
+                    init: true,
+                    extra_hosts: services::host_entries(&plan.services),
+                    ..Default::default()
+                })
+                .await?;
+            resources.track(role, &id);
+            tracing::debug!(ms = millis(t.elapsed()), "container created");
+            let mut main = executor.start(&id).await?;
+            let banner = main_line(&mut main.output, "bosun-ready").await?;
+            tracing::debug!(ms = millis(t.elapsed()), "container started");
+            sink.emit(&Event::ContainerStarted {
+                role: ContainerRole::Primary,
+                name: "primary".to_owned(),
+                image: plan.image.clone(),
+                container: id.clone(),
+            });
+            let user = parse_banner(&banner)?;
+            let services = if plan.services.is_empty() {
+                None
+            } else {
+                Some(
+                    services::start_all(
+                        executor,
+                        resources,
+                        &id,
+                        &plan.services,
+                        sink,
+                        &steps_done,
+                    )
+                    .await?,
+                )
+            };
+            install_files_into(executor.as_ref(), spec, &id, Some(main), &user, sink).await?;
+            (id, user, plan.user.clone(), info.env, services)
+        }
+    };
+    if matches!(plan.executor, ExecutorKind::Machine) {
+        install_files_into(executor.as_ref(), spec, &container, None, &user, sink).await?;
+    }
+    tracing::debug!(ms = millis(t.elapsed()), "files installed");
+    let workdir = expand_home(&plan.working_directory, &user.home);
+
+    let checkout = match fetch {
+        None => prefetched,
+        Some(handle) => {
+            let fetched = tokio::select! {
+                r = handle => r.map_err(|e| SetupError::Prepare(format!("checkout task failed: {e}")))?,
+                () = cancel.cancelled() => return Err(SetupError::Canceled),
+            };
+            Some(fetched?)
+        }
+    };
+
+    // Built-ins first, then the image's own ENV and `environment:` (so an image may override
+    // a built-in), then executor/job. Step env and `--env` come last, per step.
+    let mut env = builtin_env(spec, &user, &workdir, checkout.as_ref().map(|c| &c.outcome));
+    merge_env(
+        &mut env,
+        image_env
+            .iter()
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect(),
+    );
+    merge_env(&mut env, plan.image_environment.clone());
+    merge_env(&mut env, plan.environment.clone());
+
+    let mut attach_env = env.clone();
+    merge_env(&mut attach_env, spec.env.clone());
+    let registered = spec.registry.register(Attachment::new(
+        &spec.id,
+        &container,
+        step_user.clone(),
+        user.uid,
+        user.gid,
+        &user.home,
+        &workdir,
+        attach_env,
+    ));
+    let ctx = Ctx {
+        container,
+        user,
+        step_user,
+        workdir,
+        base_env: env,
+        checkout,
+    };
+    let outcome = run_steps(executor, spec, sink, cancel, &ctx).await;
+    steps_done.cancel();
+    registered.attachment.steps_done.cancel();
+    if outcome.status != JobStatus::Success {
+        if let Some(s) = &services {
+            s.report_output(sink.as_ref());
+        }
+    }
+    if let Some(until) = registered.attachment.held_until() {
+        sink.emit(&Event::Info {
+            message: format!(
+                "the job's containers are held for an attached session (at most {})",
+                crate::stream::format_duration(millis(
+                    until.saturating_duration_since(Instant::now())
+                ))
+            ),
+        });
+    }
+    registered.attachment.holds_released(cancel).await;
+    Ok(outcome)
+}
+
+async fn install_files_into(
+    executor: &dyn Executor,
+    spec: &JobSpec,
+    container: &str,
+    main: Option<crate::executor::Attached>,
+    user: &super::bootstrap::ContainerUser,
+    sink: &Arc<dyn EventSink>,
+) -> Result<(), SetupError> {
+    let workdir = expand_home(&spec.plan.working_directory, &user.home);
+    install_files(executor, spec, container, main, user, &workdir).await?;
+    sink.emit(&Event::Info {
+        message: format!(
+            "Prepared {} for {} (working directory {workdir}{})",
+            if spec.access.keys.is_empty() {
+                "no SSH keys"
+            } else {
+                "~/.ssh"
+            },
+            match spec.plan.user.as_deref() {
+                Some(name) => format!("user {name} ({}:{})", user.uid, user.gid),
+                None => format!("uid {}:{}", user.uid, user.gid),
+            },
+            match spec.access.keys.len() {
+                0 => String::new(),
+                n => format!(", {n} key{}", if n == 1 { "" } else { "s" }),
+            }
+        ),
+    });
+    Ok(())
+}

@@ -1,0 +1,225 @@
+//! The seam to attach to a running job. While a job runs, the registry (keyed by job id) gives
+//! its primary container and who the steps run as (user, uid/gid, home, working directory,
+//! environment), and lets a holder — a developer's SSH session, a scoped engine — keep the
+//! job's resources alive after its last step: a [`Hold`] with a deadline. The job's resources
+//! are released when the last hold is dropped or its deadline passes, or the job is canceled.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+/// Running jobs by id. Cheap to clone: clones share the table.
+#[derive(Clone, Default)]
+pub struct Registry {
+    jobs: Arc<Mutex<HashMap<String, Arc<Attachment>>>>,
+}
+
+/// What a part attaching to a running job needs to land where the steps run.
+#[derive(Debug)]
+pub struct Attachment {
+    pub job_id: String,
+    /// The primary container's id.
+    pub container: String,
+    /// The user steps run as (`None`: the image's).
+    pub user: Option<String>,
+    pub uid: u64,
+    pub gid: u64,
+    pub home: String,
+    pub workdir: String,
+    /// The environment a step sees (built-ins, image, executor and job; secrets included, so
+    /// only hand it to the job's own users).
+    pub env: Vec<(String, String)>,
+    /// Set when the job's last step has ended.
+    pub steps_done: CancellationToken,
+    holds: Mutex<HashMap<u64, Instant>>,
+    next_hold: Mutex<u64>,
+    changed: Notify,
+}
+
+impl Registry {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn get(&self, job_id: &str) -> Option<Arc<Attachment>> {
+        self.jobs.lock().ok()?.get(job_id).cloned()
+    }
+
+    /// Ids of the jobs running now.
+    pub fn running(&self) -> Vec<String> {
+        self.jobs
+            .lock()
+            .map(|j| j.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Register a job that has started; unregistered when the returned guard drops.
+    pub(super) fn register(&self, attachment: Attachment) -> Registered {
+        let attachment = Arc::new(attachment);
+        if let Ok(mut jobs) = self.jobs.lock() {
+            jobs.insert(attachment.job_id.clone(), Arc::clone(&attachment));
+        }
+        Registered {
+            registry: self.clone(),
+            attachment,
+        }
+    }
+}
+
+/// A job's place in the registry; leaves it on drop.
+pub(super) struct Registered {
+    registry: Registry,
+    pub(super) attachment: Arc<Attachment>,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        if let Ok(mut jobs) = self.registry.jobs.lock() {
+            jobs.remove(&self.attachment.job_id);
+        }
+    }
+}
+
+impl Attachment {
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn new(
+        job_id: &str,
+        container: &str,
+        user: Option<String>,
+        uid: u64,
+        gid: u64,
+        home: &str,
+        workdir: &str,
+        env: Vec<(String, String)>,
+    ) -> Self {
+        Self {
+            job_id: job_id.to_owned(),
+            container: container.to_owned(),
+            user,
+            uid,
+            gid,
+            home: home.to_owned(),
+            workdir: workdir.to_owned(),
+            env,
+            steps_done: CancellationToken::new(),
+            holds: Mutex::new(HashMap::new()),
+            next_hold: Mutex::new(0),
+            changed: Notify::new(),
+        }
+    }
+
+    /// Keep the job's resources until the returned hold drops or `deadline` passes.
+    pub fn hold(self: &Arc<Self>, deadline: Instant) -> Hold {
+        let id = {
+            let mut n = self.next_hold.lock().unwrap_or_else(|p| p.into_inner());
+            *n += 1;
+            *n
+        };
+        if let Ok(mut h) = self.holds.lock() {
+            h.insert(id, deadline);
+        }
+        self.changed.notify_waiters();
+        Hold {
+            attachment: Arc::clone(self),
+            id,
+        }
+    }
+
+    /// The latest deadline of the holds still in place, if any.
+    pub fn held_until(&self) -> Option<Instant> {
+        let now = Instant::now();
+        self.holds
+            .lock()
+            .ok()?
+            .values()
+            .copied()
+            .filter(|d| *d > now)
+            .max()
+    }
+
+    /// Wait until no hold is in place (dropped or expired), or `cancel`.
+    pub(super) async fn holds_released(&self, cancel: &CancellationToken) {
+        loop {
+            let notified = self.changed.notified();
+            let Some(until) = self.held_until() else {
+                return;
+            };
+            tokio::select! {
+                () = notified => {}
+                () = tokio::time::sleep_until(until.into()) => {}
+                () = cancel.cancelled() => return,
+            }
+        }
+    }
+}
+
+/// Keeps a job's resources alive (see [`Attachment::hold`]); released on drop.
+pub struct Hold {
+    attachment: Arc<Attachment>,
+    id: u64,
+}
+
+impl Hold {
+    /// Move the deadline (a session that is still active asks for more time).
+    pub fn extend(&self, deadline: Instant) {
+        if let Ok(mut h) = self.attachment.holds.lock() {
+            h.insert(self.id, deadline);
+        }
+        self.attachment.changed.notify_waiters();
+    }
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        if let Ok(mut h) = self.attachment.holds.lock() {
+            h.remove(&self.id);
+        }
+        self.attachment.changed.notify_waiters();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn attachment() -> Attachment {
+        Attachment::new("j1", "c1", None, 0, 0, "/root", "/root/project", vec![])
+    }
+
+    #[tokio::test]
+    async fn a_hold_keeps_the_job_until_it_drops_and_the_registry_forgets_the_job() {
+        let registry = Registry::new();
+        let reg = registry.register(attachment());
+        let a = registry.get("j1").expect("registered");
+        assert_eq!(a.container, "c1");
+        let hold = a.hold(Instant::now() + Duration::from_secs(60));
+        let cancel = CancellationToken::new();
+        let waiting = {
+            let a = Arc::clone(&a);
+            let cancel = cancel.clone();
+            tokio::spawn(async move { a.holds_released(&cancel).await })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiting.is_finished(), "released while held");
+        drop(hold);
+        tokio::time::timeout(Duration::from_secs(2), waiting)
+            .await
+            .expect("released once the hold dropped")
+            .expect("task");
+        drop(reg);
+        assert!(registry.get("j1").is_none());
+    }
+
+    #[tokio::test]
+    async fn an_expired_hold_releases_by_itself() {
+        let a = Arc::new(attachment());
+        let _hold = a.hold(Instant::now() + Duration::from_millis(100));
+        let t = Instant::now();
+        a.holds_released(&CancellationToken::new()).await;
+        assert!(t.elapsed() >= Duration::from_millis(90));
+        assert!(a.held_until().is_none());
+    }
+}

@@ -1,0 +1,544 @@
+//! What a front door asks for, and the one path from that to a running job: keys and host
+//! keys parsed, the source fetched when the config lives in it, the config compiled, one
+//! [`JobSpec`] per container made. `bosun execute` and `bosun agent` only build a
+//! [`JobRequest`] and choose a sink; [`run`] does the rest for both.
+
+use super::{Access, JobSpec, Prefetched, PullRequest, Registry, SetupError, Source};
+use crate::checkout::{self, CheckoutSpec, Credentials};
+use crate::config::{self, JobPlan, OrbDir};
+use crate::executor::Executor;
+use crate::ssh::{KnownHosts, SshKey, VcsHosts};
+use crate::store::Store;
+use crate::stream::mask::Masker;
+use crate::stream::{Event, EventSink, JobStatus};
+use crate::workflow::{node_specs, run_nodes, run_workflow, WorkflowOptions};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// One variable for every step, highest precedence.
+#[derive(Clone)]
+pub struct EnvEntry {
+    pub name: String,
+    pub value: String,
+    /// Masked wherever the job's output goes.
+    pub secret: bool,
+}
+
+impl std::fmt::Debug for EnvEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EnvEntry")
+            .field("name", &self.name)
+            .field("value", &if self.secret { "<secret>" } else { &self.value })
+            .finish()
+    }
+}
+
+/// Where the config comes from.
+#[derive(Debug, Clone)]
+pub enum ConfigSource {
+    /// A file on this machine (`--config`, or the working tree's `.circleci/config.yml`);
+    /// `name` is how errors call it.
+    File { path: PathBuf, name: String },
+    /// `.circleci/config.yml` of the checked-out commit (fetched first).
+    Repository,
+}
+
+/// What to run of the config.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// One job, on all its `parallelism` nodes.
+    Job(String),
+    /// One node of a job: the coordinator hands out each node as its own job.
+    Node { job: String, index: u32, total: u32 },
+    /// A whole workflow (`bosun execute --workflow`).
+    Workflow {
+        name: String,
+        max_parallel: usize,
+        approve: bool,
+    },
+}
+
+/// A job as a front door asks for it.
+pub struct JobRequest {
+    /// Unique per run; labels the containers (workflow jobs get `ID-NAME`).
+    pub id: String,
+    pub agent_id: String,
+    pub source: Source,
+    /// The branch a local repository's HEAD is on, when the source is not fetched first.
+    pub local_branch: Option<String>,
+    pub config: ConfigSource,
+    pub target: Target,
+    /// User key first, then deploy key.
+    pub keys: Vec<SshKey>,
+    /// Keys only `add_ssh_keys` installs.
+    pub additional_keys: Vec<SshKey>,
+    /// Extra trusted host-key lines beside Bitbucket's pinned ones: (text, where it came from).
+    pub known_hosts: Vec<(String, String)>,
+    /// `HOST=ADDR:PORT` mappings for VCS hosts.
+    pub vcs_hosts: Vec<String>,
+    pub env: Vec<EnvEntry>,
+    /// Pipeline parameters (`--pipeline-param`), number, and what the coordinator knows of
+    /// the ref (its branch or tag, which a fetched commit alone may not tell).
+    pub pipeline_params: Vec<(String, String)>,
+    pub pipeline_number: u64,
+    pub branch: Option<String>,
+    pub tag: Option<String>,
+    pub pull_request: Option<PullRequest>,
+    /// The job's time limit, preparation included.
+    pub time_limit: Option<Duration>,
+    pub network: Option<String>,
+    pub kill_grace: Duration,
+    pub store: Store,
+    pub orb_dir: Option<PathBuf>,
+    pub machine_images: BTreeMap<String, String>,
+    pub registry: Registry,
+}
+
+/// Problems before the job could run, each with what to do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum PrepareError {
+    #[error("{path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("no config at {0}\n  help: run bosun in a project with .circleci/config.yml, or pass --config FILE")]
+    NoConfig(String),
+    #[error("{0}")]
+    Config(#[from] config::ConfigError),
+    #[error("{}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"))]
+    Configs(Vec<config::ConfigError>),
+    #[error("{0}")]
+    Ssh(#[from] crate::ssh::SshError),
+    #[error("no workflow named `{name}`; the config has: {known}")]
+    NoWorkflow { name: String, known: String },
+    #[error(transparent)]
+    Setup(#[from] SetupError),
+    #[error("the job's time limit ({}) ran out while it was being prepared", crate::stream::format_duration(super::millis(*.0)))]
+    TimedOut(Duration),
+    #[error("canceled while the job was being prepared")]
+    Canceled,
+}
+
+/// A request made ready to run.
+pub struct Prepared {
+    base: Base,
+    what: What,
+}
+
+enum What {
+    Job {
+        plan: Box<JobPlan>,
+        node: Option<(u32, u32)>,
+    },
+    Workflow {
+        workflow: config::Workflow,
+        max_parallel: usize,
+        approve: bool,
+    },
+}
+
+/// Everything the jobs of one request share; `spec` makes each job's spec from it.
+struct Base {
+    id: String,
+    agent_id: String,
+    source: Source,
+    access: Access,
+    additional_keys: Vec<SshKey>,
+    env: Vec<(String, String)>,
+    secrets: Vec<(String, String)>,
+    network: Option<String>,
+    build_num: u64,
+    kill_grace: Duration,
+    prefetched: Option<Prefetched>,
+    store: Store,
+    git_branch: String,
+    git_tag: Option<String>,
+    pull_request: Option<PullRequest>,
+    time_limit: Option<Duration>,
+    machine_images: BTreeMap<String, String>,
+    registry: Registry,
+}
+
+impl Base {
+    fn spec(&self, id: String, plan: JobPlan) -> JobSpec {
+        JobSpec {
+            id,
+            agent_id: self.agent_id.clone(),
+            plan,
+            source: Some(self.source.clone()),
+            access: self.access.clone(),
+            env: self.env.clone(),
+            secrets: self.secrets.clone(),
+            time_limit: self.time_limit,
+            network: self.network.clone(),
+            build_num: self.build_num,
+            kill_grace: self.kill_grace,
+            prefetched: self.prefetched.clone(),
+            store: self.store.clone(),
+            workspace: self.id.clone(),
+            additional_keys: self.additional_keys.clone(),
+            node_index: 0,
+            node_total: 1,
+            pull_request: self.pull_request.clone(),
+            machine_images: self.machine_images.clone(),
+            registry: self.registry.clone(),
+        }
+    }
+}
+
+/// What came of a request.
+#[derive(Debug, Clone)]
+pub struct RequestOutcome {
+    pub status: JobStatus,
+    /// Why it could not run (masked).
+    pub error: Option<String>,
+}
+
+/// The secrets of a request: secret variables' values and the private keys' text.
+fn secrets_of(req: &JobRequest) -> Vec<(String, String)> {
+    let mut secrets: Vec<(String, String)> = req
+        .env
+        .iter()
+        .filter(|e| e.secret)
+        .map(|e| (e.name.clone(), e.value.clone()))
+        .collect();
+    for k in req.keys.iter().chain(&req.additional_keys) {
+        secrets.push((k.describe(), k.private.as_str().to_owned()));
+    }
+    secrets
+}
+
+/// Prepare and run a request to its end: what both front doors call. A request that cannot
+/// be prepared ends `infrastructure_fail` (or `canceled`, `timedout`) with its reason in a
+/// `job_finished` event, masked like everything else.
+pub async fn run(
+    executor: Arc<dyn Executor>,
+    req: JobRequest,
+    sink: Arc<dyn EventSink>,
+    cancel: CancellationToken,
+    on_prepared: &(dyn Fn(&Prepared) + Sync),
+) -> RequestOutcome {
+    let started = Instant::now();
+    let secrets = secrets_of(&req);
+    let label = match &req.target {
+        Target::Job(j) | Target::Node { job: j, .. } => j.clone(),
+        Target::Workflow { name, .. } => name.clone(),
+    };
+    let limit = req.time_limit;
+    let preparing = prepare(req, Arc::clone(&sink));
+    let prepared = tokio::select! {
+        r = async {
+            match limit {
+                Some(l) => tokio::time::timeout(l, preparing).await.unwrap_or(Err(PrepareError::TimedOut(l))),
+                None => preparing.await,
+            }
+        } => r,
+        () = cancel.cancelled() => Err(PrepareError::Canceled),
+    };
+    let mut prepared = match prepared {
+        Ok(p) => p,
+        Err(e) => {
+            let status = match e {
+                PrepareError::Canceled => JobStatus::Canceled,
+                PrepareError::TimedOut(_) => JobStatus::TimedOut,
+                _ => JobStatus::InfrastructureFail,
+            };
+            let (masker, _) = Masker::new(secrets.iter().map(|(_, v)| v));
+            let error =
+                String::from_utf8_lossy(&masker.mask_all(e.to_string().as_bytes())).into_owned();
+            sink.emit(&Event::JobFinished {
+                job: label,
+                status,
+                duration_ms: super::millis(started.elapsed()),
+                steps: Vec::new(),
+                error: Some(error.clone()),
+            });
+            return RequestOutcome {
+                status,
+                error: Some(error),
+            };
+        }
+    };
+    // Preparation used part of the time limit.
+    prepared.base.time_limit = limit.map(|l| l.saturating_sub(started.elapsed()));
+    on_prepared(&prepared);
+    prepared.run(executor, sink, cancel).await
+}
+
+impl Prepared {
+    /// How many steps the (single) job has; 0 for a workflow.
+    pub fn step_count(&self) -> usize {
+        match &self.what {
+            What::Job { plan, .. } => plan.steps.len(),
+            What::Workflow { .. } => 0,
+        }
+    }
+
+    async fn run(
+        self,
+        executor: Arc<dyn Executor>,
+        sink: Arc<dyn EventSink>,
+        cancel: CancellationToken,
+    ) -> RequestOutcome {
+        let base = self.base;
+        match self.what {
+            What::Job {
+                plan,
+                node: Some((index, total)),
+            } => {
+                let mut spec = base.spec(base.id.clone(), *plan);
+                spec.node_index = index;
+                spec.node_total = total;
+                let o = super::run_job(executor, spec, sink, cancel).await;
+                RequestOutcome {
+                    status: o.status,
+                    error: o.error,
+                }
+            }
+            What::Job { plan, node: None } => {
+                let parallelism = plan.parallelism;
+                let nodes =
+                    node_specs(&|| base.spec(base.id.clone(), (*plan).clone()), parallelism);
+                RequestOutcome {
+                    status: run_nodes(executor, nodes, sink, cancel).await,
+                    error: None,
+                }
+            }
+            What::Workflow {
+                workflow,
+                max_parallel,
+                approve,
+            } => {
+                let make = |wj: &config::WorkflowJob, cj: &config::CompiledJob| {
+                    base.spec(format!("{}-{}", base.id, wj.name), cj.plan.clone())
+                };
+                let git = match (&base.git_tag, &base.git_branch) {
+                    (Some(t), _) => config::GitRef::Tag(t),
+                    (None, b) => config::GitRef::Branch(b),
+                };
+                let opts = WorkflowOptions {
+                    max_parallel,
+                    approve,
+                };
+                let o = run_workflow(executor, &workflow, git, &opts, &make, sink, cancel).await;
+                RequestOutcome {
+                    status: o.status,
+                    error: None,
+                }
+            }
+        }
+    }
+}
+
+/// Keys, host keys, the checkout when the config (or a workflow's filters) need it, and the
+/// compiled config.
+pub async fn prepare(req: JobRequest, sink: Arc<dyn EventSink>) -> Result<Prepared, PrepareError> {
+    let mut known_hosts = KnownHosts::pinned();
+    for (text, origin) in &req.known_hosts {
+        known_hosts.extend(KnownHosts::parse(text, origin)?);
+    }
+    let mut vcs_hosts = VcsHosts::new();
+    for m in req.vcs_hosts.iter().filter(|m| !m.trim().is_empty()) {
+        vcs_hosts.add_mapping(m.trim())?;
+    }
+    let secrets = secrets_of(&req);
+    let access = Access {
+        keys: req.keys,
+        known_hosts,
+        vcs_hosts,
+    };
+    let source = req.source;
+    let fetch = || {
+        let (access, source, sink) = (access.clone(), source.clone(), Arc::clone(&sink));
+        async move {
+            tokio::task::spawn_blocking(move || fetch_source(&access, &source, sink.as_ref()))
+                .await
+                .map_err(|e| SetupError::Prepare(format!("the checkout task failed: {e}")))?
+        }
+    };
+
+    // With the config in the repository, fetch first. A workflow needs the exact branch/tag
+    // (filters) before anything runs: fetch first too.
+    let mut prefetched: Option<Prefetched> = None;
+    let (config_text, config_name) = match &req.config {
+        ConfigSource::File { path, name } => {
+            if !path.exists() {
+                return Err(PrepareError::NoConfig(path.display().to_string()));
+            }
+            (read(path)?, name.clone())
+        }
+        ConfigSource::Repository => {
+            let fetched = fetch().await?;
+            let p = fetched.dir.path().join("repo/.circleci/config.yml");
+            if !p.exists() {
+                return Err(PrepareError::NoConfig(format!(
+                    "{} (at {}): .circleci/config.yml",
+                    source.url, fetched.outcome.sha
+                )));
+            }
+            let text = read(&p)?;
+            prefetched = Some(fetched);
+            (text, ".circleci/config.yml".to_owned())
+        }
+    };
+    if matches!(req.target, Target::Workflow { .. }) && prefetched.is_none() {
+        prefetched = Some(fetch().await?);
+    }
+
+    // pipeline.git.*: what the coordinator said, else exact from a fetched checkout, else
+    // the best the ref says.
+    let (git_branch, git_tag, revision) = match &prefetched {
+        Some(p) => (
+            req.branch
+                .clone()
+                .or(p.outcome.branch.clone())
+                .unwrap_or_default(),
+            req.tag.clone().or(p.outcome.tag.clone()),
+            p.outcome.sha.clone(),
+        ),
+        None => (
+            req.branch
+                .clone()
+                .or(source.reference.clone())
+                .or(req.local_branch.clone())
+                .unwrap_or_default(),
+            req.tag.clone(),
+            String::new(),
+        ),
+    };
+    let pipeline = config::PipelineValues {
+        parameters: req.pipeline_params.clone(),
+        number: i64::try_from(req.pipeline_number).unwrap_or(i64::MAX),
+        project_git_url: source.url.clone(),
+        project_type: "bitbucket".to_owned(),
+        git_branch: git_branch.clone(),
+        git_tag: git_tag.clone().unwrap_or_default(),
+        git_revision: revision,
+        trigger_source: "bosun".to_owned(),
+        ..config::PipelineValues::default()
+    };
+    let loader = req.orb_dir.clone().map(OrbDir);
+    let opts = config::CompileOptions {
+        pipeline,
+        orbs: loader.as_ref().map(|l| l as &dyn config::OrbLoader),
+        orb_dir: req.orb_dir.as_ref().map(|d| d.display().to_string()),
+    };
+    let what = match &req.target {
+        Target::Job(job) => What::Job {
+            plan: Box::new(config::compile_job_with(
+                &config_text,
+                &config_name,
+                job,
+                &opts,
+            )?),
+            node: None,
+        },
+        Target::Node { job, index, total } => What::Job {
+            plan: Box::new(config::compile_job_with(
+                &config_text,
+                &config_name,
+                job,
+                &opts,
+            )?),
+            node: Some((*index, *total)),
+        },
+        Target::Workflow {
+            name,
+            max_parallel,
+            approve,
+        } => {
+            let compiled = config::compile(&config_text, &config_name, &opts)
+                .map_err(PrepareError::Configs)?;
+            let known = compiled
+                .workflows
+                .iter()
+                .map(|w| w.name.clone())
+                .collect::<Vec<_>>()
+                .join(", ");
+            let workflow = compiled
+                .workflows
+                .into_iter()
+                .find(|w| &w.name == name)
+                .ok_or_else(|| PrepareError::NoWorkflow {
+                    name: name.clone(),
+                    known,
+                })?;
+            What::Workflow {
+                workflow,
+                max_parallel: *max_parallel,
+                approve: *approve,
+            }
+        }
+    };
+    Ok(Prepared {
+        base: Base {
+            id: req.id,
+            agent_id: req.agent_id,
+            source,
+            access,
+            additional_keys: req.additional_keys,
+            env: req
+                .env
+                .iter()
+                .map(|e| (e.name.clone(), e.value.clone()))
+                .collect(),
+            secrets,
+            network: req.network,
+            build_num: req.pipeline_number,
+            kill_grace: req.kill_grace,
+            prefetched,
+            store: req.store,
+            git_branch,
+            git_tag,
+            pull_request: req.pull_request,
+            time_limit: req.time_limit,
+            machine_images: req.machine_images,
+            registry: req.registry,
+        },
+        what,
+    })
+}
+
+fn read(p: &std::path::Path) -> Result<String, PrepareError> {
+    std::fs::read_to_string(p).map_err(|source| PrepareError::Read {
+        path: p.display().to_string(),
+        source,
+    })
+}
+
+/// Fetch `src` into a fresh temporary directory with the job's keys and host keys.
+pub fn fetch_source(
+    access: &Access,
+    src: &Source,
+    sink: &dyn EventSink,
+) -> Result<Prefetched, SetupError> {
+    let dir = tempfile::Builder::new()
+        .prefix("bosun-checkout-")
+        .tempdir()
+        .map_err(|e| SetupError::Prepare(format!("cannot create a checkout directory: {e}")))?;
+    let creds = Credentials {
+        keys: access.keys.clone(),
+        known_hosts: access.known_hosts.clone(),
+        hosts: access.vcs_hosts.clone(),
+    };
+    let cspec = CheckoutSpec {
+        url: src.url.clone(),
+        reference: src.reference.clone(),
+        dest: dir.path().join("repo"),
+    };
+    let mut progress = |line: &str| {
+        sink.emit(&Event::Info {
+            message: line.to_owned(),
+        })
+    };
+    let outcome = checkout::checkout(&cspec, &creds, &mut progress)?;
+    Ok(Prefetched {
+        dir: Arc::new(dir),
+        outcome,
+    })
+}

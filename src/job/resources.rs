@@ -1,0 +1,169 @@
+//! What a job owns on the engine — its primary container, service containers, networks it
+//! made, and whatever later parts add — and the one guard that removes all of them.
+//!
+//! Every resource is labelled `bosun.job=<job id>` and `bosun.agent=<agent id>` when it is
+//! created, and tracked here the moment the engine names it. [`Resources::release`] removes
+//! them in reverse order (services before the primary whose network namespace they share,
+//! containers before networks). The lifecycle calls it on every exit path — success,
+//! failure, cancel, timeout, a panic in a step's task — and if the job's future is dropped
+//! before that (its task aborted), `Drop` hands the removal to the runtime. What a killed
+//! agent left behind is found by label at its next start ([`sweep`]).
+
+use crate::executor::{Executor, ExecutorError, ResourceKind, LABEL_AGENT, LABEL_JOB, LABEL_KIND};
+use std::sync::{Arc, Mutex};
+
+/// What a tracked resource is to its job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Role {
+    /// Where the steps run.
+    Primary,
+    /// A `docker:` image after the first, by its name (`name:` or the image).
+    Service(String),
+    /// A network the job created.
+    Network,
+}
+
+impl Role {
+    /// The `bosun.kind` label value.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Role::Primary => "primary",
+            Role::Service(_) => "service",
+            Role::Network => "network",
+        }
+    }
+
+    fn kind(&self) -> ResourceKind {
+        match self {
+            Role::Network => ResourceKind::Network,
+            _ => ResourceKind::Container,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resource {
+    pub role: Role,
+    pub id: String,
+}
+
+/// A job's resources. Cheap to share; removal happens once.
+pub struct Resources {
+    executor: Arc<dyn Executor>,
+    job_id: String,
+    agent_id: String,
+    held: Mutex<Vec<Resource>>,
+}
+
+impl Resources {
+    pub fn new(executor: Arc<dyn Executor>, job_id: &str, agent_id: &str) -> Self {
+        Self {
+            executor,
+            job_id: job_id.to_owned(),
+            agent_id: agent_id.to_owned(),
+            held: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The labels a resource of `role` must carry to be found again.
+    pub fn labels(&self, role: &Role) -> Vec<(String, String)> {
+        vec![
+            (LABEL_JOB.to_owned(), self.job_id.clone()),
+            (LABEL_AGENT.to_owned(), self.agent_id.clone()),
+            (LABEL_KIND.to_owned(), role.label().to_owned()),
+        ]
+    }
+
+    /// Track a resource the engine just made.
+    pub fn track(&self, role: Role, id: &str) {
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        held.push(Resource {
+            role,
+            id: id.to_owned(),
+        });
+    }
+
+    /// What the job holds now, in creation order.
+    pub fn list(&self) -> Vec<Resource> {
+        self.held
+            .lock()
+            .map(|h| h.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
+    }
+
+    /// Remove everything, newest first, containers before networks. Every removal is tried;
+    /// the failures come back (the caller reports them).
+    pub async fn release(&self) -> Vec<(Resource, ExecutorError)> {
+        let taken = std::mem::take(&mut *self.held.lock().unwrap_or_else(|p| p.into_inner()));
+        remove_all(self.executor.as_ref(), taken).await
+    }
+}
+
+async fn remove_all(
+    executor: &dyn Executor,
+    mut taken: Vec<Resource>,
+) -> Vec<(Resource, ExecutorError)> {
+    // Newest first, and every container before any network (a network in use cannot go).
+    taken.reverse();
+    taken.sort_by_key(|r| r.role.kind() == ResourceKind::Network);
+    let mut failed = Vec::new();
+    for r in taken {
+        let result = match r.role.kind() {
+            ResourceKind::Container => executor.remove(&r.id).await,
+            ResourceKind::Network => executor.remove_network(&r.id).await,
+        };
+        if let Err(e) = result {
+            failed.push((r, e));
+        }
+    }
+    failed
+}
+
+impl Drop for Resources {
+    fn drop(&mut self) {
+        let taken = std::mem::take(&mut *self.held.lock().unwrap_or_else(|p| p.into_inner()));
+        if taken.is_empty() {
+            return;
+        }
+        // The lifecycle did not get to release (its future was dropped): remove in the
+        // background if a runtime is still there; otherwise the next start's sweep will.
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            let executor = Arc::clone(&self.executor);
+            handle.spawn(async move {
+                for (r, e) in remove_all(executor.as_ref(), taken).await {
+                    tracing::warn!(id = %r.id, "could not remove a job's {:?}: {e}", r.role);
+                }
+            });
+        }
+    }
+}
+
+/// Remove every container and network labelled as made by `agent_id`: what an agent killed
+/// mid-job left behind. Containers first (they keep networks in use). Returns what was
+/// removed, and the first error if any removal failed.
+pub async fn sweep(
+    executor: &dyn Executor,
+    agent_id: &str,
+) -> Result<Vec<(ResourceKind, String)>, ExecutorError> {
+    let mut removed = Vec::new();
+    let mut first_error = None;
+    for kind in [ResourceKind::Container, ResourceKind::Network] {
+        for id in executor.list_by_label(kind, LABEL_AGENT, agent_id).await? {
+            let result = match kind {
+                ResourceKind::Container => executor.remove(&id).await,
+                ResourceKind::Network => executor.remove_network(&id).await,
+            };
+            match result {
+                Ok(()) => removed.push((kind, id)),
+                Err(e) => {
+                    tracing::warn!(%id, "sweep: could not remove a leftover {kind:?}: {e}");
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+    }
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(removed),
+    }
+}

@@ -1,0 +1,394 @@
+//! The steps of a job, in order: `when:` decides which run, `run` steps go to
+//! [`super::run_step`], `checkout` uploads the fetched tree, the rest are carried out by the
+//! agent itself ([`super::builtin`], [`super::extra_keys`]); background steps are stopped when
+//! the job ends.
+
+use super::archive::tar_tree_stream;
+use super::bootstrap::ContainerUser;
+use super::environment::expand_home;
+use super::run_step::{run_step, step_command, step_env, step_workdir, stop_step};
+use super::{builtin, extra_keys, millis, JobOutcome, JobSpec, Prefetched};
+use crate::config::{merge_env, StepKind};
+use crate::executor::Executor;
+use crate::stream::{Event, EventSink, JobStatus, StepStatus, StepSummary, Stream};
+use bytes::Bytes;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// Everything decided at start-up that the steps need.
+pub(super) struct Ctx {
+    pub container: String,
+    pub user: ContainerUser,
+    /// The user steps run as (`None`: the container's own).
+    pub step_user: Option<String>,
+    pub workdir: String,
+    /// Built-ins, image, executor/job env; step env and `--env` are layered per step.
+    pub base_env: Vec<(String, String)>,
+    pub checkout: Option<Prefetched>,
+}
+
+pub(super) async fn run_steps(
+    executor: &Arc<dyn Executor>,
+    spec: &Arc<JobSpec>,
+    sink: &Arc<dyn EventSink>,
+    cancel: &CancellationToken,
+    ctx: &Ctx,
+) -> JobOutcome {
+    let mut summaries: Vec<StepSummary> = Vec::new();
+    let mut failed = false;
+    let mut status = JobStatus::Success;
+    let mut background: Vec<Background> = Vec::new();
+
+    for (i, step) in spec.plan.steps.iter().enumerate() {
+        let skipped = StepSummary {
+            step: i,
+            name: step.name.clone(),
+            status: StepStatus::Skipped,
+            exit_code: None,
+            duration_ms: 0,
+        };
+        // store_artifacts / store_test_results run after a failed step too (not after a
+        // timeout or cancel): the results of a red build are what people need.
+        let when = match &step.kind {
+            StepKind::StoreArtifacts { .. } | StepKind::StoreTestResults { .. }
+                if step.when == crate::config::When::OnSuccess && status == JobStatus::Failed =>
+            {
+                crate::config::When::Always
+            }
+            _ => step.when,
+        };
+        if cancel.is_cancelled() || !when.should_run(failed) {
+            sink.emit(&Event::StepFinished(skipped.clone()));
+            summaries.push(skipped);
+            continue;
+        }
+        let background_step = matches!(&step.kind, StepKind::Run(r) if r.background);
+        sink.emit(&Event::StepStarted {
+            step: i,
+            name: step.name.clone(),
+            background: background_step,
+        });
+        let t0 = Instant::now();
+        let summary = match &step.kind {
+            StepKind::Checkout { path } => {
+                checkout_step(
+                    executor.as_ref(),
+                    spec,
+                    sink,
+                    ctx,
+                    i,
+                    &step.name,
+                    path.as_deref(),
+                    t0,
+                )
+                .await
+            }
+            StepKind::Run(run) => {
+                let control = Arc::new(StepControl::default());
+                let task = {
+                    let executor = Arc::clone(executor);
+                    let spec = Arc::clone(spec);
+                    let sink = Arc::clone(sink);
+                    let cancel = cancel.clone();
+                    let run = run.clone();
+                    let name = step.name.clone();
+                    let container = ctx.container.clone();
+                    let cmd = step_command(
+                        &spec.id,
+                        i,
+                        &run,
+                        ctx.user.has_bash,
+                        spec.plan.shell.as_deref(),
+                    );
+                    let env = step_env(ctx, &run, &spec.env);
+                    let workdir = step_workdir(ctx, &run);
+                    let user = ctx.step_user.clone();
+                    let control = Arc::clone(&control);
+                    tokio::spawn(async move {
+                        run_step(
+                            executor.as_ref(),
+                            &spec,
+                            sink.as_ref(),
+                            &cancel,
+                            &container,
+                            i,
+                            &name,
+                            &run,
+                            cmd,
+                            env,
+                            workdir,
+                            user,
+                            &control,
+                        )
+                        .await
+                    })
+                };
+                if background_step {
+                    background.push(Background {
+                        i,
+                        name: step.name.clone(),
+                        t0,
+                        task,
+                        control,
+                    });
+                    continue;
+                }
+                match task.await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        // A panic in a step's task fails the step and the job; cleanup goes on.
+                        sink.emit(&Event::Info {
+                            message: format!("internal error in step {}: {e}", i + 1),
+                        });
+                        StepSummary {
+                            step: i,
+                            name: step.name.clone(),
+                            status: StepStatus::Failed,
+                            exit_code: None,
+                            duration_ms: millis(t0.elapsed()),
+                        }
+                    }
+                }
+            }
+            other => {
+                let say = |line: String| {
+                    sink.emit(&Event::Output {
+                        step: i,
+                        stream: Stream::Stdout,
+                        data: Bytes::from(line + "\n"),
+                    })
+                };
+                let result = builtin_step(executor.as_ref(), spec, ctx, other, &say).await;
+                if let Err(e) = &result {
+                    say(format!("Error: {e}"));
+                }
+                StepSummary {
+                    step: i,
+                    name: step.name.clone(),
+                    status: if result.is_ok() {
+                        StepStatus::Success
+                    } else {
+                        StepStatus::Failed
+                    },
+                    exit_code: None,
+                    duration_ms: millis(t0.elapsed()),
+                }
+            }
+        };
+        sink.emit(&Event::StepFinished(summary.clone()));
+        match summary.status {
+            StepStatus::Success | StepStatus::Skipped | StepStatus::Stopped => {}
+            StepStatus::Failed => {
+                failed = true;
+                if status == JobStatus::Success {
+                    status = JobStatus::Failed;
+                }
+            }
+            StepStatus::TimedOut => {
+                failed = true;
+                if status == JobStatus::Success {
+                    status = JobStatus::TimedOut;
+                }
+            }
+            StepStatus::Canceled => {
+                failed = true;
+                status = JobStatus::Canceled;
+            }
+        }
+        summaries.push(summary);
+    }
+
+    // Background steps end with the job: stop what still runs, report each once.
+    for Background {
+        i,
+        name,
+        t0,
+        task,
+        control,
+    } in background
+    {
+        if !task.is_finished() {
+            control
+                .stopped_by_job
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+            stop_step(
+                executor.as_ref(),
+                &ctx.container,
+                &spec.id,
+                i,
+                spec.kill_grace,
+            )
+            .await;
+        }
+        let summary =
+            match tokio::time::timeout(spec.kill_grace + Duration::from_secs(5), task).await {
+                Ok(Ok(s)) => s,
+                _ => StepSummary {
+                    step: i,
+                    name,
+                    status: StepStatus::Stopped,
+                    exit_code: None,
+                    duration_ms: millis(t0.elapsed()),
+                },
+            };
+        sink.emit(&Event::StepFinished(summary.clone()));
+        summaries.push(summary);
+    }
+    summaries.sort_by_key(|s| s.step);
+    if cancel.is_cancelled() {
+        status = JobStatus::Canceled;
+    }
+    JobOutcome {
+        status,
+        steps: summaries,
+        error: None,
+    }
+}
+
+/// Caches, workspaces, artifacts, test results, extra keys: the steps the agent carries out
+/// itself against the container and the local store.
+async fn builtin_step(
+    executor: &dyn Executor,
+    spec: &JobSpec,
+    ctx: &Ctx,
+    kind: &StepKind,
+    say: &(dyn Fn(String) + Send + Sync),
+) -> Result<(), String> {
+    let mut env = ctx.base_env.clone();
+    merge_env(&mut env, spec.env.clone());
+    let outcome = ctx.checkout.as_ref().map(|c| &c.outcome);
+    let b = builtin::Ctx {
+        executor,
+        container: &ctx.container,
+        home: &ctx.user.home,
+        workdir: &ctx.workdir,
+        env: &env,
+        branch: outcome.and_then(|o| o.branch.as_deref()).unwrap_or(""),
+        revision: outcome.map(|o| o.sha.as_str()).unwrap_or(""),
+        build_num: spec.build_num,
+        store: &spec.store,
+        workspace: &spec.workspace,
+        job_id: &spec.id,
+        job_name: &spec.plan.name,
+        say,
+    };
+    match kind {
+        StepKind::SaveCache { key, paths, .. } => b.save_cache(key, paths).await,
+        StepKind::RestoreCache { keys } => b.restore_cache(keys).await,
+        StepKind::PersistToWorkspace { root, paths } => b.persist_to_workspace(root, paths).await,
+        StepKind::AttachWorkspace { at } => b.attach_workspace(at).await,
+        StepKind::StoreArtifacts { path, destination } => {
+            b.store_artifacts(path, destination.as_deref()).await
+        }
+        StepKind::StoreTestResults { path } => b.store_test_results(path).await,
+        StepKind::AddSshKeys { fingerprints } => {
+            extra_keys::add_ssh_keys(executor, spec, ctx, fingerprints, say).await
+        }
+        StepKind::SetupRemoteDocker => Err(
+            "setup_remote_docker is not supported by bosun yet: it needs a Docker engine per job, \
+             which a later version brings. Run the Docker commands on a machine with Docker, or \
+             drop the step to run the rest of the job"
+                .to_owned(),
+        ),
+        StepKind::Checkout { .. } | StepKind::Run(_) => Ok(()),
+    }
+}
+
+/// A background step: it runs beside the next ones and is stopped when the job ends.
+struct Background {
+    i: usize,
+    name: String,
+    t0: Instant,
+    task: tokio::task::JoinHandle<StepSummary>,
+    control: Arc<StepControl>,
+}
+
+#[derive(Default)]
+pub(super) struct StepControl {
+    pub(super) stopped_by_job: std::sync::atomic::AtomicBool,
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn checkout_step(
+    executor: &dyn Executor,
+    spec: &JobSpec,
+    sink: &Arc<dyn EventSink>,
+    ctx: &Ctx,
+    i: usize,
+    name: &str,
+    path: Option<&str>,
+    t0: Instant,
+) -> StepSummary {
+    let say = |msg: String| {
+        sink.emit(&Event::Output {
+            step: i,
+            stream: Stream::Stdout,
+            data: Bytes::from(msg + "\n"),
+        })
+    };
+    let status = match &ctx.checkout {
+        None => {
+            say(match &spec.source {
+                None => "No repository to check out: run bosun execute inside a git repository, or give --repo".to_owned(),
+                Some(_) => "The checkout was not fetched".to_owned(),
+            });
+            StepStatus::Failed
+        }
+        Some(Prefetched { dir, outcome }) => {
+            let dest = match path {
+                None => ctx.workdir.clone(),
+                Some(p) if p.starts_with('/') || p.starts_with('~') => {
+                    expand_home(p, &ctx.user.home)
+                }
+                Some(p) => format!(
+                    "{}/{}",
+                    ctx.workdir.trim_end_matches('/'),
+                    p.trim_start_matches("./")
+                ),
+            };
+            let src = dir.path().join("repo");
+            let (stream, producer) = tar_tree_stream(src, dest.clone(), ctx.user.uid, ctx.user.gid);
+            let uploaded = executor.upload_tar(&ctx.container, "/", stream).await;
+            let produced = producer.await;
+            match (uploaded, produced) {
+                (Ok(()), Ok(Ok(bytes))) => {
+                    say(format!(
+                        "Checked out {} {} into {dest}: {:.1} MB uploaded to the container in {}",
+                        outcome.sha,
+                        match (&outcome.branch, &outcome.tag) {
+                            (_, Some(t)) => format!("(tag {t})"),
+                            (Some(b), None) => format!("(branch {b})"),
+                            (None, None) => "(detached)".to_owned(),
+                        },
+                        bytes as f64 / 1e6,
+                        crate::stream::format_duration(millis(t0.elapsed()))
+                    ));
+                    for (p, sha) in &outcome.submodules {
+                        say(format!("  submodule {p} at {sha}"));
+                    }
+                    StepStatus::Success
+                }
+                (Err(e), _) => {
+                    say(format!("Uploading the checkout failed: {e}"));
+                    StepStatus::Failed
+                }
+                (_, Ok(Err(e))) => {
+                    say(format!("Reading the checkout failed: {e}"));
+                    StepStatus::Failed
+                }
+                (_, Err(e)) => {
+                    say(format!("Reading the checkout failed: {e}"));
+                    StepStatus::Failed
+                }
+            }
+        }
+    };
+    StepSummary {
+        step: i,
+        name: name.to_owned(),
+        status,
+        exit_code: None,
+        duration_ms: millis(t0.elapsed()),
+    }
+}
