@@ -149,7 +149,8 @@ need_root() {
 image_exists() { docker image inspect "$1" >/dev/null 2>&1; }
 
 # import_rootfs DIR NAME HASH CMD [CHANGE...]: CHANGEs are further Dockerfile
-# instructions for `docker import -c` (ENV, ENTRYPOINT, STOPSIGNAL, USER...).
+# instructions for `docker import -c` (ENV, ENTRYPOINT, USER, WORKDIR, EXPOSE;
+# engine 20.10 refuses STOPSIGNAL there).
 import_rootfs() {
     local dir=$1 name=$2 hash=$3 cmd=$4
     shift 4
@@ -391,11 +392,11 @@ build_machine() {
     t=$(now)
     # shellcheck disable=SC2086 # a list of package names
     dir=$(systemd_rootfs machine "$MACHINE_HASH" $MACHINE_PACKAGES)
-    # Only the CLI is wanted: an engine (and containerd) inside an
-    # unprivileged container would fail and leave the system "degraded".
-    # Units that cannot work in a container, found by booting it:
-    # systemd-remount-fs (/ cannot be remounted), ... (see README).
-    chroot "$dir" systemctl mask docker.service docker.socket containerd.service >/dev/null
+    # Only the CLI is wanted: dockerd cannot start in an unprivileged
+    # container (docker.service and docker.socket fail: "degraded"), and
+    # containerd is of no use without it. With these and the gettys masked
+    # (systemd_rootfs) nothing else fails: the system is "running".
+    chroot "$dir" systemctl mask docker.service docker.socket containerd.service >/dev/null 2>&1
     chroot "$dir" getent passwd circleci | grep -qx 'circleci:x:3434:3434::/home/circleci:/bin/bash' ||
         die "machine: base's circleci user is not uid/gid 3434 with home /home/circleci and shell bash"
     # CircleCI's machine images: circleci may sudo anything, and use docker.
@@ -403,6 +404,8 @@ build_machine() {
     chmod 0440 "$dir/etc/sudoers.d/circleci"
     chroot "$dir" visudo -cqf /etc/sudoers.d/circleci || die "machine: visudo rejects /etc/sudoers.d/circleci"
     chroot "$dir" usermod -aG docker circleci
+    # Its own user: systemd warns about services running as nobody.
+    chroot "$dir" useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin bosun-echo
     install -m 644 "$HERE/machine/bosun-echo.service" "$dir/etc/systemd/system/bosun-echo.service"
     [[ $(chroot "$dir" systemctl is-enabled bosun-echo.service 2>/dev/null) == disabled ]] ||
         die "machine: bosun-echo.service is not 'disabled'"
@@ -410,10 +413,11 @@ build_machine() {
         die "machine: docker, curl, sudo, socat or gzip missing from the rootfs"
 
     # container=docker: systemd knows it is in a container from the start
-    # (what systemd-nspawn and podman set). SIGRTMIN+3 is systemd's "halt":
-    # `docker stop` shuts the units down instead of waiting 10 s for SIGKILL.
+    # (what systemd-nspawn and podman set). The stop signal systemd wants,
+    # SIGRTMIN+3, cannot be set here (engine 20.10's import refuses
+    # STOPSIGNAL): whoever runs it passes --stop-signal (see README).
     import_rootfs "$dir" machine "$MACHINE_HASH" '["/lib/systemd/systemd"]' \
-        'ENV container=docker' 'STOPSIGNAL SIGRTMIN+3'
+        'ENV container=docker'
     rm -rf "$dir"
     log "machine: done ($(elapsed "$t"))"
 }
@@ -473,12 +477,12 @@ host  replication all  ::1/128       trust
 EOF
     install -m 755 "$HERE/postgres/bosun-postgres-entrypoint" "$dir/usr/local/bin/"
 
-    # SIGINT is postgres's "fast shutdown" (SIGTERM waits for every client).
+    # The official image also sets STOPSIGNAL SIGINT (fast shutdown), which
+    # import cannot; SIGTERM is a smart shutdown, the same once clients are gone.
     import_rootfs "$dir" postgres "$POSTGRES_HASH" '["postgres"]' \
         'ENTRYPOINT ["/usr/local/bin/bosun-postgres-entrypoint"]' \
         "ENV PATH=$bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" \
-        'ENV PGDATA=/var/lib/postgresql/data' \
-        'STOPSIGNAL SIGINT' 'EXPOSE 5432'
+        'ENV PGDATA=/var/lib/postgresql/data' 'EXPOSE 5432'
     rm -rf "$dir"
     log "postgres: done ($(elapsed "$t"))"
 }
