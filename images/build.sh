@@ -3,12 +3,13 @@
 # registry (none is reachable from the machines this project runs on, and the
 # Docker engine starts with no images at all).
 #
-#   images/build.sh [base|nobash|gitserver|systemd|all]      (default: all)
+#   images/build.sh [base|nobash|gitserver|systemd|machine|postgres|redis|all]...
+#                        (default: all; several names build several images)
 #   images/build.sh prune    remove hashed tags other than this version's
 #
 # Each image is tagged bosun/<name>:<hash> and bosun/<name>:latest, where
 # <hash> covers everything that goes into it (this script, its package list,
-# the mirror, the suite, the stand-in's files). An existing hashed tag means
+# the mirror, the suite, the files it installs). An existing hashed tag means
 # "up to date" and costs nothing, so tests may call this on every run.
 #
 # stdout carries only the exact tags (one "bosun/<name>:<hash>" per line);
@@ -28,13 +29,23 @@ CACHE=${BOSUN_IMAGE_CACHE:-/var/cache/bosun-images}
 
 # bash/git/openssh-client/ca-certificates: what a CircleCI job's checkout
 # needs. procps: ps and kill, which minbase lacks (util-linux, in minbase,
-# brings setsid; tar is essential anyway).
-BASE_PACKAGES=bash,git,openssh-client,ca-certificates,procps
+# brings setsid; tar is essential anyway). postgresql-client, redis-tools,
+# netcat-openbsd: what a job needs to wait for and talk to its service
+# containers (pg_isready, psql, redis-cli, nc -z); +16 MB, perl being in
+# base already (git needs it), so no separate job image for them.
+BASE_PACKAGES=bash,git,openssh-client,ca-certificates,procps,postgresql-client,redis-tools,netcat-openbsd
 GITSERVER_PACKAGES=openssh-server
 # A machine an operator installs the agent on: systemd as PID 1 (systemd-sysv),
 # dbus for systemctl. The agent's runtime needs (libssl via openssl,
 # ca-certificates, zlib) are already in base.
 SYSTEMD_PACKAGES="systemd systemd-sysv dbus"
+# What a CircleCI machine job runs on, as a container: systemd as above, sudo
+# for the job user, the docker CLI (Debian's docker.io; its daemon is masked),
+# curl (git, ssh, tar and gzip are in base), socat for the demo unit.
+MACHINE_PACKAGES="$SYSTEMD_PACKAGES sudo docker.io curl socat"
+# Service containers for the docker executor (base's rootfs + the server).
+POSTGRES_PACKAGES="postgresql-15"
+REDIS_PACKAGES="redis-server"
 
 log() { printf '[images] %s\n' "$*" >&2; }
 die() {
@@ -102,13 +113,33 @@ hash_of() {
     done | sha256sum | cut -c1-12
 }
 
+# The files under images/DIR that an image installs.
+files_sum() {
+    (cd "$HERE/$1" && find . -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum | sha256sum | cut -d' ' -f1)
+}
+
 SCRIPT_SUM=$(sha256sum "$HERE/build.sh" | cut -d' ' -f1)
-GITSERVER_SUM=$(cd "$HERE/gitserver" && find . -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum | sha256sum | cut -d' ' -f1)
+GITSERVER_SUM=$(files_sum gitserver)
+MACHINE_SUM=$(files_sum machine)
+POSTGRES_SUM=$(files_sum postgres)
 
 BASE_HASH=$(hash_of "script=$SCRIPT_SUM" base "packages=$BASE_PACKAGES" "mirror=$MIRROR" "suite=$SUITE")
 NOBASH_HASH=$(hash_of "script=$SCRIPT_SUM" nobash "packages=busybox-static" "mirror=$MIRROR" "suite=$SUITE")
 GITSERVER_HASH=$(hash_of "script=$SCRIPT_SUM" gitserver "base=$BASE_HASH" "packages=$GITSERVER_PACKAGES" "files=$GITSERVER_SUM")
 SYSTEMD_HASH=$(hash_of "script=$SCRIPT_SUM" systemd "base=$BASE_HASH" "packages=$SYSTEMD_PACKAGES")
+MACHINE_HASH=$(hash_of "script=$SCRIPT_SUM" machine "base=$BASE_HASH" "packages=$MACHINE_PACKAGES" "files=$MACHINE_SUM")
+POSTGRES_HASH=$(hash_of "script=$SCRIPT_SUM" postgres "base=$BASE_HASH" "packages=$POSTGRES_PACKAGES" "files=$POSTGRES_SUM")
+REDIS_HASH=$(hash_of "script=$SCRIPT_SUM" redis "base=$BASE_HASH" "packages=$REDIS_PACKAGES")
+
+# Every image, in build order, and the ones made from base's rootfs.
+ALL_IMAGES="base nobash gitserver systemd machine postgres redis"
+FROM_BASE_ROOTFS="gitserver systemd machine postgres redis"
+
+# bosun/<name>:<hash> of an image name.
+tag_of() {
+    local var=${1^^}_HASH
+    printf 'bosun/%s:%s\n' "$1" "${!var}"
+}
 
 # debootstrap, chroot and a rootfs full of root-owned files.
 need_root() {
@@ -117,15 +148,24 @@ need_root() {
 
 image_exists() { docker image inspect "$1" >/dev/null 2>&1; }
 
+# import_rootfs DIR NAME HASH CMD [CHANGE...]: CHANGEs are further Dockerfile
+# instructions for `docker import -c` (ENV, ENTRYPOINT, USER, WORKDIR, EXPOSE;
+# engine 20.10 refuses STOPSIGNAL there).
 import_rootfs() {
     local dir=$1 name=$2 hash=$3 cmd=$4
-    local t
+    shift 4
+    local t change
+    local -a changes=()
+    for change in "$@"; do
+        changes+=(-c "$change")
+    done
     t=$(now)
     # --numeric-owner: the rootfs's uids are its own, not this host's names.
     tar --numeric-owner -C "$dir" -c . |
         docker import \
             -c "CMD $cmd" \
             -c "LABEL bosun.test-image=$name bosun.test-image.hash=$hash" \
+            "${changes[@]}" \
             - "bosun/$name:$hash" >/dev/null
     docker tag "bosun/$name:$hash" "bosun/$name:latest"
     log "$name: imported bosun/$name:$hash ($(elapsed "$t"))"
@@ -299,45 +339,194 @@ build_gitserver() {
     log "gitserver: done ($(elapsed "$t"))"
 }
 
-build_systemd() {
-    if image_exists "bosun/systemd:$SYSTEMD_HASH"; then
-        docker tag "bosun/systemd:$SYSTEMD_HASH" bosun/systemd:latest
-        log "systemd: bosun/systemd:$SYSTEMD_HASH up to date"
-        return
-    fi
-    local t base dir
-    t=$(now)
+# systemd_rootfs NAME HASH PACKAGE...: a copy of base's rootfs that boots
+# systemd as PID 1 in an unprivileged container, with PACKAGEs installed
+# (systemd, systemd-sysv and dbus among them). Prints its directory.
+systemd_rootfs() {
+    local name=$1 hash=$2
+    shift 2
+    local base dir
     base=$(base_rootfs)
-    dir="$CACHE/rootfs-systemd-$SYSTEMD_HASH"
+    dir="$CACHE/rootfs-$name-$hash"
     rm -rf "$dir"
     cp -a "$base" "$dir"
     rm -f "$dir/.complete"
-    chroot_apt_install "$dir" $SYSTEMD_PACKAGES
+    chroot_apt_install "$dir" "$@"
     # Empty = "not yet initialised": each container's systemd makes its own at boot
     # instead of every container sharing the id apt's postinst wrote here.
     : >"$dir/etc/machine-id"
     rm -f "$dir/var/lib/dbus/machine-id"
     # No console in a container: getty would fail or respawn for nothing.
     chroot "$dir" systemctl mask getty@tty1.service console-getty.service >/dev/null 2>&1 || true
-    [[ -x $dir/lib/systemd/systemd ]] || die "systemd: /lib/systemd/systemd missing from the rootfs"
+    [[ -x $dir/lib/systemd/systemd ]] || die "$name: /lib/systemd/systemd missing from the rootfs"
     chroot "$dir" sh -c 'command -v systemctl && command -v journalctl && command -v useradd' >/dev/null ||
-        die "systemd: systemctl, journalctl or useradd missing from the rootfs"
+        die "$name: systemctl, journalctl or useradd missing from the rootfs"
+    printf '%s\n' "$dir"
+}
 
+build_systemd() {
+    if image_exists "bosun/systemd:$SYSTEMD_HASH"; then
+        docker tag "bosun/systemd:$SYSTEMD_HASH" bosun/systemd:latest
+        log "systemd: bosun/systemd:$SYSTEMD_HASH up to date"
+        return
+    fi
+    local t dir
+    t=$(now)
+    # shellcheck disable=SC2086 # a list of package names
+    dir=$(systemd_rootfs systemd "$SYSTEMD_HASH" $SYSTEMD_PACKAGES)
     import_rootfs "$dir" systemd "$SYSTEMD_HASH" '["/lib/systemd/systemd"]'
     rm -rf "$dir"
     log "systemd: done ($(elapsed "$t"))"
 }
 
+# CircleCI's `machine` executor as a container: systemd as PID 1, the job
+# user circleci with passwordless sudo, the docker CLI (pointed at an engine
+# through DOCKER_HOST by the executor) and a disabled demo unit.
+build_machine() {
+    if image_exists "bosun/machine:$MACHINE_HASH"; then
+        docker tag "bosun/machine:$MACHINE_HASH" bosun/machine:latest
+        log "machine: bosun/machine:$MACHINE_HASH up to date"
+        return
+    fi
+    local t dir
+    t=$(now)
+    # shellcheck disable=SC2086 # a list of package names
+    dir=$(systemd_rootfs machine "$MACHINE_HASH" $MACHINE_PACKAGES)
+    # Only the CLI is wanted: dockerd cannot start in an unprivileged
+    # container (docker.service and docker.socket fail: "degraded"), and
+    # containerd is of no use without it. With these and the gettys masked
+    # (systemd_rootfs) nothing else fails: the system is "running".
+    chroot "$dir" systemctl mask docker.service docker.socket containerd.service >/dev/null 2>&1
+    chroot "$dir" getent passwd circleci | grep -qx 'circleci:x:3434:3434::/home/circleci:/bin/bash' ||
+        die "machine: base's circleci user is not uid/gid 3434 with home /home/circleci and shell bash"
+    # CircleCI's machine images: circleci may sudo anything, and use docker.
+    printf 'circleci ALL=(ALL) NOPASSWD:ALL\n' >"$dir/etc/sudoers.d/circleci"
+    chmod 0440 "$dir/etc/sudoers.d/circleci"
+    chroot "$dir" visudo -cqf /etc/sudoers.d/circleci || die "machine: visudo rejects /etc/sudoers.d/circleci"
+    chroot "$dir" usermod -aG docker circleci
+    # Its own user: systemd warns about services running as nobody.
+    chroot "$dir" useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin bosun-echo
+    install -m 644 "$HERE/machine/bosun-echo.service" "$dir/etc/systemd/system/bosun-echo.service"
+    [[ $(chroot "$dir" systemctl is-enabled bosun-echo.service 2>/dev/null) == disabled ]] ||
+        die "machine: bosun-echo.service is not 'disabled'"
+    chroot "$dir" sh -c 'command -v docker && command -v curl && command -v sudo && command -v socat && command -v gzip' >/dev/null ||
+        die "machine: docker, curl, sudo, socat or gzip missing from the rootfs"
+
+    # container=docker: systemd knows it is in a container from the start
+    # (what systemd-nspawn and podman set). The stop signal systemd wants,
+    # SIGRTMIN+3, cannot be set here (engine 20.10's import refuses
+    # STOPSIGNAL): whoever runs it passes --stop-signal (see README).
+    import_rootfs "$dir" machine "$MACHINE_HASH" '["/lib/systemd/systemd"]' \
+        'ENV container=docker'
+    rm -rf "$dir"
+    log "machine: done ($(elapsed "$t"))"
+}
+
+# PostgreSQL 15 as a service container (see postgres/bosun-postgres-entrypoint).
+build_postgres() {
+    if image_exists "bosun/postgres:$POSTGRES_HASH"; then
+        docker tag "bosun/postgres:$POSTGRES_HASH" bosun/postgres:latest
+        log "postgres: bosun/postgres:$POSTGRES_HASH up to date"
+        return
+    fi
+    local t base dir
+    t=$(now)
+    base=$(base_rootfs)
+    dir="$CACHE/rootfs-postgres-$POSTGRES_HASH"
+    rm -rf "$dir"
+    cp -a "$base" "$dir"
+    rm -f "$dir/.complete"
+    # Debian's postinst would make a cluster "main" under /etc/postgresql; the
+    # image makes its own below instead (as the official image does).
+    mkdir -p "$dir/etc/postgresql-common/createcluster.d"
+    printf 'create_main_cluster = false\n' >"$dir/etc/postgresql-common/createcluster.d/bosun.conf"
+    chroot_apt_install "$dir" $POSTGRES_PACKAGES
+    local bin=/usr/lib/postgresql/15/bin
+    [[ -x $dir$bin/postgres ]] || die "postgres: $bin/postgres missing from the rootfs"
+
+    # The cluster, made now so that a container's first start needs no initdb.
+    # Test-only: trust for every local connection; fsync off (nothing here
+    # outlives its job).
+    install -d -o postgres -g postgres -m 2775 "$dir/var/run/postgresql"
+    install -d -o postgres -g postgres -m 700 "$dir/var/lib/postgresql/data"
+    chroot --userspec=postgres:postgres "$dir" "$bin/initdb" -D /var/lib/postgresql/data \
+        --username=postgres --auth=trust --encoding=UTF8 --locale=C.UTF-8 --no-sync \
+        >"$CACHE/initdb-postgres.log" 2>&1 || {
+        tail -n 30 "$CACHE/initdb-postgres.log" >&2
+        die "postgres: initdb failed"
+    }
+    rm -f "$CACHE/initdb-postgres.log"
+    cat >>"$dir/var/lib/postgresql/data/postgresql.conf" <<'EOF'
+
+# bosun/postgres (images/build.sh)
+listen_addresses = '127.0.0.1,::1'
+port = 5432
+dynamic_shared_memory_type = posix
+fsync = off
+synchronous_commit = off
+full_page_writes = off
+EOF
+    cat >"$dir/var/lib/postgresql/data/pg_hba.conf" <<'EOF'
+# bosun/postgres (images/build.sh): a test-only service container.
+local all         all                trust
+host  all         all  127.0.0.1/32  trust
+host  all         all  ::1/128       trust
+local replication all                trust
+host  replication all  127.0.0.1/32  trust
+host  replication all  ::1/128       trust
+EOF
+    install -m 755 "$HERE/postgres/bosun-postgres-entrypoint" "$dir/usr/local/bin/"
+
+    # The official image also sets STOPSIGNAL SIGINT (fast shutdown), which
+    # import cannot; SIGTERM is a smart shutdown, the same once clients are gone.
+    import_rootfs "$dir" postgres "$POSTGRES_HASH" '["postgres"]' \
+        'ENTRYPOINT ["/usr/local/bin/bosun-postgres-entrypoint"]' \
+        "ENV PATH=$bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" \
+        'ENV PGDATA=/var/lib/postgresql/data' 'EXPOSE 5432'
+    rm -rf "$dir"
+    log "postgres: done ($(elapsed "$t"))"
+}
+
+# Redis as a service container: foreground, every address (it shares the
+# job's network namespace), no protected mode, no persistence.
+build_redis() {
+    if image_exists "bosun/redis:$REDIS_HASH"; then
+        docker tag "bosun/redis:$REDIS_HASH" bosun/redis:latest
+        log "redis: bosun/redis:$REDIS_HASH up to date"
+        return
+    fi
+    local t base dir
+    t=$(now)
+    base=$(base_rootfs)
+    dir="$CACHE/rootfs-redis-$REDIS_HASH"
+    rm -rf "$dir"
+    cp -a "$base" "$dir"
+    rm -f "$dir/.complete"
+    chroot_apt_install "$dir" $REDIS_PACKAGES
+    [[ -x $dir/usr/bin/redis-server ]] || die "redis: redis-server missing from the rootfs"
+    # "-::" : listen on IPv6 too when the container has it, and go on without.
+    import_rootfs "$dir" redis "$REDIS_HASH" \
+        '["redis-server", "--bind", "0.0.0.0", "-::", "--protected-mode", "no", "--save", "", "--appendonly", "no", "--dir", "/var/lib/redis"]' \
+        'USER redis' 'WORKDIR /var/lib/redis' 'EXPOSE 6379'
+    rm -rf "$dir"
+    log "redis: done ($(elapsed "$t"))"
+}
+
 main() {
-    local what=${1:-all}
-    case $what in
-        base | nobash | gitserver | systemd | all) ;;
-        prune)
-            prune_old_tags
-            return
-            ;;
-        *) die "usage: $0 [base|nobash|gitserver|systemd|all|prune]" ;;
-    esac
+    if [[ $* == prune ]]; then
+        prune_old_tags
+        return
+    fi
+    local -a names=()
+    local name
+    (($#)) || set -- all
+    # shellcheck disable=SC2046 # all: the names, split on purpose
+    set -- $(for name in "$@"; do [[ $name == all ]] && echo "$ALL_IMAGES" || echo "$name"; done)
+    for name in "$@"; do
+        [[ " $ALL_IMAGES " == *" $name "* ]] ||
+            die "usage: $0 [${ALL_IMAGES// /|}|all]... | $0 prune"
+        [[ " ${names[*]} " == *" $name "* ]] || names+=("$name")
+    done
     command -v docker >/dev/null || die "docker CLI not found"
     # Parallel test binaries each call this script; one builds, the others
     # wait and then find the images up to date. A non-root developer whose
@@ -354,28 +543,18 @@ main() {
     # no .complete marker and a hash nobody asks for again.
     [[ -d $CACHE && -w $CACHE ]] && find "$CACHE" -mindepth 1 -maxdepth 1 -type d \( -name 'rootfs-*' -o -name 'work-*' \) \
         ! -name "rootfs-base-$BASE_HASH" -exec rm -rf {} +
-    case $what in
-        base) build_base ;;
-        nobash) build_nobash ;;
-        gitserver) build_gitserver ;;
-        systemd) build_systemd ;;
-        all)
-            build_base
-            build_nobash
-            build_gitserver
-            build_systemd
-            ;;
-    esac
-    case $what in
-        base | all) echo "bosun/base:$BASE_HASH" ;;&
-        nobash | all) echo "bosun/nobash:$NOBASH_HASH" ;;&
-        gitserver | all) echo "bosun/gitserver:$GITSERVER_HASH" ;;&
-        systemd | all) echo "bosun/systemd:$SYSTEMD_HASH" ;;
-    esac
+    for name in "${names[@]}"; do
+        "build_$name"
+    done
+    for name in "${names[@]}"; do
+        tag_of "$name"
+    done
     # Root filesystems are only kept while another image still needs them.
-    if [[ $what == all ]] || { image_exists "bosun/gitserver:$GITSERVER_HASH" && image_exists "bosun/systemd:$SYSTEMD_HASH"; }; then
-        rm -rf "$CACHE"/rootfs-base-*
-    fi
+    local keep_base=
+    for name in $FROM_BASE_ROOTFS; do
+        image_exists "$(tag_of "$name")" || keep_base=1
+    done
+    [[ -n $keep_base ]] || rm -rf "$CACHE"/rootfs-base-*
     log "total $(elapsed "$t")"
 }
 
@@ -384,8 +563,8 @@ main() {
 # container stay (rmi refuses). Not done automatically: another work tree's
 # build.sh may be using those tags right now.
 prune_old_tags() {
-    local ref keep
-    keep=" bosun/base:$BASE_HASH bosun/nobash:$NOBASH_HASH bosun/gitserver:$GITSERVER_HASH bosun/systemd:$SYSTEMD_HASH "
+    local ref keep name
+    keep=" $(for name in $ALL_IMAGES; do tag_of "$name"; done | tr '\n' ' ') "
     while IFS= read -r ref; do
         case $ref in
             *:latest | *:"<none>") continue ;;
