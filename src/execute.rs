@@ -88,22 +88,7 @@ pub struct CompileArgs {
     pub pipeline_params: Vec<String>,
 }
 
-/// Reads vendored orbs from a directory (the compiler itself does no I/O).
-pub struct OrbDir(pub PathBuf);
-
-impl config::OrbLoader for OrbDir {
-    fn load(&self, orb: &config::OrbRef) -> config::OrbSource {
-        let path = self.0.join(orb.vendored_path());
-        match std::fs::read_to_string(&path) {
-            Ok(text) => config::OrbSource::Found {
-                file: path.display().to_string(),
-                text,
-            },
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => config::OrbSource::Missing,
-            Err(e) => config::OrbSource::Failed(format!("{}: {e}", path.display())),
-        }
-    }
-}
+pub use crate::config::OrbDir;
 
 impl CompileArgs {
     pub fn pipeline(&self) -> Result<config::PipelineValues, PrepareError> {
