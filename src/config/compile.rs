@@ -39,6 +39,9 @@ pub(crate) struct Engine {
     pub warnings: std::cell::RefCell<Vec<ConfigError>>,
     /// Registry orb references and what each resolved to.
     pub resolved: Vec<ResolvedOrb>,
+    /// Executor parameters given as `{name, args…}`, expanded where they were written:
+    /// (the argument's node, the expanded executor).
+    pub pre_expanded: std::cell::RefCell<Vec<(Node, Node)>>,
     /// (workflow, name, base name) of every workflow job invoked without `name:`.
     pub auto_names: Vec<(String, String, String)>,
 }
@@ -911,7 +914,20 @@ impl Engine {
     }
 
     /// `executor: name` / `{name, args…}` → the executor's keys, substituted.
-    fn expand_executor(&self, scope: usize, node: &Node, path: &str) -> Result<Node, ConfigError> {
+    pub(crate) fn expand_executor(
+        &self,
+        scope: usize,
+        node: &Node,
+        path: &str,
+    ) -> Result<Node, ConfigError> {
+        if let Some((_, x)) = self
+            .pre_expanded
+            .borrow()
+            .iter()
+            .find(|(n, _)| n.pos == node.pos && n.value == node.value)
+        {
+            return Ok(x.clone());
+        }
         // An executor parameter already resolved to its definition: expand that one, with
         // its own parameters' defaults.
         let resolved = self.find_executor_def(node);

@@ -474,6 +474,22 @@ impl Engine {
                     };
                     self.executor_def(from, name).unwrap_or(value)
                 }
+                // `{name: e, arg: …}` names an executor where it is written, which may be
+                // another scope than where it is used (the config passing its own executor to
+                // an orb job): expand it now, and let `executor:` find it by its node.
+                (ParamType::Executor, Value::Map(_)) => {
+                    let from = if is_default {
+                        scopes.declared
+                    } else {
+                        scopes.caller
+                    };
+                    let vpath = join(call_path, name);
+                    let expanded = self.expand_executor(from, &value, &vpath)?;
+                    self.pre_expanded
+                        .borrow_mut()
+                        .push((value.clone(), expanded));
+                    value
+                }
                 _ => value,
             };
             out.push((name.to_owned(), value));

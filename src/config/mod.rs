@@ -426,6 +426,7 @@ fn compile_engine(
         warnings: Default::default(),
         resolved: Vec::new(),
         auto_names: Vec::new(),
+        pre_expanded: Default::default(),
     };
     if let Err(e) = engine.top_level(&root) {
         return Err(vec![e]);
