@@ -168,4 +168,77 @@ fn main() {
         "peak memory   one compile:   {mb:8.2} MB  target < 20 MB  ratio to target {:.3}",
         mb / 20.0
     );
+    real_configs();
+}
+
+/// CPU time per compile (median, min, max of `runs`) of `text` with `opts`.
+fn time_compile(text: &str, opts: &bosun::config::CompileOptions, runs: usize) -> [f64; 3] {
+    let mut cpu: Vec<f64> = (0..runs)
+        .map(|_| {
+            let c = process_cpu();
+            let r = bosun::config::compile(std::hint::black_box(text), "real.yml", opts);
+            std::hint::black_box(r.is_ok());
+            process_cpu().saturating_sub(c).as_secs_f64() * 1e3
+        })
+        .collect();
+    cpu.sort_by(f64::total_cmp);
+    [cpu[runs / 2], cpu[0], cpu[runs - 1]]
+}
+
+/// The largest real config of `../shared/corpus` that compiles, and a config using every job
+/// of the largest vendored orb (`../shared/orbs`), loaded from disk on every compile as
+/// `--orb-dir` does.
+fn real_configs() {
+    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared");
+    let none = bosun::config::CompileOptions::default();
+    let largest = std::fs::read_dir(root.join("corpus"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "yml"))
+        .filter_map(|e| Some((e.path(), std::fs::read_to_string(e.path()).ok()?)))
+        .filter(|(_, t)| bosun::config::compile(t, "real.yml", &none).is_ok())
+        .max_by_key(|(_, t)| t.len());
+    if let Some((path, text)) = largest {
+        let [med, min, max] = time_compile(&text, &none, 30);
+        println!(
+            "largest real config  {} ({} lines): CPU median {med:.2} ms (min {min:.2}, max {max:.2})",
+            path.file_name().map(|f| f.to_string_lossy()).unwrap_or_default(),
+            text.lines().count()
+        );
+    }
+    let loader = bosun::config::OrbDir(root.join("orbs"));
+    let with = bosun::config::CompileOptions {
+        orbs: Some(&loader),
+        ..Default::default()
+    };
+    let orb = "circleci/docker@4.0.1";
+    let Ok(orb_text) = std::fs::read_to_string(root.join("orbs/circleci/docker@4.0.1.yml")) else {
+        return;
+    };
+    let Ok(orb_root) = bosun::config::yaml::parse(&orb_text) else {
+        return;
+    };
+    let mut cfg = format!("version: 2.1\norbs:\n  docker: {orb}\nworkflows:\n  main:\n    jobs:\n");
+    for (k, def) in orb_root.get("jobs").and_then(|j| j.as_map()).unwrap_or(&[]) {
+        let Some(name) = k.as_str() else { continue };
+        let required: Vec<String> = def
+            .get("parameters")
+            .and_then(|p| p.as_map())
+            .unwrap_or(&[])
+            .iter()
+            .filter(|(_, d)| d.get("default").is_none())
+            .filter_map(|(p, _)| Some(format!("{}: x", p.as_str()?)))
+            .collect();
+        let _ = writeln!(cfg, "      - docker/{name}: {{{}}}", required.join(", "));
+    }
+    if let Err(e) = bosun::config::compile(&cfg, "real.yml", &with) {
+        println!("orb config does not compile: {e:?}");
+        return;
+    }
+    let [med, min, max] = time_compile(&cfg, &with, 30);
+    println!(
+        "every job of {orb} ({} lines of orb, + circleci/jq@2.2 it imports): CPU median {med:.2} ms (min {min:.2}, max {max:.2})",
+        orb_text.lines().count()
+    );
 }

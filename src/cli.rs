@@ -36,6 +36,9 @@ enum Command {
     /// Compile .circleci/config.yml offline: `process` prints it expanded, `validate` checks it.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Orb tools: `pack` an orb's source tree into one file, as `circleci orb pack` does.
+    #[command(subcommand)]
+    Orb(OrbCommand),
     /// Print the SSH host keys a server presents, as known_hosts lines with SHA256 fingerprints.
     Keyscan {
         /// HOST or HOST:PORT (port 22 by default).
@@ -60,6 +63,32 @@ enum ConfigCommand {
     Process(ConfigArgs),
     /// Exit 0 if the config compiles; otherwise print every error found and exit 2.
     Validate(ConfigArgs),
+}
+
+#[derive(Subcommand)]
+enum OrbCommand {
+    /// Print the packed orb made from SRC_DIR (the directory holding `@orb.yml`, usually an
+    /// orb repository's `src/`): `bosun orb pack src > orb.yml`. Vendor the result as
+    /// `ORB_DIR/<namespace>/<name>@<version>.yml` for `--orb-dir ORB_DIR`.
+    Pack {
+        /// The orb's source directory.
+        src_dir: std::path::PathBuf,
+    },
+}
+
+fn orb_command(cmd: OrbCommand) -> ExitCode {
+    match cmd {
+        OrbCommand::Pack { src_dir } => match bosun::config::orb_pack::pack(&src_dir) {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(EXIT_SETUP)
+            }
+        },
+    }
 }
 
 #[derive(clap::Args)]
@@ -95,6 +124,18 @@ fn config_command(cmd: ConfigCommand) -> ExitCode {
     let opts = args.compile.options(pipeline, loader.as_ref());
     match bosun::config::compile(&text, &name, &opts) {
         Ok(c) => {
+            for w in &c.warnings {
+                eprintln!("warning: {w}");
+            }
+            if !process {
+                // `process` says this in its output's header comments.
+                for o in &c.orbs {
+                    eprintln!(
+                        "note: orb '{}' resolved to '{}' ({})",
+                        o.reference, o.resolved, o.file
+                    );
+                }
+            }
             if c.setup {
                 eprintln!("note: {name} is a setup config (setup: true): its jobs generate the real config and continue the pipeline; compile that continuation config separately");
             }
@@ -130,6 +171,7 @@ pub fn main() -> ExitCode {
         Command::Execute(args) => ExitCode::from(execute::run(*args)),
         Command::Checkout(args) => ExitCode::from(execute::checkout(*args)),
         Command::Config(cmd) => config_command(cmd),
+        Command::Orb(cmd) => orb_command(cmd),
         Command::Coordinator(cmd) => ExitCode::from(bosun::coordinator::run(cmd)),
         Command::Keyscan {
             target,

@@ -1,8 +1,13 @@
 //! Real-world configs (`../shared/corpus`, see its MANIFEST.tsv): those without registry orbs
 //! compile and match a reviewed snapshot of their workflow graph; those with registry orbs fail
-//! with the "not vendored" error naming an orb. `BLESS=1` rewrites the snapshots.
+//! with the "not vendored" error naming an orb, and with `--orb-dir ../shared/orbs` either
+//! compile (snapshot `<name>.orbs.txt`) or fail naming an orb that really is not vendored
+//! there. `BLESS=1` rewrites the snapshots.
 
-use bosun::config::{compile, CompileOptions, StepKind, WorkflowJobKind};
+use bosun::config::{
+    compile, resolve_pin, CompileOptions, OrbDir, OrbLoader, OrbRef, OrbSource, StepKind,
+    WorkflowJobKind,
+};
 use std::fmt::Write;
 use std::path::PathBuf;
 
@@ -83,11 +88,17 @@ fn corpus_configs_compile_or_name_their_orb() {
     let bless = std::env::var_os("BLESS").is_some();
     let snapshots = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/snapshots");
     let mut failures = Vec::new();
+    let (mut plain, mut plain_ok, mut with_orbs, mut vendored_ok) = (0, 0, 0, 0);
     for line in manifest.lines().skip(1) {
         let cols: Vec<&str> = line.split('\t').collect();
         let (file, orbs) = (cols[0], cols.get(5).copied().unwrap_or("no"));
         let text = std::fs::read_to_string(dir.join(file)).expect("corpus file");
         let result = compile(&text, file, &CompileOptions::default());
+        if orbs == "yes" {
+            with_orbs += 1;
+        } else {
+            plain += 1;
+        }
         if orbs == "yes" {
             match result {
                 Ok(_) => failures.push(format!("{file}: compiled, but has registry orbs")),
@@ -97,6 +108,43 @@ fn corpus_configs_compile_or_name_their_orb() {
                             && e.hint.as_deref().unwrap_or("").contains("--orb-dir")
                     }) {
                         failures.push(format!("{file}: expected the orb error, got {errs:?}"));
+                    }
+                }
+            }
+            let loader = OrbDir(orbs_dir());
+            let with = CompileOptions {
+                orbs: Some(&loader),
+                orb_dir: Some("../shared/orbs".to_owned()),
+                ..CompileOptions::default()
+            };
+            match compile(&text, file, &with) {
+                Ok(c) => {
+                    vendored_ok += 1;
+                    check_snapshot(
+                        &snapshots,
+                        &file.replace(".yml", ".orbs.txt"),
+                        &summary(&c),
+                        bless,
+                        &mut failures,
+                    );
+                }
+                Err(errs) => {
+                    let missing: Vec<&str> = errs
+                        .iter()
+                        .filter(|e| e.message.contains("is not inline and not vendored"))
+                        .filter_map(|e| e.message.strip_prefix("Cannot find "))
+                        .filter_map(|m| m.split(':').next())
+                        .collect();
+                    if missing.is_empty() {
+                        failures.push(format!(
+                            "{file}: with --orb-dir, expected to compile or to name a missing orb: {}",
+                            errs.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n")
+                        ));
+                    }
+                    for m in missing {
+                        if vendored(&loader, m) {
+                            failures.push(format!("{file}: says {m} is not vendored, but it is"));
+                        }
                     }
                 }
             }
@@ -111,20 +159,60 @@ fn corpus_configs_compile_or_name_their_orb() {
                     .join("\n")
             )),
             Ok(c) => {
-                let got = summary(&c);
-                let snap = snapshots.join(file.replace(".yml", ".txt"));
-                if bless {
-                    std::fs::write(&snap, &got).expect("write snapshot");
-                } else {
-                    let want = std::fs::read_to_string(&snap).unwrap_or_default();
-                    if want != got {
-                        failures.push(format!(
-                            "{file}: snapshot differs (BLESS=1 to rewrite)\n{got}"
-                        ));
-                    }
-                }
+                plain_ok += 1;
+                check_snapshot(
+                    &snapshots,
+                    &file.replace(".yml", ".txt"),
+                    &summary(&c),
+                    bless,
+                    &mut failures,
+                );
             }
         }
     }
+    eprintln!(
+        "corpus: {plain_ok} of {plain} orb-free configs compile; {vendored_ok} of {with_orbs} configs with registry orbs compile with --orb-dir ../shared/orbs"
+    );
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+fn orbs_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/orbs")
+}
+
+/// Whether `ns/name@pin` can be served by `loader` (exactly or through a pin).
+fn vendored(loader: &OrbDir, reference: &str) -> bool {
+    let Some((nn, version)) = reference.split_once('@') else {
+        return false;
+    };
+    let Some((ns, name)) = nn.split_once('/') else {
+        return false;
+    };
+    let version = resolve_pin(version, &loader.versions(ns, name)).unwrap_or(version.to_owned());
+    let r = OrbRef {
+        namespace: ns.to_owned(),
+        name: name.to_owned(),
+        version,
+    };
+    matches!(loader.load(&r), OrbSource::Found { .. })
+}
+
+fn check_snapshot(
+    dir: &std::path::Path,
+    name: &str,
+    got: &str,
+    bless: bool,
+    failures: &mut Vec<String>,
+) {
+    let snap = dir.join(name);
+    if bless {
+        std::fs::write(&snap, got).expect("write snapshot");
+    } else {
+        let want = std::fs::read_to_string(&snap).unwrap_or_default();
+        if want != got {
+            failures.push(format!(
+                "{name}: snapshot differs (BLESS=1 to rewrite)\n{got}"
+            ));
+        }
+    }
 }

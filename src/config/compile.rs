@@ -3,7 +3,7 @@
 //! processed (2.0-shaped) YAML tree.
 
 use super::graph::{Filter, Filters, Pattern, Workflow, WorkflowJob, WorkflowJobKind};
-use super::interp::Scope as Sc;
+use super::interp::{BindScopes, Scope as Sc};
 use super::plan::CompiledJob;
 use super::yaml::{self, Node, Pos, Value};
 use super::*;
@@ -19,6 +19,9 @@ pub(crate) struct Scope {
     pub path: String,
     /// `alias/` for elements of an orb as seen from the config (names in the output).
     pub display: String,
+    /// How the orb was imported, for errors naming the chain of imports: the scope that
+    /// imported it, the alias there, and the exact reference (`circleci/docker@2.1.4`).
+    pub imported: Option<(usize, String, String)>,
 }
 
 pub(crate) struct Engine {
@@ -30,6 +33,44 @@ pub(crate) struct Engine {
     pub errors: Vec<ConfigError>,
     /// Compiled filter and `matches` patterns: a matrix repeats the same filters per job.
     pub regexes: std::cell::RefCell<std::collections::HashMap<String, regex::Regex>>,
+    /// What the expansion has produced so far, against [`MAX_STEPS`] and [`MAX_STEP_BYTES`].
+    pub spent: std::cell::Cell<Spent>,
+    /// Keys CircleCI accepts and ignores, and other things worth saying that are not errors.
+    pub warnings: std::cell::RefCell<Vec<ConfigError>>,
+    /// Registry orb references and what each resolved to.
+    pub resolved: Vec<ResolvedOrb>,
+    /// Executor parameters given as `{name, args…}`, expanded where they were written:
+    /// (the argument's node, the expanded executor).
+    pub pre_expanded: std::cell::RefCell<Vec<(Node, Node)>>,
+    /// (workflow, name, base name) of every workflow job invoked without `name:`.
+    pub auto_names: Vec<(String, String, String)>,
+}
+
+/// Expansion budgets. Commands calling commands multiply: ten lines that each call the next
+/// command ten times make 10^k steps, so a config of a few dozen lines could otherwise expand
+/// to millions of steps and gigabytes (it took the agent down). The largest real configs
+/// known expand to a few thousand steps and a few MB, so the limits leave room and still stop
+/// a runaway expansion in well under a second.
+pub(crate) const MAX_STEPS: usize = 100_000;
+/// Bytes of text in expanded steps, over the whole config.
+pub(crate) const MAX_STEP_BYTES: usize = 64 << 20;
+/// Bytes of one substituted scalar (a parameter pasted into itself level after level doubles).
+pub(crate) const MAX_SCALAR_BYTES: usize = 8 << 20;
+
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Spent {
+    pub steps: usize,
+    pub bytes: usize,
+}
+
+/// Bytes of text in a node (keys and scalars).
+fn text_size(n: &Node) -> usize {
+    match &n.value {
+        Value::Str(s) => s.len(),
+        Value::Seq(items) => items.iter().map(text_size).sum(),
+        Value::Map(m) => m.iter().map(|(k, v)| text_size(k) + text_size(v)).sum(),
+        _ => 8,
+    }
 }
 
 /// A job after expansion: 2.0-shaped, with its steps still carrying the key paths they were
@@ -176,6 +217,70 @@ impl Engine {
         Ok(())
     }
 
+    /// Count one expanded step against the budgets; `calls` is the chain of commands being
+    /// expanded, named in the error.
+    fn charge_step(&self, step: &Node, path: &str, calls: &[String]) -> Result<(), ConfigError> {
+        let mut spent = self.spent.get();
+        spent.steps += 1;
+        spent.bytes += text_size(step);
+        self.spent.set(spent);
+        if spent.steps <= MAX_STEPS && spent.bytes <= MAX_STEP_BYTES {
+            return Ok(());
+        }
+        let what = if spent.steps > MAX_STEPS {
+            format!("more than {MAX_STEPS} steps")
+        } else {
+            format!("more than {} MiB of steps", MAX_STEP_BYTES >> 20)
+        };
+        let chain = match calls {
+            [] => "outside any command".to_owned(),
+            [only] => format!("in command `{}`", command_label(only)),
+            _ => format!(
+                "in command `{}` (called through {})",
+                command_label(&calls[calls.len() - 1]),
+                calls
+                    .iter()
+                    .map(|c| command_label(c))
+                    .collect::<Vec<_>>()
+                    .join(" → ")
+            ),
+        };
+        Err(self.err_hint(
+            step,
+            path,
+            format!("the config expands to {what} {chain}"),
+            "commands that invoke other commands several times multiply their steps; bosun stops the expansion there (a runaway config must not take the machine down): call the command fewer times, or loop inside one `run` step",
+        ))
+    }
+
+    /// A substituted scalar must stay under [`MAX_SCALAR_BYTES`].
+    pub(crate) fn check_scalar_size(
+        &self,
+        at: &Node,
+        path: &str,
+        len: usize,
+    ) -> Result<(), ConfigError> {
+        if len <= MAX_SCALAR_BYTES {
+            return Ok(());
+        }
+        Err(self.err_hint(
+            at,
+            path,
+            format!(
+                "the value expands to more than {} MiB of text",
+                MAX_SCALAR_BYTES >> 20
+            ),
+            "a parameter pasted into itself at every level doubles each time; pass it on once",
+        ))
+    }
+
+    pub(crate) fn warn(&self, w: ConfigError) {
+        let mut ws = self.warnings.borrow_mut();
+        if !ws.contains(&w) {
+            ws.push(w);
+        }
+    }
+
     fn push(&mut self, r: Result<(), ConfigError>) {
         if let Err(e) = r {
             if !self.errors.contains(&e) {
@@ -298,8 +403,19 @@ impl Engine {
             }
         }
         let cli = Node::new(Value::Null, Pos::default());
-        self.pipeline_params =
-            self.bind(decls, "parameters", &given, &cli, "--pipeline-param", true)?;
+        let scopes = BindScopes {
+            caller: 0,
+            declared: 0,
+        };
+        self.pipeline_params = self.bind(
+            decls,
+            "parameters",
+            &given,
+            &cli,
+            "--pipeline-param",
+            true,
+            scopes,
+        )?;
         Ok(())
     }
 
@@ -316,6 +432,7 @@ impl Engine {
             is_orb: false,
             path: String::new(),
             display: String::new(),
+            imported: None,
         });
         let mut loaded: Vec<(String, usize)> = Vec::new();
         let imports = self.orb_imports(0, loader, orb_dir, &mut loaded, 0);
@@ -361,6 +478,7 @@ impl Engine {
                         is_orb: true,
                         path: format!("{path}."),
                         display: format!("{alias}/"),
+                        imported: Some((scope, alias.clone(), format!("inline orb `{alias}`"))),
                     });
                     let imp = self.orb_imports(idx, loader, orb_dir, loaded, depth + 1);
                     self.scopes[idx].imports = imp;
@@ -374,10 +492,19 @@ impl Engine {
                     };
                     let r = self.subst(v, &path, sc).and_then(|n| {
                         let s = n.as_str().unwrap_or("").to_owned();
-                        self.registry_orb(&s, v, &path, loader, orb_dir)
+                        self.registry_orb(scope, &s, v, &path, loader, orb_dir)
+                            .map(|found| (s, found))
                     });
                     match r {
-                        Ok((reference, text, file)) => {
+                        Ok((written, (reference, text, file))) => {
+                            let note = ResolvedOrb {
+                                reference: written,
+                                resolved: reference.clone(),
+                                file: file.clone(),
+                            };
+                            if !self.resolved.contains(&note) {
+                                self.resolved.push(note);
+                            }
                             if let Some((_, idx)) = loaded.iter().find(|(r, _)| *r == reference) {
                                 out.push((alias, *idx));
                                 continue;
@@ -393,6 +520,7 @@ impl Engine {
                                         is_orb: true,
                                         path: String::new(),
                                         display: format!("{alias}/"),
+                                        imported: Some((scope, alias.clone(), reference.clone())),
                                     });
                                     loaded.push((reference, idx));
                                     let imp =
@@ -431,8 +559,33 @@ impl Engine {
         out
     }
 
+    /// `, needed by circleci/docker@2.1.4 (imported as `docker` by the config)` for an orb
+    /// imported by an orb; empty for the config's own imports.
+    fn import_chain(&self, scope: usize) -> String {
+        let mut links = Vec::new();
+        let mut at = scope;
+        while let Some((parent, alias, reference)) = &self.scopes[at].imported {
+            links.push((reference.clone(), alias.clone()));
+            at = *parent;
+        }
+        let Some((first, _)) = links.first() else {
+            return String::new();
+        };
+        let mut out = format!(", needed by {first}");
+        for (i, (_, alias)) in links.iter().enumerate() {
+            let by = match links.get(i + 1) {
+                Some((r, _)) => r.clone(),
+                None => "the config".to_owned(),
+            };
+            out.push_str(&format!(" (imported as `{alias}` by {by}"));
+        }
+        out.push_str(&")".repeat(links.len()));
+        out
+    }
+
     fn registry_orb(
         &self,
+        scope: usize,
         reference: &str,
         at: &Node,
         path: &str,
@@ -458,21 +611,43 @@ impl Engine {
         };
         let file_name = format!("{}/{}@{}.yml", orb.namespace, orb.name, orb.version);
         let dir = orb_dir.unwrap_or("DIR");
-        let how = format!(
-            "registry orbs cannot be fetched offline: vendor it as `{dir}/{file_name}` (e.g. `circleci orb source {reference} > {dir}/{file_name}`) and pass `--orb-dir {dir}`"
+        let mut how = format!(
+            "registry orbs cannot be fetched offline: vendor it as `{dir}/{file_name}` (e.g. `circleci orb source {reference} > {dir}/{file_name}`, or `bosun orb pack` of its source), or its source tree as `{dir}/{}/{}@VERSION/src/`, and pass `--orb-dir {dir}`",
+            orb.namespace, orb.name
         );
-        match loader.map(|l| l.load(&orb)) {
-            Some(OrbSource::Found { file, text }) => Ok((reference.to_owned(), text, file)),
+        // A pin (`@2.2`, `@2`, `@volatile`) means the newest vendored version it matches.
+        let available = loader
+            .map(|l| l.versions(&orb.namespace, &orb.name))
+            .unwrap_or_default();
+        let exact = match resolve_pin(&orb.version, &available) {
+            Some(v) => OrbRef {
+                version: v,
+                ..orb.clone()
+            },
+            None => orb.clone(),
+        };
+        if !available.is_empty() && resolve_pin(&orb.version, &available).is_none() {
+            how.push_str(&format!(
+                "; vendored versions of {}/{}: {}",
+                orb.namespace,
+                orb.name,
+                available.join(", ")
+            ));
+        }
+        let exact_ref = format!("{}/{}@{}", exact.namespace, exact.name, exact.version);
+        let chain = self.import_chain(scope);
+        match loader.map(|l| l.load(&exact)) {
+            Some(OrbSource::Found { file, text }) => Ok((exact_ref, text, file)),
             Some(OrbSource::Failed(why)) => Err(self.err(
                 at,
                 path,
-                format!("cannot read the vendored orb {reference}: {why}"),
+                format!("cannot read the vendored orb {reference}{chain}: {why}"),
             )),
             Some(OrbSource::Missing) | None => Err(self.err_hint(
                 at,
                 path,
                 format!(
-                    "Cannot find {reference}: orb `{orb_alias}` is not inline and not vendored",
+                    "Cannot find {reference}: orb `{orb_alias}` is not inline and not vendored{chain}",
                     orb_alias = path.rsplit('.').next().unwrap_or(reference)
                 ),
                 how,
@@ -490,6 +665,31 @@ impl Engine {
         }
         let def = s.root.get(kind.section())?.get(name)?;
         Some((scope, def, format!("{}{}.{}", s.path, kind.section(), name)))
+    }
+
+    /// The definition of executor `name` as seen from `scope`, positioned where it is written.
+    pub(crate) fn executor_def(&self, scope: usize, name: &str) -> Option<Node> {
+        self.resolve(scope, Kind::Executor, name)
+            .map(|(_, def, _)| def.clone())
+    }
+
+    /// If `node` is an executor definition itself (an executor parameter's value), its scope
+    /// and name. Definitions are told apart by where they are written.
+    pub(crate) fn find_executor_def(&self, node: &Node) -> Option<(usize, String)> {
+        node.as_map()?;
+        self.scopes.iter().enumerate().find_map(|(i, s)| {
+            s.root
+                .get("executors")?
+                .as_map()?
+                .iter()
+                .find(|(_, v)| v.pos == node.pos && v.value == node.value)
+                .and_then(|(k, _)| k.as_str().map(|k| (i, k.to_owned())))
+        })
+    }
+
+    /// The name an executor parameter's value reads as in text.
+    pub(crate) fn executor_name(&self, node: &Node) -> Option<String> {
+        self.find_executor_def(node).map(|(_, n)| n)
     }
 
     fn not_found(
@@ -588,6 +788,10 @@ impl Engine {
             call,
             call_path,
             pp,
+            BindScopes {
+                caller: scope,
+                declared: js,
+            },
         )?;
         let sc = Sc {
             params: Some(&bound),
@@ -710,7 +914,28 @@ impl Engine {
     }
 
     /// `executor: name` / `{name, args…}` → the executor's keys, substituted.
-    fn expand_executor(&self, scope: usize, node: &Node, path: &str) -> Result<Node, ConfigError> {
+    pub(crate) fn expand_executor(
+        &self,
+        scope: usize,
+        node: &Node,
+        path: &str,
+    ) -> Result<Node, ConfigError> {
+        if let Some((_, x)) = self
+            .pre_expanded
+            .borrow()
+            .iter()
+            .find(|(n, _)| n.pos == node.pos && n.value == node.value)
+        {
+            return Ok(x.clone());
+        }
+        // An executor parameter already resolved to its definition: expand that one, with
+        // its own parameters' defaults.
+        let resolved = self.find_executor_def(node);
+        let (scope, node) = match &resolved {
+            Some((es, name)) => (*es, Node::str(name.clone(), node.pos)),
+            None => (scope, node.clone()),
+        };
+        let node = &node;
         let (name, args): (&str, Vec<(Node, Node)>) = match &node.value {
             Value::Str(s) => (s.as_str(), Vec::new()),
             Value::Map(m) => {
@@ -748,6 +973,10 @@ impl Engine {
             node,
             path,
             pp,
+            BindScopes {
+                caller: scope,
+                declared: es,
+            },
         )?;
         let sc = Sc {
             params: Some(&bound),
@@ -803,6 +1032,14 @@ impl Engine {
         };
         for (i, item) in list.iter().enumerate() {
             let sp = format!("{path}[{i}]");
+            let legacy;
+            let item = match self.legacy_step(item, &sp)? {
+                Some(n) => {
+                    legacy = n;
+                    &legacy
+                }
+                None => item,
+            };
             let (name, args) = match &item.value {
                 Value::Str(s) => (s.as_str(), None),
                 Value::Map(m) if m.len() == 1 => {
@@ -872,6 +1109,10 @@ impl Engine {
                     item,
                     &here,
                     pp,
+                    BindScopes {
+                        caller: stack.last().copied().unwrap_or(0),
+                        declared: cs,
+                    },
                 )?;
                 let steps = def
                     .get("steps")
@@ -923,12 +1164,15 @@ impl Engine {
                             a.pos,
                         ),
                     };
-                    out.push((
-                        Node::new(Value::Map(vec![(Node::str(name, item.pos), a)]), item.pos),
-                        here,
-                    ));
+                    let step =
+                        Node::new(Value::Map(vec![(Node::str(name, item.pos), a)]), item.pos);
+                    self.charge_step(&step, &here, calls)?;
+                    out.push((step, here));
                 }
-                _ if BUILTIN_STEPS.contains(&name) => out.push((item.clone(), here)),
+                _ if BUILTIN_STEPS.contains(&name) => {
+                    self.charge_step(item, &here, calls)?;
+                    out.push((item.clone(), here))
+                }
                 _ => {
                     let innermost = stack.last().copied().unwrap_or(0);
                     return Err(self.not_found(innermost, Kind::Command, name, item, &sp));
@@ -936,6 +1180,81 @@ impl Engine {
             }
         }
         Ok(())
+    }
+
+    /// The 2.0-preview step form, `{type: shell, name, command, pwd, …}`, still found in real
+    /// configs through anchors merged into a step (`- <<: *init`), which CircleCI runs: as the
+    /// modern step it stands for. `None` when `item` is not of that form.
+    fn legacy_step(&self, item: &Node, path: &str) -> Result<Option<Node>, ConfigError> {
+        let Value::Map(m) = &item.value else {
+            return Ok(None);
+        };
+        if m.len() < 2 {
+            return Ok(None);
+        }
+        let Some(ty) = item.get("type") else {
+            return Ok(None);
+        };
+        let tp = join(path, "type");
+        let ty_name = self.expect_str(ty, &tp)?;
+        match ty_name {
+            "shell" | "run" => {
+                self.check_keys(
+                    m,
+                    &[
+                        "type",
+                        "name",
+                        "command",
+                        "pwd",
+                        "shell",
+                        "environment",
+                        "background",
+                        "no_output_timeout",
+                        "when",
+                    ],
+                    path,
+                )?;
+                let args: Vec<(Node, Node)> = m
+                    .iter()
+                    .filter(|(k, _)| k.as_str() != Some("type"))
+                    .map(|(k, v)| {
+                        if k.as_str() == Some("pwd") {
+                            (Node::str("working_directory", k.pos), v.clone())
+                        } else {
+                            (k.clone(), v.clone())
+                        }
+                    })
+                    .collect();
+                Ok(Some(Node::new(
+                    Value::Map(vec![(
+                        Node::str("run", ty.pos),
+                        Node::new(Value::Map(args), item.pos),
+                    )]),
+                    item.pos,
+                )))
+            }
+            "checkout" => {
+                self.check_keys(m, &["type", "name", "path"], path)?;
+                let args: Vec<(Node, Node)> = m
+                    .iter()
+                    .filter(|(k, _)| k.as_str() != Some("type"))
+                    .cloned()
+                    .collect();
+                Ok(Some(Node::new(
+                    Value::Map(vec![(
+                        Node::str("checkout", ty.pos),
+                        Node::new(Value::Map(args), item.pos),
+                    )]),
+                    item.pos,
+                )))
+            }
+            other => Err(self.err_hint(
+                ty,
+                &tp,
+                format!("the old step form `type: {other}` is not supported"),
+                "write the step as a mapping with one key, its type (e.g. `- run: {name: …, command: …}`)",
+            )),
+        }
     }
 
     // ---------------------------------------------------------------- workflows
@@ -958,6 +1277,7 @@ impl Engine {
                                 requires: Vec::new(),
                                 context: Vec::new(),
                                 filters: Filters::default(),
+                                serial_group: None,
                             }],
                         },
                         vec![("build".to_owned(), x.node)],
@@ -976,20 +1296,93 @@ impl Engine {
             self.push(Err(e));
             return out;
         };
+        let (mut total, mut filtered) = (0, Vec::new());
         for (k, wf) in map {
             let name = k.as_str().unwrap_or("?");
             if name == "version" {
                 continue;
             }
+            total += 1;
             let path = join("workflows", name);
             let r = self.workflow(name, wf, &path);
             match r {
                 Ok(Some(w)) => out.push(w),
-                Ok(None) => {}
+                Ok(None) => filtered.push(wf),
                 Err(e) => self.push(Err(e)),
             }
         }
+        self.number_across_workflows(&mut out);
+        if total > 0 && filtered.len() == total {
+            // CircleCI refuses such a pipeline rather than running nothing.
+            let mut params: Vec<String> = Vec::new();
+            for wf in &filtered {
+                for key in ["when", "unless"] {
+                    if let Some(c) = wf.get(key) {
+                        pipeline_parameter_refs(c, &mut params);
+                    }
+                }
+            }
+            let hint = if params.is_empty() {
+                "every workflow's `when`/`unless` is false for these pipeline values; pass the values they test (`--pipeline-param NAME=VALUE`) or add a workflow without `when`".to_owned()
+            } else {
+                format!(
+                    "every workflow's `when`/`unless` is false for these pipeline values; they test {}: pass e.g. `--pipeline-param {}=VALUE`",
+                    params.iter().map(|p| format!("`pipeline.parameters.{p}`")).collect::<Vec<_>>().join(", "),
+                    params[0]
+                )
+            };
+            let e = self.err_hint(
+                wfs,
+                "workflows",
+                "All Workflows have been filtered from this Pipeline. No Jobs have been run.",
+                hint,
+            );
+            self.push(Err(e));
+        }
         out
+    }
+
+    /// A job invoked without `name:` more than once across workflows is numbered across
+    /// them (`build-1` in one workflow, `build-2` in the next), as CircleCI names them: the
+    /// processed config has one `jobs:` map for all workflows. Within its workflow each entry
+    /// keeps what it required (renamed alike).
+    #[allow(clippy::type_complexity)]
+    fn number_across_workflows(&mut self, out: &mut [(Workflow, Vec<(String, Node)>)]) {
+        let auto = std::mem::take(&mut self.auto_names);
+        let mut total: std::collections::HashMap<&str, usize> = Default::default();
+        for (_, _, base) in &auto {
+            *total.entry(base.as_str()).or_default() += 1;
+        }
+        let mut seen: std::collections::HashMap<&str, usize> = Default::default();
+        for (wf, jobs) in out.iter_mut() {
+            let mut renames: Vec<(String, String)> = Vec::new();
+            for (w, old, base) in &auto {
+                if *w != wf.name || total.get(base.as_str()).copied().unwrap_or(0) < 2 {
+                    continue;
+                }
+                let n = seen.entry(base.as_str()).or_default();
+                *n += 1;
+                let new = format!("{base}-{n}");
+                if new != *old {
+                    renames.push((old.clone(), new));
+                }
+            }
+            if renames.is_empty() {
+                continue;
+            }
+            let rename = |s: &mut String| {
+                if let Some((_, new)) = renames.iter().find(|(o, _)| o == s) {
+                    *s = new.clone();
+                }
+            };
+            for j in &mut wf.jobs {
+                rename(&mut j.name);
+                j.requires.iter_mut().for_each(rename);
+            }
+            for (n, _) in jobs.iter_mut() {
+                rename(n);
+            }
+        }
     }
 
     #[allow(clippy::type_complexity)]
@@ -1110,10 +1503,15 @@ impl Engine {
         }
         let mut seen: std::collections::HashMap<String, usize> = Default::default();
         for e in entries.iter_mut().filter(|e| !e.explicit) {
+            let base = e.job.name.clone();
             if counts.get(&e.job.name).copied().unwrap_or(0) > 1 {
                 let n = seen.entry(e.job.name.clone()).or_default();
                 *n += 1;
                 e.job.name = format!("{}-{n}", e.job.name);
+            }
+            if !e.job.is_approval() {
+                self.auto_names
+                    .push((name.to_owned(), e.job.name.clone(), base));
             }
         }
         let names: Vec<String> = entries.iter().map(|e| e.job.name.clone()).collect();
@@ -1356,6 +1754,8 @@ impl Engine {
         let pre = keyed("pre-steps")?;
         let post = keyed("post-steps")?;
         let ty = keyed("type")?;
+        let serial_group = keyed("serial-group")?;
+        let override_with = keyed("override-with")?;
         let is_approval = ty.as_ref().and_then(Node::as_str) == Some("approval");
         if !is_approval {
             self.check_invocation_args(job_ref, inv, path)?;
@@ -1427,6 +1827,31 @@ impl Engine {
             None => Filters::default(),
             Some(f) => self.filters(f, &join(path, "filters"))?,
         };
+        let serial = match &serial_group {
+            None => None,
+            Some(g) => Some(self.serial_group(g, &join(path, "serial-group"))?),
+        };
+        // `override-with: orb/job` replaces the local job by the orb's when the orb has it.
+        let job_ref = match &override_with {
+            None => job_ref,
+            Some(o) => {
+                let op = join(path, "override-with");
+                let name = self.expect_str(o, &op)?;
+                if !name.contains('/') {
+                    return Err(self.err_hint(
+                        o,
+                        &op,
+                        format!("`override-with: {name}` must name an orb job (`orb/job`)"),
+                        "declare the orb under `orbs:` and write `alias/job`",
+                    ));
+                }
+                if self.resolve(0, Kind::Job, name).is_some() {
+                    name
+                } else {
+                    job_ref
+                }
+            }
+        };
         let approval = match &ty {
             None => false,
             Some(t) if t.as_str() == Some("approval") => true,
@@ -1471,6 +1896,7 @@ impl Engine {
             requires: Vec::new(),
             context,
             filters: filters_parsed,
+            serial_group: serial.clone(),
         };
         let mut out_entry = Vec::new();
         if let Some(t) = &ty {
@@ -1482,6 +1908,13 @@ impl Engine {
 
         if let Some(f) = &filters {
             out_entry.push((Node::str("filters", f.pos), f.clone()));
+        }
+        // Kept in the processed output, as CircleCI keeps them (the scheduler reads them).
+        if let (Some(g), Some(text)) = (&serial_group, serial) {
+            out_entry.push((Node::str("serial-group", g.pos), Node::str(text, g.pos)));
+        }
+        if let Some(o) = &override_with {
+            out_entry.push((Node::str("override-with", o.pos), o.clone()));
         }
         let wf_entry = Node::new(Value::Map(out_entry), at.pos);
         Ok((
@@ -1558,6 +1991,37 @@ impl Engine {
             return Err(self.err_hint(k, &format!("{path}.matrix.parameters.{key}"), msg, hint));
         }
         Ok(())
+    }
+
+    /// `serial-group`: after substitution, non-blank, at most 512 characters of
+    /// `[A-Za-z0-9./_-]` (CircleCI's rule).
+    fn serial_group(&self, g: &Node, path: &str) -> Result<String, ConfigError> {
+        let text = g
+            .scalar_string()
+            .filter(|_| matches!(g.value, Value::Str(_) | Value::Int(_)))
+            .ok_or_else(|| {
+                self.err(
+                    g,
+                    path,
+                    format!("expected a group name, found {}", g.kind()),
+                )
+            })?;
+        let bad = text
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '/' | '_' | '-')));
+        if text.trim().is_empty() || text.len() > 512 || bad.is_some() {
+            return Err(self.err_hint(
+                g,
+                path,
+                match bad {
+                    Some(c) => format!("serial-group `{text}` contains `{c}`"),
+                    None if text.len() > 512 => "serial-group is longer than 512 characters".to_owned(),
+                    None => "serial-group is blank".to_owned(),
+                },
+                "a serial group is 1 to 512 characters of letters, digits, `.`, `/`, `_` and `-` (pipeline values allowed, e.g. `<< pipeline.project.slug >>/deploy`)",
+            ));
+        }
+        Ok(text)
     }
 
     fn filters(&self, f: &Node, path: &str) -> Result<Filters, ConfigError> {
@@ -1685,6 +2149,41 @@ impl Engine {
 
     pub(crate) fn lower_steps(&self, x: &Expanded) -> Result<Vec<Step>, ConfigError> {
         lower::steps(self, x)
+    }
+}
+
+/// Names of the pipeline parameters a logic statement refers to, in order of appearance.
+fn pipeline_parameter_refs(n: &Node, out: &mut Vec<String>) {
+    match &n.value {
+        Value::Str(s) => {
+            let mut rest = s.as_str();
+            while let Some(i) = rest.find("pipeline.parameters.") {
+                rest = &rest[i + "pipeline.parameters.".len()..];
+                let name: String = rest
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-'))
+                    .collect();
+                if !name.is_empty() && !out.contains(&name) {
+                    out.push(name);
+                }
+            }
+        }
+        Value::Seq(items) => items.iter().for_each(|i| pipeline_parameter_refs(i, out)),
+        Value::Map(m) => m.iter().for_each(|(_, v)| pipeline_parameter_refs(v, out)),
+        _ => {}
+    }
+}
+
+/// `commands.c3` (or `orb/commands.c3`) as the user wrote the name: `c3`, `orb/c3`.
+fn command_label(qualified: &str) -> String {
+    let alias = qualified.split_once('/').map_or("", |(a, _)| a);
+    let name = qualified
+        .rsplit_once("commands.")
+        .map_or(qualified, |(_, n)| n);
+    if alias.is_empty() {
+        name.to_owned()
+    } else {
+        format!("{alias}/{name}")
     }
 }
 

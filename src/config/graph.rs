@@ -21,6 +21,9 @@ pub struct WorkflowJob {
     pub requires: Vec<String>,
     pub context: Vec<String>,
     pub filters: Filters,
+    /// `serial-group:` (pipeline values substituted): jobs of one group, across pipelines of
+    /// the project, run one at a time, in order.
+    pub serial_group: Option<String>,
 }
 
 impl WorkflowJob {

@@ -18,43 +18,115 @@ pub(crate) struct Scope<'a> {
 
 enum Piece<'s> {
     Lit(std::borrow::Cow<'s, str>),
-    Ref { inner: &'s str, raw: &'s str },
+    Ref {
+        inner: &'s str,
+        raw: &'s str,
+    },
+    /// A mustache section: `<<# name >>body<</ name >>` emits `body` when `name` is truthy,
+    /// `<<^ name >>…` when it is falsy. CircleCI's official orbs rely on these since 2019.
+    Section {
+        name: &'s str,
+        inverted: bool,
+        body: &'s str,
+        raw: &'s str,
+    },
 }
 
-/// Split a scalar into literal text and `<< … >>` references. `\<<` is a literal `<<`.
+/// Sections nest at most this deep inside one scalar (the renderer recurses per level).
+const MAX_SECTION_DEPTH: usize = 32;
+
+/// Split a scalar into literal text, `<< … >>` references and sections. `\<<` is a literal
+/// `<<`.
 fn scan(s: &str) -> Result<Vec<Piece<'_>>, String> {
     let mut out = Vec::new();
-    let mut rest = s;
+    let mut pos = 0;
     let mut lit = String::new();
-    while let Some(i) = rest.find("<<") {
-        if rest[..i].ends_with('\\') {
-            lit.push_str(&rest[..i - 1]);
+    while let Some(rel) = s[pos..].find("<<") {
+        let i = pos + rel;
+        if s[pos..i].ends_with('\\') {
+            lit.push_str(&s[pos..i - 1]);
             lit.push_str("<<");
-            rest = &rest[i + 2..];
+            pos = i + 2;
             continue;
         }
-        lit.push_str(&rest[..i]);
-        let after = &rest[i + 2..];
-        let Some(end) = after.find(">>") else {
-            return Err(
-                "unclosed `<<` tag: `<<` starts a parameter reference and needs a closing `>>`"
-                    .to_owned(),
-            );
-        };
+        lit.push_str(&s[pos..i]);
+        let (inner, tag_end) = tag(s, i)?;
         if !lit.is_empty() {
             out.push(Piece::Lit(std::mem::take(&mut lit).into()));
         }
-        out.push(Piece::Ref {
-            inner: after[..end].trim(),
-            raw: &rest[i..i + 2 + end + 2],
-        });
-        rest = &after[end + 2..];
+        match inner.as_bytes().first() {
+            Some(c @ (b'#' | b'^')) => {
+                let name = inner[1..].trim();
+                let (body_end, close_end) = find_close(s, tag_end, name)?;
+                out.push(Piece::Section {
+                    name,
+                    inverted: *c == b'^',
+                    body: &s[tag_end..body_end],
+                    raw: &s[i..close_end],
+                });
+                pos = close_end;
+            }
+            Some(b'/') => {
+                let name = inner[1..].trim();
+                return Err(format!(
+                    "`<</{name}>>` closes a section that was not opened: open it with `<<#{name}>>` or `<<^{name}>>`"
+                ));
+            }
+            _ => {
+                out.push(Piece::Ref {
+                    inner,
+                    raw: &s[i..tag_end],
+                });
+                pos = tag_end;
+            }
+        }
     }
-    lit.push_str(rest);
+    lit.push_str(&s[pos..]);
     if !lit.is_empty() {
         out.push(Piece::Lit(lit.into()));
     }
     Ok(out)
+}
+
+/// The trimmed inside of the tag opening at byte `i` (`<<`), and the byte after its `>>`.
+fn tag(s: &str, i: usize) -> Result<(&str, usize), String> {
+    let after = &s[i + 2..];
+    let Some(end) = after.find(">>") else {
+        return Err(
+            "unclosed `<<` tag: `<<` starts a parameter reference and needs a closing `>>`"
+                .to_owned(),
+        );
+    };
+    Ok((after[..end].trim(), i + 2 + end + 2))
+}
+
+/// Where the section named `name`, whose body starts at `from`, closes: (body end, byte after
+/// the closing tag). Sections of the same name nest.
+fn find_close(s: &str, from: usize, name: &str) -> Result<(usize, usize), String> {
+    let mut depth = 1;
+    let mut pos = from;
+    while let Some(rel) = s[pos..].find("<<") {
+        let i = pos + rel;
+        if s[pos..i].ends_with('\\') {
+            pos = i + 2;
+            continue;
+        }
+        let (inner, tag_end) = tag(s, i)?;
+        match inner.as_bytes().first() {
+            Some(b'#' | b'^') if inner[1..].trim() == name => depth += 1,
+            Some(b'/') if inner[1..].trim() == name => {
+                depth -= 1;
+                if depth == 0 {
+                    return Ok((i, tag_end));
+                }
+            }
+            _ => {}
+        }
+        pos = tag_end;
+    }
+    Err(format!(
+        "section `<<#{name}>>` is not closed: end it with `<</{name}>>`"
+    ))
 }
 
 impl Engine {
@@ -122,30 +194,78 @@ impl Engine {
                 None => Node::str(*raw, node.pos),
             });
         }
+        let out = self.render(node, &pieces, path, sc, 0)?;
+        Ok(Node::str(out, node.pos))
+    }
+
+    /// The text of a scalar's pieces (sections rendered, references embedded).
+    fn render(
+        &self,
+        node: &Node,
+        pieces: &[Piece<'_>],
+        path: &str,
+        sc: Scope<'_>,
+        depth: usize,
+    ) -> Result<String, ConfigError> {
         let mut out = String::new();
-        for p in &pieces {
+        for p in pieces {
             match p {
                 Piece::Lit(l) => out.push_str(l),
                 Piece::Ref { inner, raw } => match self.lookup(node, inner, path, sc)? {
                     None => out.push_str(raw),
                     Some(v) => match &v.value {
-                        Value::Seq(_) | Value::Map(_) => {
-                            return Err(self.err(
-                                node,
-                                path,
-                                format!(
-                                    "`<< {inner} >>` is {} and cannot be embedded in a string",
-                                    v.kind()
-                                ),
-                            ))
-                        }
+                        Value::Seq(_) | Value::Map(_) => match self.executor_name(&v) {
+                            // An executor parameter holds the executor's definition; in text
+                            // it reads as the executor's name.
+                            Some(name) => out.push_str(&name),
+                            None => {
+                                return Err(self.err(
+                                    node,
+                                    path,
+                                    format!(
+                                        "`<< {inner} >>` is {} and cannot be embedded in a string",
+                                        v.kind()
+                                    ),
+                                ))
+                            }
+                        },
                         Value::Null => {}
                         _ => out.push_str(&v.scalar_string().unwrap_or_default()),
                     },
                 },
+                Piece::Section {
+                    name,
+                    inverted,
+                    body,
+                    raw,
+                } => {
+                    if depth >= MAX_SECTION_DEPTH {
+                        return Err(self.err(
+                            node,
+                            path,
+                            format!("sections nest more than {MAX_SECTION_DEPTH} levels deep"),
+                        ));
+                    }
+                    match self.lookup(node, name, path, sc)? {
+                        None => out.push_str(raw),
+                        Some(v) if truthy(&v) != *inverted => {
+                            let inner = scan(body).map_err(|m| {
+                                self.err_hint(
+                                    node,
+                                    path,
+                                    m,
+                                    "write a literal `<<` (a heredoc, a shift) as `\\<<`",
+                                )
+                            })?;
+                            out.push_str(&self.render(node, &inner, path, sc, depth + 1)?);
+                        }
+                        Some(_) => {}
+                    }
+                }
             }
+            self.check_scalar_size(node, path, out.len())?;
         }
-        Ok(Node::str(out, node.pos))
+        Ok(out)
     }
 
     /// The value of one reference; `Ok(None)` = leave it for a later pass.
@@ -258,6 +378,7 @@ impl Engine {
 
     /// Check `args` against the declarations in `decls` and fill in defaults.
     /// `call` is the invocation (for "missing" errors); `decls_path` names the declarations.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn bind(
         &self,
         decls: Option<&Node>,
@@ -266,6 +387,7 @@ impl Engine {
         call: &Node,
         call_path: &str,
         pipeline_params: bool,
+        scopes: BindScopes,
     ) -> Result<Vec<(String, Node)>, ConfigError> {
         let empty = Vec::new();
         let decl_list: &[(Node, Node)] = match decls {
@@ -340,6 +462,34 @@ impl Engine {
             // A `steps` parameter left empty (`default:` with nothing) is an empty list.
             let value = match (&ty, &value.value) {
                 (ParamType::Steps, Value::Null) => Node::new(Value::Seq(Vec::new()), value.pos),
+                // An executor parameter's value is the executor it names, as CircleCI
+                // resolves it: `equal: [*anchor_of_that_executor, << parameters.e >>]` holds,
+                // and `executor: << parameters.e >>` still finds it. A name that resolves to
+                // nothing stays a name, so `executor:` reports it where it is used.
+                (ParamType::Executor, Value::Str(name)) => {
+                    let from = if is_default {
+                        scopes.declared
+                    } else {
+                        scopes.caller
+                    };
+                    self.executor_def(from, name).unwrap_or(value)
+                }
+                // `{name: e, arg: …}` names an executor where it is written, which may be
+                // another scope than where it is used (the config passing its own executor to
+                // an orb job): expand it now, and let `executor:` find it by its node.
+                (ParamType::Executor, Value::Map(_)) => {
+                    let from = if is_default {
+                        scopes.declared
+                    } else {
+                        scopes.caller
+                    };
+                    let vpath = join(call_path, name);
+                    let expanded = self.expand_executor(from, &value, &vpath)?;
+                    self.pre_expanded
+                        .borrow_mut()
+                        .push((value.clone(), expanded));
+                    value
+                }
                 _ => value,
             };
             out.push((name.to_owned(), value));
@@ -535,6 +685,14 @@ impl Engine {
             .insert(pattern.to_owned(), re.clone());
         Ok(re)
     }
+}
+
+/// Where the names in arguments resolve: `caller` for values given at the call, `declared` for
+/// defaults (written beside the declaration).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct BindScopes {
+    pub caller: usize,
+    pub declared: usize,
 }
 
 #[derive(Debug, Clone, PartialEq)]

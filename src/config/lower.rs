@@ -146,6 +146,15 @@ fn images(e: &Engine, node: &Node, path: &str) -> Result<Vec<DockerImage>, Confi
         let p = format!("{path}[{i}]");
         let m = e.expect_map(item, &p)?;
         e.check_keys(m, DOCKER_KEYS, &p)?;
+        if let Some(ports) = item.get("ports") {
+            // Real configs carry docker-compose's `ports:` over; CircleCI runs them.
+            e.warn(e.err_hint(
+                ports,
+                &join(&p, "ports"),
+                "`ports` is ignored, as CircleCI ignores it",
+                "every port a service container listens on is reachable from the primary container on localhost; remove the key",
+            ));
+        }
         let image = item
             .get("image")
             .ok_or_else(|| e.err(item, &p, "required key [image] not found"))?;
@@ -287,6 +296,14 @@ pub(crate) fn env_map(
                         let (k, v) = s
                             .split_once('=')
                             .ok_or_else(|| e.err(item, &ip, "expected `NAME=value`"))?;
+                        if !valid_env_name(k) {
+                            return Err(e.err_hint(
+                                item,
+                                &ip,
+                                format!("`{k}` is not a valid environment variable name"),
+                                "use letters, digits and underscores, not starting with a digit",
+                            ));
+                        }
                         merge_env(&mut out, vec![(k.to_owned(), v.to_owned())]);
                     }
                     _ => {
@@ -300,6 +317,30 @@ pub(crate) fn env_map(
             }
         }
         Value::Null => {}
+        // `environment: NAME=value` (one variable), which CircleCI accepts.
+        Value::Str(s) => {
+            let (k, v) = s.split_once('=').ok_or_else(|| {
+                e.err_hint(
+                    node,
+                    path,
+                    format!("expected a mapping of variables, found the string `{s}`"),
+                    "write `NAME: value` under `environment:` (or `NAME=value`)",
+                )
+            })?;
+            let k = k.trim();
+            if !valid_env_name(k) {
+                return Err(e.err_hint(
+                    node,
+                    path,
+                    format!("`{k}` is not a valid environment variable name"),
+                    "use letters, digits and underscores, not starting with a digit",
+                ));
+            }
+            merge_env(
+                &mut out,
+                vec![(k.to_owned(), v.trim_end_matches('\n').to_owned())],
+            );
+        }
         _ => {
             return Err(e.err(
                 node,
@@ -444,6 +485,14 @@ fn step(e: &Engine, item: &Node, path: &str) -> Result<Step, ConfigError> {
     Ok(match name.as_str() {
         "checkout" => {
             let a = a(CHECKOUT_KEYS)?;
+            if let Some(d) = a.and_then(|a| a.get("directory")) {
+                e.warn(e.err_hint(
+                    d,
+                    &join(path, "directory"),
+                    "`directory` is ignored, as CircleCI ignores it: the code is checked out into the working directory",
+                    "to check out elsewhere, use `path:`",
+                ));
+            }
             plain(
                 StepKind::Checkout {
                     path: opt_str(a, "path")?,
@@ -468,7 +517,15 @@ fn step(e: &Engine, item: &Node, path: &str) -> Result<Step, ConfigError> {
             }
         }
         "restore_cache" => {
-            let a = a(&["key", "keys", "name"])?;
+            let a = a(&["key", "keys", "name", "paths"])?;
+            if let Some(p) = a.and_then(|a| a.get("paths")) {
+                e.warn(e.err_hint(
+                    p,
+                    &join(path, "paths"),
+                    "`paths` is ignored, as CircleCI ignores it: a cache restores the paths it was saved with",
+                    "remove the key (it belongs to `save_cache`)",
+                ));
+            }
             let mut keys: Vec<String> = opt_str(a, "key")?.into_iter().collect();
             keys.extend(str_list(a, "keys", false)?);
             if keys.is_empty() {
@@ -503,14 +560,19 @@ fn step(e: &Engine, item: &Node, path: &str) -> Result<Step, ConfigError> {
             )
         }
         "store_artifacts" => {
-            let a = a(&["path", "destination", "name"])?;
-            plain(
-                StepKind::StoreArtifacts {
-                    path: req_str(a, "path")?,
-                    destination: opt_str(a, "destination")?,
-                },
-                named(a, "Uploading artifacts")?,
-            )
+            let a = a(&["path", "destination", "name", "when"])?;
+            // Without `when`, artifacts are stored after a failed step too (the runner's
+            // rule); `when: on_fail` stores them only for a red build, as the author asks.
+            Step {
+                when: when(a)?,
+                ..plain(
+                    StepKind::StoreArtifacts {
+                        path: req_str(a, "path")?,
+                        destination: opt_str(a, "destination")?,
+                    },
+                    named(a, "Uploading artifacts")?,
+                )
+            }
         }
         "store_test_results" => {
             let a = a(&["path", "name"])?;

@@ -10,6 +10,7 @@ mod compile;
 pub mod graph;
 mod interp;
 mod lower;
+pub mod orb_pack;
 mod orbdir;
 pub mod plan;
 pub mod yaml;
@@ -64,11 +65,21 @@ pub struct PipelineValues {
     pub project_git_url: String,
     /// `github`, `bitbucket`, …
     pub project_type: String,
+    /// `pipeline.project.slug` (`bitbucket/acme/widget`); empty = derived from the project's
+    /// type and git URL, as CircleCI forms it.
+    pub project_slug: String,
     pub git_branch: String,
     pub git_tag: String,
     pub git_revision: String,
     pub git_base_revision: String,
     pub trigger_source: String,
+    /// `pipeline.schedule.*`: empty unless a schedule started the pipeline.
+    pub schedule_name: String,
+    pub schedule_id: String,
+    /// Every other value by its name after `pipeline.` (`event.name`,
+    /// `trigger_parameters.webhook.body`, `git.commit.subject`, …), as an integration gives
+    /// them; a known name not given here is the empty string.
+    pub extra: Vec<(String, String)>,
     /// `--pipeline-param k=v`: read as the declared type (boolean, integer) when compiling.
     pub parameters: Vec<(String, String)>,
 }
@@ -80,41 +91,93 @@ impl Default for PipelineValues {
             number: 1,
             project_git_url: String::new(),
             project_type: "github".to_owned(),
+            project_slug: String::new(),
             git_branch: String::new(),
             git_tag: String::new(),
             git_revision: String::new(),
             git_base_revision: String::new(),
             trigger_source: "webhook".to_owned(),
+            schedule_name: String::new(),
+            schedule_id: String::new(),
+            extra: Vec::new(),
             parameters: Vec::new(),
         }
     }
 }
 
 impl PipelineValues {
-    /// The `pipeline.` names this compiler knows (others are integration-specific).
+    /// The `pipeline.` names CircleCI documents (reference: `circleci-executors-ssh-pipelines.md`
+    /// §6 and `circleci-config-semantics.md` §2.4). `trigger_parameters.<integration>.*` is a
+    /// family, see [`Self::TRIGGER_PARAMETER_FAMILIES`].
     pub const NAMES: &'static [&'static str] = &[
         "id",
         "number",
+        "name",
+        "definition.id",
         "project.git_url",
         "project.type",
+        "project.slug",
+        "integration_source",
         "git.branch",
         "git.tag",
         "git.revision",
         "git.base_revision",
         "git.branch.is_default",
+        "git.repo_url",
+        "git.repo_owner",
+        "git.repo_name",
+        "git.repo_id",
+        "git.commit.url",
+        "git.commit.subject",
+        "git.commit.body",
+        "git.commit.author_login",
         "trigger_source",
+        "trigger.type",
+        "trigger.received_at",
+        "trigger.id",
         "schedule.name",
         "schedule.id",
-        "trigger.type",
+        "event.name",
+        "event.action",
+        "in_setup",
     ];
+
+    /// `pipeline.trigger_parameters.<family>.<field>`: fields depend on the integration
+    /// (GitLab, custom webhooks, CircleCI's own triggers, GitHub App), so any field of these
+    /// families is known; one the trigger did not give is empty.
+    pub const TRIGGER_PARAMETER_FAMILIES: &'static [&'static str] =
+        &["circleci", "gitlab", "github_app", "webhook"];
+
+    /// `pipeline.project.slug` as CircleCI forms it: `<vcs>/<owner>/<repo>` from the git URL
+    /// (`git@bitbucket.org:acme/widget.git`, `https://github.com/acme/widget`).
+    pub fn derived_slug(&self) -> String {
+        let url = self.project_git_url.trim_end_matches('/');
+        let url = url.strip_suffix(".git").unwrap_or(url);
+        // The last two path segments, whichever of `host:owner/repo` or `scheme://host/owner/repo`.
+        let path = match url.split_once("://") {
+            Some((_, rest)) => rest.split_once('/').map_or("", |(_, p)| p),
+            None => url.split_once(':').map_or(url, |(_, p)| p),
+        };
+        let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+        match segs.as_slice() {
+            [.., owner, repo] => format!("{}/{owner}/{repo}", self.project_type),
+            _ => String::new(),
+        }
+    }
 
     fn value(&self, name: &str) -> Option<Value> {
         let s = |v: &str| Some(Value::Str(v.to_owned()));
+        if let Some((_, v)) = self.extra.iter().find(|(k, _)| k == name) {
+            return s(v);
+        }
         match name {
             "id" => s(&self.id),
             "number" => Some(Value::Int(self.number)),
             "project.git_url" => s(&self.project_git_url),
             "project.type" => s(&self.project_type),
+            "project.slug" if self.project_slug.is_empty() => Some(Value::Str(self.derived_slug())),
+            "project.slug" => s(&self.project_slug),
+            "integration_source" => s(&self.project_type),
             "git.branch" => s(&self.git_branch),
             "git.tag" => s(&self.git_tag),
             "git.revision" => s(&self.git_revision),
@@ -123,16 +186,43 @@ impl PipelineValues {
                 self.git_branch.as_str(),
                 "main" | "master"
             ))),
+            "git.repo_url" => s(&self.project_git_url),
+            "git.repo_owner" | "git.repo_name" => {
+                let slug = self.value("project.slug")?;
+                let slug = slug_parts(&slug);
+                s(if name == "git.repo_owner" {
+                    slug.0
+                } else {
+                    slug.1
+                })
+            }
             "trigger_source" => s(&self.trigger_source),
             "trigger.type" => s(if self.trigger_source == "webhook" {
                 "webhook"
+            } else if !self.schedule_name.is_empty() {
+                "schedule"
             } else {
                 "api"
             }),
-            "schedule.name" | "schedule.id" => s(""),
-            _ => None,
+            "schedule.name" => s(&self.schedule_name),
+            "schedule.id" => s(&self.schedule_id),
+            "in_setup" => Some(Value::Bool(false)),
+            _ if Self::NAMES.contains(&name) => s(""),
+            _ => {
+                let rest = name.strip_prefix("trigger_parameters.")?;
+                let (family, field) = rest.split_once('.')?;
+                (Self::TRIGGER_PARAMETER_FAMILIES.contains(&family) && !field.is_empty())
+                    .then(|| Value::Str(String::new()))
+            }
         }
     }
+}
+
+/// (owner, repo) of a `vcs/owner/repo` slug value.
+fn slug_parts(v: &Value) -> (&str, &str) {
+    let Value::Str(s) = v else { return ("", "") };
+    let mut it = s.splitn(3, '/').skip(1);
+    (it.next().unwrap_or(""), it.next().unwrap_or(""))
 }
 
 /// A registry orb reference, `namespace/name@version`.
@@ -162,7 +252,41 @@ pub enum OrbSource {
 
 /// Supplies vendored orbs. The compiler does no I/O itself; the CLI reads an orb dir.
 pub trait OrbLoader: Sync {
+    /// The orb at exactly `orb.version`.
     fn load(&self, orb: &OrbRef) -> OrbSource;
+    /// The versions vendored for `namespace/name`, for pins (`@2.2`, `@2`, `@volatile`).
+    /// A loader that cannot list serves exact versions only.
+    fn versions(&self, _namespace: &str, _name: &str) -> Vec<String> {
+        Vec::new()
+    }
+}
+
+/// Which vendored version a CircleCI version pin means: `1.2.3` exactly; `1.2` the newest
+/// `1.2.x`; `1` the newest `1.x.y`; `volatile` the newest of all. `None` when nothing matches
+/// (or `pin` is not a pin, e.g. `dev:alpha`, which only an exact file can serve).
+pub fn resolve_pin(pin: &str, available: &[String]) -> Option<String> {
+    fn semver(v: &str) -> Option<(u64, u64, u64)> {
+        let mut it = v.split('.').map(|p| p.parse::<u64>().ok());
+        let t = (it.next()??, it.next()??, it.next()??);
+        it.next().is_none().then_some(t)
+    }
+    let wanted: Vec<u64> = if pin == "volatile" {
+        Vec::new()
+    } else {
+        let parts: Option<Vec<u64>> = pin.split('.').map(|p| p.parse().ok()).collect();
+        parts.filter(|p| (1..=3).contains(&p.len()))?
+    };
+    available
+        .iter()
+        .filter_map(|v| semver(v).map(|s| (s, v)))
+        .filter(|((a, b, c), _)| {
+            [*a, *b, *c]
+                .iter()
+                .zip(&wanted)
+                .all(|(have, want)| have == want)
+        })
+        .max_by_key(|(s, _)| *s)
+        .map(|(_, v)| v.clone())
 }
 
 #[derive(Default)]
@@ -180,14 +304,41 @@ pub struct CompiledConfig {
     /// only make sense followed by a continuation (a second config compiled separately).
     pub setup: bool,
     pub workflows: Vec<Workflow>,
+    /// Keys accepted but ignored (as CircleCI ignores them), and similar notes: not errors.
+    pub warnings: Vec<ConfigError>,
+    /// How each registry orb reference resolved (`circleci/jq@2.2` → the vendored file),
+    /// in the order loaded.
+    pub orbs: Vec<ResolvedOrb>,
     processed: Node,
+}
+
+/// A registry orb reference and the vendored orb it resolved to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResolvedOrb {
+    /// As written: `circleci/jq@2.2`.
+    pub reference: String,
+    /// The exact version chosen: `circleci/jq@2.2.0`.
+    pub resolved: String,
+    /// Where it was read from.
+    pub file: String,
 }
 
 impl CompiledConfig {
     /// The processed config as YAML, shaped like `circleci config process` output.
     pub fn to_yaml(&self) -> String {
-        serde_saphyr::to_string(&self.processed)
-            .unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+        // As `circleci config process` starts: one comment per orb, saying what it became.
+        let mut out = String::new();
+        for o in &self.orbs {
+            out.push_str(&format!(
+                "# Orb '{}' resolved to '{}' ({})\n",
+                o.reference, o.resolved, o.file
+            ));
+        }
+        out.push_str(
+            &serde_saphyr::to_string(&self.processed)
+                .unwrap_or_else(|e| format!("# cannot render: {e}\n")),
+        );
+        out
     }
 
     /// Every workflow job that runs something, by name (first workflow wins on duplicates).
@@ -272,6 +423,11 @@ fn compile_engine(
         v21: false,
         errors: Vec::new(),
         regexes: Default::default(),
+        spent: Default::default(),
+        warnings: Default::default(),
+        resolved: Vec::new(),
+        auto_names: Vec::new(),
+        pre_expanded: Default::default(),
     };
     if let Err(e) = engine.top_level(&root) {
         return Err(vec![e]);
@@ -314,6 +470,8 @@ fn compile_engine(
     let compiled = CompiledConfig {
         setup,
         workflows: wfs.into_iter().map(|(w, _)| w).collect(),
+        warnings: engine.warnings.borrow().clone(),
+        orbs: engine.resolved.clone(),
         processed,
     };
     Ok((engine, Some(compiled)))
@@ -577,6 +735,7 @@ pub(crate) const EXECUTOR_KEYS: &[&str] = &[
 ];
 pub(crate) const DOCKER_KEYS: &[&str] = &[
     "image",
+    "ports",
     "name",
     "entrypoint",
     "command",
@@ -598,7 +757,7 @@ pub(crate) const RUN_KEYS: &[&str] = &[
     "max_auto_reruns",
     "auto_rerun_delay",
 ];
-pub(crate) const CHECKOUT_KEYS: &[&str] = &["path", "method", "name"];
+pub(crate) const CHECKOUT_KEYS: &[&str] = &["path", "method", "name", "directory"];
 
 pub(crate) fn join(path: &str, key: &str) -> String {
     if path.is_empty() {
