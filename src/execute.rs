@@ -382,7 +382,6 @@ async fn prepare(args: &ExecuteArgs, sink: &Arc<dyn EventSink>) -> Result<Prepar
         .iter()
         .map(|p| SshKey::from_file(p, KeyRole::Additional))
         .collect::<Result<Vec<_>, _>>()?;
-    let store = Store::open(args.store.clone().unwrap_or_else(Store::default_root))?;
     let cwd = std::env::current_dir().map_err(|source| PrepareError::Read {
         path: ".".into(),
         source,
@@ -401,6 +400,11 @@ async fn prepare(args: &ExecuteArgs, sink: &Arc<dyn EventSink>) -> Result<Prepar
         },
         reference: args.reference.clone(),
     };
+    // Caches, workspaces and artifacts are this repository's own (issue 12).
+    let store = Store::open(
+        args.store.clone().unwrap_or_else(Store::default_root),
+        crate::store::ProjectScope::new(&source.url),
+    )?;
     let fetch =
         || tokio::task::block_in_place(|| job::fetch_source(&access, &source, sink.as_ref()));
 

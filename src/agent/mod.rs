@@ -424,6 +424,21 @@ async fn remove_orphans(agent: &Arc<Agent>) {
     }
 }
 
+/// The store scope of a claimed job: its repository (by UUID, which the coordinator keeps
+/// unique), and for a pull request from a fork that pull request's own caches.
+pub(crate) fn store_scope(job: &crate::protocol::WireJob) -> crate::store::ProjectScope {
+    let identity = if job.project.uuid.trim().is_empty() {
+        format!("clone-url:{}", job.project.clone_url)
+    } else {
+        format!("bitbucket-uuid:{}", job.project.uuid)
+    };
+    let scope = crate::store::ProjectScope::new(&identity);
+    match &job.pull_request {
+        Some(pr) if pr.fork => scope.fork_pull_request(pr.number),
+        _ => scope,
+    }
+}
+
 pub(crate) fn spawn_sender(agent: Arc<Agent>, job: Arc<SpoolJob>) -> tokio::task::JoinHandle<()> {
     agent.senders.fetch_add(1, Ordering::SeqCst);
     let id = job.job_id();

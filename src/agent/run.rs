@@ -227,7 +227,8 @@ async fn prepare(
     };
     let plan = config::compile_job_with(&text, ".circleci/config.yml", &wire.job_name, &opts)
         .map_err(|e| e.to_string())?;
-    let store = Store::open(cfg.store_dir.clone()).map_err(|e| e.to_string())?;
+    let store =
+        Store::open(cfg.store_dir.clone(), super::store_scope(wire)).map_err(|e| e.to_string())?;
     sink.set_total_steps(plan.steps.len());
     Ok(JobSpec {
         id: wire.id.clone(),
