@@ -150,6 +150,7 @@ fn client() -> reqwest::Client {
 
 struct Agent {
     base: String,
+    id: String,
     token: String,
     http: reqwest::Client,
 }
@@ -225,18 +226,27 @@ fn sha256(b: &[u8]) -> String {
 
 async fn register(s: &Server, name: &str) -> Agent {
     let token = cli(&s.data, &["token"]);
-    let r = client()
+    register_with(s, name, &token).await
+}
+
+async fn try_register(s: &Server, name: &str, token: &str) -> reqwest::Response {
+    client()
         .post(format!("{}/api/v1/agents/register", s.base))
         .json(&json!({"registration_token": token, "name": name,
             "resource_class": "docker", "labels": [], "version": "test"}))
         .send()
         .await
-        .expect("register");
+        .expect("register")
+}
+
+async fn register_with(s: &Server, name: &str, token: &str) -> Agent {
+    let r = try_register(s, name, token).await;
     assert_eq!(r.status(), 201);
     let reg: RegisterResponse = r.json().await.expect("json");
     assert_eq!(reg.protocol_version, 1);
     Agent {
         base: s.base.clone(),
+        id: reg.agent_id,
         token: reg.agent_token,
         http: client(),
     }
@@ -696,4 +706,88 @@ async fn job_page_follows_the_job_live_in_headless_chromium() {
         dom.contains("class=\"status success\">success</td>"),
         "{dom}"
     );
+}
+
+/// Issue 12 item 6: an agent's resource class and labels are the ones fixed when it
+/// registered (changed by the operator only), whatever its claims say.
+#[tokio::test]
+async fn an_agent_claims_with_its_registered_class_and_labels_not_what_it_claims_to_be() {
+    let s = fresh(&[]);
+    let a = register(&s, "docker-agent").await;
+    let data = s.data.clone();
+    let id = tokio::task::spawn_blocking(move || {
+        enqueue(&data, &["--resource-class", "gpu", "--label", "secure"])
+    })
+    .await
+    .expect("enqueue");
+    let r = a
+        .post(
+            "/jobs/claim?wait=1",
+            json!({"resource_class": "gpu", "labels": ["secure"], "capacity": 1}),
+        )
+        .await;
+    assert_eq!(r.status(), 204, "a docker agent took a gpu job");
+    cli(
+        &s.data,
+        &[
+            "relabel",
+            &a.id,
+            "--resource-class",
+            "gpu",
+            "--label",
+            "secure",
+        ],
+    );
+    let c = a.claim_job(1).await;
+    assert_eq!(c.job.id, id);
+}
+
+/// Issue 12 item 6: a project restricted to some agents is run by those only.
+#[tokio::test]
+async fn a_project_restricted_to_an_agent_is_claimed_by_that_agent_only() {
+    let s = fresh(&[]);
+    let trusted = register(&s, "trusted").await;
+    let other = register(&s, "other").await;
+    cli(
+        &s.data,
+        &[
+            "project",
+            "restrict",
+            "--slug",
+            "acme/widget",
+            "--agent",
+            &trusted.id,
+        ],
+    );
+    let data = s.data.clone();
+    let id = tokio::task::spawn_blocking(move || enqueue(&data, &[]))
+        .await
+        .expect("enqueue");
+    assert_eq!(other.claim(1).await.status(), 204);
+    assert_eq!(trusted.claim_job(1).await.job.id, id);
+}
+
+/// Issue 12 item 6: registration tokens are kept as digests only, expire, and `token
+/// rotate` retires every earlier one.
+#[tokio::test]
+async fn registration_tokens_are_digests_that_expire_and_rotate() {
+    let s = fresh(&[]);
+    let first = cli(&s.data, &["token"]);
+    let short = cli(&s.data, &["token", "--expires", "2s"]);
+    let db = std::fs::read(s.data.join("coordinator.db")).expect("db");
+    for t in [&first, &short] {
+        assert!(
+            !db.windows(t.len()).any(|w| w == t.as_bytes()),
+            "a registration token is stored in the clear"
+        );
+    }
+    register_with(&s, "a1", &short).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(try_register(&s, "a2", &short).await.status(), 401);
+    register_with(&s, "a3", &first).await;
+    let rotated = cli(&s.data, &["token", "rotate"]);
+    assert_eq!(try_register(&s, "a4", &first).await.status(), 401);
+    register_with(&s, "a5", &rotated).await;
+    let listed = cli(&s.data, &["token", "list"]);
+    assert!(!listed.contains(&rotated), "{listed}");
 }
