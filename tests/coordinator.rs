@@ -36,11 +36,33 @@ fn start(data: &Path, extra: &[&str]) -> Server {
 }
 
 fn start_with(data: &Path, extra: &[&str], watch_log: bool) -> Server {
+    start_limited(data, extra, watch_log, None)
+}
+
+/// With `nofile`: the server runs under that RLIMIT_NOFILE (as a busy host or a systemd
+/// unit's LimitNOFILE would set it).
+fn start_limited(data: &Path, extra: &[&str], watch_log: bool, nofile: Option<u64>) -> Server {
     let mut cmd = Command::new(BIN);
     cmd.args(["coordinator", "serve", "--listen", "127.0.0.1:0", "--data"])
         .arg(data)
         .args(extra)
         .stdout(Stdio::piped());
+    if let Some(n) = nofile {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                let lim = libc::rlimit {
+                    rlim_cur: n as libc::rlim_t,
+                    rlim_max: n as libc::rlim_t,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
     if watch_log {
         cmd.env("BOSUN_LOG", "bosun=info").stderr(Stdio::piped());
     } else {
@@ -84,6 +106,10 @@ fn fresh(extra: &[&str]) -> Server {
 }
 
 fn fresh_with(extra: &[&str], watch_log: bool) -> Server {
+    fresh_limited(extra, watch_log, None)
+}
+
+fn fresh_limited(extra: &[&str], watch_log: bool, nofile: Option<u64>) -> Server {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");
     let key = dir.path().join("id_ed25519");
@@ -105,7 +131,7 @@ fn fresh_with(extra: &[&str], watch_log: bool) -> Server {
             "TOKEN=hunter22",
         ],
     );
-    let mut s = start_with(&data, extra, watch_log);
+    let mut s = start_limited(&data, extra, watch_log, nofile);
     s._dir = Some(dir);
     s
 }
@@ -790,4 +816,81 @@ async fn registration_tokens_are_digests_that_expire_and_rotate() {
     register_with(&s, "a5", &rotated).await;
     let listed = cli(&s.data, &["token", "list"]);
     assert!(!listed.contains(&rotated), "{listed}");
+}
+
+/// Issue 12 item 8: connections that send half a request and stall (slow loris) are timed
+/// out and never take the whole file-descriptor budget: a normal request still gets in.
+#[tokio::test]
+async fn a_slow_loris_batch_does_not_stop_a_normal_request() {
+    let s = fresh_limited(&[], false, Some(256));
+    let addr = s.base.trim_start_matches("http://").to_owned();
+    let mut loris = Vec::new();
+    for _ in 0..300 {
+        use tokio::io::AsyncWriteExt;
+        let Ok(Ok(mut c)) = tokio::time::timeout(
+            Duration::from_secs(2),
+            tokio::net::TcpStream::connect(&addr),
+        )
+        .await
+        else {
+            continue;
+        };
+        let _ = c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ").await;
+        loris.push(c);
+    }
+    assert!(loris.len() > 250, "only {} connections opened", loris.len());
+    let t0 = Instant::now();
+    let r = client()
+        .get(format!("{}/", s.base))
+        .timeout(Duration::from_secs(40))
+        .send()
+        .await
+        .expect("a normal request is answered despite the slow loris batch");
+    assert_eq!(r.status(), 200);
+    eprintln!(
+        "answered after {:?} with {} loris connections",
+        t0.elapsed(),
+        loris.len()
+    );
+    drop(loris);
+}
+
+/// Issue 12 item 9: SIGTERM ends the live streams of browsers following a job, so the
+/// coordinator exits promptly.
+#[tokio::test]
+async fn sigterm_ends_live_streams_and_exits() {
+    let mut s = fresh(&[]);
+    let a = register(&s, "a1").await;
+    let id = enqueue(&s.data, &[]);
+    a.claim_job(5).await;
+    let mut stream = client()
+        .get(format!("{}/jobs/{id}/stream?offset=0&seq=0", s.base))
+        .send()
+        .await
+        .expect("stream");
+    let first = tokio::time::timeout(Duration::from_secs(5), stream.chunk())
+        .await
+        .expect("first event");
+    assert!(first.is_ok());
+    let pid = s.child.id() as libc::pid_t;
+    // SAFETY: a plain kill(2) of our own child.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(st) = s.child.try_wait().expect("wait") {
+            break st;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "the coordinator still runs 10 s after SIGTERM with a live stream open"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(status.success(), "{status:?}");
+    // The stream ended rather than being cut mid-event.
+    let rest = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Ok(Some(_)) = stream.chunk().await {}
+    })
+    .await;
+    assert!(rest.is_ok());
 }

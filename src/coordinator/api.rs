@@ -45,6 +45,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/jobs/{id}/finish", post(finish))
         // A log chunk is at most MAX_LOG_CHUNK; leave room for JSON bodies' overhead.
         .layer(DefaultBodyLimit::max(MAX_LOG_CHUNK + 64 * 1024))
+        .layer(axum::middleware::from_fn(super::server::request_timeout))
         .with_state(state);
     Router::new().nest(API_PREFIX, api)
 }
@@ -194,7 +195,11 @@ async fn claim(
             })
             .into_response());
         }
-        match tokio::time::timeout_at(deadline, changed.changed()).await {
+        let woke = tokio::select! {
+            w = tokio::time::timeout_at(deadline, changed.changed()) => w,
+            _ = state.shutdown.cancelled() => return Ok(StatusCode::NO_CONTENT.into_response()),
+        };
+        match woke {
             Ok(Ok(())) => continue,
             // Deadline, or the sender is gone (shutting down): nothing for you.
             _ => return Ok(StatusCode::NO_CONTENT.into_response()),

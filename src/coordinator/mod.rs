@@ -7,6 +7,7 @@
 //! pages, server-sent events) ← [`serve`] and the CLI commands here.
 
 pub mod api;
+pub mod server;
 pub mod store;
 pub mod web;
 
@@ -141,6 +142,14 @@ pub struct ServeArgs {
     /// Lease length handed to agents; a lease not renewed by a heartbeat in time lapses.
     #[arg(long, default_value_t = DEFAULT_LEASE_SECS)]
     pub lease_secs: u64,
+    /// A request's headers must arrive within this; an idle keep-alive connection closes
+    /// after it.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_ttl)]
+    pub header_timeout: Duration,
+    /// Open connections at most (also kept under the process's file descriptor limit); more
+    /// wait in the listen backlog.
+    #[arg(long, default_value_t = 1024)]
+    pub max_connections: usize,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -502,6 +511,8 @@ pub struct AppState {
     /// up at each registration, so `token` and `token rotate` apply at once).
     pub registration_token_file_digests: Vec<String>,
     pub lease: Duration,
+    /// Cancelled when the server shuts down: live streams end, long polls answer.
+    pub shutdown: tokio_util::sync::CancellationToken,
 }
 
 impl AppState {
@@ -549,6 +560,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         changed,
         registration_token_file_digests: tokens,
         lease: Duration::from_secs(args.lease_secs.max(1)),
+        shutdown: tokio_util::sync::CancellationToken::new(),
     });
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
@@ -567,13 +579,17 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     tokio::spawn(reap_leases(state.clone()));
 
     let app = api::router(state.clone()).merge(web::router(state.clone()));
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .map_err(|source| CoordError::Listen {
-            addr: addr.to_string(),
-            source,
-        })
+    let stop = state.shutdown.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down: closing live streams and connections");
+        stop.cancel();
+    });
+    let limits = server::Limits {
+        header_timeout: args.header_timeout,
+        max_connections: args.max_connections,
+    };
+    server::serve(listener, app, limits, state.shutdown.clone()).await
 }
 
 async fn shutdown_signal() {

@@ -359,9 +359,11 @@ async fn next_batch(mut f: Follow) -> Option<(Vec<Event>, Follow)> {
         if !out.is_empty() {
             return Some((out, f));
         }
-        // Nothing new: wait for a change (any write; we re-check) — never a busy loop.
-        if f.changed.changed().await.is_err() {
-            return None;
+        // Nothing new: wait for a change (any write; we re-check) — never a busy loop. A
+        // shutting-down server ends the stream (the browser's EventSource reconnects later).
+        tokio::select! {
+            c = f.changed.changed() => if c.is_err() { return None; },
+            _ = f.state.shutdown.cancelled() => return None,
         }
     }
 }
