@@ -894,3 +894,57 @@ async fn sigterm_ends_live_streams_and_exits() {
     .await;
     assert!(rest.is_ok());
 }
+
+fn peak_rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Issue 12 item 7: the job page and live streams read a big log in bounded pieces (the page
+/// shows the tail; older parts on demand), so ten browsers following a 100 MiB log from its
+/// start do not each hold it in memory.
+#[tokio::test]
+async fn ten_followers_of_a_100_mib_log_keep_the_coordinator_small() {
+    let s = fresh(&[]);
+    let a = register(&s, "a1").await;
+    let id = enqueue(&s.data, &[]);
+    a.claim_job(5).await;
+    let line =
+        b"0123456789 bosun big log line abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ\n";
+    let chunk: Vec<u8> = line.iter().copied().cycle().take(8 << 20).collect();
+    let mut offset = 0u64;
+    for _ in 0..12 {
+        let (st, end) = a.log(&id, offset, &chunk).await;
+        assert_eq!(st, 200);
+        offset = end;
+    }
+    let (st, _) = a.log(&id, offset, b"THE-TAIL-MARKER\n").await;
+    assert_eq!(st, 200);
+    let before = peak_rss_kib(s.child.id());
+    let mut streams = Vec::new();
+    for _ in 0..10 {
+        let mut r = client()
+            .get(format!("{}/jobs/{id}/stream?offset=0&seq=0", s.base))
+            .send()
+            .await
+            .expect("stream");
+        // Each follower reads a little, then stalls like a slow browser.
+        let _ = tokio::time::timeout(Duration::from_secs(10), r.chunk()).await;
+        streams.push(r);
+    }
+    let page = get_text(&format!("{}/jobs/{id}", s.base)).await;
+    assert!(page.contains("THE-TAIL-MARKER"), "the page shows the tail");
+    assert!(page.len() < 2 << 20, "the page is {} bytes", page.len());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let peak = peak_rss_kib(s.child.id());
+    eprintln!("coordinator peak RSS {before} KiB after the upload, {peak} KiB with 10 followers");
+    assert!(
+        peak < 150 * 1024,
+        "peak RSS {peak} KiB with 10 followers of a 96 MiB log"
+    );
+    drop(streams);
+}

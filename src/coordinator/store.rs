@@ -774,6 +774,23 @@ impl Store {
         self.read_log(id, from, end as u64)
     }
 
+    /// At most `max` committed log bytes from `from`, and the committed length (`None`: no
+    /// such job). Pages and live streams read big logs this way, piece by piece.
+    pub fn log_piece(&self, id: i64, from: u64, max: u64) -> Result<Option<(Vec<u8>, u64)>> {
+        let end: Option<i64> = self
+            .conn()
+            .query_row("SELECT log_bytes FROM jobs WHERE id = ?1", [id], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        let Some(end) = end else {
+            return Ok(None);
+        };
+        let end = end as u64;
+        let upto = end.min(from.saturating_add(max));
+        Ok(Some((self.read_log(id, from, upto)?, end)))
+    }
+
     /// Bytes `from..end` of a job's log file (fewer if the file is shorter).
     fn read_log(&self, id: i64, from: u64, end: u64) -> Result<Vec<u8>> {
         use std::os::unix::fs::FileExt;
