@@ -329,7 +329,6 @@ fn request(args: &ExecuteArgs) -> Result<JobRequest, RequestError> {
         .iter()
         .map(|p| SshKey::from_file(p, KeyRole::Additional))
         .collect::<Result<Vec<_>, _>>()?;
-    let store = Store::open(args.store.clone().unwrap_or_else(Store::default_root))?;
     let cwd = std::env::current_dir().map_err(|source| RequestError::Read {
         path: ".".into(),
         source,
@@ -348,6 +347,11 @@ fn request(args: &ExecuteArgs) -> Result<JobRequest, RequestError> {
         },
         reference: args.reference.clone(),
     };
+    // Caches, workspaces and artifacts are this repository's own.
+    let store = Store::open(
+        args.store.clone().unwrap_or_else(Store::default_root),
+        crate::store::ProjectScope::new(&source.url),
+    )?;
     let config = match (&args.config, &args.repo) {
         (Some(p), _) => ConfigSource::File {
             path: p.clone(),

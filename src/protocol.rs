@@ -32,7 +32,7 @@ pub const ATTEMPT_HEADER: &str = "bosun-attempt";
 
 pub const MAX_LOG_CHUNK: usize = 8 * 1024 * 1024;
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct RegisterRequest {
     pub registration_token: String,
     pub name: String,
@@ -42,11 +42,34 @@ pub struct RegisterRequest {
     pub version: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct RegisterResponse {
     pub agent_id: String,
     pub agent_token: String,
     pub protocol_version: u32,
+}
+
+// Tokens never show in `Debug` (logs, panics): issue 12 item 16.
+impl std::fmt::Debug for RegisterRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegisterRequest")
+            .field("registration_token", &"<redacted>")
+            .field("name", &self.name)
+            .field("resource_class", &self.resource_class)
+            .field("labels", &self.labels)
+            .field("version", &self.version)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for RegisterResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegisterResponse")
+            .field("agent_id", &self.agent_id)
+            .field("agent_token", &"<redacted>")
+            .field("protocol_version", &self.protocol_version)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

@@ -888,3 +888,75 @@ fn sighup_reloads_concurrency_and_labels() {
     });
     assert!(agent.log().contains("config reloaded"), "{}", agent.log());
 }
+
+/// Issue 12 item 2: caches are the project's own (by repository UUID), and a build of a
+/// pull request from a fork reads the project's caches but never writes them.
+#[test]
+fn caches_are_per_project_and_a_forked_pull_request_never_writes_the_projects_caches() {
+    ensure_images();
+    let p = Project::new(&format!(
+        r#"version: 2.1
+jobs:
+  save:
+    docker: [{{image: {img}, user: circleci}}]
+    steps:
+      - run: mkdir -p ~/deps && echo "$WHO" > ~/deps/who
+      - save_cache: {{key: deps-v1, paths: [~/deps]}}
+  check:
+    docker: [{{image: {img}, user: circleci}}]
+    steps:
+      - restore_cache: {{keys: [deps-v1]}}
+      - run: echo "who=$(cat ~/deps/who 2>/dev/null || echo none)"
+"#,
+        img = image("base")
+    ));
+    let agent_id = format!("agent-{}", p.job_id);
+    let fake = Fake::start(&agent_id);
+    let job = |n: u32, name: &str, uuid: &str, fork_pr: Option<u64>, who: &str| {
+        let mut j = wire_job(
+            &p,
+            vec![WireEnv {
+                name: "WHO".into(),
+                value: who.into(),
+                secret: false,
+            }],
+        );
+        j.id = format!("{}-{n}", p.job_id);
+        j.job_name = name.into();
+        j.project.uuid = uuid.into();
+        j.pull_request = fork_pr.map(|number| WirePullRequest {
+            number,
+            url: format!("https://bitbucket.org/acme/widget/pull-requests/{number}"),
+            fork: true,
+        });
+        j
+    };
+    let widget = "{00000000-0000-0000-0000-00000000000a}";
+    let other = "{00000000-0000-0000-0000-00000000000b}";
+    let jobs = [
+        job(1, "save", widget, Some(5), "fork"),
+        job(2, "check", widget, None, ""),
+        job(3, "save", widget, None, "base"),
+        job(4, "check", widget, Some(5), ""),
+        job(5, "check", other, None, ""),
+    ];
+    let ids: Vec<String> = jobs.iter().map(|j| j.id.clone()).collect();
+    fake.st().queue.extend(jobs);
+    let _agent = AgentProc::start(&fake, &agent_id);
+    let logs: Vec<String> = ids
+        .iter()
+        .map(|id| {
+            fake.wait_for(id, 120, |s| {
+                s.finish
+                    .get(id)
+                    .map(|_| String::from_utf8_lossy(&s.logs[id]).into_owned())
+            })
+        })
+        .collect();
+    // The fork's save did not reach the project's caches…
+    assert!(logs[1].contains("who=none"), "{}", logs[1]);
+    // …the fork reads the project's cache (the newest match)…
+    assert!(logs[3].contains("who=base"), "{}", logs[3]);
+    // …and another project sees neither.
+    assert!(logs[4].contains("who=none"), "{}", logs[4]);
+}

@@ -54,9 +54,13 @@ fn summary(c: &bosun::config::CompiledConfig) -> String {
                 }
                 WorkflowJobKind::Build(b) => {
                     let images: Vec<&str> = b.docker.iter().map(|d| d.image.as_str()).collect();
+                    let kind = match b.plan.executor {
+                        bosun::config::ExecutorKind::Docker => "images",
+                        bosun::config::ExecutorKind::Machine => "machine",
+                    };
                     let _ = writeln!(
                         s,
-                        "    images [{}] workdir {} parallelism {}",
+                        "    {kind} [{}] workdir {} parallelism {}",
                         images.join(", "),
                         b.plan.working_directory,
                         b.plan.parallelism

@@ -36,11 +36,33 @@ fn start(data: &Path, extra: &[&str]) -> Server {
 }
 
 fn start_with(data: &Path, extra: &[&str], watch_log: bool) -> Server {
+    start_limited(data, extra, watch_log, None)
+}
+
+/// With `nofile`: the server runs under that RLIMIT_NOFILE (as a busy host or a systemd
+/// unit's LimitNOFILE would set it).
+fn start_limited(data: &Path, extra: &[&str], watch_log: bool, nofile: Option<u64>) -> Server {
     let mut cmd = Command::new(BIN);
     cmd.args(["coordinator", "serve", "--listen", "127.0.0.1:0", "--data"])
         .arg(data)
         .args(extra)
         .stdout(Stdio::piped());
+    if let Some(n) = nofile {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                let lim = libc::rlimit {
+                    rlim_cur: n as libc::rlim_t,
+                    rlim_max: n as libc::rlim_t,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
     if watch_log {
         cmd.env("BOSUN_LOG", "bosun=info").stderr(Stdio::piped());
     } else {
@@ -84,6 +106,10 @@ fn fresh(extra: &[&str]) -> Server {
 }
 
 fn fresh_with(extra: &[&str], watch_log: bool) -> Server {
+    fresh_limited(extra, watch_log, None)
+}
+
+fn fresh_limited(extra: &[&str], watch_log: bool, nofile: Option<u64>) -> Server {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");
     let key = dir.path().join("id_ed25519");
@@ -105,7 +131,7 @@ fn fresh_with(extra: &[&str], watch_log: bool) -> Server {
             "TOKEN=hunter22",
         ],
     );
-    let mut s = start_with(&data, extra, watch_log);
+    let mut s = start_limited(&data, extra, watch_log, nofile);
     s._dir = Some(dir);
     s
 }
@@ -150,6 +176,7 @@ fn client() -> reqwest::Client {
 
 struct Agent {
     base: String,
+    id: String,
     token: String,
     http: reqwest::Client,
 }
@@ -225,18 +252,27 @@ fn sha256(b: &[u8]) -> String {
 
 async fn register(s: &Server, name: &str) -> Agent {
     let token = cli(&s.data, &["token"]);
-    let r = client()
+    register_with(s, name, &token).await
+}
+
+async fn try_register(s: &Server, name: &str, token: &str) -> reqwest::Response {
+    client()
         .post(format!("{}/api/v1/agents/register", s.base))
         .json(&json!({"registration_token": token, "name": name,
             "resource_class": "docker", "labels": [], "version": "test"}))
         .send()
         .await
-        .expect("register");
+        .expect("register")
+}
+
+async fn register_with(s: &Server, name: &str, token: &str) -> Agent {
+    let r = try_register(s, name, token).await;
     assert_eq!(r.status(), 201);
     let reg: RegisterResponse = r.json().await.expect("json");
     assert_eq!(reg.protocol_version, 1);
     Agent {
         base: s.base.clone(),
+        id: reg.agent_id,
         token: reg.agent_token,
         http: client(),
     }
@@ -696,4 +732,219 @@ async fn job_page_follows_the_job_live_in_headless_chromium() {
         dom.contains("class=\"status success\">success</td>"),
         "{dom}"
     );
+}
+
+/// Issue 12 item 6: an agent's resource class and labels are the ones fixed when it
+/// registered (changed by the operator only), whatever its claims say.
+#[tokio::test]
+async fn an_agent_claims_with_its_registered_class_and_labels_not_what_it_claims_to_be() {
+    let s = fresh(&[]);
+    let a = register(&s, "docker-agent").await;
+    let data = s.data.clone();
+    let id = tokio::task::spawn_blocking(move || {
+        enqueue(&data, &["--resource-class", "gpu", "--label", "secure"])
+    })
+    .await
+    .expect("enqueue");
+    let r = a
+        .post(
+            "/jobs/claim?wait=1",
+            json!({"resource_class": "gpu", "labels": ["secure"], "capacity": 1}),
+        )
+        .await;
+    assert_eq!(r.status(), 204, "a docker agent took a gpu job");
+    cli(
+        &s.data,
+        &[
+            "relabel",
+            &a.id,
+            "--resource-class",
+            "gpu",
+            "--label",
+            "secure",
+        ],
+    );
+    let c = a.claim_job(1).await;
+    assert_eq!(c.job.id, id);
+}
+
+/// Issue 12 item 6: a project restricted to some agents is run by those only.
+#[tokio::test]
+async fn a_project_restricted_to_an_agent_is_claimed_by_that_agent_only() {
+    let s = fresh(&[]);
+    let trusted = register(&s, "trusted").await;
+    let other = register(&s, "other").await;
+    cli(
+        &s.data,
+        &[
+            "project",
+            "restrict",
+            "--slug",
+            "acme/widget",
+            "--agent",
+            &trusted.id,
+        ],
+    );
+    let data = s.data.clone();
+    let id = tokio::task::spawn_blocking(move || enqueue(&data, &[]))
+        .await
+        .expect("enqueue");
+    assert_eq!(other.claim(1).await.status(), 204);
+    assert_eq!(trusted.claim_job(1).await.job.id, id);
+}
+
+/// Issue 12 item 6: registration tokens are kept as digests only, expire, and `token
+/// rotate` retires every earlier one.
+#[tokio::test]
+async fn registration_tokens_are_digests_that_expire_and_rotate() {
+    let s = fresh(&[]);
+    let first = cli(&s.data, &["token"]);
+    let short = cli(&s.data, &["token", "--expires", "2s"]);
+    let db = std::fs::read(s.data.join("coordinator.db")).expect("db");
+    for t in [&first, &short] {
+        assert!(
+            !db.windows(t.len()).any(|w| w == t.as_bytes()),
+            "a registration token is stored in the clear"
+        );
+    }
+    register_with(&s, "a1", &short).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(try_register(&s, "a2", &short).await.status(), 401);
+    register_with(&s, "a3", &first).await;
+    let rotated = cli(&s.data, &["token", "rotate"]);
+    assert_eq!(try_register(&s, "a4", &first).await.status(), 401);
+    register_with(&s, "a5", &rotated).await;
+    let listed = cli(&s.data, &["token", "list"]);
+    assert!(!listed.contains(&rotated), "{listed}");
+}
+
+/// Issue 12 item 8: connections that send half a request and stall (slow loris) are timed
+/// out and never take the whole file-descriptor budget: a normal request still gets in.
+#[tokio::test]
+async fn a_slow_loris_batch_does_not_stop_a_normal_request() {
+    let s = fresh_limited(&[], false, Some(256));
+    let addr = s.base.trim_start_matches("http://").to_owned();
+    let mut loris = Vec::new();
+    for _ in 0..300 {
+        use tokio::io::AsyncWriteExt;
+        let Ok(Ok(mut c)) = tokio::time::timeout(
+            Duration::from_secs(2),
+            tokio::net::TcpStream::connect(&addr),
+        )
+        .await
+        else {
+            continue;
+        };
+        let _ = c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ").await;
+        loris.push(c);
+    }
+    assert!(loris.len() > 250, "only {} connections opened", loris.len());
+    let t0 = Instant::now();
+    let r = client()
+        .get(format!("{}/", s.base))
+        .timeout(Duration::from_secs(40))
+        .send()
+        .await
+        .expect("a normal request is answered despite the slow loris batch");
+    assert_eq!(r.status(), 200);
+    eprintln!(
+        "answered after {:?} with {} loris connections",
+        t0.elapsed(),
+        loris.len()
+    );
+    drop(loris);
+}
+
+/// Issue 12 item 9: SIGTERM ends the live streams of browsers following a job, so the
+/// coordinator exits promptly.
+#[tokio::test]
+async fn sigterm_ends_live_streams_and_exits() {
+    let mut s = fresh(&[]);
+    let a = register(&s, "a1").await;
+    let id = enqueue(&s.data, &[]);
+    a.claim_job(5).await;
+    let mut stream = client()
+        .get(format!("{}/jobs/{id}/stream?offset=0&seq=0", s.base))
+        .send()
+        .await
+        .expect("stream");
+    let first = tokio::time::timeout(Duration::from_secs(5), stream.chunk())
+        .await
+        .expect("first event");
+    assert!(first.is_ok());
+    let pid = s.child.id() as libc::pid_t;
+    // SAFETY: a plain kill(2) of our own child.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(st) = s.child.try_wait().expect("wait") {
+            break st;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "the coordinator still runs 10 s after SIGTERM with a live stream open"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(status.success(), "{status:?}");
+    // The stream ended rather than being cut mid-event.
+    let rest = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Ok(Some(_)) = stream.chunk().await {}
+    })
+    .await;
+    assert!(rest.is_ok());
+}
+
+fn peak_rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Issue 12 item 7: the job page and live streams read a big log in bounded pieces (the page
+/// shows the tail; older parts on demand), so ten browsers following a 100 MiB log from its
+/// start do not each hold it in memory.
+#[tokio::test]
+async fn ten_followers_of_a_100_mib_log_keep_the_coordinator_small() {
+    let s = fresh(&[]);
+    let a = register(&s, "a1").await;
+    let id = enqueue(&s.data, &[]);
+    a.claim_job(5).await;
+    let line =
+        b"0123456789 bosun big log line abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ\n";
+    let chunk: Vec<u8> = line.iter().copied().cycle().take(8 << 20).collect();
+    let mut offset = 0u64;
+    for _ in 0..12 {
+        let (st, end) = a.log(&id, offset, &chunk).await;
+        assert_eq!(st, 200);
+        offset = end;
+    }
+    let (st, _) = a.log(&id, offset, b"THE-TAIL-MARKER\n").await;
+    assert_eq!(st, 200);
+    let before = peak_rss_kib(s.child.id());
+    let mut streams = Vec::new();
+    for _ in 0..10 {
+        let mut r = client()
+            .get(format!("{}/jobs/{id}/stream?offset=0&seq=0", s.base))
+            .send()
+            .await
+            .expect("stream");
+        // Each follower reads a little, then stalls like a slow browser.
+        let _ = tokio::time::timeout(Duration::from_secs(10), r.chunk()).await;
+        streams.push(r);
+    }
+    let page = get_text(&format!("{}/jobs/{id}", s.base)).await;
+    assert!(page.contains("THE-TAIL-MARKER"), "the page shows the tail");
+    assert!(page.len() < 2 << 20, "the page is {} bytes", page.len());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let peak = peak_rss_kib(s.child.id());
+    eprintln!("coordinator peak RSS {before} KiB after the upload, {peak} KiB with 10 followers");
+    assert!(
+        peak < 150 * 1024,
+        "peak RSS {peak} KiB with 10 followers of a 96 MiB log"
+    );
+    drop(streams);
 }

@@ -148,7 +148,7 @@ jobs:
     let results = output(&out.events, None, 3);
     assert!(results.contains("2 tests, 1 failures"), "{results}");
     assert!(results.contains("failed: calc.divides"), "{results}");
-    let dir = p.store.path().join("artifacts").join(&p.job_id);
+    let dir = p.artifacts_dir();
     assert_eq!(
         std::fs::read_to_string(dir.join("reports/report.txt")).expect("artifact"),
         "report\n"

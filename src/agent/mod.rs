@@ -47,11 +47,21 @@ pub struct AgentArgs {
 }
 
 /// The agent's identity, kept in `state_dir/agent.json` (mode 0600).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 struct Identity {
     agent_id: String,
     agent_token: String,
     coordinator_url: String,
+}
+
+impl std::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Identity")
+            .field("agent_id", &self.agent_id)
+            .field("agent_token", &"<redacted>")
+            .field("coordinator_url", &self.coordinator_url)
+            .finish()
+    }
 }
 
 pub(crate) struct JobEntry {
@@ -420,6 +430,21 @@ async fn remove_orphans(agent: &Arc<Agent>) {
     }
 }
 
+/// The store scope of a claimed job: its repository (by UUID, which the coordinator keeps
+/// unique), and for a pull request from a fork that pull request's own caches.
+pub(crate) fn store_scope(job: &crate::protocol::WireJob) -> crate::store::ProjectScope {
+    let identity = if job.project.uuid.trim().is_empty() {
+        format!("clone-url:{}", job.project.clone_url)
+    } else {
+        format!("bitbucket-uuid:{}", job.project.uuid)
+    };
+    let scope = crate::store::ProjectScope::new(&identity);
+    match &job.pull_request {
+        Some(pr) if pr.fork => scope.fork_pull_request(pr.number),
+        _ => scope,
+    }
+}
+
 pub(crate) fn spawn_sender(agent: Arc<Agent>, job: Arc<SpoolJob>) -> tokio::task::JoinHandle<()> {
     agent.senders.fetch_add(1, Ordering::SeqCst);
     let id = job.job_id();
@@ -663,4 +688,34 @@ fn start_job(agent: &Arc<Agent>, job: protocol::WireJob) {
         agent.report_status();
         agent.changed.notify_waiters();
     });
+}
+
+#[cfg(test)]
+mod debug_tests {
+    use super::*;
+
+    /// Issue 12 item 16: tokens never show in `Debug` output (logs, panics).
+    #[test]
+    fn register_and_identity_types_hide_their_tokens_in_debug() {
+        let req = RegisterRequest {
+            registration_token: "bosun-reg-SECRET1".into(),
+            name: "a".into(),
+            resource_class: "docker".into(),
+            labels: vec![],
+            version: "0".into(),
+        };
+        let resp = protocol::RegisterResponse {
+            agent_id: "agent-1".into(),
+            agent_token: "bosun-agent-SECRET2".into(),
+            protocol_version: 1,
+        };
+        let id = Identity {
+            agent_id: "agent-1".into(),
+            agent_token: "bosun-agent-SECRET3".into(),
+            coordinator_url: "https://c".into(),
+        };
+        let shown = format!("{req:?} {resp:?} {id:?}");
+        assert!(!shown.contains("SECRET"), "{shown}");
+        assert!(shown.contains("agent-1"), "{shown}");
+    }
 }

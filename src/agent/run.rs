@@ -169,7 +169,7 @@ fn request(agent: &Arc<Agent>, wire: &WireJob) -> Result<JobRequest, RequestErro
         time_limit: Some(Duration::from_secs(wire.timeouts.job_secs.max(1))),
         network: cfg.network.clone(),
         kill_grace: Duration::from_secs(cfg.kill_grace_secs),
-        store: Store::open(cfg.store_dir.clone())?,
+        store: Store::open(cfg.store_dir.clone(), super::store_scope(wire))?,
         orb_dir: None,
         machine_images: cfg.machine_images.clone(),
         registry: agent.registry.clone(),

@@ -587,6 +587,41 @@ fn ref_not_found(repo: &Repository, reference: &str, plan: &RemotePlan) -> Check
     }
 }
 
+/// A submodule URL comes from `.gitmodules`, which anyone who can push writes: only SSH
+/// (whose host key must then be trusted, like the project's own) and URLs relative to the
+/// superproject's remote are fetched. A local path or `file://` would hand the job a
+/// repository from the agent's own disk, `ext::` runs a command, and the other transports
+/// go around the host-key check.
+fn check_submodule_url(raw: &str) -> Result<(), String> {
+    let url = raw.trim();
+    if url.starts_with("./") || url.starts_with("../") {
+        return Ok(());
+    }
+    let refuse = |why: &str| {
+        Err(format!(
+            "url {url:?} uses a transport bosun does not fetch submodules over ({why}); \
+             only SSH URLs (git@host:path, ssh://…) to a host with a trusted key and relative \
+             URLs (../other.git) are allowed"
+        ))
+    };
+    // `<transport>::<address>` is git's remote-helper syntax (ext::, fd::, …).
+    if url.find("::").is_some_and(|i| !url[..i].contains('/')) {
+        return refuse("a remote helper");
+    }
+    match parse_ssh_url(url) {
+        Some(ssh)
+            if ssh.host.starts_with('-')
+                || ssh.user.as_deref().is_some_and(|u| u.starts_with('-')) =>
+        {
+            refuse("a host or user that reads as an option")
+        }
+        Some(_) => Ok(()),
+        None if url.starts_with("file:") => refuse("a file on the agent's host"),
+        None if url.contains("://") => refuse("not SSH"),
+        None => refuse("a path on the agent's host"),
+    }
+}
+
 /// Nesting bound: a submodule that (indirectly) contains itself would otherwise recurse forever.
 const MAX_SUBMODULE_DEPTH: usize = 8;
 
@@ -625,6 +660,7 @@ fn update_submodules(
             .flatten()
             .ok_or_else(|| sm_err("no url in .gitmodules".into()))?
             .to_string();
+        check_submodule_url(&raw_url).map_err(sm_err)?;
         let url = resolve_relative_url(parent_url, &raw_url).ok_or_else(|| {
             sm_err(format!(
                 "relative url {raw_url} climbs above the root of {parent_url}"

@@ -217,6 +217,19 @@ fn local_submodules_relative_and_nested() {
             "deps/nested",
         ],
     );
+    // Recorded as relative (../nested.git beside lib.git): an absolute path is a directory on
+    // the agent's host, which submodules may not name.
+    git(
+        &lib_work,
+        &[
+            "config",
+            "-f",
+            ".gitmodules",
+            "submodule.deps/nested.url",
+            "../nested.git",
+        ],
+    );
+    git(&lib_work, &["add", ".gitmodules"]);
     git(&lib_work, &["commit", "-qm", "sub"]);
     git(
         &lib_work,
@@ -261,4 +274,30 @@ fn local_submodules_relative_and_nested() {
         lines.iter().any(|l| l.starts_with("Submodule lib → ")),
         "{lines:?}"
     );
+}
+
+#[test]
+fn submodule_urls_are_ssh_or_relative() {
+    for ok in [
+        "../lib.git",
+        "./lib.git",
+        "git@bitbucket.org:acme/lib.git",
+        "ssh://git@ssh.bitbucket.org/acme/lib.git",
+        "ssh://git@git.corp:7999/team/r.git",
+    ] {
+        assert_eq!(check_submodule_url(ok), Ok(()), "{ok}");
+    }
+    for bad in [
+        "/srv/secret.git",
+        "secret",
+        "file:///srv/secret.git",
+        "ext::sh -c touch% /tmp/pwned",
+        "fd::17",
+        "https://bitbucket.org/acme/lib.git",
+        "git://example.com/x.git",
+        "ssh://-oProxyCommand=x/acme/lib.git",
+    ] {
+        let e = check_submodule_url(bad).expect_err(bad);
+        assert!(e.contains("transport"), "{bad}: {e}");
+    }
 }

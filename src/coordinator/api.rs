@@ -45,6 +45,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/jobs/{id}/finish", post(finish))
         // A log chunk is at most MAX_LOG_CHUNK; leave room for JSON bodies' overhead.
         .layer(DefaultBodyLimit::max(MAX_LOG_CHUNK + 64 * 1024))
+        .layer(axum::middleware::from_fn(super::server::request_timeout))
         .with_state(state);
     Router::new().nest(API_PREFIX, api)
 }
@@ -125,10 +126,12 @@ async fn register(State(state): State<Arc<AppState>>, body: Bytes) -> ApiResult 
     let req: RegisterRequest = json_body(&body)?;
     // Compare digests, not the strings, so the comparison time says nothing about the token.
     let given = super::sha256_hex(req.registration_token.as_bytes());
-    if !state
-        .registration_tokens
-        .iter()
-        .any(|t| super::sha256_hex(t.as_bytes()) == given)
+    let from_file = state.registration_token_file_digests.contains(&given);
+    let token = req.registration_token.clone();
+    if !from_file
+        && !state
+            .db(move |s| s.registration_token_valid(&token))
+            .await?
     {
         return Err(Failure(
             StatusCode::UNAUTHORIZED,
@@ -181,12 +184,10 @@ async fn claim(
         // Mark the current version seen before querying, so a change that lands during the
         // query wakes us rather than being missed.
         changed.borrow_and_update();
-        let (a, rc, labels) = (
-            agent_id.clone(),
-            req.resource_class.clone(),
-            req.labels.clone(),
-        );
-        if let Some(job) = state.db(move |s| s.claim(&a, &rc, &labels, lease)).await? {
+        // The class and labels in the request are the agent's word only: the coordinator
+        // uses the ones fixed at registration.
+        let a = agent_id.clone();
+        if let Some(job) = state.db(move |s| s.claim(&a, lease)).await? {
             state.bump();
             return Ok(Json(ClaimResponse {
                 job,
@@ -194,7 +195,11 @@ async fn claim(
             })
             .into_response());
         }
-        match tokio::time::timeout_at(deadline, changed.changed()).await {
+        let woke = tokio::select! {
+            w = tokio::time::timeout_at(deadline, changed.changed()) => w,
+            _ = state.shutdown.cancelled() => return Ok(StatusCode::NO_CONTENT.into_response()),
+        };
+        match woke {
             Ok(Ok(())) => continue,
             // Deadline, or the sender is gone (shutting down): nothing for you.
             _ => return Ok(StatusCode::NO_CONTENT.into_response()),

@@ -7,6 +7,7 @@
 //! pages, server-sent events) ← [`serve`] and the CLI commands here.
 
 pub mod api;
+pub mod server;
 pub mod store;
 pub mod web;
 
@@ -84,10 +85,29 @@ pub enum Command {
         data: DataArg,
         job: String,
     },
-    /// Print the registration token agents present to register (created on first use).
+    /// Registration tokens agents present to register, kept as digests only: `token` prints
+    /// a new one, `token rotate` revokes every earlier one and prints a new one, `token list`
+    /// lists them (ids and expiry, never the tokens).
     Token {
         #[command(flatten)]
         data: DataArg,
+        #[arg(value_enum, default_value_t = TokenAction::New)]
+        action: TokenAction,
+        /// The new token stops working after this long (e.g. 1h, 7d); default: never.
+        #[arg(long, value_name = "DURATION", value_parser = parse_ttl)]
+        expires: Option<Duration>,
+    },
+    /// Fix an agent's resource class and labels (agents cannot change their own).
+    Relabel {
+        #[command(flatten)]
+        data: DataArg,
+        /// The agent's id (`agents` lists them).
+        agent: String,
+        #[arg(long)]
+        resource_class: String,
+        /// Repeatable; none: no labels.
+        #[arg(long = "label")]
+        labels: Vec<String>,
     },
     /// Revoke an agent (by id or name): its next call gets 401 and it stops.
     Revoke {
@@ -122,12 +142,44 @@ pub struct ServeArgs {
     /// Lease length handed to agents; a lease not renewed by a heartbeat in time lapses.
     #[arg(long, default_value_t = DEFAULT_LEASE_SECS)]
     pub lease_secs: u64,
+    /// A request's headers must arrive within this; an idle keep-alive connection closes
+    /// after it.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_ttl)]
+    pub header_timeout: Duration,
+    /// Open connections at most (also kept under the process's file descriptor limit); more
+    /// wait in the listen backlog.
+    #[arg(long, default_value_t = 1024)]
+    pub max_connections: usize,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TokenAction {
+    New,
+    Rotate,
+    List,
+}
+
+fn parse_ttl(text: &str) -> std::result::Result<Duration, String> {
+    crate::config::parse_duration(text)
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| "expected a duration such as 90s, 30m, 12h or 7d".to_owned())
 }
 
 #[derive(clap::Subcommand, Debug)]
 pub enum ProjectCommand {
     /// Add a project (a Bitbucket repository) jobs can be queued for.
     Add(ProjectAddArgs),
+    /// Let only these agents run the project's jobs (its keys go to them only); without
+    /// `--agent`, any agent may again.
+    Restrict {
+        #[command(flatten)]
+        data: DataArg,
+        #[arg(long)]
+        slug: String,
+        /// Agent id (repeatable; `agents` lists them).
+        #[arg(long = "agent")]
+        agents: Vec<String>,
+    },
 }
 
 #[derive(clap::Args, Debug)]
@@ -366,9 +418,48 @@ fn run_inner(cmd: Command) -> Result<()> {
             print(&mut out, format!("job {id}: {after}"));
             Ok(())
         }
-        Command::Token { data } => {
+        Command::Token {
+            data,
+            action,
+            expires,
+        } => {
             let store = Store::open(&data.data)?;
-            print(&mut out, store.registration_token()?);
+            match action {
+                TokenAction::New => print(&mut out, store.create_registration_token(expires)?.1),
+                TokenAction::Rotate => print(&mut out, store.rotate_registration_token(expires)?.1),
+                TokenAction::List => {
+                    let now = store::now_ms();
+                    for t in store.list_registration_tokens()? {
+                        let state = match t.expires {
+                            _ if t.revoked => "revoked".to_owned(),
+                            Some(e) if e <= now => "expired".to_owned(),
+                            Some(e) => format!(
+                                "expires in {}",
+                                fmt_duration(Duration::from_millis((e - now) as u64))
+                            ),
+                            None => "valid".to_owned(),
+                        };
+                        print(&mut out, format!("{}  {state}", t.id));
+                    }
+                }
+            }
+            Ok(())
+        }
+        Command::Relabel {
+            data,
+            agent,
+            resource_class,
+            labels,
+        } => {
+            let store = Store::open(&data.data)?;
+            match store.relabel_agent(&agent, &resource_class, &labels)? {
+                0 => Err(CoordError::NotFound(format!("no agent with id {agent}"))),
+                _ => Ok(()),
+            }
+        }
+        Command::Project(ProjectCommand::Restrict { data, slug, agents }) => {
+            let store = Store::open(&data.data)?;
+            store.restrict_project(&slug, &agents)?;
             Ok(())
         }
         Command::Revoke { data, agent } => {
@@ -416,8 +507,12 @@ pub struct AppState {
     /// Bumped whenever the database may have changed (our writes, or another process's,
     /// noticed through `PRAGMA data_version`); long polls and live pages wait on it.
     pub changed: tokio::sync::watch::Sender<u64>,
-    pub registration_tokens: Vec<String>,
+    /// Digests of the tokens from `--registration-token-file` (the stored ones are looked
+    /// up at each registration, so `token` and `token rotate` apply at once).
+    pub registration_token_file_digests: Vec<String>,
     pub lease: Duration,
+    /// Cancelled when the server shuts down: live streams end, long polls answer.
+    pub shutdown: tokio_util::sync::CancellationToken,
 }
 
 impl AppState {
@@ -451,21 +546,21 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
                 f.display()
             )));
         }
-        tokens.push(t);
+        tokens.push(sha256_hex(t.as_bytes()));
     }
-    if let Some(t) = store.stored_registration_token()? {
-        tokens.push(t);
-    }
-    if tokens.is_empty() {
-        // No way for agents to register otherwise; create one the operator reads with `token`.
-        tokens.push(store.registration_token()?);
+    if tokens.is_empty() && store.list_registration_tokens()?.is_empty() {
+        tracing::warn!(
+            "no registration token yet: agents cannot register until one is made with \
+             `bosun coordinator token`"
+        );
     }
     let (changed, _) = tokio::sync::watch::channel(0u64);
     let state = Arc::new(AppState {
         store: store.clone(),
         changed,
-        registration_tokens: tokens,
+        registration_token_file_digests: tokens,
         lease: Duration::from_secs(args.lease_secs.max(1)),
+        shutdown: tokio_util::sync::CancellationToken::new(),
     });
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
@@ -484,13 +579,17 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     tokio::spawn(reap_leases(state.clone()));
 
     let app = api::router(state.clone()).merge(web::router(state.clone()));
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .map_err(|source| CoordError::Listen {
-            addr: addr.to_string(),
-            source,
-        })
+    let stop = state.shutdown.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down: closing live streams and connections");
+        stop.cancel();
+    });
+    let limits = server::Limits {
+        header_timeout: args.header_timeout,
+        max_connections: args.max_connections,
+    };
+    server::serve(listener, app, limits, state.shutdown.clone()).await
 }
 
 async fn shutdown_signal() {

@@ -116,7 +116,28 @@ CREATE TABLE job_events (
      ALTER TABLE jobs ADD COLUMN pr_url TEXT; \
      ALTER TABLE jobs ADD COLUMN pr_fork INTEGER NOT NULL DEFAULT 0; \
      ALTER TABLE jobs ADD COLUMN timeout_secs INTEGER",
+    // 4: registration tokens as digests with an expiry (the one plaintext token of earlier
+    // versions moves in as a digest: see `migrate`), and which agents may run a project.
+    "CREATE TABLE registration_tokens ( \
+         id TEXT PRIMARY KEY, \
+         token_sha256 TEXT NOT NULL UNIQUE, \
+         created INTEGER NOT NULL, \
+         expires INTEGER, \
+         revoked INTEGER NOT NULL DEFAULT 0); \
+     CREATE TABLE project_agents ( \
+         project_id INTEGER NOT NULL REFERENCES projects(id), \
+         agent_id TEXT NOT NULL, \
+         PRIMARY KEY (project_id, agent_id))",
 ];
+
+/// A registration token as `token list` shows it (never the token itself).
+#[derive(Debug, Clone)]
+pub struct RegistrationTokenRow {
+    pub id: String,
+    pub created: i64,
+    pub expires: Option<i64>,
+    pub revoked: bool,
+}
 
 pub fn now_ms() -> i64 {
     SystemTime::now()
@@ -358,7 +379,8 @@ impl Store {
         let conn = Connection::open(&path)?;
         conn.busy_timeout(Duration::from_secs(10))?;
         conn.execute_batch(
-            "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;",
+            "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON; \
+             PRAGMA secure_delete=ON;",
         )?;
         let logs = dir.join(LOGS_DIR);
         if !logs.exists() {
@@ -392,41 +414,69 @@ impl Store {
 
     // ---- registration token and agents ----
 
-    /// The stored registration token, created on first use.
-    pub fn registration_token(&self) -> Result<String> {
+    /// A new registration token, valid for `ttl` (for ever without one); only its digest is
+    /// kept, so this is the one time it can be read. Returns (token id, token).
+    pub fn create_registration_token(&self, ttl: Option<Duration>) -> Result<(String, String)> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let existing: Option<String> = tx
-            .query_row(
-                "SELECT value FROM meta WHERE key = 'registration_token'",
-                [],
-                |r| r.get(0),
-            )
-            .optional()?;
-        let token = match existing {
-            Some(t) => t,
-            None => {
-                let t = format!("bosun-reg-{}", random_hex(24)?);
-                tx.execute(
-                    "INSERT INTO meta(key, value) VALUES ('registration_token', ?1)",
-                    [&t],
-                )?;
-                t
-            }
-        };
+        let created = Self::insert_registration_token(&tx, ttl)?;
         tx.commit()?;
-        Ok(token)
+        Ok(created)
     }
 
-    pub fn stored_registration_token(&self) -> Result<Option<String>> {
-        Ok(self
-            .conn()
-            .query_row(
-                "SELECT value FROM meta WHERE key = 'registration_token'",
-                [],
-                |r| r.get(0),
-            )
-            .optional()?)
+    /// Revoke every registration token and make a new one (agents registered already keep
+    /// their own tokens). Returns (token id, token).
+    pub fn rotate_registration_token(&self, ttl: Option<Duration>) -> Result<(String, String)> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute("UPDATE registration_tokens SET revoked = 1", [])?;
+        let created = Self::insert_registration_token(&tx, ttl)?;
+        tx.commit()?;
+        Ok(created)
+    }
+
+    fn insert_registration_token(
+        tx: &rusqlite::Transaction<'_>,
+        ttl: Option<Duration>,
+    ) -> Result<(String, String)> {
+        let id = format!("reg-{}", random_hex(4)?);
+        let token = format!("bosun-reg-{}", random_hex(24)?);
+        let now = now_ms();
+        let expires =
+            ttl.map(|t| now.saturating_add(i64::try_from(t.as_millis()).unwrap_or(i64::MAX)));
+        tx.execute(
+            "INSERT INTO registration_tokens(id, token_sha256, created, expires) VALUES (?1, ?2, ?3, ?4)",
+            params![id, sha256_hex(token.as_bytes()), now, expires],
+        )?;
+        Ok((id, token))
+    }
+
+    /// Is `token` a registration token that is neither revoked nor expired?
+    pub fn registration_token_valid(&self, token: &str) -> Result<bool> {
+        Ok(self.conn().query_row(
+            "SELECT EXISTS(SELECT 1 FROM registration_tokens WHERE token_sha256 = ?1 \
+             AND revoked = 0 AND (expires IS NULL OR expires > ?2))",
+            params![sha256_hex(token.as_bytes()), now_ms()],
+            |r| r.get(0),
+        )?)
+    }
+
+    pub fn list_registration_tokens(&self) -> Result<Vec<RegistrationTokenRow>> {
+        let conn = self.conn();
+        let mut st = conn.prepare(
+            "SELECT id, created, expires, revoked FROM registration_tokens ORDER BY created",
+        )?;
+        let rows = st
+            .query_map([], |r| {
+                Ok(RegistrationTokenRow {
+                    id: r.get(0)?,
+                    created: r.get(1)?,
+                    expires: r.get(2)?,
+                    revoked: r.get(3)?,
+                })
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(rows)
     }
 
     /// Register an agent; returns (agent id, agent token). Only the token's digest is kept.
@@ -464,6 +514,54 @@ impl Store {
                 },
             )
             .optional()?)
+    }
+
+    /// Set an agent's resource class and labels (the operator's word; the agent's claims do
+    /// not change them). Returns how many agents matched the id.
+    pub fn relabel_agent(
+        &self,
+        id: &str,
+        resource_class: &str,
+        labels: &[String],
+    ) -> Result<usize> {
+        Ok(self.conn().execute(
+            "UPDATE agents SET resource_class = ?2, labels = ?3 WHERE id = ?1",
+            params![id, resource_class, json_labels(labels)],
+        )?)
+    }
+
+    /// Only these agents (ids) may run the project's jobs; an empty list lifts the
+    /// restriction.
+    pub fn restrict_project(&self, slug: &str, agents: &[String]) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let pid: i64 = tx
+            .query_row("SELECT id FROM projects WHERE slug = ?1", [slug], |r| {
+                r.get(0)
+            })
+            .optional()?
+            .ok_or_else(|| CoordError::NotFound(format!("no project {slug}")))?;
+        for a in agents {
+            let known: bool = tx.query_row(
+                "SELECT EXISTS(SELECT 1 FROM agents WHERE id = ?1)",
+                [a],
+                |r| r.get(0),
+            )?;
+            if !known {
+                return Err(CoordError::NotFound(format!(
+                    "no agent with id {a} (`bosun coordinator agents` lists them)"
+                )));
+            }
+        }
+        tx.execute("DELETE FROM project_agents WHERE project_id = ?1", [pid])?;
+        for a in agents {
+            tx.execute(
+                "INSERT OR IGNORE INTO project_agents(project_id, agent_id) VALUES (?1, ?2)",
+                params![pid, a],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
     }
 
     /// Revoke by id or name; returns how many agents were revoked.
@@ -683,6 +781,23 @@ impl Store {
         self.read_log(id, from, end as u64)
     }
 
+    /// At most `max` committed log bytes from `from`, and the committed length (`None`: no
+    /// such job). Pages and live streams read big logs this way, piece by piece.
+    pub fn log_piece(&self, id: i64, from: u64, max: u64) -> Result<Option<(Vec<u8>, u64)>> {
+        let end: Option<i64> = self
+            .conn()
+            .query_row("SELECT log_bytes FROM jobs WHERE id = ?1", [id], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        let Some(end) = end else {
+            return Ok(None);
+        };
+        let end = end as u64;
+        let upto = end.min(from.saturating_add(max));
+        Ok(Some((self.read_log(id, from, upto)?, end)))
+    }
+
     /// Bytes `from..end` of a job's log file (fewer if the file is shorter).
     fn read_log(&self, id: i64, from: u64, end: u64) -> Result<Vec<u8>> {
         use std::os::unix::fs::FileExt;
@@ -778,25 +893,38 @@ impl Store {
 
     /// Lease the oldest queued job this agent can run, in one IMMEDIATE transaction so two
     /// claimers (threads or processes) never get the same job.
-    pub fn claim(
-        &self,
-        agent_id: &str,
-        resource_class: &str,
-        labels: &[String],
-        lease: Duration,
-    ) -> Result<Option<WireJob>> {
+    ///
+    /// The agent's resource class and labels are the ones stored for it (fixed at
+    /// registration, changed by `relabel`), never what a claim says; a project restricted to
+    /// some agents (`project restrict`) is offered to those only.
+    pub fn claim(&self, agent_id: &str, lease: Duration) -> Result<Option<WireJob>> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         tx.execute(
             "UPDATE agents SET last_seen = ?2 WHERE id = ?1",
             params![agent_id, now_ms()],
         )?;
+        let (resource_class, labels): (String, Vec<String>) = tx
+            .query_row(
+                "SELECT resource_class, labels FROM agents WHERE id = ?1",
+                [agent_id],
+                |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)),
+            )
+            .optional()?
+            .map(|(rc, l)| (rc, serde_json::from_str(&l).unwrap_or_default()))
+            .unwrap_or_default();
+        let resource_class = resource_class.as_str();
+        let labels = labels.as_slice();
         let candidates: Vec<(i64, Option<String>, String)> = {
             let mut st = tx.prepare(
-                "SELECT id, resource_class, labels FROM jobs WHERE status = 'queued' ORDER BY id LIMIT 200",
+                "SELECT j.id, j.resource_class, j.labels FROM jobs j WHERE j.status = 'queued' \
+                 AND (NOT EXISTS (SELECT 1 FROM project_agents pa WHERE pa.project_id = j.project_id) \
+                      OR EXISTS (SELECT 1 FROM project_agents pa WHERE pa.project_id = j.project_id \
+                                 AND pa.agent_id = ?1)) \
+                 ORDER BY j.id LIMIT 200",
             )?;
             let rows = st
-                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                .query_map([agent_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
             rows
         };
@@ -1311,9 +1439,29 @@ fn migrate(conn: &Connection, logs: &Path) -> Result<()> {
         if i == 1 {
             export_blob_logs(conn, logs)?;
         }
+        let mut extra = String::new();
+        if i == 3 {
+            // The plaintext registration token of earlier versions stays valid, as a digest.
+            let old: Option<String> = conn
+                .query_row(
+                    "SELECT value FROM meta WHERE key = 'registration_token'",
+                    [],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if let Some(old) = old {
+                extra = format!(
+                    "; INSERT INTO registration_tokens(id, token_sha256, created) \
+                     VALUES ('reg-legacy', '{}', {}); \
+                     DELETE FROM meta WHERE key = 'registration_token'",
+                    sha256_hex(old.as_bytes()),
+                    now_ms()
+                );
+            }
+        }
         // Schema change and version bump commit together, so a crash never half-migrates.
         conn.execute_batch(&format!(
-            "BEGIN IMMEDIATE; {sql}; PRAGMA user_version = {}; COMMIT;",
+            "BEGIN IMMEDIATE; {sql}{extra}; PRAGMA user_version = {}; COMMIT;",
             i + 1
         ))?;
     }
@@ -1372,7 +1520,7 @@ mod tests {
     }
 
     fn claim_next(s: &Store) -> WireJob {
-        s.claim("a1", "rc", &[], Duration::from_secs(30))
+        s.claim("a1", Duration::from_secs(30))
             .expect("claim")
             .expect("a job")
     }
@@ -1485,7 +1633,7 @@ mod tests {
         let (_d, s) = store();
         let id = job(&s);
         let j = s
-            .claim("a1", "rc", &[], Duration::from_secs(30))
+            .claim("a1", Duration::from_secs(30))
             .expect("claim")
             .expect("a job");
         assert_eq!(j.id, id.to_string());
@@ -1525,7 +1673,7 @@ mod tests {
 
     fn claimed(s: &Store) -> i64 {
         let id = job(s);
-        s.claim("a1", "rc", &[], Duration::from_secs(30))
+        s.claim("a1", Duration::from_secs(30))
             .expect("claim")
             .expect("a job");
         id
@@ -1593,7 +1741,7 @@ mod tests {
         let (_d, s) = store();
         let id = job(&s);
         let first = s
-            .claim("a1", "rc", &[], Duration::ZERO)
+            .claim("a1", Duration::ZERO)
             .expect("claim")
             .expect("a job");
         assert_eq!(first.attempt, 1);
@@ -1601,7 +1749,7 @@ mod tests {
         assert_eq!(s.expire_leases().expect("expire"), 1);
         // The same agent claims the re-queued job while attempt 1's sender still has data.
         let second = s
-            .claim("a1", "rc", &[], Duration::from_secs(30))
+            .claim("a1", Duration::from_secs(30))
             .expect("claim")
             .expect("a job");
         assert_eq!(second.attempt, 2);
@@ -1716,7 +1864,8 @@ mod tests {
             conn.execute_batch(
                 "INSERT INTO projects(id, uuid, slug, clone_url) VALUES (1, 'u', 'acme/widget', 'git@x:acme/widget.git');
                  INSERT INTO jobs(id, project_id, commit_sha, git_ref, branch, job_name, pipeline_number, status, max_attempts, created)
-                   VALUES (4, 1, 'main', 'main', 'main', 'build', 1, 'queued', 3, 0);",
+                   VALUES (4, 1, 'main', 'main', 'main', 'build', 1, 'queued', 3, 0);
+                 INSERT INTO meta(key, value) VALUES ('registration_token', 'bosun-reg-old');",
             )
             .expect("v2 rows");
         }
@@ -1725,7 +1874,18 @@ mod tests {
             .conn()
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .expect("pragma");
-        assert_eq!(v, 3);
+        assert_eq!(v, MIGRATIONS.len() as i64);
+        // The plaintext registration token of version 3 and before is now a digest.
+        assert!(s.registration_token_valid("bosun-reg-old").expect("valid"));
+        let plain: i64 = s
+            .conn()
+            .query_row(
+                "SELECT count(*) FROM meta WHERE key = 'registration_token'",
+                [],
+                |r| r.get(0),
+            )
+            .expect("query");
+        assert_eq!(plain, 0);
         // The job queued before the upgrade: no pull request, the default limit.
         let old = claim_next(&s);
         assert_eq!(old.id, "4");

@@ -23,6 +23,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/", get(index))
         .route("/jobs/{id}", get(job_page))
         .route("/jobs/{id}/stream", get(job_stream))
+        .route("/jobs/{id}/log", get(log_part))
         .with_state(state)
 }
 
@@ -120,8 +121,79 @@ async fn index(State(state): State<Arc<AppState>>) -> Response {
     Html(html).into_response()
 }
 
+/// The job page shows at most this much of the log: its tail.
+const PAGE_TAIL: u64 = 256 * 1024;
+/// A live stream reads the log in pieces of at most this much.
+const STREAM_PIECE: u64 = 256 * 1024;
+/// `/jobs/{id}/log?offset=N` answers at most this much.
+const LOG_PART: u64 = 1024 * 1024;
+
+#[derive(Deserialize)]
+struct PartQuery {
+    #[serde(default)]
+    offset: u64,
+}
+
+/// An older part of a job's log as plain text, at most [`LOG_PART`] bytes from `offset`.
+async fn log_part(
+    State(state): State<Arc<AppState>>,
+    Path(raw): Path<String>,
+    Query(q): Query<PartQuery>,
+) -> Response {
+    let Some(id) = super::store::parse_job_id(&raw) else {
+        return (StatusCode::NOT_FOUND, "no such job\n").into_response();
+    };
+    match state
+        .db(move |s: &Store| s.log_piece(id, q.offset, LOG_PART))
+        .await
+    {
+        Ok(Some((bytes, _))) => (
+            [(
+                axum::http::header::CONTENT_TYPE,
+                "text/plain; charset=utf-8",
+            )],
+            bytes,
+        )
+            .into_response(),
+        Ok(None) => (StatusCode::NOT_FOUND, "no such job\n").into_response(),
+        Err(e) => internal(e),
+    }
+}
+
 /// Split the log into sections at each step's start offset: (title, status, text).
+#[cfg(test)]
 fn sections(log: &[u8], events: &[(u64, JobEvent)]) -> Vec<(String, String, String)> {
+    sections_from(log, 0, events)
+}
+
+/// [`sections`] of a log's tail `log`, which starts at `base`: sections that end before it
+/// are left out, one that starts before it shows its part in the tail.
+fn sections_from(
+    log: &[u8],
+    base: u64,
+    events: &[(u64, JobEvent)],
+) -> Vec<(String, String, String)> {
+    let events: Vec<(u64, JobEvent)> = events
+        .iter()
+        .map(|(s, e)| {
+            let mut e = e.clone();
+            if let JobEvent::StepStarted { log_offset, .. } = &mut e {
+                *log_offset = log_offset.saturating_sub(base);
+            }
+            (*s, e)
+        })
+        .collect();
+    let mut out = sections_rel(log, &events);
+    if base > 0 {
+        // Sections squeezed to nothing at the front lie wholly before the tail.
+        while out.len() > 1 && out[0].2.is_empty() {
+            out.remove(0);
+        }
+    }
+    out
+}
+
+fn sections_rel(log: &[u8], events: &[(u64, JobEvent)]) -> Vec<(String, String, String)> {
     let mut starts: Vec<(u64, u32, String)> = Vec::new();
     let mut status: std::collections::HashMap<u32, String> = Default::default();
     for (_, ev) in events {
@@ -184,11 +256,15 @@ async fn job_page(State(state): State<Arc<AppState>>, Path(raw): Path<String>) -
             };
             // Read events before the log: every event's offset then falls within the log.
             let events = s.events_from(id, 0)?;
-            let log = s.log_from(id, 0)?;
-            Ok(Some((job, events, log)))
+            let base = job.log_bytes.saturating_sub(PAGE_TAIL);
+            let log = s
+                .log_piece(id, base, PAGE_TAIL)?
+                .map(|(b, _)| b)
+                .unwrap_or_default();
+            Ok(Some((job, events, (base, log))))
         })
         .await;
-    let (job, events, log) = match loaded {
+    let (job, events, (base, log)) = match loaded {
         Ok(Some(x)) => x,
         Ok(None) => {
             return (
@@ -219,7 +295,17 @@ async fn job_page(State(state): State<Arc<AppState>>, Path(raw): Path<String>) -
         escape(job.error.as_deref().unwrap_or("")),
         s = job.status,
     );
-    for (title, status, text) in sections(&log, &events) {
+    if base > 0 {
+        let _ = write!(
+            body,
+            "<p class=\"older\">The last {} KiB of {} bytes of log; \
+             <a href=\"/jobs/{id}/log?offset={}\">earlier parts</a> (1 MiB each).</p>",
+            PAGE_TAIL / 1024,
+            base + log.len() as u64,
+            base.saturating_sub(LOG_PART)
+        );
+    }
+    for (title, status, text) in sections_from(&log, base, &events) {
         let _ = write!(
             body,
             "<section><h3>{} <small>{}</small></h3><pre class=\"log\">{}</pre></section>",
@@ -253,7 +339,7 @@ es.addEventListener("status", e => {{
 }});
 es.addEventListener("end", () => es.close());
 </script>"#,
-            off = log.len(),
+            off = base + log.len() as u64,
             seq = events.len(),
         );
     }
@@ -310,18 +396,28 @@ async fn next_batch(mut f: Follow) -> Option<(Vec<Event>, Follow)> {
                 // The job first: if it was final then, the log and events read next are whole.
                 let job = s.job(id)?;
                 let events = s.events_from(id, seq)?;
-                let log = s.log_from(id, offset)?;
-                Ok((job, events, log))
+                let piece = s.log_piece(id, offset, STREAM_PIECE)?;
+                Ok((job, events, piece))
             })
             .await;
-        let Ok((Some(job), events, log)) = read else {
+        let Ok((Some(job), events, Some((log, end)))) = read else {
             return None;
         };
-        let fin = job.is_final();
+        // Whole only when the job is final and this piece reaches the end of its log.
+        let last_piece = f.offset + log.len() as u64 >= end;
+        let fin = job.is_final() && last_piece;
         let mut out = Vec::new();
         let take = text_prefix(&log, fin);
         let mut sent = 0usize;
         for (s, ev) in &events {
+            let at = match ev {
+                JobEvent::StepStarted { log_offset, .. }
+                | JobEvent::StepFinished { log_offset, .. } => *log_offset,
+            };
+            // An event past the log read so far waits for the piece that reaches it.
+            if at > f.offset + take as u64 {
+                break;
+            }
             // Log text before a step's start goes out first, so it lands in the prior section.
             if let JobEvent::StepStarted { log_offset, .. } = ev {
                 let upto = log_offset.saturating_sub(f.offset) as usize;
@@ -352,16 +448,18 @@ async fn next_batch(mut f: Follow) -> Option<(Vec<Event>, Follow)> {
                 out.push(e);
             }
         }
-        if fin {
+        if fin && f.seq >= job.event_count {
             out.push(Event::default().event("end").data("end"));
             f.done = true;
         }
         if !out.is_empty() {
             return Some((out, f));
         }
-        // Nothing new: wait for a change (any write; we re-check) — never a busy loop.
-        if f.changed.changed().await.is_err() {
-            return None;
+        // Nothing new: wait for a change (any write; we re-check) — never a busy loop. A
+        // shutting-down server ends the stream (the browser's EventSource reconnects later).
+        tokio::select! {
+            c = f.changed.changed() => if c.is_err() { return None; },
+            _ = f.state.shutdown.cancelled() => return None,
         }
     }
 }

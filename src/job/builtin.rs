@@ -86,32 +86,9 @@ impl Ctx<'_> {
         let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(8);
         let prefix = prefix.trim_matches('/').to_owned();
         let producer = tokio::task::spawn_blocking(move || -> Result<(), String> {
-            let file =
-                std::fs::File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-            let mut archive = tar::Archive::new(file);
             let mut out = tar::Builder::new(super::archive::ChannelWriter::new(tx));
-            for entry in archive.entries().map_err(|e| e.to_string())? {
-                let mut entry = entry.map_err(|e| e.to_string())?;
-                let name = entry.path().map_err(|e| e.to_string())?.into_owned();
-                let dest = if prefix.is_empty() {
-                    name
-                } else {
-                    Path::new(&prefix).join(name)
-                };
-                let mut header = entry.header().clone();
-                if header.entry_type().is_symlink() || header.entry_type().is_hard_link() {
-                    let target = entry
-                        .link_name()
-                        .map_err(|e| e.to_string())?
-                        .map(|t| t.into_owned())
-                        .unwrap_or_default();
-                    out.append_link(&mut header, &dest, target)
-                        .map_err(|e| e.to_string())?;
-                } else {
-                    out.append_data(&mut header, &dest, &mut entry)
-                        .map_err(|e| e.to_string())?;
-                }
-            }
+            crate::store::archive::under_prefix(&mut out, &path, &prefix)
+                .map_err(|e| e.to_string())?;
             let mut sender = out.into_inner().map_err(|e| e.to_string())?;
             sender.flush_chunk().map_err(|e| e.to_string())
         });
@@ -210,6 +187,12 @@ impl Ctx<'_> {
             .map_err(|e| e.to_string())?;
         if saved {
             (self.say)(format!("Stored cache {key} ({:.1} MB)", size as f64 / 1e6));
+            if self.store.scope().is_fork() {
+                (self.say)(
+                    "(a forked pull request's cache: only this pull request's builds see it)"
+                        .to_owned(),
+                );
+            }
         } else {
             (self.say)(format!(
                 "Skipping cache generation, cache already exists for key: {key}"
@@ -318,45 +301,18 @@ impl Ctx<'_> {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let dest_rel = destination
-            .map(|d| d.trim_matches('/').to_owned())
-            .unwrap_or(base);
-        let dest = self.store.artifacts_dir(self.job_id).join(&dest_rel);
-        let file = std::fs::File::open(tar.path()).map_err(|e| e.to_string())?;
-        let mut archive = tar::Archive::new(file);
-        let mut files = 0;
-        for entry in archive.entries().map_err(|e| e.to_string())? {
-            let mut entry = entry.map_err(|e| e.to_string())?;
-            if !entry.header().entry_type().is_file() {
-                continue;
-            }
-            let name = entry.path().map_err(|e| e.to_string())?.into_owned();
-            // The first component is the path's base name, which `destination` replaces;
-            // only plain components are kept, so nothing lands outside `dest`.
-            let rel: std::path::PathBuf = name
-                .components()
-                .skip(1)
-                .filter(|c| matches!(c, std::path::Component::Normal(_)))
-                .collect();
-            let target = if rel.as_os_str().is_empty() {
-                dest.clone()
-            } else {
-                dest.join(&rel)
-            };
-            if let Some(dir) = target.parent() {
-                std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-            }
-            if target.is_dir() {
-                let _ = std::fs::remove_dir(&target);
-            }
-            let mut out =
-                std::fs::File::create(&target).map_err(|e| format!("{}: {e}", target.display()))?;
-            std::io::copy(&mut entry, &mut out).map_err(|e| e.to_string())?;
-            files += 1;
+        let stored = self
+            .store
+            .store_artifacts(self.job_id, tar.path(), &base, destination)
+            .map_err(|e| e.to_string())?;
+        for s in &stored.skipped {
+            (self.say)(format!("Warning: not stored: {s}"));
         }
         (self.say)(format!(
-            "Uploaded {files} file(s) from {abs} to artifacts/{dest_rel} ({})",
-            dest.display()
+            "Uploaded {} file(s) from {abs} to artifacts/{} ({})",
+            stored.files,
+            stored.dest_rel,
+            stored.dest.display()
         ));
         Ok(())
     }
@@ -408,63 +364,12 @@ impl Ctx<'_> {
     }
 }
 
-/// Copy entries of the tar at `src` into `out`, renamed: with `patterns`, names lose their
-/// first component (the root's base name) and only entries under a matching pattern are
-/// kept; without, names are joined under `parent`. Returns how many entries were written.
+/// Copy entries of the tar at `src` into `out`, re-rooted (see `store::archive::reroot`).
 fn append_rerooted<W: Write>(
     out: &mut tar::Builder<W>,
     src: &Path,
     parent: &Path,
     patterns: Option<&[glob::Pattern]>,
 ) -> Result<usize, String> {
-    let file = std::fs::File::open(src).map_err(|e| e.to_string())?;
-    let mut archive = tar::Archive::new(file);
-    let mut count = 0;
-    for entry in archive.entries().map_err(|e| e.to_string())? {
-        let mut entry = entry.map_err(|e| e.to_string())?;
-        let name = entry.path().map_err(|e| e.to_string())?.into_owned();
-        let dest = match patterns {
-            None => parent.join(&name),
-            Some(pats) => {
-                let rel: std::path::PathBuf = name.components().skip(1).collect();
-                if rel.as_os_str().is_empty() {
-                    continue;
-                }
-                let keep = rel
-                    .ancestors()
-                    .filter(|a| !a.as_os_str().is_empty())
-                    .any(|a| {
-                        let s = a.to_string_lossy();
-                        pats.iter().any(|p| p.matches(&s))
-                    });
-                if !keep {
-                    continue;
-                }
-                rel
-            }
-        };
-        let dest: std::path::PathBuf = dest
-            .components()
-            .filter(|c| matches!(c, std::path::Component::Normal(_)))
-            .collect();
-        if dest.as_os_str().is_empty() {
-            continue;
-        }
-        let mut header = entry.header().clone();
-        let kind = header.entry_type();
-        if kind.is_symlink() || kind.is_hard_link() {
-            let target = entry
-                .link_name()
-                .map_err(|e| e.to_string())?
-                .map(|t| t.into_owned())
-                .unwrap_or_default();
-            out.append_link(&mut header, &dest, target)
-                .map_err(|e| e.to_string())?;
-        } else {
-            out.append_data(&mut header, &dest, &mut entry)
-                .map_err(|e| e.to_string())?;
-        }
-        count += 1;
-    }
-    Ok(count)
+    crate::store::archive::reroot(out, src, parent, patterns).map_err(|e| e.to_string())
 }

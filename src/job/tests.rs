@@ -69,7 +69,8 @@ fn spec(store_dir: &Path, plan: JobPlan) -> JobSpec {
         build_num: 1,
         kill_grace: Duration::from_millis(100),
         prefetched: None,
-        store: crate::store::Store::open(store_dir).expect("store"),
+        store: crate::store::Store::open(store_dir, crate::store::ProjectScope::new("test"))
+            .expect("store"),
         workspace: "j".into(),
         additional_keys: vec![],
         node_index: 0,

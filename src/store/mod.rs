@@ -1,17 +1,31 @@
-//! The local store for caches, workspaces and artifacts: a directory, content-addressed.
+//! The local store for caches, workspaces and artifacts: a directory, content-addressed,
+//! with everything but the blobs kept per project.
 //!
 //! ```text
-//! STORE/
-//!   blobs/sha256/<hex>                 tar archives, named by the SHA-256 of their bytes
-//!   caches/<sha256(key)>.json          {key, blob, size, created_ns}: immutable once written
-//!   workspaces/<run>/layers.jsonl      one {job, blob, size} per persist_to_workspace, in order
-//!   artifacts/<job-id>/<destination>/  stored files, as plain files
+//! STORE/                                   mode 0700
+//!   blobs/sha256/<hex>                     tar archives, named by the SHA-256 of their bytes
+//!   projects/<scope>/project.json          {identity}: which project this directory is
+//!   projects/<scope>/caches/<sha256(key)>.json      {key, blob, size, created_ns}, immutable
+//!   projects/<scope>/forks/pr-<n>/caches/…          caches saved by forked pull request #n
+//!   projects/<scope>/workspaces/<run>/layers.jsonl  one {job, blob, size} per persist, in order
+//!   projects/<scope>/artifacts/<job-id>/<destination>/  stored files, as plain files
 //! ```
 //!
-//! Blobs are written to a temporary file while hashed and renamed into place, so a reader
-//! never sees half a blob and two writers of the same content agree. The coordinator will
-//! later serve the same layout over the protocol.
+//! `<scope>` is the first 128 bits of the SHA-256 of the project's identity (the Bitbucket
+//! repository UUID for the agent's jobs, the repository URL or directory for `bosun
+//! execute`), so one project's job can neither read nor plant another project's caches,
+//! workspaces or artifacts: a [`Store`] is always opened for one [`ProjectScope`]. A job
+//! building a pull request from a fork reads the project's caches but writes its own
+//! (`forks/pr-<n>`), which only later builds of that pull request read, as CircleCI keeps fork
+//! caches apart.
+//!
+//! Blobs are shared: a blob is only reached through a project's entry, and its name is the
+//! hash of its bytes as the store itself computed it, so sharing one cannot change what
+//! another project restores. Blobs are written to a temporary file while hashed and renamed
+//! into place, so a reader never sees half a blob and two writers of the same content agree.
 
+pub mod archive;
+pub mod artifacts;
 pub mod junit;
 pub mod template;
 
@@ -30,6 +44,10 @@ pub enum StoreError {
     },
     #[error("store {path}: corrupt entry: {message}")]
     Corrupt { path: String, message: String },
+    #[error("archive entry {name}: a hard link to {target}, which the archive does not hold")]
+    DanglingHardLink { name: String, target: String },
+    #[error("artifact destination {destination:?} leaves the job's artifact directory")]
+    Escape { destination: String },
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
@@ -59,9 +77,55 @@ pub struct Layer {
     pub size: u64,
 }
 
+/// Which project a job builds, as far as the store is concerned: its caches, workspaces and
+/// artifacts live apart from every other project's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProjectScope {
+    /// What names the project: a Bitbucket repository UUID, a repository URL, a directory.
+    identity: String,
+    /// Hex, 32 digits: the directory name under `projects/`.
+    key: String,
+    /// Set for a build of a pull request from a fork: it reads the project's caches and
+    /// writes its own.
+    fork_pull_request: Option<u64>,
+}
+
+impl ProjectScope {
+    /// The scope of the project named by `identity` (the agent passes the repository UUID,
+    /// `bosun execute` the repository URL or directory).
+    pub fn new(identity: &str) -> ProjectScope {
+        let digest = hex(&Sha256::digest(identity.as_bytes()));
+        ProjectScope {
+            identity: identity.to_owned(),
+            key: digest[..32].to_owned(),
+            fork_pull_request: None,
+        }
+    }
+
+    /// The same project, for a build of pull request `number` from a fork.
+    pub fn fork_pull_request(mut self, number: u64) -> ProjectScope {
+        self.fork_pull_request = Some(number);
+        self
+    }
+
+    pub fn identity(&self) -> &str {
+        &self.identity
+    }
+
+    pub fn is_fork(&self) -> bool {
+        self.fork_pull_request.is_some()
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Store {
     root: PathBuf,
+    scope: ProjectScope,
+}
+
+#[derive(Serialize)]
+struct ProjectFile<'a> {
+    identity: &'a str,
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -76,13 +140,79 @@ fn now_ns() -> u128 {
 }
 
 impl Store {
-    pub fn open(root: impl Into<PathBuf>) -> Result<Store, StoreError> {
+    /// The store at `root` as `scope`'s jobs see it. `root` is created mode 0700 (it holds
+    /// other projects' caches; a loose existing one is tightened).
+    pub fn open(root: impl Into<PathBuf>, scope: ProjectScope) -> Result<Store, StoreError> {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
         let root = root.into();
-        for sub in ["blobs/sha256", "caches", "workspaces", "artifacts", "tmp"] {
-            let d = root.join(sub);
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&root)
+            .map_err(io(&root))?;
+        let mode = std::fs::metadata(&root)
+            .map_err(io(&root))?
+            .permissions()
+            .mode();
+        if mode & 0o077 != 0 {
+            std::fs::set_permissions(&root, std::fs::Permissions::from_mode(mode & 0o700))
+                .map_err(io(&root))?;
+        }
+        let store = Store { root, scope };
+        let project = store.project_dir();
+        for d in [
+            store.root.join("blobs/sha256"),
+            store.root.join("tmp"),
+            store.cache_dir_for_writes(),
+            project.join("workspaces"),
+            project.join("artifacts"),
+        ] {
             std::fs::create_dir_all(&d).map_err(io(&d))?;
         }
-        Ok(Store { root })
+        let about = project.join("project.json");
+        if !about.exists() {
+            let json = serde_json::to_vec(&ProjectFile {
+                identity: &store.scope.identity,
+            })
+            .map_err(|e| StoreError::Corrupt {
+                path: about.display().to_string(),
+                message: e.to_string(),
+            })?;
+            std::fs::write(&about, json).map_err(io(&about))?;
+        }
+        Ok(store)
+    }
+
+    pub fn scope(&self) -> &ProjectScope {
+        &self.scope
+    }
+
+    /// `projects/<scope>`: everything of this project but the blobs.
+    fn project_dir(&self) -> PathBuf {
+        self.root.join("projects").join(&self.scope.key)
+    }
+
+    /// Where this job's `save_cache` writes: the project's caches, or a forked pull
+    /// request's own.
+    fn cache_dir_for_writes(&self) -> PathBuf {
+        match self.scope.fork_pull_request {
+            None => self.project_dir().join("caches"),
+            Some(n) => self
+                .project_dir()
+                .join("forks")
+                .join(format!("pr-{n}"))
+                .join("caches"),
+        }
+    }
+
+    /// Where this job's `restore_cache` looks: the project's caches, and a forked pull
+    /// request's own too.
+    fn cache_dirs_for_reads(&self) -> Vec<PathBuf> {
+        let mut dirs = vec![self.project_dir().join("caches")];
+        if self.scope.is_fork() {
+            dirs.push(self.cache_dir_for_writes());
+        }
+        dirs
     }
 
     /// `$BOSUN_STORE`, else `$XDG_CACHE_HOME/bosun` or `~/.cache/bosun`.
@@ -133,8 +263,7 @@ impl Store {
     }
 
     fn cache_path(&self, key: &str) -> PathBuf {
-        self.root
-            .join("caches")
+        self.cache_dir_for_writes()
             .join(format!("{}.json", hex(&Sha256::digest(key.as_bytes()))))
     }
 
@@ -176,29 +305,35 @@ impl Store {
     /// The most recent cache whose key starts with `prefix` (CircleCI's rule: even an exact
     /// match loses to a newer prefix match).
     pub fn find_cache(&self, prefix: &str) -> Result<Option<CacheEntry>, StoreError> {
-        let dir = self.root.join("caches");
         let mut best: Option<CacheEntry> = None;
-        for entry in std::fs::read_dir(&dir).map_err(io(&dir))? {
-            let path = entry.map_err(io(&dir))?.path();
-            if path.extension().and_then(|e| e.to_str()) != Some("json") {
-                continue;
-            }
-            let text = std::fs::read(&path).map_err(io(&path))?;
-            let Ok(c) = serde_json::from_slice::<CacheEntry>(&text) else {
-                continue;
+        for dir in self.cache_dirs_for_reads() {
+            let entries = match std::fs::read_dir(&dir) {
+                Ok(e) => e,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io(&dir)(e)),
             };
-            if c.key.starts_with(prefix)
-                && best.as_ref().is_none_or(|b| c.created_ns > b.created_ns)
-                && self.blob_path(&c.blob).exists()
-            {
-                best = Some(c);
+            for entry in entries {
+                let path = entry.map_err(io(&dir))?.path();
+                if path.extension().and_then(|e| e.to_str()) != Some("json") {
+                    continue;
+                }
+                let text = std::fs::read(&path).map_err(io(&path))?;
+                let Ok(c) = serde_json::from_slice::<CacheEntry>(&text) else {
+                    continue;
+                };
+                if c.key.starts_with(prefix)
+                    && best.as_ref().is_none_or(|b| c.created_ns > b.created_ns)
+                    && self.blob_path(&c.blob).exists()
+                {
+                    best = Some(c);
+                }
             }
         }
         Ok(best)
     }
 
     fn layers_path(&self, run: &str) -> PathBuf {
-        self.root
+        self.project_dir()
             .join("workspaces")
             .join(sanitize(run))
             .join("layers.jsonl")
@@ -243,7 +378,7 @@ impl Store {
     }
 
     pub fn artifacts_dir(&self, job_id: &str) -> PathBuf {
-        self.root.join("artifacts").join(sanitize(job_id))
+        self.project_dir().join("artifacts").join(sanitize(job_id))
     }
 }
 
@@ -273,7 +408,7 @@ mod tests {
     #[test]
     fn blobs_are_content_addressed_and_caches_immutable() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = Store::open(dir.path()).expect("open");
+        let store = Store::open(dir.path(), ProjectScope::new("{p}")).expect("open");
         let (a, size) = store.put_blob(&b"hello"[..]).expect("put");
         assert_eq!(size, 5);
         assert_eq!(
@@ -307,9 +442,41 @@ mod tests {
     }
 
     #[test]
+    fn caches_are_per_project_and_forks_write_their_own() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let open = |scope: ProjectScope| Store::open(dir.path(), scope).expect("open");
+        let base = open(ProjectScope::new("{widget}"));
+        let fork = open(ProjectScope::new("{widget}").fork_pull_request(5));
+        let other = open(ProjectScope::new("{gadget}"));
+        let (blob, size) = fork.put_blob(&b"poison"[..]).expect("put");
+        assert!(fork.save_cache("deps", blob.clone(), size).expect("save"));
+        assert_eq!(base.find_cache("deps").expect("find"), None);
+        assert_eq!(
+            fork.find_cache("deps").expect("find").map(|c| c.blob),
+            Some(blob)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let (clean, size) = base.put_blob(&b"clean"[..]).expect("put");
+        assert!(base.save_cache("deps", clean.clone(), size).expect("save"));
+        // The fork reads the project's caches (the newest match wins).
+        assert_eq!(
+            fork.find_cache("deps").expect("find").map(|c| c.blob),
+            Some(clean)
+        );
+        assert_eq!(other.find_cache("deps").expect("find"), None);
+        assert_ne!(base.artifacts_dir("j"), other.artifacts_dir("j"));
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path())
+            .expect("meta")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o700);
+    }
+
+    #[test]
     fn workspace_layers_keep_their_order() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = Store::open(dir.path()).expect("open");
+        let store = Store::open(dir.path(), ProjectScope::new("{p}")).expect("open");
         assert!(store.workspace_layers("run/1").expect("empty").is_empty());
         for job in ["build", "test"] {
             let (blob, size) = store.put_blob(job.as_bytes()).expect("put");

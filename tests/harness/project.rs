@@ -69,6 +69,27 @@ impl Project {
         self.dir.path()
     }
 
+    /// This project's artifacts of its job in the store: `projects/<scope>/artifacts/<job>`
+    /// (the store keeps each project apart; this is the only project using it).
+    pub fn artifacts_dir(&self) -> PathBuf {
+        let projects = self.store.path().join("projects");
+        let found: Vec<PathBuf> = std::fs::read_dir(&projects)
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.path().join("artifacts").join(&self.job_id))
+                    .filter(|p| p.is_dir())
+                    .collect()
+            })
+            .unwrap_or_default();
+        assert_eq!(
+            found.len(),
+            1,
+            "artifacts of {} in {projects:?}",
+            self.job_id
+        );
+        found.into_iter().next().unwrap_or_default()
+    }
+
     pub fn command(&self, args: &[&str]) -> Command {
         let mut c = Command::new(bosun_bin());
         c.current_dir(self.path())
