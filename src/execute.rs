@@ -396,6 +396,12 @@ fn request(args: &ExecuteArgs) -> Result<JobRequest, RequestError> {
         orb_dir: args.compile.orb_dir.clone(),
         machine_images,
         registry: job::Registry::new(),
+        // The engine DOCKER_HOST names, sockets in a private directory under TMPDIR.
+        engine: crate::engine_proxy::EngineSettings::from_env(
+            crate::engine_proxy::EngineSettings::default_socket_root(),
+        )
+        .ok()
+        .map(std::sync::Arc::new),
     })
 }
 

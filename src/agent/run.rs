@@ -173,6 +173,13 @@ fn request(agent: &Arc<Agent>, wire: &WireJob) -> Result<JobRequest, RequestErro
         orb_dir: None,
         machine_images: cfg.machine_images.clone(),
         registry: agent.registry.clone(),
+        engine: match cfg.engine_settings() {
+            Ok(s) => Some(std::sync::Arc::new(s)),
+            Err(e) => {
+                tracing::warn!("jobs get no Docker engine: {e}");
+                None
+            }
+        },
     })
 }
 

@@ -52,6 +52,12 @@ impl Scope {
     pub fn label_filter(&self) -> String {
         format!("{}={}", crate::executor::LABEL_JOB, self.job)
     }
+
+    /// The `label=` filter that selects what was made through the proxy (not the job's
+    /// primary or service containers, which the agent made).
+    pub fn kind_filter() -> String {
+        format!("{}={KIND_VALUE}", crate::executor::LABEL_KIND)
+    }
 }
 
 /// What kind of engine object a name or id refers to.
@@ -62,6 +68,9 @@ pub enum Kind {
     Volume,
     Exec,
     Image,
+    /// Never a job's: named only to answer 404 (so `docker inspect NAME` says "No such
+    /// object" once every other kind said so too).
+    Plugin,
 }
 
 impl Kind {
@@ -72,6 +81,7 @@ impl Kind {
             Kind::Volume => "volume",
             Kind::Exec => "exec instance",
             Kind::Image => "image",
+            Kind::Plugin => "plugin",
         }
     }
 }
@@ -304,6 +314,9 @@ pub fn route(method: &str, path: &str) -> Result<Route, Refusal> {
             return Err(forbid(format!(
                 "{method} {path}: swarm is not available to a job"
             )))
+        }
+        ("GET", ["plugins", name, "json"]) => {
+            return Err(Refusal::NotFound(Kind::Plugin, (*name).to_owned()))
         }
         (_, ["plugins", ..]) => {
             return Err(forbid(format!(
@@ -582,10 +595,9 @@ fn merged_filters(pairs: &[(String, String)], scope: &Scope) -> Result<String, R
             }
         }
     }
-    merged
-        .entry("label".to_owned())
-        .or_default()
-        .push(scope.label_filter());
+    let labels = merged.entry("label".to_owned()).or_default();
+    labels.push(scope.label_filter());
+    labels.push(Scope::kind_filter());
     Ok(serde_json::to_string(&merged).unwrap_or_default())
 }
 

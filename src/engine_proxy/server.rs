@@ -283,7 +283,7 @@ fn resolve_in_path(path: &str, kind: Kind, name: &str, id: &str) -> String {
         Kind::Container => "containers",
         Kind::Network => "networks",
         Kind::Exec => "exec",
-        Kind::Volume | Kind::Image => return path.to_owned(),
+        Kind::Volume | Kind::Image | Kind::Plugin => return path.to_owned(),
     };
     let from = format!("/{seg}/{name}");
     let Some(i) = path.find(&from) else {
@@ -324,6 +324,7 @@ async fn lookup(ctx: &Ctx, kind: Kind, name: &str) -> Result<Option<Owner>, Stri
         Kind::Volume => format!("/volumes/{name}"),
         Kind::Exec => format!("/exec/{name}/json"),
         Kind::Image => format!("/images/{name}/json"),
+        Kind::Plugin => return Ok(None),
     };
     let Some(v) = get_json(ctx, &path).await? else {
         return Ok(None);
@@ -331,6 +332,7 @@ async fn lookup(ctx: &Ctx, kind: Kind, name: &str) -> Result<Option<Owner>, Stri
     let labels = match kind {
         Kind::Container | Kind::Image => v.get("Config").and_then(|c| c.get("Labels")),
         Kind::Network | Kind::Volume => v.get("Labels"),
+        Kind::Plugin => None,
         Kind::Exec => {
             // An exec is the job's if its container is.
             let Some(c) = v.get("ContainerID").and_then(Value::as_str) else {
@@ -343,9 +345,16 @@ async fn lookup(ctx: &Ctx, kind: Kind, name: &str) -> Result<Option<Owner>, Stri
             }));
         }
     };
+    // Only what was made through a job's engine counts as a job's: the agent's own containers
+    // for the job (its primary, services) carry the job's label too, with another kind.
+    let made_through_proxy = labels
+        .and_then(|l| l.get(crate::executor::LABEL_KIND))
+        .and_then(Value::as_str)
+        == Some(filter::KIND_VALUE);
     let job = labels
         .and_then(|l| l.get(crate::executor::LABEL_JOB))
         .and_then(Value::as_str)
+        .filter(|_| made_through_proxy)
         .map(str::to_owned);
     let id = v
         .get("Id")
@@ -357,7 +366,8 @@ async fn lookup(ctx: &Ctx, kind: Kind, name: &str) -> Result<Option<Owner>, Stri
 }
 
 async fn count_containers(ctx: &Ctx) -> Result<usize, String> {
-    let filters = serde_json::json!({ "label": [ctx.scope.label_filter()] }).to_string();
+    let filters = serde_json::json!({ "label": [ctx.scope.label_filter(), Scope::kind_filter()] })
+        .to_string();
     let q = form_urlencoded::Serializer::new(String::new())
         .append_pair("all", "1")
         .append_pair("filters", &filters)

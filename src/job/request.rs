@@ -95,6 +95,8 @@ pub struct JobRequest {
     pub orb_dir: Option<PathBuf>,
     pub machine_images: BTreeMap<String, String>,
     pub registry: Registry,
+    /// How jobs' Docker engines are served; `None`: not offered.
+    pub engine: Option<Arc<crate::engine_proxy::EngineSettings>>,
 }
 
 /// Problems before the job could run, each with what to do about it.
@@ -162,6 +164,7 @@ struct Base {
     time_limit: Option<Duration>,
     machine_images: BTreeMap<String, String>,
     registry: Registry,
+    engine: Option<Arc<crate::engine_proxy::EngineSettings>>,
 }
 
 impl Base {
@@ -187,6 +190,7 @@ impl Base {
             pull_request: self.pull_request.clone(),
             machine_images: self.machine_images.clone(),
             registry: self.registry.clone(),
+            engine: self.engine.clone(),
         }
     }
 }
@@ -499,6 +503,7 @@ pub async fn prepare(req: JobRequest, sink: Arc<dyn EventSink>) -> Result<Prepar
             time_limit: req.time_limit,
             machine_images: req.machine_images,
             registry: req.registry,
+            engine: req.engine,
         },
         what,
     })
