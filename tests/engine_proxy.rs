@@ -82,12 +82,16 @@ fn a_job_builds_runs_and_sees_only_its_own_objects() {
             docker network create jobnet
             docker run -d --name web --network jobnet app:1 sleep 300
             docker exec web cat /built
+            docker cp ctx/Dockerfile web:/tmp/Dockerfile && docker cp web:/built ./got && cat got
+            docker exec web cat /tmp/Dockerfile | grep -q FROM
+            timeout 5 docker logs -f web || true
             echo "ps: $(docker ps --format '{{{{.Names}}}}' | tr '\n' ' ')"
       - run:
           name: foreign objects do not exist
           command: |
             docker inspect {other} 2>&1 || echo "inspect failed"
-            docker rm -f {other} 2>&1 || echo "rm failed"
+            docker kill {other} 2>&1 || echo "kill failed"
+            docker rm {other} 2>&1 || echo "rm failed"
             docker exec {other} true 2>&1 || echo "exec failed"
             docker tag {base} stolen 2>&1 || echo "tag failed"
             docker rmi {base} 2>&1 || echo "rmi failed"
@@ -147,8 +151,12 @@ fn host_access_is_refused_naming_the_field() {
             "      - run: |\n          if docker run --rm {flags} {base} true 2>err; then echo 'RAN {flags}'; exit 1; fi\n          grep -F -q '{field}' err || {{ cat err; exit 1; }}\n"
         ));
     }
-    steps.push_str("      - run: docker system df 2>&1 | grep -q 'not allowed for a job'\n");
-    steps.push_str("      - run: docker swarm init 2>&1 | grep -q 'swarm is not available'\n");
+    steps.push_str(
+        "      - run: (docker system df 2>&1 || true) | grep -q 'not allowed for a job'\n",
+    );
+    steps.push_str(
+        "      - run: (docker swarm init 2>&1 || true) | grep -q 'swarm is not available'\n",
+    );
     let p = remote_docker_job(&steps);
     let out = p.execute(&[]);
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);

@@ -410,10 +410,13 @@ pub fn plan(
                     "Driver `{driver}` is not allowed for a network: only bridge networks (the default) are. Drop --driver"
                 )));
             }
-            for field in ["ConfigFrom", "Ingress", "Scope", "ConfigOnly"] {
-                if v.get(field)
-                    .is_some_and(|x| !x.is_null() && x != &Value::Bool(false))
-                {
+            if !matches!(str_of(&v, "Scope"), "" | "local") {
+                return Err(forbid(
+                    "Scope is not allowed for a job's network: only local networks are",
+                ));
+            }
+            for field in ["ConfigFrom", "Ingress", "ConfigOnly"] {
+                if truthy(v.get(field)) {
                     return Err(forbid(format!(
                         "{field} is not allowed for a job's network"
                     )));
