@@ -193,7 +193,8 @@ jobs:
           command: |
             sudo systemctl start bosun-echo
             systemctl is-active bosun-echo
-            printf 'ping\n' | socat -t1 - TCP:127.0.0.1:7777
+            # A simple unit is "active" once started, maybe before it listens.
+            for i in $(seq 50); do printf 'ping\n' | socat -t1 - TCP:127.0.0.1:7777 2>/dev/null && break; sleep 0.1; done
       - run:
           name: etc
           command: echo hello | sudo tee /etc/bosun-test >/dev/null && cat /etc/bosun-test
