@@ -33,6 +33,11 @@ pub(super) fn builtin_env(
     set("CIRCLE_NODE_INDEX", spec.node_index.to_string());
     set("CIRCLE_NODE_TOTAL", spec.node_total.max(1).to_string());
     set("CIRCLE_WORKING_DIRECTORY", workdir.to_owned());
+    // bash sources this file before every step (a non-interactive bash reads `$BASH_ENV`);
+    // CircleCI names it in both variables.
+    let bash_env = super::bootstrap::bash_env_path(&spec.id);
+    set("BASH_ENV", bash_env.clone());
+    set("CIRCLE_SHELL_ENV", bash_env);
     if let Some(pr) = &spec.pull_request {
         // CircleCI lists every pull request of the branch in CIRCLE_PULL_REQUESTS (comma-
         // separated) and picks one for CIRCLE_PULL_REQUEST; a job here builds exactly one.

@@ -32,6 +32,7 @@ mod services;
 mod steps;
 #[cfg(test)]
 mod tests;
+mod timings;
 
 pub use environment::{expand_home, project_names};
 pub use lifecycle::run_job;
