@@ -23,6 +23,18 @@ pub(super) fn record(store: &Store, job: &str, cases: Vec<Timing>) -> std::io::R
         return Ok(0);
     }
     let path = store.timings_path(job);
+    let dir = path
+        .parent()
+        .ok_or_else(|| std::io::Error::other("timings path has no directory"))?;
+    std::fs::create_dir_all(dir)?;
+    // The nodes of a parallel job store their results at the same time: one at a time here.
+    let lock_file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path.with_extension("lock"))?;
+    let _lock = nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| std::io::Error::from(e))?;
     let mut merged: Vec<Timing> = std::fs::read_to_string(&path)
         .map(|t| parse_timings(&t))
         .unwrap_or_default();
@@ -42,10 +54,6 @@ pub(super) fn record(store: &Store, job: &str, cases: Vec<Timing>) -> std::io::R
             }
         }
     }
-    let dir = path
-        .parent()
-        .ok_or_else(|| std::io::Error::other("timings path has no directory"))?;
-    std::fs::create_dir_all(dir)?;
     let tmp = tempfile::NamedTempFile::new_in(dir)?;
     std::fs::write(tmp.path(), format_timings(&merged))?;
     tmp.persist(&path).map_err(|e| e.error)?;
