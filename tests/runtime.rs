@@ -245,3 +245,66 @@ fn tests_split_over_four_nodes_by_name_then_by_stored_timings() {
     );
     p.assert_no_container_left();
 }
+
+#[test]
+fn built_in_variables_are_set_in_circlecis_formats() {
+    ensure_images();
+    let p = Project::new(&format!(
+        r#"version: 2.1
+jobs:
+  build:
+    docker: [{{image: {img}}}]
+    steps:
+      - checkout
+      - run: env | grep -E '^(CIRCLE|BASH_ENV|CI=)' | sort
+"#,
+        img = image("base")
+    ));
+    let vars = |out: &harness::Outcome| -> BTreeMap<String, String> {
+        output(&out.events, None, 1)
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect()
+    };
+    let first = p.execute(&["--json", "--build-num", "7"]);
+    assert_eq!(first.code, 0, "{}\n{}", first.stdout, first.stderr);
+    let v = vars(&first);
+    let uuid = regex::Regex::new("^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+        .expect("regex");
+    for k in [
+        "CIRCLE_WORKFLOW_ID",
+        "CIRCLE_WORKFLOW_JOB_ID",
+        "CIRCLE_WORKFLOW_WORKSPACE_ID",
+        "CIRCLE_PIPELINE_ID",
+        "CIRCLE_PROJECT_ID",
+        "CIRCLE_ORGANIZATION_ID",
+    ] {
+        assert!(
+            uuid.is_match(v.get(k).map_or("", String::as_str)),
+            "{k}: {v:?}"
+        );
+    }
+    assert_eq!(v.get("CI").map(String::as_str), Some("true"));
+    assert_eq!(v.get("CIRCLE_BUILD_NUM").map(String::as_str), Some("7"));
+    assert_eq!(v.get("CIRCLE_JOB").map(String::as_str), Some("build"));
+    assert_eq!(v.get("CIRCLE_BRANCH").map(String::as_str), Some("main"));
+    assert!(v.get("CIRCLE_SHA1").is_some_and(|s| s.len() == 40));
+    assert!(v.get("CIRCLE_USERNAME").is_some_and(|u| !u.is_empty()));
+    assert_eq!(v.get("BASH_ENV"), v.get("CIRCLE_SHELL_ENV"));
+    assert!(v.get("CIRCLE_INTERNAL_TASK_DATA").is_some());
+    assert_ne!(v.get("CIRCLE_WORKFLOW_ID"), v.get("CIRCLE_WORKFLOW_JOB_ID"));
+    // No page and no earlier build known to `bosun execute`: unset, not made up.
+    assert!(!v.contains_key("CIRCLE_BUILD_URL"), "{v:?}");
+    assert!(!v.contains_key("CIRCLE_PREVIOUS_BUILD_NUM"), "{v:?}");
+
+    // A second run: the same project and organization, a new workflow.
+    let second = p.execute(&["--json"]);
+    let w = vars(&second);
+    assert_eq!(v.get("CIRCLE_PROJECT_ID"), w.get("CIRCLE_PROJECT_ID"));
+    assert_eq!(
+        v.get("CIRCLE_ORGANIZATION_ID"),
+        w.get("CIRCLE_ORGANIZATION_ID")
+    );
+    p.assert_no_container_left();
+}
