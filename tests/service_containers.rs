@@ -147,7 +147,7 @@ fn bad_services_are_clear_errors_and_nothing_runs() {
     let base = image("base");
     let cases = [
         (
-            format!("      - image: bosun/no-such-service:1\n        name: db\n"),
+            "      - image: bosun/no-such-service:1\n        name: db\n".to_owned(),
             "service container `db` (bosun/no-such-service:1)",
         ),
         (
