@@ -12,6 +12,7 @@ pub mod execute;
 pub mod executor;
 pub mod job;
 pub mod protocol;
+pub mod runtime;
 pub mod ssh;
 pub mod store;
 pub mod stream;

@@ -53,6 +53,13 @@ impl TarBuilder {
         let _ = self.inner.append_data(&mut h.clone(), rel, data);
     }
 
+    /// A symbolic link at `path` pointing at `target`.
+    pub fn symlink(&mut self, path: &str, target: &str) {
+        let mut h = self.header(tar::EntryType::Symlink, 0o777, 0);
+        let rel = path.trim_start_matches('/');
+        let _ = self.inner.append_link(&mut h, rel, target);
+    }
+
     pub fn finish(self) -> std::io::Result<Vec<u8>> {
         self.inner.into_inner()
     }

@@ -316,6 +316,7 @@ impl Ctx<'_> {
         let mut archive = tar::Archive::new(file);
         let mut total = junit::TestSummary::default();
         let mut files = 0;
+        let mut times = Vec::new();
         for entry in archive.entries().map_err(|e| e.to_string())? {
             let mut entry = entry.map_err(|e| e.to_string())?;
             let name = entry.path().map_err(|e| e.to_string())?.into_owned();
@@ -332,6 +333,19 @@ impl Ctx<'_> {
                 Ok(s) => {
                     files += 1;
                     total.merge(s);
+                    times.extend(
+                        junit::case_times(&text)
+                            .unwrap_or_default()
+                            .into_iter()
+                            .map(|(file, classname, name, seconds)| {
+                                crate::runtime::cmd::split::Timing {
+                                    file,
+                                    classname,
+                                    name,
+                                    seconds,
+                                }
+                            }),
+                    );
                 }
                 Err(e) => (self.say)(format!(
                     "Warning: {} is not valid JUnit XML: {e}",
@@ -345,6 +359,10 @@ impl Ctx<'_> {
         ));
         for f in &total.failed {
             (self.say)(format!("  failed: {f}"));
+        }
+        // Timings for `circleci tests split --split-by=timings` in this job's later runs.
+        if let Err(e) = super::timings::record(self.store, self.job_name, times) {
+            (self.say)(format!("Warning: could not keep the test timings: {e}"));
         }
         let dir = self.store.artifacts_dir(self.job_id);
         std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;

@@ -95,6 +95,8 @@ pub struct JobRequest {
     pub orb_dir: Option<PathBuf>,
     pub machine_images: BTreeMap<String, String>,
     pub registry: Registry,
+    /// What the front door knows of the job's ids, user and page (`CIRCLE_*`).
+    pub identity: super::JobIdentity,
 }
 
 /// Problems before the job could run, each with what to do about it.
@@ -164,6 +166,7 @@ struct Base {
     time_limit: Option<Duration>,
     machine_images: BTreeMap<String, String>,
     registry: Registry,
+    identity: super::JobIdentity,
 }
 
 impl Base {
@@ -189,6 +192,7 @@ impl Base {
             pull_request: self.pull_request.clone(),
             machine_images: self.machine_images.clone(),
             registry: self.registry.clone(),
+            identity: self.identity.clone(),
         }
     }
 }
@@ -439,6 +443,24 @@ pub async fn prepare(req: JobRequest, sink: Arc<dyn EventSink>) -> Result<Prepar
         }
         Err(_) => return Err(PrepareError::CompileTooSlow(COMPILE_LIMIT)),
     };
+    // Ids nobody gave: derived from what they name, so they stay put across runs.
+    let mut identity = req.identity;
+    let ids = super::identity::uuid_from;
+    identity
+        .project_id
+        .get_or_insert_with(|| ids(&format!("project/{}", source.url)));
+    if identity.organization_id.is_none() {
+        let owner = super::project_names(&source.url)
+            .map(|(owner, _)| owner)
+            .unwrap_or_default();
+        identity.organization_id = Some(ids(&format!("organization/{owner}")));
+    }
+    identity
+        .pipeline_id
+        .get_or_insert_with(|| ids(&format!("pipeline/{}", req.id)));
+    identity
+        .workflow_id
+        .get_or_insert_with(|| ids(&format!("workflow/{}", req.id)));
     Ok(Prepared {
         base: Base {
             id: req.id,
@@ -463,6 +485,7 @@ pub async fn prepare(req: JobRequest, sink: Arc<dyn EventSink>) -> Result<Prepar
             time_limit: req.time_limit,
             machine_images: req.machine_images,
             registry: req.registry,
+            identity,
         },
         what,
     })
