@@ -20,8 +20,10 @@ const COMMAND: &str =
 const SFTP: &str = "for p in /usr/lib/openssh/sftp-server /usr/libexec/openssh/sftp-server \
 /usr/lib/ssh/sftp-server /usr/libexec/sftp-server /usr/lib/sftp-server; do \
 [ -x \"$p\" ] && exec \"$p\"; done; echo 'bosun: this image has no sftp-server' >&2; exit 127";
-/// A TCP relay to the job's `localhost:$1` (bash's /dev/tcp).
-const RELAY: &str = "exec 3<>\"/dev/tcp/127.0.0.1/$1\" || exit 1; cat <&3 & cat >&3; wait";
+/// A TCP relay to the job's `localhost:$1` (bash's /dev/tcp: images without bash cannot forward).
+/// It ends when the server closes its side (the client's input is then cut off).
+const RELAY: &str =
+    "exec 3<>\"/dev/tcp/127.0.0.1/$1\" || exit 1; cat <&0 >&3 & cat <&3; kill $! 2>/dev/null; exit 0";
 
 fn spec(job: &Attachment, cmd: Vec<String>, term: Option<&str>) -> ExecSpec {
     let mut env: Vec<String> = job.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
@@ -173,7 +175,14 @@ pub(super) async fn forward_channel(
 ) {
     let (mut read, write) = channel.split();
     let write = Arc::new(write);
-    let spec = spec(&job, sh(RELAY, &[&port.to_string()]), None);
+    let cmd = vec![
+        "bash".to_owned(),
+        "-c".to_owned(),
+        RELAY.to_owned(),
+        "bosun-ssh".to_owned(),
+        port.to_string(),
+    ];
+    let spec = spec(&job, cmd, None);
     let input = match executor.exec_interactive(&job.container, spec, None).await {
         Ok(running) => pump(running, Arc::clone(&write)),
         Err(e) => {
