@@ -113,6 +113,10 @@ pub struct WireJob {
     pub timeouts: WireTimeouts,
     /// Attempt number, from 1; a lapsed lease re-queues the job with the next one.
     pub attempt: u32,
+    /// Public keys (`authorized_keys` lines) of whoever asked to SSH into this job; empty:
+    /// no SSH. An agent without a gateway ignores them (the job runs as usual).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ssh_keys: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

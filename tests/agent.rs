@@ -429,6 +429,7 @@ fn wire_job(p: &Project, env: Vec<WireEnv>) -> WireJob {
         env,
         timeouts: WireTimeouts::default(),
         attempt: 1,
+        ssh_keys: Vec::new(),
     }
 }
 

@@ -1369,6 +1369,8 @@ fn wire_job(conn: &Connection, id: i64) -> Result<WireJob> {
         env,
         timeouts,
         attempt: attempts,
+        // The coordinator does not take SSH requests yet (enqueue/rerun --ssh-key).
+        ssh_keys: Vec::new(),
     })
 }
 
