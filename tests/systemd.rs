@@ -247,7 +247,7 @@ fn the_agent_unit_installs_runs_reloads_drains_and_restarts_under_systemd() {
     assert!(log.contains("git@bitbucket.org:acme/widget.git"), "{log}");
 
     // The agent's own lines are in the journal (through journald's native protocol).
-    host.wait_journal(UNIT, &format!("job {job} finished: Success"));
+    host.wait_journal(UNIT, &format!("job {job} finished: success"));
     let journal = host.journal(UNIT);
     assert!(journal.contains("registered as agent-"), "{journal}");
     // The unit's directory settings agree with README's install steps.

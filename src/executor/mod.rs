@@ -25,7 +25,7 @@ pub type Cause = Box<dyn std::error::Error + Send + Sync>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExecutorError {
-    #[error("cannot reach the container engine{}: {source}\n  help: is dockerd running, and may this user use its socket? Point DOCKER_HOST at it (unix:///var/run/docker.sock or tcp://HOST:2375)", .host.as_deref().map(|h| format!(" at {h}")).unwrap_or_default())]
+    #[error("cannot reach the Docker engine{}: {source}\n  help: is dockerd running, and may this user use its socket? Point DOCKER_HOST at it (unix:///var/run/docker.sock or tcp://HOST:2375)", .host.as_deref().map(|h| format!(" at {h}")).unwrap_or_default())]
     Connect {
         host: Option<String>,
         #[source]
