@@ -510,6 +510,14 @@ fn request(args: &ExecuteArgs) -> Result<JobRequest, RequestError> {
         orb_dir: args.compile.orb_dir.clone(),
         machine_images,
         registry: job::Registry::new(),
+        // No page, no earlier builds to know of; the user is the one running bosun.
+        identity: job::JobIdentity {
+            username: nix::unistd::User::from_uid(nix::unistd::getuid())
+                .ok()
+                .flatten()
+                .map(|u| u.name),
+            ..Default::default()
+        },
     })
 }
 

@@ -13,6 +13,7 @@ pub mod executor;
 pub mod gateway;
 pub mod job;
 pub mod protocol;
+pub mod runtime;
 pub mod ssh;
 pub mod store;
 pub mod stream;

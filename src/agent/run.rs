@@ -178,6 +178,17 @@ fn request(agent: &Arc<Agent>, wire: &WireJob) -> Result<JobRequest, RequestErro
         orb_dir: None,
         machine_images: cfg.machine_images.clone(),
         registry: agent.registry.clone(),
+        identity: crate::job::JobIdentity {
+            // The job's page on the coordinator this agent works for.
+            build_url: Some(format!(
+                "{}/jobs/{}",
+                cfg.coordinator_url.trim_end_matches('/'),
+                wire.id
+            )),
+            previous_build_num: wire.previous_build_num,
+            username: wire.username.clone(),
+            ..Default::default()
+        },
     })
 }
 

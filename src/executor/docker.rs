@@ -100,7 +100,11 @@ fn log_output(
 
 #[async_trait::async_trait]
 impl Executor for DockerExecutor {
-    async fn image_info(&self, image: &str) -> Result<ImageInfo, ExecutorError> {
+    async fn image_info(
+        &self,
+        image: &str,
+        auth: Option<&super::RegistryAuth>,
+    ) -> Result<ImageInfo, ExecutorError> {
         let inspect = match self.docker.inspect_image(image).await {
             Ok(i) => i,
             Err(e) if is_not_found(&e) => {
@@ -109,7 +113,7 @@ impl Executor for DockerExecutor {
                     .build();
                 let pulled: Result<Vec<_>, _> = self
                     .docker
-                    .create_image(Some(opts), None, None)
+                    .create_image(Some(opts), None, auth.map(|a| credentials(image, a)))
                     .try_collect()
                     .await;
                 if let Err(e) = pulled {
@@ -482,4 +486,41 @@ async fn exit_code(docker: &Docker, exec_id: &str) -> Result<Option<i64>, Execut
         pause = (pause * 2).min(std::time::Duration::from_millis(100));
     }
     Ok(None)
+}
+
+/// The engine's credentials for pulling `image` (sent in the X-Registry-Auth header, never on
+/// a command line).
+fn credentials(image: &str, auth: &super::RegistryAuth) -> bollard::auth::DockerCredentials {
+    bollard::auth::DockerCredentials {
+        username: Some(auth.username.clone()),
+        password: Some(auth.password.clone()),
+        serveraddress: Some(super::registry_of(image).to_owned()),
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod auth_tests {
+    use super::*;
+
+    #[test]
+    fn credentials_name_the_images_registry() {
+        let a = crate::executor::RegistryAuth {
+            username: "u".into(),
+            password: "p4ss-w0rd-secret".into(),
+        };
+        let c = credentials("registry.example:5000/team/app:1", &a);
+        assert_eq!(c.serveraddress.as_deref(), Some("registry.example:5000"));
+        assert_eq!(
+            (c.username.as_deref(), c.password.as_deref()),
+            (Some("u"), Some("p4ss-w0rd-secret"))
+        );
+        assert_eq!(
+            credentials("cimg/base:2024.01", &a)
+                .serveraddress
+                .as_deref(),
+            Some("docker.io")
+        );
+        assert!(!format!("{a:?}").contains("p4ss"));
+    }
 }

@@ -106,6 +106,8 @@ struct State {
     /// Hanging execs by (container, `step-N`): the job's stop script for that step ends them.
     stoppable: HashMap<(String, String), CancellationToken>,
     specs: HashMap<String, ContainerSpec>,
+    /// Registry credentials each image was asked for with.
+    pull_auth: Vec<(String, super::RegistryAuth)>,
 }
 
 /// The double. Clone the `Arc` to keep looking at it after the job took it.
@@ -143,6 +145,11 @@ impl Recording {
     }
 
     /// The spec a container was created with.
+    /// The images asked for with registry credentials, and those credentials.
+    pub fn pull_auth(&self) -> Vec<(String, super::RegistryAuth)> {
+        self.lock().pull_auth.clone()
+    }
+
     pub fn spec_of(&self, id: &str) -> Option<ContainerSpec> {
         self.lock().specs.get(id).cloned()
     }
@@ -194,8 +201,15 @@ fn out(b: &[u8]) -> Result<Output, ExecutorError> {
 
 #[async_trait::async_trait]
 impl Executor for Recording {
-    async fn image_info(&self, image: &str) -> Result<ImageInfo, ExecutorError> {
+    async fn image_info(
+        &self,
+        image: &str,
+        auth: Option<&super::RegistryAuth>,
+    ) -> Result<ImageInfo, ExecutorError> {
         self.enter(Some(Op::ImageInfo), Call::ImageInfo(image.to_owned()))?;
+        if let Some(a) = auth {
+            self.lock().pull_auth.push((image.to_owned(), a.clone()));
+        }
         if self.script.missing_images.contains(image) {
             return Err(ExecutorError::ImageMissing {
                 image: image.to_owned(),

@@ -50,6 +50,31 @@ pub enum ExecutorError {
     },
 }
 
+/// `auth: {username, password}` of a private registry's image (values already interpolated).
+/// The password never appears in `Debug`, logs, errors or a command line.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RegistryAuth {
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for RegistryAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryAuth")
+            .field("username", &self.username)
+            .field("password", &"<secret>")
+            .finish()
+    }
+}
+
+/// The registry an image reference names (`docker.io` when its first component is not a host).
+pub fn registry_of(image: &str) -> &str {
+    match image.split_once('/') {
+        Some((first, _)) if first.contains(['.', ':']) || first == "localhost" => first,
+        _ => "docker.io",
+    }
+}
+
 /// What the agent learns about an image before it starts a container from it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ImageInfo {
@@ -164,8 +189,13 @@ pub enum ResourceKind {
 
 #[async_trait::async_trait]
 pub trait Executor: Send + Sync + 'static {
-    /// Ensure the image is present (pulling it if the engine can) and read its config.
-    async fn image_info(&self, image: &str) -> Result<ImageInfo, ExecutorError>;
+    /// Ensure the image is present (pulling it if the engine can, with `auth` for a private
+    /// registry) and read its config.
+    async fn image_info(
+        &self,
+        image: &str,
+        auth: Option<&RegistryAuth>,
+    ) -> Result<ImageInfo, ExecutorError>;
     /// Create (not start) a container.
     async fn create(&self, spec: &ContainerSpec) -> Result<String, ExecutorError>;
     /// Start it, attached to its main process's stdin and output (attached before the start,
