@@ -1377,6 +1377,8 @@ fn wire_job(conn: &Connection, id: i64) -> Result<WireJob> {
         attempt: attempts,
         previous_build_num: previous_build_num.map(|n| n as u64),
         username: None,
+        // The coordinator does not take SSH requests yet (enqueue/rerun --ssh-key).
+        ssh_keys: Vec::new(),
     })
 }
 
