@@ -429,6 +429,9 @@ fn wire_job(p: &Project, env: Vec<WireEnv>) -> WireJob {
         env,
         timeouts: WireTimeouts::default(),
         attempt: 1,
+        previous_build_num: None,
+        username: None,
+        ssh_keys: Vec::new(),
     }
 }
 

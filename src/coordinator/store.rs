@@ -1346,6 +1346,12 @@ fn wire_job(conn: &Connection, id: i64) -> Result<WireJob> {
             .collect::<rusqlite::Result<Vec<_>>>()?;
         rows
     };
+    let previous_build_num: Option<i64> = conn.query_row(
+        "SELECT MAX(pipeline_number) FROM jobs WHERE project_id = ?1 AND branch IS ?2 \
+         AND pipeline_number < ?3",
+        rusqlite::params![pid, branch, pipeline_number],
+        |r| r.get(0),
+    )?;
     Ok(WireJob {
         id: id.to_string(),
         project: WireProject {
@@ -1369,6 +1375,10 @@ fn wire_job(conn: &Connection, id: i64) -> Result<WireJob> {
         env,
         timeouts,
         attempt: attempts,
+        previous_build_num: previous_build_num.map(|n| n as u64),
+        username: None,
+        // The coordinator does not take SSH requests yet (enqueue/rerun --ssh-key).
+        ssh_keys: Vec::new(),
     })
 }
 

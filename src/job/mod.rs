@@ -22,6 +22,7 @@ mod bootstrap;
 mod builtin;
 mod environment;
 mod extra_keys;
+pub mod identity;
 pub mod lifecycle;
 mod machine;
 pub mod registry;
@@ -32,8 +33,10 @@ mod services;
 mod steps;
 #[cfg(test)]
 mod tests;
+mod timings;
 
 pub use environment::{expand_home, project_names};
+pub use identity::JobIdentity;
 pub use lifecycle::run_job;
 pub use registry::{Attachment, Hold, Registry};
 pub use request::{
@@ -116,6 +119,8 @@ pub struct JobSpec {
     /// How the job's Docker engine is served (`setup_remote_docker`, `machine`); `None`: this
     /// runner offers none.
     pub engine: Option<Arc<crate::engine_proxy::EngineSettings>>,
+    /// Ids, names and links for the `CIRCLE_*` variables.
+    pub identity: identity::JobIdentity,
 }
 
 /// A fetched tree waiting to be uploaded by the `checkout` step.
