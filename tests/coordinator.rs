@@ -1447,7 +1447,18 @@ async fn the_job_list_filters_pages_and_follows_running_rows_in_chromium() {
     a.log(&running, 0, b"x\n").await;
     // Paging: 55 queued jobs push the first ones to the second page.
     for _ in 0..55 {
-        enqueue(&s.data, &["--job", "later"]);
+        cli(
+            &s.data,
+            &[
+                "enqueue",
+                "--project",
+                "acme/widget",
+                "--ref",
+                "main",
+                "--job",
+                "later",
+            ],
+        );
     }
     let page1 = get_text(&s.base).await;
     assert!(page1.contains("rel=\"next\">Older jobs</a>"), "{page1}");
@@ -1502,7 +1513,8 @@ async fn the_job_list_filters_pages_and_follows_running_rows_in_chromium() {
 
     // Live: the running row becomes success on an open page, no reload.
     let base = s.base.clone();
-    let url = format!("{base}/");
+    // (The 55 later jobs are newer: the running one is on the page of older jobs.)
+    let url = format!("{base}/?before={}", running.parse::<u64>().expect("id") + 1);
     let run2 = running.clone();
     let watch = tokio::task::spawn(with_browser(90, move |b| {
         b.open(&url);
