@@ -856,11 +856,10 @@ impl Store {
             // Points inside this piece get the count up to them.
             while next < order.len() && points[order[next]] < pos + n as u64 {
                 let k = (points[order[next]] - pos) as usize;
-                out[order[next]] =
-                    count + piece[..k].iter().filter(|&&b| b == b'\n').count() as u64;
+                out[order[next]] = count + memchr::memchr_iter(b'\n', &piece[..k]).count() as u64;
                 next += 1;
             }
-            count += piece.iter().filter(|&&b| b == b'\n').count() as u64;
+            count += memchr::memchr_iter(b'\n', piece).count() as u64;
             pos += n as u64;
         }
         for &i in &order[next..] {
@@ -1813,6 +1812,39 @@ mod tests {
             .expect("claim")
             .expect("a job");
         id
+    }
+
+    #[test]
+    fn the_checked_out_commit_is_recorded_and_lines_are_counted() {
+        let (_d, s) = store();
+        let id = claimed(&s);
+        let sha = "ABCDEF0123456789abcdef0123456789abcdef01";
+        let ev = |sha: &str| JobEvent::StepStarted {
+            step: 1,
+            name: "s".into(),
+            log_offset: 0,
+            commit_sha: Some(sha.into()),
+        };
+        // Not a commit id: ignored (agent-written text is shown and linked as a commit).
+        s.append_events(id, "a1", None, 0, &[ev("main\"><x")])
+            .expect("events");
+        assert_eq!(s.job(id).expect("job").expect("row").resolved_sha, None);
+        s.append_events(id, "a1", None, 1, &[ev(sha)])
+            .expect("events");
+        assert_eq!(
+            s.job(id)
+                .expect("job")
+                .expect("row")
+                .resolved_sha
+                .as_deref(),
+            Some(sha.to_ascii_lowercase().as_str())
+        );
+        s.append_log(id, "a1", None, 0, b"a\nbb\n\nccc\n")
+            .expect("log");
+        assert_eq!(
+            s.newlines_before(id, &[11, 0, 2, 5, 99]).expect("count"),
+            [4, 0, 1, 2, 4]
+        );
     }
 
     fn log_file(d: &tempfile::TempDir, id: i64) -> PathBuf {
