@@ -10,6 +10,7 @@ pub mod config;
 pub mod coordinator;
 pub mod execute;
 pub mod executor;
+pub mod gateway;
 pub mod job;
 pub mod protocol;
 pub mod runtime;

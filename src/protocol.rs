@@ -120,6 +120,10 @@ pub struct WireJob {
     /// Who started the pipeline (`CIRCLE_USERNAME`), when the coordinator knows.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub username: Option<String>,
+    /// Public keys (`authorized_keys` lines) of whoever asked to SSH into this job; empty:
+    /// no SSH. An agent without a gateway ignores them (the job runs as usual).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ssh_keys: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

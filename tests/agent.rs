@@ -431,6 +431,7 @@ fn wire_job(p: &Project, env: Vec<WireEnv>) -> WireJob {
         attempt: 1,
         previous_build_num: None,
         username: None,
+        ssh_keys: Vec::new(),
     }
 }
 

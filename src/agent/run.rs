@@ -37,6 +37,10 @@ pub(crate) async fn run_wire_job(
     if let Ok(mut s) = state.lock() {
         *s = "checkout".to_owned();
     }
+    // The requester's keys may log in while the job runs (and while it is held for them).
+    if !wire.ssh_keys.is_empty() {
+        agent.registry.grant_ssh(&wire.id, wire.ssh_keys.clone());
+    }
     let outcome = match request(agent, &wire) {
         Ok(req) => {
             let sink_dyn: Arc<dyn EventSink> = sink.clone();
@@ -67,6 +71,7 @@ pub(crate) async fn run_wire_job(
             }
         }
     };
+    agent.registry.revoke_ssh(&wire.id);
     if quiet.load(Ordering::SeqCst) {
         tracing::info!(job = %wire.id, "stopped quietly (no longer ours)");
         sender.abort();

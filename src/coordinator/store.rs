@@ -1504,6 +1504,8 @@ fn wire_job(conn: &Connection, id: i64) -> Result<WireJob> {
         attempt: attempts,
         previous_build_num: previous_build_num.map(|n| n as u64),
         username: None,
+        // The coordinator does not take SSH requests yet (enqueue/rerun --ssh-key).
+        ssh_keys: Vec::new(),
     })
 }
 

@@ -2,10 +2,10 @@
 
 use super::{
     Attached, ByteStream, ContainerSpec, Exec, ExecSpec, Executor, ExecutorError, ImageInfo,
-    NetworkMode, Output, OutputStream, ResourceKind, TarStream,
+    Interactive, NetworkMode, Output, OutputStream, ResourceKind, TarStream, TtySize,
 };
 use bollard::container::LogOutput;
-use bollard::exec::{CreateExecOptions, StartExecResults};
+use bollard::exec::{CreateExecOptions, ResizeExecOptions, StartExecOptions, StartExecResults};
 use bollard::models::{ContainerCreateBody, HostConfig, NetworkCreateRequest};
 use bollard::query_parameters::{
     AttachContainerOptionsBuilder, ContainerArchiveInfoOptionsBuilder, CreateImageOptionsBuilder,
@@ -308,6 +308,90 @@ impl Executor for DockerExecutor {
         let exec_id = created.id;
         let exit = async move { exit_code(&docker, &exec_id).await }.boxed();
         Ok(Exec { output, exit })
+    }
+
+    async fn exec_interactive(
+        &self,
+        container: &str,
+        spec: ExecSpec,
+        tty: Option<TtySize>,
+    ) -> Result<Interactive, ExecutorError> {
+        let created = self
+            .docker
+            .create_exec(
+                container,
+                CreateExecOptions {
+                    cmd: Some(spec.cmd),
+                    env: Some(spec.env),
+                    user: spec.user,
+                    working_dir: spec.working_dir,
+                    attach_stdout: Some(true),
+                    attach_stderr: Some(true),
+                    attach_stdin: Some(true),
+                    tty: Some(tty.is_some()),
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(Self::engine(container, "exec create"))?;
+        let started = self
+            .docker
+            .start_exec(
+                &created.id,
+                Some(StartExecOptions {
+                    detach: false,
+                    tty: tty.is_some(),
+                    // Terminal output goes out as it comes, whatever its line length.
+                    output_capacity: Some(64 * 1024),
+                }),
+            )
+            .await
+            .map_err(Self::engine(container, "exec start"))?;
+        let StartExecResults::Attached { output, input } = started else {
+            return Err(ExecutorError::Protocol {
+                target: container.to_owned(),
+                what: "exec start",
+                detail: "the engine started the exec detached".to_owned(),
+            });
+        };
+        let exec_id = created.id;
+        let resize: super::Resizer = {
+            let docker = self.docker.clone();
+            let exec_id = exec_id.clone();
+            let has_tty = tty.is_some();
+            std::sync::Arc::new(move |size: TtySize| {
+                let (docker, exec_id) = (docker.clone(), exec_id.clone());
+                async move {
+                    if !has_tty {
+                        return Ok(());
+                    }
+                    docker
+                        .resize_exec(
+                            &exec_id,
+                            ResizeExecOptions {
+                                height: size.rows,
+                                width: size.cols,
+                            },
+                        )
+                        .await
+                        .map_err(|e| engine_error(exec_id.clone(), "exec resize", e))
+                }
+                .boxed()
+            })
+        };
+        if let Some(size) = tty {
+            // The engine starts a terminal at its own default size.
+            resize(size).await?;
+        }
+        let docker = self.docker.clone();
+        let output = log_output(output, container.to_owned());
+        let exit = async move { exit_code(&docker, &exec_id).await }.boxed();
+        Ok(Interactive {
+            input,
+            output,
+            resize,
+            exit,
+        })
     }
 
     async fn remove(&self, container: &str) -> Result<(), ExecutorError> {

@@ -10,7 +10,7 @@
 
 use super::{
     Attached, ByteStream, ContainerSpec, Exec, ExecSpec, Executor, ExecutorError, ImageInfo,
-    Output, ResourceKind, TarStream,
+    Interactive, Output, ResourceKind, TarStream, TtySize,
 };
 use bytes::Bytes;
 use futures_util::{FutureExt, StreamExt};
@@ -24,12 +24,30 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Call {
     ImageInfo(String),
-    Create { id: String, spec_image: String },
+    Create {
+        id: String,
+        spec_image: String,
+    },
     Start(String),
     Wait(String),
-    Upload { container: String, dest: String },
-    Download { container: String, path: String },
-    Exec { container: String, cmd: String },
+    Upload {
+        container: String,
+        dest: String,
+    },
+    Download {
+        container: String,
+        path: String,
+    },
+    Exec {
+        container: String,
+        cmd: String,
+    },
+    /// An interactive exec: its command line and terminal size.
+    ExecInteractive {
+        container: String,
+        cmd: String,
+        tty: Option<TtySize>,
+    },
     Remove(String),
     CreateNetwork(String),
     RemoveNetwork(String),
@@ -97,6 +115,8 @@ struct State {
 pub struct Recording {
     script: Script,
     state: Mutex<State>,
+    /// Terminal sizes interactive execs were resized to, in order.
+    resizes: Arc<Mutex<Vec<TtySize>>>,
 }
 
 impl Recording {
@@ -104,7 +124,13 @@ impl Recording {
         Arc::new(Self {
             script,
             state: Mutex::default(),
+            resizes: Arc::default(),
         })
+    }
+
+    /// Terminal sizes interactive execs were resized to, in order.
+    pub fn resizes(&self) -> Vec<TtySize> {
+        self.resizes.lock().map(|r| r.clone()).unwrap_or_default()
     }
 
     pub fn calls(&self) -> Vec<Call> {
@@ -386,6 +412,51 @@ impl Executor for Recording {
         Ok(Exec {
             output,
             exit: async move { Ok(done_rx.await.ok().flatten()) }.boxed(),
+        })
+    }
+
+    /// Plays `cat`: what is written comes back as output; the exit status is 0 once the
+    /// input is closed (or the container is removed).
+    async fn exec_interactive(
+        &self,
+        container: &str,
+        spec: ExecSpec,
+        tty: Option<TtySize>,
+    ) -> Result<Interactive, ExecutorError> {
+        self.enter(
+            Some(Op::Exec),
+            Call::ExecInteractive {
+                container: container.to_owned(),
+                cmd: spec.cmd.join(" "),
+                tty,
+            },
+        )?;
+        let (input, output) = tokio::io::duplex(64 * 1024);
+        let ended = self.ended(container);
+        let output = tokio_util::io::ReaderStream::new(output)
+            .map(|chunk| {
+                chunk
+                    .map(Output::Stdout)
+                    .map_err(|e| ExecutorError::Protocol {
+                        target: "double".to_owned(),
+                        what: "interactive output",
+                        detail: e.to_string(),
+                    })
+            })
+            .take_until(ended.cancelled_owned())
+            .boxed();
+        let resizes = Arc::clone(&self.resizes);
+        let resize: super::Resizer = Arc::new(move |size| {
+            if let Ok(mut r) = resizes.lock() {
+                r.push(size);
+            }
+            async { Ok(()) }.boxed()
+        });
+        Ok(Interactive {
+            input: Box::pin(input),
+            output,
+            resize,
+            exit: async { Ok(Some(0)) }.boxed(),
         })
     }
 

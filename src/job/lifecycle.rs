@@ -339,7 +339,8 @@ async fn run_inner(
 
     let mut attach_env = env.clone();
     merge_env(&mut attach_env, spec.env.clone());
-    let registered = spec.registry.register(Attachment::new(
+    let ssh = spec.registry.ssh_for(&spec.id);
+    let mut attachment = Attachment::new(
         &spec.id,
         &container,
         step_user.clone(),
@@ -348,7 +349,14 @@ async fn run_inner(
         &user.home,
         &workdir,
         attach_env,
-    ));
+    );
+    if let Some((gateway, keys)) = &ssh {
+        attachment = attachment.with_ssh_keys(Arc::clone(keys));
+        for message in crate::gateway::announce(&spec.id, gateway, keys.len()) {
+            sink.emit(&Event::Info { message });
+        }
+    }
+    let registered = spec.registry.register(attachment);
     let ctx = Ctx {
         container,
         user,
@@ -364,6 +372,11 @@ async fn run_inner(
         if let Some(s) = &services {
             s.report_output(sink.as_ref());
         }
+    }
+    if let Some((gateway, _)) = &ssh {
+        registered
+            .attachment
+            .wait_for_sessions(Instant::now() + gateway.wait);
     }
     if let Some(until) = registered.attachment.held_until() {
         sink.emit(&Event::Info {
