@@ -259,6 +259,10 @@ pub enum JobEvent {
         name: String,
         /// Log offset where the step's output starts (sections in the log view).
         log_offset: u64,
+        /// The commit the agent checked out (full hex SHA), on the first step to start after
+        /// its checkout; absent otherwise. Optional: older peers neither send nor read it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        commit_sha: Option<String>,
     },
     StepFinished {
         step: u32,

@@ -12,6 +12,9 @@ pub(crate) struct AgentSink {
     spool: Arc<SpoolJob>,
     state: Arc<Mutex<String>>,
     total_steps: AtomicUsize,
+    /// The commit the checkout reached, until the next step start carries it to the
+    /// coordinator (`step_started.commit_sha`).
+    checked_out: Mutex<Option<String>>,
 }
 
 impl AgentSink {
@@ -24,6 +27,7 @@ impl AgentSink {
             spool,
             state,
             total_steps: AtomicUsize::new(total_steps),
+            checked_out: Mutex::new(None),
         }
     }
 
@@ -60,11 +64,18 @@ impl EventSink for AgentSink {
     fn emit(&self, event: &Event) {
         match event {
             Event::Output { data, .. } => self.write(data),
+            Event::CheckedOut { sha } => {
+                if let Ok(mut g) = self.checked_out.lock() {
+                    *g = Some(sha.clone());
+                }
+            }
             Event::StepStarted { step, name, .. } => {
+                let commit_sha = self.checked_out.lock().ok().and_then(|mut g| g.take());
                 self.event(JobEvent::StepStarted {
                     step: u32::try_from(*step).unwrap_or(u32::MAX),
                     name: name.clone(),
                     log_offset: self.spool.log_len(),
+                    commit_sha,
                 });
                 let first = name.lines().next().unwrap_or("");
                 self.set_state(format!(

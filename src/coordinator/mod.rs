@@ -3,10 +3,11 @@
 //! `docs/protocol.md`), stores their logs and events durably, and shows them on a small web
 //! page that follows running jobs live.
 //!
-//! Layout: [`store`] (SQLite, the only state) ← [`api`] (agent endpoints) and [`web`] (HTML
-//! pages, server-sent events) ← [`serve`] and the CLI commands here.
+//! Layout: [`store`] (SQLite, the only state) ← [`api`] (agent endpoints) and [`web`] (web
+//! routes, server-sent events; the HTML of the pages in [`pages`]) ← [`serve`] and the CLI commands here.
 
 pub mod api;
+pub mod pages;
 pub mod server;
 pub mod store;
 pub mod web;

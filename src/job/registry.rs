@@ -45,7 +45,6 @@ struct SshTable {
 }
 
 /// What a part attaching to a running job needs to land where the steps run.
-#[derive(Debug)]
 pub struct Attachment {
     pub job_id: String,
     /// The primary container's id.
@@ -72,6 +71,26 @@ pub struct Attachment {
     holds: Mutex<HashMap<u64, Instant>>,
     next_hold: Mutex<u64>,
     changed: Notify,
+}
+
+/// The environment holds the job's secrets: only its names are shown.
+impl std::fmt::Debug for Attachment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Attachment")
+            .field("job_id", &self.job_id)
+            .field("container", &self.container)
+            .field("user", &self.user)
+            .field("uid", &self.uid)
+            .field("gid", &self.gid)
+            .field("home", &self.home)
+            .field("workdir", &self.workdir)
+            .field(
+                "env",
+                &self.env.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(),
+            )
+            .field("ssh_keys", &self.ssh_keys.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Registry {
@@ -340,6 +359,15 @@ mod tests {
             .expect("task");
         drop(reg);
         assert!(registry.get("j1").is_none());
+    }
+
+    #[test]
+    fn debug_shows_variable_names_not_values() {
+        let mut a = attachment();
+        a.env = vec![("TOKEN".into(), "hunter22-secret".into())];
+        let text = format!("{a:?}");
+        assert!(text.contains("TOKEN"), "{text}");
+        assert!(!text.contains("hunter22"), "{text}");
     }
 
     #[tokio::test]

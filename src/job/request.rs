@@ -589,6 +589,9 @@ pub fn fetch_source(
         })
     };
     let outcome = checkout::checkout(&cspec, &creds, &mut progress)?;
+    sink.emit(&Event::CheckedOut {
+        sha: outcome.sha.clone(),
+    });
     Ok(Prefetched {
         dir: Arc::new(dir),
         outcome,
