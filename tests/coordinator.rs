@@ -2,6 +2,8 @@
 //! `bosun coordinator serve --listen 127.0.0.1:0`, driven over HTTP like an agent would,
 //! and through the CLI (`enqueue`, `cancel`, `revoke`) like an operator would.
 
+mod harness;
+
 use bosun::protocol::{
     ClaimResponse, EventAck, EventBatch, FinalStatus, FinishRequest, HeartbeatResponse, JobEvent,
     LogAck, RegisterResponse,
@@ -947,4 +949,80 @@ async fn ten_followers_of_a_100_mib_log_keep_the_coordinator_small() {
         "peak RSS {peak} KiB with 10 followers of a 96 MiB log"
     );
     drop(streams);
+}
+
+/// Every byte of the coordinator's database and WAL.
+fn db_bytes(data: &Path) -> Vec<u8> {
+    let mut all = Vec::new();
+    for f in ["coordinator.db", "coordinator.db-wal"] {
+        all.extend(std::fs::read(data.join(f)).unwrap_or_default());
+    }
+    all
+}
+
+fn has(hay: &[u8], needle: &str) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle.as_bytes())
+}
+
+#[tokio::test]
+async fn the_api_is_served_over_https_and_keys_and_secrets_are_sealed_at_rest() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = harness::TestCa::new(&dir.path().join("tls"), &["localhost", "127.0.0.1"]);
+    let s = fresh(&[
+        "--tls-cert",
+        ca.cert.to_str().expect("utf8"),
+        "--tls-key",
+        ca.key.to_str().expect("utf8"),
+    ]);
+    assert!(s.base.starts_with("https://127.0.0.1:"), "{}", s.base);
+    let pem = std::fs::read(&ca.ca_cert).expect("ca");
+    let http = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&pem).expect("pem"))
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client");
+    let token = cli(&s.data, &["token"]);
+    let r = http
+        .post(format!("{}/api/v1/agents/register", s.base))
+        .json(&json!({"registration_token": token, "name": "tls",
+            "resource_class": "docker", "labels": [], "version": "test"}))
+        .send()
+        .await
+        .expect("register over https");
+    assert_eq!(r.status(), 201);
+    let reg: RegisterResponse = r.json().await.expect("json");
+    let a = Agent {
+        base: s.base.clone(),
+        id: reg.agent_id,
+        token: reg.agent_token,
+        http,
+    };
+    enqueue(&s.data, &[]);
+    let job = a.claim_job(5).await.job;
+    // The claim carries the key and the secret as they were added …
+    assert_eq!(
+        job.keys[0].private_key.trim(),
+        "-----BEGIN OPENSSH PRIVATE KEY-----\nTESTKEY"
+    );
+    assert!(job
+        .env
+        .iter()
+        .any(|e| e.name == "TOKEN" && e.value == "hunter22" && e.secret));
+    // … which the database holds only sealed, with a key file outside the data directory.
+    let bytes = db_bytes(&s.data);
+    assert!(!has(&bytes, "TESTKEY") && !has(&bytes, "hunter22"));
+    assert!(has(&bytes, "enc:v1:"));
+    let key = s.data.with_file_name("data.key");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&key)
+        .expect("key file")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+
+    // Plain HTTP to the TLS port is no way in, nor is a client that does not trust the CA.
+    let plain = s.base.replace("https://", "http://");
+    let r = client().get(format!("{plain}/")).send().await;
+    assert!(r.is_err() || !r.expect("r").status().is_success());
+    assert!(client().get(format!("{}/", s.base)).send().await.is_err());
 }

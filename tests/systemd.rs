@@ -20,8 +20,13 @@ fn agent_toml(coordinator_url: &str, network: &str) -> String {
         .expect("systemd/agent.toml");
     let edits = [
         (
-            "coordinator_url = \"http://coordinator.example.com:8080\"",
+            "coordinator_url = \"https://coordinator.example.com:8443\"",
             format!("coordinator_url = \"{coordinator_url}\""),
+        ),
+        // The coordinator's certificate comes from the test's own CA.
+        (
+            "# ca_file = \"/etc/bosun/coordinator-ca.pem\"",
+            "ca_file = \"/etc/bosun/coordinator-ca.pem\"".to_owned(),
         ),
         (
             "# name = \"build-01\"",
@@ -107,8 +112,16 @@ fn the_agent_unit_installs_runs_reloads_drains_and_restarts_under_systemd() {
     // agent then reaches it by name on the rig's network, as an operator's agent reaches its
     // coordinator, and the test opens no port on a host interface (nor depends on the host's
     // firewall letting a container reach the bridge's gateway address).
-    let (_coordinator, url) =
-        harness::spawn_coordinator_container(&rig, &data, "coordinator", &["--lease-secs", "10"]);
+    // Over HTTPS, as the shipped agent.toml says: a certificate for the name the agent uses.
+    let ca = harness::TestCa::new(&dir.path().join("tls"), &["coordinator"]);
+    let (_coordinator, url) = harness::spawn_coordinator_container(
+        &rig,
+        &data,
+        "coordinator",
+        Some(&ca),
+        &["--lease-secs", "10"],
+    );
+    let ca_pem = std::fs::read(&ca.ca_cert).expect("CA certificate");
     let token = harness::add_stand_in_project(&data, &rig, "acme/widget", &[]);
 
     let t0 = Instant::now();
@@ -141,6 +154,15 @@ fn the_agent_unit_installs_runs_reloads_drains_and_restarts_under_systemd() {
     harness::copy_into(
         &host.container,
         "/tmp",
+        "coordinator-ca.pem",
+        &ca_pem,
+        0,
+        0,
+        0o644,
+    );
+    harness::copy_into(
+        &host.container,
+        "/tmp",
         "registration-token",
         token.as_bytes(),
         0,
@@ -160,9 +182,11 @@ fn the_agent_unit_installs_runs_reloads_drains_and_restarts_under_systemd() {
          useradd --system --groups docker bosun
          install -d -m 0750 -o root -g bosun /etc/bosun
          install -m 0640 -g bosun /tmp/agent.toml /etc/bosun/agent.toml
+         install -m 0644 /tmp/coordinator-ca.pem /etc/bosun/coordinator-ca.pem
          install -m 0600 -o bosun /dev/stdin /etc/bosun/registration-token </tmp/registration-token
          install -m 0644 /tmp/bosun-agent.service /etc/systemd/system/
-         rm /tmp/bosun /tmp/agent.toml /tmp/registration-token /tmp/bosun-agent.service",
+         rm /tmp/bosun /tmp/agent.toml /tmp/registration-token /tmp/bosun-agent.service \
+            /tmp/coordinator-ca.pem",
     );
     assert_eq!(
         host.sh_ok("cat /etc/systemd/system/bosun-agent.service")

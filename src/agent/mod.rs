@@ -216,11 +216,14 @@ fn notify(state: &[sd_notify::NotifyState]) {
 }
 
 async fn run_agent(cfg: AgentConfig, config_path: PathBuf, required: bool) -> u8 {
-    let base = match Client::new(&cfg.coordinator_url, "") {
+    let base = match cfg
+        .ca_certificates()
+        .and_then(|cas| Client::new(&cfg.coordinator_url, cas, ""))
+    {
         Ok(c) => c,
         Err(e) => {
             tracing::error!("{e}");
-            return 1;
+            return EXIT_CONFIG;
         }
     };
     let early_stop = CancellationToken::new();

@@ -7,6 +7,7 @@
 //! pages, server-sent events) ← [`serve`] and the CLI commands here.
 
 pub mod api;
+pub mod secrets;
 pub mod server;
 pub mod store;
 pub mod web;
@@ -33,6 +34,8 @@ pub enum CoordError {
     NotFound(String),
     #[error("{0}")]
     Invalid(String),
+    #[error("TLS: {0}")]
+    Tls(String),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: String,
@@ -127,6 +130,17 @@ pub struct DataArg {
     /// The coordinator's data directory (holds coordinator.db).
     #[arg(long, env = "BOSUN_COORDINATOR_DATA")]
     pub data: PathBuf,
+    /// The key file sealing private keys and secret values in coordinator.db (default:
+    /// `<data dir>.key` beside the data directory, created 0600 on first use). Keep it out
+    /// of the data directory's backups.
+    #[arg(long, env = "BOSUN_COORDINATOR_SECRETS_KEY", value_name = "FILE")]
+    pub secrets_key: Option<PathBuf>,
+}
+
+impl DataArg {
+    pub fn open(&self) -> Result<Store> {
+        Store::open_with_key(&self.data, self.secrets_key.as_deref())
+    }
 }
 
 #[derive(clap::Args, Debug)]
@@ -150,6 +164,13 @@ pub struct ServeArgs {
     /// wait in the listen backlog.
     #[arg(long, default_value_t = 1024)]
     pub max_connections: usize,
+    /// Serve HTTPS with this certificate chain (PEM; needs --tls-key). Claims carry the
+    /// projects' private keys: anything but loopback should be HTTPS.
+    #[arg(long, value_name = "PEM", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -335,7 +356,7 @@ fn run_inner(cmd: Command) -> Result<()> {
             rt.block_on(serve(args))
         }
         Command::Project(ProjectCommand::Add(a)) => {
-            let store = Store::open(&a.data.data)?;
+            let store = a.data.open()?;
             let mut env = Vec::new();
             for kv in &a.env {
                 env.push(parse_env(kv, false)?);
@@ -362,7 +383,7 @@ fn run_inner(cmd: Command) -> Result<()> {
             Ok(())
         }
         Command::Enqueue(a) => {
-            let store = Store::open(&a.data.data)?;
+            let store = a.data.open()?;
             let id = store.enqueue(&NewJob {
                 project_slug: a.project,
                 git_ref: a.git_ref,
@@ -380,7 +401,7 @@ fn run_inner(cmd: Command) -> Result<()> {
             Ok(())
         }
         Command::Jobs { data, limit } => {
-            let store = Store::open(&data.data)?;
+            let store = data.open()?;
             print(
                 &mut out,
                 format!(
@@ -413,7 +434,7 @@ fn run_inner(cmd: Command) -> Result<()> {
         Command::Cancel { data, job } => {
             let id = store::parse_job_id(&job)
                 .ok_or_else(|| CoordError::Invalid(format!("`{job}` is not a job id")))?;
-            let store = Store::open(&data.data)?;
+            let store = data.open()?;
             let after = store.cancel(id)?;
             print(&mut out, format!("job {id}: {after}"));
             Ok(())
@@ -423,7 +444,7 @@ fn run_inner(cmd: Command) -> Result<()> {
             action,
             expires,
         } => {
-            let store = Store::open(&data.data)?;
+            let store = data.open()?;
             match action {
                 TokenAction::New => print(&mut out, store.create_registration_token(expires)?.1),
                 TokenAction::Rotate => print(&mut out, store.rotate_registration_token(expires)?.1),
@@ -451,19 +472,19 @@ fn run_inner(cmd: Command) -> Result<()> {
             resource_class,
             labels,
         } => {
-            let store = Store::open(&data.data)?;
+            let store = data.open()?;
             match store.relabel_agent(&agent, &resource_class, &labels)? {
                 0 => Err(CoordError::NotFound(format!("no agent with id {agent}"))),
                 _ => Ok(()),
             }
         }
         Command::Project(ProjectCommand::Restrict { data, slug, agents }) => {
-            let store = Store::open(&data.data)?;
+            let store = data.open()?;
             store.restrict_project(&slug, &agents)?;
             Ok(())
         }
         Command::Revoke { data, agent } => {
-            let store = Store::open(&data.data)?;
+            let store = data.open()?;
             match store.revoke_agent(&agent)? {
                 0 => Err(CoordError::NotFound(format!("no agent {agent}"))),
                 n => {
@@ -473,7 +494,7 @@ fn run_inner(cmd: Command) -> Result<()> {
             }
         }
         Command::Agents { data } => {
-            let store = Store::open(&data.data)?;
+            let store = data.open()?;
             for (id, name, rc, seen, revoked) in store.list_agents()? {
                 let ago = Duration::from_millis((store::now_ms() - seen).max(0) as u64);
                 print(
@@ -536,7 +557,7 @@ impl AppState {
 /// Serve until SIGINT/SIGTERM. Prints `listening on http://ADDR` (the real port when 0 was
 /// asked for) on stdout once the socket is bound.
 pub async fn serve(args: ServeArgs) -> Result<()> {
-    let store = Arc::new(Store::open(&args.data.data)?);
+    let store = Arc::new(args.data.open()?);
     let mut tokens = Vec::new();
     if let Some(f) = &args.registration_token_file {
         let t = read_file(f)?.trim().to_string();
@@ -572,7 +593,20 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         addr: args.listen.clone(),
         source,
     })?;
-    println!("listening on http://{addr}");
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(server::tls_acceptor(cert, key)?),
+        _ => {
+            if !addr.ip().is_loopback() {
+                tracing::warn!(
+                    "serving plain HTTP on {addr}: claims carry private keys; use --tls-cert \
+                     and --tls-key"
+                );
+            }
+            None
+        }
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    println!("listening on {scheme}://{addr}");
     let _ = std::io::stdout().flush();
 
     tokio::spawn(watch_changes(state.clone()));
@@ -589,7 +623,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         header_timeout: args.header_timeout,
         max_connections: args.max_connections,
     };
-    server::serve(listener, app, limits, state.shutdown.clone()).await
+    server::serve(listener, app, limits, tls, state.shutdown.clone()).await
 }
 
 async fn shutdown_signal() {

@@ -4,8 +4,9 @@
 //! The server and the CLI (`bosun coordinator enqueue`, `cancel`, …) open the same file; WAL
 //! mode lets the CLI write while the server reads, and `synchronous=FULL` makes every commit
 //! durable before we answer the agent. Private keys and secret env values are stored in this
-//! file, which is created mode 0600 inside a 0700 directory (SQLite gives its -wal/-shm
-//! files the database file's mode).
+//! file sealed with a key kept outside the data directory (see [`super::secrets`]); the file
+//! is created mode 0600 inside a 0700 directory (SQLite gives its -wal/-shm files the
+//! database file's mode).
 //!
 //! Logs live beside the database, not in it: a log is written once and read in order, and
 //! storing it as SQLite blobs wrote every byte three times (WAL, checkpoint, overflow pages)
@@ -17,6 +18,7 @@
 //! shorter than `log_bytes`, the next append notices, lowers `log_bytes` to what survived and
 //! answers 409 with it, and the agent resends the rest.
 
+use super::secrets::{self, SecretsKey, SEALED_PREFIX};
 use super::{random_hex, sha256_hex, CoordError, Result};
 use crate::protocol::{
     FinishRequest, JobEvent, JobState, WireEnv, WireJob, WireKey, WireKeyRole, WireProject,
@@ -148,6 +150,7 @@ pub fn now_ms() -> i64 {
 
 pub struct Store {
     conn: Mutex<Connection>,
+    secrets: SecretsKey,
     path: PathBuf,
     logs: PathBuf,
 }
@@ -352,8 +355,16 @@ pub fn parse_job_id(s: &str) -> Option<i64> {
 }
 
 impl Store {
-    /// Open (creating if needed) the store in `dir`.
+    /// Open (creating if needed) the store in `dir`, its secrets sealed with the key file
+    /// beside it ([`secrets::default_key_path`]).
     pub fn open(dir: &Path) -> Result<Store> {
+        Self::open_with_key(dir, None)
+    }
+
+    /// Open (creating if needed) the store in `dir`, its secrets sealed with the key file
+    /// `key` (default: beside `dir`), created when the store holds no sealed secret yet.
+    /// Plaintext secrets of an older store are sealed here.
+    pub fn open_with_key(dir: &Path, key: Option<&Path>) -> Result<Store> {
         let io = |source| CoordError::Io {
             path: dir.to_path_buf(),
             source,
@@ -388,8 +399,41 @@ impl Store {
             set_mode(&logs, 0o700)?;
         }
         migrate(&conn, &logs)?;
+        let key_path = key
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| secrets::default_key_path(dir));
+        let known: Option<String> = conn
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'secrets_key'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?;
+        // A store that already has sealed secrets never gets a new key silently.
+        if let (Some(fp), false) = (&known, key_path.exists()) {
+            return Err(CoordError::Invalid(format!(
+                "the secrets key file {} is missing: the secrets in {} were sealed with it \
+                 (fingerprint {fp}); restore it or give its place with --secrets-key",
+                key_path.display(),
+                path.display()
+            )));
+        }
+        let secrets = SecretsKey::load_or_create(&key_path, known.is_none())?;
+        if let Some(fp) = &known {
+            if *fp != secrets.fingerprint {
+                return Err(CoordError::Invalid(format!(
+                    "{}: the secrets in {} were sealed with another key (fingerprint {fp}, \
+                     this file's is {})",
+                    key_path.display(),
+                    path.display(),
+                    secrets.fingerprint
+                )));
+            }
+        }
+        seal_plaintext_secrets(&conn, &secrets)?;
         Ok(Store {
             conn: Mutex::new(conn),
+            secrets,
             path,
             logs,
         })
@@ -617,22 +661,29 @@ impl Store {
             )));
         }
         tx.execute(
-            "INSERT INTO projects(uuid, slug, clone_url, user_key, deploy_key, known_hosts) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![
-                uuid,
-                p.slug,
-                p.clone_url,
-                p.user_key,
-                p.deploy_key,
-                p.known_hosts
-            ],
+            "INSERT INTO projects(uuid, slug, clone_url, known_hosts) VALUES (?1, ?2, ?3, ?4)",
+            params![uuid, p.slug, p.clone_url, p.known_hosts],
         )?;
         let pid = tx.last_insert_rowid();
+        for (column, key) in [("user_key", &p.user_key), ("deploy_key", &p.deploy_key)] {
+            if let Some(key) = key {
+                let sealed = self.secrets.seal(&secrets::key_place(pid, column), key)?;
+                tx.execute(
+                    &format!("UPDATE projects SET {column} = ?2 WHERE id = ?1"),
+                    params![pid, sealed],
+                )?;
+            }
+        }
         for e in &p.env {
+            let value = if e.secret {
+                self.secrets
+                    .seal(&secrets::env_place(pid, &e.name), &e.value)?
+            } else {
+                e.value.clone()
+            };
             tx.execute(
                 "INSERT OR REPLACE INTO project_env(project_id, name, value, secret) VALUES (?1, ?2, ?3, ?4)",
-                params![pid, e.name, e.value, e.secret],
+                params![pid, e.name, value, e.secret],
             )?;
         }
         tx.commit()?;
@@ -947,7 +998,7 @@ impl Store {
              attempts = attempts + 1, started = ?4 WHERE id = ?1 AND status = 'queued'",
             params![id, agent_id, now + lease.as_millis() as i64, now],
         )?;
-        let job = wire_job(&tx, id)?;
+        let job = wire_job(&tx, &self.secrets, id)?;
         tx.commit()?;
         Ok(Some(job))
     }
@@ -1263,7 +1314,7 @@ impl Store {
     }
 }
 
-fn wire_job(conn: &Connection, id: i64) -> Result<WireJob> {
+fn wire_job(conn: &Connection, secrets: &SecretsKey, id: i64) -> Result<WireJob> {
     let (pid, uuid, slug, clone_url, user_key, deploy_key, known_hosts): (
         i64,
         String,
@@ -1319,14 +1370,15 @@ fn wire_job(conn: &Connection, id: i64) -> Result<WireJob> {
             },
         )?;
     let mut keys = Vec::new();
-    for (role, key) in [
-        (WireKeyRole::User, user_key),
-        (WireKeyRole::Deploy, deploy_key),
+    for (role, column, key) in [
+        (WireKeyRole::User, "user_key", user_key),
+        (WireKeyRole::Deploy, "deploy_key", deploy_key),
     ] {
-        if let Some(private_key) = key {
+        if let Some(sealed) = key {
+            let private_key = secrets.open(&secrets::key_place(pid, column), &sealed)?;
             keys.push(WireKey {
                 role,
-                private_key,
+                private_key: private_key.as_str().to_owned(),
                 fingerprint: None,
             });
         }
@@ -1344,7 +1396,17 @@ fn wire_job(conn: &Connection, id: i64) -> Result<WireJob> {
                 })
             })?
             .collect::<rusqlite::Result<Vec<_>>>()?;
-        rows
+        let mut env = Vec::with_capacity(rows.len());
+        for mut e in rows {
+            if e.secret {
+                e.value = secrets
+                    .open(&secrets::env_place(pid, &e.name), &e.value)?
+                    .as_str()
+                    .to_owned();
+            }
+            env.push(e);
+        }
+        env
     };
     Ok(WireJob {
         id: id.to_string(),
@@ -1464,6 +1526,99 @@ fn migrate(conn: &Connection, logs: &Path) -> Result<()> {
             "BEGIN IMMEDIATE; {sql}{extra}; PRAGMA user_version = {}; COMMIT;",
             i + 1
         ))?;
+    }
+    Ok(())
+}
+
+/// Seal every plaintext private key and secret env value (a store written before secrets
+/// were sealed), record the key's fingerprint, and checkpoint the WAL so no plaintext copy
+/// stays in it (`secure_delete` zeroes the old values' space in the pages).
+fn seal_plaintext_secrets(conn: &Connection, key: &SecretsKey) -> Result<()> {
+    let like = format!("{SEALED_PREFIX}%");
+    let mut keys = Vec::new();
+    for column in ["user_key", "deploy_key"] {
+        let mut st = conn.prepare(&format!(
+            "SELECT id, {column} FROM projects WHERE {column} IS NOT NULL AND {column} NOT LIKE ?1"
+        ))?;
+        let rows = st
+            .query_map([&like], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        for (pid, plain) in rows {
+            let plain = zeroize::Zeroizing::new(plain);
+            keys.push((
+                column,
+                pid,
+                key.seal(&secrets::key_place(pid, column), &plain)?,
+            ));
+        }
+    }
+    let mut env = Vec::new();
+    {
+        let mut st = conn.prepare(
+            "SELECT project_id, name, value FROM project_env WHERE secret != 0 AND value NOT LIKE ?1",
+        )?;
+        let rows = st
+            .query_map([&like], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                ))
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        for (pid, name, plain) in rows {
+            let plain = zeroize::Zeroizing::new(plain);
+            let sealed = key.seal(&secrets::env_place(pid, &name), &plain)?;
+            env.push((pid, name, sealed));
+        }
+    }
+    let recorded: Option<String> = conn
+        .query_row(
+            "SELECT value FROM meta WHERE key = 'secrets_key'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?;
+    if keys.is_empty() && env.is_empty() && recorded.is_some() {
+        return Ok(());
+    }
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    let body = (|| -> Result<()> {
+        for (column, pid, sealed) in &keys {
+            conn.execute(
+                &format!("UPDATE projects SET {column} = ?2 WHERE id = ?1"),
+                params![pid, sealed],
+            )?;
+        }
+        for (pid, name, sealed) in &env {
+            conn.execute(
+                "UPDATE project_env SET value = ?3 WHERE project_id = ?1 AND name = ?2",
+                params![pid, name, sealed],
+            )?;
+        }
+        conn.execute(
+            "INSERT OR REPLACE INTO meta(key, value) VALUES ('secrets_key', ?1)",
+            [&key.fingerprint],
+        )?;
+        Ok(())
+    })();
+    match body {
+        Ok(()) => conn.execute_batch("COMMIT")?,
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            return Err(e);
+        }
+    }
+    if !keys.is_empty() || !env.is_empty() {
+        tracing::info!(
+            keys = keys.len(),
+            env = env.len(),
+            "sealed plaintext secrets of an older store with {}",
+            key.path.display()
+        );
+        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
     }
     Ok(())
 }
@@ -1926,5 +2081,74 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o600);
+    }
+
+    /// Every byte of the database and its WAL, to look for plaintext in.
+    fn db_bytes(d: &tempfile::TempDir) -> Vec<u8> {
+        let mut all = Vec::new();
+        for f in [DB_FILE, "coordinator.db-wal"] {
+            all.extend(std::fs::read(d.path().join("data").join(f)).unwrap_or_default());
+        }
+        all
+    }
+
+    fn contains(hay: &[u8], needle: &str) -> bool {
+        hay.windows(needle.len()).any(|w| w == needle.as_bytes())
+    }
+
+    #[test]
+    fn plaintext_secrets_of_an_older_store_are_sealed_when_it_opens() {
+        let (d, s) = store();
+        let id = job(&s);
+        // As a store written before secrets were sealed holds them.
+        s.conn()
+            .execute_batch(
+                "UPDATE projects SET user_key = 'PLAIN-PRIVATE-KEY'; \
+                 INSERT INTO project_env(project_id, name, value, secret) \
+                     SELECT id, 'TOKEN', 'hunter22-plain', 1 FROM projects; \
+                 INSERT INTO project_env(project_id, name, value, secret) \
+                     SELECT id, 'PUBLIC', 'visible-value', 0 FROM projects; \
+                 DELETE FROM meta WHERE key = 'secrets_key'; \
+                 PRAGMA wal_checkpoint(TRUNCATE);",
+            )
+            .expect("downgrade");
+        drop(s);
+        assert!(contains(&db_bytes(&d), "PLAIN-PRIVATE-KEY"));
+        let s = Store::open(&d.path().join("data")).expect("reopen");
+        let bytes = db_bytes(&d);
+        assert!(!contains(&bytes, "PLAIN-PRIVATE-KEY"));
+        assert!(!contains(&bytes, "hunter22-plain"));
+        assert!(contains(&bytes, "visible-value"), "plain env stays plain");
+        let w = claim_next(&s);
+        assert_eq!(w.id, id.to_string());
+        assert_eq!(w.keys[0].private_key, "PLAIN-PRIVATE-KEY");
+        let env: Vec<(&str, &str)> = w
+            .env
+            .iter()
+            .map(|e| (e.name.as_str(), e.value.as_str()))
+            .collect();
+        assert_eq!(
+            env,
+            [("PUBLIC", "visible-value"), ("TOKEN", "hunter22-plain")]
+        );
+    }
+
+    #[test]
+    fn a_store_does_not_open_with_another_or_a_missing_key_file() {
+        let (d, s) = store();
+        drop(s);
+        let key = secrets::default_key_path(&d.path().join("data"));
+        assert!(key.exists() && !key.starts_with(d.path().join("data")));
+        let other = d.path().join("other.key");
+        SecretsKey::load_or_create(&other, true).expect("other key");
+        let Err(e) = Store::open_with_key(&d.path().join("data"), Some(&other)) else {
+            panic!("opened with another key");
+        };
+        assert!(e.to_string().contains("sealed with another key"), "{e}");
+        std::fs::remove_file(&key).expect("rm");
+        let Err(e) = Store::open(&d.path().join("data")) else {
+            panic!("opened without its key file");
+        };
+        assert!(e.to_string().contains("is missing"), "{e}");
     }
 }
