@@ -1026,3 +1026,119 @@ async fn the_api_is_served_over_https_and_keys_and_secrets_are_sealed_at_rest() 
     assert!(r.is_err() || !r.expect("r").status().is_success());
     assert!(client().get(format!("{}/", s.base)).send().await.is_err());
 }
+
+/// utime + stime of a process, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command (which may hold spaces) start after the last ')'.
+    let rest = stat.rsplit(')').next().unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let n = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    // state is field 3 of stat, i.e. index 0 here; utime 14 → 11, stime 15 → 12.
+    n(11) + n(12)
+}
+
+/// `n` appends of `size` bytes to job `id` from `offset`; returns the new offset and the time.
+async fn appends(a: &Agent, id: &str, offset: u64, n: usize, size: usize) -> (u64, Duration) {
+    let chunk = vec![b'x'; size - 1]
+        .into_iter()
+        .chain([b'\n'])
+        .collect::<Vec<u8>>();
+    let mut off = offset;
+    let t0 = Instant::now();
+    for _ in 0..n {
+        let (st, end) = a.log(id, off, &chunk).await;
+        assert_eq!(st, 200);
+        off = end;
+    }
+    (off, t0.elapsed())
+}
+
+/// `n` browsers following job `id` live, each reading everything it is sent.
+async fn followers(base: &str, id: &str, n: usize) -> Vec<tokio::task::JoinHandle<u64>> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let mut r = client()
+            .get(format!("{base}/jobs/{id}/stream?offset=0&seq=0"))
+            .send()
+            .await
+            .expect("stream");
+        assert_eq!(r.status(), 200);
+        // Connected and served once before the measurement starts.
+        let _ = tokio::time::timeout(Duration::from_secs(10), r.chunk()).await;
+        out.push(tokio::spawn(async move {
+            let mut got = 0u64;
+            while let Ok(Some(c)) = r.chunk().await {
+                got += c.len() as u64;
+            }
+            got
+        }));
+    }
+    out
+}
+
+/// Issue 12 item 10: live-page followers are woken by their own job's changes only, and read
+/// off the writer's lock, so many of them do not slow an agent's log appends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn followers_do_not_slow_an_agents_log_appends() {
+    const FOLLOWERS: usize = 50;
+    const APPENDS: usize = 300;
+    // Small appends, as a step printing line by line makes: what followers cost then is their
+    // wake-ups and queries, not the bytes they are sent (those cost the same either way).
+    const SIZE: usize = 256;
+    let s = fresh(&[]);
+    let a = register(&s, "a1").await;
+    let watched = enqueue(&s.data, &[]);
+    a.claim_job(5).await;
+    let busy = enqueue(&s.data, &[]);
+    a.claim_job(5).await;
+    let (wo, _) = appends(&a, &watched, 0, 1, SIZE).await;
+    let (mut off, _) = appends(&a, &busy, 0, 20, SIZE).await; // warm up
+
+    // No followers.
+    let c0 = cpu_ticks(s.child.id());
+    let (o, alone) = appends(&a, &busy, off, APPENDS, SIZE).await;
+    off = o;
+    let cpu_alone = cpu_ticks(s.child.id()) - c0;
+
+    // Followers of another job: they must not even wake.
+    let others = followers(&s.base, &watched, FOLLOWERS).await;
+    let c0 = cpu_ticks(s.child.id());
+    let (o, beside) = appends(&a, &busy, off, APPENDS, SIZE).await;
+    off = o;
+    let cpu_beside = cpu_ticks(s.child.id()) - c0;
+
+    // Followers of this job: each append reaches them all, without holding the writer up.
+    let same = followers(&s.base, &busy, FOLLOWERS).await;
+    let c0 = cpu_ticks(s.child.id());
+    let (_, followed) = appends(&a, &busy, off, APPENDS, SIZE).await;
+    let cpu_followed = cpu_ticks(s.child.id()) - c0;
+    eprintln!(
+        "{APPENDS} appends of {SIZE} B: alone {alone:?} ({cpu_alone} ticks), with {FOLLOWERS} \
+         followers of another job {beside:?} ({cpu_beside} ticks), of this job {followed:?} \
+         ({cpu_followed} ticks)"
+    );
+    // The followers did get the log (the watched job's first append, the busy job's bytes).
+    a.finish(&busy, FinalStatus::Success, &[]).await;
+    let _ = wo;
+    for f in others {
+        f.abort();
+    }
+    let ratio_beside = beside.as_secs_f64() / alone.as_secs_f64();
+    let ratio_followed = followed.as_secs_f64() / alone.as_secs_f64();
+    assert!(
+        cpu_beside <= cpu_alone * 3 / 2 + 5,
+        "followers of another job cost the coordinator CPU: {cpu_beside} ticks vs {cpu_alone}"
+    );
+    assert!(
+        ratio_beside < 1.5,
+        "followers of another job slowed appends {ratio_beside:.2}x"
+    );
+    assert!(
+        ratio_followed < 3.0,
+        "{FOLLOWERS} followers slowed appends {ratio_followed:.2}x"
+    );
+    for f in same {
+        f.abort();
+    }
+}

@@ -189,6 +189,9 @@ async fn claim(
         let a = agent_id.clone();
         if let Some(job) = state.db(move |s| s.claim(&a, lease)).await? {
             state.bump();
+            if let Some(id) = store::parse_job_id(&job.id) {
+                state.jobs.bump(id);
+            }
             return Ok(Json(ClaimResponse {
                 job,
                 lease_secs: lease.as_secs(),
@@ -253,7 +256,8 @@ async fn append_log(
         .await?;
     match out {
         AppendOutcome::Ack(offset) => {
-            state.bump();
+            // Only this job's followers care; claims wait for queue changes, not logs.
+            state.jobs.logged(id, offset);
             Ok(Json(LogAck { offset }).into_response())
         }
         AppendOutcome::Gap(offset) => {
@@ -278,7 +282,7 @@ async fn append_events(
         .await?;
     match out {
         EventsOutcome::Ack(next_seq) => {
-            state.bump();
+            state.jobs.evented(id, next_seq);
             Ok(Json(EventAck { next_seq }).into_response())
         }
         EventsOutcome::Gap(next_seq) => {
@@ -304,6 +308,7 @@ async fn finish(
     match out {
         FinishOutcome::Done => {
             state.bump();
+            state.jobs.bump(id);
             Ok(Json(serde_json::json!({})).into_response())
         }
         FinishOutcome::Incomplete(offset) => {
@@ -311,6 +316,7 @@ async fn finish(
         }
         FinishOutcome::DigestMismatch(msg) => {
             state.bump();
+            state.jobs.bump(id);
             Err(Failure(StatusCode::UNPROCESSABLE_ENTITY, msg))
         }
         FinishOutcome::Refused(l) => Err(refused(id, l)),

@@ -522,12 +522,88 @@ pub fn fmt_duration(d: Duration) -> String {
     }
 }
 
+/// What a job's notifier carries: how far its committed log and events reach (appends say
+/// so; a follower then reads the new bytes without a query), and a generation bumped by
+/// every other change (status, lease), after which followers read the job's row again.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct JobProgress {
+    pub log_bytes: u64,
+    pub event_count: u64,
+    pub gen: u64,
+}
+
+type Notifiers = std::collections::HashMap<i64, tokio::sync::watch::Sender<JobProgress>>;
+
+/// One change notifier per job that someone follows live: an append wakes that job's
+/// followers only (a global notifier woke every follower of every job, and each re-queried
+/// the job through the writer's connection).
+#[derive(Default)]
+pub struct JobWatch {
+    senders: std::sync::Mutex<Notifiers>,
+}
+
+impl JobWatch {
+    fn map(&self) -> std::sync::MutexGuard<'_, Notifiers> {
+        self.senders.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Follow job `id`: the receiver changes whenever the server changes the job.
+    pub fn subscribe(&self, id: i64) -> tokio::sync::watch::Receiver<JobProgress> {
+        self.map()
+            .entry(id)
+            .or_insert_with(|| tokio::sync::watch::channel(JobProgress::default()).0)
+            .subscribe()
+    }
+
+    fn update(&self, id: i64, f: impl FnOnce(&mut JobProgress)) {
+        let mut map = self.map();
+        if let Some(tx) = map.get(&id) {
+            if tx.receiver_count() == 0 {
+                map.remove(&id);
+            } else {
+                tx.send_modify(f);
+            }
+        }
+    }
+
+    /// Job `id`'s committed log now reaches `log_bytes`.
+    pub fn logged(&self, id: i64, log_bytes: u64) {
+        self.update(id, |p| p.log_bytes = p.log_bytes.max(log_bytes));
+    }
+
+    /// Job `id` now has `event_count` committed events.
+    pub fn evented(&self, id: i64, event_count: u64) {
+        self.update(id, |p| p.event_count = p.event_count.max(event_count));
+    }
+
+    /// Job `id` changed otherwise (status, lease): followers read its row again.
+    pub fn bump(&self, id: i64) {
+        self.update(id, |p| p.gen = p.gen.wrapping_add(1));
+    }
+
+    /// Some jobs changed (which is not known, e.g. leases lapsed): wake every follower.
+    pub fn bump_all(&self) {
+        let mut map = self.map();
+        map.retain(|_, tx| tx.receiver_count() > 0);
+        for tx in map.values() {
+            tx.send_modify(|p| p.gen = p.gen.wrapping_add(1));
+        }
+    }
+
+    /// Jobs followed now.
+    pub fn followed(&self) -> usize {
+        self.map().len()
+    }
+}
+
 /// Shared by the API and web handlers.
 pub struct AppState {
     pub store: Arc<Store>,
     /// Bumped whenever the database may have changed (our writes, or another process's,
     /// noticed through `PRAGMA data_version`); long polls and live pages wait on it.
     pub changed: tokio::sync::watch::Sender<u64>,
+    /// Per-job notifiers for live pages (log appends and events go there only).
+    pub jobs: JobWatch,
     /// Digests of the tokens from `--registration-token-file` (the stored ones are looked
     /// up at each registration, so `token` and `token rotate` apply at once).
     pub registration_token_file_digests: Vec<String>,
@@ -579,6 +655,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     let state = Arc::new(AppState {
         store: store.clone(),
         changed,
+        jobs: JobWatch::default(),
         registration_token_file_digests: tokens,
         lease: Duration::from_secs(args.lease_secs.max(1)),
         shutdown: tokio_util::sync::CancellationToken::new(),
@@ -681,7 +758,10 @@ async fn reap_leases(state: Arc<AppState>) {
         tick.tick().await;
         match state.db(|s| s.expire_leases()).await {
             Ok(0) => {}
-            Ok(_) => state.bump(),
+            Ok(_) => {
+                state.bump();
+                state.jobs.bump_all();
+            }
             Err(e) => tracing::warn!("expiring leases: {e}"),
         }
     }

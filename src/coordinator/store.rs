@@ -149,7 +149,11 @@ pub fn now_ms() -> i64 {
 }
 
 pub struct Store {
+    /// The one writer connection (and the reads of the write paths).
     conn: Mutex<Connection>,
+    /// Idle read-only connections for pages and live streams: WAL lets them read the last
+    /// commit while the writer appends, so followers never wait on (or hold up) the writer.
+    readers: Mutex<Vec<Connection>>,
     secrets: SecretsKey,
     path: PathBuf,
     logs: PathBuf,
@@ -324,6 +328,31 @@ const JOB_COLUMNS: &str = "j.id, p.slug, j.commit_sha, j.git_ref, j.job_name, j.
      j.event_count, j.error, j.created, j.started, j.finished, j.pr_number, j.pr_url, \
      j.timeout_secs";
 
+/// A pooled read-only connection (see [`Store::reader`]).
+struct Reader<'a> {
+    store: &'a Store,
+    conn: Option<Connection>,
+}
+
+impl std::ops::Deref for Reader<'_> {
+    type Target = Connection;
+    fn deref(&self) -> &Connection {
+        self.conn.as_ref().expect("present until drop")
+    }
+}
+
+impl Drop for Reader<'_> {
+    fn drop(&mut self) {
+        if let Some(c) = self.conn.take() {
+            let mut idle = self.store.readers.lock().unwrap_or_else(|p| p.into_inner());
+            // Keep a few; more were only needed for a burst.
+            if idle.len() < 8 {
+                idle.push(c);
+            }
+        }
+    }
+}
+
 fn job_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<JobRow> {
     Ok(JobRow {
         id: r.get(0)?,
@@ -433,6 +462,7 @@ impl Store {
         seal_plaintext_secrets(&conn, &secrets)?;
         Ok(Store {
             conn: Mutex::new(conn),
+            readers: Mutex::new(Vec::new()),
             secrets,
             path,
             logs,
@@ -447,6 +477,28 @@ impl Store {
         // A panic while holding the lock leaves the connection usable (SQLite rolls back an
         // open transaction when the Transaction guard drops), so poisoning is ignored.
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A read-only connection from the pool (opened when none is idle); back to the pool
+    /// when the guard drops.
+    fn reader(&self) -> Result<Reader<'_>> {
+        let idle = self.readers.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let conn = match idle {
+            Some(c) => c,
+            None => {
+                let c = Connection::open_with_flags(
+                    &self.path,
+                    rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
+                        | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                )?;
+                c.busy_timeout(Duration::from_secs(10))?;
+                c
+            }
+        };
+        Ok(Reader {
+            store: self,
+            conn: Some(conn),
+        })
     }
 
     /// A second connection for the change watcher (see `data_version`).
@@ -794,7 +846,7 @@ impl Store {
     }
 
     pub fn list_jobs(&self, limit: u32) -> Result<Vec<JobRow>> {
-        let conn = self.conn();
+        let conn = self.reader()?;
         let mut st = conn.prepare(&format!(
             "SELECT {JOB_COLUMNS} FROM jobs j JOIN projects p ON p.id = j.project_id \
              ORDER BY j.id DESC LIMIT ?1"
@@ -807,7 +859,7 @@ impl Store {
 
     pub fn job(&self, id: i64) -> Result<Option<JobRow>> {
         Ok(self
-            .conn()
+            .reader()?
             .query_row(
                 &format!(
                     "SELECT {JOB_COLUMNS} FROM jobs j JOIN projects p ON p.id = j.project_id WHERE j.id = ?1"
@@ -821,7 +873,7 @@ impl Store {
     /// Committed log bytes from `from` to the end.
     pub fn log_from(&self, id: i64, from: u64) -> Result<Vec<u8>> {
         let end: Option<i64> = self
-            .conn()
+            .reader()?
             .query_row("SELECT log_bytes FROM jobs WHERE id = ?1", [id], |r| {
                 r.get(0)
             })
@@ -836,7 +888,7 @@ impl Store {
     /// such job). Pages and live streams read big logs this way, piece by piece.
     pub fn log_piece(&self, id: i64, from: u64, max: u64) -> Result<Option<(Vec<u8>, u64)>> {
         let end: Option<i64> = self
-            .conn()
+            .reader()?
             .query_row("SELECT log_bytes FROM jobs WHERE id = ?1", [id], |r| {
                 r.get(0)
             })
@@ -849,8 +901,9 @@ impl Store {
         Ok(Some((self.read_log(id, from, upto)?, end)))
     }
 
-    /// Bytes `from..end` of a job's log file (fewer if the file is shorter).
-    fn read_log(&self, id: i64, from: u64, end: u64) -> Result<Vec<u8>> {
+    /// Bytes `from..end` of a job's log file (fewer if the file is shorter), `end` being at
+    /// most the committed length the caller read. No database access.
+    pub fn read_log(&self, id: i64, from: u64, end: u64) -> Result<Vec<u8>> {
         use std::os::unix::fs::FileExt;
         let path = log_path(&self.logs, id);
         let f = match File::open(&path) {
@@ -920,7 +973,7 @@ impl Store {
 
     /// Events from sequence number `from`.
     pub fn events_from(&self, id: i64, from: u64) -> Result<Vec<(u64, JobEvent)>> {
-        let conn = self.conn();
+        let conn = self.reader()?;
         let mut st = conn.prepare(
             "SELECT seq, json FROM job_events WHERE job_id = ?1 AND seq >= ?2 ORDER BY seq",
         )?;

@@ -371,8 +371,20 @@ struct Follow {
     seq: u64,
     status: Option<crate::protocol::JobState>,
     done: bool,
-    changed: tokio::sync::watch::Receiver<u64>,
+    changed: tokio::sync::watch::Receiver<super::JobProgress>,
+    /// The job's row as last read, and the notifier's `gen` then: while only the log and
+    /// events grow (appends say how far), the row is not read again.
+    row: Option<JobRow>,
+    gen: u64,
+    /// Read the row again (a second passed: another process may have changed the job).
+    recheck: bool,
+    /// When the last batch went out (see [`FOLLOW_INTERVAL`]).
+    last_sent: Option<tokio::time::Instant>,
 }
+
+/// A follower sends at most one batch per this: appends in between coalesce into it, so a
+/// follower costs the same whether the agent appends ten times a second or a thousand.
+const FOLLOW_INTERVAL: Duration = Duration::from_millis(100);
 
 fn log_event(text: &[u8], end: u64, seq: u64) -> Event {
     Event::default()
@@ -388,20 +400,65 @@ async fn next_batch(mut f: Follow) -> Option<(Vec<Event>, Follow)> {
         return None;
     }
     loop {
-        f.changed.borrow_and_update();
-        let (id, offset, seq) = (f.id, f.offset, f.seq);
+        if let Some(t) = f.last_sent {
+            tokio::select! {
+                _ = tokio::time::sleep_until(t + FOLLOW_INTERVAL) => {}
+                _ = f.state.shutdown.cancelled() => return None,
+            }
+        }
+        let progress = *f.changed.borrow_and_update();
+        let (id, offset, seq, status) = (f.id, f.offset, f.seq, f.status);
+        let cached = match f.row.take() {
+            Some(mut row) if progress.gen == f.gen && !f.recheck => {
+                row.log_bytes = row.log_bytes.max(progress.log_bytes);
+                row.event_count = row.event_count.max(progress.event_count);
+                Some(row)
+            }
+            _ => None,
+        };
+        f.gen = progress.gen;
+        f.recheck = false;
+        // Read-only connections (never the writer's), and only what changed: an append
+        // costs a follower a read of the new bytes, no query.
         let read = f
             .state
             .db(move |s| {
                 // The job first: if it was final then, the log and events read next are whole.
-                let job = s.job(id)?;
-                let events = s.events_from(id, seq)?;
-                let piece = s.log_piece(id, offset, STREAM_PIECE)?;
-                Ok((job, events, piece))
+                let job = match cached {
+                    Some(row) => row,
+                    None => match s.job(id)? {
+                        Some(row) => row,
+                        None => return Ok(None),
+                    },
+                };
+                let fresh = job.log_bytes > offset
+                    || job.event_count > seq
+                    || status != Some(job.status)
+                    || job.is_final();
+                if !fresh {
+                    return Ok(Some((job, Vec::new(), None)));
+                }
+                let events = if job.event_count > seq {
+                    s.events_from(id, seq)?
+                } else {
+                    Vec::new()
+                };
+                let end = job.log_bytes;
+                let log = s.read_log(id, offset, end.min(offset.saturating_add(STREAM_PIECE)))?;
+                Ok(Some((job, events, Some((log, end)))))
             })
             .await;
-        let Ok((Some(job), events, Some((log, end)))) = read else {
-            return None;
+        let (job, events, log) = match read {
+            Ok(Some(x)) => x,
+            _ => return None,
+        };
+        let Some((log, end)) = log else {
+            // Nothing new: wait below.
+            f.row = Some(job);
+            if !wait_for_change(&mut f).await {
+                return None;
+            }
+            continue;
         };
         // Whole only when the job is final and this piece reaches the end of its log.
         let last_piece = f.offset + log.len() as u64 >= end;
@@ -452,15 +509,29 @@ async fn next_batch(mut f: Follow) -> Option<(Vec<Event>, Follow)> {
             out.push(Event::default().event("end").data("end"));
             f.done = true;
         }
+        f.row = Some(job);
         if !out.is_empty() {
+            f.last_sent = Some(tokio::time::Instant::now());
             return Some((out, f));
         }
-        // Nothing new: wait for a change (any write; we re-check) — never a busy loop. A
-        // shutting-down server ends the stream (the browser's EventSource reconnects later).
-        tokio::select! {
-            c = f.changed.changed() => if c.is_err() { return None; },
-            _ = f.state.shutdown.cancelled() => return None,
+        if !wait_for_change(&mut f).await {
+            return None;
         }
+    }
+}
+
+/// Wait until the server changes the followed job, or a second passes (changes made by
+/// another process, e.g. the CLI canceling a queued job, are not notified) — never a busy
+/// loop. `false`: the server is shutting down, end the stream (the browser's EventSource
+/// reconnects later).
+async fn wait_for_change(f: &mut Follow) -> bool {
+    tokio::select! {
+        c = f.changed.changed() => c.is_ok(),
+        _ = tokio::time::sleep(Duration::from_secs(1)) => {
+            f.recheck = true;
+            true
+        }
+        _ = f.state.shutdown.cancelled() => false,
     }
 }
 
@@ -481,7 +552,7 @@ async fn job_stream(
         .and_then(|(o, s)| Some((o.parse().ok()?, s.parse().ok()?)))
         .unwrap_or((q.offset, q.seq));
     tracing::info!(job = id, offset, seq, "live stream opened");
-    let changed = state.changed.subscribe();
+    let changed = state.jobs.subscribe(id);
     let follow = Follow {
         state,
         id,
@@ -490,6 +561,10 @@ async fn job_stream(
         status: None,
         done: false,
         changed,
+        row: None,
+        gen: 0,
+        recheck: false,
+        last_sent: None,
     };
     let s: std::pin::Pin<Box<dyn Stream<Item = Result<Event, Infallible>> + Send>> = Box::pin(
         stream::unfold(follow, next_batch)
