@@ -1142,3 +1142,142 @@ async fn followers_do_not_slow_an_agents_log_appends() {
         f.abort();
     }
 }
+
+/// Issue 12 item 12: names and labels come from agents; the operator's terminal prints them.
+#[tokio::test]
+async fn agent_names_cannot_drive_the_operators_terminal() {
+    let s = fresh(&[]);
+    let token = cli(&s.data, &["token"]);
+    let long = "n".repeat(65);
+    for (name, labels) in [
+        ("evil\x1b]0;pwned\x07", json!([])),
+        ("two\nlines", json!([])),
+        ("bidi\u{202e}txt.exe", json!([])),
+        (long.as_str(), json!([])),
+        ("ok", json!(["fine", "bad\x1b[2J"])),
+        (
+            "ok",
+            json!((0..33).map(|i| format!("l{i}")).collect::<Vec<_>>()),
+        ),
+    ] {
+        let r = client()
+            .post(format!("{}/api/v1/agents/register", s.base))
+            .json(&json!({"registration_token": token, "name": name,
+                "resource_class": "docker", "labels": labels, "version": "test"}))
+            .send()
+            .await
+            .expect("register");
+        assert_eq!(r.status(), 400, "{name:?} {labels}");
+        let v: serde_json::Value = r.json().await.expect("a JSON error");
+        assert!(v["error"].is_string(), "{v}");
+    }
+    assert!(try_register(&s, &"n".repeat(64), &token)
+        .await
+        .status()
+        .is_success());
+    // A name an older coordinator let in is shown, not obeyed.
+    let db = rusqlite::Connection::open(s.data.join("coordinator.db")).expect("db");
+    db.execute(
+        "INSERT INTO agents(id, name, token_sha256, resource_class, labels, version, created, \
+         last_seen) VALUES ('agent-old', 'old\x1b[2J\nREVOKED', 'x', 'docker\r', '[]', 'v', 0, 0)",
+        [],
+    )
+    .expect("insert");
+    let out = cli(&s.data, &["agents"]);
+    assert!(!out.contains('\x1b') && !out.contains('\r'), "{out:?}");
+    assert_eq!(out.lines().count(), 2, "one line per agent: {out:?}");
+    assert!(out.contains("old\\u{1b}[2J\\u{a}REVOKED"), "{out}");
+}
+
+/// Issue 12 item 13: the pages say what a browser may do with them.
+#[tokio::test]
+async fn pages_carry_security_headers() {
+    let s = fresh(&[]);
+    let id = enqueue(&s.data, &[]);
+    for path in [
+        "/".to_owned(),
+        format!("/jobs/{id}"),
+        "/jobs/99999".to_owned(),
+    ] {
+        let r = client()
+            .get(format!("{}{path}", s.base))
+            .send()
+            .await
+            .expect("get");
+        let h = |k: &str| {
+            r.headers()
+                .get(k)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_owned()
+        };
+        let csp = h("content-security-policy");
+        assert!(csp.contains("default-src 'none'"), "{path}: {csp}");
+        assert!(csp.contains("script-src 'sha256-"), "{path}: {csp}");
+        assert!(csp.contains("frame-ancestors 'none'"), "{path}: {csp}");
+        assert!(!csp.contains("unsafe-inline"), "{path}: {csp}");
+        assert_eq!(h("x-frame-options"), "DENY", "{path}");
+        assert_eq!(h("x-content-type-options"), "nosniff", "{path}");
+    }
+}
+
+/// Issue 12 item 15: every error is the documented JSON, and what does not exist is 404.
+#[tokio::test]
+async fn every_error_is_json_and_what_does_not_exist_is_404() {
+    let s = fresh(&[]);
+    let a = register(&s, "a1").await;
+    let id = enqueue(&s.data, &[]);
+    a.claim_job(5).await;
+    let get = |path: String| {
+        let url = format!("{}{path}", s.base);
+        async move { client().get(url).send().await.expect("get") }
+    };
+    let cases = vec![
+        (get("/jobs/99999/stream".into()).await, 404),
+        (get("/jobs/abc/stream".into()).await, 404),
+        (get("/jobs/99999/log".into()).await, 404),
+        (get("/jobs/abc/log".into()).await, 404),
+        (get(format!("/jobs/{id}/log?offset=x")).await, 400),
+        (get("/no/such/page".into()).await, 404),
+        (get("/api/v1/nothing".into()).await, 404),
+        (get("/api/v1/jobs/claim".into()).await, 405),
+        // A log append without its offset.
+        (
+            a.http
+                .post(a.url(&format!("/jobs/{id}/log")))
+                .bearer_auth(&a.token)
+                .body("x")
+                .send()
+                .await
+                .expect("post"),
+            400,
+        ),
+        // Over the body limit.
+        (
+            a.http
+                .post(a.url(&format!("/jobs/{id}/log?offset=0")))
+                .bearer_auth(&a.token)
+                .body(vec![b'x'; 9 << 20])
+                .send()
+                .await
+                .expect("post"),
+            413,
+        ),
+    ];
+    for (r, want) in cases {
+        let url = r.url().path().to_owned();
+        assert_eq!(r.status().as_u16(), want, "{url}");
+        let ct = r
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        assert!(ct.starts_with("application/json"), "{url}: {ct}");
+        let v: serde_json::Value = r.json().await.expect("JSON");
+        assert!(
+            v["error"].as_str().is_some_and(|e| !e.is_empty()),
+            "{url}: {v}"
+        );
+    }
+}

@@ -155,8 +155,8 @@ pub fn main(args: AgentArgs) -> u8 {
         &cfg.store_dir,
         &cfg.work_dir,
     ] {
-        if let Err(e) = std::fs::create_dir_all(d) {
-            tracing::error!("cannot create {}: {e}", d.display());
+        if let Err(e) = private_dir(d) {
+            tracing::error!("{}: {e}", d.display());
             return EXIT_CONFIG;
         }
     }
@@ -382,6 +382,32 @@ async fn identity(cfg: &AgentConfig, base: &Client) -> Result<Identity, String> 
     )
     .map_err(|e| format!("{}: {e}", path.display()))?;
     Ok(id)
+}
+
+/// Create `dir` (and its parents) 0700, or tighten an existing one others could enter: the
+/// identity, spooled logs, checkouts and other projects' caches live in these.
+fn private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    let meta = std::fs::metadata(dir)?;
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        use std::os::unix::fs::MetadataExt;
+        // A shared directory (/tmp, someone else's) is not ours to close: refuse it.
+        if mode & 0o1000 != 0 || meta.uid() != nix::unistd::geteuid().as_raw() {
+            return Err(std::io::Error::other(format!(
+                "mode {mode:o}, owner uid {}: a directory shared with others; give the agent \
+                 a directory of its own",
+                meta.uid()
+            )));
+        }
+        tracing::warn!("{} had mode {mode:o}; tightened to 700", dir.display());
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
 }
 
 /// Write a file only its owner can read (created 0600, then renamed into place).

@@ -343,8 +343,9 @@ pub fn run(cmd: Command) -> u8 {
 fn run_inner(cmd: Command) -> Result<()> {
     let mut out = std::io::stdout().lock();
     let print = |out: &mut std::io::StdoutLock<'_>, s: String| {
+        // Names and labels come from agents: never let them drive the operator's terminal.
         // A closed stdout (`| head`) is not an error worth reporting.
-        let _ = writeln!(out, "{s}");
+        let _ = writeln!(out, "{}", printable(&s));
     };
     match cmd {
         Command::Serve(args) => {
@@ -509,6 +510,26 @@ fn run_inner(cmd: Command) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// `s` with every control character (C0, DEL, C1: terminal escapes, newlines, carriage
+/// returns) and bidirectional override shown as a visible `\u{…}` escape instead of acting on
+/// the terminal.
+pub fn printable(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if is_unsafe_char(c) {
+            out.push_str(&c.escape_unicode().to_string());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Characters that act on a terminal or reorder what it shows.
+pub fn is_unsafe_char(c: char) -> bool {
+    c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
 }
 
 pub fn fmt_duration(d: Duration) -> String {
@@ -689,7 +710,10 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     tokio::spawn(watch_changes(state.clone()));
     tokio::spawn(reap_leases(state.clone()));
 
-    let app = api::router(state.clone()).merge(web::router(state.clone()));
+    let app = api::router(state.clone())
+        .merge(web::router(state.clone()))
+        .fallback(api::not_found)
+        .layer(axum::middleware::map_response(api::json_errors));
     let stop = state.shutdown.clone();
     tokio::spawn(async move {
         shutdown_signal().await;
@@ -803,6 +827,14 @@ mod tests {
             Err(e) => e.to_string(),
             Ok(a) => panic!("{extra:?} was accepted: {a:?}"),
         }
+    }
+
+    #[test]
+    fn printable_shows_escapes_instead_of_sending_them() {
+        assert_eq!(
+            printable("a\x1b]0;x\x07\nb\r\u{9b}c\u{202e}d é"),
+            "a\\u{1b}]0;x\\u{7}\\u{a}b\\u{d}\\u{9b}c\\u{202e}d é"
+        );
     }
 
     #[test]

@@ -12,6 +12,8 @@
 //! * **connection limit** (`--max-connections`, 1024, and never more than the process's
 //!   RLIMIT_NOFILE minus a reserve for the database and log files): past it, new connections
 //!   wait in the kernel's backlog until one closes, instead of failing `accept` in a loop;
+//! * **TLS** (`--tls-cert/--tls-key`): rustls over the accepted socket, the handshake bounded
+//!   by the header timeout;
 //! * **shutdown**: on SIGTERM/SIGINT the listener closes, live streams end (see
 //!   [`super::AppState::shutdown`]), every connection is asked to finish its request and
 //!   close, and after [`SHUTDOWN_GRACE`] whatever is left is dropped.

@@ -402,6 +402,7 @@ impl Store {
             std::fs::create_dir_all(dir).map_err(io)?;
             set_mode(dir, 0o700)?;
         }
+        private_dir(dir)?;
         let path = dir.join(DB_FILE);
         // Create the file ourselves first so it is 0600 from its first byte: it holds keys.
         {
@@ -427,6 +428,7 @@ impl Store {
             std::fs::create_dir_all(&logs).map_err(io_err(&logs))?;
             set_mode(&logs, 0o700)?;
         }
+        private_dir(&logs)?;
         migrate(&conn, &logs)?;
         let key_path = key
             .map(Path::to_path_buf)
@@ -1676,6 +1678,36 @@ fn seal_plaintext_secrets(conn: &Connection, key: &SecretsKey) -> Result<()> {
     Ok(())
 }
 
+/// An existing directory others can enter or read is tightened to 0700 when it is ours, and
+/// refused when it is not (we could not keep it private).
+fn private_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let meta = std::fs::metadata(dir).map_err(io_err(dir))?;
+    if !meta.is_dir() {
+        return Err(CoordError::Invalid(format!(
+            "{} is not a directory",
+            dir.display()
+        )));
+    }
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o077 == 0 {
+        return Ok(());
+    }
+    if meta.uid() != nix::unistd::geteuid().as_raw() {
+        return Err(CoordError::Invalid(format!(
+            "{} has mode {mode:o} and belongs to uid {}, not to us: it holds keys and logs; \
+             make it ours and 0700",
+            dir.display(),
+            meta.uid()
+        )));
+    }
+    tracing::warn!(
+        "{} had mode {mode:o}; tightened to 700 (it holds keys and logs)",
+        dir.display()
+    );
+    set_mode(dir, 0o700)
+}
+
 fn set_mode(path: &Path, mode: u32) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(|source| {
@@ -2134,6 +2166,22 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn a_loose_data_directory_is_tightened() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().expect("tempdir");
+        let data = d.path().join("data");
+        std::fs::create_dir_all(data.join(LOGS_DIR)).expect("mkdir");
+        for p in [&data, &data.join(LOGS_DIR)] {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        }
+        drop(Store::open(&data).expect("open"));
+        for p in [&data, &data.join(LOGS_DIR)] {
+            let mode = std::fs::metadata(p).expect("meta").permissions().mode();
+            assert_eq!(mode & 0o777, 0o700, "{}", p.display());
+        }
     }
 
     /// Every byte of the database and its WAL, to look for plaintext in.

@@ -24,6 +24,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/jobs/{id}", get(job_page))
         .route("/jobs/{id}/stream", get(job_stream))
         .route("/jobs/{id}/log", get(log_part))
+        .layer(axum::middleware::map_response(security_headers))
         .with_state(state)
 }
 
@@ -48,6 +49,80 @@ td,th{padding:.2em .8em;border-bottom:1px solid #ddd;text-align:left}\
 pre{background:#111;color:#eee;padding:.5em;white-space:pre-wrap;margin:0 0 1em}\
 .success{color:#070}.failed,.infrastructure_fail,.timedout{color:#b00}.canceled{color:#777}\
 .running{color:#05a}";
+
+/// The job page's live follower (see [`job_page`]).
+const FOLLOW_JS: &str = r#"
+const es = new EventSource(document.currentScript.dataset.stream);
+const logDiv = document.getElementById("log");
+let pre = [...document.querySelectorAll("pre.log")].pop();
+es.addEventListener("log", e => pre.append(JSON.parse(e.data).text));
+es.addEventListener("step", e => {
+  const v = JSON.parse(e.data);
+  if (v.type !== "step_started") return;
+  const s = document.createElement("section"), h = document.createElement("h3");
+  h.textContent = v.name; pre = document.createElement("pre"); pre.className = "log";
+  s.append(h, pre); logDiv.append(s);
+});
+es.addEventListener("status", e => {
+  const v = JSON.parse(e.data), st = document.getElementById("status");
+  st.textContent = v.status; st.className = "status " + v.status;
+  document.getElementById("error").textContent = v.error || "";
+});
+es.addEventListener("end", () => es.close());
+"#;
+
+/// `'sha256-…'` of an inline script or style, for the CSP.
+fn csp_hash(text: &str) -> String {
+    use base64::Engine as _;
+    use sha2::{Digest, Sha256};
+    format!(
+        "'sha256-{}'",
+        base64::engine::general_purpose::STANDARD.encode(Sha256::digest(text.as_bytes()))
+    )
+}
+
+/// The pages' Content-Security-Policy: nothing but our own inline style and script (by
+/// hash) and the live stream from this origin; never framed, no forms, no base URL.
+fn content_security_policy() -> &'static str {
+    static CSP: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    CSP.get_or_init(|| {
+        format!(
+            "default-src 'none'; script-src {}; style-src {}; connect-src 'self'; \
+             img-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+            csp_hash(FOLLOW_JS),
+            csp_hash(STYLE)
+        )
+    })
+}
+
+/// Security headers on every answer of the web router: CSP, no framing, no MIME sniffing,
+/// no referrer.
+pub async fn security_headers(mut resp: Response) -> Response {
+    use axum::http::header::{self, HeaderValue};
+    let h = resp.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(content_security_policy()) {
+        h.insert(header::CONTENT_SECURITY_POLICY, v);
+    }
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    resp
+}
+
+/// A JSON error answer (`{"error": …}`, as docs/protocol.md documents for every error).
+fn json_error(status: StatusCode, msg: impl Into<String>) -> Response {
+    (
+        status,
+        axum::Json(crate::protocol::ApiError { error: msg.into() }),
+    )
+        .into_response()
+}
 
 fn page(title: &str, body: &str) -> Html<String> {
     Html(format!(
@@ -141,7 +216,7 @@ async fn log_part(
     Query(q): Query<PartQuery>,
 ) -> Response {
     let Some(id) = super::store::parse_job_id(&raw) else {
-        return (StatusCode::NOT_FOUND, "no such job\n").into_response();
+        return json_error(StatusCode::NOT_FOUND, format!("no job {raw}"));
     };
     match state
         .db(move |s: &Store| s.log_piece(id, q.offset, LOG_PART))
@@ -155,8 +230,11 @@ async fn log_part(
             bytes,
         )
             .into_response(),
-        Ok(None) => (StatusCode::NOT_FOUND, "no such job\n").into_response(),
-        Err(e) => internal(e),
+        Ok(None) => json_error(StatusCode::NOT_FOUND, format!("no job {id}")),
+        Err(e) => {
+            tracing::error!("{e}");
+            json_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+        }
     }
 }
 
@@ -318,27 +396,11 @@ async fn job_page(State(state): State<Arc<AppState>>, Path(raw): Path<String>) -
     if !job.is_final() {
         // Follow the job: append new log text and steps as they arrive. textContent/append
         // of strings never interprets HTML, so the log cannot inject markup.
+        // The script is a constant (allowed by its hash in the CSP); the page's values ride
+        // in an attribute.
         let _ = write!(
             body,
-            r#"<script>
-const es = new EventSource("/jobs/{id}/stream?offset={off}&seq={seq}");
-const logDiv = document.getElementById("log");
-let pre = [...document.querySelectorAll("pre.log")].pop();
-es.addEventListener("log", e => pre.append(JSON.parse(e.data).text));
-es.addEventListener("step", e => {{
-  const v = JSON.parse(e.data);
-  if (v.type !== "step_started") return;
-  const s = document.createElement("section"), h = document.createElement("h3");
-  h.textContent = v.name; pre = document.createElement("pre"); pre.className = "log";
-  s.append(h, pre); logDiv.append(s);
-}});
-es.addEventListener("status", e => {{
-  const v = JSON.parse(e.data), st = document.getElementById("status");
-  st.textContent = v.status; st.className = "status " + v.status;
-  document.getElementById("error").textContent = v.error || "";
-}});
-es.addEventListener("end", () => es.close());
-</script>"#,
+            "<script data-stream=\"/jobs/{id}/stream?offset={off}&amp;seq={seq}\">{FOLLOW_JS}</script>",
             off = base + log.len() as u64,
             seq = events.len(),
         );
@@ -542,8 +604,16 @@ async fn job_stream(
     headers: HeaderMap,
 ) -> Response {
     let Some(id) = super::store::parse_job_id(&raw) else {
-        return StatusCode::NOT_FOUND.into_response();
+        return json_error(StatusCode::NOT_FOUND, format!("no job {raw}"));
     };
+    match state.db(move |s| s.job(id)).await {
+        Ok(Some(_)) => {}
+        Ok(None) => return json_error(StatusCode::NOT_FOUND, format!("no job {id}")),
+        Err(e) => {
+            tracing::error!("{e}");
+            return json_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+        }
+    }
     // A reconnecting EventSource resumes from the id of the last event it got ("offset:seq").
     let (offset, seq) = headers
         .get("last-event-id")

@@ -1,7 +1,7 @@
-//! The agent and the coordinator over HTTPS (issue 12 item 11): the coordinator serves TLS
-//! itself with `--tls-cert/--tls-key`, an agent trusting its CA through `ca_file` registers,
-//! one that does not trust it never does, and plain `http://` to another host is refused
-//! before anything is sent.
+//! The agent's side of issue 12's hardening, as a real process: over HTTPS (item 11) the
+//! coordinator serves TLS itself with `--tls-cert/--tls-key`, an agent trusting its CA through
+//! `ca_file` registers, one that does not trust it never does, and plain `http://` to another
+//! host is refused before anything is sent; its directories are private (item 14).
 
 mod harness;
 
@@ -13,6 +13,11 @@ use std::time::{Duration, Instant};
 /// `bosun agent` with `coordinator_url = URL` and the extra config lines `extra`, its log in
 /// `dir/agent.log`.
 fn agent(dir: &Path, url: &str, token: &str, extra: &str) -> Child {
+    agent_env(dir, url, token, extra, &[])
+}
+
+/// [`agent`] with environment overrides (`BOSUN_<KEY>`).
+fn agent_env(dir: &Path, url: &str, token: &str, extra: &str, env: &[(&str, &Path)]) -> Child {
     std::fs::create_dir_all(dir).expect("agent dir");
     std::fs::write(dir.join("reg"), token).expect("reg");
     let d = dir.display();
@@ -30,6 +35,7 @@ fn agent(dir: &Path, url: &str, token: &str, extra: &str) -> Child {
         .args(["agent", "--config"])
         .arg(dir.join("agent.toml"))
         .env("BOSUN_LOG", "info")
+        .envs(env.iter().copied())
         .env_remove("NOTIFY_SOCKET")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -126,4 +132,65 @@ fn plain_http_to_another_host_is_refused_at_start_unless_allowed() {
     // 78: EX_CONFIG, which the unit does not restart.
     assert_eq!(status.code(), Some(78), "{}", log(&a));
     assert!(log(&a).contains("allow_insecure_http"), "{}", log(&a));
+}
+
+#[test]
+fn the_agents_directories_are_made_private_and_loose_ones_tightened() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let a = dir.path().join("a");
+    // Left loose by an earlier install or by hand.
+    for d in ["spool", "store"] {
+        std::fs::create_dir_all(a.join(d)).expect("mkdir");
+        std::fs::set_permissions(a.join(d), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    }
+    // Nothing listens on port 9: the agent makes its directories, then retries registering.
+    let _agent = Killed(agent(&a, "http://127.0.0.1:9", "t", ""));
+    let t0 = Instant::now();
+    while !log(&a).contains("register:") {
+        assert!(t0.elapsed() < Duration::from_secs(20), "{}", log(&a));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for d in ["state", "spool", "store", "work"] {
+        let mode = std::fs::metadata(a.join(d))
+            .expect("dir")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o700, "{d}: {:o}", mode & 0o777);
+    }
+}
+
+#[test]
+fn a_shared_sticky_directory_is_refused_not_closed() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let a = dir.path().join("a");
+    let shared = dir.path().join("shared");
+    std::fs::create_dir_all(&shared).expect("mkdir");
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).expect("chmod");
+    let mut child = agent_env(
+        &a,
+        "http://127.0.0.1:9",
+        "t",
+        "",
+        &[("BOSUN_WORK_DIR", &shared)],
+    );
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(20), "still running");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(status.code(), Some(78), "{}", log(&a));
+    let mode = std::fs::metadata(&shared)
+        .expect("dir")
+        .permissions()
+        .mode();
+    assert_eq!(
+        mode & 0o7777,
+        0o1777,
+        "the shared directory was left as it was"
+    );
 }
