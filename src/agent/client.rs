@@ -137,7 +137,14 @@ impl Client {
         if status == StatusCode::NO_CONTENT || body.is_empty() {
             return Ok(None);
         }
-        parse(&body).map(Some)
+        let claim = parse(&body).map(Some);
+        // The answer's bytes hold the job's private keys and secrets in JSON: wipe them once
+        // parsed (when no one else holds the buffer, as after a whole-body read).
+        if let Ok(mut raw) = body.try_into_mut() {
+            use zeroize::Zeroize;
+            raw.as_mut().zeroize();
+        }
+        claim
     }
 
     pub async fn heartbeat(&self, hb: &Heartbeat) -> Result<HeartbeatResponse, ApiErr> {

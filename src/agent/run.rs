@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 pub(crate) async fn run_wire_job(
     agent: &Arc<Agent>,
-    wire: WireJob,
+    mut wire: WireJob,
     cancel: CancellationToken,
     quiet: Arc<AtomicBool>,
     state: Arc<Mutex<String>>,
@@ -37,7 +37,7 @@ pub(crate) async fn run_wire_job(
     if let Ok(mut s) = state.lock() {
         *s = "checkout".to_owned();
     }
-    let outcome = match request(agent, &wire) {
+    let outcome = match request(agent, &mut wire) {
         Ok(req) => {
             let sink_dyn: Arc<dyn EventSink> = sink.clone();
             let on_prepared = |p: &job::Prepared| sink.set_total_steps(p.step_count());
@@ -97,17 +97,18 @@ enum RequestError {
 
 /// The claimed job as a [`JobRequest`]: the config comes from the commit, the time limit and
 /// secrets from the coordinator, the rest from the agent's settings.
-fn request(agent: &Arc<Agent>, wire: &WireJob) -> Result<JobRequest, RequestError> {
+fn request(agent: &Arc<Agent>, wire: &mut WireJob) -> Result<JobRequest, RequestError> {
     let cfg = agent.cfg();
     let mut keys = Vec::new();
     let mut additional_keys = Vec::new();
-    for k in &wire.keys {
+    for k in &mut wire.keys {
         let role = match k.role {
             WireKeyRole::User => KeyRole::User,
             WireKeyRole::Deploy => KeyRole::Deploy,
             WireKeyRole::Additional => KeyRole::Additional,
         };
-        let key = SshKey::from_text(zeroize::Zeroizing::new(k.private_key.clone()), role)
+        // Moved, not copied: the claim keeps no second plaintext copy of the key.
+        let key = SshKey::from_text(k.take_private_key(), role)
             .map_err(|reason| RequestError::Key { role, reason })?;
         if role == KeyRole::Additional {
             additional_keys.push(key);
