@@ -465,7 +465,11 @@ mod tests {
         let (ptr, cap) = (k.private_key.as_ptr(), k.private_key.capacity());
         k.wipe();
         assert!(k.private_key.is_empty());
-        assert_eq!(k.private_key.capacity(), cap, "the same buffer, still allocated");
+        assert_eq!(
+            k.private_key.capacity(),
+            cap,
+            "the same buffer, still allocated"
+        );
         // SAFETY: the String still owns `cap` bytes at `ptr` (zeroize keeps the allocation and
         // has written every byte of it).
         let bytes = unsafe { std::slice::from_raw_parts(ptr, cap) };

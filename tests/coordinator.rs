@@ -1281,3 +1281,58 @@ async fn every_error_is_json_and_what_does_not_exist_is_404() {
         );
     }
 }
+
+/// Operators: `/healthz`, `/readyz` and `/metrics` (queue depth, claims, log bytes, agents
+/// online) in the Prometheus/OpenMetrics text format.
+#[tokio::test]
+async fn health_readiness_and_metrics_for_operators() {
+    let s = fresh(&[]);
+    for path in ["/healthz", "/readyz"] {
+        let r = client()
+            .get(format!("{}{path}", s.base))
+            .send()
+            .await
+            .expect("get");
+        assert_eq!(r.status(), 200, "{path}");
+    }
+    let metrics = || async {
+        let r = client()
+            .get(format!("{}/metrics", s.base))
+            .send()
+            .await
+            .expect("metrics");
+        assert_eq!(r.status(), 200);
+        let ct = r
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        assert!(ct.starts_with("application/openmetrics-text"), "{ct}");
+        r.text().await.expect("text")
+    };
+    let has_line = |text: &str, line: &str| text.lines().any(|l| l == line);
+    enqueue(&s.data, &[]);
+    enqueue(&s.data, &[]);
+    let m = metrics().await;
+    assert!(has_line(&m, "bosun_coordinator_queue_depth 2"), "{m}");
+    assert!(has_line(&m, "bosun_coordinator_agents_online 0"), "{m}");
+    assert!(has_line(&m, "bosun_coordinator_claims_total 0"), "{m}");
+    let a = register(&s, "a1").await;
+    let id = a.claim_job(5).await.job.id;
+    a.heartbeat(&[&id]).await;
+    a.log(&id, 0, b"0123456789").await;
+    // A resend of bytes already held adds nothing.
+    a.log(&id, 5, b"56789abc").await;
+    let m = metrics().await;
+    for line in [
+        "bosun_coordinator_queue_depth 1",
+        "bosun_coordinator_jobs_running 1",
+        "bosun_coordinator_claims_total 1",
+        "bosun_coordinator_log_bytes_total 13",
+        "bosun_coordinator_agents_online 1",
+        "# EOF",
+    ] {
+        assert!(has_line(&m, line), "{line} missing:\n{m}");
+    }
+}

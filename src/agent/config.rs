@@ -57,6 +57,9 @@ pub struct AgentConfig {
     /// bosun/machine unless mapped here).
     #[serde(default)]
     pub machine_images: std::collections::BTreeMap<String, String>,
+    /// Serve `/metrics`, `/healthz` and `/readyz` here (e.g. `127.0.0.1:9464`); none: off.
+    #[serde(default)]
+    pub metrics_listen: Option<String>,
 }
 
 fn d_reg_token_file() -> PathBuf {
@@ -123,6 +126,7 @@ const KEYS: &[(&str, Kind)] = &[
     ("heartbeat_secs", Kind::Int),
     ("claim_wait_secs", Kind::Int),
     ("drain_flush_secs", Kind::Int),
+    ("metrics_listen", Kind::Str),
 ];
 
 impl AgentConfig {

@@ -10,6 +10,7 @@
 
 pub mod client;
 pub mod config;
+pub mod metrics;
 mod run;
 mod sink;
 
@@ -89,6 +90,28 @@ pub(crate) struct Agent {
     /// Jobs whose spool is still being delivered after they stopped running: heartbeats keep
     /// their leases alive, or a long upload (or a coordinator outage) would let them lapse.
     delivering: Mutex<std::collections::HashSet<String>>,
+    metrics: Arc<metrics::AgentMetrics>,
+}
+
+impl metrics::Health for Agent {
+    fn running(&self) -> usize {
+        self.jobs().len()
+    }
+    fn spool_dir(&self) -> PathBuf {
+        self.cfg().spool_dir
+    }
+    fn ready(&self) -> Result<(), String> {
+        if self.fatal.is_cancelled() {
+            Err("stopping: the coordinator refused this agent".into())
+        } else if self.draining.is_cancelled() {
+            Err("draining: no new jobs".into())
+        } else {
+            Ok(())
+        }
+    }
+    fn metrics(&self) -> &metrics::AgentMetrics {
+        &self.metrics
+    }
 }
 
 impl Agent {
@@ -252,6 +275,9 @@ async fn run_agent(cfg: AgentConfig, config_path: PathBuf, required: bool) -> u8
             return 1;
         }
     };
+    let agent_metrics = Arc::new(metrics::AgentMetrics::new());
+    let executor: Arc<dyn Executor> =
+        Arc::new(metrics::Metered::new(executor, Arc::clone(&agent_metrics)));
     let agent = Arc::new(Agent {
         client: base.with_token(&ident.agent_token),
         agent_id: ident.agent_id.clone(),
@@ -267,7 +293,20 @@ async fn run_agent(cfg: AgentConfig, config_path: PathBuf, required: bool) -> u8
         fatal_msg: Mutex::new(None),
         senders: AtomicUsize::new(0),
         delivering: Mutex::new(std::collections::HashSet::new()),
+        metrics: agent_metrics,
     });
+    let health_stop = CancellationToken::new();
+    let _stop_health = health_stop.clone().drop_guard();
+    if let Some(addr) = &cfg.metrics_listen {
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => {
+                tracing::info!("metrics and health on http://{addr}");
+                let health: Arc<dyn metrics::Health> = agent.clone();
+                tokio::spawn(metrics::serve(l, health, health_stop.clone()));
+            }
+            Err(e) => tracing::error!("metrics_listen {addr}: {e}; serving no metrics"),
+        }
+    }
     remove_orphans(&agent).await;
     notify(&[
         sd_notify::NotifyState::Ready,
@@ -668,6 +707,7 @@ async fn claim_loop(agent: &Arc<Agent>) {
         let wait = Duration::from_secs(cfg.claim_wait_secs);
         // A claim in flight when draining starts is abandoned: if the coordinator handed out
         // a job meanwhile, its lease lapses and the job is queued again.
+        let asked = std::time::Instant::now();
         let result = tokio::select! {
             r = agent.client.claim(&req, wait) => r,
             _ = agent.draining.cancelled() => return,
@@ -676,6 +716,7 @@ async fn claim_loop(agent: &Arc<Agent>) {
         match result {
             Ok(Some(c)) => {
                 backoff.reset();
+                agent.metrics.claimed(asked.elapsed());
                 start_job(agent, c.job);
             }
             Ok(None) => backoff.reset(),

@@ -33,7 +33,10 @@ pub(crate) async fn run_wire_job(
         }
     };
     let sender = super::spawn_sender(Arc::clone(agent), Arc::clone(&spool));
-    let sink = Arc::new(AgentSink::new(Arc::clone(&spool), Arc::clone(&state), 0));
+    let sink = Arc::new(
+        AgentSink::new(Arc::clone(&spool), Arc::clone(&state), 0)
+            .with_metrics(Arc::clone(&agent.metrics)),
+    );
     if let Ok(mut s) = state.lock() {
         *s = "checkout".to_owned();
     }
@@ -74,6 +77,7 @@ pub(crate) async fn run_wire_job(
         return;
     }
     let status = outcome.status;
+    agent.metrics.job_finished(status);
     tracing::info!(job = %wire.id, ?status, "job {} finished: {status}", wire.id);
     if let Err(e) = spool.finish(status, outcome.error) {
         tracing::error!(job = %wire.id, "cannot record the finish: {e}");

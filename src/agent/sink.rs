@@ -12,6 +12,7 @@ pub(crate) struct AgentSink {
     spool: Arc<SpoolJob>,
     state: Arc<Mutex<String>>,
     total_steps: AtomicUsize,
+    metrics: Option<Arc<super::metrics::AgentMetrics>>,
 }
 
 impl AgentSink {
@@ -24,7 +25,14 @@ impl AgentSink {
             spool,
             state,
             total_steps: AtomicUsize::new(total_steps),
+            metrics: None,
         }
+    }
+
+    /// Step durations also go to these metrics.
+    pub(crate) fn with_metrics(mut self, m: Arc<super::metrics::AgentMetrics>) -> AgentSink {
+        self.metrics = Some(m);
+        self
     }
 
     pub(crate) fn set_total_steps(&self, n: usize) {
@@ -75,6 +83,9 @@ impl EventSink for AgentSink {
                 self.rendered(event);
             }
             Event::StepFinished(s) => {
+                if let Some(m) = &self.metrics {
+                    m.step_finished(s.duration_ms);
+                }
                 self.event(JobEvent::StepFinished {
                     step: u32::try_from(s.step).unwrap_or(u32::MAX),
                     name: s.name.clone(),

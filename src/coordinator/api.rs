@@ -264,6 +264,7 @@ async fn claim(
         let a = agent_id.clone();
         if let Some(job) = state.db(move |s| s.claim(&a, lease)).await? {
             state.bump();
+            state.metrics.claims.inc();
             if let Some(id) = store::parse_job_id(&job.id) {
                 state.jobs.bump(id);
             }

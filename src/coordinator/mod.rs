@@ -7,6 +7,7 @@
 //! pages, server-sent events) ← [`serve`] and the CLI commands here.
 
 pub mod api;
+pub mod metrics;
 pub mod secrets;
 pub mod server;
 pub mod store;
@@ -625,6 +626,7 @@ pub struct AppState {
     pub changed: tokio::sync::watch::Sender<u64>,
     /// Per-job notifiers for live pages (log appends and events go there only).
     pub jobs: JobWatch,
+    pub metrics: metrics::CoordMetrics,
     /// Digests of the tokens from `--registration-token-file` (the stored ones are looked
     /// up at each registration, so `token` and `token rotate` apply at once).
     pub registration_token_file_digests: Vec<String>,
@@ -677,6 +679,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         store: store.clone(),
         changed,
         jobs: JobWatch::default(),
+        metrics: metrics::CoordMetrics::default(),
         registration_token_file_digests: tokens,
         lease: Duration::from_secs(args.lease_secs.max(1)),
         shutdown: tokio_util::sync::CancellationToken::new(),
@@ -712,6 +715,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
 
     let app = api::router(state.clone())
         .merge(web::router(state.clone()))
+        .merge(metrics::router(state.clone()))
         .fallback(api::not_found)
         .layer(axum::middleware::map_response(api::json_errors));
     let stop = state.shutdown.clone();

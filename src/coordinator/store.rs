@@ -154,6 +154,8 @@ pub struct Store {
     /// Idle read-only connections for pages and live streams: WAL lets them read the last
     /// commit while the writer appends, so followers never wait on (or hold up) the writer.
     readers: Mutex<Vec<Connection>>,
+    /// New log bytes appended through this store since it opened (resends not counted).
+    appended: std::sync::atomic::AtomicU64,
     secrets: SecretsKey,
     path: PathBuf,
     logs: PathBuf,
@@ -465,6 +467,7 @@ impl Store {
         Ok(Store {
             conn: Mutex::new(conn),
             readers: Mutex::new(Vec::new()),
+            appended: std::sync::atomic::AtomicU64::new(0),
             secrets,
             path,
             logs,
@@ -847,6 +850,18 @@ impl Store {
         Ok(after)
     }
 
+    /// Jobs queued, jobs running, and agents not revoked seen at or after `online_since`
+    /// (ms since the epoch), for the metrics.
+    pub fn counts(&self, online_since: i64) -> Result<(i64, i64, i64)> {
+        Ok(self.reader()?.query_row(
+            "SELECT (SELECT COUNT(*) FROM jobs WHERE status = 'queued'), \
+                    (SELECT COUNT(*) FROM jobs WHERE status = 'running'), \
+                    (SELECT COUNT(*) FROM agents WHERE revoked = 0 AND last_seen >= ?1)",
+            [online_since],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )?)
+    }
+
     pub fn list_jobs(&self, limit: u32) -> Result<Vec<JobRow>> {
         let conn = self.reader()?;
         let mut st = conn.prepare(&format!(
@@ -1145,7 +1160,16 @@ impl Store {
         conn.execute_batch("PRAGMA synchronous=NORMAL")?;
         let out = Self::append_log_tx(&self.logs, &mut conn, id, agent_id, attempt, offset, bytes);
         conn.execute_batch("PRAGMA synchronous=FULL")?;
-        out
+        out.map(|(outcome, added)| {
+            self.appended
+                .fetch_add(added, std::sync::atomic::Ordering::Relaxed);
+            outcome
+        })
+    }
+
+    /// New log bytes appended through this store since it opened.
+    pub fn appended_log_bytes(&self) -> u64 {
+        self.appended.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn append_log_tx(
@@ -1156,11 +1180,11 @@ impl Store {
         attempt: Option<u32>,
         offset: u64,
         bytes: &[u8],
-    ) -> Result<AppendOutcome> {
+    ) -> Result<(AppendOutcome, u64)> {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         match Self::lease_state(&tx, id, agent_id, attempt)? {
             Lease::Held => {}
-            other => return Ok(AppendOutcome::Refused(other)),
+            other => return Ok((AppendOutcome::Refused(other), 0)),
         }
         let stored: i64 = tx.query_row("SELECT log_bytes FROM jobs WHERE id = ?1", [id], |r| {
             r.get(0)
@@ -1187,15 +1211,15 @@ impl Store {
                 params![id, on_disk as i64],
             )?;
             tx.commit()?;
-            return Ok(AppendOutcome::Gap(on_disk));
+            return Ok((AppendOutcome::Gap(on_disk), 0));
         }
         if offset > stored {
-            return Ok(AppendOutcome::Gap(stored));
+            return Ok((AppendOutcome::Gap(stored), 0));
         }
         // A resend overlapping what we have: keep only the part beyond our end.
         let skip = (stored - offset) as usize;
         if skip >= bytes.len() {
-            return Ok(AppendOutcome::Ack(stored));
+            return Ok((AppendOutcome::Ack(stored), 0));
         }
         let new = &bytes[skip..];
         {
@@ -1212,7 +1236,7 @@ impl Store {
             params![id, stored as i64],
         )?;
         tx.commit()?;
-        Ok(AppendOutcome::Ack(stored))
+        Ok((AppendOutcome::Ack(stored), new.len() as u64))
     }
 
     pub fn append_events(
