@@ -87,6 +87,86 @@ pub struct ExecuteArgs {
     /// One JSON event per line on stdout instead of the human view.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub ssh: SshArgs,
+}
+
+/// `--ssh`: SSH into the job's container while it runs, and after its last step.
+#[derive(clap::Args, Debug, Clone)]
+pub struct SshArgs {
+    /// Run an SSH gateway for the job: its output prints `ssh -p PORT JOB@HOST` and the host
+    /// key; the container is kept after the last step until the last session ends (or the
+    /// wait for a first session passes, or Ctrl-C).
+    #[arg(long)]
+    pub ssh: bool,
+    /// A public key (or authorized_keys file) allowed to log in (repeatable; default: every
+    /// ~/.ssh/*.pub).
+    #[arg(long = "ssh-authorized-key", value_name = "FILE", requires = "ssh")]
+    pub ssh_authorized_keys: Vec<PathBuf>,
+    /// Where the gateway listens.
+    #[arg(long, default_value = "127.0.0.1:0", requires = "ssh")]
+    pub ssh_listen: std::net::SocketAddr,
+    /// The gateway's host key (made on first use, mode 0600; default:
+    /// ~/.local/state/bosun/ssh_host_ed25519_key).
+    #[arg(long, value_name = "FILE", requires = "ssh")]
+    pub ssh_host_key: Option<PathBuf>,
+    /// How long the container waits after the last step for a first session.
+    #[arg(long, value_parser = parse_duration, default_value = "10m", requires = "ssh")]
+    pub ssh_wait: Duration,
+    /// How long the container stays after the last session ends.
+    #[arg(long, value_parser = parse_duration, default_value = "5s", requires = "ssh")]
+    pub ssh_grace: Duration,
+}
+
+impl SshArgs {
+    /// The public keys allowed in: `authorized_keys` lines.
+    fn authorized_keys(&self) -> Result<Vec<String>, RequestError> {
+        let files = if self.ssh_authorized_keys.is_empty() {
+            let dir = std::env::var_os("HOME")
+                .map(PathBuf::from)
+                .unwrap_or_default()
+                .join(".ssh");
+            let mut found: Vec<PathBuf> = std::fs::read_dir(&dir)
+                .map(|d| {
+                    d.flatten()
+                        .map(|e| e.path())
+                        .filter(|p| p.extension().is_some_and(|x| x == "pub"))
+                        .collect()
+                })
+                .unwrap_or_default();
+            found.sort();
+            found
+        } else {
+            self.ssh_authorized_keys.clone()
+        };
+        let mut keys = Vec::new();
+        for f in &files {
+            keys.extend(
+                read(f)?
+                    .lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                    .map(str::to_owned),
+            );
+        }
+        if keys.is_empty() {
+            return Err(RequestError::NoSshKeys);
+        }
+        Ok(keys)
+    }
+
+    fn gateway(&self) -> crate::gateway::GatewayConfig {
+        let host_key = self.ssh_host_key.clone().unwrap_or_else(|| {
+            std::env::var_os("HOME")
+                .map(PathBuf::from)
+                .unwrap_or_default()
+                .join(".local/state/bosun/ssh_host_ed25519_key")
+        });
+        let mut c = crate::gateway::GatewayConfig::new(self.ssh_listen, host_key);
+        c.wait = self.ssh_wait;
+        c.grace = self.ssh_grace;
+        c
+    }
 }
 
 /// How a config is compiled: vendored orbs and pipeline parameters.
@@ -184,6 +264,8 @@ pub enum RequestError {
     },
     #[error("not inside a git repository ({0})\n  help: run bosun execute in a git repository, or pass --repo URL")]
     NoRepo(String),
+    #[error("--ssh: no public key to let in\n  help: pass --ssh-authorized-key FILE, or make one with ssh-keygen (~/.ssh/*.pub)")]
+    NoSshKeys,
     #[error("{0}")]
     Config(#[from] config::ConfigError),
     #[error("{0}")]
@@ -246,7 +328,39 @@ async fn run_async(args: ExecuteArgs, sink: Arc<dyn EventSink>) -> u8 {
             return EXIT_SETUP;
         }
     };
-    let outcome = job::request::run(Arc::new(executor), req, sink, cancel, &|_| {}).await;
+    let executor: Arc<dyn crate::executor::Executor> = Arc::new(executor);
+    // Kept until the job has ended: the gateway stops with it.
+    let _gateway = if args.ssh.ssh {
+        let started = match args.ssh.authorized_keys() {
+            Ok(keys) => {
+                req.registry.grant_ssh_every_job(keys);
+                crate::gateway::Gateway::start(
+                    args.ssh.gateway(),
+                    req.registry.clone(),
+                    Arc::clone(&executor),
+                )
+                .await
+                .map_err(|e| e.to_string())
+            }
+            Err(e) => Err(e.to_string()),
+        };
+        match started {
+            Ok(g) => Some(g),
+            Err(error) => {
+                sink.emit(&Event::JobFinished {
+                    job: label,
+                    status: JobStatus::InfrastructureFail,
+                    duration_ms: 0,
+                    steps: Vec::new(),
+                    error: Some(error),
+                });
+                return EXIT_SETUP;
+            }
+        }
+    } else {
+        None
+    };
+    let outcome = job::request::run(executor, req, sink, cancel, &|_| {}).await;
     match outcome.status {
         JobStatus::Success => EXIT_SUCCESS,
         JobStatus::Failed | JobStatus::TimedOut => EXIT_STEP_FAILED,
@@ -396,6 +510,14 @@ fn request(args: &ExecuteArgs) -> Result<JobRequest, RequestError> {
         orb_dir: args.compile.orb_dir.clone(),
         machine_images,
         registry: job::Registry::new(),
+        // No page, no earlier builds to know of; the user is the one running bosun.
+        identity: job::JobIdentity {
+            username: nix::unistd::User::from_uid(nix::unistd::getuid())
+                .ok()
+                .flatten()
+                .map(|u| u.name),
+            ..Default::default()
+        },
     })
 }
 

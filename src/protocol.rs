@@ -113,6 +113,17 @@ pub struct WireJob {
     pub timeouts: WireTimeouts,
     /// Attempt number, from 1; a lapsed lease re-queues the job with the next one.
     pub attempt: u32,
+    /// The largest earlier pipeline number of the same project and branch
+    /// (`CIRCLE_PREVIOUS_BUILD_NUM`); absent for the branch's first job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_build_num: Option<u64>,
+    /// Who started the pipeline (`CIRCLE_USERNAME`), when the coordinator knows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// Public keys (`authorized_keys` lines) of whoever asked to SSH into this job; empty:
+    /// no SSH. An agent without a gateway ignores them (the job runs as usual).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ssh_keys: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -271,6 +282,10 @@ pub enum JobEvent {
         name: String,
         /// Log offset where the step's output starts (sections in the log view).
         log_offset: u64,
+        /// The commit the agent checked out (full hex SHA), on the first step to start after
+        /// its checkout; absent otherwise. Optional: older peers neither send nor read it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        commit_sha: Option<String>,
     },
     StepFinished {
         step: u32,

@@ -429,6 +429,9 @@ fn wire_job(p: &Project, env: Vec<WireEnv>) -> WireJob {
         env,
         timeouts: WireTimeouts::default(),
         attempt: 1,
+        previous_build_num: None,
+        username: None,
+        ssh_keys: Vec::new(),
     }
 }
 
@@ -540,6 +543,15 @@ jobs:
         .collect();
     assert_eq!(starts.len(), 3, "{events:?}");
     assert_eq!(ends.len(), 3, "{events:?}");
+    // The commit the agent checked out rides on the first step start, once.
+    let shas: Vec<Option<String>> = events
+        .iter()
+        .filter_map(|e| match e {
+            JobEvent::StepStarted { commit_sha, .. } => Some(commit_sha.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(shas, [Some(head(&p)), None, None], "{events:?}");
     for (i, ((step, start), (estep, status, end))) in starts.iter().zip(&ends).enumerate() {
         assert_eq!((*step as usize, *estep as usize), (i, i));
         assert_eq!(*status, bosun::protocol::StepStatus::Success);

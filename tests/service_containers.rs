@@ -4,25 +4,6 @@
 mod harness;
 
 use harness::{ensure_images, image, Project};
-use serde_json::Value;
-
-fn status_of(events: &[Value], name: &str) -> String {
-    events
-        .iter()
-        .filter(|e| e["event"] == "step_finished" && e["name"] == name)
-        .filter_map(|e| e["status"].as_str())
-        .next()
-        .unwrap_or("")
-        .to_owned()
-}
-
-fn output(events: &[Value]) -> String {
-    events
-        .iter()
-        .filter(|e| e["event"] == "output")
-        .filter_map(|e| e["data"].as_str())
-        .collect()
-}
 
 /// A step reaches PostgreSQL on `localhost` and Redis by its `name:`, after a wait loop (the
 /// services are not waited for); then nothing of the job is left on the engine.
@@ -59,8 +40,8 @@ jobs:
     ));
     let out = p.execute(&["--json"]);
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
-    assert_eq!(status_of(&out.events, "query"), "success");
-    let text = output(&out.events);
+    assert_eq!(out.step_status("query"), "success");
+    let text = out.output();
     assert!(text.contains("42\n"), "{text}");
     assert!(text.contains("OK\nv\n"), "{text}");
     let started: Vec<&str> = out
@@ -97,9 +78,7 @@ jobs:
     let out = p.execute(&["--json"]);
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
     let exited = out
-        .events
-        .iter()
-        .find(|e| e["event"] == "service_exited")
+        .event("service_exited")
         .unwrap_or_else(|| panic!("no service_exited in {}", out.stdout));
     assert_eq!(exited["service"], "broken");
     assert_eq!(exited["exit_code"], 3);
@@ -206,7 +185,7 @@ jobs:
     let machine = image("machine");
     let out = p.execute(&["--json", "--machine-image", &format!("default={machine}")]);
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
-    let text = output(&out.events);
+    let text = out.output();
     assert!(
         text.contains("user=circleci pwd=/home/circleci/project"),
         "{text}"

@@ -60,6 +60,22 @@ pub struct AgentConfig {
     /// Serve `/metrics`, `/healthz` and `/readyz` here (e.g. `127.0.0.1:9464`); none: off.
     #[serde(default)]
     pub metrics_listen: Option<String>,
+    /// The SSH gateway's address (`off`: no gateway; jobs asking for SSH run without it).
+    #[serde(default = "d_ssh_listen")]
+    pub ssh_gateway_listen: String,
+    /// The host (or `HOST:PORT`) users are told to connect to; default: the listen address,
+    /// or this machine's name.
+    #[serde(default)]
+    pub ssh_gateway_address: Option<String>,
+    /// After the last step, a job with SSH waits this long for a first session.
+    #[serde(default = "d_ssh_wait")]
+    pub ssh_wait_secs: u64,
+    /// A session keeps its job at most this long.
+    #[serde(default = "d_ssh_max")]
+    pub ssh_max_secs: u64,
+    /// A job is held this much longer after its last session ends.
+    #[serde(default = "d_ssh_grace")]
+    pub ssh_grace_secs: u64,
 }
 
 fn d_reg_token_file() -> PathBuf {
@@ -95,6 +111,18 @@ fn d_claim_wait() -> u64 {
 fn d_flush() -> u64 {
     30
 }
+fn d_ssh_listen() -> String {
+    format!("0.0.0.0:{}", crate::gateway::DEFAULT_PORT)
+}
+fn d_ssh_wait() -> u64 {
+    600
+}
+fn d_ssh_max() -> u64 {
+    7200
+}
+fn d_ssh_grace() -> u64 {
+    30
+}
 
 #[derive(Clone, Copy)]
 enum Kind {
@@ -127,6 +155,11 @@ const KEYS: &[(&str, Kind)] = &[
     ("claim_wait_secs", Kind::Int),
     ("drain_flush_secs", Kind::Int),
     ("metrics_listen", Kind::Str),
+    ("ssh_gateway_listen", Kind::Str),
+    ("ssh_gateway_address", Kind::Str),
+    ("ssh_wait_secs", Kind::Int),
+    ("ssh_max_secs", Kind::Int),
+    ("ssh_grace_secs", Kind::Int),
 ];
 
 impl AgentConfig {
@@ -211,6 +244,26 @@ impl AgentConfig {
             return Err(format!("ca_file {}: no PEM certificate", path.display()));
         }
         Ok(certs)
+    }
+
+    /// The gateway's settings, `None` when `ssh_gateway_listen = "off"`.
+    pub fn gateway(&self) -> Result<Option<crate::gateway::GatewayConfig>, String> {
+        let listen = self.ssh_gateway_listen.trim();
+        if listen.eq_ignore_ascii_case("off") || listen.is_empty() {
+            return Ok(None);
+        }
+        let addr = listen.parse().map_err(|_| {
+            format!(
+                "ssh_gateway_listen `{listen}`: expected ADDRESS:PORT (e.g. 0.0.0.0:54782) or off"
+            )
+        })?;
+        let mut c =
+            crate::gateway::GatewayConfig::new(addr, self.state_dir.join("ssh_host_ed25519_key"));
+        c.address = self.ssh_gateway_address.clone();
+        c.wait = std::time::Duration::from_secs(self.ssh_wait_secs);
+        c.max = std::time::Duration::from_secs(self.ssh_max_secs);
+        c.grace = std::time::Duration::from_secs(self.ssh_grace_secs);
+        Ok(Some(c))
     }
 
     pub fn agent_name(&self) -> String {

@@ -14,7 +14,7 @@
 
 use crate::executor::{
     Attached, ByteStream, ContainerSpec, Exec, ExecSpec, Executor, ExecutorError, ImageInfo,
-    ResourceKind, TarStream,
+    Interactive, RegistryAuth, ResourceKind, TarStream, TtySize,
 };
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -243,8 +243,12 @@ impl Metered {
 
 #[async_trait::async_trait]
 impl Executor for Metered {
-    async fn image_info(&self, image: &str) -> Result<ImageInfo, ExecutorError> {
-        self.count(self.inner.image_info(image).await)
+    async fn image_info(
+        &self,
+        image: &str,
+        auth: Option<&RegistryAuth>,
+    ) -> Result<ImageInfo, ExecutorError> {
+        self.count(self.inner.image_info(image, auth).await)
     }
     async fn create(&self, spec: &ContainerSpec) -> Result<String, ExecutorError> {
         self.count(self.inner.create(spec).await)
@@ -272,6 +276,14 @@ impl Executor for Metered {
     }
     async fn exec(&self, container: &str, spec: ExecSpec) -> Result<Exec, ExecutorError> {
         self.count(self.inner.exec(container, spec).await)
+    }
+    async fn exec_interactive(
+        &self,
+        container: &str,
+        spec: ExecSpec,
+        tty: Option<TtySize>,
+    ) -> Result<Interactive, ExecutorError> {
+        self.count(self.inner.exec_interactive(container, spec, tty).await)
     }
     async fn remove(&self, container: &str) -> Result<(), ExecutorError> {
         self.count(self.inner.remove(container).await)

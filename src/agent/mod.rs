@@ -307,6 +307,29 @@ async fn run_agent(cfg: AgentConfig, config_path: PathBuf, required: bool) -> u8
             Err(e) => tracing::error!("metrics_listen {addr}: {e}; serving no metrics"),
         }
     }
+    // Kept for the agent's life: dropping it stops the gateway. A bad setting stops the
+    // agent; a port in use does not.
+    let _gateway = match cfg.gateway() {
+        Ok(None) => None,
+        Ok(Some(g)) => match crate::gateway::Gateway::start(
+            g,
+            agent.registry.clone(),
+            Arc::clone(&agent.executor),
+        )
+        .await
+        {
+            Ok(g) => Some(g),
+            // Builds run without it: only SSH requests go unanswered.
+            Err(e) => {
+                tracing::error!("{e}; jobs run without SSH");
+                None
+            }
+        },
+        Err(e) => {
+            tracing::error!("{e}");
+            return EXIT_CONFIG;
+        }
+    };
     remove_orphans(&agent).await;
     notify(&[
         sd_notify::NotifyState::Ready,

@@ -40,6 +40,10 @@ pub(crate) async fn run_wire_job(
     if let Ok(mut s) = state.lock() {
         *s = "checkout".to_owned();
     }
+    // The requester's keys may log in while the job runs (and while it is held for them).
+    if !wire.ssh_keys.is_empty() {
+        agent.registry.grant_ssh(&wire.id, wire.ssh_keys.clone());
+    }
     let outcome = match request(agent, &mut wire) {
         Ok(req) => {
             let sink_dyn: Arc<dyn EventSink> = sink.clone();
@@ -70,6 +74,7 @@ pub(crate) async fn run_wire_job(
             }
         }
     };
+    agent.registry.revoke_ssh(&wire.id);
     if quiet.load(Ordering::SeqCst) {
         tracing::info!(job = %wire.id, "stopped quietly (no longer ours)");
         sender.abort();
@@ -178,6 +183,17 @@ fn request(agent: &Arc<Agent>, wire: &mut WireJob) -> Result<JobRequest, Request
         orb_dir: None,
         machine_images: cfg.machine_images.clone(),
         registry: agent.registry.clone(),
+        identity: crate::job::JobIdentity {
+            // The job's page on the coordinator this agent works for.
+            build_url: Some(format!(
+                "{}/jobs/{}",
+                cfg.coordinator_url.trim_end_matches('/'),
+                wire.id
+            )),
+            previous_build_num: wire.previous_build_num,
+            username: wire.username.clone(),
+            ..Default::default()
+        },
     })
 }
 

@@ -13,6 +13,9 @@ pub(crate) struct AgentSink {
     state: Arc<Mutex<String>>,
     total_steps: AtomicUsize,
     metrics: Option<Arc<super::metrics::AgentMetrics>>,
+    /// The commit the checkout reached, until the next step start carries it to the
+    /// coordinator (`step_started.commit_sha`).
+    checked_out: Mutex<Option<String>>,
 }
 
 impl AgentSink {
@@ -26,6 +29,7 @@ impl AgentSink {
             state,
             total_steps: AtomicUsize::new(total_steps),
             metrics: None,
+            checked_out: Mutex::new(None),
         }
     }
 
@@ -68,11 +72,18 @@ impl EventSink for AgentSink {
     fn emit(&self, event: &Event) {
         match event {
             Event::Output { data, .. } => self.write(data),
+            Event::CheckedOut { sha } => {
+                if let Ok(mut g) = self.checked_out.lock() {
+                    *g = Some(sha.clone());
+                }
+            }
             Event::StepStarted { step, name, .. } => {
+                let commit_sha = self.checked_out.lock().ok().and_then(|mut g| g.take());
                 self.event(JobEvent::StepStarted {
                     step: u32::try_from(*step).unwrap_or(u32::MAX),
                     name: name.clone(),
                     log_offset: self.spool.log_len(),
+                    commit_sha,
                 });
                 let first = name.lines().next().unwrap_or("");
                 self.set_state(format!(

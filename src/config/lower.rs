@@ -73,6 +73,7 @@ pub(crate) fn lower(e: &Engine, x: &Expanded) -> Result<CompiledJob, ConfigError
             name: path.rsplit('.').next().unwrap_or(path).to_owned(),
             image: primary.image,
             user: primary.user,
+            image_auth: primary.auth,
             image_environment: primary.environment,
             environment,
             working_directory: string_key("working_directory")?

@@ -12,6 +12,8 @@ pub struct JobPlan {
     pub image: String,
     /// `user:` of the primary image; `None` keeps the image's own `USER`.
     pub user: Option<String>,
+    /// `auth: {username, password}` of the primary image (not interpolated yet).
+    pub image_auth: Option<(String, String)>,
     /// `environment:` of the primary image (applies to the whole container).
     pub image_environment: Vec<(String, String)>,
     /// Executor and job `environment:`, merged (job wins).

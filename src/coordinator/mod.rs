@@ -3,11 +3,12 @@
 //! `docs/protocol.md`), stores their logs and events durably, and shows them on a small web
 //! page that follows running jobs live.
 //!
-//! Layout: [`store`] (SQLite, the only state) ← [`api`] (agent endpoints) and [`web`] (HTML
-//! pages, server-sent events) ← [`serve`] and the CLI commands here.
+//! Layout: [`store`] (SQLite, the only state) ← [`api`] (agent endpoints) and [`web`] (web
+//! routes, server-sent events; the HTML of the pages in [`pages`]) ← [`serve`] and the CLI commands here.
 
 pub mod api;
 pub mod metrics;
+pub mod pages;
 pub mod secrets;
 pub mod server;
 pub mod store;

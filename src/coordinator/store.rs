@@ -130,6 +130,10 @@ CREATE TABLE job_events (
          project_id INTEGER NOT NULL REFERENCES projects(id), \
          agent_id TEXT NOT NULL, \
          PRIMARY KEY (project_id, agent_id))",
+    // 5: the commit the agent checked out (`step_started.commit_sha`; `commit_sha` may be a
+    // ref name), and an index for the job list's project filter.
+    "ALTER TABLE jobs ADD COLUMN resolved_sha TEXT; \
+     CREATE INDEX jobs_project ON jobs(project_id, id)",
 ];
 
 /// A registration token as `token list` shows it (never the token itself).
@@ -185,6 +189,12 @@ pub struct JobRow {
     pub pr_url: Option<String>,
     /// `None`: the protocol's default limit.
     pub timeout_secs: Option<u64>,
+    /// The commit the agent checked out (full hex), once it said.
+    pub resolved_sha: Option<String>,
+    /// The project's clone URL (the pages link Bitbucket commits from it).
+    pub clone_url: String,
+    /// The name of the agent that holds or held the job.
+    pub agent_name: Option<String>,
 }
 
 impl JobRow {
@@ -328,7 +338,8 @@ fn split_ref(r: &str) -> (Option<String>, Option<String>) {
 const JOB_COLUMNS: &str = "j.id, p.slug, j.commit_sha, j.git_ref, j.job_name, j.pipeline_number, \
      j.status, j.agent_id, j.attempts, j.max_attempts, j.cancel_requested, j.log_bytes, \
      j.event_count, j.error, j.created, j.started, j.finished, j.pr_number, j.pr_url, \
-     j.timeout_secs";
+     j.timeout_secs, j.resolved_sha, p.clone_url, \
+     (SELECT name FROM agents WHERE id = j.agent_id)";
 
 /// A pooled read-only connection (see [`Store::reader`]).
 struct Reader<'a> {
@@ -377,7 +388,26 @@ fn job_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<JobRow> {
         pr_number: r.get::<_, Option<i64>>(17)?.map(|n| n as u64),
         pr_url: r.get(18)?,
         timeout_secs: r.get::<_, Option<i64>>(19)?.map(|n| n as u64),
+        resolved_sha: r.get(20)?,
+        clone_url: r.get(21)?,
+        agent_name: r.get(22)?,
     })
+}
+
+/// A full Git commit id: 40 (SHA-1) or 64 (SHA-256) hex digits.
+pub fn is_commit_id(s: &str) -> bool {
+    matches!(s.len(), 40 | 64) && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// What the job list shows: every field optional.
+#[derive(Debug, Clone, Default)]
+pub struct JobFilter {
+    pub project: Option<String>,
+    /// A branch or tag name (or the ref as queued).
+    pub branch: Option<String>,
+    pub status: Option<JobState>,
+    /// Only jobs with a smaller id (the next page).
+    pub before: Option<i64>,
 }
 
 /// Parse a job id as agents and the CLI give it (decimal).
@@ -874,6 +904,90 @@ impl Store {
         Ok(rows)
     }
 
+    /// Jobs newest first that match `f`, at most `limit`, older than `f.before` (paging).
+    pub fn list_jobs_filtered(&self, f: &JobFilter, limit: u32) -> Result<Vec<JobRow>> {
+        let conn = self.conn();
+        let mut st = conn.prepare(&format!(
+            "SELECT {JOB_COLUMNS} FROM jobs j JOIN projects p ON p.id = j.project_id \
+             WHERE (?1 IS NULL OR p.slug = ?1) \
+               AND (?2 IS NULL OR j.branch = ?2 OR j.tag = ?2 OR j.git_ref = ?2) \
+               AND (?3 IS NULL OR j.status = ?3) \
+               AND (?4 IS NULL OR j.id < ?4) \
+             ORDER BY j.id DESC LIMIT ?5"
+        ))?;
+        let rows = st
+            .query_map(
+                params![
+                    f.project,
+                    f.branch,
+                    f.status.map(|s| s.as_str()),
+                    f.before,
+                    limit
+                ],
+                job_row,
+            )?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(rows)
+    }
+
+    /// Project slugs, sorted (the job list's project filter).
+    pub fn project_slugs(&self) -> Result<Vec<String>> {
+        let conn = self.conn();
+        let mut st = conn.prepare("SELECT slug FROM projects ORDER BY slug")?;
+        let rows = st
+            .query_map([], |r| r.get(0))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(rows)
+    }
+
+    /// How many `\n` the job's log holds before each of `points` (ascending or not): one
+    /// pass over the file up to the largest, in 1 MiB pieces (line numbers of a log's tail).
+    pub fn newlines_before(&self, id: i64, points: &[u64]) -> Result<Vec<u64>> {
+        use std::io::Read as _;
+        let mut order: Vec<usize> = (0..points.len()).collect();
+        order.sort_by_key(|&i| points[i]);
+        let mut out = vec![0u64; points.len()];
+        let Some(&last) = order.last() else {
+            return Ok(out);
+        };
+        let upto = points[last];
+        let path = log_path(&self.logs, id);
+        let mut f = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+            Err(e) => return Err(io_err(&path)(e)),
+        };
+        let mut buf = vec![0u8; 1 << 20];
+        let (mut pos, mut count, mut next) = (0u64, 0u64, 0usize);
+        while next < order.len() {
+            while next < order.len() && points[order[next]] <= pos {
+                out[order[next]] = count;
+                next += 1;
+            }
+            if pos >= upto || next >= order.len() {
+                break;
+            }
+            let want = ((upto - pos) as usize).min(buf.len());
+            let n = f.read(&mut buf[..want]).map_err(io_err(&path))?;
+            if n == 0 {
+                break;
+            }
+            let piece = &buf[..n];
+            // Points inside this piece get the count up to them.
+            while next < order.len() && points[order[next]] < pos + n as u64 {
+                let k = (points[order[next]] - pos) as usize;
+                out[order[next]] = count + memchr::memchr_iter(b'\n', &piece[..k]).count() as u64;
+                next += 1;
+            }
+            count += memchr::memchr_iter(b'\n', piece).count() as u64;
+            pos += n as u64;
+        }
+        for &i in &order[next..] {
+            out[i] = count;
+        }
+        Ok(out)
+    }
+
     pub fn job(&self, id: i64) -> Result<Option<JobRow>> {
         Ok(self
             .reader()?
@@ -1263,6 +1377,19 @@ impl Store {
         let skip = (next - first_seq) as usize;
         let mut seq = next;
         for ev in events.iter().skip(skip) {
+            if let JobEvent::StepStarted {
+                commit_sha: Some(sha),
+                ..
+            } = ev
+            {
+                // Agent-written: kept only if it is a commit id (shown and linked as one).
+                if is_commit_id(sha) {
+                    tx.execute(
+                        "UPDATE jobs SET resolved_sha = ?2 WHERE id = ?1",
+                        params![id, sha.to_ascii_lowercase()],
+                    )?;
+                }
+            }
             let json = serde_json::to_string(ev).map_err(|e| CoordError::Invalid(e.to_string()))?;
             tx.execute(
                 "INSERT INTO job_events(job_id, seq, json) VALUES (?1, ?2, ?3)",
@@ -1487,6 +1614,12 @@ fn wire_job(conn: &Connection, secrets: &SecretsKey, id: i64) -> Result<WireJob>
         }
         env
     };
+    let previous_build_num: Option<i64> = conn.query_row(
+        "SELECT MAX(pipeline_number) FROM jobs WHERE project_id = ?1 AND branch IS ?2 \
+         AND pipeline_number < ?3",
+        rusqlite::params![pid, branch, pipeline_number],
+        |r| r.get(0),
+    )?;
     Ok(WireJob {
         id: id.to_string(),
         project: WireProject {
@@ -1510,6 +1643,10 @@ fn wire_job(conn: &Connection, secrets: &SecretsKey, id: i64) -> Result<WireJob>
         env,
         timeouts,
         attempt: attempts,
+        previous_build_num: previous_build_num.map(|n| n as u64),
+        username: None,
+        // The coordinator does not take SSH requests yet (enqueue/rerun --ssh-key).
+        ssh_keys: Vec::new(),
     })
 }
 
@@ -1941,6 +2078,39 @@ mod tests {
             .expect("claim")
             .expect("a job");
         id
+    }
+
+    #[test]
+    fn the_checked_out_commit_is_recorded_and_lines_are_counted() {
+        let (_d, s) = store();
+        let id = claimed(&s);
+        let sha = "ABCDEF0123456789abcdef0123456789abcdef01";
+        let ev = |sha: &str| JobEvent::StepStarted {
+            step: 1,
+            name: "s".into(),
+            log_offset: 0,
+            commit_sha: Some(sha.into()),
+        };
+        // Not a commit id: ignored (agent-written text is shown and linked as a commit).
+        s.append_events(id, "a1", None, 0, &[ev("main\"><x")])
+            .expect("events");
+        assert_eq!(s.job(id).expect("job").expect("row").resolved_sha, None);
+        s.append_events(id, "a1", None, 1, &[ev(sha)])
+            .expect("events");
+        assert_eq!(
+            s.job(id)
+                .expect("job")
+                .expect("row")
+                .resolved_sha
+                .as_deref(),
+            Some(sha.to_ascii_lowercase().as_str())
+        );
+        s.append_log(id, "a1", None, 0, b"a\nbb\n\nccc\n")
+            .expect("log");
+        assert_eq!(
+            s.newlines_before(id, &[11, 0, 2, 5, 99]).expect("count"),
+            [4, 0, 1, 2, 4]
+        );
     }
 
     fn log_file(d: &tempfile::TempDir, id: i64) -> PathBuf {

@@ -1,27 +1,32 @@
-//! Server-rendered pages: `GET /` (jobs), `GET /jobs/{id}` (one job, its log in step sections)
-//! and `GET /jobs/{id}/stream` (server-sent events following a running job). No framework and
+//! The web routes: the pages themselves are rendered in [`super::pages`] (`GET /`,
+//! `GET /jobs/{id}`, its older log parts as HTML, the raw log, the assets); here are
+//! `GET /jobs/{id}/stream` (server-sent events following a running job) and
+//! `GET /jobs/{id}/log?offset=` (an older part of the log as plain text). No framework and
 //! no external assets: the pages must work where nothing can be fetched.
 
+use super::pages;
 use super::store::{JobRow, Store};
-use super::{fmt_duration, AppState, CoordError};
+use super::AppState;
 use crate::protocol::JobEvent;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use futures_util::stream::{self, Stream, StreamExt};
 use serde::Deserialize;
 use std::convert::Infallible;
-use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
-        .route("/", get(index))
-        .route("/jobs/{id}", get(job_page))
+        .route("/", get(pages::index))
+        .route("/jobs/{id}", get(pages::job_page))
+        .route("/jobs/{id}/log.html", get(pages::log_fragment))
+        .route("/jobs/{id}/log.txt", get(pages::raw_log))
+        .route("/assets/{name}", get(pages::asset))
         .route("/jobs/{id}/stream", get(job_stream))
         .route("/jobs/{id}/log", get(log_part))
         .layer(axum::middleware::map_response(security_headers))
@@ -44,65 +49,22 @@ pub fn escape(s: &str) -> String {
     out
 }
 
-const STYLE: &str = "body{font-family:sans-serif;margin:1.5em}table{border-collapse:collapse}\
-td,th{padding:.2em .8em;border-bottom:1px solid #ddd;text-align:left}\
-pre{background:#111;color:#eee;padding:.5em;white-space:pre-wrap;margin:0 0 1em}\
-.success{color:#070}.failed,.infrastructure_fail,.timedout{color:#b00}.canceled{color:#777}\
-.running{color:#05a}";
-
-/// The job page's live follower (see [`job_page`]).
-const FOLLOW_JS: &str = r#"
-const es = new EventSource(document.currentScript.dataset.stream);
-const logDiv = document.getElementById("log");
-let pre = [...document.querySelectorAll("pre.log")].pop();
-es.addEventListener("log", e => pre.append(JSON.parse(e.data).text));
-es.addEventListener("step", e => {
-  const v = JSON.parse(e.data);
-  if (v.type !== "step_started") return;
-  const s = document.createElement("section"), h = document.createElement("h3");
-  h.textContent = v.name; pre = document.createElement("pre"); pre.className = "log";
-  s.append(h, pre); logDiv.append(s);
-});
-es.addEventListener("status", e => {
-  const v = JSON.parse(e.data), st = document.getElementById("status");
-  st.textContent = v.status; st.className = "status " + v.status;
-  document.getElementById("error").textContent = v.error || "";
-});
-es.addEventListener("end", () => es.close());
-"#;
-
-/// `'sha256-…'` of an inline script or style, for the CSP.
-fn csp_hash(text: &str) -> String {
-    use base64::Engine as _;
-    use sha2::{Digest, Sha256};
-    format!(
-        "'sha256-{}'",
-        base64::engine::general_purpose::STANDARD.encode(Sha256::digest(text.as_bytes()))
-    )
-}
-
-/// The pages' Content-Security-Policy: nothing but our own inline style and script (by
-/// hash) and the live stream from this origin; never framed, no forms, no base URL.
-fn content_security_policy() -> &'static str {
-    static CSP: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    CSP.get_or_init(|| {
-        format!(
-            "default-src 'none'; script-src {}; style-src {}; connect-src 'self'; \
-             img-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
-            csp_hash(FOLLOW_JS),
-            csp_hash(STYLE)
-        )
-    })
-}
+/// The pages' Content-Security-Policy: their stylesheet and script come from this origin
+/// (`/assets/…`; the pages have no inline script or style), the live stream too; never
+/// framed, no forms elsewhere, no base URL.
+const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
+     connect-src 'self'; img-src 'self'; base-uri 'none'; form-action 'self'; \
+     frame-ancestors 'none'";
 
 /// Security headers on every answer of the web router: CSP, no framing, no MIME sniffing,
 /// no referrer.
 pub async fn security_headers(mut resp: Response) -> Response {
     use axum::http::header::{self, HeaderValue};
     let h = resp.headers_mut();
-    if let Ok(v) = HeaderValue::from_str(content_security_policy()) {
-        h.insert(header::CONTENT_SECURITY_POLICY, v);
-    }
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CONTENT_SECURITY_POLICY),
+    );
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     h.insert(
         header::X_CONTENT_TYPE_OPTIONS,
@@ -123,81 +85,6 @@ fn json_error(status: StatusCode, msg: impl Into<String>) -> Response {
     )
         .into_response()
 }
-
-fn page(title: &str, body: &str) -> Html<String> {
-    Html(format!(
-        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{}</title><style>{STYLE}</style></head>\n<body>{body}</body></html>\n",
-        escape(title)
-    ))
-}
-
-fn internal(e: CoordError) -> Response {
-    tracing::error!("{e}");
-    (
-        StatusCode::INTERNAL_SERVER_ERROR,
-        page("error", &format!("<p>{}</p>", escape(&e.to_string()))),
-    )
-        .into_response()
-}
-
-/// The pull request (linked: the store only accepts http(s) addresses) and a time limit
-/// other than the default; nothing for a plain job.
-fn pr_and_timeout_rows(j: &JobRow) -> String {
-    let mut rows = String::new();
-    if let (Some(n), Some(url)) = (j.pr_number, &j.pr_url) {
-        let _ = write!(
-            rows,
-            "<tr><th>pull request</th><td><a href=\"{u}\">#{n}</a></td></tr>",
-            u = escape(url)
-        );
-    }
-    if let Some(secs) = j.timeout_secs {
-        let _ = write!(
-            rows,
-            "<tr><th>timeout</th><td>{}</td></tr>",
-            escape(&fmt_duration(Duration::from_secs(secs)))
-        );
-    }
-    rows
-}
-
-fn duration(j: &JobRow) -> String {
-    j.duration().map(fmt_duration).unwrap_or_default()
-}
-
-async fn index(State(state): State<Arc<AppState>>) -> Response {
-    let jobs = match state.db(|s| s.list_jobs(200)).await {
-        Ok(j) => j,
-        Err(e) => return internal(e),
-    };
-    let mut body = String::from(
-        "<h1>Jobs</h1><table id=\"jobs\"><tr><th>id</th><th>project</th><th>ref</th><th>job</th><th>status</th><th>duration</th></tr>\n",
-    );
-    for j in &jobs {
-        let _ = writeln!(
-            body,
-            "<tr><td><a href=\"/jobs/{id}\">{id}</a></td><td>{}</td><td>{}</td><td>{}</td><td class=\"status {s}\">{s}</td><td>{}</td></tr>",
-            escape(&j.project),
-            escape(&j.git_ref),
-            escape(&j.job_name),
-            escape(&duration(j)),
-            id = j.id,
-            s = j.status,
-        );
-    }
-    body.push_str("</table>");
-    // Refreshing the list every few seconds needs no script.
-    let mut html = page("bosun jobs", &body).0;
-    html = html.replacen(
-        "<head>",
-        "<head><meta http-equiv=\"refresh\" content=\"5\">",
-        1,
-    );
-    Html(html).into_response()
-}
-
-/// The job page shows at most this much of the log: its tail.
-const PAGE_TAIL: u64 = 256 * 1024;
 /// A live stream reads the log in pieces of at most this much.
 const STREAM_PIECE: u64 = 256 * 1024;
 /// `/jobs/{id}/log?offset=N` answers at most this much.
@@ -236,176 +123,6 @@ async fn log_part(
             json_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
         }
     }
-}
-
-/// Split the log into sections at each step's start offset: (title, status, text).
-#[cfg(test)]
-fn sections(log: &[u8], events: &[(u64, JobEvent)]) -> Vec<(String, String, String)> {
-    sections_from(log, 0, events)
-}
-
-/// [`sections`] of a log's tail `log`, which starts at `base`: sections that end before it
-/// are left out, one that starts before it shows its part in the tail.
-fn sections_from(
-    log: &[u8],
-    base: u64,
-    events: &[(u64, JobEvent)],
-) -> Vec<(String, String, String)> {
-    let events: Vec<(u64, JobEvent)> = events
-        .iter()
-        .map(|(s, e)| {
-            let mut e = e.clone();
-            if let JobEvent::StepStarted { log_offset, .. } = &mut e {
-                *log_offset = log_offset.saturating_sub(base);
-            }
-            (*s, e)
-        })
-        .collect();
-    let mut out = sections_rel(log, &events);
-    if base > 0 {
-        // Sections squeezed to nothing at the front lie wholly before the tail.
-        while out.len() > 1 && out[0].2.is_empty() {
-            out.remove(0);
-        }
-    }
-    out
-}
-
-fn sections_rel(log: &[u8], events: &[(u64, JobEvent)]) -> Vec<(String, String, String)> {
-    let mut starts: Vec<(u64, u32, String)> = Vec::new();
-    let mut status: std::collections::HashMap<u32, String> = Default::default();
-    for (_, ev) in events {
-        match ev {
-            JobEvent::StepStarted {
-                step,
-                name,
-                log_offset,
-            } => starts.push((*log_offset, *step, name.clone())),
-            JobEvent::StepFinished {
-                step,
-                status: s,
-                duration_ms,
-                ..
-            } => {
-                status.insert(
-                    *step,
-                    format!(
-                        "{s} in {}",
-                        fmt_duration(Duration::from_millis(*duration_ms))
-                    ),
-                );
-            }
-        }
-    }
-    let len = log.len() as u64;
-    let mut out = Vec::new();
-    let first = starts.first().map(|s| s.0).unwrap_or(len).min(len);
-    if first > 0 || starts.is_empty() {
-        out.push((
-            "Preparing".to_string(),
-            String::new(),
-            String::from_utf8_lossy(&log[..first as usize]).into_owned(),
-        ));
-    }
-    for (i, (start, step, name)) in starts.iter().enumerate() {
-        let end = starts.get(i + 1).map(|s| s.0).unwrap_or(len).min(len);
-        let start = (*start).min(end);
-        out.push((
-            name.clone(),
-            status.get(step).cloned().unwrap_or_default(),
-            String::from_utf8_lossy(&log[start as usize..end as usize]).into_owned(),
-        ));
-    }
-    out
-}
-
-async fn job_page(State(state): State<Arc<AppState>>, Path(raw): Path<String>) -> Response {
-    let Some(id) = super::store::parse_job_id(&raw) else {
-        return (
-            StatusCode::NOT_FOUND,
-            page("not found", "<p>No such job.</p>"),
-        )
-            .into_response();
-    };
-    let loaded = state
-        .db(move |s: &Store| {
-            let Some(job) = s.job(id)? else {
-                return Ok(None);
-            };
-            // Read events before the log: every event's offset then falls within the log.
-            let events = s.events_from(id, 0)?;
-            let base = job.log_bytes.saturating_sub(PAGE_TAIL);
-            let log = s
-                .log_piece(id, base, PAGE_TAIL)?
-                .map(|(b, _)| b)
-                .unwrap_or_default();
-            Ok(Some((job, events, (base, log))))
-        })
-        .await;
-    let (job, events, (base, log)) = match loaded {
-        Ok(Some(x)) => x,
-        Ok(None) => {
-            return (
-                StatusCode::NOT_FOUND,
-                page("not found", "<p>No such job.</p>"),
-            )
-                .into_response()
-        }
-        Err(e) => return internal(e),
-    };
-    let mut body = format!(
-        "<p><a href=\"/\">all jobs</a></p><h1>Job {id}: {}</h1>\n<table>\
-         <tr><th>project</th><td>{}</td></tr><tr><th>ref</th><td>{}</td></tr>\
-         <tr><th>commit</th><td>{}</td></tr><tr><th>pipeline</th><td>{}</td></tr>{}\
-         <tr><th>status</th><td id=\"status\" class=\"status {s}\">{s}</td></tr>\
-         <tr><th>attempt</th><td>{} of {}</td></tr><tr><th>agent</th><td>{}</td></tr>\
-         <tr><th>duration</th><td>{}</td></tr><tr><th>error</th><td id=\"error\">{}</td></tr></table>\n<div id=\"log\">",
-        escape(&job.job_name),
-        escape(&job.project),
-        escape(&job.git_ref),
-        escape(&job.commit_sha),
-        job.pipeline_number,
-        pr_and_timeout_rows(&job),
-        job.attempts,
-        job.max_attempts,
-        escape(job.agent_id.as_deref().unwrap_or("-")),
-        escape(&duration(&job)),
-        escape(job.error.as_deref().unwrap_or("")),
-        s = job.status,
-    );
-    if base > 0 {
-        let _ = write!(
-            body,
-            "<p class=\"older\">The last {} KiB of {} bytes of log; \
-             <a href=\"/jobs/{id}/log?offset={}\">earlier parts</a> (1 MiB each).</p>",
-            PAGE_TAIL / 1024,
-            base + log.len() as u64,
-            base.saturating_sub(LOG_PART)
-        );
-    }
-    for (title, status, text) in sections_from(&log, base, &events) {
-        let _ = write!(
-            body,
-            "<section><h3>{} <small>{}</small></h3><pre class=\"log\">{}</pre></section>",
-            escape(&title),
-            escape(&status),
-            escape(&text)
-        );
-    }
-    body.push_str("</div>\n");
-    if !job.is_final() {
-        // Follow the job: append new log text and steps as they arrive. textContent/append
-        // of strings never interprets HTML, so the log cannot inject markup.
-        // The script is a constant (allowed by its hash in the CSP); the page's values ride
-        // in an attribute.
-        let _ = write!(
-            body,
-            "<script data-stream=\"/jobs/{id}/stream?offset={off}&amp;seq={seq}\">{FOLLOW_JS}</script>",
-            off = base + log.len() as u64,
-            seq = events.len(),
-        );
-    }
-    page(&format!("job {id}"), &body).into_response()
 }
 
 #[derive(Deserialize)]
@@ -655,19 +372,6 @@ mod tests {
             escape("<script>\"a\" & 'b'</script>"),
             "&lt;script&gt;&quot;a&quot; &amp; &#39;b&#39;&lt;/script&gt;"
         );
-    }
-
-    #[test]
-    fn sections_split_at_step_offsets() {
-        let log = b"prep\nstep one\nstep two\n";
-        let ev = |step, name: &str, off| JobEvent::StepStarted {
-            step,
-            name: name.into(),
-            log_offset: off,
-        };
-        let s = sections(log, &[(0, ev(1, "one", 5)), (1, ev(2, "two", 14))]);
-        let texts: Vec<&str> = s.iter().map(|x| x.2.as_str()).collect();
-        assert_eq!(texts, ["prep\n", "step one\n", "step two\n"]);
     }
 
     #[test]

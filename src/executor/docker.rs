@@ -2,10 +2,10 @@
 
 use super::{
     Attached, ByteStream, ContainerSpec, Exec, ExecSpec, Executor, ExecutorError, ImageInfo,
-    NetworkMode, Output, OutputStream, ResourceKind, TarStream,
+    Interactive, NetworkMode, Output, OutputStream, ResourceKind, TarStream, TtySize,
 };
 use bollard::container::LogOutput;
-use bollard::exec::{CreateExecOptions, StartExecResults};
+use bollard::exec::{CreateExecOptions, ResizeExecOptions, StartExecOptions, StartExecResults};
 use bollard::models::{ContainerCreateBody, HostConfig, NetworkCreateRequest};
 use bollard::query_parameters::{
     AttachContainerOptionsBuilder, ContainerArchiveInfoOptionsBuilder, CreateImageOptionsBuilder,
@@ -100,7 +100,11 @@ fn log_output(
 
 #[async_trait::async_trait]
 impl Executor for DockerExecutor {
-    async fn image_info(&self, image: &str) -> Result<ImageInfo, ExecutorError> {
+    async fn image_info(
+        &self,
+        image: &str,
+        auth: Option<&super::RegistryAuth>,
+    ) -> Result<ImageInfo, ExecutorError> {
         let inspect = match self.docker.inspect_image(image).await {
             Ok(i) => i,
             Err(e) if is_not_found(&e) => {
@@ -109,7 +113,7 @@ impl Executor for DockerExecutor {
                     .build();
                 let pulled: Result<Vec<_>, _> = self
                     .docker
-                    .create_image(Some(opts), None, None)
+                    .create_image(Some(opts), None, auth.map(|a| credentials(image, a)))
                     .try_collect()
                     .await;
                 if let Err(e) = pulled {
@@ -306,6 +310,90 @@ impl Executor for DockerExecutor {
         Ok(Exec { output, exit })
     }
 
+    async fn exec_interactive(
+        &self,
+        container: &str,
+        spec: ExecSpec,
+        tty: Option<TtySize>,
+    ) -> Result<Interactive, ExecutorError> {
+        let created = self
+            .docker
+            .create_exec(
+                container,
+                CreateExecOptions {
+                    cmd: Some(spec.cmd),
+                    env: Some(spec.env),
+                    user: spec.user,
+                    working_dir: spec.working_dir,
+                    attach_stdout: Some(true),
+                    attach_stderr: Some(true),
+                    attach_stdin: Some(true),
+                    tty: Some(tty.is_some()),
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(Self::engine(container, "exec create"))?;
+        let started = self
+            .docker
+            .start_exec(
+                &created.id,
+                Some(StartExecOptions {
+                    detach: false,
+                    tty: tty.is_some(),
+                    // Terminal output goes out as it comes, whatever its line length.
+                    output_capacity: Some(64 * 1024),
+                }),
+            )
+            .await
+            .map_err(Self::engine(container, "exec start"))?;
+        let StartExecResults::Attached { output, input } = started else {
+            return Err(ExecutorError::Protocol {
+                target: container.to_owned(),
+                what: "exec start",
+                detail: "the engine started the exec detached".to_owned(),
+            });
+        };
+        let exec_id = created.id;
+        let resize: super::Resizer = {
+            let docker = self.docker.clone();
+            let exec_id = exec_id.clone();
+            let has_tty = tty.is_some();
+            std::sync::Arc::new(move |size: TtySize| {
+                let (docker, exec_id) = (docker.clone(), exec_id.clone());
+                async move {
+                    if !has_tty {
+                        return Ok(());
+                    }
+                    docker
+                        .resize_exec(
+                            &exec_id,
+                            ResizeExecOptions {
+                                height: size.rows,
+                                width: size.cols,
+                            },
+                        )
+                        .await
+                        .map_err(|e| engine_error(exec_id.clone(), "exec resize", e))
+                }
+                .boxed()
+            })
+        };
+        if let Some(size) = tty {
+            // The engine starts a terminal at its own default size.
+            resize(size).await?;
+        }
+        let docker = self.docker.clone();
+        let output = log_output(output, container.to_owned());
+        let exit = async move { exit_code(&docker, &exec_id).await }.boxed();
+        Ok(Interactive {
+            input,
+            output,
+            resize,
+            exit,
+        })
+    }
+
     async fn remove(&self, container: &str) -> Result<(), ExecutorError> {
         let opts = RemoveContainerOptionsBuilder::default()
             .force(true)
@@ -398,4 +486,41 @@ async fn exit_code(docker: &Docker, exec_id: &str) -> Result<Option<i64>, Execut
         pause = (pause * 2).min(std::time::Duration::from_millis(100));
     }
     Ok(None)
+}
+
+/// The engine's credentials for pulling `image` (sent in the X-Registry-Auth header, never on
+/// a command line).
+fn credentials(image: &str, auth: &super::RegistryAuth) -> bollard::auth::DockerCredentials {
+    bollard::auth::DockerCredentials {
+        username: Some(auth.username.clone()),
+        password: Some(auth.password.clone()),
+        serveraddress: Some(super::registry_of(image).to_owned()),
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod auth_tests {
+    use super::*;
+
+    #[test]
+    fn credentials_name_the_images_registry() {
+        let a = crate::executor::RegistryAuth {
+            username: "u".into(),
+            password: "p4ss-w0rd-secret".into(),
+        };
+        let c = credentials("registry.example:5000/team/app:1", &a);
+        assert_eq!(c.serveraddress.as_deref(), Some("registry.example:5000"));
+        assert_eq!(
+            (c.username.as_deref(), c.password.as_deref()),
+            (Some("u"), Some("p4ss-w0rd-secret"))
+        );
+        assert_eq!(
+            credentials("cimg/base:2024.01", &a)
+                .serveraddress
+                .as_deref(),
+            Some("docker.io")
+        );
+        assert!(!format!("{a:?}").contains("p4ss"));
+    }
 }

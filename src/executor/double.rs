@@ -10,7 +10,7 @@
 
 use super::{
     Attached, ByteStream, ContainerSpec, Exec, ExecSpec, Executor, ExecutorError, ImageInfo,
-    Output, ResourceKind, TarStream,
+    Interactive, Output, ResourceKind, TarStream, TtySize,
 };
 use bytes::Bytes;
 use futures_util::{FutureExt, StreamExt};
@@ -24,12 +24,30 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Call {
     ImageInfo(String),
-    Create { id: String, spec_image: String },
+    Create {
+        id: String,
+        spec_image: String,
+    },
     Start(String),
     Wait(String),
-    Upload { container: String, dest: String },
-    Download { container: String, path: String },
-    Exec { container: String, cmd: String },
+    Upload {
+        container: String,
+        dest: String,
+    },
+    Download {
+        container: String,
+        path: String,
+    },
+    Exec {
+        container: String,
+        cmd: String,
+    },
+    /// An interactive exec: its command line and terminal size.
+    ExecInteractive {
+        container: String,
+        cmd: String,
+        tty: Option<TtySize>,
+    },
     Remove(String),
     CreateNetwork(String),
     RemoveNetwork(String),
@@ -88,6 +106,8 @@ struct State {
     /// Hanging execs by (container, `step-N`): the job's stop script for that step ends them.
     stoppable: HashMap<(String, String), CancellationToken>,
     specs: HashMap<String, ContainerSpec>,
+    /// Registry credentials each image was asked for with.
+    pull_auth: Vec<(String, super::RegistryAuth)>,
 }
 
 /// The double. Clone the `Arc` to keep looking at it after the job took it.
@@ -95,6 +115,8 @@ struct State {
 pub struct Recording {
     script: Script,
     state: Mutex<State>,
+    /// Terminal sizes interactive execs were resized to, in order.
+    resizes: Arc<Mutex<Vec<TtySize>>>,
 }
 
 impl Recording {
@@ -102,7 +124,13 @@ impl Recording {
         Arc::new(Self {
             script,
             state: Mutex::default(),
+            resizes: Arc::default(),
         })
+    }
+
+    /// Terminal sizes interactive execs were resized to, in order.
+    pub fn resizes(&self) -> Vec<TtySize> {
+        self.resizes.lock().map(|r| r.clone()).unwrap_or_default()
     }
 
     pub fn calls(&self) -> Vec<Call> {
@@ -117,6 +145,11 @@ impl Recording {
     }
 
     /// The spec a container was created with.
+    /// The images asked for with registry credentials, and those credentials.
+    pub fn pull_auth(&self) -> Vec<(String, super::RegistryAuth)> {
+        self.lock().pull_auth.clone()
+    }
+
     pub fn spec_of(&self, id: &str) -> Option<ContainerSpec> {
         self.lock().specs.get(id).cloned()
     }
@@ -168,8 +201,15 @@ fn out(b: &[u8]) -> Result<Output, ExecutorError> {
 
 #[async_trait::async_trait]
 impl Executor for Recording {
-    async fn image_info(&self, image: &str) -> Result<ImageInfo, ExecutorError> {
+    async fn image_info(
+        &self,
+        image: &str,
+        auth: Option<&super::RegistryAuth>,
+    ) -> Result<ImageInfo, ExecutorError> {
         self.enter(Some(Op::ImageInfo), Call::ImageInfo(image.to_owned()))?;
+        if let Some(a) = auth {
+            self.lock().pull_auth.push((image.to_owned(), a.clone()));
+        }
         if self.script.missing_images.contains(image) {
             return Err(ExecutorError::ImageMissing {
                 image: image.to_owned(),
@@ -372,6 +412,51 @@ impl Executor for Recording {
         Ok(Exec {
             output,
             exit: async move { Ok(done_rx.await.ok().flatten()) }.boxed(),
+        })
+    }
+
+    /// Plays `cat`: what is written comes back as output; the exit status is 0 once the
+    /// input is closed (or the container is removed).
+    async fn exec_interactive(
+        &self,
+        container: &str,
+        spec: ExecSpec,
+        tty: Option<TtySize>,
+    ) -> Result<Interactive, ExecutorError> {
+        self.enter(
+            Some(Op::Exec),
+            Call::ExecInteractive {
+                container: container.to_owned(),
+                cmd: spec.cmd.join(" "),
+                tty,
+            },
+        )?;
+        let (input, output) = tokio::io::duplex(64 * 1024);
+        let ended = self.ended(container);
+        let output = tokio_util::io::ReaderStream::new(output)
+            .map(|chunk| {
+                chunk
+                    .map(Output::Stdout)
+                    .map_err(|e| ExecutorError::Protocol {
+                        target: "double".to_owned(),
+                        what: "interactive output",
+                        detail: e.to_string(),
+                    })
+            })
+            .take_until(ended.cancelled_owned())
+            .boxed();
+        let resizes = Arc::clone(&self.resizes);
+        let resize: super::Resizer = Arc::new(move |size| {
+            if let Ok(mut r) = resizes.lock() {
+                r.push(size);
+            }
+            async { Ok(()) }.boxed()
+        });
+        Ok(Interactive {
+            input: Box::pin(input),
+            output,
+            resize,
+            exit: async { Ok(Some(0)) }.boxed(),
         })
     }
 

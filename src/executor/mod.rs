@@ -1,8 +1,8 @@
 //! Where a job's commands run. The trait is the whole surface `job` needs (create, start,
-//! upload, exec with streamed output and its exit status, wait, remove, networks, list by
-//! label), object-safe so the job core holds an `Arc<dyn Executor>` and a Kubernetes executor
-//! can sit beside the Docker one without `job` changing. The contract, and how it maps onto a
-//! pod, is written down in `docs/executors.md`.
+//! upload, exec with streamed output and its exit status, an interactive exec with stdin and a
+//! terminal, wait, remove, networks, list by label), object-safe so the job core holds an
+//! `Arc<dyn Executor>` and a Kubernetes executor can sit beside the Docker one without `job`
+//! changing. The contract, and how it maps onto a pod, is written down in `docs/executors.md`.
 
 pub mod docker;
 pub mod double;
@@ -48,6 +48,31 @@ pub enum ExecutorError {
         what: &'static str,
         detail: String,
     },
+}
+
+/// `auth: {username, password}` of a private registry's image (values already interpolated).
+/// The password never appears in `Debug`, logs, errors or a command line.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RegistryAuth {
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for RegistryAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryAuth")
+            .field("username", &self.username)
+            .field("password", &"<secret>")
+            .finish()
+    }
+}
+
+/// The registry an image reference names (`docker.io` when its first component is not a host).
+pub fn registry_of(image: &str) -> &str {
+    match image.split_once('/') {
+        Some((first, _)) if first.contains(['.', ':']) || first == "localhost" => first,
+        _ => "docker.io",
+    }
 }
 
 /// What the agent learns about an image before it starts a container from it.
@@ -130,6 +155,28 @@ pub struct Exec {
     pub exit: BoxFuture<'static, Result<Option<i64>, ExecutorError>>,
 }
 
+/// A pseudo-terminal's size, in characters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TtySize {
+    pub cols: u16,
+    pub rows: u16,
+}
+
+/// Resizes an interactive command's terminal (a no-op without one).
+pub type Resizer =
+    std::sync::Arc<dyn Fn(TtySize) -> BoxFuture<'static, Result<(), ExecutorError>> + Send + Sync>;
+
+/// A command someone drives (an SSH session): its stdin, its output (one stream when it has
+/// a terminal), a way to resize its terminal, and its exit status once the output has ended.
+pub struct Interactive {
+    /// The command's stdin; shutting it down is end of input.
+    pub input: std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>,
+    pub output: OutputStream,
+    pub resize: Resizer,
+    /// As [`Exec::exit`].
+    pub exit: BoxFuture<'static, Result<Option<i64>, ExecutorError>>,
+}
+
 pub type TarStream = BoxStream<'static, Bytes>;
 pub type ByteStream = BoxStream<'static, Result<Bytes, ExecutorError>>;
 
@@ -142,8 +189,13 @@ pub enum ResourceKind {
 
 #[async_trait::async_trait]
 pub trait Executor: Send + Sync + 'static {
-    /// Ensure the image is present (pulling it if the engine can) and read its config.
-    async fn image_info(&self, image: &str) -> Result<ImageInfo, ExecutorError>;
+    /// Ensure the image is present (pulling it if the engine can, with `auth` for a private
+    /// registry) and read its config.
+    async fn image_info(
+        &self,
+        image: &str,
+        auth: Option<&RegistryAuth>,
+    ) -> Result<ImageInfo, ExecutorError>;
     /// Create (not start) a container.
     async fn create(&self, spec: &ContainerSpec) -> Result<String, ExecutorError>;
     /// Start it, attached to its main process's stdin and output (attached before the start,
@@ -169,6 +221,15 @@ pub trait Executor: Send + Sync + 'static {
     ) -> Result<Option<ByteStream>, ExecutorError>;
     /// Run a command; its output streams, and its exit status comes with it.
     async fn exec(&self, container: &str, spec: ExecSpec) -> Result<Exec, ExecutorError>;
+    /// Run a command with its stdin attached and, with `tty`, a pseudo-terminal of that size
+    /// (output then comes as one stream, with the terminal's line endings). For a person
+    /// driving the job's container (the SSH gateway); steps use [`Executor::exec`].
+    async fn exec_interactive(
+        &self,
+        container: &str,
+        spec: ExecSpec,
+        tty: Option<TtySize>,
+    ) -> Result<Interactive, ExecutorError>;
     /// Remove a container (stopping it first); one already gone is not an error.
     async fn remove(&self, container: &str) -> Result<(), ExecutorError>;
     /// Create a network carrying `labels`; its id.

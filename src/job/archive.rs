@@ -53,26 +53,30 @@ impl TarBuilder {
         let _ = self.inner.append_data(&mut h.clone(), rel, data);
     }
 
+    /// A symbolic link at `path` pointing at `target`.
+    pub fn symlink(&mut self, path: &str, target: &str) {
+        let mut h = self.header(tar::EntryType::Symlink, 0o777, 0);
+        let rel = path.trim_start_matches('/');
+        let _ = self.inner.append_link(&mut h, rel, target);
+    }
+
     pub fn finish(self) -> std::io::Result<Vec<u8>> {
         self.inner.into_inner()
     }
 }
 
-/// Stream a directory tree (a checkout, `.git` included) as a tar rooted at `dest` inside the
-/// container, owned by the container user. Built on a blocking thread in 256 KiB pieces so a
-/// large tree never sits in memory whole and works against a remote engine.
-pub(super) fn tar_tree_stream(
-    src: PathBuf,
-    dest: String,
-    uid: u64,
-    gid: u64,
-) -> (TarStream, tokio::task::JoinHandle<std::io::Result<u64>>) {
+/// A tar written on a blocking thread by `write`, streamed in 256 KiB pieces as it is made:
+/// a large archive never sits in memory whole, and works against a remote engine. The
+/// handle gives the bytes written, or `write`'s error.
+pub(super) fn streamed<E, F>(write: F) -> (TarStream, tokio::task::JoinHandle<Result<u64, E>>)
+where
+    E: From<std::io::Error> + Send + 'static,
+    F: FnOnce(&mut tar::Builder<ChannelWriter>) -> Result<(), E> + Send + 'static,
+{
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(8);
     let handle = tokio::task::spawn_blocking(move || {
-        let writer = ChannelWriter::new(tx);
-        let mut b = tar::Builder::new(writer);
-        b.follow_symlinks(false);
-        append_tree(&mut b, &src, &src, dest.trim_start_matches('/'), uid, gid)?;
+        let mut b = tar::Builder::new(ChannelWriter::new(tx));
+        write(&mut b)?;
         let mut w = b.into_inner()?;
         w.flush_chunk()?;
         Ok(w.total)
@@ -81,6 +85,20 @@ pub(super) fn tar_tree_stream(
         futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (b, rx)) })
             .boxed();
     (stream, handle)
+}
+
+/// Stream a directory tree (a checkout, `.git` included) as a tar rooted at `dest` inside the
+/// container, owned by the container user.
+pub(super) fn tar_tree_stream(
+    src: PathBuf,
+    dest: String,
+    uid: u64,
+    gid: u64,
+) -> (TarStream, tokio::task::JoinHandle<std::io::Result<u64>>) {
+    streamed(move |b| {
+        b.follow_symlinks(false);
+        append_tree(b, &src, &src, dest.trim_start_matches('/'), uid, gid)
+    })
 }
 
 const CHUNK: usize = 256 * 1024;

@@ -24,6 +24,18 @@ pub(super) fn scratch_dir(job_id: &str) -> String {
     format!("/tmp/.bosun-{job_id}")
 }
 
+/// The file bash sources before every step (`$BASH_ENV`, also `$CIRCLE_SHELL_ENV`): empty at
+/// start, writable by the job's user, in the scratch directory.
+pub(super) fn bash_env_path(job_id: &str) -> String {
+    format!("{}/bash_env", scratch_dir(job_id))
+}
+
+/// The directory holding the in-job `circleci` / `circleci-agent` command; steps find it first
+/// on `PATH`.
+pub(super) fn bin_dir(job_id: &str) -> String {
+    format!("{}/bin", scratch_dir(job_id))
+}
+
 /// The line that tells who the container runs as: uid, gid, bash or not, `$HOME`.
 const BANNER: &str = r#"printf 'bosun-ready %s %s %s %s\n' "$(id -u)" "$(id -g)" "$([ -x /bin/bash ] && echo bash || echo sh)" "${HOME:-/}""#;
 
@@ -186,6 +198,24 @@ pub(super) async fn install_files(
     }
     let scratch = scratch_dir(&spec.id);
     tar.dir(&scratch, 0o700);
+    tar.file(&bash_env_path(&spec.id), b"", 0o644);
+    // The in-job command: one static executable, two names; it finds the scratch directory
+    // from where it lives.
+    let bin = bin_dir(&spec.id);
+    tar.dir(&bin, 0o755);
+    tar.file(
+        &format!("{bin}/circleci"),
+        crate::runtime::CIRCLECI_EXECUTABLE,
+        0o755,
+    );
+    tar.symlink(&format!("{bin}/circleci-agent"), "circleci");
+    if let Some(timings) = super::timings::for_job(spec) {
+        tar.file(
+            &format!("{scratch}/{}", crate::runtime::cmd::TIMINGS_FILE),
+            timings.as_bytes(),
+            0o644,
+        );
+    }
     for (i, step) in spec.plan.steps.iter().enumerate() {
         if let StepKind::Run(run) = &step.kind {
             tar.file(

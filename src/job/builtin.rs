@@ -2,9 +2,8 @@
 //! workspaces, artifacts, test results. Each reports what it did through `say` and returns
 //! `Err(message)` when the step fails.
 
-use crate::executor::{Executor, TarStream};
+use crate::executor::Executor;
 use crate::store::{junit, template, BlobId, Layer, Store};
-use bytes::Bytes;
 use futures_util::StreamExt;
 use std::io::{Read, Write};
 use std::path::Path;
@@ -83,25 +82,16 @@ impl Ctx<'_> {
     async fn upload_blob(&self, blob: &BlobId, prefix: &str) -> Result<(), String> {
         let path = self.store.blob_path(blob);
         // Rewrite entry names under `prefix` (relative to `/`) while streaming.
-        let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(8);
         let prefix = prefix.trim_matches('/').to_owned();
-        let producer = tokio::task::spawn_blocking(move || -> Result<(), String> {
-            let mut out = tar::Builder::new(super::archive::ChannelWriter::new(tx));
-            crate::store::archive::under_prefix(&mut out, &path, &prefix)
-                .map_err(|e| e.to_string())?;
-            let mut sender = out.into_inner().map_err(|e| e.to_string())?;
-            sender.flush_chunk().map_err(|e| e.to_string())
+        let (stream, producer) = super::archive::streamed(move |out| {
+            crate::store::archive::under_prefix(out, &path, &prefix)
+                .map(|_| ())
+                .map_err(std::io::Error::other)
         });
-        let stream: TarStream =
-            futures_util::stream::unfold(
-                rx,
-                |mut rx| async move { rx.recv().await.map(|b| (b, rx)) },
-            )
-            .boxed();
         let uploaded = self.executor.upload_tar(self.container, "/", stream).await;
         let produced = producer.await.map_err(|e| e.to_string())?;
         uploaded.map_err(|e| e.to_string())?;
-        produced
+        produced.map(|_| ()).map_err(|e| e.to_string())
     }
 
     fn render_key(&self, tpl: &str, checksums: &[(String, String)]) -> Result<String, String> {
@@ -326,6 +316,7 @@ impl Ctx<'_> {
         let mut archive = tar::Archive::new(file);
         let mut total = junit::TestSummary::default();
         let mut files = 0;
+        let mut times = Vec::new();
         for entry in archive.entries().map_err(|e| e.to_string())? {
             let mut entry = entry.map_err(|e| e.to_string())?;
             let name = entry.path().map_err(|e| e.to_string())?.into_owned();
@@ -342,6 +333,19 @@ impl Ctx<'_> {
                 Ok(s) => {
                     files += 1;
                     total.merge(s);
+                    times.extend(
+                        junit::case_times(&text)
+                            .unwrap_or_default()
+                            .into_iter()
+                            .map(|(file, classname, name, seconds)| {
+                                crate::runtime::cmd::split::Timing {
+                                    file,
+                                    classname,
+                                    name,
+                                    seconds,
+                                }
+                            }),
+                    );
                 }
                 Err(e) => (self.say)(format!(
                     "Warning: {} is not valid JUnit XML: {e}",
@@ -355,6 +359,10 @@ impl Ctx<'_> {
         ));
         for f in &total.failed {
             (self.say)(format!("  failed: {f}"));
+        }
+        // Timings for `circleci tests split --split-by=timings` in this job's later runs.
+        if let Err(e) = super::timings::record(self.store, self.job_name, times) {
+            (self.say)(format!("Warning: could not keep the test timings: {e}"));
         }
         let dir = self.store.artifacts_dir(self.job_id);
         std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;

@@ -33,6 +33,43 @@ pub(super) fn builtin_env(
     set("CIRCLE_NODE_INDEX", spec.node_index.to_string());
     set("CIRCLE_NODE_TOTAL", spec.node_total.max(1).to_string());
     set("CIRCLE_WORKING_DIRECTORY", workdir.to_owned());
+    // bash sources this file before every step (a non-interactive bash reads `$BASH_ENV`);
+    // CircleCI names it in both variables.
+    let bash_env = super::bootstrap::bash_env_path(&spec.id);
+    set("BASH_ENV", bash_env.clone());
+    set("CIRCLE_SHELL_ENV", bash_env);
+    // Where the job's task data (test timings) is: the runtime directory.
+    set(
+        "CIRCLE_INTERNAL_TASK_DATA",
+        super::bootstrap::scratch_dir(&spec.id),
+    );
+    let id = &spec.identity;
+    if let Some(url) = &id.build_url {
+        set("CIRCLE_BUILD_URL", url.clone());
+    }
+    if let Some(w) = &id.workflow_id {
+        set("CIRCLE_WORKFLOW_ID", w.clone());
+        // The same as the workflow's id unless a rerun reuses an earlier run's workspace.
+        set("CIRCLE_WORKFLOW_WORKSPACE_ID", w.clone());
+        // One id per job of the workflow (its parallel nodes share it, as on CircleCI).
+        set(
+            "CIRCLE_WORKFLOW_JOB_ID",
+            super::identity::uuid_from(&format!("job/{w}/{}", spec.plan.name)),
+        );
+    }
+    for (k, v) in [
+        ("CIRCLE_PIPELINE_ID", &id.pipeline_id),
+        ("CIRCLE_PROJECT_ID", &id.project_id),
+        ("CIRCLE_ORGANIZATION_ID", &id.organization_id),
+        ("CIRCLE_USERNAME", &id.username),
+    ] {
+        if let Some(v) = v {
+            set(k, v.clone());
+        }
+    }
+    if let Some(n) = id.previous_build_num {
+        set("CIRCLE_PREVIOUS_BUILD_NUM", n.to_string());
+    }
     if let Some(pr) = &spec.pull_request {
         // CircleCI lists every pull request of the branch in CIRCLE_PULL_REQUESTS (comma-
         // separated) and picks one for CIRCLE_PULL_REQUEST; a job here builds exactly one.

@@ -34,6 +34,15 @@ pub async fn run_job(
     let started = Instant::now();
     let mut spec = spec;
     let prefetched = spec.prefetched.take();
+    // Registry passwords are masked like any secret (a literal one in the config too).
+    let passwords: Vec<String> = std::iter::once(&spec.plan.image_auth)
+        .chain(spec.plan.services.iter().map(|s| &s.auth))
+        .filter_map(|a| registry_auth(&spec, a.as_ref()))
+        .map(|a| a.password)
+        .collect();
+    for p in passwords {
+        spec.secrets.push(("a registry password".to_owned(), p));
+    }
     let spec = Arc::new(spec);
 
     // Secret values and key text never leave the job unmasked, whatever the sink.
@@ -147,6 +156,26 @@ pub async fn run_job(
     outcome
 }
 
+/// An image's `auth:` with `$VAR` / `${VAR}` taken from the job's variables (project
+/// settings, contexts, `--env`), as CircleCI interpolates them.
+fn registry_auth(
+    spec: &JobSpec,
+    auth: Option<&(String, String)>,
+) -> Option<crate::executor::RegistryAuth> {
+    let (user, password) = auth?;
+    let lookup = |k: &str| {
+        spec.env
+            .iter()
+            .rev()
+            .find(|(name, _)| name == k)
+            .map(|(_, v)| v.clone())
+    };
+    Some(crate::executor::RegistryAuth {
+        username: crate::runtime::cmd::subst::subst(user, &lookup),
+        password: crate::runtime::cmd::subst::subst(password, &lookup),
+    })
+}
+
 fn panic_text(p: &Box<dyn std::any::Any + Send>) -> String {
     p.downcast_ref::<&str>()
         .map(|s| (*s).to_owned())
@@ -188,7 +217,7 @@ async fn run_inner(
         ExecutorKind::Machine => {
             let image = machine::local_image(spec, &plan.image)?;
             // Missing image: an error before anything is created.
-            let info = executor.image_info(&image).await?;
+            let info = executor.image_info(&image, None).await?;
             let id = machine::boot(executor.as_ref(), resources, spec, &image).await?;
             tracing::debug!(ms = millis(t.elapsed()), "machine booted");
             sink.emit(&Event::ContainerStarted {
@@ -206,10 +235,15 @@ async fn run_inner(
         }
         ExecutorKind::Docker => {
             // Every image first: a missing service image is an error before anything runs.
-            let info = executor.image_info(&plan.image).await?;
+            let info = executor
+                .image_info(
+                    &plan.image,
+                    registry_auth(spec, plan.image_auth.as_ref()).as_ref(),
+                )
+                .await?;
             for svc in &plan.services {
                 executor
-                    .image_info(&svc.image)
+                    .image_info(&svc.image, registry_auth(spec, svc.auth.as_ref()).as_ref())
                     .await
                     .map_err(|e| SetupError::Service {
                         service: svc.name.clone().unwrap_or_else(|| svc.image.clone()),
@@ -305,7 +339,8 @@ async fn run_inner(
 
     let mut attach_env = env.clone();
     merge_env(&mut attach_env, spec.env.clone());
-    let registered = spec.registry.register(Attachment::new(
+    let ssh = spec.registry.ssh_for(&spec.id);
+    let mut attachment = Attachment::new(
         &spec.id,
         &container,
         step_user.clone(),
@@ -314,7 +349,14 @@ async fn run_inner(
         &user.home,
         &workdir,
         attach_env,
-    ));
+    );
+    if let Some((gateway, keys)) = &ssh {
+        attachment = attachment.with_ssh_keys(Arc::clone(keys));
+        for message in crate::gateway::announce(&spec.id, gateway, keys.len()) {
+            sink.emit(&Event::Info { message });
+        }
+    }
+    let registered = spec.registry.register(attachment);
     let ctx = Ctx {
         container,
         user,
@@ -330,6 +372,11 @@ async fn run_inner(
         if let Some(s) = &services {
             s.report_output(sink.as_ref());
         }
+    }
+    if let Some((gateway, _)) = &ssh {
+        registered
+            .attachment
+            .wait_for_sessions(Instant::now() + gateway.wait);
     }
     if let Some(until) = registered.attachment.held_until() {
         sink.emit(&Event::Info {

@@ -65,7 +65,7 @@ pub(super) async fn boot(
     // systemd writes to the console; nobody reads it (its journal has it all).
     drop(executor.start(&id).await?);
     // For its first half second systemd's bus is not there and `--wait` does not wait
-    // through that ("Failed to connect to bus"): ask again until it answers with a state.
+    // through that: ask again until it answers with a settled state.
     let boot = async {
         loop {
             let (_, out) = capture(
@@ -82,8 +82,15 @@ pub(super) async fn boot(
                 },
             )
             .await?;
-            let text = String::from_utf8_lossy(&out).trim().to_owned();
-            if !text.contains("Failed to connect to bus") && !text.is_empty() {
+            // Before systemd's manager answers, systemctl says `offline` (and that it cannot
+            // reach the bus); `--wait` waits only once it answers.
+            let text = String::from_utf8_lossy(&out);
+            let state = text.lines().next().unwrap_or("").trim();
+            if !matches!(
+                state,
+                "" | "offline" | "unknown" | "initializing" | "starting"
+            ) && !text.contains("Failed to connect to bus")
+            {
                 return Ok::<_, SetupError>(out);
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -97,7 +104,12 @@ pub(super) async fn boot(
                 BOOT_TIMEOUT.as_secs()
             ))
         })??;
-    let state = String::from_utf8_lossy(&out).trim().to_owned();
+    let state = String::from_utf8_lossy(&out)
+        .lines()
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_owned();
     match state.as_str() {
         // `degraded`: up, with a unit that failed (the job may not need it).
         "running" | "degraded" => Ok(id),

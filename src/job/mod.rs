@@ -22,6 +22,7 @@ mod bootstrap;
 mod builtin;
 mod environment;
 mod extra_keys;
+pub mod identity;
 pub mod lifecycle;
 mod machine;
 pub mod registry;
@@ -32,8 +33,10 @@ mod services;
 mod steps;
 #[cfg(test)]
 mod tests;
+mod timings;
 
 pub use environment::{expand_home, project_names};
+pub use identity::JobIdentity;
 pub use lifecycle::run_job;
 pub use registry::{Attachment, Hold, Registry};
 pub use request::{
@@ -113,6 +116,8 @@ pub struct JobSpec {
     pub machine_images: BTreeMap<String, String>,
     /// Where the running job registers itself for others to attach to.
     pub registry: Registry,
+    /// Ids, names and links for the `CIRCLE_*` variables.
+    pub identity: identity::JobIdentity,
 }
 
 /// A fetched tree waiting to be uploaded by the `checkout` step.

@@ -5,8 +5,9 @@
 //! are released when the last hold is dropped or its deadline passes, or the job is canceled.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -14,10 +15,36 @@ use tokio_util::sync::CancellationToken;
 #[derive(Clone, Default)]
 pub struct Registry {
     jobs: Arc<Mutex<HashMap<String, Arc<Attachment>>>>,
+    ssh: Arc<Mutex<SshTable>>,
+}
+
+/// Where developers SSH into this registry's jobs and how long a job waits for them; set by
+/// the front door that runs the gateway (`bosun agent`, `bosun execute --ssh`).
+#[derive(Debug, Clone)]
+pub struct SshSettings {
+    /// Host and port shown in the job's `ssh -p PORT JOB@HOST` line.
+    pub host: String,
+    pub port: u16,
+    /// The gateway's host key fingerprint (`SHA256:…`), shown beside the line.
+    pub fingerprint: String,
+    /// After the last step, held this long if nobody is connected.
+    pub wait: Duration,
+    /// A session holds the job at most this long.
+    pub max: Duration,
+    /// After a session ends, held this much longer (a reconnect).
+    pub grace: Duration,
+}
+
+#[derive(Default)]
+struct SshTable {
+    settings: Option<Arc<SshSettings>>,
+    /// Job id → the public keys (`authorized_keys` lines) of whoever asked for SSH.
+    grants: HashMap<String, Arc<Vec<String>>>,
+    /// Keys for every job of this registry (`bosun execute --ssh`: the caller's own jobs).
+    every_job: Option<Arc<Vec<String>>>,
 }
 
 /// What a part attaching to a running job needs to land where the steps run.
-#[derive(Debug)]
 pub struct Attachment {
     pub job_id: String,
     /// The primary container's id.
@@ -33,9 +60,37 @@ pub struct Attachment {
     pub env: Vec<(String, String)>,
     /// Set when the job's last step has ended.
     pub steps_done: CancellationToken,
+    /// Set when the job has left the registry (its resources are being released): whoever is
+    /// attached lets go.
+    pub released: CancellationToken,
+    /// Public keys (`authorized_keys` lines) allowed to SSH into this job; empty: none.
+    pub ssh_keys: Arc<Vec<String>>,
+    sessions: AtomicUsize,
+    /// The hold that waits for a first session after the last step (dropped when one starts).
+    waiting: Mutex<Option<Hold>>,
     holds: Mutex<HashMap<u64, Instant>>,
     next_hold: Mutex<u64>,
     changed: Notify,
+}
+
+/// The environment holds the job's secrets: only its names are shown.
+impl std::fmt::Debug for Attachment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Attachment")
+            .field("job_id", &self.job_id)
+            .field("container", &self.container)
+            .field("user", &self.user)
+            .field("uid", &self.uid)
+            .field("gid", &self.gid)
+            .field("home", &self.home)
+            .field("workdir", &self.workdir)
+            .field(
+                "env",
+                &self.env.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(),
+            )
+            .field("ssh_keys", &self.ssh_keys.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Registry {
@@ -53,6 +108,41 @@ impl Registry {
             .lock()
             .map(|j| j.keys().cloned().collect())
             .unwrap_or_default()
+    }
+
+    /// Run a gateway for this registry's jobs: their output shows how to reach it.
+    pub fn set_ssh(&self, settings: SshSettings) {
+        if let Ok(mut t) = self.ssh.lock() {
+            t.settings = Some(Arc::new(settings));
+        }
+    }
+
+    /// Let `keys` SSH into job `job_id` once it runs (until [`Registry::revoke_ssh`]).
+    pub fn grant_ssh(&self, job_id: &str, keys: Vec<String>) {
+        if let Ok(mut t) = self.ssh.lock() {
+            t.grants.insert(job_id.to_owned(), Arc::new(keys));
+        }
+    }
+
+    /// Let `keys` SSH into every job of this registry.
+    pub fn grant_ssh_every_job(&self, keys: Vec<String>) {
+        if let Ok(mut t) = self.ssh.lock() {
+            t.every_job = Some(Arc::new(keys));
+        }
+    }
+
+    pub fn revoke_ssh(&self, job_id: &str) {
+        if let Ok(mut t) = self.ssh.lock() {
+            t.grants.remove(job_id);
+        }
+    }
+
+    /// The gateway's settings and the job's keys, when the job may be reached by SSH.
+    pub fn ssh_for(&self, job_id: &str) -> Option<(Arc<SshSettings>, Arc<Vec<String>>)> {
+        let t = self.ssh.lock().ok()?;
+        let settings = t.settings.clone()?;
+        let keys = t.grants.get(job_id).or(t.every_job.as_ref())?.clone();
+        (!keys.is_empty()).then_some((settings, keys))
     }
 
     /// Register a job that has started; unregistered when the returned guard drops.
@@ -79,6 +169,15 @@ impl Drop for Registered {
         if let Ok(mut jobs) = self.registry.jobs.lock() {
             jobs.remove(&self.attachment.job_id);
         }
+        self.attachment.released.cancel();
+        // The waiting hold points back at the attachment: let it go with the job.
+        let waiting = self
+            .attachment
+            .waiting
+            .lock()
+            .ok()
+            .and_then(|mut w| w.take());
+        drop(waiting);
     }
 }
 
@@ -104,10 +203,49 @@ impl Attachment {
             workdir: workdir.to_owned(),
             env,
             steps_done: CancellationToken::new(),
+            released: CancellationToken::new(),
+            ssh_keys: Arc::new(Vec::new()),
+            sessions: AtomicUsize::new(0),
+            waiting: Mutex::new(None),
             holds: Mutex::new(HashMap::new()),
             next_hold: Mutex::new(0),
             changed: Notify::new(),
         }
+    }
+
+    /// Allow these public keys (`authorized_keys` lines) to SSH into the job.
+    pub(super) fn with_ssh_keys(mut self, keys: Arc<Vec<String>>) -> Self {
+        self.ssh_keys = keys;
+        self
+    }
+
+    /// After the last step: wait for a first session until `deadline`, unless one is open.
+    pub(super) fn wait_for_sessions(self: &Arc<Self>, deadline: Instant) {
+        if self.sessions() > 0 {
+            return;
+        }
+        let hold = self.hold(deadline);
+        let old = self.waiting.lock().ok().and_then(|mut w| w.replace(hold));
+        drop(old);
+    }
+
+    /// A session has started: it holds the job itself from now on, so the hold waiting for a
+    /// first session ends.
+    pub fn session_started(&self) {
+        self.sessions.fetch_add(1, Ordering::SeqCst);
+        let waiting = self.waiting.lock().ok().and_then(|mut w| w.take());
+        drop(waiting);
+    }
+
+    pub fn session_ended(&self) {
+        let _ = self
+            .sessions
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+    }
+
+    /// Sessions open now.
+    pub fn sessions(&self) -> usize {
+        self.sessions.load(Ordering::SeqCst)
     }
 
     /// Keep the job's resources until the returned hold drops or `deadline` passes.
@@ -161,6 +299,16 @@ pub struct Hold {
     id: u64,
 }
 
+impl std::fmt::Debug for Hold {
+    // Not the attachment: its environment holds the job's secrets.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hold")
+            .field("job", &self.attachment.job_id)
+            .field("id", &self.id)
+            .finish()
+    }
+}
+
 impl Hold {
     /// Move the deadline (a session that is still active asks for more time).
     pub fn extend(&self, deadline: Instant) {
@@ -211,6 +359,15 @@ mod tests {
             .expect("task");
         drop(reg);
         assert!(registry.get("j1").is_none());
+    }
+
+    #[test]
+    fn debug_shows_variable_names_not_values() {
+        let mut a = attachment();
+        a.env = vec![("TOKEN".into(), "hunter22-secret".into())];
+        let text = format!("{a:?}");
+        assert!(text.contains("TOKEN"), "{text}");
+        assert!(!text.contains("hunter22"), "{text}");
     }
 
     #[tokio::test]

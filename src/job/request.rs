@@ -95,6 +95,8 @@ pub struct JobRequest {
     pub orb_dir: Option<PathBuf>,
     pub machine_images: BTreeMap<String, String>,
     pub registry: Registry,
+    /// What the front door knows of the job's ids, user and page (`CIRCLE_*`).
+    pub identity: super::JobIdentity,
 }
 
 /// Problems before the job could run, each with what to do about it.
@@ -122,6 +124,8 @@ pub enum PrepareError {
     TimedOut(Duration),
     #[error("canceled while the job was being prepared")]
     Canceled,
+    #[error("compiling the config took longer than {}s; it was stopped\n  help: a config whose commands call each other many times over expands to millions of steps: simplify it", .0.as_secs())]
+    CompileTooSlow(Duration),
 }
 
 /// A request made ready to run.
@@ -162,6 +166,7 @@ struct Base {
     time_limit: Option<Duration>,
     machine_images: BTreeMap<String, String>,
     registry: Registry,
+    identity: super::JobIdentity,
 }
 
 impl Base {
@@ -187,6 +192,7 @@ impl Base {
             pull_request: self.pull_request.clone(),
             machine_images: self.machine_images.clone(),
             registry: self.registry.clone(),
+            identity: self.identity.clone(),
         }
     }
 }
@@ -422,59 +428,39 @@ pub async fn prepare(req: JobRequest, sink: Arc<dyn EventSink>) -> Result<Prepar
         trigger_source: "bosun".to_owned(),
         ..config::PipelineValues::default()
     };
-    let loader = req.orb_dir.clone().map(OrbDir);
-    let opts = config::CompileOptions {
-        pipeline,
-        orbs: loader.as_ref().map(|l| l as &dyn config::OrbLoader),
-        orb_dir: req.orb_dir.as_ref().map(|d| d.display().to_string()),
-    };
-    let what = match &req.target {
-        Target::Job(job) => What::Job {
-            plan: Box::new(config::compile_job_with(
-                &config_text,
-                &config_name,
-                job,
-                &opts,
-            )?),
-            node: None,
-        },
-        Target::Node { job, index, total } => What::Job {
-            plan: Box::new(config::compile_job_with(
-                &config_text,
-                &config_name,
-                job,
-                &opts,
-            )?),
-            node: Some((*index, *total)),
-        },
-        Target::Workflow {
-            name,
-            max_parallel,
-            approve,
-        } => {
-            let compiled = config::compile(&config_text, &config_name, &opts)
-                .map_err(PrepareError::Configs)?;
-            let known = compiled
-                .workflows
-                .iter()
-                .map(|w| w.name.clone())
-                .collect::<Vec<_>>()
-                .join(", ");
-            let workflow = compiled
-                .workflows
-                .into_iter()
-                .find(|w| &w.name == name)
-                .ok_or_else(|| PrepareError::NoWorkflow {
-                    name: name.clone(),
-                    known,
-                })?;
-            What::Workflow {
-                workflow,
-                max_parallel: *max_parallel,
-                approve: *approve,
-            }
+    // The config is the repository's, so anyone with push access wrote it: compile it off
+    // the runtime's threads, within a time limit (the compiler's own budgets bound its size).
+    let (target, orb_dir) = (req.target.clone(), req.orb_dir.clone());
+    let compiling = tokio::task::spawn_blocking(move || {
+        compile_target(&config_text, &config_name, &target, pipeline, orb_dir)
+    });
+    let what = match tokio::time::timeout(COMPILE_LIMIT, compiling).await {
+        Ok(Ok(what)) => what?,
+        Ok(Err(e)) => {
+            return Err(PrepareError::Setup(SetupError::Prepare(format!(
+                "the config compiler failed: {e}"
+            ))))
         }
+        Err(_) => return Err(PrepareError::CompileTooSlow(COMPILE_LIMIT)),
     };
+    // Ids nobody gave: derived from what they name, so they stay put across runs.
+    let mut identity = req.identity;
+    let ids = super::identity::uuid_from;
+    identity
+        .project_id
+        .get_or_insert_with(|| ids(&format!("project/{}", source.url)));
+    if identity.organization_id.is_none() {
+        let owner = super::project_names(&source.url)
+            .map(|(owner, _)| owner)
+            .unwrap_or_default();
+        identity.organization_id = Some(ids(&format!("organization/{owner}")));
+    }
+    identity
+        .pipeline_id
+        .get_or_insert_with(|| ids(&format!("pipeline/{}", req.id)));
+    identity
+        .workflow_id
+        .get_or_insert_with(|| ids(&format!("workflow/{}", req.id)));
     Ok(Prepared {
         base: Base {
             id: req.id,
@@ -499,8 +485,69 @@ pub async fn prepare(req: JobRequest, sink: Arc<dyn EventSink>) -> Result<Prepar
             time_limit: req.time_limit,
             machine_images: req.machine_images,
             registry: req.registry,
+            identity,
         },
         what,
+    })
+}
+
+/// How long compiling a job's config may take.
+const COMPILE_LIMIT: Duration = Duration::from_secs(30);
+
+/// Compile what `target` names.
+fn compile_target(
+    config_text: &str,
+    config_name: &str,
+    target: &Target,
+    pipeline: config::PipelineValues,
+    orb_dir: Option<PathBuf>,
+) -> Result<What, PrepareError> {
+    let loader = orb_dir.clone().map(OrbDir);
+    let opts = config::CompileOptions {
+        pipeline,
+        orbs: loader.as_ref().map(|l| l as &dyn config::OrbLoader),
+        orb_dir: orb_dir.as_ref().map(|d| d.display().to_string()),
+    };
+    Ok(match target {
+        Target::Job(job) | Target::Node { job, .. } => What::Job {
+            plan: Box::new(config::compile_job_with(
+                config_text,
+                config_name,
+                job,
+                &opts,
+            )?),
+            node: match target {
+                Target::Node { index, total, .. } => Some((*index, *total)),
+                _ => None,
+            },
+        },
+        Target::Workflow {
+            name,
+            max_parallel,
+            approve,
+        } => {
+            let compiled =
+                config::compile(config_text, config_name, &opts).map_err(PrepareError::Configs)?;
+            let known = compiled
+                .workflows
+                .iter()
+                .map(|w| w.name.clone())
+                .collect::<Vec<_>>()
+                .join(", ");
+            let workflow = compiled
+                .workflows
+                .into_iter()
+                .find(|w| &w.name == name)
+                .ok_or_else(|| PrepareError::NoWorkflow {
+                    name: name.clone(),
+                    known,
+                })?;
+            What::Workflow {
+                workflow,
+                max_parallel: *max_parallel,
+                approve: *approve,
+            }
+        }
     })
 }
 
@@ -537,6 +584,9 @@ pub fn fetch_source(
         })
     };
     let outcome = checkout::checkout(&cspec, &creds, &mut progress)?;
+    sink.emit(&Event::CheckedOut {
+        sha: outcome.sha.clone(),
+    });
     Ok(Prefetched {
         dir: Arc::new(dir),
         outcome,

@@ -1,7 +1,7 @@
 //! One `run` step: its command line, environment and directory, its output streamed (and
 //! coalesced under a flood), `no_output_timeout`, and stopping it (TERM, then KILL).
 
-use super::bootstrap::{capture, scratch_dir};
+use super::bootstrap::{bin_dir, capture, scratch_dir};
 use super::environment::expand_home;
 use super::steps::Ctx;
 use super::{millis, JobSpec};
@@ -13,7 +13,7 @@ use futures_util::{FutureExt, StreamExt};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
-/// `/bin/sh -c 'echo $$ > pidfile; exec "$@"' SHELL… SCRIPT`: a `docker exec` process leads
+/// `/bin/sh -c 'echo $$ > pidfile; PATH=…; exec "$@"' SHELL… SCRIPT`: a `docker exec` process leads
 /// its own process group, so the pid it records is the group to signal on timeout or cancel;
 /// `exec` keeps that pid for the real shell.
 pub(super) fn step_command(
@@ -39,7 +39,12 @@ pub(super) fn step_command(
     let mut cmd = vec![
         "/bin/sh".to_owned(),
         "-c".to_owned(),
-        format!("echo $$ > {scratch}/step-{i}.pid; exec \"$@\""),
+        // The in-job `circleci` command comes first on PATH, whatever PATH the image or the
+        // job set; bash sources `$BASH_ENV` (set in the step's environment) by itself.
+        format!(
+            "echo $$ > {scratch}/step-{i}.pid; PATH=\"{bin}${{PATH:+:$PATH}}\"; export PATH; exec \"$@\"",
+            bin = bin_dir(job_id)
+        ),
         "bosun-step".to_owned(),
     ];
     cmd.extend(shell.split_whitespace().map(str::to_owned));

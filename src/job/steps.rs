@@ -39,6 +39,7 @@ pub(super) async fn run_steps(
     let mut failed = false;
     let mut status = JobStatus::Success;
     let mut background: Vec<Background> = Vec::new();
+    let mut halted = false;
 
     for (i, step) in spec.plan.steps.iter().enumerate() {
         let skipped = StepSummary {
@@ -58,7 +59,9 @@ pub(super) async fn run_steps(
             }
             _ => step.when,
         };
-        if cancel.is_cancelled() || !when.should_run(failed) {
+        // After `circleci step halt` only `when: always` steps still run.
+        let halted_away = halted && when != crate::config::When::Always;
+        if cancel.is_cancelled() || !when.should_run(failed) || halted_away {
             sink.emit(&Event::StepFinished(skipped.clone()));
             summaries.push(skipped);
             continue;
@@ -177,6 +180,19 @@ pub(super) async fn run_steps(
             }
         };
         sink.emit(&Event::StepFinished(summary.clone()));
+        if !halted
+            && summary.status == StepStatus::Success
+            && matches!(step.kind, StepKind::Run(_))
+            && halt_requested(executor.as_ref(), &ctx.container, &spec.id).await
+        {
+            halted = true;
+            sink.emit(&Event::Info {
+                message: format!(
+                    "`circleci step halt` in step {}: the job ends successfully; the steps after it are skipped (`when: always` steps still run)",
+                    i + 1
+                ),
+            });
+        }
         match summary.status {
             StepStatus::Success | StepStatus::Skipped | StepStatus::Stopped => {}
             StepStatus::Failed => {
@@ -244,6 +260,17 @@ pub(super) async fn run_steps(
         steps: summaries,
         error: None,
     }
+}
+
+/// Did the step run `circleci step halt` (which leaves a file in the scratch directory)? One
+/// archive request, answered "not found" in the usual case.
+async fn halt_requested(executor: &dyn Executor, container: &str, job_id: &str) -> bool {
+    let path = format!(
+        "{}/{}",
+        super::bootstrap::scratch_dir(job_id),
+        crate::runtime::cmd::HALT_FILE
+    );
+    matches!(executor.download_tar(container, &path).await, Ok(Some(_)))
 }
 
 /// Caches, workspaces, artifacts, test results, extra keys: the steps the agent carries out

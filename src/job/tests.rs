@@ -17,6 +17,7 @@ fn plan(steps: Vec<Step>) -> JobPlan {
         name: "build".into(),
         image: "img".into(),
         user: None,
+        image_auth: None,
         image_environment: vec![],
         environment: vec![],
         working_directory: "~/project".into(),
@@ -78,6 +79,7 @@ fn spec(store_dir: &Path, plan: JobPlan) -> JobSpec {
         pull_request: None,
         machine_images: BTreeMap::new(),
         registry: Registry::new(),
+        identity: Default::default(),
     }
 }
 
@@ -572,4 +574,33 @@ fn step_command_records_its_group_and_falls_back_to_sh() {
     );
     let cmd = step_command("j1", 2, &run, true, Some("/bin/zsh -e"));
     assert_eq!(&cmd[4..6], ["/bin/zsh", "-e"]);
+}
+
+#[tokio::test]
+async fn registry_credentials_are_interpolated_reach_the_pull_and_are_masked() {
+    let r = run_with(
+        Script {
+            replies: vec![reply("step-0.sh", "pw=s3cret-registry-pass\n", 0)],
+            ..Script::default()
+        },
+        |d| {
+            let mut p = plan(vec![run("print", "env", When::OnSuccess)]);
+            p.image_auth = Some(("bot".into(), "${REG_PASSWORD}".into()));
+            let mut s = spec(d, p);
+            s.env = vec![("REG_PASSWORD".into(), "s3cret-registry-pass".into())];
+            s
+        },
+    )
+    .await;
+    assert_eq!(r.outcome.status, JobStatus::Success);
+    let pulls = r.double.pull_auth();
+    assert_eq!(pulls.len(), 1);
+    assert_eq!(pulls[0].0, "img");
+    assert_eq!(
+        (pulls[0].1.username.as_str(), pulls[0].1.password.as_str()),
+        ("bot", "s3cret-registry-pass")
+    );
+    let text: String = r.events.iter().map(|e| format!("{e:?}")).collect();
+    assert!(!text.contains("s3cret-registry-pass"), "{text}");
+    assert!(text.contains("pw=********"), "{text}");
 }

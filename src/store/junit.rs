@@ -73,6 +73,58 @@ pub fn parse(xml: &str) -> Result<TestSummary, String> {
     Ok(sum)
 }
 
+/// Each test case's file (its own `file` attribute, else its suite's), class name, name and
+/// `time` in seconds, for splitting by timings. Cases without a time are left out.
+pub fn case_times(xml: &str) -> Result<Vec<(String, String, String, f64)>, String> {
+    let mut reader = Reader::from_str(xml);
+    let mut suite_files: Vec<String> = Vec::new();
+    let mut out = Vec::new();
+    let attr = |e: &quick_xml::events::BytesStart, key: &[u8]| -> Option<String> {
+        e.attributes()
+            .flatten()
+            .find(|a| a.key.as_ref() == key)
+            .and_then(|a| a.unescape_value().ok().map(|v| v.into_owned()))
+    };
+    loop {
+        let ev = reader
+            .read_event()
+            .map_err(|e| format!("at byte {}: {e}", reader.buffer_position()))?;
+        match ev {
+            Event::Start(e) if e.name().as_ref() == b"testsuite" => {
+                let f = attr(&e, b"file")
+                    .or_else(|| attr(&e, b"filepath"))
+                    .or_else(|| suite_files.last().cloned())
+                    .unwrap_or_default();
+                suite_files.push(f);
+            }
+            Event::End(e) if e.name().as_ref() == b"testsuite" => {
+                suite_files.pop();
+            }
+            Event::Start(e) | Event::Empty(e) if e.name().as_ref() == b"testcase" => {
+                let Some(time) = attr(&e, b"time").and_then(|t| t.trim().parse::<f64>().ok())
+                else {
+                    continue;
+                };
+                if !time.is_finite() || time < 0.0 {
+                    continue;
+                }
+                let file = attr(&e, b"file")
+                    .or_else(|| suite_files.last().cloned())
+                    .unwrap_or_default();
+                out.push((
+                    file,
+                    attr(&e, b"classname").unwrap_or_default(),
+                    attr(&e, b"name").unwrap_or_default(),
+                    time,
+                ));
+            }
+            Event::Eof => break,
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
 fn case_name(e: &quick_xml::events::BytesStart) -> String {
     let mut name = String::new();
     let mut class = String::new();
@@ -113,5 +165,24 @@ mod tests {
         assert_eq!((s.tests, s.failures, s.errors, s.skipped), (4, 1, 1, 1));
         assert_eq!(s.failed, ["math.divides", "io.reads"]);
         assert!(parse("<a></b>").is_err());
+    }
+
+    #[test]
+    fn case_times_take_the_file_from_the_case_or_its_suite() {
+        let xml = r#"<testsuites>
+  <testsuite name="s" file="spec/a_spec.rb">
+    <testcase classname="A" name="one" time="1.5"/>
+    <testcase classname="A" name="two" time="0.25" file="./spec/b_spec.rb"><failure/></testcase>
+    <testcase classname="A" name="untimed"/>
+  </testsuite>
+</testsuites>"#;
+        let t = case_times(xml).expect("parses");
+        assert_eq!(
+            t,
+            vec![
+                ("spec/a_spec.rb".into(), "A".into(), "one".into(), 1.5),
+                ("./spec/b_spec.rb".into(), "A".into(), "two".into(), 0.25),
+            ]
+        );
     }
 }

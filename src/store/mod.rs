@@ -377,6 +377,14 @@ impl Store {
             .collect()
     }
 
+    /// The test timings of the job named `job` (its earlier runs' stored JUnit results),
+    /// which `circleci tests split --split-by=timings` reads.
+    pub fn timings_path(&self, job: &str) -> PathBuf {
+        self.project_dir()
+            .join("timings")
+            .join(format!("{}.tsv", sanitize(job)))
+    }
+
     pub fn artifacts_dir(&self, job_id: &str) -> PathBuf {
         self.project_dir().join("artifacts").join(sanitize(job_id))
     }

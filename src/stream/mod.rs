@@ -42,6 +42,11 @@ pub enum Event {
     Info {
         message: String,
     },
+    /// The checkout finished at this commit (full SHA). The log already says so in an
+    /// [`Event::Info`] line; this carries it as data (the agent reports it to its coordinator).
+    CheckedOut {
+        sha: String,
+    },
     /// One of the job's containers started: which one, as data (tools attach to it by id).
     ContainerStarted {
         role: ContainerRole,
@@ -204,6 +209,7 @@ pub fn render(out: &mut dyn Write, event: &Event) {
         let _ = match event {
             Event::JobStarted { job, image, .. } => writeln!(out, "==> Job {job} on {image}"),
             Event::Info { message } => writeln!(out, "    {message}"),
+            Event::CheckedOut { .. } => Ok(()),
             Event::ContainerStarted {
                 role: ContainerRole::Primary,
                 image,

@@ -404,6 +404,7 @@ mod tests {
             step,
             name: format!("s{step}"),
             log_offset: off,
+            commit_sha: None,
         }
     }
 

@@ -23,6 +23,33 @@ pub struct Outcome {
     pub events: Vec<serde_json::Value>,
 }
 
+impl Outcome {
+    /// Every step's output (`--json`), in order.
+    pub fn output(&self) -> String {
+        self.events
+            .iter()
+            .filter(|e| e["event"] == "output")
+            .filter_map(|e| e["data"].as_str())
+            .collect()
+    }
+
+    /// The status of the step called `name` (`""` if it never finished).
+    pub fn step_status(&self, name: &str) -> String {
+        self.events
+            .iter()
+            .filter(|e| e["event"] == "step_finished" && e["name"] == name)
+            .filter_map(|e| e["status"].as_str())
+            .next()
+            .unwrap_or("")
+            .to_owned()
+    }
+
+    /// The first event of type `kind`.
+    pub fn event(&self, kind: &str) -> Option<&serde_json::Value> {
+        self.events.iter().find(|e| e["event"] == kind)
+    }
+}
+
 pub fn bosun_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_bosun"))
 }

@@ -1,0 +1,237 @@
+// bosun coordinator pages: what needs a script on top of the server-rendered HTML (which reads
+// fine without it). Job output never goes through innerHTML here: live text is added with
+// textContent; older parts come as HTML the coordinator rendered and escaped (pages/ansi.rs).
+"use strict";
+
+(function () {
+  const body = document.body;
+  const $ = (sel, root) => (root || document).querySelector(sel);
+  const $$ = (sel, root) => [...(root || document).querySelectorAll(sel)];
+
+  // ---- relative times: "3 min ago", kept current ----
+  function relative(iso) {
+    const s = Math.max(0, (Date.now() - Date.parse(iso)) / 1000);
+    if (s < 45) return "just now";
+    if (s < 5400) return Math.round(s / 60) + " min ago";
+    if (s < 129600) return Math.round(s / 3600) + " h ago";
+    return Math.round(s / 86400) + " d ago";
+  }
+  function refreshTimes(root) {
+    for (const t of $$("time[datetime]", root)) t.textContent = relative(t.getAttribute("datetime"));
+  }
+  refreshTimes();
+  setInterval(refreshTimes, 30000);
+
+  // ---- the job list: live rows ----
+  if (body.dataset.page === "jobs") {
+    const table = $("#jobs");
+    const every = Number(table && table.dataset.live) || 0;
+    if (table && every > 0) {
+      setInterval(async () => {
+        if (document.hidden) return;
+        try {
+          const r = await fetch(location.href, { headers: { Accept: "text/html" } });
+          if (!r.ok) return;
+          const doc = new DOMParser().parseFromString(await r.text(), "text/html");
+          const fresh = $("#jobs tbody", doc);
+          const old = $("tbody", table);
+          if (fresh && old && fresh.innerHTML !== old.innerHTML) {
+            old.replaceWith(document.adoptNode(fresh));
+            refreshTimes(table);
+          }
+        } catch (e) { /* the next round tries again */ }
+      }, every * 1000);
+    }
+    return;
+  }
+  if (body.dataset.page !== "job") return;
+
+  const logDiv = $("#log");
+  const steps = () => $$("details.step", logDiv);
+
+  // ---- expand / collapse ----
+  for (const [id, open] of [["expand-all", true], ["collapse-all", false]]) {
+    const b = document.getElementById(id);
+    if (!b) continue;
+    b.hidden = false;
+    b.addEventListener("click", () => { for (const d of steps()) d.open = open; });
+  }
+
+  // ---- a linked line, else the first failure, in view ----
+  function reveal(el) {
+    const d = el.closest("details");
+    if (d) d.open = true;
+    el.scrollIntoView({ block: "center" });
+  }
+  const target = location.hash.length > 1 && document.getElementById(location.hash.slice(1));
+  if (target) {
+    reveal(target);
+  } else {
+    const bad = $("details.step[data-status=failed], details.step[data-status=timedout]", logDiv);
+    if (bad) {
+      bad.open = true;
+      const lines = $$(".l", bad);
+      (lines.length ? lines[lines.length - 1] : bad).scrollIntoView({ block: "center" });
+      $("summary", bad).focus({ preventScroll: true });
+      bad.classList.add("first-failure");
+    }
+  }
+  window.addEventListener("hashchange", () => {
+    const t = location.hash.length > 1 && document.getElementById(location.hash.slice(1));
+    if (t) reveal(t);
+  });
+
+  // ---- older output on demand ----
+  const job = body.dataset.job;
+  async function loadEarlier(btn) {
+    btn.disabled = true;
+    const { start, end, line } = btn.dataset;
+    try {
+      const r = await fetch(`/jobs/${job}/log.html?start=${start}&end=${end}&line=${line}`);
+      if (!r.ok) throw new Error(r.status);
+      const doc = new DOMParser().parseFromString(await r.text(), "text/html");
+      const part = $("div.part", doc);
+      const pre = $("pre.log", btn.closest("details"));
+      const frag = document.createDocumentFragment();
+      for (const n of [...part.childNodes]) frag.append(document.adoptNode(n));
+      pre.prepend(frag);
+      const from = Number(part.dataset.start);
+      if (from > Number(start)) {
+        btn.dataset.end = String(from);
+        btn.dataset.line = part.dataset.line;
+        const kib = Math.ceil((from - Number(start)) / 1024);
+        btn.closest(".earlier").firstChild.textContent = kib + " KiB of earlier output not shown: ";
+        btn.disabled = false;
+      } else {
+        btn.closest(".earlier").remove();
+      }
+      search.rerun();
+    } catch (e) {
+      btn.disabled = false;
+      btn.textContent = "Load earlier output (failed, retry)";
+    }
+  }
+  for (const b of $$("button.load", logDiv)) {
+    b.hidden = false;
+    b.addEventListener("click", () => loadEarlier(b));
+  }
+
+  // ---- search over the shown log ----
+  const search = (function () {
+    const form = $("form.search");
+    const q = $("#q");
+    const status = $("#q-status");
+    let hits = [], cur = -1, last = "";
+    if (!form || !q) return { rerun() {} };
+    form.hidden = false;
+    function run() {
+      for (const h of hits) h.classList.remove("hit", "cur");
+      hits = []; cur = -1;
+      const needle = q.value.toLowerCase();
+      last = needle;
+      if (needle) {
+        for (const l of $$(".l", logDiv)) {
+          if (l.textContent.toLowerCase().includes(needle)) { l.classList.add("hit"); hits.push(l); }
+        }
+      }
+      status.textContent = needle ? (hits.length ? hits.length + " lines match" : "no match in the shown log") : "";
+    }
+    function go(step) {
+      if (q.value.toLowerCase() !== last) run();
+      if (!hits.length) return;
+      if (cur >= 0) hits[cur].classList.remove("cur");
+      cur = (cur + step + hits.length) % hits.length;
+      hits[cur].classList.add("cur");
+      reveal(hits[cur]);
+      status.textContent = "line " + (cur + 1) + " of " + hits.length + " matching lines";
+    }
+    let timer = 0;
+    q.addEventListener("input", () => { clearTimeout(timer); timer = setTimeout(run, 150); });
+    form.addEventListener("submit", (e) => { e.preventDefault(); go(1); });
+    $("#q-prev").addEventListener("click", () => go(-1));
+    document.addEventListener("keydown", (e) => {
+      if (e.key === "/" && document.activeElement === body) { e.preventDefault(); q.focus(); }
+    });
+    return { rerun() { if (last) run(); } };
+  })();
+
+  // ---- live: follow a running job ----
+  if (!body.dataset.live) return;
+  const esc = /\x1b\[[0-?]*[ -\/]*[@-~]|\x1b\][^\x07\x1b]*(\x07|\x1b\\)?|\x1b.?|[\x00-\x08\x0b-\x0c\x0e-\x1f\x7f]/g;
+  let nextLine = Number(body.dataset.nextLine) || 1;
+  let open = null; // the line element still waiting for its "\n"
+  const lastPre = () => { const p = $$("pre.log", logDiv); return p[p.length - 1]; };
+  function newLine() {
+    const n = nextLine++;
+    const span = document.createElement("span");
+    span.className = "l"; span.id = "L" + n;
+    const a = document.createElement("a");
+    a.href = "#L" + n; a.dataset.n = String(n); a.tabIndex = -1;
+    const text = document.createTextNode("");
+    span.append(a, text);
+    lastPre().append(span);
+    return text;
+  }
+  function put(piece) {
+    piece = piece.replace(esc, "");
+    const cr = piece.lastIndexOf("\r");
+    if (!open) open = newLine();
+    if (cr >= 0 && cr < piece.length - 1) open.data = piece.slice(cr + 1);
+    else open.data += piece.replace(/\r/g, "");
+  }
+  function appendText(text) {
+    const parts = text.split("\n");
+    parts.forEach((p, i) => {
+      if (i < parts.length - 1) { put(p); open.data += "\n"; open = null; }
+      else if (p) put(p);
+    });
+  }
+  const icons = { success: "✓", failed: "✗", timedout: "⏱", canceled: "⊘",
+    infrastructure_fail: "⚠", skipped: "↷", stopped: "■", running: "●", queued: "◌" };
+  function setBadge(holder, word) {
+    holder.textContent = "";
+    const b = document.createElement("span");
+    b.className = "badge st-" + word;
+    const i = document.createElement("span");
+    i.setAttribute("aria-hidden", "true");
+    i.textContent = icons[word] || "?";
+    b.append(i, " " + word);
+    holder.append(b);
+  }
+  const es = new EventSource(`/jobs/${job}/stream?offset=${body.dataset.offset}&seq=${body.dataset.seq}`);
+  es.addEventListener("log", (e) => appendText(JSON.parse(e.data).text));
+  es.addEventListener("step", (e) => {
+    const v = JSON.parse(e.data);
+    if (v.type === "step_started") {
+      const d = document.createElement("details");
+      d.className = "step"; d.id = "step-" + v.step; d.dataset.step = String(v.step);
+      d.dataset.status = "running"; d.open = true;
+      const s = document.createElement("summary");
+      const sb = document.createElement("span"); sb.className = "sb";
+      const name = document.createElement("span"); name.className = "name";
+      name.textContent = String(v.name).split("\n")[0];
+      const dur = document.createElement("span"); dur.className = "dur";
+      s.append(sb, " ", name, " ", dur);
+      setBadge(sb, "running");
+      const pre = document.createElement("pre"); pre.className = "log";
+      d.append(s, pre);
+      for (const o of steps()) if (o.dataset.status !== "failed") o.open = false;
+      logDiv.append(d);
+      open = null;
+    } else if (v.type === "step_finished") {
+      const d = document.getElementById("step-" + v.step);
+      if (!d) return;
+      d.dataset.status = v.status;
+      setBadge($(".sb", d), v.status);
+      $(".dur", d).textContent = (v.duration_ms / 1000).toFixed(1) + " s";
+    }
+  });
+  es.addEventListener("status", (e) => {
+    const v = JSON.parse(e.data);
+    const st = document.getElementById("status");
+    st.dataset.status = v.status;
+    setBadge(st, v.status);
+    document.getElementById("error").textContent = v.error || "";
+  });
+  es.addEventListener("end", () => es.close());
+})();

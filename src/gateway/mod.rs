@@ -1,0 +1,216 @@
+//! The SSH gateway: developers SSH into a running job. One port for the whole agent (no port
+//! and no sshd per job); the user name selects the job (`ssh -p PORT JOB@HOST`); only public
+//! keys, and only the keys of whoever asked for SSH on that job. A session lands in the job's
+//! primary container through the executor's interactive exec — as the step user, in the
+//! working directory, with the job's environment — and holds the job's resources while it
+//! lasts (see [`crate::job::Registry`]).
+//!
+//! One door: [`Gateway::start`]. Inside: [`host_key`] (the gateway's persistent ed25519 key),
+//! `server` (authentication, rate limits, session limits) and `bridge` (an SSH channel ↔ an
+//! exec: `pty-req`, `window-change`, `shell`, `exec`, `subsystem sftp`, `direct-tcpip` to the
+//! job's own `localhost`, `exit-status`).
+
+mod bridge;
+pub mod host_key;
+mod server;
+
+use crate::executor::Executor;
+use crate::job::registry::SshSettings;
+use crate::job::Registry;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// The default port, CircleCI's for runners.
+pub const DEFAULT_PORT: u16 = 54782;
+
+/// How the gateway listens and what it allows.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    pub listen: SocketAddr,
+    /// The host users are told to connect to (`None`: the listen address's IP, or this
+    /// machine's host name when it listens on every address).
+    pub address: Option<String>,
+    /// The host key file (made on first start, mode 0600).
+    pub host_key: PathBuf,
+    /// After the last step, a job waits this long for a first session.
+    pub wait: Duration,
+    /// A session keeps its job at most this long.
+    pub max: Duration,
+    /// A job is held this much longer after its last session ends.
+    pub grace: Duration,
+    /// Connections open at once per job.
+    pub sessions_per_job: usize,
+    /// A connection with no traffic for this long is closed.
+    pub idle_timeout: Duration,
+}
+
+impl GatewayConfig {
+    pub fn new(listen: SocketAddr, host_key: PathBuf) -> Self {
+        Self {
+            listen,
+            address: None,
+            host_key,
+            wait: Duration::from_secs(600),
+            max: Duration::from_secs(7200),
+            grace: Duration::from_secs(30),
+            sessions_per_job: 8,
+            idle_timeout: Duration::from_secs(3600),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("the SSH gateway's host key {path}: cannot {what} it: {source}")]
+    HostKey {
+        path: String,
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the SSH gateway's host key {path} is readable by others (mode {mode:o})\n  help: chmod 600 {path}")]
+    HostKeyMode { path: String, mode: u32 },
+    #[error("the SSH gateway's host key {path} is not an OpenSSH private key: {reason}")]
+    HostKeyParse { path: String, reason: String },
+    #[error("the SSH gateway cannot listen on {addr}: {source}\n  help: set ssh_gateway_listen to a free address (or `off`)")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A running gateway. Dropping it stops accepting connections.
+pub struct Gateway {
+    local_addr: SocketAddr,
+    fingerprint: String,
+    stop: CancellationToken,
+}
+
+impl Gateway {
+    /// Listen, and tell `registry` (so each job with SSH keys prints how to reach it).
+    pub async fn start(
+        config: GatewayConfig,
+        registry: Registry,
+        executor: Arc<dyn Executor>,
+    ) -> Result<Gateway, GatewayError> {
+        let key = host_key::load_or_create(&config.host_key)?;
+        let fingerprint = host_key::fingerprint(&key);
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| GatewayError::Listen {
+                addr: config.listen,
+                source,
+            })?;
+        let local_addr = listener
+            .local_addr()
+            .map_err(|source| GatewayError::Listen {
+                addr: config.listen,
+                source,
+            })?;
+        registry.set_ssh(SshSettings {
+            host: advertised_host(config.address.as_deref(), local_addr),
+            port: local_addr.port(),
+            fingerprint: fingerprint.clone(),
+            wait: config.wait,
+            max: config.max,
+            grace: config.grace,
+        });
+        let stop = CancellationToken::new();
+        tokio::spawn(server::serve(
+            listener,
+            key,
+            config,
+            registry,
+            executor,
+            stop.clone(),
+        ));
+        tracing::info!(%local_addr, %fingerprint, "SSH gateway listening");
+        Ok(Gateway {
+            local_addr,
+            fingerprint,
+            stop,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The host key's `SHA256:…` fingerprint.
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// `host` as users should type it: the configured address (its port, if any, wins), else the
+/// listen IP, else this machine's name.
+fn advertised_host(address: Option<&str>, local: SocketAddr) -> String {
+    if let Some(a) = address.map(str::trim).filter(|a| !a.is_empty()) {
+        return a.to_owned();
+    }
+    if !local.ip().is_unspecified() {
+        return local.ip().to_string();
+    }
+    std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned())
+}
+
+/// The lines a job with SSH prints at its start: the command and the host key to check.
+pub fn announce(job_id: &str, gateway: &SshSettings, keys: usize) -> Vec<String> {
+    // An advertised `HOST:PORT` (a proxy in front of the agent) names its own port.
+    let (host, port) = match gateway.host.rsplit_once(':') {
+        Some((h, p)) if !h.contains(':') && p.parse::<u16>().is_ok() => {
+            (h.to_owned(), p.to_owned())
+        }
+        _ => (gateway.host.clone(), gateway.port.to_string()),
+    };
+    vec![
+        format!("SSH: ssh -p {port} {job_id}@{host}"),
+        format!(
+            "SSH: host key {} (ED25519); {keys} key{} may log in; after the last step the job waits {} for a first session",
+            gateway.fingerprint,
+            if keys == 1 { "" } else { "s" },
+            crate::stream::format_duration(u64::try_from(gateway.wait.as_millis()).unwrap_or(u64::MAX)),
+        ),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_announced_command_uses_the_advertised_host_and_its_port() {
+        let mut s = SshSettings {
+            host: "ci.example.com".into(),
+            port: 54782,
+            fingerprint: "SHA256:abc".into(),
+            wait: Duration::from_secs(600),
+            max: Duration::from_secs(7200),
+            grace: Duration::from_secs(30),
+        };
+        assert_eq!(
+            announce("j1", &s, 1)[0],
+            "SSH: ssh -p 54782 j1@ci.example.com"
+        );
+        s.host = "proxy.example.com:2222".into();
+        assert_eq!(
+            announce("j1", &s, 1)[0],
+            "SSH: ssh -p 2222 j1@proxy.example.com"
+        );
+        assert!(announce("j1", &s, 2)[1].contains("SHA256:abc"));
+    }
+}

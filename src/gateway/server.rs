@@ -1,0 +1,410 @@
+//! Connections: authentication (the user name is a job id; the key must be one of that job's),
+//! per-address rate limits on failures, per-job session limits, and the channels a session may
+//! open. Every refusal looks the same and takes the same time (russh's
+//! `auth_rejection_time`).
+
+use super::bridge;
+use super::GatewayConfig;
+use crate::executor::Executor;
+use crate::job::{Attachment, Hold, Registry};
+use russh::keys::{PrivateKey, PublicKey};
+use russh::server::{Auth, Msg, Session};
+use russh::{Channel, ChannelId, MethodKind, MethodSet};
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// Failed logins an address may make per window before every attempt from it is refused.
+const MAX_FAILURES: u32 = 10;
+const FAILURE_WINDOW: Duration = Duration::from_secs(60);
+/// Connections still in the handshake or open, in all; past it new ones are closed at once.
+const MAX_CONNECTIONS: usize = 256;
+
+struct Shared {
+    registry: Registry,
+    executor: Arc<dyn Executor>,
+    config: GatewayConfig,
+    failures: Mutex<HashMap<IpAddr, (u32, Instant)>>,
+    connections: std::sync::atomic::AtomicUsize,
+}
+
+impl Shared {
+    fn blocked(&self, ip: Option<IpAddr>) -> bool {
+        let Some(ip) = ip else { return false };
+        let Ok(f) = self.failures.lock() else {
+            return true;
+        };
+        f.get(&ip)
+            .is_some_and(|(n, since)| *n >= MAX_FAILURES && since.elapsed() < FAILURE_WINDOW)
+    }
+
+    fn failed(&self, ip: Option<IpAddr>) {
+        let Some(ip) = ip else { return };
+        if let Ok(mut f) = self.failures.lock() {
+            if f.len() > 10_000 {
+                f.retain(|_, (_, since)| since.elapsed() < FAILURE_WINDOW);
+            }
+            let e = f.entry(ip).or_insert((0, Instant::now()));
+            if e.1.elapsed() >= FAILURE_WINDOW {
+                *e = (0, Instant::now());
+            }
+            e.0 += 1;
+        }
+    }
+}
+
+pub(super) async fn serve(
+    listener: tokio::net::TcpListener,
+    key: PrivateKey,
+    config: GatewayConfig,
+    registry: Registry,
+    executor: Arc<dyn Executor>,
+    stop: CancellationToken,
+) {
+    let mut methods = MethodSet::empty();
+    methods.push(MethodKind::PublicKey);
+    let russh_config = Arc::new(russh::server::Config {
+        server_id: russh::SshId::Standard("SSH-2.0-bosun_gateway".into()),
+        methods,
+        auth_rejection_time: Duration::from_millis(300),
+        // OpenSSH asks with "none" first to learn the methods: no need to make it wait.
+        auth_rejection_time_initial: Some(Duration::ZERO),
+        keys: vec![key],
+        max_auth_attempts: 6,
+        inactivity_timeout: Some(config.idle_timeout),
+        keepalive_interval: Some(Duration::from_secs(30)),
+        keepalive_max: 4,
+        nodelay: true,
+        ..Default::default()
+    });
+    let shared = Arc::new(Shared {
+        registry,
+        executor,
+        config,
+        failures: Mutex::new(HashMap::new()),
+        connections: std::sync::atomic::AtomicUsize::new(0),
+    });
+    loop {
+        let (socket, peer) = tokio::select! {
+            () = stop.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!("SSH gateway: accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        use std::sync::atomic::Ordering;
+        if shared.connections.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
+            shared.connections.fetch_sub(1, Ordering::SeqCst);
+            drop(socket);
+            continue;
+        }
+        let _ = socket.set_nodelay(true);
+        let handler = Connection {
+            shared: Arc::clone(&shared),
+            peer,
+            session: None,
+            started: HashMap::new(),
+        };
+        let config = Arc::clone(&russh_config);
+        let stop = stop.clone();
+        let shared = Arc::clone(&shared);
+        tokio::spawn(async move {
+            match russh::server::run_stream(config, socket, handler).await {
+                Ok(session) => {
+                    tokio::select! {
+                        r = session => if let Err(e) = r {
+                            tracing::debug!(%peer, "SSH gateway: connection ended: {e}");
+                        },
+                        () = stop.cancelled() => {}
+                    }
+                }
+                Err(e) => tracing::debug!(%peer, "SSH gateway: handshake: {e}"),
+            }
+            shared.connections.fetch_sub(1, Ordering::SeqCst);
+        });
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub(super) enum ConnError {
+    #[error(transparent)]
+    Ssh(#[from] russh::Error),
+}
+
+/// One client connection.
+struct Connection {
+    shared: Arc<Shared>,
+    peer: SocketAddr,
+    /// Set once a key of the job was accepted.
+    session: Option<SessionHold>,
+    /// Channels on which a program was started (one per channel).
+    started: HashMap<ChannelId, ()>,
+}
+
+/// A logged-in connection's place in its job: counted as a session and holding the job (at
+/// most `max`); when it ends, the job stays `grace` longer.
+struct SessionHold {
+    job: Arc<Attachment>,
+    hold: Option<Hold>,
+    grace: Duration,
+}
+
+impl Drop for SessionHold {
+    fn drop(&mut self) {
+        self.job.session_ended();
+        if let Some(hold) = self.hold.take() {
+            hold.extend(Instant::now() + self.grace);
+            let grace = self.grace;
+            match tokio::runtime::Handle::try_current() {
+                Ok(rt) => {
+                    rt.spawn(async move {
+                        tokio::time::sleep(grace).await;
+                        drop(hold);
+                    });
+                }
+                Err(_) => drop(hold),
+            }
+        }
+        tracing::info!(job = %self.job.job_id, sessions = self.job.sessions(), "SSH session ended");
+    }
+}
+
+/// Whether `key` is among `allowed` (`authorized_keys` lines, options before the key type
+/// allowed). Every line is looked at, whatever matched first.
+fn key_allowed(allowed: &[String], key: &PublicKey) -> bool {
+    let mut found = false;
+    for line in allowed {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let parsed = PublicKey::from_openssh(line).ok().or_else(|| {
+            // `no-pty,from="…" ssh-ed25519 AAAA…`: the key starts at a known type.
+            line.match_indices(' ')
+                .find_map(|(i, _)| PublicKey::from_openssh(line[i + 1..].trim_start()).ok())
+        });
+        if let Some(p) = parsed {
+            found |= p.key_data() == key.key_data();
+        }
+    }
+    found
+}
+
+impl russh::server::Handler for Connection {
+    type Error = ConnError;
+
+    async fn auth_publickey(&mut self, user: &str, key: &PublicKey) -> Result<Auth, ConnError> {
+        let ip = Some(self.peer.ip());
+        let shared = &self.shared;
+        let job = shared
+            .registry
+            .get(user)
+            .filter(|j| !j.released.is_cancelled());
+        // Looked at whatever the outcome so that a refusal takes the same work either way.
+        let allowed = job
+            .as_ref()
+            .map(|j| key_allowed(&j.ssh_keys, key))
+            .unwrap_or_else(|| key_allowed(&[], key));
+        let blocked = shared.blocked(ip);
+        let job = match job {
+            Some(j) if allowed && !blocked => j,
+            _ => {
+                shared.failed(ip);
+                tracing::info!(peer = %self.peer, "SSH gateway: login refused");
+                return Ok(Auth::reject());
+            }
+        };
+        if job.sessions() >= shared.config.sessions_per_job {
+            tracing::info!(job = %job.job_id, peer = %self.peer, "SSH gateway: session limit reached");
+            return Ok(Auth::reject());
+        }
+        // The session's hold first: the job must never be without one in between.
+        let hold = job.hold(Instant::now() + shared.config.max);
+        job.session_started();
+        tracing::info!(job = %job.job_id, peer = %self.peer, sessions = job.sessions(), "SSH session started");
+        self.session = Some(SessionHold {
+            job,
+            hold: Some(hold),
+            grace: shared.config.grace,
+        });
+        Ok(Auth::Accept)
+    }
+
+    async fn channel_open_session(
+        &mut self,
+        channel: Channel<Msg>,
+        reply: russh::server::ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), ConnError> {
+        let Some(s) = &self.session else {
+            return Ok(()); // dropping the reply refuses the channel
+        };
+        reply.accept().await;
+        tokio::spawn(bridge::session_channel(
+            channel,
+            Arc::clone(&s.job),
+            Arc::clone(&self.shared.executor),
+        ));
+        Ok(())
+    }
+
+    async fn channel_open_direct_tcpip(
+        &mut self,
+        channel: Channel<Msg>,
+        host_to_connect: &str,
+        port_to_connect: u32,
+        _originator_address: &str,
+        _originator_port: u32,
+        reply: russh::server::ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), ConnError> {
+        let Some(s) = &self.session else {
+            return Ok(());
+        };
+        // Only the job's own network namespace: its localhost.
+        let local = matches!(host_to_connect, "localhost" | "127.0.0.1" | "::1");
+        let Ok(port) = u16::try_from(port_to_connect) else {
+            return Ok(());
+        };
+        if !local || port == 0 {
+            reply
+                .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
+                .await;
+            return Ok(());
+        }
+        reply.accept().await;
+        tokio::spawn(bridge::forward_channel(
+            channel,
+            Arc::clone(&s.job),
+            Arc::clone(&self.shared.executor),
+            port,
+        ));
+        Ok(())
+    }
+
+    async fn pty_request(
+        &mut self,
+        channel: ChannelId,
+        _term: &str,
+        _cols: u32,
+        _rows: u32,
+        _pw: u32,
+        _ph: u32,
+        _modes: &[(russh::Pty, u32)],
+        session: &mut Session,
+    ) -> Result<(), ConnError> {
+        // The bridge reads the request from the channel itself.
+        if self.started.contains_key(&channel) {
+            session.channel_failure(channel)?;
+        } else {
+            session.channel_success(channel)?;
+        }
+        Ok(())
+    }
+
+    async fn shell_request(
+        &mut self,
+        channel: ChannelId,
+        session: &mut Session,
+    ) -> Result<(), ConnError> {
+        self.start(channel, session)
+    }
+
+    async fn exec_request(
+        &mut self,
+        channel: ChannelId,
+        _data: &[u8],
+        session: &mut Session,
+    ) -> Result<(), ConnError> {
+        self.start(channel, session)
+    }
+
+    async fn subsystem_request(
+        &mut self,
+        channel: ChannelId,
+        name: &str,
+        session: &mut Session,
+    ) -> Result<(), ConnError> {
+        if name == "sftp" {
+            self.start(channel, session)
+        } else {
+            session.channel_failure(channel)?;
+            Ok(())
+        }
+    }
+
+    async fn env_request(
+        &mut self,
+        channel: ChannelId,
+        _name: &str,
+        _value: &str,
+        session: &mut Session,
+    ) -> Result<(), ConnError> {
+        // The session gets the job's environment, not the client's.
+        session.channel_failure(channel)?;
+        Ok(())
+    }
+
+    async fn x11_request(
+        &mut self,
+        channel: ChannelId,
+        _single: bool,
+        _protocol: &str,
+        _cookie: &str,
+        _screen: u32,
+        session: &mut Session,
+    ) -> Result<(), ConnError> {
+        session.channel_failure(channel)?;
+        Ok(())
+    }
+
+    async fn tcpip_forward(
+        &mut self,
+        _address: &str,
+        _port: &mut u32,
+        _session: &mut Session,
+    ) -> Result<bool, ConnError> {
+        Ok(false)
+    }
+}
+
+impl Connection {
+    fn start(&mut self, channel: ChannelId, session: &mut Session) -> Result<(), ConnError> {
+        if self.session.is_none() || self.started.insert(channel, ()).is_some() {
+            session.channel_failure(channel)?;
+        } else {
+            session.channel_success(channel)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: &str =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBCnKQfAzuVF6iHrcQjDuDR8KDeNCpCxjF4+Hc1JFOQe a@x";
+    const B: &str =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGlPfS2B6mjDpbWC8M7y8WXG7l2cZ2rWQxL8gPYxcGCN b@x";
+
+    #[test]
+    fn only_listed_keys_are_allowed_options_and_comments_aside() {
+        let a = PublicKey::from_openssh(A).expect("a");
+        let b = PublicKey::from_openssh(B).expect("b");
+        let allowed = vec![
+            "# a comment".to_owned(),
+            format!("no-pty,from=\"10.0.0.1\" {A}"),
+        ];
+        assert!(key_allowed(&allowed, &a));
+        assert!(!key_allowed(&allowed, &b));
+        assert!(!key_allowed(&[], &a));
+        assert!(!key_allowed(&["garbage".to_owned()], &a));
+    }
+}
