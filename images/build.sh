@@ -3,7 +3,7 @@
 # registry (none is reachable from the machines this project runs on, and the
 # Docker engine starts with no images at all).
 #
-#   images/build.sh [base|nobash|gitserver|systemd|machine|postgres|redis|all]...
+#   images/build.sh [base|nobash|gitserver|systemd|machine|postgres|redis|docker|all]...
 #                        (default: all; several names build several images)
 #   images/build.sh prune    remove hashed tags other than this version's
 #
@@ -46,6 +46,11 @@ MACHINE_PACKAGES="$SYSTEMD_PACKAGES sudo docker.io curl socat"
 # Service containers for the docker executor (base's rootfs + the server).
 POSTGRES_PACKAGES="postgresql-15"
 REDIS_PACKAGES="redis-server"
+# A docker-executor job image for setup_remote_docker: base + the docker CLI
+# (Debian's docker.io; nothing starts its daemon in a job container). Its own
+# image rather than part of base: docker.io brings ~150 MB (containerd, runc,
+# iptables) that every other image would carry for nothing.
+DOCKER_PACKAGES="docker.io"
 
 log() { printf '[images] %s\n' "$*" >&2; }
 die() {
@@ -130,10 +135,11 @@ SYSTEMD_HASH=$(hash_of "script=$SCRIPT_SUM" systemd "base=$BASE_HASH" "packages=
 MACHINE_HASH=$(hash_of "script=$SCRIPT_SUM" machine "base=$BASE_HASH" "packages=$MACHINE_PACKAGES" "files=$MACHINE_SUM")
 POSTGRES_HASH=$(hash_of "script=$SCRIPT_SUM" postgres "base=$BASE_HASH" "packages=$POSTGRES_PACKAGES" "files=$POSTGRES_SUM")
 REDIS_HASH=$(hash_of "script=$SCRIPT_SUM" redis "base=$BASE_HASH" "packages=$REDIS_PACKAGES")
+DOCKER_HASH=$(hash_of "script=$SCRIPT_SUM" docker "base=$BASE_HASH" "packages=$DOCKER_PACKAGES")
 
 # Every image, in build order, and the ones made from base's rootfs.
-ALL_IMAGES="base nobash gitserver systemd machine postgres redis"
-FROM_BASE_ROOTFS="gitserver systemd machine postgres redis"
+ALL_IMAGES="base nobash gitserver systemd machine postgres redis docker"
+FROM_BASE_ROOTFS="gitserver systemd machine postgres redis docker"
 
 # bosun/<name>:<hash> of an image name.
 tag_of() {
@@ -510,6 +516,32 @@ build_redis() {
         'USER redis' 'WORKDIR /var/lib/redis' 'EXPOSE 6379'
     rm -rf "$dir"
     log "redis: done ($(elapsed "$t"))"
+}
+
+# The docker CLI for jobs with setup_remote_docker (the engine is the job's,
+# reached through the socket the agent mounts; see engine_proxy in README).
+build_docker() {
+    if image_exists "bosun/docker:$DOCKER_HASH"; then
+        docker tag "bosun/docker:$DOCKER_HASH" bosun/docker:latest
+        log "docker: bosun/docker:$DOCKER_HASH up to date"
+        return
+    fi
+    local t base dir
+    t=$(now)
+    base=$(base_rootfs)
+    dir="$CACHE/rootfs-docker-$DOCKER_HASH"
+    rm -rf "$dir"
+    cp -a "$base" "$dir"
+    rm -f "$dir/.complete"
+    # shellcheck disable=SC2086 # a list of package names
+    chroot_apt_install "$dir" $DOCKER_PACKAGES
+    [[ -x $dir/usr/bin/docker ]] || die "docker: the docker CLI is missing from the rootfs"
+    # The daemon cannot run unprivileged and is never wanted here.
+    rm -f "$dir/usr/sbin/dockerd" "$dir/usr/bin/containerd" "$dir/usr/bin/containerd-shim-runc-v2"
+    chroot "$dir" usermod -aG docker circleci
+    import_rootfs "$dir" docker "$DOCKER_HASH" '["/bin/bash"]'
+    rm -rf "$dir"
+    log "docker: done ($(elapsed "$t"))"
 }
 
 main() {

@@ -510,6 +510,12 @@ fn request(args: &ExecuteArgs) -> Result<JobRequest, RequestError> {
         orb_dir: args.compile.orb_dir.clone(),
         machine_images,
         registry: job::Registry::new(),
+        // The engine DOCKER_HOST names, sockets in a private directory under TMPDIR.
+        engine: crate::engine_proxy::EngineSettings::from_env(
+            crate::engine_proxy::EngineSettings::default_socket_root(),
+        )
+        .ok()
+        .map(std::sync::Arc::new),
         // No page, no earlier builds to know of; the user is the one running bosun.
         identity: job::JobIdentity {
             username: nix::unistd::User::from_uid(nix::unistd::getuid())

@@ -8,6 +8,7 @@ pub mod agent;
 pub mod checkout;
 pub mod config;
 pub mod coordinator;
+pub mod engine_proxy;
 pub mod execute;
 pub mod executor;
 pub mod gateway;

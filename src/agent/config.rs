@@ -76,6 +76,49 @@ pub struct AgentConfig {
     /// A job is held this much longer after its last session ends.
     #[serde(default = "d_ssh_grace")]
     pub ssh_grace_secs: u64,
+    /// Where each job's engine socket directory is made (default `state_dir/engine`); the
+    /// Docker engine must see the same path (it is bind-mounted into the job).
+    #[serde(default)]
+    pub engine_socket_dir: Option<PathBuf>,
+    /// Per container of a job's engine: CPUs in thousandths, memory in MiB; containers per
+    /// job. Unset: no limit.
+    #[serde(default)]
+    pub engine_millicpus: Option<u64>,
+    #[serde(default)]
+    pub engine_memory_mb: Option<u64>,
+    #[serde(default)]
+    pub engine_max_containers: Option<u64>,
+    /// Keep the images jobs build (layer reuse by later jobs) instead of removing them.
+    #[serde(default)]
+    pub engine_keep_images: bool,
+}
+
+impl AgentConfig {
+    /// The settings of the jobs' engines (`setup_remote_docker`, `machine`).
+    pub fn engine_settings(
+        &self,
+    ) -> Result<crate::engine_proxy::EngineSettings, crate::engine_proxy::ProxyError> {
+        let mut s = crate::engine_proxy::EngineSettings::from_env(
+            self.engine_socket_dir
+                .clone()
+                .unwrap_or_else(|| self.state_dir.join("engine")),
+        )?;
+        let clamp = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        s.limits = crate::engine_proxy::Limits {
+            nano_cpus: self
+                .engine_millicpus
+                .map(|m| clamp(m).saturating_mul(1_000_000)),
+            memory: self
+                .engine_memory_mb
+                .map(|m| clamp(m).saturating_mul(1 << 20)),
+            max_containers: self
+                .engine_max_containers
+                .map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
+            pids: None,
+        };
+        s.keep_images = self.engine_keep_images;
+        Ok(s)
+    }
 }
 
 fn d_reg_token_file() -> PathBuf {
@@ -160,6 +203,11 @@ const KEYS: &[(&str, Kind)] = &[
     ("ssh_wait_secs", Kind::Int),
     ("ssh_max_secs", Kind::Int),
     ("ssh_grace_secs", Kind::Int),
+    ("engine_socket_dir", Kind::Str),
+    ("engine_millicpus", Kind::Int),
+    ("engine_memory_mb", Kind::Int),
+    ("engine_max_containers", Kind::Int),
+    ("engine_keep_images", Kind::Bool),
 ];
 
 impl AgentConfig {
@@ -192,8 +240,8 @@ impl AgentConfig {
                         .map_err(|_| format!("{var}={v}: expected a whole number"))?,
                 ),
                 Kind::Bool => toml::Value::Boolean(match v.trim() {
-                    "true" | "1" | "yes" => true,
-                    "false" | "0" | "no" | "" => false,
+                    "1" | "true" | "yes" => true,
+                    "0" | "false" | "no" | "" => false,
                     _ => return Err(format!("{var}={v}: expected true or false")),
                 }),
                 Kind::List => toml::Value::Array(

@@ -298,6 +298,12 @@ impl Executor for Metered {
     async fn remove_network(&self, network: &str) -> Result<(), ExecutorError> {
         self.count(self.inner.remove_network(network).await)
     }
+    async fn remove_volume(&self, volume: &str) -> Result<(), ExecutorError> {
+        self.count(self.inner.remove_volume(volume).await)
+    }
+    async fn remove_image(&self, image: &str) -> Result<(), ExecutorError> {
+        self.count(self.inner.remove_image(image).await)
+    }
     async fn list_by_label(
         &self,
         kind: ResourceKind,

@@ -490,7 +490,14 @@ fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
 
 /// Containers a crash left behind, and spooled jobs that never finished.
 async fn remove_orphans(agent: &Arc<Agent>) {
-    match crate::job::sweep(agent.executor.as_ref(), &agent.agent_id).await {
+    let keep_images = agent.cfg().engine_keep_images;
+    if let Some(dir) = agent.cfg().engine_settings().ok().map(|s| s.socket_root) {
+        let n = crate::engine_proxy::sweep_dirs(&dir);
+        if n > 0 {
+            tracing::warn!("removed {n} job engine socket directories left by an earlier run");
+        }
+    }
+    match crate::job::sweep(agent.executor.as_ref(), &agent.agent_id, keep_images).await {
         Ok(removed) => {
             for (kind, id) in removed {
                 tracing::warn!(%id, "removed a {kind:?} left by an earlier run");

@@ -183,6 +183,13 @@ fn request(agent: &Arc<Agent>, wire: &mut WireJob) -> Result<JobRequest, Request
         orb_dir: None,
         machine_images: cfg.machine_images.clone(),
         registry: agent.registry.clone(),
+        engine: match cfg.engine_settings() {
+            Ok(s) => Some(std::sync::Arc::new(s)),
+            Err(e) => {
+                tracing::warn!("jobs get no Docker engine: {e}");
+                None
+            }
+        },
         identity: crate::job::JobIdentity {
             // The job's page on the coordinator this agent works for.
             build_url: Some(format!(

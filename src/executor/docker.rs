@@ -9,8 +9,9 @@ use bollard::exec::{CreateExecOptions, ResizeExecOptions, StartExecOptions, Star
 use bollard::models::{ContainerCreateBody, HostConfig, NetworkCreateRequest};
 use bollard::query_parameters::{
     AttachContainerOptionsBuilder, ContainerArchiveInfoOptionsBuilder, CreateImageOptionsBuilder,
-    DownloadFromContainerOptionsBuilder, ListContainersOptionsBuilder, ListNetworksOptionsBuilder,
-    RemoveContainerOptionsBuilder, UploadToContainerOptionsBuilder,
+    DownloadFromContainerOptionsBuilder, ListContainersOptionsBuilder, ListImagesOptionsBuilder,
+    ListNetworksOptionsBuilder, ListVolumesOptionsBuilder, RemoveContainerOptionsBuilder,
+    RemoveImageOptionsBuilder, RemoveVolumeOptionsBuilder, UploadToContainerOptionsBuilder,
 };
 use bollard::Docker;
 use futures_util::{FutureExt, StreamExt, TryStreamExt};
@@ -155,6 +156,7 @@ impl Executor for DockerExecutor {
             .read_only_binds
             .iter()
             .map(|p| format!("{p}:{p}:ro"))
+            .chain(spec.binds.iter().map(|(h, c)| format!("{h}:{c}:rw")))
             .collect();
         let body = ContainerCreateBody {
             image: Some(spec.image.clone()),
@@ -431,6 +433,24 @@ impl Executor for DockerExecutor {
         }
     }
 
+    async fn remove_volume(&self, volume: &str) -> Result<(), ExecutorError> {
+        let opts = RemoveVolumeOptionsBuilder::default().force(true).build();
+        match self.docker.remove_volume(volume, Some(opts)).await {
+            Ok(()) => Ok(()),
+            Err(e) if is_not_found(&e) => Ok(()),
+            Err(e) => Err(Self::engine(volume, "remove volume")(e)),
+        }
+    }
+
+    async fn remove_image(&self, image: &str) -> Result<(), ExecutorError> {
+        let opts = RemoveImageOptionsBuilder::default().force(true).build();
+        match self.docker.remove_image(image, Some(opts), None).await {
+            Ok(_) => Ok(()),
+            Err(e) if is_not_found(&e) => Ok(()),
+            Err(e) => Err(Self::engine(image, "remove image")(e)),
+        }
+    }
+
     async fn list_by_label(
         &self,
         kind: ResourceKind,
@@ -462,6 +482,38 @@ impl Executor for DockerExecutor {
                     .await
                     .map_err(Self::engine(label, "list networks"))?;
                 Ok(list.into_iter().filter_map(|n| n.id).collect())
+            }
+            ResourceKind::Volume => {
+                let opts = ListVolumesOptionsBuilder::default()
+                    .filters(&filters)
+                    .build();
+                let list = self
+                    .docker
+                    .list_volumes(Some(opts))
+                    .await
+                    .map_err(Self::engine(label, "list volumes"))?;
+                Ok(list
+                    .volumes
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|v| v.name)
+                    .collect())
+            }
+            ResourceKind::Image => {
+                let opts = ListImagesOptionsBuilder::default()
+                    .all(true)
+                    .filters(&filters)
+                    .build();
+                let list = self
+                    .docker
+                    .list_images(Some(opts))
+                    .await
+                    .map_err(Self::engine(label, "list images"))?;
+                // Newest first: a build's labelled intermediate images are parents of its
+                // result, and a parent cannot go before its children.
+                let mut list = list;
+                list.sort_by_key(|i| std::cmp::Reverse(i.created));
+                Ok(list.into_iter().map(|i| i.id).collect())
             }
         }
     }

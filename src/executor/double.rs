@@ -51,6 +51,8 @@ pub enum Call {
     Remove(String),
     CreateNetwork(String),
     RemoveNetwork(String),
+    RemoveVolume(String),
+    RemoveImage(String),
     List(ResourceKind),
 }
 
@@ -481,6 +483,14 @@ impl Executor for Recording {
         self.enter(None, Call::RemoveNetwork(network.to_owned()))
     }
 
+    async fn remove_volume(&self, volume: &str) -> Result<(), ExecutorError> {
+        self.enter(None, Call::RemoveVolume(volume.to_owned()))
+    }
+
+    async fn remove_image(&self, image: &str) -> Result<(), ExecutorError> {
+        self.enter(None, Call::RemoveImage(image.to_owned()))
+    }
+
     async fn list_by_label(
         &self,
         kind: ResourceKind,
@@ -490,7 +500,7 @@ impl Executor for Recording {
         self.enter(None, Call::List(kind))?;
         Ok(match kind {
             ResourceKind::Container => self.live(),
-            ResourceKind::Network => Vec::new(),
+            ResourceKind::Network | ResourceKind::Volume | ResourceKind::Image => Vec::new(),
         })
     }
 }

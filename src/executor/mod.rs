@@ -122,6 +122,9 @@ pub struct ContainerSpec {
     pub read_only_binds: Vec<String>,
     /// Signal the engine sends on stop (systemd wants SIGRTMIN+3).
     pub stop_signal: Option<String>,
+    /// Host directories mounted read-write: `(host path, container path)`. Only the job's
+    /// engine socket directory (see `engine_proxy`); never the job's files.
+    pub binds: Vec<(String, String)>,
 }
 
 /// A running container's main process: its stdin and its output.
@@ -185,6 +188,10 @@ pub type ByteStream = BoxStream<'static, Result<Bytes, ExecutorError>>;
 pub enum ResourceKind {
     Container,
     Network,
+    /// Made only through a job's engine (`engine_proxy`).
+    Volume,
+    /// Built only through a job's engine (`engine_proxy`).
+    Image,
 }
 
 #[async_trait::async_trait]
@@ -240,7 +247,11 @@ pub trait Executor: Send + Sync + 'static {
     ) -> Result<String, ExecutorError>;
     /// Remove a network; one already gone is not an error.
     async fn remove_network(&self, network: &str) -> Result<(), ExecutorError>;
-    /// Containers (running or not) or networks carrying `label=value`.
+    /// Remove a volume; one already gone is not an error.
+    async fn remove_volume(&self, volume: &str) -> Result<(), ExecutorError>;
+    /// Remove an image and its tags; one already gone is not an error.
+    async fn remove_image(&self, image: &str) -> Result<(), ExecutorError>;
+    /// Containers (running or not), networks, volumes or images carrying `label=value`.
     async fn list_by_label(
         &self,
         kind: ResourceKind,

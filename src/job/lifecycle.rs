@@ -213,12 +213,33 @@ async fn run_inner(
     let steps_done = CancellationToken::new();
     // Stop watching services when this function returns, however it returns.
     let _stop_watching = steps_done.clone().drop_guard();
+    let engine = job_engine(spec, resources)?;
+    let (engine_binds, engine_env) = match &engine {
+        Some(e) => (
+            vec![(
+                e.dir().display().to_string(),
+                crate::engine_proxy::CONTAINER_DIR.to_owned(),
+            )],
+            vec![format!(
+                "DOCKER_HOST={}",
+                crate::engine_proxy::docker_host()
+            )],
+        ),
+        None => (Vec::new(), Vec::new()),
+    };
     let (container, user, step_user, image_env, services) = match &plan.executor {
         ExecutorKind::Machine => {
             let image = machine::local_image(spec, &plan.image)?;
             // Missing image: an error before anything is created.
             let info = executor.image_info(&image, None).await?;
-            let id = machine::boot(executor.as_ref(), resources, spec, &image).await?;
+            let id = machine::boot(
+                executor.as_ref(),
+                resources,
+                spec,
+                &image,
+                engine.as_deref(),
+            )
+            .await?;
             tracing::debug!(ms = millis(t.elapsed()), "machine booted");
             sink.emit(&Event::ContainerStarted {
                 role: ContainerRole::Primary,
@@ -261,7 +282,9 @@ async fn run_inner(
                         .image_environment
                         .iter()
                         .map(|(k, v)| format!("{k}={v}"))
+                        .chain(engine_env.iter().cloned())
                         .collect(),
+                    binds: engine_binds.clone(),
                     labels: resources.labels(&role),
                     network: spec
                         .network
@@ -364,6 +387,7 @@ async fn run_inner(
         workdir,
         base_env: env,
         checkout,
+        engine,
     };
     let outcome = run_steps(executor, spec, sink, cancel, &ctx).await;
     steps_done.cancel();
@@ -390,6 +414,34 @@ async fn run_inner(
     }
     registered.attachment.holds_released(cancel).await;
     Ok(outcome)
+}
+
+/// The job's engine proxy, when the job may use Docker (`setup_remote_docker`, `machine`) and
+/// this runner offers one: its socket directory made and handed to the job's resources.
+/// Nothing listens until the step (or a machine's boot) serves it.
+fn job_engine(
+    spec: &JobSpec,
+    resources: &Resources,
+) -> Result<Option<Arc<crate::engine_proxy::JobEngine>>, SetupError> {
+    let wants = matches!(spec.plan.executor, ExecutorKind::Machine)
+        || spec
+            .plan
+            .steps
+            .iter()
+            .any(|s| matches!(s.kind, StepKind::SetupRemoteDocker));
+    let Some(settings) = spec.engine.as_ref().filter(|_| wants) else {
+        return Ok(None);
+    };
+    let scope = crate::engine_proxy::Scope {
+        job: spec.id.clone(),
+        agent: spec.agent_id.clone(),
+        limits: settings.limits.clone(),
+    };
+    let engine = crate::engine_proxy::JobEngine::prepare(settings, scope)
+        .map_err(|e| SetupError::Prepare(e.to_string()))?;
+    let engine = Arc::new(engine);
+    resources.track_engine(Arc::clone(&engine), settings.keep_images);
+    Ok(Some(engine))
 }
 
 async fn install_files_into(

@@ -36,6 +36,7 @@ pub(super) async fn boot(
     resources: &Resources,
     spec: &JobSpec,
     image: &str,
+    engine: Option<&crate::engine_proxy::JobEngine>,
 ) -> Result<String, SetupError> {
     let role = Role::Primary;
     let id = executor
@@ -43,7 +44,11 @@ pub(super) async fn boot(
             image: image.to_owned(),
             // systemd runs as root; the steps run as `circleci`.
             user: None,
-            env: vec!["container=docker".to_owned()],
+            env: std::iter::once("container=docker".to_owned())
+                .chain(
+                    engine.map(|_| format!("DOCKER_HOST={}", crate::engine_proxy::docker_host())),
+                )
+                .collect(),
             labels: resources.labels(&role),
             network: spec
                 .network
@@ -59,6 +64,15 @@ pub(super) async fn boot(
             read_only_binds: vec!["/sys/fs/cgroup".to_owned()],
             // What systemd takes as "halt".
             stop_signal: Some("SIGRTMIN+3".to_owned()),
+            // The job's engine: a machine has Docker without setup_remote_docker.
+            binds: engine
+                .map(|e| {
+                    vec![(
+                        e.dir().display().to_string(),
+                        crate::engine_proxy::CONTAINER_DIR.to_owned(),
+                    )]
+                })
+                .unwrap_or_default(),
         })
         .await?;
     resources.track(role, &id);
@@ -110,6 +124,31 @@ pub(super) async fn boot(
         .unwrap_or("")
         .trim()
         .to_owned();
+    if let Some(engine) = engine {
+        engine
+            .serve()
+            .map_err(|e| SetupError::Prepare(e.to_string()))?;
+        // Tools that ignore DOCKER_HOST (and services of the machine) find the usual socket.
+        let _ = capture(
+            executor,
+            &id,
+            ExecSpec {
+                cmd: vec![
+                    "ln".into(),
+                    "-sf".into(),
+                    format!(
+                        "{}/{}",
+                        crate::engine_proxy::CONTAINER_DIR,
+                        crate::engine_proxy::SOCKET_NAME
+                    ),
+                    "/run/docker.sock".into(),
+                ],
+                user: Some("0".into()),
+                ..Default::default()
+            },
+        )
+        .await;
+    }
     match state.as_str() {
         // `degraded`: up, with a unit that failed (the job may not need it).
         "running" | "degraded" => Ok(id),

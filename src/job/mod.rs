@@ -116,6 +116,9 @@ pub struct JobSpec {
     pub machine_images: BTreeMap<String, String>,
     /// Where the running job registers itself for others to attach to.
     pub registry: Registry,
+    /// How the job's Docker engine is served (`setup_remote_docker`, `machine`); `None`: this
+    /// runner offers none.
+    pub engine: Option<Arc<crate::engine_proxy::EngineSettings>>,
     /// Ids, names and links for the `CIRCLE_*` variables.
     pub identity: identity::JobIdentity,
 }

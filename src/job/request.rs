@@ -95,6 +95,8 @@ pub struct JobRequest {
     pub orb_dir: Option<PathBuf>,
     pub machine_images: BTreeMap<String, String>,
     pub registry: Registry,
+    /// How jobs' Docker engines are served; `None`: not offered.
+    pub engine: Option<Arc<crate::engine_proxy::EngineSettings>>,
     /// What the front door knows of the job's ids, user and page (`CIRCLE_*`).
     pub identity: super::JobIdentity,
 }
@@ -166,6 +168,7 @@ struct Base {
     time_limit: Option<Duration>,
     machine_images: BTreeMap<String, String>,
     registry: Registry,
+    engine: Option<Arc<crate::engine_proxy::EngineSettings>>,
     identity: super::JobIdentity,
 }
 
@@ -192,6 +195,7 @@ impl Base {
             pull_request: self.pull_request.clone(),
             machine_images: self.machine_images.clone(),
             registry: self.registry.clone(),
+            engine: self.engine.clone(),
             identity: self.identity.clone(),
         }
     }
@@ -485,6 +489,7 @@ pub async fn prepare(req: JobRequest, sink: Arc<dyn EventSink>) -> Result<Prepar
             time_limit: req.time_limit,
             machine_images: req.machine_images,
             registry: req.registry,
+            engine: req.engine,
             identity,
         },
         what,

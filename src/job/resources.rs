@@ -9,6 +9,7 @@
 //! before that (its task aborted), `Drop` hands the removal to the runtime. What a killed
 //! agent left behind is found by label at its next start ([`sweep`]).
 
+use crate::engine_proxy::JobEngine;
 use crate::executor::{Executor, ExecutorError, ResourceKind, LABEL_AGENT, LABEL_JOB, LABEL_KIND};
 use std::sync::{Arc, Mutex};
 
@@ -21,6 +22,9 @@ pub enum Role {
     Service(String),
     /// A network the job created.
     Network,
+    /// The job's engine proxy; what the job made through it (containers, networks, volumes,
+    /// images, labelled `bosun.kind=engine`) is found by label when it is released.
+    Engine,
 }
 
 impl Role {
@@ -30,6 +34,7 @@ impl Role {
             Role::Primary => "primary",
             Role::Service(_) => "service",
             Role::Network => "network",
+            Role::Engine => crate::engine_proxy::filter::KIND_VALUE,
         }
     }
 
@@ -53,6 +58,13 @@ pub struct Resources {
     job_id: String,
     agent_id: String,
     held: Mutex<Vec<Resource>>,
+    engine: Mutex<Option<JobEngineHeld>>,
+}
+
+/// A job's engine: the proxy to stop, and whether the images built through it stay.
+struct JobEngineHeld {
+    proxy: Arc<JobEngine>,
+    keep_images: bool,
 }
 
 impl Resources {
@@ -62,7 +74,15 @@ impl Resources {
             job_id: job_id.to_owned(),
             agent_id: agent_id.to_owned(),
             held: Mutex::new(Vec::new()),
+            engine: Mutex::new(None),
         }
+    }
+
+    /// Hand the job's engine proxy over: on release it stops first (nothing new can be made),
+    /// then everything labelled with the job is removed (images unless `keep_images`).
+    pub fn track_engine(&self, proxy: Arc<JobEngine>, keep_images: bool) {
+        *self.engine.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some(JobEngineHeld { proxy, keep_images });
     }
 
     /// The labels a resource of `role` must carry to be found again.
@@ -94,8 +114,89 @@ impl Resources {
     /// Remove everything, newest first, containers before networks. Every removal is tried;
     /// the failures come back (the caller reports them).
     pub async fn release(&self) -> Vec<(Resource, ExecutorError)> {
+        let engine = self.engine.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(e) = &engine {
+            e.proxy.stop().await;
+        }
         let taken = std::mem::take(&mut *self.held.lock().unwrap_or_else(|p| p.into_inner()));
-        remove_all(self.executor.as_ref(), taken).await
+        let mut failed = remove_all(self.executor.as_ref(), taken).await;
+        if let Some(e) = engine {
+            failed.extend(
+                remove_labelled(
+                    self.executor.as_ref(),
+                    LABEL_JOB,
+                    &self.job_id,
+                    e.keep_images,
+                )
+                .await,
+            );
+        }
+        failed
+    }
+}
+
+/// Remove every container, network, volume and (unless `keep_images`) image carrying
+/// `label=value`, in that order; the failures.
+async fn remove_labelled(
+    executor: &dyn Executor,
+    label: &str,
+    value: &str,
+    keep_images: bool,
+) -> Vec<(Resource, ExecutorError)> {
+    let mut failed = Vec::new();
+    let kinds: &[ResourceKind] = if keep_images {
+        &[
+            ResourceKind::Container,
+            ResourceKind::Network,
+            ResourceKind::Volume,
+        ]
+    } else {
+        &[
+            ResourceKind::Container,
+            ResourceKind::Network,
+            ResourceKind::Volume,
+            ResourceKind::Image,
+        ]
+    };
+    for &kind in kinds {
+        let ids = match executor.list_by_label(kind, label, value).await {
+            Ok(ids) => ids,
+            Err(e) => {
+                failed.push((
+                    Resource {
+                        role: Role::Engine,
+                        id: format!("{kind:?} list"),
+                    },
+                    e,
+                ));
+                continue;
+            }
+        };
+        for id in ids {
+            if let Err(e) = remove_kind(executor, kind, &id).await {
+                failed.push((
+                    Resource {
+                        role: Role::Engine,
+                        id,
+                    },
+                    e,
+                ));
+            }
+        }
+    }
+    failed
+}
+
+async fn remove_kind(
+    executor: &dyn Executor,
+    kind: ResourceKind,
+    id: &str,
+) -> Result<(), ExecutorError> {
+    match kind {
+        ResourceKind::Container => executor.remove(id).await,
+        ResourceKind::Network => executor.remove_network(id).await,
+        ResourceKind::Volume => executor.remove_volume(id).await,
+        ResourceKind::Image => executor.remove_image(id).await,
     }
 }
 
@@ -108,11 +209,7 @@ async fn remove_all(
     taken.sort_by_key(|r| r.role.kind() == ResourceKind::Network);
     let mut failed = Vec::new();
     for r in taken {
-        let result = match r.role.kind() {
-            ResourceKind::Container => executor.remove(&r.id).await,
-            ResourceKind::Network => executor.remove_network(&r.id).await,
-        };
-        if let Err(e) = result {
+        if let Err(e) = remove_kind(executor, r.role.kind(), &r.id).await {
             failed.push((r, e));
         }
     }
@@ -122,15 +219,27 @@ async fn remove_all(
 impl Drop for Resources {
     fn drop(&mut self) {
         let taken = std::mem::take(&mut *self.held.lock().unwrap_or_else(|p| p.into_inner()));
-        if taken.is_empty() {
+        let engine = self.engine.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if taken.is_empty() && engine.is_none() {
             return;
         }
         // The lifecycle did not get to release (its future was dropped): remove in the
         // background if a runtime is still there; otherwise the next start's sweep will.
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             let executor = Arc::clone(&self.executor);
+            let job_id = self.job_id.clone();
             handle.spawn(async move {
-                for (r, e) in remove_all(executor.as_ref(), taken).await {
+                let mut failed = Vec::new();
+                if let Some(e) = &engine {
+                    e.proxy.stop().await;
+                }
+                failed.extend(remove_all(executor.as_ref(), taken).await);
+                if let Some(e) = engine {
+                    failed.extend(
+                        remove_labelled(executor.as_ref(), LABEL_JOB, &job_id, e.keep_images).await,
+                    );
+                }
+                for (r, e) in failed {
                     tracing::warn!(id = %r.id, "could not remove a job's {:?}: {e}", r.role);
                 }
             });
@@ -138,22 +247,28 @@ impl Drop for Resources {
     }
 }
 
-/// Remove every container and network labelled as made by `agent_id`: what an agent killed
-/// mid-job left behind. Containers first (they keep networks in use). Returns what was
+/// Remove every container, network, volume and (unless `keep_images`) image labelled as made
+/// by `agent_id`: what an agent killed mid-job left behind, its jobs' engines' objects
+/// included. Containers first (they keep networks and volumes in use). Returns what was
 /// removed, and the first error if any removal failed.
 pub async fn sweep(
     executor: &dyn Executor,
     agent_id: &str,
+    keep_images: bool,
 ) -> Result<Vec<(ResourceKind, String)>, ExecutorError> {
     let mut removed = Vec::new();
     let mut first_error = None;
-    for kind in [ResourceKind::Container, ResourceKind::Network] {
+    let mut kinds = vec![
+        ResourceKind::Container,
+        ResourceKind::Network,
+        ResourceKind::Volume,
+    ];
+    if !keep_images {
+        kinds.push(ResourceKind::Image);
+    }
+    for kind in kinds {
         for id in executor.list_by_label(kind, LABEL_AGENT, agent_id).await? {
-            let result = match kind {
-                ResourceKind::Container => executor.remove(&id).await,
-                ResourceKind::Network => executor.remove_network(&id).await,
-            };
-            match result {
+            match remove_kind(executor, kind, &id).await {
                 Ok(()) => removed.push((kind, id)),
                 Err(e) => {
                     tracing::warn!(%id, "sweep: could not remove a leftover {kind:?}: {e}");

@@ -26,6 +26,8 @@ pub(super) struct Ctx {
     /// Built-ins, image, executor/job env; step env and `--env` are layered per step.
     pub base_env: Vec<(String, String)>,
     pub checkout: Option<Prefetched>,
+    /// The job's Docker engine proxy (`setup_remote_docker` starts serving it).
+    pub engine: Option<Arc<crate::engine_proxy::JobEngine>>,
 }
 
 pub(super) async fn run_steps(
@@ -312,12 +314,20 @@ async fn builtin_step(
         StepKind::AddSshKeys { fingerprints } => {
             extra_keys::add_ssh_keys(executor, spec, ctx, fingerprints, say).await
         }
-        StepKind::SetupRemoteDocker => Err(
-            "setup_remote_docker is not supported by bosun yet: it needs a Docker engine per job, \
-             which a later version brings. Run the Docker commands on a machine with Docker, or \
-             drop the step to run the rest of the job"
-                .to_owned(),
-        ),
+        StepKind::SetupRemoteDocker => match &ctx.engine {
+            Some(engine) => {
+                say("Allocating a remote Docker Engine".to_owned());
+                engine.serve().map_err(|e| e.to_string())?;
+                say(format!(
+                    "Remote Docker engine created: DOCKER_HOST={} (this agent's engine, scoped to the job: it sees and removes only what the job makes)",
+                    crate::engine_proxy::docker_host()
+                ));
+                say("layer cache: the agent's engine cache is shared (docker_layer_caching needs nothing more)".to_owned());
+                say("As on CircleCI the engine is remote: bind mounts of the job's files do not work (use docker cp or a volume), and ports of its containers are reached at the engine's address, not localhost".to_owned());
+                Ok(())
+            }
+            None => Err("setup_remote_docker: this runner offers no Docker engine to jobs (its engine settings could not be read; see the agent's log)".to_owned()),
+        },
         StepKind::Checkout { .. } | StepKind::Run(_) => Ok(()),
     }
 }

@@ -79,6 +79,7 @@ fn spec(store_dir: &Path, plan: JobPlan) -> JobSpec {
         pull_request: None,
         machine_images: BTreeMap::new(),
         registry: Registry::new(),
+        engine: None,
         identity: Default::default(),
     }
 }
