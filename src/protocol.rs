@@ -161,6 +161,29 @@ pub struct WireKey {
     pub fingerprint: Option<String>,
 }
 
+impl WireKey {
+    /// Overwrite the key text with zeros (its whole buffer, capacity included) and empty it.
+    pub fn wipe(&mut self) {
+        use zeroize::Zeroize;
+        self.private_key.zeroize();
+    }
+
+    /// The key text, leaving this value empty: the text moves into a buffer that wipes itself
+    /// in turn, with no copy left behind.
+    pub fn take_private_key(&mut self) -> zeroize::Zeroizing<String> {
+        zeroize::Zeroizing::new(std::mem::take(&mut self.private_key))
+    }
+}
+
+/// A claim's keys are wiped from memory when the value goes, however it goes (a job that ends,
+/// a claim answer dropped on an error path). Because of this `Drop`, fields cannot be moved out
+/// of a `WireKey`: take the key with [`WireKey::take_private_key`].
+impl Drop for WireKey {
+    fn drop(&mut self) {
+        self.wipe();
+    }
+}
+
 impl std::fmt::Debug for WireKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WireKey")
@@ -440,6 +463,39 @@ mod tests {
             secret: true,
         };
         assert!(!format!("{e:?}").contains("hunter22"));
+    }
+
+    /// `WireKey` must wipe itself on drop (issue 12 item 16); checked at compile time, and
+    /// `wipe` (which `drop` calls) zeroes the whole buffer while it is still ours to read.
+    #[test]
+    fn private_keys_are_wiped() {
+        #[allow(drop_bounds)]
+        fn wiped_on_drop<T: Drop>() {}
+        wiped_on_drop::<WireKey>();
+        let mut k = WireKey {
+            role: WireKeyRole::User,
+            private_key: "-----BEGIN OPENSSH PRIVATE KEY-----\nSECRETSECRET".into(),
+            fingerprint: None,
+        };
+        let (ptr, cap) = (k.private_key.as_ptr(), k.private_key.capacity());
+        k.wipe();
+        assert!(k.private_key.is_empty());
+        assert_eq!(
+            k.private_key.capacity(),
+            cap,
+            "the same buffer, still allocated"
+        );
+        // SAFETY: the String still owns `cap` bytes at `ptr` (zeroize keeps the allocation and
+        // has written every byte of it).
+        let bytes = unsafe { std::slice::from_raw_parts(ptr, cap) };
+        assert!(bytes.iter().all(|b| *b == 0), "{bytes:?}");
+        let mut k = WireKey {
+            role: WireKeyRole::Deploy,
+            private_key: "KEY".into(),
+            fingerprint: None,
+        };
+        assert_eq!(k.take_private_key().as_str(), "KEY");
+        assert!(k.private_key.is_empty());
     }
 
     #[test]

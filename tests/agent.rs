@@ -972,3 +972,71 @@ jobs:
     // …and another project sees neither.
     assert!(logs[4].contains("who=none"), "{}", logs[4]);
 }
+
+/// A plain HTTP GET on loopback: (status code, body).
+fn http_get(port: u16, path: &str) -> (u16, String) {
+    let mut conn = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    write!(
+        conn,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .expect("request");
+    let mut text = String::new();
+    conn.read_to_string(&mut text).expect("response");
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|x| x.1).unwrap_or("");
+    (code, body.to_owned())
+}
+
+/// Operators: the agent's `/metrics`, `/healthz` and `/readyz` on `metrics_listen` — jobs by
+/// final status, step durations, claim latency, engine errors, running jobs and spool bytes.
+#[test]
+fn the_agent_serves_metrics_and_health_on_its_local_address() {
+    ensure_images();
+    let p = Project::new(&format!(
+        "version: 2.1\njobs:\n  build:\n    docker: [{{image: {img}}}]\n    steps:\n      - run: echo one\n      - run: echo two\n  missing:\n    docker: [{{image: bosun-test/no-such-image:none}}]\n    steps:\n      - run: echo never\n",
+        img = image("base")
+    ));
+    let agent_id = format!("agent-{}", p.job_id);
+    let fake = Fake::start(&agent_id);
+    let ok = wire_job(&p, Vec::new());
+    let mut missing = wire_job(&p, Vec::new());
+    missing.id = format!("{}-missing", p.job_id);
+    missing.job_name = "missing".into();
+    fake.st().queue.extend([ok.clone(), missing.clone()]);
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let _agent = AgentProc::start_env(&fake, &agent_id, &[("BOSUN_METRICS_LISTEN", &listen)]);
+    for job in [&ok, &missing] {
+        fake.wait_for("the finish", 120, |s| s.finish.get(&job.id).cloned());
+    }
+    assert_eq!(http_get(port, "/healthz").0, 200);
+    assert_eq!(http_get(port, "/readyz").0, 200);
+    let (code, m) = http_get(port, "/metrics");
+    assert_eq!(code, 200);
+    let value = |name: &str| -> f64 {
+        m.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing:\n{m}"))
+    };
+    assert_eq!(
+        value("bosun_agent_jobs_finished_total{status=\"success\"}"),
+        1.0
+    );
+    assert_eq!(
+        value("bosun_agent_jobs_finished_total{status=\"infrastructure_fail\"}"),
+        1.0
+    );
+    assert!(value("bosun_agent_engine_errors_total{kind=\"image_missing\"}") >= 1.0);
+    assert!(value("bosun_agent_step_duration_seconds_count") >= 2.0);
+    assert_eq!(value("bosun_agent_claim_latency_seconds_count"), 2.0);
+    assert_eq!(value("bosun_agent_jobs_running"), 0.0);
+    assert!(value("bosun_agent_spool_bytes_pending") >= 0.0);
+}

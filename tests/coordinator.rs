@@ -2,6 +2,8 @@
 //! `bosun coordinator serve --listen 127.0.0.1:0`, driven over HTTP like an agent would,
 //! and through the CLI (`enqueue`, `cancel`, `revoke`) like an operator would.
 
+mod harness;
+
 use bosun::protocol::{
     ClaimResponse, EventAck, EventBatch, FinalStatus, FinishRequest, HeartbeatResponse, JobEvent,
     LogAck, RegisterResponse,
@@ -956,6 +958,393 @@ async fn ten_followers_of_a_100_mib_log_keep_the_coordinator_small() {
         "peak RSS {peak} KiB with 10 followers of a 96 MiB log"
     );
     drop(streams);
+}
+
+/// Every byte of the coordinator's database and WAL.
+fn db_bytes(data: &Path) -> Vec<u8> {
+    let mut all = Vec::new();
+    for f in ["coordinator.db", "coordinator.db-wal"] {
+        all.extend(std::fs::read(data.join(f)).unwrap_or_default());
+    }
+    all
+}
+
+fn has(hay: &[u8], needle: &str) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle.as_bytes())
+}
+
+#[tokio::test]
+async fn the_api_is_served_over_https_and_keys_and_secrets_are_sealed_at_rest() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = harness::TestCa::new(&dir.path().join("tls"), &["localhost", "127.0.0.1"]);
+    let s = fresh(&[
+        "--tls-cert",
+        ca.cert.to_str().expect("utf8"),
+        "--tls-key",
+        ca.key.to_str().expect("utf8"),
+    ]);
+    assert!(s.base.starts_with("https://127.0.0.1:"), "{}", s.base);
+    let pem = std::fs::read(&ca.ca_cert).expect("ca");
+    let http = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&pem).expect("pem"))
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client");
+    let token = cli(&s.data, &["token"]);
+    let r = http
+        .post(format!("{}/api/v1/agents/register", s.base))
+        .json(&json!({"registration_token": token, "name": "tls",
+            "resource_class": "docker", "labels": [], "version": "test"}))
+        .send()
+        .await
+        .expect("register over https");
+    assert_eq!(r.status(), 201);
+    let reg: RegisterResponse = r.json().await.expect("json");
+    let a = Agent {
+        base: s.base.clone(),
+        id: reg.agent_id,
+        token: reg.agent_token,
+        http,
+    };
+    enqueue(&s.data, &[]);
+    let job = a.claim_job(5).await.job;
+    // The claim carries the key and the secret as they were added …
+    assert_eq!(
+        job.keys[0].private_key.trim(),
+        "-----BEGIN OPENSSH PRIVATE KEY-----\nTESTKEY"
+    );
+    assert!(job
+        .env
+        .iter()
+        .any(|e| e.name == "TOKEN" && e.value == "hunter22" && e.secret));
+    // … which the database holds only sealed, with a key file outside the data directory.
+    let bytes = db_bytes(&s.data);
+    assert!(!has(&bytes, "TESTKEY") && !has(&bytes, "hunter22"));
+    assert!(has(&bytes, "enc:v1:"));
+    let key = s.data.with_file_name("data.key");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&key)
+        .expect("key file")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+
+    // Plain HTTP to the TLS port is no way in, nor is a client that does not trust the CA.
+    let plain = s.base.replace("https://", "http://");
+    let r = client().get(format!("{plain}/")).send().await;
+    assert!(r.is_err() || !r.expect("r").status().is_success());
+    assert!(client().get(format!("{}/", s.base)).send().await.is_err());
+}
+
+/// utime + stime of a process, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command (which may hold spaces) start after the last ')'.
+    let rest = stat.rsplit(')').next().unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let n = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    // state is field 3 of stat, i.e. index 0 here; utime 14 → 11, stime 15 → 12.
+    n(11) + n(12)
+}
+
+/// `n` appends of `size` bytes to job `id` from `offset`; returns the new offset and the time.
+async fn appends(a: &Agent, id: &str, offset: u64, n: usize, size: usize) -> (u64, Duration) {
+    let chunk = vec![b'x'; size - 1]
+        .into_iter()
+        .chain([b'\n'])
+        .collect::<Vec<u8>>();
+    let mut off = offset;
+    let t0 = Instant::now();
+    for _ in 0..n {
+        let (st, end) = a.log(id, off, &chunk).await;
+        assert_eq!(st, 200);
+        off = end;
+    }
+    (off, t0.elapsed())
+}
+
+/// `n` browsers following job `id` live, each reading everything it is sent.
+async fn followers(base: &str, id: &str, n: usize) -> Vec<tokio::task::JoinHandle<u64>> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let mut r = client()
+            .get(format!("{base}/jobs/{id}/stream?offset=0&seq=0"))
+            .send()
+            .await
+            .expect("stream");
+        assert_eq!(r.status(), 200);
+        // Connected and served once before the measurement starts.
+        let _ = tokio::time::timeout(Duration::from_secs(10), r.chunk()).await;
+        out.push(tokio::spawn(async move {
+            let mut got = 0u64;
+            while let Ok(Some(c)) = r.chunk().await {
+                got += c.len() as u64;
+            }
+            got
+        }));
+    }
+    out
+}
+
+/// Issue 12 item 10: live-page followers are woken by their own job's changes only, and read
+/// off the writer's lock, so many of them do not slow an agent's log appends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn followers_do_not_slow_an_agents_log_appends() {
+    const FOLLOWERS: usize = 50;
+    const APPENDS: usize = 300;
+    // Small appends, as a step printing line by line makes: what followers cost then is their
+    // wake-ups and queries, not the bytes they are sent (those cost the same either way).
+    const SIZE: usize = 256;
+    let s = fresh(&[]);
+    let a = register(&s, "a1").await;
+    let watched = enqueue(&s.data, &[]);
+    a.claim_job(5).await;
+    let busy = enqueue(&s.data, &[]);
+    a.claim_job(5).await;
+    let (wo, _) = appends(&a, &watched, 0, 1, SIZE).await;
+    let (mut off, _) = appends(&a, &busy, 0, 20, SIZE).await; // warm up
+
+    // No followers.
+    let c0 = cpu_ticks(s.child.id());
+    let (o, alone) = appends(&a, &busy, off, APPENDS, SIZE).await;
+    off = o;
+    let cpu_alone = cpu_ticks(s.child.id()) - c0;
+
+    // Followers of another job: they must not even wake.
+    let others = followers(&s.base, &watched, FOLLOWERS).await;
+    let c0 = cpu_ticks(s.child.id());
+    let (o, beside) = appends(&a, &busy, off, APPENDS, SIZE).await;
+    off = o;
+    let cpu_beside = cpu_ticks(s.child.id()) - c0;
+
+    // Followers of this job: each append reaches them all, without holding the writer up.
+    let same = followers(&s.base, &busy, FOLLOWERS).await;
+    let c0 = cpu_ticks(s.child.id());
+    let (_, followed) = appends(&a, &busy, off, APPENDS, SIZE).await;
+    let cpu_followed = cpu_ticks(s.child.id()) - c0;
+    eprintln!(
+        "{APPENDS} appends of {SIZE} B: alone {alone:?} ({cpu_alone} ticks), with {FOLLOWERS} \
+         followers of another job {beside:?} ({cpu_beside} ticks), of this job {followed:?} \
+         ({cpu_followed} ticks)"
+    );
+    // The followers did get the log (the watched job's first append, the busy job's bytes).
+    a.finish(&busy, FinalStatus::Success, &[]).await;
+    let _ = wo;
+    for f in others {
+        f.abort();
+    }
+    let ratio_beside = beside.as_secs_f64() / alone.as_secs_f64();
+    let ratio_followed = followed.as_secs_f64() / alone.as_secs_f64();
+    assert!(
+        cpu_beside <= cpu_alone * 3 / 2 + 5,
+        "followers of another job cost the coordinator CPU: {cpu_beside} ticks vs {cpu_alone}"
+    );
+    assert!(
+        ratio_beside < 1.5,
+        "followers of another job slowed appends {ratio_beside:.2}x"
+    );
+    assert!(
+        ratio_followed < 3.0,
+        "{FOLLOWERS} followers slowed appends {ratio_followed:.2}x"
+    );
+    for f in same {
+        f.abort();
+    }
+}
+
+/// Issue 12 item 12: names and labels come from agents; the operator's terminal prints them.
+#[tokio::test]
+async fn agent_names_cannot_drive_the_operators_terminal() {
+    let s = fresh(&[]);
+    let token = cli(&s.data, &["token"]);
+    let long = "n".repeat(65);
+    for (name, labels) in [
+        ("evil\x1b]0;pwned\x07", json!([])),
+        ("two\nlines", json!([])),
+        ("bidi\u{202e}txt.exe", json!([])),
+        (long.as_str(), json!([])),
+        ("ok", json!(["fine", "bad\x1b[2J"])),
+        (
+            "ok",
+            json!((0..33).map(|i| format!("l{i}")).collect::<Vec<_>>()),
+        ),
+    ] {
+        let r = client()
+            .post(format!("{}/api/v1/agents/register", s.base))
+            .json(&json!({"registration_token": token, "name": name,
+                "resource_class": "docker", "labels": labels, "version": "test"}))
+            .send()
+            .await
+            .expect("register");
+        assert_eq!(r.status(), 400, "{name:?} {labels}");
+        let v: serde_json::Value = r.json().await.expect("a JSON error");
+        assert!(v["error"].is_string(), "{v}");
+    }
+    assert!(try_register(&s, &"n".repeat(64), &token)
+        .await
+        .status()
+        .is_success());
+    // A name an older coordinator let in is shown, not obeyed.
+    let db = rusqlite::Connection::open(s.data.join("coordinator.db")).expect("db");
+    db.execute(
+        "INSERT INTO agents(id, name, token_sha256, resource_class, labels, version, created, \
+         last_seen) VALUES ('agent-old', 'old\x1b[2J\nREVOKED', 'x', 'docker\r', '[]', 'v', 0, 0)",
+        [],
+    )
+    .expect("insert");
+    let out = cli(&s.data, &["agents"]);
+    assert!(!out.contains('\x1b') && !out.contains('\r'), "{out:?}");
+    assert_eq!(out.lines().count(), 2, "one line per agent: {out:?}");
+    assert!(out.contains("old\\u{1b}[2J\\u{a}REVOKED"), "{out}");
+}
+
+/// Issue 12 item 13: the pages say what a browser may do with them.
+#[tokio::test]
+async fn pages_carry_security_headers() {
+    let s = fresh(&[]);
+    let id = enqueue(&s.data, &[]);
+    for path in [
+        "/".to_owned(),
+        format!("/jobs/{id}"),
+        "/jobs/99999".to_owned(),
+    ] {
+        let r = client()
+            .get(format!("{}{path}", s.base))
+            .send()
+            .await
+            .expect("get");
+        let h = |k: &str| {
+            r.headers()
+                .get(k)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_owned()
+        };
+        let csp = h("content-security-policy");
+        assert!(csp.contains("default-src 'none'"), "{path}: {csp}");
+        assert!(csp.contains("script-src 'self'"), "{path}: {csp}");
+        assert!(csp.contains("style-src 'self'"), "{path}: {csp}");
+        assert!(csp.contains("frame-ancestors 'none'"), "{path}: {csp}");
+        assert!(!csp.contains("unsafe-inline"), "{path}: {csp}");
+        assert_eq!(h("x-frame-options"), "DENY", "{path}");
+        assert_eq!(h("x-content-type-options"), "nosniff", "{path}");
+    }
+}
+
+/// Issue 12 item 15: every error is the documented JSON, and what does not exist is 404.
+#[tokio::test]
+async fn every_error_is_json_and_what_does_not_exist_is_404() {
+    let s = fresh(&[]);
+    let a = register(&s, "a1").await;
+    let id = enqueue(&s.data, &[]);
+    a.claim_job(5).await;
+    let get = |path: String| {
+        let url = format!("{}{path}", s.base);
+        async move { client().get(url).send().await.expect("get") }
+    };
+    let cases = vec![
+        (get("/jobs/99999/stream".into()).await, 404),
+        (get("/jobs/abc/stream".into()).await, 404),
+        (get("/jobs/99999/log".into()).await, 404),
+        (get("/jobs/abc/log".into()).await, 404),
+        (get(format!("/jobs/{id}/log?offset=x")).await, 400),
+        (get("/no/such/page".into()).await, 404),
+        (get("/api/v1/nothing".into()).await, 404),
+        (get("/api/v1/jobs/claim".into()).await, 405),
+        // A log append without its offset.
+        (
+            a.http
+                .post(a.url(&format!("/jobs/{id}/log")))
+                .bearer_auth(&a.token)
+                .body("x")
+                .send()
+                .await
+                .expect("post"),
+            400,
+        ),
+        // Over the body limit.
+        (
+            a.http
+                .post(a.url(&format!("/jobs/{id}/log?offset=0")))
+                .bearer_auth(&a.token)
+                .body(vec![b'x'; 9 << 20])
+                .send()
+                .await
+                .expect("post"),
+            413,
+        ),
+    ];
+    for (r, want) in cases {
+        let url = r.url().path().to_owned();
+        assert_eq!(r.status().as_u16(), want, "{url}");
+        let ct = r
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        assert!(ct.starts_with("application/json"), "{url}: {ct}");
+        let v: serde_json::Value = r.json().await.expect("JSON");
+        assert!(
+            v["error"].as_str().is_some_and(|e| !e.is_empty()),
+            "{url}: {v}"
+        );
+    }
+}
+
+/// Operators: `/healthz`, `/readyz` and `/metrics` (queue depth, claims, log bytes, agents
+/// online) in the Prometheus/OpenMetrics text format.
+#[tokio::test]
+async fn health_readiness_and_metrics_for_operators() {
+    let s = fresh(&[]);
+    for path in ["/healthz", "/readyz"] {
+        let r = client()
+            .get(format!("{}{path}", s.base))
+            .send()
+            .await
+            .expect("get");
+        assert_eq!(r.status(), 200, "{path}");
+    }
+    let metrics = || async {
+        let r = client()
+            .get(format!("{}/metrics", s.base))
+            .send()
+            .await
+            .expect("metrics");
+        assert_eq!(r.status(), 200);
+        let ct = r
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        assert!(ct.starts_with("application/openmetrics-text"), "{ct}");
+        r.text().await.expect("text")
+    };
+    let has_line = |text: &str, line: &str| text.lines().any(|l| l == line);
+    enqueue(&s.data, &[]);
+    enqueue(&s.data, &[]);
+    let m = metrics().await;
+    assert!(has_line(&m, "bosun_coordinator_queue_depth 2"), "{m}");
+    assert!(has_line(&m, "bosun_coordinator_agents_online 0"), "{m}");
+    assert!(has_line(&m, "bosun_coordinator_claims_total 0"), "{m}");
+    let a = register(&s, "a1").await;
+    let id = a.claim_job(5).await.job.id;
+    a.heartbeat(&[&id]).await;
+    a.log(&id, 0, b"0123456789").await;
+    // A resend of bytes already held adds nothing.
+    a.log(&id, 5, b"56789abc").await;
+    let m = metrics().await;
+    for line in [
+        "bosun_coordinator_queue_depth 1",
+        "bosun_coordinator_jobs_running 1",
+        "bosun_coordinator_claims_total 1",
+        "bosun_coordinator_log_bytes_total 13",
+        "bosun_coordinator_agents_online 1",
+        "# EOF",
+    ] {
+        assert!(has_line(&m, line), "{line} missing:\n{m}");
+    }
 }
 
 // ---- the pages in a real Chromium, driven over the DevTools protocol ----

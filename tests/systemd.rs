@@ -20,8 +20,13 @@ fn agent_toml(coordinator_url: &str, network: &str) -> String {
         .expect("systemd/agent.toml");
     let edits = [
         (
-            "coordinator_url = \"http://coordinator.example.com:8080\"",
+            "coordinator_url = \"https://coordinator.example.com:8443\"",
             format!("coordinator_url = \"{coordinator_url}\""),
+        ),
+        // The coordinator's certificate comes from the test's own CA.
+        (
+            "# ca_file = \"/etc/bosun/coordinator-ca.pem\"",
+            "ca_file = \"/etc/bosun/coordinator-ca.pem\"".to_owned(),
         ),
         (
             "# name = \"build-01\"",
@@ -107,8 +112,16 @@ fn the_agent_unit_installs_runs_reloads_drains_and_restarts_under_systemd() {
     // agent then reaches it by name on the rig's network, as an operator's agent reaches its
     // coordinator, and the test opens no port on a host interface (nor depends on the host's
     // firewall letting a container reach the bridge's gateway address).
-    let (_coordinator, url) =
-        harness::spawn_coordinator_container(&rig, &data, "coordinator", &["--lease-secs", "10"]);
+    // Over HTTPS, as the shipped agent.toml says: a certificate for the name the agent uses.
+    let ca = harness::TestCa::new(&dir.path().join("tls"), &["coordinator"]);
+    let (_coordinator, url) = harness::spawn_coordinator_container(
+        &rig,
+        &data,
+        "coordinator",
+        Some(&ca),
+        &["--lease-secs", "10"],
+    );
+    let ca_pem = std::fs::read(&ca.ca_cert).expect("CA certificate");
     let token = harness::add_stand_in_project(&data, &rig, "acme/widget", &[]);
 
     let t0 = Instant::now();
@@ -141,6 +154,15 @@ fn the_agent_unit_installs_runs_reloads_drains_and_restarts_under_systemd() {
     harness::copy_into(
         &host.container,
         "/tmp",
+        "coordinator-ca.pem",
+        &ca_pem,
+        0,
+        0,
+        0o644,
+    );
+    harness::copy_into(
+        &host.container,
+        "/tmp",
         "registration-token",
         token.as_bytes(),
         0,
@@ -160,9 +182,11 @@ fn the_agent_unit_installs_runs_reloads_drains_and_restarts_under_systemd() {
          useradd --system --groups docker bosun
          install -d -m 0750 -o root -g bosun /etc/bosun
          install -m 0640 -g bosun /tmp/agent.toml /etc/bosun/agent.toml
+         install -m 0644 /tmp/coordinator-ca.pem /etc/bosun/coordinator-ca.pem
          install -m 0600 -o bosun /dev/stdin /etc/bosun/registration-token </tmp/registration-token
          install -m 0644 /tmp/bosun-agent.service /etc/systemd/system/
-         rm /tmp/bosun /tmp/agent.toml /tmp/registration-token /tmp/bosun-agent.service",
+         rm /tmp/bosun /tmp/agent.toml /tmp/registration-token /tmp/bosun-agent.service \
+            /tmp/coordinator-ca.pem",
     );
     assert_eq!(
         host.sh_ok("cat /etc/systemd/system/bosun-agent.service")
@@ -391,4 +415,159 @@ fn the_agent_unit_installs_runs_reloads_drains_and_restarts_under_systemd() {
         t_restart.as_secs_f64(),
         t_start.elapsed().as_secs_f64()
     );
+}
+
+/// The Debian package (`scripts/build-deb.sh`) installed with `dpkg -i` on the systemd machine
+/// as an operator would: the package makes the `bosun` user in group `docker`, installs the
+/// binary, the unit and the example config, and enables the unit; with the site's config and
+/// the registration token in place the agent starts, ends `active` and runs a job; installing
+/// the package again (an upgrade) restarts it with the same identity.
+#[test]
+fn the_debian_package_installs_an_agent_that_runs_under_systemd() {
+    let rig = Rig::start();
+    let repo = rig.work_repo("acme/widget");
+    repo.write(
+        ".circleci/config.yml",
+        &job_config("'echo \"hello from the package as $(id -un)\"'"),
+    );
+    repo.commit("config");
+    repo.push("HEAD:refs/heads/main");
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("coordinator");
+    let ca = harness::TestCa::new(&dir.path().join("tls"), &["coordinator"]);
+    let (_coordinator, url) = harness::spawn_coordinator_container(
+        &rig,
+        &data,
+        "coordinator",
+        Some(&ca),
+        &["--lease-secs", "10"],
+    );
+    let token = harness::add_stand_in_project(&data, &rig, "acme/widget", &[]);
+
+    // The package, built by the project's script around the binary under test.
+    let out = dir.path().join("deb");
+    let mut build = std::process::Command::new("bash");
+    build
+        .arg(harness::repo_root().join("scripts/build-deb.sh"))
+        .arg("--binary")
+        .arg(harness::bosun_bin())
+        .arg("--out")
+        .arg(&out);
+    let deb_path = harness::run(&mut build).trim().to_owned();
+    let deb = std::fs::read(&deb_path).expect("the .deb");
+    std::fs::remove_file(&deb_path).expect("rm .deb");
+
+    let host = SystemdHost::boot(&rig, "build-02");
+    // The socket's group as an operator's Docker package makes it (see the test above).
+    let socket_gid = std::fs::metadata(harness::DOCKER_SOCKET)
+        .map(|m| std::os::unix::fs::MetadataExt::gid(&m))
+        .expect("the Docker socket");
+    host.sh_ok(&format!("groupadd -o -g {socket_gid} docker"));
+    harness::copy_into(&host.container, "/tmp", "bosun.deb", &deb, 0, 0, 0o644);
+    drop(deb);
+    let installed = host.sh_ok("dpkg -i /tmp/bosun.deb 2>&1");
+    assert!(
+        installed.contains("/etc/bosun/registration-token"),
+        "{installed}"
+    );
+    // What the package did.
+    assert!(
+        host.sh_ok("id bosun").contains("(docker)"),
+        "{}",
+        host.sh_ok("id bosun")
+    );
+    assert_eq!(host.sh_ok("systemctl is-enabled bosun-agent"), "enabled");
+    assert_eq!(host.show(UNIT, "ActiveState"), "inactive");
+    assert_eq!(
+        host.sh_ok("stat -c '%U:%G %a' /etc/bosun"),
+        "root:bosun 750"
+    );
+    assert_eq!(
+        host.sh_ok("stat -c '%U:%G %a' /etc/bosun/agent.toml"),
+        "root:bosun 640"
+    );
+    assert!(host
+        .sh_ok("systemctl cat bosun-agent")
+        .contains("ExecStart=/usr/bin/bosun agent"));
+
+    // The operator's part: the site's config, the CA, the token; then start.
+    harness::copy_into(
+        &host.container,
+        "/tmp",
+        "agent.toml",
+        agent_toml(&url, &rig.network).as_bytes(),
+        0,
+        0,
+        0o644,
+    );
+    let ca_pem = std::fs::read(&ca.ca_cert).expect("CA certificate");
+    harness::copy_into(
+        &host.container,
+        "/tmp",
+        "coordinator-ca.pem",
+        &ca_pem,
+        0,
+        0,
+        0o644,
+    );
+    harness::copy_into(
+        &host.container,
+        "/tmp",
+        "registration-token",
+        token.as_bytes(),
+        0,
+        0,
+        0o600,
+    );
+    host.sh_ok(
+        "set -e
+         install -m 0640 -g bosun /tmp/agent.toml /etc/bosun/agent.toml
+         install -m 0644 /tmp/coordinator-ca.pem /etc/bosun/coordinator-ca.pem
+         install -m 0600 -o bosun /dev/stdin /etc/bosun/registration-token </tmp/registration-token
+         rm /tmp/agent.toml /tmp/coordinator-ca.pem /tmp/registration-token
+         systemctl start bosun-agent",
+    );
+    assert_eq!(
+        host.show(UNIT, "ActiveState"),
+        "active",
+        "{}",
+        host.status(UNIT)
+    );
+    let identity: serde_json::Value =
+        serde_json::from_str(&host.sh_ok("cat /var/lib/bosun/agent.json")).expect("agent.json");
+    let agent_id = identity["agent_id"].as_str().unwrap_or_default().to_owned();
+    let _job_containers = JobContainers(agent_id.clone());
+    assert_private_to_bosun(&owners_and_modes(&host));
+    // The shipped config's metrics listener answers inside the machine.
+    assert!(host
+        .sh_ok(
+            "bash -c 'exec 3<>/dev/tcp/127.0.0.1/9464; \
+             printf \"GET /readyz HTTP/1.0\\r\\n\\r\\n\" >&3; cat <&3'"
+        )
+        .starts_with("HTTP/1.0 200"));
+    let job = enqueue(&data, "build");
+    let status = wait_job_status(
+        &data,
+        &job,
+        &["success", "fail", "canceled"],
+        Duration::from_secs(90),
+    );
+    let log = job_log(&data, &job);
+    assert_eq!(status, "success", "{log}");
+    assert!(log.contains("hello from the package as "), "{log}");
+
+    // Upgrade: the same package again keeps the config (a conffile) and restarts the agent.
+    let pid = host.show(UNIT, "MainPID");
+    host.sh_ok("dpkg -i /tmp/bosun.deb >/dev/null 2>&1 && rm /tmp/bosun.deb");
+    host.wait_show(UNIT, "ActiveState", Duration::from_secs(30), |s| {
+        s == "active"
+    });
+    assert_ne!(host.show(UNIT, "MainPID"), pid, "restarted");
+    assert!(host
+        .sh_ok("cat /etc/bosun/agent.toml")
+        .contains(&format!("coordinator_url = \"{url}\"")));
+    let again: serde_json::Value =
+        serde_json::from_str(&host.sh_ok("cat /var/lib/bosun/agent.json")).expect("agent.json");
+    assert_eq!(again["agent_id"].as_str(), Some(agent_id.as_str()));
 }

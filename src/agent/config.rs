@@ -11,6 +11,14 @@ pub const DEFAULT_CONFIG: &str = "/etc/bosun/agent.toml";
 #[serde(deny_unknown_fields)]
 pub struct AgentConfig {
     pub coordinator_url: String,
+    /// Allow `http://` to a coordinator that is not on loopback (claims carry private keys
+    /// and secrets in the clear then). Off by default.
+    #[serde(default)]
+    pub allow_insecure_http: bool,
+    /// A PEM file of CA certificates trusted for the coordinator's HTTPS besides the
+    /// system's (a private CA, a self-signed coordinator).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
     #[serde(default = "d_reg_token_file")]
     pub registration_token_file: PathBuf,
     #[serde(default)]
@@ -49,6 +57,9 @@ pub struct AgentConfig {
     /// bosun/machine unless mapped here).
     #[serde(default)]
     pub machine_images: std::collections::BTreeMap<String, String>,
+    /// Serve `/metrics`, `/healthz` and `/readyz` here (e.g. `127.0.0.1:9464`); none: off.
+    #[serde(default)]
+    pub metrics_listen: Option<String>,
     /// The SSH gateway's address (`off`: no gateway; jobs asking for SSH run without it).
     #[serde(default = "d_ssh_listen")]
     pub ssh_gateway_listen: String,
@@ -167,6 +178,8 @@ enum Kind {
 /// Every key, and how its environment override is read.
 const KEYS: &[(&str, Kind)] = &[
     ("coordinator_url", Kind::Str),
+    ("allow_insecure_http", Kind::Bool),
+    ("ca_file", Kind::Str),
     ("registration_token_file", Kind::Str),
     ("name", Kind::Str),
     ("state_dir", Kind::Str),
@@ -184,6 +197,7 @@ const KEYS: &[(&str, Kind)] = &[
     ("heartbeat_secs", Kind::Int),
     ("claim_wait_secs", Kind::Int),
     ("drain_flush_secs", Kind::Int),
+    ("metrics_listen", Kind::Str),
     ("ssh_gateway_listen", Kind::Str),
     ("ssh_gateway_address", Kind::Str),
     ("ssh_wait_secs", Kind::Int),
@@ -246,15 +260,38 @@ impl AgentConfig {
         if cfg.concurrency == 0 {
             return Err(format!("{name}: concurrency must be at least 1"));
         }
-        if !cfg.coordinator_url.starts_with("http://")
-            && !cfg.coordinator_url.starts_with("https://")
-        {
+        let url = reqwest::Url::parse(&cfg.coordinator_url)
+            .ok()
+            .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
+            .ok_or_else(|| {
+                format!(
+                    "{name}: coordinator_url `{}` must be an http:// or https:// address",
+                    cfg.coordinator_url
+                )
+            })?;
+        if url.scheme() == "http" && !is_loopback(&url) && !cfg.allow_insecure_http {
             return Err(format!(
-                "{name}: coordinator_url `{}` must start with http:// or https://",
+                "{name}: coordinator_url `{}` is plain HTTP to another host: claims carry \
+                 private keys and secrets, so use https:// (or set allow_insecure_http = true \
+                 on a network you trust)",
                 cfg.coordinator_url
             ));
         }
         Ok(cfg)
+    }
+
+    /// The HTTP client's extra trusted CA certificates (`ca_file`), PEM.
+    pub fn ca_certificates(&self) -> Result<Vec<reqwest::Certificate>, String> {
+        let Some(path) = &self.ca_file else {
+            return Ok(Vec::new());
+        };
+        let pem = std::fs::read(path).map_err(|e| format!("ca_file {}: {e}", path.display()))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|e| format!("ca_file {}: {e}", path.display()))?;
+        if certs.is_empty() {
+            return Err(format!("ca_file {}: no PEM certificate", path.display()));
+        }
+        Ok(certs)
     }
 
     /// The gateway's settings, `None` when `ssh_gateway_listen = "off"`.
@@ -288,13 +325,25 @@ impl AgentConfig {
     }
 }
 
+/// `localhost`, 127.0.0.0/8 or ::1.
+fn is_loopback(url: &reqwest::Url) -> bool {
+    let Some(host) = url.host_str() else {
+        return false;
+    };
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    match bare.parse::<std::net::IpAddr>() {
+        Ok(ip) => ip.is_loopback(),
+        Err(_) => host.eq_ignore_ascii_case("localhost"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn env_overrides_file() {
-        let text = "coordinator_url = \"http://c:8080\"\nlabels = [\"a\"]\nconcurrency = 2\n";
+        let text = "coordinator_url = \"https://c:8443\"\nlabels = [\"a\"]\nconcurrency = 2\n";
         let c = AgentConfig::parse(text, "t", |k| match k {
             "BOSUN_LABELS" => Some("x, y".into()),
             "BOSUN_CONCURRENCY" => Some("4".into()),
@@ -308,6 +357,43 @@ mod tests {
         assert!(
             AgentConfig::parse("coordinator_url = \"http://x\"\nbogus = 1", "t", |_| None).is_err()
         );
+    }
+
+    #[test]
+    fn plain_http_is_refused_to_another_host_unless_allowed() {
+        let parse = |url: &str, extra: &str| {
+            AgentConfig::parse(
+                &format!("coordinator_url = \"{url}\"\n{extra}"),
+                "t",
+                |_| None,
+            )
+        };
+        for ok in [
+            "https://ci.example.com",
+            "https://10.0.0.5:8443",
+            "http://127.0.0.1:8080",
+            "http://127.1.2.3:8080",
+            "http://localhost:8080",
+            "http://[::1]:8080",
+        ] {
+            assert!(parse(ok, "").is_ok(), "{ok}");
+        }
+        for bad in [
+            "http://ci.example.com:8080",
+            "http://10.0.0.5",
+            "http://[fe80::1]:80",
+            "http://localhost.evil.com",
+        ] {
+            let e = parse(bad, "").expect_err(bad);
+            assert!(e.contains("allow_insecure_http"), "{e}");
+            assert!(parse(bad, "allow_insecure_http = true").is_ok(), "{bad}");
+        }
+        let c = AgentConfig::parse("coordinator_url = \"http://c:80\"", "t", |k| {
+            (k == "BOSUN_ALLOW_INSECURE_HTTP").then(|| "true".to_owned())
+        })
+        .expect("env allows");
+        assert!(c.allow_insecure_http);
+        assert!(parse("ftp://c", "").is_err());
     }
 
     #[test]

@@ -10,6 +10,7 @@
 
 pub mod client;
 pub mod config;
+pub mod metrics;
 mod run;
 mod sink;
 
@@ -89,6 +90,28 @@ pub(crate) struct Agent {
     /// Jobs whose spool is still being delivered after they stopped running: heartbeats keep
     /// their leases alive, or a long upload (or a coordinator outage) would let them lapse.
     delivering: Mutex<std::collections::HashSet<String>>,
+    metrics: Arc<metrics::AgentMetrics>,
+}
+
+impl metrics::Health for Agent {
+    fn running(&self) -> usize {
+        self.jobs().len()
+    }
+    fn spool_dir(&self) -> PathBuf {
+        self.cfg().spool_dir
+    }
+    fn ready(&self) -> Result<(), String> {
+        if self.fatal.is_cancelled() {
+            Err("stopping: the coordinator refused this agent".into())
+        } else if self.draining.is_cancelled() {
+            Err("draining: no new jobs".into())
+        } else {
+            Ok(())
+        }
+    }
+    fn metrics(&self) -> &metrics::AgentMetrics {
+        &self.metrics
+    }
 }
 
 impl Agent {
@@ -155,8 +178,8 @@ pub fn main(args: AgentArgs) -> u8 {
         &cfg.store_dir,
         &cfg.work_dir,
     ] {
-        if let Err(e) = std::fs::create_dir_all(d) {
-            tracing::error!("cannot create {}: {e}", d.display());
+        if let Err(e) = private_dir(d) {
+            tracing::error!("{}: {e}", d.display());
             return EXIT_CONFIG;
         }
     }
@@ -216,11 +239,14 @@ fn notify(state: &[sd_notify::NotifyState]) {
 }
 
 async fn run_agent(cfg: AgentConfig, config_path: PathBuf, required: bool) -> u8 {
-    let base = match Client::new(&cfg.coordinator_url, "") {
+    let base = match cfg
+        .ca_certificates()
+        .and_then(|cas| Client::new(&cfg.coordinator_url, cas, ""))
+    {
         Ok(c) => c,
         Err(e) => {
             tracing::error!("{e}");
-            return 1;
+            return EXIT_CONFIG;
         }
     };
     let early_stop = CancellationToken::new();
@@ -249,6 +275,9 @@ async fn run_agent(cfg: AgentConfig, config_path: PathBuf, required: bool) -> u8
             return 1;
         }
     };
+    let agent_metrics = Arc::new(metrics::AgentMetrics::new());
+    let executor: Arc<dyn Executor> =
+        Arc::new(metrics::Metered::new(executor, Arc::clone(&agent_metrics)));
     let agent = Arc::new(Agent {
         client: base.with_token(&ident.agent_token),
         agent_id: ident.agent_id.clone(),
@@ -264,7 +293,20 @@ async fn run_agent(cfg: AgentConfig, config_path: PathBuf, required: bool) -> u8
         fatal_msg: Mutex::new(None),
         senders: AtomicUsize::new(0),
         delivering: Mutex::new(std::collections::HashSet::new()),
+        metrics: agent_metrics,
     });
+    let health_stop = CancellationToken::new();
+    let _stop_health = health_stop.clone().drop_guard();
+    if let Some(addr) = &cfg.metrics_listen {
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => {
+                tracing::info!("metrics and health on http://{addr}");
+                let health: Arc<dyn metrics::Health> = agent.clone();
+                tokio::spawn(metrics::serve(l, health, health_stop.clone()));
+            }
+            Err(e) => tracing::error!("metrics_listen {addr}: {e}; serving no metrics"),
+        }
+    }
     // Kept for the agent's life: dropping it stops the gateway. A bad setting stops the
     // agent; a port in use does not.
     let _gateway = match cfg.gateway() {
@@ -402,6 +444,32 @@ async fn identity(cfg: &AgentConfig, base: &Client) -> Result<Identity, String> 
     )
     .map_err(|e| format!("{}: {e}", path.display()))?;
     Ok(id)
+}
+
+/// Create `dir` (and its parents) 0700, or tighten an existing one others could enter: the
+/// identity, spooled logs, checkouts and other projects' caches live in these.
+fn private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    let meta = std::fs::metadata(dir)?;
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        use std::os::unix::fs::MetadataExt;
+        // A shared directory (/tmp, someone else's) is not ours to close: refuse it.
+        if mode & 0o1000 != 0 || meta.uid() != nix::unistd::geteuid().as_raw() {
+            return Err(std::io::Error::other(format!(
+                "mode {mode:o}, owner uid {}: a directory shared with others; give the agent \
+                 a directory of its own",
+                meta.uid()
+            )));
+        }
+        tracing::warn!("{} had mode {mode:o}; tightened to 700", dir.display());
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
 }
 
 /// Write a file only its owner can read (created 0600, then renamed into place).
@@ -669,6 +737,7 @@ async fn claim_loop(agent: &Arc<Agent>) {
         let wait = Duration::from_secs(cfg.claim_wait_secs);
         // A claim in flight when draining starts is abandoned: if the coordinator handed out
         // a job meanwhile, its lease lapses and the job is queued again.
+        let asked = std::time::Instant::now();
         let result = tokio::select! {
             r = agent.client.claim(&req, wait) => r,
             _ = agent.draining.cancelled() => return,
@@ -677,6 +746,7 @@ async fn claim_loop(agent: &Arc<Agent>) {
         match result {
             Ok(Some(c)) => {
                 backoff.reset();
+                agent.metrics.claimed(asked.elapsed());
                 start_job(agent, c.job);
             }
             Ok(None) => backoff.reset(),

@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 pub(crate) async fn run_wire_job(
     agent: &Arc<Agent>,
-    wire: WireJob,
+    mut wire: WireJob,
     cancel: CancellationToken,
     quiet: Arc<AtomicBool>,
     state: Arc<Mutex<String>>,
@@ -33,7 +33,10 @@ pub(crate) async fn run_wire_job(
         }
     };
     let sender = super::spawn_sender(Arc::clone(agent), Arc::clone(&spool));
-    let sink = Arc::new(AgentSink::new(Arc::clone(&spool), Arc::clone(&state), 0));
+    let sink = Arc::new(
+        AgentSink::new(Arc::clone(&spool), Arc::clone(&state), 0)
+            .with_metrics(Arc::clone(&agent.metrics)),
+    );
     if let Ok(mut s) = state.lock() {
         *s = "checkout".to_owned();
     }
@@ -41,7 +44,7 @@ pub(crate) async fn run_wire_job(
     if !wire.ssh_keys.is_empty() {
         agent.registry.grant_ssh(&wire.id, wire.ssh_keys.clone());
     }
-    let outcome = match request(agent, &wire) {
+    let outcome = match request(agent, &mut wire) {
         Ok(req) => {
             let sink_dyn: Arc<dyn EventSink> = sink.clone();
             let on_prepared = |p: &job::Prepared| sink.set_total_steps(p.step_count());
@@ -79,6 +82,7 @@ pub(crate) async fn run_wire_job(
         return;
     }
     let status = outcome.status;
+    agent.metrics.job_finished(status);
     tracing::info!(job = %wire.id, ?status, "job {} finished: {status}", wire.id);
     if let Err(e) = spool.finish(status, outcome.error) {
         tracing::error!(job = %wire.id, "cannot record the finish: {e}");
@@ -102,17 +106,18 @@ enum RequestError {
 
 /// The claimed job as a [`JobRequest`]: the config comes from the commit, the time limit and
 /// secrets from the coordinator, the rest from the agent's settings.
-fn request(agent: &Arc<Agent>, wire: &WireJob) -> Result<JobRequest, RequestError> {
+fn request(agent: &Arc<Agent>, wire: &mut WireJob) -> Result<JobRequest, RequestError> {
     let cfg = agent.cfg();
     let mut keys = Vec::new();
     let mut additional_keys = Vec::new();
-    for k in &wire.keys {
+    for k in &mut wire.keys {
         let role = match k.role {
             WireKeyRole::User => KeyRole::User,
             WireKeyRole::Deploy => KeyRole::Deploy,
             WireKeyRole::Additional => KeyRole::Additional,
         };
-        let key = SshKey::from_text(zeroize::Zeroizing::new(k.private_key.clone()), role)
+        // Moved, not copied: the claim keeps no second plaintext copy of the key.
+        let key = SshKey::from_text(k.take_private_key(), role)
             .map_err(|reason| RequestError::Key { role, reason })?;
         if role == KeyRole::Additional {
             additional_keys.push(key);

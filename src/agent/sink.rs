@@ -12,6 +12,7 @@ pub(crate) struct AgentSink {
     spool: Arc<SpoolJob>,
     state: Arc<Mutex<String>>,
     total_steps: AtomicUsize,
+    metrics: Option<Arc<super::metrics::AgentMetrics>>,
     /// The commit the checkout reached, until the next step start carries it to the
     /// coordinator (`step_started.commit_sha`).
     checked_out: Mutex<Option<String>>,
@@ -27,8 +28,15 @@ impl AgentSink {
             spool,
             state,
             total_steps: AtomicUsize::new(total_steps),
+            metrics: None,
             checked_out: Mutex::new(None),
         }
+    }
+
+    /// Step durations also go to these metrics.
+    pub(crate) fn with_metrics(mut self, m: Arc<super::metrics::AgentMetrics>) -> AgentSink {
+        self.metrics = Some(m);
+        self
     }
 
     pub(crate) fn set_total_steps(&self, n: usize) {
@@ -86,6 +94,9 @@ impl EventSink for AgentSink {
                 self.rendered(event);
             }
             Event::StepFinished(s) => {
+                if let Some(m) = &self.metrics {
+                    m.step_finished(s.duration_ms);
+                }
                 self.event(JobEvent::StepFinished {
                     step: u32::try_from(s.step).unwrap_or(u32::MAX),
                     name: s.name.clone(),

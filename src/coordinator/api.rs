@@ -35,6 +35,48 @@ impl From<CoordError> for Failure {
 
 type ApiResult = std::result::Result<Response, Failure>;
 
+/// Middleware over the whole server: an error answer that is neither JSON nor an HTML page
+/// (axum's rejections of a bad query or body, 405, 413, …) becomes the documented
+/// `{"error": …}` with the same status.
+pub async fn json_errors(resp: Response) -> Response {
+    use axum::http::header;
+    let status = resp.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return resp;
+    }
+    let ct = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if ct.starts_with("application/json") || ct.starts_with("text/html") {
+        return resp;
+    }
+    let (parts, body) = resp.into_parts();
+    let text = axum::body::to_bytes(body, 64 * 1024)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_owned())
+        .unwrap_or_default();
+    let error = if text.is_empty() {
+        status
+            .canonical_reason()
+            .unwrap_or("error")
+            .to_ascii_lowercase()
+    } else {
+        text
+    };
+    let mut out = Failure(status, error).into_response();
+    if let Some(allow) = parts.headers.get(header::ALLOW) {
+        out.headers_mut().insert(header::ALLOW, allow.clone());
+    }
+    out
+}
+
+/// What no route serves: 404 with a JSON error.
+pub async fn not_found(uri: axum::http::Uri) -> Response {
+    Failure(StatusCode::NOT_FOUND, format!("nothing at {}", uri.path())).into_response()
+}
+
 pub fn router(state: Arc<AppState>) -> Router {
     let api = Router::new()
         .route("/agents/register", post(register))
@@ -138,9 +180,7 @@ async fn register(State(state): State<Arc<AppState>>, body: Bytes) -> ApiResult 
             "registration token invalid".into(),
         ));
     }
-    if req.name.trim().is_empty() {
-        return Err(Failure(StatusCode::BAD_REQUEST, "name is empty".into()));
-    }
+    check_registration(&req).map_err(|e| Failure(StatusCode::BAD_REQUEST, e))?;
     let (agent_id, agent_token) = state
         .db(move |s| s.register_agent(&req.name, &req.resource_class, &req.labels, &req.version))
         .await?;
@@ -153,6 +193,41 @@ async fn register(State(state): State<Arc<AppState>>, body: Bytes) -> ApiResult 
         }),
     )
         .into_response())
+}
+
+/// Longest agent name, resource class, label and version accepted at registration.
+pub const MAX_NAME_CHARS: usize = 64;
+/// Most labels an agent may register with.
+pub const MAX_LABELS: usize = 32;
+
+/// Names, class, labels and version: non-empty (but the version), at most
+/// [`MAX_NAME_CHARS`] characters, no control characters or bidi overrides (the CLI prints
+/// them; they must not drive a terminal), at most [`MAX_LABELS`] labels.
+fn check_registration(req: &RegisterRequest) -> std::result::Result<(), String> {
+    let field = |what: &str, v: &str, may_be_empty: bool| {
+        if !may_be_empty && v.trim().is_empty() {
+            return Err(format!("{what} is empty"));
+        }
+        if v.chars().count() > MAX_NAME_CHARS {
+            return Err(format!("{what} is longer than {MAX_NAME_CHARS} characters"));
+        }
+        if v.chars().any(super::is_unsafe_char) {
+            return Err(format!(
+                "{what} has control characters (escapes, newlines) or bidi overrides"
+            ));
+        }
+        Ok(())
+    };
+    field("name", &req.name, false)?;
+    field("resource_class", &req.resource_class, false)?;
+    field("version", &req.version, true)?;
+    if req.labels.len() > MAX_LABELS {
+        return Err(format!("more than {MAX_LABELS} labels"));
+    }
+    for l in &req.labels {
+        field("a label", l, false)?;
+    }
+    Ok(())
 }
 
 #[derive(Deserialize)]
@@ -189,6 +264,10 @@ async fn claim(
         let a = agent_id.clone();
         if let Some(job) = state.db(move |s| s.claim(&a, lease)).await? {
             state.bump();
+            state.metrics.claims.inc();
+            if let Some(id) = store::parse_job_id(&job.id) {
+                state.jobs.bump(id);
+            }
             return Ok(Json(ClaimResponse {
                 job,
                 lease_secs: lease.as_secs(),
@@ -253,7 +332,8 @@ async fn append_log(
         .await?;
     match out {
         AppendOutcome::Ack(offset) => {
-            state.bump();
+            // Only this job's followers care; claims wait for queue changes, not logs.
+            state.jobs.logged(id, offset);
             Ok(Json(LogAck { offset }).into_response())
         }
         AppendOutcome::Gap(offset) => {
@@ -278,7 +358,7 @@ async fn append_events(
         .await?;
     match out {
         EventsOutcome::Ack(next_seq) => {
-            state.bump();
+            state.jobs.evented(id, next_seq);
             Ok(Json(EventAck { next_seq }).into_response())
         }
         EventsOutcome::Gap(next_seq) => {
@@ -304,6 +384,7 @@ async fn finish(
     match out {
         FinishOutcome::Done => {
             state.bump();
+            state.jobs.bump(id);
             Ok(Json(serde_json::json!({})).into_response())
         }
         FinishOutcome::Incomplete(offset) => {
@@ -311,6 +392,7 @@ async fn finish(
         }
         FinishOutcome::DigestMismatch(msg) => {
             state.bump();
+            state.jobs.bump(id);
             Err(Failure(StatusCode::UNPROCESSABLE_ENTITY, msg))
         }
         FinishOutcome::Refused(l) => Err(refused(id, l)),

@@ -7,7 +7,9 @@
 //! routes, server-sent events; the HTML of the pages in [`pages`]) ← [`serve`] and the CLI commands here.
 
 pub mod api;
+pub mod metrics;
 pub mod pages;
+pub mod secrets;
 pub mod server;
 pub mod store;
 pub mod web;
@@ -34,6 +36,8 @@ pub enum CoordError {
     NotFound(String),
     #[error("{0}")]
     Invalid(String),
+    #[error("TLS: {0}")]
+    Tls(String),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: String,
@@ -128,6 +132,17 @@ pub struct DataArg {
     /// The coordinator's data directory (holds coordinator.db).
     #[arg(long, env = "BOSUN_COORDINATOR_DATA")]
     pub data: PathBuf,
+    /// The key file sealing private keys and secret values in coordinator.db (default:
+    /// `<data dir>.key` beside the data directory, created 0600 on first use). Keep it out
+    /// of the data directory's backups.
+    #[arg(long, env = "BOSUN_COORDINATOR_SECRETS_KEY", value_name = "FILE")]
+    pub secrets_key: Option<PathBuf>,
+}
+
+impl DataArg {
+    pub fn open(&self) -> Result<Store> {
+        Store::open_with_key(&self.data, self.secrets_key.as_deref())
+    }
 }
 
 #[derive(clap::Args, Debug)]
@@ -151,6 +166,13 @@ pub struct ServeArgs {
     /// wait in the listen backlog.
     #[arg(long, default_value_t = 1024)]
     pub max_connections: usize,
+    /// Serve HTTPS with this certificate chain (PEM; needs --tls-key). Claims carry the
+    /// projects' private keys: anything but loopback should be HTTPS.
+    #[arg(long, value_name = "PEM", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -323,8 +345,9 @@ pub fn run(cmd: Command) -> u8 {
 fn run_inner(cmd: Command) -> Result<()> {
     let mut out = std::io::stdout().lock();
     let print = |out: &mut std::io::StdoutLock<'_>, s: String| {
+        // Names and labels come from agents: never let them drive the operator's terminal.
         // A closed stdout (`| head`) is not an error worth reporting.
-        let _ = writeln!(out, "{s}");
+        let _ = writeln!(out, "{}", printable(&s));
     };
     match cmd {
         Command::Serve(args) => {
@@ -336,7 +359,7 @@ fn run_inner(cmd: Command) -> Result<()> {
             rt.block_on(serve(args))
         }
         Command::Project(ProjectCommand::Add(a)) => {
-            let store = Store::open(&a.data.data)?;
+            let store = a.data.open()?;
             let mut env = Vec::new();
             for kv in &a.env {
                 env.push(parse_env(kv, false)?);
@@ -363,7 +386,7 @@ fn run_inner(cmd: Command) -> Result<()> {
             Ok(())
         }
         Command::Enqueue(a) => {
-            let store = Store::open(&a.data.data)?;
+            let store = a.data.open()?;
             let id = store.enqueue(&NewJob {
                 project_slug: a.project,
                 git_ref: a.git_ref,
@@ -381,7 +404,7 @@ fn run_inner(cmd: Command) -> Result<()> {
             Ok(())
         }
         Command::Jobs { data, limit } => {
-            let store = Store::open(&data.data)?;
+            let store = data.open()?;
             print(
                 &mut out,
                 format!(
@@ -414,7 +437,7 @@ fn run_inner(cmd: Command) -> Result<()> {
         Command::Cancel { data, job } => {
             let id = store::parse_job_id(&job)
                 .ok_or_else(|| CoordError::Invalid(format!("`{job}` is not a job id")))?;
-            let store = Store::open(&data.data)?;
+            let store = data.open()?;
             let after = store.cancel(id)?;
             print(&mut out, format!("job {id}: {after}"));
             Ok(())
@@ -424,7 +447,7 @@ fn run_inner(cmd: Command) -> Result<()> {
             action,
             expires,
         } => {
-            let store = Store::open(&data.data)?;
+            let store = data.open()?;
             match action {
                 TokenAction::New => print(&mut out, store.create_registration_token(expires)?.1),
                 TokenAction::Rotate => print(&mut out, store.rotate_registration_token(expires)?.1),
@@ -452,19 +475,19 @@ fn run_inner(cmd: Command) -> Result<()> {
             resource_class,
             labels,
         } => {
-            let store = Store::open(&data.data)?;
+            let store = data.open()?;
             match store.relabel_agent(&agent, &resource_class, &labels)? {
                 0 => Err(CoordError::NotFound(format!("no agent with id {agent}"))),
                 _ => Ok(()),
             }
         }
         Command::Project(ProjectCommand::Restrict { data, slug, agents }) => {
-            let store = Store::open(&data.data)?;
+            let store = data.open()?;
             store.restrict_project(&slug, &agents)?;
             Ok(())
         }
         Command::Revoke { data, agent } => {
-            let store = Store::open(&data.data)?;
+            let store = data.open()?;
             match store.revoke_agent(&agent)? {
                 0 => Err(CoordError::NotFound(format!("no agent {agent}"))),
                 n => {
@@ -474,7 +497,7 @@ fn run_inner(cmd: Command) -> Result<()> {
             }
         }
         Command::Agents { data } => {
-            let store = Store::open(&data.data)?;
+            let store = data.open()?;
             for (id, name, rc, seen, revoked) in store.list_agents()? {
                 let ago = Duration::from_millis((store::now_ms() - seen).max(0) as u64);
                 print(
@@ -491,6 +514,26 @@ fn run_inner(cmd: Command) -> Result<()> {
     }
 }
 
+/// `s` with every control character (C0, DEL, C1: terminal escapes, newlines, carriage
+/// returns) and bidirectional override shown as a visible `\u{…}` escape instead of acting on
+/// the terminal.
+pub fn printable(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if is_unsafe_char(c) {
+            out.push_str(&c.escape_unicode().to_string());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Characters that act on a terminal or reorder what it shows.
+pub fn is_unsafe_char(c: char) -> bool {
+    c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
 pub fn fmt_duration(d: Duration) -> String {
     let s = d.as_secs();
     if s >= 3600 {
@@ -502,12 +545,89 @@ pub fn fmt_duration(d: Duration) -> String {
     }
 }
 
+/// What a job's notifier carries: how far its committed log and events reach (appends say
+/// so; a follower then reads the new bytes without a query), and a generation bumped by
+/// every other change (status, lease), after which followers read the job's row again.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct JobProgress {
+    pub log_bytes: u64,
+    pub event_count: u64,
+    pub gen: u64,
+}
+
+type Notifiers = std::collections::HashMap<i64, tokio::sync::watch::Sender<JobProgress>>;
+
+/// One change notifier per job that someone follows live: an append wakes that job's
+/// followers only (a global notifier woke every follower of every job, and each re-queried
+/// the job through the writer's connection).
+#[derive(Default)]
+pub struct JobWatch {
+    senders: std::sync::Mutex<Notifiers>,
+}
+
+impl JobWatch {
+    fn map(&self) -> std::sync::MutexGuard<'_, Notifiers> {
+        self.senders.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Follow job `id`: the receiver changes whenever the server changes the job.
+    pub fn subscribe(&self, id: i64) -> tokio::sync::watch::Receiver<JobProgress> {
+        self.map()
+            .entry(id)
+            .or_insert_with(|| tokio::sync::watch::channel(JobProgress::default()).0)
+            .subscribe()
+    }
+
+    fn update(&self, id: i64, f: impl FnOnce(&mut JobProgress)) {
+        let mut map = self.map();
+        if let Some(tx) = map.get(&id) {
+            if tx.receiver_count() == 0 {
+                map.remove(&id);
+            } else {
+                tx.send_modify(f);
+            }
+        }
+    }
+
+    /// Job `id`'s committed log now reaches `log_bytes`.
+    pub fn logged(&self, id: i64, log_bytes: u64) {
+        self.update(id, |p| p.log_bytes = p.log_bytes.max(log_bytes));
+    }
+
+    /// Job `id` now has `event_count` committed events.
+    pub fn evented(&self, id: i64, event_count: u64) {
+        self.update(id, |p| p.event_count = p.event_count.max(event_count));
+    }
+
+    /// Job `id` changed otherwise (status, lease): followers read its row again.
+    pub fn bump(&self, id: i64) {
+        self.update(id, |p| p.gen = p.gen.wrapping_add(1));
+    }
+
+    /// Some jobs changed (which is not known, e.g. leases lapsed): wake every follower.
+    pub fn bump_all(&self) {
+        let mut map = self.map();
+        map.retain(|_, tx| tx.receiver_count() > 0);
+        for tx in map.values() {
+            tx.send_modify(|p| p.gen = p.gen.wrapping_add(1));
+        }
+    }
+
+    /// Jobs followed now.
+    pub fn followed(&self) -> usize {
+        self.map().len()
+    }
+}
+
 /// Shared by the API and web handlers.
 pub struct AppState {
     pub store: Arc<Store>,
     /// Bumped whenever the database may have changed (our writes, or another process's,
     /// noticed through `PRAGMA data_version`); long polls and live pages wait on it.
     pub changed: tokio::sync::watch::Sender<u64>,
+    /// Per-job notifiers for live pages (log appends and events go there only).
+    pub jobs: JobWatch,
+    pub metrics: metrics::CoordMetrics,
     /// Digests of the tokens from `--registration-token-file` (the stored ones are looked
     /// up at each registration, so `token` and `token rotate` apply at once).
     pub registration_token_file_digests: Vec<String>,
@@ -537,7 +657,7 @@ impl AppState {
 /// Serve until SIGINT/SIGTERM. Prints `listening on http://ADDR` (the real port when 0 was
 /// asked for) on stdout once the socket is bound.
 pub async fn serve(args: ServeArgs) -> Result<()> {
-    let store = Arc::new(Store::open(&args.data.data)?);
+    let store = Arc::new(args.data.open()?);
     let mut tokens = Vec::new();
     if let Some(f) = &args.registration_token_file {
         let t = read_file(f)?.trim().to_string();
@@ -559,6 +679,8 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     let state = Arc::new(AppState {
         store: store.clone(),
         changed,
+        jobs: JobWatch::default(),
+        metrics: metrics::CoordMetrics::default(),
         registration_token_file_digests: tokens,
         lease: Duration::from_secs(args.lease_secs.max(1)),
         shutdown: tokio_util::sync::CancellationToken::new(),
@@ -573,13 +695,30 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         addr: args.listen.clone(),
         source,
     })?;
-    println!("listening on http://{addr}");
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(server::tls_acceptor(cert, key)?),
+        _ => {
+            if !addr.ip().is_loopback() {
+                tracing::warn!(
+                    "serving plain HTTP on {addr}: claims carry private keys; use --tls-cert \
+                     and --tls-key"
+                );
+            }
+            None
+        }
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    println!("listening on {scheme}://{addr}");
     let _ = std::io::stdout().flush();
 
     tokio::spawn(watch_changes(state.clone()));
     tokio::spawn(reap_leases(state.clone()));
 
-    let app = api::router(state.clone()).merge(web::router(state.clone()));
+    let app = api::router(state.clone())
+        .merge(web::router(state.clone()))
+        .merge(metrics::router(state.clone()))
+        .fallback(api::not_found)
+        .layer(axum::middleware::map_response(api::json_errors));
     let stop = state.shutdown.clone();
     tokio::spawn(async move {
         shutdown_signal().await;
@@ -590,7 +729,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         header_timeout: args.header_timeout,
         max_connections: args.max_connections,
     };
-    server::serve(listener, app, limits, state.shutdown.clone()).await
+    server::serve(listener, app, limits, tls, state.shutdown.clone()).await
 }
 
 async fn shutdown_signal() {
@@ -648,7 +787,10 @@ async fn reap_leases(state: Arc<AppState>) {
         tick.tick().await;
         match state.db(|s| s.expire_leases()).await {
             Ok(0) => {}
-            Ok(_) => state.bump(),
+            Ok(_) => {
+                state.bump();
+                state.jobs.bump_all();
+            }
             Err(e) => tracing::warn!("expiring leases: {e}"),
         }
     }
@@ -690,6 +832,14 @@ mod tests {
             Err(e) => e.to_string(),
             Ok(a) => panic!("{extra:?} was accepted: {a:?}"),
         }
+    }
+
+    #[test]
+    fn printable_shows_escapes_instead_of_sending_them() {
+        assert_eq!(
+            printable("a\x1b]0;x\x07\nb\r\u{9b}c\u{202e}d é"),
+            "a\\u{1b}]0;x\\u{7}\\u{a}b\\u{d}\\u{9b}c\\u{202e}d é"
+        );
     }
 
     #[test]

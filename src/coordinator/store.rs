@@ -4,8 +4,9 @@
 //! The server and the CLI (`bosun coordinator enqueue`, `cancel`, …) open the same file; WAL
 //! mode lets the CLI write while the server reads, and `synchronous=FULL` makes every commit
 //! durable before we answer the agent. Private keys and secret env values are stored in this
-//! file, which is created mode 0600 inside a 0700 directory (SQLite gives its -wal/-shm
-//! files the database file's mode).
+//! file sealed with a key kept outside the data directory (see [`super::secrets`]); the file
+//! is created mode 0600 inside a 0700 directory (SQLite gives its -wal/-shm files the
+//! database file's mode).
 //!
 //! Logs live beside the database, not in it: a log is written once and read in order, and
 //! storing it as SQLite blobs wrote every byte three times (WAL, checkpoint, overflow pages)
@@ -17,6 +18,7 @@
 //! shorter than `log_bytes`, the next append notices, lowers `log_bytes` to what survived and
 //! answers 409 with it, and the agent resends the rest.
 
+use super::secrets::{self, SecretsKey, SEALED_PREFIX};
 use super::{random_hex, sha256_hex, CoordError, Result};
 use crate::protocol::{
     FinishRequest, JobEvent, JobState, WireEnv, WireJob, WireKey, WireKeyRole, WireProject,
@@ -151,7 +153,14 @@ pub fn now_ms() -> i64 {
 }
 
 pub struct Store {
+    /// The one writer connection (and the reads of the write paths).
     conn: Mutex<Connection>,
+    /// Idle read-only connections for pages and live streams: WAL lets them read the last
+    /// commit while the writer appends, so followers never wait on (or hold up) the writer.
+    readers: Mutex<Vec<Connection>>,
+    /// New log bytes appended through this store since it opened (resends not counted).
+    appended: std::sync::atomic::AtomicU64,
+    secrets: SecretsKey,
     path: PathBuf,
     logs: PathBuf,
 }
@@ -332,6 +341,31 @@ const JOB_COLUMNS: &str = "j.id, p.slug, j.commit_sha, j.git_ref, j.job_name, j.
      j.timeout_secs, j.resolved_sha, p.clone_url, \
      (SELECT name FROM agents WHERE id = j.agent_id)";
 
+/// A pooled read-only connection (see [`Store::reader`]).
+struct Reader<'a> {
+    store: &'a Store,
+    conn: Option<Connection>,
+}
+
+impl std::ops::Deref for Reader<'_> {
+    type Target = Connection;
+    fn deref(&self) -> &Connection {
+        self.conn.as_ref().expect("present until drop")
+    }
+}
+
+impl Drop for Reader<'_> {
+    fn drop(&mut self) {
+        if let Some(c) = self.conn.take() {
+            let mut idle = self.store.readers.lock().unwrap_or_else(|p| p.into_inner());
+            // Keep a few; more were only needed for a burst.
+            if idle.len() < 8 {
+                idle.push(c);
+            }
+        }
+    }
+}
+
 fn job_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<JobRow> {
     Ok(JobRow {
         id: r.get(0)?,
@@ -382,8 +416,16 @@ pub fn parse_job_id(s: &str) -> Option<i64> {
 }
 
 impl Store {
-    /// Open (creating if needed) the store in `dir`.
+    /// Open (creating if needed) the store in `dir`, its secrets sealed with the key file
+    /// beside it ([`secrets::default_key_path`]).
     pub fn open(dir: &Path) -> Result<Store> {
+        Self::open_with_key(dir, None)
+    }
+
+    /// Open (creating if needed) the store in `dir`, its secrets sealed with the key file
+    /// `key` (default: beside `dir`), created when the store holds no sealed secret yet.
+    /// Plaintext secrets of an older store are sealed here.
+    pub fn open_with_key(dir: &Path, key: Option<&Path>) -> Result<Store> {
         let io = |source| CoordError::Io {
             path: dir.to_path_buf(),
             source,
@@ -392,6 +434,7 @@ impl Store {
             std::fs::create_dir_all(dir).map_err(io)?;
             set_mode(dir, 0o700)?;
         }
+        private_dir(dir)?;
         let path = dir.join(DB_FILE);
         // Create the file ourselves first so it is 0600 from its first byte: it holds keys.
         {
@@ -417,9 +460,45 @@ impl Store {
             std::fs::create_dir_all(&logs).map_err(io_err(&logs))?;
             set_mode(&logs, 0o700)?;
         }
+        private_dir(&logs)?;
         migrate(&conn, &logs)?;
+        let key_path = key
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| secrets::default_key_path(dir));
+        let known: Option<String> = conn
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'secrets_key'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?;
+        // A store that already has sealed secrets never gets a new key silently.
+        if let (Some(fp), false) = (&known, key_path.exists()) {
+            return Err(CoordError::Invalid(format!(
+                "the secrets key file {} is missing: the secrets in {} were sealed with it \
+                 (fingerprint {fp}); restore it or give its place with --secrets-key",
+                key_path.display(),
+                path.display()
+            )));
+        }
+        let secrets = SecretsKey::load_or_create(&key_path, known.is_none())?;
+        if let Some(fp) = &known {
+            if *fp != secrets.fingerprint {
+                return Err(CoordError::Invalid(format!(
+                    "{}: the secrets in {} were sealed with another key (fingerprint {fp}, \
+                     this file's is {})",
+                    key_path.display(),
+                    path.display(),
+                    secrets.fingerprint
+                )));
+            }
+        }
+        seal_plaintext_secrets(&conn, &secrets)?;
         Ok(Store {
             conn: Mutex::new(conn),
+            readers: Mutex::new(Vec::new()),
+            appended: std::sync::atomic::AtomicU64::new(0),
+            secrets,
             path,
             logs,
         })
@@ -433,6 +512,28 @@ impl Store {
         // A panic while holding the lock leaves the connection usable (SQLite rolls back an
         // open transaction when the Transaction guard drops), so poisoning is ignored.
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A read-only connection from the pool (opened when none is idle); back to the pool
+    /// when the guard drops.
+    fn reader(&self) -> Result<Reader<'_>> {
+        let idle = self.readers.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let conn = match idle {
+            Some(c) => c,
+            None => {
+                let c = Connection::open_with_flags(
+                    &self.path,
+                    rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
+                        | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                )?;
+                c.busy_timeout(Duration::from_secs(10))?;
+                c
+            }
+        };
+        Ok(Reader {
+            store: self,
+            conn: Some(conn),
+        })
     }
 
     /// A second connection for the change watcher (see `data_version`).
@@ -647,22 +748,29 @@ impl Store {
             )));
         }
         tx.execute(
-            "INSERT INTO projects(uuid, slug, clone_url, user_key, deploy_key, known_hosts) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![
-                uuid,
-                p.slug,
-                p.clone_url,
-                p.user_key,
-                p.deploy_key,
-                p.known_hosts
-            ],
+            "INSERT INTO projects(uuid, slug, clone_url, known_hosts) VALUES (?1, ?2, ?3, ?4)",
+            params![uuid, p.slug, p.clone_url, p.known_hosts],
         )?;
         let pid = tx.last_insert_rowid();
+        for (column, key) in [("user_key", &p.user_key), ("deploy_key", &p.deploy_key)] {
+            if let Some(key) = key {
+                let sealed = self.secrets.seal(&secrets::key_place(pid, column), key)?;
+                tx.execute(
+                    &format!("UPDATE projects SET {column} = ?2 WHERE id = ?1"),
+                    params![pid, sealed],
+                )?;
+            }
+        }
         for e in &p.env {
+            let value = if e.secret {
+                self.secrets
+                    .seal(&secrets::env_place(pid, &e.name), &e.value)?
+            } else {
+                e.value.clone()
+            };
             tx.execute(
                 "INSERT OR REPLACE INTO project_env(project_id, name, value, secret) VALUES (?1, ?2, ?3, ?4)",
-                params![pid, e.name, e.value, e.secret],
+                params![pid, e.name, value, e.secret],
             )?;
         }
         tx.commit()?;
@@ -772,8 +880,20 @@ impl Store {
         Ok(after)
     }
 
+    /// Jobs queued, jobs running, and agents not revoked seen at or after `online_since`
+    /// (ms since the epoch), for the metrics.
+    pub fn counts(&self, online_since: i64) -> Result<(i64, i64, i64)> {
+        Ok(self.reader()?.query_row(
+            "SELECT (SELECT COUNT(*) FROM jobs WHERE status = 'queued'), \
+                    (SELECT COUNT(*) FROM jobs WHERE status = 'running'), \
+                    (SELECT COUNT(*) FROM agents WHERE revoked = 0 AND last_seen >= ?1)",
+            [online_since],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )?)
+    }
+
     pub fn list_jobs(&self, limit: u32) -> Result<Vec<JobRow>> {
-        let conn = self.conn();
+        let conn = self.reader()?;
         let mut st = conn.prepare(&format!(
             "SELECT {JOB_COLUMNS} FROM jobs j JOIN projects p ON p.id = j.project_id \
              ORDER BY j.id DESC LIMIT ?1"
@@ -870,7 +990,7 @@ impl Store {
 
     pub fn job(&self, id: i64) -> Result<Option<JobRow>> {
         Ok(self
-            .conn()
+            .reader()?
             .query_row(
                 &format!(
                     "SELECT {JOB_COLUMNS} FROM jobs j JOIN projects p ON p.id = j.project_id WHERE j.id = ?1"
@@ -884,7 +1004,7 @@ impl Store {
     /// Committed log bytes from `from` to the end.
     pub fn log_from(&self, id: i64, from: u64) -> Result<Vec<u8>> {
         let end: Option<i64> = self
-            .conn()
+            .reader()?
             .query_row("SELECT log_bytes FROM jobs WHERE id = ?1", [id], |r| {
                 r.get(0)
             })
@@ -899,7 +1019,7 @@ impl Store {
     /// such job). Pages and live streams read big logs this way, piece by piece.
     pub fn log_piece(&self, id: i64, from: u64, max: u64) -> Result<Option<(Vec<u8>, u64)>> {
         let end: Option<i64> = self
-            .conn()
+            .reader()?
             .query_row("SELECT log_bytes FROM jobs WHERE id = ?1", [id], |r| {
                 r.get(0)
             })
@@ -912,8 +1032,9 @@ impl Store {
         Ok(Some((self.read_log(id, from, upto)?, end)))
     }
 
-    /// Bytes `from..end` of a job's log file (fewer if the file is shorter).
-    fn read_log(&self, id: i64, from: u64, end: u64) -> Result<Vec<u8>> {
+    /// Bytes `from..end` of a job's log file (fewer if the file is shorter), `end` being at
+    /// most the committed length the caller read. No database access.
+    pub fn read_log(&self, id: i64, from: u64, end: u64) -> Result<Vec<u8>> {
         use std::os::unix::fs::FileExt;
         let path = log_path(&self.logs, id);
         let f = match File::open(&path) {
@@ -983,7 +1104,7 @@ impl Store {
 
     /// Events from sequence number `from`.
     pub fn events_from(&self, id: i64, from: u64) -> Result<Vec<(u64, JobEvent)>> {
-        let conn = self.conn();
+        let conn = self.reader()?;
         let mut st = conn.prepare(
             "SELECT seq, json FROM job_events WHERE job_id = ?1 AND seq >= ?2 ORDER BY seq",
         )?;
@@ -1061,7 +1182,7 @@ impl Store {
              attempts = attempts + 1, started = ?4 WHERE id = ?1 AND status = 'queued'",
             params![id, agent_id, now + lease.as_millis() as i64, now],
         )?;
-        let job = wire_job(&tx, id)?;
+        let job = wire_job(&tx, &self.secrets, id)?;
         tx.commit()?;
         Ok(Some(job))
     }
@@ -1153,7 +1274,16 @@ impl Store {
         conn.execute_batch("PRAGMA synchronous=NORMAL")?;
         let out = Self::append_log_tx(&self.logs, &mut conn, id, agent_id, attempt, offset, bytes);
         conn.execute_batch("PRAGMA synchronous=FULL")?;
-        out
+        out.map(|(outcome, added)| {
+            self.appended
+                .fetch_add(added, std::sync::atomic::Ordering::Relaxed);
+            outcome
+        })
+    }
+
+    /// New log bytes appended through this store since it opened.
+    pub fn appended_log_bytes(&self) -> u64 {
+        self.appended.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn append_log_tx(
@@ -1164,11 +1294,11 @@ impl Store {
         attempt: Option<u32>,
         offset: u64,
         bytes: &[u8],
-    ) -> Result<AppendOutcome> {
+    ) -> Result<(AppendOutcome, u64)> {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         match Self::lease_state(&tx, id, agent_id, attempt)? {
             Lease::Held => {}
-            other => return Ok(AppendOutcome::Refused(other)),
+            other => return Ok((AppendOutcome::Refused(other), 0)),
         }
         let stored: i64 = tx.query_row("SELECT log_bytes FROM jobs WHERE id = ?1", [id], |r| {
             r.get(0)
@@ -1195,15 +1325,15 @@ impl Store {
                 params![id, on_disk as i64],
             )?;
             tx.commit()?;
-            return Ok(AppendOutcome::Gap(on_disk));
+            return Ok((AppendOutcome::Gap(on_disk), 0));
         }
         if offset > stored {
-            return Ok(AppendOutcome::Gap(stored));
+            return Ok((AppendOutcome::Gap(stored), 0));
         }
         // A resend overlapping what we have: keep only the part beyond our end.
         let skip = (stored - offset) as usize;
         if skip >= bytes.len() {
-            return Ok(AppendOutcome::Ack(stored));
+            return Ok((AppendOutcome::Ack(stored), 0));
         }
         let new = &bytes[skip..];
         {
@@ -1220,7 +1350,7 @@ impl Store {
             params![id, stored as i64],
         )?;
         tx.commit()?;
-        Ok(AppendOutcome::Ack(stored))
+        Ok((AppendOutcome::Ack(stored), new.len() as u64))
     }
 
     pub fn append_events(
@@ -1390,7 +1520,7 @@ impl Store {
     }
 }
 
-fn wire_job(conn: &Connection, id: i64) -> Result<WireJob> {
+fn wire_job(conn: &Connection, secrets: &SecretsKey, id: i64) -> Result<WireJob> {
     let (pid, uuid, slug, clone_url, user_key, deploy_key, known_hosts): (
         i64,
         String,
@@ -1446,14 +1576,15 @@ fn wire_job(conn: &Connection, id: i64) -> Result<WireJob> {
             },
         )?;
     let mut keys = Vec::new();
-    for (role, key) in [
-        (WireKeyRole::User, user_key),
-        (WireKeyRole::Deploy, deploy_key),
+    for (role, column, key) in [
+        (WireKeyRole::User, "user_key", user_key),
+        (WireKeyRole::Deploy, "deploy_key", deploy_key),
     ] {
-        if let Some(private_key) = key {
+        if let Some(sealed) = key {
+            let private_key = secrets.open(&secrets::key_place(pid, column), &sealed)?;
             keys.push(WireKey {
                 role,
-                private_key,
+                private_key: private_key.as_str().to_owned(),
                 fingerprint: None,
             });
         }
@@ -1471,7 +1602,17 @@ fn wire_job(conn: &Connection, id: i64) -> Result<WireJob> {
                 })
             })?
             .collect::<rusqlite::Result<Vec<_>>>()?;
-        rows
+        let mut env = Vec::with_capacity(rows.len());
+        for mut e in rows {
+            if e.secret {
+                e.value = secrets
+                    .open(&secrets::env_place(pid, &e.name), &e.value)?
+                    .as_str()
+                    .to_owned();
+            }
+            env.push(e);
+        }
+        env
     };
     let previous_build_num: Option<i64> = conn.query_row(
         "SELECT MAX(pipeline_number) FROM jobs WHERE project_id = ?1 AND branch IS ?2 \
@@ -1603,6 +1744,129 @@ fn migrate(conn: &Connection, logs: &Path) -> Result<()> {
         ))?;
     }
     Ok(())
+}
+
+/// Seal every plaintext private key and secret env value (a store written before secrets
+/// were sealed), record the key's fingerprint, and checkpoint the WAL so no plaintext copy
+/// stays in it (`secure_delete` zeroes the old values' space in the pages).
+fn seal_plaintext_secrets(conn: &Connection, key: &SecretsKey) -> Result<()> {
+    let like = format!("{SEALED_PREFIX}%");
+    let mut keys = Vec::new();
+    for column in ["user_key", "deploy_key"] {
+        let mut st = conn.prepare(&format!(
+            "SELECT id, {column} FROM projects WHERE {column} IS NOT NULL AND {column} NOT LIKE ?1"
+        ))?;
+        let rows = st
+            .query_map([&like], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        for (pid, plain) in rows {
+            let plain = zeroize::Zeroizing::new(plain);
+            keys.push((
+                column,
+                pid,
+                key.seal(&secrets::key_place(pid, column), &plain)?,
+            ));
+        }
+    }
+    let mut env = Vec::new();
+    {
+        let mut st = conn.prepare(
+            "SELECT project_id, name, value FROM project_env WHERE secret != 0 AND value NOT LIKE ?1",
+        )?;
+        let rows = st
+            .query_map([&like], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                ))
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        for (pid, name, plain) in rows {
+            let plain = zeroize::Zeroizing::new(plain);
+            let sealed = key.seal(&secrets::env_place(pid, &name), &plain)?;
+            env.push((pid, name, sealed));
+        }
+    }
+    let recorded: Option<String> = conn
+        .query_row(
+            "SELECT value FROM meta WHERE key = 'secrets_key'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?;
+    if keys.is_empty() && env.is_empty() && recorded.is_some() {
+        return Ok(());
+    }
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    let body = (|| -> Result<()> {
+        for (column, pid, sealed) in &keys {
+            conn.execute(
+                &format!("UPDATE projects SET {column} = ?2 WHERE id = ?1"),
+                params![pid, sealed],
+            )?;
+        }
+        for (pid, name, sealed) in &env {
+            conn.execute(
+                "UPDATE project_env SET value = ?3 WHERE project_id = ?1 AND name = ?2",
+                params![pid, name, sealed],
+            )?;
+        }
+        conn.execute(
+            "INSERT OR REPLACE INTO meta(key, value) VALUES ('secrets_key', ?1)",
+            [&key.fingerprint],
+        )?;
+        Ok(())
+    })();
+    match body {
+        Ok(()) => conn.execute_batch("COMMIT")?,
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            return Err(e);
+        }
+    }
+    if !keys.is_empty() || !env.is_empty() {
+        tracing::info!(
+            keys = keys.len(),
+            env = env.len(),
+            "sealed plaintext secrets of an older store with {}",
+            key.path.display()
+        );
+        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+    }
+    Ok(())
+}
+
+/// An existing directory others can enter or read is tightened to 0700 when it is ours, and
+/// refused when it is not (we could not keep it private).
+fn private_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let meta = std::fs::metadata(dir).map_err(io_err(dir))?;
+    if !meta.is_dir() {
+        return Err(CoordError::Invalid(format!(
+            "{} is not a directory",
+            dir.display()
+        )));
+    }
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o077 == 0 {
+        return Ok(());
+    }
+    if meta.uid() != nix::unistd::geteuid().as_raw() {
+        return Err(CoordError::Invalid(format!(
+            "{} has mode {mode:o} and belongs to uid {}, not to us: it holds keys and logs; \
+             make it ours and 0700",
+            dir.display(),
+            meta.uid()
+        )));
+    }
+    tracing::warn!(
+        "{} had mode {mode:o}; tightened to 700 (it holds keys and logs)",
+        dir.display()
+    );
+    set_mode(dir, 0o700)
 }
 
 fn set_mode(path: &Path, mode: u32) -> Result<()> {
@@ -2096,5 +2360,90 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn a_loose_data_directory_is_tightened() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().expect("tempdir");
+        let data = d.path().join("data");
+        std::fs::create_dir_all(data.join(LOGS_DIR)).expect("mkdir");
+        for p in [&data, &data.join(LOGS_DIR)] {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        }
+        drop(Store::open(&data).expect("open"));
+        for p in [&data, &data.join(LOGS_DIR)] {
+            let mode = std::fs::metadata(p).expect("meta").permissions().mode();
+            assert_eq!(mode & 0o777, 0o700, "{}", p.display());
+        }
+    }
+
+    /// Every byte of the database and its WAL, to look for plaintext in.
+    fn db_bytes(d: &tempfile::TempDir) -> Vec<u8> {
+        let mut all = Vec::new();
+        for f in [DB_FILE, "coordinator.db-wal"] {
+            all.extend(std::fs::read(d.path().join("data").join(f)).unwrap_or_default());
+        }
+        all
+    }
+
+    fn contains(hay: &[u8], needle: &str) -> bool {
+        hay.windows(needle.len()).any(|w| w == needle.as_bytes())
+    }
+
+    #[test]
+    fn plaintext_secrets_of_an_older_store_are_sealed_when_it_opens() {
+        let (d, s) = store();
+        let id = job(&s);
+        // As a store written before secrets were sealed holds them.
+        s.conn()
+            .execute_batch(
+                "UPDATE projects SET user_key = 'PLAIN-PRIVATE-KEY'; \
+                 INSERT INTO project_env(project_id, name, value, secret) \
+                     SELECT id, 'TOKEN', 'hunter22-plain', 1 FROM projects; \
+                 INSERT INTO project_env(project_id, name, value, secret) \
+                     SELECT id, 'PUBLIC', 'visible-value', 0 FROM projects; \
+                 DELETE FROM meta WHERE key = 'secrets_key'; \
+                 PRAGMA wal_checkpoint(TRUNCATE);",
+            )
+            .expect("downgrade");
+        drop(s);
+        assert!(contains(&db_bytes(&d), "PLAIN-PRIVATE-KEY"));
+        let s = Store::open(&d.path().join("data")).expect("reopen");
+        let bytes = db_bytes(&d);
+        assert!(!contains(&bytes, "PLAIN-PRIVATE-KEY"));
+        assert!(!contains(&bytes, "hunter22-plain"));
+        assert!(contains(&bytes, "visible-value"), "plain env stays plain");
+        let w = claim_next(&s);
+        assert_eq!(w.id, id.to_string());
+        assert_eq!(w.keys[0].private_key, "PLAIN-PRIVATE-KEY");
+        let env: Vec<(&str, &str)> = w
+            .env
+            .iter()
+            .map(|e| (e.name.as_str(), e.value.as_str()))
+            .collect();
+        assert_eq!(
+            env,
+            [("PUBLIC", "visible-value"), ("TOKEN", "hunter22-plain")]
+        );
+    }
+
+    #[test]
+    fn a_store_does_not_open_with_another_or_a_missing_key_file() {
+        let (d, s) = store();
+        drop(s);
+        let key = secrets::default_key_path(&d.path().join("data"));
+        assert!(key.exists() && !key.starts_with(d.path().join("data")));
+        let other = d.path().join("other.key");
+        SecretsKey::load_or_create(&other, true).expect("other key");
+        let Err(e) = Store::open_with_key(&d.path().join("data"), Some(&other)) else {
+            panic!("opened with another key");
+        };
+        assert!(e.to_string().contains("sealed with another key"), "{e}");
+        std::fs::remove_file(&key).expect("rm");
+        let Err(e) = Store::open(&d.path().join("data")) else {
+            panic!("opened without its key file");
+        };
+        assert!(e.to_string().contains("is missing"), "{e}");
     }
 }

@@ -5,8 +5,8 @@
 //! no external assets: the pages must work where nothing can be fetched.
 
 use super::pages;
-use super::store::Store;
-use super::{AppState, CoordError};
+use super::store::{JobRow, Store};
+use super::AppState;
 use crate::protocol::JobEvent;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -29,6 +29,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/assets/{name}", get(pages::asset))
         .route("/jobs/{id}/stream", get(job_stream))
         .route("/jobs/{id}/log", get(log_part))
+        .layer(axum::middleware::map_response(security_headers))
         .with_state(state)
 }
 
@@ -48,11 +49,42 @@ pub fn escape(s: &str) -> String {
     out
 }
 
-fn internal(e: CoordError) -> Response {
-    tracing::error!("{e}");
-    (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response()
+/// The pages' Content-Security-Policy: their stylesheet and script come from this origin
+/// (`/assets/…`; the pages have no inline script or style), the live stream too; never
+/// framed, no forms elsewhere, no base URL.
+const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
+     connect-src 'self'; img-src 'self'; base-uri 'none'; form-action 'self'; \
+     frame-ancestors 'none'";
+
+/// Security headers on every answer of the web router: CSP, no framing, no MIME sniffing,
+/// no referrer.
+pub async fn security_headers(mut resp: Response) -> Response {
+    use axum::http::header::{self, HeaderValue};
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CONTENT_SECURITY_POLICY),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    resp
 }
 
+/// A JSON error answer (`{"error": …}`, as docs/protocol.md documents for every error).
+fn json_error(status: StatusCode, msg: impl Into<String>) -> Response {
+    (
+        status,
+        axum::Json(crate::protocol::ApiError { error: msg.into() }),
+    )
+        .into_response()
+}
 /// A live stream reads the log in pieces of at most this much.
 const STREAM_PIECE: u64 = 256 * 1024;
 /// `/jobs/{id}/log?offset=N` answers at most this much.
@@ -71,7 +103,7 @@ async fn log_part(
     Query(q): Query<PartQuery>,
 ) -> Response {
     let Some(id) = super::store::parse_job_id(&raw) else {
-        return (StatusCode::NOT_FOUND, "no such job\n").into_response();
+        return json_error(StatusCode::NOT_FOUND, format!("no job {raw}"));
     };
     match state
         .db(move |s: &Store| s.log_piece(id, q.offset, LOG_PART))
@@ -85,8 +117,11 @@ async fn log_part(
             bytes,
         )
             .into_response(),
-        Ok(None) => (StatusCode::NOT_FOUND, "no such job\n").into_response(),
-        Err(e) => internal(e),
+        Ok(None) => json_error(StatusCode::NOT_FOUND, format!("no job {id}")),
+        Err(e) => {
+            tracing::error!("{e}");
+            json_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+        }
     }
 }
 
@@ -115,8 +150,20 @@ struct Follow {
     seq: u64,
     status: Option<crate::protocol::JobState>,
     done: bool,
-    changed: tokio::sync::watch::Receiver<u64>,
+    changed: tokio::sync::watch::Receiver<super::JobProgress>,
+    /// The job's row as last read, and the notifier's `gen` then: while only the log and
+    /// events grow (appends say how far), the row is not read again.
+    row: Option<JobRow>,
+    gen: u64,
+    /// Read the row again (a second passed: another process may have changed the job).
+    recheck: bool,
+    /// When the last batch went out (see [`FOLLOW_INTERVAL`]).
+    last_sent: Option<tokio::time::Instant>,
 }
+
+/// A follower sends at most one batch per this: appends in between coalesce into it, so a
+/// follower costs the same whether the agent appends ten times a second or a thousand.
+const FOLLOW_INTERVAL: Duration = Duration::from_millis(100);
 
 fn log_event(text: &[u8], end: u64, seq: u64) -> Event {
     Event::default()
@@ -132,20 +179,65 @@ async fn next_batch(mut f: Follow) -> Option<(Vec<Event>, Follow)> {
         return None;
     }
     loop {
-        f.changed.borrow_and_update();
-        let (id, offset, seq) = (f.id, f.offset, f.seq);
+        if let Some(t) = f.last_sent {
+            tokio::select! {
+                _ = tokio::time::sleep_until(t + FOLLOW_INTERVAL) => {}
+                _ = f.state.shutdown.cancelled() => return None,
+            }
+        }
+        let progress = *f.changed.borrow_and_update();
+        let (id, offset, seq, status) = (f.id, f.offset, f.seq, f.status);
+        let cached = match f.row.take() {
+            Some(mut row) if progress.gen == f.gen && !f.recheck => {
+                row.log_bytes = row.log_bytes.max(progress.log_bytes);
+                row.event_count = row.event_count.max(progress.event_count);
+                Some(row)
+            }
+            _ => None,
+        };
+        f.gen = progress.gen;
+        f.recheck = false;
+        // Read-only connections (never the writer's), and only what changed: an append
+        // costs a follower a read of the new bytes, no query.
         let read = f
             .state
             .db(move |s| {
                 // The job first: if it was final then, the log and events read next are whole.
-                let job = s.job(id)?;
-                let events = s.events_from(id, seq)?;
-                let piece = s.log_piece(id, offset, STREAM_PIECE)?;
-                Ok((job, events, piece))
+                let job = match cached {
+                    Some(row) => row,
+                    None => match s.job(id)? {
+                        Some(row) => row,
+                        None => return Ok(None),
+                    },
+                };
+                let fresh = job.log_bytes > offset
+                    || job.event_count > seq
+                    || status != Some(job.status)
+                    || job.is_final();
+                if !fresh {
+                    return Ok(Some((job, Vec::new(), None)));
+                }
+                let events = if job.event_count > seq {
+                    s.events_from(id, seq)?
+                } else {
+                    Vec::new()
+                };
+                let end = job.log_bytes;
+                let log = s.read_log(id, offset, end.min(offset.saturating_add(STREAM_PIECE)))?;
+                Ok(Some((job, events, Some((log, end)))))
             })
             .await;
-        let Ok((Some(job), events, Some((log, end)))) = read else {
-            return None;
+        let (job, events, log) = match read {
+            Ok(Some(x)) => x,
+            _ => return None,
+        };
+        let Some((log, end)) = log else {
+            // Nothing new: wait below.
+            f.row = Some(job);
+            if !wait_for_change(&mut f).await {
+                return None;
+            }
+            continue;
         };
         // Whole only when the job is final and this piece reaches the end of its log.
         let last_piece = f.offset + log.len() as u64 >= end;
@@ -196,15 +288,29 @@ async fn next_batch(mut f: Follow) -> Option<(Vec<Event>, Follow)> {
             out.push(Event::default().event("end").data("end"));
             f.done = true;
         }
+        f.row = Some(job);
         if !out.is_empty() {
+            f.last_sent = Some(tokio::time::Instant::now());
             return Some((out, f));
         }
-        // Nothing new: wait for a change (any write; we re-check) — never a busy loop. A
-        // shutting-down server ends the stream (the browser's EventSource reconnects later).
-        tokio::select! {
-            c = f.changed.changed() => if c.is_err() { return None; },
-            _ = f.state.shutdown.cancelled() => return None,
+        if !wait_for_change(&mut f).await {
+            return None;
         }
+    }
+}
+
+/// Wait until the server changes the followed job, or a second passes (changes made by
+/// another process, e.g. the CLI canceling a queued job, are not notified) — never a busy
+/// loop. `false`: the server is shutting down, end the stream (the browser's EventSource
+/// reconnects later).
+async fn wait_for_change(f: &mut Follow) -> bool {
+    tokio::select! {
+        c = f.changed.changed() => c.is_ok(),
+        _ = tokio::time::sleep(Duration::from_secs(1)) => {
+            f.recheck = true;
+            true
+        }
+        _ = f.state.shutdown.cancelled() => false,
     }
 }
 
@@ -215,8 +321,16 @@ async fn job_stream(
     headers: HeaderMap,
 ) -> Response {
     let Some(id) = super::store::parse_job_id(&raw) else {
-        return StatusCode::NOT_FOUND.into_response();
+        return json_error(StatusCode::NOT_FOUND, format!("no job {raw}"));
     };
+    match state.db(move |s| s.job(id)).await {
+        Ok(Some(_)) => {}
+        Ok(None) => return json_error(StatusCode::NOT_FOUND, format!("no job {id}")),
+        Err(e) => {
+            tracing::error!("{e}");
+            return json_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+        }
+    }
     // A reconnecting EventSource resumes from the id of the last event it got ("offset:seq").
     let (offset, seq) = headers
         .get("last-event-id")
@@ -225,7 +339,7 @@ async fn job_stream(
         .and_then(|(o, s)| Some((o.parse().ok()?, s.parse().ok()?)))
         .unwrap_or((q.offset, q.seq));
     tracing::info!(job = id, offset, seq, "live stream opened");
-    let changed = state.changed.subscribe();
+    let changed = state.jobs.subscribe(id);
     let follow = Follow {
         state,
         id,
@@ -234,6 +348,10 @@ async fn job_stream(
         status: None,
         done: false,
         changed,
+        row: None,
+        gen: 0,
+        recheck: false,
+        last_sent: None,
     };
     let s: std::pin::Pin<Box<dyn Stream<Item = Result<Event, Infallible>> + Send>> = Box::pin(
         stream::unfold(follow, next_batch)

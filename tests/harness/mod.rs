@@ -19,12 +19,15 @@
 mod project;
 mod services;
 mod systemd;
+mod tls;
 #[allow(unused_imports)]
 pub use project::*;
 #[allow(unused_imports)]
 pub use services::*;
 #[allow(unused_imports)]
 pub use systemd::*;
+#[allow(unused_imports)]
+pub use tls::*;
 
 use std::fs;
 use std::io::Write;

@@ -29,7 +29,8 @@ pub fn add_stand_in_project(data: &Path, rig: &super::Rig, slug: &str, extra: &[
 }
 
 /// Start `bosun coordinator serve --listen LISTEN --data DATA EXTRA…` and return it with the
-/// `host:port` it printed (`listening on http://ADDR`; port 0 picks a free one).
+/// `host:port` it printed (`listening on http://ADDR`, or `https://` with `--tls-cert`; port 0
+/// picks a free one).
 pub fn spawn_coordinator(data: &Path, listen: &str, extra: &[&str]) -> (Child, String) {
     let mut child = Command::new(super::bosun_bin())
         .args(["coordinator", "serve", "--listen", listen])
@@ -46,12 +47,7 @@ pub fn spawn_coordinator(data: &Path, listen: &str, extra: &[&str]) -> (Child, S
     BufReader::new(stdout)
         .read_line(&mut line)
         .expect("listening line");
-    let addr = line
-        .trim()
-        .rsplit("http://")
-        .next()
-        .unwrap_or("")
-        .to_owned();
+    let addr = line.trim().rsplit("://").next().unwrap_or("").to_owned();
     assert!(addr.contains(':'), "unexpected first line: {line}");
     (child, addr)
 }
@@ -80,21 +76,42 @@ pub fn enqueue_job(data: &Path, job: &str, extra: &[&str]) -> String {
 }
 
 /// `bosun coordinator serve` in a container of its own on the rig's network, reachable there
-/// as `http://ALIAS:8080`: a separate machine from the agents', as in a real install, and
-/// nothing listens on any host interface. The data directory is the host's `data` (the
-/// process runs as its owner), so [`coordinator_cli`] and `Store::open` work on it from the
-/// host as with [`spawn_coordinator`]. Returns the container id and the URL.
+/// as `http://ALIAS:8080` (`https://` with a [`super::TestCa`] for ALIAS): a separate machine
+/// from the agents', as in a real install, and nothing listens on any host interface. The
+/// data directory is the host's `data` (the process runs as its owner), and its parent is
+/// mounted too (the secrets key file lies beside it), so [`coordinator_cli`] and
+/// `Store::open` work on it from the host as with [`spawn_coordinator`]; so do the CA's files
+/// when they are under that parent. Returns the container id and the URL.
 pub fn spawn_coordinator_container(
     rig: &super::Rig,
     data: &Path,
     alias: &str,
+    tls: Option<&super::TestCa>,
     extra: &[&str],
 ) -> (String, String) {
     use std::os::unix::fs::MetadataExt;
     std::fs::create_dir_all(data).expect("coordinator data dir");
     let meta = std::fs::metadata(data).expect("coordinator data dir");
     let bin = format!("{}:/usr/local/bin/bosun:ro", super::bosun_bin().display());
-    let vol = format!("{}:/data", data.display());
+    let parent = data.parent().expect("data dir has a parent");
+    let name = data.file_name().expect("data dir name").to_string_lossy();
+    let vol = format!("{}:/srv", parent.display());
+    let data_in = format!("/srv/{name}");
+    let inside = |p: &Path| {
+        let rel = p
+            .strip_prefix(parent)
+            .expect("TLS files under the data dir's parent");
+        format!("/srv/{}", rel.display())
+    };
+    let tls_args: Vec<String> = match tls {
+        Some(ca) => vec![
+            "--tls-cert".into(),
+            inside(&ca.cert),
+            "--tls-key".into(),
+            inside(&ca.key),
+        ],
+        None => vec![],
+    };
     let user = format!("{}:{}", meta.uid(), meta.gid());
     let label = format!("{}={}", super::LABEL, rig.run_id);
     let mut args = vec![
@@ -122,8 +139,9 @@ pub fn spawn_coordinator_container(
         "--listen",
         "0.0.0.0:8080",
         "--data",
-        "/data",
+        &data_in,
     ]);
+    args.extend(tls_args.iter().map(String::as_str));
     args.extend(extra);
     let container = super::docker(&args);
     let t0 = std::time::Instant::now();
@@ -134,7 +152,7 @@ pub fn spawn_coordinator_container(
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        if text.contains("listening on http://") {
+        if text.contains("listening on http") {
             break;
         }
         assert!(
@@ -143,7 +161,8 @@ pub fn spawn_coordinator_container(
         );
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
-    (container, format!("http://{alias}:8080"))
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    (container, format!("{scheme}://{alias}:8080"))
 }
 
 /// A job's status in the coordinator's store (`""` when unknown).
