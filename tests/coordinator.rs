@@ -1139,12 +1139,15 @@ async fn followers_do_not_slow_an_agents_log_appends() {
         cpu_beside <= cpu_alone * 3 / 2 + 5,
         "followers of another job cost the coordinator CPU: {cpu_beside} ticks vs {cpu_alone}"
     );
+    // Wall-clock ratios, so loose: the suite runs tests side by side on two cores (3.7x was
+    // seen for this job's followers under that load). Before one notifier per job they were
+    // 8.9x (another job's followers) and 18x (this job's): these bounds still catch that.
     assert!(
-        ratio_beside < 1.5,
+        ratio_beside < 3.0,
         "followers of another job slowed appends {ratio_beside:.2}x"
     );
     assert!(
-        ratio_followed < 3.0,
+        ratio_followed < 8.0,
         "{FOLLOWERS} followers slowed appends {ratio_followed:.2}x"
     );
     for f in same {
