@@ -72,6 +72,9 @@ pub enum Op {
 pub struct Reply {
     pub pattern: String,
     pub stdout: Vec<u8>,
+    /// Written to stderr just before `stdout`, in the same instant (both frames ready at
+    /// once, then the end: the order a short command's last output arrives in).
+    pub stderr: Vec<u8>,
     pub exit: i64,
     /// Output comes only after this long (a slow step).
     pub delay: Duration,
@@ -396,7 +399,7 @@ impl Executor for Recording {
         let output = futures_util::stream::once(async move {
             tokio::select! {
                 () = tokio::time::sleep(reply.delay) => {}
-                () = ended.cancelled() => { let _ = done_tx.send(None); return None; }
+                () = ended.cancelled() => { let _ = done_tx.send(None); return Vec::new(); }
             }
             if reply.hang {
                 tokio::select! {
@@ -404,12 +407,19 @@ impl Executor for Recording {
                     // Stopped by the job: killed by TERM.
                     () = stopped.cancelled() => { let _ = done_tx.send(Some(143)); }
                 }
-                return None;
+                return Vec::new();
             }
             let _ = done_tx.send(Some(reply.exit));
-            Some(out(&reply.stdout))
+            let mut frames = Vec::new();
+            if !reply.stderr.is_empty() {
+                frames.push(Ok(Output::Stderr(Bytes::from(reply.stderr))));
+            }
+            if !reply.stdout.is_empty() {
+                frames.push(out(&reply.stdout));
+            }
+            frames
         })
-        .filter_map(|o| async move { o })
+        .flat_map(futures_util::stream::iter)
         .boxed();
         Ok(Exec {
             output,

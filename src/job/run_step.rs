@@ -117,15 +117,20 @@ pub(super) async fn run_step(
     // An output item read ahead while coalescing (see below) and not yet handled.
     let mut peeked = None;
     loop {
+        // In this order, not at random: a frame read ahead while coalescing goes before the
+        // stream is polled again (the stream may have ended meanwhile, and a random pick of
+        // its end lost that frame); a cancel goes before more output (a flood must not
+        // starve it).
         let next = tokio::select! {
+            biased;
             // `Some(None)`: the stream ended while coalescing.
             r = async { Ok(peeked.take().flatten()) }, if peeked.is_some() => r,
-            r = tokio::time::timeout(run.no_output_timeout, exec.output.next()) => r,
             () = cancel.cancelled(), if interrupted.is_none() => {
                 interrupted = Some(StepStatus::Canceled);
                 stop_step(executor, container, &spec.id, i, spec.kill_grace).await;
                 continue;
             }
+            r = tokio::time::timeout(run.no_output_timeout, exec.output.next()) => r,
         };
         match next {
             Ok(Some(Ok(out))) => {

@@ -88,6 +88,7 @@ fn reply(pattern: &str, stdout: &str, exit: i64) -> Reply {
     Reply {
         pattern: pattern.into(),
         stdout: stdout.as_bytes().to_vec(),
+        stderr: Vec::new(),
         exit,
         delay: Duration::ZERO,
         hang: false,
@@ -450,6 +451,42 @@ async fn a_hold_keeps_the_containers_after_the_last_step() {
     assert_eq!(outcome.status, JobStatus::Success);
     assert_eq!(double.live(), Vec::<String>::new());
     assert!(registry.get("j").is_none());
+}
+
+/// A step's last frames arrive together (stderr, then stdout) just before its output ends:
+/// the stdout frame, read ahead while joining stderr frames, must still be emitted. (The
+/// step loop once chose at random between that read-ahead frame and the stream's end, and
+/// lost the frame about half the time.)
+#[tokio::test]
+async fn the_last_frames_of_a_step_are_never_lost() {
+    for _ in 0..20 {
+        let r = run_with(
+            Script {
+                replies: vec![Reply {
+                    stderr: b"notice\n".to_vec(),
+                    ..reply("step-0.sh", "MINE a b\n", 0)
+                }],
+                ..Script::default()
+            },
+            |d| spec(d, plan(vec![run("split", "split", When::OnSuccess)])),
+        )
+        .await;
+        let (out, err): (String, String) =
+            r.events
+                .iter()
+                .fold((String::new(), String::new()), |(mut o, mut e), ev| {
+                    if let Event::Output { stream, data, .. } = ev {
+                        let text = String::from_utf8_lossy(data);
+                        match stream {
+                            crate::stream::Stream::Stdout => o.push_str(&text),
+                            crate::stream::Stream::Stderr => e.push_str(&text),
+                        }
+                    }
+                    (o, e)
+                });
+        assert_eq!(err, "notice\n");
+        assert_eq!(out, "MINE a b\n");
+    }
 }
 
 #[tokio::test]
