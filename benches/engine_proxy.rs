@@ -92,6 +92,11 @@ fn runs(host: &str, base: &str) -> Duration {
 }
 
 fn main() {
+    // `cargo bench` passes `--bench`; anything else (e.g. `cargo test --all-targets`) skips
+    // the run, which builds 20-layer images for minutes.
+    if !std::env::args().any(|a| a == "--bench") {
+        return;
+    }
     ensure_images();
     let base = image("base");
     let rounds: usize = std::env::var("BOSUN_BENCH_ROUNDS")
