@@ -209,7 +209,7 @@ pub(super) async fn install_files(
         0o755,
     );
     tar.symlink(&format!("{bin}/circleci-agent"), "circleci");
-    if let Some(timings) = super::timings::for_job(spec) {
+    if let Some(timings) = &spec.timings {
         tar.file(
             &format!("{scratch}/{}", crate::runtime::cmd::TIMINGS_FILE),
             timings.as_bytes(),

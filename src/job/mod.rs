@@ -121,6 +121,8 @@ pub struct JobSpec {
     pub engine: Option<Arc<crate::engine_proxy::EngineSettings>>,
     /// Ids, names and links for the `CIRCLE_*` variables.
     pub identity: identity::JobIdentity,
+    /// The job's stored test timings, read once for all its nodes (`timings::for_job`).
+    pub timings: Option<String>,
 }
 
 /// A fetched tree waiting to be uploaded by the `checkout` step.

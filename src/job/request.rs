@@ -177,7 +177,6 @@ impl Base {
         JobSpec {
             id,
             agent_id: self.agent_id.clone(),
-            plan,
             source: Some(self.source.clone()),
             access: self.access.clone(),
             env: self.env.clone(),
@@ -197,6 +196,8 @@ impl Base {
             registry: self.registry.clone(),
             engine: self.engine.clone(),
             identity: self.identity.clone(),
+            timings: super::timings::for_job(&self.store, &plan.name),
+            plan,
         }
     }
 }

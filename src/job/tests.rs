@@ -81,6 +81,7 @@ fn spec(store_dir: &Path, plan: JobPlan) -> JobSpec {
         registry: Registry::new(),
         engine: None,
         identity: Default::default(),
+        timings: None,
     }
 }
 

@@ -2,15 +2,16 @@
 //! measured in a job's earlier runs, kept per project and job name in the local store and
 //! handed to the job's in-job command as a file at start.
 
-use super::JobSpec;
 use crate::runtime::cmd::split::{format_timings, parse_timings, Timing};
 use crate::store::Store;
 use std::collections::HashMap;
 
-/// The stored timings of the job's name, as the in-job command reads them; `None` if no
-/// earlier run stored any.
-pub(super) fn for_job(spec: &JobSpec) -> Option<String> {
-    std::fs::read_to_string(spec.store.timings_path(&spec.plan.name))
+/// The stored timings of job `job`, as the in-job command reads them; `None` if no earlier
+/// run stored any. Read once per run, when its specs are made: the nodes of a parallel job
+/// must all split by the same timings, and a fast node stores its own before a slow one
+/// starts.
+pub(super) fn for_job(store: &Store, job: &str) -> Option<String> {
+    std::fs::read_to_string(store.timings_path(job))
         .ok()
         .filter(|t| !t.is_empty())
 }
