@@ -1,0 +1,277 @@
+//! The schema's migrations, and the one-time upgrades of older stores (blob logs to files,
+//! plaintext secrets sealed).
+
+use super::*;
+
+/// Schema versions, applied in order; `PRAGMA user_version` records how many ran.
+/// Append only: never edit a migration that has shipped.
+pub(super) const MIGRATIONS: &[&str] = &[
+    r#"
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE agents (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    token_sha256 TEXT NOT NULL UNIQUE,
+    resource_class TEXT NOT NULL,
+    labels TEXT NOT NULL,           -- JSON array
+    version TEXT NOT NULL,
+    created INTEGER NOT NULL,       -- ms since the epoch, like every time below
+    last_seen INTEGER NOT NULL,
+    revoked INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE projects (
+    id INTEGER PRIMARY KEY,
+    uuid TEXT NOT NULL UNIQUE,
+    slug TEXT NOT NULL UNIQUE,
+    clone_url TEXT NOT NULL,
+    user_key TEXT,
+    deploy_key TEXT,
+    known_hosts TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE project_env (
+    project_id INTEGER NOT NULL REFERENCES projects(id),
+    name TEXT NOT NULL,
+    value TEXT NOT NULL,
+    secret INTEGER NOT NULL,
+    PRIMARY KEY (project_id, name)
+);
+CREATE TABLE jobs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    project_id INTEGER NOT NULL REFERENCES projects(id),
+    commit_sha TEXT NOT NULL,
+    git_ref TEXT NOT NULL,
+    branch TEXT,
+    tag TEXT,
+    job_name TEXT NOT NULL,
+    pipeline_number INTEGER NOT NULL,
+    resource_class TEXT,            -- NULL: any agent
+    labels TEXT NOT NULL DEFAULT '[]',
+    status TEXT NOT NULL,           -- queued running success failed canceled timedout infrastructure_fail
+    agent_id TEXT,
+    lease_expires INTEGER,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    max_attempts INTEGER NOT NULL,
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    log_bytes INTEGER NOT NULL DEFAULT 0,
+    event_count INTEGER NOT NULL DEFAULT 0,
+    error TEXT,
+    created INTEGER NOT NULL,
+    started INTEGER,
+    finished INTEGER
+);
+CREATE INDEX jobs_status ON jobs(status, id);
+-- The log as appended chunks: an append is one INSERT, the log is the chunks by offset.
+CREATE TABLE job_logs (
+    job_id INTEGER NOT NULL REFERENCES jobs(id),
+    offset INTEGER NOT NULL,
+    bytes BLOB NOT NULL,
+    PRIMARY KEY (job_id, offset)
+);
+CREATE TABLE job_events (
+    job_id INTEGER NOT NULL REFERENCES jobs(id),
+    seq INTEGER NOT NULL,
+    json TEXT NOT NULL,
+    PRIMARY KEY (job_id, seq)
+);
+"#,
+    // 2: logs move to files under `logs/` (copied out by `export_blob_logs` first).
+    "DROP TABLE job_logs",
+    // 3: the pull request a job builds, and its time limit (NULL: the protocol's default).
+    "ALTER TABLE jobs ADD COLUMN pr_number INTEGER; \
+     ALTER TABLE jobs ADD COLUMN pr_url TEXT; \
+     ALTER TABLE jobs ADD COLUMN pr_fork INTEGER NOT NULL DEFAULT 0; \
+     ALTER TABLE jobs ADD COLUMN timeout_secs INTEGER",
+    // 4: registration tokens as digests with an expiry (the one plaintext token of earlier
+    // versions moves in as a digest: see `migrate`), and which agents may run a project.
+    "CREATE TABLE registration_tokens ( \
+         id TEXT PRIMARY KEY, \
+         token_sha256 TEXT NOT NULL UNIQUE, \
+         created INTEGER NOT NULL, \
+         expires INTEGER, \
+         revoked INTEGER NOT NULL DEFAULT 0); \
+     CREATE TABLE project_agents ( \
+         project_id INTEGER NOT NULL REFERENCES projects(id), \
+         agent_id TEXT NOT NULL, \
+         PRIMARY KEY (project_id, agent_id))",
+    // 5: the commit the agent checked out (`step_started.commit_sha`; `commit_sha` may be a
+    // ref name), and an index for the job list's project filter.
+    "ALTER TABLE jobs ADD COLUMN resolved_sha TEXT; \
+     CREATE INDEX jobs_project ON jobs(project_id, id)",
+];
+
+/// Before migration 2: copy each job's log out of the `job_logs` blobs into its file.
+/// Idempotent (a crash before the migration commits redoes it from the start).
+fn export_blob_logs(conn: &Connection, logs: &Path) -> Result<()> {
+    use std::os::unix::fs::FileExt;
+    let mut st =
+        conn.prepare("SELECT job_id, offset, bytes FROM job_logs ORDER BY job_id, offset")?;
+    let rows = st.query_map([], |r| {
+        Ok((
+            r.get::<_, i64>(0)?,
+            r.get::<_, i64>(1)?,
+            r.get::<_, Vec<u8>>(2)?,
+        ))
+    })?;
+    let mut open: Option<(i64, File)> = None;
+    for row in rows {
+        let (id, off, bytes) = row?;
+        let path = log_path(logs, id);
+        if open.as_ref().is_none_or(|(j, _)| *j != id) {
+            if let Some((prev, f)) = open.take() {
+                f.sync_all().map_err(io_err(&log_path(logs, prev)))?;
+            }
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(true)
+                .write(true)
+                .mode(0o600)
+                .open(&path)
+                .map_err(io_err(&path))?;
+            open = Some((id, f));
+        }
+        if let Some((_, f)) = &open {
+            f.write_all_at(&bytes, off as u64).map_err(io_err(&path))?;
+        }
+    }
+    if let Some((id, f)) = open {
+        f.sync_all().map_err(io_err(&log_path(logs, id)))?;
+    }
+    File::open(logs)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(logs))
+}
+
+pub(super) fn migrate(conn: &Connection, logs: &Path) -> Result<()> {
+    let version: usize =
+        conn.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))? as usize;
+    if version > MIGRATIONS.len() {
+        return Err(CoordError::Invalid(format!(
+            "the store has schema version {version}, newer than this bosun knows ({}); upgrade bosun",
+            MIGRATIONS.len()
+        )));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+        if i == 1 {
+            export_blob_logs(conn, logs)?;
+        }
+        let mut extra = String::new();
+        if i == 3 {
+            // The plaintext registration token of earlier versions stays valid, as a digest.
+            let old: Option<String> = conn
+                .query_row(
+                    "SELECT value FROM meta WHERE key = 'registration_token'",
+                    [],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if let Some(old) = old {
+                extra = format!(
+                    "; INSERT INTO registration_tokens(id, token_sha256, created) \
+                     VALUES ('reg-legacy', '{}', {}); \
+                     DELETE FROM meta WHERE key = 'registration_token'",
+                    sha256_hex(old.as_bytes()),
+                    now_ms()
+                );
+            }
+        }
+        // Schema change and version bump commit together, so a crash never half-migrates.
+        conn.execute_batch(&format!(
+            "BEGIN IMMEDIATE; {sql}{extra}; PRAGMA user_version = {}; COMMIT;",
+            i + 1
+        ))?;
+    }
+    Ok(())
+}
+
+/// Seal every plaintext private key and secret env value (a store written before secrets
+/// were sealed), record the key's fingerprint, and checkpoint the WAL so no plaintext copy
+/// stays in it (`secure_delete` zeroes the old values' space in the pages).
+pub(super) fn seal_plaintext_secrets(conn: &Connection, key: &SecretsKey) -> Result<()> {
+    let like = format!("{SEALED_PREFIX}%");
+    let mut keys = Vec::new();
+    for column in ["user_key", "deploy_key"] {
+        let mut st = conn.prepare(&format!(
+            "SELECT id, {column} FROM projects WHERE {column} IS NOT NULL AND {column} NOT LIKE ?1"
+        ))?;
+        let rows = st
+            .query_map([&like], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        for (pid, plain) in rows {
+            let plain = zeroize::Zeroizing::new(plain);
+            keys.push((
+                column,
+                pid,
+                key.seal(&secrets::key_place(pid, column), &plain)?,
+            ));
+        }
+    }
+    let mut env = Vec::new();
+    {
+        let mut st = conn.prepare(
+            "SELECT project_id, name, value FROM project_env WHERE secret != 0 AND value NOT LIKE ?1",
+        )?;
+        let rows = st
+            .query_map([&like], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                ))
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        for (pid, name, plain) in rows {
+            let plain = zeroize::Zeroizing::new(plain);
+            let sealed = key.seal(&secrets::env_place(pid, &name), &plain)?;
+            env.push((pid, name, sealed));
+        }
+    }
+    let recorded: Option<String> = conn
+        .query_row(
+            "SELECT value FROM meta WHERE key = 'secrets_key'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?;
+    if keys.is_empty() && env.is_empty() && recorded.is_some() {
+        return Ok(());
+    }
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    let body = (|| -> Result<()> {
+        for (column, pid, sealed) in &keys {
+            conn.execute(
+                &format!("UPDATE projects SET {column} = ?2 WHERE id = ?1"),
+                params![pid, sealed],
+            )?;
+        }
+        for (pid, name, sealed) in &env {
+            conn.execute(
+                "UPDATE project_env SET value = ?3 WHERE project_id = ?1 AND name = ?2",
+                params![pid, name, sealed],
+            )?;
+        }
+        conn.execute(
+            "INSERT OR REPLACE INTO meta(key, value) VALUES ('secrets_key', ?1)",
+            [&key.fingerprint],
+        )?;
+        Ok(())
+    })();
+    match body {
+        Ok(()) => conn.execute_batch("COMMIT")?,
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            return Err(e);
+        }
+    }
+    if !keys.is_empty() || !env.is_empty() {
+        tracing::info!(
+            keys = keys.len(),
+            env = env.len(),
+            "sealed plaintext secrets of an older store with {}",
+            key.path.display()
+        );
+        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+    }
+    Ok(())
+}
