@@ -242,6 +242,29 @@ pub struct RunningJob {
     pub job_id: String,
     /// Human words: `checkout`, `step 3/7: Test`.
     pub state: String,
+    /// How developers reach the job over SSH, when it was queued with SSH keys and the agent
+    /// runs a gateway. Optional both ways: agents without a gateway never send it, older
+    /// coordinators ignore it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh: Option<WireSshState>,
+}
+
+/// A job's SSH access as its agent reports it in every heartbeat.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct WireSshState {
+    /// The host users connect to (`ssh -p PORT JOB@HOST`; the job id is the user name).
+    pub host: String,
+    pub port: u16,
+    /// The gateway's host key, `SHA256:…`.
+    #[serde(default)]
+    pub fingerprint: String,
+    /// Sessions open now.
+    #[serde(default)]
+    pub sessions: u32,
+    /// The job's resources are held for SSH until then (ms since the epoch); absent while
+    /// its steps run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held_until_ms: Option<i64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

@@ -658,6 +658,7 @@ async fn heartbeat_loop(agent: Arc<Agent>) {
             .map(|(id, e)| RunningJob {
                 job_id: id.clone(),
                 state: e.state.lock().map(|s| s.clone()).unwrap_or_default(),
+                ssh: crate::gateway::job_state(&agent.registry, id),
             })
             .collect();
         let delivering: Vec<String> = agent
@@ -670,6 +671,7 @@ async fn heartbeat_loop(agent: Arc<Agent>) {
                 running.push(RunningJob {
                     job_id: id,
                     state: "delivering its log".to_owned(),
+                    ssh: None,
                 });
             }
         }

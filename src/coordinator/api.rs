@@ -294,9 +294,8 @@ async fn heartbeat(
     let agent_id = agent(&state, &headers).await?;
     let hb: Heartbeat = json_body(&body)?;
     let lease = state.lease;
-    let ids: Vec<String> = hb.running.into_iter().map(|r| r.job_id).collect();
     let out = state
-        .db(move |s| s.heartbeat(&agent_id, &ids, lease))
+        .db(move |s| s.heartbeat(&agent_id, &hb.running, lease))
         .await?;
     Ok(Json(HeartbeatResponse {
         cancel: out.cancel,

@@ -9,6 +9,7 @@
 pub mod api;
 pub mod metrics;
 pub mod pages;
+pub mod rerun;
 pub mod secrets;
 pub mod server;
 pub mod store;
@@ -43,6 +44,8 @@ pub enum CoordError {
         addr: String,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    SshKeys(#[from] crate::gateway::keys::KeysError),
 }
 
 pub type Result<T> = std::result::Result<T, CoordError>;
@@ -77,6 +80,9 @@ pub enum Command {
     Project(ProjectCommand),
     /// Queue a job; prints its id.
     Enqueue(EnqueueArgs),
+    /// Queue a job again (the same commit, job and pipeline); `--ssh` lets you SSH into it,
+    /// as CircleCI's "Rerun job with SSH". Prints the new job's id.
+    Rerun(rerun::RerunArgs),
     /// List jobs, newest first.
     Jobs {
         #[command(flatten)]
@@ -276,6 +282,10 @@ pub struct EnqueueArgs {
     /// stops the job when it runs out and reports it `timedout`.
     #[arg(long, value_name = "DURATION", value_parser = parse_timeout)]
     pub timeout: Option<u64>,
+    /// Let the public keys in FILE (a `.pub` or an `authorized_keys` file; repeatable) SSH
+    /// into the job while it runs and after its last step (`ssh -p PORT JOB@HOST`).
+    #[arg(long = "ssh-key", value_name = "FILE")]
+    pub ssh_keys: Vec<PathBuf>,
 }
 
 /// `--timeout`: a duration written as for `run.no_output_timeout`, in whole seconds (a
@@ -385,21 +395,35 @@ fn run_inner(cmd: Command) -> Result<()> {
             print(&mut out, format!("{} {uuid}", a.slug));
             Ok(())
         }
+        Command::Rerun(a) => {
+            let id = rerun::run(&a)?;
+            print(&mut out, id.to_string());
+            Ok(())
+        }
         Command::Enqueue(a) => {
+            // Checked before anything is queued: a bad key fails here, not at login.
+            let ssh_keys = if a.ssh_keys.is_empty() {
+                Vec::new()
+            } else {
+                crate::gateway::keys::read_files(&a.ssh_keys)?
+            };
             let store = a.data.open()?;
-            let id = store.enqueue(&NewJob {
-                project_slug: a.project,
-                git_ref: a.git_ref,
-                commit_sha: a.commit,
-                job_name: a.job,
-                resource_class: a.resource_class,
-                labels: a.labels,
-                max_attempts: a.max_attempts,
-                pr_number: a.pull_request,
-                pr_url: a.pull_request_url,
-                pr_fork: a.pull_request_fork,
-                timeout_secs: a.timeout,
-            })?;
+            let id = store.enqueue_ssh(
+                &NewJob {
+                    project_slug: a.project,
+                    git_ref: a.git_ref,
+                    commit_sha: a.commit,
+                    job_name: a.job,
+                    resource_class: a.resource_class,
+                    labels: a.labels,
+                    max_attempts: a.max_attempts,
+                    pr_number: a.pull_request,
+                    pr_url: a.pull_request_url,
+                    pr_fork: a.pull_request_fork,
+                    timeout_secs: a.timeout,
+                },
+                &ssh_keys,
+            )?;
             print(&mut out, id.to_string());
             Ok(())
         }

@@ -159,6 +159,8 @@ struct Follow {
     recheck: bool,
     /// When the last batch went out (see [`FOLLOW_INTERVAL`]).
     last_sent: Option<tokio::time::Instant>,
+    /// The SSH row as last sent (heartbeats change it).
+    ssh: Option<String>,
 }
 
 /// A follower sends at most one batch per this: appends in between coalesce into it, so a
@@ -187,6 +189,7 @@ async fn next_batch(mut f: Follow) -> Option<(Vec<Event>, Follow)> {
         }
         let progress = *f.changed.borrow_and_update();
         let (id, offset, seq, status) = (f.id, f.offset, f.seq, f.status);
+        let ssh = f.ssh.clone();
         let cached = match f.row.take() {
             Some(mut row) if progress.gen == f.gen && !f.recheck => {
                 row.log_bytes = row.log_bytes.max(progress.log_bytes);
@@ -213,7 +216,8 @@ async fn next_batch(mut f: Follow) -> Option<(Vec<Event>, Follow)> {
                 let fresh = job.log_bytes > offset
                     || job.event_count > seq
                     || status != Some(job.status)
-                    || job.is_final();
+                    || job.is_final()
+                    || pages::ssh::row_html(&job) != ssh;
                 if !fresh {
                     return Ok(Some((job, Vec::new(), None)));
                 }
@@ -284,6 +288,16 @@ async fn next_batch(mut f: Follow) -> Option<(Vec<Event>, Follow)> {
                 out.push(e);
             }
         }
+        let ssh = pages::ssh::row_html(&job);
+        if ssh != f.ssh {
+            if let Ok(e) = Event::default()
+                .event("ssh")
+                .json_data(serde_json::json!({ "html": ssh }))
+            {
+                out.push(e);
+            }
+            f.ssh = ssh;
+        }
         if fin && f.seq >= job.event_count {
             out.push(Event::default().event("end").data("end"));
             f.done = true;
@@ -352,6 +366,7 @@ async fn job_stream(
         gen: 0,
         recheck: false,
         last_sent: None,
+        ssh: None,
     };
     let s: std::pin::Pin<Box<dyn Stream<Item = Result<Event, Infallible>> + Send>> = Box::pin(
         stream::unfold(follow, next_batch)

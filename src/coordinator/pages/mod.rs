@@ -10,6 +10,7 @@
 //! [`ansi`], which escapes it and turns colours into classes.
 
 pub mod ansi;
+pub mod ssh;
 
 use super::store::{is_commit_id, JobFilter, JobRow, Store};
 use super::{fmt_duration, AppState, CoordError};
@@ -662,11 +663,14 @@ pub async fn job_page(State(state): State<Arc<AppState>>, Path(raw): Path<String
         );
     }
     meta_row(&mut m, "Pipeline", &j.pipeline_number.to_string());
-    meta_row(
-        &mut m,
-        "Triggered",
-        "queued with <code>bosun coordinator enqueue</code>",
-    );
+    let triggered = match j.rerun_of {
+        Some(of) => format!(
+            "rerun of <a href=\"/jobs/{of}\">#{of}</a>{}",
+            if j.ssh { " with SSH" } else { "" }
+        ),
+        None => "queued with <code>bosun coordinator enqueue</code>".to_owned(),
+    };
+    meta_row(&mut m, "Triggered", &triggered);
     meta_row(&mut m, "Queued", &time_el(Some(j.created), now));
     meta_row(&mut m, "Started", &time_el(j.started, now));
     meta_row(&mut m, "Duration", &esc(&duration_text(j)));
@@ -684,6 +688,9 @@ pub async fn job_page(State(state): State<Arc<AppState>>, Path(raw): Path<String
             .or(j.agent_id.as_deref())
             .unwrap_or("–")),
     );
+    if let Some(ssh) = ssh::row_html(j) {
+        meta_row(&mut m, "SSH", &format!("<span id=\"ssh\">{ssh}</span>"));
+    }
     if let Some(secs) = j.timeout_secs {
         meta_row(
             &mut m,

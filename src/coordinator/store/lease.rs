@@ -97,7 +97,7 @@ impl Store {
     pub fn heartbeat(
         &self,
         agent_id: &str,
-        running: &[String],
+        running: &[RunningJob],
         lease: Duration,
     ) -> Result<HeartbeatOutcome> {
         let mut conn = self.conn();
@@ -111,7 +111,8 @@ impl Store {
             cancel: vec![],
             unknown: vec![],
         };
-        for job in running {
+        for running in running {
+            let job = &running.job_id;
             let Some(id) = parse_job_id(job) else {
                 out.unknown.push(job.clone());
                 continue;
@@ -124,6 +125,7 @@ impl Store {
                 out.unknown.push(job.clone());
                 continue;
             }
+            ssh::record_state(&tx, id, running.ssh.as_ref())?;
             let cancel: bool = tx.query_row(
                 "SELECT cancel_requested FROM jobs WHERE id = ?1",
                 [id],
@@ -157,6 +159,9 @@ impl Store {
         out.map(|(outcome, added)| {
             self.appended
                 .fetch_add(added, std::sync::atomic::Ordering::Relaxed);
+            if let (AppendOutcome::Ack(end), true) = (&outcome, added > 0) {
+                self.note_arrival(id, end - added, now_ms());
+            }
             outcome
         })
     }
@@ -525,7 +530,6 @@ fn wire_job(conn: &Connection, secrets: &SecretsKey, id: i64) -> Result<WireJob>
         attempt: attempts,
         previous_build_num: previous_build_num.map(|n| n as u64),
         username: None,
-        // The coordinator does not take SSH requests yet (enqueue/rerun --ssh-key).
-        ssh_keys: Vec::new(),
+        ssh_keys: ssh::job_ssh_keys(conn, id)?,
     })
 }

@@ -97,6 +97,12 @@ CREATE TABLE job_events (
     // ref name), and an index for the job list's project filter.
     "ALTER TABLE jobs ADD COLUMN resolved_sha TEXT; \
      CREATE INDEX jobs_project ON jobs(project_id, id)",
+    // 6: SSH into a job: the public keys let in (JSON array of `authorized_keys` lines; NULL:
+    // no SSH), the access its agent last reported (JSON `WireSshState`), and the job a rerun
+    // repeats.
+    "ALTER TABLE jobs ADD COLUMN ssh_keys TEXT; \
+     ALTER TABLE jobs ADD COLUMN ssh_state TEXT; \
+     ALTER TABLE jobs ADD COLUMN rerun_of INTEGER",
 ];
 
 /// Before migration 2: copy each job's log out of the `job_logs` blobs into its file.

@@ -233,5 +233,13 @@
     setBadge(st, v.status);
     document.getElementById("error").textContent = v.error || "";
   });
+  es.addEventListener("ssh", (e) => {
+    // Rendered and escaped by the coordinator (pages/ssh.rs), like older log parts.
+    const holder = document.getElementById("ssh");
+    const html = JSON.parse(e.data).html;
+    if (!holder || typeof html !== "string") return;
+    const doc = new DOMParser().parseFromString("<div>" + html + "</div>", "text/html");
+    holder.replaceChildren(...[...doc.body.firstChild.childNodes].map((n) => document.adoptNode(n)));
+  });
   es.addEventListener("end", () => es.close());
 })();
