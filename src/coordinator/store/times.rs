@@ -64,12 +64,29 @@ impl Store {
 
     /// The arrival times of job `id`'s log (empty when none were recorded).
     pub fn log_times(&self, id: i64) -> Result<LogTimes> {
+        Ok(LogTimes(self.log_times_from(id, 0)?.0))
+    }
+
+    /// The records of job `id`'s times from the `skip`th on, and how many records there are
+    /// in all (a live stream reads only new ones).
+    pub fn log_times_from(&self, id: i64, skip: usize) -> Result<(Vec<(u64, i64)>, usize)> {
+        use std::io::{Read, Seek};
         let path = times_path(&self.logs, id);
-        let bytes = match std::fs::read(&path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(LogTimes::default()),
+        let mut f = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), 0)),
             Err(e) => return Err(io_err(&path)(e)),
         };
+        let total = f.metadata().map_err(io_err(&path))?.len() / RECORD;
+        let mut bytes = Vec::new();
+        if (skip as u64) < total {
+            f.seek(std::io::SeekFrom::Start(skip as u64 * RECORD))
+                .and_then(|_| {
+                    f.take((total - skip as u64) * RECORD)
+                        .read_to_end(&mut bytes)
+                })
+                .map_err(io_err(&path))?;
+        }
         let mut out: Vec<(u64, i64)> = Vec::with_capacity(bytes.len() / RECORD as usize);
         for rec in bytes.chunks_exact(RECORD as usize) {
             let (o, t) = decode(rec);
@@ -78,7 +95,7 @@ impl Store {
                 out.push((o, t));
             }
         }
-        Ok(LogTimes(out))
+        Ok((out, total as usize))
     }
 
     /// Forget a job's times (its log starts over).
