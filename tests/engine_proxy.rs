@@ -102,7 +102,7 @@ fn a_job_builds_runs_and_sees_only_its_own_objects() {
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
     let s = &out.stdout;
     assert!(
-        s.contains("layer cache: the agent's engine cache is shared"),
+        s.contains("layer cache: layers of the images already on the agent's engine are reused; the images this job builds are removed at its end"),
         "{s}"
     );
     assert!(s.matches("built").count() >= 2, "{s}");
