@@ -82,6 +82,8 @@ fn a_job_builds_runs_and_sees_only_its_own_objects() {
             docker network create jobnet
             docker run -d --name web --network jobnet app:1 sleep 300
             docker exec web cat /built
+            echo through-exec-stdin | docker exec -i web cat
+            echo through-attach-stdin | docker run -i --rm app:1 cat
             docker cp ctx/Dockerfile web:/tmp/Dockerfile && docker cp web:/built ./got && cat got
             docker exec web cat /tmp/Dockerfile | grep -q FROM
             timeout 5 docker logs -f web || true
@@ -106,6 +108,9 @@ fn a_job_builds_runs_and_sees_only_its_own_objects() {
         "{s}"
     );
     assert!(s.matches("built").count() >= 2, "{s}");
+    // stdin reaches `exec -i` and `run -i` through the hijacked (upgraded) connections.
+    assert!(s.contains("through-exec-stdin"), "{s}");
+    assert!(s.contains("through-attach-stdin"), "{s}");
     assert!(
         s.contains("ps: web "),
         "docker ps shows exactly the job's container: {s}"
