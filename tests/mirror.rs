@@ -126,7 +126,7 @@ jobs:
             git fsck --strict --no-dangling >/dev/null 2>&1 && echo fsck=ok
             if grep -r -l -F "$MIRROR_ROOT" .git; then echo mirror-path-leaked; fi
             git config user.email ci@bosun.invalid && git config user.name ci
-            git commit -q --allow-empty -m "from the job" && git push -q origin HEAD:refs/heads/from-job && echo pushed
+            git commit -q --allow-empty -m "from the job" && git push -q origin "HEAD:refs/heads/from-job-$(git rev-parse --short HEAD)" && echo pushed
 "#,
             img = image("base")
         ),
@@ -203,16 +203,16 @@ jobs:
         newest < 8 * 1024,
         "the warm fetch brought only what was new ({newest} bytes)"
     );
-    assert!(
+    let pushed = harness::run(
         rig.git(None)
             .arg("--git-dir")
             .arg(rig.repo_path("acme/widget"))
-            .args(["rev-parse", "--verify", "-q", "refs/heads/from-job"])
-            .output()
-            .unwrap()
-            .status
-            .success(),
-        "the job's push reached the server"
+            .args(["for-each-ref", "refs/heads/from-job-*"]),
+    );
+    assert_eq!(
+        pushed.lines().count(),
+        2,
+        "both jobs' pushes reached the server: {pushed}"
     );
 }
 

@@ -412,12 +412,42 @@ fn no_access(
     }
 }
 
+/// libgit2 maps pack files in 1 GiB windows with an 8 GiB limit on 64-bit, and every page it
+/// touches stays resident while mapped: a cold clone touched the whole pack twice (indexing,
+/// then writing the tree) and kept it all in RSS, on top of an object cache of 256 MiB. Small
+/// windows under a low mapped limit (unmapped least recently used first) and no object
+/// cache (a checkout reads each tree and blob once) bound what a checkout holds. Process-wide
+/// settings: set once, before the first repository is opened.
+fn tune_libgit2() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: libgit2 reads these globals when it maps a pack; the Once sets them before
+        // any checkout opens a repository, and nothing else in bosun changes them.
+        let results = unsafe {
+            [
+                git2::opts::set_mwindow_size(MWINDOW_SIZE),
+                git2::opts::set_mwindow_mapped_limit(MWINDOW_MAPPED_LIMIT),
+            ]
+        };
+        git2::opts::enable_caching(false);
+        for r in results {
+            if let Err(e) = r {
+                tracing::warn!("libgit2 settings: {e}");
+            }
+        }
+    });
+}
+
+const MWINDOW_SIZE: usize = 1 << 20;
+const MWINDOW_MAPPED_LIMIT: usize = 4 << 20;
+
 /// Clones (or updates) `spec.dest` and checks out the requested reference and all submodules.
 pub fn checkout(
     spec: &CheckoutSpec,
     creds: &Credentials,
     progress: &mut dyn FnMut(&str),
 ) -> Result<CheckoutOutcome, CheckoutError> {
+    tune_libgit2();
     let (repo, fresh) = open_or_init(&spec.dest)?;
     let plan = plan_remote(&spec.url, &creds.hosts);
     progress(&format!("Cloning {}", plan.describe));
