@@ -48,6 +48,8 @@ pub struct ExecuteArgs {
     #[command(flatten)]
     pub access: AccessArgs,
     #[command(flatten)]
+    pub cache: CacheArgs,
+    #[command(flatten)]
     pub compile: CompileArgs,
     /// An additional SSH key (repeatable), installed only by `add_ssh_keys` steps.
     #[arg(long = "ssh-key")]
@@ -209,6 +211,40 @@ impl CompileArgs {
     }
 }
 
+/// Where the mirror cache is and how big it may grow. Shared by `execute`, `checkout` and
+/// `cache`.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct CacheArgs {
+    /// The cache directory; repository mirrors are kept in its `mirrors/`
+    /// (default: $XDG_CACHE_HOME/bosun, ~/.cache/bosun).
+    #[arg(long = "cache-dir", env = "BOSUN_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// Size budget of the mirrors in MiB; the least recently used go first beyond it.
+    #[arg(long = "cache-budget-mb", env = "BOSUN_CACHE_BUDGET_MB")]
+    pub cache_budget_mb: Option<u64>,
+    /// Fetch straight from the remote, without the mirror cache.
+    #[arg(long = "no-mirror")]
+    pub no_mirror: bool,
+}
+
+impl CacheArgs {
+    /// The mirrors, or `None` when turned off or no cache directory can be found.
+    pub fn mirrors(&self) -> Option<crate::mirror::Mirrors> {
+        if self.no_mirror {
+            return None;
+        }
+        let dir = self
+            .cache_dir
+            .clone()
+            .or_else(crate::mirror::Mirrors::default_cache_dir)?;
+        let budget = self
+            .cache_budget_mb
+            .map(|mb| mb.saturating_mul(1 << 20))
+            .unwrap_or(crate::mirror::DEFAULT_BUDGET_BYTES);
+        Some(crate::mirror::Mirrors::new(&dir, budget))
+    }
+}
+
 /// Keys, host keys and host mappings: what opens repositories. Shared by `execute` and
 /// `checkout`.
 #[derive(clap::Args, Debug, Clone, Default)]
@@ -249,6 +285,7 @@ impl AccessArgs {
             keys,
             known_hosts,
             vcs_hosts,
+            mirrors: None,
         })
     }
 }
@@ -497,6 +534,7 @@ fn request(args: &ExecuteArgs) -> Result<JobRequest, RequestError> {
         additional_keys,
         known_hosts,
         vcs_hosts: access.vcs_hosts.clone(),
+        mirrors: args.cache.mirrors(),
         env,
         pipeline_params,
         pipeline_number: args.build_num,
@@ -568,6 +606,8 @@ pub struct CheckoutArgs {
     pub reference: Option<String>,
     #[command(flatten)]
     pub access: AccessArgs,
+    #[command(flatten)]
+    pub cache: CacheArgs,
 }
 
 /// `bosun checkout`: fetch a repository exactly as a job's checkout would (same keys, host-key
@@ -583,6 +623,7 @@ pub fn checkout(args: CheckoutArgs) -> u8 {
             url: args.url.clone(),
             reference: args.reference.clone(),
             dest: args.dest.clone(),
+            mirrors: args.cache.mirrors(),
         };
         let mut progress = |line: &str| eprintln!("{line}");
         crate::checkout::checkout(&spec, &creds, &mut progress)

@@ -37,6 +37,12 @@ pub struct AgentConfig {
     pub spool_dir: PathBuf,
     #[serde(default = "d_store_dir")]
     pub store_dir: PathBuf,
+    /// Repository mirrors are kept in its `mirrors/` (checkouts fetch only what is new).
+    #[serde(default = "d_cache_dir")]
+    pub cache_dir: PathBuf,
+    /// Size budget of the mirrors in MiB; the least recently used go first beyond it.
+    #[serde(default = "d_cache_budget_mb")]
+    pub cache_budget_mb: u64,
     #[serde(default)]
     pub docker_host: Option<String>,
     #[serde(default)]
@@ -144,6 +150,12 @@ fn d_spool_dir() -> PathBuf {
 fn d_store_dir() -> PathBuf {
     "/var/cache/bosun/store".into()
 }
+fn d_cache_dir() -> PathBuf {
+    "/var/cache/bosun".into()
+}
+fn d_cache_budget_mb() -> u64 {
+    crate::mirror::DEFAULT_BUDGET_BYTES >> 20
+}
 fn d_kill_grace() -> u64 {
     3
 }
@@ -191,6 +203,8 @@ const KEYS: &[(&str, Kind)] = &[
     ("work_dir", Kind::Str),
     ("spool_dir", Kind::Str),
     ("store_dir", Kind::Str),
+    ("cache_dir", Kind::Str),
+    ("cache_budget_mb", Kind::Int),
     ("docker_host", Kind::Str),
     ("network", Kind::Str),
     ("vcs_hosts", Kind::List),

@@ -158,6 +158,10 @@ fn request(agent: &Arc<Agent>, wire: &mut WireJob) -> Result<JobRequest, Request
         additional_keys,
         known_hosts,
         vcs_hosts: cfg.vcs_hosts.clone(),
+        mirrors: Some(crate::mirror::Mirrors::new(
+            &cfg.cache_dir,
+            cfg.cache_budget_mb.saturating_mul(1 << 20),
+        )),
         env: wire
             .env
             .iter()

@@ -69,6 +69,8 @@ pub struct Access {
     pub keys: Vec<SshKey>,
     pub known_hosts: KnownHosts,
     pub vcs_hosts: VcsHosts,
+    /// Where fetches go through a mirror first; `None`: straight into the job's checkout.
+    pub mirrors: Option<crate::mirror::Mirrors>,
 }
 
 /// The pull request a job builds, as the coordinator names it.

@@ -79,6 +79,8 @@ pub struct JobRequest {
     pub known_hosts: Vec<(String, String)>,
     /// `HOST=ADDR:PORT` mappings for VCS hosts.
     pub vcs_hosts: Vec<String>,
+    /// The mirror cache checkouts fetch through (`None`: none).
+    pub mirrors: Option<crate::mirror::Mirrors>,
     pub env: Vec<EnvEntry>,
     /// Pipeline parameters (`--pipeline-param`), number, and what the coordinator knows of
     /// the ref (its branch or tag, which a fetched commit alone may not tell).
@@ -362,6 +364,7 @@ pub async fn prepare(req: JobRequest, sink: Arc<dyn EventSink>) -> Result<Prepar
         keys: req.keys,
         known_hosts,
         vcs_hosts,
+        mirrors: req.mirrors,
     };
     let source = req.source;
     let fetch = || {
@@ -583,6 +586,7 @@ pub fn fetch_source(
         url: src.url.clone(),
         reference: src.reference.clone(),
         dest: dir.path().join("repo"),
+        mirrors: access.mirrors.clone(),
     };
     let mut progress = |line: &str| {
         sink.emit(&Event::Info {

@@ -62,6 +62,7 @@ fn spec(store_dir: &Path, plan: JobPlan) -> JobSpec {
             keys: vec![],
             known_hosts: KnownHosts::pinned(),
             vcs_hosts: VcsHosts::new(),
+            mirrors: None,
         },
         env: vec![],
         secrets: vec![],
