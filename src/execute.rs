@@ -74,6 +74,10 @@ pub struct ExecuteArgs {
     /// Docker network for the job container (e.g. where service or VCS containers live).
     #[arg(long)]
     pub network: Option<String>,
+    /// What a docker job's `resource_class` does: `apply` CircleCI's CPUs and memory for the
+    /// class as limits on each container, `scale:FACTOR` them (e.g. scale:0.5), or `off`.
+    #[arg(long, value_name = "apply|off|scale:FACTOR", default_value = "apply")]
+    pub resource_class_limits: job::LimitPolicy,
     /// CIRCLE_BUILD_NUM for the job (and pipeline.number).
     #[arg(long, default_value_t = 1)]
     pub build_num: u64,
@@ -509,6 +513,7 @@ fn request(args: &ExecuteArgs) -> Result<JobRequest, RequestError> {
         store,
         orb_dir: args.compile.orb_dir.clone(),
         machine_images,
+        limits: args.resource_class_limits,
         registry: job::Registry::new(),
         // The engine DOCKER_HOST names, sockets in a private directory under TMPDIR.
         engine: crate::engine_proxy::EngineSettings::from_env(

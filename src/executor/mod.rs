@@ -125,6 +125,18 @@ pub struct ContainerSpec {
     /// Host directories mounted read-write: `(host path, container path)`. Only the job's
     /// engine socket directory (see `engine_proxy`); never the job's files.
     pub binds: Vec<(String, String)>,
+    /// CPU and memory caps (a docker job's `resource_class`); `None`: unlimited.
+    pub limits: Option<Limits>,
+}
+
+/// A container's CPU and memory caps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Billionths of a CPU (Docker's `NanoCpus`). An engine with fewer CPUs caps it at what
+    /// it has (asking for more is an error there, and would limit nothing).
+    pub nano_cpus: i64,
+    /// Bytes of memory, swap included (no swap beyond it).
+    pub memory_bytes: i64,
 }
 
 /// A running container's main process: its stdin and its output.
