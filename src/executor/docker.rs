@@ -145,9 +145,17 @@ impl Executor for DockerExecutor {
                     .try_collect()
                     .await;
                 if let Err(e) = pulled {
-                    return Err(ExecutorError::ImageMissing {
-                        image: image.to_owned(),
-                        reason: e.to_string(),
+                    return Err(match auth {
+                        Some(a) => ExecutorError::PullRefused {
+                            image: image.to_owned(),
+                            registry: super::registry_of(image).to_owned(),
+                            username: a.username.clone(),
+                            reason: e.to_string(),
+                        },
+                        None => ExecutorError::ImageMissing {
+                            image: image.to_owned(),
+                            reason: e.to_string(),
+                        },
                     });
                 }
                 self.docker

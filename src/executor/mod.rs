@@ -33,6 +33,14 @@ pub enum ExecutorError {
     },
     #[error("image `{image}` is not in the engine and could not be pulled: {reason}\n  help: build or load it first (docker build / docker load), or check the name")]
     ImageMissing { image: String, reason: String },
+    /// A pull with the image's `auth:` credentials failed (refused, most often).
+    #[error("image `{image}`: the registry {registry} refused the pull with the credentials of `{username}` (the image's `auth:`): {reason}\n  help: check `auth: {{username, password}}` and the secret variables it names")]
+    PullRefused {
+        image: String,
+        registry: String,
+        username: String,
+        reason: String,
+    },
     #[error("{target}: {what} failed: {source}")]
     Engine {
         /// The container, exec, image or network the request was about.
