@@ -343,3 +343,28 @@ fn without_an_issuer_there_is_no_discovery_and_no_token() {
     assert_eq!(code, 404, "{body}");
     assert!(!Path::new(&format!("{}.oidc-keys", data.display())).exists());
 }
+
+#[test]
+fn bosun_execute_has_no_issuer_and_says_so() {
+    harness::ensure_images();
+    let p = harness::Project::new(&format!(
+        "version: 2.1\njobs:\n  build:\n    docker: [{{image: {img}}}]\n    steps:\n      - run: echo \"token=[${{CIRCLE_OIDC_TOKEN:-unset}}]\"\n",
+        img = image("base")
+    ));
+    let out = p.execute(&["--json"]);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    assert!(out.output().contains("token=[unset]"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("bosun execute has no OIDC issuer"),
+        "{}",
+        out.stdout
+    );
+    // A token of one's own is passed through (and masked), without the notice.
+    let out = p.execute(&[
+        "--json",
+        "--secret-env",
+        "CIRCLE_OIDC_TOKEN=my-own-token-123",
+    ]);
+    assert!(out.output().contains("token=[********]"), "{}", out.stdout);
+    assert!(!out.stdout.contains("no OIDC issuer"), "{}", out.stdout);
+}

@@ -102,7 +102,10 @@ fn start_registry() -> Registry {
         let answer = std::net::TcpStream::connect(("127.0.0.1", port))
             .and_then(|mut s| {
                 s.set_read_timeout(Some(Duration::from_secs(2)))?;
-                write!(s, "GET /v2/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")?;
+                write!(
+                    s,
+                    "GET /v2/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+                )?;
                 let mut out = String::new();
                 s.read_to_string(&mut out)?;
                 Ok(out)
@@ -162,7 +165,9 @@ fn a_private_image_is_pulled_with_the_right_credentials_and_refused_with_wrong_o
     let registry = format!("127.0.0.1:{}", r.port);
     let with_auth = job(
         &r.image,
-        &format!("        auth:\n          username: {USER}\n          password: $REGISTRY_PASSWORD\n"),
+        &format!(
+            "        auth:\n          username: {USER}\n          password: $REGISTRY_PASSWORD\n"
+        ),
     );
 
     // Wrong password: refused, naming the image, the registry and the user.
@@ -188,13 +193,20 @@ fn a_private_image_is_pulled_with_the_right_credentials_and_refused_with_wrong_o
     let all = format!("{}{}", out.stdout, out.stderr);
     assert_ne!(out.code, 0, "{all}");
     assert!(
-        all.contains(&format!("image `{}` is not in the engine and could not be pulled", r.image)),
+        all.contains(&format!(
+            "image `{}` is not in the engine and could not be pulled",
+            r.image
+        )),
         "{all}"
     );
 
     // The right password, from a secret variable: pulled, and the job runs in it.
     let p = Project::new(&with_auth);
-    let out = p.execute(&["--json", "--secret-env", &format!("REGISTRY_PASSWORD={PASSWORD}")]);
+    let out = p.execute(&[
+        "--json",
+        "--secret-env",
+        &format!("REGISTRY_PASSWORD={PASSWORD}"),
+    ]);
     let all = format!("{}{}", out.stdout, out.stderr);
     assert_eq!(out.code, 0, "{all}");
     assert!(out.output().contains("pulled-and-ran"), "{all}");

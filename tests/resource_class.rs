@@ -123,7 +123,11 @@ fn an_unknown_class_is_an_error_at_its_line() {
     let p = Project::new(&config("huge", "", ""));
     let out = p.execute(&[]);
     assert_eq!(out.code, 2, "{}{}", out.stdout, out.stderr);
-    assert!(out.stderr.contains(".circleci/config.yml:6:"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains(".circleci/config.yml:6:"),
+        "{}",
+        out.stderr
+    );
     assert!(
         out.stderr.contains(
             "jobs.build.resource_class: `huge` is not a resource class of the docker executor"
@@ -131,7 +135,11 @@ fn an_unknown_class_is_an_error_at_its_line() {
         "{}",
         out.stderr
     );
-    assert!(out.stderr.contains("small, medium, medium+"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("small, medium, medium+"),
+        "{}",
+        out.stderr
+    );
     p.assert_no_container_left();
 }
 
