@@ -17,6 +17,7 @@ const PASSWORD: &str = "reg-pa55word-7d1e";
 
 struct Registry {
     run_id: String,
+    container: String,
     port: u16,
     /// The pushed image's name in the registry.
     image: String,
@@ -136,6 +137,7 @@ fn start_registry() -> Registry {
     docker(&["rmi", &target]);
     Registry {
         run_id,
+        container: id,
         port,
         image: target,
         _dir: dir,
@@ -144,7 +146,7 @@ fn start_registry() -> Registry {
 
 fn job(image: &str, auth: &str) -> String {
     format!(
-        "version: 2.1\njobs:\n  build:\n    docker:\n      - image: {image}\n{auth}    steps:\n      - run: echo pulled-and-ran\n"
+        "version: 2.1\njobs:\n  build:\n    docker:\n      - image: {image}\n{auth}    steps:\n      - run: {{name: work, command: echo pulled-and-ran}}\n"
     )
 }
 
