@@ -122,24 +122,16 @@ fn an_unknown_class_is_an_error_at_its_line() {
     ensure_images();
     let p = Project::new(&config("huge", "", ""));
     let out = p.execute(&[]);
-    assert_eq!(out.code, 2, "{}{}", out.stdout, out.stderr);
+    let all = format!("{}{}", out.stdout, out.stderr);
+    assert_eq!(out.code, 2, "{all}");
+    assert!(all.contains(".circleci/config.yml:6:"), "{all}");
     assert!(
-        out.stderr.contains(".circleci/config.yml:6:"),
-        "{}",
-        out.stderr
-    );
-    assert!(
-        out.stderr.contains(
+        all.contains(
             "jobs.build.resource_class: `huge` is not a resource class of the docker executor"
         ),
-        "{}",
-        out.stderr
+        "{all}"
     );
-    assert!(
-        out.stderr.contains("small, medium, medium+"),
-        "{}",
-        out.stderr
-    );
+    assert!(all.contains("small, medium, medium+"), "{all}");
     p.assert_no_container_left();
 }
 
@@ -155,7 +147,7 @@ fn cloud_registry_auth_is_refused_naming_the_image_and_key() {
     ] {
         let img = image("base");
         let p = Project::new(&format!(
-            "version: 2.1\njobs:\n  build:\n    docker:\n      - image: {img}\n        {key}: {body}\n    steps:\n      - run: echo never\n"
+            "version: 2.1\njobs:\n  build:\n    docker:\n      - image: {img}\n        {key}: {body}\n    steps:\n      - run: {{name: work, command: echo never}}\n"
         ));
         let out = p.execute(&[]);
         let all = format!("{}{}", out.stdout, out.stderr);

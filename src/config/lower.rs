@@ -233,7 +233,7 @@ fn images(e: &Engine, node: &Node, path: &str) -> Result<Vec<DockerImage>, Confi
                     n,
                     &join(&p, k),
                     format!("`{k}` (pulling `{image}` with cloud credentials) is not supported by this agent"),
-                    "use `auth: {username, password}` with a registry token from a project secret, or have the image on the agent's engine beforehand",
+                    "use `auth: {username, password}` instead (e.g. a registry token in a project secret), or load the image on the agent's engine and drop the key",
                 )
                 .to_string()
             })
