@@ -79,16 +79,29 @@ fn wait_done(data: &Path, job: &str) {
     }
 }
 
-/// The file `name` the job `job` stored as an artifact in the agent's store.
+/// The file `name` the job `job` stored as an artifact in the agent's store (anywhere under
+/// `projects/<p>/artifacts/<job>/`).
 fn artifact(store: &Path, job: &str, name: &str) -> String {
+    fn find(dir: &Path, name: &str) -> Option<PathBuf> {
+        for e in std::fs::read_dir(dir).ok()?.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                if let Some(f) = find(&p, name) {
+                    return Some(f);
+                }
+            } else if p.file_name().is_some_and(|n| n == name) {
+                return Some(p);
+            }
+        }
+        None
+    }
     let projects = store.join("projects");
     for p in std::fs::read_dir(&projects)
         .expect("store projects")
         .flatten()
     {
-        let f = p.path().join("artifacts").join(job).join(name);
-        if let Ok(t) = std::fs::read_to_string(&f) {
-            return t;
+        if let Some(f) = find(&p.path().join("artifacts").join(job), name) {
+            return std::fs::read_to_string(f).expect("artifact");
         }
     }
     panic!(
