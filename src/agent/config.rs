@@ -93,7 +93,9 @@ pub struct AgentConfig {
     pub engine_memory_mb: Option<u64>,
     #[serde(default)]
     pub engine_max_containers: Option<u64>,
-    /// Keep the images jobs build (layer reuse by later jobs) instead of removing them.
+    /// Keep the images built by jobs that ask for `docker_layer_caching` (layer reuse by later
+    /// jobs) instead of removing them. Kept images are readable by every later job of this
+    /// agent, whatever its project: only for agents serving one trust domain.
     #[serde(default)]
     pub engine_keep_images: bool,
 }

@@ -629,8 +629,26 @@ fn step(e: &Engine, item: &Node, path: &str) -> Result<Step, ConfigError> {
                 "prefer_same_region",
                 "name",
             ])?;
+            let docker_layer_caching = match a.and_then(|a| a.get("docker_layer_caching")) {
+                None => false,
+                Some(n) => match (&n.value, n.as_str()) {
+                    (Value::Bool(v), _) => *v,
+                    (_, Some("true")) => true,
+                    (_, Some("false")) => false,
+                    _ => {
+                        return Err(e.err(
+                            n,
+                            &join(path, "docker_layer_caching"),
+                            format!("expected true or false, found {}", n.kind()),
+                        ))
+                    }
+                },
+            };
             plain(
-                StepKind::SetupRemoteDocker,
+                StepKind::SetupRemoteDocker {
+                    docker_layer_caching,
+                    version: opt_str(a, "version")?,
+                },
                 named(a, "Setup a remote Docker engine")?,
             )
         }

@@ -91,7 +91,13 @@ pub enum StepKind {
     AddSshKeys {
         fingerprints: Vec<String>,
     },
-    SetupRemoteDocker,
+    /// `version` is shown, not honoured: jobs get the agent's engine. With
+    /// `docker_layer_caching`, the images the job builds stay on the engine when the agent
+    /// keeps images (`engine_keep_images`); otherwise they are removed with the job.
+    SetupRemoteDocker {
+        docker_layer_caching: bool,
+        version: Option<String>,
+    },
 }
 
 impl StepKind {
@@ -107,7 +113,7 @@ impl StepKind {
             StepKind::StoreArtifacts { .. } => "store_artifacts",
             StepKind::StoreTestResults { .. } => "store_test_results",
             StepKind::AddSshKeys { .. } => "add_ssh_keys",
-            StepKind::SetupRemoteDocker => "setup_remote_docker",
+            StepKind::SetupRemoteDocker { .. } => "setup_remote_docker",
         }
     }
 }

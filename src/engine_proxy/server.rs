@@ -24,6 +24,8 @@ const MAX_JSON_BODY: usize = 1 << 20;
 /// A job's engine: its socket directory and, once [`JobEngine::serve`] ran, the server.
 pub struct JobEngine {
     dir: PathBuf,
+    /// The images the job builds stay on the engine after it (layer reuse by later jobs).
+    keep_images: bool,
     ctx: Arc<Ctx>,
     stop: CancellationToken,
     serving: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -36,8 +38,14 @@ struct Ctx {
 
 impl JobEngine {
     /// Make the job's socket directory (mode 0755: the job container's users reach the
-    /// socket in it; the root above stays 0700 on the host). Nothing listens yet.
-    pub fn prepare(settings: &EngineSettings, scope: Scope) -> Result<Self, ProxyError> {
+    /// socket in it; the root above stays 0700 on the host). Nothing listens yet. The images
+    /// the job builds are kept when the agent keeps images and the job asked for
+    /// `docker_layer_caching`.
+    pub fn prepare(
+        settings: &EngineSettings,
+        scope: Scope,
+        layer_caching: bool,
+    ) -> Result<Self, ProxyError> {
         use std::os::unix::fs::PermissionsExt;
         let dir_err = |path: &Path| {
             let path = path.to_owned();
@@ -58,6 +66,7 @@ impl JobEngine {
             .map_err(dir_err(&dir))?;
         Ok(Self {
             dir,
+            keep_images: settings.keep_images && layer_caching,
             ctx: Arc::new(Ctx {
                 upstream: settings.upstream.clone(),
                 scope,
@@ -65,6 +74,11 @@ impl JobEngine {
             stop: CancellationToken::new(),
             serving: std::sync::Mutex::new(None),
         })
+    }
+
+    /// Whether the images the job builds outlive it.
+    pub fn keeps_images(&self) -> bool {
+        self.keep_images
     }
 
     /// The directory to mount into the job's container.

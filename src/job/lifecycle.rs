@@ -432,12 +432,19 @@ fn job_engine(
     spec: &JobSpec,
     resources: &Resources,
 ) -> Result<Option<Arc<crate::engine_proxy::JobEngine>>, SetupError> {
-    let wants = matches!(spec.plan.executor, ExecutorKind::Machine)
-        || spec
-            .plan
-            .steps
-            .iter()
-            .any(|s| matches!(s.kind, StepKind::SetupRemoteDocker));
+    let remote = spec.plan.steps.iter().filter_map(|s| match s.kind {
+        StepKind::SetupRemoteDocker {
+            docker_layer_caching,
+            ..
+        } => Some(docker_layer_caching),
+        _ => None,
+    });
+    let (mut wants, mut layer_caching) = (false, false);
+    for dlc in remote {
+        wants = true;
+        layer_caching |= dlc;
+    }
+    wants |= matches!(spec.plan.executor, ExecutorKind::Machine);
     let Some(settings) = spec.engine.as_ref().filter(|_| wants) else {
         return Ok(None);
     };
@@ -446,10 +453,10 @@ fn job_engine(
         agent: spec.agent_id.clone(),
         limits: settings.limits.clone(),
     };
-    let engine = crate::engine_proxy::JobEngine::prepare(settings, scope)
+    let engine = crate::engine_proxy::JobEngine::prepare(settings, scope, layer_caching)
         .map_err(|e| SetupError::Prepare(e.to_string()))?;
     let engine = Arc::new(engine);
-    resources.track_engine(Arc::clone(&engine), settings.keep_images);
+    resources.track_engine(Arc::clone(&engine));
     Ok(Some(engine))
 }
 
