@@ -24,6 +24,18 @@ struct Registry {
     _dir: tempfile::TempDir,
 }
 
+impl Registry {
+    /// What the registry logged (its requests and auth decisions), for failure reports.
+    fn logs(&self) -> String {
+        let out = harness::output(Command::new("docker").args(["logs", &self.container]));
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    }
+}
+
 impl Drop for Registry {
     fn drop(&mut self) {
         let _ = Command::new("docker")
@@ -210,7 +222,7 @@ fn a_private_image_is_pulled_with_the_right_credentials_and_refused_with_wrong_o
         &format!("REGISTRY_PASSWORD={PASSWORD}"),
     ]);
     let all = format!("{}{}", out.stdout, out.stderr);
-    assert_eq!(out.code, 0, "{all}");
+    assert_eq!(out.code, 0, "{all}\nregistry log:\n{}", r.logs());
     assert!(out.output().contains("pulled-and-ran"), "{all}");
     assert!(!all.contains(PASSWORD), "the password leaked:\n{all}");
     assert!(image_present(&r.image));
