@@ -15,6 +15,8 @@ pub mod server;
 pub mod store;
 pub mod web;
 
+pub use oidc::{OidcAction, OidcKeysArg};
+
 use crate::protocol::{WireEnv, DEFAULT_LEASE_SECS};
 use sha2::{Digest, Sha256};
 use std::io::{Read, Write};
@@ -137,29 +139,6 @@ pub enum Command {
         #[command(flatten)]
         keys: OidcKeysArg,
     },
-}
-
-#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum OidcAction {
-    Rotate,
-    Keys,
-}
-
-#[derive(clap::Args, Debug, Clone)]
-pub struct OidcKeysArg {
-    /// The file holding the OIDC signing keys (default: `<data dir>.oidc-keys` beside the
-    /// data directory, created 0600 on first use). Keep it out of the data directory's
-    /// backups: whoever has it can mint tokens your cloud accounts trust.
-    #[arg(long, env = "BOSUN_COORDINATOR_OIDC_KEYS", value_name = "FILE")]
-    pub oidc_keys: Option<PathBuf>,
-}
-
-impl OidcKeysArg {
-    pub fn path(&self, data: &DataArg) -> PathBuf {
-        self.oidc_keys
-            .clone()
-            .unwrap_or_else(|| oidc::keys::default_path(&data.data))
-    }
 }
 
 #[derive(clap::Args, Debug)]
@@ -543,24 +522,8 @@ fn run_inner(cmd: Command) -> Result<()> {
             }
         }
         Command::Oidc { data, action, keys } => {
-            let path = keys.path(&data);
-            match action {
-                OidcAction::Rotate => {
-                    let kid = oidc::keys::rotate(&path)?;
-                    print(
-                        &mut out,
-                        format!("new signing key {kid} in {}", path.display()),
-                    );
-                }
-                OidcAction::Keys => {
-                    for (kid, created, retired) in oidc::keys::list(&path)? {
-                        let state = match retired {
-                            None => "signing".to_owned(),
-                            Some(r) => format!("retired at {r}"),
-                        };
-                        print(&mut out, format!("{kid}  created {created}  {state}"));
-                    }
-                }
+            for line in oidc::cli(action, &keys.path(&data))? {
+                print(&mut out, line);
             }
             Ok(())
         }

@@ -19,6 +19,7 @@ use crate::protocol::{WireEnv, WireJob};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -42,6 +43,49 @@ const VCS_ORIGIN: &str = "oidc.circleci.com/vcs-origin";
 const VCS_REF: &str = "oidc.circleci.com/vcs-ref";
 const CONTEXT_IDS: &str = "oidc.circleci.com/context-ids";
 const SSH_RERUN: &str = "oidc.circleci.com/ssh-rerun";
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OidcAction {
+    Rotate,
+    Keys,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct OidcKeysArg {
+    /// The file holding the OIDC signing keys (default: `<data dir>.oidc-keys` beside the
+    /// data directory, created 0600 on first use). Keep it out of the data directory's
+    /// backups: whoever has it can mint tokens your cloud accounts trust.
+    #[arg(long, env = "BOSUN_COORDINATOR_OIDC_KEYS", value_name = "FILE")]
+    pub oidc_keys: Option<PathBuf>,
+}
+
+impl OidcKeysArg {
+    pub fn path(&self, data: &super::DataArg) -> PathBuf {
+        self.oidc_keys
+            .clone()
+            .unwrap_or_else(|| keys::default_path(&data.data))
+    }
+}
+
+/// `bosun coordinator oidc rotate|keys` on the key file at `path`: the lines to print.
+pub fn cli(action: OidcAction, path: &std::path::Path) -> Result<Vec<String>> {
+    Ok(match action {
+        OidcAction::Rotate => {
+            let kid = keys::rotate(path)?;
+            vec![format!("new signing key {kid} in {}", path.display())]
+        }
+        OidcAction::Keys => keys::list(path)?
+            .into_iter()
+            .map(|(kid, created, retired)| {
+                let state = match retired {
+                    None => "signing".to_owned(),
+                    Some(r) => format!("retired at {r}"),
+                };
+                format!("{kid}  created {created}  {state}")
+            })
+            .collect(),
+    })
+}
 
 /// The issuer: its URL, the token lifetime and the signing keys.
 #[derive(Debug)]
