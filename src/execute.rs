@@ -76,6 +76,10 @@ pub struct ExecuteArgs {
     /// Docker network for the job container (e.g. where service or VCS containers live).
     #[arg(long)]
     pub network: Option<String>,
+    /// What a docker job's `resource_class` does: `apply` CircleCI's CPUs and memory for the
+    /// class as limits on each container, `scale:FACTOR` them (e.g. scale:0.5), or `off`.
+    #[arg(long, value_name = "apply|off|scale:FACTOR", default_value = "apply")]
+    pub resource_class_limits: job::LimitPolicy,
     /// CIRCLE_BUILD_NUM for the job (and pipeline.number).
     #[arg(long, default_value_t = 1)]
     pub build_num: u64,
@@ -353,7 +357,10 @@ async fn run_async(args: ExecuteArgs, sink: Arc<dyn EventSink>) -> u8 {
         Err(e) => Err(e),
     };
     let (req, executor) = match ready {
-        Ok(r) => r,
+        Ok(r) => {
+            oidc_notice(&r.0, sink.as_ref());
+            r
+        }
         Err(e) => {
             sink.emit(&Event::JobFinished {
                 job: label,
@@ -436,6 +443,26 @@ fn spawn_signal_handler(cancel: CancellationToken, sink: Arc<dyn EventSink>) {
 }
 
 /// The command line as a [`JobRequest`]: nothing is fetched or compiled here.
+/// `bosun execute` is no OIDC issuer: say so when the config names the tokens and the user
+/// gave none (`--secret-env CIRCLE_OIDC_TOKEN=…` stands in for one).
+fn oidc_notice(req: &JobRequest, sink: &dyn EventSink) {
+    const TOKEN: &str = "CIRCLE_OIDC_TOKEN";
+    let ConfigSource::File { path, .. } = &req.config else {
+        return;
+    };
+    let given = req.env.iter().any(|e| e.name.starts_with(TOKEN));
+    let named = std::fs::read_to_string(path).is_ok_and(|t| t.contains(TOKEN));
+    if named && !given {
+        sink.emit(&Event::Info {
+            message: format!(
+                "note: the config uses ${TOKEN}; bosun execute has no OIDC issuer, so \
+                 {TOKEN} and {TOKEN}_V2 are unset (a coordinator with --oidc-issuer gives \
+                 them; --secret-env {TOKEN}=… passes one of your own)"
+            ),
+        });
+    }
+}
+
 fn request(args: &ExecuteArgs) -> Result<JobRequest, RequestError> {
     let access = &args.access;
     let mut keys = Vec::new();
@@ -547,6 +574,7 @@ fn request(args: &ExecuteArgs) -> Result<JobRequest, RequestError> {
         store,
         orb_dir: args.compile.orb_dir.clone(),
         machine_images,
+        limits: args.resource_class_limits,
         registry: job::Registry::new(),
         // The engine DOCKER_HOST names, sockets in a private directory under TMPDIR.
         engine: crate::engine_proxy::EngineSettings::from_env(

@@ -63,6 +63,11 @@ pub struct AgentConfig {
     /// bosun/machine unless mapped here).
     #[serde(default)]
     pub machine_images: std::collections::BTreeMap<String, String>,
+    /// What a docker job's `resource_class` does: `apply` CircleCI's CPUs and memory for the
+    /// class as container limits, `scale:FACTOR` them (e.g. `scale:0.5` on a smaller host),
+    /// or `off`.
+    #[serde(default)]
+    pub resource_class_limits: crate::job::LimitPolicy,
     /// Serve `/metrics`, `/healthz` and `/readyz` here (e.g. `127.0.0.1:9464`); none: off.
     #[serde(default)]
     pub metrics_listen: Option<String>,
@@ -224,6 +229,7 @@ const KEYS: &[(&str, Kind)] = &[
     ("engine_memory_mb", Kind::Int),
     ("engine_max_containers", Kind::Int),
     ("engine_keep_images", Kind::Bool),
+    ("resource_class_limits", Kind::Str),
 ];
 
 impl AgentConfig {

@@ -186,6 +186,7 @@ fn request(agent: &Arc<Agent>, wire: &mut WireJob) -> Result<JobRequest, Request
         store: Store::open(cfg.store_dir.clone(), super::store_scope(wire))?,
         orb_dir: None,
         machine_images: cfg.machine_images.clone(),
+        limits: cfg.resource_class_limits,
         registry: agent.registry.clone(),
         engine: match cfg.engine_settings() {
             Ok(s) => Some(std::sync::Arc::new(s)),

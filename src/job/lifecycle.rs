@@ -255,6 +255,13 @@ async fn run_inner(
             (id, user, Some(step_user), info.env, None)
         }
         ExecutorKind::Docker => {
+            if let Some(why) = &plan.unsupported {
+                return Err(SetupError::Unsupported(why.clone()));
+            }
+            let limits = super::limits::for_plan(plan, spec.limits).map(|(l, line)| {
+                sink.emit(&Event::Info { message: line });
+                l
+            });
             // Every image first: a missing service image is an error before anything runs.
             let info = executor
                 .image_info(
@@ -295,6 +302,7 @@ async fn run_inner(
                     stdin: true,
                     init: true,
                     extra_hosts: services::host_entries(&plan.services),
+                    limits,
                     ..Default::default()
                 })
                 .await?;
@@ -321,6 +329,7 @@ async fn run_inner(
                         &plan.services,
                         sink,
                         &steps_done,
+                        limits,
                     )
                     .await?,
                 )

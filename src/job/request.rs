@@ -101,6 +101,8 @@ pub struct JobRequest {
     pub engine: Option<Arc<crate::engine_proxy::EngineSettings>>,
     /// What the front door knows of the job's ids, user and page (`CIRCLE_*`).
     pub identity: super::JobIdentity,
+    /// What the runner does with a docker job's `resource_class`.
+    pub limits: super::LimitPolicy,
 }
 
 /// Problems before the job could run, each with what to do about it.
@@ -172,6 +174,7 @@ struct Base {
     registry: Registry,
     engine: Option<Arc<crate::engine_proxy::EngineSettings>>,
     identity: super::JobIdentity,
+    limits: super::LimitPolicy,
 }
 
 impl Base {
@@ -199,6 +202,7 @@ impl Base {
             engine: self.engine.clone(),
             identity: self.identity.clone(),
             timings: super::timings::for_job(&self.store, &plan.name),
+            limits: self.limits,
             plan,
         }
     }
@@ -456,13 +460,10 @@ pub async fn prepare(req: JobRequest, sink: Arc<dyn EventSink>) -> Result<Prepar
     let ids = super::identity::uuid_from;
     identity
         .project_id
-        .get_or_insert_with(|| ids(&format!("project/{}", source.url)));
-    if identity.organization_id.is_none() {
-        let owner = super::project_names(&source.url)
-            .map(|(owner, _)| owner)
-            .unwrap_or_default();
-        identity.organization_id = Some(ids(&format!("organization/{owner}")));
-    }
+        .get_or_insert_with(|| super::identity::project_id(&source.url));
+    identity
+        .organization_id
+        .get_or_insert_with(|| super::identity::organization_id(&source.url));
     identity
         .pipeline_id
         .get_or_insert_with(|| ids(&format!("pipeline/{}", req.id)));
@@ -495,6 +496,7 @@ pub async fn prepare(req: JobRequest, sink: Arc<dyn EventSink>) -> Result<Prepar
             registry: req.registry,
             engine: req.engine,
             identity,
+            limits: req.limits,
         },
         what,
     })
