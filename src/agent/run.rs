@@ -158,6 +158,10 @@ fn request(agent: &Arc<Agent>, wire: &mut WireJob) -> Result<JobRequest, Request
         additional_keys,
         known_hosts,
         vcs_hosts: cfg.vcs_hosts.clone(),
+        mirrors: Some(crate::mirror::Mirrors::new(
+            &cfg.cache_dir,
+            cfg.cache_budget_mb.saturating_mul(1 << 20),
+        )),
         env: wire
             .env
             .iter()
@@ -182,6 +186,7 @@ fn request(agent: &Arc<Agent>, wire: &mut WireJob) -> Result<JobRequest, Request
         store: Store::open(cfg.store_dir.clone(), super::store_scope(wire))?,
         orb_dir: None,
         machine_images: cfg.machine_images.clone(),
+        limits: cfg.resource_class_limits,
         registry: agent.registry.clone(),
         engine: match cfg.engine_settings() {
             Ok(s) => Some(std::sync::Arc::new(s)),

@@ -13,6 +13,7 @@ mod lower;
 pub mod orb_pack;
 mod orbdir;
 pub mod plan;
+pub mod resource_class;
 pub mod yaml;
 
 pub use graph::{

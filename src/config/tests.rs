@@ -149,7 +149,31 @@ fn data_only_steps_compile_into_the_plan() {
             keys: vec!["k1".into(), "k2".into()]
         }
     );
-    assert_eq!(plan.steps[2].kind, StepKind::SetupRemoteDocker);
+    assert_eq!(
+        plan.steps[2].kind,
+        StepKind::SetupRemoteDocker {
+            docker_layer_caching: false,
+            version: None
+        }
+    );
+}
+
+#[test]
+fn setup_remote_docker_keeps_its_layer_caching_and_version() {
+    let text = "version: 2.1\ncommands:\n  rd:\n    parameters: {dlc: {type: boolean, default: true}}\n    steps:\n      - setup_remote_docker: {docker_layer_caching: << parameters.dlc >>, version: 20.10.18}\njobs:\n  build:\n    docker: [{image: x}]\n    steps: [rd]\n";
+    let plan = compile(text, "build").expect("compiles");
+    assert_eq!(
+        plan.steps[0].kind,
+        StepKind::SetupRemoteDocker {
+            docker_layer_caching: true,
+            version: Some("20.10.18".into())
+        }
+    );
+    let bad = "version: 2.1\njobs:\n  build:\n    docker: [{image: x}]\n    steps:\n      - setup_remote_docker: {docker_layer_caching: [yes]}\n";
+    let e = compile(bad, "build").expect_err("a list is no boolean");
+    assert!(e.to_string().contains("docker_layer_caching"), "{e}");
+    assert!(e.to_string().contains("expected true or false"), "{e}");
+    assert_eq!(e.pos.line, 6, "{e}");
 }
 
 const PARAMS: &str = r#"version: 2.1

@@ -262,7 +262,16 @@ async fn claim(
         // The class and labels in the request are the agent's word only: the coordinator
         // uses the ones fixed at registration.
         let a = agent_id.clone();
-        if let Some(job) = state.db(move |s| s.claim(&a, lease)).await? {
+        if let Some(mut job) = state.db(move |s| s.claim(&a, lease)).await? {
+            if let Some(oidc) = state.oidc.clone() {
+                // Signing may read a rotated key file: off the async workers.
+                job = tokio::task::spawn_blocking(move || {
+                    oidc.add_tokens(&mut job);
+                    job
+                })
+                .await
+                .map_err(|e| CoordError::Invalid(format!("minting OIDC tokens failed: {e}")))?;
+            }
             state.bump();
             state.metrics.claims.inc();
             if let Some(id) = store::parse_job_id(&job.id) {

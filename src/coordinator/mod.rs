@@ -8,12 +8,15 @@
 
 pub mod api;
 pub mod metrics;
+pub mod oidc;
 pub mod pages;
 pub mod rerun;
 pub mod secrets;
 pub mod server;
 pub mod store;
 pub mod web;
+
+pub use oidc::{OidcAction, OidcKeysArg};
 
 use crate::protocol::{WireEnv, DEFAULT_LEASE_SECS};
 use sha2::{Digest, Sha256};
@@ -131,6 +134,17 @@ pub enum Command {
         #[command(flatten)]
         data: DataArg,
     },
+    /// The OIDC signing keys: `rotate` makes a new signing key (the old one stays in the JWKS
+    /// until the tokens it signed have expired; a running server picks the change up at
+    /// once), `keys` lists them (ids and state, never the keys).
+    Oidc {
+        #[command(flatten)]
+        data: DataArg,
+        #[arg(value_enum)]
+        action: OidcAction,
+        #[command(flatten)]
+        keys: OidcKeysArg,
+    },
 }
 
 #[derive(clap::Args, Debug)]
@@ -179,6 +193,17 @@ pub struct ServeArgs {
     /// The certificate's private key (PEM: PKCS#8, PKCS#1 or SEC1).
     #[arg(long, value_name = "PEM", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// Be an OpenID Connect issuer at this URL: every claimed job gets CIRCLE_OIDC_TOKEN and
+    /// CIRCLE_OIDC_TOKEN_V2, and discovery and keys are served under
+    /// /.well-known/. The URL must lead to this server's root and be reachable by whoever
+    /// verifies the tokens (a cloud provider: public HTTPS). Without it jobs get no tokens.
+    #[arg(long, env = "BOSUN_OIDC_ISSUER", value_name = "URL")]
+    pub oidc_issuer: Option<String>,
+    /// How long a job's OIDC token is valid after the claim (CircleCI: 1h).
+    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_ttl)]
+    pub oidc_token_lifetime: Duration,
+    #[command(flatten)]
+    pub oidc_keys: OidcKeysArg,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -520,6 +545,12 @@ fn run_inner(cmd: Command) -> Result<()> {
                 }
             }
         }
+        Command::Oidc { data, action, keys } => {
+            for line in oidc::cli(action, &keys.path(&data))? {
+                print(&mut out, line);
+            }
+            Ok(())
+        }
         Command::Agents { data } => {
             let store = data.open()?;
             for (id, name, rc, seen, revoked) in store.list_agents()? {
@@ -656,6 +687,8 @@ pub struct AppState {
     /// up at each registration, so `token` and `token rotate` apply at once).
     pub registration_token_file_digests: Vec<String>,
     pub lease: Duration,
+    /// The OIDC issuer (`--oidc-issuer`); `None`: jobs get no tokens.
+    pub oidc: Option<Arc<oidc::Oidc>>,
     /// Cancelled when the server shuts down: live streams end, long polls answer.
     pub shutdown: tokio_util::sync::CancellationToken,
 }
@@ -699,8 +732,21 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
              `bosun coordinator token`"
         );
     }
+    let oidc = match &args.oidc_issuer {
+        Some(issuer) => {
+            let o = oidc::Oidc::new(
+                issuer,
+                args.oidc_token_lifetime,
+                &args.oidc_keys.path(&args.data),
+            )?;
+            tracing::info!("OIDC issuer {}", o.issuer());
+            Some(Arc::new(o))
+        }
+        None => None,
+    };
     let (changed, _) = tokio::sync::watch::channel(0u64);
     let state = Arc::new(AppState {
+        oidc,
         store: store.clone(),
         changed,
         jobs: JobWatch::default(),
@@ -741,6 +787,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     let app = api::router(state.clone())
         .merge(web::router(state.clone()))
         .merge(metrics::router(state.clone()))
+        .merge(oidc::router(state.clone()))
         .fallback(api::not_found)
         .layer(axum::middleware::map_response(api::json_errors));
     let stop = state.shutdown.clone();

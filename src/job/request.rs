@@ -79,6 +79,8 @@ pub struct JobRequest {
     pub known_hosts: Vec<(String, String)>,
     /// `HOST=ADDR:PORT` mappings for VCS hosts.
     pub vcs_hosts: Vec<String>,
+    /// The mirror cache checkouts fetch through (`None`: none).
+    pub mirrors: Option<crate::mirror::Mirrors>,
     pub env: Vec<EnvEntry>,
     /// Pipeline parameters (`--pipeline-param`), number, and what the coordinator knows of
     /// the ref (its branch or tag, which a fetched commit alone may not tell).
@@ -99,6 +101,8 @@ pub struct JobRequest {
     pub engine: Option<Arc<crate::engine_proxy::EngineSettings>>,
     /// What the front door knows of the job's ids, user and page (`CIRCLE_*`).
     pub identity: super::JobIdentity,
+    /// What the runner does with a docker job's `resource_class`.
+    pub limits: super::LimitPolicy,
 }
 
 /// Problems before the job could run, each with what to do about it.
@@ -170,6 +174,7 @@ struct Base {
     registry: Registry,
     engine: Option<Arc<crate::engine_proxy::EngineSettings>>,
     identity: super::JobIdentity,
+    limits: super::LimitPolicy,
 }
 
 impl Base {
@@ -197,6 +202,7 @@ impl Base {
             engine: self.engine.clone(),
             identity: self.identity.clone(),
             timings: super::timings::for_job(&self.store, &plan.name),
+            limits: self.limits,
             plan,
         }
     }
@@ -362,6 +368,7 @@ pub async fn prepare(req: JobRequest, sink: Arc<dyn EventSink>) -> Result<Prepar
         keys: req.keys,
         known_hosts,
         vcs_hosts,
+        mirrors: req.mirrors,
     };
     let source = req.source;
     let fetch = || {
@@ -453,13 +460,10 @@ pub async fn prepare(req: JobRequest, sink: Arc<dyn EventSink>) -> Result<Prepar
     let ids = super::identity::uuid_from;
     identity
         .project_id
-        .get_or_insert_with(|| ids(&format!("project/{}", source.url)));
-    if identity.organization_id.is_none() {
-        let owner = super::project_names(&source.url)
-            .map(|(owner, _)| owner)
-            .unwrap_or_default();
-        identity.organization_id = Some(ids(&format!("organization/{owner}")));
-    }
+        .get_or_insert_with(|| super::identity::project_id(&source.url));
+    identity
+        .organization_id
+        .get_or_insert_with(|| super::identity::organization_id(&source.url));
     identity
         .pipeline_id
         .get_or_insert_with(|| ids(&format!("pipeline/{}", req.id)));
@@ -492,6 +496,7 @@ pub async fn prepare(req: JobRequest, sink: Arc<dyn EventSink>) -> Result<Prepar
             registry: req.registry,
             engine: req.engine,
             identity,
+            limits: req.limits,
         },
         what,
     })
@@ -583,6 +588,7 @@ pub fn fetch_source(
         url: src.url.clone(),
         reference: src.reference.clone(),
         dest: dir.path().join("repo"),
+        mirrors: access.mirrors.clone(),
     };
     let mut progress = |line: &str| {
         sink.emit(&Event::Info {

@@ -12,7 +12,7 @@ use crate::stream::{Event, MemorySink, StepStatus};
 use std::path::Path;
 use tokio_util::sync::CancellationToken;
 
-fn plan(steps: Vec<Step>) -> JobPlan {
+pub(super) fn plan(steps: Vec<Step>) -> JobPlan {
     JobPlan {
         name: "build".into(),
         image: "img".into(),
@@ -26,6 +26,8 @@ fn plan(steps: Vec<Step>) -> JobPlan {
         steps,
         services: vec![],
         executor: ExecutorKind::Docker,
+        resource_class: None,
+        unsupported: None,
     }
 }
 
@@ -62,6 +64,7 @@ fn spec(store_dir: &Path, plan: JobPlan) -> JobSpec {
             keys: vec![],
             known_hosts: KnownHosts::pinned(),
             vcs_hosts: VcsHosts::new(),
+            mirrors: None,
         },
         env: vec![],
         secrets: vec![],
@@ -82,6 +85,7 @@ fn spec(store_dir: &Path, plan: JobPlan) -> JobSpec {
         engine: None,
         identity: Default::default(),
         timings: None,
+        limits: Default::default(),
     }
 }
 
