@@ -25,6 +25,7 @@ mod extra_keys;
 pub mod identity;
 pub mod lifecycle;
 mod machine;
+pub mod ready;
 pub mod registry;
 pub mod request;
 pub mod resources;
@@ -123,6 +124,8 @@ pub struct JobSpec {
     pub identity: identity::JobIdentity,
     /// The job's stored test timings, read once for all its nodes (`timings::for_job`).
     pub timings: Option<String>,
+    /// Where a ready-made primary container may come from (the agent's pool).
+    pub ready: Option<Arc<dyn ready::ReadySource>>,
 }
 
 /// A fetched tree waiting to be uploaded by the `checkout` step.

@@ -99,6 +99,8 @@ pub struct JobRequest {
     pub engine: Option<Arc<crate::engine_proxy::EngineSettings>>,
     /// What the front door knows of the job's ids, user and page (`CIRCLE_*`).
     pub identity: super::JobIdentity,
+    /// Ready-made primary containers (the agent's pool); `None`: every job creates its own.
+    pub ready: Option<Arc<dyn super::ready::ReadySource>>,
 }
 
 /// Problems before the job could run, each with what to do about it.
@@ -170,6 +172,7 @@ struct Base {
     registry: Registry,
     engine: Option<Arc<crate::engine_proxy::EngineSettings>>,
     identity: super::JobIdentity,
+    ready: Option<Arc<dyn super::ready::ReadySource>>,
 }
 
 impl Base {
@@ -197,6 +200,7 @@ impl Base {
             engine: self.engine.clone(),
             identity: self.identity.clone(),
             timings: super::timings::for_job(&self.store, &plan.name),
+            ready: self.ready.clone(),
             plan,
         }
     }
@@ -492,6 +496,7 @@ pub async fn prepare(req: JobRequest, sink: Arc<dyn EventSink>) -> Result<Prepar
             registry: req.registry,
             engine: req.engine,
             identity,
+            ready: req.ready,
         },
         what,
     })

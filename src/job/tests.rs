@@ -12,6 +12,9 @@ use crate::stream::{Event, MemorySink, StepStatus};
 use std::path::Path;
 use tokio_util::sync::CancellationToken;
 
+#[path = "ready_tests.rs"]
+mod ready_tests;
+
 fn plan(steps: Vec<Step>) -> JobPlan {
     JobPlan {
         name: "build".into(),
@@ -82,6 +85,7 @@ fn spec(store_dir: &Path, plan: JobPlan) -> JobSpec {
         engine: None,
         identity: Default::default(),
         timings: None,
+        ready: None,
     }
 }
 
