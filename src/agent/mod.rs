@@ -192,8 +192,12 @@ pub fn main(args: AgentArgs) -> u8 {
     if let Some(h) = &cfg.docker_host {
         std::env::set_var("DOCKER_HOST", h);
     }
+    limit_malloc_arenas();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        // Checkouts and compiles run on blocking threads; an idle agent lets them go soon
+        // (each kept its stack and a malloc arena's worth of retained pages).
+        .thread_keep_alive(Duration::from_secs(2))
         .build()
     {
         Ok(r) => r,
@@ -203,6 +207,18 @@ pub fn main(args: AgentArgs) -> u8 {
         }
     };
     runtime.block_on(run_agent(cfg, path, required))
+}
+
+/// glibc gives every thread that allocates an arena of its own (up to 8 per core), and each
+/// keeps the pages it once used: most of an idle agent's heap was such retained arena memory.
+/// Two arenas are plenty for an agent whose threads mostly wait on sockets. Called before any
+/// thread exists.
+fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets allocator parameters; no other thread runs yet.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
 }
 
 fn init_tracing(format: LogFormat) {
@@ -738,6 +754,7 @@ async fn pool_loop(agent: Arc<Agent>) {
     loop {
         // Registered before the checks, so a change in between wakes us.
         let changed = agent.changed.notified();
+        let made = agent.pool.made.notified();
         if agent.draining.is_cancelled() || agent.fatal.is_cancelled() {
             agent.pool.clear().await;
             return;
@@ -752,6 +769,7 @@ async fn pool_loop(agent: Arc<Agent>) {
             .unwrap_or_else(|| std::time::Instant::now() + Duration::from_secs(60));
         tokio::select! {
             _ = changed => {},
+            _ = made => {},
             _ = tokio::time::sleep_until(until.into()) => {},
             _ = agent.draining.cancelled() => {},
             _ = agent.fatal.cancelled() => {},

@@ -21,6 +21,8 @@ pub struct Pool {
     executor: Arc<dyn Executor>,
     agent_id: String,
     state: Mutex<State>,
+    /// Woken when a container is ready (its expiry is known from then on).
+    pub made: tokio::sync::Notify,
 }
 
 #[derive(Default)]
@@ -54,6 +56,7 @@ impl Pool {
                 idle,
                 ..State::default()
             }),
+            made: tokio::sync::Notify::new(),
         }
     }
 
@@ -93,6 +96,9 @@ impl Pool {
                 .into_iter()
                 .partition(|s| recent.contains(&s.key) && now.duration_since(s.made) < idle);
             st.ready = keep;
+            // An expired spec is not made again until a job uses it again.
+            st.recent.retain(|k| !gone.iter().any(|s| &s.key == k));
+            let recent = st.recent.clone();
             let wanted: Vec<ContainerSpec> = recent
                 .iter()
                 .filter(|k| !st.ready.iter().any(|s| &s.key == *k) && !st.making.contains(k))
@@ -141,6 +147,7 @@ impl Pool {
                 if let Some(id) = leftover {
                     pool.remove(&id).await;
                 }
+                pool.made.notify_waiters();
             });
         }
     }

@@ -221,12 +221,19 @@ async fn a_dead_ready_container_is_not_handed_out_and_idle_ones_expire() {
     let id = pool.ready_ids()[0].clone();
     let expiry = pool.next_expiry().expect("an expiry");
     tokio::time::sleep_until((expiry + Duration::from_millis(5)).into()).await;
-    // Settings shrunk to nothing: tend removes it and makes none.
-    pool.configure(0, Duration::from_millis(50));
+    // Expired: removed, and not made again until a job uses the spec again.
     pool.tend().await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
     assert!(pool.ready_ids().is_empty());
     assert!(
         !double.live().contains(&id),
         "the expired container was removed"
     );
+    pool.used(&key());
+    pool.tend().await;
+    until("made again after a job used it", || {
+        pool.ready_ids().len() == 1
+    })
+    .await;
+    pool.clear().await;
 }
