@@ -590,6 +590,8 @@ fn request(args: &ExecuteArgs) -> Result<JobRequest, RequestError> {
                 .map(|u| u.name),
             ..Default::default()
         },
+        // One job per process: nothing to keep ready for a next one.
+        ready: None,
     })
 }
 

@@ -9,6 +9,7 @@
 //! | `POST /agents/register` | [`RegisterRequest`] → 201 [`RegisterResponse`] |
 //! | `POST /jobs/claim?wait=SECONDS` | [`ClaimRequest`] → 200 [`ClaimResponse`] / 204 nothing queued |
 //! | `POST /agents/heartbeat` | [`Heartbeat`] → 200 [`HeartbeatResponse`] |
+//! | `POST /agents/control?wait=SECONDS` | [`ControlRequest`] → 200 [`ControlResponse`] / 204 nothing new |
 //! | `POST /jobs/{id}/log?offset=N` | raw bytes → 200 [`LogAck`] / 409 [`LogAck`] (gap: resend from `offset`) |
 //! | `POST /jobs/{id}/events` | [`EventBatch`] → 200 [`EventAck`] / 409 [`EventAck`] (gap) |
 //! | `POST /jobs/{id}/finish` | [`FinishRequest`] → 200 / 409 [`LogAck`] (log incomplete) |
@@ -277,6 +278,28 @@ pub struct HeartbeatResponse {
     pub unknown: Vec<String>,
     pub lease_secs: u64,
 }
+
+/// The control channel's long poll (`POST /agents/control?wait=S`): the agent keeps one open
+/// so the coordinator reaches it at once (heartbeats stay for leases). The request says what
+/// the agent already acted on, so an answer carries only what is new to it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ControlRequest {
+    /// Jobs whose cancel the agent already received (from a heartbeat or this channel).
+    #[serde(default)]
+    pub cancels_seen: Vec<String>,
+}
+
+/// What the coordinator wants of the agent now. Additive: later kinds of message (SSH holds,
+/// config reloads) come as new fields an older agent ignores.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ControlResponse {
+    /// Jobs of this agent to cancel now (not in `cancels_seen`).
+    #[serde(default)]
+    pub cancel: Vec<String>,
+}
+
+/// How long the coordinator holds a control poll open when there is nothing to say.
+pub const DEFAULT_CONTROL_WAIT_SECS: u64 = 30;
 
 /// Answer to a log append: where the coordinator's copy of the log ends now.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]

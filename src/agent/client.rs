@@ -157,6 +157,26 @@ impl Client {
         parse(&body)
     }
 
+    /// The control channel's long poll: `None` when nothing new came within `wait`.
+    pub async fn control(
+        &self,
+        req: &ControlRequest,
+        wait: Duration,
+    ) -> Result<Option<ControlResponse>, ApiErr> {
+        let (status, body) = self
+            .send(
+                self.http
+                    .post(self.url(&format!("/agents/control?wait={}", wait.as_secs())))
+                    .json(req),
+                wait + Duration::from_secs(15),
+            )
+            .await?;
+        if status == StatusCode::NO_CONTENT || body.is_empty() {
+            return Ok(None);
+        }
+        parse(&body).map(Some)
+    }
+
     /// Append log bytes at `offset`; 409 comes back as `Err(Conflict)` with a [`LogAck`].
     pub async fn append_log(
         &self,

@@ -206,6 +206,7 @@ fn request(agent: &Arc<Agent>, wire: &mut WireJob) -> Result<JobRequest, Request
             username: wire.username.clone(),
             ..Default::default()
         },
+        ready: Some(Arc::clone(&agent.pool) as Arc<dyn crate::job::ready::ReadySource>),
     })
 }
 

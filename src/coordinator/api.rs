@@ -3,9 +3,10 @@
 use super::store::{self, AppendOutcome, EventsOutcome, FinishOutcome, Lease};
 use super::{AppState, CoordError};
 use crate::protocol::{
-    ApiError, ClaimRequest, ClaimResponse, EventAck, EventBatch, FinishRequest, Heartbeat,
-    HeartbeatResponse, LogAck, RegisterRequest, RegisterResponse, API_PREFIX, ATTEMPT_HEADER,
-    DEFAULT_CLAIM_WAIT_SECS, MAX_LOG_CHUNK, PROTOCOL_VERSION,
+    ApiError, ClaimRequest, ClaimResponse, ControlRequest, ControlResponse, EventAck, EventBatch,
+    FinishRequest, Heartbeat, HeartbeatResponse, LogAck, RegisterRequest, RegisterResponse,
+    API_PREFIX, ATTEMPT_HEADER, DEFAULT_CLAIM_WAIT_SECS, DEFAULT_CONTROL_WAIT_SECS, MAX_LOG_CHUNK,
+    PROTOCOL_VERSION,
 };
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
@@ -81,6 +82,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     let api = Router::new()
         .route("/agents/register", post(register))
         .route("/agents/heartbeat", post(heartbeat))
+        .route("/agents/control", post(control))
         .route("/jobs/claim", post(claim))
         .route("/jobs/{id}/log", post(append_log))
         .route("/jobs/{id}/events", post(append_events))
@@ -312,6 +314,47 @@ async fn heartbeat(
         lease_secs: lease.as_secs(),
     })
     .into_response())
+}
+
+/// The control channel (long poll): answer the moment one of the agent's jobs has a cancel
+/// it has not seen, or 204 after `wait` seconds. Cancels made by the CLI in another process
+/// wake it through the store's change watcher (50 ms), those made here at once.
+async fn control(
+    State(state): State<Arc<AppState>>,
+    Query(q): Query<WaitQuery>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult {
+    let agent_id = agent(&state, &headers).await?;
+    let req: ControlRequest = json_body(&body)?;
+    let wait = Duration::from_secs(
+        q.wait
+            .unwrap_or(DEFAULT_CONTROL_WAIT_SECS)
+            .min(DEFAULT_CONTROL_WAIT_SECS),
+    );
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut changed = state.changed.subscribe();
+    loop {
+        // Seen before the query: a change landing during it wakes the next round.
+        changed.borrow_and_update();
+        let a = agent_id.clone();
+        let cancel: Vec<String> = state
+            .db(move |s| s.pending_cancels(&a))
+            .await?
+            .into_iter()
+            .filter(|id| !req.cancels_seen.contains(id))
+            .collect();
+        if !cancel.is_empty() {
+            return Ok(Json(ControlResponse { cancel }).into_response());
+        }
+        let woke = tokio::select! {
+            w = tokio::time::timeout_at(deadline, changed.changed()) => w,
+            _ = state.shutdown.cancelled() => return Ok(StatusCode::NO_CONTENT.into_response()),
+        };
+        if !matches!(woke, Ok(Ok(()))) {
+            return Ok(StatusCode::NO_CONTENT.into_response());
+        }
+    }
 }
 
 #[derive(Deserialize)]

@@ -103,6 +103,8 @@ pub struct JobRequest {
     pub identity: super::JobIdentity,
     /// What the runner does with a docker job's `resource_class`.
     pub limits: super::LimitPolicy,
+    /// Ready-made primary containers (the agent's pool); `None`: every job creates its own.
+    pub ready: Option<Arc<dyn super::ready::ReadySource>>,
 }
 
 /// Problems before the job could run, each with what to do about it.
@@ -175,6 +177,7 @@ struct Base {
     engine: Option<Arc<crate::engine_proxy::EngineSettings>>,
     identity: super::JobIdentity,
     limits: super::LimitPolicy,
+    ready: Option<Arc<dyn super::ready::ReadySource>>,
 }
 
 impl Base {
@@ -203,6 +206,7 @@ impl Base {
             identity: self.identity.clone(),
             timings: super::timings::for_job(&self.store, &plan.name),
             limits: self.limits,
+            ready: self.ready.clone(),
             plan,
         }
     }
@@ -497,6 +501,7 @@ pub async fn prepare(req: JobRequest, sink: Arc<dyn EventSink>) -> Result<Prepar
             engine: req.engine,
             identity,
             limits: req.limits,
+            ready: req.ready,
         },
         what,
     })

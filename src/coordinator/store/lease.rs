@@ -139,6 +139,20 @@ impl Store {
         Ok(out)
     }
 
+    /// Jobs leased to `agent_id` whose cancel is pending: what its control poll carries.
+    /// A read on a reader connection (no lease renewal: heartbeats do that).
+    pub fn pending_cancels(&self, agent_id: &str) -> Result<Vec<String>> {
+        let reader = self.reader()?;
+        let mut stmt = reader.prepare_cached(
+            "SELECT id FROM jobs WHERE agent_id = ?1 AND status = 'running' AND cancel_requested = 1 ORDER BY id",
+        )?;
+        let ids = stmt
+            .query_map([agent_id], |r| r.get::<_, i64>(0))?
+            .map(|r| r.map(|id| id.to_string()))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        Ok(ids)
+    }
+
     /// Append log bytes sent for `offset`; see `docs/protocol.md` (idempotent by offset).
     pub fn append_log(
         &self,
