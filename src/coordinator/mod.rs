@@ -7,6 +7,7 @@
 //! routes, server-sent events; the HTML of the pages in [`pages`]) ← [`serve`] and the CLI commands here.
 
 pub mod api;
+pub mod blobs;
 pub mod metrics;
 pub mod pages;
 pub mod secrets;
@@ -51,7 +52,7 @@ pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
     hex(&Sha256::digest(bytes))
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
@@ -173,6 +174,10 @@ pub struct ServeArgs {
     /// The certificate's private key (PEM: PKCS#8, PKCS#1 or SEC1).
     #[arg(long, value_name = "PEM", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// Bytes of blobs (workspaces, caches, artifacts) each project may keep, e.g. 500MiB,
+    /// 10GiB; an upload past it is refused with an error naming the project.
+    #[arg(long, value_name = "SIZE", default_value = "10GiB", value_parser = blobs::parse_size)]
+    pub blob_quota: u64,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -276,6 +281,10 @@ pub struct EnqueueArgs {
     /// stops the job when it runs out and reports it `timedout`.
     #[arg(long, value_name = "DURATION", value_parser = parse_timeout)]
     pub timeout: Option<u64>,
+    /// The workspace the job attaches (`attach_workspace`) and persists to: give the jobs of
+    /// one workflow run the same name (A-Z a-z 0-9 . _ -). Default: the job's own.
+    #[arg(long, value_name = "NAME")]
+    pub workspace: Option<String>,
 }
 
 /// `--timeout`: a duration written as for `run.no_output_timeout`, in whole seconds (a
@@ -399,6 +408,7 @@ fn run_inner(cmd: Command) -> Result<()> {
                 pr_url: a.pull_request_url,
                 pr_fork: a.pull_request_fork,
                 timeout_secs: a.timeout,
+                workspace: a.workspace,
             })?;
             print(&mut out, id.to_string());
             Ok(())
@@ -634,6 +644,8 @@ pub struct AppState {
     pub lease: Duration,
     /// Cancelled when the server shuts down: live streams end, long polls answer.
     pub shutdown: tokio_util::sync::CancellationToken,
+    /// The store's blob files beside the database (protocol v2).
+    pub blobs: Arc<blobs::BlobFiles>,
 }
 
 impl AppState {
@@ -684,6 +696,10 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         registration_token_file_digests: tokens,
         lease: Duration::from_secs(args.lease_secs.max(1)),
         shutdown: tokio_util::sync::CancellationToken::new(),
+        blobs: Arc::new(
+            blobs::BlobFiles::open(&args.data.data, args.blob_quota)
+                .map_err(|e| CoordError::Invalid(format!("the blob store: {e}")))?,
+        ),
     });
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
