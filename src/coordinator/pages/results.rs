@@ -234,7 +234,7 @@ mod tests {
     fn artifacts_are_never_html_and_names_stay_in_their_quotes() {
         assert_eq!(served_as("report/index.html").0, "application/octet-stream");
         assert_eq!(served_as("x.svg").0, "application/octet-stream");
-        assert_eq!(served_as("x.XHTML").1, false);
+        assert!(!served_as("x.XHTML").1);
         assert_eq!(
             served_as("logs/out.txt"),
             ("text/plain; charset=utf-8", true)
