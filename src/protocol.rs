@@ -14,11 +14,14 @@
 //! | `POST /jobs/{id}/events` | [`EventBatch`] → 200 [`EventAck`] / 409 [`EventAck`] (gap) |
 //! | `POST /jobs/{id}/finish` | [`FinishRequest`] → 200 / 409 [`LogAck`] (log incomplete) |
 //!
+//! Version 2 adds the store over the protocol (`WireJob::store`, the blob, workspace, cache,
+//! artifact and test result endpoints: see [`WireStore`] and `docs/protocol.md`).
+//!
 //! Errors are JSON [`ApiError`]; 401 means the token is unknown or revoked (the agent stops).
 
 use serde::{Deserialize, Serialize};
 
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 pub const API_PREFIX: &str = "/api/v1";
 /// How long the coordinator holds a claim open when nothing is queued.
 pub const DEFAULT_CLAIM_WAIT_SECS: u64 = 30;
@@ -125,6 +128,108 @@ pub struct WireJob {
     /// no SSH. An agent without a gateway ignores them (the job runs as usual).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ssh_keys: Vec<String>,
+    /// Protocol v2: the coordinator keeps this job's workspaces, caches, artifacts and test
+    /// results (the blob endpoints). Absent from a v1 coordinator: the agent keeps them in
+    /// its local store only, as before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store: Option<WireStore>,
+}
+
+/// What a v2 coordinator says about a job's store (see `docs/protocol.md`, *Store*).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct WireStore {
+    /// The workspace the job attaches and persists to: a workflow run's, shared by its jobs;
+    /// `job-<id>` for a job queued alone.
+    pub workspace: String,
+    /// `false` for a build of a pull request from a fork: it reads the project's caches and
+    /// never writes them (the coordinator refuses with 403).
+    pub cache_writes: bool,
+}
+
+/// Largest piece of a blob one upload request carries; a blob goes up in pieces, each a
+/// point an interrupted upload resumes from.
+pub const MAX_BLOB_PIECE: u64 = 32 * 1024 * 1024;
+
+/// Answer to a blob upload (and to `GET …/upload`): how many bytes of the blob the
+/// coordinator holds for this project, and whether it has the whole blob, checked.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BlobAck {
+    pub received: u64,
+    pub complete: bool,
+}
+
+/// A workspace layer: one `persist_to_workspace`, as the blob of a tar archive.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct WireLayer {
+    /// The job that persisted it (filled by the coordinator; ignored when sent).
+    #[serde(default)]
+    pub job: String,
+    /// Hex SHA-256 of the blob.
+    pub blob: String,
+    pub size: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct WorkspaceLayers {
+    /// Oldest first: later layers win where they overlap.
+    pub layers: Vec<WireLayer>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct WireCache {
+    pub key: String,
+    pub blob: String,
+    pub size: u64,
+    /// Milliseconds since the epoch.
+    #[serde(default)]
+    pub created_ms: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CacheLookup {
+    /// The newest cache whose key starts with the prefix asked for.
+    pub cache: Option<WireCache>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CacheSaved {
+    /// `false`: a cache with that key exists already (caches are immutable).
+    pub saved: bool,
+}
+
+/// One stored artifact file.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct WireArtifact {
+    /// Relative path under the job's artifacts (`destination/file`), `/`-separated.
+    pub path: String,
+    pub blob: String,
+    pub size: u64,
+}
+
+/// One `store_test_results` step's JUnit results, parsed by the agent.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct WireTestResults {
+    pub tests: u64,
+    pub failures: u64,
+    pub errors: u64,
+    pub skipped: u64,
+    /// At most [`MAX_FAILED_TESTS`] failed or errored tests.
+    #[serde(default)]
+    pub failed: Vec<WireFailedTest>,
+}
+
+/// Most failed tests one results upload lists (the counts stay exact).
+pub const MAX_FAILED_TESTS: usize = 1000;
+/// Longest failure message kept, in bytes.
+pub const MAX_TEST_MESSAGE: usize = 4096;
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct WireFailedTest {
+    pub name: String,
+    #[serde(default)]
+    pub classname: String,
+    #[serde(default)]
+    pub message: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

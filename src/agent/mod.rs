@@ -8,6 +8,7 @@
 //! SIGHUP re-reads the config file (`concurrency`, `labels`). Under systemd
 //! (`NOTIFY_SOCKET`) it reports READY/STATUS/STOPPING and pings the watchdog.
 
+pub mod blobs;
 pub mod client;
 pub mod config;
 mod control;
@@ -876,7 +877,7 @@ mod debug_tests {
         let resp = protocol::RegisterResponse {
             agent_id: "agent-1".into(),
             agent_token: "bosun-agent-SECRET2".into(),
-            protocol_version: 1,
+            protocol_version: 2,
         };
         let id = Identity {
             agent_id: "agent-1".into(),

@@ -183,7 +183,19 @@ fn request(agent: &Arc<Agent>, wire: &mut WireJob) -> Result<JobRequest, Request
         time_limit: Some(Duration::from_secs(wire.timeouts.job_secs.max(1))),
         network: cfg.network.clone(),
         kill_grace: Duration::from_secs(cfg.kill_grace_secs),
-        store: Store::open(cfg.store_dir.clone(), super::store_scope(wire))?,
+        store: {
+            let local = Store::open(cfg.store_dir.clone(), super::store_scope(wire))?;
+            // A v2 coordinator keeps the job's store; a v1 one leaves it to the local store.
+            match &wire.store {
+                Some(s) => local.with_remote(std::sync::Arc::new(super::blobs::JobStore::new(
+                    agent.client.clone(),
+                    &wire.id,
+                    wire.attempt,
+                    s.cache_writes,
+                ))),
+                None => local,
+            }
+        },
         orb_dir: None,
         machine_images: cfg.machine_images.clone(),
         limits: cfg.resource_class_limits,

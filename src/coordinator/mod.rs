@@ -7,6 +7,7 @@
 //! routes, server-sent events; the HTML of the pages in [`pages`]) ← [`serve`] and the CLI commands here.
 
 pub mod api;
+pub mod blobs;
 pub mod metrics;
 pub mod oidc;
 pub mod pages;
@@ -57,7 +58,7 @@ pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
     hex(&Sha256::digest(bytes))
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
@@ -204,6 +205,10 @@ pub struct ServeArgs {
     pub oidc_token_lifetime: Duration,
     #[command(flatten)]
     pub oidc_keys: OidcKeysArg,
+    /// Bytes of blobs (workspaces, caches, artifacts) each project may keep, e.g. 500MiB,
+    /// 10GiB; an upload past it is refused with an error naming the project.
+    #[arg(long, value_name = "SIZE", default_value = "10GiB", value_parser = blobs::parse_size)]
+    pub blob_quota: u64,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -311,6 +316,10 @@ pub struct EnqueueArgs {
     /// into the job while it runs and after its last step (`ssh -p PORT JOB@HOST`).
     #[arg(long = "ssh-key", value_name = "FILE")]
     pub ssh_keys: Vec<PathBuf>,
+    /// The workspace the job attaches (`attach_workspace`) and persists to: give the jobs of
+    /// one workflow run the same name (A-Z a-z 0-9 . _ -). Default: the job's own.
+    #[arg(long, value_name = "NAME")]
+    pub workspace: Option<String>,
 }
 
 /// `--timeout`: a duration written as for `run.no_output_timeout`, in whole seconds (a
@@ -446,6 +455,7 @@ fn run_inner(cmd: Command) -> Result<()> {
                     pr_url: a.pull_request_url,
                     pr_fork: a.pull_request_fork,
                     timeout_secs: a.timeout,
+                    workspace: a.workspace,
                 },
                 &ssh_keys,
             )?;
@@ -691,6 +701,8 @@ pub struct AppState {
     pub oidc: Option<Arc<oidc::Oidc>>,
     /// Cancelled when the server shuts down: live streams end, long polls answer.
     pub shutdown: tokio_util::sync::CancellationToken,
+    /// The store's blob files beside the database (protocol v2).
+    pub blobs: Arc<blobs::BlobFiles>,
 }
 
 impl AppState {
@@ -754,6 +766,10 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         registration_token_file_digests: tokens,
         lease: Duration::from_secs(args.lease_secs.max(1)),
         shutdown: tokio_util::sync::CancellationToken::new(),
+        blobs: Arc::new(
+            blobs::BlobFiles::open(&args.data.data, args.blob_quota)
+                .map_err(|e| CoordError::Invalid(format!("the blob store: {e}")))?,
+        ),
     });
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await

@@ -68,7 +68,7 @@ impl Store {
     }
 
     /// May `agent_id`, writing for `attempt` (when it says), write to job `id`?
-    fn lease_state(
+    pub(super) fn lease_state(
         conn: &Connection,
         id: i64,
         agent_id: &str,
@@ -399,6 +399,9 @@ impl Store {
                 // The next attempt's agent sends its log from offset 0 again, so the lost
                 // attempt's log and events go; the error field says what happened.
                 tx.execute("DELETE FROM job_events WHERE job_id = ?1", [id])?;
+                // What the lost attempt stored goes with its log: the next attempt stores
+                // its own (its caches stay: they are immutable and whole).
+                super::blobs::forget_attempt(&tx, id)?;
                 requeued_ids.push(id);
                 let msg = format!("attempt {attempts} lost its lease (no heartbeat); re-queued");
                 tx.execute(
@@ -545,5 +548,6 @@ fn wire_job(conn: &Connection, secrets: &SecretsKey, id: i64) -> Result<WireJob>
         previous_build_num: previous_build_num.map(|n| n as u64),
         username: None,
         ssh_keys: ssh::job_ssh_keys(conn, id)?,
+        store: Some(super::blobs::wire_store(conn, id)?),
     })
 }

@@ -103,6 +103,53 @@ CREATE TABLE job_events (
     "ALTER TABLE jobs ADD COLUMN ssh_keys TEXT; \
      ALTER TABLE jobs ADD COLUMN ssh_state TEXT; \
      ALTER TABLE jobs ADD COLUMN rerun_of INTEGER",
+    // 7: the store over the protocol. Blobs live in files under `blobs/` beside the database;
+    // `blob_refs` says which project holds which blob (a project reads only its own, and its
+    // quota counts them), the rest names them: workspace layers by workflow run, caches by
+    // key, a job's artifacts and test results.
+    "ALTER TABLE jobs ADD COLUMN workspace TEXT; \
+     CREATE TABLE blob_refs ( \
+         project_id INTEGER NOT NULL REFERENCES projects(id), \
+         sha256 TEXT NOT NULL, \
+         size INTEGER NOT NULL, \
+         created INTEGER NOT NULL, \
+         PRIMARY KEY (project_id, sha256)); \
+     CREATE TABLE workspace_layers ( \
+         id INTEGER PRIMARY KEY AUTOINCREMENT, \
+         project_id INTEGER NOT NULL REFERENCES projects(id), \
+         workspace TEXT NOT NULL, \
+         job_id INTEGER NOT NULL REFERENCES jobs(id), \
+         job_name TEXT NOT NULL, \
+         sha256 TEXT NOT NULL, \
+         size INTEGER NOT NULL); \
+     CREATE INDEX workspace_layers_run ON workspace_layers(project_id, workspace, id); \
+     CREATE TABLE caches ( \
+         project_id INTEGER NOT NULL REFERENCES projects(id), \
+         key TEXT NOT NULL, \
+         sha256 TEXT NOT NULL, \
+         size INTEGER NOT NULL, \
+         created INTEGER NOT NULL, \
+         job_id INTEGER, \
+         PRIMARY KEY (project_id, key)); \
+     CREATE TABLE artifacts ( \
+         job_id INTEGER NOT NULL REFERENCES jobs(id), \
+         path TEXT NOT NULL, \
+         sha256 TEXT NOT NULL, \
+         size INTEGER NOT NULL, \
+         PRIMARY KEY (job_id, path)); \
+     CREATE TABLE test_results ( \
+         job_id INTEGER PRIMARY KEY REFERENCES jobs(id), \
+         tests INTEGER NOT NULL, \
+         failures INTEGER NOT NULL, \
+         errors INTEGER NOT NULL, \
+         skipped INTEGER NOT NULL); \
+     CREATE TABLE failed_tests ( \
+         job_id INTEGER NOT NULL REFERENCES jobs(id), \
+         seq INTEGER NOT NULL, \
+         name TEXT NOT NULL, \
+         classname TEXT NOT NULL, \
+         message TEXT NOT NULL, \
+         PRIMARY KEY (job_id, seq))",
 ];
 
 /// Before migration 2: copy each job's log out of the `job_logs` blobs into its file.
