@@ -499,6 +499,8 @@ fn request(args: &ExecuteArgs) -> Result<JobRequest, RequestError> {
         vcs_hosts: access.vcs_hosts.clone(),
         env,
         pipeline_params,
+        trigger_source: String::new(),
+        base_revision: String::new(),
         pipeline_number: args.build_num,
         branch: None,
         tag: None,

@@ -432,6 +432,7 @@ fn wire_job(p: &Project, env: Vec<WireEnv>) -> WireJob {
         previous_build_num: None,
         username: None,
         ssh_keys: Vec::new(),
+        pipeline: None,
     }
 }
 

@@ -2,7 +2,9 @@
 //! expanded, workflows with matrices, filters and requires; output both as plans and as the
 //! processed (2.0-shaped) YAML tree.
 
-use super::graph::{Filter, Filters, Pattern, Workflow, WorkflowJob, WorkflowJobKind};
+use super::graph::{
+    Filter, Filters, Pattern, RequiredStatus, Workflow, WorkflowJob, WorkflowJobKind,
+};
 use super::interp::{BindScopes, Scope as Sc};
 use super::plan::CompiledJob;
 use super::yaml::{self, Node, Pos, Value};
@@ -23,6 +25,10 @@ pub(crate) struct Scope {
     /// imported it, the alias there, and the exact reference (`circleci/docker@2.1.4`).
     pub imported: Option<(usize, String, String)>,
 }
+
+/// A `requires` entry as written: the name, where it is, and its statuses when written with
+/// them.
+type Requirement = (String, Node, Option<Vec<RequiredStatus>>);
 
 pub(crate) struct Engine {
     pub files: Vec<String>,
@@ -1275,6 +1281,7 @@ impl Engine {
                                 job: "build".to_owned(),
                                 kind,
                                 requires: Vec::new(),
+                                requires_status: Vec::new(),
                                 context: Vec::new(),
                                 filters: Filters::default(),
                                 serial_group: None,
@@ -1378,6 +1385,7 @@ impl Engine {
             for j in &mut wf.jobs {
                 rename(&mut j.name);
                 j.requires.iter_mut().for_each(rename);
+                j.requires_status.iter_mut().for_each(|(n, _)| rename(n));
             }
             for (n, _) in jobs.iter_mut() {
                 rename(n);
@@ -1427,7 +1435,7 @@ impl Engine {
             job: WorkflowJob,
             explicit: bool,
             alias: Option<String>,
-            requires: Vec<(String, Node)>,
+            requires: Vec<Requirement>,
             node: Option<Node>,
             at: Node,
             path: String,
@@ -1530,9 +1538,11 @@ impl Engine {
             }
         }
         let mut resolved_requires: Vec<Vec<String>> = Vec::new();
+        let mut resolved_status: Vec<Vec<(String, Vec<RequiredStatus>)>> = Vec::new();
         for e in &entries {
             let mut reqs = Vec::new();
-            for (r, at) in &e.requires {
+            let mut with_status = Vec::new();
+            for (r, at, statuses) in &e.requires {
                 let targets: Vec<&str> = if names.contains(r) {
                     vec![r.as_str()]
                 } else {
@@ -1570,9 +1580,13 @@ impl Engine {
                     if !reqs.iter().any(|x: &String| x == t) {
                         reqs.push(t.to_owned());
                     }
+                    if let Some(st) = statuses {
+                        with_status.push((t.to_owned(), st.clone()));
+                    }
                 }
             }
             resolved_requires.push(reqs);
+            resolved_status.push(with_status);
         }
         // Every job must be reachable from a job without requirements (no cycles).
         let mut done = vec![false; entries.len()];
@@ -1631,9 +1645,14 @@ impl Engine {
         }
         let mut out_jobs = Vec::new();
         let mut nodes = Vec::new();
-        for (e, reqs) in entries.into_iter().zip(resolved_requires) {
+        for ((e, reqs), with_status) in entries
+            .into_iter()
+            .zip(resolved_requires)
+            .zip(resolved_status)
+        {
             let mut job = e.job;
             job.requires = reqs;
+            job.requires_status = with_status;
             if let Some(n) = e.node {
                 nodes.push((job.name.clone(), n));
             }
@@ -1712,6 +1731,35 @@ impl Engine {
         Ok(combos.into_iter().map(Some).collect())
     }
 
+    /// The statuses of a `requires` entry written as `job: status` or `job: [statuses]`.
+    fn required_statuses(&self, v: &Node, path: &str) -> Result<Vec<RequiredStatus>, ConfigError> {
+        let words: Vec<&Node> = match &v.value {
+            Value::Seq(items) => items.iter().collect(),
+            _ => vec![v],
+        };
+        let mut out: Vec<RequiredStatus> = Vec::new();
+        for w in words {
+            let text = w.as_str().unwrap_or("");
+            let Some(st) = RequiredStatus::parse(text) else {
+                return Err(self.err_hint(
+                    w,
+                    path,
+                    format!("`{}` is not a status a requirement can ask for", w.scalar_string().unwrap_or_default()),
+                    "use success, failed, canceled, unauthorized, not_run or terminal",
+                ));
+            };
+            for s in st {
+                if !out.contains(s) {
+                    out.push(*s);
+                }
+            }
+        }
+        if out.is_empty() {
+            return Err(self.err(v, path, "expected a status or a list of statuses"));
+        }
+        Ok(out)
+    }
+
     /// One workflow job entry (one matrix combination): its name, requires and compiled job.
     #[allow(clippy::type_complexity)]
     fn invocation(
@@ -1725,7 +1773,7 @@ impl Engine {
         (
             WorkflowJob,
             bool,
-            Vec<(String, Node)>,
+            Vec<Requirement>,
             Option<Node>,
             Option<ConfigError>,
         ),
@@ -1808,11 +1856,13 @@ impl Engine {
             for item in items {
                 match &item.value {
                     Value::Map(m) => {
-                        for (k, _) in m {
-                            reqs.push((self.expect_str(k, &rp)?.to_owned(), k.clone()));
+                        for (k, v) in m {
+                            let name = self.expect_str(k, &rp)?.to_owned();
+                            let statuses = self.required_statuses(v, &join(&rp, &name))?;
+                            reqs.push((name, k.clone(), Some(statuses)));
                         }
                     }
-                    _ => reqs.push((item.scalar_string().unwrap_or_default(), item.clone())),
+                    _ => reqs.push((item.scalar_string().unwrap_or_default(), item.clone(), None)),
                 }
             }
         }
@@ -1894,6 +1944,7 @@ impl Engine {
             job: job_ref.to_owned(),
             kind,
             requires: Vec::new(),
+            requires_status: Vec::new(),
             context,
             filters: filters_parsed,
             serial_group: serial.clone(),

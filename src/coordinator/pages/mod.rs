@@ -11,6 +11,7 @@
 
 pub mod ansi;
 
+pub mod pipelines;
 use super::store::{is_commit_id, JobFilter, JobRow, Store};
 use super::{fmt_duration, AppState, CoordError};
 use crate::protocol::{JobEvent, JobState, StepStatus};

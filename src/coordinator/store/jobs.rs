@@ -115,8 +115,10 @@ impl Store {
                     j.project_slug
                 ))
             })?;
+        // One number sequence per project, shared with pipelines.
         let pipeline: i64 = tx.query_row(
-            "SELECT COALESCE(MAX(pipeline_number), 0) + 1 FROM jobs WHERE project_id = ?1",
+            "SELECT MAX(COALESCE((SELECT MAX(number) FROM pipelines WHERE project_id = ?1), 0), \
+                        COALESCE((SELECT MAX(pipeline_number) FROM jobs WHERE project_id = ?1), 0)) + 1",
             [pid],
             |r| r.get(0),
         )?;

@@ -41,14 +41,17 @@ pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
 pub const MAX_JOB_TIMEOUT_SECS: u64 = 24 * 3600;
 
 mod access;
+mod intake;
 mod jobs;
 mod lease;
 mod logs;
+pub mod pipelines;
 mod schema;
 #[cfg(test)]
 mod tests;
 
 pub use access::RegistrationTokenRow;
+pub use intake::{KeyColumn, ProjectSettings, WebhookProject};
 use schema::{migrate, seal_plaintext_secrets};
 
 pub fn now_ms() -> i64 {
