@@ -1744,7 +1744,10 @@ impl Engine {
                 return Err(self.err_hint(
                     w,
                     path,
-                    format!("`{}` is not a status a requirement can ask for", w.scalar_string().unwrap_or_default()),
+                    format!(
+                        "`{}` is not a status a requirement can ask for",
+                        w.scalar_string().unwrap_or_default()
+                    ),
                     "use success, failed, canceled, unauthorized, not_run or terminal",
                 ));
             };

@@ -94,7 +94,10 @@ pub enum Readiness {
     /// A required job has not ended yet.
     Wait,
     /// Required job `by` ended as `ended`, which the requirement does not accept.
-    Blocked { by: String, ended: RequiredStatus },
+    Blocked {
+        by: String,
+        ended: RequiredStatus,
+    },
 }
 
 /// A status a `requires` entry may ask for (CircleCI's words; `terminal` is all five).

@@ -16,8 +16,8 @@ pub mod plan;
 pub mod yaml;
 
 pub use graph::{
-    filters_allow, readiness, Filter, Filters, GitRef, Pattern, Readiness, RequiredStatus, Workflow,
-    WorkflowJob, WorkflowJobKind,
+    filters_allow, readiness, Filter, Filters, GitRef, Pattern, Readiness, RequiredStatus,
+    Workflow, WorkflowJob, WorkflowJobKind,
 };
 pub use orbdir::OrbDir;
 pub use plan::{

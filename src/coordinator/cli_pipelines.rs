@@ -156,12 +156,14 @@ const CLI_PUBLIC_URL: &str = "";
 pub fn approve(a: ApproveArgs, print: &mut dyn FnMut(String)) -> Result<()> {
     let store = a.data.open()?;
     let id = store.pipeline_id(&a.pipeline)?;
-    let by = a
-        .by
-        .or_else(|| std::env::var("USER").ok())
-        .unwrap_or_else(|| "cli".into());
+    let by =
+        a.by.or_else(|| std::env::var("USER").ok())
+            .unwrap_or_else(|| "cli".into());
     let wf = store.approve(id, &a.job, &by, CLI_PUBLIC_URL)?;
-    print(format!("approved {} in workflow {wf} of pipeline {id}", a.job));
+    print(format!(
+        "approved {} in workflow {wf} of pipeline {id}",
+        a.job
+    ));
     Ok(())
 }
 

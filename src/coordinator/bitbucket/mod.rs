@@ -102,7 +102,11 @@ async fn webhook(State(state): State<Arc<AppState>>, headers: HeaderMap, body: B
     // The repository's name follows Bitbucket (a rename keeps the project and its settings).
     {
         let (pid, slug) = (project.id, envelope.repository.full_name.clone());
-        let main = envelope.repository.mainbranch.as_ref().map(|m| m.name.clone());
+        let main = envelope
+            .repository
+            .mainbranch
+            .as_ref()
+            .map(|m| m.name.clone());
         if let Err(e) = state
             .db(move |s| s.follow_repository(pid, &slug, main.as_deref()))
             .await
@@ -115,15 +119,12 @@ async fn webhook(State(state): State<Arc<AppState>>, headers: HeaderMap, body: B
             Ok(p) => decide_push(&state, &project, p).await,
             Err(e) => return error(StatusCode::BAD_REQUEST, format!("repo:push payload: {e}")),
         },
-        "pullrequest:created" | "pullrequest:updated" | "pullrequest:fulfilled"
+        "pullrequest:created"
+        | "pullrequest:updated"
+        | "pullrequest:fulfilled"
         | "pullrequest:rejected" => match serde_json::from_slice::<PullRequestEvent>(&body) {
             Ok(p) => decide_pull_request(&state, &project, &event, p).await,
-            Err(e) => {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    format!("{event} payload: {e}"),
-                )
-            }
+            Err(e) => return error(StatusCode::BAD_REQUEST, format!("{event} payload: {e}")),
         },
         other => {
             return answer(
@@ -167,7 +168,8 @@ async fn decide_push(
             continue;
         };
         if payload::skips_ci(&new.target.message) {
-            d.skipped.push(format!("{}: [ci skip] in the head commit", new.name));
+            d.skipped
+                .push(format!("{}: [ci skip] in the head commit", new.name));
             continue;
         }
         let subject = new.target.message.lines().next().map(str::to_owned);
@@ -188,16 +190,12 @@ async fn decide_push(
         }
         pipeline.git_ref = format!("refs/heads/{}", new.name);
         let (pid, branch) = (project.id, new.name.clone());
-        let open = state
-            .db(move |s| s.open_pull_request(pid, &branch))
-            .await?;
+        let open = state.db(move |s| s.open_pull_request(pid, &branch)).await?;
         if let Some((n, url)) = &open {
             pipeline.pr_number = Some(*n);
             pipeline.pr_url = Some(url.clone());
         }
-        if project.build_pull_requests_only
-            && new.name != project.default_branch
-            && open.is_none()
+        if project.build_pull_requests_only && new.name != project.default_branch && open.is_none()
         {
             d.skipped.push(format!(
                 "{}: only pull requests build (the branch has no open pull request)",
@@ -235,7 +233,12 @@ async fn decide_pull_request(
         _ => "OPEN",
     };
     {
-        let (pid, n, branch, url) = (project.id, pr.id, pr.source.branch.name.clone(), url.clone());
+        let (pid, n, branch, url) = (
+            project.id,
+            pr.id,
+            pr.source.branch.name.clone(),
+            url.clone(),
+        );
         state
             .db(move |s| s.record_pull_request(pid, n, &branch, state_word, fork, &url))
             .await?;
@@ -254,10 +257,8 @@ async fn decide_pull_request(
     };
     if !builds {
         if d.skipped.is_empty() {
-            d.skipped.push(format!(
-                "pull request {} {action}: nothing to build",
-                pr.id
-            ));
+            d.skipped
+                .push(format!("pull request {} {action}: nothing to build", pr.id));
         }
         return Ok(d);
     }

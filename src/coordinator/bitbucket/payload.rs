@@ -169,6 +169,9 @@ mod tests {
         let p: PushEvent = serde_json::from_str(body).expect("parses");
         assert_eq!(p.push.changes.len(), 2);
         assert!(p.push.changes[1].new.is_none());
-        assert_eq!(p.repository.mainbranch.map(|m| m.name).as_deref(), Some("main"));
+        assert_eq!(
+            p.repository.mainbranch.map(|m| m.name).as_deref(),
+            Some("main")
+        );
     }
 }

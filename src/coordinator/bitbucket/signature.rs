@@ -5,7 +5,9 @@ use sha2::Sha256;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SignatureError {
-    #[error("the delivery is not signed (no X-Hub-Signature): give the webhook the project's secret")]
+    #[error(
+        "the delivery is not signed (no X-Hub-Signature): give the webhook the project's secret"
+    )]
     Missing,
     #[error("X-Hub-Signature is not `sha256=<hex>`")]
     Malformed,
@@ -57,11 +59,20 @@ mod tests {
     fn signed_bodies_verify_and_anything_else_does_not() {
         let h = sign(b"s3cret", b"{}");
         assert_eq!(verify(b"s3cret", b"{}", Some(&h)), Ok(()));
-        assert_eq!(verify(b"other", b"{}", Some(&h)), Err(SignatureError::Mismatch));
-        assert_eq!(verify(b"s3cret", b"{ }", Some(&h)), Err(SignatureError::Mismatch));
+        assert_eq!(
+            verify(b"other", b"{}", Some(&h)),
+            Err(SignatureError::Mismatch)
+        );
+        assert_eq!(
+            verify(b"s3cret", b"{ }", Some(&h)),
+            Err(SignatureError::Mismatch)
+        );
         assert_eq!(verify(b"s3cret", b"{}", None), Err(SignatureError::Missing));
         let sha1 = "sha1=0123456789abcdef0123456789abcdef01234567";
-        assert_eq!(verify(b"s3cret", b"{}", Some(sha1)), Err(SignatureError::Malformed));
+        assert_eq!(
+            verify(b"s3cret", b"{}", Some(sha1)),
+            Err(SignatureError::Malformed)
+        );
         assert_eq!(
             verify(b"s3cret", b"{}", Some("sha256=zz")),
             Err(SignatureError::Malformed)

@@ -110,7 +110,13 @@ async fn send(client: &reqwest::Client, s: &OutgoingStatus) -> Result<(), SendEr
     if status.is_success() {
         return Ok(());
     }
-    let body: String = resp.text().await.unwrap_or_default().chars().take(300).collect();
+    let body: String = resp
+        .text()
+        .await
+        .unwrap_or_default()
+        .chars()
+        .take(300)
+        .collect();
     Err(SendError::Refused {
         status: status.as_u16(),
         body,

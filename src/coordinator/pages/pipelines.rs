@@ -140,11 +140,7 @@ async fn page(State(state): State<Arc<AppState>>, Path(raw): Path<String>) -> Re
         Err(e) => return json_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     };
     if json {
-        return (
-            [(header::CACHE_CONTROL, "no-store")],
-            Json(to_json(&p)),
-        )
-            .into_response();
+        return ([(header::CACHE_CONTROL, "no-store")], Json(to_json(&p))).into_response();
     }
     render(&p).into_response()
 }

@@ -56,7 +56,9 @@ pub fn fetch(p: &PipelineToFetch, vcs_hosts: &[String]) -> Result<Fetched, Confi
     }
     let mut hosts = VcsHosts::new();
     for m in vcs_hosts.iter().filter(|m| !m.trim().is_empty()) {
-        hosts.add_mapping(m.trim()).map_err(ConfigFetchError::VcsHost)?;
+        hosts
+            .add_mapping(m.trim())
+            .map_err(ConfigFetchError::VcsHost)?;
     }
     let dir = tempfile::Builder::new()
         .prefix("bosun-pipeline-")

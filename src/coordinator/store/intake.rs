@@ -148,8 +148,9 @@ impl Store {
     ) -> Result<()> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let old: String =
-            tx.query_row("SELECT slug FROM projects WHERE id = ?1", [pid], |r| r.get(0))?;
+        let old: String = tx.query_row("SELECT slug FROM projects WHERE id = ?1", [pid], |r| {
+            r.get(0)
+        })?;
         if old != slug && !slug.is_empty() {
             // A slug another project holds stays with it (the other repository was renamed
             // away and its new name has not arrived yet): only unused slugs are taken.
@@ -227,7 +228,12 @@ impl Store {
     }
 
     /// Replace (`Some`) or remove (`None`) one of the project's private keys.
-    pub fn set_project_key(&self, project: &str, column: KeyColumn, key: Option<&str>) -> Result<()> {
+    pub fn set_project_key(
+        &self,
+        project: &str,
+        column: KeyColumn,
+        key: Option<&str>,
+    ) -> Result<()> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let pid = resolve_project(&tx, project)?;
@@ -328,7 +334,13 @@ impl Store {
 
     /// Sending failed: try again after `retry_in`; after `give_up` attempts the status is
     /// dropped (marked sent with its error) so later ones of the job can go.
-    pub fn status_failed(&self, id: i64, error: &str, retry_in: Duration, give_up: bool) -> Result<()> {
+    pub fn status_failed(
+        &self,
+        id: i64,
+        error: &str,
+        retry_in: Duration,
+        give_up: bool,
+    ) -> Result<()> {
         self.conn().execute(
             "UPDATE commit_statuses SET attempts = attempts + 1, error = ?2, next_try = ?3, \
              sent = CASE WHEN ?4 THEN -1 ELSE NULL END WHERE id = ?1",

@@ -125,10 +125,9 @@ impl rusqlite::types::ToSql for WorkflowJobStatus {
 fn parse_col<T: std::str::FromStr<Err = crate::protocol::UnknownStatus>>(
     v: String,
 ) -> rusqlite::Result<T> {
-    v.parse()
-        .map_err(|e: crate::protocol::UnknownStatus| {
-            rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
-        })
+    v.parse().map_err(|e: crate::protocol::UnknownStatus| {
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
+    })
 }
 
 fn requires_json(r: &[(String, Vec<RequiredStatus>)]) -> String {
@@ -189,9 +188,7 @@ fn status_words(s: WorkflowJobStatus) -> Option<(&'static str, &'static str)> {
         W::Queued | W::Running => ("INPROGRESS", "Your tests are running on Bosun"),
         W::OnHold => ("INPROGRESS", "Waiting for approval"),
         W::Success => ("SUCCESSFUL", "Your tests passed on Bosun!"),
-        W::Failed | W::TimedOut | W::InfrastructureFail => {
-            ("FAILED", "Your tests failed on Bosun")
-        }
+        W::Failed | W::TimedOut | W::InfrastructureFail => ("FAILED", "Your tests failed on Bosun"),
         W::Canceled => ("STOPPED", "Your tests were canceled"),
         W::Blocked | W::NotRun | W::NotRunnable | W::Waiting => return None,
     })
@@ -218,8 +215,9 @@ impl Store {
             |r| r.get(0),
         )?;
         let (branch, tag) = split_ref(&p.git_ref);
-        let slug: String =
-            tx.query_row("SELECT slug FROM projects WHERE id = ?1", [pid], |r| r.get(0))?;
+        let slug: String = tx.query_row("SELECT slug FROM projects WHERE id = ?1", [pid], |r| {
+            r.get(0)
+        })?;
         let pr_url = match (p.pr_number, &p.pr_url) {
             (Some(n), None) => Some(bitbucket_pr_url(&slug, n)),
             (_, u) => u.clone(),
@@ -276,12 +274,7 @@ impl Store {
              FROM pipelines p JOIN projects pr ON pr.id = p.project_id \
              WHERE p.status = 'created' ORDER BY p.id LIMIT 16",
         )?;
-        type Raw = (
-            PipelineToFetch,
-            i64,
-            Option<String>,
-            Option<String>,
-        );
+        type Raw = (PipelineToFetch, i64, Option<String>, Option<String>);
         let rows: Vec<Raw> = st
             .query_map([], |r| {
                 Ok((
@@ -316,7 +309,9 @@ impl Store {
                 (crate::protocol::WireKeyRole::Deploy, "deploy_key", deploy),
             ] {
                 if let Some(sealed) = sealed {
-                    let k = self.secrets.open(&secrets::key_place(pid, column), &sealed)?;
+                    let k = self
+                        .secrets
+                        .open(&secrets::key_place(pid, column), &sealed)?;
                     p.keys.push((role, k));
                 }
             }
@@ -384,8 +379,9 @@ impl Store {
     /// Ids of pipelines whose jobs may still move.
     pub fn active_pipelines(&self) -> Result<Vec<i64>> {
         let conn = self.conn();
-        let mut st =
-            conn.prepare("SELECT id FROM pipelines WHERE status IN ('running', 'on_hold') ORDER BY id")?;
+        let mut st = conn.prepare(
+            "SELECT id FROM pipelines WHERE status IN ('running', 'on_hold') ORDER BY id",
+        )?;
         let rows = st
             .query_map([], |r| r.get(0))?
             .collect::<rusqlite::Result<Vec<_>>>()?;
@@ -451,7 +447,8 @@ fn advance_in(tx: &Connection, id: i64, public_url: &str) -> Result<bool> {
         return Ok(false);
     }
     let workflows: Vec<(i64, String, String)> = {
-        let mut st = tx.prepare("SELECT id, name, status FROM workflows WHERE pipeline_id = ?1 ORDER BY id")?;
+        let mut st = tx
+            .prepare("SELECT id, name, status FROM workflows WHERE pipeline_id = ?1 ORDER BY id")?;
         let rows = st
             .query_map([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
             .collect::<rusqlite::Result<Vec<_>>>()?;
@@ -525,7 +522,12 @@ fn advance_in(tx: &Connection, id: i64, public_url: &str) -> Result<bool> {
                     Readiness::Ready => {
                         match jobs[i].kind.as_str() {
                             "approval" => {
-                                set_status(tx, &mut jobs[i], WorkflowJobStatus::OnHold, Some("waiting for approval"))?;
+                                set_status(
+                                    tx,
+                                    &mut jobs[i],
+                                    WorkflowJobStatus::OnHold,
+                                    Some("waiting for approval"),
+                                )?;
                                 post_status(tx, pid, id, wname, &jobs[i], public_url)?;
                             }
                             "build" => {
@@ -561,7 +563,10 @@ fn advance_in(tx: &Connection, id: i64, public_url: &str) -> Result<bool> {
     // 4. Workflow and pipeline statuses.
     let now = now_ms();
     for (wid, st) in &wf_states {
-        let final_ = !matches!(st, WorkflowState::Running | WorkflowState::Failing | WorkflowState::OnHold);
+        let final_ = !matches!(
+            st,
+            WorkflowState::Running | WorkflowState::Failing | WorkflowState::OnHold
+        );
         tx.execute(
             "UPDATE workflows SET status = ?2, finished = CASE WHEN ?3 THEN COALESCE(finished, ?4) END \
              WHERE id = ?1 AND status != ?2",
@@ -723,14 +728,25 @@ impl Store {
 fn workflow_state(jobs: &[Live]) -> WorkflowState {
     use WorkflowJobStatus as W;
     let any = |f: &dyn Fn(W) -> bool| jobs.iter().any(|j| f(j.status));
-    let failed = any(&|s| matches!(s, W::Failed | W::TimedOut | W::InfrastructureFail | W::Blocked));
+    let failed = any(&|s| {
+        matches!(
+            s,
+            W::Failed | W::TimedOut | W::InfrastructureFail | W::Blocked
+        )
+    });
     if any(&|s| matches!(s, W::Waiting | W::Queued | W::Running)) {
         // Jobs waiting only on an approval make the workflow on hold.
-        let moving = jobs.iter().any(|j| matches!(j.status, W::Queued | W::Running));
+        let moving = jobs
+            .iter()
+            .any(|j| matches!(j.status, W::Queued | W::Running));
         if !moving && any(&|s| s == W::OnHold) {
             return WorkflowState::OnHold;
         }
-        return if failed { WorkflowState::Failing } else { WorkflowState::Running };
+        return if failed {
+            WorkflowState::Failing
+        } else {
+            WorkflowState::Running
+        };
     }
     if any(&|s| s == W::OnHold) {
         return WorkflowState::OnHold;
@@ -779,8 +795,11 @@ fn post_status(
     let Some((state, description)) = status_words(job.status) else {
         return Ok(());
     };
-    let api: Option<String> =
-        tx.query_row("SELECT status_api FROM projects WHERE id = ?1", [pid], |r| r.get(0))?;
+    let api: Option<String> = tx.query_row(
+        "SELECT status_api FROM projects WHERE id = ?1",
+        [pid],
+        |r| r.get(0),
+    )?;
     if api.is_none() {
         return Ok(());
     }
@@ -798,12 +817,17 @@ fn post_status(
     };
     // The CLI does not know where the server is reached: the server records it at start.
     let recorded: Option<String> = if public_url.is_empty() {
-        tx.query_row("SELECT value FROM meta WHERE key = 'public_url'", [], |r| r.get(0))
-            .optional()?
+        tx.query_row("SELECT value FROM meta WHERE key = 'public_url'", [], |r| {
+            r.get(0)
+        })
+        .optional()?
     } else {
         None
     };
-    let base = recorded.as_deref().unwrap_or(public_url).trim_end_matches('/');
+    let base = recorded
+        .as_deref()
+        .unwrap_or(public_url)
+        .trim_end_matches('/');
     let url = match job.job_id {
         Some(j) => format!("{base}/jobs/{j}"),
         None => format!("{base}/pipelines/{pipeline}"),
@@ -884,12 +908,16 @@ impl Store {
                  JOIN workflows w ON w.id = wj.workflow_id WHERE w.pipeline_id = ?1 AND wj.name = ?2",
             )?;
             let rows = st
-                .query_map(params![id, job], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+                .query_map(params![id, job], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                })?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
             rows
         };
         let Some((wjid, kind, status, workflow)) = rows.into_iter().next() else {
-            return Err(CoordError::NotFound(format!("pipeline {id} has no job {job}")));
+            return Err(CoordError::NotFound(format!(
+                "pipeline {id} has no job {job}"
+            )));
         };
         if kind != "approval" {
             return Err(CoordError::Invalid(format!("{job} is not an approval job")));
@@ -903,7 +931,11 @@ impl Store {
             "UPDATE workflow_jobs SET status = 'success', approved_by = ?2, reason = ?3 WHERE id = ?1",
             params![wjid, by, format!("approved by {by}")],
         )?;
-        let pid: i64 = tx.query_row("SELECT project_id FROM pipelines WHERE id = ?1", [id], |r| r.get(0))?;
+        let pid: i64 = tx.query_row(
+            "SELECT project_id FROM pipelines WHERE id = ?1",
+            [id],
+            |r| r.get(0),
+        )?;
         let live = Live {
             id: wjid,
             name: job.to_owned(),
@@ -960,7 +992,9 @@ impl Store {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let status: String =
-            tx.query_row("SELECT status FROM pipelines WHERE id = ?1", [id], |r| r.get(0))?;
+            tx.query_row("SELECT status FROM pipelines WHERE id = ?1", [id], |r| {
+                r.get(0)
+            })?;
         if !matches!(status.as_str(), "failed" | "canceled") {
             return Err(CoordError::Invalid(format!(
                 "pipeline {id} is {status}: only a failed or canceled pipeline is rerun"
