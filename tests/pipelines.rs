@@ -77,7 +77,8 @@ impl Recorder {
 }
 
 struct Setup {
-    rig: Rig,
+    /// Kept for its drop: the stand-in and its network go with the test.
+    _rig: Rig,
     repo: harness::WorkRepo,
     dir: tempfile::TempDir,
     data: PathBuf,
@@ -182,7 +183,7 @@ fn setup(config: &str, agents: &[&str], settings: &[&str]) -> Setup {
         .map(|n| start_agent(&agent_config(dir.path(), n, &addr, &token_file, &rig)))
         .collect();
     Setup {
-        rig,
+        _rig: rig,
         repo,
         dir,
         data,

@@ -40,6 +40,9 @@ fn status_place(pid: i64) -> String {
     format!("p{pid}/status_credentials")
 }
 
+/// (id, slug, sealed secret, default branch, PRs only, forks, fork secrets).
+type ProjectBits = (i64, String, Option<String>, String, bool, bool, bool);
+
 /// A commit status due to be sent.
 pub use super::pipelines::OutgoingStatus;
 
@@ -79,7 +82,7 @@ impl Store {
         }
         if let Some(api) = &s.status_api {
             let api = api.trim_end_matches('/');
-            if !api.is_empty() && !(api.starts_with("https://") || api.starts_with("http://")) {
+            if !(api.is_empty() || api.starts_with("https://") || api.starts_with("http://")) {
                 return Err(CoordError::Invalid(format!(
                     "--status-api `{api}`: expected an http(s) address such as https://api.bitbucket.org/2.0"
                 )));
@@ -103,7 +106,7 @@ impl Store {
     /// The project of Bitbucket repository `uuid`.
     pub fn project_for_webhook(&self, uuid: &str) -> Result<Option<WebhookProject>> {
         let conn = self.conn();
-        let row: Option<(i64, String, Option<String>, String, bool, bool, bool)> = conn
+        let row: Option<ProjectBits> = conn
             .query_row(
                 "SELECT id, slug, webhook_secret, default_branch, build_pull_requests_only, \
                  build_fork_pull_requests, fork_secrets FROM projects WHERE uuid = ?1",

@@ -605,6 +605,17 @@ fn set_status(
     Ok(())
 }
 
+/// (ref, branch, tag, commit, PR number, PR URL, fork).
+type PipelineRef = (
+    String,
+    Option<String>,
+    Option<String>,
+    String,
+    Option<i64>,
+    Option<String>,
+    bool,
+);
+
 /// Insert the `jobs` row an agent claims for workflow job `job`.
 fn queue_job(
     tx: &Connection,
@@ -614,15 +625,7 @@ fn queue_job(
     restricted: bool,
     job: &mut Live,
 ) -> Result<()> {
-    let (git_ref, branch, tag, commit, pr_number, pr_url, pr_fork): (
-        String,
-        Option<String>,
-        Option<String>,
-        String,
-        Option<i64>,
-        Option<String>,
-        bool,
-    ) = tx.query_row(
+    let (git_ref, branch, tag, commit, pr_number, pr_url, pr_fork): PipelineRef = tx.query_row(
         "SELECT git_ref, branch, tag, COALESCE(revision, commit_sha, git_ref), pr_number, pr_url, pr_fork \
          FROM pipelines WHERE id = ?1",
         [pipeline],
