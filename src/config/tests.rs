@@ -363,7 +363,10 @@ fn requires_with_statuses_are_kept_and_a_bad_status_is_located() {
     use crate::protocol::WorkflowJobStatus as W;
     let status = |s: Option<W>| move |_: &str| s;
     assert_eq!(wf.jobs[1].readiness(status(None)), Readiness::Wait);
-    assert_eq!(wf.jobs[1].readiness(status(Some(W::Failed))), Readiness::Ready);
+    assert_eq!(
+        wf.jobs[1].readiness(status(Some(W::Failed))),
+        Readiness::Ready
+    );
     assert!(matches!(
         wf.jobs[1].readiness(status(Some(W::Success))),
         Readiness::Blocked { .. }

@@ -285,7 +285,8 @@ impl Store {
     /// Statuses due now: for each (commit, key) only the oldest unsent one, so Bitbucket
     /// gets a job's statuses in the order they happened even when one has to be retried.
     pub fn due_statuses(&self, limit: u32) -> Result<Vec<OutgoingStatus>> {
-        let conn = self.conn();
+        // Read-only: off the writer's connection, so polling never waits on agents' writes.
+        let conn = self.reader()?;
         let mut st = conn.prepare(
             "SELECT c.id, p.id, p.status_api, p.status_credentials, p.slug, c.commit_sha, c.body, c.attempts \
              FROM commit_statuses c JOIN projects p ON p.id = c.project_id \

@@ -266,7 +266,8 @@ impl Store {
 
     /// Pipelines waiting for their config, oldest first.
     pub fn pipelines_to_fetch(&self) -> Result<Vec<PipelineToFetch>> {
-        let conn = self.conn();
+        // Read-only: off the writer's connection, so polling never waits on agents' writes.
+        let conn = self.reader()?;
         let mut st = conn.prepare(
             "SELECT p.id, p.uuid, p.number, pr.slug, pr.clone_url, pr.user_key, pr.deploy_key, \
              pr.known_hosts, COALESCE(p.commit_sha, p.git_ref), p.branch, p.tag, p.params, \
@@ -378,7 +379,8 @@ impl Store {
 
     /// Ids of pipelines whose jobs may still move.
     pub fn active_pipelines(&self) -> Result<Vec<i64>> {
-        let conn = self.conn();
+        // Read-only: off the writer's connection, so polling never waits on agents' writes.
+        let conn = self.reader()?;
         let mut st = conn.prepare(
             "SELECT id FROM pipelines WHERE status IN ('running', 'on_hold') ORDER BY id",
         )?;
@@ -716,7 +718,8 @@ fn start_serial_turns(
 /// Serial-group jobs of other pipelines of the project may start when a group frees up.
 impl Store {
     pub fn pipelines_waiting_in_serial_groups(&self) -> Result<Vec<i64>> {
-        let conn = self.conn();
+        // Read-only: off the writer's connection, so polling never waits on agents' writes.
+        let conn = self.reader()?;
         let mut st = conn.prepare(
             "SELECT DISTINCT w.pipeline_id FROM workflow_jobs wj JOIN workflows w ON w.id = wj.workflow_id \
              WHERE wj.status = 'queued' AND wj.job_id IS NULL",
