@@ -564,6 +564,8 @@ fn request(args: &ExecuteArgs) -> Result<JobRequest, RequestError> {
         mirrors: args.cache.mirrors(),
         env,
         pipeline_params,
+        trigger_source: String::new(),
+        base_revision: String::new(),
         pipeline_number: args.build_num,
         branch: None,
         tag: None,

@@ -133,6 +133,11 @@ pub struct WireJob {
     /// its local store only, as before.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub store: Option<WireStore>,
+    /// The pipeline and workflow the job belongs to, when a pipeline queued it (absent for a
+    /// job queued on its own with `enqueue`). Optional both ways: an older agent ignores it
+    /// and then finds `job_name` by name in the first workflow that has it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pipeline: Option<WirePipeline>,
 }
 
 /// What a v2 coordinator says about a job's store (see `docs/protocol.md`, *Store*).
@@ -230,6 +235,28 @@ pub struct WireFailedTest {
     pub classname: String,
     #[serde(default)]
     pub message: String,
+}
+
+/// Where a pipeline's job comes from: the agent compiles the config with the same pipeline
+/// values as the coordinator did and takes `job_name` from workflow `workflow`, so matrix and
+/// parameterised jobs (`test-3.12`) resolve as the coordinator's graph named them.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct WirePipeline {
+    /// `pipeline.id` (a UUID).
+    pub id: String,
+    /// The workflow's name in the config.
+    pub workflow: String,
+    /// The workflow's id (a UUID, `CIRCLE_WORKFLOW_ID`): the same for every job of it.
+    pub workflow_id: String,
+    /// `pipeline.parameters` given to the trigger (`--param K=V`), as text.
+    #[serde(default)]
+    pub parameters: Vec<(String, String)>,
+    /// `pipeline.trigger_source`: `webhook` or `api`.
+    #[serde(default)]
+    pub trigger_source: String,
+    /// `pipeline.git.base_revision` (the previous pipeline's commit on the branch), or empty.
+    #[serde(default)]
+    pub base_revision: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -537,6 +564,43 @@ statuses! {
         NotRun = "not_run",
         /// A job this agent cannot run (`macos`).
         NotRunnable = "not_runnable",
+        /// On the coordinator: a job it requires has not finished yet.
+        Waiting = "waiting",
+        /// On the coordinator: queued for an agent (or, in a serial group, for its turn).
+        Queued = "queued",
+        /// On the coordinator: an agent runs it.
+        Running = "running",
+    }
+}
+
+statuses! {
+    /// A workflow of a pipeline on the coordinator (CircleCI's workflow statuses).
+    WorkflowState {
+        Running = "running",
+        /// A job failed while others still run.
+        Failing = "failing",
+        /// Nothing runs; an approval job waits.
+        OnHold = "on_hold",
+        Success = "success",
+        Failed = "failed",
+        Canceled = "canceled",
+        /// Filters left no job to run for this branch or tag.
+        NotRun = "not_run",
+    }
+}
+
+statuses! {
+    /// A pipeline on the coordinator.
+    PipelineState {
+        /// Accepted; its config is being fetched and compiled.
+        Created = "created",
+        /// The config could not be fetched or did not compile (the error is kept).
+        Errored = "errored",
+        Running = "running",
+        OnHold = "on_hold",
+        Success = "success",
+        Failed = "failed",
+        Canceled = "canceled",
     }
 }
 
@@ -692,6 +756,8 @@ mod tests {
         check(StepStatus::ALL);
         check(WorkflowJobStatus::ALL);
         check(JobState::ALL);
+        check(WorkflowState::ALL);
+        check(PipelineState::ALL);
         // One spelling per state: a step and a job that time out say the same word.
         assert_eq!(StepStatus::TimedOut.as_str(), JobStatus::TimedOut.as_str());
         assert!("timed_out".parse::<StepStatus>().is_err());

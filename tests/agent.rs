@@ -434,6 +434,7 @@ fn wire_job(p: &Project, env: Vec<WireEnv>) -> WireJob {
         ssh_keys: Vec::new(),
         // A v1 coordinator: the agent keeps its store locally.
         store: None,
+        pipeline: None,
     }
 }
 

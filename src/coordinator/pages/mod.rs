@@ -14,6 +14,7 @@ pub mod live;
 pub mod ssh;
 pub mod results;
 
+pub mod pipelines;
 use super::store::{is_commit_id, JobFilter, JobRow, Store};
 use super::{fmt_duration, AppState, CoordError};
 use crate::protocol::{JobEvent, JobState, StepStatus};

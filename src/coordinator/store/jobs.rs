@@ -132,10 +132,12 @@ impl Store {
                     j.project_slug
                 ))
             })?;
+        // One number sequence per project, shared with pipelines (a rerun keeps its job's).
         let pipeline: i64 = match extra.pipeline_number {
             Some(n) => n,
             None => tx.query_row(
-                "SELECT COALESCE(MAX(pipeline_number), 0) + 1 FROM jobs WHERE project_id = ?1",
+                "SELECT MAX(COALESCE((SELECT MAX(number) FROM pipelines WHERE project_id = ?1), 0), \
+                            COALESCE((SELECT MAX(pipeline_number) FROM jobs WHERE project_id = ?1), 0)) + 1",
                 [pid],
                 |r| r.get(0),
             )?,

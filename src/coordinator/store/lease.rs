@@ -477,11 +477,19 @@ fn wire_job(conn: &Connection, secrets: &SecretsKey, id: i64) -> Result<WireJob>
                 ))
             },
         )?;
+    // A forked pull request's build gets no secret env values and no user key unless the
+    // project passes secrets to forks (decided when the pipeline was made).
+    let pipeline = Store::wire_pipeline(conn, id)?;
+    let restricted = pipeline.as_ref().is_some_and(|(_, r)| *r);
+    let pipeline = pipeline.map(|(p, _)| p);
     let mut keys = Vec::new();
     for (role, column, key) in [
         (WireKeyRole::User, "user_key", user_key),
         (WireKeyRole::Deploy, "deploy_key", deploy_key),
     ] {
+        if restricted && role == WireKeyRole::User {
+            continue;
+        }
         if let Some(sealed) = key {
             let private_key = secrets.open(&secrets::key_place(pid, column), &sealed)?;
             keys.push(WireKey {
@@ -506,6 +514,9 @@ fn wire_job(conn: &Connection, secrets: &SecretsKey, id: i64) -> Result<WireJob>
             .collect::<rusqlite::Result<Vec<_>>>()?;
         let mut env = Vec::with_capacity(rows.len());
         for mut e in rows {
+            if e.secret && restricted {
+                continue;
+            }
             if e.secret {
                 e.value = secrets
                     .open(&secrets::env_place(pid, &e.name), &e.value)?
@@ -549,5 +560,6 @@ fn wire_job(conn: &Connection, secrets: &SecretsKey, id: i64) -> Result<WireJob>
         username: None,
         ssh_keys: ssh::job_ssh_keys(conn, id)?,
         store: Some(super::blobs::wire_store(conn, id)?),
+        pipeline,
     })
 }

@@ -42,9 +42,11 @@ pub const MAX_JOB_TIMEOUT_SECS: u64 = 24 * 3600;
 
 mod access;
 pub mod blobs;
+mod intake;
 mod jobs;
 mod lease;
 mod logs;
+pub mod pipelines;
 mod schema;
 mod ssh;
 #[cfg(test)]
@@ -52,6 +54,7 @@ mod tests;
 mod times;
 
 pub use access::RegistrationTokenRow;
+pub use intake::{KeyColumn, ProjectSettings, WebhookProject};
 use schema::{migrate, seal_plaintext_secrets};
 pub use times::LogTimes;
 
