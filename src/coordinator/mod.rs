@@ -7,14 +7,14 @@
 //! routes, server-sent events; the HTML of the pages in [`pages`]) ← [`serve`] and the CLI commands here.
 
 pub mod api;
-pub mod blobs;
 pub mod bitbucket;
+pub mod blobs;
 mod cli_pipelines;
 pub mod metrics;
 pub mod oidc;
 pub mod pages;
-pub mod rerun;
 pub mod pipelines;
+pub mod rerun;
 pub mod secrets;
 pub mod server;
 pub mod store;
@@ -809,20 +809,6 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         None => None,
     };
     let (changed, _) = tokio::sync::watch::channel(0u64);
-    let state = Arc::new(AppState {
-        oidc,
-        store: store.clone(),
-        changed,
-        jobs: JobWatch::default(),
-        metrics: metrics::CoordMetrics::default(),
-        registration_token_file_digests: tokens,
-        lease: Duration::from_secs(args.lease_secs.max(1)),
-        shutdown: tokio_util::sync::CancellationToken::new(),
-        blobs: Arc::new(
-            blobs::BlobFiles::open(&args.data.data, args.blob_quota)
-                .map_err(|e| CoordError::Invalid(format!("the blob store: {e}")))?,
-        ),
-    });
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .map_err(|source| CoordError::Listen {

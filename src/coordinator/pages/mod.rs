@@ -11,8 +11,8 @@
 
 pub mod ansi;
 pub mod live;
-pub mod ssh;
 pub mod results;
+pub mod ssh;
 
 pub mod pipelines;
 use super::store::{is_commit_id, JobFilter, JobRow, Store};

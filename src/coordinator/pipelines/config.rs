@@ -68,6 +68,9 @@ pub fn fetch(p: &PipelineToFetch, vcs_hosts: &[String]) -> Result<Fetched, Confi
         url: p.clone_url.clone(),
         reference: Some(p.reference.clone()),
         dest: dir.path().join("repo"),
+        // One config file per pipeline: a mirror would cost the coordinator a cache of every
+        // repository for a single file.
+        mirrors: None,
     };
     let creds = Credentials {
         keys,
