@@ -874,6 +874,9 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     let app = api::router(state.clone())
         .merge(web::router(state.clone()))
         .merge(metrics::router(state.clone()))
+        .merge(oidc::router(state.clone()))
+        .merge(bitbucket::router(state.clone()))
+        .merge(pages::pipelines::router(state.clone()))
         .fallback(api::not_found)
         .layer(axum::middleware::map_response(api::json_errors));
     let stop = state.shutdown.clone();
