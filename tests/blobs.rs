@@ -225,15 +225,26 @@ async fn an_upload_cut_mid_way_resumes_and_a_download_resumes_with_range() {
         .send()
         .await;
     assert!(cut.is_err() || !cut.expect("answer").status().is_success());
-    // The coordinator kept what arrived of the cut piece.
-    let held: BlobAck = a
-        .req(reqwest::Method::GET, &format!("{path}/upload?size={size}"))
-        .send()
-        .await
-        .expect("status")
-        .json()
-        .await
-        .expect("ack");
+    // The coordinator kept what arrived of the cut piece (asked until the cut request is
+    // over on its side: the same answer twice, 300 ms apart).
+    let status = || async {
+        a.req(reqwest::Method::GET, &format!("{path}/upload?size={size}"))
+            .send()
+            .await
+            .expect("status")
+            .json::<BlobAck>()
+            .await
+            .expect("ack")
+    };
+    let mut held = status().await;
+    loop {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let again = status().await;
+        if again == held {
+            break;
+        }
+        held = again;
+    }
     assert!(!held.complete);
     assert!(
         held.received >= 1024 * 1024 && held.received <= 1536 * 1024,

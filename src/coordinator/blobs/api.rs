@@ -168,6 +168,11 @@ async fn upload(
     }
     let lock = state.blobs.upload(pid, &sha);
     let mut up = lock.lock().await;
+    // Another request may have finished the blob while this one waited.
+    let name = sha.clone();
+    if let Some(size) = state.db(move |s| s.project_blob(pid, &name)).await? {
+        return Ok(ack(size, true));
+    }
     let have = state.blobs.received(pid, &sha).map_err(internal)?;
     if q.offset > have {
         return Ok((
@@ -233,6 +238,8 @@ async fn upload(
     let done = tokio::task::spawn_blocking(move || files.complete(pid, &name, &mut taken, size))
         .await
         .map_err(internal)?;
+    drop(up);
+    state.blobs.forget(pid, &sha);
     match done {
         Ok(()) => {}
         Err(e @ BlobError::DigestMismatch { .. }) => {

@@ -62,6 +62,9 @@ pub struct Upload {
 
 type UploadKey = (i64, String);
 
+/// Uploads in progress whose running hash is kept (a few hundred bytes each).
+const MAX_UPLOADS_TRACKED: usize = 4096;
+
 pub struct BlobFiles {
     root: PathBuf,
     /// Bytes of blobs each project may hold.
@@ -111,9 +114,19 @@ impl BlobFiles {
     /// The lock of project `project`'s upload of `hex`.
     pub fn upload(&self, project: i64, hex: &str) -> Arc<tokio::sync::Mutex<Upload>> {
         let mut map = self.uploads.lock().unwrap_or_else(|p| p.into_inner());
-        // Forget finished uploads nobody waits on (the map holds the only reference).
-        map.retain(|_, u| Arc::strong_count(u) > 1);
+        // An entry lives from an upload's first piece to its end (`forget`), so the running
+        // hash carries over from one piece's request to the next. Abandoned uploads are
+        // forgotten when too many pile up (their hash is then read from the file).
+        if map.len() >= MAX_UPLOADS_TRACKED {
+            map.retain(|_, u| Arc::strong_count(u) > 1);
+        }
         Arc::clone(map.entry((project, hex.to_owned())).or_default())
+    }
+
+    /// The upload of `hex` by `project` is over (whole, or discarded).
+    pub fn forget(&self, project: i64, hex: &str) {
+        let mut map = self.uploads.lock().unwrap_or_else(|p| p.into_inner());
+        map.remove(&(project, hex.to_owned()));
     }
 
     /// Bytes of project `project`'s upload of `hex` received so far.
