@@ -6,7 +6,8 @@
 //! 2. `ssh … 'cat /tmp/big' > /dev/null` against `docker exec CONTAINER cat /tmp/big` for a
 //!    100 MB file: the ratio of the throughputs (target ≥ 0.8);
 //!
-//! alternating, for BOSUN_BENCH_ROUNDS rounds (default 5): each ratio's median and range.
+//! alternating, for BOSUN_BENCH_ROUNDS rounds (default 5): each ratio's median and range
+//! (BOSUN_BENCH_SSH_CIPHER picks the client's cipher).
 //! Then the gateway process's RSS (VmRSS of `bosun execute`, which also runs the job: an
 //! upper bound) idle and with 10 sessions open.
 
@@ -47,6 +48,11 @@ fn ssh(port: u16, key: &Path, job: &str) -> Command {
     .arg(key)
     .arg(format!("{job}@127.0.0.1"))
     .stdin(Stdio::null());
+    // BOSUN_BENCH_SSH_CIPHER=aes128-gcm@openssh.com: compare ciphers (the client's default
+    // is chacha20-poly1305).
+    if let Ok(cipher) = std::env::var("BOSUN_BENCH_SSH_CIPHER") {
+        c.args(["-c", &cipher]);
+    }
     c
 }
 
