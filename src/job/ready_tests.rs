@@ -84,10 +84,10 @@ async fn a_job_takes_a_ready_container_over_exactly_where_it_would_create_one() 
     assert_eq!(o.status, JobStatus::Success, "{:?}", o.error);
     let calls = double.calls()[before..].to_vec();
     assert_eq!(creates(&calls), 0, "no container of its own: {calls:?}");
-    assert_eq!(step_execs(&calls), [ready_id.clone()], "the step ran in it");
+    assert_eq!(step_execs(&calls), vec![ready_id.clone()], "the step ran in it");
     assert_eq!(
         removed(&calls),
-        [ready_id.clone()],
+        vec![ready_id.clone()],
         "and it went with the job"
     );
     assert!(source.held.lock().unwrap().is_none());
