@@ -154,6 +154,9 @@ fn main() {
         let mut c = Command::new(&bosun);
         c.args(["checkout", url])
             .arg(out.path().join(format!("bosun-{i}")))
+            // A cold mirror each run: the first job of a repository on an agent.
+            .arg("--cache-dir")
+            .arg(out.path().join("cache"))
             .arg("--user-key")
             .arg(&key.private_path)
             .arg("--known-hosts")
@@ -211,7 +214,7 @@ fn main() {
     let tree = tempfile::tempdir().expect("tempdir");
     let tree_path = tree.path().join("project");
     let mut co = Command::new(&bosun);
-    co.args(["checkout", url])
+    co.args(["checkout", url, "--no-mirror"])
         .arg(&tree_path)
         .arg("--user-key")
         .arg(&key.private_path)

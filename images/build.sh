@@ -3,7 +3,7 @@
 # registry (none is reachable from the machines this project runs on, and the
 # Docker engine starts with no images at all).
 #
-#   images/build.sh [base|nobash|gitserver|systemd|machine|postgres|redis|docker|all]...
+#   images/build.sh [base|nobash|gitserver|systemd|machine|postgres|redis|docker|registry|all]...
 #                        (default: all; several names build several images)
 #   images/build.sh prune    remove hashed tags other than this version's
 #
@@ -51,6 +51,9 @@ REDIS_PACKAGES="redis-server"
 # image rather than part of base: docker.io brings ~150 MB (containerd, runc,
 # iptables) that every other image would carry for nothing.
 DOCKER_PACKAGES="docker.io"
+# A private registry for tests of image pulls with `auth:` (Debian's build of
+# the CNCF distribution registry) and htpasswd to make its bcrypt password file.
+REGISTRY_PACKAGES="docker-registry apache2-utils"
 
 log() { printf '[images] %s\n' "$*" >&2; }
 die() {
@@ -127,6 +130,7 @@ SCRIPT_SUM=$(sha256sum "$HERE/build.sh" | cut -d' ' -f1)
 GITSERVER_SUM=$(files_sum gitserver)
 MACHINE_SUM=$(files_sum machine)
 POSTGRES_SUM=$(files_sum postgres)
+REGISTRY_SUM=$(files_sum registry)
 
 BASE_HASH=$(hash_of "script=$SCRIPT_SUM" base "packages=$BASE_PACKAGES" "mirror=$MIRROR" "suite=$SUITE")
 NOBASH_HASH=$(hash_of "script=$SCRIPT_SUM" nobash "packages=busybox-static" "mirror=$MIRROR" "suite=$SUITE")
@@ -136,10 +140,11 @@ MACHINE_HASH=$(hash_of "script=$SCRIPT_SUM" machine "base=$BASE_HASH" "packages=
 POSTGRES_HASH=$(hash_of "script=$SCRIPT_SUM" postgres "base=$BASE_HASH" "packages=$POSTGRES_PACKAGES" "files=$POSTGRES_SUM")
 REDIS_HASH=$(hash_of "script=$SCRIPT_SUM" redis "base=$BASE_HASH" "packages=$REDIS_PACKAGES")
 DOCKER_HASH=$(hash_of "script=$SCRIPT_SUM" docker "base=$BASE_HASH" "packages=$DOCKER_PACKAGES")
+REGISTRY_HASH=$(hash_of "script=$SCRIPT_SUM" registry "base=$BASE_HASH" "packages=$REGISTRY_PACKAGES" "files=$REGISTRY_SUM")
 
 # Every image, in build order, and the ones made from base's rootfs.
-ALL_IMAGES="base nobash gitserver systemd machine postgres redis docker"
-FROM_BASE_ROOTFS="gitserver systemd machine postgres redis docker"
+ALL_IMAGES="base nobash gitserver systemd machine postgres redis docker registry"
+FROM_BASE_ROOTFS="gitserver systemd machine postgres redis docker registry"
 
 # bosun/<name>:<hash> of an image name.
 tag_of() {
@@ -542,6 +547,33 @@ build_docker() {
     import_rootfs "$dir" docker "$DOCKER_HASH" '["/bin/bash"]'
     rm -rf "$dir"
     log "docker: done ($(elapsed "$t"))"
+}
+
+# A private registry (images/registry/config.yml: htpasswd auth, port 5000).
+build_registry() {
+    if image_exists "bosun/registry:$REGISTRY_HASH"; then
+        docker tag "bosun/registry:$REGISTRY_HASH" bosun/registry:latest
+        log "registry: bosun/registry:$REGISTRY_HASH up to date"
+        return
+    fi
+    local t base dir
+    t=$(now)
+    base=$(base_rootfs)
+    dir="$CACHE/rootfs-registry-$REGISTRY_HASH"
+    rm -rf "$dir"
+    cp -a "$base" "$dir"
+    rm -f "$dir/.complete"
+    # shellcheck disable=SC2086 # a list of package names
+    chroot_apt_install "$dir" $REGISTRY_PACKAGES
+    [[ -x $dir/usr/bin/docker-registry ]] || die "registry: docker-registry missing from the rootfs"
+    [[ -x $dir/usr/bin/htpasswd ]] || die "registry: htpasswd missing from the rootfs"
+    install -m 644 "$HERE/registry/config.yml" "$dir/etc/docker/registry/config.yml"
+    install -d -m 755 "$dir/var/lib/docker-registry" "$dir/auth"
+    import_rootfs "$dir" registry "$REGISTRY_HASH" \
+        '["/usr/bin/docker-registry", "serve", "/etc/docker/registry/config.yml"]' \
+        'EXPOSE 5000'
+    rm -rf "$dir"
+    log "registry: done ($(elapsed "$t"))"
 }
 
 main() {

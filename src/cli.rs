@@ -51,9 +51,31 @@ enum Command {
         #[arg(long, default_value_t = 10)]
         timeout: u64,
     },
+    /// The repository mirror cache: `ls` lists the mirrors, `prune` removes the least
+    /// recently used beyond the budget (or all with --all). For an agent's cache, run as its
+    /// user with --cache-dir /var/cache/bosun.
+    Cache {
+        #[command(flatten)]
+        cache: execute::CacheArgs,
+        #[command(subcommand)]
+        command: CacheCommand,
+    },
     /// The reference coordinator: queue jobs, lease them to agents, keep their logs.
     #[command(subcommand)]
     Coordinator(bosun::coordinator::Command),
+}
+
+#[derive(Subcommand)]
+enum CacheCommand {
+    /// Each mirror: size, last use, repository (least recently used first).
+    Ls,
+    /// Remove least recently used mirrors until the cache fits its budget; mirrors in use
+    /// are left alone.
+    Prune {
+        /// Remove every mirror not in use.
+        #[arg(long)]
+        all: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -173,6 +195,7 @@ pub fn main() -> ExitCode {
         Command::Config(cmd) => config_command(cmd),
         Command::Orb(cmd) => orb_command(cmd),
         Command::Coordinator(cmd) => ExitCode::from(bosun::coordinator::run(cmd)),
+        Command::Cache { cache, command } => cache_command(&cache, command),
         Command::Keyscan {
             target,
             name,
@@ -187,6 +210,59 @@ pub fn main() -> ExitCode {
                 ExitCode::from(EXIT_SETUP)
             }
         },
+    }
+}
+
+fn cache_command(args: &execute::CacheArgs, command: CacheCommand) -> ExitCode {
+    let Some(mirrors) = execute::CacheArgs {
+        no_mirror: false,
+        ..args.clone()
+    }
+    .mirrors() else {
+        eprintln!("error: no cache directory: pass --cache-dir or set BOSUN_CACHE_DIR");
+        return ExitCode::from(EXIT_SETUP);
+    };
+    let mib = |b: u64| b as f64 / (1 << 20) as f64;
+    let result = match command {
+        CacheCommand::Ls => mirrors.list().map(|list| {
+            let total: u64 = list.iter().map(|m| m.bytes).sum();
+            println!("{:>10}  {:<20}  REPOSITORY", "MIB", "LAST USED (UTC)");
+            for m in &list {
+                println!(
+                    "{:>10.1}  {:<20}  {}",
+                    mib(m.bytes),
+                    bosun::coordinator::pages::iso_utc(
+                        m.last_used
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .map(|d| d.as_millis() as i64)
+                            .unwrap_or(0)
+                    ),
+                    m.url
+                );
+            }
+            println!(
+                "{} mirror(s), {:.1} MiB of a {:.0} MiB budget in {}",
+                list.len(),
+                mib(total),
+                mib(mirrors.budget()),
+                mirrors.root().display()
+            );
+        }),
+        CacheCommand::Prune { all } => mirrors
+            .shrink_to(if all { 0 } else { mirrors.budget() })
+            .map(|removed| {
+                for m in &removed {
+                    println!("removed {:.1} MiB  {}", mib(m.bytes), m.url);
+                }
+                println!("{} mirror(s) removed", removed.len());
+            }),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(EXIT_SETUP)
+        }
     }
 }
 

@@ -48,6 +48,8 @@ pub struct ExecuteArgs {
     #[command(flatten)]
     pub access: AccessArgs,
     #[command(flatten)]
+    pub cache: CacheArgs,
+    #[command(flatten)]
     pub compile: CompileArgs,
     /// An additional SSH key (repeatable), installed only by `add_ssh_keys` steps.
     #[arg(long = "ssh-key")]
@@ -74,6 +76,10 @@ pub struct ExecuteArgs {
     /// Docker network for the job container (e.g. where service or VCS containers live).
     #[arg(long)]
     pub network: Option<String>,
+    /// What a docker job's `resource_class` does: `apply` CircleCI's CPUs and memory for the
+    /// class as limits on each container, `scale:FACTOR` them (e.g. scale:0.5), or `off`.
+    #[arg(long, value_name = "apply|off|scale:FACTOR", default_value = "apply")]
+    pub resource_class_limits: job::LimitPolicy,
     /// CIRCLE_BUILD_NUM for the job (and pipeline.number).
     #[arg(long, default_value_t = 1)]
     pub build_num: u64,
@@ -209,6 +215,40 @@ impl CompileArgs {
     }
 }
 
+/// Where the mirror cache is and how big it may grow. Shared by `execute`, `checkout` and
+/// `cache`.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct CacheArgs {
+    /// The cache directory; repository mirrors are kept in its `mirrors/`
+    /// (default: $XDG_CACHE_HOME/bosun, ~/.cache/bosun).
+    #[arg(long = "cache-dir", env = "BOSUN_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// Size budget of the mirrors in MiB; the least recently used go first beyond it.
+    #[arg(long = "cache-budget-mb", env = "BOSUN_CACHE_BUDGET_MB")]
+    pub cache_budget_mb: Option<u64>,
+    /// Fetch straight from the remote, without the mirror cache.
+    #[arg(long = "no-mirror")]
+    pub no_mirror: bool,
+}
+
+impl CacheArgs {
+    /// The mirrors, or `None` when turned off or no cache directory can be found.
+    pub fn mirrors(&self) -> Option<crate::mirror::Mirrors> {
+        if self.no_mirror {
+            return None;
+        }
+        let dir = self
+            .cache_dir
+            .clone()
+            .or_else(crate::mirror::Mirrors::default_cache_dir)?;
+        let budget = self
+            .cache_budget_mb
+            .map(|mb| mb.saturating_mul(1 << 20))
+            .unwrap_or(crate::mirror::DEFAULT_BUDGET_BYTES);
+        Some(crate::mirror::Mirrors::new(&dir, budget))
+    }
+}
+
 /// Keys, host keys and host mappings: what opens repositories. Shared by `execute` and
 /// `checkout`.
 #[derive(clap::Args, Debug, Clone, Default)]
@@ -249,6 +289,7 @@ impl AccessArgs {
             keys,
             known_hosts,
             vcs_hosts,
+            mirrors: None,
         })
     }
 }
@@ -316,7 +357,10 @@ async fn run_async(args: ExecuteArgs, sink: Arc<dyn EventSink>) -> u8 {
         Err(e) => Err(e),
     };
     let (req, executor) = match ready {
-        Ok(r) => r,
+        Ok(r) => {
+            oidc_notice(&r.0, sink.as_ref());
+            r
+        }
         Err(e) => {
             sink.emit(&Event::JobFinished {
                 job: label,
@@ -399,6 +443,26 @@ fn spawn_signal_handler(cancel: CancellationToken, sink: Arc<dyn EventSink>) {
 }
 
 /// The command line as a [`JobRequest`]: nothing is fetched or compiled here.
+/// `bosun execute` is no OIDC issuer: say so when the config names the tokens and the user
+/// gave none (`--secret-env CIRCLE_OIDC_TOKEN=…` stands in for one).
+fn oidc_notice(req: &JobRequest, sink: &dyn EventSink) {
+    const TOKEN: &str = "CIRCLE_OIDC_TOKEN";
+    let ConfigSource::File { path, .. } = &req.config else {
+        return;
+    };
+    let given = req.env.iter().any(|e| e.name.starts_with(TOKEN));
+    let named = std::fs::read_to_string(path).is_ok_and(|t| t.contains(TOKEN));
+    if named && !given {
+        sink.emit(&Event::Info {
+            message: format!(
+                "note: the config uses ${TOKEN}; bosun execute has no OIDC issuer, so \
+                 {TOKEN} and {TOKEN}_V2 are unset (a coordinator with --oidc-issuer gives \
+                 them; --secret-env {TOKEN}=… passes one of your own)"
+            ),
+        });
+    }
+}
+
 fn request(args: &ExecuteArgs) -> Result<JobRequest, RequestError> {
     let access = &args.access;
     let mut keys = Vec::new();
@@ -497,8 +561,11 @@ fn request(args: &ExecuteArgs) -> Result<JobRequest, RequestError> {
         additional_keys,
         known_hosts,
         vcs_hosts: access.vcs_hosts.clone(),
+        mirrors: args.cache.mirrors(),
         env,
         pipeline_params,
+        trigger_source: String::new(),
+        base_revision: String::new(),
         pipeline_number: args.build_num,
         branch: None,
         tag: None,
@@ -509,6 +576,7 @@ fn request(args: &ExecuteArgs) -> Result<JobRequest, RequestError> {
         store,
         orb_dir: args.compile.orb_dir.clone(),
         machine_images,
+        limits: args.resource_class_limits,
         registry: job::Registry::new(),
         // The engine DOCKER_HOST names, sockets in a private directory under TMPDIR.
         engine: crate::engine_proxy::EngineSettings::from_env(
@@ -570,6 +638,8 @@ pub struct CheckoutArgs {
     pub reference: Option<String>,
     #[command(flatten)]
     pub access: AccessArgs,
+    #[command(flatten)]
+    pub cache: CacheArgs,
 }
 
 /// `bosun checkout`: fetch a repository exactly as a job's checkout would (same keys, host-key
@@ -585,6 +655,7 @@ pub fn checkout(args: CheckoutArgs) -> u8 {
             url: args.url.clone(),
             reference: args.reference.clone(),
             dest: args.dest.clone(),
+            mirrors: args.cache.mirrors(),
         };
         let mut progress = |line: &str| eprintln!("{line}");
         crate::checkout::checkout(&spec, &creds, &mut progress)

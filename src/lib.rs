@@ -2,7 +2,7 @@
 //! containers. Data flows one way: job spec → plan → container → events → sink.
 //!
 //! Layers (each uses only those below it):
-//! `execute` → `job` → `executor` / `checkout` / `stream` → `config` / `ssh`.
+//! `execute` → `job` → `executor` / `checkout` / `stream` → `mirror` / `config` / `ssh`.
 
 pub mod agent;
 pub mod checkout;
@@ -13,6 +13,7 @@ pub mod execute;
 pub mod executor;
 pub mod gateway;
 pub mod job;
+pub mod mirror;
 pub mod protocol;
 pub mod runtime;
 pub mod ssh;

@@ -432,6 +432,9 @@ fn wire_job(p: &Project, env: Vec<WireEnv>) -> WireJob {
         previous_build_num: None,
         username: None,
         ssh_keys: Vec::new(),
+        // A v1 coordinator: the agent keeps its store locally.
+        store: None,
+        pipeline: None,
     }
 }
 
@@ -742,6 +745,89 @@ jobs:
         .permissions();
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(mode.mode() & 0o777, 0o600);
+}
+
+/// A job's engine objects (a running container, a volume, a network, a built image) made
+/// through its `setup_remote_docker` engine: an agent SIGKILLed while the job runs leaves them,
+/// and the restarted agent's sweep removes every one.
+#[test]
+fn after_a_crash_the_restarted_agent_removes_the_jobs_engine_objects() {
+    ensure_images();
+    let base = image("base");
+    let p = Project::new(&format!(
+        r#"version: 2.1
+jobs:
+  build:
+    docker:
+      - image: {img}
+        user: circleci
+    steps:
+      - setup_remote_docker
+      - run:
+          name: make things, then wait
+          command: |
+            docker volume create vol1 && docker network create net1
+            printf 'FROM {base}\nRUN true\n' | docker build -q -t made-by-job -
+            docker run -d -v vol1:/v --network net1 made-by-job sleep 300
+            echo engine-objects-made
+            sleep 300
+"#,
+        img = image("docker")
+    ));
+    let agent_id = format!("agent-{}", p.job_id);
+    let fake = Fake::start(&agent_id);
+    fake.st().queue.push(wire_job(&p, Vec::new()));
+    let mut agent = AgentProc::start(&fake, &agent_id);
+    let id = p.job_id.clone();
+    let made = fake.wait_for("the objects made, or the job's end", 180, |s| {
+        let log = String::from_utf8_lossy(s.logs.get(&id)?).into_owned();
+        (log.contains("engine-objects-made") || s.finish.contains_key(&id))
+            .then(|| (log.contains("engine-objects-made"), log))
+    });
+    assert!(
+        made.0,
+        "the job ended before making its objects:\n{}",
+        made.1
+    );
+    let labelled = || {
+        let f = format!("label=bosun.job={id}");
+        let mut all = Vec::new();
+        for args in [
+            ["ps", "-aq"],
+            ["volume", "ls"],
+            ["network", "ls"],
+            ["images", "-aq"],
+        ] {
+            let mut a: Vec<&str> = args.to_vec();
+            if args[0] == "volume" || args[0] == "network" {
+                a.push("-q");
+            }
+            a.extend(["--filter", &f]);
+            all.extend(
+                harness::docker(&a)
+                    .split_whitespace()
+                    .map(|s| format!("{} {s}", args[0])),
+            );
+        }
+        all
+    };
+    let before = labelled();
+    for kind in ["ps", "volume", "network", "images"] {
+        assert!(
+            before.iter().any(|o| o.starts_with(kind)),
+            "the job made a {kind} object through its engine: {before:?}"
+        );
+    }
+    agent.crash_and_restart();
+    let (fin, _) = fake.wait_for("the finish", 60, |s| s.finish.get(&id).cloned());
+    assert_eq!(fin.status, FinalStatus::InfrastructureFail);
+    // The sweep runs at start-up, before the restarted agent reports the lost job.
+    assert!(
+        labelled().is_empty(),
+        "left after the sweep: {:?}",
+        labelled()
+    );
+    p.assert_no_container_left();
 }
 
 #[test]

@@ -313,6 +313,7 @@ fn spec(url: &str, reference: Option<&str>, dest: PathBuf) -> CheckoutSpec {
         url: url.to_string(),
         reference: reference.map(str::to_string),
         dest,
+        mirrors: None,
     }
 }
 

@@ -271,7 +271,7 @@ async fn register_with(s: &Server, name: &str, token: &str) -> Agent {
     let r = try_register(s, name, token).await;
     assert_eq!(r.status(), 201);
     let reg: RegisterResponse = r.json().await.expect("json");
-    assert_eq!(reg.protocol_version, 1);
+    assert_eq!(reg.protocol_version, bosun::protocol::PROTOCOL_VERSION);
     Agent {
         base: s.base.clone(),
         id: reg.agent_id,
@@ -450,7 +450,11 @@ async fn logs_and_events_are_idempotent_and_finish_checks_the_digest() {
         "{page}"
     );
     assert!(
-        page.contains("<pre class=\"log\"><span class=\"l\" id=\"L1\"><a href=\"#L1\" data-n=\"1\" tabindex=\"-1\"></a>prep\n</span></pre>"),
+        page.contains("<pre class=\"log\"><span class=\"l\" id=\"L1\" data-t=\""),
+        "{page}"
+    );
+    assert!(
+        page.contains("<a href=\"#L1\" data-n=\"1\" tabindex=\"-1\"></a>prep\n</span></pre>"),
         "{page}"
     );
 
@@ -512,7 +516,9 @@ async fn live_stream_sends_new_log_and_the_final_status() {
                 .await;
         }
     }
-    assert!(got.contains("second <b>"), "{got}");
+    // Rendered and escaped by the coordinator (pages/live.rs), never raw markup.
+    assert!(got.contains("second &lt;b&gt;"), "{got}");
+    assert!(!got.contains("second <b>"), "{got}");
     assert!(got.contains("\"status\":\"failed\""), "{got}");
     assert!(got.contains("event: end"), "{got}");
 }
@@ -727,8 +733,14 @@ async fn job_page_follows_the_job_live_in_headless_chromium() {
         .expect("join")
         .expect("chromium");
     let dom = String::from_utf8_lossy(&out.stdout);
+    // Live lines are rendered by the coordinator (pages/live.rs): a committed part and a
+    // tail, stamped with the time their first byte arrived.
     assert!(
-        dom.contains("></a>hello &lt;world&gt;\n</span><span class=\"l\" id=\"L2\"><a href=\"#L2\" data-n=\"2\" tabindex=\"-1\"></a>LIVE &lt;tail&gt;\n</span></pre>"),
+        dom.contains("></a>hello &lt;world&gt;\n</span><span class=\"l\" id=\"L2\" data-t=\""),
+        "{dom}"
+    );
+    assert!(
+        dom.contains("<a href=\"#L2\" data-n=\"2\" tabindex=\"-1\"></a><span class=\"lc\">LIVE &lt;tail&gt;</span><span class=\"lt\"></span>\n</span></pre>"),
         "{dom}"
     );
     assert!(
@@ -736,12 +748,119 @@ async fn job_page_follows_the_job_live_in_headless_chromium() {
         "{dom}"
     );
     assert!(
-        dom.contains("<a href=\"#L3\" data-n=\"3\" tabindex=\"-1\"></a>in the step\n</span></pre>"),
+        dom.contains("<a href=\"#L3\" data-n=\"3\" tabindex=\"-1\"></a><span class=\"lc\">in the step</span><span class=\"lt\"></span>\n</span></pre>"),
         "{dom}"
     );
     assert!(
         dom.contains("id=\"status\" data-status=\"success\"><span class=\"badge st-success\">"),
         "{dom}"
+    );
+}
+
+/// Issue 18: live text renders through the coordinator's ANSI renderer — colours show live,
+/// also when an escape is cut across two appends or the page loaded mid-line and mid-colour,
+/// and progress lines collapse; each line can show the time its first byte arrived.
+#[tokio::test]
+async fn live_lines_are_coloured_and_lines_show_their_arrival_time_on_demand() {
+    let mut s = fresh_with(&[], true);
+    let a = register(&s, "a1").await;
+    let id = enqueue(&s.data, &[]);
+    a.claim_job(5).await;
+    let first: &[u8] = b"start\npartial \x1b[32mgre";
+    a.log(&id, 0, first).await;
+    let url = format!("{}/jobs/{id}", s.base);
+    let (opened_tx, opened_rx) = std::sync::mpsc::channel::<()>();
+    let (sent_tx, sent_rx) = std::sync::mpsc::channel::<()>();
+    let browser = tokio::spawn(with_browser(120, move |b| {
+        b.open(&url);
+        let _ = opened_tx.send(());
+        let _ = sent_rx.recv_timeout(Duration::from_secs(60));
+        b.wait_for("document.querySelectorAll('#log .l').length === 4 && !document.querySelector('#log .lt:not(:empty)')");
+        let lines = b.eval("[...document.querySelectorAll('#log .l')].map(l => l.textContent)");
+        let colours = b.eval(
+            "[...document.querySelectorAll('#log .l span[class^=f]')].map(e => [e.className, e.textContent])",
+        );
+        let escapes = b.eval("document.getElementById('log').textContent.includes('\\x1b')");
+        let hidden = b.eval("getComputedStyle(document.querySelector('#L1'), '::before').content");
+        b.eval("document.getElementById('ts-toggle').click()");
+        let shown = b.eval(
+            "[document.getElementById('log').className, location.search, \
+              document.getElementById('ts-toggle').getAttribute('aria-pressed'), \
+              [...document.querySelectorAll('#log .l')].map(l => l.dataset.t || ''), \
+              getComputedStyle(document.querySelector('#L3'), '::before').content]",
+        );
+        (lines, colours, escapes, hidden, shown)
+    }));
+    let log = s.log.take().expect("server log");
+    tokio::task::spawn_blocking(move || {
+        let _ = opened_rx.recv_timeout(Duration::from_secs(60));
+        loop {
+            let line = log
+                .recv_timeout(Duration::from_secs(30))
+                .expect("the page never opened its live stream");
+            if line.contains("live stream opened") {
+                break;
+            }
+        }
+    })
+    .await
+    .expect("join");
+    // A new second: the lines from here on arrived later than the first ones.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let pieces: [&[u8]; 3] = [
+        b"en\x1b[0m end\nplain \x1b[3",
+        b"1mred\x1b[0m\n  0%\r 50%",
+        b"\r100%\n",
+    ];
+    let mut all = first.to_vec();
+    for p in pieces {
+        a.log(&id, all.len() as u64, p).await;
+        all.extend_from_slice(p);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let _ = sent_tx.send(());
+    let (lines, colours, escapes, hidden, shown) =
+        browser.await.expect("join").expect("chromium is installed");
+    assert_eq!(
+        lines,
+        json!(["start\n", "partial green end\n", "plain red\n", "100%\n"]),
+        "{colours}"
+    );
+    assert_eq!(colours, json!([["f2", "green"], ["f1", "red"]]));
+    assert_eq!(escapes, json!(false));
+    assert_eq!(hidden, json!("none"), "no times before the toggle");
+    let times = shown[3].as_array().expect("times");
+    assert_eq!(shown[0], json!("ts"));
+    assert_eq!(shown[1], json!("?timestamps=1"));
+    assert_eq!(shown[2], json!("true"));
+    assert!(
+        times.iter().all(|t| {
+            let t = t.as_str().unwrap_or("");
+            t.len() == 8 && t.bytes().filter(|b| *b == b':').count() == 2
+        }),
+        "{shown}"
+    );
+    assert_ne!(times[0], times[2], "{shown}");
+    assert_eq!(
+        shown[4],
+        json!(format!("\"{}\"", times[2].as_str().unwrap_or("")))
+    );
+    // Without the script: `?timestamps=1` renders every line's time.
+    assert_eq!(
+        a.finish(&id, FinalStatus::Success, &all).await.status(),
+        200
+    );
+    let page = get_text(&format!("{}/jobs/{id}?timestamps=1", s.base)).await;
+    assert!(page.contains("<div id=\"log\" class=\"ts\">"), "{page}");
+    assert_eq!(
+        page.matches("<span class=\"l\" id=\"L").count(),
+        4,
+        "{page}"
+    );
+    assert_eq!(page.matches("\" data-t=\"").count(), 4, "{page}");
+    assert!(
+        page.contains("<span class=\"f2\">green</span> end"),
+        "{page}"
     );
 }
 

@@ -82,6 +82,8 @@ fn a_job_builds_runs_and_sees_only_its_own_objects() {
             docker network create jobnet
             docker run -d --name web --network jobnet app:1 sleep 300
             docker exec web cat /built
+            echo through-exec-stdin | docker exec -i web cat
+            echo through-attach-stdin | docker run -i --rm app:1 cat
             docker cp ctx/Dockerfile web:/tmp/Dockerfile && docker cp web:/built ./got && cat got
             docker exec web cat /tmp/Dockerfile | grep -q FROM
             timeout 5 docker logs -f web || true
@@ -102,10 +104,13 @@ fn a_job_builds_runs_and_sees_only_its_own_objects() {
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
     let s = &out.stdout;
     assert!(
-        s.contains("layer cache: the agent's engine cache is shared"),
+        s.contains("layer cache: layers of the images already on the agent's engine are reused; the images this job builds are removed at its end"),
         "{s}"
     );
     assert!(s.matches("built").count() >= 2, "{s}");
+    // stdin reaches `exec -i` and `run -i` through the hijacked (upgraded) connections.
+    assert!(s.contains("through-exec-stdin"), "{s}");
+    assert!(s.contains("through-attach-stdin"), "{s}");
     assert!(
         s.contains("ps: web "),
         "docker ps shows exactly the job's container: {s}"

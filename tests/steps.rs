@@ -166,15 +166,24 @@ jobs:
     // gives the job its own scoped engine (tests/engine_proxy.rs covers what that engine
     // allows).
     let p2 = Project::new(&format!(
-        "version: 2.1\njobs:\n  build:\n    docker: [{{image: {}}}]\n    steps: [setup_remote_docker]\n",
+        "version: 2.1\njobs:\n  build:\n    docker: [{{image: {}}}]\n    steps:\n      - setup_remote_docker\n      - setup_remote_docker: {{version: 20.10.18, docker_layer_caching: true}}\n",
         image("base")
     ));
     let out = p2.execute(&["--json"]);
     assert_eq!(out.code, 0, "{}", out.stdout);
+    // The bare step says nothing of a layer cache; the second asks for one and a version,
+    // and is told what it gets (`bosun execute` keeps no images).
+    let first = output(&out.events, None, 0);
+    let second = output(&out.events, None, 1);
+    assert!(first.contains("DOCKER_HOST=unix://"), "{first}");
+    assert!(!first.contains("layer cache"), "{first}");
     assert!(
-        output(&out.events, None, 0).contains("layer cache: the agent's engine cache is shared"),
-        "{}",
-        out.stdout
+        second.contains("version: 20.10.18 was asked for"),
+        "{second}"
+    );
+    assert!(
+        second.contains("the images this job builds are removed at its end"),
+        "{second}"
     );
     p2.assert_no_container_left();
     p.assert_no_container_left();

@@ -37,6 +37,12 @@ pub struct AgentConfig {
     pub spool_dir: PathBuf,
     #[serde(default = "d_store_dir")]
     pub store_dir: PathBuf,
+    /// Repository mirrors are kept in its `mirrors/` (checkouts fetch only what is new).
+    #[serde(default = "d_cache_dir")]
+    pub cache_dir: PathBuf,
+    /// Size budget of the mirrors in MiB; the least recently used go first beyond it.
+    #[serde(default = "d_cache_budget_mb")]
+    pub cache_budget_mb: u64,
     #[serde(default)]
     pub docker_host: Option<String>,
     #[serde(default)]
@@ -57,6 +63,11 @@ pub struct AgentConfig {
     /// bosun/machine unless mapped here).
     #[serde(default)]
     pub machine_images: std::collections::BTreeMap<String, String>,
+    /// What a docker job's `resource_class` does: `apply` CircleCI's CPUs and memory for the
+    /// class as container limits, `scale:FACTOR` them (e.g. `scale:0.5` on a smaller host),
+    /// or `off`.
+    #[serde(default)]
+    pub resource_class_limits: crate::job::LimitPolicy,
     /// Serve `/metrics`, `/healthz` and `/readyz` here (e.g. `127.0.0.1:9464`); none: off.
     #[serde(default)]
     pub metrics_listen: Option<String>,
@@ -88,7 +99,9 @@ pub struct AgentConfig {
     pub engine_memory_mb: Option<u64>,
     #[serde(default)]
     pub engine_max_containers: Option<u64>,
-    /// Keep the images jobs build (layer reuse by later jobs) instead of removing them.
+    /// Keep the images built by jobs that ask for `docker_layer_caching` (layer reuse by later
+    /// jobs) instead of removing them. Kept images are readable by every later job of this
+    /// agent, whatever its project: only for agents serving one trust domain.
     #[serde(default)]
     pub engine_keep_images: bool,
     /// While idle, keep a container created and started for the images (and users) of this
@@ -149,6 +162,12 @@ fn d_spool_dir() -> PathBuf {
 fn d_store_dir() -> PathBuf {
     "/var/cache/bosun/store".into()
 }
+fn d_cache_dir() -> PathBuf {
+    "/var/cache/bosun".into()
+}
+fn d_cache_budget_mb() -> u64 {
+    crate::mirror::DEFAULT_BUDGET_BYTES >> 20
+}
 fn d_kill_grace() -> u64 {
     3
 }
@@ -205,6 +224,8 @@ const KEYS: &[(&str, Kind)] = &[
     ("work_dir", Kind::Str),
     ("spool_dir", Kind::Str),
     ("store_dir", Kind::Str),
+    ("cache_dir", Kind::Str),
+    ("cache_budget_mb", Kind::Int),
     ("docker_host", Kind::Str),
     ("network", Kind::Str),
     ("vcs_hosts", Kind::List),
@@ -226,6 +247,7 @@ const KEYS: &[(&str, Kind)] = &[
     ("engine_memory_mb", Kind::Int),
     ("engine_max_containers", Kind::Int),
     ("engine_keep_images", Kind::Bool),
+    ("resource_class_limits", Kind::Str),
 ];
 
 impl AgentConfig {

@@ -108,6 +108,7 @@ impl AgentMetrics {
         let kind = match e {
             ExecutorError::Connect { .. } => "connect",
             ExecutorError::ImageMissing { .. } => "image_missing",
+            ExecutorError::PullRefused { .. } => "pull_refused",
             ExecutorError::Engine { .. } => "engine",
             ExecutorError::Protocol { .. } => "protocol",
         };

@@ -8,6 +8,7 @@
 //! SIGHUP re-reads the config file (`concurrency`, `labels`). Under systemd
 //! (`NOTIFY_SOCKET`) it reports READY/STATUS/STOPPING and pings the watchdog.
 
+pub mod blobs;
 pub mod client;
 pub mod config;
 mod control;
@@ -694,6 +695,7 @@ async fn heartbeat_loop(agent: Arc<Agent>) {
             .map(|(id, e)| RunningJob {
                 job_id: id.clone(),
                 state: e.state.lock().map(|s| s.clone()).unwrap_or_default(),
+                ssh: crate::gateway::job_state(&agent.registry, id),
             })
             .collect();
         let delivering: Vec<String> = agent
@@ -706,6 +708,7 @@ async fn heartbeat_loop(agent: Arc<Agent>) {
                 running.push(RunningJob {
                     job_id: id,
                     state: "delivering its log".to_owned(),
+                    ssh: None,
                 });
             }
         }
@@ -874,7 +877,7 @@ mod debug_tests {
         let resp = protocol::RegisterResponse {
             agent_id: "agent-1".into(),
             agent_token: "bosun-agent-SECRET2".into(),
-            protocol_version: 1,
+            protocol_version: 2,
         };
         let id = Identity {
             agent_id: "agent-1".into(),

@@ -9,6 +9,7 @@
 //!   its host name;
 //! - PHYSICAL: what libgit2 dials, after the host mapping (e.g. 127.0.0.1:2222 in tests).
 
+use crate::mirror::{MirrorError, Mirrors};
 use crate::ssh::{
     parse_ssh_url, resolve_relative_url, verify_host_key, HostKeyError, HostKeyType, KnownHosts,
     SshKey, VcsHosts,
@@ -28,6 +29,8 @@ pub struct CheckoutSpec {
     /// Branch, tag, or full/abbreviated (≥ 7) commit SHA; `None` = the remote's HEAD branch.
     pub reference: Option<String>,
     pub dest: PathBuf,
+    /// Fetch through these mirrors (SSH remotes; a new `dest`); `None`: straight into `dest`.
+    pub mirrors: Option<Mirrors>,
 }
 
 pub struct Credentials {
@@ -50,6 +53,8 @@ const FETCH_REFSPECS: [&str; 2] = [
     "+refs/heads/*:refs/remotes/origin/*",
     "+refs/tags/*:refs/tags/*",
 ];
+/// A mirror keeps the remote's own names (and drops what the remote deleted).
+const MIRROR_REFSPECS: [&str; 2] = ["+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"];
 const DEPLOY_KEY_NOTE: &str = "A deploy key opens only the one repository it was added to; \
      submodules and other private repositories need a user key (Project Settings → SSH Keys → \
      Add User Key), which is offered first.";
@@ -97,6 +102,8 @@ pub enum CheckoutError {
     Submodule { path: String, message: String },
     #[error("checkout destination {}: {message}", path.display())]
     Dest { path: PathBuf, message: String },
+    #[error(transparent)]
+    Mirror(#[from] MirrorError),
     #[error("{context}: {source}")]
     Git {
         context: String,
@@ -142,6 +149,14 @@ struct RemotePlan {
     /// Logical (host, port) to check host keys under; `None` for non-SSH transports.
     host_check: Option<(String, u16)>,
     describe: String,
+}
+
+impl RemotePlan {
+    /// What names a mirror: the address dialled and the host whose key is checked there.
+    fn mirror_address(&self) -> Option<String> {
+        let (host, port) = self.host_check.as_ref()?;
+        Some(format!("{} {host}:{port}", self.physical))
+    }
 }
 
 fn plan_remote(written: &str, hosts: &VcsHosts) -> RemotePlan {
@@ -203,6 +218,7 @@ fn fetch_once(
     refspecs: &[&str],
     creds: &Credentials,
     first: usize,
+    prune: bool,
 ) -> Result<Option<String>, FetchFailure> {
     let next_key = Cell::new(first);
     let offered: RefCell<Vec<usize>> = RefCell::new(Vec::new());
@@ -266,6 +282,9 @@ fn fetch_once(
         let mut fo = FetchOptions::new();
         fo.remote_callbacks(callbacks);
         fo.download_tags(AutotagOption::None);
+        if prune {
+            fo.prune(git2::FetchPrune::On);
+        }
         let mut remote = match repo.remote_anonymous(&plan.physical) {
             Ok(r) => r,
             Err(e) => return Err(FetchFailure::Other(e)),
@@ -321,6 +340,7 @@ fn fetch_with_keys(
     plan: &RemotePlan,
     refspecs: &[&str],
     creds: &Credentials,
+    prune: bool,
 ) -> Result<Option<String>, CheckoutError> {
     let describe = |i: &usize| {
         creds
@@ -333,7 +353,7 @@ fn fetch_with_keys(
     let mut refused: Vec<usize> = Vec::new();
     let mut first = 0;
     loop {
-        match fetch_once(repo, plan, refspecs, creds, first) {
+        match fetch_once(repo, plan, refspecs, creds, first, prune) {
             Ok(head) => return Ok(head),
             Err(FetchFailure::HostKey(source)) => {
                 return Err(CheckoutError::HostKey {
@@ -392,13 +412,43 @@ fn no_access(
     }
 }
 
+/// libgit2 maps pack files in 1 GiB windows with an 8 GiB limit on 64-bit, and every page it
+/// touches stays resident while mapped: a cold clone touched the whole pack twice (indexing,
+/// then writing the tree) and kept it all in RSS, on top of an object cache of 256 MiB. Small
+/// windows under a low mapped limit (unmapped least recently used first) and no object
+/// cache (a checkout reads each tree and blob once) bound what a checkout holds. Process-wide
+/// settings: set once, before the first repository is opened.
+fn tune_libgit2() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: libgit2 reads these globals when it maps a pack; the Once sets them before
+        // any checkout opens a repository, and nothing else in bosun changes them.
+        let results = unsafe {
+            [
+                git2::opts::set_mwindow_size(MWINDOW_SIZE),
+                git2::opts::set_mwindow_mapped_limit(MWINDOW_MAPPED_LIMIT),
+            ]
+        };
+        git2::opts::enable_caching(false);
+        for r in results {
+            if let Err(e) = r {
+                tracing::warn!("libgit2 settings: {e}");
+            }
+        }
+    });
+}
+
+const MWINDOW_SIZE: usize = 1 << 20;
+const MWINDOW_MAPPED_LIMIT: usize = 4 << 20;
+
 /// Clones (or updates) `spec.dest` and checks out the requested reference and all submodules.
 pub fn checkout(
     spec: &CheckoutSpec,
     creds: &Credentials,
     progress: &mut dyn FnMut(&str),
 ) -> Result<CheckoutOutcome, CheckoutError> {
-    let repo = open_or_init(&spec.dest)?;
+    tune_libgit2();
+    let (repo, fresh) = open_or_init(&spec.dest)?;
     let plan = plan_remote(&spec.url, &creds.hosts);
     progress(&format!("Cloning {}", plan.describe));
     match repo.find_remote("origin") {
@@ -410,7 +460,8 @@ pub fn checkout(
                 .map_err(git_err("adding the origin remote"))?;
         }
     }
-    let remote_head = fetch_with_keys(&repo, &plan, &FETCH_REFSPECS, creds)?;
+    let mirrors = spec.mirrors.as_ref().filter(|_| fresh);
+    let remote_head = fetch_repo(&repo, &plan, creds, mirrors, progress)?;
     let target = resolve_reference(&repo, spec.reference.as_deref(), remote_head, &plan, creds)?;
     let commit = repo
         .find_commit(target.commit)
@@ -439,7 +490,14 @@ pub fn checkout(
         Path::new(""),
         &mut submodules,
         0,
+        spec.mirrors.as_ref(),
     )?;
+    if let Some(m) = &spec.mirrors {
+        // Over budget: the least recently used mirrors go (never one in use).
+        if let Err(e) = m.evict() {
+            tracing::warn!("mirror cache: {e}");
+        }
+    }
     let sha = commit.id().to_string();
     let what = match (&target.branch, &target.tag) {
         (Some(b), _) => format!(" (branch {b})"),
@@ -455,12 +513,15 @@ pub fn checkout(
     })
 }
 
-fn open_or_init(dest: &Path) -> Result<Repository, CheckoutError> {
+/// The repository at `dest`, and whether it was made now.
+fn open_or_init(dest: &Path) -> Result<(Repository, bool), CheckoutError> {
     if dest.join(".git").exists() {
-        return Repository::open(dest).map_err(git_err(format!(
-            "opening the existing repository in {}",
-            dest.display()
-        )));
+        return Repository::open(dest)
+            .map(|r| (r, false))
+            .map_err(git_err(format!(
+                "opening the existing repository in {}",
+                dest.display()
+            )));
     }
     if let Ok(mut entries) = std::fs::read_dir(dest) {
         if entries.next().is_some() {
@@ -470,10 +531,57 @@ fn open_or_init(dest: &Path) -> Result<Repository, CheckoutError> {
             });
         }
     }
-    Repository::init(dest).map_err(git_err(format!(
-        "creating a repository in {}",
-        dest.display()
-    )))
+    Repository::init(dest)
+        .map(|r| (r, true))
+        .map_err(git_err(format!(
+            "creating a repository in {}",
+            dest.display()
+        )))
+}
+
+/// Fetch what `plan` names into `repo`: through the mirror when there is one, else
+/// directly. The mirror is fetched into with the job's own keys and host-key check before
+/// anything of it reaches `repo`, even when it is up to date (then the fetch is one ref
+/// advertisement): a key that cannot read the repository fails here, whatever the mirror
+/// holds.
+fn fetch_repo(
+    repo: &Repository,
+    plan: &RemotePlan,
+    creds: &Credentials,
+    mirrors: Option<&Mirrors>,
+    progress: &mut dyn FnMut(&str),
+) -> Result<Option<String>, CheckoutError> {
+    let (Some(mirrors), Some(address)) = (mirrors, plan.mirror_address()) else {
+        return fetch_with_keys(repo, plan, &FETCH_REFSPECS, creds, false);
+    };
+    let mut mirror = mirrors.open(&address, &plan.written, progress)?;
+    let head = match fetch_with_keys(mirror.repo(), plan, &MIRROR_REFSPECS, creds, true) {
+        Ok(head) => head,
+        Err(CheckoutError::Git { source, .. })
+            if is_local_damage(&source) && !mirror.is_empty() =>
+        {
+            mirror.reset(source.message(), progress)?;
+            fetch_with_keys(mirror.repo(), plan, &MIRROR_REFSPECS, creds, true)?
+        }
+        Err(e) => return Err(e),
+    };
+    mirror.materialize(repo)?;
+    Ok(head)
+}
+
+/// A fetch that failed on the mirror's own files (not the network, not access): starting
+/// afresh mends it.
+fn is_local_damage(e: &git2::Error) -> bool {
+    matches!(
+        e.class(),
+        ErrorClass::Odb
+            | ErrorClass::Zlib
+            | ErrorClass::Indexer
+            | ErrorClass::Reference
+            | ErrorClass::Object
+            | ErrorClass::Repository
+            | ErrorClass::Filesystem
+    )
 }
 
 struct Target {
@@ -548,7 +656,7 @@ fn resolve_reference(
         if reference.len() == 40 {
             // Not reachable from any branch or tag: ask for the object itself (servers allow
             // this only with uploadpack.allowAnySHA1InWant or protocol v2).
-            if fetch_with_keys(repo, plan, &[reference], creds).is_ok() {
+            if fetch_with_keys(repo, plan, &[reference], creds, false).is_ok() {
                 if let Ok(c) = Oid::from_str(reference).and_then(|o| repo.find_commit(o)) {
                     return Ok(Target {
                         commit: c.id(),
@@ -627,6 +735,7 @@ const MAX_SUBMODULE_DEPTH: usize = 8;
 
 /// Each submodule is fetched with its own callbacks (same keys, same host-key check) because
 /// its URL may name another host, and libgit2's own submodule update cannot use ours.
+#[allow(clippy::too_many_arguments)] // recursion state; grouping it would only rename it
 fn update_submodules(
     repo: &Repository,
     parent_url: &str,
@@ -635,6 +744,7 @@ fn update_submodules(
     prefix: &Path,
     out: &mut Vec<(String, String)>,
     depth: usize,
+    mirrors: Option<&Mirrors>,
 ) -> Result<(), CheckoutError> {
     let submodules = repo.submodules().map_err(git_err("reading .gitmodules"))?;
     for mut sm in submodules {
@@ -676,21 +786,24 @@ fn update_submodules(
             )))?;
         let plan = plan_remote(&url, &creds.hosts);
         progress(&format!("Submodule {full_path} → {}", plan.describe));
-        let subrepo = match sm.open() {
-            Ok(r) => r,
-            Err(_) => sm.repo_init(true).map_err(git_err(format!(
-                "creating the repository of submodule {full_path}"
-            )))?,
+        let (subrepo, fresh) = match sm.open() {
+            Ok(r) => (r, false),
+            Err(_) => (
+                sm.repo_init(true).map_err(git_err(format!(
+                    "creating the repository of submodule {full_path}"
+                )))?,
+                true,
+            ),
         };
         match subrepo.find_remote("origin") {
             Ok(_) => subrepo.remote_set_url("origin", &url),
             Err(_) => subrepo.remote("origin", &url).map(|_| ()),
         }
         .map_err(git_err(format!("setting origin of submodule {full_path}")))?;
-        fetch_with_keys(&subrepo, &plan, &FETCH_REFSPECS, creds)?;
+        fetch_repo(&subrepo, &plan, creds, mirrors.filter(|_| fresh), progress)?;
         if subrepo.find_commit(gitlink).is_err() {
             let sha = gitlink.to_string();
-            let fetched = fetch_with_keys(&subrepo, &plan, &[sha.as_str()], creds);
+            let fetched = fetch_with_keys(&subrepo, &plan, &[sha.as_str()], creds, false);
             if fetched.is_err() || subrepo.find_commit(gitlink).is_err() {
                 return Err(sm_err(format!(
                     "commit {gitlink} recorded by the parent is not on any branch or tag of {url} \
@@ -716,6 +829,7 @@ fn update_submodules(
             &prefix.join(&rel_path),
             out,
             depth + 1,
+            mirrors,
         )?;
     }
     Ok(())

@@ -67,6 +67,20 @@ pub(crate) fn lower(e: &Engine, x: &Expanded) -> Result<CompiledJob, ConfigError
         },
     };
     let steps = steps(e, x)?;
+    let resource_class = string_key("resource_class")?;
+    let sized_class = match (&executor, &resource_class, job.get("resource_class")) {
+        (ExecutorKind::Docker, Some(name), Some(node)) => {
+            super::resource_class::docker_class(name.trim()).map_err(|known| {
+                e.err_hint(
+                    node,
+                    &join(path, "resource_class"),
+                    format!("`{name}` is not a resource class of the docker executor"),
+                    format!("use one of {known}, or `namespace/name` for a self-hosted runner"),
+                )
+            })?
+        }
+        _ => None,
+    };
     let primary = docker.first().cloned().unwrap_or_default();
     Ok(CompiledJob {
         plan: JobPlan {
@@ -83,9 +97,11 @@ pub(crate) fn lower(e: &Engine, x: &Expanded) -> Result<CompiledJob, ConfigError
             steps,
             services: docker.iter().skip(1).cloned().collect(),
             executor,
+            resource_class: sized_class,
+            unsupported: docker.iter().find_map(|d| d.unsupported_auth.clone()),
         },
         docker,
-        resource_class: string_key("resource_class")?,
+        resource_class,
     })
 }
 
@@ -210,6 +226,18 @@ fn images(e: &Engine, node: &Node, path: &str) -> Result<Vec<DockerImage>, Confi
                 Some((get("username")?, get("password")?))
             }
         };
+        // Cloud registry credentials: valid config, but this agent has no AWS or GCP client.
+        let unsupported_auth = ["aws_auth", "gcp_auth"].iter().find_map(|k| {
+            item.get(k).map(|n| {
+                e.err_hint(
+                    n,
+                    &join(&p, k),
+                    format!("`{k}` (pulling `{image}` with cloud credentials) is not supported by this agent"),
+                    "use `auth: {username, password}` instead (e.g. a registry token in a project secret), or load the image on the agent's engine and drop the key",
+                )
+                .to_string()
+            })
+        });
         let name = opt_str("name")?;
         if let (Some(n), Some(node)) = (&name, item.get("name")) {
             if !valid_host_name(n) {
@@ -243,6 +271,7 @@ fn images(e: &Engine, node: &Node, path: &str) -> Result<Vec<DockerImage>, Confi
                 Some(n) => env_map(e, n, &join(&p, "environment"))?,
             },
             auth,
+            unsupported_auth,
         });
     }
     Ok(out)
@@ -600,8 +629,26 @@ fn step(e: &Engine, item: &Node, path: &str) -> Result<Step, ConfigError> {
                 "prefer_same_region",
                 "name",
             ])?;
+            let docker_layer_caching = match a.and_then(|a| a.get("docker_layer_caching")) {
+                None => false,
+                Some(n) => match (&n.value, n.as_str()) {
+                    (Value::Bool(v), _) => *v,
+                    (_, Some("true")) => true,
+                    (_, Some("false")) => false,
+                    _ => {
+                        return Err(e.err(
+                            n,
+                            &join(path, "docker_layer_caching"),
+                            format!("expected true or false, found {}", n.kind()),
+                        ))
+                    }
+                },
+            };
             plain(
-                StepKind::SetupRemoteDocker,
+                StepKind::SetupRemoteDocker {
+                    docker_layer_caching,
+                    version: opt_str(a, "version")?,
+                },
                 named(a, "Setup a remote Docker engine")?,
             )
         }

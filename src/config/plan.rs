@@ -29,6 +29,12 @@ pub struct JobPlan {
     /// What the steps run in; for `Machine`, `image` is the `machine:` image name
     /// (`default` for `machine: true`), mapped to a local image by the agent.
     pub executor: ExecutorKind,
+    /// A docker job's sized `resource_class:` (none for no class, a runner class or a machine
+    /// job): the agent turns it into container limits.
+    pub resource_class: Option<super::resource_class::ResourceClass>,
+    /// Why this agent cannot run the job although its config is valid (an image's
+    /// `aws_auth:`): the error with its place in the config, reported when the job runs.
+    pub unsupported: Option<String>,
 }
 
 /// The kind of executor a job asks for.
@@ -85,7 +91,13 @@ pub enum StepKind {
     AddSshKeys {
         fingerprints: Vec<String>,
     },
-    SetupRemoteDocker,
+    /// `version` is shown, not honoured: jobs get the agent's engine. With
+    /// `docker_layer_caching`, the images the job builds stay on the engine when the agent
+    /// keeps images (`engine_keep_images`); otherwise they are removed with the job.
+    SetupRemoteDocker {
+        docker_layer_caching: bool,
+        version: Option<String>,
+    },
 }
 
 impl StepKind {
@@ -101,7 +113,7 @@ impl StepKind {
             StepKind::StoreArtifacts { .. } => "store_artifacts",
             StepKind::StoreTestResults { .. } => "store_test_results",
             StepKind::AddSshKeys { .. } => "add_ssh_keys",
-            StepKind::SetupRemoteDocker => "setup_remote_docker",
+            StepKind::SetupRemoteDocker { .. } => "setup_remote_docker",
         }
     }
 }
@@ -118,6 +130,10 @@ pub struct DockerImage {
     pub environment: Vec<(String, String)>,
     /// `auth: {username, password}` for a private registry.
     pub auth: Option<(String, String)>,
+    /// `aws_auth:` / `gcp_auth:` (cloud registry credentials), which this agent cannot use:
+    /// the whole error (file:line:col, key, image), reported when the job is run rather than
+    /// compiled, since the config itself is valid.
+    pub unsupported_auth: Option<String>,
 }
 
 /// A compiled build job: the plan the executor runs plus the executor facts it does not use yet.

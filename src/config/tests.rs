@@ -149,7 +149,31 @@ fn data_only_steps_compile_into_the_plan() {
             keys: vec!["k1".into(), "k2".into()]
         }
     );
-    assert_eq!(plan.steps[2].kind, StepKind::SetupRemoteDocker);
+    assert_eq!(
+        plan.steps[2].kind,
+        StepKind::SetupRemoteDocker {
+            docker_layer_caching: false,
+            version: None
+        }
+    );
+}
+
+#[test]
+fn setup_remote_docker_keeps_its_layer_caching_and_version() {
+    let text = "version: 2.1\ncommands:\n  rd:\n    parameters: {dlc: {type: boolean, default: true}}\n    steps:\n      - setup_remote_docker: {docker_layer_caching: << parameters.dlc >>, version: 20.10.18}\njobs:\n  build:\n    docker: [{image: x}]\n    steps: [rd]\n";
+    let plan = compile(text, "build").expect("compiles");
+    assert_eq!(
+        plan.steps[0].kind,
+        StepKind::SetupRemoteDocker {
+            docker_layer_caching: true,
+            version: Some("20.10.18".into())
+        }
+    );
+    let bad = "version: 2.1\njobs:\n  build:\n    docker: [{image: x}]\n    steps:\n      - setup_remote_docker: {docker_layer_caching: [yes]}\n";
+    let e = compile(bad, "build").expect_err("a list is no boolean");
+    assert!(e.to_string().contains("docker_layer_caching"), "{e}");
+    assert!(e.to_string().contains("expected true or false"), "{e}");
+    assert_eq!(e.pos.line, 6, "{e}");
 }
 
 const PARAMS: &str = r#"version: 2.1
@@ -347,4 +371,33 @@ fn when_semantics() {
     assert!(When::OnFail.should_run(true));
     assert!(!When::OnFail.should_run(false));
     assert!(When::Always.should_run(true));
+}
+
+#[test]
+fn requires_with_statuses_are_kept_and_a_bad_status_is_located() {
+    let text = "version: 2.1\njobs:\n  a: {docker: [{image: x}], steps: [checkout]}\nworkflows:\n  w:\n    jobs:\n      - a\n      - a:\n          name: b\n          requires: [{a: [failed, canceled]}]\n      - a:\n          name: c\n          requires: [{b: terminal}, a]\n";
+    let c = super::compile(text, "c.yml", &CompileOptions::default()).expect("compiles");
+    let wf = &c.workflows[0];
+    assert_eq!(
+        wf.jobs[1].accepted("a"),
+        [RequiredStatus::Failed, RequiredStatus::Canceled]
+    );
+    assert_eq!(wf.jobs[2].accepted("b"), RequiredStatus::TERMINAL);
+    assert_eq!(wf.jobs[2].accepted("a"), [RequiredStatus::Success]);
+    use crate::protocol::WorkflowJobStatus as W;
+    let status = |s: Option<W>| move |_: &str| s;
+    assert_eq!(wf.jobs[1].readiness(status(None)), Readiness::Wait);
+    assert_eq!(
+        wf.jobs[1].readiness(status(Some(W::Failed))),
+        Readiness::Ready
+    );
+    assert!(matches!(
+        wf.jobs[1].readiness(status(Some(W::Success))),
+        Readiness::Blocked { .. }
+    ));
+    let bad = text.replace("terminal", "done");
+    let errs = super::compile(&bad, "c.yml", &CompileOptions::default()).expect_err("refused");
+    let e = errs[0].to_string();
+    assert!(e.starts_with("c.yml:13:"), "{e}");
+    assert!(e.contains("`done` is not a status"), "{e}");
 }

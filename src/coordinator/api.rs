@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// An error answer: status plus JSON [`ApiError`].
-pub struct Failure(StatusCode, String);
+pub struct Failure(pub StatusCode, pub String);
 
 impl IntoResponse for Failure {
     fn into_response(self) -> Response {
@@ -34,7 +34,7 @@ impl From<CoordError> for Failure {
     }
 }
 
-type ApiResult = std::result::Result<Response, Failure>;
+pub(crate) type ApiResult = std::result::Result<Response, Failure>;
 
 /// Middleware over the whole server: an error answer that is neither JSON nor an HTML page
 /// (axum's rejections of a bad query or body, 405, 413, …) becomes the documented
@@ -90,12 +90,16 @@ pub fn router(state: Arc<AppState>) -> Router {
         // A log chunk is at most MAX_LOG_CHUNK; leave room for JSON bodies' overhead.
         .layer(DefaultBodyLimit::max(MAX_LOG_CHUNK + 64 * 1024))
         .layer(axum::middleware::from_fn(super::server::request_timeout))
-        .with_state(state);
-    Router::new().nest(API_PREFIX, api)
+        .with_state(state.clone());
+    // The store's endpoints bound their bodies themselves (blob pieces are streamed to disk).
+    Router::new().nest(API_PREFIX, api.merge(super::blobs::api::router(state)))
 }
 
 /// The caller's agent id from `Authorization: Bearer …`, or 401.
-async fn agent(state: &AppState, headers: &HeaderMap) -> std::result::Result<String, Failure> {
+pub(crate) async fn agent(
+    state: &AppState,
+    headers: &HeaderMap,
+) -> std::result::Result<String, Failure> {
     let token = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -120,11 +124,11 @@ async fn agent(state: &AppState, headers: &HeaderMap) -> std::result::Result<Str
     }
 }
 
-fn job_id(raw: &str) -> std::result::Result<i64, Failure> {
+pub(crate) fn job_id(raw: &str) -> std::result::Result<i64, Failure> {
     store::parse_job_id(raw).ok_or_else(|| Failure(StatusCode::NOT_FOUND, format!("no job {raw}")))
 }
 
-fn refused(id: i64, lease: Lease) -> Failure {
+pub(crate) fn refused(id: i64, lease: Lease) -> Failure {
     match lease {
         Lease::NotFound => Failure(StatusCode::NOT_FOUND, format!("no job {id}")),
         Lease::FinishedByYou(s) => Failure(
@@ -145,7 +149,7 @@ fn refused(id: i64, lease: Lease) -> Failure {
 }
 
 /// The optional `Bosun-Attempt` header of a job write (see docs/protocol.md).
-fn attempt(headers: &HeaderMap) -> std::result::Result<Option<u32>, Failure> {
+pub(crate) fn attempt(headers: &HeaderMap) -> std::result::Result<Option<u32>, Failure> {
     let Some(v) = headers.get(ATTEMPT_HEADER) else {
         return Ok(None);
     };
@@ -161,7 +165,9 @@ fn attempt(headers: &HeaderMap) -> std::result::Result<Option<u32>, Failure> {
         })
 }
 
-fn json_body<T: serde::de::DeserializeOwned>(body: &Bytes) -> std::result::Result<T, Failure> {
+pub(crate) fn json_body<T: serde::de::DeserializeOwned>(
+    body: &Bytes,
+) -> std::result::Result<T, Failure> {
     serde_json::from_slice(body)
         .map_err(|e| Failure(StatusCode::BAD_REQUEST, format!("bad JSON body: {e}")))
 }
@@ -264,7 +270,16 @@ async fn claim(
         // The class and labels in the request are the agent's word only: the coordinator
         // uses the ones fixed at registration.
         let a = agent_id.clone();
-        if let Some(job) = state.db(move |s| s.claim(&a, lease)).await? {
+        if let Some(mut job) = state.db(move |s| s.claim(&a, lease)).await? {
+            if let Some(oidc) = state.oidc.clone() {
+                // Signing may read a rotated key file: off the async workers.
+                job = tokio::task::spawn_blocking(move || {
+                    oidc.add_tokens(&mut job);
+                    job
+                })
+                .await
+                .map_err(|e| CoordError::Invalid(format!("minting OIDC tokens failed: {e}")))?;
+            }
             state.bump();
             state.metrics.claims.inc();
             if let Some(id) = store::parse_job_id(&job.id) {
@@ -296,9 +311,8 @@ async fn heartbeat(
     let agent_id = agent(&state, &headers).await?;
     let hb: Heartbeat = json_body(&body)?;
     let lease = state.lease;
-    let ids: Vec<String> = hb.running.into_iter().map(|r| r.job_id).collect();
     let out = state
-        .db(move |s| s.heartbeat(&agent_id, &ids, lease))
+        .db(move |s| s.heartbeat(&agent_id, &hb.running, lease))
         .await?;
     Ok(Json(HeartbeatResponse {
         cancel: out.cancel,

@@ -7,12 +7,20 @@
 //! routes, server-sent events; the HTML of the pages in [`pages`]) ← [`serve`] and the CLI commands here.
 
 pub mod api;
+pub mod blobs;
+pub mod bitbucket;
+mod cli_pipelines;
 pub mod metrics;
+pub mod oidc;
 pub mod pages;
+pub mod rerun;
+pub mod pipelines;
 pub mod secrets;
 pub mod server;
 pub mod store;
 pub mod web;
+
+pub use oidc::{OidcAction, OidcKeysArg};
 
 use crate::protocol::{WireEnv, DEFAULT_LEASE_SECS};
 use sha2::{Digest, Sha256};
@@ -43,6 +51,8 @@ pub enum CoordError {
         addr: String,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    SshKeys(#[from] crate::gateway::keys::KeysError),
 }
 
 pub type Result<T> = std::result::Result<T, CoordError>;
@@ -51,7 +61,7 @@ pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
     hex(&Sha256::digest(bytes))
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
@@ -77,6 +87,9 @@ pub enum Command {
     Project(ProjectCommand),
     /// Queue a job; prints its id.
     Enqueue(EnqueueArgs),
+    /// Queue a job again (the same commit, job and pipeline); `--ssh` lets you SSH into it,
+    /// as CircleCI's "Rerun job with SSH". Prints the new job's id.
+    Rerun(rerun::RerunArgs),
     /// List jobs, newest first.
     Jobs {
         #[command(flatten)]
@@ -125,6 +138,32 @@ pub enum Command {
         #[command(flatten)]
         data: DataArg,
     },
+    /// The OIDC signing keys: `rotate` makes a new signing key (the old one stays in the JWKS
+    /// until the tokens it signed have expired; a running server picks the change up at
+    /// once), `keys` lists them (ids and state, never the keys).
+    Oidc {
+        #[command(flatten)]
+        data: DataArg,
+        #[arg(value_enum)]
+        action: OidcAction,
+        #[command(flatten)]
+        keys: OidcKeysArg,
+    },
+    /// Start a pipeline: the config at the commit is fetched and compiled by the server,
+    /// and its workflows run. Prints `pipeline ID (PROJECT#NUMBER)`.
+    Trigger(cli_pipelines::TriggerArgs),
+    /// Approve an approval job that holds a pipeline's workflow.
+    Approve(cli_pipelines::ApproveArgs),
+    /// List pipelines with their workflows and jobs, newest first.
+    Pipelines(cli_pipelines::PipelinesArgs),
+    /// Cancel a pipeline (its queued jobs at once, running ones at the next heartbeat).
+    CancelPipeline(cli_pipelines::PipelineRefArgs),
+    /// Rerun a failed or canceled pipeline's workflows from their failed jobs.
+    RerunPipeline(cli_pipelines::PipelineRefArgs),
+    /// Operator tokens for the web page's approve/cancel/rerun buttons: `new NAME` prints
+    /// one (kept as a digest), `revoke NAME` revokes every token of NAME.
+    #[command(subcommand)]
+    Operator(cli_pipelines::OperatorCommand),
 }
 
 #[derive(clap::Args, Debug)]
@@ -173,6 +212,29 @@ pub struct ServeArgs {
     /// The certificate's private key (PEM: PKCS#8, PKCS#1 or SEC1).
     #[arg(long, value_name = "PEM", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// Be an OpenID Connect issuer at this URL: every claimed job gets CIRCLE_OIDC_TOKEN and
+    /// CIRCLE_OIDC_TOKEN_V2, and discovery and keys are served under
+    /// /.well-known/. The URL must lead to this server's root and be reachable by whoever
+    /// verifies the tokens (a cloud provider: public HTTPS). Without it jobs get no tokens.
+    #[arg(long, env = "BOSUN_OIDC_ISSUER", value_name = "URL")]
+    pub oidc_issuer: Option<String>,
+    /// How long a job's OIDC token is valid after the claim (CircleCI: 1h).
+    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_ttl)]
+    pub oidc_token_lifetime: Duration,
+    #[command(flatten)]
+    pub oidc_keys: OidcKeysArg,
+    /// Bytes of blobs (workspaces, caches, artifacts) each project may keep, e.g. 500MiB,
+    /// 10GiB; an upload past it is refused with an error naming the project.
+    #[arg(long, value_name = "SIZE", default_value = "10GiB", value_parser = blobs::parse_size)]
+    pub blob_quota: u64,
+    /// The address people and Bitbucket reach this coordinator's pages at (commit statuses
+    /// link job pages there); default: the listening address.
+    #[arg(long, value_name = "URL")]
+    pub public_url: Option<String>,
+    /// Where a VCS host really is when fetching pipeline configs: `HOST=ADDR:PORT`
+    /// (repeatable), as the agent's `vcs_hosts`.
+    #[arg(long = "vcs-host", value_name = "HOST=ADDR:PORT")]
+    pub vcs_hosts: Vec<String>,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -192,6 +254,15 @@ fn parse_ttl(text: &str) -> std::result::Result<Duration, String> {
 pub enum ProjectCommand {
     /// Add a project (a Bitbucket repository) jobs can be queued for.
     Add(ProjectAddArgs),
+    /// Bitbucket settings: webhook secret, build rules, commit status API and credentials.
+    Set(cli_pipelines::ProjectSetArgs),
+    /// Make an ed25519 deploy key for the project (replacing its deploy key) and print the
+    /// public line to paste into Bitbucket (Repository settings → Access keys).
+    Keygen(cli_pipelines::KeygenArgs),
+    /// `rotate`: a new deploy key (the public line is printed; remove the old one from
+    /// Bitbucket); `revoke --user|--deploy`: forget a key.
+    #[command(subcommand)]
+    Keys(cli_pipelines::KeysCommand),
     /// Let only these agents run the project's jobs (its keys go to them only); without
     /// `--agent`, any agent may again.
     Restrict {
@@ -276,6 +347,14 @@ pub struct EnqueueArgs {
     /// stops the job when it runs out and reports it `timedout`.
     #[arg(long, value_name = "DURATION", value_parser = parse_timeout)]
     pub timeout: Option<u64>,
+    /// Let the public keys in FILE (a `.pub` or an `authorized_keys` file; repeatable) SSH
+    /// into the job while it runs and after its last step (`ssh -p PORT JOB@HOST`).
+    #[arg(long = "ssh-key", value_name = "FILE")]
+    pub ssh_keys: Vec<PathBuf>,
+    /// The workspace the job attaches (`attach_workspace`) and persists to: give the jobs of
+    /// one workflow run the same name (A-Z a-z 0-9 . _ -). Default: the job's own.
+    #[arg(long, value_name = "NAME")]
+    pub workspace: Option<String>,
 }
 
 /// `--timeout`: a duration written as for `run.no_output_timeout`, in whole seconds (a
@@ -385,21 +464,36 @@ fn run_inner(cmd: Command) -> Result<()> {
             print(&mut out, format!("{} {uuid}", a.slug));
             Ok(())
         }
+        Command::Rerun(a) => {
+            let id = rerun::run(&a)?;
+            print(&mut out, id.to_string());
+            Ok(())
+        }
         Command::Enqueue(a) => {
+            // Checked before anything is queued: a bad key fails here, not at login.
+            let ssh_keys = if a.ssh_keys.is_empty() {
+                Vec::new()
+            } else {
+                crate::gateway::keys::read_files(&a.ssh_keys)?
+            };
             let store = a.data.open()?;
-            let id = store.enqueue(&NewJob {
-                project_slug: a.project,
-                git_ref: a.git_ref,
-                commit_sha: a.commit,
-                job_name: a.job,
-                resource_class: a.resource_class,
-                labels: a.labels,
-                max_attempts: a.max_attempts,
-                pr_number: a.pull_request,
-                pr_url: a.pull_request_url,
-                pr_fork: a.pull_request_fork,
-                timeout_secs: a.timeout,
-            })?;
+            let id = store.enqueue_ssh(
+                &NewJob {
+                    project_slug: a.project,
+                    git_ref: a.git_ref,
+                    commit_sha: a.commit,
+                    job_name: a.job,
+                    resource_class: a.resource_class,
+                    labels: a.labels,
+                    max_attempts: a.max_attempts,
+                    pr_number: a.pull_request,
+                    pr_url: a.pull_request_url,
+                    pr_fork: a.pull_request_fork,
+                    timeout_secs: a.timeout,
+                    workspace: a.workspace,
+                },
+                &ssh_keys,
+            )?;
             print(&mut out, id.to_string());
             Ok(())
         }
@@ -495,6 +589,25 @@ fn run_inner(cmd: Command) -> Result<()> {
                     Ok(())
                 }
             }
+        }
+        Command::Oidc { data, action, keys } => {
+            for line in oidc::cli(action, &keys.path(&data))? {
+                print(&mut out, line);
+            }
+            Ok(())
+        }
+        Command::Trigger(a) => cli_pipelines::trigger(a, &mut |s| print(&mut out, s)),
+        Command::Approve(a) => cli_pipelines::approve(a, &mut |s| print(&mut out, s)),
+        Command::Pipelines(a) => cli_pipelines::list(a, &mut |s| print(&mut out, s)),
+        Command::CancelPipeline(a) => cli_pipelines::cancel(a, &mut |s| print(&mut out, s)),
+        Command::RerunPipeline(a) => cli_pipelines::rerun(a, &mut |s| print(&mut out, s)),
+        Command::Operator(c) => cli_pipelines::operator(c, &mut |s| print(&mut out, s)),
+        Command::Project(ProjectCommand::Set(a)) => cli_pipelines::project_set(a),
+        Command::Project(ProjectCommand::Keygen(a)) => {
+            cli_pipelines::keygen(a, &mut |s| print(&mut out, s))
+        }
+        Command::Project(ProjectCommand::Keys(c)) => {
+            cli_pipelines::keys(c, &mut |s| print(&mut out, s))
         }
         Command::Agents { data } => {
             let store = data.open()?;
@@ -632,8 +745,16 @@ pub struct AppState {
     /// up at each registration, so `token` and `token rotate` apply at once).
     pub registration_token_file_digests: Vec<String>,
     pub lease: Duration,
+    /// The OIDC issuer (`--oidc-issuer`); `None`: jobs get no tokens.
+    pub oidc: Option<Arc<oidc::Oidc>>,
     /// Cancelled when the server shuts down: live streams end, long polls answer.
     pub shutdown: tokio_util::sync::CancellationToken,
+    /// The store's blob files beside the database (protocol v2).
+    pub blobs: Arc<blobs::BlobFiles>,
+    /// Wakes the pipeline runner at once (a webhook made a pipeline).
+    pub pipelines_wake: tokio::sync::Notify,
+    /// Where the pages are reached from outside (commit status links).
+    pub public_url: String,
 }
 
 impl AppState {
@@ -675,8 +796,21 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
              `bosun coordinator token`"
         );
     }
+    let oidc = match &args.oidc_issuer {
+        Some(issuer) => {
+            let o = oidc::Oidc::new(
+                issuer,
+                args.oidc_token_lifetime,
+                &args.oidc_keys.path(&args.data),
+            )?;
+            tracing::info!("OIDC issuer {}", o.issuer());
+            Some(Arc::new(o))
+        }
+        None => None,
+    };
     let (changed, _) = tokio::sync::watch::channel(0u64);
     let state = Arc::new(AppState {
+        oidc,
         store: store.clone(),
         changed,
         jobs: JobWatch::default(),
@@ -684,6 +818,10 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         registration_token_file_digests: tokens,
         lease: Duration::from_secs(args.lease_secs.max(1)),
         shutdown: tokio_util::sync::CancellationToken::new(),
+        blobs: Arc::new(
+            blobs::BlobFiles::open(&args.data.data, args.blob_quota)
+                .map_err(|e| CoordError::Invalid(format!("the blob store: {e}")))?,
+        ),
     });
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
@@ -695,6 +833,32 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         addr: args.listen.clone(),
         source,
     })?;
+    let scheme = if args.tls_cert.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let public_url = args
+        .public_url
+        .clone()
+        .unwrap_or_else(|| format!("{scheme}://{addr}"));
+    store.record_public_url(&public_url)?;
+    let state = Arc::new(AppState {
+        store: store.clone(),
+        changed,
+        jobs: JobWatch::default(),
+        metrics: metrics::CoordMetrics::default(),
+        registration_token_file_digests: tokens,
+        lease: Duration::from_secs(args.lease_secs.max(1)),
+        shutdown: tokio_util::sync::CancellationToken::new(),
+        pipelines_wake: tokio::sync::Notify::new(),
+        public_url,
+        oidc,
+        blobs: Arc::new(
+            blobs::BlobFiles::open(&args.data.data, args.blob_quota)
+                .map_err(|e| CoordError::Invalid(format!("the blob store: {e}")))?,
+        ),
+    });
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => Some(server::tls_acceptor(cert, key)?),
         _ => {
@@ -713,6 +877,13 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
 
     tokio::spawn(watch_changes(state.clone()));
     tokio::spawn(reap_leases(state.clone()));
+    pipelines::spawn(
+        state.clone(),
+        pipelines::RunnerSettings {
+            vcs_hosts: args.vcs_hosts.clone(),
+        },
+    );
+    bitbucket::status::spawn(state.clone());
 
     let app = api::router(state.clone())
         .merge(web::router(state.clone()))

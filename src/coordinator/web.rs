@@ -26,6 +26,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/jobs/{id}", get(pages::job_page))
         .route("/jobs/{id}/log.html", get(pages::log_fragment))
         .route("/jobs/{id}/log.txt", get(pages::raw_log))
+        .route(
+            "/jobs/{id}/artifacts/{*path}",
+            get(pages::results::artifact),
+        )
         .route("/assets/{name}", get(pages::asset))
         .route("/jobs/{id}/stream", get(job_stream))
         .route("/jobs/{id}/log", get(log_part))
@@ -61,10 +65,9 @@ const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; st
 pub async fn security_headers(mut resp: Response) -> Response {
     use axum::http::header::{self, HeaderValue};
     let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(CONTENT_SECURITY_POLICY),
-    );
+    // An answer with a stricter policy of its own (an artifact) keeps it.
+    h.entry(header::CONTENT_SECURITY_POLICY)
+        .or_insert(HeaderValue::from_static(CONTENT_SECURITY_POLICY));
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     h.insert(
         header::X_CONTENT_TYPE_OPTIONS,
@@ -131,6 +134,12 @@ struct StreamQuery {
     offset: u64,
     #[serde(default)]
     seq: u64,
+    /// The style at `offset` and whether the page has an open line there (see
+    /// [`pages::live`]).
+    #[serde(default)]
+    style: u32,
+    #[serde(default)]
+    open: u8,
 }
 
 /// The longest prefix of `b` that is whole UTF-8 (a character split across chunks waits for
@@ -159,17 +168,33 @@ struct Follow {
     recheck: bool,
     /// When the last batch went out (see [`FOLLOW_INTERVAL`]).
     last_sent: Option<tokio::time::Instant>,
+    /// The SSH row as last sent (heartbeats change it).
+    ssh: Option<String>,
+    /// The page's lines as sent so far (text goes out rendered, as a reload shows it).
+    live: pages::live::LiveLines,
+    /// Arrival times of the log from the first line still open on (new lines show theirs),
+    /// and how many records of the job's times were read.
+    times: super::store::LogTimes,
+    times_read: usize,
 }
 
 /// A follower sends at most one batch per this: appends in between coalesce into it, so a
 /// follower costs the same whether the agent appends ten times a second or a thousand.
 const FOLLOW_INTERVAL: Duration = Duration::from_millis(100);
 
-fn log_event(text: &[u8], end: u64, seq: u64) -> Event {
+/// A `log` event: the operations that show `text` on the page (see [`pages::live`]).
+fn log_event(
+    live: &mut pages::live::LiveLines,
+    times: &super::store::LogTimes,
+    text: &[u8],
+    seq: u64,
+) -> Event {
+    let time = |at: u64| times.at(at).map(pages::clock);
+    let ops = live.push(&String::from_utf8_lossy(text), &time);
     Event::default()
         .event("log")
-        .id(format!("{end}:{seq}"))
-        .json_data(serde_json::json!({ "text": String::from_utf8_lossy(text) }))
+        .id(live.resume_id(seq))
+        .json_data(serde_json::json!({ "ops": ops }))
         .unwrap_or_default()
 }
 
@@ -187,6 +212,8 @@ async fn next_batch(mut f: Follow) -> Option<(Vec<Event>, Follow)> {
         }
         let progress = *f.changed.borrow_and_update();
         let (id, offset, seq, status) = (f.id, f.offset, f.seq, f.status);
+        let ssh = f.ssh.clone();
+        let times_read = f.times_read;
         let cached = match f.row.take() {
             Some(mut row) if progress.gen == f.gen && !f.recheck => {
                 row.log_bytes = row.log_bytes.max(progress.log_bytes);
@@ -213,9 +240,10 @@ async fn next_batch(mut f: Follow) -> Option<(Vec<Event>, Follow)> {
                 let fresh = job.log_bytes > offset
                     || job.event_count > seq
                     || status != Some(job.status)
-                    || job.is_final();
+                    || job.is_final()
+                    || pages::ssh::row_html(&job) != ssh;
                 if !fresh {
-                    return Ok(Some((job, Vec::new(), None)));
+                    return Ok(Some((job, Vec::new(), None, (Vec::new(), times_read))));
                 }
                 let events = if job.event_count > seq {
                     s.events_from(id, seq)?
@@ -224,13 +252,17 @@ async fn next_batch(mut f: Follow) -> Option<(Vec<Event>, Follow)> {
                 };
                 let end = job.log_bytes;
                 let log = s.read_log(id, offset, end.min(offset.saturating_add(STREAM_PIECE)))?;
-                Ok(Some((job, events, Some((log, end)))))
+                // The times after the log: every byte read has its time by then.
+                let times = s.log_times_from(id, times_read)?;
+                Ok(Some((job, events, Some((log, end)), times)))
             })
             .await;
-        let (job, events, log) = match read {
+        let (job, events, log, (new_times, times_total)) = match read {
             Ok(Some(x)) => x,
             _ => return None,
         };
+        f.times.0.extend(new_times);
+        f.times_read = times_total;
         let Some((log, end)) = log else {
             // Nothing new: wait below.
             f.row = Some(job);
@@ -258,23 +290,31 @@ async fn next_batch(mut f: Follow) -> Option<(Vec<Event>, Follow)> {
             if let JobEvent::StepStarted { log_offset, .. } = ev {
                 let upto = log_offset.saturating_sub(f.offset) as usize;
                 if upto > sent && upto <= take {
-                    out.push(log_event(&log[sent..upto], f.offset + upto as u64, *s));
+                    out.push(log_event(&mut f.live, &f.times, &log[sent..upto], *s));
                     sent = upto;
                 }
+                // The step's lines start in its own section, as the page renders them.
+                f.live.section(f.offset + sent as u64);
             }
             f.seq = s + 1;
             if let Ok(e) = Event::default()
                 .event("step")
-                .id(format!("{}:{}", f.offset + sent as u64, f.seq))
+                .id(f.live.resume_id(f.seq))
                 .json_data(ev)
             {
                 out.push(e);
             }
         }
         if take > sent {
-            out.push(log_event(&log[sent..take], f.offset + take as u64, f.seq));
+            out.push(log_event(&mut f.live, &f.times, &log[sent..take], f.seq));
         }
         f.offset += take as u64;
+        // Only the times of lines still to come (or still open) are needed.
+        let keep = f
+            .times
+            .0
+            .partition_point(|(o, _)| *o <= f.live.line_start());
+        f.times.0.drain(..keep.saturating_sub(1));
         if f.status != Some(job.status) {
             f.status = Some(job.status);
             if let Ok(e) = Event::default()
@@ -283,6 +323,16 @@ async fn next_batch(mut f: Follow) -> Option<(Vec<Event>, Follow)> {
             {
                 out.push(e);
             }
+        }
+        let ssh = pages::ssh::row_html(&job);
+        if ssh != f.ssh {
+            if let Ok(e) = Event::default()
+                .event("ssh")
+                .json_data(serde_json::json!({ "html": ssh }))
+            {
+                out.push(e);
+            }
+            f.ssh = ssh;
         }
         if fin && f.seq >= job.event_count {
             out.push(Event::default().event("end").data("end"));
@@ -331,13 +381,20 @@ async fn job_stream(
             return json_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
         }
     }
-    // A reconnecting EventSource resumes from the id of the last event it got ("offset:seq").
-    let (offset, seq) = headers
+    // A reconnecting EventSource resumes from the id of the last event it got
+    // ("offset:seq:style:open", see `pages::live`).
+    let (live, seq) = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split_once(':'))
-        .and_then(|(o, s)| Some((o.parse().ok()?, s.parse().ok()?)))
-        .unwrap_or((q.offset, q.seq));
+        .and_then(pages::live::LiveLines::parse_resume_id)
+        .unwrap_or_else(|| {
+            let style = pages::ansi::Style::from_code(q.style);
+            (
+                pages::live::LiveLines::new(q.offset, style, q.open == 1),
+                q.seq,
+            )
+        });
+    let offset = live.resume_offset();
     tracing::info!(job = id, offset, seq, "live stream opened");
     let changed = state.jobs.subscribe(id);
     let follow = Follow {
@@ -352,6 +409,10 @@ async fn job_stream(
         gen: 0,
         recheck: false,
         last_sent: None,
+        ssh: None,
+        live,
+        times: Default::default(),
+        times_read: 0,
     };
     let s: std::pin::Pin<Box<dyn Stream<Item = Result<Event, Infallible>> + Send>> = Box::pin(
         stream::unfold(follow, next_batch)

@@ -74,7 +74,8 @@ pub struct EngineSettings {
     /// agent and the engine share a filesystem): the directory is bind-mounted into the job.
     pub socket_root: PathBuf,
     pub limits: Limits,
-    /// Keep the images jobs built (for layer reuse by later jobs) instead of removing them.
+    /// Keep the images built by jobs that ask for `docker_layer_caching` (for layer reuse by
+    /// later jobs) instead of removing them.
     pub keep_images: bool,
 }
 

@@ -24,6 +24,8 @@ const MAX_JSON_BODY: usize = 1 << 20;
 /// A job's engine: its socket directory and, once [`JobEngine::serve`] ran, the server.
 pub struct JobEngine {
     dir: PathBuf,
+    /// The images the job builds stay on the engine after it (layer reuse by later jobs).
+    keep_images: bool,
     ctx: Arc<Ctx>,
     stop: CancellationToken,
     serving: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -36,8 +38,14 @@ struct Ctx {
 
 impl JobEngine {
     /// Make the job's socket directory (mode 0755: the job container's users reach the
-    /// socket in it; the root above stays 0700 on the host). Nothing listens yet.
-    pub fn prepare(settings: &EngineSettings, scope: Scope) -> Result<Self, ProxyError> {
+    /// socket in it; the root above stays 0700 on the host). Nothing listens yet. The images
+    /// the job builds are kept when the agent keeps images and the job asked for
+    /// `docker_layer_caching`.
+    pub fn prepare(
+        settings: &EngineSettings,
+        scope: Scope,
+        layer_caching: bool,
+    ) -> Result<Self, ProxyError> {
         use std::os::unix::fs::PermissionsExt;
         let dir_err = |path: &Path| {
             let path = path.to_owned();
@@ -58,6 +66,7 @@ impl JobEngine {
             .map_err(dir_err(&dir))?;
         Ok(Self {
             dir,
+            keep_images: settings.keep_images && layer_caching,
             ctx: Arc::new(Ctx {
                 upstream: settings.upstream.clone(),
                 scope,
@@ -65,6 +74,11 @@ impl JobEngine {
             stop: CancellationToken::new(),
             serving: std::sync::Mutex::new(None),
         })
+    }
+
+    /// Whether the images the job builds outlive it.
+    pub fn keeps_images(&self) -> bool {
+        self.keep_images
     }
 
     /// The directory to mount into the job's container.
@@ -249,7 +263,34 @@ async fn handle(ctx: &Ctx, mut req: Request<Incoming>) -> Response<ProxyBody> {
 
 enum Failure {
     Refused(Refusal),
-    Engine(String),
+    Engine(EngineError),
+}
+
+/// What went wrong talking to the host engine on the job's behalf (answered as 502).
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("{at}: {source}")]
+    Connect {
+        at: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Request(#[from] hyper::http::Error),
+    #[error(transparent)]
+    Http(#[from] hyper::Error),
+    #[error("{what}: {status}: {body}")]
+    Status {
+        what: String,
+        status: StatusCode,
+        body: String,
+    },
+    #[error("GET {path}: {source}")]
+    Json {
+        path: String,
+        #[source]
+        source: serde_json::Error,
+    },
 }
 
 /// Make the plan's checks; the forwarded path with names resolved to ids (so the request
@@ -314,7 +355,7 @@ fn valid_name(kind: Kind, name: &str) -> bool {
 }
 
 /// Inspect an object; `None` if the engine does not know it (or the name is not one).
-async fn lookup(ctx: &Ctx, kind: Kind, name: &str) -> Result<Option<Owner>, String> {
+async fn lookup(ctx: &Ctx, kind: Kind, name: &str) -> Result<Option<Owner>, EngineError> {
     if !valid_name(kind, name) {
         return Ok(None);
     }
@@ -365,7 +406,7 @@ async fn lookup(ctx: &Ctx, kind: Kind, name: &str) -> Result<Option<Owner>, Stri
     Ok(Some(Owner { id, job }))
 }
 
-async fn count_containers(ctx: &Ctx) -> Result<usize, String> {
+async fn count_containers(ctx: &Ctx) -> Result<usize, EngineError> {
     let filters = serde_json::json!({ "label": [ctx.scope.label_filter(), Scope::kind_filter()] })
         .to_string();
     let q = form_urlencoded::Serializer::new(String::new())
@@ -378,7 +419,7 @@ async fn count_containers(ctx: &Ctx) -> Result<usize, String> {
     Ok(v.as_array().map_or(0, Vec::len))
 }
 
-async fn ensure_volume(ctx: &Ctx, name: &str) -> Result<(), String> {
+async fn ensure_volume(ctx: &Ctx, name: &str) -> Result<(), EngineError> {
     if get_json(ctx, &format!("/volumes/{name}")).await?.is_some() {
         return Ok(());
     }
@@ -392,81 +433,87 @@ async fn ensure_volume(ctx: &Ctx, name: &str) -> Result<(), String> {
     let req = Request::post("/volumes/create")
         .header(hyper::header::HOST, "docker")
         .header(hyper::header::CONTENT_TYPE, "application/json")
-        .body(full(Bytes::from(body)))
-        .map_err(|e| e.to_string())?;
+        .body(full(Bytes::from(body)))?;
     let resp = send(&ctx.upstream, req).await?;
-    if resp.status().is_success() {
+    let status = resp.status();
+    if status.is_success() {
         Ok(())
     } else {
-        let b = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| e.to_string())?;
-        Err(String::from_utf8_lossy(&b.to_bytes()).into_owned())
+        let b = resp.into_body().collect().await?.to_bytes();
+        Err(EngineError::Status {
+            what: "POST /volumes/create".to_owned(),
+            status,
+            body: String::from_utf8_lossy(&b).into_owned(),
+        })
     }
 }
 
 /// GET a JSON document from the engine; `None` on 404.
-async fn get_json(ctx: &Ctx, path: &str) -> Result<Option<Value>, String> {
+async fn get_json(ctx: &Ctx, path: &str) -> Result<Option<Value>, EngineError> {
     let req = Request::get(path)
         .header(hyper::header::HOST, "docker")
-        .body(full(Bytes::new()))
-        .map_err(|e| e.to_string())?;
+        .body(full(Bytes::new()))?;
     let resp = send(&ctx.upstream, req).await?;
     let status = resp.status();
-    let body = resp
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| e.to_string())?
-        .to_bytes();
+    let body = resp.into_body().collect().await?.to_bytes();
     if status == StatusCode::NOT_FOUND {
         return Ok(None);
     }
     if !status.is_success() {
-        return Err(format!(
-            "GET {path}: {status}: {}",
-            String::from_utf8_lossy(&body)
-        ));
+        return Err(EngineError::Status {
+            what: format!("GET {path}"),
+            status,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        });
     }
     serde_json::from_slice(&body)
         .map(Some)
-        .map_err(|e| format!("GET {path}: {e}"))
+        .map_err(|source| EngineError::Json {
+            path: path.to_owned(),
+            source,
+        })
 }
 
 /// Send one request on a fresh connection to the engine (a unix socket connect costs
 /// microseconds; a fresh connection also serves a hijack without a pool to return to).
-async fn send(upstream: &Upstream, req: Request<ProxyBody>) -> Result<Response<Incoming>, String> {
+async fn send(
+    upstream: &Upstream,
+    req: Request<ProxyBody>,
+) -> Result<Response<Incoming>, EngineError> {
     match upstream {
         Upstream::Unix(p) => {
-            let s = tokio::net::UnixStream::connect(p)
-                .await
-                .map_err(|e| format!("{}: {e}", p.display()))?;
+            let s = tokio::net::UnixStream::connect(p).await.map_err(|source| {
+                EngineError::Connect {
+                    at: p.display().to_string(),
+                    source,
+                }
+            })?;
             send_on(s, req).await
         }
         Upstream::Tcp(a) => {
-            let s = tokio::net::TcpStream::connect(a)
-                .await
-                .map_err(|e| format!("{a}: {e}"))?;
+            let s =
+                tokio::net::TcpStream::connect(a)
+                    .await
+                    .map_err(|source| EngineError::Connect {
+                        at: a.clone(),
+                        source,
+                    })?;
             send_on(s, req).await
         }
     }
 }
 
-async fn send_on<S>(io: S, req: Request<ProxyBody>) -> Result<Response<Incoming>, String>
+async fn send_on<S>(io: S, req: Request<ProxyBody>) -> Result<Response<Incoming>, EngineError>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
 {
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
-        .await
-        .map_err(|e| e.to_string())?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await?;
     tokio::spawn(async move {
         if let Err(e) = conn.with_upgrades().await {
             tracing::debug!("job engine upstream connection: {e}");
         }
     });
-    sender.send_request(req).await.map_err(|e| e.to_string())
+    Ok(sender.send_request(req).await?)
 }
 
 async fn forward(

@@ -20,6 +20,8 @@ use std::collections::HashMap;
 #[derive(Clone)]
 pub struct DockerExecutor {
     docker: Docker,
+    /// The engine's CPU count, asked once (the cap of a CPU limit).
+    cpus: tokio::sync::OnceCell<i64>,
 }
 
 impl DockerExecutor {
@@ -39,7 +41,32 @@ impl DockerExecutor {
                 host,
                 source: Box::new(e),
             })?;
-        Ok(Self { docker })
+        Ok(Self {
+            docker,
+            cpus: tokio::sync::OnceCell::new(),
+        })
+    }
+
+    /// `limits` within what the engine has: Docker refuses a `NanoCpus` above its CPU count.
+    async fn engine_limits(&self, limits: super::Limits) -> Result<super::Limits, ExecutorError> {
+        let cpus = *self
+            .cpus
+            .get_or_try_init(|| async {
+                self.docker
+                    .info()
+                    .await
+                    .map(|i| i.ncpu.unwrap_or(0))
+                    .map_err(Self::engine("the engine", "info"))
+            })
+            .await?;
+        Ok(super::Limits {
+            nano_cpus: if cpus > 0 {
+                limits.nano_cpus.min(cpus.saturating_mul(1_000_000_000))
+            } else {
+                limits.nano_cpus
+            },
+            ..limits
+        })
     }
 
     pub fn client(&self) -> &Docker {
@@ -118,9 +145,17 @@ impl Executor for DockerExecutor {
                     .try_collect()
                     .await;
                 if let Err(e) = pulled {
-                    return Err(ExecutorError::ImageMissing {
-                        image: image.to_owned(),
-                        reason: e.to_string(),
+                    return Err(match auth {
+                        Some(a) => ExecutorError::PullRefused {
+                            image: image.to_owned(),
+                            registry: super::registry_of(image).to_owned(),
+                            username: a.username.clone(),
+                            reason: e.to_string(),
+                        },
+                        None => ExecutorError::ImageMissing {
+                            image: image.to_owned(),
+                            reason: e.to_string(),
+                        },
                     });
                 }
                 self.docker
@@ -158,6 +193,10 @@ impl Executor for DockerExecutor {
             .map(|p| format!("{p}:{p}:ro"))
             .chain(spec.binds.iter().map(|(h, c)| format!("{h}:{c}:rw")))
             .collect();
+        let limits = match spec.limits {
+            Some(l) => Some(self.engine_limits(l).await?),
+            None => None,
+        };
         let body = ContainerCreateBody {
             image: Some(spec.image.clone()),
             user: spec.user.clone(),
@@ -178,6 +217,9 @@ impl Executor for DockerExecutor {
                 extra_hosts: (!spec.extra_hosts.is_empty()).then(|| spec.extra_hosts.clone()),
                 tmpfs: (!tmpfs.is_empty()).then_some(tmpfs),
                 binds: (!binds.is_empty()).then_some(binds),
+                nano_cpus: limits.map(|l| l.nano_cpus),
+                memory: limits.map(|l| l.memory_bytes),
+                memory_swap: limits.map(|l| l.memory_bytes),
                 ..Default::default()
             }),
             ..Default::default()

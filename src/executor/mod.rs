@@ -33,6 +33,14 @@ pub enum ExecutorError {
     },
     #[error("image `{image}` is not in the engine and could not be pulled: {reason}\n  help: build or load it first (docker build / docker load), or check the name")]
     ImageMissing { image: String, reason: String },
+    /// A pull with the image's `auth:` credentials failed (refused, most often).
+    #[error("image `{image}`: the registry {registry} refused the pull with the credentials of `{username}` (the image's `auth:`): {reason}\n  help: check `auth: {{username, password}}` and the secret variables it names")]
+    PullRefused {
+        image: String,
+        registry: String,
+        username: String,
+        reason: String,
+    },
     #[error("{target}: {what} failed: {source}")]
     Engine {
         /// The container, exec, image or network the request was about.
@@ -125,6 +133,18 @@ pub struct ContainerSpec {
     /// Host directories mounted read-write: `(host path, container path)`. Only the job's
     /// engine socket directory (see `engine_proxy`); never the job's files.
     pub binds: Vec<(String, String)>,
+    /// CPU and memory caps (a docker job's `resource_class`); `None`: unlimited.
+    pub limits: Option<Limits>,
+}
+
+/// A container's CPU and memory caps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Billionths of a CPU (Docker's `NanoCpus`). An engine with fewer CPUs caps it at what
+    /// it has (asking for more is an error there, and would limit nothing).
+    pub nano_cpus: i64,
+    /// Bytes of memory, swap included (no swap beyond it).
+    pub memory_bytes: i64,
 }
 
 /// A running container's main process: its stdin and its output.

@@ -12,6 +12,7 @@
 
 mod bridge;
 pub mod host_key;
+pub mod keys;
 mod server;
 
 use crate::executor::Executor;
@@ -168,15 +169,45 @@ fn advertised_host(address: Option<&str>, local: SocketAddr) -> String {
         .unwrap_or_else(|| "localhost".to_owned())
 }
 
+/// The host and port users connect to: an advertised `HOST:PORT` (a proxy in front of the
+/// agent) names its own port.
+pub fn reach(gateway: &SshSettings) -> (String, u16) {
+    match gateway.host.rsplit_once(':') {
+        Some((h, p)) if !h.contains(':') => match p.parse::<u16>() {
+            Ok(p) => (h.to_owned(), p),
+            Err(_) => (gateway.host.clone(), gateway.port),
+        },
+        _ => (gateway.host.clone(), gateway.port),
+    }
+}
+
+/// A job's SSH access as heartbeats report it: where to connect, sessions open, and until
+/// when the job is held; `None` when the job may not be reached by SSH.
+pub fn job_state(registry: &Registry, job_id: &str) -> Option<crate::protocol::WireSshState> {
+    let (settings, _) = registry.ssh_for(job_id)?;
+    let (host, port) = reach(&settings);
+    let job = registry.get(job_id);
+    let held_until_ms = job.as_ref().and_then(|j| j.held_until()).map(|until| {
+        let left = until.saturating_duration_since(std::time::Instant::now());
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        i64::try_from((now + left).as_millis()).unwrap_or(i64::MAX)
+    });
+    Some(crate::protocol::WireSshState {
+        host,
+        port,
+        fingerprint: settings.fingerprint.clone(),
+        sessions: job
+            .as_ref()
+            .map_or(0, |j| u32::try_from(j.sessions()).unwrap_or(u32::MAX)),
+        held_until_ms,
+    })
+}
+
 /// The lines a job with SSH prints at its start: the command and the host key to check.
 pub fn announce(job_id: &str, gateway: &SshSettings, keys: usize) -> Vec<String> {
-    // An advertised `HOST:PORT` (a proxy in front of the agent) names its own port.
-    let (host, port) = match gateway.host.rsplit_once(':') {
-        Some((h, p)) if !h.contains(':') && p.parse::<u16>().is_ok() => {
-            (h.to_owned(), p.to_owned())
-        }
-        _ => (gateway.host.clone(), gateway.port.to_string()),
-    };
+    let (host, port) = reach(gateway);
     vec![
         format!("SSH: ssh -p {port} {job_id}@{host}"),
         format!(

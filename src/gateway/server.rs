@@ -184,12 +184,7 @@ fn key_allowed(allowed: &[String], key: &PublicKey) -> bool {
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        let parsed = PublicKey::from_openssh(line).ok().or_else(|| {
-            // `no-pty,from="…" ssh-ed25519 AAAA…`: the key starts at a known type.
-            line.match_indices(' ')
-                .find_map(|(i, _)| PublicKey::from_openssh(line[i + 1..].trim_start()).ok())
-        });
-        if let Some(p) = parsed {
+        if let Some(p) = super::keys::parse_line(line) {
             found |= p.key_data() == key.key_data();
         }
     }

@@ -19,6 +19,44 @@ pub struct JobIdentity {
     pub organization_id: Option<String>,
 }
 
+/// `CIRCLE_PROJECT_ID` of a project nobody gave an id: derived from its clone URL. The
+/// coordinator's OIDC tokens claim the same value.
+pub fn project_id(clone_url: &str) -> String {
+    uuid_from(&format!("project/{clone_url}"))
+}
+
+/// `CIRCLE_ORGANIZATION_ID` derived from the clone URL's owner (workspace).
+pub fn organization_id(clone_url: &str) -> String {
+    let owner = super::project_names(clone_url)
+        .map(|(owner, _)| owner)
+        .unwrap_or_default();
+    uuid_from(&format!("organization/{owner}"))
+}
+
+/// CircleCI's `vcs-origin` of a clone URL: host and repository path, without scheme, user,
+/// port or `.git` (`bitbucket.org/acme/widget`).
+pub fn vcs_origin(clone_url: &str) -> String {
+    match crate::ssh::parse_ssh_url(clone_url) {
+        Some(u) => format!(
+            "{}/{}",
+            u.host,
+            u.path.trim_matches('/').trim_end_matches(".git")
+        ),
+        None => {
+            let rest = clone_url
+                .split_once("://")
+                .map_or(clone_url, |(_, r)| r)
+                .trim_end_matches('/')
+                .trim_end_matches(".git");
+            // https://user@host/path: drop the user.
+            rest.split_once('@')
+                .filter(|(u, _)| !u.contains('/'))
+                .map_or(rest, |(_, r)| r)
+                .to_owned()
+        }
+    }
+}
+
 /// A UUID (version 4 layout, variant 1) made from `seed` by SHA-256: the same seed gives the
 /// same id, different seeds different ids.
 pub fn uuid_from(seed: &str) -> String {
@@ -41,6 +79,28 @@ pub fn uuid_from(seed: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn vcs_origin_is_host_and_path() {
+        for (url, want) in [
+            (
+                "git@bitbucket.org:acme/widget.git",
+                "bitbucket.org/acme/widget",
+            ),
+            (
+                "ssh://git@bitbucket.org:2222/acme/widget.git",
+                "bitbucket.org/acme/widget",
+            ),
+            ("https://me@github.com/o/r.git", "github.com/o/r"),
+            ("https://github.com/o/r", "github.com/o/r"),
+        ] {
+            assert_eq!(vcs_origin(url), want, "{url}");
+        }
+        assert_eq!(
+            organization_id("git@bitbucket.org:acme/widget.git"),
+            organization_id("git@bitbucket.org:acme/other.git")
+        );
+    }
 
     #[test]
     fn derived_ids_are_stable_uuids() {

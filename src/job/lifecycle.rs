@@ -255,6 +255,13 @@ async fn run_inner(
             (id, user, Some(step_user), info.env, None)
         }
         ExecutorKind::Docker => {
+            if let Some(why) = &plan.unsupported {
+                return Err(SetupError::Unsupported(why.clone()));
+            }
+            let limits = super::limits::for_plan(plan, spec.limits).map(|(l, line)| {
+                sink.emit(&Event::Info { message: line });
+                l
+            });
             // Every image first: a missing service image is an error before anything runs.
             let info = executor
                 .image_info(
@@ -294,6 +301,7 @@ async fn run_inner(
                 stdin: true,
                 init: true,
                 extra_hosts: services::host_entries(&plan.services),
+                limits,
                 ..Default::default()
             };
             // A ready container only for a job that owns nothing else on the engine (no
@@ -341,6 +349,7 @@ async fn run_inner(
                         &plan.services,
                         sink,
                         &steps_done,
+                        limits,
                     )
                     .await?,
                 )
@@ -443,12 +452,19 @@ fn job_engine(
     spec: &JobSpec,
     resources: &Resources,
 ) -> Result<Option<Arc<crate::engine_proxy::JobEngine>>, SetupError> {
-    let wants = matches!(spec.plan.executor, ExecutorKind::Machine)
-        || spec
-            .plan
-            .steps
-            .iter()
-            .any(|s| matches!(s.kind, StepKind::SetupRemoteDocker));
+    let remote = spec.plan.steps.iter().filter_map(|s| match s.kind {
+        StepKind::SetupRemoteDocker {
+            docker_layer_caching,
+            ..
+        } => Some(docker_layer_caching),
+        _ => None,
+    });
+    let (mut wants, mut layer_caching) = (false, false);
+    for dlc in remote {
+        wants = true;
+        layer_caching |= dlc;
+    }
+    wants |= matches!(spec.plan.executor, ExecutorKind::Machine);
     let Some(settings) = spec.engine.as_ref().filter(|_| wants) else {
         return Ok(None);
     };
@@ -457,10 +473,10 @@ fn job_engine(
         agent: spec.agent_id.clone(),
         limits: settings.limits.clone(),
     };
-    let engine = crate::engine_proxy::JobEngine::prepare(settings, scope)
+    let engine = crate::engine_proxy::JobEngine::prepare(settings, scope, layer_caching)
         .map_err(|e| SetupError::Prepare(e.to_string()))?;
     let engine = Arc::new(engine);
-    resources.track_engine(Arc::clone(&engine), settings.keep_images);
+    resources.track_engine(Arc::clone(&engine));
     Ok(Some(engine))
 }
 

@@ -24,6 +24,7 @@ mod environment;
 mod extra_keys;
 pub mod identity;
 pub mod lifecycle;
+pub mod limits;
 mod machine;
 pub mod ready;
 pub mod registry;
@@ -39,6 +40,7 @@ mod timings;
 pub use environment::{expand_home, project_names};
 pub use identity::JobIdentity;
 pub use lifecycle::run_job;
+pub use limits::LimitPolicy;
 pub use registry::{Attachment, Hold, Registry};
 pub use request::{
     fetch_source, prepare, ConfigSource, EnvEntry, JobRequest, PrepareError, Prepared,
@@ -70,6 +72,8 @@ pub struct Access {
     pub keys: Vec<SshKey>,
     pub known_hosts: KnownHosts,
     pub vcs_hosts: VcsHosts,
+    /// Where fetches go through a mirror first; `None`: straight into the job's checkout.
+    pub mirrors: Option<crate::mirror::Mirrors>,
 }
 
 /// The pull request a job builds, as the coordinator names it.
@@ -124,6 +128,8 @@ pub struct JobSpec {
     pub identity: identity::JobIdentity,
     /// The job's stored test timings, read once for all its nodes (`timings::for_job`).
     pub timings: Option<String>,
+    /// What the runner does with a docker job's `resource_class` (container limits).
+    pub limits: LimitPolicy,
     /// Where a ready-made primary container may come from (the agent's pool).
     pub ready: Option<Arc<dyn ready::ReadySource>>,
 }
@@ -165,6 +171,9 @@ pub enum SetupError {
     MachineBoot(String),
     #[error("canceled before the first step")]
     Canceled,
+    /// A config feature this runner lacks (an image's `aws_auth:`): the compiler's error.
+    #[error("{0}")]
+    Unsupported(String),
 }
 
 /// The default local image for `machine: true` and unmapped default names.

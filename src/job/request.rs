@@ -51,8 +51,15 @@ pub enum ConfigSource {
 pub enum Target {
     /// One job, on all its `parallelism` nodes.
     Job(String),
-    /// One node of a job: the coordinator hands out each node as its own job.
-    Node { job: String, index: u32, total: u32 },
+    /// One node of a job: the coordinator hands out each node as its own job. With
+    /// `workflow`, the job is looked up in that workflow (a pipeline's job), else in the
+    /// first workflow that has it.
+    Node {
+        job: String,
+        index: u32,
+        total: u32,
+        workflow: Option<String>,
+    },
     /// A whole workflow (`bosun execute --workflow`).
     Workflow {
         name: String,
@@ -79,10 +86,16 @@ pub struct JobRequest {
     pub known_hosts: Vec<(String, String)>,
     /// `HOST=ADDR:PORT` mappings for VCS hosts.
     pub vcs_hosts: Vec<String>,
+    /// The mirror cache checkouts fetch through (`None`: none).
+    pub mirrors: Option<crate::mirror::Mirrors>,
     pub env: Vec<EnvEntry>,
     /// Pipeline parameters (`--pipeline-param`), number, and what the coordinator knows of
     /// the ref (its branch or tag, which a fetched commit alone may not tell).
     pub pipeline_params: Vec<(String, String)>,
+    /// `pipeline.trigger_source` and `pipeline.git.base_revision` when a coordinator's
+    /// pipeline gave them (empty: the defaults).
+    pub trigger_source: String,
+    pub base_revision: String,
     pub pipeline_number: u64,
     pub branch: Option<String>,
     pub tag: Option<String>,
@@ -99,6 +112,8 @@ pub struct JobRequest {
     pub engine: Option<Arc<crate::engine_proxy::EngineSettings>>,
     /// What the front door knows of the job's ids, user and page (`CIRCLE_*`).
     pub identity: super::JobIdentity,
+    /// What the runner does with a docker job's `resource_class`.
+    pub limits: super::LimitPolicy,
     /// Ready-made primary containers (the agent's pool); `None`: every job creates its own.
     pub ready: Option<Arc<dyn super::ready::ReadySource>>,
 }
@@ -172,6 +187,7 @@ struct Base {
     registry: Registry,
     engine: Option<Arc<crate::engine_proxy::EngineSettings>>,
     identity: super::JobIdentity,
+    limits: super::LimitPolicy,
     ready: Option<Arc<dyn super::ready::ReadySource>>,
 }
 
@@ -200,6 +216,7 @@ impl Base {
             engine: self.engine.clone(),
             identity: self.identity.clone(),
             timings: super::timings::for_job(&self.store, &plan.name),
+            limits: self.limits,
             ready: self.ready.clone(),
             plan,
         }
@@ -366,6 +383,7 @@ pub async fn prepare(req: JobRequest, sink: Arc<dyn EventSink>) -> Result<Prepar
         keys: req.keys,
         known_hosts,
         vcs_hosts,
+        mirrors: req.mirrors,
     };
     let source = req.source;
     let fetch = || {
@@ -434,7 +452,17 @@ pub async fn prepare(req: JobRequest, sink: Arc<dyn EventSink>) -> Result<Prepar
         git_branch: git_branch.clone(),
         git_tag: git_tag.clone().unwrap_or_default(),
         git_revision: revision,
-        trigger_source: "bosun".to_owned(),
+        git_base_revision: req.base_revision.clone(),
+        trigger_source: if req.trigger_source.is_empty() {
+            "bosun".to_owned()
+        } else {
+            req.trigger_source.clone()
+        },
+        id: req
+            .identity
+            .pipeline_id
+            .clone()
+            .unwrap_or_else(|| config::PipelineValues::default().id),
         ..config::PipelineValues::default()
     };
     // The config is the repository's, so anyone with push access wrote it: compile it off
@@ -457,13 +485,10 @@ pub async fn prepare(req: JobRequest, sink: Arc<dyn EventSink>) -> Result<Prepar
     let ids = super::identity::uuid_from;
     identity
         .project_id
-        .get_or_insert_with(|| ids(&format!("project/{}", source.url)));
-    if identity.organization_id.is_none() {
-        let owner = super::project_names(&source.url)
-            .map(|(owner, _)| owner)
-            .unwrap_or_default();
-        identity.organization_id = Some(ids(&format!("organization/{owner}")));
-    }
+        .get_or_insert_with(|| super::identity::project_id(&source.url));
+    identity
+        .organization_id
+        .get_or_insert_with(|| super::identity::organization_id(&source.url));
     identity
         .pipeline_id
         .get_or_insert_with(|| ids(&format!("pipeline/{}", req.id)));
@@ -496,6 +521,7 @@ pub async fn prepare(req: JobRequest, sink: Arc<dyn EventSink>) -> Result<Prepar
             registry: req.registry,
             engine: req.engine,
             identity,
+            limits: req.limits,
             ready: req.ready,
         },
         what,
@@ -520,6 +546,21 @@ fn compile_target(
         orb_dir: orb_dir.as_ref().map(|d| d.display().to_string()),
     };
     Ok(match target {
+        Target::Node {
+            job,
+            index,
+            total,
+            workflow: Some(workflow),
+        } => What::Job {
+            plan: Box::new(config::compile_workflow_job(
+                config_text,
+                config_name,
+                workflow,
+                job,
+                &opts,
+            )?),
+            node: Some((*index, *total)),
+        },
         Target::Job(job) | Target::Node { job, .. } => What::Job {
             plan: Box::new(config::compile_job_with(
                 config_text,
@@ -588,6 +629,7 @@ pub fn fetch_source(
         url: src.url.clone(),
         reference: src.reference.clone(),
         dest: dir.path().join("repo"),
+        mirrors: access.mirrors.clone(),
     };
     let mut progress = |line: &str| {
         sink.emit(&Event::Info {

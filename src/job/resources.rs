@@ -79,8 +79,9 @@ impl Resources {
     }
 
     /// Hand the job's engine proxy over: on release it stops first (nothing new can be made),
-    /// then everything labelled with the job is removed (images unless `keep_images`).
-    pub fn track_engine(&self, proxy: Arc<JobEngine>, keep_images: bool) {
+    /// then everything labelled with the job is removed (images unless the engine keeps them).
+    pub fn track_engine(&self, proxy: Arc<JobEngine>) {
+        let keep_images = proxy.keeps_images();
         *self.engine.lock().unwrap_or_else(|p| p.into_inner()) =
             Some(JobEngineHeld { proxy, keep_images });
     }

@@ -71,6 +71,7 @@ pub(super) async fn start_all(
     services: &[DockerImage],
     sink: &Arc<dyn EventSink>,
     steps_done: &CancellationToken,
+    limits: Option<crate::executor::Limits>,
 ) -> Result<Services, SetupError> {
     let mut running = Vec::new();
     for svc in services {
@@ -95,6 +96,7 @@ pub(super) async fn start_all(
                 entrypoint: svc.entrypoint.clone(),
                 cmd: svc.command.clone(),
                 init: true,
+                limits,
                 ..Default::default()
             })
             .await

@@ -320,7 +320,10 @@ async fn builtin_step(
         StepKind::AddSshKeys { fingerprints } => {
             extra_keys::add_ssh_keys(executor, spec, ctx, fingerprints, say).await
         }
-        StepKind::SetupRemoteDocker => match &ctx.engine {
+        StepKind::SetupRemoteDocker {
+            docker_layer_caching,
+            version,
+        } => match &ctx.engine {
             Some(engine) => {
                 say("Allocating a remote Docker Engine".to_owned());
                 engine.serve().map_err(|e| e.to_string())?;
@@ -328,7 +331,16 @@ async fn builtin_step(
                     "Remote Docker engine created: DOCKER_HOST={} (this agent's engine, scoped to the job: it sees and removes only what the job makes)",
                     crate::engine_proxy::docker_host()
                 ));
-                say("layer cache: the agent's engine cache is shared (docker_layer_caching needs nothing more)".to_owned());
+                if let Some(v) = version {
+                    say(format!("version: {v} was asked for; jobs get this agent's engine, whatever its version (`docker version` shows it)"));
+                }
+                if *docker_layer_caching {
+                    say(if engine.keeps_images() {
+                        "layer cache: the images this job builds stay on the agent's engine, and later jobs reuse their layers".to_owned()
+                    } else {
+                        "layer cache: layers of the images already on the agent's engine are reused; the images this job builds are removed at its end (the agent does not keep images: engine_keep_images)".to_owned()
+                    });
+                }
                 say("As on CircleCI the engine is remote: bind mounts of the job's files do not work (use docker cp or a volume), and ports of its containers are reached at the engine's address, not localhost".to_owned());
                 Ok(())
             }

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 #[path = "ready_tests.rs"]
 mod ready_tests;
 
-fn plan(steps: Vec<Step>) -> JobPlan {
+pub(super) fn plan(steps: Vec<Step>) -> JobPlan {
     JobPlan {
         name: "build".into(),
         image: "img".into(),
@@ -29,6 +29,8 @@ fn plan(steps: Vec<Step>) -> JobPlan {
         steps,
         services: vec![],
         executor: ExecutorKind::Docker,
+        resource_class: None,
+        unsupported: None,
     }
 }
 
@@ -65,6 +67,7 @@ fn spec(store_dir: &Path, plan: JobPlan) -> JobSpec {
             keys: vec![],
             known_hosts: KnownHosts::pinned(),
             vcs_hosts: VcsHosts::new(),
+            mirrors: None,
         },
         env: vec![],
         secrets: vec![],
@@ -85,6 +88,7 @@ fn spec(store_dir: &Path, plan: JobPlan) -> JobSpec {
         engine: None,
         identity: Default::default(),
         timings: None,
+        limits: Default::default(),
         ready: None,
     }
 }

@@ -89,27 +89,36 @@ pub fn keyscan(
     Ok(keys)
 }
 
+/// Why one algorithm's scan got no key (collected into the keyscan's error).
+#[derive(Debug, thiserror::Error)]
+enum ScanError {
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Ssh(#[from] ssh2::Error),
+    #[error("not supported by this build: {0}")]
+    Unsupported(#[source] ssh2::Error),
+    #[error("server sent no host key")]
+    NoHostKey,
+}
+
 fn scan_one(
     addr: SocketAddr,
     alg: &str,
     timeout: Duration,
-) -> Result<(Vec<u8>, HostKeyType), String> {
-    let tcp = TcpStream::connect_timeout(&addr, timeout).map_err(|e| e.to_string())?;
-    tcp.set_read_timeout(Some(timeout))
-        .map_err(|e| e.to_string())?;
-    tcp.set_write_timeout(Some(timeout))
-        .map_err(|e| e.to_string())?;
-    let mut session = ssh2::Session::new().map_err(|e| e.to_string())?;
+) -> Result<(Vec<u8>, HostKeyType), ScanError> {
+    let tcp = TcpStream::connect_timeout(&addr, timeout)?;
+    tcp.set_read_timeout(Some(timeout))?;
+    tcp.set_write_timeout(Some(timeout))?;
+    let mut session = ssh2::Session::new()?;
     // A libssh2 built without this algorithm refuses the preference: skip it.
     session
         .method_pref(ssh2::MethodType::HostKey, alg)
-        .map_err(|e| format!("not supported by this build: {e}"))?;
+        .map_err(ScanError::Unsupported)?;
     session.set_timeout(u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX));
     session.set_tcp_stream(tcp);
-    session.handshake().map_err(|e| e.to_string())?;
-    let (blob, kind) = session
-        .host_key()
-        .ok_or_else(|| "server sent no host key".to_string())?;
+    session.handshake()?;
+    let (blob, kind) = session.host_key().ok_or(ScanError::NoHostKey)?;
     let reported = match kind {
         ssh2::HostKeyType::Rsa => HostKeyType::Rsa,
         ssh2::HostKeyType::Ecdsa256 => HostKeyType::EcdsaP256,

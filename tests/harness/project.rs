@@ -123,6 +123,9 @@ impl Project {
             .arg("execute")
             .args(["--job-id", &self.job_id])
             .env("BOSUN_STORE", self.store.path())
+            // The project's own mirror cache: nothing of the tester's ~/.cache, and every
+            // test starts cold unless it runs twice.
+            .env("BOSUN_CACHE_DIR", self.store.path().join("cache"))
             .args(args)
             .stdin(Stdio::null());
         c

@@ -21,6 +21,36 @@ pub struct Style {
 }
 
 impl Style {
+    /// The style as a number (a live page resumes from it: see `pages::live`).
+    pub fn code(&self) -> u32 {
+        let c = |c: Option<u8>| c.map_or(0, |c| u32::from(c.min(15)) + 1);
+        c(self.fg)
+            | c(self.bg) << 5
+            | u32::from(self.bold) << 10
+            | u32::from(self.dim) << 11
+            | u32::from(self.italic) << 12
+            | u32::from(self.underline) << 13
+    }
+
+    /// The style of [`Style::code`]; anything else is the plain style.
+    pub fn from_code(code: u32) -> Style {
+        if code >= 1 << 14 {
+            return Style::default();
+        }
+        let c = |v: u32| match v & 31 {
+            0 => None,
+            n => Some((n - 1).min(15) as u8),
+        };
+        Style {
+            fg: c(code),
+            bg: c(code >> 5),
+            bold: code & 1 << 10 != 0,
+            dim: code & 1 << 11 != 0,
+            italic: code & 1 << 12 != 0,
+            underline: code & 1 << 13 != 0,
+        }
+    }
+
     fn is_plain(&self) -> bool {
         *self == Style::default()
     }
@@ -150,27 +180,30 @@ fn from_256(n: u32) -> u8 {
     }
 }
 
-/// One piece of a line: plain text in a style, or a carriage return.
+/// One piece of a line: plain text in a style, or a carriage return (with the byte index
+/// just after it).
 enum Tok {
     Text(String),
-    Cr,
+    Cr(usize),
 }
 
 /// Split one line (no `\n`) into text runs and CRs, updating `style` at each SGR; every
-/// other escape sequence and control character is dropped.
-fn tokens(line: &str, style: &mut Style) -> Vec<(Style, Tok)> {
+/// other escape sequence and control character is dropped. Also returns where an escape
+/// sequence the line ends inside (cut off: its rest is still to come) begins.
+fn tokens(line: &str, style: &mut Style) -> (Vec<(Style, Tok)>, Option<usize>) {
     let mut out: Vec<(Style, Tok)> = Vec::new();
     let mut text = String::new();
-    let mut chars = line.chars().peekable();
+    let mut chars = line.char_indices().peekable();
+    let mut cut = None;
     let flush = |text: &mut String, out: &mut Vec<(Style, Tok)>, style: Style| {
         if !text.is_empty() {
             out.push((style, Tok::Text(std::mem::take(text))));
         }
     };
-    while let Some(c) = chars.next() {
+    while let Some((at, c)) = chars.next() {
         match c {
             '\x1b' | '\u{9b}' => {
-                let csi = c == '\u{9b}' || chars.peek() == Some(&'[');
+                let csi = c == '\u{9b}' || chars.peek().map(|p| p.1) == Some('[');
                 if c == '\x1b' && csi {
                     chars.next();
                 }
@@ -178,18 +211,23 @@ fn tokens(line: &str, style: &mut Style) -> Vec<(Style, Tok)> {
                     // Parameters, intermediates, then one final byte.
                     let mut params = String::new();
                     let mut fin = None;
-                    for d in chars.by_ref() {
+                    let mut stray = false;
+                    for (_, d) in chars.by_ref() {
                         if ('\x40'..='\x7e').contains(&d) {
                             fin = Some(d);
                             break;
                         }
                         if !('\x20'..='\x3f').contains(&d) {
                             // Not a CSI after all: stop at the stray character (dropped).
+                            stray = true;
                             break;
                         }
                         if params.len() < 64 {
                             params.push(d);
                         }
+                    }
+                    if fin.is_none() && !stray {
+                        cut = Some(at);
                     }
                     if fin == Some('m') {
                         flush(&mut text, &mut out, *style);
@@ -203,26 +241,34 @@ fn tokens(line: &str, style: &mut Style) -> Vec<(Style, Tok)> {
                         };
                         style.apply(&ps);
                     }
-                } else if c == '\x1b' && chars.peek() == Some(&']') {
+                } else if c == '\x1b' && chars.peek().map(|p| p.1) == Some(']') {
                     // OSC (titles, hyperlinks): up to BEL or ESC \ — never shown, never a link.
                     chars.next();
-                    while let Some(d) = chars.next() {
+                    let mut ended = false;
+                    while let Some((_, d)) = chars.next() {
                         if d == '\x07' {
+                            ended = true;
                             break;
                         }
                         if d == '\x1b' {
-                            chars.next_if_eq(&'\\');
+                            chars.next_if(|p| p.1 == '\\');
+                            ended = true;
                             break;
                         }
                     }
+                    if !ended {
+                        cut = Some(at);
+                    }
                 } else if c == '\x1b' {
                     // A two-character escape (ESC 7, ESC =, …): drop its second character.
-                    chars.next();
+                    if chars.next().is_none() {
+                        cut = Some(at);
+                    }
                 }
             }
             '\r' => {
                 flush(&mut text, &mut out, *style);
-                out.push((*style, Tok::Cr));
+                out.push((*style, Tok::Cr(at + 1)));
             }
             '\t' => text.push(c),
             c if c.is_control() => {}
@@ -230,7 +276,7 @@ fn tokens(line: &str, style: &mut Style) -> Vec<(Style, Tok)> {
         }
     }
     flush(&mut text, &mut out, *style);
-    out
+    (out, cut)
 }
 
 /// Escape text for HTML content and quoted attributes.
@@ -247,33 +293,33 @@ pub fn escape_into(out: &mut String, s: &str) {
     }
 }
 
-/// The visible runs of one line: text after the last carriage return that has text after it
-/// (a progress bar's last state; `\r\n` line ends leave the line as it was).
-fn collapse(toks: Vec<(Style, Tok)>) -> Vec<(Style, String)> {
-    let last_cr_with_text = toks
-        .iter()
+/// Where the visible part of a line's tokens starts: after the last carriage return that has
+/// text after it (a progress bar's last state; `\r\n` line ends leave the line as it was).
+fn visible_from(toks: &[(Style, Tok)]) -> Option<usize> {
+    toks.iter()
         .enumerate()
-        .filter(|(_, (_, t))| matches!(t, Tok::Cr))
+        .filter(|(_, (_, t))| matches!(t, Tok::Cr(_)))
         .map(|(i, _)| i)
         .rfind(|i| {
             toks[i + 1..]
                 .iter()
                 .any(|(_, t)| matches!(t, Tok::Text(s) if !s.is_empty()))
-        });
-    let from = last_cr_with_text.map_or(0, |i| i + 1);
-    toks.into_iter()
-        .skip(from)
-        .filter_map(|(s, t)| match t {
-            Tok::Text(x) => Some((s, x)),
-            Tok::Cr => None,
         })
-        .collect()
 }
 
 /// The HTML of one line's content (without the line element around it).
 pub fn line_html(line: &str, style: &mut Style) -> String {
+    line_html_parts(line, style).0
+}
+
+/// [`line_html`], and whether a carriage return in `line` hides what came before it — also
+/// what an earlier part of the same line showed (a live page clears it).
+pub fn line_html_parts(line: &str, style: &mut Style) -> (String, bool) {
+    let (toks, _) = tokens(line, style);
+    let from = visible_from(&toks);
     let mut out = String::new();
-    for (s, text) in collapse(tokens(line, style)) {
+    for (s, t) in toks.into_iter().skip(from.map_or(0, |i| i + 1)) {
+        let Tok::Text(text) = t else { continue };
         if s.is_plain() {
             escape_into(&mut out, &text);
         } else {
@@ -282,7 +328,23 @@ pub fn line_html(line: &str, style: &mut Style) -> String {
             out.push_str("</span>");
         }
     }
-    out
+    (out, from.is_some())
+}
+
+/// The byte index in `line` before which nothing can show any more: just after the last
+/// carriage return with text after it (0: none).
+pub fn hidden_before(line: &str) -> usize {
+    let (toks, _) = tokens(line, &mut Style::default());
+    match visible_from(&toks).map(|i| &toks[i].1) {
+        Some(Tok::Cr(at)) => *at,
+        _ => 0,
+    }
+}
+
+/// How much of `line` ends outside any escape sequence: all of it unless it ends inside one
+/// (cut off, its rest still to come), which then starts at the returned index.
+pub fn complete_prefix(line: &str) -> usize {
+    tokens(line, &mut Style::default()).1.unwrap_or(line.len())
 }
 
 /// Render `text` as line elements numbered from `first_line`:
@@ -290,18 +352,39 @@ pub fn line_html(line: &str, style: &mut Style) -> String {
 /// The number shows through CSS (`data-n`), so copying the log copies no numbers. Returns the
 /// HTML and the number of lines written. A last line without `\n` is written too.
 pub fn render_lines(text: &str, first_line: u64, style: &mut Style) -> (String, u64) {
+    render_lines_stamped(text, first_line, style, &mut |_| None)
+}
+
+/// [`render_lines`], each line stamped with `data-t="…"` where `stamp` (given the byte
+/// index of the line's start in `text`) says (a time: plain text the caller made).
+pub fn render_lines_stamped(
+    text: &str,
+    first_line: u64,
+    style: &mut Style,
+    stamp: &mut dyn FnMut(usize) -> Option<String>,
+) -> (String, u64) {
     let mut out = String::with_capacity(text.len() + text.len() / 2);
     let mut count = 0;
     let body = text.strip_suffix('\n').unwrap_or(text);
     if text.is_empty() {
         return (out, 0);
     }
+    let mut at = 0;
     for (n, line) in (first_line..).zip(body.split('\n')) {
+        let t = stamp(at)
+            .map(|t| {
+                let mut a = String::from(" data-t=\"");
+                escape_into(&mut a, &t);
+                a.push('"');
+                a
+            })
+            .unwrap_or_default();
         let _ = write!(
             out,
-            "<span class=\"l\" id=\"L{n}\"><a href=\"#L{n}\" data-n=\"{n}\" tabindex=\"-1\"></a>{}\n</span>",
+            "<span class=\"l\" id=\"L{n}\"{t}><a href=\"#L{n}\" data-n=\"{n}\" tabindex=\"-1\"></a>{}\n</span>",
             line_html(line, style)
         );
+        at += line.len() + 1;
         count += 1;
     }
     (out, count)

@@ -10,7 +10,11 @@
 //! [`ansi`], which escapes it and turns colours into classes.
 
 pub mod ansi;
+pub mod live;
+pub mod ssh;
+pub mod results;
 
+pub mod pipelines;
 use super::store::{is_commit_id, JobFilter, JobRow, Store};
 use super::{fmt_duration, AppState, CoordError};
 use crate::protocol::{JobEvent, JobState, StepStatus};
@@ -214,6 +218,11 @@ pub fn iso_utc(ms: i64) -> String {
         (s / 60) % 60,
         s % 60
     )
+}
+
+/// Milliseconds since the epoch as `09:05:03` (UTC): a log line's time.
+pub fn clock(ms: i64) -> String {
+    iso_utc(ms)[11..19].to_owned()
 }
 
 /// `3 min ago` and the like.
@@ -568,6 +577,8 @@ struct Loaded {
     log_end: u64,
     /// The line number the next byte after the log starts (live lines continue from it).
     next_line: u64,
+    /// When each part of the log arrived (per-line timestamps).
+    times: super::store::LogTimes,
 }
 
 fn load_job(s: &Store, id: i64) -> super::Result<Option<Loaded>> {
@@ -605,6 +616,7 @@ fn load_job(s: &Store, id: i64) -> super::Result<Option<Loaded>> {
         seq: events.len() as u64,
         log_end: len,
         next_line: last + 1,
+        times: s.log_times(id)?,
     }))
 }
 
@@ -620,27 +632,50 @@ fn step_word(sec: &Section, job: &JobRow) -> Option<&'static str> {
     }
 }
 
-/// Where a job's test results and artifacts are: on the agent that ran it (they do not travel
-/// over the protocol yet).
-fn stored_on_agent(job: &JobRow, what: &str) -> String {
-    format!(
-        "<p>{what} stay on the agent that ran the job ({}) until the store travels over the \
-         protocol: under its <code>--store</code> directory (default <code>$BOSUN_STORE</code>, \
-         else <code>~/.cache/bosun</code>), in <code>projects/&lt;project&gt;/artifacts/&lt;job id&gt;/</code> \
-         — test results as <code>test-results.json</code> there. The job's log shows each \
-         <code>store_test_results</code> summary and each <code>store_artifacts</code> upload.</p>",
-        esc(job.agent_name.as_deref().or(job.agent_id.as_deref()).unwrap_or("none yet"))
-    )
+#[derive(Deserialize, Default)]
+pub struct PageQuery {
+    /// Show every line's time (`?timestamps=1`; the script toggles without a reload).
+    #[serde(default)]
+    timestamps: Option<String>,
+}
+
+/// Stamps for [`ansi::render_lines_stamped`] of log bytes starting at offset `base`: a line's
+/// `HH:MM:SS`, on every line when `every`, else only where it differs from the line before
+/// (the script fills in the rest when timestamps are shown).
+fn stamper<'a>(
+    times: &'a super::store::LogTimes,
+    base: u64,
+    every: bool,
+) -> impl FnMut(usize) -> Option<String> + 'a {
+    let mut prev: Option<String> = None;
+    move |at| {
+        let t = times.at(base + at as u64).map(clock);
+        if every || t != prev {
+            prev.clone_from(&t);
+            t
+        } else {
+            None
+        }
+    }
 }
 
 /// `GET /jobs/{id}`.
-pub async fn job_page(State(state): State<Arc<AppState>>, Path(raw): Path<String>) -> Response {
+pub async fn job_page(
+    State(state): State<Arc<AppState>>,
+    Path(raw): Path<String>,
+    Query(q): Query<PageQuery>,
+) -> Response {
+    let stamps = nonempty(&q.timestamps).is_some_and(|v| v != "0");
     let Some(id) = super::store::parse_job_id(&raw) else {
         return error_page(StatusCode::NOT_FOUND, "No such job.");
     };
     let l = match state.db(move |s: &Store| load_job(s, id)).await {
         Ok(Some(l)) => l,
         Ok(None) => return error_page(StatusCode::NOT_FOUND, "No such job."),
+        Err(e) => return internal(e),
+    };
+    let stored = match state.db(move |s: &Store| s.job_results(id)).await {
+        Ok(r) => r,
         Err(e) => return internal(e),
     };
     let j = &l.job;
@@ -662,11 +697,14 @@ pub async fn job_page(State(state): State<Arc<AppState>>, Path(raw): Path<String
         );
     }
     meta_row(&mut m, "Pipeline", &j.pipeline_number.to_string());
-    meta_row(
-        &mut m,
-        "Triggered",
-        "queued with <code>bosun coordinator enqueue</code>",
-    );
+    let triggered = match j.rerun_of {
+        Some(of) => format!(
+            "rerun of <a href=\"/jobs/{of}\">#{of}</a>{}",
+            if j.ssh { " with SSH" } else { "" }
+        ),
+        None => "queued with <code>bosun coordinator enqueue</code>".to_owned(),
+    };
+    meta_row(&mut m, "Triggered", &triggered);
     meta_row(&mut m, "Queued", &time_el(Some(j.created), now));
     meta_row(&mut m, "Started", &time_el(j.started, now));
     meta_row(&mut m, "Duration", &esc(&duration_text(j)));
@@ -684,6 +722,9 @@ pub async fn job_page(State(state): State<Arc<AppState>>, Path(raw): Path<String
             .or(j.agent_id.as_deref())
             .unwrap_or("–")),
     );
+    if let Some(ssh) = ssh::row_html(j) {
+        meta_row(&mut m, "SSH", &format!("<span id=\"ssh\">{ssh}</span>"));
+    }
     if let Some(secs) = j.timeout_secs {
         meta_row(
             &mut m,
@@ -703,10 +744,16 @@ pub async fn job_page(State(state): State<Arc<AppState>>, Path(raw): Path<String
          <span id=\"q-status\" role=\"status\" aria-live=\"polite\"></span></form> \
          <button type=\"button\" id=\"expand-all\" hidden>Expand all</button> \
          <button type=\"button\" id=\"collapse-all\" hidden>Collapse all</button> \
-         <a href=\"/jobs/{id}/log.txt\" download>Raw log</a> <span class=\"size\">({} bytes)</span></div>\n<div id=\"log\">",
+         <a href=\"/jobs/{id}{}\" id=\"ts-toggle\" role=\"button\" aria-pressed=\"{stamps}\">Timestamps (UTC)</a> \
+         <a href=\"/jobs/{id}/log.txt\" download>Raw log</a> <span class=\"size\">({} bytes)</span></div>\n<div id=\"log\"{}>",
         esc(j.error.as_deref().unwrap_or("")),
-        l.log_end
+        if stamps { "" } else { "?timestamps=1" },
+        l.log_end,
+        if stamps { " class=\"ts\"" } else { "" },
     );
+    // Where a live page's stream starts: the last line if it is unfinished (the stream sends
+    // it again, whole), in the style the page reached there.
+    let mut live = (l.log_end, ansi::Style::default(), false, l.next_line);
     let last = l.secs.len().saturating_sub(1);
     for (i, (sec, (from, bytes, first_line))) in l.secs.iter().zip(&l.parts).enumerate() {
         let w = step_word(sec, j);
@@ -741,21 +788,49 @@ pub async fn job_page(State(state): State<Arc<AppState>>, Path(raw): Path<String
                 sec.start,
             );
         }
-        let text = String::from_utf8_lossy(bytes);
-        let (html, _) = ansi::render_lines(&text, *first_line, &mut ansi::Style::default());
+        // The last section of a live job: its unfinished last line apart.
+        let cut = if i == last && !j.is_final() {
+            bytes.iter().rposition(|&b| b == b'\n').map_or(0, |p| p + 1)
+        } else {
+            bytes.len()
+        };
+        let mut style = ansi::Style::default();
+        let text = String::from_utf8_lossy(&bytes[..cut]);
+        let (mut html, n) = ansi::render_lines_stamped(
+            &text,
+            *first_line,
+            &mut style,
+            &mut stamper(&l.times, *from, stamps),
+        );
+        if cut < bytes.len() {
+            let base = from + cut as u64;
+            live = (base, style, true, first_line + n + 1);
+            let text = String::from_utf8_lossy(&bytes[cut..]);
+            let (tail, _) = ansi::render_lines_stamped(
+                &text,
+                first_line + n,
+                &mut style,
+                &mut stamper(&l.times, base, true),
+            );
+            html.push_str(&tail);
+        }
         let _ = writeln!(m, "<pre class=\"log\">{html}</pre></details>");
     }
     m.push_str("</div></section>\n<section id=\"tests\" aria-labelledby=\"tests-h\"><h2 id=\"tests-h\">Tests</h2>");
-    m.push_str(&stored_on_agent(j, "Test results"));
+    m.push_str(&results::tests_section(j, &stored));
     m.push_str("</section>\n<section id=\"artifacts\" aria-labelledby=\"art-h\"><h2 id=\"art-h\">Artifacts</h2>");
-    m.push_str(&stored_on_agent(j, "Artifacts"));
+    m.push_str(&results::artifacts_section(j, &stored));
     m.push_str("</section>");
     let mut attrs = format!(" data-page=\"job\" data-job=\"{id}\"");
     if !j.is_final() {
+        let (offset, style, open, next_line) = live;
         let _ = write!(
             attrs,
-            " data-live=\"1\" data-offset=\"{}\" data-seq=\"{}\" data-next-line=\"{}\"",
-            l.log_end, l.seq, l.next_line
+            " data-live=\"1\" data-offset=\"{offset}\" data-seq=\"{}\" data-next-line=\"{next_line}\" \
+             data-style=\"{}\" data-open=\"{}\"",
+            l.seq,
+            style.code(),
+            u8::from(open)
         );
     }
     shell(&format!("{} #{id} · {word}", j.job_name), &attrs, &m).into_response()
@@ -788,10 +863,14 @@ pub async fn log_fragment(
         return (StatusCode::BAD_REQUEST, "empty range\n").into_response();
     }
     let read = state
-        .db(move |s: &Store| s.log_piece(id, from, q.end - from))
+        .db(move |s: &Store| {
+            Ok(s.log_piece(id, from, q.end - from)?
+                .map(|(b, _)| b)
+                .zip(Some(s.log_times(id)?)))
+        })
         .await;
-    let bytes = match read {
-        Ok(Some((b, _))) => b,
+    let (bytes, times) = match read {
+        Ok(Some(x)) => x,
         Ok(None) => return (StatusCode::NOT_FOUND, "no such job\n").into_response(),
         Err(e) => return internal(e),
     };
@@ -799,7 +878,12 @@ pub async fn log_fragment(
     let lines = bytes.iter().filter(|&&b| b == b'\n').count() as u64;
     let first = q.line.saturating_sub(lines).max(1);
     let text = String::from_utf8_lossy(&bytes);
-    let (html, _) = ansi::render_lines(&text, first, &mut ansi::Style::default());
+    let (html, _) = ansi::render_lines_stamped(
+        &text,
+        first,
+        &mut ansi::Style::default(),
+        &mut stamper(&times, from, false),
+    );
     Html(format!(
         "<div class=\"part\" data-start=\"{from}\" data-line=\"{first}\">{html}</div>"
     ))

@@ -1,5 +1,6 @@
 //! Projects and jobs as the CLI and the pages see them: add, enqueue, cancel, list.
 
+use super::ssh::Queued;
 use super::*;
 
 impl Store {
@@ -62,8 +63,24 @@ impl Store {
     }
 
     pub fn enqueue(&self, j: &NewJob) -> Result<i64> {
+        self.enqueue_with(j, &Queued::default())
+    }
+
+    /// Queue `j` with what only some jobs carry (see [`Queued`]).
+    pub(super) fn enqueue_with(&self, j: &NewJob, extra: &Queued) -> Result<i64> {
+        let ssh_keys = if extra.ssh_keys.is_empty() {
+            None
+        } else {
+            Some(
+                serde_json::to_string(&extra.ssh_keys)
+                    .map_err(|e| CoordError::Invalid(e.to_string()))?,
+            )
+        };
         if let Some(secs) = j.timeout_secs {
             check_timeout_secs(secs)?;
+        }
+        if let Some(w) = &j.workspace {
+            check_workspace(w)?;
         }
         let pr_url = match (j.pr_number, &j.pr_url) {
             (None, None) => None,
@@ -115,22 +132,29 @@ impl Store {
                     j.project_slug
                 ))
             })?;
-        let pipeline: i64 = tx.query_row(
-            "SELECT COALESCE(MAX(pipeline_number), 0) + 1 FROM jobs WHERE project_id = ?1",
-            [pid],
-            |r| r.get(0),
-        )?;
+        // One number sequence per project, shared with pipelines (a rerun keeps its job's).
+        let pipeline: i64 = match extra.pipeline_number {
+            Some(n) => n,
+            None => tx.query_row(
+                "SELECT MAX(COALESCE((SELECT MAX(number) FROM pipelines WHERE project_id = ?1), 0), \
+                            COALESCE((SELECT MAX(pipeline_number) FROM jobs WHERE project_id = ?1), 0)) + 1",
+                [pid],
+                |r| r.get(0),
+            )?,
+        };
         let (branch, tag) = split_ref(&j.git_ref);
         // Without --commit the agent gets the ref name to resolve (documented in protocol.md).
         let commit = j.commit_sha.clone().unwrap_or_else(|| j.git_ref.clone());
         tx.execute(
             "INSERT INTO jobs(project_id, commit_sha, git_ref, branch, tag, job_name, pipeline_number, \
              resource_class, labels, status, max_attempts, created, pr_number, pr_url, pr_fork, \
-             timeout_secs) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'queued', ?10, ?11, ?12, ?13, ?14, ?15)",
+             timeout_secs, ssh_keys, rerun_of, workspace) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'queued', ?10, ?11, ?12, ?13, ?14, ?15, \
+             ?16, ?17, ?18)",
             params![pid, commit, j.git_ref, branch, tag, j.job_name, pipeline, j.resource_class,
                 json_labels(&j.labels), j.max_attempts.max(1), now_ms(), pr_number, pr_url,
-                j.pr_fork && pr_number.is_some(), j.timeout_secs.map(|s| s as i64)],
+                j.pr_fork && pr_number.is_some(), j.timeout_secs.map(|s| s as i64), ssh_keys,
+                extra.rerun_of, j.workspace],
         )?;
         let id = tx.last_insert_rowid();
         tx.commit()?;

@@ -68,7 +68,7 @@ impl Store {
     }
 
     /// May `agent_id`, writing for `attempt` (when it says), write to job `id`?
-    fn lease_state(
+    pub(super) fn lease_state(
         conn: &Connection,
         id: i64,
         agent_id: &str,
@@ -97,7 +97,7 @@ impl Store {
     pub fn heartbeat(
         &self,
         agent_id: &str,
-        running: &[String],
+        running: &[RunningJob],
         lease: Duration,
     ) -> Result<HeartbeatOutcome> {
         let mut conn = self.conn();
@@ -111,7 +111,8 @@ impl Store {
             cancel: vec![],
             unknown: vec![],
         };
-        for job in running {
+        for running in running {
+            let job = &running.job_id;
             let Some(id) = parse_job_id(job) else {
                 out.unknown.push(job.clone());
                 continue;
@@ -124,6 +125,7 @@ impl Store {
                 out.unknown.push(job.clone());
                 continue;
             }
+            ssh::record_state(&tx, id, running.ssh.as_ref())?;
             let cancel: bool = tx.query_row(
                 "SELECT cancel_requested FROM jobs WHERE id = ?1",
                 [id],
@@ -171,6 +173,9 @@ impl Store {
         out.map(|(outcome, added)| {
             self.appended
                 .fetch_add(added, std::sync::atomic::Ordering::Relaxed);
+            if let (AppendOutcome::Ack(end), true) = (&outcome, added > 0) {
+                self.note_arrival(id, end - added, now_ms());
+            }
             outcome
         })
     }
@@ -394,6 +399,9 @@ impl Store {
                 // The next attempt's agent sends its log from offset 0 again, so the lost
                 // attempt's log and events go; the error field says what happened.
                 tx.execute("DELETE FROM job_events WHERE job_id = ?1", [id])?;
+                // What the lost attempt stored goes with its log: the next attempt stores
+                // its own (its caches stay: they are immutable and whole).
+                super::blobs::forget_attempt(&tx, id)?;
                 requeued_ids.push(id);
                 let msg = format!("attempt {attempts} lost its lease (no heartbeat); re-queued");
                 tx.execute(
@@ -469,11 +477,19 @@ fn wire_job(conn: &Connection, secrets: &SecretsKey, id: i64) -> Result<WireJob>
                 ))
             },
         )?;
+    // A forked pull request's build gets no secret env values and no user key unless the
+    // project passes secrets to forks (decided when the pipeline was made).
+    let pipeline = Store::wire_pipeline(conn, id)?;
+    let restricted = pipeline.as_ref().is_some_and(|(_, r)| *r);
+    let pipeline = pipeline.map(|(p, _)| p);
     let mut keys = Vec::new();
     for (role, column, key) in [
         (WireKeyRole::User, "user_key", user_key),
         (WireKeyRole::Deploy, "deploy_key", deploy_key),
     ] {
+        if restricted && role == WireKeyRole::User {
+            continue;
+        }
         if let Some(sealed) = key {
             let private_key = secrets.open(&secrets::key_place(pid, column), &sealed)?;
             keys.push(WireKey {
@@ -498,6 +514,9 @@ fn wire_job(conn: &Connection, secrets: &SecretsKey, id: i64) -> Result<WireJob>
             .collect::<rusqlite::Result<Vec<_>>>()?;
         let mut env = Vec::with_capacity(rows.len());
         for mut e in rows {
+            if e.secret && restricted {
+                continue;
+            }
             if e.secret {
                 e.value = secrets
                     .open(&secrets::env_place(pid, &e.name), &e.value)?
@@ -539,7 +558,8 @@ fn wire_job(conn: &Connection, secrets: &SecretsKey, id: i64) -> Result<WireJob>
         attempt: attempts,
         previous_build_num: previous_build_num.map(|n| n as u64),
         username: None,
-        // The coordinator does not take SSH requests yet (enqueue/rerun --ssh-key).
-        ssh_keys: Vec::new(),
+        ssh_keys: ssh::job_ssh_keys(conn, id)?,
+        store: Some(super::blobs::wire_store(conn, id)?),
+        pipeline,
     })
 }

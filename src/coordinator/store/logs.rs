@@ -96,6 +96,7 @@ impl Store {
 
     /// Forget a job's log (a re-queued attempt starts over).
     pub(super) fn drop_log(&self, id: i64) {
+        self.drop_times(id);
         let path = log_path(&self.logs, id);
         if let Err(e) = std::fs::remove_file(&path) {
             if e.kind() != std::io::ErrorKind::NotFound {

@@ -21,8 +21,8 @@
 use super::secrets::{self, SecretsKey, SEALED_PREFIX};
 use super::{random_hex, sha256_hex, CoordError, Result};
 use crate::protocol::{
-    FinishRequest, JobEvent, JobState, WireEnv, WireJob, WireKey, WireKeyRole, WireProject,
-    WirePullRequest, WireTimeouts,
+    FinishRequest, JobEvent, JobState, RunningJob, WireEnv, WireJob, WireKey, WireKeyRole,
+    WireProject, WirePullRequest, WireSshState, WireTimeouts,
 };
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use std::fs::File;
@@ -41,15 +41,22 @@ pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
 pub const MAX_JOB_TIMEOUT_SECS: u64 = 24 * 3600;
 
 mod access;
+pub mod blobs;
+mod intake;
 mod jobs;
 mod lease;
 mod logs;
+pub mod pipelines;
 mod schema;
+mod ssh;
 #[cfg(test)]
 mod tests;
+mod times;
 
 pub use access::RegistrationTokenRow;
+pub use intake::{KeyColumn, ProjectSettings, WebhookProject};
 use schema::{migrate, seal_plaintext_secrets};
+pub use times::LogTimes;
 
 pub fn now_ms() -> i64 {
     SystemTime::now()
@@ -101,6 +108,12 @@ pub struct JobRow {
     pub clone_url: String,
     /// The name of the agent that holds or held the job.
     pub agent_name: Option<String>,
+    /// Queued with SSH keys (`enqueue --ssh-key`, `rerun --ssh`).
+    pub ssh: bool,
+    /// How to reach it over SSH, as its agent last reported (running jobs).
+    pub ssh_state: Option<WireSshState>,
+    /// The job this one reruns.
+    pub rerun_of: Option<i64>,
 }
 
 impl JobRow {
@@ -142,6 +155,29 @@ pub struct NewJob {
     /// Whole-job time limit in seconds, 1..=[`MAX_JOB_TIMEOUT_SECS`]; `None`: the
     /// protocol's default ([`WireTimeouts::default`]).
     pub timeout_secs: Option<u64>,
+    /// The workspace the job attaches and persists to (a workflow run's, shared by its jobs;
+    /// see [`check_workspace`]); `None`: the job's own (`job-<id>`).
+    pub workspace: Option<String>,
+}
+
+/// Longest workspace name.
+pub const MAX_WORKSPACE_CHARS: usize = 128;
+
+/// A workspace name: 1 to [`MAX_WORKSPACE_CHARS`] of `A-Z a-z 0-9 . _ -` (it travels to
+/// agents and names rows; nothing else belongs in it).
+pub fn check_workspace(w: &str) -> Result<()> {
+    if w.is_empty()
+        || w.len() > MAX_WORKSPACE_CHARS
+        || !w
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+    {
+        return Err(CoordError::Invalid(format!(
+            "workspace `{}`: expected 1 to {MAX_WORKSPACE_CHARS} characters of A-Z a-z 0-9 . _ -",
+            super::printable(w)
+        )));
+    }
+    Ok(())
 }
 
 /// The pull request URL of a Bitbucket Cloud repository `slug` (`workspace/repo`).
@@ -245,7 +281,8 @@ const JOB_COLUMNS: &str = "j.id, p.slug, j.commit_sha, j.git_ref, j.job_name, j.
      j.status, j.agent_id, j.attempts, j.max_attempts, j.cancel_requested, j.log_bytes, \
      j.event_count, j.error, j.created, j.started, j.finished, j.pr_number, j.pr_url, \
      j.timeout_secs, j.resolved_sha, p.clone_url, \
-     (SELECT name FROM agents WHERE id = j.agent_id)";
+     (SELECT name FROM agents WHERE id = j.agent_id), j.ssh_keys IS NOT NULL, j.ssh_state, \
+     j.rerun_of";
 
 /// A pooled read-only connection (see [`Store::reader`]).
 struct Reader<'a> {
@@ -297,6 +334,12 @@ fn job_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<JobRow> {
         resolved_sha: r.get(20)?,
         clone_url: r.get(21)?,
         agent_name: r.get(22)?,
+        ssh: r.get(23)?,
+        // Agent-written; a row it cannot read shows no SSH line rather than failing the page.
+        ssh_state: r
+            .get::<_, Option<String>>(24)?
+            .and_then(|s| serde_json::from_str(&s).ok()),
+        rerun_of: r.get(25)?,
     })
 }
 

@@ -31,6 +31,7 @@ fn new_job() -> NewJob {
         pr_url: None,
         pr_fork: false,
         timeout_secs: None,
+        workspace: None,
     }
 }
 
@@ -561,4 +562,109 @@ fn a_store_does_not_open_with_another_or_a_missing_key_file() {
         panic!("opened without its key file");
     };
     assert!(e.to_string().contains("is missing"), "{e}");
+}
+
+/// Issue 15: keys queued with a job reach its agent in the claim; a rerun repeats the job's
+/// commit, pipeline and placement with its own keys; heartbeats record SSH access only for
+/// SSH jobs and only when it is printable.
+#[test]
+fn ssh_keys_travel_in_the_claim_and_a_rerun_repeats_the_job() {
+    let (_d, s) = store();
+    let key =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBCnKQfAzuVF6iHrcQjDuDR8KDeNCpCxjF4+Hc1JFOQe a@x";
+    let mut j = new_job();
+    j.pr_number = Some(7);
+    j.timeout_secs = Some(600);
+    let plain = s.enqueue(&j).expect("enqueue");
+    let w = claim_next(&s);
+    assert_eq!(w.id, plain.to_string());
+    assert!(w.ssh_keys.is_empty());
+    let again = s.rerun(plain, &[key.to_owned()]).expect("rerun");
+    let row = s.job(again).expect("row").expect("job");
+    assert_eq!((row.rerun_of, row.ssh), (Some(plain), true));
+    assert_eq!(
+        row.pipeline_number, 1,
+        "a rerun stays in its job's pipeline"
+    );
+    let old = s.job(plain).expect("row").expect("job");
+    assert!(old.rerun_of.is_none() && !old.ssh);
+    let w = claim_next(&s);
+    assert_eq!(w.id, again.to_string());
+    assert_eq!(w.ssh_keys, vec![key.to_owned()]);
+    assert_eq!(w.timeouts.job_secs, 600);
+    assert_eq!(w.pull_request.map(|p| p.number), Some(7));
+    let state = |host: &str| crate::protocol::WireSshState {
+        host: host.into(),
+        port: 54782,
+        fingerprint: "SHA256:abc".into(),
+        sessions: 2,
+        held_until_ms: Some(1_800_000_000_000),
+    };
+    let running = |id: i64, host: &str| RunningJob {
+        job_id: id.to_string(),
+        state: "step 1/1".into(),
+        ssh: Some(state(host)),
+    };
+    s.heartbeat(
+        "a1",
+        &[running(again, "ci.example.com")],
+        Duration::from_secs(30),
+    )
+    .expect("heartbeat");
+    let row = s.job(again).expect("row").expect("job");
+    assert_eq!(row.ssh_state, Some(state("ci.example.com")));
+    // Terminal escapes from an agent are not stored (the row keeps the last good state).
+    s.heartbeat(
+        "a1",
+        &[running(again, "x\u{1b}[2J")],
+        Duration::from_secs(30),
+    )
+    .expect("heartbeat");
+    assert_eq!(
+        s.job(again).expect("row").expect("job").ssh_state,
+        None,
+        "an unprintable host clears the state"
+    );
+    // The job without keys records nothing, whatever its agent says.
+    let third = s.enqueue(&j).expect("enqueue");
+    let w = claim_next(&s);
+    assert_eq!(w.id, third.to_string());
+    s.heartbeat(
+        "a1",
+        &[running(third, "ci.example.com")],
+        Duration::from_secs(30),
+    )
+    .expect("heartbeat");
+    assert_eq!(s.job(third).expect("row").expect("job").ssh_state, None);
+    assert!(s.rerun(9999, &[]).is_err());
+}
+
+/// Issue 18: arrival times, one record per second, looked up by offset.
+#[test]
+fn log_arrival_times_are_recorded_per_second_and_dropped_with_the_log() {
+    let (d, s) = store();
+    let id = job(&s);
+    claim_next(&s);
+    s.note_arrival(id, 0, 10_000);
+    s.note_arrival(id, 5, 10_900); // same second: no record
+    s.note_arrival(id, 9, 11_200);
+    s.note_arrival(id, 3, 12_000); // an offset going back (a cut log): ignored
+    let t = s.log_times(id).expect("times");
+    assert_eq!(t.0, vec![(0, 10_000), (9, 11_200)]);
+    assert_eq!(t.at(0), Some(10_000));
+    assert_eq!(t.at(8), Some(10_000));
+    assert_eq!(t.at(9), Some(11_200));
+    assert_eq!(s.log_times_from(id, 1).expect("from").0, vec![(9, 11_200)]);
+    // A torn last record (a crash mid-write) is ignored.
+    let path = d
+        .path()
+        .join("data")
+        .join(LOGS_DIR)
+        .join(format!("{id}.times"));
+    let mut bytes = std::fs::read(&path).expect("file");
+    bytes.extend_from_slice(&[1, 2, 3]);
+    std::fs::write(&path, bytes).expect("write");
+    assert_eq!(s.log_times(id).expect("times").0.len(), 2);
+    s.drop_log(id);
+    assert!(s.log_times(id).expect("times").0.is_empty());
 }

@@ -1,6 +1,6 @@
 // bosun coordinator pages: what needs a script on top of the server-rendered HTML (which reads
-// fine without it). Job output never goes through innerHTML here: live text is added with
-// textContent; older parts come as HTML the coordinator rendered and escaped (pages/ansi.rs).
+// fine without it). Job output only ever arrives as HTML the coordinator rendered and escaped
+// (pages/ansi.rs): older parts, live lines (pages/live.rs) and the SSH row.
 "use strict";
 
 (function () {
@@ -83,7 +83,7 @@
 
   // ---- older output on demand ----
   const job = body.dataset.job;
-  async function loadEarlier(btn) {
+  let loadEarlier = async function (btn) {
     btn.disabled = true;
     const { start, end, line } = btn.dataset;
     try {
@@ -110,7 +110,7 @@
       btn.disabled = false;
       btn.textContent = "Load earlier output (failed, retry)";
     }
-  }
+  };
   for (const b of $$("button.load", logDiv)) {
     b.hidden = false;
     b.addEventListener("click", () => loadEarlier(b));
@@ -155,36 +155,90 @@
     return { rerun() { if (last) run(); } };
   })();
 
+  // ---- timestamps per line, on demand ----
+  // The coordinator stamps a line with its time (data-t) where the second changes; shown,
+  // every line gets the time of the last stamped line before it.
+  function fillTimes() {
+    let last = "";
+    for (const l of $$(".l", logDiv)) {
+      if (l.dataset.t) last = l.dataset.t;
+      else if (last) l.dataset.t = last;
+    }
+  }
+  const tsToggle = document.getElementById("ts-toggle");
+  const timesShown = () => logDiv.classList.contains("ts");
+  if (tsToggle) {
+    if (timesShown()) fillTimes();
+    tsToggle.addEventListener("click", (e) => {
+      e.preventDefault();
+      const on = !timesShown();
+      logDiv.classList.toggle("ts", on);
+      if (on) fillTimes();
+      tsToggle.setAttribute("aria-pressed", String(on));
+      history.replaceState(null, "", location.pathname + (on ? "?timestamps=1" : "") + location.hash);
+    });
+    tsToggle.addEventListener("keydown", (e) => { if (e.key === " ") { e.preventDefault(); tsToggle.click(); } });
+  }
+  const loaded = loadEarlier;
+  loadEarlier = async (btn) => { await loaded(btn); if (timesShown()) fillTimes(); };
+
   // ---- live: follow a running job ----
+  // Text arrives as operations on lines, rendered by the coordinator's ANSI renderer
+  // (pages/live.rs): colours show live as after a reload, also when an escape is cut across
+  // two pieces.
   if (!body.dataset.live) return;
-  const esc = /\x1b\[[0-?]*[ -\/]*[@-~]|\x1b\][^\x07\x1b]*(\x07|\x1b\\)?|\x1b.?|[\x00-\x08\x0b-\x0c\x0e-\x1f\x7f]/g;
   let nextLine = Number(body.dataset.nextLine) || 1;
-  let open = null; // the line element still waiting for its "\n"
+  let open = null; // the line still waiting for its "\n": {el, c: committed part, t: tail}
   const lastPre = () => { const p = $$("pre.log", logDiv); return p[p.length - 1]; };
-  function newLine() {
+  const tpl = document.createElement("template");
+  function nodes(html) {
+    // Escaped by the coordinator; a template's content is inert (no scripts, no loads).
+    tpl.innerHTML = html;
+    return document.importNode(tpl.content, true);
+  }
+  function part(cls) { const s = document.createElement("span"); s.className = cls; return s; }
+  function lineParts(el) {
+    const c = part("lc"), t = part("lt");
+    el.append(c, t);
+    return { el, c, t };
+  }
+  function newLine(time) {
     const n = nextLine++;
     const span = document.createElement("span");
     span.className = "l"; span.id = "L" + n;
     const a = document.createElement("a");
     a.href = "#L" + n; a.dataset.n = String(n); a.tabIndex = -1;
-    const text = document.createTextNode("");
-    span.append(a, text);
+    span.append(a);
+    if (time) span.dataset.t = time;
+    else if (timesShown()) {
+      const prev = $$(".l", logDiv).pop();
+      if (prev && prev.dataset.t) span.dataset.t = prev.dataset.t;
+    }
     lastPre().append(span);
-    return text;
+    return lineParts(span);
   }
-  function put(piece) {
-    piece = piece.replace(esc, "");
-    const cr = piece.lastIndexOf("\r");
-    if (!open) open = newLine();
-    if (cr >= 0 && cr < piece.length - 1) open.data = piece.slice(cr + 1);
-    else open.data += piece.replace(/\r/g, "");
+  if (body.dataset.open === "1") {
+    // The page's unfinished last line: the stream sends it again, whole; until then it shows
+    // as rendered.
+    const el = $$(".l", lastPre()).pop();
+    if (el) {
+      const kept = [...el.childNodes].filter((n) => !(n.nodeName === "A" && n.dataset.n));
+      open = lineParts(el);
+      open.t.append(...kept);
+      const last = open.t.lastChild;
+      if (last && last.nodeType === 3) last.data = last.data.replace(/\n$/, "");
+    }
   }
-  function appendText(text) {
-    const parts = text.split("\n");
-    parts.forEach((p, i) => {
-      if (i < parts.length - 1) { put(p); open.data += "\n"; open = null; }
-      else if (p) put(p);
-    });
+  function apply(ops) {
+    for (const op of ops) {
+      switch (op[0]) {
+        case "n": open = newLine(op[1]); break;
+        case "c": if (open) { open.c.append(nodes(op[1])); open.t.replaceChildren(); } break;
+        case "t": if (open) open.t.replaceChildren(nodes(op[1])); break;
+        case "x": if (open) { open.c.replaceChildren(); open.t.replaceChildren(); } break;
+        case "e": if (open) { open.el.append("\n"); open = null; } break;
+      }
+    }
   }
   const icons = { success: "✓", failed: "✗", timedout: "⏱", canceled: "⊘",
     infrastructure_fail: "⚠", skipped: "↷", stopped: "■", running: "●", queued: "◌" };
@@ -198,8 +252,9 @@
     b.append(i, " " + word);
     holder.append(b);
   }
-  const es = new EventSource(`/jobs/${job}/stream?offset=${body.dataset.offset}&seq=${body.dataset.seq}`);
-  es.addEventListener("log", (e) => appendText(JSON.parse(e.data).text));
+  const d = body.dataset;
+  const es = new EventSource(`/jobs/${job}/stream?offset=${d.offset}&seq=${d.seq}&style=${d.style || 0}&open=${d.open || 0}`);
+  es.addEventListener("log", (e) => apply(JSON.parse(e.data).ops || []));
   es.addEventListener("step", (e) => {
     const v = JSON.parse(e.data);
     if (v.type === "step_started") {
@@ -232,6 +287,14 @@
     st.dataset.status = v.status;
     setBadge(st, v.status);
     document.getElementById("error").textContent = v.error || "";
+  });
+  es.addEventListener("ssh", (e) => {
+    // Rendered and escaped by the coordinator (pages/ssh.rs), like older log parts.
+    const holder = document.getElementById("ssh");
+    const html = JSON.parse(e.data).html;
+    if (!holder || typeof html !== "string") return;
+    const doc = new DOMParser().parseFromString("<div>" + html + "</div>", "text/html");
+    holder.replaceChildren(...[...doc.body.firstChild.childNodes].map((n) => document.adoptNode(n)));
   });
   es.addEventListener("end", () => es.close());
 })();

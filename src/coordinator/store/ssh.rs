@@ -1,0 +1,112 @@
+//! SSH into jobs, the coordinator's part: jobs queued with public keys (`enqueue --ssh-key`),
+//! reruns (`rerun JOB --ssh`, CircleCI's "Rerun job with SSH"), the keys travelling in the
+//! claim, and the access each heartbeat reports (shown on the job page).
+
+use super::*;
+
+/// What a queued job may carry besides a [`NewJob`].
+#[derive(Debug, Default)]
+pub(super) struct Queued {
+    /// `authorized_keys` lines let into the job; empty: no SSH.
+    pub ssh_keys: Vec<String>,
+    /// The job this one reruns.
+    pub rerun_of: Option<i64>,
+    /// Keep this pipeline number (a rerun belongs to its job's pipeline).
+    pub pipeline_number: Option<i64>,
+}
+
+/// Longest host name an agent may report (DNS allows 253).
+const MAX_HOST: usize = 255;
+
+impl Store {
+    /// Queue `j`, letting `ssh_keys` (`authorized_keys` lines, checked by the caller) SSH into
+    /// it while it runs and while it is held after its last step.
+    pub fn enqueue_ssh(&self, j: &NewJob, ssh_keys: &[String]) -> Result<i64> {
+        self.enqueue_with(
+            j,
+            &Queued {
+                ssh_keys: ssh_keys.to_vec(),
+                ..Queued::default()
+            },
+        )
+    }
+
+    /// Queue job `id` again: the same project, commit (the one its agent checked out, when it
+    /// said), job, pipeline, pull request, placement and limits; with `ssh_keys` let in (none:
+    /// a plain rerun). Returns the new job's id.
+    pub fn rerun(&self, id: i64, ssh_keys: &[String]) -> Result<i64> {
+        let old = self
+            .reader()?
+            .query_row(
+                "SELECT p.slug, j.git_ref, COALESCE(j.resolved_sha, j.commit_sha), j.job_name, \
+                 j.resource_class, j.labels, j.max_attempts, j.pr_number, j.pr_url, j.pr_fork, \
+                 j.timeout_secs, j.pipeline_number \
+                 FROM jobs j JOIN projects p ON p.id = j.project_id WHERE j.id = ?1",
+                [id],
+                |r| {
+                    Ok((
+                        NewJob {
+                            project_slug: r.get(0)?,
+                            git_ref: r.get(1)?,
+                            commit_sha: Some(r.get(2)?),
+                            job_name: r.get(3)?,
+                            resource_class: r.get(4)?,
+                            labels: serde_json::from_str(&r.get::<_, String>(5)?)
+                                .unwrap_or_default(),
+                            max_attempts: r.get(6)?,
+                            pr_number: r.get::<_, Option<i64>>(7)?.map(|n| n as u64),
+                            pr_url: r.get(8)?,
+                            pr_fork: r.get(9)?,
+                            timeout_secs: r.get::<_, Option<i64>>(10)?.map(|s| s as u64),
+                        },
+                        r.get::<_, i64>(11)?,
+                    ))
+                },
+            )
+            .optional()?;
+        let Some((job, pipeline)) = old else {
+            return Err(CoordError::NotFound(format!("no job {id}")));
+        };
+        self.enqueue_with(
+            &job,
+            &Queued {
+                ssh_keys: ssh_keys.to_vec(),
+                rerun_of: Some(id),
+                pipeline_number: Some(pipeline),
+            },
+        )
+    }
+}
+
+/// The keys let into job `id`, for its claim.
+pub(super) fn job_ssh_keys(conn: &Connection, id: i64) -> Result<Vec<String>> {
+    let json: Option<String> =
+        conn.query_row("SELECT ssh_keys FROM jobs WHERE id = ?1", [id], |r| {
+            r.get(0)
+        })?;
+    Ok(json
+        .and_then(|j| serde_json::from_str(&j).ok())
+        .unwrap_or_default())
+}
+
+/// Record what a heartbeat says of a job's SSH access (agent-written: shown on the page, so
+/// anything odd is dropped rather than stored; and only for a job queued with SSH keys).
+pub(super) fn record_state(conn: &Connection, id: i64, state: Option<&WireSshState>) -> Result<()> {
+    let state = state.filter(|s| {
+        let clean = |t: &str, max: usize| {
+            !t.is_empty() && t.len() <= max && !t.chars().any(super::super::is_unsafe_char)
+        };
+        clean(&s.host, MAX_HOST)
+            && (s.fingerprint.is_empty() || clean(&s.fingerprint, 128))
+            && s.port > 0
+    });
+    let json = state
+        .map(serde_json::to_string)
+        .transpose()
+        .map_err(|e| CoordError::Invalid(e.to_string()))?;
+    conn.execute(
+        "UPDATE jobs SET ssh_state = ?2 WHERE id = ?1 AND ssh_keys IS NOT NULL AND ssh_state IS NOT ?2",
+        params![id, json],
+    )?;
+    Ok(())
+}

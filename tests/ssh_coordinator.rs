@@ -1,0 +1,343 @@
+//! SSH into a job through the coordinator, real processes only: `bosun coordinator` + `bosun
+//! agent` (with its gateway) + Docker + the Bitbucket stand-in + the real OpenSSH client. A
+//! finished job is rerun with SSH (`coordinator rerun JOB --ssh-key`), its page shows how to
+//! reach it and what its agent reports (sessions, held until), a session runs a command,
+//! and the job is released once the session ends; a cancel ends the hold and an open session.
+
+mod harness;
+
+use harness::{image, Rig};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+struct Setup {
+    _rig: Rig,
+    dir: tempfile::TempDir,
+    data: PathBuf,
+    addr: String,
+    _coordinator: Killed,
+    _agent: Killed,
+    port: u16,
+    key: PathBuf,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+fn setup() -> Setup {
+    harness::ensure_images();
+    let rig = Rig::start();
+    rig.create_repo("acme/widget");
+    let repo = rig.work_repo("acme/widget");
+    repo.write(
+        ".circleci/config.yml",
+        &format!(
+            "version: 2.1\njobs:\n  build:\n    docker: [{{image: {}, user: circleci}}]\n    steps:\n      - checkout\n      - run: echo built-it\n",
+            image("base")
+        ),
+    );
+    repo.commit("config");
+    repo.push("HEAD:refs/heads/main");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("coordinator");
+    let (child, addr) = harness::spawn_coordinator(&data, "127.0.0.1:0", &["--lease-secs", "10"]);
+    let coordinator = Killed(child);
+    let token = harness::add_stand_in_project(&data, &rig, "acme/widget", &[]);
+    let token_file = dir.path().join("registration-token");
+    std::fs::write(&token_file, format!("{token}\n")).expect("token file");
+    let port = free_port();
+    let vcs: Vec<String> = rig
+        .vcs_host_mapping()
+        .iter()
+        .map(|m| format!("{m:?}"))
+        .collect();
+    let root = dir.path();
+    let config = root.join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "coordinator_url = \"http://{addr}\"\nregistration_token_file = {tf:?}\nname = \"ssh\"\n\
+             state_dir = {sd:?}\nspool_dir = {sp:?}\nstore_dir = {st:?}\nwork_dir = {wd:?}\n\
+             network = {net:?}\nvcs_hosts = [{vcs}]\nconcurrency = 1\nheartbeat_secs = 1\n\
+             claim_wait_secs = 2\nkill_grace_secs = 1\nssh_gateway_listen = \"127.0.0.1:{port}\"\n\
+             ssh_wait_secs = 120\nssh_grace_secs = 1\n",
+            tf = token_file,
+            sd = root.join("state"),
+            sp = root.join("spool"),
+            st = root.join("store"),
+            wd = root.join("work"),
+            net = rig.network,
+            vcs = vcs.join(", "),
+        ),
+    )
+    .expect("agent config");
+    let log = std::fs::File::create(root.join("agent.log")).expect("agent log");
+    let agent = Killed(
+        Command::new(harness::bosun_bin())
+            .args(["agent", "--config"])
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("agent"),
+    );
+    let key = root.join("id_dev");
+    harness::run(
+        Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-C", "dev", "-f"])
+            .arg(&key),
+    );
+    Setup {
+        _rig: rig,
+        dir,
+        data,
+        addr,
+        _coordinator: coordinator,
+        _agent: agent,
+        port,
+        key,
+    }
+}
+
+impl Setup {
+    fn cli(&self, args: &[&str]) -> String {
+        harness::coordinator_cli(&self.data, args)
+    }
+
+    fn status(&self, job: &str) -> String {
+        self.cli(&["jobs"])
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(job))
+            .and_then(|l| l.split_whitespace().nth(5).map(str::to_owned))
+            .unwrap_or_default()
+    }
+
+    fn page(&self, job: &str) -> String {
+        http_get(&self.addr, &format!("/jobs/{job}"))
+    }
+
+    fn wait(&self, what: &str, within: Duration, mut f: impl FnMut() -> bool) {
+        let t = Instant::now();
+        while !f() {
+            assert!(
+                t.elapsed() < within,
+                "{what}: not within {within:?}; agent log:\n{}",
+                std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    fn ssh(&self, user: &str) -> Command {
+        let mut c = Command::new("ssh");
+        c.args([
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "LogLevel=ERROR",
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            "BatchMode=yes",
+            "-p",
+            &self.port.to_string(),
+            "-i",
+        ])
+        .arg(&self.key)
+        .arg(format!("{user}@127.0.0.1"))
+        .stdin(Stdio::null());
+        c
+    }
+
+    /// The job's containers (labelled with its id by this test's agent).
+    fn containers(&self, job: &str) -> String {
+        let agents = self.cli(&["agents"]);
+        let agent = agents.split_whitespace().next().unwrap_or("none");
+        harness::docker(&[
+            "ps",
+            "-aq",
+            "--filter",
+            &format!("label=bosun.job={job}"),
+            "--filter",
+            &format!("label=bosun.agent={agent}"),
+        ])
+    }
+
+    fn pub_key(&self) -> String {
+        format!("{}.pub", self.key.display())
+    }
+}
+
+fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("write");
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
+fn finished(s: &str) -> bool {
+    [
+        "success",
+        "failed",
+        "canceled",
+        "timedout",
+        "infrastructure_fail",
+    ]
+    .contains(&s)
+}
+
+/// Rerun `job` with SSH and wait until its steps are done and it is held for a session.
+fn rerun_held(s: &Setup, job: &str) -> String {
+    let id = s.cli(&["rerun", job, "--ssh-key", &s.pub_key()]);
+    assert_ne!(id, job);
+    s.wait("the rerun held for SSH", Duration::from_secs(180), || {
+        s.page(&id).contains("0 sessions, held until")
+    });
+    id
+}
+
+#[test]
+fn a_rerun_with_ssh_is_reached_through_the_page_line_and_released_after_the_session() {
+    let s = setup();
+    let first = harness::enqueue_job(&s.data, "build", &[]);
+    s.wait("the first run", Duration::from_secs(180), || {
+        finished(&s.status(&first))
+    });
+    assert_eq!(s.status(&first), "success");
+    // A finished job's page offers the rerun with SSH.
+    assert!(
+        s.page(&first)
+            .contains(&format!("bosun coordinator rerun {first} --ssh")),
+        "{}",
+        s.page(&first)
+    );
+    // A key file that is not a public key is refused before anything is queued.
+    let bad = s.dir.path().join("not-a-key.pub");
+    std::fs::write(&bad, "ssh-ed25519 garbage\n").expect("write");
+    let o = harness::output(
+        Command::new(harness::bosun_bin())
+            .args(["coordinator", "rerun", &first, "--ssh-key"])
+            .arg(&bad)
+            .arg("--data")
+            .arg(&s.data),
+    );
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("not-a-key.pub:1: not an OpenSSH public key"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+
+    let job = rerun_held(&s, &first);
+    let page = s.page(&job);
+    let line = format!("ssh -p {} {job}@127.0.0.1", s.port);
+    assert!(page.contains(&line), "{page}");
+    assert!(page.contains(&format!(
+        "rerun of <a href=\"/jobs/{first}\">#{first}</a> with SSH"
+    )));
+    // Held after its last step: the job is still running for the coordinator.
+    assert_eq!(s.status(&job), "running");
+    assert!(!s.containers(&job).is_empty());
+
+    // The original job has no keys (and is finished): refused with the same key.
+    let o = s.ssh(&first).arg("true").output().expect("ssh");
+    assert_eq!(o.status.code(), Some(255));
+
+    let o = s
+        .ssh(&job)
+        .arg("echo \"in $PWD as $(whoami)\"; exit 3")
+        .output()
+        .expect("ssh");
+    assert_eq!(
+        o.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("as circleci"),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    // The last session ended: released after the grace, and finished as its steps went.
+    s.wait("the rerun released", Duration::from_secs(60), || {
+        finished(&s.status(&job))
+    });
+    assert_eq!(s.status(&job), "success");
+    s.wait(
+        "the rerun's containers removed",
+        Duration::from_secs(30),
+        || s.containers(&job).is_empty(),
+    );
+    let log = s.cli(&["jobs"]);
+    assert!(log.contains(&job), "{log}");
+    // The SSH row now offers another rerun instead of the command.
+    let page = s.page(&job);
+    let row = page.split("<span id=\"ssh\">").nth(1).unwrap_or("");
+    assert!(row.starts_with("rerun it with SSH"), "{page}");
+    // Nothing of the key in the job's output.
+    let key_text = std::fs::read_to_string(s.pub_key()).expect("pub");
+    let blob = key_text.split_whitespace().nth(1).expect("key blob");
+    assert!(!page.contains(blob), "the public key is on the page");
+}
+
+#[test]
+fn cancel_ends_the_hold_and_an_open_session() {
+    let s = setup();
+    let first = harness::enqueue_job(&s.data, "build", &[]);
+    s.wait("the first run", Duration::from_secs(180), || {
+        finished(&s.status(&first))
+    });
+    let job = rerun_held(&s, &first);
+    let session = Killed(
+        s.ssh(&job)
+            .arg("sleep 300")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("ssh"),
+    );
+    s.wait(
+        "the page counts the session",
+        Duration::from_secs(30),
+        || s.page(&job).contains("— 1 session, held until"),
+    );
+    let t = Instant::now();
+    s.cli(&["cancel", &job]);
+    let mut session = session;
+    s.wait(
+        "the session closed by the cancel",
+        Duration::from_secs(30),
+        || matches!(session.0.try_wait(), Ok(Some(_))),
+    );
+    s.wait("the job finished", Duration::from_secs(30), || {
+        finished(&s.status(&job))
+    });
+    assert!(t.elapsed() < Duration::from_secs(30), "{:?}", t.elapsed());
+    s.wait("the containers removed", Duration::from_secs(30), || {
+        s.containers(&job).is_empty()
+    });
+}
