@@ -10,6 +10,7 @@
 //!    run time (as the agents timed them), summed. Ratio = pipeline wall time / that.
 //! 3. The coordinator's RSS with 1,000 queued jobs: a pipeline of 1,000 independent jobs and
 //!    no agent; VmRSS and VmHWM once all are queued.
+//!
 //! Environment: BOSUN_BENCH_ROUNDS (default 10).
 
 #[path = "../tests/harness/mod.rs"]

@@ -45,7 +45,9 @@ mod intake;
 mod jobs;
 mod lease;
 mod logs;
+mod pipeline_actions;
 pub mod pipelines;
+pub use pipeline_actions::parse_pipeline_ref;
 mod schema;
 #[cfg(test)]
 mod tests;
