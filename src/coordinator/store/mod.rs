@@ -46,7 +46,9 @@ mod intake;
 mod jobs;
 mod lease;
 mod logs;
+mod pipeline_actions;
 pub mod pipelines;
+pub use pipeline_actions::parse_pipeline_ref;
 mod schema;
 mod ssh;
 #[cfg(test)]
