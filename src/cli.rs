@@ -62,7 +62,7 @@ enum Command {
     },
     /// The reference coordinator: queue jobs, lease them to agents, keep their logs.
     #[command(subcommand)]
-    Coordinator(bosun::coordinator::Command),
+    Coordinator(Box<bosun::coordinator::Command>),
 }
 
 #[derive(Subcommand)]
@@ -194,7 +194,7 @@ pub fn main() -> ExitCode {
         Command::Checkout(args) => ExitCode::from(execute::checkout(*args)),
         Command::Config(cmd) => config_command(cmd),
         Command::Orb(cmd) => orb_command(cmd),
-        Command::Coordinator(cmd) => ExitCode::from(bosun::coordinator::run(cmd)),
+        Command::Coordinator(cmd) => ExitCode::from(bosun::coordinator::run(*cmd)),
         Command::Cache { cache, command } => cache_command(&cache, command),
         Command::Keyscan {
             target,

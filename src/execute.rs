@@ -564,6 +564,8 @@ fn request(args: &ExecuteArgs) -> Result<JobRequest, RequestError> {
         mirrors: args.cache.mirrors(),
         env,
         pipeline_params,
+        trigger_source: String::new(),
+        base_revision: String::new(),
         pipeline_number: args.build_num,
         branch: None,
         tag: None,
@@ -590,6 +592,8 @@ fn request(args: &ExecuteArgs) -> Result<JobRequest, RequestError> {
                 .map(|u| u.name),
             ..Default::default()
         },
+        // One job per process: nothing to keep ready for a next one.
+        ready: None,
     })
 }
 

@@ -9,15 +9,19 @@
 //! | `POST /agents/register` | [`RegisterRequest`] → 201 [`RegisterResponse`] |
 //! | `POST /jobs/claim?wait=SECONDS` | [`ClaimRequest`] → 200 [`ClaimResponse`] / 204 nothing queued |
 //! | `POST /agents/heartbeat` | [`Heartbeat`] → 200 [`HeartbeatResponse`] |
+//! | `POST /agents/control?wait=SECONDS` | [`ControlRequest`] → 200 [`ControlResponse`] / 204 nothing new |
 //! | `POST /jobs/{id}/log?offset=N` | raw bytes → 200 [`LogAck`] / 409 [`LogAck`] (gap: resend from `offset`) |
 //! | `POST /jobs/{id}/events` | [`EventBatch`] → 200 [`EventAck`] / 409 [`EventAck`] (gap) |
 //! | `POST /jobs/{id}/finish` | [`FinishRequest`] → 200 / 409 [`LogAck`] (log incomplete) |
+//!
+//! Version 2 adds the store over the protocol (`WireJob::store`, the blob, workspace, cache,
+//! artifact and test result endpoints: see [`WireStore`] and `docs/protocol.md`).
 //!
 //! Errors are JSON [`ApiError`]; 401 means the token is unknown or revoked (the agent stops).
 
 use serde::{Deserialize, Serialize};
 
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 pub const API_PREFIX: &str = "/api/v1";
 /// How long the coordinator holds a claim open when nothing is queued.
 pub const DEFAULT_CLAIM_WAIT_SECS: u64 = 30;
@@ -124,6 +128,135 @@ pub struct WireJob {
     /// no SSH. An agent without a gateway ignores them (the job runs as usual).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ssh_keys: Vec<String>,
+    /// Protocol v2: the coordinator keeps this job's workspaces, caches, artifacts and test
+    /// results (the blob endpoints). Absent from a v1 coordinator: the agent keeps them in
+    /// its local store only, as before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store: Option<WireStore>,
+    /// The pipeline and workflow the job belongs to, when a pipeline queued it (absent for a
+    /// job queued on its own with `enqueue`). Optional both ways: an older agent ignores it
+    /// and then finds `job_name` by name in the first workflow that has it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pipeline: Option<WirePipeline>,
+}
+
+/// What a v2 coordinator says about a job's store (see `docs/protocol.md`, *Store*).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct WireStore {
+    /// The workspace the job attaches and persists to: a workflow run's, shared by its jobs;
+    /// `job-<id>` for a job queued alone.
+    pub workspace: String,
+    /// `false` for a build of a pull request from a fork: it reads the project's caches and
+    /// never writes them (the coordinator refuses with 403).
+    pub cache_writes: bool,
+}
+
+/// Largest piece of a blob one upload request carries; a blob goes up in pieces, each a
+/// point an interrupted upload resumes from.
+pub const MAX_BLOB_PIECE: u64 = 32 * 1024 * 1024;
+
+/// Answer to a blob upload (and to `GET …/upload`): how many bytes of the blob the
+/// coordinator holds for this project, and whether it has the whole blob, checked.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BlobAck {
+    pub received: u64,
+    pub complete: bool,
+}
+
+/// A workspace layer: one `persist_to_workspace`, as the blob of a tar archive.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct WireLayer {
+    /// The job that persisted it (filled by the coordinator; ignored when sent).
+    #[serde(default)]
+    pub job: String,
+    /// Hex SHA-256 of the blob.
+    pub blob: String,
+    pub size: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct WorkspaceLayers {
+    /// Oldest first: later layers win where they overlap.
+    pub layers: Vec<WireLayer>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct WireCache {
+    pub key: String,
+    pub blob: String,
+    pub size: u64,
+    /// Milliseconds since the epoch.
+    #[serde(default)]
+    pub created_ms: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CacheLookup {
+    /// The newest cache whose key starts with the prefix asked for.
+    pub cache: Option<WireCache>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CacheSaved {
+    /// `false`: a cache with that key exists already (caches are immutable).
+    pub saved: bool,
+}
+
+/// One stored artifact file.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct WireArtifact {
+    /// Relative path under the job's artifacts (`destination/file`), `/`-separated.
+    pub path: String,
+    pub blob: String,
+    pub size: u64,
+}
+
+/// One `store_test_results` step's JUnit results, parsed by the agent.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct WireTestResults {
+    pub tests: u64,
+    pub failures: u64,
+    pub errors: u64,
+    pub skipped: u64,
+    /// At most [`MAX_FAILED_TESTS`] failed or errored tests.
+    #[serde(default)]
+    pub failed: Vec<WireFailedTest>,
+}
+
+/// Most failed tests one results upload lists (the counts stay exact).
+pub const MAX_FAILED_TESTS: usize = 1000;
+/// Longest failure message kept, in bytes.
+pub const MAX_TEST_MESSAGE: usize = 4096;
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct WireFailedTest {
+    pub name: String,
+    #[serde(default)]
+    pub classname: String,
+    #[serde(default)]
+    pub message: String,
+}
+
+/// Where a pipeline's job comes from: the agent compiles the config with the same pipeline
+/// values as the coordinator did and takes `job_name` from workflow `workflow`, so matrix and
+/// parameterised jobs (`test-3.12`) resolve as the coordinator's graph named them.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct WirePipeline {
+    /// `pipeline.id` (a UUID).
+    pub id: String,
+    /// The workflow's name in the config.
+    pub workflow: String,
+    /// The workflow's id (a UUID, `CIRCLE_WORKFLOW_ID`): the same for every job of it.
+    pub workflow_id: String,
+    /// `pipeline.parameters` given to the trigger (`--param K=V`), as text.
+    #[serde(default)]
+    pub parameters: Vec<(String, String)>,
+    /// `pipeline.trigger_source`: `webhook` or `api`.
+    #[serde(default)]
+    pub trigger_source: String,
+    /// `pipeline.git.base_revision` (the previous pipeline's commit on the branch), or empty.
+    #[serde(default)]
+    pub base_revision: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -278,6 +411,28 @@ pub struct HeartbeatResponse {
     pub lease_secs: u64,
 }
 
+/// The control channel's long poll (`POST /agents/control?wait=S`): the agent keeps one open
+/// so the coordinator reaches it at once (heartbeats stay for leases). The request says what
+/// the agent already acted on, so an answer carries only what is new to it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ControlRequest {
+    /// Jobs whose cancel the agent already received (from a heartbeat or this channel).
+    #[serde(default)]
+    pub cancels_seen: Vec<String>,
+}
+
+/// What the coordinator wants of the agent now. Additive: later kinds of message (SSH holds,
+/// config reloads) come as new fields an older agent ignores.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ControlResponse {
+    /// Jobs of this agent to cancel now (not in `cancels_seen`).
+    #[serde(default)]
+    pub cancel: Vec<String>,
+}
+
+/// How long the coordinator holds a control poll open when there is nothing to say.
+pub const DEFAULT_CONTROL_WAIT_SECS: u64 = 30;
+
 /// Answer to a log append: where the coordinator's copy of the log ends now.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 pub struct LogAck {
@@ -409,6 +564,43 @@ statuses! {
         NotRun = "not_run",
         /// A job this agent cannot run (`macos`).
         NotRunnable = "not_runnable",
+        /// On the coordinator: a job it requires has not finished yet.
+        Waiting = "waiting",
+        /// On the coordinator: queued for an agent (or, in a serial group, for its turn).
+        Queued = "queued",
+        /// On the coordinator: an agent runs it.
+        Running = "running",
+    }
+}
+
+statuses! {
+    /// A workflow of a pipeline on the coordinator (CircleCI's workflow statuses).
+    WorkflowState {
+        Running = "running",
+        /// A job failed while others still run.
+        Failing = "failing",
+        /// Nothing runs; an approval job waits.
+        OnHold = "on_hold",
+        Success = "success",
+        Failed = "failed",
+        Canceled = "canceled",
+        /// Filters left no job to run for this branch or tag.
+        NotRun = "not_run",
+    }
+}
+
+statuses! {
+    /// A pipeline on the coordinator.
+    PipelineState {
+        /// Accepted; its config is being fetched and compiled.
+        Created = "created",
+        /// The config could not be fetched or did not compile (the error is kept).
+        Errored = "errored",
+        Running = "running",
+        OnHold = "on_hold",
+        Success = "success",
+        Failed = "failed",
+        Canceled = "canceled",
     }
 }
 
@@ -564,6 +756,8 @@ mod tests {
         check(StepStatus::ALL);
         check(WorkflowJobStatus::ALL);
         check(JobState::ALL);
+        check(WorkflowState::ALL);
+        check(PipelineState::ALL);
         // One spelling per state: a step and a job that time out say the same word.
         assert_eq!(StepStatus::TimedOut.as_str(), JobStatus::TimedOut.as_str());
         assert!("timed_out".parse::<StepStatus>().is_err());

@@ -4,7 +4,7 @@
 //!
 //! A failed job stops its dependants, not its siblings.
 
-use crate::config::{GitRef, Workflow, WorkflowJob, WorkflowJobKind};
+use crate::config::{GitRef, Readiness, Workflow, WorkflowJob, WorkflowJobKind};
 use crate::executor::Executor;
 use crate::job::{self, JobSpec};
 use crate::stream::{Event, EventSink, JobStatus, WorkflowJobStatus, WorkflowJobSummary};
@@ -145,37 +145,40 @@ pub async fn run_workflow(
             progressed = false;
             let mut still = Vec::new();
             for j in pending.drain(..) {
-                let reqs: Vec<Option<WorkflowJobStatus>> = j
-                    .requires
-                    .iter()
-                    .map(|r| state.get(r).map(|(s, _)| *s))
-                    .collect();
-                if reqs
-                    .iter()
-                    .any(|r| matches!(r, Some(s) if *s != WorkflowJobStatus::Success))
-                {
-                    let blocker = j
-                        .requires
-                        .iter()
-                        .find(|r| {
-                            state
-                                .get(*r)
-                                .is_some_and(|(s, _)| *s != WorkflowJobStatus::Success)
-                        })
-                        .cloned()
-                        .unwrap_or_default();
-                    sink.emit(&Event::JobNotRun {
-                        job: j.name.clone(),
-                        status: WorkflowJobStatus::Blocked,
-                        reason: format!("requires {blocker}, which did not succeed"),
-                    });
-                    state.insert(j.name.clone(), (WorkflowJobStatus::Blocked, 0));
-                    progressed = true;
-                    continue;
-                }
-                if reqs.iter().any(Option::is_none) {
-                    still.push(j);
-                    continue;
+                // An approval nobody approved here never will be: it counts as not run.
+                let status_of = |r: &str| {
+                    state.get(r).map(|(s, _)| match s {
+                        WorkflowJobStatus::OnHold => WorkflowJobStatus::Blocked,
+                        s => *s,
+                    })
+                };
+                match j.readiness(status_of) {
+                    Readiness::Ready => {}
+                    Readiness::Wait => {
+                        still.push(j);
+                        continue;
+                    }
+                    Readiness::Blocked { by, ended } => {
+                        let wanted: Vec<&str> =
+                            j.accepted(&by).iter().map(|s| s.as_str()).collect();
+                        let reason = if wanted == ["success"] {
+                            format!("requires {by}, which did not succeed")
+                        } else {
+                            format!(
+                                "requires {by} to end {}, and it ended {}",
+                                wanted.join(" or "),
+                                ended.as_str()
+                            )
+                        };
+                        sink.emit(&Event::JobNotRun {
+                            job: j.name.clone(),
+                            status: WorkflowJobStatus::Blocked,
+                            reason,
+                        });
+                        state.insert(j.name.clone(), (WorkflowJobStatus::Blocked, 0));
+                        progressed = true;
+                        continue;
+                    }
                 }
                 match &j.kind {
                     WorkflowJobKind::Approval => {

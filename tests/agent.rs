@@ -432,6 +432,9 @@ fn wire_job(p: &Project, env: Vec<WireEnv>) -> WireJob {
         previous_build_num: None,
         username: None,
         ssh_keys: Vec::new(),
+        // A v1 coordinator: the agent keeps its store locally.
+        store: None,
+        pipeline: None,
     }
 }
 

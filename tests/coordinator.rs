@@ -271,7 +271,7 @@ async fn register_with(s: &Server, name: &str, token: &str) -> Agent {
     let r = try_register(s, name, token).await;
     assert_eq!(r.status(), 201);
     let reg: RegisterResponse = r.json().await.expect("json");
-    assert_eq!(reg.protocol_version, 1);
+    assert_eq!(reg.protocol_version, bosun::protocol::PROTOCOL_VERSION);
     Agent {
         base: s.base.clone(),
         id: reg.agent_id,

@@ -110,6 +110,14 @@ impl Client {
         format!("{}{path}", self.base)
     }
 
+    /// A request to `path` (under the API prefix) carrying the agent token, for callers that
+    /// read the answer themselves (the store's streamed blobs: `super::blobs`).
+    pub(crate) fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, self.url(path))
+            .bearer_auth(&self.token)
+    }
+
     pub async fn register(&self, req: &RegisterRequest) -> Result<RegisterResponse, ApiErr> {
         let (_, body) = self
             .send(
@@ -155,6 +163,26 @@ impl Client {
             )
             .await?;
         parse(&body)
+    }
+
+    /// The control channel's long poll: `None` when nothing new came within `wait`.
+    pub async fn control(
+        &self,
+        req: &ControlRequest,
+        wait: Duration,
+    ) -> Result<Option<ControlResponse>, ApiErr> {
+        let (status, body) = self
+            .send(
+                self.http
+                    .post(self.url(&format!("/agents/control?wait={}", wait.as_secs())))
+                    .json(req),
+                wait + Duration::from_secs(15),
+            )
+            .await?;
+        if status == StatusCode::NO_CONTENT || body.is_empty() {
+            return Ok(None);
+        }
+        parse(&body).map(Some)
     }
 
     /// Append log bytes at `offset`; 409 comes back as `Err(Conflict)` with a [`LogAck`].
@@ -234,7 +262,7 @@ fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiErr> {
     })
 }
 
-fn describe(e: &reqwest::Error) -> String {
+pub(crate) fn describe(e: &reqwest::Error) -> String {
     let mut s = e.to_string();
     let mut src = std::error::Error::source(e);
     while let Some(inner) = src {

@@ -104,6 +104,13 @@ pub struct AgentConfig {
     /// agent, whatever its project: only for agents serving one trust domain.
     #[serde(default)]
     pub engine_keep_images: bool,
+    /// While idle, keep a container created and started for the images (and users) of this
+    /// many of the last jobs, so the next one starts at once; 0: off.
+    #[serde(default = "d_ready_containers")]
+    pub ready_containers: usize,
+    /// A ready container nobody took for this long is removed.
+    #[serde(default = "d_ready_idle")]
+    pub ready_idle_secs: u64,
 }
 
 impl AgentConfig {
@@ -173,6 +180,15 @@ fn d_claim_wait() -> u64 {
 fn d_flush() -> u64 {
     30
 }
+/// Most ready containers an agent keeps.
+const MAX_READY: usize = 32;
+
+fn d_ready_containers() -> usize {
+    1
+}
+fn d_ready_idle() -> u64 {
+    600
+}
 fn d_ssh_listen() -> String {
     format!("0.0.0.0:{}", crate::gateway::DEFAULT_PORT)
 }
@@ -218,6 +234,8 @@ const KEYS: &[(&str, Kind)] = &[
     ("heartbeat_secs", Kind::Int),
     ("claim_wait_secs", Kind::Int),
     ("drain_flush_secs", Kind::Int),
+    ("ready_containers", Kind::Int),
+    ("ready_idle_secs", Kind::Int),
     ("metrics_listen", Kind::Str),
     ("ssh_gateway_listen", Kind::Str),
     ("ssh_gateway_address", Kind::Str),
@@ -281,6 +299,12 @@ impl AgentConfig {
             .map_err(|e: toml::de::Error| format!("{name}: {e}"))?;
         if cfg.concurrency == 0 {
             return Err(format!("{name}: concurrency must be at least 1"));
+        }
+        if cfg.ready_containers > MAX_READY {
+            return Err(format!(
+                "{name}: ready_containers = {} keeps that many idle containers running; at most {MAX_READY} (0 turns them off)",
+                cfg.ready_containers
+            ));
         }
         let url = reqwest::Url::parse(&cfg.coordinator_url)
             .ok()

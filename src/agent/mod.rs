@@ -8,9 +8,12 @@
 //! SIGHUP re-reads the config file (`concurrency`, `labels`). Under systemd
 //! (`NOTIFY_SOCKET`) it reports READY/STATUS/STOPPING and pings the watchdog.
 
+pub mod blobs;
 pub mod client;
 pub mod config;
+mod control;
 pub mod metrics;
+pub mod pool;
 mod run;
 mod sink;
 
@@ -91,6 +94,8 @@ pub(crate) struct Agent {
     /// their leases alive, or a long upload (or a coordinator outage) would let them lapse.
     delivering: Mutex<std::collections::HashSet<String>>,
     metrics: Arc<metrics::AgentMetrics>,
+    /// Ready containers for the next jobs (none kept with `ready_containers = 0`).
+    pool: Arc<pool::Pool>,
 }
 
 impl metrics::Health for Agent {
@@ -188,8 +193,12 @@ pub fn main(args: AgentArgs) -> u8 {
     if let Some(h) = &cfg.docker_host {
         std::env::set_var("DOCKER_HOST", h);
     }
+    limit_malloc_arenas();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        // Checkouts and compiles run on blocking threads; an idle agent lets them go soon
+        // (each kept its stack and a malloc arena's worth of retained pages).
+        .thread_keep_alive(Duration::from_secs(2))
         .build()
     {
         Ok(r) => r,
@@ -199,6 +208,18 @@ pub fn main(args: AgentArgs) -> u8 {
         }
     };
     runtime.block_on(run_agent(cfg, path, required))
+}
+
+/// glibc gives every thread that allocates an arena of its own (up to 8 per core), and each
+/// keeps the pages it once used: most of an idle agent's heap was such retained arena memory.
+/// Two arenas are plenty for an agent whose threads mostly wait on sockets. Called before any
+/// thread exists.
+fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets allocator parameters; no other thread runs yet.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
 }
 
 fn init_tracing(format: LogFormat) {
@@ -284,6 +305,12 @@ async fn run_agent(cfg: AgentConfig, config_path: PathBuf, required: bool) -> u8
         cfg: RwLock::new(cfg.clone()),
         config_path,
         config_required: required,
+        pool: Arc::new(pool::Pool::new(
+            Arc::clone(&executor),
+            &ident.agent_id,
+            cfg.ready_containers,
+            Duration::from_secs(cfg.ready_idle_secs),
+        )),
         executor,
         registry: crate::job::Registry::new(),
         jobs: Mutex::new(HashMap::new()),
@@ -337,8 +364,12 @@ async fn run_agent(cfg: AgentConfig, config_path: PathBuf, required: bool) -> u8
     ]);
     spawn_signals(Arc::clone(&agent));
     tokio::spawn(heartbeat_loop(Arc::clone(&agent)));
+    tokio::spawn(control::control_loop(Arc::clone(&agent)));
+    tokio::spawn(pool_loop(Arc::clone(&agent)));
     spawn_watchdog();
     claim_loop(&agent).await;
+    // No job will take them now.
+    agent.pool.clear().await;
 
     // Drain: running jobs finish (or were canceled), then the spools are flushed.
     loop {
@@ -620,6 +651,12 @@ fn reload(agent: &Agent) {
                 c.kill_grace_secs = new.kill_grace_secs;
                 c.heartbeat_secs = new.heartbeat_secs;
                 c.claim_wait_secs = new.claim_wait_secs;
+                c.ready_containers = new.ready_containers;
+                c.ready_idle_secs = new.ready_idle_secs;
+                agent.pool.configure(
+                    new.ready_containers,
+                    Duration::from_secs(new.ready_idle_secs),
+                );
             }
             agent.changed.notify_waiters();
         }
@@ -714,6 +751,35 @@ async fn heartbeat_loop(agent: Arc<Agent>) {
     }
 }
 
+/// Keep the pool of ready containers tended while the agent is idle: after each job (the
+/// agent wakes on `changed` when one ends), and when a ready container's idle time runs out.
+async fn pool_loop(agent: Arc<Agent>) {
+    loop {
+        // Registered before the checks, so a change in between wakes us.
+        let changed = agent.changed.notified();
+        let made = agent.pool.made.notified();
+        if agent.draining.is_cancelled() || agent.fatal.is_cancelled() {
+            agent.pool.clear().await;
+            return;
+        }
+        if agent.jobs().is_empty() {
+            agent.pool.tend().await;
+        }
+        let until = agent
+            .pool
+            .next_expiry()
+            .map(|t| t + Duration::from_millis(10))
+            .unwrap_or_else(|| std::time::Instant::now() + Duration::from_secs(60));
+        tokio::select! {
+            _ = changed => {},
+            _ = made => {},
+            _ = tokio::time::sleep_until(until.into()) => {},
+            _ = agent.draining.cancelled() => {},
+            _ = agent.fatal.cancelled() => {},
+        }
+    }
+}
+
 async fn claim_loop(agent: &Arc<Agent>) {
     let mut backoff = Backoff::default();
     loop {
@@ -783,6 +849,8 @@ fn start_job(agent: &Arc<Agent>, job: protocol::WireJob) {
     tracing::info!(job = %id, name = %job.job_name, attempt = job.attempt, "claimed job {id} ({}, attempt {})", job.job_name, job.attempt);
     agent.jobs().insert(id.clone(), entry);
     agent.report_status();
+    // The control channel opens while jobs run.
+    agent.changed.notify_waiters();
     let agent = Arc::clone(agent);
     tokio::spawn(async move {
         run::run_wire_job(&agent, job, cancel, quiet, state).await;
@@ -809,7 +877,7 @@ mod debug_tests {
         let resp = protocol::RegisterResponse {
             agent_id: "agent-1".into(),
             agent_token: "bosun-agent-SECRET2".into(),
-            protocol_version: 1,
+            protocol_version: 2,
         };
         let id = Identity {
             agent_id: "agent-1".into(),

@@ -153,6 +153,7 @@ fn request(agent: &Arc<Agent>, wire: &mut WireJob) -> Result<JobRequest, Request
             job: wire.job_name.clone(),
             index: 0,
             total: 1,
+            workflow: wire.pipeline.as_ref().map(|p| p.workflow.clone()),
         },
         keys,
         additional_keys,
@@ -171,7 +172,21 @@ fn request(agent: &Arc<Agent>, wire: &mut WireJob) -> Result<JobRequest, Request
                 secret: e.secret,
             })
             .collect(),
-        pipeline_params: Vec::new(),
+        pipeline_params: wire
+            .pipeline
+            .as_ref()
+            .map(|p| p.parameters.clone())
+            .unwrap_or_default(),
+        trigger_source: wire
+            .pipeline
+            .as_ref()
+            .map(|p| p.trigger_source.clone())
+            .unwrap_or_default(),
+        base_revision: wire
+            .pipeline
+            .as_ref()
+            .map(|p| p.base_revision.clone())
+            .unwrap_or_default(),
         pipeline_number: wire.pipeline_number,
         branch: wire.branch.clone(),
         tag: wire.tag.clone(),
@@ -183,7 +198,19 @@ fn request(agent: &Arc<Agent>, wire: &mut WireJob) -> Result<JobRequest, Request
         time_limit: Some(Duration::from_secs(wire.timeouts.job_secs.max(1))),
         network: cfg.network.clone(),
         kill_grace: Duration::from_secs(cfg.kill_grace_secs),
-        store: Store::open(cfg.store_dir.clone(), super::store_scope(wire))?,
+        store: {
+            let local = Store::open(cfg.store_dir.clone(), super::store_scope(wire))?;
+            // A v2 coordinator keeps the job's store; a v1 one leaves it to the local store.
+            match &wire.store {
+                Some(s) => local.with_remote(std::sync::Arc::new(super::blobs::JobStore::new(
+                    agent.client.clone(),
+                    &wire.id,
+                    wire.attempt,
+                    s.cache_writes,
+                ))),
+                None => local,
+            }
+        },
         orb_dir: None,
         machine_images: cfg.machine_images.clone(),
         limits: cfg.resource_class_limits,
@@ -204,8 +231,13 @@ fn request(agent: &Arc<Agent>, wire: &mut WireJob) -> Result<JobRequest, Request
             )),
             previous_build_num: wire.previous_build_num,
             username: wire.username.clone(),
+            // A pipeline's jobs share its ids (CIRCLE_WORKFLOW_ID names the workflow's
+            // workspace too).
+            pipeline_id: wire.pipeline.as_ref().map(|p| p.id.clone()),
+            workflow_id: wire.pipeline.as_ref().map(|p| p.workflow_id.clone()),
             ..Default::default()
         },
+        ready: Some(Arc::clone(&agent.pool) as Arc<dyn crate::job::ready::ReadySource>),
     })
 }
 

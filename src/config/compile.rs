@@ -2,7 +2,9 @@
 //! expanded, workflows with matrices, filters and requires; output both as plans and as the
 //! processed (2.0-shaped) YAML tree.
 
-use super::graph::{Filter, Filters, Pattern, Workflow, WorkflowJob, WorkflowJobKind};
+use super::graph::{
+    Filter, Filters, Pattern, RequiredStatus, Workflow, WorkflowJob, WorkflowJobKind,
+};
 use super::interp::{BindScopes, Scope as Sc};
 use super::plan::CompiledJob;
 use super::yaml::{self, Node, Pos, Value};
@@ -27,6 +29,10 @@ pub(crate) struct Scope {
     /// imported it, the alias there, and the exact reference (`circleci/docker@2.1.4`).
     pub imported: Option<(usize, String, String)>,
 }
+
+/// A `requires` entry as written: the name, where it is, and its statuses when written with
+/// them.
+type Requirement = (String, Node, Option<Vec<RequiredStatus>>);
 
 pub(crate) struct Engine {
     pub files: Vec<String>,

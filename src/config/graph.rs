@@ -19,6 +19,10 @@ pub struct WorkflowJob {
     pub kind: WorkflowJobKind,
     /// Names of jobs in the same workflow (matrix aliases already expanded).
     pub requires: Vec<String>,
+    /// The `requires` entries written with statuses (`- build: failed`, `- build: [success,
+    /// canceled]`, `terminal`): the job waits until the named job ends in one of them. An
+    /// entry not listed here asks for `success`.
+    pub requires_status: Vec<(String, Vec<RequiredStatus>)>,
     pub context: Vec<String>,
     pub filters: Filters,
     /// `serial-group:` (pipeline values substituted): jobs of one group, across pipelines of
@@ -29,6 +33,127 @@ pub struct WorkflowJob {
 impl WorkflowJob {
     pub fn is_approval(&self) -> bool {
         matches!(self.kind, WorkflowJobKind::Approval)
+    }
+
+    /// Whether the job may start, given the current status of each job it requires (`None`:
+    /// not known yet). Both runners (`bosun execute --workflow` and the coordinator's
+    /// pipelines) decide through here.
+    pub fn readiness(
+        &self,
+        status_of: impl Fn(&str) -> Option<crate::protocol::WorkflowJobStatus>,
+    ) -> Readiness {
+        readiness(&self.requires, &self.requires_status, status_of)
+    }
+
+    /// The statuses requirement `name` accepts (`success` unless written otherwise).
+    pub fn accepted(&self, name: &str) -> &[RequiredStatus] {
+        self.requires_status
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, s)| s.as_slice())
+            .unwrap_or(&[RequiredStatus::Success])
+    }
+}
+
+/// Whether a job requiring `requires` (with `requires_status` where written with statuses)
+/// may start, given each required job's current status (`None`: not known yet).
+pub fn readiness(
+    requires: &[String],
+    requires_status: &[(String, Vec<RequiredStatus>)],
+    status_of: impl Fn(&str) -> Option<crate::protocol::WorkflowJobStatus>,
+) -> Readiness {
+    let mut wait = false;
+    for r in requires {
+        let accepted = requires_status
+            .iter()
+            .find(|(n, _)| n == r)
+            .map(|(_, s)| s.as_slice())
+            .unwrap_or(&[RequiredStatus::Success]);
+        match status_of(r).and_then(RequiredStatus::of) {
+            None => wait = true,
+            Some(s) if accepted.contains(&s) => {}
+            Some(s) => {
+                return Readiness::Blocked {
+                    by: r.clone(),
+                    ended: s,
+                }
+            }
+        }
+    }
+    if wait {
+        Readiness::Wait
+    } else {
+        Readiness::Ready
+    }
+}
+
+/// What [`WorkflowJob::readiness`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Readiness {
+    Ready,
+    /// A required job has not ended yet.
+    Wait,
+    /// Required job `by` ended as `ended`, which the requirement does not accept.
+    Blocked {
+        by: String,
+        ended: RequiredStatus,
+    },
+}
+
+/// A status a `requires` entry may ask for (CircleCI's words; `terminal` is all five).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RequiredStatus {
+    Success,
+    Failed,
+    Canceled,
+    Unauthorized,
+    NotRun,
+}
+
+impl RequiredStatus {
+    pub const TERMINAL: &'static [RequiredStatus] = &[
+        RequiredStatus::Success,
+        RequiredStatus::Failed,
+        RequiredStatus::Canceled,
+        RequiredStatus::Unauthorized,
+        RequiredStatus::NotRun,
+    ];
+
+    /// The word as written in a config; `terminal` expands to every status.
+    pub fn parse(word: &str) -> Option<&'static [RequiredStatus]> {
+        Some(match word {
+            "success" => &[RequiredStatus::Success],
+            "failed" => &[RequiredStatus::Failed],
+            "canceled" => &[RequiredStatus::Canceled],
+            "unauthorized" => &[RequiredStatus::Unauthorized],
+            "not_run" => &[RequiredStatus::NotRun],
+            "terminal" => Self::TERMINAL,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RequiredStatus::Success => "success",
+            RequiredStatus::Failed => "failed",
+            RequiredStatus::Canceled => "canceled",
+            RequiredStatus::Unauthorized => "unauthorized",
+            RequiredStatus::NotRun => "not_run",
+        }
+    }
+
+    /// What a finished workflow job's status counts as for `requires` (`None`: not finished,
+    /// or an approval still on hold). Timed out and infrastructure failures are failures;
+    /// a job that never ran because its own requirement was unmet is `not_run`.
+    pub fn of(status: crate::protocol::WorkflowJobStatus) -> Option<RequiredStatus> {
+        use crate::protocol::WorkflowJobStatus as W;
+        Some(match status {
+            W::Success => RequiredStatus::Success,
+            W::Failed | W::TimedOut | W::InfrastructureFail => RequiredStatus::Failed,
+            W::Canceled => RequiredStatus::Canceled,
+            W::Blocked | W::NotRun | W::NotRunnable => RequiredStatus::NotRun,
+            W::OnHold | W::Waiting | W::Queued | W::Running => return None,
+        })
     }
 }
 

@@ -17,7 +17,8 @@ pub mod resource_class;
 pub mod yaml;
 
 pub use graph::{
-    filters_allow, Filter, Filters, GitRef, Pattern, Workflow, WorkflowJob, WorkflowJobKind,
+    filters_allow, readiness, Filter, Filters, GitRef, Pattern, Readiness, RequiredStatus,
+    Workflow, WorkflowJob, WorkflowJobKind,
 };
 pub use orbdir::OrbDir;
 pub use plan::{
@@ -580,6 +581,43 @@ pub fn compile_job_with(
     opts: &CompileOptions,
 ) -> Result<JobPlan, ConfigError> {
     with_big_stack(|| compile_job_inner(text, file, job, opts))
+}
+
+/// Compile the config and return the plan of job `job` of workflow `workflow` (as a
+/// coordinator's pipeline named it: matrix and `name:` included).
+pub fn compile_workflow_job(
+    text: &str,
+    file: &str,
+    workflow: &str,
+    job: &str,
+    opts: &CompileOptions,
+) -> Result<JobPlan, ConfigError> {
+    let not_found = |message: String| ConfigError {
+        file: file.to_owned(),
+        pos: Pos::default(),
+        path: format!("workflows.{workflow}"),
+        message,
+        hint: None,
+    };
+    let compiled = compile(text, file, opts).map_err(|mut e| e.remove(0))?;
+    let wf = compiled
+        .workflows
+        .iter()
+        .find(|w| w.name == workflow)
+        .ok_or_else(|| not_found(format!("no workflow `{workflow}` at this commit")))?;
+    let wj = wf
+        .jobs
+        .iter()
+        .find(|j| j.name == job)
+        .ok_or_else(|| not_found(format!("workflow `{workflow}` has no job `{job}`")))?;
+    match &wj.kind {
+        WorkflowJobKind::Build(c) => {
+            let mut plan = c.plan.clone();
+            plan.name = wj.name.clone();
+            Ok(plan)
+        }
+        _ => Err(not_found(format!("`{job}` has nothing to run"))),
+    }
 }
 
 fn compile_job_inner(

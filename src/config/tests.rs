@@ -372,3 +372,32 @@ fn when_semantics() {
     assert!(!When::OnFail.should_run(false));
     assert!(When::Always.should_run(true));
 }
+
+#[test]
+fn requires_with_statuses_are_kept_and_a_bad_status_is_located() {
+    let text = "version: 2.1\njobs:\n  a: {docker: [{image: x}], steps: [checkout]}\nworkflows:\n  w:\n    jobs:\n      - a\n      - a:\n          name: b\n          requires: [{a: [failed, canceled]}]\n      - a:\n          name: c\n          requires: [{b: terminal}, a]\n";
+    let c = super::compile(text, "c.yml", &CompileOptions::default()).expect("compiles");
+    let wf = &c.workflows[0];
+    assert_eq!(
+        wf.jobs[1].accepted("a"),
+        [RequiredStatus::Failed, RequiredStatus::Canceled]
+    );
+    assert_eq!(wf.jobs[2].accepted("b"), RequiredStatus::TERMINAL);
+    assert_eq!(wf.jobs[2].accepted("a"), [RequiredStatus::Success]);
+    use crate::protocol::WorkflowJobStatus as W;
+    let status = |s: Option<W>| move |_: &str| s;
+    assert_eq!(wf.jobs[1].readiness(status(None)), Readiness::Wait);
+    assert_eq!(
+        wf.jobs[1].readiness(status(Some(W::Failed))),
+        Readiness::Ready
+    );
+    assert!(matches!(
+        wf.jobs[1].readiness(status(Some(W::Success))),
+        Readiness::Blocked { .. }
+    ));
+    let bad = text.replace("terminal", "done");
+    let errs = super::compile(&bad, "c.yml", &CompileOptions::default()).expect_err("refused");
+    let e = errs[0].to_string();
+    assert!(e.starts_with("c.yml:13:"), "{e}");
+    assert!(e.contains("`done` is not a status"), "{e}");
+}

@@ -3,9 +3,10 @@
 use super::store::{self, AppendOutcome, EventsOutcome, FinishOutcome, Lease};
 use super::{AppState, CoordError};
 use crate::protocol::{
-    ApiError, ClaimRequest, ClaimResponse, EventAck, EventBatch, FinishRequest, Heartbeat,
-    HeartbeatResponse, LogAck, RegisterRequest, RegisterResponse, API_PREFIX, ATTEMPT_HEADER,
-    DEFAULT_CLAIM_WAIT_SECS, MAX_LOG_CHUNK, PROTOCOL_VERSION,
+    ApiError, ClaimRequest, ClaimResponse, ControlRequest, ControlResponse, EventAck, EventBatch,
+    FinishRequest, Heartbeat, HeartbeatResponse, LogAck, RegisterRequest, RegisterResponse,
+    API_PREFIX, ATTEMPT_HEADER, DEFAULT_CLAIM_WAIT_SECS, DEFAULT_CONTROL_WAIT_SECS, MAX_LOG_CHUNK,
+    PROTOCOL_VERSION,
 };
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
@@ -18,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// An error answer: status plus JSON [`ApiError`].
-pub struct Failure(StatusCode, String);
+pub struct Failure(pub StatusCode, pub String);
 
 impl IntoResponse for Failure {
     fn into_response(self) -> Response {
@@ -33,7 +34,7 @@ impl From<CoordError> for Failure {
     }
 }
 
-type ApiResult = std::result::Result<Response, Failure>;
+pub(crate) type ApiResult = std::result::Result<Response, Failure>;
 
 /// Middleware over the whole server: an error answer that is neither JSON nor an HTML page
 /// (axum's rejections of a bad query or body, 405, 413, …) becomes the documented
@@ -81,6 +82,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     let api = Router::new()
         .route("/agents/register", post(register))
         .route("/agents/heartbeat", post(heartbeat))
+        .route("/agents/control", post(control))
         .route("/jobs/claim", post(claim))
         .route("/jobs/{id}/log", post(append_log))
         .route("/jobs/{id}/events", post(append_events))
@@ -88,12 +90,16 @@ pub fn router(state: Arc<AppState>) -> Router {
         // A log chunk is at most MAX_LOG_CHUNK; leave room for JSON bodies' overhead.
         .layer(DefaultBodyLimit::max(MAX_LOG_CHUNK + 64 * 1024))
         .layer(axum::middleware::from_fn(super::server::request_timeout))
-        .with_state(state);
-    Router::new().nest(API_PREFIX, api)
+        .with_state(state.clone());
+    // The store's endpoints bound their bodies themselves (blob pieces are streamed to disk).
+    Router::new().nest(API_PREFIX, api.merge(super::blobs::api::router(state)))
 }
 
 /// The caller's agent id from `Authorization: Bearer …`, or 401.
-async fn agent(state: &AppState, headers: &HeaderMap) -> std::result::Result<String, Failure> {
+pub(crate) async fn agent(
+    state: &AppState,
+    headers: &HeaderMap,
+) -> std::result::Result<String, Failure> {
     let token = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -118,11 +124,11 @@ async fn agent(state: &AppState, headers: &HeaderMap) -> std::result::Result<Str
     }
 }
 
-fn job_id(raw: &str) -> std::result::Result<i64, Failure> {
+pub(crate) fn job_id(raw: &str) -> std::result::Result<i64, Failure> {
     store::parse_job_id(raw).ok_or_else(|| Failure(StatusCode::NOT_FOUND, format!("no job {raw}")))
 }
 
-fn refused(id: i64, lease: Lease) -> Failure {
+pub(crate) fn refused(id: i64, lease: Lease) -> Failure {
     match lease {
         Lease::NotFound => Failure(StatusCode::NOT_FOUND, format!("no job {id}")),
         Lease::FinishedByYou(s) => Failure(
@@ -143,7 +149,7 @@ fn refused(id: i64, lease: Lease) -> Failure {
 }
 
 /// The optional `Bosun-Attempt` header of a job write (see docs/protocol.md).
-fn attempt(headers: &HeaderMap) -> std::result::Result<Option<u32>, Failure> {
+pub(crate) fn attempt(headers: &HeaderMap) -> std::result::Result<Option<u32>, Failure> {
     let Some(v) = headers.get(ATTEMPT_HEADER) else {
         return Ok(None);
     };
@@ -159,7 +165,9 @@ fn attempt(headers: &HeaderMap) -> std::result::Result<Option<u32>, Failure> {
         })
 }
 
-fn json_body<T: serde::de::DeserializeOwned>(body: &Bytes) -> std::result::Result<T, Failure> {
+pub(crate) fn json_body<T: serde::de::DeserializeOwned>(
+    body: &Bytes,
+) -> std::result::Result<T, Failure> {
     serde_json::from_slice(body)
         .map_err(|e| Failure(StatusCode::BAD_REQUEST, format!("bad JSON body: {e}")))
 }
@@ -312,6 +320,47 @@ async fn heartbeat(
         lease_secs: lease.as_secs(),
     })
     .into_response())
+}
+
+/// The control channel (long poll): answer the moment one of the agent's jobs has a cancel
+/// it has not seen, or 204 after `wait` seconds. Cancels made by the CLI in another process
+/// wake it through the store's change watcher (50 ms), those made here at once.
+async fn control(
+    State(state): State<Arc<AppState>>,
+    Query(q): Query<WaitQuery>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult {
+    let agent_id = agent(&state, &headers).await?;
+    let req: ControlRequest = json_body(&body)?;
+    let wait = Duration::from_secs(
+        q.wait
+            .unwrap_or(DEFAULT_CONTROL_WAIT_SECS)
+            .min(DEFAULT_CONTROL_WAIT_SECS),
+    );
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut changed = state.changed.subscribe();
+    loop {
+        // Seen before the query: a change landing during it wakes the next round.
+        changed.borrow_and_update();
+        let a = agent_id.clone();
+        let cancel: Vec<String> = state
+            .db(move |s| s.pending_cancels(&a))
+            .await?
+            .into_iter()
+            .filter(|id| !req.cancels_seen.contains(id))
+            .collect();
+        if !cancel.is_empty() {
+            return Ok(Json(ControlResponse { cancel }).into_response());
+        }
+        let woke = tokio::select! {
+            w = tokio::time::timeout_at(deadline, changed.changed()) => w,
+            _ = state.shutdown.cancelled() => return Ok(StatusCode::NO_CONTENT.into_response()),
+        };
+        if !matches!(woke, Ok(Ok(()))) {
+            return Ok(StatusCode::NO_CONTENT.into_response());
+        }
+    }
 }
 
 #[derive(Deserialize)]

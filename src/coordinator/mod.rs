@@ -7,9 +7,13 @@
 //! routes, server-sent events; the HTML of the pages in [`pages`]) ← [`serve`] and the CLI commands here.
 
 pub mod api;
+pub mod bitbucket;
+pub mod blobs;
+mod cli_pipelines;
 pub mod metrics;
 pub mod oidc;
 pub mod pages;
+pub mod pipelines;
 pub mod rerun;
 pub mod secrets;
 pub mod server;
@@ -57,7 +61,7 @@ pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
     hex(&Sha256::digest(bytes))
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
@@ -145,6 +149,21 @@ pub enum Command {
         #[command(flatten)]
         keys: OidcKeysArg,
     },
+    /// Start a pipeline: the config at the commit is fetched and compiled by the server,
+    /// and its workflows run. Prints `pipeline ID (PROJECT#NUMBER)`.
+    Trigger(cli_pipelines::TriggerArgs),
+    /// Approve an approval job that holds a pipeline's workflow.
+    Approve(cli_pipelines::ApproveArgs),
+    /// List pipelines with their workflows and jobs, newest first.
+    Pipelines(cli_pipelines::PipelinesArgs),
+    /// Cancel a pipeline (its queued jobs at once, running ones at the next heartbeat).
+    CancelPipeline(cli_pipelines::PipelineRefArgs),
+    /// Rerun a failed or canceled pipeline's workflows from their failed jobs.
+    RerunPipeline(cli_pipelines::PipelineRefArgs),
+    /// Operator tokens for the web page's approve/cancel/rerun buttons: `new NAME` prints
+    /// one (kept as a digest), `revoke NAME` revokes every token of NAME.
+    #[command(subcommand)]
+    Operator(cli_pipelines::OperatorCommand),
 }
 
 #[derive(clap::Args, Debug)]
@@ -204,6 +223,18 @@ pub struct ServeArgs {
     pub oidc_token_lifetime: Duration,
     #[command(flatten)]
     pub oidc_keys: OidcKeysArg,
+    /// Bytes of blobs (workspaces, caches, artifacts) each project may keep, e.g. 500MiB,
+    /// 10GiB; an upload past it is refused with an error naming the project.
+    #[arg(long, value_name = "SIZE", default_value = "10GiB", value_parser = blobs::parse_size)]
+    pub blob_quota: u64,
+    /// The address people and Bitbucket reach this coordinator's pages at (commit statuses
+    /// link job pages there); default: the listening address.
+    #[arg(long, value_name = "URL")]
+    pub public_url: Option<String>,
+    /// Where a VCS host really is when fetching pipeline configs: `HOST=ADDR:PORT`
+    /// (repeatable), as the agent's `vcs_hosts`.
+    #[arg(long = "vcs-host", value_name = "HOST=ADDR:PORT")]
+    pub vcs_hosts: Vec<String>,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -223,6 +254,15 @@ fn parse_ttl(text: &str) -> std::result::Result<Duration, String> {
 pub enum ProjectCommand {
     /// Add a project (a Bitbucket repository) jobs can be queued for.
     Add(ProjectAddArgs),
+    /// Bitbucket settings: webhook secret, build rules, commit status API and credentials.
+    Set(cli_pipelines::ProjectSetArgs),
+    /// Make an ed25519 deploy key for the project (replacing its deploy key) and print the
+    /// public line to paste into Bitbucket (Repository settings → Access keys).
+    Keygen(cli_pipelines::KeygenArgs),
+    /// `rotate`: a new deploy key (the public line is printed; remove the old one from
+    /// Bitbucket); `revoke --user|--deploy`: forget a key.
+    #[command(subcommand)]
+    Keys(cli_pipelines::KeysCommand),
     /// Let only these agents run the project's jobs (its keys go to them only); without
     /// `--agent`, any agent may again.
     Restrict {
@@ -311,6 +351,10 @@ pub struct EnqueueArgs {
     /// into the job while it runs and after its last step (`ssh -p PORT JOB@HOST`).
     #[arg(long = "ssh-key", value_name = "FILE")]
     pub ssh_keys: Vec<PathBuf>,
+    /// The workspace the job attaches (`attach_workspace`) and persists to: give the jobs of
+    /// one workflow run the same name (A-Z a-z 0-9 . _ -). Default: the job's own.
+    #[arg(long, value_name = "NAME")]
+    pub workspace: Option<String>,
 }
 
 /// `--timeout`: a duration written as for `run.no_output_timeout`, in whole seconds (a
@@ -446,6 +490,7 @@ fn run_inner(cmd: Command) -> Result<()> {
                     pr_url: a.pull_request_url,
                     pr_fork: a.pull_request_fork,
                     timeout_secs: a.timeout,
+                    workspace: a.workspace,
                 },
                 &ssh_keys,
             )?;
@@ -550,6 +595,19 @@ fn run_inner(cmd: Command) -> Result<()> {
                 print(&mut out, line);
             }
             Ok(())
+        }
+        Command::Trigger(a) => cli_pipelines::trigger(a, &mut |s| print(&mut out, s)),
+        Command::Approve(a) => cli_pipelines::approve(a, &mut |s| print(&mut out, s)),
+        Command::Pipelines(a) => cli_pipelines::list(a, &mut |s| print(&mut out, s)),
+        Command::CancelPipeline(a) => cli_pipelines::cancel(a, &mut |s| print(&mut out, s)),
+        Command::RerunPipeline(a) => cli_pipelines::rerun(a, &mut |s| print(&mut out, s)),
+        Command::Operator(c) => cli_pipelines::operator(c, &mut |s| print(&mut out, s)),
+        Command::Project(ProjectCommand::Set(a)) => cli_pipelines::project_set(a),
+        Command::Project(ProjectCommand::Keygen(a)) => {
+            cli_pipelines::keygen(a, &mut |s| print(&mut out, s))
+        }
+        Command::Project(ProjectCommand::Keys(c)) => {
+            cli_pipelines::keys(c, &mut |s| print(&mut out, s))
         }
         Command::Agents { data } => {
             let store = data.open()?;
@@ -691,6 +749,12 @@ pub struct AppState {
     pub oidc: Option<Arc<oidc::Oidc>>,
     /// Cancelled when the server shuts down: live streams end, long polls answer.
     pub shutdown: tokio_util::sync::CancellationToken,
+    /// The store's blob files beside the database (protocol v2).
+    pub blobs: Arc<blobs::BlobFiles>,
+    /// Wakes the pipeline runner at once (a webhook made a pipeline).
+    pub pipelines_wake: tokio::sync::Notify,
+    /// Where the pages are reached from outside (commit status links).
+    pub public_url: String,
 }
 
 impl AppState {
@@ -745,16 +809,6 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         None => None,
     };
     let (changed, _) = tokio::sync::watch::channel(0u64);
-    let state = Arc::new(AppState {
-        oidc,
-        store: store.clone(),
-        changed,
-        jobs: JobWatch::default(),
-        metrics: metrics::CoordMetrics::default(),
-        registration_token_file_digests: tokens,
-        lease: Duration::from_secs(args.lease_secs.max(1)),
-        shutdown: tokio_util::sync::CancellationToken::new(),
-    });
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .map_err(|source| CoordError::Listen {
@@ -765,6 +819,32 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         addr: args.listen.clone(),
         source,
     })?;
+    let scheme = if args.tls_cert.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let public_url = args
+        .public_url
+        .clone()
+        .unwrap_or_else(|| format!("{scheme}://{addr}"));
+    store.record_public_url(&public_url)?;
+    let state = Arc::new(AppState {
+        store: store.clone(),
+        changed,
+        jobs: JobWatch::default(),
+        metrics: metrics::CoordMetrics::default(),
+        registration_token_file_digests: tokens,
+        lease: Duration::from_secs(args.lease_secs.max(1)),
+        shutdown: tokio_util::sync::CancellationToken::new(),
+        pipelines_wake: tokio::sync::Notify::new(),
+        public_url,
+        oidc,
+        blobs: Arc::new(
+            blobs::BlobFiles::open(&args.data.data, args.blob_quota)
+                .map_err(|e| CoordError::Invalid(format!("the blob store: {e}")))?,
+        ),
+    });
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => Some(server::tls_acceptor(cert, key)?),
         _ => {
@@ -783,11 +863,17 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
 
     tokio::spawn(watch_changes(state.clone()));
     tokio::spawn(reap_leases(state.clone()));
+    pipelines::spawn(
+        state.clone(),
+        pipelines::RunnerSettings {
+            vcs_hosts: args.vcs_hosts.clone(),
+        },
+    );
+    bitbucket::status::spawn(state.clone());
 
     let app = api::router(state.clone())
         .merge(web::router(state.clone()))
         .merge(metrics::router(state.clone()))
-        .merge(oidc::router(state.clone()))
         .fallback(api::not_found)
         .layer(axum::middleware::map_response(api::json_errors));
     let stop = state.shutdown.clone();

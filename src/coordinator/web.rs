@@ -26,6 +26,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/jobs/{id}", get(pages::job_page))
         .route("/jobs/{id}/log.html", get(pages::log_fragment))
         .route("/jobs/{id}/log.txt", get(pages::raw_log))
+        .route(
+            "/jobs/{id}/artifacts/{*path}",
+            get(pages::results::artifact),
+        )
         .route("/assets/{name}", get(pages::asset))
         .route("/jobs/{id}/stream", get(job_stream))
         .route("/jobs/{id}/log", get(log_part))
@@ -61,10 +65,9 @@ const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; st
 pub async fn security_headers(mut resp: Response) -> Response {
     use axum::http::header::{self, HeaderValue};
     let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(CONTENT_SECURITY_POLICY),
-    );
+    // An answer with a stricter policy of its own (an artifact) keeps it.
+    h.entry(header::CONTENT_SECURITY_POLICY)
+        .or_insert(HeaderValue::from_static(CONTENT_SECURITY_POLICY));
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     h.insert(
         header::X_CONTENT_TYPE_OPTIONS,

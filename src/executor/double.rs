@@ -288,7 +288,11 @@ impl Executor for Recording {
         let refuse = self.script.refuse_stdin_files;
         tokio::spawn(async move {
             let mut sink = Vec::new();
-            let _ = server.read_to_end(&mut sink).await;
+            // Removed while it waits for the files (a ready container killed): it ends.
+            tokio::select! {
+                _ = server.read_to_end(&mut sink) => {}
+                () = ended.cancelled() => return,
+            }
             let line: &[u8] = if refuse || sink.is_empty() {
                 b"tar: not found\nbosun-install-failed\n"
             } else {

@@ -103,7 +103,7 @@ pub enum NetworkMode {
     ContainerOf(String),
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ContainerSpec {
     pub image: String,
     /// `None` keeps the image's `USER`.

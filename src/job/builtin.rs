@@ -137,7 +137,24 @@ impl Ctx<'_> {
 
     pub async fn save_cache(&self, key_tpl: &str, paths: &[String]) -> Result<(), String> {
         let key = self.render_key(key_tpl, &self.checksums_for(key_tpl).await?)?;
-        if self.store.cache_exists(&key) {
+        let remote = self.store.remote();
+        if remote.is_some_and(|r| !r.cache_writes()) {
+            (self.say)(format!(
+                "Skipping cache save for key {key}: a build of a pull request from a fork reads \
+                 the project's caches but never writes them"
+            ));
+            return Ok(());
+        }
+        let exists = match remote {
+            // The coordinator's caches are the project's: ask it, not this agent's copy.
+            Some(r) => r
+                .find_cache(&key)
+                .await
+                .map_err(|e| e.to_string())?
+                .is_some_and(|c| c.key == key),
+            None => self.store.cache_exists(&key),
+        };
+        if exists {
             (self.say)(format!(
                 "Skipping cache generation, cache already exists for key: {key}"
             ));
@@ -171,13 +188,22 @@ impl Ctx<'_> {
             .map_err(|e| e.to_string())?;
         let file = std::fs::File::open(combined.path()).map_err(|e| e.to_string())?;
         let (blob, size) = self.store.put_blob(file).map_err(|e| e.to_string())?;
-        let saved = self
+        let mut saved = self
             .store
-            .save_cache(&key, blob, size)
+            .save_cache(&key, blob.clone(), size)
             .map_err(|e| e.to_string())?;
+        if let Some(r) = remote {
+            r.upload(&self.store.blob_path(&blob), &blob, size)
+                .await
+                .map_err(|e| format!("cache {key}: {e}"))?;
+            saved = r
+                .save_cache(&key, &blob, size)
+                .await
+                .map_err(|e| format!("cache {key}: {e}"))?;
+        }
         if saved {
             (self.say)(format!("Stored cache {key} ({:.1} MB)", size as f64 / 1e6));
-            if self.store.scope().is_fork() {
+            if remote.is_none() && self.store.scope().is_fork() {
                 (self.say)(
                     "(a forked pull request's cache: only this pull request's builds see it)"
                         .to_owned(),
@@ -191,10 +217,43 @@ impl Ctx<'_> {
         Ok(())
     }
 
+    /// The cache `key` finds: the coordinator's when there is one (this agent's own caches
+    /// when it cannot be reached), in the local store when it returns.
+    async fn lookup_cache(&self, key: &str) -> Result<Option<crate::store::CacheEntry>, String> {
+        let Some(r) = self.store.remote() else {
+            return self.store.find_cache(key).map_err(|e| e.to_string());
+        };
+        let entry = match r.find_cache(key).await {
+            Ok(e) => e,
+            Err(e) => {
+                (self.say)(format!(
+                    "Warning: the coordinator's caches: {e}; looking in this agent's own"
+                ));
+                return self.store.find_cache(key).map_err(|e| e.to_string());
+            }
+        };
+        let Some(entry) = entry else {
+            return Ok(None);
+        };
+        match self.store.fetch_blob(r, &entry.blob, entry.size).await {
+            Ok(true) => (self.say)(format!(
+                "Downloaded cache {} from the coordinator ({:.1} MB)",
+                entry.key,
+                entry.size as f64 / 1e6
+            )),
+            Ok(false) => {}
+            Err(e) => {
+                (self.say)(format!("Warning: cache {}: {e}", entry.key));
+                return Ok(None);
+            }
+        }
+        Ok(Some(entry))
+    }
+
     pub async fn restore_cache(&self, key_tpls: &[String]) -> Result<(), String> {
         for tpl in key_tpls {
             let key = self.render_key(tpl, &self.checksums_for(tpl).await?)?;
-            if let Some(entry) = self.store.find_cache(&key).map_err(|e| e.to_string())? {
+            if let Some(entry) = self.lookup_cache(&key).await? {
                 self.upload_blob(&entry.blob, "").await?;
                 (self.say)(format!(
                     "Found a cache for key {key}: restored {} ({:.1} MB)",
@@ -242,13 +301,23 @@ impl Ctx<'_> {
                 self.workspace,
                 &Layer {
                     job: self.job_name.to_owned(),
-                    blob,
+                    blob: blob.clone(),
                     size,
                 },
             )
             .map_err(|e| e.to_string())?;
+        let mut whom = "";
+        if let Some(r) = self.store.remote() {
+            r.upload(&self.store.blob_path(&blob), &blob, size)
+                .await
+                .map_err(|e| format!("the workspace layer: {e}"))?;
+            r.add_layer(&blob, size)
+                .await
+                .map_err(|e| format!("the workspace layer: {e}"))?;
+            whom = " on the coordinator";
+        }
         (self.say)(format!(
-            "Persisted {count} entries from {root_abs} to the workspace ({:.1} MB)",
+            "Persisted {count} entries from {root_abs} to the workspace{whom} ({:.1} MB)",
             size as f64 / 1e6
         ));
         Ok(())
@@ -256,15 +325,41 @@ impl Ctx<'_> {
 
     pub async fn attach_workspace(&self, at: &str) -> Result<(), String> {
         let at_abs = self.abs(at);
-        let layers = self
-            .store
-            .workspace_layers(self.workspace)
-            .map_err(|e| e.to_string())?;
+        let remote = self.store.remote();
+        let layers = match remote {
+            Some(r) => r
+                .layers()
+                .await
+                .map_err(|e| format!("the workspace: {e}"))?,
+            None => self
+                .store
+                .workspace_layers(self.workspace)
+                .map_err(|e| e.to_string())?,
+        };
         if layers.is_empty() {
             return Err("there is no workspace to attach: no earlier job persisted one".to_owned());
         }
+        let mut fetched = 0u64;
         for layer in &layers {
+            if let Some(r) = remote {
+                // A layer this agent has (it persisted it, or attached it before) is not
+                // downloaded again.
+                if self
+                    .store
+                    .fetch_blob(r, &layer.blob, layer.size)
+                    .await
+                    .map_err(|e| format!("workspace layer from {}: {e}", layer.job))?
+                {
+                    fetched += layer.size;
+                }
+            }
             self.upload_blob(&layer.blob, &at_abs).await?;
+        }
+        if fetched > 0 {
+            (self.say)(format!(
+                "Downloaded {:.1} MB of workspace from the coordinator",
+                fetched as f64 / 1e6
+            ));
         }
         (self.say)(format!(
             "Attached {} workspace layer(s) at {at_abs} (from {})",
@@ -297,6 +392,22 @@ impl Ctx<'_> {
             .map_err(|e| e.to_string())?;
         for s in &stored.skipped {
             (self.say)(format!("Warning: not stored: {s}"));
+        }
+        if let Some(r) = self.store.remote() {
+            for (rel, file) in &stored.written {
+                let hashed = file.clone();
+                let (blob, size) =
+                    tokio::task::spawn_blocking(move || crate::store::remote::hash_file(&hashed))
+                        .await
+                        .map_err(|e| e.to_string())?
+                        .map_err(|e| e.to_string())?;
+                r.upload(file, &blob, size)
+                    .await
+                    .map_err(|e| format!("artifact {rel}: {e}"))?;
+                r.add_artifact(rel, &blob, size)
+                    .await
+                    .map_err(|e| format!("artifact {rel}: {e}"))?;
+            }
         }
         (self.say)(format!(
             "Uploaded {} file(s) from {abs} to artifacts/{} ({})",
@@ -359,6 +470,27 @@ impl Ctx<'_> {
         ));
         for f in &total.failed {
             (self.say)(format!("  failed: {f}"));
+        }
+        if let Some(r) = self.store.remote() {
+            let wire = crate::protocol::WireTestResults {
+                tests: total.tests,
+                failures: total.failures,
+                errors: total.errors,
+                skipped: total.skipped,
+                failed: total
+                    .failed
+                    .iter()
+                    .take(crate::protocol::MAX_FAILED_TESTS)
+                    .map(|f| crate::protocol::WireFailedTest {
+                        name: f.name.clone(),
+                        classname: f.classname.clone(),
+                        message: f.message.clone(),
+                    })
+                    .collect(),
+            };
+            r.test_results(&wire)
+                .await
+                .map_err(|e| format!("the test results: {e}"))?;
         }
         // Timings for `circleci tests split --split-by=timings` in this job's later runs.
         if let Err(e) = super::timings::record(self.store, self.job_name, times) {

@@ -281,36 +281,56 @@ async fn run_inner(
             }
             tracing::debug!(ms = millis(t.elapsed()), "images inspected");
             let role = Role::Primary;
-            let id = executor
-                .create(&ContainerSpec {
-                    image: plan.image.clone(),
-                    user: plan.user.clone(),
-                    env: plan
-                        .image_environment
-                        .iter()
-                        .map(|(k, v)| format!("{k}={v}"))
-                        .chain(engine_env.iter().cloned())
-                        .collect(),
-                    binds: engine_binds.clone(),
-                    labels: resources.labels(&role),
-                    network: spec
-                        .network
-                        .clone()
-                        .map_or(NetworkMode::Default, NetworkMode::Named),
-                    entrypoint: Some(main_process()),
-                    cmd: Some(Vec::new()),
-                    stdin: true,
-                    init: true,
-                    extra_hosts: services::host_entries(&plan.services),
-                    limits,
-                    ..Default::default()
-                })
-                .await?;
-            resources.track(role, &id);
-            tracing::debug!(ms = millis(t.elapsed()), "container created");
-            let mut main = executor.start(&id).await?;
-            let banner = main_line(&mut main.output, "bosun-ready").await?;
-            tracing::debug!(ms = millis(t.elapsed()), "container started");
+            let cspec = ContainerSpec {
+                image: plan.image.clone(),
+                user: plan.user.clone(),
+                env: plan
+                    .image_environment
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .chain(engine_env.iter().cloned())
+                    .collect(),
+                binds: engine_binds.clone(),
+                labels: resources.labels(&role),
+                network: spec
+                    .network
+                    .clone()
+                    .map_or(NetworkMode::Default, NetworkMode::Named),
+                entrypoint: Some(main_process()),
+                cmd: Some(Vec::new()),
+                stdin: true,
+                init: true,
+                extra_hosts: services::host_entries(&plan.services),
+                limits,
+                ..Default::default()
+            };
+            // A ready container only for a job that owns nothing else on the engine (no
+            // services beside it, no engine proxy): then the spec alone says what it is.
+            let poolable = plan.services.is_empty() && engine.is_none();
+            let ready = spec
+                .ready
+                .as_ref()
+                .filter(|_| poolable)
+                .and_then(|r| r.take(&cspec));
+            let (id, main, banner) = match ready {
+                Some(r) => {
+                    resources.track(role, &r.id);
+                    tracing::debug!(ms = millis(t.elapsed()), "took a ready container");
+                    (r.id, r.main, r.banner)
+                }
+                None => {
+                    let id = executor.create(&cspec).await?;
+                    resources.track(role, &id);
+                    tracing::debug!(ms = millis(t.elapsed()), "container created");
+                    let mut main = executor.start(&id).await?;
+                    let banner = main_line(&mut main.output, "bosun-ready").await?;
+                    tracing::debug!(ms = millis(t.elapsed()), "container started");
+                    (id, main, banner)
+                }
+            };
+            if let Some(r) = spec.ready.as_ref().filter(|_| poolable) {
+                r.used(&cspec);
+            }
             sink.emit(&Event::ContainerStarted {
                 role: ContainerRole::Primary,
                 name: "primary".to_owned(),

@@ -26,6 +26,7 @@ pub mod identity;
 pub mod lifecycle;
 pub mod limits;
 mod machine;
+pub mod ready;
 pub mod registry;
 pub mod request;
 pub mod resources;
@@ -129,6 +130,8 @@ pub struct JobSpec {
     pub timings: Option<String>,
     /// What the runner does with a docker job's `resource_class` (container limits).
     pub limits: LimitPolicy,
+    /// Where a ready-made primary container may come from (the agent's pool).
+    pub ready: Option<Arc<dyn ready::ReadySource>>,
 }
 
 /// A fetched tree waiting to be uploaded by the `checkout` step.

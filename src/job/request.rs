@@ -51,8 +51,15 @@ pub enum ConfigSource {
 pub enum Target {
     /// One job, on all its `parallelism` nodes.
     Job(String),
-    /// One node of a job: the coordinator hands out each node as its own job.
-    Node { job: String, index: u32, total: u32 },
+    /// One node of a job: the coordinator hands out each node as its own job. With
+    /// `workflow`, the job is looked up in that workflow (a pipeline's job), else in the
+    /// first workflow that has it.
+    Node {
+        job: String,
+        index: u32,
+        total: u32,
+        workflow: Option<String>,
+    },
     /// A whole workflow (`bosun execute --workflow`).
     Workflow {
         name: String,
@@ -85,6 +92,10 @@ pub struct JobRequest {
     /// Pipeline parameters (`--pipeline-param`), number, and what the coordinator knows of
     /// the ref (its branch or tag, which a fetched commit alone may not tell).
     pub pipeline_params: Vec<(String, String)>,
+    /// `pipeline.trigger_source` and `pipeline.git.base_revision` when a coordinator's
+    /// pipeline gave them (empty: the defaults).
+    pub trigger_source: String,
+    pub base_revision: String,
     pub pipeline_number: u64,
     pub branch: Option<String>,
     pub tag: Option<String>,
@@ -103,6 +114,8 @@ pub struct JobRequest {
     pub identity: super::JobIdentity,
     /// What the runner does with a docker job's `resource_class`.
     pub limits: super::LimitPolicy,
+    /// Ready-made primary containers (the agent's pool); `None`: every job creates its own.
+    pub ready: Option<Arc<dyn super::ready::ReadySource>>,
 }
 
 /// Problems before the job could run, each with what to do about it.
@@ -175,6 +188,7 @@ struct Base {
     engine: Option<Arc<crate::engine_proxy::EngineSettings>>,
     identity: super::JobIdentity,
     limits: super::LimitPolicy,
+    ready: Option<Arc<dyn super::ready::ReadySource>>,
 }
 
 impl Base {
@@ -203,6 +217,7 @@ impl Base {
             identity: self.identity.clone(),
             timings: super::timings::for_job(&self.store, &plan.name),
             limits: self.limits,
+            ready: self.ready.clone(),
             plan,
         }
     }
@@ -437,7 +452,17 @@ pub async fn prepare(req: JobRequest, sink: Arc<dyn EventSink>) -> Result<Prepar
         git_branch: git_branch.clone(),
         git_tag: git_tag.clone().unwrap_or_default(),
         git_revision: revision,
-        trigger_source: "bosun".to_owned(),
+        git_base_revision: req.base_revision.clone(),
+        trigger_source: if req.trigger_source.is_empty() {
+            "bosun".to_owned()
+        } else {
+            req.trigger_source.clone()
+        },
+        id: req
+            .identity
+            .pipeline_id
+            .clone()
+            .unwrap_or_else(|| config::PipelineValues::default().id),
         ..config::PipelineValues::default()
     };
     // The config is the repository's, so anyone with push access wrote it: compile it off
@@ -497,6 +522,7 @@ pub async fn prepare(req: JobRequest, sink: Arc<dyn EventSink>) -> Result<Prepar
             engine: req.engine,
             identity,
             limits: req.limits,
+            ready: req.ready,
         },
         what,
     })
@@ -520,6 +546,21 @@ fn compile_target(
         orb_dir: orb_dir.as_ref().map(|d| d.display().to_string()),
     };
     Ok(match target {
+        Target::Node {
+            job,
+            index,
+            total,
+            workflow: Some(workflow),
+        } => What::Job {
+            plan: Box::new(config::compile_workflow_job(
+                config_text,
+                config_name,
+                workflow,
+                job,
+                &opts,
+            )?),
+            node: Some((*index, *total)),
+        },
         Target::Job(job) | Target::Node { job, .. } => What::Job {
             plan: Box::new(config::compile_job_with(
                 config_text,

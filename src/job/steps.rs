@@ -182,7 +182,13 @@ pub(super) async fn run_steps(
             }
         };
         sink.emit(&Event::StepFinished(summary.clone()));
+        // Asked of the engine only when a later step would be skipped by a halt: the last
+        // step (and one followed only by `when: always` steps) costs no round trip.
+        let halt_matters = spec.plan.steps[i + 1..]
+            .iter()
+            .any(|s| s.when != crate::config::When::Always);
         if !halted
+            && halt_matters
             && summary.status == StepStatus::Success
             && matches!(step.kind, StepKind::Run(_))
             && halt_requested(executor.as_ref(), &ctx.container, &spec.id).await

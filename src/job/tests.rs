@@ -12,6 +12,9 @@ use crate::stream::{Event, MemorySink, StepStatus};
 use std::path::Path;
 use tokio_util::sync::CancellationToken;
 
+#[path = "ready_tests.rs"]
+mod ready_tests;
+
 pub(super) fn plan(steps: Vec<Step>) -> JobPlan {
     JobPlan {
         name: "build".into(),
@@ -86,6 +89,7 @@ fn spec(store_dir: &Path, plan: JobPlan) -> JobSpec {
         identity: Default::default(),
         timings: None,
         limits: Default::default(),
+        ready: None,
     }
 }
 

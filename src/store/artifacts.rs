@@ -24,6 +24,9 @@ pub struct StoredArtifacts {
     pub dest: PathBuf,
     /// Entries not stored, each with the reason (`out/link (symbolic link)`).
     pub skipped: Vec<String>,
+    /// Each file stored: its path relative to the job's artifacts (`/`-separated), and where
+    /// it is on the host.
+    pub written: Vec<(String, PathBuf)>,
 }
 
 impl Store {
@@ -52,6 +55,7 @@ impl Store {
             dest_rel: dest_rel.display().to_string(),
             dest: dest.clone(),
             skipped: Vec::new(),
+            written: Vec::new(),
         };
         for entry in archive.entries().map_err(err)? {
             let mut entry = entry.map_err(err)?;
@@ -89,6 +93,13 @@ impl Store {
                 };
                 report.skipped.push(format!("{} ({what})", name.display()));
                 continue;
+            }
+            if let Ok(rel) = target.strip_prefix(&job_dir) {
+                let rel: Vec<String> = rel
+                    .components()
+                    .map(|c| c.as_os_str().to_string_lossy().into_owned())
+                    .collect();
+                report.written.push((rel.join("/"), target.clone()));
             }
             written.insert(plain(&name), target);
             report.files += 1;

@@ -9,8 +9,27 @@ pub struct TestSummary {
     pub failures: u64,
     pub errors: u64,
     pub skipped: u64,
-    /// `classname.name` of each failed or errored test case.
-    pub failed: Vec<String>,
+    /// Each failed or errored test case.
+    pub failed: Vec<FailedTest>,
+}
+
+/// A failed (or errored) test case: its name, class and the failure's message (its
+/// `message` attribute, else the first line of its text).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct FailedTest {
+    pub name: String,
+    pub classname: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for FailedTest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.classname.is_empty() {
+            f.write_str(&self.name)
+        } else {
+            write!(f, "{}.{}", self.classname, self.name)
+        }
+    }
 }
 
 impl TestSummary {
@@ -29,8 +48,10 @@ impl TestSummary {
 pub fn parse(xml: &str) -> Result<TestSummary, String> {
     let mut reader = Reader::from_str(xml);
     let mut sum = TestSummary::default();
-    // The open test case: its name and whether a failure was seen in it.
-    let mut case: Option<(String, bool)> = None;
+    // The open test case: its failure (once one was seen in it) at `sum.failed[i]`.
+    let mut case: Option<(FailedTest, Option<usize>)> = None;
+    // Inside a <failure>/<error> whose message is still to come from its text.
+    let mut want_text: Option<usize> = None;
     loop {
         let ev = reader
             .read_event()
@@ -38,39 +59,72 @@ pub fn parse(xml: &str) -> Result<TestSummary, String> {
         match ev {
             Event::Start(e) if e.name().as_ref() == b"testcase" => {
                 sum.tests += 1;
-                case = Some((case_name(&e), false));
+                case = Some((case_of(&e), None));
             }
             // An empty <testcase/> passed: it has no children and no End event.
             Event::Empty(e) if e.name().as_ref() == b"testcase" => sum.tests += 1,
-            Event::Start(e) | Event::Empty(e) => {
-                if let Some((name, seen)) = case.as_mut() {
-                    let failed = match e.name().as_ref() {
-                        b"failure" => {
-                            sum.failures += 1;
-                            true
-                        }
-                        b"error" => {
-                            sum.errors += 1;
-                            true
-                        }
-                        b"skipped" => {
-                            sum.skipped += 1;
-                            false
-                        }
-                        _ => false,
-                    };
-                    if failed && !*seen {
-                        *seen = true;
-                        sum.failed.push(name.clone());
+            Event::Start(ref e) | Event::Empty(ref e) => {
+                let Some((test, seen)) = case.as_mut() else {
+                    continue;
+                };
+                let failed = match e.name().as_ref() {
+                    b"failure" => {
+                        sum.failures += 1;
+                        true
+                    }
+                    b"error" => {
+                        sum.errors += 1;
+                        true
+                    }
+                    b"skipped" => {
+                        sum.skipped += 1;
+                        false
+                    }
+                    _ => false,
+                };
+                if failed && seen.is_none() {
+                    let mut t = test.clone();
+                    t.message = attr(e, b"message").unwrap_or_default();
+                    sum.failed.push(t);
+                    let i = sum.failed.len() - 1;
+                    *seen = Some(i);
+                    if sum.failed[i].message.trim().is_empty() && matches!(ev, Event::Start(_)) {
+                        want_text = Some(i);
                     }
                 }
             }
+            Event::Text(t) => {
+                if let Some(i) = want_text {
+                    let text = t.decode().map(|c| c.into_owned()).unwrap_or_default();
+                    if let Some(line) = text.lines().map(str::trim).find(|l| !l.is_empty()) {
+                        sum.failed[i].message = line.to_owned();
+                        want_text = None;
+                    }
+                }
+            }
+            Event::CData(t) => {
+                if let Some(i) = want_text {
+                    let text = String::from_utf8_lossy(&t).into_owned();
+                    if let Some(line) = text.lines().map(str::trim).find(|l| !l.is_empty()) {
+                        sum.failed[i].message = line.to_owned();
+                        want_text = None;
+                    }
+                }
+            }
+            Event::End(e) if matches!(e.name().as_ref(), b"failure" | b"error") => want_text = None,
             Event::End(e) if e.name().as_ref() == b"testcase" => case = None,
             Event::Eof => break,
             _ => {}
         }
     }
     Ok(sum)
+}
+
+fn attr(e: &quick_xml::events::BytesStart, key: &[u8]) -> Option<String> {
+    e.attributes()
+        .flatten()
+        .find(|a| a.key.as_ref() == key)
+        .and_then(|a| a.unescape_value().ok().map(|v| v.into_owned()))
 }
 
 /// Each test case's file (its own `file` attribute, else its suite's), class name, name and
@@ -125,24 +179,11 @@ pub fn case_times(xml: &str) -> Result<Vec<(String, String, String, f64)>, Strin
     Ok(out)
 }
 
-fn case_name(e: &quick_xml::events::BytesStart) -> String {
-    let mut name = String::new();
-    let mut class = String::new();
-    for a in e.attributes().flatten() {
-        let v = a
-            .unescape_value()
-            .map(|v| v.into_owned())
-            .unwrap_or_default();
-        match a.key.as_ref() {
-            b"name" => name = v,
-            b"classname" => class = v,
-            _ => {}
-        }
-    }
-    if class.is_empty() {
-        name
-    } else {
-        format!("{class}.{name}")
+fn case_of(e: &quick_xml::events::BytesStart) -> FailedTest {
+    FailedTest {
+        name: attr(e, b"name").unwrap_or_default(),
+        classname: attr(e, b"classname").unwrap_or_default(),
+        message: String::new(),
     }
 }
 
@@ -163,7 +204,12 @@ mod tests {
 </testsuites>"#;
         let s = parse(xml).expect("parses");
         assert_eq!((s.tests, s.failures, s.errors, s.skipped), (4, 1, 1, 1));
-        assert_eq!(s.failed, ["math.divides", "io.reads"]);
+        let names: Vec<String> = s.failed.iter().map(|f| f.to_string()).collect();
+        assert_eq!(names, ["math.divides", "io.reads"]);
+        assert_eq!(s.failed[0].message, "x");
+        // No message attribute: the first line of the text.
+        assert_eq!(s.failed[1].message, "eof");
+        assert_eq!(s.failed[1].classname, "io");
         assert!(parse("<a></b>").is_err());
     }
 

@@ -27,6 +27,7 @@
 pub mod archive;
 pub mod artifacts;
 pub mod junit;
+pub mod remote;
 pub mod template;
 
 use serde::{Deserialize, Serialize};
@@ -117,10 +118,23 @@ impl ProjectScope {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Store {
     root: PathBuf,
     scope: ProjectScope,
+    /// The coordinator's store behind this one (protocol v2), for a claimed job: the local
+    /// store is then its cache ([`remote`]).
+    remote: Option<std::sync::Arc<dyn remote::Remote>>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("root", &self.root)
+            .field("scope", &self.scope)
+            .field("remote", &self.remote.is_some())
+            .finish()
+    }
 }
 
 #[derive(Serialize)]
@@ -158,7 +172,11 @@ impl Store {
             std::fs::set_permissions(&root, std::fs::Permissions::from_mode(mode & 0o700))
                 .map_err(io(&root))?;
         }
-        let store = Store { root, scope };
+        let store = Store {
+            root,
+            scope,
+            remote: None,
+        };
         let project = store.project_dir();
         for d in [
             store.root.join("blobs/sha256"),
@@ -185,6 +203,18 @@ impl Store {
 
     pub fn scope(&self) -> &ProjectScope {
         &self.scope
+    }
+
+    /// This store in front of a coordinator's (a claimed job's workspace, caches, artifacts
+    /// and test results go there too).
+    pub fn with_remote(mut self, remote: std::sync::Arc<dyn remote::Remote>) -> Store {
+        self.remote = Some(remote);
+        self
+    }
+
+    /// The coordinator's store behind this one, if any.
+    pub fn remote(&self) -> Option<&dyn remote::Remote> {
+        self.remote.as_deref()
     }
 
     /// `projects/<scope>`: everything of this project but the blobs.
@@ -388,6 +418,12 @@ impl Store {
     pub fn artifacts_dir(&self, job_id: &str) -> PathBuf {
         self.project_dir().join("artifacts").join(sanitize(job_id))
     }
+}
+
+/// A blob name as the store makes them: 64 lower-case hex digits (a name from elsewhere
+/// becomes a path only after this check).
+pub fn is_blob_name(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 /// One path segment from an id: no separators, no `..`.

@@ -20,6 +20,7 @@ impl Engine {
                                 job: "build".to_owned(),
                                 kind,
                                 requires: Vec::new(),
+                                requires_status: Vec::new(),
                                 context: Vec::new(),
                                 filters: Filters::default(),
                                 serial_group: None,
@@ -123,6 +124,7 @@ impl Engine {
             for j in &mut wf.jobs {
                 rename(&mut j.name);
                 j.requires.iter_mut().for_each(rename);
+                j.requires_status.iter_mut().for_each(|(n, _)| rename(n));
             }
             for (n, _) in jobs.iter_mut() {
                 rename(n);
@@ -172,7 +174,7 @@ impl Engine {
             job: WorkflowJob,
             explicit: bool,
             alias: Option<String>,
-            requires: Vec<(String, Node)>,
+            requires: Vec<Requirement>,
             node: Option<Node>,
             at: Node,
             path: String,
@@ -275,9 +277,11 @@ impl Engine {
             }
         }
         let mut resolved_requires: Vec<Vec<String>> = Vec::new();
+        let mut resolved_status: Vec<Vec<(String, Vec<RequiredStatus>)>> = Vec::new();
         for e in &entries {
             let mut reqs = Vec::new();
-            for (r, at) in &e.requires {
+            let mut with_status = Vec::new();
+            for (r, at, statuses) in &e.requires {
                 let targets: Vec<&str> = if names.contains(r) {
                     vec![r.as_str()]
                 } else {
@@ -315,9 +319,13 @@ impl Engine {
                     if !reqs.iter().any(|x: &String| x == t) {
                         reqs.push(t.to_owned());
                     }
+                    if let Some(st) = statuses {
+                        with_status.push((t.to_owned(), st.clone()));
+                    }
                 }
             }
             resolved_requires.push(reqs);
+            resolved_status.push(with_status);
         }
         // Every job must be reachable from a job without requirements (no cycles).
         let mut done = vec![false; entries.len()];
@@ -376,9 +384,14 @@ impl Engine {
         }
         let mut out_jobs = Vec::new();
         let mut nodes = Vec::new();
-        for (e, reqs) in entries.into_iter().zip(resolved_requires) {
+        for ((e, reqs), with_status) in entries
+            .into_iter()
+            .zip(resolved_requires)
+            .zip(resolved_status)
+        {
             let mut job = e.job;
             job.requires = reqs;
+            job.requires_status = with_status;
             if let Some(n) = e.node {
                 nodes.push((job.name.clone(), n));
             }
@@ -457,6 +470,38 @@ impl Engine {
         Ok(combos.into_iter().map(Some).collect())
     }
 
+    /// The statuses of a `requires` entry written as `job: status` or `job: [statuses]`.
+    fn required_statuses(&self, v: &Node, path: &str) -> Result<Vec<RequiredStatus>, ConfigError> {
+        let words: Vec<&Node> = match &v.value {
+            Value::Seq(items) => items.iter().collect(),
+            _ => vec![v],
+        };
+        let mut out: Vec<RequiredStatus> = Vec::new();
+        for w in words {
+            let text = w.as_str().unwrap_or("");
+            let Some(st) = RequiredStatus::parse(text) else {
+                return Err(self.err_hint(
+                    w,
+                    path,
+                    format!(
+                        "`{}` is not a status a requirement can ask for",
+                        w.scalar_string().unwrap_or_default()
+                    ),
+                    "use success, failed, canceled, unauthorized, not_run or terminal",
+                ));
+            };
+            for s in st {
+                if !out.contains(s) {
+                    out.push(*s);
+                }
+            }
+        }
+        if out.is_empty() {
+            return Err(self.err(v, path, "expected a status or a list of statuses"));
+        }
+        Ok(out)
+    }
+
     /// One workflow job entry (one matrix combination): its name, requires and compiled job.
     #[allow(clippy::type_complexity)]
     pub(super) fn invocation(
@@ -470,7 +515,7 @@ impl Engine {
         (
             WorkflowJob,
             bool,
-            Vec<(String, Node)>,
+            Vec<Requirement>,
             Option<Node>,
             Option<ConfigError>,
         ),
@@ -553,11 +598,13 @@ impl Engine {
             for item in items {
                 match &item.value {
                     Value::Map(m) => {
-                        for (k, _) in m {
-                            reqs.push((self.expect_str(k, &rp)?.to_owned(), k.clone()));
+                        for (k, v) in m {
+                            let name = self.expect_str(k, &rp)?.to_owned();
+                            let statuses = self.required_statuses(v, &join(&rp, &name))?;
+                            reqs.push((name, k.clone(), Some(statuses)));
                         }
                     }
-                    _ => reqs.push((item.scalar_string().unwrap_or_default(), item.clone())),
+                    _ => reqs.push((item.scalar_string().unwrap_or_default(), item.clone(), None)),
                 }
             }
         }
@@ -639,6 +686,7 @@ impl Engine {
             job: job_ref.to_owned(),
             kind,
             requires: Vec::new(),
+            requires_status: Vec::new(),
             context,
             filters: filters_parsed,
             serial_group: serial.clone(),

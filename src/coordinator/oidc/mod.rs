@@ -335,6 +335,8 @@ mod tests {
             previous_build_num: None,
             username: None,
             ssh_keys: vec![],
+            store: None,
+            pipeline: None,
         }
     }
 

@@ -12,6 +12,8 @@
 pub mod ansi;
 pub mod live;
 mod log;
+pub mod pipelines;
+pub mod results;
 pub mod ssh;
 
 pub use log::{log_fragment, raw_log};
@@ -631,19 +633,6 @@ fn step_word(sec: &Section, job: &JobRow) -> Option<&'static str> {
     }
 }
 
-/// Where a job's test results and artifacts are: on the agent that ran it (they do not travel
-/// over the protocol yet).
-fn stored_on_agent(job: &JobRow, what: &str) -> String {
-    format!(
-        "<p>{what} stay on the agent that ran the job ({}) until the store travels over the \
-         protocol: under its <code>--store</code> directory (default <code>$BOSUN_STORE</code>, \
-         else <code>~/.cache/bosun</code>), in <code>projects/&lt;project&gt;/artifacts/&lt;job id&gt;/</code> \
-         — test results as <code>test-results.json</code> there. The job's log shows each \
-         <code>store_test_results</code> summary and each <code>store_artifacts</code> upload.</p>",
-        esc(job.agent_name.as_deref().or(job.agent_id.as_deref()).unwrap_or("none yet"))
-    )
-}
-
 #[derive(Deserialize, Default)]
 pub struct PageQuery {
     /// Show every line's time (`?timestamps=1`; the script toggles without a reload).
@@ -684,6 +673,10 @@ pub async fn job_page(
     let l = match state.db(move |s: &Store| load_job(s, id)).await {
         Ok(Some(l)) => l,
         Ok(None) => return error_page(StatusCode::NOT_FOUND, "No such job."),
+        Err(e) => return internal(e),
+    };
+    let stored = match state.db(move |s: &Store| s.job_results(id)).await {
+        Ok(r) => r,
         Err(e) => return internal(e),
     };
     let j = &l.job;
@@ -825,9 +818,9 @@ pub async fn job_page(
         let _ = writeln!(m, "<pre class=\"log\">{html}</pre></details>");
     }
     m.push_str("</div></section>\n<section id=\"tests\" aria-labelledby=\"tests-h\"><h2 id=\"tests-h\">Tests</h2>");
-    m.push_str(&stored_on_agent(j, "Test results"));
+    m.push_str(&results::tests_section(j, &stored));
     m.push_str("</section>\n<section id=\"artifacts\" aria-labelledby=\"art-h\"><h2 id=\"art-h\">Artifacts</h2>");
-    m.push_str(&stored_on_agent(j, "Artifacts"));
+    m.push_str(&results::artifacts_section(j, &stored));
     m.push_str("</section>");
     let mut attrs = format!(" data-page=\"job\" data-job=\"{id}\"");
     if !j.is_final() {

@@ -79,6 +79,9 @@ impl Store {
         if let Some(secs) = j.timeout_secs {
             check_timeout_secs(secs)?;
         }
+        if let Some(w) = &j.workspace {
+            check_workspace(w)?;
+        }
         let pr_url = match (j.pr_number, &j.pr_url) {
             (None, None) => None,
             (None, Some(_)) => {
@@ -129,10 +132,12 @@ impl Store {
                     j.project_slug
                 ))
             })?;
+        // One number sequence per project, shared with pipelines (a rerun keeps its job's).
         let pipeline: i64 = match extra.pipeline_number {
             Some(n) => n,
             None => tx.query_row(
-                "SELECT COALESCE(MAX(pipeline_number), 0) + 1 FROM jobs WHERE project_id = ?1",
+                "SELECT MAX(COALESCE((SELECT MAX(number) FROM pipelines WHERE project_id = ?1), 0), \
+                            COALESCE((SELECT MAX(pipeline_number) FROM jobs WHERE project_id = ?1), 0)) + 1",
                 [pid],
                 |r| r.get(0),
             )?,
@@ -143,13 +148,13 @@ impl Store {
         tx.execute(
             "INSERT INTO jobs(project_id, commit_sha, git_ref, branch, tag, job_name, pipeline_number, \
              resource_class, labels, status, max_attempts, created, pr_number, pr_url, pr_fork, \
-             timeout_secs, ssh_keys, rerun_of) \
+             timeout_secs, ssh_keys, rerun_of, workspace) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'queued', ?10, ?11, ?12, ?13, ?14, ?15, \
-             ?16, ?17)",
+             ?16, ?17, ?18)",
             params![pid, commit, j.git_ref, branch, tag, j.job_name, pipeline, j.resource_class,
                 json_labels(&j.labels), j.max_attempts.max(1), now_ms(), pr_number, pr_url,
                 j.pr_fork && pr_number.is_some(), j.timeout_secs.map(|s| s as i64), ssh_keys,
-                extra.rerun_of],
+                extra.rerun_of, j.workspace],
         )?;
         let id = tx.last_insert_rowid();
         tx.commit()?;

@@ -68,7 +68,7 @@ impl Store {
     }
 
     /// May `agent_id`, writing for `attempt` (when it says), write to job `id`?
-    fn lease_state(
+    pub(super) fn lease_state(
         conn: &Connection,
         id: i64,
         agent_id: &str,
@@ -137,6 +137,20 @@ impl Store {
         }
         tx.commit()?;
         Ok(out)
+    }
+
+    /// Jobs leased to `agent_id` whose cancel is pending: what its control poll carries.
+    /// A read on a reader connection (no lease renewal: heartbeats do that).
+    pub fn pending_cancels(&self, agent_id: &str) -> Result<Vec<String>> {
+        let reader = self.reader()?;
+        let mut stmt = reader.prepare_cached(
+            "SELECT id FROM jobs WHERE agent_id = ?1 AND status = 'running' AND cancel_requested = 1 ORDER BY id",
+        )?;
+        let ids = stmt
+            .query_map([agent_id], |r| r.get::<_, i64>(0))?
+            .map(|r| r.map(|id| id.to_string()))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        Ok(ids)
     }
 
     /// Append log bytes sent for `offset`; see `docs/protocol.md` (idempotent by offset).
@@ -385,6 +399,9 @@ impl Store {
                 // The next attempt's agent sends its log from offset 0 again, so the lost
                 // attempt's log and events go; the error field says what happened.
                 tx.execute("DELETE FROM job_events WHERE job_id = ?1", [id])?;
+                // What the lost attempt stored goes with its log: the next attempt stores
+                // its own (its caches stay: they are immutable and whole).
+                super::blobs::forget_attempt(&tx, id)?;
                 requeued_ids.push(id);
                 let msg = format!("attempt {attempts} lost its lease (no heartbeat); re-queued");
                 tx.execute(
@@ -460,11 +477,19 @@ fn wire_job(conn: &Connection, secrets: &SecretsKey, id: i64) -> Result<WireJob>
                 ))
             },
         )?;
+    // A forked pull request's build gets no secret env values and no user key unless the
+    // project passes secrets to forks (decided when the pipeline was made).
+    let pipeline = Store::wire_pipeline(conn, id)?;
+    let restricted = pipeline.as_ref().is_some_and(|(_, r)| *r);
+    let pipeline = pipeline.map(|(p, _)| p);
     let mut keys = Vec::new();
     for (role, column, key) in [
         (WireKeyRole::User, "user_key", user_key),
         (WireKeyRole::Deploy, "deploy_key", deploy_key),
     ] {
+        if restricted && role == WireKeyRole::User {
+            continue;
+        }
         if let Some(sealed) = key {
             let private_key = secrets.open(&secrets::key_place(pid, column), &sealed)?;
             keys.push(WireKey {
@@ -489,6 +514,9 @@ fn wire_job(conn: &Connection, secrets: &SecretsKey, id: i64) -> Result<WireJob>
             .collect::<rusqlite::Result<Vec<_>>>()?;
         let mut env = Vec::with_capacity(rows.len());
         for mut e in rows {
+            if e.secret && restricted {
+                continue;
+            }
             if e.secret {
                 e.value = secrets
                     .open(&secrets::env_place(pid, &e.name), &e.value)?
@@ -531,5 +559,7 @@ fn wire_job(conn: &Connection, secrets: &SecretsKey, id: i64) -> Result<WireJob>
         previous_build_num: previous_build_num.map(|n| n as u64),
         username: None,
         ssh_keys: ssh::job_ssh_keys(conn, id)?,
+        store: Some(super::blobs::wire_store(conn, id)?),
+        pipeline,
     })
 }

@@ -41,9 +41,12 @@ pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
 pub const MAX_JOB_TIMEOUT_SECS: u64 = 24 * 3600;
 
 mod access;
+pub mod blobs;
+mod intake;
 mod jobs;
 mod lease;
 mod logs;
+pub mod pipelines;
 mod schema;
 mod ssh;
 #[cfg(test)]
@@ -51,6 +54,7 @@ mod tests;
 mod times;
 
 pub use access::RegistrationTokenRow;
+pub use intake::{KeyColumn, ProjectSettings, WebhookProject};
 use schema::{migrate, seal_plaintext_secrets};
 pub use times::LogTimes;
 
@@ -151,6 +155,29 @@ pub struct NewJob {
     /// Whole-job time limit in seconds, 1..=[`MAX_JOB_TIMEOUT_SECS`]; `None`: the
     /// protocol's default ([`WireTimeouts::default`]).
     pub timeout_secs: Option<u64>,
+    /// The workspace the job attaches and persists to (a workflow run's, shared by its jobs;
+    /// see [`check_workspace`]); `None`: the job's own (`job-<id>`).
+    pub workspace: Option<String>,
+}
+
+/// Longest workspace name.
+pub const MAX_WORKSPACE_CHARS: usize = 128;
+
+/// A workspace name: 1 to [`MAX_WORKSPACE_CHARS`] of `A-Z a-z 0-9 . _ -` (it travels to
+/// agents and names rows; nothing else belongs in it).
+pub fn check_workspace(w: &str) -> Result<()> {
+    if w.is_empty()
+        || w.len() > MAX_WORKSPACE_CHARS
+        || !w
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+    {
+        return Err(CoordError::Invalid(format!(
+            "workspace `{}`: expected 1 to {MAX_WORKSPACE_CHARS} characters of A-Z a-z 0-9 . _ -",
+            super::printable(w)
+        )));
+    }
+    Ok(())
 }
 
 /// The pull request URL of a Bitbucket Cloud repository `slug` (`workspace/repo`).

@@ -103,6 +103,163 @@ CREATE TABLE job_events (
     "ALTER TABLE jobs ADD COLUMN ssh_keys TEXT; \
      ALTER TABLE jobs ADD COLUMN ssh_state TEXT; \
      ALTER TABLE jobs ADD COLUMN rerun_of INTEGER",
+    // 7: the store over the protocol. Blobs live in files under `blobs/` beside the database;
+    // `blob_refs` says which project holds which blob (a project reads only its own, and its
+    // quota counts them), the rest names them: workspace layers by workflow run, caches by
+    // key, a job's artifacts and test results.
+    "ALTER TABLE jobs ADD COLUMN workspace TEXT; \
+     CREATE TABLE blob_refs ( \
+         project_id INTEGER NOT NULL REFERENCES projects(id), \
+         sha256 TEXT NOT NULL, \
+         size INTEGER NOT NULL, \
+         created INTEGER NOT NULL, \
+         PRIMARY KEY (project_id, sha256)); \
+     CREATE TABLE workspace_layers ( \
+         id INTEGER PRIMARY KEY AUTOINCREMENT, \
+         project_id INTEGER NOT NULL REFERENCES projects(id), \
+         workspace TEXT NOT NULL, \
+         job_id INTEGER NOT NULL REFERENCES jobs(id), \
+         job_name TEXT NOT NULL, \
+         sha256 TEXT NOT NULL, \
+         size INTEGER NOT NULL); \
+     CREATE INDEX workspace_layers_run ON workspace_layers(project_id, workspace, id); \
+     CREATE TABLE caches ( \
+         project_id INTEGER NOT NULL REFERENCES projects(id), \
+         key TEXT NOT NULL, \
+         sha256 TEXT NOT NULL, \
+         size INTEGER NOT NULL, \
+         created INTEGER NOT NULL, \
+         job_id INTEGER, \
+         PRIMARY KEY (project_id, key)); \
+     CREATE TABLE artifacts ( \
+         job_id INTEGER NOT NULL REFERENCES jobs(id), \
+         path TEXT NOT NULL, \
+         sha256 TEXT NOT NULL, \
+         size INTEGER NOT NULL, \
+         PRIMARY KEY (job_id, path)); \
+     CREATE TABLE test_results ( \
+         job_id INTEGER PRIMARY KEY REFERENCES jobs(id), \
+         tests INTEGER NOT NULL, \
+         failures INTEGER NOT NULL, \
+         errors INTEGER NOT NULL, \
+         skipped INTEGER NOT NULL); \
+     CREATE TABLE failed_tests ( \
+         job_id INTEGER NOT NULL REFERENCES jobs(id), \
+         seq INTEGER NOT NULL, \
+         name TEXT NOT NULL, \
+         classname TEXT NOT NULL, \
+         message TEXT NOT NULL, \
+         PRIMARY KEY (job_id, seq))",
+    // 8: pipelines (issue 16): a trigger or webhook makes a pipeline; its config's workflows
+    // and their jobs are kept here and queued as `jobs` rows when their requirements are met.
+    // Projects gain the Bitbucket settings (webhook secret sealed, build rules, status
+    // credentials sealed), their old slugs, open pull requests, webhook deliveries seen,
+    // commit statuses to send, and operator tokens for the web actions.
+    r#"
+ALTER TABLE projects ADD COLUMN webhook_secret TEXT;
+ALTER TABLE projects ADD COLUMN default_branch TEXT NOT NULL DEFAULT 'main';
+ALTER TABLE projects ADD COLUMN build_pull_requests_only INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE projects ADD COLUMN build_fork_pull_requests INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE projects ADD COLUMN fork_secrets INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE projects ADD COLUMN status_api TEXT;
+ALTER TABLE projects ADD COLUMN status_credentials TEXT;
+CREATE TABLE project_slugs (
+    slug TEXT PRIMARY KEY,
+    project_id INTEGER NOT NULL REFERENCES projects(id)
+);
+CREATE TABLE pipelines (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    project_id INTEGER NOT NULL REFERENCES projects(id),
+    number INTEGER NOT NULL,
+    uuid TEXT NOT NULL UNIQUE,
+    git_ref TEXT NOT NULL,
+    branch TEXT,
+    tag TEXT,
+    commit_sha TEXT,                -- as asked; NULL: the ref's head when fetched
+    revision TEXT,                  -- the commit the config was read from
+    base_revision TEXT,
+    trigger_source TEXT NOT NULL,   -- webhook | api
+    event TEXT NOT NULL,            -- push | pull_request | api
+    event_action TEXT NOT NULL,
+    params TEXT NOT NULL DEFAULT '[]',
+    pr_number INTEGER,
+    pr_url TEXT,
+    pr_fork INTEGER NOT NULL DEFAULT 0,
+    restricted INTEGER NOT NULL DEFAULT 0,   -- fork build: no secret env, no user key
+    username TEXT,
+    commit_subject TEXT,
+    status TEXT NOT NULL,
+    error TEXT,
+    created INTEGER NOT NULL,
+    finished INTEGER,
+    UNIQUE (project_id, number)
+);
+CREATE INDEX pipelines_status ON pipelines(status, id);
+CREATE TABLE workflows (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    pipeline_id INTEGER NOT NULL REFERENCES pipelines(id),
+    uuid TEXT NOT NULL UNIQUE,
+    name TEXT NOT NULL,
+    status TEXT NOT NULL,
+    created INTEGER NOT NULL,
+    finished INTEGER
+);
+CREATE INDEX workflows_pipeline ON workflows(pipeline_id);
+CREATE TABLE workflow_jobs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    workflow_id INTEGER NOT NULL REFERENCES workflows(id),
+    position INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    kind TEXT NOT NULL,             -- build | approval | not_runnable
+    requires TEXT NOT NULL,         -- JSON [[name, [statuses]]]
+    serial_group TEXT,
+    resource_class TEXT,
+    timeout_secs INTEGER,
+    status TEXT NOT NULL,
+    reason TEXT,
+    job_id INTEGER REFERENCES jobs(id),
+    approved_by TEXT,
+    UNIQUE (workflow_id, name)
+);
+CREATE INDEX workflow_jobs_job ON workflow_jobs(job_id);
+CREATE INDEX workflow_jobs_serial ON workflow_jobs(serial_group, status);
+ALTER TABLE jobs ADD COLUMN pipeline_id INTEGER REFERENCES pipelines(id);
+ALTER TABLE jobs ADD COLUMN restricted INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE pull_requests (
+    project_id INTEGER NOT NULL REFERENCES projects(id),
+    number INTEGER NOT NULL,
+    branch TEXT NOT NULL,
+    state TEXT NOT NULL,            -- OPEN | MERGED | DECLINED | SUPERSEDED
+    fork INTEGER NOT NULL,
+    url TEXT NOT NULL,
+    PRIMARY KEY (project_id, number)
+);
+CREATE TABLE webhook_deliveries (
+    request_uuid TEXT PRIMARY KEY,
+    received INTEGER NOT NULL,
+    outcome TEXT NOT NULL
+);
+CREATE TABLE commit_statuses (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    project_id INTEGER NOT NULL REFERENCES projects(id),
+    commit_sha TEXT NOT NULL,
+    key TEXT NOT NULL,
+    body TEXT NOT NULL,             -- the JSON posted
+    created INTEGER NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_try INTEGER NOT NULL,
+    sent INTEGER,
+    error TEXT
+);
+CREATE INDEX commit_statuses_unsent ON commit_statuses(sent, id);
+CREATE TABLE operator_tokens (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    token_sha256 TEXT NOT NULL UNIQUE,
+    created INTEGER NOT NULL,
+    revoked INTEGER NOT NULL DEFAULT 0
+);
+"#,
 ];
 
 /// Before migration 2: copy each job's log out of the `job_logs` blobs into its file.

@@ -40,7 +40,7 @@ impl Store {
             .query_row(
                 "SELECT p.slug, j.git_ref, COALESCE(j.resolved_sha, j.commit_sha), j.job_name, \
                  j.resource_class, j.labels, j.max_attempts, j.pr_number, j.pr_url, j.pr_fork, \
-                 j.timeout_secs, j.pipeline_number \
+                 j.timeout_secs, j.pipeline_number, j.workspace \
                  FROM jobs j JOIN projects p ON p.id = j.project_id WHERE j.id = ?1",
                 [id],
                 |r| {
@@ -58,6 +58,8 @@ impl Store {
                             pr_url: r.get(8)?,
                             pr_fork: r.get(9)?,
                             timeout_secs: r.get::<_, Option<i64>>(10)?.map(|s| s as u64),
+                            // The rerun attaches what its job attached.
+                            workspace: r.get(12)?,
                         },
                         r.get::<_, i64>(11)?,
                     ))

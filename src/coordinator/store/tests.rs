@@ -31,6 +31,7 @@ fn new_job() -> NewJob {
         pr_url: None,
         pr_fork: false,
         timeout_secs: None,
+        workspace: None,
     }
 }
 

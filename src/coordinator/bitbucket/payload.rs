@@ -1,0 +1,177 @@
+//! Bitbucket Cloud webhook payloads, the fields Bosun reads (Atlassian's "Event payloads"
+//! page; every other field is ignored). Hostile input: every field optional where Bitbucket
+//! may leave it out, and nothing here is trusted before the signature is checked.
+
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize, Default)]
+pub struct Repository {
+    #[serde(default)]
+    pub uuid: String,
+    /// `workspace/repo_slug`.
+    #[serde(default)]
+    pub full_name: String,
+    #[serde(default)]
+    pub mainbranch: Option<Named>,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+pub struct Named {
+    #[serde(default)]
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+pub struct Actor {
+    #[serde(default)]
+    pub display_name: String,
+    #[serde(default)]
+    pub nickname: Option<String>,
+}
+
+impl Actor {
+    pub fn login(&self) -> Option<String> {
+        self.nickname
+            .clone()
+            .or_else(|| Some(self.display_name.clone()))
+            .filter(|s| !s.is_empty())
+    }
+}
+
+/// `repo:push`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct PushEvent {
+    pub repository: Repository,
+    #[serde(default)]
+    pub actor: Actor,
+    pub push: Push,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Push {
+    #[serde(default)]
+    pub changes: Vec<Change>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Change {
+    /// `null` when the ref was deleted.
+    #[serde(default)]
+    pub new: Option<RefState>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct RefState {
+    /// `branch`, `tag` (also `named_branch`, `bookmark` from Mercurial days).
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub name: String,
+    pub target: Target,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Target {
+    pub hash: String,
+    #[serde(default)]
+    pub message: String,
+}
+
+/// `pullrequest:created|updated|fulfilled|rejected`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct PullRequestEvent {
+    pub repository: Repository,
+    #[serde(default)]
+    pub actor: Actor,
+    pub pullrequest: PullRequest,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct PullRequest {
+    pub id: u64,
+    #[serde(default)]
+    pub title: String,
+    /// `OPEN`, `MERGED`, `DECLINED`, `SUPERSEDED`.
+    #[serde(default)]
+    pub state: String,
+    pub source: Endpoint,
+    pub destination: Endpoint,
+    #[serde(default)]
+    pub links: Links,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+pub struct Links {
+    #[serde(default)]
+    pub html: Option<Href>,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+pub struct Href {
+    #[serde(default)]
+    pub href: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Endpoint {
+    pub branch: Named,
+    /// Bitbucket sends a 12-character abbreviation here.
+    pub commit: Commit,
+    #[serde(default)]
+    pub repository: Repository,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Commit {
+    pub hash: String,
+}
+
+impl PullRequest {
+    /// From another repository than the one it merges into.
+    pub fn is_fork(&self) -> bool {
+        let (s, d) = (&self.source.repository, &self.destination.repository);
+        if !s.uuid.is_empty() && !d.uuid.is_empty() {
+            return s.uuid != d.uuid;
+        }
+        !s.full_name.is_empty() && s.full_name != d.full_name
+    }
+}
+
+/// `[ci skip]` or `[skip ci]` in the first 250 characters of the commit's title or body, as
+/// CircleCI reads them.
+pub fn skips_ci(message: &str) -> bool {
+    let (title, body) = message.split_once('\n').unwrap_or((message, ""));
+    [title, body.trim_start()].iter().any(|part| {
+        let head: String = part.chars().take(250).collect::<String>().to_lowercase();
+        head.contains("[ci skip]") || head.contains("[skip ci]")
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn skip_markers_in_title_or_body_start() {
+        assert!(skips_ci("fix [ci skip]"));
+        assert!(skips_ci("fix\n\n[skip ci] docs only"));
+        assert!(!skips_ci("fix\n\nsee [ci-skip]"));
+        let late = format!("fix\n\n{}[skip ci]", "x".repeat(260));
+        assert!(!skips_ci(&late));
+    }
+
+    #[test]
+    fn a_real_shaped_push_parses() {
+        let body = r#"{"actor":{"display_name":"A","nickname":"a"},
+          "repository":{"uuid":"{1}","full_name":"acme/widget","name":"widget","mainbranch":{"name":"main"}},
+          "push":{"changes":[{"new":{"type":"branch","name":"main","target":{"type":"commit","hash":"abc","message":"m"}},
+                             "old":null,"created":true,"closed":false,"forced":false,"truncated":false,"commits":[]},
+                            {"new":null,"closed":true}]}}"#;
+        let p: PushEvent = serde_json::from_str(body).expect("parses");
+        assert_eq!(p.push.changes.len(), 2);
+        assert!(p.push.changes[1].new.is_none());
+        assert_eq!(
+            p.repository.mainbranch.map(|m| m.name).as_deref(),
+            Some("main")
+        );
+    }
+}

@@ -1,0 +1,108 @@
+//! Pipelines on the coordinator: a trigger (`bosun coordinator trigger`) or a Bitbucket
+//! webhook records a pipeline; the runner here fetches and compiles its config
+//! ([`config`]), records its workflows, and moves them forward whenever something changed
+//! ([`Store::advance`]: jobs queued as their `requires` allow, approvals held, serial groups
+//! one at a time). Agents claim the queued jobs as any other; their finishes wake the runner.
+//!
+//! One door: [`spawn`] starts the runner inside `serve`; everything else goes through the
+//! store, so the CLI (another process) and the web handlers change pipelines the same way.
+//!
+//! [`Store::advance`]: crate::coordinator::store::Store::advance
+
+pub mod config;
+
+use super::AppState;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// What the runner needs beside the store.
+#[derive(Debug, Clone, Default)]
+pub struct RunnerSettings {
+    /// `HOST=ADDR:PORT` mappings for fetching configs (as the agent's `vcs_hosts`).
+    pub vcs_hosts: Vec<String>,
+}
+
+/// How long fetching and compiling one pipeline's config may take.
+const CONFIG_LIMIT: Duration = Duration::from_secs(60);
+
+/// Start the runner: it wakes on every store change (our own writes, the CLI's, agents'
+/// finishes) and at least once a second.
+pub fn spawn(state: Arc<AppState>, settings: RunnerSettings) {
+    tokio::spawn(async move {
+        let mut changed = state.changed.subscribe();
+        loop {
+            changed.borrow_and_update();
+            if let Err(e) = pass(&state, &settings).await {
+                tracing::warn!("pipelines: {e}");
+            }
+            tokio::select! {
+                _ = changed.changed() => {}
+                _ = state.pipelines_wake.notified() => {}
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = state.shutdown.cancelled() => return,
+            }
+        }
+    });
+}
+
+async fn pass(state: &Arc<AppState>, settings: &RunnerSettings) -> super::Result<()> {
+    let created = state.db(|s| s.pipelines_to_fetch()).await?;
+    for p in created {
+        // Each config on its own blocking task, so a slow fetch does not hold up the others'
+        // jobs: the pass waits for it, but `advance` below runs for them on the next wake.
+        let hosts = settings.vcs_hosts.clone();
+        let id = p.id;
+        let work = tokio::task::spawn_blocking(move || {
+            let fetched = config::fetch(&p, &hosts).map_err(|e| (None, e.to_string()))?;
+            let workflows = config::compile(&p, &fetched.revision, &fetched.text)
+                .map_err(|e| (Some(fetched.revision.clone()), e))?;
+            Ok::<_, (Option<String>, String)>((fetched.revision, workflows))
+        });
+        let outcome = match tokio::time::timeout(CONFIG_LIMIT, work).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => Err((None, format!("the config task failed: {e}"))),
+            Err(_) => Err((
+                None,
+                format!(
+                    "fetching and compiling the config took longer than {}s",
+                    CONFIG_LIMIT.as_secs()
+                ),
+            )),
+        };
+        match outcome {
+            Ok((revision, workflows)) => {
+                state
+                    .db(move |s| s.pipeline_compiled(id, &revision, &workflows))
+                    .await?
+            }
+            Err((revision, error)) => {
+                tracing::info!(pipeline = id, "pipeline errored: {error}");
+                state
+                    .db(move |s| s.pipeline_errored(id, revision.as_deref(), &error))
+                    .await?
+            }
+        }
+    }
+    let mut ids = state.db(|s| s.active_pipelines()).await?;
+    for id in state.db(|s| s.pipelines_waiting_in_serial_groups()).await? {
+        if !ids.contains(&id) {
+            ids.push(id);
+        }
+    }
+    let url = state.public_url.clone();
+    let changed = state
+        .db(move |s| {
+            let mut any = false;
+            for id in ids {
+                any |= s.advance(id, &url)?;
+            }
+            Ok(any)
+        })
+        .await?;
+    if changed {
+        // Claims waiting for a job, live pages and the status sender look again.
+        state.bump();
+        state.jobs.bump_all();
+    }
+    Ok(())
+}

@@ -1,0 +1,609 @@
+//! Pipelines end to end, real parts only: `bosun coordinator serve` (SQLite, HTTP), two
+//! `bosun agent`s, the Docker engine, the Bitbucket stand-in for git, and an HTTP server in
+//! the test standing in for Bitbucket's REST API (it records the commit statuses it gets).
+//! Webhook deliveries are signed as Bitbucket signs them.
+
+mod harness;
+
+use bosun::coordinator::bitbucket::signature::sign;
+use bosun::coordinator::store::Store;
+use harness::{image, Rig};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const UUID: &str = "{5c1c7b2e-4a8f-4f7e-9b1d-2d6c0d9e7a11}";
+const SECRET: &str = "webhook-secret-7f3a";
+
+struct Proc(Child);
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Bitbucket's REST API as far as statuses go: records (path, authorization, body).
+#[derive(Clone, Default)]
+struct Recorder(Arc<Mutex<Vec<(String, String, serde_json::Value)>>>);
+
+impl Recorder {
+    fn start() -> (Recorder, String) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let rec = Recorder::default();
+        let r = rec.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                let mut reader = BufReader::new(conn.try_clone().expect("clone"));
+                let mut first = String::new();
+                if reader.read_line(&mut first).is_err() {
+                    continue;
+                }
+                let mut len = 0usize;
+                let mut auth = String::new();
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).is_err() || line.trim().is_empty() {
+                        break;
+                    }
+                    let lower = line.to_ascii_lowercase();
+                    if let Some(v) = lower.strip_prefix("content-length:") {
+                        len = v.trim().parse().unwrap_or(0);
+                    }
+                    if lower.starts_with("authorization:") {
+                        auth = line["authorization:".len()..].trim().to_owned();
+                    }
+                }
+                let mut body = vec![0u8; len];
+                let _ = reader.read_exact(&mut body);
+                let path = first.split_whitespace().nth(1).unwrap_or("").to_owned();
+                let json = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+                r.0.lock().expect("lock").push((path, auth, json));
+                let _ = conn.write_all(
+                    b"HTTP/1.1 201 Created\r\nContent-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}",
+                );
+            }
+        });
+        (rec, format!("http://{addr}"))
+    }
+
+    fn all(&self) -> Vec<(String, String, serde_json::Value)> {
+        self.0.lock().expect("lock").clone()
+    }
+}
+
+struct Setup {
+    /// Kept for its drop: the stand-in and its network go with the test.
+    _rig: Rig,
+    repo: harness::WorkRepo,
+    dir: tempfile::TempDir,
+    data: PathBuf,
+    addr: String,
+    _coordinator: Proc,
+    _agents: Vec<Proc>,
+    statuses: Recorder,
+}
+
+fn agent_config(dir: &Path, name: &str, addr: &str, token_file: &Path, rig: &Rig) -> PathBuf {
+    let root = dir.join(name);
+    std::fs::create_dir_all(&root).expect("agent dir");
+    let vcs: Vec<String> = rig
+        .vcs_host_mapping()
+        .iter()
+        .map(|m| format!("{m:?}"))
+        .collect();
+    let config = root.join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "coordinator_url = \"http://{addr}\"\nregistration_token_file = {tf:?}\nname = \"{name}\"\nstate_dir = {sd:?}\nspool_dir = {sp:?}\nstore_dir = {st:?}\nwork_dir = {wd:?}\nnetwork = {net:?}\nvcs_hosts = [{vcs}]\nconcurrency = 1\nheartbeat_secs = 1\nclaim_wait_secs = 2\nkill_grace_secs = 1\n",
+            tf = token_file,
+            sd = root.join("state"),
+            sp = root.join("spool"),
+            st = root.join("store"),
+            wd = root.join("work"),
+            net = rig.network,
+            vcs = vcs.join(", "),
+        ),
+    )
+    .expect("agent config");
+    config
+}
+
+fn start_agent(config: &Path) -> Proc {
+    let log = std::fs::File::create(config.with_extension("log")).expect("agent log");
+    Proc(
+        Command::new(harness::bosun_bin())
+            .args(["agent", "--config"])
+            .arg(config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("agent"),
+    )
+}
+
+/// Project acme/widget (UUID, deploy key, a secret env value, webhook secret, statuses to
+/// the recorder), a coordinator, and `agents` agents.
+fn setup(config: &str, agents: &[&str], settings: &[&str]) -> Setup {
+    let rig = Rig::start();
+    rig.create_repo("acme/widget");
+    let repo = rig.work_repo("acme/widget");
+    repo.write(".circleci/config.yml", config);
+    repo.commit("config");
+    repo.push("HEAD:refs/heads/main");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("coordinator");
+    let token = harness::add_stand_in_project(
+        &data,
+        &rig,
+        "acme/widget",
+        &[
+            "--uuid",
+            UUID,
+            "--secret-env",
+            "DEPLOY_TOKEN=s3cr3t-value-42",
+        ],
+    );
+    let (statuses, api) = Recorder::start();
+    let secret_file = dir.path().join("webhook-secret");
+    std::fs::write(&secret_file, SECRET).expect("secret");
+    let creds = dir.path().join("status-creds");
+    std::fs::write(&creds, "bosun-bot:app-password-9").expect("creds");
+    let mut args = vec![
+        "project",
+        "set",
+        "--slug",
+        "acme/widget",
+        "--webhook-secret-file",
+        secret_file.to_str().expect("utf8"),
+        "--status-api",
+        &api,
+        "--status-credentials-file",
+        creds.to_str().expect("utf8"),
+    ];
+    args.extend_from_slice(settings);
+    harness::coordinator_cli(&data, &args);
+    let mut extra: Vec<String> = vec!["--lease-secs".into(), "10".into()];
+    for m in rig.vcs_host_mapping() {
+        extra.push("--vcs-host".into());
+        extra.push(m);
+    }
+    let extra_ref: Vec<&str> = extra.iter().map(String::as_str).collect();
+    let (child, addr) = harness::spawn_coordinator(&data, "127.0.0.1:0", &extra_ref);
+    let token_file = dir.path().join("registration-token");
+    std::fs::write(&token_file, format!("{token}\n")).expect("token file");
+    let agents = agents
+        .iter()
+        .map(|n| start_agent(&agent_config(dir.path(), n, &addr, &token_file, &rig)))
+        .collect();
+    Setup {
+        _rig: rig,
+        repo,
+        dir,
+        data,
+        addr,
+        _coordinator: Proc(child),
+        _agents: agents,
+        statuses,
+    }
+}
+
+fn push_payload(full_name: &str, kind: &str, name: &str, hash: &str, message: &str) -> String {
+    serde_json::json!({
+        "actor": {"display_name": "Ada", "nickname": "ada"},
+        "repository": {"type": "repository", "uuid": UUID, "full_name": full_name,
+                       "name": full_name.split('/').nth(1), "mainbranch": {"name": "main"},
+                       "links": {"html": {"href": format!("https://bitbucket.org/{full_name}")}}},
+        "push": {"changes": [{
+            "new": {"type": kind, "name": name,
+                    "target": {"type": "commit", "hash": hash, "message": message,
+                               "date": "2026-12-01T10:00:00+00:00", "parents": []}},
+            "old": null, "created": true, "closed": false, "forced": false,
+            "truncated": false, "commits": []
+        }]}
+    })
+    .to_string()
+}
+
+fn pr_payload(id: u64, source_repo: &str, branch: &str, hash: &str) -> String {
+    let repo = |full: &str, uuid: &str| serde_json::json!({"full_name": full, "uuid": uuid, "type": "repository"});
+    serde_json::json!({
+        "actor": {"display_name": "Eve", "nickname": "eve"},
+        "repository": repo("acme/widget", UUID),
+        "pullrequest": {
+            "id": id, "title": "a contribution", "state": "OPEN", "draft": false,
+            "source": {"branch": {"name": branch}, "commit": {"hash": &hash[..12]},
+                       "repository": repo(source_repo, "{0f0f0f0f-0000-4000-8000-000000000001}")},
+            "destination": {"branch": {"name": "main"}, "commit": {"hash": "000000000000"},
+                            "repository": repo("acme/widget", UUID)},
+            "links": {"html": {"href": format!("https://bitbucket.org/acme/widget/pull-requests/{id}")}}
+        }
+    })
+    .to_string()
+}
+
+async fn deliver(
+    addr: &str,
+    event: &str,
+    delivery: &str,
+    body: &str,
+    secret: &str,
+) -> (u16, serde_json::Value) {
+    let r = reqwest::Client::new()
+        .post(format!("http://{addr}/webhooks/bitbucket"))
+        .header("X-Event-Key", event)
+        .header("X-Request-UUID", delivery)
+        .header("X-Hook-UUID", "{hook}")
+        .header("X-Hub-Signature", sign(secret.as_bytes(), body.as_bytes()))
+        .header("Content-Type", "application/json")
+        .body(body.to_owned())
+        .send()
+        .await
+        .expect("deliver");
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(serde_json::Value::Null))
+}
+
+fn store(data: &Path) -> Store {
+    Store::open(data).expect("store")
+}
+
+/// Wait until pipeline `id` is in one of `want`; returns it.
+fn wait_pipeline(
+    data: &Path,
+    id: i64,
+    want: &[&str],
+    timeout: Duration,
+) -> bosun::coordinator::store::pipelines::PipelineRow {
+    let t0 = Instant::now();
+    loop {
+        let p = store(data).pipeline(id).expect("read").expect("pipeline");
+        if want.contains(&p.status.as_str()) {
+            return p;
+        }
+        assert!(
+            t0.elapsed() < timeout,
+            "pipeline {id} still {} after {timeout:?}: {p:#?}",
+            p.status
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn job_status(p: &bosun::coordinator::store::pipelines::PipelineRow, name: &str) -> String {
+    p.workflows
+        .iter()
+        .flat_map(|w| &w.jobs)
+        .find(|j| j.name == name)
+        .map(|j| j.status.as_str().to_owned())
+        // Not compiled yet (or no such job): an assertion on it fails with this word.
+        .unwrap_or_else(|| "<absent>".to_owned())
+}
+
+fn job_id(p: &bosun::coordinator::store::pipelines::PipelineRow, name: &str) -> i64 {
+    p.workflows
+        .iter()
+        .flat_map(|w| &w.jobs)
+        .find(|j| j.name == name)
+        .and_then(|j| j.job_id)
+        .unwrap_or_else(|| panic!("job {name} was not queued: {p:#?}"))
+}
+
+fn config() -> String {
+    let img = image("base");
+    format!(
+        r#"version: 2.1
+jobs:
+  build:
+    docker: [{{image: {img}}}]
+    steps:
+      - checkout
+      - run: echo "built for << pipeline.git.branch >> with token=${{DEPLOY_TOKEN:-none}}"; sleep 3
+  test:
+    docker: [{{image: {img}}}]
+    parameters: {{n: {{type: integer}}}}
+    steps:
+      - run: echo "test << parameters.n >> of pipeline << pipeline.number >>"; sleep 3
+  broken:
+    docker: [{{image: {img}}}]
+    steps: [{{run: exit 3}}]
+  after-broken:
+    docker: [{{image: {img}}}]
+    steps: [{{run: echo never}}]
+  cleanup:
+    docker: [{{image: {img}}}]
+    steps: [{{run: echo cleaning up after a failure}}]
+  deploy:
+    docker: [{{image: {img}}}]
+    steps: [{{run: echo deploying}}]
+  release:
+    docker: [{{image: {img}}}]
+    steps: [{{run: echo releasing << pipeline.git.tag >>}}]
+workflows:
+  main:
+    jobs:
+      - build:
+          filters: {{tags: {{only: /^v.*/}}}}
+      - test:
+          matrix: {{parameters: {{n: [1, 2]}}}}
+          requires: [build]
+      - broken
+      - after-broken: {{requires: [broken]}}
+      - cleanup: {{requires: [{{broken: failed}}]}}
+      - hold: {{type: approval, requires: [test]}}
+      - deploy: {{requires: [hold]}}
+      - release:
+          requires: [build]
+          filters: {{tags: {{only: /^v.*/}}, branches: {{ignore: /.*/}}}}
+"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_signed_push_runs_its_workflow_across_two_agents_with_approval_blocking_and_statuses() {
+    let s = setup(&config(), &["agent-a", "agent-b"], &[]);
+    let sha = s.repo.head();
+    let body = push_payload("acme/widget", "branch", "main", &sha, "config");
+
+    // A bad signature is refused, and nothing is made.
+    let (code, _) = deliver(&s.addr, "repo:push", "{d-0}", &body, "wrong-secret").await;
+    assert_eq!(code, 401);
+    assert!(store(&s.data)
+        .list_pipelines(None, 10)
+        .expect("list")
+        .is_empty());
+
+    let (code, answer) = deliver(&s.addr, "repo:push", "{d-1}", &body, SECRET).await;
+    assert_eq!(code, 202, "{answer}");
+    let id = answer["pipelines"][0]["id"].as_i64().expect("pipeline id");
+    // The same delivery again (a retry or a replay) makes nothing.
+    let (code, again) = deliver(&s.addr, "repo:push", "{d-1}", &body, SECRET).await;
+    assert_eq!(code, 200, "{again}");
+    assert!(again["ignored"].is_string(), "{again}");
+    assert_eq!(
+        store(&s.data).list_pipelines(None, 10).expect("list").len(),
+        1
+    );
+
+    // Everything before the approval runs; the failed job blocks only its dependant, and
+    // the job that requires its failure runs.
+    let t0 = Instant::now();
+    let p = loop {
+        let p = store(&s.data)
+            .pipeline(id)
+            .expect("read")
+            .expect("pipeline");
+        if job_status(&p, "hold") == "on_hold"
+            && job_status(&p, "cleanup") == "success"
+            && job_status(&p, "after-broken") == "blocked"
+        {
+            break p;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(240), "{p:#?}");
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    assert_eq!(p.status.as_str(), "on_hold", "{p:#?}");
+    for j in ["build", "test-1", "test-2"] {
+        assert_eq!(job_status(&p, j), "success", "{p:#?}");
+    }
+    assert_eq!(job_status(&p, "broken"), "failed");
+    assert_eq!(job_status(&p, "deploy"), "waiting");
+    assert_eq!(job_status(&p, "release"), "not_run");
+    // Two agents shared the jobs.
+    let st = store(&s.data);
+    let agents: std::collections::BTreeSet<String> =
+        ["build", "test-1", "test-2", "broken", "cleanup"]
+            .iter()
+            .filter_map(|j| {
+                st.job(job_id(&p, j))
+                    .expect("job")
+                    .and_then(|r| r.agent_name)
+            })
+            .collect();
+    assert_eq!(agents.len(), 2, "one agent ran everything: {agents:?}");
+    let log =
+        String::from_utf8_lossy(&st.log_from(job_id(&p, "test-2"), 0).expect("log")).into_owned();
+    assert!(log.contains("test 2 of pipeline 1"), "{log}");
+    let log =
+        String::from_utf8_lossy(&st.log_from(job_id(&p, "build"), 0).expect("log")).into_owned();
+    assert!(log.contains("built for main with token=********"), "{log}");
+
+    // Approval from the CLI releases deploy.
+    let out = harness::coordinator_cli(
+        &s.data,
+        &["approve", &id.to_string(), "hold", "--by", "ops"],
+    );
+    assert!(out.contains("approved hold"), "{out}");
+    let p = wait_pipeline(
+        &s.data,
+        id,
+        &["failed", "success"],
+        Duration::from_secs(120),
+    );
+    assert_eq!(job_status(&p, "deploy"), "success", "{p:#?}");
+    assert_eq!(
+        p.status.as_str(),
+        "failed",
+        "broken failed the workflow: {p:#?}"
+    );
+
+    // Statuses: one key per job, INPROGRESS before its end, the job page linked.
+    let t0 = Instant::now();
+    let sent = loop {
+        let sent = s.statuses.all();
+        if sent
+            .iter()
+            .any(|(_, _, b)| b["name"] == "ci/circleci: deploy" && b["state"] == "SUCCESSFUL")
+        {
+            break sent;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(30), "{sent:#?}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    for (path, auth, _) in &sent {
+        assert_eq!(
+            path,
+            &format!("/repositories/acme/widget/commit/{sha}/statuses/build")
+        );
+        assert!(auth.starts_with("Basic "), "{auth}");
+    }
+    let states = |name: &str| -> Vec<String> {
+        sent.iter()
+            .filter(|(_, _, b)| b["name"] == name)
+            .map(|(_, _, b)| b["state"].as_str().unwrap_or("").to_owned())
+            .collect()
+    };
+    assert_eq!(states("ci/circleci: build"), ["INPROGRESS", "SUCCESSFUL"]);
+    assert_eq!(states("ci/circleci: broken"), ["INPROGRESS", "FAILED"]);
+    assert_eq!(
+        states("ci/circleci: main/hold"),
+        ["INPROGRESS", "SUCCESSFUL"]
+    );
+    assert!(states("ci/circleci: after-broken").is_empty());
+    let build = sent
+        .iter()
+        .find(|(_, _, b)| b["name"] == "ci/circleci: build")
+        .expect("build")
+        .2
+        .clone();
+    assert_eq!(build["key"].as_str().map(str::len), Some(40));
+    assert!(
+        build["url"]
+            .as_str()
+            .unwrap_or("")
+            .ends_with(&format!("/jobs/{}", job_id(&p, "build"))),
+        "{build}"
+    );
+
+    // A rename keeps the project and its settings (the secret still verifies, statuses
+    // still go), and the old slug still resolves.
+    let renamed = push_payload("acme/gadget", "branch", "main", &sha, "again");
+    let (code, answer) = deliver(&s.addr, "repo:push", "{d-2}", &renamed, SECRET).await;
+    assert_eq!(code, 202, "{answer}");
+    let id2 = answer["pipelines"][0]["id"].as_i64().expect("pipeline id");
+    let p2 = store(&s.data)
+        .pipeline(id2)
+        .expect("read")
+        .expect("pipeline");
+    assert_eq!(p2.project, "acme/gadget");
+    assert_eq!(p2.number, 2);
+    let listed = harness::coordinator_cli(&s.data, &["pipelines", "--project", "acme/widget"]);
+    assert!(listed.contains("acme/gadget#2"), "{listed}");
+    harness::coordinator_cli(&s.data, &["cancel-pipeline", "acme/widget#2"]);
+    wait_pipeline(
+        &s.data,
+        id2,
+        &["canceled", "errored", "failed"],
+        Duration::from_secs(60),
+    );
+    let _ = &s.dir;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tags_forks_skips_and_a_config_that_does_not_compile() {
+    let s = setup(
+        &config(),
+        &["agent-a"],
+        &["--build-fork-pull-requests", "true"],
+    );
+    let repo = &s.repo;
+    repo.tag("v1.0");
+    repo.push("refs/tags/v1.0");
+    let sha = repo.head();
+
+    // A tag push runs the jobs whose tag filters match: build and release only.
+    let body = push_payload("acme/widget", "tag", "v1.0", &sha, "config");
+    let (code, answer) = deliver(&s.addr, "repo:push", "{t-1}", &body, SECRET).await;
+    assert_eq!(code, 202, "{answer}");
+    let id = answer["pipelines"][0]["id"].as_i64().expect("pipeline id");
+    let p = wait_pipeline(
+        &s.data,
+        id,
+        &["success", "failed", "errored"],
+        Duration::from_secs(180),
+    );
+    assert_eq!(p.status.as_str(), "success", "{p:#?}");
+    assert_eq!(job_status(&p, "release"), "success");
+    assert_eq!(job_status(&p, "test-1"), "not_run");
+    let st = store(&s.data);
+    let log =
+        String::from_utf8_lossy(&st.log_from(job_id(&p, "release"), 0).expect("log")).into_owned();
+    assert!(log.contains("releasing v1.0"), "{log}");
+
+    // [skip ci] in the head commit: no pipeline.
+    let skip = push_payload("acme/widget", "branch", "main", &sha, "docs\n\n[skip ci]");
+    let (code, answer) = deliver(&s.addr, "repo:push", "{t-2}", &skip, SECRET).await;
+    assert_eq!(code, 202, "{answer}");
+    assert_eq!(
+        answer["pipelines"].as_array().map(Vec::len),
+        Some(0),
+        "{answer}"
+    );
+
+    // A forked pull request builds without the secret env value (and without the user key).
+    repo.branch("contrib");
+    repo.write("README", "from a fork\n");
+    let fork_sha = repo.commit("a contribution");
+    repo.push("HEAD:refs/heads/contrib");
+    let pr = pr_payload(9, "eve/widget", "contrib", &fork_sha);
+    let (code, answer) = deliver(&s.addr, "pullrequest:created", "{t-3}", &pr, SECRET).await;
+    assert_eq!(code, 202, "{answer}");
+    let id = answer["pipelines"][0]["id"].as_i64().expect("pipeline id");
+    let t0 = Instant::now();
+    let p = loop {
+        let p = store(&s.data)
+            .pipeline(id)
+            .expect("read")
+            .expect("pipeline");
+        if job_status(&p, "build") == "success" {
+            break p;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(120), "{p:#?}");
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    assert!(p.restricted && p.pr_fork, "{p:#?}");
+    let log =
+        String::from_utf8_lossy(&st.log_from(job_id(&p, "build"), 0).expect("log")).into_owned();
+    assert!(log.contains("built for contrib with token=none"), "{log}");
+    harness::coordinator_cli(&s.data, &["cancel-pipeline", &id.to_string()]);
+
+    // A config that does not compile errors the pipeline with the compiler's position.
+    repo.checkout("main");
+    repo.write(".circleci/config.yml", "version: 2.1\njobs:\n  build:\n    docker: [{image: x}]\n    steps: [{run: {comand: true}}]\nworkflows:\n  w:\n    jobs: [build]\n");
+    let bad = repo.commit("break the config");
+    repo.push("HEAD:refs/heads/main");
+    let out = harness::coordinator_cli(
+        &s.data,
+        &[
+            "trigger",
+            "--project",
+            "acme/widget",
+            "--ref",
+            "main",
+            "--commit",
+            &bad,
+        ],
+    );
+    let id: i64 = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{out}"));
+    let p = wait_pipeline(&s.data, id, &["errored"], Duration::from_secs(60));
+    let err = p.error.clone().unwrap_or_default();
+    assert!(err.contains(".circleci/config.yml:5:"), "{err}");
+    let page = reqwest::get(format!("http://{}/pipelines/{id}", s.addr))
+        .await
+        .expect("page")
+        .text()
+        .await
+        .expect("text");
+    assert!(page.contains(".circleci/config.yml:5:"), "{page}");
+    let _ = &s.dir;
+}
