@@ -74,7 +74,7 @@ fn setup() -> Setup {
              state_dir = {sd:?}\nspool_dir = {sp:?}\nstore_dir = {st:?}\nwork_dir = {wd:?}\n\
              network = {net:?}\nvcs_hosts = [{vcs}]\nconcurrency = 1\nheartbeat_secs = 1\n\
              claim_wait_secs = 2\nkill_grace_secs = 1\nssh_gateway_listen = \"127.0.0.1:{port}\"\n\
-             ssh_wait_secs = 120\nssh_grace_secs = 1\n",
+             ssh_wait_secs = 120\nssh_grace_secs = 1\nready_containers = 0\n",
             tf = token_file,
             sd = root.join("state"),
             sp = root.join("spool"),
@@ -166,7 +166,8 @@ impl Setup {
         c
     }
 
-    /// The job's containers (labelled with its id by this test's agent).
+    /// The job's containers (labelled with its id by this test's agent: it keeps no ready
+    /// containers, which would carry the pool's labels instead).
     fn containers(&self, job: &str) -> String {
         let agents = self.cli(&["agents"]);
         let agent = agents.split_whitespace().next().unwrap_or("none");
