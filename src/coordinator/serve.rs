@@ -1,0 +1,302 @@
+//! The server: its shared state, the change watcher and the lease reaper, and `serve`, which
+//! wires the routes together.
+
+use super::*;
+
+/// What a job's notifier carries: how far its committed log and events reach (appends say
+/// so; a follower then reads the new bytes without a query), and a generation bumped by
+/// every other change (status, lease), after which followers read the job's row again.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct JobProgress {
+    pub log_bytes: u64,
+    pub event_count: u64,
+    pub gen: u64,
+}
+
+type Notifiers = std::collections::HashMap<i64, tokio::sync::watch::Sender<JobProgress>>;
+
+/// One change notifier per job that someone follows live: an append wakes that job's
+/// followers only (a global notifier woke every follower of every job, and each re-queried
+/// the job through the writer's connection).
+#[derive(Default)]
+pub struct JobWatch {
+    senders: std::sync::Mutex<Notifiers>,
+}
+
+impl JobWatch {
+    fn map(&self) -> std::sync::MutexGuard<'_, Notifiers> {
+        self.senders.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Follow job `id`: the receiver changes whenever the server changes the job.
+    pub fn subscribe(&self, id: i64) -> tokio::sync::watch::Receiver<JobProgress> {
+        self.map()
+            .entry(id)
+            .or_insert_with(|| tokio::sync::watch::channel(JobProgress::default()).0)
+            .subscribe()
+    }
+
+    fn update(&self, id: i64, f: impl FnOnce(&mut JobProgress)) {
+        let mut map = self.map();
+        if let Some(tx) = map.get(&id) {
+            if tx.receiver_count() == 0 {
+                map.remove(&id);
+            } else {
+                tx.send_modify(f);
+            }
+        }
+    }
+
+    /// Job `id`'s committed log now reaches `log_bytes`.
+    pub fn logged(&self, id: i64, log_bytes: u64) {
+        self.update(id, |p| p.log_bytes = p.log_bytes.max(log_bytes));
+    }
+
+    /// Job `id` now has `event_count` committed events.
+    pub fn evented(&self, id: i64, event_count: u64) {
+        self.update(id, |p| p.event_count = p.event_count.max(event_count));
+    }
+
+    /// Job `id` changed otherwise (status, lease): followers read its row again.
+    pub fn bump(&self, id: i64) {
+        self.update(id, |p| p.gen = p.gen.wrapping_add(1));
+    }
+
+    /// Some jobs changed (which is not known, e.g. leases lapsed): wake every follower.
+    pub fn bump_all(&self) {
+        let mut map = self.map();
+        map.retain(|_, tx| tx.receiver_count() > 0);
+        for tx in map.values() {
+            tx.send_modify(|p| p.gen = p.gen.wrapping_add(1));
+        }
+    }
+
+    /// Jobs followed now.
+    pub fn followed(&self) -> usize {
+        self.map().len()
+    }
+}
+
+/// Shared by the API and web handlers.
+pub struct AppState {
+    pub store: Arc<Store>,
+    /// Bumped whenever the database may have changed (our writes, or another process's,
+    /// noticed through `PRAGMA data_version`); long polls and live pages wait on it.
+    pub changed: tokio::sync::watch::Sender<u64>,
+    /// Per-job notifiers for live pages (log appends and events go there only).
+    pub jobs: JobWatch,
+    pub metrics: metrics::CoordMetrics,
+    /// Digests of the tokens from `--registration-token-file` (the stored ones are looked
+    /// up at each registration, so `token` and `token rotate` apply at once).
+    pub registration_token_file_digests: Vec<String>,
+    pub lease: Duration,
+    /// The OIDC issuer (`--oidc-issuer`); `None`: jobs get no tokens.
+    pub oidc: Option<Arc<oidc::Oidc>>,
+    /// Cancelled when the server shuts down: live streams end, long polls answer.
+    pub shutdown: tokio_util::sync::CancellationToken,
+    /// The store's blob files beside the database (protocol v2).
+    pub blobs: Arc<blobs::BlobFiles>,
+    /// Wakes the pipeline runner at once (a webhook made a pipeline).
+    pub pipelines_wake: tokio::sync::Notify,
+    /// Where the pages are reached from outside (commit status links).
+    pub public_url: String,
+}
+
+impl AppState {
+    pub fn bump(&self) {
+        self.changed.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Run a store call off the async workers: SQLite commits fsync (synchronous=FULL).
+    pub async fn db<T, F>(&self, f: F) -> Result<T>
+    where
+        F: FnOnce(&Store) -> Result<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || f(&store))
+            .await
+            .map_err(|e| CoordError::Invalid(format!("store task failed: {e}")))?
+    }
+}
+
+/// Serve until SIGINT/SIGTERM. Prints `listening on http://ADDR` (the real port when 0 was
+/// asked for) on stdout once the socket is bound.
+pub async fn serve(args: ServeArgs) -> Result<()> {
+    let store = Arc::new(args.data.open()?);
+    let mut tokens = Vec::new();
+    if let Some(f) = &args.registration_token_file {
+        let t = read_file(f)?.trim().to_string();
+        if t.is_empty() {
+            return Err(CoordError::Invalid(format!(
+                "{}: the registration token file is empty",
+                f.display()
+            )));
+        }
+        tokens.push(sha256_hex(t.as_bytes()));
+    }
+    if tokens.is_empty() && store.list_registration_tokens()?.is_empty() {
+        tracing::warn!(
+            "no registration token yet: agents cannot register until one is made with \
+             `bosun coordinator token`"
+        );
+    }
+    let oidc = match &args.oidc_issuer {
+        Some(issuer) => {
+            let o = oidc::Oidc::new(
+                issuer,
+                args.oidc_token_lifetime,
+                &args.oidc_keys.path(&args.data),
+            )?;
+            tracing::info!("OIDC issuer {}", o.issuer());
+            Some(Arc::new(o))
+        }
+        None => None,
+    };
+    let (changed, _) = tokio::sync::watch::channel(0u64);
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .map_err(|source| CoordError::Listen {
+            addr: args.listen.clone(),
+            source,
+        })?;
+    let addr: SocketAddr = listener.local_addr().map_err(|source| CoordError::Listen {
+        addr: args.listen.clone(),
+        source,
+    })?;
+    let scheme = if args.tls_cert.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let public_url = args
+        .public_url
+        .clone()
+        .unwrap_or_else(|| format!("{scheme}://{addr}"));
+    store.record_public_url(&public_url)?;
+    let state = Arc::new(AppState {
+        store: store.clone(),
+        changed,
+        jobs: JobWatch::default(),
+        metrics: metrics::CoordMetrics::default(),
+        registration_token_file_digests: tokens,
+        lease: Duration::from_secs(args.lease_secs.max(1)),
+        shutdown: tokio_util::sync::CancellationToken::new(),
+        pipelines_wake: tokio::sync::Notify::new(),
+        public_url,
+        oidc,
+        blobs: Arc::new(
+            blobs::BlobFiles::open(&args.data.data, args.blob_quota)
+                .map_err(|e| CoordError::Invalid(format!("the blob store: {e}")))?,
+        ),
+    });
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(server::tls_acceptor(cert, key)?),
+        _ => {
+            if !addr.ip().is_loopback() {
+                tracing::warn!(
+                    "serving plain HTTP on {addr}: claims carry private keys; use --tls-cert \
+                     and --tls-key"
+                );
+            }
+            None
+        }
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    println!("listening on {scheme}://{addr}");
+    let _ = std::io::stdout().flush();
+
+    tokio::spawn(watch_changes(state.clone()));
+    tokio::spawn(reap_leases(state.clone()));
+    pipelines::spawn(
+        state.clone(),
+        pipelines::RunnerSettings {
+            vcs_hosts: args.vcs_hosts.clone(),
+        },
+    );
+    bitbucket::status::spawn(state.clone());
+
+    let app = api::router(state.clone())
+        .merge(web::router(state.clone()))
+        .merge(metrics::router(state.clone()))
+        .merge(oidc::router(state.clone()))
+        .merge(bitbucket::router(state.clone()))
+        .merge(pages::pipelines::router(state.clone()))
+        .fallback(api::not_found)
+        .layer(axum::middleware::map_response(api::json_errors));
+    let stop = state.shutdown.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down: closing live streams and connections");
+        stop.cancel();
+    });
+    let limits = server::Limits {
+        header_timeout: args.header_timeout,
+        max_connections: args.max_connections,
+    };
+    server::serve(listener, app, limits, tls, state.shutdown.clone()).await
+}
+
+pub(super) async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut term) = signal(SignalKind::terminate()) else {
+        // Without a SIGTERM handler, Ctrl-C still stops us.
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+/// Notice commits by other processes (the CLI's `enqueue`, `cancel`): `PRAGMA data_version`
+/// changes when another connection commits. Polling it is one cheap read every 50 ms —
+/// SQLite has no cross-process change notification.
+pub(super) async fn watch_changes(state: Arc<AppState>) {
+    let conn = match state.store.open_watch_connection() {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!("cannot watch the store for changes: {e}; CLI changes are seen only on the next agent call");
+            return;
+        }
+    };
+    let conn = Arc::new(std::sync::Mutex::new(conn));
+    let mut last: Option<i64> = None;
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    loop {
+        tick.tick().await;
+        let c = conn.clone();
+        let v = tokio::task::spawn_blocking(move || {
+            let c = c.lock().unwrap_or_else(|p| p.into_inner());
+            c.query_row("PRAGMA data_version", [], |r| r.get::<_, i64>(0))
+        })
+        .await;
+        match v {
+            Ok(Ok(v)) => {
+                if last.is_some_and(|l| l != v) {
+                    state.bump();
+                }
+                last = Some(v);
+            }
+            Ok(Err(e)) => tracing::warn!("data_version: {e}"),
+            Err(e) => tracing::warn!("data_version task: {e}"),
+        }
+    }
+}
+
+/// Every second: lapsed leases go back to the queue (or fail); see [`Store::expire_leases`].
+pub(super) async fn reap_leases(state: Arc<AppState>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        match state.db(|s| s.expire_leases()).await {
+            Ok(0) => {}
+            Ok(_) => {
+                state.bump();
+                state.jobs.bump_all();
+            }
+            Err(e) => tracing::warn!("expiring leases: {e}"),
+        }
+    }
+}
