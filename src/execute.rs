@@ -330,7 +330,8 @@ pub fn run(args: ExecuteArgs) -> u8 {
     let sink: Arc<dyn EventSink> = if args.json {
         Arc::new(JsonSink::new(std::io::stdout()))
     } else {
-        Arc::new(TerminalSink::new(std::io::stdout()))
+        let live = std::io::IsTerminal::is_terminal(&std::io::stdout());
+        Arc::new(TerminalSink::new(std::io::stdout()).live(live))
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -144,7 +144,28 @@ fn start_registry() -> Registry {
         &["login", "-u", USER, "--password-stdin", &registry],
         PASSWORD,
     );
-    docker(&["tag", &image("nobash"), &target]);
+    // A layer of its own (3 MB that do not compress), so the engine has something to fetch
+    // and report: the base image's layer is in the engine already.
+    let context = dir.path().join("image");
+    std::fs::create_dir(&context).expect("build context");
+    let mut state = u64::from_str_radix(&run_id.replace(|c: char| !c.is_ascii_hexdigit(), ""), 16)
+        .unwrap_or(0x2545_f491_4f6c_dd1d)
+        | 1;
+    let noise: Vec<u8> = (0..3_000_000)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 32) as u8
+        })
+        .collect();
+    std::fs::write(context.join("noise"), noise).expect("noise");
+    std::fs::write(
+        context.join("Dockerfile"),
+        format!("FROM {}\nCOPY noise /pulled-layer\n", image("nobash")),
+    )
+    .expect("Dockerfile");
+    docker(&["build", "-q", "-t", &target, &context.display().to_string()]);
     docker_with(&config, &["push", &target], "");
     docker(&["rmi", &target]);
     Registry {
@@ -226,6 +247,34 @@ fn a_private_image_is_pulled_with_the_right_credentials_and_refused_with_wrong_o
     assert!(out.output().contains("pulled-and-ran"), "{all}");
     assert!(!all.contains(PASSWORD), "the password leaked:\n{all}");
     assert!(image_present(&r.image));
+    // The pull's progress as events: each layer from its first status to `Pull complete`,
+    // then the image as a whole, before the container starts.
+    let at = |kind: &str| {
+        out.events
+            .iter()
+            .position(|e| e["event"] == kind)
+            .unwrap_or_else(|| panic!("no {kind} event:\n{all}"))
+    };
+    let layers: Vec<&serde_json::Value> = out
+        .events
+        .iter()
+        .filter(|e| e["event"] == "pull_progress")
+        .collect();
+    assert!(
+        layers.iter().all(|e| e["image"] == r.image.as_str()
+            && e["layer"].as_str().is_some_and(|l| l.len() == 12)),
+        "{layers:?}"
+    );
+    assert!(
+        layers.iter().any(|e| e["status"] == "Pull complete"),
+        "{layers:?}"
+    );
+    let pulled = out.event("image_pulled").expect("image_pulled");
+    assert_eq!(pulled["image"], r.image.as_str());
+    assert!(pulled["layers"].as_u64() >= Some(1), "{pulled}");
+    assert!(pulled["bytes"].as_u64() > Some(0), "{pulled}");
+    assert!(at("pull_progress") < at("image_pulled"));
+    assert!(at("image_pulled") < at("container_started"));
     p.assert_no_container_left();
 
     // A literal password in the config is masked the same way, wherever the job prints it.
@@ -234,9 +283,16 @@ fn a_private_image_is_pulled_with_the_right_credentials_and_refused_with_wrong_o
         "version: 2.1\njobs:\n  build:\n    docker:\n      - image: {img}\n        auth: {{username: {USER}, password: {PASSWORD}}}\n    steps:\n      - run: echo \"pw={PASSWORD}\"\n",
         img = r.image
     ));
-    let out = p.execute(&["--json"]);
+    let out = p.execute(&[]);
     let all = format!("{}{}", out.stdout, out.stderr);
     assert_eq!(out.code, 0, "{all}");
-    assert!(out.output().contains("pw=********"), "{all}");
+    assert!(all.contains("pw=********"), "{all}");
     assert!(!all.contains(PASSWORD), "the password leaked:\n{all}");
+    // Not a terminal: a line per layer and status, no cursor moves; then the image.
+    assert!(
+        all.contains(&format!("    Pulling {}: ", r.image)) && all.contains(": Pull complete\n"),
+        "{all}"
+    );
+    assert!(all.contains(&format!("    Pulled {}: ", r.image)), "{all}");
+    assert!(!all.contains('\x1b'), "{all}");
 }

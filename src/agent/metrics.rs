@@ -248,8 +248,9 @@ impl Executor for Metered {
         &self,
         image: &str,
         auth: Option<&RegistryAuth>,
+        progress: crate::executor::PullProgress<'_>,
     ) -> Result<ImageInfo, ExecutorError> {
-        self.count(self.inner.image_info(image, auth).await)
+        self.count(self.inner.image_info(image, auth, progress).await)
     }
     async fn create(&self, spec: &ContainerSpec) -> Result<String, ExecutorError> {
         self.count(self.inner.create(spec).await)

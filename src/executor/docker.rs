@@ -2,7 +2,8 @@
 
 use super::{
     Attached, ByteStream, ContainerSpec, Exec, ExecSpec, Executor, ExecutorError, ImageInfo,
-    Interactive, NetworkMode, Output, OutputStream, ResourceKind, TarStream, TtySize,
+    Interactive, LayerProgress, NetworkMode, Output, OutputStream, ResourceKind, TarStream,
+    TtySize,
 };
 use bollard::container::LogOutput;
 use bollard::exec::{CreateExecOptions, ResizeExecOptions, StartExecOptions, StartExecResults};
@@ -104,6 +105,23 @@ fn is_not_found(e: &bollard::errors::Error) -> bool {
     )
 }
 
+/// A pull's progress line as a layer's progress; `None` for the lines about the whole image
+/// (`Pulling from …`, `Digest: …`, `Status: …`), whose id is a tag or absent.
+fn layer_progress(info: bollard::models::CreateImageInfo) -> Option<LayerProgress> {
+    let layer = info.id?;
+    if layer.len() != 12 || !layer.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let detail = info.progress_detail.unwrap_or_default();
+    let bytes = |n: Option<i64>| n.and_then(|n| u64::try_from(n).ok()).filter(|&n| n > 0);
+    Some(LayerProgress {
+        layer,
+        status: info.status.unwrap_or_default(),
+        current: bytes(detail.current),
+        total: bytes(detail.total),
+    })
+}
+
 /// Engine log frames → our output items.
 fn log_output(
     stream: impl futures_util::Stream<Item = Result<LogOutput, bollard::errors::Error>> + Send + 'static,
@@ -132,6 +150,7 @@ impl Executor for DockerExecutor {
         &self,
         image: &str,
         auth: Option<&super::RegistryAuth>,
+        progress: super::PullProgress<'_>,
     ) -> Result<ImageInfo, ExecutorError> {
         let inspect = match self.docker.inspect_image(image).await {
             Ok(i) => i,
@@ -139,12 +158,24 @@ impl Executor for DockerExecutor {
                 let opts = CreateImageOptionsBuilder::default()
                     .from_image(image)
                     .build();
-                let pulled: Result<Vec<_>, _> = self
-                    .docker
-                    .create_image(Some(opts), None, auth.map(|a| credentials(image, a)))
-                    .try_collect()
-                    .await;
-                if let Err(e) = pulled {
+                let mut pull =
+                    self.docker
+                        .create_image(Some(opts), None, auth.map(|a| credentials(image, a)));
+                let mut failed = None;
+                while let Some(item) = pull.next().await {
+                    match item {
+                        Ok(info) => {
+                            if let Some(p) = layer_progress(info) {
+                                progress(p);
+                            }
+                        }
+                        Err(e) => {
+                            failed = Some(e);
+                            break;
+                        }
+                    }
+                }
+                if let Some(e) = failed {
                     return Err(match auth {
                         Some(a) => ExecutorError::PullRefused {
                             image: image.to_owned(),

@@ -210,6 +210,7 @@ impl Executor for Recording {
         &self,
         image: &str,
         auth: Option<&super::RegistryAuth>,
+        _progress: super::PullProgress<'_>,
     ) -> Result<ImageInfo, ExecutorError> {
         self.enter(Some(Op::ImageInfo), Call::ImageInfo(image.to_owned()))?;
         if let Some(a) = auth {

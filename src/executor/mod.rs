@@ -83,6 +83,22 @@ pub fn registry_of(image: &str) -> &str {
     }
 }
 
+/// What the engine says of one layer of an image it is pulling: its `status` words
+/// (`Pulling fs layer`, `Downloading`, `Extracting`, `Pull complete`, `Already exists`…) and,
+/// while bytes move, how many of how many.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LayerProgress {
+    /// The layer's short id (12 hex digits), as `docker pull` shows it.
+    pub layer: String,
+    pub status: String,
+    pub current: Option<u64>,
+    pub total: Option<u64>,
+}
+
+/// Where [`Executor::image_info`] reports a pull's progress (called from the pulling task;
+/// keep it cheap).
+pub type PullProgress<'a> = &'a (dyn Fn(LayerProgress) + Send + Sync);
+
 /// What the agent learns about an image before it starts a container from it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ImageInfo {
@@ -217,11 +233,12 @@ pub enum ResourceKind {
 #[async_trait::async_trait]
 pub trait Executor: Send + Sync + 'static {
     /// Ensure the image is present (pulling it if the engine can, with `auth` for a private
-    /// registry) and read its config.
+    /// registry, each layer's progress told to `progress`) and read its config.
     async fn image_info(
         &self,
         image: &str,
         auth: Option<&RegistryAuth>,
+        progress: PullProgress<'_>,
     ) -> Result<ImageInfo, ExecutorError>;
     /// Create (not start) a container.
     async fn create(&self, spec: &ContainerSpec) -> Result<String, ExecutorError>;

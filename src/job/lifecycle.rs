@@ -176,6 +176,21 @@ fn registry_auth(
     })
 }
 
+/// The image's config, pulling it first (its progress shown) when the engine lacks it.
+async fn image_info(
+    executor: &dyn Executor,
+    image: &str,
+    auth: Option<&crate::executor::RegistryAuth>,
+    sink: &dyn EventSink,
+) -> Result<crate::executor::ImageInfo, crate::executor::ExecutorError> {
+    let report = super::pull::PullReport::new(image, sink);
+    let info = executor
+        .image_info(image, auth, &|p| report.observe(p))
+        .await?;
+    report.finish();
+    Ok(info)
+}
+
 fn panic_text(p: &Box<dyn std::any::Any + Send>) -> String {
     p.downcast_ref::<&str>()
         .map(|s| (*s).to_owned())
@@ -231,7 +246,7 @@ async fn run_inner(
         ExecutorKind::Machine => {
             let image = machine::local_image(spec, &plan.image)?;
             // Missing image: an error before anything is created.
-            let info = executor.image_info(&image, None).await?;
+            let info = image_info(executor.as_ref(), &image, None, sink.as_ref()).await?;
             let id = machine::boot(
                 executor.as_ref(),
                 resources,
@@ -263,21 +278,26 @@ async fn run_inner(
                 l
             });
             // Every image first: a missing service image is an error before anything runs.
-            let info = executor
-                .image_info(
-                    &plan.image,
-                    registry_auth(spec, plan.image_auth.as_ref()).as_ref(),
-                )
-                .await?;
+            let info = image_info(
+                executor.as_ref(),
+                &plan.image,
+                registry_auth(spec, plan.image_auth.as_ref()).as_ref(),
+                sink.as_ref(),
+            )
+            .await?;
             for svc in &plan.services {
-                executor
-                    .image_info(&svc.image, registry_auth(spec, svc.auth.as_ref()).as_ref())
-                    .await
-                    .map_err(|e| SetupError::Service {
-                        service: svc.name.clone().unwrap_or_else(|| svc.image.clone()),
-                        image: svc.image.clone(),
-                        reason: e.to_string(),
-                    })?;
+                image_info(
+                    executor.as_ref(),
+                    &svc.image,
+                    registry_auth(spec, svc.auth.as_ref()).as_ref(),
+                    sink.as_ref(),
+                )
+                .await
+                .map_err(|e| SetupError::Service {
+                    service: svc.name.clone().unwrap_or_else(|| svc.image.clone()),
+                    image: svc.image.clone(),
+                    reason: e.to_string(),
+                })?;
             }
             tracing::debug!(ms = millis(t.elapsed()), "images inspected");
             let role = Role::Primary;

@@ -26,6 +26,7 @@ pub mod identity;
 pub mod lifecycle;
 pub mod limits;
 mod machine;
+mod pull;
 pub mod ready;
 pub mod registry;
 pub mod request;

@@ -55,6 +55,26 @@ pub enum Event {
         image: String,
         container: String,
     },
+    /// A layer of an image being pulled changed: its status, or its bytes (at most a few
+    /// times a second per layer). The terminal redraws a line per layer; the log keeps each
+    /// layer's changes of status.
+    PullProgress {
+        image: String,
+        layer: String,
+        status: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        current: Option<u64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        total: Option<u64>,
+    },
+    /// A missing image was pulled.
+    ImagePulled {
+        image: String,
+        /// Layers fetched (not those the engine already had).
+        layers: usize,
+        bytes: u64,
+        duration_ms: u64,
+    },
     /// A service container ended while the job still ran; its last output comes with it.
     ServiceExited {
         service: String,
@@ -135,6 +155,11 @@ pub trait EventSink: Send + Sync {
 /// Human output: a header per step, output as it happens, a summary table at the end.
 pub struct TerminalSink<W: Write + Send> {
     out: Mutex<W>,
+    /// A terminal that takes cursor moves: a pull's layers are lines redrawn in place.
+    live: bool,
+    /// The image being pulled and its layers in the order their lines were written; cleared
+    /// by any other event (its lines then stay as they are).
+    board: Mutex<Option<(String, Vec<String>)>>,
     /// Per workflow job: whether its next byte starts a line (for the `[job] ` prefix).
     line_start: Mutex<std::collections::HashMap<String, bool>>,
 }
@@ -143,8 +168,41 @@ impl<W: Write + Send> TerminalSink<W> {
     pub fn new(out: W) -> Self {
         Self {
             out: Mutex::new(out),
+            live: false,
+            board: Mutex::new(None),
             line_start: Mutex::new(std::collections::HashMap::new()),
         }
+    }
+
+    /// Redraw a pull's layer lines in place (for a terminal; not for a file or a pipe).
+    pub fn live(mut self, live: bool) -> Self {
+        self.live = live;
+        self
+    }
+
+    /// The live view of a pull: one line per layer, rewritten where it stands.
+    fn draw_layer(&self, out: &mut dyn Write, image: &str, layer: &str, line: &str) {
+        let Ok(mut board) = self.board.lock() else {
+            return;
+        };
+        if board.as_ref().is_none_or(|(i, _)| i != image) {
+            *board = Some((image.to_owned(), Vec::new()));
+            let _ = writeln!(out, "    Pulling {image}");
+        }
+        let Some((_, layers)) = board.as_mut() else {
+            return;
+        };
+        let _ = match layers.iter().position(|l| l == layer) {
+            Some(at) => {
+                let up = layers.len() - at;
+                write!(out, "\x1b[{up}A\r\x1b[2K{line}\x1b[{up}B\r")
+            }
+            None => {
+                layers.push(layer.to_owned());
+                writeln!(out, "{line}")
+            }
+        };
+        let _ = out.flush();
     }
 
     pub fn into_inner(self) -> W {
@@ -197,9 +255,43 @@ impl<W: Write + Send> EventSink for TerminalSink<W> {
             Ok(o) => o,
             Err(p) => p.into_inner(),
         };
+        if self.live {
+            if let Event::PullProgress {
+                image,
+                layer,
+                status,
+                current,
+                total,
+            } = event
+            {
+                let line = layer_line(layer, status, *current, *total);
+                self.draw_layer(&mut *out, image, layer, &line);
+                return;
+            }
+            if let Ok(mut board) = self.board.lock() {
+                *board = None;
+            }
+        }
         render(&mut *out, event);
         let _ = out.flush();
     }
+}
+
+/// A pulled layer as one line: `    3f4ca61aafcd: Downloading  12.1 MB / 30.4 MB`.
+fn layer_line(layer: &str, status: &str, current: Option<u64>, total: Option<u64>) -> String {
+    match (current, total) {
+        (Some(c), Some(t)) => format!(
+            "      {layer}: {status} {} / {}",
+            megabytes(c),
+            megabytes(t)
+        ),
+        (Some(c), None) => format!("      {layer}: {status} {}", megabytes(c)),
+        _ => format!("      {layer}: {status}"),
+    }
+}
+
+fn megabytes(bytes: u64) -> String {
+    format!("{:.1} MB", bytes as f64 / 1e6)
 }
 
 /// The human rendering of one event (the terminal view; also the agent's job log).
@@ -210,6 +302,32 @@ pub fn render(out: &mut dyn Write, event: &Event) {
             Event::JobStarted { job, image, .. } => writeln!(out, "==> Job {job} on {image}"),
             Event::Info { message } => writeln!(out, "    {message}"),
             Event::CheckedOut { .. } => Ok(()),
+            // Without a live terminal, a layer's line per change of status; bytes moving
+            // are for the live view and `--json`.
+            Event::PullProgress {
+                image,
+                layer,
+                status,
+                current: None,
+                total,
+            } => writeln!(
+                out,
+                "    Pulling {image}: {}",
+                layer_line(layer, status, None, *total).trim_start()
+            ),
+            Event::PullProgress { .. } => Ok(()),
+            Event::ImagePulled {
+                image,
+                layers,
+                bytes,
+                duration_ms,
+            } => writeln!(
+                out,
+                "    Pulled {image}: {layers} layer{}, {} in {}",
+                if *layers == 1 { "" } else { "s" },
+                megabytes(*bytes),
+                format_duration(*duration_ms)
+            ),
             Event::ContainerStarted {
                 role: ContainerRole::Primary,
                 image,
@@ -407,6 +525,57 @@ impl EventSink for MemorySink {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn pulled(layer: &str, status: &str, current: Option<u64>) -> Event {
+        Event::PullProgress {
+            image: "registry.test/app:1".into(),
+            layer: layer.into(),
+            status: status.into(),
+            current,
+            total: current.map(|_| 2_000_000),
+        }
+    }
+
+    #[test]
+    fn a_live_terminal_redraws_each_layer_on_its_own_line() {
+        let sink = TerminalSink::new(Vec::new()).live(true);
+        sink.emit(&pulled("aaaaaaaaaaaa", "Pulling fs layer", None));
+        sink.emit(&pulled("bbbbbbbbbbbb", "Pulling fs layer", None));
+        sink.emit(&pulled("aaaaaaaaaaaa", "Downloading", Some(1_000_000)));
+        sink.emit(&Event::Info {
+            message: "next".into(),
+        });
+        let out = String::from_utf8(sink.into_inner()).expect("utf8");
+        assert_eq!(
+            out,
+            "    Pulling registry.test/app:1\n\
+             \x20     aaaaaaaaaaaa: Pulling fs layer\n\
+             \x20     bbbbbbbbbbbb: Pulling fs layer\n\
+             \x1b[2A\r\x1b[2K      aaaaaaaaaaaa: Downloading 1.0 MB / 2.0 MB\x1b[2B\r\
+             \x20   next\n"
+        );
+    }
+
+    #[test]
+    fn a_log_keeps_each_layers_changes_of_status_not_its_bytes() {
+        let sink = TerminalSink::new(Vec::new());
+        sink.emit(&pulled("aaaaaaaaaaaa", "Pulling fs layer", None));
+        sink.emit(&pulled("aaaaaaaaaaaa", "Downloading", Some(1_000_000)));
+        sink.emit(&pulled("aaaaaaaaaaaa", "Pull complete", None));
+        sink.emit(&Event::ImagePulled {
+            image: "registry.test/app:1".into(),
+            layers: 1,
+            bytes: 2_000_000,
+            duration_ms: 1500,
+        });
+        let out = String::from_utf8(sink.into_inner()).expect("utf8");
+        assert_eq!(
+            out,
+            "    Pulling registry.test/app:1: aaaaaaaaaaaa: Pulling fs layer\n\
+             \x20   Pulling registry.test/app:1: aaaaaaaaaaaa: Pull complete\n\
+             \x20   Pulled registry.test/app:1: 1 layer, 2.0 MB in 1.5s\n"
+        );
+    }
 
     #[test]
     fn terminal_shows_headers_output_and_summary() {
