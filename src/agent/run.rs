@@ -84,6 +84,11 @@ pub(crate) async fn run_wire_job(
     let status = outcome.status;
     agent.metrics.job_finished(status);
     tracing::info!(job = %wire.id, ?status, "job {} finished: {status}", wire.id);
+    // The sink finished the spool at the job's end (before any SSH hold); this is for a
+    // path that ended without telling it.
+    if sink.finished() {
+        return;
+    }
     if let Err(e) = spool.finish(status, outcome.error) {
         tracing::error!(job = %wire.id, "cannot record the finish: {e}");
     }

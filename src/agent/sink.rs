@@ -1,11 +1,15 @@
 //! The agent's [`EventSink`]: the human rendering of the job's events appended to the job's
 //! spool; step starts and ends also become [`JobEvent`]s with their log offsets. Events
 //! arrive masked already (the job core masks secrets before any sink).
+//!
+//! The job's end ([`Event::JobFinished`]) finishes the spool there and then: a job held for
+//! an SSH session after its last step has its status reported at once, while its containers
+//! stay. The log is closed from then on (the finish fixed its length and hash).
 
 use crate::protocol::JobEvent;
 use crate::stream::spool::SpoolJob;
 use crate::stream::{render, Event, EventSink};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 pub(crate) struct AgentSink {
@@ -16,6 +20,8 @@ pub(crate) struct AgentSink {
     /// The commit the checkout reached, until the next step start carries it to the
     /// coordinator (`step_started.commit_sha`).
     checked_out: Mutex<Option<String>>,
+    /// The spool is finished: nothing more is written to it.
+    closed: AtomicBool,
 }
 
 impl AgentSink {
@@ -30,6 +36,7 @@ impl AgentSink {
             total_steps: AtomicUsize::new(total_steps),
             metrics: None,
             checked_out: Mutex::new(None),
+            closed: AtomicBool::new(false),
         }
     }
 
@@ -37,6 +44,11 @@ impl AgentSink {
     pub(crate) fn with_metrics(mut self, m: Arc<super::metrics::AgentMetrics>) -> AgentSink {
         self.metrics = Some(m);
         self
+    }
+
+    /// The job's end was written and the spool finished.
+    pub(crate) fn finished(&self) -> bool {
+        self.closed.load(Ordering::SeqCst)
     }
 
     pub(crate) fn set_total_steps(&self, n: usize) {
@@ -70,6 +82,10 @@ impl AgentSink {
 
 impl EventSink for AgentSink {
     fn emit(&self, event: &Event) {
+        if self.closed.load(Ordering::SeqCst) {
+            tracing::debug!(job = %self.spool.job_id(), ?event, "after the job's end: not in its log");
+            return;
+        }
         match event {
             Event::Output { data, .. } => self.write(data),
             Event::CheckedOut { sha } => {
@@ -107,9 +123,13 @@ impl EventSink for AgentSink {
                 });
                 self.rendered(event);
             }
-            Event::JobFinished { .. } => {
-                self.set_state("finishing".to_owned());
+            Event::JobFinished { status, error, .. } => {
+                self.set_state(format!("finished: {status}"));
                 self.rendered(event);
+                self.closed.store(true, Ordering::SeqCst);
+                if let Err(e) = self.spool.finish(*status, error.clone()) {
+                    tracing::error!(job = %self.spool.job_id(), "cannot record the finish: {e}");
+                }
             }
             other => self.rendered(other),
         }

@@ -4,7 +4,7 @@
 
 use super::bootstrap::{ask_user, install_files, main_line, main_process, parse_banner};
 use super::environment::{builtin_env, expand_home};
-use super::registry::Attachment;
+use super::registry::{Attachment, Registered};
 use super::resources::{Resources, Role};
 use super::steps::{run_steps, Ctx};
 use super::SetupError;
@@ -89,17 +89,14 @@ pub async fn run_job(
     if let Some(t) = timer {
         t.abort();
     }
-    let t = Instant::now();
-    for (r, e) in resources.release().await {
-        sink.emit(&Event::Info {
-            message: format!(
-                "warning: could not remove the job's {:?} {}: {e}",
-                r.role,
-                short(&r.id)
-            ),
-        });
+    let (result, held) = match result {
+        Ok(Ok((o, held))) => (Ok(Ok(o)), held),
+        Ok(Err(e)) => (Ok(Err(e)), None),
+        Err(panic) => (Err(panic), None),
+    };
+    if held.is_none() {
+        release(&resources, sink.as_ref()).await;
     }
-    tracing::debug!(ms = millis(t.elapsed()), "resources released");
 
     let mut outcome = match result {
         Ok(Ok(o)) => o,
@@ -149,11 +146,46 @@ pub async fn run_job(
         steps: outcome.steps.clone(),
         error: outcome.error.clone(),
     });
+    // A held job has told its end at once (the coordinator reports it, dependants go on);
+    // its containers stay for whoever holds them, then go. What their removal says now
+    // reaches the operator's log: the job's own log is closed.
+    if let Some(held) = held {
+        held.attachment.holds_released(&cancel).await;
+        drop(held);
+        release(&resources, &Discard).await;
+    }
     if let Some(m) = &masking {
         // What the masker still holds is what the error text would show: masked already.
         outcome.error = outcome.error.map(|e| m.mask_text(&e));
     }
     outcome
+}
+
+/// Remove everything the job made, telling `sink` what could not be removed.
+async fn release(resources: &Resources, sink: &dyn EventSink) {
+    let t = Instant::now();
+    for (r, e) in resources.release().await {
+        tracing::warn!(
+            "could not remove the job's {:?} {}: {e}",
+            r.role,
+            short(&r.id)
+        );
+        sink.emit(&Event::Info {
+            message: format!(
+                "warning: could not remove the job's {:?} {}: {e}",
+                r.role,
+                short(&r.id)
+            ),
+        });
+    }
+    tracing::debug!(ms = millis(t.elapsed()), "resources released");
+}
+
+/// A sink for what happens after a job's end was told: nothing more goes to its log.
+struct Discard;
+
+impl EventSink for Discard {
+    fn emit(&self, _: &Event) {}
 }
 
 /// An image's `auth:` with `$VAR` / `${VAR}` taken from the job's variables (project
@@ -205,7 +237,7 @@ async fn run_inner(
     cancel: &CancellationToken,
     prefetched: Option<Prefetched>,
     resources: &Resources,
-) -> Result<JobOutcome, SetupError> {
+) -> Result<(JobOutcome, Option<Registered>), SetupError> {
     let plan = &spec.plan;
     let needs_checkout = plan
         .steps
@@ -451,18 +483,18 @@ async fn run_inner(
             .attachment
             .wait_for_sessions(Instant::now() + gateway.wait);
     }
-    if let Some(until) = registered.attachment.held_until() {
-        sink.emit(&Event::Info {
-            message: format!(
-                "the job's containers are held for an attached session (at most {})",
-                crate::stream::format_duration(millis(
-                    until.saturating_duration_since(Instant::now())
-                ))
-            ),
-        });
-    }
-    registered.attachment.holds_released(cancel).await;
-    Ok(outcome)
+    // Held (an SSH session, or the wait for one): the caller tells the job's end first, then
+    // waits for the holds before it releases anything.
+    let Some(until) = registered.attachment.held_until() else {
+        return Ok((outcome, None));
+    };
+    sink.emit(&Event::Info {
+        message: format!(
+            "the job's containers are held for an attached session (at most {})",
+            crate::stream::format_duration(millis(until.saturating_duration_since(Instant::now())))
+        ),
+    });
+    Ok((outcome, Some(registered)))
 }
 
 /// The job's engine proxy, when the job may use Docker (`setup_remote_docker`, `machine`) and

@@ -1,13 +1,18 @@
 //! The job page's SSH row: how to reach a running job queued with SSH keys (what its agent
-//! last reported: the command, sessions open, held until), or, on a finished job, the command
-//! that reruns it with SSH.
+//! last reported: the command, sessions open, held until — also after its end, while the hold
+//! lasts), or, on a finished job, the command that reruns it with SSH.
 
 use super::super::store::JobRow;
 use super::{esc, iso_utc};
 
 /// The row's content (`None`: no row), also sent to live pages when it changes.
 pub fn row_html(j: &JobRow) -> Option<String> {
-    if j.is_final() {
+    // A finished job its agent still holds for SSH shows how to reach it until the hold ends.
+    let held = j
+        .ssh_state
+        .as_ref()
+        .is_some_and(|s| s.held_until_ms.is_some());
+    if j.is_final() && !held {
         return Some(format!(
             "rerun it with SSH: <code>{}</code>",
             esc(&super::super::rerun::command(j.id))

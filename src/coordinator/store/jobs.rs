@@ -182,6 +182,12 @@ impl Store {
                 tx.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ?1", [id])?;
                 "running (cancel requested)".to_string()
             }
+            // Finished, but its agent holds its containers for an SSH session: the cancel
+            // ends the hold (and the sessions); the status stays what the job earned.
+            other if ssh::is_held(&tx, id)? => {
+                tx.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ?1", [id])?;
+                format!("{other} (its SSH hold ends)")
+            }
             other => other.to_string(),
         };
         tx.commit()?;

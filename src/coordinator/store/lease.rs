@@ -122,7 +122,15 @@ impl Store {
                 params![id, agent_id, now + lease.as_millis() as i64],
             )?;
             if n == 0 {
-                out.unknown.push(job.clone());
+                // A job that finished while its agent holds it for SSH: its state still
+                // shows, and a cancel still reaches it (it ends the hold).
+                if ssh::record_hold(&tx, id, agent_id, running.ssh.as_ref())? {
+                    if ssh::release_requested(&tx, id)? {
+                        out.cancel.push(job.clone());
+                    }
+                } else {
+                    out.unknown.push(job.clone());
+                }
                 continue;
             }
             ssh::record_state(&tx, id, running.ssh.as_ref())?;
@@ -135,6 +143,8 @@ impl Store {
                 out.cancel.push(job.clone());
             }
         }
+        let reported: Vec<&str> = running.iter().map(|r| r.job_id.as_str()).collect();
+        ssh::end_holds_not_reported(&tx, agent_id, &reported)?;
         tx.commit()?;
         Ok(out)
     }
@@ -144,7 +154,9 @@ impl Store {
     pub fn pending_cancels(&self, agent_id: &str) -> Result<Vec<String>> {
         let reader = self.reader()?;
         let mut stmt = reader.prepare_cached(
-            "SELECT id FROM jobs WHERE agent_id = ?1 AND status = 'running' AND cancel_requested = 1 ORDER BY id",
+            "SELECT id FROM jobs WHERE agent_id = ?1 AND cancel_requested = 1 \
+             AND (status = 'running' OR json_extract(ssh_state, '$.held_until_ms') IS NOT NULL) \
+             ORDER BY id",
         )?;
         let ids = stmt
             .query_map([agent_id], |r| r.get::<_, i64>(0))?

@@ -241,6 +241,7 @@ pub enum FinishOutcome {
     Refused(Lease),
 }
 
+#[derive(Debug)]
 pub struct HeartbeatOutcome {
     pub cancel: Vec<String>,
     pub unknown: Vec<String>,

@@ -112,3 +112,79 @@ pub(super) fn record_state(conn: &Connection, id: i64, state: Option<&WireSshSta
     )?;
     Ok(())
 }
+
+/// A finished job whose agent still holds it for SSH (the heartbeat says until when): record
+/// what it says and answer `true`. `false` when the job is not this agent's, not finished,
+/// was not queued with SSH keys, or is not held (the agent should let it go).
+pub(super) fn record_hold(
+    conn: &Connection,
+    id: i64,
+    agent_id: &str,
+    state: Option<&WireSshState>,
+) -> Result<bool> {
+    let Some(state) = state.filter(|s| s.held_until_ms.is_some()) else {
+        return Ok(false);
+    };
+    let ours: bool = conn
+        .query_row(
+            "SELECT agent_id = ?2 AND status NOT IN ('queued', 'running') AND ssh_keys IS NOT NULL \
+             FROM jobs WHERE id = ?1",
+            params![id, agent_id],
+            |r| r.get(0),
+        )
+        .optional()?
+        .unwrap_or(false);
+    if ours {
+        record_state(conn, id, Some(state))?;
+    }
+    Ok(ours)
+}
+
+/// Whether someone asked to end the hold of (cancel) job `id`.
+pub(super) fn release_requested(conn: &Connection, id: i64) -> Result<bool> {
+    Ok(conn.query_row(
+        "SELECT cancel_requested FROM jobs WHERE id = ?1",
+        [id],
+        |r| r.get(0),
+    )?)
+}
+
+/// Finished jobs of `agent_id` shown as held that its heartbeat no longer lists: their hold
+/// is over, so the page stops saying "held until".
+pub(super) fn end_holds_not_reported(
+    conn: &Connection,
+    agent_id: &str,
+    reported: &[&str],
+) -> Result<()> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id FROM jobs WHERE agent_id = ?1 AND status NOT IN ('queued', 'running') \
+         AND json_extract(ssh_state, '$.held_until_ms') IS NOT NULL",
+    )?;
+    let held = stmt
+        .query_map([agent_id], |r| r.get::<_, i64>(0))?
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    for id in held {
+        if !reported.contains(&id.to_string().as_str()) {
+            conn.execute(
+                "UPDATE jobs SET ssh_state = json_remove(json_set(ssh_state, '$.sessions', 0), '$.held_until_ms') \
+                 WHERE id = ?1",
+                [id],
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// Whether job `id` is finished but still held for SSH by its agent.
+pub(super) fn is_held(conn: &Connection, id: i64) -> Result<bool> {
+    Ok(conn
+        .query_row(
+            "SELECT status NOT IN ('queued', 'running') \
+             AND json_extract(ssh_state, '$.held_until_ms') IS NOT NULL FROM jobs WHERE id = ?1",
+            [id],
+            |r| r.get::<_, Option<bool>>(0),
+        )
+        .optional()?
+        .flatten()
+        .unwrap_or(false))
+}

@@ -668,3 +668,75 @@ fn log_arrival_times_are_recorded_per_second_and_dropped_with_the_log() {
     s.drop_log(id);
     assert!(s.log_times(id).expect("times").0.is_empty());
 }
+
+/// Issue 15: a job held for SSH after its last step is finished for the coordinator at once;
+/// its agent's heartbeats keep its SSH state showing (not "unknown", which would stop it), a
+/// cancel ends the hold without changing the status, and the state clears once the agent no
+/// longer lists the job.
+#[test]
+fn a_job_held_for_ssh_after_its_end_keeps_its_state_and_takes_a_cancel() {
+    let (_d, s) = store();
+    let key =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBCnKQfAzuVF6iHrcQjDuDR8KDeNCpCxjF4+Hc1JFOQe a@x";
+    let id = s
+        .enqueue_ssh(&new_job(), &[key.to_owned()])
+        .expect("enqueue");
+    let w = claim_next(&s);
+    assert_eq!(w.id, id.to_string());
+    let digest = sha256_hex(b"");
+    assert!(matches!(
+        s.finish(id, "a1", None, &fin(JobStatus::Success, 0, &digest))
+            .expect("finish"),
+        FinishOutcome::Done
+    ));
+    let held = |sessions: u32, until: Option<i64>| RunningJob {
+        job_id: id.to_string(),
+        state: "finished: success".into(),
+        ssh: Some(crate::protocol::WireSshState {
+            host: "ci.example.com".into(),
+            port: 54782,
+            fingerprint: String::new(),
+            sessions,
+            held_until_ms: until,
+        }),
+    };
+    let lease = Duration::from_secs(30);
+    let hb = s
+        .heartbeat("a1", &[held(1, Some(1_800_000_000_000))], lease)
+        .expect("heartbeat");
+    assert!(hb.unknown.is_empty() && hb.cancel.is_empty(), "{hb:?}");
+    let row = s.job(id).expect("row").expect("job");
+    assert_eq!(row.status, JobStatus::Success.into());
+    assert_eq!(row.ssh_state.as_ref().map(|st| st.sessions), Some(1));
+    // Another agent cannot claim the hold, and an agent that is not holding is told to stop.
+    let hb = s
+        .heartbeat("a2", &[held(1, Some(1_800_000_000_000))], lease)
+        .expect("heartbeat");
+    assert_eq!(hb.unknown, [id.to_string()]);
+    let hb = s
+        .heartbeat("a1", &[held(0, None)], lease)
+        .expect("heartbeat");
+    assert_eq!(hb.unknown, [id.to_string()]);
+    s.heartbeat("a1", &[held(1, Some(1_800_000_000_000))], lease)
+        .expect("heartbeat");
+
+    // The cancel ends the hold: the control channel and the heartbeat carry it.
+    assert_eq!(s.cancel(id).expect("cancel"), "success (its SSH hold ends)");
+    assert_eq!(s.pending_cancels("a1").expect("pending"), [id.to_string()]);
+    let hb = s
+        .heartbeat("a1", &[held(1, Some(1_800_000_000_000))], lease)
+        .expect("heartbeat");
+    assert_eq!(hb.cancel, [id.to_string()]);
+    assert_eq!(
+        s.job(id).expect("row").expect("job").status,
+        JobStatus::Success.into()
+    );
+
+    // Released: the agent no longer lists it, and the page stops saying "held until".
+    s.heartbeat("a1", &[], lease).expect("heartbeat");
+    let row = s.job(id).expect("row").expect("job");
+    let state = row.ssh_state.expect("the last state stays");
+    assert_eq!((state.sessions, state.held_until_ms), (0, None));
+    assert!(s.pending_cancels("a1").expect("pending").is_empty());
+    assert_eq!(s.cancel(id).expect("cancel"), "success");
+}
