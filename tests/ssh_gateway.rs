@@ -167,6 +167,25 @@ fn the_right_key_lands_in_the_job_and_a_session_holds_it_until_it_ends() {
         g.fingerprint
     );
 
+    // The session is encrypted with AES-GCM (hardware AES), whatever the client prefers;
+    // a client that will only speak chacha20-poly1305 is refused at the key exchange.
+    let o = g
+        .ssh(&g.key, job)
+        .args(["-v", "true"])
+        .output()
+        .expect("ssh");
+    let debug = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        debug.contains("cipher: aes128-gcm@openssh.com"),
+        "negotiated:\n{debug}"
+    );
+    let o = g
+        .ssh(&g.key, job)
+        .args(["-c", "chacha20-poly1305@openssh.com", "true"])
+        .output()
+        .expect("ssh");
+    assert_eq!(o.status.code(), Some(255), "{}", text(&o));
+
     // A session that stays open holds the job after its last step.
     let holder = Child(g.ssh(&g.key, job).arg("sleep 300").spawn().expect("ssh"));
     g.run.wait_for_output("steps-done", Duration::from_secs(60));
