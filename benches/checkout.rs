@@ -29,10 +29,22 @@ struct Sample {
 #[allow(clippy::zombie_processes)]
 fn measure(cmd: &mut Command) -> Sample {
     let t0 = Instant::now();
+    // BOSUN_BENCH_STDERR=FILE: the children's stderr appended there (with RUST_LOG, where
+    // the time goes), not piped and shown only on failure.
+    let stderr = match std::env::var_os("BOSUN_BENCH_STDERR") {
+        Some(f) => Stdio::from(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(f)
+                .expect("BOSUN_BENCH_STDERR"),
+        ),
+        None => Stdio::piped(),
+    };
     let child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
+        .stderr(stderr)
         .spawn()
         .expect("spawn");
     let pid = child.id() as libc::pid_t;

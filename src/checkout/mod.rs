@@ -469,8 +469,10 @@ pub fn checkout(
     // Detach first so that (re)creating the branch never touches the current HEAD branch.
     repo.set_head_detached(commit.id())
         .map_err(git_err("detaching HEAD"))?;
+    let t = std::time::Instant::now();
     repo.checkout_tree(commit.as_object(), Some(CheckoutBuilder::new().force()))
         .map_err(git_err("checking out the tree"))?;
+    tracing::debug!(ms = t.elapsed().as_millis() as u64, "tree checked out");
     if let Some(branch) = &target.branch {
         let mut local = repo
             .branch(branch, &commit, true)
@@ -554,7 +556,9 @@ fn fetch_repo(
     let (Some(mirrors), Some(address)) = (mirrors, plan.mirror_address()) else {
         return fetch_with_keys(repo, plan, &FETCH_REFSPECS, creds, false);
     };
+    let t = std::time::Instant::now();
     let mut mirror = mirrors.open(&address, &plan.written, progress)?;
+    tracing::debug!(ms = t.elapsed().as_millis() as u64, %address, "mirror opened and checked");
     let head = match fetch_with_keys(mirror.repo(), plan, &MIRROR_REFSPECS, creds, true) {
         Ok(head) => head,
         Err(CheckoutError::Git { source, .. })
@@ -565,7 +569,12 @@ fn fetch_repo(
         }
         Err(e) => return Err(e),
     };
+    tracing::debug!(ms = t.elapsed().as_millis() as u64, "mirror fetched");
     mirror.materialize(repo)?;
+    tracing::debug!(
+        ms = t.elapsed().as_millis() as u64,
+        "job repository made from the mirror"
+    );
     Ok(head)
 }
 
