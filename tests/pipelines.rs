@@ -7,23 +7,14 @@ mod harness;
 
 use bosun::coordinator::bitbucket::signature::sign;
 use bosun::coordinator::store::Store;
-use harness::{image, Rig};
+use harness::{image, Agent, Coordinator, Rig};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const UUID: &str = "{5c1c7b2e-4a8f-4f7e-9b1d-2d6c0d9e7a11}";
 const SECRET: &str = "webhook-secret-7f3a";
-
-struct Proc(Child);
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// Bitbucket's REST API as far as statuses go: records (path, authorization, body).
 #[derive(Clone, Default)]
@@ -76,60 +67,19 @@ impl Recorder {
     }
 }
 
+/// Fields drop in order: the agents, then the coordinator, then the stand-in and its network.
 struct Setup {
-    /// Kept for its drop: the stand-in and its network go with the test.
-    _rig: Rig,
     repo: harness::WorkRepo,
-    dir: tempfile::TempDir,
     data: PathBuf,
     addr: String,
-    _coordinator: Proc,
-    _agents: Vec<Proc>,
+    agents: Vec<Agent>,
+    c: Coordinator,
     statuses: Recorder,
-}
-
-fn agent_config(dir: &Path, name: &str, addr: &str, token_file: &Path, rig: &Rig) -> PathBuf {
-    let root = dir.join(name);
-    std::fs::create_dir_all(&root).expect("agent dir");
-    let vcs: Vec<String> = rig
-        .vcs_host_mapping()
-        .iter()
-        .map(|m| format!("{m:?}"))
-        .collect();
-    let config = root.join("agent.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "coordinator_url = \"http://{addr}\"\nregistration_token_file = {tf:?}\nname = \"{name}\"\nstate_dir = {sd:?}\nspool_dir = {sp:?}\nstore_dir = {st:?}\nwork_dir = {wd:?}\nnetwork = {net:?}\nvcs_hosts = [{vcs}]\nconcurrency = 1\nheartbeat_secs = 1\nclaim_wait_secs = 2\nkill_grace_secs = 1\n",
-            tf = token_file,
-            sd = root.join("state"),
-            sp = root.join("spool"),
-            st = root.join("store"),
-            wd = root.join("work"),
-            net = rig.network,
-            vcs = vcs.join(", "),
-        ),
-    )
-    .expect("agent config");
-    config
-}
-
-fn start_agent(config: &Path) -> Proc {
-    let log = std::fs::File::create(config.with_extension("log")).expect("agent log");
-    Proc(
-        Command::new(harness::bosun_bin())
-            .args(["agent", "--config"])
-            .arg(config)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("agent"),
-    )
+    _rig: Rig,
 }
 
 /// Project acme/widget (UUID, deploy key, a secret env value, webhook secret, statuses to
-/// the recorder), a coordinator, and `agents` agents.
+/// the recorder), a coordinator, and `agents` agents (each labelled with its name).
 fn setup(config: &str, agents: &[&str], settings: &[&str]) -> Setup {
     let rig = Rig::start();
     rig.create_repo("acme/widget");
@@ -137,10 +87,9 @@ fn setup(config: &str, agents: &[&str], settings: &[&str]) -> Setup {
     repo.write(".circleci/config.yml", config);
     repo.commit("config");
     repo.push("HEAD:refs/heads/main");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let data = dir.path().join("coordinator");
-    let token = harness::add_stand_in_project(
-        &data,
+    let c = Coordinator::builder().vcs_hosts(&rig).start();
+    harness::add_stand_in_project(
+        &c.data,
         &rig,
         "acme/widget",
         &[
@@ -151,9 +100,9 @@ fn setup(config: &str, agents: &[&str], settings: &[&str]) -> Setup {
         ],
     );
     let (statuses, api) = Recorder::start();
-    let secret_file = dir.path().join("webhook-secret");
+    let secret_file = c.dir().join("webhook-secret");
     std::fs::write(&secret_file, SECRET).expect("secret");
-    let creds = dir.path().join("status-creds");
+    let creds = c.dir().join("status-creds");
     std::fs::write(&creds, "bosun-bot:app-password-9").expect("creds");
     let mut args = vec![
         "project",
@@ -168,29 +117,19 @@ fn setup(config: &str, agents: &[&str], settings: &[&str]) -> Setup {
         creds.to_str().expect("utf8"),
     ];
     args.extend_from_slice(settings);
-    harness::coordinator_cli(&data, &args);
-    let mut extra: Vec<String> = vec!["--lease-secs".into(), "10".into()];
-    for m in rig.vcs_host_mapping() {
-        extra.push("--vcs-host".into());
-        extra.push(m);
-    }
-    let extra_ref: Vec<&str> = extra.iter().map(String::as_str).collect();
-    let (child, addr) = harness::spawn_coordinator(&data, "127.0.0.1:0", &extra_ref);
-    let token_file = dir.path().join("registration-token");
-    std::fs::write(&token_file, format!("{token}\n")).expect("token file");
+    c.cli(&args);
     let agents = agents
         .iter()
-        .map(|n| start_agent(&agent_config(dir.path(), n, &addr, &token_file, &rig)))
+        .map(|n| c.agent(&rig, n).labels(&[n]).start())
         .collect();
     Setup {
-        _rig: rig,
         repo,
-        dir,
-        data,
-        addr,
-        _coordinator: Proc(child),
-        _agents: agents,
+        data: c.data.clone(),
+        addr: c.addr.clone(),
+        agents,
+        c,
         statuses,
+        _rig: rig,
     }
 }
 
@@ -406,7 +345,8 @@ async fn a_signed_push_runs_its_workflow_across_two_agents_with_approval_blockin
                     .and_then(|r| r.agent_name)
             })
             .collect();
-    assert_eq!(agents.len(), 2, "one agent ran everything: {agents:?}");
+    let all: std::collections::BTreeSet<String> = s.agents.iter().map(|a| a.name.clone()).collect();
+    assert_eq!(agents, all, "one agent ran everything");
     let log =
         String::from_utf8_lossy(&st.log_from(job_id(&p, "test-2"), 0).expect("log")).into_owned();
     assert!(log.contains("test 2 of pipeline 1"), "{log}");
@@ -493,16 +433,15 @@ async fn a_signed_push_runs_its_workflow_across_two_agents_with_approval_blockin
         .expect("pipeline");
     assert_eq!(p2.project, "acme/gadget");
     assert_eq!(p2.number, 2);
-    let listed = harness::coordinator_cli(&s.data, &["pipelines", "--project", "acme/widget"]);
+    let listed = s.c.cli(&["pipelines", "--project", "acme/widget"]);
     assert!(listed.contains("acme/gadget#2"), "{listed}");
-    harness::coordinator_cli(&s.data, &["cancel-pipeline", "acme/widget#2"]);
+    s.c.cli(&["cancel-pipeline", "acme/widget#2"]);
     wait_pipeline(
         &s.data,
         id2,
         &["canceled", "errored", "failed"],
         Duration::from_secs(60),
     );
-    let _ = &s.dir;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -571,7 +510,7 @@ async fn tags_forks_skips_and_a_config_that_does_not_compile() {
     let log =
         String::from_utf8_lossy(&st.log_from(job_id(&p, "build"), 0).expect("log")).into_owned();
     assert!(log.contains("built for contrib with token=none"), "{log}");
-    harness::coordinator_cli(&s.data, &["cancel-pipeline", &id.to_string()]);
+    s.c.cli(&["cancel-pipeline", &id.to_string()]);
 
     // A config that does not compile errors the pipeline with the compiler's position.
     repo.checkout("main");
@@ -605,5 +544,4 @@ async fn tags_forks_skips_and_a_config_that_does_not_compile() {
         .await
         .expect("text");
     assert!(page.contains(".circleci/config.yml:5:"), "{page}");
-    let _ = &s.dir;
 }
