@@ -81,6 +81,20 @@ struct Setup {
 /// Project acme/widget (UUID, deploy key, a secret env value, webhook secret, statuses to
 /// the recorder), a coordinator, and `agents` agents (each labelled with its name).
 fn setup(config: &str, agents: &[&str], settings: &[&str]) -> Setup {
+    setup_with(config, settings, |c, rig| {
+        agents
+            .iter()
+            .map(|n| c.agent(rig, n).labels(&[n]).start())
+            .collect()
+    })
+}
+
+/// [`setup`] with the agents `start` starts.
+fn setup_with(
+    config: &str,
+    settings: &[&str],
+    start: impl FnOnce(&Coordinator, &Rig) -> Vec<Agent>,
+) -> Setup {
     let rig = Rig::start();
     rig.create_repo("acme/widget");
     let repo = rig.work_repo("acme/widget");
@@ -118,10 +132,7 @@ fn setup(config: &str, agents: &[&str], settings: &[&str]) -> Setup {
     ];
     args.extend_from_slice(settings);
     c.cli(&args);
-    let agents = agents
-        .iter()
-        .map(|n| c.agent(&rig, n).labels(&[n]).start())
-        .collect();
+    let agents = start(&c, &rig);
     Setup {
         repo,
         data: c.data.clone(),
@@ -544,4 +555,90 @@ async fn tags_forks_skips_and_a_config_that_does_not_compile() {
         .await
         .expect("text");
     assert!(page.contains(".circleci/config.yml:5:"), "{page}");
+}
+
+/// The agent that ran job `name` of pipeline `p`.
+fn ran_on(
+    data: &Path,
+    p: &bosun::coordinator::store::pipelines::PipelineRow,
+    name: &str,
+) -> String {
+    store(data)
+        .job(job_id(p, name))
+        .expect("job")
+        .and_then(|j| j.agent_name)
+        .unwrap_or_else(|| format!("<no agent for {name}>"))
+}
+
+fn log_of(
+    data: &Path,
+    p: &bosun::coordinator::store::pipelines::PipelineRow,
+    name: &str,
+) -> String {
+    String::from_utf8_lossy(&store(data).log_from(job_id(p, name), 0).expect("log")).into_owned()
+}
+
+/// A workflow's workspace crosses agents: `make` persists a file on the agent of runner class
+/// `acme/one`, its dependant `use` runs on the agent of class `acme/two` (a job's
+/// `resource_class: namespace/name` picks the agents registered with that class, as CircleCI
+/// routes jobs to its self-hosted runners) and attaches it. Another pipeline's workflow has a
+/// workspace of its own.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_workspace_persisted_on_one_agent_is_attached_by_a_dependant_on_the_other() {
+    let img = image("base");
+    let nonce = format!("handed-over-{}", harness::new_run_id());
+    let config = format!(
+        r#"version: 2.1
+jobs:
+  make:
+    docker: [{{image: {img}}}]
+    resource_class: acme/one
+    steps:
+      - run: mkdir -p /tmp/ws/out && echo "{nonce} from pipeline << pipeline.number >>" > /tmp/ws/out/hand.txt
+      - persist_to_workspace: {{root: /tmp/ws, paths: [out]}}
+  use:
+    docker: [{{image: {img}}}]
+    resource_class: acme/two
+    steps:
+      - attach_workspace: {{at: /tmp/got}}
+      - run: echo "got [$(cat /tmp/got/out/hand.txt)]"
+workflows:
+  hand-over:
+    jobs:
+      - make
+      - use: {{requires: [make]}}
+"#
+    );
+    let s = setup_with(&config, &[], |c, rig| {
+        vec![
+            c.agent(rig, "agent-one").resource_class("acme/one").start(),
+            c.agent(rig, "agent-two").resource_class("acme/two").start(),
+        ]
+    });
+    let sha = s.repo.head();
+    let mut ids = Vec::new();
+    for n in 1..=2 {
+        let body = push_payload("acme/widget", "branch", "main", &sha, "config");
+        let (code, answer) =
+            deliver(&s.addr, "repo:push", &format!("{{w-{n}}}"), &body, SECRET).await;
+        assert_eq!(code, 202, "{answer}");
+        ids.push(answer["pipelines"][0]["id"].as_i64().expect("pipeline id"));
+    }
+    for (n, id) in ids.iter().enumerate() {
+        let p = wait_pipeline(
+            &s.data,
+            *id,
+            &["success", "failed", "errored", "canceled"],
+            Duration::from_secs(180),
+        );
+        let log = log_of(&s.data, &p, "use");
+        assert_eq!(p.status.as_str(), "success", "{p:#?}\n{log}");
+        assert_eq!(ran_on(&s.data, &p, "make"), "agent-one");
+        assert_eq!(ran_on(&s.data, &p, "use"), "agent-two");
+        // Its own pipeline's file, not the other's (each workflow has its workspace).
+        let want = format!("got [{nonce} from pipeline {}]", n + 1);
+        assert!(log.contains(&want), "want {want:?} in:\n{log}");
+        assert!(log.contains("of workspace from the coordinator"), "{log}");
+    }
+    assert_eq!(s.agents.len(), 2);
 }

@@ -150,8 +150,20 @@ pub fn compile(
                     .iter()
                     .map(|j| {
                         let runs = selected.contains(&j.name.as_str());
+                        let mut runner_class = None;
                         let (kind, reason) = match &j.kind {
-                            WorkflowJobKind::Build(_) => ("build", None),
+                            WorkflowJobKind::Build(job) => {
+                                // Only a runner class (`namespace/name`) picks agents; the
+                                // compiler has already refused anything else that is not a
+                                // docker size.
+                                runner_class = job
+                                    .resource_class
+                                    .as_deref()
+                                    .map(str::trim)
+                                    .filter(|c| c.contains('/'))
+                                    .map(str::to_owned);
+                                ("build", None)
+                            }
                             WorkflowJobKind::Approval => ("approval", None),
                             WorkflowJobKind::NotRunnable { reason } => {
                                 ("not_runnable", Some(reason.clone()))
@@ -177,6 +189,7 @@ pub fn compile(
                                 .map(|r| (r.clone(), j.accepted(r).to_vec()))
                                 .collect(),
                             serial_group: j.serial_group.clone(),
+                            resource_class: runner_class,
                             status,
                             reason,
                         }
