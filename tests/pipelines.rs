@@ -642,3 +642,120 @@ workflows:
     }
     assert_eq!(s.agents.len(), 2);
 }
+
+/// (started, finished) of job `name` of pipeline `p`, in the coordinator's milliseconds.
+fn interval(
+    data: &Path,
+    p: &bosun::coordinator::store::pipelines::PipelineRow,
+    name: &str,
+) -> (i64, i64) {
+    let j = store(data)
+        .job(job_id(p, name))
+        .expect("job")
+        .unwrap_or_else(|| panic!("no job row for {name}"));
+    match (j.started, j.finished) {
+        (Some(s), Some(f)) => (s, f),
+        other => panic!("{name} has no whole run interval: {other:?}"),
+    }
+}
+
+fn overlap(a: (i64, i64), b: (i64, i64)) -> bool {
+    a.0 < b.1 && b.0 < a.1
+}
+
+/// `serial-group`: the `deploy` jobs of two pipelines of the project run one at a time, the
+/// older pipeline's first, although three agents are idle, while the `free` jobs (in no
+/// group) run beside them. Without the group the three agents would run both deploys at once.
+#[tokio::test(flavor = "multi_thread")]
+async fn serial_group_jobs_of_two_pipelines_run_one_at_a_time_while_others_overlap() {
+    let img = image("base");
+    let config = format!(
+        r#"version: 2.1
+jobs:
+  deploy:
+    docker: [{{image: {img}}}]
+    steps: [{{run: echo deploying; sleep 4}}]
+  free:
+    docker: [{{image: {img}}}]
+    steps: [{{run: echo free; sleep 4}}]
+workflows:
+  ship:
+    jobs:
+      - deploy: {{serial-group: prod/deploy}}
+      - free
+"#
+    );
+    let s = setup(&config, &["agent-a", "agent-b", "agent-c"], &[]);
+    let sha = s.repo.head();
+    let mut ids = Vec::new();
+    for n in 1..=2 {
+        let body = push_payload("acme/widget", "branch", "main", &sha, "config");
+        let (code, answer) =
+            deliver(&s.addr, "repo:push", &format!("{{s-{n}}}"), &body, SECRET).await;
+        assert_eq!(code, 202, "{answer}");
+        ids.push(answer["pipelines"][0]["id"].as_i64().expect("pipeline id"));
+    }
+    // While the first deploy runs, the second waits without a job row, saying why.
+    let t0 = Instant::now();
+    let mut saw_wait = false;
+    loop {
+        let first = store(&s.data).pipeline(ids[0]).expect("read").expect("p1");
+        let second = store(&s.data).pipeline(ids[1]).expect("read").expect("p2");
+        let waiting = second
+            .workflows
+            .iter()
+            .flat_map(|w| &w.jobs)
+            .find(|j| j.name == "deploy")
+            .filter(|j| j.job_id.is_none() && j.status.as_str() == "queued")
+            .and_then(|j| j.reason.clone());
+        if job_status(&first, "deploy") == "running" {
+            if let Some(reason) = waiting {
+                assert!(reason.contains("serial group prod/deploy"), "{reason}");
+                saw_wait = true;
+                break;
+            }
+        }
+        if matches!(job_status(&first, "deploy").as_str(), "success" | "failed") {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(120), "{first:#?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let done: Vec<_> = ids
+        .iter()
+        .map(|id| {
+            wait_pipeline(
+                &s.data,
+                *id,
+                &["success", "failed", "errored", "canceled"],
+                Duration::from_secs(180),
+            )
+        })
+        .collect();
+    for p in &done {
+        assert_eq!(p.status.as_str(), "success", "{p:#?}");
+    }
+    let deploys: Vec<(i64, i64)> = done
+        .iter()
+        .map(|p| interval(&s.data, p, "deploy"))
+        .collect();
+    let frees: Vec<(i64, i64)> = done.iter().map(|p| interval(&s.data, p, "free")).collect();
+    assert!(
+        !overlap(deploys[0], deploys[1]),
+        "the serial group's jobs overlapped: {deploys:?}"
+    );
+    assert!(
+        deploys[0].1 <= deploys[1].0,
+        "the older pipeline's deploy goes first: {deploys:?}"
+    );
+    assert!(
+        frees
+            .iter()
+            .any(|f| deploys.iter().any(|d| overlap(*f, *d))),
+        "a job outside the group ran beside a deploy: deploys {deploys:?}, free {frees:?}"
+    );
+    assert!(
+        saw_wait,
+        "the second deploy was never seen waiting its turn"
+    );
+}
