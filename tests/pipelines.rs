@@ -759,3 +759,146 @@ workflows:
         "the second deploy was never seen waiting its turn"
     );
 }
+
+/// The pipeline page in headless Chromium while the pipeline runs: the workflow's graph (a
+/// node per job, an edge per `requires`), `build` turning from queued/running to success and
+/// `hold` to on_hold without a reload, then the approve button: refused without a login (the
+/// page says so, and the server answers 401 to a request without a token or with a wrong
+/// one), and with an operator's token typed into the login form it approves `hold`, after
+/// which `deploy` runs and the page shows the pipeline's success, still without a reload.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_pipeline_page_follows_the_run_and_approves_with_an_operator_login_in_chromium() {
+    if harness::chromium().is_none() {
+        eprintln!("skipped: no chromium installed");
+        return;
+    }
+    let img = image("base");
+    let config = format!(
+        r#"version: 2.1
+jobs:
+  build:
+    docker: [{{image: {img}}}]
+    steps: [{{run: echo building; sleep 6}}]
+  deploy:
+    docker: [{{image: {img}}}]
+    steps: [{{run: echo deployed}}]
+workflows:
+  release:
+    jobs:
+      - build
+      - hold: {{type: approval, requires: [build]}}
+      - deploy: {{requires: [hold]}}
+"#
+    );
+    let s = setup(&config, &["agent-a"], &[]);
+    let operator = s.c.cli(&["operator", "new", "ops-ada"]);
+    let sha = s.repo.head();
+    let body = push_payload("acme/widget", "branch", "main", &sha, "config");
+    let (code, answer) = deliver(&s.addr, "repo:push", "{p-1}", &body, SECRET).await;
+    assert_eq!(code, 202, "{answer}");
+    let id = answer["pipelines"][0]["id"].as_i64().expect("pipeline id");
+    // Open the page once the workflow is recorded and build has not finished.
+    let t0 = Instant::now();
+    loop {
+        let p = store(&s.data)
+            .pipeline(id)
+            .expect("read")
+            .expect("pipeline");
+        if matches!(job_status(&p, "build").as_str(), "queued" | "running") {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(60), "{p:#?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let url = format!("http://{}/pipelines/{id}", s.addr);
+    let api = format!("http://{}/pipelines/{id}/approve", s.addr);
+    let data = s.data.clone();
+
+    let seen = harness::with_browser(180, move |b| {
+        b.open(&url);
+        let wf = "section[data-workflow=\"release\"]";
+        let graph = b.eval(&format!(
+            "(() => {{ const w = document.querySelector('{wf}'); const nodes = \
+             [...w.querySelectorAll('svg.wf-graph g.pjob')].map(g => g.getAttribute('data-job')); \
+             return {{nodes, edges: w.querySelectorAll('svg.wf-graph line.edge').length, \
+             build: w.querySelector('[data-job=\"build\"]').getAttribute('data-status')}}; }})()"
+        ));
+        // A reload would lose this.
+        b.eval("window.__sameLoad = 'yes'");
+        b.wait_for(&format!(
+            "document.querySelector('{wf} [data-job=\"build\"]').getAttribute('data-status') === 'success' \
+             && document.querySelector('{wf} [data-job=\"hold\"] .pjob-status').textContent === 'on_hold' \
+             && !document.querySelector('button[data-approve=\"hold\"]').hidden"
+        ));
+        // Approve without a login: the page refuses, nothing is sent.
+        b.click("button[data-approve=\"hold\"]");
+        b.wait_for("document.getElementById('action-result').textContent.includes('log in')");
+        let without = b.eval("document.getElementById('action-result').textContent");
+        // The server refuses a request without a token and one with a wrong token.
+        let no_token = b.eval(&format!(
+            "fetch({api}, {{method: 'POST', headers: {{'Content-Type': 'application/json'}}, \
+             body: JSON.stringify({{job: 'hold'}})}}).then(r => r.status)",
+            api = serde_json::json!(api)
+        ));
+        b.click("#token");
+        b.type_text("not-an-operator-token");
+        b.key("Enter", 13, "\r");
+        b.wait_for("document.getElementById('action-result').textContent.includes('kept')");
+        b.click("button[data-approve=\"hold\"]");
+        b.wait_for("document.getElementById('action-result').textContent.startsWith('refused')");
+        let wrong = b.eval("document.getElementById('action-result').textContent");
+        let held = store(&data).pipeline(id).expect("read").expect("pipeline");
+        let still_held = job_status(&held, "hold");
+        // The operator logs in and approves.
+        b.click("#token");
+        b.type_text(&operator);
+        b.key("Enter", 13, "\r");
+        b.wait_for("document.getElementById('action-result').textContent.includes('kept')");
+        b.click("button[data-approve=\"hold\"]");
+        b.wait_for("document.getElementById('action-result').textContent.startsWith('approved')");
+        let approved = b.eval("document.getElementById('action-result').textContent");
+        b.wait_for(&format!(
+            "document.querySelector('{wf} [data-job=\"deploy\"]').getAttribute('data-status') === 'success' \
+             && document.getElementById('pipeline-status').textContent === 'success'"
+        ));
+        let same_load = b.eval("window.__sameLoad");
+        (graph, without, no_token, wrong, still_held, approved, same_load)
+    })
+    .await
+    .expect("chromium is installed");
+    let (graph, without, no_token, wrong, still_held, approved, same_load) = seen;
+    assert_eq!(
+        graph["nodes"],
+        serde_json::json!(["build", "hold", "deploy"]),
+        "{graph}"
+    );
+    assert_eq!(graph["edges"], 2, "{graph}");
+    assert!(
+        matches!(graph["build"].as_str(), Some("queued" | "running")),
+        "the page opened before build finished: {graph}"
+    );
+    assert!(
+        without.as_str().unwrap_or("").contains("log in"),
+        "{without}"
+    );
+    assert_eq!(no_token, 401);
+    assert!(
+        wrong
+            .as_str()
+            .unwrap_or("")
+            .contains("operator token unknown"),
+        "{wrong}"
+    );
+    assert_eq!(still_held, "on_hold", "refused approvals changed nothing");
+    assert_eq!(approved, "approved hold in release");
+    assert_eq!(same_load, "yes", "the page was reloaded");
+    let p = wait_pipeline(&s.data, id, &["success"], Duration::from_secs(30));
+    let hold = p
+        .workflows
+        .iter()
+        .flat_map(|w| &w.jobs)
+        .find(|j| j.name == "hold")
+        .expect("hold");
+    assert_eq!(hold.approved_by.as_deref(), Some("ops-ada"));
+    assert!(log_of(&s.data, &p, "deploy").contains("deployed"));
+}
