@@ -555,6 +555,27 @@ async fn tags_forks_skips_and_a_config_that_does_not_compile() {
         .await
         .expect("text");
     assert!(page.contains(".circleci/config.yml:5:"), "{page}");
+
+    // The config mirror holds the repository now, but once the project's deploy key is
+    // replaced by one the repository does not know, it gets nothing of the mirror: the fetch
+    // with the project's keys comes first, every time.
+    s.c.cli(&["project", "keys", "rotate", "--slug", "acme/widget"]);
+    let out =
+        s.c.cli(&["trigger", "--project", "acme/widget", "--ref", "main"]);
+    let id: i64 = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{out}"));
+    let p = wait_pipeline(&s.data, id, &["errored"], Duration::from_secs(60));
+    let err = p.error.clone().unwrap_or_default();
+    assert!(err.contains("cannot fetch the config"), "{err}");
+    let mirrors = s.data.join("config-mirrors/mirrors");
+    assert!(
+        std::fs::read_dir(&mirrors).is_ok_and(|mut d| d.next().is_some()),
+        "no config mirror under {}",
+        mirrors.display()
+    );
 }
 
 /// The agent that ran job `name` of pipeline `p`.

@@ -38,6 +38,8 @@ pub struct PipelineToFetch {
     pub uuid: String,
     pub number: i64,
     pub project_slug: String,
+    /// The project's repository UUID (stable across renames).
+    pub project_uuid: String,
     pub clone_url: String,
     /// (user key, deploy key), opened.
     pub keys: Vec<(crate::protocol::WireKeyRole, zeroize::Zeroizing<String>)>,
@@ -275,7 +277,7 @@ impl Store {
         let mut st = conn.prepare(
             "SELECT p.id, p.uuid, p.number, pr.slug, pr.clone_url, pr.user_key, pr.deploy_key, \
              pr.known_hosts, COALESCE(p.commit_sha, p.git_ref), p.branch, p.tag, p.params, \
-             p.trigger_source, p.event, p.event_action, p.base_revision, pr.default_branch, pr.id \
+             p.trigger_source, p.event, p.event_action, p.base_revision, pr.default_branch, pr.id, pr.uuid \
              FROM pipelines p JOIN projects pr ON pr.id = p.project_id \
              WHERE p.status = 'created' ORDER BY p.id LIMIT 16",
         )?;
@@ -288,6 +290,7 @@ impl Store {
                         uuid: r.get(1)?,
                         number: r.get(2)?,
                         project_slug: r.get(3)?,
+                        project_uuid: r.get(18)?,
                         clone_url: r.get(4)?,
                         keys: Vec::new(),
                         known_hosts: r.get(7)?,
