@@ -4,7 +4,9 @@
 //! 1. Webhook received → first job claimed, with an idle agent (this bench, long-polling a
 //!    claim) waiting: signed `repo:push` deliveries of a one-job config, `ROUNDS` times; the
 //!    baseline in the same run is a delivery that builds nothing (`[skip ci]`: the webhook's
-//!    own cost, signature and store included).
+//!    own cost, signature and store included), and the floor under the config fetch: `git
+//!    ls-remote` over OpenSSH to the same server (one SSH login and ref advertisement, what
+//!    the coordinator's fetch into its config mirror costs when nothing is new).
 //! 2. A 20-job fan-out/fan-in (`start` → 18 × `mid-N` → `end`, each `sleep 2`) on two real
 //!    agents, against its critical path: for each level, ceil(jobs / 2) × the level's mean job
 //!    run time (as the agents timed them), summed. Ratio = pipeline wall time / that.
@@ -151,10 +153,24 @@ async fn first_claim(rounds: usize) {
         deliver(&http, &base, 2 * n + 1, &push(&sha, "bench [skip ci]")).await;
         base_line.push(t1.elapsed().as_secs_f64() * 1000.0);
     }
+    // The floor under the config fetch: one SSH login and ref advertisement to the same
+    // server with OpenSSH (`git ls-remote`, a deploy key of the repository).
+    let key = rig.deploy_key("acme/widget");
+    let url = rig.ssh_url("acme/widget");
+    let mut ls_remote = Vec::new();
+    for _ in 0..rounds {
+        let t = Instant::now();
+        harness::run(rig.git(Some(&key)).args(["ls-remote", &url]));
+        ls_remote.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
     println!("webhook → first job claimed: {}", stats(&mut hook));
     println!(
         "baseline (a delivery that builds nothing): {}",
         stats(&mut base_line)
+    );
+    println!(
+        "git ls-remote over OpenSSH to the same stand-in: {}",
+        stats(&mut ls_remote)
     );
 }
 

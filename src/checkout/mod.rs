@@ -554,7 +554,9 @@ pub fn fetch_commit(
         .mirror_address()
         .unwrap_or_else(|| plan.physical.clone());
     let mut quiet = |_: &str| {};
+    let t0 = std::time::Instant::now();
     let mut mirror = mirrors.open(&format!("{scope} {address}"), &plan.written, &mut quiet)?;
+    let t1 = std::time::Instant::now();
     match fetch_with_keys(mirror.repo(), &plan, &MIRROR_REFSPECS, creds, true) {
         Ok(_) => {}
         Err(CheckoutError::Git { source, .. })
@@ -565,7 +567,15 @@ pub fn fetch_commit(
         }
         Err(e) => return Err(e),
     }
+    let t2 = std::time::Instant::now();
     let commit = resolve_in_mirror(mirror.repo(), reference, &plan, creds)?;
+    tracing::debug!(
+        url = %plan.written,
+        open_ms = (t1 - t0).as_secs_f64() * 1000.0,
+        fetch_ms = (t2 - t1).as_secs_f64() * 1000.0,
+        resolve_ms = t2.elapsed().as_secs_f64() * 1000.0,
+        "fetched into the mirror"
+    );
     Ok(FetchedCommit { mirror, commit })
 }
 

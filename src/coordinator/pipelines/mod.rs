@@ -56,9 +56,18 @@ async fn pass(state: &Arc<AppState>, settings: &RunnerSettings) -> super::Result
         let mirrors = config::mirrors(&settings.data_dir);
         let id = p.id;
         let work = tokio::task::spawn_blocking(move || {
+            let t0 = std::time::Instant::now();
             let fetched = config::fetch(&p, &hosts, &mirrors).map_err(|e| (None, e.to_string()))?;
+            let t1 = std::time::Instant::now();
             let workflows = config::compile(&p, &fetched.revision, &fetched.text)
                 .map_err(|e| (Some(fetched.revision.clone()), e))?;
+            // What a webhook's first job waits for, in parts (issue 16's < 100 ms budget).
+            tracing::debug!(
+                pipeline = id,
+                fetch_ms = (t1 - t0).as_secs_f64() * 1000.0,
+                compile_ms = t1.elapsed().as_secs_f64() * 1000.0,
+                "config read"
+            );
             Ok::<_, (Option<String>, String)>((fetched.revision, workflows))
         });
         let outcome = match tokio::time::timeout(CONFIG_LIMIT, work).await {
