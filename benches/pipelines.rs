@@ -2,7 +2,9 @@
 //! the Bitbucket stand-in for git, Docker and two real agents for the fan-out).
 //!
 //! 1. Webhook received → first job claimed, with an idle agent (this bench, long-polling a
-//!    claim) waiting: signed `repo:push` deliveries of a one-job config, `ROUNDS` times; the
+//!    claim) waiting: signed `repo:push` deliveries of a one-job config in a repository of
+//!    BOSUN_BENCH_REPO_FILES files (default 2,000), a new commit pushed before each, `ROUNDS`
+//!    times; the
 //!    baseline in the same run is a delivery that builds nothing (`[skip ci]`: the webhook's
 //!    own cost, signature and store included), and the floor under the config fetch: `git
 //!    ls-remote` over OpenSSH to the same server (one SSH login and ref advertisement, what
@@ -71,9 +73,28 @@ async fn deliver(http: &reqwest::Client, base: &str, n: usize, body: &str) -> se
 /// A coordinator on `config` (pushed to the stand-in's acme/widget main), with webhook
 /// secret; returns (coordinator, base URL, data dir, registration token, head sha).
 fn coordinator(rig: &Rig, dir: &Path, config: &str) -> (Proc, String, PathBuf, String, String) {
+    let (c, base, data, token, sha, _) = coordinator_with(rig, dir, config, 0);
+    (c, base, data, token, sha)
+}
+
+/// [`coordinator`] with `files` more files (~2 KiB of text each, in directories of 100) in
+/// the commit, and the work repository to push more commits from.
+fn coordinator_with(
+    rig: &Rig,
+    dir: &Path,
+    config: &str,
+    files: usize,
+) -> (Proc, String, PathBuf, String, String, harness::WorkRepo) {
     rig.create_repo("acme/widget");
     let repo = rig.work_repo("acme/widget");
     repo.write(".circleci/config.yml", config);
+    for i in 0..files {
+        let line = format!("line of file {i} of the bench repository, to be checked out\n");
+        repo.write(
+            &format!("src/d{}/f{i}.txt", i / 100),
+            &line.repeat(2048 / line.len()),
+        );
+    }
     let sha = repo.commit("config");
     repo.push("HEAD:refs/heads/main");
     let data = dir.join("coordinator");
@@ -98,7 +119,14 @@ fn coordinator(rig: &Rig, dir: &Path, config: &str) -> (Proc, String, PathBuf, S
     }
     let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
     let (child, addr) = harness::spawn_coordinator(&data, "127.0.0.1:0", &extra);
-    (Proc(child), format!("http://{addr}"), data, token, sha)
+    (
+        Proc(child),
+        format!("http://{addr}"),
+        data,
+        token,
+        sha,
+        repo,
+    )
 }
 
 fn stats(v: &mut [f64]) -> String {
@@ -119,7 +147,13 @@ async fn first_claim(rounds: usize) {
         "version: 2.1\njobs:\n  build:\n    docker: [{{image: {}}}]\n    steps: [{{run: 'true'}}]\nworkflows:\n  w:\n    jobs: [build]\n",
         image("base")
     );
-    let (_c, base, _data, token, sha) = coordinator(&rig, dir.path(), &config);
+    // A repository of realistic size, and a new commit for each delivery (as real pushes
+    // are): what the config read costs beyond the SSH round trip shows.
+    let files: usize = std::env::var("BOSUN_BENCH_REPO_FILES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2000);
+    let (_c, base, _data, token, _, repo) = coordinator_with(&rig, dir.path(), &config, files);
     let http = reqwest::Client::new();
     let reg: serde_json::Value = http
         .post(format!("{base}/api/v1/agents/register"))
@@ -143,6 +177,9 @@ async fn first_claim(rounds: usize) {
                 (Instant::now(), r.status().as_u16())
             })
         };
+        repo.write("round", &format!("{n}\n"));
+        let sha = repo.commit(&format!("round {n}"));
+        repo.push("HEAD:refs/heads/main");
         tokio::time::sleep(Duration::from_millis(300)).await;
         let t0 = Instant::now();
         deliver(&http, &base, 2 * n, &push(&sha, "bench")).await;
@@ -163,7 +200,10 @@ async fn first_claim(rounds: usize) {
         harness::run(rig.git(Some(&key)).args(["ls-remote", &url]));
         ls_remote.push(t.elapsed().as_secs_f64() * 1000.0);
     }
-    println!("webhook → first job claimed: {}", stats(&mut hook));
+    println!(
+        "webhook → first job claimed ({files} files, a new commit each time): {}",
+        stats(&mut hook)
+    );
     println!(
         "baseline (a delivery that builds nothing): {}",
         stats(&mut base_line)
