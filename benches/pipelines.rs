@@ -2,9 +2,13 @@
 //! the Bitbucket stand-in for git, Docker and two real agents for the fan-out).
 //!
 //! 1. Webhook received → first job claimed, with an idle agent (this bench, long-polling a
-//!    claim) waiting: signed `repo:push` deliveries of a one-job config, `ROUNDS` times; the
+//!    claim) waiting: signed `repo:push` deliveries of a one-job config in a repository of
+//!    BOSUN_BENCH_REPO_FILES files (default 2,000), a new commit pushed before each, `ROUNDS`
+//!    times; the
 //!    baseline in the same run is a delivery that builds nothing (`[skip ci]`: the webhook's
-//!    own cost, signature and store included).
+//!    own cost, signature and store included), and the floor under the config fetch: `git
+//!    ls-remote` over OpenSSH to the same server (one SSH login and ref advertisement, what
+//!    the coordinator's fetch into its config mirror costs when nothing is new).
 //! 2. A 20-job fan-out/fan-in (`start` → 18 × `mid-N` → `end`, each `sleep 2`) on two real
 //!    agents, against its critical path: for each level, ceil(jobs / 2) × the level's mean job
 //!    run time (as the agents timed them), summed. Ratio = pipeline wall time / that.
@@ -69,9 +73,28 @@ async fn deliver(http: &reqwest::Client, base: &str, n: usize, body: &str) -> se
 /// A coordinator on `config` (pushed to the stand-in's acme/widget main), with webhook
 /// secret; returns (coordinator, base URL, data dir, registration token, head sha).
 fn coordinator(rig: &Rig, dir: &Path, config: &str) -> (Proc, String, PathBuf, String, String) {
+    let (c, base, data, token, sha, _) = coordinator_with(rig, dir, config, 0);
+    (c, base, data, token, sha)
+}
+
+/// [`coordinator`] with `files` more files (~2 KiB of text each, in directories of 100) in
+/// the commit, and the work repository to push more commits from.
+fn coordinator_with(
+    rig: &Rig,
+    dir: &Path,
+    config: &str,
+    files: usize,
+) -> (Proc, String, PathBuf, String, String, harness::WorkRepo) {
     rig.create_repo("acme/widget");
     let repo = rig.work_repo("acme/widget");
     repo.write(".circleci/config.yml", config);
+    for i in 0..files {
+        let line = format!("line of file {i} of the bench repository, to be checked out\n");
+        repo.write(
+            &format!("src/d{}/f{i}.txt", i / 100),
+            &line.repeat(2048 / line.len()),
+        );
+    }
     let sha = repo.commit("config");
     repo.push("HEAD:refs/heads/main");
     let data = dir.join("coordinator");
@@ -96,7 +119,14 @@ fn coordinator(rig: &Rig, dir: &Path, config: &str) -> (Proc, String, PathBuf, S
     }
     let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
     let (child, addr) = harness::spawn_coordinator(&data, "127.0.0.1:0", &extra);
-    (Proc(child), format!("http://{addr}"), data, token, sha)
+    (
+        Proc(child),
+        format!("http://{addr}"),
+        data,
+        token,
+        sha,
+        repo,
+    )
 }
 
 fn stats(v: &mut [f64]) -> String {
@@ -117,7 +147,13 @@ async fn first_claim(rounds: usize) {
         "version: 2.1\njobs:\n  build:\n    docker: [{{image: {}}}]\n    steps: [{{run: 'true'}}]\nworkflows:\n  w:\n    jobs: [build]\n",
         image("base")
     );
-    let (_c, base, _data, token, sha) = coordinator(&rig, dir.path(), &config);
+    // A repository of realistic size, and a new commit for each delivery (as real pushes
+    // are): what the config read costs beyond the SSH round trip shows.
+    let files: usize = std::env::var("BOSUN_BENCH_REPO_FILES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2000);
+    let (_c, base, _data, token, _, repo) = coordinator_with(&rig, dir.path(), &config, files);
     let http = reqwest::Client::new();
     let reg: serde_json::Value = http
         .post(format!("{base}/api/v1/agents/register"))
@@ -141,6 +177,9 @@ async fn first_claim(rounds: usize) {
                 (Instant::now(), r.status().as_u16())
             })
         };
+        repo.write("round", &format!("{n}\n"));
+        let sha = repo.commit(&format!("round {n}"));
+        repo.push("HEAD:refs/heads/main");
         tokio::time::sleep(Duration::from_millis(300)).await;
         let t0 = Instant::now();
         deliver(&http, &base, 2 * n, &push(&sha, "bench")).await;
@@ -151,10 +190,27 @@ async fn first_claim(rounds: usize) {
         deliver(&http, &base, 2 * n + 1, &push(&sha, "bench [skip ci]")).await;
         base_line.push(t1.elapsed().as_secs_f64() * 1000.0);
     }
-    println!("webhook → first job claimed: {}", stats(&mut hook));
+    // The floor under the config fetch: one SSH login and ref advertisement to the same
+    // server with OpenSSH (`git ls-remote`, a deploy key of the repository).
+    let key = rig.deploy_key("acme/widget");
+    let url = rig.ssh_url("acme/widget");
+    let mut ls_remote = Vec::new();
+    for _ in 0..rounds {
+        let t = Instant::now();
+        harness::run(rig.git(Some(&key)).args(["ls-remote", &url]));
+        ls_remote.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    println!(
+        "webhook → first job claimed ({files} files, a new commit each time): {}",
+        stats(&mut hook)
+    );
     println!(
         "baseline (a delivery that builds nothing): {}",
         stats(&mut base_line)
+    );
+    println!(
+        "git ls-remote over OpenSSH to the same stand-in: {}",
+        stats(&mut ls_remote)
     );
 }
 

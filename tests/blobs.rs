@@ -14,10 +14,9 @@ use bosun::agent::client::Client;
 use bosun::protocol::{BlobAck, ClaimResponse, WireJob};
 use bosun::store::remote::Remote;
 use bosun::store::BlobId;
-use harness::{image, Rig};
+use harness::{image, Coordinator, Rig};
 use sha2::{Digest, Sha256};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn sha256(b: &[u8]) -> String {
@@ -38,40 +37,6 @@ fn noise(n: usize, seed: u64) -> Vec<u8> {
             (x >> 24) as u8
         })
         .collect()
-}
-
-struct Coordinator {
-    data: PathBuf,
-    addr: String,
-    child: Child,
-}
-
-impl Coordinator {
-    fn start(data: &Path, extra: &[&str]) -> Coordinator {
-        let mut args = vec!["--lease-secs", "10"];
-        args.extend_from_slice(extra);
-        let (child, addr) = harness::spawn_coordinator(data, "127.0.0.1:0", &args);
-        Coordinator {
-            data: data.to_path_buf(),
-            addr,
-            child,
-        }
-    }
-
-    fn cli(&self, args: &[&str]) -> String {
-        harness::coordinator_cli(&self.data, args)
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-}
-
-impl Drop for Coordinator {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 // ---- the protocol level: an agent written here, with the agent's own blob client ----
@@ -140,8 +105,8 @@ impl Caller {
 
 /// A coordinator with projects acme/widget and acme/gadget (no keys: nothing is checked
 /// out) and a registration token.
-fn coordinator(dir: &Path, extra: &[&str]) -> (Coordinator, String) {
-    let c = Coordinator::start(&dir.join("coordinator"), extra);
+fn coordinator(extra: &[&str]) -> (Coordinator, String) {
+    let c = Coordinator::builder().args(extra).start();
     for slug in ["acme/widget", "acme/gadget"] {
         c.cli(&[
             "project",
@@ -182,8 +147,7 @@ fn cut_body(data: Vec<u8>) -> reqwest::Body {
 
 #[tokio::test]
 async fn an_upload_cut_mid_way_resumes_and_a_download_resumes_with_range() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (c, token) = coordinator(dir.path(), &[]);
+    let (c, token) = coordinator(&[]);
     let a = Caller::register(&c, &token, "one").await;
     enqueue(&c, "acme/widget", &[]);
     let job = a.claim().await;
@@ -264,7 +228,7 @@ async fn an_upload_cut_mid_way_resumes_and_a_download_resumes_with_range() {
     assert_eq!(gap.status(), 409);
 
     // The agent's client resumes from there and sends only the rest.
-    let file = dir.path().join("blob.bin");
+    let file = c.dir().join("blob.bin");
     std::fs::write(&file, &data).expect("write");
     let store = a.store(&c, &job).with_piece(1024 * 1024);
     let up = store
@@ -282,7 +246,7 @@ async fn an_upload_cut_mid_way_resumes_and_a_download_resumes_with_range() {
     assert!(again.already && again.sent == 0, "{again:?}");
 
     // A download interrupted after 1000 bytes continues from there (Range), and ends whole.
-    let part = dir.path().join("download.part");
+    let part = c.dir().join("download.part");
     std::fs::write(&part, &data[..1000]).expect("partial");
     store
         .download(&BlobId(sha.clone()), size, &part)
@@ -305,8 +269,7 @@ async fn an_upload_cut_mid_way_resumes_and_a_download_resumes_with_range() {
 
 #[tokio::test]
 async fn a_corrupt_blob_is_refused_and_the_quota_is_enforced_with_a_clear_error() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (c, token) = coordinator(dir.path(), &["--blob-quota", "4MiB"]);
+    let (c, token) = coordinator(&["--blob-quota", "4MiB"]);
     let a = Caller::register(&c, &token, "one").await;
     enqueue(&c, "acme/widget", &[]);
     let job = a.claim().await;
@@ -355,7 +318,7 @@ async fn a_corrupt_blob_is_refused_and_the_quota_is_enforced_with_a_clear_error(
         404
     );
     // The agent's client reports it as corruption, not as something to retry for ever.
-    let file = dir.path().join("corrupt.bin");
+    let file = c.dir().join("corrupt.bin");
     let mut bad = data.clone();
     bad[0] ^= 1;
     std::fs::write(&file, &bad).expect("write");
@@ -368,7 +331,7 @@ async fn a_corrupt_blob_is_refused_and_the_quota_is_enforced_with_a_clear_error(
 
     // 3 MiB fits the 4 MiB quota; 2 MiB more do not, refused before a byte is sent.
     let first = noise(3 * 1024 * 1024, 3);
-    let file = dir.path().join("first.bin");
+    let file = c.dir().join("first.bin");
     std::fs::write(&file, &first).expect("write");
     let store = a.store(&c, &job);
     store
@@ -397,7 +360,7 @@ async fn a_corrupt_blob_is_refused_and_the_quota_is_enforced_with_a_clear_error(
             && text.contains("--blob-quota"),
         "{text}"
     );
-    let file = dir.path().join("second.bin");
+    let file = c.dir().join("second.bin");
     std::fs::write(&file, &second).expect("write");
     let e = store
         .upload(&file, &BlobId(sha256(&second)), second.len() as u64)
@@ -408,8 +371,7 @@ async fn a_corrupt_blob_is_refused_and_the_quota_is_enforced_with_a_clear_error(
 
 #[tokio::test]
 async fn a_forked_pull_request_cannot_write_a_cache_and_no_job_reads_another_projects_blob() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (c, token) = coordinator(dir.path(), &[]);
+    let (c, token) = coordinator(&[]);
     let a = Caller::register(&c, &token, "one").await;
     let b = Caller::register(&c, &token, "two").await;
 
@@ -418,7 +380,7 @@ async fn a_forked_pull_request_cannot_write_a_cache_and_no_job_reads_another_pro
     let gadget = a.claim().await;
     let secret = noise(50_000, 5);
     let secret_sha = sha256(&secret);
-    let file = dir.path().join("secret.bin");
+    let file = c.dir().join("secret.bin");
     std::fs::write(&file, &secret).expect("write");
     a.store(&c, &gadget)
         .upload(&file, &BlobId(secret_sha.clone()), secret.len() as u64)
@@ -440,7 +402,7 @@ async fn a_forked_pull_request_cannot_write_a_cache_and_no_job_reads_another_pro
     );
     let poison = noise(10_000, 6);
     let poison_sha = sha256(&poison);
-    let file = dir.path().join("poison.bin");
+    let file = c.dir().join("poison.bin");
     std::fs::write(&file, &poison).expect("write");
     let fork_store = a.store(&c, &fork);
     fork_store
@@ -526,7 +488,7 @@ async fn a_forked_pull_request_cannot_write_a_cache_and_no_job_reads_another_pro
         .expect("get");
     assert_eq!(r.status(), 403);
     // Its own agent reads it.
-    let part = dir.path().join("back.part");
+    let part = c.dir().join("back.part");
     a.store(&c, &gadget)
         .download(&BlobId(secret_sha.clone()), secret.len() as u64, &part)
         .await
@@ -535,68 +497,6 @@ async fn a_forked_pull_request_cannot_write_a_cache_and_no_job_reads_another_pro
 }
 
 // ---- end to end: two real agents, real Docker, the Bitbucket stand-in ----
-
-struct Agent {
-    child: Child,
-    log: PathBuf,
-    store: PathBuf,
-}
-
-impl Agent {
-    fn start(dir: &Path, c: &Coordinator, rig: &Rig, token_file: &Path, name: &str) -> Agent {
-        let root = dir.join(name);
-        std::fs::create_dir_all(&root).expect("agent dir");
-        let vcs: Vec<String> = rig
-            .vcs_host_mapping()
-            .iter()
-            .map(|m| format!("{m:?}"))
-            .collect();
-        let config = root.join("agent.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "coordinator_url = \"http://{addr}\"\nregistration_token_file = {tf:?}\nname = \"{name}\"\nlabels = [\"{name}\"]\nstate_dir = {sd:?}\nspool_dir = {sp:?}\nstore_dir = {st:?}\nwork_dir = {wd:?}\nnetwork = {net:?}\nvcs_hosts = [{vcs}]\nconcurrency = 1\nheartbeat_secs = 1\nclaim_wait_secs = 2\nkill_grace_secs = 1\nssh_gateway_listen = \"off\"\n",
-                addr = c.addr,
-                tf = token_file,
-                sd = root.join("state"),
-                sp = root.join("spool"),
-                st = root.join("store"),
-                wd = root.join("work"),
-                net = rig.network,
-                vcs = vcs.join(", "),
-            ),
-        )
-        .expect("agent config");
-        let log = root.join("agent.log");
-        let child = Command::new(harness::bosun_bin())
-            .args(["agent", "--config"])
-            .arg(&config)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("log"))
-            .spawn()
-            .expect("agent");
-        Agent {
-            child,
-            log,
-            store: root.join("store"),
-        }
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!(
-                "---- {} ----\n{}",
-                self.log.display(),
-                std::fs::read_to_string(&self.log).unwrap_or_default()
-            );
-        }
-    }
-}
 
 fn wait_final(c: &Coordinator, job: &str) -> (String, String) {
     let t0 = Instant::now();
@@ -681,18 +581,15 @@ jobs:
     );
     repo.commit("config");
     repo.push("HEAD:refs/heads/main");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let c = Coordinator::start(&dir.path().join("coordinator"), &[]);
-    let token = harness::add_stand_in_project(
+    let c = Coordinator::start();
+    harness::add_stand_in_project(
         &c.data,
         &rig,
         "acme/widget",
         &["--env", &format!("JUNIT={JUNIT}")],
     );
-    let token_file = dir.path().join("registration-token");
-    std::fs::write(&token_file, format!("{token}\n")).expect("token file");
-    let one = Agent::start(dir.path(), &c, &rig, &token_file, "one");
-    let two = Agent::start(dir.path(), &c, &rig, &token_file, "two");
+    let one = c.agent(&rig, "one").labels(&["one"]).start();
+    let two = c.agent(&rig, "two").labels(&["two"]).start();
     let enqueue = |job: &str, extra: &[&str]| harness::enqueue_job(&c.data, job, extra);
 
     // The workspace: persisted by a job on agent one, attached by a job on agent two.

@@ -9,20 +9,10 @@
 mod harness;
 
 use bosun::coordinator::store::Store;
-use harness::{image, Rig};
+use harness::{image, Coordinator, Rig};
 use jsonwebtoken::{decode, decode_header, jwk::JwkSet, Algorithm, DecodingKey, Validation};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn http_get(addr: &str, path: &str) -> (u16, String) {
     use std::io::{Read, Write};
@@ -202,8 +192,6 @@ jobs:
     );
     repo.commit("config");
     repo.push("HEAD:refs/heads/main");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let data = dir.path().join("coordinator");
     // The issuer names the listener, so pick its port first.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -211,19 +199,11 @@ jobs:
         .port();
     let listen = format!("127.0.0.1:{port}");
     let issuer = format!("http://{listen}");
-    let (child, addr) = harness::spawn_coordinator(
-        &data,
-        &listen,
-        &[
-            "--lease-secs",
-            "10",
-            "--oidc-issuer",
-            &issuer,
-            "--oidc-token-lifetime",
-            "10m",
-        ],
-    );
-    let _coordinator = Killed(child);
+    let c = Coordinator::builder()
+        .listen(&listen)
+        .args(&["--oidc-issuer", &issuer, "--oidc-token-lifetime", "10m"])
+        .start();
+    let (data, addr) = (&c.data, &c.addr);
     // The key file lies beside the data directory, owner-only.
     let key_file = PathBuf::from(format!("{}.oidc-keys", data.display()));
     {
@@ -234,47 +214,14 @@ jobs:
             .mode();
         assert_eq!(mode & 0o777, 0o600);
     }
-    let token = harness::add_stand_in_project(&data, &rig, "acme/widget", &[]);
-    let token_file = dir.path().join("registration-token");
-    std::fs::write(&token_file, format!("{token}\n")).expect("token file");
-    let root = dir.path();
-    let vcs: Vec<String> = rig
-        .vcs_host_mapping()
-        .iter()
-        .map(|m| format!("{m:?}"))
-        .collect();
-    let agent_config = root.join("agent.toml");
-    std::fs::write(
-        &agent_config,
-        format!(
-            "coordinator_url = \"http://{addr}\"\nregistration_token_file = {tf:?}\nname = \"oidc\"\nstate_dir = {sd:?}\nspool_dir = {sp:?}\nstore_dir = {st:?}\nwork_dir = {wd:?}\nnetwork = {net:?}\nvcs_hosts = [{vcs}]\nconcurrency = 1\nheartbeat_secs = 1\nclaim_wait_secs = 2\nkill_grace_secs = 1\nssh_gateway_listen = \"off\"\n",
-            tf = token_file,
-            sd = root.join("state"),
-            sp = root.join("spool"),
-            st = root.join("store"),
-            wd = root.join("work"),
-            net = rig.network,
-            vcs = vcs.join(", "),
-        ),
-    )
-    .expect("agent config");
-    let agent_log = std::fs::File::create(root.join("agent.log")).expect("agent log");
-    let _agent = Killed(
-        Command::new(harness::bosun_bin())
-            .args(["agent", "--config"])
-            .arg(&agent_config)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(agent_log)
-            .spawn()
-            .expect("agent"),
-    );
+    harness::add_stand_in_project(data, &rig, "acme/widget", &[]);
+    let agent = c.agent(&rig, "oidc").start();
 
-    let first = harness::enqueue_job(&data, "build", &[]);
-    wait_done(&data, &first);
-    let first_log = log(&data, &first);
-    let v1 = artifact(&root.join("store"), &first, "v1");
-    let v2 = artifact(&root.join("store"), &first, "v2");
+    let first = harness::enqueue_job(data, "build", &[]);
+    wait_done(data, &first);
+    let first_log = log(data, &first);
+    let v1 = artifact(&agent.store, &first, "v1");
+    let v2 = artifact(&agent.store, &first, "v2");
     assert_eq!(v1.split('.').count(), 3, "{v1}");
     // Masked in the log like any secret.
     assert!(first_log.contains("token: ********"), "{first_log}");
@@ -282,7 +229,7 @@ jobs:
     let project = printed(&first_log, "project");
     let org = printed(&first_log, "organization");
 
-    let keys = jwks(&addr, &issuer);
+    let keys = jwks(addr, &issuer);
     assert_eq!(keys.keys.len(), 1);
     // The user id is the coordinator's; the rest of the subject is what the job saw itself.
     let unverified: serde_json::Value = {
@@ -325,12 +272,12 @@ jobs:
     verify(&v2, &keys, &issuer, &org, &want_v2);
 
     // Rotate: the running server signs with the new key and still publishes the old one.
-    let out = harness::coordinator_cli(&data, &["oidc", "rotate"]);
+    let out = c.cli(&["oidc", "rotate"]);
     assert!(out.starts_with("new signing key "), "{out}");
-    let second = harness::enqueue_job(&data, "build", &[]);
-    wait_done(&data, &second);
-    let v1_second = artifact(&root.join("store"), &second, "v1");
-    let keys = jwks(&addr, &issuer);
+    let second = harness::enqueue_job(data, "build", &[]);
+    wait_done(data, &second);
+    let v1_second = artifact(&agent.store, &second, "v1");
+    let keys = jwks(addr, &issuer);
     assert_eq!(keys.keys.len(), 2, "old and new key");
     let old_kid = decode_header(&v1).expect("header").kid;
     let new_kid = decode_header(&v1_second).expect("header").kid;
@@ -338,7 +285,7 @@ jobs:
     assert!(out.contains(new_kid.as_deref().unwrap_or("?")), "{out}");
     verify(&v1, &keys, &issuer, &org, &sub_v1);
     verify(&v1_second, &keys, &issuer, &org, &sub_v1);
-    let listed = harness::coordinator_cli(&data, &["oidc", "keys"]);
+    let listed = c.cli(&["oidc", "keys"]);
     assert_eq!(listed.lines().count(), 2, "{listed}");
     assert!(
         listed.contains("signing") && listed.contains("retired"),
@@ -348,13 +295,10 @@ jobs:
 
 #[test]
 fn without_an_issuer_there_is_no_discovery_and_no_token() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let data = dir.path().join("coordinator");
-    let (child, addr) = harness::spawn_coordinator(&data, "127.0.0.1:0", &[]);
-    let _c = Killed(child);
-    let (code, body) = http_get(&addr, "/.well-known/openid-configuration");
+    let c = Coordinator::builder().no_defaults().start();
+    let (code, body) = http_get(&c.addr, "/.well-known/openid-configuration");
     assert_eq!(code, 404, "{body}");
-    assert!(!Path::new(&format!("{}.oidc-keys", data.display())).exists());
+    assert!(!Path::new(&format!("{}.oidc-keys", c.data.display())).exists());
 }
 
 #[test]

@@ -7,23 +7,14 @@ mod harness;
 
 use bosun::coordinator::bitbucket::signature::sign;
 use bosun::coordinator::store::Store;
-use harness::{image, Rig};
+use harness::{image, Agent, Coordinator, Rig};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const UUID: &str = "{5c1c7b2e-4a8f-4f7e-9b1d-2d6c0d9e7a11}";
 const SECRET: &str = "webhook-secret-7f3a";
-
-struct Proc(Child);
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// Bitbucket's REST API as far as statuses go: records (path, authorization, body).
 #[derive(Clone, Default)]
@@ -76,71 +67,43 @@ impl Recorder {
     }
 }
 
+/// Fields drop in order: the agents, then the coordinator, then the stand-in and its network.
 struct Setup {
-    /// Kept for its drop: the stand-in and its network go with the test.
-    _rig: Rig,
     repo: harness::WorkRepo,
-    dir: tempfile::TempDir,
     data: PathBuf,
     addr: String,
-    _coordinator: Proc,
-    _agents: Vec<Proc>,
+    agents: Vec<Agent>,
+    c: Coordinator,
     statuses: Recorder,
-}
-
-fn agent_config(dir: &Path, name: &str, addr: &str, token_file: &Path, rig: &Rig) -> PathBuf {
-    let root = dir.join(name);
-    std::fs::create_dir_all(&root).expect("agent dir");
-    let vcs: Vec<String> = rig
-        .vcs_host_mapping()
-        .iter()
-        .map(|m| format!("{m:?}"))
-        .collect();
-    let config = root.join("agent.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "coordinator_url = \"http://{addr}\"\nregistration_token_file = {tf:?}\nname = \"{name}\"\nstate_dir = {sd:?}\nspool_dir = {sp:?}\nstore_dir = {st:?}\nwork_dir = {wd:?}\nnetwork = {net:?}\nvcs_hosts = [{vcs}]\nconcurrency = 1\nheartbeat_secs = 1\nclaim_wait_secs = 2\nkill_grace_secs = 1\n",
-            tf = token_file,
-            sd = root.join("state"),
-            sp = root.join("spool"),
-            st = root.join("store"),
-            wd = root.join("work"),
-            net = rig.network,
-            vcs = vcs.join(", "),
-        ),
-    )
-    .expect("agent config");
-    config
-}
-
-fn start_agent(config: &Path) -> Proc {
-    let log = std::fs::File::create(config.with_extension("log")).expect("agent log");
-    Proc(
-        Command::new(harness::bosun_bin())
-            .args(["agent", "--config"])
-            .arg(config)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("agent"),
-    )
+    _rig: Rig,
 }
 
 /// Project acme/widget (UUID, deploy key, a secret env value, webhook secret, statuses to
-/// the recorder), a coordinator, and `agents` agents.
+/// the recorder), a coordinator, and `agents` agents (each labelled with its name).
 fn setup(config: &str, agents: &[&str], settings: &[&str]) -> Setup {
+    setup_with(config, settings, |c, rig| {
+        agents
+            .iter()
+            .map(|n| c.agent(rig, n).labels(&[n]).start())
+            .collect()
+    })
+}
+
+/// [`setup`] with the agents `start` starts.
+fn setup_with(
+    config: &str,
+    settings: &[&str],
+    start: impl FnOnce(&Coordinator, &Rig) -> Vec<Agent>,
+) -> Setup {
     let rig = Rig::start();
     rig.create_repo("acme/widget");
     let repo = rig.work_repo("acme/widget");
     repo.write(".circleci/config.yml", config);
     repo.commit("config");
     repo.push("HEAD:refs/heads/main");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let data = dir.path().join("coordinator");
-    let token = harness::add_stand_in_project(
-        &data,
+    let c = Coordinator::builder().vcs_hosts(&rig).start();
+    harness::add_stand_in_project(
+        &c.data,
         &rig,
         "acme/widget",
         &[
@@ -151,9 +114,9 @@ fn setup(config: &str, agents: &[&str], settings: &[&str]) -> Setup {
         ],
     );
     let (statuses, api) = Recorder::start();
-    let secret_file = dir.path().join("webhook-secret");
+    let secret_file = c.dir().join("webhook-secret");
     std::fs::write(&secret_file, SECRET).expect("secret");
-    let creds = dir.path().join("status-creds");
+    let creds = c.dir().join("status-creds");
     std::fs::write(&creds, "bosun-bot:app-password-9").expect("creds");
     let mut args = vec![
         "project",
@@ -168,29 +131,16 @@ fn setup(config: &str, agents: &[&str], settings: &[&str]) -> Setup {
         creds.to_str().expect("utf8"),
     ];
     args.extend_from_slice(settings);
-    harness::coordinator_cli(&data, &args);
-    let mut extra: Vec<String> = vec!["--lease-secs".into(), "10".into()];
-    for m in rig.vcs_host_mapping() {
-        extra.push("--vcs-host".into());
-        extra.push(m);
-    }
-    let extra_ref: Vec<&str> = extra.iter().map(String::as_str).collect();
-    let (child, addr) = harness::spawn_coordinator(&data, "127.0.0.1:0", &extra_ref);
-    let token_file = dir.path().join("registration-token");
-    std::fs::write(&token_file, format!("{token}\n")).expect("token file");
-    let agents = agents
-        .iter()
-        .map(|n| start_agent(&agent_config(dir.path(), n, &addr, &token_file, &rig)))
-        .collect();
+    c.cli(&args);
+    let agents = start(&c, &rig);
     Setup {
-        _rig: rig,
         repo,
-        dir,
-        data,
-        addr,
-        _coordinator: Proc(child),
-        _agents: agents,
+        data: c.data.clone(),
+        addr: c.addr.clone(),
+        agents,
+        c,
         statuses,
+        _rig: rig,
     }
 }
 
@@ -406,7 +356,8 @@ async fn a_signed_push_runs_its_workflow_across_two_agents_with_approval_blockin
                     .and_then(|r| r.agent_name)
             })
             .collect();
-    assert_eq!(agents.len(), 2, "one agent ran everything: {agents:?}");
+    let all: std::collections::BTreeSet<String> = s.agents.iter().map(|a| a.name.clone()).collect();
+    assert_eq!(agents, all, "one agent ran everything");
     let log =
         String::from_utf8_lossy(&st.log_from(job_id(&p, "test-2"), 0).expect("log")).into_owned();
     assert!(log.contains("test 2 of pipeline 1"), "{log}");
@@ -493,16 +444,15 @@ async fn a_signed_push_runs_its_workflow_across_two_agents_with_approval_blockin
         .expect("pipeline");
     assert_eq!(p2.project, "acme/gadget");
     assert_eq!(p2.number, 2);
-    let listed = harness::coordinator_cli(&s.data, &["pipelines", "--project", "acme/widget"]);
+    let listed = s.c.cli(&["pipelines", "--project", "acme/widget"]);
     assert!(listed.contains("acme/gadget#2"), "{listed}");
-    harness::coordinator_cli(&s.data, &["cancel-pipeline", "acme/widget#2"]);
+    s.c.cli(&["cancel-pipeline", "acme/widget#2"]);
     wait_pipeline(
         &s.data,
         id2,
         &["canceled", "errored", "failed"],
         Duration::from_secs(60),
     );
-    let _ = &s.dir;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -571,7 +521,7 @@ async fn tags_forks_skips_and_a_config_that_does_not_compile() {
     let log =
         String::from_utf8_lossy(&st.log_from(job_id(&p, "build"), 0).expect("log")).into_owned();
     assert!(log.contains("built for contrib with token=none"), "{log}");
-    harness::coordinator_cli(&s.data, &["cancel-pipeline", &id.to_string()]);
+    s.c.cli(&["cancel-pipeline", &id.to_string()]);
 
     // A config that does not compile errors the pipeline with the compiler's position.
     repo.checkout("main");
@@ -605,5 +555,371 @@ async fn tags_forks_skips_and_a_config_that_does_not_compile() {
         .await
         .expect("text");
     assert!(page.contains(".circleci/config.yml:5:"), "{page}");
-    let _ = &s.dir;
+
+    // The config mirror holds the repository now, but once the project's deploy key is
+    // replaced by one the repository does not know, it gets nothing of the mirror: the fetch
+    // with the project's keys comes first, every time.
+    s.c.cli(&["project", "keys", "rotate", "--slug", "acme/widget"]);
+    let out =
+        s.c.cli(&["trigger", "--project", "acme/widget", "--ref", "main"]);
+    let id: i64 = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{out}"));
+    let p = wait_pipeline(&s.data, id, &["errored"], Duration::from_secs(60));
+    let err = p.error.clone().unwrap_or_default();
+    assert!(err.contains("cannot fetch the config"), "{err}");
+    let mirrors = s.data.join("config-mirrors/mirrors");
+    assert!(
+        std::fs::read_dir(&mirrors).is_ok_and(|mut d| d.next().is_some()),
+        "no config mirror under {}",
+        mirrors.display()
+    );
+}
+
+/// The agent that ran job `name` of pipeline `p`.
+fn ran_on(
+    data: &Path,
+    p: &bosun::coordinator::store::pipelines::PipelineRow,
+    name: &str,
+) -> String {
+    store(data)
+        .job(job_id(p, name))
+        .expect("job")
+        .and_then(|j| j.agent_name)
+        .unwrap_or_else(|| format!("<no agent for {name}>"))
+}
+
+fn log_of(
+    data: &Path,
+    p: &bosun::coordinator::store::pipelines::PipelineRow,
+    name: &str,
+) -> String {
+    String::from_utf8_lossy(&store(data).log_from(job_id(p, name), 0).expect("log")).into_owned()
+}
+
+/// A workflow's workspace crosses agents: `make` persists a file on the agent of runner class
+/// `acme/one`, its dependant `use` runs on the agent of class `acme/two` (a job's
+/// `resource_class: namespace/name` picks the agents registered with that class, as CircleCI
+/// routes jobs to its self-hosted runners) and attaches it. Another pipeline's workflow has a
+/// workspace of its own.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_workspace_persisted_on_one_agent_is_attached_by_a_dependant_on_the_other() {
+    let img = image("base");
+    let nonce = format!("handed-over-{}", harness::new_run_id());
+    let config = format!(
+        r#"version: 2.1
+jobs:
+  make:
+    docker: [{{image: {img}}}]
+    resource_class: acme/one
+    steps:
+      - run: mkdir -p /tmp/ws/out && echo "{nonce} from pipeline << pipeline.number >>" > /tmp/ws/out/hand.txt
+      - persist_to_workspace: {{root: /tmp/ws, paths: [out]}}
+  use:
+    docker: [{{image: {img}}}]
+    resource_class: acme/two
+    steps:
+      - attach_workspace: {{at: /tmp/got}}
+      - run: echo "got [$(cat /tmp/got/out/hand.txt)]"
+workflows:
+  hand-over:
+    jobs:
+      - make
+      - use: {{requires: [make]}}
+"#
+    );
+    let s = setup_with(&config, &[], |c, rig| {
+        vec![
+            c.agent(rig, "agent-one").resource_class("acme/one").start(),
+            c.agent(rig, "agent-two").resource_class("acme/two").start(),
+        ]
+    });
+    let sha = s.repo.head();
+    let mut ids = Vec::new();
+    for n in 1..=2 {
+        let body = push_payload("acme/widget", "branch", "main", &sha, "config");
+        let (code, answer) =
+            deliver(&s.addr, "repo:push", &format!("{{w-{n}}}"), &body, SECRET).await;
+        assert_eq!(code, 202, "{answer}");
+        ids.push(answer["pipelines"][0]["id"].as_i64().expect("pipeline id"));
+    }
+    for (n, id) in ids.iter().enumerate() {
+        let p = wait_pipeline(
+            &s.data,
+            *id,
+            &["success", "failed", "errored", "canceled"],
+            Duration::from_secs(180),
+        );
+        let log = log_of(&s.data, &p, "use");
+        assert_eq!(p.status.as_str(), "success", "{p:#?}\n{log}");
+        assert_eq!(ran_on(&s.data, &p, "make"), "agent-one");
+        assert_eq!(ran_on(&s.data, &p, "use"), "agent-two");
+        // Its own pipeline's file, not the other's (each workflow has its workspace).
+        let want = format!("got [{nonce} from pipeline {}]", n + 1);
+        assert!(log.contains(&want), "want {want:?} in:\n{log}");
+        assert!(log.contains("of workspace from the coordinator"), "{log}");
+    }
+    assert_eq!(s.agents.len(), 2);
+}
+
+/// (started, finished) of job `name` of pipeline `p`, in the coordinator's milliseconds.
+fn interval(
+    data: &Path,
+    p: &bosun::coordinator::store::pipelines::PipelineRow,
+    name: &str,
+) -> (i64, i64) {
+    let j = store(data)
+        .job(job_id(p, name))
+        .expect("job")
+        .unwrap_or_else(|| panic!("no job row for {name}"));
+    match (j.started, j.finished) {
+        (Some(s), Some(f)) => (s, f),
+        other => panic!("{name} has no whole run interval: {other:?}"),
+    }
+}
+
+fn overlap(a: (i64, i64), b: (i64, i64)) -> bool {
+    a.0 < b.1 && b.0 < a.1
+}
+
+/// `serial-group`: the `deploy` jobs of two pipelines of the project run one at a time, the
+/// older pipeline's first, although three agents are idle, while the `free` jobs (in no
+/// group) run beside them. Without the group the three agents would run both deploys at once.
+#[tokio::test(flavor = "multi_thread")]
+async fn serial_group_jobs_of_two_pipelines_run_one_at_a_time_while_others_overlap() {
+    let img = image("base");
+    let config = format!(
+        r#"version: 2.1
+jobs:
+  deploy:
+    docker: [{{image: {img}}}]
+    steps: [{{run: echo deploying; sleep 4}}]
+  free:
+    docker: [{{image: {img}}}]
+    steps: [{{run: echo free; sleep 4}}]
+workflows:
+  ship:
+    jobs:
+      - deploy: {{serial-group: prod/deploy}}
+      - free
+"#
+    );
+    let s = setup(&config, &["agent-a", "agent-b", "agent-c"], &[]);
+    let sha = s.repo.head();
+    let mut ids = Vec::new();
+    for n in 1..=2 {
+        let body = push_payload("acme/widget", "branch", "main", &sha, "config");
+        let (code, answer) =
+            deliver(&s.addr, "repo:push", &format!("{{s-{n}}}"), &body, SECRET).await;
+        assert_eq!(code, 202, "{answer}");
+        ids.push(answer["pipelines"][0]["id"].as_i64().expect("pipeline id"));
+    }
+    // While the first deploy runs, the second waits without a job row, saying why.
+    let t0 = Instant::now();
+    let mut saw_wait = false;
+    loop {
+        let first = store(&s.data).pipeline(ids[0]).expect("read").expect("p1");
+        let second = store(&s.data).pipeline(ids[1]).expect("read").expect("p2");
+        let waiting = second
+            .workflows
+            .iter()
+            .flat_map(|w| &w.jobs)
+            .find(|j| j.name == "deploy")
+            .filter(|j| j.job_id.is_none() && j.status.as_str() == "queued")
+            .and_then(|j| j.reason.clone());
+        if job_status(&first, "deploy") == "running" {
+            if let Some(reason) = waiting {
+                assert!(reason.contains("serial group prod/deploy"), "{reason}");
+                saw_wait = true;
+                break;
+            }
+        }
+        if matches!(job_status(&first, "deploy").as_str(), "success" | "failed") {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(120), "{first:#?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let done: Vec<_> = ids
+        .iter()
+        .map(|id| {
+            wait_pipeline(
+                &s.data,
+                *id,
+                &["success", "failed", "errored", "canceled"],
+                Duration::from_secs(180),
+            )
+        })
+        .collect();
+    for p in &done {
+        assert_eq!(p.status.as_str(), "success", "{p:#?}");
+    }
+    let deploys: Vec<(i64, i64)> = done
+        .iter()
+        .map(|p| interval(&s.data, p, "deploy"))
+        .collect();
+    let frees: Vec<(i64, i64)> = done.iter().map(|p| interval(&s.data, p, "free")).collect();
+    assert!(
+        !overlap(deploys[0], deploys[1]),
+        "the serial group's jobs overlapped: {deploys:?}"
+    );
+    assert!(
+        deploys[0].1 <= deploys[1].0,
+        "the older pipeline's deploy goes first: {deploys:?}"
+    );
+    assert!(
+        frees
+            .iter()
+            .any(|f| deploys.iter().any(|d| overlap(*f, *d))),
+        "a job outside the group ran beside a deploy: deploys {deploys:?}, free {frees:?}"
+    );
+    assert!(
+        saw_wait,
+        "the second deploy was never seen waiting its turn"
+    );
+}
+
+/// The pipeline page in headless Chromium while the pipeline runs: the workflow's graph (a
+/// node per job, an edge per `requires`), `build` turning from queued/running to success and
+/// `hold` to on_hold without a reload, then the approve button: refused without a login (the
+/// page says so, and the server answers 401 to a request without a token or with a wrong
+/// one), and with an operator's token typed into the login form it approves `hold`, after
+/// which `deploy` runs and the page shows the pipeline's success, still without a reload.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_pipeline_page_follows_the_run_and_approves_with_an_operator_login_in_chromium() {
+    if harness::chromium().is_none() {
+        eprintln!("skipped: no chromium installed");
+        return;
+    }
+    let img = image("base");
+    let config = format!(
+        r#"version: 2.1
+jobs:
+  build:
+    docker: [{{image: {img}}}]
+    steps: [{{run: echo building; sleep 6}}]
+  deploy:
+    docker: [{{image: {img}}}]
+    steps: [{{run: echo deployed}}]
+workflows:
+  release:
+    jobs:
+      - build
+      - hold: {{type: approval, requires: [build]}}
+      - deploy: {{requires: [hold]}}
+"#
+    );
+    let s = setup(&config, &["agent-a"], &[]);
+    let operator = s.c.cli(&["operator", "new", "ops-ada"]);
+    let sha = s.repo.head();
+    let body = push_payload("acme/widget", "branch", "main", &sha, "config");
+    let (code, answer) = deliver(&s.addr, "repo:push", "{p-1}", &body, SECRET).await;
+    assert_eq!(code, 202, "{answer}");
+    let id = answer["pipelines"][0]["id"].as_i64().expect("pipeline id");
+    // Open the page once the workflow is recorded and build has not finished.
+    let t0 = Instant::now();
+    loop {
+        let p = store(&s.data)
+            .pipeline(id)
+            .expect("read")
+            .expect("pipeline");
+        if matches!(job_status(&p, "build").as_str(), "queued" | "running") {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(60), "{p:#?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let url = format!("http://{}/pipelines/{id}", s.addr);
+    let api = format!("http://{}/pipelines/{id}/approve", s.addr);
+    let data = s.data.clone();
+
+    let seen = harness::with_browser(180, move |b| {
+        b.open(&url);
+        let wf = "section[data-workflow=\"release\"]";
+        let graph = b.eval(&format!(
+            "(() => {{ const w = document.querySelector('{wf}'); const nodes = \
+             [...w.querySelectorAll('svg.wf-graph g.pjob')].map(g => g.getAttribute('data-job')); \
+             return {{nodes, edges: w.querySelectorAll('svg.wf-graph line.edge').length, \
+             build: w.querySelector('[data-job=\"build\"]').getAttribute('data-status')}}; }})()"
+        ));
+        // A reload would lose this.
+        b.eval("window.__sameLoad = 'yes'");
+        b.wait_for(&format!(
+            "document.querySelector('{wf} [data-job=\"build\"]').getAttribute('data-status') === 'success' \
+             && document.querySelector('{wf} [data-job=\"hold\"] .pjob-status').textContent === 'on_hold' \
+             && !document.querySelector('button[data-approve=\"hold\"]').hidden"
+        ));
+        // Approve without a login: the page refuses, nothing is sent.
+        b.click("button[data-approve=\"hold\"]");
+        b.wait_for("document.getElementById('action-result').textContent.includes('log in')");
+        let without = b.eval("document.getElementById('action-result').textContent");
+        // The server refuses a request without a token and one with a wrong token.
+        let no_token = b.eval(&format!(
+            "fetch({api}, {{method: 'POST', headers: {{'Content-Type': 'application/json'}}, \
+             body: JSON.stringify({{job: 'hold'}})}}).then(r => r.status)",
+            api = serde_json::json!(api)
+        ));
+        b.click("#token");
+        b.type_text("not-an-operator-token");
+        b.key("Enter", 13, "\r");
+        b.wait_for("document.getElementById('action-result').textContent.includes('kept')");
+        b.click("button[data-approve=\"hold\"]");
+        b.wait_for("document.getElementById('action-result').textContent.startsWith('refused')");
+        let wrong = b.eval("document.getElementById('action-result').textContent");
+        let held = store(&data).pipeline(id).expect("read").expect("pipeline");
+        let still_held = job_status(&held, "hold");
+        // The operator logs in and approves.
+        b.click("#token");
+        b.type_text(&operator);
+        b.key("Enter", 13, "\r");
+        b.wait_for("document.getElementById('action-result').textContent.includes('kept')");
+        b.click("button[data-approve=\"hold\"]");
+        b.wait_for("document.getElementById('action-result').textContent.startsWith('approved')");
+        let approved = b.eval("document.getElementById('action-result').textContent");
+        b.wait_for(&format!(
+            "document.querySelector('{wf} [data-job=\"deploy\"]').getAttribute('data-status') === 'success' \
+             && document.getElementById('pipeline-status').textContent === 'success'"
+        ));
+        let same_load = b.eval("window.__sameLoad");
+        (graph, without, no_token, wrong, still_held, approved, same_load)
+    })
+    .await
+    .expect("chromium is installed");
+    let (graph, without, no_token, wrong, still_held, approved, same_load) = seen;
+    assert_eq!(
+        graph["nodes"],
+        serde_json::json!(["build", "hold", "deploy"]),
+        "{graph}"
+    );
+    assert_eq!(graph["edges"], 2, "{graph}");
+    assert!(
+        matches!(graph["build"].as_str(), Some("queued" | "running")),
+        "the page opened before build finished: {graph}"
+    );
+    assert!(
+        without.as_str().unwrap_or("").contains("log in"),
+        "{without}"
+    );
+    assert_eq!(no_token, 401);
+    assert!(
+        wrong
+            .as_str()
+            .unwrap_or("")
+            .contains("operator token unknown"),
+        "{wrong}"
+    );
+    assert_eq!(still_held, "on_hold", "refused approvals changed nothing");
+    assert_eq!(approved, "approved hold in release");
+    assert_eq!(same_load, "yes", "the page was reloaded");
+    let p = wait_pipeline(&s.data, id, &["success"], Duration::from_secs(30));
+    let hold = p
+        .workflows
+        .iter()
+        .flat_map(|w| &w.jobs)
+        .find(|j| j.name == "hold")
+        .expect("hold");
+    assert_eq!(hold.approved_by.as_deref(), Some("ops-ada"));
+    assert!(log_of(&s.data, &p, "deploy").contains("deployed"));
 }

@@ -9,7 +9,7 @@
 //!   its host name;
 //! - PHYSICAL: what libgit2 dials, after the host mapping (e.g. 127.0.0.1:2222 in tests).
 
-use crate::mirror::{MirrorError, Mirrors};
+use crate::mirror::{Mirror, MirrorError, Mirrors};
 use crate::ssh::{
     parse_ssh_url, resolve_relative_url, verify_host_key, HostKeyError, HostKeyType, KnownHosts,
     SshKey, VcsHosts,
@@ -512,6 +512,134 @@ pub fn checkout(
         branch: target.branch,
         tag: target.tag,
         submodules,
+    })
+}
+
+/// A commit fetched into a bare mirror, to read objects from without a working tree. The
+/// mirror stays locked while this lives, so no other fetch, repair or eviction changes what
+/// is read.
+pub struct FetchedCommit {
+    mirror: Mirror,
+    commit: Oid,
+}
+
+impl FetchedCommit {
+    /// The bare repository holding the commit.
+    pub fn repo(&self) -> &Repository {
+        self.mirror.repo()
+    }
+
+    pub fn commit(&self) -> Oid {
+        self.commit
+    }
+}
+
+/// Fetch `url` into the mirror of `scope` + its address under `mirrors` with `creds` (the
+/// keys in order, the host-key check) and resolve `reference` (a branch, a tag, `refs/heads/…`,
+/// `refs/tags/…` or a commit SHA) there. Nothing is checked out: the caller reads objects
+/// from [`FetchedCommit::repo`]. As with a job's checkout, the fetch with these credentials
+/// comes first even when the mirror is up to date (then it is one login and one ref
+/// advertisement), so credentials that cannot read the repository get nothing of the mirror.
+/// `scope` keeps mirrors of different owners apart (e.g. one per project) even for one URL.
+pub fn fetch_commit(
+    url: &str,
+    reference: &str,
+    scope: &str,
+    mirrors: &Mirrors,
+    creds: &Credentials,
+) -> Result<FetchedCommit, CheckoutError> {
+    tune_libgit2();
+    let plan = plan_remote(url, &creds.hosts);
+    // Not SSH (a local path or file:// an operator configured): no host to check, the
+    // address alone names it.
+    let address = plan
+        .mirror_address()
+        .unwrap_or_else(|| plan.physical.clone());
+    let mut quiet = |_: &str| {};
+    let t0 = std::time::Instant::now();
+    let mut mirror = mirrors.open(&format!("{scope} {address}"), &plan.written, &mut quiet)?;
+    let t1 = std::time::Instant::now();
+    match fetch_with_keys(mirror.repo(), &plan, &MIRROR_REFSPECS, creds, true) {
+        Ok(_) => {}
+        Err(CheckoutError::Git { source, .. })
+            if is_local_damage(&source) && !mirror.is_empty() =>
+        {
+            mirror.reset(source.message(), &mut quiet)?;
+            fetch_with_keys(mirror.repo(), &plan, &MIRROR_REFSPECS, creds, true)?;
+        }
+        Err(e) => return Err(e),
+    }
+    let t2 = std::time::Instant::now();
+    let commit = resolve_in_mirror(mirror.repo(), reference, &plan, creds)?;
+    tracing::debug!(
+        url = %plan.written,
+        open_ms = (t1 - t0).as_secs_f64() * 1000.0,
+        fetch_ms = (t2 - t1).as_secs_f64() * 1000.0,
+        resolve_ms = t2.elapsed().as_secs_f64() * 1000.0,
+        "fetched into the mirror"
+    );
+    Ok(FetchedCommit { mirror, commit })
+}
+
+/// `reference` in a mirror, whose branches are `refs/heads/*` (not `refs/remotes/origin/*`).
+fn resolve_in_mirror(
+    repo: &Repository,
+    reference: &str,
+    plan: &RemotePlan,
+    creds: &Credentials,
+) -> Result<Oid, CheckoutError> {
+    let peel = |name: &str| -> Option<Oid> {
+        Some(repo.find_reference(name).ok()?.peel_to_commit().ok()?.id())
+    };
+    let named = if reference.starts_with("refs/heads/") || reference.starts_with("refs/tags/") {
+        peel(reference)
+    } else {
+        peel(&format!("refs/heads/{reference}")).or_else(|| peel(&format!("refs/tags/{reference}")))
+    };
+    if let Some(oid) = named {
+        return Ok(oid);
+    }
+    let is_hex =
+        (7..=40).contains(&reference.len()) && reference.chars().all(|c| c.is_ascii_hexdigit());
+    if is_hex {
+        if let Ok(c) = repo
+            .revparse_single(reference)
+            .and_then(|o| o.peel_to_commit())
+        {
+            return Ok(c.id());
+        }
+        if reference.len() == 40 {
+            // Not reachable from any branch or tag: ask for the object itself, with the same
+            // credentials (servers allow this only with uploadpack.allowAnySHA1InWant or
+            // protocol v2).
+            if fetch_with_keys(repo, plan, &[reference], creds, false).is_ok() {
+                if let Ok(c) = Oid::from_str(reference).and_then(|o| repo.find_commit(o)) {
+                    return Ok(c.id());
+                }
+            }
+        }
+    }
+    let names = |glob: &str, prefix: &str| -> Vec<String> {
+        let mut v: Vec<String> = repo
+            .references_glob(glob)
+            .map(|refs| {
+                refs.filter_map(|r| r.ok())
+                    .filter_map(|r| {
+                        r.name()
+                            .ok()
+                            .map(|n| n.trim_start_matches(prefix).to_owned())
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    };
+    Err(CheckoutError::RefNotFound {
+        reference: reference.to_owned(),
+        url: plan.written.clone(),
+        branches: names("refs/heads/*", "refs/heads/"),
+        tags: names("refs/tags/*", "refs/tags/"),
     })
 }
 

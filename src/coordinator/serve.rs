@@ -212,6 +212,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         state.clone(),
         pipelines::RunnerSettings {
             vcs_hosts: args.vcs_hosts.clone(),
+            data_dir: args.data.data.clone(),
         },
     );
     bitbucket::status::spawn(state.clone());

@@ -16,10 +16,16 @@
 //! on purpose: it must not share code (or bugs) with the agent under test.
 #![allow(dead_code)]
 
+mod browser;
+mod fleet;
 mod project;
 mod services;
 mod systemd;
 mod tls;
+#[allow(unused_imports)]
+pub use browser::*;
+#[allow(unused_imports)]
+pub use fleet::*;
 #[allow(unused_imports)]
 pub use project::*;
 #[allow(unused_imports)]

@@ -39,7 +39,14 @@ pub fn spawn_coordinator(data: &Path, listen: &str, extra: &[&str]) -> (Child, S
         .arg(data)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        // BOSUN_TEST_COORDINATOR_LOG=1 shows the coordinator's log (with BOSUN_LOG's filter).
+        .stderr(
+            if std::env::var_os("BOSUN_TEST_COORDINATOR_LOG").is_some() {
+                Stdio::inherit()
+            } else {
+                Stdio::null()
+            },
+        )
         .spawn()
         .expect("coordinator");
     let stdout = child.stdout.take().expect("stdout");

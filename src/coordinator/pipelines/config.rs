@@ -1,13 +1,26 @@
-//! A pipeline's config: `.circleci/config.yml` at the pipeline's commit, fetched with the
-//! same checkout code the agent uses (git2, the project's keys, Bitbucket's pinned host keys
-//! plus the project's), and compiled with the same compiler as `bosun execute --workflow`,
-//! pipeline values filled. Blocking: run it off the async workers.
+//! A pipeline's config: `.circleci/config.yml` at the pipeline's commit, read from a bare
+//! mirror of the project's repository kept in the coordinator's data directory
+//! (`DATA/config-mirrors/mirrors/`, one per project and address, `src/mirror/`): each pipeline fetches
+//! only what is new, with the project's keys and Bitbucket's pinned host keys plus the
+//! project's (the agent's checkout code), then reads the one blob from the commit's tree — no
+//! working tree. It is compiled with the same compiler as `bosun execute --workflow`, pipeline
+//! values filled. Blocking: run it off the async workers.
 
-use crate::checkout::{self, CheckoutSpec, Credentials};
+use crate::checkout::{self, Credentials};
 use crate::config::{self, CompileOptions, GitRef, PipelineValues, WorkflowJobKind};
 use crate::coordinator::store::pipelines::{NewWorkflow, NewWorkflowJob, PipelineToFetch};
+use crate::mirror::Mirrors;
 use crate::protocol::{WireKeyRole, WorkflowJobStatus};
 use crate::ssh::{KeyRole, KnownHosts, SshKey, VcsHosts};
+use std::path::Path;
+
+/// Where the config is read from in the commit's tree.
+pub const CONFIG_PATH: &str = ".circleci/config.yml";
+
+/// The largest config read (our choice, the sources name no limit for the file as written):
+/// the largest real config the compiler is benchmarked on is 1,327 lines, ~50 KiB; this
+/// bounds what a push can make the coordinator hold before compiling.
+pub const MAX_CONFIG_BYTES: usize = 4 << 20;
 
 /// Why a pipeline's config could not be had. The text is shown on the pipeline's page.
 #[derive(Debug, thiserror::Error)]
@@ -20,12 +33,23 @@ pub enum ConfigFetchError {
     VcsHost(#[source] crate::ssh::SshError),
     #[error("cannot fetch the config: {0}")]
     Checkout(#[from] checkout::CheckoutError),
-    #[error("cannot make a checkout directory: {0}")]
-    TempDir(#[source] std::io::Error),
-    #[error("no .circleci/config.yml at {revision}")]
+    #[error("no {CONFIG_PATH} at {revision}")]
     NoConfig { revision: String },
-    #[error("reading .circleci/config.yml: {0}")]
-    Read(#[source] std::io::Error),
+    #[error("{CONFIG_PATH} at {revision} is {what}, not a file: only a file is read")]
+    NotAFile {
+        revision: String,
+        what: &'static str,
+    },
+    #[error("{CONFIG_PATH} at {revision} is {size} bytes; the limit is {MAX_CONFIG_BYTES}")]
+    TooLarge { revision: String, size: usize },
+    #[error("{CONFIG_PATH} at {revision} is not UTF-8 text")]
+    NotText { revision: String },
+    #[error("reading {CONFIG_PATH} at {revision}: {source}")]
+    Git {
+        revision: String,
+        #[source]
+        source: git2::Error,
+    },
 }
 
 /// The config text and the commit it was read at.
@@ -34,7 +58,21 @@ pub struct Fetched {
     pub text: String,
 }
 
-pub fn fetch(p: &PipelineToFetch, vcs_hosts: &[String]) -> Result<Fetched, ConfigFetchError> {
+/// The mirrors of the projects' repositories under the data directory `data`. No budget is
+/// enforced on this path (one mirror per project, each pipeline's fetch adds only what is
+/// new); `Mirrors::shrink_to` trims them when wanted.
+pub fn mirrors(data: &Path) -> Mirrors {
+    Mirrors::new(
+        &data.join("config-mirrors"),
+        crate::mirror::DEFAULT_BUDGET_BYTES,
+    )
+}
+
+pub fn fetch(
+    p: &PipelineToFetch,
+    vcs_hosts: &[String],
+    mirrors: &Mirrors,
+) -> Result<Fetched, ConfigFetchError> {
     let mut keys = Vec::new();
     for (role, text) in &p.keys {
         let role = match role {
@@ -60,34 +98,78 @@ pub fn fetch(p: &PipelineToFetch, vcs_hosts: &[String]) -> Result<Fetched, Confi
             .add_mapping(m.trim())
             .map_err(ConfigFetchError::VcsHost)?;
     }
-    let dir = tempfile::Builder::new()
-        .prefix("bosun-pipeline-")
-        .tempdir()
-        .map_err(ConfigFetchError::TempDir)?;
-    let spec = CheckoutSpec {
-        url: p.clone_url.clone(),
-        reference: Some(p.reference.clone()),
-        dest: dir.path().join("repo"),
-        // One config file per pipeline: a mirror would cost the coordinator a cache of every
-        // repository for a single file.
-        mirrors: None,
-    };
     let creds = Credentials {
         keys,
         known_hosts,
         hosts,
     };
-    let outcome = checkout::checkout(&spec, &creds, &mut |_line: &str| {})?;
-    let path = dir.path().join("repo/.circleci/config.yml");
-    if !path.exists() {
-        return Err(ConfigFetchError::NoConfig {
-            revision: outcome.sha,
+    // One mirror per project (by its UUID, which survives renames): two projects never read
+    // each other's fetched objects, even for one URL.
+    let scope = format!("project {}", p.project_uuid);
+    let fetched = checkout::fetch_commit(&p.clone_url, &p.reference, &scope, mirrors, &creds)?;
+    let revision = fetched.commit().to_string();
+    let text = read_config(fetched.repo(), fetched.commit(), &revision)?;
+    Ok(Fetched { revision, text })
+}
+
+/// The config blob of `commit`'s tree: a regular file only (a symbolic link's target or a
+/// submodule is never followed: the coordinator reads nothing but the project's own blob),
+/// at most [`MAX_CONFIG_BYTES`], UTF-8.
+fn read_config(
+    repo: &git2::Repository,
+    commit: git2::Oid,
+    revision: &str,
+) -> Result<String, ConfigFetchError> {
+    let git = |source| ConfigFetchError::Git {
+        revision: revision.to_owned(),
+        source,
+    };
+    let tree = repo
+        .find_commit(commit)
+        .and_then(|c| c.tree())
+        .map_err(git)?;
+    let entry = match tree.get_path(Path::new(CONFIG_PATH)) {
+        Ok(e) => e,
+        Err(e) if e.code() == git2::ErrorCode::NotFound => {
+            return Err(ConfigFetchError::NoConfig {
+                revision: revision.to_owned(),
+            })
+        }
+        Err(e) => return Err(git(e)),
+    };
+    let what = match entry.filemode() {
+        0o100644 | 0o100755 => None,
+        0o120000 => Some("a symbolic link"),
+        0o160000 => Some("a submodule"),
+        0o040000 => Some("a directory"),
+        _ => Some("an entry of an unknown kind"),
+    };
+    if let Some(what) = what {
+        return Err(ConfigFetchError::NotAFile {
+            revision: revision.to_owned(),
+            what,
         });
     }
-    let text = std::fs::read_to_string(&path).map_err(ConfigFetchError::Read)?;
-    Ok(Fetched {
-        revision: outcome.sha,
-        text,
+    // The size from the object's header first, so an oversized blob is never inflated.
+    let (size, kind) = repo
+        .odb()
+        .and_then(|odb| odb.read_header(entry.id()))
+        .map_err(git)?;
+    if kind != git2::ObjectType::Blob {
+        return Err(ConfigFetchError::NotAFile {
+            revision: revision.to_owned(),
+            what: "not a blob",
+        });
+    }
+    if size > MAX_CONFIG_BYTES {
+        return Err(ConfigFetchError::TooLarge {
+            revision: revision.to_owned(),
+            size,
+        });
+    }
+    let blob = repo.find_blob(entry.id()).map_err(git)?;
+    String::from_utf8(blob.content().to_vec()).map_err(|_| ConfigFetchError::NotText {
+        revision: revision.to_owned(),
     })
 }
 
@@ -122,7 +204,7 @@ pub fn compile(
         orbs: None,
         orb_dir: None,
     };
-    let file = ".circleci/config.yml";
+    let file = CONFIG_PATH;
     let compiled = config::compile(text, file, &opts).map_err(|errs| {
         errs.iter()
             .map(|e| e.to_string())
@@ -150,8 +232,20 @@ pub fn compile(
                     .iter()
                     .map(|j| {
                         let runs = selected.contains(&j.name.as_str());
+                        let mut runner_class = None;
                         let (kind, reason) = match &j.kind {
-                            WorkflowJobKind::Build(_) => ("build", None),
+                            WorkflowJobKind::Build(job) => {
+                                // Only a runner class (`namespace/name`) picks agents; the
+                                // compiler has already refused anything else that is not a
+                                // docker size.
+                                runner_class = job
+                                    .resource_class
+                                    .as_deref()
+                                    .map(str::trim)
+                                    .filter(|c| c.contains('/'))
+                                    .map(str::to_owned);
+                                ("build", None)
+                            }
                             WorkflowJobKind::Approval => ("approval", None),
                             WorkflowJobKind::NotRunnable { reason } => {
                                 ("not_runnable", Some(reason.clone()))
@@ -177,6 +271,7 @@ pub fn compile(
                                 .map(|r| (r.clone(), j.accepted(r).to_vec()))
                                 .collect(),
                             serial_group: j.serial_group.clone(),
+                            resource_class: runner_class,
                             status,
                             reason,
                         }
@@ -185,4 +280,135 @@ pub fn compile(
             }
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A repository at `dir` whose `main` holds `.circleci/config.yml` as `mode` with
+    /// `content` (for a link: its target); returns the commit.
+    fn commit_config(dir: &Path, mode: i32, content: &[u8]) -> String {
+        let repo = git2::Repository::open(dir)
+            .or_else(|_| git2::Repository::init(dir))
+            .expect("repo");
+        let blob = repo.blob(content).expect("blob");
+        let mut sub = repo.treebuilder(None).expect("tb");
+        sub.insert("config.yml", blob, mode).expect("insert");
+        let sub = sub.write().expect("subtree");
+        let mut root = repo.treebuilder(None).expect("tb");
+        root.insert(".circleci", sub, 0o040000).expect("insert");
+        let tree = repo.find_tree(root.write().expect("tree")).expect("tree");
+        let sig = git2::Signature::now("t", "t@example.com").expect("sig");
+        let parent = repo
+            .find_reference("refs/heads/main")
+            .ok()
+            .and_then(|r| r.peel_to_commit().ok());
+        let parents: Vec<&git2::Commit> = parent.iter().collect();
+        repo.commit(Some("refs/heads/main"), &sig, &sig, "c", &tree, &parents)
+            .expect("commit")
+            .to_string()
+    }
+
+    fn pipeline(url: &Path, reference: &str) -> PipelineToFetch {
+        PipelineToFetch {
+            id: 1,
+            uuid: "u".into(),
+            number: 1,
+            project_slug: "acme/widget".into(),
+            project_uuid: "{p}".into(),
+            clone_url: url.display().to_string(),
+            keys: Vec::new(),
+            known_hosts: String::new(),
+            reference: reference.into(),
+            branch: Some("main".into()),
+            tag: None,
+            params: Vec::new(),
+            trigger_source: "api".into(),
+            event: "api".into(),
+            event_action: String::new(),
+            base_revision: None,
+            default_branch: "main".into(),
+        }
+    }
+
+    #[test]
+    fn the_config_blob_is_read_from_a_mirror_and_follows_new_commits() {
+        let src = tempfile::tempdir().expect("tmp");
+        let data = tempfile::tempdir().expect("tmp");
+        let m = mirrors(data.path());
+        let first = commit_config(src.path(), 0o100644, b"version: 2.1\n# one\n");
+        let got = fetch(&pipeline(src.path(), "main"), &[], &m).expect("fetch");
+        assert_eq!(
+            (got.revision.as_str(), got.text.as_str()),
+            (first.as_str(), "version: 2.1\n# one\n")
+        );
+        let second = commit_config(src.path(), 0o100755, b"version: 2.1\n# two\n");
+        let got = fetch(&pipeline(src.path(), &second), &[], &m).expect("fetch");
+        assert_eq!(got.text, "version: 2.1\n# two\n");
+        // The first commit is still readable by its SHA.
+        let got = fetch(&pipeline(src.path(), &first), &[], &m).expect("fetch");
+        assert!(got.text.contains("# one"));
+        // No working tree anywhere: the mirror is bare.
+        let mirror_root = data.path().join("config-mirrors/mirrors");
+        for e in std::fs::read_dir(&mirror_root).expect("mirrors").flatten() {
+            assert!(
+                !e.path().join(".circleci").exists(),
+                "{}",
+                e.path().display()
+            );
+        }
+    }
+
+    #[test]
+    fn a_link_a_missing_file_and_an_oversized_file_are_refused() {
+        let src = tempfile::tempdir().expect("tmp");
+        let data = tempfile::tempdir().expect("tmp");
+        let m = mirrors(data.path());
+        // A link to a file of the coordinator's host is never followed.
+        commit_config(src.path(), 0o120000, b"/etc/passwd");
+        let e = fetch(&pipeline(src.path(), "main"), &[], &m)
+            .err()
+            .expect("refused");
+        assert!(
+            matches!(
+                e,
+                ConfigFetchError::NotAFile {
+                    what: "a symbolic link",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        let big = vec![b'#'; MAX_CONFIG_BYTES + 1];
+        commit_config(src.path(), 0o100644, &big);
+        let e = fetch(&pipeline(src.path(), "main"), &[], &m)
+            .err()
+            .expect("refused");
+        assert!(matches!(e, ConfigFetchError::TooLarge { .. }), "{e}");
+        commit_config(src.path(), 0o100644, b"\xff\xfe not text");
+        let e = fetch(&pipeline(src.path(), "main"), &[], &m)
+            .err()
+            .expect("refused");
+        assert!(matches!(e, ConfigFetchError::NotText { .. }), "{e}");
+        let e = fetch(&pipeline(src.path(), "no-such-branch"), &[], &m)
+            .err()
+            .expect("refused");
+        assert!(e.to_string().contains("not a branch, tag or commit"), "{e}");
+        // A commit without the file.
+        let repo = git2::Repository::open(src.path()).expect("repo");
+        let empty = repo.treebuilder(None).expect("tb").write().expect("tree");
+        let tree = repo.find_tree(empty).expect("tree");
+        let sig = git2::Signature::now("t", "t@example.com").expect("sig");
+        let head = repo
+            .find_reference("refs/heads/main")
+            .and_then(|r| r.peel_to_commit())
+            .expect("head");
+        repo.commit(Some("refs/heads/main"), &sig, &sig, "rm", &tree, &[&head])
+            .expect("commit");
+        let e = fetch(&pipeline(src.path(), "main"), &[], &m)
+            .err()
+            .expect("refused");
+        assert!(matches!(e, ConfigFetchError::NoConfig { .. }), "{e}");
+    }
 }

@@ -20,6 +20,8 @@ use std::time::Duration;
 pub struct RunnerSettings {
     /// `HOST=ADDR:PORT` mappings for fetching configs (as the agent's `vcs_hosts`).
     pub vcs_hosts: Vec<String>,
+    /// The coordinator's data directory: the projects' config mirrors live under it.
+    pub data_dir: std::path::PathBuf,
 }
 
 /// How long fetching and compiling one pipeline's config may take.
@@ -51,11 +53,21 @@ async fn pass(state: &Arc<AppState>, settings: &RunnerSettings) -> super::Result
         // Each config on its own blocking task, so a slow fetch does not hold up the others'
         // jobs: the pass waits for it, but `advance` below runs for them on the next wake.
         let hosts = settings.vcs_hosts.clone();
+        let mirrors = config::mirrors(&settings.data_dir);
         let id = p.id;
         let work = tokio::task::spawn_blocking(move || {
-            let fetched = config::fetch(&p, &hosts).map_err(|e| (None, e.to_string()))?;
+            let t0 = std::time::Instant::now();
+            let fetched = config::fetch(&p, &hosts, &mirrors).map_err(|e| (None, e.to_string()))?;
+            let t1 = std::time::Instant::now();
             let workflows = config::compile(&p, &fetched.revision, &fetched.text)
                 .map_err(|e| (Some(fetched.revision.clone()), e))?;
+            // What a webhook's first job waits for, in parts (issue 16's < 100 ms budget).
+            tracing::debug!(
+                pipeline = id,
+                fetch_ms = (t1 - t0).as_secs_f64() * 1000.0,
+                compile_ms = t1.elapsed().as_secs_f64() * 1000.0,
+                "config read"
+            );
             Ok::<_, (Option<String>, String)>((fetched.revision, workflows))
         });
         let outcome = match tokio::time::timeout(CONFIG_LIMIT, work).await {

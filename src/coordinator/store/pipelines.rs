@@ -38,6 +38,8 @@ pub struct PipelineToFetch {
     pub uuid: String,
     pub number: i64,
     pub project_slug: String,
+    /// The project's repository UUID (stable across renames).
+    pub project_uuid: String,
     pub clone_url: String,
     /// (user key, deploy key), opened.
     pub keys: Vec<(crate::protocol::WireKeyRole, zeroize::Zeroizing<String>)>,
@@ -61,6 +63,10 @@ pub struct NewWorkflowJob {
     pub kind: String,
     pub requires: Vec<(String, Vec<RequiredStatus>)>,
     pub serial_group: Option<String>,
+    /// A self-hosted runner class (`namespace/name`) from the job's `resource_class:`: only
+    /// agents registered with that class claim it, as CircleCI routes a job to its runners.
+    /// `None`: any agent (a sized class such as `medium` limits the container, not the agent).
+    pub resource_class: Option<String>,
     /// `waiting`, or `not_run` / `not_runnable` decided at compile time.
     pub status: WorkflowJobStatus,
     pub reason: Option<String>,
@@ -271,7 +277,7 @@ impl Store {
         let mut st = conn.prepare(
             "SELECT p.id, p.uuid, p.number, pr.slug, pr.clone_url, pr.user_key, pr.deploy_key, \
              pr.known_hosts, COALESCE(p.commit_sha, p.git_ref), p.branch, p.tag, p.params, \
-             p.trigger_source, p.event, p.event_action, p.base_revision, pr.default_branch, pr.id \
+             p.trigger_source, p.event, p.event_action, p.base_revision, pr.default_branch, pr.id, pr.uuid \
              FROM pipelines p JOIN projects pr ON pr.id = p.project_id \
              WHERE p.status = 'created' ORDER BY p.id LIMIT 16",
         )?;
@@ -284,6 +290,7 @@ impl Store {
                         uuid: r.get(1)?,
                         number: r.get(2)?,
                         project_slug: r.get(3)?,
+                        project_uuid: r.get(18)?,
                         clone_url: r.get(4)?,
                         keys: Vec::new(),
                         known_hosts: r.get(7)?,
@@ -359,7 +366,8 @@ impl Store {
             for (i, j) in w.jobs.iter().enumerate() {
                 tx.execute(
                     "INSERT INTO workflow_jobs(workflow_id, position, name, kind, requires, \
-                     serial_group, status, reason) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                     serial_group, resource_class, status, reason) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
                     params![
                         wid,
                         i as i64,
@@ -367,6 +375,7 @@ impl Store {
                         j.kind,
                         requires_json(&j.requires),
                         j.serial_group,
+                        j.resource_class,
                         j.status,
                         j.reason
                     ],
@@ -633,10 +642,21 @@ fn queue_job(
         [pipeline],
         |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?)),
     )?;
+    // The workflow's jobs share one workspace (what one persists, a later one attaches, on
+    // whichever agent), named by the workflow's UUID so no other run's layers mix in; a rerun
+    // keeps the workflow row and so the layers its successful jobs left.
+    let (resource_class, workflow_uuid): (Option<String>, String) = tx.query_row(
+        "SELECT wj.resource_class, w.uuid FROM workflow_jobs wj \
+         JOIN workflows w ON w.id = wj.workflow_id WHERE wj.id = ?1",
+        [job.id],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    let workspace = format!("workflow-{workflow_uuid}");
     tx.execute(
         "INSERT INTO jobs(project_id, commit_sha, git_ref, branch, tag, job_name, pipeline_number, \
-         labels, status, max_attempts, created, pr_number, pr_url, pr_fork, pipeline_id, restricted) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, '[]', 'queued', ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+         resource_class, labels, status, max_attempts, created, pr_number, pr_url, pr_fork, \
+         pipeline_id, restricted, workspace) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, '[]', 'queued', ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
         params![
             pid,
             commit,
@@ -645,13 +665,15 @@ fn queue_job(
             tag,
             job.name,
             number,
+            resource_class,
             DEFAULT_MAX_ATTEMPTS,
             now_ms(),
             pr_number,
             pr_url,
             pr_fork,
             pipeline,
-            restricted
+            restricted,
+            workspace
         ],
     )?;
     let jid = tx.last_insert_rowid();

@@ -1,0 +1,315 @@
+//! A real coordinator and real agents, as processes of this machine:
+//!
+//! ```ignore
+//! let c = Coordinator::start();                       // or Coordinator::builder()…start()
+//! c.cli(&["project", "add", …]);
+//! let a = c.agent(&rig, "one").labels(&["one"]).start();
+//! ```
+//!
+//! [`AgentBuilder::start`] writes the agent's `agent.toml` (its own state, spool, store and
+//! work directories under the coordinator's temporary directory, the rig's network and
+//! `vcs_hosts`, fast heartbeats and claims), starts `bosun agent` and returns once the
+//! coordinator has registered it. Dropping an [`Agent`] kills it and removes the containers it
+//! labelled with its id (a killed agent cannot clean up after a running job); dropping the
+//! [`Coordinator`] kills it and removes its directory. An agent's log is printed when it drops
+//! during a panic, so a failing test shows what the agent saw.
+
+use super::Rig;
+use bosun::coordinator::store::Store;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// `bosun coordinator serve` on loopback with a data directory of its own.
+pub struct Coordinator {
+    /// The data directory (`<dir>/coordinator`).
+    pub data: PathBuf,
+    /// `host:port` it listens on.
+    pub addr: String,
+    child: Child,
+    token_file: OnceLock<PathBuf>,
+    /// Last: removed after the process is gone.
+    dir: tempfile::TempDir,
+}
+
+/// How to start a [`Coordinator`]: `--lease-secs 10` unless [`Self::no_defaults`].
+pub struct CoordinatorBuilder {
+    listen: String,
+    args: Vec<String>,
+}
+
+impl Coordinator {
+    /// A coordinator on a free loopback port with `--lease-secs 10`.
+    pub fn start() -> Coordinator {
+        Coordinator::builder().start()
+    }
+
+    pub fn builder() -> CoordinatorBuilder {
+        CoordinatorBuilder {
+            listen: "127.0.0.1:0".to_owned(),
+            args: vec!["--lease-secs".into(), "10".into()],
+        }
+    }
+
+    /// A temporary directory for the test's own files (the data directory and the agents'
+    /// directories are inside it).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// `bosun coordinator ARGS… --data DATA`, panicking on failure; trimmed stdout.
+    pub fn cli(&self, args: &[&str]) -> String {
+        super::coordinator_cli(&self.data, args)
+    }
+
+    /// The coordinator's store, opened beside the running server (as the CLI does).
+    pub fn store(&self) -> Store {
+        Store::open(&self.data).expect("the coordinator's store")
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// A file holding a registration token, made on first use.
+    pub fn token_file(&self) -> &Path {
+        self.token_file.get_or_init(|| {
+            let token = self.cli(&["token"]);
+            let file = self.dir.path().join("registration-token");
+            std::fs::write(&file, format!("{token}\n")).expect("token file");
+            file
+        })
+    }
+
+    /// An agent of this coordinator named `name`, its jobs on the rig's network.
+    pub fn agent<'a>(&'a self, rig: &'a Rig, name: &str) -> AgentBuilder<'a> {
+        AgentBuilder {
+            coordinator: self,
+            rig,
+            name: name.to_owned(),
+            labels: Vec::new(),
+            resource_class: None,
+            extra: String::new(),
+        }
+    }
+}
+
+impl CoordinatorBuilder {
+    /// Listen on `addr` instead of a free port (e.g. when an argument must name it).
+    pub fn listen(mut self, addr: &str) -> Self {
+        addr.clone_into(&mut self.listen);
+        self
+    }
+
+    /// Further `serve` arguments.
+    pub fn args(mut self, args: &[&str]) -> Self {
+        self.args.extend(args.iter().map(|s| s.to_string()));
+        self
+    }
+
+    /// `--vcs-host` for each of the rig's names, so the coordinator reaches the stand-in.
+    pub fn vcs_hosts(mut self, rig: &Rig) -> Self {
+        for m in rig.vcs_host_mapping() {
+            self.args.push("--vcs-host".into());
+            self.args.push(m);
+        }
+        self
+    }
+
+    /// Leave out the default `--lease-secs 10`.
+    pub fn no_defaults(mut self) -> Self {
+        self.args.clear();
+        self
+    }
+
+    pub fn start(self) -> Coordinator {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = dir.path().join("coordinator");
+        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        let (child, addr) = super::spawn_coordinator(&data, &self.listen, &args);
+        Coordinator {
+            data,
+            addr,
+            child,
+            token_file: OnceLock::new(),
+            dir,
+        }
+    }
+}
+
+impl Drop for Coordinator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// How to start an [`Agent`]: concurrency 1, heartbeat 1 s, claim wait 2 s, kill grace 1 s,
+/// no SSH gateway, resource class `docker` and no labels unless set.
+pub struct AgentBuilder<'a> {
+    coordinator: &'a Coordinator,
+    rig: &'a Rig,
+    name: String,
+    labels: Vec<String>,
+    resource_class: Option<String>,
+    extra: String,
+}
+
+impl AgentBuilder<'_> {
+    pub fn labels(mut self, labels: &[&str]) -> Self {
+        self.labels = labels.iter().map(|s| s.to_string()).collect();
+        self
+    }
+
+    pub fn resource_class(mut self, class: &str) -> Self {
+        self.resource_class = Some(class.to_owned());
+        self
+    }
+
+    /// More `agent.toml` lines, as written (`key = value`).
+    pub fn toml(mut self, lines: &str) -> Self {
+        self.extra.push_str(lines);
+        self.extra.push('\n');
+        self
+    }
+
+    /// Start it and wait until the coordinator has registered it (30 s at most).
+    pub fn start(self) -> Agent {
+        let c = self.coordinator;
+        let root = c.dir().join(&self.name);
+        std::fs::create_dir_all(&root).expect("agent dir");
+        let vcs: Vec<String> = self
+            .rig
+            .vcs_host_mapping()
+            .iter()
+            .map(|m| format!("{m:?}"))
+            .collect();
+        let labels: Vec<String> = self.labels.iter().map(|l| format!("{l:?}")).collect();
+        let mut toml = format!(
+            "coordinator_url = \"{url}\"\nregistration_token_file = {tf:?}\nname = {name:?}\n\
+             labels = [{labels}]\nstate_dir = {sd:?}\nspool_dir = {sp:?}\nstore_dir = {st:?}\n\
+             work_dir = {wd:?}\nnetwork = {net:?}\nvcs_hosts = [{vcs}]\nconcurrency = 1\n\
+             heartbeat_secs = 1\nclaim_wait_secs = 2\nkill_grace_secs = 1\n\
+             ssh_gateway_listen = \"off\"\n",
+            url = c.url(),
+            tf = c.token_file(),
+            name = self.name,
+            labels = labels.join(", "),
+            sd = root.join("state"),
+            sp = root.join("spool"),
+            st = root.join("store"),
+            wd = root.join("work"),
+            net = self.rig.network,
+            vcs = vcs.join(", "),
+        );
+        if let Some(class) = &self.resource_class {
+            toml.push_str(&format!("resource_class = {class:?}\n"));
+        }
+        toml.push_str(&self.extra);
+        let config = root.join("agent.toml");
+        std::fs::write(&config, toml).expect("agent config");
+        let log = root.join("agent.log");
+        let child = Command::new(super::bosun_bin())
+            .args(["agent", "--config"])
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("agent log"))
+            .spawn()
+            .expect("start the agent");
+        let mut agent = Agent {
+            name: self.name.clone(),
+            id: String::new(),
+            store: root.join("store"),
+            log,
+            root,
+            child,
+        };
+        agent.id = agent.wait_registered(c);
+        agent
+    }
+}
+
+/// A running `bosun agent`.
+pub struct Agent {
+    pub name: String,
+    /// The id the coordinator gave it (its containers carry `bosun.agent=<id>`).
+    pub id: String,
+    /// Its directory: `agent.toml`, `agent.log`, state, spool, store, work.
+    pub root: PathBuf,
+    /// Its local store (`store_dir`).
+    pub store: PathBuf,
+    pub log: PathBuf,
+    child: Child,
+}
+
+impl Agent {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn wait_registered(&mut self, c: &Coordinator) -> String {
+        let t0 = Instant::now();
+        loop {
+            // Registration writes the agents row; a name registered twice takes the newest.
+            let found = Store::open(&c.data)
+                .ok()
+                .and_then(|s| s.list_agents().ok())
+                .and_then(|agents| {
+                    agents
+                        .into_iter()
+                        .filter(|(_, name, _, _, revoked)| *name == self.name && !revoked)
+                        .map(|(id, ..)| id)
+                        .next_back()
+                });
+            if let Some(id) = found {
+                return id;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "agent {} exited ({status}) before registering:\n{}",
+                    self.name,
+                    self.log_text()
+                );
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(30),
+                "agent {} did not register in 30 s:\n{}",
+                self.name,
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if !self.id.is_empty() {
+            let ids = super::containers_labelled(bosun::executor::LABEL_AGENT, &self.id);
+            if !ids.is_empty() {
+                let _ = Command::new("docker")
+                    .args(["rm", "-f", "-v"])
+                    .args(&ids)
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status();
+            }
+        }
+        if std::thread::panicking() {
+            eprintln!("---- {} ----\n{}", self.log.display(), self.log_text());
+        }
+    }
+}
