@@ -883,6 +883,12 @@ workflows:
              && document.getElementById('pipeline-status').textContent === 'success'"
         ));
         let same_load = b.eval("window.__sameLoad");
+        // Final: the page stops asking the server (it polled once a second forever).
+        let polls = "performance.getEntriesByType('resource').filter(e => e.name.endsWith('.json')).length";
+        let settled = b.eval(polls);
+        std::thread::sleep(Duration::from_secs(3));
+        let later = b.eval(polls);
+        assert_eq!(settled, later, "the page kept polling a final pipeline");
         (graph, without, no_token, wrong, still_held, approved, same_load)
     })
     .await

@@ -6,11 +6,12 @@
 
 mod harness;
 
-use harness::{image, Rig};
+use harness::{image, Agent, Coordinator, Rig};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// A session's `ssh` process, killed when the test ends.
 struct Killed(Child);
 
 impl Drop for Killed {
@@ -20,14 +21,15 @@ impl Drop for Killed {
     }
 }
 
+/// Fields drop in order: the agent (its containers) first, the coordinator and its
+/// directory next, the stand-in last.
 struct Setup {
+    agent: Agent,
+    c: Coordinator,
     _rig: Rig,
-    dir: tempfile::TempDir,
-    data: PathBuf,
-    addr: String,
-    _coordinator: Killed,
-    _agent: Killed,
+    /// The gateway's port.
     port: u16,
+    /// The developer's key pair (`id_dev`, `id_dev.pub`).
     key: PathBuf,
 }
 
@@ -38,6 +40,10 @@ fn free_port() -> u16 {
         .expect("free port")
 }
 
+/// A coordinator with the stand-in's `acme/widget` (a one-step `build` job as `circleci`),
+/// an agent with its SSH gateway on a free port and no ready containers (a taken-over
+/// container keeps the pool's labels, and this test finds a job's containers by its id),
+/// and a developer key pair.
 fn setup() -> Setup {
     harness::ensure_images();
     let rig = Rig::start();
@@ -52,63 +58,24 @@ fn setup() -> Setup {
     );
     repo.commit("config");
     repo.push("HEAD:refs/heads/main");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let data = dir.path().join("coordinator");
-    let (child, addr) = harness::spawn_coordinator(&data, "127.0.0.1:0", &["--lease-secs", "10"]);
-    let coordinator = Killed(child);
-    let token = harness::add_stand_in_project(&data, &rig, "acme/widget", &[]);
-    let token_file = dir.path().join("registration-token");
-    std::fs::write(&token_file, format!("{token}\n")).expect("token file");
+    let c = Coordinator::start();
+    harness::add_stand_in_project(&c.data, &rig, "acme/widget", &[]);
     let port = free_port();
-    let vcs: Vec<String> = rig
-        .vcs_host_mapping()
-        .iter()
-        .map(|m| format!("{m:?}"))
-        .collect();
-    let root = dir.path();
-    let config = root.join("agent.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "coordinator_url = \"http://{addr}\"\nregistration_token_file = {tf:?}\nname = \"ssh\"\n\
-             state_dir = {sd:?}\nspool_dir = {sp:?}\nstore_dir = {st:?}\nwork_dir = {wd:?}\n\
-             network = {net:?}\nvcs_hosts = [{vcs}]\nconcurrency = 1\nheartbeat_secs = 1\n\
-             claim_wait_secs = 2\nkill_grace_secs = 1\nssh_gateway_listen = \"127.0.0.1:{port}\"\n\
-             ssh_wait_secs = 120\nssh_grace_secs = 1\nready_containers = 0\n",
-            tf = token_file,
-            sd = root.join("state"),
-            sp = root.join("spool"),
-            st = root.join("store"),
-            wd = root.join("work"),
-            net = rig.network,
-            vcs = vcs.join(", "),
-        ),
-    )
-    .expect("agent config");
-    let log = std::fs::File::create(root.join("agent.log")).expect("agent log");
-    let agent = Killed(
-        Command::new(harness::bosun_bin())
-            .args(["agent", "--config"])
-            .arg(&config)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("agent"),
-    );
-    let key = root.join("id_dev");
+    let agent = c
+        .agent(&rig, "ssh")
+        .ssh_gateway(&format!("127.0.0.1:{port}"))
+        .toml("ssh_wait_secs = 120\nssh_grace_secs = 1\nready_containers = 0")
+        .start();
+    let key = c.dir().join("id_dev");
     harness::run(
         Command::new("ssh-keygen")
             .args(["-q", "-t", "ed25519", "-N", "", "-C", "dev", "-f"])
             .arg(&key),
     );
     Setup {
+        agent,
+        c,
         _rig: rig,
-        dir,
-        data,
-        addr,
-        _coordinator: coordinator,
-        _agent: agent,
         port,
         key,
     }
@@ -116,7 +83,7 @@ fn setup() -> Setup {
 
 impl Setup {
     fn cli(&self, args: &[&str]) -> String {
-        harness::coordinator_cli(&self.data, args)
+        self.c.cli(args)
     }
 
     fn status(&self, job: &str) -> String {
@@ -128,7 +95,7 @@ impl Setup {
     }
 
     fn page(&self, job: &str) -> String {
-        http_get(&self.addr, &format!("/jobs/{job}"))
+        http_get(&self.c.addr, &format!("/jobs/{job}"))
     }
 
     fn wait(&self, what: &str, within: Duration, mut f: impl FnMut() -> bool) {
@@ -137,7 +104,7 @@ impl Setup {
             assert!(
                 t.elapsed() < within,
                 "{what}: not within {within:?}; agent log:\n{}",
-                std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
+                self.agent.log_text()
             );
             std::thread::sleep(Duration::from_millis(250));
         }
@@ -166,18 +133,15 @@ impl Setup {
         c
     }
 
-    /// The job's containers (labelled with its id by this test's agent: it keeps no ready
-    /// containers, which would carry the pool's labels instead).
+    /// The job's containers (labelled with its id by this test's agent).
     fn containers(&self, job: &str) -> String {
-        let agents = self.cli(&["agents"]);
-        let agent = agents.split_whitespace().next().unwrap_or("none");
         harness::docker(&[
             "ps",
             "-aq",
             "--filter",
             &format!("label=bosun.job={job}"),
             "--filter",
-            &format!("label=bosun.agent={agent}"),
+            &format!("label=bosun.agent={}", self.agent.id),
         ])
     }
 
@@ -223,7 +187,7 @@ fn rerun_held(s: &Setup, job: &str) -> String {
 #[test]
 fn a_rerun_with_ssh_is_reached_through_the_page_line_and_released_after_the_session() {
     let s = setup();
-    let first = harness::enqueue_job(&s.data, "build", &[]);
+    let first = harness::enqueue_job(&s.c.data, "build", &[]);
     s.wait("the first run", Duration::from_secs(180), || {
         finished(&s.status(&first))
     });
@@ -236,14 +200,14 @@ fn a_rerun_with_ssh_is_reached_through_the_page_line_and_released_after_the_sess
         s.page(&first)
     );
     // A key file that is not a public key is refused before anything is queued.
-    let bad = s.dir.path().join("not-a-key.pub");
+    let bad = s.c.dir().join("not-a-key.pub");
     std::fs::write(&bad, "ssh-ed25519 garbage\n").expect("write");
     let o = harness::output(
         Command::new(harness::bosun_bin())
             .args(["coordinator", "rerun", &first, "--ssh-key"])
             .arg(&bad)
             .arg("--data")
-            .arg(&s.data),
+            .arg(&s.c.data),
     );
     assert_eq!(o.status.code(), Some(2));
     assert!(
@@ -313,7 +277,7 @@ fn a_rerun_with_ssh_is_reached_through_the_page_line_and_released_after_the_sess
 #[test]
 fn cancel_ends_the_hold_and_an_open_session() {
     let s = setup();
-    let first = harness::enqueue_job(&s.data, "build", &[]);
+    let first = harness::enqueue_job(&s.c.data, "build", &[]);
     s.wait("the first run", Duration::from_secs(180), || {
         finished(&s.status(&first))
     });

@@ -212,7 +212,7 @@ fn a_cancel_reaches_a_running_step_at_once_and_nothing_is_left() {
     // The step reports when TERM reached it (the container shares the host's clock).
     let s = Setup::new(
         &format!(
-            "version: 2.1\njobs:\n  build:\n    docker: [{{image: {img}}}]\n    steps:\n      - run:\n          name: sleeper\n          command: |\n            trap 'echo \"term-at $(date +%s%N)\"; exit 3' TERM\n            echo started\n            sleep 600 & wait $!\n",
+            "version: 2.1\njobs:\n  build:\n    docker: [{{image: {img}}}]\n    steps:\n      - run:\n          name: sleeper\n          command: |\n            trap 'echo \"term-at $(date +%s%N)\"; exit 3' TERM\n            echo sleeper-is-up\n            sleep 600 & wait $!\n",
             img = image("base")
         ),
         // Heartbeats every 30 s: a cancel riding them would take up to 30 s.
@@ -220,7 +220,8 @@ fn a_cancel_reaches_a_running_step_at_once_and_nothing_is_left() {
     );
     let _agent = s.agent();
     let job = s.enqueue();
-    s.wait_log(&job, "started", Duration::from_secs(120));
+    // The step's own line (the log's "Container … started" comes before any step).
+    s.wait_log(&job, "sleeper-is-up", Duration::from_secs(120));
     let asked = now_ns();
     let t0 = Instant::now();
     harness::coordinator_cli(&s.data, &["cancel", &job]);
@@ -251,9 +252,20 @@ fn a_cancel_reaches_a_running_step_at_once_and_nothing_is_left() {
         s.agent_log()
     );
     // Nothing left, the moment the job is final.
-    assert_eq!(
-        harness::containers_labelled("bosun.job", &job),
-        Vec::<String>::new()
+    let left = harness::containers_labelled("bosun.job", &job);
+    assert!(
+        left.is_empty(),
+        "left: {}\n{}",
+        left.iter()
+            .map(|c| harness::docker(&[
+                "inspect",
+                "-f",
+                "{{.Name}} {{.State.Status}} {{json .Config.Labels}}",
+                c
+            ]))
+            .collect::<Vec<_>>()
+            .join("\n"),
+        s.agent_log()
     );
     assert_eq!(
         harness::containers_labelled("bosun.agent", &s.agent_id()),

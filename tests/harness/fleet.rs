@@ -94,6 +94,7 @@ impl Coordinator {
             name: name.to_owned(),
             labels: Vec::new(),
             resource_class: None,
+            ssh_gateway: "off".to_owned(),
             extra: String::new(),
         }
     }
@@ -150,17 +151,24 @@ impl Drop for Coordinator {
 }
 
 /// How to start an [`Agent`]: concurrency 1, heartbeat 1 s, claim wait 2 s, kill grace 1 s,
-/// no SSH gateway, resource class `docker` and no labels unless set.
+/// no SSH gateway unless [`Self::ssh_gateway`], resource class `docker` and no labels unless set.
 pub struct AgentBuilder<'a> {
     coordinator: &'a Coordinator,
     rig: &'a Rig,
     name: String,
     labels: Vec<String>,
     resource_class: Option<String>,
+    ssh_gateway: String,
     extra: String,
 }
 
 impl AgentBuilder<'_> {
+    /// Run the SSH gateway on `listen` (`HOST:PORT`; off by default).
+    pub fn ssh_gateway(mut self, listen: &str) -> Self {
+        self.ssh_gateway = listen.to_owned();
+        self
+    }
+
     pub fn labels(mut self, labels: &[&str]) -> Self {
         self.labels = labels.iter().map(|s| s.to_string()).collect();
         self
@@ -195,7 +203,7 @@ impl AgentBuilder<'_> {
              labels = [{labels}]\nstate_dir = {sd:?}\nspool_dir = {sp:?}\nstore_dir = {st:?}\n\
              work_dir = {wd:?}\nnetwork = {net:?}\nvcs_hosts = [{vcs}]\nconcurrency = 1\n\
              heartbeat_secs = 1\nclaim_wait_secs = 2\nkill_grace_secs = 1\n\
-             ssh_gateway_listen = \"off\"\n",
+             ssh_gateway_listen = {ssh:?}\n",
             url = c.url(),
             tf = c.token_file(),
             name = self.name,
@@ -206,6 +214,7 @@ impl AgentBuilder<'_> {
             wd = root.join("work"),
             net = self.rig.network,
             vcs = vcs.join(", "),
+            ssh = self.ssh_gateway,
         );
         if let Some(class) = &self.resource_class {
             toml.push_str(&format!("resource_class = {class:?}\n"));

@@ -11,6 +11,12 @@
   function token() { return sessionStorage.getItem("bosun-operator") || ""; }
   function say(text) { document.getElementById("action-result").textContent = text; }
   function refresh(p) {
+    // Opened before the config was compiled: the graph exists now, so draw it (the server
+    // renders it; once drawn, this never matches again).
+    var missing = p.workflows.some(function (w) {
+      return !document.querySelector('[data-workflow="' + CSS.escape(w.name) + '"]');
+    });
+    if (missing) { location.reload(); return false; }
     root.setAttribute("data-status", p.status);
     document.getElementById("pipeline-status").textContent = p.status;
     p.workflows.forEach(function (w) {
@@ -32,8 +38,9 @@
     fetch("/pipelines/" + id + ".json", { cache: "no-store" })
       .then(function (r) { return r.json(); })
       .then(function (p) {
-        refresh(p);
-        if (FINAL.indexOf(p.status) < 0 || document.hidden === false) setTimeout(poll, 1000);
+        if (refresh(p) === false) return;
+        // A final pipeline changes no more; a hidden tab asks less often.
+        if (FINAL.indexOf(p.status) < 0) setTimeout(poll, document.hidden ? 5000 : 1000);
       })
       .catch(function () { setTimeout(poll, 3000); });
   }
