@@ -90,8 +90,8 @@ pub struct ProjectSetArgs {
     /// Give forked pull requests' builds the secret env values and the user key.
     #[arg(long)]
     pub fork_secrets: Option<bool>,
-    /// Bitbucket's REST API base for commit statuses (https://api.bitbucket.org/2.0, or a
-    /// Data Center's); empty: statuses off.
+    /// Bitbucket's REST API base for commit statuses: https://api.bitbucket.org/2.0 (Cloud),
+    /// or `data-center:https://HOST` (Data Center's build-status API); empty: statuses off.
     #[arg(long, value_name = "URL")]
     pub status_api: Option<String>,
     /// A file holding `user:app-password` (or `bearer:TOKEN`) for the status API.

@@ -4,6 +4,11 @@
 //! SUCCESSFUL/FAILED/STOPPED. The store's outbox (filled in the same transaction as the
 //! status change) is sent here, on its own task: a slow or failing Bitbucket never holds up
 //! dispatch. Failures are retried with backoff; a job's statuses go out in order.
+//!
+//! Bitbucket Data Center speaks another shape: a project's `--status-api
+//! data-center:https://bitbucket.example.com` posts to `{base}/rest/api/latest/projects/
+//! {project}/repos/{repo}/commits/{sha}/builds` with `ref` for `refname` and `CANCELLED` for
+//! `STOPPED` (Atlassian's "Updating build status for commits").
 
 use super::super::store::pipelines::OutgoingStatus;
 use super::super::AppState;
@@ -13,8 +18,13 @@ use std::time::Duration;
 /// Attempts before a status is given up (about an hour of backoff).
 const MAX_ATTEMPTS: u32 = 12;
 
+/// The prefix of a Data Center base address in a project's `status_api`.
+pub const DATA_CENTER: &str = "data-center:";
+
 #[derive(Debug, thiserror::Error)]
 enum SendError {
+    #[error("the status body is not JSON: {0}")]
+    Body(#[from] serde_json::Error),
     #[error("{0}")]
     Http(#[from] reqwest::Error),
     #[error("Bitbucket answered {status}: {body}")]
@@ -88,17 +98,45 @@ async fn deliver(state: &Arc<AppState>, client: &reqwest::Client, s: OutgoingSta
     }
 }
 
-async fn send(client: &reqwest::Client, s: &OutgoingStatus) -> Result<(), SendError> {
+/// Where a status goes and what is sent: Cloud's shape as the outbox holds it, or Data
+/// Center's made from it.
+fn request_for(s: &OutgoingStatus) -> Result<(String, String), SendError> {
+    let Some(base) = s.api.strip_prefix(DATA_CENTER) else {
+        let url = format!(
+            "{}/repositories/{}/commit/{}/statuses/build",
+            s.api.trim_end_matches('/'),
+            s.workspace_repo,
+            s.commit_sha
+        );
+        return Ok((url, s.body.clone()));
+    };
+    let (project, repo) = s
+        .workspace_repo
+        .split_once('/')
+        .unwrap_or((s.workspace_repo.as_str(), ""));
     let url = format!(
-        "{}/repositories/{}/commit/{}/statuses/build",
-        s.api.trim_end_matches('/'),
-        s.workspace_repo,
+        "{}/rest/api/latest/projects/{project}/repos/{repo}/commits/{}/builds",
+        base.trim_end_matches('/'),
         s.commit_sha
     );
+    let mut body: serde_json::Value = serde_json::from_str(&s.body)?;
+    if let Some(o) = body.as_object_mut() {
+        if let Some(r) = o.remove("refname") {
+            o.insert("ref".to_owned(), r);
+        }
+        if o.get("state").and_then(|v| v.as_str()) == Some("STOPPED") {
+            o.insert("state".to_owned(), "CANCELLED".into());
+        }
+    }
+    Ok((url, body.to_string()))
+}
+
+async fn send(client: &reqwest::Client, s: &OutgoingStatus) -> Result<(), SendError> {
+    let (url, body) = request_for(s)?;
     let mut req = client
         .post(url)
         .header("content-type", "application/json")
-        .body(s.body.clone());
+        .body(body);
     let creds = s.credentials.as_str();
     if let Some(token) = creds.strip_prefix("bearer:") {
         req = req.bearer_auth(token);
@@ -121,4 +159,57 @@ async fn send(client: &reqwest::Client, s: &OutgoingStatus) -> Result<(), SendEr
         status: status.as_u16(),
         body,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(api: &str, state: &str) -> OutgoingStatus {
+        OutgoingStatus {
+            id: 1,
+            api: api.to_owned(),
+            credentials: zeroize::Zeroizing::new("u:p".to_owned()),
+            workspace_repo: "acme/widget".to_owned(),
+            commit_sha: "0123abcd".to_owned(),
+            body: serde_json::json!({
+                "key": "k1", "state": state, "name": "ci/circleci: build",
+                "description": "d", "url": "https://ci/jobs/7", "refname": "main"
+            })
+            .to_string(),
+            attempts: 0,
+        }
+    }
+
+    #[test]
+    fn cloud_statuses_go_as_the_outbox_holds_them() {
+        let s = status("https://api.bitbucket.org/2.0/", "STOPPED");
+        let (url, body) = request_for(&s).expect("request");
+        assert_eq!(
+            url,
+            "https://api.bitbucket.org/2.0/repositories/acme/widget/commit/0123abcd/statuses/build"
+        );
+        assert_eq!(body, s.body);
+    }
+
+    #[test]
+    fn data_center_statuses_take_its_path_ref_and_cancelled() {
+        let s = status("data-center:https://bitbucket.example.com/", "STOPPED");
+        let (url, body) = request_for(&s).expect("request");
+        assert_eq!(
+            url,
+            "https://bitbucket.example.com/rest/api/latest/projects/acme/repos/widget/commits/0123abcd/builds"
+        );
+        let body: serde_json::Value = serde_json::from_str(&body).expect("json");
+        assert_eq!(body["state"], "CANCELLED");
+        assert_eq!(body["ref"], "main");
+        assert!(body.get("refname").is_none());
+        assert_eq!(
+            (body["key"].as_str(), body["url"].as_str()),
+            (Some("k1"), Some("https://ci/jobs/7"))
+        );
+        let s = status("data-center:https://bitbucket.example.com", "SUCCESSFUL");
+        let (_, body) = request_for(&s).expect("request");
+        assert!(body.contains("\"state\":\"SUCCESSFUL\""), "{body}");
+    }
 }

@@ -82,9 +82,16 @@ impl Store {
         }
         if let Some(api) = &s.status_api {
             let api = api.trim_end_matches('/');
-            if !(api.is_empty() || api.starts_with("https://") || api.starts_with("http://")) {
+            let address = api
+                .strip_prefix(crate::coordinator::bitbucket::status::DATA_CENTER)
+                .unwrap_or(api);
+            if !(api.is_empty()
+                || address.starts_with("https://")
+                || address.starts_with("http://"))
+            {
                 return Err(CoordError::Invalid(format!(
-                    "--status-api `{api}`: expected an http(s) address such as https://api.bitbucket.org/2.0"
+                    "--status-api `{api}`: expected an http(s) address such as https://api.bitbucket.org/2.0 \
+                     (Bitbucket Cloud), or data-center:https://HOST for Bitbucket Data Center"
                 )));
             }
             tx.execute(
