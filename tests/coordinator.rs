@@ -1217,7 +1217,9 @@ async fn followers_do_not_slow_an_agents_log_appends() {
     // Small appends, as a step printing line by line makes: what followers cost then is their
     // wake-ups and queries, not the bytes they are sent (those cost the same either way).
     const SIZE: usize = 256;
-    let s = fresh(&[]);
+    // This agent sends no heartbeats: a lease long enough for 3,000 appends on a busy machine
+    // (the default 30 s lapsed in CI, and appends then get 403).
+    let s = fresh(&["--lease-secs", "600"]);
     let a = register(&s, "a1").await;
     let watched = enqueue(&s.data, &[]);
     a.claim_job(5).await;
