@@ -1,6 +1,7 @@
 //! The only place that knows a job's order: fetch (in parallel with) the primary's start →
-//! services → files → steps → holds → release; and what decides how a job ended (its time
-//! limit, cancel, a panic, a step's status).
+//! services → files → steps → release → the job's end told; or, when something holds the job
+//! after its steps (an SSH session), steps → the end told → holds → release. And what decides
+//! how a job ended (its time limit, cancel, a panic, a step's status).
 
 use super::bootstrap::{ask_user, install_files, main_line, main_process, parse_banner};
 use super::environment::{builtin_env, expand_home};
