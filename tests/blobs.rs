@@ -658,15 +658,7 @@ jobs:
     assert_eq!(body, b"<script>alert(1)</script>\n");
     let (h, _) = http_get(&c.addr, &format!("/jobs/{build}/artifacts/art/../../x"));
     assert!(h.starts_with("http/1.1 404"), "{h}");
-    let Some(chromium) = ["chromium", "chromium-browser", "google-chrome"]
-        .into_iter()
-        .find(|b| {
-            Command::new(b)
-                .arg("--version")
-                .output()
-                .is_ok_and(|o| o.status.success())
-        })
-    else {
+    let Some(chromium) = harness::chromium() else {
         eprintln!("skipped the page in Chromium: no chromium installed");
         return;
     };

@@ -666,15 +666,7 @@ async fn everything_survives_sigkill_and_restart() {
 /// a new step section, the final status) over server-sent events.
 #[tokio::test]
 async fn job_page_follows_the_job_live_in_headless_chromium() {
-    let Some(chromium) = ["chromium", "chromium-browser", "google-chrome"]
-        .into_iter()
-        .find(|b| {
-            Command::new(b)
-                .arg("--version")
-                .output()
-                .is_ok_and(|o| o.status.success())
-        })
-    else {
+    let Some(chromium) = harness::chromium() else {
         eprintln!("skipped: no chromium installed");
         return;
     };

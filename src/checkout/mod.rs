@@ -619,22 +619,7 @@ fn resolve_in_mirror(
             }
         }
     }
-    let names = |glob: &str, prefix: &str| -> Vec<String> {
-        let mut v: Vec<String> = repo
-            .references_glob(glob)
-            .map(|refs| {
-                refs.filter_map(|r| r.ok())
-                    .filter_map(|r| {
-                        r.name()
-                            .ok()
-                            .map(|n| n.trim_start_matches(prefix).to_owned())
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        v.sort();
-        v
-    };
+    let names = |glob: &str, prefix: &str| ref_names(repo, glob, prefix);
     Err(CheckoutError::RefNotFound {
         reference: reference.to_owned(),
         url: plan.written.clone(),
@@ -845,23 +830,27 @@ fn resolve_reference(
     Err(ref_not_found(repo, reference, plan))
 }
 
+/// The names of `repo`'s refs matching `glob`, without `prefix`, sorted (for errors that list
+/// what there is).
+fn ref_names(repo: &Repository, glob: &str, prefix: &str) -> Vec<String> {
+    let mut v: Vec<String> = repo
+        .references_glob(glob)
+        .map(|refs| {
+            refs.filter_map(|r| r.ok())
+                .filter_map(|r| {
+                    r.name()
+                        .ok()
+                        .map(|n| n.trim_start_matches(prefix).to_owned())
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
 fn ref_not_found(repo: &Repository, reference: &str, plan: &RemotePlan) -> CheckoutError {
-    let names = |glob: &str, prefix: &str| -> Vec<String> {
-        let mut v: Vec<String> = repo
-            .references_glob(glob)
-            .map(|refs| {
-                refs.filter_map(|r| r.ok())
-                    .filter_map(|r| {
-                        r.name()
-                            .ok()
-                            .map(|n| n.trim_start_matches(prefix).to_string())
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        v.sort();
-        v
-    };
+    let names = |glob: &str, prefix: &str| ref_names(repo, glob, prefix);
     CheckoutError::RefNotFound {
         reference: reference.to_string(),
         url: plan.written.clone(),
