@@ -154,8 +154,10 @@ impl Store {
     pub fn pending_cancels(&self, agent_id: &str) -> Result<Vec<String>> {
         let reader = self.reader()?;
         let mut stmt = reader.prepare_cached(
-            "SELECT id FROM jobs WHERE agent_id = ?1 AND cancel_requested = 1 \
-             AND (status = 'running' OR json_extract(ssh_state, '$.held_until_ms') IS NOT NULL) \
+            "SELECT id FROM jobs WHERE agent_id = ?1 AND status = 'running' AND cancel_requested = 1 \
+             UNION SELECT id FROM jobs INDEXED BY jobs_ssh_state WHERE agent_id = ?1 \
+             AND ssh_state IS NOT NULL AND cancel_requested = 1 \
+             AND json_extract(ssh_state, '$.held_until_ms') IS NOT NULL \
              ORDER BY id",
         )?;
         let ids = stmt

@@ -260,6 +260,9 @@ CREATE TABLE operator_tokens (
     revoked INTEGER NOT NULL DEFAULT 0
 );
 "#,
+    // 9: jobs whose agent reported SSH access, by agent: each heartbeat and control poll
+    // looks for the agent's held finished jobs, which no other index narrows down.
+    "CREATE INDEX jobs_ssh_state ON jobs(agent_id) WHERE ssh_state IS NOT NULL",
 ];
 
 /// Before migration 2: copy each job's log out of the `job_logs` blobs into its file.

@@ -157,7 +157,8 @@ pub(super) fn end_holds_not_reported(
     reported: &[&str],
 ) -> Result<()> {
     let mut stmt = conn.prepare_cached(
-        "SELECT id FROM jobs WHERE agent_id = ?1 AND status NOT IN ('queued', 'running') \
+        "SELECT id FROM jobs INDEXED BY jobs_ssh_state WHERE agent_id = ?1 \
+         AND ssh_state IS NOT NULL AND status NOT IN ('queued', 'running') \
          AND json_extract(ssh_state, '$.held_until_ms') IS NOT NULL",
     )?;
     let held = stmt
