@@ -251,8 +251,17 @@ fn a_key_that_cannot_read_the_repository_gets_nothing_from_the_mirror() {
         ),
     ] {
         let dest = tmp.path().join(name.replace(' ', "-"));
-        let out = checkout(&rig, url, &dest, &keys, &cache);
+        let out = harness::output(
+            checkout_cmd(&rig, url, &dest, &keys, &cache).env("BOSUN_LOG", "bosun=debug"),
+        );
         assert!(!out.status.success(), "{name}: {}", text(&out));
+        // The mirror's tree was written while the refused fetch ran: what follows checks
+        // that the refusal took all of it away again.
+        assert!(
+            text(&out).contains("head start: the mirror's tree is written"),
+            "{name}: {}",
+            text(&out)
+        );
         assert!(
             text(&out).contains("does not exist or is not accessible"),
             "{name}: {}",
@@ -279,6 +288,97 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
         }
     }
     out
+}
+
+/// A warm checkout starts from the tree the mirror had (written while the fetch runs);
+/// after commits that delete, rename, add and edit files and move the submodule on, the
+/// result is exactly a fresh `git clone --recurse-submodules` of the new commit.
+#[test]
+fn a_warm_checkout_over_the_old_tree_equals_a_fresh_clone() {
+    let rig = Rig::start();
+    let key = rig.user_key(&["acme"]);
+    let lib = rig.work_repo("acme/lib");
+    lib.write("lib.txt", "lib one\n");
+    lib.commit("lib one");
+    lib.push("HEAD:refs/heads/main");
+    let app = rig.work_repo("acme/app");
+    for (p, body) in [
+        ("keep.txt", "keep\n"),
+        ("gone.txt", "gone\n"),
+        ("edit.txt", "old\n"),
+        ("deep/er/moved.txt", "moves\n"),
+    ] {
+        app.write(p, body);
+    }
+    app.add_submodule("../lib.git", "lib");
+    app.commit("old");
+    app.push("HEAD:refs/heads/main");
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("cache");
+    let url = "git@bitbucket.org:acme/app.git";
+    ok(checkout(
+        &rig,
+        url,
+        &tmp.path().join("prime"),
+        &[("--user-key", &key)],
+        &cache,
+    ));
+
+    lib.write("lib.txt", "lib two\n");
+    let lib_two = lib.commit("lib two");
+    lib.push("HEAD:refs/heads/main");
+    app.git(&["rm", "-q", "gone.txt"]);
+    app.git(&["mv", "deep/er/moved.txt", "moved.txt"]);
+    app.write("edit.txt", "new\n");
+    app.write("added.txt", "added\n");
+    app.add_submodule_at("../lib.git", "lib", &lib_two);
+    app.commit("new");
+    app.push("HEAD:refs/heads/main");
+
+    let warm = tmp.path().join("warm");
+    let out = harness::output(
+        checkout_cmd(&rig, url, &warm, &[("--user-key", &key)], &cache)
+            .env("BOSUN_LOG", "bosun=debug"),
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("head start: the mirror's tree is written"),
+        "{}",
+        text(&out)
+    );
+    let fresh = tmp.path().join("fresh");
+    harness::run(
+        rig.git(None)
+            .args([
+                "-c",
+                "protocol.file.allow=always",
+                "clone",
+                "-q",
+                "--recurse-submodules",
+            ])
+            .arg(rig.repo_path("acme/app"))
+            .arg(&fresh),
+    );
+    let files = |dir: &Path| {
+        let mut v: Vec<(String, Vec<u8>)> = walk(dir)
+            .into_iter()
+            .filter(|p| p.is_file() && !p.components().any(|c| c.as_os_str() == ".git"))
+            .map(|p| {
+                let rel = p.strip_prefix(dir).unwrap().display().to_string();
+                (rel, std::fs::read(&p).unwrap())
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(files(&warm), files(&fresh));
+    assert!(!warm.join("deep").exists(), "the emptied directory is gone");
+    let status = harness::run(rig.git(None).current_dir(&warm).args([
+        "status",
+        "--porcelain",
+        "--ignore-submodules=none",
+    ]));
+    assert_eq!(status.trim(), "", "a clean working tree");
 }
 
 #[test]

@@ -9,12 +9,13 @@
 //!   its host name;
 //! - PHYSICAL: what libgit2 dials, after the host mapping (e.g. 127.0.0.1:2222 in tests).
 
+mod head_start;
 mod local;
+mod submodules;
 
 use crate::mirror::{Mirror, MirrorError, Mirrors};
 use crate::ssh::{
-    parse_ssh_url, resolve_relative_url, verify_host_key, HostKeyError, HostKeyType, KnownHosts,
-    SshKey, VcsHosts,
+    parse_ssh_url, verify_host_key, HostKeyError, HostKeyType, KnownHosts, SshKey, VcsHosts,
 };
 use git2::build::CheckoutBuilder;
 use git2::{
@@ -463,18 +464,33 @@ pub fn checkout(
         }
     }
     let mirrors = spec.mirrors.as_ref().filter(|_| fresh);
-    let remote_head = fetch_repo(&repo, &plan, creds, mirrors, progress)?;
-    let target = resolve_reference(&repo, spec.reference.as_deref(), remote_head, &plan, creds)?;
+    let fetched = fetch_repo(
+        &repo,
+        &plan,
+        creds,
+        mirrors,
+        spec.reference.as_deref(),
+        progress,
+    )?;
+    let target = resolve_reference(
+        &repo,
+        spec.reference.as_deref(),
+        fetched.remote_head,
+        &plan,
+        creds,
+    )?;
     let commit = repo
         .find_commit(target.commit)
         .map_err(git_err("reading the commit to check out"))?;
-    // Detach first so that (re)creating the branch never touches the current HEAD branch.
-    repo.set_head_detached(commit.id())
-        .map_err(git_err("detaching HEAD"))?;
     let t = std::time::Instant::now();
-    repo.checkout_tree(commit.as_object(), Some(CheckoutBuilder::new().force()))
-        .map_err(git_err("checking out the tree"))?;
-    tracing::debug!(ms = t.elapsed().as_millis() as u64, "tree checked out");
+    // HEAD ends detached at the commit before any branch is (re)created, so that never
+    // touches the current HEAD branch.
+    check_out(&repo, &commit, fetched.head_start).map_err(git_err("checking out the tree"))?;
+    tracing::debug!(
+        ms = t.elapsed().as_millis() as u64,
+        head_start = fetched.head_start.map(|o| o.to_string()),
+        "tree checked out"
+    );
     if let Some(branch) = &target.branch {
         let mut local = repo
             .branch(branch, &commit, true)
@@ -486,7 +502,7 @@ pub fn checkout(
             .map_err(git_err(format!("pointing HEAD at {branch}")))?;
     }
     let mut submodules = Vec::new();
-    update_submodules(
+    submodules::update(
         &repo,
         &spec.url,
         creds,
@@ -656,44 +672,131 @@ fn open_or_init(dest: &Path) -> Result<(Repository, bool), CheckoutError> {
         )))
 }
 
+/// What [`fetch_repo`] brought.
+struct Fetched {
+    /// The remote's `HEAD` branch, when it said.
+    remote_head: Option<String>,
+    /// The commit whose tree a head start wrote into the working directory (`HEAD` is
+    /// detached there): the final checkout goes from it with [`head_start::finish`].
+    head_start: Option<Oid>,
+}
+
 /// Fetch what `plan` names into `repo`: through the mirror when there is one, else
 /// directly. The mirror is fetched into with the job's own keys and host-key check before
-/// anything of it reaches `repo`, even when it is up to date (then the fetch is one ref
+/// anything of it reaches the job, even when it is up to date (then the fetch is one ref
 /// advertisement): a key that cannot read the repository fails here, whatever the mirror
-/// holds.
+/// holds. While that fetch waits on the server, the tree the mirror already has for
+/// `reference` is written into `repo`'s working directory ([`head_start`]); a failed
+/// fetch wipes it.
 fn fetch_repo(
     repo: &Repository,
     plan: &RemotePlan,
     creds: &Credentials,
     mirrors: Option<&Mirrors>,
+    reference: Option<&str>,
     progress: &mut dyn FnMut(&str),
-) -> Result<Option<String>, CheckoutError> {
+) -> Result<Fetched, CheckoutError> {
     let (Some(mirrors), Some(address)) = (mirrors, plan.mirror_address()) else {
-        if let Some(head) = local::copy_from_local_path(repo, plan) {
-            return Ok(head);
-        }
-        return fetch_with_keys(repo, plan, &FETCH_REFSPECS, creds, false);
+        let remote_head = match local::copy_from_local_path(repo, plan) {
+            Some(head) => head,
+            None => fetch_with_keys(repo, plan, &FETCH_REFSPECS, creds, false)?,
+        };
+        return Ok(Fetched {
+            remote_head,
+            head_start: None,
+        });
     };
     let t = std::time::Instant::now();
     let mut mirror = mirrors.open(&address, &plan.written, progress)?;
     tracing::debug!(ms = t.elapsed().as_millis() as u64, %address, "mirror opened and checked");
-    let head = match fetch_with_keys(mirror.repo(), plan, &MIRROR_REFSPECS, creds, true) {
+    let git_dir = repo.path().to_path_buf();
+    let workdir = repo.workdir().map(Path::to_path_buf);
+    // What the mirror had before this fetch, linked in now for the head start (and kept:
+    // the materialize after the fetch adds only the new packs).
+    let guess = workdir
+        .as_ref()
+        .and_then(|_| head_start::guess(mirror.repo(), reference))
+        .filter(|_| mirror.materialize(repo).is_ok());
+    if let Some(oid) = guess {
+        tracing::debug!(%oid, "head start: the mirror's tree is written while the fetch runs");
+    }
+    let (fetched, started) = std::thread::scope(|s| {
+        let ahead = guess.map(|oid| {
+            let git_dir = git_dir.clone();
+            s.spawn(move || head_start::write_tree(&git_dir, oid))
+        });
+        let fetched = fetch_with_keys(mirror.repo(), plan, &MIRROR_REFSPECS, creds, true);
+        let started = ahead.map(|h| match h.join() {
+            Ok(Ok(oid)) => Some(oid),
+            Ok(Err(e)) => {
+                tracing::debug!("head start failed, checking out in full: {e}");
+                None
+            }
+            Err(_) => None,
+        });
+        (fetched, started)
+    });
+    let wipe = |why: &str| -> Result<(), CheckoutError> {
+        let Some(workdir) = &workdir else {
+            return Ok(());
+        };
+        head_start::wipe(&git_dir, workdir).map_err(|e| CheckoutError::Dest {
+            path: workdir.clone(),
+            message: format!("cannot remove the head start ({why}): {e}"),
+        })
+    };
+    let mut head_start = started.flatten();
+    let remote_head = match fetched {
         Ok(head) => head,
         Err(CheckoutError::Git { source, .. })
             if is_local_damage(&source) && !mirror.is_empty() =>
         {
+            if guess.is_some() {
+                wipe("the mirror was damaged")?;
+                head_start = None;
+            }
             mirror.reset(source.message(), progress)?;
             fetch_with_keys(mirror.repo(), plan, &MIRROR_REFSPECS, creds, true)?
         }
-        Err(e) => return Err(e),
+        Err(e) => {
+            if guess.is_some() {
+                wipe("the fetch failed")?;
+            }
+            return Err(e);
+        }
     };
-    tracing::debug!(ms = t.elapsed().as_millis() as u64, "mirror fetched");
+    if guess.is_some() && head_start.is_none() {
+        // A head start that failed midway leaves a partial tree: start from nothing.
+        wipe("it failed")?;
+    }
+    tracing::debug!(
+        ms = t.elapsed().as_millis() as u64,
+        head_start = head_start.is_some(),
+        "mirror fetched"
+    );
     mirror.materialize(repo)?;
     tracing::debug!(
         ms = t.elapsed().as_millis() as u64,
         "job repository made from the mirror"
     );
-    Ok(head)
+    Ok(Fetched {
+        remote_head,
+        head_start,
+    })
+}
+
+/// Check out `commit` (its tree, `HEAD` detached at it): over a head start's tree when
+/// there was one, else in full.
+fn check_out(
+    repo: &Repository,
+    commit: &git2::Commit<'_>,
+    head_start: Option<Oid>,
+) -> Result<(), git2::Error> {
+    if head_start.is_some() {
+        return head_start::finish(repo, commit);
+    }
+    repo.set_head_detached(commit.id())?;
+    repo.checkout_tree(commit.as_object(), Some(CheckoutBuilder::new().force()))
 }
 
 /// A fetch that failed on the mirror's own files (not the network, not access): starting
@@ -824,146 +927,6 @@ fn ref_not_found(repo: &Repository, reference: &str, plan: &RemotePlan) -> Check
         branches: names("refs/remotes/origin/*", "refs/remotes/origin/"),
         tags: names("refs/tags/*", "refs/tags/"),
     }
-}
-
-/// A submodule URL comes from `.gitmodules`, which anyone who can push writes: only SSH
-/// (whose host key must then be trusted, like the project's own) and URLs relative to the
-/// superproject's remote are fetched. A local path or `file://` would hand the job a
-/// repository from the agent's own disk, `ext::` runs a command, and the other transports
-/// go around the host-key check.
-fn check_submodule_url(raw: &str) -> Result<(), String> {
-    let url = raw.trim();
-    if url.starts_with("./") || url.starts_with("../") {
-        return Ok(());
-    }
-    let refuse = |why: &str| {
-        Err(format!(
-            "url {url:?} uses a transport bosun does not fetch submodules over ({why}); \
-             only SSH URLs (git@host:path, ssh://…) to a host with a trusted key and relative \
-             URLs (../other.git) are allowed"
-        ))
-    };
-    // `<transport>::<address>` is git's remote-helper syntax (ext::, fd::, …).
-    if url.find("::").is_some_and(|i| !url[..i].contains('/')) {
-        return refuse("a remote helper");
-    }
-    match parse_ssh_url(url) {
-        Some(ssh)
-            if ssh.host.starts_with('-')
-                || ssh.user.as_deref().is_some_and(|u| u.starts_with('-')) =>
-        {
-            refuse("a host or user that reads as an option")
-        }
-        Some(_) => Ok(()),
-        None if url.starts_with("file:") => refuse("a file on the agent's host"),
-        None if url.contains("://") => refuse("not SSH"),
-        None => refuse("a path on the agent's host"),
-    }
-}
-
-/// Nesting bound: a submodule that (indirectly) contains itself would otherwise recurse forever.
-const MAX_SUBMODULE_DEPTH: usize = 8;
-
-/// Each submodule is fetched with its own callbacks (same keys, same host-key check) because
-/// its URL may name another host, and libgit2's own submodule update cannot use ours.
-#[allow(clippy::too_many_arguments)] // recursion state; grouping it would only rename it
-fn update_submodules(
-    repo: &Repository,
-    parent_url: &str,
-    creds: &Credentials,
-    progress: &mut dyn FnMut(&str),
-    prefix: &Path,
-    out: &mut Vec<(String, String)>,
-    depth: usize,
-    mirrors: Option<&Mirrors>,
-) -> Result<(), CheckoutError> {
-    let submodules = repo.submodules().map_err(git_err("reading .gitmodules"))?;
-    for mut sm in submodules {
-        let rel_path = sm.path().to_path_buf();
-        let full_path = prefix.join(&rel_path).display().to_string();
-        let sm_err = |message: String| CheckoutError::Submodule {
-            path: full_path.clone(),
-            message,
-        };
-        if depth >= MAX_SUBMODULE_DEPTH {
-            return Err(sm_err(format!(
-                "submodules nested more than {MAX_SUBMODULE_DEPTH} deep"
-            )));
-        }
-        let name = sm.name().unwrap_or(&full_path).to_string();
-        let Some(gitlink) = sm.head_id() else {
-            // In .gitmodules but not in the commit's tree: git ignores it too.
-            continue;
-        };
-        let raw_url = sm
-            .url()
-            .ok()
-            .flatten()
-            .ok_or_else(|| sm_err("no url in .gitmodules".into()))?
-            .to_string();
-        check_submodule_url(&raw_url).map_err(sm_err)?;
-        let url = resolve_relative_url(parent_url, &raw_url).ok_or_else(|| {
-            sm_err(format!(
-                "relative url {raw_url} climbs above the root of {parent_url}"
-            ))
-        })?;
-        sm.init(false)
-            .map_err(git_err(format!("initialising submodule {full_path}")))?;
-        // libgit2 resolved relative URLs itself; store ours, which is the one we fetch.
-        repo.config()
-            .and_then(|mut c| c.set_str(&format!("submodule.{name}.url"), &url))
-            .map_err(git_err(format!(
-                "recording the url of submodule {full_path}"
-            )))?;
-        let plan = plan_remote(&url, &creds.hosts);
-        progress(&format!("Submodule {full_path} → {}", plan.describe));
-        let (subrepo, fresh) = match sm.open() {
-            Ok(r) => (r, false),
-            Err(_) => (
-                sm.repo_init(true).map_err(git_err(format!(
-                    "creating the repository of submodule {full_path}"
-                )))?,
-                true,
-            ),
-        };
-        match subrepo.find_remote("origin") {
-            Ok(_) => subrepo.remote_set_url("origin", &url),
-            Err(_) => subrepo.remote("origin", &url).map(|_| ()),
-        }
-        .map_err(git_err(format!("setting origin of submodule {full_path}")))?;
-        fetch_repo(&subrepo, &plan, creds, mirrors.filter(|_| fresh), progress)?;
-        if subrepo.find_commit(gitlink).is_err() {
-            let sha = gitlink.to_string();
-            let fetched = fetch_with_keys(&subrepo, &plan, &[sha.as_str()], creds, false);
-            if fetched.is_err() || subrepo.find_commit(gitlink).is_err() {
-                return Err(sm_err(format!(
-                    "commit {gitlink} recorded by the parent is not on any branch or tag of {url} \
-                     (was it pushed?)"
-                )));
-            }
-        }
-        let commit = subrepo
-            .find_commit(gitlink)
-            .map_err(git_err(format!("reading commit {gitlink} of {full_path}")))?;
-        subrepo
-            .set_head_detached(gitlink)
-            .map_err(git_err(format!("detaching HEAD of {full_path}")))?;
-        subrepo
-            .checkout_tree(commit.as_object(), Some(CheckoutBuilder::new().force()))
-            .map_err(git_err(format!("checking out {full_path}")))?;
-        out.push((full_path.clone(), gitlink.to_string()));
-        update_submodules(
-            &subrepo,
-            &url,
-            creds,
-            progress,
-            &prefix.join(&rel_path),
-            out,
-            depth + 1,
-            mirrors,
-        )?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -1,3 +1,4 @@
+use super::submodules::check_submodule_url;
 use super::*;
 use std::process::Command;
 
