@@ -346,6 +346,13 @@ fn a_warm_checkout_over_the_old_tree_equals_a_fresh_clone() {
         "{}",
         text(&out)
     );
+    // The submodule named by the old tree was fetched beside the parent's fetch, and that
+    // fetch (with the same key) is the one its checkout used.
+    assert!(
+        text(&out).contains("submodule mirror fetched ahead"),
+        "{}",
+        text(&out)
+    );
     let fresh = tmp.path().join("fresh");
     harness::run(
         rig.git(None)
@@ -379,6 +386,27 @@ fn a_warm_checkout_over_the_old_tree_equals_a_fresh_clone() {
         "--ignore-submodules=none",
     ]));
     assert_eq!(status.trim(), "", "a clean working tree");
+
+    // A deploy key opens the project but not its submodule: fetching ahead with it fails,
+    // so the submodule's mirror (full from the runs above) gives it nothing.
+    let deploy = rig.deploy_key("acme/app");
+    let denied = tmp.path().join("denied");
+    let out = harness::output(
+        checkout_cmd(&rig, url, &denied, &[("--deploy-key", &deploy)], &cache)
+            .env("BOSUN_LOG", "bosun=debug"),
+    );
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("acme/lib.git does not exist or is not accessible"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        !text(&out).contains("submodule mirror fetched ahead"),
+        "{}",
+        text(&out)
+    );
+    assert!(!denied.join("lib/lib.txt").exists());
 }
 
 #[test]

@@ -464,7 +464,7 @@ pub fn checkout(
         }
     }
     let mirrors = spec.mirrors.as_ref().filter(|_| fresh);
-    let fetched = fetch_repo(
+    let mut fetched = fetch_repo(
         &repo,
         &plan,
         creds,
@@ -511,6 +511,7 @@ pub fn checkout(
         &mut submodules,
         0,
         spec.mirrors.as_ref(),
+        &mut fetched.prefetched,
     )?;
     if let Some(m) = &spec.mirrors {
         // Over budget: the least recently used mirrors go (never one in use).
@@ -673,12 +674,15 @@ fn open_or_init(dest: &Path) -> Result<(Repository, bool), CheckoutError> {
 }
 
 /// What [`fetch_repo`] brought.
+#[derive(Default)]
 struct Fetched {
     /// The remote's `HEAD` branch, when it said.
     remote_head: Option<String>,
     /// The commit whose tree a head start wrote into the working directory (`HEAD` is
     /// detached there): the final checkout goes from it with [`head_start::finish`].
     head_start: Option<Oid>,
+    /// Submodule mirrors fetched beside this fetch, for [`submodules::update`].
+    prefetched: submodules::Prefetched,
 }
 
 /// Fetch what `plan` names into `repo`: through the mirror when there is one, else
@@ -703,7 +707,7 @@ fn fetch_repo(
         };
         return Ok(Fetched {
             remote_head,
-            head_start: None,
+            ..Fetched::default()
         });
     };
     let t = std::time::Instant::now();
@@ -720,21 +724,28 @@ fn fetch_repo(
     if let Some(oid) = guess {
         tracing::debug!(%oid, "head start: the mirror's tree is written while the fetch runs");
     }
-    let (fetched, started) = std::thread::scope(|s| {
+    let (fetched, started, prefetched) = std::thread::scope(|s| {
         let ahead = guess.map(|oid| {
             let git_dir = git_dir.clone();
-            s.spawn(move || head_start::write_tree(&git_dir, oid))
+            s.spawn(move || {
+                let written = head_start::write_tree(&git_dir, oid);
+                let prefetched = match &written {
+                    Ok(_) => submodules::prefetch(&git_dir, &plan.written, creds, mirrors),
+                    Err(_) => submodules::Prefetched::new(),
+                };
+                (written, prefetched)
+            })
         });
         let fetched = fetch_with_keys(mirror.repo(), plan, &MIRROR_REFSPECS, creds, true);
-        let started = ahead.map(|h| match h.join() {
-            Ok(Ok(oid)) => Some(oid),
-            Ok(Err(e)) => {
+        let (started, prefetched) = match ahead.map(|h| h.join()) {
+            Some(Ok((Ok(oid), prefetched))) => (Some(oid), prefetched),
+            Some(Ok((Err(e), _))) => {
                 tracing::debug!("head start failed, checking out in full: {e}");
-                None
+                (None, submodules::Prefetched::new())
             }
-            Err(_) => None,
-        });
-        (fetched, started)
+            Some(Err(_)) | None => (None, submodules::Prefetched::new()),
+        };
+        (fetched, started, prefetched)
     });
     let wipe = |why: &str| -> Result<(), CheckoutError> {
         let Some(workdir) = &workdir else {
@@ -745,7 +756,7 @@ fn fetch_repo(
             message: format!("cannot remove the head start ({why}): {e}"),
         })
     };
-    let mut head_start = started.flatten();
+    let mut head_start = started;
     let remote_head = match fetched {
         Ok(head) => head,
         Err(CheckoutError::Git { source, .. })
@@ -782,6 +793,7 @@ fn fetch_repo(
     Ok(Fetched {
         remote_head,
         head_start,
+        prefetched,
     })
 }
 

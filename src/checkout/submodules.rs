@@ -4,11 +4,79 @@
 
 use super::{
     check_out, fetch_repo, fetch_with_keys, git_err, plan_remote, CheckoutError, Credentials,
+    MIRROR_REFSPECS,
 };
-use crate::mirror::Mirrors;
+use crate::mirror::{Mirror, Mirrors};
 use crate::ssh::{parse_ssh_url, resolve_relative_url};
 use git2::Repository;
+use std::collections::HashMap;
 use std::path::Path;
+
+/// Submodule mirrors fetched ahead with the job's own keys, by mirror address, each still
+/// locked: [`update`] takes one instead of opening and fetching it again.
+pub(super) type Prefetched = HashMap<String, Mirror>;
+
+/// Fetch, with the job's keys, the mirrors of the submodules that the head start's tree
+/// (already in the working directory of the repository at `git_dir`) names, while the
+/// parent's own fetch is still running: most commits keep their submodules' URLs, so the
+/// fetch [`update`] would make after the parent's is mostly done by then. Only URLs the
+/// same rules allow ([`check_submodule_url`], relative ones under the parent's root) are
+/// fetched, only into mirrors (never into the job's directory), and only mirrors nobody
+/// else holds (never waiting on a lock while the parent's is held). Whatever fails here is
+/// left to [`update`], which fetches again and reports it.
+pub(super) fn prefetch(
+    git_dir: &Path,
+    parent_url: &str,
+    creds: &Credentials,
+    mirrors: &Mirrors,
+) -> Prefetched {
+    let mut out = Prefetched::new();
+    let Ok(repo) = Repository::open(git_dir) else {
+        return out;
+    };
+    let Ok(submodules) = repo.submodules() else {
+        return out;
+    };
+    for sm in submodules.iter().take(MAX_PREFETCH) {
+        let Some(raw) = sm.url().ok().flatten() else {
+            continue;
+        };
+        if sm.head_id().is_none() || check_submodule_url(raw).is_err() {
+            continue;
+        }
+        let Some(url) = resolve_relative_url(parent_url, raw) else {
+            continue;
+        };
+        let plan = plan_remote(&url, &creds.hosts);
+        let Some(address) = plan.mirror_address() else {
+            continue;
+        };
+        if out.contains_key(&address) {
+            continue;
+        }
+        let mut quiet = |_: &str| {};
+        let mirror = match mirrors.try_open(&address, &plan.written, &mut quiet) {
+            Ok(Some(m)) => m,
+            Ok(None) => continue,
+            Err(e) => {
+                tracing::debug!(%url, "submodule prefetch: {e}");
+                continue;
+            }
+        };
+        match fetch_with_keys(mirror.repo(), &plan, &MIRROR_REFSPECS, creds, true) {
+            Ok(_) => {
+                tracing::debug!(%url, "submodule mirror fetched ahead");
+                out.insert(address, mirror);
+            }
+            Err(e) => tracing::debug!(%url, "submodule prefetch failed (fetched again later): {e}"),
+        }
+    }
+    out
+}
+
+/// Submodules fetched ahead at most, so that a `.gitmodules` of thousands of entries does
+/// not hold the parent's checkout behind them.
+const MAX_PREFETCH: usize = 16;
 
 /// A submodule URL comes from `.gitmodules`, which anyone who can push writes: only SSH
 /// (whose host key must then be trusted, like the project's own) and URLs relative to the
@@ -60,6 +128,7 @@ pub(super) fn update(
     out: &mut Vec<(String, String)>,
     depth: usize,
     mirrors: Option<&Mirrors>,
+    prefetched: &mut Prefetched,
 ) -> Result<(), CheckoutError> {
     let submodules = repo.submodules().map_err(git_err("reading .gitmodules"))?;
     for mut sm in submodules {
@@ -116,14 +185,25 @@ pub(super) fn update(
         }
         .map_err(git_err(format!("setting origin of submodule {full_path}")))?;
         let gitlink_hex = gitlink.to_string();
-        let fetched = fetch_repo(
-            &subrepo,
-            &plan,
-            creds,
-            mirrors.filter(|_| fresh),
-            Some(&gitlink_hex),
-            progress,
-        )?;
+        let ahead = plan
+            .mirror_address()
+            .filter(|_| fresh)
+            .and_then(|a| prefetched.remove(&a));
+        let mut fetched = match ahead {
+            // Fetched with these keys a moment ago: only the job's copy is left to make.
+            Some(mirror) => {
+                mirror.materialize(&subrepo)?;
+                super::Fetched::default()
+            }
+            None => fetch_repo(
+                &subrepo,
+                &plan,
+                creds,
+                mirrors.filter(|_| fresh),
+                Some(&gitlink_hex),
+                progress,
+            )?,
+        };
         if subrepo.find_commit(gitlink).is_err() {
             let sha = gitlink.to_string();
             let fetched = fetch_with_keys(&subrepo, &plan, &[sha.as_str()], creds, false);
@@ -149,6 +229,7 @@ pub(super) fn update(
             out,
             depth + 1,
             mirrors,
+            &mut fetched.prefetched,
         )?;
     }
     Ok(())

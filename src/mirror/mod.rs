@@ -121,6 +121,31 @@ impl Mirrors {
         label: &str,
         report: &mut dyn FnMut(&str),
     ) -> Result<Mirror, MirrorError> {
+        let (id, lock) = self.lock(address, libc::LOCK_EX)?;
+        self.open_locked(id, lock, label, report)
+    }
+
+    /// As [`Mirrors::open`], but `None` at once when another job holds the mirror: for
+    /// work done ahead (a submodule fetched beside its parent's fetch), which must never
+    /// wait on a lock while it holds another.
+    pub fn try_open(
+        &self,
+        address: &str,
+        label: &str,
+        report: &mut dyn FnMut(&str),
+    ) -> Result<Option<Mirror>, MirrorError> {
+        match self.lock(address, libc::LOCK_EX | libc::LOCK_NB) {
+            Ok((id, lock)) => self.open_locked(id, lock, label, report).map(Some),
+            Err(MirrorError::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::WouldBlock =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn lock(&self, address: &str, op: libc::c_int) -> Result<(String, File), MirrorError> {
         make_private_dir(&self.root)?;
         let id = mirror_id(address);
         let lock_path = self.root.join(format!("{id}.lock"));
@@ -130,7 +155,17 @@ impl Mirrors {
             .write(true)
             .open(&lock_path)
             .map_err(io_err(&lock_path))?;
-        flock(&lock, libc::LOCK_EX).map_err(io_err(&lock_path))?;
+        flock(&lock, op).map_err(io_err(&lock_path))?;
+        Ok((id, lock))
+    }
+
+    fn open_locked(
+        &self,
+        id: String,
+        lock: File,
+        label: &str,
+        report: &mut dyn FnMut(&str),
+    ) -> Result<Mirror, MirrorError> {
         let dir = self.root.join(&id);
         let repo = if dir.exists() {
             health::clean_leftovers(&dir);
