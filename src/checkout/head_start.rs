@@ -54,13 +54,33 @@ pub(super) fn guess(mirror: &Repository, reference: Option<&str>) -> Option<Oid>
 
 /// Write `commit`'s tree into the working directory of the repository at `git_dir`
 /// (whose objects already hold it), leaving `HEAD` detached at `commit`: the baseline the
-/// final checkout ([`finish`]) diffs against. Runs on its own thread with its own handle.
-pub(super) fn write_tree(git_dir: &Path, commit: Oid) -> Result<Oid, git2::Error> {
-    let repo = Repository::open(git_dir)?;
-    let c = repo.find_commit(commit)?;
-    repo.set_head_detached(commit)?;
-    repo.checkout_tree(c.as_object(), Some(CheckoutBuilder::new().force()))?;
-    Ok(commit)
+/// final checkout ([`finish`]) diffs against. `.gitmodules` goes first, then
+/// `gitmodules_written` is called (with whether it was), so that the submodules' fetches
+/// can start beside the rest of the tree. Runs on its own thread with its own handle.
+pub(super) fn write_tree(
+    git_dir: &Path,
+    commit: Oid,
+    gitmodules_written: impl FnOnce(bool),
+) -> Result<Oid, git2::Error> {
+    let mut told = Some(gitmodules_written);
+    let result = (|| {
+        let repo = Repository::open(git_dir)?;
+        let c = repo.find_commit(commit)?;
+        repo.set_head_detached(commit)?;
+        repo.checkout_tree(
+            c.as_object(),
+            Some(CheckoutBuilder::new().force().path(".gitmodules")),
+        )?;
+        if let Some(tell) = told.take() {
+            tell(true);
+        }
+        repo.checkout_tree(c.as_object(), Some(CheckoutBuilder::new().force()))?;
+        Ok(commit)
+    })();
+    if let Some(tell) = told.take() {
+        tell(false);
+    }
+    result
 }
 
 /// The final checkout of `commit` over a working directory that holds `from`'s tree
@@ -189,7 +209,12 @@ mod tests {
         let dest = tmp.path().join("dest");
         let repo = Repository::init(&dest).expect("init");
         crate::mirror::copy_local(&src.join(".git"), &mirror, &repo).expect("copy");
-        assert_eq!(write_tree(repo.path(), old).expect("head start"), old);
+        let mut told = None;
+        assert_eq!(
+            write_tree(repo.path(), old, |written| told = Some(written)).expect("head start"),
+            old
+        );
+        assert_eq!(told, Some(true));
         assert!(dest.join("gone.txt").exists() && dest.join("d/e/moved.txt").exists());
         let commit = repo.find_commit(new).expect("commit");
         finish(&repo, &commit).expect("finish");

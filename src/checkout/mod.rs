@@ -724,27 +724,41 @@ fn fetch_repo(
     if let Some(oid) = guess {
         tracing::debug!(%oid, "head start: the mirror's tree is written while the fetch runs");
     }
+    // Three at once: the fetch (mostly waiting on the server), the head start's tree and,
+    // as soon as its `.gitmodules` is written, the submodules' fetches.
     let (fetched, started, prefetched) = std::thread::scope(|s| {
         let ahead = guess.map(|oid| {
-            let git_dir = git_dir.clone();
-            s.spawn(move || {
-                let written = head_start::write_tree(&git_dir, oid);
-                let prefetched = match &written {
-                    Ok(_) => submodules::prefetch(&git_dir, &plan.written, creds, mirrors),
-                    Err(_) => submodules::Prefetched::new(),
-                };
-                (written, prefetched)
-            })
+            let (tell, told) = std::sync::mpsc::channel::<bool>();
+            let (git_dir, plan_url) = (&git_dir, &plan.written);
+            let tree = s.spawn(move || {
+                head_start::write_tree(git_dir, oid, move |written| {
+                    let _ = tell.send(written);
+                })
+            });
+            let subs = s.spawn(move || match told.recv() {
+                Ok(true) => submodules::prefetch(git_dir, plan_url, creds, mirrors),
+                _ => submodules::Prefetched::new(),
+            });
+            (tree, subs)
         });
+        let t_fetch = std::time::Instant::now();
         let fetched = fetch_with_keys(mirror.repo(), plan, &MIRROR_REFSPECS, creds, true);
-        let (started, prefetched) = match ahead.map(|h| h.join()) {
-            Some(Ok((Ok(oid), prefetched))) => (Some(oid), prefetched),
-            Some(Ok((Err(e), _))) => {
-                tracing::debug!("head start failed, checking out in full: {e}");
-                (None, submodules::Prefetched::new())
-            }
-            Some(Err(_)) | None => (None, submodules::Prefetched::new()),
+        tracing::debug!(
+            ms = t_fetch.elapsed().as_millis() as u64,
+            "the fetch itself"
+        );
+        let Some((tree, subs)) = ahead else {
+            return (fetched, None, submodules::Prefetched::new());
         };
+        let started = match tree.join() {
+            Ok(Ok(oid)) => Some(oid),
+            Ok(Err(e)) => {
+                tracing::debug!("head start failed, checking out in full: {e}");
+                None
+            }
+            Err(_) => None,
+        };
+        let prefetched = subs.join().unwrap_or_default();
         (fetched, started, prefetched)
     });
     let wipe = |why: &str| -> Result<(), CheckoutError> {
