@@ -179,7 +179,7 @@ fn main() {
         "  build:\n    docker: [{{image: {img}}}]\n    steps: [{{run: 'echo first-output'}}]\n"
     );
     let sleeper = format!(
-        "  sleeper:\n    docker: [{{image: {img}}}]\n    steps:\n      - run: |\n          trap 'echo \"term-at $(date +%s%N)\"; exit 3' TERM\n          echo started\n          sleep 600 & wait $!\n"
+        "  sleeper:\n    docker: [{{image: {img}}}]\n    steps:\n      - run: |\n          trap 'echo \"term-at $(date +%s%N)\"; exit 3' TERM\n          echo sleeper-is-up\n          sleep 600 & wait $!\n"
     );
     let rig = Rig::start();
     rig.create_repo("acme/widget");
@@ -225,7 +225,9 @@ fn main() {
         let t = Instant::now();
         loop {
             let log = String::from_utf8_lossy(&store.log_from(id, 0).expect("log")).into_owned();
-            if log.contains("started") {
+            // Its own line (the log's "container … started from" line comes before the
+            // trap is set).
+            if log.contains("sleeper-is-up") {
                 break;
             }
             assert!(
