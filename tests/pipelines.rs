@@ -694,3 +694,152 @@ workflows:
     assert_eq!(hold.approved_by.as_deref(), Some("ops-ada"));
     assert!(log_of(&s.data, &p, "deploy").contains("deployed"));
 }
+
+/// Pipeline `id` as the page's script reads it.
+async fn pipeline_json(addr: &str, id: i64) -> serde_json::Value {
+    reqwest::get(format!("http://{addr}/pipelines/{id}.json"))
+        .await
+        .expect("pipeline json")
+        .json()
+        .await
+        .expect("json")
+}
+
+fn reason_in(p: &serde_json::Value, job: &str) -> String {
+    p["workflows"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|w| w["jobs"].as_array().into_iter().flatten())
+        .find(|j| j["name"] == job)
+        .and_then(|j| j["reason"].as_str())
+        .unwrap_or("")
+        .to_owned()
+}
+
+/// Wait until `job` of pipeline `id` has `status` in the page's JSON; returns the JSON.
+async fn wait_job_json(addr: &str, id: i64, job: &str, status: &str) -> serde_json::Value {
+    let t0 = Instant::now();
+    loop {
+        let p = pipeline_json(addr, id).await;
+        let now = p["workflows"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|w| w["jobs"].as_array().into_iter().flatten())
+            .find(|j| j["name"] == job)
+            .map(|j| j["status"].as_str().unwrap_or("").to_owned());
+        if now.as_deref() == Some(status) {
+            return p;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "{job} of pipeline {id} not {status}: {p:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A job of a runner class no agent has says so (pipeline page and JSON, job page, both CLI
+/// listings) instead of sitting `queued` silently; once an agent of the class registers and
+/// is busy with the first such job, the second says it waits for a free one; both then run.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_of_a_runner_class_without_a_free_agent_says_why_it_waits() {
+    let img = image("base");
+    let config = format!(
+        r#"version: 2.1
+jobs:
+  train:
+    docker: [{{image: {img}}}]
+    resource_class: acme/gpu
+    steps: [{{run: echo training; sleep 6}}]
+  evaluate:
+    docker: [{{image: {img}}}]
+    resource_class: acme/gpu
+    steps: [{{run: echo evaluating}}]
+workflows:
+  ml:
+    jobs: [train, evaluate]
+"#
+    );
+    // One agent, of the default class: it may not take either job.
+    let s = setup(&config, &["agent-docker"], &[]);
+    let sha = s.repo.head();
+    let body = push_payload("acme/widget", "branch", "main", &sha, "gpu jobs");
+    let (code, answer) = deliver(&s.addr, "repo:push", "{g-1}", &body, SECRET).await;
+    assert_eq!(code, 202, "{answer}");
+    let id = answer["pipelines"][0]["id"].as_i64().expect("pipeline id");
+    let none = "waiting: no agent of runner class acme/gpu has registered";
+    let p = wait_job_json(&s.addr, id, "train", "queued").await;
+    assert_eq!(reason_in(&p, "train"), none, "{p:#}");
+    assert_eq!(reason_in(&p, "evaluate"), none, "{p:#}");
+    // The page shows it as text (not only in the graph's hover titles), the job page too.
+    let page = reqwest::get(format!("http://{}/pipelines/{id}", s.addr))
+        .await
+        .expect("page")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        page.contains(&format!(
+            "<strong>train</strong>: <span class=\"reason\">{none}</span>"
+        )),
+        "{page}"
+    );
+    let train = store(&s.data)
+        .pipeline(id)
+        .expect("read")
+        .map(|p| job_id(&p, "train"))
+        .expect("pipeline");
+    let job_page = reqwest::get(format!("http://{}/jobs/{train}", s.addr))
+        .await
+        .expect("job page")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        job_page.contains(&format!("<span id=\"waiting\">{none}</span>")),
+        "{job_page}"
+    );
+    let listed = s.c.cli(&["pipelines"]);
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.contains("train") && l.contains("queued") && l.ends_with(none)),
+        "{listed}"
+    );
+    let jobs = s.c.cli(&["jobs"]);
+    assert!(
+        jobs.lines()
+            .any(|l| l.contains(&format!("{train} ")) && l.ends_with(none)),
+        "{jobs}"
+    );
+
+    // An agent of the class: it takes one job (the older, train) and is busy with it.
+    let _gpu =
+        s.c.agent(&s.rig, "agent-gpu")
+            .resource_class("acme/gpu")
+            .start();
+    let p = wait_job_json(&s.addr, id, "train", "running").await;
+    assert_eq!(
+        reason_in(&p, "evaluate"),
+        "waiting for a free agent of runner class acme/gpu (1 busy)",
+        "{p:#}"
+    );
+    let listed = s.c.cli(&["pipelines"]);
+    assert!(
+        listed.lines().any(|l| l.contains("evaluate")
+            && l.ends_with("waiting for a free agent of runner class acme/gpu (1 busy)")),
+        "{listed}"
+    );
+    let p = wait_pipeline(
+        &s.data,
+        id,
+        &["success", "failed", "errored", "canceled"],
+        Duration::from_secs(120),
+    );
+    assert_eq!(p.status.as_str(), "success", "{p:#?}");
+    // Finished jobs wait for nothing.
+    let p = pipeline_json(&s.addr, id).await;
+    assert_eq!(reason_in(&p, "evaluate"), "", "{p:#}");
+}

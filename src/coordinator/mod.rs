@@ -508,11 +508,18 @@ fn run_inner(cmd: Command) -> Result<()> {
                     "ID", "PROJECT", "REF", "JOB", "PR", "STATUS", "ATTEMPT", "DURATION"
                 ),
             );
-            for j in store.list_jobs(limit)? {
+            let jobs = store.list_jobs(limit)?;
+            let queued: Vec<i64> = jobs
+                .iter()
+                .filter(|j| j.status == crate::protocol::JobState::Queued)
+                .map(|j| j.id)
+                .collect();
+            let reasons = store.wait_reasons(&queued)?;
+            for j in jobs {
                 print(
                     &mut out,
                     format!(
-                        "{:>6}  {:<20} {:<16} {:<16} {:>6}  {:<20} {:>3}/{:<3}  {:>8}  {}",
+                        "{:>6}  {:<20} {:<16} {:<16} {:>6}  {:<20} {:>3}/{:<3}  {:>8}  {}{}",
                         j.id,
                         j.project,
                         j.git_ref,
@@ -524,7 +531,12 @@ fn run_inner(cmd: Command) -> Result<()> {
                         j.attempts,
                         j.max_attempts,
                         j.duration().map(fmt_duration).unwrap_or_default(),
-                        j.agent_id.as_deref().unwrap_or("-")
+                        j.agent_id.as_deref().unwrap_or("-"),
+                        // A queued job says why it waits (no agent of its class, all busy…).
+                        reasons
+                            .get(&j.id)
+                            .map(|r| format!("  {r}"))
+                            .unwrap_or_default()
                     ),
                 );
             }
