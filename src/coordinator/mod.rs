@@ -237,6 +237,12 @@ pub struct ServeArgs {
     /// (repeatable), as the agent's `vcs_hosts`.
     #[arg(long = "vcs-host", value_name = "HOST=ADDR:PORT")]
     pub vcs_hosts: Vec<String>,
+    /// Bytes the projects' config mirrors (DATA/config-mirrors, where pipeline configs are
+    /// fetched) may take together, e.g. 2GiB; the least recently used are removed after each
+    /// fetch (never one being fetched into); a budget smaller than one mirror keeps only the
+    /// mirror just used.
+    #[arg(long, value_name = "SIZE", default_value = "10GiB", value_parser = blobs::parse_size)]
+    pub config_mirror_budget: u64,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]

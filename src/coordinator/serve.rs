@@ -216,6 +216,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         pipelines::RunnerSettings {
             vcs_hosts: args.vcs_hosts.clone(),
             data_dir: args.data.data.clone(),
+            mirror_budget: args.config_mirror_budget,
         },
     );
     bitbucket::status::spawn(state.clone());

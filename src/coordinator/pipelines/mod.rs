@@ -16,12 +16,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// What the runner needs beside the store.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct RunnerSettings {
     /// `HOST=ADDR:PORT` mappings for fetching configs (as the agent's `vcs_hosts`).
     pub vcs_hosts: Vec<String>,
     /// The coordinator's data directory: the projects' config mirrors live under it.
     pub data_dir: std::path::PathBuf,
+    /// Bytes the config mirrors may take together (`--config-mirror-budget`).
+    pub mirror_budget: u64,
 }
 
 /// How long fetching and compiling one pipeline's config may take.
@@ -53,7 +55,7 @@ async fn pass(state: &Arc<AppState>, settings: &RunnerSettings) -> super::Result
         // Each config on its own blocking task, so a slow fetch does not hold up the others'
         // jobs: the pass waits for it, but `advance` below runs for them on the next wake.
         let hosts = settings.vcs_hosts.clone();
-        let mirrors = config::mirrors(&settings.data_dir);
+        let mirrors = config::mirrors(&settings.data_dir, settings.mirror_budget);
         let id = p.id;
         let work = tokio::task::spawn_blocking(move || {
             let t0 = std::time::Instant::now();
