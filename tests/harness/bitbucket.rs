@@ -93,6 +93,17 @@ pub fn setup_with(
     settings: &[&str],
     start: impl FnOnce(&Coordinator, &Rig) -> Vec<Agent>,
 ) -> Setup {
+    setup_keyed(config, &["--uuid", UUID], settings, start)
+}
+
+/// [`setup_with`] with the project keyed by `key` (`project add` arguments: `--uuid U`, or
+/// `--data-center URL --repository-id ID`).
+pub fn setup_keyed(
+    config: &str,
+    key: &[&str],
+    settings: &[&str],
+    start: impl FnOnce(&Coordinator, &Rig) -> Vec<Agent>,
+) -> Setup {
     let rig = Rig::start();
     rig.create_repo("acme/widget");
     let repo = rig.work_repo("acme/widget");
@@ -104,12 +115,7 @@ pub fn setup_with(
         &c.data,
         &rig,
         "acme/widget",
-        &[
-            "--uuid",
-            UUID,
-            "--secret-env",
-            "DEPLOY_TOKEN=s3cr3t-value-42",
-        ],
+        &[key, &["--secret-env", "DEPLOY_TOKEN=s3cr3t-value-42"]].concat(),
     );
     let (statuses, api) = Recorder::start();
     let secret_file = c.dir().join("webhook-secret");
