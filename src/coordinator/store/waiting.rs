@@ -86,6 +86,28 @@ pub(super) fn wait_reasons_in(
     if ids.is_empty() {
         return Ok(out);
     }
+    // The queued ones first: a page of a running or finished job reads nothing more.
+    let mut job_st = conn.prepare(
+        "SELECT resource_class, labels, project_id FROM jobs WHERE id = ?1 AND status = 'queued'",
+    )?;
+    let mut queued = Vec::new();
+    for &id in ids {
+        if let Some(row) = job_st
+            .query_row([id], |r| {
+                Ok((
+                    r.get::<_, Option<String>>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, i64>(2)?,
+                ))
+            })
+            .optional()?
+        {
+            queued.push((id, row));
+        }
+    }
+    if queued.is_empty() {
+        return Ok(out);
+    }
     let window: i64 = conn
         .query_row(
             "SELECT value FROM meta WHERE key = 'online_window_ms'",
@@ -117,24 +139,9 @@ pub(super) fn wait_reasons_in(
             (id, class, labels, Candidate { last_seen, running })
         })
         .collect();
-    let mut job_st = conn.prepare(
-        "SELECT resource_class, labels, project_id FROM jobs WHERE id = ?1 AND status = 'queued'",
-    )?;
     let mut allowed_st =
         conn.prepare("SELECT agent_id FROM project_agents WHERE project_id = ?1")?;
-    for &id in ids {
-        let Some((class, labels, pid)) = job_st
-            .query_row([id], |r| {
-                Ok((
-                    r.get::<_, Option<String>>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, i64>(2)?,
-                ))
-            })
-            .optional()?
-        else {
-            continue;
-        };
+    for (id, (class, labels, pid)) in queued {
         let labels: Vec<String> = serde_json::from_str(&labels).unwrap_or_default();
         let allowed: Vec<String> = allowed_st
             .query_map([pid], |r| r.get(0))?
