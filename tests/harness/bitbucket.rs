@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 pub const UUID: &str = "{5c1c7b2e-4a8f-4f7e-9b1d-2d6c0d9e7a11}";
 pub const SECRET: &str = "webhook-secret-7f3a";
 
-/// Bitbucket's REST API as far as statuses go: records (path, authorization, body).
+/// Bitbucket's REST API as far as statuses go: records each POST (path, authorization, body);
+/// reads (a pipeline's config) are answered 404, so configs come from the mirror.
 #[derive(Clone, Default)]
 pub struct Recorder(pub Arc<Mutex<Vec<(String, String, serde_json::Value)>>>);
 
@@ -50,6 +51,14 @@ impl Recorder {
                 let mut body = vec![0u8; len];
                 let _ = reader.read_exact(&mut body);
                 let path = first.split_whitespace().nth(1).unwrap_or("").to_owned();
+                if !first.starts_with("POST ") {
+                    // A read of a file (the coordinator asks the API for a pipeline's config
+                    // when it has credentials): this stand-in has none, and falls back.
+                    let _ = conn.write_all(
+                        b"HTTP/1.1 404 Not Found\r\nContent-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}",
+                    );
+                    continue;
+                }
                 let json = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
                 r.0.lock().expect("lock").push((path, auth, json));
                 let _ = conn.write_all(
@@ -247,4 +256,126 @@ pub fn job_id(p: &bosun::coordinator::store::pipelines::PipelineRow, name: &str)
         .find(|j| j.name == name)
         .and_then(|j| j.job_id)
         .unwrap_or_else(|| panic!("job {name} was not queued: {p:#?}"))
+}
+
+/// How the stand-in answers the config request.
+#[derive(Clone)]
+pub enum Answer {
+    /// 200 with this body, as Cloud's `src` serves a file.
+    File(String),
+    /// This status, no config.
+    Status(u16),
+    /// 200 with more than the config limit, without a length (read to the end of the
+    /// connection): the reader must stop at the limit, not hold it all.
+    Endless,
+}
+
+/// (connection number, method, path and query, Authorization).
+pub type Seen = (usize, String, String, String);
+
+/// Bitbucket's REST API for config reads: answers `GET`s as [`Answer`] says, takes commit
+/// statuses (`POST`), records every request, keeps connections alive as Bitbucket does.
+#[derive(Clone)]
+pub struct ApiStandIn {
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+    pub answer: Arc<Mutex<Answer>>,
+}
+
+impl ApiStandIn {
+    /// Listens on loopback; keeps connections alive as Bitbucket does (HTTP/1.1).
+    pub fn start() -> (ApiStandIn, String) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let api = ApiStandIn {
+            seen: Arc::default(),
+            answer: Arc::new(Mutex::new(Answer::Status(404))),
+        };
+        let a = api.clone();
+        std::thread::spawn(move || {
+            for (n, conn) in listener.incoming().enumerate() {
+                let Ok(conn) = conn else { continue };
+                let a = a.clone();
+                std::thread::spawn(move || a.serve(n, conn));
+            }
+        });
+        (api, format!("http://{addr}"))
+    }
+
+    fn serve(&self, n: usize, mut conn: std::net::TcpStream) {
+        let mut reader = BufReader::new(conn.try_clone().expect("clone"));
+        loop {
+            let mut first = String::new();
+            if reader.read_line(&mut first).unwrap_or(0) == 0 {
+                return;
+            }
+            let (mut len, mut auth) = (0usize, String::new());
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).is_err() || line.trim().is_empty() {
+                    break;
+                }
+                let lower = line.to_ascii_lowercase();
+                if let Some(v) = lower.strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap_or(0);
+                }
+                if lower.starts_with("authorization:") {
+                    auth = line["authorization:".len()..].trim().to_owned();
+                }
+            }
+            let mut body = vec![0u8; len];
+            let _ = reader.read_exact(&mut body);
+            let mut parts = first.split_whitespace();
+            let method = parts.next().unwrap_or("").to_owned();
+            let path = parts.next().unwrap_or("").to_owned();
+            self.seen
+                .lock()
+                .expect("lock")
+                .push((n, method.clone(), path, auth));
+            if method != "GET" {
+                // A commit status: taken.
+                let _ = conn.write_all(b"HTTP/1.1 201 Created\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}");
+                continue;
+            }
+            let answer = self.answer.lock().expect("lock").clone();
+            match answer {
+                Answer::File(text) => {
+                    let _ = conn.write_all(
+                        format!(
+                            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{text}",
+                            text.len()
+                        )
+                        .as_bytes(),
+                    );
+                }
+                Answer::Status(code) => {
+                    let _ = conn.write_all(
+                        format!("HTTP/1.1 {code} Nope\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{{}}").as_bytes(),
+                    );
+                }
+                Answer::Endless => {
+                    let _ = conn.write_all(
+                        b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\n",
+                    );
+                    let line = [b'#'; 64 * 1024];
+                    // 5 MiB, past the 4 MiB limit; the reader hangs up before the end.
+                    for _ in 0..80 {
+                        if conn.write_all(&line).is_err() {
+                            break;
+                        }
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    pub fn config_gets(&self) -> Vec<Seen> {
+        self.seen
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter(|s| s.1 == "GET")
+            .cloned()
+            .collect()
+    }
 }

@@ -353,6 +353,7 @@ mod tests {
             event_action: String::new(),
             base_revision: None,
             default_branch: "main".into(),
+            api: None,
         }
     }
 

@@ -39,7 +39,7 @@ fn webhook_place(pid: i64) -> String {
     format!("p{pid}/webhook_secret")
 }
 
-fn status_place(pid: i64) -> String {
+pub(super) fn status_place(pid: i64) -> String {
     format!("p{pid}/status_credentials")
 }
 
