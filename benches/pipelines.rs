@@ -8,7 +8,11 @@
 //!    baseline in the same run is a delivery that builds nothing (`[skip ci]`: the webhook's
 //!    own cost, signature and store included), and the floor under the config fetch: `git
 //!    ls-remote` over OpenSSH to the same server (one SSH login and ref advertisement, what
-//!    the coordinator's fetch into its config mirror costs when nothing is new).
+//!    the coordinator's fetch into its config mirror costs when nothing is new). Then the
+//!    same with the config read through Bitbucket's REST API (the project given API
+//!    credentials): a stand-in on loopback serves the file (`harness::bitbucket::ApiStandIn`),
+//!    so the figure leaves out the network to Bitbucket, which the SSH path pays too (the
+//!    stand-in for git is on this machine as well).
 //! 2. A 20-job fan-out/fan-in (`start` → 18 × `mid-N` → `end`, each `sleep 2`) on two real
 //!    agents, against its critical path: for each level, ceil(jobs / 2) × the level's mean job
 //!    run time (as the agents timed them), summed. Ratio = pipeline wall time / that.
@@ -153,7 +157,7 @@ async fn first_claim(rounds: usize) {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(2000);
-    let (_c, base, _data, token, _, repo) = coordinator_with(&rig, dir.path(), &config, files);
+    let (_c, base, data, token, _, repo) = coordinator_with(&rig, dir.path(), &config, files);
     let http = reqwest::Client::new();
     let reg: serde_json::Value = http
         .post(format!("{base}/api/v1/agents/register"))
@@ -161,8 +165,29 @@ async fn first_claim(rounds: usize) {
         .send().await.expect("register").json().await.expect("json");
     let agent = reg["agent_token"].as_str().expect("token").to_owned();
     let mut hook = Vec::new();
+    let mut hook_api = Vec::new();
     let mut base_line = Vec::new();
-    for n in 0..rounds {
+    let (api, api_url) = harness::bitbucket::ApiStandIn::start();
+    *api.answer.lock().expect("lock") = harness::bitbucket::Answer::File(config.clone());
+    for n in 0..2 * rounds {
+        if n == rounds {
+            // The second half: the project has API credentials, the config comes from the API.
+            let creds = dir.path().join("api-credentials");
+            std::fs::write(&creds, "bench:app-password").expect("credentials");
+            harness::coordinator_cli(
+                &data,
+                &[
+                    "project",
+                    "set",
+                    "--slug",
+                    "acme/widget",
+                    "--status-api",
+                    &api_url,
+                    "--status-credentials-file",
+                    creds.to_str().expect("utf8"),
+                ],
+            );
+        }
         // The idle agent waits first.
         let claim = {
             let (http, base, agent) = (http.clone(), base.clone(), agent.clone());
@@ -185,7 +210,12 @@ async fn first_claim(rounds: usize) {
         deliver(&http, &base, 2 * n, &push(&sha, "bench")).await;
         let (at, status) = claim.await.expect("claim task");
         assert_eq!(status, 200);
-        hook.push(at.duration_since(t0).as_secs_f64() * 1000.0);
+        let took = at.duration_since(t0).as_secs_f64() * 1000.0;
+        if n < rounds {
+            hook.push(took);
+        } else {
+            hook_api.push(took);
+        }
         let t1 = Instant::now();
         deliver(&http, &base, 2 * n + 1, &push(&sha, "bench [skip ci]")).await;
         base_line.push(t1.elapsed().as_secs_f64() * 1000.0);
@@ -203,6 +233,12 @@ async fn first_claim(rounds: usize) {
     println!(
         "webhook → first job claimed ({files} files, a new commit each time): {}",
         stats(&mut hook)
+    );
+    let gets = api.config_gets().len();
+    assert_eq!(gets, rounds, "every API round read the config there");
+    println!(
+        "webhook → first job claimed, the config through the API (a stand-in on loopback, one kept-alive connection): {}",
+        stats(&mut hook_api)
     );
     println!(
         "baseline (a delivery that builds nothing): {}",

@@ -5,245 +5,10 @@
 
 mod harness;
 
-use bosun::coordinator::bitbucket::signature::sign;
-use bosun::coordinator::store::Store;
-use harness::{image, Agent, Coordinator, Rig};
-use std::io::{BufRead, BufReader, Read, Write};
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use harness::bitbucket::*;
+use harness::image;
+use std::path::Path;
 use std::time::{Duration, Instant};
-
-const UUID: &str = "{5c1c7b2e-4a8f-4f7e-9b1d-2d6c0d9e7a11}";
-const SECRET: &str = "webhook-secret-7f3a";
-
-/// Bitbucket's REST API as far as statuses go: records (path, authorization, body).
-#[derive(Clone, Default)]
-struct Recorder(Arc<Mutex<Vec<(String, String, serde_json::Value)>>>);
-
-impl Recorder {
-    fn start() -> (Recorder, String) {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let rec = Recorder::default();
-        let r = rec.clone();
-        std::thread::spawn(move || {
-            for conn in listener.incoming() {
-                let Ok(mut conn) = conn else { continue };
-                let mut reader = BufReader::new(conn.try_clone().expect("clone"));
-                let mut first = String::new();
-                if reader.read_line(&mut first).is_err() {
-                    continue;
-                }
-                let mut len = 0usize;
-                let mut auth = String::new();
-                loop {
-                    let mut line = String::new();
-                    if reader.read_line(&mut line).is_err() || line.trim().is_empty() {
-                        break;
-                    }
-                    let lower = line.to_ascii_lowercase();
-                    if let Some(v) = lower.strip_prefix("content-length:") {
-                        len = v.trim().parse().unwrap_or(0);
-                    }
-                    if lower.starts_with("authorization:") {
-                        auth = line["authorization:".len()..].trim().to_owned();
-                    }
-                }
-                let mut body = vec![0u8; len];
-                let _ = reader.read_exact(&mut body);
-                let path = first.split_whitespace().nth(1).unwrap_or("").to_owned();
-                let json = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
-                r.0.lock().expect("lock").push((path, auth, json));
-                let _ = conn.write_all(
-                    b"HTTP/1.1 201 Created\r\nContent-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}",
-                );
-            }
-        });
-        (rec, format!("http://{addr}"))
-    }
-
-    fn all(&self) -> Vec<(String, String, serde_json::Value)> {
-        self.0.lock().expect("lock").clone()
-    }
-}
-
-/// Fields drop in order: the agents, then the coordinator, then the stand-in and its network.
-struct Setup {
-    repo: harness::WorkRepo,
-    data: PathBuf,
-    addr: String,
-    agents: Vec<Agent>,
-    c: Coordinator,
-    statuses: Recorder,
-    _rig: Rig,
-}
-
-/// Project acme/widget (UUID, deploy key, a secret env value, webhook secret, statuses to
-/// the recorder), a coordinator, and `agents` agents (each labelled with its name).
-fn setup(config: &str, agents: &[&str], settings: &[&str]) -> Setup {
-    setup_with(config, settings, |c, rig| {
-        agents
-            .iter()
-            .map(|n| c.agent(rig, n).labels(&[n]).start())
-            .collect()
-    })
-}
-
-/// [`setup`] with the agents `start` starts.
-fn setup_with(
-    config: &str,
-    settings: &[&str],
-    start: impl FnOnce(&Coordinator, &Rig) -> Vec<Agent>,
-) -> Setup {
-    let rig = Rig::start();
-    rig.create_repo("acme/widget");
-    let repo = rig.work_repo("acme/widget");
-    repo.write(".circleci/config.yml", config);
-    repo.commit("config");
-    repo.push("HEAD:refs/heads/main");
-    let c = Coordinator::builder().vcs_hosts(&rig).start();
-    harness::add_stand_in_project(
-        &c.data,
-        &rig,
-        "acme/widget",
-        &[
-            "--uuid",
-            UUID,
-            "--secret-env",
-            "DEPLOY_TOKEN=s3cr3t-value-42",
-        ],
-    );
-    let (statuses, api) = Recorder::start();
-    let secret_file = c.dir().join("webhook-secret");
-    std::fs::write(&secret_file, SECRET).expect("secret");
-    let creds = c.dir().join("status-creds");
-    std::fs::write(&creds, "bosun-bot:app-password-9").expect("creds");
-    let mut args = vec![
-        "project",
-        "set",
-        "--slug",
-        "acme/widget",
-        "--webhook-secret-file",
-        secret_file.to_str().expect("utf8"),
-        "--status-api",
-        &api,
-        "--status-credentials-file",
-        creds.to_str().expect("utf8"),
-    ];
-    args.extend_from_slice(settings);
-    c.cli(&args);
-    let agents = start(&c, &rig);
-    Setup {
-        repo,
-        data: c.data.clone(),
-        addr: c.addr.clone(),
-        agents,
-        c,
-        statuses,
-        _rig: rig,
-    }
-}
-
-fn push_payload(full_name: &str, kind: &str, name: &str, hash: &str, message: &str) -> String {
-    serde_json::json!({
-        "actor": {"display_name": "Ada", "nickname": "ada"},
-        "repository": {"type": "repository", "uuid": UUID, "full_name": full_name,
-                       "name": full_name.split('/').nth(1), "mainbranch": {"name": "main"},
-                       "links": {"html": {"href": format!("https://bitbucket.org/{full_name}")}}},
-        "push": {"changes": [{
-            "new": {"type": kind, "name": name,
-                    "target": {"type": "commit", "hash": hash, "message": message,
-                               "date": "2026-12-01T10:00:00+00:00", "parents": []}},
-            "old": null, "created": true, "closed": false, "forced": false,
-            "truncated": false, "commits": []
-        }]}
-    })
-    .to_string()
-}
-
-fn pr_payload(id: u64, source_repo: &str, branch: &str, hash: &str) -> String {
-    let repo = |full: &str, uuid: &str| serde_json::json!({"full_name": full, "uuid": uuid, "type": "repository"});
-    serde_json::json!({
-        "actor": {"display_name": "Eve", "nickname": "eve"},
-        "repository": repo("acme/widget", UUID),
-        "pullrequest": {
-            "id": id, "title": "a contribution", "state": "OPEN", "draft": false,
-            "source": {"branch": {"name": branch}, "commit": {"hash": &hash[..12]},
-                       "repository": repo(source_repo, "{0f0f0f0f-0000-4000-8000-000000000001}")},
-            "destination": {"branch": {"name": "main"}, "commit": {"hash": "000000000000"},
-                            "repository": repo("acme/widget", UUID)},
-            "links": {"html": {"href": format!("https://bitbucket.org/acme/widget/pull-requests/{id}")}}
-        }
-    })
-    .to_string()
-}
-
-async fn deliver(
-    addr: &str,
-    event: &str,
-    delivery: &str,
-    body: &str,
-    secret: &str,
-) -> (u16, serde_json::Value) {
-    let r = reqwest::Client::new()
-        .post(format!("http://{addr}/webhooks/bitbucket"))
-        .header("X-Event-Key", event)
-        .header("X-Request-UUID", delivery)
-        .header("X-Hook-UUID", "{hook}")
-        .header("X-Hub-Signature", sign(secret.as_bytes(), body.as_bytes()))
-        .header("Content-Type", "application/json")
-        .body(body.to_owned())
-        .send()
-        .await
-        .expect("deliver");
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap_or(serde_json::Value::Null))
-}
-
-fn store(data: &Path) -> Store {
-    Store::open(data).expect("store")
-}
-
-/// Wait until pipeline `id` is in one of `want`; returns it.
-fn wait_pipeline(
-    data: &Path,
-    id: i64,
-    want: &[&str],
-    timeout: Duration,
-) -> bosun::coordinator::store::pipelines::PipelineRow {
-    let t0 = Instant::now();
-    loop {
-        let p = store(data).pipeline(id).expect("read").expect("pipeline");
-        if want.contains(&p.status.as_str()) {
-            return p;
-        }
-        assert!(
-            t0.elapsed() < timeout,
-            "pipeline {id} still {} after {timeout:?}: {p:#?}",
-            p.status
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-fn job_status(p: &bosun::coordinator::store::pipelines::PipelineRow, name: &str) -> String {
-    p.workflows
-        .iter()
-        .flat_map(|w| &w.jobs)
-        .find(|j| j.name == name)
-        .map(|j| j.status.as_str().to_owned())
-        // Not compiled yet (or no such job): an assertion on it fails with this word.
-        .unwrap_or_else(|| "<absent>".to_owned())
-}
-
-fn job_id(p: &bosun::coordinator::store::pipelines::PipelineRow, name: &str) -> i64 {
-    p.workflows
-        .iter()
-        .flat_map(|w| &w.jobs)
-        .find(|j| j.name == name)
-        .and_then(|j| j.job_id)
-        .unwrap_or_else(|| panic!("job {name} was not queued: {p:#?}"))
-}
 
 fn config() -> String {
     let img = image("base");
@@ -928,4 +693,153 @@ workflows:
         .expect("hold");
     assert_eq!(hold.approved_by.as_deref(), Some("ops-ada"));
     assert!(log_of(&s.data, &p, "deploy").contains("deployed"));
+}
+
+/// Pipeline `id` as the page's script reads it.
+async fn pipeline_json(addr: &str, id: i64) -> serde_json::Value {
+    reqwest::get(format!("http://{addr}/pipelines/{id}.json"))
+        .await
+        .expect("pipeline json")
+        .json()
+        .await
+        .expect("json")
+}
+
+fn reason_in(p: &serde_json::Value, job: &str) -> String {
+    p["workflows"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|w| w["jobs"].as_array().into_iter().flatten())
+        .find(|j| j["name"] == job)
+        .and_then(|j| j["reason"].as_str())
+        .unwrap_or("")
+        .to_owned()
+}
+
+/// Wait until `job` of pipeline `id` has `status` in the page's JSON; returns the JSON.
+async fn wait_job_json(addr: &str, id: i64, job: &str, status: &str) -> serde_json::Value {
+    let t0 = Instant::now();
+    loop {
+        let p = pipeline_json(addr, id).await;
+        let now = p["workflows"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|w| w["jobs"].as_array().into_iter().flatten())
+            .find(|j| j["name"] == job)
+            .map(|j| j["status"].as_str().unwrap_or("").to_owned());
+        if now.as_deref() == Some(status) {
+            return p;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "{job} of pipeline {id} not {status}: {p:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A job of a runner class no agent has says so (pipeline page and JSON, job page, both CLI
+/// listings) instead of sitting `queued` silently; once an agent of the class registers and
+/// is busy with the first such job, the second says it waits for a free one; both then run.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_of_a_runner_class_without_a_free_agent_says_why_it_waits() {
+    let img = image("base");
+    let config = format!(
+        r#"version: 2.1
+jobs:
+  train:
+    docker: [{{image: {img}}}]
+    resource_class: acme/gpu
+    steps: [{{run: echo training; sleep 6}}]
+  evaluate:
+    docker: [{{image: {img}}}]
+    resource_class: acme/gpu
+    steps: [{{run: echo evaluating}}]
+workflows:
+  ml:
+    jobs: [train, evaluate]
+"#
+    );
+    // One agent, of the default class: it may not take either job.
+    let s = setup(&config, &["agent-docker"], &[]);
+    let sha = s.repo.head();
+    let body = push_payload("acme/widget", "branch", "main", &sha, "gpu jobs");
+    let (code, answer) = deliver(&s.addr, "repo:push", "{g-1}", &body, SECRET).await;
+    assert_eq!(code, 202, "{answer}");
+    let id = answer["pipelines"][0]["id"].as_i64().expect("pipeline id");
+    let none = "waiting: no agent of runner class acme/gpu has registered";
+    let p = wait_job_json(&s.addr, id, "train", "queued").await;
+    assert_eq!(reason_in(&p, "train"), none, "{p:#}");
+    assert_eq!(reason_in(&p, "evaluate"), none, "{p:#}");
+    // The page shows it as text (not only in the graph's hover titles), the job page too.
+    let page = reqwest::get(format!("http://{}/pipelines/{id}", s.addr))
+        .await
+        .expect("page")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        page.contains(&format!(
+            "<strong>train</strong>: <span class=\"reason\">{none}</span>"
+        )),
+        "{page}"
+    );
+    let train = store(&s.data)
+        .pipeline(id)
+        .expect("read")
+        .map(|p| job_id(&p, "train"))
+        .expect("pipeline");
+    let job_page = reqwest::get(format!("http://{}/jobs/{train}", s.addr))
+        .await
+        .expect("job page")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        job_page.contains(&format!("<span id=\"waiting\">{none}</span>")),
+        "{job_page}"
+    );
+    let listed = s.c.cli(&["pipelines"]);
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.contains("train") && l.contains("queued") && l.ends_with(none)),
+        "{listed}"
+    );
+    let jobs = s.c.cli(&["jobs"]);
+    assert!(
+        jobs.lines()
+            .any(|l| l.contains(&format!("{train} ")) && l.ends_with(none)),
+        "{jobs}"
+    );
+
+    // An agent of the class: it takes one job (the older, train) and is busy with it.
+    let _gpu =
+        s.c.agent(&s.rig, "agent-gpu")
+            .resource_class("acme/gpu")
+            .start();
+    let p = wait_job_json(&s.addr, id, "train", "running").await;
+    assert_eq!(
+        reason_in(&p, "evaluate"),
+        "waiting for a free agent of runner class acme/gpu (1 busy)",
+        "{p:#}"
+    );
+    let listed = s.c.cli(&["pipelines"]);
+    assert!(
+        listed.lines().any(|l| l.contains("evaluate")
+            && l.ends_with("waiting for a free agent of runner class acme/gpu (1 busy)")),
+        "{listed}"
+    );
+    let p = wait_pipeline(
+        &s.data,
+        id,
+        &["success", "failed", "errored", "canceled"],
+        Duration::from_secs(120),
+    );
+    assert_eq!(p.status.as_str(), "success", "{p:#?}");
+    // Finished jobs wait for nothing.
+    let p = pipeline_json(&s.addr, id).await;
+    assert_eq!(reason_in(&p, "evaluate"), "", "{p:#}");
 }

@@ -185,12 +185,18 @@ pub fn list(a: PipelinesArgs, print: &mut dyn FnMut(String)) -> Result<()> {
         for w in &p.workflows {
             print(format!("       {} {}", w.name, w.status));
             for j in &w.jobs {
-                print(format!(
-                    "         {:<24} {:<12} {}",
-                    j.name,
-                    j.status.as_str(),
-                    j.job_id.map(|i| format!("job {i}")).unwrap_or_default()
-                ));
+                // The reason as the page shows it: why a job waits, is blocked or not run.
+                print(
+                    format!(
+                        "         {:<24} {:<12} {:<10} {}",
+                        j.name,
+                        j.status.as_str(),
+                        j.job_id.map(|i| format!("job {i}")).unwrap_or_default(),
+                        j.reason.as_deref().unwrap_or("")
+                    )
+                    .trim_end()
+                    .to_owned(),
+                );
             }
         }
     }

@@ -237,6 +237,12 @@ pub struct ServeArgs {
     /// (repeatable), as the agent's `vcs_hosts`.
     #[arg(long = "vcs-host", value_name = "HOST=ADDR:PORT")]
     pub vcs_hosts: Vec<String>,
+    /// Bytes the projects' config mirrors (DATA/config-mirrors, where pipeline configs are
+    /// fetched) may take together, e.g. 2GiB; the least recently used are removed after each
+    /// fetch (never one being fetched into); a budget smaller than one mirror keeps only the
+    /// mirror just used.
+    #[arg(long, value_name = "SIZE", default_value = "10GiB", value_parser = blobs::parse_size)]
+    pub config_mirror_budget: u64,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -288,8 +294,17 @@ pub struct ProjectAddArgs {
     #[arg(long)]
     pub clone_url: String,
     /// Bitbucket repository UUID (`{…}`); a random one if not given.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "data_center")]
     pub uuid: Option<String>,
+    /// A Bitbucket Data Center repository instead of a Cloud one: the server's base URL
+    /// (`https://bitbucket.example.com`). Data Center has no repository UUIDs: the project is
+    /// keyed by this server and `--repository-id`, which a rename keeps.
+    #[arg(long, value_name = "URL", requires = "repository_id")]
+    pub data_center: Option<String>,
+    /// The Data Center repository's id (the `id` of
+    /// `GET /rest/api/1.0/projects/KEY/repos/SLUG`, and of `repository` in its webhooks).
+    #[arg(long, value_name = "ID", requires = "data_center")]
+    pub repository_id: Option<u64>,
     /// Private key file of the user key (offered first). Stored in coordinator.db (mode 0600).
     #[arg(long)]
     pub user_key: Option<PathBuf>,
@@ -448,9 +463,15 @@ fn run_inner(cmd: Command) -> Result<()> {
             for kv in &a.secret_env {
                 env.push(parse_env(kv, true)?);
             }
+            let uuid = match (&a.data_center, a.repository_id) {
+                (Some(url), Some(id)) => {
+                    Some(bitbucket::data_center::key(&data_center_server(url)?, id))
+                }
+                _ => a.uuid,
+            };
             let p = NewProject {
                 slug: a.slug.clone(),
-                uuid: a.uuid,
+                uuid,
                 clone_url: a.clone_url,
                 user_key: a.user_key.as_deref().map(read_file).transpose()?,
                 deploy_key: a.deploy_key.as_deref().map(read_file).transpose()?,
@@ -508,11 +529,18 @@ fn run_inner(cmd: Command) -> Result<()> {
                     "ID", "PROJECT", "REF", "JOB", "PR", "STATUS", "ATTEMPT", "DURATION"
                 ),
             );
-            for j in store.list_jobs(limit)? {
+            let jobs = store.list_jobs(limit)?;
+            let queued: Vec<i64> = jobs
+                .iter()
+                .filter(|j| j.status == crate::protocol::JobState::Queued)
+                .map(|j| j.id)
+                .collect();
+            let reasons = store.wait_reasons(&queued)?;
+            for j in jobs {
                 print(
                     &mut out,
                     format!(
-                        "{:>6}  {:<20} {:<16} {:<16} {:>6}  {:<20} {:>3}/{:<3}  {:>8}  {}",
+                        "{:>6}  {:<20} {:<16} {:<16} {:>6}  {:<20} {:>3}/{:<3}  {:>8}  {}{}",
                         j.id,
                         j.project,
                         j.git_ref,
@@ -524,7 +552,12 @@ fn run_inner(cmd: Command) -> Result<()> {
                         j.attempts,
                         j.max_attempts,
                         j.duration().map(fmt_duration).unwrap_or_default(),
-                        j.agent_id.as_deref().unwrap_or("-")
+                        j.agent_id.as_deref().unwrap_or("-"),
+                        // A queued job says why it waits (no agent of its class, all busy…).
+                        reasons
+                            .get(&j.id)
+                            .map(|r| format!("  {r}"))
+                            .unwrap_or_default()
                     ),
                 );
             }
@@ -629,6 +662,26 @@ fn run_inner(cmd: Command) -> Result<()> {
     }
 }
 
+/// The `host[:port]` of a Data Center base URL (`https://bitbucket.example.com/`).
+fn data_center_server(url: &str) -> Result<String> {
+    let bad = || {
+        CoordError::Invalid(format!(
+            "--data-center `{}`: expected the server's base URL, such as https://bitbucket.example.com",
+            printable(url)
+        ))
+    };
+    let rest = url
+        .trim()
+        .strip_prefix("https://")
+        .or_else(|| url.trim().strip_prefix("http://"))
+        .ok_or_else(bad)?;
+    let host = rest.split('/').next().unwrap_or("");
+    if host.is_empty() || host.contains(['@', '?', '#', ' ']) {
+        return Err(bad());
+    }
+    Ok(host.to_ascii_lowercase())
+}
+
 /// `s` with every control character (C0, DEL, C1: terminal escapes, newlines, carriage
 /// returns) and bidirectional override shown as a visible `\u{…}` escape instead of acting on
 /// the terminal.
@@ -695,6 +748,61 @@ mod tests {
         match enqueue(extra) {
             Err(e) => e.to_string(),
             Ok(a) => panic!("{extra:?} was accepted: {a:?}"),
+        }
+    }
+
+    #[test]
+    fn a_data_center_project_is_keyed_by_its_server_and_repository_id() {
+        let add = |extra: &[&str]| {
+            let mut argv = vec![
+                "bosun",
+                "project",
+                "add",
+                "--data",
+                "/d",
+                "--slug",
+                "ACME/widget",
+                "--clone-url",
+                "ssh://git@bb.example.com:7999/acme/widget.git",
+            ];
+            argv.extend_from_slice(extra);
+            Cli::try_parse_from(argv)
+        };
+        let parsed = add(&[
+            "--data-center",
+            "https://BB.example.com:8443/",
+            "--repository-id",
+            "84",
+        ])
+        .expect("parses");
+        let Command::Project(ProjectCommand::Add(a)) = parsed.command else {
+            panic!("parsed as {:?}", parsed.command)
+        };
+        let server = data_center_server(a.data_center.as_deref().expect("url")).expect("server");
+        assert_eq!(
+            bitbucket::data_center::key(&server, a.repository_id.expect("id")),
+            "bitbucket-dc:bb.example.com:8443/84"
+        );
+        // Both or neither, and not with a Cloud UUID.
+        assert!(add(&["--data-center", "https://bb.example.com"]).is_err());
+        assert!(add(&["--repository-id", "84"]).is_err());
+        assert!(add(&[
+            "--uuid",
+            "{u}",
+            "--data-center",
+            "https://bb",
+            "--repository-id",
+            "1"
+        ])
+        .is_err());
+        for bad in [
+            "bb.example.com",
+            "ftp://bb",
+            "https://",
+            "https://u@bb",
+            "https://bb?x",
+        ] {
+            assert!(data_center_server(bad).is_err(), "{bad}");
         }
     }
 

@@ -174,6 +174,9 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         .clone()
         .unwrap_or_else(|| format!("{scheme}://{addr}"));
     store.record_public_url(&public_url)?;
+    // An agent counts as online for a queued job's wait reason within two leases (as the
+    // `agents_online` metric); the CLI reads the window from the store.
+    store.record_online_window(Duration::from_secs(args.lease_secs.max(1)) * 2)?;
     let state = Arc::new(AppState {
         store: store.clone(),
         changed,
@@ -213,6 +216,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         pipelines::RunnerSettings {
             vcs_hosts: args.vcs_hosts.clone(),
             data_dir: args.data.data.clone(),
+            mirror_budget: args.config_mirror_budget,
         },
     );
     bitbucket::status::spawn(state.clone());

@@ -16,6 +16,7 @@
 //! on purpose: it must not share code (or bugs) with the agent under test.
 #![allow(dead_code)]
 
+pub mod bitbucket;
 mod browser;
 mod fleet;
 mod project;

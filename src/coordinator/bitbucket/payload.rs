@@ -1,5 +1,6 @@
 //! Bitbucket Cloud webhook payloads, the fields Bosun reads (Atlassian's "Event payloads"
-//! page; every other field is ignored). Hostile input: every field optional where Bitbucket
+//! page; every other field is ignored), and [`Intake`], what the build rules read of a
+//! delivery from Cloud or Data Center. Hostile input: every field optional where Bitbucket
 //! may leave it out, and nothing here is trusted before the signature is checked.
 
 use serde::Deserialize;
@@ -133,6 +134,118 @@ impl PullRequest {
             return s.uuid != d.uuid;
         }
         !s.full_name.is_empty() && s.full_name != d.full_name
+    }
+}
+
+/// A delivery as the build rules read it, whichever Bitbucket sent it (Cloud's payloads here,
+/// Data Center's in [`super::data_center`]).
+#[derive(Debug, Clone)]
+pub enum Intake {
+    Push(PushIntake),
+    PullRequest(PullRequestIntake),
+}
+
+#[derive(Debug, Clone)]
+pub struct PushIntake {
+    pub actor: Option<String>,
+    /// One per pushed ref; `None`: the ref was deleted.
+    pub changes: Vec<Option<RefChange>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct RefChange {
+    pub tag: bool,
+    /// The branch or tag name (no `refs/…` prefix).
+    pub name: String,
+    pub hash: String,
+    /// The head commit's message, when the payload carries it (`[ci skip]` is read there).
+    pub message: Option<String>,
+}
+
+/// What happened to a pull request, in Cloud's words (`pipeline.event.action` is the same
+/// for both Bitbucket flavours, so a config reads one set of values).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PullRequestAction {
+    Opened,
+    Updated,
+    Merged,
+    Declined,
+}
+
+impl PullRequestAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PullRequestAction::Opened => "created",
+            PullRequestAction::Updated => "updated",
+            PullRequestAction::Merged => "fulfilled",
+            PullRequestAction::Declined => "rejected",
+        }
+    }
+
+    /// The pull request's state after it, as recorded.
+    pub fn state(self) -> &'static str {
+        match self {
+            PullRequestAction::Merged => "MERGED",
+            PullRequestAction::Declined => "DECLINED",
+            _ => "OPEN",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct PullRequestIntake {
+    pub id: u64,
+    pub title: String,
+    pub source_branch: String,
+    /// The source's head (Cloud: a 12-character abbreviation; Data Center: the full hash).
+    pub source_hash: String,
+    pub fork: bool,
+    /// The pull request's web page, when the payload has an `http(s)` one.
+    pub url: Option<String>,
+    pub action: PullRequestAction,
+    pub actor: Option<String>,
+}
+
+impl PushEvent {
+    pub fn intake(self) -> PushIntake {
+        PushIntake {
+            actor: self.actor.login(),
+            changes: self
+                .push
+                .changes
+                .into_iter()
+                .map(|c| {
+                    c.new.map(|n| RefChange {
+                        tag: n.kind == "tag",
+                        name: n.name,
+                        hash: n.target.hash,
+                        message: Some(n.target.message),
+                    })
+                })
+                .collect(),
+        }
+    }
+}
+
+impl PullRequestEvent {
+    /// `action`: from the event key (`pullrequest:created` …).
+    pub fn intake(self, action: PullRequestAction) -> PullRequestIntake {
+        let pr = self.pullrequest;
+        PullRequestIntake {
+            id: pr.id,
+            fork: pr.is_fork(),
+            url: pr
+                .links
+                .html
+                .as_ref()
+                .map(|h| h.href.clone())
+                .filter(|h| h.starts_with("https://") || h.starts_with("http://")),
+            title: pr.title,
+            source_branch: pr.source.branch.name,
+            source_hash: pr.source.commit.hash,
+            action,
+            actor: self.actor.login(),
+        }
     }
 }
 

@@ -679,6 +679,11 @@ pub async fn job_page(
         Ok(r) => r,
         Err(e) => return internal(e),
     };
+    // Why a queued job waits (no agent of its class, all busy or offline): the store's words.
+    let waiting = match state.db(move |s: &Store| s.wait_reason(id)).await {
+        Ok(r) => r,
+        Err(e) => return internal(e),
+    };
     let j = &l.job;
     let now = super::store::now_ms();
     let word = j.status.as_str();
@@ -723,6 +728,13 @@ pub async fn job_page(
             .or(j.agent_id.as_deref())
             .unwrap_or("–")),
     );
+    if let Some(w) = &waiting {
+        meta_row(
+            &mut m,
+            "Waiting",
+            &format!("<span id=\"waiting\">{}</span>", esc(w)),
+        );
+    }
     if let Some(ssh) = ssh::row_html(j) {
         meta_row(&mut m, "SSH", &format!("<span id=\"ssh\">{ssh}</span>"));
     }

@@ -29,6 +29,13 @@
         node.setAttribute("class", "pjob s-" + j.status);
         var t = node.querySelector(".pjob-status");
         if (t) t.textContent = j.status;
+        var title = node.querySelector("title");
+        if (title) title.textContent = j.reason || "";
+        var li = document.querySelector('[data-workflow="' + CSS.escape(w.name) + '"] [data-reason-for="' + CSS.escape(j.name) + '"]');
+        if (li) {
+          li.querySelector(".reason").textContent = j.reason || "";
+          li.hidden = !j.reason;
+        }
         var b = document.querySelector('button[data-approve="' + CSS.escape(j.name) + '"]');
         if (b) b.hidden = j.status !== "on_hold";
       });

@@ -270,6 +270,23 @@ fn workflow_graph(w: &WorkflowRow) -> String {
         ));
     }
     svg.push_str("</svg>");
+    // The reasons in text beside the graph (the SVG's titles show only on hover): why a job
+    // waits for an agent, waits its serial group's turn, is blocked or did not run. One item
+    // per job, hidden while it has none, so the script can fill it in without a reload.
+    let reasons: String = w
+        .jobs
+        .iter()
+        .map(|j| {
+            let r = j.reason.as_deref().unwrap_or("");
+            format!(
+                "<li data-reason-for=\"{n}\"{hidden}><strong>{n}</strong>: <span class=\"reason\">{r}</span></li>",
+                n = esc(&j.name),
+                r = esc(r),
+                hidden = if r.is_empty() { " hidden" } else { "" }
+            )
+        })
+        .collect();
+    svg.push_str(&format!("<ul class=\"wf-reasons\">{reasons}</ul>"));
     let approvals: String = w
         .jobs
         .iter()

@@ -58,15 +58,15 @@ pub struct Fetched {
     pub text: String,
 }
 
-/// The mirrors of the projects' repositories under the data directory `data`. No budget is
-/// enforced on this path (one mirror per project, each pipeline's fetch adds only what is
-/// new); `Mirrors::shrink_to` trims them when wanted.
-pub fn mirrors(data: &Path) -> Mirrors {
-    Mirrors::new(
-        &data.join("config-mirrors"),
-        crate::mirror::DEFAULT_BUDGET_BYTES,
-    )
+/// The mirrors of the projects' repositories under the data directory `data`, kept within
+/// `budget` bytes: [`fetch`] evicts the least recently used ones after each fetch (`serve
+/// --config-mirror-budget`).
+pub fn mirrors(data: &Path, budget: u64) -> Mirrors {
+    Mirrors::new(&data.join("config-mirrors"), budget)
 }
+
+/// The default of `serve --config-mirror-budget`: the agents' mirror cache's default.
+pub const DEFAULT_MIRROR_BUDGET: u64 = crate::mirror::DEFAULT_BUDGET_BYTES;
 
 pub fn fetch(
     p: &PipelineToFetch,
@@ -109,6 +109,30 @@ pub fn fetch(
     let fetched = checkout::fetch_commit(&p.clone_url, &p.reference, &scope, mirrors, &creds)?;
     let revision = fetched.commit().to_string();
     let text = read_config(fetched.repo(), fetched.commit(), &revision)?;
+    // Keep the mirrors within their budget, least recently used first, while this one is
+    // still locked: the mirror just fetched is never evicted by its own pipeline, nor is one
+    // another pipeline is fetching into (`Mirrors::shrink_to` skips locked mirrors). Without
+    // this every project ever built kept its whole repository here for good. A failed
+    // eviction costs disk, not the pipeline: logged, not returned.
+    let t0 = std::time::Instant::now();
+    match mirrors.evict() {
+        Ok(removed) => {
+            if !removed.is_empty() {
+                tracing::info!(
+                    removed = removed.len(),
+                    bytes = removed.iter().map(|m| m.bytes).sum::<u64>(),
+                    budget = mirrors.budget(),
+                    "config mirrors evicted"
+                );
+            }
+        }
+        Err(e) => tracing::warn!("config mirrors: eviction failed: {e}"),
+    }
+    tracing::debug!(
+        evict_ms = t0.elapsed().as_secs_f64() * 1000.0,
+        "config mirrors kept within their budget"
+    );
+    drop(fetched);
     Ok(Fetched { revision, text })
 }
 
@@ -329,6 +353,7 @@ mod tests {
             event_action: String::new(),
             base_revision: None,
             default_branch: "main".into(),
+            api: None,
         }
     }
 
@@ -336,7 +361,7 @@ mod tests {
     fn the_config_blob_is_read_from_a_mirror_and_follows_new_commits() {
         let src = tempfile::tempdir().expect("tmp");
         let data = tempfile::tempdir().expect("tmp");
-        let m = mirrors(data.path());
+        let m = mirrors(data.path(), DEFAULT_MIRROR_BUDGET);
         let first = commit_config(src.path(), 0o100644, b"version: 2.1\n# one\n");
         let got = fetch(&pipeline(src.path(), "main"), &[], &m).expect("fetch");
         assert_eq!(
@@ -360,11 +385,83 @@ mod tests {
         }
     }
 
+    /// The mirrors' directories under the data directory.
+    fn mirror_dirs(data: &Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(data.join("config-mirrors/mirrors"))
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| e.path().is_dir())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| !n.starts_with('.'))
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    fn project(url: &Path, uuid: &str) -> PipelineToFetch {
+        PipelineToFetch {
+            project_uuid: uuid.into(),
+            ..pipeline(url, "main")
+        }
+    }
+
+    #[test]
+    fn config_mirrors_are_evicted_least_recently_used_within_the_budget_never_one_in_use() {
+        let (a, b, c) = (
+            tempfile::tempdir().expect("tmp"),
+            tempfile::tempdir().expect("tmp"),
+            tempfile::tempdir().expect("tmp"),
+        );
+        for src in [&a, &b, &c] {
+            commit_config(src.path(), 0o100644, b"version: 2.1\n");
+        }
+        let data = tempfile::tempdir().expect("tmp");
+        // A budget that holds every mirror: nothing goes.
+        let roomy = mirrors(data.path(), DEFAULT_MIRROR_BUDGET);
+        fetch(&project(a.path(), "{a}"), &[], &roomy).expect("fetch a");
+        fetch(&project(b.path(), "{b}"), &[], &roomy).expect("fetch b");
+        let both = mirror_dirs(data.path());
+        assert_eq!(both.len(), 2, "{both:?}");
+        // One byte: after each fetch only the mirror just fetched (locked while evicting)
+        // is left; the least recently used went first.
+        let tight = mirrors(data.path(), 1);
+        fetch(&project(c.path(), "{c}"), &[], &tight).expect("fetch c");
+        let only_c = mirror_dirs(data.path());
+        assert_eq!(only_c.len(), 1, "{only_c:?}");
+        assert!(!both.contains(&only_c[0]), "{only_c:?} of {both:?}");
+        // A mirror in use (another pipeline fetching into it: its lock is held) is never
+        // removed, whatever the budget.
+        let creds = Credentials {
+            keys: Vec::new(),
+            known_hosts: KnownHosts::pinned(),
+            hosts: VcsHosts::new(),
+        };
+        let held = checkout::fetch_commit(
+            &a.path().display().to_string(),
+            "main",
+            "project {a}",
+            &tight,
+            &creds,
+        )
+        .expect("a in use");
+        fetch(&project(b.path(), "{b}"), &[], &tight).expect("fetch b");
+        let in_use = mirror_dirs(data.path());
+        assert_eq!(in_use.len(), 2, "a (held) and b (just fetched): {in_use:?}");
+        assert!(!in_use.contains(&only_c[0]), "c was the oldest: {in_use:?}");
+        drop(held);
+        // Released, it goes with the next fetch; the config still reads.
+        let got = fetch(&project(c.path(), "{c}"), &[], &tight).expect("fetch c");
+        assert_eq!(got.text, "version: 2.1\n");
+        assert_eq!(mirror_dirs(data.path()), only_c);
+    }
+
     #[test]
     fn a_link_a_missing_file_and_an_oversized_file_are_refused() {
         let src = tempfile::tempdir().expect("tmp");
         let data = tempfile::tempdir().expect("tmp");
-        let m = mirrors(data.path());
+        let m = mirrors(data.path(), DEFAULT_MIRROR_BUDGET);
         // A link to a file of the coordinator's host is never followed.
         commit_config(src.path(), 0o120000, b"/etc/passwd");
         let e = fetch(&pipeline(src.path(), "main"), &[], &m)

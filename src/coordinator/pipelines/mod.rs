@@ -4,11 +4,16 @@
 //! ([`Store::advance`]: jobs queued as their `requires` allow, approvals held, serial groups
 //! one at a time). Agents claim the queued jobs as any other; their finishes wake the runner.
 //!
+//! The config is read through Bitbucket's REST API when the project has API credentials and
+//! the pipeline names a full commit ([`api`]), else (or when that fails) from the project's
+//! config mirror over SSH ([`config`]).
+//!
 //! One door: [`spawn`] starts the runner inside `serve`; everything else goes through the
 //! store, so the CLI (another process) and the web handlers change pipelines the same way.
 //!
 //! [`Store::advance`]: crate::coordinator::store::Store::advance
 
+pub mod api;
 pub mod config;
 
 use super::AppState;
@@ -16,12 +21,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// What the runner needs beside the store.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct RunnerSettings {
     /// `HOST=ADDR:PORT` mappings for fetching configs (as the agent's `vcs_hosts`).
     pub vcs_hosts: Vec<String>,
     /// The coordinator's data directory: the projects' config mirrors live under it.
     pub data_dir: std::path::PathBuf,
+    /// Bytes the config mirrors may take together (`--config-mirror-budget`).
+    pub mirror_budget: u64,
 }
 
 /// How long fetching and compiling one pipeline's config may take.
@@ -31,10 +38,19 @@ const CONFIG_LIMIT: Duration = Duration::from_secs(60);
 /// finishes) and at least once a second.
 pub fn spawn(state: Arc<AppState>, settings: RunnerSettings) {
     tokio::spawn(async move {
+        // One client for every config read through the API, so its connections (TLS
+        // included) are kept alive from one pipeline to the next.
+        let client = match api::client() {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::warn!("configs are read over SSH only: no HTTP client: {e}");
+                None
+            }
+        };
         let mut changed = state.changed.subscribe();
         loop {
             changed.borrow_and_update();
-            if let Err(e) = pass(&state, &settings).await {
+            if let Err(e) = pass(&state, &settings, client.as_ref()).await {
                 tracing::warn!("pipelines: {e}");
             }
             tokio::select! {
@@ -47,23 +63,63 @@ pub fn spawn(state: Arc<AppState>, settings: RunnerSettings) {
     });
 }
 
-async fn pass(state: &Arc<AppState>, settings: &RunnerSettings) -> super::Result<()> {
+/// The config of `p` through Bitbucket's API, when it can be had there; `None`: read it from
+/// the mirror (no credentials, no full commit, or the API failed: said in the log).
+async fn from_api(
+    client: Option<&reqwest::Client>,
+    p: &crate::coordinator::store::pipelines::PipelineToFetch,
+) -> Option<String> {
+    let (client, src) = (client?, p.api.as_ref()?);
+    if !api::full_commit(&p.reference) {
+        return None;
+    }
+    match api::read(client, src, &p.reference).await {
+        Ok(text) => Some(text),
+        Err(e) => {
+            tracing::info!(
+                pipeline = p.id,
+                "the config through Bitbucket's API: {e}; reading it from the mirror"
+            );
+            None
+        }
+    }
+}
+
+async fn pass(
+    state: &Arc<AppState>,
+    settings: &RunnerSettings,
+    client: Option<&reqwest::Client>,
+) -> super::Result<()> {
     let created = state.db(|s| s.pipelines_to_fetch()).await?;
     for p in created {
+        let t0 = std::time::Instant::now();
+        let through_api = from_api(client, &p).await;
         // Each config on its own blocking task, so a slow fetch does not hold up the others'
         // jobs: the pass waits for it, but `advance` below runs for them on the next wake.
         let hosts = settings.vcs_hosts.clone();
-        let mirrors = config::mirrors(&settings.data_dir);
+        let mirrors = config::mirrors(&settings.data_dir, settings.mirror_budget);
         let id = p.id;
         let work = tokio::task::spawn_blocking(move || {
-            let t0 = std::time::Instant::now();
-            let fetched = config::fetch(&p, &hosts, &mirrors).map_err(|e| (None, e.to_string()))?;
+            let (source, fetched) = match through_api {
+                Some(text) => (
+                    "api",
+                    config::Fetched {
+                        revision: p.reference.to_ascii_lowercase(),
+                        text,
+                    },
+                ),
+                None => (
+                    "mirror",
+                    config::fetch(&p, &hosts, &mirrors).map_err(|e| (None, e.to_string()))?,
+                ),
+            };
             let t1 = std::time::Instant::now();
             let workflows = config::compile(&p, &fetched.revision, &fetched.text)
                 .map_err(|e| (Some(fetched.revision.clone()), e))?;
             // What a webhook's first job waits for, in parts (issue 16's < 100 ms budget).
             tracing::debug!(
                 pipeline = id,
+                source,
                 fetch_ms = (t1 - t0).as_secs_f64() * 1000.0,
                 compile_ms = t1.elapsed().as_secs_f64() * 1000.0,
                 "config read"

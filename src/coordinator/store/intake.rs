@@ -24,6 +24,9 @@ pub struct ProjectSettings {
 /// A project as a webhook needs it.
 pub struct WebhookProject {
     pub id: i64,
+    /// Its repository's stable key: a Cloud repository's UUID, or a Data Center repository's
+    /// `bitbucket-dc:SERVER/ID` (`bitbucket::data_center::key`).
+    pub key: String,
     pub slug: String,
     pub secret: Option<Zeroizing<String>>,
     pub default_branch: String,
@@ -36,12 +39,37 @@ fn webhook_place(pid: i64) -> String {
     format!("p{pid}/webhook_secret")
 }
 
-fn status_place(pid: i64) -> String {
+pub(super) fn status_place(pid: i64) -> String {
     format!("p{pid}/status_credentials")
 }
 
-/// (id, slug, sealed secret, default branch, PRs only, forks, fork secrets).
-type ProjectBits = (i64, String, Option<String>, String, bool, bool, bool);
+/// (id, slug, sealed secret, default branch, PRs only, forks, fork secrets, key).
+type ProjectBits = (
+    i64,
+    String,
+    Option<String>,
+    String,
+    bool,
+    bool,
+    bool,
+    String,
+);
+
+const WEBHOOK_PROJECT_COLUMNS: &str = "id, slug, webhook_secret, default_branch, \
+     build_pull_requests_only, build_fork_pull_requests, fork_secrets, uuid";
+
+fn project_bits(r: &rusqlite::Row<'_>) -> rusqlite::Result<ProjectBits> {
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+        r.get(6)?,
+        r.get(7)?,
+    ))
+}
 
 /// A commit status due to be sent.
 pub use super::pipelines::OutgoingStatus;
@@ -110,42 +138,56 @@ impl Store {
         Ok(())
     }
 
-    /// The project of Bitbucket repository `uuid`.
+    /// The project of Bitbucket Cloud repository `uuid`.
     pub fn project_for_webhook(&self, uuid: &str) -> Result<Option<WebhookProject>> {
-        let conn = self.conn();
-        let row: Option<ProjectBits> = conn
+        let row: Option<ProjectBits> = self
+            .conn()
             .query_row(
-                "SELECT id, slug, webhook_secret, default_branch, build_pull_requests_only, \
-                 build_fork_pull_requests, fork_secrets FROM projects WHERE uuid = ?1",
+                &format!("SELECT {WEBHOOK_PROJECT_COLUMNS} FROM projects WHERE uuid = ?1"),
                 [uuid],
-                |r| {
-                    Ok((
-                        r.get(0)?,
-                        r.get(1)?,
-                        r.get(2)?,
-                        r.get(3)?,
-                        r.get(4)?,
-                        r.get(5)?,
-                        r.get(6)?,
-                    ))
-                },
+                project_bits,
             )
             .optional()?;
-        let Some((id, slug, sealed, default_branch, prs_only, forks, fork_secrets)) = row else {
-            return Ok(None);
+        row.map(|b| self.webhook_project(b)).transpose()
+    }
+
+    /// The projects of Bitbucket Data Center repository `id`, on whichever server: Data
+    /// Center's repository ids are unique per server only, so the delivery's signature (and
+    /// its links, when it has them) tells them apart.
+    pub fn projects_for_data_center(&self, id: u64) -> Result<Vec<WebhookProject>> {
+        let rows: Vec<ProjectBits> = {
+            let conn = self.conn();
+            let mut st = conn.prepare(&format!(
+                "SELECT {WEBHOOK_PROJECT_COLUMNS} FROM projects WHERE uuid LIKE ?1 ORDER BY id"
+            ))?;
+            // `%` matches the server; the id ends the key after a `/`.
+            let pattern = format!(
+                "{}%/{id}",
+                crate::coordinator::bitbucket::data_center::KEY_PREFIX
+            );
+            let rows = st
+                .query_map([pattern], project_bits)?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            rows
         };
+        rows.into_iter().map(|b| self.webhook_project(b)).collect()
+    }
+
+    fn webhook_project(&self, bits: ProjectBits) -> Result<WebhookProject> {
+        let (id, slug, sealed, default_branch, prs_only, forks, fork_secrets, key) = bits;
         let secret = sealed
             .map(|s| self.secrets.open(&webhook_place(id), &s))
             .transpose()?;
-        Ok(Some(WebhookProject {
+        Ok(WebhookProject {
             id,
+            key,
             slug,
             secret,
             default_branch,
             build_pull_requests_only: prs_only,
             build_fork_pull_requests: forks,
             fork_secrets,
-        }))
+        })
     }
 
     /// The repository was renamed (or moved workspace): the project follows, and its old

@@ -43,11 +43,11 @@ impl Store {
                 .collect::<rusqlite::Result<Vec<_>>>()?;
             rows
         };
-        // A job fits when its resource class is unset or equal, and the agent has every label.
+        // A job fits when its resource class is unset or equal, and the agent has every label
+        // (the rule a queued job's wait reason counts agents by).
         let fits = |rc: &Option<String>, jl: &str| {
-            let class_ok = rc.as_deref().is_none_or(|c| c == resource_class);
             let wanted: Vec<String> = serde_json::from_str(jl).unwrap_or_default();
-            class_ok && wanted.iter().all(|l| labels.contains(l))
+            super::waiting::fits(rc.as_deref(), &wanted, resource_class, labels)
         };
         let Some(id) = candidates
             .iter()

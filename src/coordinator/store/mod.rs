@@ -54,6 +54,7 @@ mod ssh;
 #[cfg(test)]
 mod tests;
 mod times;
+mod waiting;
 
 pub use access::RegistrationTokenRow;
 pub use intake::{KeyColumn, ProjectSettings, WebhookProject};

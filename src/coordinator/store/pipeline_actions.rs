@@ -250,6 +250,21 @@ impl Store {
                 .collect::<rusqlite::Result<Vec<_>>>()?;
             row.workflows.push(w);
         }
+        // A job queued on an agent's queue says why no agent has taken it yet (computed now:
+        // it changes with the agents, not with the job).
+        let queued: Vec<i64> = row
+            .workflows
+            .iter()
+            .flat_map(|w| &w.jobs)
+            .filter(|j| j.status == WorkflowJobStatus::Queued)
+            .filter_map(|j| j.job_id)
+            .collect();
+        let mut reasons = super::waiting::wait_reasons_in(&conn, &queued, now_ms())?;
+        for j in row.workflows.iter_mut().flat_map(|w| w.jobs.iter_mut()) {
+            if let Some(r) = j.job_id.and_then(|id| reasons.remove(&id)) {
+                j.reason = Some(r);
+            }
+        }
         Ok(Some(row))
     }
 

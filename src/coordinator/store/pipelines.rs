@@ -53,6 +53,9 @@ pub struct PipelineToFetch {
     pub event_action: String,
     pub base_revision: Option<String>,
     pub default_branch: String,
+    /// Bitbucket's REST API with the project's credentials, when it has both: the config is
+    /// read there first (`coordinator::pipelines::api`).
+    pub api: Option<crate::coordinator::pipelines::api::ApiSource>,
 }
 
 /// A compiled workflow job, as the store keeps it.
@@ -277,11 +280,20 @@ impl Store {
         let mut st = conn.prepare(
             "SELECT p.id, p.uuid, p.number, pr.slug, pr.clone_url, pr.user_key, pr.deploy_key, \
              pr.known_hosts, COALESCE(p.commit_sha, p.git_ref), p.branch, p.tag, p.params, \
-             p.trigger_source, p.event, p.event_action, p.base_revision, pr.default_branch, pr.id, pr.uuid \
+             p.trigger_source, p.event, p.event_action, p.base_revision, pr.default_branch, pr.id, pr.uuid, \
+             pr.status_api, pr.status_credentials \
              FROM pipelines p JOIN projects pr ON pr.id = p.project_id \
              WHERE p.status = 'created' ORDER BY p.id LIMIT 16",
         )?;
-        type Raw = (PipelineToFetch, i64, Option<String>, Option<String>);
+        /// (pipeline, project id, user key, deploy key, API, API credentials), sealed.
+        type Raw = (
+            PipelineToFetch,
+            i64,
+            Option<String>,
+            Option<String>,
+            Option<String>,
+            Option<String>,
+        );
         let rows: Vec<Raw> = st
             .query_map([], |r| {
                 Ok((
@@ -303,15 +315,27 @@ impl Store {
                         event_action: r.get(14)?,
                         base_revision: r.get(15)?,
                         default_branch: r.get(16)?,
+                        api: None,
                     },
                     r.get(17)?,
                     r.get(5)?,
                     r.get(6)?,
+                    r.get(19)?,
+                    r.get(20)?,
                 ))
             })?
             .collect::<rusqlite::Result<Vec<_>>>()?;
         let mut out = Vec::with_capacity(rows.len());
-        for (mut p, pid, user, deploy) in rows {
+        for (mut p, pid, user, deploy, api, credentials) in rows {
+            if let (Some(api), Some(sealed)) = (api, credentials) {
+                p.api = Some(crate::coordinator::pipelines::api::ApiSource {
+                    api,
+                    credentials: self
+                        .secrets
+                        .open(&super::intake::status_place(pid), &sealed)?,
+                    repo: p.project_slug.clone(),
+                });
+            }
             for (role, column, sealed) in [
                 (crate::protocol::WireKeyRole::User, "user_key", user),
                 (crate::protocol::WireKeyRole::Deploy, "deploy_key", deploy),
