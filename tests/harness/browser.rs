@@ -116,6 +116,19 @@ impl Browser {
         params: serde_json::Value,
         in_page: bool,
     ) -> serde_json::Value {
+        match self.try_call(method, params, in_page) {
+            Ok(v) => v,
+            Err(v) => panic!("{method}: {v}"),
+        }
+    }
+
+    /// As [`Browser::call`], the DevTools error returned instead of a panic.
+    fn try_call(
+        &mut self,
+        method: &str,
+        params: serde_json::Value,
+        in_page: bool,
+    ) -> Result<serde_json::Value, serde_json::Value> {
         use std::io::Write as _;
         self.next += 1;
         let id = self.next;
@@ -136,8 +149,10 @@ impl Browser {
             buf.pop();
             let v: serde_json::Value = serde_json::from_slice(&buf).expect("devtools json");
             if v["id"].as_u64() == Some(id) {
-                assert!(v.get("error").is_none(), "{method}: {v}");
-                return v["result"].clone();
+                if v.get("error").is_some() {
+                    return Err(v);
+                }
+                return Ok(v["result"].clone());
             }
         }
     }
@@ -153,10 +168,26 @@ impl Browser {
         r["result"]["value"].clone()
     }
 
-    /// Poll `expr` until it is true (30 s at most).
+    /// Poll `expr` until it is true (30 s at most). A page in the middle of a navigation
+    /// answers "Inspected target navigated or closed" (DevTools error -32000) instead of a
+    /// value: that is "not yet", not a failure.
     pub fn wait_for(&mut self, expr: &str) {
         let deadline = Instant::now() + Duration::from_secs(30);
-        while self.eval(&format!("!!({expr})")) != json!(true) {
+        loop {
+            let r = self.try_call(
+                "Runtime.evaluate",
+                json!({"expression": format!("!!({expr})"), "returnByValue": true, "awaitPromise": true}),
+                true,
+            );
+            match r {
+                Ok(r) if r["result"]["value"] == json!(true) => return,
+                Ok(r) => assert!(
+                    r.get("exceptionDetails").is_none()
+                        || r.to_string().contains("Execution context was destroyed"),
+                    "{expr}: {r}"
+                ),
+                Err(e) => assert_eq!(e["error"]["code"], json!(-32000), "{expr}: {e}"),
+            }
             assert!(Instant::now() < deadline, "timed out waiting for {expr}");
             std::thread::sleep(Duration::from_millis(50));
         }
