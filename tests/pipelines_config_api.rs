@@ -103,24 +103,49 @@ async fn the_config_is_read_through_the_api_when_it_can_be_and_from_the_mirror_o
     }
     assert_eq!(gets[0].0, gets[1].0, "one kept-alive connection: {gets:?}");
 
-    // Refused: read from the mirror.
-    *api.answer.lock().expect("lock") = Answer::Status(403);
+    // Past the size limit: refused whole, read from the mirror.
+    *api.answer.lock().expect("lock") = Answer::Endless;
     let (_, from_api) = run_once(&s, 3).await;
     assert!(!from_api);
     let used = mirror_used(&s).expect("the mirror was fetched into");
-    // Past the size limit: refused whole, read from the mirror.
-    *api.answer.lock().expect("lock") = Answer::Endless;
-    std::thread::sleep(Duration::from_millis(20));
+    // Answering again: the API (such failures are tried again), the mirror left alone.
+    *api.answer.lock().expect("lock") = Answer::File(config(&img, true));
     let (_, from_api) = run_once(&s, 4).await;
+    assert!(from_api);
+    assert_eq!(mirror_used(&s), Some(used));
+    assert_eq!(api.config_gets().len(), 4);
+    // Credentials refused: read from the mirror, and not asked again for a while (the next
+    // pipeline goes to the mirror without a request, even though the API would answer).
+    *api.answer.lock().expect("lock") = Answer::Status(403);
+    std::thread::sleep(Duration::from_millis(20));
+    let (_, from_api) = run_once(&s, 5).await;
     assert!(!from_api);
     let used_again = mirror_used(&s).expect("mirror");
     assert!(used_again > used, "the mirror was fetched into again");
-    // Answering again: the API, and the mirror is left alone.
-    *api.answer.lock().expect("lock") = Answer::File(config(&img, true));
-    let (_, from_api) = run_once(&s, 5).await;
-    assert!(from_api);
-    assert_eq!(mirror_used(&s), Some(used_again));
     assert_eq!(api.config_gets().len(), 5);
+    *api.answer.lock().expect("lock") = Answer::File(config(&img, true));
+    let (_, from_api) = run_once(&s, 6).await;
+    assert!(!from_api, "refused credentials are not tried again at once");
+    assert_eq!(api.config_gets().len(), 5, "no request was made");
+    // New credentials are tried at once.
+    let creds = s.c.dir().join("status-creds-renewed");
+    std::fs::write(&creds, "bosun-bot:app-password-10").expect("creds");
+    s.c.cli(&[
+        "project",
+        "set",
+        "--slug",
+        "acme/widget",
+        "--status-credentials-file",
+        creds.to_str().expect("utf8"),
+    ]);
+    let (_, from_api) = run_once(&s, 7).await;
+    assert!(from_api);
+    let gets = api.config_gets();
+    assert_eq!(gets.len(), 6);
+    assert_eq!(
+        gets[5].3, "Basic Ym9zdW4tYm90OmFwcC1wYXNzd29yZC0xMA==",
+        "the new credentials"
+    );
 
     // Without an API (statuses off), nothing is asked of it.
     s.c.cli(&[
@@ -131,7 +156,7 @@ async fn the_config_is_read_through_the_api_when_it_can_be_and_from_the_mirror_o
         "--status-api",
         "",
     ]);
-    let (_, from_api) = run_once(&s, 6).await;
+    let (_, from_api) = run_once(&s, 8).await;
     assert!(!from_api);
-    assert_eq!(api.config_gets().len(), 5);
+    assert_eq!(api.config_gets().len(), 6);
 }

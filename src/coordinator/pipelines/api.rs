@@ -149,6 +149,50 @@ pub async fn read(
     String::from_utf8(body).map_err(|_| ApiReadError::NotText)
 }
 
+/// How long credentials the API refused (401, 403) are not tried again for that project:
+/// each try costs a round trip before the SSH fetch that reads the config anyway, and refused
+/// credentials do not mend themselves. Other failures (the network, a 404, an oversized
+/// answer) are tried again with the next pipeline.
+pub const REFUSAL_MEMORY: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Projects whose API credentials were refused lately, by project, API and a digest of the
+/// credentials: new credentials (or another API) are tried at once.
+#[derive(Default)]
+pub struct Refusals {
+    until: std::collections::HashMap<[u8; 32], std::time::Instant>,
+}
+
+impl Refusals {
+    fn key(project: &str, src: &ApiSource) -> [u8; 32] {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        for part in [project, src.api.as_str(), src.credentials.as_str()] {
+            h.update((part.len() as u64).to_le_bytes());
+            h.update(part.as_bytes());
+        }
+        h.finalize().into()
+    }
+
+    /// Whether `project`'s credentials for `src` were refused within [`REFUSAL_MEMORY`].
+    pub fn holds(&mut self, project: &str, src: &ApiSource) -> bool {
+        let now = std::time::Instant::now();
+        self.until.retain(|_, until| *until > now);
+        self.until.contains_key(&Self::key(project, src))
+    }
+
+    /// Remember `error` when it is a refusal of the credentials; whether it was.
+    pub fn note(&mut self, project: &str, src: &ApiSource, error: &ApiReadError) -> bool {
+        let refused = matches!(error, ApiReadError::Status(401 | 403));
+        if refused {
+            self.until.insert(
+                Self::key(project, src),
+                std::time::Instant::now() + REFUSAL_MEMORY,
+            );
+        }
+        refused
+    }
+}
+
 /// reqwest's errors name the URL (no credentials are in it) and the cause.
 fn http(e: reqwest::Error) -> ApiReadError {
     ApiReadError::Http(e.without_url())
@@ -167,6 +211,27 @@ mod tests {
     }
 
     const SHA: &str = "178864a7d521b6f5e720b386b2c2b0ef8563e0dc";
+
+    #[test]
+    fn refused_credentials_are_remembered_per_project_and_credentials() {
+        let mut r = Refusals::default();
+        let a = src("https://api.bitbucket.org/2.0", "acme/widget");
+        assert!(!r.holds("p1", &a));
+        assert!(!r.note("p1", &a, &ApiReadError::Status(404)));
+        assert!(!r.note("p1", &a, &ApiReadError::TooLarge));
+        assert!(!r.holds("p1", &a), "only refusals are remembered");
+        assert!(r.note("p1", &a, &ApiReadError::Status(403)));
+        assert!(r.holds("p1", &a));
+        assert!(!r.holds("p2", &a), "per project");
+        let mut renewed = a.clone();
+        renewed.credentials = Zeroizing::new("bosun-bot:new-password".to_owned());
+        assert!(
+            !r.holds("p1", &renewed),
+            "new credentials are tried at once"
+        );
+        assert!(r.note("p1", &renewed, &ApiReadError::Status(401)));
+        assert!(r.holds("p1", &renewed));
+    }
 
     #[test]
     fn the_config_url_of_cloud_and_data_center() {

@@ -47,10 +47,11 @@ pub fn spawn(state: Arc<AppState>, settings: RunnerSettings) {
                 None
             }
         };
+        let mut refusals = api::Refusals::default();
         let mut changed = state.changed.subscribe();
         loop {
             changed.borrow_and_update();
-            if let Err(e) = pass(&state, &settings, client.as_ref()).await {
+            if let Err(e) = pass(&state, &settings, client.as_ref(), &mut refusals).await {
                 tracing::warn!("pipelines: {e}");
             }
             tokio::select! {
@@ -64,21 +65,38 @@ pub fn spawn(state: Arc<AppState>, settings: RunnerSettings) {
 }
 
 /// The config of `p` through Bitbucket's API, when it can be had there; `None`: read it from
-/// the mirror (no credentials, no full commit, or the API failed: said in the log).
+/// the mirror (no credentials, no full commit, credentials refused lately, or the API
+/// failed: said in the log).
 async fn from_api(
     client: Option<&reqwest::Client>,
     p: &crate::coordinator::store::pipelines::PipelineToFetch,
+    refusals: &mut api::Refusals,
 ) -> Option<String> {
     let (client, src) = (client?, p.api.as_ref()?);
     if !api::full_commit(&p.reference) {
         return None;
     }
+    if refusals.holds(&p.project_uuid, src) {
+        tracing::debug!(
+            pipeline = p.id,
+            "the project's API credentials were refused lately; reading the config from the mirror"
+        );
+        return None;
+    }
     match api::read(client, src, &p.reference).await {
         Ok(text) => Some(text),
         Err(e) => {
+            let later = if refusals.note(&p.project_uuid, src, &e) {
+                format!(
+                    " (not asked again for {} min unless the credentials change)",
+                    api::REFUSAL_MEMORY.as_secs() / 60
+                )
+            } else {
+                String::new()
+            };
             tracing::info!(
                 pipeline = p.id,
-                "the config through Bitbucket's API: {e}; reading it from the mirror"
+                "the config through Bitbucket's API: {e}; reading it from the mirror{later}"
             );
             None
         }
@@ -89,11 +107,12 @@ async fn pass(
     state: &Arc<AppState>,
     settings: &RunnerSettings,
     client: Option<&reqwest::Client>,
+    refusals: &mut api::Refusals,
 ) -> super::Result<()> {
     let created = state.db(|s| s.pipelines_to_fetch()).await?;
     for p in created {
         let t0 = std::time::Instant::now();
-        let through_api = from_api(client, &p).await;
+        let through_api = from_api(client, &p, refusals).await;
         // Each config on its own blocking task, so a slow fetch does not hold up the others'
         // jobs: the pass waits for it, but `advance` below runs for them on the next wake.
         let hosts = settings.vcs_hosts.clone();
