@@ -148,25 +148,8 @@ fn remove_any(path: &Path) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::process::Command;
-
-    fn git(dir: &Path, args: &[&str]) -> String {
-        let out = Command::new("git")
-            .current_dir(dir)
-            .args([
-                "-c",
-                "user.name=t",
-                "-c",
-                "user.email=t@t",
-                "-c",
-                "init.defaultBranch=main",
-            ])
-            .args(args)
-            .output()
-            .expect("git");
-        assert!(out.status.success(), "git {args:?}: {out:?}");
-        String::from_utf8_lossy(&out.stdout).trim().to_owned()
-    }
+    // The checkout tests' git: isolated identity, `main` as the first branch.
+    use crate::checkout::tests::git;
 
     /// The old tip, then a new one that deletes, adds, modifies, renames and turns a file
     /// into a directory: the final checkout over the head start equals a fresh checkout.

@@ -35,7 +35,7 @@ fn plans_logical_and_physical_urls() {
     assert_eq!(p.host_check, None);
 }
 
-fn git(dir: &Path, args: &[&str]) -> String {
+pub(super) fn git(dir: &Path, args: &[&str]) -> String {
     let out = Command::new("git")
         .args([
             "-c",
@@ -357,4 +357,97 @@ fn a_local_repository_is_linked_not_repacked() {
         "origin/main"
     );
     git(&dest, &["fsck", "--strict"]);
+}
+
+/// What a head start fetches ahead comes from a `.gitmodules` anyone who can push writes:
+/// the same rules as the checkout's own submodule step hold, so a helper transport, a local
+/// path, a non-SSH URL or a relative URL climbing out of the host makes no fetch and no
+/// mirror, and runs nothing.
+#[test]
+fn a_hostile_gitmodules_is_not_fetched_ahead() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let work = tmp.path().join("work");
+    std::fs::create_dir(&work).expect("mkdir");
+    git(&work, &["init", "-q"]);
+    let pwned = tmp.path().join("pwned");
+    let hostile = [
+        format!("ext::sh -c touch% {}", pwned.display()),
+        "file:///etc".to_owned(),
+        "/srv/secret.git".to_owned(),
+        "https://bitbucket.org/acme/lib.git".to_owned(),
+        "ssh://-oProxyCommand=x/acme/lib.git".to_owned(),
+        "../../../../../../etc.git".to_owned(),
+    ];
+    let sha = "1111111111111111111111111111111111111111";
+    for (i, url) in hostile.iter().enumerate() {
+        let path = format!("sub{i}");
+        git(
+            &work,
+            &[
+                "config",
+                "-f",
+                ".gitmodules",
+                &format!("submodule.{path}.path"),
+                &path,
+            ],
+        );
+        git(
+            &work,
+            &[
+                "config",
+                "-f",
+                ".gitmodules",
+                &format!("submodule.{path}.url"),
+                url,
+            ],
+        );
+        git(
+            &work,
+            &[
+                "update-index",
+                "--add",
+                "--cacheinfo",
+                &format!("160000,{sha},{path}"),
+            ],
+        );
+    }
+    git(&work, &["add", ".gitmodules"]);
+    git(&work, &["commit", "-q", "-m", "hostile"]);
+    let mirrors = Mirrors::new(&tmp.path().join("cache"), 1 << 30);
+    let got = submodules::prefetch(
+        &work.join(".git"),
+        "git@bitbucket.org:acme/app.git",
+        &creds(),
+        &mirrors,
+    );
+    assert!(got.is_empty());
+    assert!(!pwned.exists(), "a helper transport ran");
+    let made: Vec<_> = std::fs::read_dir(mirrors.root())
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(made.is_empty(), "no mirror for any of them: {made:?}");
+
+    // The control: an allowed URL is tried (its mirror opened; the fetch itself fails, as
+    // nothing serves 127.0.0.1:2222 here, so nothing is handed on).
+    git(
+        &work,
+        &[
+            "config",
+            "-f",
+            ".gitmodules",
+            "submodule.sub0.url",
+            "../lib.git",
+        ],
+    );
+    git(&work, &["add", ".gitmodules"]);
+    git(&work, &["commit", "-q", "-m", "allowed"]);
+    let got = submodules::prefetch(
+        &work.join(".git"),
+        "git@bitbucket.org:acme/app.git",
+        &creds(),
+        &mirrors,
+    );
+    assert!(got.is_empty());
+    let made = std::fs::read_dir(mirrors.root()).expect("mirrors").count();
+    assert!(made > 0, "the allowed submodule's mirror was opened");
 }
