@@ -586,6 +586,9 @@ async fn a_failed_jobs_page_opens_on_its_failure_with_colours_and_search_in_chro
         b.type_text("test_widget");
         b.key("Enter", 13, "\r");
         b.wait_for("document.querySelector('.l.cur')");
+        // Past the typing delay: the search typed before Enter must not run again after it
+        // and clear the line Enter showed.
+        b.eval("new Promise(r => setTimeout(r, 300))");
         let hit = b.eval(
             "(() => { const c = document.querySelector('.l.cur'); \
               const r = c.getBoundingClientRect(); \

@@ -121,7 +121,7 @@
     const form = $("form.search");
     const q = $("#q");
     const status = $("#q-status");
-    let hits = [], cur = -1, last = "";
+    let hits = [], cur = -1, last = "", timer = 0;
     if (!form || !q) return { rerun() {} };
     form.hidden = false;
     function run() {
@@ -137,6 +137,9 @@
       status.textContent = needle ? (hits.length ? hits.length + " lines match" : "no match in the shown log") : "";
     }
     function go(step) {
+      // Enter within the typing delay: this search replaces the pending one, which would
+      // otherwise run after it and clear the line just shown.
+      clearTimeout(timer);
       if (q.value.toLowerCase() !== last) run();
       if (!hits.length) return;
       if (cur >= 0) hits[cur].classList.remove("cur");
@@ -145,7 +148,6 @@
       reveal(hits[cur]);
       status.textContent = "line " + (cur + 1) + " of " + hits.length + " matching lines";
     }
-    let timer = 0;
     q.addEventListener("input", () => { clearTimeout(timer); timer = setTimeout(run, 150); });
     form.addEventListener("submit", (e) => { e.preventDefault(); go(1); });
     $("#q-prev").addEventListener("click", () => go(-1));
