@@ -308,3 +308,115 @@ jobs:
     );
     p.assert_no_container_left();
 }
+
+/// The parent of a step's shell, as the step sees it: the runner when the main process runs
+/// the steps; under the engine's exec, a process outside the container (`$PPID` is 0).
+const PARENT: &str = r#"if [ "$PPID" != 0 ]; then tr '\0' ' ' < /proc/$PPID/cmdline; echo; else echo "parent outside the container"; fi"#;
+
+#[test]
+fn steps_run_under_the_main_process_in_glibc_and_busybox_images_alike() {
+    ensure_images();
+    for (img, user) in [(image("base"), "circleci"), (image("nobash"), "root")] {
+        let p = Project::new(&format!(
+            r#"version: 2.1
+jobs:
+  build:
+    docker: [{{image: {img}, user: {user}}}]
+    steps:
+      - run: {PARENT:?}
+      - run:
+          name: env, directory and exit code as an exec had them
+          working_directory: /tmp
+          environment: {{ONLY_HERE: "yes it is"}}
+          command: |
+            echo "only=$ONLY_HERE pwd=$(pwd) home=$HOME user=$(id -un)"
+            exit 3
+"#
+        ));
+        let r = p.execute(&["--json"]);
+        assert_eq!(r.code, 1, "{img}: {}\n{}", r.stdout, r.stderr);
+        let parent = output(&r.events, None, 0);
+        assert!(
+            parent.contains("__bosun-runner"),
+            "{img}: the step's parent is `{parent}`"
+        );
+        let second = output(&r.events, None, 1);
+        let home = if user == "root" {
+            "/root"
+        } else {
+            "/home/circleci"
+        };
+        assert!(
+            second.contains(&format!("only=yes it is pwd=/tmp home={home} user={user}")),
+            "{img}: {second}"
+        );
+        assert_eq!(step_statuses(&r.events), ["success", "failed"], "{img}");
+        let finished = r
+            .events
+            .iter()
+            .find(|e| e["event"] == "step_finished" && e["step"] == 1)
+            .expect("step 1 finished");
+        assert_eq!(finished["exit_code"], 3, "{img}");
+    }
+}
+
+#[test]
+fn a_step_that_kills_the_runner_fails_alone_and_the_job_goes_on_through_exec() {
+    ensure_images();
+    // A step may kill whatever runs as its user (`pkill`, `kill -9 -1` in a cleanup script):
+    // the runner too. The step that did it fails with the reason, the agent carries on, and
+    // the next steps run through the engine's exec.
+    let p = Project::new(&format!(
+        r#"version: 2.1
+jobs:
+  build:
+    docker: [{{image: {img}}}]
+    steps:
+      - run: kill -9 $PPID; sleep 1; echo after
+      - run:
+          when: always
+          command: {PARENT:?}
+"#,
+        img = image("base")
+    ));
+    let r = p.execute(&["--json"]);
+    assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
+    assert_eq!(step_statuses(&r.events), ["failed", "success"]);
+    let first = output(&r.events, None, 0);
+    assert!(
+        first.contains("lost the step's output") && first.contains("the step runner ended"),
+        "{first}"
+    );
+    let parent = output(&r.events, None, 1);
+    assert!(parent.contains("parent outside the container"), "{parent}");
+}
+
+#[test]
+fn a_step_cannot_write_into_the_runners_stream_as_its_user_or_as_root() {
+    ensure_images();
+    // The runner is not dumpable: its /proc/PID/fd is closed to the job's processes, root
+    // included (the engine grants no CAP_SYS_PTRACE), so no step can write frames and pose as
+    // the runner. Without it the same write succeeds for a step of the runner's own user.
+    for user in ["circleci", "root"] {
+        let p = Project::new(&format!(
+            r#"version: 2.1
+jobs:
+  build:
+    docker: [{{image: {img}, user: {user}}}]
+    steps:
+      - run: |
+          if printf '\377\377\377\377' > /proc/$PPID/fd/1; then echo wrote; else echo refused; fi
+      - run: {PARENT:?}
+"#,
+            img = image("base")
+        ));
+        let r = p.execute(&["--json"]);
+        assert_eq!(r.code, 0, "{user}: {}\n{}", r.stdout, r.stderr);
+        let first = output(&r.events, None, 0);
+        assert!(first.contains("refused"), "{user}: {first}");
+        assert!(
+            output(&r.events, None, 1).contains("__bosun-runner"),
+            "{user}"
+        );
+    }
+}

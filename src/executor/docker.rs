@@ -7,7 +7,7 @@ use super::{
 };
 use bollard::container::LogOutput;
 use bollard::exec::{CreateExecOptions, ResizeExecOptions, StartExecOptions, StartExecResults};
-use bollard::models::{ContainerCreateBody, HostConfig, NetworkCreateRequest};
+use bollard::models::{ContainerCreateBody, HostConfig, HostConfigLogConfig, NetworkCreateRequest};
 use bollard::query_parameters::{
     AttachContainerOptionsBuilder, ContainerArchiveInfoOptionsBuilder, CreateImageOptionsBuilder,
     DownloadFromContainerOptionsBuilder, ListContainersOptionsBuilder, ListImagesOptionsBuilder,
@@ -251,6 +251,10 @@ impl Executor for DockerExecutor {
                 nano_cpus: limits.map(|l| l.nano_cpus),
                 memory: limits.map(|l| l.memory_bytes),
                 memory_swap: limits.map(|l| l.memory_bytes),
+                log_config: spec.unlogged.then(|| HostConfigLogConfig {
+                    typ: Some("none".to_owned()),
+                    config: None,
+                }),
                 ..Default::default()
             }),
             ..Default::default()

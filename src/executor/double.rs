@@ -288,16 +288,32 @@ impl Executor for Recording {
         ));
         let refuse = self.script.refuse_stdin_files;
         tokio::spawn(async move {
-            let mut sink = Vec::new();
+            // `LENGTH RUNNER` on a line, then the tar: as the real main process reads it.
+            let read = async {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while server.read_exact(&mut byte).await.is_ok() && byte[0] != b'\n' {
+                    head.push(byte[0]);
+                }
+                let len = String::from_utf8_lossy(&head)
+                    .split(' ')
+                    .next()
+                    .and_then(|n| n.parse::<u64>().ok())
+                    .unwrap_or(0);
+                let mut tar = Vec::new();
+                let _ = (&mut server).take(len).read_to_end(&mut tar).await;
+                tar
+            };
             // Removed while it waits for the files (a ready container killed): it ends.
-            tokio::select! {
-                _ = server.read_to_end(&mut sink) => {}
+            let tar = tokio::select! {
+                tar = read => tar,
                 () = ended.cancelled() => return,
-            }
-            let line: &[u8] = if refuse || sink.is_empty() {
+            };
+            // No step runner here: steps go through `exec`, which the script drives.
+            let line: &[u8] = if refuse || tar.is_empty() {
                 b"tar: not found\nbosun-install-failed\n"
             } else {
-                b"bosun-installed\n"
+                b"bosun-installed\nbosun-runner-ended\n"
             };
             let _ = tx.send(out(line));
             ended.cancelled().await;

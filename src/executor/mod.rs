@@ -151,6 +151,10 @@ pub struct ContainerSpec {
     pub binds: Vec<(String, String)>,
     /// CPU and memory caps (a docker job's `resource_class`); `None`: unlimited.
     pub limits: Option<Limits>,
+    /// Keep the main process's output out of the engine's log driver. The primary's carries
+    /// every step's output through the step runner: it belongs in the job's log (masked) and
+    /// in no file on the host (`/var/lib/docker/containers/*/…-json.log`).
+    pub unlogged: bool,
 }
 
 /// A container's CPU and memory caps.

@@ -40,12 +40,16 @@ pub(super) fn bin_dir(job_id: &str) -> String {
 const BANNER: &str = r#"printf 'bosun-ready %s %s %s %s\n' "$(id -u)" "$(id -g)" "$([ -x /bin/bash ] && echo bash || echo sh)" "${HOME:-/}""#;
 
 /// The job container's main process: it announces who it runs as in one line, then takes
-/// the files on stdin, then idles until the container is removed; steps arrive through exec.
-/// A shell loop rather than `sleep infinity`, which busybox lacks; the engine's init reaps
-/// what background steps leave behind.
+/// the files on stdin (`LENGTH RUNNER` on a line, then that many bytes of tar), then becomes
+/// the step runner (`RUNNER __bosun-runner`, the in-job command the tar just brought; see
+/// [`super::runner`]) on the same stdin, and when that cannot run or ends, idles until the
+/// container is removed (steps then arrive through the engine's exec). The length keeps stdin
+/// open past the tar. A shell loop rather than `sleep infinity`, which busybox lacks; the
+/// engine's init reaps what background steps leave behind.
 pub(super) fn main_process() -> Vec<String> {
     let script = format!(
-        "{BANNER}\nif tar -x -f - -C / 2>&1; then echo bosun-installed; else echo bosun-install-failed; fi\nexec </dev/null\nwhile :; do sleep 3600; done"
+        "{BANNER}\nif read -r n runner && head -c \"$n\" | tar -x -f - -C / 2>&1; then echo bosun-installed; \"$runner\" {arg}; echo bosun-runner-ended; else echo bosun-install-failed; fi\nexec </dev/null\nwhile :; do sleep 3600; done",
+        arg = crate::runtime::cmd::runner::ARG
     );
     vec!["/bin/sh".into(), "-c".into(), script]
 }
@@ -59,13 +63,22 @@ pub(super) async fn main_line(
     output: &mut OutputStream,
     marker: &str,
 ) -> Result<String, SetupError> {
-    let mut buf = Vec::new();
+    main_line_keeping(output, marker, &mut Vec::new()).await
+}
+
+/// [`main_line`] over a buffer the caller keeps: on return it holds what came after the line.
+async fn main_line_keeping(
+    output: &mut OutputStream,
+    marker: &str,
+    buf: &mut Vec<u8>,
+) -> Result<String, SetupError> {
     let read = async {
         loop {
-            if let Some(start) = find_line(&buf, marker) {
-                let line = &buf[start..];
-                if let Some(end) = line.iter().position(|b| *b == b'\n') {
-                    return Ok(String::from_utf8_lossy(&line[..end]).into_owned());
+            if let Some(start) = find_line(buf, marker) {
+                if let Some(len) = buf[start..].iter().position(|b| *b == b'\n') {
+                    let line = String::from_utf8_lossy(&buf[start..start + len]).into_owned();
+                    buf.drain(..start + len + 1);
+                    return Ok(line);
                 }
             }
             match output.next().await {
@@ -74,21 +87,20 @@ pub(super) async fn main_line(
                 None => {
                     return Err(SetupError::Prepare(format!(
                         "the container's main process ended before it was ready: {}\n  help: the image needs /bin/sh and `id`, and `user:` must name a user the image knows",
-                        String::from_utf8_lossy(&buf).trim()
+                        String::from_utf8_lossy(buf).trim()
                     )))
                 }
             }
         }
     };
-    tokio::time::timeout(MAIN_TIMEOUT, read)
-        .await
-        .map_err(|_| {
-            SetupError::Prepare(format!(
-                "the container's main process gave no `{marker}` within {}s: {}",
-                MAIN_TIMEOUT.as_secs(),
-                String::from_utf8_lossy(&buf).trim()
-            ))
-        })?
+    match tokio::time::timeout(MAIN_TIMEOUT, read).await {
+        Ok(r) => r,
+        Err(_) => Err(SetupError::Prepare(format!(
+            "the container's main process gave no `{marker}` within {}s: {}",
+            MAIN_TIMEOUT.as_secs(),
+            String::from_utf8_lossy(buf).trim()
+        ))),
+    }
 }
 
 fn find_line(buf: &[u8], marker: &str) -> Option<usize> {
@@ -177,8 +189,9 @@ pub(super) async fn capture(
 /// every step's script, and the working directory, all owned by the job's user. Key bytes go
 /// from memory into the tar stream: never into a file on the agent's disk, an argument or an
 /// environment variable. With the main process attached, it goes to its `tar -x` on stdin
-/// (one write, no extra request); otherwise (or if that fails: no usable tar in the image, a
-/// directory the user may not create) through the engine's archive upload, as root.
+/// (one write, no extra request), and the main process then runs the steps (the runner comes
+/// back); otherwise (or if that fails: no usable tar in the image, a directory the user may
+/// not create) through the engine's archive upload, as root, and steps go through exec.
 pub(super) async fn install_files(
     executor: &dyn Executor,
     spec: &JobSpec,
@@ -186,7 +199,7 @@ pub(super) async fn install_files(
     main: Option<Attached>,
     user: &ContainerUser,
     workdir: &str,
-) -> Result<(), SetupError> {
+) -> Result<Option<super::runner::StepRunner>, SetupError> {
     let mut tar = TarBuilder::new(user.uid, user.gid);
     let home = user.home.trim_end_matches('/');
     let ssh_dir = format!("{home}/.ssh");
@@ -231,20 +244,46 @@ pub(super) async fn install_files(
         tar.finish()
             .map_err(|e| SetupError::Prepare(format!("building the setup archive: {e}")))?,
     );
-    let via_stdin = match main {
-        None => false,
+    let runner_path = format!("{bin}/circleci");
+    let (via_stdin, runner) = match main {
+        None => (false, None),
         Some(Attached {
             mut input,
             mut output,
         }) => {
             let sent = async {
+                let head = format!("{} {runner_path}\n", bytes.len());
+                input.write_all(head.as_bytes()).await?;
                 input.write_all(&bytes).await?;
-                input.shutdown().await
+                input.flush().await
             };
-            match tokio::join!(sent, main_line(&mut output, "bosun-install")) {
+            let mut buf = Vec::new();
+            let installed = match tokio::join!(
+                sent,
+                main_line_keeping(&mut output, "bosun-install", &mut buf)
+            ) {
                 (Ok(()), Ok(line)) => line == "bosun-installed",
                 _ => false,
-            }
+            };
+            let runner = if installed {
+                // The runner's ready line, or the shell's word that it could not run it.
+                match main_line_keeping(&mut output, "bosun-runner", &mut buf).await {
+                    Ok(line) if line == crate::runtime::cmd::runner::READY => Some(
+                        super::runner::StepRunner::new(container, input, output, buf),
+                    ),
+                    Ok(line) => {
+                        tracing::debug!(%container, "no step runner ({line}): steps go through the engine's exec");
+                        None
+                    }
+                    Err(e) => {
+                        tracing::debug!(%container, "no step runner ({e}): steps go through the engine's exec");
+                        None
+                    }
+                }
+            } else {
+                None
+            };
+            (installed, runner)
         }
     };
     if !via_stdin {
@@ -253,7 +292,7 @@ pub(super) async fn install_files(
             .upload_tar(container, "/", once_stream(&bytes))
             .await?;
     }
-    Ok(())
+    Ok(runner)
 }
 
 /// The host names the container's ssh config covers: those of the job's repository, plus

@@ -275,7 +275,7 @@ async fn run_inner(
         ),
         None => (Vec::new(), Vec::new()),
     };
-    let (container, user, step_user, image_env, services) = match &plan.executor {
+    let (container, user, step_user, image_env, services, runner) = match &plan.executor {
         ExecutorKind::Machine => {
             let image = machine::local_image(spec, &plan.image)?;
             // Missing image: an error before anything is created.
@@ -300,7 +300,7 @@ async fn run_inner(
                 .clone()
                 .unwrap_or_else(|| machine::MACHINE_USER.to_owned());
             let user = ask_user(executor.as_ref(), &id, Some(&step_user)).await?;
-            (id, user, Some(step_user), info.env, None)
+            (id, user, Some(step_user), info.env, None, None)
         }
         ExecutorKind::Docker => {
             if let Some(why) = &plan.unsupported {
@@ -353,6 +353,7 @@ async fn run_inner(
                 cmd: Some(Vec::new()),
                 stdin: true,
                 init: true,
+                unlogged: true,
                 extra_hosts: services::host_entries(&plan.services),
                 limits,
                 ..Default::default()
@@ -407,11 +408,13 @@ async fn run_inner(
                     .await?,
                 )
             };
-            install_files_into(executor.as_ref(), spec, &id, Some(main), &user, sink).await?;
-            (id, user, plan.user.clone(), info.env, services)
+            let runner =
+                install_files_into(executor.as_ref(), spec, &id, Some(main), &user, sink).await?;
+            (id, user, plan.user.clone(), info.env, services, runner)
         }
     };
     if matches!(plan.executor, ExecutorKind::Machine) {
+        // No main process of ours (systemd is PID 1): no runner, steps go through exec.
         install_files_into(executor.as_ref(), spec, &container, None, &user, sink).await?;
     }
     tracing::debug!(ms = millis(t.elapsed()), "files installed");
@@ -470,6 +473,7 @@ async fn run_inner(
         base_env: env,
         checkout,
         engine,
+        runner: runner.map(Arc::new),
     };
     let outcome = run_steps(executor, spec, sink, cancel, &ctx).await;
     steps_done.cancel();
@@ -540,9 +544,9 @@ async fn install_files_into(
     main: Option<crate::executor::Attached>,
     user: &super::bootstrap::ContainerUser,
     sink: &Arc<dyn EventSink>,
-) -> Result<(), SetupError> {
+) -> Result<Option<super::runner::StepRunner>, SetupError> {
     let workdir = expand_home(&spec.plan.working_directory, &user.home);
-    install_files(executor, spec, container, main, user, &workdir).await?;
+    let runner = install_files(executor, spec, container, main, user, &workdir).await?;
     sink.emit(&Event::Info {
         message: format!(
             "Prepared {} for {} (working directory {workdir}{})",
@@ -561,5 +565,5 @@ async fn install_files_into(
             }
         ),
     });
-    Ok(())
+    Ok(runner)
 }

@@ -59,6 +59,8 @@ pub(super) async fn boot(
             cmd: None,
             stdin: false,
             init: false,
+            // Its output is systemd's console: steps go through exec, not through it.
+            unlogged: false,
             extra_hosts: Vec::new(),
             tmpfs: vec!["/run".to_owned(), "/run/lock".to_owned()],
             read_only_binds: vec!["/sys/fs/cgroup".to_owned()],

@@ -32,6 +32,7 @@ pub mod registry;
 pub mod request;
 pub mod resources;
 mod run_step;
+mod runner;
 mod services;
 mod steps;
 #[cfg(test)]

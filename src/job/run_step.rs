@@ -70,6 +70,7 @@ pub(super) fn step_workdir(ctx: &Ctx, run: &RunStep) -> String {
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn run_step(
     executor: &dyn Executor,
+    runner: Option<&super::runner::StepRunner>,
     spec: &JobSpec,
     sink: &dyn EventSink,
     cancel: &CancellationToken,
@@ -91,18 +92,19 @@ pub(super) async fn run_step(
         exit_code,
         duration_ms: millis(t0.elapsed()),
     };
-    let mut exec = match executor
-        .exec(
-            container,
-            ExecSpec {
-                cmd,
-                env,
-                user,
-                working_dir: Some(workdir),
-            },
-        )
-        .await
-    {
+    let exec_spec = ExecSpec {
+        cmd,
+        env,
+        user,
+        working_dir: Some(workdir),
+    };
+    // Through the main process's runner when there is one (a fork, not an engine exec);
+    // the engine's exec when not, or when the runner has broken.
+    let started = match runner.filter(|r| r.broken().is_none()) {
+        Some(r) => r.exec(exec_spec).await,
+        None => executor.exec(container, exec_spec).await,
+    };
+    let mut exec = match started {
         Ok(e) => e,
         Err(e) => {
             sink.emit(&Event::Output {

@@ -28,6 +28,8 @@ pub(super) struct Ctx {
     pub checkout: Option<Prefetched>,
     /// The job's Docker engine proxy (`setup_remote_docker` starts serving it).
     pub engine: Option<Arc<crate::engine_proxy::JobEngine>>,
+    /// The main process's step runner, when it could start (`run` steps go through it).
+    pub runner: Option<Arc<super::runner::StepRunner>>,
 }
 
 pub(super) async fn run_steps(
@@ -110,9 +112,11 @@ pub(super) async fn run_steps(
                     let workdir = step_workdir(ctx, &run);
                     let user = ctx.step_user.clone();
                     let control = Arc::clone(&control);
+                    let runner = ctx.runner.clone();
                     tokio::spawn(async move {
                         run_step(
                             executor.as_ref(),
+                            runner.as_deref(),
                             &spec,
                             sink.as_ref(),
                             &cancel,

@@ -201,6 +201,10 @@ async fn files_go_through_the_main_process_stdin_and_fall_back_to_the_archive_up
         "files went through stdin: {:?}",
         r.double.calls()
     );
+    // The primary's main process carries the steps' output (the step runner): the engine
+    // keeps none of it in its log files; a service's own output is still logged.
+    let primary = r.double.spec_of("c1").expect("the primary's spec");
+    assert!(primary.stdin && primary.unlogged);
     let r = run_with(
         Script {
             refuse_stdin_files: true,
