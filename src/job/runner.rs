@@ -6,8 +6,8 @@
 //! steps beside the others).
 
 use crate::executor::{Exec, ExecSpec, ExecutorError, Output, OutputStream};
-use crate::runtime::cmd::runner::{self as wire, Frame, Run};
-use bytes::Bytes;
+use crate::runtime::cmd::runner::{self as wire, Run};
+use bytes::{Bytes, BytesMut};
 use futures_util::{FutureExt, StreamExt};
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -152,13 +152,17 @@ fn lock(routes: &Mutex<Routes>) -> std::sync::MutexGuard<'_, Routes> {
 async fn read_frames(
     container: String,
     mut output: OutputStream,
-    mut buf: Vec<u8>,
+    rest: Vec<u8>,
     routes: Arc<Mutex<Routes>>,
 ) {
+    // Payloads leave this buffer as `Bytes` without a copy (a flood is 64 KiB frames).
+    let mut buf = BytesMut::from(rest.as_slice());
     let why = loop {
-        match wire::decode(&mut buf) {
-            Ok(Some(frame)) => {
-                route(&routes, frame).await;
+        match wire::whole_frame(&buf) {
+            Ok(Some((kind, id, len))) => {
+                let mut frame = buf.split_to(wire::HEADER + len);
+                let payload = frame.split_off(wire::HEADER).freeze();
+                route(&routes, kind, id, payload).await;
                 continue;
             }
             Ok(None) => {}
@@ -200,8 +204,7 @@ async fn read_frames(
     }
 }
 
-async fn route(routes: &Mutex<Routes>, frame: Frame) {
-    let Frame { kind, id, payload } = frame;
+async fn route(routes: &Mutex<Routes>, kind: u8, id: u32, payload: Bytes) {
     match kind {
         wire::STARTED | wire::FAILED => {
             let tx = lock(routes)
@@ -222,11 +225,10 @@ async fn route(routes: &Mutex<Routes>, frame: Frame) {
         }
         wire::STDOUT | wire::STDERR => {
             let tx = lock(routes).by_id.get(&id).and_then(|r| r.output.clone());
-            let data = Bytes::from(payload);
             let item = if kind == wire::STDOUT {
-                Output::Stdout(data)
+                Output::Stdout(payload)
             } else {
-                Output::Stderr(data)
+                Output::Stderr(payload)
             };
             // A step whose reader has gone (it was abandoned) loses its output, no one else.
             if let Some(tx) = tx {
@@ -235,7 +237,7 @@ async fn route(routes: &Mutex<Routes>, frame: Frame) {
         }
         wire::EXIT => {
             let route = lock(routes).by_id.remove(&id);
-            let code = <[u8; 4]>::try_from(payload.as_slice()).map(i32::from_be_bytes);
+            let code = <[u8; 4]>::try_from(&payload[..]).map(i32::from_be_bytes);
             if let (Some(mut route), Ok(code)) = (route, code) {
                 // Dropping the output sender ends the step's stream; then its exit.
                 route.output.take();

@@ -29,7 +29,6 @@ pub const EXIT: u8 = 6;
 
 /// Larger frames are refused: the other side is broken or hostile.
 pub const MAX_FRAME: usize = 16 * 1024 * 1024;
-const HEADER: usize = 9;
 /// After the step's process ends, how long its output may still come (a background child
 /// holding the pipe): what the engine grants an exec's streams.
 const DRAIN: Duration = Duration::from_secs(2);
@@ -59,8 +58,9 @@ pub fn encode(kind: u8, id: u32, payload: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Take one whole frame off the front of `buf`; `Ok(None)` until one is there.
-pub fn decode(buf: &mut Vec<u8>) -> Result<Option<Frame>, String> {
+/// The kind, id and payload length of the frame at the front of `buf`, once all of it is
+/// there (`Ok(None)` until then): the agent takes the payload without copying it.
+pub fn whole_frame(buf: &[u8]) -> Result<Option<(u8, u32, usize)>, String> {
     if buf.len() < HEADER {
         return Ok(None);
     }
@@ -73,9 +73,17 @@ pub fn decode(buf: &mut Vec<u8>) -> Result<Option<Frame>, String> {
     if len > MAX_FRAME {
         return Err(format!("a frame of {len} bytes (at most {MAX_FRAME})"));
     }
-    if buf.len() < HEADER + len {
+    Ok((buf.len() >= HEADER + len).then_some((kind, id, len)))
+}
+
+/// The bytes before a frame's payload.
+pub const HEADER: usize = 9;
+
+/// Take one whole frame off the front of `buf`; `Ok(None)` until one is there.
+pub fn decode(buf: &mut Vec<u8>) -> Result<Option<Frame>, String> {
+    let Some((kind, id, len)) = whole_frame(buf)? else {
         return Ok(None);
-    }
+    };
     let payload = buf[HEADER..HEADER + len].to_vec();
     buf.drain(..HEADER + len);
     Ok(Some(Frame { kind, id, payload }))
@@ -246,6 +254,12 @@ fn start(out: &Out, id: u32, payload: &[u8]) {
     };
     send(out, STARTED, id, &[]);
     let (done_tx, done_rx) = mpsc::channel();
+    if let Some(p) = &child.stdout {
+        widen(p);
+    }
+    if let Some(p) = &child.stderr {
+        widen(p);
+    }
     let pipes: [(u8, Option<Box<dyn Read + Send>>); 2] = [
         (STDOUT, child.stdout.take().map(|p| Box::new(p) as _)),
         (STDERR, child.stderr.take().map(|p| Box::new(p) as _)),
@@ -256,7 +270,7 @@ fn start(out: &Out, id: u32, payload: &[u8]) {
         readers += 1;
         let (out, done) = (Arc::clone(out), done_tx.clone());
         std::thread::spawn(move || {
-            let mut chunk = vec![0u8; 64 * 1024];
+            let mut chunk = vec![0u8; CHUNK];
             loop {
                 match pipe.read(&mut chunk) {
                     Ok(0) => break,
@@ -284,6 +298,23 @@ fn start(out: &Out, id: u32, payload: &[u8]) {
         }
         send(&out, EXIT, id, &code.to_be_bytes());
     });
+}
+
+/// The most a step's output frame carries.
+const CHUNK: usize = 256 * 1024;
+
+/// A step's pipe holds [`CHUNK`] (Linux's default is 64 KiB): a flooding step then hands
+/// over a quarter as many frames, each a write through the engine's attach stream.
+fn widen(pipe: &impl std::os::fd::AsRawFd) {
+    extern "C" {
+        fn fcntl(fd: i32, cmd: i32, ...) -> i32;
+    }
+    const F_SETPIPE_SZ: i32 = 1031;
+    // SAFETY: F_SETPIPE_SZ on a pipe this process owns; a refusal (a lower
+    // /proc/sys/fs/pipe-max-size) leaves the default, which works too.
+    unsafe {
+        fcntl(pipe.as_raw_fd(), F_SETPIPE_SZ, CHUNK as i32);
+    }
 }
 
 /// Make this process's `/proc/PID/fd` unreadable to the job's other processes of the same
