@@ -32,6 +32,8 @@ struct Routes {
     /// Why the runner can no longer be used (its stream ended or broke); new steps go to the
     /// engine's exec instead.
     broken: Option<String>,
+    /// A step's exit came with the halt file present (`circleci step halt`).
+    halt_seen: bool,
 }
 
 pub struct StepRunner {
@@ -70,6 +72,13 @@ impl StepRunner {
     /// Why new steps cannot go through the runner, if they cannot.
     pub fn broken(&self) -> Option<String> {
         lock(&self.routes).broken.clone()
+    }
+
+    /// Whether `circleci step halt` had been run when a step's exit came; `None` when the
+    /// runner is broken (then ask the engine).
+    pub fn halt_seen(&self) -> Option<bool> {
+        let r = lock(&self.routes);
+        r.broken.is_none().then_some(r.halt_seen)
     }
 
     /// Start a command in the container as its main process's user (`spec.user` is not
@@ -237,7 +246,14 @@ async fn route(routes: &Mutex<Routes>, kind: u8, id: u32, payload: Bytes) {
         }
         wire::EXIT => {
             let route = lock(routes).by_id.remove(&id);
-            let code = <[u8; 4]>::try_from(&payload[..]).map(i32::from_be_bytes);
+            if payload.get(4) == Some(&1) {
+                lock(routes).halt_seen = true;
+            }
+            let code = payload
+                .get(..4)
+                .and_then(|b| <[u8; 4]>::try_from(b).ok())
+                .map(i32::from_be_bytes)
+                .ok_or(());
             if let (Some(mut route), Ok(code)) = (route, code) {
                 // Dropping the output sender ends the step's stream; then its exit.
                 route.output.take();

@@ -186,8 +186,9 @@ pub(super) async fn run_steps(
             }
         };
         sink.emit(&Event::StepFinished(summary.clone()));
-        // Asked of the engine only when a later step would be skipped by a halt: the last
-        // step (and one followed only by `when: always` steps) costs no round trip.
+        // Asked only when a later step would be skipped by a halt: the last step (and one
+        // followed only by `when: always` steps) costs no round trip; the runner's answer
+        // came with the step's exit, the engine is asked otherwise.
         let halt_matters = spec.plan.steps[i + 1..]
             .iter()
             .any(|s| s.when != crate::config::When::Always);
@@ -195,7 +196,11 @@ pub(super) async fn run_steps(
             && halt_matters
             && summary.status == StepStatus::Success
             && matches!(step.kind, StepKind::Run(_))
-            && halt_requested(executor.as_ref(), &ctx.container, &spec.id).await
+            && match ctx.runner.as_ref().and_then(|r| r.halt_seen()) {
+                // The runner looked when the step ended: no round trip.
+                Some(seen) => seen,
+                None => halt_requested(executor.as_ref(), &ctx.container, &spec.id).await,
+            }
         {
             halted = true;
             sink.emit(&Event::Info {

@@ -6,7 +6,8 @@
 //!
 //! It speaks frames over its stdin and stdout, which are the container's attach stream:
 //! `kind: u8, id: u32 BE, len: u32 BE, payload`. The agent asks `RUN`; the runner answers
-//! `STARTED` or `FAILED`, then `STDOUT` / `STDERR` chunks, then `EXIT`. Before the first frame
+//! `STARTED` or `FAILED`, then `STDOUT` / `STDERR` chunks, then `EXIT` (the exit code, and
+//! whether the job's halt file exists by then). Before the first frame
 //! it prints [`READY`] as a line, so the agent knows frames follow.
 //!
 //! The codec is here, std only, so the agent and the executable share one definition.
@@ -296,7 +297,12 @@ fn start(out: &Out, id: u32, payload: &[u8]) {
                 break;
             }
         }
-        send(&out, EXIT, id, &code.to_be_bytes());
+        // Whether `circleci step halt` has been run by now: the agent would otherwise ask the
+        // engine after each step.
+        let halted = super::runtime_dir().is_ok_and(|d| d.join(super::HALT_FILE).exists());
+        let mut payload = code.to_be_bytes().to_vec();
+        payload.push(u8::from(halted));
+        send(&out, EXIT, id, &payload);
     });
 }
 
