@@ -395,7 +395,7 @@ impl Drop for AgentProc {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        crate::harness::cleanup_label("bosun.agent", &self.agent_id);
+        crate::harness::cleanup_killed_agent(&self.agent_id);
         if std::thread::panicking() {
             eprintln!("---- agent log ----\n{}", self.log());
         }

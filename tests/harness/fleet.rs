@@ -305,18 +305,7 @@ impl Drop for Agent {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        if !self.id.is_empty() {
-            let ids = super::containers_labelled(bosun::executor::LABEL_AGENT, &self.id);
-            if !ids.is_empty() {
-                let _ = Command::new("docker")
-                    .args(["rm", "-f", "-v"])
-                    .args(&ids)
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .status();
-            }
-        }
+        super::cleanup_killed_agent(&self.id);
         if std::thread::panicking() {
             eprintln!("---- {} ----\n{}", self.log.display(), self.log_text());
         }

@@ -159,6 +159,19 @@ pub fn docker(args: &[&str]) -> String {
     run(Command::new("docker").args(args)).trim().to_string()
 }
 
+/// Removes what a just-killed agent left: everything labelled with its id, twice. Its
+/// ready-container pool refills after every job, so the kill often lands with a create or
+/// start still in the engine's hands, which the engine finishes afterwards; a second look
+/// 400 ms later finds that one (the agent's own start-up sweep would, in production).
+pub fn cleanup_killed_agent(agent_id: &str) {
+    if agent_id.is_empty() {
+        return;
+    }
+    cleanup_label(bosun::executor::LABEL_AGENT, agent_id);
+    std::thread::sleep(std::time::Duration::from_millis(400));
+    cleanup_label(bosun::executor::LABEL_AGENT, agent_id);
+}
+
 /// Removes every container and network labelled `label=value`. Best effort:
 /// used from `Drop`, so it never panics.
 pub fn cleanup_label(label: &str, value: &str) {
