@@ -121,6 +121,16 @@ impl Agent {
 impl Drop for Agent {
     fn drop(&mut self) {
         self.kill9();
+        // What it left (its ready containers): by the id it registered with, kept in
+        // `state/agent.json` beside its config.
+        let state = self.config.with_file_name("state").join("agent.json");
+        let id = std::fs::read_to_string(state)
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .and_then(|v| v["agent_id"].as_str().map(str::to_owned));
+        if let Some(id) = id {
+            harness::cleanup_killed_agent(&id);
+        }
     }
 }
 
