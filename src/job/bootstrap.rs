@@ -267,16 +267,17 @@ pub(super) async fn install_files(
             };
             let runner = if installed {
                 // The runner's ready line, or the shell's word that it could not run it.
-                match main_line_keeping(&mut output, "bosun-runner", &mut buf).await {
-                    Ok(line) if line == crate::runtime::cmd::runner::READY => Some(
-                        super::runner::StepRunner::new(container, input, output, buf),
-                    ),
-                    Ok(line) => {
-                        tracing::debug!(%container, "no step runner ({line}): steps go through the engine's exec");
-                        None
-                    }
-                    Err(e) => {
-                        tracing::debug!(%container, "no step runner ({e}): steps go through the engine's exec");
+                let why = match main_line_keeping(&mut output, "bosun-runner", &mut buf).await {
+                    Ok(line) if line == crate::runtime::cmd::runner::READY => Ok(()),
+                    Ok(line) => Err(line),
+                    Err(e) => Err(e.to_string()),
+                };
+                match why {
+                    Ok(()) => Some(super::runner::StepRunner::new(
+                        container, input, output, buf,
+                    )),
+                    Err(why) => {
+                        tracing::debug!(%container, "no step runner ({why}): steps go through the engine's exec");
                         None
                     }
                 }

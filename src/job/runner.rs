@@ -216,18 +216,20 @@ async fn read_frames(
 async fn route(routes: &Mutex<Routes>, kind: u8, id: u32, payload: Bytes) {
     match kind {
         wire::STARTED | wire::FAILED => {
-            let tx = lock(routes)
-                .by_id
-                .get_mut(&id)
-                .and_then(|r| r.started.take());
             let result = if kind == wire::STARTED {
                 Ok(())
             } else {
                 Err(String::from_utf8_lossy(&payload).into_owned())
             };
-            if result.is_err() {
-                lock(routes).by_id.remove(&id);
-            }
+            let tx = {
+                let mut r = lock(routes);
+                let tx = r.by_id.get_mut(&id).and_then(|r| r.started.take());
+                // A step that did not start has nothing more coming.
+                if result.is_err() {
+                    r.by_id.remove(&id);
+                }
+                tx
+            };
             if let Some(tx) = tx {
                 let _ = tx.send(result);
             }
@@ -245,10 +247,11 @@ async fn route(routes: &Mutex<Routes>, kind: u8, id: u32, payload: Bytes) {
             }
         }
         wire::EXIT => {
-            let route = lock(routes).by_id.remove(&id);
-            if payload.get(4) == Some(&1) {
-                lock(routes).halt_seen = true;
-            }
+            let route = {
+                let mut r = lock(routes);
+                r.halt_seen |= payload.get(4) == Some(&1);
+                r.by_id.remove(&id)
+            };
             let code = payload
                 .get(..4)
                 .and_then(|b| <[u8; 4]>::try_from(b).ok())
