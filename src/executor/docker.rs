@@ -89,7 +89,7 @@ fn engine_error(
     source: bollard::errors::Error,
 ) -> ExecutorError {
     ExecutorError::Engine {
-        target,
+        target: super::short_id(&target).to_owned(),
         what,
         source: Box::new(source),
     }
@@ -297,7 +297,7 @@ impl Executor for DockerExecutor {
             Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. })) => Ok(code),
             Some(Err(e)) => Err(Self::engine(container, "wait")(e)),
             None => Err(ExecutorError::Protocol {
-                target: container.to_owned(),
+                target: super::short_id(container).to_owned(),
                 what: "wait",
                 detail: "the engine closed the wait without a status".to_owned(),
             }),
@@ -377,7 +377,7 @@ impl Executor for DockerExecutor {
             .map_err(Self::engine(container, "exec start"))?;
         let StartExecResults::Attached { output, .. } = started else {
             return Err(ExecutorError::Protocol {
-                target: container.to_owned(),
+                target: super::short_id(container).to_owned(),
                 what: "exec start",
                 detail: "the engine started the exec detached".to_owned(),
             });
@@ -428,7 +428,7 @@ impl Executor for DockerExecutor {
             .map_err(Self::engine(container, "exec start"))?;
         let StartExecResults::Attached { output, input } = started else {
             return Err(ExecutorError::Protocol {
-                target: container.to_owned(),
+                target: super::short_id(container).to_owned(),
                 what: "exec start",
                 detail: "the engine started the exec detached".to_owned(),
             });

@@ -83,6 +83,16 @@ pub fn registry_of(image: &str) -> &str {
     }
 }
 
+/// An engine id as people read it: a full 64-hex-digit container, exec or image id is cut to
+/// its first 12 digits, as the `docker` command shows it (and accepts it back); a name, or
+/// anything else, is left whole.
+pub fn short_id(id: &str) -> &str {
+    match id.get(..12) {
+        Some(head) if id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit()) => head,
+        _ => id,
+    }
+}
+
 /// What the engine says of one layer of an image it is pulling: its `status` words
 /// (`Pulling fs layer`, `Downloading`, `Extracting`, `Pull complete`, `Already exists`…) and,
 /// while bytes move, how many of how many.
@@ -299,4 +309,20 @@ pub trait Executor: Send + Sync + 'static {
         label: &str,
         value: &str,
     ) -> Result<Vec<String>, ExecutorError>;
+}
+
+#[cfg(test)]
+mod short_id_tests {
+    use super::short_id;
+
+    #[test]
+    fn a_full_engine_id_is_cut_to_twelve_digits_and_a_name_is_not() {
+        let full = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+        assert_eq!(short_id(full), "0123456789ab");
+        assert_eq!(short_id("bosun-job-42-primary"), "bosun-job-42-primary");
+        // Sixty-four characters but not an id: a name is never cut.
+        let name = "x".repeat(64);
+        assert_eq!(short_id(&name), name);
+        assert_eq!(short_id(""), "");
+    }
 }

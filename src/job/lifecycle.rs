@@ -9,9 +9,9 @@ use super::registry::{Attachment, Registered};
 use super::resources::{Resources, Role};
 use super::steps::{run_steps, Ctx};
 use super::SetupError;
-use super::{fetch_source, machine, millis, services, short, JobOutcome, JobSpec, Prefetched};
+use super::{fetch_source, machine, millis, services, JobOutcome, JobSpec, Prefetched};
 use crate::config::{merge_env, ExecutorKind, StepKind};
-use crate::executor::{ContainerSpec, Executor, NetworkMode};
+use crate::executor::{short_id, ContainerSpec, Executor, NetworkMode};
 use crate::stream::mask::MaskingSink;
 use crate::stream::{ContainerRole, Event, EventSink, JobStatus, StepStatus, StepSummary};
 use futures_util::FutureExt;
@@ -169,13 +169,13 @@ async fn release(resources: &Resources, sink: &dyn EventSink) {
         tracing::warn!(
             "could not remove the job's {:?} {}: {e}",
             r.role,
-            short(&r.id)
+            short_id(&r.id)
         );
         sink.emit(&Event::Info {
             message: format!(
                 "warning: could not remove the job's {:?} {}: {e}",
                 r.role,
-                short(&r.id)
+                short_id(&r.id)
             ),
         });
     }

@@ -184,7 +184,3 @@ pub const DEFAULT_MACHINE_IMAGE: &str = "bosun/machine";
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
-
-fn short(id: &str) -> &str {
-    id.get(..12).unwrap_or(id)
-}

@@ -336,7 +336,7 @@ pub fn render(out: &mut dyn Write, event: &Event) {
             } => writeln!(
                 out,
                 "    Container {} started from {image}",
-                container.get(..12).unwrap_or(container)
+                crate::executor::short_id(container)
             ),
             Event::ContainerStarted {
                 role: ContainerRole::Service,
@@ -346,7 +346,7 @@ pub fn render(out: &mut dyn Write, event: &Event) {
             } => writeln!(
                 out,
                 "    Service {name} started from {image} (container {}; not waited for)",
-                container.get(..12).unwrap_or(container)
+                crate::executor::short_id(container)
             ),
             Event::ServiceExited {
                 service,
