@@ -244,6 +244,10 @@ pub(super) async fn install_files(
         tar.finish()
             .map_err(|e| SetupError::Prepare(format!("building the setup archive: {e}")))?,
     );
+    // The archive holds its copy; an idle agent need not keep the original's pages.
+    if let Err(e) = crate::runtime::page_out(crate::runtime::CIRCLECI_EXECUTABLE) {
+        tracing::debug!("could not page out the in-job executable: {e}");
+    }
     let runner_path = format!("{bin}/circleci");
     let (via_stdin, runner) = match main {
         None => (false, None),
