@@ -10,7 +10,8 @@
 #
 #   scripts/build-deb.sh [--binary PATH] [--out DIR]
 #
-# Default binary: target/release/bosun (built with `cargo build --release` if missing).
+# Default binary: target/dist/bosun, built with `cargo build --profile dist` (release with
+# whole-program LTO: a smaller binary and a smaller idle agent; see Cargo.toml) if missing.
 # Needs dpkg-deb (and fakeroot when not run as root). gzip, not xz: a debug binary of 200 MB
 # packs in seconds instead of a minute.
 set -euo pipefail
@@ -25,8 +26,8 @@ while [ $# -gt 0 ]; do
     esac
 done
 if [ -z "$binary" ]; then
-    binary="$here/target/release/bosun"
-    [ -x "$binary" ] || (cd "$here" && cargo build --release --bin bosun)
+    binary="${CARGO_TARGET_DIR:-$here/target}/dist/bosun"
+    [ -x "$binary" ] || (cd "$here" && cargo build --profile dist --bin bosun)
 fi
 [ -x "$binary" ] || { echo "build-deb.sh: no binary at $binary" >&2; exit 1; }
 
