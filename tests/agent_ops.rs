@@ -1,6 +1,7 @@
 //! `bosun agent` as an operator drives it, against the fake coordinator of
 //! `tests/agent_rig/`: a second SIGTERM cancels and sd_notify tells systemd, SIGHUP reloads
-//! concurrency and labels, metrics and health on the agent's local address.
+//! concurrency and labels, metrics and health on the agent's local address, the heap given
+//! back once idle.
 
 mod agent_rig;
 mod harness;
@@ -196,4 +197,52 @@ fn the_agent_serves_metrics_and_health_on_its_local_address() {
     assert_eq!(value("bosun_agent_claim_latency_seconds_count"), 2.0);
     assert_eq!(value("bosun_agent_jobs_running"), 0.0);
     assert!(value("bosun_agent_spool_bytes_pending") >= 0.0);
+}
+
+/// Operators: an agent gone idle after a job gives the heap its log buffers used back to the
+/// kernel (glibc keeps freed arena pages otherwise), once — not while the job runs, and not
+/// again at every heartbeat of an idle agent.
+#[test]
+fn an_agent_gone_idle_after_a_job_gives_its_freed_heap_back() {
+    ensure_images();
+    let p = Project::new(&format!(
+        "version: 2.1\njobs:\n  build:\n    docker: [{{image: {img}}}]\n    steps:\n      - run: head -c 20000000 /dev/zero | tr '\\\\0' x\n",
+        img = image("base")
+    ));
+    let agent_id = format!("agent-{}", p.job_id);
+    let fake = Fake::start(&agent_id);
+    let job = wire_job(&p, Vec::new());
+    fake.st().queue.push(job.clone());
+    let agent = AgentProc::start(&fake, &agent_id);
+    const TRIMMED: &str = "gave the idle heap back";
+    let (finish, _) = fake.wait_for("the finish", 120, |s| s.finish.get(&job.id).cloned());
+    assert_eq!(finish.status, FinalStatus::Success, "{}", agent.log());
+    // Heartbeats come every second (agent_rig): the trim follows the first idle one.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while !agent.log().contains(TRIMMED) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no trim after the job:\n{}",
+            agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let log = agent.log();
+    let (before, after) = log
+        .lines()
+        .find_map(|l| {
+            let rest = l.split_once(TRIMMED)?.1;
+            let (b, a) = rest.split_once(" kB -> ")?;
+            let b = b.rsplit(' ').next()?.parse::<u64>().ok()?;
+            let a = a.split(' ').next()?.parse::<u64>().ok()?;
+            Some((b, a))
+        })
+        .unwrap_or_else(|| panic!("no figures in the trim line:\n{log}"));
+    assert!(
+        after <= before,
+        "RssAnon grew when trimmed: {before} -> {after} kB"
+    );
+    // Idle heartbeats (one a second) do not trim again.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(agent.log().matches(TRIMMED).count(), 1, "{}", agent.log());
 }

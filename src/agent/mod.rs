@@ -93,6 +93,8 @@ pub(crate) struct Agent {
     /// Jobs whose spool is still being delivered after they stopped running: heartbeats keep
     /// their leases alive, or a long upload (or a coordinator outage) would let them lapse.
     delivering: Mutex<std::collections::HashSet<String>>,
+    /// A job or a log delivery ended since the heap was last given back (see [`trim_heap`]).
+    heap_grew: AtomicBool,
     metrics: Arc<metrics::AgentMetrics>,
     /// Ready containers for the next jobs (none kept with `ready_containers = 0`).
     pool: Arc<pool::Pool>,
@@ -222,6 +224,40 @@ fn limit_malloc_arenas() {
     }
 }
 
+/// Give the heap's free pages back to the kernel, once nothing runs or delivers (checked at
+/// each heartbeat, after a job or a delivery ended). glibc returns only the top of the main
+/// heap by itself: after a job with a big log, an idle agent kept 4–5 MiB of freed buffers
+/// in its arenas (RssAnon 11.0 → 5.9 MiB when trimmed, measured 2026-12-02).
+fn trim_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        let before = rss_anon_kib();
+        // SAFETY: malloc_trim only walks the allocator's own free lists, under its locks.
+        unsafe {
+            libc::malloc_trim(0);
+        }
+        tracing::debug!(
+            "gave the idle heap back: RssAnon {} kB -> {} kB",
+            before.unwrap_or(0),
+            rss_anon_kib().unwrap_or(0)
+        );
+    }
+}
+
+/// This process's anonymous resident memory (`RssAnon` of /proc/self/status), in kB.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn rss_anon_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("RssAnon:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()
+}
+
 fn init_tracing(format: LogFormat) {
     use tracing_subscriber::prelude::*;
     let filter = tracing_subscriber::EnvFilter::try_from_env("BOSUN_LOG")
@@ -320,6 +356,7 @@ async fn run_agent(cfg: AgentConfig, config_path: PathBuf, required: bool) -> u8
         fatal_msg: Mutex::new(None),
         senders: AtomicUsize::new(0),
         delivering: Mutex::new(std::collections::HashSet::new()),
+        heap_grew: AtomicBool::new(false),
         metrics: agent_metrics,
     });
     let health_stop = CancellationToken::new();
@@ -585,6 +622,7 @@ pub(crate) fn spawn_sender(agent: Arc<Agent>, job: Arc<SpoolJob>) -> tokio::task
         if let Ok(mut d) = agent.delivering.lock() {
             d.remove(&id);
         }
+        agent.heap_grew.store(true, Ordering::SeqCst);
         agent.senders.fetch_sub(1, Ordering::SeqCst);
     })
 }
@@ -711,6 +749,9 @@ async fn heartbeat_loop(agent: Arc<Agent>) {
                     ssh: None,
                 });
             }
+        }
+        if running.is_empty() && agent.heap_grew.swap(false, Ordering::SeqCst) {
+            tokio::task::spawn_blocking(trim_heap);
         }
         let hb = Heartbeat {
             running,
@@ -855,6 +896,7 @@ fn start_job(agent: &Arc<Agent>, job: protocol::WireJob) {
     tokio::spawn(async move {
         run::run_wire_job(&agent, job, cancel, quiet, state).await;
         agent.jobs().remove(&id);
+        agent.heap_grew.store(true, Ordering::SeqCst);
         agent.report_status();
         agent.changed.notify_waiters();
     });
