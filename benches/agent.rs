@@ -8,7 +8,8 @@
 //!    `StepStarted` to the coordinator holding all its bytes, against
 //!    `docker exec C sh -c '<same command>' > /dev/null`; target ratio ≥ 0.7. And the agent's
 //!    peak RSS (VmHWM) at that point; target ≤ 50 MB.
-//! 3. idle agent: VmRSS after 10 s idle (target ≤ 15 MB), and requests per minute to the
+//! 3. idle agent: VmRSS after 10 s idle (target ≤ 15 MB) and its anonymous part (RssAnon),
+//!    fresh and after the jobs above, and requests per minute to the
 //!    coordinator over 20 s (counted by a TCP proxy between agent and coordinator),
 //!    against what the default heartbeat_secs / claim_wait_secs imply.
 //!
@@ -302,7 +303,10 @@ fn main() {
 
     // 3. Idle: RSS after 10 s, then requests over 20 s.
     std::thread::sleep(Duration::from_secs(10));
-    let idle_rss = proc_status_kib(agent_pid, "VmRSS");
+    let (idle_rss, idle_anon) = (
+        proc_status_kib(agent_pid, "VmRSS"),
+        proc_status_kib(agent_pid, "RssAnon"),
+    );
     let (c0, r0) = (
         proxy.connections.load(Ordering::Relaxed),
         proxy.requests.load(Ordering::Relaxed),
@@ -397,7 +401,10 @@ fn main() {
     let (agent_secs, to_final, cpu, step_ms) = runs_out[runs_out.len() / 2];
     let peak_rss = proc_status_kib(agent_pid, "VmHWM");
     std::thread::sleep(Duration::from_secs(10));
-    let idle_rss_after = proc_status_kib(agent_pid, "VmRSS");
+    let (idle_rss_after, idle_anon_after) = (
+        proc_status_kib(agent_pid, "VmRSS"),
+        proc_status_kib(agent_pid, "RssAnon"),
+    );
     drop(agent);
 
     let c = harness::docker(&[
@@ -475,6 +482,11 @@ fn main() {
         "    VmRSS after 10 s idle                   {:>8.1} MiB   (target <= 15 MB; after the jobs + 10 s idle: {:.1} MiB)",
         idle_rss as f64 / 1024.0,
         idle_rss_after as f64 / 1024.0
+    );
+    println!(
+        "    of which RssAnon (heap, stacks)         {:>8.1} MiB   (after the jobs: {:.1} MiB; the rest is the binary's and libraries' pages)",
+        idle_anon as f64 / 1024.0,
+        idle_anon_after as f64 / 1024.0
     );
     println!(
         "    requests/min from the config            {:>8.1}",
