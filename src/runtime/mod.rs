@@ -17,14 +17,7 @@ pub static CIRCLECI_EXECUTABLE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), 
 pub fn page_out(bytes: &'static [u8]) -> std::io::Result<()> {
     #[cfg(target_os = "linux")]
     {
-        // SAFETY: sysconf has no preconditions.
-        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) })
-            .map_err(|_| std::io::Error::other("no page size"))?;
-        let start = bytes.as_ptr() as usize;
-        let (lo, hi) = (
-            start.div_ceil(page) * page,
-            (start + bytes.len()) / page * page,
-        );
+        let (lo, hi, _) = whole_pages(bytes)?;
         if hi > lo {
             // SAFETY: [lo, hi) lies inside a `'static` byte slice, so it is mapped for the
             // life of the process; MADV_PAGEOUT is advice that keeps every byte's value (a
@@ -38,6 +31,18 @@ pub fn page_out(bytes: &'static [u8]) -> std::io::Result<()> {
     Ok(())
 }
 
+/// The first and end addresses of the pages wholly inside `bytes` (equal when there are
+/// none), and the page size.
+#[cfg(target_os = "linux")]
+fn whole_pages(bytes: &[u8]) -> std::io::Result<(usize, usize, usize)> {
+    // SAFETY: sysconf has no preconditions.
+    let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) })
+        .map_err(|_| std::io::Error::other("no page size"))?;
+    let start = bytes.as_ptr() as usize;
+    let lo = start.div_ceil(page) * page;
+    Ok((lo, ((start + bytes.len()) / page * page).max(lo), page))
+}
+
 #[cfg(all(test, target_os = "linux"))]
 mod pages {
     /// Two MiB of read-only data in this test binary, read by no other test.
@@ -47,13 +52,7 @@ mod pages {
     /// of a page's entry; the page cache may still hold the others).
     fn mapped(bytes: &'static [u8]) -> usize {
         use std::os::unix::fs::FileExt;
-        // SAFETY: sysconf has no preconditions.
-        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
-        let start = bytes.as_ptr() as usize;
-        let (lo, hi) = (
-            start.div_ceil(page) * page,
-            (start + bytes.len()) / page * page,
-        );
+        let (lo, hi, page) = super::whole_pages(bytes).expect("page size");
         let mut entries = vec![0u8; (hi - lo) / page * 8];
         let pagemap = std::fs::File::open("/proc/self/pagemap").expect("pagemap");
         pagemap
