@@ -551,7 +551,8 @@ workflows:
 /// `hold` to on_hold without a reload, then the approve button: refused without a login (the
 /// page says so, and the server answers 401 to a request without a token or with a wrong
 /// one), and with an operator's token typed into the login form it approves `hold`, after
-/// which `deploy` runs and the page shows the pipeline's success, still without a reload.
+/// which `deploy` runs and the page shows the pipeline's success and hold's reason beside the
+/// graph turned from "waiting for approval" to "approved by …", still without a reload.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_pipeline_page_follows_the_run_and_approves_with_an_operator_login_in_chromium() {
     if harness::chromium().is_none() {
@@ -616,6 +617,14 @@ workflows:
              && document.querySelector('{wf} [data-job=\"hold\"] .pjob-status').textContent === 'on_hold' \
              && !document.querySelector('button[data-approve=\"hold\"]').hidden"
         ));
+        // The reason beside the graph, for hold while it waits for its approval.
+        let reason_of = |job: &str| {
+            format!(
+                "(() => {{ const li = document.querySelector('{wf} [data-reason-for=\"{job}\"]'); \
+                 return {{hidden: li.hidden, text: li.querySelector('.reason').textContent}}; }})()"
+            )
+        };
+        let hold_reason_before = b.eval(&reason_of("hold"));
         // Approve without a login: the page refuses, nothing is sent.
         b.click("button[data-approve=\"hold\"]");
         b.wait_for("document.getElementById('action-result').textContent.includes('log in')");
@@ -643,6 +652,11 @@ workflows:
         b.click("button[data-approve=\"hold\"]");
         b.wait_for("document.getElementById('action-result').textContent.startsWith('approved')");
         let approved = b.eval("document.getElementById('action-result').textContent");
+        // The approval's reason appears beside the graph without a reload.
+        b.wait_for(&format!(
+            "document.querySelector('{wf} [data-reason-for=\"hold\"] .reason').textContent.startsWith('approved')"
+        ));
+        let hold_reason_after = b.eval(&reason_of("hold"));
         b.wait_for(&format!(
             "document.querySelector('{wf} [data-job=\"deploy\"]').getAttribute('data-status') === 'success' \
              && document.getElementById('pipeline-status').textContent === 'success'"
@@ -654,11 +668,30 @@ workflows:
         std::thread::sleep(Duration::from_secs(3));
         let later = b.eval(polls);
         assert_eq!(settled, later, "the page kept polling a final pipeline");
-        (graph, without, no_token, wrong, still_held, approved, same_load)
+        (
+            graph,
+            without,
+            no_token,
+            wrong,
+            still_held,
+            approved,
+            same_load,
+            (hold_reason_before, hold_reason_after),
+        )
     })
     .await
     .expect("chromium is installed");
-    let (graph, without, no_token, wrong, still_held, approved, same_load) = seen;
+    let (graph, without, no_token, wrong, still_held, approved, same_load, hold_reasons) = seen;
+    assert_eq!(
+        hold_reasons.0,
+        serde_json::json!({"hidden": false, "text": "waiting for approval"}),
+        "hold's reason while on hold"
+    );
+    assert_eq!(
+        hold_reasons.1,
+        serde_json::json!({"hidden": false, "text": "approved by ops-ada"}),
+        "the approval's reason did not appear live"
+    );
     assert_eq!(
         graph["nodes"],
         serde_json::json!(["build", "hold", "deploy"]),
