@@ -200,8 +200,8 @@ fn the_agent_serves_metrics_and_health_on_its_local_address() {
 }
 
 /// Operators: an agent gone idle after a job gives the heap its log buffers used back to the
-/// kernel (glibc keeps freed arena pages otherwise), once — not while the job runs, and not
-/// again at every heartbeat of an idle agent.
+/// kernel (glibc keeps freed arena pages otherwise), once after the job, and not again at
+/// every heartbeat of an idle agent.
 #[test]
 fn an_agent_gone_idle_after_a_job_gives_its_freed_heap_back() {
     ensure_images();
