@@ -99,6 +99,10 @@ pub struct AgentConfig {
     pub engine_memory_mb: Option<u64>,
     #[serde(default)]
     pub engine_max_containers: Option<u64>,
+    /// Address pools (CIDR) a job's networks may take explicit subnets from
+    /// (`docker network create --subnet`); empty: the engine picks every subnet itself.
+    #[serde(default)]
+    pub engine_subnet_pools: Vec<String>,
     /// Keep the images built by jobs that ask for `docker_layer_caching` (layer reuse by later
     /// jobs) instead of removing them. Kept images are readable by every later job of this
     /// agent, whatever its project: only for agents serving one trust domain.
@@ -135,6 +139,17 @@ impl AgentConfig {
                 .engine_max_containers
                 .map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
             pids: None,
+            subnet_pools: self
+                .engine_subnet_pools
+                .iter()
+                .map(|p| {
+                    crate::engine_proxy::filter::Subnet::parse(p).ok_or_else(|| {
+                        crate::engine_proxy::ProxyError::Setting(format!(
+                            "engine_subnet_pools: `{p}` is not a network in CIDR notation (as 10.200.0.0/16)"
+                        ))
+                    })
+                })
+                .collect::<Result<_, _>>()?,
         };
         s.keep_images = self.engine_keep_images;
         Ok(s)
@@ -246,6 +261,7 @@ const KEYS: &[(&str, Kind)] = &[
     ("engine_millicpus", Kind::Int),
     ("engine_memory_mb", Kind::Int),
     ("engine_max_containers", Kind::Int),
+    ("engine_subnet_pools", Kind::List),
     ("engine_keep_images", Kind::Bool),
     ("resource_class_limits", Kind::Str),
 ];

@@ -5,14 +5,18 @@
 //! Default deny: a route not in [`route`] is refused with its method and path. Objects named
 //! in the path must be the job's (checked by label, else 404 as if they did not exist);
 //! objects named in a body must be the job's too (else 403 naming the field). Whatever is
-//! created carries the job's labels, lists are filtered by them, and the forwarded query and
-//! body are re-serialized from what was checked, so the engine sees nothing the filter did
-//! not.
+//! created carries the job's labels, lists are filtered by them.
+//!
+//! The engine must see what the filter saw, however its Go decoders read a request: bodies
+//! are decoded into the typed [`model`] (exact field names, no duplicate keys, no unknown
+//! fields) and the engine gets their re-encoding; the query is re-encoded from the pairs the
+//! endpoint takes, each once; an endpoint that takes no body gets none.
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 use std::collections::BTreeMap;
 
 mod bodies;
+pub mod model;
 use bodies::*;
 
 /// Labels put on everything a job creates through the proxy.
@@ -37,6 +41,53 @@ pub struct Limits {
     pub max_containers: Option<usize>,
     /// Processes per container.
     pub pids: Option<i64>,
+    /// Address pools a job's networks may take explicit subnets from (`--subnet`); empty:
+    /// the engine picks every subnet from its own pool.
+    pub subnet_pools: Vec<Subnet>,
+}
+
+/// An IP network in CIDR notation (`10.200.0.0/16`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Subnet {
+    pub addr: std::net::IpAddr,
+    pub prefix: u8,
+}
+
+impl Subnet {
+    pub fn parse(text: &str) -> Option<Subnet> {
+        let (addr, prefix) = text.split_once('/')?;
+        let addr: std::net::IpAddr = addr.parse().ok()?;
+        let prefix: u8 = prefix.parse().ok()?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        (prefix <= max).then_some(Subnet { addr, prefix })
+    }
+
+    fn bits(&self) -> (u128, u32) {
+        match self.addr {
+            std::net::IpAddr::V4(a) => (u128::from(u32::from(a)) << 96, 32),
+            std::net::IpAddr::V6(a) => (u128::from(a), 128),
+        }
+    }
+
+    /// Whether `other` lies wholly inside this network.
+    pub fn contains(&self, other: &Subnet) -> bool {
+        let ((a, width), (b, other_width)) = (self.bits(), other.bits());
+        if width != other_width || other.prefix < self.prefix {
+            return false;
+        }
+        // Both are left-aligned in 128 bits, so a prefix counts from the top either way.
+        let mask = match self.prefix {
+            0 => 0,
+            p => u128::MAX << (128 - u32::from(p)),
+        };
+        (a & mask) == (b & mask)
+    }
+}
+
+impl std::fmt::Display for Subnet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
 }
 
 impl Scope {
@@ -109,6 +160,9 @@ pub enum Check {
     },
     /// The job must have fewer than this many containers.
     ContainerCount(usize),
+    /// A registry the engine will connect to: none of the addresses its name resolves to may
+    /// be the host's own (loopback, link-local, unspecified).
+    RegistryHost(String),
 }
 
 /// The request the server forwards once the checks pass.
@@ -125,9 +179,11 @@ pub struct Plan {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Body {
-    /// The client's body, streamed through untouched (tar contexts, stdin, archives).
+    /// No body at all.
+    Empty,
+    /// The client's body, streamed through untouched (tar contexts and archives).
     Stream,
-    /// A rewritten JSON body.
+    /// The re-encoding of the checked JSON body.
     Json(Vec<u8>),
 }
 
@@ -159,20 +215,46 @@ fn forbid(msg: impl Into<String>) -> Refusal {
     Refusal::Forbidden(format!("bosun: {}", msg.into()))
 }
 
-/// Which body a route needs before it can be planned.
+/// What a route does with the request's body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyKind {
+    /// None: a body is refused (the engine would read a form or old-API fields from it).
+    None,
+    /// A JSON object, decoded into the route's model and re-encoded.
+    Json,
+    /// A tar stream (build contexts, archives) passed through to the engine.
+    Stream,
+}
+
+/// The endpoint a request was routed to: what it does, the query parameters it takes, the body
+/// it takes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    pub route: Route,
+    /// The query parameters the engine reads for this endpoint; any other is refused.
+    pub query: &'static [&'static str],
+    pub body: BodyKind,
+}
+
+/// What the filter does for an endpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {
-    /// Engine-wide reads that name no object (ping, version, info, auth).
+    /// Engine-wide reads that name no object (ping, version, info, the image list).
     Plain,
+    /// `docker login`: answered by the proxy, never sent to the engine (which would connect to
+    /// whatever address the body names, the host's loopback included).
+    Auth,
     /// A list: add the job's label filter.
     List,
     /// An operation on a named object of the job.
     OnObject(Kind, String),
     ContainerCreate,
     ExecCreate(String),
+    ExecStart(String),
     ContainerArchivePut(String),
     NetworkCreate,
     NetworkConnect(String),
+    NetworkDisconnect(String),
     VolumeCreate,
     Prune,
     Build,
@@ -183,22 +265,20 @@ pub enum Route {
     ImagePush(String),
 }
 
-impl Route {
-    /// Whether the JSON body must be read (and rewritten) before planning.
+impl Endpoint {
+    /// Whether the body must be read (and decoded) before planning.
     pub fn needs_body(&self) -> bool {
-        matches!(
-            self,
-            Route::ContainerCreate
-                | Route::ExecCreate(_)
-                | Route::NetworkCreate
-                | Route::NetworkConnect(_)
-                | Route::VolumeCreate
-        )
+        self.body == BodyKind::Json
     }
 }
 
+/// The oldest API version a job may speak: older ones let `POST /containers/{id}/start` carry
+/// a host config the engine still applies, past every check made at create.
+pub const MIN_API_VERSION: (u32, u32) = (1, 24);
+
 /// The API path without its `/v1.41` prefix, checked to be clean: no `.`/`..`/empty
-/// segments, no percent-escapes (no engine object name contains `%`).
+/// segments, no percent-escapes (no engine object name contains `%`), no version older than
+/// [`MIN_API_VERSION`].
 pub fn strip_version(path: &str) -> Result<&str, Refusal> {
     if !path.starts_with('/') || path.contains('%') || path.contains('\\') {
         return Err(Refusal::BadRequest(format!("bosun: malformed path {path}")));
@@ -208,7 +288,20 @@ pub fn strip_version(path: &str) -> Result<&str, Refusal> {
             Some(i)
                 if !r[..i].is_empty() && r[..i].chars().all(|c| c.is_ascii_digit() || c == '.') =>
             {
-                &r[i..]
+                let version = r[..i]
+                    .split_once('.')
+                    .and_then(|(a, b)| Some((a.parse::<u32>().ok()?, b.parse::<u32>().ok()?)));
+                match version {
+                    Some(v) if v >= MIN_API_VERSION => &r[i..],
+                    _ => {
+                        return Err(Refusal::BadRequest(format!(
+                            "bosun: API version v{} is not served to jobs (v{}.{} or newer is; docker clients negotiate it by themselves)",
+                            &r[..i],
+                            MIN_API_VERSION.0,
+                            MIN_API_VERSION.1
+                        )))
+                    }
+                }
             }
             _ => path,
         },
@@ -227,43 +320,83 @@ pub fn strip_version(path: &str) -> Result<&str, Refusal> {
     Ok(trimmed)
 }
 
-/// Map a method and (version-less) path to a route, or refuse it. The allow-list.
-pub fn route(method: &str, path: &str) -> Result<Route, Refusal> {
+const FILTERS: &[&str] = &["filters"];
+const NONE: &[&str] = &[];
+
+/// Map a method and (version-less) path to an endpoint, or refuse it. The allow-list.
+pub fn route(method: &str, path: &str) -> Result<Endpoint, Refusal> {
+    use BodyKind::{Json, None as NoBody, Stream};
     let segs: Vec<&str> = path.split('/').skip(1).collect();
     let not_allowed = || {
         forbid(format!(
             "{method} {path} is not allowed for a job (the job's engine serves containers, images, builds, networks, volumes and events of the job only; swarm, plugins, system-wide calls and host access are refused)"
         ))
     };
-    let obj = |k: Kind, s: &str| Route::OnObject(k, s.to_owned());
+    let ep = |route: Route, query: &'static [&'static str], body: BodyKind| Endpoint {
+        route,
+        query,
+        body,
+    };
+    let obj = |k: Kind, s: &str, query: &'static [&'static str]| {
+        ep(Route::OnObject(k, s.to_owned()), query, NoBody)
+    };
+    let c = Kind::Container;
     let r = match (method, segs.as_slice()) {
-        ("GET" | "HEAD", ["_ping"]) | ("GET", ["version"]) | ("GET", ["info"]) => Route::Plain,
-        ("POST", ["auth"]) => Route::Plain,
-        ("GET", ["events"]) => Route::List,
+        ("GET" | "HEAD", ["_ping"]) | ("GET", ["version" | "info"]) => ep(Route::Plain, NONE, NoBody),
+        ("POST", ["auth"]) => ep(Route::Auth, NONE, Json),
+        ("GET", ["events"]) => ep(Route::List, &["since", "until", "filters"], NoBody),
         // Containers.
-        ("GET", ["containers", "json"]) => Route::List,
-        ("POST", ["containers", "create"]) => Route::ContainerCreate,
-        ("POST", ["containers", "prune"]) => Route::Prune,
-        ("GET", ["containers", id, "json" | "top" | "logs" | "changes" | "export" | "stats"]) => {
-            obj(Kind::Container, id)
+        ("GET", ["containers", "json"]) => {
+            ep(Route::List, &["all", "limit", "size", "filters"], NoBody)
         }
-        (
-            "POST",
-            ["containers", id, "resize" | "start" | "stop" | "restart" | "kill" | "rename" | "pause"
-            | "unpause" | "attach" | "wait"],
-        ) => obj(Kind::Container, id),
-        ("DELETE", ["containers", id]) => obj(Kind::Container, id),
-        ("GET" | "HEAD", ["containers", id, "archive"]) => obj(Kind::Container, id),
-        ("PUT", ["containers", id, "archive"]) => Route::ContainerArchivePut((*id).to_owned()),
-        ("POST", ["containers", id, "exec"]) => Route::ExecCreate((*id).to_owned()),
-        ("POST", ["exec", id, "start" | "resize"]) | ("GET", ["exec", id, "json"]) => {
-            obj(Kind::Exec, id)
+        ("POST", ["containers", "create"]) => {
+            ep(Route::ContainerCreate, &["name", "platform"], Json)
         }
+        ("POST", ["containers", "prune"]) => ep(Route::Prune, FILTERS, NoBody),
+        ("GET", ["containers", id, "json"]) => obj(c, id, &["size"]),
+        ("GET", ["containers", id, "top"]) => obj(c, id, &["ps_args"]),
+        ("GET", ["containers", id, "logs"]) => obj(
+            c,
+            id,
+            &["follow", "stdout", "stderr", "since", "until", "timestamps", "tail", "details"],
+        ),
+        ("GET", ["containers", id, "changes" | "export"]) => obj(c, id, NONE),
+        ("GET", ["containers", id, "stats"]) => obj(c, id, &["stream", "one-shot"]),
+        ("POST", ["containers", id, "resize"]) => obj(c, id, &["h", "w"]),
+        ("POST", ["containers", id, "start"]) => obj(c, id, &["detachKeys"]),
+        ("POST", ["containers", id, "stop" | "restart"]) => obj(c, id, &["t", "signal"]),
+        ("POST", ["containers", id, "kill"]) => obj(c, id, &["signal"]),
+        ("POST", ["containers", id, "rename"]) => obj(c, id, &["name"]),
+        ("POST", ["containers", id, "pause" | "unpause"]) => obj(c, id, NONE),
+        ("POST", ["containers", id, "attach"]) => obj(
+            c,
+            id,
+            &["detachKeys", "logs", "stream", "stdin", "stdout", "stderr"],
+        ),
+        ("POST", ["containers", id, "wait"]) => obj(c, id, &["condition"]),
+        ("DELETE", ["containers", id]) => obj(c, id, &["v", "force"]),
+        ("GET" | "HEAD", ["containers", id, "archive"]) => obj(c, id, &["path"]),
+        ("PUT", ["containers", id, "archive"]) => ep(
+            Route::ContainerArchivePut((*id).to_owned()),
+            &["path", "noOverwriteDirNonDir", "copyUIDGID"],
+            Stream,
+        ),
+        ("POST", ["containers", id, "exec"]) => ep(Route::ExecCreate((*id).to_owned()), NONE, Json),
+        ("POST", ["exec", id, "start"]) => ep(Route::ExecStart((*id).to_owned()), NONE, Json),
+        ("POST", ["exec", id, "resize"]) => obj(Kind::Exec, id, &["h", "w"]),
+        ("GET", ["exec", id, "json"]) => obj(Kind::Exec, id, NONE),
         // Images and builds.
-        ("GET", ["images", "json"]) | ("GET", ["images", "search"]) => Route::Plain,
-        ("GET", ["images", "get"]) => Route::ImageRead,
-        ("POST", ["build"]) => Route::Build,
-        ("POST", ["images", "prune"]) => Route::Prune,
+        ("GET", ["images", "json"]) => {
+            ep(Route::Plain, &["all", "filters", "digests", "filter"], NoBody)
+        }
+        ("GET", ["images", "search"]) => {
+            return Err(forbid(
+                "GET /images/search (docker search) is not available to a job: the engine would contact the registry named in the term on the job's behalf",
+            ))
+        }
+        ("GET", ["images", "get"]) => ep(Route::ImageRead, &["names"], NoBody),
+        ("POST", ["build"]) => ep(Route::Build, BUILD_QUERY, Stream),
+        ("POST", ["images", "prune"]) => ep(Route::Prune, FILTERS, NoBody),
         ("POST", ["images", "create"]) => {
             return Err(forbid(
                 "POST /images/create (docker pull / import) is not allowed: no registry is reachable from this agent, and an import could overwrite an image other jobs use. Build the image with `docker build` FROM an image already on the engine (`docker images` lists them)",
@@ -275,30 +408,39 @@ pub fn route(method: &str, path: &str) -> Result<Route, Refusal> {
             ))
         }
         ("GET", ["images", rest @ .., "json" | "history" | "get"]) if !rest.is_empty() => {
-            Route::ImageRead
+            ep(Route::ImageRead, NONE, NoBody)
         }
         ("POST", ["images", rest @ .., "tag"]) if !rest.is_empty() => {
-            Route::ImageTag(rest.join("/"))
+            ep(Route::ImageTag(rest.join("/")), &["repo", "tag"], NoBody)
         }
         ("POST", ["images", rest @ .., "push"]) if !rest.is_empty() => {
-            Route::ImagePush(rest.join("/"))
+            ep(Route::ImagePush(rest.join("/")), &["tag"], NoBody)
         }
-        ("DELETE", ["images", rest @ ..]) if !rest.is_empty() => Route::ImageRemove(rest.join("/")),
+        ("DELETE", ["images", rest @ ..]) if !rest.is_empty() => ep(
+            Route::ImageRemove(rest.join("/")),
+            &["force", "noprune"],
+            NoBody,
+        ),
         // Networks.
-        ("GET", ["networks"]) => Route::List,
-        ("POST", ["networks", "create"]) => Route::NetworkCreate,
-        ("POST", ["networks", "prune"]) => Route::Prune,
-        ("GET", ["networks", id]) | ("DELETE", ["networks", id]) => obj(Kind::Network, id),
-        ("POST", ["networks", id, "connect" | "disconnect"]) => {
-            Route::NetworkConnect((*id).to_owned())
+        ("GET", ["networks"]) => ep(Route::List, FILTERS, NoBody),
+        ("POST", ["networks", "create"]) => ep(Route::NetworkCreate, NONE, Json),
+        ("POST", ["networks", "prune"]) => ep(Route::Prune, FILTERS, NoBody),
+        ("GET", ["networks", id]) => obj(Kind::Network, id, &["verbose", "scope"]),
+        ("DELETE", ["networks", id]) => obj(Kind::Network, id, NONE),
+        ("POST", ["networks", id, "connect"]) => {
+            ep(Route::NetworkConnect((*id).to_owned()), NONE, Json)
+        }
+        ("POST", ["networks", id, "disconnect"]) => {
+            ep(Route::NetworkDisconnect((*id).to_owned()), NONE, Json)
         }
         // Volumes.
-        ("GET", ["volumes"]) => Route::List,
-        ("POST", ["volumes", "create"]) => Route::VolumeCreate,
-        ("POST", ["volumes", "prune"]) => Route::Prune,
-        ("GET", ["volumes", name]) | ("DELETE", ["volumes", name]) => obj(Kind::Volume, name),
+        ("GET", ["volumes"]) => ep(Route::List, FILTERS, NoBody),
+        ("POST", ["volumes", "create"]) => ep(Route::VolumeCreate, NONE, Json),
+        ("POST", ["volumes", "prune"]) => ep(Route::Prune, FILTERS, NoBody),
+        ("GET", ["volumes", name]) => obj(Kind::Volume, name, NONE),
+        ("DELETE", ["volumes", name]) => obj(Kind::Volume, name, &["force"]),
         // Named refusals, for a better message than the default.
-        (_, ["containers", _, "update"]) => {
+        ("POST", ["containers", _, "update"]) => {
             return Err(forbid(
                 "docker update is not allowed: a job's containers keep the limits the agent set",
             ))
@@ -336,11 +478,79 @@ pub fn route(method: &str, path: &str) -> Result<Route, Refusal> {
     Ok(r)
 }
 
+/// The query parameters of `POST /build` (API 1.41).
+const BUILD_QUERY: &[&str] = &[
+    "dockerfile",
+    "t",
+    "extrahosts",
+    "remote",
+    "q",
+    "nocache",
+    "cachefrom",
+    "pull",
+    "rm",
+    "forcerm",
+    "memory",
+    "memswap",
+    "cpushares",
+    "cpusetcpus",
+    "cpuperiod",
+    "cpuquota",
+    "cgroupparent",
+    "buildargs",
+    "shmsize",
+    "squash",
+    "labels",
+    "networkmode",
+    "platform",
+    "target",
+    "outputs",
+    "version",
+    "isolation",
+    "ulimits",
+    "session",
+    "buildid",
+];
+
+/// Query parameters a client may give more than once (`docker build -t a -t b`,
+/// `docker save a b`).
+const REPEATABLE: &[&str] = &["t", "names"];
+
 /// Decoded query pairs in order (repeated keys kept).
 pub fn parse_query(query: &str) -> Vec<(String, String)> {
     form_urlencoded::parse(query.as_bytes())
         .map(|(k, v)| (k.into_owned(), v.into_owned()))
         .collect()
+}
+
+/// The query as the engine will read it, or a refusal: only the endpoint's parameters, each
+/// once (but for [`REPEATABLE`] ones), no `;` (older Go servers split on it where this parser
+/// does not).
+pub fn checked_query(query: &str, endpoint: &Endpoint) -> Result<Vec<(String, String)>, Refusal> {
+    if query.contains(';') {
+        return Err(Refusal::BadRequest(
+            "bosun: `;` in the query is refused (the engine may read it as a separator); percent-encode it as %3B".into(),
+        ));
+    }
+    let pairs = parse_query(query);
+    for (i, (k, _)) in pairs.iter().enumerate() {
+        if !endpoint.query.contains(&k.as_str()) {
+            let known = if endpoint.query.is_empty() {
+                "it takes none".to_owned()
+            } else {
+                format!("it takes {}", endpoint.query.join(", "))
+            };
+            return Err(Refusal::BadRequest(format!(
+                "bosun: query parameter `{k}` is not one this endpoint takes ({known})"
+            )));
+        }
+        if !REPEATABLE.contains(&k.as_str()) && pairs[..i].iter().any(|(p, _)| p == k) {
+            return Err(Refusal::BadRequest(format!(
+                "bosun: query parameter {k} given more than once"
+            )));
+        }
+    }
+    Ok(pairs)
 }
 
 fn encode_query(pairs: &[(String, String)]) -> String {
@@ -359,21 +569,39 @@ fn join(path: &str, pairs: &[(String, String)]) -> String {
     }
 }
 
+/// Decode a body into the route's model, as a refusal naming where it went wrong.
+fn decoded<T>(body: Option<&[u8]>, what: &str) -> Result<T, Refusal>
+where
+    T: for<'de> serde::Deserialize<'de> + Default,
+{
+    model::decode(body.unwrap_or_default())
+        .map_err(|e| Refusal::BadRequest(format!("bosun: {what} body: {e}")))
+}
+
 /// Plan a routed request. `full_path` is the path as sent (version prefix kept); `body` is
-/// the client's body when [`Route::needs_body`].
+/// the client's body when [`Endpoint::needs_body`].
 pub fn plan(
-    route: &Route,
+    endpoint: &Endpoint,
     full_path: &str,
     query: &str,
     body: Option<&[u8]>,
     scope: &Scope,
 ) -> Result<Plan, Refusal> {
-    let mut pairs = parse_query(query);
+    let mut pairs = checked_query(query, endpoint)?;
     let mut checks = Vec::new();
     let mut ensure_volumes = Vec::new();
-    let mut out_body = Body::Stream;
-    match route {
-        Route::Plain | Route::ImageRead | Route::ImagePush(_) => {}
+    let mut out_body = match endpoint.body {
+        BodyKind::Stream => Body::Stream,
+        BodyKind::None | BodyKind::Json => Body::Empty,
+    };
+    match &endpoint.route {
+        Route::Plain | Route::ImageRead | Route::Auth => {}
+        Route::ImagePush(name) => {
+            if let Some(host) = registry_host(name) {
+                check_registry_host(host)?;
+                checks.push(Check::RegistryHost(host.to_owned()));
+            }
+        }
         Route::List | Route::Prune => {
             let filters = merged_filters(&pairs, scope)?;
             pairs.retain(|(k, _)| k != "filters");
@@ -385,113 +613,55 @@ pub fn plan(
         }
         Route::ExecCreate(id) => {
             checks.push(Check::Owned(Kind::Container, id.clone()));
-            let mut v = json_object(body)?;
-            check_keys(&v, EXEC_KEYS, "")?;
-            if truthy(v.get("Privileged")) {
+            let v: model::ExecCreate = decoded(body, "exec create")?;
+            if v.Privileged == Some(true) {
                 return Err(forbid(
                     "Privileged is not allowed: `docker exec --privileged` would give the process every capability on the host. Drop --privileged",
                 ));
             }
-            v.remove("Privileged");
-            retain_known(&mut v, EXEC_KEYS);
-            out_body = Body::Json(to_vec(&Value::Object(v)));
+            out_body = Body::Json(model::encode(&v));
+        }
+        Route::ExecStart(id) => {
+            checks.push(Check::Owned(Kind::Exec, id.clone()));
+            let v: model::ExecStart = decoded(body, "exec start")?;
+            out_body = Body::Json(model::encode(&v));
         }
         Route::ContainerCreate => {
             if let Some(max) = scope.limits.max_containers {
                 checks.push(Check::ContainerCount(max));
             }
-            let v = json_object(body)?;
+            let v: model::ContainerCreate = decoded(body, "container create")?;
             let v = container_create(v, scope, &mut checks, &mut ensure_volumes)?;
-            out_body = Body::Json(to_vec(&Value::Object(v)));
+            out_body = Body::Json(model::encode(&v));
         }
         Route::NetworkCreate => {
-            let mut v = json_object(body)?;
-            check_keys(&v, NETWORK_KEYS, "")?;
-            let driver = v.get("Driver").and_then(Value::as_str).unwrap_or("");
-            if !matches!(driver, "" | "bridge") {
-                return Err(forbid(format!(
-                    "Driver `{driver}` is not allowed for a network: only bridge networks (the default) are. Drop --driver"
-                )));
-            }
-            if !matches!(str_of(&v, "Scope"), "" | "local") {
-                return Err(forbid(
-                    "Scope is not allowed for a job's network: only local networks are",
-                ));
-            }
-            for field in ["ConfigFrom", "Ingress", "ConfigOnly"] {
-                if truthy(v.get(field)) {
-                    return Err(forbid(format!(
-                        "{field} is not allowed for a job's network"
-                    )));
-                }
-            }
-            if let Some(Value::Object(opts)) = v.get("Options") {
-                if opts
-                    .keys()
-                    .any(|k| k.starts_with("com.docker.network.bridge."))
-                {
-                    return Err(forbid(
-                        "Options com.docker.network.bridge.* are not allowed: they change the host's network interfaces. Drop the -o options",
-                    ));
-                }
-            }
-            if let Some(name) = v.get("Name").and_then(Value::as_str) {
-                checks.push(Check::FreeOrOwned {
-                    kind: Kind::Network,
-                    name: name.to_owned(),
-                    field: "Name".to_owned(),
-                });
-            }
-            inject_labels(&mut v, "Labels", scope)?;
-            retain_known(&mut v, NETWORK_KEYS);
-            out_body = Body::Json(to_vec(&Value::Object(v)));
+            let v: model::NetworkCreate = decoded(body, "network create")?;
+            let v = network_create(v, scope, &mut checks)?;
+            out_body = Body::Json(model::encode(&v));
         }
         Route::NetworkConnect(id) => {
             checks.push(Check::Owned(Kind::Network, id.clone()));
-            let mut v = json_object(body)?;
-            let known = ["Container", "EndpointConfig", "Force"];
-            check_keys(&v, &known, "")?;
-            retain_known(&mut v, &known);
-            match v.get("Container").and_then(Value::as_str) {
-                Some(c) => checks.push(Check::Referenced {
+            let v: model::NetworkConnect = decoded(body, "network connect")?;
+            network_connect(&v, &mut checks)?;
+            out_body = Body::Json(model::encode(&v));
+        }
+        Route::NetworkDisconnect(id) => {
+            checks.push(Check::Owned(Kind::Network, id.clone()));
+            let v: model::NetworkDisconnect = decoded(body, "network disconnect")?;
+            match v.Container.as_deref() {
+                Some(c) if !c.is_empty() => checks.push(Check::Referenced {
                     kind: Kind::Container,
                     name: c.to_owned(),
                     field: "Container".to_owned(),
                 }),
-                None => return Err(Refusal::BadRequest("bosun: Container is missing".into())),
+                _ => return Err(Refusal::BadRequest("bosun: Container is missing".into())),
             }
-            out_body = Body::Json(to_vec(&Value::Object(v)));
+            out_body = Body::Json(model::encode(&v));
         }
         Route::VolumeCreate => {
-            let mut v = json_object(body)?;
-            check_keys(&v, VOLUME_KEYS, "")?;
-            let driver = v.get("Driver").and_then(Value::as_str).unwrap_or("");
-            if !matches!(driver, "" | "local") {
-                return Err(forbid(format!(
-                    "Driver `{driver}` is not allowed for a volume: only local volumes are. Drop --driver"
-                )));
-            }
-            if v.get("DriverOpts")
-                .is_some_and(|o| o.as_object().is_some_and(|m| !m.is_empty()))
-            {
-                return Err(forbid(
-                    "DriverOpts are not allowed for a volume: `-o type=none,o=bind,device=PATH` would mount a host path. Create the volume without options and fill it with `docker cp`",
-                ));
-            }
-            if let Some(name) = v
-                .get("Name")
-                .and_then(Value::as_str)
-                .filter(|n| !n.is_empty())
-            {
-                checks.push(Check::FreeOrOwned {
-                    kind: Kind::Volume,
-                    name: name.to_owned(),
-                    field: "Name".to_owned(),
-                });
-            }
-            inject_labels(&mut v, "Labels", scope)?;
-            retain_known(&mut v, VOLUME_KEYS);
-            out_body = Body::Json(to_vec(&Value::Object(v)));
+            let v: model::VolumeCreate = decoded(body, "volume create")?;
+            let v = volume_create(v, scope, &mut checks)?;
+            out_body = Body::Json(model::encode(&v));
         }
         Route::Build => build_query(&mut pairs, scope, &mut checks)?,
         Route::ImageTag(source) => {
@@ -526,6 +696,58 @@ pub fn plan(
         path_and_query,
         body: out_body,
     })
+}
+
+/// The registry an image reference names, as the engine reads it: the first component when it
+/// has a `.` or `:` or is `localhost`; `None` for Docker Hub.
+pub fn registry_host(name: &str) -> Option<&str> {
+    let (first, _) = name.split_once('/')?;
+    (first.contains('.') || first.contains(':') || first == "localhost").then_some(first)
+}
+
+/// A registry address written as the host's own (loopback, link-local, unspecified) is
+/// refused before any lookup: the engine would push to it from the host.
+fn check_registry_host(host: &str) -> Result<(), Refusal> {
+    let name = host_of(host);
+    let local = name.eq_ignore_ascii_case("localhost")
+        || name.to_ascii_lowercase().ends_with(".localhost")
+        || name.parse::<std::net::IpAddr>().is_ok_and(|ip| !routable(ip));
+    if local {
+        return Err(forbid(format!(
+            "the registry `{host}` is the host's own address: a job's engine does not push to the host (loopback, link-local or unspecified addresses). Push to a registry on the network"
+        )));
+    }
+    Ok(())
+}
+
+/// `host:port`, `[v6]:port` → the host part.
+pub fn host_of(host: &str) -> &str {
+    if let Some(rest) = host.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    match host.rsplit_once(':') {
+        Some((h, port)) if port.chars().all(|c| c.is_ascii_digit()) => h,
+        _ => host,
+    }
+}
+
+/// Whether an address is one a job's engine may reach on its behalf: not the host itself
+/// (loopback, unspecified) and not link-local (cloud metadata services live there).
+pub fn routable(ip: std::net::IpAddr) -> bool {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            !(v4.is_loopback() || v4.is_unspecified() || v4.is_link_local() || v4.is_broadcast())
+        }
+        std::net::IpAddr::V6(v6) => {
+            let mapped = v6.to_ipv4_mapped().is_some_and(|v4| {
+                v4.is_loopback() || v4.is_unspecified() || v4.is_link_local()
+            });
+            !(v6.is_loopback()
+                || v6.is_unspecified()
+                || (v6.segments()[0] & 0xffc0) == 0xfe80
+                || mapped)
+        }
+    }
 }
 
 /// `repo:tag` as the engine names it (`latest` when no tag).
@@ -607,38 +829,6 @@ fn merged_filters(pairs: &[(String, String)], scope: &Scope) -> Result<String, R
     Ok(serde_json::to_string(&merged).unwrap_or_default())
 }
 
-fn json_object(body: Option<&[u8]>) -> Result<Map<String, Value>, Refusal> {
-    let bytes = body.unwrap_or_default();
-    if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Ok(Map::new());
-    }
-    match serde_json::from_slice::<Value>(bytes) {
-        Ok(Value::Object(m)) => Ok(m),
-        Ok(Value::Null) => Ok(Map::new()),
-        Ok(_) => Err(Refusal::BadRequest(
-            "bosun: the body must be a JSON object".into(),
-        )),
-        Err(e) => Err(Refusal::BadRequest(format!(
-            "bosun: invalid JSON body: {e}"
-        ))),
-    }
-}
-
-fn to_vec(v: &Value) -> Vec<u8> {
-    serde_json::to_vec(v).unwrap_or_default()
-}
-
-fn truthy(v: Option<&Value>) -> bool {
-    match v {
-        None | Some(Value::Null) | Some(Value::Bool(false)) => false,
-        Some(Value::String(s)) => !s.is_empty(),
-        Some(Value::Array(a)) => !a.is_empty(),
-        Some(Value::Object(o)) => !o.is_empty(),
-        Some(Value::Number(n)) => n.as_f64() != Some(0.0),
-        Some(Value::Bool(true)) => true,
-    }
-}
-
 /// What the engine said about a checked object: `None` if it does not exist, else the value
 /// of its `bosun.job` label (`None` for the host's objects).
 pub type Found<'a> = Option<Option<&'a str>>;
@@ -676,6 +866,8 @@ pub fn judge(check: &Check, found: Found<'_>, count: usize, job: &str) -> Result
                 )))
             }
         }
+        // Decided by the server from the addresses the name resolves to.
+        Check::RegistryHost(_) => Ok(()),
         Check::ContainerCount(max) => {
             if count < *max {
                 Ok(())

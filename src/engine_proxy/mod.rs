@@ -7,9 +7,13 @@
 //! The proxy forwards to the host engine only what that job may do ([`filter`]): everything
 //! it creates is labelled `bosun.job=<id>`; lists, events and prunes see only those objects;
 //! other objects answer 404; host access (privileged, capabilities, devices, host
-//! namespaces, host paths, the engine's socket) answers 403 naming the field; anything not
-//! on the allow-list is refused with its method and path. Streams and hijacked connections
-//! (attach, exec) pass through without buffering ([`server`]).
+//! namespaces, host paths, the engine's socket, networks not the job's, log drivers and
+//! registries that would have the engine connect to the host) answers 403 naming the field;
+//! anything not on the allow-list is refused with its method and path. What is forwarded is
+//! what was checked: bodies are decoded into a typed model and re-encoded, queries re-encoded
+//! from the parameters the endpoint takes, headers limited to the ones the engine reads
+//! ([`filter::model`]). Tar streams and hijacked connections (attach, exec) pass through
+//! without buffering ([`server`]).
 //!
 //! The job's [`crate::job::Resources`] stops the proxy and removes everything labelled with
 //! the job when it ends; the agent's start-up sweep removes what a killed agent left.
@@ -18,6 +22,8 @@ pub mod filter;
 pub mod server;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod wire_tests;
 
 pub use filter::{Limits, Scope};
 pub use server::JobEngine;
@@ -124,6 +130,8 @@ pub enum ProxyError {
     },
     #[error("cannot reach the host engine: {0}")]
     Upstream(String),
+    #[error("{0}")]
+    Setting(String),
 }
 
 /// Remove per-job socket directories left under `root` (a killed agent's): the agent's

@@ -2,7 +2,7 @@
 //! [`super::filter`], makes the plan's checks against the host engine, and forwards — the
 //! response body streamed as it comes, hijacked connections (attach, exec) copied both ways.
 
-use super::filter::{self, Body, Check, Kind, Plan, Refusal, Scope};
+use super::filter::{self, Body, BodyKind, Check, Kind, Plan, Refusal, Route, Scope};
 use super::{EngineSettings, ProxyError, Upstream, SOCKET_NAME};
 use bytes::Bytes;
 use http_body_util::{combinators::BoxBody, BodyExt, Full, Limited};
@@ -188,6 +188,16 @@ fn json_response(status: u16, message: &str) -> Response<ProxyBody> {
     r
 }
 
+fn json_response_value(status: u16, body: Value) -> Response<ProxyBody> {
+    let mut r = Response::new(full(Bytes::from(body.to_string())));
+    *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
 fn full(b: Bytes) -> ProxyBody {
     Full::new(b).map_err(|never| match never {}).boxed()
 }
@@ -196,41 +206,95 @@ fn refusal(r: &Refusal) -> Response<ProxyBody> {
     json_response(r.status(), &r.to_string())
 }
 
+/// The one `Content-Type` a request carries, or a refusal: two of them, or one that is not
+/// text, would let the engine and the proxy read different types.
+fn content_type(req: &Request<Incoming>) -> Result<Option<String>, Refusal> {
+    let mut values = req.headers().get_all(hyper::header::CONTENT_TYPE).iter();
+    let Some(first) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(Refusal::BadRequest(
+            "bosun: Content-Type is given more than once".into(),
+        ));
+    }
+    let text = first.to_str().map_err(|_| {
+        Refusal::BadRequest("bosun: Content-Type is not plain ASCII text".into())
+    })?;
+    Ok(Some(text.trim().to_ascii_lowercase()))
+}
+
+/// Whether a body of `kind` may come with this `Content-Type`. The engine parses a form body
+/// (`application/x-www-form-urlencoded`) as if it were the query, so only the types the
+/// endpoint reads are let through, exactly.
+fn content_type_fits(kind: BodyKind, ct: Option<&str>) -> bool {
+    match (kind, ct) {
+        (_, None) => true,
+        (BodyKind::Json, Some(ct)) => {
+            matches!(ct, "application/json" | "application/json; charset=utf-8")
+        }
+        (BodyKind::Stream, Some(ct)) => matches!(ct, "application/x-tar" | "application/tar"),
+        // Go's client marks a POST without a body as text/plain.
+        (BodyKind::None, Some(ct)) => matches!(ct, "text/plain" | "application/json"),
+    }
+}
+
 async fn handle(ctx: &Ctx, mut req: Request<Incoming>) -> Response<ProxyBody> {
     let method = req.method().as_str().to_owned();
     let full_path = req.uri().path().to_owned();
     let query = req.uri().query().unwrap_or("").to_owned();
-    // The engine's Go server reads form fields from such bodies as if they were the query.
-    if let Some(ct) = req.headers().get(hyper::header::CONTENT_TYPE) {
-        let ct = ct.to_str().unwrap_or("").to_ascii_lowercase();
-        if ct.starts_with("application/x-www-form-urlencoded") || ct.starts_with("multipart/") {
-            return refusal(&Refusal::BadRequest(format!(
-                "bosun: Content-Type {ct} is not accepted by the job's engine"
-            )));
-        }
-    }
     let routed = filter::strip_version(&full_path).and_then(|p| filter::route(&method, p));
-    let route = match routed {
+    let endpoint = match routed {
         Ok(r) => r,
         Err(r) => {
             tracing::debug!(%method, path = %full_path, "job engine refused: {r}");
             return refusal(&r);
         }
     };
+    let ct = match content_type(&req) {
+        Ok(ct) => ct,
+        Err(r) => return refusal(&r),
+    };
+    if !content_type_fits(endpoint.body, ct.as_deref()) {
+        return refusal(&Refusal::BadRequest(format!(
+            "bosun: Content-Type {} is not accepted by {method} {full_path}",
+            ct.as_deref().unwrap_or("")
+        )));
+    }
     let client_upgrade = req
         .headers()
         .contains_key(hyper::header::UPGRADE)
         .then(|| hyper::upgrade::on(&mut req));
     let (parts, incoming) = req.into_parts();
-    let (body, incoming) = if route.needs_body() {
-        match Limited::new(incoming, MAX_JSON_BODY).collect().await {
+    // A body is read whole where it is decoded, must be empty where none is taken (API
+    // versions before 1.24 even applied a host config sent to `start`), and streams through
+    // only where the engine takes a tar.
+    let (body, incoming) = match endpoint.body {
+        BodyKind::Json => match Limited::new(incoming, MAX_JSON_BODY).collect().await {
             Ok(c) => (Some(c.to_bytes()), None),
             Err(e) => return json_response(413, &format!("bosun: request body: {e}")),
-        }
-    } else {
-        (None, Some(incoming))
+        },
+        BodyKind::None => match Limited::new(incoming, 0).collect().await {
+            Ok(_) => (None, None),
+            Err(_) => {
+                return refusal(&Refusal::BadRequest(format!(
+                    "bosun: {method} {full_path} takes no request body"
+                )))
+            }
+        },
+        BodyKind::Stream => (None, Some(incoming)),
     };
-    let plan = match filter::plan(&route, &full_path, &query, body.as_deref(), &ctx.scope) {
+    if endpoint.route == Route::Auth {
+        // The body holds the client's credentials: it is read and dropped, never logged.
+        return json_response_value(
+            200,
+            serde_json::json!({
+                "Status": "Login Succeeded (bosun: the job's engine does not contact registries to log in; the credentials are checked when an image is pushed)",
+                "IdentityToken": "",
+            }),
+        );
+    }
+    let plan = match filter::plan(&endpoint, &full_path, &query, body.as_deref(), &ctx.scope) {
         Ok(p) => p,
         Err(r) => return refusal(&r),
     };
@@ -244,17 +308,16 @@ async fn handle(ctx: &Ctx, mut req: Request<Incoming>) -> Response<ProxyBody> {
             return json_response(502, &format!("bosun: creating volume {v}: {e}"));
         }
     }
-    let rewritten = matches!(plan.body, Body::Json(_)) || incoming.is_none();
-    let out_body = match (plan.body, incoming) {
-        (Body::Json(b), _) => Some(full(Bytes::from(b))),
-        (Body::Stream, Some(i)) => Some(i.boxed()),
-        (Body::Stream, None) => body.map(full),
+    let (out_body, out_type) = match (plan.body, incoming) {
+        (Body::Json(b), _) => (full(Bytes::from(b)), Some("application/json".to_owned())),
+        (Body::Stream, Some(i)) => (i.boxed(), ct),
+        (Body::Stream | Body::Empty, _) => (full(Bytes::new()), None),
     };
     forward(
         ctx,
         parts,
         out_body,
-        rewritten,
+        out_type.as_deref(),
         &path_and_query,
         client_upgrade,
     )
@@ -299,6 +362,10 @@ async fn run_checks(ctx: &Ctx, plan: &Plan) -> Result<String, Failure> {
     let mut path = plan.path_and_query.clone();
     for check in &plan.checks {
         let (owner, count) = match check {
+            Check::RegistryHost(host) => {
+                registry_reachable(host).await.map_err(Failure::Refused)?;
+                continue;
+            }
             Check::ContainerCount(_) => {
                 (None, count_containers(ctx).await.map_err(Failure::Engine)?)
             }
@@ -315,6 +382,25 @@ async fn run_checks(ctx: &Ctx, plan: &Plan) -> Result<String, Failure> {
         }
     }
     Ok(path)
+}
+
+/// The engine pushes to a registry from the host: a name that resolves to the host's own
+/// addresses (loopback, link-local, unspecified) would reach the host's services for the job.
+/// A name that does not resolve here is left to the engine (which then fails to reach it too).
+async fn registry_reachable(host: &str) -> Result<(), Refusal> {
+    let name = filter::host_of(host);
+    let Ok(addrs) = tokio::net::lookup_host((name, 443)).await else {
+        return Ok(());
+    };
+    for a in addrs {
+        if !filter::routable(a.ip()) {
+            return Err(Refusal::Forbidden(format!(
+                "bosun: the registry `{host}` resolves to {}, the host's own address: a job's engine does not push to the host. Push to a registry on the network",
+                a.ip()
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// `/containers/NAME/…` → `/containers/ID/…` (containers, networks, execs; volumes and images
@@ -516,27 +602,38 @@ where
     Ok(sender.send_request(req).await?)
 }
 
+/// Request headers the engine reads that a job's client may send (the hijack's upgrade, the
+/// registry credentials of push and build); every other header is dropped, and the framing
+/// and `Content-Type` are the proxy's own.
+const FORWARDED_HEADERS: &[&str] = &[
+    "upgrade",
+    "connection",
+    "user-agent",
+    "x-registry-auth",
+    "x-registry-config",
+];
+
 async fn forward(
     ctx: &Ctx,
     parts: hyper::http::request::Parts,
-    body: Option<ProxyBody>,
-    rewritten: bool,
+    body: ProxyBody,
+    content_type: Option<&str>,
     path_and_query: &str,
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
 ) -> Response<ProxyBody> {
     let mut builder = Request::builder()
         .method(parts.method.clone())
-        .uri(path_and_query);
+        .uri(path_and_query)
+        .header(hyper::header::HOST, "docker");
     for (k, v) in &parts.headers {
-        // A rewritten body gets its own framing.
-        if rewritten
-            && (k == hyper::header::CONTENT_LENGTH || k == hyper::header::TRANSFER_ENCODING)
-        {
-            continue;
+        if FORWARDED_HEADERS.contains(&k.as_str()) {
+            builder = builder.header(k, v);
         }
-        builder = builder.header(k, v);
     }
-    let out = match builder.body(body.unwrap_or_else(|| full(Bytes::new()))) {
+    if let Some(ct) = content_type {
+        builder = builder.header(hyper::header::CONTENT_TYPE, ct);
+    }
+    let out = match builder.body(body) {
         Ok(r) => r,
         Err(e) => return json_response(400, &format!("bosun: {e}")),
     };

@@ -42,7 +42,7 @@ fn forbidden_naming(r: Result<Plan, Refusal>, field: &str) {
 fn body_of(p: &Plan) -> Value {
     match &p.body {
         Body::Json(b) => serde_json::from_slice(b).unwrap(),
-        Body::Stream => Value::Null,
+        Body::Stream | Body::Empty => Value::Null,
     }
 }
 
@@ -118,6 +118,7 @@ fn a_safe_create_is_labelled_capped_and_its_references_checked() {
         memory: Some(512 << 20),
         max_containers: Some(10),
         pids: None,
+        subnet_pools: Vec::new(),
     };
     let body = json!({
         "Image": "app", "Labels": {"bosun.job": "job-b", "mine": "1"},
@@ -401,6 +402,116 @@ fn networks_and_volumes_are_labelled_and_cannot_reach_the_host() {
     );
 }
 
+#[test]
+fn queries_take_each_parameter_of_the_endpoint_once_and_nothing_else() {
+    for (m, path, q, what) in [
+        ("POST", "/images/app/tag", "repo=a&Repo=b", "`Repo`"),
+        ("POST", "/images/app/tag", "repo=a&repo=b", "more than once"),
+        ("POST", "/images/app/tag", "repo=a;repo=b", "`;`"),
+        ("POST", "/containers/c/start", "hostconfig=x", "it takes detachKeys"),
+        ("GET", "/containers/c/changes", "x=1", "it takes none"),
+    ] {
+        match plan_of(m, path, q, None) {
+            Err(Refusal::BadRequest(msg)) => assert!(msg.contains(what), "{q}: {msg}"),
+            other => panic!("{m} {path}?{q}: {other:?}"),
+        }
+    }
+    // Tags repeat (docker build -t a -t b); the query is re-encoded from the pairs.
+    let p = plan_of("POST", "/build", "t=a&t=b&q=1", None).unwrap();
+    assert!(p.path_and_query.starts_with("/build?t=a&t=b&q=1&labels="), "{}", p.path_and_query);
+}
+
+#[test]
+fn old_api_versions_are_refused_and_start_takes_no_body() {
+    for v in ["/v1.23/containers/c/start", "/v1.12/containers/c/start", "/v1/containers/c/start"] {
+        assert!(matches!(strip_version(v), Err(Refusal::BadRequest(_))), "{v}");
+    }
+    assert_eq!(strip_version("/v1.24/containers/c/start").unwrap(), "/containers/c/start");
+    assert_eq!(route("POST", "/containers/c/start").unwrap().body, BodyKind::None);
+    assert_eq!(route("POST", "/build").unwrap().body, BodyKind::Stream);
+    assert_eq!(route("POST", "/auth").unwrap().route, Route::Auth);
+}
+
+#[test]
+fn log_drivers_write_on_the_host_only() {
+    forbidden_naming(
+        create(json!({"LogConfig": {"Type": "syslog", "Config": {"syslog-address": "tcp://127.0.0.1:1"}}})),
+        "LogConfig.Type `syslog`",
+    );
+    forbidden_naming(
+        create(json!({"LogConfig": {"Type": "", "Config": {"syslog-address": "tcp://127.0.0.1:1"}}})),
+        "LogConfig.Config",
+    );
+    for ok in ["json-file", "local", "none", ""] {
+        assert!(create(json!({"LogConfig": {"Type": ok, "Config": {}}})).is_ok(), "{ok}");
+    }
+}
+
+#[test]
+fn every_network_a_body_names_is_checked_by_name_and_id() {
+    let p = plan_of(
+        "POST",
+        "/containers/create",
+        "",
+        Some(json!({"HostConfig": {"NetworkMode": "jobnet"},
+            "NetworkingConfig": {"EndpointsConfig": {"jobnet": {"NetworkID": "0123abcd"}}}})),
+    )
+    .unwrap();
+    assert!(p.checks.contains(&Check::Referenced {
+        kind: Kind::Network,
+        name: "0123abcd".into(),
+        field: "NetworkingConfig.EndpointsConfig.jobnet.NetworkID".into(),
+    }));
+    let p = plan_of(
+        "POST",
+        "/networks/jobnet/connect",
+        "",
+        Some(json!({"Container": "web", "EndpointConfig": {"NetworkID": "theirs"}})),
+    )
+    .unwrap();
+    assert!(p.checks.contains(&Check::Referenced {
+        kind: Kind::Network,
+        name: "theirs".into(),
+        field: "EndpointConfig.NetworkID".into(),
+    }));
+    let p = plan_of("POST", "/networks/jobnet/disconnect", "", Some(json!({"Container": "web"}))).unwrap();
+    assert!(p.checks.contains(&Check::Owned(Kind::Network, "jobnet".into())));
+    assert!(p.checks.iter().any(|c| matches!(c, Check::Referenced { kind: Kind::Container, name, .. } if name == "web")));
+}
+
+#[test]
+fn subnets_come_from_the_engine_or_an_operators_pool() {
+    let net = |cfg: Value| plan_of("POST", "/networks/create", "", Some(json!({"Name": "n", "IPAM": {"Config": [cfg]}})));
+    forbidden_naming(net(json!({"Subnet": "192.168.1.0/30"})), "IPAM.Config[].Subnet");
+    assert!(net(json!({})).is_ok(), "no subnet: the engine picks one");
+    let mut s = scope();
+    s.limits.subnet_pools = vec![Subnet::parse("10.200.0.0/16").unwrap()];
+    let with_pool = |cfg: Value| {
+        let body = serde_json::to_vec(&json!({"Name": "n", "IPAM": {"Config": [cfg]}})).unwrap();
+        plan(&route("POST", "/networks/create").unwrap(), "/networks/create", "", Some(&body), &s)
+    };
+    assert!(with_pool(json!({"Subnet": "10.200.3.0/24", "Gateway": "10.200.3.1"})).is_ok());
+    forbidden_naming(with_pool(json!({"Subnet": "10.201.0.0/24"})), "10.200.0.0/16");
+    forbidden_naming(with_pool(json!({"Subnet": "10.0.0.0/8"})), "Subnet");
+    let sub = |t: &str| Subnet::parse(t).unwrap();
+    assert!(sub("10.0.0.0/8").contains(&sub("10.255.0.0/16")));
+    assert!(!sub("10.0.0.0/8").contains(&sub("11.0.0.0/16")));
+    assert!(sub("0.0.0.0/0").contains(&sub("1.2.3.4/32")));
+    assert!(!sub("10.0.0.0/8").contains(&sub("fd00::/64")));
+    assert!(sub("fd00::/8").contains(&sub("fd12::/64")));
+    assert!(Subnet::parse("10.0.0.0/33").is_none());
+}
+
+#[test]
+fn pushes_to_the_hosts_own_addresses_are_refused() {
+    for name in ["localhost:5000/app", "127.0.0.1:5000/app", "[::1]:5000/app", "169.254.169.254/app", "reg.localhost/app"] {
+        forbidden_naming(plan_of("POST", &format!("/images/{name}/push"), "", None), "host's own address");
+    }
+    let p = plan_of("POST", "/images/registry.example.com/app/push", "tag=1", None).unwrap();
+    assert_eq!(p.checks, vec![Check::RegistryHost("registry.example.com".into())]);
+    assert!(plan_of("POST", "/images/app/push", "", None).unwrap().checks.is_empty());
+}
+
 // ---- the property: nothing escapes ------------------------------------------------------
 
 /// A model engine: name → owner (`Some(job)` or `None` for the host's).
@@ -606,9 +717,30 @@ proptest! {
         tag in name(),
     ) {
         let model = Model::new();
-        let query = format!("t={tag}&repo={tag}&all=1");
         let Ok(p) = strip_version(&path) else { return Ok(()) };
         let Ok(r) = route(&method, p) else { return Ok(()) };
+        // The parameters the endpoint takes, and the body its model reads.
+        let query: Vec<String> = [("t", &tag), ("repo", &tag), ("all", &"1".to_owned())]
+            .iter()
+            .filter(|(k, _)| r.query.contains(k))
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        let query = query.join("&");
+        let body = match r.route {
+            Route::NetworkConnect(_) | Route::NetworkDisconnect(_) => json!({"Container": body["Container"]}),
+            Route::NetworkCreate | Route::VolumeCreate => json!({"Name": body["Name"]}),
+            Route::ExecCreate(_) => json!({"Cmd": body["Cmd"], "Privileged": body["Privileged"]}),
+            Route::ContainerCreate => {
+                let mut b = body.clone();
+                if let Value::Object(m) = &mut b {
+                    m.remove("Container");
+                    m.remove("Name");
+                    m.remove("Privileged");
+                }
+                b
+            }
+            _ => Value::Null,
+        };
         let bytes = serde_json::to_vec(&body).unwrap();
         let Ok(plan) = plan(&r, &path, &query, Some(&bytes), &scope()) else { return Ok(()) };
         // The server's checks, against the model.
@@ -616,7 +748,7 @@ proptest! {
             let found = match c {
                 Check::Owned(k, n) | Check::Referenced { kind: k, name: n, .. }
                 | Check::FreeOrOwned { kind: k, name: n, .. } => model.found(*k, n.split(':').next().unwrap()),
-                Check::ContainerCount(_) => None,
+                Check::ContainerCount(_) | Check::RegistryHost(_) => None,
             };
             if judge(c, found, 0, "job-a").is_err() {
                 return Ok(());

@@ -1,208 +1,38 @@
-//! The request bodies and queries the filter rewrites: container create (host access,
-//! namespaces, binds, limits), exec, network and volume create, and build queries.
+//! The checks on each request body, over the typed [`super::model`]: container create (host
+//! access, namespaces, storage, networks, logging, limits), exec, networks and volumes, and
+//! the build query. Each takes the decoded value and returns the one to send, so the engine
+//! receives exactly what was checked.
 
+use super::model::{
+    ContainerCreate, Dict, EndpointSettings, HostConfig, NetworkConnect, NetworkCreate,
+    VolumeCreate,
+};
 use super::*;
 
-pub(super) const EXEC_KEYS: &[&str] = &[
-    "AttachStdin",
-    "AttachStdout",
-    "AttachStderr",
-    "DetachKeys",
-    "Tty",
-    "Env",
-    "Cmd",
-    "Privileged",
-    "User",
-    "WorkingDir",
-    "ConsoleSize",
-];
-pub(super) const NETWORK_KEYS: &[&str] = &[
-    "Name",
-    "CheckDuplicate",
-    "Driver",
-    "Internal",
-    "Attachable",
-    "Ingress",
-    "IPAM",
-    "EnableIPv6",
-    "Options",
-    "Labels",
-    "Scope",
-    "ConfigOnly",
-    "ConfigFrom",
-];
-pub(super) const VOLUME_KEYS: &[&str] = &[
-    "Name",
-    "Driver",
-    "DriverOpts",
-    "Labels",
-    "ClusterVolumeSpec",
-];
-pub(super) const CREATE_KEYS: &[&str] = &[
-    "Hostname",
-    "Domainname",
-    "User",
-    "AttachStdin",
-    "AttachStdout",
-    "AttachStderr",
-    "ExposedPorts",
-    "Tty",
-    "OpenStdin",
-    "StdinOnce",
-    "Env",
-    "Cmd",
-    "Healthcheck",
-    "ArgsEscaped",
-    "Image",
-    "Volumes",
-    "WorkingDir",
-    "Entrypoint",
-    "NetworkDisabled",
-    "MacAddress",
-    "OnBuild",
-    "Labels",
-    "StopSignal",
-    "StopTimeout",
-    "Shell",
-    "HostConfig",
-    "NetworkingConfig",
-];
-/// Host config fields a job may set as it likes (resource fields are capped after).
-pub(super) const HOST_SAFE: &[&str] = &[
-    "Binds",
-    "ContainerIDFile",
-    "LogConfig",
-    "NetworkMode",
-    "PortBindings",
-    "RestartPolicy",
-    "AutoRemove",
-    "VolumeDriver",
-    "VolumesFrom",
-    "Mounts",
-    "CapAdd",
-    "CapDrop",
-    "CgroupnsMode",
-    "Dns",
-    "DnsOptions",
-    "DnsSearch",
-    "ExtraHosts",
-    "GroupAdd",
-    "IpcMode",
-    "Cgroup",
-    "Links",
-    "OomScoreAdj",
-    "PidMode",
-    "Privileged",
-    "PublishAllPorts",
-    "ReadonlyRootfs",
-    "SecurityOpt",
-    "StorageOpt",
-    "Tmpfs",
-    "UTSMode",
-    "UsernsMode",
-    "ShmSize",
-    "Sysctls",
-    "Runtime",
-    "ConsoleSize",
-    "Isolation",
-    "CpuShares",
-    "Memory",
-    "NanoCpus",
-    "CgroupParent",
-    "BlkioWeight",
-    "BlkioWeightDevice",
-    "BlkioDeviceReadBps",
-    "BlkioDeviceWriteBps",
-    "BlkioDeviceReadIOps",
-    "BlkioDeviceWriteIOps",
-    "CpuPeriod",
-    "CpuQuota",
-    "CpuRealtimePeriod",
-    "CpuRealtimeRuntime",
-    "CpusetCpus",
-    "CpusetMems",
-    "Devices",
-    "DeviceCgroupRules",
-    "DeviceRequests",
-    "KernelMemory",
-    "KernelMemoryTCP",
-    "MemoryReservation",
-    "MemorySwap",
-    "MemorySwappiness",
-    "OomKillDisable",
-    "Init",
-    "PidsLimit",
-    "Ulimits",
-    "CpuCount",
-    "CpuPercent",
-    "IOMaximumIOps",
-    "IOMaximumBandwidth",
-    "MaskedPaths",
-    "ReadonlyPaths",
-];
-
-/// Go's JSON decoder matches field names case-insensitively (and folds a few non-ASCII
-/// letters): a key that is a known field in another spelling, or not ASCII, could slip past
-/// a check on the exact name. Refuse those; unknown ASCII keys are ignored by the engine.
-pub(super) fn check_keys(m: &Map<String, Value>, known: &[&str], at: &str) -> Result<(), Refusal> {
-    for k in m.keys() {
-        if !k.is_ascii() {
-            return Err(Refusal::BadRequest(format!(
-                "bosun: field name {at}{k:?} is not ASCII"
-            )));
-        }
-        if let Some(exact) = known
-            .iter()
-            .find(|f| f.eq_ignore_ascii_case(k) && **f != k.as_str())
-        {
-            return Err(Refusal::BadRequest(format!(
-                "bosun: field {at}{k} must be spelled {at}{exact}"
-            )));
-        }
-    }
-    Ok(())
-}
-
-/// Keep only the fields the filter knows (and so has checked): the engine sees nothing else.
-pub(super) fn retain_known(m: &mut Map<String, Value>, known: &[&str]) {
-    m.retain(|k, _| known.contains(&k.as_str()));
-}
-
-pub(super) fn inject_labels(
-    m: &mut Map<String, Value>,
-    key: &str,
-    scope: &Scope,
-) -> Result<(), Refusal> {
-    let labels = m
-        .entry(key.to_owned())
-        .or_insert_with(|| Value::Object(Map::new()));
-    if labels.is_null() {
-        *labels = Value::Object(Map::new());
-    }
-    let Value::Object(l) = labels else {
-        return Err(Refusal::BadRequest(format!(
-            "bosun: {key} must be an object"
-        )));
-    };
+fn labelled(labels: Option<Dict<String>>, scope: &Scope) -> Option<Dict<String>> {
+    let mut l = labels.unwrap_or_default();
     for (k, v) in scope.labels() {
-        l.insert(k, Value::String(v));
+        l.0.insert(k, v);
     }
-    Ok(())
+    Some(l)
 }
 
-pub(super) fn str_of<'a>(m: &'a Map<String, Value>, key: &str) -> &'a str {
-    m.get(key).and_then(Value::as_str).unwrap_or("")
+fn set<T>(v: &Option<T>) -> bool
+where
+    T: Default + PartialEq,
+{
+    v.as_ref().is_some_and(|x| *x != T::default())
 }
 
 /// `container:<id>` modes must name one of the job's containers; `host` is refused.
-pub(super) fn namespace_mode(
-    host: &Map<String, Value>,
+fn namespace_mode(
+    mode: Option<&str>,
     field: &str,
     allowed: &[&str],
     checks: &mut Vec<Check>,
     what: &str,
 ) -> Result<(), Refusal> {
-    let mode = str_of(host, field);
+    let mode = mode.unwrap_or("");
     if let Some(other) = mode.strip_prefix("container:") {
         checks.push(Check::Referenced {
             kind: Kind::Container,
@@ -219,108 +49,140 @@ pub(super) fn namespace_mode(
     )))
 }
 
+/// The engine's built-in networks a job's containers may join by name.
+const BUILTIN_NETWORKS: &[&str] = &["", "default", "bridge", "none"];
+
+/// Log drivers that write on the engine's host only: every other one (syslog, gelf, fluentd,
+/// splunk, …) makes the engine connect where the job says, the host's loopback included.
+pub(super) const LOG_DRIVERS: &[&str] = &["json-file", "local", "none"];
+
 pub(super) fn container_create(
-    mut v: Map<String, Value>,
+    mut v: ContainerCreate,
     scope: &Scope,
     checks: &mut Vec<Check>,
     ensure_volumes: &mut Vec<String>,
-) -> Result<Map<String, Value>, Refusal> {
-    check_keys(&v, CREATE_KEYS, "")?;
-    inject_labels(&mut v, "Labels", scope)?;
-    let mut host = match v.remove("HostConfig") {
-        None | Some(Value::Null) => Map::new(),
-        Some(Value::Object(h)) => h,
-        Some(_) => {
-            return Err(Refusal::BadRequest(
-                "bosun: HostConfig must be an object".into(),
-            ))
+) -> Result<ContainerCreate, Refusal> {
+    v.Labels = labelled(v.Labels.take(), scope);
+    let mut host = v.HostConfig.take().unwrap_or_default();
+    host_access(&host)?;
+    namespaces(&host, checks)?;
+    let net = host.NetworkMode.clone().unwrap_or_default();
+    storage(&host, checks, ensure_volumes)?;
+    logging(&host)?;
+    for (field, list) in [
+        ("HostConfig.VolumesFrom", &host.VolumesFrom),
+        ("HostConfig.Links", &host.Links),
+    ] {
+        for item in list.iter().flatten() {
+            let c = item.split(':').next().unwrap_or("");
+            checks.push(Check::Referenced {
+                kind: Kind::Container,
+                name: c.trim_start_matches('/').to_owned(),
+                field: field.to_owned(),
+            });
         }
-    };
-    check_keys(&host, HOST_SAFE, "HostConfig.")?;
+    }
+    if let Some(eps) = v
+        .NetworkingConfig
+        .as_ref()
+        .and_then(|n| n.EndpointsConfig.as_ref())
+    {
+        for (name, ep) in &eps.0 {
+            match name.as_str() {
+                "host" => {
+                    return Err(forbid(
+                        "NetworkingConfig.EndpointsConfig.host is not allowed: the host's network belongs to the agent and other jobs",
+                    ))
+                }
+                n if BUILTIN_NETWORKS.contains(&n) || n == net => {}
+                n => checks.push(Check::Referenced {
+                    kind: Kind::Network,
+                    name: n.to_owned(),
+                    field: "NetworkingConfig.EndpointsConfig".to_owned(),
+                }),
+            }
+            endpoint(ep, &format!("NetworkingConfig.EndpointsConfig.{name}"), checks)?;
+        }
+    }
+    apply_limits(&mut host, &scope.limits);
+    v.HostConfig = Some(host);
+    Ok(v)
+}
 
-    if truthy(host.get("Privileged")) {
+/// A container's settings on a network: the engine joins the network `NetworkID` names
+/// whatever the key or path said, so it must be the job's too; driver options are the
+/// network driver's, not a job's.
+fn endpoint(ep: &EndpointSettings, at: &str, checks: &mut Vec<Check>) -> Result<(), Refusal> {
+    if let Some(id) = ep.NetworkID.as_deref().filter(|id| !id.is_empty()) {
+        checks.push(Check::Referenced {
+            kind: Kind::Network,
+            name: id.to_owned(),
+            field: format!("{at}.NetworkID"),
+        });
+    }
+    if set(&ep.DriverOpts.as_ref().map(|d| !d.is_empty())) {
+        return Err(forbid(format!(
+            "{at}.DriverOpts is not allowed: endpoint driver options are the network driver's. Drop them"
+        )));
+    }
+    Ok(())
+}
+
+fn host_access(host: &HostConfig) -> Result<(), Refusal> {
+    if host.Privileged == Some(true) {
         return Err(forbid(
             "HostConfig.Privileged is not allowed: a privileged container is root on the host. Drop --privileged (the job's engine runs containers unprivileged)",
         ));
     }
-    for (field, what) in [
-        (
-            "CapAdd",
-            "added capabilities loosen the container's confinement; drop --cap-add",
-        ),
-        (
-            "Devices",
-            "host devices are not available to a job; drop --device",
-        ),
-        (
-            "DeviceRequests",
-            "host devices (GPUs) are not available to a job; drop --gpus",
-        ),
-        (
-            "DeviceCgroupRules",
-            "device access is not available to a job; drop --device-cgroup-rule",
-        ),
-        (
-            "Sysctls",
-            "kernel parameters are not a job's to set; drop --sysctl",
-        ),
-        (
-            "CgroupParent",
-            "the cgroup parent is the agent's; drop --cgroup-parent",
-        ),
-        (
-            "VolumeDriver",
-            "only local volumes are available; drop --volume-driver",
-        ),
-        (
-            "StorageOpt",
-            "storage options are the agent's; drop --storage-opt",
-        ),
-        (
-            "OomKillDisable",
-            "the out-of-memory killer protects the host; drop --oom-kill-disable",
-        ),
-        (
-            "KernelMemory",
-            "kernel memory limits are the agent's; drop --kernel-memory",
-        ),
-    ] {
-        if truthy(host.get(field)) {
-            return Err(forbid(format!("HostConfig.{field} is not allowed: {what}")));
-        }
+    let refused: [(&str, bool, &str); 12] = [
+        ("CapAdd", host.CapAdd.as_ref().is_some_and(|c| !c.0.is_empty()), "added capabilities loosen the container's confinement; drop --cap-add"),
+        ("Devices", host.Devices.as_ref().is_some_and(|d| !d.is_empty()), "host devices are not available to a job; drop --device"),
+        ("DeviceRequests", host.DeviceRequests.as_ref().is_some_and(|d| !d.is_empty()), "host devices (GPUs) are not available to a job; drop --gpus"),
+        ("DeviceCgroupRules", host.DeviceCgroupRules.as_ref().is_some_and(|d| !d.is_empty()), "device access is not available to a job; drop --device-cgroup-rule"),
+        ("Sysctls", host.Sysctls.as_ref().is_some_and(|d| !d.is_empty()), "kernel parameters are not a job's to set; drop --sysctl"),
+        ("CgroupParent", set(&host.CgroupParent), "the cgroup parent is the agent's; drop --cgroup-parent"),
+        ("VolumeDriver", set(&host.VolumeDriver), "only local volumes are available; drop --volume-driver"),
+        ("StorageOpt", host.StorageOpt.as_ref().is_some_and(|d| !d.is_empty()), "storage options are the agent's; drop --storage-opt"),
+        ("OomKillDisable", host.OomKillDisable == Some(true), "the out-of-memory killer protects the host; drop --oom-kill-disable"),
+        ("KernelMemory", set(&host.KernelMemory), "kernel memory limits are the agent's; drop --kernel-memory"),
+        ("OomScoreAdj", host.OomScoreAdj.is_some_and(|s| s < 0), "a negative score makes the kernel kill the host's processes first; drop --oom-score-adj"),
+        ("Isolation", host.Isolation.as_deref().is_some_and(|i| !matches!(i, "" | "default")), "isolation technologies are the agent's; drop --isolation"),
+    ];
+    if let Some((field, _, what)) = refused.iter().find(|(_, bad, _)| *bad) {
+        return Err(forbid(format!("HostConfig.{field} is not allowed: {what}")));
     }
-    for field in ["MaskedPaths", "ReadonlyPaths"] {
-        if host.get(field).is_some_and(|v| !v.is_null()) {
+    for (field, paths) in [
+        ("MaskedPaths", &host.MaskedPaths),
+        ("ReadonlyPaths", &host.ReadonlyPaths),
+    ] {
+        if paths.is_some() {
             return Err(forbid(format!(
                 "HostConfig.{field} is not allowed: the /proc paths the engine masks stay masked; drop --security-opt systempaths=unconfined"
             )));
         }
     }
-    if let Some(opts) = host.get("SecurityOpt").and_then(Value::as_array) {
-        for o in opts {
-            let s = o.as_str().unwrap_or("");
-            let ok = matches!(
-                s,
-                "no-new-privileges" | "no-new-privileges:true" | "no-new-privileges=true"
-            );
-            if !ok {
-                return Err(forbid(format!(
-                    "HostConfig.SecurityOpt `{s}` is not allowed: only no-new-privileges may be set (seccomp, AppArmor and SELinux profiles stay the engine's defaults). Drop --security-opt"
-                )));
-            }
+    for s in host.SecurityOpt.iter().flatten() {
+        if !matches!(
+            s.as_str(),
+            "no-new-privileges" | "no-new-privileges:true" | "no-new-privileges=true"
+        ) {
+            return Err(forbid(format!(
+                "HostConfig.SecurityOpt `{s}` is not allowed: only no-new-privileges may be set (seccomp, AppArmor and SELinux profiles stay the engine's defaults). Drop --security-opt"
+            )));
         }
     }
-    let runtime = str_of(&host, "Runtime");
+    let runtime = host.Runtime.as_deref().unwrap_or("");
     if !matches!(runtime, "" | "runc") {
         return Err(forbid(format!(
             "HostConfig.Runtime `{runtime}` is not allowed; drop --runtime"
         )));
     }
+    Ok(())
+}
 
-    // Namespaces.
-    let net = str_of(&host, "NetworkMode").to_owned();
-    match net.as_str() {
-        "" | "default" | "bridge" | "none" => {}
+fn namespaces(host: &HostConfig, checks: &mut Vec<Check>) -> Result<(), Refusal> {
+    match host.NetworkMode.as_deref().unwrap_or("") {
+        n if BUILTIN_NETWORKS.contains(&n) => {}
         "host" => {
             return Err(forbid(
                 "HostConfig.NetworkMode=host is not allowed: the host's network belongs to the agent and other jobs. Publish ports with -p (reached at the engine's address) or use a network of this job (docker network create)",
@@ -340,138 +202,252 @@ pub(super) fn container_create(
         },
     }
     namespace_mode(
-        &host,
+        host.PidMode.as_deref(),
         "PidMode",
         &[],
         checks,
         "the host's processes are not a job's to see",
     )?;
     namespace_mode(
-        &host,
+        host.IpcMode.as_deref(),
         "IpcMode",
         &["private", "shareable", "none"],
         checks,
         "the host's IPC namespace is not a job's",
     )?;
-    for field in ["UsernsMode", "UTSMode", "CgroupnsMode", "Cgroup"] {
-        let mode = str_of(&host, field);
-        let ok = match field {
-            "CgroupnsMode" => matches!(mode, "" | "private"),
-            _ => mode.is_empty(),
-        };
-        if !ok {
+    for (field, mode, allowed) in [
+        ("UsernsMode", &host.UsernsMode, &[""][..]),
+        ("UTSMode", &host.UTSMode, &[""][..]),
+        ("CgroupnsMode", &host.CgroupnsMode, &["", "private"][..]),
+        ("Cgroup", &host.Cgroup, &[""][..]),
+    ] {
+        let mode = mode.as_deref().unwrap_or("");
+        if !allowed.contains(&mode) {
             return Err(forbid(format!(
                 "HostConfig.{field}={mode} is not allowed: host namespaces are not a job's. Drop the option"
             )));
         }
     }
+    Ok(())
+}
 
-    // Storage: named volumes of the job only.
-    if let Some(binds) = host.get("Binds").and_then(Value::as_array) {
-        for b in binds {
-            let s = b.as_str().unwrap_or("");
-            let src = s.split(':').next().unwrap_or("");
-            if src.is_empty() || !s.contains(':') {
-                continue; // an anonymous volume (`-v /data`)
+/// Named volumes of the job only: no host paths, no volume driver options (a local volume
+/// with `type=none,o=bind,device=PATH` is a bind mount of any host path, as root).
+fn storage(
+    host: &HostConfig,
+    checks: &mut Vec<Check>,
+    ensure_volumes: &mut Vec<String>,
+) -> Result<(), Refusal> {
+    for s in host.Binds.iter().flatten() {
+        let src = s.split(':').next().unwrap_or("");
+        if src.is_empty() || !s.contains(':') {
+            continue; // an anonymous volume (`-v /data`)
+        }
+        if src.starts_with('/') || src.starts_with('.') || src.starts_with('~') {
+            return Err(forbid(bind_message("HostConfig.Binds", src)));
+        }
+        volume_source(src, "HostConfig.Binds", checks, ensure_volumes);
+    }
+    for m in host.Mounts.iter().flatten() {
+        let src = m.Source.as_deref().unwrap_or("");
+        match m.Type.as_deref().unwrap_or("") {
+            "tmpfs" => {}
+            "volume" => {
+                if m.BindOptions.is_some() {
+                    return Err(forbid(
+                        "HostConfig.Mounts[].BindOptions is not allowed on a volume mount",
+                    ));
+                }
+                if m.VolumeOptions
+                    .as_ref()
+                    .is_some_and(|o| o.DriverConfig.is_some())
+                {
+                    return Err(forbid(
+                        "HostConfig.Mounts[].VolumeOptions.DriverConfig is not allowed: volume driver options could mount host paths. Drop the volume-driver and volume-opt options",
+                    ));
+                }
+                if !src.is_empty() {
+                    volume_source(src, "HostConfig.Mounts[].Source", checks, ensure_volumes);
+                }
             }
-            if src.starts_with('/') || src.starts_with('.') || src.starts_with('~') {
-                return Err(forbid(bind_message("HostConfig.Binds", src)));
+            "bind" => return Err(forbid(bind_message("HostConfig.Mounts[].Type=bind", src))),
+            other => {
+                return Err(forbid(format!(
+                    "HostConfig.Mounts[].Type={other} is not allowed: use volume or tmpfs mounts"
+                )))
             }
-            volume_source(src, "HostConfig.Binds", checks, ensure_volumes);
         }
     }
-    if let Some(mounts) = host.get("Mounts").and_then(Value::as_array) {
-        for m in mounts {
-            let Some(m) = m.as_object() else {
-                return Err(Refusal::BadRequest(
-                    "bosun: HostConfig.Mounts entries must be objects".into(),
-                ));
+    Ok(())
+}
+
+/// Containers log where the engine's host keeps them: a driver that ships logs elsewhere
+/// would have the engine connect, from the host, to wherever the job says.
+fn logging(host: &HostConfig) -> Result<(), Refusal> {
+    let Some(log) = &host.LogConfig else {
+        return Ok(());
+    };
+    let driver = log.Type.as_deref().unwrap_or("");
+    let has_options = log.Config.as_ref().is_some_and(|c| !c.is_empty());
+    if driver.is_empty() {
+        if has_options {
+            return Err(forbid(
+                "HostConfig.LogConfig.Config needs HostConfig.LogConfig.Type: options for the engine's default log driver are not a job's to set. Name --log-driver json-file, local or none",
+            ));
+        }
+        return Ok(());
+    }
+    if !LOG_DRIVERS.contains(&driver) {
+        return Err(forbid(format!(
+            "HostConfig.LogConfig.Type `{driver}` is not allowed: only {} (which write on the engine's host) are; a driver that ships logs makes the engine connect where the job says. Drop --log-driver",
+            LOG_DRIVERS.join(", ")
+        )));
+    }
+    Ok(())
+}
+
+pub(super) fn network_create(
+    mut v: NetworkCreate,
+    scope: &Scope,
+    checks: &mut Vec<Check>,
+) -> Result<NetworkCreate, Refusal> {
+    let driver = v.Driver.as_deref().unwrap_or("");
+    if !matches!(driver, "" | "bridge") {
+        return Err(forbid(format!(
+            "Driver `{driver}` is not allowed for a network: only bridge networks (the default) are. Drop --driver"
+        )));
+    }
+    if !matches!(v.Scope.as_deref().unwrap_or(""), "" | "local") {
+        return Err(forbid(
+            "Scope is not allowed for a job's network: only local networks are",
+        ));
+    }
+    for (field, on) in [
+        ("ConfigFrom", v.ConfigFrom.is_some()),
+        ("Ingress", v.Ingress == Some(true)),
+        ("ConfigOnly", v.ConfigOnly == Some(true)),
+    ] {
+        if on {
+            return Err(forbid(format!(
+                "{field} is not allowed for a job's network"
+            )));
+        }
+    }
+    if let Some(opts) = &v.Options {
+        if let Some(k) = opts.0.keys().find(|k| k.starts_with("com.docker.network.")) {
+            return Err(forbid(format!(
+                "Options {k} is not allowed: com.docker.network.* options change the host's network interfaces. Drop the -o options"
+            )));
+        }
+    }
+    if let Some(ipam) = &v.IPAM {
+        ipam_pool(ipam, &scope.limits.subnet_pools)?;
+    }
+    if let Some(name) = &v.Name {
+        checks.push(Check::FreeOrOwned {
+            kind: Kind::Network,
+            name: name.clone(),
+            field: "Name".to_owned(),
+        });
+    }
+    v.Labels = labelled(v.Labels.take(), scope);
+    Ok(v)
+}
+
+/// A job's network takes its addresses from the engine's pool, or from a pool the operator
+/// configured: a subnet of the job's choosing could cover the host's own networks, and the
+/// host would route that traffic into the job's bridge for as long as it lives.
+fn ipam_pool(ipam: &model::Ipam, pools: &[Subnet]) -> Result<(), Refusal> {
+    if !matches!(ipam.Driver.as_deref().unwrap_or(""), "" | "default") {
+        return Err(forbid(
+            "IPAM.Driver is not allowed: a job's networks use the engine's default address management. Drop --ipam-driver",
+        ));
+    }
+    if ipam.Options.as_ref().is_some_and(|o| !o.is_empty()) {
+        return Err(forbid(
+            "IPAM.Options are not allowed. Drop --ipam-opt",
+        ));
+    }
+    for c in ipam.Config.iter().flatten() {
+        let pools_text = if pools.is_empty() {
+            "this agent configures none (engine_subnet_pools), so the engine picks the subnet: drop --subnet, --ip-range, --gateway and --aux-address".to_owned()
+        } else {
+            let list: Vec<String> = pools.iter().map(Subnet::to_string).collect();
+            format!("this agent allows subnets inside {}", list.join(", "))
+        };
+        for (field, value) in [
+            ("Subnet", &c.Subnet),
+            ("IPRange", &c.IPRange),
+            ("Gateway", &c.Gateway),
+        ] {
+            let Some(value) = value.as_deref().filter(|s| !s.is_empty()) else {
+                continue;
             };
-            check_keys(
-                m,
-                &[
-                    "Target",
-                    "Source",
-                    "Type",
-                    "ReadOnly",
-                    "Consistency",
-                    "BindOptions",
-                    "VolumeOptions",
-                    "TmpfsOptions",
-                ],
-                "HostConfig.Mounts[].",
-            )?;
-            let src = str_of(m, "Source");
-            match str_of(m, "Type") {
-                "tmpfs" => {}
-                "volume" => {
-                    if m.get("VolumeOptions")
-                        .and_then(|o| o.get("DriverConfig"))
-                        .is_some_and(|d| !d.is_null())
-                    {
-                        return Err(forbid(
-                            "HostConfig.Mounts[].VolumeOptions.DriverConfig is not allowed: volume driver options could mount host paths",
-                        ));
-                    }
-                    if !src.is_empty() {
-                        volume_source(src, "HostConfig.Mounts[].Source", checks, ensure_volumes);
-                    }
-                }
-                other => {
-                    return Err(forbid(if other == "bind" {
-                        bind_message("HostConfig.Mounts[].Type=bind", src)
-                    } else {
-                        format!("HostConfig.Mounts[].Type={other} is not allowed: use volume or tmpfs mounts")
-                    }))
-                }
+            let inside = Subnet::parse(value)
+                .or_else(|| Subnet::parse(&format!("{value}/32")))
+                .or_else(|| Subnet::parse(&format!("{value}/128")))
+                .is_some_and(|s| pools.iter().any(|p| p.contains(&s)));
+            if !inside {
+                return Err(forbid(format!(
+                    "IPAM.Config[].{field} `{value}` is not allowed: {pools_text}"
+                )));
             }
         }
-    }
-    if let Some(from) = host.get("VolumesFrom").and_then(Value::as_array) {
-        for f in from {
-            let c = f.as_str().unwrap_or("").split(':').next().unwrap_or("");
-            checks.push(Check::Referenced {
-                kind: Kind::Container,
-                name: c.to_owned(),
-                field: "HostConfig.VolumesFrom".to_owned(),
-            });
+        if c.Subnet.as_deref().unwrap_or("").is_empty()
+            && (set(&c.IPRange) || set(&c.Gateway))
+        {
+            return Err(forbid(format!(
+                "IPAM.Config[] needs a Subnet with its IPRange or Gateway: {pools_text}"
+            )));
+        }
+        if c.AuxiliaryAddresses.as_ref().is_some_and(|a| !a.is_empty()) {
+            return Err(forbid(format!(
+                "IPAM.Config[].AuxiliaryAddresses are not allowed: drop --aux-address"
+            )));
         }
     }
-    if let Some(links) = host.get("Links").and_then(Value::as_array) {
-        for l in links {
-            let c = l.as_str().unwrap_or("").split(':').next().unwrap_or("");
-            checks.push(Check::Referenced {
-                kind: Kind::Container,
-                name: c.trim_start_matches('/').to_owned(),
-                field: "HostConfig.Links".to_owned(),
-            });
-        }
-    }
-    if let Some(nc) = v.get("NetworkingConfig") {
-        if let Some(eps) = nc.get("EndpointsConfig").and_then(Value::as_object) {
-            for name in eps.keys() {
-                match name.as_str() {
-                    "bridge" | "default" | "none" => {}
-                    "host" => {
-                        return Err(forbid(
-                            "NetworkingConfig.EndpointsConfig.host is not allowed: the host's network belongs to the agent and other jobs",
-                        ))
-                    }
-                    n if n == net => {}
-                    n => checks.push(Check::Referenced {
-                        kind: Kind::Network,
-                        name: n.to_owned(),
-                        field: "NetworkingConfig.EndpointsConfig".to_owned(),
-                    }),
-                }
-            }
-        }
-    }
+    Ok(())
+}
 
-    apply_limits(&mut host, &scope.limits);
-    retain_known(&mut host, HOST_SAFE);
-    retain_known(&mut v, CREATE_KEYS);
-    v.insert("HostConfig".to_owned(), Value::Object(host));
+pub(super) fn network_connect(v: &NetworkConnect, checks: &mut Vec<Check>) -> Result<(), Refusal> {
+    match v.Container.as_deref() {
+        Some(c) if !c.is_empty() => checks.push(Check::Referenced {
+            kind: Kind::Container,
+            name: c.to_owned(),
+            field: "Container".to_owned(),
+        }),
+        _ => return Err(Refusal::BadRequest("bosun: Container is missing".into())),
+    }
+    if let Some(ep) = &v.EndpointConfig {
+        endpoint(ep, "EndpointConfig", checks)?;
+    }
+    Ok(())
+}
+
+pub(super) fn volume_create(
+    mut v: VolumeCreate,
+    scope: &Scope,
+    checks: &mut Vec<Check>,
+) -> Result<VolumeCreate, Refusal> {
+    let driver = v.Driver.as_deref().unwrap_or("");
+    if !matches!(driver, "" | "local") {
+        return Err(forbid(format!(
+            "Driver `{driver}` is not allowed for a volume: only local volumes are. Drop --driver"
+        )));
+    }
+    if v.DriverOpts.as_ref().is_some_and(|o| !o.is_empty()) {
+        return Err(forbid(
+            "DriverOpts are not allowed for a volume: `-o type=none,o=bind,device=PATH` would mount a host path. Create the volume without options and fill it with `docker cp`",
+        ));
+    }
+    if let Some(name) = v.Name.as_deref().filter(|n| !n.is_empty()) {
+        checks.push(Check::FreeOrOwned {
+            kind: Kind::Volume,
+            name: name.to_owned(),
+            field: "Name".to_owned(),
+        });
+    }
+    v.Labels = labelled(v.Labels.take(), scope);
     Ok(v)
 }
 
@@ -503,32 +479,27 @@ pub(super) fn volume_source(
 }
 
 /// Cap the container's resources at the job's limits.
-pub(super) fn apply_limits(host: &mut Map<String, Value>, limits: &Limits) {
-    let cap = |host: &mut Map<String, Value>, key: &str, max: i64| {
-        let asked = host.get(key).and_then(Value::as_i64).unwrap_or(0);
-        let v = if asked > 0 { asked.min(max) } else { max };
-        host.insert(key.to_owned(), Value::from(v));
+pub(super) fn apply_limits(host: &mut HostConfig, limits: &Limits) {
+    let cap = |asked: Option<i64>, max: i64| {
+        let asked = asked.unwrap_or(0);
+        Some(if asked > 0 { asked.min(max) } else { max })
     };
     if let Some(max) = limits.memory {
-        cap(host, "Memory", max);
-        let mem = host.get("Memory").and_then(Value::as_i64).unwrap_or(max);
-        host.insert("MemorySwap".to_owned(), Value::from(mem));
+        host.Memory = cap(host.Memory, max);
+        host.MemorySwap = host.Memory;
     }
     if let Some(max) = limits.nano_cpus {
         // Quota/period and NanoCpus cannot both be set: fold a quota into NanoCpus.
-        let quota = host.get("CpuQuota").and_then(Value::as_i64).unwrap_or(0);
-        let period = host.get("CpuPeriod").and_then(Value::as_i64).unwrap_or(0);
+        let quota = host.CpuQuota.take().unwrap_or(0);
+        let period = host.CpuPeriod.take().unwrap_or(0);
         if quota > 0 {
             let p = if period > 0 { period } else { 100_000 };
-            let n = quota.saturating_mul(1_000_000_000) / p;
-            host.insert("NanoCpus".to_owned(), Value::from(n));
+            host.NanoCpus = Some(quota.saturating_mul(1_000_000_000) / p);
         }
-        host.remove("CpuQuota");
-        host.remove("CpuPeriod");
-        cap(host, "NanoCpus", max);
+        host.NanoCpus = cap(host.NanoCpus, max);
     }
     if let Some(max) = limits.pids {
-        cap(host, "PidsLimit", max);
+        host.PidsLimit = cap(host.PidsLimit, max);
     }
 }
 
@@ -541,7 +512,7 @@ pub(super) fn build_query(
 ) -> Result<(), Refusal> {
     for (k, v) in pairs.iter() {
         match k.as_str() {
-            "networkmode" if !matches!(v.as_str(), "" | "default" | "bridge" | "none") => {
+            "networkmode" if !BUILTIN_NETWORKS.contains(&v.as_str()) => {
                 return Err(forbid(format!(
                     "networkmode={v} is not allowed for a build: the host's network belongs to the agent and other jobs. Drop --network"
                 )))
@@ -559,6 +530,11 @@ pub(super) fn build_query(
                     "version=2 (BuildKit) is not available through the job's engine; build with the classic builder (DOCKER_BUILDKIT=0)",
                 ))
             }
+            "session" | "outputs" if !v.is_empty() => {
+                return Err(forbid(format!(
+                    "{k} is BuildKit's and not available through the job's engine; build with the classic builder (DOCKER_BUILDKIT=0)"
+                )))
+            }
             "isolation" if !v.is_empty() && v != "default" => {
                 return Err(forbid("isolation is not allowed for a build"))
             }
@@ -570,29 +546,26 @@ pub(super) fn build_query(
             _ => {}
         }
     }
-    let mut labels: Map<String, Value> = match single(pairs, "labels")? {
-        Some(text) if !text.is_empty() => match serde_json::from_str(&text) {
-            Ok(Value::Object(m)) => m,
-            _ => {
-                return Err(Refusal::BadRequest(
-                    "bosun: labels must be a JSON object".into(),
-                ))
-            }
-        },
-        _ => Map::new(),
+    let mut labels: Dict<String> = match single(pairs, "labels")? {
+        Some(text) if !text.is_empty() => model::decode(text.as_bytes())
+            .map_err(|e| Refusal::BadRequest(format!("bosun: labels: {e}")))?,
+        _ => Dict::default(),
     };
     for (k, v) in scope.labels() {
-        labels.insert(k, Value::String(v));
+        labels.0.insert(k, v);
     }
+    let limited = scope.limits.memory.is_some() || scope.limits.nano_cpus.is_some();
     pairs.retain(|(k, _)| {
-        !matches!(
-            k.as_str(),
-            "labels" | "memory" | "memswap" | "cpuquota" | "cpuperiod" | "cpusetcpus"
-        ) || (k != "labels" && scope.limits.memory.is_none() && scope.limits.nano_cpus.is_none())
+        k != "labels"
+            && !(limited
+                && matches!(
+                    k.as_str(),
+                    "memory" | "memswap" | "cpuquota" | "cpuperiod" | "cpusetcpus"
+                ))
     });
     pairs.push((
         "labels".to_owned(),
-        serde_json::to_string(&labels).unwrap_or_default(),
+        String::from_utf8(model::encode(&labels)).unwrap_or_default(),
     ));
     if let Some(mem) = scope.limits.memory {
         pairs.push(("memory".to_owned(), mem.to_string()));
