@@ -347,7 +347,11 @@ pub fn route(method: &str, path: &str) -> Result<Endpoint, Refusal> {
         ("GET", ["events"]) => ep(Route::List, &["since", "until", "filters"], NoBody),
         // Containers.
         ("GET", ["containers", "json"]) => {
-            ep(Route::List, &["all", "limit", "size", "filters"], NoBody)
+            ep(
+            Route::List,
+            &["all", "limit", "size", "filters", "since", "before"],
+            NoBody,
+        )
         }
         ("POST", ["containers", "create"]) => {
             ep(Route::ContainerCreate, &["name", "platform"], Json)
@@ -494,9 +498,11 @@ const BUILD_QUERY: &[&str] = &[
     "memswap",
     "cpushares",
     "cpusetcpus",
+    "cpusetmems",
     "cpuperiod",
     "cpuquota",
     "cgroupparent",
+    "securityopt",
     "buildargs",
     "shmsize",
     "squash",

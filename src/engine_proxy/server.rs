@@ -233,8 +233,10 @@ fn content_type_fits(kind: BodyKind, ct: Option<&str>) -> bool {
         (BodyKind::Json, Some(ct)) => {
             matches!(ct, "application/json" | "application/json; charset=utf-8")
         }
-        (BodyKind::Stream, Some(ct)) => matches!(ct, "application/x-tar" | "application/tar"),
-        // Go's client marks a POST without a body as text/plain.
+        // Go's client marks a PUT or POST whose caller set no type as text/plain.
+        (BodyKind::Stream, Some(ct)) => {
+            matches!(ct, "application/x-tar" | "application/tar" | "text/plain")
+        }
         (BodyKind::None, Some(ct)) => matches!(ct, "text/plain" | "application/json"),
     }
 }

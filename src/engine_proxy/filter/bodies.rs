@@ -517,6 +517,11 @@ pub(super) fn build_query(
                     "networkmode={v} is not allowed for a build: the host's network belongs to the agent and other jobs. Drop --network"
                 )))
             }
+            "securityopt" if !v.is_empty() => {
+                return Err(forbid(
+                    "securityopt is not allowed for a build: the build's containers keep the engine's seccomp and AppArmor profiles. Drop --security-opt",
+                ))
+            }
             "cgroupparent" if !v.is_empty() => {
                 return Err(forbid("cgroupparent is not allowed for a build; drop --cgroup-parent"))
             }
