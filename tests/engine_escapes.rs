@@ -14,7 +14,7 @@ use std::net::TcpListener;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::thread::JoinHandle;
+use std::sync::mpsc::{self, TryRecvError};
 use std::time::{Duration, Instant};
 
 /// The Content-Type the attacker used: `to_str()` fails on the `\xff`, while the engine's Go
@@ -203,14 +203,19 @@ impl Drop for Escape {
     }
 }
 
-/// Whether anything connects to `listener` within `window` (each connection dropped at once,
-/// so an engine that dials it fails fast instead of waiting on it).
-fn watch(listener: TcpListener, window: Duration) -> JoinHandle<bool> {
+/// Watch `listener` until the returned closure is called (and a second after, for a late
+/// dial); the closure says whether anything connected. Each connection is dropped at once, so
+/// an engine that dials fails fast instead of waiting on an answer.
+fn watch(listener: TcpListener) -> impl FnOnce() -> bool {
     listener.set_nonblocking(true).expect("nonblocking");
-    std::thread::spawn(move || {
-        let until = Instant::now() + window;
+    let (done, stop) = mpsc::channel::<()>();
+    let thread = std::thread::spawn(move || {
+        let mut until = None;
         let mut dialled = false;
-        while Instant::now() < until {
+        while until.is_none_or(|u| Instant::now() < u) {
+            if until.is_none() && stop.try_recv() != Err(TryRecvError::Empty) {
+                until = Some(Instant::now() + Duration::from_secs(1));
+            }
             match listener.accept() {
                 Ok(_) => dialled = true,
                 Err(e) if e.kind() == ErrorKind::WouldBlock => {
@@ -220,7 +225,11 @@ fn watch(listener: TcpListener, window: Duration) -> JoinHandle<bool> {
             }
         }
         dialled
-    })
+    });
+    move || {
+        drop(done);
+        thread.join().expect("watcher")
+    }
 }
 
 fn assert_refused(what: &str, (status, text): &(u16, String)) {
@@ -382,16 +391,13 @@ fn a_log_driver_cannot_dial_the_hosts_loopback() {
     let e = Escape::new();
     let listener = TcpListener::bind("127.0.0.1:0").expect("listen");
     let port = listener.local_addr().expect("addr").port();
-    let dialled = watch(listener, Duration::from_secs(8));
+    let dialled = watch(listener);
     let body = format!(
         r#"{{"Image":"{base}","Cmd":["true"],"HostConfig":{{"LogConfig":{{"Type":"syslog","Config":{{"syslog-address":"tcp://127.0.0.1:{port}"}}}}}}}}"#,
         base = image("base")
     );
     let answer = e.create_and_start(&body);
-    assert!(
-        !dialled.join().expect("watcher"),
-        "the engine connected to 127.0.0.1:{port}"
-    );
+    assert!(!dialled(), "the engine connected to 127.0.0.1:{port}");
     assert_refused("create with a syslog address on the host", &answer);
 }
 
@@ -401,14 +407,11 @@ fn an_auth_cannot_dial_the_hosts_loopback() {
     let e = Escape::new();
     let listener = TcpListener::bind("127.0.0.1:0").expect("listen");
     let port = listener.local_addr().expect("addr").port();
-    let dialled = watch(listener, Duration::from_secs(5));
+    let dialled = watch(listener);
     let body =
         format!(r#"{{"username":"u","password":"p","serveraddress":"http://127.0.0.1:{port}"}}"#);
     let answer = e.send("POST /v1.41/auth", JSON, body.as_bytes());
-    assert!(
-        !dialled.join().expect("watcher"),
-        "the engine connected to 127.0.0.1:{port}"
-    );
+    assert!(!dialled(), "the engine connected to 127.0.0.1:{port}");
     assert_refused("auth against the host's loopback", &answer);
 }
 
@@ -477,6 +480,7 @@ fn a_job_network_cannot_take_a_subnet_of_the_hosts_lan() {
 #[test]
 fn a_start_cannot_carry_a_host_config() {
     let e = Escape::new();
+    let mut applied = Vec::new();
     for (body, field) in [
         (r#"{"Binds":["/:/host"]}"#, "Binds"),
         (r#"{"Privileged":true}"#, "Privileged"),
@@ -487,18 +491,19 @@ fn a_start_cannot_carry_a_host_config() {
             JSON,
             body.as_bytes(),
         );
-        let mounts = docker(&[
+        let state = docker(&[
             "inspect",
             "-f",
-            "{{range .Mounts}}{{.Destination}} {{end}}",
+            "privileged={{.HostConfig.Privileged}} mounts={{range .Mounts}}{{.Destination}},{{end}}",
             &c,
         ]);
-        let privileged = docker(&["inspect", "-f", "{{.HostConfig.Privileged}}", &c]);
-        assert!(
-            !mounts.split_whitespace().any(|m| m == "/host"),
-            "{field}: mounts {mounts}"
-        );
-        assert_eq!(privileged, "false", "{field}: privileged");
-        assert_refused(&format!("v1.23 start with {field}"), &answer);
+        if state != "privileged=false mounts=" {
+            applied.push(format!("{field}: {state}"));
+        }
+        if !(400..500).contains(&answer.0) {
+            let said = answer.1.lines().last().unwrap_or("");
+            applied.push(format!("{field}: the proxy answered {}: {said}", answer.0));
+        }
     }
+    assert!(applied.is_empty(), "{applied:#?}");
 }
