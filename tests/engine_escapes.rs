@@ -509,3 +509,41 @@ fn a_start_cannot_carry_a_host_config() {
     }
     assert!(applied.is_empty(), "{applied:#?}");
 }
+
+/// Found in the review of the proxy's streams: the classic builder runs `ADD <url>` itself,
+/// from the host's network, so a build could copy what a service on the host's loopback
+/// answers into the job's image. The build context is read as it passes; this one never
+/// reaches the engine whole, nothing dials, no image is made.
+#[test]
+fn a_build_cannot_add_from_the_hosts_loopback() {
+    let e = Escape::new();
+    let listener = TcpListener::bind("127.0.0.1:0").expect("listen");
+    let port = listener.local_addr().expect("addr").port();
+    let dialled = watch(listener);
+    let dockerfile = format!(
+        "FROM {}\nADD http://127.0.0.1:{port}/secret /secret\n",
+        image("base")
+    );
+    let mut tar = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_size(dockerfile.len() as u64);
+    h.set_mode(0o644);
+    h.set_cksum();
+    tar.append_data(&mut h, "Dockerfile", dockerfile.as_bytes())
+        .expect("tar");
+    let context = tar.into_inner().expect("tar");
+    let tag = format!("escape-add-{}", e.run);
+    let (status, text) = e.send(
+        &format!("POST /v1.41/build?t={tag}&rm=1"),
+        b"Content-Type: application/x-tar\r\n",
+        &context,
+    );
+    assert!(!dialled(), "the engine fetched http://127.0.0.1:{port}/secret");
+    let made = Command::new("docker")
+        .args(["image", "inspect", &tag])
+        .output()
+        .expect("docker");
+    assert!(!made.status.success(), "the image {tag} was built");
+    assert_refused("ADD of a URL on the host's loopback", &(status, text.clone()));
+    assert!(text.contains("ADD"), "{text}");
+}

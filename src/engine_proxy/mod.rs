@@ -18,6 +18,7 @@
 //! The job's [`crate::job::Resources`] stops the proxy and removes everything labelled with
 //! the job when it ends; the agent's start-up sweep removes what a killed agent left.
 
+pub mod build_context;
 pub mod filter;
 pub mod server;
 #[cfg(test)]

@@ -3,6 +3,7 @@
 //! response body streamed as it comes, hijacked connections (attach, exec) copied both ways.
 
 use super::filter::{self, Body, BodyKind, Check, Kind, Plan, Refusal, Route, Scope};
+use super::build_context::ContextScanner;
 use super::{EngineSettings, ProxyError, Upstream, SOCKET_NAME};
 use bytes::Bytes;
 use http_body_util::{combinators::BoxBody, BodyExt, Full, Limited};
@@ -16,7 +17,8 @@ use std::sync::Arc;
 use tokio::net::UnixListener;
 use tokio_util::sync::CancellationToken;
 
-type ProxyBody = BoxBody<Bytes, hyper::Error>;
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+type ProxyBody = BoxBody<Bytes, BoxError>;
 
 /// The largest JSON body the proxy reads to check (container create is a few KiB).
 const MAX_JSON_BODY: usize = 1 << 20;
@@ -310,12 +312,21 @@ async fn handle(ctx: &Ctx, mut req: Request<Incoming>) -> Response<ProxyBody> {
             return json_response(502, &format!("bosun: creating volume {v}: {e}"));
         }
     }
+    let verdict = Verdict::default();
     let (out_body, out_type) = match (plan.body, incoming) {
         (Body::Json(b), _) => (full(Bytes::from(b)), Some("application/json".to_owned())),
-        (Body::Stream, Some(i)) => (i.boxed(), ct),
+        (Body::Stream, Some(i)) if endpoint.route == Route::Build => {
+            let dockerfile = filter::parse_query(&query)
+                .into_iter()
+                .find(|(k, _)| k == "dockerfile")
+                .map(|(_, v)| v);
+            let scanner = ContextScanner::new(dockerfile.as_deref());
+            (scanned(i, scanner, verdict.clone()), ct)
+        }
+        (Body::Stream, Some(i)) => (i.map_err(BoxError::from).boxed(), ct),
         (Body::Stream | Body::Empty, _) => (full(Bytes::new()), None),
     };
-    forward(
+    let response = forward(
         ctx,
         parts,
         out_body,
@@ -323,7 +334,58 @@ async fn handle(ctx: &Ctx, mut req: Request<Incoming>) -> Response<ProxyBody> {
         &path_and_query,
         client_upgrade,
     )
-    .await
+    .await;
+    // A build context refused midway broke the request to the engine: say why instead.
+    let reason = verdict.0.lock().ok().and_then(|v| v.clone());
+    match reason {
+        Some(reason) => json_response(403, &reason),
+        None => response,
+    }
+}
+
+/// Why a streamed body was cut off, if it was.
+#[derive(Default, Clone)]
+struct Verdict(Arc<std::sync::Mutex<Option<String>>>);
+
+/// The build context as it streams to the engine, each chunk read by the scanner before it is
+/// passed on: a refused context ends in an error, so the engine never holds all of it.
+fn scanned(incoming: Incoming, scanner: ContextScanner, verdict: Verdict) -> ProxyBody {
+    use futures_util::StreamExt;
+    let frames = http_body_util::BodyStream::new(incoming);
+    let stream = futures_util::stream::unfold(
+        (frames, scanner, verdict, false),
+        |(mut frames, mut scanner, verdict, ended)| async move {
+            if ended {
+                return None;
+            }
+            let refused = |r: super::build_context::Refused, verdict: &Verdict| {
+                if let Ok(mut v) = verdict.0.lock() {
+                    *v = Some(r.0.clone());
+                }
+                BoxError::from(r)
+            };
+            match frames.next().await {
+                Some(Ok(frame)) => {
+                    if let Some(data) = frame.data_ref() {
+                        if let Err(r) = scanner.feed(data) {
+                            let e = refused(r, &verdict);
+                            return Some((Err(e), (frames, scanner, verdict, true)));
+                        }
+                    }
+                    Some((Ok(frame), (frames, scanner, verdict, false)))
+                }
+                Some(Err(e)) => Some((Err(BoxError::from(e)), (frames, scanner, verdict, true))),
+                None => match scanner.finish() {
+                    Ok(()) => None,
+                    Err(r) => {
+                        let e = refused(r, &verdict);
+                        Some((Err(e), (frames, scanner, verdict, true)))
+                    }
+                },
+            }
+        },
+    );
+    BodyExt::boxed(http_body_util::StreamBody::new(stream))
 }
 
 enum Failure {
@@ -659,5 +721,5 @@ async fn forward(
         return Response::from_parts(parts, full(Bytes::new()));
     }
     let (parts, body) = resp.into_parts();
-    Response::from_parts(parts, body.boxed())
+    Response::from_parts(parts, body.map_err(BoxError::from).boxed())
 }
