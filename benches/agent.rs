@@ -348,7 +348,7 @@ fn main() {
     let coordinator_pid = coordinator.0.id();
     let id = enqueue(&data, "build");
     assert_eq!(wait_final(&store, id, Duration::from_secs(120)), "success");
-    // Three runs, median (each run is ~1–2 s on a 2-core machine shared with the engine).
+    // Three runs, median (a few seconds each; the machine is shared with the engine).
     let throughput_runs = 3;
     let mut runs_out = Vec::new();
     for _ in 0..throughput_runs {

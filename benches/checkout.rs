@@ -186,9 +186,9 @@ fn main() {
         bosun_rss.push(b.max_rss_kib as f64 / 1024.0);
         // Nothing is removed between runs (the scratch directory goes at the end): on ext4
         // without a journal (this machine's root) the inode allocator skips inodes freed in
-        // the last 5 s, one inode-table read each, and writing 1,000 files right after
-        // removing 1,000 took 1.2 s of CPU instead of 0.1 s. Measured that way, whoever ran
-        // second after a removal paid for it.
+        // the last 5 s, one inode-table read each, so writing 1,000 files right after
+        // removing 1,000 takes many times the CPU. Measured that way, whoever ran second
+        // after a removal paid for it.
     }
     println!("(a) checkout of {files} files / {commits} commits + submodule, {runs} runs (median, min–max):");
     let line = |name: &str, v: Vec<f64>, unit: &str| {

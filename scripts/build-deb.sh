@@ -3,7 +3,7 @@
 #   /usr/bin/bosun                              the binary
 #   /lib/systemd/system/bosun-agent.service     systemd/bosun-agent.service (ExecStart → /usr/bin)
 #   /etc/bosun/agent.toml                       systemd/agent.toml (a conffile: kept on upgrade)
-#   /usr/share/doc/bosun/                        README, copyright
+#   /usr/share/doc/bosun/                        README, docs/ (what README links to), copyright
 # and maintainer scripts (packaging/debian/) that make the `bosun` system user in group
 # `docker`, keep /etc/bosun root:bosun 0750, and enable the unit (started once a
 # registration token is in place; restarted on upgrade).
@@ -49,6 +49,8 @@ grep -q '^ExecStart=/usr/bin/bosun ' "$pkg/lib/systemd/system/bosun-agent.servic
 chmod 0644 "$pkg/lib/systemd/system/bosun-agent.service"
 install -m 0640 "$here/systemd/agent.toml" "$pkg/etc/bosun/agent.toml"
 install -m 0644 "$here/README.md" "$pkg/usr/share/doc/bosun/README.md"
+install -d -m 0755 "$pkg/usr/share/doc/bosun/docs"
+install -m 0644 "$here"/docs/*.md "$pkg/usr/share/doc/bosun/docs/"
 printf 'Bosun\nLicense: Apache-2.0\n' >"$pkg/usr/share/doc/bosun/copyright"
 chmod 0644 "$pkg/usr/share/doc/bosun/copyright"
 for s in postinst prerm postrm; do

@@ -1,7 +1,121 @@
 #!/usr/bin/env bash
-# The one test command, shared by .ci/run and the README. Integration tests
-# start Docker containers (the Bitbucket stand-in, job containers); four at a
-# time keeps a 2-core machine busy without starving sshd start-ups.
+# The one test command (README, .ci/run):
+#
+#   scripts/test.sh [TEST-BINARY ARGS…]   check the host, build the test images, run every test
+#   scripts/test.sh --setup               only check the host and build the test images
+#
+# Before anything is compiled it checks every host tool the tests run, and that the Docker
+# engine answers. Run as root on Debian, it installs what is missing with apt-get; otherwise
+# it names the missing tools and their Debian packages and exits 1, so a new machine fails
+# here, in one message, rather than as a panic deep in a test. The tools, and who needs them:
+#   debootstrap      images/build.sh builds the test images from Debian packages (no container
+#                    registry is reachable, the engine starts empty)
+#   ssh, ssh-keygen, ssh-keyscan, scp
+#                    the harness makes keys and talks to the Bitbucket stand-in and the SSH
+#                    gateway as a user would
+#   git              the harness fills the stand-in's repositories
+#   sshd             tests/checkout_sshd.rs runs a host sshd for the checkout's real-server tests
+#   chromium         the job and pipeline pages' tests drive it headless
+#   flock            images/build.sh serialises image builds of concurrent test runs
+#   openssl          tests/harness/tls.rs makes the test CA and certificates for HTTPS
+#   dpkg-deb         scripts/build-deb.sh packages the agent (tests/systemd.rs installs it),
+#                    with fakeroot when not run as root
+#   systemd-analyze  systemd/verify.sh checks the agent's unit (tests/systemd.rs needs nothing
+#                    more on the host: its systemd is the bosun/systemd image's)
+# Then the images: `images/build.sh all` builds what is missing and costs nothing when all are
+# current (building needs root, for debootstrap and chroot). Integration tests start Docker
+# containers; four at a time keeps a 2-core machine busy without starving sshd start-ups.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+say() { printf 'test.sh: %s\n' "$*" >&2; }
+
+setup_only=false
+if [[ ${1:-} == --setup ]]; then
+    setup_only=true
+    shift
+fi
+
+# Host tools: command → the Debian package that provides it.
+declare -A package_of=(
+    [debootstrap]=debootstrap
+    [ssh]=openssh-client
+    [ssh-keygen]=openssh-client
+    [ssh-keyscan]=openssh-client
+    [scp]=openssh-client
+    [git]=git
+    [sshd]=openssh-server
+    [chromium]=chromium
+    [flock]=util-linux
+    [openssl]=openssl
+    [dpkg-deb]=dpkg
+    [systemd-analyze]=systemd
+)
+if [[ $(id -u) != 0 ]]; then
+    package_of[fakeroot]=fakeroot
+fi
+
+# sshd and debootstrap live in /usr/sbin, which a user's PATH may lack. The harness takes
+# Chromium under any of its names.
+have() {
+    local name
+    local -a names=("$1")
+    [[ $1 == chromium ]] && names+=(chromium-browser google-chrome)
+    for name in "${names[@]}"; do
+        PATH="$PATH:/usr/sbin:/sbin" command -v "$name" >/dev/null 2>&1 && return 0
+    done
+    return 1
+}
+
+missing_tools() {
+    local tool
+    for tool in "${!package_of[@]}"; do
+        have "$tool" || printf '%s\n' "$tool"
+    done | sort
+}
+
+mapfile -t missing < <(missing_tools)
+if ((${#missing[@]})); then
+    mapfile -t packages < <(for tool in "${missing[@]}"; do printf '%s\n' "${package_of[$tool]}"; done | sort -u)
+    if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null 2>&1; then
+        say "installing ${packages[*]} (for ${missing[*]})"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq
+        apt-get install -y -qq --no-install-recommends "${packages[@]}" >/dev/null
+        mapfile -t missing < <(missing_tools)
+        if ((${#missing[@]})); then
+            say "still missing after apt-get install: ${missing[*]}"
+            exit 1
+        fi
+    else
+        say "missing host tools the tests need: ${missing[*]}"
+        say "install them (Debian packages):  sudo apt-get install ${packages[*]}"
+        say "or run this script as root on Debian, which installs them"
+        exit 1
+    fi
+fi
+
+if ! command -v docker >/dev/null 2>&1; then
+    say "the docker command is missing: install Docker Engine (Debian: apt-get install docker.io) and start it"
+    exit 1
+fi
+if ! docker info >/dev/null 2>&1; then
+    say "cannot talk to the Docker engine (docker info failed)"
+    say "is it running (systemctl start docker), and may $(id -un) use it (sudo usermod -aG docker $(id -un), then log in again)?"
+    exit 1
+fi
+if ! command -v cargo >/dev/null 2>&1; then
+    say "the Rust toolchain (cargo) is not installed; install it from https://rustup.rs, then run this again"
+    exit 1
+fi
+
+# stdout carries the images' exact tags, which only the harness wants.
+if ! images/build.sh all >/dev/null; then
+    say "the test images could not be built (above: why); building them needs root: sudo images/build.sh all"
+    exit 1
+fi
+
+if $setup_only; then
+    exit 0
+fi
 exec cargo test --all-targets -- --test-threads=4 "$@"

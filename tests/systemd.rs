@@ -1,9 +1,9 @@
 //! `systemd/bosun-agent.service`, installed and run under a real systemd (PID 1 of the
-//! `bosun/systemd` image, booted in a container) exactly as README's install section tells an
-//! operator to, against a real coordinator and the Bitbucket stand-in. `systemd/verify.sh` only
-//! checks the unit's syntax; this checks what it does: READY and STATUS through sd_notify, a
-//! job running under the sandbox, the journal, file ownership, reload, drain on stop, and
-//! restart after a crash.
+//! `bosun/systemd` image, booted in a container) exactly as docs/operations.md's install
+//! section tells an operator to, against a real coordinator and the Bitbucket stand-in.
+//! `systemd/verify.sh` only checks the unit's syntax; this checks what it does: READY and
+//! STATUS through sd_notify, a job running under the sandbox, the journal, file ownership,
+//! reload, drain on stop, and restart after a crash.
 
 mod harness;
 
@@ -128,7 +128,8 @@ fn the_agent_unit_installs_runs_reloads_drains_and_restarts_under_systemd() {
     let host = SystemdHost::boot(&rig, "build-01");
     let t_boot = t0.elapsed();
 
-    // Install as README's "Installing the agent (systemd)" says, with the committed files.
+    // Install as docs/operations.md's "Installing the agent (systemd, by hand)" says, with the
+    // committed files.
     let unit_file = std::fs::read(harness::repo_root().join("systemd/bosun-agent.service"))
         .expect("systemd/bosun-agent.service");
     let binary = std::fs::read(harness::bosun_bin()).expect("bosun binary");
@@ -274,7 +275,7 @@ fn the_agent_unit_installs_runs_reloads_drains_and_restarts_under_systemd() {
     host.wait_journal(UNIT, &format!("job {job} finished: success"));
     let journal = host.journal(UNIT);
     assert!(journal.contains("registered as agent-"), "{journal}");
-    // The unit's directory settings agree with README's install steps.
+    // The unit's directory settings agree with docs/operations.md's install steps.
     assert!(!journal.contains("but the mode is different"), "{journal}");
 
     // Reload: SIGHUP re-reads agent.toml; same process, still active, and it says so.

@@ -226,8 +226,8 @@ fn limit_malloc_arenas() {
 
 /// Give the heap's free pages back to the kernel, once nothing runs or delivers (checked at
 /// each heartbeat, after a job or a delivery ended). glibc returns only the top of the main
-/// heap by itself: after a job with a big log, an idle agent kept 4–5 MiB of freed buffers
-/// in its arenas (RssAnon 11.0 → 5.9 MiB when trimmed, measured 2026-12-02).
+/// heap by itself: after a job with a big log, an idle agent kept megabytes of freed buffers
+/// in its arenas (docs/benchmarks.md, Agent).
 fn trim_heap() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {

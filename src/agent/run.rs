@@ -318,9 +318,9 @@ const GATHER: Duration = Duration::from_millis(200);
 /// Unsent output that is sent without waiting.
 const GATHER_BYTES: u64 = 256 * 1024;
 /// How much of the spool a log request holds in memory at a time: a request carries up to
-/// MAX_LOG_CHUNK, streamed from the spool in pieces of this size. (Reading whole 8 MiB
-/// chunks put the agent's peak RSS at 37–51 MiB for a 200 MiB log, over its 50 MB budget;
-/// 2 MiB requests kept it at 26 MiB but made delivery lag the step by ~0.6 s.)
+/// MAX_LOG_CHUNK, streamed from the spool in pieces of this size. (Reading whole chunks
+/// into memory took the agent's peak RSS over its budget for a big log, and smaller requests
+/// made delivery lag the step.)
 const SEND_PIECE: u64 = 256 * 1024;
 
 /// `len` log bytes from `offset`, read from the spool piece by piece as the request goes out.

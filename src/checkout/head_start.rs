@@ -1,7 +1,7 @@
 //! A head start for a checkout through a warm mirror.
 //!
 //! The fetch that proves the job's keys and brings what is new is one SSH connection and
-//! a ref advertisement: ~200 ms spent mostly waiting on the server. The tree the mirror
+//! a ref advertisement, its time spent mostly waiting on the server. The tree the mirror
 //! already holds for the wanted reference (the branch's tip at the previous job) is most of
 //! the tree the job will get, so while the fetch waits a second thread writes that tree
 //! into the job's working directory from the objects the mirror had. After the fetch, the

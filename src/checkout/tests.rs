@@ -311,7 +311,7 @@ fn submodule_urls_are_ssh_or_relative() {
 
 /// A repository on this machine is copied the way a mirror is (its packs hard-linked into the
 /// job's `.git`), not fetched through libgit2's local transport, which packed every object
-/// anew (18 s for 4,000 commits): the checkout's pack is the source's very file, and the copy
+/// anew (slow for a long history): the checkout's pack is the source's very file, and the copy
 /// is a whole repository (`git fsck`, history, tags, the upstream branch).
 #[test]
 fn a_local_repository_is_linked_not_repacked() {

@@ -5,7 +5,7 @@
 //! CircleCI runs a docker job's containers on one machine of the class's size, so the
 //! primary and its services share it. Docker caps containers one by one: each container of
 //! the job (primary and services) gets the class's caps, so one container never exceeds the
-//! class, while all of them together may (README "resource_class").
+//! class, while all of them together may (docs/config-compatibility.md, `resource_class`).
 
 use crate::config::JobPlan;
 use crate::executor::Limits;

@@ -66,7 +66,8 @@ pub(super) async fn boot(
             read_only_binds: vec!["/sys/fs/cgroup".to_owned()],
             // What systemd takes as "halt".
             stop_signal: Some("SIGRTMIN+3".to_owned()),
-            // A machine's resource_class names a VM size, not limits (see README).
+            // A machine's resource_class names a VM size, not limits
+            // (docs/config-compatibility.md).
             limits: None,
             // The job's engine: a machine has Docker without setup_remote_docker.
             binds: engine

@@ -9,7 +9,7 @@ pub static CIRCLECI_EXECUTABLE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), 
 
 /// Hand back to the kernel the pages of `bytes`, data in the binary's read-only segment that
 /// this process is done with for now: the in-job executable, once a job's setup archive holds
-/// its copy. Otherwise its 1.4 MiB stay mapped (and counted in the agent's RSS) from the first
+/// its copy. Otherwise its pages stay mapped (and counted in the agent's RSS) from the first
 /// job on, though the agent reads them once a job. `MADV_PAGEOUT` never changes what the bytes
 /// read (a page mapped by another process, the coordinator running the same binary, stays
 /// where it is); the next job reads them back from the page cache or the file. Only the pages

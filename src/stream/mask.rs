@@ -11,9 +11,9 @@
 //!   most `longest secret - 1` bytes wait for the next chunk; [`Masker::finish`] flushes them.
 //! - Occurrences are found with one leftmost-longest Aho-Corasick automaton over all values,
 //!   whose SIMD prefilter skips plain text; occurrences starting inside a found one are
-//!   checked directly, and unmasked runs are copied whole. (A byte-at-a-time scan cost the
-//!   agent ~0.2 CPU seconds per 200 MiB of log with a deploy key to mask; the automaton's
-//!   overlapping search, which cannot use the prefilter, still ~0.25.)
+//!   checked directly, and unmasked runs are copied whole. (A byte-at-a-time scan, and the
+//!   automaton's overlapping search, which cannot use the prefilter, both cost the agent
+//!   several times more CPU per byte of log with a deploy key to mask.)
 
 pub const MASK: &[u8] = b"********";
 

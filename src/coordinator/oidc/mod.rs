@@ -6,10 +6,11 @@
 //! One door: [`Oidc`] (made from the `serve` settings) mints a job's tokens ([`Oidc::tokens`])
 //! and serves discovery and the JWKS ([`router`]). Keys live in [`keys`].
 //!
-//! Where Bosun differs from CircleCI (README "OIDC tokens"): the issuer is one URL for the
-//! whole coordinator (`--oidc-issuer`), not one per organization; ids are Bosun's derived
-//! UUIDs (the same the job sees in `CIRCLE_PROJECT_ID`/`CIRCLE_ORGANIZATION_ID`); the user id
-//! is derived from the pipeline's user name; contexts do not exist yet (`context-ids` is empty).
+//! Where Bosun differs from CircleCI (docs/coordinator.md, "OIDC tokens"): the issuer is one
+//! URL for the whole coordinator (`--oidc-issuer`), not one per organization; ids are Bosun's
+//! derived UUIDs (the same the job sees in `CIRCLE_PROJECT_ID`/`CIRCLE_ORGANIZATION_ID`); the
+//! user id is derived from the pipeline's user name; contexts do not exist yet (`context-ids`
+//! is empty).
 
 pub mod keys;
 

@@ -1,7 +1,8 @@
 //! A pipeline's config read through Bitbucket's REST API, when the project has API
 //! credentials (the ones its commit statuses use) and the pipeline names a full commit: one
 //! HTTPS request on a kept-alive connection instead of an SSH login and fetch into the config
-//! mirror, which was 150–175 ms of the 222 ms from webhook to first claim.
+//! mirror, which is most of the time from webhook to first claim (docs/benchmarks.md,
+//! Pipelines).
 //!
 //! - Cloud (`--status-api https://api.bitbucket.org/2.0`): `GET {api}/repositories/
 //!   {workspace}/{repo}/src/{commit}/.circleci/config.yml` (the file's raw content).

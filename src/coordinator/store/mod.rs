@@ -9,11 +9,11 @@
 //! database file's mode).
 //!
 //! Logs live beside the database, not in it: a log is written once and read in order, and
-//! storing it as SQLite blobs wrote every byte three times (WAL, checkpoint, overflow pages)
-//! and cost the coordinator 1.7 CPU seconds per 200 MiB. `jobs.log_bytes` is the committed
-//! length; bytes past it in the file are an append that never committed and are cut off by
-//! the next one. A log file is written without fsync while the job runs and fsync'd before
-//! the final status commits. That is enough because the agent keeps its spool until the
+//! storing it as SQLite blobs wrote every byte three times (WAL, checkpoint, overflow pages),
+//! several times the CPU of a file append (docs/benchmarks.md, Agent). `jobs.log_bytes` is the
+//! committed length; bytes past it in the file are an append that never committed and are cut
+//! off by the next one. A log file is written without fsync while the job runs and fsync'd
+//! before the final status commits. That is enough because the agent keeps its spool until the
 //! finish is acknowledged: after a crash of the coordinator's host a running job's file may be
 //! shorter than `log_bytes`, the next append notices, lowers `log_bytes` to what survived and
 //! answers 409 with it, and the agent resends the rest.

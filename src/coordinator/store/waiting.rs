@@ -38,8 +38,8 @@ struct Candidate {
 /// gpu`.
 fn who(class: Option<&str>, labels: &[String], restricted: bool) -> String {
     let mut s = match class {
-        // `namespace/name` is a self-hosted runner class (README: Pipelines); anything else
-        // an operator's `enqueue --resource-class`.
+        // `namespace/name` is a self-hosted runner class (docs/pipelines-and-bitbucket.md);
+        // anything else an operator's `enqueue --resource-class`.
         Some(c) if c.contains('/') => format!("agent of runner class {c}"),
         Some(c) => format!("agent of resource class {c}"),
         None => "agent".to_owned(),

@@ -1,8 +1,8 @@
-//! The step runner: the job container's main process becomes this, and the agent runs the
-//! job's `run` steps through it instead of one `docker exec` each. An exec costs the engine a
-//! runtime process that enters the container's namespaces (55–75 ms a step on the reference
-//! machine); a fork here costs under a millisecond. The engine's exec stays for what must run
-//! as another user (stopping a step as root) and for images where this cannot run.
+//! The step runner: the job container's main process becomes this, and the agent runs the job's
+//! `run` steps through it instead of one `docker exec` each. An exec costs the engine a runtime
+//! process that enters the container's namespaces (tens of milliseconds a step); a fork here
+//! costs under a millisecond (docs/benchmarks.md). The engine's exec stays for what must run as
+//! another user (stopping a step as root) and for images where this cannot run.
 //!
 //! It speaks frames over its stdin and stdout, which are the container's attach stream:
 //! `kind: u8, id: u32 BE, len: u32 BE, payload`. The agent asks `RUN`; the runner answers
