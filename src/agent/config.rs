@@ -422,6 +422,28 @@ mod tests {
     }
 
     #[test]
+    fn engine_subnet_pools_are_networks_in_cidr_notation() {
+        let parse = |pools: &str| {
+            AgentConfig::parse(
+                &format!("coordinator_url = \"https://c:8443\"\nengine_subnet_pools = {pools}\n"),
+                "t",
+                |_| None,
+            )
+            .expect("parse")
+        };
+        let s = parse(r#"["10.200.0.0/16", "fd00:b05::/48"]"#)
+            .engine_settings()
+            .expect("settings");
+        assert_eq!(s.limits.subnet_pools.len(), 2);
+        assert_eq!(s.limits.subnet_pools[0].to_string(), "10.200.0.0/16");
+        let e = parse(r#"["10.200.0.0"]"#).engine_settings().unwrap_err();
+        assert!(
+            e.to_string().contains("engine_subnet_pools: `10.200.0.0`"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn plain_http_is_refused_to_another_host_unless_allowed() {
         let parse = |url: &str, extra: &str| {
             AgentConfig::parse(
