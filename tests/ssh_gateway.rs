@@ -5,6 +5,7 @@ mod harness;
 
 use harness::{ensure_images, image, Project};
 use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -330,6 +331,77 @@ fn a_job_nobody_connects_to_is_released_when_the_wait_passes_and_then_refuses() 
         .output()
         .expect("ssh");
     assert_eq!(o.status.code(), Some(255));
+}
+
+/// `n` TCP connections to the gateway from 127.0.0.1 that never send an SSH banner, each with
+/// the first thing the gateway sent on it (its own banner when it took the connection; a
+/// refusal, or nothing, when it closed it at once).
+fn idle_connections(port: u16, n: usize) -> Vec<(TcpStream, String)> {
+    let conns: Vec<TcpStream> = (0..n)
+        .map(|_| TcpStream::connect(("127.0.0.1", port)).expect("connect"))
+        .collect();
+    conns
+        .into_iter()
+        .map(|mut s| {
+            s.set_read_timeout(Some(Duration::from_secs(20)))
+                .expect("timeout");
+            let mut buf = [0u8; 256];
+            let got = match s.read(&mut buf) {
+                Ok(n) => String::from_utf8_lossy(&buf[..n]).into_owned(),
+                Err(e) => format!("read error: {e}"),
+            };
+            (s, got)
+        })
+        .collect()
+}
+
+fn admitted(conns: &[(TcpStream, String)]) -> usize {
+    conns
+        .iter()
+        .filter(|(_, got)| got.starts_with("SSH-2.0-"))
+        .count()
+}
+
+#[test]
+fn hundreds_of_idle_connections_from_one_address_do_not_lock_out_a_login() {
+    ensure_images();
+    let p = Project::new(&config("", "echo steps-done"));
+    let g = start(&p, &["--ssh-wait", "60s", "--ssh-grace", "1s"]);
+    let job = p.job_id.as_str();
+
+    // More idle connections than the gateway takes in all, from one address, held open.
+    let flood = idle_connections(g.port, 300);
+
+    // The flood's own address is what is held back: a login from it is refused at once, its
+    // first connections were taken and the rest were told why they were closed.
+    let o = g.run_as(&g.key, job, "true");
+    assert_eq!(o.status.code(), Some(255), "{o:?}");
+
+    // Another address still logs in and runs a command.
+    let o = g
+        .ssh(&g.key, job)
+        .args(["-b", "127.0.0.2", "echo in-$((6*7))"])
+        .output()
+        .expect("ssh");
+    assert_eq!(
+        (o.status.code(), text(&o).as_str()),
+        (Some(0), "in-42\n"),
+        "login from 127.0.0.2 during the flood: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+
+    let taken = admitted(&flood);
+    assert!((1..=10).contains(&taken), "{taken} idle connections taken");
+    let told = flood
+        .iter()
+        .filter(|(_, got)| got.contains("too many connections not logged in from your address"))
+        .count();
+    assert_eq!(taken + told, flood.len());
+    drop(flood);
+
+    let out = g.run.finish(Duration::from_secs(60));
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    p.assert_no_container_left();
 }
 
 /// A child process killed when the test lets go of it (a failed assertion included).
