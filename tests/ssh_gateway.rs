@@ -374,8 +374,18 @@ fn hundreds_of_idle_connections_from_one_address_do_not_lock_out_a_login() {
 
     // The flood's own address is what is held back: a login from it is refused at once, its
     // first connections were taken and the rest were told why they were closed.
-    let o = g.run_as(&g.key, job, "true");
+    let o = g
+        .ssh(&g.key, job)
+        .args(["-v", "true"])
+        .output()
+        .expect("ssh");
     assert_eq!(o.status.code(), Some(255), "{o:?}");
+    // `ssh -v` shows the line the gateway sent before closing.
+    assert!(
+        String::from_utf8_lossy(&o.stderr)
+            .contains("too many connections not logged in from your address"),
+        "{o:?}"
+    );
 
     // Another address still logs in and runs a command.
     let o = g
@@ -397,6 +407,66 @@ fn hundreds_of_idle_connections_from_one_address_do_not_lock_out_a_login() {
         .filter(|(_, got)| got.contains("too many connections not logged in from your address"))
         .count();
     assert_eq!(taken + told, flood.len());
+    drop(flood);
+
+    let out = g.run.finish(Duration::from_secs(60));
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    p.assert_no_container_left();
+}
+
+#[test]
+fn connections_that_do_not_log_in_are_closed_after_the_login_grace_time() {
+    ensure_images();
+    let p = Project::new(&config("", "echo steps-done"));
+    let g = start(
+        &p,
+        &[
+            "--ssh-wait",
+            "60s",
+            "--ssh-grace",
+            "1s",
+            "--ssh-login-grace",
+            "3s",
+        ],
+    );
+    let job = p.job_id.as_str();
+
+    let t = Instant::now();
+    let mut flood = idle_connections(g.port, 300);
+    assert!(admitted(&flood) > 0);
+    // Every connection the gateway took is closed by it once the grace time has passed from
+    // its accept (after `t`), and none before.
+    let mut first = None;
+    for (s, got) in &mut flood {
+        if !got.starts_with("SSH-2.0-") {
+            continue;
+        }
+        s.set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("timeout");
+        let mut buf = [0u8; 64];
+        let r = s.read(&mut buf);
+        assert!(
+            matches!(&r, Ok(0))
+                || matches!(&r, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset),
+            "an idle connection past the grace time: {r:?} after {:?}",
+            t.elapsed()
+        );
+        first.get_or_insert(t.elapsed());
+    }
+    let (first, last) = (first.expect("one taken"), t.elapsed());
+    assert!(
+        first >= Duration::from_millis(2900) && last < Duration::from_secs(13),
+        "closed from {first:?} to {last:?} after the connects, with a 3 s grace time"
+    );
+
+    // The address is let in again, and a logged-in session outlives the grace time.
+    let o = g.run_as(&g.key, job, "echo in; sleep 5; echo still-in");
+    assert_eq!(
+        (o.status.code(), text(&o).as_str()),
+        (Some(0), "in\nstill-in\n"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     drop(flood);
 
     let out = g.run.finish(Duration::from_secs(60));

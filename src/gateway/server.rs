@@ -41,7 +41,9 @@ struct Shared {
 impl Shared {
     fn admission(&self) -> MutexGuard<'_, Admission> {
         // The counts stay right across a panic elsewhere: every change is one short step.
-        self.admission.lock().unwrap_or_else(PoisonError::into_inner)
+        self.admission
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     fn blocked(&self, ip: Option<IpAddr>) -> bool {
