@@ -122,6 +122,9 @@ pub struct SshArgs {
     /// How long the container stays after the last session ends.
     #[arg(long, value_parser = parse_duration, default_value = "5s", requires = "ssh")]
     pub ssh_grace: Duration,
+    /// How long a connection to the gateway may take to log in before it is closed.
+    #[arg(long, value_parser = parse_duration, default_value = "30s", requires = "ssh")]
+    pub ssh_login_grace: Duration,
 }
 
 impl SshArgs {
@@ -171,6 +174,7 @@ impl SshArgs {
         let mut c = crate::gateway::GatewayConfig::new(self.ssh_listen, host_key);
         c.wait = self.ssh_wait;
         c.grace = self.ssh_grace;
+        c.login_grace = self.ssh_login_grace;
         c
     }
 }

@@ -5,6 +5,7 @@ mod harness;
 
 use harness::{ensure_images, image, Project};
 use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -330,6 +331,147 @@ fn a_job_nobody_connects_to_is_released_when_the_wait_passes_and_then_refuses() 
         .output()
         .expect("ssh");
     assert_eq!(o.status.code(), Some(255));
+}
+
+/// `n` TCP connections to the gateway from 127.0.0.1 that never send an SSH banner, each with
+/// the first thing the gateway sent on it (its own banner when it took the connection; a
+/// refusal, or nothing, when it closed it at once).
+fn idle_connections(port: u16, n: usize) -> Vec<(TcpStream, String)> {
+    let conns: Vec<TcpStream> = (0..n)
+        .map(|_| TcpStream::connect(("127.0.0.1", port)).expect("connect"))
+        .collect();
+    conns
+        .into_iter()
+        .map(|mut s| {
+            s.set_read_timeout(Some(Duration::from_secs(20)))
+                .expect("timeout");
+            let mut buf = [0u8; 256];
+            let got = match s.read(&mut buf) {
+                Ok(n) => String::from_utf8_lossy(&buf[..n]).into_owned(),
+                Err(e) => format!("read error: {e}"),
+            };
+            (s, got)
+        })
+        .collect()
+}
+
+fn admitted(conns: &[(TcpStream, String)]) -> usize {
+    conns
+        .iter()
+        .filter(|(_, got)| got.starts_with("SSH-2.0-"))
+        .count()
+}
+
+#[test]
+fn hundreds_of_idle_connections_from_one_address_do_not_lock_out_a_login() {
+    ensure_images();
+    let p = Project::new(&config("", "echo steps-done"));
+    let g = start(&p, &["--ssh-wait", "60s", "--ssh-grace", "1s"]);
+    let job = p.job_id.as_str();
+
+    // More idle connections than the gateway takes in all, from one address, held open.
+    let flood = idle_connections(g.port, 300);
+
+    // The flood's own address is what is held back: a login from it is refused at once, its
+    // first connections were taken and the rest were told why they were closed.
+    let o = g
+        .ssh(&g.key, job)
+        .args(["-v", "true"])
+        .output()
+        .expect("ssh");
+    assert_eq!(o.status.code(), Some(255), "{o:?}");
+    // `ssh -v` shows the line the gateway sent before closing.
+    assert!(
+        String::from_utf8_lossy(&o.stderr)
+            .contains("too many connections not logged in from your address"),
+        "{o:?}"
+    );
+
+    // Another address still logs in and runs a command.
+    let o = g
+        .ssh(&g.key, job)
+        .args(["-b", "127.0.0.2", "echo in-$((6*7))"])
+        .output()
+        .expect("ssh");
+    assert_eq!(
+        (o.status.code(), text(&o).as_str()),
+        (Some(0), "in-42\n"),
+        "login from 127.0.0.2 during the flood: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+
+    let taken = admitted(&flood);
+    assert!((1..=10).contains(&taken), "{taken} idle connections taken");
+    let told = flood
+        .iter()
+        .filter(|(_, got)| got.contains("too many connections not logged in from your address"))
+        .count();
+    assert_eq!(taken + told, flood.len());
+    drop(flood);
+
+    let out = g.run.finish(Duration::from_secs(60));
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    p.assert_no_container_left();
+}
+
+#[test]
+fn connections_that_do_not_log_in_are_closed_after_the_login_grace_time() {
+    ensure_images();
+    let p = Project::new(&config("", "echo steps-done"));
+    let g = start(
+        &p,
+        &[
+            "--ssh-wait",
+            "60s",
+            "--ssh-grace",
+            "1s",
+            "--ssh-login-grace",
+            "3s",
+        ],
+    );
+    let job = p.job_id.as_str();
+
+    let t = Instant::now();
+    let mut flood = idle_connections(g.port, 300);
+    assert!(admitted(&flood) > 0);
+    // Every connection the gateway took is closed by it once the grace time has passed from
+    // its accept (after `t`), and none before.
+    let mut first = None;
+    for (s, got) in &mut flood {
+        if !got.starts_with("SSH-2.0-") {
+            continue;
+        }
+        s.set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("timeout");
+        let mut buf = [0u8; 64];
+        let r = s.read(&mut buf);
+        assert!(
+            matches!(&r, Ok(0))
+                || matches!(&r, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset),
+            "an idle connection past the grace time: {r:?} after {:?}",
+            t.elapsed()
+        );
+        first.get_or_insert(t.elapsed());
+    }
+    let (first, last) = (first.expect("one taken"), t.elapsed());
+    assert!(
+        first >= Duration::from_millis(2900) && last < Duration::from_secs(13),
+        "closed from {first:?} to {last:?} after the connects, with a 3 s grace time"
+    );
+
+    // The address is let in again, and a logged-in session outlives the grace time.
+    let o = g.run_as(&g.key, job, "echo in; sleep 5; echo still-in");
+    assert_eq!(
+        (o.status.code(), text(&o).as_str()),
+        (Some(0), "in\nstill-in\n"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    drop(flood);
+
+    let out = g.run.finish(Duration::from_secs(60));
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    p.assert_no_container_left();
 }
 
 /// A child process killed when the test lets go of it (a failed assertion included).

@@ -9,7 +9,17 @@
 //! `server` (authentication, rate limits, session limits) and `bridge` (an SSH channel ↔ an
 //! exec: `pty-req`, `window-change`, `shell`, `exec`, `subsystem sftp`, `direct-tcpip` to the
 //! job's own `localhost`, `exit-status`).
+//!
+//! Before login, a connection is held to limits like OpenSSH's `LoginGraceTime`,
+//! `PerSourceMaxStartups` and `MaxStartups` (`admission`), so that connections which never
+//! log in cannot keep everyone else out: it must log in within
+//! [`GatewayConfig::login_grace`] (default 30 s) or be closed; one address (an IPv6 /64) may
+//! have 10 such connections at once; past 20 in all, new ones are dropped at random, 30% at
+//! first rising linearly to all at 100. Logged-in sessions leave those counts (they have the
+//! per-job session limit and [`GatewayConfig::idle_timeout`] instead); 256 connections in all,
+//! logged in or not. A refused connection is sent one line saying why, then closed.
 
+mod admission;
 mod bridge;
 pub mod host_key;
 pub mod keys;
@@ -46,6 +56,8 @@ pub struct GatewayConfig {
     pub sessions_per_job: usize,
     /// A connection with no traffic for this long is closed.
     pub idle_timeout: Duration,
+    /// A connection that has not logged in this long after it was accepted is closed.
+    pub login_grace: Duration,
 }
 
 impl GatewayConfig {
@@ -59,6 +71,10 @@ impl GatewayConfig {
             grace: Duration::from_secs(30),
             sessions_per_job: 8,
             idle_timeout: Duration::from_secs(3600),
+            // Long enough for a passphrase prompt or a security key's touch; short enough
+            // that connections which never log in give their places back soon. (OpenSSH's
+            // `LoginGraceTime` is 120 s, with no per-address cap by default.)
+            login_grace: Duration::from_secs(30),
         }
     }
 }

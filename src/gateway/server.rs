@@ -1,8 +1,9 @@
-//! Connections: authentication (the user name is a job id; the key must be one of that job's),
-//! per-address rate limits on failures, per-job session limits, and the channels a session may
-//! open. Every refusal looks the same and takes the same time (russh's
-//! `auth_rejection_time`).
+//! Connections: admission before login (see [`super::admission`]), the login grace time,
+//! authentication (the user name is a job id; the key must be one of that job's), per-address
+//! rate limits on failures, per-job session limits, and the channels a session may open. Every
+//! login refusal looks the same and takes the same time (russh's `auth_rejection_time`).
 
+use super::admission::{Admission, Decision, LIMITS};
 use super::bridge;
 use super::GatewayConfig;
 use crate::executor::Executor;
@@ -12,7 +13,9 @@ use russh::server::{Auth, Msg, Session};
 use russh::{Channel, ChannelId, MethodKind, MethodSet};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::os::fd::AsFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
@@ -26,18 +29,23 @@ const CIPHERS: &[russh::cipher::Name] = &[russh::cipher::AES_128_GCM, russh::cip
 /// Failed logins an address may make per window before every attempt from it is refused.
 const MAX_FAILURES: u32 = 10;
 const FAILURE_WINDOW: Duration = Duration::from_secs(60);
-/// Connections still in the handshake or open, in all; past it new ones are closed at once.
-const MAX_CONNECTIONS: usize = 256;
 
 struct Shared {
     registry: Registry,
     executor: Arc<dyn Executor>,
     config: GatewayConfig,
     failures: Mutex<HashMap<IpAddr, (u32, Instant)>>,
-    connections: std::sync::atomic::AtomicUsize,
+    admission: Mutex<Admission>,
 }
 
 impl Shared {
+    fn admission(&self) -> MutexGuard<'_, Admission> {
+        // The counts stay right across a panic elsewhere: every change is one short step.
+        self.admission
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
     fn blocked(&self, ip: Option<IpAddr>) -> bool {
         let Some(ip) = ip else { return false };
         let Ok(f) = self.failures.lock() else {
@@ -95,8 +103,9 @@ pub(super) async fn serve(
         executor,
         config,
         failures: Mutex::new(HashMap::new()),
-        connections: std::sync::atomic::AtomicUsize::new(0),
+        admission: Mutex::new(Admission::new(LIMITS)),
     });
+    let rng = ring::rand::SystemRandom::new();
     loop {
         let (socket, peer) = tokio::select! {
             () = stop.cancelled() => return,
@@ -109,36 +118,113 @@ pub(super) async fn serve(
                 }
             },
         };
-        use std::sync::atomic::Ordering;
-        if shared.connections.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
-            shared.connections.fetch_sub(1, Ordering::SeqCst);
+        let decision = shared.admission().admit(peer.ip(), uniform(&rng));
+        if let Decision::Refuse(why) = decision {
+            // Debug only: a flood must not flood the log as well.
+            tracing::debug!(%peer, "SSH gateway: connection refused: {why}");
+            // Best effort and never waiting: the socket's buffer is empty, the line short.
+            let _ = socket.try_write(why.line().as_bytes());
             drop(socket);
             continue;
         }
+        let authenticated = Arc::new(AtomicBool::new(false));
+        // The slot first, so that the connection's place is given back whatever happens next.
+        let slot = Slot {
+            shared: Arc::clone(&shared),
+            ip: peer.ip(),
+            authenticated: Arc::clone(&authenticated),
+        };
+        // A second descriptor of the socket to shut it down from here when the login grace
+        // time passes: russh owns the stream and keeps the session running on a task of its
+        // own, and a message through its handle is not read while a client stalls a key
+        // exchange.
+        let closer = match socket.as_fd().try_clone_to_owned() {
+            Ok(fd) => std::net::TcpStream::from(fd),
+            Err(e) => {
+                tracing::warn!(%peer, "SSH gateway: connection refused: cannot duplicate its socket: {e}");
+                continue;
+            }
+        };
         let _ = socket.set_nodelay(true);
         let handler = Connection {
             shared: Arc::clone(&shared),
             peer,
+            slot,
             session: None,
             started: HashMap::new(),
         };
         let config = Arc::clone(&russh_config);
         let stop = stop.clone();
-        let shared = Arc::clone(&shared);
+        let login_grace = shared.config.login_grace;
         tokio::spawn(async move {
-            match russh::server::run_stream(config, socket, handler).await {
-                Ok(session) => {
-                    tokio::select! {
-                        r = session => if let Err(e) = r {
+            let connection = async move {
+                russh::server::run_stream(config, socket, handler)
+                    .await?
+                    .await
+            };
+            tokio::pin!(connection);
+            let grace = tokio::time::sleep(login_grace);
+            tokio::pin!(grace);
+            let mut closer = Some(closer);
+            loop {
+                tokio::select! {
+                    r = &mut connection => {
+                        if let Err(e) = r {
                             tracing::debug!(%peer, "SSH gateway: connection ended: {e}");
-                        },
-                        () = stop.cancelled() => {}
+                        }
+                        break;
+                    }
+                    () = stop.cancelled() => break,
+                    () = &mut grace, if closer.is_some() => {
+                        // Dropped either way: a session keeps no second descriptor.
+                        if let Some(c) = closer.take() {
+                            if !authenticated.load(Ordering::SeqCst) {
+                                tracing::debug!(%peer, "SSH gateway: not logged in within {login_grace:?}: closing");
+                                // russh then reads the end of the stream, and the session
+                                // ends and gives its slot back.
+                                let _ = c.shutdown(std::net::Shutdown::Both);
+                            }
+                        }
                     }
                 }
-                Err(e) => tracing::debug!(%peer, "SSH gateway: handshake: {e}"),
             }
-            shared.connections.fetch_sub(1, Ordering::SeqCst);
         });
+    }
+}
+
+/// A number uniform in [0, 1) for the early drop; 0 (the strictest draw) if the system's
+/// generator fails.
+fn uniform(rng: &ring::rand::SystemRandom) -> f64 {
+    use ring::rand::SecureRandom;
+    let mut b = [0u8; 8];
+    if rng.fill(&mut b).is_err() {
+        return 0.0;
+    }
+    // The top 53 bits: every value a multiple of 2^-53, as many as an f64 holds exactly.
+    (u64::from_le_bytes(b) >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// A connection's place in the admission counts: a startup until it logs in, a session after;
+/// given back when the connection's handler goes (its session ended, or its handshake failed).
+struct Slot {
+    shared: Arc<Shared>,
+    ip: IpAddr,
+    /// Also read by the connection's task, for the login grace time.
+    authenticated: Arc<AtomicBool>,
+}
+
+impl Slot {
+    fn authenticated(&self) {
+        if !self.authenticated.swap(true, Ordering::SeqCst) {
+            self.shared.admission().authenticated(self.ip);
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let authenticated = self.authenticated.load(Ordering::SeqCst);
+        self.shared.admission().closed(self.ip, authenticated);
     }
 }
 
@@ -152,6 +238,7 @@ pub(super) enum ConnError {
 struct Connection {
     shared: Arc<Shared>,
     peer: SocketAddr,
+    slot: Slot,
     /// Set once a key of the job was accepted.
     session: Option<SessionHold>,
     /// Channels on which a program was started (one per channel).
@@ -239,6 +326,7 @@ impl russh::server::Handler for Connection {
             hold: Some(hold),
             grace: shared.config.grace,
         });
+        self.slot.authenticated();
         Ok(Auth::Accept)
     }
 
