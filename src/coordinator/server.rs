@@ -12,12 +12,18 @@
 //! * **connection limit** (`--max-connections`, 1024, and never more than the process's
 //!   RLIMIT_NOFILE minus a reserve for the database and log files): past it, new connections
 //!   wait in the kernel's backlog until one closes, instead of failing `accept` in a loop;
+//! * **per-address cap on waiting connections** (`--max-waiting-per-address`, 32): a new
+//!   connection from an address that already has that many connections waiting for request
+//!   headers (new, or idle between keep-alive requests) is closed at once, so one address
+//!   stalling connections cannot fill the connection limit for everyone (see
+//!   [`super::per_address`]);
 //! * **TLS** (`--tls-cert/--tls-key`): rustls over the accepted socket, the handshake bounded
 //!   by the header timeout;
 //! * **shutdown**: on SIGTERM/SIGINT the listener closes, live streams end (see
 //!   [`super::AppState::shutdown`]), every connection is asked to finish its request and
 //!   close, and after [`SHUTDOWN_GRACE`] whatever is left is dropped.
 
+use super::per_address::{Connection, InRequest, PerAddress};
 use super::{CoordError, Result};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use std::path::Path;
@@ -37,6 +43,9 @@ const FD_RESERVE: u64 = 64;
 pub struct Limits {
     pub header_timeout: Duration,
     pub max_connections: usize,
+    /// Connections waiting for request headers one address may have when it opens another
+    /// (0: no cap).
+    pub max_waiting_per_address: usize,
 }
 
 impl Limits {
@@ -112,10 +121,12 @@ pub async fn serve(
     let limits = limits.within_fd_limit();
     tracing::info!(
         max_connections = limits.max_connections,
+        max_waiting_per_address = limits.max_waiting_per_address,
         header_timeout_ms = limits.header_timeout.as_millis() as u64,
         "serving"
     );
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let waiting = PerAddress::new(limits.max_waiting_per_address);
     let mut tasks = tokio::task::JoinSet::new();
     loop {
         let permit = tokio::select! {
@@ -139,8 +150,22 @@ pub async fn serve(
                 continue;
             }
         };
+        let Some(first) = waiting.admit(peer.ip()) else {
+            // Closed before reading anything: the slot goes back at once. Debug only, since
+            // whoever is refused can make this as frequent as they like.
+            tracing::debug!(
+                %peer,
+                cap = waiting.cap(),
+                "connection closed: its address has too many connections waiting for request headers"
+            );
+            drop(stream);
+            continue;
+        };
         let _ = stream.set_nodelay(true);
-        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let service = Counted {
+            inner: hyper_util::service::TowerToHyperService::new(app.clone()),
+            conn: Connection::new(first, peer.ip()),
+        };
         let stop = shutdown.clone();
         // Reap finished connection tasks as we go, so the set does not grow.
         while tasks.try_join_next().is_some() {}
@@ -177,11 +202,67 @@ pub async fn serve(
     Ok(())
 }
 
+/// The app's service for one connection, which stops counting the connection as waiting
+/// while a request is in progress: from its headers being in until its response body is
+/// done (hyper drops the body then, or when the connection ends).
+#[derive(Clone)]
+struct Counted {
+    inner: hyper_util::service::TowerToHyperService<axum::Router>,
+    conn: Arc<Connection>,
+}
+
+impl hyper::service::Service<axum::http::Request<hyper::body::Incoming>> for Counted {
+    type Response = axum::http::Response<CountedBody>;
+    type Error = std::convert::Infallible;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = std::result::Result<Self::Response, Self::Error>> + Send>,
+    >;
+
+    fn call(&self, req: axum::http::Request<hyper::body::Incoming>) -> Self::Future {
+        let in_request = self.conn.request();
+        let response = self.inner.call(req);
+        Box::pin(async move {
+            let response = response.await?;
+            Ok(response.map(|body| CountedBody {
+                body,
+                _in_request: in_request,
+            }))
+        })
+    }
+}
+
+/// A response body that holds its request's [`InRequest`] until hyper is done with it.
+struct CountedBody {
+    body: axum::body::Body,
+    _in_request: InRequest,
+}
+
+impl hyper::body::Body for CountedBody {
+    type Data = axum::body::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<std::result::Result<hyper::body::Frame<Self::Data>, Self::Error>>>
+    {
+        std::pin::Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
 /// One HTTP/1.1 connection: header timeout, and a graceful close when `stop` fires.
 async fn serve_connection<S>(
     stream: S,
     peer: std::net::SocketAddr,
-    service: hyper_util::service::TowerToHyperService<axum::Router>,
+    service: Counted,
     limits: Limits,
     stop: CancellationToken,
 ) where
