@@ -9,10 +9,19 @@
 //!
 //! A connection counts from its accept (the TLS handshake included) until its first
 //! request's headers are in, and again whenever it waits between keep-alive requests. The
-//! idle wait counts because otherwise the cap costs a client one request per connection
-//! to get around: send a complete request, then hold the connection idle (or trickle the
-//! next request's headers) for as long as the header timeout allows. A connection already
-//! open is never closed by the cap; only new connections from that address are refused.
+//! idle wait counts because otherwise the cap costs a client one request per connection to
+//! get around: send a complete request, then hold the connection idle (or trickle the next
+//! request's headers) for as long as the header timeout allows. So when a request ends and
+//! its address already has the cap of waiting connections, the connection is closed rather
+//! than kept alive ([`Connection::close_requested`]); a request in progress is never cut.
+//!
+//! The count lags behind the accept loop: a burst of connections from one address (a reverse
+//! proxy, agents behind one NAT) can be accepted faster than their tasks read the headers
+//! already sent. So a plain-HTTP connection past the cap whose complete headers are already
+//! buffered (see [`headers_complete`]) is let in: it is not stalled, it leaves the count as
+//! soon as its task runs, and it is closed after that request unless a place is free by
+//! then. Over TLS the headers cannot be seen before the handshake, so there the cap is
+//! strict.
 //!
 //! IPv6 clients are counted per /64, the block one host usually gets, since a host can pick
 //! any address inside it; an IPv4-mapped IPv6 peer counts as its IPv4 address.
@@ -20,6 +29,7 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv6Addr};
 use std::sync::{Arc, Mutex, MutexGuard};
+use tokio_util::sync::CancellationToken;
 
 /// The per-address counts of connections waiting for request headers.
 #[derive(Debug)]
@@ -40,6 +50,15 @@ pub fn key(ip: IpAddr) -> IpAddr {
             }
         },
     }
+}
+
+/// How many bytes of a new connection's buffered input are looked at for its headers: a
+/// request line and the headers of an agent or a browser fit well inside.
+pub const PEEK_BYTES: usize = 4096;
+
+/// Whether `peeked`, the start of a connection's input, holds a request's complete headers.
+pub fn headers_complete(peeked: &[u8]) -> bool {
+    peeked.windows(4).any(|w| w == b"\r\n\r\n")
 }
 
 impl PerAddress {
@@ -78,8 +97,8 @@ impl PerAddress {
         })
     }
 
-    /// An admitted connection from `ip` waits again (for its next request): counted even
-    /// past the cap, since it was let in already.
+    /// A new connection from `ip` let in past the cap because its complete headers are
+    /// already buffered: counted anyway, until its request begins.
     pub fn hold(self: &Arc<Self>, ip: IpAddr) -> Waiting {
         let key = key(ip);
         *self.counts().entry(key).or_insert(0) += 1;
@@ -126,6 +145,7 @@ pub struct Connection {
     table: Arc<PerAddress>,
     ip: IpAddr,
     state: Mutex<State>,
+    close: CancellationToken,
 }
 
 #[derive(Debug)]
@@ -144,6 +164,7 @@ impl Connection {
                 in_progress: 0,
                 waiting: Some(first),
             }),
+            close: CancellationToken::new(),
         })
     }
 
@@ -168,10 +189,16 @@ impl Connection {
     pub fn is_waiting(&self) -> bool {
         self.state().waiting.is_some()
     }
+
+    /// Cancelled when the connection's request ended with its address at the cap: it should
+    /// close instead of waiting for another request.
+    pub fn close_requested(&self) -> &CancellationToken {
+        &self.close
+    }
 }
 
 /// A request in progress on a [`Connection`]; when the last one ends the connection waits
-/// (and counts) again.
+/// (and counts) again if its address is under the cap, else it is asked to close.
 #[derive(Debug)]
 pub struct InRequest {
     conn: Arc<Connection>,
@@ -181,8 +208,11 @@ impl Drop for InRequest {
     fn drop(&mut self) {
         let mut s = self.conn.state();
         s.in_progress = s.in_progress.saturating_sub(1);
-        if s.in_progress == 0 && s.waiting.is_none() {
-            s.waiting = Some(self.conn.table.hold(self.conn.ip));
+        if s.in_progress == 0 && s.waiting.is_none() && !self.conn.close.is_cancelled() {
+            match self.conn.table.admit(self.conn.ip) {
+                Some(w) => s.waiting = Some(w),
+                None => self.conn.close.cancel(),
+            }
         }
     }
 }
@@ -201,7 +231,10 @@ mod tests {
         let a = ip("192.0.2.1");
         let first = t.admit(a).expect("first");
         let _second = t.admit(a).expect("second");
-        assert!(t.admit(a).is_none(), "a third waiting connection is refused");
+        assert!(
+            t.admit(a).is_none(),
+            "a third waiting connection is refused"
+        );
         assert_eq!(t.waiting(a), 2, "a refusal is not counted");
         let _other = t.admit(ip("192.0.2.2")).expect("another address is let in");
         drop(first);
@@ -219,7 +252,11 @@ mod tests {
         assert_eq!(t.addresses(), 1);
         drop(guards);
         assert_eq!(t.waiting(a), 0);
-        assert_eq!(t.addresses(), 0, "no entry left for an address with no connection");
+        assert_eq!(
+            t.addresses(),
+            0,
+            "no entry left for an address with no connection"
+        );
     }
 
     #[test]
@@ -249,12 +286,28 @@ mod tests {
     }
 
     #[test]
+    fn complete_headers_are_told_from_a_stall() {
+        assert!(headers_complete(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"));
+        assert!(headers_complete(
+            b"POST /api HTTP/1.1\r\nContent-Length: 9\r\n\r\n{\"a\": 1"
+        ));
+        assert!(!headers_complete(b""));
+        assert!(!headers_complete(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: "));
+        assert!(!headers_complete(b"GET / HTTP/1.1\r\n"));
+        // A TLS ClientHello is not plain-HTTP headers.
+        assert!(!headers_complete(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01]));
+    }
+
+    #[test]
     fn a_connection_stops_counting_during_a_request_and_counts_again_after() {
         let t = PerAddress::new(1);
         let a = ip("192.0.2.1");
         let conn = Connection::new(t.admit(a).expect("admit"), a);
         assert!(conn.is_waiting());
-        assert!(t.admit(a).is_none(), "the connection waiting for headers fills the cap");
+        assert!(
+            t.admit(a).is_none(),
+            "the connection waiting for headers fills the cap"
+        );
 
         let req = conn.request();
         assert!(!conn.is_waiting());
@@ -263,18 +316,41 @@ mod tests {
         let busy_req = busy.request();
 
         drop(req);
-        assert!(conn.is_waiting(), "between keep-alive requests it waits again");
+        assert!(
+            conn.is_waiting(),
+            "between keep-alive requests it waits again"
+        );
+        assert!(!conn.close_requested().is_cancelled());
         assert_eq!(t.waiting(a), 1, "counted again, at the cap");
         assert!(t.admit(a).is_none());
 
-        // Counted again past the cap: an admitted connection is never refused.
+        // Its request over with the address at the cap: asked to close, not counted.
         drop(busy_req);
-        assert_eq!(t.waiting(a), 2);
+        assert!(!busy.is_waiting());
+        assert!(busy.close_requested().is_cancelled());
+        assert_eq!(t.waiting(a), 1);
 
         drop(conn);
-        drop(busy);
         assert_eq!(t.waiting(a), 0, "closed connections uncount");
+        drop(busy);
         assert_eq!(t.addresses(), 0);
+    }
+
+    #[test]
+    fn a_connection_let_in_past_the_cap_is_closed_after_its_request() {
+        let t = PerAddress::new(1);
+        let a = ip("192.0.2.1");
+        let _waiting = t.admit(a).expect("admit");
+        let extra = Connection::new(t.hold(a), a);
+        assert_eq!(t.waiting(a), 2, "held past the cap");
+        let req = extra.request();
+        assert_eq!(t.waiting(a), 1);
+        drop(req);
+        assert!(extra.close_requested().is_cancelled());
+        assert_eq!(t.waiting(a), 1);
+        // Never re-counted once asked to close, however its later requests end.
+        drop(extra.request());
+        assert_eq!(t.waiting(a), 1);
     }
 
     #[test]
