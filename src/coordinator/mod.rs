@@ -13,6 +13,7 @@ mod cli_pipelines;
 pub mod metrics;
 pub mod oidc;
 pub mod pages;
+pub mod per_address;
 pub mod pipelines;
 pub mod rerun;
 pub mod secrets;
@@ -207,6 +208,13 @@ pub struct ServeArgs {
     /// wait in the listen backlog.
     #[arg(long, default_value_t = 1024)]
     pub max_connections: usize,
+    /// Connections one client address (an IPv6 /64) may have waiting for request headers,
+    /// new or idle between keep-alive requests; a new connection past it is closed at once.
+    /// Without it one address could fill --max-connections with stalled connections. Each
+    /// agent or browser keeps a few; behind a reverse proxy or a NAT shared by many agents,
+    /// raise it (0: no cap).
+    #[arg(long, default_value_t = 32)]
+    pub max_waiting_per_address: usize,
     /// Serve HTTPS with this certificate chain (PEM; needs --tls-key). Claims carry the
     /// projects' private keys: anything but loopback should be HTTPS.
     #[arg(long, value_name = "PEM", requires = "tls_key")]

@@ -238,6 +238,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     let limits = server::Limits {
         header_timeout: args.header_timeout,
         max_connections: args.max_connections,
+        max_waiting_per_address: args.max_waiting_per_address,
     };
     server::serve(listener, app, limits, tls, state.shutdown.clone()).await
 }
