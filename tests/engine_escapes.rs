@@ -414,7 +414,10 @@ fn an_auth_cannot_dial_the_hosts_loopback() {
     assert!(!dialled(), "the engine connected to 127.0.0.1:{port}");
     // `docker login` keeps working: the proxy answers it, the engine never sees it.
     assert_eq!(status, 200, "{text}");
-    assert!(text.contains("bosun: the job's engine does not contact registries"), "{text}");
+    assert!(
+        text.contains("bosun: the job's engine does not contact registries"),
+        "{text}"
+    );
 }
 
 /// The host's first global IPv4 address outside Docker's bridges and its prefix length.
@@ -538,12 +541,18 @@ fn a_build_cannot_add_from_the_hosts_loopback() {
         b"Content-Type: application/x-tar\r\n",
         &context,
     );
-    assert!(!dialled(), "the engine fetched http://127.0.0.1:{port}/secret");
+    assert!(
+        !dialled(),
+        "the engine fetched http://127.0.0.1:{port}/secret"
+    );
     let made = Command::new("docker")
         .args(["image", "inspect", &tag])
         .output()
         .expect("docker");
     assert!(!made.status.success(), "the image {tag} was built");
-    assert_refused("ADD of a URL on the host's loopback", &(status, text.clone()));
+    assert_refused(
+        "ADD of a URL on the host's loopback",
+        &(status, text.clone()),
+    );
     assert!(text.contains("ADD"), "{text}");
 }

@@ -160,67 +160,115 @@ pub trait Health: Send + Sync + 'static {
     fn metrics(&self) -> &AgentMetrics;
 }
 
-/// Serve `/metrics`, `/healthz` and `/readyz` on `listener` until `stop`.
+/// Serve `/metrics`, `/healthz` and `/readyz` on `listener` until `stop`, then let the
+/// requests under way finish. Plain hyper rather than a router framework, so that the agent
+/// builds without the coordinator's web stack.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     health: Arc<dyn Health>,
     stop: tokio_util::sync::CancellationToken,
 ) {
-    use axum::http::{header, StatusCode};
-    use axum::response::IntoResponse;
-    use axum::routing::get;
-    let metrics = {
-        let h = Arc::clone(&health);
-        move || {
-            let h = Arc::clone(&h);
-            async move {
-                let dir = h.spool_dir();
-                let spool = tokio::task::spawn_blocking(move || dir_bytes(&dir))
-                    .await
-                    .unwrap_or(0);
-                (
-                    [(
-                        header::CONTENT_TYPE,
-                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    )],
-                    h.metrics().render(h.running(), spool),
-                )
-            }
-        }
-    };
-    let ready = {
-        let h = Arc::clone(&health);
-        move || {
-            let h = Arc::clone(&h);
-            async move {
-                match h.ready() {
-                    Ok(()) => (
-                        StatusCode::OK,
-                        axum::Json(serde_json::json!({"ready": true})),
-                    )
-                        .into_response(),
-                    Err(why) => (
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        axum::Json(crate::protocol::ApiError { error: why }),
-                    )
-                        .into_response(),
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        let stream = tokio::select! {
+            r = listener.accept() => match r {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    tracing::warn!("metrics listener: accept failed: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = stop.cancelled() => break,
+        };
+        let health = Arc::clone(&health);
+        let stop = stop.clone();
+        connections.spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let health = Arc::clone(&health);
+                async move { Ok::<_, std::convert::Infallible>(respond(&*health, &req).await) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            tokio::pin!(conn);
+            tokio::select! {
+                r = conn.as_mut() => if let Err(e) = r {
+                    tracing::debug!("metrics connection: {e}");
+                },
+                () = stop.cancelled() => {
+                    // Finish the request under way, then close.
+                    conn.as_mut().graceful_shutdown();
+                    if let Err(e) = conn.await {
+                        tracing::debug!("metrics connection: {e}");
+                    }
                 }
             }
-        }
-    };
-    let app = axum::Router::new()
-        .route("/metrics", get(metrics))
-        .route(
-            "/healthz",
-            get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }),
-        )
-        .route("/readyz", get(ready));
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(async move { stop.cancelled().await })
-        .await;
-    if let Err(e) = served {
-        tracing::warn!("metrics listener: {e}");
+        });
+        // Reap the connections that ended, so the set holds only the open ones.
+        while connections.try_join_next().is_some() {}
     }
+    while connections.join_next().await.is_some() {}
+}
+
+type Reply = hyper::Response<http_body_util::Full<bytes::Bytes>>;
+
+/// The answer to one request: GET (or HEAD, whose body hyper leaves out) of the three
+/// paths; 405 for another method on them, 404 elsewhere.
+async fn respond<B>(health: &dyn Health, req: &hyper::Request<B>) -> Reply {
+    use hyper::{Method, StatusCode};
+    const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+    const JSON: &str = "application/json";
+    let path = req.uri().path();
+    if !matches!(path, "/metrics" | "/healthz" | "/readyz") {
+        return reply(StatusCode::NOT_FOUND, None, Vec::new());
+    }
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        let mut r = reply(StatusCode::METHOD_NOT_ALLOWED, None, Vec::new());
+        r.headers_mut().insert(
+            hyper::header::ALLOW,
+            hyper::header::HeaderValue::from_static("GET,HEAD"),
+        );
+        return r;
+    }
+    match path {
+        "/metrics" => {
+            let dir = health.spool_dir();
+            let spool = tokio::task::spawn_blocking(move || dir_bytes(&dir))
+                .await
+                .unwrap_or(0);
+            let text = health.metrics().render(health.running(), spool);
+            reply(StatusCode::OK, Some(OPENMETRICS), text.into_bytes())
+        }
+        "/healthz" => reply(
+            StatusCode::OK,
+            Some(JSON),
+            serde_json::json!({"status": "ok"}).to_string().into_bytes(),
+        ),
+        _ => match health.ready() {
+            Ok(()) => reply(
+                StatusCode::OK,
+                Some(JSON),
+                serde_json::json!({"ready": true}).to_string().into_bytes(),
+            ),
+            Err(why) => reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                Some(JSON),
+                serde_json::to_vec(&crate::protocol::ApiError { error: why }).unwrap_or_default(),
+            ),
+        },
+    }
+}
+
+fn reply(status: hyper::StatusCode, content_type: Option<&'static str>, body: Vec<u8>) -> Reply {
+    let mut r = hyper::Response::new(http_body_util::Full::new(bytes::Bytes::from(body)));
+    *r.status_mut() = status;
+    if let Some(t) = content_type {
+        r.headers_mut().insert(
+            hyper::header::CONTENT_TYPE,
+            hyper::header::HeaderValue::from_static(t),
+        );
+    }
+    r
 }
 
 /// An [`Executor`] that counts the engine's errors in [`AgentMetrics`].
@@ -342,6 +390,93 @@ mod tests {
             "# EOF",
         ] {
             assert!(text.contains(want), "{want} missing:\n{text}");
+        }
+    }
+
+    struct Fixed {
+        metrics: AgentMetrics,
+        ready: Result<(), String>,
+        spool: tempfile::TempDir,
+    }
+
+    impl Health for Fixed {
+        fn running(&self) -> usize {
+            3
+        }
+        fn spool_dir(&self) -> PathBuf {
+            self.spool.path().to_path_buf()
+        }
+        fn ready(&self) -> Result<(), String> {
+            self.ready.clone()
+        }
+        fn metrics(&self) -> &AgentMetrics {
+            &self.metrics
+        }
+    }
+
+    /// One HTTP/1.0 request (as the systemd unit's probe sends); the status and the body.
+    async fn request(addr: std::net::SocketAddr, method: &str, path: &str) -> (u16, String) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut conn = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        conn.write_all(format!("{method} {path} HTTP/1.0\r\n\r\n").as_bytes())
+            .await
+            .expect("request");
+        let mut text = String::new();
+        conn.read_to_string(&mut text).await.expect("response");
+        let code = text
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let body = text.split_once("\r\n\r\n").map(|x| x.1).unwrap_or("");
+        (code, body.to_owned())
+    }
+
+    #[tokio::test]
+    async fn serves_metrics_health_and_readiness_and_stops() {
+        for (ready, code, body) in [
+            (Ok(()), 200, r#"{"ready":true}"#),
+            (Err("draining".to_owned()), 503, r#"{"error":"draining"}"#),
+        ] {
+            let spool = tempfile::tempdir().expect("tempdir");
+            std::fs::write(spool.path().join("x"), [0u8; 1234]).expect("spool file");
+            let health = Arc::new(Fixed {
+                metrics: AgentMetrics::new(),
+                ready,
+                spool,
+            });
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
+            let addr = listener.local_addr().expect("address");
+            let stop = tokio_util::sync::CancellationToken::new();
+            let served = tokio::spawn(serve(listener, health, stop.clone()));
+            assert_eq!(
+                request(addr, "GET", "/readyz").await,
+                (code, body.to_owned())
+            );
+            assert_eq!(
+                request(addr, "GET", "/healthz").await,
+                (200, r#"{"status":"ok"}"#.to_owned())
+            );
+            let (code, text) = request(addr, "GET", "/metrics").await;
+            assert_eq!(code, 200);
+            assert!(text.contains("bosun_agent_jobs_running 3"), "{text}");
+            assert!(
+                text.contains("bosun_agent_spool_bytes_pending 1234"),
+                "{text}"
+            );
+            assert_eq!(
+                request(addr, "HEAD", "/metrics").await,
+                (200, String::new())
+            );
+            assert_eq!(request(addr, "POST", "/metrics").await.0, 405);
+            assert_eq!(request(addr, "GET", "/other").await.0, 404);
+            stop.cancel();
+            tokio::time::timeout(std::time::Duration::from_secs(10), served)
+                .await
+                .expect("serve returns once stopped")
+                .expect("serve task");
         }
     }
 }

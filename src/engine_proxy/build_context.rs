@@ -203,7 +203,9 @@ impl TarScanner {
         self.verdict()?;
         while !buf.is_empty() {
             if self.remaining > 0 {
-                let n = usize::try_from(self.remaining).unwrap_or(usize::MAX).min(buf.len());
+                let n = usize::try_from(self.remaining)
+                    .unwrap_or(usize::MAX)
+                    .min(buf.len());
                 if self.capture != Capture::Skip {
                     let limit = if self.capture == Capture::Dockerfile {
                         MAX_DOCKERFILE
@@ -226,7 +228,9 @@ impl TarScanner {
                 continue;
             }
             if self.padding > 0 {
-                let n = usize::try_from(self.padding).unwrap_or(usize::MAX).min(buf.len());
+                let n = usize::try_from(self.padding)
+                    .unwrap_or(usize::MAX)
+                    .min(buf.len());
                 self.padding -= n as u64;
                 buf = &buf[n..];
                 continue;
@@ -255,7 +259,11 @@ impl TarScanner {
             (None, None) => {
                 let name = cstr(&h[0..100]);
                 let ustar = &h[257..262] == b"ustar";
-                let prefix = if ustar { cstr(&h[345..500]) } else { String::new() };
+                let prefix = if ustar {
+                    cstr(&h[345..500])
+                } else {
+                    String::new()
+                };
                 if prefix.is_empty() {
                     name
                 } else {
@@ -323,9 +331,9 @@ fn cstr(b: &[u8]) -> String {
 /// A tar size field: octal digits, or base-256 when the top bit is set.
 fn parse_size(field: &[u8]) -> u64 {
     if field.first().is_some_and(|b| b & 0x80 != 0) {
-        return field[1..]
-            .iter()
-            .fold(0u64, |acc, b| acc.saturating_mul(256).saturating_add(u64::from(*b)));
+        return field[1..].iter().fold(0u64, |acc, b| {
+            acc.saturating_mul(256).saturating_add(u64::from(*b))
+        });
     }
     let text = cstr(field);
     u64::from_str_radix(text.trim_matches(|c: char| c == ' ' || c == '\0'), 8).unwrap_or(0)
@@ -458,7 +466,9 @@ fn check_image(image: &str, what: &str) -> Result<(), Refused> {
         let name = host_of(host);
         let local = name.eq_ignore_ascii_case("localhost")
             || name.to_ascii_lowercase().ends_with(".localhost")
-            || name.parse::<std::net::IpAddr>().is_ok_and(|ip| !routable(ip));
+            || name
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| !routable(ip));
         if local {
             return Err(Refused(format!(
                 "bosun: `{what} {image}` is not allowed in a job's build: the engine would pull from `{host}`, the host's own address. Use an image on the engine or on a registry on the network"
@@ -518,7 +528,8 @@ mod tests {
 
     #[test]
     fn local_adds_copies_and_images_pass() {
-        let text = "FROM bosun/base AS b\nADD app.tar.gz /opt/\nCOPY --from=b /x /y\nRUN echo http://x\n";
+        let text =
+            "FROM bosun/base AS b\nADD app.tar.gz /opt/\nCOPY --from=b /x /y\nRUN echo http://x\n";
         let tar = tar_of(&[("Dockerfile", text.as_bytes()), ("app.tar.gz", b"x")]);
         assert_eq!(scan(&tar, None, 64), Ok(()));
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());

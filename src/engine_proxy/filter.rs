@@ -717,7 +717,9 @@ fn check_registry_host(host: &str) -> Result<(), Refusal> {
     let name = host_of(host);
     let local = name.eq_ignore_ascii_case("localhost")
         || name.to_ascii_lowercase().ends_with(".localhost")
-        || name.parse::<std::net::IpAddr>().is_ok_and(|ip| !routable(ip));
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| !routable(ip));
     if local {
         return Err(forbid(format!(
             "the registry `{host}` is the host's own address: a job's engine does not push to the host (loopback, link-local or unspecified addresses). Push to a registry on the network"
@@ -745,9 +747,9 @@ pub fn routable(ip: std::net::IpAddr) -> bool {
             !(v4.is_loopback() || v4.is_unspecified() || v4.is_link_local() || v4.is_broadcast())
         }
         std::net::IpAddr::V6(v6) => {
-            let mapped = v6.to_ipv4_mapped().is_some_and(|v4| {
-                v4.is_loopback() || v4.is_unspecified() || v4.is_link_local()
-            });
+            let mapped = v6
+                .to_ipv4_mapped()
+                .is_some_and(|v4| v4.is_loopback() || v4.is_unspecified() || v4.is_link_local());
             !(v6.is_loopback()
                 || v6.is_unspecified()
                 || (v6.segments()[0] & 0xffc0) == 0xfe80

@@ -2,8 +2,8 @@
 //! [`super::filter`], makes the plan's checks against the host engine, and forwards — the
 //! response body streamed as it comes, hijacked connections (attach, exec) copied both ways.
 
-use super::filter::{self, Body, BodyKind, Check, Kind, Plan, Refusal, Route, Scope};
 use super::build_context::ContextScanner;
+use super::filter::{self, Body, BodyKind, Check, Kind, Plan, Refusal, Route, Scope};
 use super::{EngineSettings, ProxyError, Upstream, SOCKET_NAME};
 use bytes::Bytes;
 use http_body_util::{combinators::BoxBody, BodyExt, Full, Limited};
@@ -220,9 +220,9 @@ fn content_type(req: &Request<Incoming>) -> Result<Option<String>, Refusal> {
             "bosun: Content-Type is given more than once".into(),
         ));
     }
-    let text = first.to_str().map_err(|_| {
-        Refusal::BadRequest("bosun: Content-Type is not plain ASCII text".into())
-    })?;
+    let text = first
+        .to_str()
+        .map_err(|_| Refusal::BadRequest("bosun: Content-Type is not plain ASCII text".into()))?;
     Ok(Some(text.trim().to_ascii_lowercase()))
 }
 

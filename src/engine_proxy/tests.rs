@@ -408,7 +408,12 @@ fn queries_take_each_parameter_of_the_endpoint_once_and_nothing_else() {
         ("POST", "/images/app/tag", "repo=a&Repo=b", "`Repo`"),
         ("POST", "/images/app/tag", "repo=a&repo=b", "more than once"),
         ("POST", "/images/app/tag", "repo=a;repo=b", "`;`"),
-        ("POST", "/containers/c/start", "hostconfig=x", "it takes detachKeys"),
+        (
+            "POST",
+            "/containers/c/start",
+            "hostconfig=x",
+            "it takes detachKeys",
+        ),
         ("GET", "/containers/c/changes", "x=1", "it takes none"),
     ] {
         match plan_of(m, path, q, None) {
@@ -418,16 +423,33 @@ fn queries_take_each_parameter_of_the_endpoint_once_and_nothing_else() {
     }
     // Tags repeat (docker build -t a -t b); the query is re-encoded from the pairs.
     let p = plan_of("POST", "/build", "t=a&t=b&q=1", None).unwrap();
-    assert!(p.path_and_query.starts_with("/build?t=a&t=b&q=1&labels="), "{}", p.path_and_query);
+    assert!(
+        p.path_and_query.starts_with("/build?t=a&t=b&q=1&labels="),
+        "{}",
+        p.path_and_query
+    );
 }
 
 #[test]
 fn old_api_versions_are_refused_and_start_takes_no_body() {
-    for v in ["/v1.23/containers/c/start", "/v1.12/containers/c/start", "/v1/containers/c/start"] {
-        assert!(matches!(strip_version(v), Err(Refusal::BadRequest(_))), "{v}");
+    for v in [
+        "/v1.23/containers/c/start",
+        "/v1.12/containers/c/start",
+        "/v1/containers/c/start",
+    ] {
+        assert!(
+            matches!(strip_version(v), Err(Refusal::BadRequest(_))),
+            "{v}"
+        );
     }
-    assert_eq!(strip_version("/v1.24/containers/c/start").unwrap(), "/containers/c/start");
-    assert_eq!(route("POST", "/containers/c/start").unwrap().body, BodyKind::None);
+    assert_eq!(
+        strip_version("/v1.24/containers/c/start").unwrap(),
+        "/containers/c/start"
+    );
+    assert_eq!(
+        route("POST", "/containers/c/start").unwrap().body,
+        BodyKind::None
+    );
     assert_eq!(route("POST", "/build").unwrap().body, BodyKind::Stream);
     assert_eq!(route("POST", "/auth").unwrap().route, Route::Auth);
 }
@@ -435,15 +457,22 @@ fn old_api_versions_are_refused_and_start_takes_no_body() {
 #[test]
 fn log_drivers_write_on_the_host_only() {
     forbidden_naming(
-        create(json!({"LogConfig": {"Type": "syslog", "Config": {"syslog-address": "tcp://127.0.0.1:1"}}})),
+        create(
+            json!({"LogConfig": {"Type": "syslog", "Config": {"syslog-address": "tcp://127.0.0.1:1"}}}),
+        ),
         "LogConfig.Type `syslog`",
     );
     forbidden_naming(
-        create(json!({"LogConfig": {"Type": "", "Config": {"syslog-address": "tcp://127.0.0.1:1"}}})),
+        create(
+            json!({"LogConfig": {"Type": "", "Config": {"syslog-address": "tcp://127.0.0.1:1"}}}),
+        ),
         "LogConfig.Config",
     );
     for ok in ["json-file", "local", "none", ""] {
-        assert!(create(json!({"LogConfig": {"Type": ok, "Config": {}}})).is_ok(), "{ok}");
+        assert!(
+            create(json!({"LogConfig": {"Type": ok, "Config": {}}})).is_ok(),
+            "{ok}"
+        );
     }
 }
 
@@ -474,24 +503,53 @@ fn every_network_a_body_names_is_checked_by_name_and_id() {
         name: "theirs".into(),
         field: "EndpointConfig.NetworkID".into(),
     }));
-    let p = plan_of("POST", "/networks/jobnet/disconnect", "", Some(json!({"Container": "web"}))).unwrap();
-    assert!(p.checks.contains(&Check::Owned(Kind::Network, "jobnet".into())));
-    assert!(p.checks.iter().any(|c| matches!(c, Check::Referenced { kind: Kind::Container, name, .. } if name == "web")));
+    let p = plan_of(
+        "POST",
+        "/networks/jobnet/disconnect",
+        "",
+        Some(json!({"Container": "web"})),
+    )
+    .unwrap();
+    assert!(p
+        .checks
+        .contains(&Check::Owned(Kind::Network, "jobnet".into())));
+    assert!(p.checks.iter().any(
+        |c| matches!(c, Check::Referenced { kind: Kind::Container, name, .. } if name == "web")
+    ));
 }
 
 #[test]
 fn subnets_come_from_the_engine_or_an_operators_pool() {
-    let net = |cfg: Value| plan_of("POST", "/networks/create", "", Some(json!({"Name": "n", "IPAM": {"Config": [cfg]}})));
-    forbidden_naming(net(json!({"Subnet": "192.168.1.0/30"})), "IPAM.Config[].Subnet");
+    let net = |cfg: Value| {
+        plan_of(
+            "POST",
+            "/networks/create",
+            "",
+            Some(json!({"Name": "n", "IPAM": {"Config": [cfg]}})),
+        )
+    };
+    forbidden_naming(
+        net(json!({"Subnet": "192.168.1.0/30"})),
+        "IPAM.Config[].Subnet",
+    );
     assert!(net(json!({})).is_ok(), "no subnet: the engine picks one");
     let mut s = scope();
     s.limits.subnet_pools = vec![Subnet::parse("10.200.0.0/16").unwrap()];
     let with_pool = |cfg: Value| {
         let body = serde_json::to_vec(&json!({"Name": "n", "IPAM": {"Config": [cfg]}})).unwrap();
-        plan(&route("POST", "/networks/create").unwrap(), "/networks/create", "", Some(&body), &s)
+        plan(
+            &route("POST", "/networks/create").unwrap(),
+            "/networks/create",
+            "",
+            Some(&body),
+            &s,
+        )
     };
     assert!(with_pool(json!({"Subnet": "10.200.3.0/24", "Gateway": "10.200.3.1"})).is_ok());
-    forbidden_naming(with_pool(json!({"Subnet": "10.201.0.0/24"})), "10.200.0.0/16");
+    forbidden_naming(
+        with_pool(json!({"Subnet": "10.201.0.0/24"})),
+        "10.200.0.0/16",
+    );
     forbidden_naming(with_pool(json!({"Subnet": "10.0.0.0/8"})), "Subnet");
     let sub = |t: &str| Subnet::parse(t).unwrap();
     assert!(sub("10.0.0.0/8").contains(&sub("10.255.0.0/16")));
@@ -504,12 +562,33 @@ fn subnets_come_from_the_engine_or_an_operators_pool() {
 
 #[test]
 fn pushes_to_the_hosts_own_addresses_are_refused() {
-    for name in ["localhost:5000/app", "127.0.0.1:5000/app", "[::1]:5000/app", "169.254.169.254/app", "reg.localhost/app"] {
-        forbidden_naming(plan_of("POST", &format!("/images/{name}/push"), "", None), "host's own address");
+    for name in [
+        "localhost:5000/app",
+        "127.0.0.1:5000/app",
+        "[::1]:5000/app",
+        "169.254.169.254/app",
+        "reg.localhost/app",
+    ] {
+        forbidden_naming(
+            plan_of("POST", &format!("/images/{name}/push"), "", None),
+            "host's own address",
+        );
     }
-    let p = plan_of("POST", "/images/registry.example.com/app/push", "tag=1", None).unwrap();
-    assert_eq!(p.checks, vec![Check::RegistryHost("registry.example.com".into())]);
-    assert!(plan_of("POST", "/images/app/push", "", None).unwrap().checks.is_empty());
+    let p = plan_of(
+        "POST",
+        "/images/registry.example.com/app/push",
+        "tag=1",
+        None,
+    )
+    .unwrap();
+    assert_eq!(
+        p.checks,
+        vec![Check::RegistryHost("registry.example.com".into())]
+    );
+    assert!(plan_of("POST", "/images/app/push", "", None)
+        .unwrap()
+        .checks
+        .is_empty());
 }
 
 // ---- the property: nothing escapes ------------------------------------------------------

@@ -417,7 +417,10 @@ fn scope() -> Scope {
 
 /// The engine as the proxy's checks see it: every object the job's, but names starting with
 /// `host` (the host's); every other request recorded and answered 201.
-async fn engine(req: Request<hyper::body::Incoming>, log: Arc<Mutex<Vec<Recorded>>>) -> Response<Full<Bytes>> {
+async fn engine(
+    req: Request<hyper::body::Incoming>,
+    log: Arc<Mutex<Vec<Recorded>>>,
+) -> Response<Full<Bytes>> {
     let method = req.method().to_string();
     let uri = req.uri().to_string();
     let path = req.uri().path().to_owned();
@@ -552,8 +555,14 @@ fn endpoints() -> Vec<(&'static str, Shape)> {
         ("/v1.41/containers/web/exec", model::ExecCreate::shape()),
         ("/v1.41/exec/e1/start", model::ExecStart::shape()),
         ("/v1.41/networks/create", model::NetworkCreate::shape()),
-        ("/v1.41/networks/job-net/connect", model::NetworkConnect::shape()),
-        ("/v1.41/networks/job-net/disconnect", model::NetworkDisconnect::shape()),
+        (
+            "/v1.41/networks/job-net/connect",
+            model::NetworkConnect::shape(),
+        ),
+        (
+            "/v1.41/networks/job-net/disconnect",
+            model::NetworkDisconnect::shape(),
+        ),
         ("/v1.41/volumes/create", model::VolumeCreate::shape()),
     ]
 }
@@ -639,7 +648,10 @@ fn the_generator_reaches_every_endpoint_and_every_disguise() {
                 approved(path, text.as_bytes()).is_some()
             })
             .count();
-        assert!(forwarded >= 20, "{path}: only {forwarded} of 200 bodies pass");
+        assert!(
+            forwarded >= 20,
+            "{path}: only {forwarded} of 200 bodies pass"
+        );
     }
     let (_, shape) = endpoints().swap_remove(0);
     for how in [

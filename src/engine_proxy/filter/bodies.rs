@@ -101,7 +101,11 @@ pub(super) fn container_create(
                     field: "NetworkingConfig.EndpointsConfig".to_owned(),
                 }),
             }
-            endpoint(ep, &format!("NetworkingConfig.EndpointsConfig.{name}"), checks)?;
+            endpoint(
+                ep,
+                &format!("NetworkingConfig.EndpointsConfig.{name}"),
+                checks,
+            )?;
         }
     }
     apply_limits(&mut host, &scope.limits);
@@ -364,9 +368,7 @@ fn ipam_pool(ipam: &model::Ipam, pools: &[Subnet]) -> Result<(), Refusal> {
         ));
     }
     if ipam.Options.as_ref().is_some_and(|o| !o.is_empty()) {
-        return Err(forbid(
-            "IPAM.Options are not allowed. Drop --ipam-opt",
-        ));
+        return Err(forbid("IPAM.Options are not allowed. Drop --ipam-opt"));
     }
     for c in ipam.Config.iter().flatten() {
         let pools_text = if pools.is_empty() {
@@ -393,9 +395,7 @@ fn ipam_pool(ipam: &model::Ipam, pools: &[Subnet]) -> Result<(), Refusal> {
                 )));
             }
         }
-        if c.Subnet.as_deref().unwrap_or("").is_empty()
-            && (set(&c.IPRange) || set(&c.Gateway))
-        {
+        if c.Subnet.as_deref().unwrap_or("").is_empty() && (set(&c.IPRange) || set(&c.Gateway)) {
             return Err(forbid(format!(
                 "IPAM.Config[] needs a Subnet with its IPRange or Gateway: {pools_text}"
             )));

@@ -503,7 +503,11 @@ where
         let at = e.path().to_string();
         let inner = e.into_inner().to_string();
         let hint = misspelt_hint(&inner);
-        let at = if at == "." { String::new() } else { format!("{at}: ") };
+        let at = if at == "." {
+            String::new()
+        } else {
+            format!("{at}: ")
+        };
         DecodeError {
             message: format!("{at}{inner}{hint}"),
         }
@@ -557,7 +561,10 @@ mod tests {
             br#"{"HostConfig":{"Mounts":[{"Type":"volume","VolumeOptions":{"driverconfig":{}}}]}}"#,
         )
         .unwrap_err();
-        assert!(e.message.starts_with("HostConfig.Mounts[0].VolumeOptions"), "{e}");
+        assert!(
+            e.message.starts_with("HostConfig.Mounts[0].VolumeOptions"),
+            "{e}"
+        );
         assert!(e.message.contains("`DriverConfig`"), "{e}");
         // Go folds the long s to s: "Mountſ" would be Mounts to the engine.
         let e = decode::<HostConfig>("{\"Mount\u{17F}\":[]}".as_bytes()).unwrap_err();
@@ -575,7 +582,10 @@ mod tests {
     #[test]
     fn unknown_fields_and_trailing_bytes_are_refused_and_null_is_absent() {
         let e = decode::<VolumeCreate>(br#"{"Name":"x","ClusterVolumeSpec":{}}"#).unwrap_err();
-        assert!(e.message.contains("unknown field `ClusterVolumeSpec`"), "{e}");
+        assert!(
+            e.message.contains("unknown field `ClusterVolumeSpec`"),
+            "{e}"
+        );
         assert!(decode::<VolumeCreate>(br#"{"Name":"x"} {"Name":"y"}"#).is_err());
         let v: HostConfig = decode(br#"{"Binds":null,"Privileged":null}"#).unwrap();
         assert_eq!(v, HostConfig::default());
