@@ -1,4 +1,4 @@
-//! The in-job `circleci` / `circleci-agent` command (std only; see `Cargo.toml` beside this).
+//! The in-job `circleci` / `circleci-agent` command (std only; see this crate's `Cargo.toml`).
 //!
 //! It lives in the job's runtime directory (`/tmp/.bosun-<job>/bin/`, put there by the agent's
 //! one setup upload) and talks to the agent only through that directory: `step halt` leaves a

@@ -1,7 +1,8 @@
 //! `bosun coordinator`: the reference coordinator. It queues jobs, leases them to agents over
 //! the protocol in [`bosun_core::protocol`] (described for other implementers in
 //! `docs/protocol.md`), stores their logs and events durably, and shows them on a small web
-//! page that follows running jobs live.
+//! page that follows running jobs live. A crate of its own on top of `bosun-core`, and the
+//! only one that compiles SQLite and axum (the agent builds without it: docs/architecture.md).
 //!
 //! Layout: [`store`] (SQLite, the only state) ← [`api`] (agent endpoints) and [`web`] (web
 //! routes, server-sent events; the HTML of the pages in [`pages`]) ← [`serve`] and the CLI commands here.
