@@ -118,4 +118,5 @@ fi
 if $setup_only; then
     exit 0
 fi
-exec cargo test --all-targets -- --test-threads=4 "$@"
+# --workspace: the unit tests live in the member crates (crates/), not in the root package.
+exec cargo test --workspace --all-targets -- --test-threads=4 "$@"

@@ -61,8 +61,17 @@ enum Command {
         command: CacheCommand,
     },
     /// The reference coordinator: queue jobs, lease them to agents, keep their logs.
+    #[cfg(feature = "coordinator")]
     #[command(subcommand)]
     Coordinator(Box<bosun::coordinator::Command>),
+    /// The reference coordinator: not built into this binary (an agent-only build).
+    #[cfg(not(feature = "coordinator"))]
+    #[command(disable_help_flag = true)]
+    Coordinator {
+        /// Whatever was asked of it; refused as a whole.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+        args: Vec<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -194,7 +203,16 @@ pub fn main() -> ExitCode {
         Command::Checkout(args) => ExitCode::from(execute::checkout(*args)),
         Command::Config(cmd) => config_command(cmd),
         Command::Orb(cmd) => orb_command(cmd),
+        #[cfg(feature = "coordinator")]
         Command::Coordinator(cmd) => ExitCode::from(bosun::coordinator::run(*cmd)),
+        #[cfg(not(feature = "coordinator"))]
+        Command::Coordinator { .. } => {
+            eprintln!(
+                "error: `bosun coordinator` is not built into this binary (it was built without \
+                 the `coordinator` feature); use a bosun built with the default features"
+            );
+            ExitCode::from(EXIT_SETUP)
+        }
         Command::Cache { cache, command } => cache_command(&cache, command),
         Command::Keyscan {
             target,
@@ -231,7 +249,7 @@ fn cache_command(args: &execute::CacheArgs, command: CacheCommand) -> ExitCode {
                 println!(
                     "{:>10.1}  {:<20}  {}",
                     mib(m.bytes),
-                    bosun::coordinator::pages::iso_utc(
+                    bosun::time::iso_utc(
                         m.last_used
                             .duration_since(std::time::UNIX_EPOCH)
                             .map(|d| d.as_millis() as i64)

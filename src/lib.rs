@@ -1,22 +1,12 @@
 //! Bosun: a build-executor agent that runs `.circleci/config.yml` jobs in clean Docker
-//! containers. Data flows one way: job spec → plan → container → events → sink.
-//!
-//! Layers (each uses only those below it):
-//! `execute` → `job` → `executor` / `checkout` / `stream` → `mirror` / `config` / `ssh`.
+//! containers, and the reference coordinator that hands it jobs. This crate is the thin
+//! `bosun` binary's library: it re-exports the workspace's crates under one name, so that
+//! `bosun::job`, `bosun::protocol` and the rest name what they always did. The agent and the
+//! job runtime are `bosun-core`; the coordinator is `bosun-coordinator` (the default feature
+//! `coordinator`: without it the binary is the agent and the local commands, with neither
+//! SQLite nor axum compiled in). The crates and why they are cut so: docs/architecture.md.
 
-pub mod agent;
-pub mod checkout;
-pub mod config;
-pub mod coordinator;
-pub mod engine_proxy;
-pub mod execute;
-pub mod executor;
-pub mod gateway;
-pub mod job;
-pub mod mirror;
-pub mod protocol;
-pub mod runtime;
-pub mod ssh;
-pub mod store;
-pub mod stream;
-pub mod workflow;
+pub use bosun_core::*;
+
+#[cfg(feature = "coordinator")]
+pub use bosun_coordinator as coordinator;

@@ -1,0 +1,919 @@
+//! Pipelines as the store keeps them: a pipeline (what was triggered), its workflows, and
+//! their jobs, each queued as a `jobs` row when its requirements are met. [`Store::advance`]
+//! is the one place statuses move forward: it reads the jobs' rows, decides with the config's
+//! own graph rules ([`bosun_core::config::Readiness`]), queues what may start, and records the
+//! commit statuses to send, all in one transaction.
+
+use super::*;
+use bosun_core::config::{readiness, Readiness, RequiredStatus};
+use bosun_core::protocol::{JobState, PipelineState, WorkflowJobStatus, WorkflowState};
+
+/// What a trigger or a webhook asks for.
+#[derive(Debug, Clone, Default)]
+pub struct NewPipeline {
+    /// A slug (current or old) or the repository UUID.
+    pub project: String,
+    /// `refs/heads/x`, `refs/tags/x` or a bare branch name.
+    pub git_ref: String,
+    pub commit_sha: Option<String>,
+    pub params: Vec<(String, String)>,
+    /// `webhook` or `api`.
+    pub trigger_source: String,
+    /// `push`, `pull_request` or `api`; and `pipeline.event.action`.
+    pub event: String,
+    pub event_action: String,
+    pub pr_number: Option<u64>,
+    pub pr_url: Option<String>,
+    pub pr_fork: bool,
+    /// A forked pull request's build without the project's secrets (no secret env values,
+    /// no user key).
+    pub restricted: bool,
+    pub username: Option<String>,
+    pub commit_subject: Option<String>,
+}
+
+/// A pipeline whose config is to be fetched: what the fetch needs.
+pub struct PipelineToFetch {
+    pub id: i64,
+    pub uuid: String,
+    pub number: i64,
+    pub project_slug: String,
+    /// The project's repository UUID (stable across renames).
+    pub project_uuid: String,
+    pub clone_url: String,
+    /// (user key, deploy key), opened.
+    pub keys: Vec<(
+        bosun_core::protocol::WireKeyRole,
+        zeroize::Zeroizing<String>,
+    )>,
+    pub known_hosts: String,
+    pub reference: String,
+    pub branch: Option<String>,
+    pub tag: Option<String>,
+    pub params: Vec<(String, String)>,
+    pub trigger_source: String,
+    pub event: String,
+    pub event_action: String,
+    pub base_revision: Option<String>,
+    pub default_branch: String,
+    /// Bitbucket's REST API with the project's credentials, when it has both: the config is
+    /// read there first (`coordinator::pipelines::api`).
+    pub api: Option<crate::pipelines::api::ApiSource>,
+}
+
+/// A compiled workflow job, as the store keeps it.
+#[derive(Debug, Clone)]
+pub struct NewWorkflowJob {
+    pub name: String,
+    /// `build`, `approval`, `not_runnable`.
+    pub kind: String,
+    pub requires: Vec<(String, Vec<RequiredStatus>)>,
+    pub serial_group: Option<String>,
+    /// A self-hosted runner class (`namespace/name`) from the job's `resource_class:`: only
+    /// agents registered with that class claim it, as CircleCI routes a job to its runners.
+    /// `None`: any agent (a sized class such as `medium` limits the container, not the agent).
+    pub resource_class: Option<String>,
+    /// `waiting`, or `not_run` / `not_runnable` decided at compile time.
+    pub status: WorkflowJobStatus,
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewWorkflow {
+    pub name: String,
+    pub jobs: Vec<NewWorkflowJob>,
+}
+
+/// A pipeline as the CLI and pages show it.
+#[derive(Debug, Clone)]
+pub struct PipelineRow {
+    pub id: i64,
+    pub number: i64,
+    pub uuid: String,
+    pub project: String,
+    pub git_ref: String,
+    pub branch: Option<String>,
+    pub tag: Option<String>,
+    pub revision: Option<String>,
+    pub trigger_source: String,
+    pub event: String,
+    pub status: PipelineState,
+    pub error: Option<String>,
+    pub pr_number: Option<u64>,
+    pub pr_fork: bool,
+    pub restricted: bool,
+    pub created: i64,
+    pub workflows: Vec<WorkflowRow>,
+}
+
+#[derive(Debug, Clone)]
+pub struct WorkflowRow {
+    pub id: i64,
+    pub uuid: String,
+    pub name: String,
+    pub status: WorkflowState,
+    pub jobs: Vec<WorkflowJobRow>,
+}
+
+#[derive(Debug, Clone)]
+pub struct WorkflowJobRow {
+    pub id: i64,
+    pub name: String,
+    pub kind: String,
+    pub requires: Vec<(String, Vec<RequiredStatus>)>,
+    pub serial_group: Option<String>,
+    pub status: WorkflowJobStatus,
+    pub reason: Option<String>,
+    pub job_id: Option<i64>,
+    pub approved_by: Option<String>,
+}
+
+pub(super) fn parse_col<T: std::str::FromStr<Err = bosun_core::protocol::UnknownStatus>>(
+    v: String,
+) -> rusqlite::Result<T> {
+    v.parse().map_err(|e: bosun_core::protocol::UnknownStatus| {
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
+    })
+}
+
+fn requires_json(r: &[(String, Vec<RequiredStatus>)]) -> String {
+    let v: Vec<(String, Vec<&str>)> = r
+        .iter()
+        .map(|(n, s)| (n.clone(), s.iter().map(|s| s.as_str()).collect()))
+        .collect();
+    serde_json::to_string(&v).unwrap_or_else(|_| "[]".into())
+}
+
+pub(super) fn requires_from_json(s: &str) -> Vec<(String, Vec<RequiredStatus>)> {
+    let v: Vec<(String, Vec<String>)> = serde_json::from_str(s).unwrap_or_default();
+    v.into_iter()
+        .map(|(n, words)| {
+            let st = words
+                .iter()
+                .filter_map(|w| RequiredStatus::parse(w))
+                .flat_map(|s| s.iter().copied())
+                .collect();
+            (n, st)
+        })
+        .collect()
+}
+
+/// A project id from a slug (current or old) or a repository UUID.
+pub(super) fn resolve_project(conn: &Connection, project: &str) -> Result<i64> {
+    let id: Option<i64> = conn
+        .query_row(
+            "SELECT id FROM projects WHERE slug = ?1 OR uuid = ?1 \
+             UNION ALL SELECT project_id FROM project_slugs WHERE slug = ?1 LIMIT 1",
+            [project],
+            |r| r.get(0),
+        )
+        .optional()?;
+    id.ok_or_else(|| {
+        CoordError::NotFound(format!(
+            "no project {project} (add it with `bosun coordinator project add`)"
+        ))
+    })
+}
+
+/// A commit status to send to Bitbucket (see `coordinator::bitbucket::status`).
+#[derive(Debug, Clone)]
+pub struct OutgoingStatus {
+    pub id: i64,
+    pub api: String,
+    pub credentials: zeroize::Zeroizing<String>,
+    pub workspace_repo: String,
+    pub commit_sha: String,
+    pub body: String,
+    pub attempts: u32,
+}
+
+/// What a status transition posts: Bitbucket's state and CircleCI's description.
+fn status_words(s: WorkflowJobStatus) -> Option<(&'static str, &'static str)> {
+    use WorkflowJobStatus as W;
+    Some(match s {
+        W::Queued | W::Running => ("INPROGRESS", "Your tests are running on Bosun"),
+        W::OnHold => ("INPROGRESS", "Waiting for approval"),
+        W::Success => ("SUCCESSFUL", "Your tests passed on Bosun!"),
+        W::Failed | W::TimedOut | W::InfrastructureFail => ("FAILED", "Your tests failed on Bosun"),
+        W::Canceled => ("STOPPED", "Your tests were canceled"),
+        W::Blocked | W::NotRun | W::NotRunnable | W::Waiting => return None,
+    })
+}
+
+/// The Bitbucket `key` of a workflow job's status: stable for the same workflow and job
+/// name (a rerun overwrites it), at most 40 characters as Bitbucket's key column allows.
+pub fn status_key(workflow: &str, job: &str) -> String {
+    sha256_hex(format!("bosun/{workflow}/{job}").as_bytes())[..40].to_owned()
+}
+
+impl Store {
+    /// Record a pipeline (status `created`); the runner fetches and compiles its config.
+    /// Returns (id, number).
+    pub fn create_pipeline(&self, p: &NewPipeline) -> Result<(i64, i64)> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let pid = resolve_project(&tx, &p.project)?;
+        // One number sequence per project, shared with jobs queued on their own.
+        let number: i64 = tx.query_row(
+            "SELECT MAX(COALESCE((SELECT MAX(number) FROM pipelines WHERE project_id = ?1), 0), \
+                        COALESCE((SELECT MAX(pipeline_number) FROM jobs WHERE project_id = ?1), 0)) + 1",
+            [pid],
+            |r| r.get(0),
+        )?;
+        let (branch, tag) = split_ref(&p.git_ref);
+        let slug: String = tx.query_row("SELECT slug FROM projects WHERE id = ?1", [pid], |r| {
+            r.get(0)
+        })?;
+        let pr_url = match (p.pr_number, &p.pr_url) {
+            (Some(n), None) => Some(bitbucket_pr_url(&slug, n)),
+            (_, u) => u.clone(),
+        };
+        let base: Option<String> = tx
+            .query_row(
+                "SELECT revision FROM pipelines WHERE project_id = ?1 AND branch IS ?2 \
+                 AND revision IS NOT NULL ORDER BY id DESC LIMIT 1",
+                params![pid, branch],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let uuid = uuid_v4()?;
+        tx.execute(
+            "INSERT INTO pipelines(project_id, number, uuid, git_ref, branch, tag, commit_sha, \
+             base_revision, trigger_source, event, event_action, params, pr_number, pr_url, \
+             pr_fork, restricted, username, commit_subject, status, created) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, \
+             ?18, 'created', ?19)",
+            params![
+                pid,
+                number,
+                uuid,
+                p.git_ref,
+                branch,
+                tag,
+                p.commit_sha,
+                base,
+                p.trigger_source,
+                p.event,
+                p.event_action,
+                serde_json::to_string(&p.params).unwrap_or_else(|_| "[]".into()),
+                p.pr_number.map(|n| n as i64),
+                pr_url,
+                p.pr_fork,
+                p.restricted,
+                p.username,
+                p.commit_subject,
+                now_ms()
+            ],
+        )?;
+        let id = tx.last_insert_rowid();
+        tx.commit()?;
+        Ok((id, number))
+    }
+
+    /// Pipelines waiting for their config, oldest first.
+    pub fn pipelines_to_fetch(&self) -> Result<Vec<PipelineToFetch>> {
+        // Read-only: off the writer's connection, so polling never waits on agents' writes.
+        let conn = self.reader()?;
+        let mut st = conn.prepare(
+            "SELECT p.id, p.uuid, p.number, pr.slug, pr.clone_url, pr.user_key, pr.deploy_key, \
+             pr.known_hosts, COALESCE(p.commit_sha, p.git_ref), p.branch, p.tag, p.params, \
+             p.trigger_source, p.event, p.event_action, p.base_revision, pr.default_branch, pr.id, pr.uuid, \
+             pr.status_api, pr.status_credentials \
+             FROM pipelines p JOIN projects pr ON pr.id = p.project_id \
+             WHERE p.status = 'created' ORDER BY p.id LIMIT 16",
+        )?;
+        /// (pipeline, project id, user key, deploy key, API, API credentials), sealed.
+        type Raw = (
+            PipelineToFetch,
+            i64,
+            Option<String>,
+            Option<String>,
+            Option<String>,
+            Option<String>,
+        );
+        let rows: Vec<Raw> = st
+            .query_map([], |r| {
+                Ok((
+                    PipelineToFetch {
+                        id: r.get(0)?,
+                        uuid: r.get(1)?,
+                        number: r.get(2)?,
+                        project_slug: r.get(3)?,
+                        project_uuid: r.get(18)?,
+                        clone_url: r.get(4)?,
+                        keys: Vec::new(),
+                        known_hosts: r.get(7)?,
+                        reference: r.get(8)?,
+                        branch: r.get(9)?,
+                        tag: r.get(10)?,
+                        params: serde_json::from_str(&r.get::<_, String>(11)?).unwrap_or_default(),
+                        trigger_source: r.get(12)?,
+                        event: r.get(13)?,
+                        event_action: r.get(14)?,
+                        base_revision: r.get(15)?,
+                        default_branch: r.get(16)?,
+                        api: None,
+                    },
+                    r.get(17)?,
+                    r.get(5)?,
+                    r.get(6)?,
+                    r.get(19)?,
+                    r.get(20)?,
+                ))
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        let mut out = Vec::with_capacity(rows.len());
+        for (mut p, pid, user, deploy, api, credentials) in rows {
+            if let (Some(api), Some(sealed)) = (api, credentials) {
+                p.api = Some(crate::pipelines::api::ApiSource {
+                    api,
+                    credentials: self
+                        .secrets
+                        .open(&super::intake::status_place(pid), &sealed)?,
+                    repo: p.project_slug.clone(),
+                });
+            }
+            for (role, column, sealed) in [
+                (bosun_core::protocol::WireKeyRole::User, "user_key", user),
+                (
+                    bosun_core::protocol::WireKeyRole::Deploy,
+                    "deploy_key",
+                    deploy,
+                ),
+            ] {
+                if let Some(sealed) = sealed {
+                    let k = self
+                        .secrets
+                        .open(&secrets::key_place(pid, column), &sealed)?;
+                    p.keys.push((role, k));
+                }
+            }
+            out.push(p);
+        }
+        Ok(out)
+    }
+
+    /// The config could not be fetched or compiled: the pipeline ends `errored` with `error`.
+    pub fn pipeline_errored(&self, id: i64, revision: Option<&str>, error: &str) -> Result<()> {
+        self.conn().execute(
+            "UPDATE pipelines SET status = 'errored', error = ?2, revision = COALESCE(?3, revision), \
+             finished = ?4 WHERE id = ?1 AND status = 'created'",
+            params![id, error, revision, now_ms()],
+        )?;
+        Ok(())
+    }
+
+    /// The config compiled: record its workflows and jobs; the pipeline runs.
+    pub fn pipeline_compiled(
+        &self,
+        id: i64,
+        revision: &str,
+        workflows: &[NewWorkflow],
+    ) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let now = now_ms();
+        let n = tx.execute(
+            "UPDATE pipelines SET status = 'running', revision = ?2 WHERE id = ?1 AND status = 'created'",
+            params![id, revision],
+        )?;
+        if n == 0 {
+            // Canceled while its config was fetched.
+            return Ok(());
+        }
+        for w in workflows {
+            tx.execute(
+                "INSERT INTO workflows(pipeline_id, uuid, name, status, created) \
+                 VALUES (?1, ?2, ?3, 'running', ?4)",
+                params![id, uuid_v4()?, w.name, now],
+            )?;
+            let wid = tx.last_insert_rowid();
+            for (i, j) in w.jobs.iter().enumerate() {
+                tx.execute(
+                    "INSERT INTO workflow_jobs(workflow_id, position, name, kind, requires, \
+                     serial_group, resource_class, status, reason) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                    params![
+                        wid,
+                        i as i64,
+                        j.name,
+                        j.kind,
+                        requires_json(&j.requires),
+                        j.serial_group,
+                        j.resource_class,
+                        j.status.as_str(),
+                        j.reason
+                    ],
+                )?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Ids of pipelines whose jobs may still move.
+    pub fn active_pipelines(&self) -> Result<Vec<i64>> {
+        // Read-only: off the writer's connection, so polling never waits on agents' writes.
+        let conn = self.reader()?;
+        let mut st = conn.prepare(
+            "SELECT id FROM pipelines WHERE status IN ('running', 'on_hold') ORDER BY id",
+        )?;
+        let rows = st
+            .query_map([], |r| r.get(0))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(rows)
+    }
+
+    /// Move pipeline `id` forward: jobs' rows → workflow job statuses, then every job whose
+    /// requirements are met starts (queued, held for approval, or waiting its serial group's
+    /// turn), blocked ones are marked, workflow and pipeline statuses follow, and each job
+    /// status change that Bitbucket shows is put in the commit status outbox. Returns whether
+    /// anything changed (new jobs queued: claims should look again).
+    /// Where the server's pages are reached (commit statuses link them; the CLI reads it).
+    pub fn record_public_url(&self, url: &str) -> Result<()> {
+        self.conn().execute(
+            "INSERT OR REPLACE INTO meta(key, value) VALUES ('public_url', ?1)",
+            [url],
+        )?;
+        Ok(())
+    }
+
+    pub fn advance(&self, id: i64, public_url: &str) -> Result<bool> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let changed = advance_in(&tx, id, public_url)?;
+        tx.commit()?;
+        Ok(changed)
+    }
+}
+
+/// A random UUID (version 4), as CircleCI's pipeline and workflow ids are.
+pub(crate) fn uuid_v4() -> Result<String> {
+    let h = random_hex(16)?;
+    let variant = ["8", "9", "a", "b"][usize::from_str_radix(&h[16..17], 16).unwrap_or(0) % 4];
+    Ok(format!(
+        "{}-{}-4{}-{}{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[13..16],
+        variant,
+        &h[17..20],
+        &h[20..32]
+    ))
+}
+
+pub(super) struct Live {
+    pub(super) id: i64,
+    pub(super) name: String,
+    pub(super) kind: String,
+    pub(super) requires: Vec<(String, Vec<RequiredStatus>)>,
+    pub(super) serial_group: Option<String>,
+    pub(super) status: WorkflowJobStatus,
+    pub(super) job_id: Option<i64>,
+    pub(super) job_state: Option<JobState>,
+}
+
+pub(super) fn advance_in(tx: &Connection, id: i64, public_url: &str) -> Result<bool> {
+    let (pid, pstatus, number, restricted): (i64, String, i64, bool) = tx.query_row(
+        "SELECT project_id, status, number, restricted FROM pipelines WHERE id = ?1",
+        [id],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+    )?;
+    if !matches!(pstatus.as_str(), "running" | "on_hold") {
+        return Ok(false);
+    }
+    let workflows: Vec<(i64, String, String)> = {
+        let mut st = tx
+            .prepare("SELECT id, name, status FROM workflows WHERE pipeline_id = ?1 ORDER BY id")?;
+        let rows = st
+            .query_map([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        rows
+    };
+    let mut changed = false;
+    let mut wf_states = Vec::new();
+    for (wid, wname, _) in &workflows {
+        let mut jobs: Vec<Live> = {
+            let mut st = tx.prepare(
+                "SELECT wj.id, wj.name, wj.kind, wj.requires, wj.serial_group, wj.status, wj.job_id, j.status \
+                 FROM workflow_jobs wj LEFT JOIN jobs j ON j.id = wj.job_id \
+                 WHERE wj.workflow_id = ?1 ORDER BY wj.position",
+            )?;
+            let rows = st
+                .query_map([wid], |r| {
+                    Ok(Live {
+                        id: r.get(0)?,
+                        name: r.get(1)?,
+                        kind: r.get(2)?,
+                        requires: requires_from_json(&r.get::<_, String>(3)?),
+                        serial_group: r.get(4)?,
+                        status: parse_col(r.get(5)?)?,
+                        job_id: r.get(6)?,
+                        job_state: r.get::<_, Option<String>>(7)?.map(parse_col).transpose()?,
+                    })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            rows
+        };
+        // 1. What the agents did.
+        let mut transitions: Vec<(usize, WorkflowJobStatus)> = Vec::new();
+        for (i, j) in jobs.iter().enumerate() {
+            if let Some(state) = j.job_state {
+                let now = match state {
+                    JobState::Queued => WorkflowJobStatus::Queued,
+                    JobState::Running => WorkflowJobStatus::Running,
+                    JobState::Success => WorkflowJobStatus::Success,
+                    JobState::Failed => WorkflowJobStatus::Failed,
+                    JobState::Canceled => WorkflowJobStatus::Canceled,
+                    JobState::TimedOut => WorkflowJobStatus::TimedOut,
+                    JobState::InfrastructureFail => WorkflowJobStatus::InfrastructureFail,
+                };
+                if now != j.status {
+                    transitions.push((i, now));
+                }
+            }
+        }
+        for (i, s) in transitions.drain(..) {
+            set_status(tx, &mut jobs[i], s, None)?;
+            post_status(tx, pid, id, wname, &jobs[i], public_url)?;
+            changed = true;
+        }
+        // 2. Settle what can be decided, until nothing moves.
+        loop {
+            let mut progressed = false;
+            for i in 0..jobs.len() {
+                if jobs[i].status != WorkflowJobStatus::Waiting {
+                    continue;
+                }
+                let names: Vec<String> = jobs[i].requires.iter().map(|(n, _)| n.clone()).collect();
+                let with_status: Vec<(String, Vec<RequiredStatus>)> = jobs[i].requires.clone();
+                let status_of = |n: &str| jobs.iter().find(|o| o.name == n).map(|o| o.status);
+                match readiness(&names, &with_status, status_of) {
+                    Readiness::Wait => {}
+                    Readiness::Blocked { by, ended } => {
+                        let reason = format!("requires {by}, which ended {}", ended.as_str());
+                        set_status(tx, &mut jobs[i], WorkflowJobStatus::Blocked, Some(&reason))?;
+                        progressed = true;
+                    }
+                    Readiness::Ready => {
+                        match jobs[i].kind.as_str() {
+                            "approval" => {
+                                set_status(
+                                    tx,
+                                    &mut jobs[i],
+                                    WorkflowJobStatus::OnHold,
+                                    Some("waiting for approval"),
+                                )?;
+                                post_status(tx, pid, id, wname, &jobs[i], public_url)?;
+                            }
+                            "build" => {
+                                let job = &mut jobs[i];
+                                set_status(tx, job, WorkflowJobStatus::Queued, None)?;
+                                if job.serial_group.is_none() {
+                                    queue_job(tx, pid, id, number, restricted, job)?;
+                                } else {
+                                    tx.execute(
+                                        "UPDATE workflow_jobs SET reason = 'waiting for its turn in serial group ' || serial_group WHERE id = ?1",
+                                        [job.id],
+                                    )?;
+                                }
+                                post_status(tx, pid, id, wname, job, public_url)?;
+                            }
+                            _ => {
+                                set_status(tx, &mut jobs[i], WorkflowJobStatus::NotRunnable, None)?;
+                            }
+                        }
+                        progressed = true;
+                    }
+                }
+            }
+            if !progressed {
+                break;
+            }
+            changed = true;
+        }
+        wf_states.push((*wid, workflow_state(&jobs)));
+    }
+    // 3. Serial groups: the oldest waiting job of a group starts when none of the group runs.
+    changed |= start_serial_turns(tx, pid, id, number, restricted)?;
+    // 4. Workflow and pipeline statuses.
+    let now = now_ms();
+    for (wid, st) in &wf_states {
+        let final_ = !matches!(
+            st,
+            WorkflowState::Running | WorkflowState::Failing | WorkflowState::OnHold
+        );
+        tx.execute(
+            "UPDATE workflows SET status = ?2, finished = CASE WHEN ?3 THEN COALESCE(finished, ?4) END \
+             WHERE id = ?1 AND status != ?2",
+            params![wid, st.as_str(), final_, now],
+        )?;
+    }
+    let states: Vec<WorkflowState> = wf_states.iter().map(|(_, s)| *s).collect();
+    let p = pipeline_state(&states);
+    let (p, err) = match p {
+        None => (
+            PipelineState::Errored,
+            Some("All Workflows have been filtered from this Pipeline. No Jobs have been run."),
+        ),
+        Some(p) => (p, None),
+    };
+    let final_ = !matches!(p, PipelineState::Running | PipelineState::OnHold);
+    let n = tx.execute(
+        "UPDATE pipelines SET status = ?2, error = COALESCE(?3, error), \
+         finished = CASE WHEN ?4 THEN COALESCE(finished, ?5) END WHERE id = ?1 AND status != ?2",
+        params![id, p.as_str(), err, final_, now],
+    )?;
+    Ok(changed || n > 0)
+}
+
+fn set_status(
+    tx: &Connection,
+    job: &mut Live,
+    s: WorkflowJobStatus,
+    reason: Option<&str>,
+) -> Result<()> {
+    tx.execute(
+        "UPDATE workflow_jobs SET status = ?2, reason = ?3 WHERE id = ?1",
+        params![job.id, s.as_str(), reason],
+    )?;
+    job.status = s;
+    Ok(())
+}
+
+/// (ref, branch, tag, commit, PR number, PR URL, fork).
+type PipelineRef = (
+    String,
+    Option<String>,
+    Option<String>,
+    String,
+    Option<i64>,
+    Option<String>,
+    bool,
+);
+
+/// Insert the `jobs` row an agent claims for workflow job `job`.
+fn queue_job(
+    tx: &Connection,
+    pid: i64,
+    pipeline: i64,
+    number: i64,
+    restricted: bool,
+    job: &mut Live,
+) -> Result<()> {
+    let (git_ref, branch, tag, commit, pr_number, pr_url, pr_fork): PipelineRef = tx.query_row(
+        "SELECT git_ref, branch, tag, COALESCE(revision, commit_sha, git_ref), pr_number, pr_url, pr_fork \
+         FROM pipelines WHERE id = ?1",
+        [pipeline],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?)),
+    )?;
+    // The workflow's jobs share one workspace (what one persists, a later one attaches, on
+    // whichever agent), named by the workflow's UUID so no other run's layers mix in; a rerun
+    // keeps the workflow row and so the layers its successful jobs left.
+    let (resource_class, workflow_uuid): (Option<String>, String) = tx.query_row(
+        "SELECT wj.resource_class, w.uuid FROM workflow_jobs wj \
+         JOIN workflows w ON w.id = wj.workflow_id WHERE wj.id = ?1",
+        [job.id],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    let workspace = format!("workflow-{workflow_uuid}");
+    tx.execute(
+        "INSERT INTO jobs(project_id, commit_sha, git_ref, branch, tag, job_name, pipeline_number, \
+         resource_class, labels, status, max_attempts, created, pr_number, pr_url, pr_fork, \
+         pipeline_id, restricted, workspace) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, '[]', 'queued', ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+        params![
+            pid,
+            commit,
+            git_ref,
+            branch,
+            tag,
+            job.name,
+            number,
+            resource_class,
+            DEFAULT_MAX_ATTEMPTS,
+            now_ms(),
+            pr_number,
+            pr_url,
+            pr_fork,
+            pipeline,
+            restricted,
+            workspace
+        ],
+    )?;
+    let jid = tx.last_insert_rowid();
+    tx.execute(
+        "UPDATE workflow_jobs SET job_id = ?2, reason = NULL WHERE id = ?1",
+        params![job.id, jid],
+    )?;
+    job.job_id = Some(jid);
+    job.job_state = Some(JobState::Queued);
+    Ok(())
+}
+
+fn start_serial_turns(
+    tx: &Connection,
+    pid: i64,
+    pipeline: i64,
+    number: i64,
+    restricted: bool,
+) -> Result<bool> {
+    // Jobs of this pipeline waiting their turn.
+    let waiting: Vec<(i64, String, String)> = {
+        let mut st = tx.prepare(
+            "SELECT wj.id, wj.name, wj.serial_group FROM workflow_jobs wj \
+             JOIN workflows w ON w.id = wj.workflow_id \
+             WHERE w.pipeline_id = ?1 AND wj.status = 'queued' AND wj.job_id IS NULL \
+             AND wj.serial_group IS NOT NULL ORDER BY wj.id",
+        )?;
+        let rows = st
+            .query_map([pipeline], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        rows
+    };
+    let mut changed = false;
+    for (wjid, name, group) in waiting {
+        // Busy: a job of the group (any pipeline of the project) is queued or running on an
+        // agent; or an older one waits its turn (first come, first served).
+        let busy: bool = tx.query_row(
+            "SELECT EXISTS(SELECT 1 FROM workflow_jobs wj JOIN workflows w ON w.id = wj.workflow_id \
+             JOIN pipelines p ON p.id = w.pipeline_id \
+             WHERE p.project_id = ?1 AND wj.serial_group = ?2 AND wj.status IN ('queued', 'running') \
+             AND (wj.job_id IS NOT NULL OR wj.id < ?3))",
+            params![pid, group, wjid],
+            |r| r.get(0),
+        )?;
+        if busy {
+            continue;
+        }
+        let mut live = Live {
+            id: wjid,
+            name,
+            kind: "build".into(),
+            requires: Vec::new(),
+            serial_group: Some(group),
+            status: WorkflowJobStatus::Queued,
+            job_id: None,
+            job_state: None,
+        };
+        queue_job(tx, pid, pipeline, number, restricted, &mut live)?;
+        changed = true;
+    }
+    Ok(changed)
+}
+
+/// Serial-group jobs of other pipelines of the project may start when a group frees up.
+impl Store {
+    pub fn pipelines_waiting_in_serial_groups(&self) -> Result<Vec<i64>> {
+        // Read-only: off the writer's connection, so polling never waits on agents' writes.
+        let conn = self.reader()?;
+        let mut st = conn.prepare(
+            "SELECT DISTINCT w.pipeline_id FROM workflow_jobs wj JOIN workflows w ON w.id = wj.workflow_id \
+             WHERE wj.status = 'queued' AND wj.job_id IS NULL",
+        )?;
+        let rows = st
+            .query_map([], |r| r.get(0))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(rows)
+    }
+}
+
+fn workflow_state(jobs: &[Live]) -> WorkflowState {
+    use WorkflowJobStatus as W;
+    let any = |f: &dyn Fn(W) -> bool| jobs.iter().any(|j| f(j.status));
+    let failed = any(&|s| {
+        matches!(
+            s,
+            W::Failed | W::TimedOut | W::InfrastructureFail | W::Blocked
+        )
+    });
+    if any(&|s| matches!(s, W::Waiting | W::Queued | W::Running)) {
+        // Jobs waiting only on an approval make the workflow on hold.
+        let moving = jobs
+            .iter()
+            .any(|j| matches!(j.status, W::Queued | W::Running));
+        if !moving && any(&|s| s == W::OnHold) {
+            return WorkflowState::OnHold;
+        }
+        return if failed {
+            WorkflowState::Failing
+        } else {
+            WorkflowState::Running
+        };
+    }
+    if any(&|s| s == W::OnHold) {
+        return WorkflowState::OnHold;
+    }
+    if jobs.iter().all(|j| matches!(j.status, W::NotRun)) {
+        return WorkflowState::NotRun;
+    }
+    if failed {
+        WorkflowState::Failed
+    } else if any(&|s| s == W::Canceled) {
+        WorkflowState::Canceled
+    } else {
+        WorkflowState::Success
+    }
+}
+
+/// `None`: every workflow was filtered out.
+fn pipeline_state(wfs: &[WorkflowState]) -> Option<PipelineState> {
+    use WorkflowState as S;
+    if wfs.iter().all(|s| *s == S::NotRun) {
+        return None;
+    }
+    let any = |x: S| wfs.contains(&x);
+    Some(if any(S::Running) || any(S::Failing) {
+        PipelineState::Running
+    } else if any(S::OnHold) {
+        PipelineState::OnHold
+    } else if any(S::Failed) {
+        PipelineState::Failed
+    } else if any(S::Canceled) {
+        PipelineState::Canceled
+    } else {
+        PipelineState::Success
+    })
+}
+
+/// Put a commit status for `job`'s new status in the outbox, when the project sends them.
+pub(super) fn post_status(
+    tx: &Connection,
+    pid: i64,
+    pipeline: i64,
+    workflow: &str,
+    job: &Live,
+    public_url: &str,
+) -> Result<()> {
+    let Some((state, description)) = status_words(job.status) else {
+        return Ok(());
+    };
+    let api: Option<String> = tx.query_row(
+        "SELECT status_api FROM projects WHERE id = ?1",
+        [pid],
+        |r| r.get(0),
+    )?;
+    if api.is_none() {
+        return Ok(());
+    }
+    let (commit, branch): (Option<String>, Option<String>) = tx.query_row(
+        "SELECT revision, branch FROM pipelines WHERE id = ?1",
+        [pipeline],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    let Some(commit) = commit else { return Ok(()) };
+    // Approval and no-op jobs are named with their workflow, as CircleCI names them.
+    let name = if job.kind == "build" {
+        format!("ci/circleci: {}", job.name)
+    } else {
+        format!("ci/circleci: {workflow}/{}", job.name)
+    };
+    // The CLI does not know where the server is reached: the server records it at start.
+    let recorded: Option<String> = if public_url.is_empty() {
+        tx.query_row("SELECT value FROM meta WHERE key = 'public_url'", [], |r| {
+            r.get(0)
+        })
+        .optional()?
+    } else {
+        None
+    };
+    let base = recorded
+        .as_deref()
+        .unwrap_or(public_url)
+        .trim_end_matches('/');
+    let url = match job.job_id {
+        Some(j) => format!("{base}/jobs/{j}"),
+        None => format!("{base}/pipelines/{pipeline}"),
+    };
+    // The outbox holds one row per transition: a job queued and started in one pass
+    // posts INPROGRESS once.
+    let key = status_key(workflow, &job.name);
+    let last: Option<String> = tx
+        .query_row(
+            "SELECT body FROM commit_statuses WHERE project_id = ?1 AND commit_sha = ?2 AND key = ?3 \
+             ORDER BY id DESC LIMIT 1",
+            params![pid, commit, key],
+            |r| r.get(0),
+        )
+        .optional()?;
+    let mut body = serde_json::json!({
+        "key": key,
+        "state": state,
+        "name": name,
+        "description": description,
+        "url": url,
+    });
+    if let Some(b) = branch {
+        body["refname"] = serde_json::Value::String(b);
+    }
+    let text = body.to_string();
+    if last.as_deref() == Some(text.as_str()) {
+        return Ok(());
+    }
+    tx.execute(
+        "INSERT INTO commit_statuses(project_id, commit_sha, key, body, created, next_try) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
+        params![pid, commit, key, text, now_ms()],
+    )?;
+    Ok(())
+}
