@@ -210,10 +210,12 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 1024)]
     pub max_connections: usize,
     /// Connections one client address (an IPv6 /64) may have waiting for request headers,
-    /// new or idle between keep-alive requests; a new connection past it is closed at once.
-    /// Without it one address could fill --max-connections with stalled connections. Each
-    /// agent or browser keeps a few; behind a reverse proxy or a NAT shared by many agents,
-    /// raise it (0: no cap).
+    /// new or idle between keep-alive requests. Past it a new connection is closed at once
+    /// (over plain HTTP, one that came with its whole request headers is answered, then
+    /// closed), and a request ending there closes its connection instead of keeping it
+    /// alive. Without it one address could fill --max-connections with stalled
+    /// connections. An agent or a browser keeps a few; behind a reverse proxy or a NAT
+    /// shared by many agents, raise it (0: no cap).
     #[arg(long, default_value_t = 32)]
     pub max_waiting_per_address: usize,
     /// Serve HTTPS with this certificate chain (PEM; needs --tls-key). Claims carry the
