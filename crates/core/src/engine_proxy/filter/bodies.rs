@@ -401,9 +401,9 @@ fn ipam_pool(ipam: &model::Ipam, pools: &[Subnet]) -> Result<(), Refusal> {
             )));
         }
         if c.AuxiliaryAddresses.as_ref().is_some_and(|a| !a.is_empty()) {
-            return Err(forbid(format!(
-                "IPAM.Config[].AuxiliaryAddresses are not allowed: drop --aux-address"
-            )));
+            return Err(forbid(
+                "IPAM.Config[].AuxiliaryAddresses are not allowed: drop --aux-address".to_string(),
+            ));
         }
     }
     Ok(())
