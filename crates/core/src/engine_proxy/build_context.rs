@@ -5,7 +5,7 @@
 //! (gzip-compressed or not) and checked before the end of the archive is forwarded. The
 //! engine builds only once it holds the whole context, so a refused one never builds.
 
-use super::filter::{host_of, registry_host, routable};
+use super::filter::{names_the_host, registry_host};
 use std::io::Write;
 
 /// The largest Dockerfile read to check (the engine's own limit is larger; no real one is).
@@ -462,18 +462,10 @@ fn check_image(image: &str, what: &str) -> Result<(), Refused> {
         .chars()
         .filter(|c| !matches!(c, '\\' | '`' | '"' | '\''))
         .collect();
-    if let Some(host) = registry_host(&image) {
-        let name = host_of(host);
-        let local = name.eq_ignore_ascii_case("localhost")
-            || name.to_ascii_lowercase().ends_with(".localhost")
-            || name
-                .parse::<std::net::IpAddr>()
-                .is_ok_and(|ip| !routable(ip));
-        if local {
-            return Err(Refused(format!(
-                "bosun: `{what} {image}` is not allowed in a job's build: the engine would pull from `{host}`, the host's own address. Use an image on the engine or on a registry on the network"
-            )));
-        }
+    if let Some(host) = registry_host(&image).filter(|h| names_the_host(h)) {
+        return Err(Refused(format!(
+            "bosun: `{what} {image}` is not allowed in a job's build: the engine would pull from `{host}`, the host's own address. Use an image on the engine or on a registry on the network"
+        )));
     }
     Ok(())
 }

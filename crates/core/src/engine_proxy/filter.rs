@@ -711,16 +711,21 @@ pub fn registry_host(name: &str) -> Option<&str> {
     (first.contains('.') || first.contains(':') || first == "localhost").then_some(first)
 }
 
-/// A registry address written as the host's own (loopback, link-local, unspecified) is
-/// refused before any lookup: the engine would push to it from the host.
-fn check_registry_host(host: &str) -> Result<(), Refusal> {
-    let name = host_of(host);
-    let local = name.eq_ignore_ascii_case("localhost")
+/// Whether a registry address (`host[:port]`) is written as the host's own: `localhost`
+/// or a loopback, link-local or unspecified address. The engine connects to it from the host.
+pub fn names_the_host(registry: &str) -> bool {
+    let name = host_of(registry);
+    name.eq_ignore_ascii_case("localhost")
         || name.to_ascii_lowercase().ends_with(".localhost")
         || name
             .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| !routable(ip));
-    if local {
+            .is_ok_and(|ip| !routable(ip))
+}
+
+/// A registry address written as the host's own is refused before any lookup: the engine
+/// would push to it from the host.
+fn check_registry_host(host: &str) -> Result<(), Refusal> {
+    if names_the_host(host) {
         return Err(forbid(format!(
             "the registry `{host}` is the host's own address: a job's engine does not push to the host (loopback, link-local or unspecified addresses). Push to a registry on the network"
         )));
