@@ -155,6 +155,11 @@ fn host_access(host: &HostConfig) -> Result<(), Refusal> {
     if let Some((field, _, what)) = refused.iter().find(|(_, bad, _)| *bad) {
         return Err(forbid(format!("HostConfig.{field} is not allowed: {what}")));
     }
+    if host.Annotations.as_ref().is_some_and(|a| !a.is_empty()) {
+        return Err(forbid(
+            "HostConfig.Annotations are not allowed: they are read by the host's container runtime. Drop --annotation",
+        ));
+    }
     for (field, paths) in [
         ("MaskedPaths", &host.MaskedPaths),
         ("ReadonlyPaths", &host.ReadonlyPaths),
@@ -260,6 +265,14 @@ fn storage(
                 if m.BindOptions.is_some() {
                     return Err(forbid(
                         "HostConfig.Mounts[].BindOptions is not allowed on a volume mount",
+                    ));
+                }
+                if m.VolumeOptions
+                    .as_ref()
+                    .is_some_and(|o| o.Subpath.as_deref().is_some_and(|p| !p.is_empty()))
+                {
+                    return Err(forbid(
+                        "HostConfig.Mounts[].VolumeOptions.Subpath is not allowed: mount the whole volume",
                     ));
                 }
                 if m.VolumeOptions

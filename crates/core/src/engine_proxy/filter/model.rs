@@ -8,6 +8,9 @@
 //! that is not exactly a field's name is refused (whatever its case), a key given twice is
 //! refused (in structs and in maps), and the body the engine receives is the re-encoding of
 //! the value decoded here, never the client's bytes.
+//!
+//! The fields are API 1.41's and those that newer docker clients send whatever version they
+//! speak (`GwPriority`, `DNSNames`, …): an engine of 1.41 ignores them, a newer one reads them.
 
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
@@ -208,6 +211,7 @@ model!(HealthConfig {
     Interval: i64,
     Timeout: i64,
     StartPeriod: i64,
+    StartInterval: i64,
     Retries: i64,
 });
 
@@ -284,6 +288,7 @@ model!(
         MaskedPaths: Vec<String>,
         ReadonlyPaths: Vec<String>,
         Init: bool,
+        Annotations: Dict<String>,
     }
 );
 
@@ -346,11 +351,15 @@ model!(Mount {
 model!(BindOptions {
     Propagation: String,
     NonRecursive: bool,
+    CreateMountpoint: bool,
+    ReadOnlyNonRecursive: bool,
+    ReadOnlyForceRecursive: bool,
 });
 
 model!(VolumeOptions {
     NoCopy: bool,
     Labels: Dict<String>,
+    Subpath: String,
     DriverConfig: VolumeDriver,
 });
 
@@ -362,6 +371,7 @@ model!(VolumeDriver {
 model!(TmpfsOptions {
     SizeBytes: i64,
     Mode: u32,
+    Options: Vec<Vec<String>>,
 });
 
 model!(NetworkingConfig {
@@ -385,6 +395,8 @@ model!(
         GlobalIPv6PrefixLen: i64,
         MacAddress: String,
         DriverOpts: Dict<String>,
+        GwPriority: i64,
+        DNSNames: Vec<String>,
     }
 );
 
@@ -428,6 +440,7 @@ model!(
         CheckDuplicate: bool,
         Driver: String,
         Scope: String,
+        EnableIPv4: bool,
         EnableIPv6: bool,
         IPAM: Ipam,
         Internal: bool,
