@@ -426,7 +426,7 @@ build_machine() {
     # container=docker: systemd knows it is in a container from the start
     # (what systemd-nspawn and podman set). The stop signal systemd wants,
     # SIGRTMIN+3, cannot be set here (engine 20.10's import refuses
-    # STOPSIGNAL): whoever runs it passes --stop-signal (see README).
+    # STOPSIGNAL): whoever runs it passes --stop-signal (docs/executors.md).
     import_rootfs "$dir" machine "$MACHINE_HASH" '["/lib/systemd/systemd"]' \
         'ENV container=docker'
     rm -rf "$dir"
@@ -524,7 +524,7 @@ build_redis() {
 }
 
 # The docker CLI for jobs with setup_remote_docker (the engine is the job's,
-# reached through the socket the agent mounts; see engine_proxy in README).
+# reached through the socket the agent mounts; see docs/engine.md).
 build_docker() {
     if image_exists "bosun/docker:$DOCKER_HASH"; then
         docker tag "bosun/docker:$DOCKER_HASH" bosun/docker:latest
