@@ -15,10 +15,12 @@ pub mod executor;
 pub mod gateway;
 pub mod job;
 pub mod mirror;
-pub mod protocol;
 pub mod runtime;
 pub mod ssh;
 pub mod store;
 pub mod stream;
 pub mod time;
 pub mod workflow;
+
+/// The wire to the coordinator, its own crate since both sides build on it.
+pub use bosun_protocol as protocol;

@@ -4,7 +4,7 @@
 use super::bootstrap::ContainerUser;
 use super::JobSpec;
 use crate::checkout::CheckoutOutcome;
-use crate::ssh;
+pub use bosun_protocol::clone_url::project_names;
 
 pub fn expand_home(path: &str, home: &str) -> String {
     let home = home.trim_end_matches('/');
@@ -110,17 +110,4 @@ pub(super) fn builtin_env(
         }
     }
     env
-}
-
-/// `acme/widget` out of `git@host:acme/widget.git`, `ssh://git@host/acme/widget.git` or a path.
-pub fn project_names(url: &str) -> Option<(String, String)> {
-    let path = match ssh::parse_ssh_url(url) {
-        Some(u) => u.path,
-        None => url.to_owned(),
-    };
-    let path = path.trim_end_matches('/').trim_end_matches(".git");
-    let mut parts = path.rsplit('/').filter(|p| !p.is_empty());
-    let repo = parts.next()?.to_owned();
-    let owner = parts.next().unwrap_or("").to_owned();
-    Some((owner, repo))
 }

@@ -22,7 +22,7 @@ mod bootstrap;
 mod builtin;
 mod environment;
 mod extra_keys;
-pub mod identity;
+pub use bosun_protocol::identity;
 pub mod lifecycle;
 pub mod limits;
 mod machine;

@@ -27,7 +27,7 @@ pub fn project_id(clone_url: &str) -> String {
 
 /// `CIRCLE_ORGANIZATION_ID` derived from the clone URL's owner (workspace).
 pub fn organization_id(clone_url: &str) -> String {
-    let owner = super::project_names(clone_url)
+    let owner = crate::clone_url::project_names(clone_url)
         .map(|(owner, _)| owner)
         .unwrap_or_default();
     uuid_from(&format!("organization/{owner}"))
@@ -36,7 +36,7 @@ pub fn organization_id(clone_url: &str) -> String {
 /// CircleCI's `vcs-origin` of a clone URL: host and repository path, without scheme, user,
 /// port or `.git` (`bitbucket.org/acme/widget`).
 pub fn vcs_origin(clone_url: &str) -> String {
-    match crate::ssh::parse_ssh_url(clone_url) {
+    match crate::clone_url::parse_ssh_url(clone_url) {
         Some(u) => format!(
             "{}/{}",
             u.host,
