@@ -8,7 +8,6 @@
 
 pub mod agent;
 pub mod checkout;
-pub mod config;
 pub mod engine_proxy;
 pub mod execute;
 pub mod executor;
@@ -22,5 +21,7 @@ pub mod stream;
 pub mod time;
 pub mod workflow;
 
+/// The config compiler, its own crate: pure, and the coordinator compiles pipelines with it.
+pub use bosun_config as config;
 /// The wire to the coordinator, its own crate since both sides build on it.
 pub use bosun_protocol as protocol;

@@ -40,7 +40,7 @@ impl WorkflowJob {
     /// pipelines) decide through here.
     pub fn readiness(
         &self,
-        status_of: impl Fn(&str) -> Option<crate::protocol::WorkflowJobStatus>,
+        status_of: impl Fn(&str) -> Option<bosun_protocol::WorkflowJobStatus>,
     ) -> Readiness {
         readiness(&self.requires, &self.requires_status, status_of)
     }
@@ -60,7 +60,7 @@ impl WorkflowJob {
 pub fn readiness(
     requires: &[String],
     requires_status: &[(String, Vec<RequiredStatus>)],
-    status_of: impl Fn(&str) -> Option<crate::protocol::WorkflowJobStatus>,
+    status_of: impl Fn(&str) -> Option<bosun_protocol::WorkflowJobStatus>,
 ) -> Readiness {
     let mut wait = false;
     for r in requires {
@@ -145,8 +145,8 @@ impl RequiredStatus {
     /// What a finished workflow job's status counts as for `requires` (`None`: not finished,
     /// or an approval still on hold). Timed out and infrastructure failures are failures;
     /// a job that never ran because its own requirement was unmet is `not_run`.
-    pub fn of(status: crate::protocol::WorkflowJobStatus) -> Option<RequiredStatus> {
-        use crate::protocol::WorkflowJobStatus as W;
+    pub fn of(status: bosun_protocol::WorkflowJobStatus) -> Option<RequiredStatus> {
+        use bosun_protocol::WorkflowJobStatus as W;
         Some(match status {
             W::Success => RequiredStatus::Success,
             W::Failed | W::TimedOut | W::InfrastructureFail => RequiredStatus::Failed,

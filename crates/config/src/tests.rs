@@ -384,7 +384,7 @@ fn requires_with_statuses_are_kept_and_a_bad_status_is_located() {
     );
     assert_eq!(wf.jobs[2].accepted("b"), RequiredStatus::TERMINAL);
     assert_eq!(wf.jobs[2].accepted("a"), [RequiredStatus::Success]);
-    use crate::protocol::WorkflowJobStatus as W;
+    use bosun_protocol::WorkflowJobStatus as W;
     let status = |s: Option<W>| move |_: &str| s;
     assert_eq!(wf.jobs[1].readiness(status(None)), Readiness::Wait);
     assert_eq!(
