@@ -8,5 +8,10 @@
 
 pub use bosun_core::*;
 
+/// `bosun agent`; `bosun execute` is `bosun_agent::execute`.
+pub use bosun_agent as agent;
+pub use bosun_agent::execute;
+pub use bosun_protocol::time;
+
 #[cfg(feature = "coordinator")]
 pub use bosun_coordinator as coordinator;

@@ -1,5 +1,5 @@
-//! What agent and coordinator share: the wire between them, the clone URLs both read, and
-//! the ids both derive. It depends on no other member of the workspace, so a coordinator (this
+//! What agent and coordinator share: the wire between them, the clone URLs both read, the
+//! ids both derive, and times as both sides show them. It depends on no other member of the workspace, so a coordinator (this
 //! one or another) needs only this crate to speak to agents.
 //!
 //! Every type that crosses the wire between agent and coordinator (protocol v1, HTTP/JSON) is at
@@ -25,6 +25,7 @@
 
 pub mod clone_url;
 pub mod identity;
+pub mod time;
 mod wire;
 
 pub use wire::*;

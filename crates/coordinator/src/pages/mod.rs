@@ -195,7 +195,7 @@ fn badge(word: &str) -> String {
     )
 }
 
-pub use bosun_core::time::iso_utc;
+pub use bosun_protocol::time::iso_utc;
 
 /// Milliseconds since the epoch as `09:05:03` (UTC): a log line's time.
 pub fn clock(ms: i64) -> String {

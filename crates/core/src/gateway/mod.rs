@@ -22,7 +22,7 @@
 mod admission;
 mod bridge;
 pub mod host_key;
-pub mod keys;
+pub use bosun_git::keys;
 mod server;
 
 use crate::executor::Executor;

@@ -1,7 +1,7 @@
 //! `bosun agent`: the long-running agent. It registers with a coordinator, claims jobs
 //! (long poll), runs up to `concurrency` of them at once through [`job::run_job`], and
 //! streams each job's masked log, step events and final status back through an on-disk
-//! spool ([`crate::stream::spool`]) so that nothing is lost when either side restarts.
+//! spool ([`bosun_core::stream::spool`]) so that nothing is lost when either side restarts.
 //!
 //! Signals: the first SIGTERM/SIGINT drains (nothing new is claimed, running jobs finish,
 //! spools are flushed, exit 0); the second cancels the running jobs (reported `canceled`);
@@ -12,14 +12,19 @@ pub mod blobs;
 pub mod client;
 pub mod config;
 mod control;
+pub mod execute;
 pub mod metrics;
 pub mod pool;
+#[cfg(test)]
+mod pool_tests;
 mod run;
 mod sink;
 
-use crate::executor::{DockerExecutor, Executor};
-use crate::protocol::{self, ClaimRequest, FinalStatus, Heartbeat, RegisterRequest, RunningJob};
-use crate::stream::spool::{self, SpoolJob};
+use bosun_core::executor::{DockerExecutor, Executor};
+use bosun_core::protocol::{
+    self, ClaimRequest, FinalStatus, Heartbeat, RegisterRequest, RunningJob,
+};
+use bosun_core::stream::spool::{self, SpoolJob};
 use client::{ApiErr, Backoff, Client};
 use config::AgentConfig;
 use serde::{Deserialize, Serialize};
@@ -83,7 +88,7 @@ pub(crate) struct Agent {
     agent_id: String,
     executor: Arc<dyn Executor>,
     /// Running jobs, for parts that attach to them.
-    registry: crate::job::Registry,
+    registry: bosun_core::job::Registry,
     jobs: Mutex<HashMap<String, JobEntry>>,
     changed: tokio::sync::Notify,
     draining: CancellationToken,
@@ -348,7 +353,7 @@ async fn run_agent(cfg: AgentConfig, config_path: PathBuf, required: bool) -> u8
             Duration::from_secs(cfg.ready_idle_secs),
         )),
         executor,
-        registry: crate::job::Registry::new(),
+        registry: bosun_core::job::Registry::new(),
         jobs: Mutex::new(HashMap::new()),
         changed: tokio::sync::Notify::new(),
         draining: CancellationToken::new(),
@@ -375,7 +380,7 @@ async fn run_agent(cfg: AgentConfig, config_path: PathBuf, required: bool) -> u8
     // agent; a port in use does not.
     let _gateway = match cfg.gateway() {
         Ok(None) => None,
-        Ok(Some(g)) => match crate::gateway::Gateway::start(
+        Ok(Some(g)) => match bosun_core::gateway::Gateway::start(
             g,
             agent.registry.clone(),
             Arc::clone(&agent.executor),
@@ -560,12 +565,12 @@ fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
 async fn remove_orphans(agent: &Arc<Agent>) {
     let keep_images = agent.cfg().engine_keep_images;
     if let Some(dir) = agent.cfg().engine_settings().ok().map(|s| s.socket_root) {
-        let n = crate::engine_proxy::sweep_dirs(&dir);
+        let n = bosun_core::engine_proxy::sweep_dirs(&dir);
         if n > 0 {
             tracing::warn!("removed {n} job engine socket directories left by an earlier run");
         }
     }
-    match crate::job::sweep(agent.executor.as_ref(), &agent.agent_id, keep_images).await {
+    match bosun_core::job::sweep(agent.executor.as_ref(), &agent.agent_id, keep_images).await {
         Ok(removed) => {
             for (kind, id) in removed {
                 tracing::warn!(%id, "removed a {kind:?} left by an earlier run");
@@ -598,13 +603,13 @@ async fn remove_orphans(agent: &Arc<Agent>) {
 
 /// The store scope of a claimed job: its repository (by UUID, which the coordinator keeps
 /// unique), and for a pull request from a fork that pull request's own caches.
-pub(crate) fn store_scope(job: &crate::protocol::WireJob) -> crate::store::ProjectScope {
+pub(crate) fn store_scope(job: &bosun_core::protocol::WireJob) -> bosun_core::store::ProjectScope {
     let identity = if job.project.uuid.trim().is_empty() {
         format!("clone-url:{}", job.project.clone_url)
     } else {
         format!("bitbucket-uuid:{}", job.project.uuid)
     };
-    let scope = crate::store::ProjectScope::new(&identity);
+    let scope = bosun_core::store::ProjectScope::new(&identity);
     match &job.pull_request {
         Some(pr) if pr.fork => scope.fork_pull_request(pr.number),
         _ => scope,
@@ -733,7 +738,7 @@ async fn heartbeat_loop(agent: Arc<Agent>) {
             .map(|(id, e)| RunningJob {
                 job_id: id.clone(),
                 state: e.state.lock().map(|s| s.clone()).unwrap_or_default(),
-                ssh: crate::gateway::job_state(&agent.registry, id),
+                ssh: bosun_core::gateway::job_state(&agent.registry, id),
             })
             .collect();
         let delivering: Vec<String> = agent

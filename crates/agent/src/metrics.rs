@@ -12,7 +12,7 @@
 //! * `bosun_agent_engine_errors_total{kind}` — failed calls to the Docker engine (`connect`,
 //!   `image_missing`, `engine`, `protocol`).
 
-use crate::executor::{
+use bosun_core::executor::{
     Attached, ByteStream, ContainerSpec, Exec, ExecSpec, Executor, ExecutorError, ImageInfo,
     Interactive, RegistryAuth, ResourceKind, TarStream, TtySize,
 };
@@ -253,7 +253,8 @@ async fn respond<B>(health: &dyn Health, req: &hyper::Request<B>) -> Reply {
             Err(why) => reply(
                 StatusCode::SERVICE_UNAVAILABLE,
                 Some(JSON),
-                serde_json::to_vec(&crate::protocol::ApiError { error: why }).unwrap_or_default(),
+                serde_json::to_vec(&bosun_core::protocol::ApiError { error: why })
+                    .unwrap_or_default(),
             ),
         },
     }
@@ -296,7 +297,7 @@ impl Executor for Metered {
         &self,
         image: &str,
         auth: Option<&RegistryAuth>,
-        progress: crate::executor::PullProgress<'_>,
+        progress: bosun_core::executor::PullProgress<'_>,
     ) -> Result<ImageInfo, ExecutorError> {
         self.count(self.inner.image_info(image, auth, progress).await)
     }

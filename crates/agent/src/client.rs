@@ -1,6 +1,6 @@
-//! The agent's side of protocol v1 (see [`crate::protocol`]), over reqwest.
+//! The agent's side of protocol v1 (see [`bosun_core::protocol`]), over reqwest.
 
-use crate::protocol::*;
+use bosun_core::protocol::*;
 use reqwest::StatusCode;
 use std::time::Duration;
 
@@ -249,7 +249,7 @@ fn with_attempt(req: reqwest::RequestBuilder, attempt: u32) -> reqwest::RequestB
     if attempt == 0 {
         req
     } else {
-        req.header(crate::protocol::ATTEMPT_HEADER, attempt.to_string())
+        req.header(bosun_core::protocol::ATTEMPT_HEADER, attempt.to_string())
     }
 }
 

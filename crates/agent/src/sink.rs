@@ -6,9 +6,9 @@
 //! an SSH session after its last step has its status reported at once, while its containers
 //! stay. The log is closed from then on (the finish fixed its length and hash).
 
-use crate::protocol::JobEvent;
-use crate::stream::spool::SpoolJob;
-use crate::stream::{render, Event, EventSink};
+use bosun_core::protocol::JobEvent;
+use bosun_core::stream::spool::SpoolJob;
+use bosun_core::stream::{render, Event, EventSink};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 

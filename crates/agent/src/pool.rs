@@ -1,7 +1,7 @@
 //! Ready containers: while the agent is idle it keeps, for the container specs of the last
 //! jobs it ran (at most `ready_containers` of them), one container created and started in
 //! advance, so the next job using the same image and user starts without waiting for the
-//! engine ([`crate::job::ready`] is the job's side of the seam).
+//! engine ([`bosun_core::job::ready`] is the job's side of the seam).
 //!
 //! A ready container belongs to the pool (labels `bosun.agent=<agent>`, `bosun.kind=pool`:
 //! the start-up sweep removes those a killed agent left) until a job takes it; from then on it
@@ -9,8 +9,8 @@
 //! container serves one job only. One left unused for `ready_idle_secs` is removed, and so
 //! is everything the pool holds when the agent stops.
 
-use crate::executor::{ContainerSpec, Executor, LABEL_AGENT, LABEL_KIND};
-use crate::job::ready::{self, ReadyContainer, ReadySource};
+use bosun_core::executor::{ContainerSpec, Executor, LABEL_AGENT, LABEL_KIND};
+use bosun_core::job::ready::{self, ReadyContainer, ReadySource};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 

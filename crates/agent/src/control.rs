@@ -5,7 +5,7 @@
 
 use super::client::{ApiErr, Backoff};
 use super::Agent;
-use crate::protocol::{ControlRequest, DEFAULT_CONTROL_WAIT_SECS};
+use bosun_core::protocol::{ControlRequest, DEFAULT_CONTROL_WAIT_SECS};
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -5,12 +5,12 @@
 //! with backoff before a step gives up.
 
 use super::client::{describe, Backoff, Client};
-use crate::protocol::{
+use bosun_core::protocol::{
     BlobAck, CacheLookup, CacheSaved, WireArtifact, WireCache, WireLayer, WireTestResults,
     WorkspaceLayers, ATTEMPT_HEADER, MAX_BLOB_PIECE,
 };
-use crate::store::remote::{Remote, RemoteError, Uploaded};
-use crate::store::{BlobId, CacheEntry, Layer};
+use bosun_core::store::remote::{Remote, RemoteError, Uploaded};
+use bosun_core::store::{BlobId, CacheEntry, Layer};
 use futures_util::StreamExt;
 use reqwest::{Method, StatusCode};
 use std::path::Path;
@@ -40,7 +40,7 @@ fn transient(s: StatusCode) -> bool {
 }
 
 fn error_text(body: &[u8]) -> String {
-    serde_json::from_slice::<crate::protocol::ApiError>(body)
+    serde_json::from_slice::<bosun_core::protocol::ApiError>(body)
         .map(|e| e.error)
         .unwrap_or_else(|_| String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned())
 }
@@ -64,7 +64,7 @@ fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, RemoteError> 
 
 fn local(path: &Path) -> impl FnOnce(std::io::Error) -> RemoteError + '_ {
     move |source| {
-        RemoteError::Local(crate::store::StoreError::Io {
+        RemoteError::Local(bosun_core::store::StoreError::Io {
             path: path.display().to_string(),
             source,
         })

@@ -3,12 +3,12 @@
 //! A front door only: it gathers keys, host keys and the config, then hands the job to
 //! [`job::run_job`] with a terminal or JSON sink — the same path the agent will use.
 
-use crate::config;
-use crate::executor::DockerExecutor;
-use crate::job::{self, Access, ConfigSource, EnvEntry, JobRequest, Source, Target};
-use crate::ssh::{KeyRole, KnownHosts, SshKey, VcsHosts};
-use crate::store::Store;
-use crate::stream::{Event, EventSink, JobStatus, JsonSink, TerminalSink};
+use bosun_core::config;
+use bosun_core::executor::DockerExecutor;
+use bosun_core::job::{self, Access, ConfigSource, EnvEntry, JobRequest, Source, Target};
+use bosun_core::ssh::{KeyRole, KnownHosts, SshKey, VcsHosts};
+use bosun_core::store::Store;
+use bosun_core::stream::{Event, EventSink, JobStatus, JsonSink, TerminalSink};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -164,14 +164,14 @@ impl SshArgs {
         Ok(keys)
     }
 
-    fn gateway(&self) -> crate::gateway::GatewayConfig {
+    fn gateway(&self) -> bosun_core::gateway::GatewayConfig {
         let host_key = self.ssh_host_key.clone().unwrap_or_else(|| {
             std::env::var_os("HOME")
                 .map(PathBuf::from)
                 .unwrap_or_default()
                 .join(".local/state/bosun/ssh_host_ed25519_key")
         });
-        let mut c = crate::gateway::GatewayConfig::new(self.ssh_listen, host_key);
+        let mut c = bosun_core::gateway::GatewayConfig::new(self.ssh_listen, host_key);
         c.wait = self.ssh_wait;
         c.grace = self.ssh_grace;
         c.login_grace = self.ssh_login_grace;
@@ -237,19 +237,19 @@ pub struct CacheArgs {
 
 impl CacheArgs {
     /// The mirrors, or `None` when turned off or no cache directory can be found.
-    pub fn mirrors(&self) -> Option<crate::mirror::Mirrors> {
+    pub fn mirrors(&self) -> Option<bosun_core::mirror::Mirrors> {
         if self.no_mirror {
             return None;
         }
         let dir = self
             .cache_dir
             .clone()
-            .or_else(crate::mirror::Mirrors::default_cache_dir)?;
+            .or_else(bosun_core::mirror::Mirrors::default_cache_dir)?;
         let budget = self
             .cache_budget_mb
             .map(|mb| mb.saturating_mul(1 << 20))
-            .unwrap_or(crate::mirror::DEFAULT_BUDGET_BYTES);
-        Some(crate::mirror::Mirrors::new(&dir, budget))
+            .unwrap_or(bosun_core::mirror::DEFAULT_BUDGET_BYTES);
+        Some(bosun_core::mirror::Mirrors::new(&dir, budget))
     }
 }
 
@@ -314,7 +314,7 @@ pub enum RequestError {
     #[error("{0}")]
     Config(#[from] config::ConfigError),
     #[error("{0}")]
-    Ssh(#[from] crate::ssh::SshError),
+    Ssh(#[from] bosun_core::ssh::SshError),
     #[error("`--env {0}`: expected NAME=value with a valid variable name")]
     BadEnv(String),
     #[error("`--pipeline-param {0}`: expected KEY=VALUE")]
@@ -322,11 +322,11 @@ pub enum RequestError {
     #[error("`--machine-image {0}`: expected NAME=IMAGE")]
     BadMachineImage(String),
     #[error(transparent)]
-    Store(#[from] crate::store::StoreError),
+    Store(#[from] bosun_core::store::StoreError),
     #[error(transparent)]
     Setup(#[from] job::SetupError),
     #[error(transparent)]
-    Executor(#[from] crate::executor::ExecutorError),
+    Executor(#[from] bosun_core::executor::ExecutorError),
 }
 
 /// Run `bosun execute`; returns the process exit code.
@@ -377,13 +377,13 @@ async fn run_async(args: ExecuteArgs, sink: Arc<dyn EventSink>) -> u8 {
             return EXIT_SETUP;
         }
     };
-    let executor: Arc<dyn crate::executor::Executor> = Arc::new(executor);
+    let executor: Arc<dyn bosun_core::executor::Executor> = Arc::new(executor);
     // Kept until the job has ended: the gateway stops with it.
     let _gateway = if args.ssh.ssh {
         let started = match args.ssh.authorized_keys() {
             Ok(keys) => {
                 req.registry.grant_ssh_every_job(keys);
-                crate::gateway::Gateway::start(
+                bosun_core::gateway::Gateway::start(
                     args.ssh.gateway(),
                     req.registry.clone(),
                     Arc::clone(&executor),
@@ -533,7 +533,7 @@ fn request(args: &ExecuteArgs) -> Result<JobRequest, RequestError> {
     // Caches, workspaces and artifacts are this repository's own.
     let store = Store::open(
         args.store.clone().unwrap_or_else(Store::default_root),
-        crate::store::ProjectScope::new(&source.url),
+        bosun_core::store::ProjectScope::new(&source.url),
     )?;
     let config = match (&args.config, &args.repo) {
         (Some(p), _) => ConfigSource::File {
@@ -584,8 +584,8 @@ fn request(args: &ExecuteArgs) -> Result<JobRequest, RequestError> {
         limits: args.resource_class_limits,
         registry: job::Registry::new(),
         // The engine DOCKER_HOST names, sockets in a private directory under TMPDIR.
-        engine: crate::engine_proxy::EngineSettings::from_env(
-            crate::engine_proxy::EngineSettings::default_socket_root(),
+        engine: bosun_core::engine_proxy::EngineSettings::from_env(
+            bosun_core::engine_proxy::EngineSettings::default_socket_root(),
         )
         .ok()
         .map(std::sync::Arc::new),
@@ -651,19 +651,19 @@ pub struct CheckoutArgs {
 /// checks, submodules), to check access or measure. Returns the exit code.
 pub fn checkout(args: CheckoutArgs) -> u8 {
     let result = args.access.load().and_then(|access| {
-        let creds = crate::checkout::Credentials {
+        let creds = bosun_core::checkout::Credentials {
             keys: access.keys,
             known_hosts: access.known_hosts,
             hosts: access.vcs_hosts,
         };
-        let spec = crate::checkout::CheckoutSpec {
+        let spec = bosun_core::checkout::CheckoutSpec {
             url: args.url.clone(),
             reference: args.reference.clone(),
             dest: args.dest.clone(),
             mirrors: args.cache.mirrors(),
         };
         let mut progress = |line: &str| eprintln!("{line}");
-        crate::checkout::checkout(&spec, &creds, &mut progress)
+        bosun_core::checkout::checkout(&spec, &creds, &mut progress)
             .map_err(|e| RequestError::Setup(job::SetupError::Checkout(e)))
     });
     match result {

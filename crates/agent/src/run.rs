@@ -4,12 +4,12 @@
 use super::client::{ApiErr, Backoff};
 use super::sink::AgentSink;
 use super::Agent;
-use crate::job::{self, ConfigSource, EnvEntry, JobRequest, PullRequest, Source, Target};
-use crate::protocol::{EventAck, EventBatch, LogAck, WireJob, WireKeyRole, MAX_LOG_CHUNK};
-use crate::ssh::{KeyRole, SshKey};
-use crate::store::Store;
-use crate::stream::spool::SpoolJob;
-use crate::stream::{Event, EventSink, JobStatus};
+use bosun_core::job::{self, ConfigSource, EnvEntry, JobRequest, PullRequest, Source, Target};
+use bosun_core::protocol::{EventAck, EventBatch, LogAck, WireJob, WireKeyRole, MAX_LOG_CHUNK};
+use bosun_core::ssh::{KeyRole, SshKey};
+use bosun_core::store::Store;
+use bosun_core::stream::spool::SpoolJob;
+use bosun_core::stream::{Event, EventSink, JobStatus};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -106,7 +106,7 @@ enum RequestError {
         source: std::io::Error,
     },
     #[error(transparent)]
-    Store(#[from] crate::store::StoreError),
+    Store(#[from] bosun_core::store::StoreError),
 }
 
 /// The claimed job as a [`JobRequest`]: the config comes from the commit, the time limit and
@@ -164,7 +164,7 @@ fn request(agent: &Arc<Agent>, wire: &mut WireJob) -> Result<JobRequest, Request
         additional_keys,
         known_hosts,
         vcs_hosts: cfg.vcs_hosts.clone(),
-        mirrors: Some(crate::mirror::Mirrors::new(
+        mirrors: Some(bosun_core::mirror::Mirrors::new(
             &cfg.cache_dir,
             cfg.cache_budget_mb.saturating_mul(1 << 20),
         )),
@@ -227,7 +227,7 @@ fn request(agent: &Arc<Agent>, wire: &mut WireJob) -> Result<JobRequest, Request
                 None
             }
         },
-        identity: crate::job::JobIdentity {
+        identity: bosun_core::job::JobIdentity {
             // The job's page on the coordinator this agent works for.
             build_url: Some(format!(
                 "{}/jobs/{}",
@@ -242,7 +242,7 @@ fn request(agent: &Arc<Agent>, wire: &mut WireJob) -> Result<JobRequest, Request
             workflow_id: wire.pipeline.as_ref().map(|p| p.workflow_id.clone()),
             ..Default::default()
         },
-        ready: Some(Arc::clone(&agent.pool) as Arc<dyn crate::job::ready::ReadySource>),
+        ready: Some(Arc::clone(&agent.pool) as Arc<dyn bosun_core::job::ready::ReadySource>),
     })
 }
 

@@ -67,7 +67,7 @@ pub struct AgentConfig {
     /// class as container limits, `scale:FACTOR` them (e.g. `scale:0.5` on a smaller host),
     /// or `off`.
     #[serde(default)]
-    pub resource_class_limits: crate::job::LimitPolicy,
+    pub resource_class_limits: bosun_core::job::LimitPolicy,
     /// Serve `/metrics`, `/healthz` and `/readyz` here (e.g. `127.0.0.1:9464`); none: off.
     #[serde(default)]
     pub metrics_listen: Option<String>,
@@ -121,14 +121,15 @@ impl AgentConfig {
     /// The settings of the jobs' engines (`setup_remote_docker`, `machine`).
     pub fn engine_settings(
         &self,
-    ) -> Result<crate::engine_proxy::EngineSettings, crate::engine_proxy::ProxyError> {
-        let mut s = crate::engine_proxy::EngineSettings::from_env(
+    ) -> Result<bosun_core::engine_proxy::EngineSettings, bosun_core::engine_proxy::ProxyError>
+    {
+        let mut s = bosun_core::engine_proxy::EngineSettings::from_env(
             self.engine_socket_dir
                 .clone()
                 .unwrap_or_else(|| self.state_dir.join("engine")),
         )?;
         let clamp = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
-        s.limits = crate::engine_proxy::Limits {
+        s.limits = bosun_core::engine_proxy::Limits {
             nano_cpus: self
                 .engine_millicpus
                 .map(|m| clamp(m).saturating_mul(1_000_000)),
@@ -143,8 +144,8 @@ impl AgentConfig {
                 .engine_subnet_pools
                 .iter()
                 .map(|p| {
-                    crate::engine_proxy::filter::Subnet::parse(p).ok_or_else(|| {
-                        crate::engine_proxy::ProxyError::Setting(format!(
+                    bosun_core::engine_proxy::filter::Subnet::parse(p).ok_or_else(|| {
+                        bosun_core::engine_proxy::ProxyError::Setting(format!(
                             "engine_subnet_pools: `{p}` is not a network in CIDR notation (as 10.200.0.0/16)"
                         ))
                     })
@@ -181,7 +182,7 @@ fn d_cache_dir() -> PathBuf {
     "/var/cache/bosun".into()
 }
 fn d_cache_budget_mb() -> u64 {
-    crate::mirror::DEFAULT_BUDGET_BYTES >> 20
+    bosun_core::mirror::DEFAULT_BUDGET_BYTES >> 20
 }
 fn d_kill_grace() -> u64 {
     3
@@ -190,7 +191,7 @@ fn d_heartbeat() -> u64 {
     5
 }
 fn d_claim_wait() -> u64 {
-    crate::protocol::DEFAULT_CLAIM_WAIT_SECS
+    bosun_core::protocol::DEFAULT_CLAIM_WAIT_SECS
 }
 fn d_flush() -> u64 {
     30
@@ -205,7 +206,7 @@ fn d_ready_idle() -> u64 {
     600
 }
 fn d_ssh_listen() -> String {
-    format!("0.0.0.0:{}", crate::gateway::DEFAULT_PORT)
+    format!("0.0.0.0:{}", bosun_core::gateway::DEFAULT_PORT)
 }
 fn d_ssh_wait() -> u64 {
     600
@@ -357,7 +358,7 @@ impl AgentConfig {
     }
 
     /// The gateway's settings, `None` when `ssh_gateway_listen = "off"`.
-    pub fn gateway(&self) -> Result<Option<crate::gateway::GatewayConfig>, String> {
+    pub fn gateway(&self) -> Result<Option<bosun_core::gateway::GatewayConfig>, String> {
         let listen = self.ssh_gateway_listen.trim();
         if listen.eq_ignore_ascii_case("off") || listen.is_empty() {
             return Ok(None);
@@ -367,8 +368,10 @@ impl AgentConfig {
                 "ssh_gateway_listen `{listen}`: expected ADDRESS:PORT (e.g. 0.0.0.0:54782) or off"
             )
         })?;
-        let mut c =
-            crate::gateway::GatewayConfig::new(addr, self.state_dir.join("ssh_host_ed25519_key"));
+        let mut c = bosun_core::gateway::GatewayConfig::new(
+            addr,
+            self.state_dir.join("ssh_host_ed25519_key"),
+        );
         c.address = self.ssh_gateway_address.clone();
         c.wait = std::time::Duration::from_secs(self.ssh_wait_secs);
         c.max = std::time::Duration::from_secs(self.ssh_max_secs);
@@ -482,7 +485,7 @@ mod tests {
 
     #[test]
     fn the_example_config_parses() {
-        let text = include_str!("../../../../systemd/agent.toml");
+        let text = include_str!("../../../systemd/agent.toml");
         let c = AgentConfig::parse(text, "agent.toml", |_| None).expect("example parses");
         assert_eq!(c.state_dir, PathBuf::from("/var/lib/bosun"));
     }
