@@ -2,6 +2,7 @@
 //! `cancel-pipeline`, `rerun-pipeline`, `operator`, `project set|keygen|keys`. Each is one store call;
 //! the server's runner notices the change (`PRAGMA data_version`) and acts on it.
 
+use super::model::StatusApi;
 use super::store::pipelines::NewPipeline;
 use super::store::{KeyColumn, ProjectSettings};
 use super::{read_file, CoordError, DataArg, Result};
@@ -245,7 +246,12 @@ pub fn project_set(a: ProjectSetArgs) -> Result<()> {
             build_pull_requests_only: a.build_pull_requests_only,
             build_fork_pull_requests: a.build_fork_pull_requests,
             fork_secrets: a.fork_secrets,
-            status_api: a.status_api,
+            status_api: a
+                .status_api
+                .as_deref()
+                .map(StatusApi::parse_setting)
+                .transpose()
+                .map_err(|e| CoordError::Invalid(e.to_string()))?,
             status_credentials: secret(&a.status_credentials_file)?,
         },
     )

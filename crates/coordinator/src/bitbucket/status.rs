@@ -12,14 +12,12 @@
 
 use super::super::store::pipelines::OutgoingStatus;
 use super::super::AppState;
+use crate::model::StatusApi;
 use std::sync::Arc;
 use std::time::Duration;
 
 /// Attempts before a status is given up (about an hour of backoff).
 const MAX_ATTEMPTS: u32 = 12;
-
-/// The prefix of a Data Center base address in a project's `status_api`.
-pub const DATA_CENTER: &str = "data-center:";
 
 #[derive(Debug, thiserror::Error)]
 enum SendError {
@@ -101,14 +99,17 @@ async fn deliver(state: &Arc<AppState>, client: &reqwest::Client, s: OutgoingSta
 /// Where a status goes and what is sent: Cloud's shape as the outbox holds it, or Data
 /// Center's made from it.
 fn request_for(s: &OutgoingStatus) -> Result<(String, String), SendError> {
-    let Some(base) = s.api.strip_prefix(DATA_CENTER) else {
-        let url = format!(
-            "{}/repositories/{}/commit/{}/statuses/build",
-            s.api.trim_end_matches('/'),
-            s.workspace_repo,
-            s.commit_sha
-        );
-        return Ok((url, s.body.clone()));
+    let base = match &s.api {
+        StatusApi::DataCenter(base) => base,
+        StatusApi::Cloud(api) => {
+            let url = format!(
+                "{}/repositories/{}/commit/{}/statuses/build",
+                api.trim_end_matches('/'),
+                s.workspace_repo,
+                s.commit_sha
+            );
+            return Ok((url, s.body.clone()));
+        }
     };
     let (project, repo) = s
         .workspace_repo
@@ -168,7 +169,7 @@ mod tests {
     fn status(api: &str, state: &str) -> OutgoingStatus {
         OutgoingStatus {
             id: 1,
-            api: api.to_owned(),
+            api: StatusApi::from_stored(api),
             credentials: zeroize::Zeroizing::new("u:p".to_owned()),
             workspace_repo: "acme/widget".to_owned(),
             commit_sha: "0123abcd".to_owned(),

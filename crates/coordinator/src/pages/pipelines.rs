@@ -6,6 +6,7 @@
 //! every other page. `GET /pipelines` lists them.
 
 use super::{esc, shell};
+use crate::model::JobKind;
 use crate::store::pipelines::{PipelineRow, WorkflowRow};
 use crate::AppState;
 use axum::body::Bytes;
@@ -83,7 +84,7 @@ fn to_json(p: &PipelineRow) -> serde_json::Value {
             "status": w.status.as_str(),
             "jobs": w.jobs.iter().map(|j| serde_json::json!({
                 "name": j.name,
-                "kind": j.kind,
+                "kind": j.kind.as_str(),
                 "status": j.status.as_str(),
                 "reason": j.reason,
                 "job_id": j.job_id,
@@ -285,7 +286,7 @@ fn workflow_graph(w: &WorkflowRow) -> String {
     let approvals: String = w
         .jobs
         .iter()
-        .filter(|j| j.kind == "approval")
+        .filter(|j| j.kind == JobKind::Approval)
         .map(|j| {
             format!(
                 "<button type=\"button\" data-approve=\"{n}\"{hidden}>Approve {n}</button> ",

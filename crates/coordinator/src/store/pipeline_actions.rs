@@ -3,11 +3,11 @@
 //! and the pipeline part of a claimed job.
 
 use super::pipelines::{
-    advance_in, parse_col, post_status, requires_from_json, resolve_project, Live, PipelineRow,
-    WorkflowJobRow, WorkflowRow,
+    advance_in, parse_col, post_status, requires_from_json, resolve_project, JobKind, Live,
+    PipelineRow, WorkflowJobRow, WorkflowRow,
 };
 use super::*;
-use bosun_core::protocol::WorkflowJobStatus;
+use bosun_core::protocol::{PipelineState, WorkflowJobStatus};
 
 /// Which pipeline: its id, or `project#number` / a slug and number.
 pub fn parse_pipeline_ref(s: &str) -> Option<(Option<String>, i64)> {
@@ -46,14 +46,19 @@ impl Store {
     pub fn approve(&self, id: i64, job: &str, by: &str, public_url: &str) -> Result<String> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let rows: Vec<(i64, String, String, String)> = {
+        let rows: Vec<(i64, JobKind, WorkflowJobStatus, String)> = {
             let mut st = tx.prepare(
                 "SELECT wj.id, wj.kind, wj.status, w.name FROM workflow_jobs wj \
                  JOIN workflows w ON w.id = wj.workflow_id WHERE w.pipeline_id = ?1 AND wj.name = ?2",
             )?;
             let rows = st
                 .query_map(params![id, job], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                    Ok((
+                        r.get(0)?,
+                        parse_col(r.get(1)?)?,
+                        parse_col(r.get(2)?)?,
+                        r.get(3)?,
+                    ))
                 })?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
             rows
@@ -63,10 +68,10 @@ impl Store {
                 "pipeline {id} has no job {job}"
             )));
         };
-        if kind != "approval" {
+        if kind != JobKind::Approval {
             return Err(CoordError::Invalid(format!("{job} is not an approval job")));
         }
-        if status != WorkflowJobStatus::OnHold.as_str() {
+        if status != WorkflowJobStatus::OnHold {
             return Err(CoordError::Invalid(format!(
                 "{job} is {status}, not on hold: only a job waiting for approval can be approved"
             )));
@@ -135,11 +140,11 @@ impl Store {
     pub fn rerun_failed(&self, id: i64, public_url: &str) -> Result<usize> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let status: String =
+        let status: PipelineState =
             tx.query_row("SELECT status FROM pipelines WHERE id = ?1", [id], |r| {
-                r.get(0)
+                parse_col(r.get(0)?)
             })?;
-        if !matches!(status.as_str(), "failed" | "canceled") {
+        if !matches!(status, PipelineState::Failed | PipelineState::Canceled) {
             return Err(CoordError::Invalid(format!(
                 "pipeline {id} is {status}: only a failed or canceled pipeline is rerun"
             )));
@@ -238,7 +243,7 @@ impl Store {
                     Ok(WorkflowJobRow {
                         id: r.get(0)?,
                         name: r.get(1)?,
-                        kind: r.get(2)?,
+                        kind: parse_col(r.get(2)?)?,
                         requires: requires_from_json(&r.get::<_, String>(3)?),
                         serial_group: r.get(4)?,
                         status: parse_col(r.get(5)?)?,

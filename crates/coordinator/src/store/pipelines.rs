@@ -5,6 +5,8 @@
 //! commit statuses to send, all in one transaction.
 
 use super::*;
+pub use crate::model::JobKind;
+use crate::model::{ApiSource, StatusApi};
 use bosun_core::config::{readiness, Readiness, RequiredStatus};
 use bosun_core::protocol::{JobState, PipelineState, WorkflowJobStatus, WorkflowState};
 
@@ -58,15 +60,14 @@ pub struct PipelineToFetch {
     pub default_branch: String,
     /// Bitbucket's REST API with the project's credentials, when it has both: the config is
     /// read there first (`coordinator::pipelines::api`).
-    pub api: Option<crate::pipelines::api::ApiSource>,
+    pub api: Option<ApiSource>,
 }
 
 /// A compiled workflow job, as the store keeps it.
 #[derive(Debug, Clone)]
 pub struct NewWorkflowJob {
     pub name: String,
-    /// `build`, `approval`, `not_runnable`.
-    pub kind: String,
+    pub kind: JobKind,
     pub requires: Vec<(String, Vec<RequiredStatus>)>,
     pub serial_group: Option<String>,
     /// A self-hosted runner class (`namespace/name`) from the job's `resource_class:`: only
@@ -119,7 +120,7 @@ pub struct WorkflowRow {
 pub struct WorkflowJobRow {
     pub id: i64,
     pub name: String,
-    pub kind: String,
+    pub kind: JobKind,
     pub requires: Vec<(String, Vec<RequiredStatus>)>,
     pub serial_group: Option<String>,
     pub status: WorkflowJobStatus,
@@ -128,10 +129,13 @@ pub struct WorkflowJobRow {
     pub approved_by: Option<String>,
 }
 
-pub(super) fn parse_col<T: std::str::FromStr<Err = bosun_core::protocol::UnknownStatus>>(
-    v: String,
-) -> rusqlite::Result<T> {
-    v.parse().map_err(|e: bosun_core::protocol::UnknownStatus| {
+/// A column's word as its type (a status, a kind): the SQL boundary's one parse.
+pub(super) fn parse_col<T>(v: String) -> rusqlite::Result<T>
+where
+    T: std::str::FromStr,
+    T::Err: std::error::Error + Send + Sync + 'static,
+{
+    v.parse().map_err(|e: T::Err| {
         rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
     })
 }
@@ -179,7 +183,7 @@ pub(super) fn resolve_project(conn: &Connection, project: &str) -> Result<i64> {
 #[derive(Debug, Clone)]
 pub struct OutgoingStatus {
     pub id: i64,
-    pub api: String,
+    pub api: StatusApi,
     pub credentials: zeroize::Zeroizing<String>,
     pub workspace_repo: String,
     pub commit_sha: String,
@@ -325,8 +329,8 @@ impl Store {
         let mut out = Vec::with_capacity(rows.len());
         for (mut p, pid, user, deploy, api, credentials) in rows {
             if let (Some(api), Some(sealed)) = (api, credentials) {
-                p.api = Some(crate::pipelines::api::ApiSource {
-                    api,
+                p.api = Some(ApiSource {
+                    api: StatusApi::from_stored(&api),
                     credentials: self
                         .secrets
                         .open(&super::intake::status_place(pid), &sealed)?,
@@ -397,7 +401,7 @@ impl Store {
                         wid,
                         i as i64,
                         j.name,
-                        j.kind,
+                        j.kind.as_str(),
                         requires_json(&j.requires),
                         j.serial_group,
                         j.resource_class,
@@ -465,7 +469,7 @@ pub(crate) fn uuid_v4() -> Result<String> {
 pub(super) struct Live {
     pub(super) id: i64,
     pub(super) name: String,
-    pub(super) kind: String,
+    pub(super) kind: JobKind,
     pub(super) requires: Vec<(String, Vec<RequiredStatus>)>,
     pub(super) serial_group: Option<String>,
     pub(super) status: WorkflowJobStatus,
@@ -474,12 +478,12 @@ pub(super) struct Live {
 }
 
 pub(super) fn advance_in(tx: &Connection, id: i64, public_url: &str) -> Result<bool> {
-    let (pid, pstatus, number, restricted): (i64, String, i64, bool) = tx.query_row(
+    let (pid, pstatus, number, restricted): (i64, PipelineState, i64, bool) = tx.query_row(
         "SELECT project_id, status, number, restricted FROM pipelines WHERE id = ?1",
         [id],
-        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        |r| Ok((r.get(0)?, parse_col(r.get(1)?)?, r.get(2)?, r.get(3)?)),
     )?;
-    if !matches!(pstatus.as_str(), "running" | "on_hold") {
+    if !matches!(pstatus, PipelineState::Running | PipelineState::OnHold) {
         return Ok(false);
     }
     let workflows: Vec<(i64, String, String)> = {
@@ -504,7 +508,7 @@ pub(super) fn advance_in(tx: &Connection, id: i64, public_url: &str) -> Result<b
                     Ok(Live {
                         id: r.get(0)?,
                         name: r.get(1)?,
-                        kind: r.get(2)?,
+                        kind: parse_col(r.get(2)?)?,
                         requires: requires_from_json(&r.get::<_, String>(3)?),
                         serial_group: r.get(4)?,
                         status: parse_col(r.get(5)?)?,
@@ -556,8 +560,8 @@ pub(super) fn advance_in(tx: &Connection, id: i64, public_url: &str) -> Result<b
                         progressed = true;
                     }
                     Readiness::Ready => {
-                        match jobs[i].kind.as_str() {
-                            "approval" => {
+                        match jobs[i].kind {
+                            JobKind::Approval => {
                                 set_status(
                                     tx,
                                     &mut jobs[i],
@@ -566,7 +570,7 @@ pub(super) fn advance_in(tx: &Connection, id: i64, public_url: &str) -> Result<b
                                 )?;
                                 post_status(tx, pid, id, wname, &jobs[i], public_url)?;
                             }
-                            "build" => {
+                            JobKind::Build => {
                                 let job = &mut jobs[i];
                                 set_status(tx, job, WorkflowJobStatus::Queued, None)?;
                                 if job.serial_group.is_none() {
@@ -579,7 +583,7 @@ pub(super) fn advance_in(tx: &Connection, id: i64, public_url: &str) -> Result<b
                                 }
                                 post_status(tx, pid, id, wname, job, public_url)?;
                             }
-                            _ => {
+                            JobKind::NotRunnable => {
                                 set_status(tx, &mut jobs[i], WorkflowJobStatus::NotRunnable, None)?;
                             }
                         }
@@ -749,7 +753,7 @@ fn start_serial_turns(
         let mut live = Live {
             id: wjid,
             name,
-            kind: "build".into(),
+            kind: JobKind::Build,
             requires: Vec::new(),
             serial_group: Some(group),
             status: WorkflowJobStatus::Queued,
@@ -863,7 +867,7 @@ pub(super) fn post_status(
     )?;
     let Some(commit) = commit else { return Ok(()) };
     // Approval and no-op jobs are named with their workflow, as CircleCI names them.
-    let name = if job.kind == "build" {
+    let name = if job.kind == JobKind::Build {
         format!("ci/circleci: {}", job.name)
     } else {
         format!("ci/circleci: {workflow}/{}", job.name)
