@@ -3,6 +3,8 @@
 //! store and everything above it import this module; it imports none of them, so the store
 //! can name these types without reaching up into the Bitbucket or pipeline code.
 
+pub mod advance;
+
 use std::fmt;
 use std::str::FromStr;
 

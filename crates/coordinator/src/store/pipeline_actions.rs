@@ -89,11 +89,8 @@ impl Store {
             id: wjid,
             name: job.to_owned(),
             kind,
-            requires: Vec::new(),
-            serial_group: None,
             status: WorkflowJobStatus::Success,
             job_id: None,
-            job_state: None,
         };
         post_status(&tx, pid, id, &workflow, &live, public_url)?;
         tx.execute(

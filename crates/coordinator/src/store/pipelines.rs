@@ -1,14 +1,15 @@
 //! Pipelines as the store keeps them: a pipeline (what was triggered), its workflows, and
 //! their jobs, each queued as a `jobs` row when its requirements are met. [`Store::advance`]
-//! is the one place statuses move forward: it reads the jobs' rows, decides with the config's
-//! own graph rules ([`bosun_core::config::Readiness`]), queues what may start, and records the
-//! commit statuses to send, all in one transaction.
+//! is the one place statuses move forward: it reads the jobs' rows, lets the state machine
+//! ([`crate::model::advance`], pure) decide, and applies its transitions (statuses, the jobs
+//! agents claim, the commit statuses to send), all in one transaction.
 
 use super::*;
+use crate::model::advance;
 pub use crate::model::JobKind;
 use crate::model::{ApiSource, StatusApi};
-use bosun_core::config::{readiness, Readiness, RequiredStatus};
-use bosun_core::protocol::{JobState, PipelineState, WorkflowJobStatus, WorkflowState};
+use bosun_core::config::RequiredStatus;
+use bosun_core::protocol::{PipelineState, WorkflowJobStatus, WorkflowState};
 
 /// What a trigger or a webhook asks for.
 #[derive(Debug, Clone, Default)]
@@ -466,17 +467,18 @@ pub(crate) fn uuid_v4() -> Result<String> {
     ))
 }
 
+/// A workflow job as the store applies transitions to it (and posts its statuses).
 pub(super) struct Live {
     pub(super) id: i64,
     pub(super) name: String,
     pub(super) kind: JobKind,
-    pub(super) requires: Vec<(String, Vec<RequiredStatus>)>,
-    pub(super) serial_group: Option<String>,
     pub(super) status: WorkflowJobStatus,
     pub(super) job_id: Option<i64>,
-    pub(super) job_state: Option<JobState>,
 }
 
+/// Pipeline `id`'s workflows moved forward by [`advance::advance`], in transaction `tx`: the
+/// rows loaded, the transitions applied in their order, then the serial groups' turns and the
+/// workflow and pipeline states. Returns whether anything changed.
 pub(super) fn advance_in(tx: &Connection, id: i64, public_url: &str) -> Result<bool> {
     let (pid, pstatus, number, restricted): (i64, PipelineState, i64, bool) = tx.query_row(
         "SELECT project_id, status, number, restricted FROM pipelines WHERE id = ?1",
@@ -486,18 +488,18 @@ pub(super) fn advance_in(tx: &Connection, id: i64, public_url: &str) -> Result<b
     if !matches!(pstatus, PipelineState::Running | PipelineState::OnHold) {
         return Ok(false);
     }
-    let workflows: Vec<(i64, String, String)> = {
-        let mut st = tx
-            .prepare("SELECT id, name, status FROM workflows WHERE pipeline_id = ?1 ORDER BY id")?;
+    let workflows: Vec<(i64, String)> = {
+        let mut st =
+            tx.prepare("SELECT id, name FROM workflows WHERE pipeline_id = ?1 ORDER BY id")?;
         let rows = st
-            .query_map([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .query_map([id], |r| Ok((r.get(0)?, r.get(1)?)))?
             .collect::<rusqlite::Result<Vec<_>>>()?;
         rows
     };
     let mut changed = false;
     let mut wf_states = Vec::new();
-    for (wid, wname, _) in &workflows {
-        let mut jobs: Vec<Live> = {
+    for (wid, wname) in &workflows {
+        let rows: Vec<(Live, advance::WorkflowJob)> = {
             let mut st = tx.prepare(
                 "SELECT wj.id, wj.name, wj.kind, wj.requires, wj.serial_group, wj.status, wj.job_id, j.status \
                  FROM workflow_jobs wj LEFT JOIN jobs j ON j.id = wj.job_id \
@@ -505,128 +507,63 @@ pub(super) fn advance_in(tx: &Connection, id: i64, public_url: &str) -> Result<b
             )?;
             let rows = st
                 .query_map([wid], |r| {
-                    Ok(Live {
-                        id: r.get(0)?,
+                    let job = advance::WorkflowJob {
                         name: r.get(1)?,
                         kind: parse_col(r.get(2)?)?,
                         requires: requires_from_json(&r.get::<_, String>(3)?),
                         serial_group: r.get(4)?,
                         status: parse_col(r.get(5)?)?,
-                        job_id: r.get(6)?,
                         job_state: r.get::<_, Option<String>>(7)?.map(parse_col).transpose()?,
-                    })
+                    };
+                    let live = Live {
+                        id: r.get(0)?,
+                        name: job.name.clone(),
+                        kind: job.kind,
+                        status: job.status,
+                        job_id: r.get(6)?,
+                    };
+                    Ok((live, job))
                 })?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
             rows
         };
-        // 1. What the agents did.
-        let mut transitions: Vec<(usize, WorkflowJobStatus)> = Vec::new();
-        for (i, j) in jobs.iter().enumerate() {
-            if let Some(state) = j.job_state {
-                let now = match state {
-                    JobState::Queued => WorkflowJobStatus::Queued,
-                    JobState::Running => WorkflowJobStatus::Running,
-                    JobState::Success => WorkflowJobStatus::Success,
-                    JobState::Failed => WorkflowJobStatus::Failed,
-                    JobState::Canceled => WorkflowJobStatus::Canceled,
-                    JobState::TimedOut => WorkflowJobStatus::TimedOut,
-                    JobState::InfrastructureFail => WorkflowJobStatus::InfrastructureFail,
-                };
-                if now != j.status {
-                    transitions.push((i, now));
-                }
+        let (mut jobs, facts): (Vec<Live>, Vec<advance::WorkflowJob>) = rows.into_iter().unzip();
+        let transitions = advance::advance(&facts);
+        changed |= !transitions.is_empty();
+        for t in transitions {
+            let job = &mut jobs[t.job];
+            set_status(tx, job, t.to, t.reason.as_deref())?;
+            if t.queue {
+                queue_job(tx, pid, id, number, restricted, job)?;
             }
+            post_status(tx, pid, id, wname, job, public_url)?;
         }
-        for (i, s) in transitions.drain(..) {
-            set_status(tx, &mut jobs[i], s, None)?;
-            post_status(tx, pid, id, wname, &jobs[i], public_url)?;
-            changed = true;
-        }
-        // 2. Settle what can be decided, until nothing moves.
-        loop {
-            let mut progressed = false;
-            for i in 0..jobs.len() {
-                if jobs[i].status != WorkflowJobStatus::Waiting {
-                    continue;
-                }
-                let names: Vec<String> = jobs[i].requires.iter().map(|(n, _)| n.clone()).collect();
-                let with_status: Vec<(String, Vec<RequiredStatus>)> = jobs[i].requires.clone();
-                let status_of = |n: &str| jobs.iter().find(|o| o.name == n).map(|o| o.status);
-                match readiness(&names, &with_status, status_of) {
-                    Readiness::Wait => {}
-                    Readiness::Blocked { by, ended } => {
-                        let reason = format!("requires {by}, which ended {}", ended.as_str());
-                        set_status(tx, &mut jobs[i], WorkflowJobStatus::Blocked, Some(&reason))?;
-                        progressed = true;
-                    }
-                    Readiness::Ready => {
-                        match jobs[i].kind {
-                            JobKind::Approval => {
-                                set_status(
-                                    tx,
-                                    &mut jobs[i],
-                                    WorkflowJobStatus::OnHold,
-                                    Some("waiting for approval"),
-                                )?;
-                                post_status(tx, pid, id, wname, &jobs[i], public_url)?;
-                            }
-                            JobKind::Build => {
-                                let job = &mut jobs[i];
-                                set_status(tx, job, WorkflowJobStatus::Queued, None)?;
-                                if job.serial_group.is_none() {
-                                    queue_job(tx, pid, id, number, restricted, job)?;
-                                } else {
-                                    tx.execute(
-                                        "UPDATE workflow_jobs SET reason = 'waiting for its turn in serial group ' || serial_group WHERE id = ?1",
-                                        [job.id],
-                                    )?;
-                                }
-                                post_status(tx, pid, id, wname, job, public_url)?;
-                            }
-                            JobKind::NotRunnable => {
-                                set_status(tx, &mut jobs[i], WorkflowJobStatus::NotRunnable, None)?;
-                            }
-                        }
-                        progressed = true;
-                    }
-                }
-            }
-            if !progressed {
-                break;
-            }
-            changed = true;
-        }
-        wf_states.push((*wid, workflow_state(&jobs)));
+        let statuses: Vec<WorkflowJobStatus> = jobs.iter().map(|j| j.status).collect();
+        wf_states.push((*wid, advance::workflow_state(&statuses)));
     }
-    // 3. Serial groups: the oldest waiting job of a group starts when none of the group runs.
+    // Serial groups: the oldest waiting job of a group starts when none of the group runs.
     changed |= start_serial_turns(tx, pid, id, number, restricted)?;
-    // 4. Workflow and pipeline statuses.
+    // Workflow and pipeline statuses.
     let now = now_ms();
     for (wid, st) in &wf_states {
-        let final_ = !matches!(
-            st,
-            WorkflowState::Running | WorkflowState::Failing | WorkflowState::OnHold
-        );
         tx.execute(
             "UPDATE workflows SET status = ?2, finished = CASE WHEN ?3 THEN COALESCE(finished, ?4) END \
              WHERE id = ?1 AND status != ?2",
-            params![wid, st.as_str(), final_, now],
+            params![wid, st.as_str(), advance::workflow_final(*st), now],
         )?;
     }
     let states: Vec<WorkflowState> = wf_states.iter().map(|(_, s)| *s).collect();
-    let p = pipeline_state(&states);
-    let (p, err) = match p {
+    let (p, err) = match advance::pipeline_state(&states) {
         None => (
             PipelineState::Errored,
             Some("All Workflows have been filtered from this Pipeline. No Jobs have been run."),
         ),
         Some(p) => (p, None),
     };
-    let final_ = !matches!(p, PipelineState::Running | PipelineState::OnHold);
     let n = tx.execute(
         "UPDATE pipelines SET status = ?2, error = COALESCE(?3, error), \
          finished = CASE WHEN ?4 THEN COALESCE(finished, ?5) END WHERE id = ?1 AND status != ?2",
-        params![id, p.as_str(), err, final_, now],
+        params![id, p.as_str(), err, advance::pipeline_final(p), now],
     )?;
     Ok(changed || n > 0)
 }
@@ -711,7 +648,6 @@ fn queue_job(
         params![job.id, jid],
     )?;
     job.job_id = Some(jid);
-    job.job_state = Some(JobState::Queued);
     Ok(())
 }
 
@@ -754,11 +690,8 @@ fn start_serial_turns(
             id: wjid,
             name,
             kind: JobKind::Build,
-            requires: Vec::new(),
-            serial_group: Some(group),
             status: WorkflowJobStatus::Queued,
             job_id: None,
-            job_state: None,
         };
         queue_job(tx, pid, pipeline, number, restricted, &mut live)?;
         changed = true;
@@ -780,64 +713,6 @@ impl Store {
             .collect::<rusqlite::Result<Vec<_>>>()?;
         Ok(rows)
     }
-}
-
-fn workflow_state(jobs: &[Live]) -> WorkflowState {
-    use WorkflowJobStatus as W;
-    let any = |f: &dyn Fn(W) -> bool| jobs.iter().any(|j| f(j.status));
-    let failed = any(&|s| {
-        matches!(
-            s,
-            W::Failed | W::TimedOut | W::InfrastructureFail | W::Blocked
-        )
-    });
-    if any(&|s| matches!(s, W::Waiting | W::Queued | W::Running)) {
-        // Jobs waiting only on an approval make the workflow on hold.
-        let moving = jobs
-            .iter()
-            .any(|j| matches!(j.status, W::Queued | W::Running));
-        if !moving && any(&|s| s == W::OnHold) {
-            return WorkflowState::OnHold;
-        }
-        return if failed {
-            WorkflowState::Failing
-        } else {
-            WorkflowState::Running
-        };
-    }
-    if any(&|s| s == W::OnHold) {
-        return WorkflowState::OnHold;
-    }
-    if jobs.iter().all(|j| matches!(j.status, W::NotRun)) {
-        return WorkflowState::NotRun;
-    }
-    if failed {
-        WorkflowState::Failed
-    } else if any(&|s| s == W::Canceled) {
-        WorkflowState::Canceled
-    } else {
-        WorkflowState::Success
-    }
-}
-
-/// `None`: every workflow was filtered out.
-fn pipeline_state(wfs: &[WorkflowState]) -> Option<PipelineState> {
-    use WorkflowState as S;
-    if wfs.iter().all(|s| *s == S::NotRun) {
-        return None;
-    }
-    let any = |x: S| wfs.contains(&x);
-    Some(if any(S::Running) || any(S::Failing) {
-        PipelineState::Running
-    } else if any(S::OnHold) {
-        PipelineState::OnHold
-    } else if any(S::Failed) {
-        PipelineState::Failed
-    } else if any(S::Canceled) {
-        PipelineState::Canceled
-    } else {
-        PipelineState::Success
-    })
 }
 
 /// Put a commit status for `job`'s new status in the outbox, when the project sends them.
