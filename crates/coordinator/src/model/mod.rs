@@ -60,6 +60,63 @@ impl FromStr for JobKind {
     }
 }
 
+/// The prefix of a Bitbucket Data Center project's key in the store (`projects.uuid`):
+/// `bitbucket-dc:SERVER/ID` (`bitbucket::data_center::key` makes it).
+pub const DATA_CENTER_KEY_PREFIX: &str = "bitbucket-dc:";
+
+/// A forked pull request's build gets its project's deploy key and plain environment
+/// values, but no user key and no secret values unless the project passes secrets to forks:
+/// a fork's code is not the workspace's, and would read them.
+pub mod forks {
+    /// Whether a pull request's builds are restricted: from a fork, of a project that does
+    /// not pass secrets to forks (decided when the pipeline is made, kept with it).
+    pub fn restricted(pr_fork: bool, fork_secrets: bool) -> bool {
+        pr_fork && !fork_secrets
+    }
+
+    /// What of its project a job may be given.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum Given {
+        /// The user key (it may reach other repositories as the user).
+        UserKey,
+        /// The deploy key (read access to this repository: the checkout needs it).
+        DeployKey,
+        /// An environment value; `secret` as the project marked it.
+        Env { secret: bool },
+    }
+
+    /// The policy: whether a job (restricted or not) is given `what`.
+    pub fn gives(restricted: bool, what: Given) -> bool {
+        !restricted || matches!(what, Given::DeployKey | Given::Env { secret: false })
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn a_restricted_fork_build_gets_the_deploy_key_and_plain_values_only() {
+            assert!(restricted(true, false));
+            assert!(
+                !restricted(true, true),
+                "the project passes secrets to forks"
+            );
+            assert!(!restricted(false, false), "not a fork");
+            let all = [
+                Given::UserKey,
+                Given::DeployKey,
+                Given::Env { secret: true },
+                Given::Env { secret: false },
+            ];
+            for what in all {
+                assert!(gives(false, what), "{what:?}");
+            }
+            let given: Vec<Given> = all.into_iter().filter(|w| gives(true, *w)).collect();
+            assert_eq!(given, [Given::DeployKey, Given::Env { secret: false }]);
+        }
+    }
+}
+
 /// How a Data Center base address is written in a project's `status_api` (and on the
 /// command line): the one place this prefix is spelled.
 const DATA_CENTER: &str = "data-center:";

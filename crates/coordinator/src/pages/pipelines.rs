@@ -6,6 +6,7 @@
 //! every other page. `GET /pipelines` lists them.
 
 use super::{esc, shell};
+use crate::bitbucket::status::statuses;
 use crate::model::JobKind;
 use crate::store::pipelines::{PipelineRow, WorkflowRow};
 use crate::AppState;
@@ -360,7 +361,7 @@ async fn approve(
     done(
         &state,
         state
-            .db(move |s| s.approve(id, &job, &who, &url))
+            .db(move |s| s.approve(id, &job, &who, &statuses(&url)))
             .await
             .map(|wf| format!("approved {} in {wf}", b.job)),
     )
@@ -381,7 +382,7 @@ async fn cancel(
     done(
         &state,
         state
-            .db(move |s| s.cancel_pipeline(id, &url))
+            .db(move |s| s.cancel_pipeline(id, &statuses(&url)))
             .await
             .map(|()| "cancel requested".to_owned()),
     )
@@ -402,7 +403,7 @@ async fn rerun(
     done(
         &state,
         state
-            .db(move |s| s.rerun_failed(id, &url))
+            .db(move |s| s.rerun_failed(id, &statuses(&url)))
             .await
             .map(|n| format!("{n} job(s) run again")),
     )

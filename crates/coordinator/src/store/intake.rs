@@ -5,7 +5,7 @@
 
 use super::pipelines::resolve_project;
 use super::*;
-use crate::model::StatusApi;
+use crate::model::{StatusApi, DATA_CENTER_KEY_PREFIX};
 use zeroize::Zeroizing;
 
 /// Settings `project set` changes; `None` leaves one as it is.
@@ -150,7 +150,7 @@ impl Store {
                 "SELECT {WEBHOOK_PROJECT_COLUMNS} FROM projects WHERE uuid LIKE ?1 ORDER BY id"
             ))?;
             // `%` matches the server; the id ends the key after a `/`.
-            let pattern = format!("{}%/{id}", crate::bitbucket::data_center::KEY_PREFIX);
+            let pattern = format!("{DATA_CENTER_KEY_PREFIX}%/{id}");
             let rows = st
                 .query_map([pattern], project_bits)?
                 .collect::<rusqlite::Result<Vec<_>>>()?;

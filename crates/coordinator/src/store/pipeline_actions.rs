@@ -4,7 +4,7 @@
 
 use super::pipelines::{
     advance_in, parse_col, post_status, requires_from_json, resolve_project, JobKind, Live,
-    PipelineRow, WorkflowJobRow, WorkflowRow,
+    PipelineRow, Statuses, WorkflowJobRow, WorkflowRow,
 };
 use super::*;
 use bosun_core::protocol::{PipelineState, WorkflowJobStatus};
@@ -43,7 +43,7 @@ impl Store {
 
     /// Approve approval job `job` of pipeline `id` (in any of its workflows) as `by`.
     /// Returns the workflow it was in.
-    pub fn approve(&self, id: i64, job: &str, by: &str, public_url: &str) -> Result<String> {
+    pub fn approve(&self, id: i64, job: &str, by: &str, statuses: &Statuses<'_>) -> Result<String> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let rows: Vec<(i64, JobKind, WorkflowJobStatus, String)> = {
@@ -92,19 +92,19 @@ impl Store {
             status: WorkflowJobStatus::Success,
             job_id: None,
         };
-        post_status(&tx, pid, id, &workflow, &live, public_url)?;
+        post_status(&tx, pid, id, &workflow, &live, statuses)?;
         tx.execute(
             "UPDATE pipelines SET status = 'running' WHERE id = ?1 AND status = 'on_hold'",
             [id],
         )?;
-        advance_in(&tx, id, public_url)?;
+        advance_in(&tx, id, statuses)?;
         tx.commit()?;
         Ok(workflow)
     }
 
     /// Cancel pipeline `id`: queued jobs end at once, running ones at their agent's next
     /// heartbeat, jobs not started yet are canceled; the pipeline ends when its jobs have.
-    pub fn cancel_pipeline(&self, id: i64, public_url: &str) -> Result<()> {
+    pub fn cancel_pipeline(&self, id: i64, statuses: &Statuses<'_>) -> Result<()> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let now = now_ms();
@@ -127,14 +127,14 @@ impl Store {
             "UPDATE pipelines SET status = 'canceled', finished = ?2 WHERE id = ?1 AND status = 'created'",
             params![id, now],
         )?;
-        advance_in(&tx, id, public_url)?;
+        advance_in(&tx, id, statuses)?;
         tx.commit()?;
         Ok(())
     }
 
     /// Rerun the workflows of pipeline `id` from their failed jobs: jobs that did not
     /// succeed (and those they blocked) wait again; successful ones stay.
-    pub fn rerun_failed(&self, id: i64, public_url: &str) -> Result<usize> {
+    pub fn rerun_failed(&self, id: i64, statuses: &Statuses<'_>) -> Result<usize> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let status: PipelineState =
@@ -160,7 +160,7 @@ impl Store {
             "UPDATE pipelines SET status = 'running', finished = NULL WHERE id = ?1",
             [id],
         )?;
-        advance_in(&tx, id, public_url)?;
+        advance_in(&tx, id, statuses)?;
         tx.commit()?;
         Ok(n)
     }

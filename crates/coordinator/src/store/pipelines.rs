@@ -192,23 +192,35 @@ pub struct OutgoingStatus {
     pub attempts: u32,
 }
 
-/// What a status transition posts: Bitbucket's state and CircleCI's description.
-fn status_words(s: WorkflowJobStatus) -> Option<(&'static str, &'static str)> {
-    use WorkflowJobStatus as W;
-    Some(match s {
-        W::Queued | W::Running => ("INPROGRESS", "Your tests are running on Bosun"),
-        W::OnHold => ("INPROGRESS", "Waiting for approval"),
-        W::Success => ("SUCCESSFUL", "Your tests passed on Bosun!"),
-        W::Failed | W::TimedOut | W::InfrastructureFail => ("FAILED", "Your tests failed on Bosun"),
-        W::Canceled => ("STOPPED", "Your tests were canceled"),
-        W::Blocked | W::NotRun | W::NotRunnable | W::Waiting => return None,
-    })
+/// A workflow job's new status, as the store knows it: what a commit status is made of
+/// (`bitbucket::status::commit_status` writes Bitbucket's).
+#[derive(Debug, Clone, Copy)]
+pub struct StatusChange<'a> {
+    pub workflow: &'a str,
+    pub job: &'a str,
+    pub kind: JobKind,
+    pub status: WorkflowJobStatus,
+    /// The page that shows it: the job's once it has one, else the pipeline's.
+    pub url: &'a str,
+    /// The pipeline's branch, when it has one.
+    pub branch: Option<&'a str>,
 }
 
-/// The Bitbucket `key` of a workflow job's status: stable for the same workflow and job
-/// name (a rerun overwrites it), at most 40 characters as Bitbucket's key column allows.
-pub fn status_key(workflow: &str, job: &str) -> String {
-    sha256_hex(format!("bosun/{workflow}/{job}").as_bytes())[..40].to_owned()
+/// A commit status as the outbox keeps it: its key (one per workflow job: a later status
+/// with the same key replaces the earlier one at the forge) and the body that is sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusBody {
+    pub key: String,
+    pub body: String,
+}
+
+/// How status changes reach the outbox: where the server's pages are reached (statuses link
+/// them; empty: the address the server recorded at its start, as the CLI does not know it),
+/// and how a change is written for the forge (`None`: the forge is not told of it).
+#[derive(Clone, Copy)]
+pub struct Statuses<'a> {
+    pub public_url: &'a str,
+    pub write: fn(&StatusChange<'_>) -> Option<StatusBody>,
 }
 
 impl Store {
@@ -443,10 +455,10 @@ impl Store {
         Ok(())
     }
 
-    pub fn advance(&self, id: i64, public_url: &str) -> Result<bool> {
+    pub fn advance(&self, id: i64, statuses: &Statuses<'_>) -> Result<bool> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let changed = advance_in(&tx, id, public_url)?;
+        let changed = advance_in(&tx, id, statuses)?;
         tx.commit()?;
         Ok(changed)
     }
@@ -479,7 +491,7 @@ pub(super) struct Live {
 /// Pipeline `id`'s workflows moved forward by [`advance::advance`], in transaction `tx`: the
 /// rows loaded, the transitions applied in their order, then the serial groups' turns and the
 /// workflow and pipeline states. Returns whether anything changed.
-pub(super) fn advance_in(tx: &Connection, id: i64, public_url: &str) -> Result<bool> {
+pub(super) fn advance_in(tx: &Connection, id: i64, statuses: &Statuses<'_>) -> Result<bool> {
     let (pid, pstatus, number, restricted): (i64, PipelineState, i64, bool) = tx.query_row(
         "SELECT project_id, status, number, restricted FROM pipelines WHERE id = ?1",
         [id],
@@ -536,7 +548,7 @@ pub(super) fn advance_in(tx: &Connection, id: i64, public_url: &str) -> Result<b
             if t.queue {
                 queue_job(tx, pid, id, number, restricted, job)?;
             }
-            post_status(tx, pid, id, wname, job, public_url)?;
+            post_status(tx, pid, id, wname, job, statuses)?;
         }
         let statuses: Vec<WorkflowJobStatus> = jobs.iter().map(|j| j.status).collect();
         wf_states.push((*wid, advance::workflow_state(&statuses)));
@@ -722,11 +734,8 @@ pub(super) fn post_status(
     pipeline: i64,
     workflow: &str,
     job: &Live,
-    public_url: &str,
+    statuses: &Statuses<'_>,
 ) -> Result<()> {
-    let Some((state, description)) = status_words(job.status) else {
-        return Ok(());
-    };
     let api: Option<String> = tx.query_row(
         "SELECT status_api FROM projects WHERE id = ?1",
         [pid],
@@ -741,13 +750,8 @@ pub(super) fn post_status(
         |r| Ok((r.get(0)?, r.get(1)?)),
     )?;
     let Some(commit) = commit else { return Ok(()) };
-    // Approval and no-op jobs are named with their workflow, as CircleCI names them.
-    let name = if job.kind == JobKind::Build {
-        format!("ci/circleci: {}", job.name)
-    } else {
-        format!("ci/circleci: {workflow}/{}", job.name)
-    };
     // The CLI does not know where the server is reached: the server records it at start.
+    let public_url = statuses.public_url;
     let recorded: Option<String> = if public_url.is_empty() {
         tx.query_row("SELECT value FROM meta WHERE key = 'public_url'", [], |r| {
             r.get(0)
@@ -764,9 +768,19 @@ pub(super) fn post_status(
         Some(j) => format!("{base}/jobs/{j}"),
         None => format!("{base}/pipelines/{pipeline}"),
     };
+    let change = StatusChange {
+        workflow,
+        job: &job.name,
+        kind: job.kind,
+        status: job.status,
+        url: &url,
+        branch: branch.as_deref(),
+    };
+    let Some(StatusBody { key, body: text }) = (statuses.write)(&change) else {
+        return Ok(());
+    };
     // The outbox holds one row per transition: a job queued and started in one pass
     // posts INPROGRESS once.
-    let key = status_key(workflow, &job.name);
     let last: Option<String> = tx
         .query_row(
             "SELECT body FROM commit_statuses WHERE project_id = ?1 AND commit_sha = ?2 AND key = ?3 \
@@ -775,17 +789,6 @@ pub(super) fn post_status(
             |r| r.get(0),
         )
         .optional()?;
-    let mut body = serde_json::json!({
-        "key": key,
-        "state": state,
-        "name": name,
-        "description": description,
-        "url": url,
-    });
-    if let Some(b) = branch {
-        body["refname"] = serde_json::Value::String(b);
-    }
-    let text = body.to_string();
     if last.as_deref() == Some(text.as_str()) {
         return Ok(());
     }
