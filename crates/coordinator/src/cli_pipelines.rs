@@ -2,6 +2,8 @@
 //! `cancel-pipeline`, `rerun-pipeline`, `operator`, `project set|keygen|keys`. Each is one store call;
 //! the server's runner notices the change (`PRAGMA data_version`) and acts on it.
 
+use super::bitbucket::status::statuses;
+use super::model::StatusApi;
 use super::store::pipelines::NewPipeline;
 use super::store::{KeyColumn, ProjectSettings};
 use super::{read_file, CoordError, DataArg, Result};
@@ -159,7 +161,7 @@ pub fn approve(a: ApproveArgs, print: &mut dyn FnMut(String)) -> Result<()> {
     let by =
         a.by.or_else(|| std::env::var("USER").ok())
             .unwrap_or_else(|| "cli".into());
-    let wf = store.approve(id, &a.job, &by, CLI_PUBLIC_URL)?;
+    let wf = store.approve(id, &a.job, &by, &statuses(CLI_PUBLIC_URL))?;
     print(format!(
         "approved {} in workflow {wf} of pipeline {id}",
         a.job
@@ -206,7 +208,7 @@ pub fn list(a: PipelinesArgs, print: &mut dyn FnMut(String)) -> Result<()> {
 pub fn cancel(a: PipelineRefArgs, print: &mut dyn FnMut(String)) -> Result<()> {
     let store = a.data.open()?;
     let id = store.pipeline_id(&a.pipeline)?;
-    store.cancel_pipeline(id, CLI_PUBLIC_URL)?;
+    store.cancel_pipeline(id, &statuses(CLI_PUBLIC_URL))?;
     print(format!("pipeline {id}: cancel requested"));
     Ok(())
 }
@@ -214,7 +216,7 @@ pub fn cancel(a: PipelineRefArgs, print: &mut dyn FnMut(String)) -> Result<()> {
 pub fn rerun(a: PipelineRefArgs, print: &mut dyn FnMut(String)) -> Result<()> {
     let store = a.data.open()?;
     let id = store.pipeline_id(&a.pipeline)?;
-    let n = store.rerun_failed(id, CLI_PUBLIC_URL)?;
+    let n = store.rerun_failed(id, &statuses(CLI_PUBLIC_URL))?;
     print(format!("pipeline {id}: {n} job(s) run again"));
     Ok(())
 }
@@ -245,7 +247,12 @@ pub fn project_set(a: ProjectSetArgs) -> Result<()> {
             build_pull_requests_only: a.build_pull_requests_only,
             build_fork_pull_requests: a.build_fork_pull_requests,
             fork_secrets: a.fork_secrets,
-            status_api: a.status_api,
+            status_api: a
+                .status_api
+                .as_deref()
+                .map(StatusApi::parse_setting)
+                .transpose()
+                .map_err(|e| CoordError::Invalid(e.to_string()))?,
             status_credentials: secret(&a.status_credentials_file)?,
         },
     )

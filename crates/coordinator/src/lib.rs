@@ -12,6 +12,7 @@ pub mod bitbucket;
 pub mod blobs;
 mod cli_pipelines;
 pub mod metrics;
+pub mod model;
 pub mod oidc;
 pub mod pages;
 pub mod per_address;

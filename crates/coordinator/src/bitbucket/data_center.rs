@@ -19,7 +19,7 @@ pub const PUSH: &str = "repo:refs_changed";
 pub const PING: &str = "diagnostics:ping";
 
 /// The prefix of a Data Center project's key in the store (`projects.uuid`).
-pub const KEY_PREFIX: &str = "bitbucket-dc:";
+pub use crate::model::DATA_CENTER_KEY_PREFIX as KEY_PREFIX;
 
 /// The key of repository `id` on Bitbucket Data Center server `server` (`host` or
 /// `host:port`, as its base URL names it).

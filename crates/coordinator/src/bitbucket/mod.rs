@@ -400,7 +400,7 @@ async fn decide_pull_request(
         pr_number: Some(pr.id),
         pr_url: Some(url),
         pr_fork: fork,
-        restricted: fork && !project.fork_secrets,
+        restricted: crate::model::forks::restricted(fork, project.fork_secrets),
         username: pr.actor.clone(),
         commit_subject: Some(pr.title.clone()),
         params: Vec::new(),

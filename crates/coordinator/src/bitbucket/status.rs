@@ -10,16 +10,71 @@
 //! {project}/repos/{repo}/commits/{sha}/builds` with `ref` for `refname` and `CANCELLED` for
 //! `STOPPED` (Atlassian's "Updating build status for commits").
 
-use super::super::store::pipelines::OutgoingStatus;
+use super::super::store::pipelines::{OutgoingStatus, StatusBody, StatusChange, Statuses};
 use super::super::AppState;
+use crate::model::{JobKind, StatusApi};
+use bosun_core::protocol::WorkflowJobStatus;
 use std::sync::Arc;
 use std::time::Duration;
 
 /// Attempts before a status is given up (about an hour of backoff).
 const MAX_ATTEMPTS: u32 = 12;
 
-/// The prefix of a Data Center base address in a project's `status_api`.
-pub const DATA_CENTER: &str = "data-center:";
+/// What a status transition posts: Bitbucket's state and CircleCI's description.
+fn status_words(s: WorkflowJobStatus) -> Option<(&'static str, &'static str)> {
+    use WorkflowJobStatus as W;
+    Some(match s {
+        W::Queued | W::Running => ("INPROGRESS", "Your tests are running on Bosun"),
+        W::OnHold => ("INPROGRESS", "Waiting for approval"),
+        W::Success => ("SUCCESSFUL", "Your tests passed on Bosun!"),
+        W::Failed | W::TimedOut | W::InfrastructureFail => ("FAILED", "Your tests failed on Bosun"),
+        W::Canceled => ("STOPPED", "Your tests were canceled"),
+        W::Blocked | W::NotRun | W::NotRunnable | W::Waiting => return None,
+    })
+}
+
+/// The Bitbucket `key` of a workflow job's status: stable for the same workflow and job
+/// name (a rerun overwrites it), at most 40 characters as Bitbucket's key column allows.
+pub fn status_key(workflow: &str, job: &str) -> String {
+    crate::sha256_hex(format!("bosun/{workflow}/{job}").as_bytes())[..40].to_owned()
+}
+
+/// Bitbucket's commit status for a workflow job's new status, in Cloud's shape (the outbox
+/// keeps it so; [`request_for`] makes Data Center's from it). `None`: Bitbucket is not told
+/// of this status.
+pub fn commit_status(c: &StatusChange<'_>) -> Option<StatusBody> {
+    let (state, description) = status_words(c.status)?;
+    // Approval and no-op jobs are named with their workflow, as CircleCI names them.
+    let name = if c.kind == JobKind::Build {
+        format!("ci/circleci: {}", c.job)
+    } else {
+        format!("ci/circleci: {}/{}", c.workflow, c.job)
+    };
+    let key = status_key(c.workflow, c.job);
+    let mut body = serde_json::json!({
+        "key": key,
+        "state": state,
+        "name": name,
+        "description": description,
+        "url": c.url,
+    });
+    if let Some(b) = c.branch {
+        body["refname"] = serde_json::Value::String(b.to_owned());
+    }
+    Some(StatusBody {
+        key,
+        body: body.to_string(),
+    })
+}
+
+/// How the store writes the statuses of a server reached at `public_url` (empty: the
+/// address the server recorded, for the CLI).
+pub fn statuses(public_url: &str) -> Statuses<'_> {
+    Statuses {
+        public_url,
+        write: commit_status,
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 enum SendError {
@@ -101,14 +156,17 @@ async fn deliver(state: &Arc<AppState>, client: &reqwest::Client, s: OutgoingSta
 /// Where a status goes and what is sent: Cloud's shape as the outbox holds it, or Data
 /// Center's made from it.
 fn request_for(s: &OutgoingStatus) -> Result<(String, String), SendError> {
-    let Some(base) = s.api.strip_prefix(DATA_CENTER) else {
-        let url = format!(
-            "{}/repositories/{}/commit/{}/statuses/build",
-            s.api.trim_end_matches('/'),
-            s.workspace_repo,
-            s.commit_sha
-        );
-        return Ok((url, s.body.clone()));
+    let base = match &s.api {
+        StatusApi::DataCenter(base) => base,
+        StatusApi::Cloud(api) => {
+            let url = format!(
+                "{}/repositories/{}/commit/{}/statuses/build",
+                api.trim_end_matches('/'),
+                s.workspace_repo,
+                s.commit_sha
+            );
+            return Ok((url, s.body.clone()));
+        }
     };
     let (project, repo) = s
         .workspace_repo
@@ -168,7 +226,7 @@ mod tests {
     fn status(api: &str, state: &str) -> OutgoingStatus {
         OutgoingStatus {
             id: 1,
-            api: api.to_owned(),
+            api: StatusApi::from_stored(api),
             credentials: zeroize::Zeroizing::new("u:p".to_owned()),
             workspace_repo: "acme/widget".to_owned(),
             commit_sha: "0123abcd".to_owned(),
@@ -178,6 +236,55 @@ mod tests {
             })
             .to_string(),
             attempts: 0,
+        }
+    }
+
+    #[test]
+    fn a_job_status_is_named_as_circleci_names_it_and_keyed_by_workflow_and_job() {
+        let change = |kind, status| StatusChange {
+            workflow: "main",
+            job: "build",
+            kind,
+            status,
+            url: "https://ci/jobs/7",
+            branch: Some("dev"),
+        };
+        let s = commit_status(&change(JobKind::Build, WorkflowJobStatus::Queued)).expect("shown");
+        assert_eq!(s.key, status_key("main", "build"));
+        assert_eq!(s.key.len(), 40);
+        let body: serde_json::Value = serde_json::from_str(&s.body).expect("json");
+        assert_eq!(
+            body,
+            serde_json::json!({
+                "key": s.key, "state": "INPROGRESS", "name": "ci/circleci: build",
+                "description": "Your tests are running on Bosun",
+                "url": "https://ci/jobs/7", "refname": "dev"
+            })
+        );
+        let s =
+            commit_status(&change(JobKind::Approval, WorkflowJobStatus::OnHold)).expect("shown");
+        assert!(
+            s.body.contains("\"name\":\"ci/circleci: main/build\""),
+            "{}",
+            s.body
+        );
+        assert!(
+            s.body.contains("\"description\":\"Waiting for approval\""),
+            "{}",
+            s.body
+        );
+        let mut c = change(JobKind::Build, WorkflowJobStatus::Canceled);
+        c.branch = None;
+        let s = commit_status(&c).expect("shown");
+        assert!(s.body.contains("\"state\":\"STOPPED\""), "{}", s.body);
+        assert!(!s.body.contains("refname"), "{}", s.body);
+        for hidden in [
+            WorkflowJobStatus::Blocked,
+            WorkflowJobStatus::Waiting,
+            WorkflowJobStatus::NotRun,
+            WorkflowJobStatus::NotRunnable,
+        ] {
+            assert_eq!(commit_status(&change(JobKind::Build, hidden)), None);
         }
     }
 

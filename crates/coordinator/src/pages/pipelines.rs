@@ -6,6 +6,8 @@
 //! every other page. `GET /pipelines` lists them.
 
 use super::{esc, shell};
+use crate::bitbucket::status::statuses;
+use crate::model::JobKind;
 use crate::store::pipelines::{PipelineRow, WorkflowRow};
 use crate::AppState;
 use axum::body::Bytes;
@@ -83,7 +85,7 @@ fn to_json(p: &PipelineRow) -> serde_json::Value {
             "status": w.status.as_str(),
             "jobs": w.jobs.iter().map(|j| serde_json::json!({
                 "name": j.name,
-                "kind": j.kind,
+                "kind": j.kind.as_str(),
                 "status": j.status.as_str(),
                 "reason": j.reason,
                 "job_id": j.job_id,
@@ -285,7 +287,7 @@ fn workflow_graph(w: &WorkflowRow) -> String {
     let approvals: String = w
         .jobs
         .iter()
-        .filter(|j| j.kind == "approval")
+        .filter(|j| j.kind == JobKind::Approval)
         .map(|j| {
             format!(
                 "<button type=\"button\" data-approve=\"{n}\"{hidden}>Approve {n}</button> ",
@@ -359,7 +361,7 @@ async fn approve(
     done(
         &state,
         state
-            .db(move |s| s.approve(id, &job, &who, &url))
+            .db(move |s| s.approve(id, &job, &who, &statuses(&url)))
             .await
             .map(|wf| format!("approved {} in {wf}", b.job)),
     )
@@ -380,7 +382,7 @@ async fn cancel(
     done(
         &state,
         state
-            .db(move |s| s.cancel_pipeline(id, &url))
+            .db(move |s| s.cancel_pipeline(id, &statuses(&url)))
             .await
             .map(|()| "cancel requested".to_owned()),
     )
@@ -401,7 +403,7 @@ async fn rerun(
     done(
         &state,
         state
-            .db(move |s| s.rerun_failed(id, &url))
+            .db(move |s| s.rerun_failed(id, &statuses(&url)))
             .await
             .map(|n| format!("{n} job(s) run again")),
     )

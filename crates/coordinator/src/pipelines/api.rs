@@ -16,29 +16,8 @@
 //! header only, never in a URL or an error.
 
 use super::config::{CONFIG_PATH, MAX_CONFIG_BYTES};
-use crate::bitbucket::status::DATA_CENTER;
-use zeroize::Zeroizing;
-
-/// Where a project's API is and how to sign in to it.
-#[derive(Clone)]
-pub struct ApiSource {
-    /// The project's `status_api`: Cloud's base, or `data-center:https://HOST`.
-    pub api: String,
-    /// `user:app-password` or `bearer:TOKEN`.
-    pub credentials: Zeroizing<String>,
-    /// `workspace/repo` (Cloud) or `PROJECT/repo` (Data Center).
-    pub repo: String,
-}
-
-impl std::fmt::Debug for ApiSource {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ApiSource")
-            .field("api", &self.api)
-            .field("credentials", &"<redacted>")
-            .field("repo", &self.repo)
-            .finish()
-    }
-}
+pub use crate::model::ApiSource;
+use crate::model::StatusApi;
 
 /// Why the API did not give the config (the caller falls back to the mirror).
 #[derive(Debug, thiserror::Error)]
@@ -82,14 +61,14 @@ pub fn url(src: &ApiSource, commit: &str) -> Result<String, ApiReadError> {
             ok(o) && ok(r)
         })
         .ok_or_else(|| ApiReadError::BadRepo(src.repo.clone()))?;
-    Ok(match src.api.strip_prefix(DATA_CENTER) {
-        Some(base) => format!(
+    Ok(match &src.api {
+        StatusApi::DataCenter(base) => format!(
             "{}/rest/api/1.0/projects/{owner}/repos/{repo}/raw/{CONFIG_PATH}?at={commit}",
             base.trim_end_matches('/')
         ),
-        None => format!(
+        StatusApi::Cloud(base) => format!(
             "{}/repositories/{owner}/{repo}/src/{commit}/{CONFIG_PATH}",
-            src.api.trim_end_matches('/')
+            base.trim_end_matches('/')
         ),
     })
 }
@@ -167,7 +146,8 @@ impl Refusals {
     fn key(project: &str, src: &ApiSource) -> [u8; 32] {
         use sha2::{Digest, Sha256};
         let mut h = Sha256::new();
-        for part in [project, src.api.as_str(), src.credentials.as_str()] {
+        let api = src.api.to_string();
+        for part in [project, api.as_str(), src.credentials.as_str()] {
             h.update((part.len() as u64).to_le_bytes());
             h.update(part.as_bytes());
         }
@@ -202,10 +182,11 @@ fn http(e: reqwest::Error) -> ApiReadError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use zeroize::Zeroizing;
 
     fn src(api: &str, repo: &str) -> ApiSource {
         ApiSource {
-            api: api.to_owned(),
+            api: StatusApi::from_stored(api),
             credentials: Zeroizing::new("u:p".to_owned()),
             repo: repo.to_owned(),
         }

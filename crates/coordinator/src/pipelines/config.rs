@@ -6,6 +6,7 @@
 //! working tree. It is compiled with the same compiler as `bosun execute --workflow`, pipeline
 //! values filled. Blocking: run it off the async workers.
 
+use crate::model::JobKind;
 use crate::store::pipelines::{NewWorkflow, NewWorkflowJob, PipelineToFetch};
 use bosun_core::checkout::{self, Credentials};
 use bosun_core::config::{self, CompileOptions, GitRef, PipelineValues, WorkflowJobKind};
@@ -268,11 +269,11 @@ pub fn compile(
                                     .map(str::trim)
                                     .filter(|c| c.contains('/'))
                                     .map(str::to_owned);
-                                ("build", None)
+                                (JobKind::Build, None)
                             }
-                            WorkflowJobKind::Approval => ("approval", None),
+                            WorkflowJobKind::Approval => (JobKind::Approval, None),
                             WorkflowJobKind::NotRunnable { reason } => {
-                                ("not_runnable", Some(reason.clone()))
+                                (JobKind::NotRunnable, Some(reason.clone()))
                             }
                         };
                         let (status, reason) = if runs {

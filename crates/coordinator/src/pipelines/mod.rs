@@ -17,6 +17,7 @@ pub mod api;
 pub mod config;
 
 use super::AppState;
+use crate::bitbucket::status::statuses;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -181,7 +182,7 @@ async fn pass(
         .db(move |s| {
             let mut any = false;
             for id in ids {
-                any |= s.advance(id, &url)?;
+                any |= s.advance(id, &statuses(&url))?;
             }
             Ok(any)
         })

@@ -5,6 +5,7 @@
 
 use super::pipelines::resolve_project;
 use super::*;
+use crate::model::{StatusApi, DATA_CENTER_KEY_PREFIX};
 use zeroize::Zeroizing;
 
 /// Settings `project set` changes; `None` leaves one as it is.
@@ -15,8 +16,9 @@ pub struct ProjectSettings {
     pub build_pull_requests_only: Option<bool>,
     pub build_fork_pull_requests: Option<bool>,
     pub fork_secrets: Option<bool>,
-    /// Bitbucket's REST API base (`https://api.bitbucket.org/2.0`); empty: statuses off.
-    pub status_api: Option<String>,
+    /// Bitbucket's REST API (checked by [`StatusApi::parse_setting`]); `Some(None)`:
+    /// statuses off.
+    pub status_api: Option<Option<StatusApi>>,
     /// `user:app-password` (HTTP Basic) or a bearer token (`bearer:TOKEN`).
     pub status_credentials: Option<String>,
 }
@@ -109,22 +111,9 @@ impl Store {
             }
         }
         if let Some(api) = &s.status_api {
-            let api = api.trim_end_matches('/');
-            let address = api
-                .strip_prefix(crate::bitbucket::status::DATA_CENTER)
-                .unwrap_or(api);
-            if !(api.is_empty()
-                || address.starts_with("https://")
-                || address.starts_with("http://"))
-            {
-                return Err(CoordError::Invalid(format!(
-                    "--status-api `{api}`: expected an http(s) address such as https://api.bitbucket.org/2.0 \
-                     (Bitbucket Cloud), or data-center:https://HOST for Bitbucket Data Center"
-                )));
-            }
             tx.execute(
                 "UPDATE projects SET status_api = ?2 WHERE id = ?1",
-                params![pid, (!api.is_empty()).then_some(api)],
+                params![pid, api.as_ref().map(StatusApi::to_string)],
             )?;
         }
         if let Some(c) = &s.status_credentials {
@@ -161,7 +150,7 @@ impl Store {
                 "SELECT {WEBHOOK_PROJECT_COLUMNS} FROM projects WHERE uuid LIKE ?1 ORDER BY id"
             ))?;
             // `%` matches the server; the id ends the key after a `/`.
-            let pattern = format!("{}%/{id}", crate::bitbucket::data_center::KEY_PREFIX);
+            let pattern = format!("{DATA_CENTER_KEY_PREFIX}%/{id}");
             let rows = st
                 .query_map([pattern], project_bits)?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
@@ -363,7 +352,7 @@ impl Store {
             };
             out.push(OutgoingStatus {
                 id,
-                api,
+                api: StatusApi::from_stored(&api),
                 credentials,
                 workspace_repo: slug,
                 commit_sha: commit,

@@ -2,6 +2,7 @@
 //! job as it travels to the agent.
 
 use super::*;
+use crate::model::forks::{self, Given};
 
 impl Store {
     // ---- agent calls ----
@@ -491,17 +492,22 @@ fn wire_job(conn: &Connection, secrets: &SecretsKey, id: i64) -> Result<WireJob>
                 ))
             },
         )?;
-    // A forked pull request's build gets no secret env values and no user key unless the
-    // project passes secrets to forks (decided when the pipeline was made).
+    // A forked pull request's build is given what `forks::gives` says (restricted or not was
+    // decided when the pipeline was made).
     let pipeline = Store::wire_pipeline(conn, id)?;
     let restricted = pipeline.as_ref().is_some_and(|(_, r)| *r);
     let pipeline = pipeline.map(|(p, _)| p);
     let mut keys = Vec::new();
-    for (role, column, key) in [
-        (WireKeyRole::User, "user_key", user_key),
-        (WireKeyRole::Deploy, "deploy_key", deploy_key),
+    for (role, what, column, key) in [
+        (WireKeyRole::User, Given::UserKey, "user_key", user_key),
+        (
+            WireKeyRole::Deploy,
+            Given::DeployKey,
+            "deploy_key",
+            deploy_key,
+        ),
     ] {
-        if restricted && role == WireKeyRole::User {
+        if !forks::gives(restricted, what) {
             continue;
         }
         if let Some(sealed) = key {
@@ -528,7 +534,7 @@ fn wire_job(conn: &Connection, secrets: &SecretsKey, id: i64) -> Result<WireJob>
             .collect::<rusqlite::Result<Vec<_>>>()?;
         let mut env = Vec::with_capacity(rows.len());
         for mut e in rows {
-            if e.secret && restricted {
+            if !forks::gives(restricted, Given::Env { secret: e.secret }) {
                 continue;
             }
             if e.secret {

@@ -3,11 +3,11 @@
 //! and the pipeline part of a claimed job.
 
 use super::pipelines::{
-    advance_in, parse_col, post_status, requires_from_json, resolve_project, Live, PipelineRow,
-    WorkflowJobRow, WorkflowRow,
+    advance_in, parse_col, post_status, requires_from_json, resolve_project, JobKind, Live,
+    PipelineRow, Statuses, WorkflowJobRow, WorkflowRow,
 };
 use super::*;
-use bosun_core::protocol::WorkflowJobStatus;
+use bosun_core::protocol::{PipelineState, WorkflowJobStatus};
 
 /// Which pipeline: its id, or `project#number` / a slug and number.
 pub fn parse_pipeline_ref(s: &str) -> Option<(Option<String>, i64)> {
@@ -43,17 +43,22 @@ impl Store {
 
     /// Approve approval job `job` of pipeline `id` (in any of its workflows) as `by`.
     /// Returns the workflow it was in.
-    pub fn approve(&self, id: i64, job: &str, by: &str, public_url: &str) -> Result<String> {
+    pub fn approve(&self, id: i64, job: &str, by: &str, statuses: &Statuses<'_>) -> Result<String> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let rows: Vec<(i64, String, String, String)> = {
+        let rows: Vec<(i64, JobKind, WorkflowJobStatus, String)> = {
             let mut st = tx.prepare(
                 "SELECT wj.id, wj.kind, wj.status, w.name FROM workflow_jobs wj \
                  JOIN workflows w ON w.id = wj.workflow_id WHERE w.pipeline_id = ?1 AND wj.name = ?2",
             )?;
             let rows = st
                 .query_map(params![id, job], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                    Ok((
+                        r.get(0)?,
+                        parse_col(r.get(1)?)?,
+                        parse_col(r.get(2)?)?,
+                        r.get(3)?,
+                    ))
                 })?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
             rows
@@ -63,10 +68,10 @@ impl Store {
                 "pipeline {id} has no job {job}"
             )));
         };
-        if kind != "approval" {
+        if kind != JobKind::Approval {
             return Err(CoordError::Invalid(format!("{job} is not an approval job")));
         }
-        if status != WorkflowJobStatus::OnHold.as_str() {
+        if status != WorkflowJobStatus::OnHold {
             return Err(CoordError::Invalid(format!(
                 "{job} is {status}, not on hold: only a job waiting for approval can be approved"
             )));
@@ -84,25 +89,22 @@ impl Store {
             id: wjid,
             name: job.to_owned(),
             kind,
-            requires: Vec::new(),
-            serial_group: None,
             status: WorkflowJobStatus::Success,
             job_id: None,
-            job_state: None,
         };
-        post_status(&tx, pid, id, &workflow, &live, public_url)?;
+        post_status(&tx, pid, id, &workflow, &live, statuses)?;
         tx.execute(
             "UPDATE pipelines SET status = 'running' WHERE id = ?1 AND status = 'on_hold'",
             [id],
         )?;
-        advance_in(&tx, id, public_url)?;
+        advance_in(&tx, id, statuses)?;
         tx.commit()?;
         Ok(workflow)
     }
 
     /// Cancel pipeline `id`: queued jobs end at once, running ones at their agent's next
     /// heartbeat, jobs not started yet are canceled; the pipeline ends when its jobs have.
-    pub fn cancel_pipeline(&self, id: i64, public_url: &str) -> Result<()> {
+    pub fn cancel_pipeline(&self, id: i64, statuses: &Statuses<'_>) -> Result<()> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let now = now_ms();
@@ -125,21 +127,21 @@ impl Store {
             "UPDATE pipelines SET status = 'canceled', finished = ?2 WHERE id = ?1 AND status = 'created'",
             params![id, now],
         )?;
-        advance_in(&tx, id, public_url)?;
+        advance_in(&tx, id, statuses)?;
         tx.commit()?;
         Ok(())
     }
 
     /// Rerun the workflows of pipeline `id` from their failed jobs: jobs that did not
     /// succeed (and those they blocked) wait again; successful ones stay.
-    pub fn rerun_failed(&self, id: i64, public_url: &str) -> Result<usize> {
+    pub fn rerun_failed(&self, id: i64, statuses: &Statuses<'_>) -> Result<usize> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let status: String =
+        let status: PipelineState =
             tx.query_row("SELECT status FROM pipelines WHERE id = ?1", [id], |r| {
-                r.get(0)
+                parse_col(r.get(0)?)
             })?;
-        if !matches!(status.as_str(), "failed" | "canceled") {
+        if !matches!(status, PipelineState::Failed | PipelineState::Canceled) {
             return Err(CoordError::Invalid(format!(
                 "pipeline {id} is {status}: only a failed or canceled pipeline is rerun"
             )));
@@ -158,7 +160,7 @@ impl Store {
             "UPDATE pipelines SET status = 'running', finished = NULL WHERE id = ?1",
             [id],
         )?;
-        advance_in(&tx, id, public_url)?;
+        advance_in(&tx, id, statuses)?;
         tx.commit()?;
         Ok(n)
     }
@@ -238,7 +240,7 @@ impl Store {
                     Ok(WorkflowJobRow {
                         id: r.get(0)?,
                         name: r.get(1)?,
-                        kind: r.get(2)?,
+                        kind: parse_col(r.get(2)?)?,
                         requires: requires_from_json(&r.get::<_, String>(3)?),
                         serial_group: r.get(4)?,
                         status: parse_col(r.get(5)?)?,

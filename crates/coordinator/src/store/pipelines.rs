@@ -1,12 +1,15 @@
 //! Pipelines as the store keeps them: a pipeline (what was triggered), its workflows, and
 //! their jobs, each queued as a `jobs` row when its requirements are met. [`Store::advance`]
-//! is the one place statuses move forward: it reads the jobs' rows, decides with the config's
-//! own graph rules ([`bosun_core::config::Readiness`]), queues what may start, and records the
-//! commit statuses to send, all in one transaction.
+//! is the one place statuses move forward: it reads the jobs' rows, lets the state machine
+//! ([`crate::model::advance`], pure) decide, and applies its transitions (statuses, the jobs
+//! agents claim, the commit statuses to send), all in one transaction.
 
 use super::*;
-use bosun_core::config::{readiness, Readiness, RequiredStatus};
-use bosun_core::protocol::{JobState, PipelineState, WorkflowJobStatus, WorkflowState};
+use crate::model::advance;
+pub use crate::model::JobKind;
+use crate::model::{ApiSource, StatusApi};
+use bosun_core::config::RequiredStatus;
+use bosun_core::protocol::{PipelineState, WorkflowJobStatus, WorkflowState};
 
 /// What a trigger or a webhook asks for.
 #[derive(Debug, Clone, Default)]
@@ -58,15 +61,14 @@ pub struct PipelineToFetch {
     pub default_branch: String,
     /// Bitbucket's REST API with the project's credentials, when it has both: the config is
     /// read there first (`coordinator::pipelines::api`).
-    pub api: Option<crate::pipelines::api::ApiSource>,
+    pub api: Option<ApiSource>,
 }
 
 /// A compiled workflow job, as the store keeps it.
 #[derive(Debug, Clone)]
 pub struct NewWorkflowJob {
     pub name: String,
-    /// `build`, `approval`, `not_runnable`.
-    pub kind: String,
+    pub kind: JobKind,
     pub requires: Vec<(String, Vec<RequiredStatus>)>,
     pub serial_group: Option<String>,
     /// A self-hosted runner class (`namespace/name`) from the job's `resource_class:`: only
@@ -119,7 +121,7 @@ pub struct WorkflowRow {
 pub struct WorkflowJobRow {
     pub id: i64,
     pub name: String,
-    pub kind: String,
+    pub kind: JobKind,
     pub requires: Vec<(String, Vec<RequiredStatus>)>,
     pub serial_group: Option<String>,
     pub status: WorkflowJobStatus,
@@ -128,10 +130,13 @@ pub struct WorkflowJobRow {
     pub approved_by: Option<String>,
 }
 
-pub(super) fn parse_col<T: std::str::FromStr<Err = bosun_core::protocol::UnknownStatus>>(
-    v: String,
-) -> rusqlite::Result<T> {
-    v.parse().map_err(|e: bosun_core::protocol::UnknownStatus| {
+/// A column's word as its type (a status, a kind): the SQL boundary's one parse.
+pub(super) fn parse_col<T>(v: String) -> rusqlite::Result<T>
+where
+    T: std::str::FromStr,
+    T::Err: std::error::Error + Send + Sync + 'static,
+{
+    v.parse().map_err(|e: T::Err| {
         rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
     })
 }
@@ -179,7 +184,7 @@ pub(super) fn resolve_project(conn: &Connection, project: &str) -> Result<i64> {
 #[derive(Debug, Clone)]
 pub struct OutgoingStatus {
     pub id: i64,
-    pub api: String,
+    pub api: StatusApi,
     pub credentials: zeroize::Zeroizing<String>,
     pub workspace_repo: String,
     pub commit_sha: String,
@@ -187,23 +192,35 @@ pub struct OutgoingStatus {
     pub attempts: u32,
 }
 
-/// What a status transition posts: Bitbucket's state and CircleCI's description.
-fn status_words(s: WorkflowJobStatus) -> Option<(&'static str, &'static str)> {
-    use WorkflowJobStatus as W;
-    Some(match s {
-        W::Queued | W::Running => ("INPROGRESS", "Your tests are running on Bosun"),
-        W::OnHold => ("INPROGRESS", "Waiting for approval"),
-        W::Success => ("SUCCESSFUL", "Your tests passed on Bosun!"),
-        W::Failed | W::TimedOut | W::InfrastructureFail => ("FAILED", "Your tests failed on Bosun"),
-        W::Canceled => ("STOPPED", "Your tests were canceled"),
-        W::Blocked | W::NotRun | W::NotRunnable | W::Waiting => return None,
-    })
+/// A workflow job's new status, as the store knows it: what a commit status is made of
+/// (`bitbucket::status::commit_status` writes Bitbucket's).
+#[derive(Debug, Clone, Copy)]
+pub struct StatusChange<'a> {
+    pub workflow: &'a str,
+    pub job: &'a str,
+    pub kind: JobKind,
+    pub status: WorkflowJobStatus,
+    /// The page that shows it: the job's once it has one, else the pipeline's.
+    pub url: &'a str,
+    /// The pipeline's branch, when it has one.
+    pub branch: Option<&'a str>,
 }
 
-/// The Bitbucket `key` of a workflow job's status: stable for the same workflow and job
-/// name (a rerun overwrites it), at most 40 characters as Bitbucket's key column allows.
-pub fn status_key(workflow: &str, job: &str) -> String {
-    sha256_hex(format!("bosun/{workflow}/{job}").as_bytes())[..40].to_owned()
+/// A commit status as the outbox keeps it: its key (one per workflow job: a later status
+/// with the same key replaces the earlier one at the forge) and the body that is sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusBody {
+    pub key: String,
+    pub body: String,
+}
+
+/// How status changes reach the outbox: where the server's pages are reached (statuses link
+/// them; empty: the address the server recorded at its start, as the CLI does not know it),
+/// and how a change is written for the forge (`None`: the forge is not told of it).
+#[derive(Clone, Copy)]
+pub struct Statuses<'a> {
+    pub public_url: &'a str,
+    pub write: fn(&StatusChange<'_>) -> Option<StatusBody>,
 }
 
 impl Store {
@@ -325,8 +342,8 @@ impl Store {
         let mut out = Vec::with_capacity(rows.len());
         for (mut p, pid, user, deploy, api, credentials) in rows {
             if let (Some(api), Some(sealed)) = (api, credentials) {
-                p.api = Some(crate::pipelines::api::ApiSource {
-                    api,
+                p.api = Some(ApiSource {
+                    api: StatusApi::from_stored(&api),
                     credentials: self
                         .secrets
                         .open(&super::intake::status_place(pid), &sealed)?,
@@ -397,7 +414,7 @@ impl Store {
                         wid,
                         i as i64,
                         j.name,
-                        j.kind,
+                        j.kind.as_str(),
                         requires_json(&j.requires),
                         j.serial_group,
                         j.resource_class,
@@ -438,10 +455,10 @@ impl Store {
         Ok(())
     }
 
-    pub fn advance(&self, id: i64, public_url: &str) -> Result<bool> {
+    pub fn advance(&self, id: i64, statuses: &Statuses<'_>) -> Result<bool> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let changed = advance_in(&tx, id, public_url)?;
+        let changed = advance_in(&tx, id, statuses)?;
         tx.commit()?;
         Ok(changed)
     }
@@ -462,38 +479,39 @@ pub(crate) fn uuid_v4() -> Result<String> {
     ))
 }
 
+/// A workflow job as the store applies transitions to it (and posts its statuses).
 pub(super) struct Live {
     pub(super) id: i64,
     pub(super) name: String,
-    pub(super) kind: String,
-    pub(super) requires: Vec<(String, Vec<RequiredStatus>)>,
-    pub(super) serial_group: Option<String>,
+    pub(super) kind: JobKind,
     pub(super) status: WorkflowJobStatus,
     pub(super) job_id: Option<i64>,
-    pub(super) job_state: Option<JobState>,
 }
 
-pub(super) fn advance_in(tx: &Connection, id: i64, public_url: &str) -> Result<bool> {
-    let (pid, pstatus, number, restricted): (i64, String, i64, bool) = tx.query_row(
+/// Pipeline `id`'s workflows moved forward by [`advance::advance`], in transaction `tx`: the
+/// rows loaded, the transitions applied in their order, then the serial groups' turns and the
+/// workflow and pipeline states. Returns whether anything changed.
+pub(super) fn advance_in(tx: &Connection, id: i64, statuses: &Statuses<'_>) -> Result<bool> {
+    let (pid, pstatus, number, restricted): (i64, PipelineState, i64, bool) = tx.query_row(
         "SELECT project_id, status, number, restricted FROM pipelines WHERE id = ?1",
         [id],
-        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        |r| Ok((r.get(0)?, parse_col(r.get(1)?)?, r.get(2)?, r.get(3)?)),
     )?;
-    if !matches!(pstatus.as_str(), "running" | "on_hold") {
+    if !matches!(pstatus, PipelineState::Running | PipelineState::OnHold) {
         return Ok(false);
     }
-    let workflows: Vec<(i64, String, String)> = {
-        let mut st = tx
-            .prepare("SELECT id, name, status FROM workflows WHERE pipeline_id = ?1 ORDER BY id")?;
+    let workflows: Vec<(i64, String)> = {
+        let mut st =
+            tx.prepare("SELECT id, name FROM workflows WHERE pipeline_id = ?1 ORDER BY id")?;
         let rows = st
-            .query_map([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .query_map([id], |r| Ok((r.get(0)?, r.get(1)?)))?
             .collect::<rusqlite::Result<Vec<_>>>()?;
         rows
     };
     let mut changed = false;
     let mut wf_states = Vec::new();
-    for (wid, wname, _) in &workflows {
-        let mut jobs: Vec<Live> = {
+    for (wid, wname) in &workflows {
+        let rows: Vec<(Live, advance::WorkflowJob)> = {
             let mut st = tx.prepare(
                 "SELECT wj.id, wj.name, wj.kind, wj.requires, wj.serial_group, wj.status, wj.job_id, j.status \
                  FROM workflow_jobs wj LEFT JOIN jobs j ON j.id = wj.job_id \
@@ -501,128 +519,63 @@ pub(super) fn advance_in(tx: &Connection, id: i64, public_url: &str) -> Result<b
             )?;
             let rows = st
                 .query_map([wid], |r| {
-                    Ok(Live {
-                        id: r.get(0)?,
+                    let job = advance::WorkflowJob {
                         name: r.get(1)?,
-                        kind: r.get(2)?,
+                        kind: parse_col(r.get(2)?)?,
                         requires: requires_from_json(&r.get::<_, String>(3)?),
                         serial_group: r.get(4)?,
                         status: parse_col(r.get(5)?)?,
-                        job_id: r.get(6)?,
                         job_state: r.get::<_, Option<String>>(7)?.map(parse_col).transpose()?,
-                    })
+                    };
+                    let live = Live {
+                        id: r.get(0)?,
+                        name: job.name.clone(),
+                        kind: job.kind,
+                        status: job.status,
+                        job_id: r.get(6)?,
+                    };
+                    Ok((live, job))
                 })?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
             rows
         };
-        // 1. What the agents did.
-        let mut transitions: Vec<(usize, WorkflowJobStatus)> = Vec::new();
-        for (i, j) in jobs.iter().enumerate() {
-            if let Some(state) = j.job_state {
-                let now = match state {
-                    JobState::Queued => WorkflowJobStatus::Queued,
-                    JobState::Running => WorkflowJobStatus::Running,
-                    JobState::Success => WorkflowJobStatus::Success,
-                    JobState::Failed => WorkflowJobStatus::Failed,
-                    JobState::Canceled => WorkflowJobStatus::Canceled,
-                    JobState::TimedOut => WorkflowJobStatus::TimedOut,
-                    JobState::InfrastructureFail => WorkflowJobStatus::InfrastructureFail,
-                };
-                if now != j.status {
-                    transitions.push((i, now));
-                }
+        let (mut jobs, facts): (Vec<Live>, Vec<advance::WorkflowJob>) = rows.into_iter().unzip();
+        let transitions = advance::advance(&facts);
+        changed |= !transitions.is_empty();
+        for t in transitions {
+            let job = &mut jobs[t.job];
+            set_status(tx, job, t.to, t.reason.as_deref())?;
+            if t.queue {
+                queue_job(tx, pid, id, number, restricted, job)?;
             }
+            post_status(tx, pid, id, wname, job, statuses)?;
         }
-        for (i, s) in transitions.drain(..) {
-            set_status(tx, &mut jobs[i], s, None)?;
-            post_status(tx, pid, id, wname, &jobs[i], public_url)?;
-            changed = true;
-        }
-        // 2. Settle what can be decided, until nothing moves.
-        loop {
-            let mut progressed = false;
-            for i in 0..jobs.len() {
-                if jobs[i].status != WorkflowJobStatus::Waiting {
-                    continue;
-                }
-                let names: Vec<String> = jobs[i].requires.iter().map(|(n, _)| n.clone()).collect();
-                let with_status: Vec<(String, Vec<RequiredStatus>)> = jobs[i].requires.clone();
-                let status_of = |n: &str| jobs.iter().find(|o| o.name == n).map(|o| o.status);
-                match readiness(&names, &with_status, status_of) {
-                    Readiness::Wait => {}
-                    Readiness::Blocked { by, ended } => {
-                        let reason = format!("requires {by}, which ended {}", ended.as_str());
-                        set_status(tx, &mut jobs[i], WorkflowJobStatus::Blocked, Some(&reason))?;
-                        progressed = true;
-                    }
-                    Readiness::Ready => {
-                        match jobs[i].kind.as_str() {
-                            "approval" => {
-                                set_status(
-                                    tx,
-                                    &mut jobs[i],
-                                    WorkflowJobStatus::OnHold,
-                                    Some("waiting for approval"),
-                                )?;
-                                post_status(tx, pid, id, wname, &jobs[i], public_url)?;
-                            }
-                            "build" => {
-                                let job = &mut jobs[i];
-                                set_status(tx, job, WorkflowJobStatus::Queued, None)?;
-                                if job.serial_group.is_none() {
-                                    queue_job(tx, pid, id, number, restricted, job)?;
-                                } else {
-                                    tx.execute(
-                                        "UPDATE workflow_jobs SET reason = 'waiting for its turn in serial group ' || serial_group WHERE id = ?1",
-                                        [job.id],
-                                    )?;
-                                }
-                                post_status(tx, pid, id, wname, job, public_url)?;
-                            }
-                            _ => {
-                                set_status(tx, &mut jobs[i], WorkflowJobStatus::NotRunnable, None)?;
-                            }
-                        }
-                        progressed = true;
-                    }
-                }
-            }
-            if !progressed {
-                break;
-            }
-            changed = true;
-        }
-        wf_states.push((*wid, workflow_state(&jobs)));
+        let statuses: Vec<WorkflowJobStatus> = jobs.iter().map(|j| j.status).collect();
+        wf_states.push((*wid, advance::workflow_state(&statuses)));
     }
-    // 3. Serial groups: the oldest waiting job of a group starts when none of the group runs.
+    // Serial groups: the oldest waiting job of a group starts when none of the group runs.
     changed |= start_serial_turns(tx, pid, id, number, restricted)?;
-    // 4. Workflow and pipeline statuses.
+    // Workflow and pipeline statuses.
     let now = now_ms();
     for (wid, st) in &wf_states {
-        let final_ = !matches!(
-            st,
-            WorkflowState::Running | WorkflowState::Failing | WorkflowState::OnHold
-        );
         tx.execute(
             "UPDATE workflows SET status = ?2, finished = CASE WHEN ?3 THEN COALESCE(finished, ?4) END \
              WHERE id = ?1 AND status != ?2",
-            params![wid, st.as_str(), final_, now],
+            params![wid, st.as_str(), advance::workflow_final(*st), now],
         )?;
     }
     let states: Vec<WorkflowState> = wf_states.iter().map(|(_, s)| *s).collect();
-    let p = pipeline_state(&states);
-    let (p, err) = match p {
+    let (p, err) = match advance::pipeline_state(&states) {
         None => (
             PipelineState::Errored,
             Some("All Workflows have been filtered from this Pipeline. No Jobs have been run."),
         ),
         Some(p) => (p, None),
     };
-    let final_ = !matches!(p, PipelineState::Running | PipelineState::OnHold);
     let n = tx.execute(
         "UPDATE pipelines SET status = ?2, error = COALESCE(?3, error), \
          finished = CASE WHEN ?4 THEN COALESCE(finished, ?5) END WHERE id = ?1 AND status != ?2",
-        params![id, p.as_str(), err, final_, now],
+        params![id, p.as_str(), err, advance::pipeline_final(p), now],
     )?;
     Ok(changed || n > 0)
 }
@@ -707,7 +660,6 @@ fn queue_job(
         params![job.id, jid],
     )?;
     job.job_id = Some(jid);
-    job.job_state = Some(JobState::Queued);
     Ok(())
 }
 
@@ -749,12 +701,9 @@ fn start_serial_turns(
         let mut live = Live {
             id: wjid,
             name,
-            kind: "build".into(),
-            requires: Vec::new(),
-            serial_group: Some(group),
+            kind: JobKind::Build,
             status: WorkflowJobStatus::Queued,
             job_id: None,
-            job_state: None,
         };
         queue_job(tx, pid, pipeline, number, restricted, &mut live)?;
         changed = true;
@@ -778,64 +727,6 @@ impl Store {
     }
 }
 
-fn workflow_state(jobs: &[Live]) -> WorkflowState {
-    use WorkflowJobStatus as W;
-    let any = |f: &dyn Fn(W) -> bool| jobs.iter().any(|j| f(j.status));
-    let failed = any(&|s| {
-        matches!(
-            s,
-            W::Failed | W::TimedOut | W::InfrastructureFail | W::Blocked
-        )
-    });
-    if any(&|s| matches!(s, W::Waiting | W::Queued | W::Running)) {
-        // Jobs waiting only on an approval make the workflow on hold.
-        let moving = jobs
-            .iter()
-            .any(|j| matches!(j.status, W::Queued | W::Running));
-        if !moving && any(&|s| s == W::OnHold) {
-            return WorkflowState::OnHold;
-        }
-        return if failed {
-            WorkflowState::Failing
-        } else {
-            WorkflowState::Running
-        };
-    }
-    if any(&|s| s == W::OnHold) {
-        return WorkflowState::OnHold;
-    }
-    if jobs.iter().all(|j| matches!(j.status, W::NotRun)) {
-        return WorkflowState::NotRun;
-    }
-    if failed {
-        WorkflowState::Failed
-    } else if any(&|s| s == W::Canceled) {
-        WorkflowState::Canceled
-    } else {
-        WorkflowState::Success
-    }
-}
-
-/// `None`: every workflow was filtered out.
-fn pipeline_state(wfs: &[WorkflowState]) -> Option<PipelineState> {
-    use WorkflowState as S;
-    if wfs.iter().all(|s| *s == S::NotRun) {
-        return None;
-    }
-    let any = |x: S| wfs.contains(&x);
-    Some(if any(S::Running) || any(S::Failing) {
-        PipelineState::Running
-    } else if any(S::OnHold) {
-        PipelineState::OnHold
-    } else if any(S::Failed) {
-        PipelineState::Failed
-    } else if any(S::Canceled) {
-        PipelineState::Canceled
-    } else {
-        PipelineState::Success
-    })
-}
-
 /// Put a commit status for `job`'s new status in the outbox, when the project sends them.
 pub(super) fn post_status(
     tx: &Connection,
@@ -843,11 +734,8 @@ pub(super) fn post_status(
     pipeline: i64,
     workflow: &str,
     job: &Live,
-    public_url: &str,
+    statuses: &Statuses<'_>,
 ) -> Result<()> {
-    let Some((state, description)) = status_words(job.status) else {
-        return Ok(());
-    };
     let api: Option<String> = tx.query_row(
         "SELECT status_api FROM projects WHERE id = ?1",
         [pid],
@@ -862,13 +750,8 @@ pub(super) fn post_status(
         |r| Ok((r.get(0)?, r.get(1)?)),
     )?;
     let Some(commit) = commit else { return Ok(()) };
-    // Approval and no-op jobs are named with their workflow, as CircleCI names them.
-    let name = if job.kind == "build" {
-        format!("ci/circleci: {}", job.name)
-    } else {
-        format!("ci/circleci: {workflow}/{}", job.name)
-    };
     // The CLI does not know where the server is reached: the server records it at start.
+    let public_url = statuses.public_url;
     let recorded: Option<String> = if public_url.is_empty() {
         tx.query_row("SELECT value FROM meta WHERE key = 'public_url'", [], |r| {
             r.get(0)
@@ -885,9 +768,19 @@ pub(super) fn post_status(
         Some(j) => format!("{base}/jobs/{j}"),
         None => format!("{base}/pipelines/{pipeline}"),
     };
+    let change = StatusChange {
+        workflow,
+        job: &job.name,
+        kind: job.kind,
+        status: job.status,
+        url: &url,
+        branch: branch.as_deref(),
+    };
+    let Some(StatusBody { key, body: text }) = (statuses.write)(&change) else {
+        return Ok(());
+    };
     // The outbox holds one row per transition: a job queued and started in one pass
     // posts INPROGRESS once.
-    let key = status_key(workflow, &job.name);
     let last: Option<String> = tx
         .query_row(
             "SELECT body FROM commit_statuses WHERE project_id = ?1 AND commit_sha = ?2 AND key = ?3 \
@@ -896,17 +789,6 @@ pub(super) fn post_status(
             |r| r.get(0),
         )
         .optional()?;
-    let mut body = serde_json::json!({
-        "key": key,
-        "state": state,
-        "name": name,
-        "description": description,
-        "url": url,
-    });
-    if let Some(b) = branch {
-        body["refname"] = serde_json::Value::String(b);
-    }
-    let text = body.to_string();
     if last.as_deref() == Some(text.as_str()) {
         return Ok(());
     }

@@ -1,0 +1,375 @@
+//! The workflow state machine, pure: a workflow's jobs as they are in, the transitions that
+//! move them forward out. The store loads the jobs, calls [`advance`], and applies what it
+//! returns in order (statuses, the `jobs` rows agents claim, the commit-status outbox) in one
+//! transaction; nothing here reads or writes anything.
+
+use super::JobKind;
+use bosun_core::config::{readiness, Readiness, RequiredStatus};
+use bosun_core::protocol::{JobState, PipelineState, WorkflowJobStatus, WorkflowState};
+
+/// A workflow job as the state machine sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkflowJob {
+    pub name: String,
+    pub kind: JobKind,
+    pub requires: Vec<(String, Vec<RequiredStatus>)>,
+    pub serial_group: Option<String>,
+    pub status: WorkflowJobStatus,
+    /// The state of its `jobs` row, once one was queued: what the agents did.
+    pub job_state: Option<JobState>,
+}
+
+/// What happens to the job at `job` (an index into the slice given to [`advance`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transition {
+    pub job: usize,
+    pub to: WorkflowJobStatus,
+    /// The job's new `reason` (`None` clears it).
+    pub reason: Option<String>,
+    /// Queue the `jobs` row an agent claims now (a build job outside any serial group; one
+    /// in a group waits for its turn, which the store decides across pipelines).
+    pub queue: bool,
+}
+
+/// The status a `jobs` row's state gives its workflow job.
+fn status_of_job(state: JobState) -> WorkflowJobStatus {
+    match state {
+        JobState::Queued => WorkflowJobStatus::Queued,
+        JobState::Running => WorkflowJobStatus::Running,
+        JobState::Success => WorkflowJobStatus::Success,
+        JobState::Failed => WorkflowJobStatus::Failed,
+        JobState::Canceled => WorkflowJobStatus::Canceled,
+        JobState::TimedOut => WorkflowJobStatus::TimedOut,
+        JobState::InfrastructureFail => WorkflowJobStatus::InfrastructureFail,
+    }
+}
+
+/// Move a workflow forward: first what the agents did (each job whose `jobs` row says
+/// otherwise takes its state), then every waiting job whose requirements are decided starts
+/// (queued, held for approval, waiting its serial group's turn, or not runnable) or is
+/// blocked, again and again until nothing moves. The transitions are in the order they were
+/// decided; a later one may depend on an earlier one's status.
+pub fn advance(jobs: &[WorkflowJob]) -> Vec<Transition> {
+    let mut status: Vec<WorkflowJobStatus> = jobs.iter().map(|j| j.status).collect();
+    let mut out = Vec::new();
+    for (i, j) in jobs.iter().enumerate() {
+        if let Some(state) = j.job_state {
+            let now = status_of_job(state);
+            if now != status[i] {
+                status[i] = now;
+                out.push(Transition {
+                    job: i,
+                    to: now,
+                    reason: None,
+                    queue: false,
+                });
+            }
+        }
+    }
+    loop {
+        let mut progressed = false;
+        for (i, j) in jobs.iter().enumerate() {
+            if status[i] != WorkflowJobStatus::Waiting {
+                continue;
+            }
+            let names: Vec<String> = j.requires.iter().map(|(n, _)| n.clone()).collect();
+            let status_of = |n: &str| jobs.iter().position(|o| o.name == n).map(|k| status[k]);
+            let t = match readiness(&names, &j.requires, status_of) {
+                Readiness::Wait => continue,
+                Readiness::Blocked { by, ended } => Transition {
+                    job: i,
+                    to: WorkflowJobStatus::Blocked,
+                    reason: Some(format!("requires {by}, which ended {}", ended.as_str())),
+                    queue: false,
+                },
+                Readiness::Ready => match j.kind {
+                    JobKind::Approval => Transition {
+                        job: i,
+                        to: WorkflowJobStatus::OnHold,
+                        reason: Some("waiting for approval".to_owned()),
+                        queue: false,
+                    },
+                    JobKind::Build => match &j.serial_group {
+                        None => Transition {
+                            job: i,
+                            to: WorkflowJobStatus::Queued,
+                            reason: None,
+                            queue: true,
+                        },
+                        Some(group) => Transition {
+                            job: i,
+                            to: WorkflowJobStatus::Queued,
+                            reason: Some(format!("waiting for its turn in serial group {group}")),
+                            queue: false,
+                        },
+                    },
+                    JobKind::NotRunnable => Transition {
+                        job: i,
+                        to: WorkflowJobStatus::NotRunnable,
+                        reason: None,
+                        queue: false,
+                    },
+                },
+            };
+            status[i] = t.to;
+            out.push(t);
+            progressed = true;
+        }
+        if !progressed {
+            return out;
+        }
+    }
+}
+
+/// A workflow's state from its jobs' statuses.
+pub fn workflow_state(jobs: &[WorkflowJobStatus]) -> WorkflowState {
+    use WorkflowJobStatus as W;
+    let any = |f: &dyn Fn(W) -> bool| jobs.iter().any(|s| f(*s));
+    let failed = any(&|s| {
+        matches!(
+            s,
+            W::Failed | W::TimedOut | W::InfrastructureFail | W::Blocked
+        )
+    });
+    if any(&|s| matches!(s, W::Waiting | W::Queued | W::Running)) {
+        // Jobs waiting only on an approval make the workflow on hold.
+        let moving = any(&|s| matches!(s, W::Queued | W::Running));
+        if !moving && any(&|s| s == W::OnHold) {
+            return WorkflowState::OnHold;
+        }
+        return if failed {
+            WorkflowState::Failing
+        } else {
+            WorkflowState::Running
+        };
+    }
+    if any(&|s| s == W::OnHold) {
+        return WorkflowState::OnHold;
+    }
+    if jobs.iter().all(|s| matches!(s, W::NotRun)) {
+        return WorkflowState::NotRun;
+    }
+    if failed {
+        WorkflowState::Failed
+    } else if any(&|s| s == W::Canceled) {
+        WorkflowState::Canceled
+    } else {
+        WorkflowState::Success
+    }
+}
+
+/// Whether a workflow in state `s` has ended (its `finished` time is then set).
+pub fn workflow_final(s: WorkflowState) -> bool {
+    !matches!(
+        s,
+        WorkflowState::Running | WorkflowState::Failing | WorkflowState::OnHold
+    )
+}
+
+/// A pipeline's state from its workflows' states. `None`: every workflow was filtered out.
+pub fn pipeline_state(wfs: &[WorkflowState]) -> Option<PipelineState> {
+    use WorkflowState as S;
+    if wfs.iter().all(|s| *s == S::NotRun) {
+        return None;
+    }
+    let any = |x: S| wfs.contains(&x);
+    Some(if any(S::Running) || any(S::Failing) {
+        PipelineState::Running
+    } else if any(S::OnHold) {
+        PipelineState::OnHold
+    } else if any(S::Failed) {
+        PipelineState::Failed
+    } else if any(S::Canceled) {
+        PipelineState::Canceled
+    } else {
+        PipelineState::Success
+    })
+}
+
+/// Whether a pipeline in state `p` has ended.
+pub fn pipeline_final(p: PipelineState) -> bool {
+    !matches!(p, PipelineState::Running | PipelineState::OnHold)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use WorkflowJobStatus as W;
+
+    fn job(name: &str, kind: JobKind, requires: &[&str]) -> WorkflowJob {
+        WorkflowJob {
+            name: name.to_owned(),
+            kind,
+            requires: requires
+                .iter()
+                .map(|r| (r.to_string(), vec![RequiredStatus::Success]))
+                .collect(),
+            serial_group: None,
+            status: W::Waiting,
+            job_state: None,
+        }
+    }
+
+    fn build(name: &str, requires: &[&str]) -> WorkflowJob {
+        job(name, JobKind::Build, requires)
+    }
+
+    /// Apply `advance` as the store does: the statuses after it.
+    fn after(jobs: &mut [WorkflowJob]) -> Vec<Transition> {
+        let t = advance(jobs);
+        for x in &t {
+            jobs[x.job].status = x.to;
+            if x.queue {
+                jobs[x.job].job_state = Some(JobState::Queued);
+            }
+        }
+        t
+    }
+
+    fn statuses(jobs: &[WorkflowJob]) -> Vec<W> {
+        jobs.iter().map(|j| j.status).collect()
+    }
+
+    #[test]
+    fn jobs_without_requirements_are_queued_and_their_dependants_wait() {
+        let mut jobs = vec![build("a", &[]), build("b", &["a"])];
+        let t = after(&mut jobs);
+        assert_eq!(
+            t,
+            vec![Transition {
+                job: 0,
+                to: W::Queued,
+                reason: None,
+                queue: true
+            }]
+        );
+        assert_eq!(statuses(&jobs), [W::Queued, W::Waiting]);
+        assert_eq!(workflow_state(&statuses(&jobs)), WorkflowState::Running);
+        assert!(after(&mut jobs).is_empty(), "nothing moves twice");
+    }
+
+    #[test]
+    fn the_agents_states_come_first_and_a_fan_in_waits_for_every_requirement() {
+        let mut jobs = vec![build("a", &[]), build("b", &[]), build("c", &["a", "b"])];
+        after(&mut jobs);
+        jobs[0].job_state = Some(JobState::Success);
+        jobs[1].job_state = Some(JobState::Running);
+        let t = after(&mut jobs);
+        assert_eq!(
+            t.iter().map(|t| (t.job, t.to)).collect::<Vec<_>>(),
+            [(0, W::Success), (1, W::Running)]
+        );
+        assert_eq!(jobs[2].status, W::Waiting);
+        jobs[1].job_state = Some(JobState::Success);
+        let t = after(&mut jobs);
+        assert_eq!(
+            t.iter().map(|t| (t.job, t.to, t.queue)).collect::<Vec<_>>(),
+            [(1, W::Success, false), (2, W::Queued, true)]
+        );
+    }
+
+    #[test]
+    fn a_failure_blocks_its_dependants_down_the_chain_in_one_pass() {
+        let mut jobs = vec![build("a", &[]), build("b", &["a"]), build("c", &["b"])];
+        after(&mut jobs);
+        jobs[0].job_state = Some(JobState::Failed);
+        let t = after(&mut jobs);
+        assert_eq!(
+            t.iter()
+                .map(|t| (t.job, t.to, t.reason.as_deref()))
+                .collect::<Vec<_>>(),
+            [
+                (0, W::Failed, None),
+                (1, W::Blocked, Some("requires a, which ended failed")),
+                // A blocked job counts as not run for the jobs that require it.
+                (2, W::Blocked, Some("requires b, which ended not_run")),
+            ]
+        );
+        assert_eq!(workflow_state(&statuses(&jobs)), WorkflowState::Failed);
+    }
+
+    #[test]
+    fn a_requirement_written_with_statuses_accepts_them() {
+        let mut jobs = vec![build("a", &[]), build("notify", &["a"])];
+        jobs[1].requires[0].1 = RequiredStatus::TERMINAL.to_vec();
+        after(&mut jobs);
+        jobs[0].job_state = Some(JobState::Failed);
+        after(&mut jobs);
+        assert_eq!(statuses(&jobs), [W::Failed, W::Queued]);
+        assert_eq!(workflow_state(&statuses(&jobs)), WorkflowState::Failing);
+    }
+
+    #[test]
+    fn an_approval_holds_the_workflow_and_its_approval_lets_the_rest_run() {
+        let mut jobs = vec![
+            job("hold", JobKind::Approval, &[]),
+            build("deploy", &["hold"]),
+        ];
+        let t = after(&mut jobs);
+        assert_eq!(
+            t,
+            vec![Transition {
+                job: 0,
+                to: W::OnHold,
+                reason: Some("waiting for approval".into()),
+                queue: false
+            }]
+        );
+        assert_eq!(workflow_state(&statuses(&jobs)), WorkflowState::OnHold);
+        assert_eq!(
+            pipeline_state(&[workflow_state(&statuses(&jobs))]),
+            Some(PipelineState::OnHold)
+        );
+        // Approving (the store sets `success`) lets `deploy` start.
+        jobs[0].status = W::Success;
+        after(&mut jobs);
+        assert_eq!(statuses(&jobs), [W::Success, W::Queued]);
+        assert_eq!(workflow_state(&statuses(&jobs)), WorkflowState::Running);
+    }
+
+    #[test]
+    fn a_serial_group_job_waits_for_its_turn_and_a_not_runnable_job_ends() {
+        let mut jobs = vec![build("deploy", &[]), job("odd", JobKind::NotRunnable, &[])];
+        jobs[0].serial_group = Some("prod".into());
+        let t = after(&mut jobs);
+        assert_eq!(
+            t,
+            vec![
+                Transition {
+                    job: 0,
+                    to: W::Queued,
+                    reason: Some("waiting for its turn in serial group prod".into()),
+                    queue: false
+                },
+                Transition {
+                    job: 1,
+                    to: W::NotRunnable,
+                    reason: None,
+                    queue: false
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn workflows_of_filtered_jobs_are_not_run_and_a_pipeline_of_them_errs() {
+        let s = workflow_state(&[W::NotRun, W::NotRun]);
+        assert_eq!(s, WorkflowState::NotRun);
+        assert_eq!(pipeline_state(&[s]), None);
+        assert_eq!(
+            pipeline_state(&[s, WorkflowState::Success]),
+            Some(PipelineState::Success)
+        );
+        assert_eq!(
+            workflow_state(&[W::Success, W::Canceled]),
+            WorkflowState::Canceled
+        );
+        assert_eq!(
+            pipeline_state(&[WorkflowState::Failed, WorkflowState::Canceled]),
+            Some(PipelineState::Failed)
+        );
+        assert!(workflow_final(WorkflowState::Failed));
+        assert!(!workflow_final(WorkflowState::Failing));
+        assert!(!pipeline_final(PipelineState::OnHold));
+    }
+}
