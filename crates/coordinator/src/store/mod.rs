@@ -47,8 +47,10 @@ mod jobs;
 mod lease;
 mod logs;
 mod pipeline_actions;
+mod pipeline_store;
 pub mod pipelines;
 pub use pipeline_actions::parse_pipeline_ref;
+pub use pipeline_store::PipelineStore;
 mod schema;
 mod ssh;
 #[cfg(test)]
