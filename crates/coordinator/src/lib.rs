@@ -39,7 +39,7 @@ use store::{NewJob, NewProject, Store, DEFAULT_MAX_ATTEMPTS};
 #[derive(Debug, thiserror::Error)]
 pub enum CoordError {
     #[error("store: {0}")]
-    Db(#[from] rusqlite::Error),
+    Db(#[from] store::StoreError),
     #[error("{}: {source}", path.display())]
     Io {
         path: PathBuf,

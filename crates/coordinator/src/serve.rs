@@ -275,7 +275,7 @@ pub(super) async fn watch_changes(state: Arc<AppState>) {
         let c = conn.clone();
         let v = tokio::task::spawn_blocking(move || {
             let c = c.lock().unwrap_or_else(|p| p.into_inner());
-            c.query_row("PRAGMA data_version", [], |r| r.get::<_, i64>(0))
+            c.data_version()
         })
         .await;
         match v {

@@ -18,6 +18,7 @@ pub mod config;
 
 use super::AppState;
 use crate::bitbucket::status::statuses;
+use crate::store::PipelineStore;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -178,19 +179,20 @@ async fn pass(
         }
     }
     let url = state.public_url.clone();
-    let changed = state
-        .db(move |s| {
-            let mut any = false;
-            for id in ids {
-                any |= s.advance(id, &statuses(&url))?;
-            }
-            Ok(any)
-        })
-        .await?;
+    let changed = state.db(move |s| advance_all(s, &ids, &url)).await?;
     if changed {
         // Claims waiting for a job, live pages and the status sender look again.
         state.bump();
         state.jobs.bump_all();
     }
     Ok(())
+}
+
+/// Move pipelines `ids` forward, each in its own transaction: whether any changed.
+fn advance_all(s: &dyn PipelineStore, ids: &[i64], public_url: &str) -> crate::Result<bool> {
+    let mut any = false;
+    for id in ids {
+        any |= s.advance(*id, &statuses(public_url))?;
+    }
+    Ok(any)
 }

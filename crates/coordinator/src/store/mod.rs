@@ -47,8 +47,10 @@ mod jobs;
 mod lease;
 mod logs;
 mod pipeline_actions;
+mod pipeline_store;
 pub mod pipelines;
 pub use pipeline_actions::parse_pipeline_ref;
+pub use pipeline_store::PipelineStore;
 mod schema;
 mod ssh;
 #[cfg(test)]
@@ -60,6 +62,31 @@ pub use access::RegistrationTokenRow;
 pub use intake::{KeyColumn, ProjectSettings, WebhookProject};
 use schema::{migrate, seal_plaintext_secrets};
 pub use times::LogTimes;
+
+/// A failure of the database under the store, with the database's own message: callers
+/// see this type, never SQLite's, so the store can change what it stands on.
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct StoreError(#[from] rusqlite::Error);
+
+impl From<rusqlite::Error> for CoordError {
+    fn from(e: rusqlite::Error) -> Self {
+        CoordError::Db(StoreError(e))
+    }
+}
+
+/// A connection of its own that tells when another one committed (the CLI's changes reach a
+/// running server so).
+pub struct ChangeWatch(Connection);
+
+impl ChangeWatch {
+    /// SQLite's `PRAGMA data_version`: it changes when another connection commits.
+    pub fn data_version(&self) -> std::result::Result<i64, StoreError> {
+        Ok(self
+            .0
+            .query_row("PRAGMA data_version", [], |r| r.get::<_, i64>(0))?)
+    }
+}
 
 pub fn now_ms() -> i64 {
     SystemTime::now()
@@ -472,11 +499,11 @@ impl Store {
         })
     }
 
-    /// A second connection for the change watcher (see `data_version`).
-    pub fn open_watch_connection(&self) -> Result<Connection> {
+    /// A second connection for the change watcher (see [`ChangeWatch::data_version`]).
+    pub fn open_watch_connection(&self) -> Result<ChangeWatch> {
         let c = Connection::open(&self.path)?;
         c.busy_timeout(Duration::from_secs(10))?;
-        Ok(c)
+        Ok(ChangeWatch(c))
     }
 }
 

@@ -441,11 +441,6 @@ impl Store {
         Ok(rows)
     }
 
-    /// Move pipeline `id` forward: jobs' rows → workflow job statuses, then every job whose
-    /// requirements are met starts (queued, held for approval, or waiting its serial group's
-    /// turn), blocked ones are marked, workflow and pipeline statuses follow, and each job
-    /// status change that Bitbucket shows is put in the commit status outbox. Returns whether
-    /// anything changed (new jobs queued: claims should look again).
     /// Where the server's pages are reached (commit statuses link them; the CLI reads it).
     pub fn record_public_url(&self, url: &str) -> Result<()> {
         self.conn().execute(
@@ -455,6 +450,11 @@ impl Store {
         Ok(())
     }
 
+    /// Move pipeline `id` forward: jobs' rows → workflow job statuses, then every job whose
+    /// requirements are met starts (queued, held for approval, or waiting its serial group's
+    /// turn), blocked ones are marked, workflow and pipeline statuses follow, and each job
+    /// status change the forge shows is put in the commit status outbox. Returns whether
+    /// anything changed (new jobs queued: claims should look again).
     pub fn advance(&self, id: i64, statuses: &Statuses<'_>) -> Result<bool> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;

@@ -1,0 +1,76 @@
+//! The pipelines part of the store as a trait: what the pipeline runner, the Bitbucket
+//! intake, the CLI and the pages ask of it, in types that say nothing of the database.
+//! [`Store`] (SQLite) is one implementation; another database goes beside it here.
+
+use super::pipelines::{NewPipeline, NewWorkflow, PipelineRow, PipelineToFetch, Statuses};
+use super::{Result, Store};
+
+pub trait PipelineStore: Send + Sync {
+    /// Record a pipeline (status `created`): (id, number).
+    fn create_pipeline(&self, p: &NewPipeline) -> Result<(i64, i64)>;
+    /// Pipelines waiting for their config, oldest first.
+    fn pipelines_to_fetch(&self) -> Result<Vec<PipelineToFetch>>;
+    /// The config could not be fetched or compiled: the pipeline ends `errored`.
+    fn pipeline_errored(&self, id: i64, revision: Option<&str>, error: &str) -> Result<()>;
+    /// The config compiled: its workflows and jobs are recorded; the pipeline runs.
+    fn pipeline_compiled(&self, id: i64, revision: &str, workflows: &[NewWorkflow]) -> Result<()>;
+    /// Ids of pipelines whose jobs may still move.
+    fn active_pipelines(&self) -> Result<Vec<i64>>;
+    /// Pipelines with serial-group jobs waiting for their turn.
+    fn pipelines_waiting_in_serial_groups(&self) -> Result<Vec<i64>>;
+    /// Move pipeline `id` forward (see [`Store::advance`]); whether anything changed.
+    fn advance(&self, id: i64, statuses: &Statuses<'_>) -> Result<bool>;
+    /// Pipeline id of `project#number`, or `id` itself.
+    fn pipeline_id(&self, reference: &str) -> Result<i64>;
+    /// Approve approval job `job` of pipeline `id` as `by`: the workflow it was in.
+    fn approve(&self, id: i64, job: &str, by: &str, statuses: &Statuses<'_>) -> Result<String>;
+    /// Cancel pipeline `id`.
+    fn cancel_pipeline(&self, id: i64, statuses: &Statuses<'_>) -> Result<()>;
+    /// Rerun pipeline `id`'s workflows from their failed jobs: how many jobs wait again.
+    fn rerun_failed(&self, id: i64, statuses: &Statuses<'_>) -> Result<usize>;
+    /// Pipelines newest first (of one project when given).
+    fn list_pipelines(&self, project: Option<&str>, limit: u32) -> Result<Vec<PipelineRow>>;
+    fn pipeline(&self, id: i64) -> Result<Option<PipelineRow>>;
+}
+
+impl PipelineStore for Store {
+    fn create_pipeline(&self, p: &NewPipeline) -> Result<(i64, i64)> {
+        Store::create_pipeline(self, p)
+    }
+    fn pipelines_to_fetch(&self) -> Result<Vec<PipelineToFetch>> {
+        Store::pipelines_to_fetch(self)
+    }
+    fn pipeline_errored(&self, id: i64, revision: Option<&str>, error: &str) -> Result<()> {
+        Store::pipeline_errored(self, id, revision, error)
+    }
+    fn pipeline_compiled(&self, id: i64, revision: &str, workflows: &[NewWorkflow]) -> Result<()> {
+        Store::pipeline_compiled(self, id, revision, workflows)
+    }
+    fn active_pipelines(&self) -> Result<Vec<i64>> {
+        Store::active_pipelines(self)
+    }
+    fn pipelines_waiting_in_serial_groups(&self) -> Result<Vec<i64>> {
+        Store::pipelines_waiting_in_serial_groups(self)
+    }
+    fn advance(&self, id: i64, statuses: &Statuses<'_>) -> Result<bool> {
+        Store::advance(self, id, statuses)
+    }
+    fn pipeline_id(&self, reference: &str) -> Result<i64> {
+        Store::pipeline_id(self, reference)
+    }
+    fn approve(&self, id: i64, job: &str, by: &str, statuses: &Statuses<'_>) -> Result<String> {
+        Store::approve(self, id, job, by, statuses)
+    }
+    fn cancel_pipeline(&self, id: i64, statuses: &Statuses<'_>) -> Result<()> {
+        Store::cancel_pipeline(self, id, statuses)
+    }
+    fn rerun_failed(&self, id: i64, statuses: &Statuses<'_>) -> Result<usize> {
+        Store::rerun_failed(self, id, statuses)
+    }
+    fn list_pipelines(&self, project: Option<&str>, limit: u32) -> Result<Vec<PipelineRow>> {
+        Store::list_pipelines(self, project, limit)
+    }
+    fn pipeline(&self, id: i64) -> Result<Option<PipelineRow>> {
+        Store::pipeline(self, id)
+    }
+}
