@@ -1,4 +1,4 @@
-//! The agent endpoints of protocol v1 (see [`bosun_core::protocol`] and `docs/protocol.md`).
+//! The agent endpoints of protocol v1 (see [`bosun_protocol`] and `docs/protocol.md`).
 
 use super::store::{self, AppendOutcome, EventsOutcome, FinishOutcome, Lease};
 use super::{AppState, CoordError};
@@ -8,7 +8,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
-use bosun_core::protocol::{
+use bosun_protocol::{
     ApiError, ClaimRequest, ClaimResponse, ControlRequest, ControlResponse, EventAck, EventBatch,
     FinishRequest, Heartbeat, HeartbeatResponse, LogAck, RegisterRequest, RegisterResponse,
     API_PREFIX, ATTEMPT_HEADER, DEFAULT_CLAIM_WAIT_SECS, DEFAULT_CONTROL_WAIT_SECS, MAX_LOG_CHUNK,

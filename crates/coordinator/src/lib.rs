@@ -1,8 +1,8 @@
 //! `bosun coordinator`: the reference coordinator. It queues jobs, leases them to agents over
-//! the protocol in [`bosun_core::protocol`] (described for other implementers in
+//! the protocol in [`bosun_protocol`] (described for other implementers in
 //! `docs/protocol.md`), stores their logs and events durably, and shows them on a small web
-//! page that follows running jobs live. A crate of its own on top of `bosun-core`, and the
-//! only one that compiles SQLite and axum (the agent builds without it: docs/architecture.md).
+//! page that follows running jobs live. A crate of its own on the wire, the config compiler and
+//! git (never on the job core), and the only one that compiles SQLite and axum (the agent builds without it: docs/architecture.md).
 //!
 //! Layout: [`store`] (SQLite, the only state) ← [`api`] (agent endpoints) and [`web`] (web
 //! routes, server-sent events; the HTML of the pages in [`pages`]) ← [`serve`] and the CLI commands here.
@@ -27,7 +27,7 @@ pub mod web;
 
 pub use oidc::{OidcAction, OidcKeysArg};
 
-use bosun_core::protocol::{WireEnv, DEFAULT_LEASE_SECS};
+use bosun_protocol::{WireEnv, DEFAULT_LEASE_SECS};
 use sha2::{Digest, Sha256};
 use std::io::{Read, Write};
 use std::net::SocketAddr;
@@ -57,7 +57,7 @@ pub enum CoordError {
         source: std::io::Error,
     },
     #[error(transparent)]
-    SshKeys(#[from] bosun_core::gateway::keys::KeysError),
+    SshKeys(#[from] bosun_git::keys::KeysError),
 }
 
 pub type Result<T> = std::result::Result<T, CoordError>;
@@ -265,7 +265,7 @@ pub enum TokenAction {
 }
 
 fn parse_ttl(text: &str) -> std::result::Result<Duration, String> {
-    bosun_core::config::parse_duration(text)
+    bosun_config::parse_duration(text)
         .filter(|d| !d.is_zero())
         .ok_or_else(|| "expected a duration such as 90s, 30m, 12h or 7d".to_owned())
 }
@@ -395,7 +395,7 @@ fn parse_timeout(text: &str) -> std::result::Result<u64, String> {
             store::MAX_JOB_TIMEOUT_SECS / 3600
         )
     };
-    let Some(d) = bosun_core::config::parse_duration(text) else {
+    let Some(d) = bosun_config::parse_duration(text) else {
         // `0s` or a number too large for a Duration is well formed, just out of range: say
         // that rather than "bad format".
         let t = text.trim();
@@ -509,7 +509,7 @@ fn run_inner(cmd: Command) -> Result<()> {
             let ssh_keys = if a.ssh_keys.is_empty() {
                 Vec::new()
             } else {
-                bosun_core::gateway::keys::read_files(&a.ssh_keys)?
+                bosun_git::keys::read_files(&a.ssh_keys)?
             };
             let store = a.data.open()?;
             let id = store.enqueue_ssh(
@@ -544,7 +544,7 @@ fn run_inner(cmd: Command) -> Result<()> {
             let jobs = store.list_jobs(limit)?;
             let queued: Vec<i64> = jobs
                 .iter()
-                .filter(|j| j.status == bosun_core::protocol::JobState::Queued)
+                .filter(|j| j.status == bosun_protocol::JobState::Queued)
                 .map(|j| j.id)
                 .collect();
             let reasons = store.wait_reasons(&queued)?;

@@ -84,11 +84,7 @@ pub fn router(state: Arc<AppState>) -> axum::Router {
 }
 
 fn error(status: StatusCode, msg: String) -> Response {
-    (
-        status,
-        axum::Json(bosun_core::protocol::ApiError { error: msg }),
-    )
-        .into_response()
+    (status, axum::Json(bosun_protocol::ApiError { error: msg })).into_response()
 }
 
 async fn metrics(axum::extract::State(state): axum::extract::State<Arc<AppState>>) -> Response {

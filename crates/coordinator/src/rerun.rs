@@ -23,7 +23,7 @@ pub fn run(a: &RerunArgs) -> Result<i64> {
     let id = store::parse_job_id(&a.job)
         .ok_or_else(|| CoordError::Invalid(format!("`{}` is not a job id", a.job)))?;
     let keys = if a.ssh || !a.ssh_keys.is_empty() {
-        bosun_core::gateway::keys::read_files(&a.ssh_keys)?
+        bosun_git::keys::read_files(&a.ssh_keys)?
     } else {
         Vec::new()
     };

@@ -446,7 +446,7 @@ pub async fn request_timeout(
         Ok(r) => r,
         Err(_) => (
             axum::http::StatusCode::REQUEST_TIMEOUT,
-            axum::Json(bosun_core::protocol::ApiError {
+            axum::Json(bosun_protocol::ApiError {
                 error: format!(
                     "the request took longer than {} s",
                     API_REQUEST_TIMEOUT.as_secs()

@@ -13,7 +13,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use bosun_core::protocol::JobEvent;
+use bosun_protocol::JobEvent;
 use futures_util::stream::{self, Stream, StreamExt};
 use serde::Deserialize;
 use std::convert::Infallible;
@@ -84,7 +84,7 @@ pub async fn security_headers(mut resp: Response) -> Response {
 fn json_error(status: StatusCode, msg: impl Into<String>) -> Response {
     (
         status,
-        axum::Json(bosun_core::protocol::ApiError { error: msg.into() }),
+        axum::Json(bosun_protocol::ApiError { error: msg.into() }),
     )
         .into_response()
 }
@@ -157,7 +157,7 @@ struct Follow {
     id: i64,
     offset: u64,
     seq: u64,
-    status: Option<bosun_core::protocol::JobState>,
+    status: Option<bosun_protocol::JobState>,
     done: bool,
     changed: tokio::sync::watch::Receiver<super::JobProgress>,
     /// The job's row as last read, and the notifier's `gen` then: while only the log and

@@ -13,7 +13,7 @@
 use super::super::store::pipelines::{OutgoingStatus, StatusBody, StatusChange, Statuses};
 use super::super::AppState;
 use crate::model::{JobKind, StatusApi};
-use bosun_core::protocol::WorkflowJobStatus;
+use bosun_protocol::WorkflowJobStatus;
 use std::sync::Arc;
 use std::time::Duration;
 

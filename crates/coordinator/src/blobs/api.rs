@@ -12,7 +12,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use bosun_core::protocol::{
+use bosun_protocol::{
     BlobAck, CacheLookup, CacheSaved, WireArtifact, WireCache, WireLayer, WireTestResults,
     WorkspaceLayers, MAX_FAILED_TESTS,
 };

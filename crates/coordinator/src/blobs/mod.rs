@@ -19,7 +19,7 @@
 
 pub mod api;
 
-use bosun_core::protocol::MAX_BLOB_PIECE;
+use bosun_protocol::MAX_BLOB_PIECE;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::io::Read;

@@ -4,8 +4,8 @@
 //! transaction; nothing here reads or writes anything.
 
 use super::JobKind;
-use bosun_core::config::{readiness, Readiness, RequiredStatus};
-use bosun_core::protocol::{JobState, PipelineState, WorkflowJobStatus, WorkflowState};
+use bosun_config::{readiness, Readiness, RequiredStatus};
+use bosun_protocol::{JobState, PipelineState, WorkflowJobStatus, WorkflowState};
 
 /// A workflow job as the state machine sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -18,8 +18,8 @@ use super::{AppState, Result};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use bosun_core::protocol::{WireEnv, WireJob};
 use bosun_protocol::identity;
+use bosun_protocol::{WireEnv, WireJob};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -308,7 +308,7 @@ async fn jwks(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bosun_core::protocol::{WireProject, WirePullRequest, WireTimeouts};
+    use bosun_protocol::{WireProject, WirePullRequest, WireTimeouts};
 
     fn job() -> WireJob {
         WireJob {

@@ -23,7 +23,7 @@ use super::{fmt_duration, AppState, CoordError};
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
-use bosun_core::protocol::{JobEvent, JobState, StepStatus};
+use bosun_protocol::{JobEvent, JobState, StepStatus};
 use serde::Deserialize;
 use std::fmt::Write as _;
 use std::sync::{Arc, OnceLock};

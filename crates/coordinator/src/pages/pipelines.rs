@@ -54,11 +54,7 @@ async fn script(Path(name): Path<String>) -> Response {
 }
 
 fn json_error(status: StatusCode, msg: impl Into<String>) -> Response {
-    (
-        status,
-        Json(bosun_core::protocol::ApiError { error: msg.into() }),
-    )
-        .into_response()
+    (status, Json(bosun_protocol::ApiError { error: msg.into() })).into_response()
 }
 
 /// `{id}` or `{id}.json`.

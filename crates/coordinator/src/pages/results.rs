@@ -161,7 +161,7 @@ fn disposition(path: &str, inline: bool) -> String {
 fn not_found() -> Response {
     (
         StatusCode::NOT_FOUND,
-        axum::Json(bosun_core::protocol::ApiError {
+        axum::Json(bosun_protocol::ApiError {
             error: "no such artifact".into(),
         }),
     )

@@ -8,11 +8,11 @@
 
 use crate::model::JobKind;
 use crate::store::pipelines::{NewWorkflow, NewWorkflowJob, PipelineToFetch};
-use bosun_core::checkout::{self, Credentials};
-use bosun_core::config::{self, CompileOptions, GitRef, PipelineValues, WorkflowJobKind};
-use bosun_core::mirror::Mirrors;
-use bosun_core::protocol::{WireKeyRole, WorkflowJobStatus};
-use bosun_core::ssh::{KeyRole, KnownHosts, SshKey, VcsHosts};
+use bosun_config::{self as config, CompileOptions, GitRef, PipelineValues, WorkflowJobKind};
+use bosun_git::checkout::{self, Credentials};
+use bosun_git::mirror::Mirrors;
+use bosun_git::ssh::{KeyRole, KnownHosts, SshKey, VcsHosts};
+use bosun_protocol::{WireKeyRole, WorkflowJobStatus};
 use std::path::Path;
 
 /// Where the config is read from in the commit's tree.
@@ -29,9 +29,9 @@ pub enum ConfigFetchError {
     #[error("the project's {role} key: {reason}")]
     Key { role: KeyRole, reason: String },
     #[error("the project's known_hosts: {0}")]
-    KnownHosts(#[source] bosun_core::ssh::SshError),
+    KnownHosts(#[source] bosun_git::ssh::SshError),
     #[error("--vcs-host: {0}")]
-    VcsHost(#[source] bosun_core::ssh::SshError),
+    VcsHost(#[source] bosun_git::ssh::SshError),
     #[error("cannot fetch the config: {0}")]
     Checkout(#[from] checkout::CheckoutError),
     #[error("no {CONFIG_PATH} at {revision}")]
@@ -67,7 +67,7 @@ pub fn mirrors(data: &Path, budget: u64) -> Mirrors {
 }
 
 /// The default of `serve --config-mirror-budget`: the agents' mirror cache's default.
-pub const DEFAULT_MIRROR_BUDGET: u64 = bosun_core::mirror::DEFAULT_BUDGET_BYTES;
+pub const DEFAULT_MIRROR_BUDGET: u64 = bosun_git::mirror::DEFAULT_BUDGET_BYTES;
 
 pub fn fetch(
     p: &PipelineToFetch,

@@ -7,7 +7,7 @@
 //! holds the job's lease: a job reads and names only its own project's blobs.
 
 use super::*;
-use bosun_core::protocol::{
+use bosun_protocol::{
     WireCache, WireFailedTest, WireLayer, WireStore, WireTestResults, MAX_FAILED_TESTS,
     MAX_TEST_MESSAGE,
 };

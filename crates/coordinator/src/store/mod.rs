@@ -20,7 +20,7 @@
 
 use super::secrets::{self, SecretsKey, SEALED_PREFIX};
 use super::{random_hex, sha256_hex, CoordError, Result};
-use bosun_core::protocol::{
+use bosun_protocol::{
     FinishRequest, JobEvent, JobState, RunningJob, WireEnv, WireJob, WireKey, WireKeyRole,
     WireProject, WirePullRequest, WireSshState, WireTimeouts,
 };

@@ -7,7 +7,7 @@ use super::pipelines::{
     PipelineRow, Statuses, WorkflowJobRow, WorkflowRow,
 };
 use super::*;
-use bosun_core::protocol::{PipelineState, WorkflowJobStatus};
+use bosun_protocol::{PipelineState, WorkflowJobStatus};
 
 /// Which pipeline: its id, or `project#number` / a slug and number.
 pub fn parse_pipeline_ref(s: &str) -> Option<(Option<String>, i64)> {
@@ -270,12 +270,12 @@ impl Store {
         Ok(Some(row))
     }
 
-    /// What the agent needs of a pipeline job (see [`bosun_core::protocol::WirePipeline`]), and
+    /// What the agent needs of a pipeline job (see [`bosun_protocol::WirePipeline`]), and
     /// whether the job runs without the project's secrets.
     pub(super) fn wire_pipeline(
         conn: &Connection,
         job: i64,
-    ) -> Result<Option<(bosun_core::protocol::WirePipeline, bool)>> {
+    ) -> Result<Option<(bosun_protocol::WirePipeline, bool)>> {
         Ok(conn
             .query_row(
                 "SELECT p.uuid, w.name, w.uuid, p.params, p.trigger_source, COALESCE(p.base_revision, ''), j.restricted \
@@ -285,7 +285,7 @@ impl Store {
                 [job],
                 |r| {
                     Ok((
-                        bosun_core::protocol::WirePipeline {
+                        bosun_protocol::WirePipeline {
                             id: r.get(0)?,
                             workflow: r.get(1)?,
                             workflow_id: r.get(2)?,

@@ -8,8 +8,8 @@ use super::*;
 use crate::model::advance;
 pub use crate::model::JobKind;
 use crate::model::{ApiSource, StatusApi};
-use bosun_core::config::RequiredStatus;
-use bosun_core::protocol::{PipelineState, WorkflowJobStatus, WorkflowState};
+use bosun_config::RequiredStatus;
+use bosun_protocol::{PipelineState, WorkflowJobStatus, WorkflowState};
 
 /// What a trigger or a webhook asks for.
 #[derive(Debug, Clone, Default)]
@@ -45,10 +45,7 @@ pub struct PipelineToFetch {
     pub project_uuid: String,
     pub clone_url: String,
     /// (user key, deploy key), opened.
-    pub keys: Vec<(
-        bosun_core::protocol::WireKeyRole,
-        zeroize::Zeroizing<String>,
-    )>,
+    pub keys: Vec<(bosun_protocol::WireKeyRole, zeroize::Zeroizing<String>)>,
     pub known_hosts: String,
     pub reference: String,
     pub branch: Option<String>,
@@ -351,12 +348,8 @@ impl Store {
                 });
             }
             for (role, column, sealed) in [
-                (bosun_core::protocol::WireKeyRole::User, "user_key", user),
-                (
-                    bosun_core::protocol::WireKeyRole::Deploy,
-                    "deploy_key",
-                    deploy,
-                ),
+                (bosun_protocol::WireKeyRole::User, "user_key", user),
+                (bosun_protocol::WireKeyRole::Deploy, "deploy_key", deploy),
             ] {
                 if let Some(sealed) = sealed {
                     let k = self

@@ -1,6 +1,6 @@
 use super::schema::MIGRATIONS;
 use super::*;
-use bosun_core::protocol::JobStatus;
+use bosun_protocol::JobStatus;
 
 fn store() -> (tempfile::TempDir, Store) {
     let d = tempfile::tempdir().expect("tempdir");
@@ -593,7 +593,7 @@ fn ssh_keys_travel_in_the_claim_and_a_rerun_repeats_the_job() {
     assert_eq!(w.ssh_keys, vec![key.to_owned()]);
     assert_eq!(w.timeouts.job_secs, 600);
     assert_eq!(w.pull_request.map(|p| p.number), Some(7));
-    let state = |host: &str| bosun_core::protocol::WireSshState {
+    let state = |host: &str| bosun_protocol::WireSshState {
         host: host.into(),
         port: 54782,
         fingerprint: "SHA256:abc".into(),
@@ -692,7 +692,7 @@ fn a_job_held_for_ssh_after_its_end_keeps_its_state_and_takes_a_cancel() {
     let held = |sessions: u32, until: Option<i64>| RunningJob {
         job_id: id.to_string(),
         state: "finished: success".into(),
-        ssh: Some(bosun_core::protocol::WireSshState {
+        ssh: Some(bosun_protocol::WireSshState {
             host: "ci.example.com".into(),
             port: 54782,
             fingerprint: String::new(),

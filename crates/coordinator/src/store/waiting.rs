@@ -26,7 +26,7 @@ pub(super) fn fits(
 
 /// How recently an agent must have called to count as online, when the server has not
 /// recorded its own lease: two default leases, as the `agents_online` metric counts them.
-const DEFAULT_ONLINE_WINDOW_MS: i64 = 2 * bosun_core::protocol::DEFAULT_LEASE_SECS as i64 * 1000;
+const DEFAULT_ONLINE_WINDOW_MS: i64 = 2 * bosun_protocol::DEFAULT_LEASE_SECS as i64 * 1000;
 
 /// An agent that could claim the job.
 struct Candidate {
