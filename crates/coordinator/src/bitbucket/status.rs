@@ -40,7 +40,7 @@ pub fn status_key(workflow: &str, job: &str) -> String {
 }
 
 /// Bitbucket's commit status for a workflow job's new status, in Cloud's shape (the outbox
-/// keeps it so; [`request_for`] makes Data Center's from it). `None`: Bitbucket is not told
+/// keeps it so; `request_for` makes Data Center's from it). `None`: Bitbucket is not told
 /// of this status.
 pub fn commit_status(c: &StatusChange<'_>) -> Option<StatusBody> {
     let (state, description) = status_words(c.status)?;
