@@ -205,7 +205,11 @@ pub(super) async fn install_files(
     let ssh_dir = format!("{home}/.ssh");
     tar.dir(&ssh_dir, 0o700);
     let vcs_hosts = vcs_host_names(spec);
-    let files = ssh::container_ssh_files(&spec.access.keys, &spec.access.known_hosts, &vcs_hosts);
+    let files = ssh::container_ssh_files(
+        &spec.context.access.keys,
+        &spec.context.access.known_hosts,
+        &vcs_hosts,
+    );
     for (name, bytes, mode) in &files.files {
         tar.file(&format!("{ssh_dir}/{name}"), bytes, *mode);
     }
@@ -305,6 +309,7 @@ pub(super) async fn install_files(
 pub(super) fn vcs_host_names(spec: &JobSpec) -> Vec<String> {
     let mut hosts = vec!["bitbucket.org".to_owned(), "ssh.bitbucket.org".to_owned()];
     if let Some(u) = spec
+        .context
         .source
         .as_ref()
         .and_then(|s| ssh::parse_ssh_url(&s.url))

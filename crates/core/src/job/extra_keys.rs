@@ -17,9 +17,10 @@ pub(super) async fn add_ssh_keys(
     say: &(dyn Fn(String) + Send + Sync),
 ) -> Result<(), String> {
     let candidates: Vec<&SshKey> = spec
+        .context
         .additional_keys
         .iter()
-        .chain(spec.access.keys.iter())
+        .chain(spec.context.access.keys.iter())
         .collect();
     let normalize = |f: &str| {
         f.trim()
@@ -29,7 +30,7 @@ pub(super) async fn add_ssh_keys(
     };
     let mut chosen: Vec<&SshKey> = Vec::new();
     if fingerprints.is_empty() {
-        chosen.extend(spec.additional_keys.iter());
+        chosen.extend(spec.context.additional_keys.iter());
     } else {
         for fp in fingerprints {
             let found = candidates.iter().find(|k| {
@@ -77,7 +78,11 @@ pub(super) async fn add_ssh_keys(
     }
     // The job's own ssh config first (its Host blocks win), then the new keys for any host.
     let vcs_hosts = vcs_host_names(spec);
-    let files = ssh::container_ssh_files(&spec.access.keys, &spec.access.known_hosts, &vcs_hosts);
+    let files = ssh::container_ssh_files(
+        &spec.context.access.keys,
+        &spec.context.access.known_hosts,
+        &vcs_hosts,
+    );
     let base = files
         .files
         .iter()

@@ -33,22 +33,23 @@ pub async fn run_job(
     cancel: CancellationToken,
 ) -> JobOutcome {
     let started = Instant::now();
-    let mut spec = spec;
-    let prefetched = spec.prefetched.take();
-    // Registry passwords are masked like any secret (a literal one in the config too).
+    let prefetched = spec.context.prefetched.clone();
+    // The request's secrets, and registry passwords, masked like any secret (a literal one in
+    // the config too).
+    let mut secrets = spec.context.secrets.clone();
     let passwords: Vec<String> = std::iter::once(&spec.plan.image_auth)
         .chain(spec.plan.services.iter().map(|s| &s.auth))
         .filter_map(|a| registry_auth(&spec, a.as_ref()))
         .map(|a| a.password)
         .collect();
     for p in passwords {
-        spec.secrets.push(("a registry password".to_owned(), p));
+        secrets.push("a registry password".to_owned(), p);
     }
     let spec = Arc::new(spec);
 
     // Secret values and key text never leave the job unmasked, whatever the sink.
     let masking =
-        (!spec.secrets.is_empty()).then(|| Arc::new(MaskingSink::new(sink.clone(), &spec.secrets)));
+        (!secrets.is_empty()).then(|| Arc::new(MaskingSink::new(sink.clone(), secrets.as_slice())));
     let sink: Arc<dyn EventSink> = match &masking {
         Some(m) => m.clone(),
         None => sink,
@@ -67,7 +68,7 @@ pub async fn run_job(
     // The job's time limit cancels the job, and only the job.
     let cancel = cancel.child_token();
     let timed_out = Arc::new(AtomicBool::new(false));
-    let timer = spec.time_limit.map(|limit| {
+    let timer = spec.context.time_limit.map(|limit| {
         let (cancel, timed_out) = (cancel.clone(), Arc::clone(&timed_out));
         tokio::spawn(async move {
             tokio::time::sleep(limit).await;
@@ -81,7 +82,7 @@ pub async fn run_job(
         job: spec.plan.name.clone(),
         image: spec.plan.image.clone(),
     });
-    let resources = Resources::new(Arc::clone(&executor), &spec.id, &spec.agent_id);
+    let resources = Resources::new(Arc::clone(&executor), &spec.id, &spec.context.agent_id);
     let result = AssertUnwindSafe(run_inner(
         &executor, &spec, &sink, &cancel, prefetched, &resources,
     ))
@@ -131,7 +132,7 @@ pub async fn run_job(
     };
     if timed_out.load(Ordering::SeqCst) && outcome.status == JobStatus::Canceled {
         outcome.status = JobStatus::TimedOut;
-        if let Some(limit) = spec.time_limit {
+        if let Some(limit) = spec.context.time_limit {
             sink.emit(&Event::Info {
                 message: format!(
                     "the job ran out of its time limit ({}) and was stopped",
@@ -197,7 +198,8 @@ fn registry_auth(
 ) -> Option<crate::executor::RegistryAuth> {
     let (user, password) = auth?;
     let lookup = |k: &str| {
-        spec.env
+        spec.context
+            .env
             .iter()
             .rev()
             .find(|(name, _)| name == k)
@@ -248,10 +250,12 @@ async fn run_inner(
     // The fetch runs on a blocking thread while the engine creates the containers: the two
     // slowest parts of a job's start overlap.
     let fetch = if needs_checkout && prefetched.is_none() {
-        spec.source.clone().map(|src| {
+        spec.context.source.clone().map(|src| {
             let spec = Arc::clone(spec);
             let sink = Arc::clone(sink);
-            tokio::task::spawn_blocking(move || fetch_source(&spec.access, &src, sink.as_ref()))
+            tokio::task::spawn_blocking(move || {
+                fetch_source(&spec.context.access, &src, sink.as_ref())
+            })
         })
     } else {
         None
@@ -306,7 +310,7 @@ async fn run_inner(
             if let Some(why) = &plan.unsupported {
                 return Err(SetupError::Unsupported(why.clone()));
             }
-            let limits = super::limits::for_plan(plan, spec.limits).map(|(l, line)| {
+            let limits = super::limits::for_plan(plan, spec.context.limits).map(|(l, line)| {
                 sink.emit(&Event::Info { message: line });
                 l
             });
@@ -346,6 +350,7 @@ async fn run_inner(
                 binds: engine_binds.clone(),
                 labels: resources.labels(&role),
                 network: spec
+                    .context
                     .network
                     .clone()
                     .map_or(NetworkMode::Default, NetworkMode::Named),
@@ -362,6 +367,7 @@ async fn run_inner(
             // services beside it, no engine proxy): then the spec alone says what it is.
             let poolable = plan.services.is_empty() && engine.is_none();
             let ready = spec
+                .context
                 .ready
                 .as_ref()
                 .filter(|_| poolable)
@@ -382,7 +388,7 @@ async fn run_inner(
                     (id, main, banner)
                 }
             };
-            if let Some(r) = spec.ready.as_ref().filter(|_| poolable) {
+            if let Some(r) = spec.context.ready.as_ref().filter(|_| poolable) {
                 r.used(&cspec);
             }
             sink.emit(&Event::ContainerStarted {
@@ -446,8 +452,8 @@ async fn run_inner(
     merge_env(&mut env, plan.environment.clone());
 
     let mut attach_env = env.clone();
-    merge_env(&mut attach_env, spec.env.clone());
-    let ssh = spec.registry.ssh_for(&spec.id);
+    merge_env(&mut attach_env, spec.context.env.clone());
+    let ssh = spec.context.registry.ssh_for(&spec.id);
     let mut attachment = Attachment::new(
         &spec.id,
         &container,
@@ -464,7 +470,7 @@ async fn run_inner(
             sink.emit(&Event::Info { message });
         }
     }
-    let registered = spec.registry.register(attachment);
+    let registered = spec.context.registry.register(attachment);
     let ctx = Ctx {
         container,
         user,
@@ -522,12 +528,12 @@ fn job_engine(
         layer_caching |= dlc;
     }
     wants |= matches!(spec.plan.executor, ExecutorKind::Machine);
-    let Some(settings) = spec.engine.as_ref().filter(|_| wants) else {
+    let Some(settings) = spec.context.engine.as_ref().filter(|_| wants) else {
         return Ok(None);
     };
     let scope = crate::engine_proxy::Scope {
         job: spec.id.clone(),
-        agent: spec.agent_id.clone(),
+        agent: spec.context.agent_id.clone(),
         limits: settings.limits.clone(),
     };
     let engine = crate::engine_proxy::JobEngine::prepare(settings, scope, layer_caching)
@@ -550,7 +556,7 @@ async fn install_files_into(
     sink.emit(&Event::Info {
         message: format!(
             "Prepared {} for {} (working directory {workdir}{})",
-            if spec.access.keys.is_empty() {
+            if spec.context.access.keys.is_empty() {
                 "no SSH keys"
             } else {
                 "~/.ssh"
@@ -559,7 +565,7 @@ async fn install_files_into(
                 Some(name) => format!("user {name} ({}:{})", user.uid, user.gid),
                 None => format!("uid {}:{}", user.uid, user.gid),
             },
-            match spec.access.keys.len() {
+            match spec.context.access.keys.len() {
                 0 => String::new(),
                 n => format!(", {n} key{}", if n == 1 { "" } else { "s" }),
             }

@@ -129,7 +129,7 @@ pub(super) async fn run_step(
             r = async { Ok(peeked.take().flatten()) }, if peeked.is_some() => r,
             () = cancel.cancelled(), if interrupted.is_none() => {
                 interrupted = Some(StepStatus::Canceled);
-                stop_step(executor, container, &spec.id, i, spec.kill_grace).await;
+                stop_step(executor, container, &spec.id, i, spec.context.kill_grace).await;
                 continue;
             }
             r = tokio::time::timeout(run.no_output_timeout, exec.output.next()) => r,
@@ -185,7 +185,7 @@ pub(super) async fn run_step(
                         crate::stream::format_duration(millis(run.no_output_timeout))
                     )),
                 });
-                stop_step(executor, container, &spec.id, i, spec.kill_grace).await;
+                stop_step(executor, container, &spec.id, i, spec.context.kill_grace).await;
             }
         }
     }

@@ -108,7 +108,7 @@ pub(super) async fn run_steps(
                         ctx.user.has_bash,
                         spec.plan.shell.as_deref(),
                     );
-                    let env = step_env(ctx, &run, &spec.env);
+                    let env = step_env(ctx, &run, &spec.context.env);
                     let workdir = step_workdir(ctx, &run);
                     let user = ctx.step_user.clone();
                     let control = Arc::clone(&control);
@@ -250,21 +250,25 @@ pub(super) async fn run_steps(
                 &ctx.container,
                 &spec.id,
                 i,
-                spec.kill_grace,
+                spec.context.kill_grace,
             )
             .await;
         }
-        let summary =
-            match tokio::time::timeout(spec.kill_grace + Duration::from_secs(5), task).await {
-                Ok(Ok(s)) => s,
-                _ => StepSummary {
-                    step: i,
-                    name,
-                    status: StepStatus::Stopped,
-                    exit_code: None,
-                    duration_ms: millis(t0.elapsed()),
-                },
-            };
+        let summary = match tokio::time::timeout(
+            spec.context.kill_grace + Duration::from_secs(5),
+            task,
+        )
+        .await
+        {
+            Ok(Ok(s)) => s,
+            _ => StepSummary {
+                step: i,
+                name,
+                status: StepStatus::Stopped,
+                exit_code: None,
+                duration_ms: millis(t0.elapsed()),
+            },
+        };
         sink.emit(&Event::StepFinished(summary.clone()));
         summaries.push(summary);
     }
@@ -300,7 +304,7 @@ async fn builtin_step(
     say: &(dyn Fn(String) + Send + Sync),
 ) -> Result<(), String> {
     let mut env = ctx.base_env.clone();
-    merge_env(&mut env, spec.env.clone());
+    merge_env(&mut env, spec.context.env.clone());
     let outcome = ctx.checkout.as_ref().map(|c| &c.outcome);
     let b = builtin::Ctx {
         executor,
@@ -310,9 +314,9 @@ async fn builtin_step(
         env: &env,
         branch: outcome.and_then(|o| o.branch.as_deref()).unwrap_or(""),
         revision: outcome.map(|o| o.sha.as_str()).unwrap_or(""),
-        build_num: spec.build_num,
-        store: &spec.store,
-        workspace: &spec.workspace,
+        build_num: spec.context.build_num,
+        store: &spec.context.store,
+        workspace: &spec.context.workspace,
         job_id: &spec.id,
         job_name: &spec.plan.name,
         say,
@@ -393,7 +397,7 @@ async fn checkout_step(
     };
     let status = match &ctx.checkout {
         None => {
-            say(match &spec.source {
+            say(match &spec.context.source {
                 None => "No repository to check out: run bosun execute inside a git repository, or give --repo".to_owned(),
                 Some(_) => "The checkout was not fetched".to_owned(),
             });
