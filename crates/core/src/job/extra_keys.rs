@@ -2,20 +2,17 @@
 
 use super::archive::{once_stream, TarBuilder};
 use super::bootstrap::vcs_host_names;
-use super::steps::Ctx;
-use super::JobSpec;
-use crate::executor::Executor;
+use super::steps::StepContext;
 use crate::ssh::{self, SshKey};
 
 /// Install the chosen additional keys (all when no fingerprint is given) as
 /// `~/.ssh/id_rsa_<fingerprint>`, offered for every host after the job's own keys.
 pub(super) async fn add_ssh_keys(
-    executor: &dyn Executor,
-    spec: &JobSpec,
-    ctx: &Ctx,
+    ctx: &StepContext,
     fingerprints: &[String],
     say: &(dyn Fn(String) + Send + Sync),
 ) -> Result<(), String> {
+    let (executor, spec) = (ctx.executor.as_ref(), &ctx.spec);
     let candidates: Vec<&SshKey> = spec
         .context
         .additional_keys
