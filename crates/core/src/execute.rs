@@ -7,7 +7,7 @@ use crate::config;
 use crate::executor::DockerExecutor;
 use crate::job::{self, Access, ConfigSource, EnvEntry, JobRequest, Source, Target};
 use crate::ssh::{KeyRole, KnownHosts, SshKey, VcsHosts};
-use crate::store::Store;
+use crate::store::LocalStore;
 use crate::stream::{Event, EventSink, JobStatus, JsonSink, TerminalSink};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -531,8 +531,8 @@ fn request(args: &ExecuteArgs) -> Result<JobRequest, RequestError> {
         reference: args.reference.clone(),
     };
     // Caches, workspaces and artifacts are this repository's own.
-    let store = Store::open(
-        args.store.clone().unwrap_or_else(Store::default_root),
+    let store = LocalStore::open(
+        args.store.clone().unwrap_or_else(LocalStore::default_root),
         crate::store::ProjectScope::new(&source.url),
     )?;
     let config = match (&args.config, &args.repo) {

@@ -7,7 +7,7 @@ use super::Agent;
 use crate::job::{self, ConfigSource, EnvEntry, JobRequest, PullRequest, Source, Target};
 use crate::protocol::{EventAck, EventBatch, LogAck, WireJob, WireKeyRole, MAX_LOG_CHUNK};
 use crate::ssh::{KeyRole, SshKey};
-use crate::store::Store;
+use crate::store::LocalStore;
 use crate::stream::spool::SpoolJob;
 use crate::stream::{Event, EventSink, JobStatus};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -204,7 +204,7 @@ fn request(agent: &Arc<Agent>, wire: &mut WireJob) -> Result<JobRequest, Request
         network: cfg.network.clone(),
         kill_grace: Duration::from_secs(cfg.kill_grace_secs),
         store: {
-            let local = Store::open(cfg.store_dir.clone(), super::store_scope(wire))?;
+            let local = LocalStore::open(cfg.store_dir.clone(), super::store_scope(wire))?;
             // A v2 coordinator keeps the job's store; a v1 one leaves it to the local store.
             match &wire.store {
                 Some(s) => local.with_remote(std::sync::Arc::new(super::blobs::JobStore::new(

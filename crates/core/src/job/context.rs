@@ -5,7 +5,7 @@
 use super::{Access, JobIdentity, LimitPolicy, Prefetched, PullRequest, Registry, Source};
 use crate::config::JobPlan;
 use crate::ssh::SshKey;
-use crate::store::Store;
+use crate::store::LocalStore;
 use crate::stream::mask::Masker;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -35,7 +35,7 @@ pub struct JobContext {
     /// A checkout already fetched (when the config itself had to come from the repository).
     pub prefetched: Option<Prefetched>,
     /// Where caches, workspaces and artifacts live.
-    pub store: Store,
+    pub store: LocalStore,
     /// Set for a pull request build.
     pub pull_request: Option<PullRequest>,
     /// `machine:` image names → local images (`default` for `machine: true`).

@@ -2,7 +2,7 @@
 
 use super::archive::{once_stream, TarBuilder};
 use super::bootstrap::vcs_host_names;
-use super::steps::StepContext;
+use super::step_sequence::StepContext;
 use crate::ssh::{self, SshKey};
 
 /// Install the chosen additional keys (all when no fingerprint is given) as

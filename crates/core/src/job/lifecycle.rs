@@ -9,8 +9,8 @@ use super::bootstrap::{
 use super::environment::{builtin_env, expand_home};
 use super::registry::{Attachment, Registered, SshSettings};
 use super::resources::{Resources, Role};
-use super::runner::StepRunner;
-use super::steps::{run_steps, StepContext};
+use super::step_sequence::{run_steps, StepContext};
+use super::step_transport::StepTransport;
 use super::SetupError;
 use super::{fetch_source, machine, millis, services, JobOutcome, JobSpec, Prefetched, Secrets};
 use crate::config::{merge_env, ExecutorKind, StepKind};
@@ -268,7 +268,7 @@ struct Primary {
     image_env: Vec<String>,
     services: Option<services::Services>,
     /// The main process's step runner, when it could start.
-    runner: Option<StepRunner>,
+    runner: Option<StepTransport>,
 }
 
 /// Start → steps → what holds the job: the phases in order.
@@ -690,7 +690,7 @@ async fn install_files_into(
     main: Option<crate::executor::Attached>,
     user: &ContainerUser,
     sink: &Arc<dyn EventSink>,
-) -> Result<Option<StepRunner>, SetupError> {
+) -> Result<Option<StepTransport>, SetupError> {
     let workdir = expand_home(&spec.plan.working_directory, &user.home);
     let runner = install_files(executor, spec, container, main, user, &workdir).await?;
     sink.emit(&Event::Info {

@@ -17,8 +17,11 @@
 //! - [`registry`]: the seam other parts attach to while a job runs (SSH, a scoped engine);
 //! - `bootstrap` / `machine` / `services`: how the primary container, a `machine` job's
 //!   system and the service containers come up;
-//! - `environment`: the built-in variables; `steps` / `run_step`: the steps; `builtin` /
-//!   `extra_keys`: the steps the agent carries out itself; [`archive`]: the one tar writer.
+//! - `environment`: the built-in variables; `step_sequence`: a job's steps in order (`when:`,
+//!   halts, background steps); `shell_step`: one `run` step (its command, output, timeouts,
+//!   stop); `step_transport`: the agent's end of the in-container step runner's wire;
+//!   `builtin` / `extra_keys`: the steps the agent carries out itself; [`archive`]: the one
+//!   tar writer.
 
 pub mod archive;
 mod bootstrap;
@@ -35,10 +38,10 @@ pub mod ready;
 pub mod registry;
 pub mod request;
 pub mod resources;
-mod run_step;
-mod runner;
 mod services;
-mod steps;
+mod shell_step;
+mod step_sequence;
+mod step_transport;
 #[cfg(test)]
 mod tests;
 mod timings;

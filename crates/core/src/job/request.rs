@@ -10,7 +10,7 @@ use crate::checkout::{self, CheckoutSpec, Credentials};
 use crate::config::{self, JobPlan, OrbDir};
 use crate::executor::Executor;
 use crate::ssh::{KnownHosts, SshKey, VcsHosts};
-use crate::store::Store;
+use crate::store::LocalStore;
 use crate::stream::{Event, EventSink, JobStatus};
 use crate::workflow::{node_specs, run_nodes, run_workflow, WorkflowOptions};
 use std::collections::BTreeMap;
@@ -105,7 +105,7 @@ pub struct JobRequest {
     pub time_limit: Option<Duration>,
     pub network: Option<String>,
     pub kill_grace: Duration,
-    pub store: Store,
+    pub store: LocalStore,
     pub orb_dir: Option<PathBuf>,
     pub machine_images: BTreeMap<String, String>,
     pub registry: Registry,

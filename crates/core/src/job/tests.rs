@@ -3,7 +3,7 @@
 
 use super::bootstrap::ContainerUser;
 use super::environment::builtin_env;
-use super::run_step::step_command;
+use super::shell_step::step_command;
 use super::*;
 use crate::config::{DockerImage, ExecutorKind, JobPlan, RunStep, Step, StepKind, When};
 use crate::executor::double::{Call, Op, Recording, Reply, Script};
@@ -76,7 +76,7 @@ fn spec(store_dir: &Path, plan: JobPlan) -> JobSpec {
         build_num: 1,
         kill_grace: Duration::from_millis(100),
         prefetched: None,
-        store: crate::store::Store::open(store_dir, crate::store::ProjectScope::new("test"))
+        store: crate::store::LocalStore::open(store_dir, crate::store::ProjectScope::new("test"))
             .expect("store"),
         pull_request: None,
         machine_images: std::collections::BTreeMap::new(),

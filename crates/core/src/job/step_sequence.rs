@@ -1,12 +1,12 @@
 //! The steps of a job, in order: `when:` decides which run, `run` steps go to
-//! [`super::run_step`], `checkout` uploads the fetched tree, the rest are carried out by the
+//! [`super::shell_step`], `checkout` uploads the fetched tree, the rest are carried out by the
 //! agent itself ([`super::builtin`], [`super::extra_keys`]); background steps are stopped when
 //! the job ends.
 
 use super::archive::tar_tree_stream;
 use super::bootstrap::ContainerUser;
 use super::environment::expand_home;
-use super::run_step::{run_step, stop_step};
+use super::shell_step::{run_step, stop_step};
 use super::{builtin, extra_keys, millis, JobOutcome, JobSpec, Prefetched};
 use crate::config::{merge_env, StepKind};
 use crate::executor::Executor;
@@ -35,7 +35,7 @@ pub(super) struct StepContext {
     /// The job's Docker engine proxy (`setup_remote_docker` starts serving it).
     pub engine: Option<Arc<crate::engine_proxy::JobEngine>>,
     /// The main process's step runner, when it could start (`run` steps go through it).
-    pub runner: Option<super::runner::StepRunner>,
+    pub runner: Option<super::step_transport::StepTransport>,
 }
 
 pub(super) async fn run_steps(ctx: &Arc<StepContext>) -> JobOutcome {

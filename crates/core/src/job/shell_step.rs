@@ -4,7 +4,7 @@
 use super::bootstrap::{bin_dir, capture, scratch_dir};
 use super::environment::expand_home;
 use super::millis;
-use super::steps::{StepContext, StepControl};
+use super::step_sequence::{StepContext, StepControl};
 use crate::config::{merge_env, RunStep, Step, StepKind};
 use crate::executor::{ExecSpec, Executor, Output};
 use crate::stream::{Event, StepStatus, StepSummary, Stream};
