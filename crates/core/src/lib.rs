@@ -15,6 +15,7 @@ pub mod executor;
 pub mod gateway;
 pub mod job;
 pub mod mirror;
+pub mod private;
 pub mod protocol;
 pub mod runtime;
 pub mod ssh;

@@ -95,7 +95,7 @@ impl Secrets {
             .map(|e| (e.name.clone(), e.value.clone()))
             .collect();
         for k in keys.iter().chain(additional_keys) {
-            secrets.push((k.describe(), k.private.as_str().to_owned()));
+            secrets.push((k.describe(), k.private.expose().as_str().to_owned()));
         }
         Secrets(secrets)
     }

@@ -65,7 +65,7 @@ pub(super) async fn add_ssh_keys(
             .take(16)
             .collect();
         let name = format!("id_rsa_{tag}_{n}");
-        let mut body = key.private.as_str().to_owned();
+        let mut body = key.private.expose().as_str().to_owned();
         if !body.ends_with('\n') {
             body.push('\n');
         }

@@ -124,7 +124,7 @@ fn job_secrets(spec: &JobSpec) -> Secrets {
     let passwords: Vec<String> = std::iter::once(&spec.plan.image_auth)
         .chain(spec.plan.services.iter().map(|s| &s.auth))
         .filter_map(|a| registry_auth(spec, a.as_ref()))
-        .map(|a| a.password)
+        .map(|a| a.password.into_inner())
         .collect();
     for p in passwords {
         secrets.push("a registry password".to_owned(), p);
@@ -224,7 +224,7 @@ fn registry_auth(
     };
     Some(crate::executor::RegistryAuth {
         username: crate::runtime::cmd::subst::subst(user, &lookup),
-        password: crate::runtime::cmd::subst::subst(password, &lookup),
+        password: crate::runtime::cmd::subst::subst(password, &lookup).into(),
     })
 }
 

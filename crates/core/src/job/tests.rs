@@ -649,7 +649,10 @@ async fn registry_credentials_are_interpolated_reach_the_pull_and_are_masked() {
     assert_eq!(pulls.len(), 1);
     assert_eq!(pulls[0].0, "img");
     assert_eq!(
-        (pulls[0].1.username.as_str(), pulls[0].1.password.as_str()),
+        (
+            pulls[0].1.username.as_str(),
+            pulls[0].1.password.expose().as_str()
+        ),
         ("bot", "s3cret-registry-pass")
     );
     let text: String = r.events.iter().map(|e| format!("{e:?}")).collect();

@@ -159,18 +159,12 @@ impl LocalStore {
     /// The store at `root` as `scope`'s jobs see it. `root` is created mode 0700 (it holds
     /// other projects' caches; a loose existing one is tightened).
     pub fn open(root: impl Into<PathBuf>, scope: ProjectScope) -> Result<LocalStore, StoreError> {
-        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        use std::os::unix::fs::PermissionsExt;
         let root = root.into();
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&root)
-            .map_err(io(&root))?;
-        let mode = std::fs::metadata(&root)
-            .map_err(io(&root))?
-            .permissions()
-            .mode();
-        if mode & 0o077 != 0 {
+        crate::private::create_private_dir(&root).map_err(io(&root))?;
+        let meta = std::fs::metadata(&root).map_err(io(&root))?;
+        if crate::private::loose_mode(&meta).is_some() {
+            let mode = meta.permissions().mode();
             std::fs::set_permissions(&root, std::fs::Permissions::from_mode(mode & 0o700))
                 .map_err(io(&root))?;
         }
