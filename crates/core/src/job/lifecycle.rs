@@ -430,68 +430,10 @@ async fn start_docker(
         sink.emit(&Event::Info { message: line });
         l
     });
-    // Every image first: a missing service image is an error before anything runs.
-    let info = image_info(
-        executor.as_ref(),
-        &plan.image,
-        registry_auth(spec, plan.image_auth.as_ref()).as_ref(),
-        sink.as_ref(),
-    )
-    .await?;
-    for svc in &plan.services {
-        image_info(
-            executor.as_ref(),
-            &svc.image,
-            registry_auth(spec, svc.auth.as_ref()).as_ref(),
-            sink.as_ref(),
-        )
-        .await
-        .map_err(|e| SetupError::Service {
-            service: svc.name.clone().unwrap_or_else(|| svc.image.clone()),
-            image: svc.image.clone(),
-            reason: e.to_string(),
-        })?;
-    }
+    let info = inspect_images(executor.as_ref(), spec, sink.as_ref()).await?;
     tracing::debug!(ms = millis(t.elapsed()), "images inspected");
-    let (engine_binds, engine_env) = match engine {
-        Some(e) => (
-            vec![(
-                e.dir().display().to_string(),
-                crate::engine_proxy::CONTAINER_DIR.to_owned(),
-            )],
-            vec![format!(
-                "DOCKER_HOST={}",
-                crate::engine_proxy::docker_host()
-            )],
-        ),
-        None => (Vec::new(), Vec::new()),
-    };
     let role = Role::Primary;
-    let cspec = ContainerSpec {
-        image: plan.image.clone(),
-        user: plan.user.clone(),
-        env: plan
-            .image_environment
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .chain(engine_env)
-            .collect(),
-        binds: engine_binds,
-        labels: resources.labels(&role),
-        network: spec
-            .context
-            .network
-            .clone()
-            .map_or(NetworkMode::Default, NetworkMode::Named),
-        entrypoint: Some(main_process()),
-        cmd: Some(Vec::new()),
-        stdin: true,
-        init: true,
-        unlogged: true,
-        extra_hosts: services::host_entries(&plan.services),
-        limits,
-        ..Default::default()
-    };
+    let cspec = primary_container(spec, resources, engine, limits);
     // A ready container only for a job that owns nothing else on the engine (no
     // services beside it, no engine proxy): then the spec alone says what it is.
     let poolable = plan.services.is_empty() && engine.is_none();
@@ -547,6 +489,87 @@ async fn start_docker(
         services,
         runner,
     })
+}
+
+/// Every image of a docker job (pulled when the engine lacks it), the primary's config: a
+/// missing service image is an error before anything runs.
+async fn inspect_images(
+    executor: &dyn Executor,
+    spec: &JobSpec,
+    sink: &dyn EventSink,
+) -> Result<crate::executor::ImageInfo, SetupError> {
+    let plan = &spec.plan;
+    let info = image_info(
+        executor,
+        &plan.image,
+        registry_auth(spec, plan.image_auth.as_ref()).as_ref(),
+        sink,
+    )
+    .await?;
+    for svc in &plan.services {
+        image_info(
+            executor,
+            &svc.image,
+            registry_auth(spec, svc.auth.as_ref()).as_ref(),
+            sink,
+        )
+        .await
+        .map_err(|e| SetupError::Service {
+            service: svc.name.clone().unwrap_or_else(|| svc.image.clone()),
+            image: svc.image.clone(),
+            reason: e.to_string(),
+        })?;
+    }
+    Ok(info)
+}
+
+/// A docker job's primary container: its image and user, our main process, the engine
+/// proxy's socket when the job has one, the job's network and limits.
+fn primary_container(
+    spec: &JobSpec,
+    resources: &Resources,
+    engine: Option<&crate::engine_proxy::JobEngine>,
+    limits: Option<crate::executor::Limits>,
+) -> ContainerSpec {
+    let plan = &spec.plan;
+    let (engine_binds, engine_env) = match engine {
+        Some(e) => (
+            vec![(
+                e.dir().display().to_string(),
+                crate::engine_proxy::CONTAINER_DIR.to_owned(),
+            )],
+            vec![format!(
+                "DOCKER_HOST={}",
+                crate::engine_proxy::docker_host()
+            )],
+        ),
+        None => (Vec::new(), Vec::new()),
+    };
+    ContainerSpec {
+        image: plan.image.clone(),
+        user: plan.user.clone(),
+        env: plan
+            .image_environment
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .chain(engine_env)
+            .collect(),
+        binds: engine_binds,
+        labels: resources.labels(&Role::Primary),
+        network: spec
+            .context
+            .network
+            .clone()
+            .map_or(NetworkMode::Default, NetworkMode::Named),
+        entrypoint: Some(main_process()),
+        cmd: Some(Vec::new()),
+        stdin: true,
+        init: true,
+        unlogged: true,
+        extra_hosts: services::host_entries(&plan.services),
+        limits,
+        ..Default::default()
+    }
 }
 
 /// The job's environment under the steps' own: built-ins first, then the image's own ENV
