@@ -7,7 +7,7 @@ use bosun_core::config;
 use bosun_core::executor::DockerExecutor;
 use bosun_core::job::{self, Access, ConfigSource, EnvEntry, JobRequest, Source, Target};
 use bosun_core::ssh::{KeyRole, KnownHosts, SshKey, VcsHosts};
-use bosun_core::store::Store;
+use bosun_core::store::LocalStore;
 use bosun_core::stream::{Event, EventSink, JobStatus, JsonSink, TerminalSink};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -531,8 +531,8 @@ fn request(args: &ExecuteArgs) -> Result<JobRequest, RequestError> {
         reference: args.reference.clone(),
     };
     // Caches, workspaces and artifacts are this repository's own.
-    let store = Store::open(
-        args.store.clone().unwrap_or_else(Store::default_root),
+    let store = LocalStore::open(
+        args.store.clone().unwrap_or_else(LocalStore::default_root),
         bosun_core::store::ProjectScope::new(&source.url),
     )?;
     let config = match (&args.config, &args.repo) {

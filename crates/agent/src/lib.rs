@@ -56,21 +56,11 @@ pub struct AgentArgs {
 }
 
 /// The agent's identity, kept in `state_dir/agent.json` (mode 0600).
-#[derive(Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct Identity {
     agent_id: String,
-    agent_token: String,
+    agent_token: bosun_core::private::Secret<String>,
     coordinator_url: String,
-}
-
-impl std::fmt::Debug for Identity {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Identity")
-            .field("agent_id", &self.agent_id)
-            .field("agent_token", &"<redacted>")
-            .field("coordinator_url", &self.coordinator_url)
-            .finish()
-    }
 }
 
 pub(crate) struct JobEntry {
@@ -341,7 +331,7 @@ async fn run_agent(cfg: AgentConfig, config_path: PathBuf, required: bool) -> u8
     let executor: Arc<dyn Executor> =
         Arc::new(metrics::Metered::new(executor, Arc::clone(&agent_metrics)));
     let agent = Arc::new(Agent {
-        client: base.with_token(&ident.agent_token),
+        client: base.with_token(ident.agent_token.expose()),
         agent_id: ident.agent_id.clone(),
         cfg: RwLock::new(cfg.clone()),
         config_path,
@@ -508,7 +498,7 @@ async fn identity(cfg: &AgentConfig, base: &Client) -> Result<Identity, String> 
     }
     let id = Identity {
         agent_id: resp.agent_id,
-        agent_token: resp.agent_token,
+        agent_token: resp.agent_token.into(),
         coordinator_url: cfg.coordinator_url.clone(),
     };
     write_private(
@@ -522,25 +512,8 @@ async fn identity(cfg: &AgentConfig, base: &Client) -> Result<Identity, String> 
 /// Create `dir` (and its parents) 0700, or tighten an existing one others could enter: the
 /// identity, spooled logs, checkouts and other projects' caches live in these.
 fn private_dir(dir: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)?;
-    let meta = std::fs::metadata(dir)?;
-    let mode = meta.permissions().mode() & 0o7777;
-    if mode & 0o077 != 0 {
-        use std::os::unix::fs::MetadataExt;
-        // A shared directory (/tmp, someone else's) is not ours to close: refuse it.
-        if mode & 0o1000 != 0 || meta.uid() != nix::unistd::geteuid().as_raw() {
-            return Err(std::io::Error::other(format!(
-                "mode {mode:o}, owner uid {}: a directory shared with others; give the agent \
-                 a directory of its own",
-                meta.uid()
-            )));
-        }
+    if let Some(mode) = bosun_core::private::private_dir(dir)? {
         tracing::warn!("{} had mode {mode:o}; tightened to 700", dir.display());
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
     }
     Ok(())
 }
@@ -928,7 +901,7 @@ mod debug_tests {
         };
         let id = Identity {
             agent_id: "agent-1".into(),
-            agent_token: "bosun-agent-SECRET3".into(),
+            agent_token: String::from("bosun-agent-SECRET3").into(),
             coordinator_url: "https://c".into(),
         };
         let shown = format!("{req:?} {resp:?} {id:?}");

@@ -7,7 +7,7 @@ use super::Agent;
 use bosun_core::job::{self, ConfigSource, EnvEntry, JobRequest, PullRequest, Source, Target};
 use bosun_core::protocol::{EventAck, EventBatch, LogAck, WireJob, WireKeyRole, MAX_LOG_CHUNK};
 use bosun_core::ssh::{KeyRole, SshKey};
-use bosun_core::store::Store;
+use bosun_core::store::LocalStore;
 use bosun_core::stream::spool::SpoolJob;
 use bosun_core::stream::{Event, EventSink, JobStatus};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -204,7 +204,7 @@ fn request(agent: &Arc<Agent>, wire: &mut WireJob) -> Result<JobRequest, Request
         network: cfg.network.clone(),
         kill_grace: Duration::from_secs(cfg.kill_grace_secs),
         store: {
-            let local = Store::open(cfg.store_dir.clone(), super::store_scope(wire))?;
+            let local = LocalStore::open(cfg.store_dir.clone(), super::store_scope(wire))?;
             // A v2 coordinator keeps the job's store; a v1 one leaves it to the local store.
             match &wire.store {
                 Some(s) => local.with_remote(std::sync::Arc::new(super::blobs::JobStore::new(

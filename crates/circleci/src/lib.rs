@@ -4,12 +4,12 @@
 //! one setup upload) and talks to the agent only through that directory: `step halt` leaves a
 //! `halt` file the agent looks for after the step; `tests split` reads `timings.tsv`, which the
 //! agent wrote from the job's earlier stored test results. Nothing it does reaches another job.
-//! The same executable is also the container's step runner ([`runner`]), run by the main
+//! The same executable is also the container's step runner ([`step_runner`]), run by the main
 //! process with a private argument.
 
 pub mod glob;
-pub mod runner;
 pub mod split;
+pub mod step_runner;
 pub mod subst;
 
 use std::io::{Read, Write};
@@ -48,7 +48,7 @@ pub fn main(args: &[String]) -> i32 {
         ["tests", "split", opts @ ..] => tests_split(opts),
         ["tests", "run", opts @ ..] => tests_run(opts),
         ["env", "subst", text @ ..] => env_subst(text),
-        [runner::ARG] => Ok(serve_steps()),
+        [step_runner::ARG] => Ok(serve_steps()),
         [] | ["help" | "--help" | "-h", ..] => {
             println!("{USAGE}");
             Ok(0)
@@ -64,16 +64,16 @@ pub fn main(args: &[String]) -> i32 {
     }
 }
 
-/// The job container's main process hands over to the step runner (see [`runner`]).
+/// The job container's main process hands over to the step runner (see [`step_runner`]).
 fn serve_steps() -> i32 {
     use std::os::fd::AsFd;
-    runner::not_dumpable();
+    step_runner::not_dumpable();
     // Frames go out whole, unbuffered: a dup of stdout as a plain file, not the line writer.
     let out: Box<dyn Write + Send> = match std::io::stdout().as_fd().try_clone_to_owned() {
         Ok(fd) => Box::new(std::fs::File::from(fd)),
         Err(_) => Box::new(std::io::stdout()),
     };
-    runner::serve(std::io::stdin(), out)
+    step_runner::serve(std::io::stdin(), out)
 }
 
 fn runtime_dir() -> Result<PathBuf, String> {

@@ -23,3 +23,6 @@ pub use bosun_config as config;
 pub use bosun_git::{checkout, mirror, ssh};
 /// The wire to the coordinator, its own crate since both sides build on it.
 pub use bosun_protocol as protocol;
+/// Secrets, owner-only files and private directories, in the bottom crate so every member
+/// uses the same ones.
+pub use bosun_protocol::private;

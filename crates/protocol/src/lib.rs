@@ -1,6 +1,7 @@
 //! What agent and coordinator share: the wire between them, the clone URLs both read, the
-//! ids both derive, and times as both sides show them. It depends on no other member of the workspace, so a coordinator (this
-//! one or another) needs only this crate to speak to agents.
+//! ids both derive, times as both sides show them, and what must stay private (secret
+//! values, owner-only files, private directories). It depends on no other member of the
+//! workspace, so a coordinator (this one or another) needs only this crate to speak to agents.
 //!
 //! Every type that crosses the wire between agent and coordinator (protocol v1, HTTP/JSON) is at
 //! the crate root; `docs/protocol.md` describes it for other coordinators.
@@ -25,6 +26,7 @@
 
 pub mod clone_url;
 pub mod identity;
+pub mod private;
 pub mod time;
 mod wire;
 

@@ -622,7 +622,7 @@ async fn exit_code(docker: &Docker, exec_id: &str) -> Result<Option<i64>, Execut
 fn credentials(image: &str, auth: &super::RegistryAuth) -> bollard::auth::DockerCredentials {
     bollard::auth::DockerCredentials {
         username: Some(auth.username.clone()),
-        password: Some(auth.password.clone()),
+        password: Some(auth.password.expose().clone()),
         serveraddress: Some(super::registry_of(image).to_owned()),
         ..Default::default()
     }
@@ -636,7 +636,7 @@ mod auth_tests {
     fn credentials_name_the_images_registry() {
         let a = crate::executor::RegistryAuth {
             username: "u".into(),
-            password: "p4ss-w0rd-secret".into(),
+            password: String::from("p4ss-w0rd-secret").into(),
         };
         let c = credentials("registry.example:5000/team/app:1", &a);
         assert_eq!(c.serveraddress.as_deref(), Some("registry.example:5000"));

@@ -60,19 +60,10 @@ pub enum ExecutorError {
 
 /// `auth: {username, password}` of a private registry's image (values already interpolated).
 /// The password never appears in `Debug`, logs, errors or a command line.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RegistryAuth {
     pub username: String,
-    pub password: String,
-}
-
-impl std::fmt::Debug for RegistryAuth {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RegistryAuth")
-            .field("username", &self.username)
-            .field("password", &"<secret>")
-            .finish()
-    }
+    pub password: crate::private::Secret<String>,
 }
 
 /// The registry an image reference names (`docker.io` when its first component is not a host).

@@ -6,7 +6,7 @@ use russh::keys::ssh_key::private::Ed25519Keypair;
 use russh::keys::ssh_key::LineEnding;
 use russh::keys::{HashAlg, PrivateKey};
 use std::io::{Read, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 /// Read the key at `path`, or make one there (mode 0600; the directory is created 0700).
@@ -17,14 +17,11 @@ pub fn load_or_create(path: &Path) -> Result<PrivateKey, GatewayError> {
     };
     match std::fs::read_to_string(path) {
         Ok(text) => {
-            let mode = std::fs::metadata(path)
-                .map_err(err("inspect"))?
-                .permissions()
-                .mode();
-            if mode & 0o077 != 0 {
+            let meta = std::fs::metadata(path).map_err(err("inspect"))?;
+            if let Some(mode) = crate::private::loose_mode(&meta) {
                 return Err(GatewayError::HostKeyMode {
                     path: path.display().to_string(),
-                    mode: mode & 0o777,
+                    mode,
                 });
             }
             PrivateKey::from_openssh(text.as_bytes()).map_err(|e| GatewayError::HostKeyParse {
@@ -34,11 +31,7 @@ pub fn load_or_create(path: &Path) -> Result<PrivateKey, GatewayError> {
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                std::fs::DirBuilder::new()
-                    .recursive(true)
-                    .mode(0o700)
-                    .create(dir)
-                    .map_err(err("create the directory of"))?;
+                crate::private::create_private_dir(dir).map_err(err("create the directory of"))?;
             }
             let mut seed = zeroize::Zeroizing::new([0u8; 32]);
             std::fs::File::open("/dev/urandom")
@@ -78,6 +71,7 @@ pub fn fingerprint(key: &PrivateKey) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn the_key_is_made_once_with_mode_0600_and_read_back() {

@@ -42,14 +42,14 @@ const BANNER: &str = r#"printf 'bosun-ready %s %s %s %s\n' "$(id -u)" "$(id -g)"
 /// The job container's main process: it announces who it runs as in one line, then takes
 /// the files on stdin (`LENGTH RUNNER` on a line, then that many bytes of tar), then becomes
 /// the step runner (`RUNNER __bosun-runner`, the in-job command the tar just brought; see
-/// [`super::runner`]) on the same stdin, and when that cannot run or ends, idles until the
+/// [`super::step_transport`]) on the same stdin, and when that cannot run or ends, idles until the
 /// container is removed (steps then arrive through the engine's exec). The length keeps stdin
 /// open past the tar. A shell loop rather than `sleep infinity`, which busybox lacks; the
 /// engine's init reaps what background steps leave behind.
 pub(super) fn main_process() -> Vec<String> {
     let script = format!(
         "{BANNER}\nif read -r n runner && head -c \"$n\" | tar -x -f - -C / 2>&1; then echo bosun-installed; \"$runner\" {arg}; echo bosun-runner-ended; else echo bosun-install-failed; fi\nexec </dev/null\nwhile :; do sleep 3600; done",
-        arg = crate::runtime::cmd::runner::ARG
+        arg = crate::runtime::cmd::step_runner::ARG
     );
     vec!["/bin/sh".into(), "-c".into(), script]
 }
@@ -199,13 +199,17 @@ pub(super) async fn install_files(
     main: Option<Attached>,
     user: &ContainerUser,
     workdir: &str,
-) -> Result<Option<super::runner::StepRunner>, SetupError> {
+) -> Result<Option<super::step_transport::StepTransport>, SetupError> {
     let mut tar = TarBuilder::new(user.uid, user.gid);
     let home = user.home.trim_end_matches('/');
     let ssh_dir = format!("{home}/.ssh");
     tar.dir(&ssh_dir, 0o700);
     let vcs_hosts = vcs_host_names(spec);
-    let files = ssh::container_ssh_files(&spec.access.keys, &spec.access.known_hosts, &vcs_hosts);
+    let files = ssh::container_ssh_files(
+        &spec.context.access.keys,
+        &spec.context.access.known_hosts,
+        &vcs_hosts,
+    );
     for (name, bytes, mode) in &files.files {
         tar.file(&format!("{ssh_dir}/{name}"), bytes, *mode);
     }
@@ -272,12 +276,12 @@ pub(super) async fn install_files(
             let runner = if installed {
                 // The runner's ready line, or the shell's word that it could not run it.
                 let why = match main_line_keeping(&mut output, "bosun-runner", &mut buf).await {
-                    Ok(line) if line == crate::runtime::cmd::runner::READY => Ok(()),
+                    Ok(line) if line == crate::runtime::cmd::step_runner::READY => Ok(()),
                     Ok(line) => Err(line),
                     Err(e) => Err(e.to_string()),
                 };
                 match why {
-                    Ok(()) => Some(super::runner::StepRunner::new(
+                    Ok(()) => Some(super::step_transport::StepTransport::new(
                         container, input, output, buf,
                     )),
                     Err(why) => {
@@ -305,6 +309,7 @@ pub(super) async fn install_files(
 pub(super) fn vcs_host_names(spec: &JobSpec) -> Vec<String> {
     let mut hosts = vec!["bitbucket.org".to_owned(), "ssh.bitbucket.org".to_owned()];
     if let Some(u) = spec
+        .context
         .source
         .as_ref()
         .and_then(|s| ssh::parse_ssh_url(&s.url))

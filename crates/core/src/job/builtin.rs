@@ -3,7 +3,7 @@
 //! `Err(message)` when the step fails.
 
 use crate::executor::Executor;
-use crate::store::{junit, template, BlobId, Layer, Store};
+use crate::store::{junit, template, BlobId, Layer, LocalStore};
 use futures_util::StreamExt;
 use std::io::{Read, Write};
 use std::path::Path;
@@ -19,7 +19,7 @@ pub struct Ctx<'a> {
     pub branch: &'a str,
     pub revision: &'a str,
     pub build_num: u64,
-    pub store: &'a Store,
+    pub store: &'a LocalStore,
     /// Workspace identity: the workflow run (or the job, when run alone).
     pub workspace: &'a str,
     pub job_id: &'a str,

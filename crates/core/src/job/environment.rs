@@ -29,7 +29,7 @@ pub(super) fn builtin_env(
     set("CIRCLECI", "true".into());
     set("HOME", user.home.clone());
     set("CIRCLE_JOB", spec.plan.name.clone());
-    set("CIRCLE_BUILD_NUM", spec.build_num.to_string());
+    set("CIRCLE_BUILD_NUM", spec.context.build_num.to_string());
     set("CIRCLE_NODE_INDEX", spec.node_index.to_string());
     set("CIRCLE_NODE_TOTAL", spec.node_total.max(1).to_string());
     set("CIRCLE_WORKING_DIRECTORY", workdir.to_owned());
@@ -43,7 +43,7 @@ pub(super) fn builtin_env(
         "CIRCLE_INTERNAL_TASK_DATA",
         super::bootstrap::scratch_dir(&spec.id),
     );
-    let id = &spec.identity;
+    let id = &spec.context.identity;
     if let Some(url) = &id.build_url {
         set("CIRCLE_BUILD_URL", url.clone());
     }
@@ -70,7 +70,7 @@ pub(super) fn builtin_env(
     if let Some(n) = id.previous_build_num {
         set("CIRCLE_PREVIOUS_BUILD_NUM", n.to_string());
     }
-    if let Some(pr) = &spec.pull_request {
+    if let Some(pr) = &spec.context.pull_request {
         // CircleCI lists every pull request of the branch in CIRCLE_PULL_REQUESTS (comma-
         // separated) and picks one for CIRCLE_PULL_REQUEST; a job here builds exactly one.
         set("CIRCLE_PULL_REQUEST", pr.url.clone());
@@ -81,7 +81,7 @@ pub(super) fn builtin_env(
             set("CIRCLE_PR_NUMBER", pr.number.to_string());
         }
     }
-    if let Some(src) = &spec.source {
+    if let Some(src) = &spec.context.source {
         set("CIRCLE_REPOSITORY_URL", src.url.clone());
         if let Some((owner, repo)) = project_names(&src.url) {
             set("CIRCLE_PROJECT_USERNAME", owner);
@@ -100,7 +100,12 @@ pub(super) fn builtin_env(
         }
         None => {
             // No checkout step: still tell the job what was asked for.
-            if let Some(r) = spec.source.as_ref().and_then(|s| s.reference.clone()) {
+            if let Some(r) = spec
+                .context
+                .source
+                .as_ref()
+                .and_then(|s| s.reference.clone())
+            {
                 if r.len() == 40 && r.chars().all(|c| c.is_ascii_hexdigit()) {
                     set("CIRCLE_SHA1", r);
                 } else {

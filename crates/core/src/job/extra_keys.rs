@@ -2,24 +2,22 @@
 
 use super::archive::{once_stream, TarBuilder};
 use super::bootstrap::vcs_host_names;
-use super::steps::Ctx;
-use super::JobSpec;
-use crate::executor::Executor;
+use super::step_sequence::StepContext;
 use crate::ssh::{self, SshKey};
 
 /// Install the chosen additional keys (all when no fingerprint is given) as
 /// `~/.ssh/id_rsa_<fingerprint>`, offered for every host after the job's own keys.
 pub(super) async fn add_ssh_keys(
-    executor: &dyn Executor,
-    spec: &JobSpec,
-    ctx: &Ctx,
+    ctx: &StepContext,
     fingerprints: &[String],
     say: &(dyn Fn(String) + Send + Sync),
 ) -> Result<(), String> {
+    let (executor, spec) = (ctx.executor.as_ref(), &ctx.spec);
     let candidates: Vec<&SshKey> = spec
+        .context
         .additional_keys
         .iter()
-        .chain(spec.access.keys.iter())
+        .chain(spec.context.access.keys.iter())
         .collect();
     let normalize = |f: &str| {
         f.trim()
@@ -29,7 +27,7 @@ pub(super) async fn add_ssh_keys(
     };
     let mut chosen: Vec<&SshKey> = Vec::new();
     if fingerprints.is_empty() {
-        chosen.extend(spec.additional_keys.iter());
+        chosen.extend(spec.context.additional_keys.iter());
     } else {
         for fp in fingerprints {
             let found = candidates.iter().find(|k| {
@@ -67,7 +65,7 @@ pub(super) async fn add_ssh_keys(
             .take(16)
             .collect();
         let name = format!("id_rsa_{tag}_{n}");
-        let mut body = key.private.as_str().to_owned();
+        let mut body = key.private.expose().as_str().to_owned();
         if !body.ends_with('\n') {
             body.push('\n');
         }
@@ -77,7 +75,11 @@ pub(super) async fn add_ssh_keys(
     }
     // The job's own ssh config first (its Host blocks win), then the new keys for any host.
     let vcs_hosts = vcs_host_names(spec);
-    let files = ssh::container_ssh_files(&spec.access.keys, &spec.access.known_hosts, &vcs_hosts);
+    let files = ssh::container_ssh_files(
+        &spec.context.access.keys,
+        &spec.context.access.known_hosts,
+        &vcs_hosts,
+    );
     let base = files
         .files
         .iter()

@@ -3,13 +3,16 @@
 //! after its steps (an SSH session), steps → the end told → holds → release. And what decides
 //! how a job ended (its time limit, cancel, a panic, a step's status).
 
-use super::bootstrap::{ask_user, install_files, main_line, main_process, parse_banner};
+use super::bootstrap::{
+    ask_user, install_files, main_line, main_process, parse_banner, ContainerUser,
+};
 use super::environment::{builtin_env, expand_home};
-use super::registry::{Attachment, Registered};
+use super::registry::{Attachment, Registered, SshSettings};
 use super::resources::{Resources, Role};
-use super::steps::{run_steps, Ctx};
+use super::step_sequence::{run_steps, StepContext};
+use super::step_transport::StepTransport;
 use super::SetupError;
-use super::{fetch_source, machine, millis, services, JobOutcome, JobSpec, Prefetched};
+use super::{fetch_source, machine, millis, services, JobOutcome, JobSpec, Prefetched, Secrets};
 use crate::config::{merge_env, ExecutorKind, StepKind};
 use crate::executor::{short_id, ContainerSpec, Executor, NetworkMode};
 use crate::stream::mask::MaskingSink;
@@ -33,41 +36,14 @@ pub async fn run_job(
     cancel: CancellationToken,
 ) -> JobOutcome {
     let started = Instant::now();
-    let mut spec = spec;
-    let prefetched = spec.prefetched.take();
-    // Registry passwords are masked like any secret (a literal one in the config too).
-    let passwords: Vec<String> = std::iter::once(&spec.plan.image_auth)
-        .chain(spec.plan.services.iter().map(|s| &s.auth))
-        .filter_map(|a| registry_auth(&spec, a.as_ref()))
-        .map(|a| a.password)
-        .collect();
-    for p in passwords {
-        spec.secrets.push(("a registry password".to_owned(), p));
-    }
+    let prefetched = spec.context.prefetched.clone();
+    let (sink, masking) = masked(sink, &job_secrets(&spec));
     let spec = Arc::new(spec);
-
-    // Secret values and key text never leave the job unmasked, whatever the sink.
-    let masking =
-        (!spec.secrets.is_empty()).then(|| Arc::new(MaskingSink::new(sink.clone(), &spec.secrets)));
-    let sink: Arc<dyn EventSink> = match &masking {
-        Some(m) => m.clone(),
-        None => sink,
-    };
-    if let Some(m) = &masking {
-        for name in m.unmasked() {
-            sink.emit(&Event::Info {
-                message: format!(
-                    "warning: a secret value ({name}) is shorter than {} characters and is not masked",
-                    crate::stream::mask::MIN_SECRET_LEN
-                ),
-            });
-        }
-    }
 
     // The job's time limit cancels the job, and only the job.
     let cancel = cancel.child_token();
     let timed_out = Arc::new(AtomicBool::new(false));
-    let timer = spec.time_limit.map(|limit| {
+    let timer = spec.context.time_limit.map(|limit| {
         let (cancel, timed_out) = (cancel.clone(), Arc::clone(&timed_out));
         tokio::spawn(async move {
             tokio::time::sleep(limit).await;
@@ -81,7 +57,7 @@ pub async fn run_job(
         job: spec.plan.name.clone(),
         image: spec.plan.image.clone(),
     });
-    let resources = Resources::new(Arc::clone(&executor), &spec.id, &spec.agent_id);
+    let resources = Resources::new(Arc::clone(&executor), &spec.id, &spec.context.agent_id);
     let result = AssertUnwindSafe(run_inner(
         &executor, &spec, &sink, &cancel, prefetched, &resources,
     ))
@@ -91,7 +67,7 @@ pub async fn run_job(
         t.abort();
     }
     let (result, held) = match result {
-        Ok(Ok((o, held))) => (Ok(Ok(o)), held),
+        Ok(Ok(Ran { outcome, held })) => (Ok(Ok(outcome)), held),
         Ok(Err(e)) => (Ok(Err(e)), None),
         Err(panic) => (Err(panic), None),
     };
@@ -101,28 +77,7 @@ pub async fn run_job(
 
     let mut outcome = match result {
         Ok(Ok(o)) => o,
-        Ok(Err(e)) => JobOutcome {
-            status: if cancel.is_cancelled() {
-                JobStatus::Canceled
-            } else {
-                JobStatus::InfrastructureFail
-            },
-            // No step ran; list them so every consumer sees the whole job.
-            steps: spec
-                .plan
-                .steps
-                .iter()
-                .enumerate()
-                .map(|(i, s)| StepSummary {
-                    step: i,
-                    name: s.name.clone(),
-                    status: StepStatus::Skipped,
-                    exit_code: None,
-                    duration_ms: 0,
-                })
-                .collect(),
-            error: Some(e.to_string()),
-        },
+        Ok(Err(e)) => not_started(&spec, &e, cancel.is_cancelled()),
         Err(panic) => JobOutcome {
             status: JobStatus::InfrastructureFail,
             steps: Vec::new(),
@@ -131,7 +86,7 @@ pub async fn run_job(
     };
     if timed_out.load(Ordering::SeqCst) && outcome.status == JobStatus::Canceled {
         outcome.status = JobStatus::TimedOut;
-        if let Some(limit) = spec.time_limit {
+        if let Some(limit) = spec.context.time_limit {
             sink.emit(&Event::Info {
                 message: format!(
                     "the job ran out of its time limit ({}) and was stopped",
@@ -160,6 +115,69 @@ pub async fn run_job(
         outcome.error = outcome.error.map(|e| m.mask_text(&e));
     }
     outcome
+}
+
+/// The request's secrets, and the job's registry passwords: masked like any secret (a literal
+/// one in the config too).
+fn job_secrets(spec: &JobSpec) -> Secrets {
+    let mut secrets = spec.context.secrets.clone();
+    let passwords: Vec<String> = std::iter::once(&spec.plan.image_auth)
+        .chain(spec.plan.services.iter().map(|s| &s.auth))
+        .filter_map(|a| registry_auth(spec, a.as_ref()))
+        .map(|a| a.password.into_inner())
+        .collect();
+    for p in passwords {
+        secrets.push("a registry password".to_owned(), p);
+    }
+    secrets
+}
+
+/// The job's sink: `sink` behind a masker when there is anything to mask (secret values and
+/// key text never leave the job unmasked, whatever the sink), the masker itself, and a
+/// warning on it for each secret too short to mask.
+fn masked(
+    sink: Arc<dyn EventSink>,
+    secrets: &Secrets,
+) -> (Arc<dyn EventSink>, Option<Arc<MaskingSink>>) {
+    if secrets.is_empty() {
+        return (sink, None);
+    }
+    let masking = Arc::new(MaskingSink::new(sink, secrets.as_slice()));
+    for name in masking.unmasked() {
+        masking.emit(&Event::Info {
+            message: format!(
+                "warning: a secret value ({name}) is shorter than {} characters and is not masked",
+                crate::stream::mask::MIN_SECRET_LEN
+            ),
+        });
+    }
+    (masking.clone(), Some(masking))
+}
+
+/// The outcome of a job that failed before its steps: canceled or an infrastructure failure,
+/// every step listed as skipped so every consumer sees the whole job.
+fn not_started(spec: &JobSpec, e: &SetupError, canceled: bool) -> JobOutcome {
+    JobOutcome {
+        status: if canceled {
+            JobStatus::Canceled
+        } else {
+            JobStatus::InfrastructureFail
+        },
+        steps: spec
+            .plan
+            .steps
+            .iter()
+            .enumerate()
+            .map(|(i, s)| StepSummary {
+                step: i,
+                name: s.name.clone(),
+                status: StepStatus::Skipped,
+                exit_code: None,
+                duration_ms: 0,
+            })
+            .collect(),
+        error: Some(e.to_string()),
+    }
 }
 
 /// Remove everything the job made, telling `sink` what could not be removed.
@@ -197,7 +215,8 @@ fn registry_auth(
 ) -> Option<crate::executor::RegistryAuth> {
     let (user, password) = auth?;
     let lookup = |k: &str| {
-        spec.env
+        spec.context
+            .env
             .iter()
             .rev()
             .find(|(name, _)| name == k)
@@ -205,7 +224,7 @@ fn registry_auth(
     };
     Some(crate::executor::RegistryAuth {
         username: crate::runtime::cmd::subst::subst(user, &lookup),
-        password: crate::runtime::cmd::subst::subst(password, &lookup),
+        password: crate::runtime::cmd::subst::subst(password, &lookup).into(),
     })
 }
 
@@ -231,6 +250,28 @@ fn panic_text(p: &Box<dyn std::any::Any + Send>) -> String {
         .unwrap_or_else(|| "a task panicked".to_owned())
 }
 
+/// How the job's steps ended, and what holds its containers after them, if anything does.
+struct Ran {
+    outcome: JobOutcome,
+    /// Set when an attached session (or the wait for one) holds the job: the caller tells the
+    /// job's end first, then waits for the holds before it releases anything.
+    held: Option<Registered>,
+}
+
+/// The primary container, once it is up with the job's files in it.
+struct Primary {
+    container: String,
+    user: ContainerUser,
+    /// The user steps run as (`None`: the container's own).
+    step_user: Option<String>,
+    /// The image's own `ENV`, as `KEY=VALUE`.
+    image_env: Vec<String>,
+    services: Option<services::Services>,
+    /// The main process's step runner, when it could start.
+    runner: Option<StepTransport>,
+}
+
+/// Start → steps → what holds the job: the phases in order.
 async fn run_inner(
     executor: &Arc<dyn Executor>,
     spec: &Arc<JobSpec>,
@@ -238,187 +279,36 @@ async fn run_inner(
     cancel: &CancellationToken,
     prefetched: Option<Prefetched>,
     resources: &Resources,
-) -> Result<(JobOutcome, Option<Registered>), SetupError> {
+) -> Result<Ran, SetupError> {
     let plan = &spec.plan;
-    let needs_checkout = plan
-        .steps
-        .iter()
-        .any(|s| matches!(s.kind, StepKind::Checkout { .. }));
-
     // The fetch runs on a blocking thread while the engine creates the containers: the two
     // slowest parts of a job's start overlap.
-    let fetch = if needs_checkout && prefetched.is_none() {
-        spec.source.clone().map(|src| {
-            let spec = Arc::clone(spec);
-            let sink = Arc::clone(sink);
-            tokio::task::spawn_blocking(move || fetch_source(&spec.access, &src, sink.as_ref()))
-        })
-    } else {
-        None
-    };
+    let fetch = start_fetch(spec, sink, prefetched.is_some());
 
     let t = Instant::now();
     let steps_done = CancellationToken::new();
     // Stop watching services when this function returns, however it returns.
     let _stop_watching = steps_done.clone().drop_guard();
     let engine = job_engine(spec, resources)?;
-    let (engine_binds, engine_env) = match &engine {
-        Some(e) => (
-            vec![(
-                e.dir().display().to_string(),
-                crate::engine_proxy::CONTAINER_DIR.to_owned(),
-            )],
-            vec![format!(
-                "DOCKER_HOST={}",
-                crate::engine_proxy::docker_host()
-            )],
-        ),
-        None => (Vec::new(), Vec::new()),
-    };
-    let (container, user, step_user, image_env, services, runner) = match &plan.executor {
+    let primary = match &plan.executor {
         ExecutorKind::Machine => {
-            let image = machine::local_image(spec, &plan.image)?;
-            // Missing image: an error before anything is created.
-            let info = image_info(executor.as_ref(), &image, None, sink.as_ref()).await?;
-            let id = machine::boot(
-                executor.as_ref(),
-                resources,
-                spec,
-                &image,
-                engine.as_deref(),
-            )
-            .await?;
-            tracing::debug!(ms = millis(t.elapsed()), "machine booted");
-            sink.emit(&Event::ContainerStarted {
-                role: ContainerRole::Primary,
-                name: "primary".to_owned(),
-                image: image.clone(),
-                container: id.clone(),
-            });
-            let step_user = plan
-                .user
-                .clone()
-                .unwrap_or_else(|| machine::MACHINE_USER.to_owned());
-            let user = ask_user(executor.as_ref(), &id, Some(&step_user)).await?;
-            (id, user, Some(step_user), info.env, None, None)
+            start_machine(executor, spec, sink, resources, engine.as_deref(), t).await?
         }
         ExecutorKind::Docker => {
-            if let Some(why) = &plan.unsupported {
-                return Err(SetupError::Unsupported(why.clone()));
-            }
-            let limits = super::limits::for_plan(plan, spec.limits).map(|(l, line)| {
-                sink.emit(&Event::Info { message: line });
-                l
-            });
-            // Every image first: a missing service image is an error before anything runs.
-            let info = image_info(
-                executor.as_ref(),
-                &plan.image,
-                registry_auth(spec, plan.image_auth.as_ref()).as_ref(),
-                sink.as_ref(),
+            start_docker(
+                executor,
+                spec,
+                sink,
+                resources,
+                engine.as_deref(),
+                &steps_done,
+                t,
             )
-            .await?;
-            for svc in &plan.services {
-                image_info(
-                    executor.as_ref(),
-                    &svc.image,
-                    registry_auth(spec, svc.auth.as_ref()).as_ref(),
-                    sink.as_ref(),
-                )
-                .await
-                .map_err(|e| SetupError::Service {
-                    service: svc.name.clone().unwrap_or_else(|| svc.image.clone()),
-                    image: svc.image.clone(),
-                    reason: e.to_string(),
-                })?;
-            }
-            tracing::debug!(ms = millis(t.elapsed()), "images inspected");
-            let role = Role::Primary;
-            let cspec = ContainerSpec {
-                image: plan.image.clone(),
-                user: plan.user.clone(),
-                env: plan
-                    .image_environment
-                    .iter()
-                    .map(|(k, v)| format!("{k}={v}"))
-                    .chain(engine_env.iter().cloned())
-                    .collect(),
-                binds: engine_binds.clone(),
-                labels: resources.labels(&role),
-                network: spec
-                    .network
-                    .clone()
-                    .map_or(NetworkMode::Default, NetworkMode::Named),
-                entrypoint: Some(main_process()),
-                cmd: Some(Vec::new()),
-                stdin: true,
-                init: true,
-                unlogged: true,
-                extra_hosts: services::host_entries(&plan.services),
-                limits,
-                ..Default::default()
-            };
-            // A ready container only for a job that owns nothing else on the engine (no
-            // services beside it, no engine proxy): then the spec alone says what it is.
-            let poolable = plan.services.is_empty() && engine.is_none();
-            let ready = spec
-                .ready
-                .as_ref()
-                .filter(|_| poolable)
-                .and_then(|r| r.take(&cspec));
-            let (id, main, banner) = match ready {
-                Some(r) => {
-                    resources.track(role, &r.id);
-                    tracing::debug!(ms = millis(t.elapsed()), "took a ready container");
-                    (r.id, r.main, r.banner)
-                }
-                None => {
-                    let id = executor.create(&cspec).await?;
-                    resources.track(role, &id);
-                    tracing::debug!(ms = millis(t.elapsed()), "container created");
-                    let mut main = executor.start(&id).await?;
-                    let banner = main_line(&mut main.output, "bosun-ready").await?;
-                    tracing::debug!(ms = millis(t.elapsed()), "container started");
-                    (id, main, banner)
-                }
-            };
-            if let Some(r) = spec.ready.as_ref().filter(|_| poolable) {
-                r.used(&cspec);
-            }
-            sink.emit(&Event::ContainerStarted {
-                role: ContainerRole::Primary,
-                name: "primary".to_owned(),
-                image: plan.image.clone(),
-                container: id.clone(),
-            });
-            let user = parse_banner(&banner)?;
-            let services = if plan.services.is_empty() {
-                None
-            } else {
-                Some(
-                    services::start_all(
-                        executor,
-                        resources,
-                        &id,
-                        &plan.services,
-                        sink,
-                        &steps_done,
-                        limits,
-                    )
-                    .await?,
-                )
-            };
-            let runner =
-                install_files_into(executor.as_ref(), spec, &id, Some(main), &user, sink).await?;
-            (id, user, plan.user.clone(), info.env, services, runner)
+            .await?
         }
     };
-    if matches!(plan.executor, ExecutorKind::Machine) {
-        // No main process of ours (systemd is PID 1): no runner, steps go through exec.
-        install_files_into(executor.as_ref(), spec, &container, None, &user, sink).await?;
-    }
     tracing::debug!(ms = millis(t.elapsed()), "files installed");
-    let workdir = expand_home(&plan.working_directory, &user.home);
+    let workdir = expand_home(&plan.working_directory, &primary.user.home);
 
     let checkout = match fetch {
         None => prefetched,
@@ -431,12 +321,272 @@ async fn run_inner(
         }
     };
 
-    // Built-ins first, then the image's own ENV and `environment:` (so an image may override
-    // a built-in), then executor/job. Step env and `--env` come last, per step.
-    let mut env = builtin_env(spec, &user, &workdir, checkout.as_ref().map(|c| &c.outcome));
+    let env = job_env(spec, &primary, &workdir, checkout.as_ref());
+    let attached = attach(spec, sink, &primary, &workdir, &env);
+    let Primary {
+        container,
+        user,
+        step_user,
+        services,
+        runner,
+        ..
+    } = primary;
+    let ctx = Arc::new(StepContext {
+        executor: Arc::clone(executor),
+        spec: Arc::clone(spec),
+        sink: Arc::clone(sink),
+        cancel: cancel.clone(),
+        container,
+        user,
+        step_user,
+        workdir,
+        base_env: env,
+        checkout,
+        engine,
+        runner,
+    });
+    let outcome = run_steps(&ctx).await;
+    steps_done.cancel();
+    let held = after_steps(sink.as_ref(), attached, services.as_ref(), &outcome);
+    Ok(Ran { outcome, held })
+}
+
+/// The checkout's fetch, started when a `checkout` step needs one and none was fetched
+/// before the job.
+fn start_fetch(
+    spec: &Arc<JobSpec>,
+    sink: &Arc<dyn EventSink>,
+    prefetched: bool,
+) -> Option<tokio::task::JoinHandle<Result<Prefetched, SetupError>>> {
+    let needs_checkout = spec
+        .plan
+        .steps
+        .iter()
+        .any(|s| matches!(s.kind, StepKind::Checkout { .. }));
+    if !needs_checkout || prefetched {
+        return None;
+    }
+    spec.context.source.clone().map(|src| {
+        let spec = Arc::clone(spec);
+        let sink = Arc::clone(sink);
+        tokio::task::spawn_blocking(move || fetch_source(&spec.context.access, &src, sink.as_ref()))
+    })
+}
+
+/// A `machine` job's system booted, its step user known and its files installed. No main
+/// process of ours (systemd is PID 1): no runner, steps go through exec.
+async fn start_machine(
+    executor: &Arc<dyn Executor>,
+    spec: &JobSpec,
+    sink: &Arc<dyn EventSink>,
+    resources: &Resources,
+    engine: Option<&crate::engine_proxy::JobEngine>,
+    t: Instant,
+) -> Result<Primary, SetupError> {
+    let plan = &spec.plan;
+    let image = machine::local_image(spec, &plan.image)?;
+    // Missing image: an error before anything is created.
+    let info = image_info(executor.as_ref(), &image, None, sink.as_ref()).await?;
+    let id = machine::boot(executor.as_ref(), resources, spec, &image, engine).await?;
+    tracing::debug!(ms = millis(t.elapsed()), "machine booted");
+    sink.emit(&Event::ContainerStarted {
+        role: ContainerRole::Primary,
+        name: "primary".to_owned(),
+        image: image.clone(),
+        container: id.clone(),
+    });
+    let step_user = plan
+        .user
+        .clone()
+        .unwrap_or_else(|| machine::MACHINE_USER.to_owned());
+    let user = ask_user(executor.as_ref(), &id, Some(&step_user)).await?;
+    install_files_into(executor.as_ref(), spec, &id, None, &user, sink).await?;
+    Ok(Primary {
+        container: id,
+        user,
+        step_user: Some(step_user),
+        image_env: info.env,
+        services: None,
+        runner: None,
+    })
+}
+
+/// A docker job's images inspected (pulled when missing), its primary container created (or
+/// taken ready-made) and started, its services up, its files installed.
+async fn start_docker(
+    executor: &Arc<dyn Executor>,
+    spec: &JobSpec,
+    sink: &Arc<dyn EventSink>,
+    resources: &Resources,
+    engine: Option<&crate::engine_proxy::JobEngine>,
+    steps_done: &CancellationToken,
+    t: Instant,
+) -> Result<Primary, SetupError> {
+    let plan = &spec.plan;
+    if let Some(why) = &plan.unsupported {
+        return Err(SetupError::Unsupported(why.clone()));
+    }
+    let limits = super::limits::for_plan(plan, spec.context.limits).map(|(l, line)| {
+        sink.emit(&Event::Info { message: line });
+        l
+    });
+    let info = inspect_images(executor.as_ref(), spec, sink.as_ref()).await?;
+    tracing::debug!(ms = millis(t.elapsed()), "images inspected");
+    let role = Role::Primary;
+    let cspec = primary_container(spec, resources, engine, limits);
+    // A ready container only for a job that owns nothing else on the engine (no
+    // services beside it, no engine proxy): then the spec alone says what it is.
+    let poolable = plan.services.is_empty() && engine.is_none();
+    let ready_source = spec.context.ready.as_ref().filter(|_| poolable);
+    let (id, main, banner) = match ready_source.and_then(|r| r.take(&cspec)) {
+        Some(r) => {
+            resources.track(role, &r.id);
+            tracing::debug!(ms = millis(t.elapsed()), "took a ready container");
+            (r.id, r.main, r.banner)
+        }
+        None => {
+            let id = executor.create(&cspec).await?;
+            resources.track(role, &id);
+            tracing::debug!(ms = millis(t.elapsed()), "container created");
+            let mut main = executor.start(&id).await?;
+            let banner = main_line(&mut main.output, "bosun-ready").await?;
+            tracing::debug!(ms = millis(t.elapsed()), "container started");
+            (id, main, banner)
+        }
+    };
+    if let Some(r) = ready_source {
+        r.used(&cspec);
+    }
+    sink.emit(&Event::ContainerStarted {
+        role: ContainerRole::Primary,
+        name: "primary".to_owned(),
+        image: plan.image.clone(),
+        container: id.clone(),
+    });
+    let user = parse_banner(&banner)?;
+    let services = if plan.services.is_empty() {
+        None
+    } else {
+        Some(
+            services::start_all(
+                executor,
+                resources,
+                &id,
+                &plan.services,
+                sink,
+                steps_done,
+                limits,
+            )
+            .await?,
+        )
+    };
+    let runner = install_files_into(executor.as_ref(), spec, &id, Some(main), &user, sink).await?;
+    Ok(Primary {
+        container: id,
+        user,
+        step_user: plan.user.clone(),
+        image_env: info.env,
+        services,
+        runner,
+    })
+}
+
+/// Every image of a docker job (pulled when the engine lacks it), the primary's config: a
+/// missing service image is an error before anything runs.
+async fn inspect_images(
+    executor: &dyn Executor,
+    spec: &JobSpec,
+    sink: &dyn EventSink,
+) -> Result<crate::executor::ImageInfo, SetupError> {
+    let plan = &spec.plan;
+    let info = image_info(
+        executor,
+        &plan.image,
+        registry_auth(spec, plan.image_auth.as_ref()).as_ref(),
+        sink,
+    )
+    .await?;
+    for svc in &plan.services {
+        image_info(
+            executor,
+            &svc.image,
+            registry_auth(spec, svc.auth.as_ref()).as_ref(),
+            sink,
+        )
+        .await
+        .map_err(|e| SetupError::Service {
+            service: svc.name.clone().unwrap_or_else(|| svc.image.clone()),
+            image: svc.image.clone(),
+            reason: e.to_string(),
+        })?;
+    }
+    Ok(info)
+}
+
+/// A docker job's primary container: its image and user, our main process, the engine
+/// proxy's socket when the job has one, the job's network and limits.
+fn primary_container(
+    spec: &JobSpec,
+    resources: &Resources,
+    engine: Option<&crate::engine_proxy::JobEngine>,
+    limits: Option<crate::executor::Limits>,
+) -> ContainerSpec {
+    let plan = &spec.plan;
+    let (engine_binds, engine_env) = match engine {
+        Some(e) => (
+            vec![(
+                e.dir().display().to_string(),
+                crate::engine_proxy::CONTAINER_DIR.to_owned(),
+            )],
+            vec![format!(
+                "DOCKER_HOST={}",
+                crate::engine_proxy::docker_host()
+            )],
+        ),
+        None => (Vec::new(), Vec::new()),
+    };
+    ContainerSpec {
+        image: plan.image.clone(),
+        user: plan.user.clone(),
+        env: plan
+            .image_environment
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .chain(engine_env)
+            .collect(),
+        binds: engine_binds,
+        labels: resources.labels(&Role::Primary),
+        network: spec
+            .context
+            .network
+            .clone()
+            .map_or(NetworkMode::Default, NetworkMode::Named),
+        entrypoint: Some(main_process()),
+        cmd: Some(Vec::new()),
+        stdin: true,
+        init: true,
+        unlogged: true,
+        extra_hosts: services::host_entries(&plan.services),
+        limits,
+        ..Default::default()
+    }
+}
+
+/// The job's environment under the steps' own: built-ins first, then the image's own ENV
+/// and `environment:` (so an image may override a built-in), then executor/job. Step env and
+/// `--env` come last, per step.
+fn job_env(
+    spec: &JobSpec,
+    primary: &Primary,
+    workdir: &str,
+    checkout: Option<&Prefetched>,
+) -> Vec<(String, String)> {
+    let plan = &spec.plan;
+    let mut env = builtin_env(spec, &primary.user, workdir, checkout.map(|c| &c.outcome));
     merge_env(
         &mut env,
-        image_env
+        primary
+            .image_env
             .iter()
             .filter_map(|kv| kv.split_once('='))
             .map(|(k, v)| (k.to_owned(), v.to_owned()))
@@ -444,18 +594,36 @@ async fn run_inner(
     );
     merge_env(&mut env, plan.image_environment.clone());
     merge_env(&mut env, plan.environment.clone());
+    env
+}
 
-    let mut attach_env = env.clone();
-    merge_env(&mut attach_env, spec.env.clone());
-    let ssh = spec.registry.ssh_for(&spec.id);
+/// The running job in the registry, for others (SSH sessions, a scoped engine) to attach to.
+struct Attached {
+    registered: Registered,
+    /// The SSH gateway that lets sessions in, when there is one.
+    gateway: Option<Arc<SshSettings>>,
+}
+
+/// Register the job for others to attach to, and say how to reach it over SSH.
+fn attach(
+    spec: &JobSpec,
+    sink: &Arc<dyn EventSink>,
+    primary: &Primary,
+    workdir: &str,
+    env: &[(String, String)],
+) -> Attached {
+    let mut attach_env = env.to_vec();
+    merge_env(&mut attach_env, spec.context.env.clone());
+    let ssh = spec.context.registry.ssh_for(&spec.id);
+    let user = &primary.user;
     let mut attachment = Attachment::new(
         &spec.id,
-        &container,
-        step_user.clone(),
+        &primary.container,
+        primary.step_user.clone(),
         user.uid,
         user.gid,
         &user.home,
-        &workdir,
+        workdir,
         attach_env,
     );
     if let Some((gateway, keys)) = &ssh {
@@ -464,42 +632,43 @@ async fn run_inner(
             sink.emit(&Event::Info { message });
         }
     }
-    let registered = spec.registry.register(attachment);
-    let ctx = Ctx {
-        container,
-        user,
-        step_user,
-        workdir,
-        base_env: env,
-        checkout,
-        engine,
-        runner: runner.map(Arc::new),
-    };
-    let outcome = run_steps(executor, spec, sink, cancel, &ctx).await;
-    steps_done.cancel();
+    Attached {
+        registered: spec.context.registry.register(attachment),
+        gateway: ssh.map(|(gateway, _)| gateway),
+    }
+}
+
+/// After the last step: the services' output when the job went wrong, the wait for an SSH
+/// session, and what holds the job then.
+fn after_steps(
+    sink: &dyn EventSink,
+    attached: Attached,
+    services: Option<&services::Services>,
+    outcome: &JobOutcome,
+) -> Option<Registered> {
+    let Attached {
+        registered,
+        gateway,
+    } = attached;
     registered.attachment.steps_done.cancel();
     if outcome.status != JobStatus::Success {
-        if let Some(s) = &services {
-            s.report_output(sink.as_ref());
+        if let Some(s) = services {
+            s.report_output(sink);
         }
     }
-    if let Some((gateway, _)) = &ssh {
+    if let Some(gateway) = &gateway {
         registered
             .attachment
             .wait_for_sessions(Instant::now() + gateway.wait);
     }
-    // Held (an SSH session, or the wait for one): the caller tells the job's end first, then
-    // waits for the holds before it releases anything.
-    let Some(until) = registered.attachment.held_until() else {
-        return Ok((outcome, None));
-    };
+    let until = registered.attachment.held_until()?;
     sink.emit(&Event::Info {
         message: format!(
             "the job's containers are held for an attached session (at most {})",
             crate::stream::format_duration(millis(until.saturating_duration_since(Instant::now())))
         ),
     });
-    Ok((outcome, Some(registered)))
+    Some(registered)
 }
 
 /// The job's engine proxy, when the job may use Docker (`setup_remote_docker`, `machine`) and
@@ -522,12 +691,12 @@ fn job_engine(
         layer_caching |= dlc;
     }
     wants |= matches!(spec.plan.executor, ExecutorKind::Machine);
-    let Some(settings) = spec.engine.as_ref().filter(|_| wants) else {
+    let Some(settings) = spec.context.engine.as_ref().filter(|_| wants) else {
         return Ok(None);
     };
     let scope = crate::engine_proxy::Scope {
         job: spec.id.clone(),
-        agent: spec.agent_id.clone(),
+        agent: spec.context.agent_id.clone(),
         limits: settings.limits.clone(),
     };
     let engine = crate::engine_proxy::JobEngine::prepare(settings, scope, layer_caching)
@@ -542,15 +711,15 @@ async fn install_files_into(
     spec: &JobSpec,
     container: &str,
     main: Option<crate::executor::Attached>,
-    user: &super::bootstrap::ContainerUser,
+    user: &ContainerUser,
     sink: &Arc<dyn EventSink>,
-) -> Result<Option<super::runner::StepRunner>, SetupError> {
+) -> Result<Option<StepTransport>, SetupError> {
     let workdir = expand_home(&spec.plan.working_directory, &user.home);
     let runner = install_files(executor, spec, container, main, user, &workdir).await?;
     sink.emit(&Event::Info {
         message: format!(
             "Prepared {} for {} (working directory {workdir}{})",
-            if spec.access.keys.is_empty() {
+            if spec.context.access.keys.is_empty() {
                 "no SSH keys"
             } else {
                 "~/.ssh"
@@ -559,7 +728,7 @@ async fn install_files_into(
                 Some(name) => format!("user {name} ({}:{})", user.uid, user.gid),
                 None => format!("uid {}:{}", user.uid, user.gid),
             },
-            match spec.access.keys.len() {
+            match spec.context.access.keys.len() {
                 0 => String::new(),
                 n => format!(", {n} key{}", if n == 1 { "" } else { "s" }),
             }

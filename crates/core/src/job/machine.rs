@@ -16,13 +16,18 @@ const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// The local image a `machine:` image name maps to.
 pub(super) fn local_image(spec: &JobSpec, name: &str) -> Result<String, SetupError> {
-    if let Some(image) = spec.machine_images.get(name) {
+    if let Some(image) = spec.context.machine_images.get(name) {
         return Ok(image.clone());
     }
     if name == "default" {
         return Ok(DEFAULT_MACHINE_IMAGE.to_owned());
     }
-    let mut known: Vec<&str> = spec.machine_images.keys().map(String::as_str).collect();
+    let mut known: Vec<&str> = spec
+        .context
+        .machine_images
+        .keys()
+        .map(String::as_str)
+        .collect();
     known.push("default");
     Err(SetupError::UnknownMachineImage {
         name: name.to_owned(),
@@ -51,6 +56,7 @@ pub(super) async fn boot(
                 .collect(),
             labels: resources.labels(&role),
             network: spec
+                .context
                 .network
                 .clone()
                 .map_or(NetworkMode::Default, NetworkMode::Named),

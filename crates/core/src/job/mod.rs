@@ -1,6 +1,7 @@
 //! One job, from a request to its outcome. Data flows one way:
-//! [`JobRequest`] → [`prepare`] (keys, host keys, checkout, config) → [`JobSpec`] →
-//! [`run_job`] (resources → steps → events) → the caller's [`EventSink`].
+//! [`JobRequest`] → [`prepare`] (keys, host keys, checkout, config) → one shared
+//! [`JobContext`] and a [`JobSpec`] per job → [`run_job`] (resources → steps → events) → the
+//! caller's [`EventSink`].
 //!
 //! `bosun execute` and `bosun agent` only build a request and choose a sink; everything a job
 //! is — its time limit, the masking of its secrets, its final status, the containers it owns —
@@ -8,18 +9,24 @@
 //!
 //! Rooms, each with one responsibility:
 //! - [`request`]: the request and the one preparation path;
+//! - [`context`]: what a request's jobs share, built once ([`JobContext`]), and one job of
+//!   it ([`JobSpec`]);
 //! - [`lifecycle`]: the only place that knows a job's order (start → bootstrap → steps →
 //!   hold → release), the time limit and the final status;
 //! - [`resources`]: what a job owns (containers, networks) and the guard that removes them;
 //! - [`registry`]: the seam other parts attach to while a job runs (SSH, a scoped engine);
 //! - `bootstrap` / `machine` / `services`: how the primary container, a `machine` job's
 //!   system and the service containers come up;
-//! - `environment`: the built-in variables; `steps` / `run_step`: the steps; `builtin` /
-//!   `extra_keys`: the steps the agent carries out itself; [`archive`]: the one tar writer.
+//! - `environment`: the built-in variables; `step_sequence`: a job's steps in order (`when:`,
+//!   halts, background steps); `shell_step`: one `run` step (its command, output, timeouts,
+//!   stop); `step_transport`: the agent's end of the in-container step runner's wire;
+//!   `builtin` / `extra_keys`: the steps the agent carries out itself; [`archive`]: the one
+//!   tar writer.
 
 pub mod archive;
 mod bootstrap;
 mod builtin;
+pub mod context;
 mod environment;
 mod extra_keys;
 pub use bosun_protocol::identity;
@@ -31,14 +38,15 @@ pub mod ready;
 pub mod registry;
 pub mod request;
 pub mod resources;
-mod run_step;
-mod runner;
 mod services;
-mod steps;
+mod shell_step;
+mod step_sequence;
+mod step_transport;
 #[cfg(test)]
 mod tests;
 mod timings;
 
+pub use context::{JobContext, JobSpec, Secrets};
 pub use environment::{expand_home, project_names};
 pub use identity::JobIdentity;
 pub use lifecycle::run_job;
@@ -51,10 +59,8 @@ pub use request::{
 pub use resources::{sweep, Resources};
 
 use crate::checkout::{self, CheckoutOutcome};
-use crate::config::JobPlan;
 use crate::ssh::{KnownHosts, SshKey, VcsHosts};
 use crate::stream::{JobStatus, StepSummary};
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -85,55 +91,6 @@ pub struct PullRequest {
     pub url: String,
     /// From a fork of the project's repository.
     pub fork: bool,
-}
-
-/// A prepared job: everything [`run_job`] needs, nothing left to read or parse.
-pub struct JobSpec {
-    /// Unique per run; labels the job's containers and networks.
-    pub id: String,
-    pub agent_id: String,
-    pub plan: JobPlan,
-    pub source: Option<Source>,
-    pub access: Access,
-    /// Highest-precedence variables (`--env`, the project's settings).
-    pub env: Vec<(String, String)>,
-    /// Values masked wherever the job's output goes (secret variables, key text), each with
-    /// what it is (for the warning when one is too short to mask).
-    pub secrets: Vec<(String, String)>,
-    /// The job's own time limit: past it the job is stopped and ends `timedout`.
-    pub time_limit: Option<Duration>,
-    pub network: Option<String>,
-    pub build_num: u64,
-    /// Grace between TERM and KILL when a step is stopped.
-    pub kill_grace: Duration,
-    /// A checkout already fetched (when the config itself had to come from the repository).
-    pub prefetched: Option<Prefetched>,
-    /// Where caches, workspaces and artifacts live.
-    pub store: crate::store::Store,
-    /// Workspace identity shared by the jobs of one workflow run (the job id when alone).
-    pub workspace: String,
-    /// Keys only an `add_ssh_keys` step installs (CircleCI's "additional SSH keys").
-    pub additional_keys: Vec<SshKey>,
-    /// This container's place among the job's `parallelism` nodes (0-based) and their count.
-    pub node_index: u32,
-    pub node_total: u32,
-    /// Set for a pull request build.
-    pub pull_request: Option<PullRequest>,
-    /// `machine:` image names → local images (`default` for `machine: true`).
-    pub machine_images: BTreeMap<String, String>,
-    /// Where the running job registers itself for others to attach to.
-    pub registry: Registry,
-    /// How the job's Docker engine is served (`setup_remote_docker`, `machine`); `None`: this
-    /// runner offers none.
-    pub engine: Option<Arc<crate::engine_proxy::EngineSettings>>,
-    /// Ids, names and links for the `CIRCLE_*` variables.
-    pub identity: identity::JobIdentity,
-    /// The job's stored test timings, read once for all its nodes (`timings::for_job`).
-    pub timings: Option<String>,
-    /// What the runner does with a docker job's `resource_class` (container limits).
-    pub limits: LimitPolicy,
-    /// Where a ready-made primary container may come from (the agent's pool).
-    pub ready: Option<Arc<dyn ready::ReadySource>>,
 }
 
 /// A fetched tree waiting to be uploaded by the `checkout` step.

@@ -56,7 +56,7 @@ async fn a_job_takes_a_ready_container_over_exactly_where_it_would_create_one() 
     let double = Recording::new(Script::default());
     let dir = tempfile::tempdir().expect("tempdir");
     let mut fresh = spec(dir.path(), plan(vec![run("a", "env", When::OnSuccess)]));
-    fresh.ready = Some(source.clone());
+    super::context_mut(&mut fresh).ready = Some(source.clone());
     let sink = Arc::new(MemorySink::default());
     let o = run_job(double.clone(), fresh, sink, CancellationToken::new()).await;
     assert_eq!(o.status, JobStatus::Success);
@@ -76,7 +76,7 @@ async fn a_job_takes_a_ready_container_over_exactly_where_it_would_create_one() 
     *source.held.lock().unwrap() = Some((crate::job::ready::pool_key(&pool_spec), ready));
     let before = double.calls().len();
     let mut next = spec(dir.path(), plan(vec![run("a", "env", When::OnSuccess)]));
-    next.ready = Some(source.clone());
+    super::context_mut(&mut next).ready = Some(source.clone());
     let sink = Arc::new(MemorySink::default());
     let o = run_job(double.clone(), next, sink.clone(), CancellationToken::new()).await;
     assert_eq!(o.status, JobStatus::Success, "{:?}", o.error);
@@ -115,7 +115,7 @@ async fn a_job_with_services_never_asks_for_a_ready_container() {
     let double = Recording::new(Script::default());
     let dir = tempfile::tempdir().expect("tempdir");
     let mut s = with_services(dir.path(), vec![service("pg", None)]);
-    s.ready = Some(source.clone());
+    super::context_mut(&mut s).ready = Some(source.clone());
     let o = run_job(
         double.clone(),
         s,

@@ -1,15 +1,16 @@
 //! What a front door asks for, and the one path from that to a running job: keys and host
 //! keys parsed, the source fetched when the config lives in it, the config compiled, one
-//! [`JobSpec`] per container made. `bosun execute` and `bosun agent` only build a
+//! [`JobContext`] for its jobs to share and one [`JobSpec`] per container made. `bosun execute` and `bosun agent` only build a
 //! [`JobRequest`] and choose a sink; [`run`] does the rest for both.
 
-use super::{Access, JobSpec, Prefetched, PullRequest, Registry, SetupError, Source};
+use super::{
+    Access, JobContext, JobSpec, Prefetched, PullRequest, Registry, Secrets, SetupError, Source,
+};
 use crate::checkout::{self, CheckoutSpec, Credentials};
 use crate::config::{self, JobPlan, OrbDir};
 use crate::executor::Executor;
 use crate::ssh::{KnownHosts, SshKey, VcsHosts};
-use crate::store::Store;
-use crate::stream::mask::Masker;
+use crate::store::LocalStore;
 use crate::stream::{Event, EventSink, JobStatus};
 use crate::workflow::{node_specs, run_nodes, run_workflow, WorkflowOptions};
 use std::collections::BTreeMap;
@@ -104,7 +105,7 @@ pub struct JobRequest {
     pub time_limit: Option<Duration>,
     pub network: Option<String>,
     pub kill_grace: Duration,
-    pub store: Store,
+    pub store: LocalStore,
     pub orb_dir: Option<PathBuf>,
     pub machine_images: BTreeMap<String, String>,
     pub registry: Registry,
@@ -149,7 +150,10 @@ pub enum PrepareError {
 
 /// A request made ready to run.
 pub struct Prepared {
-    base: Base,
+    context: JobContext,
+    /// `pipeline.git.branch` / `.tag`: what a workflow's filters are evaluated for.
+    git_branch: String,
+    git_tag: Option<String>,
     what: What,
 }
 
@@ -165,84 +169,12 @@ enum What {
     },
 }
 
-/// Everything the jobs of one request share; `spec` makes each job's spec from it.
-struct Base {
-    id: String,
-    agent_id: String,
-    source: Source,
-    access: Access,
-    additional_keys: Vec<SshKey>,
-    env: Vec<(String, String)>,
-    secrets: Vec<(String, String)>,
-    network: Option<String>,
-    build_num: u64,
-    kill_grace: Duration,
-    prefetched: Option<Prefetched>,
-    store: Store,
-    git_branch: String,
-    git_tag: Option<String>,
-    pull_request: Option<PullRequest>,
-    time_limit: Option<Duration>,
-    machine_images: BTreeMap<String, String>,
-    registry: Registry,
-    engine: Option<Arc<crate::engine_proxy::EngineSettings>>,
-    identity: super::JobIdentity,
-    limits: super::LimitPolicy,
-    ready: Option<Arc<dyn super::ready::ReadySource>>,
-}
-
-impl Base {
-    fn spec(&self, id: String, plan: JobPlan) -> JobSpec {
-        JobSpec {
-            id,
-            agent_id: self.agent_id.clone(),
-            source: Some(self.source.clone()),
-            access: self.access.clone(),
-            env: self.env.clone(),
-            secrets: self.secrets.clone(),
-            time_limit: self.time_limit,
-            network: self.network.clone(),
-            build_num: self.build_num,
-            kill_grace: self.kill_grace,
-            prefetched: self.prefetched.clone(),
-            store: self.store.clone(),
-            workspace: self.id.clone(),
-            additional_keys: self.additional_keys.clone(),
-            node_index: 0,
-            node_total: 1,
-            pull_request: self.pull_request.clone(),
-            machine_images: self.machine_images.clone(),
-            registry: self.registry.clone(),
-            engine: self.engine.clone(),
-            identity: self.identity.clone(),
-            timings: super::timings::for_job(&self.store, &plan.name),
-            limits: self.limits,
-            ready: self.ready.clone(),
-            plan,
-        }
-    }
-}
-
 /// What came of a request.
 #[derive(Debug, Clone)]
 pub struct RequestOutcome {
     pub status: JobStatus,
     /// Why it could not run (masked).
     pub error: Option<String>,
-}
-
-/// The secrets of a request: secret variables' values and the private keys' text.
-fn secrets_of(req: &JobRequest) -> Vec<(String, String)> {
-    let mut secrets: Vec<(String, String)> = req
-        .env
-        .iter()
-        .filter(|e| e.secret)
-        .map(|e| (e.name.clone(), e.value.clone()))
-        .collect();
-    for k in req.keys.iter().chain(&req.additional_keys) {
-        secrets.push((k.describe(), k.private.as_str().to_owned()));
-    }
-    secrets
 }
 
 /// Prepare and run a request to its end: what both front doors call. A request that cannot
@@ -256,13 +188,14 @@ pub async fn run(
     on_prepared: &(dyn Fn(&Prepared) + Sync),
 ) -> RequestOutcome {
     let started = Instant::now();
-    let secrets = secrets_of(&req);
+    // Gathered once: they mask what preparation says, then every job's output.
+    let secrets = Secrets::of(&req.env, &req.keys, &req.additional_keys);
     let label = match &req.target {
         Target::Job(j) | Target::Node { job: j, .. } => j.clone(),
         Target::Workflow { name, .. } => name.clone(),
     };
     let limit = req.time_limit;
-    let preparing = prepare(req, Arc::clone(&sink));
+    let preparing = prepare_with(req, secrets.clone(), Arc::clone(&sink));
     let prepared = tokio::select! {
         r = async {
             match limit {
@@ -280,9 +213,7 @@ pub async fn run(
                 PrepareError::TimedOut(_) => JobStatus::TimedOut,
                 _ => JobStatus::InfrastructureFail,
             };
-            let (masker, _) = Masker::new(secrets.iter().map(|(_, v)| v));
-            let error =
-                String::from_utf8_lossy(&masker.mask_all(e.to_string().as_bytes())).into_owned();
+            let error = secrets.mask(&e.to_string());
             sink.emit(&Event::JobFinished {
                 job: label,
                 status,
@@ -297,7 +228,7 @@ pub async fn run(
         }
     };
     // Preparation used part of the time limit.
-    prepared.base.time_limit = limit.map(|l| l.saturating_sub(started.elapsed()));
+    prepared.context.time_limit = limit.map(|l| l.saturating_sub(started.elapsed()));
     on_prepared(&prepared);
     prepared.run(executor, sink, cancel).await
 }
@@ -317,13 +248,14 @@ impl Prepared {
         sink: Arc<dyn EventSink>,
         cancel: CancellationToken,
     ) -> RequestOutcome {
-        let base = self.base;
+        let context = Arc::new(self.context);
+        let id = &context.workspace;
         match self.what {
             What::Job {
                 plan,
                 node: Some((index, total)),
             } => {
-                let mut spec = base.spec(base.id.clone(), *plan);
+                let mut spec = JobSpec::new(&context, id.clone(), *plan);
                 spec.node_index = index;
                 spec.node_total = total;
                 let o = super::run_job(executor, spec, sink, cancel).await;
@@ -334,8 +266,10 @@ impl Prepared {
             }
             What::Job { plan, node: None } => {
                 let parallelism = plan.parallelism;
-                let nodes =
-                    node_specs(&|| base.spec(base.id.clone(), (*plan).clone()), parallelism);
+                let nodes = node_specs(
+                    &|| JobSpec::new(&context, id.clone(), (*plan).clone()),
+                    parallelism,
+                );
                 RequestOutcome {
                     status: run_nodes(executor, nodes, sink, cancel).await,
                     error: None,
@@ -347,9 +281,9 @@ impl Prepared {
                 approve,
             } => {
                 let make = |wj: &config::WorkflowJob, cj: &config::CompiledJob| {
-                    base.spec(format!("{}-{}", base.id, wj.name), cj.plan.clone())
+                    JobSpec::new(&context, format!("{id}-{}", wj.name), cj.plan.clone())
                 };
-                let git = match (&base.git_tag, &base.git_branch) {
+                let git = match (&self.git_tag, &self.git_branch) {
                     (Some(t), _) => config::GitRef::Tag(t),
                     (None, b) => config::GitRef::Branch(b),
                 };
@@ -370,6 +304,16 @@ impl Prepared {
 /// Keys, host keys, the checkout when the config (or a workflow's filters) need it, and the
 /// compiled config.
 pub async fn prepare(req: JobRequest, sink: Arc<dyn EventSink>) -> Result<Prepared, PrepareError> {
+    let secrets = Secrets::of(&req.env, &req.keys, &req.additional_keys);
+    prepare_with(req, secrets, sink).await
+}
+
+/// [`prepare`], with the request's secrets already gathered.
+async fn prepare_with(
+    req: JobRequest,
+    secrets: Secrets,
+    sink: Arc<dyn EventSink>,
+) -> Result<Prepared, PrepareError> {
     let mut known_hosts = KnownHosts::pinned();
     for (text, origin) in &req.known_hosts {
         known_hosts.extend(KnownHosts::parse(text, origin)?);
@@ -378,7 +322,6 @@ pub async fn prepare(req: JobRequest, sink: Arc<dyn EventSink>) -> Result<Prepar
     for m in req.vcs_hosts.iter().filter(|m| !m.trim().is_empty()) {
         vcs_hosts.add_mapping(m.trim())?;
     }
-    let secrets = secrets_of(&req);
     let access = Access {
         keys: req.keys,
         known_hosts,
@@ -496,10 +439,10 @@ pub async fn prepare(req: JobRequest, sink: Arc<dyn EventSink>) -> Result<Prepar
         .workflow_id
         .get_or_insert_with(|| ids(&format!("workflow/{}", req.id)));
     Ok(Prepared {
-        base: Base {
-            id: req.id,
+        context: JobContext {
+            workspace: req.id,
             agent_id: req.agent_id,
-            source,
+            source: Some(source),
             access,
             additional_keys: req.additional_keys,
             env: req
@@ -508,15 +451,13 @@ pub async fn prepare(req: JobRequest, sink: Arc<dyn EventSink>) -> Result<Prepar
                 .map(|e| (e.name.clone(), e.value.clone()))
                 .collect(),
             secrets,
+            time_limit: req.time_limit,
             network: req.network,
             build_num: req.pipeline_number,
             kill_grace: req.kill_grace,
             prefetched,
             store: req.store,
-            git_branch,
-            git_tag,
             pull_request: req.pull_request,
-            time_limit: req.time_limit,
             machine_images: req.machine_images,
             registry: req.registry,
             engine: req.engine,
@@ -524,6 +465,8 @@ pub async fn prepare(req: JobRequest, sink: Arc<dyn EventSink>) -> Result<Prepar
             limits: req.limits,
             ready: req.ready,
         },
+        git_branch,
+        git_tag,
         what,
     })
 }

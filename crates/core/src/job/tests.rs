@@ -3,9 +3,9 @@
 
 use super::bootstrap::ContainerUser;
 use super::environment::builtin_env;
-use super::run_step::step_command;
+use super::shell_step::step_command;
 use super::*;
-use crate::config::{DockerImage, ExecutorKind, RunStep, Step, StepKind, When};
+use crate::config::{DockerImage, ExecutorKind, JobPlan, RunStep, Step, StepKind, When};
 use crate::executor::double::{Call, Op, Recording, Reply, Script};
 use crate::executor::NetworkMode;
 use crate::stream::{Event, MemorySink, StepStatus};
@@ -58,10 +58,9 @@ fn background(name: &str, command: &str) -> Step {
 }
 
 fn spec(store_dir: &Path, plan: JobPlan) -> JobSpec {
-    JobSpec {
-        id: "j".into(),
+    let context = Arc::new(JobContext {
+        workspace: "j".into(),
         agent_id: "a".into(),
-        plan,
         source: None,
         access: Access {
             keys: vec![],
@@ -69,28 +68,30 @@ fn spec(store_dir: &Path, plan: JobPlan) -> JobSpec {
             vcs_hosts: VcsHosts::new(),
             mirrors: None,
         },
+        additional_keys: vec![],
         env: vec![],
-        secrets: vec![],
+        secrets: Secrets::default(),
         time_limit: None,
         network: None,
         build_num: 1,
         kill_grace: Duration::from_millis(100),
         prefetched: None,
-        store: crate::store::Store::open(store_dir, crate::store::ProjectScope::new("test"))
+        store: crate::store::LocalStore::open(store_dir, crate::store::ProjectScope::new("test"))
             .expect("store"),
-        workspace: "j".into(),
-        additional_keys: vec![],
-        node_index: 0,
-        node_total: 1,
         pull_request: None,
-        machine_images: BTreeMap::new(),
+        machine_images: std::collections::BTreeMap::new(),
         registry: Registry::new(),
         engine: None,
         identity: Default::default(),
-        timings: None,
         limits: Default::default(),
         ready: None,
-    }
+    });
+    JobSpec::new(&context, "j".into(), plan)
+}
+
+/// The context of a spec no other holds, to change before the job runs.
+pub(super) fn context_mut(s: &mut JobSpec) -> &mut JobContext {
+    Arc::get_mut(&mut s.context).expect("a spec's context is its own in tests")
 }
 
 fn reply(pattern: &str, stdout: &str, exit: i64) -> Reply {
@@ -269,7 +270,7 @@ async fn the_time_limit_stops_the_job_timedout_and_removes_everything() {
         },
         |d| {
             let mut s = spec(d, plan(vec![run("sleeps", "sleep 1000", When::OnSuccess)]));
-            s.time_limit = Some(Duration::from_millis(300));
+            context_mut(&mut s).time_limit = Some(Duration::from_millis(300));
             s
         },
     )
@@ -298,7 +299,7 @@ async fn cancel_during_checkout_cancels_the_job_and_removes_the_container() {
                     when: When::OnSuccess,
                 }]),
             );
-            s.source = Some(Source {
+            context_mut(&mut s).source = Some(Source {
                 url: format!("ssh://git@127.0.0.1:{port}/acme/widget.git"),
                 reference: None,
             });
@@ -440,7 +441,7 @@ async fn a_hold_keeps_the_containers_after_the_last_step() {
     });
     let store = tempfile::tempdir().expect("tempdir");
     let mut s = spec(store.path(), plan(vec![run("a", "true", When::OnSuccess)]));
-    s.registry = registry.clone();
+    context_mut(&mut s).registry = registry.clone();
     let job = tokio::spawn(run_job(
         double.clone(),
         s,
@@ -511,7 +512,7 @@ async fn secrets_are_masked_in_step_output_and_messages() {
         },
         |d| {
             let mut s = spec(d, plan(vec![run("print", "env", When::OnSuccess)]));
-            s.secrets = vec![("TOKEN".into(), "hunter22-secret".into())];
+            context_mut(&mut s).secrets = vec![("TOKEN".into(), "hunter22-secret".into())].into();
             s
         },
     )
@@ -573,7 +574,7 @@ fn a_pull_request_build_gets_circleci_pull_request_variables() {
         );
     }
     let url = "https://bitbucket.org/acme/widget/pull-requests/7";
-    spec.pull_request = Some(PullRequest {
+    context_mut(&mut spec).pull_request = Some(PullRequest {
         number: 7,
         url: url.into(),
         fork: false,
@@ -584,7 +585,7 @@ fn a_pull_request_build_gets_circleci_pull_request_variables() {
     assert_eq!(get("CIRCLE_PULL_REQUESTS"), Some(url));
     assert_eq!(get("CIRCLE_PR_NUMBER"), None, "not a fork");
     assert_eq!(get("CIRCLE_JOB"), Some("build"), "the others stay");
-    if let Some(pr) = spec.pull_request.as_mut() {
+    if let Some(pr) = context_mut(&mut spec).pull_request.as_mut() {
         pr.fork = true;
     }
     let env = builtin_env(&spec, &user, "/root/project", None);
@@ -638,7 +639,7 @@ async fn registry_credentials_are_interpolated_reach_the_pull_and_are_masked() {
             let mut p = plan(vec![run("print", "env", When::OnSuccess)]);
             p.image_auth = Some(("bot".into(), "${REG_PASSWORD}".into()));
             let mut s = spec(d, p);
-            s.env = vec![("REG_PASSWORD".into(), "s3cret-registry-pass".into())];
+            context_mut(&mut s).env = vec![("REG_PASSWORD".into(), "s3cret-registry-pass".into())];
             s
         },
     )
@@ -648,7 +649,10 @@ async fn registry_credentials_are_interpolated_reach_the_pull_and_are_masked() {
     assert_eq!(pulls.len(), 1);
     assert_eq!(pulls[0].0, "img");
     assert_eq!(
-        (pulls[0].1.username.as_str(), pulls[0].1.password.as_str()),
+        (
+            pulls[0].1.username.as_str(),
+            pulls[0].1.password.expose().as_str()
+        ),
         ("bot", "s3cret-registry-pass")
     );
     let text: String = r.events.iter().map(|e| format!("{e:?}")).collect();

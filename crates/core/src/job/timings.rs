@@ -3,14 +3,14 @@
 //! handed to the job's in-job command as a file at start.
 
 use crate::runtime::cmd::split::{format_timings, parse_timings, Timing};
-use crate::store::Store;
+use crate::store::LocalStore;
 use std::collections::HashMap;
 
 /// The stored timings of job `job`, as the in-job command reads them; `None` if no earlier
 /// run stored any. Read once per run, when its specs are made: the nodes of a parallel job
 /// must all split by the same timings, and a fast node stores its own before a slow one
 /// starts.
-pub(super) fn for_job(store: &Store, job: &str) -> Option<String> {
+pub(super) fn for_job(store: &LocalStore, job: &str) -> Option<String> {
     std::fs::read_to_string(store.timings_path(job))
         .ok()
         .filter(|t| !t.is_empty())
@@ -19,7 +19,7 @@ pub(super) fn for_job(store: &Store, job: &str) -> Option<String> {
 /// Merge a run's test case times into the job's timings: a test measured now replaces its
 /// older time, tests not run now keep theirs (the nodes of a parallel job each store their
 /// own share). Written to a temporary file and renamed, so a reader never sees half of it.
-pub(super) fn record(store: &Store, job: &str, cases: Vec<Timing>) -> std::io::Result<usize> {
+pub(super) fn record(store: &LocalStore, job: &str, cases: Vec<Timing>) -> std::io::Result<usize> {
     if cases.is_empty() {
         return Ok(0);
     }
@@ -77,7 +77,8 @@ mod tests {
     #[test]
     fn runs_merge_newest_time_wins_others_kept() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = Store::open(dir.path(), crate::store::ProjectScope::new("p")).expect("store");
+        let store =
+            LocalStore::open(dir.path(), crate::store::ProjectScope::new("p")).expect("store");
         record(&store, "test", vec![t("a", "1", 1.0), t("b", "2", 2.0)]).expect("record");
         record(&store, "test", vec![t("a", "1", 3.0), t("c", "3", 4.0)]).expect("record");
         let text = std::fs::read_to_string(store.timings_path("test")).expect("read");

@@ -9,7 +9,7 @@
 //! named in the report, never dropped silently.
 
 use super::archive::plain;
-use super::{Store, StoreError};
+use super::{LocalStore, StoreError};
 use std::collections::HashMap;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -29,7 +29,7 @@ pub struct StoredArtifacts {
     pub written: Vec<(String, PathBuf)>,
 }
 
-impl Store {
+impl LocalStore {
     /// Store the files of the tar at `tar` (the container's archive of a path whose base name
     /// is `base`) as artifacts of `job_id`, under `destination` (default: `base`).
     pub fn store_artifacts(
@@ -157,7 +157,8 @@ mod tests {
     #[test]
     fn a_destination_climbing_out_stays_in_the_jobs_directory() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = Store::open(dir.path().join("store"), ProjectScope::new("p")).expect("open");
+        let store =
+            LocalStore::open(dir.path().join("store"), ProjectScope::new("p")).expect("open");
         let tar = tar_of(dir.path(), &[("out/x.txt", b"x")]);
         let r = store
             .store_artifacts("job", &tar, "out", Some("../../../../../../escaped"))
@@ -172,7 +173,8 @@ mod tests {
     #[test]
     fn a_symlinked_directory_in_the_way_is_refused() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = Store::open(dir.path().join("store"), ProjectScope::new("p")).expect("open");
+        let store =
+            LocalStore::open(dir.path().join("store"), ProjectScope::new("p")).expect("open");
         let outside = dir.path().join("outside");
         std::fs::create_dir_all(&outside).expect("mkdir");
         let job_dir = store.artifacts_dir("job");

@@ -14,7 +14,7 @@
 //! `<scope>` is the first 128 bits of the SHA-256 of the project's identity (the Bitbucket
 //! repository UUID for the agent's jobs, the repository URL or directory for `bosun
 //! execute`), so one project's job can neither read nor plant another project's caches,
-//! workspaces or artifacts: a [`Store`] is always opened for one [`ProjectScope`]. A job
+//! workspaces or artifacts: a [`LocalStore`] is always opened for one [`ProjectScope`]. A job
 //! building a pull request from a fork reads the project's caches but writes its own
 //! (`forks/pr-<n>`), which only later builds of that pull request read, as CircleCI keeps fork
 //! caches apart.
@@ -118,8 +118,10 @@ impl ProjectScope {
     }
 }
 
+/// This machine's store of one project's caches, workspaces and artifacts (not the
+/// coordinator's database, `bosun_coordinator::store::Store`).
 #[derive(Clone)]
-pub struct Store {
+pub struct LocalStore {
     root: PathBuf,
     scope: ProjectScope,
     /// The coordinator's store behind this one (protocol v2), for a claimed job: the local
@@ -127,7 +129,7 @@ pub struct Store {
     remote: Option<std::sync::Arc<dyn remote::Remote>>,
 }
 
-impl std::fmt::Debug for Store {
+impl std::fmt::Debug for LocalStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Store")
             .field("root", &self.root)
@@ -153,26 +155,20 @@ fn now_ns() -> u128 {
         .unwrap_or(0)
 }
 
-impl Store {
+impl LocalStore {
     /// The store at `root` as `scope`'s jobs see it. `root` is created mode 0700 (it holds
     /// other projects' caches; a loose existing one is tightened).
-    pub fn open(root: impl Into<PathBuf>, scope: ProjectScope) -> Result<Store, StoreError> {
-        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    pub fn open(root: impl Into<PathBuf>, scope: ProjectScope) -> Result<LocalStore, StoreError> {
+        use std::os::unix::fs::PermissionsExt;
         let root = root.into();
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&root)
-            .map_err(io(&root))?;
-        let mode = std::fs::metadata(&root)
-            .map_err(io(&root))?
-            .permissions()
-            .mode();
-        if mode & 0o077 != 0 {
+        crate::private::create_private_dir(&root).map_err(io(&root))?;
+        let meta = std::fs::metadata(&root).map_err(io(&root))?;
+        if crate::private::loose_mode(&meta).is_some() {
+            let mode = meta.permissions().mode();
             std::fs::set_permissions(&root, std::fs::Permissions::from_mode(mode & 0o700))
                 .map_err(io(&root))?;
         }
-        let store = Store {
+        let store = LocalStore {
             root,
             scope,
             remote: None,
@@ -207,7 +203,7 @@ impl Store {
 
     /// This store in front of a coordinator's (a claimed job's workspace, caches, artifacts
     /// and test results go there too).
-    pub fn with_remote(mut self, remote: std::sync::Arc<dyn remote::Remote>) -> Store {
+    pub fn with_remote(mut self, remote: std::sync::Arc<dyn remote::Remote>) -> LocalStore {
         self.remote = Some(remote);
         self
     }
@@ -452,7 +448,7 @@ mod tests {
     #[test]
     fn blobs_are_content_addressed_and_caches_immutable() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = Store::open(dir.path(), ProjectScope::new("{p}")).expect("open");
+        let store = LocalStore::open(dir.path(), ProjectScope::new("{p}")).expect("open");
         let (a, size) = store.put_blob(&b"hello"[..]).expect("put");
         assert_eq!(size, 5);
         assert_eq!(
@@ -488,7 +484,7 @@ mod tests {
     #[test]
     fn caches_are_per_project_and_forks_write_their_own() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let open = |scope: ProjectScope| Store::open(dir.path(), scope).expect("open");
+        let open = |scope: ProjectScope| LocalStore::open(dir.path(), scope).expect("open");
         let base = open(ProjectScope::new("{widget}"));
         let fork = open(ProjectScope::new("{widget}").fork_pull_request(5));
         let other = open(ProjectScope::new("{gadget}"));
@@ -520,7 +516,7 @@ mod tests {
     #[test]
     fn workspace_layers_keep_their_order() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = Store::open(dir.path(), ProjectScope::new("{p}")).expect("open");
+        let store = LocalStore::open(dir.path(), ProjectScope::new("{p}")).expect("open");
         assert!(store.workspace_layers("run/1").expect("empty").is_empty());
         for job in ["build", "test"] {
             let (blob, size) = store.put_blob(job.as_bytes()).expect("put");

@@ -2,12 +2,12 @@
 //! job's workspace, its project's caches, its artifacts and test results, so that a job on
 //! another agent attaches the workspace and restores the caches.
 //!
-//! The local [`Store`] stays the agent's cache in front of it: a blob is uploaded from, and
+//! The [`LocalStore`] stays the agent's cache in front of it: a blob is uploaded from, and
 //! downloaded into, the local store, and a blob already there is not downloaded again.
 //! [`Remote`] is the door to the coordinator (the agent implements it over HTTP); what a
 //! step does with it is in `job::builtin`.
 
-use super::{BlobId, CacheEntry, Layer, Store, StoreError};
+use super::{BlobId, CacheEntry, Layer, LocalStore, StoreError};
 use crate::protocol::WireTestResults;
 use sha2::{Digest, Sha256};
 use std::io::Read;
@@ -83,7 +83,7 @@ pub fn hash_file(path: &Path) -> Result<(BlobId, u64), StoreError> {
     Ok((BlobId(super::hex(&h.finalize())), size))
 }
 
-impl Store {
+impl LocalStore {
     /// Where a download of `blob` gathers until it is whole (kept across retries).
     fn download_part(&self, blob: &BlobId) -> PathBuf {
         self.root.join("tmp").join(format!("{}.download", blob.0))

@@ -255,7 +255,7 @@ fn fetch_once(
             };
             next_key.set(idx + 1);
             offered.borrow_mut().push(idx);
-            Cred::ssh_key_from_memory(user, None, &key.private, None)
+            Cred::ssh_key_from_memory(user, None, key.private.expose(), None)
         });
         callbacks.certificate_check(|cert, _hostname| {
             let Some((host, port)) = &plan.host_check else {

@@ -18,7 +18,7 @@ mod materialize;
 use sha2::{Digest, Sha256};
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -378,11 +378,7 @@ fn flock(file: &File, op: libc::c_int) -> std::io::Result<()> {
 
 /// 0700: mirrors of private repositories are as secret as their checkouts.
 fn make_private_dir(dir: &Path) -> Result<(), MirrorError> {
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(io_err(dir))
+    bosun_protocol::private::create_private_dir(dir).map_err(io_err(dir))
 }
 
 /// Bytes on disk (allocated blocks).

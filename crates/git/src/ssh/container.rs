@@ -53,7 +53,7 @@ pub fn container_ssh_files(
             name = format!("{base}_{n}");
             n += 1;
         }
-        let mut content = key.private.as_bytes().to_vec();
+        let mut content = key.private.expose().as_bytes().to_vec();
         if !content.ends_with(b"\n") {
             content.push(b'\n');
         }
@@ -108,7 +108,7 @@ mod tests {
         // Strip the trailing newline to check that the file gets one back.
         let text = TEST_KEY.trim_end().to_string();
         let mut k = SshKey::from_text(Zeroizing::new(text), role).expect("valid");
-        k.private = Zeroizing::new(k.private.trim_end().to_string());
+        k.private = Zeroizing::new(k.private.expose().trim_end().to_string()).into();
         k
     }
 

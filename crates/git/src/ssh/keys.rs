@@ -3,6 +3,7 @@
 use super::{fingerprint_sha256, read_ssh_string, SshError};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
+use bosun_protocol::private::Secret;
 use std::fmt;
 use std::path::Path;
 use zeroize::Zeroizing;
@@ -27,23 +28,13 @@ impl fmt::Display for KeyRole {
     }
 }
 
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct SshKey {
     pub role: KeyRole,
-    pub private: Zeroizing<String>,
+    pub private: Secret<Zeroizing<String>>,
     /// Known for OpenSSH-format keys (the public half is stored unencrypted in them); PEM keys
     /// would need the key maths to derive it, so they have none.
     pub public_fingerprint: Option<String>,
-}
-
-impl fmt::Debug for SshKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SshKey")
-            .field("role", &self.role)
-            .field("private", &"<redacted>")
-            .field("public_fingerprint", &self.public_fingerprint)
-            .finish()
-    }
 }
 
 const OPENSSH_BEGIN: &str = "-----BEGIN OPENSSH PRIVATE KEY-----";
@@ -116,7 +107,7 @@ impl SshKey {
         private.push('\n');
         Ok(SshKey {
             role,
-            private,
+            private: Secret::new(private),
             public_fingerprint,
         })
     }
@@ -184,13 +175,11 @@ fn inspect_openssh(text: &str) -> Result<String, String> {
 
 #[cfg(unix)]
 fn warn_if_readable_by_others(path: &Path) {
-    use std::os::unix::fs::PermissionsExt;
     if let Ok(meta) = std::fs::metadata(path) {
-        let mode = meta.permissions().mode();
-        if mode & 0o077 != 0 {
+        if let Some(mode) = bosun_protocol::private::loose_mode(&meta) {
             tracing::warn!(
                 path = %path.display(),
-                mode = format!("{:o}", mode & 0o777),
+                mode = format!("{mode:o}"),
                 "SSH private key file is readable by other users; consider chmod 600"
             );
         }
@@ -229,7 +218,7 @@ z32HUwStacZj+Tc+tZ9jAAAAB3Jvb3RAdm0BAgMEBQY=
         let key = SshKey::from_file(&p, KeyRole::Deploy).expect("valid key");
         let blob = STANDARD.decode(TEST_KEY_PUB).expect("b64");
         assert_eq!(key.public_fingerprint, Some(fingerprint_sha256(&blob)));
-        assert!(key.private.ends_with("-----\n"));
+        assert!(key.private.expose().ends_with("-----\n"));
         assert_eq!(key.file_name(), "id_bosun_deploy");
         assert_eq!(key.role.to_string(), "deploy key");
     }

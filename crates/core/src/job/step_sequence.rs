@@ -1,12 +1,12 @@
 //! The steps of a job, in order: `when:` decides which run, `run` steps go to
-//! [`super::run_step`], `checkout` uploads the fetched tree, the rest are carried out by the
+//! [`super::shell_step`], `checkout` uploads the fetched tree, the rest are carried out by the
 //! agent itself ([`super::builtin`], [`super::extra_keys`]); background steps are stopped when
 //! the job ends.
 
 use super::archive::tar_tree_stream;
 use super::bootstrap::ContainerUser;
 use super::environment::expand_home;
-use super::run_step::{run_step, step_command, step_env, step_workdir, stop_step};
+use super::shell_step::{run_step, stop_step};
 use super::{builtin, extra_keys, millis, JobOutcome, JobSpec, Prefetched};
 use crate::config::{merge_env, StepKind};
 use crate::executor::Executor;
@@ -16,8 +16,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
-/// Everything decided at start-up that the steps need.
-pub(super) struct Ctx {
+/// A started job: what its steps run with, decided once at start-up.
+pub(super) struct StepContext {
+    pub executor: Arc<dyn Executor>,
+    pub spec: Arc<JobSpec>,
+    /// The job's sink (masking already).
+    pub sink: Arc<dyn EventSink>,
+    /// The job's (its time limit's child of the caller's).
+    pub cancel: CancellationToken,
     pub container: String,
     pub user: ContainerUser,
     /// The user steps run as (`None`: the container's own).
@@ -29,16 +35,11 @@ pub(super) struct Ctx {
     /// The job's Docker engine proxy (`setup_remote_docker` starts serving it).
     pub engine: Option<Arc<crate::engine_proxy::JobEngine>>,
     /// The main process's step runner, when it could start (`run` steps go through it).
-    pub runner: Option<Arc<super::runner::StepRunner>>,
+    pub runner: Option<super::step_transport::StepTransport>,
 }
 
-pub(super) async fn run_steps(
-    executor: &Arc<dyn Executor>,
-    spec: &Arc<JobSpec>,
-    sink: &Arc<dyn EventSink>,
-    cancel: &CancellationToken,
-    ctx: &Ctx,
-) -> JobOutcome {
+pub(super) async fn run_steps(ctx: &Arc<StepContext>) -> JobOutcome {
+    let (executor, spec, sink, cancel) = (&ctx.executor, &ctx.spec, &ctx.sink, &ctx.cancel);
     let mut summaries: Vec<StepSummary> = Vec::new();
     let mut failed = false;
     let mut status = JobStatus::Success;
@@ -79,59 +80,14 @@ pub(super) async fn run_steps(
         let t0 = Instant::now();
         let summary = match &step.kind {
             StepKind::Checkout { path } => {
-                checkout_step(
-                    executor.as_ref(),
-                    spec,
-                    sink,
-                    ctx,
-                    i,
-                    &step.name,
-                    path.as_deref(),
-                    t0,
-                )
-                .await
+                checkout_step(ctx, i, &step.name, path.as_deref(), t0).await
             }
-            StepKind::Run(run) => {
+            StepKind::Run(_) => {
                 let control = Arc::new(StepControl::default());
                 let task = {
-                    let executor = Arc::clone(executor);
-                    let spec = Arc::clone(spec);
-                    let sink = Arc::clone(sink);
-                    let cancel = cancel.clone();
-                    let run = run.clone();
-                    let name = step.name.clone();
-                    let container = ctx.container.clone();
-                    let cmd = step_command(
-                        &spec.id,
-                        i,
-                        &run,
-                        ctx.user.has_bash,
-                        spec.plan.shell.as_deref(),
-                    );
-                    let env = step_env(ctx, &run, &spec.env);
-                    let workdir = step_workdir(ctx, &run);
-                    let user = ctx.step_user.clone();
-                    let control = Arc::clone(&control);
-                    let runner = ctx.runner.clone();
-                    tokio::spawn(async move {
-                        run_step(
-                            executor.as_ref(),
-                            runner.as_deref(),
-                            &spec,
-                            sink.as_ref(),
-                            &cancel,
-                            &container,
-                            i,
-                            &name,
-                            &run,
-                            cmd,
-                            env,
-                            workdir,
-                            user,
-                            &control,
-                        )
-                        .await
-                    })
+                    let (ctx, step, control) =
+                        (Arc::clone(ctx), step.clone(), Arc::clone(&control));
+                    tokio::spawn(async move { run_step(&ctx, i, &step, &control).await })
                 };
                 if background_step {
                     background.push(Background {
@@ -168,7 +124,7 @@ pub(super) async fn run_steps(
                         data: Bytes::from(line + "\n"),
                     })
                 };
-                let result = builtin_step(executor.as_ref(), spec, ctx, other, &say).await;
+                let result = builtin_step(ctx, other, &say).await;
                 if let Err(e) = &result {
                     say(format!("Error: {e}"));
                 }
@@ -250,21 +206,25 @@ pub(super) async fn run_steps(
                 &ctx.container,
                 &spec.id,
                 i,
-                spec.kill_grace,
+                spec.context.kill_grace,
             )
             .await;
         }
-        let summary =
-            match tokio::time::timeout(spec.kill_grace + Duration::from_secs(5), task).await {
-                Ok(Ok(s)) => s,
-                _ => StepSummary {
-                    step: i,
-                    name,
-                    status: StepStatus::Stopped,
-                    exit_code: None,
-                    duration_ms: millis(t0.elapsed()),
-                },
-            };
+        let summary = match tokio::time::timeout(
+            spec.context.kill_grace + Duration::from_secs(5),
+            task,
+        )
+        .await
+        {
+            Ok(Ok(s)) => s,
+            _ => StepSummary {
+                step: i,
+                name,
+                status: StepStatus::Stopped,
+                exit_code: None,
+                duration_ms: millis(t0.elapsed()),
+            },
+        };
         sink.emit(&Event::StepFinished(summary.clone()));
         summaries.push(summary);
     }
@@ -293,14 +253,13 @@ async fn halt_requested(executor: &dyn Executor, container: &str, job_id: &str) 
 /// Caches, workspaces, artifacts, test results, extra keys: the steps the agent carries out
 /// itself against the container and the local store.
 async fn builtin_step(
-    executor: &dyn Executor,
-    spec: &JobSpec,
-    ctx: &Ctx,
+    ctx: &StepContext,
     kind: &StepKind,
     say: &(dyn Fn(String) + Send + Sync),
 ) -> Result<(), String> {
+    let (executor, spec) = (ctx.executor.as_ref(), &ctx.spec);
     let mut env = ctx.base_env.clone();
-    merge_env(&mut env, spec.env.clone());
+    merge_env(&mut env, spec.context.env.clone());
     let outcome = ctx.checkout.as_ref().map(|c| &c.outcome);
     let b = builtin::Ctx {
         executor,
@@ -310,9 +269,9 @@ async fn builtin_step(
         env: &env,
         branch: outcome.and_then(|o| o.branch.as_deref()).unwrap_or(""),
         revision: outcome.map(|o| o.sha.as_str()).unwrap_or(""),
-        build_num: spec.build_num,
-        store: &spec.store,
-        workspace: &spec.workspace,
+        build_num: spec.context.build_num,
+        store: &spec.context.store,
+        workspace: &spec.context.workspace,
         job_id: &spec.id,
         job_name: &spec.plan.name,
         say,
@@ -327,7 +286,7 @@ async fn builtin_step(
         }
         StepKind::StoreTestResults { path } => b.store_test_results(path).await,
         StepKind::AddSshKeys { fingerprints } => {
-            extra_keys::add_ssh_keys(executor, spec, ctx, fingerprints, say).await
+            extra_keys::add_ssh_keys(ctx, fingerprints, say).await
         }
         StepKind::SetupRemoteDocker {
             docker_layer_caching,
@@ -373,17 +332,14 @@ pub(super) struct StepControl {
     pub(super) stopped_by_job: std::sync::atomic::AtomicBool,
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn checkout_step(
-    executor: &dyn Executor,
-    spec: &JobSpec,
-    sink: &Arc<dyn EventSink>,
-    ctx: &Ctx,
+    ctx: &StepContext,
     i: usize,
     name: &str,
     path: Option<&str>,
     t0: Instant,
 ) -> StepSummary {
+    let (executor, spec, sink) = (ctx.executor.as_ref(), &ctx.spec, &ctx.sink);
     let say = |msg: String| {
         sink.emit(&Event::Output {
             step: i,
@@ -393,7 +349,7 @@ async fn checkout_step(
     };
     let status = match &ctx.checkout {
         None => {
-            say(match &spec.source {
+            say(match &spec.context.source {
                 None => "No repository to check out: run bosun execute inside a git repository, or give --repo".to_owned(),
                 Some(_) => "The checkout was not fetched".to_owned(),
             });

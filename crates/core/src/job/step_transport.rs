@@ -1,4 +1,4 @@
-//! The agent's side of the step runner (`crate::runtime::cmd::runner`): the primary
+//! The agent's side of the step runner (`crate::runtime::cmd::step_runner`): the primary
 //! container's main process, once the job's files are in, runs the `run` steps as its own
 //! children, and this sends it each step over the attach stream and hands the step's output
 //! and exit back in the same shape an engine exec has ([`Exec`]), so `run_step` cannot tell
@@ -6,7 +6,7 @@
 //! steps beside the others).
 
 use crate::executor::{Exec, ExecSpec, ExecutorError, Output, OutputStream};
-use crate::runtime::cmd::runner::{self as wire, Run};
+use crate::runtime::cmd::step_runner::{self as wire, Run};
 use bytes::{Bytes, BytesMut};
 use futures_util::{FutureExt, StreamExt};
 use std::collections::HashMap;
@@ -36,7 +36,7 @@ struct Routes {
     halt_seen: bool,
 }
 
-pub struct StepRunner {
+pub struct StepTransport {
     container: String,
     input: tokio::sync::Mutex<Pin<Box<dyn AsyncWrite + Send>>>,
     routes: Arc<Mutex<Routes>>,
@@ -44,7 +44,7 @@ pub struct StepRunner {
     reader: tokio::task::JoinHandle<()>,
 }
 
-impl StepRunner {
+impl StepTransport {
     /// Take over the main process's attach stream after its ready line; `rest` is what was
     /// read past that line.
     pub fn new(
@@ -52,7 +52,7 @@ impl StepRunner {
         input: Pin<Box<dyn AsyncWrite + Send>>,
         output: OutputStream,
         rest: Vec<u8>,
-    ) -> StepRunner {
+    ) -> StepTransport {
         let routes = Arc::new(Mutex::new(Routes::default()));
         let reader = tokio::spawn(read_frames(
             container.to_owned(),
@@ -60,7 +60,7 @@ impl StepRunner {
             rest,
             Arc::clone(&routes),
         ));
-        StepRunner {
+        StepTransport {
             container: container.to_owned(),
             input: tokio::sync::Mutex::new(input),
             routes,
@@ -146,7 +146,7 @@ impl StepRunner {
     }
 }
 
-impl Drop for StepRunner {
+impl Drop for StepTransport {
     fn drop(&mut self) {
         // The attach stream closes with `input`; the runner ends on it and the main process
         // idles until the container is removed.
@@ -275,10 +275,10 @@ mod tests {
     //! The agent's side against the real runner loop (`serve`) over pipes, with real child
     //! processes: what Docker would carry is only the byte stream between them.
     use super::*;
-    use crate::runtime::cmd::runner::serve;
+    use crate::runtime::cmd::step_runner::serve;
 
     /// A runner serving on pipes in a thread; the client's halves.
-    async fn runner_on_pipes() -> StepRunner {
+    async fn runner_on_pipes() -> StepTransport {
         let (agent_to_runner_r, agent_to_runner_w) = std::io::pipe().expect("pipe");
         let (runner_to_agent_r, runner_to_agent_w) = std::io::pipe().expect("pipe");
         std::thread::spawn(move || serve(agent_to_runner_r, Box::new(runner_to_agent_w)));
@@ -301,10 +301,10 @@ mod tests {
         }
         assert!(rest.starts_with(want.as_bytes()));
         rest.drain(..want.len());
-        StepRunner::new("test", input, output, rest)
+        StepTransport::new("test", input, output, rest)
     }
 
-    async fn run(runner: &StepRunner, cmd: &[&str]) -> (Vec<u8>, Vec<u8>, Option<i64>) {
+    async fn run(runner: &StepTransport, cmd: &[&str]) -> (Vec<u8>, Vec<u8>, Option<i64>) {
         let mut exec = runner
             .exec(ExecSpec {
                 cmd: cmd.iter().map(|s| (*s).to_owned()).collect(),
@@ -407,7 +407,7 @@ mod tests {
         let output: OutputStream = tokio_util::io::ReaderStream::new(from_runner)
             .map(|r| Ok(Output::Stdout(r.expect("read"))))
             .boxed();
-        let runner = StepRunner::new("test", Box::pin(to_runner), output, Vec::new());
+        let runner = StepTransport::new("test", Box::pin(to_runner), output, Vec::new());
         let step = tokio::spawn(async move {
             let r = runner
                 .exec(ExecSpec {

@@ -3,15 +3,14 @@
 
 use super::bootstrap::{bin_dir, capture, scratch_dir};
 use super::environment::expand_home;
-use super::steps::Ctx;
-use super::{millis, JobSpec};
-use crate::config::{merge_env, RunStep};
+use super::millis;
+use super::step_sequence::{StepContext, StepControl};
+use crate::config::{merge_env, RunStep, Step, StepKind};
 use crate::executor::{ExecSpec, Executor, Output};
-use crate::stream::{Event, EventSink, StepStatus, StepSummary, Stream};
+use crate::stream::{Event, StepStatus, StepSummary, Stream};
 use bytes::Bytes;
 use futures_util::{FutureExt, StreamExt};
 use std::time::{Duration, Instant};
-use tokio_util::sync::CancellationToken;
 
 /// `/bin/sh -c 'echo $$ > pidfile; PATH=…; exec "$@"' SHELL… SCRIPT`: a `docker exec` process leads
 /// its own process group, so the pid it records is the group to signal on timeout or cancel;
@@ -52,14 +51,16 @@ pub(super) fn step_command(
     cmd
 }
 
-pub(super) fn step_env(ctx: &Ctx, run: &RunStep, overrides: &[(String, String)]) -> Vec<String> {
+/// The step's environment: the job's, the step's own `environment:`, then `--env` and the
+/// project's settings over both.
+fn step_env(ctx: &StepContext, run: &RunStep) -> Vec<String> {
     let mut env = ctx.base_env.clone();
     merge_env(&mut env, run.environment.clone());
-    merge_env(&mut env, overrides.to_vec());
+    merge_env(&mut env, ctx.spec.context.env.clone());
     env.into_iter().map(|(k, v)| format!("{k}={v}")).collect()
 }
 
-pub(super) fn step_workdir(ctx: &Ctx, run: &RunStep) -> String {
+fn step_workdir(ctx: &StepContext, run: &RunStep) -> String {
     match run.working_directory.as_deref() {
         None => ctx.workdir.clone(),
         Some(p) if p.starts_with('/') || p.starts_with('~') => expand_home(p, &ctx.user.home),
@@ -67,36 +68,38 @@ pub(super) fn step_workdir(ctx: &Ctx, run: &RunStep) -> String {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Run step `i`, a `run` step, to its end: its output to the job's sink, its status back.
 pub(super) async fn run_step(
-    executor: &dyn Executor,
-    runner: Option<&super::runner::StepRunner>,
-    spec: &JobSpec,
-    sink: &dyn EventSink,
-    cancel: &CancellationToken,
-    container: &str,
+    ctx: &StepContext,
     i: usize,
-    name: &str,
-    run: &RunStep,
-    cmd: Vec<String>,
-    env: Vec<String>,
-    workdir: String,
-    user: Option<String>,
-    control: &super::steps::StepControl,
+    step: &Step,
+    control: &StepControl,
 ) -> StepSummary {
     let t0 = Instant::now();
     let summary = |status, exit_code| StepSummary {
         step: i,
-        name: name.to_owned(),
+        name: step.name.clone(),
         status,
         exit_code,
         duration_ms: millis(t0.elapsed()),
     };
+    let StepKind::Run(run) = &step.kind else {
+        // The step loop sends only `run` steps here.
+        return summary(StepStatus::Failed, None);
+    };
+    let (executor, spec, sink) = (ctx.executor.as_ref(), &ctx.spec, ctx.sink.as_ref());
+    let (container, cancel, runner) = (&ctx.container, &ctx.cancel, ctx.runner.as_ref());
     let exec_spec = ExecSpec {
-        cmd,
-        env,
-        user,
-        working_dir: Some(workdir),
+        cmd: step_command(
+            &spec.id,
+            i,
+            run,
+            ctx.user.has_bash,
+            spec.plan.shell.as_deref(),
+        ),
+        env: step_env(ctx, run),
+        user: ctx.step_user.clone(),
+        working_dir: Some(step_workdir(ctx, run)),
     };
     // Through the main process's runner when there is one (a fork, not an engine exec);
     // the engine's exec when not, or when the runner has broken.
@@ -129,7 +132,7 @@ pub(super) async fn run_step(
             r = async { Ok(peeked.take().flatten()) }, if peeked.is_some() => r,
             () = cancel.cancelled(), if interrupted.is_none() => {
                 interrupted = Some(StepStatus::Canceled);
-                stop_step(executor, container, &spec.id, i, spec.kill_grace).await;
+                stop_step(executor, container, &spec.id, i, spec.context.kill_grace).await;
                 continue;
             }
             r = tokio::time::timeout(run.no_output_timeout, exec.output.next()) => r,
@@ -185,7 +188,7 @@ pub(super) async fn run_step(
                         crate::stream::format_duration(millis(run.no_output_timeout))
                     )),
                 });
-                stop_step(executor, container, &spec.id, i, spec.kill_grace).await;
+                stop_step(executor, container, &spec.id, i, spec.context.kill_grace).await;
             }
         }
     }
