@@ -4,6 +4,7 @@
 
 use super::{Access, JobIdentity, LimitPolicy, Prefetched, PullRequest, Registry, Source};
 use crate::config::JobPlan;
+use crate::private::Secret;
 use crate::ssh::SshKey;
 use crate::store::LocalStore;
 use crate::stream::mask::Masker;
@@ -82,9 +83,9 @@ impl JobSpec {
 }
 
 /// Values masked wherever a job's output goes, each with what it is (for the warning when
-/// one is too short to mask). Its `Debug` names them, never shows them.
-#[derive(Clone, Default)]
-pub struct Secrets(Vec<(String, String)>);
+/// one is too short to mask). Its `Debug` shows neither.
+#[derive(Debug, Clone, Default)]
+pub struct Secrets(Secret<Vec<(String, String)>>);
 
 impl Secrets {
     /// The secrets of a request: its secret variables' values and its private keys' text.
@@ -97,40 +98,34 @@ impl Secrets {
         for k in keys.iter().chain(additional_keys) {
             secrets.push((k.describe(), k.private.expose().as_str().to_owned()));
         }
-        Secrets(secrets)
+        Secrets(Secret::new(secrets))
     }
 
     /// One more value to mask; `what` names it.
     pub fn push(&mut self, what: String, value: String) {
-        self.0.push((what, value));
+        let mut all = std::mem::take(&mut self.0).into_inner();
+        all.push((what, value));
+        self.0 = Secret::new(all);
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.0.expose().is_empty()
     }
 
     /// Each secret as (what it is, its value).
     pub fn as_slice(&self) -> &[(String, String)] {
-        &self.0
+        self.0.expose()
     }
 
     /// `text` with every secret masked.
     pub fn mask(&self, text: &str) -> String {
-        let (masker, _) = Masker::new(self.0.iter().map(|(_, v)| v));
+        let (masker, _) = Masker::new(self.0.expose().iter().map(|(_, v)| v));
         String::from_utf8_lossy(&masker.mask_all(text.as_bytes())).into_owned()
     }
 }
 
 impl From<Vec<(String, String)>> for Secrets {
     fn from(secrets: Vec<(String, String)>) -> Secrets {
-        Secrets(secrets)
-    }
-}
-
-impl std::fmt::Debug for Secrets {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_list()
-            .entries(self.0.iter().map(|(what, _)| what))
-            .finish()
+        Secrets(Secret::new(secrets))
     }
 }
