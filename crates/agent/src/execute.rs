@@ -409,7 +409,7 @@ async fn run_async(args: ExecuteArgs, sink: Arc<dyn EventSink>) -> u8 {
     } else {
         None
     };
-    let outcome = job::request::run(executor, req, sink, cancel, &|_| {}).await;
+    let outcome = bosun_core::run::run(executor, req, sink, cancel, &|_| {}).await;
     match outcome.status {
         JobStatus::Success => EXIT_SUCCESS,
         JobStatus::Failed | JobStatus::TimedOut => EXIT_STEP_FAILED,

@@ -48,7 +48,7 @@ pub(crate) async fn run_wire_job(
         Ok(req) => {
             let sink_dyn: Arc<dyn EventSink> = sink.clone();
             let on_prepared = |p: &job::Prepared| sink.set_total_steps(p.step_count());
-            job::request::run(
+            bosun_core::run::run(
                 Arc::clone(&agent.executor),
                 req,
                 sink_dyn,
@@ -68,7 +68,7 @@ pub(crate) async fn run_wire_job(
                 steps: Vec::new(),
                 error: Some(error.clone()),
             });
-            job::request::RequestOutcome {
+            bosun_core::run::RequestOutcome {
                 status: JobStatus::InfrastructureFail,
                 error: Some(error),
             }

@@ -5,11 +5,12 @@
 use super::graph::{
     Filter, Filters, Pattern, RequiredStatus, Workflow, WorkflowJob, WorkflowJobKind,
 };
-use super::interp::{BindScopes, Scope as Sc};
 use super::plan::CompiledJob;
 use super::yaml::{self, Node, Pos, Value};
 use super::*;
+use interp::{BindScopes, Scope as Sc};
 
+mod interp;
 mod jobs;
 mod orbs;
 mod workflows;

@@ -8,7 +8,6 @@
 
 mod compile;
 pub mod graph;
-mod interp;
 mod lower;
 pub mod orb_pack;
 mod orbdir;

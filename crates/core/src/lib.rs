@@ -11,6 +11,7 @@ pub mod engine_proxy;
 pub mod executor;
 pub mod gateway;
 pub mod job;
+pub mod run;
 pub mod runtime;
 pub mod store;
 pub mod stream;

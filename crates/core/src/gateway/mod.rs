@@ -185,23 +185,11 @@ fn advertised_host(address: Option<&str>, local: SocketAddr) -> String {
         .unwrap_or_else(|| "localhost".to_owned())
 }
 
-/// The host and port users connect to: an advertised `HOST:PORT` (a proxy in front of the
-/// agent) names its own port.
-pub fn reach(gateway: &SshSettings) -> (String, u16) {
-    match gateway.host.rsplit_once(':') {
-        Some((h, p)) if !h.contains(':') => match p.parse::<u16>() {
-            Ok(p) => (h.to_owned(), p),
-            Err(_) => (gateway.host.clone(), gateway.port),
-        },
-        _ => (gateway.host.clone(), gateway.port),
-    }
-}
-
 /// A job's SSH access as heartbeats report it: where to connect, sessions open, and until
 /// when the job is held; `None` when the job may not be reached by SSH.
 pub fn job_state(registry: &Registry, job_id: &str) -> Option<crate::protocol::WireSshState> {
     let (settings, _) = registry.ssh_for(job_id)?;
-    let (host, port) = reach(&settings);
+    let (host, port) = settings.reach();
     let job = registry.get(job_id);
     let held_until_ms = job.as_ref().and_then(|j| j.held_until()).map(|until| {
         let left = until.saturating_duration_since(std::time::Instant::now());
@@ -221,20 +209,6 @@ pub fn job_state(registry: &Registry, job_id: &str) -> Option<crate::protocol::W
     })
 }
 
-/// The lines a job with SSH prints at its start: the command and the host key to check.
-pub fn announce(job_id: &str, gateway: &SshSettings, keys: usize) -> Vec<String> {
-    let (host, port) = reach(gateway);
-    vec![
-        format!("SSH: ssh -p {port} {job_id}@{host}"),
-        format!(
-            "SSH: host key {} (ED25519); {keys} key{} may log in; after the last step the job waits {} for a first session",
-            gateway.fingerprint,
-            if keys == 1 { "" } else { "s" },
-            crate::stream::format_duration(u64::try_from(gateway.wait.as_millis()).unwrap_or(u64::MAX)),
-        ),
-    ]
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -250,14 +224,14 @@ mod tests {
             grace: Duration::from_secs(30),
         };
         assert_eq!(
-            announce("j1", &s, 1)[0],
+            s.announce("j1", 1)[0],
             "SSH: ssh -p 54782 j1@ci.example.com"
         );
         s.host = "proxy.example.com:2222".into();
         assert_eq!(
-            announce("j1", &s, 1)[0],
+            s.announce("j1", 1)[0],
             "SSH: ssh -p 2222 j1@proxy.example.com"
         );
-        assert!(announce("j1", &s, 2)[1].contains("SHA256:abc"));
+        assert!(s.announce("j1", 2)[1].contains("SHA256:abc"));
     }
 }

@@ -628,7 +628,7 @@ fn attach(
     );
     if let Some((gateway, keys)) = &ssh {
         attachment = attachment.with_ssh_keys(Arc::clone(keys));
-        for message in crate::gateway::announce(&spec.id, gateway, keys.len()) {
+        for message in gateway.announce(&spec.id, keys.len()) {
             sink.emit(&Event::Info { message });
         }
     }

@@ -53,8 +53,7 @@ pub use lifecycle::run_job;
 pub use limits::LimitPolicy;
 pub use registry::{Attachment, Hold, Registry};
 pub use request::{
-    fetch_source, prepare, ConfigSource, EnvEntry, JobRequest, PrepareError, Prepared,
-    RequestOutcome, Target,
+    fetch_source, prepare, ConfigSource, EnvEntry, JobRequest, PrepareError, Prepared, Target,
 };
 pub use resources::{sweep, Resources};
 

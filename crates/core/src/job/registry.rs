@@ -35,6 +35,34 @@ pub struct SshSettings {
     pub grace: Duration,
 }
 
+impl SshSettings {
+    /// The host and port users connect to: an advertised `HOST:PORT` (a proxy in front of the
+    /// agent) names its own port.
+    pub fn reach(&self) -> (String, u16) {
+        match self.host.rsplit_once(':') {
+            Some((h, p)) if !h.contains(':') => match p.parse::<u16>() {
+                Ok(p) => (h.to_owned(), p),
+                Err(_) => (self.host.clone(), self.port),
+            },
+            _ => (self.host.clone(), self.port),
+        }
+    }
+
+    /// The lines a job with SSH prints at its start: the command and the host key to check.
+    pub fn announce(&self, job_id: &str, keys: usize) -> Vec<String> {
+        let (host, port) = self.reach();
+        vec![
+            format!("SSH: ssh -p {port} {job_id}@{host}"),
+            format!(
+                "SSH: host key {} (ED25519); {keys} key{} may log in; after the last step the job waits {} for a first session",
+                self.fingerprint,
+                if keys == 1 { "" } else { "s" },
+                crate::stream::format_duration(u64::try_from(self.wait.as_millis()).unwrap_or(u64::MAX)),
+            ),
+        ]
+    }
+}
+
 #[derive(Default)]
 struct SshTable {
     settings: Option<Arc<SshSettings>>,

@@ -3,21 +3,16 @@
 //! [`JobContext`] for its jobs to share and one [`JobSpec`] per container made. `bosun execute` and `bosun agent` only build a
 //! [`JobRequest`] and choose a sink; [`run`] does the rest for both.
 
-use super::{
-    Access, JobContext, JobSpec, Prefetched, PullRequest, Registry, Secrets, SetupError, Source,
-};
+use super::{Access, JobContext, Prefetched, PullRequest, Registry, Secrets, SetupError, Source};
 use crate::checkout::{self, CheckoutSpec, Credentials};
 use crate::config::{self, JobPlan, OrbDir};
-use crate::executor::Executor;
 use crate::ssh::{KnownHosts, SshKey, VcsHosts};
 use crate::store::LocalStore;
-use crate::stream::{Event, EventSink, JobStatus};
-use crate::workflow::{node_specs, run_nodes, run_workflow, WorkflowOptions};
+use crate::stream::{Event, EventSink};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-use tokio_util::sync::CancellationToken;
+use std::time::Duration;
 
 /// One variable for every step, highest precedence.
 #[derive(Clone)]
@@ -150,14 +145,14 @@ pub enum PrepareError {
 
 /// A request made ready to run.
 pub struct Prepared {
-    context: JobContext,
+    pub(crate) context: JobContext,
     /// `pipeline.git.branch` / `.tag`: what a workflow's filters are evaluated for.
-    git_branch: String,
-    git_tag: Option<String>,
-    what: What,
+    pub(crate) git_branch: String,
+    pub(crate) git_tag: Option<String>,
+    pub(crate) what: What,
 }
 
-enum What {
+pub(crate) enum What {
     Job {
         plan: Box<JobPlan>,
         node: Option<(u32, u32)>,
@@ -169,134 +164,12 @@ enum What {
     },
 }
 
-/// What came of a request.
-#[derive(Debug, Clone)]
-pub struct RequestOutcome {
-    pub status: JobStatus,
-    /// Why it could not run (masked).
-    pub error: Option<String>,
-}
-
-/// Prepare and run a request to its end: what both front doors call. A request that cannot
-/// be prepared ends `infrastructure_fail` (or `canceled`, `timedout`) with its reason in a
-/// `job_finished` event, masked like everything else.
-pub async fn run(
-    executor: Arc<dyn Executor>,
-    req: JobRequest,
-    sink: Arc<dyn EventSink>,
-    cancel: CancellationToken,
-    on_prepared: &(dyn Fn(&Prepared) + Sync),
-) -> RequestOutcome {
-    let started = Instant::now();
-    // Gathered once: they mask what preparation says, then every job's output.
-    let secrets = Secrets::of(&req.env, &req.keys, &req.additional_keys);
-    let label = match &req.target {
-        Target::Job(j) | Target::Node { job: j, .. } => j.clone(),
-        Target::Workflow { name, .. } => name.clone(),
-    };
-    let limit = req.time_limit;
-    let preparing = prepare_with(req, secrets.clone(), Arc::clone(&sink));
-    let prepared = tokio::select! {
-        r = async {
-            match limit {
-                Some(l) => tokio::time::timeout(l, preparing).await.unwrap_or(Err(PrepareError::TimedOut(l))),
-                None => preparing.await,
-            }
-        } => r,
-        () = cancel.cancelled() => Err(PrepareError::Canceled),
-    };
-    let mut prepared = match prepared {
-        Ok(p) => p,
-        Err(e) => {
-            let status = match e {
-                PrepareError::Canceled => JobStatus::Canceled,
-                PrepareError::TimedOut(_) => JobStatus::TimedOut,
-                _ => JobStatus::InfrastructureFail,
-            };
-            let error = secrets.mask(&e.to_string());
-            sink.emit(&Event::JobFinished {
-                job: label,
-                status,
-                duration_ms: super::millis(started.elapsed()),
-                steps: Vec::new(),
-                error: Some(error.clone()),
-            });
-            return RequestOutcome {
-                status,
-                error: Some(error),
-            };
-        }
-    };
-    // Preparation used part of the time limit.
-    prepared.context.time_limit = limit.map(|l| l.saturating_sub(started.elapsed()));
-    on_prepared(&prepared);
-    prepared.run(executor, sink, cancel).await
-}
-
 impl Prepared {
     /// How many steps the (single) job has; 0 for a workflow.
     pub fn step_count(&self) -> usize {
         match &self.what {
             What::Job { plan, .. } => plan.steps.len(),
             What::Workflow { .. } => 0,
-        }
-    }
-
-    async fn run(
-        self,
-        executor: Arc<dyn Executor>,
-        sink: Arc<dyn EventSink>,
-        cancel: CancellationToken,
-    ) -> RequestOutcome {
-        let context = Arc::new(self.context);
-        let id = &context.workspace;
-        match self.what {
-            What::Job {
-                plan,
-                node: Some((index, total)),
-            } => {
-                let mut spec = JobSpec::new(&context, id.clone(), *plan);
-                spec.node_index = index;
-                spec.node_total = total;
-                let o = super::run_job(executor, spec, sink, cancel).await;
-                RequestOutcome {
-                    status: o.status,
-                    error: o.error,
-                }
-            }
-            What::Job { plan, node: None } => {
-                let parallelism = plan.parallelism;
-                let nodes = node_specs(
-                    &|| JobSpec::new(&context, id.clone(), (*plan).clone()),
-                    parallelism,
-                );
-                RequestOutcome {
-                    status: run_nodes(executor, nodes, sink, cancel).await,
-                    error: None,
-                }
-            }
-            What::Workflow {
-                workflow,
-                max_parallel,
-                approve,
-            } => {
-                let make = |wj: &config::WorkflowJob, cj: &config::CompiledJob| {
-                    JobSpec::new(&context, format!("{id}-{}", wj.name), cj.plan.clone())
-                };
-                let git = match (&self.git_tag, &self.git_branch) {
-                    (Some(t), _) => config::GitRef::Tag(t),
-                    (None, b) => config::GitRef::Branch(b),
-                };
-                let opts = WorkflowOptions {
-                    max_parallel,
-                    approve,
-                };
-                let o = run_workflow(executor, &workflow, git, &opts, &make, sink, cancel).await;
-                RequestOutcome {
-                    status: o.status,
-                    error: None,
-                }
-            }
         }
     }
 }
@@ -309,7 +182,7 @@ pub async fn prepare(req: JobRequest, sink: Arc<dyn EventSink>) -> Result<Prepar
 }
 
 /// [`prepare`], with the request's secrets already gathered.
-async fn prepare_with(
+pub(crate) async fn prepare_with(
     req: JobRequest,
     secrets: Secrets,
     sink: Arc<dyn EventSink>,

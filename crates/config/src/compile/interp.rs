@@ -1,8 +1,8 @@
 //! `<< … >>` substitution, parameter declarations and arguments, and logic statements.
 
-use super::compile::Engine;
-use super::yaml::{Node, Pos, Value};
-use super::{join, nearest, ConfigError};
+use super::Engine;
+use crate::yaml::{Node, Pos, Value};
+use crate::{join, nearest, ConfigError};
 
 /// What `<< … >>` can see at one place in the config.
 #[derive(Clone, Copy)]
@@ -351,11 +351,11 @@ impl Engine {
                     at,
                     path,
                     format!("Unknown variable(s): {inner}"),
-                    match nearest(rest, super::PipelineValues::NAMES) {
+                    match nearest(rest, crate::PipelineValues::NAMES) {
                         Some(s) => format!("did you mean `pipeline.{s}`?"),
                         None => format!(
                             "pipeline values known offline: {}",
-                            super::PipelineValues::NAMES.join(", ")
+                            crate::PipelineValues::NAMES.join(", ")
                         ),
                     },
                 )),
@@ -575,7 +575,7 @@ impl Engine {
             }
             (ParamType::Executor, Value::Str(_) | Value::Map(_)) => true,
             (ParamType::Steps, Value::Seq(_) | Value::Null) => true,
-            (ParamType::EnvVarName, Value::Str(s)) => super::valid_env_name(s),
+            (ParamType::EnvVarName, Value::Str(s)) => crate::valid_env_name(s),
             _ => false,
         };
         if ok {
