@@ -16,7 +16,7 @@
 //! The agent runs with its default `heartbeat_secs` (5) and `claim_wait_secs` (30).
 //! Environment: BOSUN_BENCH_PICKUP_RUNS (default 5), BOSUN_BENCH_LOG_MB (200).
 
-#[path = "../tests/harness/mod.rs"]
+#[path = "../tests/it/harness/mod.rs"]
 mod harness;
 
 use bosun::coordinator::store::{parse_job_id, Store};

@@ -11,7 +11,7 @@
 //! process, also for a blob a quarter of the size: flat means the peak does not grow with
 //! the blob. Environment: BOSUN_BENCH_WS_MB, BOSUN_BENCH_ROUNDS (default 3).
 
-#[path = "../tests/harness/mod.rs"]
+#[path = "../tests/it/harness/mod.rs"]
 mod harness;
 
 use bosun::agent::blobs::JobStore;

@@ -14,7 +14,7 @@
 //! Environment: BOSUN_BENCH_RUNS (default 7), BOSUN_BENCH_FILES (5000),
 //! BOSUN_BENCH_COMMITS (1000).
 
-#[path = "../tests/harness/mod.rs"]
+#[path = "../tests/it/harness/mod.rs"]
 mod harness;
 
 use harness::{ensure_images, image, Project, Rig};

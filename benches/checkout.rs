@@ -9,7 +9,7 @@
 //! The repository is made by benches/gen-repo.sh. Environment: BOSUN_BENCH_RUNS (default
 //! 5), BOSUN_BENCH_FILES (1000), BOSUN_BENCH_COMMITS (4000).
 
-#[path = "../tests/harness/mod.rs"]
+#[path = "../tests/it/harness/mod.rs"]
 mod harness;
 
 use harness::Rig;

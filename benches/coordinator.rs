@@ -10,7 +10,7 @@
 //! against with followers (ratio), and the time until the last follower has the whole log.
 //! Environment: BOSUN_BENCH_FOLLOWERS, BOSUN_BENCH_LOG_MB, BOSUN_BENCH_ROUNDS (default 3).
 
-#[path = "../tests/harness/mod.rs"]
+#[path = "../tests/it/harness/mod.rs"]
 mod harness;
 
 use serde_json::json;

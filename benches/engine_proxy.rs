@@ -9,7 +9,7 @@
 //! the range over rounds (target ≤ 1.1), and this process's peak RSS (VmHWM): the proxy plus
 //! a bench harness, an upper bound for the proxy.
 
-#[path = "../tests/harness/mod.rs"]
+#[path = "../tests/it/harness/mod.rs"]
 mod harness;
 
 use bosun::engine_proxy::{JobEngine, Limits, Scope, Upstream};

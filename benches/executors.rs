@@ -12,7 +12,7 @@
 //! Each pair runs alternately, BOSUN_BENCH_RUNS times (default 7); medians and ranges of the
 //! per-run ratios are printed.
 
-#[path = "../tests/harness/mod.rs"]
+#[path = "../tests/it/harness/mod.rs"]
 mod harness;
 
 use harness::{ensure_images, image, Project};

@@ -11,7 +11,7 @@
 //! Then the gateway process's RSS (VmRSS of `bosun execute`, which also runs the job: an
 //! upper bound) idle and with 10 sessions open.
 
-#[path = "../tests/harness/mod.rs"]
+#[path = "../tests/it/harness/mod.rs"]
 mod harness;
 
 use harness::{ensure_images, image, Project};

@@ -21,7 +21,7 @@
 //!
 //! Environment: BOSUN_BENCH_ROUNDS (default 10).
 
-#[path = "../tests/harness/mod.rs"]
+#[path = "../tests/it/harness/mod.rs"]
 mod harness;
 
 use bosun::coordinator::bitbucket::signature::sign;

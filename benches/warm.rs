@@ -12,7 +12,7 @@
 //!
 //! Environment: BOSUN_BENCH_RUNS (default 5).
 
-#[path = "../tests/harness/mod.rs"]
+#[path = "../tests/it/harness/mod.rs"]
 mod harness;
 
 use bosun::coordinator::store::{parse_job_id, Store};

@@ -1,0 +1,398 @@
+//! End to end, real processes only: `bosun coordinator` (SQLite, HTTP) + `bosun agent` +
+//! the Docker engine + the Bitbucket stand-in. A job enqueued through the CLI is checked out
+//! over SSH with the project's deploy key, runs, and its log and status reach the coordinator
+//! and its page — also across a coordinator crash, an agent crash, a cancel and a job time
+//! limit; a job queued for a pull request sees CircleCI's pull request variables.
+
+use crate::harness;
+
+use crate::harness::{image, Rig};
+use bosun::coordinator::store::Store;
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Coordinator {
+    data: PathBuf,
+    addr: String,
+    child: Child,
+}
+
+impl Coordinator {
+    fn start(data: &Path, listen: &str) -> Coordinator {
+        let (child, addr) = harness::spawn_coordinator(data, listen, &["--lease-secs", "10"]);
+        Coordinator {
+            data: data.to_path_buf(),
+            addr,
+            child,
+        }
+    }
+
+    fn cli(&self, args: &[&str]) -> String {
+        harness::coordinator_cli(&self.data, args)
+    }
+
+    /// Queue the `build` job; returns its id.
+    fn enqueue(&self, extra: &[&str]) -> String {
+        harness::enqueue_job(&self.data, "build", extra)
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn status(&self, job: &str) -> String {
+        let store = Store::open(&self.data).expect("store");
+        let id = bosun::coordinator::store::parse_job_id(job).expect("job id");
+        store
+            .job(id)
+            .expect("job")
+            .map(|j| j.status.to_string())
+            .unwrap_or_default()
+    }
+
+    fn log(&self, job: &str) -> Vec<u8> {
+        let store = Store::open(&self.data).expect("store");
+        let id = bosun::coordinator::store::parse_job_id(job).expect("job id");
+        store.log_from(id, 0).expect("log")
+    }
+
+    fn wait_status(&self, job: &str, want: &[&str], timeout: Duration) -> String {
+        let t0 = Instant::now();
+        loop {
+            let s = self.status(job);
+            if want.iter().any(|w| s.contains(w)) {
+                return s;
+            }
+            assert!(
+                t0.elapsed() < timeout,
+                "job {job} still `{s}` after {timeout:?}; log:\n{}",
+                String::from_utf8_lossy(&self.log(job))
+                    .chars()
+                    .take(3000)
+                    .collect::<String>()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for Coordinator {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+struct Agent {
+    child: Child,
+    config: PathBuf,
+}
+
+impl Agent {
+    fn start(config: &Path) -> Agent {
+        // The agent's own log, kept beside its config for failure reports.
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(config.with_extension("log"))
+            .expect("agent log");
+        let child = Command::new(harness::bosun_bin())
+            .args(["agent", "--config"])
+            .arg(config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("agent");
+        Agent {
+            child,
+            config: config.to_path_buf(),
+        }
+    }
+
+    fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill9();
+        // What it left (its ready containers): by the id it registered with, kept in
+        // `state/agent.json` beside its config.
+        let state = self.config.with_file_name("state").join("agent.json");
+        let id = std::fs::read_to_string(state)
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .and_then(|v| v["agent_id"].as_str().map(str::to_owned));
+        if let Some(id) = id {
+            harness::cleanup_killed_agent(&id);
+        }
+    }
+}
+
+/// A coordinator with project acme/widget (deploy key, the stand-in's host keys, a secret),
+/// and an agent configured to reach the stand-in.
+struct Setup {
+    rig: Rig,
+    dir: tempfile::TempDir,
+    coordinator: Coordinator,
+    agent_config: PathBuf,
+}
+
+fn setup(config: &str) -> Setup {
+    let rig = Rig::start();
+    rig.create_repo("acme/widget");
+    let repo = rig.work_repo("acme/widget");
+    repo.write(".circleci/config.yml", config);
+    repo.commit("config");
+    repo.push("HEAD:refs/heads/main");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("coordinator");
+    let coordinator = Coordinator::start(&data, "127.0.0.1:0");
+    let token = harness::add_stand_in_project(
+        &data,
+        &rig,
+        "acme/widget",
+        &["--secret-env", "DEPLOY_TOKEN=s3cr3t-value-42"],
+    );
+    let token_file = dir.path().join("registration-token");
+    std::fs::write(&token_file, format!("{token}\n")).expect("token file");
+    let agent_config = dir.path().join("agent.toml");
+    let vcs: Vec<String> = rig
+        .vcs_host_mapping()
+        .iter()
+        .map(|m| format!("{m:?}"))
+        .collect();
+    let root = dir.path();
+    std::fs::write(
+        &agent_config,
+        format!(
+            "coordinator_url = \"http://{addr}\"\nregistration_token_file = {tf:?}\nname = \"e2e\"\nstate_dir = {sd:?}\nspool_dir = {sp:?}\nstore_dir = {st:?}\nwork_dir = {wd:?}\nnetwork = {net:?}\nvcs_hosts = [{vcs}]\nconcurrency = 1\nheartbeat_secs = 1\nclaim_wait_secs = 2\nkill_grace_secs = 1\n",
+            addr = coordinator.addr,
+            tf = token_file,
+            sd = root.join("state"),
+            sp = root.join("spool"),
+            st = root.join("store"),
+            wd = root.join("work"),
+            net = rig.network,
+            vcs = vcs.join(", "),
+        ),
+    )
+    .expect("agent config");
+    Setup {
+        rig,
+        dir,
+        coordinator,
+        agent_config,
+    }
+}
+
+fn job_config(command: &str) -> String {
+    format!(
+        "version: 2.1\njobs:\n  build:\n    docker: [{{image: {img}}}]\n    steps:\n      - checkout\n      - run:\n          name: work\n          command: {command}\n",
+        img = image("base")
+    )
+}
+
+fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("write");
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
+#[test]
+fn an_enqueued_job_runs_and_its_masked_log_and_status_reach_the_coordinator_and_page() {
+    let s = setup(&job_config(
+        "'echo \"hello from e2e with $DEPLOY_TOKEN\" && git remote get-url origin && echo \"pr=$CIRCLE_PR_NUMBER at $CIRCLE_PULL_REQUEST\"'",
+    ));
+    let _agent = Agent::start(&s.agent_config);
+    let job = s.coordinator.enqueue(&[
+        "--pull-request",
+        "7",
+        "--pull-request-fork",
+        "--timeout",
+        "10m",
+    ]);
+    s.coordinator.wait_status(
+        &job,
+        &["success", "fail", "canceled"],
+        Duration::from_secs(120),
+    );
+    assert_eq!(s.coordinator.status(&job), "success");
+    let log = String::from_utf8_lossy(&s.coordinator.log(&job)).into_owned();
+    assert!(log.contains("hello from e2e with ********"), "{log}");
+    assert!(
+        !log.contains("s3cr3t-value-42"),
+        "the secret leaked:\n{log}"
+    );
+    assert!(log.contains("git@bitbucket.org:acme/widget.git"), "{log}");
+    assert!(
+        log.contains("pr=7 at https://bitbucket.org/acme/widget/pull-requests/7"),
+        "{log}"
+    );
+    let page = http_get(&s.coordinator.addr, &format!("/jobs/{job}"));
+    assert!(page.contains("hello from e2e with ********"), "{page}");
+    assert!(page.contains(">#7</a>"), "{page}");
+    assert!(s.coordinator.cli(&["jobs"]).contains("#7"));
+    let index = http_get(&s.coordinator.addr, "/");
+    assert!(index.contains("success"), "{index}");
+    let _ = &s.rig;
+    let _ = &s.dir;
+}
+
+#[test]
+fn a_coordinator_killed_mid_job_loses_none_of_a_50_mb_log() {
+    // 50 MiB of known lines, then a marker. (`yes` dies of SIGPIPE when head is done, which
+    // pipefail would count as a failure.)
+    const LINE: &str = "bosun-e2e-line-0123456789abcdefghijklmnopqrstuvwxyz\n";
+    const BYTES: usize = 50 * 1024 * 1024;
+    let s = setup(&job_config(&format!(
+        "'(yes {} | head -c {BYTES}) || true; echo; echo all-done'",
+        LINE.trim_end()
+    )));
+    let mut coordinator = s.coordinator;
+    let addr = coordinator.addr.clone();
+    let data = coordinator.data.clone();
+    let _agent = Agent::start(&s.agent_config);
+    let job = coordinator.enqueue(&[]);
+    // Kill the coordinator once part of the log has arrived.
+    let t0 = Instant::now();
+    while coordinator.log(&job).len() < 2 * 1024 * 1024 {
+        assert!(t0.elapsed() < Duration::from_secs(120), "no log arrived");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    coordinator.kill();
+    std::thread::sleep(Duration::from_secs(3));
+    let coordinator = Coordinator::start(&data, &addr);
+    coordinator.wait_status(
+        &job,
+        &["success", "fail", "canceled"],
+        Duration::from_secs(180),
+    );
+    let row = Store::open(&coordinator.data).ok().and_then(|st| {
+        st.job(bosun::coordinator::store::parse_job_id(&job)?)
+            .ok()
+            .flatten()
+    });
+    assert_eq!(
+        coordinator.status(&job),
+        "success",
+        "the finish's digest check passed: {:?}\nagent log:\n{}",
+        row.map(|r| r.error),
+        std::fs::read_to_string(s.agent_config.with_extension("log")).unwrap_or_default()
+    );
+    let log = coordinator.log(&job);
+    let start = log
+        .windows(LINE.len())
+        .position(|w| w == LINE.as_bytes())
+        .expect("the step's output is in the log");
+    let expected: Vec<u8> = LINE
+        .as_bytes()
+        .iter()
+        .copied()
+        .cycle()
+        .take(BYTES)
+        .collect();
+    let got = &log[start..start + BYTES.min(log.len() - start)];
+    assert_eq!(got.len(), BYTES, "the whole output arrived");
+    assert_eq!(
+        Sha256::digest(got),
+        Sha256::digest(&expected),
+        "byte-for-byte what the step printed"
+    );
+    assert!(String::from_utf8_lossy(&log[start + BYTES..]).contains("all-done"));
+    let _ = &s.rig;
+    let _ = &s.dir;
+}
+
+#[test]
+fn a_killed_agent_leaves_no_container_and_a_cancel_stops_a_sleeping_step() {
+    let s = setup(&job_config("'echo started; sleep 600'"));
+    let mut agent = Agent::start(&s.agent_config);
+    let job = s.coordinator.enqueue(&[]);
+    let t0 = Instant::now();
+    while !String::from_utf8_lossy(&s.coordinator.log(&job)).contains("started") {
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "the job never started"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(!harness::containers_labelled("bosun.job", &job).is_empty());
+    agent.kill9();
+    let _agent = Agent::start(&agent.config);
+    let t1 = Instant::now();
+    while !harness::containers_labelled("bosun.job", &job).is_empty() {
+        assert!(
+            t1.elapsed() < Duration::from_secs(10),
+            "orphan container still there after 10 s"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Reported (or re-queued and run again); either way not left "running" for ever.
+    let status = s.coordinator.wait_status(
+        &job,
+        &["infrastructure", "queued", "running"],
+        Duration::from_secs(30),
+    );
+    assert!(!status.is_empty());
+
+    // A second job: cancel it while its step sleeps.
+    let job2 = s.coordinator.enqueue(&[]);
+    let t2 = Instant::now();
+    while !String::from_utf8_lossy(&s.coordinator.log(&job2)).contains("started") {
+        assert!(
+            t2.elapsed() < Duration::from_secs(120),
+            "job 2 never started"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let t3 = Instant::now();
+    s.coordinator.cli(&["cancel", &job2]);
+    s.coordinator
+        .wait_status(&job2, &["canceled"], Duration::from_secs(10));
+    assert!(
+        t3.elapsed() < Duration::from_secs(6),
+        "cancel took {:?}",
+        t3.elapsed()
+    );
+    let t4 = Instant::now();
+    while !harness::containers_labelled("bosun.job", &job2).is_empty() {
+        assert!(
+            t4.elapsed() < Duration::from_secs(10),
+            "container of the canceled job left; agent log:\n{}",
+            std::fs::read_to_string(s.agent_config.with_extension("log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // A third job with a 5 s limit: its sleeping step is stopped and it ends `timedout`.
+    let t5 = Instant::now();
+    let job3 = s.coordinator.enqueue(&["--timeout", "5s"]);
+    s.coordinator.wait_status(
+        &job3,
+        &["success", "fail", "canceled", "timedout"],
+        Duration::from_secs(60),
+    );
+    assert_eq!(s.coordinator.status(&job3), "timedout");
+    assert!(
+        t5.elapsed() < Duration::from_secs(15),
+        "a 5 s limit ended the job after {:?}",
+        t5.elapsed()
+    );
+    assert!(String::from_utf8_lossy(&s.coordinator.log(&job3)).contains("started"));
+    assert!(harness::containers_labelled("bosun.job", &job3).is_empty());
+    let _ = &s.rig;
+    let _ = &s.dir;
+}
