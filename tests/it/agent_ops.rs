@@ -7,10 +7,8 @@ use crate::harness;
 
 use crate::agent_rig::*;
 
-use crate::harness::{ensure_images, image, Project};
+use crate::harness::{ensure_images, free_port, http_get, image, Project};
 use bosun::protocol::*;
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -130,25 +128,6 @@ fn sighup_reloads_concurrency_and_labels() {
     assert!(agent.log().contains("config reloaded"), "{}", agent.log());
 }
 
-/// A plain HTTP GET on loopback: (status code, body).
-fn http_get(port: u16, path: &str) -> (u16, String) {
-    let mut conn = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    write!(
-        conn,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-    )
-    .expect("request");
-    let mut text = String::new();
-    conn.read_to_string(&mut text).expect("response");
-    let code = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map(|x| x.1).unwrap_or("");
-    (code, body.to_owned())
-}
-
 /// Operators: the agent's `/metrics`, `/healthz` and `/readyz` on `metrics_listen` — jobs by
 /// final status, step durations, claim latency, engine errors, running jobs and spool bytes.
 #[test]
@@ -165,18 +144,14 @@ fn the_agent_serves_metrics_and_health_on_its_local_address() {
     missing.id = format!("{}-missing", p.job_id);
     missing.job_name = "missing".into();
     fake.st().queue.extend([ok.clone(), missing.clone()]);
-    let port = TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port();
-    let listen = format!("127.0.0.1:{port}");
+    let listen = format!("127.0.0.1:{}", free_port());
     let _agent = AgentProc::start_env(&fake, &agent_id, &[("BOSUN_METRICS_LISTEN", &listen)]);
     for job in [&ok, &missing] {
         fake.wait_for("the finish", 120, |s| s.finish.get(&job.id).cloned());
     }
-    assert_eq!(http_get(port, "/healthz").0, 200);
-    assert_eq!(http_get(port, "/readyz").0, 200);
-    let (code, m) = http_get(port, "/metrics");
+    assert_eq!(http_get(&listen, "/healthz").status(), 200);
+    assert_eq!(http_get(&listen, "/readyz").status(), 200);
+    let (code, m) = http_get(&listen, "/metrics").status_and_body();
     assert_eq!(code, 200);
     let value = |name: &str| -> f64 {
         m.lines()

@@ -9,7 +9,7 @@
 
 use crate::harness;
 
-use crate::harness::{image, Coordinator, Rig};
+use crate::harness::{http_get, image, Coordinator, Rig};
 use bosun::agent::blobs::JobStore;
 use bosun::agent::client::Client;
 use bosun::protocol::{BlobAck, ClaimResponse, WireJob};
@@ -514,26 +514,6 @@ fn wait_final(c: &Coordinator, job: &str) -> (String, String) {
     }
 }
 
-fn http_get(addr: &str, path: &str) -> (String, Vec<u8>) {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).expect("connect");
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .expect("write");
-    let mut out = Vec::new();
-    let _ = s.read_to_end(&mut out);
-    let split = out
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("headers");
-    (
-        String::from_utf8_lossy(&out[..split]).to_ascii_lowercase(),
-        out[split + 4..].to_vec(),
-    )
-}
-
 const JUNIT: &str = r#"<?xml version="1.0"?>
 <testsuites><testsuite name="unit" tests="3">
 <testcase classname="widget.Math" name="adds"/>
@@ -647,16 +627,18 @@ jobs:
     let _ = &one;
 
     // The page: artifacts as links, the failed test with its class and message.
-    let (h, body) = http_get(&c.addr, &format!("/jobs/{build}/artifacts/art/hello.txt"));
+    let (h, body) =
+        http_get(&c.addr, &format!("/jobs/{build}/artifacts/art/hello.txt")).head_and_body();
     assert!(h.contains("content-type: text/plain"), "{h}");
     assert_eq!(body, b"hello\n");
-    let (h, body) = http_get(&c.addr, &format!("/jobs/{build}/artifacts/art/page.html"));
+    let (h, body) =
+        http_get(&c.addr, &format!("/jobs/{build}/artifacts/art/page.html")).head_and_body();
     assert!(h.contains("content-type: application/octet-stream"), "{h}");
     assert!(h.contains("content-disposition: attachment"), "{h}");
     assert!(h.contains("x-content-type-options: nosniff"), "{h}");
     assert!(h.contains("sandbox"), "{h}");
     assert_eq!(body, b"<script>alert(1)</script>\n");
-    let (h, _) = http_get(&c.addr, &format!("/jobs/{build}/artifacts/art/../../x"));
+    let (h, _) = http_get(&c.addr, &format!("/jobs/{build}/artifacts/art/../../x")).head_and_body();
     assert!(h.starts_with("http/1.1 404"), "{h}");
     let Some(chromium) = harness::chromium() else {
         eprintln!("skipped the page in Chromium: no chromium installed");

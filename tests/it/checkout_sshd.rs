@@ -7,6 +7,7 @@
 //! reached through the mapping `ssh.bitbucket.org=127.0.0.1:PORT`. Skipped (with a message)
 //! when `/usr/sbin/sshd` is missing or we are not root.
 
+use crate::harness::free_port;
 use bosun::checkout::{checkout, CheckoutError, CheckoutSpec, Credentials};
 use bosun::ssh::{keyscan, KeyRole, KnownHosts, SshKey, VcsHosts};
 use std::net::TcpStream;
@@ -130,13 +131,6 @@ fn keygen(path: &Path) -> String {
         .expect("pub")
         .trim()
         .to_string()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
 }
 
 /// Keys: `user` reads every repo; `deploy` reads widget only; `lib_user` reads everything

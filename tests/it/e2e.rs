@@ -6,7 +6,7 @@
 
 use crate::harness;
 
-use crate::harness::{image, Rig};
+use crate::harness::{http_get, image, Rig};
 use bosun::coordinator::store::Store;
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
@@ -198,19 +198,6 @@ fn job_config(command: &str) -> String {
     )
 }
 
-fn http_get(addr: &str, path: &str) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).expect("connect");
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .expect("write");
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    out
-}
-
 #[test]
 fn an_enqueued_job_runs_and_its_masked_log_and_status_reach_the_coordinator_and_page() {
     let s = setup(&job_config(
@@ -241,11 +228,11 @@ fn an_enqueued_job_runs_and_its_masked_log_and_status_reach_the_coordinator_and_
         log.contains("pr=7 at https://bitbucket.org/acme/widget/pull-requests/7"),
         "{log}"
     );
-    let page = http_get(&s.coordinator.addr, &format!("/jobs/{job}"));
+    let page = http_get(&s.coordinator.addr, &format!("/jobs/{job}")).text();
     assert!(page.contains("hello from e2e with ********"), "{page}");
     assert!(page.contains(">#7</a>"), "{page}");
     assert!(s.coordinator.cli(&["jobs"]).contains("#7"));
-    let index = http_get(&s.coordinator.addr, "/");
+    let index = http_get(&s.coordinator.addr, "/").text();
     assert!(index.contains("success"), "{index}");
     let _ = &s.rig;
     let _ = &s.dir;

@@ -8,30 +8,11 @@
 
 use crate::harness;
 
-use crate::harness::{image, Coordinator, Rig};
+use crate::harness::{free_port, http_get, image, Coordinator, Rig};
 use bosun::coordinator::store::Store;
 use jsonwebtoken::{decode, decode_header, jwk::JwkSet, Algorithm, DecodingKey, Validation};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-
-fn http_get(addr: &str, path: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).expect("connect");
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .expect("write");
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    let status = out
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = out.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
-    (status, body.to_owned())
-}
 
 fn status(data: &Path, job: &str) -> String {
     let store = Store::open(data).expect("store");
@@ -148,7 +129,7 @@ fn verify(
 }
 
 fn jwks(addr: &str, issuer: &str) -> JwkSet {
-    let (code, body) = http_get(addr, "/.well-known/openid-configuration");
+    let (code, body) = http_get(addr, "/.well-known/openid-configuration").status_and_body();
     assert_eq!(code, 200, "{body}");
     let discovery: serde_json::Value = serde_json::from_str(&body).expect("discovery JSON");
     assert_eq!(discovery["issuer"], issuer);
@@ -160,7 +141,7 @@ fn jwks(addr: &str, issuer: &str) -> JwkSet {
     let path = jwks_uri
         .strip_prefix(issuer)
         .expect("the JWKS lives under the issuer");
-    let (code, body) = http_get(addr, path);
+    let (code, body) = http_get(addr, path).status_and_body();
     assert_eq!(code, 200, "{body}");
     serde_json::from_str(&body).expect("a JWK set")
 }
@@ -193,11 +174,7 @@ jobs:
     repo.commit("config");
     repo.push("HEAD:refs/heads/main");
     // The issuer names the listener, so pick its port first.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port();
-    let listen = format!("127.0.0.1:{port}");
+    let listen = format!("127.0.0.1:{}", free_port());
     let issuer = format!("http://{listen}");
     let c = Coordinator::builder()
         .listen(&listen)
@@ -296,7 +273,7 @@ jobs:
 #[test]
 fn without_an_issuer_there_is_no_discovery_and_no_token() {
     let c = Coordinator::builder().no_defaults().start();
-    let (code, body) = http_get(&c.addr, "/.well-known/openid-configuration");
+    let (code, body) = http_get(&c.addr, "/.well-known/openid-configuration").status_and_body();
     assert_eq!(code, 404, "{body}");
     assert!(!Path::new(&format!("{}.oidc-keys", c.data.display())).exists());
 }

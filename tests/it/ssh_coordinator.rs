@@ -6,7 +6,7 @@
 
 use crate::harness;
 
-use crate::harness::{image, Agent, Coordinator, Rig};
+use crate::harness::{free_port, http_get, image, Agent, Coordinator, Rig};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -31,13 +31,6 @@ struct Setup {
     port: u16,
     /// The developer's key pair (`id_dev`, `id_dev.pub`).
     key: PathBuf,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
 }
 
 /// A coordinator with the stand-in's `acme/widget` (a one-step `build` job as `circleci`),
@@ -95,7 +88,7 @@ impl Setup {
     }
 
     fn page(&self, job: &str) -> String {
-        http_get(&self.c.addr, &format!("/jobs/{job}"))
+        http_get(&self.c.addr, &format!("/jobs/{job}")).text()
     }
 
     fn wait(&self, what: &str, within: Duration, mut f: impl FnMut() -> bool) {
@@ -148,19 +141,6 @@ impl Setup {
     fn pub_key(&self) -> String {
         format!("{}.pub", self.key.display())
     }
-}
-
-fn http_get(addr: &str, path: &str) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).expect("connect");
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .expect("write");
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    out
 }
 
 fn finished(s: &str) -> bool {

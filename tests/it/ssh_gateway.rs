@@ -3,7 +3,7 @@
 
 use crate::harness;
 
-use crate::harness::{ensure_images, image, Project};
+use crate::harness::{ensure_images, free_port, image, Project};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -482,13 +482,6 @@ impl Drop for Child {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
 }
 
 fn retry<T>(within: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {

@@ -19,6 +19,7 @@
 pub mod bitbucket;
 mod browser;
 mod fleet;
+mod net;
 mod project;
 mod services;
 mod systemd;
@@ -27,6 +28,8 @@ mod tls;
 pub use browser::*;
 #[allow(unused_imports)]
 pub use fleet::*;
+#[allow(unused_imports)]
+pub use net::*;
 #[allow(unused_imports)]
 pub use project::*;
 #[allow(unused_imports)]
