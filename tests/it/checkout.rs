@@ -4,7 +4,7 @@
 
 use crate::harness;
 
-use crate::harness::{image, Key, Outcome, Project, Rig, WorkRepo};
+use crate::harness::{image, step_output, Key, Outcome, Project, Rig, WorkRepo};
 use std::time::Duration;
 
 /// The job every repository here carries: it checks the checkout from inside the container
@@ -115,14 +115,6 @@ fn run(
     out
 }
 
-fn output_of(out: &Outcome, step: u64) -> String {
-    out.events
-        .iter()
-        .filter(|e| e["event"] == "output" && e["step"] == step)
-        .filter_map(|e| e["data"].as_str())
-        .collect()
-}
-
 fn everything(out: &Outcome) -> String {
     format!("{}\n{}", out.stdout, out.stderr)
 }
@@ -157,7 +149,7 @@ fn checks_out_branch_tag_and_sha_with_nested_submodules_and_installs_keys() {
         &["--known-hosts", kh],
     );
     assert_eq!(out.code, 0, "{}", everything(&out));
-    let checked = output_of(&out, 1);
+    let checked = step_output(&out.events, None, 1);
     assert!(
         checked.contains("origin=git@bitbucket.org:acme/widget.git"),
         "{checked}"
@@ -170,7 +162,7 @@ fn checks_out_branch_tag_and_sha_with_nested_submodules_and_installs_keys() {
         checked.contains("repo=acme/widget url=git@bitbucket.org:acme/widget.git"),
         "{checked}"
     );
-    let files = output_of(&out, 2);
+    let files = step_output(&out.events, None, 2);
     assert!(
         files.contains("/home/circleci/.ssh 700 circleci"),
         "{files}"
@@ -183,9 +175,9 @@ fn checks_out_branch_tag_and_sha_with_nested_submodules_and_installs_keys() {
     assert!(files.contains("stricthostkeychecking true"), "{files}");
     assert!(files.contains("identitiesonly yes"), "{files}");
     assert!(
-        output_of(&out, 3).contains("private dependency content"),
+        step_output(&out.events, None, 3).contains("private dependency content"),
         "{}",
-        output_of(&out, 3)
+        step_output(&out.events, None, 3)
     );
     assert_no_key_material(&out, &[&user]);
     let sha_event = out
@@ -210,9 +202,9 @@ fn checks_out_branch_tag_and_sha_with_nested_submodules_and_installs_keys() {
     );
     assert_eq!(out.code, 0, "{}", everything(&out));
     assert!(
-        output_of(&out, 1).contains("tag=v1.0 head=detached"),
+        step_output(&out.events, None, 1).contains("tag=v1.0 head=detached"),
         "{}",
-        output_of(&out, 1)
+        step_output(&out.events, None, 1)
     );
 
     // Exact SHA (the older commit).
@@ -226,9 +218,9 @@ fn checks_out_branch_tag_and_sha_with_nested_submodules_and_installs_keys() {
     );
     assert_eq!(out.code, 0, "{}", everything(&out));
     assert!(
-        output_of(&out, 1).contains("head=detached"),
+        step_output(&out.events, None, 1).contains("head=detached"),
         "{}",
-        output_of(&out, 1)
+        step_output(&out.events, None, 1)
     );
 }
 
@@ -257,7 +249,7 @@ fn user_key_is_offered_first_and_the_deploy_key_opens_the_project() {
         &["--known-hosts", kh.to_str().expect("utf8")],
     );
     assert_eq!(out.code, 0, "{}", everything(&out));
-    let order = output_of(&out, 1);
+    let order = step_output(&out.events, None, 1);
     let u = order.find("id_bosun_user").expect("user key in ssh config");
     let d = order
         .find("id_bosun_deploy")
@@ -322,9 +314,9 @@ fn private_dependency_with_a_deploy_key_fails_with_the_servers_message() {
         everything(&out)
     );
     assert!(
-        output_of(&out, 1).contains("repository does not exist"),
+        step_output(&out.events, None, 1).contains("repository does not exist"),
         "{}",
-        output_of(&out, 1)
+        step_output(&out.events, None, 1)
     );
 }
 

@@ -3,7 +3,7 @@
 
 use crate::harness;
 
-use crate::harness::{ensure_images, image, Project};
+use crate::harness::{ensure_images, image, step_output, Project};
 use serde_json::Value;
 use std::time::{Duration, Instant};
 
@@ -21,14 +21,6 @@ fn step_statuses(events: &[Value]) -> Vec<(String, String)> {
         .collect();
     v.sort();
     v.into_iter().map(|(_, n, s)| (n, s)).collect()
-}
-
-fn output_of(events: &[Value], step: u64) -> String {
-    events
-        .iter()
-        .filter(|e| e["event"] == "output" && e["step"] == step)
-        .filter_map(|e| e["data"].as_str())
-        .collect()
 }
 
 #[test]
@@ -85,7 +77,7 @@ jobs:
     ));
     let out = p.execute(&["--json", "--env", "CLI=cli", "--build-num", "42"]);
     assert_eq!(out.code, 1, "a failed step exits 1\n{}", out.stderr);
-    let env_line = output_of(&out.events, 0);
+    let env_line = step_output(&out.events, None, 0);
     assert!(
         env_line.contains("LEVEL=step FROM_IMAGE=image JOB_ONLY=job STEP_ONLY=step CLI=cli"),
         "{env_line}"
@@ -118,7 +110,7 @@ jobs:
         .find(|e| e["event"] == "step_finished" && e["name"] == "breaks")
         .expect("breaks finished");
     assert_eq!(breaks["exit_code"], 7);
-    assert!(output_of(&out.events, 2).contains("about to fail"));
+    assert!(step_output(&out.events, None, 2).contains("about to fail"));
     let last = out.events.last().expect("events");
     assert_eq!(last["event"], "job_finished");
     assert_eq!(last["status"], "failed");
@@ -166,7 +158,7 @@ jobs:
     let out = p.execute(&["--json"]);
     assert_eq!(out.code, 1, "{}", out.stderr);
     assert!(
-        output_of(&out.events, 0).contains("shell is /bin/busybox"),
+        step_output(&out.events, None, 0).contains("shell is /bin/busybox"),
         "{:?}",
         out.events
     );
@@ -247,7 +239,7 @@ jobs:
             ("after timeout".into(), "success".into()),
         ]
     );
-    assert!(output_of(&out.events, 0).contains("no_output_timeout"));
+    assert!(step_output(&out.events, None, 0).contains("no_output_timeout"));
     let last = out.events.last().expect("events");
     assert_eq!(last["status"], "timedout");
     assert!(took < Duration::from_secs(20), "took {took:?}");
@@ -425,7 +417,7 @@ jobs:
     let out = p.execute_env(&["--json"], &[("DOCKER_HOST", host.as_str())]);
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
     assert!(
-        output_of(&out.events, 1).contains("3000000"),
+        step_output(&out.events, None, 1).contains("3000000"),
         "{:?}",
         out.events
     );
@@ -457,7 +449,7 @@ fn image_user_and_home_are_honoured() {
     let out = p.execute(&["--json"]);
     harness::docker(&["rmi", "-f", &tag]);
     assert_eq!(out.code, 0, "{}", out.stderr);
-    let text = output_of(&out.events, 0);
+    let text = step_output(&out.events, None, 0);
     assert!(
         text.contains("circleci /home/circleci /home/circleci/project"),
         "{text}"
@@ -477,7 +469,7 @@ fn working_directory_the_user_may_not_create_is_made_by_the_engine() {
     ));
     let out = p.execute(&["--json"]);
     assert_eq!(out.code, 0, "{}\n{:?}", out.stderr, out.events);
-    let text = output_of(&out.events, 0);
+    let text = step_output(&out.events, None, 0);
     assert!(text.contains("/opt/app circleci circleci 700"), "{text}");
     p.assert_no_container_left();
 }

@@ -6,23 +6,9 @@
 
 use crate::harness;
 
-use crate::harness::{ensure_images, image, Project};
+use crate::harness::{ensure_images, image, step_output, Project};
 use serde_json::Value;
 use std::collections::BTreeMap;
-
-/// All output of one job (or, with `Some(node)`, one `parallelism` node's job) and step.
-fn output(events: &[Value], job: Option<&str>, step: u64) -> String {
-    events
-        .iter()
-        .filter_map(|e| match job {
-            Some(j) if e["event"] == "job" && e["job"] == j => Some(&e["inner"]),
-            None if e["event"] != "job" => Some(e),
-            _ => None,
-        })
-        .filter(|e| e["event"] == "output" && e["step"] == step)
-        .filter_map(|e| e["data"].as_str())
-        .collect()
-}
 
 fn step_statuses(events: &[Value]) -> Vec<String> {
     events
@@ -60,7 +46,7 @@ jobs:
     ));
     let out = p.execute(&["--json"]);
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
-    let second = output(&out.events, None, 1);
+    let second = step_output(&out.events, None, 1);
     assert!(second.contains("greeting=hello from step 1"), "{second}");
     assert!(second.contains("tool ran"), "{second}");
     assert!(second.contains("shell env is bash env"), "{second}");
@@ -92,8 +78,8 @@ jobs:
     ));
     let out = p.execute(&["--json"]);
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
-    assert!(output(&out.events, None, 1).contains("from one=yes"));
-    let cmd = output(&out.events, None, 2);
+    assert!(step_output(&out.events, None, 1).contains("from one=yes"));
+    let cmd = step_output(&out.events, None, 2);
     assert!(
         cmd.contains("a/b/y_test.sh\na/x_test.sh\nname=build"),
         "{cmd}"
@@ -129,10 +115,10 @@ jobs:
         step_statuses(&out.events),
         ["success", "success", "skipped", "skipped", "success"]
     );
-    assert!(output(&out.events, None, 1).contains("goes on to its end"));
-    assert!(output(&out.events, None, 4).contains("always ran"));
+    assert!(step_output(&out.events, None, 1).contains("goes on to its end"));
+    assert!(step_output(&out.events, None, 4).contains("always ran"));
     assert_eq!(
-        output(&out.events, None, 2),
+        step_output(&out.events, None, 2),
         "",
         "the step after the halt printed nothing"
     );
@@ -167,7 +153,7 @@ jobs:
 fn shares(events: &[Value]) -> BTreeMap<u32, Vec<String>> {
     (0..4)
         .map(|n| {
-            let text = output(events, Some(&format!("test.{n}")), 1);
+            let text = step_output(events, Some(&format!("test.{n}")), 1);
             let line = text
                 .lines()
                 .find_map(|l| l.strip_prefix("MINE "))
@@ -219,7 +205,7 @@ fn tests_split_over_four_nodes_by_name_then_by_stored_timings() {
     let by_name = shares(&first.events);
     check_once(&by_name);
     assert!(
-        output(&first.events, Some("test.0"), 1).contains("No timing found"),
+        step_output(&first.events, Some("test.0"), 1).contains("No timing found"),
         "{}",
         first.stdout
     );
@@ -229,7 +215,7 @@ fn tests_split_over_four_nodes_by_name_then_by_stored_timings() {
     assert_eq!(second.code, 0, "{}\n{}", second.stdout, second.stderr);
     let by_time = shares(&second.events);
     check_once(&by_time);
-    assert!(!output(&second.events, Some("test.0"), 1).contains("No timing found"));
+    assert!(!step_output(&second.events, Some("test.0"), 1).contains("No timing found"));
     let (name_loads, time_loads) = (loads(&by_name), loads(&by_time));
     let total: u64 = time_loads.iter().sum();
     let max = |v: &[u64]| v.iter().copied().max().unwrap_or(0);
@@ -261,7 +247,7 @@ jobs:
         img = image("base")
     ));
     let vars = |out: &harness::Outcome| -> BTreeMap<String, String> {
-        output(&out.events, None, 1)
+        step_output(&out.events, None, 1)
             .lines()
             .filter_map(|l| l.split_once('='))
             .map(|(k, v)| (k.to_owned(), v.to_owned()))
@@ -335,12 +321,12 @@ jobs:
         ));
         let r = p.execute(&["--json"]);
         assert_eq!(r.code, 1, "{img}: {}\n{}", r.stdout, r.stderr);
-        let parent = output(&r.events, None, 0);
+        let parent = step_output(&r.events, None, 0);
         assert!(
             parent.contains("__bosun-runner"),
             "{img}: the step's parent is `{parent}`"
         );
-        let second = output(&r.events, None, 1);
+        let second = step_output(&r.events, None, 1);
         let home = if user == "root" {
             "/root"
         } else {
@@ -382,12 +368,12 @@ jobs:
     let r = p.execute(&["--json"]);
     assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
     assert_eq!(step_statuses(&r.events), ["failed", "success"]);
-    let first = output(&r.events, None, 0);
+    let first = step_output(&r.events, None, 0);
     assert!(
         first.contains("lost the step's output") && first.contains("the step runner ended"),
         "{first}"
     );
-    let parent = output(&r.events, None, 1);
+    let parent = step_output(&r.events, None, 1);
     assert!(parent.contains("parent outside the container"), "{parent}");
 }
 
@@ -412,10 +398,10 @@ jobs:
         ));
         let r = p.execute(&["--json"]);
         assert_eq!(r.code, 0, "{user}: {}\n{}", r.stdout, r.stderr);
-        let first = output(&r.events, None, 0);
+        let first = step_output(&r.events, None, 0);
         assert!(first.contains("refused"), "{user}: {first}");
         assert!(
-            output(&r.events, None, 1).contains("__bosun-runner"),
+            step_output(&r.events, None, 1).contains("__bosun-runner"),
             "{user}"
         );
     }

@@ -4,22 +4,8 @@
 
 use crate::harness;
 
-use crate::harness::{ensure_images, image, Project};
+use crate::harness::{ensure_images, image, step_output, Project};
 use serde_json::Value;
-
-/// Output lines of one job (optionally a workflow job) and step.
-fn output(events: &[Value], job: Option<&str>, step: u64) -> String {
-    events
-        .iter()
-        .filter_map(|e| match job {
-            Some(j) if e["event"] == "job" && e["job"] == j => Some(&e["inner"]),
-            None if e["event"] != "job" => Some(e),
-            _ => None,
-        })
-        .filter(|e| e["event"] == "output" && e["step"] == step)
-        .filter_map(|e| e["data"].as_str())
-        .collect()
-}
 
 fn workflow_table(events: &[Value]) -> Vec<(String, String)> {
     events
@@ -69,13 +55,13 @@ jobs:
     let first = p.execute(&["--json"]);
     assert_eq!(first.code, 0, "{}\n{}", first.stdout, first.stderr);
     assert!(
-        output(&first.events, None, 1).contains("No cache is found"),
+        step_output(&first.events, None, 1).contains("No cache is found"),
         "{}",
         first.stdout
     );
-    assert!(output(&first.events, None, 2).contains("deps installed"));
+    assert!(step_output(&first.events, None, 2).contains("deps installed"));
     assert!(
-        output(&first.events, None, 3).contains("Stored cache deps-v1-"),
+        step_output(&first.events, None, 3).contains("Stored cache deps-v1-"),
         "{}",
         first.stdout
     );
@@ -83,15 +69,16 @@ jobs:
     let second = p.execute(&["--json"]);
     assert_eq!(second.code, 0, "{}", second.stderr);
     assert!(
-        output(&second.events, None, 1).contains("Found a cache"),
+        step_output(&second.events, None, 1).contains("Found a cache"),
         "{}",
         second.stdout
     );
-    let restored = output(&second.events, None, 2);
+    let restored = step_output(&second.events, None, 2);
     assert!(restored.contains("deps from cache: fresh"), "{restored}");
     // Immutable: the same key is not written again.
     assert!(
-        output(&second.events, None, 3).contains("Skipping cache generation, cache already exists"),
+        step_output(&second.events, None, 3)
+            .contains("Skipping cache generation, cache already exists"),
         "{}",
         second.stdout
     );
@@ -101,7 +88,7 @@ jobs:
     let third = p.execute(&["--json"]);
     assert_eq!(third.code, 0, "{}", third.stderr);
     assert!(
-        output(&third.events, None, 2).contains("deps from cache"),
+        step_output(&third.events, None, 2).contains("deps from cache"),
         "{}",
         third.stdout
     );
@@ -141,11 +128,11 @@ jobs:
     assert_eq!(out.code, 1, "{}\n{}", out.stdout, out.stderr);
     // Both store steps ran after the failed step, as CircleCI does.
     assert!(
-        output(&out.events, None, 2).contains("Uploaded 2 file(s)"),
+        step_output(&out.events, None, 2).contains("Uploaded 2 file(s)"),
         "{}",
         out.stdout
     );
-    let results = output(&out.events, None, 3);
+    let results = step_output(&out.events, None, 3);
     assert!(results.contains("2 tests, 1 failures"), "{results}");
     assert!(results.contains("failed: calc.divides"), "{results}");
     let dir = p.artifacts_dir();
@@ -173,8 +160,8 @@ jobs:
     assert_eq!(out.code, 0, "{}", out.stdout);
     // The bare step says nothing of a layer cache; the second asks for one and a version,
     // and is told what it gets (`bosun execute` keeps no images).
-    let first = output(&out.events, None, 0);
-    let second = output(&out.events, None, 1);
+    let first = step_output(&out.events, None, 0);
+    let second = step_output(&out.events, None, 1);
     assert!(first.contains("DOCKER_HOST=unix://"), "{first}");
     assert!(!first.contains("layer cache"), "{first}");
     assert!(
@@ -223,9 +210,13 @@ jobs:
     ));
     let out = p.execute(&["--json", "--ssh-key", key.to_str().expect("utf8")]);
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
-    assert!(output(&out.events, None, 0).contains(&fp), "{}", out.stdout);
     assert!(
-        output(&out.events, None, 1).contains("600 circleci"),
+        step_output(&out.events, None, 0).contains(&fp),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        step_output(&out.events, None, 1).contains("600 circleci"),
         "{}",
         out.stdout
     );
@@ -243,7 +234,7 @@ jobs:
     let out = p.execute(&["--json"]);
     assert_eq!(out.code, 1);
     assert!(
-        output(&out.events, None, 0).contains("no key with fingerprint SHA256:nope"),
+        step_output(&out.events, None, 0).contains("no key with fingerprint SHA256:nope"),
         "{}",
         out.stdout
     );
@@ -328,7 +319,7 @@ fn a_workflow_runs_in_dependency_order_with_workspaces_and_failure_stops_only_de
     assert_eq!(status("deploy"), "blocked");
     assert_eq!(status("release"), "not_run", "filters ignore main");
     for shard in ["test-1", "test-2"] {
-        let text = output(&out.events, Some(shard), 1);
+        let text = step_output(&out.events, Some(shard), 1);
         assert!(text.contains("sees built-by-build"), "{shard}: {text}");
     }
     p.assert_no_container_left();
@@ -354,7 +345,7 @@ fn parallelism_runs_one_container_per_node_with_its_index() {
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
     let mut hosts = std::collections::HashSet::new();
     for i in 0..3 {
-        let text = output(&out.events, Some(&format!("build.{i}")), 0);
+        let text = step_output(&out.events, Some(&format!("build.{i}")), 0);
         assert!(
             text.contains(&format!("node {i} of 3 on ")),
             "node {i}: {text}"

@@ -50,6 +50,21 @@ impl Outcome {
     }
 }
 
+/// The output of one step (`"step"` in the `--json` events), of the job itself or, with
+/// `Some(job)`, of that job in a workflow (or that `parallelism` node's job).
+pub fn step_output(events: &[serde_json::Value], job: Option<&str>, step: u64) -> String {
+    events
+        .iter()
+        .filter_map(|e| match job {
+            Some(j) if e["event"] == "job" && e["job"] == j => Some(&e["inner"]),
+            None if e["event"] != "job" => Some(e),
+            _ => None,
+        })
+        .filter(|e| e["event"] == "output" && e["step"] == step)
+        .filter_map(|e| e["data"].as_str())
+        .collect()
+}
+
 pub fn bosun_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_bosun"))
 }
