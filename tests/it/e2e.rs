@@ -6,84 +6,12 @@
 
 use crate::harness;
 
-use crate::harness::{http_get, image, Rig};
+use crate::harness::{http_get, image, Coordinator, Rig};
 use bosun::coordinator::store::Store;
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-struct Coordinator {
-    data: PathBuf,
-    addr: String,
-    child: Child,
-}
-
-impl Coordinator {
-    fn start(data: &Path, listen: &str) -> Coordinator {
-        let (child, addr) = harness::spawn_coordinator(data, listen, &["--lease-secs", "10"]);
-        Coordinator {
-            data: data.to_path_buf(),
-            addr,
-            child,
-        }
-    }
-
-    fn cli(&self, args: &[&str]) -> String {
-        harness::coordinator_cli(&self.data, args)
-    }
-
-    /// Queue the `build` job; returns its id.
-    fn enqueue(&self, extra: &[&str]) -> String {
-        harness::enqueue_job(&self.data, "build", extra)
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    fn status(&self, job: &str) -> String {
-        let store = Store::open(&self.data).expect("store");
-        let id = bosun::coordinator::store::parse_job_id(job).expect("job id");
-        store
-            .job(id)
-            .expect("job")
-            .map(|j| j.status.to_string())
-            .unwrap_or_default()
-    }
-
-    fn log(&self, job: &str) -> Vec<u8> {
-        let store = Store::open(&self.data).expect("store");
-        let id = bosun::coordinator::store::parse_job_id(job).expect("job id");
-        store.log_from(id, 0).expect("log")
-    }
-
-    fn wait_status(&self, job: &str, want: &[&str], timeout: Duration) -> String {
-        let t0 = Instant::now();
-        loop {
-            let s = self.status(job);
-            if want.iter().any(|w| s.contains(w)) {
-                return s;
-            }
-            assert!(
-                t0.elapsed() < timeout,
-                "job {job} still `{s}` after {timeout:?}; log:\n{}",
-                String::from_utf8_lossy(&self.log(job))
-                    .chars()
-                    .take(3000)
-                    .collect::<String>()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-}
-
-impl Drop for Coordinator {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
 
 struct Agent {
     child: Child,
@@ -151,10 +79,9 @@ fn setup(config: &str) -> Setup {
     repo.commit("config");
     repo.push("HEAD:refs/heads/main");
     let dir = tempfile::tempdir().expect("tempdir");
-    let data = dir.path().join("coordinator");
-    let coordinator = Coordinator::start(&data, "127.0.0.1:0");
+    let coordinator = Coordinator::start();
     let token = harness::add_stand_in_project(
-        &data,
+        &coordinator.data,
         &rig,
         "acme/widget",
         &["--secret-env", "DEPLOY_TOKEN=s3cr3t-value-42"],
@@ -204,20 +131,26 @@ fn an_enqueued_job_runs_and_its_masked_log_and_status_reach_the_coordinator_and_
         "'echo \"hello from e2e with $DEPLOY_TOKEN\" && git remote get-url origin && echo \"pr=$CIRCLE_PR_NUMBER at $CIRCLE_PULL_REQUEST\"'",
     ));
     let _agent = Agent::start(&s.agent_config);
-    let job = s.coordinator.enqueue(&[
-        "--pull-request",
-        "7",
-        "--pull-request-fork",
-        "--timeout",
-        "10m",
-    ]);
-    s.coordinator.wait_status(
+    let job = harness::enqueue_job(
+        &s.coordinator.data,
+        "build",
+        &[
+            "--pull-request",
+            "7",
+            "--pull-request-fork",
+            "--timeout",
+            "10m",
+        ],
+    );
+    harness::wait_job_status(
+        &s.coordinator.data,
         &job,
         &["success", "fail", "canceled"],
         Duration::from_secs(120),
     );
-    assert_eq!(s.coordinator.status(&job), "success");
-    let log = String::from_utf8_lossy(&s.coordinator.log(&job)).into_owned();
+    assert_eq!(harness::job_status(&s.coordinator.data, &job), "success");
+    let log =
+        String::from_utf8_lossy(&harness::job_log_bytes(&s.coordinator.data, &job)).into_owned();
     assert!(log.contains("hello from e2e with ********"), "{log}");
     assert!(
         !log.contains("s3cr3t-value-42"),
@@ -249,20 +182,19 @@ fn a_coordinator_killed_mid_job_loses_none_of_a_50_mb_log() {
         LINE.trim_end()
     )));
     let mut coordinator = s.coordinator;
-    let addr = coordinator.addr.clone();
-    let data = coordinator.data.clone();
     let _agent = Agent::start(&s.agent_config);
-    let job = coordinator.enqueue(&[]);
+    let job = harness::enqueue_job(&coordinator.data, "build", &[]);
     // Kill the coordinator once part of the log has arrived.
     let t0 = Instant::now();
-    while coordinator.log(&job).len() < 2 * 1024 * 1024 {
+    while harness::job_log_bytes(&coordinator.data, &job).len() < 2 * 1024 * 1024 {
         assert!(t0.elapsed() < Duration::from_secs(120), "no log arrived");
         std::thread::sleep(Duration::from_millis(50));
     }
     coordinator.kill();
     std::thread::sleep(Duration::from_secs(3));
-    let coordinator = Coordinator::start(&data, &addr);
-    coordinator.wait_status(
+    coordinator.restart();
+    harness::wait_job_status(
+        &coordinator.data,
         &job,
         &["success", "fail", "canceled"],
         Duration::from_secs(180),
@@ -273,13 +205,13 @@ fn a_coordinator_killed_mid_job_loses_none_of_a_50_mb_log() {
             .flatten()
     });
     assert_eq!(
-        coordinator.status(&job),
+        harness::job_status(&coordinator.data, &job),
         "success",
         "the finish's digest check passed: {:?}\nagent log:\n{}",
         row.map(|r| r.error),
         std::fs::read_to_string(s.agent_config.with_extension("log")).unwrap_or_default()
     );
-    let log = coordinator.log(&job);
+    let log = harness::job_log_bytes(&coordinator.data, &job);
     let start = log
         .windows(LINE.len())
         .position(|w| w == LINE.as_bytes())
@@ -307,9 +239,11 @@ fn a_coordinator_killed_mid_job_loses_none_of_a_50_mb_log() {
 fn a_killed_agent_leaves_no_container_and_a_cancel_stops_a_sleeping_step() {
     let s = setup(&job_config("'echo started; sleep 600'"));
     let mut agent = Agent::start(&s.agent_config);
-    let job = s.coordinator.enqueue(&[]);
+    let job = harness::enqueue_job(&s.coordinator.data, "build", &[]);
     let t0 = Instant::now();
-    while !String::from_utf8_lossy(&s.coordinator.log(&job)).contains("started") {
+    while !String::from_utf8_lossy(&harness::job_log_bytes(&s.coordinator.data, &job))
+        .contains("started")
+    {
         assert!(
             t0.elapsed() < Duration::from_secs(120),
             "the job never started"
@@ -328,7 +262,8 @@ fn a_killed_agent_leaves_no_container_and_a_cancel_stops_a_sleeping_step() {
         std::thread::sleep(Duration::from_millis(100));
     }
     // Reported (or re-queued and run again); either way not left "running" for ever.
-    let status = s.coordinator.wait_status(
+    let status = harness::wait_job_status(
+        &s.coordinator.data,
         &job,
         &["infrastructure", "queued", "running"],
         Duration::from_secs(30),
@@ -336,9 +271,11 @@ fn a_killed_agent_leaves_no_container_and_a_cancel_stops_a_sleeping_step() {
     assert!(!status.is_empty());
 
     // A second job: cancel it while its step sleeps.
-    let job2 = s.coordinator.enqueue(&[]);
+    let job2 = harness::enqueue_job(&s.coordinator.data, "build", &[]);
     let t2 = Instant::now();
-    while !String::from_utf8_lossy(&s.coordinator.log(&job2)).contains("started") {
+    while !String::from_utf8_lossy(&harness::job_log_bytes(&s.coordinator.data, &job2))
+        .contains("started")
+    {
         assert!(
             t2.elapsed() < Duration::from_secs(120),
             "job 2 never started"
@@ -347,8 +284,12 @@ fn a_killed_agent_leaves_no_container_and_a_cancel_stops_a_sleeping_step() {
     }
     let t3 = Instant::now();
     s.coordinator.cli(&["cancel", &job2]);
-    s.coordinator
-        .wait_status(&job2, &["canceled"], Duration::from_secs(10));
+    harness::wait_job_status(
+        &s.coordinator.data,
+        &job2,
+        &["canceled"],
+        Duration::from_secs(10),
+    );
     assert!(
         t3.elapsed() < Duration::from_secs(6),
         "cancel took {:?}",
@@ -366,19 +307,23 @@ fn a_killed_agent_leaves_no_container_and_a_cancel_stops_a_sleeping_step() {
 
     // A third job with a 5 s limit: its sleeping step is stopped and it ends `timedout`.
     let t5 = Instant::now();
-    let job3 = s.coordinator.enqueue(&["--timeout", "5s"]);
-    s.coordinator.wait_status(
+    let job3 = harness::enqueue_job(&s.coordinator.data, "build", &["--timeout", "5s"]);
+    harness::wait_job_status(
+        &s.coordinator.data,
         &job3,
         &["success", "fail", "canceled", "timedout"],
         Duration::from_secs(60),
     );
-    assert_eq!(s.coordinator.status(&job3), "timedout");
+    assert_eq!(harness::job_status(&s.coordinator.data, &job3), "timedout");
     assert!(
         t5.elapsed() < Duration::from_secs(15),
         "a 5 s limit ended the job after {:?}",
         t5.elapsed()
     );
-    assert!(String::from_utf8_lossy(&s.coordinator.log(&job3)).contains("started"));
+    assert!(
+        String::from_utf8_lossy(&harness::job_log_bytes(&s.coordinator.data, &job3))
+            .contains("started")
+    );
     assert!(harness::containers_labelled("bosun.job", &job3).is_empty());
     let _ = &s.rig;
     let _ = &s.dir;

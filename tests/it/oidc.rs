@@ -8,43 +8,26 @@
 
 use crate::harness;
 
-use crate::harness::{free_port, http_get, image, Coordinator, Rig};
-use bosun::coordinator::store::Store;
+use crate::harness::{free_port, http_get, image, job_log, job_status, Coordinator, Rig};
 use jsonwebtoken::{decode, decode_header, jwk::JwkSet, Algorithm, DecodingKey, Validation};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-fn status(data: &Path, job: &str) -> String {
-    let store = Store::open(data).expect("store");
-    let id = bosun::coordinator::store::parse_job_id(job).expect("job id");
-    store
-        .job(id)
-        .expect("job")
-        .map(|j| j.status.to_string())
-        .unwrap_or_default()
-}
-
-fn log(data: &Path, job: &str) -> String {
-    let store = Store::open(data).expect("store");
-    let id = bosun::coordinator::store::parse_job_id(job).expect("job id");
-    String::from_utf8_lossy(&store.log_from(id, 0).expect("log")).into_owned()
-}
-
 fn wait_done(data: &Path, job: &str) {
     let t0 = Instant::now();
     loop {
-        let s = status(data, job);
+        let s = job_status(data, job);
         if ["success", "fail", "canceled", "timedout"]
             .iter()
             .any(|w| s.contains(w))
         {
-            assert_eq!(s, "success", "job {job}; log:\n{}", log(data, job));
+            assert_eq!(s, "success", "job {job}; log:\n{}", job_log(data, job));
             return;
         }
         assert!(
             t0.elapsed() < Duration::from_secs(180),
             "job {job} still `{s}`; log:\n{}",
-            log(data, job)
+            job_log(data, job)
         );
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -196,7 +179,7 @@ jobs:
 
     let first = harness::enqueue_job(data, "build", &[]);
     wait_done(data, &first);
-    let first_log = log(data, &first);
+    let first_log = job_log(data, &first);
     let v1 = artifact(&agent.store, &first, "v1");
     let v2 = artifact(&agent.store, &first, "v2");
     assert_eq!(v1.split('.').count(), 3, "{v1}");

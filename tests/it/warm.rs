@@ -7,7 +7,6 @@
 use crate::harness;
 
 use crate::harness::{image, Rig};
-use bosun::coordinator::store::{parse_job_id, Store};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -106,26 +105,16 @@ impl Setup {
         v["agent_id"].as_str().expect("agent_id").to_owned()
     }
 
-    fn store(&self) -> Store {
-        Store::open(&self.data).expect("store")
-    }
-
     fn enqueue(&self) -> String {
         harness::enqueue_job(&self.data, "build", &[])
     }
 
     fn status(&self, job: &str) -> String {
-        let id = parse_job_id(job).expect("id");
-        self.store()
-            .job(id)
-            .expect("job")
-            .map(|j| j.status.to_string())
-            .unwrap_or_default()
+        harness::job_status(&self.data, job)
     }
 
     fn log(&self, job: &str) -> String {
-        let id = parse_job_id(job).expect("id");
-        String::from_utf8_lossy(&self.store().log_from(id, 0).expect("log")).into_owned()
+        harness::job_log(&self.data, job)
     }
 
     fn wait_final(&self, job: &str, timeout: Duration) -> String {

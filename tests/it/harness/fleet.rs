@@ -28,6 +28,8 @@ pub struct Coordinator {
     /// `host:port` it listens on.
     pub addr: String,
     child: Child,
+    /// The `serve` arguments besides `--listen` and `--data`, for [`Coordinator::restart`].
+    args: Vec<String>,
     token_file: OnceLock<PathBuf>,
     /// Last: removed after the process is gone.
     dir: tempfile::TempDir,
@@ -74,6 +76,22 @@ impl Coordinator {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Kills the server (SIGKILL, as a crash would); its data directory stays.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the server again (killing it first if it still runs) on the same address, data
+    /// directory and arguments, so agents and URLs made for it still reach it.
+    pub fn restart(&mut self) {
+        self.kill();
+        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        let (child, addr) = super::spawn_coordinator(&self.data, &self.addr, &args);
+        assert_eq!(addr, self.addr, "the restarted coordinator's address");
+        self.child = child;
     }
 
     /// A file holding a registration token, made on first use.
@@ -137,6 +155,7 @@ impl CoordinatorBuilder {
             data,
             addr,
             child,
+            args: self.args,
             token_file: OnceLock::new(),
             dir,
         }
@@ -145,8 +164,7 @@ impl CoordinatorBuilder {
 
 impl Drop for Coordinator {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.kill();
     }
 }
 

@@ -186,10 +186,15 @@ pub fn job_status(data: &Path, job: &str) -> String {
 
 /// A job's log as the coordinator holds it.
 pub fn job_log(data: &Path, job: &str) -> String {
+    String::from_utf8_lossy(&job_log_bytes(data, job)).into_owned()
+}
+
+/// A job's log as the coordinator holds it, byte for byte.
+pub fn job_log_bytes(data: &Path, job: &str) -> Vec<u8> {
     use bosun::coordinator::store::{parse_job_id, Store};
     let store = Store::open(data).expect("store");
     let id = parse_job_id(job).expect("job id");
-    String::from_utf8_lossy(&store.log_from(id, 0).expect("log")).into_owned()
+    store.log_from(id, 0).expect("log")
 }
 
 /// Polls until the job's status contains one of `want`; returns it.
