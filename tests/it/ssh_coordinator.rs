@@ -6,7 +6,7 @@
 
 use crate::harness;
 
-use crate::harness::{free_port, http_get, image, Agent, Coordinator, Rig};
+use crate::harness::{free_port, http_get, image, poll, Agent, Coordinator, Rig};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -92,14 +92,12 @@ impl Setup {
     }
 
     fn wait(&self, what: &str, within: Duration, mut f: impl FnMut() -> bool) {
-        let t = Instant::now();
-        while !f() {
-            assert!(
-                t.elapsed() < within,
+        let every = Duration::from_millis(250);
+        if poll(within, every, || f().then_some(())).is_none() {
+            panic!(
                 "{what}: not within {within:?}; agent log:\n{}",
                 self.agent.log_text()
             );
-            std::thread::sleep(Duration::from_millis(250));
         }
     }
 

@@ -3,7 +3,7 @@
 
 use crate::harness;
 
-use crate::harness::{ensure_images, free_port, image, Project};
+use crate::harness::{ensure_images, free_port, image, poll, Project};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -263,7 +263,7 @@ fn the_right_key_lands_in_the_job_and_a_session_holds_it_until_it_ends() {
             .spawn()
             .expect("tunnel"),
     );
-    let got = retry(Duration::from_secs(15), || {
+    let got = poll(Duration::from_secs(15), Duration::from_millis(200), || {
         let mut s = std::net::TcpStream::connect(("127.0.0.1", local_port)).ok()?;
         s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
         let mut got = String::new();
@@ -482,15 +482,4 @@ impl Drop for Child {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn retry<T>(within: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
-    let t = Instant::now();
-    while t.elapsed() < within {
-        if let Some(v) = f() {
-            return Some(v);
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    None
 }

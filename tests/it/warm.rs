@@ -6,7 +6,7 @@
 
 use crate::harness;
 
-use crate::harness::{image, Rig};
+use crate::harness::{image, wait_until, Rig};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -174,14 +174,6 @@ fn pool_containers(agent_id: &str) -> Vec<String> {
         .collect()
 }
 
-fn wait_for(what: &str, timeout: Duration, f: impl Fn() -> bool) {
-    let t0 = Instant::now();
-    while !f() {
-        assert!(t0.elapsed() < timeout, "timed out: {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 fn exists(container: &str) -> bool {
     Command::new("docker")
         .args(["inspect", container])
@@ -311,7 +303,7 @@ fn a_ready_container_is_taken_over_like_a_fresh_one_used_once_expired_and_swept(
     let agent_id = s.agent_id();
     let fresh = s.log(&job1);
     // 2. After it, one container waits, labelled as the pool's.
-    wait_for("a ready container", Duration::from_secs(30), || {
+    wait_until("a ready container", Duration::from_secs(30), || {
         pool_containers(&agent_id).len() == 1
     });
     let ready = pool_containers(&agent_id).remove(0);
@@ -339,19 +331,19 @@ fn a_ready_container_is_taken_over_like_a_fresh_one_used_once_expired_and_swept(
     assert!(a.len() > 10, "probe output:\n{fresh}");
     assert_eq!(a, b, "fresh:\n{fresh}\ntaken over:\n{taken}");
     // 3. Used once: the job's container is gone, a new one waits.
-    wait_for(
+    wait_until(
         "the used container removed",
         Duration::from_secs(10),
         || !exists(&ready),
     );
-    wait_for("a new ready container", Duration::from_secs(30), || {
+    wait_until("a new ready container", Duration::from_secs(30), || {
         pool_containers(&agent_id).len() == 1
     });
     let second = pool_containers(&agent_id).remove(0);
     assert_ne!(second, ready, "never reused");
     // 4. Idle expiry (6 s).
     let t0 = Instant::now();
-    wait_for(
+    wait_until(
         "the idle container expired",
         Duration::from_secs(20),
         || !exists(&second),
@@ -364,14 +356,14 @@ fn a_ready_container_is_taken_over_like_a_fresh_one_used_once_expired_and_swept(
     // 5. A killed agent's ready container is swept by the next start.
     let job3 = s.enqueue();
     assert_eq!(s.wait_final(&job3, Duration::from_secs(120)), "success");
-    wait_for("a ready container", Duration::from_secs(30), || {
+    wait_until("a ready container", Duration::from_secs(30), || {
         pool_containers(&agent_id).len() == 1
     });
     let orphan = pool_containers(&agent_id).remove(0);
     drop(agent); // SIGKILL
     assert!(exists(&orphan));
     let _agent = s.agent();
-    wait_for("the orphan swept", Duration::from_secs(30), || {
+    wait_until("the orphan swept", Duration::from_secs(30), || {
         !exists(&orphan)
     });
 }

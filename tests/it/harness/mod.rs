@@ -24,6 +24,7 @@ mod project;
 mod services;
 mod systemd;
 mod tls;
+mod wait;
 #[allow(unused_imports)]
 pub use browser::*;
 #[allow(unused_imports)]
@@ -38,6 +39,8 @@ pub use services::*;
 pub use systemd::*;
 #[allow(unused_imports)]
 pub use tls::*;
+#[allow(unused_imports)]
+pub use wait::*;
 
 use std::fs;
 use std::io::Write;
