@@ -11,6 +11,8 @@
 //! process, also for a blob a quarter of the size: flat means the peak does not grow with
 //! the blob. Environment: BOSUN_BENCH_WS_MB, BOSUN_BENCH_ROUNDS (default 3).
 
+// The integration tests' harness; a bench uses a few of its helpers.
+#[allow(dead_code, unused_imports)]
 #[path = "../tests/it/harness/mod.rs"]
 mod harness;
 

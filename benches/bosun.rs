@@ -14,6 +14,8 @@
 //! Environment: BOSUN_BENCH_RUNS (default 7), BOSUN_BENCH_FILES (5000),
 //! BOSUN_BENCH_COMMITS (1000).
 
+// The integration tests' harness; a bench uses a few of its helpers.
+#[allow(dead_code, unused_imports)]
 #[path = "../tests/it/harness/mod.rs"]
 mod harness;
 

@@ -9,6 +9,8 @@
 //! The repository is made by benches/gen-repo.sh. Environment: BOSUN_BENCH_RUNS (default
 //! 5), BOSUN_BENCH_FILES (1000), BOSUN_BENCH_COMMITS (4000).
 
+// The integration tests' harness; a bench uses a few of its helpers.
+#[allow(dead_code, unused_imports)]
 #[path = "../tests/it/harness/mod.rs"]
 mod harness;
 

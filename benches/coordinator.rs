@@ -10,6 +10,8 @@
 //! against with followers (ratio), and the time until the last follower has the whole log.
 //! Environment: BOSUN_BENCH_FOLLOWERS, BOSUN_BENCH_LOG_MB, BOSUN_BENCH_ROUNDS (default 3).
 
+// The integration tests' harness; a bench uses a few of its helpers.
+#[allow(dead_code, unused_imports)]
 #[path = "../tests/it/harness/mod.rs"]
 mod harness;
 

@@ -9,6 +9,8 @@
 //! the range over rounds (target ≤ 1.1), and this process's peak RSS (VmHWM): the proxy plus
 //! a bench harness, an upper bound for the proxy.
 
+// The integration tests' harness; a bench uses a few of its helpers.
+#[allow(dead_code, unused_imports)]
 #[path = "../tests/it/harness/mod.rs"]
 mod harness;
 

@@ -11,6 +11,8 @@
 //! Then the gateway process's RSS (VmRSS of `bosun execute`, which also runs the job: an
 //! upper bound) idle and with 10 sessions open.
 
+// The integration tests' harness; a bench uses a few of its helpers.
+#[allow(dead_code, unused_imports)]
 #[path = "../tests/it/harness/mod.rs"]
 mod harness;
 

@@ -21,6 +21,8 @@
 //!
 //! Environment: BOSUN_BENCH_ROUNDS (default 10).
 
+// The integration tests' harness; a bench uses a few of its helpers.
+#[allow(dead_code, unused_imports)]
 #[path = "../tests/it/harness/mod.rs"]
 mod harness;
 

@@ -2,7 +2,6 @@
 //! coordinator written here (std TcpListener, HTTP/1.1, one request per connection) that
 //! speaks protocol v1 from `src/protocol.rs` and records what it is sent, and a `bosun agent`
 //! process pointed at it.
-#![allow(dead_code)]
 
 use crate::harness::Project;
 use bosun::protocol::*;

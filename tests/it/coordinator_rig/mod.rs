@@ -1,7 +1,6 @@
 //! What the coordinator's integration tests share (`tests/it/coordinator.rs`,
 //! `tests/it/coordinator_pages.rs`): a coordinator process on loopback, an agent speaking the
 //! protocol over HTTP, and the operator's CLI.
-#![allow(dead_code)]
 
 use bosun::protocol::{ClaimResponse, FinalStatus, FinishRequest, RegisterResponse};
 use serde_json::json;

@@ -69,15 +69,6 @@ impl Coordinator {
         super::coordinator_cli(&self.data, args)
     }
 
-    /// The coordinator's store, opened beside the running server (as the CLI does).
-    pub fn store(&self) -> Store {
-        Store::open(&self.data).expect("the coordinator's store")
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
     /// Kills the server (SIGKILL, as a crash would); its data directory stays.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
@@ -254,7 +245,6 @@ impl AgentBuilder<'_> {
             id: String::new(),
             store: root.join("store"),
             log,
-            root,
             child,
         };
         agent.id = agent.wait_registered(c);
@@ -267,8 +257,6 @@ pub struct Agent {
     pub name: String,
     /// The id the coordinator gave it (its containers carry `bosun.agent=<id>`).
     pub id: String,
-    /// Its directory: `agent.toml`, `agent.log`, state, spool, store, work.
-    pub root: PathBuf,
     /// Its local store (`store_dir`).
     pub store: PathBuf,
     pub log: PathBuf,
@@ -276,10 +264,6 @@ pub struct Agent {
 }
 
 impl Agent {
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }

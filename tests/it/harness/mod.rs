@@ -14,7 +14,6 @@
 //!
 //! This is scaffolding that shells out to the `docker`, `git` and `ssh*` CLIs
 //! on purpose: it must not share code (or bugs) with the agent under test.
-#![allow(dead_code)]
 
 pub mod bitbucket;
 mod browser;
@@ -25,21 +24,13 @@ mod services;
 mod systemd;
 mod tls;
 mod wait;
-#[allow(unused_imports)]
 pub use browser::*;
-#[allow(unused_imports)]
 pub use fleet::*;
-#[allow(unused_imports)]
 pub use net::*;
-#[allow(unused_imports)]
 pub use project::*;
-#[allow(unused_imports)]
 pub use services::*;
-#[allow(unused_imports)]
 pub use systemd::*;
-#[allow(unused_imports)]
 pub use tls::*;
-#[allow(unused_imports)]
 pub use wait::*;
 
 use std::fs;
@@ -700,10 +691,6 @@ pub struct WorkRepo {
 }
 
 impl WorkRepo {
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// Runs git in this repo, panicking on failure; returns trimmed stdout.
     pub fn git(&self, args: &[&str]) -> String {
         run(self.git.command().current_dir(&self.path).args(args))
@@ -753,12 +740,6 @@ impl WorkRepo {
     /// `git push origin REFSPEC` (by file path: no SSH involved).
     pub fn push(&self, refspec: &str) {
         self.git(&["push", "-q", "origin", refspec]);
-    }
-
-    /// Pushes all branches and tags.
-    pub fn push_all(&self) {
-        self.git(&["push", "-q", "origin", "--all"]);
-        self.git(&["push", "-q", "origin", "--tags"]);
     }
 
     /// Adds a submodule at `path` whose .gitmodules URL is `url` exactly as
