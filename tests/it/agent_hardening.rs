@@ -3,7 +3,7 @@
 //! `ca_file` registers, one that does not trust it never does, and plain `http://` to another
 //! host is refused before anything is sent; its directories are private (item 14).
 
-use crate::harness::{bosun_bin, coordinator_cli, spawn_coordinator, TestCa};
+use crate::harness::{bosun_bin, coordinator_cli, spawn_coordinator, KillOnDrop, TestCa};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -46,14 +46,6 @@ fn log(dir: &Path) -> String {
     std::fs::read_to_string(dir.join("agent.log")).unwrap_or_default()
 }
 
-struct Killed(Child);
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn an_agent_trusting_the_coordinators_ca_registers_over_https_and_one_that_does_not_never_does() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -70,16 +62,16 @@ fn an_agent_trusting_the_coordinators_ca_registers_over_https_and_one_that_does_
             ca.key.to_str().expect("utf8"),
         ],
     );
-    let _coordinator = Killed(child);
+    let _coordinator = KillOnDrop(child);
     let port = addr.rsplit(':').next().expect("port");
     let url = format!("https://localhost:{port}");
 
     // Without the CA: the handshake fails, the agent keeps retrying and never registers.
     let untrusting_dir = dir.path().join("untrusting");
-    let _untrusting = Killed(agent(&untrusting_dir, &url, &token, ""));
+    let _untrusting = KillOnDrop(agent(&untrusting_dir, &url, &token, ""));
     let trusting_dir = dir.path().join("trusting");
     let ca_line = format!("ca_file = {:?}", ca.ca_cert);
-    let _trusting = Killed(agent(&trusting_dir, &url, &token, &ca_line));
+    let _trusting = KillOnDrop(agent(&trusting_dir, &url, &token, &ca_line));
 
     let t0 = Instant::now();
     while !coordinator_cli(&data, &["agents"]).contains("tls-agent") {
@@ -143,7 +135,7 @@ fn the_agents_directories_are_made_private_and_loose_ones_tightened() {
         std::fs::set_permissions(a.join(d), std::fs::Permissions::from_mode(0o755)).expect("chmod");
     }
     // Nothing listens on port 9: the agent makes its directories, then retries registering.
-    let _agent = Killed(agent(&a, "http://127.0.0.1:9", "t", ""));
+    let _agent = KillOnDrop(agent(&a, "http://127.0.0.1:9", "t", ""));
     let t0 = Instant::now();
     while !log(&a).contains("register:") {
         assert!(t0.elapsed() < Duration::from_secs(20), "{}", log(&a));

@@ -10,7 +10,7 @@ use crate::harness::{http_get, image, Coordinator, Rig};
 use bosun::coordinator::store::Store;
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 struct Agent {
@@ -21,19 +21,7 @@ struct Agent {
 impl Agent {
     fn start(config: &Path) -> Agent {
         // The agent's own log, kept beside its config for failure reports.
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(config.with_extension("log"))
-            .expect("agent log");
-        let child = Command::new(harness::bosun_bin())
-            .args(["agent", "--config"])
-            .arg(config)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("agent");
+        let child = harness::spawn_agent(config, &config.with_extension("log"), &[]);
         Agent {
             child,
             config: config.to_path_buf(),
@@ -89,27 +77,9 @@ fn setup(config: &str) -> Setup {
     let token_file = dir.path().join("registration-token");
     std::fs::write(&token_file, format!("{token}\n")).expect("token file");
     let agent_config = dir.path().join("agent.toml");
-    let vcs: Vec<String> = rig
-        .vcs_host_mapping()
-        .iter()
-        .map(|m| format!("{m:?}"))
-        .collect();
-    let root = dir.path();
-    std::fs::write(
-        &agent_config,
-        format!(
-            "coordinator_url = \"http://{addr}\"\nregistration_token_file = {tf:?}\nname = \"e2e\"\nstate_dir = {sd:?}\nspool_dir = {sp:?}\nstore_dir = {st:?}\nwork_dir = {wd:?}\nnetwork = {net:?}\nvcs_hosts = [{vcs}]\nconcurrency = 1\nheartbeat_secs = 1\nclaim_wait_secs = 2\nkill_grace_secs = 1\n",
-            addr = coordinator.addr,
-            tf = token_file,
-            sd = root.join("state"),
-            sp = root.join("spool"),
-            st = root.join("store"),
-            wd = root.join("work"),
-            net = rig.network,
-            vcs = vcs.join(", "),
-        ),
-    )
-    .expect("agent config");
+    let mut toml = harness::agent_toml(&coordinator.url(), &token_file, "e2e", dir.path(), &rig);
+    toml.push_str("heartbeat_secs = 1\n");
+    std::fs::write(&agent_config, toml).expect("agent config");
     Setup {
         rig,
         dir,

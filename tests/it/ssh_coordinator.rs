@@ -6,20 +6,10 @@
 
 use crate::harness;
 
-use crate::harness::{free_port, http_get, image, poll, Agent, Coordinator, Rig};
+use crate::harness::{free_port, http_get, image, poll, Agent, Coordinator, KillOnDrop, Rig};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-/// A session's `ssh` process, killed when the test ends.
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// Fields drop in order: the agent (its containers) first, the coordinator and its
 /// directory next, the stand-in last.
@@ -260,7 +250,7 @@ fn cancel_ends_the_hold_and_an_open_session() {
         finished(&s.status(&first))
     });
     let job = rerun_held(&s, &first);
-    let session = Killed(
+    let session = KillOnDrop(
         s.ssh(&job)
             .arg("sleep 300")
             .stdout(Stdio::null())

@@ -3,7 +3,7 @@
 
 use crate::harness;
 
-use crate::harness::{ensure_images, free_port, image, poll, Project};
+use crate::harness::{ensure_images, free_port, image, poll, KillOnDrop, Project};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -188,7 +188,7 @@ fn the_right_key_lands_in_the_job_and_a_session_holds_it_until_it_ends() {
     assert_eq!(o.status.code(), Some(255), "{}", text(&o));
 
     // A session that stays open holds the job after its last step.
-    let holder = Child(g.ssh(&g.key, job).arg("sleep 300").spawn().expect("ssh"));
+    let holder = KillOnDrop(g.ssh(&g.key, job).arg("sleep 300").spawn().expect("ssh"));
     g.run.wait_for_output("steps-done", Duration::from_secs(60));
 
     let o = g.run_as(&g.key, job, "id -un; pwd; echo $CIRCLE_JOB $MY_VAR");
@@ -244,14 +244,14 @@ fn the_right_key_lands_in_the_job_and_a_session_holds_it_until_it_ends() {
     assert_eq!(std::fs::read_to_string(&back).expect("read"), "uploaded\n");
 
     // ssh -L reaches a server listening on the job's localhost.
-    let server = Child(
+    let server = KillOnDrop(
         g.ssh(&g.key, job)
             .arg("echo from-the-job | timeout 30 nc -l -p 8080 -q 1")
             .spawn()
             .expect("server"),
     );
     let local_port = free_port();
-    let tunnel = Child(
+    let tunnel = KillOnDrop(
         g.ssh(&g.key, job)
             .args([
                 "-N",
@@ -472,14 +472,4 @@ fn connections_that_do_not_log_in_are_closed_after_the_login_grace_time() {
     let out = g.run.finish(Duration::from_secs(60));
     assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
     p.assert_no_container_left();
-}
-
-/// A child process killed when the test lets go of it (a failed assertion included).
-struct Child(std::process::Child);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }

@@ -6,25 +6,16 @@
 
 use crate::harness;
 
-use crate::harness::{image, wait_until, Rig};
+use crate::harness::{image, wait_until, KillOnDrop, Rig};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 struct Setup {
     rig: Rig,
     dir: tempfile::TempDir,
     data: PathBuf,
-    _coordinator: Proc,
+    _coordinator: KillOnDrop,
     config: PathBuf,
 }
 
@@ -45,53 +36,27 @@ impl Setup {
         let token = harness::add_stand_in_project(&data, &rig, "acme/widget", &[]);
         let token_file = dir.path().join("registration-token");
         std::fs::write(&token_file, format!("{token}\n")).expect("token file");
-        let vcs: Vec<String> = rig
-            .vcs_host_mapping()
-            .iter()
-            .map(|m| format!("{m:?}"))
-            .collect();
         let root = dir.path();
         let config_path = root.join("agent.toml");
-        std::fs::write(
-            &config_path,
-            format!(
-                "coordinator_url = \"http://{addr}\"\nregistration_token_file = {tf:?}\nname = \"warm\"\nstate_dir = {sd:?}\nspool_dir = {sp:?}\nstore_dir = {st:?}\nwork_dir = {wd:?}\nnetwork = {net:?}\nvcs_hosts = [{vcs}]\nconcurrency = 1\nclaim_wait_secs = 2\nkill_grace_secs = 1\nssh_gateway_listen = \"off\"\n{extra}\n",
-                tf = token_file,
-                sd = root.join("state"),
-                sp = root.join("spool"),
-                st = root.join("store"),
-                wd = root.join("work"),
-                net = rig.network,
-                vcs = vcs.join(", "),
-            ),
-        )
-        .expect("agent config");
+        let mut toml =
+            harness::agent_toml(&format!("http://{addr}"), &token_file, "warm", root, &rig);
+        toml.push_str(&format!("ssh_gateway_listen = \"off\"\n{extra}\n"));
+        std::fs::write(&config_path, toml).expect("agent config");
         Setup {
             rig,
             dir,
             data,
-            _coordinator: Proc(child),
+            _coordinator: KillOnDrop(child),
             config: config_path,
         }
     }
 
-    fn agent(&self) -> Proc {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.config.with_extension("log"))
-            .expect("agent log");
-        Proc(
-            Command::new(harness::bosun_bin())
-                .args(["agent", "--config"])
-                .arg(&self.config)
-                .env("BOSUN_LOG", "info,bosun=debug")
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .expect("agent"),
-        )
+    fn agent(&self) -> KillOnDrop {
+        KillOnDrop(harness::spawn_agent(
+            &self.config,
+            &self.config.with_extension("log"),
+            &[("BOSUN_LOG", "info,bosun=debug")],
+        ))
     }
 
     fn agent_log(&self) -> String {

@@ -200,31 +200,13 @@ impl AgentBuilder<'_> {
         let c = self.coordinator;
         let root = c.dir().join(&self.name);
         std::fs::create_dir_all(&root).expect("agent dir");
-        let vcs: Vec<String> = self
-            .rig
-            .vcs_host_mapping()
-            .iter()
-            .map(|m| format!("{m:?}"))
-            .collect();
         let labels: Vec<String> = self.labels.iter().map(|l| format!("{l:?}")).collect();
-        let mut toml = format!(
-            "coordinator_url = \"{url}\"\nregistration_token_file = {tf:?}\nname = {name:?}\n\
-             labels = [{labels}]\nstate_dir = {sd:?}\nspool_dir = {sp:?}\nstore_dir = {st:?}\n\
-             work_dir = {wd:?}\nnetwork = {net:?}\nvcs_hosts = [{vcs}]\nconcurrency = 1\n\
-             heartbeat_secs = 1\nclaim_wait_secs = 2\nkill_grace_secs = 1\n\
-             ssh_gateway_listen = {ssh:?}\n",
-            url = c.url(),
-            tf = c.token_file(),
-            name = self.name,
+        let mut toml = agent_toml(&c.url(), c.token_file(), &self.name, &root, self.rig);
+        toml.push_str(&format!(
+            "labels = [{labels}]\nheartbeat_secs = 1\nssh_gateway_listen = {ssh:?}\n",
             labels = labels.join(", "),
-            sd = root.join("state"),
-            sp = root.join("spool"),
-            st = root.join("store"),
-            wd = root.join("work"),
-            net = self.rig.network,
-            vcs = vcs.join(", "),
             ssh = self.ssh_gateway,
-        );
+        ));
         if let Some(class) = &self.resource_class {
             toml.push_str(&format!("resource_class = {class:?}\n"));
         }
@@ -232,14 +214,9 @@ impl AgentBuilder<'_> {
         let config = root.join("agent.toml");
         std::fs::write(&config, toml).expect("agent config");
         let log = root.join("agent.log");
-        let child = Command::new(super::bosun_bin())
-            .args(["agent", "--config"])
-            .arg(&config)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("agent log"))
-            .spawn()
-            .expect("start the agent");
+        // A fresh log for each start (spawn_agent appends).
+        std::fs::File::create(&log).expect("agent log");
+        let child = spawn_agent(&config, &log, &[]);
         let mut agent = Agent {
             name: self.name.clone(),
             id: String::new(),
@@ -250,6 +227,49 @@ impl AgentBuilder<'_> {
         agent.id = agent.wait_registered(c);
         agent
     }
+}
+
+/// The `agent.toml` lines every test agent has: `coordinator_url`, the registration token
+/// file, its name, its state, spool, store and work directories under `root`, jobs on the
+/// rig's network reaching the stand-in (`vcs_hosts`), one job at a time, a claim wait of 2 s
+/// and a kill grace of 1 s. Callers add their own lines.
+pub fn agent_toml(url: &str, token_file: &Path, name: &str, root: &Path, rig: &Rig) -> String {
+    let vcs: Vec<String> = rig
+        .vcs_host_mapping()
+        .iter()
+        .map(|m| format!("{m:?}"))
+        .collect();
+    format!(
+        "coordinator_url = \"{url}\"\nregistration_token_file = {tf:?}\nname = {name:?}\n\
+         state_dir = {sd:?}\nspool_dir = {sp:?}\nstore_dir = {st:?}\nwork_dir = {wd:?}\n\
+         network = {net:?}\nvcs_hosts = [{vcs}]\nconcurrency = 1\nclaim_wait_secs = 2\n\
+         kill_grace_secs = 1\n",
+        tf = token_file,
+        sd = root.join("state"),
+        sp = root.join("spool"),
+        st = root.join("store"),
+        wd = root.join("work"),
+        net = rig.network,
+        vcs = vcs.join(", "),
+    )
+}
+
+/// `bosun agent --config CONFIG` with `env` set, its log (stderr) appended to `log`.
+pub fn spawn_agent(config: &Path, log: &Path, env: &[(&str, &str)]) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("agent log");
+    Command::new(super::bosun_bin())
+        .args(["agent", "--config"])
+        .arg(config)
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("start the agent")
 }
 
 /// A running `bosun agent`.

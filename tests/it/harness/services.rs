@@ -4,6 +4,17 @@ use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
+/// A child process killed (and reaped) when the test lets go of it, a failed assertion
+/// included.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// `bosun coordinator project add` for the stand-in's repository `slug`, with a new deploy
 /// key for it and the stand-in's host keys (then `extra` arguments, e.g. `--secret-env`);
 /// returns a registration token for agents.
