@@ -15,9 +15,11 @@
 //! BOSUN_BENCH_COMMITS (1000).
 
 // The integration tests' harness; a bench uses a few of its helpers.
+mod common;
 #[allow(dead_code, unused_imports)]
 #[path = "../tests/it/harness/mod.rs"]
 mod harness;
+use common::{env_num, median};
 
 use harness::{ensure_images, image, Project, Rig};
 use std::os::unix::process::ExitStatusExt;
@@ -59,18 +61,6 @@ fn measure(cmd: &mut Command) -> Sample {
         wall,
         max_rss_kib: usage.ru_maxrss,
     }
-}
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
-fn env_num(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
 }
 
 fn main() {

@@ -10,9 +10,11 @@
 //! 5), BOSUN_BENCH_FILES (1000), BOSUN_BENCH_COMMITS (4000).
 
 // The integration tests' harness; a bench uses a few of its helpers.
+mod common;
 #[allow(dead_code, unused_imports)]
 #[path = "../tests/it/harness/mod.rs"]
 mod harness;
+use common::{env_num, ms};
 
 use harness::Rig;
 use std::os::unix::process::ExitStatusExt;
@@ -70,21 +72,10 @@ fn measure(cmd: &mut Command) -> Sample {
     }
 }
 
-fn env_num(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 /// Median, min and max.
 fn stats(mut v: Vec<f64>) -> (f64, f64, f64) {
     v.sort_by(f64::total_cmp);
     (v[v.len() / 2], v[0], v[v.len() - 1])
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
 }
 
 struct Bench<'a> {
