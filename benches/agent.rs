@@ -16,11 +16,13 @@
 //! The agent runs with its default `heartbeat_secs` (5) and `claim_wait_secs` (30).
 //! Environment: BOSUN_BENCH_PICKUP_RUNS (default 5), BOSUN_BENCH_LOG_MB (200).
 
-// The integration tests' harness; a bench uses a few of its helpers.
 mod common;
+
+// The integration tests' harness; a bench uses a few of its helpers.
 #[allow(dead_code, unused_imports)]
 #[path = "../tests/it/harness/mod.rs"]
 mod harness;
+
 use common::{env_num, median, ms, proc_status_kib};
 use harness::KillOnDrop;
 

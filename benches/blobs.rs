@@ -11,11 +11,13 @@
 //! process, also for a blob a quarter of the size: flat means the peak does not grow with
 //! the blob. Environment: BOSUN_BENCH_WS_MB, BOSUN_BENCH_ROUNDS (default 3).
 
-// The integration tests' harness; a bench uses a few of its helpers.
 mod common;
+
+// The integration tests' harness; a bench uses a few of its helpers.
 #[allow(dead_code, unused_imports)]
 #[path = "../tests/it/harness/mod.rs"]
 mod harness;
+
 use common::{env_num, proc_status_kib, reset_peak};
 use harness::KillOnDrop;
 

@@ -10,11 +10,13 @@
 //! against with followers (ratio), and the time until the last follower has the whole log.
 //! Environment: BOSUN_BENCH_FOLLOWERS, BOSUN_BENCH_LOG_MB, BOSUN_BENCH_ROUNDS (default 3).
 
-// The integration tests' harness; a bench uses a few of its helpers.
 mod common;
+
+// The integration tests' harness; a bench uses a few of its helpers.
 #[allow(dead_code, unused_imports)]
 #[path = "../tests/it/harness/mod.rs"]
 mod harness;
+
 use common::{env_num, proc_status_kib, reset_peak};
 use harness::KillOnDrop;
 

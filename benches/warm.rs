@@ -12,11 +12,13 @@
 //!
 //! Environment: BOSUN_BENCH_RUNS (default 5).
 
-// The integration tests' harness; a bench uses a few of its helpers.
 mod common;
+
+// The integration tests' harness; a bench uses a few of its helpers.
 #[allow(dead_code, unused_imports)]
 #[path = "../tests/it/harness/mod.rs"]
 mod harness;
+
 use common::{median, ms, proc_status_kib};
 use harness::KillOnDrop;
 
