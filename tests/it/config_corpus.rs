@@ -4,16 +4,10 @@
 //! compile (snapshot `<name>.orbs.txt`) or fail naming an orb that really is not vendored
 //! there. `BLESS=1` rewrites the snapshots.
 
-use bosun::config::{
-    compile, resolve_pin, CompileOptions, OrbDir, OrbLoader, OrbRef, OrbSource, StepKind,
-    WorkflowJobKind,
-};
+use crate::harness::{corpus_dir, orbs_dir, vendored};
+use bosun::config::{compile, CompileOptions, OrbDir, StepKind, WorkflowJobKind};
 use std::fmt::Write;
 use std::path::PathBuf;
-
-fn corpus() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/corpus")
-}
 
 fn summary(c: &bosun::config::CompiledConfig) -> String {
     let mut s = String::new();
@@ -84,7 +78,7 @@ fn summary(c: &bosun::config::CompiledConfig) -> String {
 
 #[test]
 fn corpus_configs_compile_or_name_their_orb() {
-    let dir = corpus();
+    let dir = corpus_dir();
     let Ok(manifest) = std::fs::read_to_string(dir.join("MANIFEST.tsv")) else {
         eprintln!("skipping: no corpus at {}", dir.display());
         return;
@@ -178,27 +172,6 @@ fn corpus_configs_compile_or_name_their_orb() {
         "corpus: {plain_ok} of {plain} orb-free configs compile; {vendored_ok} of {with_orbs} configs with registry orbs compile with --orb-dir ../shared/orbs"
     );
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
-}
-
-fn orbs_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/orbs")
-}
-
-/// Whether `ns/name@pin` can be served by `loader` (exactly or through a pin).
-fn vendored(loader: &OrbDir, reference: &str) -> bool {
-    let Some((nn, version)) = reference.split_once('@') else {
-        return false;
-    };
-    let Some((ns, name)) = nn.split_once('/') else {
-        return false;
-    };
-    let version = resolve_pin(version, &loader.versions(ns, name)).unwrap_or(version.to_owned());
-    let r = OrbRef {
-        namespace: ns.to_owned(),
-        name: name.to_owned(),
-        version,
-    };
-    matches!(loader.load(&r), OrbSource::Found { .. })
 }
 
 fn check_snapshot(

@@ -4,14 +4,10 @@
 //! failures allowed are orbs the directory really does not hold (an import of an import), and
 //! the error must name the chain.
 
+use crate::harness::{orbs_dir, vendored};
 use bosun::config::yaml::{self, Node, Value};
-use bosun::config::{compile, resolve_pin, CompileOptions, OrbDir, OrbLoader, OrbRef, OrbSource};
+use bosun::config::{compile, CompileOptions, OrbDir};
 use std::fmt::Write;
-use std::path::PathBuf;
-
-fn orbs_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/orbs")
-}
 
 /// Every vendored orb: (namespace, name, version).
 fn vendored_orbs() -> Vec<(String, String, String)> {
@@ -99,23 +95,6 @@ fn usage_config(reference: &str, root: &Node) -> String {
         let _ = writeln!(s, "      - o/{name}: {}", required_args(&def, executor));
     }
     s
-}
-
-/// Whether `ns/name@pin` can be served from the orb dir.
-fn vendored(loader: &OrbDir, reference: &str) -> bool {
-    let Some((nn, version)) = reference.split_once('@') else {
-        return false;
-    };
-    let Some((ns, name)) = nn.split_once('/') else {
-        return false;
-    };
-    let version = resolve_pin(version, &loader.versions(ns, name)).unwrap_or(version.to_owned());
-    let r = OrbRef {
-        namespace: ns.to_owned(),
-        name: name.to_owned(),
-        version,
-    };
-    matches!(loader.load(&r), OrbSource::Found { .. })
 }
 
 /// Errors that are only "this orb is not in the directory", for orbs really absent from it.

@@ -7,6 +7,7 @@
 //! (`scripts/fuzz-config.sh` runs a large budget). Inputs that once failed are kept as plain
 //! regression tests at the end.
 
+use crate::harness::corpus_dir;
 use bosun::config::{compile, process, CompileOptions, OrbLoader, OrbRef, OrbSource};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, FileFailurePersistence};
@@ -659,7 +660,7 @@ fn structured() -> impl Strategy<Value = String> {
 // ------------------------------------------------------------------------ corpus mutations
 
 fn corpus() -> Vec<Vec<u8>> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/corpus");
+    let dir = corpus_dir();
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
         .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).collect())
         .unwrap_or_default();

@@ -17,6 +17,7 @@
 
 pub mod bitbucket;
 mod browser;
+mod corpus;
 mod fleet;
 mod net;
 mod project;
@@ -25,6 +26,7 @@ mod systemd;
 mod tls;
 mod wait;
 pub use browser::*;
+pub use corpus::*;
 pub use fleet::*;
 pub use net::*;
 pub use project::*;
