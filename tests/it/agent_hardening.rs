@@ -3,9 +3,9 @@
 //! `ca_file` registers, one that does not trust it never does, and plain `http://` to another
 //! host is refused before anything is sent; its directories are private (item 14).
 
-use crate::harness::{bosun_bin, coordinator_cli, spawn_coordinator, KillOnDrop, TestCa};
+use crate::harness::{coordinator_cli, spawn_agent, spawn_coordinator, KillOnDrop, TestCa};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 /// `bosun agent` with `coordinator_url = URL` and the extra config lines `extra`, its log in
@@ -28,18 +28,14 @@ fn agent_env(dir: &Path, url: &str, token: &str, extra: &str, env: &[(&str, &Pat
         ),
     )
     .expect("agent.toml");
-    let log = std::fs::File::create(dir.join("agent.log")).expect("log");
-    Command::new(bosun_bin())
-        .args(["agent", "--config"])
-        .arg(dir.join("agent.toml"))
-        .env("BOSUN_LOG", "info")
-        .envs(env.iter().copied())
-        .env_remove("NOTIFY_SOCKET")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("agent")
+    let log = dir.join("agent.log");
+    std::fs::File::create(&log).expect("log");
+    let mut vars = vec![("BOSUN_LOG", "info")];
+    vars.extend(
+        env.iter()
+            .map(|(k, v)| (*k, v.to_str().expect("utf-8 path"))),
+    );
+    spawn_agent(&dir.join("agent.toml"), &log, &vars)
 }
 
 fn log(dir: &Path) -> String {

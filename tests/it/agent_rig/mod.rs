@@ -9,7 +9,7 @@ use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -311,20 +311,11 @@ impl AgentProc {
     }
 
     pub fn spawn(d: &std::path::Path, log: &str, env: &[(&str, &str)]) -> Child {
-        let log = std::fs::File::create(d.join(log)).expect("log");
-        let mut c = Command::new(crate::harness::bosun_bin());
-        c.env_remove("NOTIFY_SOCKET")
-            .env_remove("WATCHDOG_USEC")
-            .env_remove("JOURNAL_STREAM");
-        c.envs(env.iter().copied())
-            .args(["agent", "--config"])
-            .arg(d.join("agent.toml"))
-            .env("BOSUN_LOG", "info,bosun=debug")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn agent")
+        let log = d.join(log);
+        std::fs::File::create(&log).expect("log");
+        let mut env = env.to_vec();
+        env.push(("BOSUN_LOG", "info,bosun=debug"));
+        crate::harness::spawn_agent(&d.join("agent.toml"), &log, &env)
     }
 
     pub fn start(fake: &Fake, agent_id: &str) -> AgentProc {

@@ -254,7 +254,9 @@ pub fn agent_toml(url: &str, token_file: &Path, name: &str, root: &Path, rig: &R
     )
 }
 
-/// `bosun agent --config CONFIG` with `env` set, its log (stderr) appended to `log`.
+/// `bosun agent --config CONFIG` with `env` set (later pairs win), its log (stderr) appended
+/// to `log`. It does not inherit the test runner's service-manager variables: an agent of a
+/// test must not notify the runner's systemd or log to its journal.
 pub fn spawn_agent(config: &Path, log: &Path, env: &[(&str, &str)]) -> Child {
     let log = std::fs::OpenOptions::new()
         .create(true)
@@ -264,6 +266,9 @@ pub fn spawn_agent(config: &Path, log: &Path, env: &[(&str, &str)]) -> Child {
     Command::new(super::bosun_bin())
         .args(["agent", "--config"])
         .arg(config)
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("WATCHDOG_USEC")
+        .env_remove("JOURNAL_STREAM")
         .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
