@@ -7,9 +7,8 @@ use crate::harness;
 
 use crate::agent_rig::*;
 
-use crate::harness::{ensure_images, image, Project};
+use crate::harness::{ensure_images, image, sha256, Project};
 use bosun::protocol::*;
-use sha2::{Digest, Sha256};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -78,7 +77,7 @@ jobs:
     assert!(log.len() > before_up, "the log grew after the outage");
     assert_eq!(fin.status, FinalStatus::Success, "{text}");
     assert_eq!(fin.log_bytes, log.len() as u64);
-    assert_eq!(fin.log_sha256, digest(&log), "byte for byte");
+    assert_eq!(fin.log_sha256, sha256(&log), "byte for byte");
     assert!(text.contains("token=******** greeting=hello"), "{text}");
     assert!(text.contains("******** split"), "{text}");
     assert!(
@@ -263,13 +262,6 @@ jobs:
     p.assert_no_container_left();
 }
 
-fn digest(log: &[u8]) -> String {
-    Sha256::digest(log)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
 #[test]
 fn after_a_crash_the_restarted_agent_removes_the_orphan_and_reports_the_job() {
     ensure_images();
@@ -309,7 +301,7 @@ jobs:
         text.contains("the agent stopped while this job ran"),
         "{text}"
     );
-    assert_eq!(fin.log_sha256, digest(&log));
+    assert_eq!(fin.log_sha256, sha256(&log));
     assert_eq!(s.registrations, 1, "the stored agent token was reused");
     drop(s);
     p.assert_no_container_left();

@@ -9,22 +9,14 @@
 
 use crate::harness;
 
-use crate::harness::{http_get, image, Coordinator, Rig};
+use crate::harness::{http_get, image, sha256, Coordinator, Rig};
 use bosun::agent::blobs::JobStore;
 use bosun::agent::client::Client;
 use bosun::protocol::{BlobAck, ClaimResponse, WireJob};
 use bosun::store::remote::Remote;
 use bosun::store::BlobId;
-use sha2::{Digest, Sha256};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn sha256(b: &[u8]) -> String {
-    Sha256::digest(b)
-        .iter()
-        .map(|x| format!("{x:02x}"))
-        .collect()
-}
 
 /// Deterministic bytes that do not compress.
 fn noise(n: usize, seed: u64) -> Vec<u8> {

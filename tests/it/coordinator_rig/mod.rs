@@ -4,7 +4,6 @@
 
 use bosun::protocol::{ClaimResponse, FinalStatus, FinishRequest, RegisterResponse};
 use serde_json::json;
-use sha2::{Digest, Sha256};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -133,35 +132,11 @@ pub fn fresh_limited(extra: &[&str], watch_log: bool, nofile: Option<u64>) -> Se
     s
 }
 
-/// Run `bosun coordinator ARGS… --data DATA`; returns trimmed stdout.
-pub fn cli(data: &Path, args: &[&str]) -> String {
-    let out = Command::new(BIN)
-        .arg("coordinator")
-        .args(args)
-        .arg("--data")
-        .arg(data)
-        .output()
-        .expect("run cli");
-    assert!(
-        out.status.success(),
-        "bosun coordinator {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
+pub use crate::harness::{coordinator_cli as cli, sha256};
 
+/// `bosun coordinator enqueue` of acme/widget's `build` job on `main`, with `extra` flags.
 pub fn enqueue(data: &Path, extra: &[&str]) -> String {
-    let mut args = vec![
-        "enqueue",
-        "--project",
-        "acme/widget",
-        "--ref",
-        "main",
-        "--job",
-        "build",
-    ];
-    args.extend_from_slice(extra);
-    cli(data, &args)
+    crate::harness::enqueue_job(data, "build", extra)
 }
 
 pub fn client() -> reqwest::Client {
@@ -238,13 +213,6 @@ impl Agent {
         )
         .await
     }
-}
-
-pub fn sha256(b: &[u8]) -> String {
-    Sha256::digest(b)
-        .iter()
-        .map(|x| format!("{x:02x}"))
-        .collect()
 }
 
 pub async fn register(s: &Server, name: &str) -> Agent {

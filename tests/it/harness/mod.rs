@@ -129,6 +129,15 @@ pub fn new_run_id() -> String {
     )
 }
 
+/// The lower-case hex SHA-256 of `b`, as the protocol and the blob store name contents.
+pub fn sha256(b: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(b)
+        .iter()
+        .map(|x| format!("{x:02x}"))
+        .collect()
+}
+
 /// Runs a command, panicking with everything it printed if it fails.
 /// Returns stdout.
 pub fn run(cmd: &mut Command) -> String {
