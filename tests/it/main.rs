@@ -1,6 +1,8 @@
 //! Bosun's integration tests, one binary (`cargo test --test it`): one module per area, over
 //! the shared rigs below. One binary links the library and the harness once, instead of once
-//! per test file; tests are named `it::<module>::<test>` (e.g. `cargo test --test it steps::`).
+//! per test file. A test's name is `<module>::<test>` (`cargo test --test it steps::` runs one
+//! module). All modules share one process: no test may change its environment, working
+//! directory or signal handlers.
 //! What each rig offers: `tests/README.md`.
 
 // The shared rigs.
