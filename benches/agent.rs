@@ -16,8 +16,15 @@
 //! The agent runs with its default `heartbeat_secs` (5) and `claim_wait_secs` (30).
 //! Environment: BOSUN_BENCH_PICKUP_RUNS (default 5), BOSUN_BENCH_LOG_MB (200).
 
-#[path = "../tests/harness/mod.rs"]
+mod common;
+
+// The integration tests' harness; a bench uses a few of its helpers.
+#[allow(dead_code, unused_imports)]
+#[path = "../tests/it/harness/mod.rs"]
 mod harness;
+
+use common::{env_num, median, ms, proc_status_kib};
+use harness::KillOnDrop;
 
 use bosun::coordinator::store::{parse_job_id, Store};
 use bosun::protocol::JobEvent;
@@ -25,37 +32,12 @@ use harness::{ensure_images, image, Project, Rig};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const POLL: Duration = Duration::from_millis(10);
-
-fn env_num(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
-}
-
-/// A kB figure from `/proc/PID/status` (VmRSS, VmHWM).
-fn proc_status_kib(pid: u32, key: &str) -> u64 {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-    text.lines()
-        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or_else(|| panic!("no {key} in /proc/{pid}/status"))
-}
 
 /// User + system CPU seconds a process has used so far (`/proc/PID/stat`, clock ticks).
 fn cpu_secs(pid: u32) -> f64 {
@@ -69,19 +51,9 @@ fn cpu_secs(pid: u32) -> f64 {
     ticks as f64 / hz
 }
 
-/// Child processes killed (and reaped) on drop.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_coordinator(data: &Path) -> (Proc, String) {
+fn start_coordinator(data: &Path) -> (KillOnDrop, String) {
     let (child, addr) = harness::spawn_coordinator(data, "127.0.0.1:0", &[]);
-    (Proc(child), addr)
+    (KillOnDrop(child), addr)
 }
 
 /// A TCP proxy in front of the coordinator: counts connections and HTTP/1.1 requests
@@ -278,7 +250,7 @@ fn main() {
         )
         .expect("agent config");
         let agent_log = std::fs::File::create(root.join(log)).expect("agent log");
-        Proc(
+        KillOnDrop(
             Command::new(harness::bosun_bin())
                 .args(["agent", "--config"])
                 .arg(&agent_config)

@@ -11,8 +11,15 @@
 //! process, also for a blob a quarter of the size: flat means the peak does not grow with
 //! the blob. Environment: BOSUN_BENCH_WS_MB, BOSUN_BENCH_ROUNDS (default 3).
 
-#[path = "../tests/harness/mod.rs"]
+mod common;
+
+// The integration tests' harness; a bench uses a few of its helpers.
+#[allow(dead_code, unused_imports)]
+#[path = "../tests/it/harness/mod.rs"]
 mod harness;
+
+use common::{env_num, proc_status_kib, reset_peak};
+use harness::KillOnDrop;
 
 use bosun::agent::blobs::JobStore;
 use bosun::agent::client::Client;
@@ -21,36 +28,8 @@ use bosun::store::BlobId;
 use serde_json::json;
 use std::io::Write;
 use std::path::Path;
-use std::process::{Child, Command};
+use std::process::Command;
 use std::time::{Duration, Instant};
-
-fn env_num(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn status_kib(pid: &str, key: &str) -> u64 {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-    text.lines()
-        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or_else(|| panic!("no {key} in /proc/{pid}/status"))
-}
-
-fn reset_peak(pid: &str) {
-    std::fs::write(format!("/proc/{pid}/clear_refs"), "5").expect("clear_refs");
-}
-
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// `mib` MiB of incompressible files under `dir` (4 MiB each), written piece by piece.
 fn make_workspace(dir: &Path, mib: usize, seed: u64) {
@@ -100,8 +79,8 @@ fn main() {
     let token = harness::coordinator_cli(&data, &["token"]);
     let (child, addr) =
         harness::spawn_coordinator(&data, "127.0.0.1:0", &["--blob-quota", "100GiB"]);
-    let coordinator = Proc(child);
-    let cpid = coordinator.0.id().to_string();
+    let coordinator = KillOnDrop(child);
+    let cpid = coordinator.0.id();
     let base = format!("http://{addr}");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -143,7 +122,7 @@ fn main() {
     let client = Client::new(&base, Vec::new(), "")
         .expect("client")
         .with_token(&agent_token);
-    let me = std::process::id().to_string();
+    let me = std::process::id();
 
     // One transfer: (upload, download, coordinator peak KiB, client peak KiB).
     let transfer = |layer: &Path| -> (Duration, Duration, u64, u64) {
@@ -152,8 +131,8 @@ fn main() {
         let store = JobStore::new(client.clone(), &job, attempt, true);
         let part = layer.with_extension("download");
         let _ = std::fs::remove_file(&part);
-        reset_peak(&cpid);
-        reset_peak(&me);
+        reset_peak(cpid);
+        reset_peak(me);
         let (up, down) = rt.block_on(async {
             let t0 = Instant::now();
             let u = store.upload(layer, &blob, size).await.expect("upload");
@@ -166,7 +145,7 @@ fn main() {
                 .expect("download");
             (up, t1.elapsed())
         });
-        let peaks = (status_kib(&cpid, "VmHWM"), status_kib(&me, "VmHWM"));
+        let peaks = (proc_status_kib(cpid, "VmHWM"), proc_status_kib(me, "VmHWM"));
         let (got, got_size) = bosun::store::remote::hash_file(&part).expect("hash back");
         assert_eq!((got, got_size), (blob, size), "the download differs");
         let _ = std::fs::remove_file(&part);

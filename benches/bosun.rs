@@ -14,62 +14,18 @@
 //! Environment: BOSUN_BENCH_RUNS (default 7), BOSUN_BENCH_FILES (5000),
 //! BOSUN_BENCH_COMMITS (1000).
 
-#[path = "../tests/harness/mod.rs"]
+mod common;
+
+// The integration tests' harness; a bench uses a few of its helpers.
+#[allow(dead_code, unused_imports)]
+#[path = "../tests/it/harness/mod.rs"]
 mod harness;
 
+use common::{env_num, measure, median};
+
 use harness::{ensure_images, image, Project, Rig};
-use std::os::unix::process::ExitStatusExt;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
-
-struct Sample {
-    wall: Duration,
-    max_rss_kib: i64,
-}
-
-/// Run to completion and measure wall time and the child's peak RSS.
-// Reaped by wait4 below (std has no rusage), which clippy cannot see.
-#[allow(clippy::zombie_processes)]
-fn measure(cmd: &mut Command) -> Sample {
-    let t0 = Instant::now();
-    let child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let pid = child.id() as libc::pid_t;
-    let mut status: libc::c_int = 0;
-    // SAFETY: rusage is plain data that wait4 fills in; pid is our own child.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-    let wall = t0.elapsed();
-    assert_eq!(r, pid, "wait4");
-    let st = std::process::ExitStatus::from_raw(status);
-    if !st.success() {
-        let mut err = String::new();
-        if let Some(mut e) = child.stderr {
-            let _ = std::io::Read::read_to_string(&mut e, &mut err);
-        }
-        panic!("{cmd:?} failed: {st}\n{err}");
-    }
-    Sample {
-        wall,
-        max_rss_kib: usage.ru_maxrss,
-    }
-}
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
-fn env_num(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+use std::process::Command;
+use std::time::Duration;
 
 fn main() {
     // `cargo bench` passes `--bench`; anything else (e.g. `cargo test --benches`) skips the run.

@@ -9,80 +9,23 @@
 //! The repository is made by benches/gen-repo.sh. Environment: BOSUN_BENCH_RUNS (default
 //! 5), BOSUN_BENCH_FILES (1000), BOSUN_BENCH_COMMITS (4000).
 
-#[path = "../tests/harness/mod.rs"]
+mod common;
+
+// The integration tests' harness; a bench uses a few of its helpers.
+#[allow(dead_code, unused_imports)]
+#[path = "../tests/it/harness/mod.rs"]
 mod harness;
 
+use common::{env_num, measure, ms};
+
 use harness::Rig;
-use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
-
-struct Sample {
-    wall: Duration,
-    max_rss_kib: i64,
-}
-
-/// Run to completion; wall time and peak RSS of the child and the children it waited for
-/// (git clone's index-pack and ssh count for git, bosun's nothing: it spawns none).
-// Reaped by wait4 below (std has no rusage), which clippy cannot see.
-#[allow(clippy::zombie_processes)]
-fn measure(cmd: &mut Command) -> Sample {
-    let t0 = Instant::now();
-    // BOSUN_BENCH_STDERR=FILE: the children's stderr appended there (with RUST_LOG, where
-    // the time goes), not piped and shown only on failure.
-    let stderr = match std::env::var_os("BOSUN_BENCH_STDERR") {
-        Some(f) => Stdio::from(
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(f)
-                .expect("BOSUN_BENCH_STDERR"),
-        ),
-        None => Stdio::piped(),
-    };
-    let child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(stderr)
-        .spawn()
-        .expect("spawn");
-    let pid = child.id() as libc::pid_t;
-    let mut status: libc::c_int = 0;
-    // SAFETY: rusage is plain data that wait4 fills in; pid is our own child.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-    let wall = t0.elapsed();
-    assert_eq!(r, pid, "wait4");
-    let st = std::process::ExitStatus::from_raw(status);
-    if !st.success() {
-        let mut err = String::new();
-        if let Some(mut e) = child.stderr {
-            let _ = std::io::Read::read_to_string(&mut e, &mut err);
-        }
-        panic!("{cmd:?} failed: {st}\n{err}");
-    }
-    Sample {
-        wall,
-        max_rss_kib: usage.ru_maxrss,
-    }
-}
-
-fn env_num(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+use std::process::Command;
 
 /// Median, min and max.
 fn stats(mut v: Vec<f64>) -> (f64, f64, f64) {
     v.sort_by(f64::total_cmp);
     (v[v.len() / 2], v[0], v[v.len() - 1])
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
 }
 
 struct Bench<'a> {

@@ -10,43 +10,20 @@
 //! against with followers (ratio), and the time until the last follower has the whole log.
 //! Environment: BOSUN_BENCH_FOLLOWERS, BOSUN_BENCH_LOG_MB, BOSUN_BENCH_ROUNDS (default 3).
 
-#[path = "../tests/harness/mod.rs"]
+mod common;
+
+// The integration tests' harness; a bench uses a few of its helpers.
+#[allow(dead_code, unused_imports)]
+#[path = "../tests/it/harness/mod.rs"]
 mod harness;
+
+use common::{env_num, proc_status_kib, reset_peak};
+use harness::KillOnDrop;
 
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use std::path::Path;
-use std::process::Child;
 use std::time::{Duration, Instant};
-
-fn env_num(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn proc_status_kib(pid: u32, key: &str) -> u64 {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-    text.lines()
-        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or_else(|| panic!("no {key} in /proc/{pid}/status"))
-}
-
-/// Reset the peak RSS (VmHWM) of `pid` to its current RSS.
-fn reset_peak(pid: u32) {
-    std::fs::write(format!("/proc/{pid}/clear_refs"), "5").expect("clear_refs");
-}
-
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 struct AgentApi {
     http: reqwest::Client,
@@ -169,7 +146,7 @@ fn main() {
     );
     let token = harness::coordinator_cli(&data, &["token"]);
     let (child, addr) = harness::spawn_coordinator(&data, "127.0.0.1:0", &[]);
-    let coordinator = Proc(child);
+    let coordinator = KillOnDrop(child);
     let pid = coordinator.0.id();
     let base = format!("http://{addr}");
 

@@ -9,7 +9,9 @@
 //! the range over rounds (target ≤ 1.1), and this process's peak RSS (VmHWM): the proxy plus
 //! a bench harness, an upper bound for the proxy.
 
-#[path = "../tests/harness/mod.rs"]
+// The integration tests' harness; a bench uses a few of its helpers.
+#[allow(dead_code, unused_imports)]
+#[path = "../tests/it/harness/mod.rs"]
 mod harness;
 
 use bosun::engine_proxy::{JobEngine, Limits, Scope, Upstream};

@@ -12,7 +12,9 @@
 //! Each pair runs alternately, BOSUN_BENCH_RUNS times (default 7); medians and ranges of the
 //! per-run ratios are printed.
 
-#[path = "../tests/harness/mod.rs"]
+// The integration tests' harness; a bench uses a few of its helpers.
+#[allow(dead_code, unused_imports)]
+#[path = "../tests/it/harness/mod.rs"]
 mod harness;
 
 use harness::{ensure_images, image, Project};

@@ -11,7 +11,9 @@
 //! Then the gateway process's RSS (VmRSS of `bosun execute`, which also runs the job: an
 //! upper bound) idle and with 10 sessions open.
 
-#[path = "../tests/harness/mod.rs"]
+// The integration tests' harness; a bench uses a few of its helpers.
+#[allow(dead_code, unused_imports)]
+#[path = "../tests/it/harness/mod.rs"]
 mod harness;
 
 use harness::{ensure_images, image, Project};

@@ -21,26 +21,21 @@
 //!
 //! Environment: BOSUN_BENCH_ROUNDS (default 10).
 
-#[path = "../tests/harness/mod.rs"]
+// The integration tests' harness; a bench uses a few of its helpers.
+#[allow(dead_code, unused_imports)]
+#[path = "../tests/it/harness/mod.rs"]
 mod harness;
+use harness::KillOnDrop;
 
 use bosun::coordinator::bitbucket::signature::sign;
 use bosun::coordinator::store::Store;
 use harness::{image, Rig};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const UUID: &str = "{6d2e9c1a-0b7f-4c3e-8a5d-1e2f3a4b5c6d}";
 const SECRET: &str = "bench-secret";
-
-struct Proc(Child);
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn proc_kib(pid: u32, key: &str) -> u64 {
     let text = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
@@ -76,7 +71,11 @@ async fn deliver(http: &reqwest::Client, base: &str, n: usize, body: &str) -> se
 
 /// A coordinator on `config` (pushed to the stand-in's acme/widget main), with webhook
 /// secret; returns (coordinator, base URL, data dir, registration token, head sha).
-fn coordinator(rig: &Rig, dir: &Path, config: &str) -> (Proc, String, PathBuf, String, String) {
+fn coordinator(
+    rig: &Rig,
+    dir: &Path,
+    config: &str,
+) -> (KillOnDrop, String, PathBuf, String, String) {
     let (c, base, data, token, sha, _) = coordinator_with(rig, dir, config, 0);
     (c, base, data, token, sha)
 }
@@ -88,7 +87,14 @@ fn coordinator_with(
     dir: &Path,
     config: &str,
     files: usize,
-) -> (Proc, String, PathBuf, String, String, harness::WorkRepo) {
+) -> (
+    KillOnDrop,
+    String,
+    PathBuf,
+    String,
+    String,
+    harness::WorkRepo,
+) {
     rig.create_repo("acme/widget");
     let repo = rig.work_repo("acme/widget");
     repo.write(".circleci/config.yml", config);
@@ -124,7 +130,7 @@ fn coordinator_with(
     let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
     let (child, addr) = harness::spawn_coordinator(&data, "127.0.0.1:0", &extra);
     (
-        Proc(child),
+        KillOnDrop(child),
         format!("http://{addr}"),
         data,
         token,
@@ -250,7 +256,7 @@ async fn first_claim(rounds: usize) {
     );
 }
 
-fn agent(dir: &Path, name: &str, base: &str, token: &str, rig: &Rig) -> Proc {
+fn agent(dir: &Path, name: &str, base: &str, token: &str, rig: &Rig) -> KillOnDrop {
     let root = dir.join(name);
     std::fs::create_dir_all(&root).expect("dir");
     let tf = root.join("token");
@@ -269,7 +275,7 @@ fn agent(dir: &Path, name: &str, base: &str, token: &str, rig: &Rig) -> Proc {
         ),
     )
     .expect("config");
-    Proc(
+    KillOnDrop(
         Command::new(harness::bosun_bin())
             .args(["agent", "--config"])
             .arg(&cfg)

@@ -7,6 +7,9 @@
 //! `cargo bench --bench split` measures; without `--bench` among the arguments (as under
 //! `cargo test --all-targets`) the binary only checks the split once.
 
+mod common;
+use common::{median, ms};
+
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -53,15 +56,6 @@ fn split(exe: &Path, runtime: &Path, by: &str, index: usize, names: &[u8]) -> (D
             .env("BOSUN_RUNTIME_DIR", runtime),
         names,
     )
-}
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
 }
 
 fn main() {

@@ -12,47 +12,28 @@
 //!
 //! Environment: BOSUN_BENCH_RUNS (default 5).
 
-#[path = "../tests/harness/mod.rs"]
+mod common;
+
+// The integration tests' harness; a bench uses a few of its helpers.
+#[allow(dead_code, unused_imports)]
+#[path = "../tests/it/harness/mod.rs"]
 mod harness;
+
+use common::{median, ms, proc_status_kib};
+use harness::KillOnDrop;
 
 use bosun::coordinator::store::{parse_job_id, Store};
 use bosun::protocol::JobEvent;
 use harness::{ensure_images, image, Project, Rig};
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
 
 fn range(v: &[Duration]) -> String {
     let lo = v.iter().min().copied().unwrap_or_default();
     let hi = v.iter().max().copied().unwrap_or_default();
     format!("{:.0}–{:.0} ms", ms(lo), ms(hi))
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
-}
-
-fn proc_status_kib(pid: u32, key: &str) -> u64 {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-    text.lines()
-        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or_else(|| panic!("no {key} in /proc/{pid}/status"))
 }
 
 fn now_ns() -> u128 {
@@ -125,7 +106,7 @@ fn execute_first_output(project: &Project) -> Duration {
     first.expect("an output event")
 }
 
-fn start_agent(root: &Path, coordinator: &str, rig: &Rig, env: &[(&str, &str)]) -> Proc {
+fn start_agent(root: &Path, coordinator: &str, rig: &Rig, env: &[(&str, &str)]) -> KillOnDrop {
     let vcs: Vec<String> = rig
         .vcs_host_mapping()
         .iter()
@@ -151,7 +132,7 @@ fn start_agent(root: &Path, coordinator: &str, rig: &Rig, env: &[(&str, &str)]) 
         .append(true)
         .open(root.join("agent.log"))
         .expect("agent log");
-    Proc(
+    KillOnDrop(
         Command::new(harness::bosun_bin())
             .args(["agent", "--config"])
             .arg(&config)
@@ -193,7 +174,7 @@ fn main() {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("coordinator");
     let (coordinator, addr) = harness::spawn_coordinator(&data, "127.0.0.1:0", &[]);
-    let _coordinator = Proc(coordinator);
+    let _coordinator = KillOnDrop(coordinator);
     let token = harness::add_stand_in_project(&data, &rig, "acme/widget", &[]);
     std::fs::write(dir.path().join("registration-token"), format!("{token}\n")).expect("token");
     let store = Store::open(&data).expect("store");

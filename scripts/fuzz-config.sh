@@ -17,8 +17,8 @@ if [ -n "${FUZZ_SECONDS:-}" ]; then
         echo "round $round"
         # A fresh seed per round (proptest otherwise reuses none, but be explicit).
         PROPTEST_CASES=2000 PROPTEST_RNG_SEED="$(date +%s)$round" \
-            cargo test --release --test config_props -- --test-threads=2
+            cargo test --release --test it config_props:: -- --test-threads=2
     done
 else
-    PROPTEST_CASES="$cases" cargo test --release --test config_props -- --test-threads=2
+    PROPTEST_CASES="$cases" cargo test --release --test it config_props:: -- --test-threads=2
 fi

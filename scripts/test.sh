@@ -14,13 +14,13 @@
 #                    the harness makes keys and talks to the Bitbucket stand-in and the SSH
 #                    gateway as a user would
 #   git              the harness fills the stand-in's repositories
-#   sshd             tests/checkout_sshd.rs runs a host sshd for the checkout's real-server tests
+#   sshd             tests/it/checkout_sshd.rs runs a host sshd for the checkout's real-server tests
 #   chromium         the job and pipeline pages' tests drive it headless
 #   flock            images/build.sh serialises image builds of concurrent test runs
-#   openssl          tests/harness/tls.rs makes the test CA and certificates for HTTPS
-#   dpkg-deb         scripts/build-deb.sh packages the agent (tests/systemd.rs installs it),
+#   openssl          tests/it/harness/tls.rs makes the test CA and certificates for HTTPS
+#   dpkg-deb         scripts/build-deb.sh packages the agent (tests/it/systemd.rs installs it),
 #                    with fakeroot when not run as root
-#   systemd-analyze  systemd/verify.sh checks the agent's unit (tests/systemd.rs needs nothing
+#   systemd-analyze  systemd/verify.sh checks the agent's unit (tests/it/systemd.rs needs nothing
 #                    more on the host: its systemd is the bosun/systemd image's)
 # Then the images: `images/build.sh all` builds what is missing and costs nothing when all are
 # current (building needs root, for debootstrap and chroot). Integration tests start Docker

@@ -1,0 +1,48 @@
+//! Bosun's integration tests, one binary (`cargo test --test it`): one module per area, over
+//! the shared rigs below. One binary links the library and the harness once, instead of once
+//! per test file. A test's name is `<module>::<test>` (`cargo test --test it steps::` runs one
+//! module). All modules share one process: no test may change its environment, working
+//! directory or signal handlers.
+//! What each rig offers: `tests/README.md`.
+
+// The shared rigs.
+mod agent_rig;
+mod coordinator_rig;
+mod harness;
+
+// The tests.
+mod agent;
+mod agent_hardening;
+mod agent_ops;
+mod blobs;
+mod checkout;
+mod checkout_sshd;
+mod checkout_transports;
+mod config_booleans;
+mod config_broken;
+mod config_compat;
+mod config_corpus;
+mod config_orbs;
+mod config_props;
+mod coordinator;
+mod coordinator_pages;
+mod e2e;
+mod engine_escapes;
+mod engine_proxy;
+mod execute;
+mod host_escapes;
+mod mirror;
+mod oidc;
+mod pipelines;
+mod pipelines_config_api;
+mod pipelines_data_center;
+mod registry;
+mod resource_class;
+mod rig;
+mod runtime;
+mod service_containers;
+mod ssh_coordinator;
+mod ssh_gateway;
+mod steps;
+mod systemd;
+mod warm;
