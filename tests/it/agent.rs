@@ -1,5 +1,5 @@
 //! `bosun agent` against a fake coordinator written here (std TcpListener, HTTP/1.1, one
-//! request per connection) that speaks protocol v1 from `src/protocol.rs`: the log arrives
+//! request per connection) that speaks protocol v1 from `bosun-protocol`: the log arrives
 //! byte for byte and masked, step events carry offsets, the final status arrives — also
 //! across a coordinator outage; a cancel in a heartbeat ends the job; SIGTERM drains.
 

@@ -1,6 +1,6 @@
 //! What the agent's integration tests share (`tests/it/agent.rs`, `tests/it/agent_ops.rs`): a fake
 //! coordinator written here (std TcpListener, HTTP/1.1, one request per connection) that
-//! speaks protocol v1 from `src/protocol.rs` and records what it is sent, and a `bosun agent`
+//! speaks protocol v1 from `bosun-protocol` and records what it is sent, and a `bosun agent`
 //! process pointed at it.
 
 use crate::harness::Project;

@@ -1,5 +1,5 @@
 //! The mirror's own rules, with real git and real files (no network: the fetches here are
-//! local; the SSH path is tested end to end in tests/mirror.rs).
+//! local; the SSH path is tested end to end in tests/it/mirror.rs).
 
 use super::*;
 use std::process::Command;
