@@ -13,7 +13,7 @@ use base64::Engine as _;
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305, NONCE_LEN};
 use ring::rand::{SecureRandom, SystemRandom};
 use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use zeroize::Zeroizing;
 
@@ -88,16 +88,12 @@ impl SecretsKey {
             }
             Err(e) => return Err(io(path)(e)),
         };
-        let mode = std::fs::metadata(path)
-            .map_err(io(path))?
-            .permissions()
-            .mode();
-        if mode & 0o077 != 0 {
+        let meta = std::fs::metadata(path).map_err(io(path))?;
+        if let Some(mode) = bosun_protocol::private::loose_mode(&meta) {
             return Err(CoordError::Invalid(format!(
-                "{}: the secrets key file has mode {:o}; it must be readable by its owner only \
+                "{}: the secrets key file has mode {mode:o}; it must be readable by its owner only \
                  (chmod 600)",
                 path.display(),
-                mode & 0o777
             )));
         }
         let raw = Zeroizing::new(
@@ -190,6 +186,7 @@ pub fn env_place(project_id: i64, name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn sealed_values_open_only_in_their_place_and_with_their_key() {

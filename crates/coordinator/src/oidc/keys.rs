@@ -14,7 +14,7 @@ use ring::rand::SystemRandom;
 use ring::signature::{EcdsaKeyPair, KeyPair as _, ECDSA_P256_SHA256_FIXED_SIGNING};
 use serde::{Deserialize, Serialize};
 use std::io::Write;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use zeroize::Zeroizing;
 
@@ -171,16 +171,12 @@ fn read(path: &Path) -> Result<Option<KeyFile>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(io(path)(e)),
     };
-    let mode = std::fs::metadata(path)
-        .map_err(io(path))?
-        .permissions()
-        .mode();
-    if mode & 0o077 != 0 {
+    let meta = std::fs::metadata(path).map_err(io(path))?;
+    if let Some(mode) = bosun_protocol::private::loose_mode(&meta) {
         return Err(CoordError::Invalid(format!(
-            "{}: the OIDC key file has mode {:o}; it must be readable by its owner only \
+            "{}: the OIDC key file has mode {mode:o}; it must be readable by its owner only \
              (chmod 600)",
             path.display(),
-            mode & 0o777
         )));
     }
     // The parse error names the place, never the content.
@@ -379,6 +375,7 @@ pub fn list(path: &Path) -> Result<Vec<(String, i64, Option<i64>)>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn a_rotation_keeps_the_old_key_published_and_signs_with_the_new() {
