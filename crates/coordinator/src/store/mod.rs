@@ -49,8 +49,10 @@ mod logs;
 mod pipeline_actions;
 mod pipeline_store;
 pub mod pipelines;
+mod queue_store;
 pub use pipeline_actions::parse_pipeline_ref;
 pub use pipeline_store::PipelineStore;
+pub use queue_store::QueueStore;
 mod schema;
 mod ssh;
 #[cfg(test)]
