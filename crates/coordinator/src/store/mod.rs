@@ -41,6 +41,7 @@ pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
 pub const MAX_JOB_TIMEOUT_SECS: u64 = 24 * 3600;
 
 mod access;
+mod blob_index;
 pub mod blobs;
 mod intake;
 mod jobs;
@@ -52,6 +53,7 @@ mod pipeline_store;
 pub mod pipelines;
 mod project_store;
 mod queue_store;
+pub use blob_index::BlobIndex;
 pub use log_store::LogStore;
 pub use pipeline_actions::parse_pipeline_ref;
 pub use pipeline_store::PipelineStore;
