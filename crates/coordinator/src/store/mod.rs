@@ -56,7 +56,7 @@ mod queue_store;
 pub use blob_index::BlobIndex;
 pub use log_store::LogStore;
 pub use pipeline_actions::parse_pipeline_ref;
-pub use pipeline_store::PipelineStore;
+pub use pipeline_store::{PipelineStore, StatusOutbox};
 pub use project_store::{AccessStore, ProjectStore};
 pub use queue_store::QueueStore;
 mod schema;
