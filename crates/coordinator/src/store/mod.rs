@@ -71,6 +71,26 @@ pub use intake::{KeyColumn, ProjectSettings, WebhookProject};
 use schema::{migrate, seal_plaintext_secrets};
 pub use times::LogTimes;
 
+/// Every area of the store together: what the server's handlers are handed (a request runs
+/// its store calls on a blocking thread, through `&dyn Backend`). A second database
+/// implements the area traits and gets this one for free.
+pub trait Backend:
+    QueueStore + LogStore + PipelineStore + StatusOutbox + ProjectStore + AccessStore + BlobIndex
+{
+}
+
+impl<T> Backend for T where
+    T: QueueStore
+        + LogStore
+        + PipelineStore
+        + StatusOutbox
+        + ProjectStore
+        + AccessStore
+        + BlobIndex
+        + ?Sized
+{
+}
+
 /// A failure of the database under the store, with the database's own message: callers
 /// see this type, never SQLite's, so the store can change what it stands on.
 #[derive(Debug, thiserror::Error)]
