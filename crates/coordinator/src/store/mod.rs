@@ -18,8 +18,10 @@
 //! shorter than `log_bytes`, the next append notices, lowers `log_bytes` to what survived and
 //! answers 409 with it, and the agent resends the rest.
 
-use super::secrets::{self, SecretsKey, SEALED_PREFIX};
-use super::{random_hex, sha256_hex, CoordError, Result};
+pub use crate::error::StoreError;
+use crate::error::{CoordError, Result};
+use crate::secrets::{self, SecretsKey, SEALED_PREFIX};
+use crate::text::{random_hex, sha256_hex};
 use bosun_protocol::{
     FinishRequest, JobEvent, JobState, RunningJob, WireEnv, WireJob, WireKey, WireKeyRole,
     WireProject, WirePullRequest, WireSshState, WireTimeouts,
@@ -89,18 +91,6 @@ impl<T> Backend for T where
         + BlobIndex
         + ?Sized
 {
-}
-
-/// A failure of the database under the store, with the database's own message: callers
-/// see this type, never SQLite's, so the store can change what it stands on.
-#[derive(Debug, thiserror::Error)]
-#[error(transparent)]
-pub struct StoreError(#[from] rusqlite::Error);
-
-impl From<rusqlite::Error> for CoordError {
-    fn from(e: rusqlite::Error) -> Self {
-        CoordError::Db(StoreError(e))
-    }
 }
 
 /// A connection of its own that tells when another one committed (the CLI's changes reach a
@@ -232,7 +222,7 @@ pub fn check_workspace(w: &str) -> Result<()> {
     {
         return Err(CoordError::Invalid(format!(
             "workspace `{}`: expected 1 to {MAX_WORKSPACE_CHARS} characters of A-Z a-z 0-9 . _ -",
-            super::printable(w)
+            crate::text::printable(w)
         )));
     }
     Ok(())
