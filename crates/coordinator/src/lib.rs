@@ -11,6 +11,7 @@ pub mod api;
 pub mod bitbucket;
 pub mod blobs;
 mod cli_pipelines;
+mod error;
 pub mod metrics;
 pub mod model;
 pub mod oidc;
@@ -23,65 +24,21 @@ mod serve;
 pub mod server;
 pub use serve::{serve, AppState, JobProgress, JobWatch};
 pub mod store;
+mod text;
 pub mod web;
 
+pub use error::{CoordError, Result};
 pub use oidc::{OidcAction, OidcKeysArg};
+pub use text::{fmt_duration, is_unsafe_char, printable};
+pub(crate) use text::{hex, sha256_hex};
 
 use bosun_protocol::{WireEnv, DEFAULT_LEASE_SECS};
-use sha2::{Digest, Sha256};
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use store::{NewJob, NewProject, Store, DEFAULT_MAX_ATTEMPTS};
-
-#[derive(Debug, thiserror::Error)]
-pub enum CoordError {
-    #[error("store: {0}")]
-    Db(#[from] store::StoreError),
-    #[error("{}: {source}", path.display())]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{0}")]
-    NotFound(String),
-    #[error("{0}")]
-    Invalid(String),
-    #[error("TLS: {0}")]
-    Tls(String),
-    #[error("cannot listen on {addr}: {source}")]
-    Listen {
-        addr: String,
-        source: std::io::Error,
-    },
-    #[error(transparent)]
-    SshKeys(#[from] bosun_git::keys::KeysError),
-}
-
-pub type Result<T> = std::result::Result<T, CoordError>;
-
-pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
-    hex(&Sha256::digest(bytes))
-}
-
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// `n` random bytes from the kernel, hex-encoded (tokens and ids).
-pub(crate) fn random_hex(n: usize) -> Result<String> {
-    let path = Path::new("/dev/urandom");
-    let mut buf = vec![0u8; n];
-    std::fs::File::open(path)
-        .and_then(|mut f| f.read_exact(&mut buf))
-        .map_err(|source| CoordError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-    Ok(hex(&buf))
-}
 
 #[derive(clap::Subcommand, Debug)]
 pub enum Command {
@@ -692,37 +649,6 @@ fn data_center_server(url: &str) -> Result<String> {
         return Err(bad());
     }
     Ok(host.to_ascii_lowercase())
-}
-
-/// `s` with every control character (C0, DEL, C1: terminal escapes, newlines, carriage
-/// returns) and bidirectional override shown as a visible `\u{…}` escape instead of acting on
-/// the terminal.
-pub fn printable(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        if is_unsafe_char(c) {
-            out.push_str(&c.escape_unicode().to_string());
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
-/// Characters that act on a terminal or reorder what it shows.
-pub fn is_unsafe_char(c: char) -> bool {
-    c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
-}
-
-pub fn fmt_duration(d: Duration) -> String {
-    let s = d.as_secs();
-    if s >= 3600 {
-        format!("{}h{:02}m", s / 3600, (s % 3600) / 60)
-    } else if s >= 60 {
-        format!("{}m{:02}s", s / 60, s % 60)
-    } else {
-        format!("{}.{}s", s, d.subsec_millis() / 100)
-    }
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@
 //! 96-bit nonce per value, and the value's place (`p<project id>/user_key`, …) as associated
 //! data, so a sealed value copied into another row or column does not open.
 
-use super::{CoordError, Result};
+use crate::error::{CoordError, Result};
 use base64::Engine as _;
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305, NONCE_LEN};
 use ring::rand::{SecureRandom, SystemRandom};
@@ -111,7 +111,7 @@ impl SecretsKey {
         let fingerprint = {
             let mut input = Zeroizing::new(b"bosun secrets key".to_vec());
             input.extend_from_slice(&raw);
-            super::sha256_hex(&input)[..16].to_owned()
+            crate::text::sha256_hex(&input)[..16].to_owned()
         };
         let key = UnboundKey::new(&CHACHA20_POLY1305, &raw)
             .map_err(|_| CoordError::Invalid("bad secrets key".into()))?;

@@ -2,6 +2,7 @@
 //! wires the routes together.
 
 use super::*;
+use crate::store::Backend;
 
 /// What a job's notifier carries: how far its committed log and events reach (appends say
 /// so; a follower then reads the new bytes without a query), and a generation bumped by
@@ -108,13 +109,14 @@ impl AppState {
     }
 
     /// Run a store call off the async workers: SQLite commits fsync (synchronous=FULL).
+    /// The call sees the store through its traits only ([`Backend`]).
     pub async fn db<T, F>(&self, f: F) -> Result<T>
     where
-        F: FnOnce(&Store) -> Result<T> + Send + 'static,
+        F: FnOnce(&dyn Backend) -> Result<T> + Send + 'static,
         T: Send + 'static,
     {
         let store = self.store.clone();
-        tokio::task::spawn_blocking(move || f(&store))
+        tokio::task::spawn_blocking(move || f(&*store))
             .await
             .map_err(|e| CoordError::Invalid(format!("store task failed: {e}")))?
     }

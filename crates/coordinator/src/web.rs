@@ -5,7 +5,7 @@
 //! no external assets: the pages must work where nothing can be fetched.
 
 use super::pages;
-use super::store::{JobRow, Store};
+use super::store::{Backend, JobRow};
 use super::AppState;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -109,7 +109,7 @@ async fn log_part(
         return json_error(StatusCode::NOT_FOUND, format!("no job {raw}"));
     };
     match state
-        .db(move |s: &Store| s.log_piece(id, q.offset, LOG_PART))
+        .db(move |s: &dyn Backend| s.log_piece(id, q.offset, LOG_PART))
         .await
     {
         Ok(Some((bytes, _))) => (

@@ -10,7 +10,8 @@
 //! never held whole in memory); an interrupted upload resumes from the file's length. Once
 //! the last byte is in, the file's SHA-256 must equal the name the agent gave, or the upload
 //! is thrown away (422). Only then is it moved under `sha256/` and the project recorded as
-//! holding it (the index, with the quota, is [`super::store::blobs`]).
+//! holding it (the index, with the quota: [`super::store::BlobIndex`], in
+//! [`super::store::blobs`]).
 //!
 //! Uploads are per project even when another project holds the same bytes: a project gets
 //! a blob only by sending all of it, so knowing a hash never reaches another project's data.

@@ -2,7 +2,7 @@
 //! /jobs/{id}/log.html`, what "Load earlier output" inserts) and the whole log as a download
 //! (`GET /jobs/{id}/log.txt`).
 
-use super::super::store::Store;
+use super::super::store::Backend;
 use super::super::AppState;
 use super::{align, ansi, internal, stamper, FRAGMENT};
 use axum::body::Body;
@@ -40,7 +40,7 @@ pub async fn log_fragment(
         return (StatusCode::BAD_REQUEST, "empty range\n").into_response();
     }
     let read = state
-        .db(move |s: &Store| {
+        .db(move |s: &dyn Backend| {
             Ok(s.log_piece(id, from, q.end - from)?
                 .map(|(b, _)| b)
                 .zip(Some(s.log_times(id)?)))
@@ -72,7 +72,7 @@ pub async fn raw_log(State(state): State<Arc<AppState>>, Path(raw): Path<String>
     let Some(id) = super::super::store::parse_job_id(&raw) else {
         return (StatusCode::NOT_FOUND, "no such job\n").into_response();
     };
-    let len = match state.db(move |s: &Store| s.job(id)).await {
+    let len = match state.db(move |s: &dyn Backend| s.job(id)).await {
         Ok(Some(j)) => j.log_bytes,
         Ok(None) => return (StatusCode::NOT_FOUND, "no such job\n").into_response(),
         Err(e) => return internal(e),
@@ -82,7 +82,10 @@ pub async fn raw_log(State(state): State<Arc<AppState>>, Path(raw): Path<String>
             return None;
         }
         let want = (len - off).min(FRAGMENT);
-        match state.db(move |s: &Store| s.log_piece(id, off, want)).await {
+        match state
+            .db(move |s: &dyn Backend| s.log_piece(id, off, want))
+            .await
+        {
             Ok(Some((b, _))) if !b.is_empty() => {
                 let next = off + b.len() as u64;
                 Some((Ok::<_, std::io::Error>(b), (state, next)))

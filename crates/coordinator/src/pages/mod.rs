@@ -18,7 +18,7 @@ pub mod ssh;
 
 pub use log::{log_fragment, raw_log};
 
-use super::store::{is_commit_id, JobFilter, JobRow, Store};
+use super::store::{is_commit_id, Backend, JobFilter, JobRow};
 use super::{fmt_duration, AppState, CoordError};
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -338,7 +338,9 @@ pub async fn index(State(state): State<Arc<AppState>>, Query(q): Query<ListQuery
     };
     let f = filter.clone();
     let loaded = state
-        .db(move |s: &Store| Ok((s.list_jobs_filtered(&f, LIST_PAGE + 1)?, s.project_slugs()?)))
+        .db(move |s: &dyn Backend| {
+            Ok((s.list_jobs_filtered(&f, LIST_PAGE + 1)?, s.project_slugs()?))
+        })
         .await;
     let (mut jobs, projects) = match loaded {
         Ok(x) => x,
@@ -558,7 +560,7 @@ struct Loaded {
     times: super::store::LogTimes,
 }
 
-fn load_job(s: &Store, id: i64) -> super::Result<Option<Loaded>> {
+fn load_job(s: &dyn Backend, id: i64) -> super::Result<Option<Loaded>> {
     // Events first, then the job row: every event's offset then falls within its log.
     let events = s.events_from(id, 0)?;
     let Some(job) = s.job(id)? else {
@@ -646,17 +648,17 @@ pub async fn job_page(
     let Some(id) = super::store::parse_job_id(&raw) else {
         return error_page(StatusCode::NOT_FOUND, "No such job.");
     };
-    let l = match state.db(move |s: &Store| load_job(s, id)).await {
+    let l = match state.db(move |s: &dyn Backend| load_job(s, id)).await {
         Ok(Some(l)) => l,
         Ok(None) => return error_page(StatusCode::NOT_FOUND, "No such job."),
         Err(e) => return internal(e),
     };
-    let stored = match state.db(move |s: &Store| s.job_results(id)).await {
+    let stored = match state.db(move |s: &dyn Backend| s.job_results(id)).await {
         Ok(r) => r,
         Err(e) => return internal(e),
     };
     // Why a queued job waits (no agent of its class, all busy or offline): the store's words.
-    let waiting = match state.db(move |s: &Store| s.wait_reason(id)).await {
+    let waiting = match state.db(move |s: &dyn Backend| s.wait_reason(id)).await {
         Ok(r) => r,
         Err(e) => return internal(e),
     };

@@ -188,8 +188,14 @@ async fn pass(
     Ok(())
 }
 
-/// Move pipelines `ids` forward, each in its own transaction: whether any changed.
-fn advance_all(s: &dyn PipelineStore, ids: &[i64], public_url: &str) -> crate::Result<bool> {
+/// Move pipelines `ids` forward, each in its own transaction: whether any changed. Generic
+/// rather than `&dyn PipelineStore`: the caller holds a `&dyn Backend`, and turning that into
+/// another trait object (upcasting) needs a newer compiler than our rust-version.
+fn advance_all<S: PipelineStore + ?Sized>(
+    s: &S,
+    ids: &[i64],
+    public_url: &str,
+) -> crate::Result<bool> {
     let mut any = false;
     for id in ids {
         any |= s.advance(*id, &statuses(public_url))?;

@@ -1,7 +1,8 @@
 //! The index of the store over the protocol: which project holds which blob (and how much
 //! of its quota they take), and what names them — workspace layers by workflow run, caches
-//! by key, a job's artifacts and test results. The bytes are files (see
-//! [`crate::blobs`]); this is the part that must commit with the rest.
+//! by key, a job's artifacts and test results. The bytes are files, kept above the store by
+//! the coordinator's blob module (which calls this index once a blob is whole and checked);
+//! this is the part that must commit with the rest.
 //!
 //! Everything an agent reaches goes through a [`JobScope`], made only for the agent that
 //! holds the job's lease: a job reads and names only its own project's blobs.

@@ -77,7 +77,7 @@ impl Store {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(io_err(&path)(e)),
         }
-        Ok((crate::hex(&sha.finalize()), n))
+        Ok((crate::text::hex(&sha.finalize()), n))
     }
 
     /// Make a job's log file durable (before its final status commits).

@@ -18,8 +18,10 @@
 //! shorter than `log_bytes`, the next append notices, lowers `log_bytes` to what survived and
 //! answers 409 with it, and the agent resends the rest.
 
-use super::secrets::{self, SecretsKey, SEALED_PREFIX};
-use super::{random_hex, sha256_hex, CoordError, Result};
+pub use crate::error::StoreError;
+use crate::error::{CoordError, Result};
+use crate::secrets::{self, SecretsKey, SEALED_PREFIX};
+use crate::text::{random_hex, sha256_hex};
 use bosun_protocol::{
     FinishRequest, JobEvent, JobState, RunningJob, WireEnv, WireJob, WireKey, WireKeyRole,
     WireProject, WirePullRequest, WireSshState, WireTimeouts,
@@ -41,16 +43,24 @@ pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
 pub const MAX_JOB_TIMEOUT_SECS: u64 = 24 * 3600;
 
 mod access;
+mod blob_index;
 pub mod blobs;
 mod intake;
 mod jobs;
 mod lease;
+mod log_store;
 mod logs;
 mod pipeline_actions;
 mod pipeline_store;
 pub mod pipelines;
+mod project_store;
+mod queue_store;
+pub use blob_index::BlobIndex;
+pub use log_store::LogStore;
 pub use pipeline_actions::parse_pipeline_ref;
-pub use pipeline_store::PipelineStore;
+pub use pipeline_store::{PipelineStore, StatusOutbox};
+pub use project_store::{AccessStore, ProjectStore};
+pub use queue_store::QueueStore;
 mod schema;
 mod ssh;
 #[cfg(test)]
@@ -63,16 +73,24 @@ pub use intake::{KeyColumn, ProjectSettings, WebhookProject};
 use schema::{migrate, seal_plaintext_secrets};
 pub use times::LogTimes;
 
-/// A failure of the database under the store, with the database's own message: callers
-/// see this type, never SQLite's, so the store can change what it stands on.
-#[derive(Debug, thiserror::Error)]
-#[error(transparent)]
-pub struct StoreError(#[from] rusqlite::Error);
+/// Every area of the store together: what the server's handlers are handed (a request runs
+/// its store calls on a blocking thread, through `&dyn Backend`). A second database
+/// implements the area traits and gets this one for free.
+pub trait Backend:
+    QueueStore + LogStore + PipelineStore + StatusOutbox + ProjectStore + AccessStore + BlobIndex
+{
+}
 
-impl From<rusqlite::Error> for CoordError {
-    fn from(e: rusqlite::Error) -> Self {
-        CoordError::Db(StoreError(e))
-    }
+impl<T> Backend for T where
+    T: QueueStore
+        + LogStore
+        + PipelineStore
+        + StatusOutbox
+        + ProjectStore
+        + AccessStore
+        + BlobIndex
+        + ?Sized
+{
 }
 
 /// A connection of its own that tells when another one committed (the CLI's changes reach a
@@ -204,7 +222,7 @@ pub fn check_workspace(w: &str) -> Result<()> {
     {
         return Err(CoordError::Invalid(format!(
             "workspace `{}`: expected 1 to {MAX_WORKSPACE_CHARS} characters of A-Z a-z 0-9 . _ -",
-            super::printable(w)
+            crate::text::printable(w)
         )));
     }
     Ok(())

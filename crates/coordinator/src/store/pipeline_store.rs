@@ -2,8 +2,11 @@
 //! intake, the CLI and the pages ask of it, in types that say nothing of the database.
 //! [`Store`] (SQLite) is one implementation; another database goes beside it here.
 
-use super::pipelines::{NewPipeline, NewWorkflow, PipelineRow, PipelineToFetch, Statuses};
+use super::pipelines::{
+    NewPipeline, NewWorkflow, OutgoingStatus, PipelineRow, PipelineToFetch, Statuses,
+};
 use super::{Result, Store};
+use std::time::Duration;
 
 pub trait PipelineStore: Send + Sync {
     /// Record a pipeline (status `created`): (id, number).
@@ -72,5 +75,33 @@ impl PipelineStore for Store {
     }
     fn pipeline(&self, id: i64) -> Result<Option<PipelineRow>> {
         Store::pipeline(self, id)
+    }
+}
+
+/// The commit status outbox: statuses [`PipelineStore`]'s changes put there, sent by the
+/// Bitbucket status sender in the order they happened, retried until sent or given up.
+pub trait StatusOutbox: Send + Sync {
+    /// Statuses due now, for each (commit, key) only the oldest unsent one.
+    fn due_statuses(&self, limit: u32) -> Result<Vec<OutgoingStatus>>;
+    fn status_sent(&self, id: i64) -> Result<()>;
+    /// Sending failed: try again after `retry_in`; `give_up`: dropped, marked sent with its
+    /// error, so later ones of the job can go.
+    fn status_failed(&self, id: i64, error: &str, retry_in: Duration, give_up: bool) -> Result<()>;
+    /// Where the server's pages are reached (commit statuses link them; the CLI reads it).
+    fn record_public_url(&self, url: &str) -> Result<()>;
+}
+
+impl StatusOutbox for Store {
+    fn due_statuses(&self, limit: u32) -> Result<Vec<OutgoingStatus>> {
+        Store::due_statuses(self, limit)
+    }
+    fn status_sent(&self, id: i64) -> Result<()> {
+        Store::status_sent(self, id)
+    }
+    fn status_failed(&self, id: i64, error: &str, retry_in: Duration, give_up: bool) -> Result<()> {
+        Store::status_failed(self, id, error, retry_in, give_up)
+    }
+    fn record_public_url(&self, url: &str) -> Result<()> {
+        Store::record_public_url(self, url)
     }
 }

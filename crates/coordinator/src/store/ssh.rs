@@ -96,7 +96,7 @@ pub(super) fn job_ssh_keys(conn: &Connection, id: i64) -> Result<Vec<String>> {
 pub(super) fn record_state(conn: &Connection, id: i64, state: Option<&WireSshState>) -> Result<()> {
     let state = state.filter(|s| {
         let clean = |t: &str, max: usize| {
-            !t.is_empty() && t.len() <= max && !t.chars().any(super::super::is_unsafe_char)
+            !t.is_empty() && t.len() <= max && !t.chars().any(crate::text::is_unsafe_char)
         };
         clean(&s.host, MAX_HOST)
             && (s.fingerprint.is_empty() || clean(&s.fingerprint, 128))

@@ -171,7 +171,7 @@ fn reason(who: &str, eligible: &[&Candidate], now: i64, window: i64) -> String {
     let offline = eligible.len() - online.len();
     if online.is_empty() {
         let last = eligible.iter().map(|c| c.last_seen).max().unwrap_or(0);
-        let ago = super::super::fmt_duration(Duration::from_millis((now - last).max(0) as u64));
+        let ago = crate::text::fmt_duration(Duration::from_millis((now - last).max(0) as u64));
         return format!(
             "waiting: every {who} is offline ({} registered, the last seen {ago} ago)",
             eligible.len()
