@@ -78,7 +78,10 @@ pub async fn not_found(uri: axum::http::Uri) -> Response {
     Failure(StatusCode::NOT_FOUND, format!("nothing at {}", uri.path())).into_response()
 }
 
-pub fn router(state: Arc<AppState>) -> Router {
+/// The agent endpoints under [`API_PREFIX`], with `store` (the store's endpoints, which bound
+/// their bodies themselves: blob pieces are streamed to disk) beside them. The caller hands
+/// them in so that this module does not import the blob code that builds on its helpers.
+pub fn router(state: Arc<AppState>, store: Router) -> Router {
     let api = Router::new()
         .route("/agents/register", post(register))
         .route("/agents/heartbeat", post(heartbeat))
@@ -91,8 +94,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .layer(DefaultBodyLimit::max(MAX_LOG_CHUNK + 64 * 1024))
         .layer(axum::middleware::from_fn(super::server::request_timeout))
         .with_state(state.clone());
-    // The store's endpoints bound their bodies themselves (blob pieces are streamed to disk).
-    Router::new().nest(API_PREFIX, api.merge(super::blobs::api::router(state)))
+    Router::new().nest(API_PREFIX, api.merge(store))
 }
 
 /// The caller's agent id from `Authorization: Bearer …`, or 401.

@@ -223,12 +223,11 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     );
     bitbucket::status::spawn(state.clone());
 
-    let app = api::router(state.clone())
+    let app = api::router(state.clone(), blobs::api::router(state.clone()))
         .merge(web::router(state.clone()))
         .merge(metrics::router(state.clone()))
         .merge(oidc::router(state.clone()))
         .merge(bitbucket::router(state.clone()))
-        .merge(pages::pipelines::router(state.clone()))
         .fallback(api::not_found)
         .layer(axum::middleware::map_response(api::json_errors));
     let stop = state.shutdown.clone();

@@ -11,7 +11,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Router;
 use bosun_protocol::JobEvent;
 use futures_util::stream::{self, Stream, StreamExt};
@@ -33,6 +33,12 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/assets/{name}", get(pages::asset))
         .route("/jobs/{id}/stream", get(job_stream))
         .route("/jobs/{id}/log", get(log_part))
+        .route("/pipelines", get(pages::pipelines::list))
+        .route("/pipelines/{id}", get(pages::pipelines::page))
+        .route("/pipelines/{id}/approve", post(pages::pipelines::approve))
+        .route("/pipelines/{id}/cancel", post(pages::pipelines::cancel))
+        .route("/pipelines/{id}/rerun", post(pages::pipelines::rerun))
+        .route("/pipeline-assets/{name}", get(pages::pipelines::script))
         .layer(axum::middleware::map_response(security_headers))
         .with_state(state)
 }

@@ -14,30 +14,17 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use std::collections::HashMap;
 use std::sync::Arc;
 
 const SCRIPT: &[u8] = include_bytes!("pipeline.js");
 
-pub fn router(state: Arc<AppState>) -> Router {
-    Router::new()
-        .route("/pipelines", get(list))
-        .route("/pipelines/{id}", get(page))
-        .route("/pipelines/{id}/approve", post(approve))
-        .route("/pipelines/{id}/cancel", post(cancel))
-        .route("/pipelines/{id}/rerun", post(rerun))
-        .route("/pipeline-assets/{name}", get(script))
-        .layer(axum::middleware::map_response(crate::web::security_headers))
-        .with_state(state)
-}
-
 fn script_name() -> String {
     format!("pipeline.{}.js", &crate::sha256_hex(SCRIPT)[..12])
 }
 
-async fn script(Path(name): Path<String>) -> Response {
+pub(crate) async fn script(Path(name): Path<String>) -> Response {
     if name != script_name() {
         return (StatusCode::NOT_FOUND, "no such asset\n").into_response();
     }
@@ -92,7 +79,7 @@ fn to_json(p: &PipelineRow) -> serde_json::Value {
     })
 }
 
-async fn list(State(state): State<Arc<AppState>>) -> Response {
+pub(crate) async fn list(State(state): State<Arc<AppState>>) -> Response {
     match state.db(|s| s.list_pipelines(None, 100)).await {
         Ok(rows) => {
             let mut out = String::from(
@@ -116,7 +103,7 @@ async fn list(State(state): State<Arc<AppState>>) -> Response {
     }
 }
 
-async fn page(State(state): State<Arc<AppState>>, Path(raw): Path<String>) -> Response {
+pub(crate) async fn page(State(state): State<Arc<AppState>>, Path(raw): Path<String>) -> Response {
     let Some((id, json)) = parse_id(&raw) else {
         return json_error(StatusCode::NOT_FOUND, format!("no pipeline {raw}"));
     };
@@ -335,7 +322,7 @@ struct ApproveBody {
     job: String,
 }
 
-async fn approve(
+pub(crate) async fn approve(
     State(state): State<Arc<AppState>>,
     Path(raw): Path<String>,
     headers: HeaderMap,
@@ -363,7 +350,7 @@ async fn approve(
     )
 }
 
-async fn cancel(
+pub(crate) async fn cancel(
     State(state): State<Arc<AppState>>,
     Path(raw): Path<String>,
     headers: HeaderMap,
@@ -384,7 +371,7 @@ async fn cancel(
     )
 }
 
-async fn rerun(
+pub(crate) async fn rerun(
     State(state): State<Arc<AppState>>,
     Path(raw): Path<String>,
     headers: HeaderMap,
