@@ -119,4 +119,5 @@ if $setup_only; then
     exit 0
 fi
 # --workspace: the unit tests live in the member crates (crates/), not in the root package.
-exec cargo test --workspace --all-targets -- --test-threads=4 "$@"
+# Every failure of a run at once: a failing unit test does not hide the integration tests.
+exec cargo test --workspace --all-targets --no-fail-fast -- --test-threads=4 "$@"
