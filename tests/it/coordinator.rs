@@ -822,7 +822,7 @@ async fn the_api_is_served_over_https_and_keys_and_secrets_are_sealed_at_rest() 
     let a = Agent {
         base: s.base.clone(),
         id: reg.agent_id,
-        token: reg.agent_token,
+        token: reg.agent_token.into_inner(),
         http,
     };
     enqueue(&s.data, &[]);

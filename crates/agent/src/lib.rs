@@ -465,7 +465,7 @@ async fn identity(cfg: &AgentConfig, base: &Client) -> Result<Identity, String> 
         )
     })?;
     let req = RegisterRequest {
-        registration_token: reg.trim().to_owned(),
+        registration_token: reg.trim().to_owned().into(),
         name: cfg.agent_name(),
         resource_class: cfg.resource_class.clone(),
         labels: cfg.labels.clone(),
@@ -498,7 +498,7 @@ async fn identity(cfg: &AgentConfig, base: &Client) -> Result<Identity, String> 
     }
     let id = Identity {
         agent_id: resp.agent_id,
-        agent_token: resp.agent_token.into(),
+        agent_token: resp.agent_token,
         coordinator_url: cfg.coordinator_url.clone(),
     };
     write_private(
@@ -888,7 +888,7 @@ mod debug_tests {
     #[test]
     fn register_and_identity_types_hide_their_tokens_in_debug() {
         let req = RegisterRequest {
-            registration_token: "bosun-reg-SECRET1".into(),
+            registration_token: String::from("bosun-reg-SECRET1").into(),
             name: "a".into(),
             resource_class: "docker".into(),
             labels: vec![],
@@ -896,7 +896,7 @@ mod debug_tests {
         };
         let resp = protocol::RegisterResponse {
             agent_id: "agent-1".into(),
-            agent_token: "bosun-agent-SECRET2".into(),
+            agent_token: String::from("bosun-agent-SECRET2").into(),
             protocol_version: 2,
         };
         let id = Identity {

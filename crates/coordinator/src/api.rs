@@ -177,9 +177,9 @@ pub(crate) fn json_body<T: serde::de::DeserializeOwned>(
 async fn register(State(state): State<Arc<AppState>>, body: Bytes) -> ApiResult {
     let req: RegisterRequest = json_body(&body)?;
     // Compare digests, not the strings, so the comparison time says nothing about the token.
-    let given = super::sha256_hex(req.registration_token.as_bytes());
+    let given = super::sha256_hex(req.registration_token.expose().as_bytes());
     let from_file = state.registration_token_file_digests.contains(&given);
-    let token = req.registration_token.clone();
+    let token = req.registration_token.expose().clone();
     if !from_file
         && !state
             .db(move |s| s.registration_token_valid(&token))
@@ -198,7 +198,7 @@ async fn register(State(state): State<Arc<AppState>>, body: Bytes) -> ApiResult 
         StatusCode::CREATED,
         Json(RegisterResponse {
             agent_id,
-            agent_token,
+            agent_token: agent_token.into(),
             protocol_version: PROTOCOL_VERSION,
         }),
     )

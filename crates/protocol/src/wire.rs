@@ -1,5 +1,6 @@
 //! The messages, their versions and limits (re-exported at the crate root).
 
+use crate::private::Secret;
 use serde::{Deserialize, Serialize};
 
 pub const PROTOCOL_VERSION: u32 = 2;
@@ -17,9 +18,10 @@ pub const ATTEMPT_HEADER: &str = "bosun-attempt";
 
 pub const MAX_LOG_CHUNK: usize = 8 * 1024 * 1024;
 
-#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct RegisterRequest {
-    pub registration_token: String,
+    /// Never shown by `Debug` (logs, panics).
+    pub registration_token: Secret<String>,
     pub name: String,
     pub resource_class: String,
     #[serde(default)]
@@ -27,34 +29,12 @@ pub struct RegisterRequest {
     pub version: String,
 }
 
-#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct RegisterResponse {
     pub agent_id: String,
-    pub agent_token: String,
+    /// Never shown by `Debug` (logs, panics).
+    pub agent_token: Secret<String>,
     pub protocol_version: u32,
-}
-
-// Tokens never show in `Debug` (logs, panics): issue 12 item 16.
-impl std::fmt::Debug for RegisterRequest {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RegisterRequest")
-            .field("registration_token", &"<redacted>")
-            .field("name", &self.name)
-            .field("resource_class", &self.resource_class)
-            .field("labels", &self.labels)
-            .field("version", &self.version)
-            .finish()
-    }
-}
-
-impl std::fmt::Debug for RegisterResponse {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RegisterResponse")
-            .field("agent_id", &self.agent_id)
-            .field("agent_token", &"<redacted>")
-            .field("protocol_version", &self.protocol_version)
-            .finish()
-    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

@@ -171,12 +171,12 @@ pub fn handle(mut conn: TcpStream, st: &Mutex<St>) -> std::io::Result<()> {
     let (path, query) = path.split_once('?').unwrap_or((path, ""));
     if path == "/agents/register" {
         let req: RegisterRequest = serde_json::from_slice(&body).expect("register body");
-        assert_eq!(req.registration_token, "reg-token");
+        assert_eq!(req.registration_token.expose(), "reg-token");
         let mut s = st.lock().expect("st");
         s.registrations += 1;
         let resp = RegisterResponse {
             agent_id: s.agent_id.clone(),
-            agent_token: TOKEN.to_owned(),
+            agent_token: TOKEN.to_owned().into(),
             protocol_version: PROTOCOL_VERSION,
         };
         drop(s);

@@ -238,7 +238,7 @@ pub async fn register_with(s: &Server, name: &str, token: &str) -> Agent {
     Agent {
         base: s.base.clone(),
         id: reg.agent_id,
-        token: reg.agent_token,
+        token: reg.agent_token.into_inner(),
         http: client(),
     }
 }

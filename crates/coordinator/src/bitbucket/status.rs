@@ -240,6 +240,21 @@ mod tests {
     }
 
     #[test]
+    fn a_status_on_its_way_never_shows_its_credentials() {
+        let mut s = status("https://api.bitbucket.org/2.0", "SUCCESSFUL");
+        s.credentials = zeroize::Zeroizing::new("bosun-bot:app-password-XYZZY".to_owned());
+        let shown = format!("{s:?}");
+        assert!(!shown.contains("XYZZY"), "{shown}");
+        assert!(shown.contains("acme/widget"), "the rest is shown: {shown}");
+        let source = crate::model::ApiSource {
+            api: s.api.clone(),
+            credentials: s.credentials.clone(),
+            repo: "acme/widget".to_owned(),
+        };
+        assert!(!format!("{source:?}").contains("XYZZY"));
+    }
+
+    #[test]
     fn a_job_status_is_named_as_circleci_names_it_and_keyed_by_workflow_and_job() {
         let change = |kind, status| StatusChange {
             workflow: "main",

@@ -184,24 +184,15 @@ impl fmt::Display for StatusApi {
 }
 
 /// Where a project's API is and how to sign in to it: its commit statuses' destination,
-/// which its pipelines' configs are also read from (`pipelines::api`).
-#[derive(Clone)]
+/// which its pipelines' configs are also read from (`pipelines::api`). `Debug` shows no
+/// credentials: `Zeroizing`'s own `Debug` hides its value.
+#[derive(Debug, Clone)]
 pub struct ApiSource {
     pub api: StatusApi,
     /// `user:app-password` or `bearer:TOKEN`.
     pub credentials: zeroize::Zeroizing<String>,
     /// `workspace/repo` (Cloud) or `PROJECT/repo` (Data Center).
     pub repo: String,
-}
-
-impl fmt::Debug for ApiSource {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ApiSource")
-            .field("api", &self.api)
-            .field("credentials", &"<redacted>")
-            .field("repo", &self.repo)
-            .finish()
-    }
 }
 
 #[cfg(test)]
