@@ -10,6 +10,7 @@
 
 use crate::error::{CoordError, Result};
 use base64::Engine as _;
+use bosun_protocol::private::Secret;
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305, NONCE_LEN};
 use ring::rand::{SecureRandom, SystemRandom};
 use std::io::Write;
@@ -36,21 +37,13 @@ pub fn default_key_path(data_dir: &Path) -> PathBuf {
 }
 
 /// The key that seals and opens secret columns.
+#[derive(Debug)]
 pub struct SecretsKey {
-    key: LessSafeKey,
+    key: Secret<LessSafeKey>,
     /// First 16 hex digits of SHA-256("bosun secrets key" ‖ key): recorded in the store so
     /// opening it with another key file fails with a clear error.
     pub fingerprint: String,
     pub path: PathBuf,
-}
-
-impl std::fmt::Debug for SecretsKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SecretsKey")
-            .field("path", &self.path)
-            .field("fingerprint", &self.fingerprint)
-            .finish_non_exhaustive()
-    }
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CoordError + '_ {
@@ -116,7 +109,7 @@ impl SecretsKey {
         let key = UnboundKey::new(&CHACHA20_POLY1305, &raw)
             .map_err(|_| CoordError::Invalid("bad secrets key".into()))?;
         Ok(SecretsKey {
-            key: LessSafeKey::new(key),
+            key: Secret::new(LessSafeKey::new(key)),
             fingerprint,
             path: path.to_path_buf(),
         })
@@ -130,6 +123,7 @@ impl SecretsKey {
             .map_err(|_| CoordError::Invalid("no randomness for a nonce".into()))?;
         let mut buf = Zeroizing::new(plain.as_bytes().to_vec());
         self.key
+            .expose()
             .seal_in_place_append_tag(
                 Nonce::assume_unique_for_key(nonce),
                 Aad::from(aad.as_bytes()),
@@ -166,6 +160,7 @@ impl SecretsKey {
         let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| bad())?;
         let plain = self
             .key
+            .expose()
             .open_in_place(nonce, Aad::from(aad.as_bytes()), rest)
             .map_err(|_| bad())?;
         let text = std::str::from_utf8(plain).map_err(|_| bad())?;
@@ -209,6 +204,17 @@ mod tests {
             again.open("p1/user_key", &s).expect("open").as_str(),
             "hunter22"
         );
+    }
+
+    #[test]
+    fn the_key_never_shows_in_debug() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("k");
+        let k = SecretsKey::load_or_create(&p, true).expect("key");
+        let text = std::fs::read_to_string(&p).expect("read");
+        let shown = format!("{k:?}");
+        assert!(!shown.contains(text.trim()), "{shown}");
+        assert!(shown.contains(&k.fingerprint), "the rest is shown: {shown}");
     }
 
     #[test]

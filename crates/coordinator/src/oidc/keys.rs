@@ -10,6 +10,7 @@
 
 use super::super::{CoordError, Result};
 use base64::Engine as _;
+use bosun_protocol::private::Secret;
 use ring::rand::SystemRandom;
 use ring::signature::{EcdsaKeyPair, KeyPair as _, ECDSA_P256_SHA256_FIXED_SIGNING};
 use serde::{Deserialize, Serialize};
@@ -65,25 +66,17 @@ struct KeyFile {
 }
 
 /// A key pair ready to sign, and its public half as a JWK.
+#[derive(Debug)]
 pub struct SigningKey {
     pub kid: String,
     pub retired: Option<i64>,
-    pair: EcdsaKeyPair,
-}
-
-impl std::fmt::Debug for SigningKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SigningKey")
-            .field("kid", &self.kid)
-            .field("retired", &self.retired)
-            .finish_non_exhaustive()
-    }
+    pair: Secret<EcdsaKeyPair>,
 }
 
 impl SigningKey {
     /// The public key as a JWK (RFC 7517/7518: kty EC, crv P-256, x, y).
     pub fn jwk(&self) -> serde_json::Value {
-        let (x, y) = xy(self.pair.public_key().as_ref());
+        let (x, y) = xy(self.pair.expose().public_key().as_ref());
         serde_json::json!({
             "kty": "EC",
             "crv": "P-256",
@@ -105,6 +98,7 @@ impl SigningKey {
         );
         let sig = self
             .pair
+            .expose()
             .sign(&SystemRandom::new(), input.as_bytes())
             .map_err(|_| CoordError::Invalid("signing an OIDC token failed".into()))?;
         // ECDSA_P256_SHA256_FIXED_SIGNING gives r ‖ s, exactly the JWS ES256 form.
@@ -147,7 +141,7 @@ fn parse(path: &Path, key: &StoredKey) -> Result<SigningKey> {
     Ok(SigningKey {
         kid: key.kid.clone(),
         retired: key.retired,
-        pair,
+        pair: Secret::new(pair),
     })
 }
 
@@ -241,17 +235,10 @@ fn stamp(path: &Path) -> Option<Stamp> {
 }
 
 /// The keys of one key file, reloaded when the file changes (a `rotate` by another process).
+#[derive(Debug)]
 pub struct KeyRing {
     path: PathBuf,
     loaded: std::sync::Mutex<(Option<Stamp>, std::sync::Arc<Vec<SigningKey>>)>,
-}
-
-impl std::fmt::Debug for KeyRing {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KeyRing")
-            .field("path", &self.path)
-            .finish_non_exhaustive()
-    }
 }
 
 fn load_keys(path: &Path, file: &KeyFile) -> Result<Vec<SigningKey>> {
