@@ -1,7 +1,8 @@
 //! `bosun execute`: one job, by hand, from a local repository or a remote one.
 //!
-//! A front door only: it gathers keys, host keys and the config, then hands the job to
-//! [`job::run_job`] with a terminal or JSON sink — the same path the agent will use.
+//! A front door only: it gathers keys, host keys and the config into a `JobRequest`, then
+//! hands it to [`bosun_core::run::run`] with a terminal or JSON sink — the path the agent
+//! takes too.
 
 use bosun_core::config;
 use bosun_core::executor::DockerExecutor;

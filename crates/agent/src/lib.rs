@@ -1,7 +1,11 @@
+//! The two front doors onto the job core. Both hand a `JobRequest` to the one job path,
+//! [`bosun_core::run::run`]; [`execute`] is `bosun execute` (one job or workflow by hand, to
+//! the terminal or as JSON lines), and the crate itself is `bosun agent`, described below.
+//!
 //! `bosun agent`: the long-running agent. It registers with a coordinator, claims jobs
-//! (long poll), runs up to `concurrency` of them at once through [`job::run_job`], and
-//! streams each job's masked log, step events and final status back through an on-disk
-//! spool ([`bosun_core::stream::spool`]) so that nothing is lost when either side restarts.
+//! (long poll), runs up to `concurrency` of them at once, and streams each job's masked log,
+//! step events and final status back through an on-disk spool
+//! ([`bosun_core::stream::spool`]) so that nothing is lost when either side restarts.
 //!
 //! Signals: the first SIGTERM/SIGINT drains (nothing new is claimed, running jobs finish,
 //! spools are flushed, exit 0); the second cancels the running jobs (reported `canceled`);
