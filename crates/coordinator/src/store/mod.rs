@@ -548,10 +548,10 @@ fn private_dir(dir: &Path) -> Result<()> {
             dir.display()
         )));
     }
-    let mode = meta.permissions().mode() & 0o7777;
-    if mode & 0o077 == 0 {
+    if bosun_protocol::private::loose_mode(&meta).is_none() {
         return Ok(());
     }
+    let mode = meta.permissions().mode() & 0o7777;
     if meta.uid() != nix::unistd::geteuid().as_raw() {
         return Err(CoordError::Invalid(format!(
             "{} has mode {mode:o} and belongs to uid {}, not to us: it holds keys and logs; \
