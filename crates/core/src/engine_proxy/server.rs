@@ -493,7 +493,7 @@ struct Owner {
     job: Option<String>,
 }
 
-fn valid_name(kind: Kind, name: &str) -> bool {
+pub(super) fn valid_name(kind: Kind, name: &str) -> bool {
     if name.is_empty() || name.len() > 512 || name.split('/').any(|s| s == "..") {
         return false;
     }

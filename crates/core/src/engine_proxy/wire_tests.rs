@@ -567,11 +567,31 @@ fn endpoints() -> Vec<(&'static str, Shape)> {
     ]
 }
 
-/// What the filter alone makes of the body: the bytes it approved, if it did.
+/// What the filter and the server's checks make of the body against this rig's engine: the
+/// bytes forwarded, if any. The engine (see [`engine`]) has every object the job's but those
+/// named `host…`, and no containers yet; a name no engine object can have (empty, `..`) is
+/// not found, as the server looks it up.
 fn approved(path: &str, body: &[u8]) -> Option<Vec<u8>> {
     let p = filter::strip_version(path).ok()?;
     let ep = filter::route("POST", p).ok()?;
-    match filter::plan(&ep, path, "", Some(body), &scope()).ok()?.body {
+    let plan = filter::plan(&ep, path, "", Some(body), &scope()).ok()?;
+    for check in &plan.checks {
+        let found = match check {
+            filter::Check::Owned(kind, name)
+            | filter::Check::Referenced { kind, name, .. }
+            | filter::Check::FreeOrOwned { kind, name, .. } => {
+                if super::server::valid_name(*kind, name) && !name.starts_with("host") {
+                    Some(Some(JOB))
+                } else {
+                    None
+                }
+            }
+            filter::Check::ContainerCount(_) => None,
+            filter::Check::RegistryHost(_) => continue,
+        };
+        filter::judge(check, found, 0, JOB).ok()?;
+    }
+    match plan.body {
         Body::Json(b) => Some(b),
         Body::Empty | Body::Stream => None,
     }
