@@ -36,6 +36,7 @@ fn plans_logical_and_physical_urls() {
 }
 
 pub(super) fn git(dir: &Path, args: &[&str]) -> String {
+    let _spawning = crate::spawning();
     let out = Command::new("git")
         .args([
             "-c",

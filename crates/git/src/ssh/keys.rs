@@ -272,6 +272,7 @@ z32HUwStacZj+Tc+tZ9jAAAAB3Jvb3RAdm0BAgMEBQY=
     fn refuses_encrypted_openssh_key() {
         let dir = tempfile::tempdir().expect("tempdir");
         let p = dir.path().join("enc");
+        let _spawning = crate::spawning();
         let status = std::process::Command::new("ssh-keygen")
             .args(["-q", "-t", "ed25519", "-N", "secret-pass", "-f"])
             .arg(&p)
