@@ -19,7 +19,7 @@ impl Store {
 
     /// At most `max` committed log bytes from `from`, and the committed length (`None`: no
     /// such job). Pages and live streams read big logs this way, piece by piece.
-    pub fn log_piece(&self, id: i64, from: u64, max: u64) -> Result<Option<(Vec<u8>, u64)>> {
+    pub(super) fn log_piece(&self, id: i64, from: u64, max: u64) -> Result<Option<(Vec<u8>, u64)>> {
         let end: Option<i64> = self
             .reader()?
             .query_row("SELECT log_bytes FROM jobs WHERE id = ?1", [id], |r| {
