@@ -224,7 +224,7 @@ impl Store {
 
     /// Add a layer (a blob the project holds) to the job's workspace. `false`: the project
     /// does not hold that blob.
-    pub fn add_layer(&self, scope: &JobScope, sha256: &str) -> Result<bool> {
+    pub(super) fn add_layer(&self, scope: &JobScope, sha256: &str) -> Result<bool> {
         let Some(size) = self.project_blob(scope.project_id, sha256)? else {
             return Ok(false);
         };
@@ -244,7 +244,7 @@ impl Store {
     }
 
     /// The job's workspace: its layers, oldest first.
-    pub fn layers(&self, scope: &JobScope) -> Result<Vec<WireLayer>> {
+    pub(super) fn layers(&self, scope: &JobScope) -> Result<Vec<WireLayer>> {
         let conn = self.conn();
         let mut st = conn.prepare(
             "SELECT job_name, sha256, size FROM workspace_layers \
@@ -264,7 +264,7 @@ impl Store {
 
     /// The project's newest cache whose key starts with `prefix` (CircleCI's rule: a newer
     /// prefix match beats an older exact one).
-    pub fn find_cache(&self, project_id: i64, prefix: &str) -> Result<Option<WireCache>> {
+    pub(super) fn find_cache(&self, project_id: i64, prefix: &str) -> Result<Option<WireCache>> {
         let conn = self.conn();
         Ok(conn
             .query_row(
@@ -286,7 +286,12 @@ impl Store {
 
     /// Save a cache under `key` (a blob the project holds). Caches are immutable: `Ok(false)`
     /// when the key exists. `None`: the project does not hold the blob.
-    pub fn save_cache(&self, scope: &JobScope, key: &str, sha256: &str) -> Result<Option<bool>> {
+    pub(super) fn save_cache(
+        &self,
+        scope: &JobScope,
+        key: &str,
+        sha256: &str,
+    ) -> Result<Option<bool>> {
         let Some(size) = self.project_blob(scope.project_id, sha256)? else {
             return Ok(None);
         };
@@ -307,7 +312,7 @@ impl Store {
 
     /// Name a blob the project holds as the job's artifact `path`. `false`: it does not hold
     /// the blob.
-    pub fn add_artifact(&self, scope: &JobScope, path: &str, sha256: &str) -> Result<bool> {
+    pub(super) fn add_artifact(&self, scope: &JobScope, path: &str, sha256: &str) -> Result<bool> {
         let Some(size) = self.project_blob(scope.project_id, sha256)? else {
             return Ok(false);
         };

@@ -62,7 +62,7 @@ impl Store {
         Ok(uuid)
     }
 
-    pub fn enqueue(&self, j: &NewJob) -> Result<i64> {
+    pub(super) fn enqueue(&self, j: &NewJob) -> Result<i64> {
         self.enqueue_with(j, &Queued::default())
     }
 
@@ -163,7 +163,7 @@ impl Store {
 
     /// Queued jobs end as `canceled` at once; running ones get `cancel_requested`, which the
     /// next heartbeat of their agent returns. Returns the job's status afterwards.
-    pub fn cancel(&self, id: i64) -> Result<String> {
+    pub(super) fn cancel(&self, id: i64) -> Result<String> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let status: String = tx
@@ -196,7 +196,7 @@ impl Store {
 
     /// Jobs queued, jobs running, and agents not revoked seen at or after `online_since`
     /// (ms since the epoch), for the metrics.
-    pub fn counts(&self, online_since: i64) -> Result<(i64, i64, i64)> {
+    pub(super) fn counts(&self, online_since: i64) -> Result<(i64, i64, i64)> {
         Ok(self.reader()?.query_row(
             "SELECT (SELECT COUNT(*) FROM jobs WHERE status = 'queued'), \
                     (SELECT COUNT(*) FROM jobs WHERE status = 'running'), \

@@ -13,7 +13,7 @@ impl Store {
     /// The agent's resource class and labels are the ones stored for it (fixed at
     /// registration, changed by `relabel`), never what a claim says; a project restricted to
     /// some agents (`project restrict`) is offered to those only.
-    pub fn claim(&self, agent_id: &str, lease: Duration) -> Result<Option<WireJob>> {
+    pub(super) fn claim(&self, agent_id: &str, lease: Duration) -> Result<Option<WireJob>> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         tx.execute(
@@ -95,7 +95,7 @@ impl Store {
         })
     }
 
-    pub fn heartbeat(
+    pub(super) fn heartbeat(
         &self,
         agent_id: &str,
         running: &[RunningJob],
@@ -169,7 +169,7 @@ impl Store {
     }
 
     /// Append log bytes sent for `offset`; see `docs/protocol.md` (idempotent by offset).
-    pub fn append_log(
+    pub(super) fn append_log(
         &self,
         id: i64,
         agent_id: &str,
@@ -319,7 +319,7 @@ impl Store {
         Ok(EventsOutcome::Ack(seq))
     }
 
-    pub fn finish(
+    pub(super) fn finish(
         &self,
         id: i64,
         agent_id: &str,

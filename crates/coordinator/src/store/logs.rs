@@ -36,7 +36,7 @@ impl Store {
 
     /// Bytes `from..end` of a job's log file (fewer if the file is shorter), `end` being at
     /// most the committed length the caller read. No database access.
-    pub fn read_log(&self, id: i64, from: u64, end: u64) -> Result<Vec<u8>> {
+    pub(super) fn read_log(&self, id: i64, from: u64, end: u64) -> Result<Vec<u8>> {
         use std::os::unix::fs::FileExt;
         let path = log_path(&self.logs, id);
         let f = match File::open(&path) {
