@@ -294,7 +294,8 @@ pub(super) async fn watch_changes(state: Arc<AppState>) {
     }
 }
 
-/// Every second: lapsed leases go back to the queue (or fail); see [`Store::expire_leases`].
+/// Every second: lapsed leases go back to the queue (or fail); see
+/// [`QueueStore::expire_leases`](crate::store::QueueStore::expire_leases).
 pub(super) async fn reap_leases(state: Arc<AppState>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
