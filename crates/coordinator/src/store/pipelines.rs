@@ -1,5 +1,5 @@
 //! Pipelines as the store keeps them: a pipeline (what was triggered), its workflows, and
-//! their jobs, each queued as a `jobs` row when its requirements are met. [`Store::advance`]
+//! their jobs, each queued as a `jobs` row when its requirements are met. `Store::advance`
 //! is the one place statuses move forward: it reads the jobs' rows, lets the state machine
 //! ([`crate::model::advance`], pure) decide, and applies its transitions (statuses, the jobs
 //! agents claim, the commit statuses to send), all in one transaction.
