@@ -38,7 +38,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
-use store::{NewJob, NewProject, Store, DEFAULT_MAX_ATTEMPTS};
+use store::{Backend, NewJob, NewProject, Store, DEFAULT_MAX_ATTEMPTS};
 
 #[derive(clap::Subcommand, Debug)]
 pub enum Command {
@@ -141,8 +141,16 @@ pub struct DataArg {
 }
 
 impl DataArg {
-    pub fn open(&self) -> Result<Store> {
+    /// The SQLite store in the data directory, opened and migrated: what `serve` keeps (its
+    /// change watcher reads SQLite's `PRAGMA data_version`).
+    pub fn open_sqlite(&self) -> Result<Store> {
         Store::open_with_key(&self.data, self.secrets_key.as_deref())
+    }
+
+    /// The store as the CLI commands see it, through its traits only: opening is the one
+    /// SQLite-specific step, and where a second backend would be chosen.
+    pub fn open(&self) -> Result<Box<dyn Backend>> {
+        Ok(Box::new(self.open_sqlite()?))
     }
 }
 

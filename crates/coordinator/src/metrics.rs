@@ -9,6 +9,7 @@
 //!
 //! The gauges are read from the store at each scrape.
 
+use super::store::LogStore;
 use super::AppState;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -95,9 +96,12 @@ async fn metrics(axum::extract::State(state): axum::extract::State<Arc<AppState>
                 header::CONTENT_TYPE,
                 "application/openmetrics-text; version=1.0.0; charset=utf-8",
             )],
-            state
-                .metrics
-                .render(queued, running, online, state.store.appended_log_bytes()),
+            state.metrics.render(
+                queued,
+                running,
+                online,
+                LogStore::appended_log_bytes(&*state.store),
+            ),
         )
             .into_response(),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),

@@ -125,7 +125,9 @@ impl AppState {
 /// Serve until SIGINT/SIGTERM. Prints `listening on http://ADDR` (the real port when 0 was
 /// asked for) on stdout once the socket is bound.
 pub async fn serve(args: ServeArgs) -> Result<()> {
-    let store = Arc::new(args.data.open()?);
+    let store = Arc::new(args.data.open_sqlite()?);
+    // Start-up's own calls go through the traits, as the handlers' do.
+    let db: &dyn Backend = &*store;
     let mut tokens = Vec::new();
     if let Some(f) = &args.registration_token_file {
         let t = read_file(f)?.trim().to_string();
@@ -137,7 +139,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         }
         tokens.push(sha256_hex(t.as_bytes()));
     }
-    if tokens.is_empty() && store.list_registration_tokens()?.is_empty() {
+    if tokens.is_empty() && db.list_registration_tokens()?.is_empty() {
         tracing::warn!(
             "no registration token yet: agents cannot register until one is made with \
              `bosun coordinator token`"
@@ -175,10 +177,10 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         .public_url
         .clone()
         .unwrap_or_else(|| format!("{scheme}://{addr}"));
-    store.record_public_url(&public_url)?;
+    db.record_public_url(&public_url)?;
     // An agent counts as online for a queued job's wait reason within two leases (as the
     // `agents_online` metric); the CLI reads the window from the store.
-    store.record_online_window(Duration::from_secs(args.lease_secs.max(1)) * 2)?;
+    db.record_online_window(Duration::from_secs(args.lease_secs.max(1)) * 2)?;
     let state = Arc::new(AppState {
         store: store.clone(),
         changed,
@@ -292,7 +294,8 @@ pub(super) async fn watch_changes(state: Arc<AppState>) {
     }
 }
 
-/// Every second: lapsed leases go back to the queue (or fail); see [`Store::expire_leases`].
+/// Every second: lapsed leases go back to the queue (or fail); see
+/// [`QueueStore::expire_leases`](crate::store::QueueStore::expire_leases).
 pub(super) async fn reap_leases(state: Arc<AppState>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {

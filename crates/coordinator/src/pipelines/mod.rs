@@ -1,8 +1,9 @@
 //! Pipelines on the coordinator: a trigger (`bosun coordinator trigger`) or a Bitbucket
 //! webhook records a pipeline; the runner here fetches and compiles its config
 //! ([`config`]), records its workflows, and moves them forward whenever something changed
-//! ([`Store::advance`]: jobs queued as their `requires` allow, approvals held, serial groups
-//! one at a time). Agents claim the queued jobs as any other; their finishes wake the runner.
+//! ([`PipelineStore::advance`]: jobs queued as their `requires` allow, approvals held,
+//! serial groups one at a time). Agents claim the queued jobs as any other; their finishes
+//! wake the runner.
 //!
 //! The config is read through Bitbucket's REST API when the project has API credentials and
 //! the pipeline names a full commit ([`api`]), else (or when that fails) from the project's
@@ -11,7 +12,7 @@
 //! One door: [`spawn`] starts the runner inside `serve`; everything else goes through the
 //! store, so the CLI (another process) and the web handlers change pipelines the same way.
 //!
-//! [`Store::advance`]: crate::store::Store::advance
+//! [`PipelineStore::advance`]: crate::store::PipelineStore::advance
 
 pub mod api;
 pub mod config;

@@ -15,7 +15,10 @@ pub struct RegistrationTokenRow {
 impl Store {
     /// A new registration token, valid for `ttl` (for ever without one); only its digest is
     /// kept, so this is the one time it can be read. Returns (token id, token).
-    pub fn create_registration_token(&self, ttl: Option<Duration>) -> Result<(String, String)> {
+    pub(super) fn create_registration_token(
+        &self,
+        ttl: Option<Duration>,
+    ) -> Result<(String, String)> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let created = Self::insert_registration_token(&tx, ttl)?;
@@ -25,7 +28,10 @@ impl Store {
 
     /// Revoke every registration token and make a new one (agents registered already keep
     /// their own tokens). Returns (token id, token).
-    pub fn rotate_registration_token(&self, ttl: Option<Duration>) -> Result<(String, String)> {
+    pub(super) fn rotate_registration_token(
+        &self,
+        ttl: Option<Duration>,
+    ) -> Result<(String, String)> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         tx.execute("UPDATE registration_tokens SET revoked = 1", [])?;
@@ -51,7 +57,7 @@ impl Store {
     }
 
     /// Is `token` a registration token that is neither revoked nor expired?
-    pub fn registration_token_valid(&self, token: &str) -> Result<bool> {
+    pub(super) fn registration_token_valid(&self, token: &str) -> Result<bool> {
         Ok(self.conn().query_row(
             "SELECT EXISTS(SELECT 1 FROM registration_tokens WHERE token_sha256 = ?1 \
              AND revoked = 0 AND (expires IS NULL OR expires > ?2))",
@@ -60,7 +66,7 @@ impl Store {
         )?)
     }
 
-    pub fn list_registration_tokens(&self) -> Result<Vec<RegistrationTokenRow>> {
+    pub(super) fn list_registration_tokens(&self) -> Result<Vec<RegistrationTokenRow>> {
         let conn = self.conn();
         let mut st = conn.prepare(
             "SELECT id, created, expires, revoked FROM registration_tokens ORDER BY created",
@@ -79,7 +85,7 @@ impl Store {
     }
 
     /// Register an agent; returns (agent id, agent token). Only the token's digest is kept.
-    pub fn register_agent(
+    pub(super) fn register_agent(
         &self,
         name: &str,
         resource_class: &str,
@@ -98,7 +104,7 @@ impl Store {
     }
 
     /// The agent a bearer token belongs to (revoked ones included, so callers can say so).
-    pub fn agent_by_token(&self, token: &str) -> Result<Option<Agent>> {
+    pub(super) fn agent_by_token(&self, token: &str) -> Result<Option<Agent>> {
         Ok(self
             .conn()
             .query_row(
@@ -117,7 +123,7 @@ impl Store {
 
     /// Set an agent's resource class and labels (the operator's word; the agent's claims do
     /// not change them). Returns how many agents matched the id.
-    pub fn relabel_agent(
+    pub(super) fn relabel_agent(
         &self,
         id: &str,
         resource_class: &str,
@@ -131,7 +137,7 @@ impl Store {
 
     /// Only these agents (ids) may run the project's jobs; an empty list lifts the
     /// restriction.
-    pub fn restrict_project(&self, slug: &str, agents: &[String]) -> Result<()> {
+    pub(super) fn restrict_project(&self, slug: &str, agents: &[String]) -> Result<()> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let pid: i64 = tx
@@ -164,7 +170,7 @@ impl Store {
     }
 
     /// Revoke by id or name; returns how many agents were revoked.
-    pub fn revoke_agent(&self, who: &str) -> Result<usize> {
+    pub(super) fn revoke_agent(&self, who: &str) -> Result<usize> {
         Ok(self.conn().execute(
             "UPDATE agents SET revoked = 1 WHERE id = ?1 OR name = ?1",
             [who],

@@ -110,7 +110,7 @@ fn to_i64(n: u64) -> i64 {
 impl Store {
     /// The scope of job `id` for `agent_id` writing as `attempt`: only while it holds the
     /// lease; otherwise why not.
-    pub fn job_scope(
+    pub(super) fn job_scope(
         &self,
         id: i64,
         agent_id: &str,
@@ -140,7 +140,7 @@ impl Store {
     }
 
     /// Bytes of blobs project `project_id` holds.
-    pub fn blob_usage(&self, project_id: i64) -> Result<u64> {
+    pub(super) fn blob_usage(&self, project_id: i64) -> Result<u64> {
         let n: i64 = self.conn().query_row(
             "SELECT COALESCE(SUM(size), 0) FROM blob_refs WHERE project_id = ?1",
             [project_id],
@@ -150,7 +150,7 @@ impl Store {
     }
 
     /// The size of blob `sha256` when the project holds it (whole and checked).
-    pub fn project_blob(&self, project_id: i64, sha256: &str) -> Result<Option<u64>> {
+    pub(super) fn project_blob(&self, project_id: i64, sha256: &str) -> Result<Option<u64>> {
         let size: Option<i64> = self
             .conn()
             .query_row(
@@ -163,7 +163,7 @@ impl Store {
     }
 
     /// May the project take `size` more bytes (a blob it does not hold yet)?
-    pub fn check_quota(
+    pub(super) fn check_quota(
         &self,
         scope: &JobScope,
         size: u64,
@@ -180,7 +180,7 @@ impl Store {
 
     /// Record that the project holds blob `sha256` (its file is in place and checked), within
     /// its quota; a blob it holds already is not counted twice.
-    pub fn add_blob_ref(
+    pub(super) fn add_blob_ref(
         &self,
         scope: &JobScope,
         sha256: &str,
@@ -224,7 +224,7 @@ impl Store {
 
     /// Add a layer (a blob the project holds) to the job's workspace. `false`: the project
     /// does not hold that blob.
-    pub fn add_layer(&self, scope: &JobScope, sha256: &str) -> Result<bool> {
+    pub(super) fn add_layer(&self, scope: &JobScope, sha256: &str) -> Result<bool> {
         let Some(size) = self.project_blob(scope.project_id, sha256)? else {
             return Ok(false);
         };
@@ -244,7 +244,7 @@ impl Store {
     }
 
     /// The job's workspace: its layers, oldest first.
-    pub fn layers(&self, scope: &JobScope) -> Result<Vec<WireLayer>> {
+    pub(super) fn layers(&self, scope: &JobScope) -> Result<Vec<WireLayer>> {
         let conn = self.conn();
         let mut st = conn.prepare(
             "SELECT job_name, sha256, size FROM workspace_layers \
@@ -264,7 +264,7 @@ impl Store {
 
     /// The project's newest cache whose key starts with `prefix` (CircleCI's rule: a newer
     /// prefix match beats an older exact one).
-    pub fn find_cache(&self, project_id: i64, prefix: &str) -> Result<Option<WireCache>> {
+    pub(super) fn find_cache(&self, project_id: i64, prefix: &str) -> Result<Option<WireCache>> {
         let conn = self.conn();
         Ok(conn
             .query_row(
@@ -286,7 +286,12 @@ impl Store {
 
     /// Save a cache under `key` (a blob the project holds). Caches are immutable: `Ok(false)`
     /// when the key exists. `None`: the project does not hold the blob.
-    pub fn save_cache(&self, scope: &JobScope, key: &str, sha256: &str) -> Result<Option<bool>> {
+    pub(super) fn save_cache(
+        &self,
+        scope: &JobScope,
+        key: &str,
+        sha256: &str,
+    ) -> Result<Option<bool>> {
         let Some(size) = self.project_blob(scope.project_id, sha256)? else {
             return Ok(None);
         };
@@ -307,7 +312,7 @@ impl Store {
 
     /// Name a blob the project holds as the job's artifact `path`. `false`: it does not hold
     /// the blob.
-    pub fn add_artifact(&self, scope: &JobScope, path: &str, sha256: &str) -> Result<bool> {
+    pub(super) fn add_artifact(&self, scope: &JobScope, path: &str, sha256: &str) -> Result<bool> {
         let Some(size) = self.project_blob(scope.project_id, sha256)? else {
             return Ok(false);
         };
@@ -320,7 +325,7 @@ impl Store {
 
     /// Add one `store_test_results` step's results to the job's (counts add up; failed tests
     /// are kept up to [`MAX_FAILED_TESTS`] per job, messages cut at [`MAX_TEST_MESSAGE`]).
-    pub fn add_test_results(&self, scope: &JobScope, t: &WireTestResults) -> Result<()> {
+    pub(super) fn add_test_results(&self, scope: &JobScope, t: &WireTestResults) -> Result<()> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         tx.execute(
@@ -360,7 +365,7 @@ impl Store {
     }
 
     /// A job's artifacts (path, size) and test results, for its page.
-    pub fn job_results(&self, id: i64) -> Result<JobResults> {
+    pub(super) fn job_results(&self, id: i64) -> Result<JobResults> {
         let conn = self.reader()?;
         let artifacts = {
             let mut st =
@@ -409,7 +414,7 @@ impl Store {
     }
 
     /// The blob and size of job `id`'s artifact `path`.
-    pub fn artifact(&self, id: i64, path: &str) -> Result<Option<(String, u64)>> {
+    pub(super) fn artifact(&self, id: i64, path: &str) -> Result<Option<(String, u64)>> {
         let conn = self.reader()?;
         Ok(conn
             .query_row(

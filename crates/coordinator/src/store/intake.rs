@@ -77,7 +77,7 @@ fn project_bits(r: &rusqlite::Row<'_>) -> rusqlite::Result<ProjectBits> {
 pub use super::pipelines::OutgoingStatus;
 
 impl Store {
-    pub fn set_project_settings(&self, project: &str, s: &ProjectSettings) -> Result<()> {
+    pub(super) fn set_project_settings(&self, project: &str, s: &ProjectSettings) -> Result<()> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let pid = resolve_project(&tx, project)?;
@@ -128,7 +128,7 @@ impl Store {
     }
 
     /// The project of Bitbucket Cloud repository `uuid`.
-    pub fn project_for_webhook(&self, uuid: &str) -> Result<Option<WebhookProject>> {
+    pub(super) fn project_for_webhook(&self, uuid: &str) -> Result<Option<WebhookProject>> {
         let row: Option<ProjectBits> = self
             .conn()
             .query_row(
@@ -143,7 +143,7 @@ impl Store {
     /// The projects of Bitbucket Data Center repository `id`, on whichever server: Data
     /// Center's repository ids are unique per server only, so the delivery's signature (and
     /// its links, when it has them) tells them apart.
-    pub fn projects_for_data_center(&self, id: u64) -> Result<Vec<WebhookProject>> {
+    pub(super) fn projects_for_data_center(&self, id: u64) -> Result<Vec<WebhookProject>> {
         let rows: Vec<ProjectBits> = {
             let conn = self.conn();
             let mut st = conn.prepare(&format!(
@@ -178,7 +178,7 @@ impl Store {
 
     /// The repository was renamed (or moved workspace): the project follows, and its old
     /// slug keeps resolving. Also records the default branch when the payload says it.
-    pub fn follow_repository(
+    pub(super) fn follow_repository(
         &self,
         pid: i64,
         slug: &str,
@@ -221,7 +221,7 @@ impl Store {
     }
 
     /// Remember delivery `uuid`; `false` when it was seen already (a replay or a retry).
-    pub fn first_delivery(&self, uuid: &str, outcome: &str) -> Result<bool> {
+    pub(super) fn first_delivery(&self, uuid: &str, outcome: &str) -> Result<bool> {
         let conn = self.conn();
         let n = conn.execute(
             "INSERT OR IGNORE INTO webhook_deliveries(request_uuid, received, outcome) VALUES (?1, ?2, ?3)",
@@ -235,7 +235,7 @@ impl Store {
         Ok(n == 1)
     }
 
-    pub fn record_pull_request(
+    pub(super) fn record_pull_request(
         &self,
         pid: i64,
         number: u64,
@@ -253,7 +253,11 @@ impl Store {
     }
 
     /// The open pull request from `branch` of the project's own repository, if any.
-    pub fn open_pull_request(&self, pid: i64, branch: &str) -> Result<Option<(u64, String)>> {
+    pub(super) fn open_pull_request(
+        &self,
+        pid: i64,
+        branch: &str,
+    ) -> Result<Option<(u64, String)>> {
         Ok(self
             .conn()
             .query_row(
@@ -266,7 +270,7 @@ impl Store {
     }
 
     /// Replace (`Some`) or remove (`None`) one of the project's private keys.
-    pub fn set_project_key(
+    pub(super) fn set_project_key(
         &self,
         project: &str,
         column: KeyColumn,
@@ -288,7 +292,7 @@ impl Store {
     }
 
     /// A new operator token named `name` (printed once; kept as a digest).
-    pub fn create_operator_token(&self, name: &str) -> Result<String> {
+    pub(super) fn create_operator_token(&self, name: &str) -> Result<String> {
         let token = format!("bosun-op-{}", random_hex(24)?);
         let id = format!("op-{}", random_hex(6)?);
         self.conn().execute(
@@ -299,7 +303,7 @@ impl Store {
     }
 
     /// The operator a token belongs to, unless unknown or revoked.
-    pub fn operator(&self, token: &str) -> Result<Option<String>> {
+    pub(super) fn operator(&self, token: &str) -> Result<Option<String>> {
         Ok(self
             .reader()?
             .query_row(
@@ -310,7 +314,7 @@ impl Store {
             .optional()?)
     }
 
-    pub fn revoke_operator_tokens(&self, name: &str) -> Result<usize> {
+    pub(super) fn revoke_operator_tokens(&self, name: &str) -> Result<usize> {
         Ok(self.conn().execute(
             "UPDATE operator_tokens SET revoked = 1 WHERE name = ?1 OR id = ?1",
             [name],
@@ -319,7 +323,7 @@ impl Store {
 
     /// Statuses due now: for each (commit, key) only the oldest unsent one, so Bitbucket
     /// gets a job's statuses in the order they happened even when one has to be retried.
-    pub fn due_statuses(&self, limit: u32) -> Result<Vec<OutgoingStatus>> {
+    pub(super) fn due_statuses(&self, limit: u32) -> Result<Vec<OutgoingStatus>> {
         // Read-only: off the writer's connection, so polling never waits on agents' writes.
         let conn = self.reader()?;
         let mut st = conn.prepare(
@@ -363,7 +367,7 @@ impl Store {
         Ok(out)
     }
 
-    pub fn status_sent(&self, id: i64) -> Result<()> {
+    pub(super) fn status_sent(&self, id: i64) -> Result<()> {
         self.conn().execute(
             "UPDATE commit_statuses SET sent = ?2, attempts = attempts + 1, error = NULL WHERE id = ?1",
             params![id, now_ms()],
@@ -373,7 +377,7 @@ impl Store {
 
     /// Sending failed: try again after `retry_in`; after `give_up` attempts the status is
     /// dropped (marked sent with its error) so later ones of the job can go.
-    pub fn status_failed(
+    pub(super) fn status_failed(
         &self,
         id: i64,
         error: &str,

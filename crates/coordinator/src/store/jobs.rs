@@ -4,7 +4,7 @@ use super::ssh::Queued;
 use super::*;
 
 impl Store {
-    pub fn add_project(&self, p: &NewProject) -> Result<String> {
+    pub(super) fn add_project(&self, p: &NewProject) -> Result<String> {
         let uuid = match &p.uuid {
             Some(u) => u.clone(),
             None => {
@@ -62,7 +62,7 @@ impl Store {
         Ok(uuid)
     }
 
-    pub fn enqueue(&self, j: &NewJob) -> Result<i64> {
+    pub(super) fn enqueue(&self, j: &NewJob) -> Result<i64> {
         self.enqueue_with(j, &Queued::default())
     }
 
@@ -163,7 +163,7 @@ impl Store {
 
     /// Queued jobs end as `canceled` at once; running ones get `cancel_requested`, which the
     /// next heartbeat of their agent returns. Returns the job's status afterwards.
-    pub fn cancel(&self, id: i64) -> Result<String> {
+    pub(super) fn cancel(&self, id: i64) -> Result<String> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let status: String = tx
@@ -196,7 +196,7 @@ impl Store {
 
     /// Jobs queued, jobs running, and agents not revoked seen at or after `online_since`
     /// (ms since the epoch), for the metrics.
-    pub fn counts(&self, online_since: i64) -> Result<(i64, i64, i64)> {
+    pub(super) fn counts(&self, online_since: i64) -> Result<(i64, i64, i64)> {
         Ok(self.reader()?.query_row(
             "SELECT (SELECT COUNT(*) FROM jobs WHERE status = 'queued'), \
                     (SELECT COUNT(*) FROM jobs WHERE status = 'running'), \
@@ -206,7 +206,7 @@ impl Store {
         )?)
     }
 
-    pub fn list_jobs(&self, limit: u32) -> Result<Vec<JobRow>> {
+    pub(super) fn list_jobs(&self, limit: u32) -> Result<Vec<JobRow>> {
         let conn = self.reader()?;
         let mut st = conn.prepare(&format!(
             "SELECT {JOB_COLUMNS} FROM jobs j JOIN projects p ON p.id = j.project_id \
@@ -219,7 +219,7 @@ impl Store {
     }
 
     /// Jobs newest first that match `f`, at most `limit`, older than `f.before` (paging).
-    pub fn list_jobs_filtered(&self, f: &JobFilter, limit: u32) -> Result<Vec<JobRow>> {
+    pub(super) fn list_jobs_filtered(&self, f: &JobFilter, limit: u32) -> Result<Vec<JobRow>> {
         let conn = self.conn();
         let mut st = conn.prepare(&format!(
             "SELECT {JOB_COLUMNS} FROM jobs j JOIN projects p ON p.id = j.project_id \
@@ -245,7 +245,7 @@ impl Store {
     }
 
     /// Project slugs, sorted (the job list's project filter).
-    pub fn project_slugs(&self) -> Result<Vec<String>> {
+    pub(super) fn project_slugs(&self) -> Result<Vec<String>> {
         let conn = self.conn();
         let mut st = conn.prepare("SELECT slug FROM projects ORDER BY slug")?;
         let rows = st
@@ -256,7 +256,7 @@ impl Store {
 
     /// How many `\n` the job's log holds before each of `points` (ascending or not): one
     /// pass over the file up to the largest, in 1 MiB pieces (line numbers of a log's tail).
-    pub fn newlines_before(&self, id: i64, points: &[u64]) -> Result<Vec<u64>> {
+    pub(super) fn newlines_before(&self, id: i64, points: &[u64]) -> Result<Vec<u64>> {
         use std::io::Read as _;
         let mut order: Vec<usize> = (0..points.len()).collect();
         order.sort_by_key(|&i| points[i]);

@@ -13,7 +13,7 @@ impl Store {
     /// The agent's resource class and labels are the ones stored for it (fixed at
     /// registration, changed by `relabel`), never what a claim says; a project restricted to
     /// some agents (`project restrict`) is offered to those only.
-    pub fn claim(&self, agent_id: &str, lease: Duration) -> Result<Option<WireJob>> {
+    pub(super) fn claim(&self, agent_id: &str, lease: Duration) -> Result<Option<WireJob>> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         tx.execute(
@@ -95,7 +95,7 @@ impl Store {
         })
     }
 
-    pub fn heartbeat(
+    pub(super) fn heartbeat(
         &self,
         agent_id: &str,
         running: &[RunningJob],
@@ -152,7 +152,7 @@ impl Store {
 
     /// Jobs leased to `agent_id` whose cancel is pending: what its control poll carries.
     /// A read on a reader connection (no lease renewal: heartbeats do that).
-    pub fn pending_cancels(&self, agent_id: &str) -> Result<Vec<String>> {
+    pub(super) fn pending_cancels(&self, agent_id: &str) -> Result<Vec<String>> {
         let reader = self.reader()?;
         let mut stmt = reader.prepare_cached(
             "SELECT id FROM jobs WHERE agent_id = ?1 AND status = 'running' AND cancel_requested = 1 \
@@ -169,7 +169,7 @@ impl Store {
     }
 
     /// Append log bytes sent for `offset`; see `docs/protocol.md` (idempotent by offset).
-    pub fn append_log(
+    pub(super) fn append_log(
         &self,
         id: i64,
         agent_id: &str,
@@ -196,7 +196,7 @@ impl Store {
     }
 
     /// New log bytes appended through this store since it opened.
-    pub fn appended_log_bytes(&self) -> u64 {
+    pub(super) fn appended_log_bytes(&self) -> u64 {
         self.appended.load(std::sync::atomic::Ordering::Relaxed)
     }
 
@@ -267,7 +267,7 @@ impl Store {
         Ok((AppendOutcome::Ack(stored), new.len() as u64))
     }
 
-    pub fn append_events(
+    pub(super) fn append_events(
         &self,
         id: i64,
         agent_id: &str,
@@ -319,7 +319,7 @@ impl Store {
         Ok(EventsOutcome::Ack(seq))
     }
 
-    pub fn finish(
+    pub(super) fn finish(
         &self,
         id: i64,
         agent_id: &str,
@@ -379,7 +379,7 @@ impl Store {
     /// Jobs whose lease lapsed (no heartbeat): back to the queue for another attempt, or
     /// `infrastructure_fail` once they used all attempts; canceled if a cancel was pending.
     /// Returns how many jobs were re-queued (the caller wakes claimers).
-    pub fn expire_leases(&self) -> Result<usize> {
+    pub(super) fn expire_leases(&self) -> Result<usize> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let now = now_ms();

@@ -19,7 +19,7 @@ impl Store {
 
     /// At most `max` committed log bytes from `from`, and the committed length (`None`: no
     /// such job). Pages and live streams read big logs this way, piece by piece.
-    pub fn log_piece(&self, id: i64, from: u64, max: u64) -> Result<Option<(Vec<u8>, u64)>> {
+    pub(super) fn log_piece(&self, id: i64, from: u64, max: u64) -> Result<Option<(Vec<u8>, u64)>> {
         let end: Option<i64> = self
             .reader()?
             .query_row("SELECT log_bytes FROM jobs WHERE id = ?1", [id], |r| {
@@ -36,7 +36,7 @@ impl Store {
 
     /// Bytes `from..end` of a job's log file (fewer if the file is shorter), `end` being at
     /// most the committed length the caller read. No database access.
-    pub fn read_log(&self, id: i64, from: u64, end: u64) -> Result<Vec<u8>> {
+    pub(super) fn read_log(&self, id: i64, from: u64, end: u64) -> Result<Vec<u8>> {
         use std::os::unix::fs::FileExt;
         let path = log_path(&self.logs, id);
         let f = match File::open(&path) {

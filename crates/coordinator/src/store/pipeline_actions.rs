@@ -19,7 +19,7 @@ pub fn parse_pipeline_ref(s: &str) -> Option<(Option<String>, i64)> {
 
 impl Store {
     /// Pipeline id of `project#number`, or `id` itself.
-    pub fn pipeline_id(&self, reference: &str) -> Result<i64> {
+    pub(super) fn pipeline_id(&self, reference: &str) -> Result<i64> {
         let bad = || CoordError::NotFound(format!("no pipeline {reference}"));
         let (project, n) = parse_pipeline_ref(reference).ok_or_else(bad)?;
         let conn = self.conn();
@@ -43,7 +43,13 @@ impl Store {
 
     /// Approve approval job `job` of pipeline `id` (in any of its workflows) as `by`.
     /// Returns the workflow it was in.
-    pub fn approve(&self, id: i64, job: &str, by: &str, statuses: &Statuses<'_>) -> Result<String> {
+    pub(super) fn approve(
+        &self,
+        id: i64,
+        job: &str,
+        by: &str,
+        statuses: &Statuses<'_>,
+    ) -> Result<String> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let rows: Vec<(i64, JobKind, WorkflowJobStatus, String)> = {
@@ -104,7 +110,7 @@ impl Store {
 
     /// Cancel pipeline `id`: queued jobs end at once, running ones at their agent's next
     /// heartbeat, jobs not started yet are canceled; the pipeline ends when its jobs have.
-    pub fn cancel_pipeline(&self, id: i64, statuses: &Statuses<'_>) -> Result<()> {
+    pub(super) fn cancel_pipeline(&self, id: i64, statuses: &Statuses<'_>) -> Result<()> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let now = now_ms();
@@ -134,7 +140,7 @@ impl Store {
 
     /// Rerun the workflows of pipeline `id` from their failed jobs: jobs that did not
     /// succeed (and those they blocked) wait again; successful ones stay.
-    pub fn rerun_failed(&self, id: i64, statuses: &Statuses<'_>) -> Result<usize> {
+    pub(super) fn rerun_failed(&self, id: i64, statuses: &Statuses<'_>) -> Result<usize> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let status: PipelineState =

@@ -21,7 +21,7 @@ pub trait PipelineStore: Send + Sync {
     fn active_pipelines(&self) -> Result<Vec<i64>>;
     /// Pipelines with serial-group jobs waiting for their turn.
     fn pipelines_waiting_in_serial_groups(&self) -> Result<Vec<i64>>;
-    /// Move pipeline `id` forward (see [`Store::advance`]); whether anything changed.
+    /// Move pipeline `id` forward (see `Store::advance`); whether anything changed.
     fn advance(&self, id: i64, statuses: &Statuses<'_>) -> Result<bool>;
     /// Pipeline id of `project#number`, or `id` itself.
     fn pipeline_id(&self, reference: &str) -> Result<i64>;

@@ -1,5 +1,5 @@
 //! Pipelines as the store keeps them: a pipeline (what was triggered), its workflows, and
-//! their jobs, each queued as a `jobs` row when its requirements are met. [`Store::advance`]
+//! their jobs, each queued as a `jobs` row when its requirements are met. `Store::advance`
 //! is the one place statuses move forward: it reads the jobs' rows, lets the state machine
 //! ([`crate::model::advance`], pure) decide, and applies its transitions (statuses, the jobs
 //! agents claim, the commit statuses to send), all in one transaction.
@@ -223,7 +223,7 @@ pub struct Statuses<'a> {
 impl Store {
     /// Record a pipeline (status `created`); the runner fetches and compiles its config.
     /// Returns (id, number).
-    pub fn create_pipeline(&self, p: &NewPipeline) -> Result<(i64, i64)> {
+    pub(super) fn create_pipeline(&self, p: &NewPipeline) -> Result<(i64, i64)> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let pid = resolve_project(&tx, &p.project)?;
@@ -285,7 +285,7 @@ impl Store {
     }
 
     /// Pipelines waiting for their config, oldest first.
-    pub fn pipelines_to_fetch(&self) -> Result<Vec<PipelineToFetch>> {
+    pub(super) fn pipelines_to_fetch(&self) -> Result<Vec<PipelineToFetch>> {
         // Read-only: off the writer's connection, so polling never waits on agents' writes.
         let conn = self.reader()?;
         let mut st = conn.prepare(
@@ -364,7 +364,12 @@ impl Store {
     }
 
     /// The config could not be fetched or compiled: the pipeline ends `errored` with `error`.
-    pub fn pipeline_errored(&self, id: i64, revision: Option<&str>, error: &str) -> Result<()> {
+    pub(super) fn pipeline_errored(
+        &self,
+        id: i64,
+        revision: Option<&str>,
+        error: &str,
+    ) -> Result<()> {
         self.conn().execute(
             "UPDATE pipelines SET status = 'errored', error = ?2, revision = COALESCE(?3, revision), \
              finished = ?4 WHERE id = ?1 AND status = 'created'",
@@ -374,7 +379,7 @@ impl Store {
     }
 
     /// The config compiled: record its workflows and jobs; the pipeline runs.
-    pub fn pipeline_compiled(
+    pub(super) fn pipeline_compiled(
         &self,
         id: i64,
         revision: &str,
@@ -422,7 +427,7 @@ impl Store {
     }
 
     /// Ids of pipelines whose jobs may still move.
-    pub fn active_pipelines(&self) -> Result<Vec<i64>> {
+    pub(super) fn active_pipelines(&self) -> Result<Vec<i64>> {
         // Read-only: off the writer's connection, so polling never waits on agents' writes.
         let conn = self.reader()?;
         let mut st = conn.prepare(
@@ -435,7 +440,7 @@ impl Store {
     }
 
     /// Where the server's pages are reached (commit statuses link them; the CLI reads it).
-    pub fn record_public_url(&self, url: &str) -> Result<()> {
+    pub(super) fn record_public_url(&self, url: &str) -> Result<()> {
         self.conn().execute(
             "INSERT OR REPLACE INTO meta(key, value) VALUES ('public_url', ?1)",
             [url],
@@ -448,7 +453,7 @@ impl Store {
     /// turn), blocked ones are marked, workflow and pipeline statuses follow, and each job
     /// status change the forge shows is put in the commit status outbox. Returns whether
     /// anything changed (new jobs queued: claims should look again).
-    pub fn advance(&self, id: i64, statuses: &Statuses<'_>) -> Result<bool> {
+    pub(super) fn advance(&self, id: i64, statuses: &Statuses<'_>) -> Result<bool> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let changed = advance_in(&tx, id, statuses)?;
@@ -706,7 +711,7 @@ fn start_serial_turns(
 
 /// Serial-group jobs of other pipelines of the project may start when a group frees up.
 impl Store {
-    pub fn pipelines_waiting_in_serial_groups(&self) -> Result<Vec<i64>> {
+    pub(super) fn pipelines_waiting_in_serial_groups(&self) -> Result<Vec<i64>> {
         // Read-only: off the writer's connection, so polling never waits on agents' writes.
         let conn = self.reader()?;
         let mut st = conn.prepare(

@@ -21,7 +21,7 @@ const MAX_HOST: usize = 255;
 impl Store {
     /// Queue `j`, letting `ssh_keys` (`authorized_keys` lines, checked by the caller) SSH into
     /// it while it runs and while it is held after its last step.
-    pub fn enqueue_ssh(&self, j: &NewJob, ssh_keys: &[String]) -> Result<i64> {
+    pub(super) fn enqueue_ssh(&self, j: &NewJob, ssh_keys: &[String]) -> Result<i64> {
         self.enqueue_with(
             j,
             &Queued {
@@ -34,7 +34,7 @@ impl Store {
     /// Queue job `id` again: the same project, commit (the one its agent checked out, when it
     /// said), job, pipeline, pull request, placement and limits; with `ssh_keys` let in (none:
     /// a plain rerun). Returns the new job's id.
-    pub fn rerun(&self, id: i64, ssh_keys: &[String]) -> Result<i64> {
+    pub(super) fn rerun(&self, id: i64, ssh_keys: &[String]) -> Result<i64> {
         let old = self
             .reader()?
             .query_row(

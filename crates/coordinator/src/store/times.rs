@@ -63,13 +63,13 @@ impl Store {
     }
 
     /// The arrival times of job `id`'s log (empty when none were recorded).
-    pub fn log_times(&self, id: i64) -> Result<LogTimes> {
+    pub(super) fn log_times(&self, id: i64) -> Result<LogTimes> {
         Ok(LogTimes(self.log_times_from(id, 0)?.0))
     }
 
     /// The records of job `id`'s times from the `skip`th on, and how many records there are
     /// in all (a live stream reads only new ones).
-    pub fn log_times_from(&self, id: i64, skip: usize) -> Result<(Vec<(u64, i64)>, usize)> {
+    pub(super) fn log_times_from(&self, id: i64, skip: usize) -> Result<(Vec<(u64, i64)>, usize)> {
         use std::io::{Read, Seek};
         let path = times_path(&self.logs, id);
         let mut f = match File::open(&path) {

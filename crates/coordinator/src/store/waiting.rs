@@ -57,7 +57,7 @@ fn who(class: Option<&str>, labels: &[String], restricted: bool) -> String {
 impl Store {
     /// Record how recently an agent must have called to count as online (the server's two
     /// leases); the CLI, another process, reads it from here.
-    pub fn record_online_window(&self, window: Duration) -> Result<()> {
+    pub(super) fn record_online_window(&self, window: Duration) -> Result<()> {
         self.conn().execute(
             "INSERT OR REPLACE INTO meta(key, value) VALUES ('online_window_ms', ?1)",
             [window.as_millis().to_string()],
@@ -66,12 +66,12 @@ impl Store {
     }
 
     /// Why job `id` waits, when it is queued; `None` otherwise.
-    pub fn wait_reason(&self, id: i64) -> Result<Option<String>> {
+    pub(super) fn wait_reason(&self, id: i64) -> Result<Option<String>> {
         Ok(self.wait_reasons(&[id])?.remove(&id))
     }
 
     /// Why each of `ids` that is queued waits (the others are left out).
-    pub fn wait_reasons(&self, ids: &[i64]) -> Result<HashMap<i64, String>> {
+    pub(super) fn wait_reasons(&self, ids: &[i64]) -> Result<HashMap<i64, String>> {
         let conn = self.reader()?;
         wait_reasons_in(&conn, ids, now_ms())
     }
