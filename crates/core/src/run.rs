@@ -61,7 +61,7 @@ pub async fn run(
             sink.emit(&Event::JobFinished {
                 job: label,
                 status,
-                duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+                duration_ms: job::millis(started.elapsed()),
                 steps: Vec::new(),
                 error: Some(error.clone()),
             });

@@ -137,6 +137,6 @@ pub enum SetupError {
 /// The default local image for `machine: true` and unmapped default names.
 pub const DEFAULT_MACHINE_IMAGE: &str = "bosun/machine";
 
-fn millis(d: Duration) -> u64 {
+pub(crate) fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
