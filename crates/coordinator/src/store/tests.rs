@@ -740,3 +740,86 @@ fn a_job_held_for_ssh_after_its_end_keeps_its_state_and_takes_a_cancel() {
     assert!(s.pending_cancels("a1").expect("pending").is_empty());
     assert_eq!(s.cancel(id).expect("cancel"), "success");
 }
+
+#[test]
+fn contexts_keep_their_values_sealed_list_names_only_and_go_with_their_restrictions() {
+    use crate::model::contexts::{Restriction, RestrictionKind};
+    let (d, s) = store();
+    let c = s.create_context("deploy", "acme").expect("create");
+    assert!(s.create_context("deploy", "").is_err(), "names are unique");
+    s.create_context("other", "elsewhere").expect("create");
+    assert_eq!(
+        s.list_contexts(Some("acme"))
+            .expect("list")
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect::<Vec<_>>(),
+        ["deploy"]
+    );
+    s.set_context_var("deploy", "AWS_KEY", "first-value-123")
+        .expect("set");
+    let v = s
+        .set_context_var(&c.id, "AWS_KEY", "second-value-456")
+        .expect("set by id");
+    assert!(v.updated >= v.created);
+    assert!(s.set_context_var("deploy", "1BAD", "x").is_err());
+    let names: Vec<String> = s
+        .list_context_vars("deploy")
+        .expect("vars")
+        .into_iter()
+        .map(|v| v.name)
+        .collect();
+    assert_eq!(names, ["AWS_KEY"]);
+    // Sealed at rest.
+    let db = std::fs::read(d.path().join("data").join(DB_FILE)).expect("db");
+    assert!(!db.windows(16).any(|w| w == b"second-value-456"));
+    // An expression that does not parse, or a project that does not exist, is refused.
+    let r = |kind, v: &str| Restriction {
+        kind,
+        value: v.into(),
+    };
+    let e = s
+        .add_restriction("deploy", &r(RestrictionKind::Expression, "branch == 1"))
+        .expect_err("bad expression")
+        .to_string();
+    assert!(e.contains("column 1"), "{e}");
+    assert!(s
+        .add_restriction("deploy", &r(RestrictionKind::Project, "acme/nope"))
+        .is_err());
+    let p = s
+        .add_restriction("deploy", &r(RestrictionKind::Project, "bb/acme/widget"))
+        .expect("project");
+    assert_eq!(p.value, "acme/widget");
+    assert!(s
+        .add_restriction("deploy", &r(RestrictionKind::Project, "acme/widget"))
+        .is_err());
+    s.add_restriction("deploy", &r(RestrictionKind::Group, "release"))
+        .expect("group");
+    assert_eq!(s.list_restrictions("deploy").expect("list").len(), 2);
+    s.remove_restriction("deploy", &p.id).expect("remove");
+    assert_eq!(s.list_restrictions("deploy").expect("list").len(), 1);
+    // Groups of operators.
+    s.add_operator_group("ann", "release").expect("group");
+    s.add_operator_group("ann", "release").expect("idempotent");
+    assert_eq!(s.operator_groups("ann").expect("groups"), ["release"]);
+    assert!(s.remove_operator_group("ann", "release").expect("rm"));
+    assert!(s.operator_groups("ann").expect("groups").is_empty());
+    // Deleting a context takes its variables and restrictions.
+    s.remove_context_var("deploy", "AWS_KEY").expect("rm var");
+    assert!(s.remove_context_var("deploy", "AWS_KEY").is_err());
+    s.delete_context("deploy").expect("delete");
+    assert!(s.context("deploy").expect("read").is_none());
+    assert!(matches!(
+        s.list_context_vars("deploy"),
+        Err(CoordError::NotFound(_))
+    ));
+    let conn = s.conn();
+    let left: i64 = conn
+        .query_row(
+            "SELECT (SELECT COUNT(*) FROM context_env) + (SELECT COUNT(*) FROM context_restrictions)",
+            [],
+            |r| r.get(0),
+        )
+        .expect("count");
+    assert_eq!(left, 0);
+}

@@ -661,3 +661,24 @@ async fn registry_credentials_are_interpolated_reach_the_pull_and_are_masked() {
     assert!(!text.contains("s3cret-registry-pass"), "{text}");
     assert!(text.contains("pw=********"), "{text}");
 }
+
+#[test]
+fn a_job_gets_the_contexts_it_names_in_order_and_a_lone_job_gets_every_one_given() {
+    let store_dir = tempfile::tempdir().expect("tempdir");
+    let mut spec = spec(store_dir.path(), plan(vec![]));
+    let kv = |k: &str, v: &str| (k.to_owned(), v.to_owned());
+    context_mut(&mut spec).contexts = vec![
+        ("a".into(), vec![kv("KEY", "from-a"), kv("A", "a")]),
+        ("b".into(), vec![kv("KEY", "from-b"), kv("B", "b")]),
+    ];
+    let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    // A later context over an earlier one, whatever order they were given in.
+    let env = super::context_env(&spec.context, Some(&names(&["b", "a"])));
+    assert_eq!(env, vec![kv("KEY", "from-a"), kv("B", "b"), kv("A", "a")]);
+    // One not given is left out.
+    let env = super::context_env(&spec.context, Some(&names(&["missing", "b"])));
+    assert_eq!(env, vec![kv("KEY", "from-b"), kv("B", "b")]);
+    // A job run alone: every context, in the order given.
+    let env = super::context_env(&spec.context, None);
+    assert_eq!(env, vec![kv("KEY", "from-b"), kv("A", "a"), kv("B", "b")]);
+}
