@@ -259,7 +259,7 @@ pub fn project_set(a: ProjectSetArgs) -> Result<()> {
 }
 
 /// A new ed25519 key pair: (OpenSSH private key text, public line).
-fn new_key(comment: &str) -> Result<(zeroize::Zeroizing<String>, String)> {
+pub(crate) fn new_key(comment: &str) -> Result<(zeroize::Zeroizing<String>, String)> {
     use russh::keys::ssh_key::private::Ed25519Keypair;
     use russh::keys::ssh_key::LineEnding;
     use russh::keys::PrivateKey;

@@ -37,7 +37,7 @@ pub struct WebhookProject {
     pub fork_secrets: bool,
 }
 
-fn webhook_place(pid: i64) -> String {
+pub(super) fn webhook_place(pid: i64) -> String {
     format!("p{pid}/webhook_secret")
 }
 

@@ -45,6 +45,7 @@ pub const MAX_JOB_TIMEOUT_SECS: u64 = 24 * 3600;
 mod access;
 mod blob_index;
 pub mod blobs;
+mod follow_store;
 mod intake;
 mod jobs;
 mod lease;
@@ -56,6 +57,7 @@ pub mod pipelines;
 mod project_store;
 mod queue_store;
 pub use blob_index::BlobIndex;
+pub use follow_store::{FollowRecord, FollowStore, Followed};
 pub use log_store::LogStore;
 pub use pipeline_actions::parse_pipeline_ref;
 pub use pipeline_store::{PipelineStore, StatusOutbox};
@@ -77,7 +79,14 @@ pub use times::LogTimes;
 /// its store calls on a blocking thread, through `&dyn Backend`). A second database
 /// implements the area traits and gets this one for free.
 pub trait Backend:
-    QueueStore + LogStore + PipelineStore + StatusOutbox + ProjectStore + AccessStore + BlobIndex
+    QueueStore
+    + LogStore
+    + PipelineStore
+    + StatusOutbox
+    + ProjectStore
+    + AccessStore
+    + BlobIndex
+    + FollowStore
 {
 }
 
@@ -89,6 +98,7 @@ impl<T> Backend for T where
         + ProjectStore
         + AccessStore
         + BlobIndex
+        + FollowStore
         + ?Sized
 {
 }
