@@ -702,3 +702,37 @@ async fn a_followed_project_builds_a_signed_push_with_the_deploy_key_follow_adde
         "{log}"
     );
 }
+
+#[test]
+fn a_rate_limit_longer_than_bosun_waits_stops_at_once_and_says_so() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let api = BitbucketApi::start(&basic(), None);
+    let mut limit = Fault::new(
+        "GET",
+        "/repositories/acme/widget",
+        429,
+        "Rate limit exceeded",
+    );
+    limit.retry_after = Some(3600);
+    api.fault(limit);
+    let creds = creds(dir.path(), &format!("{EMAIL}:{API_TOKEN}"));
+    let t0 = std::time::Instant::now();
+    let out = cloud_follow(&data, &api, &creds, "follow");
+    assert!(!out.ok, "{}", out.stdout);
+    assert!(
+        t0.elapsed() < Duration::from_secs(30),
+        "it waited {:?}",
+        t0.elapsed()
+    );
+    assert!(
+        out.stderr
+            .contains("GET /2.0/repositories/acme/widget: still 429"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("try again later"), "{}", out.stderr);
+    no_token(&out, &data, API_TOKEN);
+    assert_eq!(api.requests().len(), 1, "nothing more was asked");
+    assert!(api.deploy_keys().is_empty() && api.hooks().is_empty());
+}
