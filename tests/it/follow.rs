@@ -6,7 +6,7 @@
 //! agent that checks out with the deploy key follow added.
 
 use crate::harness::bitbucket::{job_id, job_status, push_payload, wait_pipeline};
-use crate::harness::bitbucket_api::{BitbucketApi, Fault, DC_ID, UUID};
+use crate::harness::bitbucket_api::{BitbucketApi, Fault, OnKey, DC_ID, UUID};
 use crate::harness::{self, image, Coordinator, Rig};
 use bosun::coordinator::bitbucket::signature::sign;
 use bosun::coordinator::store::{FollowStore, ProjectStore, Store};
@@ -611,38 +611,50 @@ fn bad_arguments_are_refused_before_any_call() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_followed_project_builds_a_signed_push_with_the_deploy_key_follow_added() {
+async fn a_followed_project_builds_a_signed_push_with_the_keys_follow_and_user_key_added() {
     let rig = Rig::start();
     rig.create_repo("acme/widget");
+    rig.create_repo("deps/other");
+    let other = rig.work_repo("deps/other");
+    other.write(
+        "OTHER.txt",
+        "a private dependency read with the authorized user key\n",
+    );
+    other.commit("other");
+    other.push("HEAD:refs/heads/main");
     let repo = rig.work_repo("acme/widget");
     let img = image("base");
     repo.write(
         ".circleci/config.yml",
         &format!(
-            "version: 2.1\njobs:\n  build:\n    docker: [{{image: {img}}}]\n    steps:\n      - checkout\n      - run: cat greeting.txt\nworkflows:\n  main:\n    jobs: [build]\n"
+            "version: 2.1\njobs:\n  build:\n    docker: [{{image: {img}}}]\n    steps:\n      - checkout\n      - run: cat greeting.txt\n      - run: git clone -q git@bitbucket.org:deps/other.git /tmp/other && cat /tmp/other/OTHER.txt\nworkflows:\n  main:\n    jobs: [build]\n"
         ),
     );
     repo.write("greeting.txt", "checked out with the followed deploy key\n");
     let sha = repo.commit("config");
     repo.push("HEAD:refs/heads/main");
 
-    // The stand-in grants each deploy key Bitbucket's API is given, read-only on the
-    // repository, as Bitbucket does.
+    // The stand-in grants each key Bitbucket's API is given as Bitbucket does: a deploy key
+    // read-only on the repository, a user's key on the user's workspace (here another one,
+    // so the checkout of acme/widget needs the deploy key and the clone of deps/other the
+    // user key).
     let authorized = rig.srv_dir().join("authorized_keys");
-    let grant: std::sync::Arc<dyn Fn(&str) + Send + Sync> = std::sync::Arc::new(
-        move |public: &str| {
-            use std::io::Write;
-            let line = format!(
-            "command=\"/usr/local/bin/bb-serve deploy acme/widget\",no-port-forwarding,no-X11-forwarding,no-agent-forwarding,no-pty {}\n",
+    let grant: OnKey = std::sync::Arc::new(move |kind: &str, public: &str| {
+        use std::io::Write;
+        let grant = match kind {
+            "deploy" => "deploy acme/widget",
+            _ => "user deps",
+        };
+        let line = format!(
+            "command=\"/usr/local/bin/bb-serve {grant}\",no-port-forwarding,no-X11-forwarding,no-agent-forwarding,no-pty {}\n",
             public.trim()
         );
-            std::fs::OpenOptions::new()
-                .append(true)
-                .open(&authorized)
-                .and_then(|mut f| f.write_all(line.as_bytes()))
-                .expect("grant the deploy key");
-        },
-    );
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&authorized)
+            .and_then(|mut f| f.write_all(line.as_bytes()))
+            .expect("grant the key");
+    });
     let api = BitbucketApi::start(&basic(), Some(grant));
     let c = Coordinator::builder().vcs_hosts(&rig).start();
     let creds = creds(c.dir(), &format!("{EMAIL}:{API_TOKEN}"));
@@ -663,6 +675,24 @@ async fn a_followed_project_builds_a_signed_push_with_the_deploy_key_follow_adde
             &public_url,
             "--known-hosts",
             known_hosts.to_str().expect("utf8"),
+        ],
+    );
+    assert!(out.ok, "{}\n{}", out.stdout, out.stderr);
+    // "Authorize with Bitbucket": a user key on ada's account, for the project's jobs.
+    let out = cli(
+        &c.data,
+        &[
+            "user",
+            "key",
+            "add",
+            "--bitbucket",
+            "acme/widget",
+            "--user",
+            "ada",
+            "--api",
+            &api.cloud_api(),
+            "--api-credentials-file",
+            &creds,
         ],
     );
     assert!(out.ok, "{}\n{}", out.stdout, out.stderr);
@@ -699,6 +729,10 @@ async fn a_followed_project_builds_a_signed_push_with_the_deploy_key_follow_adde
     assert_eq!(job_status(&p, "build"), "success", "{p:#?}\n{log}");
     assert!(
         log.contains("checked out with the followed deploy key"),
+        "{log}"
+    );
+    assert!(
+        log.contains("a private dependency read with the authorized user key"),
         "{log}"
     );
 }

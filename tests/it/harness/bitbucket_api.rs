@@ -4,8 +4,8 @@
 //! keys kept as Bitbucket would keep them, lists paged small (Cloud's `next` links, Data
 //! Center's `isLastPage`/`nextPageStart`) so that paging is exercised, every request recorded
 //! (method, path, headers, body), and faults on demand (a status, with a `Retry-After` for
-//! 429). A callback sees each deploy key added, so a test can grant it on the Bitbucket
-//! stand-in (`Rig`).
+//! 429). A callback sees each key added (`"deploy"` or `"user"`, and its public line), so a
+//! test can grant it on the Bitbucket stand-in (`Rig`) as Bitbucket would.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::sync::{Arc, Mutex};
@@ -90,7 +90,8 @@ pub struct State {
     next_id: u64,
 }
 
-type OnKey = Arc<dyn Fn(&str) + Send + Sync>;
+/// Called with (`"deploy"` or `"user"`, the public line) for each key added.
+pub type OnKey = Arc<dyn Fn(&str, &str) + Send + Sync>;
 
 #[derive(Clone)]
 pub struct BitbucketApi {
@@ -99,7 +100,7 @@ pub struct BitbucketApi {
     pub base: String,
     /// The `Authorization` header every request must carry (else 401).
     auth: String,
-    on_deploy_key: Option<OnKey>,
+    on_key: Option<OnKey>,
 }
 
 pub const UUID: &str = "{5c1c7b2e-4a8f-4f7e-9b1d-2d6c0d9e7a11}";
@@ -110,14 +111,14 @@ const PAGE: usize = 2;
 impl BitbucketApi {
     /// Serve on loopback; `auth` is the `Authorization` header expected; `clone_ssh` the
     /// repository's SSH clone URL.
-    pub fn start(auth: &str, on_deploy_key: Option<OnKey>) -> BitbucketApi {
+    pub fn start(auth: &str, on_key: Option<OnKey>) -> BitbucketApi {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let base = format!("http://{}", listener.local_addr().expect("addr"));
         let api = BitbucketApi {
             state: Arc::default(),
             base,
             auth: auth.to_owned(),
-            on_deploy_key,
+            on_key,
         };
         let a = api.clone();
         std::thread::spawn(move || {
@@ -301,8 +302,8 @@ impl BitbucketApi {
                         label: label.clone(),
                         key: key.clone(),
                     });
-                    if let Some(cb) = &self.on_deploy_key {
-                        cb(&key);
+                    if let Some(cb) = &self.on_key {
+                        cb("deploy", &key);
                     }
                     created(
                         serde_json::json!({"id": id, "key": key, "label": label, "type": "deploy_key"}),
@@ -373,6 +374,9 @@ impl BitbucketApi {
                         key: body["key"].as_str().unwrap_or("").into(),
                     };
                     s.user_keys.push(k.clone());
+                    if let Some(cb) = &self.on_key {
+                        cb("user", &k.key);
+                    }
                     created(serde_json::json!({"uuid": k.id, "key": k.key, "label": k.label}))
                 }
                 _ => not_found,
@@ -424,8 +428,8 @@ impl BitbucketApi {
                         label: label.clone(),
                         key: text.clone(),
                     });
-                    if let Some(cb) = &self.on_deploy_key {
-                        cb(&text);
+                    if let Some(cb) = &self.on_key {
+                        cb("deploy", &text);
                     }
                     created(
                         serde_json::json!({"key": {"id": id, "text": text, "label": label}, "permission": "REPO_READ"}),
