@@ -96,7 +96,7 @@ pub struct ProjectSetArgs {
     /// or `data-center:https://HOST` (Data Center's build-status API); empty: statuses off.
     #[arg(long, value_name = "URL")]
     pub status_api: Option<String>,
-    /// A file holding `user:app-password` (or `bearer:TOKEN`) for the status API.
+    /// A file holding `EMAIL:API-TOKEN` (HTTP Basic) or `bearer:TOKEN` for the status API.
     #[arg(long, value_name = "FILE")]
     pub status_credentials_file: Option<PathBuf>,
 }

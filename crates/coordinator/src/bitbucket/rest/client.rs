@@ -333,6 +333,53 @@ mod tests {
         assert_eq!(origin_of("http://127.0.0.1:9/x?y"), "http://127.0.0.1:9");
     }
 
+    /// A server answering each connection with the next of `answers` (one request each).
+    fn serve(answers: Vec<String>) -> String {
+        use std::io::{BufRead, BufReader, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        std::thread::spawn(move || {
+            for (conn, body) in listener.incoming().zip(answers) {
+                let Ok(mut conn) = conn else { return };
+                let mut reader = BufReader::new(conn.try_clone().expect("clone"));
+                let mut line = String::new();
+                while reader.read_line(&mut line).unwrap_or(0) > 2 {
+                    line.clear();
+                }
+                let _ = conn.write_all(
+                    format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    )
+                    .as_bytes(),
+                );
+            }
+        });
+        format!("http://{addr}")
+    }
+
+    #[tokio::test]
+    async fn a_next_link_to_another_server_is_not_followed_with_the_credentials() {
+        let base = serve(vec![
+            r#"{"values": [1], "next": "http://198.51.100.7/2.0/x?page=2"}"#.to_owned(),
+        ]);
+        let c = Client::new(
+            Credentials::Bearer(zeroize::Zeroizing::new("t0ken".into())),
+            Duration::from_secs(1),
+        )
+        .expect("client");
+        let e = c
+            .list(&format!("{base}/2.0/x"), Paging::Cloud)
+            .await
+            .expect_err("refused");
+        assert!(
+            e.to_string()
+                .contains("`next` leads to another server (http://198.51.100.7)"),
+            "{e}"
+        );
+        assert!(!e.to_string().contains("t0ken"));
+    }
+
     #[test]
     fn retry_after_is_obeyed_within_reason() {
         let mut h = reqwest::header::HeaderMap::new();
