@@ -31,6 +31,7 @@ mod e2e;
 mod engine_escapes;
 mod engine_proxy;
 mod execute;
+mod follow;
 mod host_escapes;
 mod mirror;
 mod oidc;

@@ -110,7 +110,7 @@ pub struct ProjectSetArgs {
     /// or `data-center:https://HOST` (Data Center's build-status API); empty: statuses off.
     #[arg(long, value_name = "URL")]
     pub status_api: Option<String>,
-    /// A file holding `user:app-password` (or `bearer:TOKEN`) for the status API.
+    /// A file holding `EMAIL:API-TOKEN` (HTTP Basic) or `bearer:TOKEN` for the status API.
     #[arg(long, value_name = "FILE")]
     pub status_credentials_file: Option<PathBuf>,
 }
@@ -297,7 +297,7 @@ pub fn project_set(a: ProjectSetArgs) -> Result<()> {
 }
 
 /// A new ed25519 key pair: (OpenSSH private key text, public line).
-fn new_key(comment: &str) -> Result<(zeroize::Zeroizing<String>, String)> {
+pub(crate) fn new_key(comment: &str) -> Result<(zeroize::Zeroizing<String>, String)> {
     use russh::keys::ssh_key::private::Ed25519Keypair;
     use russh::keys::ssh_key::LineEnding;
     use russh::keys::PrivateKey;

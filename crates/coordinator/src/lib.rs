@@ -11,6 +11,7 @@ pub mod api;
 pub mod bitbucket;
 pub mod blobs;
 mod cli_contexts;
+mod cli_follow;
 mod cli_pipelines;
 mod error;
 pub mod metrics;
@@ -131,6 +132,9 @@ pub enum Command {
     /// their restrictions (docs/contexts.md).
     #[command(subcommand)]
     Context(cli_contexts::ContextCommand),
+    /// Users' keys on Bitbucket: `user key add|rm` ("Authorize with Bitbucket").
+    #[command(subcommand)]
+    User(cli_follow::UserCommand),
 }
 
 #[derive(clap::Args, Debug)]
@@ -244,6 +248,13 @@ fn parse_ttl(text: &str) -> std::result::Result<Duration, String> {
 pub enum ProjectCommand {
     /// Add a project (a Bitbucket repository) jobs can be queued for.
     Add(ProjectAddArgs),
+    /// Follow a Bitbucket repository through its REST API: the project is added (or found),
+    /// a new deploy key is added to the repository and a webhook to this coordinator created.
+    /// Following again adds nothing twice.
+    Follow(cli_follow::FollowArgs),
+    /// Remove Bosun's webhook and deploy key from the repository (only Bosun's); the
+    /// project's pipelines and settings stay.
+    Unfollow(cli_follow::UnfollowArgs),
     /// Bitbucket settings: webhook secret, build rules, commit status API and credentials.
     Set(cli_pipelines::ProjectSetArgs),
     /// Make an ed25519 deploy key for the project (replacing its deploy key) and print the
@@ -621,6 +632,13 @@ fn run_inner(cmd: Command) -> Result<()> {
         Command::Operator(c) => cli_pipelines::operator(c, &mut |s| print(&mut out, s)),
         Command::Context(c) => cli_contexts::run(c, &mut |s| print(&mut out, s)),
         Command::Project(ProjectCommand::Set(a)) => cli_pipelines::project_set(a),
+        Command::Project(ProjectCommand::Follow(a)) => {
+            cli_follow::follow_repo(a, &mut |s| print(&mut out, s))
+        }
+        Command::Project(ProjectCommand::Unfollow(a)) => {
+            cli_follow::unfollow_repo(a, &mut |s| print(&mut out, s))
+        }
+        Command::User(c) => cli_follow::user(c, &mut |s| print(&mut out, s)),
         Command::Project(ProjectCommand::Keygen(a)) => {
             cli_pipelines::keygen(a, &mut |s| print(&mut out, s))
         }
@@ -646,7 +664,7 @@ fn run_inner(cmd: Command) -> Result<()> {
 }
 
 /// The `host[:port]` of a Data Center base URL (`https://bitbucket.example.com/`).
-fn data_center_server(url: &str) -> Result<String> {
+pub(crate) fn data_center_server(url: &str) -> Result<String> {
     let bad = || {
         CoordError::Invalid(format!(
             "--data-center `{}`: expected the server's base URL, such as https://bitbucket.example.com",

@@ -191,7 +191,7 @@ impl fmt::Display for StatusApi {
 #[derive(Debug, Clone)]
 pub struct ApiSource {
     pub api: StatusApi,
-    /// `user:app-password` or `bearer:TOKEN`.
+    /// `EMAIL:API-TOKEN` or `bearer:TOKEN` (`bitbucket::rest::Credentials`).
     pub credentials: zeroize::Zeroizing<String>,
     /// `workspace/repo` (Cloud) or `PROJECT/repo` (Data Center).
     pub repo: String,

@@ -47,6 +47,7 @@ mod blob_index;
 pub mod blobs;
 mod context_store;
 pub mod contexts;
+mod follow_store;
 mod intake;
 mod jobs;
 mod lease;
@@ -59,6 +60,7 @@ mod project_store;
 mod queue_store;
 pub use blob_index::BlobIndex;
 pub use context_store::ContextStore;
+pub use follow_store::{FollowRecord, FollowStore, Followed};
 pub use log_store::LogStore;
 pub use pipeline_actions::parse_pipeline_ref;
 pub use pipeline_store::{PipelineStore, StatusOutbox};
@@ -88,6 +90,7 @@ pub trait Backend:
     + AccessStore
     + BlobIndex
     + ContextStore
+    + FollowStore
 {
 }
 
@@ -100,6 +103,7 @@ impl<T> Backend for T where
         + AccessStore
         + BlobIndex
         + ContextStore
+        + FollowStore
         + ?Sized
 {
 }
