@@ -57,6 +57,8 @@ pub fn run() -> i32 {
 pub enum SessionError {
     Io(std::io::Error),
     TooLong(u32),
+    /// The input ended inside a packet.
+    Cut,
     Empty,
     /// The stream broke the protocol's order: it cannot be answered.
     Protocol(&'static str),
@@ -71,6 +73,7 @@ impl std::fmt::Display for SessionError {
                 "a packet of {n} bytes (at most {} are taken): closing the session",
                 wire::MAX_PACKET
             ),
+            SessionError::Cut => write!(f, "the stream ended inside a packet"),
             SessionError::Empty => write!(f, "an empty packet: closing the session"),
             SessionError::Protocol(what) => write!(f, "{what}: closing the session"),
         }
@@ -118,7 +121,10 @@ fn read_packet(input: &mut impl BufRead, buf: &mut Vec<u8>) -> Result<bool, Sess
         return Ok(false);
     }
     let mut len = [0u8; 4];
-    input.read_exact(&mut len)?;
+    input.read_exact(&mut len).map_err(|e| match e.kind() {
+        std::io::ErrorKind::UnexpectedEof => SessionError::Cut,
+        _ => SessionError::Io(e),
+    })?;
     let len = u32::from_be_bytes(len);
     if len > wire::MAX_PACKET {
         return Err(SessionError::TooLong(len));
@@ -128,7 +134,10 @@ fn read_packet(input: &mut impl BufRead, buf: &mut Vec<u8>) -> Result<bool, Sess
     }
     buf.clear();
     buf.resize(len as usize, 0);
-    input.read_exact(buf)?;
+    input.read_exact(buf).map_err(|e| match e.kind() {
+        std::io::ErrorKind::UnexpectedEof => SessionError::Cut,
+        _ => SessionError::Io(e),
+    })?;
     Ok(true)
 }
 
