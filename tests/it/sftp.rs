@@ -384,10 +384,29 @@ fn scp_sftp_and_rsync_move_files_as_the_non_root_step_user_in_an_image_without_s
     );
     let down_secs = t.elapsed().as_secs_f64();
     assert_eq!(sha256(&big_back), digest);
+    // The same bytes through the gateway's plain channel (`ssh cat`), for a ratio in one run.
+    let t = Instant::now();
+    let o = g
+        .ssh(&g.key, job)
+        .arg("cat > ~/big.channel")
+        .stdin(std::fs::File::open(&big).expect("open"))
+        .output()
+        .expect("ssh cat up");
+    assert_ok(&o, "ssh cat up");
+    let channel_up = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let o = g
+        .ssh(&g.key, job)
+        .arg("cat ~/big.channel")
+        .stdout(std::fs::File::create(local.join("big.channel")).expect("create"))
+        .output()
+        .expect("ssh cat down");
+    assert_ok(&o, "ssh cat down");
+    let channel_down = t.elapsed().as_secs_f64();
     eprintln!(
-        "[sftp] 64 MiB through the gateway: up {up_secs:.2}s ({:.0} MiB/s), down {down_secs:.2}s ({:.0} MiB/s)",
-        64.0 / up_secs,
-        64.0 / down_secs
+        "[sftp] 64 MiB: scp (SFTP) up {up_secs:.2}s, down {down_secs:.2}s; ssh cat up {channel_up:.2}s, down {channel_down:.2}s; SFTP/channel throughput up {:.2}, down {:.2}",
+        channel_up / up_secs,
+        channel_down / down_secs
     );
 
     eprintln!("[sftp] rsync");
