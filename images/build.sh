@@ -32,8 +32,11 @@ CACHE=${BOSUN_IMAGE_CACHE:-/var/cache/bosun-images}
 # brings setsid; tar is essential anyway). postgresql-client, redis-tools,
 # netcat-openbsd: what a job needs to wait for and talk to its service
 # containers (pg_isready, psql, redis-cli, nc -z); +16 MB, perl being in
-# base already (git needs it), so no separate job image for them.
-BASE_PACKAGES=bash,git,openssh-client,ca-certificates,procps,postgresql-client,redis-tools,netcat-openbsd
+# base already (git needs it), so no separate job image for them. rsync:
+# `rsync -e ssh` into a job through the SSH gateway runs the image's own
+# rsync (tests/it/sftp.rs). Never openssh-server: the gateway serves SFTP
+# itself, and base is the image without an sftp-server that proves it.
+BASE_PACKAGES=bash,git,openssh-client,ca-certificates,procps,postgresql-client,redis-tools,netcat-openbsd,rsync
 GITSERVER_PACKAGES=openssh-server
 # A machine an operator installs the agent on: systemd as PID 1 (systemd-sysv),
 # dbus for systemctl. The agent's runtime needs (libssl via openssl,

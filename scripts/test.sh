@@ -10,9 +10,10 @@
 # here, in one message, rather than as a panic deep in a test. The tools, and who needs them:
 #   debootstrap      images/build.sh builds the test images from Debian packages (no container
 #                    registry is reachable, the engine starts empty)
-#   ssh, ssh-keygen, ssh-keyscan, scp
+#   ssh, ssh-keygen, ssh-keyscan, scp, sftp
 #                    the harness makes keys and talks to the Bitbucket stand-in and the SSH
 #                    gateway as a user would
+#   rsync            tests/it/sftp.rs copies trees into a job with `rsync -e ssh`
 #   git              the harness fills the stand-in's repositories
 #   sshd             tests/it/checkout_sshd.rs runs a host sshd for the checkout's real-server tests
 #   chromium         the job and pipeline pages' tests drive it headless
@@ -43,6 +44,8 @@ declare -A package_of=(
     [ssh-keygen]=openssh-client
     [ssh-keyscan]=openssh-client
     [scp]=openssh-client
+    [sftp]=openssh-client
+    [rsync]=rsync
     [git]=git
     [sshd]=openssh-server
     [chromium]=chromium

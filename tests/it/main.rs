@@ -43,6 +43,7 @@ mod resource_class;
 mod rig;
 mod runtime;
 mod service_containers;
+mod sftp;
 mod ssh_coordinator;
 mod ssh_gateway;
 mod steps;
