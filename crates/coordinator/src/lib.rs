@@ -11,6 +11,7 @@ pub mod api;
 pub mod bitbucket;
 pub mod blobs;
 mod cli_pipelines;
+mod cli_schedules;
 mod error;
 pub mod metrics;
 pub mod model;
@@ -19,6 +20,7 @@ pub mod pages;
 pub mod per_address;
 pub mod pipelines;
 pub mod rerun;
+pub mod schedules;
 pub mod secrets;
 mod serve;
 pub mod server;
@@ -126,6 +128,10 @@ pub enum Command {
     /// one (kept as a digest), `revoke NAME` revokes every token of NAME.
     #[command(subcommand)]
     Operator(cli_pipelines::OperatorCommand),
+    /// Scheduled pipelines: `add --project P --name N --cron EXPR --branch B [--param K=V]…
+    /// [--actor NAME]`, `ls`, `rm`, `pause`, `resume` (docs/schedules.md).
+    #[command(subcommand)]
+    Schedule(cli_schedules::ScheduleCommand),
 }
 
 #[derive(clap::Args, Debug)]
@@ -220,6 +226,10 @@ pub struct ServeArgs {
     /// mirror just used.
     #[arg(long, value_name = "SIZE", default_value = "10GiB", value_parser = blobs::parse_size)]
     pub config_mirror_budget: u64,
+    /// Tests only: the scheduler reads "now" (milliseconds since the epoch) from this file
+    /// instead of the system clock, so a test moves schedules through their ticks.
+    #[arg(long, value_name = "FILE", hide = true)]
+    pub schedule_clock_file: Option<PathBuf>,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -614,6 +624,7 @@ fn run_inner(cmd: Command) -> Result<()> {
         Command::CancelPipeline(a) => cli_pipelines::cancel(a, &mut |s| print(&mut out, s)),
         Command::RerunPipeline(a) => cli_pipelines::rerun(a, &mut |s| print(&mut out, s)),
         Command::Operator(c) => cli_pipelines::operator(c, &mut |s| print(&mut out, s)),
+        Command::Schedule(c) => cli_schedules::run(c, &mut |s| print(&mut out, s)),
         Command::Project(ProjectCommand::Set(a)) => cli_pipelines::project_set(a),
         Command::Project(ProjectCommand::Keygen(a)) => {
             cli_pipelines::keygen(a, &mut |s| print(&mut out, s))

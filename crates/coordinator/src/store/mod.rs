@@ -55,12 +55,15 @@ mod pipeline_store;
 pub mod pipelines;
 mod project_store;
 mod queue_store;
+mod schedule_store;
+pub mod schedules;
 pub use blob_index::BlobIndex;
 pub use log_store::LogStore;
 pub use pipeline_actions::parse_pipeline_ref;
 pub use pipeline_store::{PipelineStore, StatusOutbox};
 pub use project_store::{AccessStore, ProjectStore};
 pub use queue_store::QueueStore;
+pub use schedule_store::ScheduleStore;
 mod schema;
 mod ssh;
 #[cfg(test)]
@@ -77,7 +80,14 @@ pub use times::LogTimes;
 /// its store calls on a blocking thread, through `&dyn Backend`). A second database
 /// implements the area traits and gets this one for free.
 pub trait Backend:
-    QueueStore + LogStore + PipelineStore + StatusOutbox + ProjectStore + AccessStore + BlobIndex
+    QueueStore
+    + LogStore
+    + PipelineStore
+    + StatusOutbox
+    + ProjectStore
+    + AccessStore
+    + BlobIndex
+    + ScheduleStore
 {
 }
 
@@ -89,6 +99,7 @@ impl<T> Backend for T where
         + ProjectStore
         + AccessStore
         + BlobIndex
+        + ScheduleStore
         + ?Sized
 {
 }
