@@ -267,7 +267,11 @@ async fn scheduled_pipelines_from_the_cli_fire_once_per_tick_with_their_name_id_
     clock.set(m0 + 1_000);
     let first = wait_scheduled(&s.data, 1, Duration::from_secs(20))[0];
     let rows = scheduled(&s.data);
-    assert_eq!(rows[0].schedule_id.as_deref(), Some(id.as_str()), "{rows:?}");
+    assert_eq!(
+        rows[0].schedule_id.as_deref(),
+        Some(id.as_str()),
+        "{rows:?}"
+    );
     assert_eq!(rows[0].workflow, None, "{rows:?}");
     let p = wait_pipeline(
         &s.data,
