@@ -101,14 +101,23 @@ pub fn scheduled_pipeline(
     }
 }
 
+/// The most pipelines one tick of a scheduled workflow makes (our choice, the sources name
+/// none): a trigger without a branch filter on a repository of thousands of branches would
+/// otherwise start thousands of pipelines every time it fires.
+pub const MAX_BRANCHES_PER_TICK: usize = 50;
+
 /// A scheduled workflow's tick: one pipeline per branch that exists and its filters allow,
-/// each running that workflow only.
+/// each running that workflow only (the first [`MAX_BRANCHES_PER_TICK`] branches by name),
+/// and how many branches were left out.
 pub fn scheduled_workflow(
     workflow: &str,
     filter: Option<&Filter>,
     existing: &[String],
-) -> Vec<Firing> {
-    branches_to_fire(filter, existing)
+) -> (Vec<Firing>, usize) {
+    let mut branches = branches_to_fire(filter, existing);
+    let left_out = branches.len().saturating_sub(MAX_BRANCHES_PER_TICK);
+    branches.truncate(MAX_BRANCHES_PER_TICK);
+    let firings = branches
         .into_iter()
         .map(|branch| Firing {
             branch,
@@ -119,7 +128,8 @@ pub fn scheduled_workflow(
             schedule_id: String::new(),
             workflow: Some(workflow.to_owned()),
         })
-        .collect()
+        .collect();
+    (firings, left_out)
 }
 
 /// Which of a config's workflows a pipeline runs: for a scheduled workflow's pipeline only
@@ -221,7 +231,8 @@ mod tests {
             ],
             ignore: Vec::new(),
         };
-        let fired = scheduled_workflow("nightly", Some(&f), &existing);
+        let (fired, left_out) = scheduled_workflow("nightly", Some(&f), &existing);
+        assert_eq!(left_out, 0);
         let branches: Vec<&str> = fired.iter().map(|f| f.branch.as_str()).collect();
         // `develop` does not exist; `release-x` does not match; `main` once.
         assert_eq!(branches, ["main", "release/1.0"]);
@@ -239,7 +250,15 @@ mod tests {
             ["feature", "main"]
         );
         assert_eq!(branches_to_fire(None, &existing).len(), 4);
-        assert!(scheduled_workflow("nightly", Some(&f), &[]).is_empty());
+        assert!(scheduled_workflow("nightly", Some(&f), &[]).0.is_empty());
+        // Without a filter on a repository of many branches: a bounded number per tick.
+        let many: Vec<String> = (0..120).map(|i| format!("b{i:03}")).collect();
+        let (fired, left_out) = scheduled_workflow("nightly", None, &many);
+        assert_eq!(
+            (fired.len(), left_out),
+            (MAX_BRANCHES_PER_TICK, 120 - MAX_BRANCHES_PER_TICK)
+        );
+        assert_eq!(fired[0].branch, "b000");
     }
 
     #[test]

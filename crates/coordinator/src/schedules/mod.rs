@@ -215,11 +215,20 @@ async fn pass(
             }
         };
         failed.remove(&w.key);
-        let batch: Vec<NewPipeline> =
-            schedule::scheduled_workflow(&w.trigger.workflow, f.as_ref(), &branches)
-                .into_iter()
-                .map(|f| new_pipeline(&w.project, f))
-                .collect();
+        let (firings, left_out) =
+            schedule::scheduled_workflow(&w.trigger.workflow, f.as_ref(), &branches);
+        if left_out > 0 {
+            tracing::warn!(
+                workflow = w.trigger.workflow,
+                project = w.project,
+                "scheduled workflow: {left_out} more branches match its filters than the {} a tick starts; narrow `filters.branches`",
+                schedule::MAX_BRANCHES_PER_TICK
+            );
+        }
+        let batch: Vec<NewPipeline> = firings
+            .into_iter()
+            .map(|f| new_pipeline(&w.project, f))
+            .collect();
         let key = w.key.clone();
         if let Some(ids) = state.db(move |db| db.fire_tick(&key, tick, &batch)).await? {
             tracing::info!(
