@@ -407,6 +407,13 @@ async fn a_triggers_workflow_runs_on_its_schedule_on_each_existing_branch_and_no
             "{log}"
         );
     }
+    let ls = s.c.cli(&["schedule", "ls", "--project", "acme/widget"]);
+    let tick = bosun::config::cron::format_utc(m0);
+    assert!(
+        ls.contains("acme/widget  workflow nightly  \"* * * * *\"  branches only [main, /release\\/.*/, gone] ignore []")
+            && ls.contains(&format!("last {tick}")),
+        "{ls}"
+    );
     // Not again in the same minute.
     clock.set(m0 + 30_000);
     std::thread::sleep(Duration::from_secs(3));

@@ -11,7 +11,8 @@ pub enum ScheduleCommand {
     /// Add a scheduled pipeline: a pipeline on BRANCH at each CRON time (five fields, UTC),
     /// with `pipeline.trigger_source` `scheduled_pipeline` and `pipeline.schedule.name|id`.
     Add(AddArgs),
-    /// List scheduled pipelines (with their next and last tick).
+    /// List scheduled pipelines, then the scheduled workflows of the default branches'
+    /// configs (with their next and last tick).
     Ls {
         #[command(flatten)]
         data: DataArg,
@@ -149,6 +150,37 @@ pub fn run(c: ScheduleCommand, print: &mut dyn FnMut(String)) -> Result<()> {
                     .trim_end()
                     .to_owned(),
                 );
+            }
+            // The scheduled workflows the default branches' configs declare (read-only here:
+            // they change with the config).
+            for w in store.workflow_schedules()? {
+                if project.as_deref().is_some_and(|p| p != w.project) {
+                    continue;
+                }
+                let next = Cron::parse(&w.trigger.cron)
+                    .ok()
+                    .and_then(|c| c.next_after(now.max(w.since - 1)))
+                    .map(|t| format!("next {}", format_utc(t)))
+                    .unwrap_or_else(|| "never".into());
+                let last = w
+                    .last_tick
+                    .map(|t| format!("last {}", format_utc(t)))
+                    .unwrap_or_else(|| "never fired".into());
+                let branches = match (&w.trigger.only, w.trigger.ignore.is_empty()) {
+                    (None, true) => "every branch".to_owned(),
+                    (only, _) => format!(
+                        "branches only [{}] ignore [{}]",
+                        only.as_deref().unwrap_or(&[]).join(", "),
+                        w.trigger.ignore.join(", ")
+                    ),
+                };
+                print(format!(
+                    "{}  workflow {}  \"{}\"  {branches}  {next}  {last}  (config at {})",
+                    w.project,
+                    w.trigger.workflow,
+                    w.trigger.cron,
+                    &w.revision[..w.revision.len().min(12)]
+                ));
             }
             Ok(())
         }
