@@ -446,7 +446,8 @@ async fn a_triggers_workflow_runs_on_its_schedule_on_each_existing_branch_and_no
 }
 
 #[test]
-fn a_restart_in_the_middle_of_a_tick_fires_each_schedule_once() {
+fn a_restart_in_the_middle_of_a_tick_fires_each_schedule_once_and_missed_ticks_fire_once_at_start_up(
+) {
     let dir = tempfile::tempdir().expect("tmp");
     let clock = TestClock::new(dir.path());
     let mut c = Coordinator::builder()
@@ -543,6 +544,34 @@ fn a_restart_in_the_middle_of_a_tick_fires_each_schedule_once() {
         mid.iter().any(|&n| n > 0 && n < N),
         "every kill came after the whole tick: {mid:?}"
     );
+
+    // Down over three ticks: at start-up the latest one fires once, the two before it never.
+    c.kill();
+    let back = m0 + 5 * MIN;
+    clock.set(back + 500);
+    c.restart();
+    let t0 = Instant::now();
+    while fired(back) < N {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "{} of {N}",
+            fired(back)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        (fired(m0 + 3 * MIN), fired(m0 + 4 * MIN), fired(back)),
+        (0, 0, N)
+    );
+    let total: i64 = db()
+        .query_row(
+            "SELECT COUNT(*) FROM pipelines WHERE schedule_id IS NOT NULL",
+            [],
+            |r| r.get(0),
+        )
+        .expect("count");
+    assert_eq!(total, 4 * N as i64);
 }
 
 #[tokio::test(flavor = "multi_thread")]
