@@ -42,6 +42,7 @@ mod registry;
 mod resource_class;
 mod rig;
 mod runtime;
+mod schedules;
 mod service_containers;
 mod sftp;
 mod ssh_coordinator;

@@ -602,6 +602,7 @@ fn request(args: &ExecuteArgs) -> Result<JobRequest, RequestError> {
         pipeline_params,
         trigger_source: String::new(),
         base_revision: String::new(),
+        schedule: Default::default(),
         pipeline_number: args.build_num,
         branch: None,
         tag: None,

@@ -196,6 +196,11 @@ fn request(agent: &Arc<Agent>, wire: &mut WireJob) -> Result<JobRequest, Request
             .as_ref()
             .map(|p| p.base_revision.clone())
             .unwrap_or_default(),
+        schedule: wire
+            .pipeline
+            .as_ref()
+            .map(|p| (p.schedule_name.clone(), p.schedule_id.clone()))
+            .unwrap_or_default(),
         pipeline_number: wire.pipeline_number,
         branch: wire.branch.clone(),
         tag: wire.tag.clone(),

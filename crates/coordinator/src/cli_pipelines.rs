@@ -140,7 +140,7 @@ pub enum KeysCommand {
     },
 }
 
-fn kv(s: &str) -> Result<(String, String)> {
+pub(crate) fn kv(s: &str) -> Result<(String, String)> {
     match s.split_once('=') {
         Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
         _ => Err(CoordError::Invalid(format!("`{s}`: expected K=V"))),

@@ -13,6 +13,7 @@ pub mod blobs;
 mod cli_contexts;
 mod cli_follow;
 mod cli_pipelines;
+mod cli_schedules;
 mod error;
 pub mod metrics;
 pub mod model;
@@ -21,6 +22,7 @@ pub mod pages;
 pub mod per_address;
 pub mod pipelines;
 pub mod rerun;
+pub mod schedules;
 pub mod secrets;
 mod serve;
 pub mod server;
@@ -135,6 +137,10 @@ pub enum Command {
     /// Users' keys on Bitbucket: `user key add|rm` ("Authorize with Bitbucket").
     #[command(subcommand)]
     User(cli_follow::UserCommand),
+    /// Scheduled pipelines: `add --project P --name N --cron EXPR --branch B [--param K=V]…
+    /// [--actor NAME]`, `ls`, `rm`, `pause`, `resume` (docs/schedules.md).
+    #[command(subcommand)]
+    Schedule(cli_schedules::ScheduleCommand),
 }
 
 #[derive(clap::Args, Debug)]
@@ -229,6 +235,10 @@ pub struct ServeArgs {
     /// mirror just used.
     #[arg(long, value_name = "SIZE", default_value = "10GiB", value_parser = blobs::parse_size)]
     pub config_mirror_budget: u64,
+    /// Tests only: the scheduler reads "now" (milliseconds since the epoch) from this file
+    /// instead of the system clock, so a test moves schedules through their ticks.
+    #[arg(long, value_name = "FILE", hide = true)]
+    pub schedule_clock_file: Option<PathBuf>,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -631,6 +641,7 @@ fn run_inner(cmd: Command) -> Result<()> {
         Command::RerunPipeline(a) => cli_pipelines::rerun(a, &mut |s| print(&mut out, s)),
         Command::Operator(c) => cli_pipelines::operator(c, &mut |s| print(&mut out, s)),
         Command::Context(c) => cli_contexts::run(c, &mut |s| print(&mut out, s)),
+        Command::Schedule(c) => cli_schedules::run(c, &mut |s| print(&mut out, s)),
         Command::Project(ProjectCommand::Set(a)) => cli_pipelines::project_set(a),
         Command::Project(ProjectCommand::Follow(a)) => {
             cli_follow::follow_repo(a, &mut |s| print(&mut out, s))

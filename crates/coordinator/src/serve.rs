@@ -224,6 +224,15 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         },
     );
     bitbucket::status::spawn(state.clone());
+    crate::schedules::spawn(
+        state.clone(),
+        crate::schedules::SchedulerSettings::new(
+            args.schedule_clock_file.clone(),
+            args.vcs_hosts.clone(),
+            args.data.data.clone(),
+            args.config_mirror_budget,
+        ),
+    );
 
     let app = api::router(state.clone(), blobs::api::router(state.clone()))
         .merge(web::router(state.clone()))

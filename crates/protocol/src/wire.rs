@@ -216,12 +216,17 @@ pub struct WirePipeline {
     /// `pipeline.parameters` given to the trigger (`--param K=V`), as text.
     #[serde(default)]
     pub parameters: Vec<(String, String)>,
-    /// `pipeline.trigger_source`: `webhook` or `api`.
+    /// `pipeline.trigger_source`: `webhook`, `api`, `scheduled_pipeline` or `schedule`.
     #[serde(default)]
     pub trigger_source: String,
     /// `pipeline.git.base_revision` (the previous pipeline's commit on the branch), or empty.
     #[serde(default)]
     pub base_revision: String,
+    /// `pipeline.schedule.name` and `.id` of a scheduled pipeline, or empty.
+    #[serde(default)]
+    pub schedule_name: String,
+    #[serde(default)]
+    pub schedule_id: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

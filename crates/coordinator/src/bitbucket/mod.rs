@@ -406,6 +406,7 @@ async fn decide_pull_request(
         username: pr.actor.clone(),
         commit_subject: Some(pr.title.clone()),
         params: Vec::new(),
+        ..Default::default()
     });
     Ok(d)
 }

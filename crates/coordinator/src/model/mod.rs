@@ -6,6 +6,7 @@
 pub mod advance;
 pub mod contexts;
 pub mod expression;
+pub mod schedule;
 
 use std::fmt;
 use std::str::FromStr;

@@ -136,7 +136,7 @@ async fn pass(
                 ),
             };
             let t1 = std::time::Instant::now();
-            let workflows = config::compile(&p, &fetched.revision, &fetched.text)
+            let compiled = config::compile(&p, &fetched.revision, &fetched.text)
                 .map_err(|e| (Some(fetched.revision.clone()), e))?;
             // What a webhook's first job waits for, in parts (issue 16's < 100 ms budget).
             tracing::debug!(
@@ -146,7 +146,11 @@ async fn pass(
                 compile_ms = t1.elapsed().as_secs_f64() * 1000.0,
                 "config read"
             );
-            Ok::<_, (Option<String>, String)>((fetched.revision, workflows))
+            // The default branch's config says which workflows are scheduled: read again
+            // whenever a pipeline of the default branch compiles (a push to it, above all).
+            let on_default = p.tag.is_none() && p.branch.as_deref() == Some(&p.default_branch);
+            let schedules = on_default.then(|| (p.project_uuid.clone(), compiled.triggers));
+            Ok::<_, (Option<String>, String)>((fetched.revision, compiled.workflows, schedules))
         });
         let outcome = match tokio::time::timeout(CONFIG_LIMIT, work).await {
             Ok(Ok(r)) => r,
@@ -160,7 +164,16 @@ async fn pass(
             )),
         };
         match outcome {
-            Ok((revision, workflows)) => {
+            Ok((revision, workflows, schedules)) => {
+                if let Some((project, triggers)) = schedules {
+                    let at = revision.clone();
+                    let changed = state
+                        .db(move |s| s.set_workflow_schedules(&project, &at, &triggers))
+                        .await?;
+                    if changed {
+                        tracing::info!(pipeline = id, %revision, "scheduled workflows read again");
+                    }
+                }
                 state
                     .db(move |s| s.pipeline_compiled(id, &revision, &workflows))
                     .await?

@@ -58,6 +58,8 @@ mod pipeline_store;
 pub mod pipelines;
 mod project_store;
 mod queue_store;
+mod schedule_store;
+pub mod schedules;
 pub use blob_index::BlobIndex;
 pub use context_store::ContextStore;
 pub use follow_store::{FollowRecord, FollowStore, Followed};
@@ -66,6 +68,7 @@ pub use pipeline_actions::parse_pipeline_ref;
 pub use pipeline_store::{PipelineStore, StatusOutbox};
 pub use project_store::{AccessStore, ProjectStore};
 pub use queue_store::QueueStore;
+pub use schedule_store::ScheduleStore;
 mod schema;
 mod ssh;
 #[cfg(test)]
@@ -91,6 +94,7 @@ pub trait Backend:
     + BlobIndex
     + ContextStore
     + FollowStore
+    + ScheduleStore
 {
 }
 
@@ -104,6 +108,7 @@ impl<T> Backend for T where
         + BlobIndex
         + ContextStore
         + FollowStore
+        + ScheduleStore
         + ?Sized
 {
 }

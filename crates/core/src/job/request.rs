@@ -102,6 +102,8 @@ pub struct JobRequest {
     /// pipeline gave them (empty: the defaults).
     pub trigger_source: String,
     pub base_revision: String,
+    /// `pipeline.schedule.name` and `.id` when a scheduled pipeline gave them (else empty).
+    pub schedule: (String, String),
     pub pipeline_number: u64,
     pub branch: Option<String>,
     pub tag: Option<String>,
@@ -291,6 +293,8 @@ pub(crate) async fn prepare_with(
         } else {
             req.trigger_source.clone()
         },
+        schedule_name: req.schedule.0.clone(),
+        schedule_id: req.schedule.1.clone(),
         id: req
             .identity
             .pipeline_id
