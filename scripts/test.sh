@@ -22,6 +22,8 @@
 #                    with fakeroot when not run as root
 #   systemd-analyze  systemd/verify.sh checks the agent's unit (tests/it/systemd.rs needs nothing
 #                    more on the host: its systemd is the bosun/systemd image's)
+#   pycircleci       (PyPI, pinned; into a venv, skipped when present) tests/it/api_v2.rs drives
+#                    the coordinator's API v2 with it
 # Then the images: `images/build.sh all` builds what is missing and costs nothing when all are
 # current (building needs root, for debootstrap and chroot). Integration tests start Docker
 # containers; four at a time keeps a 2-core machine busy without starving sshd start-ups.
@@ -107,6 +109,19 @@ fi
 if ! command -v cargo >/dev/null 2>&1; then
     say "the Rust toolchain (cargo) is not installed; install it from https://rustup.rs, then run this again"
     exit 1
+fi
+
+# API clients from PyPI that tests/it/api_v2.rs drives (pinned): importable by python3 already,
+# or installed into a virtual environment the test finds (BOSUN_PY_CLIENTS, default below).
+py_clients=${BOSUN_PY_CLIENTS:-$HOME/.cache/bosun/py-clients}
+py_pins=(pycircleci==0.7.0)
+if ! python3 -c 'import pycircleci' >/dev/null 2>&1 && ! "$py_clients/bin/python3" -c 'import pycircleci' >/dev/null 2>&1; then
+    if ! python3 -m venv --help >/dev/null 2>&1 && [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null 2>&1; then
+        apt-get install -y -qq --no-install-recommends python3-venv python3-pip >/dev/null
+    fi
+    say "installing ${py_pins[*]} into $py_clients"
+    python3 -m venv "$py_clients" && "$py_clients/bin/python3" -m pip install -q "${py_pins[@]}" ||
+        say "could not install ${py_pins[*]}: the API v2 client tests will be skipped"
 fi
 
 # stdout carries the images' exact tags, which only the harness wants.

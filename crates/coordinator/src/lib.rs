@@ -8,8 +8,10 @@
 //! routes, server-sent events; the HTML of the pages in [`pages`]) ← [`serve`] and the CLI commands here.
 
 pub mod api;
+pub mod api_v2;
 pub mod bitbucket;
 pub mod blobs;
+mod cli_api;
 mod cli_pipelines;
 mod error;
 pub mod metrics;
@@ -126,6 +128,10 @@ pub enum Command {
     /// one (kept as a digest), `revoke NAME` revokes every token of NAME.
     #[command(subcommand)]
     Operator(cli_pipelines::OperatorCommand),
+    /// Read-only API v2 tokens for one project (docs/api-v2.md): `new --project SLUG NAME`
+    /// prints one, `revoke NAME` revokes them.
+    #[command(subcommand)]
+    ApiToken(cli_api::ApiTokenCommand),
 }
 
 #[derive(clap::Args, Debug)]
@@ -220,6 +226,11 @@ pub struct ServeArgs {
     /// mirror just used.
     #[arg(long, value_name = "SIZE", default_value = "10GiB", value_parser = blobs::parse_size)]
     pub config_mirror_budget: u64,
+    /// Registry orbs pipeline configs may import (`circleci/continuation@2.0.1`):
+    /// DIR/NAMESPACE/NAME@VERSION.yml, as `bosun execute --orb-dir`; agents need the same
+    /// orbs (their `orb_dir`).
+    #[arg(long, value_name = "DIR")]
+    pub orb_dir: Option<PathBuf>,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -614,6 +625,7 @@ fn run_inner(cmd: Command) -> Result<()> {
         Command::CancelPipeline(a) => cli_pipelines::cancel(a, &mut |s| print(&mut out, s)),
         Command::RerunPipeline(a) => cli_pipelines::rerun(a, &mut |s| print(&mut out, s)),
         Command::Operator(c) => cli_pipelines::operator(c, &mut |s| print(&mut out, s)),
+        Command::ApiToken(c) => cli_api::api_token(c, &mut |s| print(&mut out, s)),
         Command::Project(ProjectCommand::Set(a)) => cli_pipelines::project_set(a),
         Command::Project(ProjectCommand::Keygen(a)) => {
             cli_pipelines::keygen(a, &mut |s| print(&mut out, s))

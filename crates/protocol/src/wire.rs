@@ -218,6 +218,10 @@ pub struct WirePipeline {
     /// `pipeline.git.base_revision` (the previous pipeline's commit on the branch), or empty.
     #[serde(default)]
     pub base_revision: String,
+    /// The config to compile instead of the commit's `.circleci/config.yml`: a job of a
+    /// workflow that a setup workflow's continuation added (dynamic config). Absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

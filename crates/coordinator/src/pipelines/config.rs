@@ -198,14 +198,26 @@ fn read_config(
     })
 }
 
-/// Compile `text` for pipeline `p` at `revision`: its workflows with each job's starting
-/// status (`waiting`, or `not_run` when filters leave it out). `Err`: the compiler's errors,
-/// one per line, each `file:line:col: key: message`.
+/// A pipeline's config, compiled.
+pub struct Compiled {
+    /// Its workflows, each job with its starting status.
+    pub workflows: Vec<NewWorkflow>,
+    /// The processed config, as `circleci config process` writes it.
+    pub processed: String,
+    /// `setup: true`: its workflows make the real config and continue the pipeline with it.
+    pub setup: bool,
+}
+
+/// Compile `text` for pipeline `p` at `revision`, registry orbs read from `orb_dir`
+/// (`serve --orb-dir`): its workflows with each job's starting status (`waiting`, or
+/// `not_run` when filters leave it out). `Err`: the compiler's errors, one per line, each
+/// `file:line:col: key: message`.
 pub fn compile(
     p: &PipelineToFetch,
     revision: &str,
     text: &str,
-) -> Result<Vec<NewWorkflow>, String> {
+    orb_dir: Option<&Path>,
+) -> Result<Compiled, String> {
     let pipeline = PipelineValues {
         id: p.uuid.clone(),
         number: p.number,
@@ -224,10 +236,11 @@ pub fn compile(
         parameters: p.params.clone(),
         ..PipelineValues::default()
     };
+    let loader = orb_dir.map(|d| config::OrbDir(d.to_path_buf()));
     let opts = CompileOptions {
         pipeline,
-        orbs: None,
-        orb_dir: None,
+        orbs: loader.as_ref().map(|l| l as &dyn config::OrbLoader),
+        orb_dir: orb_dir.map(|d| d.display().to_string()),
     };
     let file = CONFIG_PATH;
     let compiled = config::compile(text, file, &opts).map_err(|errs| {
@@ -236,16 +249,11 @@ pub fn compile(
             .collect::<Vec<_>>()
             .join("\n")
     })?;
-    if compiled.setup {
-        return Err(format!(
-            "{file}: `setup: true` (dynamic config) needs a continuation, which pipelines do not offer yet"
-        ));
-    }
     let git = match (&p.tag, &p.branch) {
         (Some(t), _) => GitRef::Tag(t),
         (None, b) => GitRef::Branch(b.as_deref().unwrap_or("")),
     };
-    Ok(compiled
+    let workflows = compiled
         .workflows
         .iter()
         .map(|w| {
@@ -304,7 +312,12 @@ pub fn compile(
                     .collect(),
             }
         })
-        .collect())
+        .collect();
+    Ok(Compiled {
+        workflows,
+        processed: compiled.to_yaml(),
+        setup: compiled.setup,
+    })
 }
 
 #[cfg(test)]

@@ -43,6 +43,8 @@ pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
 pub const MAX_JOB_TIMEOUT_SECS: u64 = 24 * 3600;
 
 mod access;
+mod api_store;
+pub mod api_v2;
 mod blob_index;
 pub mod blobs;
 mod intake;
@@ -55,6 +57,7 @@ mod pipeline_store;
 pub mod pipelines;
 mod project_store;
 mod queue_store;
+pub use api_store::ApiStore;
 pub use blob_index::BlobIndex;
 pub use log_store::LogStore;
 pub use pipeline_actions::parse_pipeline_ref;
@@ -77,7 +80,14 @@ pub use times::LogTimes;
 /// its store calls on a blocking thread, through `&dyn Backend`). A second database
 /// implements the area traits and gets this one for free.
 pub trait Backend:
-    QueueStore + LogStore + PipelineStore + StatusOutbox + ProjectStore + AccessStore + BlobIndex
+    QueueStore
+    + LogStore
+    + PipelineStore
+    + StatusOutbox
+    + ProjectStore
+    + AccessStore
+    + BlobIndex
+    + ApiStore
 {
 }
 
@@ -89,6 +99,7 @@ impl<T> Backend for T where
         + ProjectStore
         + AccessStore
         + BlobIndex
+        + ApiStore
         + ?Sized
 {
 }

@@ -299,11 +299,20 @@ impl Store {
                                 .unwrap_or_default(),
                             trigger_source: r.get(4)?,
                             base_revision: r.get(5)?,
+                            config: None,
                         },
                         r.get(6)?,
                     ))
                 },
             )
-            .optional()?)
+            .optional()?
+            .map(|(mut p, restricted)| {
+                if let Some((config, params)) = Store::continued_config(conn, job)? {
+                    p.config = Some(config);
+                    p.parameters = params;
+                }
+                Ok::<_, CoordError>((p, restricted))
+            })
+            .transpose()?)
     }
 }

@@ -138,7 +138,7 @@ where
     })
 }
 
-fn requires_json(r: &[(String, Vec<RequiredStatus>)]) -> String {
+pub(super) fn requires_json(r: &[(String, Vec<RequiredStatus>)]) -> String {
     let v: Vec<(String, Vec<&str>)> = r
         .iter()
         .map(|(n, s)| (n.clone(), s.iter().map(|s| s.as_str()).collect()))
