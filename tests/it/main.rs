@@ -42,6 +42,7 @@ mod resource_class;
 mod rig;
 mod runtime;
 mod service_containers;
+mod setup_workflows;
 mod ssh_coordinator;
 mod ssh_gateway;
 mod steps;

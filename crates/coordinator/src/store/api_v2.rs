@@ -225,6 +225,9 @@ pub struct ContinuationTarget {
     pub revision: String,
 }
 
+/// A continued config and its parameters.
+pub(super) type ContinuedConfig = (String, Vec<(String, String)>);
+
 /// What a continuation adds to its pipeline.
 pub struct Continuation<'a> {
     /// The config as sent, and as processed.
@@ -412,10 +415,7 @@ impl Store {
 
     /// The continued config and its parameters, for a job of a workflow a continuation
     /// added (the agent cannot read that config from the repository).
-    pub(super) fn continued_config(
-        conn: &Connection,
-        job: i64,
-    ) -> Result<Option<(String, Vec<(String, String)>)>> {
+    pub(super) fn continued_config(conn: &Connection, job: i64) -> Result<Option<ContinuedConfig>> {
         Ok(conn
             .query_row(
                 "SELECT pc.source, c.params FROM jobs j JOIN workflow_jobs wj ON wj.job_id = j.id \
@@ -440,11 +440,11 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
-    use super::super::pipelines::{
-        NewPipeline, NewWorkflow, NewWorkflowJob, StatusBody, StatusChange, Statuses,
-    };
     use super::*;
     use crate::model::JobKind;
+    use crate::store::pipelines::{
+        NewPipeline, NewWorkflow, NewWorkflowJob, StatusBody, StatusChange, Statuses,
+    };
     use bosun_protocol::WorkflowJobStatus;
 
     fn no_status(_: &StatusChange<'_>) -> Option<StatusBody> {
@@ -529,7 +529,6 @@ mod tests {
         let target = s
             .continuation(&key.value)
             .expect("lookup")
-            .ok()
             .expect("a target");
         assert_eq!(target.revision, sha);
         assert_eq!(target.pipeline.branch.as_deref(), Some("main"));

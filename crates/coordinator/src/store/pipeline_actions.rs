@@ -282,7 +282,7 @@ impl Store {
         conn: &Connection,
         job: i64,
     ) -> Result<Option<(bosun_protocol::WirePipeline, bool)>> {
-        Ok(conn
+        conn
             .query_row(
                 "SELECT p.uuid, w.name, w.uuid, p.params, p.trigger_source, COALESCE(p.base_revision, ''), j.restricted \
                  FROM jobs j JOIN workflow_jobs wj ON wj.job_id = j.id \
@@ -311,8 +311,8 @@ impl Store {
                     p.config = Some(config);
                     p.parameters = params;
                 }
-                Ok::<_, CoordError>((p, restricted))
+                Ok((p, restricted))
             })
-            .transpose()?)
+            .transpose()
     }
 }
