@@ -116,8 +116,8 @@ fi
 py_clients=${BOSUN_PY_CLIENTS:-$HOME/.cache/bosun/py-clients}
 py_pins=(pycircleci==0.7.0)
 if ! python3 -c 'import pycircleci' >/dev/null 2>&1 && ! "$py_clients/bin/python3" -c 'import pycircleci' >/dev/null 2>&1; then
-    if ! python3 -m venv --help >/dev/null 2>&1 && [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null 2>&1; then
-        apt-get install -y -qq --no-install-recommends python3-venv python3-pip >/dev/null
+    if ! python3 -c 'import ensurepip' >/dev/null 2>&1 && [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null 2>&1; then
+        apt-get update -qq && apt-get install -y -qq --no-install-recommends python3-venv python3-pip >/dev/null
     fi
     say "installing ${py_pins[*]} into $py_clients"
     python3 -m venv "$py_clients" && "$py_clients/bin/python3" -m pip install -q "${py_pins[@]}" ||
