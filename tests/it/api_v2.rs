@@ -538,6 +538,46 @@ async fn pagination_auth_the_404_body_and_hostile_input_get_circleci_answers() {
     let (_, all) = get("/project/bb/acme/widget/pipeline", Some(&op)).await;
     assert_eq!(all["items"][0]["number"], numbers[24]);
 
+    // A job queued on its own (no agent runs it): its details, then canceled, by an operator
+    // only.
+    let queued = c.cli(&[
+        "enqueue",
+        "--project",
+        "acme/widget",
+        "--ref",
+        "main",
+        "--job",
+        "build",
+    ]);
+    let n: i64 = queued
+        .split_whitespace()
+        .find_map(|w| w.parse().ok())
+        .unwrap_or_else(|| panic!("{queued}"));
+    let job_path = format!("/project/bb/acme/widget/job/{n}");
+    let (st, j) = get(&job_path, Some(&ro)).await;
+    assert_eq!(
+        (st, &j["status"], &j["name"]),
+        (200, &json!("queued"), &json!("build")),
+        "{j}"
+    );
+    assert_eq!(j["pipeline"], Value::Null, "{j}");
+    assert_eq!(
+        get(&format!("/project/bb/acme/other/job/{n}"), Some(&op)).await,
+        (404, json!({"message": "Job not found"})),
+        "a job is found under its own project only"
+    );
+    assert_eq!(
+        post(&format!("{job_path}/cancel"), Some(&ro), b"").await.0,
+        403
+    );
+    assert_eq!(
+        post(&format!("{job_path}/cancel"), Some(&op), b"").await,
+        (202, json!({"message": "Accepted."}))
+    );
+    let (_, j) = get(&job_path, Some(&op)).await;
+    assert_eq!(j["status"], "canceled", "{j}");
+    assert!(j["stopped_at"].is_string(), "{j}");
+
     // The pipeline errors at its config (no repository): CircleCI's state and errors.
     let id = all["items"][0]["id"].as_str().expect("id").to_owned();
     let t0 = std::time::Instant::now();

@@ -17,10 +17,18 @@ use std::sync::Arc;
 async fn job(
     state: &AppState,
     headers: &HeaderMap,
-    (vcs, org, repo, number): &(String, String, String, String),
+    path: &(String, String, String, String),
 ) -> Result<(ApiProject, JobRow), V2Error> {
     let who = caller(state, headers).await?;
-    let p = project(state, &who, vcs, org, repo).await?;
+    job_for(state, &who, path).await
+}
+
+async fn job_for(
+    state: &AppState,
+    who: &super::auth::Caller,
+    (vcs, org, repo, number): &(String, String, String, String),
+) -> Result<(ApiProject, JobRow), V2Error> {
+    let p = project(state, who, vcs, org, repo).await?;
     let n: i64 = number
         .parse()
         .ok()
@@ -119,4 +127,25 @@ pub async fn tests(
         })
         .collect();
     Ok(Json(shapes::page(items, None)).into_response())
+}
+
+/// `POST /project/{slug}/job/{number}/cancel`: a queued job ends at once, a running one at its
+/// agent's next heartbeat (as `bosun coordinator cancel`).
+pub async fn cancel(
+    State(state): State<Arc<AppState>>,
+    Path(path): Path<(String, String, String, String)>,
+    headers: HeaderMap,
+) -> V2Result {
+    let who = caller(&state, &headers).await?;
+    let (_, j) = job_for(&state, &who, &path).await?;
+    who.operator()?;
+    let id = j.id;
+    db(&state, move |s| s.cancel(id)).await?;
+    super::changed(&state);
+    state.jobs.bump(id);
+    Ok((
+        axum::http::StatusCode::ACCEPTED,
+        Json(json!({"message": "Accepted."})),
+    )
+        .into_response())
 }

@@ -95,6 +95,10 @@ pub fn router(state: Arc<AppState>, orb_dir: Option<std::path::PathBuf>) -> Rout
             get(jobs::details),
         )
         .route(
+            "/project/{vcs}/{org}/{repo}/job/{number}/cancel",
+            post(jobs::cancel),
+        )
+        .route(
             "/project/{vcs}/{org}/{repo}/{number}/artifacts",
             get(jobs::artifacts),
         )
