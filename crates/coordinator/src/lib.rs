@@ -12,6 +12,7 @@ pub mod api_v2;
 pub mod bitbucket;
 pub mod blobs;
 mod cli_api;
+mod cli_contexts;
 mod cli_pipelines;
 mod error;
 pub mod metrics;
@@ -132,6 +133,10 @@ pub enum Command {
     /// prints one, `revoke NAME` revokes them.
     #[command(subcommand)]
     ApiToken(cli_api::ApiTokenCommand),
+    /// Contexts: named sets of secret variables a workflow job's `context:` gives it, and
+    /// their restrictions (docs/contexts.md).
+    #[command(subcommand)]
+    Context(cli_contexts::ContextCommand),
 }
 
 #[derive(clap::Args, Debug)]
@@ -626,6 +631,7 @@ fn run_inner(cmd: Command) -> Result<()> {
         Command::RerunPipeline(a) => cli_pipelines::rerun(a, &mut |s| print(&mut out, s)),
         Command::Operator(c) => cli_pipelines::operator(c, &mut |s| print(&mut out, s)),
         Command::ApiToken(c) => cli_api::api_token(c, &mut |s| print(&mut out, s)),
+        Command::Context(c) => cli_contexts::run(c, &mut |s| print(&mut out, s)),
         Command::Project(ProjectCommand::Set(a)) => cli_pipelines::project_set(a),
         Command::Project(ProjectCommand::Keygen(a)) => {
             cli_pipelines::keygen(a, &mut |s| print(&mut out, s))

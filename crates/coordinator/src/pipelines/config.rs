@@ -307,6 +307,7 @@ pub fn compile(
                             resource_class: runner_class,
                             status,
                             reason,
+                            contexts: j.context.clone(),
                         }
                     })
                     .collect(),

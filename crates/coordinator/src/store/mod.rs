@@ -47,6 +47,8 @@ mod api_store;
 pub mod api_v2;
 mod blob_index;
 pub mod blobs;
+mod context_store;
+pub mod contexts;
 mod intake;
 mod jobs;
 mod lease;
@@ -59,6 +61,7 @@ mod project_store;
 mod queue_store;
 pub use api_store::ApiStore;
 pub use blob_index::BlobIndex;
+pub use context_store::ContextStore;
 pub use log_store::LogStore;
 pub use pipeline_actions::parse_pipeline_ref;
 pub use pipeline_store::{PipelineStore, StatusOutbox};
@@ -87,6 +90,7 @@ pub trait Backend:
     + ProjectStore
     + AccessStore
     + BlobIndex
+    + ContextStore
     + ApiStore
 {
 }
@@ -99,6 +103,7 @@ impl<T> Backend for T where
         + ProjectStore
         + AccessStore
         + BlobIndex
+        + ContextStore
         + ApiStore
         + ?Sized
 {
