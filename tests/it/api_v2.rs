@@ -597,3 +597,267 @@ async fn pagination_auth_the_404_body_and_hostile_input_get_circleci_answers() {
     );
     drop(c);
 }
+
+/// `circleci-env-cli` (PyPI) manages a context and its variables through the API, as teams
+/// run it; a workflow job naming that context then gets the values on a real agent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn circleci_env_cli_manages_a_context_whose_values_reach_a_job() {
+    let Some(py) = python_with("circleci_env_cli") else {
+        eprintln!(
+            "skipped: no python3 with circleci_env_cli (scripts/test.sh --setup installs it)"
+        );
+        return;
+    };
+    harness::ensure_images();
+    let config = format!(
+        r#"version: 2.1
+jobs:
+  deploy:
+    docker: [{{image: {img}}}]
+    steps:
+      - run: test "$DEPLOY_KEY_ID" = "id-from-the-cli" && test "${{#DEPLOY_SECRET}}" = 24 && echo context-values-ok
+workflows:
+  w:
+    jobs:
+      - deploy: {{context: [deploy-creds]}}
+"#,
+        img = harness::image("base")
+    );
+    let s = bitbucket::setup(&config, &["one"], &[]);
+    let op = s.c.cli(&["operator", "new", "ann"]).trim().to_owned();
+    let api = format!("http://{}/api", s.addr);
+    let vars = s.c.dir().join("vars.env");
+    std::fs::write(
+        &vars,
+        "DEPLOY_KEY_ID=id-from-the-cli\nDEPLOY_SECRET=s3cr3t-s3cr3t-s3cr3t-24c\nOBSOLETE=x\n",
+    )
+    .expect("vars");
+    // The token through CIRCLE_TOKEN (click's envvar prefix), never on the command line.
+    let env_cli = |args: &[&str], stdin: &str| {
+        use std::io::Write;
+        let mut child = Command::new(&py)
+            .args(["-m", "circleci_env_cli", "-u", &api])
+            .args(args)
+            .env("CIRCLE_TOKEN", &op)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("circleci-env-cli");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(stdin.as_bytes())
+            .expect("answer");
+        let out = child.wait_with_output().expect("wait");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "{args:?}: {text}");
+        text
+    };
+    let vars_arg = vars.to_str().expect("utf8");
+    // Not found: it asks, and creates the context (owner: the workspace), then sets the file's
+    // variables.
+    let out = env_cli(
+        &[
+            "-c",
+            "deploy-creds",
+            "-p",
+            "bitbucket/acme",
+            "-ef",
+            vars_arg,
+        ],
+        "y\n",
+    );
+    assert!(
+        out.contains("Successfully created context: deploy-creds"),
+        "{out}"
+    );
+    assert!(
+        out.contains("Successfully added/updated context variable: DEPLOY_SECRET"),
+        "{out}"
+    );
+    let out = env_cli(
+        &[
+            "-c",
+            "deploy-creds",
+            "-p",
+            "bitbucket/acme",
+            "-e",
+            "OBSOLETE",
+            "-d",
+        ],
+        "",
+    );
+    assert!(
+        out.contains("Successfully deleted context variable: OBSOLETE"),
+        "{out}"
+    );
+    let out = env_cli(&["-c", "deploy-creds", "-p", "bitbucket/acme", "-l"], "");
+    assert!(
+        out.contains("Context variables (2):\nDEPLOY_KEY_ID\nDEPLOY_SECRET"),
+        "{out}"
+    );
+    assert!(!out.contains("s3cr3t"), "values are never listed: {out}");
+    assert!(
+        s.c.cli(&["context", "ls"]).contains("deploy-creds"),
+        "the operator's CLI sees the same context"
+    );
+
+    // A pipeline through API v2: the job gets the context's values.
+    let http = reqwest::Client::new();
+    let t: Value = http
+        .post(format!("{api}/v2/project/bb/acme/widget/pipeline"))
+        .header("Circle-Token", &op)
+        .json(&json!({"branch": "main"}))
+        .send()
+        .await
+        .expect("trigger")
+        .json()
+        .await
+        .expect("json");
+    let number = t["number"].as_i64().expect("number");
+    let store = bosun::coordinator::store::Store::open(&s.data).expect("store");
+    let t0 = std::time::Instant::now();
+    let p = loop {
+        let p = store
+            .list_pipelines(Some("acme/widget"), 5)
+            .expect("pipelines")
+            .into_iter()
+            .find(|p| p.number == number);
+        if let Some(p) = p.filter(|p| matches!(p.status.as_str(), "success" | "failed" | "errored"))
+        {
+            break p;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(180),
+            "pipeline {number} did not end; agent log:\n{}",
+            s.agents[0].log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    let job = p.workflows[0].jobs[0].job_id.expect("job");
+    let log = harness::job_log(&s.data, &job.to_string());
+    assert_eq!(p.status.as_str(), "success", "{p:#?}\n{log}");
+    assert!(log.contains("context-values-ok"), "{log}");
+
+    // Deleted through the CLI (it asks first); the API lists none then.
+    let out = env_cli(&["-c", "deploy-creds", "-p", "bitbucket/acme", "-d"], "y\n");
+    assert!(
+        out.contains("Successfully deleted context: deploy-creds"),
+        "{out}"
+    );
+    let listed: Value = http
+        .get(format!("{api}/v2/context?owner-slug=bb/acme"))
+        .header("Circle-Token", &op)
+        .send()
+        .await
+        .expect("list")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(listed, json!({"items": [], "next_page_token": null}));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn contexts_are_for_operators_only_and_take_only_ids_and_sane_bodies() {
+    let (c, op, ro) = bare();
+    let base = format!("http://{}/api/v2", c.addr);
+    let http = reqwest::Client::new();
+    let send = |m: reqwest::Method, path: &str, token: &str, body: Option<Value>| {
+        call(
+            &http,
+            m,
+            format!("{base}{path}"),
+            Some(token.to_owned()),
+            body.map(|b| b.to_string().into_bytes()),
+        )
+    };
+    use reqwest::Method as M;
+    // A read-only project token may not even list contexts.
+    assert_eq!(send(M::GET, "/context", &ro, None).await.0, 403);
+    let (st, ctx) = send(
+        M::POST,
+        "/context",
+        &op,
+        Some(json!({"name": "deploy", "owner": {"slug": "bb/acme", "type": "organization"}})),
+    )
+    .await;
+    assert_eq!(st, 200, "{ctx}");
+    let id = ctx["id"].as_str().expect("id").to_owned();
+    assert!(bosun::coordinator::api_v2::is_uuid(&id), "{ctx}");
+    assert_eq!(ctx["name"], "deploy");
+    // A second one of the name, a bad owner, an owner id: refused.
+    for body in [
+        json!({"name": "deploy", "owner": {"slug": "bb/acme"}}),
+        json!({"name": "x", "owner": {"slug": "gh/acme"}}),
+        json!({"name": "x", "owner": {"id": "5034460f-c7c4-4c43-9457-de07e2029e7b"}}),
+        json!({"name": "x", "extra": 1}),
+    ] {
+        let (st, v) = send(M::POST, "/context", &op, Some(body.clone())).await;
+        assert_eq!(st, 400, "{body}: {v}");
+    }
+    // Listed by its workspace, not another's.
+    let (_, l) = send(M::GET, "/context?owner-slug=bitbucket/acme", &op, None).await;
+    assert_eq!(l["items"][0]["id"], id.as_str(), "{l}");
+    let (_, other) = send(M::GET, "/context?owner-slug=bb/other", &op, None).await;
+    assert_eq!(other["items"], json!([]), "{other}");
+    // By id only: a name is not an id.
+    assert_eq!(
+        send(M::GET, "/context/deploy", &op, None).await,
+        (404, json!({"message": "Context not found"}))
+    );
+    let var = format!("/context/{id}/environment-variable/API_KEY");
+    let (st, v) = send(M::PUT, &var, &op, Some(json!({"value": "v1"}))).await;
+    assert_eq!(
+        (st, &v["variable"], &v["context_id"]),
+        (200, &json!("API_KEY"), &json!(id.as_str()))
+    );
+    assert_eq!(
+        send(M::PUT, &var, &ro, Some(json!({"value": "v2"})))
+            .await
+            .0,
+        403
+    );
+    let big = "x".repeat(32 * 1024 + 1);
+    assert_eq!(
+        send(M::PUT, &var, &op, Some(json!({"value": big}))).await.0,
+        400
+    );
+    let (st, v) = send(
+        M::PUT,
+        &format!("/context/{id}/environment-variable/1BAD-NAME"),
+        &op,
+        Some(json!({"value": "v"})),
+    )
+    .await;
+    assert_eq!(st, 400, "{v}");
+    let (_, vars) = send(
+        M::GET,
+        &format!("/context/{id}/environment-variable"),
+        &op,
+        None,
+    )
+    .await;
+    assert_eq!(vars["items"].as_array().map(Vec::len), Some(1), "{vars}");
+    assert!(
+        !vars.to_string().contains("v1"),
+        "values are never listed: {vars}"
+    );
+    assert_eq!(send(M::DELETE, &var, &op, None).await.0, 200);
+    assert_eq!(send(M::DELETE, &var, &op, None).await.0, 404);
+    assert_eq!(
+        send(M::DELETE, &format!("/context/{id}"), &op, None)
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        send(M::GET, &format!("/context/{id}"), &op, None).await.0,
+        404
+    );
+}

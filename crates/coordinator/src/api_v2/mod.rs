@@ -1,6 +1,7 @@
 //! CircleCI's API v2, the subset teams script against (`docs/api-v2.md` lists it), under
 //! `/api/v2`: trigger and read pipelines, their config and workflows, a workflow's jobs, a
-//! job's details, artifacts and tests; approve, cancel and rerun a workflow; `GET /me`.
+//! job's details, artifacts and tests; approve, cancel and rerun a workflow; contexts and
+//! their variables; `GET /me`; the continuation of setup workflows.
 //! CircleCI's JSON shapes ([`shapes`]), its `next_page_token` pagination and its error body
 //! `{"message": …}` for every refusal, unknown routes included.
 //!
@@ -8,6 +9,7 @@
 //! one or two store calls through [`crate::store::Backend`], a shape.
 
 pub mod auth;
+mod contexts;
 mod continuation;
 mod jobs;
 mod pipelines;
@@ -64,6 +66,8 @@ impl From<CoordError> for V2Error {
         match e {
             CoordError::NotFound(m) => V2Error(StatusCode::NOT_FOUND, m),
             CoordError::Invalid(m) => V2Error(StatusCode::BAD_REQUEST, m),
+            // An approver outside a context's security group, for one.
+            CoordError::Forbidden(m) => V2Error(StatusCode::FORBIDDEN, m),
             e => {
                 tracing::error!("api v2: {e}");
                 V2Error(
@@ -115,6 +119,16 @@ pub fn router(state: Arc<AppState>, orb_dir: Option<std::path::PathBuf>) -> Rout
         .route("/workflow/{id}/approve/{request}", post(workflows::approve))
         .route("/workflow/{id}/cancel", post(workflows::cancel))
         .route("/workflow/{id}/rerun", post(workflows::rerun))
+        .route("/context", get(contexts::list).post(contexts::create))
+        .route(
+            "/context/{id}",
+            get(contexts::get_one).delete(contexts::delete),
+        )
+        .route("/context/{id}/environment-variable", get(contexts::vars))
+        .route(
+            "/context/{id}/environment-variable/{name}",
+            axum::routing::put(contexts::set_var).delete(contexts::delete_var),
+        )
         .fallback(not_found)
         .layer(axum::Extension(continuation::Orbs(orb_dir)))
         .layer(DefaultBodyLimit::max(MAX_BODY))
