@@ -388,8 +388,8 @@ impl Store {
             for (i, j) in w.jobs.iter().enumerate() {
                 tx.execute(
                     "INSERT INTO workflow_jobs(workflow_id, position, name, kind, requires, \
-                     serial_group, resource_class, status, reason) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                     serial_group, resource_class, status, reason, contexts) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
                     params![
                         wid,
                         i as i64,
@@ -399,7 +399,9 @@ impl Store {
                         j.serial_group,
                         j.resource_class,
                         j.status.as_str(),
-                        j.reason
+                        j.reason,
+                        // A continued job's contexts are authorized as any job's.
+                        serde_json::to_string(&j.contexts).unwrap_or_else(|_| "[]".into())
                     ],
                 )?;
             }
@@ -466,6 +468,7 @@ mod tests {
                 resource_class: None,
                 status: WorkflowJobStatus::Waiting,
                 reason: None,
+                contexts: vec![],
             }],
         }
     }
@@ -534,7 +537,10 @@ mod tests {
         assert_eq!(target.pipeline.branch.as_deref(), Some("main"));
 
         let params = vec![("target".to_owned(), "x".to_owned())];
-        let after = [workflow("after", "deploy")];
+        let mut after = [workflow("after", "deploy")];
+        after[0].jobs[0].contexts = vec!["deploy-creds".into()];
+        let notify = workflow("after", "notify").jobs.remove(0);
+        after[0].jobs.push(notify);
         let c = Continuation {
             source: "continued",
             compiled: "continued processed",
@@ -558,17 +564,35 @@ mod tests {
             Err(ContinueRefusal::AlreadyContinued)
         ));
 
+        // The continued jobs keep the contexts their config names, authorized as any job's:
+        // `deploy` names one that does not exist and ends unauthorized; `notify` runs.
+        let kept: String = s
+            .conn()
+            .query_row(
+                "SELECT contexts FROM workflow_jobs WHERE name = 'deploy'",
+                [],
+                |r| r.get(0),
+            )
+            .expect("row");
+        assert_eq!(kept, r#"["deploy-creds"]"#);
         s.advance(id, &STATUSES).expect("advance");
-        let deploy = s
+        let row = s.pipeline(id).expect("pipeline").expect("row");
+        let statuses: Vec<_> = row.workflows[1].jobs.iter().map(|j| j.status).collect();
+        assert_eq!(
+            statuses,
+            [WorkflowJobStatus::Unauthorized, WorkflowJobStatus::Queued],
+            "{row:#?}"
+        );
+        let notify = s
             .claim("a1", Duration::from_secs(30))
             .expect("claim")
             .expect("the continued job");
-        assert_eq!(deploy.job_name, "deploy");
-        let p = deploy.pipeline.expect("pipeline");
+        assert_eq!(notify.job_name, "notify");
+        let p = notify.pipeline.expect("pipeline");
         assert_eq!(p.config.as_deref(), Some("continued"));
         assert_eq!(p.parameters, params);
         assert_eq!(p.workflow, "after");
-        assert!(deploy
+        assert!(notify
             .env
             .iter()
             .all(|e| e.name != "CIRCLE_CONTINUATION_KEY"));
