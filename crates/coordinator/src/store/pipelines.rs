@@ -480,6 +480,9 @@ pub(crate) fn uuid_v4() -> Result<String> {
     ))
 }
 
+/// A workflow job's contexts and who approved it, beside its row.
+type JobExtra = (Vec<String>, Option<String>);
+
 /// A workflow job as the store applies transitions to it (and posts its statuses).
 pub(super) struct Live {
     pub(super) id: i64,
@@ -546,7 +549,7 @@ pub(super) fn advance_in(tx: &Connection, id: i64, statuses: &Statuses<'_>) -> R
                 .collect::<rusqlite::Result<Vec<_>>>()?;
             rows
         };
-        let (rows, extra): (Vec<_>, Vec<(Vec<String>, Option<String>)>) = rows.into_iter().unzip();
+        let (rows, extra): (Vec<_>, Vec<JobExtra>) = rows.into_iter().unzip();
         let (mut jobs, mut facts): (Vec<Live>, Vec<advance::WorkflowJob>) =
             rows.into_iter().unzip();
         // A job that names contexts is authorized before it can start (a forked pull
