@@ -8,8 +8,10 @@
 //! routes, server-sent events; the HTML of the pages in [`pages`]) ← [`serve`] and the CLI commands here.
 
 pub mod api;
+pub mod api_v2;
 pub mod bitbucket;
 pub mod blobs;
+mod cli_api;
 mod cli_contexts;
 mod cli_follow;
 mod cli_pipelines;
@@ -130,6 +132,10 @@ pub enum Command {
     /// one (kept as a digest), `revoke NAME` revokes every token of NAME.
     #[command(subcommand)]
     Operator(cli_pipelines::OperatorCommand),
+    /// Read-only API v2 tokens for one project (docs/api-v2.md): `new --project SLUG NAME`
+    /// prints one, `revoke NAME` revokes them.
+    #[command(subcommand)]
+    ApiToken(cli_api::ApiTokenCommand),
     /// Contexts: named sets of secret variables a workflow job's `context:` gives it, and
     /// their restrictions (docs/contexts.md).
     #[command(subcommand)]
@@ -239,6 +245,11 @@ pub struct ServeArgs {
     /// instead of the system clock, so a test moves schedules through their ticks.
     #[arg(long, value_name = "FILE", hide = true)]
     pub schedule_clock_file: Option<PathBuf>,
+    /// Registry orbs pipeline configs may import (`circleci/continuation@2.0.1`):
+    /// DIR/NAMESPACE/NAME@VERSION.yml, as `bosun execute --orb-dir`; agents need the same
+    /// orbs (their `orb_dir`).
+    #[arg(long, value_name = "DIR")]
+    pub orb_dir: Option<PathBuf>,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -640,6 +651,7 @@ fn run_inner(cmd: Command) -> Result<()> {
         Command::CancelPipeline(a) => cli_pipelines::cancel(a, &mut |s| print(&mut out, s)),
         Command::RerunPipeline(a) => cli_pipelines::rerun(a, &mut |s| print(&mut out, s)),
         Command::Operator(c) => cli_pipelines::operator(c, &mut |s| print(&mut out, s)),
+        Command::ApiToken(c) => cli_api::api_token(c, &mut |s| print(&mut out, s)),
         Command::Context(c) => cli_contexts::run(c, &mut |s| print(&mut out, s)),
         Command::Schedule(c) => cli_schedules::run(c, &mut |s| print(&mut out, s)),
         Command::Project(ProjectCommand::Set(a)) => cli_pipelines::project_set(a),

@@ -221,6 +221,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
             vcs_hosts: args.vcs_hosts.clone(),
             data_dir: args.data.data.clone(),
             mirror_budget: args.config_mirror_budget,
+            orb_dir: args.orb_dir.clone(),
         },
     );
     bitbucket::status::spawn(state.clone());
@@ -239,6 +240,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         .merge(metrics::router(state.clone()))
         .merge(oidc::router(state.clone()))
         .merge(bitbucket::router(state.clone()))
+        .merge(api_v2::router(state.clone(), args.orb_dir.clone()))
         .fallback(api::not_found)
         .layer(axum::middleware::map_response(api::json_errors));
     let stop = state.shutdown.clone();

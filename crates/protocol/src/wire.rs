@@ -227,6 +227,10 @@ pub struct WirePipeline {
     pub schedule_name: String,
     #[serde(default)]
     pub schedule_id: String,
+    /// The config to compile instead of the commit's `.circleci/config.yml`: a job of a
+    /// workflow that a setup workflow's continuation added (dynamic config). Absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

@@ -244,18 +244,29 @@ fn read_config(
     })
 }
 
-/// A compiled pipeline: the workflows it runs, and every workflow's schedules (what the
-/// default branch's config says is scheduled).
+/// A pipeline's config, compiled.
 pub struct Compiled {
+    /// The workflows it runs (a scheduled workflow's pipeline: that one; any other: every
+    /// workflow without `triggers`), each job with its starting status.
     pub workflows: Vec<NewWorkflow>,
+    /// Every workflow's schedules (what the default branch's config says is scheduled).
     pub triggers: Vec<WorkflowTrigger>,
+    /// The processed config, as `circleci config process` writes it.
+    pub processed: String,
+    /// `setup: true`: its workflows make the real config and continue the pipeline with it.
+    pub setup: bool,
 }
 
-/// Compile `text` for pipeline `p` at `revision`: the workflows it runs (a scheduled
-/// workflow's pipeline that one; any other every workflow without `triggers`) with each
-/// job's starting status (`waiting`, or `not_run` when filters leave it out). `Err`: the
-/// compiler's errors, one per line, each `file:line:col: key: message`.
-pub fn compile(p: &PipelineToFetch, revision: &str, text: &str) -> Result<Compiled, String> {
+/// Compile `text` for pipeline `p` at `revision`, registry orbs read from `orb_dir`
+/// (`serve --orb-dir`): the workflows it runs with each job's starting status (`waiting`,
+/// or `not_run` when filters leave it out). `Err`: the compiler's errors, one per line,
+/// each `file:line:col: key: message`.
+pub fn compile(
+    p: &PipelineToFetch,
+    revision: &str,
+    text: &str,
+    orb_dir: Option<&Path>,
+) -> Result<Compiled, String> {
     let pipeline = PipelineValues {
         id: p.uuid.clone(),
         number: p.number,
@@ -275,10 +286,11 @@ pub fn compile(p: &PipelineToFetch, revision: &str, text: &str) -> Result<Compil
         ],
         parameters: p.params.clone(),
     };
+    let loader = orb_dir.map(|d| config::OrbDir(d.to_path_buf()));
     let opts = CompileOptions {
         pipeline,
-        orbs: None,
-        orb_dir: None,
+        orbs: loader.as_ref().map(|l| l as &dyn config::OrbLoader),
+        orb_dir: orb_dir.map(|d| d.display().to_string()),
     };
     let file = CONFIG_PATH;
     let compiled = config::compile(text, file, &opts).map_err(|errs| {
@@ -287,11 +299,6 @@ pub fn compile(p: &PipelineToFetch, revision: &str, text: &str) -> Result<Compil
             .collect::<Vec<_>>()
             .join("\n")
     })?;
-    if compiled.setup {
-        return Err(format!(
-            "{file}: `setup: true` (dynamic config) needs a continuation, which pipelines do not offer yet"
-        ));
-    }
     let git = match (&p.tag, &p.branch) {
         (Some(t), _) => GitRef::Tag(t),
         (None, b) => GitRef::Branch(b.as_deref().unwrap_or("")),
@@ -394,6 +401,8 @@ pub fn compile(p: &PipelineToFetch, revision: &str, text: &str) -> Result<Compil
     Ok(Compiled {
         workflows,
         triggers,
+        processed: compiled.to_yaml(),
+        setup: compiled.setup,
     })
 }
 

@@ -43,6 +43,8 @@ pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
 pub const MAX_JOB_TIMEOUT_SECS: u64 = 24 * 3600;
 
 mod access;
+mod api_store;
+pub mod api_v2;
 mod blob_index;
 pub mod blobs;
 mod context_store;
@@ -60,6 +62,7 @@ mod project_store;
 mod queue_store;
 mod schedule_store;
 pub mod schedules;
+pub use api_store::ApiStore;
 pub use blob_index::BlobIndex;
 pub use context_store::ContextStore;
 pub use follow_store::{FollowRecord, FollowStore, Followed};
@@ -95,6 +98,7 @@ pub trait Backend:
     + ContextStore
     + FollowStore
     + ScheduleStore
+    + ApiStore
 {
 }
 
@@ -109,6 +113,7 @@ impl<T> Backend for T where
         + ContextStore
         + FollowStore
         + ScheduleStore
+        + ApiStore
         + ?Sized
 {
 }

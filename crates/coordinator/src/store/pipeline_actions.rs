@@ -283,7 +283,7 @@ impl Store {
         conn: &Connection,
         job: i64,
     ) -> Result<Option<(bosun_protocol::WirePipeline, bool)>> {
-        Ok(conn
+        conn
             .query_row(
                 "SELECT p.uuid, w.name, w.uuid, p.params, p.trigger_source, COALESCE(p.base_revision, ''), j.restricted, \
                  COALESCE(p.schedule_name, ''), COALESCE(p.schedule_id, '') \
@@ -303,11 +303,20 @@ impl Store {
                             base_revision: r.get(5)?,
                             schedule_name: r.get(7)?,
                             schedule_id: r.get(8)?,
+                            config: None,
                         },
                         r.get(6)?,
                     ))
                 },
             )
-            .optional()?)
+            .optional()?
+            .map(|(mut p, restricted)| {
+                if let Some((config, params)) = Store::continued_config(conn, job)? {
+                    p.config = Some(config);
+                    p.parameters = params;
+                }
+                Ok((p, restricted))
+            })
+            .transpose()
     }
 }

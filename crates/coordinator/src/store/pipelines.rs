@@ -150,7 +150,7 @@ where
     })
 }
 
-fn requires_json(r: &[(String, Vec<RequiredStatus>)]) -> String {
+pub(super) fn requires_json(r: &[(String, Vec<RequiredStatus>)]) -> String {
     let v: Vec<(String, Vec<&str>)> = r
         .iter()
         .map(|(n, s)| (n.clone(), s.iter().map(|s| s.as_str()).collect()))
@@ -505,6 +505,9 @@ pub(crate) fn uuid_v4() -> Result<String> {
     ))
 }
 
+/// A workflow job's contexts and who approved it, beside its row.
+type JobExtra = (Vec<String>, Option<String>);
+
 /// A workflow job as the store applies transitions to it (and posts its statuses).
 pub(super) struct Live {
     pub(super) id: i64,
@@ -571,9 +574,7 @@ pub(super) fn advance_in(tx: &Connection, id: i64, statuses: &Statuses<'_>) -> R
                 .collect::<rusqlite::Result<Vec<_>>>()?;
             rows
         };
-        // Per job: the contexts it names and who approved it (an approval job).
-        type Extra = (Vec<String>, Option<String>);
-        let (rows, extra): (Vec<_>, Vec<Extra>) = rows.into_iter().unzip();
+        let (rows, extra): (Vec<_>, Vec<JobExtra>) = rows.into_iter().unzip();
         let (mut jobs, mut facts): (Vec<Live>, Vec<advance::WorkflowJob>) =
             rows.into_iter().unzip();
         // A job that names contexts is authorized before it can start (a forked pull

@@ -338,6 +338,34 @@ ALTER TABLE pipelines ADD COLUMN schedule_name TEXT;
 ALTER TABLE pipelines ADD COLUMN schedule_id TEXT;
 ALTER TABLE pipelines ADD COLUMN scheduled_workflow TEXT;
 "#,
+    // 12: CircleCI's API v2: read-only project tokens, each pipeline's config as compiled, and
+    // setup workflows' continuation keys (one use each) and the workflows they added.
+    r#"
+CREATE TABLE project_tokens (
+    id TEXT PRIMARY KEY,
+    project_id INTEGER NOT NULL REFERENCES projects(id),
+    name TEXT NOT NULL,
+    token_sha256 TEXT NOT NULL UNIQUE,
+    created INTEGER NOT NULL,
+    revoked INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE pipeline_configs (
+    pipeline_id INTEGER PRIMARY KEY REFERENCES pipelines(id),
+    source TEXT NOT NULL,
+    compiled TEXT NOT NULL,
+    setup_source TEXT,
+    setup_compiled TEXT
+);
+CREATE TABLE continuations (
+    pipeline_id INTEGER PRIMARY KEY REFERENCES pipelines(id),
+    key_sha256 TEXT NOT NULL UNIQUE,
+    key_sealed TEXT NOT NULL,       -- handed to the setup workflow's jobs
+    created INTEGER NOT NULL,
+    used INTEGER,                   -- when it continued the pipeline (one use)
+    params TEXT                     -- the continuation's parameters, JSON [[name, value]]
+);
+ALTER TABLE workflows ADD COLUMN continued INTEGER NOT NULL DEFAULT 0;
+"#,
 ];
 
 /// Before migration 2: copy each job's log out of the `job_logs` blobs into its file.

@@ -40,6 +40,9 @@ pub enum ConfigSource {
     File { path: PathBuf, name: String },
     /// `.circleci/config.yml` of the checked-out commit (fetched first).
     Repository,
+    /// A config handed over whole: a pipeline's continued config (dynamic config), which no
+    /// commit holds. `name` is how errors call it.
+    Text { text: String, name: String },
 }
 
 /// What to run of the config.
@@ -240,6 +243,7 @@ pub(crate) async fn prepare_with(
             }
             (read(path)?, name.clone())
         }
+        ConfigSource::Text { text, name } => (text.clone(), name.clone()),
         ConfigSource::Repository => {
             let fetched = fetch().await?;
             let p = fetched.dir.path().join("repo/.circleci/config.yml");
