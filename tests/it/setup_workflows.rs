@@ -360,6 +360,9 @@ workflows:
         base_revision: None,
         default_branch: "main".into(),
         api: None,
+        schedule_name: String::new(),
+        schedule_id: String::new(),
+        scheduled_workflow: None,
     };
     let sha = "a".repeat(40);
     // Without the orbs the coordinator cannot compile it, and says which orb it lacks.

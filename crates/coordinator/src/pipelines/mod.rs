@@ -139,8 +139,9 @@ async fn pass(
                 ),
             };
             let t1 = std::time::Instant::now();
-            let mut compiled = config::compile(&p, &fetched.revision, &fetched.text, orbs.as_deref())
-                .map_err(|e| (Some(fetched.revision.clone()), e))?;
+            let mut compiled =
+                config::compile(&p, &fetched.revision, &fetched.text, orbs.as_deref())
+                    .map_err(|e| (Some(fetched.revision.clone()), e))?;
             // What a webhook's first job waits for, in parts (issue 16's < 100 ms budget).
             tracing::debug!(
                 pipeline = id,

@@ -294,7 +294,8 @@ impl Store {
             .query_row(
                 "SELECT c.used, p.status, p.id, p.uuid, p.number, pr.slug, pr.uuid, pr.clone_url, \
                  COALESCE(p.revision, p.commit_sha, p.git_ref), p.branch, p.tag, p.trigger_source, \
-                 p.event, p.event_action, p.base_revision, pr.default_branch \
+                 p.event, p.event_action, p.base_revision, pr.default_branch, \
+                 COALESCE(p.schedule_name, ''), COALESCE(p.schedule_id, ''), p.scheduled_workflow \
                  FROM continuations c JOIN pipelines p ON p.id = c.pipeline_id \
                  JOIN projects pr ON pr.id = p.project_id WHERE c.key_sha256 = ?1",
                 [sha256_hex(key.as_bytes())],
@@ -323,6 +324,10 @@ impl Store {
                                 base_revision: r.get(14)?,
                                 default_branch: r.get(15)?,
                                 api: None,
+                                // A continued pipeline keeps its values, a schedule's too.
+                                schedule_name: r.get(16)?,
+                                schedule_id: r.get(17)?,
+                                scheduled_workflow: r.get(18)?,
                             },
                             revision,
                         },
