@@ -14,6 +14,7 @@ mod harness;
 mod agent;
 mod agent_hardening;
 mod agent_ops;
+mod badges;
 mod blobs;
 mod checkout;
 mod checkout_sshd;

@@ -10,6 +10,7 @@
 pub mod api;
 pub mod bitbucket;
 pub mod blobs;
+mod cli_badges;
 mod cli_contexts;
 mod cli_pipelines;
 mod error;
@@ -253,6 +254,9 @@ pub enum ProjectCommand {
     /// Bitbucket); `revoke --user|--deploy`: forget a key.
     #[command(subcommand)]
     Keys(cli_pipelines::KeysCommand),
+    /// Make a new badge token for the project's status badges (the old one stops working)
+    /// and print it with the README's Markdown.
+    BadgeToken(cli_badges::BadgeTokenArgs),
     /// Let only these agents run the project's jobs (its keys go to them only); without
     /// `--agent`, any agent may again.
     Restrict {
@@ -621,6 +625,9 @@ fn run_inner(cmd: Command) -> Result<()> {
         Command::Operator(c) => cli_pipelines::operator(c, &mut |s| print(&mut out, s)),
         Command::Context(c) => cli_contexts::run(c, &mut |s| print(&mut out, s)),
         Command::Project(ProjectCommand::Set(a)) => cli_pipelines::project_set(a),
+        Command::Project(ProjectCommand::BadgeToken(a)) => {
+            cli_badges::badge_token(a, &mut |s| print(&mut out, s))
+        }
         Command::Project(ProjectCommand::Keygen(a)) => {
             cli_pipelines::keygen(a, &mut |s| print(&mut out, s))
         }

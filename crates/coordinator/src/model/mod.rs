@@ -4,6 +4,7 @@
 //! can name these types without reaching up into the Bitbucket or pipeline code.
 
 pub mod advance;
+pub mod badge;
 pub mod contexts;
 pub mod expression;
 

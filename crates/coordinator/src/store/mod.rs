@@ -43,6 +43,7 @@ pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
 pub const MAX_JOB_TIMEOUT_SECS: u64 = 24 * 3600;
 
 mod access;
+mod badges;
 mod blob_index;
 pub mod blobs;
 mod context_store;
@@ -57,6 +58,7 @@ mod pipeline_store;
 pub mod pipelines;
 mod project_store;
 mod queue_store;
+pub use badges::{BadgeProject, BadgeStore};
 pub use blob_index::BlobIndex;
 pub use context_store::ContextStore;
 pub use log_store::LogStore;
@@ -88,6 +90,7 @@ pub trait Backend:
     + AccessStore
     + BlobIndex
     + ContextStore
+    + BadgeStore
 {
 }
 
@@ -100,6 +103,7 @@ impl<T> Backend for T where
         + AccessStore
         + BlobIndex
         + ContextStore
+        + BadgeStore
         + ?Sized
 {
 }
