@@ -7,6 +7,7 @@ pub mod advance;
 pub mod badge;
 pub mod contexts;
 pub mod expression;
+pub mod notify;
 
 use std::fmt;
 use std::str::FromStr;
