@@ -15,6 +15,7 @@ mod agent;
 mod agent_hardening;
 mod agent_ops;
 mod api_v2;
+mod badges;
 mod blobs;
 mod checkout;
 mod checkout_sshd;

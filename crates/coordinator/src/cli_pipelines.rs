@@ -113,6 +113,10 @@ pub struct ProjectSetArgs {
     /// A file holding `EMAIL:API-TOKEN` (HTTP Basic) or `bearer:TOKEN` for the status API.
     #[arg(long, value_name = "FILE")]
     pub status_credentials_file: Option<PathBuf>,
+    /// Serve the project's status badges without a token (`/badge/...svg`); `false`: only
+    /// with the one `project badge-token` made (the default).
+    #[arg(long)]
+    pub public_badges: Option<bool>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -293,7 +297,11 @@ pub fn project_set(a: ProjectSetArgs) -> Result<()> {
                 .map_err(|e| CoordError::Invalid(e.to_string()))?,
             status_credentials: secret(&a.status_credentials_file)?,
         },
-    )
+    )?;
+    if let Some(public) = a.public_badges {
+        store.set_public_badges(&a.slug, public)?;
+    }
+    Ok(())
 }
 
 /// A new ed25519 key pair: (OpenSSH private key text, public line).

@@ -12,6 +12,7 @@ pub mod api_v2;
 pub mod bitbucket;
 pub mod blobs;
 mod cli_api;
+mod cli_badges;
 mod cli_contexts;
 mod cli_follow;
 mod cli_pipelines;
@@ -285,6 +286,9 @@ pub enum ProjectCommand {
     /// Bitbucket); `revoke --user|--deploy`: forget a key.
     #[command(subcommand)]
     Keys(cli_pipelines::KeysCommand),
+    /// Make a new badge token for the project's status badges (the old one stops working)
+    /// and print it with the README's Markdown.
+    BadgeToken(cli_badges::BadgeTokenArgs),
     /// Let only these agents run the project's jobs (its keys go to them only); without
     /// `--agent`, any agent may again.
     Restrict {
@@ -662,6 +666,9 @@ fn run_inner(cmd: Command) -> Result<()> {
             cli_follow::unfollow_repo(a, &mut |s| print(&mut out, s))
         }
         Command::User(c) => cli_follow::user(c, &mut |s| print(&mut out, s)),
+        Command::Project(ProjectCommand::BadgeToken(a)) => {
+            cli_badges::badge_token(a, &mut |s| print(&mut out, s))
+        }
         Command::Project(ProjectCommand::Keygen(a)) => {
             cli_pipelines::keygen(a, &mut |s| print(&mut out, s))
         }

@@ -4,9 +4,11 @@
 //! can name these types without reaching up into the Bitbucket or pipeline code.
 
 pub mod advance;
+pub mod badge;
 pub mod contexts;
 pub mod expression;
 pub mod schedule;
+pub mod notify;
 
 use std::fmt;
 use std::str::FromStr;

@@ -45,6 +45,7 @@ pub const MAX_JOB_TIMEOUT_SECS: u64 = 24 * 3600;
 mod access;
 mod api_store;
 pub mod api_v2;
+mod badges;
 mod blob_index;
 pub mod blobs;
 mod context_store;
@@ -63,6 +64,7 @@ mod queue_store;
 mod schedule_store;
 pub mod schedules;
 pub use api_store::ApiStore;
+pub use badges::{BadgeProject, BadgeStore};
 pub use blob_index::BlobIndex;
 pub use context_store::ContextStore;
 pub use follow_store::{FollowRecord, FollowStore, Followed};
@@ -99,6 +101,7 @@ pub trait Backend:
     + FollowStore
     + ScheduleStore
     + ApiStore
+    + BadgeStore
 {
 }
 
@@ -114,6 +117,7 @@ impl<T> Backend for T where
         + FollowStore
         + ScheduleStore
         + ApiStore
+        + BadgeStore
         + ?Sized
 {
 }

@@ -366,6 +366,16 @@ CREATE TABLE continuations (
 );
 ALTER TABLE workflows ADD COLUMN continued INTEGER NOT NULL DEFAULT 0;
 "#,
+    // 13: status badges (issue 29): a project's badge token as a digest, and whether its badges
+    // are public; pipelines by branch, newest first, for the badge's lookup.
+    r#"
+CREATE TABLE project_badges (
+    project_id INTEGER PRIMARY KEY REFERENCES projects(id),
+    token_digest TEXT,
+    public INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX pipelines_branch ON pipelines(project_id, branch, id);
+"#,
 ];
 
 /// Before migration 2: copy each job's log out of the `job_logs` blobs into its file.
