@@ -379,6 +379,21 @@ async fn run_async(args: ExecuteArgs, sink: Arc<dyn EventSink>) -> u8 {
         }
     };
     let executor: Arc<dyn bosun_core::executor::Executor> = Arc::new(executor);
+    {
+        // What a killed run left: job directories whose containers are gone.
+        let executor = Arc::clone(&executor);
+        tokio::spawn(async move {
+            let n = bosun_core::job::work_tree::sweep_stale(
+                executor.as_ref(),
+                "execute",
+                Duration::from_secs(600),
+            )
+            .await;
+            if n > 0 {
+                tracing::info!("removed {n} job working directories an earlier run left");
+            }
+        });
+    }
     // Kept until the job has ended: the gateway stops with it.
     let _gateway = if args.ssh.ssh {
         let started = match args.ssh.authorized_keys() {

@@ -45,6 +45,7 @@ mod step_transport;
 #[cfg(test)]
 mod tests;
 mod timings;
+pub mod work_tree;
 
 pub use context::{JobContext, JobSpec, Secrets};
 pub use environment::{expand_home, project_names};
