@@ -437,11 +437,21 @@ async fn start_docker(
         sink.emit(&Event::Info { message: line });
         l
     });
-    let info = inspect_images(executor.as_ref(), spec, sink.as_ref()).await?;
-    tracing::debug!(ms = millis(t.elapsed()), "images inspected");
     let role = Role::Primary;
     let mut cspec = primary_container(spec, resources, engine, limits);
-    let mut tree = mounted_work_tree(executor.as_ref(), spec, &info, resources).await;
+    // Where the working directory is mounted depends on the image's user: inspect first.
+    let wants_tree = executor.shares_host_paths()
+        && plan
+            .steps
+            .iter()
+            .any(|s| matches!(s.kind, StepKind::Checkout { .. }));
+    let (mut info, mut tree) = (None, None);
+    if wants_tree {
+        let i = inspect_images(executor.as_ref(), spec, sink.as_ref()).await?;
+        tracing::debug!(ms = millis(t.elapsed()), "images inspected");
+        tree = mounted_work_tree(executor.as_ref(), spec, &i, resources).await;
+        info = Some(i);
+    }
     if let Some((t, target)) = &tree {
         cspec.work_tree = Some((t.path().display().to_string(), target.clone()));
     }
@@ -450,20 +460,60 @@ async fn start_docker(
     // says what it is.
     let poolable = plan.services.is_empty() && engine.is_none() && tree.is_none();
     let ready_source = spec.context.ready.as_ref().filter(|_| poolable);
-    let (id, main, banner) = match ready_source.and_then(|r| r.take(&cspec)) {
+    let (info, id, main, banner) = match ready_source.and_then(|r| r.take(&cspec)) {
         Some(r) => {
             resources.track(role, &r.id);
             tracing::debug!(ms = millis(t.elapsed()), "took a ready container");
-            (r.id, r.main, r.banner)
+            let info = match info {
+                Some(i) => i,
+                None => inspect_images(executor.as_ref(), spec, sink.as_ref()).await?,
+            };
+            (info, r.id, r.main, r.banner)
         }
         None => {
-            let id = executor.create(&cspec).await?;
-            resources.track(role, &id);
+            // A job with services inspects every image before it creates anything (a
+            // missing service image fails it with nothing made).
+            let info = match info {
+                None if !plan.services.is_empty() => {
+                    Some(inspect_images(executor.as_ref(), spec, sink.as_ref()).await?)
+                }
+                i => i,
+            };
+            let (info, id) = match info {
+                Some(i) => {
+                    let id = executor.create(&cspec).await?;
+                    resources.track(role, &id);
+                    (i, id)
+                }
+                None => {
+                    // One image, and nothing the create needs comes from its inspection: the
+                    // two overlap. An image the engine lacks fails the create and is pulled
+                    // by the inspection; the create then goes again.
+                    let (inspected, created) = tokio::join!(
+                        inspect_images(executor.as_ref(), spec, sink.as_ref()),
+                        executor.create(&cspec)
+                    );
+                    if let Ok(id) = &created {
+                        resources.track(role.clone(), id);
+                    }
+                    let i = inspected?;
+                    let id = match created {
+                        Ok(id) => id,
+                        Err(e) => {
+                            tracing::debug!("create before the image was there: {e}; again");
+                            let id = executor.create(&cspec).await?;
+                            resources.track(role, &id);
+                            id
+                        }
+                    };
+                    (i, id)
+                }
+            };
             tracing::debug!(ms = millis(t.elapsed()), "container created");
             let mut main = executor.start(&id).await?;
             let banner = main_line(&mut main.output, "bosun-ready").await?;
             tracing::debug!(ms = millis(t.elapsed()), "container started");
-            (id, main, banner)
+            (info, id, main, banner)
         }
     };
     if let Some(r) = ready_source {
