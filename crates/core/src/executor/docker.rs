@@ -242,7 +242,7 @@ impl Executor for DockerExecutor {
             .map(|p| format!("{p}:{p}:ro"))
             .chain(spec.binds.iter().map(|(h, c)| format!("{h}:{c}:rw")))
             .chain(spec.work_tree.iter().flat_map(|(h, c)| {
-                let shared = crate::job::work_tree::SHARED_OBJECTS;
+                let shared = super::SHARED_OBJECTS;
                 let (h, c) = (h.trim_end_matches('/'), c.trim_end_matches('/'));
                 // The engine mounts in order of depth: the tree, then its shared objects
                 // read-only over themselves.

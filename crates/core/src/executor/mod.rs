@@ -20,6 +20,11 @@ pub const LABEL_AGENT: &str = "bosun.agent";
 /// Label naming what a container is to its job: `primary`, `service` (see [`ResourceKind`]).
 pub const LABEL_KIND: &str = "bosun.kind";
 
+/// Where a mounted working directory's objects shared with the mirror live, below it on the
+/// host and in the container alike: mounted read-only over themselves
+/// ([`ContainerSpec::work_tree`]; what goes there: `job::work_tree`).
+pub const SHARED_OBJECTS: &str = ".git/bosun-shared-objects";
+
 /// An engine error's cause, kept as a chain but without naming the engine client's types.
 pub type Cause = Box<dyn std::error::Error + Send + Sync>;
 

@@ -26,7 +26,7 @@ use std::sync::{Mutex, OnceLock};
 /// Where the shared objects live inside the working directory (and inside the container,
 /// under the same path below the working directory). Its `pack/` and loose-object
 /// directories are hard links to the mirror's files.
-pub const SHARED_OBJECTS: &str = ".git/bosun-shared-objects";
+pub use crate::executor::SHARED_OBJECTS;
 
 /// The line written to `.git/objects/info/alternates`: relative to `.git/objects`, so it
 /// holds on the host and in the container alike.
