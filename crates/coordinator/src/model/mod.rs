@@ -7,8 +7,8 @@ pub mod advance;
 pub mod badge;
 pub mod contexts;
 pub mod expression;
-pub mod schedule;
 pub mod notify;
+pub mod schedule;
 
 use std::fmt;
 use std::str::FromStr;
