@@ -372,6 +372,7 @@ pub(crate) async fn prepare_with(
             prefetched,
             store: req.store,
             pull_request: req.pull_request,
+            git_ref: (req.branch.clone(), req.tag.clone()),
             machine_images: req.machine_images,
             registry: req.registry,
             engine: req.engine,

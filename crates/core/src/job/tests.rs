@@ -81,6 +81,7 @@ fn spec(store_dir: &Path, plan: JobPlan) -> JobSpec {
         store: crate::store::LocalStore::open(store_dir, crate::store::ProjectScope::new("test"))
             .expect("store"),
         pull_request: None,
+        git_ref: (None, None),
         machine_images: std::collections::BTreeMap::new(),
         registry: Registry::new(),
         engine: None,
@@ -593,6 +594,45 @@ fn a_pull_request_build_gets_circleci_pull_request_variables() {
     let env = builtin_env(&spec, &user, "/root/project", None);
     let get = |name: &str| env.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
     assert_eq!(get("CIRCLE_PR_NUMBER"), Some("7"), "a fork");
+}
+
+#[test]
+fn a_checkout_of_a_bare_commit_takes_its_branch_or_tag_from_the_pipeline() {
+    let store_dir = tempfile::tempdir().expect("tempdir");
+    let user = ContainerUser {
+        home: "/root".into(),
+        uid: 0,
+        gid: 0,
+        has_bash: true,
+    };
+    // What an agent's checkout of a coordinator's pipeline reports: the commit, no ref.
+    let bare = bosun_git::checkout::CheckoutOutcome {
+        sha: "a".repeat(40),
+        branch: None,
+        tag: None,
+        submodules: vec![],
+    };
+    let mut spec = spec(store_dir.path(), plan(vec![]));
+    let get = |env: &[(String, String)], name: &str| {
+        env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+    };
+    let env = builtin_env(&spec, &user, "/root/project", Some(&bare));
+    assert_eq!(get(&env, "CIRCLE_BRANCH"), None, "nobody said a branch");
+    context_mut(&mut spec).git_ref = (Some("main".into()), None);
+    let env = builtin_env(&spec, &user, "/root/project", Some(&bare));
+    assert_eq!(get(&env, "CIRCLE_BRANCH").as_deref(), Some("main"));
+    assert_eq!(get(&env, "CIRCLE_TAG"), None);
+    // A checkout that knows its branch keeps it.
+    let named = bosun_git::checkout::CheckoutOutcome {
+        branch: Some("feature".into()),
+        ..bare.clone()
+    };
+    let env = builtin_env(&spec, &user, "/root/project", Some(&named));
+    assert_eq!(get(&env, "CIRCLE_BRANCH").as_deref(), Some("feature"));
+    context_mut(&mut spec).git_ref = (None, Some("v1.2.0".into()));
+    let env = builtin_env(&spec, &user, "/root/project", Some(&bare));
+    assert_eq!(get(&env, "CIRCLE_TAG").as_deref(), Some("v1.2.0"));
+    assert_eq!(get(&env, "CIRCLE_BRANCH"), None);
 }
 
 #[test]
