@@ -298,6 +298,7 @@ CREATE TABLE operator_groups (
 );
 ALTER TABLE workflow_jobs ADD COLUMN contexts TEXT NOT NULL DEFAULT '[]';
 ALTER TABLE jobs ADD COLUMN contexts TEXT NOT NULL DEFAULT '[]';
+"#,
     // 11: schedules (issue 28). Scheduled pipelines (`schedule add`), the scheduled workflows
     // of each project's default-branch config (replaced when it is read again), and the
     // ticks fired: a tick is claimed by inserting (schedule, tick) in the transaction that
