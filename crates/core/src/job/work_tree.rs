@@ -73,14 +73,22 @@ impl WorkTree {
             )));
         }
         let root = root(agent_id);
-        std::fs::create_dir_all(&root)?;
-        std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o700))?;
         let path = root.join(sanitize(job_id));
         // A leftover of an earlier run with the same job id: not ours to reuse.
         if path.exists() {
             remove_tree(&path)?;
         }
-        std::fs::create_dir(&path)?;
+        // Another job's removal may take the (then empty) parents away between the two
+        // calls: make them again.
+        let mut attempts = 0;
+        loop {
+            std::fs::create_dir_all(&root)?;
+            std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o700))?;
+            match std::fs::create_dir(&path) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && attempts < 3 => attempts += 1,
+                r => break r?,
+            }
+        }
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
         Ok(WorkTree {
             path,
@@ -102,7 +110,17 @@ impl WorkTree {
         if self.removed.swap(true, std::sync::atomic::Ordering::SeqCst) {
             return Ok(());
         }
-        remove_tree(&self.path)
+        remove_tree(&self.path)?;
+        // The agent's directory and `bosun-work` go too once no job is left in them, so a
+        // job leaves nothing in $TMPDIR (`remove_dir` refuses a directory that is not empty).
+        let mut parent = self.path.parent();
+        for _ in 0..2 {
+            match parent {
+                Some(p) if std::fs::remove_dir(p).is_ok() => parent = p.parent(),
+                _ => break,
+            }
+        }
+        Ok(())
     }
 }
 
