@@ -8,6 +8,9 @@
 //! test can grant it on the Bitbucket stand-in (`Rig`) as Bitbucket would.
 
 use std::io::{BufRead, BufReader, Read, Write};
+
+/// The Data Center user whose SSH keys the server keeps.
+pub const DC_USER: &str = "ada";
 use std::sync::{Arc, Mutex};
 
 /// One request as received.
@@ -483,6 +486,54 @@ impl BitbucketApi {
                         gone
                     }
                     _ => not_found,
+                }
+            }
+            // A user's keys: `?user=` names whose (an admin's token may name another user).
+            ["rest", "ssh", "1.0", "keys"] => {
+                let user = query.split('&').find_map(|kv| kv.strip_prefix("user="));
+                if user != Some(DC_USER) {
+                    return error(404, "No such user", true);
+                }
+                match m {
+                    "GET" => {
+                        let values: Vec<_> = s
+                            .user_keys
+                            .iter()
+                            .map(|k| {
+                                serde_json::json!({
+                                "id": k.id.parse::<u64>().unwrap_or(0), "text": k.key,
+                                "label": k.label, "algorithmType": "ED25519"})
+                            })
+                            .collect();
+                        ok(dc_page(values, q("start").unwrap_or(0)))
+                    }
+                    "POST" => {
+                        let Some(text) = body["text"].as_str().map(str::to_owned) else {
+                            return error(400, "text is required", true);
+                        };
+                        s.next_id += 1;
+                        let k = Key {
+                            id: s.next_id.to_string(),
+                            label: body["label"].as_str().unwrap_or("").into(),
+                            key: text,
+                        };
+                        s.user_keys.push(k.clone());
+                        if let Some(cb) = &self.on_key {
+                            cb("user", &k.key);
+                        }
+                        created(serde_json::json!({
+                            "id": s.next_id, "text": k.key, "label": k.label}))
+                    }
+                    _ => not_found,
+                }
+            }
+            ["rest", "ssh", "1.0", "keys", id] if m == "DELETE" => {
+                let before = s.user_keys.len();
+                s.user_keys.retain(|k| k.id != *id);
+                if s.user_keys.len() < before {
+                    gone
+                } else {
+                    not_found
                 }
             }
             _ => not_found,
