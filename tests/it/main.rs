@@ -28,6 +28,7 @@ mod config_orbs;
 mod config_props;
 mod contexts;
 mod coordinator;
+mod coordinator_connections;
 mod coordinator_pages;
 mod e2e;
 mod engine_escapes;
