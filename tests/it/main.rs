@@ -36,6 +36,7 @@ mod execute;
 mod follow;
 mod host_escapes;
 mod mirror;
+mod notify;
 mod oidc;
 mod pipelines;
 mod pipelines_config_api;
