@@ -73,33 +73,33 @@ pub fn body(d: &Due, p: &PipelineRow, public_url: &str) -> Value {
             "vcs": vcs,
         },
     });
-    if let Some((uuid, name, created, finished)) = &d.workflow {
+    if let Some(w) = &d.workflow {
         let status = if d.event == crate::model::notify::WORKFLOW_COMPLETED {
             Value::String(d.status.clone())
         } else {
             // A job's event: the workflow as it stands (it may still run).
             p.workflows
                 .iter()
-                .find(|w| &w.uuid == uuid)
-                .map_or(Value::Null, |w| json!(w.status.as_str()))
+                .find(|row| row.uuid == w.uuid)
+                .map_or(Value::Null, |row| json!(row.status.as_str()))
         };
         out["workflow"] = json!({
-            "id": uuid,
-            "name": name,
-            "created_at": iso_utc(*created),
-            "stopped_at": finished.map(iso_utc),
+            "id": w.uuid,
+            "name": w.name,
+            "created_at": iso_utc(w.created),
+            "stopped_at": w.finished.map(iso_utc),
             "url": format!("{base}/pipelines/{}", p.id),
             "status": status,
         });
     }
-    if let Some((name, job_id, started, finished)) = &d.job {
+    if let Some(j) = &d.job {
         out["job"] = json!({
-            "id": job_id.map(|j| identity::uuid_from(&format!("job/{}/{j}", d.project_uuid))),
-            "number": job_id,
-            "name": name,
+            "id": j.job_id.map(|id| identity::uuid_from(&format!("job/{}/{id}", d.project_uuid))),
+            "number": j.job_id,
+            "name": j.name,
             "status": d.status,
-            "started_at": started.map(iso_utc),
-            "stopped_at": finished.map(iso_utc),
+            "started_at": j.started.map(iso_utc),
+            "stopped_at": j.finished.map(iso_utc),
         });
     }
     out
@@ -169,6 +169,7 @@ fn without_url(e: &reqwest::Error) -> String {
 mod tests {
     use super::*;
     use crate::model::notify::TargetKind;
+    use crate::store::{DueJob, DueWorkflow};
     use bosun_protocol::{PipelineState, WorkflowState};
 
     #[test]
@@ -200,19 +201,17 @@ mod tests {
             clone_url: "git@bitbucket.org:acme/widget.git".into(),
             commit_subject: Some("fix: \"quotes\"\nand lines".into()),
             username: Some("ada".into()),
-            workflow: Some((
-                "wf-uuid".into(),
-                "main".into(),
-                1_764_579_000_000,
-                Some(1_764_580_000_000),
-            )),
-            job: job.then(|| {
-                (
-                    "build".into(),
-                    Some(42),
-                    Some(1_764_579_100_000),
-                    Some(1_764_579_900_000),
-                )
+            workflow: Some(DueWorkflow {
+                uuid: "wf-uuid".into(),
+                name: "main".into(),
+                created: 1_764_579_000_000,
+                finished: Some(1_764_580_000_000),
+            }),
+            job: job.then(|| DueJob {
+                name: "build".into(),
+                job_id: Some(42),
+                started: Some(1_764_579_100_000),
+                finished: Some(1_764_579_900_000),
             }),
         }
     }

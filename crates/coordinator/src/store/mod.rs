@@ -70,7 +70,7 @@ pub use blob_index::BlobIndex;
 pub use context_store::ContextStore;
 pub use follow_store::{FollowRecord, FollowStore, Followed};
 pub use log_store::LogStore;
-pub use notify::{Due, NewTarget, NotifyOutbox, TargetRow};
+pub use notify::{Due, DueJob, DueWorkflow, NewTarget, NotifyOutbox, TargetRow};
 pub use pipeline_actions::parse_pipeline_ref;
 pub use pipeline_store::{PipelineStore, StatusOutbox};
 pub use project_store::{AccessStore, ProjectStore};

@@ -76,10 +76,30 @@ pub struct Due {
     pub clone_url: String,
     pub commit_subject: Option<String>,
     pub username: Option<String>,
-    /// A workflow's or job's event: (UUID, name, created, finished).
-    pub workflow: Option<(String, String, i64, Option<i64>)>,
-    /// A job's event: (workflow job name, its `jobs` row, started, finished).
-    pub job: Option<(String, Option<i64>, Option<i64>, Option<i64>)>,
+    /// A workflow's or job's event: the workflow.
+    pub workflow: Option<DueWorkflow>,
+    /// A job's event: the job.
+    pub job: Option<DueJob>,
+}
+
+/// The workflow of a workflow's or job's event.
+#[derive(Debug, Clone)]
+pub struct DueWorkflow {
+    pub uuid: String,
+    pub name: String,
+    pub created: i64,
+    pub finished: Option<i64>,
+}
+
+/// The job of a job's event.
+#[derive(Debug, Clone)]
+pub struct DueJob {
+    /// Its name in the workflow.
+    pub name: String,
+    /// Its `jobs` row (what agents ran).
+    pub job_id: Option<i64>,
+    pub started: Option<i64>,
+    pub finished: Option<i64>,
 }
 
 pub trait NotifyOutbox: Send + Sync {
@@ -220,11 +240,21 @@ impl NotifyOutbox for Store {
             let rows = st
                 .query_map(params![now, limit], |r| {
                     let workflow = match r.get::<_, Option<String>>(16)? {
-                        Some(uuid) => Some((uuid, r.get(17)?, r.get(18)?, r.get(19)?)),
+                        Some(uuid) => Some(DueWorkflow {
+                            uuid,
+                            name: r.get(17)?,
+                            created: r.get(18)?,
+                            finished: r.get(19)?,
+                        }),
                         None => None,
                     };
                     let job = match r.get::<_, Option<String>>(20)? {
-                        Some(name) => Some((name, r.get(21)?, r.get(22)?, r.get(23)?)),
+                        Some(name) => Some(DueJob {
+                            name,
+                            job_id: r.get(21)?,
+                            started: r.get(22)?,
+                            finished: r.get(23)?,
+                        }),
                         None => None,
                     };
                     Ok((
