@@ -462,4 +462,27 @@ async fn failed_and_fixed_mail_and_signed_webhooks_survive_dead_receivers() {
         "{fixed}"
     );
     assert!(!fixed.contains("Failed jobs"), "{fixed}");
+
+    // Removed targets are told of nothing more.
+    s.c.cli(&[
+        "project",
+        "webhook",
+        "rm",
+        "--slug",
+        "acme/widget",
+        &hook_url,
+    ]);
+    s.c.cli(&[
+        "project",
+        "notify",
+        "rm",
+        "--slug",
+        "acme/widget",
+        "--email",
+        "team@example.com",
+    ]);
+    for kind in ["webhook", "notify"] {
+        let ls = s.c.cli(&["project", kind, "ls", "--slug", "acme/widget"]);
+        assert!(ls.trim().is_empty(), "{kind}: {ls}");
+    }
 }
