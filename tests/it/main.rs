@@ -37,6 +37,7 @@ mod execute;
 mod follow;
 mod host_escapes;
 mod mirror;
+mod notify;
 mod oidc;
 mod pipelines;
 mod pipelines_config_api;

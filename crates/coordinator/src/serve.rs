@@ -157,6 +157,21 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         }
         None => None,
     };
+    // Checked before anything listens: a wrong SMTP setting stops the start, it does not
+    // turn into errors on every mail later.
+    let mailer = match (&args.smtp_url, &args.mail_from) {
+        (Some(url), Some(from)) => Some(
+            crate::notify::mail::Mailer::new(
+                url,
+                args.smtp_credentials_file.as_deref(),
+                args.smtp_ca_file.as_deref(),
+                from,
+                args.notify_timeout,
+            )
+            .map_err(|e| CoordError::Invalid(e.to_string()))?,
+        ),
+        _ => None,
+    };
     let (changed, _) = tokio::sync::watch::channel(0u64);
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
@@ -225,6 +240,15 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         },
     );
     bitbucket::status::spawn(state.clone());
+    crate::notify::spawn(
+        state.clone(),
+        crate::notify::Settings {
+            mailer,
+            max_in_flight: args.notify_max_in_flight,
+            timeout: args.notify_timeout,
+            max_backoff: args.notify_max_backoff,
+        },
+    );
     crate::schedules::spawn(
         state.clone(),
         crate::schedules::SchedulerSettings::new(

@@ -56,6 +56,7 @@ mod jobs;
 mod lease;
 mod log_store;
 mod logs;
+mod notify;
 mod pipeline_actions;
 mod pipeline_store;
 pub mod pipelines;
@@ -69,6 +70,7 @@ pub use blob_index::BlobIndex;
 pub use context_store::ContextStore;
 pub use follow_store::{FollowRecord, FollowStore, Followed};
 pub use log_store::LogStore;
+pub use notify::{Due, DueJob, DueWorkflow, NewTarget, NotifyOutbox, TargetRow};
 pub use pipeline_actions::parse_pipeline_ref;
 pub use pipeline_store::{PipelineStore, StatusOutbox};
 pub use project_store::{AccessStore, ProjectStore};
@@ -102,6 +104,7 @@ pub trait Backend:
     + ScheduleStore
     + ApiStore
     + BadgeStore
+    + NotifyOutbox
 {
 }
 
@@ -118,6 +121,7 @@ impl<T> Backend for T where
         + ScheduleStore
         + ApiStore
         + BadgeStore
+        + NotifyOutbox
         + ?Sized
 {
 }

@@ -823,3 +823,129 @@ fn contexts_keep_their_values_sealed_list_names_only_and_go_with_their_restricti
         .expect("count");
     assert_eq!(left, 0);
 }
+
+#[test]
+fn the_notification_outbox_is_written_with_the_end_claimed_once_and_survives_a_restart() {
+    use crate::model::notify::TargetKind;
+    let d = tempfile::tempdir().expect("tempdir");
+    let dir = d.path().join("data");
+    let s = Store::open(&dir).expect("open");
+    s.add_project(&NewProject {
+        slug: "acme/widget".into(),
+        uuid: None,
+        clone_url: "git@bitbucket.org:acme/widget.git".into(),
+        user_key: None,
+        deploy_key: None,
+        known_hosts: String::new(),
+        env: vec![],
+    })
+    .expect("project");
+    fn target<'a>(
+        kind: TargetKind,
+        address: &'a str,
+        events: &'a str,
+        secret: Option<&'a str>,
+    ) -> NewTarget<'a> {
+        NewTarget {
+            project: "acme/widget",
+            kind,
+            address,
+            events,
+            name: "",
+            secret,
+        }
+    }
+    s.add_notify_target(&target(
+        TargetKind::Email,
+        "team@example.com",
+        "failed,fixed",
+        None,
+    ))
+    .expect("email");
+    let hook = s
+        .add_notify_target(&target(
+            TargetKind::Webhook,
+            "https://h.example.com/x",
+            "workflow-completed",
+            Some("s3cret-signing"),
+        ))
+        .expect("webhook");
+    assert!(
+        s.add_notify_target(&target(
+            TargetKind::Email,
+            "team@example.com",
+            "failed",
+            None
+        ))
+        .is_err(),
+        "the same address twice"
+    );
+    // The secret is sealed at rest.
+    let raw: String = s
+        .conn()
+        .query_row(
+            "SELECT secret FROM notify_targets WHERE id = ?1",
+            [hook.id],
+            |r| r.get(0),
+        )
+        .expect("raw");
+    assert!(!raw.contains("s3cret"), "{raw}");
+
+    let new = |r: &str| pipelines::NewPipeline {
+        project: "acme/widget".into(),
+        git_ref: r.into(),
+        trigger_source: "api".into(),
+        event: "api".into(),
+        ..Default::default()
+    };
+    let (p1, _) = s.create_pipeline(&new("main")).expect("pipeline");
+    let lease = Duration::from_millis(300);
+    assert!(s.claim_notifications(10, lease).expect("claim").is_empty());
+    s.pipeline_errored(p1, None, "bad config").expect("errored");
+    let due = s.claim_notifications(10, lease).expect("claim");
+    assert_eq!(due.len(), 1, "{due:?}");
+    assert_eq!(
+        (due[0].event.as_str(), due[0].status.as_str()),
+        ("failed", "errored")
+    );
+    assert_eq!(due[0].kind, TargetKind::Email);
+    assert!(
+        s.claim_notifications(10, lease).expect("again").is_empty(),
+        "claimed: not handed out twice"
+    );
+    // A restart mid-delivery: the row is still there, and comes back after the lease.
+    drop(s);
+    let s = Store::open(&dir).expect("reopen");
+    std::thread::sleep(lease + Duration::from_millis(50));
+    let again = s.claim_notifications(10, lease).expect("after the lease");
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].uuid, due[0].uuid, "the same event, the same id");
+    s.notification_failed(again[0].id, "SMTP: refused", Duration::ZERO, false)
+        .expect("failed");
+    let t = s.notify_targets("acme/widget").expect("targets");
+    assert_eq!(t[0].pending, 1);
+    assert_eq!(t[0].last_error.as_deref(), Some("SMTP: refused"));
+    assert!(t[0].last_error_at.is_some());
+    let retry = s.claim_notifications(10, lease).expect("retry");
+    assert_eq!(retry[0].attempts, 1);
+    s.notification_delivered(retry[0].id).expect("delivered");
+    let t = s.notify_targets("acme/widget").expect("targets");
+    assert_eq!(t[0].pending, 0);
+    assert!(t[0].last_delivered_at.is_some());
+    std::thread::sleep(lease + Duration::from_millis(50));
+    assert!(
+        s.claim_notifications(10, lease).expect("none").is_empty(),
+        "delivered once"
+    );
+    // Removing a target drops what it had pending.
+    let (p2, _) = s.create_pipeline(&new("main")).expect("pipeline");
+    s.pipeline_errored(p2, None, "bad again").expect("errored");
+    assert_eq!(s.notify_targets("acme/widget").expect("t")[0].pending, 1);
+    assert!(s
+        .remove_notify_target("acme/widget", TargetKind::Email, "team@example.com")
+        .expect("rm"));
+    assert!(s.claim_notifications(10, lease).expect("none").is_empty());
+    assert!(!s
+        .remove_notify_target("acme/widget", TargetKind::Email, "team@example.com")
+        .expect("rm again"));
+}
