@@ -37,6 +37,7 @@ mod follow;
 mod host_escapes;
 mod mirror;
 mod oidc;
+mod people;
 mod pipelines;
 mod pipelines_config_api;
 mod pipelines_data_center;

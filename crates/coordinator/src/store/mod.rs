@@ -56,6 +56,7 @@ mod jobs;
 mod lease;
 mod log_store;
 mod logs;
+mod people_store;
 mod pipeline_actions;
 mod pipeline_store;
 pub mod pipelines;
@@ -69,6 +70,7 @@ pub use blob_index::BlobIndex;
 pub use context_store::ContextStore;
 pub use follow_store::{FollowRecord, FollowStore, Followed};
 pub use log_store::LogStore;
+pub use people_store::{PeopleStore, Person, ProjectAccess, Resource};
 pub use pipeline_actions::parse_pipeline_ref;
 pub use pipeline_store::{PipelineStore, StatusOutbox};
 pub use project_store::{AccessStore, ProjectStore};
@@ -102,6 +104,7 @@ pub trait Backend:
     + ScheduleStore
     + ApiStore
     + BadgeStore
+    + PeopleStore
 {
 }
 
@@ -118,6 +121,7 @@ impl<T> Backend for T where
         + ScheduleStore
         + ApiStore
         + BadgeStore
+        + PeopleStore
         + ?Sized
 {
 }
@@ -412,6 +416,8 @@ pub fn is_commit_id(s: &str) -> bool {
 /// What the job list shows: every field optional.
 #[derive(Debug, Clone, Default)]
 pub struct JobFilter {
+    /// Only these projects (slugs); `None`: every project.
+    pub projects: Option<Vec<String>>,
     pub project: Option<String>,
     /// A branch or tag name (or the ref as queued).
     pub branch: Option<String>,
