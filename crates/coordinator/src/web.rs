@@ -242,10 +242,10 @@ async fn guard(
             }
         },
         Some(of) => match people::may_on(&g.state, &asking, of, Action::Read).await {
-            Ok(Some(true)) => {}
-            // No such thing: a person or an operator gets the handler's own 404.
-            Ok(None) if !matches!(asking, people::Asking::Anonymous) => {}
-            Ok(_) => return refused(Some(&asking), req.uri()),
+            // No such thing: the handler's own 404 (ids are numbers in sequence; that one
+            // exists says nothing of what it holds).
+            Ok(Some(true)) | Ok(None) => {}
+            Ok(Some(false)) => return refused(Some(&asking), req.uri()),
             Err(e) => {
                 tracing::error!("{e}");
                 return json_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
