@@ -4,8 +4,8 @@
 //! operator's actions (`POST /pipelines/{id}/approve|cancel|rerun`), which need an operator
 //! token (`bosun coordinator operator new NAME`) as a bearer token, or a person logged in
 //! with Bitbucket whose repository permission allows the action (their session and the
-//! page's CSRF token); reading needs none, like every other page. `GET /pipelines` lists
-//! them.
+//! page's CSRF token); reading needs read access to the project, like every other page
+//! (`web::Guard`). `GET /pipelines` lists them.
 
 use super::{esc, shell};
 use crate::bitbucket::status::statuses;
