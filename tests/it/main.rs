@@ -39,6 +39,7 @@ mod host_escapes;
 mod mirror;
 mod notify;
 mod oidc;
+mod people;
 mod pipelines;
 mod pipelines_config_api;
 mod pipelines_data_center;

@@ -16,6 +16,7 @@ mod cli_badges;
 mod cli_contexts;
 mod cli_follow;
 mod cli_notify;
+mod cli_people;
 mod cli_pipelines;
 mod cli_schedules;
 mod error;
@@ -24,6 +25,7 @@ pub mod model;
 pub mod notify;
 pub mod oidc;
 pub mod pages;
+pub mod people;
 pub mod per_address;
 pub mod pipelines;
 pub mod rerun;
@@ -52,7 +54,7 @@ use store::{Backend, NewJob, NewProject, Store, DEFAULT_MAX_ATTEMPTS};
 #[derive(clap::Subcommand, Debug)]
 pub enum Command {
     /// Serve the agent API (under /api/v1) and the web pages.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Manage projects.
     #[command(subcommand)]
     Project(ProjectCommand),
@@ -150,6 +152,10 @@ pub enum Command {
     /// [--actor NAME]`, `ls`, `rm`, `pause`, `resume` (docs/schedules.md).
     #[command(subcommand)]
     Schedule(cli_schedules::ScheduleCommand),
+    /// People who log in with Bitbucket: `person ls`, `person grant NAME admin`, `person
+    /// revoke NAME admin` (docs/people.md).
+    #[command(subcommand)]
+    Person(cli_people::PersonCommand),
 }
 
 #[derive(clap::Args, Debug)]
@@ -276,6 +282,26 @@ pub struct ServeArgs {
     /// The longest wait between two tries of a failed delivery (waits double from 1s).
     #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = parse_ttl)]
     pub notify_max_backoff: Duration,
+    /// People log in with Bitbucket Cloud through this OAuth consumer: a file holding
+    /// `KEY:SECRET` (owner-only). The consumer's callback URL is
+    /// PUBLIC_URL/login/bitbucket/callback; it needs the `account` and `repository` scopes
+    /// (docs/people.md).
+    #[arg(long, value_name = "FILE")]
+    pub bitbucket_oauth_file: Option<PathBuf>,
+    /// Bitbucket Cloud's site, where its OAuth endpoints are (`/site/oauth2/…`).
+    #[arg(long, value_name = "URL", default_value = people::oauth::CLOUD_SITE)]
+    pub bitbucket_oauth_url: String,
+    /// Bitbucket Cloud's REST API base, for the account and its permissions at login.
+    #[arg(long, value_name = "URL", default_value = cli_follow::CLOUD_API)]
+    pub bitbucket_api: String,
+    /// How long a login lasts (the session then ends on the server).
+    #[arg(long, value_name = "DURATION", default_value = "12h", value_parser = parse_ttl)]
+    pub session_lifetime: Duration,
+    /// A person's repository permissions are read again from Bitbucket when older than
+    /// this (at their next request); approve, cancel and rerun read them again first
+    /// whatever their age. A permission taken away on Bitbucket applies within this.
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_ttl)]
+    pub permissions_refresh: Duration,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -503,7 +529,7 @@ fn run_inner(cmd: Command) -> Result<()> {
                 path: PathBuf::from("tokio runtime"),
                 source,
             })?;
-            rt.block_on(serve(args))
+            rt.block_on(serve(*args))
         }
         Command::Project(ProjectCommand::Add(a)) => {
             let store = a.data.open()?;
@@ -705,6 +731,7 @@ fn run_inner(cmd: Command) -> Result<()> {
         Command::Project(ProjectCommand::Webhook(c)) => {
             cli_notify::webhook(c, &mut |s| print(&mut out, s))
         }
+        Command::Person(c) => cli_people::person(c, &mut |s| print(&mut out, s)),
         Command::Project(ProjectCommand::BadgeToken(a)) => {
             cli_badges::badge_token(a, &mut |s| print(&mut out, s))
         }

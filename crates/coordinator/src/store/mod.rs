@@ -57,6 +57,7 @@ mod lease;
 mod log_store;
 mod logs;
 mod notify;
+mod people_store;
 mod pipeline_actions;
 mod pipeline_store;
 pub mod pipelines;
@@ -71,6 +72,7 @@ pub use context_store::ContextStore;
 pub use follow_store::{FollowRecord, FollowStore, Followed};
 pub use log_store::LogStore;
 pub use notify::{Due, DueJob, DueWorkflow, NewTarget, NotifyOutbox, TargetRow};
+pub use people_store::{PeopleStore, Person, ProjectAccess, Resource};
 pub use pipeline_actions::parse_pipeline_ref;
 pub use pipeline_store::{PipelineStore, StatusOutbox};
 pub use project_store::{AccessStore, ProjectStore};
@@ -105,6 +107,7 @@ pub trait Backend:
     + ApiStore
     + BadgeStore
     + NotifyOutbox
+    + PeopleStore
 {
 }
 
@@ -122,6 +125,7 @@ impl<T> Backend for T where
         + ApiStore
         + BadgeStore
         + NotifyOutbox
+        + PeopleStore
         + ?Sized
 {
 }
@@ -416,6 +420,8 @@ pub fn is_commit_id(s: &str) -> bool {
 /// What the job list shows: every field optional.
 #[derive(Debug, Clone, Default)]
 pub struct JobFilter {
+    /// Only these projects (slugs); `None`: every project.
+    pub projects: Option<Vec<String>>,
     pub project: Option<String>,
     /// A branch or tag name (or the ref as queued).
     pub branch: Option<String>,

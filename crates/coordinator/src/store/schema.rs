@@ -413,6 +413,37 @@ CREATE TABLE notifications (
 CREATE INDEX notifications_due ON notifications(next_try);
 CREATE INDEX notifications_target ON notifications(target_id);
 "#,
+    // 15: people (issue 30): who logged in with Bitbucket, their sessions (kept as digests),
+    // the repository permissions Bitbucket gave them when last asked, and whether a project
+    // is readable by anyone.
+    r#"
+CREATE TABLE people (
+    id INTEGER PRIMARY KEY,
+    bitbucket_uuid TEXT NOT NULL UNIQUE,
+    nickname TEXT NOT NULL,
+    display_name TEXT NOT NULL DEFAULT '',
+    admin INTEGER NOT NULL DEFAULT 0,
+    created INTEGER NOT NULL,
+    last_login INTEGER NOT NULL,
+    permissions_fetched INTEGER,
+    refresh_token TEXT              -- sealed: Bitbucket's OAuth refresh token
+);
+CREATE INDEX people_nickname ON people(nickname);
+CREATE TABLE sessions (
+    digest TEXT PRIMARY KEY,
+    person_id INTEGER NOT NULL REFERENCES people(id),
+    created INTEGER NOT NULL,
+    expires INTEGER NOT NULL
+);
+CREATE INDEX sessions_person ON sessions(person_id);
+CREATE TABLE person_permissions (
+    person_id INTEGER NOT NULL REFERENCES people(id),
+    repository TEXT NOT NULL,
+    permission TEXT NOT NULL,
+    PRIMARY KEY (person_id, repository)
+);
+ALTER TABLE projects ADD COLUMN public INTEGER NOT NULL DEFAULT 0;
+"#,
 ];
 
 /// Before migration 2: copy each job's log out of the `job_logs` blobs into its file.
