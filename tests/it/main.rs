@@ -36,6 +36,7 @@ mod execute;
 mod follow;
 mod host_escapes;
 mod mirror;
+mod object_storage;
 mod oidc;
 mod pipelines;
 mod pipelines_config_api;
