@@ -148,12 +148,17 @@ impl S3Objects {
                 // answer; plain HTTP only when asked for by the endpoint itself.
                 b = b
                     .with_endpoint(e.trim_end_matches('/'))
-                    .with_virtual_hosted_style_request(false)
-                    .with_allow_http(u.scheme() == "http");
+                    .with_virtual_hosted_style_request(false);
                 e.trim_end_matches('/').to_owned()
             }
             None => "AWS S3".to_owned(),
         };
+        // The client options carry `allow_http` too: set once, here (a later
+        // `with_client_options` would reset it).
+        let plain_http = settings
+            .endpoint
+            .as_deref()
+            .is_some_and(|e| e.starts_with("http://"));
         b = b
             .with_retry(object_store::RetryConfig {
                 max_retries: 3,
@@ -162,6 +167,7 @@ impl S3Objects {
             })
             .with_client_options(
                 object_store::ClientOptions::new()
+                    .with_allow_http(plain_http)
                     .with_connect_timeout(Duration::from_secs(5))
                     .with_timeout(Duration::from_secs(300)),
             );
@@ -238,7 +244,17 @@ impl S3Objects {
 
 /// The store's error without the request's internals, and with what to check.
 fn explain(e: &object_store::Error) -> String {
-    let text = e.to_string();
+    let mut text = e.to_string();
+    // The causes too: "builder error" or "error sending request" say nothing alone.
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        let c_text = c.to_string();
+        if !text.contains(&c_text) {
+            text.push_str(": ");
+            text.push_str(&c_text);
+        }
+        cause = c.source();
+    }
     let hint = if text.contains("NoSuchBucket") {
         " (the bucket does not exist: create it, or fix --blob-store)"
     } else if text.contains("InvalidAccessKeyId")
