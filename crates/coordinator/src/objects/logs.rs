@@ -126,20 +126,22 @@ impl LogArchive {
     /// Blocks: call from a blocking thread (the store's calls run on one).
     fn read_object(&self, id: i64, from: u64, end: u64) -> Result<Vec<u8>> {
         let key = log_key(id);
+        if from >= end {
+            return Ok(Vec::new());
+        }
         self.runtime.block_on(async {
-            let Some(size) = self.objects.size(&key).await.map_err(objects_err)? else {
-                return Ok(Vec::new());
+            // `end` is at most the committed length, which is the object's size: one ranged
+            // GET, no HEAD first. Only when it fails is the object looked for.
+            let mut s = match self.objects.read(&key, from, end).await {
+                Ok(s) => s,
+                Err(e) => {
+                    return match self.objects.size(&key).await.map_err(objects_err)? {
+                        None => Ok(Vec::new()),
+                        Some(_) => Err(objects_err(e)),
+                    }
+                }
             };
-            let end = end.min(size);
-            if from >= end {
-                return Ok(Vec::new());
-            }
             let mut out = Vec::with_capacity((end - from) as usize);
-            let mut s = self
-                .objects
-                .read(&key, from, end)
-                .await
-                .map_err(objects_err)?;
             while let Some(piece) = s
                 .try_next()
                 .await
