@@ -259,3 +259,37 @@ fn s3_urls() {
         assert!(parse_s3_url(bad).is_err(), "{bad}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_multipart_upload_is_invisible_until_whole() {
+    let server = S3Server::start();
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let (settings, _creds) = server.settings(SECRET);
+    let o = open(&settings, scratch.path()).await.expect("open s3");
+    let n = PART * 3 + 1;
+    let f = scratch.path().join("layer");
+    std::fs::write(&f, pattern(n)).expect("write");
+    let key = blob_key(&"cd".repeat(32));
+    let put = {
+        let (o, key, f) = (Arc::clone(&o), key.clone(), f.clone());
+        tokio::spawn(async move { o.put_file(&key, &f).await })
+    };
+    // Every look while the parts go up sees no object, or the whole one.
+    let mut looks = 0;
+    while !put.is_finished() {
+        let seen = o.size(&key).await.expect("size");
+        assert!(seen.is_none() || seen == Some(n as u64), "{seen:?}");
+        looks += 1;
+    }
+    put.await.expect("join").expect("put");
+    assert!(looks > 0);
+    assert_eq!(o.size(&key).await.expect("size"), Some(n as u64));
+    // No half file in the server's directory either.
+    let objects = server.dir.path().join(BUCKET).join("ci/blobs/sha256");
+    let names: Vec<_> = std::fs::read_dir(&objects)
+        .expect("objects")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(names.len(), 1, "{names:?}");
+}
