@@ -87,6 +87,11 @@ pub fn log_key(id: i64) -> String {
     format!("logs/{id}.log")
 }
 
+/// The key of job `id`'s finished log's line index (see [`logs`]).
+pub fn log_lines_key(id: i64) -> String {
+    format!("logs/{id}.lines")
+}
+
 /// `--blob-store` and the settings that go with it (`--s3-*`).
 #[derive(Debug, Clone, Default)]
 pub struct StoreSettings {

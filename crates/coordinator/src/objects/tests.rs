@@ -293,3 +293,127 @@ async fn a_multipart_upload_is_invisible_until_whole() {
         .collect();
     assert_eq!(names.len(), 1, "{names:?}");
 }
+
+/// The real store, with every read's key and length recorded.
+struct Recording {
+    inner: Arc<dyn Objects>,
+    reads: std::sync::Mutex<Vec<(String, u64)>>,
+}
+
+impl Objects for Recording {
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+    fn is_local(&self) -> bool {
+        self.inner.is_local()
+    }
+    fn put_file<'a>(
+        &'a self,
+        key: &'a str,
+        file: &'a Path,
+    ) -> BoxFuture<'a, Result<(), ObjectError>> {
+        self.inner.put_file(key, file)
+    }
+    fn size<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<u64>, ObjectError>> {
+        self.inner.size(key)
+    }
+    fn read<'a>(
+        &'a self,
+        key: &'a str,
+        start: u64,
+        end: u64,
+    ) -> BoxFuture<'a, Result<ByteStream, ObjectError>> {
+        self.reads
+            .lock()
+            .expect("reads")
+            .push((key.to_owned(), end - start));
+        self.inner.read(key, start, end)
+    }
+    fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), ObjectError>> {
+        self.inner.delete(key)
+    }
+    fn check(&self) -> BoxFuture<'_, Result<(), ObjectError>> {
+        self.inner.check()
+    }
+}
+
+/// A finished log moves with its line index, and a page's line numbers then read at most
+/// one block of the log per point instead of the whole log; the counts equal a scan's, and
+/// an index that is not one of ours falls back to the scan.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_finished_logs_line_numbers_read_one_block_per_point_through_its_index() {
+    use super::logs::{line_index, LogArchive, LINE_BLOCK};
+    let server = S3Server::start();
+    let data = tempfile::tempdir().expect("tempdir");
+    let (settings, _creds) = server.settings(SECRET);
+    let o = Arc::new(Recording {
+        inner: open(&settings, data.path()).await.expect("open s3"),
+        reads: std::sync::Mutex::new(Vec::new()),
+    });
+    let store: Arc<dyn crate::store::Backend> =
+        Arc::new(crate::store::Store::open(data.path()).expect("store"));
+    // Lines of every length up to 300 bytes, over five and a half blocks.
+    let mut log = Vec::new();
+    let mut i = 0usize;
+    while log.len() < (5 * LINE_BLOCK + LINE_BLOCK / 2) as usize {
+        log.extend(std::iter::repeat_n(b'x', i % 300));
+        log.push(b'\n');
+        i += 1;
+    }
+    let len = log.len() as u64;
+    assert_eq!(
+        line_index(&log[..]).expect("index"),
+        (0..=5)
+            .map(|k| memchr::memchr_iter(b'\n', &log[..(k * LINE_BLOCK) as usize]).count() as u64)
+            .collect::<Vec<_>>()
+    );
+    let logs = data.path().join(crate::store::LOGS_DIR);
+    std::fs::create_dir_all(&logs).expect("logs dir");
+    std::fs::write(logs.join("7.log"), &log).expect("log");
+    let archive = Arc::new(LogArchive::new(o.clone() as Arc<dyn Objects>, data.path()));
+    assert!(archive.archive(7).await.expect("archive"));
+    assert!(!logs.join("7.log").exists());
+    assert!(o.size(&log_lines_key(7)).await.expect("size").is_some());
+
+    let points = vec![
+        0,
+        1,
+        LINE_BLOCK - 1,
+        LINE_BLOCK,
+        3 * LINE_BLOCK + 77,
+        len - 1,
+        len,
+        len + 100,
+    ];
+    let want: Vec<u64> = points
+        .iter()
+        .map(|&p| memchr::memchr_iter(b'\n', &log[..p.min(len) as usize]).count() as u64)
+        .collect();
+    let count =
+        |archive: Arc<LogArchive>, store: Arc<dyn crate::store::Backend>, points: Vec<u64>| {
+            tokio::task::spawn_blocking(move || archive.newlines_before(&*store, 7, &points))
+        };
+    o.reads.lock().expect("reads").clear();
+    let got = count(archive.clone(), store.clone(), points.clone())
+        .await
+        .expect("join")
+        .expect("count");
+    assert_eq!(got, want);
+    let reads = o.reads.lock().expect("reads").clone();
+    assert!(
+        reads
+            .iter()
+            .all(|(k, n)| k != &log_key(7) || *n < LINE_BLOCK),
+        "{reads:?}"
+    );
+
+    // Not an index of ours: counted by the scan, and still right.
+    let junk = data.path().join("junk");
+    std::fs::write(&junk, "12\nnot a number\n").expect("junk");
+    o.put_file(&log_lines_key(7), &junk).await.expect("put");
+    let got = count(archive, store, points)
+        .await
+        .expect("join")
+        .expect("count");
+    assert_eq!(got, want);
+}
