@@ -346,18 +346,29 @@ async fn followers_do_not_slow_an_agents_log_appends() {
     let (wo, _) = appends(&a, &watched, 0, 1, SIZE).await;
     let (mut off, _) = appends(&a, &busy, 0, 20, SIZE).await; // warm up
 
-    // No followers.
-    let c0 = cpu_ticks(s.child.id());
-    let (o, alone) = appends(&a, &busy, off, APPENDS, SIZE).await;
-    off = o;
-    let cpu_alone = cpu_ticks(s.child.id()) - c0;
+    // No followers, then followers of another job (they must not even wake), in turns: the
+    // best of three of each, so that a burst of the machine's other load in one phase is not
+    // taken for the followers' cost.
+    let (mut alone, mut cpu_alone) = (Duration::MAX, u64::MAX);
+    let (mut beside, mut cpu_beside) = (Duration::MAX, u64::MAX);
+    for _ in 0..3 {
+        let c0 = cpu_ticks(s.child.id());
+        let (o, took) = appends(&a, &busy, off, APPENDS, SIZE).await;
+        off = o;
+        cpu_alone = cpu_alone.min(cpu_ticks(s.child.id()) - c0);
+        alone = alone.min(took);
 
-    // Followers of another job: they must not even wake.
+        let others = followers(&s.base, &watched, FOLLOWERS).await;
+        let c0 = cpu_ticks(s.child.id());
+        let (o, took) = appends(&a, &busy, off, APPENDS, SIZE).await;
+        off = o;
+        cpu_beside = cpu_beside.min(cpu_ticks(s.child.id()) - c0);
+        beside = beside.min(took);
+        for f in others {
+            f.abort();
+        }
+    }
     let others = followers(&s.base, &watched, FOLLOWERS).await;
-    let c0 = cpu_ticks(s.child.id());
-    let (o, beside) = appends(&a, &busy, off, APPENDS, SIZE).await;
-    off = o;
-    let cpu_beside = cpu_ticks(s.child.id()) - c0;
 
     // Followers of this job: each append reaches them all, without holding the writer up.
     let same = followers(&s.base, &busy, FOLLOWERS).await;
