@@ -5,6 +5,11 @@ use bosun_protocol::JobStatus;
 fn store() -> (tempfile::TempDir, Store) {
     let d = tempfile::tempdir().expect("tempdir");
     let s = Store::open(&d.path().join("data")).expect("open");
+    add_widget(&s);
+    (d, s)
+}
+
+fn add_widget(s: &dyn Backend) {
     s.add_project(&NewProject {
         slug: "acme/widget".into(),
         uuid: None,
@@ -15,7 +20,37 @@ fn store() -> (tempfile::TempDir, Store) {
         env: vec![],
     })
     .expect("project");
-    (d, s)
+}
+
+/// The stores the suite runs against: SQLite always; PostgreSQL when its server binaries are
+/// here (a database of its own on one server per test process), else skipped with a word.
+fn backends() -> Vec<(&'static str, tempfile::TempDir, Box<dyn Backend>)> {
+    let (d, s) = store();
+    let mut out: Vec<(&'static str, tempfile::TempDir, Box<dyn Backend>)> =
+        vec![("sqlite", d, Box::new(s))];
+    match pg::testing::store() {
+        Some((d, s)) => {
+            add_widget(&s);
+            out.push(("postgres", d, Box::new(s)));
+        }
+        None => eprintln!("{}", pg::testing::SKIPPED),
+    }
+    out
+}
+
+/// A test body run against every store of [`backends`], as `s: &dyn Backend`, its data
+/// directory's temporary parent as `d`.
+macro_rules! both {
+    ($name:ident, |$d:ident, $s:ident| $body:block) => {
+        #[test]
+        fn $name() {
+            for (label, $d, store) in backends() {
+                eprintln!("{}: {label}", stringify!($name));
+                let $s: &dyn Backend = &*store;
+                $body
+            }
+        }
+    };
 }
 
 fn new_job() -> NewJob {
@@ -35,121 +70,123 @@ fn new_job() -> NewJob {
     }
 }
 
-fn job(s: &Store) -> i64 {
+fn job(s: &dyn Backend) -> i64 {
     s.enqueue(&new_job()).expect("enqueue")
 }
 
-fn claim_next(s: &Store) -> WireJob {
+fn claim_next(s: &dyn Backend) -> WireJob {
     s.claim("a1", Duration::from_secs(30))
         .expect("claim")
         .expect("a job")
 }
 
-#[test]
-fn a_jobs_pull_request_and_timeout_reach_the_agent_in_its_claim() {
-    let (_d, s) = store();
-    let plain = job(&s);
-    let with_url = s
-        .enqueue(&NewJob {
-            pr_number: Some(7),
-            pr_url: Some("https://bitbucket.example.com/projects/A/repos/w/pull-requests/7".into()),
-            timeout_secs: Some(90),
+both!(
+    a_jobs_pull_request_and_timeout_reach_the_agent_in_its_claim,
+    |_d, s| {
+        let plain = job(s);
+        let with_url = s
+            .enqueue(&NewJob {
+                pr_number: Some(7),
+                pr_url: Some(
+                    "https://bitbucket.example.com/projects/A/repos/w/pull-requests/7".into(),
+                ),
+                timeout_secs: Some(90),
+                ..new_job()
+            })
+            .expect("enqueue");
+        let derived = s
+            .enqueue(&NewJob {
+                pr_number: Some(12),
+                pr_fork: true,
+                ..new_job()
+            })
+            .expect("enqueue");
+
+        let j = claim_next(s);
+        assert_eq!(j.id, plain.to_string());
+        assert_eq!(j.pull_request, None);
+        assert_eq!(j.timeouts, WireTimeouts::default());
+        assert_eq!(j.timeouts.job_secs, 3 * 3600);
+
+        let j = claim_next(s);
+        assert_eq!(j.id, with_url.to_string());
+        assert_eq!(
+            j.pull_request,
+            Some(WirePullRequest {
+                number: 7,
+                url: "https://bitbucket.example.com/projects/A/repos/w/pull-requests/7".into(),
+                fork: false,
+            })
+        );
+        assert_eq!(j.timeouts.job_secs, 90);
+
+        let j = claim_next(s);
+        assert_eq!(j.id, derived.to_string());
+        assert_eq!(
+            j.pull_request.map(|p| (p.number, p.url, p.fork)),
+            Some((
+                12,
+                "https://bitbucket.org/acme/widget/pull-requests/12".into(),
+                true
+            ))
+        );
+        assert_eq!(j.timeouts, WireTimeouts::default());
+
+        let row = s.job(with_url).expect("job").expect("row");
+        assert_eq!((row.pr_number, row.timeout_secs), (Some(7), Some(90)));
+        assert_eq!(s.job(plain).expect("job").expect("row").pr_number, None);
+    }
+);
+
+both!(
+    bad_pull_requests_and_timeouts_are_refused_at_enqueue,
+    |_d, s| {
+        let refused = |j: NewJob| match s.enqueue(&j) {
+            Err(CoordError::Invalid(m)) => m,
+            other => panic!("expected a refusal, got {other:?}"),
+        };
+        assert!(refused(NewJob {
+            timeout_secs: Some(0),
             ..new_job()
         })
-        .expect("enqueue");
-    let derived = s
-        .enqueue(&NewJob {
-            pr_number: Some(12),
-            pr_fork: true,
+        .contains("between 1s and 24h"));
+        assert!(refused(NewJob {
+            timeout_secs: Some(MAX_JOB_TIMEOUT_SECS + 1),
             ..new_job()
         })
-        .expect("enqueue");
-
-    let j = claim_next(&s);
-    assert_eq!(j.id, plain.to_string());
-    assert_eq!(j.pull_request, None);
-    assert_eq!(j.timeouts, WireTimeouts::default());
-    assert_eq!(j.timeouts.job_secs, 3 * 3600);
-
-    let j = claim_next(&s);
-    assert_eq!(j.id, with_url.to_string());
-    assert_eq!(
-        j.pull_request,
-        Some(WirePullRequest {
-            number: 7,
-            url: "https://bitbucket.example.com/projects/A/repos/w/pull-requests/7".into(),
-            fork: false,
+        .contains("between 1s and 24h"));
+        assert!(refused(NewJob {
+            pr_url: Some("https://bitbucket.org/acme/widget/pull-requests/3".into()),
+            ..new_job()
         })
-    );
-    assert_eq!(j.timeouts.job_secs, 90);
+        .contains("needs the pull request's number"));
+        assert!(refused(NewJob {
+            pr_number: Some(3),
+            pr_url: Some("javascript:alert(1)".into()),
+            ..new_job()
+        })
+        .contains("http(s)"));
+        assert!(refused(NewJob {
+            pr_number: Some(0),
+            ..new_job()
+        })
+        .contains("start at 1"));
+        assert!(refused(NewJob {
+            pr_number: Some(u64::MAX),
+            ..new_job()
+        })
+        .contains("too large"));
+        assert!(s.list_jobs(10).expect("list").is_empty());
+        s.enqueue(&NewJob {
+            timeout_secs: Some(MAX_JOB_TIMEOUT_SECS),
+            ..new_job()
+        })
+        .expect("the maximum itself is allowed");
+    }
+);
 
-    let j = claim_next(&s);
-    assert_eq!(j.id, derived.to_string());
-    assert_eq!(
-        j.pull_request.map(|p| (p.number, p.url, p.fork)),
-        Some((
-            12,
-            "https://bitbucket.org/acme/widget/pull-requests/12".into(),
-            true
-        ))
-    );
-    assert_eq!(j.timeouts, WireTimeouts::default());
-
-    let row = s.job(with_url).expect("job").expect("row");
-    assert_eq!((row.pr_number, row.timeout_secs), (Some(7), Some(90)));
-    assert_eq!(s.job(plain).expect("job").expect("row").pr_number, None);
-}
-
-#[test]
-fn bad_pull_requests_and_timeouts_are_refused_at_enqueue() {
-    let (_d, s) = store();
-    let refused = |j: NewJob| match s.enqueue(&j) {
-        Err(CoordError::Invalid(m)) => m,
-        other => panic!("expected a refusal, got {other:?}"),
-    };
-    assert!(refused(NewJob {
-        timeout_secs: Some(0),
-        ..new_job()
-    })
-    .contains("between 1s and 24h"));
-    assert!(refused(NewJob {
-        timeout_secs: Some(MAX_JOB_TIMEOUT_SECS + 1),
-        ..new_job()
-    })
-    .contains("between 1s and 24h"));
-    assert!(refused(NewJob {
-        pr_url: Some("https://bitbucket.org/acme/widget/pull-requests/3".into()),
-        ..new_job()
-    })
-    .contains("needs the pull request's number"));
-    assert!(refused(NewJob {
-        pr_number: Some(3),
-        pr_url: Some("javascript:alert(1)".into()),
-        ..new_job()
-    })
-    .contains("http(s)"));
-    assert!(refused(NewJob {
-        pr_number: Some(0),
-        ..new_job()
-    })
-    .contains("start at 1"));
-    assert!(refused(NewJob {
-        pr_number: Some(u64::MAX),
-        ..new_job()
-    })
-    .contains("too large"));
-    assert!(s.list_jobs(10).expect("list").is_empty());
-    s.enqueue(&NewJob {
-        timeout_secs: Some(MAX_JOB_TIMEOUT_SECS),
-        ..new_job()
-    })
-    .expect("the maximum itself is allowed");
-}
-
-#[test]
-fn log_appends_are_idempotent_by_offset() {
-    let (_d, s) = store();
-    let id = job(&s);
+both!(log_appends_are_idempotent_by_offset, |_d, s| {
+    let id = job(s);
     let j = s
         .claim("a1", Duration::from_secs(30))
         .expect("claim")
@@ -178,7 +215,7 @@ fn log_appends_are_idempotent_by_offset() {
     ));
     assert_eq!(s.log_from(id, 0).expect("log"), b"hello world");
     assert_eq!(s.log_from(id, 8).expect("log"), b"rld");
-}
+});
 
 fn fin(status: JobStatus, log_bytes: u64, digest: &str) -> FinishRequest {
     FinishRequest {
@@ -189,7 +226,7 @@ fn fin(status: JobStatus, log_bytes: u64, digest: &str) -> FinishRequest {
     }
 }
 
-fn claimed(s: &Store) -> i64 {
+fn claimed(s: &dyn Backend) -> i64 {
     let id = job(s);
     s.claim("a1", Duration::from_secs(30))
         .expect("claim")
@@ -197,38 +234,39 @@ fn claimed(s: &Store) -> i64 {
     id
 }
 
-#[test]
-fn the_checked_out_commit_is_recorded_and_lines_are_counted() {
-    let (_d, s) = store();
-    let id = claimed(&s);
-    let sha = "ABCDEF0123456789abcdef0123456789abcdef01";
-    let ev = |sha: &str| JobEvent::StepStarted {
-        step: 1,
-        name: "s".into(),
-        log_offset: 0,
-        commit_sha: Some(sha.into()),
-    };
-    // Not a commit id: ignored (agent-written text is shown and linked as a commit).
-    s.append_events(id, "a1", None, 0, &[ev("main\"><x")])
-        .expect("events");
-    assert_eq!(s.job(id).expect("job").expect("row").resolved_sha, None);
-    s.append_events(id, "a1", None, 1, &[ev(sha)])
-        .expect("events");
-    assert_eq!(
-        s.job(id)
-            .expect("job")
-            .expect("row")
-            .resolved_sha
-            .as_deref(),
-        Some(sha.to_ascii_lowercase().as_str())
-    );
-    s.append_log(id, "a1", None, 0, b"a\nbb\n\nccc\n")
-        .expect("log");
-    assert_eq!(
-        s.newlines_before(id, &[11, 0, 2, 5, 99]).expect("count"),
-        [4, 0, 1, 2, 4]
-    );
-}
+both!(
+    the_checked_out_commit_is_recorded_and_lines_are_counted,
+    |_d, s| {
+        let id = claimed(s);
+        let sha = "ABCDEF0123456789abcdef0123456789abcdef01";
+        let ev = |sha: &str| JobEvent::StepStarted {
+            step: 1,
+            name: "s".into(),
+            log_offset: 0,
+            commit_sha: Some(sha.into()),
+        };
+        // Not a commit id: ignored (agent-written text is shown and linked as a commit).
+        s.append_events(id, "a1", None, 0, &[ev("main\"><x")])
+            .expect("events");
+        assert_eq!(s.job(id).expect("job").expect("row").resolved_sha, None);
+        s.append_events(id, "a1", None, 1, &[ev(sha)])
+            .expect("events");
+        assert_eq!(
+            s.job(id)
+                .expect("job")
+                .expect("row")
+                .resolved_sha
+                .as_deref(),
+            Some(sha.to_ascii_lowercase().as_str())
+        );
+        s.append_log(id, "a1", None, 0, b"a\nbb\n\nccc\n")
+            .expect("log");
+        assert_eq!(
+            s.newlines_before(id, &[11, 0, 2, 5, 99]).expect("count"),
+            [4, 0, 1, 2, 4]
+        );
+    }
+);
 
 fn log_file(d: &tempfile::TempDir, id: i64) -> PathBuf {
     d.path()
@@ -237,133 +275,136 @@ fn log_file(d: &tempfile::TempDir, id: i64) -> PathBuf {
         .join(format!("{id}.log"))
 }
 
-#[test]
-fn a_log_cut_short_by_a_host_crash_is_asked_for_again() {
-    let (d, s) = store();
-    let id = claimed(&s);
-    assert!(matches!(
-        s.append_log(id, "a1", None, 0, b"hello world")
-            .expect("append"),
-        AppendOutcome::Ack(11)
-    ));
-    // The host went down before the unsynced tail reached the disk.
-    let f = std::fs::OpenOptions::new()
-        .write(true)
-        .open(log_file(&d, id))
-        .expect("open");
-    f.set_len(5).expect("truncate");
-    assert!(matches!(
-        s.append_log(id, "a1", None, 11, b"!").expect("append"),
-        AppendOutcome::Gap(5)
-    ));
-    assert_eq!(s.job(id).expect("job").expect("row").log_bytes, 5);
-    assert!(matches!(
-        s.append_log(id, "a1", None, 5, b" world!").expect("append"),
-        AppendOutcome::Ack(12)
-    ));
-    assert_eq!(s.log_from(id, 0).expect("log"), b"hello world!");
-    // The same at the finish: a short file is not finished but asked for again.
-    f.set_len(7).expect("truncate");
-    let digest = sha256_hex(b"hello world!");
-    assert!(matches!(
-        s.finish(id, "a1", None, &fin(JobStatus::Success, 12, &digest))
-            .expect("finish"),
-        FinishOutcome::Incomplete(7)
-    ));
-    assert!(matches!(
-        s.append_log(id, "a1", None, 7, b"orld!").expect("append"),
-        AppendOutcome::Ack(12)
-    ));
-    assert!(matches!(
-        s.finish(id, "a1", None, &fin(JobStatus::Success, 12, &digest))
-            .expect("finish"),
-        FinishOutcome::Done
-    ));
-    use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(log_file(&d, id))
-        .expect("meta")
-        .permissions()
-        .mode();
-    assert_eq!(mode & 0o777, 0o600);
-}
+both!(
+    a_log_cut_short_by_a_host_crash_is_asked_for_again,
+    |d, s| {
+        let id = claimed(s);
+        assert!(matches!(
+            s.append_log(id, "a1", None, 0, b"hello world")
+                .expect("append"),
+            AppendOutcome::Ack(11)
+        ));
+        // The host went down before the unsynced tail reached the disk.
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(log_file(&d, id))
+            .expect("open");
+        f.set_len(5).expect("truncate");
+        assert!(matches!(
+            s.append_log(id, "a1", None, 11, b"!").expect("append"),
+            AppendOutcome::Gap(5)
+        ));
+        assert_eq!(s.job(id).expect("job").expect("row").log_bytes, 5);
+        assert!(matches!(
+            s.append_log(id, "a1", None, 5, b" world!").expect("append"),
+            AppendOutcome::Ack(12)
+        ));
+        assert_eq!(s.log_from(id, 0).expect("log"), b"hello world!");
+        // The same at the finish: a short file is not finished but asked for again.
+        f.set_len(7).expect("truncate");
+        let digest = sha256_hex(b"hello world!");
+        assert!(matches!(
+            s.finish(id, "a1", None, &fin(JobStatus::Success, 12, &digest))
+                .expect("finish"),
+            FinishOutcome::Incomplete(7)
+        ));
+        assert!(matches!(
+            s.append_log(id, "a1", None, 7, b"orld!").expect("append"),
+            AppendOutcome::Ack(12)
+        ));
+        assert!(matches!(
+            s.finish(id, "a1", None, &fin(JobStatus::Success, 12, &digest))
+                .expect("finish"),
+            FinishOutcome::Done
+        ));
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(log_file(&d, id))
+            .expect("meta")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+);
 
-#[test]
-fn writes_of_a_lapsed_attempt_never_reach_the_next_one() {
-    let (_d, s) = store();
-    let id = job(&s);
-    let first = s
-        .claim("a1", Duration::ZERO)
-        .expect("claim")
-        .expect("a job");
-    assert_eq!(first.attempt, 1);
-    std::thread::sleep(Duration::from_millis(5));
-    assert_eq!(s.expire_leases().expect("expire"), 1);
-    // The same agent claims the re-queued job while attempt 1's sender still has data.
-    let second = s
-        .claim("a1", Duration::from_secs(30))
-        .expect("claim")
-        .expect("a job");
-    assert_eq!(second.attempt, 2);
-    assert!(matches!(
-        s.append_log(id, "a1", Some(1), 0, b"late bytes of attempt 1")
-            .expect("append"),
-        AppendOutcome::Refused(Lease::Superseded { current: 2 })
-    ));
-    assert!(matches!(
-        s.append_events(id, "a1", Some(1), 0, &[]).expect("events"),
-        EventsOutcome::Refused(Lease::Superseded { current: 2 })
-    ));
-    assert!(matches!(
-        s.append_log(id, "a1", Some(2), 0, b"attempt 2")
-            .expect("append"),
-        AppendOutcome::Ack(9)
-    ));
-    let digest = sha256_hex(b"attempt 2");
-    assert!(matches!(
-        s.finish(id, "a1", Some(1), &fin(JobStatus::Failed, 9, &digest))
-            .expect("finish"),
-        FinishOutcome::Refused(Lease::Superseded { current: 2 })
-    ));
-    assert!(matches!(
-        s.finish(id, "a1", Some(2), &fin(JobStatus::Success, 9, &digest))
-            .expect("finish"),
-        FinishOutcome::Done
-    ));
-    assert_eq!(s.log_from(id, 0).expect("log"), b"attempt 2");
-}
+both!(
+    writes_of_a_lapsed_attempt_never_reach_the_next_one,
+    |_d, s| {
+        let id = job(s);
+        let first = s
+            .claim("a1", Duration::ZERO)
+            .expect("claim")
+            .expect("a job");
+        assert_eq!(first.attempt, 1);
+        std::thread::sleep(Duration::from_millis(5));
+        assert_eq!(s.expire_leases().expect("expire"), 1);
+        // The same agent claims the re-queued job while attempt 1's sender still has data.
+        let second = s
+            .claim("a1", Duration::from_secs(30))
+            .expect("claim")
+            .expect("a job");
+        assert_eq!(second.attempt, 2);
+        assert!(matches!(
+            s.append_log(id, "a1", Some(1), 0, b"late bytes of attempt 1")
+                .expect("append"),
+            AppendOutcome::Refused(Lease::Superseded { current: 2 })
+        ));
+        assert!(matches!(
+            s.append_events(id, "a1", Some(1), 0, &[]).expect("events"),
+            EventsOutcome::Refused(Lease::Superseded { current: 2 })
+        ));
+        assert!(matches!(
+            s.append_log(id, "a1", Some(2), 0, b"attempt 2")
+                .expect("append"),
+            AppendOutcome::Ack(9)
+        ));
+        let digest = sha256_hex(b"attempt 2");
+        assert!(matches!(
+            s.finish(id, "a1", Some(1), &fin(JobStatus::Failed, 9, &digest))
+                .expect("finish"),
+            FinishOutcome::Refused(Lease::Superseded { current: 2 })
+        ));
+        assert!(matches!(
+            s.finish(id, "a1", Some(2), &fin(JobStatus::Success, 9, &digest))
+                .expect("finish"),
+            FinishOutcome::Done
+        ));
+        assert_eq!(s.log_from(id, 0).expect("log"), b"attempt 2");
+    }
+);
 
-#[test]
-fn bytes_of_an_append_that_never_committed_are_not_log() {
-    let (d, s) = store();
-    let id = claimed(&s);
-    assert!(matches!(
-        s.append_log(id, "a1", None, 0, b"hello").expect("append"),
-        AppendOutcome::Ack(5)
-    ));
-    // A write that reached the file before the coordinator died, uncommitted.
-    use std::io::Write;
-    std::fs::OpenOptions::new()
-        .append(true)
-        .open(log_file(&d, id))
-        .expect("open")
-        .write_all(b"GARBAGE")
-        .expect("write");
-    assert_eq!(s.log_from(id, 0).expect("log"), b"hello");
-    assert!(matches!(
-        s.append_log(id, "a1", None, 5, b" world").expect("append"),
-        AppendOutcome::Ack(11)
-    ));
-    assert_eq!(
-        std::fs::read(log_file(&d, id)).expect("file"),
-        b"hello world"
-    );
-    let digest = sha256_hex(b"hello world");
-    assert!(matches!(
-        s.finish(id, "a1", None, &fin(JobStatus::Success, 11, &digest))
-            .expect("finish"),
-        FinishOutcome::Done
-    ));
-}
+both!(
+    bytes_of_an_append_that_never_committed_are_not_log,
+    |d, s| {
+        let id = claimed(s);
+        assert!(matches!(
+            s.append_log(id, "a1", None, 0, b"hello").expect("append"),
+            AppendOutcome::Ack(5)
+        ));
+        // A write that reached the file before the coordinator died, uncommitted.
+        use std::io::Write;
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(log_file(&d, id))
+            .expect("open")
+            .write_all(b"GARBAGE")
+            .expect("write");
+        assert_eq!(s.log_from(id, 0).expect("log"), b"hello");
+        assert!(matches!(
+            s.append_log(id, "a1", None, 5, b" world").expect("append"),
+            AppendOutcome::Ack(11)
+        ));
+        assert_eq!(
+            std::fs::read(log_file(&d, id)).expect("file"),
+            b"hello world"
+        );
+        let digest = sha256_hex(b"hello world");
+        assert!(matches!(
+            s.finish(id, "a1", None, &fin(JobStatus::Success, 11, &digest))
+                .expect("finish"),
+            FinishOutcome::Done
+        ));
+    }
+);
 
 #[test]
 fn a_version_1_store_keeps_its_blob_logs_as_files() {
@@ -564,80 +605,81 @@ fn a_store_does_not_open_with_another_or_a_missing_key_file() {
     assert!(e.to_string().contains("is missing"), "{e}");
 }
 
-/// Issue 15: keys queued with a job reach its agent in the claim; a rerun repeats the job's
-/// commit, pipeline and placement with its own keys; heartbeats record SSH access only for
-/// SSH jobs and only when it is printable.
-#[test]
-fn ssh_keys_travel_in_the_claim_and_a_rerun_repeats_the_job() {
-    let (_d, s) = store();
-    let key =
-        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBCnKQfAzuVF6iHrcQjDuDR8KDeNCpCxjF4+Hc1JFOQe a@x";
-    let mut j = new_job();
-    j.pr_number = Some(7);
-    j.timeout_secs = Some(600);
-    let plain = s.enqueue(&j).expect("enqueue");
-    let w = claim_next(&s);
-    assert_eq!(w.id, plain.to_string());
-    assert!(w.ssh_keys.is_empty());
-    let again = s.rerun(plain, &[key.to_owned()]).expect("rerun");
-    let row = s.job(again).expect("row").expect("job");
-    assert_eq!((row.rerun_of, row.ssh), (Some(plain), true));
-    assert_eq!(
-        row.pipeline_number, 1,
-        "a rerun stays in its job's pipeline"
-    );
-    let old = s.job(plain).expect("row").expect("job");
-    assert!(old.rerun_of.is_none() && !old.ssh);
-    let w = claim_next(&s);
-    assert_eq!(w.id, again.to_string());
-    assert_eq!(w.ssh_keys, vec![key.to_owned()]);
-    assert_eq!(w.timeouts.job_secs, 600);
-    assert_eq!(w.pull_request.map(|p| p.number), Some(7));
-    let state = |host: &str| bosun_protocol::WireSshState {
-        host: host.into(),
-        port: 54782,
-        fingerprint: "SHA256:abc".into(),
-        sessions: 2,
-        held_until_ms: Some(1_800_000_000_000),
-    };
-    let running = |id: i64, host: &str| RunningJob {
-        job_id: id.to_string(),
-        state: "step 1/1".into(),
-        ssh: Some(state(host)),
-    };
-    s.heartbeat(
-        "a1",
-        &[running(again, "ci.example.com")],
-        Duration::from_secs(30),
-    )
-    .expect("heartbeat");
-    let row = s.job(again).expect("row").expect("job");
-    assert_eq!(row.ssh_state, Some(state("ci.example.com")));
-    // Terminal escapes from an agent are not stored (the row keeps the last good state).
-    s.heartbeat(
-        "a1",
-        &[running(again, "x\u{1b}[2J")],
-        Duration::from_secs(30),
-    )
-    .expect("heartbeat");
-    assert_eq!(
-        s.job(again).expect("row").expect("job").ssh_state,
-        None,
-        "an unprintable host clears the state"
-    );
-    // The job without keys records nothing, whatever its agent says.
-    let third = s.enqueue(&j).expect("enqueue");
-    let w = claim_next(&s);
-    assert_eq!(w.id, third.to_string());
-    s.heartbeat(
-        "a1",
-        &[running(third, "ci.example.com")],
-        Duration::from_secs(30),
-    )
-    .expect("heartbeat");
-    assert_eq!(s.job(third).expect("row").expect("job").ssh_state, None);
-    assert!(s.rerun(9999, &[]).is_err());
-}
+// Issue 15: keys queued with a job reach its agent in the claim; a rerun repeats the job's
+// commit, pipeline and placement with its own keys; heartbeats record SSH access only for
+// SSH jobs and only when it is printable.
+both!(
+    ssh_keys_travel_in_the_claim_and_a_rerun_repeats_the_job,
+    |_d, s| {
+        let key =
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBCnKQfAzuVF6iHrcQjDuDR8KDeNCpCxjF4+Hc1JFOQe a@x";
+        let mut j = new_job();
+        j.pr_number = Some(7);
+        j.timeout_secs = Some(600);
+        let plain = s.enqueue(&j).expect("enqueue");
+        let w = claim_next(s);
+        assert_eq!(w.id, plain.to_string());
+        assert!(w.ssh_keys.is_empty());
+        let again = s.rerun(plain, &[key.to_owned()]).expect("rerun");
+        let row = s.job(again).expect("row").expect("job");
+        assert_eq!((row.rerun_of, row.ssh), (Some(plain), true));
+        assert_eq!(
+            row.pipeline_number, 1,
+            "a rerun stays in its job's pipeline"
+        );
+        let old = s.job(plain).expect("row").expect("job");
+        assert!(old.rerun_of.is_none() && !old.ssh);
+        let w = claim_next(s);
+        assert_eq!(w.id, again.to_string());
+        assert_eq!(w.ssh_keys, vec![key.to_owned()]);
+        assert_eq!(w.timeouts.job_secs, 600);
+        assert_eq!(w.pull_request.map(|p| p.number), Some(7));
+        let state = |host: &str| bosun_protocol::WireSshState {
+            host: host.into(),
+            port: 54782,
+            fingerprint: "SHA256:abc".into(),
+            sessions: 2,
+            held_until_ms: Some(1_800_000_000_000),
+        };
+        let running = |id: i64, host: &str| RunningJob {
+            job_id: id.to_string(),
+            state: "step 1/1".into(),
+            ssh: Some(state(host)),
+        };
+        s.heartbeat(
+            "a1",
+            &[running(again, "ci.example.com")],
+            Duration::from_secs(30),
+        )
+        .expect("heartbeat");
+        let row = s.job(again).expect("row").expect("job");
+        assert_eq!(row.ssh_state, Some(state("ci.example.com")));
+        // Terminal escapes from an agent are not stored (the row keeps the last good state).
+        s.heartbeat(
+            "a1",
+            &[running(again, "x\u{1b}[2J")],
+            Duration::from_secs(30),
+        )
+        .expect("heartbeat");
+        assert_eq!(
+            s.job(again).expect("row").expect("job").ssh_state,
+            None,
+            "an unprintable host clears the state"
+        );
+        // The job without keys records nothing, whatever its agent says.
+        let third = s.enqueue(&j).expect("enqueue");
+        let w = claim_next(s);
+        assert_eq!(w.id, third.to_string());
+        s.heartbeat(
+            "a1",
+            &[running(third, "ci.example.com")],
+            Duration::from_secs(30),
+        )
+        .expect("heartbeat");
+        assert_eq!(s.job(third).expect("row").expect("job").ssh_state, None);
+        assert!(s.rerun(9999, &[]).is_err());
+    }
+);
 
 /// Issue 18: arrival times, one record per second, looked up by offset.
 #[test]
@@ -669,74 +711,75 @@ fn log_arrival_times_are_recorded_per_second_and_dropped_with_the_log() {
     assert!(s.log_times(id).expect("times").0.is_empty());
 }
 
-/// Issue 15: a job held for SSH after its last step is finished for the coordinator at once;
-/// its agent's heartbeats keep its SSH state showing (not "unknown", which would stop it), a
-/// cancel ends the hold without changing the status, and the state clears once the agent no
-/// longer lists the job.
-#[test]
-fn a_job_held_for_ssh_after_its_end_keeps_its_state_and_takes_a_cancel() {
-    let (_d, s) = store();
-    let key =
-        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBCnKQfAzuVF6iHrcQjDuDR8KDeNCpCxjF4+Hc1JFOQe a@x";
-    let id = s
-        .enqueue_ssh(&new_job(), &[key.to_owned()])
-        .expect("enqueue");
-    let w = claim_next(&s);
-    assert_eq!(w.id, id.to_string());
-    let digest = sha256_hex(b"");
-    assert!(matches!(
-        s.finish(id, "a1", None, &fin(JobStatus::Success, 0, &digest))
-            .expect("finish"),
-        FinishOutcome::Done
-    ));
-    let held = |sessions: u32, until: Option<i64>| RunningJob {
-        job_id: id.to_string(),
-        state: "finished: success".into(),
-        ssh: Some(bosun_protocol::WireSshState {
-            host: "ci.example.com".into(),
-            port: 54782,
-            fingerprint: String::new(),
-            sessions,
-            held_until_ms: until,
-        }),
-    };
-    let lease = Duration::from_secs(30);
-    let hb = s
-        .heartbeat("a1", &[held(1, Some(1_800_000_000_000))], lease)
-        .expect("heartbeat");
-    assert!(hb.unknown.is_empty() && hb.cancel.is_empty(), "{hb:?}");
-    let row = s.job(id).expect("row").expect("job");
-    assert_eq!(row.status, JobStatus::Success.into());
-    assert_eq!(row.ssh_state.as_ref().map(|st| st.sessions), Some(1));
-    // Another agent cannot claim the hold, and an agent that is not holding is told to stop.
-    let hb = s
-        .heartbeat("a2", &[held(1, Some(1_800_000_000_000))], lease)
-        .expect("heartbeat");
-    assert_eq!(hb.unknown, [id.to_string()]);
-    let hb = s
-        .heartbeat("a1", &[held(0, None)], lease)
-        .expect("heartbeat");
-    assert_eq!(hb.unknown, [id.to_string()]);
-    s.heartbeat("a1", &[held(1, Some(1_800_000_000_000))], lease)
-        .expect("heartbeat");
+// Issue 15: a job held for SSH after its last step is finished for the coordinator at once;
+// its agent's heartbeats keep its SSH state showing (not "unknown", which would stop it), a
+// cancel ends the hold without changing the status, and the state clears once the agent no
+// longer lists the job.
+both!(
+    a_job_held_for_ssh_after_its_end_keeps_its_state_and_takes_a_cancel,
+    |_d, s| {
+        let key =
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBCnKQfAzuVF6iHrcQjDuDR8KDeNCpCxjF4+Hc1JFOQe a@x";
+        let id = s
+            .enqueue_ssh(&new_job(), &[key.to_owned()])
+            .expect("enqueue");
+        let w = claim_next(s);
+        assert_eq!(w.id, id.to_string());
+        let digest = sha256_hex(b"");
+        assert!(matches!(
+            s.finish(id, "a1", None, &fin(JobStatus::Success, 0, &digest))
+                .expect("finish"),
+            FinishOutcome::Done
+        ));
+        let held = |sessions: u32, until: Option<i64>| RunningJob {
+            job_id: id.to_string(),
+            state: "finished: success".into(),
+            ssh: Some(bosun_protocol::WireSshState {
+                host: "ci.example.com".into(),
+                port: 54782,
+                fingerprint: String::new(),
+                sessions,
+                held_until_ms: until,
+            }),
+        };
+        let lease = Duration::from_secs(30);
+        let hb = s
+            .heartbeat("a1", &[held(1, Some(1_800_000_000_000))], lease)
+            .expect("heartbeat");
+        assert!(hb.unknown.is_empty() && hb.cancel.is_empty(), "{hb:?}");
+        let row = s.job(id).expect("row").expect("job");
+        assert_eq!(row.status, JobStatus::Success.into());
+        assert_eq!(row.ssh_state.as_ref().map(|st| st.sessions), Some(1));
+        // Another agent cannot claim the hold, and an agent that is not holding is told to stop.
+        let hb = s
+            .heartbeat("a2", &[held(1, Some(1_800_000_000_000))], lease)
+            .expect("heartbeat");
+        assert_eq!(hb.unknown, [id.to_string()]);
+        let hb = s
+            .heartbeat("a1", &[held(0, None)], lease)
+            .expect("heartbeat");
+        assert_eq!(hb.unknown, [id.to_string()]);
+        s.heartbeat("a1", &[held(1, Some(1_800_000_000_000))], lease)
+            .expect("heartbeat");
 
-    // The cancel ends the hold: the control channel and the heartbeat carry it.
-    assert_eq!(s.cancel(id).expect("cancel"), "success (its SSH hold ends)");
-    assert_eq!(s.pending_cancels("a1").expect("pending"), [id.to_string()]);
-    let hb = s
-        .heartbeat("a1", &[held(1, Some(1_800_000_000_000))], lease)
-        .expect("heartbeat");
-    assert_eq!(hb.cancel, [id.to_string()]);
-    assert_eq!(
-        s.job(id).expect("row").expect("job").status,
-        JobStatus::Success.into()
-    );
+        // The cancel ends the hold: the control channel and the heartbeat carry it.
+        assert_eq!(s.cancel(id).expect("cancel"), "success (its SSH hold ends)");
+        assert_eq!(s.pending_cancels("a1").expect("pending"), [id.to_string()]);
+        let hb = s
+            .heartbeat("a1", &[held(1, Some(1_800_000_000_000))], lease)
+            .expect("heartbeat");
+        assert_eq!(hb.cancel, [id.to_string()]);
+        assert_eq!(
+            s.job(id).expect("row").expect("job").status,
+            JobStatus::Success.into()
+        );
 
-    // Released: the agent no longer lists it, and the page stops saying "held until".
-    s.heartbeat("a1", &[], lease).expect("heartbeat");
-    let row = s.job(id).expect("row").expect("job");
-    let state = row.ssh_state.expect("the last state stays");
-    assert_eq!((state.sessions, state.held_until_ms), (0, None));
-    assert!(s.pending_cancels("a1").expect("pending").is_empty());
-    assert_eq!(s.cancel(id).expect("cancel"), "success");
-}
+        // Released: the agent no longer lists it, and the page stops saying "held until".
+        s.heartbeat("a1", &[], lease).expect("heartbeat");
+        let row = s.job(id).expect("row").expect("job");
+        let state = row.ssh_state.expect("the last state stays");
+        assert_eq!((state.sessions, state.held_until_ms), (0, None));
+        assert!(s.pending_cancels("a1").expect("pending").is_empty());
+        assert_eq!(s.cancel(id).expect("cancel"), "success");
+    }
+);
