@@ -40,6 +40,8 @@ mod watch;
 
 #[cfg(test)]
 pub(crate) mod test_server;
+#[cfg(test)]
+mod tests;
 
 pub use watch::PgChangeFeed;
 
