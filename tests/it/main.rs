@@ -40,6 +40,7 @@ mod registry;
 mod resource_class;
 mod rig;
 mod runtime;
+mod scale_pg;
 mod service_containers;
 mod ssh_coordinator;
 mod ssh_gateway;

@@ -20,6 +20,7 @@ mod browser;
 mod corpus;
 mod fleet;
 mod net;
+pub mod postgres;
 mod project;
 mod services;
 mod systemd;

@@ -124,6 +124,23 @@ fn tls() -> Result<tokio_postgres_rustls::MakeRustlsConnect> {
     Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
 }
 
+/// The pool's failures to connect, logged at most every ten seconds: a database that is
+/// down fails every call anyway (and `/readyz` says so), one line says why.
+#[derive(Debug, Default)]
+struct QuietErrors {
+    last: std::sync::Mutex<Option<std::time::Instant>>,
+}
+
+impl r2d2::HandleError<postgres::Error> for QuietErrors {
+    fn handle_error(&self, e: postgres::Error) {
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+            *last = Some(std::time::Instant::now());
+            tracing::warn!("cannot connect to the database: {}", sql::SqlError::from(e));
+        }
+    }
+}
+
 impl PgStore {
     /// Connect to the database at `url` (migrating it), with logs in data directory `dir`
     /// and secrets sealed with the key file `key` (default: beside `dir`, as SQLite's).
@@ -142,7 +159,7 @@ impl PgStore {
             .min_idle(Some(1))
             .test_on_check_out(false)
             .connection_timeout(CONNECT_TIMEOUT)
-            .error_handler(Box::new(r2d2::LoggingErrorHandler))
+            .error_handler(Box::new(QuietErrors::default()))
             .build(sql::Manager {
                 config: config.clone(),
                 tls: tls.clone(),
