@@ -12,7 +12,8 @@
 //!    `PRAGMA data_version` (polled every 50 ms), PostgreSQL's through `LISTEN/NOTIFY`.
 //!
 //! PostgreSQL is Debian's (initdb + pg_ctl in a temporary directory, on loopback) with its
-//! default durability (fsync on, as SQLite's `synchronous=FULL`).
+//! default durability (fsync on, as SQLite's `synchronous=FULL`); `BOSUN_BENCH_PG_SETTINGS`
+//! (`name=value,…`) changes its settings.
 
 mod common;
 
@@ -40,7 +41,11 @@ fn cli(data: &Path, db: Option<&str>, args: &[&str]) -> String {
         c.args(["--database", url]);
     }
     let out = c.output().expect("cli");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
@@ -200,12 +205,19 @@ fn claims(rt: &tokio::runtime::Runtime, pg: Option<&PgServer>, replicas: usize) 
             q.enqueue(&new_job()).expect("enqueue");
         }
     }
-    let servers: Vec<(KillOnDrop, String)> =
-        (0..replicas).map(|_| serve(&s.data, s.db.as_deref())).collect();
+    let servers: Vec<(KillOnDrop, String)> = (0..replicas)
+        .map(|_| serve(&s.data, s.db.as_deref()))
+        .collect();
     let done = Arc::new(AtomicUsize::new(0));
     let lat = Arc::new(Mutex::new(Vec::new()));
     let agents: Vec<Agent> = (0..agents)
-        .map(|i| rt.block_on(register(&servers[i % replicas].1, &s.token, &format!("a{i}"))))
+        .map(|i| {
+            rt.block_on(register(
+                &servers[i % replicas].1,
+                &s.token,
+                &format!("a{i}"),
+            ))
+        })
         .collect();
     let t0 = Instant::now();
     let tasks: Vec<_> = agents
@@ -267,14 +279,20 @@ fn main() {
         return;
     };
     eprintln!("scale: PostgreSQL from {}", pg_bin.display());
-    let pg = PgServer::start_with(&[]).expect("PostgreSQL");
+    // BOSUN_BENCH_PG_SETTINGS: `name=value,…` for the server (e.g. `fsync=off`, to see what
+    // the disk costs).
+    let settings = std::env::var("BOSUN_BENCH_PG_SETTINGS").unwrap_or_default();
+    let settings: Vec<&str> = settings.split(',').filter(|s| !s.is_empty()).collect();
+    let pg = PgServer::start_with(&settings).expect("PostgreSQL");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .expect("runtime");
     let (sq, sq50, sq99) = claims(&rt, None, 1);
-    println!("claims, SQLite, 1 coordinator:      {sq:7.0} jobs/s  p50 {sq50:6.2} ms  p99 {sq99:6.2} ms");
+    println!(
+        "claims, SQLite, 1 coordinator:      {sq:7.0} jobs/s  p50 {sq50:6.2} ms  p99 {sq99:6.2} ms"
+    );
     let (p1, p150, p199) = claims(&rt, Some(&pg), 1);
     println!(
         "claims, PostgreSQL, 1 coordinator:  {p1:7.0} jobs/s  p50 {p150:6.2} ms  p99 {p199:6.2} ms  ({:.2}× SQLite's throughput)",

@@ -24,6 +24,7 @@ mod config_compat;
 mod config_corpus;
 mod config_orbs;
 mod config_props;
+mod contexts;
 mod coordinator;
 mod coordinator_pages;
 mod e2e;

@@ -66,6 +66,12 @@ pub struct ExecuteArgs {
     /// wherever the job's output goes.
     #[arg(long = "secret-env", value_name = "NAME=value")]
     pub secret_env: Vec<String>,
+    /// A context for local runs (repeatable): a dotenv file of its variables (secret, masked
+    /// in the output). A workflow job gets the contexts its `context:` names; one naming a
+    /// context not given runs without it, with a warning; a job run alone gets every
+    /// context given, in order.
+    #[arg(long = "context", value_name = "NAME=FILE")]
+    pub contexts: Vec<String>,
     /// The job's time limit (`90s`, `10m`, `1h`): past it the job is stopped and ends
     /// `timedout` (exit code 1).
     #[arg(long, value_parser = parse_duration)]
@@ -318,6 +324,10 @@ pub enum RequestError {
     Ssh(#[from] bosun_core::ssh::SshError),
     #[error("`--env {0}`: expected NAME=value with a valid variable name")]
     BadEnv(String),
+    #[error("`--context {0}`: expected NAME=FILE")]
+    BadContext(String),
+    #[error("--context: {0}")]
+    Dotenv(#[from] crate::dotenv::DotenvError),
     #[error("`--pipeline-param {0}`: expected KEY=VALUE")]
     BadParam(String),
     #[error("`--machine-image {0}`: expected NAME=IMAGE")]
@@ -499,6 +509,24 @@ fn request(args: &ExecuteArgs) -> Result<JobRequest, RequestError> {
             _ => return Err(RequestError::BadEnv(kv.clone())),
         }
     }
+    let mut contexts: Vec<(String, Vec<EnvEntry>)> = Vec::new();
+    for kv in &args.contexts {
+        let (name, file) = match kv.split_once('=') {
+            Some((n, f)) if !n.trim().is_empty() && !f.is_empty() => (n.trim(), Path::new(f)),
+            _ => return Err(RequestError::BadContext(kv.clone())),
+        };
+        let vars = crate::dotenv::parse(&file.display().to_string(), &read(file)?)?;
+        let env = vars
+            .into_iter()
+            .map(|(name, value)| EnvEntry {
+                name,
+                value,
+                secret: true,
+            })
+            .collect();
+        contexts.retain(|(n, _)| n != name);
+        contexts.push((name.to_owned(), env));
+    }
     let mut machine_images = BTreeMap::new();
     for kv in &args.machine_images {
         match kv.split_once('=') {
@@ -569,6 +597,8 @@ fn request(args: &ExecuteArgs) -> Result<JobRequest, RequestError> {
         vcs_hosts: access.vcs_hosts.clone(),
         mirrors: args.cache.mirrors(),
         env,
+        project_env: Vec::new(),
+        contexts,
         pipeline_params,
         trigger_source: String::new(),
         base_revision: String::new(),

@@ -16,6 +16,7 @@ pub mod blobs;
 pub mod client;
 pub mod config;
 mod control;
+mod dotenv;
 pub mod execute;
 pub mod metrics;
 pub mod pool;

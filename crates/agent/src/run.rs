@@ -168,7 +168,11 @@ fn request(agent: &Arc<Agent>, wire: &mut WireJob) -> Result<JobRequest, Request
             &cfg.cache_dir,
             cfg.cache_budget_mb.saturating_mul(1 << 20),
         )),
-        env: wire
+        // The coordinator's variables (the project's and its contexts', and the OIDC tokens)
+        // are the lowest layer: the config's `environment:` and the built-ins go over them.
+        env: Vec::new(),
+        contexts: Vec::new(),
+        project_env: wire
             .env
             .iter()
             .map(|e| EnvEntry {

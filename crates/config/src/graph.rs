@@ -152,6 +152,7 @@ impl RequiredStatus {
             W::Failed | W::TimedOut | W::InfrastructureFail => RequiredStatus::Failed,
             W::Canceled => RequiredStatus::Canceled,
             W::Blocked | W::NotRun | W::NotRunnable => RequiredStatus::NotRun,
+            W::Unauthorized => RequiredStatus::Unauthorized,
             W::OnHold | W::Waiting | W::Queued | W::Running => return None,
         })
     }

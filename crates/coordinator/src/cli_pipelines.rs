@@ -64,6 +64,20 @@ pub enum OperatorCommand {
         #[command(flatten)]
         data: DataArg,
         name: String,
+        /// A security group the operator belongs to (repeatable; contexts restricted to a
+        /// group are approved by its members only).
+        #[arg(long = "group", value_name = "G")]
+        groups: Vec<String>,
+    },
+    /// Add an operator to groups or take it out of them; prints its groups.
+    Groups {
+        #[command(flatten)]
+        data: DataArg,
+        name: String,
+        #[arg(long = "add", value_name = "G")]
+        add: Vec<String>,
+        #[arg(long = "remove", value_name = "G")]
+        remove: Vec<String>,
     },
     Revoke {
         #[command(flatten)]
@@ -223,7 +237,31 @@ pub fn rerun(a: PipelineRefArgs, print: &mut dyn FnMut(String)) -> Result<()> {
 
 pub fn operator(c: OperatorCommand, print: &mut dyn FnMut(String)) -> Result<()> {
     match c {
-        OperatorCommand::New { data, name } => print(data.open()?.create_operator_token(&name)?),
+        OperatorCommand::New { data, name, groups } => {
+            let store = data.open()?;
+            for g in &groups {
+                store.add_operator_group(&name, g)?;
+            }
+            print(store.create_operator_token(&name)?)
+        }
+        OperatorCommand::Groups {
+            data,
+            name,
+            add,
+            remove,
+        } => {
+            let store = data.open()?;
+            for g in &add {
+                store.add_operator_group(&name, g)?;
+            }
+            for g in &remove {
+                store.remove_operator_group(&name, g)?;
+            }
+            print(format!(
+                "{name}: {}",
+                store.operator_groups(&name)?.join(" ")
+            ));
+        }
         OperatorCommand::Revoke { data, name } => {
             let n = data.open()?.revoke_operator_tokens(&name)?;
             print(format!("revoked {n} token(s) of {name}"));

@@ -35,6 +35,9 @@ pub enum CoordError {
     NotFound(String),
     #[error("{0}")]
     Invalid(String),
+    /// The caller may not do this (an approver outside a context's group): a 403.
+    #[error("{0}")]
+    Forbidden(String),
     #[error("TLS: {0}")]
     Tls(String),
     #[error("cannot listen on {addr}: {source}")]

@@ -10,6 +10,7 @@
 pub mod api;
 pub mod bitbucket;
 pub mod blobs;
+mod cli_contexts;
 mod cli_pipelines;
 mod error;
 pub mod metrics;
@@ -126,6 +127,10 @@ pub enum Command {
     /// one (kept as a digest), `revoke NAME` revokes every token of NAME.
     #[command(subcommand)]
     Operator(cli_pipelines::OperatorCommand),
+    /// Contexts: named sets of secret variables a workflow job's `context:` gives it, and
+    /// their restrictions (docs/contexts.md).
+    #[command(subcommand)]
+    Context(cli_contexts::ContextCommand),
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -663,6 +668,7 @@ fn run_inner(cmd: Command) -> Result<()> {
         Command::CancelPipeline(a) => cli_pipelines::cancel(a, &mut |s| print(&mut out, s)),
         Command::RerunPipeline(a) => cli_pipelines::rerun(a, &mut |s| print(&mut out, s)),
         Command::Operator(c) => cli_pipelines::operator(c, &mut |s| print(&mut out, s)),
+        Command::Context(c) => cli_contexts::run(c, &mut |s| print(&mut out, s)),
         Command::Project(ProjectCommand::Set(a)) => cli_pipelines::project_set(a),
         Command::Project(ProjectCommand::Keygen(a)) => {
             cli_pipelines::keygen(a, &mut |s| print(&mut out, s))

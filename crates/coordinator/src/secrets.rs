@@ -178,6 +178,11 @@ pub fn env_place(project_id: i64, name: &str) -> String {
     format!("p{project_id}/env/{name}")
 }
 
+/// The associated data of a context's variable (the context's UUID: stable across renames).
+pub fn context_env_place(context_uuid: &str, name: &str) -> String {
+    format!("c{context_uuid}/env/{name}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -33,7 +33,14 @@ pub async fn run(
 ) -> RequestOutcome {
     let started = Instant::now();
     // Gathered once: they mask what preparation says, then every job's output.
-    let secrets = Secrets::of(&req.env, &req.keys, &req.additional_keys);
+    let secrets = Secrets::of(
+        req.env
+            .iter()
+            .chain(&req.project_env)
+            .chain(req.contexts.iter().flat_map(|(_, e)| e)),
+        &req.keys,
+        &req.additional_keys,
+    );
     let label = match &req.target {
         Target::Job(j) | Target::Node { job: j, .. } => j.clone(),
         Target::Workflow { name, .. } => name.clone(),
@@ -92,6 +99,7 @@ async fn run_prepared(
             node: Some((index, total)),
         } => {
             let mut spec = JobSpec::new(&context, id.clone(), *plan);
+            spec.context_env = job::context_env(&context, None);
             spec.node_index = index;
             spec.node_total = total;
             let o = job::run_job(executor, spec, sink, cancel).await;
@@ -103,7 +111,11 @@ async fn run_prepared(
         What::Job { plan, node: None } => {
             let parallelism = plan.parallelism;
             let nodes = node_specs(
-                &|| JobSpec::new(&context, id.clone(), (*plan).clone()),
+                &|| {
+                    let mut spec = JobSpec::new(&context, id.clone(), (*plan).clone());
+                    spec.context_env = job::context_env(&context, None);
+                    spec
+                },
                 parallelism,
             );
             RequestOutcome {
@@ -116,8 +128,24 @@ async fn run_prepared(
             max_parallel,
             approve,
         } => {
+            // A job naming a context nobody gave runs without it, and says so once.
+            for wj in &workflow.jobs {
+                for name in &wj.context {
+                    if !context.contexts.iter().any(|(n, _)| n == name) {
+                        sink.emit(&Event::Info {
+                            message: format!(
+                                "warning: job {} names context {name}, which was not given \
+                                 (--context {name}=FILE): it runs without its variables",
+                                wj.name
+                            ),
+                        });
+                    }
+                }
+            }
             let make = |wj: &config::WorkflowJob, cj: &config::CompiledJob| {
-                JobSpec::new(&context, format!("{id}-{}", wj.name), cj.plan.clone())
+                let mut spec = JobSpec::new(&context, format!("{id}-{}", wj.name), cj.plan.clone());
+                spec.context_env = job::context_env(&context, Some(&wj.context));
+                spec
             };
             let git = match (&prepared.git_tag, &prepared.git_branch) {
                 (Some(t), _) => config::GitRef::Tag(t),

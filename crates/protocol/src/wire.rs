@@ -99,6 +99,10 @@ pub struct WireJob {
     /// and then finds `job_name` by name in the first workflow that has it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pipeline: Option<WirePipeline>,
+    /// The ids of the contexts whose variables `env` carries (the OIDC claim
+    /// `oidc.circleci.com/context-ids`), in the config's order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub context_ids: Vec<String>,
 }
 
 /// What a v2 coordinator says about a job's store (see `docs/protocol.md`, *Store*).
@@ -525,6 +529,9 @@ statuses! {
         NotRun = "not_run",
         /// A job this agent cannot run (`macos`).
         NotRunnable = "not_runnable",
+        /// On the coordinator: its contexts do not exist or their restrictions are not met
+        /// (CircleCI's status); it did not run.
+        Unauthorized = "unauthorized",
         /// On the coordinator: a job it requires has not finished yet.
         Waiting = "waiting",
         /// On the coordinator: queued for an agent (or, in a serial group, for its turn).

@@ -423,6 +423,7 @@ pub fn wire_job(p: &Project, env: Vec<WireEnv>) -> WireJob {
         // A v1 coordinator: the agent keeps its store locally.
         store: None,
         pipeline: None,
+        context_ids: Vec::new(),
     }
 }
 

@@ -29,6 +29,8 @@ fn status_words(s: WorkflowJobStatus) -> Option<(&'static str, &'static str)> {
         W::Success => ("SUCCESSFUL", "Your tests passed on Bosun!"),
         W::Failed | W::TimedOut | W::InfrastructureFail => ("FAILED", "Your tests failed on Bosun"),
         W::Canceled => ("STOPPED", "Your tests were canceled"),
+        // Not run: its contexts were refused (the reason is on the pipeline's page).
+        W::Unauthorized => ("FAILED", "Unauthorized: the job may not use its contexts"),
         W::Blocked | W::NotRun | W::NotRunnable | W::Waiting => return None,
     })
 }
@@ -293,6 +295,10 @@ mod tests {
         let s = commit_status(&c).expect("shown");
         assert!(s.body.contains("\"state\":\"STOPPED\""), "{}", s.body);
         assert!(!s.body.contains("refname"), "{}", s.body);
+        let s = commit_status(&change(JobKind::Build, WorkflowJobStatus::Unauthorized))
+            .expect("an unauthorized job is shown");
+        assert!(s.body.contains("\"state\":\"FAILED\""), "{}", s.body);
+        assert!(s.body.contains("Unauthorized"), "{}", s.body);
         for hidden in [
             WorkflowJobStatus::Blocked,
             WorkflowJobStatus::Waiting,

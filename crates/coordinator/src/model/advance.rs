@@ -17,6 +17,9 @@ pub struct WorkflowJob {
     pub status: WorkflowJobStatus,
     /// The state of its `jobs` row, once one was queued: what the agents did.
     pub job_state: Option<JobState>,
+    /// Why it may not use its contexts (`model::contexts::authorize`): when it is ready it
+    /// ends `unauthorized` with this reason instead of starting.
+    pub denied: Option<String>,
 }
 
 /// What happens to the job at `job` (an index into the slice given to [`advance`]).
@@ -89,6 +92,12 @@ pub fn advance(jobs: &[WorkflowJob]) -> Vec<Transition> {
                         reason: Some("waiting for approval".to_owned()),
                         queue: false,
                     },
+                    JobKind::Build if j.denied.is_some() => Transition {
+                        job: i,
+                        to: WorkflowJobStatus::Unauthorized,
+                        reason: j.denied.clone(),
+                        queue: false,
+                    },
                     JobKind::Build => match &j.serial_group {
                         None => Transition {
                             job: i,
@@ -128,7 +137,7 @@ pub fn workflow_state(jobs: &[WorkflowJobStatus]) -> WorkflowState {
     let failed = any(&|s| {
         matches!(
             s,
-            W::Failed | W::TimedOut | W::InfrastructureFail | W::Blocked
+            W::Failed | W::TimedOut | W::InfrastructureFail | W::Blocked | W::Unauthorized
         )
     });
     if any(&|s| matches!(s, W::Waiting | W::Queued | W::Running)) {
@@ -207,6 +216,7 @@ mod tests {
             serial_group: None,
             status: W::Waiting,
             job_state: None,
+            denied: None,
         }
     }
 
@@ -349,6 +359,48 @@ mod tests {
                 },
             ]
         );
+    }
+
+    #[test]
+    fn a_job_denied_its_contexts_ends_unauthorized_and_its_dependants_do_not_run() {
+        let mut jobs = vec![
+            build("test", &[]),
+            build("deploy", &["test"]),
+            build("notify", &["deploy"]),
+        ];
+        jobs[1].denied = Some("context prod: the pipeline does not meet its restriction".into());
+        after(&mut jobs);
+        // Authorization is decided when the job is ready, not before.
+        assert_eq!(statuses(&jobs), [W::Queued, W::Waiting, W::Waiting]);
+        jobs[0].job_state = Some(JobState::Success);
+        let t = after(&mut jobs);
+        assert_eq!(
+            t.iter()
+                .map(|t| (t.job, t.to, t.queue, t.reason.as_deref()))
+                .collect::<Vec<_>>(),
+            [
+                (0, W::Success, false, None),
+                (
+                    1,
+                    W::Unauthorized,
+                    false,
+                    Some("context prod: the pipeline does not meet its restriction")
+                ),
+                (
+                    2,
+                    W::Blocked,
+                    false,
+                    Some("requires deploy, which ended unauthorized")
+                ),
+            ]
+        );
+        assert_eq!(workflow_state(&statuses(&jobs)), WorkflowState::Failed);
+        // A requirement that accepts it lets the dependant run.
+        let mut jobs = vec![build("deploy", &[]), build("cleanup", &["deploy"])];
+        jobs[0].denied = Some("no".into());
+        jobs[1].requires[0].1 = vec![RequiredStatus::Unauthorized];
+        after(&mut jobs);
+        assert_eq!(statuses(&jobs), [W::Unauthorized, W::Queued]);
     }
 
     #[test]

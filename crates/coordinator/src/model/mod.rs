@@ -4,6 +4,8 @@
 //! can name these types without reaching up into the Bitbucket or pipeline code.
 
 pub mod advance;
+pub mod contexts;
+pub mod expression;
 
 use std::fmt;
 use std::str::FromStr;

@@ -9,8 +9,8 @@
 //! Where Bosun differs from CircleCI (docs/coordinator.md, "OIDC tokens"): the issuer is one
 //! URL for the whole coordinator (`--oidc-issuer`), not one per organization; ids are Bosun's
 //! derived UUIDs (the same the job sees in `CIRCLE_PROJECT_ID`/`CIRCLE_ORGANIZATION_ID`); the
-//! user id is derived from the pipeline's user name; contexts do not exist yet (`context-ids`
-//! is empty).
+//! user id is derived from the pipeline's user name; `context-ids` lists the ids of the
+//! contexts the job was given (none for a forked pull request, which gets no token anyway).
 
 pub mod keys;
 
@@ -106,6 +106,8 @@ pub struct Subject {
     /// `refs/heads/<branch>` or `refs/tags/<tag>`; empty when the job names neither.
     pub vcs_ref: String,
     pub ssh_rerun: bool,
+    /// The job's contexts' ids, in the config's order.
+    pub context_ids: Vec<String>,
 }
 
 impl Subject {
@@ -128,6 +130,7 @@ impl Subject {
             vcs_origin: identity::vcs_origin(url),
             vcs_ref,
             ssh_rerun: !job.ssh_keys.is_empty(),
+            context_ids: job.context_ids.clone(),
         }
     }
 
@@ -189,7 +192,7 @@ impl Oidc {
             "iat": iat,
             "exp": iat + self.lifetime.as_secs() as i64,
             PROJECT_ID: subject.project_id,
-            CONTEXT_IDS: [],
+            CONTEXT_IDS: subject.context_ids,
             SSH_RERUN: subject.ssh_rerun,
             VCS_ORIGIN: subject.vcs_origin,
         });
@@ -338,6 +341,7 @@ mod tests {
             ssh_keys: vec![],
             store: None,
             pipeline: None,
+            context_ids: Vec::new(),
         }
     }
 
@@ -362,6 +366,26 @@ mod tests {
         let mut tagged = job();
         tagged.tag = Some("v1".into());
         assert!(Subject::of(&tagged).v2().ends_with("/vcs-ref/refs/tags/v1"));
+    }
+
+    #[test]
+    fn the_context_ids_claim_lists_the_jobs_contexts_in_order() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let o = Oidc::new(
+            "https://ci.example.com",
+            DEFAULT_LIFETIME,
+            &dir.path().join("k"),
+        )
+        .expect("oidc");
+        let s = Subject::of(&job());
+        assert_eq!(o.claims(&s, s.v1(), 0)[CONTEXT_IDS], serde_json::json!([]));
+        let mut j = job();
+        j.context_ids = vec!["id-b".into(), "id-a".into()];
+        let s = Subject::of(&j);
+        assert_eq!(
+            o.claims(&s, s.v1(), 0)[CONTEXT_IDS],
+            serde_json::json!(["id-b", "id-a"])
+        );
     }
 
     #[test]

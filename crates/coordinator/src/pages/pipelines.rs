@@ -402,6 +402,7 @@ fn done(state: &Arc<AppState>, r: crate::Result<String>) -> Response {
         }
         Err(CoordError::NotFound(m)) => json_error(StatusCode::NOT_FOUND, m),
         Err(CoordError::Invalid(m)) => json_error(StatusCode::CONFLICT, m),
+        Err(CoordError::Forbidden(m)) => json_error(StatusCode::FORBIDDEN, m),
         Err(e) => json_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }

@@ -299,6 +299,7 @@ pub fn compile(
                             resource_class: runner_class,
                             status,
                             reason,
+                            contexts: j.context.clone(),
                         }
                     })
                     .collect(),

@@ -547,6 +547,45 @@ fn wire_job(conn: &Connection, secrets: &SecretsKey, id: i64) -> Result<WireJob>
         }
         env
     };
+    // The contexts it was given when queued (none for a restricted fork build): their
+    // variables over the project's, a later context's over an earlier one's, all secret.
+    let context_ids: Vec<String> = if forks::gives(restricted, Given::Env { secret: true }) {
+        let ids: String = conn.query_row("SELECT contexts FROM jobs WHERE id = ?1", [id], |r| {
+            r.get(0)
+        })?;
+        serde_json::from_str(&ids).unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    let (env, context_ids) = if context_ids.is_empty() {
+        (env, context_ids)
+    } else {
+        let contexts = super::contexts::values_of(conn, secrets, &context_ids)?;
+        let ids = contexts.iter().map(|c| c.id.clone()).collect();
+        let layered = crate::model::contexts::layer(
+            env.into_iter()
+                .map(|e| (e.name, e.value, e.secret))
+                .collect(),
+            contexts
+                .into_iter()
+                .map(|c| {
+                    c.vars
+                        .into_iter()
+                        .map(|(n, v)| (n, v.as_str().to_owned()))
+                        .collect()
+                })
+                .collect(),
+        );
+        let env = layered
+            .into_iter()
+            .map(|(name, value, secret)| WireEnv {
+                name,
+                value,
+                secret,
+            })
+            .collect();
+        (env, ids)
+    };
     let previous_build_num: Option<i64> = conn.query_row(
         "SELECT MAX(pipeline_number) FROM jobs WHERE project_id = ?1 AND branch IS ?2 \
          AND pipeline_number < ?3",
@@ -581,5 +620,6 @@ fn wire_job(conn: &Connection, secrets: &SecretsKey, id: i64) -> Result<WireJob>
         ssh_keys: ssh::job_ssh_keys(conn, id)?,
         store: Some(super::blobs::wire_store(conn, id)?),
         pipeline,
+        context_ids,
     })
 }

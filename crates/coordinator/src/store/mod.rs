@@ -46,6 +46,8 @@ mod access;
 mod blob_index;
 pub mod blobs;
 mod change_feed;
+mod context_store;
+pub mod contexts;
 mod intake;
 mod jobs;
 mod lease;
@@ -59,6 +61,7 @@ mod project_store;
 mod queue_store;
 pub use blob_index::BlobIndex;
 pub use change_feed::{Change, ChangeFeed, ServedStore};
+pub use context_store::ContextStore;
 pub use log_store::LogStore;
 pub use pg::PgStore;
 pub use pipeline_actions::parse_pipeline_ref;
@@ -81,7 +84,14 @@ pub use times::LogTimes;
 /// its store calls on a blocking thread, through `&dyn Backend`). A second database
 /// implements the area traits and gets this one for free.
 pub trait Backend:
-    QueueStore + LogStore + PipelineStore + StatusOutbox + ProjectStore + AccessStore + BlobIndex
+    QueueStore
+    + LogStore
+    + PipelineStore
+    + StatusOutbox
+    + ProjectStore
+    + AccessStore
+    + BlobIndex
+    + ContextStore
 {
 }
 
@@ -93,6 +103,7 @@ impl<T> Backend for T where
         + ProjectStore
         + AccessStore
         + BlobIndex
+        + ContextStore
         + ?Sized
 {
 }

@@ -82,6 +82,7 @@ impl Store {
                 "{job} is {status}, not on hold: only a job waiting for approval can be approved"
             )));
         }
+        super::contexts::check_approver(&tx, wjid, job, by)?;
         tx.execute(
             "UPDATE workflow_jobs SET status = 'success', approved_by = ?2, reason = ?3 WHERE id = ?1",
             params![wjid, by, format!("approved by {by}")],
@@ -154,7 +155,7 @@ impl Store {
         }
         let n = tx.execute(
             "UPDATE workflow_jobs SET status = 'waiting', job_id = NULL, reason = NULL, approved_by = NULL \
-             WHERE status IN ('failed', 'canceled', 'timedout', 'infrastructure_fail', 'blocked') \
+             WHERE status IN ('failed', 'canceled', 'timedout', 'infrastructure_fail', 'blocked', 'unauthorized') \
              AND workflow_id IN (SELECT id FROM workflows WHERE pipeline_id = ?1)",
             [id],
         )?;

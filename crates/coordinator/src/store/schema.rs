@@ -263,6 +263,42 @@ CREATE TABLE operator_tokens (
     // 9: jobs whose agent reported SSH access, by agent: each heartbeat and control poll
     // looks for the agent's held finished jobs, which no other index narrows down.
     "CREATE INDEX jobs_ssh_state ON jobs(agent_id) WHERE ssh_state IS NOT NULL",
+    // 10: contexts (issue 28): named sets of secret variables (values sealed, place
+    // `c<uuid>/env/<name>`), their restrictions, the groups operators belong to; the contexts a
+    // workflow job names (JSON array, the config's order) and the ids a queued job was given.
+    r#"
+CREATE TABLE contexts (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    uuid TEXT NOT NULL UNIQUE,
+    name TEXT NOT NULL UNIQUE,
+    owner TEXT NOT NULL DEFAULT '',
+    created INTEGER NOT NULL
+);
+CREATE TABLE context_env (
+    context_id INTEGER NOT NULL REFERENCES contexts(id) ON DELETE CASCADE,
+    name TEXT NOT NULL,
+    value TEXT NOT NULL,
+    created INTEGER NOT NULL,
+    updated INTEGER NOT NULL,
+    PRIMARY KEY (context_id, name)
+);
+CREATE TABLE context_restrictions (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    uuid TEXT NOT NULL UNIQUE,
+    context_id INTEGER NOT NULL REFERENCES contexts(id) ON DELETE CASCADE,
+    kind TEXT NOT NULL,             -- project | group | expression
+    value TEXT NOT NULL,
+    created INTEGER NOT NULL,
+    UNIQUE (context_id, kind, value)
+);
+CREATE TABLE operator_groups (
+    operator TEXT NOT NULL,
+    grp TEXT NOT NULL,
+    PRIMARY KEY (operator, grp)
+);
+ALTER TABLE workflow_jobs ADD COLUMN contexts TEXT NOT NULL DEFAULT '[]';
+ALTER TABLE jobs ADD COLUMN contexts TEXT NOT NULL DEFAULT '[]';
+"#,
 ];
 
 /// Before migration 2: copy each job's log out of the `job_logs` blobs into its file.

@@ -783,3 +783,118 @@ both!(
         assert_eq!(s.cancel(id).expect("cancel"), "success");
     }
 );
+
+// Contexts through their trait: values sealed, never listed; restrictions and groups kept;
+// a delete takes the variables and restrictions with it.
+both!(
+    contexts_keep_their_variables_sealed_and_go_whole,
+    |_d, s| {
+        use crate::model::contexts::{Restriction, RestrictionKind};
+        let c = s.create_context("deploy", "").expect("create");
+        assert!(matches!(
+            s.create_context("deploy", ""),
+            Err(CoordError::Invalid(_))
+        ));
+        let v = s
+            .set_context_var("deploy", "AWS_KEY", "s3cr3t-value")
+            .expect("set");
+        assert_eq!(v.name, "AWS_KEY");
+        s.set_context_var(&c.id, "AWS_KEY", "rotated")
+            .expect("set again");
+        let vars = s.list_context_vars("deploy").expect("vars");
+        assert_eq!(vars.len(), 1);
+        assert!(!format!("{vars:?}").contains("rotated"));
+        let r = s
+            .add_restriction(
+                "deploy",
+                &Restriction {
+                    kind: RestrictionKind::Group,
+                    value: "release".into(),
+                },
+            )
+            .expect("restrict");
+        assert_eq!(s.list_restrictions("deploy").expect("list").len(), 1);
+        s.add_operator_group("ann", "release").expect("group");
+        s.add_operator_group("ann", "release")
+            .expect("again: idempotent");
+        assert_eq!(s.operator_groups("ann").expect("groups"), ["release"]);
+        assert!(s.remove_operator_group("ann", "release").expect("ungroup"));
+        assert!(!s.remove_operator_group("ann", "release").expect("ungroup"));
+        s.remove_restriction("deploy", &r.id).expect("unrestrict");
+        assert!(s.list_restrictions("deploy").expect("list").is_empty());
+        assert_eq!(
+            s.list_contexts(None).expect("list"),
+            [c.clone()],
+            "listed as created"
+        );
+        assert!(s.list_contexts(Some("acme")).expect("list").is_empty());
+        let id = job(s);
+        assert!(s.job_context_values(id).expect("values").is_empty());
+        s.delete_context("deploy").expect("delete");
+        assert!(s.context(&c.id).expect("context").is_none());
+        assert!(matches!(
+            s.list_context_vars("deploy"),
+            Err(CoordError::NotFound(_))
+        ));
+    }
+);
+
+// The job list's filters and paging, the pipeline list, the counts and a wait reason: the
+// reads the pages make.
+both!(lists_filter_and_page_as_the_pages_ask, |_d, s| {
+    let a = job(s);
+    let b = s
+        .enqueue(&NewJob {
+            git_ref: "refs/tags/v1".into(),
+            ..new_job()
+        })
+        .expect("enqueue");
+    let c = job(s);
+    s.cancel(c).expect("cancel");
+    let ids = |f: JobFilter| -> Vec<i64> {
+        s.list_jobs_filtered(&f, 10)
+            .expect("list")
+            .iter()
+            .map(|j| j.id)
+            .collect()
+    };
+    assert_eq!(ids(JobFilter::default()), [c, b, a]);
+    assert_eq!(
+        ids(JobFilter {
+            project: Some("acme/widget".into()),
+            branch: Some("v1".into()),
+            ..JobFilter::default()
+        }),
+        [b]
+    );
+    assert_eq!(
+        ids(JobFilter {
+            status: Some(JobState::Canceled),
+            ..JobFilter::default()
+        }),
+        [c]
+    );
+    assert_eq!(
+        ids(JobFilter {
+            before: Some(c),
+            ..JobFilter::default()
+        }),
+        [b, a]
+    );
+    assert!(ids(JobFilter {
+        project: Some("other/repo".into()),
+        ..JobFilter::default()
+    })
+    .is_empty());
+    assert_eq!(s.counts(0).expect("counts"), (2, 0, 0));
+    assert!(s
+        .wait_reason(a)
+        .expect("reason")
+        .expect("queued")
+        .contains("no agent has registered"));
+    assert!(s
+        .list_pipelines(Some("acme/widget"), 10)
+        .expect("pipelines")
+        .is_empty());
+    assert!(s.list_pipelines(None, 10).expect("pipelines").is_empty());
+});

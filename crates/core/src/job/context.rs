@@ -22,8 +22,12 @@ pub struct JobContext {
     pub access: Access,
     /// Keys only an `add_ssh_keys` step installs (CircleCI's "additional SSH keys").
     pub additional_keys: Vec<SshKey>,
-    /// Highest-precedence variables (`--env`, the project's settings).
+    /// Highest-precedence variables (`--env`, `--secret-env`).
     pub env: Vec<(String, String)>,
+    /// The project's and its contexts' variables: the lowest layer, under the built-ins.
+    pub project_env: Vec<(String, String)>,
+    /// Contexts given by name (`bosun execute --context`), for [`context_env`].
+    pub contexts: Vec<(String, Vec<(String, String)>)>,
     /// What the request's output must never show: secret variables, key text.
     pub secrets: Secrets,
     /// Each job's own time limit (what preparation left of the request's): past it the job
@@ -66,6 +70,26 @@ pub struct JobSpec {
     pub node_total: u32,
     /// The job's stored test timings, read once for all its nodes (`timings::for_job`).
     pub timings: Option<String>,
+    /// Its contexts' variables ([`context_env`]): over the project's, under the built-ins.
+    pub context_env: Vec<(String, String)>,
+}
+
+/// The variables of the contexts a job names (`Some`: a workflow job's `context:`, in
+/// order, a later one over an earlier one; those not given are left out), or of every given
+/// context in the order given (`None`: a job run alone, which names none itself).
+pub fn context_env(context: &JobContext, names: Option<&[String]>) -> Vec<(String, String)> {
+    let mut env = Vec::new();
+    let picked: Vec<&(String, Vec<(String, String)>)> = match names {
+        None => context.contexts.iter().collect(),
+        Some(names) => names
+            .iter()
+            .filter_map(|n| context.contexts.iter().find(|(c, _)| c == n))
+            .collect(),
+    };
+    for (_, vars) in picked {
+        crate::config::merge_env(&mut env, vars.clone());
+    }
+    env
 }
 
 impl JobSpec {
@@ -75,6 +99,7 @@ impl JobSpec {
             context: Arc::clone(context),
             id,
             timings: super::timings::for_job(&context.store, &plan.name),
+            context_env: Vec::new(),
             node_index: 0,
             node_total: 1,
             plan,
@@ -89,9 +114,13 @@ pub struct Secrets(Secret<Vec<(String, String)>>);
 
 impl Secrets {
     /// The secrets of a request: its secret variables' values and its private keys' text.
-    pub fn of(env: &[super::EnvEntry], keys: &[SshKey], additional_keys: &[SshKey]) -> Secrets {
+    pub fn of<'a>(
+        env: impl IntoIterator<Item = &'a super::EnvEntry>,
+        keys: &[SshKey],
+        additional_keys: &[SshKey],
+    ) -> Secrets {
         let mut secrets: Vec<(String, String)> = env
-            .iter()
+            .into_iter()
             .filter(|e| e.secret)
             .map(|e| (e.name.clone(), e.value.clone()))
             .collect();

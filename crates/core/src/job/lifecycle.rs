@@ -572,8 +572,9 @@ fn primary_container(
     }
 }
 
-/// The job's environment under the steps' own: built-ins first, then the image's own ENV
-/// and `environment:` (so an image may override a built-in), then executor/job. Step env and
+/// The job's environment under the steps' own: the project's and its contexts' variables
+/// first (CircleCI's lowest layer), the built-ins over them, then the image's own ENV and
+/// `environment:` (so an image may override a built-in), then executor/job. Step env and
 /// `--env` come last, per step.
 fn job_env(
     spec: &JobSpec,
@@ -582,7 +583,12 @@ fn job_env(
     checkout: Option<&Prefetched>,
 ) -> Vec<(String, String)> {
     let plan = &spec.plan;
-    let mut env = builtin_env(spec, &primary.user, workdir, checkout.map(|c| &c.outcome));
+    let mut env = spec.context.project_env.clone();
+    merge_env(&mut env, spec.context_env.clone());
+    merge_env(
+        &mut env,
+        builtin_env(spec, &primary.user, workdir, checkout.map(|c| &c.outcome)),
+    );
     merge_env(
         &mut env,
         primary

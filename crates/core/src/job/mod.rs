@@ -46,7 +46,7 @@ mod step_transport;
 mod tests;
 mod timings;
 
-pub use context::{JobContext, JobSpec, Secrets};
+pub use context::{context_env, JobContext, JobSpec, Secrets};
 pub use environment::{expand_home, project_names};
 pub use identity::JobIdentity;
 pub use lifecycle::run_job;

@@ -84,7 +84,17 @@ pub struct JobRequest {
     pub vcs_hosts: Vec<String>,
     /// The mirror cache checkouts fetch through (`None`: none).
     pub mirrors: Option<crate::mirror::Mirrors>,
+    /// Highest-precedence variables (`--env`, `--secret-env`): over everything the config
+    /// sets, per step.
     pub env: Vec<EnvEntry>,
+    /// The project's variables and its contexts' (a coordinator's, or `--context`): the
+    /// lowest layer, under the built-in variables and the config's `environment:`
+    /// (CircleCI's order).
+    pub project_env: Vec<EnvEntry>,
+    /// Contexts given by name (`bosun execute --context NAME=FILE`): a workflow job gets
+    /// those its `context:` names, over `project_env`; a job run alone gets them all, in the
+    /// order given. Their values are secret.
+    pub contexts: Vec<(String, Vec<EnvEntry>)>,
     /// Pipeline parameters (`--pipeline-param`), number, and what the coordinator knows of
     /// the ref (its branch or tag, which a fetched commit alone may not tell).
     pub pipeline_params: Vec<(String, String)>,
@@ -177,7 +187,14 @@ impl Prepared {
 /// Keys, host keys, the checkout when the config (or a workflow's filters) need it, and the
 /// compiled config.
 pub async fn prepare(req: JobRequest, sink: Arc<dyn EventSink>) -> Result<Prepared, PrepareError> {
-    let secrets = Secrets::of(&req.env, &req.keys, &req.additional_keys);
+    let secrets = Secrets::of(
+        req.env
+            .iter()
+            .chain(&req.project_env)
+            .chain(req.contexts.iter().flat_map(|(_, e)| e)),
+        &req.keys,
+        &req.additional_keys,
+    );
     prepare_with(req, secrets, sink).await
 }
 
@@ -322,6 +339,22 @@ pub(crate) async fn prepare_with(
                 .env
                 .iter()
                 .map(|e| (e.name.clone(), e.value.clone()))
+                .collect(),
+            project_env: req
+                .project_env
+                .iter()
+                .map(|e| (e.name.clone(), e.value.clone()))
+                .collect(),
+            contexts: req
+                .contexts
+                .iter()
+                .map(|(name, env)| {
+                    let vars = env
+                        .iter()
+                        .map(|e| (e.name.clone(), e.value.clone()))
+                        .collect();
+                    (name.clone(), vars)
+                })
                 .collect(),
             secrets,
             time_limit: req.time_limit,

@@ -70,6 +70,8 @@ fn spec(store_dir: &Path, plan: JobPlan) -> JobSpec {
         },
         additional_keys: vec![],
         env: vec![],
+        project_env: vec![],
+        contexts: vec![],
         secrets: Secrets::default(),
         time_limit: None,
         network: None,

@@ -228,10 +228,10 @@ impl PgStore {
         let conn = self.conn()?;
         let mut st = conn.prepare(&format!(
             "SELECT {JOB_COLUMNS} FROM jobs j JOIN projects p ON p.id = j.project_id \
-             WHERE (?1 IS NULL OR p.slug = ?1) \
-               AND (?2 IS NULL OR j.branch = ?2 OR j.tag = ?2 OR j.git_ref = ?2) \
-               AND (?3 IS NULL OR j.status = ?3) \
-               AND (?4 IS NULL OR j.id < ?4) \
+             WHERE (?1::text IS NULL OR p.slug = ?1) \
+               AND (?2::text IS NULL OR j.branch = ?2 OR j.tag = ?2 OR j.git_ref = ?2) \
+               AND (?3::text IS NULL OR j.status = ?3) \
+               AND (?4::bigint IS NULL OR j.id < ?4) \
              ORDER BY j.id DESC LIMIT ?5"
         ))?;
         let rows = st

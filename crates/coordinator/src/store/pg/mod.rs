@@ -25,6 +25,7 @@ use super::*;
 
 mod access;
 mod blobs;
+mod contexts;
 mod intake;
 mod jobs;
 mod lease;
@@ -49,6 +50,8 @@ use sql::{params, Connection, OptionalExtension, Row, Transaction, TransactionBe
 
 use super::blob_index::BlobIndex;
 use super::blobs::{JobResults, JobScope, OverQuota};
+use super::context_store::ContextStore;
+use super::contexts::{ContextRow, ContextValues, ContextVarRow, RestrictionRow};
 use super::log_store::LogStore;
 use super::pipeline_store::{PipelineStore, StatusOutbox};
 use super::pipelines::{
@@ -56,6 +59,7 @@ use super::pipelines::{
 };
 use super::project_store::{AccessStore, ProjectStore};
 use super::queue_store::QueueStore;
+use crate::model::contexts::Restriction;
 use bosun_protocol::{WireCache, WireLayer, WireTestResults};
 use std::collections::HashMap;
 
@@ -595,6 +599,51 @@ impl BlobIndex for PgStore {
 }
 
 /// The store suite's PostgreSQL: one server per test process, a database per test.
+impl ContextStore for PgStore {
+    fn create_context(&self, name: &str, owner: &str) -> Result<ContextRow> {
+        PgStore::create_context(self, name, owner)
+    }
+    fn list_contexts(&self, owner: Option<&str>) -> Result<Vec<ContextRow>> {
+        PgStore::list_contexts(self, owner)
+    }
+    fn context(&self, context: &str) -> Result<Option<ContextRow>> {
+        PgStore::context(self, context)
+    }
+    fn delete_context(&self, context: &str) -> Result<()> {
+        PgStore::delete_context(self, context)
+    }
+    fn set_context_var(&self, context: &str, name: &str, value: &str) -> Result<ContextVarRow> {
+        PgStore::set_context_var(self, context, name, value)
+    }
+    fn remove_context_var(&self, context: &str, name: &str) -> Result<()> {
+        PgStore::remove_context_var(self, context, name)
+    }
+    fn list_context_vars(&self, context: &str) -> Result<Vec<ContextVarRow>> {
+        PgStore::list_context_vars(self, context)
+    }
+    fn add_restriction(&self, context: &str, r: &Restriction) -> Result<RestrictionRow> {
+        PgStore::add_restriction(self, context, r)
+    }
+    fn remove_restriction(&self, context: &str, id: &str) -> Result<()> {
+        PgStore::remove_restriction(self, context, id)
+    }
+    fn list_restrictions(&self, context: &str) -> Result<Vec<RestrictionRow>> {
+        PgStore::list_restrictions(self, context)
+    }
+    fn job_context_values(&self, job: i64) -> Result<Vec<ContextValues>> {
+        PgStore::job_context_values(self, job)
+    }
+    fn add_operator_group(&self, operator: &str, group: &str) -> Result<()> {
+        PgStore::add_operator_group(self, operator, group)
+    }
+    fn remove_operator_group(&self, operator: &str, group: &str) -> Result<bool> {
+        PgStore::remove_operator_group(self, operator, group)
+    }
+    fn operator_groups(&self, operator: &str) -> Result<Vec<String>> {
+        PgStore::operator_groups(self, operator)
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod testing {
     use super::test_server::{pg_bin, PgServer};

@@ -72,6 +72,7 @@ impl PgStore {
                 "{job} is {status}, not on hold: only a job waiting for approval can be approved"
             )));
         }
+        super::contexts::check_approver(&tx, wjid, job, by)?;
         tx.execute(
             "UPDATE workflow_jobs SET status = 'success', approved_by = ?2, reason = ?3 WHERE id = ?1",
             params![wjid, by, format!("approved by {by}")],
@@ -144,7 +145,7 @@ impl PgStore {
         }
         let n = tx.execute(
             "UPDATE workflow_jobs SET status = 'waiting', job_id = NULL, reason = NULL, approved_by = NULL \
-             WHERE status IN ('failed', 'canceled', 'timedout', 'infrastructure_fail', 'blocked') \
+             WHERE status IN ('failed', 'canceled', 'timedout', 'infrastructure_fail', 'blocked', 'unauthorized') \
              AND workflow_id IN (SELECT id FROM workflows WHERE pipeline_id = ?1)",
             [id],
         )?;
@@ -167,7 +168,7 @@ impl PgStore {
             let conn = self.conn()?;
             let pid = project.map(|p| resolve_project(&conn, p)).transpose()?;
             let mut st = conn.prepare(
-                "SELECT id FROM pipelines WHERE (?1 IS NULL OR project_id = ?1) ORDER BY id DESC LIMIT ?2",
+                "SELECT id FROM pipelines WHERE (?1::bigint IS NULL OR project_id = ?1) ORDER BY id DESC LIMIT ?2",
             )?;
             st.query_map(params![pid, limit], |r| r.get(0))?
                 .collect::<sql::Result<Vec<_>>>()?

@@ -229,8 +229,8 @@ impl PgStore {
             for (i, j) in w.jobs.iter().enumerate() {
                 tx.execute(
                     "INSERT INTO workflow_jobs(workflow_id, position, name, kind, requires, \
-                     serial_group, resource_class, status, reason) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                     serial_group, resource_class, status, reason, contexts) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
                     params![
                         wid,
                         i as i64,
@@ -240,7 +240,8 @@ impl PgStore {
                         j.serial_group,
                         j.resource_class,
                         j.status.as_str(),
-                        j.reason
+                        j.reason,
+                        serde_json::to_string(&j.contexts).unwrap_or_else(|_| "[]".into())
                     ],
                 )?;
             }
@@ -306,9 +307,11 @@ pub(super) fn advance_in(tx: &Connection, id: i64, statuses: &Statuses<'_>) -> R
     let mut changed = false;
     let mut wf_states = Vec::new();
     for (wid, wname) in &workflows {
-        let rows: Vec<(Live, advance::WorkflowJob)> = {
+        type Row = ((Live, advance::WorkflowJob), (Vec<String>, Option<String>));
+        let rows: Vec<Row> = {
             let mut st = tx.prepare(
-                "SELECT wj.id, wj.name, wj.kind, wj.requires, wj.serial_group, wj.status, wj.job_id, j.status \
+                "SELECT wj.id, wj.name, wj.kind, wj.requires, wj.serial_group, wj.status, wj.job_id, j.status, \
+                 wj.contexts, wj.approved_by \
                  FROM workflow_jobs wj LEFT JOIN jobs j ON j.id = wj.job_id \
                  WHERE wj.workflow_id = ?1 ORDER BY wj.position",
             )?;
@@ -320,6 +323,7 @@ pub(super) fn advance_in(tx: &Connection, id: i64, statuses: &Statuses<'_>) -> R
                     serial_group: r.get(4)?,
                     status: parse_col(r.get(5)?)?,
                     job_state: r.get::<_, Option<String>>(7)?.map(parse_col).transpose()?,
+                    denied: None,
                 };
                 let live = Live {
                     id: r.get(0)?,
@@ -328,11 +332,39 @@ pub(super) fn advance_in(tx: &Connection, id: i64, statuses: &Statuses<'_>) -> R
                     status: job.status,
                     job_id: r.get(6)?,
                 };
-                Ok((live, job))
+                let contexts: Vec<String> =
+                    serde_json::from_str(&r.get::<_, String>(8)?).unwrap_or_default();
+                let approved_by: Option<String> = r.get(9)?;
+                Ok(((live, job), (contexts, approved_by)))
             })?
             .collect::<sql::Result<Vec<_>>>()?
         };
-        let (mut jobs, facts): (Vec<Live>, Vec<advance::WorkflowJob>) = rows.into_iter().unzip();
+        let (rows, extra): (Vec<_>, Vec<(Vec<String>, Option<String>)>) = rows.into_iter().unzip();
+        let (mut jobs, mut facts): (Vec<Live>, Vec<advance::WorkflowJob>) =
+            rows.into_iter().unzip();
+        // A job that names contexts is authorized before it can start (a forked pull
+        // request's build without the project's secrets gets no context, so needs none).
+        if !restricted {
+            for i in 0..facts.len() {
+                let (contexts, _) = &extra[i];
+                if facts[i].status != WorkflowJobStatus::Waiting
+                    || facts[i].kind != JobKind::Build
+                    || contexts.is_empty()
+                {
+                    continue;
+                }
+                // The approver of an approval job it requires is who it runs for.
+                let approver = facts[i].requires.iter().find_map(|(name, _)| {
+                    let k = facts.iter().position(|f| &f.name == name)?;
+                    (facts[k].kind == JobKind::Approval)
+                        .then(|| extra[k].1.clone())
+                        .flatten()
+                });
+                let verdict =
+                    super::contexts::authorize_job(tx, id, contexts, approver.as_deref())?;
+                facts[i].denied = verdict.err();
+            }
+        }
         let transitions = advance::advance(&facts);
         changed |= !transitions.is_empty();
         for t in transitions {
@@ -448,6 +480,26 @@ fn queue_job(
         ],
     )?;
     let jid = tx.last_insert_rowid();
+    // The contexts it was authorized for, by id (a forked pull request's restricted build
+    // gets none): what the claim gives it.
+    if !restricted {
+        let names: String = tx.query_row(
+            "SELECT contexts FROM workflow_jobs WHERE id = ?1",
+            [job.id],
+            |r| r.get(0),
+        )?;
+        let names: Vec<String> = serde_json::from_str(&names).unwrap_or_default();
+        if !names.is_empty() {
+            let ids = super::contexts::ids_by_name(tx, &names)?;
+            tx.execute(
+                "UPDATE jobs SET contexts = ?2 WHERE id = ?1",
+                params![
+                    jid,
+                    serde_json::to_string(&ids).unwrap_or_else(|_| "[]".into())
+                ],
+            )?;
+        }
+    }
     tx.execute(
         "UPDATE workflow_jobs SET job_id = ?2, reason = NULL WHERE id = ?1",
         params![job.id, jid],

@@ -282,6 +282,43 @@ CREATE TRIGGER pipelines_changed AFTER INSERT OR UPDATE ON pipelines
 CREATE TRIGGER workflow_jobs_changed AFTER UPDATE ON workflow_jobs
     FOR EACH STATEMENT EXECUTE FUNCTION bosun_notify();
 "#,
+    // 3: contexts (SQLite's migration 10): named sets of secret variables (values sealed,
+    // place `c<uuid>/env/<name>`), their restrictions, the groups operators belong to; the
+    // contexts a workflow job names (JSON array, the config's order) and the ids a queued job
+    // was given.
+    r#"
+CREATE TABLE contexts (
+    id BIGSERIAL PRIMARY KEY,
+    uuid TEXT NOT NULL UNIQUE,
+    name TEXT NOT NULL UNIQUE,
+    owner TEXT NOT NULL DEFAULT '',
+    created BIGINT NOT NULL
+);
+CREATE TABLE context_env (
+    context_id BIGINT NOT NULL REFERENCES contexts(id) ON DELETE CASCADE,
+    name TEXT NOT NULL,
+    value TEXT NOT NULL,
+    created BIGINT NOT NULL,
+    updated BIGINT NOT NULL,
+    PRIMARY KEY (context_id, name)
+);
+CREATE TABLE context_restrictions (
+    id BIGSERIAL PRIMARY KEY,
+    uuid TEXT NOT NULL UNIQUE,
+    context_id BIGINT NOT NULL REFERENCES contexts(id) ON DELETE CASCADE,
+    kind TEXT NOT NULL,
+    value TEXT NOT NULL,
+    created BIGINT NOT NULL,
+    UNIQUE (context_id, kind, value)
+);
+CREATE TABLE operator_groups (
+    operator TEXT NOT NULL,
+    grp TEXT NOT NULL,
+    PRIMARY KEY (operator, grp)
+);
+ALTER TABLE workflow_jobs ADD COLUMN contexts TEXT NOT NULL DEFAULT '[]';
+ALTER TABLE jobs ADD COLUMN contexts TEXT NOT NULL DEFAULT '[]';
+"#,
 ];
 
 /// Apply the migrations this database has not had yet.

@@ -1,0 +1,85 @@
+//! Contexts and operator groups behind one trait, in types that say nothing of the database:
+//! what the CLI's `context` commands, the approvals and (later) CircleCI's `/api/v2/context`
+//! endpoints call. Variable values cross it in the clear one way only (set); they are sealed
+//! inside the implementation and never listed. A context is named by its name or its id
+//! wherever one is taken.
+
+use super::contexts::{ContextRow, ContextValues, ContextVarRow, RestrictionRow};
+use super::{Result, Store};
+use crate::model::contexts::Restriction;
+
+pub trait ContextStore: Send + Sync {
+    /// A new context `name` (unique) owned by `owner` (a workspace; empty: the
+    /// coordinator's). `Invalid` when the name is taken or not a name.
+    fn create_context(&self, name: &str, owner: &str) -> Result<ContextRow>;
+    /// Contexts, by name; only `owner`'s when given.
+    fn list_contexts(&self, owner: Option<&str>) -> Result<Vec<ContextRow>>;
+    /// One context by name or id.
+    fn context(&self, context: &str) -> Result<Option<ContextRow>>;
+    /// Delete a context with its variables and restrictions (`NotFound` when absent).
+    fn delete_context(&self, context: &str) -> Result<()>;
+    /// Set (add or replace) variable `name` of a context; the value is sealed.
+    fn set_context_var(&self, context: &str, name: &str, value: &str) -> Result<ContextVarRow>;
+    /// Remove a variable (`NotFound` when absent).
+    fn remove_context_var(&self, context: &str, name: &str) -> Result<()>;
+    /// A context's variables: names and times, never values.
+    fn list_context_vars(&self, context: &str) -> Result<Vec<ContextVarRow>>;
+    /// Add a restriction (checked: an expression must parse).
+    fn add_restriction(&self, context: &str, r: &Restriction) -> Result<RestrictionRow>;
+    /// Remove restriction `id` of a context.
+    fn remove_restriction(&self, context: &str, id: &str) -> Result<()>;
+    fn list_restrictions(&self, context: &str) -> Result<Vec<RestrictionRow>>;
+    /// The contexts job `job` was given when it was queued, with their values, in order.
+    fn job_context_values(&self, job: i64) -> Result<Vec<ContextValues>>;
+    /// Put operator `operator` in group `group` (idempotent).
+    fn add_operator_group(&self, operator: &str, group: &str) -> Result<()>;
+    /// Take an operator out of a group: whether it was in it.
+    fn remove_operator_group(&self, operator: &str, group: &str) -> Result<bool>;
+    /// The groups of an operator, sorted.
+    fn operator_groups(&self, operator: &str) -> Result<Vec<String>>;
+}
+
+impl ContextStore for Store {
+    fn create_context(&self, name: &str, owner: &str) -> Result<ContextRow> {
+        Store::create_context(self, name, owner)
+    }
+    fn list_contexts(&self, owner: Option<&str>) -> Result<Vec<ContextRow>> {
+        Store::list_contexts(self, owner)
+    }
+    fn context(&self, context: &str) -> Result<Option<ContextRow>> {
+        Store::context(self, context)
+    }
+    fn delete_context(&self, context: &str) -> Result<()> {
+        Store::delete_context(self, context)
+    }
+    fn set_context_var(&self, context: &str, name: &str, value: &str) -> Result<ContextVarRow> {
+        Store::set_context_var(self, context, name, value)
+    }
+    fn remove_context_var(&self, context: &str, name: &str) -> Result<()> {
+        Store::remove_context_var(self, context, name)
+    }
+    fn list_context_vars(&self, context: &str) -> Result<Vec<ContextVarRow>> {
+        Store::list_context_vars(self, context)
+    }
+    fn add_restriction(&self, context: &str, r: &Restriction) -> Result<RestrictionRow> {
+        Store::add_restriction(self, context, r)
+    }
+    fn remove_restriction(&self, context: &str, id: &str) -> Result<()> {
+        Store::remove_restriction(self, context, id)
+    }
+    fn list_restrictions(&self, context: &str) -> Result<Vec<RestrictionRow>> {
+        Store::list_restrictions(self, context)
+    }
+    fn job_context_values(&self, job: i64) -> Result<Vec<ContextValues>> {
+        Store::job_context_values(self, job)
+    }
+    fn add_operator_group(&self, operator: &str, group: &str) -> Result<()> {
+        Store::add_operator_group(self, operator, group)
+    }
+    fn remove_operator_group(&self, operator: &str, group: &str) -> Result<bool> {
+        Store::remove_operator_group(self, operator, group)
+    }
+    fn operator_groups(&self, operator: &str) -> Result<Vec<String>> {
+        Store::operator_groups(self, operator)
+    }
+}
