@@ -166,7 +166,7 @@ pub fn authorize(
                 _ => {
                     let met = of_kind.iter().any(|r| match kind {
                         RestrictionKind::Project => r.value == project,
-                        _ => actor.groups.iter().any(|g| *g == r.value),
+                        _ => actor.groups.contains(&r.value),
                     });
                     if met {
                         Vec::new()

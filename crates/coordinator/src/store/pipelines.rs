@@ -546,7 +546,8 @@ pub(super) fn advance_in(tx: &Connection, id: i64, statuses: &Statuses<'_>) -> R
                 .collect::<rusqlite::Result<Vec<_>>>()?;
             rows
         };
-        let (rows, extra): (Vec<_>, Vec<(Vec<String>, Option<String>)>) = rows.into_iter().unzip();
+        type Extra = (Vec<String>, Option<String>);
+        let (rows, extra): (Vec<_>, Vec<Extra>) = rows.into_iter().unzip();
         let (mut jobs, mut facts): (Vec<Live>, Vec<advance::WorkflowJob>) =
             rows.into_iter().unzip();
         // A job that names contexts is authorized before it can start (a forked pull

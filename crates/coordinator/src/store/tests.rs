@@ -824,7 +824,7 @@ both!(
         assert!(s.list_restrictions("deploy").expect("list").is_empty());
         assert_eq!(
             s.list_contexts(None).expect("list"),
-            [c.clone()],
+            std::slice::from_ref(&c),
             "listed as created"
         );
         assert!(s.list_contexts(Some("acme")).expect("list").is_empty());
