@@ -6,6 +6,11 @@
 //! 2. `ssh … 'cat /tmp/big' > /dev/null` against `docker exec CONTAINER cat /tmp/big` for a
 //!    100 MB file: the ratio of the throughputs (target ≥ 0.8);
 //!
+//! 3. `scp -s JOB@127.0.0.1:/tmp/big LOCAL` (SFTP, served by the in-job executable) against
+//!    the same bytes through `ssh … 'cat /tmp/big' > LOCAL`, and `scp -s LOCAL JOB@…:` against
+//!    `ssh … 'cat > FILE' < LOCAL`: what SFTP costs over the gateway's own channel, both ways
+//!    (throughput ratios);
+//!
 //! alternating, for BOSUN_BENCH_ROUNDS rounds (default 5): each ratio's median and range
 //! (BOSUN_BENCH_SSH_CIPHER picks the client's cipher).
 //! Then the gateway process's RSS (VmRSS of `bosun execute`, which also runs the job: an
@@ -58,9 +63,48 @@ fn ssh(port: u16, key: &Path, job: &str) -> Command {
     c
 }
 
+/// `scp -s` (SFTP) from `from` to `to`.
+fn scp(port: u16, key: &Path, from: &str, to: &str) -> Command {
+    let mut c = Command::new("scp");
+    c.args([
+        "-s",
+        "-q",
+        "-o",
+        "StrictHostKeyChecking=no",
+        "-o",
+        "UserKnownHostsFile=/dev/null",
+        "-o",
+        "LogLevel=ERROR",
+        "-o",
+        "IdentitiesOnly=yes",
+        "-o",
+        "BatchMode=yes",
+        "-P",
+        &port.to_string(),
+        "-i",
+    ])
+    .arg(key)
+    .args([from, to])
+    .stdin(Stdio::null());
+    c
+}
+
 fn timed(mut c: Command) -> Duration {
     let t = Instant::now();
     let out = c.stdout(Stdio::null()).output().expect("run");
+    assert!(
+        out.status.success(),
+        "{c:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    t.elapsed()
+}
+
+/// [`timed`], the command's output going to `path`.
+fn timed_into(mut c: Command, path: &Path) -> Duration {
+    let file = std::fs::File::create(path).expect("create the output file");
+    let t = Instant::now();
+    let out = c.stdout(file).output().expect("run");
     assert!(
         out.status.success(),
         "{c:?}: {}",
@@ -151,7 +195,11 @@ fn main() {
     std::thread::sleep(Duration::from_secs(2));
     let idle = rss_kib(run.pid());
 
+    let local_big = dir.path().join("big");
+    let local_copy = dir.path().join("copy");
+    let remote = |path: &str| format!("{job}@127.0.0.1:{path}");
     let (mut startup, mut throughput) = (Vec::new(), Vec::new());
+    let (mut sftp_down, mut sftp_up) = (Vec::new(), Vec::new());
     for _ in 0..rounds() {
         let t = Instant::now();
         for _ in 0..20 {
@@ -183,6 +231,39 @@ fn main() {
             mb(gw)
         );
         throughput.push(direct.as_secs_f64() / gw.as_secs_f64());
+
+        // SFTP against the gateway's plain channel, the same bytes to and from files.
+        let mut c = ssh(port, &key, &job);
+        c.arg("cat /tmp/big");
+        let channel = timed_into(c, &local_big);
+        let sftp = timed(scp(
+            port,
+            &key,
+            &remote("/tmp/big"),
+            local_copy.to_str().expect("utf-8"),
+        ));
+        println!(
+            "download 100 MB: ssh cat {:.0} MB/s, scp (SFTP) {:.0} MB/s",
+            mb(channel),
+            mb(sftp)
+        );
+        sftp_down.push(channel.as_secs_f64() / sftp.as_secs_f64());
+        let mut c = ssh(port, &key, &job);
+        c.arg("cat > /tmp/up-channel")
+            .stdin(std::fs::File::open(&local_big).expect("open the local copy"));
+        let channel = timed(c);
+        let sftp = timed(scp(
+            port,
+            &key,
+            local_big.to_str().expect("utf-8"),
+            &remote("/tmp/up-sftp"),
+        ));
+        println!(
+            "upload 100 MB: ssh cat {:.0} MB/s, scp (SFTP) {:.0} MB/s",
+            mb(channel),
+            mb(sftp)
+        );
+        sftp_up.push(channel.as_secs_f64() / sftp.as_secs_f64());
     }
 
     let mut sessions: Vec<std::process::Child> = (0..10)
@@ -211,6 +292,8 @@ fn main() {
         "ssh cat 100 MB throughput / docker exec's (target ≥ 0.8)",
         &mut throughput,
     );
+    summary("scp (SFTP) download throughput / ssh cat's", &mut sftp_down);
+    summary("scp (SFTP) upload throughput / ssh cat's", &mut sftp_up);
     println!(
         "bosun execute --ssh RSS: idle {:.1} MiB, with 10 sessions {:.1} MiB",
         idle as f64 / 1024.0,

@@ -32,8 +32,11 @@ CACHE=${BOSUN_IMAGE_CACHE:-/var/cache/bosun-images}
 # brings setsid; tar is essential anyway). postgresql-client, redis-tools,
 # netcat-openbsd: what a job needs to wait for and talk to its service
 # containers (pg_isready, psql, redis-cli, nc -z); +16 MB, perl being in
-# base already (git needs it), so no separate job image for them.
-BASE_PACKAGES=bash,git,openssh-client,ca-certificates,procps,postgresql-client,redis-tools,netcat-openbsd
+# base already (git needs it), so no separate job image for them. rsync:
+# `rsync -e ssh` into a job through the SSH gateway runs the image's own
+# rsync (tests/it/sftp.rs). Never openssh-server: the gateway serves SFTP
+# itself, and base is the image without an sftp-server that proves it.
+BASE_PACKAGES=bash,git,openssh-client,ca-certificates,procps,postgresql-client,redis-tools,netcat-openbsd,rsync
 GITSERVER_PACKAGES=openssh-server
 # A machine an operator installs the agent on: systemd as PID 1 (systemd-sysv),
 # dbus for systemctl. The agent's runtime needs (libssl via openssl,
@@ -51,6 +54,9 @@ REDIS_PACKAGES="redis-server"
 # image rather than part of base: docker.io brings ~150 MB (containerd, runc,
 # iptables) that every other image would carry for nothing.
 DOCKER_PACKAGES="docker.io"
+# A docker-executor job image for orbs' scripts, as CircleCI's cimg/base is: base + curl
+# and jq, which the continuation and path-filtering orbs call (setup workflows).
+CIMG_PACKAGES="curl jq"
 # A private registry for tests of image pulls with `auth:` (Debian's build of
 # the CNCF distribution registry) and htpasswd to make its bcrypt password file.
 REGISTRY_PACKAGES="docker-registry apache2-utils"
@@ -140,11 +146,12 @@ MACHINE_HASH=$(hash_of "script=$SCRIPT_SUM" machine "base=$BASE_HASH" "packages=
 POSTGRES_HASH=$(hash_of "script=$SCRIPT_SUM" postgres "base=$BASE_HASH" "packages=$POSTGRES_PACKAGES" "files=$POSTGRES_SUM")
 REDIS_HASH=$(hash_of "script=$SCRIPT_SUM" redis "base=$BASE_HASH" "packages=$REDIS_PACKAGES")
 DOCKER_HASH=$(hash_of "script=$SCRIPT_SUM" docker "base=$BASE_HASH" "packages=$DOCKER_PACKAGES")
+CIMG_HASH=$(hash_of "script=$SCRIPT_SUM" cimg "base=$BASE_HASH" "packages=$CIMG_PACKAGES")
 REGISTRY_HASH=$(hash_of "script=$SCRIPT_SUM" registry "base=$BASE_HASH" "packages=$REGISTRY_PACKAGES" "files=$REGISTRY_SUM")
 
 # Every image, in build order, and the ones made from base's rootfs.
-ALL_IMAGES="base nobash gitserver systemd machine postgres redis docker registry"
-FROM_BASE_ROOTFS="gitserver systemd machine postgres redis docker registry"
+ALL_IMAGES="base nobash gitserver systemd machine postgres redis docker registry cimg"
+FROM_BASE_ROOTFS="gitserver systemd machine postgres redis docker registry cimg"
 
 # bosun/<name>:<hash> of an image name.
 tag_of() {
@@ -547,6 +554,28 @@ build_docker() {
     import_rootfs "$dir" docker "$DOCKER_HASH" '["/bin/bash"]'
     rm -rf "$dir"
     log "docker: done ($(elapsed "$t"))"
+}
+
+# curl and jq for orbs' scripts (images/README.md).
+build_cimg() {
+    if image_exists "bosun/cimg:$CIMG_HASH"; then
+        docker tag "bosun/cimg:$CIMG_HASH" bosun/cimg:latest
+        log "cimg: bosun/cimg:$CIMG_HASH up to date"
+        return
+    fi
+    local t base dir
+    t=$(now)
+    base=$(base_rootfs)
+    dir="$CACHE/rootfs-cimg-$CIMG_HASH"
+    rm -rf "$dir"
+    cp -a "$base" "$dir"
+    rm -f "$dir/.complete"
+    # shellcheck disable=SC2086 # a list of package names
+    chroot_apt_install "$dir" $CIMG_PACKAGES
+    [[ -x $dir/usr/bin/curl && -x $dir/usr/bin/jq ]] || die "cimg: curl or jq missing from the rootfs"
+    import_rootfs "$dir" cimg "$CIMG_HASH" '["/bin/bash"]'
+    rm -rf "$dir"
+    log "cimg: done ($(elapsed "$t"))"
 }
 
 # A private registry (images/registry/config.yml: htpasswd auth, port 5000).

@@ -10,9 +10,10 @@
 # here, in one message, rather than as a panic deep in a test. The tools, and who needs them:
 #   debootstrap      images/build.sh builds the test images from Debian packages (no container
 #                    registry is reachable, the engine starts empty)
-#   ssh, ssh-keygen, ssh-keyscan, scp
+#   ssh, ssh-keygen, ssh-keyscan, scp, sftp
 #                    the harness makes keys and talks to the Bitbucket stand-in and the SSH
 #                    gateway as a user would
+#   rsync            tests/it/sftp.rs copies trees into a job with `rsync -e ssh`
 #   git              the harness fills the stand-in's repositories
 #   sshd             tests/it/checkout_sshd.rs runs a host sshd for the checkout's real-server tests
 #   chromium         the job and pipeline pages' tests drive it headless
@@ -24,6 +25,9 @@
 #                    more on the host: its systemd is the bosun/systemd image's)
 #   initdb           the coordinator's PostgreSQL store: its tests and tests/it/scale_pg.rs start a
 #                    throwaway server (initdb, pg_ctl from /usr/lib/postgresql/N/bin)
+#   pycircleci, circleci-env-cli
+#                    (PyPI, pinned; into a venv, skipped when present) tests/it/api_v2.rs drives
+#                    the coordinator's API v2 with them
 # Then the images: `images/build.sh all` builds what is missing and costs nothing when all are
 # current (building needs root, for debootstrap and chroot). Integration tests start Docker
 # containers; four at a time keeps a 2-core machine busy without starving sshd start-ups.
@@ -45,6 +49,8 @@ declare -A package_of=(
     [ssh-keygen]=openssh-client
     [ssh-keyscan]=openssh-client
     [scp]=openssh-client
+    [sftp]=openssh-client
+    [rsync]=rsync
     [git]=git
     [sshd]=openssh-server
     [chromium]=chromium
@@ -112,6 +118,20 @@ fi
 if ! command -v cargo >/dev/null 2>&1; then
     say "the Rust toolchain (cargo) is not installed; install it from https://rustup.rs, then run this again"
     exit 1
+fi
+
+# API clients from PyPI that tests/it/api_v2.rs drives (pinned): importable by python3 already,
+# or installed into a virtual environment the test finds (BOSUN_PY_CLIENTS, default below).
+py_clients=${BOSUN_PY_CLIENTS:-$HOME/.cache/bosun/py-clients}
+py_pins=(pycircleci==0.7.0 circleci-env-cli==0.3.1)
+if ! python3 -c 'import pycircleci, circleci_env_cli' >/dev/null 2>&1 &&
+    ! "$py_clients/bin/python3" -c 'import pycircleci, circleci_env_cli' >/dev/null 2>&1; then
+    if ! python3 -c 'import ensurepip' >/dev/null 2>&1 && [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null 2>&1; then
+        apt-get update -qq && apt-get install -y -qq --no-install-recommends python3-venv python3-pip >/dev/null
+    fi
+    say "installing ${py_pins[*]} into $py_clients"
+    python3 -m venv "$py_clients" && "$py_clients/bin/python3" -m pip install -q "${py_pins[@]}" ||
+        say "could not install ${py_pins[*]}: the API v2 client tests will be skipped"
 fi
 
 # stdout carries the images' exact tags, which only the harness wants.

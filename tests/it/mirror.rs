@@ -122,7 +122,9 @@ jobs:
             set -e
             echo "count=$(git rev-list --count HEAD)"
             echo "describe=$(git describe --tags)"
-            test ! -e .git/objects/info/alternates
+            # On a local engine the mirror's objects are shared read-only inside the job's
+            # own .git (an alternate relative to it); never a path outside the repository.
+            if [ -e .git/objects/info/alternates ]; then test "$(cat .git/objects/info/alternates)" = ../bosun-shared-objects; fi
             git fsck --strict --no-dangling >/dev/null 2>&1 && echo fsck=ok
             if grep -r -l -F "$MIRROR_ROOT" .git; then echo mirror-path-leaked; fi
             git config user.email ci@bosun.invalid && git config user.name ci
@@ -618,4 +620,164 @@ fn cache_ls_and_prune() {
         std::fs::read_to_string(tmp.path().join("one/F")).unwrap(),
         "acme/one"
     );
+}
+
+/// Every regular file under `dir`, with the SHA-256 of its bytes.
+fn hashes(dir: &Path) -> Vec<(PathBuf, String)> {
+    use sha2::Digest;
+    let mut out: Vec<(PathBuf, String)> = walk(dir)
+        .into_iter()
+        .filter(|p| p.is_file())
+        .map(|p| {
+            let bytes = std::fs::read(&p).expect("read");
+            (p, format!("{:x}", sha2::Sha256::digest(&bytes)))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// On a local engine the checkout is a directory the agent prepared, mounted at the job's
+/// working directory: no copy through the engine, the tree owned by the job's user, and the
+/// objects it shares with the mirror (hard links, no copy) read-only even to root in the job.
+/// A root job that tries to rewrite, truncate, remove, relink or remount them changes
+/// nothing of the mirror, and the directory is gone with the job.
+#[test]
+fn a_job_that_rewrites_its_git_objects_cannot_change_the_mirror() {
+    let rig = Rig::start();
+    let user = rig.user_key(&["acme"]);
+    let widget = rig.work_repo("acme/widget");
+    widget.write(
+        ".circleci/config.yml",
+        &format!(
+            r#"version: 2.1
+jobs:
+  own:
+    docker:
+      - image: {img}
+        user: circleci
+    steps:
+      - checkout
+      - run:
+          name: the job's own tree
+          command: |
+            set -e
+            echo "owner=$(stat -c %u:%g . README.md .git .git/HEAD .git/objects .git/objects/pack | sort -u | tr '\n' ' ')"
+            echo "shared-owner=$(stat -c %u .git/bosun-shared-objects/pack/*.pack | sort -u | tr '\n' ' ')"
+            touch new-file && git status --porcelain
+            git fsck --strict --no-dangling >/dev/null 2>&1 && echo fsck=ok
+            git fetch -q origin && echo fetched
+            grep -q " $PWD rw," /proc/self/mountinfo && echo mounted-rw
+            grep -q " $PWD/.git/bosun-shared-objects ro," /proc/self/mountinfo && echo shared-ro
+  hostile:
+    docker:
+      - image: {img}
+    steps:
+      - checkout
+      - run:
+          name: rewrite every object
+          command: |
+            set +e
+            echo "whoami=$(id -u)"
+            for f in $(find .git -type f); do chmod u+w "$f" 2>/dev/null; printf garbage >> "$f" 2>/dev/null && echo "wrote $f"; done
+            for f in .git/bosun-shared-objects/pack/*; do
+              : > "$f" 2>/dev/null && echo "TRUNCATED $f"
+              chmod 666 "$f" 2>/dev/null && echo "CHMODDED $f"
+              ln "$f" /tmp/linked 2>/dev/null && echo "LINKED $f"
+              ln "$f" .git/objects/pack/linked 2>/dev/null && echo "LINKED-INSIDE $f"
+              rm -f "$f" 2>/dev/null && echo "REMOVED $f"
+            done
+            mount -o remount,rw "$PWD/.git/bosun-shared-objects" 2>/dev/null && echo REMOUNTED
+            umount "$PWD/.git/bosun-shared-objects" 2>/dev/null && echo UNMOUNTED
+            git gc --prune=now -q 2>/dev/null; git repack -a -d -q 2>/dev/null
+            echo done-hostile
+"#,
+            img = image("base")
+        ),
+    );
+    widget.write("README.md", "one\n");
+    widget.commit("one");
+    widget.push("HEAD:refs/heads/main");
+
+    let scratch = Project::new("");
+    let tmp = tempfile::tempdir().expect("tmp");
+    let tmpdir = tmp.path().display().to_string();
+    let kh = rig.known_hosts_file();
+    let run = |job: &str| {
+        let mut args: Vec<String> = vec![
+            "--json".into(),
+            "--repo".into(),
+            "git@bitbucket.org:acme/widget.git".into(),
+            "--ref".into(),
+            "main".into(),
+            "--job".into(),
+            job.into(),
+            "--network".into(),
+            rig.network.clone(),
+            "--user-key".into(),
+            user.private_path.display().to_string(),
+            "--known-hosts".into(),
+            kh.display().to_string(),
+        ];
+        for m in rig.vcs_host_mapping() {
+            args.extend(["--vcs-host".into(), m]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let o = scratch.execute_env(&args, &[("TMPDIR", &tmpdir)]);
+        assert_eq!(o.code, 0, "{job}: {}\n{}", o.stdout, o.stderr);
+        let work = tmp.path().join("bosun-work/execute");
+        let left: Vec<_> = std::fs::read_dir(&work)
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        assert!(left.is_empty(), "{job}: job directories left: {left:?}");
+        o.output()
+    };
+
+    let out = run("own");
+    assert!(
+        out.contains("into /home/circleci/project: in place"),
+        "the checkout went in without a copy: {out}"
+    );
+    assert!(out.contains("owner=3434:3434 \n"), "{out}");
+    assert!(!out.contains("shared-owner=3434"), "{out}");
+    assert!(out.contains("?? new-file"), "{out}");
+    for word in ["fsck=ok", "fetched", "mounted-rw", "shared-ro"] {
+        assert!(out.contains(word), "{word}: {out}");
+    }
+    let cache = scratch.store.path().join("cache");
+    let mirrors = mirror_dirs(&cache);
+    assert_eq!(mirrors.len(), 1, "one mirror: {cache:?}");
+    let before = hashes(&mirrors[0].join("objects"));
+    assert!(
+        before
+            .iter()
+            .any(|(p, _)| p.extension().is_some_and(|x| x == "pack")),
+        "the mirror holds a pack"
+    );
+
+    let out = run("hostile");
+    assert!(out.contains("whoami=0"), "{out}");
+    assert!(out.contains("done-hostile"), "{out}");
+    assert!(
+        out.contains("wrote .git/HEAD"),
+        "the job's own files are its own: {out}"
+    );
+    for word in [
+        "wrote .git/bosun-shared-objects",
+        "TRUNCATED",
+        "CHMODDED",
+        "LINKED",
+        "REMOVED",
+        "REMOUNTED",
+        "UNMOUNTED",
+    ] {
+        assert!(!out.contains(word), "{word}: {out}");
+    }
+    assert_eq!(
+        hashes(&mirrors[0].join("objects")),
+        before,
+        "the mirror's objects are unchanged"
+    );
+    let out = run("own");
+    assert!(out.contains("fsck=ok"), "{out}");
 }

@@ -11,7 +11,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 /// An ed25519 key pair made with `ssh-keygen`.
-fn keygen(dir: &Path, name: &str) -> PathBuf {
+pub(crate) fn keygen(dir: &Path, name: &str) -> PathBuf {
     let path = dir.join(name);
     harness::run(
         Command::new("ssh-keygen")
@@ -28,16 +28,16 @@ fn config(extra_env: &str, step: &str) -> String {
     )
 }
 
-/// A job started with `--ssh`, and how to reach it.
-struct Gateway {
-    run: harness::Running,
-    port: u16,
+/// A job started with `--ssh`, and how to reach it (`tests/it/sftp.rs` uses it too).
+pub(crate) struct Gateway {
+    pub(crate) run: harness::Running,
+    pub(crate) port: u16,
     fingerprint: String,
-    dir: tempfile::TempDir,
-    key: PathBuf,
+    pub(crate) dir: tempfile::TempDir,
+    pub(crate) key: PathBuf,
 }
 
-fn start(p: &Project, args: &[&str]) -> Gateway {
+pub(crate) fn start(p: &Project, args: &[&str]) -> Gateway {
     let dir = tempfile::tempdir().expect("tempdir");
     let key = keygen(dir.path(), "id_user");
     let pubkey = format!("{}.pub", key.display());
@@ -83,7 +83,7 @@ fn start(p: &Project, args: &[&str]) -> Gateway {
 }
 
 impl Gateway {
-    fn ssh(&self, key: &Path, user: &str) -> Command {
+    pub(crate) fn ssh(&self, key: &Path, user: &str) -> Command {
         let mut c = Command::new("ssh");
         c.args([
             "-o",
@@ -106,7 +106,7 @@ impl Gateway {
         c
     }
 
-    fn run_as(&self, key: &Path, user: &str, cmd: &str) -> Output {
+    pub(crate) fn run_as(&self, key: &Path, user: &str, cmd: &str) -> Output {
         self.ssh(key, user).arg(cmd).output().expect("ssh")
     }
 
@@ -136,7 +136,7 @@ impl Gateway {
     }
 }
 
-fn text(o: &Output) -> String {
+pub(crate) fn text(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 

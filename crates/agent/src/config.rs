@@ -63,6 +63,10 @@ pub struct AgentConfig {
     /// bosun/machine unless mapped here).
     #[serde(default)]
     pub machine_images: std::collections::BTreeMap<String, String>,
+    /// Registry orbs a pipeline's config may import (DIR/NAMESPACE/NAME@VERSION.yml): the
+    /// coordinator's `--orb-dir` orbs, so that both compile the config alike.
+    #[serde(default)]
+    pub orb_dir: Option<PathBuf>,
     /// What a docker job's `resource_class` does: `apply` CircleCI's CPUs and memory for the
     /// class as container limits, `scale:FACTOR` them (e.g. `scale:0.5` on a smaller host),
     /// or `off`.
@@ -265,6 +269,7 @@ const KEYS: &[(&str, Kind)] = &[
     ("engine_subnet_pools", Kind::List),
     ("engine_keep_images", Kind::Bool),
     ("resource_class_limits", Kind::Str),
+    ("orb_dir", Kind::Str),
 ];
 
 impl AgentConfig {

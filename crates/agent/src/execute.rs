@@ -365,12 +365,23 @@ async fn run_async(args: ExecuteArgs, sink: Arc<dyn EventSink>) -> u8 {
     let cancel = CancellationToken::new();
     spawn_signal_handler(cancel.clone(), Arc::clone(&sink));
     let label = args.workflow.clone().unwrap_or_else(|| args.job.clone());
+    // The engine's version is asked while the request is read (keys, settings): the two
+    // overlap instead of adding up.
+    let connecting = tokio::spawn(DockerExecutor::connect());
     let ready = match request(&args) {
-        Ok(req) => DockerExecutor::connect()
-            .await
-            .map(|e| (req, e))
-            .map_err(RequestError::from),
-        Err(e) => Err(e),
+        Ok(req) => match connecting.await {
+            Ok(connected) => connected.map(|e| (req, e)).map_err(RequestError::from),
+            Err(e) => Err(RequestError::from(
+                bosun_core::executor::ExecutorError::Connect {
+                    host: std::env::var("DOCKER_HOST").ok(),
+                    source: Box::new(e),
+                },
+            )),
+        },
+        Err(e) => {
+            connecting.abort();
+            Err(e)
+        }
     };
     let (req, executor) = match ready {
         Ok(r) => {
@@ -389,6 +400,21 @@ async fn run_async(args: ExecuteArgs, sink: Arc<dyn EventSink>) -> u8 {
         }
     };
     let executor: Arc<dyn bosun_core::executor::Executor> = Arc::new(executor);
+    {
+        // What a killed run left: job directories whose containers are gone.
+        let executor = Arc::clone(&executor);
+        tokio::spawn(async move {
+            let n = bosun_core::job::work_tree::sweep_stale(
+                executor.as_ref(),
+                "execute",
+                Duration::from_secs(600),
+            )
+            .await;
+            if n > 0 {
+                tracing::info!("removed {n} job working directories an earlier run left");
+            }
+        });
+    }
     // Kept until the job has ended: the gateway stops with it.
     let _gateway = if args.ssh.ssh {
         let started = match args.ssh.authorized_keys() {
@@ -602,6 +628,7 @@ fn request(args: &ExecuteArgs) -> Result<JobRequest, RequestError> {
         pipeline_params,
         trigger_source: String::new(),
         base_revision: String::new(),
+        schedule: Default::default(),
         pipeline_number: args.build_num,
         branch: None,
         tag: None,

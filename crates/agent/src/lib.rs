@@ -548,6 +548,10 @@ async fn remove_orphans(agent: &Arc<Agent>) {
             tracing::warn!("removed {n} job engine socket directories left by an earlier run");
         }
     }
+    let n = bosun_core::job::work_tree::sweep(&agent.agent_id);
+    if n > 0 {
+        tracing::warn!("removed {n} job working directories left by an earlier run");
+    }
     match bosun_core::job::sweep(agent.executor.as_ref(), &agent.agent_id, keep_images).await {
         Ok(removed) => {
             for (kind, id) in removed {

@@ -7,7 +7,9 @@
 //! the start-up sweep removes those a killed agent left) until a job takes it; from then on it
 //! is the job's and its resource guard removes it at the end. The pool never sees it again: a
 //! container serves one job only. One left unused for `ready_idle_secs` is removed, and so
-//! is everything the pool holds when the agent stops.
+//! is everything the pool holds when the agent stops — those still being made too: a stop
+//! waits for every create the pool started and removes what it made, so an agent that
+//! exits leaves nothing for the next start's sweep.
 
 use bosun_core::executor::{ContainerSpec, Executor, LABEL_AGENT, LABEL_KIND};
 use bosun_core::job::ready::{self, ReadyContainer, ReadySource};
@@ -23,6 +25,8 @@ pub struct Pool {
     state: Mutex<State>,
     /// Woken when a container is ready (its expiry is known from then on).
     pub made: tokio::sync::Notify,
+    /// Woken when a making ends (its container kept, removed, or never made).
+    settled: tokio::sync::Notify,
 }
 
 #[derive(Default)]
@@ -34,7 +38,8 @@ struct State {
     recent: Vec<ContainerSpec>,
     /// Containers ready to be taken.
     ready: Vec<Slot>,
-    /// Specs whose container is being made now.
+    /// Specs whose container is being made now: from the moment [`Pool::tend`] decides to
+    /// make one until it is ready, or (the pool closed, or the making failed) removed.
     making: Vec<ContainerSpec>,
     /// The agent stops: what is being made now is removed when it is ready.
     closed: bool,
@@ -57,6 +62,7 @@ impl Pool {
                 ..State::default()
             }),
             made: tokio::sync::Notify::new(),
+            settled: tokio::sync::Notify::new(),
         }
     }
 
@@ -120,16 +126,17 @@ impl Pool {
                     (LABEL_KIND.to_owned(), KIND_POOL.to_owned()),
                 ];
                 let made = ready::prepare(pool.executor.as_ref(), &spec).await;
-                // Decided under the lock, done after it.
+                // Decided under the lock, done after it; the spec stays in `making` until
+                // a container the pool will not keep is gone, so that a stop waits for it.
                 let leftover = {
                     let mut st = pool.state();
-                    st.making.retain(|k| k != &key);
                     match made {
                         Ok(container) if st.closed => Some(container.id),
                         Ok(container) => {
                             tracing::debug!(id = %container.id, image = %key.image, "a container is ready for the next job");
+                            st.making.retain(|k| k != &key);
                             st.ready.push(Slot {
-                                key,
+                                key: key.clone(),
                                 container,
                                 made: Instant::now(),
                             });
@@ -140,13 +147,17 @@ impl Pool {
                             // retried until a job uses it again.
                             tracing::warn!(image = %key.image, "could not make a ready container: {e}");
                             st.recent.retain(|k| k != &key);
+                            st.making.retain(|k| k != &key);
                             None
                         }
                     }
                 };
                 if let Some(id) = leftover {
+                    tracing::debug!(%id, "the pool closed while this container was made: removing it");
                     pool.remove(&id).await;
+                    pool.state().making.retain(|k| k != &key);
                 }
+                pool.settled.notify_waiters();
                 pool.made.notify_waiters();
             });
         }
@@ -159,7 +170,8 @@ impl Pool {
     }
 
     /// Remove every container the pool holds, and from now on every one it finishes making
-    /// (the agent stops).
+    /// (the agent stops). Returns once every making has ended and what it made is removed:
+    /// a create still under way when the agent exits would leave a container nobody owns.
     pub async fn clear(&self) {
         let slots = {
             let mut st = self.state();
@@ -169,6 +181,21 @@ impl Pool {
         };
         for slot in slots {
             self.remove(&slot.container.id).await;
+        }
+        loop {
+            let settled = self.settled.notified();
+            tokio::pin!(settled);
+            // Registered before the check, so a making that ends in between wakes us.
+            settled.as_mut().enable();
+            let left = self.state().making.len();
+            if left == 0 {
+                break;
+            }
+            tracing::debug!(
+                left,
+                "waiting for the ready containers being made, to remove them"
+            );
+            settled.await;
         }
     }
 

@@ -120,3 +120,38 @@ async fn a_dead_ready_container_is_not_handed_out_and_idle_ones_expire() {
     .await;
     pool.clear().await;
 }
+
+/// The agent stops (SIGTERM) while the pool is making a container for the job that just
+/// ended: the stop returns only once that container is made and removed. Before, `clear`
+/// returned at once, the agent exited, and the engine kept a running container labelled
+/// `bosun.kind=pool` until the same agent id started again.
+#[tokio::test(flavor = "current_thread")]
+async fn a_stop_waits_for_the_container_being_made_and_removes_it() {
+    let double = Recording::new(Script {
+        start_delay: Duration::from_millis(300),
+        ..Script::default()
+    });
+    let pool = Arc::new(Pool::new(
+        double.clone(),
+        "agent-1",
+        1,
+        Duration::from_secs(60),
+    ));
+    pool.used(&key());
+    pool.tend().await;
+    // Created, not yet started: the engine has it, the pool has not got it back yet.
+    until("the container created", || double.live().len() == 1).await;
+    assert!(pool.ready_ids().is_empty(), "still being made");
+    pool.clear().await;
+    assert_eq!(
+        double.live(),
+        Vec::<String>::new(),
+        "the stop waited for the create it started and removed what it made"
+    );
+    assert!(pool.ready_ids().is_empty());
+    // Nothing is made after the stop.
+    pool.used(&key());
+    pool.tend().await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert!(double.live().is_empty(), "a closed pool makes nothing");
+}

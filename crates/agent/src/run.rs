@@ -152,7 +152,14 @@ fn request(agent: &Arc<Agent>, wire: &mut WireJob) -> Result<JobRequest, Request
             reference: Some(wire.commit_sha.clone()),
         },
         local_branch: None,
-        config: ConfigSource::Repository,
+        // A continued pipeline's jobs compile the config its setup workflow made.
+        config: match wire.pipeline.as_ref().and_then(|p| p.config.clone()) {
+            Some(text) => ConfigSource::Text {
+                text,
+                name: "the continued config".to_owned(),
+            },
+            None => ConfigSource::Repository,
+        },
         // One container per claimed job: the coordinator hands out each node as its own job.
         target: Target::Node {
             job: wire.job_name.clone(),
@@ -196,6 +203,11 @@ fn request(agent: &Arc<Agent>, wire: &mut WireJob) -> Result<JobRequest, Request
             .as_ref()
             .map(|p| p.base_revision.clone())
             .unwrap_or_default(),
+        schedule: wire
+            .pipeline
+            .as_ref()
+            .map(|p| (p.schedule_name.clone(), p.schedule_id.clone()))
+            .unwrap_or_default(),
         pipeline_number: wire.pipeline_number,
         branch: wire.branch.clone(),
         tag: wire.tag.clone(),
@@ -220,7 +232,7 @@ fn request(agent: &Arc<Agent>, wire: &mut WireJob) -> Result<JobRequest, Request
                 None => local,
             }
         },
-        orb_dir: None,
+        orb_dir: cfg.orb_dir.clone(),
         machine_images: cfg.machine_images.clone(),
         limits: cfg.resource_class_limits,
         registry: agent.registry.clone(),

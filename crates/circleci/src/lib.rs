@@ -5,9 +5,11 @@
 //! `halt` file the agent looks for after the step; `tests split` reads `timings.tsv`, which the
 //! agent wrote from the job's earlier stored test results. Nothing it does reaches another job.
 //! The same executable is also the container's step runner ([`step_runner`]), run by the main
-//! process with a private argument.
+//! process with a private argument, and the SFTP server of the SSH gateway's sessions
+//! ([`sftp`]), with another.
 
 pub mod glob;
+pub mod sftp;
 pub mod split;
 pub mod step_runner;
 pub mod subst;
@@ -49,6 +51,7 @@ pub fn main(args: &[String]) -> i32 {
         ["tests", "run", opts @ ..] => tests_run(opts),
         ["env", "subst", text @ ..] => env_subst(text),
         [step_runner::ARG] => Ok(serve_steps()),
+        [sftp::ARG] => Ok(sftp::run()),
         [] | ["help" | "--help" | "-h", ..] => {
             println!("{USAGE}");
             Ok(0)

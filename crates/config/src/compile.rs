@@ -3,7 +3,7 @@
 //! processed (2.0-shaped) YAML tree.
 
 use super::graph::{
-    Filter, Filters, Pattern, RequiredStatus, Workflow, WorkflowJob, WorkflowJobKind,
+    Filter, Filters, Pattern, RequiredStatus, Schedule, Workflow, WorkflowJob, WorkflowJobKind,
 };
 use super::plan::CompiledJob;
 use super::yaml::{self, Node, Pos, Value};

@@ -8,6 +8,17 @@ use std::collections::{BTreeSet, HashMap};
 pub struct Workflow {
     pub name: String,
     pub jobs: Vec<WorkflowJob>,
+    /// `triggers: - schedule:`: a workflow with triggers runs at its schedules' times only,
+    /// never for a push or an API trigger (CircleCI's rule; the coordinator selects).
+    pub triggers: Vec<Schedule>,
+}
+
+/// One `triggers: - schedule:` entry: `cron` times (UTC) on the branches `branches` allows
+/// (every branch without it).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Schedule {
+    pub cron: crate::cron::Cron,
+    pub branches: Option<Filter>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -200,6 +211,19 @@ impl PartialEq for Pattern {
 }
 
 impl Pattern {
+    /// A pattern from its text as written and as [`Pattern::source`] gives it back: `/re/`
+    /// is a regular expression that must match the whole name, anything else an exact name.
+    pub fn parse(source: &str) -> Result<Pattern, regex::Error> {
+        if source.len() >= 2 && source.starts_with('/') && source.ends_with('/') {
+            let inner = &source[1..source.len() - 1];
+            Ok(Pattern::Regex(regex::Regex::new(&format!(
+                "^(?:{inner})$"
+            ))?))
+        } else {
+            Ok(Pattern::Exact(source.to_owned()))
+        }
+    }
+
     pub fn matches(&self, name: &str) -> bool {
         match self {
             Pattern::Exact(s) => s == name,

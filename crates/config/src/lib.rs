@@ -7,6 +7,7 @@
 //! Every error names the file, line, column and key path.
 
 mod compile;
+pub mod cron;
 pub mod graph;
 mod lower;
 pub mod orb_pack;
@@ -17,7 +18,7 @@ pub mod yaml;
 
 pub use graph::{
     filters_allow, readiness, Filter, Filters, GitRef, Pattern, Readiness, RequiredStatus,
-    Workflow, WorkflowJob, WorkflowJobKind,
+    Schedule, Workflow, WorkflowJob, WorkflowJobKind,
 };
 pub use orbdir::OrbDir;
 pub use plan::{
@@ -198,12 +199,11 @@ impl PipelineValues {
                 })
             }
             "trigger_source" => s(&self.trigger_source),
-            "trigger.type" => s(if self.trigger_source == "webhook" {
-                "webhook"
-            } else if !self.schedule_name.is_empty() {
-                "schedule"
-            } else {
-                "api"
+            "trigger.type" => s(match self.trigger_source.as_str() {
+                "webhook" => "webhook",
+                "schedule" | "scheduled_pipeline" => "schedule",
+                _ if !self.schedule_name.is_empty() => "schedule",
+                _ => "api",
             }),
             "schedule.name" => s(&self.schedule_name),
             "schedule.id" => s(&self.schedule_id),

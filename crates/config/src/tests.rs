@@ -401,3 +401,77 @@ fn requires_with_statuses_are_kept_and_a_bad_status_is_located() {
     assert!(e.starts_with("c.yml:13:"), "{e}");
     assert!(e.contains("`done` is not a status"), "{e}");
 }
+
+#[test]
+fn schedule_triggers_are_compiled_and_a_bad_one_is_located() {
+    let text = r#"version: 2.1
+jobs:
+  t: {docker: [{image: x}], steps: [{run: "true"}]}
+workflows:
+  push:
+    jobs: [t]
+  nightly:
+    triggers:
+      - schedule:
+          cron: "21 4 * * *"
+          filters: &f
+            branches:
+              only: [main, /release\/.*/]
+      - schedule: {cron: "0 * * * 1-5"}
+    jobs: [t]
+"#;
+    let c = compile_all(text, &CompileOptions::default()).expect("compiles");
+    let wf = |n: &str| c.workflows.iter().find(|w| w.name == n).expect(n);
+    assert!(wf("push").triggers.is_empty());
+    let t = &wf("nightly").triggers;
+    assert_eq!(t.len(), 2);
+    assert_eq!(t[0].cron.as_str(), "21 4 * * *");
+    let b = t[0].branches.as_ref().expect("branch filter");
+    assert!(b.allows("main") && b.allows("release/1.2") && !b.allows("feature"));
+    assert_eq!(b.only[1].source(), "/release\\/.*/");
+    assert_eq!(
+        Pattern::parse(&b.only[1].source()).expect("parse"),
+        b.only[1]
+    );
+    assert!(t[1].branches.is_none());
+
+    for (bad, at, want) in [
+        (
+            "cron: \"0 0 * * * *\"",
+            "workflows.nightly.triggers[0].schedule.cron",
+            "6 fields",
+        ),
+        (
+            "cron: \"99 * * * *\"",
+            "workflows.nightly.triggers[0].schedule.cron",
+            "invalid cron",
+        ),
+        (
+            "{filters: {branches: {only: main}}}",
+            "workflows.nightly.triggers[0].schedule",
+            "[cron]",
+        ),
+        (
+            "{cron: \"* * * * *\", filters: {tags: {only: v1}}}",
+            "workflows.nightly.triggers[0].schedule.filters",
+            "`branches` only",
+        ),
+        (
+            "{cron: \"* * * * *\", when: x}",
+            "workflows.nightly.triggers[0].schedule",
+            "when",
+        ),
+    ] {
+        let text = format!(
+            "version: 2.1\njobs:\n  t: {{docker: [{{image: x}}], steps: [{{run: \"true\"}}]}}\nworkflows:\n  nightly:\n    triggers:\n      - schedule: {bad}\n    jobs: [t]\n"
+        );
+        let text = text.replace("schedule: cron:", "schedule:\n          cron:");
+        let errs = compile_all(&text, &CompileOptions::default()).expect_err(bad);
+        let e = &errs[0];
+        assert!(
+            e.path.starts_with(at) && e.to_string().contains(want),
+            "{bad}: {e}"
+        );
+        assert!(e.pos.line >= 6, "{bad}: located at {e}");
+    }
+}

@@ -110,9 +110,13 @@ pub struct ProjectSetArgs {
     /// or `data-center:https://HOST` (Data Center's build-status API); empty: statuses off.
     #[arg(long, value_name = "URL")]
     pub status_api: Option<String>,
-    /// A file holding `user:app-password` (or `bearer:TOKEN`) for the status API.
+    /// A file holding `EMAIL:API-TOKEN` (HTTP Basic) or `bearer:TOKEN` for the status API.
     #[arg(long, value_name = "FILE")]
     pub status_credentials_file: Option<PathBuf>,
+    /// Serve the project's status badges without a token (`/badge/...svg`); `false`: only
+    /// with the one `project badge-token` made (the default).
+    #[arg(long)]
+    pub public_badges: Option<bool>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -140,7 +144,7 @@ pub enum KeysCommand {
     },
 }
 
-fn kv(s: &str) -> Result<(String, String)> {
+pub(crate) fn kv(s: &str) -> Result<(String, String)> {
     match s.split_once('=') {
         Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
         _ => Err(CoordError::Invalid(format!("`{s}`: expected K=V"))),
@@ -293,11 +297,15 @@ pub fn project_set(a: ProjectSetArgs) -> Result<()> {
                 .map_err(|e| CoordError::Invalid(e.to_string()))?,
             status_credentials: secret(&a.status_credentials_file)?,
         },
-    )
+    )?;
+    if let Some(public) = a.public_badges {
+        store.set_public_badges(&a.slug, public)?;
+    }
+    Ok(())
 }
 
 /// A new ed25519 key pair: (OpenSSH private key text, public line).
-fn new_key(comment: &str) -> Result<(zeroize::Zeroizing<String>, String)> {
+pub(crate) fn new_key(comment: &str) -> Result<(zeroize::Zeroizing<String>, String)> {
     use russh::keys::ssh_key::private::Ed25519Keypair;
     use russh::keys::ssh_key::LineEnding;
     use russh::keys::PrivateKey;

@@ -8,10 +8,15 @@
 //! routes, server-sent events; the HTML of the pages in [`pages`]) ← [`serve`] and the CLI commands here.
 
 pub mod api;
+pub mod api_v2;
 pub mod bitbucket;
 pub mod blobs;
+mod cli_api;
+mod cli_badges;
 mod cli_contexts;
+mod cli_follow;
 mod cli_pipelines;
+mod cli_schedules;
 mod error;
 pub mod metrics;
 pub mod model;
@@ -20,6 +25,7 @@ pub mod pages;
 pub mod per_address;
 pub mod pipelines;
 pub mod rerun;
+pub mod schedules;
 pub mod secrets;
 mod serve;
 pub mod server;
@@ -127,10 +133,21 @@ pub enum Command {
     /// one (kept as a digest), `revoke NAME` revokes every token of NAME.
     #[command(subcommand)]
     Operator(cli_pipelines::OperatorCommand),
+    /// Read-only API v2 tokens for one project (docs/api-v2.md): `new --project SLUG NAME`
+    /// prints one, `revoke NAME` revokes them.
+    #[command(subcommand)]
+    ApiToken(cli_api::ApiTokenCommand),
     /// Contexts: named sets of secret variables a workflow job's `context:` gives it, and
     /// their restrictions (docs/contexts.md).
     #[command(subcommand)]
     Context(cli_contexts::ContextCommand),
+    /// Users' keys on Bitbucket: `user key add|rm` ("Authorize with Bitbucket").
+    #[command(subcommand)]
+    User(cli_follow::UserCommand),
+    /// Scheduled pipelines: `add --project P --name N --cron EXPR --branch B [--param K=V]…
+    /// [--actor NAME]`, `ls`, `rm`, `pause`, `resume` (docs/schedules.md).
+    #[command(subcommand)]
+    Schedule(cli_schedules::ScheduleCommand),
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -274,6 +291,15 @@ pub struct ServeArgs {
     /// mirror just used.
     #[arg(long, value_name = "SIZE", default_value = "10GiB", value_parser = blobs::parse_size)]
     pub config_mirror_budget: u64,
+    /// Tests only: the scheduler reads "now" (milliseconds since the epoch) from this file
+    /// instead of the system clock, so a test moves schedules through their ticks.
+    #[arg(long, value_name = "FILE", hide = true)]
+    pub schedule_clock_file: Option<PathBuf>,
+    /// Registry orbs pipeline configs may import (`circleci/continuation@2.0.1`):
+    /// DIR/NAMESPACE/NAME@VERSION.yml, as `bosun execute --orb-dir`; agents need the same
+    /// orbs (their `orb_dir`).
+    #[arg(long, value_name = "DIR")]
+    pub orb_dir: Option<PathBuf>,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -293,6 +319,13 @@ fn parse_ttl(text: &str) -> std::result::Result<Duration, String> {
 pub enum ProjectCommand {
     /// Add a project (a Bitbucket repository) jobs can be queued for.
     Add(ProjectAddArgs),
+    /// Follow a Bitbucket repository through its REST API: the project is added (or found),
+    /// a new deploy key is added to the repository and a webhook to this coordinator created.
+    /// Following again adds nothing twice.
+    Follow(cli_follow::FollowArgs),
+    /// Remove Bosun's webhook and deploy key from the repository (only Bosun's); the
+    /// project's pipelines and settings stay.
+    Unfollow(cli_follow::UnfollowArgs),
     /// Bitbucket settings: webhook secret, build rules, commit status API and credentials.
     Set(cli_pipelines::ProjectSetArgs),
     /// Make an ed25519 deploy key for the project (replacing its deploy key) and print the
@@ -302,6 +335,9 @@ pub enum ProjectCommand {
     /// Bitbucket); `revoke --user|--deploy`: forget a key.
     #[command(subcommand)]
     Keys(cli_pipelines::KeysCommand),
+    /// Make a new badge token for the project's status badges (the old one stops working)
+    /// and print it with the README's Markdown.
+    BadgeToken(cli_badges::BadgeTokenArgs),
     /// Let only these agents run the project's jobs (its keys go to them only); without
     /// `--agent`, any agent may again.
     Restrict {
@@ -668,8 +704,20 @@ fn run_inner(cmd: Command) -> Result<()> {
         Command::CancelPipeline(a) => cli_pipelines::cancel(a, &mut |s| print(&mut out, s)),
         Command::RerunPipeline(a) => cli_pipelines::rerun(a, &mut |s| print(&mut out, s)),
         Command::Operator(c) => cli_pipelines::operator(c, &mut |s| print(&mut out, s)),
+        Command::ApiToken(c) => cli_api::api_token(c, &mut |s| print(&mut out, s)),
         Command::Context(c) => cli_contexts::run(c, &mut |s| print(&mut out, s)),
+        Command::Schedule(c) => cli_schedules::run(c, &mut |s| print(&mut out, s)),
         Command::Project(ProjectCommand::Set(a)) => cli_pipelines::project_set(a),
+        Command::Project(ProjectCommand::Follow(a)) => {
+            cli_follow::follow_repo(a, &mut |s| print(&mut out, s))
+        }
+        Command::Project(ProjectCommand::Unfollow(a)) => {
+            cli_follow::unfollow_repo(a, &mut |s| print(&mut out, s))
+        }
+        Command::User(c) => cli_follow::user(c, &mut |s| print(&mut out, s)),
+        Command::Project(ProjectCommand::BadgeToken(a)) => {
+            cli_badges::badge_token(a, &mut |s| print(&mut out, s))
+        }
         Command::Project(ProjectCommand::Keygen(a)) => {
             cli_pipelines::keygen(a, &mut |s| print(&mut out, s))
         }
@@ -695,7 +743,7 @@ fn run_inner(cmd: Command) -> Result<()> {
 }
 
 /// The `host[:port]` of a Data Center base URL (`https://bitbucket.example.com/`).
-fn data_center_server(url: &str) -> Result<String> {
+pub(crate) fn data_center_server(url: &str) -> Result<String> {
     let bad = || {
         CoordError::Invalid(format!(
             "--data-center `{}`: expected the server's base URL, such as https://bitbucket.example.com",

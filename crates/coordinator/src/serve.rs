@@ -232,15 +232,26 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
             vcs_hosts: args.vcs_hosts.clone(),
             data_dir: args.data.data.clone(),
             mirror_budget: args.config_mirror_budget,
+            orb_dir: args.orb_dir.clone(),
         },
     );
     bitbucket::status::spawn(state.clone());
+    crate::schedules::spawn(
+        state.clone(),
+        crate::schedules::SchedulerSettings::new(
+            args.schedule_clock_file.clone(),
+            args.vcs_hosts.clone(),
+            args.data.data.clone(),
+            args.config_mirror_budget,
+        ),
+    );
 
     let app = api::router(state.clone(), blobs::api::router(state.clone()))
         .merge(web::router(state.clone()))
         .merge(metrics::router(state.clone()))
         .merge(oidc::router(state.clone()))
         .merge(bitbucket::router(state.clone()))
+        .merge(api_v2::router(state.clone(), args.orb_dir.clone()))
         .fallback(api::not_found)
         .layer(axum::middleware::map_response(api::json_errors));
     let stop = state.shutdown.clone();

@@ -39,6 +39,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/pipelines/{id}/cancel", post(pages::pipelines::cancel))
         .route("/pipelines/{id}/rerun", post(pages::pipelines::rerun))
         .route("/pipeline-assets/{name}", get(pages::pipelines::script))
+        .route("/badge/{*path}", get(pages::badge::badge))
+        .route("/projects/{*slug}", get(pages::badge::project_page))
         .layer(axum::middleware::map_response(security_headers))
         .with_state(state)
 }

@@ -216,12 +216,21 @@ pub struct WirePipeline {
     /// `pipeline.parameters` given to the trigger (`--param K=V`), as text.
     #[serde(default)]
     pub parameters: Vec<(String, String)>,
-    /// `pipeline.trigger_source`: `webhook` or `api`.
+    /// `pipeline.trigger_source`: `webhook`, `api`, `scheduled_pipeline` or `schedule`.
     #[serde(default)]
     pub trigger_source: String,
     /// `pipeline.git.base_revision` (the previous pipeline's commit on the branch), or empty.
     #[serde(default)]
     pub base_revision: String,
+    /// `pipeline.schedule.name` and `.id` of a scheduled pipeline, or empty.
+    #[serde(default)]
+    pub schedule_name: String,
+    #[serde(default)]
+    pub schedule_id: String,
+    /// The config to compile instead of the commit's `.circleci/config.yml`: a job of a
+    /// workflow that a setup workflow's continuation added (dynamic config). Absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

@@ -113,13 +113,27 @@ pub fn setup_keyed(
     settings: &[&str],
     start: impl FnOnce(&Coordinator, &Rig) -> Vec<Agent>,
 ) -> Setup {
+    setup_serving(config, key, &[], settings, start)
+}
+
+/// [`setup_keyed`] with more `serve` arguments (`serve_args`).
+pub fn setup_serving(
+    config: &str,
+    key: &[&str],
+    serve_args: &[&str],
+    settings: &[&str],
+    start: impl FnOnce(&Coordinator, &Rig) -> Vec<Agent>,
+) -> Setup {
     let rig = Rig::start();
     rig.create_repo("acme/widget");
     let repo = rig.work_repo("acme/widget");
     repo.write(".circleci/config.yml", config);
     repo.commit("config");
     repo.push("HEAD:refs/heads/main");
-    let c = Coordinator::builder().vcs_hosts(&rig).start();
+    let c = Coordinator::builder()
+        .vcs_hosts(&rig)
+        .args(serve_args)
+        .start();
     super::add_stand_in_project(
         &c.data,
         &rig,

@@ -16,6 +16,7 @@
 //! on purpose: it must not share code (or bugs) with the agent under test.
 
 pub mod bitbucket;
+pub mod bitbucket_api;
 mod browser;
 mod corpus;
 mod fleet;

@@ -25,6 +25,7 @@ impl Engine {
                                 filters: Filters::default(),
                                 serial_group: None,
                             }],
+                            triggers: Vec::new(),
                         },
                         vec![("build".to_owned(), x.node)],
                     )),
@@ -158,6 +159,10 @@ impl Engine {
                 }
             }
         }
+        let triggers = match wf.get("triggers") {
+            Some(t) => self.triggers(t, &join(path, "triggers"))?,
+            None => Vec::new(),
+        };
         let jobs = wf
             .get("jobs")
             .ok_or_else(|| self.err(&wf, path, "required key [jobs] not found"))?;
@@ -401,6 +406,7 @@ impl Engine {
             Workflow {
                 name: name.to_owned(),
                 jobs: out_jobs,
+                triggers,
             },
             nodes,
         )))
@@ -867,5 +873,67 @@ impl Engine {
             branches: one("branches")?,
             tags: one("tags")?,
         })
+    }
+
+    /// `triggers:` of a workflow: a list of `- schedule: {cron, filters: {branches}}`.
+    pub(super) fn triggers(&self, t: &Node, path: &str) -> Result<Vec<Schedule>, ConfigError> {
+        let items = t.as_seq().ok_or_else(|| {
+            self.err(
+                t,
+                path,
+                format!("expected a list of triggers, found {}", t.kind()),
+            )
+        })?;
+        let mut out = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            let ip = format!("{path}[{i}]");
+            let m = self.expect_map(item, &ip)?;
+            self.check_keys(m, &["schedule"], &ip)?;
+            let s = item
+                .get("schedule")
+                .ok_or_else(|| self.err(item, &ip, "required key [schedule] not found"))?;
+            let sp = join(&ip, "schedule");
+            let sm = self.expect_map(s, &sp)?;
+            self.check_keys(sm, &["cron", "filters"], &sp)?;
+            let cp = join(&sp, "cron");
+            let c = s
+                .get("cron")
+                .ok_or_else(|| self.err(s, &sp, "required key [cron] not found"))?;
+            let text = c
+                .scalar_string()
+                .filter(|_| !matches!(c.value, Value::Seq(_) | Value::Map(_)))
+                .ok_or_else(|| {
+                    self.err(
+                        c,
+                        &cp,
+                        format!("expected a cron expression, found {}", c.kind()),
+                    )
+                })?;
+            let cron = crate::cron::Cron::parse(&text).map_err(|e| {
+                self.err_hint(
+                    c,
+                    &cp,
+                    format!("invalid cron expression `{text}`: {e}"),
+                    crate::cron::CRON_HINT,
+                )
+            })?;
+            let branches = match s.get("filters") {
+                Some(f) => {
+                    let fp = join(&sp, "filters");
+                    if f.get("tags").is_some() {
+                        return Err(self.err_hint(
+                            f,
+                            &fp,
+                            "a schedule's filters take `branches` only",
+                            "a schedule runs on branches; remove `tags`",
+                        ));
+                    }
+                    self.filters(f, &fp)?.branches
+                }
+                None => None,
+            };
+            out.push(Schedule { cron, branches });
+        }
+        Ok(out)
     }
 }

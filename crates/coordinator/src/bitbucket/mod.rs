@@ -1,11 +1,13 @@
 //! Bitbucket in and out: `POST /webhooks/bitbucket` (signature checked, deliveries
 //! de-duplicated, the seed's build rules applied, pipelines made: [`webhook`]) and commit
-//! statuses sent back to Bitbucket's REST API ([`status`]). Payload types in [`payload`]
+//! statuses sent back to Bitbucket's REST API ([`status`]); following a repository and user
+//! keys through that API ([`rest`]). Payload types in [`payload`]
 //! (Cloud's, and what the rules read of either) and [`data_center`] (Data Center's), the HMAC
 //! check in [`signature`].
 
 pub mod data_center;
 pub mod payload;
+pub mod rest;
 pub mod signature;
 pub mod status;
 
@@ -404,6 +406,7 @@ async fn decide_pull_request(
         username: pr.actor.clone(),
         commit_subject: Some(pr.title.clone()),
         params: Vec::new(),
+        ..Default::default()
     });
     Ok(d)
 }

@@ -197,11 +197,9 @@ async fn send(client: &reqwest::Client, s: &OutgoingStatus) -> Result<(), SendEr
         .post(url)
         .header("content-type", "application/json")
         .body(body);
-    let creds = s.credentials.as_str();
-    if let Some(token) = creds.strip_prefix("bearer:") {
-        req = req.bearer_auth(token);
-    } else if let Some((user, pass)) = creds.split_once(':') {
-        req = req.basic_auth(user, Some(pass));
+    // A text that is no credentials goes unsigned, and Bitbucket's 401 says so.
+    if let Ok(creds) = super::rest::Credentials::parse(&s.credentials) {
+        req = creds.sign(req);
     }
     let resp = req.send().await?;
     let status = resp.status();

@@ -4,8 +4,11 @@
 //! can name these types without reaching up into the Bitbucket or pipeline code.
 
 pub mod advance;
+pub mod badge;
 pub mod contexts;
 pub mod expression;
+pub mod notify;
+pub mod schedule;
 
 use std::fmt;
 use std::str::FromStr;
@@ -191,7 +194,7 @@ impl fmt::Display for StatusApi {
 #[derive(Debug, Clone)]
 pub struct ApiSource {
     pub api: StatusApi,
-    /// `user:app-password` or `bearer:TOKEN`.
+    /// `EMAIL:API-TOKEN` or `bearer:TOKEN` (`bitbucket::rest::Credentials`).
     pub credentials: zeroize::Zeroizing<String>,
     /// `workspace/repo` (Cloud) or `PROJECT/repo` (Data Center).
     pub repo: String,

@@ -10,6 +10,7 @@
 //! [`ansi`], which escapes it and turns colours into classes.
 
 pub mod ansi;
+pub mod badge;
 pub mod live;
 mod log;
 pub mod pipelines;

@@ -92,11 +92,9 @@ pub async fn read(
     commit: &str,
 ) -> Result<String, ApiReadError> {
     let mut req = client.get(url(src, commit)?);
-    let creds = src.credentials.as_str();
-    if let Some(token) = creds.strip_prefix("bearer:") {
-        req = req.bearer_auth(token);
-    } else if let Some((user, pass)) = creds.split_once(':') {
-        req = req.basic_auth(user, Some(pass));
+    // A text that is no credentials goes unsigned, and Bitbucket's 401 says so.
+    if let Ok(creds) = crate::bitbucket::rest::Credentials::parse(&src.credentials) {
+        req = creds.sign(req);
     }
     let mut resp = req.send().await.map_err(http)?;
     let status = resp.status();

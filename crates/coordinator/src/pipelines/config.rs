@@ -6,8 +6,9 @@
 //! working tree. It is compiled with the same compiler as `bosun execute --workflow`, pipeline
 //! values filled. Blocking: run it off the async workers.
 
-use crate::model::JobKind;
+use crate::model::{schedule, JobKind};
 use crate::store::pipelines::{NewWorkflow, NewWorkflowJob, PipelineToFetch};
+use crate::store::schedules::{RepoAccess, WorkflowTrigger};
 use bosun_config::{self as config, CompileOptions, GitRef, PipelineValues, WorkflowJobKind};
 use bosun_git::checkout::{self, Credentials};
 use bosun_git::mirror::Mirrors;
@@ -74,8 +75,58 @@ pub fn fetch(
     vcs_hosts: &[String],
     mirrors: &Mirrors,
 ) -> Result<Fetched, ConfigFetchError> {
+    let creds = credentials(&p.keys, &p.known_hosts, vcs_hosts)?;
+    // One mirror per project (by its UUID, which survives renames): two projects never read
+    // each other's fetched objects, even for one URL.
+    let scope = format!("project {}", p.project_uuid);
+    let fetched = checkout::fetch_commit(&p.clone_url, &p.reference, &scope, mirrors, &creds)?;
+    let revision = fetched.commit().to_string();
+    let text = read_config(fetched.repo(), fetched.commit(), &revision)?;
+    keep_within_budget(mirrors);
+    drop(fetched);
+    Ok(Fetched { revision, text })
+}
+
+/// The branches project `r`'s repository has now: its mirror is fetched (as for a
+/// pipeline's config, with the project's keys; the fetch prunes deleted branches) and its
+/// `refs/heads/*` listed. A scheduled workflow fires on those its filters allow.
+pub fn branches(
+    r: &RepoAccess,
+    vcs_hosts: &[String],
+    mirrors: &Mirrors,
+) -> Result<Vec<String>, ConfigFetchError> {
+    let creds = credentials(&r.keys, &r.known_hosts, vcs_hosts)?;
+    let scope = format!("project {}", r.project_uuid);
+    let fetched = checkout::fetch_commit(&r.clone_url, &r.default_branch, &scope, mirrors, &creds)?;
+    let git = |source| ConfigFetchError::Git {
+        revision: r.default_branch.clone(),
+        source,
+    };
+    let mut out = Vec::new();
+    for reference in fetched
+        .repo()
+        .references_glob("refs/heads/*")
+        .map_err(git)?
+    {
+        if let Ok(name) = reference.map_err(git)?.name() {
+            if let Some(b) = name.strip_prefix("refs/heads/") {
+                out.push(b.to_owned());
+            }
+        }
+    }
+    drop(fetched);
+    keep_within_budget(mirrors);
+    Ok(out)
+}
+
+/// The project's keys, its `known_hosts` beside Bitbucket's pinned ones, and `--vcs-host`.
+fn credentials(
+    project_keys: &[(WireKeyRole, zeroize::Zeroizing<String>)],
+    project_known_hosts: &str,
+    vcs_hosts: &[String],
+) -> Result<Credentials, ConfigFetchError> {
     let mut keys = Vec::new();
-    for (role, text) in &p.keys {
+    for (role, text) in project_keys {
         let role = match role {
             WireKeyRole::User => KeyRole::User,
             WireKeyRole::Deploy => KeyRole::Deploy,
@@ -87,9 +138,9 @@ pub fn fetch(
         );
     }
     let mut known_hosts = KnownHosts::pinned();
-    if !p.known_hosts.trim().is_empty() {
+    if !project_known_hosts.trim().is_empty() {
         known_hosts.extend(
-            KnownHosts::parse(&p.known_hosts, "the project's known_hosts")
+            KnownHosts::parse(project_known_hosts, "the project's known_hosts")
                 .map_err(ConfigFetchError::KnownHosts)?,
         );
     }
@@ -99,17 +150,14 @@ pub fn fetch(
             .add_mapping(m.trim())
             .map_err(ConfigFetchError::VcsHost)?;
     }
-    let creds = Credentials {
+    Ok(Credentials {
         keys,
         known_hosts,
         hosts,
-    };
-    // One mirror per project (by its UUID, which survives renames): two projects never read
-    // each other's fetched objects, even for one URL.
-    let scope = format!("project {}", p.project_uuid);
-    let fetched = checkout::fetch_commit(&p.clone_url, &p.reference, &scope, mirrors, &creds)?;
-    let revision = fetched.commit().to_string();
-    let text = read_config(fetched.repo(), fetched.commit(), &revision)?;
+    })
+}
+
+fn keep_within_budget(mirrors: &Mirrors) {
     // Keep the mirrors within their budget, least recently used first, while this one is
     // still locked: the mirror just fetched is never evicted by its own pipeline, nor is one
     // another pipeline is fetching into (`Mirrors::shrink_to` skips locked mirrors). Without
@@ -133,8 +181,6 @@ pub fn fetch(
         evict_ms = t0.elapsed().as_secs_f64() * 1000.0,
         "config mirrors kept within their budget"
     );
-    drop(fetched);
-    Ok(Fetched { revision, text })
 }
 
 /// The config blob of `commit`'s tree: a regular file only (a symbolic link's target or a
@@ -198,14 +244,29 @@ fn read_config(
     })
 }
 
-/// Compile `text` for pipeline `p` at `revision`: its workflows with each job's starting
-/// status (`waiting`, or `not_run` when filters leave it out). `Err`: the compiler's errors,
-/// one per line, each `file:line:col: key: message`.
+/// A pipeline's config, compiled.
+pub struct Compiled {
+    /// The workflows it runs (a scheduled workflow's pipeline: that one; any other: every
+    /// workflow without `triggers`), each job with its starting status.
+    pub workflows: Vec<NewWorkflow>,
+    /// Every workflow's schedules (what the default branch's config says is scheduled).
+    pub triggers: Vec<WorkflowTrigger>,
+    /// The processed config, as `circleci config process` writes it.
+    pub processed: String,
+    /// `setup: true`: its workflows make the real config and continue the pipeline with it.
+    pub setup: bool,
+}
+
+/// Compile `text` for pipeline `p` at `revision`, registry orbs read from `orb_dir`
+/// (`serve --orb-dir`): the workflows it runs with each job's starting status (`waiting`,
+/// or `not_run` when filters leave it out). `Err`: the compiler's errors, one per line,
+/// each `file:line:col: key: message`.
 pub fn compile(
     p: &PipelineToFetch,
     revision: &str,
     text: &str,
-) -> Result<Vec<NewWorkflow>, String> {
+    orb_dir: Option<&Path>,
+) -> Result<Compiled, String> {
     let pipeline = PipelineValues {
         id: p.uuid.clone(),
         number: p.number,
@@ -217,17 +278,19 @@ pub fn compile(
         git_revision: revision.to_owned(),
         git_base_revision: p.base_revision.clone().unwrap_or_default(),
         trigger_source: p.trigger_source.clone(),
+        schedule_name: p.schedule_name.clone(),
+        schedule_id: p.schedule_id.clone(),
         extra: vec![
             ("event.name".to_owned(), p.event.clone()),
             ("event.action".to_owned(), p.event_action.clone()),
         ],
         parameters: p.params.clone(),
-        ..PipelineValues::default()
     };
+    let loader = orb_dir.map(|d| config::OrbDir(d.to_path_buf()));
     let opts = CompileOptions {
         pipeline,
-        orbs: None,
-        orb_dir: None,
+        orbs: loader.as_ref().map(|l| l as &dyn config::OrbLoader),
+        orb_dir: orb_dir.map(|d| d.display().to_string()),
     };
     let file = CONFIG_PATH;
     let compiled = config::compile(text, file, &opts).map_err(|errs| {
@@ -236,18 +299,47 @@ pub fn compile(
             .collect::<Vec<_>>()
             .join("\n")
     })?;
-    if compiled.setup {
-        return Err(format!(
-            "{file}: `setup: true` (dynamic config) needs a continuation, which pipelines do not offer yet"
-        ));
-    }
     let git = match (&p.tag, &p.branch) {
         (Some(t), _) => GitRef::Tag(t),
         (None, b) => GitRef::Branch(b.as_deref().unwrap_or("")),
     };
-    Ok(compiled
+    let triggers = compiled
         .workflows
         .iter()
+        .flat_map(|w| {
+            w.triggers.iter().map(|t| WorkflowTrigger {
+                workflow: w.name.clone(),
+                cron: t.cron.as_str().to_owned(),
+                only: t
+                    .branches
+                    .as_ref()
+                    .filter(|f| !f.only.is_empty())
+                    .map(|f| f.only.iter().map(|p| p.source()).collect()),
+                ignore: t
+                    .branches
+                    .as_ref()
+                    .map(|f| f.ignore.iter().map(|p| p.source()).collect())
+                    .unwrap_or_default(),
+            })
+        })
+        .collect();
+    if let Some(w) = &p.scheduled_workflow {
+        if !compiled.workflows.iter().any(|x| &x.name == w) {
+            return Err(format!(
+                "{file}: the scheduled workflow `{w}` (read from the default branch's config) is not in this config at {revision}"
+            ));
+        }
+    }
+    let workflows = compiled
+        .workflows
+        .iter()
+        .filter(|w| {
+            schedule::runs_workflow(
+                p.scheduled_workflow.as_deref(),
+                &w.name,
+                !w.triggers.is_empty(),
+            )
+        })
         .map(|w| {
             let selected: Vec<&str> = w.jobs_to_run(git).iter().map(|j| j.name.as_str()).collect();
             NewWorkflow {
@@ -305,7 +397,13 @@ pub fn compile(
                     .collect(),
             }
         })
-        .collect())
+        .collect();
+    Ok(Compiled {
+        workflows,
+        triggers,
+        processed: compiled.to_yaml(),
+        setup: compiled.setup,
+    })
 }
 
 #[cfg(test)]
@@ -356,6 +454,9 @@ mod tests {
             base_revision: None,
             default_branch: "main".into(),
             api: None,
+            schedule_name: String::new(),
+            schedule_id: String::new(),
+            scheduled_workflow: None,
         }
     }
 

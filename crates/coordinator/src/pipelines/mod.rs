@@ -32,6 +32,8 @@ pub struct RunnerSettings {
     pub data_dir: std::path::PathBuf,
     /// Bytes the config mirrors may take together (`--config-mirror-budget`).
     pub mirror_budget: u64,
+    /// Registry orbs a config may import (`--orb-dir`: DIR/NAMESPACE/NAME@VERSION.yml).
+    pub orb_dir: Option<std::path::PathBuf>,
 }
 
 /// How long fetching and compiling one pipeline's config may take.
@@ -119,6 +121,7 @@ async fn pass(
         // Each config on its own blocking task, so a slow fetch does not hold up the others'
         // jobs: the pass waits for it, but `advance` below runs for them on the next wake.
         let hosts = settings.vcs_hosts.clone();
+        let orbs = settings.orb_dir.clone();
         let mirrors = config::mirrors(&settings.data_dir, settings.mirror_budget);
         let id = p.id;
         let work = tokio::task::spawn_blocking(move || {
@@ -136,8 +139,9 @@ async fn pass(
                 ),
             };
             let t1 = std::time::Instant::now();
-            let workflows = config::compile(&p, &fetched.revision, &fetched.text)
-                .map_err(|e| (Some(fetched.revision.clone()), e))?;
+            let mut compiled =
+                config::compile(&p, &fetched.revision, &fetched.text, orbs.as_deref())
+                    .map_err(|e| (Some(fetched.revision.clone()), e))?;
             // What a webhook's first job waits for, in parts (issue 16's < 100 ms budget).
             tracing::debug!(
                 pipeline = id,
@@ -146,7 +150,12 @@ async fn pass(
                 compile_ms = t1.elapsed().as_secs_f64() * 1000.0,
                 "config read"
             );
-            Ok::<_, (Option<String>, String)>((fetched.revision, workflows))
+            // The default branch's config says which workflows are scheduled: read again
+            // whenever a pipeline of the default branch compiles (a push to it, above all).
+            let on_default = p.tag.is_none() && p.branch.as_deref() == Some(&p.default_branch);
+            let triggers = std::mem::take(&mut compiled.triggers);
+            let schedules = on_default.then(|| (p.project_uuid.clone(), triggers));
+            Ok::<_, (Option<String>, String)>((fetched, compiled, schedules))
         });
         let outcome = match tokio::time::timeout(CONFIG_LIMIT, work).await {
             Ok(Ok(r)) => r,
@@ -160,9 +169,27 @@ async fn pass(
             )),
         };
         match outcome {
-            Ok((revision, workflows)) => {
+            Ok((fetched, compiled, schedules)) => {
+                if let Some((project, triggers)) = schedules {
+                    let at = fetched.revision.clone();
+                    let changed = state
+                        .db(move |s| s.set_workflow_schedules(&project, &at, &triggers))
+                        .await?;
+                    if changed {
+                        tracing::info!(pipeline = id, revision = %fetched.revision, "scheduled workflows read again");
+                    }
+                }
                 state
-                    .db(move |s| s.pipeline_compiled(id, &revision, &workflows))
+                    .db(move |s| {
+                        // The config first: API v2 reads it once the pipeline runs.
+                        s.record_pipeline_config(id, &fetched.text, &compiled.processed)?;
+                        s.pipeline_compiled(id, &fetched.revision, &compiled.workflows)?;
+                        if compiled.setup {
+                            // Before `advance` queues the setup jobs, which are given it.
+                            s.create_continuation(id)?;
+                        }
+                        Ok(())
+                    })
                     .await?
             }
             Err((revision, error)) => {

@@ -19,7 +19,7 @@ pub struct ProjectSettings {
     /// Bitbucket's REST API (checked by [`StatusApi::parse_setting`]); `Some(None)`:
     /// statuses off.
     pub status_api: Option<Option<StatusApi>>,
-    /// `user:app-password` (HTTP Basic) or a bearer token (`bearer:TOKEN`).
+    /// `EMAIL:API-TOKEN` (HTTP Basic) or a bearer token (`bearer:TOKEN`).
     pub status_credentials: Option<String>,
 }
 
@@ -37,7 +37,7 @@ pub struct WebhookProject {
     pub fork_secrets: bool,
 }
 
-fn webhook_place(pid: i64) -> String {
+pub(super) fn webhook_place(pid: i64) -> String {
     format!("p{pid}/webhook_secret")
 }
 

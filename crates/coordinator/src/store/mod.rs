@@ -43,11 +43,15 @@ pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
 pub const MAX_JOB_TIMEOUT_SECS: u64 = 24 * 3600;
 
 mod access;
+mod api_store;
+pub mod api_v2;
+mod badges;
 mod blob_index;
 pub mod blobs;
 mod change_feed;
 mod context_store;
 pub mod contexts;
+mod follow_store;
 mod intake;
 mod jobs;
 mod lease;
@@ -59,15 +63,21 @@ mod pipeline_store;
 pub mod pipelines;
 mod project_store;
 mod queue_store;
+mod schedule_store;
+pub mod schedules;
+pub use api_store::ApiStore;
+pub use badges::{BadgeProject, BadgeStore};
 pub use blob_index::BlobIndex;
 pub use change_feed::{Change, ChangeFeed, ServedStore};
 pub use context_store::ContextStore;
+pub use follow_store::{FollowRecord, FollowStore, Followed};
 pub use log_store::LogStore;
 pub use pg::PgStore;
 pub use pipeline_actions::parse_pipeline_ref;
 pub use pipeline_store::{PipelineStore, StatusOutbox};
 pub use project_store::{AccessStore, ProjectStore};
 pub use queue_store::QueueStore;
+pub use schedule_store::ScheduleStore;
 mod schema;
 mod ssh;
 #[cfg(test)]
@@ -92,6 +102,10 @@ pub trait Backend:
     + AccessStore
     + BlobIndex
     + ContextStore
+    + FollowStore
+    + ScheduleStore
+    + ApiStore
+    + BadgeStore
 {
 }
 
@@ -104,6 +118,10 @@ impl<T> Backend for T where
         + AccessStore
         + BlobIndex
         + ContextStore
+        + FollowStore
+        + ScheduleStore
+        + ApiStore
+        + BadgeStore
         + ?Sized
 {
 }

@@ -283,9 +283,10 @@ impl Store {
         conn: &Connection,
         job: i64,
     ) -> Result<Option<(bosun_protocol::WirePipeline, bool)>> {
-        Ok(conn
+        conn
             .query_row(
-                "SELECT p.uuid, w.name, w.uuid, p.params, p.trigger_source, COALESCE(p.base_revision, ''), j.restricted \
+                "SELECT p.uuid, w.name, w.uuid, p.params, p.trigger_source, COALESCE(p.base_revision, ''), j.restricted, \
+                 COALESCE(p.schedule_name, ''), COALESCE(p.schedule_id, '') \
                  FROM jobs j JOIN workflow_jobs wj ON wj.job_id = j.id \
                  JOIN workflows w ON w.id = wj.workflow_id JOIN pipelines p ON p.id = w.pipeline_id \
                  WHERE j.id = ?1",
@@ -300,11 +301,22 @@ impl Store {
                                 .unwrap_or_default(),
                             trigger_source: r.get(4)?,
                             base_revision: r.get(5)?,
+                            schedule_name: r.get(7)?,
+                            schedule_id: r.get(8)?,
+                            config: None,
                         },
                         r.get(6)?,
                     ))
                 },
             )
-            .optional()?)
+            .optional()?
+            .map(|(mut p, restricted)| {
+                if let Some((config, params)) = Store::continued_config(conn, job)? {
+                    p.config = Some(config);
+                    p.parameters = params;
+                }
+                Ok((p, restricted))
+            })
+            .transpose()
     }
 }

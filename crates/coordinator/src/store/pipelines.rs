@@ -33,6 +33,12 @@ pub struct NewPipeline {
     pub restricted: bool,
     pub username: Option<String>,
     pub commit_subject: Option<String>,
+    /// `pipeline.schedule.name` and `.id` of a scheduled pipeline (empty otherwise).
+    pub schedule_name: String,
+    pub schedule_id: String,
+    /// The one workflow a scheduled workflow's pipeline runs (`None`: every workflow
+    /// without `triggers`).
+    pub scheduled_workflow: Option<String>,
 }
 
 /// A pipeline whose config is to be fetched: what the fetch needs.
@@ -59,6 +65,10 @@ pub struct PipelineToFetch {
     /// Bitbucket's REST API with the project's credentials, when it has both: the config is
     /// read there first (`coordinator::pipelines::api`).
     pub api: Option<ApiSource>,
+    /// As [`NewPipeline`]'s.
+    pub schedule_name: String,
+    pub schedule_id: String,
+    pub scheduled_workflow: Option<String>,
 }
 
 /// A compiled workflow job, as the store keeps it.
@@ -140,7 +150,7 @@ where
     })
 }
 
-fn requires_json(r: &[(String, Vec<RequiredStatus>)]) -> String {
+pub(super) fn requires_json(r: &[(String, Vec<RequiredStatus>)]) -> String {
     let v: Vec<(String, Vec<&str>)> = r
         .iter()
         .map(|(n, s)| (n.clone(), s.iter().map(|s| s.as_str()).collect()))
@@ -228,7 +238,15 @@ impl Store {
     pub(super) fn create_pipeline(&self, p: &NewPipeline) -> Result<(i64, i64)> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let pid = resolve_project(&tx, &p.project)?;
+        let made = Self::insert_pipeline(&tx, p)?;
+        tx.commit()?;
+        Ok(made)
+    }
+
+    /// [`Self::create_pipeline`] inside the caller's transaction (a schedule's tick claims
+    /// itself in the same one).
+    pub(super) fn insert_pipeline(tx: &Connection, p: &NewPipeline) -> Result<(i64, i64)> {
+        let pid = resolve_project(tx, &p.project)?;
         // One number sequence per project, shared with jobs queued on their own.
         let number: i64 = tx.query_row(
             "SELECT MAX(COALESCE((SELECT MAX(number) FROM pipelines WHERE project_id = ?1), 0), \
@@ -256,9 +274,10 @@ impl Store {
         tx.execute(
             "INSERT INTO pipelines(project_id, number, uuid, git_ref, branch, tag, commit_sha, \
              base_revision, trigger_source, event, event_action, params, pr_number, pr_url, \
-             pr_fork, restricted, username, commit_subject, status, created) \
+             pr_fork, restricted, username, commit_subject, status, created, schedule_name, \
+             schedule_id, scheduled_workflow) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, \
-             ?18, 'created', ?19)",
+             ?18, 'created', ?19, ?20, ?21, ?22)",
             params![
                 pid,
                 number,
@@ -278,11 +297,13 @@ impl Store {
                 p.restricted,
                 p.username,
                 p.commit_subject,
-                now_ms()
+                now_ms(),
+                (!p.schedule_name.is_empty()).then_some(&p.schedule_name),
+                (!p.schedule_id.is_empty()).then_some(&p.schedule_id),
+                p.scheduled_workflow,
             ],
         )?;
         let id = tx.last_insert_rowid();
-        tx.commit()?;
         Ok((id, number))
     }
 
@@ -294,7 +315,8 @@ impl Store {
             "SELECT p.id, p.uuid, p.number, pr.slug, pr.clone_url, pr.user_key, pr.deploy_key, \
              pr.known_hosts, COALESCE(p.commit_sha, p.git_ref), p.branch, p.tag, p.params, \
              p.trigger_source, p.event, p.event_action, p.base_revision, pr.default_branch, pr.id, pr.uuid, \
-             pr.status_api, pr.status_credentials \
+             pr.status_api, pr.status_credentials, COALESCE(p.schedule_name, ''), \
+             COALESCE(p.schedule_id, ''), p.scheduled_workflow \
              FROM pipelines p JOIN projects pr ON pr.id = p.project_id \
              WHERE p.status = 'created' ORDER BY p.id LIMIT 16",
         )?;
@@ -329,6 +351,9 @@ impl Store {
                         base_revision: r.get(15)?,
                         default_branch: r.get(16)?,
                         api: None,
+                        schedule_name: r.get(21)?,
+                        schedule_id: r.get(22)?,
+                        scheduled_workflow: r.get(23)?,
                     },
                     r.get(17)?,
                     r.get(5)?,
@@ -480,6 +505,9 @@ pub(crate) fn uuid_v4() -> Result<String> {
     ))
 }
 
+/// A workflow job's contexts and who approved it, beside its row.
+type JobExtra = (Vec<String>, Option<String>);
+
 /// A workflow job as the store applies transitions to it (and posts its statuses).
 pub(super) struct Live {
     pub(super) id: i64,
@@ -546,8 +574,7 @@ pub(super) fn advance_in(tx: &Connection, id: i64, statuses: &Statuses<'_>) -> R
                 .collect::<rusqlite::Result<Vec<_>>>()?;
             rows
         };
-        type Extra = (Vec<String>, Option<String>);
-        let (rows, extra): (Vec<_>, Vec<Extra>) = rows.into_iter().unzip();
+        let (rows, extra): (Vec<_>, Vec<JobExtra>) = rows.into_iter().unzip();
         let (mut jobs, mut facts): (Vec<Live>, Vec<advance::WorkflowJob>) =
             rows.into_iter().unzip();
         // A job that names contexts is authorized before it can start (a forked pull

@@ -299,6 +299,84 @@ CREATE TABLE operator_groups (
 ALTER TABLE workflow_jobs ADD COLUMN contexts TEXT NOT NULL DEFAULT '[]';
 ALTER TABLE jobs ADD COLUMN contexts TEXT NOT NULL DEFAULT '[]';
 "#,
+    // 11: schedules (issue 28). Scheduled pipelines (`schedule add`), the scheduled workflows
+    // of each project's default-branch config (replaced when it is read again), and the
+    // ticks fired: a tick is claimed by inserting (schedule, tick) in the transaction that
+    // creates its pipelines, so it fires once whatever crashes or runs beside it. Pipelines
+    // remember the schedule that made them.
+    r#"
+CREATE TABLE schedules (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    uuid TEXT NOT NULL UNIQUE,
+    project_id INTEGER NOT NULL REFERENCES projects(id),
+    name TEXT NOT NULL,
+    cron TEXT NOT NULL,
+    branch TEXT NOT NULL,
+    params TEXT NOT NULL DEFAULT '[]',
+    actor TEXT,
+    paused INTEGER NOT NULL DEFAULT 0,
+    since INTEGER NOT NULL,         -- ticks before it do not fire (made, resumed)
+    created INTEGER NOT NULL,
+    UNIQUE (project_id, name)
+);
+CREATE TABLE workflow_schedules (
+    key TEXT PRIMARY KEY,           -- model::schedule::workflow_schedule_key
+    project_id INTEGER NOT NULL REFERENCES projects(id),
+    workflow TEXT NOT NULL,
+    cron TEXT NOT NULL,
+    branches TEXT,                  -- JSON {"only": [..], "ignore": [..]}; NULL: every branch
+    revision TEXT NOT NULL,         -- the default branch's commit it was read at
+    since INTEGER NOT NULL
+);
+CREATE TABLE schedule_ticks (
+    schedule TEXT NOT NULL,         -- a schedule's uuid or a workflow schedule's key
+    tick INTEGER NOT NULL,
+    claimed INTEGER NOT NULL,
+    pipelines INTEGER NOT NULL,
+    PRIMARY KEY (schedule, tick)
+);
+ALTER TABLE pipelines ADD COLUMN schedule_name TEXT;
+ALTER TABLE pipelines ADD COLUMN schedule_id TEXT;
+ALTER TABLE pipelines ADD COLUMN scheduled_workflow TEXT;
+"#,
+    // 12: CircleCI's API v2: read-only project tokens, each pipeline's config as compiled, and
+    // setup workflows' continuation keys (one use each) and the workflows they added.
+    r#"
+CREATE TABLE project_tokens (
+    id TEXT PRIMARY KEY,
+    project_id INTEGER NOT NULL REFERENCES projects(id),
+    name TEXT NOT NULL,
+    token_sha256 TEXT NOT NULL UNIQUE,
+    created INTEGER NOT NULL,
+    revoked INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE pipeline_configs (
+    pipeline_id INTEGER PRIMARY KEY REFERENCES pipelines(id),
+    source TEXT NOT NULL,
+    compiled TEXT NOT NULL,
+    setup_source TEXT,
+    setup_compiled TEXT
+);
+CREATE TABLE continuations (
+    pipeline_id INTEGER PRIMARY KEY REFERENCES pipelines(id),
+    key_sha256 TEXT NOT NULL UNIQUE,
+    key_sealed TEXT NOT NULL,       -- handed to the setup workflow's jobs
+    created INTEGER NOT NULL,
+    used INTEGER,                   -- when it continued the pipeline (one use)
+    params TEXT                     -- the continuation's parameters, JSON [[name, value]]
+);
+ALTER TABLE workflows ADD COLUMN continued INTEGER NOT NULL DEFAULT 0;
+"#,
+    // 13: status badges (issue 29): a project's badge token as a digest, and whether its badges
+    // are public; pipelines by branch, newest first, for the badge's lookup.
+    r#"
+CREATE TABLE project_badges (
+    project_id INTEGER PRIMARY KEY REFERENCES projects(id),
+    token_digest TEXT,
+    public INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX pipelines_branch ON pipelines(project_id, branch, id);
+"#,
 ];
 
 /// Before migration 2: copy each job's log out of the `job_logs` blobs into its file.

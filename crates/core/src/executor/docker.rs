@@ -23,6 +23,18 @@ pub struct DockerExecutor {
     docker: Docker,
     /// The engine's CPU count, asked once (the cap of a CPU limit).
     cpus: tokio::sync::OnceCell<i64>,
+    /// Reached through a unix socket: the engine runs on this host and can mount its paths.
+    local: bool,
+}
+
+/// Whether `DOCKER_HOST` (unset: the default socket) names an engine on this host. A
+/// `tcp://`, `ssh://` or `http(s)://` engine may be anywhere: its containers cannot see our
+/// files.
+fn is_local(host: Option<&str>) -> bool {
+    match host.map(str::trim) {
+        None | Some("") => true,
+        Some(h) => h.starts_with("unix://") || h.starts_with('/'),
+    }
 }
 
 impl DockerExecutor {
@@ -31,6 +43,7 @@ impl DockerExecutor {
     /// newer one, and we use nothing newer than 1.41.
     pub async fn connect() -> Result<Self, ExecutorError> {
         let host = std::env::var("DOCKER_HOST").ok();
+        let local = is_local(host.as_deref());
         let docker = Docker::connect_with_defaults().map_err(|e| ExecutorError::Connect {
             host: host.clone(),
             source: Box::new(e),
@@ -45,6 +58,7 @@ impl DockerExecutor {
         Ok(Self {
             docker,
             cpus: tokio::sync::OnceCell::new(),
+            local,
         })
     }
 
@@ -146,6 +160,10 @@ fn log_output(
 
 #[async_trait::async_trait]
 impl Executor for DockerExecutor {
+    fn shares_host_paths(&self) -> bool {
+        self.local
+    }
+
     async fn image_info(
         &self,
         image: &str,
@@ -223,6 +241,16 @@ impl Executor for DockerExecutor {
             .iter()
             .map(|p| format!("{p}:{p}:ro"))
             .chain(spec.binds.iter().map(|(h, c)| format!("{h}:{c}:rw")))
+            .chain(spec.work_tree.iter().flat_map(|(h, c)| {
+                let shared = super::SHARED_OBJECTS;
+                let (h, c) = (h.trim_end_matches('/'), c.trim_end_matches('/'));
+                // The engine mounts in order of depth: the tree, then its shared objects
+                // read-only over themselves.
+                [
+                    format!("{h}:{c}:rw"),
+                    format!("{h}/{shared}:{c}/{shared}:ro"),
+                ]
+            }))
             .collect();
         let limits = match spec.limits {
             Some(l) => Some(self.engine_limits(l).await?),

@@ -99,6 +99,9 @@ pub struct Script {
     pub user: Option<(u64, u64, String)>,
     /// An exec whose command line contains this panics (a bug inside a step's task).
     pub panic_on_exec: Option<String>,
+    /// A start answers only after this long (a slow image: a ready container still being
+    /// made when the agent stops).
+    pub start_delay: Duration,
 }
 
 #[derive(Default)]
@@ -247,6 +250,9 @@ impl Executor for Recording {
 
     async fn start(&self, container: &str) -> Result<Attached, ExecutorError> {
         self.enter(Some(Op::Start), Call::Start(container.to_owned()))?;
+        if !self.script.start_delay.is_zero() {
+            tokio::time::sleep(self.script.start_delay).await;
+        }
         let ended = self.ended(container);
         let spec = self
             .lock()

@@ -20,6 +20,11 @@ pub const LABEL_AGENT: &str = "bosun.agent";
 /// Label naming what a container is to its job: `primary`, `service` (see [`ResourceKind`]).
 pub const LABEL_KIND: &str = "bosun.kind";
 
+/// Where a mounted working directory's objects shared with the mirror live, below it on the
+/// host and in the container alike: mounted read-only over themselves
+/// ([`ContainerSpec::work_tree`]; what goes there: `job::work_tree`).
+pub const SHARED_OBJECTS: &str = ".git/bosun-shared-objects";
+
 /// An engine error's cause, kept as a chain but without naming the engine client's types.
 pub type Cause = Box<dyn std::error::Error + Send + Sync>;
 
@@ -150,6 +155,11 @@ pub struct ContainerSpec {
     /// Host directories mounted read-write: `(host path, container path)`. Only the job's
     /// engine socket directory (see `engine_proxy`); never the job's files.
     pub binds: Vec<(String, String)>,
+    /// The job's working directory prepared on the host (a local engine only; see
+    /// `job::work_tree`): `(host directory, container directory)`, mounted read-write, and
+    /// its shared objects (`job::work_tree::SHARED_OBJECTS` under both) read-only over
+    /// themselves.
+    pub work_tree: Option<(String, String)>,
     /// CPU and memory caps (a docker job's `resource_class`); `None`: unlimited.
     pub limits: Option<Limits>,
     /// Keep the main process's output out of the engine's log driver. The primary's carries
@@ -247,6 +257,12 @@ pub trait Executor: Send + Sync + 'static {
     ) -> Result<ImageInfo, ExecutorError>;
     /// Create (not start) a container.
     async fn create(&self, spec: &ContainerSpec) -> Result<String, ExecutorError>;
+    /// Whether a directory on this process's host can be mounted into a container (the
+    /// engine runs on this host: `ContainerSpec::work_tree` may be used). False for a remote
+    /// engine, whose files arrive through [`Executor::upload_tar`].
+    fn shares_host_paths(&self) -> bool {
+        false
+    }
     /// Start it, attached to its main process's stdin and output (attached before the start,
     /// so no output is missed). The primary's main process tells the job what it is (user,
     /// home…) and takes files, without the cost of extra processes.

@@ -2,6 +2,11 @@
 //! (`pty-req`, `window-change`, `shell` / `exec` / `subsystem sftp`, data, EOF) drive the exec;
 //! its output, exit status, EOF and close come back. A direct-tcpip channel is an exec too: a
 //! relay to a port on the job's own `localhost`.
+//!
+//! The `sftp` subsystem is the in-job executable's SFTP server (`circleci __bosun-sftp`, see
+//! `crate::runtime::cmd::sftp`), run directly — no shell, no `sftp-server` needed in the image —
+//! as the step user: every file operation is that user's system call in the container, and
+//! the packets a client sends are parsed there, never in the agent.
 
 use crate::executor::{ExecSpec, Executor, Interactive, Output, TtySize};
 use crate::job::Attachment;
@@ -16,10 +21,6 @@ const SHELL: &str = "if command -v bash >/dev/null 2>&1; then exec bash -i; fi; 
 /// A command line, as sshd runs it: through a shell (bash where there is one).
 const COMMAND: &str =
     "if command -v bash >/dev/null 2>&1; then exec bash -c \"$1\"; fi; exec sh -c \"$1\"";
-/// sftp-server from wherever the image's distribution puts it.
-const SFTP: &str = "for p in /usr/lib/openssh/sftp-server /usr/libexec/openssh/sftp-server \
-/usr/lib/ssh/sftp-server /usr/libexec/sftp-server /usr/lib/sftp-server; do \
-[ -x \"$p\" ] && exec \"$p\"; done; echo 'bosun: this image has no sftp-server' >&2; exit 127";
 /// A TCP relay to the job's `localhost:$1` (bash's /dev/tcp: images without bash cannot forward).
 /// It ends when the server closes its side (the client's input is then cut off).
 const RELAY: &str =
@@ -36,6 +37,14 @@ fn spec(job: &Attachment, cmd: Vec<String>, term: Option<&str>) -> ExecSpec {
         user: job.user.clone(),
         working_dir: Some(job.workdir.clone()),
     }
+}
+
+/// The SFTP server: the in-job executable itself, started without a shell.
+fn sftp(job: &Attachment) -> Vec<String> {
+    vec![
+        job.in_job_command(),
+        crate::runtime::cmd::sftp::ARG.to_owned(),
+    ]
 }
 
 fn sh(script: &str, args: &[&str]) -> Vec<String> {
@@ -136,7 +145,7 @@ pub(super) async fn session_channel(
                 Some((sh(COMMAND, &[&command]), true))
             }
             ChannelMsg::RequestSubsystem { name, .. } if resize.is_none() && name == "sftp" => {
-                Some((sh(SFTP, &[]), false))
+                Some((sftp(&job), false))
             }
             _ => None,
         };

@@ -43,6 +43,10 @@ pub struct JobContext {
     pub store: LocalStore,
     /// Set for a pull request build.
     pub pull_request: Option<PullRequest>,
+    /// The branch or tag the request builds, as its sender said (a coordinator's pipeline):
+    /// `CIRCLE_BRANCH`/`CIRCLE_TAG` when the checkout is of a bare commit, which names
+    /// neither.
+    pub git_ref: (Option<String>, Option<String>),
     /// `machine:` image names → local images (`default` for `machine: true`).
     pub machine_images: BTreeMap<String, String>,
     /// Where the running job registers itself for others to attach to.

@@ -91,10 +91,13 @@ pub(super) fn builtin_env(
     match checkout {
         Some(c) => {
             set("CIRCLE_SHA1", c.sha.clone());
-            if let Some(b) = &c.branch {
+            // An agent checks out the pipeline's commit, which names no branch: the branch
+            // (or tag) is then the one the pipeline builds.
+            let (branch, tag) = &spec.context.git_ref;
+            if let Some(b) = c.branch.as_ref().or(branch.as_ref()) {
                 set("CIRCLE_BRANCH", b.clone());
             }
-            if let Some(t) = &c.tag {
+            if let Some(t) = c.tag.as_ref().or(tag.as_ref()) {
                 set("CIRCLE_TAG", t.clone());
             }
         }

@@ -11,6 +11,7 @@ use super::registry::{Attachment, Registered, SshSettings};
 use super::resources::{Resources, Role};
 use super::step_sequence::{run_steps, StepContext};
 use super::step_transport::StepTransport;
+use super::work_tree::{self, WorkTree};
 use super::SetupError;
 use super::{fetch_source, machine, millis, services, JobOutcome, JobSpec, Prefetched, Secrets};
 use crate::config::{merge_env, ExecutorKind, StepKind};
@@ -269,6 +270,9 @@ struct Primary {
     services: Option<services::Services>,
     /// The main process's step runner, when it could start.
     runner: Option<StepTransport>,
+    /// The working directory prepared on the host and mounted at the job's working
+    /// directory, when the checkout goes there without a copy.
+    work_tree: Option<Arc<WorkTree>>,
 }
 
 /// Start → steps → what holds the job: the phases in order.
@@ -329,6 +333,7 @@ async fn run_inner(
         step_user,
         services,
         runner,
+        work_tree,
         ..
     } = primary;
     let ctx = Arc::new(StepContext {
@@ -344,6 +349,7 @@ async fn run_inner(
         checkout,
         engine,
         runner,
+        work_tree,
     });
     let outcome = run_steps(&ctx).await;
     steps_done.cancel();
@@ -408,6 +414,7 @@ async fn start_machine(
         image_env: info.env,
         services: None,
         runner: None,
+        work_tree: None,
     })
 }
 
@@ -430,28 +437,83 @@ async fn start_docker(
         sink.emit(&Event::Info { message: line });
         l
     });
-    let info = inspect_images(executor.as_ref(), spec, sink.as_ref()).await?;
-    tracing::debug!(ms = millis(t.elapsed()), "images inspected");
     let role = Role::Primary;
-    let cspec = primary_container(spec, resources, engine, limits);
+    let mut cspec = primary_container(spec, resources, engine, limits);
+    // Where the working directory is mounted depends on the image's user: inspect first.
+    let wants_tree = executor.shares_host_paths()
+        && plan
+            .steps
+            .iter()
+            .any(|s| matches!(s.kind, StepKind::Checkout { .. }));
+    let (mut info, mut tree) = (None, None);
+    if wants_tree {
+        let i = inspect_images(executor.as_ref(), spec, sink.as_ref()).await?;
+        tracing::debug!(ms = millis(t.elapsed()), "images inspected");
+        tree = mounted_work_tree(executor.as_ref(), spec, &i, resources).await;
+        info = Some(i);
+    }
+    if let Some((t, target)) = &tree {
+        cspec.work_tree = Some((t.path().display().to_string(), target.clone()));
+    }
     // A ready container only for a job that owns nothing else on the engine (no
-    // services beside it, no engine proxy): then the spec alone says what it is.
-    let poolable = plan.services.is_empty() && engine.is_none();
+    // services beside it, no engine proxy, no directory of its own): then the spec alone
+    // says what it is.
+    let poolable = plan.services.is_empty() && engine.is_none() && tree.is_none();
     let ready_source = spec.context.ready.as_ref().filter(|_| poolable);
-    let (id, main, banner) = match ready_source.and_then(|r| r.take(&cspec)) {
+    let (info, id, main, banner) = match ready_source.and_then(|r| r.take(&cspec)) {
         Some(r) => {
             resources.track(role, &r.id);
             tracing::debug!(ms = millis(t.elapsed()), "took a ready container");
-            (r.id, r.main, r.banner)
+            let info = match info {
+                Some(i) => i,
+                None => inspect_images(executor.as_ref(), spec, sink.as_ref()).await?,
+            };
+            (info, r.id, r.main, r.banner)
         }
         None => {
-            let id = executor.create(&cspec).await?;
-            resources.track(role, &id);
+            // A job with services inspects every image before it creates anything (a
+            // missing service image fails it with nothing made).
+            let info = match info {
+                None if !plan.services.is_empty() => {
+                    Some(inspect_images(executor.as_ref(), spec, sink.as_ref()).await?)
+                }
+                i => i,
+            };
+            let (info, id) = match info {
+                Some(i) => {
+                    let id = executor.create(&cspec).await?;
+                    resources.track(role, &id);
+                    (i, id)
+                }
+                None => {
+                    // One image, and nothing the create needs comes from its inspection: the
+                    // two overlap. An image the engine lacks fails the create and is pulled
+                    // by the inspection; the create then goes again.
+                    let (inspected, created) = tokio::join!(
+                        inspect_images(executor.as_ref(), spec, sink.as_ref()),
+                        executor.create(&cspec)
+                    );
+                    if let Ok(id) = &created {
+                        resources.track(role.clone(), id);
+                    }
+                    let i = inspected?;
+                    let id = match created {
+                        Ok(id) => id,
+                        Err(e) => {
+                            tracing::debug!("create before the image was there: {e}; again");
+                            let id = executor.create(&cspec).await?;
+                            resources.track(role, &id);
+                            id
+                        }
+                    };
+                    (i, id)
+                }
+            };
             tracing::debug!(ms = millis(t.elapsed()), "container created");
             let mut main = executor.start(&id).await?;
             let banner = main_line(&mut main.output, "bosun-ready").await?;
             tracing::debug!(ms = millis(t.elapsed()), "container started");
-            (id, main, banner)
+            (info, id, main, banner)
         }
     };
     if let Some(r) = ready_source {
@@ -464,6 +526,27 @@ async fn start_docker(
         container: id.clone(),
     });
     let user = parse_banner(&banner)?;
+    let image_user = plan.user.as_deref().or(info.user.as_deref());
+    work_tree::learn_home(&plan.image, image_user, &user.home);
+    if let Some((t, target)) = tree.take() {
+        let workdir = expand_home(&plan.working_directory, &user.home);
+        let owned = (target == workdir)
+            .then(|| {
+                let (uid, gid) = (u32::try_from(user.uid), u32::try_from(user.gid));
+                match (uid, gid) {
+                    (Ok(uid), Ok(gid)) => work_tree::own_top(t.path(), uid, gid).ok(),
+                    _ => None,
+                }
+            })
+            .flatten();
+        if owned.is_some() {
+            tree = Some((t, target));
+        } else {
+            // Mounted elsewhere than the working directory turned out to be: unused (the
+            // checkout goes in as a tar stream), removed with the job.
+            tracing::debug!(%target, %workdir, "the prepared working directory is not the job's: the checkout is copied in");
+        }
+    }
     let services = if plan.services.is_empty() {
         None
     } else {
@@ -488,7 +571,63 @@ async fn start_docker(
         image_env: info.env,
         services,
         runner,
+        work_tree: tree.map(|(t, _)| t),
     })
+}
+
+/// The job's working directory prepared on the host, and where it is mounted, when its
+/// checkout can go there without a copy: the engine is on this host, the agent may give
+/// files to the job's user, and every `checkout` step writes to the working directory, whose
+/// place is known before the container exists ([`work_tree::predict_home`]). Made and handed
+/// to the job's resources here; `None` means the tar stream.
+async fn mounted_work_tree(
+    executor: &dyn Executor,
+    spec: &JobSpec,
+    info: &crate::executor::ImageInfo,
+    resources: &Resources,
+) -> Option<(Arc<WorkTree>, String)> {
+    let plan = &spec.plan;
+    let mut checkouts = plan.steps.iter().filter_map(|s| match &s.kind {
+        StepKind::Checkout { path } => Some(path.as_deref()),
+        _ => None,
+    });
+    let first = checkouts.next()?;
+    if spec.context.source.is_none() || !executor.shares_host_paths() || !work_tree::can_chown() {
+        return None;
+    }
+    let user = plan.user.as_deref().or(info.user.as_deref());
+    let home = match work_tree::predict_home(&plan.image, user, &info.env) {
+        Some(h) => h,
+        None => {
+            let mut labels = resources.labels(&Role::Primary);
+            labels.retain(|(k, _)| k != crate::executor::LABEL_KIND);
+            labels.push((crate::executor::LABEL_KIND.to_owned(), "probe".to_owned()));
+            let home = work_tree::probe_home(executor, &plan.image, user.unwrap_or("root"), labels)
+                .await?;
+            work_tree::learn_home(&plan.image, user, &home);
+            home
+        }
+    };
+    let workdir = expand_home(&plan.working_directory, &home);
+    let all_there = std::iter::once(first)
+        .chain(checkouts)
+        .all(|p| super::step_sequence::checkout_dest(p, &workdir, &home) == workdir);
+    if !all_there || !workdir.starts_with('/') || workdir.trim_end_matches('/').is_empty() {
+        return None;
+    }
+    match WorkTree::create(&spec.context.agent_id, &spec.id) {
+        Ok(t) => {
+            let t = Arc::new(t);
+            resources.track_work_tree(Arc::clone(&t));
+            Some((t, workdir))
+        }
+        Err(e) => {
+            tracing::warn!(
+                "cannot prepare the job's working directory ({e}): the checkout is copied in"
+            );
+            None
+        }
+    }
 }
 
 /// Every image of a docker job (pulled when the engine lacks it), the primary's config: a

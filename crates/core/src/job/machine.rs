@@ -75,6 +75,8 @@ pub(super) async fn boot(
             // A machine's resource_class names a VM size, not limits
             // (docs/config-compatibility.md).
             limits: None,
+            // A machine's checkout goes in through the engine (steps run through exec).
+            work_tree: None,
             // The job's engine: a machine has Docker without setup_remote_docker.
             binds: engine
                 .map(|e| {

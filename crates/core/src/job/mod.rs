@@ -21,7 +21,8 @@
 //!   halts, background steps); `shell_step`: one `run` step (its command, output, timeouts,
 //!   stop); `step_transport`: the agent's end of the in-container step runner's wire;
 //!   `builtin` / `extra_keys`: the steps the agent carries out itself; [`archive`]: the one
-//!   tar writer.
+//!   tar writer; [`work_tree`]: the working directory prepared on the host and mounted (the
+//!   checkout without a copy, on a local engine).
 
 pub mod archive;
 mod bootstrap;
@@ -45,6 +46,7 @@ mod step_transport;
 #[cfg(test)]
 mod tests;
 mod timings;
+pub mod work_tree;
 
 pub use context::{context_env, JobContext, JobSpec, Secrets};
 pub use environment::{expand_home, project_names};

@@ -241,6 +241,12 @@ impl Attachment {
         }
     }
 
+    /// The in-job `circleci` executable in the primary container (the setup archive puts it
+    /// in every job's, whatever the image: static, it needs no shell and no libc).
+    pub fn in_job_command(&self) -> String {
+        format!("{}/circleci", super::bootstrap::bin_dir(&self.job_id))
+    }
+
     /// Allow these public keys (`authorized_keys` lines) to SSH into the job.
     pub(super) fn with_ssh_keys(mut self, keys: Arc<Vec<String>>) -> Self {
         self.ssh_keys = keys;

@@ -40,6 +40,9 @@ pub enum ConfigSource {
     File { path: PathBuf, name: String },
     /// `.circleci/config.yml` of the checked-out commit (fetched first).
     Repository,
+    /// A config handed over whole: a pipeline's continued config (dynamic config), which no
+    /// commit holds. `name` is how errors call it.
+    Text { text: String, name: String },
 }
 
 /// What to run of the config.
@@ -102,6 +105,8 @@ pub struct JobRequest {
     /// pipeline gave them (empty: the defaults).
     pub trigger_source: String,
     pub base_revision: String,
+    /// `pipeline.schedule.name` and `.id` when a scheduled pipeline gave them (else empty).
+    pub schedule: (String, String),
     pub pipeline_number: u64,
     pub branch: Option<String>,
     pub tag: Option<String>,
@@ -238,6 +243,7 @@ pub(crate) async fn prepare_with(
             }
             (read(path)?, name.clone())
         }
+        ConfigSource::Text { text, name } => (text.clone(), name.clone()),
         ConfigSource::Repository => {
             let fetched = fetch().await?;
             let p = fetched.dir.path().join("repo/.circleci/config.yml");
@@ -291,6 +297,8 @@ pub(crate) async fn prepare_with(
         } else {
             req.trigger_source.clone()
         },
+        schedule_name: req.schedule.0.clone(),
+        schedule_id: req.schedule.1.clone(),
         id: req
             .identity
             .pipeline_id
@@ -364,6 +372,7 @@ pub(crate) async fn prepare_with(
             prefetched,
             store: req.store,
             pull_request: req.pull_request,
+            git_ref: (req.branch.clone(), req.tag.clone()),
             machine_images: req.machine_images,
             registry: req.registry,
             engine: req.engine,

@@ -25,6 +25,8 @@ pub enum Role {
     /// The job's engine proxy; what the job made through it (containers, networks, volumes,
     /// images, labelled `bosun.kind=engine`) is found by label when it is released.
     Engine,
+    /// The working directory prepared on the host (a directory, not an engine object).
+    WorkTree,
 }
 
 impl Role {
@@ -35,6 +37,7 @@ impl Role {
             Role::Service(_) => "service",
             Role::Network => "network",
             Role::Engine => crate::engine_proxy::filter::KIND_VALUE,
+            Role::WorkTree => "work-tree",
         }
     }
 
@@ -59,6 +62,9 @@ pub struct Resources {
     agent_id: String,
     held: Mutex<Vec<Resource>>,
     engine: Mutex<Option<JobEngineHeld>>,
+    /// The working directory prepared on the host, mounted into the primary: removed after
+    /// the containers (nothing mounts it then).
+    work_tree: Mutex<Option<Arc<super::work_tree::WorkTree>>>,
 }
 
 /// A job's engine: the proxy to stop, and whether the images built through it stay.
@@ -75,7 +81,14 @@ impl Resources {
             agent_id: agent_id.to_owned(),
             held: Mutex::new(Vec::new()),
             engine: Mutex::new(None),
+            work_tree: Mutex::new(None),
         }
+    }
+
+    /// Hand the job's prepared working directory over: removed on release, after the
+    /// containers that mount it.
+    pub fn track_work_tree(&self, tree: Arc<super::work_tree::WorkTree>) {
+        *self.work_tree.lock().unwrap_or_else(|p| p.into_inner()) = Some(tree);
     }
 
     /// Hand the job's engine proxy over: on release it stops first (nothing new can be made),
@@ -131,6 +144,32 @@ impl Resources {
                 )
                 .await,
             );
+        }
+        let tree = self
+            .work_tree
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(tree) = tree {
+            let path = tree.path().display().to_string();
+            let removed = tokio::task::spawn_blocking(move || tree.remove()).await;
+            if let Some(e) = match removed {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => Some(e.to_string()),
+                Err(e) => Some(e.to_string()),
+            } {
+                failed.push((
+                    Resource {
+                        role: Role::WorkTree,
+                        id: path,
+                    },
+                    ExecutorError::Protocol {
+                        target: "the job's working directory".to_owned(),
+                        what: "remove",
+                        detail: e,
+                    },
+                ));
+            }
         }
         failed
     }
@@ -221,6 +260,12 @@ impl Drop for Resources {
     fn drop(&mut self) {
         let taken = std::mem::take(&mut *self.held.lock().unwrap_or_else(|p| p.into_inner()));
         let engine = self.engine.lock().unwrap_or_else(|p| p.into_inner()).take();
+        // Dropped after the containers' removal below (or at once, with no runtime).
+        let tree = self
+            .work_tree
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
         if taken.is_empty() && engine.is_none() {
             return;
         }
@@ -243,6 +288,7 @@ impl Drop for Resources {
                 for (r, e) in failed {
                     tracing::warn!(id = %r.id, "could not remove a job's {:?}: {e}", r.role);
                 }
+                drop(tree);
             });
         }
     }

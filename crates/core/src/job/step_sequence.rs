@@ -36,6 +36,22 @@ pub(super) struct StepContext {
     pub engine: Option<Arc<crate::engine_proxy::JobEngine>>,
     /// The main process's step runner, when it could start (`run` steps go through it).
     pub runner: Option<super::step_transport::StepTransport>,
+    /// The working directory prepared on the host, mounted at `workdir`: the checkout is
+    /// put there, not uploaded.
+    pub work_tree: Option<Arc<super::work_tree::WorkTree>>,
+}
+
+/// Where a `checkout` step with `path` puts the tree.
+pub(super) fn checkout_dest(path: Option<&str>, workdir: &str, home: &str) -> String {
+    match path {
+        None => workdir.to_owned(),
+        Some(p) if p.starts_with('/') || p.starts_with('~') => expand_home(p, home),
+        Some(p) => format!(
+            "{}/{}",
+            workdir.trim_end_matches('/'),
+            p.trim_start_matches("./")
+        ),
+    }
 }
 
 pub(super) async fn run_steps(ctx: &Arc<StepContext>) -> JobOutcome {
@@ -356,18 +372,54 @@ async fn checkout_step(
             StepStatus::Failed
         }
         Some(Prefetched { dir, outcome }) => {
-            let dest = match path {
-                None => ctx.workdir.clone(),
-                Some(p) if p.starts_with('/') || p.starts_with('~') => {
-                    expand_home(p, &ctx.user.home)
-                }
-                Some(p) => format!(
-                    "{}/{}",
-                    ctx.workdir.trim_end_matches('/'),
-                    p.trim_start_matches("./")
-                ),
-            };
+            let dest = checkout_dest(path, &ctx.workdir, &ctx.user.home);
             let src = dir.path().join("repo");
+            if let Some(tree) = ctx.work_tree.as_ref().filter(|_| dest == ctx.workdir) {
+                let (tree, uid, gid) = (Arc::clone(tree), ctx.user.uid, ctx.user.gid);
+                let filled = tokio::task::spawn_blocking(move || {
+                    let (uid, gid) = (
+                        u32::try_from(uid).map_err(std::io::Error::other)?,
+                        u32::try_from(gid).map_err(std::io::Error::other)?,
+                    );
+                    super::work_tree::fill(&src, tree.path(), uid, gid)
+                })
+                .await;
+                let status = match filled {
+                    Ok(Ok(f)) => {
+                        say(format!(
+                            "Checked out {} {} into {dest}: in place ({:.1} MB written, {:.1} MB of objects shared read-only with the mirror) in {}",
+                            outcome.sha,
+                            ref_words(outcome),
+                            f.copied as f64 / 1e6,
+                            f.shared as f64 / 1e6,
+                            crate::stream::format_duration(millis(t0.elapsed()))
+                        ));
+                        for (p, sha) in &outcome.submodules {
+                            say(format!("  submodule {p} at {sha}"));
+                        }
+                        StepStatus::Success
+                    }
+                    Ok(Err(e)) => {
+                        say(format!(
+                            "Writing the checkout into the working directory failed: {e}"
+                        ));
+                        StepStatus::Failed
+                    }
+                    Err(e) => {
+                        say(format!(
+                            "Writing the checkout into the working directory failed: {e}"
+                        ));
+                        StepStatus::Failed
+                    }
+                };
+                return StepSummary {
+                    step: i,
+                    name: name.to_owned(),
+                    status,
+                    exit_code: None,
+                    duration_ms: millis(t0.elapsed()),
+                };
+            }
             let (stream, producer) = tar_tree_stream(src, dest.clone(), ctx.user.uid, ctx.user.gid);
             let uploaded = executor.upload_tar(&ctx.container, "/", stream).await;
             let produced = producer.await;
@@ -376,11 +428,7 @@ async fn checkout_step(
                     say(format!(
                         "Checked out {} {} into {dest}: {:.1} MB uploaded to the container in {}",
                         outcome.sha,
-                        match (&outcome.branch, &outcome.tag) {
-                            (_, Some(t)) => format!("(tag {t})"),
-                            (Some(b), None) => format!("(branch {b})"),
-                            (None, None) => "(detached)".to_owned(),
-                        },
+                        ref_words(outcome),
                         bytes as f64 / 1e6,
                         crate::stream::format_duration(millis(t0.elapsed()))
                     ));
@@ -410,5 +458,14 @@ async fn checkout_step(
         status,
         exit_code: None,
         duration_ms: millis(t0.elapsed()),
+    }
+}
+
+/// `(branch main)`, `(tag v1)` or `(detached)`.
+fn ref_words(outcome: &crate::checkout::CheckoutOutcome) -> String {
+    match (&outcome.branch, &outcome.tag) {
+        (_, Some(t)) => format!("(tag {t})"),
+        (Some(b), None) => format!("(branch {b})"),
+        (None, None) => "(detached)".to_owned(),
     }
 }

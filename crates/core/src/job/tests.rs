@@ -81,6 +81,7 @@ fn spec(store_dir: &Path, plan: JobPlan) -> JobSpec {
         store: crate::store::LocalStore::open(store_dir, crate::store::ProjectScope::new("test"))
             .expect("store"),
         pull_request: None,
+        git_ref: (None, None),
         machine_images: std::collections::BTreeMap::new(),
         registry: Registry::new(),
         engine: None,
@@ -596,6 +597,45 @@ fn a_pull_request_build_gets_circleci_pull_request_variables() {
 }
 
 #[test]
+fn a_checkout_of_a_bare_commit_takes_its_branch_or_tag_from_the_pipeline() {
+    let store_dir = tempfile::tempdir().expect("tempdir");
+    let user = ContainerUser {
+        home: "/root".into(),
+        uid: 0,
+        gid: 0,
+        has_bash: true,
+    };
+    // What an agent's checkout of a coordinator's pipeline reports: the commit, no ref.
+    let bare = bosun_git::checkout::CheckoutOutcome {
+        sha: "a".repeat(40),
+        branch: None,
+        tag: None,
+        submodules: vec![],
+    };
+    let mut spec = spec(store_dir.path(), plan(vec![]));
+    let get = |env: &[(String, String)], name: &str| {
+        env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+    };
+    let env = builtin_env(&spec, &user, "/root/project", Some(&bare));
+    assert_eq!(get(&env, "CIRCLE_BRANCH"), None, "nobody said a branch");
+    context_mut(&mut spec).git_ref = (Some("main".into()), None);
+    let env = builtin_env(&spec, &user, "/root/project", Some(&bare));
+    assert_eq!(get(&env, "CIRCLE_BRANCH").as_deref(), Some("main"));
+    assert_eq!(get(&env, "CIRCLE_TAG"), None);
+    // A checkout that knows its branch keeps it.
+    let named = bosun_git::checkout::CheckoutOutcome {
+        branch: Some("feature".into()),
+        ..bare.clone()
+    };
+    let env = builtin_env(&spec, &user, "/root/project", Some(&named));
+    assert_eq!(get(&env, "CIRCLE_BRANCH").as_deref(), Some("feature"));
+    context_mut(&mut spec).git_ref = (None, Some("v1.2.0".into()));
+    let env = builtin_env(&spec, &user, "/root/project", Some(&bare));
+    assert_eq!(get(&env, "CIRCLE_TAG").as_deref(), Some("v1.2.0"));
+    assert_eq!(get(&env, "CIRCLE_BRANCH"), None);
+}
+
+#[test]
 fn home_expansion_and_project_names() {
     assert_eq!(
         expand_home("~/project", "/home/circleci"),
@@ -660,4 +700,25 @@ async fn registry_credentials_are_interpolated_reach_the_pull_and_are_masked() {
     let text: String = r.events.iter().map(|e| format!("{e:?}")).collect();
     assert!(!text.contains("s3cret-registry-pass"), "{text}");
     assert!(text.contains("pw=********"), "{text}");
+}
+
+#[test]
+fn a_job_gets_the_contexts_it_names_in_order_and_a_lone_job_gets_every_one_given() {
+    let store_dir = tempfile::tempdir().expect("tempdir");
+    let mut spec = spec(store_dir.path(), plan(vec![]));
+    let kv = |k: &str, v: &str| (k.to_owned(), v.to_owned());
+    context_mut(&mut spec).contexts = vec![
+        ("a".into(), vec![kv("KEY", "from-a"), kv("A", "a")]),
+        ("b".into(), vec![kv("KEY", "from-b"), kv("B", "b")]),
+    ];
+    let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    // A later context over an earlier one, whatever order they were given in.
+    let env = super::context_env(&spec.context, Some(&names(&["b", "a"])));
+    assert_eq!(env, vec![kv("KEY", "from-a"), kv("B", "b"), kv("A", "a")]);
+    // One not given is left out.
+    let env = super::context_env(&spec.context, Some(&names(&["missing", "b"])));
+    assert_eq!(env, vec![kv("KEY", "from-b"), kv("B", "b")]);
+    // A job run alone: every context, in the order given.
+    let env = super::context_env(&spec.context, None);
+    assert_eq!(env, vec![kv("KEY", "from-b"), kv("A", "a"), kv("B", "b")]);
 }

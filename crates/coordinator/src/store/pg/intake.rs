@@ -9,7 +9,7 @@ use crate::model::{StatusApi, DATA_CENTER_KEY_PREFIX};
 pub(super) use crate::store::intake::status_place;
 use zeroize::Zeroizing;
 
-fn webhook_place(pid: i64) -> String {
+pub(super) fn webhook_place(pid: i64) -> String {
     format!("p{pid}/webhook_secret")
 }
 

@@ -546,6 +546,11 @@ fn wire_job(conn: &Connection, secrets: &SecretsKey, id: i64) -> Result<WireJob>
             }
             env.push(e);
         }
+        // A setup workflow's job continues its pipeline with this key (a secret value);
+        // restricted builds get no secret values, so not this one either.
+        if forks::gives(restricted, Given::Env { secret: true }) {
+            env.extend(super::api_v2::continuation_env(conn, secrets, id)?);
+        }
         env
     };
     // The contexts it was given when queued (none for a restricted fork build): their

@@ -24,14 +24,18 @@
 use super::*;
 
 mod access;
+mod api_v2;
+mod badges;
 mod blobs;
 mod contexts;
+mod follow;
 mod intake;
 mod jobs;
 mod lease;
 mod logs;
 mod pipeline_actions;
 mod pipelines;
+mod schedules;
 mod schema;
 pub(crate) mod sql;
 mod ssh;
@@ -59,6 +63,10 @@ use super::pipelines::{
 };
 use super::project_store::{AccessStore, ProjectStore};
 use super::queue_store::QueueStore;
+use super::schedule_store::ScheduleStore;
+use super::schedules::{
+    NewSchedule, RepoAccess, ScheduleRow, WorkflowScheduleRow, WorkflowTrigger,
+};
 use crate::model::contexts::Restriction;
 use bosun_protocol::{WireCache, WireLayer, WireTestResults};
 use std::collections::HashMap;
@@ -254,6 +262,43 @@ impl PgStore {
     /// A connection of its own that `LISTEN`s for other coordinators' changes.
     pub fn change_feed(&self) -> Result<PgChangeFeed> {
         Ok(PgChangeFeed::new(self.config.clone(), self.tls.clone()))
+    }
+}
+
+impl ScheduleStore for PgStore {
+    fn add_schedule(&self, s: &NewSchedule) -> Result<ScheduleRow> {
+        PgStore::add_schedule(self, s)
+    }
+    fn list_schedules(&self, project: Option<&str>) -> Result<Vec<ScheduleRow>> {
+        PgStore::list_schedules(self, project)
+    }
+    fn remove_schedule(&self, project: &str, name: &str) -> Result<()> {
+        PgStore::remove_schedule(self, project, name)
+    }
+    fn pause_schedule(&self, project: &str, name: &str, paused: bool) -> Result<()> {
+        PgStore::pause_schedule(self, project, name, paused)
+    }
+    fn set_workflow_schedules(
+        &self,
+        project: &str,
+        revision: &str,
+        triggers: &[WorkflowTrigger],
+    ) -> Result<bool> {
+        PgStore::set_workflow_schedules(self, project, revision, triggers)
+    }
+    fn workflow_schedules(&self) -> Result<Vec<WorkflowScheduleRow>> {
+        PgStore::workflow_schedules(self)
+    }
+    fn repo_access(&self, project_id: i64) -> Result<RepoAccess> {
+        PgStore::repo_access(self, project_id)
+    }
+    fn fire_tick(
+        &self,
+        schedule: &str,
+        tick: i64,
+        pipelines: &[NewPipeline],
+    ) -> Result<Option<Vec<i64>>> {
+        PgStore::fire_tick(self, schedule, tick, pipelines)
     }
 }
 

@@ -18,7 +18,7 @@ pub use crate::store::pipelines::{
     StatusChange, Statuses, WorkflowJobRow, WorkflowRow,
 };
 
-fn requires_json(r: &[(String, Vec<RequiredStatus>)]) -> String {
+pub(super) fn requires_json(r: &[(String, Vec<RequiredStatus>)]) -> String {
     let v: Vec<(String, Vec<&str>)> = r
         .iter()
         .map(|(n, s)| (n.clone(), s.iter().map(|s| s.as_str()).collect()))
@@ -49,7 +49,15 @@ impl PgStore {
     pub(super) fn create_pipeline(&self, p: &NewPipeline) -> Result<(i64, i64)> {
         let mut conn = self.conn()?;
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let pid = resolve_project(&tx, &p.project)?;
+        let made = Self::insert_pipeline(&tx, p)?;
+        tx.commit()?;
+        Ok(made)
+    }
+
+    /// [`Self::create_pipeline`] inside the caller's transaction (a schedule's tick claims
+    /// itself in the same one).
+    pub(super) fn insert_pipeline(tx: &Connection, p: &NewPipeline) -> Result<(i64, i64)> {
+        let pid = resolve_project(tx, &p.project)?;
         // One number sequence per project, shared with jobs queued on their own.
         let number: i64 = tx.query_row(
             "SELECT GREATEST(COALESCE((SELECT MAX(number) FROM pipelines WHERE project_id = ?1), 0), \
@@ -77,9 +85,10 @@ impl PgStore {
         tx.execute(
             "INSERT INTO pipelines(project_id, number, uuid, git_ref, branch, tag, commit_sha, \
              base_revision, trigger_source, event, event_action, params, pr_number, pr_url, \
-             pr_fork, restricted, username, commit_subject, status, created) \
+             pr_fork, restricted, username, commit_subject, status, created, schedule_name, \
+             schedule_id, scheduled_workflow) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, \
-             ?18, 'created', ?19)",
+             ?18, 'created', ?19, ?20, ?21, ?22)",
             params![
                 pid,
                 number,
@@ -99,11 +108,13 @@ impl PgStore {
                 p.restricted,
                 p.username,
                 p.commit_subject,
-                now_ms()
+                now_ms(),
+                (!p.schedule_name.is_empty()).then_some(&p.schedule_name),
+                (!p.schedule_id.is_empty()).then_some(&p.schedule_id),
+                p.scheduled_workflow,
             ],
         )?;
         let id = tx.last_insert_rowid();
-        tx.commit()?;
         Ok((id, number))
     }
 
@@ -115,7 +126,8 @@ impl PgStore {
             "SELECT p.id, p.uuid, p.number, pr.slug, pr.clone_url, pr.user_key, pr.deploy_key, \
              pr.known_hosts, COALESCE(p.commit_sha, p.git_ref), p.branch, p.tag, p.params, \
              p.trigger_source, p.event, p.event_action, p.base_revision, pr.default_branch, pr.id, pr.uuid, \
-             pr.status_api, pr.status_credentials \
+             pr.status_api, pr.status_credentials, COALESCE(p.schedule_name, ''), \
+             COALESCE(p.schedule_id, ''), p.scheduled_workflow \
              FROM pipelines p JOIN projects pr ON pr.id = p.project_id \
              WHERE p.status = 'created' ORDER BY p.id LIMIT 16",
         )?;
@@ -150,6 +162,9 @@ impl PgStore {
                         base_revision: r.get(15)?,
                         default_branch: r.get(16)?,
                         api: None,
+                        schedule_name: r.get(21)?,
+                        schedule_id: r.get(22)?,
+                        scheduled_workflow: r.get(23)?,
                     },
                     r.get(17)?,
                     r.get(5)?,

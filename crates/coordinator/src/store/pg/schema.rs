@@ -319,6 +319,85 @@ CREATE TABLE operator_groups (
 ALTER TABLE workflow_jobs ADD COLUMN contexts TEXT NOT NULL DEFAULT '[]';
 ALTER TABLE jobs ADD COLUMN contexts TEXT NOT NULL DEFAULT '[]';
 "#,
+    // 4: schedules (SQLite's migration 11). Scheduled pipelines, the scheduled workflows of
+    // each project's default-branch config, and the ticks fired: a tick is claimed by
+    // inserting (schedule, tick) in the transaction that creates its pipelines; the primary
+    // key makes a second claim — another replica's at the same moment — insert nothing
+    // (`ON CONFLICT DO NOTHING` waits for the first one's transaction and then skips).
+    r#"
+CREATE TABLE schedules (
+    id BIGSERIAL PRIMARY KEY,
+    uuid TEXT NOT NULL UNIQUE,
+    project_id BIGINT NOT NULL REFERENCES projects(id),
+    name TEXT NOT NULL,
+    cron TEXT NOT NULL,
+    branch TEXT NOT NULL,
+    params TEXT NOT NULL DEFAULT '[]',
+    actor TEXT,
+    paused BIGINT NOT NULL DEFAULT 0,
+    since BIGINT NOT NULL,
+    created BIGINT NOT NULL,
+    UNIQUE (project_id, name)
+);
+CREATE TABLE workflow_schedules (
+    key TEXT PRIMARY KEY,
+    project_id BIGINT NOT NULL REFERENCES projects(id),
+    workflow TEXT NOT NULL,
+    cron TEXT NOT NULL,
+    branches TEXT,
+    revision TEXT NOT NULL,
+    since BIGINT NOT NULL
+);
+CREATE TABLE schedule_ticks (
+    schedule TEXT NOT NULL,
+    tick BIGINT NOT NULL,
+    claimed BIGINT NOT NULL,
+    pipelines BIGINT NOT NULL,
+    PRIMARY KEY (schedule, tick)
+);
+ALTER TABLE pipelines ADD COLUMN schedule_name TEXT;
+ALTER TABLE pipelines ADD COLUMN schedule_id TEXT;
+ALTER TABLE pipelines ADD COLUMN scheduled_workflow TEXT;
+"#,
+    // 5: CircleCI's API v2 (SQLite's migration 12): read-only project tokens, each
+    // pipeline's config as compiled, setup workflows' continuation keys (one use each) and
+    // the workflows they added.
+    r#"
+CREATE TABLE project_tokens (
+    id TEXT PRIMARY KEY,
+    project_id BIGINT NOT NULL REFERENCES projects(id),
+    name TEXT NOT NULL,
+    token_sha256 TEXT NOT NULL UNIQUE,
+    created BIGINT NOT NULL,
+    revoked BIGINT NOT NULL DEFAULT 0
+);
+CREATE TABLE pipeline_configs (
+    pipeline_id BIGINT PRIMARY KEY REFERENCES pipelines(id),
+    source TEXT NOT NULL,
+    compiled TEXT NOT NULL,
+    setup_source TEXT,
+    setup_compiled TEXT
+);
+CREATE TABLE continuations (
+    pipeline_id BIGINT PRIMARY KEY REFERENCES pipelines(id),
+    key_sha256 TEXT NOT NULL UNIQUE,
+    key_sealed TEXT NOT NULL,
+    created BIGINT NOT NULL,
+    used BIGINT,
+    params TEXT
+);
+ALTER TABLE workflows ADD COLUMN continued BIGINT NOT NULL DEFAULT 0;
+"#,
+    // 6: status badges (SQLite's migration 13): a project's badge token as a digest, whether
+    // its badges are public; pipelines by branch, newest first, for the badge's lookup.
+    r#"
+CREATE TABLE project_badges (
+    project_id BIGINT PRIMARY KEY REFERENCES projects(id),
+    token_digest TEXT,
+    public BIGINT NOT NULL DEFAULT 0
+);
+CREATE INDEX pipelines_branch ON pipelines(project_id, branch, id);
+"#,
 ];
 
 /// Apply the migrations this database has not had yet.

@@ -219,3 +219,72 @@ fn a_restarted_database_is_used_again_without_reopening() {
         "the feed reconnects and says look again"
     );
 }
+
+/// Two coordinators on one database race for the same ticks of one schedule, each tick
+/// started together: every tick fires exactly once between them, with its one pipeline.
+#[test]
+fn two_coordinators_fire_each_tick_of_a_schedule_once() {
+    use crate::store::schedules::NewSchedule;
+    let Some(server) = testing::server() else {
+        eprintln!("{}", testing::SKIPPED);
+        return;
+    };
+    let url = server.new_database().expect("database");
+    let d = tempfile::tempdir().expect("tempdir");
+    let data = d.path().join("data");
+    let a = std::sync::Arc::new(PgStore::open(&url, &data, None).expect("open a"));
+    let b = std::sync::Arc::new(PgStore::open(&url, &data, None).expect("open b"));
+    project(&a, "acme/widget");
+    let row = a
+        .add_schedule(&NewSchedule {
+            project: "acme/widget".into(),
+            name: "nightly".into(),
+            cron: "0 4 * * *".into(),
+            branch: "main".into(),
+            params: vec![],
+            actor: None,
+        })
+        .expect("schedule");
+    let pipeline = NewPipeline {
+        project: "acme/widget".into(),
+        git_ref: "refs/heads/main".into(),
+        trigger_source: "scheduled_pipeline".into(),
+        schedule_name: row.name.clone(),
+        schedule_id: row.uuid.clone(),
+        ..Default::default()
+    };
+    const TICKS: i64 = 20;
+    let start = std::sync::Arc::new(std::sync::Barrier::new(2));
+    let racers: Vec<_> = [a.clone(), b.clone()]
+        .into_iter()
+        .map(|s| {
+            let (start, uuid, p) = (start.clone(), row.uuid.clone(), pipeline.clone());
+            std::thread::spawn(move || {
+                (0..TICKS)
+                    .filter(|i| {
+                        start.wait();
+                        s.fire_tick(
+                            &uuid,
+                            1_796_616_000_000 + i * 60_000,
+                            std::slice::from_ref(&p),
+                        )
+                        .expect("fire")
+                        .is_some()
+                    })
+                    .count()
+            })
+        })
+        .collect();
+    let won: Vec<usize> = racers
+        .into_iter()
+        .map(|r| r.join().expect("racer"))
+        .collect();
+    assert_eq!(won.iter().sum::<usize>(), TICKS as usize, "{won:?}");
+    let pipelines = b.list_pipelines(Some("acme/widget"), 100).expect("list");
+    assert_eq!(pipelines.len(), TICKS as usize);
+    let listed = b.list_schedules(None).expect("ls");
+    assert_eq!(
+        listed[0].last_tick,
+        Some(1_796_616_000_000 + (TICKS - 1) * 60_000)
+    );
+}

@@ -1,0 +1,319 @@
+//! `cargo bench --bench job`: issue 32, whole jobs (`bosun execute`: checkout + one step)
+//! against what a person would run by hand, in one run, over the Bitbucket stand-in.
+//!
+//! (a) one-step `true` job (no checkout) against `docker run --rm IMAGE true`, alternating;
+//!     target ≤ 1.1.
+//! (b) cold job (empty mirror cache): checkout + `true` as the image's `circleci` user,
+//!     against `git clone` + `docker run --rm` of the same step with the clone mounted at its
+//!     working directory; target ≤ 1.0. Its peak RSS (the whole `bosun execute` process,
+//!     the checkout on its blocking thread included).
+//! (c) warm job (the cache kept, 5 new commits pushed before each run) against the cold job
+//!     (target ≤ 0.35) and against `git fetch` in a kept clone + the same `docker run`.
+//!
+//! The repository: `BOSUN_BENCH_REPO`, a git directory with history (e.g. a bare clone of
+//! tokio-rs/tokio; its branch `main` is made from its `HEAD` if missing), else one made by
+//! benches/gen-repo.sh with BOSUN_BENCH_FILES (1000) files and BOSUN_BENCH_COMMITS (3000)
+//! commits. BOSUN_BENCH_RUNS (default 5; (a) runs twice as many pairs).
+
+mod common;
+
+// The integration tests' harness; a bench uses a few of its helpers.
+#[allow(dead_code, unused_imports)]
+#[path = "../tests/it/harness/mod.rs"]
+mod harness;
+
+use common::{env_num, measure, ms};
+
+use harness::{ensure_images, image, Project, Rig};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Median, min and max.
+fn stats(mut v: Vec<f64>) -> (f64, f64, f64) {
+    v.sort_by(f64::total_cmp);
+    (v[v.len() / 2], v[0], v[v.len() - 1])
+}
+
+fn line(name: &str, v: Vec<f64>, unit: &str) {
+    let (m, lo, hi) = stats(v);
+    println!("    {name:<52} {m:>9.2} {unit}  ({lo:.2}–{hi:.2})");
+}
+
+struct Bench<'a> {
+    rig: &'a Rig,
+    key: harness::Key,
+    img: String,
+    config: PathBuf,
+}
+
+impl Bench<'_> {
+    /// `bosun execute` of the job `build` (checkout + `true`) from the stand-in.
+    fn job(&self, cache: &Path, store: &Path) -> Command {
+        let mut c = Command::new(harness::bosun_bin());
+        c.args([
+            "execute",
+            "--repo",
+            "git@bitbucket.org:acme/bench.git",
+            "--ref",
+            "main",
+            "--job",
+            "build",
+        ])
+        .arg("--config")
+        .arg(&self.config)
+        .arg("--cache-dir")
+        .arg(cache)
+        .arg("--store")
+        .arg(store)
+        .arg("--network")
+        .arg(&self.rig.network)
+        .arg("--user-key")
+        .arg(&self.key.private_path)
+        .arg("--known-hosts")
+        .arg(self.rig.known_hosts_file());
+        for m in self.rig.vcs_host_mapping() {
+            c.args(["--vcs-host", &m]);
+        }
+        c
+    }
+
+    fn git_clone(&self, dest: &Path) -> Command {
+        let mut c = self.rig.git(Some(&self.key));
+        c.args([
+            "clone",
+            "-q",
+            "--branch",
+            "main",
+            &self.rig.ssh_url("acme/bench"),
+        ])
+        .arg(dest);
+        c
+    }
+
+    fn git_fetch(&self, clone: &Path) -> Command {
+        let mut c = self.rig.git(Some(&self.key));
+        c.arg("-C")
+            .arg(clone)
+            .args(["pull", "-q", "--ff-only", "origin", "main"]);
+        c
+    }
+
+    /// The job's step by hand: the clone mounted where the job's checkout would be.
+    fn docker_run(&self, clone: &Path) -> Command {
+        let mut c = Command::new("docker");
+        c.args([
+            "run",
+            "--rm",
+            "-u",
+            "circleci",
+            "-w",
+            "/home/circleci/project",
+        ])
+        .arg("-v")
+        .arg(format!("{}:/home/circleci/project", clone.display()))
+        .args([&self.img, "true"]);
+        c
+    }
+}
+
+fn main() {
+    if !std::env::args().any(|a| a == "--bench") {
+        return;
+    }
+    let runs = env_num("BOSUN_BENCH_RUNS", 5).max(1);
+    ensure_images();
+    let img = image("base");
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let s = scratch.path();
+
+    // (a) one-step job against docker run --rm, alternating who goes first.
+    let project = Project::new(&format!(
+        "version: 2.1\njobs:\n  build:\n    docker: [{{image: {img}}}]\n    steps: [{{run: 'true'}}]\n"
+    ));
+    let one_step = || project.command(&[]);
+    let docker_true = || {
+        let mut c = Command::new("docker");
+        c.args(["run", "--rm", &img, "true"]);
+        c
+    };
+    measure(&mut docker_true());
+    measure(&mut one_step());
+    let (mut ratios, mut d_ms, mut b_ms) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..runs * 2 {
+        let (d, b) = if i % 2 == 0 {
+            let d = measure(&mut docker_true());
+            (d, measure(&mut one_step()))
+        } else {
+            let b = measure(&mut one_step());
+            (measure(&mut docker_true()), b)
+        };
+        ratios.push(b.wall.as_secs_f64() / d.wall.as_secs_f64());
+        d_ms.push(ms(d.wall));
+        b_ms.push(ms(b.wall));
+    }
+    println!(
+        "(a) one-step `true` job, {} alternating pairs (median, min–max):",
+        runs * 2
+    );
+    line("docker run --rm", d_ms, "ms");
+    line("bosun execute", b_ms, "ms");
+    line("ratio bosun/docker (target <= 1.1)", ratios, "");
+
+    // The repository on the stand-in.
+    let rig = Rig::start();
+    let ws = rig.srv_dir().join("repos/acme");
+    std::fs::create_dir_all(&ws).expect("mkdir");
+    let data = tempfile::tempdir().expect("tempdir");
+    let what = match std::env::var_os("BOSUN_BENCH_REPO") {
+        Some(repo) => {
+            harness::run(
+                Command::new("git")
+                    .args(["clone", "-q", "--bare", "--no-local"])
+                    .arg(&repo)
+                    .arg(ws.join("bench.git")),
+            );
+            Path::new(&repo).display().to_string()
+        }
+        None => {
+            let files = env_num("BOSUN_BENCH_FILES", 1000);
+            let commits = env_num("BOSUN_BENCH_COMMITS", 3000);
+            harness::run(
+                Command::new("bash")
+                    .arg(harness::repo_root().join("benches/gen-repo.sh"))
+                    .arg(data.path())
+                    .arg(files.to_string())
+                    .arg(commits.to_string()),
+            );
+            for repo in ["bench.git", "lib.git"] {
+                harness::run(
+                    Command::new("cp")
+                        .arg("-a")
+                        .arg(data.path().join(repo))
+                        .arg(&ws),
+                );
+            }
+            format!("generated: {files} files, {commits} commits, a submodule")
+        }
+    };
+    let bare = ws.join("bench.git");
+    // A branch `main` at HEAD, whatever the repository calls its default branch.
+    let has_main = Command::new("git")
+        .arg("--git-dir")
+        .arg(&bare)
+        .args(["rev-parse", "-q", "--verify", "refs/heads/main"])
+        .status()
+        .expect("git")
+        .success();
+    if !has_main {
+        harness::run(
+            Command::new("git")
+                .arg("--git-dir")
+                .arg(&bare)
+                .args(["branch", "main", "HEAD"]),
+        );
+    }
+    harness::run(Command::new("chmod").args(["-R", "a+rwX"]).arg(&ws));
+    let commits = harness::run(
+        Command::new("git")
+            .arg("--git-dir")
+            .arg(&bare)
+            .args(["rev-list", "--count", "main"]),
+    );
+    let config = s.join("config.yml");
+    std::fs::write(
+        &config,
+        format!("version: 2.1\njobs:\n  build:\n    docker:\n      - image: {img}\n        user: circleci\n    steps: [checkout, {{run: 'true'}}]\n"),
+    )
+    .expect("config");
+    let bench = Bench {
+        key: rig.user_key(&["acme"]),
+        rig: &rig,
+        img: img.clone(),
+        config,
+    };
+    println!("repository: {what}; main has {} commits", commits.trim());
+
+    // (b) cold: an empty cache each time, against clone + run.
+    measure(&mut bench.git_clone(&s.join("prime")));
+    let (mut ratios, mut hand_ms, mut cold_ms, mut rss) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for i in 0..runs {
+        let cold = || {
+            measure(&mut bench.job(
+                &s.join(format!("cold-cache-{i}")),
+                &s.join(format!("cold-store-{i}")),
+            ))
+        };
+        let hand = || {
+            let dest = s.join(format!("clone-{i}"));
+            let c = measure(&mut bench.git_clone(&dest));
+            let r = measure(&mut bench.docker_run(&dest));
+            c.wall + r.wall
+        };
+        let (h, b) = if i % 2 == 0 {
+            let h = hand();
+            (h, cold())
+        } else {
+            let b = cold();
+            (hand(), b)
+        };
+        ratios.push(b.wall.as_secs_f64() / h.as_secs_f64());
+        hand_ms.push(ms(h));
+        cold_ms.push(ms(b.wall));
+        rss.push(b.max_rss_kib as f64 / 1024.0);
+    }
+    let cold_median = stats(cold_ms.clone()).0;
+    println!("(b) cold job (checkout + true), {runs} runs:");
+    line("git clone + docker run --rm", hand_ms, "ms");
+    line("bosun execute, empty cache", cold_ms, "ms");
+    line("ratio bosun/by hand (target <= 1.0)", ratios, "");
+    line("peak RSS of bosun execute", rss, "MiB");
+
+    // (c) warm: one cache and one clone kept; 5 new commits before each run.
+    let cache = s.join("warm-cache");
+    let store = s.join("warm-store");
+    let kept = s.join("kept-clone");
+    measure(&mut bench.job(&cache, &store));
+    measure(&mut bench.git_clone(&kept));
+    let work = s.join("work");
+    harness::run(
+        rig.git(None)
+            .args(["clone", "-q", "--branch", "main"])
+            .arg(&bare)
+            .arg(&work),
+    );
+    let (mut vs_cold, mut vs_hand, mut warm_ms, mut fetch_ms) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for i in 0..runs {
+        for c in 0..5 {
+            std::fs::write(work.join(format!("new-{i}-{c}.txt")), format!("{i} {c}\n"))
+                .expect("write");
+            harness::run(rig.git(None).arg("-C").arg(&work).args(["add", "-A"]));
+            harness::run(rig.git(None).arg("-C").arg(&work).args([
+                "commit",
+                "-q",
+                "-m",
+                &format!("new {i}.{c}"),
+            ]));
+        }
+        harness::run(rig.git(None).arg("-C").arg(&work).args([
+            "push",
+            "-q",
+            "origin",
+            "HEAD:main",
+        ]));
+        let w = measure(&mut bench.job(&cache, &store));
+        let f = measure(&mut bench.git_fetch(&kept));
+        let r = measure(&mut bench.docker_run(&kept));
+        let hand = f.wall + r.wall;
+        vs_cold.push(ms(w.wall) / cold_median);
+        vs_hand.push(w.wall.as_secs_f64() / hand.as_secs_f64());
+        warm_ms.push(ms(w.wall));
+        fetch_ms.push(ms(hand));
+    }
+    println!("(c) warm job after 5 new commits, {runs} runs:");
+    line("bosun execute, warm cache", warm_ms, "ms");
+    line("git pull (kept clone) + docker run --rm", fetch_ms, "ms");
+    line("warm / cold median (target <= 0.35)", vs_cold, "");
+    line("warm / (git pull + docker run)", vs_hand, "");
+}

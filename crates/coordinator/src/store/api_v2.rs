@@ -1,0 +1,614 @@
+//! What CircleCI's API v2 (`crate::api_v2`) reads beside the pipeline rows: project tokens,
+//! lookups by the UUIDs the API hands out, pages of pipelines, the fields of a pipeline the
+//! other rows leave out, and each pipeline's config as it was compiled.
+
+use super::pipelines::resolve_project;
+use super::*;
+
+/// What a pipeline's API shape needs beyond [`super::pipelines::PipelineRow`].
+#[derive(Debug, Clone, Default)]
+pub struct PipelineDetails {
+    /// The trigger's parameters, as text.
+    pub params: Vec<(String, String)>,
+    /// Who triggered it (the webhook's actor, the operator, `$USER` of the CLI).
+    pub username: Option<String>,
+    pub commit_subject: Option<String>,
+    pub clone_url: String,
+    pub finished: Option<i64>,
+    /// Each workflow's (id, created, finished).
+    pub workflow_times: Vec<(i64, i64, Option<i64>)>,
+}
+
+/// A project as the API names it.
+#[derive(Debug, Clone)]
+pub struct ApiProject {
+    /// The current slug, `workspace/repo`.
+    pub slug: String,
+    pub default_branch: String,
+    pub clone_url: String,
+}
+
+/// A pipeline's config as it was compiled: the source text and the processed one.
+#[derive(Debug, Clone)]
+pub struct PipelineConfig {
+    pub source: String,
+    pub compiled: String,
+    /// The setup config, when the pipeline was continued from one (`setup: true`).
+    pub setup_source: Option<String>,
+    pub setup_compiled: Option<String>,
+}
+
+impl Store {
+    pub(super) fn create_project_token(&self, project: &str, name: &str) -> Result<String> {
+        let token = format!("bosun-prj-{}", random_hex(24)?);
+        let id = format!("prj-{}", random_hex(6)?);
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let pid = resolve_project(&tx, project)?;
+        tx.execute(
+            "INSERT INTO project_tokens(id, project_id, name, token_sha256, created) \
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![id, pid, name, sha256_hex(token.as_bytes()), now_ms()],
+        )?;
+        tx.commit()?;
+        Ok(token)
+    }
+
+    pub(super) fn project_token(&self, token: &str) -> Result<Option<String>> {
+        Ok(self
+            .reader()?
+            .query_row(
+                "SELECT p.slug FROM project_tokens t JOIN projects p ON p.id = t.project_id \
+                 WHERE t.token_sha256 = ?1 AND t.revoked = 0",
+                [sha256_hex(token.as_bytes())],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    pub(super) fn revoke_project_tokens(&self, name: &str) -> Result<usize> {
+        Ok(self.conn().execute(
+            "UPDATE project_tokens SET revoked = 1 WHERE name = ?1 OR id = ?1",
+            [name],
+        )?)
+    }
+
+    pub(super) fn api_project(&self, project: &str) -> Result<Option<ApiProject>> {
+        let conn = self.reader()?;
+        let pid = match resolve_project(&conn, project) {
+            Ok(pid) => pid,
+            Err(CoordError::NotFound(_)) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        Ok(Some(conn.query_row(
+            "SELECT slug, default_branch, clone_url FROM projects WHERE id = ?1",
+            [pid],
+            |r| {
+                Ok(ApiProject {
+                    slug: r.get(0)?,
+                    default_branch: r.get(1)?,
+                    clone_url: r.get(2)?,
+                })
+            },
+        )?))
+    }
+
+    pub(super) fn pipeline_by_uuid(&self, uuid: &str) -> Result<Option<i64>> {
+        Ok(self
+            .reader()?
+            .query_row("SELECT id FROM pipelines WHERE uuid = ?1", [uuid], |r| {
+                r.get(0)
+            })
+            .optional()?)
+    }
+
+    pub(super) fn workflow_pipeline(&self, uuid: &str) -> Result<Option<i64>> {
+        Ok(self
+            .reader()?
+            .query_row(
+                "SELECT pipeline_id FROM workflows WHERE uuid = ?1",
+                [uuid],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    pub(super) fn pipeline_page(
+        &self,
+        project: &str,
+        branch: Option<&str>,
+        before: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<i64>> {
+        let conn = self.reader()?;
+        let pid = resolve_project(&conn, project)?;
+        let mut st = conn.prepare(
+            "SELECT id FROM pipelines WHERE project_id = ?1 AND (?2 IS NULL OR branch = ?2) \
+             AND (?3 IS NULL OR id < ?3) ORDER BY id DESC LIMIT ?4",
+        )?;
+        let rows = st
+            .query_map(params![pid, branch, before, limit], |r| r.get(0))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(rows)
+    }
+
+    pub(super) fn pipeline_details(&self, id: i64) -> Result<Option<PipelineDetails>> {
+        let conn = self.reader()?;
+        let row = conn
+            .query_row(
+                "SELECT p.params, p.username, p.commit_subject, pr.clone_url, p.finished \
+                 FROM pipelines p JOIN projects pr ON pr.id = p.project_id WHERE p.id = ?1",
+                [id],
+                |r| {
+                    Ok(PipelineDetails {
+                        params: serde_json::from_str(&r.get::<_, String>(0)?).unwrap_or_default(),
+                        username: r.get(1)?,
+                        commit_subject: r.get(2)?,
+                        clone_url: r.get(3)?,
+                        finished: r.get(4)?,
+                        workflow_times: Vec::new(),
+                    })
+                },
+            )
+            .optional()?;
+        let Some(mut row) = row else { return Ok(None) };
+        let mut st = conn.prepare(
+            "SELECT id, created, finished FROM workflows WHERE pipeline_id = ?1 ORDER BY id",
+        )?;
+        row.workflow_times = st
+            .query_map([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(Some(row))
+    }
+
+    pub(super) fn record_pipeline_config(
+        &self,
+        id: i64,
+        source: &str,
+        compiled: &str,
+    ) -> Result<()> {
+        // A continuation's config keeps the setup config it replaces as `setup-config`.
+        self.conn().execute(
+            "INSERT INTO pipeline_configs(pipeline_id, source, compiled) VALUES (?1, ?2, ?3) \
+             ON CONFLICT(pipeline_id) DO UPDATE SET setup_source = source, \
+             setup_compiled = compiled, source = excluded.source, compiled = excluded.compiled",
+            params![id, source, compiled],
+        )?;
+        Ok(())
+    }
+
+    pub(super) fn pipeline_config(&self, id: i64) -> Result<Option<PipelineConfig>> {
+        Ok(self
+            .reader()?
+            .query_row(
+                "SELECT source, compiled, setup_source, setup_compiled FROM pipeline_configs \
+                 WHERE pipeline_id = ?1",
+                [id],
+                |r| {
+                    Ok(PipelineConfig {
+                        source: r.get(0)?,
+                        compiled: r.get(1)?,
+                        setup_source: r.get(2)?,
+                        setup_compiled: r.get(3)?,
+                    })
+                },
+            )
+            .optional()?)
+    }
+
+    pub(super) fn job_pipeline(&self, job: i64) -> Result<Option<i64>> {
+        Ok(self
+            .reader()?
+            .query_row("SELECT pipeline_id FROM jobs WHERE id = ?1", [job], |r| {
+                r.get::<_, Option<i64>>(0)
+            })
+            .optional()?
+            .flatten())
+    }
+}
+
+/// Why a continuation is refused (the API answers each with CircleCI's error).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ContinueRefusal {
+    /// No pipeline has this key.
+    UnknownKey,
+    /// The key continued its pipeline already (one use).
+    AlreadyContinued,
+    /// The pipeline is no longer running (finished, canceled).
+    NotRunning,
+}
+
+/// A pipeline a continuation key names: what compiling its next config needs.
+pub struct ContinuationTarget {
+    pub pipeline: super::pipelines::PipelineToFetch,
+    /// The commit the setup config was read at.
+    pub revision: String,
+}
+
+/// A continued config and its parameters.
+pub(super) type ContinuedConfig = (String, Vec<(String, String)>);
+
+/// What a continuation adds to its pipeline.
+pub struct Continuation<'a> {
+    /// The config as sent, and as processed.
+    pub source: &'a str,
+    pub compiled: &'a str,
+    /// The parameters sent with it (the continued config's pipeline parameters).
+    pub params: &'a [(String, String)],
+    pub workflows: &'a [super::pipelines::NewWorkflow],
+}
+
+/// Where a pipeline's continuation key is sealed.
+pub(super) fn continuation_place(pipeline: i64) -> String {
+    format!("continuation:{pipeline}")
+}
+
+/// `CIRCLE_CONTINUATION_KEY` for job `job`, when it is a job of a setup workflow whose
+/// pipeline has not been continued yet (a secret value: masked in the log). Read by the
+/// claim, inside its transaction.
+pub(super) fn continuation_env(
+    conn: &Connection,
+    secrets: &SecretsKey,
+    job: i64,
+) -> Result<Option<WireEnv>> {
+    let row: Option<(i64, String)> = conn
+        .query_row(
+            "SELECT c.pipeline_id, c.key_sealed FROM jobs j \
+             JOIN workflow_jobs wj ON wj.job_id = j.id \
+             JOIN workflows w ON w.id = wj.workflow_id \
+             JOIN continuations c ON c.pipeline_id = w.pipeline_id \
+             WHERE j.id = ?1 AND w.continued = 0 AND c.used IS NULL",
+            [job],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    let Some((pipeline, sealed)) = row else {
+        return Ok(None);
+    };
+    let key = secrets.open(&continuation_place(pipeline), &sealed)?;
+    Ok(Some(WireEnv {
+        name: "CIRCLE_CONTINUATION_KEY".into(),
+        value: key.as_str().to_owned(),
+        secret: true,
+    }))
+}
+
+impl Store {
+    pub(super) fn create_continuation(&self, pipeline: i64) -> Result<()> {
+        let key = zeroize::Zeroizing::new(random_hex(32)?);
+        let sealed = self.secrets.seal(&continuation_place(pipeline), &key)?;
+        self.conn().execute(
+            "INSERT OR IGNORE INTO continuations(pipeline_id, key_sha256, key_sealed, created) \
+             VALUES (?1, ?2, ?3, ?4)",
+            params![pipeline, sha256_hex(key.as_bytes()), sealed, now_ms()],
+        )?;
+        Ok(())
+    }
+
+    pub(super) fn continuation(
+        &self,
+        key: &str,
+    ) -> Result<std::result::Result<ContinuationTarget, ContinueRefusal>> {
+        let conn = self.reader()?;
+        let row = conn
+            .query_row(
+                "SELECT c.used, p.status, p.id, p.uuid, p.number, pr.slug, pr.uuid, pr.clone_url, \
+                 COALESCE(p.revision, p.commit_sha, p.git_ref), p.branch, p.tag, p.trigger_source, \
+                 p.event, p.event_action, p.base_revision, pr.default_branch, \
+                 COALESCE(p.schedule_name, ''), COALESCE(p.schedule_id, ''), p.scheduled_workflow \
+                 FROM continuations c JOIN pipelines p ON p.id = c.pipeline_id \
+                 JOIN projects pr ON pr.id = p.project_id WHERE c.key_sha256 = ?1",
+                [sha256_hex(key.as_bytes())],
+                |r| {
+                    let revision: String = r.get(8)?;
+                    Ok((
+                        r.get::<_, Option<i64>>(0)?,
+                        r.get::<_, String>(1)?,
+                        ContinuationTarget {
+                            pipeline: super::pipelines::PipelineToFetch {
+                                id: r.get(2)?,
+                                uuid: r.get(3)?,
+                                number: r.get(4)?,
+                                project_slug: r.get(5)?,
+                                project_uuid: r.get(6)?,
+                                clone_url: r.get(7)?,
+                                keys: Vec::new(),
+                                known_hosts: String::new(),
+                                reference: revision.clone(),
+                                branch: r.get(9)?,
+                                tag: r.get(10)?,
+                                params: Vec::new(),
+                                trigger_source: r.get(11)?,
+                                event: r.get(12)?,
+                                event_action: r.get(13)?,
+                                base_revision: r.get(14)?,
+                                default_branch: r.get(15)?,
+                                api: None,
+                                // A continued pipeline keeps its values, a schedule's too.
+                                schedule_name: r.get(16)?,
+                                schedule_id: r.get(17)?,
+                                scheduled_workflow: r.get(18)?,
+                            },
+                            revision,
+                        },
+                    ))
+                },
+            )
+            .optional()?;
+        Ok(match row {
+            None => Err(ContinueRefusal::UnknownKey),
+            Some((Some(_), _, _)) => Err(ContinueRefusal::AlreadyContinued),
+            Some((None, status, _)) if !matches!(status.as_str(), "running" | "on_hold") => {
+                Err(ContinueRefusal::NotRunning)
+            }
+            Some((None, _, t)) => Ok(t),
+        })
+    }
+
+    pub(super) fn continue_pipeline(
+        &self,
+        key: &str,
+        c: &Continuation<'_>,
+    ) -> Result<std::result::Result<i64, ContinueRefusal>> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let row: Option<(i64, Option<i64>, String)> = tx
+            .query_row(
+                "SELECT c.pipeline_id, c.used, p.status FROM continuations c \
+                 JOIN pipelines p ON p.id = c.pipeline_id WHERE c.key_sha256 = ?1",
+                [sha256_hex(key.as_bytes())],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()?;
+        let id = match row {
+            None => return Ok(Err(ContinueRefusal::UnknownKey)),
+            Some((_, Some(_), _)) => return Ok(Err(ContinueRefusal::AlreadyContinued)),
+            Some((_, None, s)) if !matches!(s.as_str(), "running" | "on_hold") => {
+                return Ok(Err(ContinueRefusal::NotRunning))
+            }
+            Some((id, None, _)) => id,
+        };
+        let now = now_ms();
+        tx.execute(
+            "UPDATE continuations SET used = ?2, params = ?3 WHERE pipeline_id = ?1",
+            params![
+                id,
+                now,
+                serde_json::to_string(c.params).unwrap_or_else(|_| "[]".into())
+            ],
+        )?;
+        tx.execute(
+            "INSERT INTO pipeline_configs(pipeline_id, source, compiled) VALUES (?1, ?2, ?3) \
+             ON CONFLICT(pipeline_id) DO UPDATE SET setup_source = source, \
+             setup_compiled = compiled, source = excluded.source, compiled = excluded.compiled",
+            params![id, c.source, c.compiled],
+        )?;
+        for w in c.workflows {
+            tx.execute(
+                "INSERT INTO workflows(pipeline_id, uuid, name, status, created, continued) \
+                 VALUES (?1, ?2, ?3, 'running', ?4, 1)",
+                params![id, super::pipelines::uuid_v4()?, w.name, now],
+            )?;
+            let wid = tx.last_insert_rowid();
+            for (i, j) in w.jobs.iter().enumerate() {
+                tx.execute(
+                    "INSERT INTO workflow_jobs(workflow_id, position, name, kind, requires, \
+                     serial_group, resource_class, status, reason, contexts) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                    params![
+                        wid,
+                        i as i64,
+                        j.name,
+                        j.kind.as_str(),
+                        super::pipelines::requires_json(&j.requires),
+                        j.serial_group,
+                        j.resource_class,
+                        j.status.as_str(),
+                        j.reason,
+                        // A continued job's contexts are authorized as any job's.
+                        serde_json::to_string(&j.contexts).unwrap_or_else(|_| "[]".into())
+                    ],
+                )?;
+            }
+        }
+        // Back to running: the new workflows' jobs start on the next advance.
+        tx.execute(
+            "UPDATE pipelines SET status = 'running', finished = NULL WHERE id = ?1",
+            [id],
+        )?;
+        tx.commit()?;
+        Ok(Ok(id))
+    }
+
+    /// The continued config and its parameters, for a job of a workflow a continuation
+    /// added (the agent cannot read that config from the repository).
+    pub(super) fn continued_config(conn: &Connection, job: i64) -> Result<Option<ContinuedConfig>> {
+        Ok(conn
+            .query_row(
+                "SELECT pc.source, c.params FROM jobs j JOIN workflow_jobs wj ON wj.job_id = j.id \
+                 JOIN workflows w ON w.id = wj.workflow_id \
+                 JOIN pipeline_configs pc ON pc.pipeline_id = w.pipeline_id \
+                 JOIN continuations c ON c.pipeline_id = w.pipeline_id \
+                 WHERE j.id = ?1 AND w.continued = 1",
+                [job],
+                |r| {
+                    let params: Option<String> = r.get(1)?;
+                    Ok((
+                        r.get(0)?,
+                        params
+                            .and_then(|p| serde_json::from_str(&p).ok())
+                            .unwrap_or_default(),
+                    ))
+                },
+            )
+            .optional()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::JobKind;
+    use crate::store::pipelines::{
+        NewPipeline, NewWorkflow, NewWorkflowJob, StatusBody, StatusChange, Statuses,
+    };
+    use bosun_protocol::WorkflowJobStatus;
+
+    fn no_status(_: &StatusChange<'_>) -> Option<StatusBody> {
+        None
+    }
+    const STATUSES: Statuses<'static> = Statuses {
+        public_url: "",
+        write: no_status,
+    };
+
+    fn workflow(name: &str, job: &str) -> NewWorkflow {
+        NewWorkflow {
+            name: name.into(),
+            jobs: vec![NewWorkflowJob {
+                name: job.into(),
+                kind: JobKind::Build,
+                requires: vec![],
+                serial_group: None,
+                resource_class: None,
+                status: WorkflowJobStatus::Waiting,
+                reason: None,
+                contexts: vec![],
+            }],
+        }
+    }
+
+    #[test]
+    fn a_continuation_key_reaches_setup_jobs_only_and_continues_its_pipeline_once() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let s = Store::open(&d.path().join("data")).expect("open");
+        s.add_project(&NewProject {
+            slug: "acme/widget".into(),
+            uuid: None,
+            clone_url: "git@bitbucket.org:acme/widget.git".into(),
+            user_key: None,
+            deploy_key: None,
+            known_hosts: String::new(),
+            env: vec![],
+        })
+        .expect("project");
+        let (id, _) = s
+            .create_pipeline(&NewPipeline {
+                project: "acme/widget".into(),
+                git_ref: "refs/heads/main".into(),
+                trigger_source: "api".into(),
+                ..Default::default()
+            })
+            .expect("pipeline");
+        let sha = "a".repeat(40);
+        s.record_pipeline_config(id, "setup: true", "setup processed")
+            .expect("config");
+        s.pipeline_compiled(id, &sha, &[workflow("setup", "generate")])
+            .expect("compiled");
+        s.create_continuation(id).expect("continuation");
+        s.advance(id, &STATUSES).expect("advance");
+
+        let setup = s
+            .claim("a1", Duration::from_secs(30))
+            .expect("claim")
+            .expect("the setup job");
+        assert_eq!(setup.job_name, "generate");
+        let key = setup
+            .env
+            .iter()
+            .find(|e| e.name == "CIRCLE_CONTINUATION_KEY")
+            .expect("the key")
+            .clone();
+        assert!(key.secret, "the key is a secret value");
+        assert_eq!(key.value.len(), 64);
+        assert_eq!(setup.pipeline.as_ref().and_then(|p| p.config.clone()), None);
+        // The store keeps it sealed: neither the key nor its digest's preimage in the clear.
+        let raw: String = s
+            .conn()
+            .query_row("SELECT key_sealed FROM continuations", [], |r| r.get(0))
+            .expect("row");
+        assert!(!raw.contains(&key.value));
+
+        let unknown = "0".repeat(64);
+        assert!(matches!(
+            s.continuation(&unknown).expect("lookup"),
+            Err(ContinueRefusal::UnknownKey)
+        ));
+        let target = s
+            .continuation(&key.value)
+            .expect("lookup")
+            .expect("a target");
+        assert_eq!(target.revision, sha);
+        assert_eq!(target.pipeline.branch.as_deref(), Some("main"));
+
+        let params = vec![("target".to_owned(), "x".to_owned())];
+        let mut after = [workflow("after", "deploy")];
+        after[0].jobs[0].contexts = vec!["deploy-creds".into()];
+        let notify = workflow("after", "notify").jobs.remove(0);
+        after[0].jobs.push(notify);
+        let c = Continuation {
+            source: "continued",
+            compiled: "continued processed",
+            params: &params,
+            workflows: &after,
+        };
+        assert_eq!(
+            s.continue_pipeline(&key.value, &c).expect("continue"),
+            Ok(id)
+        );
+        assert_eq!(
+            s.continue_pipeline(&key.value, &c).expect("again"),
+            Err(ContinueRefusal::AlreadyContinued)
+        );
+        assert_eq!(
+            s.continue_pipeline(&unknown, &c).expect("unknown"),
+            Err(ContinueRefusal::UnknownKey)
+        );
+        assert!(matches!(
+            s.continuation(&key.value).expect("lookup"),
+            Err(ContinueRefusal::AlreadyContinued)
+        ));
+
+        // The continued jobs keep the contexts their config names, authorized as any job's:
+        // `deploy` names one that does not exist and ends unauthorized; `notify` runs.
+        let kept: String = s
+            .conn()
+            .query_row(
+                "SELECT contexts FROM workflow_jobs WHERE name = 'deploy'",
+                [],
+                |r| r.get(0),
+            )
+            .expect("row");
+        assert_eq!(kept, r#"["deploy-creds"]"#);
+        s.advance(id, &STATUSES).expect("advance");
+        let row = s.pipeline(id).expect("pipeline").expect("row");
+        let statuses: Vec<_> = row.workflows[1].jobs.iter().map(|j| j.status).collect();
+        assert_eq!(
+            statuses,
+            [WorkflowJobStatus::Unauthorized, WorkflowJobStatus::Queued],
+            "{row:#?}"
+        );
+        let notify = s
+            .claim("a1", Duration::from_secs(30))
+            .expect("claim")
+            .expect("the continued job");
+        assert_eq!(notify.job_name, "notify");
+        let p = notify.pipeline.expect("pipeline");
+        assert_eq!(p.config.as_deref(), Some("continued"));
+        assert_eq!(p.parameters, params);
+        assert_eq!(p.workflow, "after");
+        assert!(notify
+            .env
+            .iter()
+            .all(|e| e.name != "CIRCLE_CONTINUATION_KEY"));
+
+        let cfg = s.pipeline_config(id).expect("config").expect("kept");
+        assert_eq!(
+            (cfg.source.as_str(), cfg.setup_source.as_deref()),
+            ("continued", Some("setup: true"))
+        );
+        let row = s.pipeline(id).expect("pipeline").expect("row");
+        let names: Vec<&str> = row.workflows.iter().map(|w| w.name.as_str()).collect();
+        assert_eq!(names, ["setup", "after"]);
+    }
+}
