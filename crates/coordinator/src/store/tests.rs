@@ -1467,3 +1467,89 @@ mod areas {
         }
     );
 }
+
+// The claim's fitting rule (the job's resource class unset or the agent's, its labels a
+// subset of the agent's), a project restricted to some agents, and what the claim carries:
+// the project's variables (secret ones opened, in name order), its keys, the previous build
+// of the branch.
+both!(
+    a_claim_takes_the_oldest_job_the_agent_fits_with_its_project_data,
+    |_d, s| {
+        s.add_project(&NewProject {
+            slug: "acme/env".into(),
+            uuid: None,
+            clone_url: "git@bitbucket.org:acme/env.git".into(),
+            user_key: None,
+            deploy_key: Some("DEPLOY-KEY".into()),
+            known_hosts: "# comment\nbitbucket.org ssh-ed25519 AAAA\n".into(),
+            env: vec![
+                WireEnv {
+                    name: "ZED".into(),
+                    value: "plain".into(),
+                    secret: false,
+                },
+                WireEnv {
+                    name: "API_TOKEN".into(),
+                    value: "s3cr3t".into(),
+                    secret: true,
+                },
+            ],
+        })
+        .expect("project");
+        let (small, _) = s
+            .register_agent("small", "docker", &[], "test")
+            .expect("agent");
+        let (gpu, _) = s
+            .register_agent("gpu", "large", &["gpu".into(), "linux".into()], "test")
+            .expect("agent");
+        let queue = |project: &str, class: Option<&str>, labels: &[&str]| {
+            s.enqueue(&NewJob {
+                project_slug: project.into(),
+                resource_class: class.map(String::from),
+                labels: labels.iter().map(|l| l.to_string()).collect(),
+                ..new_job()
+            })
+            .expect("enqueue")
+        };
+        let needs_gpu = queue("acme/widget", Some("large"), &["gpu"]);
+        let needs_more = queue("acme/widget", None, &["gpu", "arm"]);
+        let any = queue("acme/env", None, &[]);
+        let lease = Duration::from_secs(30);
+        let claim = |agent: &str| {
+            s.claim(agent, lease)
+                .expect("claim")
+                .map(|j| parse_job_id(&j.id).expect("id"))
+        };
+        // The small agent fits only the job that asks for nothing; the gpu one the oldest it has
+        // every label of; nobody has `arm`.
+        assert_eq!(claim(&small), Some(any));
+        assert_eq!(claim(&gpu), Some(needs_gpu));
+        assert_eq!(claim(&gpu), None);
+        assert_eq!(claim("an-agent-nobody-registered"), None);
+        s.cancel(needs_more).expect("cancel");
+        // A project restricted to the gpu agent is offered to it only.
+        s.restrict_project("acme/env", std::slice::from_ref(&gpu))
+            .expect("restrict");
+        let first = queue("acme/env", None, &[]);
+        assert_eq!(claim(&small), None);
+        let w = s.claim(&gpu, lease).expect("claim").expect("a job");
+        assert_eq!(parse_job_id(&w.id), Some(first));
+        assert_eq!(w.attempt, 1);
+        assert_eq!(w.project.slug, "acme/env");
+        assert_eq!(
+            w.env
+                .iter()
+                .map(|e| (e.name.as_str(), e.value.as_str(), e.secret))
+                .collect::<Vec<_>>(),
+            [("API_TOKEN", "s3cr3t", true), ("ZED", "plain", false)]
+        );
+        assert_eq!(w.keys.len(), 1);
+        assert_eq!(w.keys[0].private_key, "DEPLOY-KEY");
+        assert_eq!(w.known_hosts, ["bitbucket.org ssh-ed25519 AAAA"]);
+        assert_eq!(w.previous_build_num, Some(1), "the `any` job's number");
+        assert!(w.pipeline.is_none() && w.context_ids.is_empty());
+        let store = w.store.expect("store");
+        assert_eq!(store.workspace, format!("job-{first}"));
+        assert!(store.cache_writes);
+    }
+);

@@ -8,7 +8,7 @@ use super::*;
 use crate::store::api_store::ApiStore;
 use crate::store::api_v2::{
     continuation_place, ApiProject, Continuation, ContinuationTarget, ContinueRefusal,
-    ContinuedConfig, PipelineConfig, PipelineDetails,
+    PipelineConfig, PipelineDetails,
 };
 
 /// A continuation's config replaces the pipeline's, which is kept as its setup config.
@@ -16,62 +16,6 @@ const UPSERT_CONFIG: &str = "INSERT INTO pipeline_configs(pipeline_id, source, c
      VALUES (?1, ?2, ?3) ON CONFLICT(pipeline_id) DO UPDATE SET \
      setup_source = pipeline_configs.source, setup_compiled = pipeline_configs.compiled, \
      source = excluded.source, compiled = excluded.compiled";
-
-/// `CIRCLE_CONTINUATION_KEY` for job `job`, when it is a job of a setup workflow whose
-/// pipeline has not been continued yet (a secret value: masked in the log). Read by the
-/// claim, inside its transaction.
-pub(super) fn continuation_env(
-    conn: &Connection,
-    secrets: &SecretsKey,
-    job: i64,
-) -> Result<Option<WireEnv>> {
-    let row: Option<(i64, String)> = conn
-        .query_row(
-            "SELECT c.pipeline_id, c.key_sealed FROM jobs j \
-             JOIN workflow_jobs wj ON wj.job_id = j.id \
-             JOIN workflows w ON w.id = wj.workflow_id \
-             JOIN continuations c ON c.pipeline_id = w.pipeline_id \
-             WHERE j.id = ?1 AND w.continued = 0 AND c.used IS NULL",
-            [job],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .optional()?;
-    let Some((pipeline, sealed)) = row else {
-        return Ok(None);
-    };
-    let key = secrets.open(&continuation_place(pipeline), &sealed)?;
-    Ok(Some(WireEnv {
-        name: "CIRCLE_CONTINUATION_KEY".into(),
-        value: key.as_str().to_owned(),
-        secret: true,
-    }))
-}
-
-impl PgStore {
-    /// The continued config and its parameters, for a job of a workflow a continuation
-    /// added (the agent cannot read that config from the repository).
-    pub(super) fn continued_config(conn: &Connection, job: i64) -> Result<Option<ContinuedConfig>> {
-        Ok(conn
-            .query_row(
-                "SELECT pc.source, c.params FROM jobs j JOIN workflow_jobs wj ON wj.job_id = j.id \
-                 JOIN workflows w ON w.id = wj.workflow_id \
-                 JOIN pipeline_configs pc ON pc.pipeline_id = w.pipeline_id \
-                 JOIN continuations c ON c.pipeline_id = w.pipeline_id \
-                 WHERE j.id = ?1 AND w.continued = 1",
-                [job],
-                |r| {
-                    let params: Option<String> = r.get(1)?;
-                    Ok((
-                        r.get(0)?,
-                        params
-                            .and_then(|p| serde_json::from_str(&p).ok())
-                            .unwrap_or_default(),
-                    ))
-                },
-            )
-            .optional()?)
-    }
-}
 
 impl ApiStore for PgStore {
     fn create_project_token(&self, project: &str, name: &str) -> Result<String> {

@@ -9,27 +9,13 @@
 
 use super::*;
 use bosun_protocol::{
-    WireCache, WireFailedTest, WireLayer, WireStore, WireTestResults, MAX_FAILED_TESTS,
-    MAX_TEST_MESSAGE,
+    WireCache, WireFailedTest, WireLayer, WireTestResults, MAX_FAILED_TESTS, MAX_TEST_MESSAGE,
 };
 
 use crate::store::blobs::{JobResults, JobScope, OverQuota};
 
-fn workspace_of(id: i64, stored: Option<String>) -> String {
+pub(super) fn workspace_of(id: i64, stored: Option<String>) -> String {
     stored.unwrap_or_else(|| format!("job-{id}"))
-}
-
-/// What the claim tells the agent about the job's store.
-pub(super) fn wire_store(conn: &Connection, id: i64) -> Result<WireStore> {
-    let (workspace, fork): (Option<String>, bool) = conn.query_row(
-        "SELECT workspace, pr_fork FROM jobs WHERE id = ?1",
-        [id],
-        |r| Ok((r.get(0)?, r.get(1)?)),
-    )?;
-    Ok(WireStore {
-        workspace: workspace_of(id, workspace),
-        cache_writes: !fork,
-    })
 }
 
 /// A lapsed attempt's stored artifacts, test results and workspace layers go (inside the

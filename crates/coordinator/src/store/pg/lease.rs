@@ -3,12 +3,15 @@
 
 use super::*;
 use crate::model::forks::{self, Given};
+use bosun_protocol::WireStore;
 
 impl PgStore {
     // ---- agent calls ----
 
-    /// Lease the oldest queued job this agent can run, in one IMMEDIATE transaction so two
-    /// claimers (threads or processes) never get the same job.
+    /// Lease the oldest queued job this agent can run: one statement ([`CLAIM`]) in a
+    /// transaction, so two claimers (threads, processes, replicas) never get the same job,
+    /// in three round trips (`BEGIN`, the claim, `COMMIT`; a job given contexts reads them
+    /// too).
     ///
     /// The agent's resource class and labels are the ones stored for it (fixed at
     /// registration, changed by `relabel`), never what a claim says; a project restricted to
@@ -16,65 +19,24 @@ impl PgStore {
     pub(super) fn claim(&self, agent_id: &str, lease: Duration) -> Result<Option<WireJob>> {
         let mut conn = self.conn()?;
         // Row locks only: claimers on every coordinator run side by side, each taking the
-        // oldest job it may run that no other claimer holds (`SKIP LOCKED`).
+        // oldest job it may run that no other claimer holds (`SKIP LOCKED`). One statement
+        // does the claim and reads what the agent is sent (`CLAIM`); the transaction keeps
+        // the lease from committing if opening its secrets fails.
         let tx = conn.transaction_with_behavior(TransactionBehavior::RowLocks)?;
-        let (resource_class, labels): (String, Vec<String>) = tx
-            .query_row(
-                "UPDATE agents SET last_seen = ?2 WHERE id = ?1 RETURNING resource_class, labels",
-                params![agent_id, now_ms()],
-                |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)),
-            )
-            .optional()?
-            .map(|(rc, l)| (rc, serde_json::from_str(&l).unwrap_or_default()))
-            .unwrap_or_default();
-        let resource_class = resource_class.as_str();
-        let labels = labels.as_slice();
-        let candidates: Vec<(i64, Option<String>, String)> = {
-            let mut st = tx.prepare(
-                "SELECT j.id, j.resource_class, j.labels FROM jobs j WHERE j.status = 'queued' \
-                 AND (NOT EXISTS (SELECT 1 FROM project_agents pa WHERE pa.project_id = j.project_id) \
-                      OR EXISTS (SELECT 1 FROM project_agents pa WHERE pa.project_id = j.project_id \
-                                 AND pa.agent_id = ?1)) \
-                 ORDER BY j.id LIMIT 200",
-            )?;
-            st.query_map([agent_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-                .collect::<sql::Result<Vec<_>>>()?
-        };
-        // A job fits when its resource class is unset or equal, and the agent has every label
-        // (the rule a queued job's wait reason counts agents by).
-        let fits = |rc: &Option<String>, jl: &str| {
-            let wanted: Vec<String> = serde_json::from_str(jl).unwrap_or_default();
-            crate::store::waiting::fits(rc.as_deref(), &wanted, resource_class, labels)
-        };
-        // Oldest first, as SQLite's: lock the first fitting job no one else holds and that
-        // is still queued (another claimer may have committed it since the read above).
-        let mut taken = None;
-        for (id, _, _) in candidates.iter().filter(|(_, rc, jl)| fits(rc, jl)) {
-            let locked: Option<i64> = tx
-                .query_row(
-                    "SELECT id FROM jobs WHERE id = ?1 AND status = 'queued' FOR UPDATE SKIP LOCKED",
-                    [*id],
-                    |r| r.get(0),
-                )
-                .optional()?;
-            if locked.is_some() {
-                taken = locked;
-                break;
-            }
-        }
-        let Some(id) = taken else {
-            tx.commit()?;
-            return Ok(None);
-        };
         let now = now_ms();
-        tx.execute(
-            "UPDATE jobs SET status = 'running', agent_id = ?2, lease_expires = ?3, \
-             attempts = attempts + 1, started = ?4 WHERE id = ?1 AND status = 'queued'",
-            params![id, agent_id, now + lease.as_millis() as i64, now],
-        )?;
-        let job = wire_job(&tx, &self.secrets, id)?;
+        let claimed = tx
+            .query_row(
+                CLAIM,
+                params![agent_id, now, now + lease.as_millis() as i64],
+                claimed,
+            )
+            .optional()?;
+        let job = match claimed {
+            Some(c) => Some(wire_job(&tx, &self.secrets, c)?),
+            None => None,
+        };
         tx.commit()?;
-        Ok(Some(job))
+        Ok(job)
     }
 
     /// May `agent_id`, writing for `attempt` (when it says), write to job `id`?
@@ -438,74 +400,170 @@ impl PgStore {
     }
 }
 
-fn wire_job(conn: &Connection, secrets: &SecretsKey, id: i64) -> Result<WireJob> {
-    let (pid, uuid, slug, clone_url, user_key, deploy_key, known_hosts): (
-        i64,
-        String,
-        String,
-        String,
-        Option<String>,
-        Option<String>,
-        String,
-    ) = conn.query_row(
-        "SELECT p.id, p.uuid, p.slug, p.clone_url, p.user_key, p.deploy_key, p.known_hosts \
-         FROM jobs j JOIN projects p ON p.id = j.project_id WHERE j.id = ?1",
-        [id],
-        |r| {
-            Ok((
-                r.get(0)?,
-                r.get(1)?,
-                r.get(2)?,
-                r.get(3)?,
-                r.get(4)?,
-                r.get(5)?,
-                r.get(6)?,
-            ))
-        },
-    )?;
-    let (commit_sha, branch, tag, job_name, pipeline_number, attempts, pull_request, timeouts) =
-        conn.query_row(
-            "SELECT commit_sha, branch, tag, job_name, pipeline_number, attempts, pr_number, \
-             pr_url, timeout_secs, pr_fork FROM jobs WHERE id = ?1",
-            [id],
-            |r| {
-                let pull_request = match (r.get::<_, Option<i64>>(6)?, r.get(7)?) {
-                    (Some(n), Some(url)) => Some(WirePullRequest {
-                        number: n as u64,
-                        url,
-                        fork: r.get(9)?,
-                    }),
-                    _ => None,
-                };
-                let timeouts = match r.get::<_, Option<i64>>(8)? {
-                    Some(s) if s > 0 => WireTimeouts { job_secs: s as u64 },
-                    _ => WireTimeouts::default(),
-                };
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, Option<String>>(1)?,
-                    r.get::<_, Option<String>>(2)?,
-                    r.get::<_, String>(3)?,
-                    r.get::<_, i64>(4)?,
-                    r.get::<_, u32>(5)?,
-                    pull_request,
-                    timeouts,
-                ))
+/// The claim, in one statement: the agent's last call noted, the oldest queued job it may
+/// run that no other claimer holds locked (`FOR UPDATE SKIP LOCKED`; a row another claimer
+/// committed meanwhile is re-checked and passed over), leased, and everything the agent is
+/// sent about it read in the same statement (its project, pipeline and workflow, the
+/// project's variables, a continuation's key or config). The fitting rule is SQLite's
+/// (`waiting::fits`): the job's resource class unset or the agent's, and its labels a subset
+/// of the agent's (stored as JSON arrays; an agent the table does not know has neither), in
+/// a project open to every agent or to this one.
+const CLAIM: &str = "WITH agent AS ( \
+        UPDATE agents SET last_seen = ?2 WHERE id = ?1 RETURNING resource_class, labels \
+    ), pick AS ( \
+        SELECT j.id, j.project_id FROM jobs j WHERE j.status = 'queued' \
+        AND (NOT EXISTS (SELECT 1 FROM project_agents pa WHERE pa.project_id = j.project_id) \
+             OR EXISTS (SELECT 1 FROM project_agents pa WHERE pa.project_id = j.project_id \
+                        AND pa.agent_id = ?1)) \
+        AND (j.resource_class IS NULL \
+             OR j.resource_class = COALESCE((SELECT resource_class FROM agent), '')) \
+        AND j.labels::jsonb <@ COALESCE((SELECT labels FROM agent), '[]')::jsonb \
+        ORDER BY j.id LIMIT 1 FOR UPDATE OF j SKIP LOCKED \
+    ) \
+    UPDATE jobs j SET status = 'running', agent_id = ?1, lease_expires = ?3, \
+        attempts = j.attempts + 1, started = ?2 \
+    FROM pick k JOIN projects p ON p.id = k.project_id \
+        LEFT JOIN workflow_jobs wj ON wj.job_id = k.id \
+        LEFT JOIN workflows w ON w.id = wj.workflow_id \
+        LEFT JOIN pipelines pl ON pl.id = w.pipeline_id \
+        LEFT JOIN continuations cn ON cn.pipeline_id = pl.id \
+        LEFT JOIN pipeline_configs pc ON pc.pipeline_id = pl.id \
+    WHERE j.id = k.id AND j.status = 'queued' \
+    RETURNING j.id, p.id, p.uuid, p.slug, p.clone_url, p.user_key, p.deploy_key, p.known_hosts, \
+        j.commit_sha, j.branch, j.tag, j.job_name, j.pipeline_number, j.attempts, j.pr_number, \
+        j.pr_url, j.timeout_secs, j.pr_fork, j.ssh_keys, j.workspace, j.contexts, j.restricted, \
+        pl.id, pl.uuid, w.name, w.uuid, pl.params, pl.trigger_source, \
+        COALESCE(pl.base_revision, ''), COALESCE(pl.schedule_name, ''), \
+        COALESCE(pl.schedule_id, ''), \
+        CASE WHEN w.continued = 1 AND cn.pipeline_id IS NOT NULL THEN pc.source END, \
+        CASE WHEN w.continued = 1 THEN cn.params END, \
+        CASE WHEN w.continued = 0 AND cn.used IS NULL THEN cn.key_sealed END, \
+        (SELECT MAX(o.pipeline_number) FROM jobs o WHERE o.project_id = k.project_id \
+         AND o.branch IS NOT DISTINCT FROM j.branch AND o.pipeline_number < j.pipeline_number), \
+        (SELECT json_agg(json_build_array(e.name, e.value, e.secret) ORDER BY e.name COLLATE \"C\")::text \
+         FROM project_env e WHERE e.project_id = k.project_id)";
+
+/// A claimed job's row as [`CLAIM`] returns it, secrets still sealed.
+struct Claimed {
+    id: i64,
+    pid: i64,
+    project: WireProject,
+    user_key: Option<String>,
+    deploy_key: Option<String>,
+    known_hosts: String,
+    commit_sha: String,
+    branch: Option<String>,
+    tag: Option<String>,
+    job_name: String,
+    pipeline_number: i64,
+    attempts: u32,
+    pull_request: Option<WirePullRequest>,
+    timeouts: WireTimeouts,
+    fork: bool,
+    ssh_keys: Option<String>,
+    workspace: Option<String>,
+    contexts: String,
+    restricted: bool,
+    /// The pipeline's row id and what the agent is told of it (a job queued on its own has
+    /// none).
+    pipeline: Option<(i64, bosun_protocol::WirePipeline)>,
+    /// The continued config and its parameters (a job of a workflow a continuation added).
+    continued: Option<(String, Option<String>)>,
+    /// The pipeline's continuation key, sealed (a job of its setup workflow, not used yet).
+    continuation_key: Option<String>,
+    previous_build_num: Option<i64>,
+    /// The project's variables, JSON `[[name, value, secret]]` by name, secret ones sealed.
+    env: Option<String>,
+}
+
+fn claimed(r: &Row) -> sql::Result<Claimed> {
+    let pull_request = match (r.get::<_, Option<i64>>(14)?, r.get(15)?) {
+        (Some(n), Some(url)) => Some(WirePullRequest {
+            number: n as u64,
+            url,
+            fork: r.get(17)?,
+        }),
+        _ => None,
+    };
+    let timeouts = match r.get::<_, Option<i64>>(16)? {
+        Some(s) if s > 0 => WireTimeouts { job_secs: s as u64 },
+        _ => WireTimeouts::default(),
+    };
+    let pipeline = match r.get::<_, Option<i64>>(22)? {
+        Some(row) => Some((
+            row,
+            bosun_protocol::WirePipeline {
+                id: r.get(23)?,
+                workflow: r.get(24)?,
+                workflow_id: r.get(25)?,
+                parameters: serde_json::from_str(&r.get::<_, String>(26)?).unwrap_or_default(),
+                trigger_source: r.get(27)?,
+                base_revision: r.get(28)?,
+                schedule_name: r.get(29)?,
+                schedule_id: r.get(30)?,
+                config: None,
             },
-        )?;
-    // A forked pull request's build is given what `forks::gives` says (restricted or not was
-    // decided when the pipeline was made).
-    let pipeline = PgStore::wire_pipeline(conn, id)?;
-    let restricted = pipeline.as_ref().is_some_and(|(_, r)| *r);
-    let pipeline = pipeline.map(|(p, _)| p);
+        )),
+        None => None,
+    };
+    Ok(Claimed {
+        id: r.get(0)?,
+        pid: r.get(1)?,
+        project: WireProject {
+            uuid: r.get(2)?,
+            slug: r.get(3)?,
+            clone_url: r.get(4)?,
+        },
+        user_key: r.get(5)?,
+        deploy_key: r.get(6)?,
+        known_hosts: r.get(7)?,
+        commit_sha: r.get(8)?,
+        branch: r.get(9)?,
+        tag: r.get(10)?,
+        job_name: r.get(11)?,
+        pipeline_number: r.get(12)?,
+        attempts: r.get(13)?,
+        pull_request,
+        timeouts,
+        fork: r.get(17)?,
+        ssh_keys: r.get(18)?,
+        workspace: r.get(19)?,
+        contexts: r.get(20)?,
+        restricted: r.get(21)?,
+        pipeline,
+        continued: r
+            .get::<_, Option<String>>(31)?
+            .map(|c| Ok::<_, sql::SqlError>((c, r.get(32)?)))
+            .transpose()?,
+        continuation_key: r.get(33)?,
+        previous_build_num: r.get(34)?,
+        env: r.get(35)?,
+    })
+}
+
+/// The job as the agent gets it: its secrets opened, and what a forked pull request's build
+/// may have only (`forks::gives`; restricted or not was decided when its pipeline was made).
+fn wire_job(conn: &Connection, secrets: &SecretsKey, c: Claimed) -> Result<WireJob> {
+    let (id, pid) = (c.id, c.pid);
+    let restricted = c.pipeline.is_some() && c.restricted;
+    let pipeline_row = c.pipeline.as_ref().map(|(row, _)| *row);
+    let pipeline = c.pipeline.map(|(_, mut p)| {
+        if let Some((config, params)) = c.continued {
+            p.config = Some(config);
+            p.parameters = params
+                .and_then(|p| serde_json::from_str(&p).ok())
+                .unwrap_or_default();
+        }
+        p
+    });
     let mut keys = Vec::new();
     for (role, what, column, key) in [
-        (WireKeyRole::User, Given::UserKey, "user_key", user_key),
+        (WireKeyRole::User, Given::UserKey, "user_key", c.user_key),
         (
             WireKeyRole::Deploy,
             Given::DeployKey,
             "deploy_key",
-            deploy_key,
+            c.deploy_key,
         ),
     ] {
         if !forks::gives(restricted, what) {
@@ -520,46 +578,45 @@ fn wire_job(conn: &Connection, secrets: &SecretsKey, id: i64) -> Result<WireJob>
             });
         }
     }
-    let env = {
-        let mut st = conn.prepare(
-            "SELECT name, value, secret FROM project_env WHERE project_id = ?1 ORDER BY name",
-        )?;
-        let rows = st
-            .query_map([pid], |r| {
-                Ok(WireEnv {
-                    name: r.get(0)?,
-                    value: r.get(1)?,
-                    secret: r.get(2)?,
-                })
-            })?
-            .collect::<sql::Result<Vec<_>>>()?;
-        let mut env = Vec::with_capacity(rows.len());
-        for mut e in rows {
-            if !forks::gives(restricted, Given::Env { secret: e.secret }) {
-                continue;
-            }
-            if e.secret {
-                e.value = secrets
-                    .open(&secrets::env_place(pid, &e.name), &e.value)?
-                    .as_str()
-                    .to_owned();
-            }
-            env.push(e);
+    let secret_values = forks::gives(restricted, Given::Env { secret: true });
+    let mut env = Vec::new();
+    let vars: Vec<(String, String, i64)> = c
+        .env
+        .and_then(|e| serde_json::from_str(&e).ok())
+        .unwrap_or_default();
+    for (name, value, secret) in vars {
+        let secret = secret != 0;
+        if !forks::gives(restricted, Given::Env { secret }) {
+            continue;
         }
-        // A setup workflow's job continues its pipeline with this key (a secret value);
-        // restricted builds get no secret values, so not this one either.
-        if forks::gives(restricted, Given::Env { secret: true }) {
-            env.extend(super::api_v2::continuation_env(conn, secrets, id)?);
-        }
-        env
-    };
+        let value = if secret {
+            secrets
+                .open(&secrets::env_place(pid, &name), &value)?
+                .as_str()
+                .to_owned()
+        } else {
+            value
+        };
+        env.push(WireEnv {
+            name,
+            value,
+            secret,
+        });
+    }
+    // A setup workflow's job continues its pipeline with this key (a secret value);
+    // restricted builds get no secret values, so not this one either.
+    if let (true, Some(sealed), Some(row)) = (secret_values, &c.continuation_key, pipeline_row) {
+        let key = secrets.open(&crate::store::api_v2::continuation_place(row), sealed)?;
+        env.push(WireEnv {
+            name: "CIRCLE_CONTINUATION_KEY".into(),
+            value: key.as_str().to_owned(),
+            secret: true,
+        });
+    }
     // The contexts it was given when queued (none for a restricted fork build): their
     // variables over the project's, a later context's over an earlier one's, all secret.
-    let context_ids: Vec<String> = if forks::gives(restricted, Given::Env { secret: true }) {
-        let ids: String = conn.query_row("SELECT contexts FROM jobs WHERE id = ?1", [id], |r| {
-            r.get(0)
-        })?;
-        serde_json::from_str(&ids).unwrap_or_default()
+    let context_ids: Vec<String> = if secret_values {
+        serde_json::from_str(&c.contexts).unwrap_or_default()
     } else {
         Vec::new()
     };
@@ -592,39 +649,36 @@ fn wire_job(conn: &Connection, secrets: &SecretsKey, id: i64) -> Result<WireJob>
             .collect();
         (env, ids)
     };
-    let previous_build_num: Option<i64> = conn.query_row(
-        "SELECT MAX(pipeline_number) FROM jobs WHERE project_id = ?1 AND branch IS ?2 \
-         AND pipeline_number < ?3",
-        params![pid, branch, pipeline_number],
-        |r| r.get(0),
-    )?;
     Ok(WireJob {
         id: id.to_string(),
-        project: WireProject {
-            uuid,
-            slug,
-            clone_url,
-        },
-        commit_sha,
-        branch,
-        tag,
-        pull_request,
-        job_name,
-        pipeline_number: pipeline_number as u64,
+        project: c.project,
+        commit_sha: c.commit_sha,
+        branch: c.branch,
+        tag: c.tag,
+        pull_request: c.pull_request,
+        job_name: c.job_name,
+        pipeline_number: c.pipeline_number as u64,
         keys,
-        known_hosts: known_hosts
+        known_hosts: c
+            .known_hosts
             .lines()
             .map(str::trim)
             .filter(|l| !l.is_empty() && !l.starts_with('#'))
             .map(String::from)
             .collect(),
         env,
-        timeouts,
-        attempt: attempts,
-        previous_build_num: previous_build_num.map(|n| n as u64),
+        timeouts: c.timeouts,
+        attempt: c.attempts,
+        previous_build_num: c.previous_build_num.map(|n| n as u64),
         username: None,
-        ssh_keys: ssh::job_ssh_keys(conn, id)?,
-        store: Some(super::blobs::wire_store(conn, id)?),
+        ssh_keys: c
+            .ssh_keys
+            .and_then(|j| serde_json::from_str(&j).ok())
+            .unwrap_or_default(),
+        store: Some(WireStore {
+            workspace: super::blobs::workspace_of(id, c.workspace),
+            cache_writes: !c.fork,
+        }),
         pipeline,
         context_ids,
     })

@@ -71,17 +71,6 @@ impl PgStore {
     }
 }
 
-/// The keys let into job `id`, for its claim.
-pub(super) fn job_ssh_keys(conn: &Connection, id: i64) -> Result<Vec<String>> {
-    let json: Option<String> =
-        conn.query_row("SELECT ssh_keys FROM jobs WHERE id = ?1", [id], |r| {
-            r.get(0)
-        })?;
-    Ok(json
-        .and_then(|j| serde_json::from_str(&j).ok())
-        .unwrap_or_default())
-}
-
 /// Record what a heartbeat says of a job's SSH access (agent-written: shown on the page, so
 /// anything odd is dropped rather than stored; and only for a job queued with SSH keys).
 pub(super) fn record_state(conn: &Connection, id: i64, state: Option<&WireSshState>) -> Result<()> {
