@@ -25,9 +25,10 @@
 #                    more on the host: its systemd is the bosun/systemd image's)
 #   initdb           the coordinator's PostgreSQL store: its tests and tests/it/scale_pg.rs start a
 #                    throwaway server (initdb, pg_ctl from /usr/lib/postgresql/N/bin)
-#   pycircleci, circleci-env-cli
+#   pycircleci, circleci-env-cli, aiosmtpd
 #                    (PyPI, pinned; into a venv, skipped when present) tests/it/api_v2.rs drives
-#                    the coordinator's API v2 with them
+#                    the coordinator's API v2 with the first two; tests/it/notify.rs runs
+#                    aiosmtpd as the real SMTP server notification mail goes to
 # Then the images: `images/build.sh all` builds what is missing and costs nothing when all are
 # current (building needs root, for debootstrap and chroot). Integration tests start Docker
 # containers; four at a time keeps a 2-core machine busy without starving sshd start-ups.
@@ -123,15 +124,15 @@ fi
 # API clients from PyPI that tests/it/api_v2.rs drives (pinned): importable by python3 already,
 # or installed into a virtual environment the test finds (BOSUN_PY_CLIENTS, default below).
 py_clients=${BOSUN_PY_CLIENTS:-$HOME/.cache/bosun/py-clients}
-py_pins=(pycircleci==0.7.0 circleci-env-cli==0.3.1)
-if ! python3 -c 'import pycircleci, circleci_env_cli' >/dev/null 2>&1 &&
-    ! "$py_clients/bin/python3" -c 'import pycircleci, circleci_env_cli' >/dev/null 2>&1; then
+py_pins=(pycircleci==0.7.0 circleci-env-cli==0.3.1 aiosmtpd==1.4.6)
+if ! python3 -c 'import pycircleci, circleci_env_cli, aiosmtpd' >/dev/null 2>&1 &&
+    ! "$py_clients/bin/python3" -c 'import pycircleci, circleci_env_cli, aiosmtpd' >/dev/null 2>&1; then
     if ! python3 -c 'import ensurepip' >/dev/null 2>&1 && [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null 2>&1; then
         apt-get update -qq && apt-get install -y -qq --no-install-recommends python3-venv python3-pip >/dev/null
     fi
     say "installing ${py_pins[*]} into $py_clients"
     python3 -m venv "$py_clients" && "$py_clients/bin/python3" -m pip install -q "${py_pins[@]}" ||
-        say "could not install ${py_pins[*]}: the API v2 client tests will be skipped"
+        say "could not install ${py_pins[*]}: the API v2 client and notification mail tests will be skipped"
 fi
 
 # stdout carries the images' exact tags, which only the harness wants.

@@ -55,12 +55,7 @@ jobs:
     let id = p.job_id.clone();
 
     // Take the coordinator down while the long step runs.
-    fake.wait_for("the long step's output", 120, |s| {
-        s.logs
-            .get(&id)
-            .filter(|l| String::from_utf8_lossy(l).contains("line 3 of"))
-            .map(|_| ())
-    });
+    fake.wait_for_output(&id, "line 3 of", 120);
     fake.down.store(true, Ordering::SeqCst);
     let went_down = Instant::now();
     std::thread::sleep(Duration::from_secs(4));
@@ -161,23 +156,8 @@ jobs:
 
 #[test]
 fn a_cancel_in_a_heartbeat_ends_the_job_canceled_within_5s() {
-    ensure_images();
-    let p = Project::new(&format!(
-        r#"version: 2.1
-jobs:
-  build:
-    docker:
-      - image: {img}
-    steps:
-      - run:
-          name: wait forever
-          command: echo sleeping; sleep 300
-"#,
-        img = image("base")
-    ));
-    let agent_id = format!("agent-{}", p.job_id);
-    let fake = Fake::start(&agent_id);
-    fake.st().queue.push(wire_job(&p, Vec::new()));
+    let p = one_step("wait forever", "echo sleeping; sleep 300");
+    let (fake, agent_id) = Fake::with_job(&p);
     let _agent = AgentProc::start(&fake, &agent_id);
     let id = p.job_id.clone();
     fake.wait_for("the step to run", 120, |s| {
@@ -191,7 +171,7 @@ jobs:
             .then_some(())
     });
     fake.st().cancel.insert(id.clone());
-    let (fin, at) = fake.wait_for("the finish", 60, |s| s.finish.get(&id).cloned());
+    let (fin, at) = fake.wait_for_finish(&id, 60);
     let sent = fake
         .st()
         .cancel_sent
@@ -207,34 +187,12 @@ jobs:
 
 #[test]
 fn sigterm_drains_the_running_job_then_exits_0() {
-    ensure_images();
-    let p = Project::new(&format!(
-        r#"version: 2.1
-jobs:
-  build:
-    docker:
-      - image: {img}
-    steps:
-      - run:
-          name: slow
-          command: echo started; sleep 4; echo drained-ok
-"#,
-        img = image("base")
-    ));
-    let agent_id = format!("agent-{}", p.job_id);
-    let fake = Fake::start(&agent_id);
-    fake.st().queue.push(wire_job(&p, Vec::new()));
+    let p = one_step("slow", "echo started; sleep 4; echo drained-ok");
+    let (fake, agent_id) = Fake::with_job(&p);
     let mut agent = AgentProc::start(&fake, &agent_id);
     let id = p.job_id.clone();
-    fake.wait_for("the step to start", 120, |s| {
-        s.logs
-            .get(&id)
-            .filter(|l| String::from_utf8_lossy(l).contains("started"))
-            .map(|_| ())
-    });
-    let pid = i32::try_from(agent.child.id()).expect("pid");
-    // SAFETY: signalling our own child process.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    fake.wait_for_output(&id, "started", 120);
+    agent.signal(libc::SIGTERM);
     let claims_at_term = fake.st().claims;
     std::thread::sleep(Duration::from_secs(1));
     assert!(
@@ -264,34 +222,14 @@ jobs:
 
 #[test]
 fn after_a_crash_the_restarted_agent_removes_the_orphan_and_reports_the_job() {
-    ensure_images();
-    let p = Project::new(&format!(
-        r#"version: 2.1
-jobs:
-  build:
-    docker:
-      - image: {img}
-    steps:
-      - run:
-          name: long
-          command: echo before-crash; sleep 300
-"#,
-        img = image("base")
-    ));
-    let agent_id = format!("agent-{}", p.job_id);
-    let fake = Fake::start(&agent_id);
-    fake.st().queue.push(wire_job(&p, Vec::new()));
+    let p = one_step("long", "echo before-crash; sleep 300");
+    let (fake, agent_id) = Fake::with_job(&p);
     let mut agent = AgentProc::start(&fake, &agent_id);
     let id = p.job_id.clone();
-    fake.wait_for("the step's output", 120, |s| {
-        s.logs
-            .get(&id)
-            .filter(|l| String::from_utf8_lossy(l).contains("before-crash"))
-            .map(|_| ())
-    });
+    fake.wait_for_output(&id, "before-crash", 120);
     agent.crash_and_restart();
     assert_eq!(p.containers().len(), 1, "the crash left the container");
-    let (fin, _) = fake.wait_for("the finish", 60, |s| s.finish.get(&id).cloned());
+    let (fin, _) = fake.wait_for_finish(&id, 60);
     let s = fake.st();
     let log = s.logs[&id].clone();
     let text = String::from_utf8_lossy(&log).into_owned();
@@ -384,7 +322,7 @@ jobs:
         );
     }
     agent.crash_and_restart();
-    let (fin, _) = fake.wait_for("the finish", 60, |s| s.finish.get(&id).cloned());
+    let (fin, _) = fake.wait_for_finish(&id, 60);
     assert_eq!(fin.status, FinalStatus::InfrastructureFail);
     // The sweep runs at start-up, before the restarted agent reports the lost job.
     assert!(
@@ -411,7 +349,7 @@ fn bad_config_and_unreachable_repository_finish_as_infrastructure_fail() {
     fake.st().queue.extend([no_job.clone(), no_repo.clone()]);
     let _agent = AgentProc::start(&fake, &agent_id);
     for (job, words) in [(&no_job, "deploy"), (&no_repo, "/nonexistent/bosun/repo")] {
-        let (fin, _) = fake.wait_for("the finish", 60, |s| s.finish.get(&job.id).cloned());
+        let (fin, _) = fake.wait_for_finish(&job.id, 60);
         let text = String::from_utf8_lossy(&fake.st().logs[&job.id]).into_owned();
         assert_eq!(fin.status, FinalStatus::InfrastructureFail, "{text}");
         let err = fin.error.clone().unwrap_or_default();

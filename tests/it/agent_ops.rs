@@ -12,31 +12,10 @@ use bosun::protocol::*;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-fn signal(agent: &AgentProc, sig: i32) {
-    let pid = i32::try_from(agent.child.id()).expect("pid");
-    // SAFETY: signalling our own child process.
-    assert_eq!(unsafe { libc::kill(pid, sig) }, 0);
-}
-
 #[test]
 fn second_sigterm_cancels_and_sd_notify_tells_systemd() {
-    ensure_images();
-    let p = Project::new(&format!(
-        r#"version: 2.1
-jobs:
-  build:
-    docker:
-      - image: {img}
-    steps:
-      - run:
-          name: long
-          command: echo running; sleep 300
-"#,
-        img = image("base")
-    ));
-    let agent_id = format!("agent-{}", p.job_id);
-    let fake = Fake::start(&agent_id);
-    fake.st().queue.push(wire_job(&p, Vec::new()));
+    let p = one_step("long", "echo running; sleep 300");
+    let (fake, agent_id) = Fake::with_job(&p);
     let sock_dir = tempfile::tempdir().expect("tmp");
     let sock_path = sock_dir.path().join("notify");
     let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).expect("bind");
@@ -62,19 +41,14 @@ jobs:
         &[("NOTIFY_SOCKET", &sock_str), ("WATCHDOG_USEC", "1000000")],
     );
     let id = p.job_id.clone();
-    fake.wait_for("the step's output", 120, |s| {
-        s.logs
-            .get(&id)
-            .filter(|l| String::from_utf8_lossy(l).contains("running"))
-            .map(|_| ())
-    });
-    signal(&agent, libc::SIGTERM);
+    fake.wait_for_output(&id, "running", 120);
+    agent.signal(libc::SIGTERM);
     std::thread::sleep(Duration::from_millis(1500));
     assert!(
         agent.child.try_wait().expect("wait").is_none(),
         "drain waits"
     );
-    signal(&agent, libc::SIGTERM);
+    agent.signal(libc::SIGTERM);
     let status = agent.wait_exit(30);
     assert_eq!(status.code(), Some(0), "{}", agent.log());
     let (fin, _) = fake
@@ -118,7 +92,7 @@ fn sighup_reloads_concurrency_and_labels() {
     let text = std::fs::read_to_string(&cfg_path).expect("cfg");
     let text = text.replace("concurrency = 1", "concurrency = 3\nlabels = [\"big\"]");
     std::fs::write(&cfg_path, text).expect("cfg");
-    signal(&agent, libc::SIGHUP);
+    agent.signal(libc::SIGHUP);
     fake.wait_for("a claim with the new config", 30, |s| {
         s.last_claim
             .as_ref()
@@ -147,7 +121,7 @@ fn the_agent_serves_metrics_and_health_on_its_local_address() {
     let listen = format!("127.0.0.1:{}", free_port());
     let _agent = AgentProc::start_env(&fake, &agent_id, &[("BOSUN_METRICS_LISTEN", &listen)]);
     for job in [&ok, &missing] {
-        fake.wait_for("the finish", 120, |s| s.finish.get(&job.id).cloned());
+        fake.wait_for_finish(&job.id, 120);
     }
     assert_eq!(http_get(&listen, "/healthz").status(), 200);
     assert_eq!(http_get(&listen, "/readyz").status(), 200);
@@ -189,7 +163,7 @@ fn an_agent_gone_idle_after_a_job_gives_its_freed_heap_back() {
     fake.st().queue.push(job.clone());
     let agent = AgentProc::start(&fake, &agent_id);
     const TRIMMED: &str = "gave the idle heap back";
-    let (finish, _) = fake.wait_for("the finish", 120, |s| s.finish.get(&job.id).cloned());
+    let (finish, _) = fake.wait_for_finish(&job.id, 120);
     assert_eq!(finish.status, FinalStatus::Success, "{}", agent.log());
     // Heartbeats come every second (agent_rig): the trim follows the first idle one.
     let deadline = std::time::Instant::now() + Duration::from_secs(15);

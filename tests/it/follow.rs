@@ -6,7 +6,7 @@
 //! agent that checks out with the deploy key follow added.
 
 use crate::harness::bitbucket::{job_id, job_status, push_payload, wait_pipeline};
-use crate::harness::bitbucket_api::{BitbucketApi, Fault, OnKey, DC_ID, UUID};
+use crate::harness::bitbucket_api::{BitbucketApi, Fault, OnKey, DC_ID, DC_USER, UUID};
 use crate::harness::{self, image, Coordinator, Rig};
 use bosun::coordinator::bitbucket::signature::sign;
 use bosun::coordinator::store::{FollowStore, ProjectStore, Store};
@@ -555,6 +555,73 @@ fn a_user_key_goes_onto_the_account_and_comes_off_both_sides() {
         .expect("project")
         .user_key
         .is_none());
+}
+
+/// Data Center: the key goes onto the user's account through `/rest/ssh/1.0/keys?user=`,
+/// labelled, and `rm` takes it off there and from Bosun; again, nothing doubles.
+#[test]
+fn a_data_center_user_key_goes_onto_the_account_and_comes_off_both_sides() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let api = BitbucketApi::start(&format!("Bearer {DC_TOKEN}"), None);
+    let creds = creds(dir.path(), &format!("bearer:{DC_TOKEN}"));
+    let repo = [
+        "--data-center",
+        &api.base,
+        "--project",
+        "ACME",
+        "--repo",
+        "widget",
+        "--api-credentials-file",
+        &creds,
+    ];
+    let mut args = vec!["project", "follow", "--public-url", PUBLIC_URL];
+    args.extend(repo);
+    let out = cli(&data, &args);
+    assert!(out.ok, "{}\n{}", out.stdout, out.stderr);
+    let user = |verb: &str| {
+        let mut args = vec!["user", "key", verb, "--user", DC_USER];
+        args.extend(repo);
+        cli(&data, &args)
+    };
+
+    let out = user("add");
+    assert!(out.ok, "{}\n{}", out.stdout, out.stderr);
+    no_token(&out, &data, DC_TOKEN);
+    let post = api
+        .requests()
+        .into_iter()
+        .find(|r| r.call() == "POST /rest/ssh/1.0/keys")
+        .expect("a key posted");
+    assert_eq!(post.path, format!("/rest/ssh/1.0/keys?user={DC_USER}"));
+    assert_eq!(post.json()["label"], "bosun user key for ACME/widget");
+    let on_account = api.user_keys();
+    assert_eq!(on_account.len(), 1);
+    let server = api.base.trim_start_matches("http://").to_owned();
+    let key = format!("bitbucket-dc:{server}/{DC_ID}");
+    let store = Store::open(&data).expect("store");
+    let f = store.followed(&key).expect("read").expect("project");
+    assert_eq!(
+        public_of(&f.user_key.expect("user key")),
+        material(&on_account[0].key)
+    );
+    drop(store);
+
+    let out = user("add");
+    assert!(out.ok && out.stdout.contains("kept"), "{}", out.stdout);
+    assert_eq!(api.user_keys(), on_account);
+
+    let out = user("rm");
+    assert!(out.ok, "{}", out.stderr);
+    assert!(api.user_keys().is_empty());
+    assert!(api
+        .requests()
+        .iter()
+        .any(|r| r.call() == format!("DELETE /rest/ssh/1.0/keys/{}", on_account[0].id)));
+    let store = Store::open(&data).expect("store");
+    let f = store.followed(&key).expect("read").expect("project");
+    assert!(f.user_key.is_none());
+    assert!(f.deploy_key.is_some(), "the deploy key stays");
 }
 
 #[test]

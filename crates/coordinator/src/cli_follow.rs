@@ -93,17 +93,14 @@ pub enum UserKeyCommand {
 pub struct UserKeyArgs {
     #[command(flatten)]
     pub data: DataArg,
-    /// The project's Bitbucket Cloud repository, `WORKSPACE/REPO`.
-    #[arg(long, value_name = "WORKSPACE/REPO")]
-    pub bitbucket: String,
-    /// The Bitbucket account (its name, or `{UUID}`) whose key it is.
+    /// The project's repository, as for `project follow` (credentials: Cloud scopes account,
+    /// account:write; on Data Center the user's own token, or an admin's).
+    #[command(flatten)]
+    pub repo: RepoArgs,
+    /// The Bitbucket account whose key it is: on Cloud its name or `{UUID}`, on Data Center
+    /// the user's slug.
     #[arg(long, value_name = "NAME")]
     pub user: String,
-    #[arg(long, value_name = "URL", default_value = CLOUD_API)]
-    pub api: String,
-    /// As for `project follow` (Cloud scopes: account, account:write).
-    #[arg(long, value_name = "FILE")]
-    pub api_credentials_file: PathBuf,
 }
 
 fn invalid(msg: String) -> CoordError {
@@ -410,22 +407,29 @@ pub fn user(c: UserCommand, print: &mut dyn FnMut(String)) -> Result<()> {
         UserKeyCommand::Add(a) => (a, true),
         UserKeyCommand::Rm(a) => (a, false),
     };
-    cloud_slug("--bitbucket", &a.bitbucket)?;
+    let remote = a.repo.remote()?;
     if a.user.is_empty() || a.user.len() > 128 || a.user.chars().any(char::is_control) {
         return Err(invalid(
-            "--user: expected a Bitbucket account name or {UUID}".to_owned(),
+            "--user: expected a Bitbucket account name, {UUID} or user slug".to_owned(),
         ));
     }
+    // The project as the store names it: Cloud's `workspace/repo`, Data Center's `KEY/slug`.
+    let slug = match &remote {
+        Remote::Cloud {
+            workspace, repo, ..
+        } => format!("{workspace}/{repo}"),
+        Remote::DataCenter { project, slug, .. } => format!("{project}/{slug}"),
+    };
     let keys = UserKeys {
-        api: http_url("--api", &a.api)?,
+        remote,
         user: a.user.clone(),
     };
-    let client = client(&a.api_credentials_file)?;
+    let client = client(&a.repo.api_credentials_file)?;
     let store = a.data.open()?;
-    let project = store.followed(&a.bitbucket)?.ok_or_else(|| {
+    let project = store.followed(&slug)?.ok_or_else(|| {
         CoordError::NotFound(format!(
             "no project {} (follow or add it first)",
-            crate::printable(&a.bitbucket)
+            crate::printable(&slug)
         ))
     })?;
     let label = user_label(&project.slug);

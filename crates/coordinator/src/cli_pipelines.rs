@@ -117,6 +117,11 @@ pub struct ProjectSetArgs {
     /// with the one `project badge-token` made (the default).
     #[arg(long)]
     pub public_badges: Option<bool>,
+    /// Let anyone read the project's pages, logs, artifacts and test results without
+    /// logging in (read-only, as CircleCI's open-source projects); `false`: only people its
+    /// repository lets read (the default; docs/people.md).
+    #[arg(long)]
+    pub public: Option<bool>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -300,6 +305,9 @@ pub fn project_set(a: ProjectSetArgs) -> Result<()> {
     )?;
     if let Some(public) = a.public_badges {
         store.set_public_badges(&a.slug, public)?;
+    }
+    if let Some(public) = a.public {
+        store.set_project_public(&a.slug, public)?;
     }
     Ok(())
 }

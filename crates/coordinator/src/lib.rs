@@ -15,13 +15,17 @@ mod cli_api;
 mod cli_badges;
 mod cli_contexts;
 mod cli_follow;
+mod cli_notify;
+mod cli_people;
 mod cli_pipelines;
 mod cli_schedules;
 mod error;
 pub mod metrics;
 pub mod model;
+pub mod notify;
 pub mod oidc;
 pub mod pages;
+pub mod people;
 pub mod per_address;
 pub mod pipelines;
 pub mod rerun;
@@ -50,7 +54,7 @@ use store::{Backend, NewJob, NewProject, Store, DEFAULT_MAX_ATTEMPTS};
 #[derive(clap::Subcommand, Debug)]
 pub enum Command {
     /// Serve the agent API (under /api/v1) and the web pages.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Manage projects.
     #[command(subcommand)]
     Project(ProjectCommand),
@@ -148,6 +152,10 @@ pub enum Command {
     /// [--actor NAME]`, `ls`, `rm`, `pause`, `resume` (docs/schedules.md).
     #[command(subcommand)]
     Schedule(cli_schedules::ScheduleCommand),
+    /// People who log in with Bitbucket: `person ls`, `person grant NAME admin`, `person
+    /// revoke NAME admin` (docs/people.md).
+    #[command(subcommand)]
+    Person(cli_people::PersonCommand),
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -300,6 +308,49 @@ pub struct ServeArgs {
     /// orbs (their `orb_dir`).
     #[arg(long, value_name = "DIR")]
     pub orb_dir: Option<PathBuf>,
+    /// The SMTP server notification mail goes through: `smtp://HOST:PORT` (STARTTLS when the
+    /// server offers it; `?tls=required`: only with STARTTLS) or `smtps://HOST:PORT` (TLS
+    /// from the start). Without it, mail waits in the outbox (docs/notifications.md).
+    #[arg(long, value_name = "URL", requires = "mail_from")]
+    pub smtp_url: Option<String>,
+    /// A file with one line `USER:PASSWORD` to sign in to the SMTP server with.
+    #[arg(long, value_name = "FILE", requires = "smtp_url")]
+    pub smtp_credentials_file: Option<PathBuf>,
+    /// Certificates (PEM) to trust for the SMTP server's TLS besides the system's.
+    #[arg(long, value_name = "PEM", requires = "smtp_url")]
+    pub smtp_ca_file: Option<PathBuf>,
+    /// The address notification mail comes from.
+    #[arg(long, value_name = "ADDRESS", requires = "smtp_url")]
+    pub mail_from: Option<String>,
+    /// Notifications (mails and webhook calls) delivered at once, at most.
+    #[arg(long, value_name = "N", default_value_t = 8)]
+    pub notify_max_in_flight: usize,
+    /// Each delivery's time limit (a webhook receiver's answer, an SMTP exchange's steps).
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_ttl)]
+    pub notify_timeout: Duration,
+    /// The longest wait between two tries of a failed delivery (waits double from 1s).
+    #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = parse_ttl)]
+    pub notify_max_backoff: Duration,
+    /// People log in with Bitbucket Cloud through this OAuth consumer: a file holding
+    /// `KEY:SECRET` (owner-only). The consumer's callback URL is
+    /// PUBLIC_URL/login/bitbucket/callback; it needs the `account` and `repository` scopes
+    /// (docs/people.md).
+    #[arg(long, value_name = "FILE")]
+    pub bitbucket_oauth_file: Option<PathBuf>,
+    /// Bitbucket Cloud's site, where its OAuth endpoints are (`/site/oauth2/…`).
+    #[arg(long, value_name = "URL", default_value = people::oauth::CLOUD_SITE)]
+    pub bitbucket_oauth_url: String,
+    /// Bitbucket Cloud's REST API base, for the account and its permissions at login.
+    #[arg(long, value_name = "URL", default_value = cli_follow::CLOUD_API)]
+    pub bitbucket_api: String,
+    /// How long a login lasts (the session then ends on the server).
+    #[arg(long, value_name = "DURATION", default_value = "12h", value_parser = parse_ttl)]
+    pub session_lifetime: Duration,
+    /// A person's repository permissions are read again from Bitbucket when older than
+    /// this (at their next request); approve, cancel and rerun read them again first
+    /// whatever their age. A permission taken away on Bitbucket applies within this.
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_ttl)]
+    pub permissions_refresh: Duration,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -338,6 +389,14 @@ pub enum ProjectCommand {
     /// Make a new badge token for the project's status badges (the old one stops working)
     /// and print it with the README's Markdown.
     BadgeToken(cli_badges::BadgeTokenArgs),
+    /// E-mail addresses told of the project's pipelines: `add --email ADDR [--on
+    /// failed,fixed,default-branch]`, `ls`, `rm --email ADDR`.
+    #[command(subcommand)]
+    Notify(cli_notify::NotifyCommand),
+    /// Outgoing webhooks (CircleCI's shape, signed): `add URL [--events
+    /// workflow-completed,job-completed]`, `ls`, `rm URL|ID`.
+    #[command(subcommand)]
+    Webhook(cli_notify::WebhookCommand),
     /// Let only these agents run the project's jobs (its keys go to them only); without
     /// `--agent`, any agent may again.
     Restrict {
@@ -519,7 +578,7 @@ fn run_inner(cmd: Command) -> Result<()> {
                 path: PathBuf::from("tokio runtime"),
                 source,
             })?;
-            rt.block_on(serve(args))
+            rt.block_on(serve(*args))
         }
         Command::Project(ProjectCommand::Add(a)) => {
             let store = a.data.open()?;
@@ -715,6 +774,13 @@ fn run_inner(cmd: Command) -> Result<()> {
             cli_follow::unfollow_repo(a, &mut |s| print(&mut out, s))
         }
         Command::User(c) => cli_follow::user(c, &mut |s| print(&mut out, s)),
+        Command::Project(ProjectCommand::Notify(c)) => {
+            cli_notify::notify(c, &mut |s| print(&mut out, s))
+        }
+        Command::Project(ProjectCommand::Webhook(c)) => {
+            cli_notify::webhook(c, &mut |s| print(&mut out, s))
+        }
+        Command::Person(c) => cli_people::person(c, &mut |s| print(&mut out, s)),
         Command::Project(ProjectCommand::BadgeToken(a)) => {
             cli_badges::badge_token(a, &mut |s| print(&mut out, s))
         }

@@ -103,6 +103,8 @@ pub struct AppState {
     pub pipelines_wake: tokio::sync::Notify,
     /// Where the pages are reached from outside (commit status links).
     pub public_url: String,
+    /// Logging in, sessions and logins under way.
+    pub people: people::People,
 }
 
 impl AppState {
@@ -166,6 +168,21 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         }
         None => None,
     };
+    // Checked before anything listens: a wrong SMTP setting stops the start, it does not
+    // turn into errors on every mail later.
+    let mailer = match (&args.smtp_url, &args.mail_from) {
+        (Some(url), Some(from)) => Some(
+            crate::notify::mail::Mailer::new(
+                url,
+                args.smtp_credentials_file.as_deref(),
+                args.smtp_ca_file.as_deref(),
+                from,
+                args.notify_timeout,
+            )
+            .map_err(|e| CoordError::Invalid(e.to_string()))?,
+        ),
+        _ => None,
+    };
     let (changed, _) = tokio::sync::watch::channel(0u64);
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
@@ -192,6 +209,17 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         db.record_public_url(&public_url)?;
         db.record_online_window(Duration::from_secs(args.lease_secs.max(1)) * 2)
     })?;
+    let consumer = match &args.bitbucket_oauth_file {
+        Some(f) => Some(oauth_consumer(f, &args)?),
+        None => None,
+    };
+    let people = people::People::new(people::Settings {
+        consumer,
+        session_lifetime: args.session_lifetime,
+        secure_cookies: args.tls_cert.is_some() || public_url.starts_with("https://"),
+        public_url: public_url.clone(),
+        permissions_refresh: args.permissions_refresh,
+    });
     let state = Arc::new(AppState {
         store: store.clone(),
         changed,
@@ -202,6 +230,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         shutdown: tokio_util::sync::CancellationToken::new(),
         pipelines_wake: tokio::sync::Notify::new(),
         public_url,
+        people,
         oidc,
         blobs: Arc::new(
             blobs::BlobFiles::open(&args.data.data, args.blob_quota)
@@ -236,6 +265,15 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         },
     );
     bitbucket::status::spawn(state.clone());
+    crate::notify::spawn(
+        state.clone(),
+        crate::notify::Settings {
+            mailer,
+            max_in_flight: args.notify_max_in_flight,
+            timeout: args.notify_timeout,
+            max_backoff: args.notify_max_backoff,
+        },
+    );
     crate::schedules::spawn(
         state.clone(),
         crate::schedules::SchedulerSettings::new(
@@ -266,6 +304,34 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         max_waiting_per_address: args.max_waiting_per_address,
     };
     server::serve(listener, app, limits, tls, state.shutdown.clone()).await
+}
+
+/// The OAuth consumer of `--bitbucket-oauth-file`: `KEY:SECRET`, in a file only its owner
+/// may read (the error never quotes it).
+fn oauth_consumer(file: &Path, args: &ServeArgs) -> Result<people::oauth::Consumer> {
+    let meta = std::fs::metadata(file).map_err(|source| CoordError::Io {
+        path: file.to_path_buf(),
+        source,
+    })?;
+    if let Some(mode) = bosun_protocol::private::loose_mode(&meta) {
+        return Err(CoordError::Invalid(format!(
+            "{}: mode {mode:o} lets others read the OAuth consumer's secret: chmod 600 it",
+            file.display()
+        )));
+    }
+    let text = zeroize::Zeroizing::new(read_file(file)?);
+    let (key, secret) = people::oauth::parse_consumer_file(&text).ok_or_else(|| {
+        CoordError::Invalid(format!(
+            "{}: expected the OAuth consumer's `KEY:SECRET` on one line",
+            file.display()
+        ))
+    })?;
+    Ok(people::oauth::Consumer {
+        key,
+        secret,
+        site: args.bitbucket_oauth_url.trim_end_matches('/').to_owned(),
+        api: args.bitbucket_api.trim_end_matches('/').to_owned(),
+    })
 }
 
 pub(super) async fn shutdown_signal() {

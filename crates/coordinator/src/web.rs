@@ -5,6 +5,7 @@
 //! no external assets: the pages must work where nothing can be fetched.
 
 use super::pages;
+use super::people;
 use super::store::{Backend, JobRow};
 use super::AppState;
 use axum::extract::{Path, Query, State};
@@ -20,29 +21,238 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub fn router(state: Arc<AppState>) -> Router {
-    Router::new()
-        .route("/", get(pages::index))
-        .route("/jobs/{id}", get(pages::job_page))
-        .route("/jobs/{id}/log.html", get(pages::log_fragment))
-        .route("/jobs/{id}/log.txt", get(pages::raw_log))
-        .route(
-            "/jobs/{id}/artifacts/{*path}",
-            get(pages::results::artifact),
+/// Who may reach a route. Every route of the web router declares one ([`routes`]); the
+/// [`guard`] in front of it enforces it, so a route cannot be added without saying who may
+/// read it, and `tests/it/people.rs` requests every route of [`route_table`] as nobody, as a
+/// reader, as someone without access and as an operator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Guard {
+    /// Anyone: the assets, logging in and out, "You" (which sends nobody to log in).
+    Public,
+    /// The badge's own rule: the project's badge token, or its badges made public.
+    Badge,
+    /// `{id}` is a job: its project must be readable.
+    Job,
+    /// `{id}` (or `{id}.json`) is a pipeline: its project must be readable.
+    Pipeline,
+    /// `{slug}` is a project: it must be readable.
+    Project,
+    /// A list: it shows only the projects the asker may read ([`people::Readable`]).
+    List,
+}
+
+/// A route as [`route_table`] lists it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Route {
+    pub method: &'static str,
+    pub path: &'static str,
+    pub guard: Guard,
+}
+
+type Handler = axum::routing::MethodRouter<Arc<AppState>>;
+
+/// Every route of the web router with its guard and handler: the one list.
+fn routes() -> Vec<(Route, Handler)> {
+    use Guard::*;
+    let r = |method, path, guard, h: Handler| {
+        (
+            Route {
+                method,
+                path,
+                guard,
+            },
+            h,
         )
-        .route("/assets/{name}", get(pages::asset))
-        .route("/jobs/{id}/stream", get(job_stream))
-        .route("/jobs/{id}/log", get(log_part))
-        .route("/pipelines", get(pages::pipelines::list))
-        .route("/pipelines/{id}", get(pages::pipelines::page))
-        .route("/pipelines/{id}/approve", post(pages::pipelines::approve))
-        .route("/pipelines/{id}/cancel", post(pages::pipelines::cancel))
-        .route("/pipelines/{id}/rerun", post(pages::pipelines::rerun))
-        .route("/pipeline-assets/{name}", get(pages::pipelines::script))
-        .route("/badge/{*path}", get(pages::badge::badge))
-        .route("/projects/{*slug}", get(pages::badge::project_page))
+    };
+    vec![
+        r("GET", "/", List, get(pages::index)),
+        r("GET", "/jobs/{id}", Job, get(pages::job_page)),
+        r("GET", "/jobs/{id}/log.html", Job, get(pages::log_fragment)),
+        r("GET", "/jobs/{id}/log.txt", Job, get(pages::raw_log)),
+        r(
+            "GET",
+            "/jobs/{id}/artifacts/{*path}",
+            Job,
+            get(pages::results::artifact),
+        ),
+        r("GET", "/assets/{name}", Public, get(pages::asset)),
+        r("GET", "/jobs/{id}/stream", Job, get(job_stream)),
+        r("GET", "/jobs/{id}/log", Job, get(log_part)),
+        r("GET", "/pipelines", List, get(pages::pipelines::list)),
+        r(
+            "GET",
+            "/pipelines/{id}",
+            Pipeline,
+            get(pages::pipelines::page),
+        ),
+        r(
+            "POST",
+            "/pipelines/{id}/approve",
+            Pipeline,
+            post(pages::pipelines::approve),
+        ),
+        r(
+            "POST",
+            "/pipelines/{id}/cancel",
+            Pipeline,
+            post(pages::pipelines::cancel),
+        ),
+        r(
+            "POST",
+            "/pipelines/{id}/rerun",
+            Pipeline,
+            post(pages::pipelines::rerun),
+        ),
+        r(
+            "GET",
+            "/pipeline-assets/{name}",
+            Public,
+            get(pages::pipelines::script),
+        ),
+        r("GET", "/badge/{*path}", Badge, get(pages::badge::badge)),
+        r(
+            "GET",
+            "/projects/{*slug}",
+            Project,
+            get(pages::badge::project_page),
+        ),
+        r("GET", "/login", Public, get(pages::people::login_page)),
+        r(
+            "GET",
+            "/login/bitbucket",
+            Public,
+            get(pages::people::login_start),
+        ),
+        r(
+            "GET",
+            "/login/bitbucket/callback",
+            Public,
+            get(pages::people::login_callback),
+        ),
+        r("POST", "/logout", Public, post(pages::people::logout)),
+        r("GET", "/me", Public, get(pages::people::me)),
+    ]
+}
+
+/// Every route of the web router, with its guard.
+pub fn route_table() -> Vec<Route> {
+    routes().into_iter().map(|(r, _)| r).collect()
+}
+
+pub fn router(state: Arc<AppState>) -> Router {
+    let mut router = Router::new();
+    for (route, handler) in routes() {
+        let guarded = Guarded {
+            state: state.clone(),
+            guard: route.guard,
+        };
+        router = router.route(
+            route.path,
+            handler.route_layer(axum::middleware::from_fn_with_state(guarded, guard)),
+        );
+    }
+    router
         .layer(axum::middleware::map_response(security_headers))
         .with_state(state)
+}
+
+#[derive(Clone)]
+struct Guarded {
+    state: Arc<AppState>,
+    guard: Guard,
+}
+
+/// A request the guard refuses: nobody logged in is sent to log in (and back); a person
+/// without read access, or an unknown operator token, is told there is no such thing (so
+/// that private projects' names and ids are not given away).
+fn refused(asking: Option<&people::Asking>, uri: &axum::http::Uri) -> Response {
+    match asking {
+        Some(people::Asking::Anonymous) => {
+            let back = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+            let location = format!(
+                "/login?return_to={}",
+                pages::url_encode(&crate::model::people::safe_return_to(Some(back)))
+            );
+            let mut r = StatusCode::SEE_OTHER.into_response();
+            if let Ok(v) = axum::http::HeaderValue::from_str(&location) {
+                r.headers_mut().insert(axum::http::header::LOCATION, v);
+            }
+            r
+        }
+        Some(_) => pages::not_found(),
+        None => json_error(
+            StatusCode::UNAUTHORIZED,
+            "operator token unknown or revoked",
+        ),
+    }
+}
+
+/// The guard in front of every web route (see [`Guard`]).
+async fn guard(
+    State(g): State<Guarded>,
+    params: axum::extract::RawPathParams,
+    mut req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    use crate::model::people::Action;
+    use crate::store::Resource;
+    let param = |name: &str| {
+        params
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.to_owned())
+    };
+    let resource = match g.guard {
+        Guard::Public | Guard::Badge => return next.run(req).await,
+        Guard::List => None,
+        // An id that is not one is the handler's 404: nothing to read there.
+        Guard::Job => match param("id").and_then(|r| super::store::parse_job_id(&r)) {
+            Some(id) => Some(Resource::Job(id)),
+            None => return next.run(req).await,
+        },
+        Guard::Pipeline => match param("id")
+            .as_deref()
+            .map(|r| r.strip_suffix(".json").unwrap_or(r))
+            .and_then(|n| n.parse::<i64>().ok())
+        {
+            Some(id) => Some(Resource::Pipeline(id)),
+            None => return next.run(req).await,
+        },
+        Guard::Project => match param("slug") {
+            Some(slug) => Some(Resource::Project(slug)),
+            None => return next.run(req).await,
+        },
+    };
+    let asking = match people::asking(&g.state, req.headers()).await {
+        Ok(Some(a)) => a,
+        Ok(None) => return refused(None, req.uri()),
+        Err(e) => {
+            tracing::error!("{e}");
+            return json_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+        }
+    };
+    match resource {
+        None => match people::readable(&g.state, &asking).await {
+            Ok(r) => {
+                req.extensions_mut().insert(r);
+            }
+            Err(e) => {
+                tracing::error!("{e}");
+                return json_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+            }
+        },
+        Some(of) => match people::may_on(&g.state, &asking, of, Action::Read).await {
+            // No such thing: the handler's own 404 (ids are numbers in sequence; that one
+            // exists says nothing of what it holds).
+            Ok(Some(true)) | Ok(None) => {}
+            Ok(Some(false)) => return refused(Some(&asking), req.uri()),
+            Err(e) => {
+                tracing::error!("{e}");
+                return json_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+            }
+        },
+    }
+    next.run(req).await
 }
 
 /// Escape text for HTML element content and quoted attribute values.

@@ -97,6 +97,29 @@ impl Fake {
         self.st.lock().expect("state")
     }
 
+    /// The fake with `p`'s job queued (no environment), and the agent id it expects.
+    pub fn with_job(p: &Project) -> (Fake, String) {
+        let agent_id = format!("agent-{}", p.job_id);
+        let fake = Fake::start(&agent_id);
+        fake.st().queue.push(wire_job(p, Vec::new()));
+        (fake, agent_id)
+    }
+
+    /// Waits until job `id`'s log holds `text`.
+    pub fn wait_for_output(&self, id: &str, text: &str, secs: u64) {
+        self.wait_for(&format!("{text:?} in the log"), secs, |s| {
+            s.logs
+                .get(id)
+                .filter(|l| String::from_utf8_lossy(l).contains(text))
+                .map(|_| ())
+        });
+    }
+
+    /// Waits for job `id`'s finish: what the agent sent, and when it arrived.
+    pub fn wait_for_finish(&self, id: &str, secs: u64) -> (FinishRequest, Instant) {
+        self.wait_for("the finish", secs, |s| s.finish.get(id).cloned())
+    }
+
     pub fn wait_for<T>(&self, what: &str, secs: u64, f: impl Fn(&St) -> Option<T>) -> T {
         let until = Instant::now() + Duration::from_secs(secs);
         loop {
@@ -376,6 +399,13 @@ kill_grace_secs = 1
         }
     }
 
+    /// Sends `sig` to the agent process.
+    pub fn signal(&self, sig: i32) {
+        let pid = i32::try_from(self.child.id()).expect("pid");
+        // SAFETY: signalling our own child process.
+        assert_eq!(unsafe { libc::kill(pid, sig) }, 0);
+    }
+
     pub fn spool(&self) -> PathBuf {
         self.dir.path().join("spool")
     }
@@ -390,6 +420,25 @@ impl Drop for AgentProc {
             eprintln!("---- agent log ----\n{}", self.log());
         }
     }
+}
+
+/// A project whose one job, `build`, runs `command` as its one step (named `name`) on the
+/// base image.
+pub fn one_step(name: &str, command: &str) -> Project {
+    crate::harness::ensure_images();
+    Project::new(&format!(
+        r#"version: 2.1
+jobs:
+  build:
+    docker:
+      - image: {img}
+    steps:
+      - run:
+          name: {name}
+          command: {command}
+"#,
+        img = crate::harness::image("base")
+    ))
 }
 
 pub fn head(p: &Project) -> String {

@@ -8,6 +8,9 @@
 //! test can grant it on the Bitbucket stand-in (`Rig`) as Bitbucket would.
 
 use std::io::{BufRead, BufReader, Read, Write};
+
+/// The Data Center user whose SSH keys the server keeps.
+pub const DC_USER: &str = "ada";
 use std::sync::{Arc, Mutex};
 
 /// One request as received.
@@ -79,8 +82,34 @@ pub struct Key {
     pub key: String,
 }
 
+/// A Bitbucket account for the OAuth endpoints: who logs in, the access token Bitbucket
+/// issues them, and their repository permissions (`(full name, uuid, permission)`).
+#[derive(Clone, Debug)]
+pub struct Account {
+    pub uuid: String,
+    pub nickname: String,
+    pub token: String,
+    pub permissions: Vec<(String, String, String)>,
+}
+
+/// Bitbucket Cloud's OAuth 2.0 consumer and accounts: `/site/oauth2/authorize` sends the
+/// browser back with a code for the account `signed_in` (who is logged in at Bitbucket in
+/// that browser); `/site/oauth2/access_token` swaps a code (once, with its PKCE verifier and
+/// the consumer's key and secret) for the account's token; `/2.0/user` and
+/// `/2.0/user/permissions/repositories` answer for that token.
+#[derive(Default)]
+pub struct OAuth {
+    pub key: String,
+    pub secret: String,
+    pub accounts: Vec<Account>,
+    pub signed_in: Option<usize>,
+    /// code → (account index, PKCE challenge)
+    codes: std::collections::HashMap<String, (usize, String)>,
+}
+
 #[derive(Default)]
 pub struct State {
+    pub oauth: OAuth,
     pub requests: Vec<Request>,
     pub deploy_keys: Vec<Key>,
     /// Webhooks as Bitbucket keeps them (the secret too, which reads never show).
@@ -129,6 +158,38 @@ impl BitbucketApi {
             }
         });
         api
+    }
+
+    /// Set up the OAuth consumer (its key and secret) and the accounts that may log in.
+    pub fn oauth(&self, key: &str, secret: &str, accounts: Vec<Account>) {
+        let mut s = self.state.lock().expect("lock");
+        s.oauth.key = key.into();
+        s.oauth.secret = secret.into();
+        s.oauth.accounts = accounts;
+    }
+
+    /// Who is logged in at Bitbucket in the browser (by nickname; `None`: nobody).
+    pub fn sign_in(&self, nickname: Option<&str>) {
+        let mut s = self.state.lock().expect("lock");
+        s.oauth.signed_in =
+            nickname.and_then(|n| s.oauth.accounts.iter().position(|a| a.nickname == n));
+    }
+
+    /// Change an account's permission on a repository upstream (`None`: take it away).
+    pub fn set_permission(&self, nickname: &str, full_name: &str, permission: Option<&str>) {
+        let mut s = self.state.lock().expect("lock");
+        if let Some(a) = s.oauth.accounts.iter_mut().find(|a| a.nickname == nickname) {
+            let uuid = a
+                .permissions
+                .iter()
+                .find(|p| p.0 == full_name)
+                .map(|p| p.1.clone())
+                .unwrap_or_else(|| format!("{{repo-{full_name}}}"));
+            a.permissions.retain(|p| p.0 != full_name);
+            if let Some(p) = permission {
+                a.permissions.push((full_name.into(), uuid, p.into()));
+            }
+        }
     }
 
     pub fn cloud_api(&self) -> String {
@@ -210,6 +271,8 @@ impl BitbucketApi {
         let (status, extra, body) = self.answer(&req);
         let reason = match status {
             200 => "OK",
+            302 => "Found",
+            400 => "Bad Request",
             201 => "Created",
             204 => "No Content",
             401 => "Unauthorized",
@@ -253,6 +316,9 @@ impl BitbucketApi {
                     return (st, extra, body);
                 }
             }
+        }
+        if let Some(answer) = oauth_answer(&mut s, req, &path, query, &self.base) {
+            return answer;
         }
         if req.header("authorization") != Some(self.auth.as_str()) {
             return error(401, "Unauthorized", dc);
@@ -485,6 +551,54 @@ impl BitbucketApi {
                     _ => not_found,
                 }
             }
+            // A user's keys: `?user=` names whose (an admin's token may name another user).
+            ["rest", "ssh", "1.0", "keys"] => {
+                let user = query.split('&').find_map(|kv| kv.strip_prefix("user="));
+                if user != Some(DC_USER) {
+                    return error(404, "No such user", true);
+                }
+                match m {
+                    "GET" => {
+                        let values: Vec<_> = s
+                            .user_keys
+                            .iter()
+                            .map(|k| {
+                                serde_json::json!({
+                                "id": k.id.parse::<u64>().unwrap_or(0), "text": k.key,
+                                "label": k.label, "algorithmType": "ED25519"})
+                            })
+                            .collect();
+                        ok(dc_page(values, q("start").unwrap_or(0)))
+                    }
+                    "POST" => {
+                        let Some(text) = body["text"].as_str().map(str::to_owned) else {
+                            return error(400, "text is required", true);
+                        };
+                        s.next_id += 1;
+                        let k = Key {
+                            id: s.next_id.to_string(),
+                            label: body["label"].as_str().unwrap_or("").into(),
+                            key: text,
+                        };
+                        s.user_keys.push(k.clone());
+                        if let Some(cb) = &self.on_key {
+                            cb("user", &k.key);
+                        }
+                        created(serde_json::json!({
+                            "id": s.next_id, "text": k.key, "label": k.label}))
+                    }
+                    _ => not_found,
+                }
+            }
+            ["rest", "ssh", "1.0", "keys", id] if m == "DELETE" => {
+                let before = s.user_keys.len();
+                s.user_keys.retain(|k| k.id != *id);
+                if s.user_keys.len() < before {
+                    gone
+                } else {
+                    not_found
+                }
+            }
             _ => not_found,
         }
     }
@@ -568,4 +682,153 @@ fn decode(p: &str) -> String {
         i += 1;
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+fn query_param(query: &str, name: &str) -> Option<String> {
+    form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
+}
+
+/// Bitbucket Cloud's OAuth 2.0 endpoints and the two reads a login makes, in the shapes its
+/// documentation gives; `None` for every other request.
+fn oauth_answer(
+    s: &mut State,
+    req: &Request,
+    path: &str,
+    query: &str,
+    base: &str,
+) -> Option<(u16, String, String)> {
+    use base64::Engine as _;
+    use sha2::Digest as _;
+    let json = |status: u16, v: serde_json::Value| (status, String::new(), v.to_string());
+    let o = &mut s.oauth;
+    let bearer = req
+        .header("authorization")
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .unwrap_or("");
+    let account = o
+        .accounts
+        .iter()
+        .find(|a| !bearer.is_empty() && a.token == bearer)
+        .cloned();
+    let unauthorized = json(
+        401,
+        serde_json::json!({"type": "error", "error": {"message": "Access token expired or invalid"}}),
+    );
+    match (req.method.as_str(), path) {
+        ("GET", "/site/oauth2/authorize") => {
+            let client = query_param(query, "client_id").unwrap_or_default();
+            if client != o.key || query_param(query, "response_type").as_deref() != Some("code") {
+                return Some(json(400, serde_json::json!({"error": "invalid_request"})));
+            }
+            let Some(who) = o.signed_in else {
+                return Some((200, String::new(), "\"log in to Bitbucket first\"".into()));
+            };
+            let challenge = query_param(query, "code_challenge").unwrap_or_default();
+            let code = format!("code{}", o.codes.len() + 1000);
+            o.codes.insert(code.clone(), (who, challenge));
+            let back = query_param(query, "redirect_uri").unwrap_or_default();
+            let state = query_param(query, "state").unwrap_or_default();
+            let location = format!(
+                "{back}?code={code}&state={}",
+                form_urlencoded::byte_serialize(state.as_bytes()).collect::<String>()
+            );
+            Some((302, format!("Location: {location}\r\n"), String::new()))
+        }
+        ("POST", "/site/oauth2/access_token") => {
+            let want = format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", o.key, o.secret))
+            );
+            if req.header("authorization") != Some(want.as_str()) {
+                return Some(json(
+                    401,
+                    serde_json::json!({"error": "invalid_client", "error_description": "Invalid OAuth client credentials"}),
+                ));
+            }
+            let form = req.body.as_str();
+            let token_of = |a: &Account| {
+                serde_json::json!({"access_token": a.token, "scopes": "account repository",
+                    "expires_in": 7200, "refresh_token": format!("refresh-{}", a.nickname),
+                    "token_type": "bearer"})
+            };
+            if query_param(form, "grant_type").as_deref() == Some("refresh_token") {
+                let given = query_param(form, "refresh_token").unwrap_or_default();
+                return Some(
+                    match o
+                        .accounts
+                        .iter()
+                        .find(|a| format!("refresh-{}", a.nickname) == given)
+                    {
+                        Some(a) => json(200, token_of(a)),
+                        None => json(400, serde_json::json!({"error": "invalid_grant"})),
+                    },
+                );
+            }
+            if query_param(form, "grant_type").as_deref() != Some("authorization_code") {
+                return Some(json(
+                    400,
+                    serde_json::json!({"error": "unsupported_grant_type"}),
+                ));
+            }
+            let code = query_param(form, "code").unwrap_or_default();
+            let verifier = query_param(form, "code_verifier").unwrap_or_default();
+            let Some((who, challenge)) = o.codes.remove(&code) else {
+                return Some(json(
+                    400,
+                    serde_json::json!({"error": "invalid_grant", "error_description": "The code is invalid or expired"}),
+                ));
+            };
+            let got = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .encode(sha2::Sha256::digest(verifier.as_bytes()));
+            if got != challenge {
+                return Some(json(
+                    400,
+                    serde_json::json!({"error": "invalid_grant", "error_description": "code_verifier does not match"}),
+                ));
+            }
+            Some(json(200, token_of(&o.accounts[who])))
+        }
+        ("GET", "/2.0/user") => Some(match account {
+            Some(a) => json(
+                200,
+                serde_json::json!({"type": "user", "uuid": a.uuid, "nickname": a.nickname,
+                    "display_name": format!("{} (display)", a.nickname),
+                    "account_id": format!("5f-{}", a.nickname), "links": {}}),
+            ),
+            None => unauthorized,
+        }),
+        ("GET", "/2.0/user/permissions/repositories") => Some(match account {
+            Some(a) => {
+                let values: Vec<_> = a
+                    .permissions
+                    .iter()
+                    .map(|(name, uuid, perm)| {
+                        serde_json::json!({"type": "repository_permission", "permission": perm,
+                            "user": {"type": "user", "uuid": a.uuid, "nickname": a.nickname},
+                            "repository": {"type": "repository", "full_name": name, "uuid": uuid,
+                                "name": name.split('/').nth(1).unwrap_or("")}})
+                    })
+                    .collect();
+                let page = query_param(query, "page")
+                    .and_then(|p| p.parse().ok())
+                    .unwrap_or(1usize)
+                    .max(1);
+                let chunk: Vec<_> = values
+                    .iter()
+                    .skip((page - 1) * PAGE)
+                    .take(PAGE)
+                    .cloned()
+                    .collect();
+                let mut v = serde_json::json!({"pagelen": PAGE, "size": values.len(), "page": page, "values": chunk});
+                if page * PAGE < values.len() {
+                    v["next"] = format!("{base}{path}?pagelen={PAGE}&page={}", page + 1).into();
+                }
+                json(200, v)
+            }
+            None => unauthorized,
+        }),
+        _ => None,
+    }
 }

@@ -8,6 +8,7 @@ pub mod badge;
 pub mod contexts;
 pub mod expression;
 pub mod notify;
+pub mod people;
 pub mod schedule;
 
 use std::fmt;

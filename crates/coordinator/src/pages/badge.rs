@@ -11,7 +11,8 @@
 
 use super::{esc, shell};
 use crate::model::badge::{self, BadgeStatus, BadgeStyle};
-use crate::store::BadgeProject;
+use crate::model::notify::{shown_url, TargetKind};
+use crate::store::{BadgeProject, TargetRow};
 use crate::AppState;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -167,8 +168,16 @@ pub(crate) async fn project_page(
     State(state): State<Arc<AppState>>,
     Path(slug): Path<String>,
 ) -> Response {
-    let found = state.db(move |s| s.badge_project(&slug)).await;
-    let p: BadgeProject = match found {
+    let found = state
+        .db(move |s| {
+            let Some(p) = s.badge_project(&slug)? else {
+                return Ok(None);
+            };
+            let targets = s.notify_targets(&p.slug)?;
+            Ok(Some((p, targets)))
+        })
+        .await;
+    let (p, targets): (BadgeProject, Vec<TargetRow>) = match found {
         Ok(Some(p)) => p,
         Ok(None) => return (StatusCode::NOT_FOUND, "no such project\n").into_response(),
         Err(e) => {
@@ -188,8 +197,56 @@ pub(crate) async fn project_page(
              printed"
         },
         esc(&snippet),
-    );
+    ) + &notifications(&targets);
     shell(&p.slug, "", &main).into_response()
+}
+
+/// The project's mail addresses and webhooks: what each asked for, how many deliveries
+/// wait, the last one delivered and the last error with its time. No secret is shown, and
+/// a webhook's query (which may carry the receiver's token) is left out.
+fn notifications(targets: &[TargetRow]) -> String {
+    let mut out = String::from("<h2>Notifications</h2>");
+    if targets.is_empty() {
+        out.push_str(
+            "<p>None: <code>bosun coordinator project notify add</code> mails an address, \
+             <code>project webhook add</code> calls a URL.</p>",
+        );
+        return out;
+    }
+    out.push_str(
+        "<table class=\"notify-targets\"><thead><tr><th>kind</th><th>target</th><th>events</th>\
+         <th>pending</th><th>last delivered</th><th>last error</th></tr></thead><tbody>",
+    );
+    let time = |t: Option<i64>| {
+        t.map(bosun_protocol::time::iso_utc)
+            .unwrap_or_else(|| "—".into())
+    };
+    for t in targets {
+        let shown = match t.kind {
+            TargetKind::Email => t.address.clone(),
+            TargetKind::Webhook => shown_url(&t.address),
+        };
+        let error = match (&t.last_error, t.last_error_at) {
+            (Some(e), Some(at)) => format!(
+                "<time>{}</time> <span class=\"notify-error\">{}</span>",
+                esc(&time(Some(at))),
+                esc(e)
+            ),
+            _ => "—".to_owned(),
+        };
+        out.push_str(&format!(
+            "<tr data-target=\"{}\"><td>{}</td><td>{}</td><td>{}</td><td class=\"notify-pending\">{}</td>\
+             <td>{}</td><td>{error}</td></tr>",
+            esc(&t.uuid),
+            t.kind.as_str(),
+            esc(&shown),
+            esc(&t.events),
+            t.pending,
+            esc(&time(t.last_delivered_at)),
+        ));
+    }
+    out.push_str("</tbody></table>");
+    out
 }
 
 /// The README's Markdown: the default branch's badge linking to the pipelines.

@@ -13,6 +13,7 @@ pub mod ansi;
 pub mod badge;
 pub mod live;
 mod log;
+pub mod people;
 pub mod pipelines;
 pub mod results;
 pub mod ssh;
@@ -153,7 +154,7 @@ fn shell(title: &str, body_attrs: &str, main: &str) -> Html<String> {
          <script src=\"/assets/{}\" defer></script></head>\n\
          <body{body_attrs}><a class=\"skip\" href=\"#main\">Skip to content</a>\
          <header class=\"top\"><a href=\"/\" class=\"brand\">bosun</a> \
-         <nav aria-label=\"Site\"><a href=\"/\">Jobs</a></nav></header>\n\
+         <nav aria-label=\"Site\"><a href=\"/\">Jobs</a> <a href=\"/me\">You</a></nav></header>\n\
          <main id=\"main\">{main}</main></body></html>\n",
         esc(title),
         css.name,
@@ -167,6 +168,12 @@ fn error_page(status: StatusCode, text: &str) -> Response {
         shell("bosun", "", &format!("<h1>{}</h1>", esc(text))),
     )
         .into_response()
+}
+
+/// A 404 that says nothing of what exists (a private project's pages, to whoever may not
+/// read them).
+pub fn not_found() -> Response {
+    error_page(StatusCode::NOT_FOUND, "Not found.")
 }
 
 fn internal(e: CoordError) -> Response {
@@ -330,8 +337,13 @@ fn job_list_row(j: &JobRow, now: i64) -> String {
 }
 
 /// `GET /`: jobs newest first, filtered and paged by query parameters (a plain GET form).
-pub async fn index(State(state): State<Arc<AppState>>, Query(q): Query<ListQuery>) -> Response {
+pub async fn index(
+    State(state): State<Arc<AppState>>,
+    Query(q): Query<ListQuery>,
+    axum::Extension(readable): axum::Extension<crate::people::Readable>,
+) -> Response {
     let filter = JobFilter {
+        projects: readable.0.clone(),
         project: nonempty(&q.project),
         branch: nonempty(&q.branch),
         status: nonempty(&q.status).and_then(|s| s.parse::<JobState>().ok()),
@@ -343,10 +355,11 @@ pub async fn index(State(state): State<Arc<AppState>>, Query(q): Query<ListQuery
             Ok((s.list_jobs_filtered(&f, LIST_PAGE + 1)?, s.project_slugs()?))
         })
         .await;
-    let (mut jobs, projects) = match loaded {
+    let (mut jobs, mut projects) = match loaded {
         Ok(x) => x,
         Err(e) => return internal(e),
     };
+    projects.retain(|p| readable.allows(p));
     let more = jobs.len() > LIST_PAGE as usize;
     jobs.truncate(LIST_PAGE as usize);
     let now = super::store::now_ms();
@@ -423,7 +436,7 @@ pub async fn index(State(state): State<Arc<AppState>>, Query(q): Query<ListQuery
     shell("bosun jobs", " data-page=\"jobs\"", &m).into_response()
 }
 
-fn url_encode(s: &str) -> String {
+pub(crate) fn url_encode(s: &str) -> String {
     let mut out = String::new();
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || b"-_.~/".contains(&b) {

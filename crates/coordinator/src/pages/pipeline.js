@@ -52,11 +52,18 @@
       .catch(function () { setTimeout(poll, 3000); });
   }
   setTimeout(poll, 500);
+  // A person logged in with Bitbucket acts with their session cookie and the page's CSRF
+  // token; an operator token, when one was given in this tab, goes first.
+  var csrf = root.getAttribute("data-csrf") || "";
   function act(path, body) {
-    if (!token()) { say("log in with an operator token first"); return; }
+    var headers = { "Content-Type": "application/json" };
+    if (token()) headers["Authorization"] = "Bearer " + token();
+    else if (csrf) headers["X-Bosun-CSRF"] = csrf;
+    else { say("log in first (with Bitbucket, or an operator token)"); return; }
     fetch("/pipelines/" + id + "/" + path, {
       method: "POST",
-      headers: { "Authorization": "Bearer " + token(), "Content-Type": "application/json" },
+      credentials: "same-origin",
+      headers: headers,
       body: JSON.stringify(body || {})
     }).then(function (r) {
       return r.json().then(function (j) { say(r.ok ? (j.ok || "done") : ("refused: " + (j.error || r.status))); });

@@ -2,11 +2,14 @@
 //! depth, edges for `requires`), statuses following the server live (the script polls
 //! `GET /pipelines/{id}.json`), the compiler's error when the config did not compile, and the
 //! operator's actions (`POST /pipelines/{id}/approve|cancel|rerun`), which need an operator
-//! token (`bosun coordinator operator new NAME`) as a bearer token; reading needs none, like
-//! every other page. `GET /pipelines` lists them.
+//! token (`bosun coordinator operator new NAME`) as a bearer token, or a person logged in
+//! with Bitbucket whose repository permission allows the action (their session and the
+//! page's CSRF token); reading needs read access to the project, like every other page
+//! (`web::Guard`). `GET /pipelines` lists them.
 
 use super::{esc, shell};
 use crate::bitbucket::status::statuses;
+use crate::model::people::Action;
 use crate::model::JobKind;
 use crate::store::pipelines::{PipelineRow, WorkflowRow};
 use crate::AppState;
@@ -79,9 +82,13 @@ fn to_json(p: &PipelineRow) -> serde_json::Value {
     })
 }
 
-pub(crate) async fn list(State(state): State<Arc<AppState>>) -> Response {
+pub(crate) async fn list(
+    State(state): State<Arc<AppState>>,
+    axum::Extension(readable): axum::Extension<crate::people::Readable>,
+) -> Response {
     match state.db(|s| s.list_pipelines(None, 100)).await {
-        Ok(rows) => {
+        Ok(mut rows) => {
+            rows.retain(|p| readable.allows(&p.project));
             let mut out = String::from(
                 "<h1>Pipelines</h1><table class=\"jobs\"><thead><tr><th>Pipeline</th><th>Ref</th>\
                  <th>Status</th></tr></thead><tbody>",
@@ -103,7 +110,11 @@ pub(crate) async fn list(State(state): State<Arc<AppState>>) -> Response {
     }
 }
 
-pub(crate) async fn page(State(state): State<Arc<AppState>>, Path(raw): Path<String>) -> Response {
+pub(crate) async fn page(
+    State(state): State<Arc<AppState>>,
+    Path(raw): Path<String>,
+    headers: HeaderMap,
+) -> Response {
     let Some((id, json)) = parse_id(&raw) else {
         return json_error(StatusCode::NOT_FOUND, format!("no pipeline {raw}"));
     };
@@ -122,16 +133,27 @@ pub(crate) async fn page(State(state): State<Arc<AppState>>, Path(raw): Path<Str
     if json {
         return ([(header::CACHE_CONTROL, "no-store")], Json(to_json(&p))).into_response();
     }
-    render(&p).into_response()
+    let viewer = match crate::people::viewer(&state, &headers).await {
+        Ok(v) => v,
+        Err(e) => return json_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
+    render(&p, viewer.as_ref()).into_response()
 }
 
-fn render(p: &PipelineRow) -> Html<String> {
+fn render(p: &PipelineRow, viewer: Option<&crate::people::Viewer>) -> Html<String> {
     let mut main = format!(
-        "<section id=\"pipeline\" data-id=\"{}\" data-status=\"{}\">\
+        "<section id=\"pipeline\" data-id=\"{}\" data-status=\"{}\"{}>\
          <h1>{}#{} <small>{}</small></h1>\
          <p>Status: <strong id=\"pipeline-status\">{}</strong>{}{}</p>",
         p.id,
         esc(p.status.as_str()),
+        viewer
+            .map(|v| format!(
+                " data-csrf=\"{}\" data-person=\"{}\"",
+                esc(&v.csrf),
+                esc(&v.person.nickname)
+            ))
+            .unwrap_or_default(),
         esc(&p.project),
         p.number,
         esc(&p.git_ref),
@@ -150,6 +172,13 @@ fn render(p: &PipelineRow) -> Html<String> {
         main.push_str(&format!(
             "<h2>The pipeline did not run</h2><pre id=\"pipeline-error\">{}</pre>",
             esc(err)
+        ));
+    }
+    if viewer.is_none() {
+        main.push_str(&format!(
+            "<p><a id=\"login-link\" href=\"/login?return_to=/pipelines/{}\">Log in with Bitbucket</a> \
+             to approve, cancel or rerun, or use an operator token:</p>",
+            p.id
         ));
     }
     main.push_str(
@@ -292,8 +321,15 @@ fn workflow_graph(w: &WorkflowRow) -> String {
     )
 }
 
-/// The operator behind the request's bearer token, or the 401 to answer.
-async fn operator(state: &Arc<AppState>, headers: &HeaderMap) -> Result<String, Response> {
+/// Who acts on pipeline `id`: the operator behind the request's bearer token, or the person
+/// logged in whose repository permission allows `action` (their session cookie and the
+/// CSRF token in `X-Bosun-CSRF`); else the 401 or 403 to answer.
+async fn operator(
+    state: &Arc<AppState>,
+    headers: &HeaderMap,
+    id: i64,
+    action: crate::model::people::Action,
+) -> Result<String, Response> {
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -302,16 +338,64 @@ async fn operator(state: &Arc<AppState>, headers: &HeaderMap) -> Result<String, 
         .unwrap_or("")
         .to_owned();
     if token.is_empty() {
-        return Err(json_error(
-            StatusCode::UNAUTHORIZED,
-            "log in with an operator token (bosun coordinator operator new NAME)",
-        ));
+        return person(state, headers, id, action).await;
     }
     match state.db(move |s| s.operator(&token)).await {
         Ok(Some(name)) => Ok(name),
         Ok(None) => Err(json_error(
             StatusCode::UNAUTHORIZED,
             "operator token unknown or revoked",
+        )),
+        Err(e) => Err(json_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
+    }
+}
+
+/// A logged-in person acting from the page (see [`operator`]).
+async fn person(
+    state: &Arc<AppState>,
+    headers: &HeaderMap,
+    id: i64,
+    action: crate::model::people::Action,
+) -> Result<String, Response> {
+    use crate::people;
+    let viewer = match people::viewer(state, headers).await {
+        Ok(Some(v)) => v,
+        Ok(None) => return Err(json_error(
+            StatusCode::UNAUTHORIZED,
+            "log in (with Bitbucket, or an operator token: bosun coordinator operator new NAME)",
+        )),
+        Err(e) => return Err(json_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
+    };
+    if !people::csrf_ok(&viewer, people::csrf_header(headers)) {
+        return Err(json_error(
+            StatusCode::FORBIDDEN,
+            "the request did not come from this site's page (CSRF token missing or wrong): reload the page",
+        ));
+    }
+    let project = match state.db(move |s| s.pipeline(id)).await {
+        Ok(Some(p)) => p.project,
+        Ok(None) => {
+            return Err(json_error(
+                StatusCode::NOT_FOUND,
+                format!("no pipeline {id}"),
+            ))
+        }
+        Err(e) => return Err(json_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
+    };
+    // Asked of Bitbucket again now: a permission taken away there stops this at once.
+    if let Err(e) = people::refresh_permissions(state, &viewer.person, true).await {
+        return Err(json_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()));
+    }
+    match people::may(state, &viewer, &project, action).await {
+        Ok(true) => Ok(viewer.person.nickname),
+        Ok(false) => Err(json_error(
+            StatusCode::FORBIDDEN,
+            format!(
+                "{} may not {} on {project}: that needs {} permission on its repository",
+                viewer.person.nickname,
+                action.as_str(),
+                action.needs()
+            ),
         )),
         Err(e) => Err(json_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
     }
@@ -328,12 +412,12 @@ pub(crate) async fn approve(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let who = match operator(&state, &headers).await {
-        Ok(w) => w,
-        Err(r) => return r,
-    };
     let Some((id, false)) = parse_id(&raw) else {
         return json_error(StatusCode::NOT_FOUND, format!("no pipeline {raw}"));
+    };
+    let who = match operator(&state, &headers, id, Action::Approve).await {
+        Ok(w) => w,
+        Err(r) => return r,
     };
     let b: ApproveBody = match serde_json::from_slice(&body) {
         Ok(b) => b,
@@ -355,12 +439,12 @@ pub(crate) async fn cancel(
     Path(raw): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(r) = operator(&state, &headers).await {
-        return r;
-    }
     let Some((id, false)) = parse_id(&raw) else {
         return json_error(StatusCode::NOT_FOUND, format!("no pipeline {raw}"));
     };
+    if let Err(r) = operator(&state, &headers, id, Action::Cancel).await {
+        return r;
+    }
     let url = state.public_url.clone();
     done(
         &state,
@@ -376,12 +460,12 @@ pub(crate) async fn rerun(
     Path(raw): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(r) = operator(&state, &headers).await {
-        return r;
-    }
     let Some((id, false)) = parse_id(&raw) else {
         return json_error(StatusCode::NOT_FOUND, format!("no pipeline {raw}"));
     };
+    if let Err(r) = operator(&state, &headers, id, Action::Rerun).await {
+        return r;
+    }
     let url = state.public_url.clone();
     done(
         &state,

@@ -227,8 +227,13 @@ impl Store {
                AND (?2 IS NULL OR j.branch = ?2 OR j.tag = ?2 OR j.git_ref = ?2) \
                AND (?3 IS NULL OR j.status = ?3) \
                AND (?4 IS NULL OR j.id < ?4) \
+               AND (?6 IS NULL OR p.slug IN (SELECT value FROM json_each(?6))) \
              ORDER BY j.id DESC LIMIT ?5"
         ))?;
+        let projects = f
+            .projects
+            .as_ref()
+            .map(|p| serde_json::Value::from(p.clone()).to_string());
         let rows = st
             .query_map(
                 params![
@@ -236,7 +241,8 @@ impl Store {
                     f.branch,
                     f.status.map(|s| s.as_str()),
                     f.before,
-                    limit
+                    limit,
+                    projects
                 ],
                 job_row,
             )?

@@ -57,6 +57,8 @@ mod jobs;
 mod lease;
 mod log_store;
 mod logs;
+mod notify;
+mod people_store;
 pub mod pg;
 mod pipeline_actions;
 mod pipeline_store;
@@ -72,6 +74,8 @@ pub use change_feed::{Change, ChangeFeed, ServedStore};
 pub use context_store::ContextStore;
 pub use follow_store::{FollowRecord, FollowStore, Followed};
 pub use log_store::LogStore;
+pub use notify::{Due, DueJob, DueWorkflow, NewTarget, NotifyOutbox, TargetRow};
+pub use people_store::{PeopleStore, Person, ProjectAccess, Resource};
 pub use pg::PgStore;
 pub use pipeline_actions::parse_pipeline_ref;
 pub use pipeline_store::{PipelineStore, StatusOutbox};
@@ -106,6 +110,8 @@ pub trait Backend:
     + ScheduleStore
     + ApiStore
     + BadgeStore
+    + NotifyOutbox
+    + PeopleStore
 {
 }
 
@@ -122,6 +128,8 @@ impl<T> Backend for T where
         + ScheduleStore
         + ApiStore
         + BadgeStore
+        + NotifyOutbox
+        + PeopleStore
         + ?Sized
 {
 }
@@ -416,6 +424,8 @@ pub fn is_commit_id(s: &str) -> bool {
 /// What the job list shows: every field optional.
 #[derive(Debug, Clone, Default)]
 pub struct JobFilter {
+    /// Only these projects (slugs); `None`: every project.
+    pub projects: Option<Vec<String>>,
     pub project: Option<String>,
     /// A branch or tag name (or the ref as queued).
     pub branch: Option<String>,

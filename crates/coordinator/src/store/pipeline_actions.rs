@@ -130,10 +130,18 @@ impl Store {
              AND workflow_id IN (SELECT id FROM workflows WHERE pipeline_id = ?1)",
             [id],
         )?;
-        tx.execute(
+        let n = tx.execute(
             "UPDATE pipelines SET status = 'canceled', finished = ?2 WHERE id = ?1 AND status = 'created'",
             params![id, now],
         )?;
+        if n > 0 {
+            let pid: i64 = tx.query_row(
+                "SELECT project_id FROM pipelines WHERE id = ?1",
+                [id],
+                |r| r.get(0),
+            )?;
+            super::notify::pipeline_ended(&tx, pid, id, bosun_protocol::PipelineState::Canceled)?;
+        }
         advance_in(&tx, id, statuses)?;
         tx.commit()?;
         Ok(())

@@ -397,11 +397,22 @@ impl Store {
         revision: Option<&str>,
         error: &str,
     ) -> Result<()> {
-        self.conn().execute(
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let n = tx.execute(
             "UPDATE pipelines SET status = 'errored', error = ?2, revision = COALESCE(?3, revision), \
              finished = ?4 WHERE id = ?1 AND status = 'created'",
             params![id, error, revision, now_ms()],
         )?;
+        if n > 0 {
+            let pid: i64 = tx.query_row(
+                "SELECT project_id FROM pipelines WHERE id = ?1",
+                [id],
+                |r| r.get(0),
+            )?;
+            super::notify::pipeline_ended(&tx, pid, id, PipelineState::Errored)?;
+        }
+        tx.commit()?;
         Ok(())
     }
 
@@ -609,6 +620,9 @@ pub(super) fn advance_in(tx: &Connection, id: i64, statuses: &Statuses<'_>) -> R
                 queue_job(tx, pid, id, number, restricted, job)?;
             }
             post_status(tx, pid, id, wname, job, statuses)?;
+            if job.kind == JobKind::Build {
+                super::notify::job_ended(tx, pid, id, *wid, job.id, job.status)?;
+            }
         }
         let statuses: Vec<WorkflowJobStatus> = jobs.iter().map(|j| j.status).collect();
         wf_states.push((*wid, advance::workflow_state(&statuses)));
@@ -618,11 +632,14 @@ pub(super) fn advance_in(tx: &Connection, id: i64, statuses: &Statuses<'_>) -> R
     // Workflow and pipeline statuses.
     let now = now_ms();
     for (wid, st) in &wf_states {
-        tx.execute(
+        let n = tx.execute(
             "UPDATE workflows SET status = ?2, finished = CASE WHEN ?3 THEN COALESCE(finished, ?4) END \
              WHERE id = ?1 AND status != ?2",
             params![wid, st.as_str(), advance::workflow_final(*st), now],
         )?;
+        if n > 0 && advance::workflow_final(*st) {
+            super::notify::workflow_ended(tx, pid, id, *wid, *st)?;
+        }
     }
     let states: Vec<WorkflowState> = wf_states.iter().map(|(_, s)| *s).collect();
     let (p, err) = match advance::pipeline_state(&states) {
@@ -637,6 +654,9 @@ pub(super) fn advance_in(tx: &Connection, id: i64, statuses: &Statuses<'_>) -> R
          finished = CASE WHEN ?4 THEN COALESCE(finished, ?5) END WHERE id = ?1 AND status != ?2",
         params![id, p.as_str(), err, advance::pipeline_final(p), now],
     )?;
+    if n > 0 && advance::pipeline_final(p) {
+        super::notify::pipeline_ended(tx, pid, id, p)?;
+    }
     Ok(changed || n > 0)
 }
 

@@ -377,6 +377,73 @@ CREATE TABLE project_badges (
 );
 CREATE INDEX pipelines_branch ON pipelines(project_id, branch, id);
 "#,
+    // 14: notifications (issue 29): a project's mail addresses and outgoing webhooks (the
+    // signing secret sealed, place `p<project>/webhook/<uuid>`), each with its last delivery
+    // error; and the outbox, one row per notification to deliver, written in the transaction
+    // that records the completion and deleted once delivered or given up.
+    r#"
+CREATE TABLE notify_targets (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    uuid TEXT NOT NULL UNIQUE,
+    project_id INTEGER NOT NULL REFERENCES projects(id),
+    kind TEXT NOT NULL,             -- email | webhook
+    address TEXT NOT NULL,          -- the e-mail address or the URL
+    events TEXT NOT NULL,           -- model::notify::On or Events, as words
+    name TEXT NOT NULL DEFAULT '',
+    secret TEXT,                    -- a webhook's signing secret, sealed
+    created INTEGER NOT NULL,
+    last_error TEXT,
+    last_error_at INTEGER,
+    last_delivered_at INTEGER,
+    UNIQUE (project_id, kind, address)
+);
+CREATE TABLE notifications (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    uuid TEXT NOT NULL UNIQUE,      -- the event's id (a webhook's `id`: receivers deduplicate)
+    target_id INTEGER NOT NULL REFERENCES notify_targets(id) ON DELETE CASCADE,
+    event TEXT NOT NULL,            -- failed | fixed | finished | workflow-completed | job-completed
+    status TEXT NOT NULL,           -- the pipeline's, workflow's or job's end, as words
+    pipeline_id INTEGER NOT NULL REFERENCES pipelines(id),
+    workflow_id INTEGER,
+    workflow_job_id INTEGER,
+    happened_at INTEGER NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_try INTEGER NOT NULL
+);
+CREATE INDEX notifications_due ON notifications(next_try);
+CREATE INDEX notifications_target ON notifications(target_id);
+"#,
+    // 15: people (issue 30): who logged in with Bitbucket, their sessions (kept as digests),
+    // the repository permissions Bitbucket gave them when last asked, and whether a project
+    // is readable by anyone.
+    r#"
+CREATE TABLE people (
+    id INTEGER PRIMARY KEY,
+    bitbucket_uuid TEXT NOT NULL UNIQUE,
+    nickname TEXT NOT NULL,
+    display_name TEXT NOT NULL DEFAULT '',
+    admin INTEGER NOT NULL DEFAULT 0,
+    created INTEGER NOT NULL,
+    last_login INTEGER NOT NULL,
+    permissions_fetched INTEGER,
+    refresh_token TEXT              -- sealed: Bitbucket's OAuth refresh token
+);
+CREATE INDEX people_nickname ON people(nickname);
+CREATE TABLE sessions (
+    digest TEXT PRIMARY KEY,
+    person_id INTEGER NOT NULL REFERENCES people(id),
+    created INTEGER NOT NULL,
+    expires INTEGER NOT NULL
+);
+CREATE INDEX sessions_person ON sessions(person_id);
+CREATE TABLE person_permissions (
+    person_id INTEGER NOT NULL REFERENCES people(id),
+    repository TEXT NOT NULL,
+    permission TEXT NOT NULL,
+    PRIMARY KEY (person_id, repository)
+);
+ALTER TABLE projects ADD COLUMN public INTEGER NOT NULL DEFAULT 0;
+"#,
 ];
 
 /// Before migration 2: copy each job's log out of the `job_logs` blobs into its file.

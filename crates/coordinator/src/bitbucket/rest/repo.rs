@@ -6,7 +6,7 @@
 //! | repository | `GET {api}/repositories/{ws}/{repo}` | `GET {base}/rest/api/1.0/projects/{KEY}/repos/{slug}` (+ `…/branches/default`) |
 //! | deploy keys | `GET`/`POST {api}/repositories/{ws}/{repo}/deploy-keys` `{key, label}`, `DELETE …/{id}` | `GET`/`POST {base}/rest/keys/1.0/projects/{KEY}/repos/{slug}/ssh` `{key: {text}, permission: REPO_READ}`, `DELETE …/{id}` |
 //! | webhooks | `GET`/`POST {api}/repositories/{ws}/{repo}/hooks` `{description, url, active, events, secret}`, `PUT`/`DELETE …/{uuid}` | `GET`/`POST {base}/rest/api/1.0/projects/{KEY}/repos/{slug}/webhooks` `{name, url, active, events, configuration: {secret}}`, `PUT`/`DELETE …/{id}` |
-//! | user keys | `GET`/`POST {api}/users/{user}/ssh-keys` `{key, label}`, `DELETE …/{uuid}` | — |
+//! | user keys | `GET`/`POST {api}/users/{user}/ssh-keys` `{key, label}`, `DELETE …/{uuid}` | `GET`/`POST {base}/rest/ssh/1.0/keys?user={user}` `{text, label}`, `DELETE {base}/rest/ssh/1.0/keys/{id}` |
 //!
 //! Answers are read field by field; a field missing where Bosun needs it is an error that
 //! names the call, never a panic.
@@ -345,31 +345,69 @@ impl Remote {
     }
 }
 
-/// A Bitbucket Cloud account's SSH keys (`/users/{user}/ssh-keys`; `user` is the account's
-/// name or `{uuid}`).
+/// A Bitbucket account's SSH keys: on Cloud `{api}/users/{user}/ssh-keys` (`user` is the
+/// account's name or `{uuid}`), on Data Center `{base}/rest/ssh/1.0/keys?user={user}` (the
+/// user's slug; an admin's token may manage another user's keys).
 pub struct UserKeys {
-    pub api: String,
+    /// The repository's remote: where its server's API is.
+    pub remote: Remote,
     pub user: String,
 }
 
 impl UserKeys {
     fn url(&self) -> String {
-        format!(
-            "{}/users/{}/ssh-keys",
-            self.api.trim_end_matches('/'),
-            segment(&self.user)
-        )
+        match &self.remote {
+            Remote::Cloud { api, .. } => format!(
+                "{}/users/{}/ssh-keys",
+                api.trim_end_matches('/'),
+                segment(&self.user)
+            ),
+            Remote::DataCenter { base, .. } => format!(
+                "{}/rest/ssh/1.0/keys?user={}",
+                base.trim_end_matches('/'),
+                segment(&self.user)
+            ),
+        }
+    }
+
+    fn key_url(&self, id: &str) -> String {
+        match &self.remote {
+            Remote::Cloud { .. } => format!("{}/{}", self.url(), segment(id)),
+            Remote::DataCenter { base, .. } => format!(
+                "{}/rest/ssh/1.0/keys/{}",
+                base.trim_end_matches('/'),
+                segment(id)
+            ),
+        }
+    }
+
+    /// Where a key's id is in an answer: Cloud's `uuid`, Data Center's numeric `id`.
+    fn id_field(&self) -> &'static str {
+        match self.remote {
+            Remote::Cloud { .. } => "uuid",
+            Remote::DataCenter { .. } => "id",
+        }
     }
 
     pub async fn list(&self, c: &Client) -> Result<Vec<RemoteKey>, RestError> {
-        let values = c.list(&self.url(), Paging::Cloud).await?;
+        let values = c.list(&self.url(), self.remote.paging()).await?;
+        let key_field = match self.remote {
+            Remote::Cloud { .. } => "key",
+            Remote::DataCenter { .. } => "text",
+        };
         Ok(values
             .iter()
             .filter_map(|v| {
+                let key = text(v, &[key_field])?;
+                // Data Center versions without labels keep the key's comment.
+                let label = text(v, &["label"])
+                    .filter(|l| !l.is_empty())
+                    .or_else(|| key.splitn(3, ' ').nth(2).map(str::to_owned))
+                    .unwrap_or_default();
                 Some(RemoteKey {
-                    id: text(v, &["uuid"])?,
-                    label: text(v, &["label"]).unwrap_or_default(),
-                    key: text(v, &["key"])?,
+                    id: text(v, &[self.id_field()])?,
+                    label,
+                    key,
                 })
             })
             .collect())
@@ -378,14 +416,18 @@ impl UserKeys {
     /// Add a key to the account: its id.
     pub async fn add(&self, c: &Client, public: &str, label: &str) -> Result<String, RestError> {
         let url = self.url();
-        let v = c
-            .post(&url, &json!({"key": public, "label": label}))
-            .await?;
-        text(&v, &["uuid"]).ok_or_else(|| shape(&format!("POST {url}"), "no key uuid"))
+        let body = match self.remote {
+            Remote::Cloud { .. } => json!({"key": public, "label": label}),
+            Remote::DataCenter { .. } => {
+                json!({"text": format!("{} {label}", key_material(public)), "label": label})
+            }
+        };
+        let v = c.post(&url, &body).await?;
+        text(&v, &[self.id_field()]).ok_or_else(|| shape(&format!("POST {url}"), "no key id"))
     }
 
     pub async fn delete(&self, c: &Client, id: &str) -> Result<(), RestError> {
-        c.delete(&format!("{}/{}", self.url(), segment(id))).await
+        c.delete(&self.key_url(id)).await
     }
 }
 

@@ -232,8 +232,15 @@ impl PgStore {
                AND (?2::text IS NULL OR j.branch = ?2 OR j.tag = ?2 OR j.git_ref = ?2) \
                AND (?3::text IS NULL OR j.status = ?3) \
                AND (?4::bigint IS NULL OR j.id < ?4) \
+               AND (?6::text IS NULL OR p.slug IN \
+                    (SELECT jsonb_array_elements_text(?6::text::jsonb))) \
              ORDER BY j.id DESC LIMIT ?5"
         ))?;
+        // The projects the asker may read, as a JSON array (one parameter, as SQLite's).
+        let projects = f
+            .projects
+            .as_ref()
+            .map(|p| serde_json::Value::from(p.clone()).to_string());
         let rows = st
             .query_map(
                 params![
@@ -241,7 +248,8 @@ impl PgStore {
                     f.branch,
                     f.status.map(|s| s.as_str()),
                     f.before,
-                    limit
+                    limit,
+                    projects
                 ],
                 job_row,
             )?

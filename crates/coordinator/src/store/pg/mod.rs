@@ -33,6 +33,8 @@ mod intake;
 mod jobs;
 mod lease;
 mod logs;
+mod notify;
+mod people;
 mod pipeline_actions;
 mod pipelines;
 mod schedules;

@@ -120,10 +120,17 @@ impl PgStore {
              AND workflow_id IN (SELECT id FROM workflows WHERE pipeline_id = ?1)",
             [id],
         )?;
-        tx.execute(
-            "UPDATE pipelines SET status = 'canceled', finished = ?2 WHERE id = ?1 AND status = 'created'",
-            params![id, now],
-        )?;
+        let pid: Option<i64> = tx
+            .query_row(
+                "UPDATE pipelines SET status = 'canceled', finished = ?2 \
+                 WHERE id = ?1 AND status = 'created' RETURNING project_id",
+                params![id, now],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if let Some(pid) = pid {
+            super::notify::pipeline_ended(&tx, pid, id, PipelineState::Canceled)?;
+        }
         advance_in(&tx, id, statuses)?;
         tx.commit()?;
         Ok(())

@@ -398,6 +398,73 @@ CREATE TABLE project_badges (
 );
 CREATE INDEX pipelines_branch ON pipelines(project_id, branch, id);
 "#,
+    // 7: notifications (SQLite's migration 14): a project's mail addresses and outgoing
+    // webhooks (the signing secret sealed), and the outbox, written in the transaction that
+    // records the completion; a claim locks its rows (`FOR UPDATE SKIP LOCKED`), so replicas
+    // share the outbox without handing a row out twice.
+    r#"
+CREATE TABLE notify_targets (
+    id BIGSERIAL PRIMARY KEY,
+    uuid TEXT NOT NULL UNIQUE,
+    project_id BIGINT NOT NULL REFERENCES projects(id),
+    kind TEXT NOT NULL,
+    address TEXT NOT NULL,
+    events TEXT NOT NULL,
+    name TEXT NOT NULL DEFAULT '',
+    secret TEXT,
+    created BIGINT NOT NULL,
+    last_error TEXT,
+    last_error_at BIGINT,
+    last_delivered_at BIGINT,
+    UNIQUE (project_id, kind, address)
+);
+CREATE TABLE notifications (
+    id BIGSERIAL PRIMARY KEY,
+    uuid TEXT NOT NULL UNIQUE,
+    target_id BIGINT NOT NULL REFERENCES notify_targets(id) ON DELETE CASCADE,
+    event TEXT NOT NULL,
+    status TEXT NOT NULL,
+    pipeline_id BIGINT NOT NULL REFERENCES pipelines(id),
+    workflow_id BIGINT,
+    workflow_job_id BIGINT,
+    happened_at BIGINT NOT NULL,
+    attempts BIGINT NOT NULL DEFAULT 0,
+    next_try BIGINT NOT NULL
+);
+CREATE INDEX notifications_due ON notifications(next_try);
+CREATE INDEX notifications_target ON notifications(target_id);
+"#,
+    // 8: people (SQLite's migration 15): who logged in with Bitbucket, their sessions (kept
+    // as digests), their repository permissions as last read, and whether a project is
+    // readable by anyone.
+    r#"
+CREATE TABLE people (
+    id BIGSERIAL PRIMARY KEY,
+    bitbucket_uuid TEXT NOT NULL UNIQUE,
+    nickname TEXT NOT NULL,
+    display_name TEXT NOT NULL DEFAULT '',
+    admin BIGINT NOT NULL DEFAULT 0,
+    created BIGINT NOT NULL,
+    last_login BIGINT NOT NULL,
+    permissions_fetched BIGINT,
+    refresh_token TEXT
+);
+CREATE INDEX people_nickname ON people(nickname);
+CREATE TABLE sessions (
+    digest TEXT PRIMARY KEY,
+    person_id BIGINT NOT NULL REFERENCES people(id),
+    created BIGINT NOT NULL,
+    expires BIGINT NOT NULL
+);
+CREATE INDEX sessions_person ON sessions(person_id);
+CREATE TABLE person_permissions (
+    person_id BIGINT NOT NULL REFERENCES people(id),
+    repository TEXT NOT NULL,
+    permission TEXT NOT NULL,
+    PRIMARY KEY (person_id, repository)
+);
+ALTER TABLE projects ADD COLUMN public BIGINT NOT NULL DEFAULT 0;
+"#,
 ];
 
 /// Apply the migrations this database has not had yet.

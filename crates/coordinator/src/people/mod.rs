@@ -1,0 +1,539 @@
+//! People: logging in with Bitbucket, sessions, CSRF tokens, and who may do what on a
+//! project (docs/people.md).
+//!
+//! - **Login** ([`People::begin`], [`finish_login`]): the OAuth 2.0 authorization-code flow of
+//!   Bitbucket Cloud ([`oauth`]) with a random `state` and a PKCE verifier, both kept here in
+//!   memory for ten minutes and bound to the browser by a short-lived cookie holding the
+//!   state; the code is exchanged on the server, the account and its repository permissions
+//!   read with the token, the token dropped.
+//! - **Sessions**: a random 256-bit id in an `HttpOnly`, `SameSite=Lax` cookie (`Secure`
+//!   behind TLS); the store keeps only its SHA-256 with an expiry. Every login makes a new
+//!   id and ends the session the browser came with (no fixation); logout ends it on the
+//!   server.
+//! - **CSRF**: a state-changing request carried by the session cookie must also carry the
+//!   session's CSRF token (a form field or the `X-Bosun-CSRF` header): a digest of the
+//!   session id under its own label, which a page of another site cannot read.
+//! - **What a person may do** is `model::people`'s table, with the role their repository
+//!   permissions give them ([`role_on`]).
+
+pub mod oauth;
+
+use crate::error::CoordError;
+use crate::model::people::{self as rules, Action, Asker, Role};
+use crate::store::{Backend, Person, ProjectAccess, Resource};
+use crate::text::{random_hex, sha256_hex};
+use crate::AppState;
+use axum::http::HeaderMap;
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+use zeroize::Zeroizing;
+
+/// The session cookie.
+pub const SESSION_COOKIE: &str = "bosun_session";
+/// The cookie binding a login under way to the browser that started it (holds its `state`).
+pub const LOGIN_COOKIE: &str = "bosun_login";
+/// The header a script sends the CSRF token in (forms send the field `csrf`).
+pub const CSRF_HEADER: &str = "x-bosun-csrf";
+/// A login must come back from Bitbucket within this.
+const LOGIN_WITHIN: Duration = Duration::from_secs(600);
+/// Logins under way at most (older ones are dropped first): a flood of started logins
+/// cannot grow the server's memory without bound.
+const MAX_PENDING: usize = 10_000;
+
+/// How people log in, from `serve`'s settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Bitbucket Cloud's OAuth consumer (`--bitbucket-oauth-file`); `None`: nobody can log in.
+    pub consumer: Option<oauth::Consumer>,
+    /// How long a session lasts (`--session-lifetime`).
+    pub session_lifetime: Duration,
+    /// Cookies are `Secure` (the server is reached over TLS).
+    pub secure_cookies: bool,
+    /// Where browsers reach this server (the OAuth callback is under it).
+    pub public_url: String,
+    /// Stored repository permissions older than this are read again from Bitbucket
+    /// (`--permissions-refresh`); a sensitive action reads them again whatever their age.
+    pub permissions_refresh: Duration,
+}
+
+/// Why a login did not complete (shown to the person; never quoting a code or token).
+#[derive(Debug, thiserror::Error)]
+pub enum LoginError {
+    #[error("logging in with Bitbucket is not set up on this coordinator (serve --bitbucket-oauth-file)")]
+    NotConfigured,
+    #[error("this login was not started from this browser, or took longer than 10 minutes: log in again")]
+    BadState,
+    #[error("Bitbucket refused the login: {0}")]
+    Refused(String),
+    #[error("Bitbucket: {0}")]
+    OAuth(#[from] oauth::OAuthError),
+    #[error("{0}")]
+    Coord(#[from] CoordError),
+}
+
+struct Pending {
+    verifier: Zeroizing<String>,
+    return_to: String,
+    made: Instant,
+}
+
+/// Logins under way, and the settings.
+pub struct People {
+    pub settings: Settings,
+    pending: Mutex<HashMap<String, Pending>>,
+    /// People whose permissions are being read again now (one reader per person).
+    refreshing: Mutex<std::collections::HashSet<i64>>,
+}
+
+/// A started login: where to send the browser and the cookie to set.
+pub struct Begun {
+    pub location: String,
+    pub set_cookie: String,
+}
+
+/// A finished login: the new session's cookie (and the login cookie's removal), and where
+/// to go.
+pub struct LoggedIn {
+    pub person: Person,
+    pub set_cookies: Vec<String>,
+    pub return_to: String,
+}
+
+/// Who a browser request comes from.
+#[derive(Debug, Clone)]
+pub struct Viewer {
+    pub person: Person,
+    /// The session's CSRF token, for the page's forms and scripts.
+    pub csrf: String,
+    session_digest: String,
+}
+
+fn session_digest(id: &str) -> String {
+    sha256_hex(format!("bosun session:{id}").as_bytes())
+}
+
+fn csrf_of(id: &str) -> String {
+    sha256_hex(format!("bosun csrf:{id}").as_bytes())
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn cookie_header(headers: &HeaderMap) -> String {
+    headers
+        .get_all(axum::http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+impl People {
+    pub fn new(settings: Settings) -> People {
+        People {
+            settings,
+            pending: Mutex::new(HashMap::new()),
+            refreshing: Mutex::new(std::collections::HashSet::new()),
+        }
+    }
+
+    fn pending(&self) -> std::sync::MutexGuard<'_, HashMap<String, Pending>> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The OAuth callback, as Bitbucket's consumer must be set up with.
+    pub fn redirect_uri(&self) -> String {
+        format!(
+            "{}/login/bitbucket/callback",
+            self.settings.public_url.trim_end_matches('/')
+        )
+    }
+
+    /// Whether logging in is set up.
+    pub fn enabled(&self) -> bool {
+        self.settings.consumer.is_some()
+    }
+
+    /// Start a login: a new `state` and PKCE verifier, remembered for [`LOGIN_WITHIN`].
+    pub fn begin(&self, return_to: Option<&str>) -> Result<Begun, LoginError> {
+        let consumer = self
+            .settings
+            .consumer
+            .as_ref()
+            .ok_or(LoginError::NotConfigured)?;
+        let state = random_hex(32)?;
+        let verifier = Zeroizing::new(random_hex(48)?);
+        let location = consumer.authorize_url(&state, &verifier, &self.redirect_uri());
+        {
+            let mut p = self.pending();
+            p.retain(|_, v| v.made.elapsed() < LOGIN_WITHIN);
+            if p.len() >= MAX_PENDING {
+                if let Some(oldest) = p.iter().min_by_key(|(_, v)| v.made).map(|(k, _)| k.clone()) {
+                    p.remove(&oldest);
+                }
+            }
+            p.insert(
+                state.clone(),
+                Pending {
+                    verifier,
+                    return_to: rules::safe_return_to(return_to),
+                    made: Instant::now(),
+                },
+            );
+        }
+        Ok(Begun {
+            location,
+            set_cookie: rules::cookie(
+                LOGIN_COOKIE,
+                &state,
+                LOGIN_WITHIN.as_secs(),
+                self.settings.secure_cookies,
+            ),
+        })
+    }
+
+    fn session_cookie(&self, id: &str) -> String {
+        rules::cookie(
+            SESSION_COOKIE,
+            id,
+            self.settings.session_lifetime.as_secs(),
+            self.settings.secure_cookies,
+        )
+    }
+
+    /// The `Set-Cookie` that removes the session cookie.
+    pub fn clear_session_cookie(&self) -> String {
+        rules::cookie(SESSION_COOKIE, "", 0, self.settings.secure_cookies)
+    }
+}
+
+/// Finish a login: `state` must be the one this browser's login cookie holds and still
+/// pending (one use); the code is exchanged, the account and its permissions read, the
+/// person recorded, a new session opened (the browser's earlier one ended).
+pub async fn finish_login(
+    state: &AppState,
+    headers: &HeaderMap,
+    code: &str,
+    returned_state: &str,
+) -> Result<LoggedIn, LoginError> {
+    let people = &state.people;
+    let consumer = people
+        .settings
+        .consumer
+        .clone()
+        .ok_or(LoginError::NotConfigured)?;
+    let cookies = cookie_header(headers);
+    let bound = rules::cookie_value(&cookies, LOGIN_COOKIE);
+    if bound.is_none_or(|b| !constant_time_eq(b.as_bytes(), returned_state.as_bytes())) {
+        return Err(LoginError::BadState);
+    }
+    let pending = people
+        .pending()
+        .remove(returned_state)
+        .filter(|p| p.made.elapsed() < LOGIN_WITHIN)
+        .ok_or(LoginError::BadState)?;
+    let tokens = consumer
+        .exchange(code, &pending.verifier, &people.redirect_uri())
+        .await?;
+    let account = consumer.account(&tokens.access).await?;
+    let permissions = consumer.permissions(&tokens.access).await?;
+    let refresh = tokens.refresh;
+    let earlier = rules::cookie_value(&cookies, SESSION_COOKIE).map(session_digest);
+    let id = random_hex(32)?;
+    let digest = session_digest(&id);
+    let expires = crate::store::now_ms().saturating_add(
+        i64::try_from(people.settings.session_lifetime.as_millis()).unwrap_or(i64::MAX),
+    );
+    let person = state
+        .db(move |s: &dyn Backend| {
+            let p = s.person_logged_in(&account.uuid, &account.nickname, &account.display_name)?;
+            s.store_permissions(p.id, &permissions, crate::store::now_ms())?;
+            s.set_refresh_token(p.id, refresh.as_deref().map(String::as_str))?;
+            s.open_session(&digest, p.id, expires, earlier.as_deref())?;
+            Ok(p)
+        })
+        .await?;
+    tracing::info!(person = %crate::printable(&person.nickname), "logged in with Bitbucket");
+    Ok(LoggedIn {
+        person,
+        set_cookies: vec![
+            people.session_cookie(&id),
+            rules::cookie(LOGIN_COOKIE, "", 0, people.settings.secure_cookies),
+        ],
+        return_to: pending.return_to,
+    })
+}
+
+/// The person whose unexpired session the request's cookie names, if any.
+pub async fn viewer(state: &AppState, headers: &HeaderMap) -> crate::Result<Option<Viewer>> {
+    let cookies = cookie_header(headers);
+    let Some(id) = rules::cookie_value(&cookies, SESSION_COOKIE).map(str::to_owned) else {
+        return Ok(None);
+    };
+    let digest = session_digest(&id);
+    let d = digest.clone();
+    let person = state
+        .db(move |s: &dyn Backend| s.session_person(&d))
+        .await?;
+    Ok(person.map(|person| Viewer {
+        person,
+        csrf: csrf_of(&id),
+        session_digest: digest,
+    }))
+}
+
+/// Whether `given` is the viewer's CSRF token.
+pub fn csrf_ok(viewer: &Viewer, given: Option<&str>) -> bool {
+    given.is_some_and(|g| constant_time_eq(g.as_bytes(), viewer.csrf.as_bytes()))
+}
+
+/// The CSRF token a script sent in [`CSRF_HEADER`].
+pub fn csrf_header(headers: &HeaderMap) -> Option<&str> {
+    headers.get(CSRF_HEADER).and_then(|v| v.to_str().ok())
+}
+
+/// End the viewer's session.
+pub async fn logout(state: &AppState, viewer: &Viewer) -> crate::Result<()> {
+    let d = viewer.session_digest.clone();
+    state.db(move |s: &dyn Backend| s.close_session(&d)).await?;
+    tracing::info!(person = %crate::printable(&viewer.person.nickname), "logged out");
+    Ok(())
+}
+
+/// What a request may do, whoever it comes from: a coordinator-wide operator (an operator
+/// token), a person (their session), or nobody logged in.
+#[derive(Debug, Clone)]
+pub enum Asking {
+    Operator(String),
+    Person(Viewer),
+    Anonymous,
+}
+
+impl Asking {
+    /// The person's id, if a person asks.
+    fn person(&self) -> Option<&Person> {
+        match self {
+            Asking::Person(v) => Some(&v.person),
+            _ => None,
+        }
+    }
+
+    fn everything(&self) -> bool {
+        match self {
+            Asking::Operator(_) => true,
+            Asking::Person(v) => v.person.admin,
+            Asking::Anonymous => false,
+        }
+    }
+}
+
+/// Read `person`'s repository permissions again from Bitbucket (with their refresh token)
+/// when the stored ones are older than `--permissions-refresh`, or now (`force`: before a
+/// sensitive action). Fails closed: when Bitbucket cannot be asked or refuses (the person
+/// revoked Bosun's access, the account is gone, no refresh token), the stored permissions
+/// are dropped, so they give nothing until the next successful read or login.
+pub async fn refresh_permissions(
+    state: &AppState,
+    person: &Person,
+    force: bool,
+) -> crate::Result<()> {
+    let people = &state.people;
+    let Some(consumer) = people.settings.consumer.clone() else {
+        return Ok(());
+    };
+    let now = crate::store::now_ms();
+    let every = i64::try_from(people.settings.permissions_refresh.as_millis()).unwrap_or(i64::MAX);
+    let due = force
+        || person
+            .permissions_fetched
+            .is_none_or(|t| now.saturating_sub(t) >= every);
+    if !due {
+        return Ok(());
+    }
+    let id = person.id;
+    {
+        let mut busy = people.refreshing.lock().unwrap_or_else(|p| p.into_inner());
+        // Someone else reads them now: a request that need not wait uses what is stored.
+        if !busy.insert(id) && !force {
+            return Ok(());
+        }
+    }
+    let result = async {
+        let refresh = state.db(move |s: &dyn Backend| s.refresh_token(id)).await?;
+        let read = match refresh {
+            None => Err("no refresh token kept (log in again)".to_owned()),
+            Some(r) => match consumer.refresh(&r).await {
+                Err(e) => Err(e.to_string()),
+                Ok(t) => match consumer.permissions(&t.access).await {
+                    Err(e) => Err(e.to_string()),
+                    Ok(p) => Ok((p, t.refresh)),
+                },
+            },
+        };
+        let at = crate::store::now_ms();
+        match read {
+            Ok((permissions, new_refresh)) => {
+                state
+                    .db(move |s: &dyn Backend| {
+                        s.store_permissions(id, &permissions, at)?;
+                        if let Some(r) = new_refresh {
+                            s.set_refresh_token(id, Some(r.as_str()))?;
+                        }
+                        Ok(())
+                    })
+                    .await
+            }
+            Err(why) => {
+                tracing::warn!(
+                    person = %crate::printable(&person.nickname),
+                    "repository permissions could not be read again, so none are kept: {why}"
+                );
+                state
+                    .db(move |s: &dyn Backend| s.store_permissions(id, &[], at))
+                    .await
+            }
+        }
+    }
+    .await;
+    people
+        .refreshing
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(&id);
+    result
+}
+
+/// Who a request comes from: an operator's bearer token (unknown or revoked: `None`, the
+/// request is refused), else the session cookie's person, else nobody.
+pub async fn asking(state: &AppState, headers: &HeaderMap) -> crate::Result<Option<Asking>> {
+    let bearer = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|t| t.trim().to_owned());
+    if let Some(token) = bearer {
+        return Ok(state
+            .db(move |s: &dyn Backend| s.operator(&token))
+            .await?
+            .map(Asking::Operator));
+    }
+    Ok(Some(match viewer(state, headers).await? {
+        Some(v) => {
+            refresh_permissions(state, &v.person, false).await?;
+            Asking::Person(v)
+        }
+        None => Asking::Anonymous,
+    }))
+}
+
+/// The rules' view of who asks about a project.
+fn asker(permissions: &[(String, Role)], who: &Asking, project: &ProjectAccess) -> Asker {
+    Asker {
+        role: if who.person().is_some() {
+            rules::role_on(permissions, &project.slug, &project.uuid)
+        } else {
+            Role::None
+        },
+        coordinator_admin: who.everything(),
+    }
+}
+
+async fn permissions_of(state: &AppState, who: &Asking) -> crate::Result<Vec<(String, Role)>> {
+    match who.person() {
+        Some(p) => {
+            let id = p.id;
+            state
+                .db(move |s: &dyn Backend| s.person_permissions(id))
+                .await
+        }
+        None => Ok(Vec::new()),
+    }
+}
+
+/// May `who` do `action` with the project `of` names? `None` when there is no such project
+/// (or job, or pipeline).
+pub async fn may_on(
+    state: &AppState,
+    who: &Asking,
+    of: Resource,
+    action: Action,
+) -> crate::Result<Option<bool>> {
+    let Some(project) = state
+        .db(move |s: &dyn Backend| s.project_access(of))
+        .await?
+    else {
+        return Ok(None);
+    };
+    let permissions = permissions_of(state, who).await?;
+    Ok(Some(rules::allowed(
+        action,
+        asker(&permissions, who, &project),
+        project.public,
+    )))
+}
+
+/// May the viewer do `action` on `project` (slug or UUID)?
+pub async fn may(
+    state: &AppState,
+    viewer: &Viewer,
+    project: &str,
+    action: Action,
+) -> crate::Result<bool> {
+    let p = project.to_owned();
+    let found = state
+        .db(move |s: &dyn Backend| s.project_access(Resource::Project(p)))
+        .await?;
+    let Some(project) = found else {
+        return Ok(false);
+    };
+    let who = Asking::Person(viewer.clone());
+    let permissions = permissions_of(state, &who).await?;
+    Ok(rules::allowed(
+        action,
+        asker(&permissions, &who, &project),
+        project.public,
+    ))
+}
+
+/// The projects a list shows `who`: `None` for every project (an operator, an admin), else
+/// the slugs they may read (public ones included).
+#[derive(Debug, Clone)]
+pub struct Readable(pub Option<Vec<String>>);
+
+impl Readable {
+    pub fn allows(&self, slug: &str) -> bool {
+        self.0.as_ref().is_none_or(|v| v.iter().any(|s| s == slug))
+    }
+}
+
+pub async fn readable(state: &AppState, who: &Asking) -> crate::Result<Readable> {
+    if who.everything() {
+        return Ok(Readable(None));
+    }
+    let projects = state.db(|s: &dyn Backend| s.projects_access()).await?;
+    let permissions = permissions_of(state, who).await?;
+    Ok(Readable(Some(
+        projects
+            .into_iter()
+            .filter(|p| rules::allowed(Action::Read, asker(&permissions, who, p), p.public))
+            .map(|p| p.slug)
+            .collect(),
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_ids_and_their_digests_and_csrf_tokens_differ() {
+        let id = "00ff";
+        assert_ne!(session_digest(id), csrf_of(id));
+        assert_ne!(session_digest(id), sha256_hex(id.as_bytes()));
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"ab"));
+    }
+}
