@@ -94,17 +94,36 @@ fn log_of(id: &str, len: usize) -> Vec<u8> {
 
 const LOG_LEN: usize = 3000;
 
+/// What the agents of a run saw: every claim (job, agent), and every job an agent gave up
+/// because the coordinator refused its writes (job, agent, answer) — a lease that lapsed
+/// while the agent could not reach the database, the job handed to another agent since.
+#[derive(Default)]
+struct Seen {
+    claims: Vec<(String, String)>,
+    refused: Vec<(String, String, String)>,
+}
+
 /// An agent's loop: claim, send the log in pieces (resending from what the coordinator
-/// says it has), finish; any failure (a replica without its database) is retried. Stops
-/// once `done` reaches `total`. Every claim is recorded.
+/// says it has), finish; a failure to get through (a replica without its database) is
+/// retried. A refusal (403, 404, 422: the lease lapsed, the job is another agent's now)
+/// ends the job for this agent, as it does for the real agent, and is recorded; retrying
+/// it would never end. Stops once `done` reaches `total`, or at `deadline` wherever it is.
 async fn work(
     agent: Agent,
     total: usize,
     done: Arc<AtomicUsize>,
-    claims: Arc<Mutex<Vec<(String, String)>>>,
+    seen: Arc<Mutex<Seen>>,
+    deadline: Instant,
 ) {
     let pause = || tokio::time::sleep(Duration::from_millis(100));
-    while done.load(Ordering::SeqCst) < total {
+    let over = || done.load(Ordering::SeqCst) >= total || Instant::now() >= deadline;
+    let refused = |id: &str, what: String| {
+        seen.lock()
+            .expect("seen")
+            .refused
+            .push((id.to_owned(), agent.id.clone(), what));
+    };
+    'jobs: while !over() {
         let r = agent
             .http
             .post(agent.url("/jobs/claim?wait=1"))
@@ -124,15 +143,17 @@ async fn work(
             continue;
         };
         let id = c.job.id.clone();
-        claims
-            .lock()
-            .expect("claims")
+        seen.lock()
+            .expect("seen")
+            .claims
             .push((id.clone(), agent.id.clone()));
         let log = log_of(&id, LOG_LEN);
         let mut off = 0usize;
-        let mut finished = false;
-        while !finished {
+        loop {
             while off < log.len() {
+                if over() {
+                    return;
+                }
                 let end = (off + 1000).min(log.len());
                 let r = agent
                     .http
@@ -149,8 +170,17 @@ async fn work(
                             None => pause().await,
                         }
                     }
+                    Ok(r) if refusal(r.status().as_u16()) => {
+                        let what =
+                            format!("log: {} {}", r.status(), r.text().await.unwrap_or_default());
+                        refused(&id, what);
+                        continue 'jobs;
+                    }
                     _ => pause().await,
                 }
+            }
+            if over() {
+                return;
             }
             let req = FinishRequest {
                 status: FinalStatus::Success,
@@ -158,16 +188,25 @@ async fn work(
                 log_sha256: rig::sha256(&log),
                 error: None,
             };
-            let r = post_status(&agent, &format!("/jobs/{id}/finish"), &req).await;
-            match r {
-                Some(200) => finished = true,
+            match post_status(&agent, &format!("/jobs/{id}/finish"), &req).await {
+                // A finish resent because the answer to the first was lost is answered 200.
+                Some(200) => break,
                 // The coordinator lacks bytes (it lost an append): resend, finish again.
                 Some(409) => off = 0,
+                Some(code) if refusal(code) => {
+                    refused(&id, format!("finish: {code}"));
+                    continue 'jobs;
+                }
                 _ => pause().await,
             }
         }
         done.fetch_add(1, Ordering::SeqCst);
     }
+}
+
+/// An answer that no resend changes.
+fn refusal(code: u16) -> bool {
+    matches!(code, 403 | 404 | 422)
 }
 
 /// POST `body` as JSON: the status, or `None` when the request did not get through.
@@ -191,17 +230,29 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("runtime")
 }
 
-/// Every job ended `success` with exactly the bytes its agent sent, and was claimed once.
-fn check_all(c: &Cluster, ids: &[i64], claims: &[(String, String)]) {
-    let mut seen = HashSet::new();
-    for (job, agent) in claims {
-        assert!(
-            seen.insert(job.clone()),
-            "job {job} handed out twice (again to {agent})"
-        );
+/// Every job ended `success` with exactly the bytes its agent sent, and was handed out once
+/// — or again only after the coordinator refused the agent that had it (its lease lapsed).
+fn check_all(c: &Cluster, ids: &[i64], seen: &Seen) {
+    let mut held: HashMap<&str, &str> = HashMap::new();
+    for (job, agent) in &seen.claims {
+        if let Some(first) = held.insert(job, agent) {
+            assert!(
+                seen.refused.iter().any(|(j, a, _)| j == job && a == first),
+                "job {job} handed out twice (again to {agent}) while {first} still had it; \
+                 refused: {:?}",
+                seen.refused
+            );
+        }
     }
     let want: HashSet<String> = ids.iter().map(i64::to_string).collect();
-    assert_eq!(seen, want, "every job claimed");
+    let got: HashSet<String> = held.keys().map(|j| j.to_string()).collect();
+    assert_eq!(got, want, "every job claimed");
+    if !seen.refused.is_empty() {
+        eprintln!(
+            "jobs given up after a refusal (handed out again): {:?}",
+            seen.refused
+        );
+    }
     let s = store(c);
     for id in ids {
         let row = s.job(*id).expect("job").expect("row");
@@ -240,7 +291,8 @@ fn enqueue_many(c: &Cluster, n: usize) -> Vec<i64> {
         .collect()
 }
 
-/// Agents registered half on each replica, working until `total` jobs are done.
+/// Agents registered half on each replica, working until `total` jobs are done. Every wait
+/// is bounded: the run fails with what it saw after `within`, never hangs.
 fn run_agents(
     rt: &tokio::runtime::Runtime,
     c: &Cluster,
@@ -249,30 +301,54 @@ fn run_agents(
     total: usize,
     during: impl FnOnce(&Arc<AtomicUsize>),
     within: Duration,
-) -> Vec<(String, String)> {
+) -> Seen {
     let done = Arc::new(AtomicUsize::new(0));
-    let claims = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let t0 = Instant::now();
+    // The agents stop by themselves a little after the test gives up on them.
+    let deadline = t0 + within + Duration::from_secs(5);
     let mut tasks = Vec::new();
     for i in 0..agents {
         let s = replicas[i % replicas.len()];
-        let a = rt.block_on(rig::register_with(s, &format!("agent-{i}"), &c.token));
-        tasks.push(rt.spawn(work(a, total, done.clone(), claims.clone())));
+        let a = rt.block_on(async {
+            tokio::time::timeout(
+                Duration::from_secs(60),
+                rig::register_with(s, &format!("agent-{i}"), &c.token),
+            )
+            .await
+            .unwrap_or_else(|_| panic!("agent-{i} not registered within 60 s"))
+        });
+        tasks.push(rt.spawn(work(a, total, done.clone(), seen.clone(), deadline)));
     }
     during(&done);
-    let t0 = Instant::now();
+    let report = |seen: &Mutex<Seen>| {
+        let s = seen.lock().unwrap_or_else(|p| p.into_inner());
+        format!("{} claims, refused: {:?}", s.claims.len(), s.refused)
+    };
     while done.load(Ordering::SeqCst) < total {
         assert!(
             t0.elapsed() < within,
-            "only {} of {total} jobs done after {within:?}",
-            done.load(Ordering::SeqCst)
+            "only {} of {total} jobs done after {within:?} ({})",
+            done.load(Ordering::SeqCst),
+            report(&seen)
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    for t in tasks {
-        rt.block_on(t).expect("agent task");
+    for (i, t) in tasks.into_iter().enumerate() {
+        rt.block_on(async {
+            tokio::time::timeout(Duration::from_secs(30), t)
+                .await
+                .unwrap_or_else(|_| {
+                    panic!(
+                        "agent-{i} still busy 30 s after every job was done ({})",
+                        report(&seen)
+                    )
+                })
+                .expect("agent task")
+        });
     }
-    let claims = claims.lock().expect("claims").clone();
-    claims
+    let seen = std::mem::take(&mut *seen.lock().expect("seen"));
+    seen
 }
 
 #[test]
@@ -284,7 +360,7 @@ fn two_replicas_hand_out_every_job_once_with_byte_exact_logs() {
     const JOBS: usize = 240;
     let ids = enqueue_many(&c, JOBS);
     let rt = runtime();
-    let claims = run_agents(
+    let seen = run_agents(
         &rt,
         &c,
         &[&a, &b],
@@ -293,12 +369,15 @@ fn two_replicas_hand_out_every_job_once_with_byte_exact_logs() {
         |_| {},
         Duration::from_secs(180),
     );
-    check_all(&c, &ids, &claims);
+    check_all(&c, &ids, &seen);
+    // Nothing refused with the database up all along.
+    assert!(seen.refused.is_empty(), "{:?}", seen.refused);
     // Both replicas handed out jobs.
-    let by_agent: HashMap<&str, usize> = claims.iter().fold(HashMap::new(), |mut m, (_, a)| {
-        *m.entry(a.as_str()).or_default() += 1;
-        m
-    });
+    let by_agent: HashMap<&str, usize> =
+        seen.claims.iter().fold(HashMap::new(), |mut m, (_, a)| {
+            *m.entry(a.as_str()).or_default() += 1;
+            m
+        });
     assert!(by_agent.len() >= 2, "{by_agent:?}");
 }
 
@@ -376,7 +455,10 @@ fn an_enqueue_and_a_cancel_elsewhere_reach_an_agent_on_another_replica_at_once()
 
 /// The database goes away under two replicas and their agents, then comes back: `/readyz`
 /// answers 503 meanwhile and 200 after, the agents' retries go through, and every job ends
-/// with its whole log.
+/// with its whole log. These agents send no heartbeats: a job held across an outage longer
+/// than the 10 s lease lapses, its agent's next write is refused and it gives the job up
+/// (as the real agent does), and another agent runs it — once looping on that refusal hung
+/// this test with every job already `success`.
 #[test]
 fn a_database_restart_is_ridden_out_and_readyz_says_so() {
     let Some(pg) = postgres::start() else { return };
@@ -399,7 +481,7 @@ fn a_database_restart_is_ridden_out_and_readyz_says_so() {
         })
     };
     assert_eq!(readyz(&a), 200);
-    let claims = run_agents(
+    let seen = run_agents(
         &rt,
         &c,
         &[&a, &b],
@@ -430,5 +512,5 @@ fn a_database_restart_is_ridden_out_and_readyz_says_so() {
         },
         Duration::from_secs(240),
     );
-    check_all(&c, &ids, &claims);
+    check_all(&c, &ids, &seen);
 }
