@@ -1560,8 +1560,11 @@ struct Reopenable {
     label: &'static str,
     _d: tempfile::TempDir,
     open: Box<dyn Fn() -> Box<dyn Backend>>,
-    raw: Box<dyn Fn(&str) -> Vec<String>>,
+    raw: RawQuery,
 }
+
+/// A query's first column, read straight from the database.
+type RawQuery = Box<dyn Fn(&str) -> Vec<String>>;
 
 fn reopenable() -> Vec<Reopenable> {
     let d = tempfile::tempdir().expect("tempdir");

@@ -129,54 +129,52 @@ impl NotifyOutbox for PgStore {
                  WHERE n.next_try <= ?1 ORDER BY n.next_try, n.id LIMIT ?2 \
                  FOR UPDATE OF n SKIP LOCKED",
             )?;
-            let rows = st
-                .query_map(params![now, limit], |r| {
-                    let workflow = match r.get::<_, Option<String>>(16)? {
-                        Some(uuid) => Some(DueWorkflow {
-                            uuid,
-                            name: r.get(17)?,
-                            created: r.get(18)?,
-                            finished: r.get(19)?,
-                        }),
-                        None => None,
-                    };
-                    let job = match r.get::<_, Option<String>>(20)? {
-                        Some(name) => Some(DueJob {
-                            name,
-                            job_id: r.get(21)?,
-                            started: r.get(22)?,
-                            finished: r.get(23)?,
-                        }),
-                        None => None,
-                    };
-                    Ok((
-                        Due {
-                            id: r.get(0)?,
-                            uuid: r.get(1)?,
-                            event: r.get(2)?,
-                            status: r.get(3)?,
-                            happened_at: r.get(4)?,
-                            attempts: r.get(5)?,
-                            target_uuid: r.get(6)?,
-                            kind: parse_col(r.get(7)?)?,
-                            address: r.get(8)?,
-                            name: r.get(9)?,
-                            secret: None,
-                            pipeline_id: r.get(10)?,
-                            project_slug: r.get(11)?,
-                            project_uuid: r.get(12)?,
-                            clone_url: r.get(13)?,
-                            commit_subject: r.get(14)?,
-                            username: r.get(15)?,
-                            workflow,
-                            job,
-                        },
-                        r.get(24)?,
-                        r.get(25)?,
-                    ))
-                })?
-                .collect::<sql::Result<Vec<_>>>()?;
-            rows
+            st.query_map(params![now, limit], |r| {
+                let workflow = match r.get::<_, Option<String>>(16)? {
+                    Some(uuid) => Some(DueWorkflow {
+                        uuid,
+                        name: r.get(17)?,
+                        created: r.get(18)?,
+                        finished: r.get(19)?,
+                    }),
+                    None => None,
+                };
+                let job = match r.get::<_, Option<String>>(20)? {
+                    Some(name) => Some(DueJob {
+                        name,
+                        job_id: r.get(21)?,
+                        started: r.get(22)?,
+                        finished: r.get(23)?,
+                    }),
+                    None => None,
+                };
+                Ok((
+                    Due {
+                        id: r.get(0)?,
+                        uuid: r.get(1)?,
+                        event: r.get(2)?,
+                        status: r.get(3)?,
+                        happened_at: r.get(4)?,
+                        attempts: r.get(5)?,
+                        target_uuid: r.get(6)?,
+                        kind: parse_col(r.get(7)?)?,
+                        address: r.get(8)?,
+                        name: r.get(9)?,
+                        secret: None,
+                        pipeline_id: r.get(10)?,
+                        project_slug: r.get(11)?,
+                        project_uuid: r.get(12)?,
+                        clone_url: r.get(13)?,
+                        commit_subject: r.get(14)?,
+                        username: r.get(15)?,
+                        workflow,
+                        job,
+                    },
+                    r.get(24)?,
+                    r.get(25)?,
+                ))
+            })?
+            .collect::<sql::Result<Vec<_>>>()?
         };
         let until = now + lease.as_millis() as i64;
         let mut out = Vec::with_capacity(rows.len());
