@@ -29,6 +29,9 @@
 #                    (PyPI, pinned; into a venv, skipped when present) tests/it/api_v2.rs drives
 #                    the coordinator's API v2 with the first two; tests/it/notify.rs runs
 #                    aiosmtpd as the real SMTP server notification mail goes to
+#   s3s-fs           (crates.io, pinned; `cargo install --locked`, skipped when present) a real
+#                    S3 server on a directory: tests/it/object_storage.rs and the coordinator's
+#                    object-store tests keep blobs and logs in it (BOSUN_S3S_FS names the binary)
 # Then the images: `images/build.sh all` builds what is missing and costs nothing when all are
 # current (building needs root, for debootstrap and chroot). Integration tests start Docker
 # containers; four at a time keeps a 2-core machine busy without starving sshd start-ups.
@@ -133,6 +136,17 @@ if ! python3 -c 'import pycircleci, circleci_env_cli, aiosmtpd' >/dev/null 2>&1 
     say "installing ${py_pins[*]} into $py_clients"
     python3 -m venv "$py_clients" && "$py_clients/bin/python3" -m pip install -q "${py_pins[@]}" ||
         say "could not install ${py_pins[*]}: the API v2 client and notification mail tests will be skipped"
+fi
+
+# A real S3-compatible server for the object-storage tests (pinned): on PATH already, or
+# installed into its own root, where the tests look for it (BOSUN_S3S_FS overrides both).
+s3s_root=${BOSUN_S3S_ROOT:-$HOME/.cache/bosun/s3s-fs}
+s3s_version=0.14.1
+if ! command -v s3s-fs >/dev/null 2>&1 && ! [[ -x $s3s_root/bin/s3s-fs ]]; then
+    say "installing s3s-fs $s3s_version into $s3s_root"
+    cargo install --quiet --locked --root "$s3s_root" --version "$s3s_version" \
+        --features binary s3s-fs ||
+        say "could not install s3s-fs: the object-storage tests will fail"
 fi
 
 # stdout carries the images' exact tags, which only the harness wants.

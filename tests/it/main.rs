@@ -38,6 +38,7 @@ mod follow;
 mod host_escapes;
 mod mirror;
 mod notify;
+mod object_storage;
 mod oidc;
 mod people;
 mod pipelines;

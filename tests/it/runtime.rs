@@ -406,3 +406,53 @@ jobs:
         );
     }
 }
+
+#[test]
+fn on_a_local_engine_the_main_process_is_the_mounted_executable_which_no_step_can_change() {
+    ensure_images();
+    // No shell starts the container and no copy of the in-job executable goes through the
+    // setup archive: the engine's init runs the job's own copy, mounted read-only, and
+    // `circleci` in the job links to it and still finds the job's runtime directory.
+    let p = Project::new(&format!(
+        r#"version: 2.1
+jobs:
+  build:
+    docker: [{{image: {img}, user: root}}]
+    steps:
+      - run: tr '\0' ' ' < /proc/1/cmdline; echo
+      - run: |
+          if chmod 777 /.bosun-runtime/circleci; then echo writable; else echo read-only; fi
+          if rm -f /.bosun-runtime/circleci; then echo removable; fi
+          readlink "$CIRCLE_INTERNAL_TASK_DATA/bin/circleci"
+      - run: circleci step halt
+      - run: echo must-not-run
+"#,
+        img = image("base")
+    ));
+    let r = p.execute(&["--json"]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let init = step_output(&r.events, None, 0);
+    assert!(
+        init.contains("/.bosun-runtime/circleci __bosun-main"),
+        "the main process: {init}"
+    );
+    let second = step_output(&r.events, None, 1);
+    // Root may chmod any file; a read-only mount refuses (EROFS).
+    assert!(
+        second.contains("read-only") && second.contains("Read-only file system"),
+        "{second}"
+    );
+    assert!(!second.contains("writable"), "{second}");
+    assert!(!second.contains("removable"), "{second}");
+    assert!(second.contains("/.bosun-runtime/circleci\n"), "{second}");
+    assert_eq!(
+        step_output(&r.events, None, 3),
+        "",
+        "the step after the halt"
+    );
+    assert_eq!(
+        step_statuses(&r.events),
+        ["success", "success", "success", "skipped"]
+    );
+    p.assert_no_container_left();
+}

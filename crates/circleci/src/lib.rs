@@ -9,6 +9,7 @@
 //! ([`sftp`]), with another.
 
 pub mod glob;
+pub mod main_process;
 pub mod sftp;
 pub mod split;
 pub mod step_runner;
@@ -51,6 +52,11 @@ pub fn main(args: &[String]) -> i32 {
         ["tests", "run", opts @ ..] => tests_run(opts),
         ["env", "subst", text @ ..] => env_subst(text),
         [step_runner::ARG] => Ok(serve_steps()),
+        [step_runner::ARG, runtime] => {
+            set_runtime_dir(PathBuf::from(runtime));
+            Ok(serve_steps())
+        }
+        [main_process::ARG] => Ok(main_process::run()),
         [sftp::ARG] => Ok(sftp::run()),
         [] | ["help" | "--help" | "-h", ..] => {
             println!("{USAGE}");
@@ -79,11 +85,33 @@ fn serve_steps() -> i32 {
     step_runner::serve(std::io::stdin(), out)
 }
 
+/// The runtime directory the main process learnt from the agent (see [`main_process`]).
+static RUNTIME_DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+fn set_runtime_dir(dir: PathBuf) {
+    let _ = RUNTIME_DIR.set(dir);
+}
+
+/// The variable every step has that names the runtime directory (CircleCI's task data).
+const TASK_DATA_ENV: &str = "CIRCLE_INTERNAL_TASK_DATA";
+
 fn runtime_dir() -> Result<PathBuf, String> {
     if let Some(d) = std::env::var_os(RUNTIME_DIR_ENV) {
         return Ok(PathBuf::from(d));
     }
+    if let Some(d) = RUNTIME_DIR.get() {
+        return Ok(d.clone());
+    }
     let exe = std::env::current_exe().map_err(|e| format!("cannot find where I am: {e}"))?;
+    // Mounted from the agent's host (a local engine), it lives outside every job's runtime
+    // directory; `bin/circleci` there links to it, and steps are told where that is.
+    if exe == Path::new(main_process::MOUNTED_PATH) {
+        return std::env::var_os(TASK_DATA_ENV)
+            .map(PathBuf::from)
+            .ok_or_else(|| {
+                format!("cannot find the job's runtime directory (no ${TASK_DATA_ENV})")
+            });
+    }
     exe.parent()
         .and_then(Path::parent)
         .map(Path::to_path_buf)

@@ -475,3 +475,30 @@ workflows:
         assert!(e.pos.line >= 6, "{bad}: located at {e}");
     }
 }
+
+/// CircleCI's escape: `\<<` in a 2.1 config is a literal `<<` in what runs (a heredoc, a
+/// shift), in a job with parameters, in one without, and in a command's steps.
+#[test]
+fn an_escaped_heredoc_reaches_the_shell_without_its_backslash() {
+    let text = "version: 2.1\ncommands:\n  say:\n    parameters: {w: {type: string, default: x}}\n    steps:\n      - run: \"cat \\\\<<EOF\\n<< parameters.w >>\\nEOF\"\njobs:\n  plain:\n    docker: [{image: x}]\n    steps:\n      - run: \"cat \\\\<<EOF\\nhi\\nEOF\"\n      - run: echo $((1 \\<< 3))\n      - say\n  with:\n    parameters: {n: {type: integer, default: 3}}\n    docker: [{image: x}]\n    steps:\n      - run: echo $((1 \\<< << parameters.n >>))\n";
+    let commands = |job: &str| -> Vec<String> {
+        compile(text, job)
+            .expect("compiles")
+            .steps
+            .iter()
+            .filter_map(|s| match &s.kind {
+                StepKind::Run(r) => Some(r.command.clone()),
+                _ => None,
+            })
+            .collect()
+    };
+    assert_eq!(
+        commands("plain"),
+        vec![
+            "cat <<EOF\nhi\nEOF",
+            "echo $((1 << 3))",
+            "cat <<EOF\nx\nEOF"
+        ]
+    );
+    assert_eq!(commands("with"), vec!["echo $((1 << 3))"]);
+}

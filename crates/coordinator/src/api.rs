@@ -427,6 +427,17 @@ async fn append_events(
     }
 }
 
+/// Move a finished job's log into the object store, off the agent's request (a failure is
+/// retried by the sweeper; readers meanwhile read the file).
+fn archive_log(state: &Arc<AppState>, id: i64) {
+    let logs = state.logs.clone();
+    tokio::spawn(async move {
+        if let Err(e) = logs.archive(id).await {
+            tracing::warn!(job = id, "moving the finished log: {e}");
+        }
+    });
+}
+
 async fn finish(
     State(state): State<Arc<AppState>>,
     Path(raw): Path<String>,
@@ -444,6 +455,7 @@ async fn finish(
         FinishOutcome::Done => {
             state.bump();
             state.jobs.bump(id);
+            archive_log(&state, id);
             Ok(Json(serde_json::json!({})).into_response())
         }
         FinishOutcome::Incomplete(offset) => {

@@ -23,6 +23,7 @@ mod error;
 pub mod metrics;
 pub mod model;
 pub mod notify;
+pub mod objects;
 pub mod oidc;
 pub mod pages;
 pub mod people;
@@ -285,6 +286,32 @@ pub struct ServeArgs {
     /// 10GiB; an upload past it is refused with an error naming the project.
     #[arg(long, value_name = "SIZE", default_value = "10GiB", value_parser = blobs::parse_size)]
     pub blob_quota: u64,
+    /// Keep blobs (caches, workspaces, artifacts) and finished logs in an S3-compatible
+    /// bucket, `s3://BUCKET` or `s3://BUCKET/PREFIX`, instead of the data directory (the
+    /// default). Credentials: --s3-credentials-file, else AWS_ACCESS_KEY_ID and
+    /// AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN) from the environment.
+    #[arg(long, env = "BOSUN_BLOB_STORE", value_name = "s3://BUCKET/PREFIX")]
+    pub blob_store: Option<String>,
+    /// The S3 server's URL, e.g. https://minio.example:9000 (default: AWS, from the region).
+    #[arg(
+        long,
+        env = "BOSUN_S3_ENDPOINT",
+        value_name = "URL",
+        requires = "blob_store"
+    )]
+    pub s3_endpoint: Option<String>,
+    /// The bucket's region (default: AWS_REGION, else us-east-1).
+    #[arg(
+        long,
+        env = "BOSUN_S3_REGION",
+        value_name = "REGION",
+        requires = "blob_store"
+    )]
+    pub s3_region: Option<String>,
+    /// A file (owner-only) with `aws_access_key_id = …` and `aws_secret_access_key = …`
+    /// lines (AWS's credentials form); never pass keys on the command line.
+    #[arg(long, value_name = "FILE", requires = "blob_store")]
+    pub s3_credentials_file: Option<PathBuf>,
     /// The address people and Bitbucket reach this coordinator's pages at (commit statuses
     /// link job pages there); default: the listening address.
     #[arg(long, value_name = "URL")]

@@ -97,8 +97,11 @@ pub struct AppState {
     pub oidc: Option<Arc<oidc::Oidc>>,
     /// Cancelled when the server shuts down: live streams end, long polls answer.
     pub shutdown: tokio_util::sync::CancellationToken,
-    /// The store's blob files beside the database (protocol v2).
+    /// The store's blob files: uploads in progress beside the database, whole blobs in the
+    /// object store (protocol v2).
     pub blobs: Arc<blobs::BlobFiles>,
+    /// Finished logs in the object store, and the readers that find them there.
+    pub logs: Arc<objects::logs::LogArchive>,
     /// Wakes the pipeline runner at once (a webhook made a pipeline).
     pub pipelines_wake: tokio::sync::Notify,
     /// Where the pages are reached from outside (commit status links).
@@ -183,6 +186,16 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         ),
         _ => None,
     };
+    let object_settings = objects::StoreSettings {
+        location: args.blob_store.clone(),
+        endpoint: args.s3_endpoint.clone(),
+        region: args.s3_region.clone(),
+        credentials_file: args.s3_credentials_file.clone(),
+    };
+    let objects = objects::open(&object_settings, &args.data.data)
+        .await
+        .map_err(|e| CoordError::Invalid(format!("the blob store: {e}")))?;
+    tracing::info!("blobs and finished logs in {}", objects.describe());
     let (changed, _) = tokio::sync::watch::channel(0u64);
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
@@ -233,9 +246,10 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         people,
         oidc,
         blobs: Arc::new(
-            blobs::BlobFiles::open(&args.data.data, args.blob_quota)
+            blobs::BlobFiles::open(&args.data.data, args.blob_quota, objects.clone())
                 .map_err(|e| CoordError::Invalid(format!("the blob store: {e}")))?,
         ),
+        logs: Arc::new(objects::logs::LogArchive::new(objects, &args.data.data)),
     });
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => Some(server::tls_acceptor(cert, key)?),
@@ -254,6 +268,10 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     let _ = std::io::stdout().flush();
 
     tokio::spawn(watch_changes(state.clone()));
+    state
+        .logs
+        .clone()
+        .spawn_sweeper(store.clone(), state.shutdown.clone());
     tokio::spawn(reap_leases(state.clone()));
     pipelines::spawn(
         state.clone(),

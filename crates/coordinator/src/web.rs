@@ -326,8 +326,9 @@ async fn log_part(
     let Some(id) = super::store::parse_job_id(&raw) else {
         return json_error(StatusCode::NOT_FOUND, format!("no job {raw}"));
     };
+    let logs = state.logs.clone();
     match state
-        .db(move |s: &dyn Backend| s.log_piece(id, q.offset, LOG_PART))
+        .db(move |s: &dyn Backend| logs.log_piece(s, id, q.offset, LOG_PART))
         .await
     {
         Ok(Some((bytes, _))) => (
@@ -444,6 +445,7 @@ async fn next_batch(mut f: Follow) -> Option<(Vec<Event>, Follow)> {
         f.recheck = false;
         // Read-only connections (never the writer's), and only what changed: an append
         // costs a follower a read of the new bytes, no query.
+        let logs = f.state.logs.clone();
         let read = f
             .state
             .db(move |s| {
@@ -469,7 +471,8 @@ async fn next_batch(mut f: Follow) -> Option<(Vec<Event>, Follow)> {
                     Vec::new()
                 };
                 let end = job.log_bytes;
-                let log = s.read_log(id, offset, end.min(offset.saturating_add(STREAM_PIECE)))?;
+                let log =
+                    logs.read_log(s, id, offset, end.min(offset.saturating_add(STREAM_PIECE)))?;
                 // The times after the log: every byte read has its time by then.
                 let times = s.log_times_from(id, times_read)?;
                 Ok(Some((job, events, Some((log, end)), times)))

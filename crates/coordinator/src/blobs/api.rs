@@ -19,7 +19,7 @@ use bosun_protocol::{
 use futures_util::StreamExt;
 use serde::Deserialize;
 use std::sync::Arc;
-use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 /// Longest cache key (CircleCI's limit is 900 characters).
 pub const MAX_CACHE_KEY: usize = 900;
@@ -233,9 +233,15 @@ async fn upload(
     let mut taken = std::mem::take(&mut *up);
     let files = Arc::clone(&state.blobs);
     let name = sha.clone();
-    let done = tokio::task::spawn_blocking(move || files.complete(pid, &name, &mut taken, size))
+    let verified = tokio::task::spawn_blocking(move || files.verify(pid, &name, &mut taken, size))
         .await
         .map_err(internal)?;
+    // Still under the upload's lock: a second request for the same blob waits for the
+    // object to be whole, then finds it recorded.
+    let done = match verified {
+        Ok(()) => state.blobs.publish(pid, &sha).await,
+        Err(e) => Err(e),
+    };
     drop(up);
     state.blobs.forget(pid, &sha);
     match done {
@@ -256,7 +262,7 @@ async fn upload(
 }
 
 /// `GET /jobs/{id}/blobs/{sha}` (with `Range: bytes=N-` to resume): a blob the job's project
-/// holds, streamed from disk.
+/// holds, streamed from the object store.
 async fn download(
     State(state): State<Arc<AppState>>,
     Path((raw, sha)): Path<(String, String)>,
@@ -289,25 +295,7 @@ async fn download(
             }
         },
     };
-    let path = state.blobs.path(&sha);
-    let mut file = tokio::fs::File::open(&path).await.map_err(internal)?;
-    file.seek(std::io::SeekFrom::Start(start))
-        .await
-        .map_err(internal)?;
-    let pieces =
-        futures_util::stream::try_unfold((file, end - start), |(mut f, left)| async move {
-            if left == 0 {
-                return Ok(None);
-            }
-            let n = usize::try_from(left).unwrap_or(usize::MAX).min(READ_PIECE);
-            let mut buf = vec![0u8; n];
-            let got = f.read(&mut buf).await?;
-            if got == 0 {
-                return Err(std::io::Error::other("the blob file ended early"));
-            }
-            buf.truncate(got);
-            Ok::<_, std::io::Error>(Some((Bytes::from(buf), (f, left - got as u64))))
-        });
+    let pieces = state.blobs.read(&sha, start, end).await.map_err(internal)?;
     let mut resp = Response::new(Body::from_stream(pieces));
     *resp.status_mut() = status;
     let h = resp.headers_mut();

@@ -1,17 +1,19 @@
-//! The coordinator's blob files: content-addressed, beside the data directory's database.
+//! The coordinator's blobs: content-addressed, kept by the object store ([`crate::objects`]:
+//! the data directory by default, or an S3 bucket).
 //!
 //! ```text
 //! DATA/blobs/                          mode 0700
-//!   sha256/<hex>                       whole blobs, named by the SHA-256 of their bytes
+//!   sha256/<hex>                       whole blobs (the local object store's `blobs/sha256/<hex>`)
 //!   uploads/<project id>/<hex>.part    uploads in progress, one per project and blob
 //! ```
 //!
 //! A blob arrives in pieces (at most [`MAX_BLOB_PIECE`] each, streamed to its `.part` file,
 //! never held whole in memory); an interrupted upload resumes from the file's length. Once
 //! the last byte is in, the file's SHA-256 must equal the name the agent gave, or the upload
-//! is thrown away (422). Only then is it moved under `sha256/` and the project recorded as
-//! holding it (the index, with the quota: [`super::store::BlobIndex`], in
-//! [`super::store::blobs`]).
+//! is thrown away (422). Only then does it move into the object store (a rename, or a
+//! streamed multipart upload to S3 that is completed only when whole) and the project is
+//! recorded as holding it (the index, with the quota: [`super::store::BlobIndex`], in
+//! [`super::store::blobs`]). Uploads in progress stay on this coordinator's disk.
 //!
 //! Uploads are per project even when another project holds the same bytes: a project gets
 //! a blob only by sending all of it, so knowing a hash never reaches another project's data.
@@ -27,6 +29,8 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use crate::objects::{blob_key, Objects};
+
 /// The default per-project quota: 10 GiB.
 pub const DEFAULT_QUOTA: u64 = 10 * 1024 * 1024 * 1024;
 
@@ -38,6 +42,8 @@ pub enum BlobError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Objects(#[from] crate::objects::ObjectError),
     #[error("the blob's bytes hash to {actual}, not {expected}: the upload was corrupted and is discarded; send it again from the start")]
     DigestMismatch { expected: String, actual: String },
 }
@@ -68,6 +74,8 @@ const MAX_UPLOADS_TRACKED: usize = 4096;
 
 pub struct BlobFiles {
     root: PathBuf,
+    /// Where whole blobs live.
+    pub objects: Arc<dyn Objects>,
     /// Bytes of blobs each project may hold.
     pub quota: u64,
     /// One lock per upload in progress: two jobs of a project sending the same blob at once
@@ -86,22 +94,22 @@ fn private_dir(dir: &Path) -> Result<(), BlobError> {
 }
 
 impl BlobFiles {
-    /// The blob files of the data directory `data` (created 0700).
-    pub fn open(data: &Path, quota: u64) -> Result<BlobFiles, BlobError> {
+    /// The blob files of the data directory `data` (created 0700), whole blobs in `objects`.
+    pub fn open(
+        data: &Path,
+        quota: u64,
+        objects: Arc<dyn Objects>,
+    ) -> Result<BlobFiles, BlobError> {
         let root = data.join("blobs");
-        for d in [root.clone(), root.join("sha256"), root.join("uploads")] {
+        for d in [root.clone(), root.join("uploads")] {
             private_dir(&d)?;
         }
         Ok(BlobFiles {
             root,
+            objects,
             quota,
             uploads: Mutex::new(HashMap::new()),
         })
-    }
-
-    /// Where the whole blob `hex` lives.
-    pub fn path(&self, hex: &str) -> PathBuf {
-        self.root.join("sha256").join(hex)
     }
 
     /// Where project `project`'s upload of `hex` gathers.
@@ -156,8 +164,9 @@ impl BlobFiles {
     }
 
     /// The upload is whole: check its digest (with the running hash when it covers the whole
-    /// file, else by reading it) and move it into place. On a mismatch the upload is removed.
-    pub fn complete(
+    /// file, else by reading it). On a mismatch the upload is removed. Blocks (it may read
+    /// the file).
+    pub fn verify(
         &self,
         project: i64,
         hex: &str,
@@ -176,20 +185,31 @@ impl BlobFiles {
                 actual,
             });
         }
-        let dest = self.path(hex);
-        if dest.exists() {
-            // Another project sent the same bytes: theirs stays.
-            let _ = std::fs::remove_file(&part);
+        Ok(())
+    }
+
+    /// Move a verified upload into the object store, streamed; it is visible there only
+    /// once whole. When the store already holds the blob (another project sent the same
+    /// bytes) the upload is dropped.
+    pub async fn publish(&self, project: i64, hex: &str) -> Result<(), BlobError> {
+        let part = self.part_path(project, hex);
+        let key = blob_key(hex);
+        if self.objects.size(&key).await?.is_some() {
+            let _ = tokio::fs::remove_file(&part).await;
             return Ok(());
         }
-        std::fs::File::open(&part)
-            .and_then(|f| f.sync_all())
-            .map_err(io(&part))?;
-        std::fs::rename(&part, &dest).map_err(io(&dest))?;
-        let dir = self.root.join("sha256");
-        std::fs::File::open(&dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io(&dir))
+        self.objects.put_file(&key, &part).await?;
+        Ok(())
+    }
+
+    /// Stream bytes `start..end` of the whole blob `hex`.
+    pub async fn read(
+        &self,
+        hex: &str,
+        start: u64,
+        end: u64,
+    ) -> Result<crate::objects::ByteStream, BlobError> {
+        Ok(self.objects.read(&blob_key(hex), start, end).await?)
     }
 
     /// Drop a partial upload (a corrupt one, or one that can never finish).
@@ -317,10 +337,12 @@ mod tests {
         assert!(!is_blob_name("../etc"));
     }
 
-    #[test]
-    fn a_whole_upload_moves_into_place_and_a_corrupt_one_is_discarded() {
+    #[tokio::test]
+    async fn a_whole_upload_moves_into_place_and_a_corrupt_one_is_discarded() {
         let d = tempfile::tempdir().expect("tempdir");
-        let files = BlobFiles::open(d.path(), DEFAULT_QUOTA).expect("open");
+        let objects =
+            Arc::new(crate::objects::local::LocalObjects::open(d.path()).expect("objects"));
+        let files = BlobFiles::open(d.path(), DEFAULT_QUOTA, objects).expect("open");
         let data = b"hello blob";
         let hex = crate::sha256_hex(data);
         let mut up = Upload::default();
@@ -333,9 +355,13 @@ mod tests {
         f.write_all(&data[4..]).expect("write");
         fresh.appended(4, &data[4..]);
         files
-            .complete(1, &hex, &mut fresh, data.len() as u64)
-            .expect("complete");
-        assert_eq!(std::fs::read(files.path(&hex)).expect("blob"), data);
+            .verify(1, &hex, &mut fresh, data.len() as u64)
+            .expect("verify");
+        files.publish(1, &hex).await.expect("publish");
+        assert_eq!(
+            std::fs::read(d.path().join("blobs/sha256").join(&hex)).expect("blob"),
+            data
+        );
         assert_eq!(files.received(1, &hex).expect("received"), 0);
 
         let wrong = "0".repeat(64);
@@ -344,10 +370,10 @@ mod tests {
         let mut up = Upload::default();
         up.appended(0, data);
         let e = files
-            .complete(2, &wrong, &mut up, data.len() as u64)
+            .verify(2, &wrong, &mut up, data.len() as u64)
             .expect_err("mismatch");
         assert!(matches!(e, BlobError::DigestMismatch { .. }), "{e}");
-        assert!(!files.path(&wrong).exists());
+        assert!(!d.path().join("blobs/sha256").join(&wrong).exists());
         assert_eq!(files.received(2, &wrong).expect("received"), 0);
     }
 }

@@ -39,9 +39,11 @@ pub async fn log_fragment(
     if from >= q.end {
         return (StatusCode::BAD_REQUEST, "empty range\n").into_response();
     }
+    let logs = state.logs.clone();
     let read = state
         .db(move |s: &dyn Backend| {
-            Ok(s.log_piece(id, from, q.end - from)?
+            Ok(logs
+                .log_piece(s, id, from, q.end - from)?
                 .map(|(b, _)| b)
                 .zip(Some(s.log_times(id)?)))
         })
@@ -82,8 +84,9 @@ pub async fn raw_log(State(state): State<Arc<AppState>>, Path(raw): Path<String>
             return None;
         }
         let want = (len - off).min(FRAGMENT);
+        let logs = state.logs.clone();
         match state
-            .db(move |s: &dyn Backend| s.log_piece(id, off, want))
+            .db(move |s: &dyn Backend| logs.log_piece(s, id, off, want))
             .await
         {
             Ok(Some((b, _))) if !b.is_empty() => {

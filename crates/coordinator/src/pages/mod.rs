@@ -574,7 +574,11 @@ struct Loaded {
     times: super::store::LogTimes,
 }
 
-fn load_job(s: &dyn Backend, id: i64) -> super::Result<Option<Loaded>> {
+fn load_job(
+    s: &dyn Backend,
+    logs: &crate::objects::logs::LogArchive,
+    id: i64,
+) -> super::Result<Option<Loaded>> {
     // Events first, then the job row: every event's offset then falls within its log.
     let events = s.events_from(id, 0)?;
     let Some(job) = s.job(id)? else {
@@ -586,7 +590,7 @@ fn load_job(s: &dyn Backend, id: i64) -> super::Result<Option<Loaded>> {
     let mut parts = Vec::with_capacity(secs.len());
     for (sec, &from) in secs.iter().zip(&froms) {
         let bytes = if from < sec.end {
-            s.log_piece(id, from, sec.end - from)?
+            logs.log_piece(s, id, from, sec.end - from)?
                 .map(|(b, _)| b)
                 .unwrap_or_default()
         } else {
@@ -597,7 +601,7 @@ fn load_job(s: &dyn Backend, id: i64) -> super::Result<Option<Loaded>> {
     }
     let mut points: Vec<u64> = parts.iter().map(|p| p.0).collect();
     points.push(len);
-    let counts = s.newlines_before(id, &points)?;
+    let counts = logs.newlines_before(s, id, &points)?;
     for (p, c) in parts.iter_mut().zip(&counts) {
         p.2 = c + 1;
     }
@@ -662,7 +666,11 @@ pub async fn job_page(
     let Some(id) = super::store::parse_job_id(&raw) else {
         return error_page(StatusCode::NOT_FOUND, "No such job.");
     };
-    let l = match state.db(move |s: &dyn Backend| load_job(s, id)).await {
+    let logs = state.logs.clone();
+    let l = match state
+        .db(move |s: &dyn Backend| load_job(s, &logs, id))
+        .await
+    {
         Ok(Some(l)) => l,
         Ok(None) => return error_page(StatusCode::NOT_FOUND, "No such job."),
         Err(e) => return internal(e),

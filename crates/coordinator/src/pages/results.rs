@@ -12,13 +12,12 @@ use super::esc;
 use crate::store::blobs::{human_bytes, JobResults};
 use crate::store::JobRow;
 use crate::AppState;
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use std::fmt::Write as _;
 use std::sync::Arc;
-use tokio::io::AsyncReadExt;
 
 /// Failed tests listed on the page (the stored ones are at most 1,000 per job).
 const FAILED_SHOWN: usize = 200;
@@ -188,22 +187,13 @@ pub async fn artifact(
     if !crate::blobs::is_blob_name(&sha) {
         return not_found();
     }
-    let file = match tokio::fs::File::open(state.blobs.path(&sha)).await {
-        Ok(f) => f,
+    let pieces = match state.blobs.read(&sha, 0, size).await {
+        Ok(p) => p,
         Err(e) => {
             tracing::error!("artifact blob {sha}: {e}");
             return not_found();
         }
     };
-    let pieces = futures_util::stream::try_unfold(file, |mut f| async move {
-        let mut buf = vec![0u8; 256 * 1024];
-        let n = f.read(&mut buf).await?;
-        if n == 0 {
-            return Ok(None);
-        }
-        buf.truncate(n);
-        Ok::<_, std::io::Error>(Some((Bytes::from(buf), f)))
-    });
     let (ctype, inline) = served_as(&path);
     let mut resp = Response::new(Body::from_stream(pieces));
     let h = resp.headers_mut();

@@ -241,6 +241,11 @@ impl Executor for DockerExecutor {
             .iter()
             .map(|p| format!("{p}:{p}:ro"))
             .chain(spec.binds.iter().map(|(h, c)| format!("{h}:{c}:rw")))
+            .chain(
+                spec.runtime
+                    .iter()
+                    .map(|h| format!("{h}:{}:ro", crate::runtime::cmd::main_process::MOUNTED_PATH)),
+            )
             .chain(spec.work_tree.iter().flat_map(|(h, c)| {
                 let shared = super::SHARED_OBJECTS;
                 let (h, c) = (h.trim_end_matches('/'), c.trim_end_matches('/'));

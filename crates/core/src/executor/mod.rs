@@ -160,6 +160,9 @@ pub struct ContainerSpec {
     /// its shared objects (`job::work_tree::SHARED_OBJECTS` under both) read-only over
     /// themselves.
     pub work_tree: Option<(String, String)>,
+    /// The in-job executable on the host (a local engine), mounted read-only at
+    /// `bosun_circleci::main_process::MOUNTED_PATH`: the container's main process from its start.
+    pub runtime: Option<String>,
     /// CPU and memory caps (a docker job's `resource_class`); `None`: unlimited.
     pub limits: Option<Limits>,
     /// Keep the main process's output out of the engine's log driver. The primary's carries

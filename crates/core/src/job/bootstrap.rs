@@ -54,6 +54,15 @@ pub(super) fn main_process() -> Vec<String> {
     vec!["/bin/sh".into(), "-c".into(), script]
 }
 
+/// The job container's main process on a local engine: the in-job executable itself,
+/// mounted read-only from the host ([`super::work_tree::runtime_copy`]), which speaks what
+/// [`main_process`]'s shell speaks without starting a shell, `id`, `head`, or taking its own
+/// copy through the setup archive (`crate::runtime::cmd::main_process`).
+pub(super) fn mounted_main_process() -> Vec<String> {
+    use crate::runtime::cmd::main_process::{ARG, MOUNTED_PATH};
+    vec![MOUNTED_PATH.to_owned(), ARG.to_owned()]
+}
+
 /// How long the main process may take to announce itself or to take the files.
 const MAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -199,6 +208,7 @@ pub(super) async fn install_files(
     main: Option<Attached>,
     user: &ContainerUser,
     workdir: &str,
+    mounted_runtime: bool,
 ) -> Result<Option<super::step_transport::StepTransport>, SetupError> {
     let mut tar = TarBuilder::new(user.uid, user.gid);
     let home = user.home.trim_end_matches('/');
@@ -220,11 +230,19 @@ pub(super) async fn install_files(
     // from where it lives.
     let bin = bin_dir(&spec.id);
     tar.dir(&bin, 0o755);
-    tar.file(
-        &format!("{bin}/circleci"),
-        crate::runtime::CIRCLECI_EXECUTABLE,
-        0o755,
-    );
+    if mounted_runtime {
+        // The main process is the mounted executable: the job's command names it.
+        tar.symlink(
+            &format!("{bin}/circleci"),
+            crate::runtime::cmd::main_process::MOUNTED_PATH,
+        );
+    } else {
+        tar.file(
+            &format!("{bin}/circleci"),
+            crate::runtime::CIRCLECI_EXECUTABLE,
+            0o755,
+        );
+    }
     tar.symlink(&format!("{bin}/circleci-agent"), "circleci");
     if let Some(timings) = &spec.timings {
         tar.file(
@@ -248,7 +266,8 @@ pub(super) async fn install_files(
         tar.finish()
             .map_err(|e| SetupError::Prepare(format!("building the setup archive: {e}")))?,
     );
-    // The archive holds its copy; an idle agent need not keep the original's pages.
+    // The archive (or the job's mounted copy) holds its copy; an idle agent need not keep
+    // the original's pages.
     if let Err(e) = crate::runtime::page_out(crate::runtime::CIRCLECI_EXECUTABLE) {
         tracing::debug!("could not page out the in-job executable: {e}");
     }

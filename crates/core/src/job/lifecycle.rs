@@ -4,7 +4,8 @@
 //! how a job ended (its time limit, cancel, a panic, a step's status).
 
 use super::bootstrap::{
-    ask_user, install_files, main_line, main_process, parse_banner, ContainerUser,
+    ask_user, install_files, main_line, main_process, mounted_main_process, parse_banner,
+    ContainerUser,
 };
 use super::environment::{builtin_env, expand_home};
 use super::registry::{Attachment, Registered, SshSettings};
@@ -406,7 +407,7 @@ async fn start_machine(
         .clone()
         .unwrap_or_else(|| machine::MACHINE_USER.to_owned());
     let user = ask_user(executor.as_ref(), &id, Some(&step_user)).await?;
-    install_files_into(executor.as_ref(), spec, &id, None, &user, sink).await?;
+    install_files_into(executor.as_ref(), spec, &id, None, &user, sink, false).await?;
     Ok(Primary {
         container: id,
         user,
@@ -460,6 +461,24 @@ async fn start_docker(
     // says what it is.
     let poolable = plan.services.is_empty() && engine.is_none() && tree.is_none();
     let ready_source = spec.context.ready.as_ref().filter(|_| poolable);
+    // No ready container to take: on a local engine the in-job executable is the main
+    // process from its start, mounted from the job's own copy (a ready container's main
+    // process started before its job, so its start costs the job nothing).
+    if ready_source.is_none() && executor.shares_host_paths() {
+        match work_tree::runtime_copy(&spec.context.agent_id, &spec.id) {
+            Ok((dir, file)) => {
+                resources.track_work_tree(Arc::new(dir));
+                cspec.runtime = Some(file.display().to_string());
+                cspec.entrypoint = Some(mounted_main_process());
+            }
+            Err(e) => {
+                tracing::debug!(
+                    "no copy of the in-job executable to mount ({e}): the shell main process"
+                );
+            }
+        }
+    }
+    let mounted_runtime = cspec.runtime.is_some();
     let (info, id, main, banner) = match ready_source.and_then(|r| r.take(&cspec)) {
         Some(r) => {
             resources.track(role, &r.id);
@@ -563,7 +582,16 @@ async fn start_docker(
             .await?,
         )
     };
-    let runner = install_files_into(executor.as_ref(), spec, &id, Some(main), &user, sink).await?;
+    let runner = install_files_into(
+        executor.as_ref(),
+        spec,
+        &id,
+        Some(main),
+        &user,
+        sink,
+        mounted_runtime,
+    )
+    .await?;
     Ok(Primary {
         container: id,
         user,
@@ -858,9 +886,19 @@ async fn install_files_into(
     main: Option<crate::executor::Attached>,
     user: &ContainerUser,
     sink: &Arc<dyn EventSink>,
+    mounted_runtime: bool,
 ) -> Result<Option<StepTransport>, SetupError> {
     let workdir = expand_home(&spec.plan.working_directory, &user.home);
-    let runner = install_files(executor, spec, container, main, user, &workdir).await?;
+    let runner = install_files(
+        executor,
+        spec,
+        container,
+        main,
+        user,
+        &workdir,
+        mounted_runtime,
+    )
+    .await?;
     sink.emit(&Event::Info {
         message: format!(
             "Prepared {} for {} (working directory {workdir}{})",

@@ -77,6 +77,8 @@ pub(super) async fn boot(
             limits: None,
             // A machine's checkout goes in through the engine (steps run through exec).
             work_tree: None,
+            // systemd is PID 1: its files come through the archive, the executable with them.
+            runtime: None,
             // The job's engine: a machine has Docker without setup_remote_docker.
             binds: engine
                 .map(|e| {

@@ -62,9 +62,10 @@ pub struct Resources {
     agent_id: String,
     held: Mutex<Vec<Resource>>,
     engine: Mutex<Option<JobEngineHeld>>,
-    /// The working directory prepared on the host, mounted into the primary: removed after
-    /// the containers (nothing mounts it then).
-    work_tree: Mutex<Option<Arc<super::work_tree::WorkTree>>>,
+    /// The directories prepared on the host and mounted into the primary (the working
+    /// directory, the in-job executable's copy): removed after the containers (nothing
+    /// mounts them then).
+    work_trees: Mutex<Vec<Arc<super::work_tree::WorkTree>>>,
 }
 
 /// A job's engine: the proxy to stop, and whether the images built through it stay.
@@ -81,14 +82,17 @@ impl Resources {
             agent_id: agent_id.to_owned(),
             held: Mutex::new(Vec::new()),
             engine: Mutex::new(None),
-            work_tree: Mutex::new(None),
+            work_trees: Mutex::new(Vec::new()),
         }
     }
 
-    /// Hand the job's prepared working directory over: removed on release, after the
+    /// Hand a directory the job's primary mounts over: removed on release, after the
     /// containers that mount it.
     pub fn track_work_tree(&self, tree: Arc<super::work_tree::WorkTree>) {
-        *self.work_tree.lock().unwrap_or_else(|p| p.into_inner()) = Some(tree);
+        self.work_trees
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(tree);
     }
 
     /// Hand the job's engine proxy over: on release it stops first (nothing new can be made),
@@ -145,12 +149,8 @@ impl Resources {
                 .await,
             );
         }
-        let tree = self
-            .work_tree
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
-        if let Some(tree) = tree {
+        let trees = std::mem::take(&mut *self.work_trees.lock().unwrap_or_else(|p| p.into_inner()));
+        for tree in trees {
             let path = tree.path().display().to_string();
             let removed = tokio::task::spawn_blocking(move || tree.remove()).await;
             if let Some(e) = match removed {
@@ -261,11 +261,7 @@ impl Drop for Resources {
         let taken = std::mem::take(&mut *self.held.lock().unwrap_or_else(|p| p.into_inner()));
         let engine = self.engine.lock().unwrap_or_else(|p| p.into_inner()).take();
         // Dropped after the containers' removal below (or at once, with no runtime).
-        let tree = self
-            .work_tree
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
+        let tree = std::mem::take(&mut *self.work_trees.lock().unwrap_or_else(|p| p.into_inner()));
         if taken.is_empty() && engine.is_none() {
             return;
         }

@@ -132,6 +132,24 @@ impl Drop for WorkTree {
     }
 }
 
+/// What follows a job id in the name of the directory holding its copy of the in-job
+/// executable ([`runtime_copy`]).
+const RUNTIME_SUFFIX: &str = ".runtime";
+
+/// The in-job `circleci` executable, copied into a directory of job `job_id`'s own beside its
+/// working directory (`<job>.runtime/circleci`, 0555), for the engine to mount read-only as
+/// the primary container's main process: nothing in the container can change it, and it
+/// goes with the job's resources (the agent's start-up sweep takes what a killed agent left).
+/// A copy per job, not one per agent, so that a job leaves nothing behind and no job's
+/// mount names a file another job's end removes.
+pub fn runtime_copy(agent_id: &str, job_id: &str) -> std::io::Result<(WorkTree, PathBuf)> {
+    let dir = WorkTree::create(agent_id, &format!("{job_id}{RUNTIME_SUFFIX}"))?;
+    let file = dir.path().join("circleci");
+    std::fs::write(&file, crate::runtime::CIRCLECI_EXECUTABLE)?;
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o555))?;
+    Ok((dir, file))
+}
+
 fn remove_tree(path: &Path) -> std::io::Result<()> {
     match std::fs::remove_dir_all(path) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -181,7 +199,11 @@ pub async fn sweep_stale(
         if !old {
             continue;
         }
-        let job = e.file_name().to_string_lossy().into_owned();
+        let name = e.file_name().to_string_lossy().into_owned();
+        let job = name
+            .strip_suffix(RUNTIME_SUFFIX)
+            .unwrap_or(&name)
+            .to_owned();
         let live = executor
             .list_by_label(
                 crate::executor::ResourceKind::Container,
