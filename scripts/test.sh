@@ -23,6 +23,8 @@
 #                    with fakeroot when not run as root
 #   systemd-analyze  systemd/verify.sh checks the agent's unit (tests/it/systemd.rs needs nothing
 #                    more on the host: its systemd is the bosun/systemd image's)
+#   initdb           the coordinator's PostgreSQL store: its tests and tests/it/scale_pg.rs start a
+#                    throwaway server (initdb, pg_ctl from /usr/lib/postgresql/N/bin)
 #   pycircleci, circleci-env-cli, aiosmtpd
 #                    (PyPI, pinned; into a venv, skipped when present) tests/it/api_v2.rs drives
 #                    the coordinator's API v2 with the first two; tests/it/notify.rs runs
@@ -60,6 +62,7 @@ declare -A package_of=(
     [openssl]=openssl
     [dpkg-deb]=dpkg
     [systemd-analyze]=systemd
+    [initdb]=postgresql
 )
 if [[ $(id -u) != 0 ]]; then
     package_of[fakeroot]=fakeroot
@@ -71,6 +74,8 @@ have() {
     local name
     local -a names=("$1")
     [[ $1 == chromium ]] && names+=(chromium-browser google-chrome)
+    # Debian keeps PostgreSQL's server tools off PATH, one directory per major version.
+    [[ $1 == initdb ]] && compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null && return 0
     for name in "${names[@]}"; do
         PATH="$PATH:/usr/sbin:/sbin" command -v "$name" >/dev/null 2>&1 && return 0
     done

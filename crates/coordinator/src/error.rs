@@ -5,14 +5,20 @@
 use std::path::PathBuf;
 
 /// A failure of the database under the store, with the database's own message: callers
-/// see this type, never SQLite's, so the store can change what it stands on.
+/// see this type, never SQLite's or PostgreSQL's, so the store can change what it stands on.
 #[derive(Debug, thiserror::Error)]
-#[error(transparent)]
-pub struct StoreError(#[from] rusqlite::Error);
+pub enum StoreError {
+    #[error(transparent)]
+    Sqlite(#[from] rusqlite::Error),
+    /// PostgreSQL's (`--database postgres://…`), or its connection pool's: the message only
+    /// (it never holds the connection's password).
+    #[error("PostgreSQL: {0}")]
+    Postgres(String),
+}
 
 impl From<rusqlite::Error> for CoordError {
     fn from(e: rusqlite::Error) -> Self {
-        CoordError::Db(StoreError(e))
+        CoordError::Db(StoreError::Sqlite(e))
     }
 }
 

@@ -159,7 +159,7 @@ pub enum Command {
     Person(cli_people::PersonCommand),
 }
 
-#[derive(clap::Args, Debug)]
+#[derive(clap::Args, Debug, Clone)]
 pub struct DataArg {
     /// The coordinator's data directory (holds coordinator.db).
     #[arg(long, env = "BOSUN_COORDINATOR_DATA")]
@@ -169,6 +169,39 @@ pub struct DataArg {
     /// of the data directory's backups.
     #[arg(long, env = "BOSUN_COORDINATOR_SECRETS_KEY", value_name = "FILE")]
     pub secrets_key: Option<PathBuf>,
+    /// Keep the store in PostgreSQL instead of the data directory's SQLite file
+    /// (`postgres://USER@HOST:PORT/DB?sslmode=require`; docs/scale.md). Logs and blobs stay
+    /// in the data directory. Give a password in the environment, not on the command line.
+    #[arg(
+        long,
+        env = "BOSUN_DATABASE_URL",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    pub database: Option<DatabaseUrl>,
+}
+
+/// `--database`: a PostgreSQL URL, which may hold a password, so never printed whole.
+#[derive(Clone)]
+pub struct DatabaseUrl(bosun_protocol::private::Secret<String>);
+
+impl std::fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", store::pg::redacted(self.0.expose()))
+    }
+}
+
+impl std::str::FromStr for DatabaseUrl {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        if store::pg::is_postgres_url(s) {
+            Ok(DatabaseUrl(bosun_protocol::private::Secret::new(
+                s.to_string(),
+            )))
+        } else {
+            Err("expected a postgres:// or postgresql:// URL".into())
+        }
+    }
 }
 
 impl DataArg {
@@ -181,7 +214,23 @@ impl DataArg {
     /// The store as the CLI commands see it, through its traits only: opening is the one
     /// SQLite-specific step, and where a second backend would be chosen.
     pub fn open(&self) -> Result<Box<dyn Backend>> {
-        Ok(Box::new(self.open_sqlite()?))
+        match &self.database {
+            Some(url) => Ok(Box::new(self.open_postgres(url)?)),
+            None => Ok(Box::new(self.open_sqlite()?)),
+        }
+    }
+
+    /// The PostgreSQL store at `url`, logs in the data directory.
+    pub fn open_postgres(&self, url: &DatabaseUrl) -> Result<store::PgStore> {
+        store::PgStore::open(url.0.expose(), &self.data, self.secrets_key.as_deref())
+    }
+
+    /// The store as `serve` holds it: its areas and the feed of other processes' changes.
+    pub fn open_served(&self) -> Result<std::sync::Arc<dyn store::ServedStore>> {
+        match &self.database {
+            Some(url) => Ok(std::sync::Arc::new(self.open_postgres(url)?)),
+            None => Ok(std::sync::Arc::new(self.open_sqlite()?)),
+        }
     }
 }
 

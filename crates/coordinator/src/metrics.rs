@@ -100,7 +100,7 @@ async fn metrics(axum::extract::State(state): axum::extract::State<Arc<AppState>
                 queued,
                 running,
                 online,
-                LogStore::appended_log_bytes(&*state.store),
+                LogStore::appended_log_bytes(state.store.backend()),
             ),
         )
             .into_response(),

@@ -2,7 +2,7 @@
 //! wires the routes together.
 
 use super::*;
-use crate::store::Backend;
+use crate::store::{Backend, Change, ServedStore};
 
 /// What a job's notifier carries: how far its committed log and events reach (appends say
 /// so; a follower then reads the new bytes without a query), and a generation bumped by
@@ -80,9 +80,11 @@ impl JobWatch {
 
 /// Shared by the API and web handlers.
 pub struct AppState {
-    pub store: Arc<Store>,
+    /// SQLite's or PostgreSQL's store: its areas (through [`AppState::db`]) and the feed of
+    /// other processes' changes.
+    pub store: Arc<dyn ServedStore>,
     /// Bumped whenever the database may have changed (our writes, or another process's,
-    /// noticed through `PRAGMA data_version`); long polls and live pages wait on it.
+    /// noticed through the store's change feed); long polls and live pages wait on it.
     pub changed: tokio::sync::watch::Sender<u64>,
     /// Per-job notifiers for live pages (log appends and events go there only).
     pub jobs: JobWatch,
@@ -121,7 +123,7 @@ impl AppState {
         T: Send + 'static,
     {
         let store = self.store.clone();
-        tokio::task::spawn_blocking(move || f(&*store))
+        tokio::task::spawn_blocking(move || f(store.backend()))
             .await
             .map_err(|e| CoordError::Invalid(format!("store task failed: {e}")))?
     }
@@ -130,9 +132,14 @@ impl AppState {
 /// Serve until SIGINT/SIGTERM. Prints `listening on http://ADDR` (the real port when 0 was
 /// asked for) on stdout once the socket is bound.
 pub async fn serve(args: ServeArgs) -> Result<()> {
-    let store = Arc::new(args.data.open_sqlite()?);
+    // Opening and start-up's calls block (PostgreSQL's client included): off the async
+    // workers.
+    let data = args.data.clone();
+    let store = tokio::task::spawn_blocking(move || data.open_served())
+        .await
+        .map_err(|e| CoordError::Invalid(format!("opening the store failed: {e}")))??;
     // Start-up's own calls go through the traits, as the handlers' do.
-    let db: &dyn Backend = &*store;
+    let db: &dyn Backend = store.backend();
     let mut tokens = Vec::new();
     if let Some(f) = &args.registration_token_file {
         let t = read_file(f)?.trim().to_string();
@@ -144,7 +151,9 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         }
         tokens.push(sha256_hex(t.as_bytes()));
     }
-    if tokens.is_empty() && db.list_registration_tokens()?.is_empty() {
+    if tokens.is_empty()
+        && tokio::task::block_in_place(|| db.list_registration_tokens())?.is_empty()
+    {
         tracing::warn!(
             "no registration token yet: agents cannot register until one is made with \
              `bosun coordinator token`"
@@ -207,10 +216,12 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         .public_url
         .clone()
         .unwrap_or_else(|| format!("{scheme}://{addr}"));
-    db.record_public_url(&public_url)?;
     // An agent counts as online for a queued job's wait reason within two leases (as the
     // `agents_online` metric); the CLI reads the window from the store.
-    db.record_online_window(Duration::from_secs(args.lease_secs.max(1)) * 2)?;
+    tokio::task::block_in_place(|| {
+        db.record_public_url(&public_url)?;
+        db.record_online_window(Duration::from_secs(args.lease_secs.max(1)) * 2)
+    })?;
     let consumer = match &args.bitbucket_oauth_file {
         Some(f) => Some(oauth_consumer(f, &args)?),
         None => None,
@@ -354,38 +365,52 @@ pub(super) async fn shutdown_signal() {
     }
 }
 
-/// Notice commits by other processes (the CLI's `enqueue`, `cancel`): `PRAGMA data_version`
-/// changes when another connection commits. Polling it is one cheap read every 50 ms —
-/// SQLite has no cross-process change notification.
+/// Notice commits by other processes (the CLI's `enqueue`, `cancel`, another coordinator on
+/// the same database) through the store's change feed ([`crate::store::ChangeFeed`]:
+/// SQLite's `PRAGMA data_version` polled, PostgreSQL's `LISTEN/NOTIFY` pushed), on a thread
+/// of its own: long polls, live pages and the pipeline runner wake.
 pub(super) async fn watch_changes(state: Arc<AppState>) {
-    let conn = match state.store.open_watch_connection() {
-        Ok(c) => c,
+    let mut feed = match state.store.change_feed() {
+        Ok(f) => f,
         Err(e) => {
-            tracing::error!("cannot watch the store for changes: {e}; CLI changes are seen only on the next agent call");
+            tracing::error!("cannot watch the store for changes: {e}; other processes' changes are seen only on the next agent call");
             return;
         }
     };
-    let conn = Arc::new(std::sync::Mutex::new(conn));
-    let mut last: Option<i64> = None;
-    let mut tick = tokio::time::interval(Duration::from_millis(50));
-    loop {
-        tick.tick().await;
-        let c = conn.clone();
-        let v = tokio::task::spawn_blocking(move || {
-            let c = c.lock().unwrap_or_else(|p| p.into_inner());
-            c.data_version()
-        })
-        .await;
-        match v {
-            Ok(Ok(v)) => {
-                if last.is_some_and(|l| l != v) {
-                    state.bump();
+    let spawned = std::thread::Builder::new()
+        .name("bosun-changes".into())
+        .spawn(move || {
+            let mut failing = false;
+            while !state.shutdown.is_cancelled() {
+                match feed.wait(Duration::from_secs(1)) {
+                    Ok(changes) => {
+                        if failing {
+                            tracing::info!("watching the store for changes again");
+                            failing = false;
+                        }
+                        if changes.is_empty() {
+                            continue;
+                        }
+                        state.bump();
+                        for c in changes {
+                            match c {
+                                Change::Job(id) => state.jobs.bump(id),
+                                Change::Some => state.jobs.bump_all(),
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        if !failing {
+                            tracing::warn!("watching the store for changes: {e}");
+                        }
+                        failing = true;
+                        std::thread::sleep(Duration::from_millis(200));
+                    }
                 }
-                last = Some(v);
             }
-            Ok(Err(e)) => tracing::warn!("data_version: {e}"),
-            Err(e) => tracing::warn!("data_version task: {e}"),
-        }
+        });
+    if let Err(e) = spawned {
+        tracing::error!("cannot start the change watcher: {e}");
     }
 }
 

@@ -21,6 +21,7 @@ mod browser;
 mod corpus;
 mod fleet;
 mod net;
+pub mod postgres;
 mod project;
 mod s3;
 mod services;

@@ -96,6 +96,10 @@ pub fn coordinator_cli(data: &Path, args: &[&str]) -> String {
         ])
         .arg("--data")
         .arg(data);
+        // The same store as the command's (a PostgreSQL database when it named one).
+        if let Some(db) = flag(args, "--database") {
+            p.args(["--database", db]);
+        }
         super::run(&mut p);
     }
     out

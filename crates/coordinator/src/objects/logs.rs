@@ -16,7 +16,7 @@
 
 use super::{log_key, log_lines_key, ObjectError, Objects};
 use crate::error::{CoordError, Result};
-use crate::store::Backend;
+use crate::store::{Backend, ServedStore};
 use futures_util::TryStreamExt;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -135,14 +135,14 @@ impl LogArchive {
     }
 
     /// Move every finished job's log still on disk; how many moved.
-    pub async fn sweep(&self, store: Arc<dyn Backend>) -> usize {
+    pub async fn sweep(&self, store: Arc<dyn ServedStore>) -> usize {
         if self.objects.is_local() {
             return 0;
         }
         let mut moved = 0;
         for id in self.local_ids() {
             let s = Arc::clone(&store);
-            let fin = tokio::task::spawn_blocking(move || s.job(id))
+            let fin = tokio::task::spawn_blocking(move || s.backend().job(id))
                 .await
                 .ok()
                 .and_then(|r| r.ok())
@@ -163,7 +163,7 @@ impl LogArchive {
     /// Sweep now and every [`SWEEP_EVERY`] until `stop`.
     pub fn spawn_sweeper(
         self: Arc<Self>,
-        store: Arc<dyn Backend>,
+        store: Arc<dyn ServedStore>,
         stop: tokio_util::sync::CancellationToken,
     ) {
         if self.objects.is_local() {

@@ -239,7 +239,7 @@ pub struct Continuation<'a> {
 }
 
 /// Where a pipeline's continuation key is sealed.
-fn continuation_place(pipeline: i64) -> String {
+pub(super) fn continuation_place(pipeline: i64) -> String {
     format!("continuation:{pipeline}")
 }
 

@@ -26,17 +26,18 @@ pub(super) fn fits(
 
 /// How recently an agent must have called to count as online, when the server has not
 /// recorded its own lease: two default leases, as the `agents_online` metric counts them.
-const DEFAULT_ONLINE_WINDOW_MS: i64 = 2 * bosun_protocol::DEFAULT_LEASE_SECS as i64 * 1000;
+pub(super) const DEFAULT_ONLINE_WINDOW_MS: i64 =
+    2 * bosun_protocol::DEFAULT_LEASE_SECS as i64 * 1000;
 
 /// An agent that could claim the job.
-struct Candidate {
-    last_seen: i64,
-    running: i64,
+pub(super) struct Candidate {
+    pub(super) last_seen: i64,
+    pub(super) running: i64,
 }
 
 /// The agents a queued job waits for, in words: `agent of runner class acme/gpu with label
 /// gpu`.
-fn who(class: Option<&str>, labels: &[String], restricted: bool) -> String {
+pub(super) fn who(class: Option<&str>, labels: &[String], restricted: bool) -> String {
     let mut s = match class {
         // `namespace/name` is a self-hosted runner class (docs/pipelines-and-bitbucket.md);
         // anything else an operator's `enqueue --resource-class`.
@@ -160,7 +161,7 @@ pub(super) fn wait_reasons_in(
     Ok(out)
 }
 
-fn reason(who: &str, eligible: &[&Candidate], now: i64, window: i64) -> String {
+pub(super) fn reason(who: &str, eligible: &[&Candidate], now: i64, window: i64) -> String {
     if eligible.is_empty() {
         return format!("waiting: no {who} has registered");
     }

@@ -1,0 +1,525 @@
+//! Contexts as the store keeps them: the contexts, their variables (values sealed with the
+//! store's key, place `c<uuid>/env/<name>`), their restrictions, and the groups operators
+//! belong to. What they mean (who may use a context, in which order variables win) is
+//! `model::contexts`; this file only reads and writes rows. Reached through
+//! [`super::ContextStore`].
+
+use super::pipelines::{parse_col, uuid_v4};
+use super::*;
+use crate::model::contexts::{
+    check_context_name, check_restriction, check_variable_name, ContextFacts, Restriction,
+    RestrictionKind,
+};
+
+use crate::store::contexts::{ContextRow, ContextValues, ContextVarRow, RestrictionRow};
+
+fn context_row(r: &Row) -> sql::Result<ContextRow> {
+    Ok(ContextRow {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        owner: r.get(2)?,
+        created: r.get(3)?,
+    })
+}
+
+/// (row id, row) of context `context` (its name or id).
+fn find(conn: &Connection, context: &str) -> Result<(i64, ContextRow)> {
+    conn.query_row(
+        "SELECT uuid, name, owner, created, id FROM contexts WHERE name = ?1 OR uuid = ?1",
+        [context],
+        |r| Ok((r.get(4)?, context_row(r)?)),
+    )
+    .optional()?
+    .ok_or_else(|| {
+        CoordError::NotFound(format!(
+            "no context {} (bosun coordinator context ls)",
+            crate::text::printable(context)
+        ))
+    })
+}
+
+fn invalid(e: String) -> CoordError {
+    CoordError::Invalid(e)
+}
+
+/// Contexts of the given names that exist, with their restrictions (for a job's
+/// authorization), in transaction or connection `conn`.
+pub(super) fn facts_by_name(conn: &Connection, names: &[String]) -> Result<Vec<ContextFacts>> {
+    let mut out = Vec::new();
+    for name in names {
+        let row: Option<(i64, String)> = conn
+            .query_row(
+                "SELECT id, uuid FROM contexts WHERE name = ?1",
+                [name],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        let Some((cid, uuid)) = row else { continue };
+        let restrictions = restrictions_of(conn, cid)?
+            .into_iter()
+            .map(|r| Restriction {
+                kind: r.kind,
+                value: r.value,
+            })
+            .collect();
+        out.push(ContextFacts {
+            id: uuid,
+            name: name.clone(),
+            restrictions,
+        });
+    }
+    Ok(out)
+}
+
+fn restrictions_of(conn: &Connection, cid: i64) -> Result<Vec<RestrictionRow>> {
+    let mut st = conn.prepare(
+        "SELECT uuid, kind, value, created FROM context_restrictions WHERE context_id = ?1 ORDER BY id",
+    )?;
+    let rows = st
+        .query_map([cid], |r| {
+            Ok(RestrictionRow {
+                id: r.get(0)?,
+                kind: parse_col(r.get(1)?)?,
+                value: r.get(2)?,
+                created: r.get(3)?,
+            })
+        })?
+        .collect::<sql::Result<Vec<_>>>()?;
+    Ok(rows)
+}
+
+/// The groups of operator `name`.
+pub(super) fn groups_of(conn: &Connection, name: &str) -> Result<Vec<String>> {
+    let mut st =
+        conn.prepare("SELECT grp FROM operator_groups WHERE operator = ?1 ORDER BY grp")?;
+    let rows = st
+        .query_map([name], |r| r.get(0))?
+        .collect::<sql::Result<Vec<_>>>()?;
+    Ok(rows)
+}
+
+/// The variables of the contexts `ids` (UUIDs, in order), opened; a context deleted since
+/// is left out.
+pub(super) fn values_of(
+    conn: &Connection,
+    secrets: &SecretsKey,
+    ids: &[String],
+) -> Result<Vec<ContextValues>> {
+    let mut out = Vec::new();
+    for uuid in ids {
+        let row: Option<(i64, String)> = conn
+            .query_row(
+                "SELECT id, name FROM contexts WHERE uuid = ?1",
+                [uuid],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        let Some((cid, name)) = row else { continue };
+        let mut st = conn
+            .prepare("SELECT name, value FROM context_env WHERE context_id = ?1 ORDER BY name")?;
+        let sealed = st
+            .query_map([cid], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+            })?
+            .collect::<sql::Result<Vec<_>>>()?;
+        let mut vars = Vec::with_capacity(sealed.len());
+        for (var, value) in sealed {
+            let open = secrets.open(&secrets::context_env_place(uuid, &var), &value)?;
+            vars.push((var, open));
+        }
+        out.push(ContextValues {
+            id: uuid.clone(),
+            name,
+            vars,
+        });
+    }
+    Ok(out)
+}
+
+impl PgStore {
+    pub(super) fn create_context(&self, name: &str, owner: &str) -> Result<ContextRow> {
+        check_context_name(name).map_err(invalid)?;
+        let conn = self.conn()?;
+        let exists: bool = conn.query_row(
+            "SELECT EXISTS(SELECT 1 FROM contexts WHERE name = ?1)",
+            [name],
+            |r| r.get(0),
+        )?;
+        if exists {
+            return Err(CoordError::Invalid(format!(
+                "context {name} exists already"
+            )));
+        }
+        let row = ContextRow {
+            id: uuid_v4()?,
+            name: name.to_owned(),
+            owner: owner.to_owned(),
+            created: now_ms(),
+        };
+        conn.execute(
+            "INSERT INTO contexts(uuid, name, owner, created) VALUES (?1, ?2, ?3, ?4)",
+            params![row.id, row.name, row.owner, row.created],
+        )?;
+        Ok(row)
+    }
+
+    pub(super) fn list_contexts(&self, owner: Option<&str>) -> Result<Vec<ContextRow>> {
+        let conn = self.reader()?;
+        let mut st = conn.prepare(
+            "SELECT uuid, name, owner, created FROM contexts WHERE ?1::text IS NULL OR owner = ?1 \
+             ORDER BY name",
+        )?;
+        let rows = st
+            .query_map([owner], context_row)?
+            .collect::<sql::Result<Vec<_>>>()?;
+        Ok(rows)
+    }
+
+    pub(super) fn context(&self, context: &str) -> Result<Option<ContextRow>> {
+        let conn = self.reader()?;
+        match find(&conn, context) {
+            Ok((_, row)) => Ok(Some(row)),
+            Err(CoordError::NotFound(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub(super) fn delete_context(&self, context: &str) -> Result<()> {
+        let mut conn = self.conn()?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let (cid, _) = find(&tx, context)?;
+        // Children first: the cascade needs foreign keys on, which an older connection's
+        // settings may not promise.
+        tx.execute("DELETE FROM context_env WHERE context_id = ?1", [cid])?;
+        tx.execute(
+            "DELETE FROM context_restrictions WHERE context_id = ?1",
+            [cid],
+        )?;
+        tx.execute("DELETE FROM contexts WHERE id = ?1", [cid])?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub(super) fn set_context_var(
+        &self,
+        context: &str,
+        name: &str,
+        value: &str,
+    ) -> Result<ContextVarRow> {
+        check_variable_name(name).map_err(invalid)?;
+        let mut conn = self.conn()?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let (cid, row) = find(&tx, context)?;
+        let sealed = self
+            .secrets
+            .seal(&secrets::context_env_place(&row.id, name), value)?;
+        let now = now_ms();
+        tx.execute(
+            "INSERT INTO context_env(context_id, name, value, created, updated) \
+             VALUES (?1, ?2, ?3, ?4, ?4) \
+             ON CONFLICT(context_id, name) DO UPDATE SET value = ?3, updated = ?4",
+            params![cid, name, sealed, now],
+        )?;
+        let out = tx.query_row(
+            "SELECT name, created, updated FROM context_env WHERE context_id = ?1 AND name = ?2",
+            params![cid, name],
+            |r| {
+                Ok(ContextVarRow {
+                    name: r.get(0)?,
+                    created: r.get(1)?,
+                    updated: r.get(2)?,
+                })
+            },
+        )?;
+        tx.commit()?;
+        Ok(out)
+    }
+
+    pub(super) fn remove_context_var(&self, context: &str, name: &str) -> Result<()> {
+        let conn = self.conn()?;
+        let (cid, row) = find(&conn, context)?;
+        let n = conn.execute(
+            "DELETE FROM context_env WHERE context_id = ?1 AND name = ?2",
+            params![cid, name],
+        )?;
+        if n == 0 {
+            return Err(CoordError::NotFound(format!(
+                "context {} has no variable {}",
+                row.name,
+                crate::text::printable(name)
+            )));
+        }
+        Ok(())
+    }
+
+    pub(super) fn list_context_vars(&self, context: &str) -> Result<Vec<ContextVarRow>> {
+        let conn = self.reader()?;
+        let (cid, _) = find(&conn, context)?;
+        let mut st = conn.prepare(
+            "SELECT name, created, updated FROM context_env WHERE context_id = ?1 ORDER BY name",
+        )?;
+        let rows = st
+            .query_map([cid], |r| {
+                Ok(ContextVarRow {
+                    name: r.get(0)?,
+                    created: r.get(1)?,
+                    updated: r.get(2)?,
+                })
+            })?
+            .collect::<sql::Result<Vec<_>>>()?;
+        Ok(rows)
+    }
+
+    pub(super) fn add_restriction(&self, context: &str, r: &Restriction) -> Result<RestrictionRow> {
+        check_restriction(r).map_err(invalid)?;
+        let conn = self.conn()?;
+        let (cid, row) = find(&conn, context)?;
+        // A project as CircleCI's slugs name it too (`bb/acme/widget`); kept as the
+        // project's current slug, so a project that does not exist is refused now.
+        let project;
+        let r = if r.kind == RestrictionKind::Project {
+            let given = ["bb/", "bitbucket/"]
+                .iter()
+                .find_map(|p| r.value.strip_prefix(p))
+                .unwrap_or(&r.value);
+            let pid = super::pipelines::resolve_project(&conn, given)?;
+            let slug: String =
+                conn.query_row("SELECT slug FROM projects WHERE id = ?1", [pid], |x| {
+                    x.get(0)
+                })?;
+            project = Restriction {
+                kind: r.kind,
+                value: slug,
+            };
+            &project
+        } else {
+            r
+        };
+        let out = RestrictionRow {
+            id: uuid_v4()?,
+            kind: r.kind,
+            value: r.value.clone(),
+            created: now_ms(),
+        };
+        let n = conn.execute(
+            "INSERT OR IGNORE INTO context_restrictions(uuid, context_id, kind, value, created) \
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![out.id, cid, out.kind.as_str(), out.value, out.created],
+        )?;
+        if n == 0 {
+            return Err(CoordError::Invalid(format!(
+                "context {} has this {} restriction already",
+                row.name, r.kind
+            )));
+        }
+        Ok(out)
+    }
+
+    pub(super) fn remove_restriction(&self, context: &str, id: &str) -> Result<()> {
+        let conn = self.conn()?;
+        let (cid, row) = find(&conn, context)?;
+        let n = conn.execute(
+            "DELETE FROM context_restrictions WHERE context_id = ?1 AND uuid = ?2",
+            params![cid, id],
+        )?;
+        if n == 0 {
+            return Err(CoordError::NotFound(format!(
+                "context {} has no restriction {}",
+                row.name,
+                crate::text::printable(id)
+            )));
+        }
+        Ok(())
+    }
+
+    pub(super) fn list_restrictions(&self, context: &str) -> Result<Vec<RestrictionRow>> {
+        let conn = self.reader()?;
+        let (cid, _) = find(&conn, context)?;
+        restrictions_of(&conn, cid)
+    }
+
+    pub(super) fn job_context_values(&self, job: i64) -> Result<Vec<ContextValues>> {
+        let conn = self.reader()?;
+        let ids: Option<String> = conn
+            .query_row("SELECT contexts FROM jobs WHERE id = ?1", [job], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        let ids: Vec<String> = ids
+            .as_deref()
+            .and_then(|s| serde_json::from_str(s).ok())
+            .unwrap_or_default();
+        values_of(&conn, &self.secrets, &ids)
+    }
+
+    pub(super) fn add_operator_group(&self, operator: &str, group: &str) -> Result<()> {
+        check_restriction(&Restriction {
+            kind: RestrictionKind::Group,
+            value: group.to_owned(),
+        })
+        .map_err(|_| {
+            CoordError::Invalid(format!(
+                "--group `{}`: expected a name of 1 to 200 printable characters",
+                crate::text::printable(group)
+            ))
+        })?;
+        self.conn()?.execute(
+            "INSERT OR IGNORE INTO operator_groups(operator, grp) VALUES (?1, ?2)",
+            params![operator, group],
+        )?;
+        Ok(())
+    }
+
+    pub(super) fn remove_operator_group(&self, operator: &str, group: &str) -> Result<bool> {
+        Ok(self.conn()?.execute(
+            "DELETE FROM operator_groups WHERE operator = ?1 AND grp = ?2",
+            params![operator, group],
+        )? > 0)
+    }
+
+    pub(super) fn operator_groups(&self, operator: &str) -> Result<Vec<String>> {
+        let conn = self.reader()?;
+        groups_of(&conn, operator)
+    }
+}
+
+/// The ids of the contexts named `names` that exist, in order.
+pub(super) fn ids_by_name(conn: &Connection, names: &[String]) -> Result<Vec<String>> {
+    let mut out = Vec::with_capacity(names.len());
+    for name in names {
+        let id: Option<String> = conn
+            .query_row("SELECT uuid FROM contexts WHERE name = ?1", [name], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        out.extend(id);
+    }
+    Ok(out)
+}
+
+/// Whether a job of pipeline `pipeline` naming contexts `wanted` may run with them, as
+/// `model::contexts::authorize` decides from the rows: `Ok(Ok(ids))`, or `Ok(Err(reason))`
+/// for an `unauthorized` job. `approver`: the operator who approved the approval job in
+/// front of it.
+pub(super) fn authorize_job(
+    conn: &Connection,
+    pipeline: i64,
+    wanted: &[String],
+    approver: Option<&str>,
+) -> Result<std::result::Result<Vec<String>, String>> {
+    use crate::model::contexts::{authorize, Actor};
+    use crate::model::expression::{Facts, Value, Var};
+    type Row = (
+        String,
+        i64,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+        String,
+        String,
+        String,
+        String,
+        String,
+    );
+    let row: Row = conn.query_row(
+        "SELECT p.uuid, p.number, p.branch, p.tag, p.revision, p.base_revision, p.trigger_source, \
+         p.event, p.event_action, pr.slug, pr.clone_url \
+         FROM pipelines p JOIN projects pr ON pr.id = p.project_id WHERE p.id = ?1",
+        [pipeline],
+        |r| {
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+                r.get(6)?,
+                r.get(7)?,
+                r.get(8)?,
+                r.get(9)?,
+                r.get(10)?,
+            ))
+        },
+    )?;
+    let (uuid, number, branch, tag, revision, base, trigger, event, action, slug, url) = row;
+    // The values as the config sees them (`pipelines::config::compile`): an absent branch
+    // or tag is the empty string.
+    let mut facts = Facts::default();
+    let text = |v: &Option<String>| Some(v.clone().unwrap_or_default());
+    facts
+        .text(Var::PipelineId, Some(&uuid))
+        .set(Var::PipelineNumber, Value::Number(number))
+        .text(Var::ProjectGitUrl, Some(&url))
+        .text(Var::ProjectType, Some("bitbucket"))
+        .text(Var::ProjectSlug, Some(&format!("bitbucket/{slug}")))
+        .text(Var::GitBranch, text(&branch).as_deref())
+        .text(Var::GitTag, text(&tag).as_deref())
+        .text(Var::GitRevision, text(&revision).as_deref())
+        .text(Var::GitBaseRevision, text(&base).as_deref())
+        .text(
+            Var::TriggerType,
+            Some(if trigger == "webhook" {
+                "webhook"
+            } else {
+                "api"
+            }),
+        )
+        .text(Var::TriggerSource, Some(&trigger))
+        .text(Var::EventName, Some(&event))
+        .text(Var::EventAction, Some(&action))
+        .text(Var::ConfigSource, Some("vcs"))
+        .text(Var::ScheduleName, Some(""))
+        .text(Var::ScheduleId, Some(""))
+        // A pipeline's jobs are queued without SSH; a rerun with SSH is a job of its own.
+        .set(Var::JobSshEnabled, Value::Bool(false));
+    let found = facts_by_name(conn, wanted)?;
+    let actor = match approver {
+        Some(who) => Actor {
+            name: Some(who.to_owned()),
+            groups: groups_of(conn, who)?,
+        },
+        None => Actor::default(),
+    };
+    Ok(authorize(wanted, &found, &slug, &facts, &actor)
+        .map(|cs| cs.into_iter().map(|c| c.id).collect()))
+}
+
+/// Whether operator `by` may approve approval job `approval` (workflow job row `wjid`): the
+/// jobs that require it and use a group-restricted context need a member of the group
+/// (`model::contexts::may_approve`). `Forbidden` with the reason otherwise.
+pub(super) fn check_approver(conn: &Connection, wjid: i64, approval: &str, by: &str) -> Result<()> {
+    use crate::model::contexts::{may_approve, Actor};
+    let siblings: Vec<(String, String)> = {
+        let mut st = conn.prepare(
+            "SELECT requires, contexts FROM workflow_jobs \
+             WHERE workflow_id = (SELECT workflow_id FROM workflow_jobs WHERE id = ?1) AND id != ?1",
+        )?;
+        st.query_map([wjid], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<sql::Result<Vec<_>>>()?
+    };
+    let mut names: Vec<String> = Vec::new();
+    for (requires, contexts) in siblings {
+        let behind = super::pipelines::requires_from_json(&requires)
+            .iter()
+            .any(|(n, _)| n == approval);
+        if behind {
+            let cs: Vec<String> = serde_json::from_str(&contexts).unwrap_or_default();
+            for c in cs {
+                if !names.contains(&c) {
+                    names.push(c);
+                }
+            }
+        }
+    }
+    if names.is_empty() {
+        return Ok(());
+    }
+    let contexts = facts_by_name(conn, &names)?;
+    let actor = Actor {
+        name: Some(by.to_owned()),
+        groups: groups_of(conn, by)?,
+    };
+    may_approve(approval, &contexts, &actor).map_err(CoordError::Forbidden)
+}

@@ -1,0 +1,129 @@
+//! Reading job logs and events (the pages, live streams and the CLI).
+
+use super::*;
+
+impl PgStore {
+    /// Committed log bytes from `from` to the end.
+    pub fn log_from(&self, id: i64, from: u64) -> Result<Vec<u8>> {
+        let end: Option<i64> = self
+            .reader()?
+            .query_row("SELECT log_bytes FROM jobs WHERE id = ?1", [id], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        let Some(end) = end else {
+            return Ok(Vec::new());
+        };
+        self.read_log(id, from, end as u64)
+    }
+
+    /// At most `max` committed log bytes from `from`, and the committed length (`None`: no
+    /// such job). Pages and live streams read big logs this way, piece by piece.
+    pub(super) fn log_piece(&self, id: i64, from: u64, max: u64) -> Result<Option<(Vec<u8>, u64)>> {
+        let end: Option<i64> = self
+            .reader()?
+            .query_row("SELECT log_bytes FROM jobs WHERE id = ?1", [id], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        let Some(end) = end else {
+            return Ok(None);
+        };
+        let end = end as u64;
+        let upto = end.min(from.saturating_add(max));
+        Ok(Some((self.read_log(id, from, upto)?, end)))
+    }
+
+    /// Bytes `from..end` of a job's log file (fewer if the file is shorter), `end` being at
+    /// most the committed length the caller read. No database access.
+    pub(super) fn read_log(&self, id: i64, from: u64, end: u64) -> Result<Vec<u8>> {
+        use std::os::unix::fs::FileExt;
+        let path = log_path(&self.logs, id);
+        let f = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io_err(&path)(e)),
+        };
+        let len = f.metadata().map_err(io_err(&path))?.len();
+        let end = end.min(len);
+        if from >= end {
+            return Ok(Vec::new());
+        }
+        let mut buf = vec![0u8; (end - from) as usize];
+        f.read_exact_at(&mut buf, from).map_err(io_err(&path))?;
+        Ok(buf)
+    }
+
+    /// SHA-256 of bytes `0..end` of a job's log file, and how many bytes it covered.
+    pub(super) fn log_digest(&self, id: i64, end: u64) -> Result<(String, u64)> {
+        use sha2::{Digest, Sha256};
+        use std::io::Read;
+        let path = log_path(&self.logs, id);
+        let mut sha = Sha256::new();
+        let mut n = 0u64;
+        match File::open(&path) {
+            Ok(f) => {
+                let mut r = f.take(end);
+                let mut buf = vec![0u8; 1 << 20];
+                loop {
+                    let k = r.read(&mut buf).map_err(io_err(&path))?;
+                    if k == 0 {
+                        break;
+                    }
+                    sha.update(&buf[..k]);
+                    n += k as u64;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err(&path)(e)),
+        }
+        Ok((crate::text::hex(&sha.finalize()), n))
+    }
+
+    /// Make a job's log file durable (before its final status commits).
+    pub(super) fn sync_log(&self, id: i64) -> Result<()> {
+        let path = log_path(&self.logs, id);
+        match File::open(&path) {
+            Ok(f) => f.sync_all().map_err(io_err(&path))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err(&path)(e)),
+        }
+        // The file's directory entry too: it was created without a sync.
+        File::open(&self.logs)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err(&self.logs))
+    }
+
+    /// Forget a job's log (a re-queued attempt starts over).
+    pub(super) fn drop_log(&self, id: i64) {
+        self.drop_times(id);
+        let path = log_path(&self.logs, id);
+        if let Err(e) = std::fs::remove_file(&path) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!("{}: {e}", path.display());
+            }
+        }
+    }
+
+    /// Events from sequence number `from`.
+    pub fn events_from(&self, id: i64, from: u64) -> Result<Vec<(u64, JobEvent)>> {
+        let conn = self.reader()?;
+        let mut st = conn.prepare(
+            "SELECT seq, json FROM job_events WHERE job_id = ?1 AND seq >= ?2 ORDER BY seq",
+        )?;
+        let rows = st
+            .query_map(params![id, from as i64], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+            })?
+            .collect::<sql::Result<Vec<_>>>()?;
+        let mut out = Vec::with_capacity(rows.len());
+        for (seq, json) in rows {
+            // Events were validated on the way in; one that no longer parses (an older
+            // schema) is skipped rather than breaking the page.
+            if let Ok(ev) = serde_json::from_str(&json) {
+                out.push((seq as u64, ev));
+            }
+        }
+        Ok(out)
+    }
+}

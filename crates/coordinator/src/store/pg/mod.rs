@@ -1,0 +1,731 @@
+//! The coordinator's store on PostgreSQL (`--database postgres://…`): the same area traits
+//! as the SQLite [`Store`](super::Store), for several coordinators on one database
+//! (docs/scale.md).
+//!
+//! The SQL is the SQLite store's, file for file (`jobs.rs`, `lease.rs`, … beside their
+//! SQLite namesakes), in PostgreSQL's dialect through [`sql`], which gives the `postgres`
+//! client rusqlite's shape. The rules are not here: `model/` and the pure parts of the
+//! SQLite store's files (wait reasons, sealing places, the row types) are used as they are.
+//!
+//! What differs from SQLite, and why:
+//! - Writers: SQLite has one writer at a time. Here the rare writes (projects, pipelines,
+//!   tokens, cancels, lease expiry) keep that rule across every coordinator with a
+//!   transaction-scoped advisory lock ([`sql::TransactionBehavior::Immediate`]), so their
+//!   read-then-write code stays correct as written; the hot paths — claims (`FOR UPDATE
+//!   SKIP LOCKED`), heartbeats, log and event appends, finishes — lock only the rows they
+//!   touch and run side by side (`lease.rs`).
+//! - Logs stay files in the data directory, as SQLite's (`logs/<id>.log`, its committed
+//!   length in `jobs.log_bytes`): replicas share the directory (one host, or a shared
+//!   filesystem) until logs move to object storage. An append locks its job's row, so two
+//!   replicas never write one log at once.
+//! - Other processes' changes arrive by `LISTEN/NOTIFY` (`watch.rs`), not by polling.
+//! - Secrets are sealed with the same key file and places ([`crate::secrets`]).
+
+use super::*;
+
+mod access;
+mod api_v2;
+mod badges;
+mod blobs;
+mod contexts;
+mod follow;
+mod intake;
+mod jobs;
+mod lease;
+mod logs;
+mod notify;
+mod people;
+mod pipeline_actions;
+mod pipelines;
+mod schedules;
+mod schema;
+pub(crate) mod sql;
+mod ssh;
+mod times;
+mod waiting;
+mod watch;
+
+#[cfg(test)]
+pub(crate) mod test_server;
+#[cfg(test)]
+mod tests;
+
+pub use watch::PgChangeFeed;
+
+use sql::{params, Connection, OptionalExtension, Row, Transaction, TransactionBehavior};
+
+use super::blob_index::BlobIndex;
+use super::blobs::{JobResults, JobScope, OverQuota};
+use super::context_store::ContextStore;
+use super::contexts::{ContextRow, ContextValues, ContextVarRow, RestrictionRow};
+use super::log_store::LogStore;
+use super::pipeline_store::{PipelineStore, StatusOutbox};
+use super::pipelines::{
+    NewPipeline, NewWorkflow, OutgoingStatus, PipelineRow, PipelineToFetch, Statuses,
+};
+use super::project_store::{AccessStore, ProjectStore};
+use super::queue_store::QueueStore;
+use super::schedule_store::ScheduleStore;
+use super::schedules::{
+    NewSchedule, RepoAccess, ScheduleRow, WorkflowScheduleRow, WorkflowTrigger,
+};
+use crate::model::contexts::Restriction;
+use bosun_protocol::{WireCache, WireLayer, WireTestResults};
+use std::collections::HashMap;
+
+/// Connections a coordinator keeps to the database at most (its blocking threads wait for
+/// one beyond that).
+const POOL_SIZE: u32 = 32;
+/// How long a call waits for a connection (a database that is down fails calls after this,
+/// and `/readyz` says so).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub struct PgStore {
+    pool: sql::Pool,
+    config: postgres::Config,
+    tls: tokio_postgres_rustls::MakeRustlsConnect,
+    /// New log bytes appended through this store since it opened (resends not counted).
+    appended: std::sync::atomic::AtomicU64,
+    secrets: SecretsKey,
+    logs: PathBuf,
+}
+
+/// The URL as logs may show it: no password.
+pub fn redacted(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => match rest.split_once('@') {
+            Some((userinfo, host)) => {
+                let user = userinfo.split(':').next().unwrap_or("");
+                format!("{scheme}://{user}@{host}")
+            }
+            None => url.to_string(),
+        },
+        None => "(not a URL)".into(),
+    }
+}
+
+/// Is `s` a PostgreSQL URL (what `--database` takes)?
+pub fn is_postgres_url(s: &str) -> bool {
+    s.starts_with("postgres://") || s.starts_with("postgresql://")
+}
+
+/// rustls with the system's roots, and the certificates of `PGSSLROOTCERT` (libpq's
+/// variable) when it names a file: what `sslmode=require` verifies the server against
+/// (`prefer`, the default, uses TLS when the server offers it; `disable` never).
+fn tls() -> Result<tokio_postgres_rustls::MakeRustlsConnect> {
+    let mut roots = tokio_rustls::rustls::RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    for c in native.certs {
+        let _ = roots.add(c);
+    }
+    if let Some(file) = std::env::var_os("PGSSLROOTCERT") {
+        let path = PathBuf::from(file);
+        let pem = std::fs::read(&path).map_err(io_err(&path))?;
+        use tokio_rustls::rustls::pki_types::pem::PemObject;
+        for c in tokio_rustls::rustls::pki_types::CertificateDer::pem_slice_iter(&pem) {
+            let c = c.map_err(|e| CoordError::Tls(format!("{}: {e}", path.display())))?;
+            roots
+                .add(c)
+                .map_err(|e| CoordError::Tls(format!("{}: {e}", path.display())))?;
+        }
+    }
+    let provider = std::sync::Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let config = tokio_rustls::rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| CoordError::Tls(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
+}
+
+/// The pool's failures to connect, logged at most every ten seconds: a database that is
+/// down fails every call anyway (and `/readyz` says so), one line says why.
+#[derive(Debug, Default)]
+struct QuietErrors {
+    last: std::sync::Mutex<Option<std::time::Instant>>,
+}
+
+impl r2d2::HandleError<postgres::Error> for QuietErrors {
+    fn handle_error(&self, e: postgres::Error) {
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+            *last = Some(std::time::Instant::now());
+            tracing::warn!("cannot connect to the database: {}", sql::SqlError::from(e));
+        }
+    }
+}
+
+impl PgStore {
+    /// Connect to the database at `url` (migrating it), with logs in data directory `dir`
+    /// and secrets sealed with the key file `key` (default: beside `dir`, as SQLite's).
+    pub fn open(url: &str, dir: &Path, key: Option<&Path>) -> Result<PgStore> {
+        let config: postgres::Config = url
+            .parse()
+            .map_err(|e| CoordError::Invalid(format!("--database {}: {e}", redacted(url))))?;
+        let mut config = config;
+        if config.get_application_name().is_none() {
+            config.application_name("bosun-coordinator");
+        }
+        config.connect_timeout(CONNECT_TIMEOUT);
+        let tls = tls()?;
+        let pool = r2d2::Pool::builder()
+            .max_size(POOL_SIZE)
+            .min_idle(Some(1))
+            .test_on_check_out(false)
+            .connection_timeout(CONNECT_TIMEOUT)
+            .error_handler(Box::new(QuietErrors::default()))
+            .build(sql::Manager {
+                config: config.clone(),
+                tls: tls.clone(),
+            })
+            .map_err(|e| {
+                CoordError::Invalid(format!(
+                    "cannot connect to the database {}: {e}",
+                    redacted(url)
+                ))
+            })?;
+        if !dir.exists() {
+            std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+            set_mode(dir, 0o700)?;
+        }
+        private_dir(dir)?;
+        let logs = dir.join(LOGS_DIR);
+        if !logs.exists() {
+            std::fs::create_dir_all(&logs).map_err(io_err(&logs))?;
+            set_mode(&logs, 0o700)?;
+        }
+        private_dir(&logs)?;
+        let mut conn = Connection::new(pool.get().map_err(sql::SqlError::from)?);
+        schema::migrate(&mut conn)?;
+        let key_path = key
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| secrets::default_key_path(dir));
+        let known: Option<String> = conn
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'secrets_key'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?;
+        // A database that already has sealed secrets never gets a new key silently.
+        if let (Some(fp), false) = (&known, key_path.exists()) {
+            return Err(CoordError::Invalid(format!(
+                "the secrets key file {} is missing: the secrets in the database were sealed \
+                 with it (fingerprint {fp}); restore it or give its place with --secrets-key",
+                key_path.display(),
+            )));
+        }
+        let secrets = SecretsKey::load_or_create(&key_path, known.is_none())?;
+        conn.execute(
+            "INSERT INTO meta(key, value) VALUES ('secrets_key', ?1) ON CONFLICT (key) DO NOTHING",
+            [&secrets.fingerprint],
+        )?;
+        let recorded: String = conn.query_row(
+            "SELECT value FROM meta WHERE key = 'secrets_key'",
+            [],
+            |r| r.get(0),
+        )?;
+        if recorded != secrets.fingerprint {
+            return Err(CoordError::Invalid(format!(
+                "{}: the secrets in the database were sealed with another key (fingerprint \
+                 {recorded}, this file's is {})",
+                key_path.display(),
+                secrets.fingerprint
+            )));
+        }
+        drop(conn);
+        Ok(PgStore {
+            pool,
+            config,
+            tls,
+            appended: std::sync::atomic::AtomicU64::new(0),
+            secrets,
+            logs,
+        })
+    }
+
+    fn conn(&self) -> Result<Connection> {
+        Ok(Connection::new(
+            self.pool.get().map_err(sql::SqlError::from)?,
+        ))
+    }
+
+    /// Reads take any pooled connection (PostgreSQL's readers never wait on writers).
+    fn reader(&self) -> Result<Connection> {
+        self.conn()
+    }
+
+    /// Does the database answer? (`/readyz`.)
+    pub fn ping(&self) -> Result<()> {
+        self.conn()?.execute_batch("SELECT 1")?;
+        Ok(())
+    }
+
+    /// A connection of its own that `LISTEN`s for other coordinators' changes.
+    pub fn change_feed(&self) -> Result<PgChangeFeed> {
+        Ok(PgChangeFeed::new(self.config.clone(), self.tls.clone()))
+    }
+}
+
+impl ScheduleStore for PgStore {
+    fn add_schedule(&self, s: &NewSchedule) -> Result<ScheduleRow> {
+        PgStore::add_schedule(self, s)
+    }
+    fn list_schedules(&self, project: Option<&str>) -> Result<Vec<ScheduleRow>> {
+        PgStore::list_schedules(self, project)
+    }
+    fn remove_schedule(&self, project: &str, name: &str) -> Result<()> {
+        PgStore::remove_schedule(self, project, name)
+    }
+    fn pause_schedule(&self, project: &str, name: &str, paused: bool) -> Result<()> {
+        PgStore::pause_schedule(self, project, name, paused)
+    }
+    fn set_workflow_schedules(
+        &self,
+        project: &str,
+        revision: &str,
+        triggers: &[WorkflowTrigger],
+    ) -> Result<bool> {
+        PgStore::set_workflow_schedules(self, project, revision, triggers)
+    }
+    fn workflow_schedules(&self) -> Result<Vec<WorkflowScheduleRow>> {
+        PgStore::workflow_schedules(self)
+    }
+    fn repo_access(&self, project_id: i64) -> Result<RepoAccess> {
+        PgStore::repo_access(self, project_id)
+    }
+    fn fire_tick(
+        &self,
+        schedule: &str,
+        tick: i64,
+        pipelines: &[NewPipeline],
+    ) -> Result<Option<Vec<i64>>> {
+        PgStore::fire_tick(self, schedule, tick, pipelines)
+    }
+}
+
+fn job_row(r: &Row) -> sql::Result<JobRow> {
+    Ok(JobRow {
+        id: r.get(0)?,
+        project: r.get(1)?,
+        commit_sha: r.get(2)?,
+        git_ref: r.get(3)?,
+        job_name: r.get(4)?,
+        pipeline_number: r.get(5)?,
+        status: sql::parse_col(r.get(6)?)?,
+        agent_id: r.get(7)?,
+        attempts: r.get(8)?,
+        max_attempts: r.get(9)?,
+        cancel_requested: r.get(10)?,
+        log_bytes: r.get::<_, i64>(11)? as u64,
+        event_count: r.get::<_, i64>(12)? as u64,
+        error: r.get(13)?,
+        created: r.get(14)?,
+        started: r.get(15)?,
+        finished: r.get(16)?,
+        pr_number: r.get::<_, Option<i64>>(17)?.map(|n| n as u64),
+        pr_url: r.get(18)?,
+        timeout_secs: r.get::<_, Option<i64>>(19)?.map(|n| n as u64),
+        resolved_sha: r.get(20)?,
+        clone_url: r.get(21)?,
+        agent_name: r.get(22)?,
+        ssh: r.get(23)?,
+        ssh_state: r
+            .get::<_, Option<String>>(24)?
+            .and_then(|s| serde_json::from_str(&s).ok()),
+        rerun_of: r.get(25)?,
+    })
+}
+
+impl QueueStore for PgStore {
+    fn enqueue(&self, j: &NewJob) -> Result<i64> {
+        PgStore::enqueue(self, j)
+    }
+    fn enqueue_ssh(&self, j: &NewJob, ssh_keys: &[String]) -> Result<i64> {
+        PgStore::enqueue_ssh(self, j, ssh_keys)
+    }
+    fn rerun(&self, id: i64, ssh_keys: &[String]) -> Result<i64> {
+        PgStore::rerun(self, id, ssh_keys)
+    }
+    fn claim(&self, agent_id: &str, lease: Duration) -> Result<Option<WireJob>> {
+        PgStore::claim(self, agent_id, lease)
+    }
+    fn heartbeat(
+        &self,
+        agent_id: &str,
+        running: &[RunningJob],
+        lease: Duration,
+    ) -> Result<HeartbeatOutcome> {
+        PgStore::heartbeat(self, agent_id, running, lease)
+    }
+    fn pending_cancels(&self, agent_id: &str) -> Result<Vec<String>> {
+        PgStore::pending_cancels(self, agent_id)
+    }
+    fn finish(
+        &self,
+        id: i64,
+        agent_id: &str,
+        attempt: Option<u32>,
+        req: &FinishRequest,
+    ) -> Result<FinishOutcome> {
+        PgStore::finish(self, id, agent_id, attempt, req)
+    }
+    fn expire_leases(&self) -> Result<usize> {
+        PgStore::expire_leases(self)
+    }
+    fn cancel(&self, id: i64) -> Result<String> {
+        PgStore::cancel(self, id)
+    }
+    fn record_online_window(&self, window: Duration) -> Result<()> {
+        PgStore::record_online_window(self, window)
+    }
+    fn job(&self, id: i64) -> Result<Option<JobRow>> {
+        PgStore::job(self, id)
+    }
+    fn list_jobs(&self, limit: u32) -> Result<Vec<JobRow>> {
+        PgStore::list_jobs(self, limit)
+    }
+    fn list_jobs_filtered(&self, f: &JobFilter, limit: u32) -> Result<Vec<JobRow>> {
+        PgStore::list_jobs_filtered(self, f, limit)
+    }
+    fn counts(&self, online_since: i64) -> Result<(i64, i64, i64)> {
+        PgStore::counts(self, online_since)
+    }
+    fn wait_reason(&self, id: i64) -> Result<Option<String>> {
+        PgStore::wait_reason(self, id)
+    }
+    fn wait_reasons(&self, ids: &[i64]) -> Result<HashMap<i64, String>> {
+        PgStore::wait_reasons(self, ids)
+    }
+}
+
+impl LogStore for PgStore {
+    fn append_log(
+        &self,
+        id: i64,
+        agent_id: &str,
+        attempt: Option<u32>,
+        offset: u64,
+        bytes: &[u8],
+    ) -> Result<AppendOutcome> {
+        PgStore::append_log(self, id, agent_id, attempt, offset, bytes)
+    }
+    fn appended_log_bytes(&self) -> u64 {
+        PgStore::appended_log_bytes(self)
+    }
+    fn append_events(
+        &self,
+        id: i64,
+        agent_id: &str,
+        attempt: Option<u32>,
+        first_seq: u64,
+        events: &[JobEvent],
+    ) -> Result<EventsOutcome> {
+        PgStore::append_events(self, id, agent_id, attempt, first_seq, events)
+    }
+    fn log_from(&self, id: i64, from: u64) -> Result<Vec<u8>> {
+        PgStore::log_from(self, id, from)
+    }
+    fn log_piece(&self, id: i64, from: u64, max: u64) -> Result<Option<(Vec<u8>, u64)>> {
+        PgStore::log_piece(self, id, from, max)
+    }
+    fn read_log(&self, id: i64, from: u64, end: u64) -> Result<Vec<u8>> {
+        PgStore::read_log(self, id, from, end)
+    }
+    fn newlines_before(&self, id: i64, points: &[u64]) -> Result<Vec<u64>> {
+        PgStore::newlines_before(self, id, points)
+    }
+    fn events_from(&self, id: i64, from: u64) -> Result<Vec<(u64, JobEvent)>> {
+        PgStore::events_from(self, id, from)
+    }
+    fn log_times(&self, id: i64) -> Result<LogTimes> {
+        PgStore::log_times(self, id)
+    }
+    fn log_times_from(&self, id: i64, skip: usize) -> Result<(Vec<(u64, i64)>, usize)> {
+        PgStore::log_times_from(self, id, skip)
+    }
+}
+
+impl PipelineStore for PgStore {
+    fn create_pipeline(&self, p: &NewPipeline) -> Result<(i64, i64)> {
+        PgStore::create_pipeline(self, p)
+    }
+    fn pipelines_to_fetch(&self) -> Result<Vec<PipelineToFetch>> {
+        PgStore::pipelines_to_fetch(self)
+    }
+    fn pipeline_errored(&self, id: i64, revision: Option<&str>, error: &str) -> Result<()> {
+        PgStore::pipeline_errored(self, id, revision, error)
+    }
+    fn pipeline_compiled(&self, id: i64, revision: &str, workflows: &[NewWorkflow]) -> Result<()> {
+        PgStore::pipeline_compiled(self, id, revision, workflows)
+    }
+    fn active_pipelines(&self) -> Result<Vec<i64>> {
+        PgStore::active_pipelines(self)
+    }
+    fn pipelines_waiting_in_serial_groups(&self) -> Result<Vec<i64>> {
+        PgStore::pipelines_waiting_in_serial_groups(self)
+    }
+    fn advance(&self, id: i64, statuses: &Statuses<'_>) -> Result<bool> {
+        PgStore::advance(self, id, statuses)
+    }
+    fn pipeline_id(&self, reference: &str) -> Result<i64> {
+        PgStore::pipeline_id(self, reference)
+    }
+    fn approve(&self, id: i64, job: &str, by: &str, statuses: &Statuses<'_>) -> Result<String> {
+        PgStore::approve(self, id, job, by, statuses)
+    }
+    fn cancel_pipeline(&self, id: i64, statuses: &Statuses<'_>) -> Result<()> {
+        PgStore::cancel_pipeline(self, id, statuses)
+    }
+    fn rerun_failed(&self, id: i64, statuses: &Statuses<'_>) -> Result<usize> {
+        PgStore::rerun_failed(self, id, statuses)
+    }
+    fn list_pipelines(&self, project: Option<&str>, limit: u32) -> Result<Vec<PipelineRow>> {
+        PgStore::list_pipelines(self, project, limit)
+    }
+    fn pipeline(&self, id: i64) -> Result<Option<PipelineRow>> {
+        PgStore::pipeline(self, id)
+    }
+}
+
+impl StatusOutbox for PgStore {
+    fn due_statuses(&self, limit: u32) -> Result<Vec<OutgoingStatus>> {
+        PgStore::due_statuses(self, limit)
+    }
+    fn status_sent(&self, id: i64) -> Result<()> {
+        PgStore::status_sent(self, id)
+    }
+    fn status_failed(&self, id: i64, error: &str, retry_in: Duration, give_up: bool) -> Result<()> {
+        PgStore::status_failed(self, id, error, retry_in, give_up)
+    }
+    fn record_public_url(&self, url: &str) -> Result<()> {
+        PgStore::record_public_url(self, url)
+    }
+}
+
+impl ProjectStore for PgStore {
+    fn add_project(&self, p: &NewProject) -> Result<String> {
+        PgStore::add_project(self, p)
+    }
+    fn set_project_settings(&self, project: &str, s: &ProjectSettings) -> Result<()> {
+        PgStore::set_project_settings(self, project, s)
+    }
+    fn set_project_key(&self, project: &str, column: KeyColumn, key: Option<&str>) -> Result<()> {
+        PgStore::set_project_key(self, project, column, key)
+    }
+    fn restrict_project(&self, slug: &str, agents: &[String]) -> Result<()> {
+        PgStore::restrict_project(self, slug, agents)
+    }
+    fn project_slugs(&self) -> Result<Vec<String>> {
+        PgStore::project_slugs(self)
+    }
+    fn project_for_webhook(&self, uuid: &str) -> Result<Option<WebhookProject>> {
+        PgStore::project_for_webhook(self, uuid)
+    }
+    fn projects_for_data_center(&self, id: u64) -> Result<Vec<WebhookProject>> {
+        PgStore::projects_for_data_center(self, id)
+    }
+    fn follow_repository(&self, pid: i64, slug: &str, default_branch: Option<&str>) -> Result<()> {
+        PgStore::follow_repository(self, pid, slug, default_branch)
+    }
+    fn first_delivery(&self, uuid: &str, outcome: &str) -> Result<bool> {
+        PgStore::first_delivery(self, uuid, outcome)
+    }
+    fn record_pull_request(
+        &self,
+        pid: i64,
+        number: u64,
+        branch: &str,
+        state: &str,
+        fork: bool,
+        url: &str,
+    ) -> Result<()> {
+        PgStore::record_pull_request(self, pid, number, branch, state, fork, url)
+    }
+    fn open_pull_request(&self, pid: i64, branch: &str) -> Result<Option<(u64, String)>> {
+        PgStore::open_pull_request(self, pid, branch)
+    }
+}
+
+impl AccessStore for PgStore {
+    fn create_registration_token(&self, ttl: Option<Duration>) -> Result<(String, String)> {
+        PgStore::create_registration_token(self, ttl)
+    }
+    fn rotate_registration_token(&self, ttl: Option<Duration>) -> Result<(String, String)> {
+        PgStore::rotate_registration_token(self, ttl)
+    }
+    fn registration_token_valid(&self, token: &str) -> Result<bool> {
+        PgStore::registration_token_valid(self, token)
+    }
+    fn list_registration_tokens(&self) -> Result<Vec<RegistrationTokenRow>> {
+        PgStore::list_registration_tokens(self)
+    }
+    fn register_agent(
+        &self,
+        name: &str,
+        resource_class: &str,
+        labels: &[String],
+        version: &str,
+    ) -> Result<(String, String)> {
+        PgStore::register_agent(self, name, resource_class, labels, version)
+    }
+    fn agent_by_token(&self, token: &str) -> Result<Option<Agent>> {
+        PgStore::agent_by_token(self, token)
+    }
+    fn relabel_agent(&self, id: &str, resource_class: &str, labels: &[String]) -> Result<usize> {
+        PgStore::relabel_agent(self, id, resource_class, labels)
+    }
+    fn revoke_agent(&self, who: &str) -> Result<usize> {
+        PgStore::revoke_agent(self, who)
+    }
+    fn list_agents(&self) -> Result<Vec<AgentRow>> {
+        PgStore::list_agents(self)
+    }
+    fn create_operator_token(&self, name: &str) -> Result<String> {
+        PgStore::create_operator_token(self, name)
+    }
+    fn operator(&self, token: &str) -> Result<Option<String>> {
+        PgStore::operator(self, token)
+    }
+    fn revoke_operator_tokens(&self, name: &str) -> Result<usize> {
+        PgStore::revoke_operator_tokens(self, name)
+    }
+}
+
+impl BlobIndex for PgStore {
+    fn job_scope(
+        &self,
+        id: i64,
+        agent_id: &str,
+        attempt: Option<u32>,
+    ) -> Result<std::result::Result<JobScope, Lease>> {
+        PgStore::job_scope(self, id, agent_id, attempt)
+    }
+    fn blob_usage(&self, project_id: i64) -> Result<u64> {
+        PgStore::blob_usage(self, project_id)
+    }
+    fn project_blob(&self, project_id: i64, sha256: &str) -> Result<Option<u64>> {
+        PgStore::project_blob(self, project_id, sha256)
+    }
+    fn check_quota(&self, scope: &JobScope, size: u64, quota: u64) -> Result<Option<OverQuota>> {
+        PgStore::check_quota(self, scope, size, quota)
+    }
+    fn add_blob_ref(
+        &self,
+        scope: &JobScope,
+        sha256: &str,
+        size: u64,
+        quota: u64,
+    ) -> Result<std::result::Result<(), OverQuota>> {
+        PgStore::add_blob_ref(self, scope, sha256, size, quota)
+    }
+    fn add_layer(&self, scope: &JobScope, sha256: &str) -> Result<bool> {
+        PgStore::add_layer(self, scope, sha256)
+    }
+    fn layers(&self, scope: &JobScope) -> Result<Vec<WireLayer>> {
+        PgStore::layers(self, scope)
+    }
+    fn find_cache(&self, project_id: i64, prefix: &str) -> Result<Option<WireCache>> {
+        PgStore::find_cache(self, project_id, prefix)
+    }
+    fn save_cache(&self, scope: &JobScope, key: &str, sha256: &str) -> Result<Option<bool>> {
+        PgStore::save_cache(self, scope, key, sha256)
+    }
+    fn add_artifact(&self, scope: &JobScope, path: &str, sha256: &str) -> Result<bool> {
+        PgStore::add_artifact(self, scope, path, sha256)
+    }
+    fn add_test_results(&self, scope: &JobScope, t: &WireTestResults) -> Result<()> {
+        PgStore::add_test_results(self, scope, t)
+    }
+    fn job_results(&self, id: i64) -> Result<JobResults> {
+        PgStore::job_results(self, id)
+    }
+    fn artifact(&self, id: i64, path: &str) -> Result<Option<(String, u64)>> {
+        PgStore::artifact(self, id, path)
+    }
+}
+
+/// The store suite's PostgreSQL: one server per test process, a database per test.
+impl ContextStore for PgStore {
+    fn create_context(&self, name: &str, owner: &str) -> Result<ContextRow> {
+        PgStore::create_context(self, name, owner)
+    }
+    fn list_contexts(&self, owner: Option<&str>) -> Result<Vec<ContextRow>> {
+        PgStore::list_contexts(self, owner)
+    }
+    fn context(&self, context: &str) -> Result<Option<ContextRow>> {
+        PgStore::context(self, context)
+    }
+    fn delete_context(&self, context: &str) -> Result<()> {
+        PgStore::delete_context(self, context)
+    }
+    fn set_context_var(&self, context: &str, name: &str, value: &str) -> Result<ContextVarRow> {
+        PgStore::set_context_var(self, context, name, value)
+    }
+    fn remove_context_var(&self, context: &str, name: &str) -> Result<()> {
+        PgStore::remove_context_var(self, context, name)
+    }
+    fn list_context_vars(&self, context: &str) -> Result<Vec<ContextVarRow>> {
+        PgStore::list_context_vars(self, context)
+    }
+    fn add_restriction(&self, context: &str, r: &Restriction) -> Result<RestrictionRow> {
+        PgStore::add_restriction(self, context, r)
+    }
+    fn remove_restriction(&self, context: &str, id: &str) -> Result<()> {
+        PgStore::remove_restriction(self, context, id)
+    }
+    fn list_restrictions(&self, context: &str) -> Result<Vec<RestrictionRow>> {
+        PgStore::list_restrictions(self, context)
+    }
+    fn job_context_values(&self, job: i64) -> Result<Vec<ContextValues>> {
+        PgStore::job_context_values(self, job)
+    }
+    fn add_operator_group(&self, operator: &str, group: &str) -> Result<()> {
+        PgStore::add_operator_group(self, operator, group)
+    }
+    fn remove_operator_group(&self, operator: &str, group: &str) -> Result<bool> {
+        PgStore::remove_operator_group(self, operator, group)
+    }
+    fn operator_groups(&self, operator: &str) -> Result<Vec<String>> {
+        PgStore::operator_groups(self, operator)
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::test_server::{pg_bin, PgServer};
+    use super::PgStore;
+    use std::sync::OnceLock;
+
+    pub const SKIPPED: &str = "the PostgreSQL half is skipped: no PostgreSQL server binaries \
+         (/usr/lib/postgresql/N/bin; `scripts/test.sh --setup` installs them)";
+
+    static SERVER: OnceLock<Option<PgServer>> = OnceLock::new();
+
+    extern "C" fn stop_server() {
+        if let Some(Some(s)) = SERVER.get() {
+            s.shut_down();
+        }
+    }
+
+    pub fn server() -> Option<&'static PgServer> {
+        SERVER
+            .get_or_init(|| {
+                pg_bin()?;
+                let s = PgServer::start().unwrap_or_else(|e| panic!("PostgreSQL: {e}"));
+                // Statics are not dropped: stop the server when the test process exits.
+                // SAFETY: registers a plain function.
+                unsafe { libc::atexit(stop_server) };
+                Some(s)
+            })
+            .as_ref()
+    }
+
+    /// A PostgreSQL store on a new database, its data directory in a temporary one.
+    pub fn store() -> Option<(tempfile::TempDir, PgStore)> {
+        let url = server()?.new_database().unwrap_or_else(|e| panic!("{e}"));
+        let d = tempfile::tempdir().expect("tempdir");
+        let s = PgStore::open(&url, &d.path().join("data"), None).expect("open PostgreSQL store");
+        Some((d, s))
+    }
+}

@@ -1,0 +1,260 @@
+//! [`PeopleStore`] on PostgreSQL: SQLite's `people_store.rs` in PostgreSQL's dialect.
+
+use super::pipelines::resolve_project;
+use super::sql::{self, params, OptionalExtension, Row, TransactionBehavior};
+use super::PgStore;
+use crate::error::CoordError;
+use crate::model::people::Role;
+use crate::store::{now_ms, PeopleStore, Person, ProjectAccess, Resource, Result};
+
+/// Where a person's refresh token is sealed (a sealed value opens only in its place).
+fn refresh_place(person: i64) -> String {
+    format!("person{person}/refresh_token")
+}
+
+const COLUMNS: &str =
+    "id, bitbucket_uuid, nickname, display_name, admin, permissions_fetched FROM people";
+
+fn person_row(r: &Row) -> sql::Result<Person> {
+    Ok(Person {
+        id: r.get(0)?,
+        uuid: r.get(1)?,
+        nickname: r.get(2)?,
+        display_name: r.get(3)?,
+        admin: r.get(4)?,
+        permissions_fetched: r.get(5)?,
+    })
+}
+
+impl PeopleStore for PgStore {
+    fn person_logged_in(&self, uuid: &str, nickname: &str, display_name: &str) -> Result<Person> {
+        let conn = self.conn()?;
+        let now = now_ms();
+        conn.execute(
+            "INSERT INTO people(bitbucket_uuid, nickname, display_name, created, last_login) \
+             VALUES (?1, ?2, ?3, ?4, ?4) ON CONFLICT(bitbucket_uuid) DO UPDATE SET \
+             nickname = excluded.nickname, display_name = excluded.display_name, \
+             last_login = excluded.last_login",
+            params![uuid, nickname, display_name, now],
+        )?;
+        Ok(conn.query_row(
+            &format!("SELECT {COLUMNS} WHERE bitbucket_uuid = ?1"),
+            [uuid],
+            person_row,
+        )?)
+    }
+
+    fn person_by_name(&self, name: &str) -> Result<Option<Person>> {
+        let conn = self.conn()?;
+        Ok(conn
+            .query_row(
+                &format!(
+                    "SELECT {COLUMNS} WHERE bitbucket_uuid = ?1 OR nickname = ?1 \
+                     ORDER BY last_login DESC LIMIT 1"
+                ),
+                [name],
+                person_row,
+            )
+            .optional()?)
+    }
+
+    fn set_coordinator_admin(&self, name: &str, admin: bool) -> Result<Person> {
+        let Some(p) = self.person_by_name(name)? else {
+            return Err(CoordError::NotFound(format!(
+                "nobody called {} has logged in (a person exists once they logged in with Bitbucket; \
+                 `bosun coordinator person ls` lists them)",
+                crate::printable(name)
+            )));
+        };
+        self.conn()?.execute(
+            "UPDATE people SET admin = ?2 WHERE id = ?1",
+            params![p.id, admin],
+        )?;
+        Ok(Person { admin, ..p })
+    }
+
+    fn people(&self) -> Result<Vec<Person>> {
+        let conn = self.conn()?;
+        let mut st = conn.prepare(&format!("SELECT {COLUMNS} ORDER BY nickname, id"))?;
+        let rows = st
+            .query_map([], person_row)?
+            .collect::<sql::Result<Vec<_>>>()?;
+        Ok(rows)
+    }
+
+    fn open_session(
+        &self,
+        digest: &str,
+        person: i64,
+        expires: i64,
+        replacing: Option<&str>,
+    ) -> Result<()> {
+        let mut conn = self.conn()?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::RowLocks)?;
+        let now = now_ms();
+        tx.execute("DELETE FROM sessions WHERE expires <= ?1", [now])?;
+        if let Some(old) = replacing {
+            tx.execute("DELETE FROM sessions WHERE digest = ?1", [old])?;
+        }
+        tx.execute(
+            "INSERT INTO sessions(digest, person_id, created, expires) VALUES (?1, ?2, ?3, ?4)",
+            params![digest, person, now, expires],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn session_person(&self, digest: &str) -> Result<Option<Person>> {
+        let conn = self.conn()?;
+        Ok(conn
+            .query_row(
+                "SELECT p.id, p.bitbucket_uuid, p.nickname, p.display_name, p.admin, \
+                 p.permissions_fetched FROM sessions s JOIN people p ON p.id = s.person_id \
+                 WHERE s.digest = ?1 AND s.expires > ?2",
+                params![digest, now_ms()],
+                person_row,
+            )
+            .optional()?)
+    }
+
+    fn close_session(&self, digest: &str) -> Result<()> {
+        self.conn()?
+            .execute("DELETE FROM sessions WHERE digest = ?1", [digest])?;
+        Ok(())
+    }
+
+    fn store_permissions(
+        &self,
+        person: i64,
+        permissions: &[(String, Role)],
+        at: i64,
+    ) -> Result<()> {
+        let mut conn = self.conn()?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::RowLocks)?;
+        tx.execute(
+            "DELETE FROM person_permissions WHERE person_id = ?1",
+            [person],
+        )?;
+        for (repo, role) in permissions {
+            tx.execute(
+                "INSERT INTO person_permissions(person_id, repository, permission) \
+                 VALUES (?1, ?2, ?3) ON CONFLICT(person_id, repository) DO UPDATE SET \
+                 permission = excluded.permission",
+                params![person, repo, role.as_str()],
+            )?;
+        }
+        tx.execute(
+            "UPDATE people SET permissions_fetched = ?2 WHERE id = ?1",
+            params![person, at],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn set_refresh_token(&self, person: i64, token: Option<&str>) -> Result<()> {
+        let sealed = token
+            .map(|t| self.secrets.seal(&refresh_place(person), t))
+            .transpose()?;
+        self.conn()?.execute(
+            "UPDATE people SET refresh_token = ?2 WHERE id = ?1",
+            params![person, sealed],
+        )?;
+        Ok(())
+    }
+
+    fn refresh_token(&self, person: i64) -> Result<Option<zeroize::Zeroizing<String>>> {
+        let sealed: Option<String> = self
+            .conn()?
+            .query_row(
+                "SELECT refresh_token FROM people WHERE id = ?1",
+                [person],
+                |r| r.get(0),
+            )
+            .optional()?
+            .flatten();
+        sealed
+            .map(|s| self.secrets.open(&refresh_place(person), &s))
+            .transpose()
+    }
+
+    fn person_permissions(&self, person: i64) -> Result<Vec<(String, Role)>> {
+        let conn = self.conn()?;
+        let mut st = conn.prepare(
+            "SELECT repository, permission FROM person_permissions WHERE person_id = ?1",
+        )?;
+        let rows = st
+            .query_map([person], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+            })?
+            .collect::<sql::Result<Vec<_>>>()?;
+        // A word this side does not know gives nothing.
+        Ok(rows
+            .into_iter()
+            .filter_map(|(repo, w)| w.parse::<Role>().ok().map(|r| (repo, r)))
+            .collect())
+    }
+
+    fn project_access(&self, of: Resource) -> Result<Option<ProjectAccess>> {
+        let conn = self.conn()?;
+        let row = |r: &Row| {
+            Ok(ProjectAccess {
+                slug: r.get(0)?,
+                uuid: r.get(1)?,
+                public: r.get(2)?,
+            })
+        };
+        let found = match of {
+            Resource::Job(id) => conn
+                .query_row(
+                    "SELECT p.slug, p.uuid, p.public FROM jobs j JOIN projects p \
+                     ON p.id = j.project_id WHERE j.id = ?1",
+                    [id],
+                    row,
+                )
+                .optional()?,
+            Resource::Pipeline(id) => conn
+                .query_row(
+                    "SELECT p.slug, p.uuid, p.public FROM pipelines l JOIN projects p \
+                     ON p.id = l.project_id WHERE l.id = ?1",
+                    [id],
+                    row,
+                )
+                .optional()?,
+            Resource::Project(name) => match resolve_project(&conn, &name) {
+                Ok(pid) => Some(conn.query_row(
+                    "SELECT slug, uuid, public FROM projects WHERE id = ?1",
+                    [pid],
+                    row,
+                )?),
+                Err(CoordError::NotFound(_)) => None,
+                Err(e) => return Err(e),
+            },
+        };
+        Ok(found)
+    }
+
+    fn projects_access(&self) -> Result<Vec<ProjectAccess>> {
+        let conn = self.conn()?;
+        let mut st = conn.prepare("SELECT slug, uuid, public FROM projects ORDER BY slug")?;
+        let rows = st
+            .query_map([], |r| {
+                Ok(ProjectAccess {
+                    slug: r.get(0)?,
+                    uuid: r.get(1)?,
+                    public: r.get(2)?,
+                })
+            })?
+            .collect::<sql::Result<Vec<_>>>()?;
+        Ok(rows)
+    }
+
+    fn set_project_public(&self, project: &str, public: bool) -> Result<()> {
+        let conn = self.conn()?;
+        let pid = resolve_project(&conn, project)?;
+        conn.execute(
+            "UPDATE projects SET public = ?2 WHERE id = ?1",
+            params![pid, public],
+        )?;
+        Ok(())
+    }
+}
