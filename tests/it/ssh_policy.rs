@@ -271,6 +271,24 @@ impl Setup {
         }
     }
 
+    /// `p` reruns `job` with SSH asking for JSON: the answer.
+    fn rerun_json(&self, p: &Person, job: &str) -> serde_json::Value {
+        let url = format!("{}/jobs/{job}/rerun-ssh", self.base());
+        let (cookie, csrf) = (p.cookie.clone(), p.csrf.clone());
+        self.rt.block_on(async {
+            let r = http()
+                .post(url)
+                .header("cookie", format!("bosun_session={cookie}"))
+                .header("accept", "application/json")
+                .form(&[("csrf", csrf)])
+                .send()
+                .await
+                .expect("POST");
+            assert_eq!(r.status(), 200);
+            r.json().await.expect("json")
+        })
+    }
+
     /// `p` reruns `job` with SSH from its page: the new job's id.
     fn rerun(&self, p: &Person, job: &str) -> String {
         let (st, loc, body) = self.post(p, &format!("/jobs/{job}/rerun-ssh"), &[]);
@@ -410,8 +428,17 @@ fn who_may_rerun_with_ssh_holding_the_user_key() {
     assert_eq!(out.trim(), "id_bosun_deploy id_bosun_user", "{out}");
     s.released(&owner, &job);
 
-    // Another writer: the rerun runs without the user key, and the page says so.
-    let job = s.rerun(&other, &first);
+    // Another writer: the rerun runs without the user key, and the answer and the page
+    // say so.
+    let answer = s.rerun_json(&other, &first);
+    assert_eq!(answer["user_key"], "without", "{answer}");
+    assert!(
+        answer["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("rerun with SSH without the project's user key")),
+        "{answer}"
+    );
+    let job = answer["job_id"].to_string();
     let page = s.get(&other.cookie, &format!("/jobs/{job}")).1;
     assert!(
         page.contains("asked by other: without the project&#39;s user key: it belongs to the Bitbucket account {acct-owner}"),

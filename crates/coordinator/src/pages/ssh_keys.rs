@@ -12,7 +12,7 @@ use crate::store::{Backend, PersonKey, SshGrant};
 use crate::AppState;
 use axum::extract::{Form, Path, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -183,7 +183,18 @@ pub async fn rerun(
         Ok(v) => v,
         Err(r) => return r,
     };
+    // A script asking for JSON gets the answer as JSON (what the rerun holds, in words).
+    let json = headers
+        .get(axum::http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("application/json"));
     match person_ssh::rerun_with_ssh(&state, &viewer, id).await {
+        Ok(r) if json => axum::Json(serde_json::json!({
+            "job_id": r.job,
+            "user_key": r.user_key.as_str(),
+            "message": format!("rerun with SSH {}", r.said),
+        }))
+        .into_response(),
         Ok(r) => see_other(&format!("/jobs/{}", r.job), &[]),
         Err(RerunError::NotFound(_)) => error_page(StatusCode::NOT_FOUND, "No such job."),
         Err(e @ RerunError::Refused(_)) => {
