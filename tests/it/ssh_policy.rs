@@ -472,6 +472,33 @@ fn who_may_rerun_with_ssh_holding_the_user_key() {
             && body.contains("--ssh-policy refuse"),
         "{body}"
     );
+    // The owner still may.
+    let owners = s.rerun(&owner, &first);
+    s.c.cli(&["cancel", &owners]);
+
+    // Someone without a key gets nothing to log in with: refused, saying what to do. Their
+    // key is removed from their page first (another person cannot remove it).
+    s.c.cli(&[
+        "project",
+        "set",
+        "--slug",
+        "acme/widget",
+        "--ssh-policy",
+        "without-user-key",
+    ]);
+    let me = s.get(&other.cookie, "/me").1;
+    let re = regex::Regex::new(r#"data-key="([0-9]+)""#).expect("regex");
+    let key_id = re.captures(&me).expect("a listed key")[1].to_owned();
+    let remove = format!("/me/ssh-keys/{key_id}/delete");
+    assert_eq!(s.post(&owner, &remove, &[]).0, 404, "not the owner's key");
+    assert_eq!(s.post(&other, &remove, &[]).0, 303);
+    assert!(!s
+        .get(&other.cookie, "/me")
+        .1
+        .contains(&format!("data-key=\"{key_id}\"")));
+    let (st, _, body) = s.post(&other, &format!("/jobs/{first}/rerun-ssh"), &[]);
+    assert_eq!(st, 409, "{body}");
+    assert!(body.contains("no SSH key"), "{body}");
 
     // The host's CLI acts as an operator: it gets the user key, and says so on stderr.
     let pub_key = format!("{}.pub", owner.key.display());
