@@ -55,6 +55,7 @@ mod setup_workflows;
 mod sftp;
 mod ssh_coordinator;
 mod ssh_gateway;
+mod ssh_policy;
 mod steps;
 mod systemd;
 mod warm;

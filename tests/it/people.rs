@@ -536,6 +536,10 @@ async fn every_web_route_is_guarded_as_its_table_says() {
         "/login/bitbucket/callback",
         "/logout",
         "/me",
+        // A person's own SSH keys: their session and CSRF token decide.
+        "/me/ssh-keys",
+        "/me/ssh-keys/bitbucket",
+        "/me/ssh-keys/{key}/delete",
     ];
     #[derive(Clone, Copy, Debug)]
     enum Who<'a> {

@@ -453,7 +453,11 @@ pub fn user(c: UserCommand, print: &mut dyn FnMut(String)) -> Result<()> {
             }
             let (private, public) = new_key(&label)?;
             let id = keys.add(&client, &public, &label).await.map_err(fail)?;
-            if let Err(e) = store.set_project_key(&project.key, KeyColumn::User, Some(&private)) {
+            let recorded = store
+                .set_project_key(&project.key, KeyColumn::User, Some(&private))
+                // Whose it is: who may rerun with SSH holding it (`model::ssh_policy`).
+                .and_then(|()| store.set_user_key_owner(&project.slug, Some(&a.user)));
+            if let Err(e) = recorded {
                 let undo = keys.delete(&client, &id).await;
                 return Err(invalid(format!(
                     "user key: recording it failed ({e}); the key {} taken back from {}'s account",
@@ -478,6 +482,7 @@ pub fn user(c: UserCommand, print: &mut dyn FnMut(String)) -> Result<()> {
                 print(format!("removed user key {} from {}", k.id, a.user));
             }
             store.set_project_key(&project.key, KeyColumn::User, None)?;
+            store.set_user_key_owner(&project.slug, None)?;
             print(format!("{}: user key removed", project.slug));
         }
         Ok(())

@@ -122,6 +122,16 @@ pub struct ProjectSetArgs {
     /// repository lets read (the default; docs/people.md).
     #[arg(long)]
     pub public: Option<bool>,
+    /// When someone other than the user key's owner (or a coordinator admin) reruns a job
+    /// with SSH: `without-user-key` (the default: the rerun gets the deploy key only) or
+    /// `refuse` (docs/ssh.md).
+    #[arg(long, value_name = "POLICY")]
+    pub ssh_policy: Option<crate::model::ssh_policy::SshPolicy>,
+    /// The Bitbucket account the project's user key belongs to (`{UUID}`, or a nickname):
+    /// who may rerun with SSH holding it. `user key add --user` records it; a key given with
+    /// `project add --user-key` needs it said here. Empty: not recorded (nobody but admins).
+    #[arg(long, value_name = "ACCOUNT")]
+    pub user_key_owner: Option<String>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -309,6 +319,18 @@ pub fn project_set(a: ProjectSetArgs) -> Result<()> {
     if let Some(public) = a.public {
         store.set_project_public(&a.slug, public)?;
     }
+    if let Some(policy) = a.ssh_policy {
+        store.set_ssh_policy(&a.slug, policy)?;
+    }
+    if let Some(owner) = &a.user_key_owner {
+        let owner = owner.trim();
+        if owner.len() > 128 || owner.chars().any(|c| c.is_control() || c.is_whitespace()) {
+            return Err(CoordError::Invalid(
+                "--user-key-owner: expected a Bitbucket account's {UUID} or nickname".to_owned(),
+            ));
+        }
+        store.set_user_key_owner(&a.slug, (!owner.is_empty()).then_some(owner))?;
+    }
     Ok(())
 }
 
@@ -359,7 +381,11 @@ pub fn keys(c: KeysCommand, print: &mut dyn FnMut(String)) -> Result<()> {
             } else {
                 KeyColumn::Deploy
             };
-            data.open()?.set_project_key(&slug, column, None)?;
+            let store = data.open()?;
+            store.set_project_key(&slug, column, None)?;
+            if user {
+                store.set_user_key_owner(&slug, None)?;
+            }
             print(format!("{slug}: {column:?} key removed"));
             Ok(())
         }

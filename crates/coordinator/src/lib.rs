@@ -498,7 +498,11 @@ fn run_inner(cmd: Command) -> Result<()> {
             Ok(())
         }
         Command::Rerun(a) => {
-            let id = rerun::run(&a)?;
+            let (id, said) = rerun::run(&a)?;
+            // stdout is the new job's id (scripts read it); what it holds goes beside it.
+            if let Some(said) = said {
+                eprintln!("job {id}: rerun with SSH {said}");
+            }
             print(&mut out, id.to_string());
             Ok(())
         }

@@ -18,16 +18,34 @@ pub struct RerunArgs {
     pub ssh_keys: Vec<PathBuf>,
 }
 
-/// Queue the rerun; returns the new job's id.
-pub fn run(a: &RerunArgs) -> Result<i64> {
+/// Queue the rerun; returns the new job's id, and with SSH what it holds of the project's
+/// user key, in words. The host's CLI acts for the whole coordinator, as an operator: the
+/// rule (`model::ssh_policy`) gives it the user key.
+pub fn run(a: &RerunArgs) -> Result<(i64, Option<String>)> {
+    use crate::model::ssh_policy::{self as policy, SshAsker};
     let id = store::parse_job_id(&a.job)
         .ok_or_else(|| CoordError::Invalid(format!("`{}` is not a job id", a.job)))?;
-    let keys = if a.ssh || !a.ssh_keys.is_empty() {
-        bosun_git::keys::read_files(&a.ssh_keys)?
-    } else {
-        Vec::new()
+    if !a.ssh && a.ssh_keys.is_empty() {
+        return Ok((a.data.open()?.rerun(id, &[])?, None));
+    }
+    let keys = bosun_git::keys::read_files(&a.ssh_keys)?;
+    let store = a.data.open()?;
+    let facts = store
+        .user_key_facts(id)?
+        .ok_or_else(|| CoordError::NotFound(format!("no job {id}")))?;
+    let operator = SshAsker {
+        may_rerun_with_ssh: true,
+        coordinator_wide: true,
+        account: None,
     };
-    a.data.open()?.rerun(id, &keys)
+    let user_key = policy::decide(operator, &facts)
+        .map_err(|r| CoordError::Forbidden(policy::refusal_text(&r)))?;
+    let by = format!(
+        "the host's CLI ({})",
+        crate::printable(&std::env::var("USER").unwrap_or_else(|_| "operator".to_owned()))
+    );
+    let new = store.rerun_with_ssh(id, &keys, &by, user_key)?;
+    Ok((new, Some(policy::explain(user_key, facts.owner.as_deref()))))
 }
 
 /// The command a finished job's page offers to copy.

@@ -27,7 +27,8 @@ use std::time::Duration;
 /// reader, as someone without access and as an operator.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Guard {
-    /// Anyone: the assets, logging in and out, "You" (which sends nobody to log in).
+    /// Anyone: the assets, logging in and out, "You" (which sends nobody to log in) and a
+    /// person's own SSH keys (their session decides).
     Public,
     /// The badge's own rule: the project's badge token, or its badges made public.
     Badge,
@@ -131,6 +132,26 @@ fn routes() -> Vec<(Route, Handler)> {
         ),
         r("POST", "/logout", Public, post(pages::people::logout)),
         r("GET", "/me", Public, get(pages::people::me)),
+        // A person's own keys: their session and CSRF token decide; nothing of a project.
+        r("POST", "/me/ssh-keys", Public, post(pages::ssh_keys::add)),
+        r(
+            "POST",
+            "/me/ssh-keys/bitbucket",
+            Public,
+            post(pages::ssh_keys::import),
+        ),
+        r(
+            "POST",
+            "/me/ssh-keys/{key}/delete",
+            Public,
+            post(pages::ssh_keys::remove),
+        ),
+        r(
+            "POST",
+            "/jobs/{id}/rerun-ssh",
+            Job,
+            post(pages::ssh_keys::rerun),
+        ),
     ]
 }
 

@@ -105,6 +105,9 @@ pub struct OAuth {
     pub signed_in: Option<usize>,
     /// code → (account index, PKCE challenge)
     codes: std::collections::HashMap<String, (usize, String)>,
+    /// Each account's SSH keys (by nickname): `(key, label)`, as `GET /2.0/users/{uuid}/
+    /// ssh-keys` answers them to the account's own token.
+    pub ssh_keys: std::collections::HashMap<String, Vec<(String, String)>>,
 }
 
 #[derive(Default)]
@@ -190,6 +193,17 @@ impl BitbucketApi {
                 a.permissions.push((full_name.into(), uuid, p.into()));
             }
         }
+    }
+
+    /// The SSH keys on an account's Bitbucket profile, `(public line, label)`.
+    pub fn set_account_ssh_keys(&self, nickname: &str, keys: &[(&str, &str)]) {
+        let mut s = self.state.lock().expect("lock");
+        s.oauth.ssh_keys.insert(
+            nickname.into(),
+            keys.iter()
+                .map(|(k, l)| (k.to_string(), l.to_string()))
+                .collect(),
+        );
     }
 
     pub fn cloud_api(&self) -> String {
@@ -829,6 +843,37 @@ fn oauth_answer(
             }
             None => unauthorized,
         }),
+        // An account's own keys, to its own token (Cloud's `paginated_ssh_user_keys` of
+        // `ssh_account_key`s); other callers go on to the user-key routes below.
+        ("GET", p)
+            if account.is_some() && p.starts_with("/2.0/users/") && p.ends_with("/ssh-keys") =>
+        {
+            let a = account.expect("checked");
+            let user = &p["/2.0/users/".len()..p.len() - "/ssh-keys".len()];
+            if user != a.uuid && user != a.nickname {
+                return Some(json(
+                    403,
+                    serde_json::json!({"type": "error", "error": {"message": "Forbidden"}}),
+                ));
+            }
+            let values: Vec<_> = o
+                .ssh_keys
+                .get(&a.nickname)
+                .cloned()
+                .unwrap_or_default()
+                .into_iter()
+                .enumerate()
+                .map(|(i, (key, label))| {
+                    serde_json::json!({"type": "ssh_key", "uuid": format!("{{k{i}}}"), "key": key,
+                        "label": label, "comment": "", "created_on": "2026-01-01T00:00:00+00:00",
+                        "owner": {"type": "user", "uuid": a.uuid, "nickname": a.nickname}})
+                })
+                .collect();
+            Some(json(
+                200,
+                serde_json::json!({"pagelen": 10, "size": values.len(), "page": 1, "values": values}),
+            ))
+        }
         _ => None,
     }
 }

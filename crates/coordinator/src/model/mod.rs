@@ -10,6 +10,7 @@ pub mod expression;
 pub mod notify;
 pub mod people;
 pub mod schedule;
+pub mod ssh_policy;
 
 use std::fmt;
 use std::str::FromStr;

@@ -17,6 +17,7 @@ pub mod people;
 pub mod pipelines;
 pub mod results;
 pub mod ssh;
+pub mod ssh_keys;
 
 pub use log::{log_fragment, raw_log};
 
@@ -661,6 +662,7 @@ pub async fn job_page(
     State(state): State<Arc<AppState>>,
     Path(raw): Path<String>,
     Query(q): Query<PageQuery>,
+    headers: HeaderMap,
 ) -> Response {
     let stamps = nonempty(&q.timestamps).is_some_and(|v| v != "0");
     let Some(id) = super::store::parse_job_id(&raw) else {
@@ -682,6 +684,15 @@ pub async fn job_page(
     // Why a queued job waits (no agent of its class, all busy or offline): the store's words.
     let waiting = match state.db(move |s: &dyn Backend| s.wait_reason(id)).await {
         Ok(r) => r,
+        Err(e) => return internal(e),
+    };
+    // A rerun with SSH: who asked and what it holds of the user key.
+    let grant = match state.db(move |s: &dyn Backend| s.ssh_grant(id)).await {
+        Ok(g) => g,
+        Err(e) => return internal(e),
+    };
+    let viewer = match crate::people::viewer(&state, &headers).await {
+        Ok(v) => v,
         Err(e) => return internal(e),
     };
     let j = &l.job;
@@ -736,7 +747,18 @@ pub async fn job_page(
         );
     }
     if let Some(ssh) = ssh::row_html(j) {
-        meta_row(&mut m, "SSH", &format!("<span id=\"ssh\">{ssh}</span>"));
+        let form = match (&viewer, j.is_final()) {
+            (Some(v), true) => format!(" {}", ssh_keys::rerun_form(id, &v.csrf)),
+            _ => String::new(),
+        };
+        meta_row(
+            &mut m,
+            "SSH",
+            &format!("<span id=\"ssh\">{ssh}</span>{form}"),
+        );
+    }
+    if let Some(g) = &grant {
+        meta_row(&mut m, "SSH access", &ssh_keys::grant_row(g));
     }
     if let Some(secs) = j.timeout_secs {
         meta_row(
@@ -759,7 +781,15 @@ pub async fn job_page(
          <button type=\"button\" id=\"collapse-all\" hidden>Collapse all</button> \
          <a href=\"/jobs/{id}{}\" id=\"ts-toggle\" role=\"button\" aria-pressed=\"{stamps}\">Timestamps (UTC)</a> \
          <a href=\"/jobs/{id}/log.txt\" download>Raw log</a> <span class=\"size\">({} bytes)</span></div>\n<div id=\"log\"{}>",
-        esc(j.error.as_deref().unwrap_or("")),
+        esc(&format!(
+            "{}{}",
+            j.error.as_deref().unwrap_or(""),
+            grant
+                .as_ref()
+                .filter(|_| j.error.is_some())
+                .and_then(ssh_keys::error_note)
+                .unwrap_or_default()
+        )),
         if stamps { "" } else { "?timestamps=1" },
         l.log_end,
         if stamps { " class=\"ts\"" } else { "" },

@@ -19,7 +19,7 @@ pub struct ReturnQuery {
     return_to: Option<String>,
 }
 
-fn see_other(location: &str, cookies: &[String]) -> Response {
+pub(super) fn see_other(location: &str, cookies: &[String]) -> Response {
     let mut resp = StatusCode::SEE_OTHER.into_response();
     let h = resp.headers_mut();
     if let Ok(v) = HeaderValue::from_str(location) {
@@ -204,6 +204,11 @@ pub async fn me(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Respo
     }
     m.push_str("</dl>");
     m.push_str(&logout_form(&v.csrf));
+    let pid = p.id;
+    match state.db(move |s| s.person_ssh_keys(pid)).await {
+        Ok(keys) => m.push_str(&super::ssh_keys::section(&keys, &v.csrf)),
+        Err(e) => return internal(e),
+    }
     let mut resp = shell("You · bosun", " data-page=\"me\"", &m).into_response();
     resp.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));

@@ -17,6 +17,7 @@
 //!   permissions give them ([`role_on`]).
 
 pub mod oauth;
+pub mod ssh;
 
 use crate::error::CoordError;
 use crate::model::people::{self as rules, Action, Asker, Role};

@@ -235,6 +235,35 @@ impl Consumer {
     }
 }
 
+impl Consumer {
+    /// The SSH public keys on the account `uuid` (`GET /2.0/users/{uuid}/ssh-keys`, every
+    /// page; scope `account`): each `ssh_account_key`'s `key` and `label`.
+    pub async fn ssh_keys(
+        &self,
+        token: &Zeroizing<String>,
+        uuid: &str,
+    ) -> Result<Vec<(String, String)>, OAuthError> {
+        let values = self
+            .client(token)?
+            .list(
+                &format!(
+                    "{}/users/{}/ssh-keys",
+                    self.api.trim_end_matches('/'),
+                    form_encode(uuid)
+                ),
+                Paging::Cloud,
+            )
+            .await?;
+        Ok(values
+            .iter()
+            .filter_map(|v| {
+                let key = v["key"].as_str()?;
+                Some((key.to_owned(), v["label"].as_str().unwrap_or("").to_owned()))
+            })
+            .collect())
+    }
+}
+
 /// The permissions in a list of Cloud's `repository_permission` entries; an entry without a
 /// repository or with a permission word we do not know gives nothing.
 pub fn permissions_of(values: &[serde_json::Value]) -> Vec<(String, Role)> {

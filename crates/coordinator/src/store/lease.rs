@@ -447,8 +447,11 @@ fn wire_job(conn: &Connection, secrets: &SecretsKey, id: i64) -> Result<WireJob>
         Option<String>,
         String,
     ) = conn.query_row(
-        "SELECT p.id, p.uuid, p.slug, p.clone_url, p.user_key, p.deploy_key, p.known_hosts \
-         FROM jobs j JOIN projects p ON p.id = j.project_id WHERE j.id = ?1",
+        // A rerun with SSH asked by someone other than the user key's owner runs without it
+        // (`model::ssh_policy`).
+        "SELECT p.id, p.uuid, p.slug, p.clone_url, \
+         CASE WHEN j.ssh_user_key = 'without' THEN NULL ELSE p.user_key END, p.deploy_key, \
+         p.known_hosts FROM jobs j JOIN projects p ON p.id = j.project_id WHERE j.id = ?1",
         [id],
         |r| {
             Ok((

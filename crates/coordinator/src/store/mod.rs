@@ -82,8 +82,10 @@ pub use pipeline_store::{PipelineStore, StatusOutbox};
 pub use project_store::{AccessStore, ProjectStore};
 pub use queue_store::QueueStore;
 pub use schedule_store::ScheduleStore;
+pub use ssh_access::{PersonKey, SshAccessStore, SshGrant, MAX_PERSON_KEYS};
 mod schema;
 mod ssh;
+mod ssh_access;
 #[cfg(test)]
 mod tests;
 mod times;
@@ -112,6 +114,7 @@ pub trait Backend:
     + BadgeStore
     + NotifyOutbox
     + PeopleStore
+    + SshAccessStore
 {
 }
 
@@ -130,6 +133,7 @@ impl<T> Backend for T where
         + BadgeStore
         + NotifyOutbox
         + PeopleStore
+        + SshAccessStore
         + ?Sized
 {
 }

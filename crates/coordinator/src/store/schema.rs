@@ -444,6 +444,27 @@ CREATE TABLE person_permissions (
 );
 ALTER TABLE projects ADD COLUMN public INTEGER NOT NULL DEFAULT 0;
 "#,
+    // 16: reserved for personal API tokens and the audit log (the `tokens` branch); a
+    // no-op here so that both branches keep their numbers.
+    "/* reserved */",
+    // 17: SSH into a build that holds a user key (issue 30): each person's SSH public keys,
+    // whose a project's user key is and what its project does when someone else reruns
+    // with SSH, and on a rerun with SSH who asked and whether it holds the user key.
+    r#"
+CREATE TABLE person_ssh_keys (
+    id INTEGER PRIMARY KEY,
+    person_id INTEGER NOT NULL REFERENCES people(id),
+    key TEXT NOT NULL,              -- `type base64 comment`, as parsed (no options)
+    fingerprint TEXT NOT NULL,      -- SHA256:…
+    from_bitbucket INTEGER NOT NULL DEFAULT 0,
+    added INTEGER NOT NULL,
+    UNIQUE (person_id, fingerprint)
+);
+ALTER TABLE projects ADD COLUMN user_key_owner TEXT;
+ALTER TABLE projects ADD COLUMN ssh_policy TEXT NOT NULL DEFAULT 'without-user-key';
+ALTER TABLE jobs ADD COLUMN ssh_by TEXT;
+ALTER TABLE jobs ADD COLUMN ssh_user_key TEXT;   -- with | without | none (model::ssh_policy)
+"#,
 ];
 
 /// Before migration 2: copy each job's log out of the `job_logs` blobs into its file.

@@ -13,6 +13,11 @@ pub(super) struct Queued {
     pub rerun_of: Option<i64>,
     /// Keep this pipeline number (a rerun belongs to its job's pipeline).
     pub pipeline_number: Option<i64>,
+    /// Who asked for SSH (a person's nickname, an operator's name), for the page.
+    pub ssh_by: Option<String>,
+    /// What the job gets of its project's user key (`model::ssh_policy::UserKey`'s word);
+    /// `without` keeps it out of the claim.
+    pub ssh_user_key: Option<&'static str>,
 }
 
 /// Longest host name an agent may report (DNS allows 253).
@@ -35,6 +40,18 @@ impl Store {
     /// said), job, pipeline, pull request, placement and limits; with `ssh_keys` let in (none:
     /// a plain rerun). Returns the new job's id.
     pub(super) fn rerun(&self, id: i64, ssh_keys: &[String]) -> Result<i64> {
+        self.rerun_queued(
+            id,
+            Queued {
+                ssh_keys: ssh_keys.to_vec(),
+                ..Queued::default()
+            },
+        )
+    }
+
+    /// Queue job `id` again as [`Self::rerun`] does, with `extra`'s keys, asker and user key
+    /// (its rerun and pipeline number are the old job's).
+    pub(in crate::store) fn rerun_queued(&self, id: i64, extra: Queued) -> Result<i64> {
         let old = self
             .reader()?
             .query_row(
@@ -72,9 +89,9 @@ impl Store {
         self.enqueue_with(
             &job,
             &Queued {
-                ssh_keys: ssh_keys.to_vec(),
                 rerun_of: Some(id),
                 pipeline_number: Some(pipeline),
+                ..extra
             },
         )
     }

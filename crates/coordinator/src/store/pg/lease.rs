@@ -429,7 +429,8 @@ const CLAIM: &str = "WITH agent AS ( \
         LEFT JOIN continuations cn ON cn.pipeline_id = pl.id \
         LEFT JOIN pipeline_configs pc ON pc.pipeline_id = pl.id \
     WHERE j.id = k.id AND j.status = 'queued' \
-    RETURNING j.id, p.id, p.uuid, p.slug, p.clone_url, p.user_key, p.deploy_key, p.known_hosts, \
+    RETURNING j.id, p.id, p.uuid, p.slug, p.clone_url, \
+        CASE WHEN j.ssh_user_key = 'without' THEN NULL ELSE p.user_key END, p.deploy_key, p.known_hosts, \
         j.commit_sha, j.branch, j.tag, j.job_name, j.pipeline_number, j.attempts, j.pr_number, \
         j.pr_url, j.timeout_secs, j.pr_fork, j.ssh_keys, j.workspace, j.contexts, j.restricted, \
         pl.id, pl.uuid, w.name, w.uuid, pl.params, pl.trigger_source, \

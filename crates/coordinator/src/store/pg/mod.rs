@@ -41,6 +41,7 @@ mod schedules;
 mod schema;
 pub(crate) mod sql;
 mod ssh;
+mod ssh_access;
 mod times;
 mod waiting;
 mod watch;

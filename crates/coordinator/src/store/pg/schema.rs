@@ -465,6 +465,24 @@ CREATE TABLE person_permissions (
 );
 ALTER TABLE projects ADD COLUMN public BIGINT NOT NULL DEFAULT 0;
 "#,
+    // 9: reserved for personal API tokens and the audit log (the `tokens` branch).
+    "/* reserved */",
+    // 10: SSH into a build that holds a user key (SQLite's migration 17).
+    r#"
+CREATE TABLE person_ssh_keys (
+    id BIGSERIAL PRIMARY KEY,
+    person_id BIGINT NOT NULL REFERENCES people(id),
+    key TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    from_bitbucket BIGINT NOT NULL DEFAULT 0,
+    added BIGINT NOT NULL,
+    UNIQUE (person_id, fingerprint)
+);
+ALTER TABLE projects ADD COLUMN user_key_owner TEXT;
+ALTER TABLE projects ADD COLUMN ssh_policy TEXT NOT NULL DEFAULT 'without-user-key';
+ALTER TABLE jobs ADD COLUMN ssh_by TEXT;
+ALTER TABLE jobs ADD COLUMN ssh_user_key TEXT;
+"#,
 ];
 
 /// Apply the migrations this database has not had yet.

@@ -26,6 +26,18 @@ impl PgStore {
     /// said), job, pipeline, pull request, placement and limits; with `ssh_keys` let in (none:
     /// a plain rerun). Returns the new job's id.
     pub(super) fn rerun(&self, id: i64, ssh_keys: &[String]) -> Result<i64> {
+        self.rerun_queued(
+            id,
+            Queued {
+                ssh_keys: ssh_keys.to_vec(),
+                ..Queued::default()
+            },
+        )
+    }
+
+    /// Queue job `id` again as [`Self::rerun`] does, with `extra`'s keys, asker and user key
+    /// (its rerun and pipeline number are the old job's).
+    pub(in crate::store) fn rerun_queued(&self, id: i64, extra: Queued) -> Result<i64> {
         let old = self
             .reader()?
             .query_row(
@@ -63,9 +75,9 @@ impl PgStore {
         self.enqueue_with(
             &job,
             &Queued {
-                ssh_keys: ssh_keys.to_vec(),
                 rerun_of: Some(id),
                 pipeline_number: Some(pipeline),
+                ..extra
             },
         )
     }
