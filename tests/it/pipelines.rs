@@ -287,6 +287,20 @@ async fn tags_forks_skips_and_a_config_that_does_not_compile() {
         String::from_utf8_lossy(&st.log_from(job_id(&p, "build"), 0).expect("log")).into_owned();
     assert!(log.contains("built for contrib with token=none"), "{log}");
     s.c.cli(&["cancel-pipeline", &id.to_string()]);
+    // Rerun on its own, outside its workflow, the build is still the fork's: no secret value.
+    let rerun = s.c.cli(&["rerun", &job_id(&p, "build").to_string()]);
+    let rerun = rerun.trim();
+    let status = harness::wait_job_status(
+        &s.data,
+        rerun,
+        &["success", "failed"],
+        Duration::from_secs(120),
+    );
+    let log = harness::job_log(&s.data, rerun);
+    assert!(
+        status == "success" && log.contains("built for contrib with token=none"),
+        "{status}: {log}"
+    );
 
     // A config that does not compile errors the pipeline with the compiler's position.
     repo.checkout("main");

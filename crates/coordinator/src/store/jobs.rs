@@ -148,13 +148,14 @@ impl Store {
         tx.execute(
             "INSERT INTO jobs(project_id, commit_sha, git_ref, branch, tag, job_name, pipeline_number, \
              resource_class, labels, status, max_attempts, created, pr_number, pr_url, pr_fork, \
-             timeout_secs, ssh_keys, rerun_of, workspace, ssh_by, ssh_user_key) \
+             timeout_secs, ssh_keys, rerun_of, workspace, ssh_by, ssh_user_key, restricted) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'queued', ?10, ?11, ?12, ?13, ?14, ?15, \
-             ?16, ?17, ?18, ?19, ?20)",
+             ?16, ?17, ?18, ?19, ?20, ?21)",
             params![pid, commit, j.git_ref, branch, tag, j.job_name, pipeline, j.resource_class,
                 json_labels(&j.labels), j.max_attempts.max(1), now_ms(), pr_number, pr_url,
                 j.pr_fork && pr_number.is_some(), j.timeout_secs.map(|s| s as i64), ssh_keys,
-                extra.rerun_of, j.workspace, extra.ssh_by, extra.ssh_user_key],
+                extra.rerun_of, j.workspace, extra.ssh_by, extra.ssh_user_key,
+                extra.restricted],
         )?;
         let id = tx.last_insert_rowid();
         tx.commit()?;

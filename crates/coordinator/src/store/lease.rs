@@ -465,41 +465,50 @@ fn wire_job(conn: &Connection, secrets: &SecretsKey, id: i64) -> Result<WireJob>
             ))
         },
     )?;
-    let (commit_sha, branch, tag, job_name, pipeline_number, attempts, pull_request, timeouts) =
-        conn.query_row(
-            "SELECT commit_sha, branch, tag, job_name, pipeline_number, attempts, pr_number, \
-             pr_url, timeout_secs, pr_fork FROM jobs WHERE id = ?1",
-            [id],
-            |r| {
-                let pull_request = match (r.get::<_, Option<i64>>(6)?, r.get(7)?) {
-                    (Some(n), Some(url)) => Some(WirePullRequest {
-                        number: n as u64,
-                        url,
-                        fork: r.get(9)?,
-                    }),
-                    _ => None,
-                };
-                let timeouts = match r.get::<_, Option<i64>>(8)? {
-                    Some(s) if s > 0 => WireTimeouts { job_secs: s as u64 },
-                    _ => WireTimeouts::default(),
-                };
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, Option<String>>(1)?,
-                    r.get::<_, Option<String>>(2)?,
-                    r.get::<_, String>(3)?,
-                    r.get::<_, i64>(4)?,
-                    r.get::<_, u32>(5)?,
-                    pull_request,
-                    timeouts,
-                ))
-            },
-        )?;
+    let (
+        commit_sha,
+        branch,
+        tag,
+        job_name,
+        pipeline_number,
+        attempts,
+        pull_request,
+        timeouts,
+        restricted,
+    ) = conn.query_row(
+        "SELECT commit_sha, branch, tag, job_name, pipeline_number, attempts, pr_number, \
+             pr_url, timeout_secs, pr_fork, restricted FROM jobs WHERE id = ?1",
+        [id],
+        |r| {
+            let pull_request = match (r.get::<_, Option<i64>>(6)?, r.get(7)?) {
+                (Some(n), Some(url)) => Some(WirePullRequest {
+                    number: n as u64,
+                    url,
+                    fork: r.get(9)?,
+                }),
+                _ => None,
+            };
+            let timeouts = match r.get::<_, Option<i64>>(8)? {
+                Some(s) if s > 0 => WireTimeouts { job_secs: s as u64 },
+                _ => WireTimeouts::default(),
+            };
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, Option<String>>(1)?,
+                r.get::<_, Option<String>>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, i64>(4)?,
+                r.get::<_, u32>(5)?,
+                pull_request,
+                timeouts,
+                r.get::<_, bool>(10)?,
+            ))
+        },
+    )?;
     // A forked pull request's build is given what `forks::gives` says (restricted or not was
-    // decided when the pipeline was made).
-    let pipeline = Store::wire_pipeline(conn, id)?;
-    let restricted = pipeline.as_ref().is_some_and(|(_, r)| *r);
-    let pipeline = pipeline.map(|(p, _)| p);
+    // decided when the pipeline was made). The job's own flag, not its workflow's: a rerun
+    // is outside the workflow and keeps what its job was.
+    let pipeline = Store::wire_pipeline(conn, id)?.map(|(p, _)| p);
     let mut keys = Vec::new();
     for (role, what, column, key) in [
         (WireKeyRole::User, Given::UserKey, "user_key", user_key),

@@ -18,6 +18,9 @@ pub(super) struct Queued {
     /// What the job gets of its project's user key (`model::ssh_policy::UserKey`'s word);
     /// `without` keeps it out of the claim.
     pub ssh_user_key: Option<&'static str>,
+    /// A forked pull request's build (no secret values, no user key): a rerun stays what
+    /// its job was.
+    pub restricted: bool,
 }
 
 /// Longest host name an agent may report (DNS allows 253).
@@ -57,7 +60,7 @@ impl Store {
             .query_row(
                 "SELECT p.slug, j.git_ref, COALESCE(j.resolved_sha, j.commit_sha), j.job_name, \
                  j.resource_class, j.labels, j.max_attempts, j.pr_number, j.pr_url, j.pr_fork, \
-                 j.timeout_secs, j.pipeline_number, j.workspace \
+                 j.timeout_secs, j.pipeline_number, j.workspace, j.restricted \
                  FROM jobs j JOIN projects p ON p.id = j.project_id WHERE j.id = ?1",
                 [id],
                 |r| {
@@ -79,11 +82,12 @@ impl Store {
                             workspace: r.get(12)?,
                         },
                         r.get::<_, i64>(11)?,
+                        r.get::<_, bool>(13)?,
                     ))
                 },
             )
             .optional()?;
-        let Some((job, pipeline)) = old else {
+        let Some((job, pipeline, restricted)) = old else {
             return Err(CoordError::NotFound(format!("no job {id}")));
         };
         self.enqueue_with(
@@ -91,6 +95,7 @@ impl Store {
             &Queued {
                 rerun_of: Some(id),
                 pipeline_number: Some(pipeline),
+                restricted,
                 ..extra
             },
         )

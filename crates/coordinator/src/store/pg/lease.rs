@@ -543,10 +543,11 @@ fn claimed(r: &Row) -> sql::Result<Claimed> {
 }
 
 /// The job as the agent gets it: its secrets opened, and what a forked pull request's build
-/// may have only (`forks::gives`; restricted or not was decided when its pipeline was made).
+/// may have only (`forks::gives`; restricted or not was decided when its pipeline was made,
+/// and is the job's own flag, so a rerun outside its workflow keeps it).
 fn wire_job(conn: &Connection, secrets: &SecretsKey, c: Claimed) -> Result<WireJob> {
     let (id, pid) = (c.id, c.pid);
-    let restricted = c.pipeline.is_some() && c.restricted;
+    let restricted = c.restricted;
     let pipeline_row = c.pipeline.as_ref().map(|(row, _)| *row);
     let pipeline = c.pipeline.map(|(_, mut p)| {
         if let Some((config, params)) = c.continued {

@@ -43,7 +43,7 @@ impl PgStore {
             .query_row(
                 "SELECT p.slug, j.git_ref, COALESCE(j.resolved_sha, j.commit_sha), j.job_name, \
                  j.resource_class, j.labels, j.max_attempts, j.pr_number, j.pr_url, j.pr_fork, \
-                 j.timeout_secs, j.pipeline_number, j.workspace \
+                 j.timeout_secs, j.pipeline_number, j.workspace, j.restricted \
                  FROM jobs j JOIN projects p ON p.id = j.project_id WHERE j.id = ?1",
                 [id],
                 |r| {
@@ -65,11 +65,12 @@ impl PgStore {
                             workspace: r.get(12)?,
                         },
                         r.get::<_, i64>(11)?,
+                        r.get::<_, bool>(13)?,
                     ))
                 },
             )
             .optional()?;
-        let Some((job, pipeline)) = old else {
+        let Some((job, pipeline, restricted)) = old else {
             return Err(CoordError::NotFound(format!("no job {id}")));
         };
         self.enqueue_with(
@@ -77,6 +78,7 @@ impl PgStore {
             &Queued {
                 rerun_of: Some(id),
                 pipeline_number: Some(pipeline),
+                restricted,
                 ..extra
             },
         )
