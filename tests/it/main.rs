@@ -57,4 +57,5 @@ mod ssh_coordinator;
 mod ssh_gateway;
 mod steps;
 mod systemd;
+mod tokens;
 mod warm;

@@ -39,6 +39,10 @@ pub enum Guard {
     Project,
     /// A list: it shows only the projects the asker may read ([`people::Readable`]).
     List,
+    /// A person's own things (their API tokens): a logged-in person.
+    Person,
+    /// The coordinator's own records (the audit log): a coordinator admin, or an operator.
+    Admin,
 }
 
 /// A route as [`route_table`] lists it.
@@ -131,6 +135,14 @@ fn routes() -> Vec<(Route, Handler)> {
         ),
         r("POST", "/logout", Public, post(pages::people::logout)),
         r("GET", "/me", Public, get(pages::people::me)),
+        r("POST", "/me/tokens", Person, post(pages::tokens::make)),
+        r(
+            "POST",
+            "/me/tokens/{id}/revoke",
+            Person,
+            post(pages::tokens::revoke),
+        ),
+        r("GET", "/admin/audit", Admin, get(pages::audit::page)),
     ]
 }
 
@@ -204,6 +216,27 @@ async fn guard(
     };
     let resource = match g.guard {
         Guard::Public | Guard::Badge => return next.run(req).await,
+        Guard::Person | Guard::Admin => {
+            let asking = match people::asking(&g.state, req.headers()).await {
+                Ok(Some(a)) => a,
+                Ok(None) => return refused(None, req.uri()),
+                Err(e) => {
+                    tracing::error!("{e}");
+                    return json_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+                }
+            };
+            let ok = match (&asking, g.guard) {
+                (people::Asking::Person(_), Guard::Person) => true,
+                (people::Asking::Person(v), _) => v.person.admin,
+                (people::Asking::Operator(_), Guard::Admin) => true,
+                _ => false,
+            };
+            return if ok {
+                next.run(req).await
+            } else {
+                refused(Some(&asking), req.uri())
+            };
+        }
         Guard::List => None,
         // An id that is not one is the handler's 404: nothing to read there.
         Guard::Job => match param("id").and_then(|r| super::store::parse_job_id(&r)) {

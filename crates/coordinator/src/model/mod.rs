@@ -4,12 +4,14 @@
 //! can name these types without reaching up into the Bitbucket or pipeline code.
 
 pub mod advance;
+pub mod audit;
 pub mod badge;
 pub mod contexts;
 pub mod expression;
 pub mod notify;
 pub mod people;
 pub mod schedule;
+pub mod tokens;
 
 use std::fmt;
 use std::str::FromStr;

@@ -10,6 +10,7 @@
 //! [`ansi`], which escapes it and turns colours into classes.
 
 pub mod ansi;
+pub mod audit;
 pub mod badge;
 pub mod live;
 mod log;
@@ -17,6 +18,7 @@ pub mod people;
 pub mod pipelines;
 pub mod results;
 pub mod ssh;
+pub mod tokens;
 
 pub use log::{log_fragment, raw_log};
 

@@ -204,6 +204,7 @@ pub async fn me(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Respo
     }
     m.push_str("</dl>");
     m.push_str(&logout_form(&v.csrf));
+    m.push_str(&super::tokens::section_for(&state, &v).await);
     let mut resp = shell("You · bosun", " data-page=\"me\"", &m).into_response();
     resp.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));

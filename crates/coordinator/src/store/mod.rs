@@ -45,6 +45,7 @@ pub const MAX_JOB_TIMEOUT_SECS: u64 = 24 * 3600;
 mod access;
 mod api_store;
 pub mod api_v2;
+mod audit_store;
 mod badges;
 mod blob_index;
 pub mod blobs;
@@ -67,7 +68,9 @@ mod project_store;
 mod queue_store;
 mod schedule_store;
 pub mod schedules;
+mod token_store;
 pub use api_store::ApiStore;
+pub use audit_store::AuditStore;
 pub use badges::{BadgeProject, BadgeStore};
 pub use blob_index::BlobIndex;
 pub use change_feed::{Change, ChangeFeed, ServedStore};
@@ -82,6 +85,7 @@ pub use pipeline_store::{PipelineStore, StatusOutbox};
 pub use project_store::{AccessStore, ProjectStore};
 pub use queue_store::QueueStore;
 pub use schedule_store::ScheduleStore;
+pub use token_store::{PersonalToken, TokenStore};
 mod schema;
 mod ssh;
 #[cfg(test)]
@@ -112,6 +116,8 @@ pub trait Backend:
     + BadgeStore
     + NotifyOutbox
     + PeopleStore
+    + TokenStore
+    + AuditStore
 {
 }
 
@@ -130,6 +136,8 @@ impl<T> Backend for T where
         + BadgeStore
         + NotifyOutbox
         + PeopleStore
+        + TokenStore
+        + AuditStore
         + ?Sized
 {
 }

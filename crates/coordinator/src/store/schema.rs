@@ -444,6 +444,29 @@ CREATE TABLE person_permissions (
 );
 ALTER TABLE projects ADD COLUMN public INTEGER NOT NULL DEFAULT 0;
 "#,
+    // 16: personal API tokens (kept as digests), what a project token is for (read or
+    // trigger), and the audit log of who did what.
+    r#"
+CREATE TABLE personal_tokens (
+    id INTEGER PRIMARY KEY,
+    person_id INTEGER NOT NULL REFERENCES people(id),
+    name TEXT NOT NULL,
+    digest TEXT NOT NULL UNIQUE,
+    created INTEGER NOT NULL,
+    last_used INTEGER
+);
+CREATE INDEX personal_tokens_person ON personal_tokens(person_id);
+ALTER TABLE project_tokens ADD COLUMN scope TEXT NOT NULL DEFAULT 'read';
+CREATE TABLE audit_log (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at INTEGER NOT NULL,
+    actor TEXT NOT NULL,            -- kind:name (model::audit::Actor)
+    action TEXT NOT NULL,
+    project TEXT,
+    target TEXT,
+    detail TEXT NOT NULL DEFAULT ''
+);
+"#,
 ];
 
 /// Before migration 2: copy each job's log out of the `job_logs` blobs into its file.

@@ -874,3 +874,4 @@ both!(
 );
 
 mod notify_and_people;
+mod tokens_and_audit;

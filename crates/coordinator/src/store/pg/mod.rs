@@ -25,6 +25,7 @@ use super::*;
 
 mod access;
 mod api_v2;
+mod audit;
 mod badges;
 mod blobs;
 mod contexts;
@@ -42,6 +43,7 @@ mod schema;
 pub(crate) mod sql;
 mod ssh;
 mod times;
+mod tokens;
 mod waiting;
 mod watch;
 
