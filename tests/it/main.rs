@@ -41,6 +41,7 @@ mod notify;
 mod object_storage;
 mod oidc;
 mod people;
+mod people_streams;
 mod pipelines;
 mod pipelines_config_api;
 mod pipelines_data_center;

@@ -428,6 +428,39 @@ struct Follow {
     /// and how many records of the job's times were read.
     times: super::store::LogTimes,
     times_read: usize,
+    /// The request's headers (its session cookie or bearer token), to ask again whether its
+    /// sender may still read the job ([`still_readable`]), and when that was last asked.
+    headers: HeaderMap,
+    checked: tokio::time::Instant,
+}
+
+/// How often an open stream asks again whether its reader may still read the job: a
+/// quarter of `--permissions-refresh`, between 1 s and 30 s. A permission taken away on
+/// Bitbucket (read again when older than `--permissions-refresh`), a logout, a revoked
+/// operator token or a project made private closes the stream within that.
+fn recheck_every(state: &AppState) -> Duration {
+    (state.people.settings.permissions_refresh / 4)
+        .clamp(Duration::from_secs(1), Duration::from_secs(30))
+}
+
+/// Whether the sender of `headers` may still read job `id` (as the guard decided when the
+/// stream opened).
+async fn still_readable(state: &AppState, headers: &HeaderMap, id: i64) -> bool {
+    use crate::model::people::Action;
+    let asking = match people::asking(state, headers).await {
+        Ok(Some(a)) => a,
+        _ => return false,
+    };
+    matches!(
+        people::may_on(
+            state,
+            &asking,
+            super::store::Resource::Job(id),
+            Action::Read
+        )
+        .await,
+        Ok(Some(true))
+    )
 }
 
 /// A follower sends at most one batch per this: appends in between coalesce into it, so a
@@ -461,6 +494,16 @@ async fn next_batch(mut f: Follow) -> Option<(Vec<Event>, Follow)> {
                 _ = tokio::time::sleep_until(t + FOLLOW_INTERVAL) => {}
                 _ = f.state.shutdown.cancelled() => return None,
             }
+        }
+        if f.checked.elapsed() >= recheck_every(&f.state) {
+            if !still_readable(&f.state, &f.headers, f.id).await {
+                tracing::info!(
+                    job = f.id,
+                    "live stream closed: its reader may no longer read it"
+                );
+                return None;
+            }
+            f.checked = tokio::time::Instant::now();
         }
         let progress = *f.changed.borrow_and_update();
         let (id, offset, seq, status) = (f.id, f.offset, f.seq, f.status);
@@ -667,6 +710,8 @@ async fn job_stream(
         live,
         times: Default::default(),
         times_read: 0,
+        headers,
+        checked: tokio::time::Instant::now(),
     };
     let s: std::pin::Pin<Box<dyn Stream<Item = Result<Event, Infallible>> + Send>> = Box::pin(
         stream::unfold(follow, next_batch)
