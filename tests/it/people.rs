@@ -359,11 +359,33 @@ async fn people_log_in_with_bitbucket_and_act_as_their_repository_permits() {
     );
     let (st, body) = cancel(&base, &pipeline, &writer_again, Some(&csrf)).await;
     assert!(st == 200 || st == 409, "the writer may cancel: {st} {body}");
+    // A cancel that happened (not one of a pipeline already ended) is audited.
+    let mut canceled_by = Vec::new();
+    if st == 200 {
+        canceled_by.push("person:writer");
+    }
 
     let granted = cli(&t.s.data, &["person", "grant", "stranger", "admin"]);
     assert!(granted.contains("is a coordinator admin"), "{granted}");
     let (st, body) = cancel(&base, &pipeline, &stranger, Some(&stranger_csrf)).await;
     assert!(st == 200 || st == 409, "an admin may cancel: {st} {body}");
+    if st == 200 {
+        canceled_by.push("person:stranger");
+    }
+    // The cancels are in the audit log, by their person, from the page.
+    let audit = cli(&t.s.data, &["audit", "--json"]);
+    for who in canceled_by {
+        assert!(
+            audit.lines().any(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).expect("json line");
+                v["actor"] == who
+                    && v["action"] == "cancel"
+                    && v["target"] == format!("pipeline {pipeline}")
+                    && v["detail"] == "from the pipeline page"
+            }),
+            "no cancel by {who}: {audit}"
+        );
+    }
     let people = cli(&t.s.data, &["person", "ls"]);
     assert!(
         people.contains("stranger  {acct-stranger}  admin"),
