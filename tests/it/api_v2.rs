@@ -11,7 +11,7 @@ use std::time::Duration;
 
 /// A python3 that imports `pycircleci`: the system's, or the virtual environment
 /// `scripts/test.sh --setup` installs it into. `None`: skip, and say so.
-fn python_with(module: &str) -> Option<PathBuf> {
+pub(crate) fn python_with(module: &str) -> Option<PathBuf> {
     let venv = std::env::var_os("BOSUN_PY_CLIENTS")
         .map(PathBuf::from)
         .or_else(|| {

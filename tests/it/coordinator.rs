@@ -722,7 +722,8 @@ async fn every_error_is_json_and_what_does_not_exist_is_404() {
 }
 
 /// Operators: `/healthz`, `/readyz` and `/metrics` (queue depth, claims, log bytes, agents
-/// online) in the Prometheus/OpenMetrics text format.
+/// online) in the Prometheus/OpenMetrics text format; `/metrics` with an operator token,
+/// or to anyone with `--metrics-public`.
 #[tokio::test]
 async fn health_readiness_and_metrics_for_operators() {
     let s = fresh(&[]);
@@ -734,9 +735,30 @@ async fn health_readiness_and_metrics_for_operators() {
             .expect("get");
         assert_eq!(r.status(), 200, "{path}");
     }
+    // Metrics need an operator token (or an admin's session) unless --metrics-public.
+    for token in [None, Some("bosun-op-not-a-token")] {
+        let mut req = client().get(format!("{}/metrics", s.base));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let r = req.send().await.expect("metrics");
+        assert_eq!(r.status(), 401, "{token:?}");
+        assert!(!r.text().await.expect("text").contains("bosun_coordinator_"));
+    }
+    let open = fresh(&["--metrics-public"]);
+    let r = client()
+        .get(format!("{}/metrics", open.base))
+        .send()
+        .await
+        .expect("metrics");
+    assert_eq!(r.status(), 200, "--metrics-public");
+    drop(open);
+    let operator = cli(&s.data, &["operator", "new", "prometheus"]);
+    let operator = operator.trim();
     let metrics = || async {
         let r = client()
             .get(format!("{}/metrics", s.base))
+            .bearer_auth(operator)
             .send()
             .await
             .expect("metrics");

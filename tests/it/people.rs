@@ -25,9 +25,9 @@ fn account(nick: &str, perms: &[(&str, &str)]) -> Account {
     }
 }
 
-struct Setup {
-    s: Server,
-    api: BitbucketApi,
+pub(crate) struct Setup {
+    pub(crate) s: Server,
+    pub(crate) api: BitbucketApi,
     _dir: tempfile::TempDir,
 }
 
@@ -35,7 +35,7 @@ fn setup() -> Setup {
     setup_with(&[])
 }
 
-fn setup_with(extra: &[&str]) -> Setup {
+pub(crate) fn setup_with(extra: &[&str]) -> Setup {
     use std::os::unix::fs::PermissionsExt;
     let api = BitbucketApi::start("Bearer not-used-here", None);
     api.oauth(
@@ -86,7 +86,7 @@ fn setup_with(extra: &[&str]) -> Setup {
     Setup { s, api, _dir: dir }
 }
 
-fn http() -> reqwest::Client {
+pub(crate) fn http() -> reqwest::Client {
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .timeout(Duration::from_secs(30))
@@ -110,7 +110,7 @@ fn session_cookie(b: &mut Browser, base: &str) -> Option<String> {
 }
 
 /// Log in as `who` through the pages and Bitbucket, ending on `/me`.
-fn login(b: &mut Browser, base: &str, api: &BitbucketApi, who: &str) -> String {
+pub(crate) fn login(b: &mut Browser, base: &str, api: &BitbucketApi, who: &str) -> String {
     api.sign_in(Some(who));
     b.open(&format!("{base}/login?return_to=/me"));
     // The stylesheet in, so the link is where it is drawn when the mouse clicks it.
@@ -144,7 +144,7 @@ async fn me(base: &str, cookie: &str) -> (u16, String) {
 }
 
 /// The CSRF token the pages give a person (their page's logout form carries it).
-async fn csrf_of(base: &str, cookie: &str) -> String {
+pub(crate) async fn csrf_of(base: &str, cookie: &str) -> String {
     let page = http()
         .get(format!("{base}/me"))
         .header("cookie", format!("bosun_session={cookie}"))
@@ -359,11 +359,33 @@ async fn people_log_in_with_bitbucket_and_act_as_their_repository_permits() {
     );
     let (st, body) = cancel(&base, &pipeline, &writer_again, Some(&csrf)).await;
     assert!(st == 200 || st == 409, "the writer may cancel: {st} {body}");
+    // A cancel that happened (not one of a pipeline already ended) is audited.
+    let mut canceled_by = Vec::new();
+    if st == 200 {
+        canceled_by.push("person:writer");
+    }
 
     let granted = cli(&t.s.data, &["person", "grant", "stranger", "admin"]);
     assert!(granted.contains("is a coordinator admin"), "{granted}");
     let (st, body) = cancel(&base, &pipeline, &stranger, Some(&stranger_csrf)).await;
     assert!(st == 200 || st == 409, "an admin may cancel: {st} {body}");
+    if st == 200 {
+        canceled_by.push("person:stranger");
+    }
+    // The cancels are in the audit log, by their person, from the page.
+    let audit = cli(&t.s.data, &["audit", "--json"]);
+    for who in canceled_by {
+        assert!(
+            audit.lines().any(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).expect("json line");
+                v["actor"] == who
+                    && v["action"] == "cancel"
+                    && v["target"] == format!("pipeline {pipeline}")
+                    && v["detail"] == "from the pipeline page"
+            }),
+            "no cancel by {who}: {audit}"
+        );
+    }
     let people = cli(&t.s.data, &["person", "ls"]);
     assert!(
         people.contains("stranger  {acct-stranger}  admin"),
@@ -450,7 +472,7 @@ fn a_loose_oauth_file_is_refused() {
 
 /// Log in as `who` over HTTP, following the redirects a browser would (the coordinator's,
 /// then Bitbucket's), carrying the login cookie: the session cookie's value.
-async fn login_http(base: &str, api: &BitbucketApi, who: &str) -> String {
+pub(crate) async fn login_http(base: &str, api: &BitbucketApi, who: &str) -> String {
     api.sign_in(Some(who));
     let r = http()
         .get(format!("{base}/login/bitbucket"))
@@ -597,6 +619,33 @@ async fn every_web_route_is_guarded_as_its_table_says() {
                 route.path
             ),
             Guard::Badge => assert_eq!(route.path, "/badge/{*path}"),
+            // A person's own things: nobody is sent to log in, an operator is no person.
+            Guard::Person => {
+                let (st, loc, _) = ask(m, path.clone(), Who::Nobody).await;
+                assert_eq!(st, 303, "{m} {path} as nobody");
+                assert!(loc.is_some_and(|l| l.starts_with("/login?return_to=")));
+                let (st, _, _) = ask(m, path.clone(), Who::Operator(&operator)).await;
+                assert_eq!(st, 404, "{m} {path} as an operator");
+                // Past the guard: refused for want of a form with its CSRF token (this
+                // request's body is JSON, not a form).
+                let (st, _, body) = ask(m, path.clone(), Who::Session(&stranger)).await;
+                assert!(
+                    st == 403 || st == 415,
+                    "{m} {path} as a person: {st} {body}"
+                );
+            }
+            // The coordinator's records: admins (and operators) only.
+            Guard::Admin => {
+                let (st, loc, _) = ask(m, path.clone(), Who::Nobody).await;
+                assert_eq!(st, 303, "{m} {path} as nobody");
+                assert!(loc.is_some_and(|l| l.starts_with("/login?return_to=")));
+                for who in [Who::Session(&stranger), Who::Session(&reader)] {
+                    let (st, _, body) = ask(m, path.clone(), who).await;
+                    assert_eq!(st, 404, "{m} {path} as {who:?}: {body}");
+                }
+                let (st, _, body) = ask(m, path.clone(), Who::Operator(&operator)).await;
+                assert_eq!(st, 200, "{m} {path} as an operator: {body}");
+            }
             Guard::Job | Guard::Pipeline | Guard::Project => {
                 let (st, loc, body) = ask(m, path.clone(), Who::Nobody).await;
                 assert_eq!(st, 303, "{m} {path} as nobody: {body}");

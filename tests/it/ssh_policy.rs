@@ -523,6 +523,17 @@ fn who_may_rerun_with_ssh_holding_the_user_key() {
     let id = String::from_utf8_lossy(&o.stdout).trim().to_owned();
     assert!(id.parse::<i64>().is_ok(), "stdout is the job id: {id}");
     s.c.cli(&["cancel", &id]);
+
+    // Each rerun with SSH from the page is in the audit log, by the person who asked.
+    let audit = s.c.cli(&["audit", "--json"]);
+    let by = |who: &str| {
+        audit
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|e| e["action"] == "rerun-ssh" && e["actor"] == format!("person:{who}"))
+            .count()
+    };
+    assert!(by("owner") >= 2 && by("other") >= 1, "{audit}");
 }
 
 /// A person's keys read from their Bitbucket account (with their own token, through the

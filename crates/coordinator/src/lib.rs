@@ -10,9 +10,11 @@
 
 pub mod api;
 pub mod api_v2;
+pub mod audit;
 pub mod bitbucket;
 pub mod blobs;
 mod cli_api;
+mod cli_audit;
 mod cli_badges;
 mod cli_contexts;
 mod cli_follow;
@@ -141,8 +143,8 @@ pub enum Command {
     /// one (kept as a digest), `revoke NAME` revokes every token of NAME.
     #[command(subcommand)]
     Operator(cli_pipelines::OperatorCommand),
-    /// Read-only API v2 tokens for one project (docs/api-v2.md): `new --project SLUG NAME`
-    /// prints one, `revoke NAME` revokes them.
+    /// API v2 tokens for one project (docs/api-v2.md): `new --project SLUG [--scope
+    /// read|trigger] NAME` prints one, `revoke NAME` revokes them.
     #[command(subcommand)]
     ApiToken(cli_api::ApiTokenCommand),
     /// Contexts: named sets of secret variables a workflow job's `context:` gives it, and
@@ -160,6 +162,10 @@ pub enum Command {
     /// revoke NAME admin` (docs/people.md).
     #[command(subcommand)]
     Person(cli_people::PersonCommand),
+    /// The audit log, newest first: who logged in or out, triggered, reran, approved,
+    /// canceled, changed settings, made or revoked a token, granted or revoked admin
+    /// (`--json`: JSON lines; docs/people.md).
+    Audit(cli_audit::AuditArgs),
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -448,7 +454,17 @@ pub fn run(cmd: Command) -> u8 {
     }
 }
 
+/// Run the command, then record what it did in the audit log (`cli_audit::event_of`).
 fn run_inner(cmd: Command) -> Result<()> {
+    let audited = cli_audit::event_of(&cmd);
+    run_command(cmd)?;
+    if let Some((data, e)) = audited {
+        audit::record(&*data.open()?, e)?;
+    }
+    Ok(())
+}
+
+fn run_command(cmd: Command) -> Result<()> {
     let mut out = std::io::stdout().lock();
     let print = |out: &mut std::io::StdoutLock<'_>, s: String| {
         // Names and labels come from agents: never let them drive the operator's terminal.
@@ -669,6 +685,7 @@ fn run_inner(cmd: Command) -> Result<()> {
             cli_notify::webhook(c, &mut |s| print(&mut out, s))
         }
         Command::Person(c) => cli_people::person(c, &mut |s| print(&mut out, s)),
+        Command::Audit(a) => cli_audit::audit(a, &mut |s| print(&mut out, s)),
         Command::Project(ProjectCommand::BadgeToken(a)) => {
             cli_badges::badge_token(a, &mut |s| print(&mut out, s))
         }

@@ -7,7 +7,10 @@
 //! * `bosun_coordinator_log_bytes_total` — log bytes appended (new bytes, not resends);
 //! * `bosun_coordinator_agents_online` — agents not revoked that called within two leases.
 //!
-//! The gauges are read from the store at each scrape.
+//! The gauges are read from the store at each scrape. They are counts only: no project,
+//! job or agent is named. `/metrics` needs an operator token (`Authorization: Bearer`) or a
+//! coordinator admin's session, unless the server runs with `--metrics-public` (a scraper
+//! that sends no token); `/healthz` and `/readyz` answer anyone.
 
 use super::store::LogStore;
 use super::AppState;
@@ -28,6 +31,8 @@ pub struct CoordMetrics {
     log_bytes: Counter,
     /// The store's appended-bytes count at the last scrape.
     log_bytes_seen: std::sync::atomic::AtomicU64,
+    /// `--metrics-public`: anyone may scrape.
+    pub public: bool,
 }
 
 impl Default for CoordMetrics {
@@ -41,6 +46,7 @@ impl Default for CoordMetrics {
             log_bytes: Counter::default(),
             log_bytes_seen: Default::default(),
             registry: Registry::default(),
+            public: false,
         };
         registry.register("queue_depth", "Jobs queued", m.queue_depth.clone());
         registry.register("jobs_running", "Jobs leased to agents", m.running.clone());
@@ -60,6 +66,14 @@ impl Default for CoordMetrics {
 }
 
 impl CoordMetrics {
+    /// The metrics, scraped by anyone when `public` (`--metrics-public`).
+    pub fn new(public: bool) -> CoordMetrics {
+        CoordMetrics {
+            public,
+            ..CoordMetrics::default()
+        }
+    }
+
     fn render(&self, queued: i64, running: i64, online: i64, appended: u64) -> String {
         let seen = self
             .log_bytes_seen
@@ -88,7 +102,41 @@ fn error(status: StatusCode, msg: String) -> Response {
     (status, axum::Json(bosun_protocol::ApiError { error: msg })).into_response()
 }
 
-async fn metrics(axum::extract::State(state): axum::extract::State<Arc<AppState>>) -> Response {
+/// Who may scrape: anyone with `--metrics-public`; else an operator token or a coordinator
+/// admin's session. `Err`: the refusal to answer.
+async fn may_scrape(state: &AppState, headers: &axum::http::HeaderMap) -> Result<(), Response> {
+    use crate::people::{self, Asking};
+    if state.metrics.public {
+        return Ok(());
+    }
+    match people::asking(state, headers).await {
+        Ok(Some(Asking::Operator(_))) => Ok(()),
+        Ok(Some(Asking::Person(v))) if v.person.admin => Ok(()),
+        Ok(Some(Asking::Person(_))) => Err(error(
+            StatusCode::FORBIDDEN,
+            "metrics are for coordinator admins and operator tokens".into(),
+        )),
+        Ok(Some(Asking::Anonymous)) => Err(error(
+            StatusCode::UNAUTHORIZED,
+            "metrics need an operator token (Authorization: Bearer; `bosun coordinator \
+             operator new NAME`), or serve --metrics-public"
+                .into(),
+        )),
+        Ok(None) => Err(error(
+            StatusCode::UNAUTHORIZED,
+            "operator token unknown or revoked".into(),
+        )),
+        Err(e) => Err(error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
+    }
+}
+
+async fn metrics(
+    axum::extract::State(state): axum::extract::State<Arc<AppState>>,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    if let Err(r) = may_scrape(&state, &headers).await {
+        return r;
+    }
     let online_since = super::store::now_ms() - 2 * state.lease.as_millis() as i64;
     match state.db(move |s| s.counts(online_since)).await {
         Ok((queued, running, online)) => (

@@ -237,7 +237,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         store: store.clone(),
         changed,
         jobs: JobWatch::default(),
-        metrics: metrics::CoordMetrics::default(),
+        metrics: metrics::CoordMetrics::new(args.metrics_public),
         registration_token_file_digests: tokens,
         lease: Duration::from_secs(args.lease_secs.max(1)),
         shutdown: tokio_util::sync::CancellationToken::new(),

@@ -150,4 +150,9 @@ pub struct ServeArgs {
     /// whatever their age. A permission taken away on Bitbucket applies within this.
     #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_ttl)]
     pub permissions_refresh: Duration,
+    /// Serve `/metrics` to anyone who reaches it (a scraper without a token). Without it,
+    /// `/metrics` needs an operator token (`Authorization: Bearer`) or a coordinator
+    /// admin's session. The metrics are counts only, naming no project.
+    #[arg(long)]
+    pub metrics_public: bool,
 }

@@ -40,6 +40,10 @@ pub enum Guard {
     Project,
     /// A list: it shows only the projects the asker may read ([`people::Readable`]).
     List,
+    /// A person's own things (their API tokens): a logged-in person.
+    Person,
+    /// The coordinator's own records (the audit log): a coordinator admin, or an operator.
+    Admin,
 }
 
 /// A route as [`route_table`] lists it.
@@ -152,6 +156,14 @@ fn routes() -> Vec<(Route, Handler)> {
             Job,
             post(pages::ssh_keys::rerun),
         ),
+        r("POST", "/me/tokens", Person, post(pages::tokens::make)),
+        r(
+            "POST",
+            "/me/tokens/{id}/revoke",
+            Person,
+            post(pages::tokens::revoke),
+        ),
+        r("GET", "/admin/audit", Admin, get(pages::audit::page)),
     ]
 }
 
@@ -225,6 +237,27 @@ async fn guard(
     };
     let resource = match g.guard {
         Guard::Public | Guard::Badge => return next.run(req).await,
+        Guard::Person | Guard::Admin => {
+            let asking = match people::asking(&g.state, req.headers()).await {
+                Ok(Some(a)) => a,
+                Ok(None) => return refused(None, req.uri()),
+                Err(e) => {
+                    tracing::error!("{e}");
+                    return json_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+                }
+            };
+            let ok = match (&asking, g.guard) {
+                (people::Asking::Person(_), Guard::Person) => true,
+                (people::Asking::Person(v), _) => v.person.admin,
+                (people::Asking::Operator(_), Guard::Admin) => true,
+                _ => false,
+            };
+            return if ok {
+                next.run(req).await
+            } else {
+                refused(Some(&asking), req.uri())
+            };
+        }
         Guard::List => None,
         // An id that is not one is the handler's 404: nothing to read there.
         Guard::Job => match param("id").and_then(|r| super::store::parse_job_id(&r)) {
@@ -416,6 +449,39 @@ struct Follow {
     /// and how many records of the job's times were read.
     times: super::store::LogTimes,
     times_read: usize,
+    /// The request's headers (its session cookie or bearer token), to ask again whether its
+    /// sender may still read the job ([`still_readable`]), and when that was last asked.
+    headers: HeaderMap,
+    checked: tokio::time::Instant,
+}
+
+/// How often an open stream asks again whether its reader may still read the job: a
+/// quarter of `--permissions-refresh`, between 1 s and 30 s. A permission taken away on
+/// Bitbucket (read again when older than `--permissions-refresh`), a logout, a revoked
+/// operator token or a project made private closes the stream within that.
+fn recheck_every(state: &AppState) -> Duration {
+    (state.people.settings.permissions_refresh / 4)
+        .clamp(Duration::from_secs(1), Duration::from_secs(30))
+}
+
+/// Whether the sender of `headers` may still read job `id` (as the guard decided when the
+/// stream opened).
+async fn still_readable(state: &AppState, headers: &HeaderMap, id: i64) -> bool {
+    use crate::model::people::Action;
+    let asking = match people::asking(state, headers).await {
+        Ok(Some(a)) => a,
+        _ => return false,
+    };
+    matches!(
+        people::may_on(
+            state,
+            &asking,
+            super::store::Resource::Job(id),
+            Action::Read
+        )
+        .await,
+        Ok(Some(true))
+    )
 }
 
 /// A follower sends at most one batch per this: appends in between coalesce into it, so a
@@ -449,6 +515,16 @@ async fn next_batch(mut f: Follow) -> Option<(Vec<Event>, Follow)> {
                 _ = tokio::time::sleep_until(t + FOLLOW_INTERVAL) => {}
                 _ = f.state.shutdown.cancelled() => return None,
             }
+        }
+        if f.checked.elapsed() >= recheck_every(&f.state) {
+            if !still_readable(&f.state, &f.headers, f.id).await {
+                tracing::info!(
+                    job = f.id,
+                    "live stream closed: its reader may no longer read it"
+                );
+                return None;
+            }
+            f.checked = tokio::time::Instant::now();
         }
         let progress = *f.changed.borrow_and_update();
         let (id, offset, seq, status) = (f.id, f.offset, f.seq, f.status);
@@ -655,6 +731,8 @@ async fn job_stream(
         live,
         times: Default::default(),
         times_read: 0,
+        headers,
+        checked: tokio::time::Instant::now(),
     };
     let s: std::pin::Pin<Box<dyn Stream<Item = Result<Event, Infallible>> + Send>> = Box::pin(
         stream::unfold(follow, next_batch)

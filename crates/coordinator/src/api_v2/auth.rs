@@ -1,8 +1,14 @@
 //! Who calls the API: the token in the `Circle-Token` header, or as the user name of HTTP
 //! Basic (clients send either; `pycircleci` sends both). An operator token may do everything;
-//! a project token only reads its own project.
+//! a project token reads its own project (`read`) or triggers its pipelines (`trigger`); a
+//! personal token does what its person may ([`allows`]; the rules are `model::tokens`).
 
 use super::V2Error;
+use crate::audit::Actor;
+use crate::model::people::Action;
+use crate::model::tokens::{project_token_allows, ProjectScope};
+use crate::store::api_v2::ProjectToken;
+use crate::store::{Person, Resource};
 use crate::AppState;
 use axum::http::{header, HeaderMap};
 use base64::Engine;
@@ -12,33 +18,107 @@ use base64::Engine;
 pub enum Caller {
     /// `bosun coordinator operator new NAME`: every project, reads and actions.
     Operator(String),
-    /// `bosun coordinator api-token new --project SLUG NAME`: reads of that project only.
-    Project { slug: String, name: String },
+    /// `bosun coordinator api-token new --project SLUG [--scope read|trigger] NAME`.
+    Project(ProjectToken),
+    /// A person's token, made on their page: what the person may do.
+    Person(Person),
+}
+
+/// What a caller may do with a project, as a handler answers it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Allowed {
+    Yes,
+    /// It may not even read the project: not found, as for an unknown one (CircleCI's).
+    Hidden,
+    /// It sees the project but may not do this: 403 with the reason.
+    Refused(String),
 }
 
 impl Caller {
-    /// The name recorded for what it does (an approval's `approved_by`).
-    pub fn name(&self) -> &str {
+    /// The name recorded for what it does (an approval's `approved_by`, a trigger's actor).
+    pub fn name(&self) -> String {
         match self {
-            Caller::Operator(n) | Caller::Project { name: n, .. } => n,
+            Caller::Operator(n) => n.clone(),
+            Caller::Project(t) => format!("project-token:{}", t.name),
+            Caller::Person(p) => p.nickname.clone(),
         }
     }
 
-    /// May it read project `slug` (its current slug)?
-    pub fn reads(&self, slug: &str) -> bool {
+    /// Who it is in the audit log.
+    pub fn actor(&self) -> Actor {
         match self {
-            Caller::Operator(_) => true,
-            Caller::Project { slug: s, .. } => s == slug,
+            Caller::Operator(n) => Actor::Operator(n.clone()),
+            Caller::Project(t) => Actor::ProjectToken(t.name.clone()),
+            Caller::Person(p) => Actor::Person(p.nickname.clone()),
         }
     }
 
-    /// An action (trigger, approve, cancel, rerun): operators only.
+    /// What only operators do here (contexts): the operator's name, or 403.
     pub fn operator(&self) -> Result<&str, V2Error> {
         match self {
             Caller::Operator(n) => Ok(n),
-            Caller::Project { .. } => Err(V2Error::forbidden(
-                "Permission denied: a project token is read-only; use an operator token",
+            Caller::Project(_) => Err(V2Error::forbidden(
+                "Permission denied: a project token may not do this; use an operator token",
             )),
+            Caller::Person(_) => Err(V2Error::forbidden(
+                "Permission denied: contexts are managed with an operator token",
+            )),
+        }
+    }
+}
+
+/// What a project token may not do, said as its scope puts it.
+fn scope_refusal(scope: ProjectScope, action: Action) -> String {
+    match scope {
+        ProjectScope::Read => format!(
+            "Permission denied: a project token is read-only (it may not {}); use an operator \
+             or personal token",
+            action.as_str()
+        ),
+        ProjectScope::Trigger => format!(
+            "Permission denied: a trigger-only project token may not {}",
+            action.as_str()
+        ),
+    }
+}
+
+/// May `who` do `action` with the project whose current slug is `slug`?
+pub async fn allows(
+    state: &AppState,
+    who: &Caller,
+    slug: &str,
+    action: Action,
+) -> Result<Allowed, V2Error> {
+    match who {
+        Caller::Operator(_) => Ok(Allowed::Yes),
+        Caller::Project(t) if t.slug != slug => Ok(Allowed::Hidden),
+        Caller::Project(t) => Ok(if project_token_allows(t.scope, action) {
+            Allowed::Yes
+        } else {
+            Allowed::Refused(scope_refusal(t.scope, action))
+        }),
+        Caller::Person(p) => {
+            let of = || Resource::Project(slug.to_owned());
+            let reads = crate::people::tokens::may(state, p, of(), Action::Read).await?;
+            if reads != Some(true) {
+                return Ok(Allowed::Hidden);
+            }
+            if action == Action::Read {
+                return Ok(Allowed::Yes);
+            }
+            Ok(
+                match crate::people::tokens::may(state, p, of(), action).await? {
+                    Some(true) => Allowed::Yes,
+                    Some(false) => Allowed::Refused(format!(
+                        "Permission denied: {} may not {} on {slug}: that needs {} permission \
+                         on its repository",
+                        p.nickname,
+                        action.as_str(),
+                        action.needs()
+                    )),
+                    None => Allowed::Hidden,
+                },
+            )
         }
     }
 }
@@ -73,15 +153,18 @@ pub async fn caller(state: &AppState, headers: &HeaderMap) -> Result<Caller, V2E
     if token.len() > 512 {
         return Err(V2Error::unauthorized());
     }
+    if crate::model::tokens::is_personal(&token) {
+        return crate::people::tokens::person_of(state, &token)
+            .await?
+            .map(Caller::Person)
+            .ok_or_else(V2Error::unauthorized);
+    }
     let found = state
         .db(move |s| {
             if let Some(name) = s.operator(&token)? {
                 return Ok(Some(Caller::Operator(name)));
             }
-            Ok(s.project_token(&token)?.map(|slug| Caller::Project {
-                name: format!("project-token:{slug}"),
-                slug,
-            }))
+            Ok(s.project_token(&token)?.map(Caller::Project))
         })
         .await?;
     found.ok_or_else(V2Error::unauthorized)
@@ -136,15 +219,17 @@ mod tests {
     }
 
     #[test]
-    fn project_tokens_read_their_project_only_and_act_on_nothing() {
-        let p = Caller::Project {
+    fn refusals_name_the_scope() {
+        assert!(scope_refusal(ProjectScope::Read, Action::Trigger).contains("read-only"));
+        assert!(scope_refusal(ProjectScope::Trigger, Action::Read).contains("trigger-only"));
+        let p = Caller::Project(ProjectToken {
             slug: "acme/widget".into(),
             name: "ro".into(),
-        };
-        assert!(p.reads("acme/widget") && !p.reads("acme/other"));
+            scope: ProjectScope::Read,
+        });
         assert!(p.operator().is_err());
+        assert_eq!(p.actor(), Actor::ProjectToken("ro".into()));
         let o = Caller::Operator("ann".into());
-        assert!(o.reads("acme/other"));
         assert_eq!(o.operator().ok(), Some("ann"));
     }
 }

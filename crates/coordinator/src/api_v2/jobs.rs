@@ -3,6 +3,8 @@
 
 use super::auth::caller;
 use super::{db, project, shapes, V2Error, V2Result};
+use crate::audit::{self, AuditAction, Event};
+use crate::model::people::Action;
 use crate::store::api_v2::ApiProject;
 use crate::store::JobRow;
 use crate::AppState;
@@ -20,15 +22,16 @@ async fn job(
     path: &(String, String, String, String),
 ) -> Result<(ApiProject, JobRow), V2Error> {
     let who = caller(state, headers).await?;
-    job_for(state, &who, path).await
+    job_for(state, &who, path, Action::Read).await
 }
 
 async fn job_for(
     state: &AppState,
     who: &super::auth::Caller,
     (vcs, org, repo, number): &(String, String, String, String),
+    action: Action,
 ) -> Result<(ApiProject, JobRow), V2Error> {
-    let p = project(state, who, vcs, org, repo).await?;
+    let p = project(state, who, vcs, org, repo, action).await?;
     let n: i64 = number
         .parse()
         .ok()
@@ -137,10 +140,20 @@ pub async fn cancel(
     headers: HeaderMap,
 ) -> V2Result {
     let who = caller(&state, &headers).await?;
-    let (_, j) = job_for(&state, &who, &path).await?;
-    who.operator()?;
+    let (p, j) = job_for(&state, &who, &path, Action::Cancel).await?;
     let id = j.id;
-    db(&state, move |s| s.cancel(id)).await?;
+    let actor = who.actor();
+    db(&state, move |s| {
+        s.cancel(id)?;
+        audit::record(
+            s,
+            Event::new(actor, AuditAction::Cancel)
+                .project(p.slug)
+                .target(format!("job {id}"))
+                .detail("API v2"),
+        )
+    })
+    .await?;
     super::changed(&state);
     state.jobs.bump(id);
     Ok((

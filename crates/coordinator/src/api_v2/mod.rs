@@ -16,11 +16,12 @@ mod pipelines;
 pub mod shapes;
 mod workflows;
 
+use crate::model::people::Action;
 use crate::store::api_v2::ApiProject;
 use crate::store::pipelines::PipelineRow;
 use crate::store::Backend;
 use crate::{AppState, CoordError};
-use auth::Caller;
+use auth::{Allowed, Caller};
 use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -190,14 +191,32 @@ async fn message_errors(resp: Response) -> Response {
     out
 }
 
-/// The project a path names (`{vcs}/{org}/{repo}`), if the caller may read it; otherwise
-/// CircleCI's 404 (a project the caller may not read is not found, as for CircleCI).
+/// `Ok` when the caller may do `action` on project `slug`; a project it may not read is
+/// CircleCI's 404 for `what`, one it reads but may not act on a 403.
+pub(crate) async fn check(
+    state: &AppState,
+    who: &Caller,
+    slug: &str,
+    action: Action,
+    what: &str,
+) -> Result<(), V2Error> {
+    match auth::allows(state, who, slug, action).await? {
+        Allowed::Yes => Ok(()),
+        Allowed::Hidden => Err(V2Error::not_found(what)),
+        Allowed::Refused(m) => Err(V2Error::forbidden(&m)),
+    }
+}
+
+/// The project a path names (`{vcs}/{org}/{repo}`), if the caller may do `action` on it;
+/// otherwise CircleCI's 404 (a project the caller may not read is not found, as for
+/// CircleCI) or a 403.
 pub(crate) async fn project(
     state: &AppState,
     who: &Caller,
     vcs: &str,
     org: &str,
     repo: &str,
+    action: Action,
 ) -> Result<ApiProject, V2Error> {
     if !(shapes::is_bitbucket(vcs) && shapes::valid_slug_part(org) && shapes::valid_slug_part(repo))
     {
@@ -206,31 +225,40 @@ pub(crate) async fn project(
     let slug = format!("{org}/{repo}");
     let found = state.db(move |s| s.api_project(&slug)).await?;
     match found {
-        Some(p) if who.reads(&p.slug) => Ok(p),
-        _ => Err(V2Error::not_found("Project")),
+        Some(p) => {
+            check(state, who, &p.slug, action, "Project").await?;
+            Ok(p)
+        }
+        None => Err(V2Error::not_found("Project")),
     }
 }
 
-/// Pipeline `id` with what the API shows of it, if the caller may read its project.
+/// Pipeline `id` with what the API shows of it, if the caller may do `action` on its
+/// project.
 pub(crate) async fn pipeline_by_id(
     state: &AppState,
     who: &Caller,
     id: i64,
+    action: Action,
 ) -> Result<(PipelineRow, crate::store::api_v2::PipelineDetails), V2Error> {
     let found = state
         .db(move |s| Ok(s.pipeline(id)?.zip(s.pipeline_details(id)?)))
         .await?;
     match found {
-        Some((p, d)) if who.reads(&p.project) => Ok((p, d)),
-        _ => Err(V2Error::not_found("Pipeline")),
+        Some((p, d)) => {
+            check(state, who, &p.project, action, "Pipeline").await?;
+            Ok((p, d))
+        }
+        None => Err(V2Error::not_found("Pipeline")),
     }
 }
 
-/// The pipeline of workflow `uuid`, if the caller may read it.
+/// The pipeline of workflow `uuid`, if the caller may do `action` on it.
 pub(crate) async fn pipeline_of_workflow(
     state: &AppState,
     who: &Caller,
     uuid: &str,
+    action: Action,
 ) -> Result<(PipelineRow, crate::store::api_v2::PipelineDetails), V2Error> {
     if !is_uuid(uuid) {
         return Err(V2Error::not_found("Workflow"));
@@ -238,9 +266,13 @@ pub(crate) async fn pipeline_of_workflow(
     let u = uuid.to_ascii_lowercase();
     let id = state.db(move |s| s.workflow_pipeline(&u)).await?;
     match id {
-        Some(id) => pipeline_by_id(state, who, id)
-            .await
-            .map_err(|_| V2Error::not_found("Workflow")),
+        Some(id) => pipeline_by_id(state, who, id, action).await.map_err(|e| {
+            if e.0 == StatusCode::NOT_FOUND {
+                V2Error::not_found("Workflow")
+            } else {
+                e
+            }
+        }),
         None => Err(V2Error::not_found("Workflow")),
     }
 }

@@ -2,6 +2,8 @@
 
 use super::auth::{caller, Caller};
 use super::{db, pipeline_by_id, project, shapes, V2Error, V2Result};
+use crate::audit::{self, AuditAction, Event};
+use crate::model::people::Action;
 use crate::store::pipelines::NewPipeline;
 use crate::AppState;
 use axum::body::Bytes;
@@ -19,11 +21,28 @@ pub const PAGE: u32 = 20;
 
 pub async fn me(State(state): State<Arc<AppState>>, headers: HeaderMap) -> V2Result {
     let who = caller(&state, &headers).await?;
-    let login = who.name().to_owned();
+    let login = match &who {
+        // A project token is known by its project.
+        Caller::Project(t) => format!("project-token:{}", t.slug),
+        _ => who.name(),
+    };
+    let (id, name) = match &who {
+        // A person: their Bitbucket account's UUID (without its braces) and display name.
+        Caller::Person(p) => {
+            let bare = p.uuid.trim_matches(|c| c == '{' || c == '}').to_owned();
+            let id = if super::is_uuid(&bare) {
+                bare
+            } else {
+                shapes::operator_uuid(&format!("person:{}", p.uuid))
+            };
+            (id, p.display_name.clone())
+        }
+        _ => (shapes::operator_uuid(&login), login.clone()),
+    };
     Ok(Json(json!({
-        "id": shapes::operator_uuid(&login),
+        "id": id,
         "login": login,
-        "name": login,
+        "name": name,
     }))
     .into_response())
 }
@@ -59,7 +78,7 @@ pub async fn list(
     headers: HeaderMap,
 ) -> V2Result {
     let who = caller(&state, &headers).await?;
-    let p = project(&state, &who, &vcs, &org, &repo).await?;
+    let p = project(&state, &who, &vcs, &org, &repo, Action::Read).await?;
     let before = q.page_token.as_deref().map(read_page_token).transpose()?;
     let branch = q.branch.filter(|b| !b.is_empty());
     let slug = p.slug.clone();
@@ -90,7 +109,7 @@ pub async fn by_number(
     headers: HeaderMap,
 ) -> V2Result {
     let who = caller(&state, &headers).await?;
-    let p = project(&state, &who, &vcs, &org, &repo).await?;
+    let p = project(&state, &who, &vcs, &org, &repo, Action::Read).await?;
     let n: i64 = number
         .parse()
         .ok()
@@ -98,7 +117,7 @@ pub async fn by_number(
         .ok_or_else(|| V2Error::not_found("Pipeline"))?;
     let reference = format!("{}#{n}", p.slug);
     let id = db(&state, move |s| s.pipeline_id(&reference)).await?;
-    let (p, d) = pipeline_by_id(&state, &who, id).await?;
+    let (p, d) = pipeline_by_id(&state, &who, id, Action::Read).await?;
     Ok(Json(shapes::pipeline(&p, &d)).into_response())
 }
 
@@ -120,7 +139,7 @@ async fn by_uuid(
     let id = db(state, move |s| s.pipeline_by_uuid(&u))
         .await?
         .ok_or_else(|| V2Error::not_found("Pipeline"))?;
-    pipeline_by_id(state, who, id).await
+    pipeline_by_id(state, who, id, Action::Read).await
 }
 
 pub async fn get_one(
@@ -231,8 +250,9 @@ pub async fn trigger(
     body: Bytes,
 ) -> V2Result {
     let who = caller(&state, &headers).await?;
-    let p = project(&state, &who, &vcs, &org, &repo).await?;
-    let by = who.operator()?.to_owned();
+    let p = project(&state, &who, &vcs, &org, &repo, Action::Trigger).await?;
+    let by = who.name();
+    let actor = who.actor();
     let b: TriggerBody = if body.iter().all(u8::is_ascii_whitespace) {
         TriggerBody::default()
     } else {
@@ -265,6 +285,13 @@ pub async fn trigger(
         let row = s
             .pipeline(id)?
             .ok_or_else(|| crate::CoordError::NotFound(format!("pipeline {id} went away")))?;
+        audit::record(
+            s,
+            Event::new(actor, AuditAction::Trigger)
+                .project(&row.project)
+                .target(format!("pipeline {id}"))
+                .detail("API v2"),
+        )?;
         Ok((id, row.uuid, number, row.created))
     })
     .await?;

@@ -7,7 +7,9 @@
 
 use super::auth::caller;
 use super::{db, pipeline_of_workflow, shapes, V2Error, V2Result};
+use crate::audit::{self, AuditAction, Event};
 use crate::bitbucket::status::statuses;
+use crate::model::people::Action;
 use crate::model::JobKind;
 use crate::AppState;
 use axum::body::Bytes;
@@ -29,7 +31,7 @@ pub async fn get_one(
     headers: HeaderMap,
 ) -> V2Result {
     let who = caller(&state, &headers).await?;
-    let (p, d) = pipeline_of_workflow(&state, &who, &raw).await?;
+    let (p, d) = pipeline_of_workflow(&state, &who, &raw, Action::Read).await?;
     let w = p
         .workflows
         .iter()
@@ -44,7 +46,7 @@ pub async fn jobs(
     headers: HeaderMap,
 ) -> V2Result {
     let who = caller(&state, &headers).await?;
-    let (p, _) = pipeline_of_workflow(&state, &who, &raw).await?;
+    let (p, _) = pipeline_of_workflow(&state, &who, &raw, Action::Read).await?;
     let w = p
         .workflows
         .iter()
@@ -78,8 +80,9 @@ pub async fn approve(
     headers: HeaderMap,
 ) -> V2Result {
     let who = caller(&state, &headers).await?;
-    let (p, _) = pipeline_of_workflow(&state, &who, &raw).await?;
-    let by = who.operator()?.to_owned();
+    let (p, _) = pipeline_of_workflow(&state, &who, &raw, Action::Approve).await?;
+    let by = who.name();
+    let actor = who.actor();
     let w = p
         .workflows
         .iter()
@@ -93,8 +96,18 @@ pub async fn approve(
         .ok_or_else(|| V2Error::not_found("Approval request"))?
         .name
         .clone();
-    let (id, url) = (p.id, state.public_url.clone());
-    db(&state, move |s| s.approve(id, &job, &by, &statuses(&url))).await?;
+    let (id, url, slug) = (p.id, state.public_url.clone(), p.project.clone());
+    db(&state, move |s| {
+        s.approve(id, &job, &by, &statuses(&url))?;
+        audit::record(
+            s,
+            Event::new(actor, AuditAction::Approve)
+                .project(slug)
+                .target(format!("pipeline {id} job {job}"))
+                .detail("API v2"),
+        )
+    })
+    .await?;
     super::changed(&state);
     Ok(accepted())
 }
@@ -105,10 +118,24 @@ pub async fn cancel(
     headers: HeaderMap,
 ) -> V2Result {
     let who = caller(&state, &headers).await?;
-    let (p, _) = pipeline_of_workflow(&state, &who, &raw).await?;
-    who.operator()?;
-    let (id, url) = (p.id, state.public_url.clone());
-    db(&state, move |s| s.cancel_pipeline(id, &statuses(&url))).await?;
+    let (p, _) = pipeline_of_workflow(&state, &who, &raw, Action::Cancel).await?;
+    let (id, url, slug, actor) = (
+        p.id,
+        state.public_url.clone(),
+        p.project.clone(),
+        who.actor(),
+    );
+    db(&state, move |s| {
+        s.cancel_pipeline(id, &statuses(&url))?;
+        audit::record(
+            s,
+            Event::new(actor, AuditAction::Cancel)
+                .project(slug)
+                .target(format!("pipeline {id}"))
+                .detail("API v2"),
+        )
+    })
+    .await?;
     super::changed(&state);
     Ok(accepted())
 }
@@ -133,8 +160,7 @@ pub async fn rerun(
     body: Bytes,
 ) -> V2Result {
     let who = caller(&state, &headers).await?;
-    let (p, _) = pipeline_of_workflow(&state, &who, &raw).await?;
-    who.operator()?;
+    let (p, _) = pipeline_of_workflow(&state, &who, &raw, Action::Rerun).await?;
     let b: RerunBody = if body.iter().all(u8::is_ascii_whitespace) {
         RerunBody::default()
     } else {
@@ -147,8 +173,23 @@ pub async fn rerun(
              (`bosun coordinator rerun JOB --ssh` reruns one job with SSH)",
         ));
     }
-    let (id, url) = (p.id, state.public_url.clone());
-    db(&state, move |s| s.rerun_failed(id, &statuses(&url))).await?;
+    let (id, url, slug, actor) = (
+        p.id,
+        state.public_url.clone(),
+        p.project.clone(),
+        who.actor(),
+    );
+    db(&state, move |s| {
+        s.rerun_failed(id, &statuses(&url))?;
+        audit::record(
+            s,
+            Event::new(actor, AuditAction::Rerun)
+                .project(slug)
+                .target(format!("pipeline {id}"))
+                .detail("API v2, from failed"),
+        )
+    })
+    .await?;
     super::changed(&state);
     Ok((
         StatusCode::ACCEPTED,

@@ -4,6 +4,7 @@
 //! can name these types without reaching up into the Bitbucket or pipeline code.
 
 pub mod advance;
+pub mod audit;
 pub mod badge;
 pub mod contexts;
 pub mod expression;
@@ -11,6 +12,7 @@ pub mod notify;
 pub mod people;
 pub mod schedule;
 pub mod ssh_policy;
+pub mod tokens;
 
 use std::fmt;
 use std::str::FromStr;

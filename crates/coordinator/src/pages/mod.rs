@@ -10,6 +10,7 @@
 //! [`ansi`], which escapes it and turns colours into classes.
 
 pub mod ansi;
+pub mod audit;
 pub mod badge;
 pub mod live;
 mod log;
@@ -18,6 +19,7 @@ pub mod pipelines;
 pub mod results;
 pub mod ssh;
 pub mod ssh_keys;
+pub mod tokens;
 
 pub use log::{log_fragment, raw_log};
 

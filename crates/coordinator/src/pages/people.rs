@@ -209,6 +209,7 @@ pub async fn me(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Respo
         Ok(keys) => m.push_str(&super::ssh_keys::section(&keys, &v.csrf)),
         Err(e) => return internal(e),
     }
+    m.push_str(&super::tokens::section_for(&state, &v).await);
     let mut resp = shell("You · bosun", " data-page=\"me\"", &m).into_response();
     resp.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));

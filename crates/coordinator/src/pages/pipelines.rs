@@ -8,6 +8,7 @@
 //! (`web::Guard`). `GET /pipelines` lists them.
 
 use super::{esc, shell};
+use crate::audit::{Actor, AuditAction, Event};
 use crate::bitbucket::status::statuses;
 use crate::model::people::Action;
 use crate::model::JobKind;
@@ -329,7 +330,7 @@ async fn operator(
     headers: &HeaderMap,
     id: i64,
     action: crate::model::people::Action,
-) -> Result<String, Response> {
+) -> Result<Actor, Response> {
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -341,7 +342,7 @@ async fn operator(
         return person(state, headers, id, action).await;
     }
     match state.db(move |s| s.operator(&token)).await {
-        Ok(Some(name)) => Ok(name),
+        Ok(Some(name)) => Ok(Actor::Operator(name)),
         Ok(None) => Err(json_error(
             StatusCode::UNAUTHORIZED,
             "operator token unknown or revoked",
@@ -356,7 +357,7 @@ async fn person(
     headers: &HeaderMap,
     id: i64,
     action: crate::model::people::Action,
-) -> Result<String, Response> {
+) -> Result<Actor, Response> {
     use crate::people;
     let viewer = match people::viewer(state, headers).await {
         Ok(Some(v)) => v,
@@ -387,7 +388,7 @@ async fn person(
         return Err(json_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()));
     }
     match people::may(state, &viewer, &project, action).await {
-        Ok(true) => Ok(viewer.person.nickname),
+        Ok(true) => Ok(Actor::Person(viewer.person.nickname)),
         Ok(false) => Err(json_error(
             StatusCode::FORBIDDEN,
             format!(
@@ -425,10 +426,15 @@ pub(crate) async fn approve(
     };
     let url = state.public_url.clone();
     let job = b.job.clone();
+    let by = who.name().to_owned();
     done(
         &state,
         state
-            .db(move |s| s.approve(id, &job, &who, &statuses(&url)))
+            .db(move |s| {
+                let wf = s.approve(id, &job, &by, &statuses(&url))?;
+                audited(s, who, AuditAction::Approve, id, &format!(" job {job}"))?;
+                Ok(wf)
+            })
             .await
             .map(|wf| format!("approved {} in {wf}", b.job)),
     )
@@ -442,14 +448,18 @@ pub(crate) async fn cancel(
     let Some((id, false)) = parse_id(&raw) else {
         return json_error(StatusCode::NOT_FOUND, format!("no pipeline {raw}"));
     };
-    if let Err(r) = operator(&state, &headers, id, Action::Cancel).await {
-        return r;
-    }
+    let who = match operator(&state, &headers, id, Action::Cancel).await {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
     let url = state.public_url.clone();
     done(
         &state,
         state
-            .db(move |s| s.cancel_pipeline(id, &statuses(&url)))
+            .db(move |s| {
+                s.cancel_pipeline(id, &statuses(&url))?;
+                audited(s, who, AuditAction::Cancel, id, "")
+            })
             .await
             .map(|()| "cancel requested".to_owned()),
     )
@@ -463,17 +473,38 @@ pub(crate) async fn rerun(
     let Some((id, false)) = parse_id(&raw) else {
         return json_error(StatusCode::NOT_FOUND, format!("no pipeline {raw}"));
     };
-    if let Err(r) = operator(&state, &headers, id, Action::Rerun).await {
-        return r;
-    }
+    let who = match operator(&state, &headers, id, Action::Rerun).await {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
     let url = state.public_url.clone();
     done(
         &state,
         state
-            .db(move |s| s.rerun_failed(id, &statuses(&url)))
+            .db(move |s| {
+                let n = s.rerun_failed(id, &statuses(&url))?;
+                audited(s, who, AuditAction::Rerun, id, "")?;
+                Ok(n)
+            })
             .await
             .map(|n| format!("{n} job(s) run again")),
     )
+}
+
+/// The audit row of an action on pipeline `id` from the page.
+fn audited(
+    s: &dyn crate::store::Backend,
+    who: Actor,
+    action: AuditAction,
+    id: i64,
+    more: &str,
+) -> crate::Result<()> {
+    let project = s.pipeline(id)?.map(|p| p.project);
+    let mut e = Event::new(who, action)
+        .target(format!("pipeline {id}{more}"))
+        .detail("from the pipeline page");
+    e.project = project;
+    crate::audit::record(s, e)
 }
 
 fn done(state: &Arc<AppState>, r: crate::Result<String>) -> Response {

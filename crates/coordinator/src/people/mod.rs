@@ -18,6 +18,7 @@
 
 pub mod oauth;
 pub mod ssh;
+pub mod tokens;
 
 use crate::error::CoordError;
 use crate::model::people::{self as rules, Action, Asker, Role};
@@ -253,6 +254,14 @@ pub async fn finish_login(
             s.store_permissions(p.id, &permissions, crate::store::now_ms())?;
             s.set_refresh_token(p.id, refresh.as_deref().map(String::as_str))?;
             s.open_session(&digest, p.id, expires, earlier.as_deref())?;
+            crate::audit::record(
+                s,
+                crate::audit::Event::new(
+                    crate::audit::Actor::Person(p.nickname.clone()),
+                    crate::audit::AuditAction::Login,
+                )
+                .detail("with Bitbucket"),
+            )?;
             Ok(p)
         })
         .await?;
@@ -298,7 +307,16 @@ pub fn csrf_header(headers: &HeaderMap) -> Option<&str> {
 /// End the viewer's session.
 pub async fn logout(state: &AppState, viewer: &Viewer) -> crate::Result<()> {
     let d = viewer.session_digest.clone();
-    state.db(move |s: &dyn Backend| s.close_session(&d)).await?;
+    let actor = crate::audit::Actor::Person(viewer.person.nickname.clone());
+    state
+        .db(move |s: &dyn Backend| {
+            s.close_session(&d)?;
+            crate::audit::record(
+                s,
+                crate::audit::Event::new(actor, crate::audit::AuditAction::Logout),
+            )
+        })
+        .await?;
     tracing::info!(person = %crate::printable(&viewer.person.nickname), "logged out");
     Ok(())
 }

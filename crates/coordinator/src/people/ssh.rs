@@ -4,6 +4,7 @@
 //! `model::ssh_policy::decide` says.
 
 use super::{refresh_permissions, Viewer};
+use crate::audit::{Actor, AuditAction, Event};
 use crate::error::CoordError;
 use crate::model::people::Action;
 use crate::model::ssh_policy::{self as policy, SshAsker, UserKey};
@@ -107,7 +108,18 @@ pub async fn rerun_with_ssh(
     let lines: Vec<String> = keys.into_iter().map(|k: PersonKey| k.key).collect();
     let by = person.nickname.clone();
     let job = state
-        .db(move |s: &dyn Backend| s.rerun_with_ssh(id, &lines, &by, user_key))
+        .db(move |s: &dyn Backend| {
+            let job = s.rerun_with_ssh(id, &lines, &by, user_key)?;
+            let mut e = Event::new(Actor::Person(by), AuditAction::RerunWithSsh)
+                .target(format!("job {id}"))
+                .detail(format!(
+                    "from the job page: job {job}, user key {}",
+                    user_key.as_str()
+                ));
+            e.project = s.job(id)?.map(|j| j.project);
+            crate::audit::record(s, e)?;
+            Ok(job)
+        })
         .await?;
     state.bump();
     tracing::info!(

@@ -1,20 +1,29 @@
 //! What CircleCI's API v2 (`crate::api_v2`) asks of the store beside the pipeline, queue and
-//! blob traits, in types that say nothing of the database: project tokens (read-only, one
-//! project), lookups by the UUIDs the API hands out, pages of a project's pipelines, and the
+//! blob traits, in types that say nothing of the database: project tokens (read-only or
+//! trigger-only, one project), lookups by the UUIDs the API hands out, pages of a project's pipelines, and the
 //! config each pipeline was compiled from. [`Store`] (SQLite) implements it; another
 //! database goes beside it.
 
 use super::api_v2::{
     ApiProject, Continuation, ContinuationTarget, ContinueRefusal, PipelineConfig, PipelineDetails,
+    ProjectToken,
 };
 use super::{Result, Store};
+use crate::model::tokens::ProjectScope;
 
 pub trait ApiStore: Send + Sync {
-    /// A new read-only API token for project `project` (a slug, old or current, or its
-    /// UUID), named `name`: the token, printed once and kept as a digest.
-    fn create_project_token(&self, project: &str, name: &str) -> Result<String>;
-    /// The project (current slug) a project token reads, unless unknown or revoked.
-    fn project_token(&self, token: &str) -> Result<Option<String>>;
+    /// A new API token for project `project` (a slug, old or current, or its UUID), named
+    /// `name`, for `scope` (read-only or trigger-only): the token, printed once and kept as a
+    /// digest.
+    fn create_project_token(
+        &self,
+        project: &str,
+        name: &str,
+        scope: ProjectScope,
+    ) -> Result<String>;
+    /// The project (current slug) of a project token, with its scope and name, unless
+    /// unknown or revoked.
+    fn project_token(&self, token: &str) -> Result<Option<ProjectToken>>;
     /// Revoke every project token named (or with the id) `name`: how many.
     fn revoke_project_tokens(&self, name: &str) -> Result<usize>;
     /// Project `project` (a slug, old or current, or its UUID); `None`: no such project.
@@ -58,10 +67,15 @@ pub trait ApiStore: Send + Sync {
 }
 
 impl ApiStore for Store {
-    fn create_project_token(&self, project: &str, name: &str) -> Result<String> {
-        Store::create_project_token(self, project, name)
+    fn create_project_token(
+        &self,
+        project: &str,
+        name: &str,
+        scope: ProjectScope,
+    ) -> Result<String> {
+        Store::create_project_token(self, project, name, scope)
     }
-    fn project_token(&self, token: &str) -> Result<Option<String>> {
+    fn project_token(&self, token: &str) -> Result<Option<ProjectToken>> {
         Store::project_token(self, token)
     }
     fn revoke_project_tokens(&self, name: &str) -> Result<usize> {

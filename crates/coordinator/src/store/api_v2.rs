@@ -28,6 +28,31 @@ pub struct ApiProject {
     pub clone_url: String,
 }
 
+/// A project token as a request's check needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProjectToken {
+    /// Its project's current slug.
+    pub slug: String,
+    pub name: String,
+    pub scope: crate::model::tokens::ProjectScope,
+}
+
+/// A stored scope word this side does not know gives nothing: read as `None`.
+pub(crate) fn token_of(slug: String, name: String, scope: &str) -> Option<ProjectToken> {
+    Some(ProjectToken {
+        slug,
+        name,
+        scope: scope.parse().ok()?,
+    })
+}
+
+pub(crate) const PROJECT_TOKEN: &str =
+    "SELECT p.slug, t.name, t.scope FROM project_tokens t JOIN projects p ON p.id = t.project_id \
+     WHERE t.token_sha256 = ?1 AND t.revoked = 0";
+pub(crate) const NEW_PROJECT_TOKEN: &str =
+    "INSERT INTO project_tokens(id, project_id, name, token_sha256, created, scope) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
+
 /// A pipeline's config as it was compiled: the source text and the processed one.
 #[derive(Debug, Clone)]
 pub struct PipelineConfig {
@@ -39,31 +64,44 @@ pub struct PipelineConfig {
 }
 
 impl Store {
-    pub(super) fn create_project_token(&self, project: &str, name: &str) -> Result<String> {
+    pub(super) fn create_project_token(
+        &self,
+        project: &str,
+        name: &str,
+        scope: crate::model::tokens::ProjectScope,
+    ) -> Result<String> {
         let token = format!("bosun-prj-{}", random_hex(24)?);
         let id = format!("prj-{}", random_hex(6)?);
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let pid = resolve_project(&tx, project)?;
         tx.execute(
-            "INSERT INTO project_tokens(id, project_id, name, token_sha256, created) \
-             VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![id, pid, name, sha256_hex(token.as_bytes()), now_ms()],
+            NEW_PROJECT_TOKEN,
+            params![
+                id,
+                pid,
+                name,
+                sha256_hex(token.as_bytes()),
+                now_ms(),
+                scope.as_str()
+            ],
         )?;
         tx.commit()?;
         Ok(token)
     }
 
-    pub(super) fn project_token(&self, token: &str) -> Result<Option<String>> {
+    pub(super) fn project_token(&self, token: &str) -> Result<Option<ProjectToken>> {
         Ok(self
             .reader()?
-            .query_row(
-                "SELECT p.slug FROM project_tokens t JOIN projects p ON p.id = t.project_id \
-                 WHERE t.token_sha256 = ?1 AND t.revoked = 0",
-                [sha256_hex(token.as_bytes())],
-                |r| r.get(0),
-            )
-            .optional()?)
+            .query_row(PROJECT_TOKEN, [sha256_hex(token.as_bytes())], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                ))
+            })
+            .optional()?
+            .and_then(|(slug, name, scope)| token_of(slug, name, &scope)))
     }
 
     pub(super) fn revoke_project_tokens(&self, name: &str) -> Result<usize> {

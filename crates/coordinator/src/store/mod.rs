@@ -45,6 +45,7 @@ pub const MAX_JOB_TIMEOUT_SECS: u64 = 24 * 3600;
 mod access;
 mod api_store;
 pub mod api_v2;
+mod audit_store;
 mod badges;
 mod blob_index;
 pub mod blobs;
@@ -67,7 +68,9 @@ mod project_store;
 mod queue_store;
 mod schedule_store;
 pub mod schedules;
+mod token_store;
 pub use api_store::ApiStore;
+pub use audit_store::AuditStore;
 pub use badges::{BadgeProject, BadgeStore};
 pub use blob_index::BlobIndex;
 pub use change_feed::{Change, ChangeFeed, ServedStore};
@@ -83,6 +86,7 @@ pub use project_store::{AccessStore, ProjectStore};
 pub use queue_store::QueueStore;
 pub use schedule_store::ScheduleStore;
 pub use ssh_access::{PersonKey, SshAccessStore, SshGrant, MAX_PERSON_KEYS};
+pub use token_store::{PersonalToken, TokenStore};
 mod schema;
 mod ssh;
 mod ssh_access;
@@ -115,6 +119,8 @@ pub trait Backend:
     + NotifyOutbox
     + PeopleStore
     + SshAccessStore
+    + TokenStore
+    + AuditStore
 {
 }
 
@@ -134,6 +140,8 @@ impl<T> Backend for T where
         + NotifyOutbox
         + PeopleStore
         + SshAccessStore
+        + TokenStore
+        + AuditStore
         + ?Sized
 {
 }

@@ -444,9 +444,29 @@ CREATE TABLE person_permissions (
 );
 ALTER TABLE projects ADD COLUMN public INTEGER NOT NULL DEFAULT 0;
 "#,
-    // 16: reserved for personal API tokens and the audit log (the `tokens` branch); a
-    // no-op here so that both branches keep their numbers.
-    "/* reserved */",
+    // 16: personal API tokens (kept as digests), what a project token is for (read or
+    // trigger), and the audit log of who did what.
+    r#"
+CREATE TABLE personal_tokens (
+    id INTEGER PRIMARY KEY,
+    person_id INTEGER NOT NULL REFERENCES people(id),
+    name TEXT NOT NULL,
+    digest TEXT NOT NULL UNIQUE,
+    created INTEGER NOT NULL,
+    last_used INTEGER
+);
+CREATE INDEX personal_tokens_person ON personal_tokens(person_id);
+ALTER TABLE project_tokens ADD COLUMN scope TEXT NOT NULL DEFAULT 'read';
+CREATE TABLE audit_log (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at INTEGER NOT NULL,
+    actor TEXT NOT NULL,            -- kind:name (model::audit::Actor)
+    action TEXT NOT NULL,
+    project TEXT,
+    target TEXT,
+    detail TEXT NOT NULL DEFAULT ''
+);
+"#,
     // 17: SSH into a build that holds a user key (issue 30): each person's SSH public keys,
     // whose a project's user key is and what its project does when someone else reruns
     // with SSH, and on a rerun with SSH who asked and whether it holds the user key.

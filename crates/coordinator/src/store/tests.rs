@@ -875,3 +875,4 @@ both!(
 
 mod notify_and_people;
 mod ssh_access;
+mod tokens_and_audit;

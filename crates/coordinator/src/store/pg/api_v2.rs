@@ -7,8 +7,8 @@ use super::pipelines::{requires_json, resolve_project, uuid_v4, PipelineToFetch}
 use super::*;
 use crate::store::api_store::ApiStore;
 use crate::store::api_v2::{
-    continuation_place, ApiProject, Continuation, ContinuationTarget, ContinueRefusal,
-    PipelineConfig, PipelineDetails,
+    continuation_place, token_of, ApiProject, Continuation, ContinuationTarget, ContinueRefusal,
+    PipelineConfig, PipelineDetails, ProjectToken, NEW_PROJECT_TOKEN, PROJECT_TOKEN,
 };
 
 /// A continuation's config replaces the pipeline's, which is kept as its setup config.
@@ -18,29 +18,42 @@ const UPSERT_CONFIG: &str = "INSERT INTO pipeline_configs(pipeline_id, source, c
      source = excluded.source, compiled = excluded.compiled";
 
 impl ApiStore for PgStore {
-    fn create_project_token(&self, project: &str, name: &str) -> Result<String> {
+    fn create_project_token(
+        &self,
+        project: &str,
+        name: &str,
+        scope: crate::model::tokens::ProjectScope,
+    ) -> Result<String> {
         let token = format!("bosun-prj-{}", random_hex(24)?);
         let id = format!("prj-{}", random_hex(6)?);
         let conn = self.conn()?;
         let pid = resolve_project(&conn, project)?;
         conn.execute(
-            "INSERT INTO project_tokens(id, project_id, name, token_sha256, created) \
-             VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![id, pid, name, sha256_hex(token.as_bytes()), now_ms()],
+            NEW_PROJECT_TOKEN,
+            params![
+                id,
+                pid,
+                name,
+                sha256_hex(token.as_bytes()),
+                now_ms(),
+                scope.as_str()
+            ],
         )?;
         Ok(token)
     }
 
-    fn project_token(&self, token: &str) -> Result<Option<String>> {
+    fn project_token(&self, token: &str) -> Result<Option<ProjectToken>> {
         Ok(self
             .reader()?
-            .query_row(
-                "SELECT p.slug FROM project_tokens t JOIN projects p ON p.id = t.project_id \
-                 WHERE t.token_sha256 = ?1 AND t.revoked = 0",
-                [sha256_hex(token.as_bytes())],
-                |r| r.get(0),
-            )
-            .optional()?)
+            .query_row(PROJECT_TOKEN, [sha256_hex(token.as_bytes())], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                ))
+            })
+            .optional()?
+            .and_then(|(slug, name, scope)| token_of(slug, name, &scope)))
     }
 
     fn revoke_project_tokens(&self, name: &str) -> Result<usize> {

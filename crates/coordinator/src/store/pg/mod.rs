@@ -25,6 +25,7 @@ use super::*;
 
 mod access;
 mod api_v2;
+mod audit;
 mod badges;
 mod blobs;
 mod contexts;
@@ -43,6 +44,7 @@ pub(crate) mod sql;
 mod ssh;
 mod ssh_access;
 mod times;
+mod tokens;
 mod waiting;
 mod watch;
 

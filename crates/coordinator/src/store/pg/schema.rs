@@ -465,8 +465,29 @@ CREATE TABLE person_permissions (
 );
 ALTER TABLE projects ADD COLUMN public BIGINT NOT NULL DEFAULT 0;
 "#,
-    // 9: reserved for personal API tokens and the audit log (the `tokens` branch).
-    "/* reserved */",
+    // 9: personal API tokens, project tokens' scope and the audit log (SQLite's migration
+    // 16).
+    r#"
+CREATE TABLE personal_tokens (
+    id BIGSERIAL PRIMARY KEY,
+    person_id BIGINT NOT NULL REFERENCES people(id),
+    name TEXT NOT NULL,
+    digest TEXT NOT NULL UNIQUE,
+    created BIGINT NOT NULL,
+    last_used BIGINT
+);
+CREATE INDEX personal_tokens_person ON personal_tokens(person_id);
+ALTER TABLE project_tokens ADD COLUMN scope TEXT NOT NULL DEFAULT 'read';
+CREATE TABLE audit_log (
+    id BIGSERIAL PRIMARY KEY,
+    at BIGINT NOT NULL,
+    actor TEXT NOT NULL,
+    action TEXT NOT NULL,
+    project TEXT,
+    target TEXT,
+    detail TEXT NOT NULL DEFAULT ''
+);
+"#,
     // 10: SSH into a build that holds a user key (SQLite's migration 17).
     r#"
 CREATE TABLE person_ssh_keys (

@@ -218,18 +218,31 @@ fn workflow(name: &str, job: &str) -> NewWorkflow {
 }
 
 both!(project_tokens_pages_and_lookups_of_api_v2, |_d, s| {
+    use crate::model::tokens::ProjectScope;
     let token = s
-        .create_project_token("acme/widget", "ci-reader")
+        .create_project_token("acme/widget", "ci-reader", ProjectScope::Read)
+        .expect("token");
+    let trigger = s
+        .create_project_token("acme/widget", "ci-trigger", ProjectScope::Trigger)
         .expect("token");
     assert!(token.starts_with("bosun-prj-"));
+    let found = s.project_token(&token).expect("lookup").expect("live");
     assert_eq!(
-        s.project_token(&token).expect("lookup").as_deref(),
-        Some("acme/widget")
+        (found.slug.as_str(), found.name.as_str(), found.scope),
+        ("acme/widget", "ci-reader", ProjectScope::Read)
+    );
+    let found = s.project_token(&trigger).expect("lookup").expect("live");
+    assert_eq!(
+        (found.name.as_str(), found.scope),
+        ("ci-trigger", ProjectScope::Trigger)
     );
     assert_eq!(s.project_token("bosun-prj-nope").expect("lookup"), None);
-    assert!(s.create_project_token("acme/nope", "x").is_err());
+    assert!(s
+        .create_project_token("acme/nope", "x", ProjectScope::Read)
+        .is_err());
     assert_eq!(s.revoke_project_tokens("ci-reader").expect("revoke"), 1);
     assert_eq!(s.project_token(&token).expect("lookup"), None);
+    assert!(s.project_token(&trigger).expect("lookup").is_some());
     let p = s.api_project("acme/widget").expect("project").expect("one");
     assert_eq!(
         (p.slug.as_str(), p.default_branch.as_str()),

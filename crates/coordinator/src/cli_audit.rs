@@ -1,0 +1,222 @@
+//! `bosun coordinator audit`: the audit log on the host (newest first; `--json`: JSON lines),
+//! and what each host command that changes something records in it ([`event_of`]: the CLI's
+//! side of `crate::audit`'s door).
+
+use super::audit::{host, AuditAction, Event};
+use super::Result;
+use super::{cli_api, cli_notify, cli_people, cli_pipelines, Command, DataArg, ProjectCommand};
+
+#[derive(clap::Args, Debug)]
+pub struct AuditArgs {
+    #[command(flatten)]
+    pub data: DataArg,
+    /// One JSON object a line (`id`, `at`, `at_ms`, `actor`, `action`, `project`,
+    /// `target`, `detail`), for a log shipper or `jq`.
+    #[arg(long)]
+    pub json: bool,
+    /// The newest N rows only (default: every row).
+    #[arg(long, value_name = "N")]
+    pub limit: Option<u32>,
+}
+
+/// Rows read from the store at a time.
+const PAGE: u32 = 500;
+
+pub fn audit(a: AuditArgs, print: &mut dyn FnMut(String)) -> Result<()> {
+    let store = a.data.open()?;
+    let mut left = a.limit.unwrap_or(u32::MAX);
+    let mut before = None;
+    while left > 0 {
+        let rows = store.audit_log(before, left.min(PAGE))?;
+        let Some(last) = rows.last() else { break };
+        before = Some(last.id);
+        left = left.saturating_sub(rows.len() as u32);
+        for r in &rows {
+            print(if a.json {
+                crate::model::audit::json_line(r)
+            } else {
+                format!(
+                    "{}  {:<24} {:<14} {:<20} {}{}",
+                    bosun_protocol::time::iso_utc(r.at),
+                    r.actor,
+                    r.action,
+                    r.project.as_deref().unwrap_or("-"),
+                    r.target.as_deref().unwrap_or("-"),
+                    if r.detail.is_empty() {
+                        String::new()
+                    } else {
+                        format!("  ({})", r.detail)
+                    }
+                )
+            });
+        }
+    }
+    Ok(())
+}
+
+/// What a host command records once it succeeded, and the store to record it in; `None`
+/// for a command that only reads (or is not audited: agents, schedules, contexts).
+pub fn event_of(cmd: &Command) -> Option<(DataArg, Event)> {
+    use AuditAction::*;
+    let ev = |a| Event::new(host(), a).detail("on the host");
+    let settings = |data: &DataArg, slug: &str, what: &str| {
+        Some((
+            data.clone(),
+            ev(Settings)
+                .project(slug)
+                .detail(format!("{what}, on the host")),
+        ))
+    };
+    match cmd {
+        Command::Rerun(a) => Some((
+            a.data.clone(),
+            ev(if a.ssh { RerunWithSsh } else { Rerun }).target(format!("job {}", a.job)),
+        )),
+        Command::Cancel { data, job } => {
+            Some((data.clone(), ev(Cancel).target(format!("job {job}"))))
+        }
+        Command::Trigger(a) => Some((
+            a.data.clone(),
+            ev(Trigger).project(&a.project).target(a.git_ref.clone()),
+        )),
+        Command::Approve(a) => Some((
+            a.data.clone(),
+            ev(Approve).target(format!("pipeline {} job {}", a.pipeline, a.job)),
+        )),
+        Command::CancelPipeline(a) => Some((
+            a.data.clone(),
+            ev(Cancel).target(format!("pipeline {}", a.pipeline)),
+        )),
+        Command::RerunPipeline(a) => Some((
+            a.data.clone(),
+            ev(Rerun).target(format!("pipeline {}", a.pipeline)),
+        )),
+        Command::Operator(cli_pipelines::OperatorCommand::New { data, name, .. }) => Some((
+            data.clone(),
+            ev(TokenMade).target(format!("operator token {name}")),
+        )),
+        Command::Operator(cli_pipelines::OperatorCommand::Revoke { data, name }) => Some((
+            data.clone(),
+            ev(TokenRevoked).target(format!("operator token {name}")),
+        )),
+        Command::ApiToken(cli_api::ApiTokenCommand::New {
+            data,
+            project,
+            name,
+            scope,
+        }) => Some((
+            data.clone(),
+            ev(TokenMade)
+                .project(project)
+                .target(format!("project token {name}"))
+                .detail(format!("{scope}, on the host")),
+        )),
+        Command::ApiToken(cli_api::ApiTokenCommand::Revoke { data, name }) => Some((
+            data.clone(),
+            ev(TokenRevoked).target(format!("project token {name}")),
+        )),
+        Command::Person(cli_people::PersonCommand::Grant { data, name, .. }) => {
+            Some((data.clone(), ev(GrantAdmin).target(name.clone())))
+        }
+        Command::Person(cli_people::PersonCommand::Revoke { data, name, .. }) => {
+            Some((data.clone(), ev(RevokeAdmin).target(name.clone())))
+        }
+        Command::Project(p) => match p {
+            ProjectCommand::Set(a) => settings(&a.data, &a.slug, "project set"),
+            ProjectCommand::Keygen(a) => settings(&a.data, &a.slug, "deploy key made"),
+            ProjectCommand::Keys(cli_pipelines::KeysCommand::Rotate(a)) => {
+                settings(&a.data, &a.slug, "deploy key rotated")
+            }
+            ProjectCommand::Keys(cli_pipelines::KeysCommand::Revoke {
+                data, slug, user, ..
+            }) => settings(
+                data,
+                slug,
+                if *user {
+                    "user key revoked"
+                } else {
+                    "deploy key revoked"
+                },
+            ),
+            ProjectCommand::BadgeToken(a) => settings(&a.data, &a.slug, "badge token made"),
+            ProjectCommand::Notify(cli_notify::NotifyCommand::Add { data, slug, .. }) => {
+                settings(data, slug, "notification address added")
+            }
+            ProjectCommand::Notify(cli_notify::NotifyCommand::Rm { data, slug, .. }) => {
+                settings(data, slug, "notification address removed")
+            }
+            ProjectCommand::Webhook(cli_notify::WebhookCommand::Add { data, slug, .. }) => {
+                settings(data, slug, "webhook added")
+            }
+            ProjectCommand::Webhook(cli_notify::WebhookCommand::Rm { data, slug, .. }) => {
+                settings(data, slug, "webhook removed")
+            }
+            ProjectCommand::Restrict { data, slug, .. } => {
+                settings(data, slug, "agents restricted")
+            }
+            ProjectCommand::Add(a) => settings(&a.data, &a.slug, "project added"),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser, Debug)]
+    struct Cli {
+        #[command(subcommand)]
+        command: Command,
+    }
+
+    fn event(args: &[&str]) -> Option<Event> {
+        let mut argv = vec!["coordinator"];
+        argv.extend_from_slice(args);
+        argv.extend_from_slice(&["--data", "/nonexistent"]);
+        let cli = Cli::try_parse_from(argv).expect("parses");
+        event_of(&cli.command).map(|(_, e)| e)
+    }
+
+    #[test]
+    fn host_commands_that_change_something_are_audited() {
+        let e = event(&["rerun", "12", "--ssh"]).expect("audited");
+        assert_eq!(
+            (e.action, e.target.as_deref()),
+            (AuditAction::RerunWithSsh, Some("job 12"))
+        );
+        assert!(matches!(e.actor, crate::audit::Actor::Host(_)));
+        let e = event(&["person", "grant", "ann", "admin"]).expect("audited");
+        assert_eq!(
+            (e.action, e.target.as_deref()),
+            (AuditAction::GrantAdmin, Some("ann"))
+        );
+        let e = event(&[
+            "api-token",
+            "new",
+            "--project",
+            "acme/w",
+            "--scope",
+            "trigger",
+            "n",
+        ])
+        .expect("audited");
+        assert_eq!(e.action, AuditAction::TokenMade);
+        assert_eq!(e.project.as_deref(), Some("acme/w"));
+        assert!(e.detail.contains("trigger"), "{}", e.detail);
+        let e =
+            event(&["project", "set", "--slug", "acme/w", "--public", "true"]).expect("audited");
+        assert_eq!(
+            (e.action, e.project.as_deref()),
+            (AuditAction::Settings, Some("acme/w"))
+        );
+        let e = event(&["operator", "revoke", "ops"]).expect("audited");
+        assert_eq!(e.action, AuditAction::TokenRevoked);
+        // Reads are not.
+        assert_eq!(event(&["jobs"]), None);
+        assert_eq!(event(&["person", "ls"]), None);
+        assert_eq!(event(&["audit", "--json"]), None);
+    }
+}

@@ -1,0 +1,56 @@
+//! The audit log behind one trait ([`AuditStore`]): rows appended, read newest first a page
+//! at a time. Rows are written only through `crate::audit::record`, which scrubs them
+//! (`model::audit`); the store only keeps them.
+
+use super::{Result, Store};
+use crate::model::audit::{AuditRow, Event};
+use rusqlite::params;
+
+pub trait AuditStore: Send + Sync {
+    /// Append `e` as done at `at` (ms): its id.
+    fn record_audit(&self, at: i64, e: &Event) -> Result<i64>;
+    /// Rows older than row `before` (all when `None`), newest first, at most `limit`.
+    fn audit_log(&self, before: Option<i64>, limit: u32) -> Result<Vec<AuditRow>>;
+}
+
+pub(super) const INSERT: &str =
+    "INSERT INTO audit_log(at, actor, action, project, target, detail) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6) RETURNING id";
+pub(super) const PAGE: &str = "SELECT id, at, actor, action, project, target, detail \
+     FROM audit_log WHERE id < ?1 ORDER BY id DESC LIMIT ?2";
+
+impl AuditStore for Store {
+    fn record_audit(&self, at: i64, e: &Event) -> Result<i64> {
+        Ok(self.conn().query_row(
+            INSERT,
+            params![
+                at,
+                e.actor.label(),
+                e.action.as_str(),
+                e.project,
+                e.target,
+                e.detail
+            ],
+            |r| r.get(0),
+        )?)
+    }
+
+    fn audit_log(&self, before: Option<i64>, limit: u32) -> Result<Vec<AuditRow>> {
+        let conn = self.reader()?;
+        let mut st = conn.prepare(PAGE)?;
+        let rows = st
+            .query_map(params![before.unwrap_or(i64::MAX), i64::from(limit)], |r| {
+                Ok(AuditRow {
+                    id: r.get(0)?,
+                    at: r.get(1)?,
+                    actor: r.get(2)?,
+                    action: r.get(3)?,
+                    project: r.get(4)?,
+                    target: r.get(5)?,
+                    detail: r.get(6)?,
+                })
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(rows)
+    }
+}
