@@ -22,6 +22,7 @@ mod cli_pipelines;
 mod cli_schedules;
 mod error;
 pub mod metrics;
+pub mod migrate;
 pub mod model;
 pub mod notify;
 pub mod objects;
@@ -160,6 +161,11 @@ pub enum Command {
     /// revoke NAME admin` (docs/people.md).
     #[command(subcommand)]
     Person(cli_people::PersonCommand),
+    /// Move this coordinator's store from SQLite into PostgreSQL (`--from sqlite:DIR --to
+    /// postgres://…`), and with `--blobs-to s3://…` its blobs and finished logs into a
+    /// bucket; stop the coordinator first. Prints the rows of every table on both sides
+    /// (docs/scale.md).
+    Migrate(Box<migrate::MigrateArgs>),
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -665,6 +671,7 @@ fn run_inner(cmd: Command) -> Result<()> {
             cli_notify::webhook(c, &mut |s| print(&mut out, s))
         }
         Command::Person(c) => cli_people::person(c, &mut |s| print(&mut out, s)),
+        Command::Migrate(a) => migrate::run(*a, &mut |s| print(&mut out, s)),
         Command::Project(ProjectCommand::BadgeToken(a)) => {
             cli_badges::badge_token(a, &mut |s| print(&mut out, s))
         }
