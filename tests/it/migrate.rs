@@ -2,8 +2,9 @@
 //! real paths — the CLI (a project with a key and variables, a context with a variable, a
 //! schedule, an API token) and an agent speaking the protocol over HTTP (jobs with events,
 //! logs in pieces, an artifact's blob) — is stopped and moved into a throwaway PostgreSQL
-//! 15 and a real S3 server (s3s-fs). A coordinator started on the result, with an empty
-//! data directory of its own, serves the same pages and logs, and its secrets still open.
+//! 15 and a real S3 server (s3s-fs). A coordinator started on the result (the same data
+//! directory, which keeps running jobs' logs and the logs' line times) serves the same
+//! pages and logs, read from the bucket, and its secrets still open.
 //! The migration refuses a source a coordinator is running on, and a target that holds
 //! anything unless told to replace it.
 
@@ -118,7 +119,7 @@ fn pages(jobs: &[String]) -> Vec<String> {
     for id in jobs {
         out.push(format!("/jobs/{id}"));
         out.push(format!("/jobs/{id}/log.txt"));
-        out.push(format!("/jobs/{id}/log.html"));
+        out.push(format!("/jobs/{id}/log.html?start=2000&end=9000&line=1"));
         out.push(format!("/jobs/{id}/log?offset=1000"));
     }
     out.push(format!("/jobs/{}/artifacts/art/report.txt", jobs[0]));
@@ -139,7 +140,7 @@ fn without_relative_times(page: &[u8]) -> Vec<u8> {
             break;
         };
         out.push_str(&rest[..at + close + 1]);
-        out.push_str("…");
+        out.push('…');
         rest = &rest[at + end..];
     }
     out.push_str(rest);
@@ -333,9 +334,10 @@ fn a_sqlite_coordinator_moves_to_postgres_and_s3_with_the_same_pages_and_open_se
     assert_eq!(printed_rows(&text(&redo), "jobs"), (3, 3));
     assert!(text(&redo).contains("(3 there already)"), "{}", text(&redo));
 
-    // A coordinator on PostgreSQL and the bucket, with a data directory of its own (nothing
-    // of the old one), and the same key file.
-    let data2 = dir.path().join("data2");
+    // A coordinator on PostgreSQL and the bucket, on the same data directory (running jobs'
+    // logs and every log's line times stay there) and the same key file. Its sweep finds the
+    // finished logs in the bucket and removes them from the disk: the pages then read them
+    // from the bucket.
     let mut serve_args = vec![
         "--database",
         url.as_str(),
@@ -345,16 +347,33 @@ fn a_sqlite_coordinator_moves_to_postgres_and_s3_with_the_same_pages_and_open_se
         bucket.as_str(),
     ];
     serve_args.extend(s3_args(&s3, &creds));
-    let moved = rig::start(&data2, &serve_args);
+    let moved = rig::start(&data, &serve_args);
+    let t0 = std::time::Instant::now();
+    while jobs
+        .iter()
+        .any(|id| data.join("logs").join(format!("{id}.log")).exists())
+    {
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(60),
+            "the finished logs stay on disk"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    // The blob is read from the bucket, not the data directory's copy.
+    std::fs::remove_dir_all(data.join("blobs").join("sha256")).expect("remove blobs");
     let after = fetch(&moved.base, &paths);
     for ((p, c1, b1), (_, c2, b2)) in before.iter().zip(&after) {
         assert_eq!(c1, c2, "{p}");
-        assert!(
-            b1 == b2,
-            "{p} differs:\n--- before\n{}\n--- after\n{}",
-            String::from_utf8_lossy(b1),
-            String::from_utf8_lossy(b2)
-        );
+        if b1 != b2 {
+            let (t1, t2) = (String::from_utf8_lossy(b1), String::from_utf8_lossy(b2));
+            let first = t1
+                .lines()
+                .zip(t2.lines())
+                .find(|(a, b)| a != b)
+                .map(|(a, b)| format!("before: {a}\nafter:  {b}"))
+                .unwrap_or_else(|| format!("lengths {} and {}", b1.len(), b2.len()));
+            panic!("{p} differs after the migration:\n{first}");
+        }
     }
 
     // The secrets still open: a new job's claim (by the agent registered before, its token
@@ -367,7 +386,7 @@ fn a_sqlite_coordinator_moves_to_postgres_and_s3_with_the_same_pages_and_open_se
             "--secrets-key",
             key_file.to_str().expect("utf8"),
         ]);
-        rig::cli(&data2, &v)
+        rig::cli(&data, &v)
     };
     let id = cli2(&[
         "enqueue",
