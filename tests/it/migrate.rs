@@ -1,7 +1,8 @@
 //! `bosun coordinator migrate` (issue 31): a coordinator populated on SQLite through its
 //! real paths — the CLI (a project with a key and variables, a context with a variable, a
-//! schedule, an API token) and an agent speaking the protocol over HTTP (jobs with events,
-//! logs in pieces, an artifact's blob) — is stopped and moved into a throwaway PostgreSQL
+//! schedule, an API token), the store (a pipeline as the runner records it) and an agent
+//! speaking the protocol over HTTP (jobs with events, logs in pieces, an artifact's blob,
+//! the pipeline's job) — is stopped and moved into a throwaway PostgreSQL
 //! 15 and a real S3 server (s3s-fs). A coordinator started on the result (the same data
 //! directory, which keeps running jobs' logs and the logs' line times) serves the same
 //! pages and logs, read from the bucket, and its secrets still open.
@@ -10,7 +11,11 @@
 
 use crate::coordinator_rig::{self as rig, Agent};
 use crate::harness::{self, postgres, S3Server, S3_SECRET};
-use bosun::protocol::{EventBatch, FinalStatus, JobEvent, StepStatus};
+use bosun::coordinator::store::pipelines::{NewPipeline, NewWorkflow, NewWorkflowJob};
+use bosun::coordinator::store::{PipelineStore, Store};
+use bosun::protocol::{
+    EventBatch, FinalStatus, JobEvent, PipelineState, StepStatus, WorkflowJobStatus,
+};
 use std::process::{Command, Output, Stdio};
 
 const BUCKET: &str = "bosun-migrate";
@@ -266,7 +271,63 @@ fn a_sqlite_coordinator_moves_to_postgres_and_s3_with_the_same_pages_and_open_se
         rig::enqueue(&data, &[]);
         jobs.push(rt.block_on(run_job(&agent, n, status)));
     }
-    let paths = pages(&jobs);
+    // A pipeline (as the runner records one whose config compiled) with one workflow job,
+    // which the server queues and the agent runs.
+    let pipeline = {
+        let store = Store::open(&data).expect("store");
+        let (id, _) = store
+            .create_pipeline(&NewPipeline {
+                project: "acme/widget".into(),
+                git_ref: "main".into(),
+                commit_sha: Some("a".repeat(40)),
+                params: vec![],
+                trigger_source: "api".into(),
+                event: "api".into(),
+                event_action: String::new(),
+                pr_number: None,
+                pr_url: None,
+                pr_fork: false,
+                restricted: false,
+                username: Some("alice".into()),
+                commit_subject: Some("Add the <widget>".into()),
+                schedule_name: String::new(),
+                schedule_id: String::new(),
+                scheduled_workflow: None,
+            })
+            .expect("pipeline");
+        store
+            .pipeline_compiled(
+                id,
+                &"a".repeat(40),
+                &[NewWorkflow {
+                    name: "build-and-test".into(),
+                    jobs: vec![NewWorkflowJob {
+                        name: "build".into(),
+                        kind: bosun::coordinator::store::pipelines::JobKind::Build,
+                        requires: vec![],
+                        serial_group: None,
+                        resource_class: None,
+                        status: WorkflowJobStatus::Waiting,
+                        reason: None,
+                        contexts: vec![],
+                    }],
+                }],
+            )
+            .expect("compiled");
+        jobs.push(rt.block_on(run_job(&agent, 4, FinalStatus::Success)));
+        let t0 = std::time::Instant::now();
+        while store.pipeline(id).expect("read").expect("pipeline").status != PipelineState::Success
+        {
+            assert!(
+                t0.elapsed() < std::time::Duration::from_secs(30),
+                "the pipeline did not end"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        id
+    };
+    let mut paths = pages(&jobs);
+    paths.push(format!("/pipelines/{pipeline}"));
     let before = fetch(&server.base, &paths);
     for (p, code, body) in &before {
         assert_eq!(*code, 200, "{p}: {}", String::from_utf8_lossy(body));
@@ -293,8 +354,11 @@ fn a_sqlite_coordinator_moves_to_postgres_and_s3_with_the_same_pages_and_open_se
     for (table, rows) in [
         ("projects", 1),
         ("project_env", 2),
-        ("jobs", 3),
-        ("job_events", 6),
+        ("jobs", 4),
+        ("job_events", 8),
+        ("pipelines", 1),
+        ("workflows", 1),
+        ("workflow_jobs", 1),
         ("agents", 1),
         ("contexts", 1),
         ("context_env", 1),
@@ -307,7 +371,7 @@ fn a_sqlite_coordinator_moves_to_postgres_and_s3_with_the_same_pages_and_open_se
         assert_eq!(printed_rows(&printed, table), (rows, rows), "{printed}");
     }
     assert!(
-        printed.contains("logs: 3 finished logs") && printed.contains("blobs: 1 blobs"),
+        printed.contains("logs: 4 finished logs") && printed.contains("blobs: 1 blobs"),
         "{printed}"
     );
     assert!(!printed.contains(S3_SECRET), "never the secret: {printed}");
@@ -331,8 +395,8 @@ fn a_sqlite_coordinator_moves_to_postgres_and_s3_with_the_same_pages_and_open_se
     replace.push("--replace");
     let redo = migrate(&replace);
     assert!(redo.status.success(), "{}", text(&redo));
-    assert_eq!(printed_rows(&text(&redo), "jobs"), (3, 3));
-    assert!(text(&redo).contains("(3 there already)"), "{}", text(&redo));
+    assert_eq!(printed_rows(&text(&redo), "jobs"), (4, 4));
+    assert!(text(&redo).contains("(4 there already)"), "{}", text(&redo));
 
     // A coordinator on PostgreSQL and the bucket, on the same data directory (running jobs'
     // logs and every log's line times stay there) and the same key file. Its sweep finds the
