@@ -381,28 +381,4 @@ fn copy(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_source_is_a_data_directory_with_a_store() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let data = dir.path().join("data");
-        drop(Store::open(&data).expect("store"));
-        let d = data.display();
-        assert_eq!(source_dir(&format!("sqlite:{d}")).expect("dir"), data);
-        assert_eq!(
-            source_dir(&format!("sqlite:{d}/coordinator.db")).expect("file"),
-            data
-        );
-        for bad in [
-            format!("{d}"),
-            "sqlite:".to_string(),
-            format!("sqlite:{}", dir.path().join("nothing").display()),
-            format!("postgres:{d}"),
-        ] {
-            let e = source_dir(&bad).expect_err(&bad);
-            assert!(e.to_string().contains("expected sqlite:DIR"), "{e}");
-        }
-    }
-}
+mod tests;
