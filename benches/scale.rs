@@ -4,12 +4,15 @@
 //! 1. claim throughput and claim latency (p50, p99): `BOSUN_BENCH_JOBS` (default 600) jobs
 //!    queued, `BOSUN_BENCH_AGENTS` (16) agents speaking the protocol over HTTP claim and
 //!    finish them (an empty log) as fast as they are answered — one coordinator on SQLite,
-//!    then one and two on PostgreSQL (the agents spread over the replicas, one data
+//!    then one, two and three on PostgreSQL (the agents spread over the replicas, one data
 //!    directory);
 //! 2. enqueue → first claim: one agent long-polls an idle coordinator, a job is queued by
 //!    another process's store (the CLI's path), and the time until the agent has it is
 //!    taken `BOSUN_BENCH_SAMPLES` (30) times: SQLite's server notices through
-//!    `PRAGMA data_version` (polled every 50 ms), PostgreSQL's through `LISTEN/NOTIFY`.
+//!    `PRAGMA data_version` (polled every 50 ms), PostgreSQL's through `LISTEN/NOTIFY`;
+//! 3. each coordinator's resident memory with 1,000 jobs queued (`BOSUN_BENCH_QUEUED`): one
+//!    on SQLite, then one, two and three on PostgreSQL, each with an agent long-polling it
+//!    and its job list page read once, VmRSS taken after that.
 //!
 //! PostgreSQL is Debian's (initdb + pg_ctl in a temporary directory, on loopback) with its
 //! default durability (fsync on, as SQLite's `synchronous=FULL`); `BOSUN_BENCH_PG_SETTINGS`
@@ -248,6 +251,55 @@ fn claims(rt: &tokio::runtime::Runtime, pg: Option<&PgServer>, replicas: usize) 
     )
 }
 
+/// Each replica's VmRSS (MiB) with `BOSUN_BENCH_QUEUED` (1,000) jobs queued, an agent
+/// long-polling each and each one's job list read.
+fn rss_queued(rt: &tokio::runtime::Runtime, pg: Option<&PgServer>, replicas: usize) -> Vec<f64> {
+    let queued = common::env_num("BOSUN_BENCH_QUEUED", 1000);
+    let s = setup(pg);
+    {
+        let q = store(&s);
+        for _ in 0..queued {
+            let mut j = new_job();
+            // No agent has this class: the jobs stay queued.
+            j.resource_class = Some("none-such".into());
+            q.enqueue(&j).expect("enqueue");
+        }
+    }
+    let servers: Vec<(KillOnDrop, String)> = (0..replicas)
+        .map(|_| serve(&s.data, s.db.as_deref()))
+        .collect();
+    let polls: Vec<_> = servers
+        .iter()
+        .enumerate()
+        .map(|(i, (_, base))| {
+            let a = rt.block_on(register(base, &s.token, &format!("idle{i}")));
+            rt.spawn(async move { a.claim(10).await })
+        })
+        .collect();
+    for (_, base) in &servers {
+        let page = rt.block_on(async {
+            reqwest::Client::new()
+                .get(format!("{base}/"))
+                .send()
+                .await
+                .expect("page")
+                .text()
+                .await
+                .expect("text")
+        });
+        assert!(page.contains("queued"), "the job list shows the queue");
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let rss = servers
+        .iter()
+        .map(|(c, _)| common::proc_status_kib(c.0.id(), "VmRSS") as f64 / 1024.0)
+        .collect();
+    for p in polls {
+        p.abort();
+    }
+    rss
+}
+
 /// Median and p90 (ms) from a job queued by another process to an idle agent's claim.
 fn pickup(rt: &tokio::runtime::Runtime, pg: Option<&PgServer>) -> (f64, f64) {
     let samples = common::env_num("BOSUN_BENCH_SAMPLES", 30);
@@ -303,6 +355,31 @@ fn main() {
         "claims, PostgreSQL, 2 coordinators: {p2:7.0} jobs/s  p50 {p250:6.2} ms  p99 {p299:6.2} ms  ({:.2}× SQLite's throughput)",
         p2 / sq
     );
+    let (p3, p350, p399) = claims(&rt, Some(&pg), 3);
+    println!(
+        "claims, PostgreSQL, 3 coordinators: {p3:7.0} jobs/s  p50 {p350:6.2} ms  p99 {p399:6.2} ms  ({:.2}× SQLite's throughput)",
+        p3 / sq
+    );
+    let fmt = |v: &[f64]| {
+        v.iter()
+            .map(|m| format!("{m:.1}"))
+            .collect::<Vec<_>>()
+            .join(" / ")
+    };
+    let rs = rss_queued(&rt, None, 1);
+    println!(
+        "RSS with 1,000 queued, SQLite, 1 coordinator:      {} MiB",
+        fmt(&rs)
+    );
+    for n in 1..=3 {
+        let rp = rss_queued(&rt, Some(&pg), n);
+        let mean = rp.iter().sum::<f64>() / rp.len() as f64;
+        println!(
+            "RSS with 1,000 queued, PostgreSQL, {n} coordinator(s): {} MiB  (mean {:.2}× SQLite's)",
+            fmt(&rp),
+            mean / rs[0]
+        );
+    }
     let (s50, s90) = pickup(&rt, None);
     println!("enqueue → claim, SQLite:     median {s50:6.1} ms  p90 {s90:6.1} ms");
     let (g50, g90) = pickup(&rt, Some(&pg));

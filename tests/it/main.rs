@@ -36,6 +36,7 @@ mod engine_proxy;
 mod execute;
 mod follow;
 mod host_escapes;
+mod migrate;
 mod mirror;
 mod notify;
 mod object_storage;

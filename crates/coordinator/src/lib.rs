@@ -24,6 +24,7 @@ mod cli_pipelines;
 mod cli_schedules;
 mod error;
 pub mod metrics;
+pub mod migrate;
 pub mod model;
 pub mod notify;
 pub mod objects;
@@ -166,6 +167,11 @@ pub enum Command {
     /// canceled, changed settings, made or revoked a token, granted or revoked admin
     /// (`--json`: JSON lines; docs/people.md).
     Audit(cli_audit::AuditArgs),
+    /// Move this coordinator's store from SQLite into PostgreSQL (`--from sqlite:DIR --to
+    /// postgres://…`), and with `--blobs-to s3://…` its blobs and finished logs into a
+    /// bucket; stop the coordinator first. Prints the rows of every table on both sides
+    /// (docs/scale.md).
+    Migrate(Box<migrate::MigrateArgs>),
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -686,6 +692,7 @@ fn run_command(cmd: Command) -> Result<()> {
         }
         Command::Person(c) => cli_people::person(c, &mut |s| print(&mut out, s)),
         Command::Audit(a) => cli_audit::audit(a, &mut |s| print(&mut out, s)),
+        Command::Migrate(a) => migrate::run(*a, &mut |s| print(&mut out, s)),
         Command::Project(ProjectCommand::BadgeToken(a)) => {
             cli_badges::badge_token(a, &mut |s| print(&mut out, s))
         }

@@ -138,6 +138,8 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     let store = tokio::task::spawn_blocking(move || data.open_served())
         .await
         .map_err(|e| CoordError::Invalid(format!("opening the store failed: {e}")))??;
+    // Held until the server stops: `migrate` refuses a data directory a server runs on.
+    let _serving = crate::migrate::lock::serving(&args.data.data)?;
     // Start-up's own calls go through the traits, as the handlers' do.
     let db: &dyn Backend = store.backend();
     let mut tokens = Vec::new();

@@ -115,7 +115,7 @@ pub fn is_postgres_url(s: &str) -> bool {
 /// rustls with the system's roots, and the certificates of `PGSSLROOTCERT` (libpq's
 /// variable) when it names a file: what `sslmode=require` verifies the server against
 /// (`prefer`, the default, uses TLS when the server offers it; `disable` never).
-fn tls() -> Result<tokio_postgres_rustls::MakeRustlsConnect> {
+pub(crate) fn tls() -> Result<tokio_postgres_rustls::MakeRustlsConnect> {
     let mut roots = tokio_rustls::rustls::RootCertStore::empty();
     let native = rustls_native_certs::load_native_certs();
     for c in native.certs {
