@@ -395,7 +395,14 @@ struct Follow {
     /// and how many records of the job's times were read.
     times: super::store::LogTimes,
     times_read: usize,
+    /// When the store was last told a page follows this log (see [`FOLLOWED_FOR`]).
+    followed: Option<tokio::time::Instant>,
 }
+
+/// A live stream marks its log followed for this long, and again every third of it while
+/// it runs: meanwhile appends received by other coordinators on the same database notify
+/// this one (`LogStore::follow_log`), so the page keeps up as with appends received here.
+const FOLLOWED_FOR: Duration = Duration::from_secs(30);
 
 /// A follower sends at most one batch per this: appends in between coalesce into it, so a
 /// follower costs the same whether the agent appends ten times a second or a thousand.
@@ -433,6 +440,10 @@ async fn next_batch(mut f: Follow) -> Option<(Vec<Event>, Follow)> {
         let (id, offset, seq, status) = (f.id, f.offset, f.seq, f.status);
         let ssh = f.ssh.clone();
         let times_read = f.times_read;
+        let mark = f.followed.is_none_or(|t| t.elapsed() >= FOLLOWED_FOR / 3);
+        if mark {
+            f.followed = Some(tokio::time::Instant::now());
+        }
         let cached = match f.row.take() {
             Some(mut row) if progress.gen == f.gen && !f.recheck => {
                 row.log_bytes = row.log_bytes.max(progress.log_bytes);
@@ -457,6 +468,13 @@ async fn next_batch(mut f: Follow) -> Option<(Vec<Event>, Follow)> {
                         None => return Ok(None),
                     },
                 };
+                if mark && !job.is_final() {
+                    // Appends through other replicas notify while this is marked (the
+                    // store's own appends wake this stream directly).
+                    if let Err(e) = s.follow_log(id, FOLLOWED_FOR.as_secs()) {
+                        tracing::debug!(job = id, "marking the log followed: {e}");
+                    }
+                }
                 let fresh = job.log_bytes > offset
                     || job.event_count > seq
                     || status != Some(job.status)
@@ -634,6 +652,7 @@ async fn job_stream(
         live,
         times: Default::default(),
         times_read: 0,
+        followed: None,
     };
     let s: std::pin::Pin<Box<dyn Stream<Item = Result<Event, Infallible>> + Send>> = Box::pin(
         stream::unfold(follow, next_batch)
