@@ -582,8 +582,23 @@ fn a_page_on_one_replica_follows_a_log_appended_through_another() {
     }
     // Lines a quarter second apart, through A.
     let (mut lat_a, mut lat_b) = (Vec::new(), Vec::new());
+    let heartbeat = || {
+        let url = agent.url("/agents/heartbeat");
+        let r = rt.block_on(async {
+            agent
+                .http
+                .post(url)
+                .bearer_auth(&agent.token)
+                .json(&json!({"running": [{"job_id": id, "state": "running"}]}))
+                .send()
+                .await
+                .expect("heartbeat")
+        });
+        assert_eq!(r.status(), 200);
+    };
     for k in 0..20 {
         std::thread::sleep(Duration::from_millis(250));
+        heartbeat();
         let line = format!("line-{k:03}-end\n");
         let (st, end) = append(log.len(), line.as_bytes());
         let acked = Instant::now();
