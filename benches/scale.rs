@@ -12,7 +12,9 @@
 //!    `PRAGMA data_version` (polled every 50 ms), PostgreSQL's through `LISTEN/NOTIFY`;
 //! 3. each coordinator's resident memory with 1,000 jobs queued (`BOSUN_BENCH_QUEUED`): one
 //!    on SQLite, then one, two and three on PostgreSQL, each with an agent long-polling it
-//!    and its job list page read once, VmRSS taken after that.
+//!    and its job list page read once, VmRSS taken after that;
+//! 4. log append throughput: every agent sends a job's log in 4 KiB appends — SQLite's
+//!    file per log against PostgreSQL's chunk rows, one and two coordinators.
 //!
 //! PostgreSQL is Debian's (initdb + pg_ctl in a temporary directory, on loopback) with its
 //! default durability (fsync on, as SQLite's `synchronous=FULL`); `BOSUN_BENCH_PG_SETTINGS`
@@ -41,7 +43,8 @@ fn cli(data: &Path, db: Option<&str>, args: &[&str]) -> String {
     let mut c = Command::new(BIN);
     c.arg("coordinator").args(args).arg("--data").arg(data);
     if let Some(url) = db {
-        c.args(["--database", url]);
+        // The replicas of a run share one data directory.
+        c.args(["--database", url, "--shared-data"]);
     }
     let out = c.output().expect("cli");
     assert!(
@@ -59,7 +62,8 @@ fn serve(data: &Path, db: Option<&str>) -> (KillOnDrop, String) {
         .stdout(Stdio::piped())
         .stderr(Stdio::null());
     if let Some(url) = db {
-        c.args(["--database", url]);
+        // The replicas of a run share one data directory.
+        c.args(["--database", url, "--shared-data"]);
     }
     let mut child = c.spawn().expect("serve");
     let mut line = String::new();
@@ -251,6 +255,98 @@ fn claims(rt: &tokio::runtime::Runtime, pg: Option<&PgServer>, replicas: usize) 
     )
 }
 
+/// Log append throughput (MiB/s, appends/s) with `replicas` coordinators: every agent
+/// claims a job, sends its log in `BOSUN_BENCH_PIECES` (64) appends of 4 KiB and finishes
+/// it with the log's digest — on SQLite a file written and its length committed, on
+/// PostgreSQL a chunk row and the length in one transaction (and the finished log copied
+/// into a file of the data directory's object store).
+fn appends(rt: &tokio::runtime::Runtime, pg: Option<&PgServer>, replicas: usize) -> (f64, f64) {
+    let agents = common::env_num("BOSUN_BENCH_AGENTS", 16);
+    let pieces = common::env_num("BOSUN_BENCH_PIECES", 64);
+    let s = setup(pg);
+    {
+        let q = store(&s);
+        for _ in 0..agents {
+            q.enqueue(&new_job()).expect("enqueue");
+        }
+    }
+    let servers: Vec<(KillOnDrop, String)> = (0..replicas)
+        .map(|_| serve(&s.data, s.db.as_deref()))
+        .collect();
+    let agents: Vec<Agent> = (0..agents)
+        .map(|i| {
+            rt.block_on(register(
+                &servers[i % replicas].1,
+                &s.token,
+                &format!("a{i}"),
+            ))
+        })
+        .collect();
+    let piece: Vec<u8> = b"0123456789abcdef log line of a build, more or less\n"
+        .iter()
+        .copied()
+        .cycle()
+        .take(4096)
+        .collect();
+    let n = agents.len();
+    let t0 = Instant::now();
+    let tasks: Vec<_> = agents
+        .into_iter()
+        .map(|a| {
+            let piece = piece.clone();
+            rt.spawn(async move {
+                let id = loop {
+                    if let Some(id) = a.claim(1).await {
+                        break id;
+                    }
+                };
+                let mut sha = <sha2::Sha256 as sha2::Digest>::new();
+                for k in 0..pieces {
+                    let r = a
+                        .http
+                        .post(format!(
+                            "{}/api/v1/jobs/{id}/log?offset={}",
+                            a.base,
+                            k * piece.len()
+                        ))
+                        .bearer_auth(&a.token)
+                        .body(piece.clone())
+                        .send()
+                        .await
+                        .expect("append");
+                    assert_eq!(r.status(), 200);
+                    sha2::Digest::update(&mut sha, &piece);
+                }
+                let digest: String = sha2::Digest::finalize(sha)
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect();
+                let r = a
+                    .http
+                    .post(format!("{}/api/v1/jobs/{id}/finish", a.base))
+                    .bearer_auth(&a.token)
+                    .json(
+                        &json!({"status": "success", "log_bytes": pieces * piece.len(),
+                        "log_sha256": digest}),
+                    )
+                    .send()
+                    .await
+                    .expect("finish");
+                assert_eq!(r.status(), 200, "finish {id}");
+            })
+        })
+        .collect();
+    for t in tasks {
+        rt.block_on(t).expect("agent");
+    }
+    let wall = t0.elapsed().as_secs_f64();
+    let appended = (n * pieces) as f64;
+    (
+        appended * piece.len() as f64 / wall / (1 << 20) as f64,
+        appended / wall,
+    )
+}
+
 /// Each replica's VmRSS (MiB) with `BOSUN_BENCH_QUEUED` (1,000) jobs queued, an agent
 /// long-polling each and each one's job list read.
 fn rss_queued(rt: &tokio::runtime::Runtime, pg: Option<&PgServer>, replicas: usize) -> Vec<f64> {
@@ -359,6 +455,18 @@ fn main() {
     println!(
         "claims, PostgreSQL, 3 coordinators: {p3:7.0} jobs/s  p50 {p350:6.2} ms  p99 {p399:6.2} ms  ({:.2}× SQLite's throughput)",
         p3 / sq
+    );
+    let (sm, sa) = appends(&rt, None, 1);
+    println!("log appends, SQLite (files), 1 coordinator:      {sm:6.1} MiB/s  {sa:6.0} appends/s");
+    let (pm, pa) = appends(&rt, Some(&pg), 1);
+    println!(
+        "log appends, PostgreSQL (chunks), 1 coordinator:  {pm:6.1} MiB/s  {pa:6.0} appends/s  ({:.2}× SQLite's)",
+        pm / sm
+    );
+    let (qm, qa) = appends(&rt, Some(&pg), 2);
+    println!(
+        "log appends, PostgreSQL (chunks), 2 coordinators: {qm:6.1} MiB/s  {qa:6.0} appends/s  ({:.2}× SQLite's)",
+        qm / sm
     );
     let fmt = |v: &[f64]| {
         v.iter()

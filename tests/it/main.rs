@@ -50,6 +50,7 @@ mod registry;
 mod resource_class;
 mod rig;
 mod runtime;
+mod scale_live;
 mod scale_pg;
 mod schedules;
 mod service_containers;

@@ -1,6 +1,7 @@
 //! Several coordinators on one PostgreSQL database (issue 31): real `bosun coordinator serve`
-//! processes started with `--database postgres://…` on one data directory (logs are files
-//! there), a real PostgreSQL 15 server the test starts, agents speaking the protocol over
+//! processes started with `--database postgres://…` on one data directory (`--shared-data`:
+//! finished logs and blobs are files there; running logs are in the database), a real
+//! PostgreSQL 15 server the test starts, agents speaking the protocol over
 //! HTTP (`coordinator_rig`), spread over the replicas.
 //!
 //! - many jobs through two replicas: no job is handed out twice, every one ends, every log
@@ -66,7 +67,8 @@ fn cluster(pg: &PgServer) -> Cluster {
 }
 
 fn replica(c: &Cluster, extra: &[&str]) -> Server {
-    let mut args = vec!["--database", c.url.as_str()];
+    // These replicas share one data directory (blobs and finished logs there).
+    let mut args = vec!["--database", c.url.as_str(), "--shared-data"];
     args.extend_from_slice(extra);
     rig::start(&c.data, &args)
 }
@@ -79,7 +81,7 @@ fn store(c: &Cluster) -> PgStore {
 
 /// Job `id`'s log: its id, then bytes of every value (not UTF-8), so a lost, doubled or
 /// reordered piece shows in the digest.
-fn log_of(id: &str, len: usize) -> Vec<u8> {
+pub(crate) fn log_of(id: &str, len: usize) -> Vec<u8> {
     let seed: u64 = id.parse().unwrap_or(1);
     let mut out = format!("job {id}\n").into_bytes();
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
@@ -222,7 +224,7 @@ async fn post_status(agent: &Agent, p: &str, body: &FinishRequest) -> Option<u16
         .map(|r| r.status().as_u16())
 }
 
-fn runtime() -> tokio::runtime::Runtime {
+pub(crate) fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -232,7 +234,7 @@ fn runtime() -> tokio::runtime::Runtime {
 
 /// Every job ended `success` with exactly the bytes its agent sent, and was handed out once
 /// — or again only after the coordinator refused the agent that had it (its lease lapsed).
-fn check_all(c: &Cluster, ids: &[i64], seen: &Seen) {
+fn check_all(c: &Cluster, via: &Server, ids: &[i64], seen: &Seen) {
     let mut held: HashMap<&str, &str> = HashMap::new();
     for (job, agent) in &seen.claims {
         if let Some(first) = held.insert(job, agent) {
@@ -254,14 +256,19 @@ fn check_all(c: &Cluster, ids: &[i64], seen: &Seen) {
         );
     }
     let s = store(c);
+    let rt = runtime();
     for id in ids {
         let row = s.job(*id).expect("job").expect("row");
         assert_eq!(row.status, JobState::Success, "job {id}: {:?}", row.error);
-        assert_eq!(
-            s.log_from(*id, 0).expect("log"),
-            log_of(&id.to_string(), LOG_LEN),
-            "job {id}'s log"
-        );
+        // Through a replica's page: the chunks in the database, or the finished log's file
+        // once it moved there.
+        let url = format!("{}/jobs/{id}/log.txt", via.base);
+        let body = rt.block_on(async {
+            let r = rig::client().get(url).send().await.expect("log.txt");
+            assert_eq!(r.status(), 200);
+            r.bytes().await.expect("body").to_vec()
+        });
+        assert_eq!(body, log_of(&id.to_string(), LOG_LEN), "job {id}'s log");
     }
 }
 
@@ -369,7 +376,7 @@ fn two_replicas_hand_out_every_job_once_with_byte_exact_logs() {
         |_| {},
         Duration::from_secs(180),
     );
-    check_all(&c, &ids, &seen);
+    check_all(&c, &a, &ids, &seen);
     // Nothing refused with the database up all along.
     assert!(seen.refused.is_empty(), "{:?}", seen.refused);
     // Both replicas handed out jobs.
@@ -512,5 +519,5 @@ fn a_database_restart_is_ridden_out_and_readyz_says_so() {
         },
         Duration::from_secs(240),
     );
-    check_all(&c, &ids, &seen);
+    check_all(&c, &a, &ids, &seen);
 }

@@ -428,11 +428,12 @@ async fn append_events(
 }
 
 /// Move a finished job's log into the object store, off the agent's request (a failure is
-/// retried by the sweeper; readers meanwhile read the file).
+/// retried by the sweeper; readers meanwhile read the store's copy).
 fn archive_log(state: &Arc<AppState>, id: i64) {
     let logs = state.logs.clone();
+    let store = state.store.clone();
     tokio::spawn(async move {
-        if let Err(e) = logs.archive(id).await {
+        if let Err(e) = logs.archive(&store, id).await {
             tracing::warn!(job = id, "moving the finished log: {e}");
         }
     });

@@ -185,8 +185,9 @@ pub struct DataArg {
     #[arg(long, env = "BOSUN_COORDINATOR_SECRETS_KEY", value_name = "FILE")]
     pub secrets_key: Option<PathBuf>,
     /// Keep the store in PostgreSQL instead of the data directory's SQLite file
-    /// (`postgres://USER@HOST:PORT/DB?sslmode=require`; docs/scale.md). Logs and blobs stay
-    /// in the data directory. Give a password in the environment, not on the command line.
+    /// (`postgres://USER@HOST:PORT/DB?sslmode=require`; docs/scale.md). Running jobs' logs
+    /// go into the database too; `serve` then wants --blob-store (or --shared-data). Give a
+    /// password in the environment, not on the command line.
     #[arg(
         long,
         env = "BOSUN_DATABASE_URL",
@@ -235,7 +236,7 @@ impl DataArg {
         }
     }
 
-    /// The PostgreSQL store at `url`, logs in the data directory.
+    /// The PostgreSQL store at `url`.
     pub fn open_postgres(&self, url: &DatabaseUrl) -> Result<store::PgStore> {
         store::PgStore::open(url.0.expose(), &self.data, self.secrets_key.as_deref())
     }

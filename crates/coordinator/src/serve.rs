@@ -194,6 +194,12 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         region: args.s3_region.clone(),
         credentials_file: args.s3_credentials_file.clone(),
     };
+    objects::check_placement(
+        args.data.database.is_some(),
+        args.blob_store.as_deref(),
+        args.shared_data,
+    )
+    .map_err(|e| CoordError::Invalid(e.to_string()))?;
     let objects = objects::open(&object_settings, &args.data.data)
         .await
         .map_err(|e| CoordError::Invalid(format!("the blob store: {e}")))?;

@@ -64,6 +64,12 @@ pub struct ServeArgs {
     /// AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN) from the environment.
     #[arg(long, env = "BOSUN_BLOB_STORE", value_name = "s3://BUCKET/PREFIX")]
     pub blob_store: Option<String>,
+    /// With --database and no --blob-store: every coordinator on this database uses this
+    /// same data directory (one host, or a shared mount), or this one runs alone, so blobs
+    /// and finished logs kept there are seen by all (docs/scale.md). Without it such a start
+    /// is refused.
+    #[arg(long, env = "BOSUN_SHARED_DATA")]
+    pub shared_data: bool,
     /// The S3 server's URL, e.g. https://minio.example:9000 (default: AWS, from the region).
     #[arg(
         long,

@@ -449,6 +449,8 @@ struct Follow {
     /// and how many records of the job's times were read.
     times: super::store::LogTimes,
     times_read: usize,
+    /// When the store was last told a page follows this log (see [`FOLLOWED_FOR`]).
+    followed: Option<tokio::time::Instant>,
     /// The request's headers (its session cookie or bearer token), to ask again whether its
     /// sender may still read the job ([`still_readable`]), and when that was last asked.
     headers: HeaderMap,
@@ -483,6 +485,11 @@ async fn still_readable(state: &AppState, headers: &HeaderMap, id: i64) -> bool 
         Ok(Some(true))
     )
 }
+
+/// A live stream marks its log followed for this long, and again every third of it while
+/// it runs: meanwhile appends received by other coordinators on the same database notify
+/// this one (`LogStore::follow_log`), so the page keeps up as with appends received here.
+const FOLLOWED_FOR: Duration = Duration::from_secs(30);
 
 /// A follower sends at most one batch per this: appends in between coalesce into it, so a
 /// follower costs the same whether the agent appends ten times a second or a thousand.
@@ -530,6 +537,10 @@ async fn next_batch(mut f: Follow) -> Option<(Vec<Event>, Follow)> {
         let (id, offset, seq, status) = (f.id, f.offset, f.seq, f.status);
         let ssh = f.ssh.clone();
         let times_read = f.times_read;
+        let mark = f.followed.is_none_or(|t| t.elapsed() >= FOLLOWED_FOR / 3);
+        if mark {
+            f.followed = Some(tokio::time::Instant::now());
+        }
         let cached = match f.row.take() {
             Some(mut row) if progress.gen == f.gen && !f.recheck => {
                 row.log_bytes = row.log_bytes.max(progress.log_bytes);
@@ -554,6 +565,13 @@ async fn next_batch(mut f: Follow) -> Option<(Vec<Event>, Follow)> {
                         None => return Ok(None),
                     },
                 };
+                if mark && !job.is_final() {
+                    // Appends through other replicas notify while this is marked (the
+                    // store's own appends wake this stream directly).
+                    if let Err(e) = s.follow_log(id, FOLLOWED_FOR.as_secs()) {
+                        tracing::debug!(job = id, "marking the log followed: {e}");
+                    }
+                }
                 let fresh = job.log_bytes > offset
                     || job.event_count > seq
                     || status != Some(job.status)
@@ -733,6 +751,7 @@ async fn job_stream(
         times_read: 0,
         headers,
         checked: tokio::time::Instant::now(),
+        followed: None,
     };
     let s: std::pin::Pin<Box<dyn Stream<Item = Result<Event, Infallible>> + Send>> = Box::pin(
         stream::unfold(follow, next_batch)

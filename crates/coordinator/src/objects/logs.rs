@@ -1,12 +1,21 @@
-//! Finished logs as objects. A live log is appended to its file under the data directory's
-//! `logs/` (offset-idempotent appends, see the store); once its job is final the file moves
-//! whole into the object store as `logs/<id>.log` and leaves the disk. With the local store
-//! nothing moves: the file already is the object.
+//! Finished logs as objects. A running job's log is kept by the store (offset-idempotent
+//! appends): on SQLite a file under the data directory's `logs/`, on PostgreSQL chunks in
+//! the database that every replica reads ([`crate::store::LogStore::live_logs_shared`]).
+//! Once its job is final the log becomes one object of the blob store, `logs/<id>.log`:
 //!
-//! Readers go through [`LogArchive`]: it asks the store first (the live file), and reads
-//! from the object what the file no longer has. A file that moves while a reader holds it
-//! open is still read whole (an open file outlives its name), and the object is whole before
-//! the file goes, so a reader never falls between the two.
+//! - a file moves whole into the object store and leaves the disk (with the data
+//!   directory's store nothing moves: the file already is the object);
+//! - chunks are copied into a file of this replica, which goes into the object store, and
+//!   only then are the chunks deleted. A crash in between leaves both, equal (a finished
+//!   log no longer changes): the sweep copies it again and deletes the chunks. A copy that
+//!   finds fewer bytes than the job committed (another replica moved the log meanwhile) is
+//!   not put, so an object is never shortened.
+//!
+//! Readers go through [`LogArchive`]: it asks the store first (the file, the chunks), and
+//! reads from the object what the store no longer has. A file that moves while a reader
+//! holds it open is still read whole (an open file outlives its name), a statement reads a
+//! log's chunks all or none, and the object is whole before either goes, so a reader never
+//! falls between the two.
 //!
 //! A log's page numbers its lines from the log's start, so it needs the count of newlines
 //! before each part it shows. Over a local file that is a fast scan; over an object it
@@ -18,6 +27,7 @@ use super::{log_key, log_lines_key, ObjectError, Objects};
 use crate::error::{CoordError, Result};
 use crate::store::{Backend, ServedStore};
 use futures_util::TryStreamExt;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,6 +35,15 @@ use std::time::Duration;
 /// How often finished logs still on disk (a job that ended through a lease's expiry, a
 /// cancel, or before a restart) are looked for and moved.
 pub const SWEEP_EVERY: Duration = Duration::from_secs(30);
+
+/// How much of a log a copy into the object store reads from the store at a time.
+const COPY_PIECE: u64 = 4 << 20;
+
+/// A copy or index file untouched this long was left by a replica that died mid-move.
+const COPY_STALE: Duration = Duration::from_secs(600);
+
+/// Numbers this process's copies apart (see [`LogArchive::archive`]).
+static COPIES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// The line index's step: a count reads at most this much of a finished log per point.
 pub const LINE_BLOCK: u64 = 1 << 20;
@@ -89,8 +108,15 @@ impl LogArchive {
     }
 
     /// Move job `id`'s log (its job is final) into the object store. `false`: nothing to
-    /// move (the local store, or already moved).
-    pub async fn archive(&self, id: i64) -> std::result::Result<bool, ObjectError> {
+    /// move (the local store with file logs, already moved, or not final).
+    pub async fn archive(
+        &self,
+        store: &Arc<dyn ServedStore>,
+        id: i64,
+    ) -> std::result::Result<bool, ObjectError> {
+        if store.backend().live_logs_shared() {
+            return self.archive_chunks(store, id).await;
+        }
         if self.objects.is_local() {
             return Ok(false);
         }
@@ -98,10 +124,20 @@ impl LogArchive {
         if tokio::fs::metadata(&file).await.is_err() {
             return Ok(false);
         }
-        // The index first: a log object is never there without its index (an index without
-        // its log, after a failed move, is written again with the next try).
-        let index_file = self.logs_dir.join(format!("{id}.lines.tmp"));
-        let (f, out) = (file.clone(), index_file.clone());
+        self.put_with_index(id, &file).await?;
+        Ok(true)
+    }
+
+    /// Put the whole log in `file` as job `id`'s log object, its line index first: a log
+    /// object is never there without its index (an index without its log, after a failed
+    /// move, is written again with the next try). `file` is gone afterwards.
+    async fn put_with_index(
+        &self,
+        id: i64,
+        file: &std::path::Path,
+    ) -> std::result::Result<(), ObjectError> {
+        let index_file = file.with_extension("lines.tmp");
+        let (f, out) = (file.to_path_buf(), index_file.clone());
         tokio::task::spawn_blocking(move || -> std::io::Result<()> {
             let index = line_index(std::io::BufReader::new(std::fs::File::open(&f)?))?;
             let text: String = index.iter().map(|n| format!("{n}\n")).collect();
@@ -110,48 +146,139 @@ impl LogArchive {
         .await
         .map_err(|e| ObjectError::Config(format!("indexing job {id}'s log: {e}")))?
         .map_err(|source| ObjectError::Io {
-            path: file.clone(),
+            path: file.to_path_buf(),
             source,
         })?;
         self.objects
             .put_file(&log_lines_key(id), &index_file)
             .await?;
-        self.objects.put_file(&log_key(id), &file).await?;
+        self.objects.put_file(&log_key(id), file).await?;
         tracing::debug!(job = id, "log moved to {}", self.objects.describe());
+        Ok(())
+    }
+
+    /// A finished job's log kept by the store (chunks every replica reads) into one object:
+    /// copied to a file of this replica, put, then dropped from the store.
+    async fn archive_chunks(
+        &self,
+        store: &Arc<dyn ServedStore>,
+        id: i64,
+    ) -> std::result::Result<bool, ObjectError> {
+        let s = Arc::clone(store);
+        let dir = self.logs_dir.clone();
+        // A name of this process's own: replicas sharing a data directory never write one
+        // file.
+        let tmp = dir.join(format!(
+            "{id}.{}.{}.copy",
+            std::process::id(),
+            COPIES.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        let path = tmp.clone();
+        let copied = tokio::task::spawn_blocking(move || -> std::result::Result<bool, String> {
+            use std::io::Write;
+            let b = s.backend();
+            let Some(job) = b.job(id).map_err(|e| e.to_string())? else {
+                return Ok(false);
+            };
+            if !job.is_final() {
+                return Ok(false);
+            }
+            let end = job.log_bytes;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .create(&dir)
+                .map_err(|e| format!("{}: {e}", dir.display()))?;
+            let mut f = std::fs::OpenOptions::new()
+                .create_new(true)
+                .write(true)
+                .mode(0o600)
+                .open(&path)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            let mut at = 0u64;
+            while at < end {
+                let piece = b
+                    .read_log(id, at, end.min(at + COPY_PIECE))
+                    .map_err(|e| e.to_string())?;
+                if piece.is_empty() {
+                    break;
+                }
+                f.write_all(&piece)
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
+                at += piece.len() as u64;
+            }
+            if at < end {
+                // Moved by another replica meanwhile (its chunks are gone): nothing to do,
+                // and what was read is not the whole log.
+                return Ok(false);
+            }
+            Ok(true)
+        })
+        .await
+        .map_err(|e| ObjectError::Config(format!("copying job {id}'s log: {e}")))?
+        .map_err(|e| ObjectError::Config(format!("copying job {id}'s log: {e}")));
+        let copied = match copied {
+            Ok(true) => self.put_with_index(id, &tmp).await.map(|()| true),
+            other => other,
+        };
+        // Left over on a failure (put_file keeps its file then) or when nothing was put.
+        let _ = tokio::fs::remove_file(&tmp).await;
+        let _ = tokio::fs::remove_file(tmp.with_extension("lines.tmp")).await;
+        if !copied? {
+            return Ok(false);
+        }
+        let s = Arc::clone(store);
+        tokio::task::spawn_blocking(move || s.backend().drop_finished_log(id))
+            .await
+            .map_err(|e| ObjectError::Config(format!("dropping job {id}'s chunks: {e}")))?
+            .map_err(|e| ObjectError::Config(format!("dropping job {id}'s chunks: {e}")))?;
         Ok(true)
     }
 
-    /// Ids of the logs still on disk.
-    fn local_ids(&self) -> Vec<i64> {
+    /// Remove copies a replica left behind when it died mid-move ([`COPY_STALE`] without a
+    /// write: no copy in progress is that slow).
+    fn clear_stale_copies(&self) {
         let Ok(dir) = std::fs::read_dir(&self.logs_dir) else {
-            return Vec::new();
+            return;
         };
-        dir.filter_map(|e| e.ok())
-            .filter_map(|e| {
-                let name = e.file_name();
-                name.to_str()?.strip_suffix(".log")?.parse().ok()
-            })
-            .collect()
-    }
-
-    /// Move every finished job's log still on disk; how many moved.
-    pub async fn sweep(&self, store: Arc<dyn ServedStore>) -> usize {
-        if self.objects.is_local() {
-            return 0;
-        }
-        let mut moved = 0;
-        for id in self.local_ids() {
-            let s = Arc::clone(&store);
-            let fin = tokio::task::spawn_blocking(move || s.backend().job(id))
-                .await
-                .ok()
-                .and_then(|r| r.ok())
-                .flatten()
-                .is_some_and(|j| j.is_final());
-            if !fin {
+        for e in dir.filter_map(|e| e.ok()) {
+            let name = e.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if !(name.ends_with(".copy") || name.ends_with(".lines.tmp")) {
                 continue;
             }
-            match self.archive(id).await {
+            let stale = e
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age >= COPY_STALE);
+            if stale {
+                if let Err(err) = std::fs::remove_file(e.path()) {
+                    tracing::warn!("{}: {err}", e.path().display());
+                }
+            }
+        }
+    }
+
+    /// Move every finished job's log the store still keeps; how many moved.
+    pub async fn sweep(&self, store: Arc<dyn ServedStore>) -> usize {
+        if self.objects.is_local() && !store.backend().live_logs_shared() {
+            return 0;
+        }
+        self.clear_stale_copies();
+        let s = Arc::clone(&store);
+        let ids = match tokio::task::spawn_blocking(move || s.backend().finished_live_logs()).await
+        {
+            Ok(Ok(ids)) => ids,
+            Ok(Err(e)) => {
+                tracing::warn!("looking for finished logs to move: {e}");
+                return 0;
+            }
+            Err(_) => return 0,
+        };
+        let mut moved = 0;
+        for id in ids {
+            match self.archive(&store, id).await {
                 Ok(true) => moved += 1,
                 Ok(false) => {}
                 Err(e) => tracing::warn!(job = id, "moving the finished log: {e}"),
@@ -166,7 +293,7 @@ impl LogArchive {
         store: Arc<dyn ServedStore>,
         stop: tokio_util::sync::CancellationToken,
     ) {
-        if self.objects.is_local() {
+        if self.objects.is_local() && !store.backend().live_logs_shared() {
             return;
         }
         tokio::spawn(async move {
@@ -219,9 +346,20 @@ impl LogArchive {
     }
 
     /// What the file lacked of `from..want`, from the object.
-    fn fill(&self, id: i64, from: u64, want: u64, mut got: Vec<u8>) -> Result<Vec<u8>> {
+    fn fill(
+        &self,
+        s: &dyn Backend,
+        id: i64,
+        from: u64,
+        want: u64,
+        mut got: Vec<u8>,
+    ) -> Result<Vec<u8>> {
         let have = from + got.len() as u64;
-        if self.objects.is_local() || have >= want || self.file(id).exists() {
+        if have >= want {
+            return Ok(got);
+        }
+        // A file log is the object with the data directory's store, and while it exists.
+        if !s.live_logs_shared() && (self.objects.is_local() || self.file(id).exists()) {
             return Ok(got);
         }
         got.extend(self.read_object(id, have, want)?);
@@ -240,13 +378,13 @@ impl LogArchive {
             return Ok(None);
         };
         let want = end.min(from.saturating_add(max));
-        Ok(Some((self.fill(id, from, want, bytes)?, end)))
+        Ok(Some((self.fill(s, id, from, want, bytes)?, end)))
     }
 
     /// [`crate::store::LogStore::read_log`], finished logs included.
     pub fn read_log(&self, s: &dyn Backend, id: i64, from: u64, end: u64) -> Result<Vec<u8>> {
         let bytes = s.read_log(id, from, end)?;
-        self.fill(id, from, end, bytes)
+        self.fill(s, id, from, end, bytes)
     }
 
     /// Counts through the log's line index, reading at most one block per point; `None`
@@ -291,13 +429,28 @@ impl LogArchive {
     /// [`crate::store::LogStore::newlines_before`], finished logs included: one pass over
     /// the object up to the largest point.
     pub fn newlines_before(&self, s: &dyn Backend, id: i64, points: &[u64]) -> Result<Vec<u64>> {
-        if self.objects.is_local() || self.file(id).exists() {
+        if s.live_logs_shared() {
+            // A running job's log is the store's; a finished one's is the object once there
+            // (it is whole before the store drops its copy).
+            if s.job(id)?.is_none_or(|j| !j.is_final()) {
+                return s.newlines_before(id, points);
+            }
+        } else if self.objects.is_local() || self.file(id).exists() {
             return s.newlines_before(id, points);
         }
         if let Some(counts) = self.newlines_by_index(id, points)? {
             return Ok(counts);
         }
         let key = log_key(id);
+        if s.live_logs_shared()
+            && self
+                .runtime
+                .block_on(self.objects.size(&key))
+                .map_err(objects_err)?
+                .is_none()
+        {
+            return s.newlines_before(id, points);
+        }
         let upto = points.iter().copied().max().unwrap_or(0);
         self.runtime.block_on(async {
             let Some(size) = self.objects.size(&key).await.map_err(objects_err)? else {

@@ -9,8 +9,8 @@
 //! An object is put whole from a local file, streamed, and becomes visible only once whole
 //! (a rename; an S3 multipart upload completed, aborted on any error), so a reader never sees
 //! half of one. Reads are ranges, streamed. Uploads in progress stay local (the blob files'
-//! `uploads/`), and live logs too: only what is finished moves here. See
-//! `docs/object-storage.md`.
+//! `uploads/`), and live logs stay with the store (SQLite: files; PostgreSQL: the
+//! database): only what is finished moves here. See `docs/object-storage.md`.
 
 pub mod local;
 pub mod logs;
@@ -112,6 +112,29 @@ pub async fn open(settings: &StoreSettings, data: &Path) -> Result<Arc<dyn Objec
             Ok(Arc::new(s))
         }
     }
+}
+
+/// May a coordinator start with these settings? On PostgreSQL (`database`) several
+/// coordinators share the store, and each hands out blobs and finished logs that any other
+/// may be asked for: they must be in a store every one of them reaches — a bucket, or a
+/// data directory they share (`shared_data`, the operator's word: it cannot be seen from
+/// here). SQLite is one coordinator: its data directory is enough.
+pub fn check_placement(
+    database: bool,
+    blob_store: Option<&str>,
+    shared_data: bool,
+) -> Result<(), ObjectError> {
+    if !database || shared_data || blob_store.is_some_and(|b| !b.is_empty()) {
+        return Ok(());
+    }
+    Err(ObjectError::Config(
+        "--database keeps the queue and running logs where every coordinator sees them, but \
+         blobs and finished logs would stay in this data directory, which other coordinators \
+         on the database do not see: give --blob-store s3://BUCKET[/PREFIX] (see \
+         docs/object-storage.md), or --shared-data when every coordinator on this database \
+         uses this same data directory (a shared mount) or this one runs alone"
+            .into(),
+    ))
 }
 
 /// `s3://bucket/some/prefix` → (`bucket`, `some/prefix`).

@@ -239,6 +239,22 @@ async fn wrong_settings_say_which_bucket_and_never_the_secret() {
     assert!(e.contains("chmod 600"), "{e}");
 }
 
+/// PostgreSQL without a bucket starts only when the operator says the data directory is
+/// shared; SQLite always; a bucket always.
+#[test]
+fn blobs_with_postgresql_must_be_where_every_replica_sees_them() {
+    let err = check_placement(true, None, false).expect_err("refused");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("--blob-store s3://") && msg.contains("--shared-data"),
+        "{msg}"
+    );
+    assert!(check_placement(true, Some(""), false).is_err());
+    assert!(check_placement(true, None, true).is_ok());
+    assert!(check_placement(true, Some("s3://ci-blobs/x"), false).is_ok());
+    assert!(check_placement(false, None, false).is_ok());
+}
+
 #[test]
 fn s3_urls() {
     assert_eq!(
@@ -350,8 +366,9 @@ async fn a_finished_logs_line_numbers_read_one_block_per_point_through_its_index
         inner: open(&settings, data.path()).await.expect("open s3"),
         reads: std::sync::Mutex::new(Vec::new()),
     });
-    let store: Arc<dyn crate::store::Backend> =
-        Arc::new(crate::store::Store::open(data.path()).expect("store"));
+    let sqlite = Arc::new(crate::store::Store::open(data.path()).expect("store"));
+    let store: Arc<dyn crate::store::Backend> = sqlite.clone();
+    let served: Arc<dyn crate::store::ServedStore> = sqlite;
     // Lines of every length up to 300 bytes, over five and a half blocks.
     let mut log = Vec::new();
     let mut i = 0usize;
@@ -371,7 +388,7 @@ async fn a_finished_logs_line_numbers_read_one_block_per_point_through_its_index
     std::fs::create_dir_all(&logs).expect("logs dir");
     std::fs::write(logs.join("7.log"), &log).expect("log");
     let archive = Arc::new(LogArchive::new(o.clone() as Arc<dyn Objects>, data.path()));
-    assert!(archive.archive(7).await.expect("archive"));
+    assert!(archive.archive(&served, 7).await.expect("archive"));
     assert!(!logs.join("7.log").exists());
     assert!(o.size(&log_lines_key(7)).await.expect("size").is_some());
 

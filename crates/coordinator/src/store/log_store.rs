@@ -47,6 +47,19 @@ pub trait LogStore: Send + Sync {
     fn log_times(&self, id: i64) -> Result<LogTimes>;
     /// The records of job `id`'s times from the `skip`th on, and how many there are in all.
     fn log_times_from(&self, id: i64, skip: usize) -> Result<(Vec<(u64, i64)>, usize)>;
+    /// Does every process on this store read running jobs' logs (they are in the database),
+    /// rather than files of this data directory? Then a finished log is copied into the
+    /// object store from the store's reads, and dropped here with
+    /// [`LogStore::drop_finished_log`].
+    fn live_logs_shared(&self) -> bool;
+    /// Finished jobs whose log has not moved into the object store yet.
+    fn finished_live_logs(&self) -> Result<Vec<i64>>;
+    /// Forget the running copy of a finished job's log: it is whole in the object store.
+    /// A job that is not final keeps its log.
+    fn drop_finished_log(&self, id: i64) -> Result<()>;
+    /// A live page follows job `id` in this process for the next `secs`: appends received by
+    /// other processes on the store must reach the change feed meanwhile.
+    fn follow_log(&self, id: i64, secs: u64) -> Result<()>;
 }
 
 impl LogStore for Store {
@@ -93,5 +106,21 @@ impl LogStore for Store {
     }
     fn log_times_from(&self, id: i64, skip: usize) -> Result<(Vec<(u64, i64)>, usize)> {
         Store::log_times_from(self, id, skip)
+    }
+    /// Files of the data directory: one coordinator writes and reads them.
+    fn live_logs_shared(&self) -> bool {
+        false
+    }
+    fn finished_live_logs(&self) -> Result<Vec<i64>> {
+        Store::finished_live_logs(self)
+    }
+    /// Nothing: the file itself moved into the object store (`Objects::put_file`), or is
+    /// the object (the data directory's store).
+    fn drop_finished_log(&self, _id: i64) -> Result<()> {
+        Ok(())
+    }
+    /// Nothing: only this process appends, and its appends wake its pages directly.
+    fn follow_log(&self, _id: i64, _secs: u64) -> Result<()> {
+        Ok(())
     }
 }

@@ -94,6 +94,26 @@ impl Store {
             .map_err(io_err(&self.logs))
     }
 
+    /// Finished jobs whose log file is still in the data directory's `logs/` (with the
+    /// data directory's object store, every finished log: the file is the object).
+    pub(super) fn finished_live_logs(&self) -> Result<Vec<i64>> {
+        let Ok(dir) = std::fs::read_dir(&self.logs) else {
+            return Ok(Vec::new());
+        };
+        let ids: Vec<i64> = dir
+            .filter_map(|e| e.ok())
+            .filter_map(|e| e.file_name().to_str()?.strip_suffix(".log")?.parse().ok())
+            .collect();
+        let mut out = Vec::new();
+        for id in ids {
+            if self.job(id)?.is_some_and(|j| j.is_final()) {
+                out.push(id);
+            }
+        }
+        out.sort_unstable();
+        Ok(out)
+    }
+
     /// Forget a job's log (a re-queued attempt starts over).
     pub(super) fn drop_log(&self, id: i64) {
         self.drop_times(id);

@@ -268,54 +268,6 @@ impl PgStore {
         Ok(rows)
     }
 
-    /// How many `\n` the job's log holds before each of `points` (ascending or not): one
-    /// pass over the file up to the largest, in 1 MiB pieces (line numbers of a log's tail).
-    pub(super) fn newlines_before(&self, id: i64, points: &[u64]) -> Result<Vec<u64>> {
-        use std::io::Read as _;
-        let mut order: Vec<usize> = (0..points.len()).collect();
-        order.sort_by_key(|&i| points[i]);
-        let mut out = vec![0u64; points.len()];
-        let Some(&last) = order.last() else {
-            return Ok(out);
-        };
-        let upto = points[last];
-        let path = log_path(&self.logs, id);
-        let mut f = match File::open(&path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
-            Err(e) => return Err(io_err(&path)(e)),
-        };
-        let mut buf = vec![0u8; 1 << 20];
-        let (mut pos, mut count, mut next) = (0u64, 0u64, 0usize);
-        while next < order.len() {
-            while next < order.len() && points[order[next]] <= pos {
-                out[order[next]] = count;
-                next += 1;
-            }
-            if pos >= upto || next >= order.len() {
-                break;
-            }
-            let want = ((upto - pos) as usize).min(buf.len());
-            let n = f.read(&mut buf[..want]).map_err(io_err(&path))?;
-            if n == 0 {
-                break;
-            }
-            let piece = &buf[..n];
-            // Points inside this piece get the count up to them.
-            while next < order.len() && points[order[next]] < pos + n as u64 {
-                let k = (points[order[next]] - pos) as usize;
-                out[order[next]] = count + memchr::memchr_iter(b'\n', &piece[..k]).count() as u64;
-                next += 1;
-            }
-            count += memchr::memchr_iter(b'\n', piece).count() as u64;
-            pos += n as u64;
-        }
-        for &i in &order[next..] {
-            out[i] = count;
-        }
-        Ok(out)
-    }
-
     pub fn job(&self, id: i64) -> Result<Option<JobRow>> {
         Ok(self
             .reader()?

@@ -140,6 +140,12 @@ impl PgStore {
     }
 
     /// Append log bytes sent for `offset`; see `docs/protocol.md` (idempotent by offset).
+    ///
+    /// The bytes go into the database (`log_chunks`), in the transaction that moves the
+    /// job's committed length, under its row's lock: whichever replica an agent reaches,
+    /// an append lands once or not at all, and a resend from the last acknowledged offset
+    /// through another replica (the first died between two appends) overlaps what is
+    /// committed and adds only what lies beyond it.
     pub(super) fn append_log(
         &self,
         id: i64,
@@ -149,15 +155,11 @@ impl PgStore {
         bytes: &[u8],
     ) -> Result<AppendOutcome> {
         let mut conn = self.conn()?;
-        let out = Self::append_log_tx(&self.logs, &mut conn, id, agent_id, attempt, offset, bytes);
-        out.map(|(outcome, added)| {
-            self.appended
-                .fetch_add(added, std::sync::atomic::Ordering::Relaxed);
-            if let (AppendOutcome::Ack(end), true) = (&outcome, added > 0) {
-                self.note_arrival(id, end - added, now_ms());
-            }
-            outcome
-        })
+        let (outcome, added) =
+            Self::append_log_tx(&mut conn, id, agent_id, attempt, offset, bytes, now_ms())?;
+        self.appended
+            .fetch_add(added, std::sync::atomic::Ordering::Relaxed);
+        Ok(outcome)
     }
 
     /// New log bytes appended through this store since it opened.
@@ -166,46 +168,25 @@ impl PgStore {
     }
 
     fn append_log_tx(
-        logs: &Path,
         conn: &mut Connection,
         id: i64,
         agent_id: &str,
         attempt: Option<u32>,
         offset: u64,
         bytes: &[u8],
+        now: i64,
     ) -> Result<(AppendOutcome, u64)> {
         let tx = conn.transaction_with_behavior(TransactionBehavior::RowLocks)?;
         match Self::lease_state(&tx, id, agent_id, attempt)? {
             Lease::Held => {}
             other => return Ok((AppendOutcome::Refused(other), 0)),
         }
-        let stored: i64 = tx.query_row("SELECT log_bytes FROM jobs WHERE id = ?1", [id], |r| {
-            r.get(0)
-        })?;
+        let (stored, followed_until): (i64, i64) = tx.query_row(
+            "SELECT log_bytes, log_followed_until FROM jobs WHERE id = ?1",
+            [id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
         let mut stored = stored as u64;
-        let path = log_path(logs, id);
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(0o600)
-            .open(&path)
-            .map_err(io_err(&path))?;
-        let on_disk = file.metadata().map_err(io_err(&path))?.len();
-        if on_disk < stored {
-            // The host crashed before the file reached the disk: what survived is the log.
-            tracing::warn!(
-                job = id,
-                "log file {} has {on_disk} of {stored} committed bytes (host crash?); asking the agent to resend from {on_disk}",
-                path.display()
-            );
-            tx.execute(
-                "UPDATE jobs SET log_bytes = ?2 WHERE id = ?1",
-                params![id, on_disk as i64],
-            )?;
-            tx.commit()?;
-            return Ok((AppendOutcome::Gap(on_disk), 0));
-        }
         if offset > stored {
             return Ok((AppendOutcome::Gap(stored), 0));
         }
@@ -215,19 +196,24 @@ impl PgStore {
             return Ok((AppendOutcome::Ack(stored), 0));
         }
         let new = &bytes[skip..];
-        {
-            use std::os::unix::fs::FileExt;
-            if on_disk > stored {
-                // An append that wrote but never committed: not part of the log.
-                file.set_len(stored).map_err(io_err(&path))?;
-            }
-            file.write_all_at(new, stored).map_err(io_err(&path))?;
-        }
+        tx.execute(
+            "INSERT INTO log_chunks(job_id, start, bytes) VALUES (?1, ?2, ?3)",
+            params![id, stored as i64, new],
+        )?;
+        super::times::note_arrival(&tx, id, stored, now)?;
         stored += new.len() as u64;
         tx.execute(
             "UPDATE jobs SET log_bytes = ?2 WHERE id = ?1",
             params![id, stored as i64],
         )?;
+        if followed_until > now {
+            // A live page follows this log on some replica: tell them all (on commit).
+            tx.query_row(
+                "SELECT pg_notify('bosun_changes', ?1)",
+                [id.to_string()],
+                |_| Ok(()),
+            )?;
+        }
         tx.commit()?;
         Ok((AppendOutcome::Ack(stored), new.len() as u64))
     }
@@ -309,18 +295,8 @@ impl PgStore {
         if log_bytes != stored as u64 {
             return Ok(FinishOutcome::Incomplete(stored as u64));
         }
-        let (digest, on_disk) = self.log_digest(id, stored as u64)?;
-        if on_disk < stored as u64 {
-            // Lost in a host crash (see the module comment): have the agent resend it.
-            tx.execute(
-                "UPDATE jobs SET log_bytes = ?2 WHERE id = ?1",
-                params![id, on_disk as i64],
-            )?;
-            tx.commit()?;
-            return Ok(FinishOutcome::Incomplete(on_disk));
-        }
-        // The agent deletes its spool once this finish is acknowledged.
-        self.sync_log(id)?;
+        // The chunks committed with the length: the digest covers exactly those bytes.
+        let digest = Self::log_digest(&tx, id, stored as u64)?;
         let now = now_ms();
         if !digest.eq_ignore_ascii_case(log_sha256.trim()) {
             let msg = format!(
@@ -357,7 +333,6 @@ impl PgStore {
                 .collect::<sql::Result<Vec<_>>>()?
         };
         let mut requeued = 0;
-        let mut requeued_ids = Vec::new();
         for (id, attempts, max, cancel) in lapsed {
             if cancel {
                 tx.execute(
@@ -377,10 +352,10 @@ impl PgStore {
                 // The next attempt's agent sends its log from offset 0 again, so the lost
                 // attempt's log and events go; the error field says what happened.
                 tx.execute("DELETE FROM job_events WHERE job_id = ?1", [id])?;
+                Self::drop_log(&tx, id)?;
                 // What the lost attempt stored goes with its log: the next attempt stores
                 // its own (its caches stay: they are immutable and whole).
                 super::blobs::forget_attempt(&tx, id)?;
-                requeued_ids.push(id);
                 let msg = format!("attempt {attempts} lost its lease (no heartbeat); re-queued");
                 tx.execute(
                     "UPDATE jobs SET status = 'queued', agent_id = NULL, lease_expires = NULL, \
@@ -391,11 +366,6 @@ impl PgStore {
             }
         }
         tx.commit()?;
-        // After the commit: a crash before this leaves a file longer than `log_bytes` (0),
-        // which the next attempt's first append cuts back.
-        for id in requeued_ids {
-            self.drop_log(id);
-        }
         Ok(requeued)
     }
 }

@@ -14,10 +14,10 @@
 //!   read-then-write code stays correct as written; the hot paths — claims (`FOR UPDATE
 //!   SKIP LOCKED`), heartbeats, log and event appends, finishes — lock only the rows they
 //!   touch and run side by side (`lease.rs`).
-//! - Logs stay files in the data directory, as SQLite's (`logs/<id>.log`, its committed
-//!   length in `jobs.log_bytes`): replicas share the directory (one host, or a shared
-//!   filesystem) until logs move to object storage. An append locks its job's row, so two
-//!   replicas never write one log at once.
+//! - A running job's log is in the database (`log_chunks`, written in the transaction that
+//!   moves `jobs.log_bytes`; `logs.rs`), not a file: every replica appends and reads it, and
+//!   no replica's disk holds a byte another needs. A finished log becomes one object of the
+//!   blob store (`objects::logs`).
 //! - Other processes' changes arrive by `LISTEN/NOTIFY` (`watch.rs`), not by polling.
 //! - Secrets are sealed with the same key file and places ([`crate::secrets`]).
 
@@ -90,7 +90,6 @@ pub struct PgStore {
     /// New log bytes appended through this store since it opened (resends not counted).
     appended: std::sync::atomic::AtomicU64,
     secrets: SecretsKey,
-    logs: PathBuf,
 }
 
 /// The URL as logs may show it: no password.
@@ -159,8 +158,9 @@ impl r2d2::HandleError<postgres::Error> for QuietErrors {
 }
 
 impl PgStore {
-    /// Connect to the database at `url` (migrating it), with logs in data directory `dir`
-    /// and secrets sealed with the key file `key` (default: beside `dir`, as SQLite's).
+    /// Connect to the database at `url` (migrating it), with data directory `dir` (uploads
+    /// in progress; running logs are in the database) and secrets sealed with the key file
+    /// `key` (default: beside `dir`, as SQLite's).
     pub fn open(url: &str, dir: &Path, key: Option<&Path>) -> Result<PgStore> {
         let config: postgres::Config = url
             .parse()
@@ -192,12 +192,6 @@ impl PgStore {
             set_mode(dir, 0o700)?;
         }
         private_dir(dir)?;
-        let logs = dir.join(LOGS_DIR);
-        if !logs.exists() {
-            std::fs::create_dir_all(&logs).map_err(io_err(&logs))?;
-            set_mode(&logs, 0o700)?;
-        }
-        private_dir(&logs)?;
         let mut conn = Connection::new(pool.get().map_err(sql::SqlError::from)?);
         schema::migrate(&mut conn)?;
         let key_path = key
@@ -243,7 +237,6 @@ impl PgStore {
             tls,
             appended: std::sync::atomic::AtomicU64::new(0),
             secrets,
-            logs,
         })
     }
 
@@ -446,6 +439,19 @@ impl LogStore for PgStore {
     }
     fn log_times_from(&self, id: i64, skip: usize) -> Result<(Vec<(u64, i64)>, usize)> {
         PgStore::log_times_from(self, id, skip)
+    }
+    /// Chunks in the database: every replica reads them.
+    fn live_logs_shared(&self) -> bool {
+        true
+    }
+    fn finished_live_logs(&self) -> Result<Vec<i64>> {
+        PgStore::finished_live_logs(self)
+    }
+    fn drop_finished_log(&self, id: i64) -> Result<()> {
+        PgStore::drop_finished_log(self, id)
+    }
+    fn follow_log(&self, id: i64, secs: u64) -> Result<()> {
+        PgStore::follow_log(self, id, secs)
     }
 }
 

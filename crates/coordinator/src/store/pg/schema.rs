@@ -504,6 +504,28 @@ ALTER TABLE projects ADD COLUMN ssh_policy TEXT NOT NULL DEFAULT 'without-user-k
 ALTER TABLE jobs ADD COLUMN ssh_by TEXT;
 ALTER TABLE jobs ADD COLUMN ssh_user_key TEXT;
 "#,
+    // 11: running jobs'
+    // logs in the database rather than files of one replica's data directory, so every
+    // replica appends and reads them. A chunk per append, keyed by its first byte's offset
+    // (the append's transaction writes it with the job's committed length); the arrival
+    // times beside them; and how long the log has a live follower somewhere, so that an
+    // append notifies the replicas only then (see `store/pg/logs.rs`). A finished job's
+    // chunks become one object of the blob store and are deleted.
+    r#"
+CREATE TABLE log_chunks (
+    job_id BIGINT NOT NULL,
+    start BIGINT NOT NULL,
+    bytes BYTEA NOT NULL,
+    PRIMARY KEY (job_id, start)
+);
+CREATE TABLE log_times (
+    job_id BIGINT NOT NULL,
+    start BIGINT NOT NULL,
+    ms BIGINT NOT NULL,
+    PRIMARY KEY (job_id, start)
+);
+ALTER TABLE jobs ADD COLUMN log_followed_until BIGINT NOT NULL DEFAULT 0;
+"#,
 ];
 
 /// Apply the migrations this database has not had yet.

@@ -104,7 +104,8 @@ fn claims_go_oldest_first_across_projects() {
 }
 
 /// Another coordinator's enqueue and cancel reach this one's feed as they commit, with
-/// the job's id; appends and heartbeats do not wake it.
+/// the job's id; appends and heartbeats do not wake it — appends do once a page here
+/// follows the log.
 #[test]
 fn the_change_feed_hears_another_coordinators_enqueue_and_cancel() {
     let Some(server) = testing::server() else {
@@ -157,6 +158,25 @@ fn the_change_feed_hears_another_coordinators_enqueue_and_cancel() {
             .is_empty(),
         "appends and heartbeats notify nobody"
     );
+    // Until a page follows the log on some coordinator: then the other's appends notify.
+    here.follow_log(id, 30).expect("follow");
+    assert!(feed
+        .wait(Duration::from_millis(200))
+        .expect("wait")
+        .is_empty());
+    let t0 = std::time::Instant::now();
+    assert!(matches!(
+        other
+            .append_log(id, "a1", None, 5, b" world")
+            .expect("append"),
+        AppendOutcome::Ack(11)
+    ));
+    assert_eq!(
+        feed.wait(Duration::from_secs(5)).expect("wait"),
+        [Change::Job(id)]
+    );
+    assert!(t0.elapsed() < Duration::from_secs(1), "{:?}", t0.elapsed());
+    assert_eq!(here.log_from(id, 0).expect("log"), b"hello world");
     other.cancel(id).expect("cancel");
     assert_eq!(
         feed.wait(Duration::from_secs(5)).expect("wait"),

@@ -1,55 +1,27 @@
-//! When each part of a job's log arrived: a compact index beside the log
-//! (`logs/<id>.times`), one 16-byte record (log offset, ms since the epoch; little-endian) per
-//! second in which bytes arrived — not a row per line. A line's time is that of the last
-//! record at or before its first byte, so it is exact to the second. The page shows it on
-//! demand (per-line timestamps).
-//!
-//! Written after the append commits, without fsync: after a crash of the host a log may have
-//! fewer times than bytes (its last lines show the last time known), never wrong ones.
+//! When each part of a job's log arrived: rows of `log_times` (log offset, ms since the
+//! epoch), one per second in which bytes arrived — not a row per line. A line's time is
+//! that of the last record at or before its first byte, so it is exact to the second. The
+//! page shows it on demand (per-line timestamps). Written in the append's transaction, so
+//! every replica sees them; they stay when the log moves into the object store (a few
+//! rows a minute of output).
 
 use super::*;
 
-const RECORD: u64 = 16;
-
-fn times_path(logs: &Path, id: i64) -> PathBuf {
-    logs.join(format!("{id}.times"))
+/// Bytes from `offset` arrived at `ms`: recorded unless the last record is of the same
+/// second (or not before `offset`).
+pub(super) fn note_arrival(conn: &Connection, id: i64, offset: u64, ms: i64) -> Result<()> {
+    conn.execute(
+        "INSERT INTO log_times(job_id, start, ms) \
+         SELECT ?1::bigint, ?2::bigint, ?3::bigint WHERE NOT EXISTS ( \
+           SELECT 1 FROM (SELECT start, ms FROM log_times WHERE job_id = ?1::bigint \
+                          ORDER BY start DESC LIMIT 1) l \
+           WHERE l.ms / 1000 = ?3::bigint / 1000 OR l.start >= ?2::bigint)",
+        params![id, offset as i64, ms],
+    )?;
+    Ok(())
 }
 
 impl PgStore {
-    /// Bytes from `offset` arrived at `ms`: recorded unless a record of the same second
-    /// exists already.
-    pub(super) fn note_arrival(&self, id: i64, offset: u64, ms: i64) {
-        use std::os::unix::fs::FileExt;
-        let path = times_path(&self.logs, id);
-        let write = || -> std::io::Result<()> {
-            let f = std::fs::OpenOptions::new()
-                .create(true)
-                .truncate(false)
-                .read(true)
-                .write(true)
-                .mode(0o600)
-                .open(&path)?;
-            // A torn record (a crash mid-write) is cut off.
-            let len = f.metadata()?.len() / RECORD * RECORD;
-            if len >= RECORD {
-                let mut last = [0u8; RECORD as usize];
-                f.read_exact_at(&mut last, len - RECORD)?;
-                let (o, t) = decode(&last);
-                if t.div_euclid(1000) == ms.div_euclid(1000) || o >= offset {
-                    return Ok(());
-                }
-            }
-            let mut rec = [0u8; RECORD as usize];
-            rec[..8].copy_from_slice(&offset.to_le_bytes());
-            rec[8..].copy_from_slice(&ms.to_le_bytes());
-            f.write_all_at(&rec, len)
-        };
-        if let Err(e) = write() {
-            // Times are a convenience: the log itself is already committed.
-            tracing::warn!("{}: {e}", path.display());
-        }
-    }
-
     /// The arrival times of job `id`'s log (empty when none were recorded).
     pub(super) fn log_times(&self, id: i64) -> Result<LogTimes> {
         Ok(LogTimes(self.log_times_from(id, 0)?.0))
@@ -58,49 +30,21 @@ impl PgStore {
     /// The records of job `id`'s times from the `skip`th on, and how many records there are
     /// in all (a live stream reads only new ones).
     pub(super) fn log_times_from(&self, id: i64, skip: usize) -> Result<(Vec<(u64, i64)>, usize)> {
-        use std::io::{Read, Seek};
-        let path = times_path(&self.logs, id);
-        let mut f = match File::open(&path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), 0)),
-            Err(e) => return Err(io_err(&path)(e)),
-        };
-        let total = f.metadata().map_err(io_err(&path))?.len() / RECORD;
-        let mut bytes = Vec::new();
-        if (skip as u64) < total {
-            f.seek(std::io::SeekFrom::Start(skip as u64 * RECORD))
-                .and_then(|_| {
-                    f.take((total - skip as u64) * RECORD)
-                        .read_to_end(&mut bytes)
-                })
-                .map_err(io_err(&path))?;
-        }
-        let mut out: Vec<(u64, i64)> = Vec::with_capacity(bytes.len() / RECORD as usize);
-        for rec in bytes.chunks_exact(RECORD as usize) {
-            let (o, t) = decode(rec);
-            // Offsets only grow; anything else is damage, skipped.
-            if out.last().is_none_or(|(lo, _)| o > *lo) {
-                out.push((o, t));
-            }
-        }
-        Ok((out, total as usize))
+        let conn = self.reader()?;
+        let total: i64 = conn.query_row(
+            "SELECT COUNT(*) FROM log_times WHERE job_id = ?1",
+            [id],
+            |r| r.get(0),
+        )?;
+        let mut st = conn.prepare_cached(
+            "SELECT start, ms FROM log_times WHERE job_id = ?1 ORDER BY start OFFSET ?2",
+        )?;
+        let out = st
+            .query_map(params![id, skip as i64], |r| {
+                Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)?))
+            })?
+            .collect::<sql::Result<Vec<_>>>()?;
+        let total = total as usize;
+        Ok((out, total))
     }
-
-    /// Forget a job's times (its log starts over).
-    pub(super) fn drop_times(&self, id: i64) {
-        let path = times_path(&self.logs, id);
-        if let Err(e) = std::fs::remove_file(&path) {
-            if e.kind() != std::io::ErrorKind::NotFound {
-                tracing::warn!("{}: {e}", path.display());
-            }
-        }
-    }
-}
-
-fn decode(rec: &[u8]) -> (u64, i64) {
-    let mut o = [0u8; 8];
-    let mut t = [0u8; 8];
-    o.copy_from_slice(&rec[..8]);
-    t.copy_from_slice(&rec[8..16]);
-    (u64::from_le_bytes(o), i64::from_le_bytes(t))
 }
