@@ -294,7 +294,7 @@ impl PgStore {
         }
         let mut ids = Vec::with_capacity(pipelines.len());
         for p in pipelines {
-            ids.push(Self::insert_pipeline(&tx, p)?.0);
+            ids.push(crate::store::pipelines::insert_pipeline(&tx, p)?.0);
         }
         tx.commit()?;
         Ok(Some(ids))
