@@ -574,28 +574,12 @@ pub(super) fn advance_in(tx: &dyn Db, id: i64, statuses: &Statuses<'_>) -> Resul
         let (rows, extra): (Vec<_>, Vec<JobExtra>) = rows.into_iter().unzip();
         let (mut jobs, mut facts): (Vec<Live>, Vec<advance::WorkflowJob>) =
             rows.into_iter().unzip();
-        // A job that names contexts is authorized before it can start (a forked pull
-        // request's build without the project's secrets gets no context, so needs none).
-        if !restricted {
-            for i in 0..facts.len() {
-                let (contexts, _) = &extra[i];
-                if facts[i].status != WorkflowJobStatus::Waiting
-                    || facts[i].kind != JobKind::Build
-                    || contexts.is_empty()
-                {
-                    continue;
-                }
-                // The approver of an approval job it requires is who it runs for.
-                let approver = facts[i].requires.iter().find_map(|(name, _)| {
-                    let k = facts.iter().position(|f| &f.name == name)?;
-                    (facts[k].kind == JobKind::Approval)
-                        .then(|| extra[k].1.clone())
-                        .flatten()
-                });
-                let verdict =
-                    super::contexts::authorize_job(tx, id, contexts, approver.as_deref())?;
-                facts[i].denied = verdict.err();
-            }
+        // A job that names contexts is authorized before it can start.
+        let (contexts, approved_by): (Vec<Vec<String>>, Vec<Option<String>>) =
+            extra.into_iter().unzip();
+        for (i, approver) in advance::to_authorize(&facts, &contexts, &approved_by, restricted) {
+            let verdict = super::contexts::authorize_job(tx, id, &contexts[i], approver)?;
+            facts[i].denied = verdict.err();
         }
         let transitions = advance::advance(&facts);
         changed |= !transitions.is_empty();
