@@ -2,10 +2,13 @@
 //! as the SQLite [`Store`](super::Store), for several coordinators on one database
 //! (docs/scale.md).
 //!
-//! The SQL is the SQLite store's, file for file (`jobs.rs`, `lease.rs`, … beside their
-//! SQLite namesakes), in PostgreSQL's dialect through [`sql`], which gives the `postgres`
-//! client rusqlite's shape. The rules are not here: `model/` and the pure parts of the
-//! SQLite store's files (wait reasons, sealing places, the row types) are used as they are.
+//! Most areas are not here: their code is written once for both databases over
+//! [`super::db::Db`], which [`sql::Connection`] implements over the `postgres` client
+//! (pipelines, contexts, schedules, notifications, badges, follow, wait reasons; see
+//! [`super::db::SqlStore`]). The areas still here (`jobs.rs`, `lease.rs`, … beside their
+//! SQLite namesakes) are in PostgreSQL's dialect through [`sql`], which gives the client
+//! rusqlite's shape. The rules are not here: `model/` and the pure parts of the SQLite
+//! store's files (sealing places, the row types) are used as they are.
 //!
 //! What differs from SQLite, and why:
 //! - Writers: SQLite has one writer at a time. Here the rare writes (projects, pipelines,
@@ -33,7 +36,6 @@ mod logs;
 use super::contexts;
 use super::pipelines;
 mod people;
-mod schedules;
 mod schema;
 pub(crate) mod sql;
 mod ssh;
@@ -53,13 +55,9 @@ use super::blob_index::BlobIndex;
 use super::blobs::{JobResults, JobScope, OverQuota};
 use super::log_store::LogStore;
 use super::pipeline_store::StatusOutbox;
-use super::pipelines::{NewPipeline, OutgoingStatus};
+use super::pipelines::OutgoingStatus;
 use super::project_store::{AccessStore, ProjectStore};
 use super::queue_store::QueueStore;
-use super::schedule_store::ScheduleStore;
-use super::schedules::{
-    NewSchedule, RepoAccess, ScheduleRow, WorkflowScheduleRow, WorkflowTrigger,
-};
 use bosun_protocol::{WireCache, WireLayer, WireTestResults};
 use std::collections::HashMap;
 
@@ -283,43 +281,6 @@ impl super::db::SqlStore for PgStore {
 
     fn secrets(&self) -> &SecretsKey {
         &self.secrets
-    }
-}
-
-impl ScheduleStore for PgStore {
-    fn add_schedule(&self, s: &NewSchedule) -> Result<ScheduleRow> {
-        PgStore::add_schedule(self, s)
-    }
-    fn list_schedules(&self, project: Option<&str>) -> Result<Vec<ScheduleRow>> {
-        PgStore::list_schedules(self, project)
-    }
-    fn remove_schedule(&self, project: &str, name: &str) -> Result<()> {
-        PgStore::remove_schedule(self, project, name)
-    }
-    fn pause_schedule(&self, project: &str, name: &str, paused: bool) -> Result<()> {
-        PgStore::pause_schedule(self, project, name, paused)
-    }
-    fn set_workflow_schedules(
-        &self,
-        project: &str,
-        revision: &str,
-        triggers: &[WorkflowTrigger],
-    ) -> Result<bool> {
-        PgStore::set_workflow_schedules(self, project, revision, triggers)
-    }
-    fn workflow_schedules(&self) -> Result<Vec<WorkflowScheduleRow>> {
-        PgStore::workflow_schedules(self)
-    }
-    fn repo_access(&self, project_id: i64) -> Result<RepoAccess> {
-        PgStore::repo_access(self, project_id)
-    }
-    fn fire_tick(
-        &self,
-        schedule: &str,
-        tick: i64,
-        pipelines: &[NewPipeline],
-    ) -> Result<Option<Vec<i64>>> {
-        PgStore::fire_tick(self, schedule, tick, pipelines)
     }
 }
 

@@ -1,7 +1,7 @@
 //! A thin layer over the `postgres` client in the shape the SQLite store's code is written
 //! in (`query_row`, `prepare` + `query_map`, `execute`, `optional()`, transactions that
-//! deref to their connection), so the PostgreSQL store reads like the SQLite one and its SQL
-//! can be compared line by line.
+//! deref to their connection), and the [`Db`] implementation the shared areas' code runs
+//! on (`store/db.rs`).
 //!
 //! Values cross as SQLite's five kinds ([`Val`]): a parameter is written in the type the
 //! server inferred for it (a Rust `bool` into a `BIGINT` flag, an `i64` into an `INTEGER`),
