@@ -231,7 +231,7 @@ impl<S: SqlStore> ContextStore for S {
     }
 
     fn context(&self, context: &str) -> Result<Option<ContextRow>> {
-        self.read(|conn| match find(&conn, context) {
+        self.read(|conn| match find(conn, context) {
             Ok((_, row)) => Ok(Some(row)),
             Err(CoordError::NotFound(_)) => Ok(None),
             Err(e) => Err(e),
@@ -240,7 +240,7 @@ impl<S: SqlStore> ContextStore for S {
 
     fn delete_context(&self, context: &str) -> Result<()> {
         self.transaction(Lock::Writer, |tx| {
-            let (cid, _) = find(&tx, context)?;
+            let (cid, _) = find(tx, context)?;
             // Children first: the cascade needs foreign keys on, which an older connection's
             // settings may not promise.
             tx.execute("DELETE FROM context_env WHERE context_id = ?1", [cid])?;
@@ -256,7 +256,7 @@ impl<S: SqlStore> ContextStore for S {
     fn set_context_var(&self, context: &str, name: &str, value: &str) -> Result<ContextVarRow> {
         check_variable_name(name).map_err(invalid)?;
         self.transaction(Lock::Writer, |tx| {
-            let (cid, row) = find(&tx, context)?;
+            let (cid, row) = find(tx, context)?;
             let sealed = self
                 .secrets()
                 .seal(&secrets::context_env_place(&row.id, name), value)?;
@@ -284,7 +284,7 @@ impl<S: SqlStore> ContextStore for S {
 
     fn remove_context_var(&self, context: &str, name: &str) -> Result<()> {
         self.conn(|conn| {
-            let (cid, row) = find(&conn, context)?;
+            let (cid, row) = find(conn, context)?;
             let n = conn.execute(
                 "DELETE FROM context_env WHERE context_id = ?1 AND name = ?2",
                 params![cid, name],
@@ -302,7 +302,7 @@ impl<S: SqlStore> ContextStore for S {
 
     fn list_context_vars(&self, context: &str) -> Result<Vec<ContextVarRow>> {
         self.read(|conn| {
-            let (cid, _) = find(&conn, context)?;
+            let (cid, _) = find(conn, context)?;
             let mut st = conn.prepare(
             "SELECT name, created, updated FROM context_env WHERE context_id = ?1 ORDER BY name",
         )?;
@@ -322,7 +322,7 @@ impl<S: SqlStore> ContextStore for S {
     fn add_restriction(&self, context: &str, r: &Restriction) -> Result<RestrictionRow> {
         check_restriction(r).map_err(invalid)?;
         self.conn(|conn| {
-            let (cid, row) = find(&conn, context)?;
+            let (cid, row) = find(conn, context)?;
             // A project as CircleCI's slugs name it too (`bb/acme/widget`); kept as the
             // project's current slug, so a project that does not exist is refused now.
             let project;
@@ -331,7 +331,7 @@ impl<S: SqlStore> ContextStore for S {
                     .iter()
                     .find_map(|p| r.value.strip_prefix(p))
                     .unwrap_or(&r.value);
-                let pid = super::pipelines::resolve_project(&conn, given)?;
+                let pid = super::pipelines::resolve_project(conn, given)?;
                 let slug: String =
                     conn.query_row("SELECT slug FROM projects WHERE id = ?1", [pid], |x| {
                         x.get(0)
@@ -367,7 +367,7 @@ impl<S: SqlStore> ContextStore for S {
 
     fn remove_restriction(&self, context: &str, id: &str) -> Result<()> {
         self.conn(|conn| {
-            let (cid, row) = find(&conn, context)?;
+            let (cid, row) = find(conn, context)?;
             let n = conn.execute(
                 "DELETE FROM context_restrictions WHERE context_id = ?1 AND uuid = ?2",
                 params![cid, id],
@@ -385,8 +385,8 @@ impl<S: SqlStore> ContextStore for S {
 
     fn list_restrictions(&self, context: &str) -> Result<Vec<RestrictionRow>> {
         self.read(|conn| {
-            let (cid, _) = find(&conn, context)?;
-            restrictions_of(&conn, cid)
+            let (cid, _) = find(conn, context)?;
+            restrictions_of(conn, cid)
         })
     }
 
@@ -401,7 +401,7 @@ impl<S: SqlStore> ContextStore for S {
                 .as_deref()
                 .and_then(|s| serde_json::from_str(s).ok())
                 .unwrap_or_default();
-            values_of(&conn, self.secrets(), &ids)
+            values_of(conn, self.secrets(), &ids)
         })
     }
 
@@ -435,7 +435,7 @@ impl<S: SqlStore> ContextStore for S {
     }
 
     fn operator_groups(&self, operator: &str) -> Result<Vec<String>> {
-        self.read(|conn| groups_of(&conn, operator))
+        self.read(|conn| groups_of(conn, operator))
     }
 }
 

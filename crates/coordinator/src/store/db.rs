@@ -447,7 +447,8 @@ impl Db for rusqlite::Connection {
     }
 }
 
-/// A transaction derefs to its connection; it runs statements as the connection does.
+/// A transaction (or a pooled connection's guard) derefs to its connection and runs
+/// statements as the connection does.
 macro_rules! db_by_deref {
     ($($t:ty),*) => {$(
         impl $crate::store::db::Db for $t {
@@ -504,8 +505,8 @@ pub enum Lock {
     /// PostgreSQL's transaction-scoped advisory lock), so read-then-write code stays correct
     /// as written. For the rare writes.
     Writer,
-    /// Only the rows the statements lock themselves (PostgreSQL's `FOR UPDATE … SKIP LOCKED`,
-    /// chosen with `pick`): hot paths run side by side. SQLite has one writer
+    /// Only the rows the statements lock themselves (PostgreSQL's `FOR UPDATE … SKIP
+    /// LOCKED`, chosen with `pick`): hot paths run side by side. SQLite has one writer
     /// anyway, so this is `BEGIN IMMEDIATE` there too.
     Rows,
 }

@@ -28,7 +28,7 @@ pub(super) fn pipeline_id(s: &impl SqlStore, reference: &str) -> Result<i64> {
             .optional()?
             .ok_or_else(bad),
         Some(p) => {
-            let pid = resolve_project(&conn, &p)?;
+            let pid = resolve_project(conn, &p)?;
             conn.query_row(
                 "SELECT id FROM pipelines WHERE project_id = ?1 AND number = ?2",
                 params![pid, n],
@@ -79,7 +79,7 @@ pub(super) fn approve(
                 "{job} is {status}, not on hold: only a job waiting for approval can be approved"
             )));
         }
-        super::contexts::check_approver(&tx, wjid, job, by)?;
+        super::contexts::check_approver(tx, wjid, job, by)?;
         tx.execute(
             "UPDATE workflow_jobs SET status = 'success', approved_by = ?2, reason = ?3 WHERE id = ?1",
             params![wjid, by, format!("approved by {by}")],
@@ -96,12 +96,12 @@ pub(super) fn approve(
             status: WorkflowJobStatus::Success,
             job_id: None,
         };
-        post_status(&tx, pid, id, &workflow, &live, statuses)?;
+        post_status(tx, pid, id, &workflow, &live, statuses)?;
         tx.execute(
             "UPDATE pipelines SET status = 'running' WHERE id = ?1 AND status = 'on_hold'",
             [id],
         )?;
-        advance_in(&tx, id, statuses)?;
+        advance_in(tx, id, statuses)?;
         Ok(workflow)
         })
 }
@@ -136,9 +136,9 @@ pub(super) fn cancel_pipeline(s: &impl SqlStore, id: i64, statuses: &Statuses<'_
                 [id],
                 |r| r.get(0),
             )?;
-            super::notify::pipeline_ended(&tx, pid, id, bosun_protocol::PipelineState::Canceled)?;
+            super::notify::pipeline_ended(tx, pid, id, bosun_protocol::PipelineState::Canceled)?;
         }
-        advance_in(&tx, id, statuses)?;
+        advance_in(tx, id, statuses)?;
         Ok(())
         })
 }
@@ -170,7 +170,7 @@ pub(super) fn rerun_failed(s: &impl SqlStore, id: i64, statuses: &Statuses<'_>) 
             "UPDATE pipelines SET status = 'running', finished = NULL WHERE id = ?1",
             [id],
         )?;
-        advance_in(&tx, id, statuses)?;
+        advance_in(tx, id, statuses)?;
         Ok(n)
         })
 }
@@ -273,7 +273,7 @@ pub fn pipeline(s: &impl SqlStore, id: i64) -> Result<Option<PipelineRow>> {
             .filter(|j| j.status == WorkflowJobStatus::Queued)
             .filter_map(|j| j.job_id)
             .collect();
-        let mut reasons = super::waiting::wait_reasons_in(&conn, &queued, now_ms())?;
+        let mut reasons = super::waiting::wait_reasons_in(conn, &queued, now_ms())?;
         for j in row.workflows.iter_mut().flat_map(|w| w.jobs.iter_mut()) {
             if let Some(r) = j.job_id.and_then(|id| reasons.remove(&id)) {
                 j.reason = Some(r);

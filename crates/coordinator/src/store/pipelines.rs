@@ -399,7 +399,7 @@ pub(super) fn pipeline_errored(
                 [id],
                 |r| r.get(0),
             )?;
-            super::notify::pipeline_ended(&tx, pid, id, PipelineState::Errored)?;
+            super::notify::pipeline_ended(tx, pid, id, PipelineState::Errored)?;
         }
         Ok(())
         })
@@ -486,7 +486,7 @@ pub(super) fn record_public_url(s: &impl SqlStore, url: &str) -> Result<()> {
 /// anything changed (new jobs queued: claims should look again).
 pub(super) fn advance(s: &impl SqlStore, id: i64, statuses: &Statuses<'_>) -> Result<bool> {
     s.transaction(Lock::Writer, |tx| {
-        let changed = advance_in(&tx, id, statuses)?;
+        let changed = advance_in(tx, id, statuses)?;
         Ok(changed)
     })
 }

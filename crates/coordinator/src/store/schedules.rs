@@ -169,7 +169,7 @@ impl<S: SqlStore> ScheduleStore for S {
 
     fn remove_schedule(&self, project: &str, name: &str) -> Result<()> {
         self.conn(|conn| {
-            let id = schedule_id(&conn, project, name)?;
+            let id = schedule_id(conn, project, name)?;
             conn.execute("DELETE FROM schedules WHERE id = ?1", [id])?;
             Ok(())
         })
@@ -177,7 +177,7 @@ impl<S: SqlStore> ScheduleStore for S {
 
     fn pause_schedule(&self, project: &str, name: &str, paused: bool) -> Result<()> {
         self.conn(|conn| {
-        let id = schedule_id(&conn, project, name)?;
+        let id = schedule_id(conn, project, name)?;
         // Resuming moves `since` to now: the ticks that passed while paused do not fire.
         conn.execute(
             "UPDATE schedules SET paused = ?2, \
@@ -195,7 +195,7 @@ impl<S: SqlStore> ScheduleStore for S {
         triggers: &[WorkflowTrigger],
     ) -> Result<bool> {
         self.transaction(Lock::Writer, |tx| {
-        let pid = resolve_project(&tx, project)?;
+        let pid = resolve_project(tx, project)?;
         let now = now_ms();
         let mut keys = Vec::new();
         let mut changed = false;
@@ -353,7 +353,7 @@ impl<S: SqlStore> ScheduleStore for S {
         }
         let mut ids = Vec::with_capacity(pipelines.len());
         for p in pipelines {
-            ids.push(crate::store::pipelines::insert_pipeline(&tx, p)?.0);
+            ids.push(crate::store::pipelines::insert_pipeline(tx, p)?.0);
         }
         Ok(Some(ids))
         })
