@@ -28,6 +28,7 @@ mod harness;
 use harness::KillOnDrop;
 
 use bosun::coordinator::bitbucket::signature::sign;
+use bosun::coordinator::store::PipelineStore as _;
 use bosun::coordinator::store::Store;
 use harness::{image, Rig};
 use std::path::{Path, PathBuf};

@@ -4,6 +4,7 @@
 //! hostile input.
 
 use crate::harness::{self, bitbucket};
+use bosun::coordinator::store::PipelineStore as _;
 use serde_json::{json, Value};
 use std::path::PathBuf;
 use std::process::Command;

@@ -6,6 +6,7 @@
 //! does not compile, a replayed key and a wrong key are refused with CircleCI's errors.
 
 use crate::harness::{self, Rig, TestCa};
+use bosun::coordinator::store::PipelineStore as _;
 use bosun::coordinator::store::Store;
 use std::path::{Path, PathBuf};
 use std::process::Command;

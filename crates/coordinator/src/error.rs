@@ -14,6 +14,10 @@ pub enum StoreError {
     /// (it never holds the connection's password).
     #[error("PostgreSQL: {0}")]
     Postgres(String),
+    /// A row that was not there, or a column that did not read as its type (either
+    /// database).
+    #[error("{0}")]
+    Row(String),
 }
 
 impl From<rusqlite::Error> for CoordError {

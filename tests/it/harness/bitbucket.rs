@@ -5,6 +5,8 @@
 
 use super::{Agent, Coordinator, Rig, WorkRepo};
 use bosun::coordinator::bitbucket::signature::sign;
+/// The pipelines' store calls (`pipeline`, `list_pipelines`) for the files that glob this one.
+pub use bosun::coordinator::store::PipelineStore as _;
 use bosun::coordinator::store::Store;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};

@@ -195,6 +195,38 @@ pub fn pipeline_state(wfs: &[WorkflowState]) -> Option<PipelineState> {
     })
 }
 
+/// The jobs whose contexts are to be authorized before they may start, each with who it
+/// runs for: a waiting build job that names contexts (`contexts[i]`, by the job's index),
+/// run for the operator who approved an approval job it requires (`approved_by[i]`), if
+/// any. A restricted build (a forked pull request's without the project's secrets) gets no
+/// context, so none needs one.
+pub fn to_authorize<'a>(
+    jobs: &[WorkflowJob],
+    contexts: &[Vec<String>],
+    approved_by: &'a [Option<String>],
+    restricted: bool,
+) -> Vec<(usize, Option<&'a str>)> {
+    if restricted {
+        return Vec::new();
+    }
+    (0..jobs.len())
+        .filter(|&i| {
+            jobs[i].status == WorkflowJobStatus::Waiting
+                && jobs[i].kind == JobKind::Build
+                && contexts.get(i).is_some_and(|c| !c.is_empty())
+        })
+        .map(|i| {
+            let approver = jobs[i].requires.iter().find_map(|(name, _)| {
+                let k = jobs.iter().position(|j| &j.name == name)?;
+                (jobs[k].kind == JobKind::Approval)
+                    .then(|| approved_by.get(k)?.as_deref())
+                    .flatten()
+            });
+            (i, approver)
+        })
+        .collect()
+}
+
 /// Whether a pipeline in state `p` has ended.
 pub fn pipeline_final(p: PipelineState) -> bool {
     !matches!(p, PipelineState::Running | PipelineState::OnHold)
@@ -423,5 +455,41 @@ mod tests {
         assert!(workflow_final(WorkflowState::Failed));
         assert!(!workflow_final(WorkflowState::Failing));
         assert!(!pipeline_final(PipelineState::OnHold));
+    }
+
+    #[test]
+    fn a_waiting_build_naming_contexts_is_authorized_for_the_approver_in_front_of_it() {
+        let mut hold = job("hold", JobKind::Approval, &[]);
+        hold.status = W::Success;
+        let jobs = vec![
+            hold,
+            build("deploy", &["hold"]),
+            build("lint", &[]),
+            build("test", &[]),
+        ];
+        let ctx = |c: &[&str]| c.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let contexts = vec![ctx(&[]), ctx(&["prod"]), ctx(&["ci"]), ctx(&[])];
+        let approved_by = vec![Some("ana".to_owned()), None, None, None];
+        // `test` names no context; `lint` has no approval in front of it.
+        assert_eq!(
+            to_authorize(&jobs, &contexts, &approved_by, false),
+            vec![(1, Some("ana")), (2, None)]
+        );
+        // A restricted build gets no context, so none is authorized.
+        assert!(to_authorize(&jobs, &contexts, &approved_by, true).is_empty());
+        // Only a waiting build job: a running one was authorized when it started.
+        let mut started = jobs.clone();
+        started[1].status = W::Running;
+        assert_eq!(
+            to_authorize(&started, &contexts, &approved_by, false),
+            vec![(2, None)]
+        );
+        // A build job in front is not an approver, whoever it names.
+        let mut not_approval = jobs;
+        not_approval[0].kind = JobKind::Build;
+        assert_eq!(
+            to_authorize(&not_approval, &contexts, &approved_by, false),
+            vec![(1, None), (2, None)]
+        );
     }
 }

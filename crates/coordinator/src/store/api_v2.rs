@@ -458,6 +458,49 @@ impl Store {
         Ok(Ok(id))
     }
 
+    /// What the agent needs of a pipeline job (see [`bosun_protocol::WirePipeline`]), and
+    /// whether the job runs without the project's secrets.
+    pub(super) fn wire_pipeline(
+        conn: &Connection,
+        job: i64,
+    ) -> Result<Option<(bosun_protocol::WirePipeline, bool)>> {
+        conn
+            .query_row(
+                "SELECT p.uuid, w.name, w.uuid, p.params, p.trigger_source, COALESCE(p.base_revision, ''), j.restricted, \
+                 COALESCE(p.schedule_name, ''), COALESCE(p.schedule_id, '') \
+                 FROM jobs j JOIN workflow_jobs wj ON wj.job_id = j.id \
+                 JOIN workflows w ON w.id = wj.workflow_id JOIN pipelines p ON p.id = w.pipeline_id \
+                 WHERE j.id = ?1",
+                [job],
+                |r| {
+                    Ok((
+                        bosun_protocol::WirePipeline {
+                            id: r.get(0)?,
+                            workflow: r.get(1)?,
+                            workflow_id: r.get(2)?,
+                            parameters: serde_json::from_str(&r.get::<_, String>(3)?)
+                                .unwrap_or_default(),
+                            trigger_source: r.get(4)?,
+                            base_revision: r.get(5)?,
+                            schedule_name: r.get(7)?,
+                            schedule_id: r.get(8)?,
+                            config: None,
+                        },
+                        r.get(6)?,
+                    ))
+                },
+            )
+            .optional()?
+            .map(|(mut p, restricted)| {
+                if let Some((config, params)) = Store::continued_config(conn, job)? {
+                    p.config = Some(config);
+                    p.parameters = params;
+                }
+                Ok((p, restricted))
+            })
+            .transpose()
+    }
+
     /// The continued config and its parameters, for a job of a workflow a continuation
     /// added (the agent cannot read that config from the repository).
     pub(super) fn continued_config(conn: &Connection, job: i64) -> Result<Option<ContinuedConfig>> {

@@ -5,7 +5,7 @@
 //! wherever one is taken.
 
 use super::contexts::{ContextRow, ContextValues, ContextVarRow, RestrictionRow};
-use super::{Result, Store};
+use super::Result;
 use crate::model::contexts::Restriction;
 
 pub trait ContextStore: Send + Sync {
@@ -37,49 +37,4 @@ pub trait ContextStore: Send + Sync {
     fn remove_operator_group(&self, operator: &str, group: &str) -> Result<bool>;
     /// The groups of an operator, sorted.
     fn operator_groups(&self, operator: &str) -> Result<Vec<String>>;
-}
-
-impl ContextStore for Store {
-    fn create_context(&self, name: &str, owner: &str) -> Result<ContextRow> {
-        Store::create_context(self, name, owner)
-    }
-    fn list_contexts(&self, owner: Option<&str>) -> Result<Vec<ContextRow>> {
-        Store::list_contexts(self, owner)
-    }
-    fn context(&self, context: &str) -> Result<Option<ContextRow>> {
-        Store::context(self, context)
-    }
-    fn delete_context(&self, context: &str) -> Result<()> {
-        Store::delete_context(self, context)
-    }
-    fn set_context_var(&self, context: &str, name: &str, value: &str) -> Result<ContextVarRow> {
-        Store::set_context_var(self, context, name, value)
-    }
-    fn remove_context_var(&self, context: &str, name: &str) -> Result<()> {
-        Store::remove_context_var(self, context, name)
-    }
-    fn list_context_vars(&self, context: &str) -> Result<Vec<ContextVarRow>> {
-        Store::list_context_vars(self, context)
-    }
-    fn add_restriction(&self, context: &str, r: &Restriction) -> Result<RestrictionRow> {
-        Store::add_restriction(self, context, r)
-    }
-    fn remove_restriction(&self, context: &str, id: &str) -> Result<()> {
-        Store::remove_restriction(self, context, id)
-    }
-    fn list_restrictions(&self, context: &str) -> Result<Vec<RestrictionRow>> {
-        Store::list_restrictions(self, context)
-    }
-    fn job_context_values(&self, job: i64) -> Result<Vec<ContextValues>> {
-        Store::job_context_values(self, job)
-    }
-    fn add_operator_group(&self, operator: &str, group: &str) -> Result<()> {
-        Store::add_operator_group(self, operator, group)
-    }
-    fn remove_operator_group(&self, operator: &str, group: &str) -> Result<bool> {
-        Store::remove_operator_group(self, operator, group)
-    }
-    fn operator_groups(&self, operator: &str) -> Result<Vec<String>> {
-        Store::operator_groups(self, operator)
-    }
 }

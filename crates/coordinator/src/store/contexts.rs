@@ -4,7 +4,8 @@
 //! `model::contexts`; this file only reads and writes rows. Reached through
 //! [`super::ContextStore`].
 
-use super::pipelines::{parse_col, uuid_v4};
+use super::db::{params, parse_col, Db, Lock, OptionalExtension, SqlStore};
+use super::pipelines::uuid_v4;
 use super::*;
 use crate::model::contexts::{
     check_context_name, check_restriction, check_variable_name, ContextFacts, Restriction,
@@ -65,7 +66,7 @@ impl std::fmt::Debug for ContextValues {
     }
 }
 
-fn context_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ContextRow> {
+fn context_row(r: &dyn super::db::Row) -> super::db::Result<ContextRow> {
     Ok(ContextRow {
         id: r.get(0)?,
         name: r.get(1)?,
@@ -75,7 +76,7 @@ fn context_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ContextRow> {
 }
 
 /// (row id, row) of context `context` (its name or id).
-fn find(conn: &Connection, context: &str) -> Result<(i64, ContextRow)> {
+fn find(conn: &dyn Db, context: &str) -> Result<(i64, ContextRow)> {
     conn.query_row(
         "SELECT uuid, name, owner, created, id FROM contexts WHERE name = ?1 OR uuid = ?1",
         [context],
@@ -96,7 +97,7 @@ fn invalid(e: String) -> CoordError {
 
 /// Contexts of the given names that exist, with their restrictions (for a job's
 /// authorization), in transaction or connection `conn`.
-pub(super) fn facts_by_name(conn: &Connection, names: &[String]) -> Result<Vec<ContextFacts>> {
+pub(super) fn facts_by_name(conn: &dyn Db, names: &[String]) -> Result<Vec<ContextFacts>> {
     let mut out = Vec::new();
     for name in names {
         let row: Option<(i64, String)> = conn
@@ -123,7 +124,7 @@ pub(super) fn facts_by_name(conn: &Connection, names: &[String]) -> Result<Vec<C
     Ok(out)
 }
 
-fn restrictions_of(conn: &Connection, cid: i64) -> Result<Vec<RestrictionRow>> {
+fn restrictions_of(conn: &dyn Db, cid: i64) -> Result<Vec<RestrictionRow>> {
     let mut st = conn.prepare(
         "SELECT uuid, kind, value, created FROM context_restrictions WHERE context_id = ?1 ORDER BY id",
     )?;
@@ -136,24 +137,24 @@ fn restrictions_of(conn: &Connection, cid: i64) -> Result<Vec<RestrictionRow>> {
                 created: r.get(3)?,
             })
         })?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
+        .collect::<super::db::Result<Vec<_>>>()?;
     Ok(rows)
 }
 
 /// The groups of operator `name`.
-pub(super) fn groups_of(conn: &Connection, name: &str) -> Result<Vec<String>> {
+pub(super) fn groups_of(conn: &dyn Db, name: &str) -> Result<Vec<String>> {
     let mut st =
         conn.prepare("SELECT grp FROM operator_groups WHERE operator = ?1 ORDER BY grp")?;
     let rows = st
         .query_map([name], |r| r.get(0))?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
+        .collect::<super::db::Result<Vec<_>>>()?;
     Ok(rows)
 }
 
 /// The variables of the contexts `ids` (UUIDs, in order), opened; a context deleted since
 /// is left out.
 pub(super) fn values_of(
-    conn: &Connection,
+    conn: &dyn Db,
     secrets: &SecretsKey,
     ids: &[String],
 ) -> Result<Vec<ContextValues>> {
@@ -173,7 +174,7 @@ pub(super) fn values_of(
             .query_map([cid], |r| {
                 Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
             })?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
+            .collect::<super::db::Result<Vec<_>>>()?;
         let mut vars = Vec::with_capacity(sealed.len());
         for (var, value) in sealed {
             let open = secrets.open(&secrets::context_env_place(uuid, &var), &value)?;
@@ -188,91 +189,85 @@ pub(super) fn values_of(
     Ok(out)
 }
 
-impl Store {
-    pub(super) fn create_context(&self, name: &str, owner: &str) -> Result<ContextRow> {
+impl<S: SqlStore> ContextStore for S {
+    fn create_context(&self, name: &str, owner: &str) -> Result<ContextRow> {
         check_context_name(name).map_err(invalid)?;
-        let conn = self.conn();
-        let exists: bool = conn.query_row(
-            "SELECT EXISTS(SELECT 1 FROM contexts WHERE name = ?1)",
-            [name],
-            |r| r.get(0),
-        )?;
-        if exists {
-            return Err(CoordError::Invalid(format!(
-                "context {name} exists already"
-            )));
-        }
-        let row = ContextRow {
-            id: uuid_v4()?,
-            name: name.to_owned(),
-            owner: owner.to_owned(),
-            created: now_ms(),
-        };
-        conn.execute(
-            "INSERT INTO contexts(uuid, name, owner, created) VALUES (?1, ?2, ?3, ?4)",
-            params![row.id, row.name, row.owner, row.created],
-        )?;
-        Ok(row)
+        self.conn(|conn| {
+            let exists: bool = conn.query_row(
+                "SELECT EXISTS(SELECT 1 FROM contexts WHERE name = ?1)",
+                [name],
+                |r| r.get(0),
+            )?;
+            if exists {
+                return Err(CoordError::Invalid(format!(
+                    "context {name} exists already"
+                )));
+            }
+            let row = ContextRow {
+                id: uuid_v4()?,
+                name: name.to_owned(),
+                owner: owner.to_owned(),
+                created: now_ms(),
+            };
+            conn.execute(
+                "INSERT INTO contexts(uuid, name, owner, created) VALUES (?1, ?2, ?3, ?4)",
+                params![row.id, row.name, row.owner, row.created],
+            )?;
+            Ok(row)
+        })
     }
 
-    pub(super) fn list_contexts(&self, owner: Option<&str>) -> Result<Vec<ContextRow>> {
-        let conn = self.reader()?;
+    fn list_contexts(&self, owner: Option<&str>) -> Result<Vec<ContextRow>> {
+        self.read(|conn| {
         let mut st = conn.prepare(
-            "SELECT uuid, name, owner, created FROM contexts WHERE ?1 IS NULL OR owner = ?1 \
+            "SELECT uuid, name, owner, created FROM contexts WHERE CAST(?1 AS TEXT) IS NULL OR owner = ?1 \
              ORDER BY name",
         )?;
         let rows = st
             .query_map([owner], context_row)?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
+            .collect::<super::db::Result<Vec<_>>>()?;
         Ok(rows)
+        })
     }
 
-    pub(super) fn context(&self, context: &str) -> Result<Option<ContextRow>> {
-        let conn = self.reader()?;
-        match find(&conn, context) {
+    fn context(&self, context: &str) -> Result<Option<ContextRow>> {
+        self.read(|conn| match find(conn, context) {
             Ok((_, row)) => Ok(Some(row)),
             Err(CoordError::NotFound(_)) => Ok(None),
             Err(e) => Err(e),
-        }
+        })
     }
 
-    pub(super) fn delete_context(&self, context: &str) -> Result<()> {
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let (cid, _) = find(&tx, context)?;
-        // Children first: the cascade needs foreign keys on, which an older connection's
-        // settings may not promise.
-        tx.execute("DELETE FROM context_env WHERE context_id = ?1", [cid])?;
-        tx.execute(
-            "DELETE FROM context_restrictions WHERE context_id = ?1",
-            [cid],
-        )?;
-        tx.execute("DELETE FROM contexts WHERE id = ?1", [cid])?;
-        tx.commit()?;
-        Ok(())
+    fn delete_context(&self, context: &str) -> Result<()> {
+        self.transaction(Lock::Writer, |tx| {
+            let (cid, _) = find(tx, context)?;
+            // Children first: the cascade needs foreign keys on, which an older connection's
+            // settings may not promise.
+            tx.execute("DELETE FROM context_env WHERE context_id = ?1", [cid])?;
+            tx.execute(
+                "DELETE FROM context_restrictions WHERE context_id = ?1",
+                [cid],
+            )?;
+            tx.execute("DELETE FROM contexts WHERE id = ?1", [cid])?;
+            Ok(())
+        })
     }
 
-    pub(super) fn set_context_var(
-        &self,
-        context: &str,
-        name: &str,
-        value: &str,
-    ) -> Result<ContextVarRow> {
+    fn set_context_var(&self, context: &str, name: &str, value: &str) -> Result<ContextVarRow> {
         check_variable_name(name).map_err(invalid)?;
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let (cid, row) = find(&tx, context)?;
-        let sealed = self
-            .secrets
-            .seal(&secrets::context_env_place(&row.id, name), value)?;
-        let now = now_ms();
-        tx.execute(
-            "INSERT INTO context_env(context_id, name, value, created, updated) \
+        self.transaction(Lock::Writer, |tx| {
+            let (cid, row) = find(tx, context)?;
+            let sealed = self
+                .secrets()
+                .seal(&secrets::context_env_place(&row.id, name), value)?;
+            let now = now_ms();
+            tx.execute(
+                "INSERT INTO context_env(context_id, name, value, created, updated) \
              VALUES (?1, ?2, ?3, ?4, ?4) \
              ON CONFLICT(context_id, name) DO UPDATE SET value = ?3, updated = ?4",
-            params![cid, name, sealed, now],
-        )?;
-        let out = tx.query_row(
+                params![cid, name, sealed, now],
+            )?;
+            let out = tx.query_row(
             "SELECT name, created, updated FROM context_env WHERE context_id = ?1 AND name = ?2",
             params![cid, name],
             |r| {
@@ -283,128 +278,134 @@ impl Store {
                 })
             },
         )?;
-        tx.commit()?;
-        Ok(out)
+            Ok(out)
+        })
     }
 
-    pub(super) fn remove_context_var(&self, context: &str, name: &str) -> Result<()> {
-        let conn = self.conn();
-        let (cid, row) = find(&conn, context)?;
-        let n = conn.execute(
-            "DELETE FROM context_env WHERE context_id = ?1 AND name = ?2",
-            params![cid, name],
-        )?;
-        if n == 0 {
-            return Err(CoordError::NotFound(format!(
-                "context {} has no variable {}",
-                row.name,
-                crate::text::printable(name)
-            )));
-        }
-        Ok(())
+    fn remove_context_var(&self, context: &str, name: &str) -> Result<()> {
+        self.conn(|conn| {
+            let (cid, row) = find(conn, context)?;
+            let n = conn.execute(
+                "DELETE FROM context_env WHERE context_id = ?1 AND name = ?2",
+                params![cid, name],
+            )?;
+            if n == 0 {
+                return Err(CoordError::NotFound(format!(
+                    "context {} has no variable {}",
+                    row.name,
+                    crate::text::printable(name)
+                )));
+            }
+            Ok(())
+        })
     }
 
-    pub(super) fn list_context_vars(&self, context: &str) -> Result<Vec<ContextVarRow>> {
-        let conn = self.reader()?;
-        let (cid, _) = find(&conn, context)?;
-        let mut st = conn.prepare(
+    fn list_context_vars(&self, context: &str) -> Result<Vec<ContextVarRow>> {
+        self.read(|conn| {
+            let (cid, _) = find(conn, context)?;
+            let mut st = conn.prepare(
             "SELECT name, created, updated FROM context_env WHERE context_id = ?1 ORDER BY name",
         )?;
-        let rows = st
-            .query_map([cid], |r| {
-                Ok(ContextVarRow {
-                    name: r.get(0)?,
-                    created: r.get(1)?,
-                    updated: r.get(2)?,
-                })
-            })?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
-        Ok(rows)
+            let rows = st
+                .query_map([cid], |r| {
+                    Ok(ContextVarRow {
+                        name: r.get(0)?,
+                        created: r.get(1)?,
+                        updated: r.get(2)?,
+                    })
+                })?
+                .collect::<super::db::Result<Vec<_>>>()?;
+            Ok(rows)
+        })
     }
 
-    pub(super) fn add_restriction(&self, context: &str, r: &Restriction) -> Result<RestrictionRow> {
+    fn add_restriction(&self, context: &str, r: &Restriction) -> Result<RestrictionRow> {
         check_restriction(r).map_err(invalid)?;
-        let conn = self.conn();
-        let (cid, row) = find(&conn, context)?;
-        // A project as CircleCI's slugs name it too (`bb/acme/widget`); kept as the
-        // project's current slug, so a project that does not exist is refused now.
-        let project;
-        let r = if r.kind == RestrictionKind::Project {
-            let given = ["bb/", "bitbucket/"]
-                .iter()
-                .find_map(|p| r.value.strip_prefix(p))
-                .unwrap_or(&r.value);
-            let pid = super::pipelines::resolve_project(&conn, given)?;
-            let slug: String =
-                conn.query_row("SELECT slug FROM projects WHERE id = ?1", [pid], |x| {
-                    x.get(0)
-                })?;
-            project = Restriction {
-                kind: r.kind,
-                value: slug,
+        self.conn(|conn| {
+            let (cid, row) = find(conn, context)?;
+            // A project as CircleCI's slugs name it too (`bb/acme/widget`); kept as the
+            // project's current slug, so a project that does not exist is refused now.
+            let project;
+            let r = if r.kind == RestrictionKind::Project {
+                let given = ["bb/", "bitbucket/"]
+                    .iter()
+                    .find_map(|p| r.value.strip_prefix(p))
+                    .unwrap_or(&r.value);
+                let pid = super::pipelines::resolve_project(conn, given)?;
+                let slug: String =
+                    conn.query_row("SELECT slug FROM projects WHERE id = ?1", [pid], |x| {
+                        x.get(0)
+                    })?;
+                project = Restriction {
+                    kind: r.kind,
+                    value: slug,
+                };
+                &project
+            } else {
+                r
             };
-            &project
-        } else {
-            r
-        };
-        let out = RestrictionRow {
-            id: uuid_v4()?,
-            kind: r.kind,
-            value: r.value.clone(),
-            created: now_ms(),
-        };
-        let n = conn.execute(
+            let out = RestrictionRow {
+                id: uuid_v4()?,
+                kind: r.kind,
+                value: r.value.clone(),
+                created: now_ms(),
+            };
+            let n = conn.execute(
             "INSERT OR IGNORE INTO context_restrictions(uuid, context_id, kind, value, created) \
              VALUES (?1, ?2, ?3, ?4, ?5)",
             params![out.id, cid, out.kind.as_str(), out.value, out.created],
         )?;
-        if n == 0 {
-            return Err(CoordError::Invalid(format!(
-                "context {} has this {} restriction already",
-                row.name, r.kind
-            )));
-        }
-        Ok(out)
+            if n == 0 {
+                return Err(CoordError::Invalid(format!(
+                    "context {} has this {} restriction already",
+                    row.name, r.kind
+                )));
+            }
+            Ok(out)
+        })
     }
 
-    pub(super) fn remove_restriction(&self, context: &str, id: &str) -> Result<()> {
-        let conn = self.conn();
-        let (cid, row) = find(&conn, context)?;
-        let n = conn.execute(
-            "DELETE FROM context_restrictions WHERE context_id = ?1 AND uuid = ?2",
-            params![cid, id],
-        )?;
-        if n == 0 {
-            return Err(CoordError::NotFound(format!(
-                "context {} has no restriction {}",
-                row.name,
-                crate::text::printable(id)
-            )));
-        }
-        Ok(())
+    fn remove_restriction(&self, context: &str, id: &str) -> Result<()> {
+        self.conn(|conn| {
+            let (cid, row) = find(conn, context)?;
+            let n = conn.execute(
+                "DELETE FROM context_restrictions WHERE context_id = ?1 AND uuid = ?2",
+                params![cid, id],
+            )?;
+            if n == 0 {
+                return Err(CoordError::NotFound(format!(
+                    "context {} has no restriction {}",
+                    row.name,
+                    crate::text::printable(id)
+                )));
+            }
+            Ok(())
+        })
     }
 
-    pub(super) fn list_restrictions(&self, context: &str) -> Result<Vec<RestrictionRow>> {
-        let conn = self.reader()?;
-        let (cid, _) = find(&conn, context)?;
-        restrictions_of(&conn, cid)
+    fn list_restrictions(&self, context: &str) -> Result<Vec<RestrictionRow>> {
+        self.read(|conn| {
+            let (cid, _) = find(conn, context)?;
+            restrictions_of(conn, cid)
+        })
     }
 
-    pub(super) fn job_context_values(&self, job: i64) -> Result<Vec<ContextValues>> {
-        let conn = self.reader()?;
-        let ids: Option<String> = conn
-            .query_row("SELECT contexts FROM jobs WHERE id = ?1", [job], |r| {
-                r.get(0)
-            })
-            .optional()?;
-        let ids: Vec<String> = ids
-            .as_deref()
-            .and_then(|s| serde_json::from_str(s).ok())
-            .unwrap_or_default();
-        values_of(&conn, &self.secrets, &ids)
+    fn job_context_values(&self, job: i64) -> Result<Vec<ContextValues>> {
+        self.read(|conn| {
+            let ids: Option<String> = conn
+                .query_row("SELECT contexts FROM jobs WHERE id = ?1", [job], |r| {
+                    r.get(0)
+                })
+                .optional()?;
+            let ids: Vec<String> = ids
+                .as_deref()
+                .and_then(|s| serde_json::from_str(s).ok())
+                .unwrap_or_default();
+            values_of(conn, self.secrets(), &ids)
+        })
     }
 
-    pub(super) fn add_operator_group(&self, operator: &str, group: &str) -> Result<()> {
+    fn add_operator_group(&self, operator: &str, group: &str) -> Result<()> {
         check_restriction(&Restriction {
             kind: RestrictionKind::Group,
             value: group.to_owned(),
@@ -415,28 +416,31 @@ impl Store {
                 crate::text::printable(group)
             ))
         })?;
-        self.conn().execute(
-            "INSERT OR IGNORE INTO operator_groups(operator, grp) VALUES (?1, ?2)",
-            params![operator, group],
-        )?;
-        Ok(())
+        self.conn(|conn| {
+            conn.execute(
+                "INSERT OR IGNORE INTO operator_groups(operator, grp) VALUES (?1, ?2)",
+                params![operator, group],
+            )?;
+            Ok(())
+        })
     }
 
-    pub(super) fn remove_operator_group(&self, operator: &str, group: &str) -> Result<bool> {
-        Ok(self.conn().execute(
-            "DELETE FROM operator_groups WHERE operator = ?1 AND grp = ?2",
-            params![operator, group],
-        )? > 0)
+    fn remove_operator_group(&self, operator: &str, group: &str) -> Result<bool> {
+        self.conn(|conn| {
+            Ok(conn.execute(
+                "DELETE FROM operator_groups WHERE operator = ?1 AND grp = ?2",
+                params![operator, group],
+            )? > 0)
+        })
     }
 
-    pub(super) fn operator_groups(&self, operator: &str) -> Result<Vec<String>> {
-        let conn = self.reader()?;
-        groups_of(&conn, operator)
+    fn operator_groups(&self, operator: &str) -> Result<Vec<String>> {
+        self.read(|conn| groups_of(conn, operator))
     }
 }
 
 /// The ids of the contexts named `names` that exist, in order.
-pub(super) fn ids_by_name(conn: &Connection, names: &[String]) -> Result<Vec<String>> {
+pub(super) fn ids_by_name(conn: &dyn Db, names: &[String]) -> Result<Vec<String>> {
     let mut out = Vec::with_capacity(names.len());
     for name in names {
         let id: Option<String> = conn
@@ -454,7 +458,7 @@ pub(super) fn ids_by_name(conn: &Connection, names: &[String]) -> Result<Vec<Str
 /// for an `unauthorized` job. `approver`: the operator who approved the approval job in
 /// front of it.
 pub(super) fn authorize_job(
-    conn: &Connection,
+    conn: &dyn Db,
     pipeline: i64,
     wanted: &[String],
     approver: Option<&str>,
@@ -541,17 +545,15 @@ pub(super) fn authorize_job(
 /// Whether operator `by` may approve approval job `approval` (workflow job row `wjid`): the
 /// jobs that require it and use a group-restricted context need a member of the group
 /// (`model::contexts::may_approve`). `Forbidden` with the reason otherwise.
-pub(super) fn check_approver(conn: &Connection, wjid: i64, approval: &str, by: &str) -> Result<()> {
+pub(super) fn check_approver(conn: &dyn Db, wjid: i64, approval: &str, by: &str) -> Result<()> {
     use crate::model::contexts::{may_approve, Actor};
     let siblings: Vec<(String, String)> = {
         let mut st = conn.prepare(
             "SELECT requires, contexts FROM workflow_jobs \
              WHERE workflow_id = (SELECT workflow_id FROM workflow_jobs WHERE id = ?1) AND id != ?1",
         )?;
-        let rows = st
-            .query_map([wjid], |r| Ok((r.get(0)?, r.get(1)?)))?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
-        rows
+        st.query_map([wjid], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<super::db::Result<Vec<_>>>()?
     };
     let mut names: Vec<String> = Vec::new();
     for (requires, contexts) in siblings {

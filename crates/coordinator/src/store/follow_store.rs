@@ -3,9 +3,11 @@
 //! secret, sealed as every key and secret is; and what unfollowing forgets (the key and the
 //! secret, never the project's pipelines, jobs or settings).
 
+use super::db::{params, Db, Lock, OptionalExtension, SqlStore};
 use super::intake::webhook_place;
 use super::pipelines::resolve_project;
-use super::{params, secrets, OptionalExtension, Result, Store, TransactionBehavior};
+use super::{secrets, ProjectStore, Result};
+use crate::error::CoordError;
 use zeroize::Zeroizing;
 
 /// A project as follow and user keys see it, its secrets opened.
@@ -44,34 +46,35 @@ pub trait FollowStore: Send + Sync {
     fn forget_follow(&self, project: &str) -> Result<()>;
 }
 
-impl FollowStore for Store {
+impl<S: SqlStore + ProjectStore> FollowStore for S {
     fn followed(&self, project: &str) -> Result<Option<Followed>> {
-        let conn = self.conn();
-        let pid = match resolve_project(&conn, project) {
-            Ok(pid) => pid,
-            Err(crate::CoordError::NotFound(_)) => return Ok(None),
-            Err(e) => return Err(e),
-        };
-        type Row = (
-            String,
-            String,
-            Option<String>,
-            Option<String>,
-            Option<String>,
-        );
-        let row: Option<Row> = conn
+        let read = |conn: &dyn Db| {
+            let pid = match resolve_project(conn, project) {
+                Ok(pid) => pid,
+                Err(CoordError::NotFound(_)) => return Ok(None),
+                Err(e) => return Err(e),
+            };
+            type Raw = (
+                String,
+                String,
+                Option<String>,
+                Option<String>,
+                Option<String>,
+            );
+            let row: Option<Raw> = conn
             .query_row(
                 "SELECT slug, uuid, deploy_key, user_key, webhook_secret FROM projects WHERE id = ?1",
                 [pid],
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
             )
             .optional()?;
-        drop(conn);
-        let Some((slug, key, deploy, user, secret)) = row else {
+            Ok(row.map(|row| (pid, row)))
+        };
+        let Some((pid, (slug, key, deploy, user, secret))) = self.read(read)? else {
             return Ok(None);
         };
         let open_key = |col: &str, v: Option<String>| {
-            v.map(|s| self.secrets.open(&secrets::key_place(pid, col), &s))
+            v.map(|s| self.secrets().open(&secrets::key_place(pid, col), &s))
                 .transpose()
         };
         Ok(Some(Followed {
@@ -80,14 +83,13 @@ impl FollowStore for Store {
             deploy_key: open_key("deploy_key", deploy)?,
             user_key: open_key("user_key", user)?,
             webhook_secret: secret
-                .map(|s| self.secrets.open(&webhook_place(pid), &s))
+                .map(|s| self.secrets().open(&webhook_place(pid), &s))
                 .transpose()?,
         }))
     }
 
     fn record_follow(&self, r: &FollowRecord<'_>) -> Result<()> {
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let pid = self.transaction(Lock::Writer, |tx| {
         let pid: Option<i64> = tx
             .query_row("SELECT id FROM projects WHERE uuid = ?1", [r.key], |row| {
                 row.get(0)
@@ -102,18 +104,19 @@ impl FollowStore for Store {
                     |row| row.get(0),
                 )?;
                 if taken {
-                    return Err(crate::CoordError::Invalid(format!(
+                    return Err(CoordError::Invalid(format!(
                         "project {} exists already for another repository (its key is not {}): \
                          rename or remove it first",
                         crate::text::printable(r.slug),
                         crate::text::printable(r.key)
                     )));
                 }
-                tx.execute(
-                    "INSERT INTO projects(uuid, slug, clone_url, known_hosts) VALUES (?1, ?2, ?3, ?4)",
+                tx.query_row(
+                    "INSERT INTO projects(uuid, slug, clone_url, known_hosts) VALUES (?1, ?2, ?3, ?4) \
+                     RETURNING id",
                     params![r.key, r.slug, r.clone_url, r.known_hosts],
-                )?;
-                tx.last_insert_rowid()
+                    |row| row.get(0),
+                )?
             }
         };
         if let Some(b) = r.main_branch.filter(|b| !b.is_empty()) {
@@ -124,7 +127,7 @@ impl FollowStore for Store {
         }
         if let Some(k) = r.deploy_key {
             let sealed = self
-                .secrets
+                .secrets()
                 .seal(&secrets::key_place(pid, "deploy_key"), k)?;
             tx.execute(
                 "UPDATE projects SET deploy_key = ?2 WHERE id = ?1",
@@ -132,27 +135,26 @@ impl FollowStore for Store {
             )?;
         }
         if let Some(s) = r.webhook_secret {
-            let sealed = self.secrets.seal(&webhook_place(pid), s)?;
+            let sealed = self.secrets().seal(&webhook_place(pid), s)?;
             tx.execute(
                 "UPDATE projects SET webhook_secret = ?2 WHERE id = ?1",
                 params![pid, sealed],
             )?;
         }
-        tx.commit()?;
-        drop(conn);
+        Ok(pid)
+        })?;
         // A renamed repository: its project takes the new name, the old one keeps resolving.
-        self.follow_repository(pid, r.slug, None)
+        ProjectStore::follow_repository(self, pid, r.slug, None)
     }
 
     fn forget_follow(&self, project: &str) -> Result<()> {
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let pid = resolve_project(&tx, project)?;
-        tx.execute(
-            "UPDATE projects SET deploy_key = NULL, webhook_secret = NULL WHERE id = ?1",
-            [pid],
-        )?;
-        tx.commit()?;
-        Ok(())
+        self.transaction(Lock::Writer, |tx| {
+            let pid = resolve_project(tx, project)?;
+            tx.execute(
+                "UPDATE projects SET deploy_key = NULL, webhook_secret = NULL WHERE id = ?1",
+                [pid],
+            )?;
+            Ok(())
+        })
     }
 }

@@ -52,6 +52,7 @@ pub mod blobs;
 mod change_feed;
 mod context_store;
 pub mod contexts;
+pub mod db;
 mod follow_store;
 mod intake;
 mod jobs;
@@ -382,6 +383,8 @@ impl std::ops::Deref for Reader<'_> {
     }
 }
 
+db::db_by_deref!(Reader<'_>);
+
 impl Drop for Reader<'_> {
     fn drop(&mut self) {
         if let Some(c) = self.conn.take() {
@@ -394,6 +397,17 @@ impl Drop for Reader<'_> {
     }
 }
 
+/// A column's word as its type (a status, a kind): the SQL boundary's one parse.
+fn parse_col<T>(v: String) -> rusqlite::Result<T>
+where
+    T: std::str::FromStr,
+    T::Err: std::error::Error + Send + Sync + 'static,
+{
+    v.parse().map_err(|e: T::Err| {
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
+    })
+}
+
 fn job_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<JobRow> {
     Ok(JobRow {
         id: r.get(0)?,
@@ -402,7 +416,7 @@ fn job_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<JobRow> {
         git_ref: r.get(3)?,
         job_name: r.get(4)?,
         pipeline_number: r.get(5)?,
-        status: pipelines::parse_col(r.get(6)?)?,
+        status: parse_col(r.get(6)?)?,
         agent_id: r.get(7)?,
         attempts: r.get(8)?,
         max_attempts: r.get(9)?,
@@ -577,6 +591,30 @@ impl Store {
         let c = Connection::open(&self.path)?;
         c.busy_timeout(Duration::from_secs(10))?;
         Ok(ChangeWatch(c))
+    }
+}
+
+impl db::SqlStore for Store {
+    fn read<T>(&self, f: impl FnOnce(&dyn db::Db) -> Result<T>) -> Result<T> {
+        f(&*self.reader()?)
+    }
+
+    fn conn<T>(&self, f: impl FnOnce(&dyn db::Db) -> Result<T>) -> Result<T> {
+        f(&*self.conn())
+    }
+
+    /// SQLite has one writer: every transaction that writes is `BEGIN IMMEDIATE`, whichever
+    /// the lock.
+    fn transaction<T>(&self, _: db::Lock, f: impl FnOnce(&dyn db::Db) -> Result<T>) -> Result<T> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let out = f(&tx)?;
+        tx.commit()?;
+        Ok(out)
+    }
+
+    fn secrets(&self) -> &SecretsKey {
+        &self.secrets
     }
 }
 

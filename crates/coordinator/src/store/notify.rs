@@ -10,12 +10,12 @@
 //! tries it again after the lease. A delivered or given-up row is deleted; its target keeps
 //! the last error (with its time) and the last delivery's time for the project's page.
 
-use super::pipelines::{parse_col, resolve_project, uuid_v4};
-use super::{now_ms, Result, Store};
+use super::db::{params, parse_col, Db, Lock, OptionalExtension, SqlStore};
+use super::pipelines::{resolve_project, uuid_v4};
+use super::{now_ms, Result};
 use crate::error::CoordError;
 use crate::model::notify::{self as rules, Events, On, TargetKind};
 use bosun_protocol::{PipelineState, WorkflowJobStatus, WorkflowState};
-use rusqlite::{params, Connection, OptionalExtension};
 use std::time::Duration;
 use zeroize::Zeroizing;
 
@@ -134,7 +134,7 @@ const TARGET_COLUMNS: &str = "t.id, t.uuid, t.kind, t.address, t.events, t.name,
      t.last_error, t.last_error_at, t.last_delivered_at, \
      (SELECT COUNT(*) FROM notifications n WHERE n.target_id = t.id)";
 
-fn target_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TargetRow> {
+fn target_row(r: &dyn super::db::Row) -> super::db::Result<TargetRow> {
     Ok(TargetRow {
         id: r.get(0)?,
         uuid: r.get(1)?,
@@ -150,32 +150,48 @@ fn target_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TargetRow> {
     })
 }
 
-impl NotifyOutbox for Store {
+/// The due notifications a claim takes (PostgreSQL's claim locks them too).
+macro_rules! claim_due {
+    () => {
+        "SELECT n.id, n.uuid, n.event, n.status, n.happened_at, n.attempts, t.uuid, \
+                 t.kind, t.address, t.name, n.pipeline_id, pr.slug, pr.uuid, pr.clone_url, \
+                 p.commit_subject, p.username, w.uuid, w.name, w.created, w.finished, \
+                 wj.name, wj.job_id, j.started, j.finished, pr.id, t.secret \
+                 FROM notifications n JOIN notify_targets t ON t.id = n.target_id \
+                 JOIN pipelines p ON p.id = n.pipeline_id JOIN projects pr ON pr.id = p.project_id \
+                 LEFT JOIN workflows w ON w.id = n.workflow_id \
+                 LEFT JOIN workflow_jobs wj ON wj.id = n.workflow_job_id \
+                 LEFT JOIN jobs j ON j.id = wj.job_id \
+                 WHERE n.next_try <= ?1 ORDER BY n.next_try, n.id LIMIT ?2"
+    };
+}
+
+impl<S: SqlStore> NotifyOutbox for S {
     fn add_notify_target(&self, t: &NewTarget<'_>) -> Result<TargetRow> {
-        let conn = self.conn();
-        let pid = resolve_project(&conn, t.project)?;
-        let exists: bool = conn.query_row(
-            "SELECT EXISTS(SELECT 1 FROM notify_targets WHERE project_id = ?1 AND kind = ?2 \
+        self.conn(|conn| {
+            let pid = resolve_project(conn, t.project)?;
+            let exists: bool = conn.query_row(
+                "SELECT EXISTS(SELECT 1 FROM notify_targets WHERE project_id = ?1 AND kind = ?2 \
              AND address = ?3)",
-            params![pid, t.kind.as_str(), t.address],
-            |r| r.get(0),
-        )?;
-        if exists {
-            return Err(CoordError::Invalid(format!(
-                "{} already has the {} target {}; remove it first to change it",
-                t.project,
-                t.kind.as_str(),
-                crate::text::printable(t.address)
-            )));
-        }
-        let uuid = uuid_v4()?;
-        let sealed = t
-            .secret
-            .map(|s| self.secrets.seal(&secret_place(pid, &uuid), s))
-            .transpose()?;
-        conn.execute(
+                params![pid, t.kind.as_str(), t.address],
+                |r| r.get(0),
+            )?;
+            if exists {
+                return Err(CoordError::Invalid(format!(
+                    "{} already has the {} target {}; remove it first to change it",
+                    t.project,
+                    t.kind.as_str(),
+                    crate::text::printable(t.address)
+                )));
+            }
+            let uuid = uuid_v4()?;
+            let sealed = t
+                .secret
+                .map(|s| self.secrets().seal(&secret_place(pid, &uuid), s))
+                .transpose()?;
+            let id: i64 = conn.query_row(
             "INSERT INTO notify_targets(uuid, project_id, kind, address, events, name, secret, \
-             created) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+             created) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) RETURNING id",
             params![
                 uuid,
                 pid,
@@ -186,59 +202,55 @@ impl NotifyOutbox for Store {
                 sealed,
                 now_ms()
             ],
+            |r| r.get(0),
         )?;
-        let id = conn.last_insert_rowid();
-        Ok(conn.query_row(
-            &format!("SELECT {TARGET_COLUMNS} FROM notify_targets t WHERE t.id = ?1"),
-            [id],
-            target_row,
-        )?)
+            Ok(conn.query_row(
+                &format!("SELECT {TARGET_COLUMNS} FROM notify_targets t WHERE t.id = ?1"),
+                [id],
+                target_row,
+            )?)
+        })
     }
 
     fn notify_targets(&self, project: &str) -> Result<Vec<TargetRow>> {
-        let conn = self.reader()?;
-        let pid = resolve_project(&conn, project)?;
-        let mut st = conn.prepare(&format!(
-            "SELECT {TARGET_COLUMNS} FROM notify_targets t WHERE t.project_id = ?1 ORDER BY t.id"
-        ))?;
-        let rows = st
-            .query_map([pid], target_row)?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
-        Ok(rows)
+        self.read(|conn| {
+            let pid = resolve_project(conn, project)?;
+            Ok(conn.query_map(
+                &format!(
+                    "SELECT {TARGET_COLUMNS} FROM notify_targets t WHERE t.project_id = ?1 \
+                     ORDER BY t.id"
+                ),
+                [pid],
+                target_row,
+            )?)
+        })
     }
 
     fn remove_notify_target(&self, project: &str, kind: TargetKind, which: &str) -> Result<bool> {
-        let conn = self.conn();
-        let pid = resolve_project(&conn, project)?;
-        // The outbox's rows go with it (ON DELETE CASCADE needs foreign_keys, which is on).
-        let n = conn.execute(
-            "DELETE FROM notify_targets WHERE project_id = ?1 AND kind = ?2 \
+        self.conn(|conn| {
+            let pid = resolve_project(conn, project)?;
+            // The outbox's rows go with it (ON DELETE CASCADE; SQLite's needs foreign_keys, on).
+            let n = conn.execute(
+                "DELETE FROM notify_targets WHERE project_id = ?1 AND kind = ?2 \
              AND (address = ?3 OR uuid = ?3)",
-            params![pid, kind.as_str(), which],
-        )?;
-        Ok(n > 0)
+                params![pid, kind.as_str(), which],
+            )?;
+            Ok(n > 0)
+        })
     }
 
     fn claim_notifications(&self, limit: u32, lease: Duration) -> Result<Vec<Due>> {
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let now = now_ms();
-        type Raw = (Due, i64, Option<String>);
-        let rows: Vec<Raw> = {
-            let mut st = tx.prepare(
-                "SELECT n.id, n.uuid, n.event, n.status, n.happened_at, n.attempts, t.uuid, \
-                 t.kind, t.address, t.name, n.pipeline_id, pr.slug, pr.uuid, pr.clone_url, \
-                 p.commit_subject, p.username, w.uuid, w.name, w.created, w.finished, \
-                 wj.name, wj.job_id, j.started, j.finished, pr.id, t.secret \
-                 FROM notifications n JOIN notify_targets t ON t.id = n.target_id \
-                 JOIN pipelines p ON p.id = n.pipeline_id JOIN projects pr ON pr.id = p.project_id \
-                 LEFT JOIN workflows w ON w.id = n.workflow_id \
-                 LEFT JOIN workflow_jobs wj ON wj.id = n.workflow_job_id \
-                 LEFT JOIN jobs j ON j.id = wj.job_id \
-                 WHERE n.next_try <= ?1 ORDER BY n.next_try, n.id LIMIT ?2",
-            )?;
-            let rows = st
-                .query_map(params![now, limit], |r| {
+        self.transaction(Lock::Rows, |tx| {
+            let now = now_ms();
+            type Raw = (Due, i64, Option<String>);
+            let rows: Vec<Raw> = {
+                let mut st = tx.prepare(tx.pick(
+                    claim_due!(),
+                    // Two coordinators never hand out the same row.
+                    concat!(claim_due!(), " FOR UPDATE OF n SKIP LOCKED"),
+                ))?;
+
+                st.query_map(params![now, limit], |r| {
                     let workflow = match r.get::<_, Option<String>>(16)? {
                         Some(uuid) => Some(DueWorkflow {
                             uuid,
@@ -283,39 +295,37 @@ impl NotifyOutbox for Store {
                         r.get(25)?,
                     ))
                 })?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
-            rows
-        };
-        let until = now + lease.as_millis() as i64;
-        let mut out = Vec::with_capacity(rows.len());
-        for (mut d, pid, sealed) in rows {
-            tx.execute(
-                "UPDATE notifications SET next_try = ?2 WHERE id = ?1",
-                params![d.id, until],
-            )?;
-            if let Some(sealed) = sealed {
-                d.secret = Some(
-                    self.secrets
-                        .open(&secret_place(pid, &d.target_uuid), &sealed)?,
-                );
+                .collect::<super::db::Result<Vec<_>>>()?
+            };
+            let until = now + lease.as_millis() as i64;
+            let mut out = Vec::with_capacity(rows.len());
+            for (mut d, pid, sealed) in rows {
+                tx.execute(
+                    "UPDATE notifications SET next_try = ?2 WHERE id = ?1",
+                    params![d.id, until],
+                )?;
+                if let Some(sealed) = sealed {
+                    d.secret = Some(
+                        self.secrets()
+                            .open(&secret_place(pid, &d.target_uuid), &sealed)?,
+                    );
+                }
+                out.push(d);
             }
-            out.push(d);
-        }
-        tx.commit()?;
-        Ok(out)
+            Ok(out)
+        })
     }
 
     fn notification_delivered(&self, id: i64) -> Result<()> {
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        tx.execute(
-            "UPDATE notify_targets SET last_delivered_at = ?2 \
+        self.transaction(Lock::Rows, |tx| {
+            tx.execute(
+                "UPDATE notify_targets SET last_delivered_at = ?2 \
              WHERE id = (SELECT target_id FROM notifications WHERE id = ?1)",
-            params![id, now_ms()],
-        )?;
-        tx.execute("DELETE FROM notifications WHERE id = ?1", [id])?;
-        tx.commit()?;
-        Ok(())
+                params![id, now_ms()],
+            )?;
+            tx.execute("DELETE FROM notifications WHERE id = ?1", [id])?;
+            Ok(())
+        })
     }
 
     fn notification_failed(
@@ -325,46 +335,45 @@ impl NotifyOutbox for Store {
         retry_in: Duration,
         give_up: bool,
     ) -> Result<()> {
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let now = now_ms();
-        let attempts: Option<u32> = tx
-            .query_row(
-                "SELECT attempts FROM notifications WHERE id = ?1",
-                [id],
-                |r| r.get(0),
-            )
-            .optional()?;
-        let Some(attempts) = attempts else {
-            return Ok(());
-        };
-        let error = if give_up {
-            format!("given up after {} attempts: {error}", attempts + 1)
-        } else {
-            error.to_owned()
-        };
-        tx.execute(
-            "UPDATE notify_targets SET last_error = ?2, last_error_at = ?3 \
-             WHERE id = (SELECT target_id FROM notifications WHERE id = ?1)",
-            params![id, error, now],
-        )?;
-        if give_up {
-            tx.execute("DELETE FROM notifications WHERE id = ?1", [id])?;
-        } else {
+        self.transaction(Lock::Rows, |tx| {
+            let now = now_ms();
+            let attempts: Option<u32> = tx
+                .query_row(
+                    "SELECT attempts FROM notifications WHERE id = ?1",
+                    [id],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            let Some(attempts) = attempts else {
+                return Ok(());
+            };
+            let error = if give_up {
+                format!("given up after {} attempts: {error}", attempts + 1)
+            } else {
+                error.to_owned()
+            };
             tx.execute(
-                "UPDATE notifications SET attempts = attempts + 1, next_try = ?2 WHERE id = ?1",
-                params![id, now + retry_in.as_millis() as i64],
+                "UPDATE notify_targets SET last_error = ?2, last_error_at = ?3 \
+             WHERE id = (SELECT target_id FROM notifications WHERE id = ?1)",
+                params![id, error, now],
             )?;
-        }
-        tx.commit()?;
-        Ok(())
+            if give_up {
+                tx.execute("DELETE FROM notifications WHERE id = ?1", [id])?;
+            } else {
+                tx.execute(
+                    "UPDATE notifications SET attempts = attempts + 1, next_try = ?2 WHERE id = ?1",
+                    params![id, now + retry_in.as_millis() as i64],
+                )?;
+            }
+            Ok(())
+        })
     }
 }
 
 /// One outbox row for `target`, due now.
 #[allow(clippy::too_many_arguments)]
 fn insert(
-    tx: &Connection,
+    tx: &dyn Db,
     target: i64,
     event: &str,
     status: &str,
@@ -391,12 +400,12 @@ fn insert(
 }
 
 /// The project's targets of `kind`: (id, events as words).
-fn targets(tx: &Connection, pid: i64, kind: TargetKind) -> Result<Vec<(i64, String)>> {
+fn targets(tx: &dyn Db, pid: i64, kind: TargetKind) -> Result<Vec<(i64, String)>> {
     let mut st =
         tx.prepare("SELECT id, events FROM notify_targets WHERE project_id = ?1 AND kind = ?2")?;
     let rows = st
         .query_map(params![pid, kind.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
+        .collect::<super::db::Result<Vec<_>>>()?;
     Ok(rows)
 }
 
@@ -404,7 +413,7 @@ fn targets(tx: &Connection, pid: i64, kind: TargetKind) -> Result<Vec<(i64, Stri
 /// address gets the mail `model::notify::mail` decides, from the branch's previous ended
 /// pipeline and whether this is the default branch.
 pub(super) fn pipeline_ended(
-    tx: &Connection,
+    tx: &dyn Db,
     pid: i64,
     pipeline: i64,
     state: PipelineState,
@@ -451,7 +460,7 @@ pub(super) fn pipeline_ended(
 /// Workflow `workflow` of pipeline `pipeline` ended in `state`: a `workflow-completed` for
 /// each webhook that asked for it.
 pub(super) fn workflow_ended(
-    tx: &Connection,
+    tx: &dyn Db,
     pid: i64,
     pipeline: i64,
     workflow: i64,
@@ -481,7 +490,7 @@ pub(super) fn workflow_ended(
 /// Workflow job `workflow_job` ended in `status`: a `job-completed` for each webhook that
 /// asked for it.
 pub(super) fn job_ended(
-    tx: &Connection,
+    tx: &dyn Db,
     pid: i64,
     pipeline: i64,
     workflow: i64,

@@ -1,10 +1,11 @@
-//! Pipelines as the CLI, the pages and the agent's claim see them: finding one, approving,
-//! canceling and rerunning (each ends with [`advance_in`] in the same transaction), listing,
-//! and the pipeline part of a claimed job.
+//! Pipelines as the CLI and the pages see them: finding one, approving,
+//! canceling and rerunning (each ends with [`advance_in`] in the same transaction) and listing,
+//! for both databases over [`super::db::Db`].
 
+use super::db::{params, parse_col, Lock, OptionalExtension, SqlStore};
 use super::pipelines::{
-    advance_in, parse_col, post_status, requires_from_json, resolve_project, JobKind, Live,
-    PipelineRow, Statuses, WorkflowJobRow, WorkflowRow,
+    advance_in, post_status, requires_from_json, resolve_project, JobKind, Live, PipelineRow,
+    Statuses, WorkflowJobRow, WorkflowRow,
 };
 use super::*;
 use bosun_protocol::{PipelineState, WorkflowJobStatus};
@@ -17,47 +18,44 @@ pub fn parse_pipeline_ref(s: &str) -> Option<(Option<String>, i64)> {
     }
 }
 
-impl Store {
-    /// Pipeline id of `project#number`, or `id` itself.
-    pub(super) fn pipeline_id(&self, reference: &str) -> Result<i64> {
-        let bad = || CoordError::NotFound(format!("no pipeline {reference}"));
-        let (project, n) = parse_pipeline_ref(reference).ok_or_else(bad)?;
-        let conn = self.conn();
-        match project {
-            None => conn
-                .query_row("SELECT id FROM pipelines WHERE id = ?1", [n], |r| r.get(0))
-                .optional()?
-                .ok_or_else(bad),
-            Some(p) => {
-                let pid = resolve_project(&conn, &p)?;
-                conn.query_row(
-                    "SELECT id FROM pipelines WHERE project_id = ?1 AND number = ?2",
-                    params![pid, n],
-                    |r| r.get(0),
-                )
-                .optional()?
-                .ok_or_else(bad)
-            }
+/// Pipeline id of `project#number`, or `id` itself.
+pub(super) fn pipeline_id(s: &impl SqlStore, reference: &str) -> Result<i64> {
+    let bad = || CoordError::NotFound(format!("no pipeline {reference}"));
+    let (project, n) = parse_pipeline_ref(reference).ok_or_else(bad)?;
+    s.conn(|conn| match project {
+        None => conn
+            .query_row("SELECT id FROM pipelines WHERE id = ?1", [n], |r| r.get(0))
+            .optional()?
+            .ok_or_else(bad),
+        Some(p) => {
+            let pid = resolve_project(conn, &p)?;
+            conn.query_row(
+                "SELECT id FROM pipelines WHERE project_id = ?1 AND number = ?2",
+                params![pid, n],
+                |r| r.get(0),
+            )
+            .optional()?
+            .ok_or_else(bad)
         }
-    }
+    })
+}
 
-    /// Approve approval job `job` of pipeline `id` (in any of its workflows) as `by`.
-    /// Returns the workflow it was in.
-    pub(super) fn approve(
-        &self,
-        id: i64,
-        job: &str,
-        by: &str,
-        statuses: &Statuses<'_>,
-    ) -> Result<String> {
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+/// Approve approval job `job` of pipeline `id` (in any of its workflows) as `by`.
+/// Returns the workflow it was in.
+pub(super) fn approve(
+    s: &impl SqlStore,
+    id: i64,
+    job: &str,
+    by: &str,
+    statuses: &Statuses<'_>,
+) -> Result<String> {
+    s.transaction(Lock::Writer, |tx| {
         let rows: Vec<(i64, JobKind, WorkflowJobStatus, String)> = {
             let mut st = tx.prepare(
                 "SELECT wj.id, wj.kind, wj.status, w.name FROM workflow_jobs wj \
                  JOIN workflows w ON w.id = wj.workflow_id WHERE w.pipeline_id = ?1 AND wj.name = ?2",
             )?;
-            let rows = st
+            st
                 .query_map(params![id, job], |r| {
                     Ok((
                         r.get(0)?,
@@ -66,8 +64,7 @@ impl Store {
                         r.get(3)?,
                     ))
                 })?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
-            rows
+                .collect::<super::db::Result<Vec<_>>>()?
         };
         let Some((wjid, kind, status, workflow)) = rows.into_iter().next() else {
             return Err(CoordError::NotFound(format!(
@@ -82,7 +79,7 @@ impl Store {
                 "{job} is {status}, not on hold: only a job waiting for approval can be approved"
             )));
         }
-        super::contexts::check_approver(&tx, wjid, job, by)?;
+        super::contexts::check_approver(tx, wjid, job, by)?;
         tx.execute(
             "UPDATE workflow_jobs SET status = 'success', approved_by = ?2, reason = ?3 WHERE id = ?1",
             params![wjid, by, format!("approved by {by}")],
@@ -99,21 +96,20 @@ impl Store {
             status: WorkflowJobStatus::Success,
             job_id: None,
         };
-        post_status(&tx, pid, id, &workflow, &live, statuses)?;
+        post_status(tx, pid, id, &workflow, &live, statuses)?;
         tx.execute(
             "UPDATE pipelines SET status = 'running' WHERE id = ?1 AND status = 'on_hold'",
             [id],
         )?;
-        advance_in(&tx, id, statuses)?;
-        tx.commit()?;
+        advance_in(tx, id, statuses)?;
         Ok(workflow)
-    }
+        })
+}
 
-    /// Cancel pipeline `id`: queued jobs end at once, running ones at their agent's next
-    /// heartbeat, jobs not started yet are canceled; the pipeline ends when its jobs have.
-    pub(super) fn cancel_pipeline(&self, id: i64, statuses: &Statuses<'_>) -> Result<()> {
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+/// Cancel pipeline `id`: queued jobs end at once, running ones at their agent's next
+/// heartbeat, jobs not started yet are canceled; the pipeline ends when its jobs have.
+pub(super) fn cancel_pipeline(s: &impl SqlStore, id: i64, statuses: &Statuses<'_>) -> Result<()> {
+    s.transaction(Lock::Writer, |tx| {
         let now = now_ms();
         tx.execute(
             "UPDATE jobs SET status = 'canceled', finished = ?2, cancel_requested = 1 \
@@ -140,18 +136,17 @@ impl Store {
                 [id],
                 |r| r.get(0),
             )?;
-            super::notify::pipeline_ended(&tx, pid, id, bosun_protocol::PipelineState::Canceled)?;
+            super::notify::pipeline_ended(tx, pid, id, bosun_protocol::PipelineState::Canceled)?;
         }
-        advance_in(&tx, id, statuses)?;
-        tx.commit()?;
+        advance_in(tx, id, statuses)?;
         Ok(())
-    }
+        })
+}
 
-    /// Rerun the workflows of pipeline `id` from their failed jobs: jobs that did not
-    /// succeed (and those they blocked) wait again; successful ones stay.
-    pub(super) fn rerun_failed(&self, id: i64, statuses: &Statuses<'_>) -> Result<usize> {
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+/// Rerun the workflows of pipeline `id` from their failed jobs: jobs that did not
+/// succeed (and those they blocked) wait again; successful ones stay.
+pub(super) fn rerun_failed(s: &impl SqlStore, id: i64, statuses: &Statuses<'_>) -> Result<usize> {
+    s.transaction(Lock::Writer, |tx| {
         let status: PipelineState =
             tx.query_row("SELECT status FROM pipelines WHERE id = ?1", [id], |r| {
                 parse_col(r.get(0)?)
@@ -175,32 +170,34 @@ impl Store {
             "UPDATE pipelines SET status = 'running', finished = NULL WHERE id = ?1",
             [id],
         )?;
-        advance_in(&tx, id, statuses)?;
-        tx.commit()?;
+        advance_in(tx, id, statuses)?;
         Ok(n)
-    }
+        })
+}
 
-    /// Pipelines newest first (of one project when given).
-    pub fn list_pipelines(&self, project: Option<&str>, limit: u32) -> Result<Vec<PipelineRow>> {
-        let ids: Vec<i64> = {
-            let conn = self.conn();
-            let pid = project.map(|p| resolve_project(&conn, p)).transpose()?;
-            let mut st = conn.prepare(
-                "SELECT id FROM pipelines WHERE (?1 IS NULL OR project_id = ?1) ORDER BY id DESC LIMIT ?2",
-            )?;
-            let rows = st
-                .query_map(params![pid, limit], |r| r.get(0))?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
-            rows
-        };
-        ids.into_iter()
-            .filter_map(|id| self.pipeline(id).transpose())
-            .collect()
-    }
+/// Pipelines newest first (of one project when given).
+pub fn list_pipelines(
+    s: &impl SqlStore,
+    project: Option<&str>,
+    limit: u32,
+) -> Result<Vec<PipelineRow>> {
+    let ids: Vec<i64> = s.read(|conn| {
+        let pid = project.map(|p| resolve_project(conn, p)).transpose()?;
+        Ok(conn.query_map(
+            "SELECT id FROM pipelines WHERE (CAST(?1 AS BIGINT) IS NULL OR project_id = ?1) \
+                 ORDER BY id DESC LIMIT ?2",
+            params![pid, limit],
+            |r| r.get(0),
+        )?)
+    })?;
+    ids.into_iter()
+        .filter_map(|id| pipeline(s, id).transpose())
+        .collect()
+}
 
-    /// A pipeline with its workflows and jobs.
-    pub fn pipeline(&self, id: i64) -> Result<Option<PipelineRow>> {
-        let conn = self.reader()?;
+/// A pipeline with its workflows and jobs.
+pub fn pipeline(s: &impl SqlStore, id: i64) -> Result<Option<PipelineRow>> {
+    s.read(|conn| {
         let row = conn
             .query_row(
                 "SELECT p.id, p.number, p.uuid, pr.slug, p.git_ref, p.branch, p.tag, p.revision, \
@@ -244,7 +241,7 @@ impl Store {
                     jobs: Vec::new(),
                 })
             })?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
+            .collect::<super::db::Result<Vec<_>>>()?;
         let mut jst = conn.prepare(
             "SELECT id, name, kind, requires, serial_group, status, reason, job_id, approved_by \
              FROM workflow_jobs WHERE workflow_id = ?1 ORDER BY position",
@@ -264,7 +261,7 @@ impl Store {
                         approved_by: r.get(8)?,
                     })
                 })?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
+                .collect::<super::db::Result<Vec<_>>>()?;
             row.workflows.push(w);
         }
         // A job queued on an agent's queue says why no agent has taken it yet (computed now:
@@ -276,55 +273,12 @@ impl Store {
             .filter(|j| j.status == WorkflowJobStatus::Queued)
             .filter_map(|j| j.job_id)
             .collect();
-        let mut reasons = super::waiting::wait_reasons_in(&conn, &queued, now_ms())?;
+        let mut reasons = super::waiting::wait_reasons_in(conn, &queued, now_ms())?;
         for j in row.workflows.iter_mut().flat_map(|w| w.jobs.iter_mut()) {
             if let Some(r) = j.job_id.and_then(|id| reasons.remove(&id)) {
                 j.reason = Some(r);
             }
         }
         Ok(Some(row))
-    }
-
-    /// What the agent needs of a pipeline job (see [`bosun_protocol::WirePipeline`]), and
-    /// whether the job runs without the project's secrets.
-    pub(super) fn wire_pipeline(
-        conn: &Connection,
-        job: i64,
-    ) -> Result<Option<(bosun_protocol::WirePipeline, bool)>> {
-        conn
-            .query_row(
-                "SELECT p.uuid, w.name, w.uuid, p.params, p.trigger_source, COALESCE(p.base_revision, ''), j.restricted, \
-                 COALESCE(p.schedule_name, ''), COALESCE(p.schedule_id, '') \
-                 FROM jobs j JOIN workflow_jobs wj ON wj.job_id = j.id \
-                 JOIN workflows w ON w.id = wj.workflow_id JOIN pipelines p ON p.id = w.pipeline_id \
-                 WHERE j.id = ?1",
-                [job],
-                |r| {
-                    Ok((
-                        bosun_protocol::WirePipeline {
-                            id: r.get(0)?,
-                            workflow: r.get(1)?,
-                            workflow_id: r.get(2)?,
-                            parameters: serde_json::from_str(&r.get::<_, String>(3)?)
-                                .unwrap_or_default(),
-                            trigger_source: r.get(4)?,
-                            base_revision: r.get(5)?,
-                            schedule_name: r.get(7)?,
-                            schedule_id: r.get(8)?,
-                            config: None,
-                        },
-                        r.get(6)?,
-                    ))
-                },
-            )
-            .optional()?
-            .map(|(mut p, restricted)| {
-                if let Some((config, params)) = Store::continued_config(conn, job)? {
-                    p.config = Some(config);
-                    p.parameters = params;
-                }
-                Ok((p, restricted))
-            })
-            .transpose()
-    }
+        })
 }

@@ -1,11 +1,12 @@
 //! The pipelines part of the store as a trait: what the pipeline runner, the Bitbucket
 //! intake, the CLI and the pages ask of it, in types that say nothing of the database.
-//! [`Store`] (SQLite) is one implementation; another database goes beside it here.
+//! Implemented once for both databases, over [`SqlStore`].
 
+use super::db::SqlStore;
 use super::pipelines::{
     NewPipeline, NewWorkflow, OutgoingStatus, PipelineRow, PipelineToFetch, Statuses,
 };
-use super::{Result, Store};
+use super::{pipeline_actions, pipelines, Result, Store};
 use std::time::Duration;
 
 pub trait PipelineStore: Send + Sync {
@@ -21,7 +22,7 @@ pub trait PipelineStore: Send + Sync {
     fn active_pipelines(&self) -> Result<Vec<i64>>;
     /// Pipelines with serial-group jobs waiting for their turn.
     fn pipelines_waiting_in_serial_groups(&self) -> Result<Vec<i64>>;
-    /// Move pipeline `id` forward (see `Store::advance`); whether anything changed.
+    /// Move pipeline `id` forward (see `pipelines::advance`); whether anything changed.
     fn advance(&self, id: i64, statuses: &Statuses<'_>) -> Result<bool>;
     /// Pipeline id of `project#number`, or `id` itself.
     fn pipeline_id(&self, reference: &str) -> Result<i64>;
@@ -36,45 +37,47 @@ pub trait PipelineStore: Send + Sync {
     fn pipeline(&self, id: i64) -> Result<Option<PipelineRow>>;
 }
 
-impl PipelineStore for Store {
+/// One implementation for both databases ([`SqlStore`]): the code is in `pipelines.rs` and
+/// `pipeline_actions.rs`.
+impl<S: SqlStore> PipelineStore for S {
     fn create_pipeline(&self, p: &NewPipeline) -> Result<(i64, i64)> {
-        Store::create_pipeline(self, p)
+        pipelines::create_pipeline(self, p)
     }
     fn pipelines_to_fetch(&self) -> Result<Vec<PipelineToFetch>> {
-        Store::pipelines_to_fetch(self)
+        pipelines::pipelines_to_fetch(self)
     }
     fn pipeline_errored(&self, id: i64, revision: Option<&str>, error: &str) -> Result<()> {
-        Store::pipeline_errored(self, id, revision, error)
+        pipelines::pipeline_errored(self, id, revision, error)
     }
     fn pipeline_compiled(&self, id: i64, revision: &str, workflows: &[NewWorkflow]) -> Result<()> {
-        Store::pipeline_compiled(self, id, revision, workflows)
+        pipelines::pipeline_compiled(self, id, revision, workflows)
     }
     fn active_pipelines(&self) -> Result<Vec<i64>> {
-        Store::active_pipelines(self)
+        pipelines::active_pipelines(self)
     }
     fn pipelines_waiting_in_serial_groups(&self) -> Result<Vec<i64>> {
-        Store::pipelines_waiting_in_serial_groups(self)
+        pipelines::pipelines_waiting_in_serial_groups(self)
     }
     fn advance(&self, id: i64, statuses: &Statuses<'_>) -> Result<bool> {
-        Store::advance(self, id, statuses)
+        pipelines::advance(self, id, statuses)
     }
     fn pipeline_id(&self, reference: &str) -> Result<i64> {
-        Store::pipeline_id(self, reference)
+        pipeline_actions::pipeline_id(self, reference)
     }
     fn approve(&self, id: i64, job: &str, by: &str, statuses: &Statuses<'_>) -> Result<String> {
-        Store::approve(self, id, job, by, statuses)
+        pipeline_actions::approve(self, id, job, by, statuses)
     }
     fn cancel_pipeline(&self, id: i64, statuses: &Statuses<'_>) -> Result<()> {
-        Store::cancel_pipeline(self, id, statuses)
+        pipeline_actions::cancel_pipeline(self, id, statuses)
     }
     fn rerun_failed(&self, id: i64, statuses: &Statuses<'_>) -> Result<usize> {
-        Store::rerun_failed(self, id, statuses)
+        pipeline_actions::rerun_failed(self, id, statuses)
     }
     fn list_pipelines(&self, project: Option<&str>, limit: u32) -> Result<Vec<PipelineRow>> {
-        Store::list_pipelines(self, project, limit)
+        pipeline_actions::list_pipelines(self, project, limit)
     }
     fn pipeline(&self, id: i64) -> Result<Option<PipelineRow>> {
-        Store::pipeline(self, id)
+        pipeline_actions::pipeline(self, id)
     }
 }
 
@@ -102,6 +105,6 @@ impl StatusOutbox for Store {
         Store::status_failed(self, id, error, retry_in, give_up)
     }
     fn record_public_url(&self, url: &str) -> Result<()> {
-        Store::record_public_url(self, url)
+        pipelines::record_public_url(self, url)
     }
 }

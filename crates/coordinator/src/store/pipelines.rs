@@ -1,9 +1,11 @@
 //! Pipelines as the store keeps them: a pipeline (what was triggered), its workflows, and
-//! their jobs, each queued as a `jobs` row when its requirements are met. `Store::advance`
-//! is the one place statuses move forward: it reads the jobs' rows, lets the state machine
+//! their jobs, each queued as a `jobs` row when its requirements are met. [`advance`] is the
+//! one place statuses move forward: it reads the jobs' rows, lets the state machine
 //! ([`crate::model::advance`], pure) decide, and applies its transitions (statuses, the jobs
-//! agents claim, the commit statuses to send), all in one transaction.
+//! agents claim, the commit statuses to send), all in one transaction. Written once for both
+//! databases over [`super::db::Db`].
 
+use super::db::{params, parse_col, Db, Lock, OptionalExtension, SqlStore};
 use super::*;
 use crate::model::advance;
 pub use crate::model::JobKind;
@@ -139,17 +141,6 @@ pub struct WorkflowJobRow {
     pub approved_by: Option<String>,
 }
 
-/// A column's word as its type (a status, a kind): the SQL boundary's one parse.
-pub(super) fn parse_col<T>(v: String) -> rusqlite::Result<T>
-where
-    T: std::str::FromStr,
-    T::Err: std::error::Error + Send + Sync + 'static,
-{
-    v.parse().map_err(|e: T::Err| {
-        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
-    })
-}
-
 pub(super) fn requires_json(r: &[(String, Vec<RequiredStatus>)]) -> String {
     let v: Vec<(String, Vec<&str>)> = r
         .iter()
@@ -173,7 +164,7 @@ pub(super) fn requires_from_json(s: &str) -> Vec<(String, Vec<RequiredStatus>)> 
 }
 
 /// A project id from a slug (current or old) or a repository UUID.
-pub(super) fn resolve_project(conn: &Connection, project: &str) -> Result<i64> {
+pub(super) fn resolve_project(conn: &dyn super::db::Db, project: &str) -> Result<i64> {
     let id: Option<i64> = conn
         .query_row(
             "SELECT id FROM projects WHERE slug = ?1 OR uuid = ?1 \
@@ -232,85 +223,83 @@ pub struct Statuses<'a> {
     pub write: fn(&StatusChange<'_>) -> Option<StatusBody>,
 }
 
-impl Store {
-    /// Record a pipeline (status `created`); the runner fetches and compiles its config.
-    /// Returns (id, number).
-    pub(super) fn create_pipeline(&self, p: &NewPipeline) -> Result<(i64, i64)> {
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let made = Self::insert_pipeline(&tx, p)?;
-        tx.commit()?;
-        Ok(made)
-    }
+/// A project's next pipeline number: one sequence per project, shared with jobs queued on
+/// their own (SQLite's two-argument `MAX` is PostgreSQL's `GREATEST`).
+const NEXT_NUMBER: &str = "SELECT MAX(\
+     COALESCE((SELECT MAX(number) FROM pipelines WHERE project_id = ?1), 0), \
+     COALESCE((SELECT MAX(pipeline_number) FROM jobs WHERE project_id = ?1), 0)) + 1";
+const NEXT_NUMBER_PG: &str = "SELECT GREATEST(\
+     COALESCE((SELECT MAX(number) FROM pipelines WHERE project_id = ?1), 0), \
+     COALESCE((SELECT MAX(pipeline_number) FROM jobs WHERE project_id = ?1), 0)) + 1";
 
-    /// [`Self::create_pipeline`] inside the caller's transaction (a schedule's tick claims
-    /// itself in the same one).
-    pub(super) fn insert_pipeline(tx: &Connection, p: &NewPipeline) -> Result<(i64, i64)> {
-        let pid = resolve_project(tx, &p.project)?;
-        // One number sequence per project, shared with jobs queued on their own.
-        let number: i64 = tx.query_row(
-            "SELECT MAX(COALESCE((SELECT MAX(number) FROM pipelines WHERE project_id = ?1), 0), \
-                        COALESCE((SELECT MAX(pipeline_number) FROM jobs WHERE project_id = ?1), 0)) + 1",
-            [pid],
-            |r| r.get(0),
-        )?;
-        let (branch, tag) = split_ref(&p.git_ref);
-        let slug: String = tx.query_row("SELECT slug FROM projects WHERE id = ?1", [pid], |r| {
-            r.get(0)
-        })?;
-        let pr_url = match (p.pr_number, &p.pr_url) {
-            (Some(n), None) => Some(bitbucket_pr_url(&slug, n)),
-            (_, u) => u.clone(),
-        };
-        let base: Option<String> = tx
-            .query_row(
-                "SELECT revision FROM pipelines WHERE project_id = ?1 AND branch IS ?2 \
+/// Record a pipeline (status `created`); the runner fetches and compiles its config.
+/// Returns (id, number).
+pub(super) fn create_pipeline(s: &impl SqlStore, p: &NewPipeline) -> Result<(i64, i64)> {
+    s.transaction(Lock::Writer, |tx| insert_pipeline(tx, p))
+}
+
+/// [`create_pipeline`] inside the caller's transaction (a schedule's tick claims
+/// itself in the same one).
+pub(super) fn insert_pipeline(tx: &dyn Db, p: &NewPipeline) -> Result<(i64, i64)> {
+    let pid = resolve_project(tx, &p.project)?;
+    let number: i64 = tx.query_row(tx.pick(NEXT_NUMBER, NEXT_NUMBER_PG), [pid], |r| r.get(0))?;
+    let (branch, tag) = split_ref(&p.git_ref);
+    let slug: String = tx.query_row("SELECT slug FROM projects WHERE id = ?1", [pid], |r| {
+        r.get(0)
+    })?;
+    let pr_url = match (p.pr_number, &p.pr_url) {
+        (Some(n), None) => Some(bitbucket_pr_url(&slug, n)),
+        (_, u) => u.clone(),
+    };
+    let base: Option<String> = tx
+        .query_row(
+            "SELECT revision FROM pipelines WHERE project_id = ?1 AND branch IS ?2 \
                  AND revision IS NOT NULL ORDER BY id DESC LIMIT 1",
-                params![pid, branch],
-                |r| r.get(0),
-            )
-            .optional()?;
-        let uuid = uuid_v4()?;
-        tx.execute(
-            "INSERT INTO pipelines(project_id, number, uuid, git_ref, branch, tag, commit_sha, \
+            params![pid, branch],
+            |r| r.get(0),
+        )
+        .optional()?;
+    let uuid = uuid_v4()?;
+    let id: i64 = tx.query_row(
+        "INSERT INTO pipelines(project_id, number, uuid, git_ref, branch, tag, commit_sha, \
              base_revision, trigger_source, event, event_action, params, pr_number, pr_url, \
              pr_fork, restricted, username, commit_subject, status, created, schedule_name, \
              schedule_id, scheduled_workflow) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, \
-             ?18, 'created', ?19, ?20, ?21, ?22)",
-            params![
-                pid,
-                number,
-                uuid,
-                p.git_ref,
-                branch,
-                tag,
-                p.commit_sha,
-                base,
-                p.trigger_source,
-                p.event,
-                p.event_action,
-                serde_json::to_string(&p.params).unwrap_or_else(|_| "[]".into()),
-                p.pr_number.map(|n| n as i64),
-                pr_url,
-                p.pr_fork,
-                p.restricted,
-                p.username,
-                p.commit_subject,
-                now_ms(),
-                (!p.schedule_name.is_empty()).then_some(&p.schedule_name),
-                (!p.schedule_id.is_empty()).then_some(&p.schedule_id),
-                p.scheduled_workflow,
-            ],
-        )?;
-        let id = tx.last_insert_rowid();
-        Ok((id, number))
-    }
+             ?18, 'created', ?19, ?20, ?21, ?22) RETURNING id",
+        params![
+            pid,
+            number,
+            uuid,
+            p.git_ref,
+            branch,
+            tag,
+            p.commit_sha,
+            base,
+            p.trigger_source,
+            p.event,
+            p.event_action,
+            serde_json::to_string(&p.params).unwrap_or_else(|_| "[]".into()),
+            p.pr_number.map(|n| n as i64),
+            pr_url,
+            p.pr_fork,
+            p.restricted,
+            p.username,
+            p.commit_subject,
+            now_ms(),
+            (!p.schedule_name.is_empty()).then_some(&p.schedule_name),
+            (!p.schedule_id.is_empty()).then_some(&p.schedule_id),
+            p.scheduled_workflow,
+        ],
+        |r| r.get(0),
+    )?;
+    Ok((id, number))
+}
 
-    /// Pipelines waiting for their config, oldest first.
-    pub(super) fn pipelines_to_fetch(&self) -> Result<Vec<PipelineToFetch>> {
-        // Read-only: off the writer's connection, so polling never waits on agents' writes.
-        let conn = self.reader()?;
+/// Pipelines waiting for their config, oldest first.
+pub(super) fn pipelines_to_fetch(s: &impl SqlStore) -> Result<Vec<PipelineToFetch>> {
+    // Read-only: off the writer's connection, so polling never waits on agents' writes.
+    s.read(|conn| {
         let mut st = conn.prepare(
             "SELECT p.id, p.uuid, p.number, pr.slug, pr.clone_url, pr.user_key, pr.deploy_key, \
              pr.known_hosts, COALESCE(p.commit_sha, p.git_ref), p.branch, p.tag, p.params, \
@@ -362,14 +351,14 @@ impl Store {
                     r.get(20)?,
                 ))
             })?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
+            .collect::<super::db::Result<Vec<_>>>()?;
         let mut out = Vec::with_capacity(rows.len());
         for (mut p, pid, user, deploy, api, credentials) in rows {
             if let (Some(api), Some(sealed)) = (api, credentials) {
                 p.api = Some(ApiSource {
                     api: StatusApi::from_stored(&api),
-                    credentials: self
-                        .secrets
+                    credentials: s
+                        .secrets()
                         .open(&super::intake::status_place(pid), &sealed)?,
                     repo: p.project_slug.clone(),
                 });
@@ -379,8 +368,8 @@ impl Store {
                 (bosun_protocol::WireKeyRole::Deploy, "deploy_key", deploy),
             ] {
                 if let Some(sealed) = sealed {
-                    let k = self
-                        .secrets
+                    let k = s
+                        .secrets()
                         .open(&secrets::key_place(pid, column), &sealed)?;
                     p.keys.push((role, k));
                 }
@@ -388,17 +377,17 @@ impl Store {
             out.push(p);
         }
         Ok(out)
-    }
+        })
+}
 
-    /// The config could not be fetched or compiled: the pipeline ends `errored` with `error`.
-    pub(super) fn pipeline_errored(
-        &self,
-        id: i64,
-        revision: Option<&str>,
-        error: &str,
-    ) -> Result<()> {
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+/// The config could not be fetched or compiled: the pipeline ends `errored` with `error`.
+pub(super) fn pipeline_errored(
+    s: &impl SqlStore,
+    id: i64,
+    revision: Option<&str>,
+    error: &str,
+) -> Result<()> {
+    s.transaction(Lock::Writer, |tx| {
         let n = tx.execute(
             "UPDATE pipelines SET status = 'errored', error = ?2, revision = COALESCE(?3, revision), \
              finished = ?4 WHERE id = ?1 AND status = 'created'",
@@ -410,21 +399,20 @@ impl Store {
                 [id],
                 |r| r.get(0),
             )?;
-            super::notify::pipeline_ended(&tx, pid, id, PipelineState::Errored)?;
+            super::notify::pipeline_ended(tx, pid, id, PipelineState::Errored)?;
         }
-        tx.commit()?;
         Ok(())
-    }
+        })
+}
 
-    /// The config compiled: record its workflows and jobs; the pipeline runs.
-    pub(super) fn pipeline_compiled(
-        &self,
-        id: i64,
-        revision: &str,
-        workflows: &[NewWorkflow],
-    ) -> Result<()> {
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+/// The config compiled: record its workflows and jobs; the pipeline runs.
+pub(super) fn pipeline_compiled(
+    s: &impl SqlStore,
+    id: i64,
+    revision: &str,
+    workflows: &[NewWorkflow],
+) -> Result<()> {
+    s.transaction(Lock::Writer, |tx| {
         let now = now_ms();
         let n = tx.execute(
             "UPDATE pipelines SET status = 'running', revision = ?2 WHERE id = ?1 AND status = 'created'",
@@ -435,12 +423,12 @@ impl Store {
             return Ok(());
         }
         for w in workflows {
-            tx.execute(
+            let wid: i64 = tx.query_row(
                 "INSERT INTO workflows(pipeline_id, uuid, name, status, created) \
-                 VALUES (?1, ?2, ?3, 'running', ?4)",
+                 VALUES (?1, ?2, ?3, 'running', ?4) RETURNING id",
                 params![id, uuid_v4()?, w.name, now],
+                |r| r.get(0),
             )?;
-            let wid = tx.last_insert_rowid();
             for (i, j) in w.jobs.iter().enumerate() {
                 tx.execute(
                     "INSERT INTO workflow_jobs(workflow_id, position, name, kind, requires, \
@@ -461,44 +449,46 @@ impl Store {
                 )?;
             }
         }
-        tx.commit()?;
         Ok(())
-    }
+        })
+}
 
-    /// Ids of pipelines whose jobs may still move.
-    pub(super) fn active_pipelines(&self) -> Result<Vec<i64>> {
-        // Read-only: off the writer's connection, so polling never waits on agents' writes.
-        let conn = self.reader()?;
+/// Ids of pipelines whose jobs may still move.
+pub(super) fn active_pipelines(s: &impl SqlStore) -> Result<Vec<i64>> {
+    // Read-only: off the writer's connection, so polling never waits on agents' writes.
+    s.read(|conn| {
         let mut st = conn.prepare(
             "SELECT id FROM pipelines WHERE status IN ('running', 'on_hold') ORDER BY id",
         )?;
         let rows = st
             .query_map([], |r| r.get(0))?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
+            .collect::<super::db::Result<Vec<_>>>()?;
         Ok(rows)
-    }
+    })
+}
 
-    /// Where the server's pages are reached (commit statuses link them; the CLI reads it).
-    pub(super) fn record_public_url(&self, url: &str) -> Result<()> {
-        self.conn().execute(
-            "INSERT OR REPLACE INTO meta(key, value) VALUES ('public_url', ?1)",
+/// Where the server's pages are reached (commit statuses link them; the CLI reads it).
+pub(super) fn record_public_url(s: &impl SqlStore, url: &str) -> Result<()> {
+    s.conn(|conn| {
+        conn.execute(
+            "INSERT INTO meta(key, value) VALUES ('public_url', ?1) \
+                 ON CONFLICT(key) DO UPDATE SET value = excluded.value",
             [url],
         )?;
         Ok(())
-    }
+    })
+}
 
-    /// Move pipeline `id` forward: jobs' rows → workflow job statuses, then every job whose
-    /// requirements are met starts (queued, held for approval, or waiting its serial group's
-    /// turn), blocked ones are marked, workflow and pipeline statuses follow, and each job
-    /// status change the forge shows is put in the commit status outbox. Returns whether
-    /// anything changed (new jobs queued: claims should look again).
-    pub(super) fn advance(&self, id: i64, statuses: &Statuses<'_>) -> Result<bool> {
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let changed = advance_in(&tx, id, statuses)?;
-        tx.commit()?;
+/// Move pipeline `id` forward: jobs' rows → workflow job statuses, then every job whose
+/// requirements are met starts (queued, held for approval, or waiting its serial group's
+/// turn), blocked ones are marked, workflow and pipeline statuses follow, and each job
+/// status change the forge shows is put in the commit status outbox. Returns whether
+/// anything changed (new jobs queued: claims should look again).
+pub(super) fn advance(s: &impl SqlStore, id: i64, statuses: &Statuses<'_>) -> Result<bool> {
+    s.transaction(Lock::Writer, |tx| {
+        let changed = advance_in(tx, id, statuses)?;
         Ok(changed)
-    }
+    })
 }
 
 /// A random UUID (version 4), as CircleCI's pipeline and workflow ids are.
@@ -531,7 +521,7 @@ pub(super) struct Live {
 /// Pipeline `id`'s workflows moved forward by [`advance::advance`], in transaction `tx`: the
 /// rows loaded, the transitions applied in their order, then the serial groups' turns and the
 /// workflow and pipeline states. Returns whether anything changed.
-pub(super) fn advance_in(tx: &Connection, id: i64, statuses: &Statuses<'_>) -> Result<bool> {
+pub(super) fn advance_in(tx: &dyn Db, id: i64, statuses: &Statuses<'_>) -> Result<bool> {
     let (pid, pstatus, number, restricted): (i64, PipelineState, i64, bool) = tx.query_row(
         "SELECT project_id, status, number, restricted FROM pipelines WHERE id = ?1",
         [id],
@@ -543,10 +533,8 @@ pub(super) fn advance_in(tx: &Connection, id: i64, statuses: &Statuses<'_>) -> R
     let workflows: Vec<(i64, String)> = {
         let mut st =
             tx.prepare("SELECT id, name FROM workflows WHERE pipeline_id = ?1 ORDER BY id")?;
-        let rows = st
-            .query_map([id], |r| Ok((r.get(0)?, r.get(1)?)))?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
-        rows
+        st.query_map([id], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<super::db::Result<Vec<_>>>()?
     };
     let mut changed = false;
     let mut wf_states = Vec::new();
@@ -559,57 +547,39 @@ pub(super) fn advance_in(tx: &Connection, id: i64, statuses: &Statuses<'_>) -> R
                  FROM workflow_jobs wj LEFT JOIN jobs j ON j.id = wj.job_id \
                  WHERE wj.workflow_id = ?1 ORDER BY wj.position",
             )?;
-            let rows = st
-                .query_map([wid], |r| {
-                    let job = advance::WorkflowJob {
-                        name: r.get(1)?,
-                        kind: parse_col(r.get(2)?)?,
-                        requires: requires_from_json(&r.get::<_, String>(3)?),
-                        serial_group: r.get(4)?,
-                        status: parse_col(r.get(5)?)?,
-                        job_state: r.get::<_, Option<String>>(7)?.map(parse_col).transpose()?,
-                        denied: None,
-                    };
-                    let live = Live {
-                        id: r.get(0)?,
-                        name: job.name.clone(),
-                        kind: job.kind,
-                        status: job.status,
-                        job_id: r.get(6)?,
-                    };
-                    let contexts: Vec<String> =
-                        serde_json::from_str(&r.get::<_, String>(8)?).unwrap_or_default();
-                    let approved_by: Option<String> = r.get(9)?;
-                    Ok(((live, job), (contexts, approved_by)))
-                })?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
-            rows
+            st.query_map([wid], |r| {
+                let job = advance::WorkflowJob {
+                    name: r.get(1)?,
+                    kind: parse_col(r.get(2)?)?,
+                    requires: requires_from_json(&r.get::<_, String>(3)?),
+                    serial_group: r.get(4)?,
+                    status: parse_col(r.get(5)?)?,
+                    job_state: r.get::<_, Option<String>>(7)?.map(parse_col).transpose()?,
+                    denied: None,
+                };
+                let live = Live {
+                    id: r.get(0)?,
+                    name: job.name.clone(),
+                    kind: job.kind,
+                    status: job.status,
+                    job_id: r.get(6)?,
+                };
+                let contexts: Vec<String> =
+                    serde_json::from_str(&r.get::<_, String>(8)?).unwrap_or_default();
+                let approved_by: Option<String> = r.get(9)?;
+                Ok(((live, job), (contexts, approved_by)))
+            })?
+            .collect::<super::db::Result<Vec<_>>>()?
         };
         let (rows, extra): (Vec<_>, Vec<JobExtra>) = rows.into_iter().unzip();
         let (mut jobs, mut facts): (Vec<Live>, Vec<advance::WorkflowJob>) =
             rows.into_iter().unzip();
-        // A job that names contexts is authorized before it can start (a forked pull
-        // request's build without the project's secrets gets no context, so needs none).
-        if !restricted {
-            for i in 0..facts.len() {
-                let (contexts, _) = &extra[i];
-                if facts[i].status != WorkflowJobStatus::Waiting
-                    || facts[i].kind != JobKind::Build
-                    || contexts.is_empty()
-                {
-                    continue;
-                }
-                // The approver of an approval job it requires is who it runs for.
-                let approver = facts[i].requires.iter().find_map(|(name, _)| {
-                    let k = facts.iter().position(|f| &f.name == name)?;
-                    (facts[k].kind == JobKind::Approval)
-                        .then(|| extra[k].1.clone())
-                        .flatten()
-                });
-                let verdict =
-                    super::contexts::authorize_job(tx, id, contexts, approver.as_deref())?;
-                facts[i].denied = verdict.err();
-            }
+        // A job that names contexts is authorized before it can start.
+        let (contexts, approved_by): (Vec<Vec<String>>, Vec<Option<String>>) =
+            extra.into_iter().unzip();
+        for (i, approver) in advance::to_authorize(&facts, &contexts, &approved_by, restricted) {
+            let verdict = super::contexts::authorize_job(tx, id, &contexts[i], approver)?;
+            facts[i].denied = verdict.err();
         }
         let transitions = advance::advance(&facts);
         changed |= !transitions.is_empty();
@@ -661,7 +631,7 @@ pub(super) fn advance_in(tx: &Connection, id: i64, statuses: &Statuses<'_>) -> R
 }
 
 fn set_status(
-    tx: &Connection,
+    tx: &dyn Db,
     job: &mut Live,
     s: WorkflowJobStatus,
     reason: Option<&str>,
@@ -687,7 +657,7 @@ type PipelineRef = (
 
 /// Insert the `jobs` row an agent claims for workflow job `job`.
 fn queue_job(
-    tx: &Connection,
+    tx: &dyn Db,
     pid: i64,
     pipeline: i64,
     number: i64,
@@ -710,11 +680,12 @@ fn queue_job(
         |r| Ok((r.get(0)?, r.get(1)?)),
     )?;
     let workspace = format!("workflow-{workflow_uuid}");
-    tx.execute(
+    let jid: i64 = tx.query_row(
         "INSERT INTO jobs(project_id, commit_sha, git_ref, branch, tag, job_name, pipeline_number, \
          resource_class, labels, status, max_attempts, created, pr_number, pr_url, pr_fork, \
          pipeline_id, restricted, workspace) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, '[]', 'queued', ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, '[]', 'queued', ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16) \
+         RETURNING id",
         params![
             pid,
             commit,
@@ -733,8 +704,8 @@ fn queue_job(
             restricted,
             workspace
         ],
+        |r| r.get(0),
     )?;
-    let jid = tx.last_insert_rowid();
     // The contexts it was authorized for, by id (a forked pull request's restricted build
     // gets none): what the claim gives it.
     if !restricted {
@@ -764,7 +735,7 @@ fn queue_job(
 }
 
 fn start_serial_turns(
-    tx: &Connection,
+    tx: &dyn Db,
     pid: i64,
     pipeline: i64,
     number: i64,
@@ -778,10 +749,8 @@ fn start_serial_turns(
              WHERE w.pipeline_id = ?1 AND wj.status = 'queued' AND wj.job_id IS NULL \
              AND wj.serial_group IS NOT NULL ORDER BY wj.id",
         )?;
-        let rows = st
-            .query_map([pipeline], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
-        rows
+        st.query_map([pipeline], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .collect::<super::db::Result<Vec<_>>>()?
     };
     let mut changed = false;
     for (wjid, name, group) in waiting {
@@ -812,24 +781,23 @@ fn start_serial_turns(
 }
 
 /// Serial-group jobs of other pipelines of the project may start when a group frees up.
-impl Store {
-    pub(super) fn pipelines_waiting_in_serial_groups(&self) -> Result<Vec<i64>> {
-        // Read-only: off the writer's connection, so polling never waits on agents' writes.
-        let conn = self.reader()?;
+pub(super) fn pipelines_waiting_in_serial_groups(s: &impl SqlStore) -> Result<Vec<i64>> {
+    // Read-only: off the writer's connection, so polling never waits on agents' writes.
+    s.read(|conn| {
         let mut st = conn.prepare(
             "SELECT DISTINCT w.pipeline_id FROM workflow_jobs wj JOIN workflows w ON w.id = wj.workflow_id \
              WHERE wj.status = 'queued' AND wj.job_id IS NULL",
         )?;
         let rows = st
             .query_map([], |r| r.get(0))?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
+            .collect::<super::db::Result<Vec<_>>>()?;
         Ok(rows)
-    }
+        })
 }
 
 /// Put a commit status for `job`'s new status in the outbox, when the project sends them.
 pub(super) fn post_status(
-    tx: &Connection,
+    tx: &dyn Db,
     pid: i64,
     pipeline: i64,
     workflow: &str,

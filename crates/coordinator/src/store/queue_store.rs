@@ -106,7 +106,7 @@ impl QueueStore for Store {
         Store::cancel(self, id)
     }
     fn record_online_window(&self, window: Duration) -> Result<()> {
-        Store::record_online_window(self, window)
+        super::waiting::record_online_window(self, window)
     }
     fn job(&self, id: i64) -> Result<Option<JobRow>> {
         Store::job(self, id)
@@ -121,9 +121,9 @@ impl QueueStore for Store {
         Store::counts(self, online_since)
     }
     fn wait_reason(&self, id: i64) -> Result<Option<String>> {
-        Store::wait_reason(self, id)
+        Ok(super::waiting::wait_reasons(self, &[id])?.remove(&id))
     }
     fn wait_reasons(&self, ids: &[i64]) -> Result<HashMap<i64, String>> {
-        Store::wait_reasons(self, ids)
+        super::waiting::wait_reasons(self, ids)
     }
 }

@@ -12,7 +12,7 @@ use super::pipelines::NewPipeline;
 use super::schedules::{
     NewSchedule, RepoAccess, ScheduleRow, WorkflowScheduleRow, WorkflowTrigger,
 };
-use super::{Result, Store};
+use super::Result;
 
 pub trait ScheduleStore: Send + Sync {
     /// Add a scheduled pipeline (its name unique in its project); its ticks fire from now on.
@@ -42,41 +42,4 @@ pub trait ScheduleStore: Send + Sync {
         tick: i64,
         pipelines: &[NewPipeline],
     ) -> Result<Option<Vec<i64>>>;
-}
-
-impl ScheduleStore for Store {
-    fn add_schedule(&self, s: &NewSchedule) -> Result<ScheduleRow> {
-        Store::add_schedule(self, s)
-    }
-    fn list_schedules(&self, project: Option<&str>) -> Result<Vec<ScheduleRow>> {
-        Store::list_schedules(self, project)
-    }
-    fn remove_schedule(&self, project: &str, name: &str) -> Result<()> {
-        Store::remove_schedule(self, project, name)
-    }
-    fn pause_schedule(&self, project: &str, name: &str, paused: bool) -> Result<()> {
-        Store::pause_schedule(self, project, name, paused)
-    }
-    fn set_workflow_schedules(
-        &self,
-        project: &str,
-        revision: &str,
-        triggers: &[WorkflowTrigger],
-    ) -> Result<bool> {
-        Store::set_workflow_schedules(self, project, revision, triggers)
-    }
-    fn workflow_schedules(&self) -> Result<Vec<WorkflowScheduleRow>> {
-        Store::workflow_schedules(self)
-    }
-    fn repo_access(&self, project_id: i64) -> Result<RepoAccess> {
-        Store::repo_access(self, project_id)
-    }
-    fn fire_tick(
-        &self,
-        schedule: &str,
-        tick: i64,
-        pipelines: &[NewPipeline],
-    ) -> Result<Option<Vec<i64>>> {
-        Store::fire_tick(self, schedule, tick, pipelines)
-    }
 }

@@ -4,6 +4,7 @@
 //! claims a tick and creates its pipelines, together, in one transaction
 //! ([`Store::fire_tick`]).
 
+use super::db::{params, Db, Lock, OptionalExtension, SqlStore};
 use super::pipelines::{resolve_project, uuid_v4, NewPipeline};
 use super::*;
 
@@ -75,57 +76,9 @@ struct BranchFilter {
     ignore: Vec<String>,
 }
 
-impl Store {
-    pub(super) fn add_schedule(&self, s: &NewSchedule) -> Result<ScheduleRow> {
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let pid = resolve_project(&tx, &s.project)?;
-        let taken: bool = tx.query_row(
-            "SELECT EXISTS(SELECT 1 FROM schedules WHERE project_id = ?1 AND name = ?2)",
-            params![pid, s.name],
-            |r| r.get(0),
-        )?;
-        if taken {
-            return Err(CoordError::Invalid(format!(
-                "project {} already has a schedule named {:?} (remove it first with `schedule rm`)",
-                s.project, s.name
-            )));
-        }
-        let now = now_ms();
-        tx.execute(
-            "INSERT INTO schedules(uuid, project_id, name, cron, branch, params, actor, since, created) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8)",
-            params![
-                uuid_v4()?,
-                pid,
-                s.name,
-                s.cron,
-                s.branch,
-                serde_json::to_string(&s.params).unwrap_or_else(|_| "[]".into()),
-                s.actor,
-                now
-            ],
-        )?;
-        let id = tx.last_insert_rowid();
-        tx.commit()?;
-        drop(conn);
-        self.list_schedules_where("s.id = ?1", id)?
-            .pop()
-            .ok_or_else(|| CoordError::NotFound("the schedule just added".into()))
-    }
-
-    pub(super) fn list_schedules(&self, project: Option<&str>) -> Result<Vec<ScheduleRow>> {
-        match project {
-            Some(p) => {
-                let pid = resolve_project(&*self.reader()?, p)?;
-                self.list_schedules_where("s.project_id = ?1", pid)
-            }
-            None => self.list_schedules_where("?1 = 0", 0),
-        }
-    }
-
-    fn list_schedules_where(&self, cond: &str, arg: i64) -> Result<Vec<ScheduleRow>> {
-        let conn = self.reader()?;
+/// The schedules where `cond` holds of `?1` = `arg`, by project and name.
+fn list_schedules_where(s: &impl SqlStore, cond: &str, arg: i64) -> Result<Vec<ScheduleRow>> {
+    s.read(|conn| {
         let mut st = conn.prepare(&format!(
             "SELECT s.uuid, p.slug, s.name, s.cron, s.branch, s.params, s.actor, s.paused, s.since, \
              (SELECT MAX(tick) FROM schedule_ticks t WHERE t.schedule = s.uuid) \
@@ -147,53 +100,102 @@ impl Store {
                     last_tick: r.get(9)?,
                 })
             })?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
+            .collect::<super::db::Result<Vec<_>>>()?;
         Ok(rows)
+        })
+}
+
+fn schedule_id(conn: &dyn Db, project: &str, name: &str) -> Result<i64> {
+    let pid = resolve_project(conn, project)?;
+    conn.query_row(
+        "SELECT id FROM schedules WHERE project_id = ?1 AND name = ?2",
+        params![pid, name],
+        |r| r.get(0),
+    )
+    .optional()?
+    .ok_or_else(|| {
+        CoordError::NotFound(format!(
+            "project {project} has no schedule named {name:?} (see `schedule ls`)"
+        ))
+    })
+}
+
+impl<S: SqlStore> ScheduleStore for S {
+    fn add_schedule(&self, s: &NewSchedule) -> Result<ScheduleRow> {
+        let id: i64 = self.transaction(Lock::Writer, |tx| {
+        let pid = resolve_project(tx, &s.project)?;
+        let taken: bool = tx.query_row(
+            "SELECT EXISTS(SELECT 1 FROM schedules WHERE project_id = ?1 AND name = ?2)",
+            params![pid, s.name],
+            |r| r.get(0),
+        )?;
+        if taken {
+            return Err(CoordError::Invalid(format!(
+                "project {} already has a schedule named {:?} (remove it first with `schedule rm`)",
+                s.project, s.name
+            )));
+        }
+        let now = now_ms();
+        Ok(tx.query_row(
+            "INSERT INTO schedules(uuid, project_id, name, cron, branch, params, actor, since, created) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8) RETURNING id",
+            params![
+                uuid_v4()?,
+                pid,
+                s.name,
+                s.cron,
+                s.branch,
+                serde_json::to_string(&s.params).unwrap_or_else(|_| "[]".into()),
+                s.actor,
+                now
+            ],
+            |r| r.get(0),
+        )?)
+        })?;
+        list_schedules_where(self, "s.id = ?1", id)?
+            .pop()
+            .ok_or_else(|| CoordError::NotFound("the schedule just added".into()))
     }
 
-    fn schedule_id(conn: &Connection, project: &str, name: &str) -> Result<i64> {
-        let pid = resolve_project(conn, project)?;
-        conn.query_row(
-            "SELECT id FROM schedules WHERE project_id = ?1 AND name = ?2",
-            params![pid, name],
-            |r| r.get(0),
-        )
-        .optional()?
-        .ok_or_else(|| {
-            CoordError::NotFound(format!(
-                "project {project} has no schedule named {name:?} (see `schedule ls`)"
-            ))
+    fn list_schedules(&self, project: Option<&str>) -> Result<Vec<ScheduleRow>> {
+        match project {
+            Some(p) => {
+                let pid = self.read(|conn| resolve_project(conn, p))?;
+                list_schedules_where(self, "s.project_id = ?1", pid)
+            }
+            None => list_schedules_where(self, "?1 = 0", 0),
+        }
+    }
+
+    fn remove_schedule(&self, project: &str, name: &str) -> Result<()> {
+        self.conn(|conn| {
+            let id = schedule_id(conn, project, name)?;
+            conn.execute("DELETE FROM schedules WHERE id = ?1", [id])?;
+            Ok(())
         })
     }
 
-    pub(super) fn remove_schedule(&self, project: &str, name: &str) -> Result<()> {
-        let conn = self.conn();
-        let id = Self::schedule_id(&conn, project, name)?;
-        conn.execute("DELETE FROM schedules WHERE id = ?1", [id])?;
-        Ok(())
-    }
-
-    pub(super) fn pause_schedule(&self, project: &str, name: &str, paused: bool) -> Result<()> {
-        let conn = self.conn();
-        let id = Self::schedule_id(&conn, project, name)?;
+    fn pause_schedule(&self, project: &str, name: &str, paused: bool) -> Result<()> {
+        self.conn(|conn| {
+        let id = schedule_id(conn, project, name)?;
         // Resuming moves `since` to now: the ticks that passed while paused do not fire.
         conn.execute(
             "UPDATE schedules SET paused = ?2, \
-             since = CASE WHEN ?2 = 0 AND paused != 0 THEN ?3 ELSE since END WHERE id = ?1",
+             since = CASE WHEN CAST(?2 AS BIGINT) = 0 AND paused != 0 THEN ?3 ELSE since END WHERE id = ?1",
             params![id, paused, now_ms()],
         )?;
         Ok(())
+        })
     }
 
-    pub(super) fn set_workflow_schedules(
+    fn set_workflow_schedules(
         &self,
         project: &str,
         revision: &str,
         triggers: &[WorkflowTrigger],
     ) -> Result<bool> {
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let pid = resolve_project(&tx, project)?;
+        self.transaction(Lock::Writer, |tx| {
+        let pid = resolve_project(tx, project)?;
         let now = now_ms();
         let mut keys = Vec::new();
         let mut changed = false;
@@ -213,7 +215,7 @@ impl Store {
                 "INSERT INTO workflow_schedules(key, project_id, workflow, cron, branches, revision, since) \
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
                  ON CONFLICT(key) DO UPDATE SET branches = excluded.branches, revision = excluded.revision \
-                 WHERE branches IS NOT excluded.branches",
+                 WHERE workflow_schedules.branches IS DISTINCT FROM excluded.branches",
                 params![key, pid, t.workflow, t.cron, branches, revision, now],
             )? > 0;
             keys.push(key);
@@ -222,7 +224,7 @@ impl Store {
             let mut st = tx.prepare("SELECT key FROM workflow_schedules WHERE project_id = ?1")?;
             let all = st
                 .query_map([pid], |r| r.get::<_, String>(0))?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
+                .collect::<super::db::Result<Vec<_>>>()?;
             all.into_iter().filter(|k| !keys.contains(k)).collect()
         };
         for k in &stale {
@@ -233,12 +235,12 @@ impl Store {
             "UPDATE workflow_schedules SET revision = ?2 WHERE project_id = ?1",
             params![pid, revision],
         )?;
-        tx.commit()?;
         Ok(changed)
+        })
     }
 
-    pub(super) fn workflow_schedules(&self) -> Result<Vec<WorkflowScheduleRow>> {
-        let conn = self.reader()?;
+    fn workflow_schedules(&self) -> Result<Vec<WorkflowScheduleRow>> {
+        self.read(|conn| {
         let mut st = conn.prepare(
             "SELECT w.key, w.project_id, p.slug, w.workflow, w.cron, w.branches, w.revision, w.since, \
              (SELECT MAX(tick) FROM schedule_ticks t WHERE t.schedule = w.key) \
@@ -265,55 +267,57 @@ impl Store {
                     last_tick: r.get(8)?,
                 })
             })?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
+            .collect::<super::db::Result<Vec<_>>>()?;
         Ok(rows)
+        })
     }
 
-    pub(super) fn repo_access(&self, project_id: i64) -> Result<RepoAccess> {
-        let conn = self.reader()?;
-        let (uuid, url, user, deploy, known_hosts, default_branch): (
-            String,
-            String,
-            Option<String>,
-            Option<String>,
-            String,
-            String,
-        ) = conn
-            .query_row(
-                "SELECT uuid, clone_url, user_key, deploy_key, known_hosts, default_branch \
+    fn repo_access(&self, project_id: i64) -> Result<RepoAccess> {
+        self.read(|conn| {
+            let (uuid, url, user, deploy, known_hosts, default_branch): (
+                String,
+                String,
+                Option<String>,
+                Option<String>,
+                String,
+                String,
+            ) = conn
+                .query_row(
+                    "SELECT uuid, clone_url, user_key, deploy_key, known_hosts, default_branch \
                  FROM projects WHERE id = ?1",
-                [project_id],
-                |r| {
-                    Ok((
-                        r.get(0)?,
-                        r.get(1)?,
-                        r.get(2)?,
-                        r.get(3)?,
-                        r.get(4)?,
-                        r.get(5)?,
-                    ))
-                },
-            )
-            .optional()?
-            .ok_or_else(|| CoordError::NotFound(format!("no project {project_id}")))?;
-        let mut keys = Vec::new();
-        for (role, column, sealed) in [
-            (WireKeyRole::User, "user_key", user),
-            (WireKeyRole::Deploy, "deploy_key", deploy),
-        ] {
-            if let Some(sealed) = sealed {
-                let k = self
-                    .secrets
-                    .open(&secrets::key_place(project_id, column), &sealed)?;
-                keys.push((role, k));
+                    [project_id],
+                    |r| {
+                        Ok((
+                            r.get(0)?,
+                            r.get(1)?,
+                            r.get(2)?,
+                            r.get(3)?,
+                            r.get(4)?,
+                            r.get(5)?,
+                        ))
+                    },
+                )
+                .optional()?
+                .ok_or_else(|| CoordError::NotFound(format!("no project {project_id}")))?;
+            let mut keys = Vec::new();
+            for (role, column, sealed) in [
+                (WireKeyRole::User, "user_key", user),
+                (WireKeyRole::Deploy, "deploy_key", deploy),
+            ] {
+                if let Some(sealed) = sealed {
+                    let k = self
+                        .secrets()
+                        .open(&secrets::key_place(project_id, column), &sealed)?;
+                    keys.push((role, k));
+                }
             }
-        }
-        Ok(RepoAccess {
-            project_uuid: uuid,
-            clone_url: url,
-            keys,
-            known_hosts,
-            default_branch,
+            Ok(RepoAccess {
+                project_uuid: uuid,
+                clone_url: url,
+                keys,
+                known_hosts,
+                default_branch,
+            })
         })
     }
 
@@ -323,14 +327,13 @@ impl Store {
     /// schedule is gone or paused meanwhile. The claim is the row (schedule, tick): its
     /// primary key refuses a second one, so a crash before the commit leaves neither the
     /// claim nor a pipeline, and one after it both.
-    pub(super) fn fire_tick(
+    fn fire_tick(
         &self,
         schedule: &str,
         tick: i64,
         pipelines: &[NewPipeline],
     ) -> Result<Option<Vec<i64>>> {
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        self.transaction(Lock::Writer, |tx| {
         let live: bool = tx.query_row(
             "SELECT EXISTS(SELECT 1 FROM schedules WHERE uuid = ?1 AND paused = 0) \
              OR EXISTS(SELECT 1 FROM workflow_schedules WHERE key = ?1)",
@@ -350,10 +353,10 @@ impl Store {
         }
         let mut ids = Vec::with_capacity(pipelines.len());
         for p in pipelines {
-            ids.push(Self::insert_pipeline(&tx, p)?.0);
+            ids.push(crate::store::pipelines::insert_pipeline(tx, p)?.0);
         }
-        tx.commit()?;
         Ok(Some(ids))
+        })
     }
 }
 

@@ -9,6 +9,7 @@
 //! ([`fits`]): not revoked, of the job's resource class when it names one, with every label it
 //! asks for, and among the agents its project is restricted to, if it is.
 
+use super::db::{Db, OptionalExtension, SqlStore};
 use super::*;
 use std::collections::HashMap;
 
@@ -55,31 +56,26 @@ pub(super) fn who(class: Option<&str>, labels: &[String], restricted: bool) -> S
     s
 }
 
-impl Store {
-    /// Record how recently an agent must have called to count as online (the server's two
-    /// leases); the CLI, another process, reads it from here.
-    pub(super) fn record_online_window(&self, window: Duration) -> Result<()> {
-        self.conn().execute(
-            "INSERT OR REPLACE INTO meta(key, value) VALUES ('online_window_ms', ?1)",
+/// Record how recently an agent must have called to count as online (the server's two
+/// leases); the CLI, another process, reads it from here.
+pub(super) fn record_online_window(s: &impl SqlStore, window: Duration) -> Result<()> {
+    s.conn(|conn| {
+        conn.execute(
+            "INSERT INTO meta(key, value) VALUES ('online_window_ms', ?1) \
+             ON CONFLICT(key) DO UPDATE SET value = excluded.value",
             [window.as_millis().to_string()],
         )?;
         Ok(())
-    }
+    })
+}
 
-    /// Why job `id` waits, when it is queued; `None` otherwise.
-    pub(super) fn wait_reason(&self, id: i64) -> Result<Option<String>> {
-        Ok(self.wait_reasons(&[id])?.remove(&id))
-    }
-
-    /// Why each of `ids` that is queued waits (the others are left out).
-    pub(super) fn wait_reasons(&self, ids: &[i64]) -> Result<HashMap<i64, String>> {
-        let conn = self.reader()?;
-        wait_reasons_in(&conn, ids, now_ms())
-    }
+/// Why each of `ids` that is queued waits (the others are left out).
+pub(super) fn wait_reasons(s: &impl SqlStore, ids: &[i64]) -> Result<HashMap<i64, String>> {
+    s.read(|conn| wait_reasons_in(conn, ids, now_ms()))
 }
 
 pub(super) fn wait_reasons_in(
-    conn: &Connection,
+    conn: &dyn Db,
     ids: &[i64],
     now: i64,
 ) -> Result<HashMap<i64, String>> {
@@ -126,12 +122,10 @@ pub(super) fn wait_reasons_in(
              (SELECT COUNT(*) FROM jobs r WHERE r.status = 'running' AND r.agent_id = a.id) \
              FROM agents a WHERE a.revoked = 0",
         )?;
-        let rows = st
-            .query_map([], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
-            })?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
-        rows
+        st.query_map([], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+        })?
+        .collect::<super::db::Result<Vec<_>>>()?
     };
     let agents: Vec<(String, String, Vec<String>, Candidate)> = agents
         .into_iter()
@@ -146,7 +140,7 @@ pub(super) fn wait_reasons_in(
         let labels: Vec<String> = serde_json::from_str(&labels).unwrap_or_default();
         let allowed: Vec<String> = allowed_st
             .query_map([pid], |r| r.get(0))?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
+            .collect::<super::db::Result<Vec<_>>>()?;
         let restricted = !allowed.is_empty();
         let eligible: Vec<&Candidate> = agents
             .iter()

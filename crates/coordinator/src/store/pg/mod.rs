@@ -2,10 +2,13 @@
 //! as the SQLite [`Store`](super::Store), for several coordinators on one database
 //! (docs/scale.md).
 //!
-//! The SQL is the SQLite store's, file for file (`jobs.rs`, `lease.rs`, … beside their
-//! SQLite namesakes), in PostgreSQL's dialect through [`sql`], which gives the `postgres`
-//! client rusqlite's shape. The rules are not here: `model/` and the pure parts of the
-//! SQLite store's files (wait reasons, sealing places, the row types) are used as they are.
+//! Most areas are not here: their code is written once for both databases over
+//! [`super::db::Db`], which [`sql::Connection`] implements over the `postgres` client
+//! (pipelines, contexts, schedules, notifications, badges, follow, wait reasons; see
+//! [`super::db::SqlStore`]). The areas still here (`jobs.rs`, `lease.rs`, … beside their
+//! SQLite namesakes) are in PostgreSQL's dialect through [`sql`], which gives the client
+//! rusqlite's shape. The rules are not here: `model/` and the pure parts of the SQLite
+//! store's files (sealing places, the row types) are used as they are.
 //!
 //! What differs from SQLite, and why:
 //! - Writers: SQLite has one writer at a time. Here the rare writes (projects, pipelines,
@@ -26,26 +29,20 @@ use super::*;
 mod access;
 mod api_v2;
 mod audit;
-mod badges;
 mod blobs;
-mod contexts;
-mod follow;
 mod intake;
 mod jobs;
 mod lease;
 mod logs;
-mod notify;
+use super::contexts;
+use super::pipelines;
 mod people;
-mod pipeline_actions;
-mod pipelines;
-mod schedules;
 mod schema;
 pub(crate) mod sql;
 mod ssh;
 mod ssh_access;
 mod times;
 mod tokens;
-mod waiting;
 mod watch;
 
 #[cfg(test)]
@@ -59,20 +56,11 @@ use sql::{params, Connection, OptionalExtension, Row, Transaction, TransactionBe
 
 use super::blob_index::BlobIndex;
 use super::blobs::{JobResults, JobScope, OverQuota};
-use super::context_store::ContextStore;
-use super::contexts::{ContextRow, ContextValues, ContextVarRow, RestrictionRow};
 use super::log_store::LogStore;
-use super::pipeline_store::{PipelineStore, StatusOutbox};
-use super::pipelines::{
-    NewPipeline, NewWorkflow, OutgoingStatus, PipelineRow, PipelineToFetch, Statuses,
-};
+use super::pipeline_store::StatusOutbox;
+use super::pipelines::OutgoingStatus;
 use super::project_store::{AccessStore, ProjectStore};
 use super::queue_store::QueueStore;
-use super::schedule_store::ScheduleStore;
-use super::schedules::{
-    NewSchedule, RepoAccess, ScheduleRow, WorkflowScheduleRow, WorkflowTrigger,
-};
-use crate::model::contexts::Restriction;
 use bosun_protocol::{WireCache, WireLayer, WireTestResults};
 use std::collections::HashMap;
 
@@ -263,40 +251,32 @@ impl PgStore {
     }
 }
 
-impl ScheduleStore for PgStore {
-    fn add_schedule(&self, s: &NewSchedule) -> Result<ScheduleRow> {
-        PgStore::add_schedule(self, s)
+impl super::db::SqlStore for PgStore {
+    fn read<T>(&self, f: impl FnOnce(&dyn super::db::Db) -> Result<T>) -> Result<T> {
+        f(&self.reader()?)
     }
-    fn list_schedules(&self, project: Option<&str>) -> Result<Vec<ScheduleRow>> {
-        PgStore::list_schedules(self, project)
+
+    fn conn<T>(&self, f: impl FnOnce(&dyn super::db::Db) -> Result<T>) -> Result<T> {
+        f(&self.conn()?)
     }
-    fn remove_schedule(&self, project: &str, name: &str) -> Result<()> {
-        PgStore::remove_schedule(self, project, name)
-    }
-    fn pause_schedule(&self, project: &str, name: &str, paused: bool) -> Result<()> {
-        PgStore::pause_schedule(self, project, name, paused)
-    }
-    fn set_workflow_schedules(
+
+    fn transaction<T>(
         &self,
-        project: &str,
-        revision: &str,
-        triggers: &[WorkflowTrigger],
-    ) -> Result<bool> {
-        PgStore::set_workflow_schedules(self, project, revision, triggers)
+        lock: super::db::Lock,
+        f: impl FnOnce(&dyn super::db::Db) -> Result<T>,
+    ) -> Result<T> {
+        let mut conn = self.conn()?;
+        let tx = conn.transaction_with_behavior(match lock {
+            super::db::Lock::Writer => TransactionBehavior::Immediate,
+            super::db::Lock::Rows => TransactionBehavior::RowLocks,
+        })?;
+        let out = f(&tx)?;
+        tx.commit()?;
+        Ok(out)
     }
-    fn workflow_schedules(&self) -> Result<Vec<WorkflowScheduleRow>> {
-        PgStore::workflow_schedules(self)
-    }
-    fn repo_access(&self, project_id: i64) -> Result<RepoAccess> {
-        PgStore::repo_access(self, project_id)
-    }
-    fn fire_tick(
-        &self,
-        schedule: &str,
-        tick: i64,
-        pipelines: &[NewPipeline],
-    ) -> Result<Option<Vec<i64>>> {
-        PgStore::fire_tick(self, schedule, tick, pipelines)
+
+    fn secrets(&self) -> &SecretsKey {
+        &self.secrets
     }
 }
 
@@ -373,7 +353,7 @@ impl QueueStore for PgStore {
         PgStore::cancel(self, id)
     }
     fn record_online_window(&self, window: Duration) -> Result<()> {
-        PgStore::record_online_window(self, window)
+        crate::store::waiting::record_online_window(self, window)
     }
     fn job(&self, id: i64) -> Result<Option<JobRow>> {
         PgStore::job(self, id)
@@ -388,10 +368,10 @@ impl QueueStore for PgStore {
         PgStore::counts(self, online_since)
     }
     fn wait_reason(&self, id: i64) -> Result<Option<String>> {
-        PgStore::wait_reason(self, id)
+        Ok(crate::store::waiting::wait_reasons(self, &[id])?.remove(&id))
     }
     fn wait_reasons(&self, ids: &[i64]) -> Result<HashMap<i64, String>> {
-        PgStore::wait_reasons(self, ids)
+        crate::store::waiting::wait_reasons(self, ids)
     }
 }
 
@@ -455,48 +435,6 @@ impl LogStore for PgStore {
     }
 }
 
-impl PipelineStore for PgStore {
-    fn create_pipeline(&self, p: &NewPipeline) -> Result<(i64, i64)> {
-        PgStore::create_pipeline(self, p)
-    }
-    fn pipelines_to_fetch(&self) -> Result<Vec<PipelineToFetch>> {
-        PgStore::pipelines_to_fetch(self)
-    }
-    fn pipeline_errored(&self, id: i64, revision: Option<&str>, error: &str) -> Result<()> {
-        PgStore::pipeline_errored(self, id, revision, error)
-    }
-    fn pipeline_compiled(&self, id: i64, revision: &str, workflows: &[NewWorkflow]) -> Result<()> {
-        PgStore::pipeline_compiled(self, id, revision, workflows)
-    }
-    fn active_pipelines(&self) -> Result<Vec<i64>> {
-        PgStore::active_pipelines(self)
-    }
-    fn pipelines_waiting_in_serial_groups(&self) -> Result<Vec<i64>> {
-        PgStore::pipelines_waiting_in_serial_groups(self)
-    }
-    fn advance(&self, id: i64, statuses: &Statuses<'_>) -> Result<bool> {
-        PgStore::advance(self, id, statuses)
-    }
-    fn pipeline_id(&self, reference: &str) -> Result<i64> {
-        PgStore::pipeline_id(self, reference)
-    }
-    fn approve(&self, id: i64, job: &str, by: &str, statuses: &Statuses<'_>) -> Result<String> {
-        PgStore::approve(self, id, job, by, statuses)
-    }
-    fn cancel_pipeline(&self, id: i64, statuses: &Statuses<'_>) -> Result<()> {
-        PgStore::cancel_pipeline(self, id, statuses)
-    }
-    fn rerun_failed(&self, id: i64, statuses: &Statuses<'_>) -> Result<usize> {
-        PgStore::rerun_failed(self, id, statuses)
-    }
-    fn list_pipelines(&self, project: Option<&str>, limit: u32) -> Result<Vec<PipelineRow>> {
-        PgStore::list_pipelines(self, project, limit)
-    }
-    fn pipeline(&self, id: i64) -> Result<Option<PipelineRow>> {
-        PgStore::pipeline(self, id)
-    }
-}
-
 impl StatusOutbox for PgStore {
     fn due_statuses(&self, limit: u32) -> Result<Vec<OutgoingStatus>> {
         PgStore::due_statuses(self, limit)
@@ -508,7 +446,7 @@ impl StatusOutbox for PgStore {
         PgStore::status_failed(self, id, error, retry_in, give_up)
     }
     fn record_public_url(&self, url: &str) -> Result<()> {
-        PgStore::record_public_url(self, url)
+        super::pipelines::record_public_url(self, url)
     }
 }
 
@@ -655,51 +593,6 @@ impl BlobIndex for PgStore {
 }
 
 /// The store suite's PostgreSQL: one server per test process, a database per test.
-impl ContextStore for PgStore {
-    fn create_context(&self, name: &str, owner: &str) -> Result<ContextRow> {
-        PgStore::create_context(self, name, owner)
-    }
-    fn list_contexts(&self, owner: Option<&str>) -> Result<Vec<ContextRow>> {
-        PgStore::list_contexts(self, owner)
-    }
-    fn context(&self, context: &str) -> Result<Option<ContextRow>> {
-        PgStore::context(self, context)
-    }
-    fn delete_context(&self, context: &str) -> Result<()> {
-        PgStore::delete_context(self, context)
-    }
-    fn set_context_var(&self, context: &str, name: &str, value: &str) -> Result<ContextVarRow> {
-        PgStore::set_context_var(self, context, name, value)
-    }
-    fn remove_context_var(&self, context: &str, name: &str) -> Result<()> {
-        PgStore::remove_context_var(self, context, name)
-    }
-    fn list_context_vars(&self, context: &str) -> Result<Vec<ContextVarRow>> {
-        PgStore::list_context_vars(self, context)
-    }
-    fn add_restriction(&self, context: &str, r: &Restriction) -> Result<RestrictionRow> {
-        PgStore::add_restriction(self, context, r)
-    }
-    fn remove_restriction(&self, context: &str, id: &str) -> Result<()> {
-        PgStore::remove_restriction(self, context, id)
-    }
-    fn list_restrictions(&self, context: &str) -> Result<Vec<RestrictionRow>> {
-        PgStore::list_restrictions(self, context)
-    }
-    fn job_context_values(&self, job: i64) -> Result<Vec<ContextValues>> {
-        PgStore::job_context_values(self, job)
-    }
-    fn add_operator_group(&self, operator: &str, group: &str) -> Result<()> {
-        PgStore::add_operator_group(self, operator, group)
-    }
-    fn remove_operator_group(&self, operator: &str, group: &str) -> Result<bool> {
-        PgStore::remove_operator_group(self, operator, group)
-    }
-    fn operator_groups(&self, operator: &str) -> Result<Vec<String>> {
-        PgStore::operator_groups(self, operator)
-    }
-}
-
 #[cfg(test)]
 pub(crate) mod testing {
     use super::test_server::{pg_bin, PgServer};

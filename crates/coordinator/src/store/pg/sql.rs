@@ -1,7 +1,7 @@
 //! A thin layer over the `postgres` client in the shape the SQLite store's code is written
 //! in (`query_row`, `prepare` + `query_map`, `execute`, `optional()`, transactions that
-//! deref to their connection), so the PostgreSQL store reads like the SQLite one and its SQL
-//! can be compared line by line.
+//! deref to their connection), and the [`Db`] implementation the shared areas' code runs
+//! on (`store/db.rs`).
 //!
 //! Values cross as SQLite's five kinds ([`Val`]): a parameter is written in the type the
 //! server inferred for it (a Rust `bool` into a `BIGINT` flag, an `i64` into an `INTEGER`),
@@ -14,57 +14,11 @@ use postgres::types::{FromSql, IsNull, ToSql, Type};
 use std::cell::RefCell;
 use std::collections::HashMap;
 
-/// What a store call fails with here; becomes `CoordError::Db` (the message only).
-#[derive(Debug, thiserror::Error)]
-pub enum SqlError {
-    #[error("{}", pg_message(.0))]
-    Pg(#[from] postgres::Error),
-    #[error("connection pool: {0}")]
-    Pool(#[from] r2d2::Error),
-    #[error("query returned no rows")]
-    NoRows,
-    #[error("column {0}: {1}")]
-    Conversion(usize, String),
-}
-
-/// The server's own message (and detail) rather than `db error: ERROR: …`.
-fn pg_message(e: &postgres::Error) -> String {
-    match e.as_db_error() {
-        Some(db) => match db.detail() {
-            Some(d) => format!("{} ({d})", db.message()),
-            None => db.message().to_string(),
-        },
-        None => e.to_string(),
-    }
-}
-
-impl SqlError {
-    /// The SQLSTATE of a database error (`40001` serialization failure, `40P01` deadlock).
-    pub fn code(&self) -> Option<&str> {
-        match self {
-            SqlError::Pg(e) => e.code().map(|c| c.code()),
-            _ => None,
-        }
-    }
-}
-
-impl From<SqlError> for crate::error::CoordError {
-    fn from(e: SqlError) -> Self {
-        crate::error::CoordError::Db(crate::error::StoreError::Postgres(e.to_string()))
-    }
-}
-
-pub type Result<T> = std::result::Result<T, SqlError>;
-
-/// A value as SQLite knows them.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Val {
-    Null,
-    Int(i64),
-    Real(f64),
-    Text(String),
-    Blob(Vec<u8>),
-}
+pub(crate) use crate::store::db::params;
+pub use crate::store::db::{
+    parse_col, FromVal, OptionalExtension, Params, Result, RowIndex, SqlError, Val,
+};
+use crate::store::db::{Db, Dialect};
 
 impl ToSql for Val {
     fn to_sql(
@@ -145,167 +99,6 @@ impl<'a> FromSql<'a> for Val {
             || *ty == Type::FLOAT4
             || *ty == Type::JSON
             || *ty == Type::JSONB
-    }
-}
-
-/// A Rust value as a parameter.
-pub trait Param {
-    fn val(&self) -> Val;
-}
-
-macro_rules! int_param {
-    ($($t:ty),*) => {$(
-        impl Param for $t {
-            fn val(&self) -> Val {
-                Val::Int(*self as i64)
-            }
-        }
-    )*};
-}
-int_param!(i64, i32, u32, u64, usize, u8);
-
-impl Param for bool {
-    fn val(&self) -> Val {
-        Val::Int(i64::from(*self))
-    }
-}
-impl Param for str {
-    fn val(&self) -> Val {
-        Val::Text(self.to_owned())
-    }
-}
-impl Param for String {
-    fn val(&self) -> Val {
-        Val::Text(self.clone())
-    }
-}
-impl Param for [u8] {
-    fn val(&self) -> Val {
-        Val::Blob(self.to_vec())
-    }
-}
-impl Param for Vec<u8> {
-    fn val(&self) -> Val {
-        Val::Blob(self.clone())
-    }
-}
-impl<T: Param> Param for Option<T> {
-    fn val(&self) -> Val {
-        self.as_ref().map_or(Val::Null, Param::val)
-    }
-}
-impl<T: Param + ?Sized> Param for &T {
-    fn val(&self) -> Val {
-        (**self).val()
-    }
-}
-
-/// The parameters of one statement.
-pub trait Params {
-    fn vals(&self) -> Vec<Val>;
-}
-
-impl Params for [&dyn Param; 0] {
-    fn vals(&self) -> Vec<Val> {
-        Vec::new()
-    }
-}
-impl Params for &[&dyn Param] {
-    fn vals(&self) -> Vec<Val> {
-        self.iter().map(|p| p.val()).collect()
-    }
-}
-macro_rules! array_params {
-    ($($n:literal),*) => {$(
-        impl<T: Param> Params for [T; $n] {
-            fn vals(&self) -> Vec<Val> {
-                self.iter().map(Param::val).collect()
-            }
-        }
-    )*};
-}
-array_params!(1, 2, 3, 4, 5, 6, 7, 8);
-
-/// `params![a, b, …]`, as rusqlite's.
-macro_rules! params {
-    () => {
-        &[] as &[&dyn $crate::store::pg::sql::Param]
-    };
-    ($($p:expr),+ $(,)?) => {
-        &[$(&$p as &dyn $crate::store::pg::sql::Param),+] as &[&dyn $crate::store::pg::sql::Param]
-    };
-}
-pub(crate) use params;
-
-/// A Rust value from a column.
-pub trait FromVal: Sized {
-    fn from_val(v: Val) -> std::result::Result<Self, String>;
-}
-
-macro_rules! int_from {
-    ($($t:ty),*) => {$(
-        impl FromVal for $t {
-            fn from_val(v: Val) -> std::result::Result<Self, String> {
-                match v {
-                    Val::Int(n) => <$t>::try_from(n).map_err(|e| e.to_string()),
-                    other => Err(format!("expected an integer, found {other:?}")),
-                }
-            }
-        }
-    )*};
-}
-int_from!(i64, i32, u32, u64, usize);
-
-impl FromVal for bool {
-    fn from_val(v: Val) -> std::result::Result<Self, String> {
-        match v {
-            Val::Int(n) => Ok(n != 0),
-            other => Err(format!("expected a flag, found {other:?}")),
-        }
-    }
-}
-impl FromVal for f64 {
-    fn from_val(v: Val) -> std::result::Result<Self, String> {
-        match v {
-            Val::Real(f) => Ok(f),
-            Val::Int(n) => Ok(n as f64),
-            other => Err(format!("expected a number, found {other:?}")),
-        }
-    }
-}
-impl FromVal for String {
-    fn from_val(v: Val) -> std::result::Result<Self, String> {
-        match v {
-            Val::Text(t) => Ok(t),
-            other => Err(format!("expected text, found {other:?}")),
-        }
-    }
-}
-impl FromVal for Vec<u8> {
-    fn from_val(v: Val) -> std::result::Result<Self, String> {
-        match v {
-            Val::Blob(b) => Ok(b),
-            Val::Text(t) => Ok(t.into_bytes()),
-            other => Err(format!("expected bytes, found {other:?}")),
-        }
-    }
-}
-impl<T: FromVal> FromVal for Option<T> {
-    fn from_val(v: Val) -> std::result::Result<Self, String> {
-        match v {
-            Val::Null => Ok(None),
-            v => T::from_val(v).map(Some),
-        }
-    }
-}
-
-/// A column's position (by number only).
-pub trait RowIndex {
-    fn index(&self) -> usize;
-}
-impl RowIndex for usize {
-    fn index(&self) -> usize {
-        *self
     }
 }
 
@@ -549,6 +342,39 @@ impl Drop for Transaction<'_> {
     }
 }
 
+impl Db for Connection {
+    fn each_row(
+        &self,
+        sql: &str,
+        params: &[Val],
+        each: &mut dyn FnMut(&dyn crate::store::db::Row) -> Result<bool>,
+    ) -> Result<()> {
+        let rows = self.inner.borrow_mut().query(sql, params)?;
+        for r in rows {
+            if !each(&Row(r))? {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn run(&self, sql: &str, params: &[Val]) -> Result<usize> {
+        Ok(self.inner.borrow_mut().execute(sql, params)? as usize)
+    }
+
+    fn dialect(&self) -> Dialect {
+        Dialect::Postgres
+    }
+}
+
+impl crate::store::db::Row for Row {
+    fn val(&self, i: usize) -> Result<Val> {
+        self.0
+            .try_get(i)
+            .map_err(|e| SqlError::Conversion(i, e.to_string()))
+    }
+}
+
 pub struct Statement<'a> {
     conn: &'a Connection,
     sql: String,
@@ -567,39 +393,6 @@ impl Statement<'_> {
             .collect::<Vec<_>>()
             .into_iter())
     }
-
-    pub fn query_row<T, P: Params, F: FnOnce(&Row) -> Result<T>>(
-        &mut self,
-        p: P,
-        f: F,
-    ) -> Result<T> {
-        self.conn.query_row(&self.sql, p, f)
-    }
-}
-
-/// rusqlite's `optional()`: no row is `None`.
-pub trait OptionalExtension<T> {
-    fn optional(self) -> Result<Option<T>>;
-}
-
-impl<T> OptionalExtension<T> for Result<T> {
-    fn optional(self) -> Result<Option<T>> {
-        match self {
-            Ok(v) => Ok(Some(v)),
-            Err(SqlError::NoRows) => Ok(None),
-            Err(e) => Err(e),
-        }
-    }
-}
-
-/// A stored word (status, kind) as its enum; an unknown word fails the read.
-pub fn parse_col<T>(v: String) -> Result<T>
-where
-    T: std::str::FromStr,
-    T::Err: std::fmt::Display,
-{
-    v.parse()
-        .map_err(|e: T::Err| SqlError::Conversion(0, e.to_string()))
 }
 
 #[cfg(test)]

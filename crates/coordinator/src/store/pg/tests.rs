@@ -4,6 +4,7 @@
 use super::testing;
 use super::*;
 use crate::store::change_feed::{Change, ChangeFeed};
+use crate::store::pipelines::NewPipeline;
 use std::collections::HashSet;
 
 fn job(slug: &str, name: &str) -> NewJob {
