@@ -142,7 +142,7 @@ pub async fn logs(
                 .join(crate::store::LOGS_DIR)
                 .join(format!("{id}.log")),
         )?;
-        archive.archive(id).await.map_err(objects_err)?;
+        archive.archive_file(id).await.map_err(objects_err)?;
         check_size(objects.as_ref(), &key, size).await?;
     }
     let _ = std::fs::remove_dir_all(&scratch);

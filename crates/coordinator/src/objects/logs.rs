@@ -117,6 +117,13 @@ impl LogArchive {
         if store.backend().live_logs_shared() {
             return self.archive_chunks(store, id).await;
         }
+        self.archive_file(id).await
+    }
+
+    /// Move job `id`'s log file of the data directory (SQLite's running logs, and what
+    /// `migrate` moves) into the object store. `false`: nothing to move (the local store,
+    /// or no file).
+    pub async fn archive_file(&self, id: i64) -> std::result::Result<bool, ObjectError> {
         if self.objects.is_local() {
             return Ok(false);
         }
