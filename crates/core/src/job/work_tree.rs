@@ -105,12 +105,15 @@ impl WorkTree {
         self.path.join(SHARED_OBJECTS)
     }
 
-    /// Remove the directory and everything in it (once).
+    /// Remove the directory and everything in it (until it is gone: a failed removal may be
+    /// tried again).
     pub fn remove(&self) -> std::io::Result<()> {
-        if self.removed.swap(true, std::sync::atomic::Ordering::SeqCst) {
+        if self.removed.load(std::sync::atomic::Ordering::SeqCst) {
             return Ok(());
         }
         remove_tree(&self.path)?;
+        self.removed
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         // The agent's directory and `bosun-work` go too once no job is left in them, so a
         // job leaves nothing in $TMPDIR (`remove_dir` refuses a directory that is not empty).
         let mut parent = self.path.parent();
