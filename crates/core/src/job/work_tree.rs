@@ -334,6 +334,49 @@ fn home_in_passwd(passwd: &str, user: &str) -> Option<String> {
     })
 }
 
+/// Where the homes of earlier processes are kept (each `bosun execute` is a process of its
+/// own, and the agent restarts): `<cache>/homes/<sha256 of image id and user>`, holding the
+/// path. An image id names the image's content, so the home read from its `/etc/passwd`
+/// once holds for every later container of it; a wrong one would only cost the mount (the
+/// banner's home is checked against it, and the checkout then goes in as a tar stream).
+fn home_file(dir: &Path, image_id: &str, user: &str) -> PathBuf {
+    use sha2::Digest;
+    let name = user.split(':').next().unwrap_or("");
+    let mut h = sha2::Sha256::new();
+    h.update(image_id.as_bytes());
+    h.update([0]);
+    h.update(name.as_bytes());
+    dir.join(crate::stream::spool::hex(&h.finalize()))
+}
+
+/// The home an earlier process stored for `user` in the image `image_id` under `dir`.
+pub fn stored_home(dir: &Path, image_id: &str, user: &str) -> Option<String> {
+    let text = std::fs::read_to_string(home_file(dir, image_id, user)).ok()?;
+    valid_home(&text).then_some(text)
+}
+
+fn valid_home(h: &str) -> bool {
+    h.starts_with('/') && h.len() < 4096 && !h.contains(['\n', '\0'])
+}
+
+/// Keep `home` for `user` in the image `image_id` under `dir` for later processes (written
+/// whole or not at all; what cannot be written is only a later probe).
+pub fn store_home(dir: &Path, image_id: &str, user: &str, home: &str) {
+    if !valid_home(home) || stored_home(dir, image_id, user).as_deref() == Some(home) {
+        return;
+    }
+    let file = home_file(dir, image_id, user);
+    let written = std::fs::create_dir_all(dir).and_then(|()| {
+        let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+        std::io::Write::write_all(&mut tmp, home.as_bytes())?;
+        tmp.persist(&file).map_err(|e| e.error)?;
+        Ok(())
+    });
+    if let Err(e) = written {
+        tracing::debug!(dir = %dir.display(), "could not keep an image's home: {e}");
+    }
+}
+
 /// Remember the home a container announced (see [`predict_home`]).
 pub fn learn_home(image: &str, user: Option<&str>, home: &str) {
     let name = user
@@ -589,6 +632,29 @@ mod tests {
             predict_home("img-learn", Some("circleci"), &[]).as_deref(),
             Some("/home/circleci")
         );
+    }
+
+    #[test]
+    fn a_stored_home_is_found_by_image_id_and_user_and_bad_files_are_ignored() {
+        let dir = tempfile::tempdir().expect("dir");
+        let d = dir.path().join("homes");
+        assert_eq!(stored_home(&d, "sha256:aa", "circleci"), None);
+        store_home(&d, "sha256:aa", "circleci", "/home/circleci");
+        assert_eq!(
+            stored_home(&d, "sha256:aa", "circleci:3434").as_deref(),
+            Some("/home/circleci")
+        );
+        assert_eq!(stored_home(&d, "sha256:bb", "circleci"), None);
+        assert_eq!(stored_home(&d, "sha256:aa", "root"), None);
+        // Overwritten when it changes; never with a relative or multi-line path.
+        store_home(&d, "sha256:aa", "circleci", "/srv/ci");
+        store_home(&d, "sha256:aa", "circleci", "relative");
+        assert_eq!(
+            stored_home(&d, "sha256:aa", "circleci").as_deref(),
+            Some("/srv/ci")
+        );
+        std::fs::write(home_file(&d, "sha256:aa", "circleci"), "/a\n/b").expect("w");
+        assert_eq!(stored_home(&d, "sha256:aa", "circleci"), None);
     }
 
     #[test]
