@@ -17,6 +17,8 @@
 //! (default `abc`): which of the three to run (without (b) the warm job's ratio to the cold
 //! one is not shown); with BOSUN_BENCH_STDERR and `BOSUN_LOG=bosun_core=debug,bosun_git=debug`
 //! the jobs' timestamped traces go to that file, each run after a `== part run` line.
+//! BOSUN_BENCH_BASELINE_BIN: another build of `bosun` whose warm job alternates with this
+//! one's in (c), each after 5 new commits of its own (this / baseline in the same run).
 
 mod common;
 
