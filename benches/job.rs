@@ -13,7 +13,12 @@
 //! The repository: `BOSUN_BENCH_REPO`, a git directory with history (e.g. a bare clone of
 //! tokio-rs/tokio; its branch `main` is made from its `HEAD` if missing), else one made by
 //! benches/gen-repo.sh with BOSUN_BENCH_FILES (1000) files and BOSUN_BENCH_COMMITS (3000)
-//! commits. BOSUN_BENCH_RUNS (default 5; (a) runs twice as many pairs).
+//! commits. BOSUN_BENCH_RUNS (default 5; (a) runs twice as many pairs). BOSUN_BENCH_PARTS
+//! (default `abc`): which of the three to run (without (b) the warm job's ratio to the cold
+//! one is not shown); with BOSUN_BENCH_STDERR and `BOSUN_LOG=bosun_core=debug,bosun_git=debug`
+//! the jobs' timestamped traces go to that file, each run after a `== part run` line.
+//! BOSUN_BENCH_BASELINE_BIN: another build of `bosun` whose warm job alternates with this
+//! one's in (c), each after 5 new commits of its own (this / baseline in the same run).
 
 mod common;
 
@@ -27,6 +32,24 @@ use common::{env_num, measure, ms};
 use harness::{ensure_images, image, Project, Rig};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+/// A `== part run time` line (seconds since the epoch) in BOSUN_BENCH_STDERR's file, so each
+/// job's trace can be found and timed from its process's start.
+fn mark(part: &str, run: usize) {
+    if let Some(f) = std::env::var_os("BOSUN_BENCH_STDERR") {
+        use std::io::Write;
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(f)
+        {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default();
+            let _ = writeln!(f, "== {part} {run} {:.6}", now.as_secs_f64());
+        }
+    }
+}
 
 /// Median, min and max.
 fn stats(mut v: Vec<f64>) -> (f64, f64, f64) {
@@ -121,6 +144,7 @@ fn main() {
         return;
     }
     let runs = env_num("BOSUN_BENCH_RUNS", 5).max(1);
+    let parts = std::env::var("BOSUN_BENCH_PARTS").unwrap_or_else(|_| "abc".to_owned());
     ensure_images();
     let img = image("base");
     let scratch = tempfile::tempdir().expect("tempdir");
@@ -136,10 +160,13 @@ fn main() {
         c.args(["run", "--rm", &img, "true"]);
         c
     };
-    measure(&mut docker_true());
-    measure(&mut one_step());
     let (mut ratios, mut d_ms, mut b_ms) = (Vec::new(), Vec::new(), Vec::new());
-    for i in 0..runs * 2 {
+    if parts.contains('a') {
+        measure(&mut docker_true());
+        measure(&mut one_step());
+    }
+    for i in 0..if parts.contains('a') { runs * 2 } else { 0 } {
+        mark("a", i);
         let (d, b) = if i % 2 == 0 {
             let d = measure(&mut docker_true());
             (d, measure(&mut one_step()))
@@ -151,13 +178,15 @@ fn main() {
         d_ms.push(ms(d.wall));
         b_ms.push(ms(b.wall));
     }
-    println!(
-        "(a) one-step `true` job, {} alternating pairs (median, min–max):",
-        runs * 2
-    );
-    line("docker run --rm", d_ms, "ms");
-    line("bosun execute", b_ms, "ms");
-    line("ratio bosun/docker (target <= 1.1)", ratios, "");
+    if parts.contains('a') {
+        println!(
+            "(a) one-step `true` job, {} alternating pairs (median, min–max):",
+            runs * 2
+        );
+        line("docker run --rm", d_ms, "ms");
+        line("bosun execute", b_ms, "ms");
+        line("ratio bosun/docker (target <= 1.1)", ratios, "");
+    }
 
     // The repository on the stand-in.
     let rig = Rig::start();
@@ -234,10 +263,14 @@ fn main() {
     println!("repository: {what}; main has {} commits", commits.trim());
 
     // (b) cold: an empty cache each time, against clone + run.
-    measure(&mut bench.git_clone(&s.join("prime")));
+    let cold_runs = if parts.contains('b') { runs } else { 0 };
+    if cold_runs > 0 {
+        measure(&mut bench.git_clone(&s.join("prime")));
+    }
     let (mut ratios, mut hand_ms, mut cold_ms, mut rss) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for i in 0..runs {
+    for i in 0..cold_runs {
+        mark("b", i);
         let cold = || {
             measure(&mut bench.job(
                 &s.join(format!("cold-cache-{i}")),
@@ -262,17 +295,23 @@ fn main() {
         cold_ms.push(ms(b.wall));
         rss.push(b.max_rss_kib as f64 / 1024.0);
     }
-    let cold_median = stats(cold_ms.clone()).0;
-    println!("(b) cold job (checkout + true), {runs} runs:");
-    line("git clone + docker run --rm", hand_ms, "ms");
-    line("bosun execute, empty cache", cold_ms, "ms");
-    line("ratio bosun/by hand (target <= 1.0)", ratios, "");
-    line("peak RSS of bosun execute", rss, "MiB");
+    let cold_median = (cold_runs > 0).then(|| stats(cold_ms.clone()).0);
+    if cold_runs > 0 {
+        println!("(b) cold job (checkout + true), {runs} runs:");
+        line("git clone + docker run --rm", hand_ms, "ms");
+        line("bosun execute, empty cache", cold_ms, "ms");
+        line("ratio bosun/by hand (target <= 1.0)", ratios, "");
+        line("peak RSS of bosun execute", rss, "MiB");
+    }
+    if !parts.contains('c') {
+        return;
+    }
 
     // (c) warm: one cache and one clone kept; 5 new commits before each run.
     let cache = s.join("warm-cache");
     let store = s.join("warm-store");
     let kept = s.join("kept-clone");
+    mark("c prime", 0);
     measure(&mut bench.job(&cache, &store));
     measure(&mut bench.git_clone(&kept));
     let work = s.join("work");
@@ -284,16 +323,19 @@ fn main() {
     );
     let (mut vs_cold, mut vs_hand, mut warm_ms, mut fetch_ms) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for i in 0..runs {
+    let push_five = |tag: &str| {
         for c in 0..5 {
-            std::fs::write(work.join(format!("new-{i}-{c}.txt")), format!("{i} {c}\n"))
-                .expect("write");
+            std::fs::write(
+                work.join(format!("new-{tag}-{c}.txt")),
+                format!("{tag} {c}\n"),
+            )
+            .expect("write");
             harness::run(rig.git(None).arg("-C").arg(&work).args(["add", "-A"]));
             harness::run(rig.git(None).arg("-C").arg(&work).args([
                 "commit",
                 "-q",
                 "-m",
-                &format!("new {i}.{c}"),
+                &format!("new {tag}.{c}"),
             ]));
         }
         harness::run(rig.git(None).arg("-C").arg(&work).args([
@@ -302,11 +344,44 @@ fn main() {
             "origin",
             "HEAD:main",
         ]));
+    };
+    // BOSUN_BENCH_BASELINE_BIN: another `bosun` (an earlier build) whose warm job runs in
+    // the same rounds, alternating with this one, each after 5 new commits of its own.
+    let baseline_bin = std::env::var_os("BOSUN_BENCH_BASELINE_BIN").map(PathBuf::from);
+    let (mut base_ms, mut vs_base) = (Vec::new(), Vec::new());
+    let baseline = |i: usize| -> Option<f64> {
+        let bin = baseline_bin.as_ref()?;
+        push_five(&format!("{i}b"));
+        mark("c baseline", i);
+        let args: Vec<_> = bench
+            .job(&cache, &store)
+            .get_args()
+            .map(|a| a.to_owned())
+            .collect();
+        let b = measure(Command::new(bin).args(args));
+        mark("c end", i);
+        Some(ms(b.wall))
+    };
+    for i in 0..runs {
+        if i % 2 == 1 {
+            base_ms.extend(baseline(i));
+        }
+        push_five(&i.to_string());
+        mark("c", i);
         let w = measure(&mut bench.job(&cache, &store));
+        mark("c end", i);
+        if i % 2 == 0 {
+            base_ms.extend(baseline(i));
+        }
+        if let Some(b) = base_ms.last() {
+            vs_base.push(ms(w.wall) / b);
+        }
         let f = measure(&mut bench.git_fetch(&kept));
         let r = measure(&mut bench.docker_run(&kept));
         let hand = f.wall + r.wall;
-        vs_cold.push(ms(w.wall) / cold_median);
+        if let Some(cold) = cold_median {
+            vs_cold.push(ms(w.wall) / cold);
+        }
         vs_hand.push(w.wall.as_secs_f64() / hand.as_secs_f64());
         warm_ms.push(ms(w.wall));
         fetch_ms.push(ms(hand));
@@ -314,6 +389,12 @@ fn main() {
     println!("(c) warm job after 5 new commits, {runs} runs:");
     line("bosun execute, warm cache", warm_ms, "ms");
     line("git pull (kept clone) + docker run --rm", fetch_ms, "ms");
-    line("warm / cold median (target <= 0.35)", vs_cold, "");
+    if !vs_cold.is_empty() {
+        line("warm / cold median (target <= 0.35)", vs_cold, "");
+    }
     line("warm / (git pull + docker run)", vs_hand, "");
+    if !base_ms.is_empty() {
+        line("baseline build's warm job", base_ms, "ms");
+        line("this / baseline build", vs_base, "");
+    }
 }

@@ -647,10 +647,8 @@ fn a_job_that_rewrites_its_git_objects_cannot_change_the_mirror() {
     let rig = Rig::start();
     let user = rig.user_key(&["acme"]);
     let widget = rig.work_repo("acme/widget");
-    widget.write(
-        ".circleci/config.yml",
-        &format!(
-            r#"version: 2.1
+    let config_text = format!(
+        r#"version: 2.1
 jobs:
   own:
     docker:
@@ -692,9 +690,9 @@ jobs:
             git gc --prune=now -q 2>/dev/null; git repack -a -d -q 2>/dev/null
             echo done-hostile
 "#,
-            img = image("base")
-        ),
+        img = image("base")
     );
+    widget.write(".circleci/config.yml", &config_text);
     widget.write("README.md", "one\n");
     widget.commit("one");
     widget.push("HEAD:refs/heads/main");
@@ -703,7 +701,7 @@ jobs:
     let tmp = tempfile::tempdir().expect("tmp");
     let tmpdir = tmp.path().display().to_string();
     let kh = rig.known_hosts_file();
-    let run = |job: &str| {
+    let run = |job: &str, extra: &[&str]| {
         let mut args: Vec<String> = vec![
             "--json".into(),
             "--repo".into(),
@@ -722,6 +720,7 @@ jobs:
         for m in rig.vcs_host_mapping() {
             args.extend(["--vcs-host".into(), m]);
         }
+        args.extend(extra.iter().map(|a| a.to_string()));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let o = scratch.execute_env(&args, &[("TMPDIR", &tmpdir)]);
         assert_eq!(o.code, 0, "{job}: {}\n{}", o.stdout, o.stderr);
@@ -733,17 +732,42 @@ jobs:
         o.output()
     };
 
-    let out = run("own");
-    assert!(
-        out.contains("into /home/circleci/project: in place"),
-        "the checkout went in without a copy: {out}"
-    );
-    assert!(out.contains("owner=3434:3434 \n"), "{out}");
-    assert!(!out.contains("shared-owner=3434"), "{out}");
-    assert!(out.contains("?? new-file"), "{out}");
-    for word in ["fsck=ok", "fetched", "mounted-rw", "shared-ro"] {
-        assert!(out.contains(word), "{word}: {out}");
-    }
+    let check_own = |out: &str| {
+        assert!(
+            out.contains("into /home/circleci/project: in place"),
+            "the checkout went in without a copy: {out}"
+        );
+        assert!(out.contains("owner=3434:3434 \n"), "{out}");
+        assert!(!out.contains("shared-owner=3434"), "{out}");
+        assert!(out.contains("?? new-file"), "{out}");
+        for word in ["fsck=ok", "fetched", "mounted-rw", "shared-ro"] {
+            assert!(out.contains(word), "{word}: {out}");
+        }
+    };
+    let check_hostile = |out: &str| {
+        assert!(out.contains("whoami=0"), "{out}");
+        assert!(out.contains("done-hostile"), "{out}");
+        assert!(
+            out.contains("wrote .git/HEAD"),
+            "the job's own files are its own: {out}"
+        );
+        for word in [
+            "wrote .git/bosun-shared-objects",
+            "TRUNCATED",
+            "CHMODDED",
+            "LINKED",
+            "REMOVED",
+            "REMOUNTED",
+            "UNMOUNTED",
+        ] {
+            assert!(!out.contains(word), "{word}: {out}");
+        }
+    };
+    // The config read from the checked-out commit: the fetched tree is the preparation's
+    // too, so the job gets a copy.
+    let out = run("own", &[]);
+    assert!(out.contains("MB written"), "{out}");
+    check_own(&out);
     let cache = scratch.store.path().join("cache");
     let mirrors = mirror_dirs(&cache);
     assert_eq!(mirrors.len(), 1, "one mirror: {cache:?}");
@@ -755,29 +779,29 @@ jobs:
         "the mirror holds a pack"
     );
 
-    let out = run("hostile");
-    assert!(out.contains("whoami=0"), "{out}");
-    assert!(out.contains("done-hostile"), "{out}");
-    assert!(
-        out.contains("wrote .git/HEAD"),
-        "the job's own files are its own: {out}"
-    );
-    for word in [
-        "wrote .git/bosun-shared-objects",
-        "TRUNCATED",
-        "CHMODDED",
-        "LINKED",
-        "REMOVED",
-        "REMOUNTED",
-        "UNMOUNTED",
-    ] {
-        assert!(!out.contains(word), "{word}: {out}");
-    }
+    let out = run("hostile", &[]);
+    check_hostile(&out);
     assert_eq!(
         hashes(&mirrors[0].join("objects")),
         before,
         "the mirror's objects are unchanged"
     );
-    let out = run("own");
+    // The config given beside the repository: the job fetched its tree itself and it is
+    // moved into place (no copy); the same guarantees hold.
+    let config = tmp.path().join("config.yml");
+    std::fs::write(&config, &config_text).expect("config");
+    let config = config.display().to_string();
+    let out = run("own", &["--config", &config]);
+    assert!(out.contains(": in place (moved"), "{out}");
+    check_own(&out);
+    let out = run("hostile", &["--config", &config]);
+    assert!(out.contains(": in place (moved"), "{out}");
+    check_hostile(&out);
+    assert_eq!(
+        hashes(&mirrors[0].join("objects")),
+        before,
+        "the mirror's objects are unchanged"
+    );
+    let out = run("own", &[]);
     assert!(out.contains("fsck=ok"), "{out}");
 }

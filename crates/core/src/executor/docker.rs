@@ -221,6 +221,7 @@ impl Executor for DockerExecutor {
         Ok(ImageInfo {
             user: config.user.filter(|u| !u.is_empty()),
             env: config.env.unwrap_or_default(),
+            id: inspect.id.filter(|i| !i.is_empty()),
         })
     }
 

@@ -110,6 +110,9 @@ pub type PullProgress<'a> = &'a (dyn Fn(LayerProgress) + Send + Sync);
 pub struct ImageInfo {
     pub user: Option<String>,
     pub env: Vec<String>,
+    /// The engine's id of the image (`sha256:…`): it names the image's content, so what is
+    /// read from one image id holds for every container of it.
+    pub id: Option<String>,
 }
 
 /// Which network a container joins.

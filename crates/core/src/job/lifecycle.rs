@@ -59,6 +59,7 @@ pub async fn run_job(
         job: spec.plan.name.clone(),
         image: spec.plan.image.clone(),
     });
+    tracing::debug!(job = %spec.id, "job started");
     let resources = Resources::new(Arc::clone(&executor), &spec.id, &spec.context.agent_id);
     let result = AssertUnwindSafe(run_inner(
         &executor, &spec, &sink, &cancel, prefetched, &resources,
@@ -467,6 +468,7 @@ async fn start_docker(
     if ready_source.is_none() && executor.shares_host_paths() {
         match work_tree::runtime_copy(&spec.context.agent_id, &spec.id) {
             Ok((dir, file)) => {
+                tracing::debug!(ms = millis(t.elapsed()), "in-job executable copied");
                 resources.track_work_tree(Arc::new(dir));
                 cspec.runtime = Some(file.display().to_string());
                 cspec.entrypoint = Some(mounted_main_process());
@@ -547,6 +549,11 @@ async fn start_docker(
     let user = parse_banner(&banner)?;
     let image_user = plan.user.as_deref().or(info.user.as_deref());
     work_tree::learn_home(&plan.image, image_user, &user.home);
+    if tree.is_some() {
+        if let (Some(dir), Some(id)) = (homes_dir(spec), info.id.as_deref()) {
+            work_tree::store_home(&dir, id, image_user.unwrap_or("root"), &user.home);
+        }
+    }
     if let Some((t, target)) = tree.take() {
         let workdir = expand_home(&plan.working_directory, &user.home);
         let owned = (target == workdir)
@@ -624,15 +631,26 @@ async fn mounted_work_tree(
         return None;
     }
     let user = plan.user.as_deref().or(info.user.as_deref());
-    let home = match work_tree::predict_home(&plan.image, user, &info.env) {
+    let stored = || {
+        let dir = homes_dir(spec)?;
+        let home = work_tree::stored_home(&dir, info.id.as_deref()?, user.unwrap_or("root"))?;
+        work_tree::learn_home(&plan.image, user, &home);
+        Some(home)
+    };
+    let home = match work_tree::predict_home(&plan.image, user, &info.env).or_else(stored) {
         Some(h) => h,
         None => {
             let mut labels = resources.labels(&Role::Primary);
             labels.retain(|(k, _)| k != crate::executor::LABEL_KIND);
             labels.push((crate::executor::LABEL_KIND.to_owned(), "probe".to_owned()));
+            let t = Instant::now();
             let home = work_tree::probe_home(executor, &plan.image, user.unwrap_or("root"), labels)
                 .await?;
+            tracing::debug!(ms = millis(t.elapsed()), %home, "home probed");
             work_tree::learn_home(&plan.image, user, &home);
+            if let (Some(dir), Some(id)) = (homes_dir(spec), info.id.as_deref()) {
+                work_tree::store_home(&dir, id, user.unwrap_or("root"), &home);
+            }
             home
         }
     };
@@ -656,6 +674,13 @@ async fn mounted_work_tree(
             None
         }
     }
+}
+
+/// Where homes learned from images are kept across processes: beside the mirrors, in the
+/// cache directory (`None` without one: each process probes once).
+fn homes_dir(spec: &JobSpec) -> Option<std::path::PathBuf> {
+    let mirrors = spec.context.access.mirrors.as_ref()?;
+    Some(mirrors.root().parent()?.join("homes"))
 }
 
 /// Every image of a docker job (pulled when the engine lacks it), the primary's config: a

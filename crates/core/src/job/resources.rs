@@ -137,6 +137,18 @@ impl Resources {
             e.proxy.stop().await;
         }
         let taken = std::mem::take(&mut *self.held.lock().unwrap_or_else(|p| p.into_inner()));
+        // The job's directories go while the engine removes its containers (a removal takes
+        // the engine a few hundred milliseconds, a checkout's tree about as long on the
+        // host): the two overlap. A removal that fails while a container still writes into
+        // its mount is tried again once the containers are gone.
+        let trees = std::mem::take(&mut *self.work_trees.lock().unwrap_or_else(|p| p.into_inner()));
+        let removing = {
+            let trees = trees.clone();
+            tokio::task::spawn_blocking(move || {
+                // Every one tried, whatever the others do.
+                trees.iter().filter(|t| t.remove().is_err()).count() == 0
+            })
+        };
         let mut failed = remove_all(self.executor.as_ref(), taken).await;
         if let Some(e) = engine {
             failed.extend(
@@ -149,7 +161,9 @@ impl Resources {
                 .await,
             );
         }
-        let trees = std::mem::take(&mut *self.work_trees.lock().unwrap_or_else(|p| p.into_inner()));
+        if matches!(removing.await, Ok(true)) {
+            return failed;
+        }
         for tree in trees {
             let path = tree.path().display().to_string();
             let removed = tokio::task::spawn_blocking(move || tree.remove()).await;

@@ -157,6 +157,7 @@ pub(super) async fn run_steps(ctx: &Arc<StepContext>) -> JobOutcome {
                 }
             }
         };
+        tracing::debug!(step = i, ms = summary.duration_ms, "step finished");
         sink.emit(&Event::StepFinished(summary.clone()));
         // Asked only when a later step would be skipped by a halt: the last step (and one
         // followed only by `when: always` steps) costs no round trip; the runner's answer
@@ -376,21 +377,45 @@ async fn checkout_step(
             let src = dir.path().join("repo");
             if let Some(tree) = ctx.work_tree.as_ref().filter(|_| dest == ctx.workdir) {
                 let (tree, uid, gid) = (Arc::clone(tree), ctx.user.uid, ctx.user.gid);
+                // The fetched tree is this job's alone (no other job of a workflow holds
+                // it, no other `checkout` step reads it): moved into place, not copied.
+                let checkouts = spec
+                    .plan
+                    .steps
+                    .iter()
+                    .filter(|s| matches!(s.kind, StepKind::Checkout { .. }))
+                    .count();
+                let movable = checkouts == 1 && Arc::strong_count(dir) == 1;
                 let filled = tokio::task::spawn_blocking(move || {
                     let (uid, gid) = (
                         u32::try_from(uid).map_err(std::io::Error::other)?,
                         u32::try_from(gid).map_err(std::io::Error::other)?,
                     );
+                    if movable {
+                        if let Some(f) =
+                            super::work_tree::fill_by_move(&src, tree.path(), uid, gid)?
+                        {
+                            return Ok(f);
+                        }
+                    }
                     super::work_tree::fill(&src, tree.path(), uid, gid)
                 })
                 .await;
+                tracing::debug!(
+                    ms = millis(t0.elapsed()),
+                    "checkout written into the working directory"
+                );
                 let status = match filled {
                     Ok(Ok(f)) => {
+                        let how = if f.by_move {
+                            format!("moved, {:.1} MB", (f.moved + f.copied) as f64 / 1e6)
+                        } else {
+                            format!("{:.1} MB written", f.copied as f64 / 1e6)
+                        };
                         say(format!(
-                            "Checked out {} {} into {dest}: in place ({:.1} MB written, {:.1} MB of objects shared read-only with the mirror) in {}",
+                            "Checked out {} {} into {dest}: in place ({how}, {:.1} MB of objects shared read-only with the mirror) in {}",
                             outcome.sha,
                             ref_words(outcome),
-                            f.copied as f64 / 1e6,
                             f.shared as f64 / 1e6,
                             crate::stream::format_duration(millis(t0.elapsed()))
                         ));

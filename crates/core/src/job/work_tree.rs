@@ -105,12 +105,15 @@ impl WorkTree {
         self.path.join(SHARED_OBJECTS)
     }
 
-    /// Remove the directory and everything in it (once).
+    /// Remove the directory and everything in it (until it is gone: a failed removal may be
+    /// tried again).
     pub fn remove(&self) -> std::io::Result<()> {
-        if self.removed.swap(true, std::sync::atomic::Ordering::SeqCst) {
+        if self.removed.load(std::sync::atomic::Ordering::SeqCst) {
             return Ok(());
         }
         remove_tree(&self.path)?;
+        self.removed
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         // The agent's directory and `bosun-work` go too once no job is left in them, so a
         // job leaves nothing in $TMPDIR (`remove_dir` refuses a directory that is not empty).
         let mut parent = self.path.parent();
@@ -331,6 +334,49 @@ fn home_in_passwd(passwd: &str, user: &str) -> Option<String> {
     })
 }
 
+/// Where the homes of earlier processes are kept (each `bosun execute` is a process of its
+/// own, and the agent restarts): `<cache>/homes/<sha256 of image id and user>`, holding the
+/// path. An image id names the image's content, so the home read from its `/etc/passwd`
+/// once holds for every later container of it; a wrong one would only cost the mount (the
+/// banner's home is checked against it, and the checkout then goes in as a tar stream).
+fn home_file(dir: &Path, image_id: &str, user: &str) -> PathBuf {
+    use sha2::Digest;
+    let name = user.split(':').next().unwrap_or("");
+    let mut h = sha2::Sha256::new();
+    h.update(image_id.as_bytes());
+    h.update([0]);
+    h.update(name.as_bytes());
+    dir.join(crate::stream::spool::hex(&h.finalize()))
+}
+
+/// The home an earlier process stored for `user` in the image `image_id` under `dir`.
+pub fn stored_home(dir: &Path, image_id: &str, user: &str) -> Option<String> {
+    let text = std::fs::read_to_string(home_file(dir, image_id, user)).ok()?;
+    valid_home(&text).then_some(text)
+}
+
+fn valid_home(h: &str) -> bool {
+    h.starts_with('/') && h.len() < 4096 && !h.contains(['\n', '\0'])
+}
+
+/// Keep `home` for `user` in the image `image_id` under `dir` for later processes (written
+/// whole or not at all; what cannot be written is only a later probe).
+pub fn store_home(dir: &Path, image_id: &str, user: &str, home: &str) {
+    if !valid_home(home) || stored_home(dir, image_id, user).as_deref() == Some(home) {
+        return;
+    }
+    let file = home_file(dir, image_id, user);
+    let written = std::fs::create_dir_all(dir).and_then(|()| {
+        let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+        std::io::Write::write_all(&mut tmp, home.as_bytes())?;
+        tmp.persist(&file).map_err(|e| e.error)?;
+        Ok(())
+    });
+    if let Err(e) = written {
+        tracing::debug!(dir = %dir.display(), "could not keep an image's home: {e}");
+    }
+}
+
 /// Remember the home a container announced (see [`predict_home`]).
 pub fn learn_home(image: &str, user: Option<&str>, home: &str) {
     let name = user
@@ -354,6 +400,10 @@ pub fn learn_home(image: &str, user: Option<&str>, home: &str) {
 pub struct Filled {
     /// Bytes copied (the tree, `.git` but for its objects).
     pub copied: u64,
+    /// Bytes moved into place without a copy ([`fill_by_move`]).
+    pub moved: u64,
+    /// Filled by [`fill_by_move`].
+    pub by_move: bool,
     /// Bytes shared by hard link with the mirror (read-only in the container).
     pub shared: u64,
 }
@@ -384,6 +434,130 @@ pub fn fill(src: &Path, dest: &Path, uid: u32, gid: u32) -> std::io::Result<Fill
         }
     }
     Ok(filled)
+}
+
+/// [`fill`] without a copy, for a checkout at `src` that is the job's alone (no other job
+/// reads it, no later step checks out from it): its entries are renamed into `dest` (the
+/// same file system, so no file is written again) and given to `uid:gid`; the main
+/// repository's object files go under [`SHARED_OBJECTS`] untouched (they are the mirror's
+/// inodes: never chowned), and any other file with more than one link is replaced by a
+/// copy of its own before it is chowned, as [`fill`] would copy it. `None` when it cannot
+/// move (`dest` already holds something, another file system): the caller copies.
+pub fn fill_by_move(
+    src: &Path,
+    dest: &Path,
+    uid: u32,
+    gid: u32,
+) -> std::io::Result<Option<Filled>> {
+    // The engine made the shared objects' mount point (`.git/bosun-shared-objects`) when it
+    // created the container: that, and nothing else, may be there.
+    let (git, mount_point) = SHARED_OBJECTS
+        .split_once('/')
+        .ok_or_else(|| std::io::Error::other("SHARED_OBJECTS names no directory below .git"))?;
+    let occupied = std::fs::read_dir(dest)?.flatten().any(|e| {
+        e.file_name() != git
+            || std::fs::read_dir(e.path())
+                .map(|d| d.flatten().any(|c| c.file_name() != mount_point))
+                .unwrap_or(true)
+    });
+    let same_fs = std::fs::metadata(src)?.dev() == std::fs::metadata(dest)?.dev();
+    if occupied || !same_fs {
+        return Ok(None);
+    }
+    let mut filled = Filled {
+        by_move: true,
+        ..Filled::default()
+    };
+    let shared = dest.join(SHARED_OBJECTS);
+    std::fs::create_dir_all(&shared)?;
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o755))?;
+    // The objects first, out of `src`, so that the walk below never meets a mirror inode.
+    let objects = src.join(".git/objects");
+    if let Ok(entries) = std::fs::read_dir(&objects) {
+        for dir in entries.flatten() {
+            if !dir.file_type()?.is_dir() {
+                continue;
+            }
+            for file in std::fs::read_dir(dir.path())?.flatten() {
+                let rel = Path::new(".git/objects")
+                    .join(dir.file_name())
+                    .join(file.file_name());
+                if !file.file_type()?.is_file() || !is_object(&rel) {
+                    continue;
+                }
+                let to = shared.join(dir.file_name()).join(file.file_name());
+                if let Some(parent) = to.parent() {
+                    if !parent.is_dir() {
+                        std::fs::create_dir(parent)?;
+                        std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o755))?;
+                    }
+                }
+                filled.shared += file.metadata()?.len();
+                std::fs::rename(file.path(), &to)?;
+            }
+        }
+    }
+    let mode = std::fs::metadata(src)?.mode() & 0o7777;
+    for entry in std::fs::read_dir(src)? {
+        let entry = entry?;
+        let to = dest.join(entry.file_name());
+        if entry.file_type()?.is_dir() && to.is_dir() {
+            // `.git`, holding the mount point: its contents go in one by one.
+            for child in std::fs::read_dir(entry.path())? {
+                let child = child?;
+                std::fs::rename(child.path(), to.join(child.file_name()))?;
+            }
+            let mode = entry.metadata()?.mode() & 0o7777;
+            std::fs::set_permissions(&to, std::fs::Permissions::from_mode(mode))?;
+        } else {
+            std::fs::rename(entry.path(), to)?;
+        }
+    }
+    std::fs::set_permissions(dest, std::fs::Permissions::from_mode(mode))?;
+    own_moved(dest, &shared, uid, gid, &mut filled)?;
+    let info = dest.join(".git/objects/info");
+    if dest.join(".git/objects").is_dir() {
+        std::fs::create_dir_all(&info)?;
+        let alternates = info.join("alternates");
+        std::fs::write(&alternates, format!("{ALTERNATE}\n"))?;
+        for p in [&info, &alternates] {
+            std::os::unix::fs::lchown(p, Some(uid), Some(gid))?;
+        }
+    }
+    Ok(Some(filled))
+}
+
+/// Give everything under `dir` but `shared` to `uid:gid`, a file with other links first
+/// replaced by its own copy (chowning a link would change the other name's file too).
+fn own_moved(
+    dir: &Path,
+    shared: &Path,
+    uid: u32,
+    gid: u32,
+    filled: &mut Filled,
+) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let path = entry.path();
+        if path == shared {
+            continue;
+        }
+        let meta = std::fs::symlink_metadata(&path)?;
+        let ft = meta.file_type();
+        if ft.is_file() && meta.nlink() > 1 {
+            let tmp = dir.join(format!(".bosun-unlink-{}", meta.ino()));
+            std::fs::copy(&path, &tmp)?;
+            std::fs::rename(&tmp, &path)?;
+            filled.copied += meta.len();
+        } else if ft.is_file() {
+            filled.moved += meta.len();
+        }
+        std::os::unix::fs::lchown(&path, Some(uid), Some(gid))?;
+        if ft.is_dir() {
+            own_moved(&path, shared, uid, gid, filled)?;
+        }
+    }
+    Ok(())
 }
 
 /// Whether `rel` (relative to the repository's top) is one of the main repository's
@@ -570,6 +744,87 @@ mod tests {
     }
 
     #[test]
+    fn a_moved_checkout_shares_only_the_mirror_objects_and_leaves_their_owner_alone() {
+        let base = tempfile::tempdir().expect("base");
+        let (mirror, src, dest) = (
+            base.path().join("mirror"),
+            base.path().join("src"),
+            base.path().join("dest"),
+        );
+        for d in [
+            mirror.join("pack"),
+            src.join(".git/objects/pack"),
+            src.join(".git/modules/sub/objects/pack"),
+            src.join("src"),
+            // What the engine made for the shared objects' mount.
+            dest.join(SHARED_OBJECTS),
+        ] {
+            std::fs::create_dir_all(d).expect("mkdir");
+        }
+        std::fs::write(mirror.join("pack/pack-1.pack"), b"PACK").expect("w");
+        std::fs::hard_link(
+            mirror.join("pack/pack-1.pack"),
+            src.join(".git/objects/pack/pack-1.pack"),
+        )
+        .expect("link");
+        std::fs::write(mirror.join("sub.pack"), b"SUB").expect("w");
+        std::fs::hard_link(
+            mirror.join("sub.pack"),
+            src.join(".git/modules/sub/objects/pack/pack-2.pack"),
+        )
+        .expect("link");
+        std::fs::write(src.join("src/main.rs"), b"fn main() {}\n").expect("w");
+        std::fs::write(src.join(".git/HEAD"), b"ref: refs/heads/main\n").expect("w");
+        let mirror_owner = std::fs::metadata(mirror.join("pack/pack-1.pack"))
+            .expect("meta")
+            .uid();
+        // Root in CI: the job's user is someone else, as on an agent.
+        let (uid, gid) = if nix::unistd::geteuid().is_root() {
+            (3434, 3434)
+        } else {
+            (
+                nix::unistd::geteuid().as_raw(),
+                nix::unistd::getegid().as_raw(),
+            )
+        };
+        let filled = fill_by_move(&src, &dest, uid, gid)
+            .expect("move")
+            .expect("same file system, empty destination");
+        assert_eq!(
+            (filled.shared, filled.copied, filled.moved),
+            (4, 3, 13 + 21)
+        );
+        let shared_pack = dest.join(SHARED_OBJECTS).join("pack/pack-1.pack");
+        let meta = std::fs::metadata(&shared_pack).expect("shared pack");
+        assert_eq!(
+            meta.ino(),
+            std::fs::metadata(mirror.join("pack/pack-1.pack"))
+                .expect("mirror")
+                .ino()
+        );
+        assert_eq!(meta.uid(), mirror_owner, "the mirror's file is not chowned");
+        let sub = dest.join(".git/modules/sub/objects/pack/pack-2.pack");
+        let sub_meta = std::fs::metadata(&sub).expect("sub");
+        assert_eq!(
+            (sub_meta.nlink(), sub_meta.uid()),
+            (1, uid),
+            "a linked file gets its own copy"
+        );
+        assert_eq!(std::fs::read(&sub).expect("sub"), b"SUB");
+        let main = std::fs::metadata(dest.join("src/main.rs")).expect("main");
+        assert_eq!((main.uid(), main.gid()), (uid, gid));
+        assert_eq!(
+            std::fs::read_to_string(dest.join(".git/objects/info/alternates")).expect("alt"),
+            "../bosun-shared-objects\n"
+        );
+        assert!(!src.join("src").exists(), "moved, not copied");
+        // A destination that already holds something is not moved into.
+        let again = base.path().join("again");
+        std::fs::create_dir_all(again.join(".git")).expect("mkdir");
+        assert!(fill_by_move(&again, &dest, uid, gid).expect("ok").is_none());
+    }
+
+    #[test]
     fn homes_are_predicted_for_root_and_an_image_home_and_learned_otherwise() {
         assert_eq!(predict_home("img-a", None, &[]).as_deref(), Some("/root"));
         assert_eq!(
@@ -586,6 +841,29 @@ mod tests {
             predict_home("img-learn", Some("circleci"), &[]).as_deref(),
             Some("/home/circleci")
         );
+    }
+
+    #[test]
+    fn a_stored_home_is_found_by_image_id_and_user_and_bad_files_are_ignored() {
+        let dir = tempfile::tempdir().expect("dir");
+        let d = dir.path().join("homes");
+        assert_eq!(stored_home(&d, "sha256:aa", "circleci"), None);
+        store_home(&d, "sha256:aa", "circleci", "/home/circleci");
+        assert_eq!(
+            stored_home(&d, "sha256:aa", "circleci:3434").as_deref(),
+            Some("/home/circleci")
+        );
+        assert_eq!(stored_home(&d, "sha256:bb", "circleci"), None);
+        assert_eq!(stored_home(&d, "sha256:aa", "root"), None);
+        // Overwritten when it changes; never with a relative or multi-line path.
+        store_home(&d, "sha256:aa", "circleci", "/srv/ci");
+        store_home(&d, "sha256:aa", "circleci", "relative");
+        assert_eq!(
+            stored_home(&d, "sha256:aa", "circleci").as_deref(),
+            Some("/srv/ci")
+        );
+        std::fs::write(home_file(&d, "sha256:aa", "circleci"), "/a\n/b").expect("w");
+        assert_eq!(stored_home(&d, "sha256:aa", "circleci"), None);
     }
 
     #[test]

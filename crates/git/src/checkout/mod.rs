@@ -750,7 +750,12 @@ fn fetch_repo(
         let Some((tree, subs)) = ahead else {
             return (fetched, None, submodules::Prefetched::new());
         };
-        let started = match tree.join() {
+        let joined = tree.join();
+        tracing::debug!(
+            ms = t.elapsed().as_millis() as u64,
+            "head start: its tree written"
+        );
+        let started = match joined {
             Ok(Ok(oid)) => Some(oid),
             Ok(Err(e)) => {
                 tracing::debug!("head start failed, checking out in full: {e}");
