@@ -3,9 +3,9 @@
 //! schedule, an API token), the store (a pipeline as the runner records it) and an agent
 //! speaking the protocol over HTTP (jobs with events, logs in pieces, an artifact's blob,
 //! the pipeline's job) — is stopped and moved into a throwaway PostgreSQL
-//! 15 and a real S3 server (s3s-fs). A coordinator started on the result (the same data
-//! directory, which keeps running jobs' logs and the logs' line times) serves the same
-//! pages and logs, read from the bucket, and its secrets still open.
+//! 15 and a real S3 server (s3s-fs). A coordinator started on the result with a data
+//! directory of its own serves the same pages and logs, read from the database and the
+//! bucket, a job that was running goes on, and the secrets still open.
 //! The migration refuses a source a coordinator is running on, and a target that holds
 //! anything unless told to replace it.
 
@@ -259,7 +259,8 @@ fn a_sqlite_coordinator_moves_to_postgres_and_s3_with_the_same_pages_and_open_se
         &["api-token", "new", "--project", "acme/widget", "reader"],
     );
     let token = rig::cli(&data, &["token"]);
-    let server = rig::start(&data, &[]);
+    // Leases outlast the stop, the migration and the start on PostgreSQL.
+    let server = rig::start(&data, &["--lease-secs", "600"]);
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let agent = rt.block_on(rig::register_with(&server, "a1", &token));
     let mut jobs = Vec::new();
@@ -326,6 +327,15 @@ fn a_sqlite_coordinator_moves_to_postgres_and_s3_with_the_same_pages_and_open_se
         }
         id
     };
+    // A job still running when the coordinator stops, half its log committed.
+    rig::enqueue(&data, &[]);
+    let running = rt.block_on(agent.claim_job(5)).job.id;
+    let live_log = log_of(5);
+    let half = live_log.len() / 2;
+    assert_eq!(
+        rt.block_on(agent.log(&running, 0, &live_log[..half])).0,
+        200
+    );
     let mut paths = pages(&jobs);
     paths.push(format!("/pipelines/{pipeline}"));
     let before = fetch(&server.base, &paths);
@@ -354,7 +364,7 @@ fn a_sqlite_coordinator_moves_to_postgres_and_s3_with_the_same_pages_and_open_se
     for (table, rows) in [
         ("projects", 1),
         ("project_env", 2),
-        ("jobs", 4),
+        ("jobs", 5),
         ("job_events", 8),
         ("pipelines", 1),
         ("workflows", 1),
@@ -371,7 +381,11 @@ fn a_sqlite_coordinator_moves_to_postgres_and_s3_with_the_same_pages_and_open_se
         assert_eq!(printed_rows(&printed, table), (rows, rows), "{printed}");
     }
     assert!(
-        printed.contains("logs: 4 finished logs") && printed.contains("blobs: 1 blobs"),
+        printed.contains("logs: 4 finished logs")
+            && printed.contains("blobs: 1 blobs")
+            && printed.contains(&format!(
+                "running logs: 1 logs, {half} bytes into log_chunks"
+            )),
         "{printed}"
     );
     assert!(!printed.contains(S3_SECRET), "never the secret: {printed}");
@@ -395,13 +409,12 @@ fn a_sqlite_coordinator_moves_to_postgres_and_s3_with_the_same_pages_and_open_se
     replace.push("--replace");
     let redo = migrate(&replace);
     assert!(redo.status.success(), "{}", text(&redo));
-    assert_eq!(printed_rows(&text(&redo), "jobs"), (4, 4));
+    assert_eq!(printed_rows(&text(&redo), "jobs"), (5, 5));
     assert!(text(&redo).contains("(4 there already)"), "{}", text(&redo));
 
-    // A coordinator on PostgreSQL and the bucket, on the same data directory (running jobs'
-    // logs and every log's line times stay there) and the same key file. Its sweep finds the
-    // finished logs in the bucket and removes them from the disk: the pages then read them
-    // from the bucket.
+    // A coordinator on PostgreSQL and the bucket with a data directory of its own (nothing
+    // of the old one: running logs and line times are rows now, finished logs and blobs
+    // objects) and the same key file.
     let mut serve_args = vec![
         "--database",
         url.as_str(),
@@ -409,22 +422,12 @@ fn a_sqlite_coordinator_moves_to_postgres_and_s3_with_the_same_pages_and_open_se
         key_file.to_str().expect("utf8"),
         "--blob-store",
         bucket.as_str(),
+        "--lease-secs",
+        "600",
     ];
     serve_args.extend(s3_args(&s3, &creds));
-    let moved = rig::start(&data, &serve_args);
-    let t0 = std::time::Instant::now();
-    while jobs
-        .iter()
-        .any(|id| data.join("logs").join(format!("{id}.log")).exists())
-    {
-        assert!(
-            t0.elapsed() < std::time::Duration::from_secs(60),
-            "the finished logs stay on disk"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    // The blob is read from the bucket, not the data directory's copy.
-    std::fs::remove_dir_all(data.join("blobs").join("sha256")).expect("remove blobs");
+    let fresh = dir.path().join("replica");
+    let moved = rig::start(&fresh, &serve_args);
     let after = fetch(&moved.base, &paths);
     for ((p, c1, b1), (_, c2, b2)) in before.iter().zip(&after) {
         assert_eq!(c1, c2, "{p}");
@@ -440,6 +443,24 @@ fn a_sqlite_coordinator_moves_to_postgres_and_s3_with_the_same_pages_and_open_se
         }
     }
 
+    // The running job goes on through the new coordinator: the rest of its log appended
+    // where the old one stopped, the whole log's digest at its end, byte for byte.
+    let agent = Agent {
+        base: moved.base.clone(),
+        ..agent
+    };
+    assert_eq!(
+        rt.block_on(agent.log(&running, half as u64, &live_log[half..])),
+        (200, live_log.len() as u64)
+    );
+    let r = rt.block_on(agent.finish(&running, FinalStatus::Success, &live_log));
+    assert_eq!(r.status(), 200);
+    let whole = fetch(&moved.base, &[format!("/jobs/{running}/log.txt")]);
+    assert_eq!(
+        whole[0].2, live_log,
+        "the running job's log after the migration"
+    );
+
     // The secrets still open: a new job's claim (by the agent registered before, its token
     // moved too) carries the project's key and secret variable.
     let cli2 = |a: &[&str]| {
@@ -450,7 +471,7 @@ fn a_sqlite_coordinator_moves_to_postgres_and_s3_with_the_same_pages_and_open_se
             "--secrets-key",
             key_file.to_str().expect("utf8"),
         ]);
-        rig::cli(&data, &v)
+        rig::cli(&fresh, &v)
     };
     let id = cli2(&[
         "enqueue",
@@ -466,10 +487,6 @@ fn a_sqlite_coordinator_moves_to_postgres_and_s3_with_the_same_pages_and_open_se
         id.parse::<i64>().expect("id") > *ids.iter().max().expect("max"),
         "the sequence moved past the copied ids: {id}"
     );
-    let agent = Agent {
-        base: moved.base.clone(),
-        ..agent
-    };
     let claim = rt.block_on(agent.claim_job(5));
     assert_eq!(claim.job.id, id);
     let env: Vec<(String, String)> = claim

@@ -17,6 +17,7 @@
 
 pub mod files;
 pub mod lock;
+pub mod log_rows;
 pub mod tables;
 
 use crate::error::{CoordError, Result};
@@ -175,7 +176,7 @@ fn prepare_target(
     tx: &mut postgres::Transaction<'_>,
     replace: bool,
 ) -> std::result::Result<(), MigrateError> {
-    for t in tables::TABLES {
+    for t in tables::TABLES.iter().chain(log_rows::PG_ONLY) {
         let filter = if *t == "meta" {
             format!(" WHERE key <> '{}'", tables::SECRETS_KEY_META)
         } else {
@@ -197,6 +198,7 @@ fn prepare_target(
     if replace {
         let all: Vec<String> = tables::TABLES
             .iter()
+            .chain(log_rows::PG_ONLY)
             .filter(|t| **t != "meta")
             .map(|t| format!("\"{t}\""))
             .collect();
@@ -216,6 +218,8 @@ pub struct Report {
     pub tables: Vec<(String, u64, u64)>,
     pub logs: files::Moved,
     pub blobs: files::Moved,
+    /// Logs' arrival times and the logs of jobs not yet final, as rows.
+    pub log_rows: log_rows::Rows,
     /// Where the logs and blobs are now: the bucket, or the data directory (nothing moved).
     pub objects: String,
     pub moved_objects: bool,
@@ -244,6 +248,10 @@ impl Report {
         out.push(format!(
             "blobs: {} blobs, {} bytes {verb} {} ({} there already)",
             self.blobs.files, self.blobs.bytes, self.objects, self.blobs.already
+        ));
+        out.push(format!(
+            "running logs: {} logs, {} bytes into log_chunks; {} arrival times into log_times",
+            self.log_rows.live_logs, self.log_rows.live_bytes, self.log_rows.times
         ));
         out
     }
@@ -365,6 +373,7 @@ fn copy(
         tables::copy_table(src, &mut tx, t)?;
         tables::advance_sequences(src, &mut tx, t)?;
     }
+    report.log_rows = log_rows::copy(data, src, &mut tx)?;
     let mut differ = Vec::new();
     for t in tables::TABLES {
         let (s, p) = tables::counts(src, &mut tx, t)?;

@@ -99,7 +99,7 @@ mod waiting;
 pub use access::RegistrationTokenRow;
 pub use intake::{KeyColumn, ProjectSettings, WebhookProject};
 use schema::{migrate, seal_plaintext_secrets};
-pub use times::LogTimes;
+pub use times::{read_times, LogTimes};
 
 /// Every area of the store together: what the server's handlers are handed (a request runs
 /// its store calls on a blocking thread, through `&dyn Backend`). A second database

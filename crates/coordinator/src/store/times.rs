@@ -70,32 +70,7 @@ impl Store {
     /// The records of job `id`'s times from the `skip`th on, and how many records there are
     /// in all (a live stream reads only new ones).
     pub(super) fn log_times_from(&self, id: i64, skip: usize) -> Result<(Vec<(u64, i64)>, usize)> {
-        use std::io::{Read, Seek};
-        let path = times_path(&self.logs, id);
-        let mut f = match File::open(&path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), 0)),
-            Err(e) => return Err(io_err(&path)(e)),
-        };
-        let total = f.metadata().map_err(io_err(&path))?.len() / RECORD;
-        let mut bytes = Vec::new();
-        if (skip as u64) < total {
-            f.seek(std::io::SeekFrom::Start(skip as u64 * RECORD))
-                .and_then(|_| {
-                    f.take((total - skip as u64) * RECORD)
-                        .read_to_end(&mut bytes)
-                })
-                .map_err(io_err(&path))?;
-        }
-        let mut out: Vec<(u64, i64)> = Vec::with_capacity(bytes.len() / RECORD as usize);
-        for rec in bytes.chunks_exact(RECORD as usize) {
-            let (o, t) = decode(rec);
-            // Offsets only grow; anything else is damage, skipped.
-            if out.last().is_none_or(|(lo, _)| o > *lo) {
-                out.push((o, t));
-            }
-        }
-        Ok((out, total as usize))
+        read_times(&self.logs, id, skip)
     }
 
     /// Forget a job's times (its log starts over).
@@ -107,6 +82,37 @@ impl Store {
             }
         }
     }
+}
+
+/// The records of job `id`'s times file in the logs directory `logs` from the `skip`th on,
+/// and how many records it holds in all (`migrate` reads them too).
+pub fn read_times(logs: &Path, id: i64, skip: usize) -> Result<(Vec<(u64, i64)>, usize)> {
+    use std::io::{Read, Seek};
+    let path = times_path(logs, id);
+    let mut f = match File::open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), 0)),
+        Err(e) => return Err(io_err(&path)(e)),
+    };
+    let total = f.metadata().map_err(io_err(&path))?.len() / RECORD;
+    let mut bytes = Vec::new();
+    if (skip as u64) < total {
+        f.seek(std::io::SeekFrom::Start(skip as u64 * RECORD))
+            .and_then(|_| {
+                f.take((total - skip as u64) * RECORD)
+                    .read_to_end(&mut bytes)
+            })
+            .map_err(io_err(&path))?;
+    }
+    let mut out: Vec<(u64, i64)> = Vec::with_capacity(bytes.len() / RECORD as usize);
+    for rec in bytes.chunks_exact(RECORD as usize) {
+        let (o, t) = decode(rec);
+        // Offsets only grow; anything else is damage, skipped.
+        if out.last().is_none_or(|(lo, _)| o > *lo) {
+            out.push((o, t));
+        }
+    }
+    Ok((out, total as usize))
 }
 
 fn decode(rec: &[u8]) -> (u64, i64) {
