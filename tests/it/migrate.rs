@@ -132,8 +132,24 @@ fn pages(jobs: &[String]) -> Vec<String> {
 }
 
 /// `<time …>3 min ago</time>`: the relative text is the wall clock's, not the data's (the
-/// exact time stays, in the element's attributes): the one thing normalised.
+/// exact time stays, in the element's attributes); and so is a running job's time so far
+/// in the job list: the two things normalised.
 fn without_relative_times(page: &[u8]) -> Vec<u8> {
+    // A raw log (not UTF-8) is compared byte for byte.
+    if std::str::from_utf8(page).is_err() {
+        return page.to_vec();
+    }
+    let page = without_time_texts(page);
+    let running =
+        regex::Regex::new(r#"(<tr data-status="running">.*?</time></td><td>)[0-9.]+[a-z]+(</td>)"#)
+            .expect("regex");
+    running
+        .replace_all(&String::from_utf8_lossy(&page), "${1}…${2}")
+        .into_owned()
+        .into_bytes()
+}
+
+fn without_time_texts(page: &[u8]) -> Vec<u8> {
     let s = String::from_utf8_lossy(page);
     let mut out = String::new();
     let mut rest = &s[..];
