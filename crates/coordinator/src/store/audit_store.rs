@@ -1,10 +1,11 @@
 //! The audit log behind one trait ([`AuditStore`]): rows appended, read newest first a page
 //! at a time. Rows are written only through `crate::audit::record`, which scrubs them
-//! (`model::audit`); the store only keeps them.
+//! (`model::audit`); the store only keeps them. One implementation for SQLite and
+//! PostgreSQL ([`SqlStore`]).
 
-use super::{Result, Store};
+use super::db::{params, SqlStore};
+use super::Result;
 use crate::model::audit::{AuditRow, Event};
-use rusqlite::params;
 
 pub trait AuditStore: Send + Sync {
     /// Append `e` as done at `at` (ms): its id.
@@ -13,44 +14,46 @@ pub trait AuditStore: Send + Sync {
     fn audit_log(&self, before: Option<i64>, limit: u32) -> Result<Vec<AuditRow>>;
 }
 
-pub(super) const INSERT: &str =
-    "INSERT INTO audit_log(at, actor, action, project, target, detail) \
+const INSERT: &str = "INSERT INTO audit_log(at, actor, action, project, target, detail) \
      VALUES (?1, ?2, ?3, ?4, ?5, ?6) RETURNING id";
-pub(super) const PAGE: &str = "SELECT id, at, actor, action, project, target, detail \
+const PAGE: &str = "SELECT id, at, actor, action, project, target, detail \
      FROM audit_log WHERE id < ?1 ORDER BY id DESC LIMIT ?2";
 
-impl AuditStore for Store {
+impl<S: SqlStore> AuditStore for S {
     fn record_audit(&self, at: i64, e: &Event) -> Result<i64> {
-        Ok(self.conn().query_row(
-            INSERT,
-            params![
-                at,
-                e.actor.label(),
-                e.action.as_str(),
-                e.project,
-                e.target,
-                e.detail
-            ],
-            |r| r.get(0),
-        )?)
+        self.conn(|conn| {
+            Ok(conn.query_row(
+                INSERT,
+                params![
+                    at,
+                    e.actor.label(),
+                    e.action.as_str(),
+                    e.project,
+                    e.target,
+                    e.detail
+                ],
+                |r| r.get(0),
+            )?)
+        })
     }
 
     fn audit_log(&self, before: Option<i64>, limit: u32) -> Result<Vec<AuditRow>> {
-        let conn = self.reader()?;
-        let mut st = conn.prepare(PAGE)?;
-        let rows = st
-            .query_map(params![before.unwrap_or(i64::MAX), i64::from(limit)], |r| {
-                Ok(AuditRow {
-                    id: r.get(0)?,
-                    at: r.get(1)?,
-                    actor: r.get(2)?,
-                    action: r.get(3)?,
-                    project: r.get(4)?,
-                    target: r.get(5)?,
-                    detail: r.get(6)?,
-                })
-            })?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
-        Ok(rows)
+        self.read(|conn| {
+            let mut st = conn.prepare(PAGE)?;
+            let rows = st
+                .query_map(params![before.unwrap_or(i64::MAX), i64::from(limit)], |r| {
+                    Ok(AuditRow {
+                        id: r.get(0)?,
+                        at: r.get(1)?,
+                        actor: r.get(2)?,
+                        action: r.get(3)?,
+                        project: r.get(4)?,
+                        target: r.get(5)?,
+                        detail: r.get(6)?,
+                    })
+                })?
+                .collect::<super::db::Result<Vec<_>>>()?;
+            Ok(rows)
+        })
     }
 }

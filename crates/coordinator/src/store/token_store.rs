@@ -1,11 +1,12 @@
 //! Personal API tokens behind one trait ([`TokenStore`]): a person's tokens by name, kept as
 //! digests only (the value is shown once and never stored), when each was last used, and
-//! the person a token's digest names. What a token may do is `model::tokens`'s.
+//! the person a token's digest names. What a token may do is `model::tokens`'s. One
+//! implementation for SQLite and PostgreSQL ([`SqlStore`]).
 
-use super::{Result, Store};
+use super::db::{params, Lock, OptionalExtension, Row, SqlStore};
+use super::Result;
 use crate::error::CoordError;
 use crate::store::{PeopleStore, Person};
-use rusqlite::{params, OptionalExtension};
 
 /// A personal token as its person sees it listed: never its value.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,27 +43,36 @@ pub trait TokenStore: Send + Sync {
     fn personal_token_person(&self, digest: &str, now: i64) -> Result<Option<(i64, Person)>>;
 }
 
-pub(super) const LIVE_COUNT: &str = "SELECT COUNT(*) FROM personal_tokens WHERE person_id = ?1";
-pub(super) const INSERT: &str = "INSERT INTO personal_tokens(person_id, name, digest, created) \
+const LIVE_COUNT: &str = "SELECT COUNT(*) FROM personal_tokens WHERE person_id = ?1";
+const INSERT: &str = "INSERT INTO personal_tokens(person_id, name, digest, created) \
      VALUES (?1, ?2, ?3, ?4) RETURNING id";
-pub(super) const LIST: &str = "SELECT id, name, created, last_used FROM personal_tokens \
+const LIST: &str = "SELECT id, name, created, last_used FROM personal_tokens \
      WHERE person_id = ?1 ORDER BY id DESC";
-pub(super) const ONE: &str = "SELECT id, name, created, last_used FROM personal_tokens \
+const ONE: &str = "SELECT id, name, created, last_used FROM personal_tokens \
      WHERE person_id = ?1 AND id = ?2";
-pub(super) const DELETE: &str = "DELETE FROM personal_tokens WHERE person_id = ?1 AND id = ?2";
-pub(super) const LOOKUP: &str = "SELECT t.id, p.bitbucket_uuid FROM personal_tokens t \
+const DELETE: &str = "DELETE FROM personal_tokens WHERE person_id = ?1 AND id = ?2";
+const LOOKUP: &str = "SELECT t.id, p.bitbucket_uuid FROM personal_tokens t \
      JOIN people p ON p.id = t.person_id WHERE t.digest = ?1";
-pub(super) const TOUCH: &str = "UPDATE personal_tokens SET last_used = ?2 \
+const TOUCH: &str = "UPDATE personal_tokens SET last_used = ?2 \
      WHERE id = ?1 AND (last_used IS NULL OR last_used < ?3)";
 
 /// The refusal past [`TokenStore::create_personal_token`]'s `max`.
-pub(super) fn too_many(max: usize) -> CoordError {
+fn too_many(max: usize) -> CoordError {
     CoordError::Invalid(format!(
         "you hold {max} tokens already: revoke one you no longer use first"
     ))
 }
 
-impl TokenStore for Store {
+fn token_row(r: &dyn Row) -> super::db::Result<PersonalToken> {
+    Ok(PersonalToken {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        created: r.get(2)?,
+        last_used: r.get(3)?,
+    })
+}
+
+impl<S: SqlStore + PeopleStore> TokenStore for S {
     fn create_personal_token(
         &self,
         person: i64,
@@ -70,15 +80,14 @@ impl TokenStore for Store {
         digest: &str,
         max: usize,
     ) -> Result<PersonalToken> {
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let held: i64 = tx.query_row(LIVE_COUNT, [person], |r| r.get(0))?;
-        if usize::try_from(held).unwrap_or(usize::MAX) >= max {
-            return Err(too_many(max));
-        }
         let created = super::now_ms();
-        let id: i64 = tx.query_row(INSERT, params![person, name, digest, created], |r| r.get(0))?;
-        tx.commit()?;
+        let id = self.transaction(Lock::Writer, |tx| {
+            let held: i64 = tx.query_row(LIVE_COUNT, params![person], |r| r.get(0))?;
+            if usize::try_from(held).unwrap_or(usize::MAX) >= max {
+                return Err(too_many(max));
+            }
+            Ok(tx.query_row(INSERT, params![person, name, digest, created], |r| r.get(0))?)
+        })?;
         Ok(PersonalToken {
             id,
             name: name.to_owned(),
@@ -88,54 +97,39 @@ impl TokenStore for Store {
     }
 
     fn personal_tokens(&self, person: i64) -> Result<Vec<PersonalToken>> {
-        let conn = self.conn();
-        let mut st = conn.prepare(LIST)?;
-        let rows = st
-            .query_map([person], |r| {
-                Ok(PersonalToken {
-                    id: r.get(0)?,
-                    name: r.get(1)?,
-                    created: r.get(2)?,
-                    last_used: r.get(3)?,
-                })
-            })?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
-        Ok(rows)
+        self.read(|conn| {
+            let mut st = conn.prepare(LIST)?;
+            let rows = st
+                .query_map(params![person], token_row)?
+                .collect::<super::db::Result<Vec<_>>>()?;
+            Ok(rows)
+        })
     }
 
     fn revoke_personal_token(&self, person: i64, id: i64) -> Result<Option<PersonalToken>> {
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let found = tx
-            .query_row(ONE, params![person, id], |r| {
-                Ok(PersonalToken {
-                    id: r.get(0)?,
-                    name: r.get(1)?,
-                    created: r.get(2)?,
-                    last_used: r.get(3)?,
-                })
-            })
-            .optional()?;
-        if found.is_some() {
-            tx.execute(DELETE, params![person, id])?;
-        }
-        tx.commit()?;
-        Ok(found)
+        self.transaction(Lock::Writer, |tx| {
+            let found = tx
+                .query_row(ONE, params![person, id], token_row)
+                .optional()?;
+            if found.is_some() {
+                tx.execute(DELETE, params![person, id])?;
+            }
+            Ok(found)
+        })
     }
 
     fn personal_token_person(&self, digest: &str, now: i64) -> Result<Option<(i64, Person)>> {
-        let found: Option<(i64, String)> = {
-            let conn = self.conn();
+        let found: Option<(i64, String)> = self.conn(|conn| {
             let found = conn
-                .query_row(LOOKUP, [digest], |r| {
+                .query_row(LOOKUP, params![digest], |r| {
                     Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
                 })
                 .optional()?;
             if let Some((id, _)) = &found {
                 conn.execute(TOUCH, params![id, now, now - TOUCH_EVERY_MS])?;
             }
-            found
-        };
+            Ok(found)
+        })?;
         // The person as the people store reads them (by their unique account UUID).
         match found {
             Some((id, uuid)) => Ok(self.person_by_name(&uuid)?.map(|p| (id, p))),

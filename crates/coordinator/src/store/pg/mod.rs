@@ -28,7 +28,6 @@ use super::*;
 
 mod access;
 mod api_v2;
-mod audit;
 mod blobs;
 mod intake;
 mod jobs;
@@ -42,7 +41,6 @@ pub(crate) mod sql;
 mod ssh;
 mod ssh_access;
 mod times;
-mod tokens;
 mod watch;
 
 #[cfg(test)]
