@@ -43,8 +43,7 @@ fn cli(data: &Path, db: Option<&str>, args: &[&str]) -> String {
     let mut c = Command::new(BIN);
     c.arg("coordinator").args(args).arg("--data").arg(data);
     if let Some(url) = db {
-        // The replicas of a run share one data directory.
-        c.args(["--database", url, "--shared-data"]);
+        c.args(["--database", url]);
     }
     let out = c.output().expect("cli");
     assert!(
