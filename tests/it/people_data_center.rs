@@ -261,3 +261,27 @@ async fn a_data_center_permission_taken_away_applies_within_the_bound() {
         .count();
     assert!(refreshes >= 1, "{refreshes}");
 }
+
+/// A Data Center URL that is not one is refused at start, naming the setting.
+#[test]
+fn a_bad_data_center_url_is_refused_at_start() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("oauth");
+    std::fs::write(&file, "k:s\n").expect("write");
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let out = std::process::Command::new(BIN)
+        .args(["coordinator", "serve", "--listen", "127.0.0.1:0", "--data"])
+        .arg(dir.path().join("data"))
+        .arg("--bitbucket-oauth-file")
+        .arg(&file)
+        .args(["--bitbucket-dc-url", "bitbucket.example.com"])
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--bitbucket-dc-url") && err.contains("https://bitbucket.example.com"),
+        "{err}"
+    );
+}
