@@ -216,11 +216,69 @@ async fn data_center_people_log_in_and_act_as_their_repository_permits() {
     let (st, body) = cancel(&base, &t.pipeline, &reader).await;
     assert_eq!(st, 403, "{body}");
     assert!(body.contains("needs write permission"), "{body}");
+    // Someone who may not even read the project is told there is no such pipeline.
     let (st, body) = cancel(&base, &t.pipeline, &stranger).await;
-    assert!(st == 403 || st == 404, "{st} {body}");
+    assert_eq!(st, 404, "{body}");
     assert_eq!(status(&base, &job, &writer).await, 200);
     let (st, body) = cancel(&base, &t.pipeline, &writer).await;
     assert!((200..300).contains(&st), "{st} {body}");
+
+    // "Read my keys from Bitbucket": the user's own keys from Data Center's SSH API, Bosun's
+    // own user keys left out.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let keygen = |name: &str| {
+        let key = dir.path().join(name);
+        crate::harness::run(
+            std::process::Command::new("ssh-keygen")
+                .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
+                .arg(&key),
+        );
+        let public = std::fs::read_to_string(format!("{}.pub", key.display())).expect("pub");
+        let fp = crate::harness::run(
+            std::process::Command::new("ssh-keygen")
+                .arg("-lf")
+                .arg(format!("{}.pub", key.display())),
+        );
+        (
+            public.trim().to_owned(),
+            fp.split_whitespace().nth(1).expect("fp").to_owned(),
+        )
+    };
+    let (laptop, laptop_fp) = keygen("laptop");
+    let (bosun, bosun_fp) = keygen("bosun-user");
+    t.api.set_account_ssh_keys(
+        "writer",
+        &[
+            (&laptop, "laptop"),
+            (&bosun, "bosun user key for ACME/gadget"),
+        ],
+    );
+    let csrf = csrf_of(&base, &writer).await;
+    let r = http()
+        .post(format!("{base}/me/ssh-keys/bitbucket"))
+        .header("cookie", format!("bosun_session={writer}"))
+        .form(&[("csrf", csrf.as_str())])
+        .send()
+        .await
+        .expect("import");
+    assert_eq!(r.status().as_u16(), 303, "{:?}", r.text().await);
+    let me = http()
+        .get(format!("{base}/me"))
+        .header("cookie", format!("bosun_session={writer}"))
+        .send()
+        .await
+        .expect("me")
+        .text()
+        .await
+        .expect("text");
+    assert!(me.contains(&laptop_fp), "{me}");
+    assert!(!me.contains(&bosun_fp), "{me}");
+    assert!(t
+        .api
+        .requests()
+        .iter()
+        .any(|r| r.call() == "GET /rest/ssh/latest/keys"
+            && r.header("authorization") == Some("Bearer dc-access-writer-Xk4")));
 }
 
 /// Taken away on Data Center: an action re-checks at once, a read stops within

@@ -865,6 +865,26 @@ fn oauth_answer(
                 .unwrap_or(0);
             Some(json(200, dc_page(values, start)))
         }
+        // The token's own user's SSH keys (Data Center's SSH REST API, without `?user=`).
+        ("GET", "/rest/ssh/latest/keys") if account.is_some() => {
+            let a = account.expect("checked");
+            let values: Vec<_> = o
+                .ssh_keys
+                .get(&a.nickname)
+                .cloned()
+                .unwrap_or_default()
+                .into_iter()
+                .enumerate()
+                .map(|(i, (key, label))| {
+                    serde_json::json!({"id": i + 1, "text": key, "label": label,
+                        "algorithmType": "ED25519"})
+                })
+                .collect();
+            let start = query_param(query, "start")
+                .and_then(|p| p.parse().ok())
+                .unwrap_or(0);
+            Some(json(200, dc_page(values, start)))
+        }
         ("GET", "/2.0/user") => Some(match account {
             Some(a) => json(
                 200,
