@@ -42,6 +42,7 @@ mod notify;
 mod object_storage;
 mod oidc;
 mod people;
+mod people_data_center;
 mod people_streams;
 mod pipelines;
 mod pipelines_config_api;

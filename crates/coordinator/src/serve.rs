@@ -352,11 +352,29 @@ fn oauth_consumer(file: &Path, args: &ServeArgs) -> Result<people::oauth::Consum
             file.display()
         ))
     })?;
-    Ok(people::oauth::Consumer {
-        key,
-        secret,
-        site: args.bitbucket_oauth_url.trim_end_matches('/').to_owned(),
-        api: args.bitbucket_api.trim_end_matches('/').to_owned(),
+    Ok(match &args.bitbucket_dc_url {
+        Some(url) => people::oauth::Consumer {
+            key,
+            secret,
+            site: url.trim().trim_end_matches('/').to_owned(),
+            api: String::new(),
+            provider: people::oauth::Provider::DataCenter {
+                server: crate::data_center_server(url).map_err(|_| {
+                    CoordError::Invalid(format!(
+                        "--bitbucket-dc-url `{}`: expected the Data Center's base URL, such as \
+                         https://bitbucket.example.com",
+                        crate::printable(url)
+                    ))
+                })?,
+            },
+        },
+        None => people::oauth::Consumer {
+            key,
+            secret,
+            site: args.bitbucket_oauth_url.trim_end_matches('/').to_owned(),
+            api: args.bitbucket_api.trim_end_matches('/').to_owned(),
+            provider: people::oauth::Provider::Cloud,
+        },
     })
 }
 

@@ -139,9 +139,15 @@ pub struct ServeArgs {
     /// People log in with Bitbucket Cloud through this OAuth consumer: a file holding
     /// `KEY:SECRET` (owner-only). The consumer's callback URL is
     /// PUBLIC_URL/login/bitbucket/callback; it needs the `account` and `repository` scopes
-    /// (docs/people.md).
+    /// (docs/people.md). With `--bitbucket-dc-url` it is a Data Center incoming application
+    /// link's `CLIENT_ID:CLIENT_SECRET` instead.
     #[arg(long, value_name = "FILE")]
     pub bitbucket_oauth_file: Option<PathBuf>,
+    /// People log in with this Bitbucket Data Center (its base URL, such as
+    /// https://bitbucket.example.com) instead of Bitbucket Cloud: its OAuth 2.0 provider
+    /// and REST API (`--bitbucket-oauth-url` and `--bitbucket-api` are then unused).
+    #[arg(long, value_name = "URL", requires = "bitbucket_oauth_file")]
+    pub bitbucket_dc_url: Option<String>,
     /// Bitbucket Cloud's site, where its OAuth endpoints are (`/site/oauth2/…`).
     #[arg(long, value_name = "URL", default_value = people::oauth::CLOUD_SITE)]
     pub bitbucket_oauth_url: String,

@@ -731,7 +731,7 @@ fn oauth_answer(
         serde_json::json!({"type": "error", "error": {"message": "Access token expired or invalid"}}),
     );
     match (req.method.as_str(), path) {
-        ("GET", "/site/oauth2/authorize") => {
+        ("GET", "/site/oauth2/authorize" | "/rest/oauth2/latest/authorize") => {
             let client = query_param(query, "client_id").unwrap_or_default();
             if client != o.key || query_param(query, "response_type").as_deref() != Some("code") {
                 return Some(json(400, serde_json::json!({"error": "invalid_request"})));
@@ -750,12 +750,20 @@ fn oauth_answer(
             );
             Some((302, format!("Location: {location}\r\n"), String::new()))
         }
-        ("POST", "/site/oauth2/access_token") => {
+        ("POST", "/site/oauth2/access_token" | "/rest/oauth2/latest/token") => {
             let want = format!(
                 "Basic {}",
                 base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", o.key, o.secret))
             );
-            if req.header("authorization") != Some(want.as_str()) {
+            // Cloud: the consumer in HTTP Basic; Data Center: `client_id` and
+            // `client_secret` in the form.
+            let client_ok = if path.starts_with("/rest/") {
+                query_param(&req.body, "client_id").as_deref() == Some(o.key.as_str())
+                    && query_param(&req.body, "client_secret").as_deref() == Some(o.secret.as_str())
+            } else {
+                req.header("authorization") == Some(want.as_str())
+            };
+            if !client_ok {
                 return Some(json(
                     401,
                     serde_json::json!({"error": "invalid_client", "error_description": "Invalid OAuth client credentials"}),
@@ -803,6 +811,79 @@ fn oauth_answer(
                 ));
             }
             Some(json(200, token_of(&o.accounts[who])))
+        }
+        // ---- Data Center: who the token is, the user, the repositories by permission ----
+        ("GET", "/plugins/servlet/applinks/whoami") => Some(match account {
+            Some(a) => (200, String::new(), a.nickname),
+            None => (401, String::new(), String::new()),
+        }),
+        ("GET", "/rest/api/latest/users") if account.is_some() => {
+            let filter = query_param(query, "filter").unwrap_or_default();
+            let values: Vec<_> = o
+                .accounts
+                .iter()
+                .filter(|a| a.nickname.starts_with(&filter))
+                .map(|a| {
+                    serde_json::json!({"name": a.nickname, "emailAddress": format!("{}@example.com", a.nickname),
+                        "id": a.uuid.parse::<u64>().unwrap_or(0), "displayName": format!("{} (display)", a.nickname),
+                        "active": true, "slug": a.nickname, "type": "NORMAL"})
+                })
+                .collect();
+            let start = query_param(query, "start")
+                .and_then(|p| p.parse().ok())
+                .unwrap_or(0);
+            Some(json(200, dc_page(values, start)))
+        }
+        ("GET", "/rest/api/latest/repos") if account.is_some() => {
+            let a = account.expect("checked");
+            let rank = |w: &str| ["read", "write", "admin"].iter().position(|r| *r == w);
+            let Some(least) = query_param(query, "permission").and_then(|p| match p.as_str() {
+                "REPO_READ" => rank("read"),
+                "REPO_WRITE" => rank("write"),
+                "REPO_ADMIN" => rank("admin"),
+                _ => None,
+            }) else {
+                return Some(json(
+                    400,
+                    serde_json::json!({"errors": [{"message": "permission"}]}),
+                ));
+            };
+            // (PROJECT/slug, repository id, read|write|admin)
+            let values: Vec<_> = a
+                .permissions
+                .iter()
+                .filter(|(_, _, p)| rank(p).is_some_and(|r| r >= least))
+                .map(|(name, id, _)| {
+                    let (project, slug) = name.split_once('/').unwrap_or(("", name));
+                    serde_json::json!({"slug": slug, "id": id.parse::<u64>().unwrap_or(0),
+                        "name": slug, "scmId": "git", "state": "AVAILABLE", "public": false,
+                        "project": {"key": project, "id": 1, "name": project, "type": "NORMAL"}})
+                })
+                .collect();
+            let start = query_param(query, "start")
+                .and_then(|p| p.parse().ok())
+                .unwrap_or(0);
+            Some(json(200, dc_page(values, start)))
+        }
+        // The token's own user's SSH keys (Data Center's SSH REST API, without `?user=`).
+        ("GET", "/rest/ssh/latest/keys") if account.is_some() => {
+            let a = account.expect("checked");
+            let values: Vec<_> = o
+                .ssh_keys
+                .get(&a.nickname)
+                .cloned()
+                .unwrap_or_default()
+                .into_iter()
+                .enumerate()
+                .map(|(i, (key, label))| {
+                    serde_json::json!({"id": i + 1, "text": key, "label": label,
+                        "algorithmType": "ED25519"})
+                })
+                .collect();
+            let start = query_param(query, "start")
+                .and_then(|p| p.parse().ok())
+                .unwrap_or(0);
+            Some(json(200, dc_page(values, start)))
         }
         ("GET", "/2.0/user") => Some(match account {
             Some(a) => json(

@@ -51,6 +51,27 @@ impl FromStr for Role {
     }
 }
 
+/// The repository permissions Data Center lists repositories by
+/// (`GET /rest/api/latest/repos?permission=…`), each including the ones before it.
+pub const DATA_CENTER_PERMISSIONS: [&str; 3] = ["REPO_READ", "REPO_WRITE", "REPO_ADMIN"];
+
+/// The role a Data Center repository permission gives; `None` for any other word (project
+/// and global permissions such as `PROJECT_ADMIN` are not asked for, and give nothing here).
+pub fn data_center_role(word: &str) -> Option<Role> {
+    match word {
+        "REPO_READ" => Some(Role::Read),
+        "REPO_WRITE" => Some(Role::Write),
+        "REPO_ADMIN" => Some(Role::Admin),
+        _ => None,
+    }
+}
+
+/// How a Data Center user is kept among people: by the server and their numeric id (which
+/// a renamed user keeps), prefixed so it can never equal a Cloud account's `{UUID}`.
+pub fn data_center_person(server: &str, id: u64) -> String {
+    format!("dc:{}/{id}", server.to_ascii_lowercase())
+}
+
 /// Something a person asks to do with a project.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Action {
@@ -194,6 +215,37 @@ pub fn cookie_value<'a>(header: &'a str, name: &str) -> Option<&'a str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn data_center_permission_words_map_to_roles() {
+        assert_eq!(data_center_role("REPO_READ"), Some(Role::Read));
+        assert_eq!(data_center_role("REPO_WRITE"), Some(Role::Write));
+        assert_eq!(data_center_role("REPO_ADMIN"), Some(Role::Admin));
+        for other in ["PROJECT_ADMIN", "repo_read", "read", ""] {
+            assert_eq!(data_center_role(other), None, "{other}");
+        }
+        // Asked in order, each word gives a higher role than the one before.
+        let roles: Vec<_> = DATA_CENTER_PERMISSIONS
+            .iter()
+            .filter_map(|w| data_center_role(w))
+            .collect();
+        assert_eq!(roles, [Role::Read, Role::Write, Role::Admin]);
+        // A repository listed under several words counts at its highest.
+        let held = [
+            ("acme/widget".to_owned(), Role::Read),
+            ("acme/widget".to_owned(), Role::Write),
+        ];
+        assert_eq!(role_on(&held, "ACME/widget", "-"), Role::Write);
+    }
+
+    #[test]
+    fn data_center_people_never_share_a_cloud_accounts_key() {
+        assert_eq!(
+            data_center_person("BB.example.com:7990", 12),
+            "dc:bb.example.com:7990/12"
+        );
+        assert!(!data_center_person("bb", 1).starts_with('{'));
+    }
 
     fn asker(role: Role) -> Asker {
         Asker {

@@ -2,7 +2,7 @@
 //! project (docs/people.md).
 //!
 //! - **Login** ([`People::begin`], [`finish_login`]): the OAuth 2.0 authorization-code flow of
-//!   Bitbucket Cloud ([`oauth`]) with a random `state` and a PKCE verifier, both kept here in
+//!   Bitbucket Cloud or Data Center ([`oauth`], one per coordinator) with a random `state` and a PKCE verifier, both kept here in
 //!   memory for ten minutes and bound to the browser by a short-lived cookie holding the
 //!   state; the code is exchanged on the server, the account and its repository permissions
 //!   read with the token, the token dropped.
@@ -46,7 +46,8 @@ const MAX_PENDING: usize = 10_000;
 /// How people log in, from `serve`'s settings.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// Bitbucket Cloud's OAuth consumer (`--bitbucket-oauth-file`); `None`: nobody can log in.
+    /// Bitbucket's OAuth consumer (`--bitbucket-oauth-file`, Data Center's with
+    /// `--bitbucket-dc-url`); `None`: nobody can log in.
     pub consumer: Option<oauth::Consumer>,
     /// How long a session lasts (`--session-lifetime`).
     pub session_lifetime: Duration,

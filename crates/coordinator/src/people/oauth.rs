@@ -4,6 +4,12 @@
 //! the server swaps the code for an access token at `{site}/site/oauth2/access_token` (HTTP
 //! Basic with the consumer's key and secret). The token then reads `GET /2.0/user` and
 //! `GET /2.0/user/permissions/repositories`; it is used for that and dropped, never stored.
+//!
+//! Bitbucket Data Center's OAuth 2.0 provider (an incoming application link) is the same
+//! flow at `{server}/rest/oauth2/latest/authorize` and `…/token` (the client's id and secret
+//! in the form body, never in a URL); the person is `GET /plugins/servlet/applinks/whoami`
+//! (their user name) then `GET /rest/api/latest/users?filter=NAME`, their permissions
+//! `GET /rest/api/latest/repos?permission=REPO_READ|REPO_WRITE|REPO_ADMIN`, every page.
 
 use crate::bitbucket::rest::client::Paging;
 use crate::bitbucket::rest::{Client, Credentials, RestError};
@@ -16,15 +22,30 @@ use zeroize::Zeroizing;
 /// Bitbucket Cloud's site (the OAuth endpoints live under `/site/oauth2/`).
 pub const CLOUD_SITE: &str = "https://bitbucket.org";
 
-/// An OAuth consumer of Bitbucket Cloud and where Bitbucket is.
+/// The scope a Data Center login asks for: reading the repositories the person may read.
+pub const DATA_CENTER_SCOPE: &str = "REPO_READ";
+
+/// Which Bitbucket people log in with (one per coordinator).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Provider {
+    /// Bitbucket Cloud: OAuth under `site`, the REST API 2.0 at `api`.
+    Cloud,
+    /// Bitbucket Data Center at `site` (OAuth and REST under it); `server` is its
+    /// `host[:port]` as its projects' keys name it (`bitbucket-dc:SERVER/ID`).
+    DataCenter { server: String },
+}
+
+/// An OAuth consumer of Bitbucket (Cloud's consumer, or Data Center's incoming application
+/// link) and where Bitbucket is.
 #[derive(Clone)]
 pub struct Consumer {
     pub key: String,
     pub secret: Zeroizing<String>,
-    /// `https://bitbucket.org` (tests: their recorder).
+    /// `https://bitbucket.org`, or the Data Center's base URL (tests: their recorder).
     pub site: String,
-    /// `https://api.bitbucket.org/2.0`.
+    /// `https://api.bitbucket.org/2.0` (Cloud only).
     pub api: String,
+    pub provider: Provider,
 }
 
 impl std::fmt::Debug for Consumer {
@@ -33,6 +54,7 @@ impl std::fmt::Debug for Consumer {
             .field("key", &self.key)
             .field("site", &self.site)
             .field("api", &self.api)
+            .field("provider", &self.provider)
             .finish_non_exhaustive()
     }
 }
@@ -84,7 +106,8 @@ pub struct Tokens {
     pub refresh: Option<Zeroizing<String>>,
 }
 
-/// Bitbucket's account, as `GET /2.0/user` says it.
+/// Bitbucket's account, as `GET /2.0/user` says it (Data Center: `dc:SERVER/ID` for the
+/// uuid, so it never meets a Cloud account's, and the user's slug for the nickname).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Account {
     pub uuid: String,
@@ -93,12 +116,23 @@ pub struct Account {
 }
 
 impl Consumer {
+    fn site(&self) -> &str {
+        self.site.trim_end_matches('/')
+    }
+
     /// Where the browser goes to log in.
     pub fn authorize_url(&self, state: &str, verifier: &str, redirect_uri: &str) -> String {
+        let (path, scope) = match self.provider {
+            Provider::Cloud => ("/site/oauth2/authorize", String::new()),
+            Provider::DataCenter { .. } => (
+                "/rest/oauth2/latest/authorize",
+                format!("&scope={DATA_CENTER_SCOPE}"),
+            ),
+        };
         format!(
-            "{}/site/oauth2/authorize?client_id={}&response_type=code&state={}\
-             &code_challenge={}&code_challenge_method=S256&redirect_uri={}",
-            self.site.trim_end_matches('/'),
+            "{}{path}?client_id={}&response_type=code&state={}\
+             &code_challenge={}&code_challenge_method=S256&redirect_uri={}{scope}",
+            self.site(),
             form_encode(&self.key),
             form_encode(state),
             pkce_challenge(verifier),
@@ -140,13 +174,23 @@ impl Consumer {
             .user_agent(concat!("bosun/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| OAuthError::Exchange(e.without_url().to_string()))?;
-        let body = Zeroizing::new(body.to_owned());
-        let resp = http
-            .post(format!(
-                "{}/site/oauth2/access_token",
-                self.site.trim_end_matches('/')
-            ))
-            .basic_auth(&self.key, Some(self.secret.as_str()))
+        // Cloud takes the consumer in HTTP Basic; Data Center in the form (RFC 6749 2.3.1).
+        let (req, body) = match self.provider {
+            Provider::Cloud => (
+                http.post(format!("{}/site/oauth2/access_token", self.site()))
+                    .basic_auth(&self.key, Some(self.secret.as_str())),
+                Zeroizing::new(body.to_owned()),
+            ),
+            Provider::DataCenter { .. } => (
+                http.post(format!("{}/rest/oauth2/latest/token", self.site())),
+                Zeroizing::new(format!(
+                    "{body}&client_id={}&client_secret={}",
+                    form_encode(&self.key),
+                    form_encode(&self.secret)
+                )),
+            ),
+        };
+        let resp = req
             .header("content-type", "application/x-www-form-urlencoded")
             .header("accept", "application/json")
             .body(body.as_str().to_owned())
@@ -178,7 +222,7 @@ impl Consumer {
                     .map(|r| Zeroizing::new(r.to_owned())),
             }),
             _ => Err(OAuthError::Shape {
-                call: "POST /site/oauth2/access_token",
+                call: "the token endpoint",
                 what: "`access_token`",
             }),
         }
@@ -193,6 +237,9 @@ impl Consumer {
 
     /// The account the token belongs to.
     pub async fn account(&self, token: &Zeroizing<String>) -> Result<Account, OAuthError> {
+        if let Provider::DataCenter { server } = &self.provider {
+            return self.data_center_account(server, token).await;
+        }
         let v = self
             .client(token)?
             .get(&format!("{}/user", self.api.trim_end_matches('/')))
@@ -221,6 +268,9 @@ impl Consumer {
         &self,
         token: &Zeroizing<String>,
     ) -> Result<Vec<(String, Role)>, OAuthError> {
+        if let Provider::DataCenter { server } = &self.provider {
+            return self.data_center_permissions(server, token).await;
+        }
         let values = self
             .client(token)?
             .list(
@@ -243,6 +293,23 @@ impl Consumer {
         token: &Zeroizing<String>,
         uuid: &str,
     ) -> Result<Vec<(String, String)>, OAuthError> {
+        if let Provider::DataCenter { .. } = self.provider {
+            // The token's own user's keys (Data Center's SSH REST API, `text` and `label`).
+            let values = self
+                .client(token)?
+                .list(
+                    &format!("{}/rest/ssh/latest/keys", self.site()),
+                    Paging::DataCenter,
+                )
+                .await?;
+            return Ok(values
+                .iter()
+                .filter_map(|v| {
+                    let key = v["text"].as_str()?;
+                    Some((key.to_owned(), v["label"].as_str().unwrap_or("").to_owned()))
+                })
+                .collect());
+        }
         let values = self
             .client(token)?
             .list(
@@ -262,6 +329,125 @@ impl Consumer {
             })
             .collect())
     }
+}
+
+impl Consumer {
+    async fn data_center_account(
+        &self,
+        server: &str,
+        token: &Zeroizing<String>,
+    ) -> Result<Account, OAuthError> {
+        let name = self.whoami(token).await?;
+        let values = self
+            .client(token)?
+            .list(
+                &format!(
+                    "{}/rest/api/latest/users?filter={}",
+                    self.site(),
+                    form_encode(&name)
+                ),
+                Paging::DataCenter,
+            )
+            .await?;
+        let shape = |what| OAuthError::Shape {
+            call: "GET /rest/api/latest/users",
+            what,
+        };
+        // The filter matches names, display names and addresses by prefix: the exact name.
+        let user = values
+            .iter()
+            .find(|u| {
+                u["name"]
+                    .as_str()
+                    .is_some_and(|n| n.eq_ignore_ascii_case(&name))
+            })
+            .ok_or(shape("the user `whoami` names"))?;
+        let id = user["id"].as_u64().ok_or(shape("`id`"))?;
+        let slug = user["slug"]
+            .as_str()
+            .filter(|s| !s.is_empty())
+            .ok_or(shape("`slug`"))?;
+        Ok(Account {
+            uuid: crate::model::people::data_center_person(server, id),
+            nickname: slug.to_owned(),
+            display_name: user["displayName"].as_str().unwrap_or(slug).to_owned(),
+        })
+    }
+
+    /// The user name the token acts as (`text/plain`; empty when the token is not accepted).
+    async fn whoami(&self, token: &Zeroizing<String>) -> Result<String, OAuthError> {
+        let call = "GET /plugins/servlet/applinks/whoami";
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("bosun/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| OAuthError::Exchange(e.without_url().to_string()))?;
+        let resp = http
+            .get(format!("{}/plugins/servlet/applinks/whoami", self.site()))
+            .bearer_auth(token.as_str())
+            .send()
+            .await
+            .map_err(|e| OAuthError::Exchange(format!("{call}: {}", e.without_url())))?;
+        let status = resp.status();
+        let text = resp
+            .text()
+            .await
+            .map_err(|e| OAuthError::Exchange(format!("{call}: {}", e.without_url())))?;
+        let name = text.trim();
+        if !status.is_success()
+            || name.is_empty()
+            || name.len() > 255
+            || name.contains(['\n', '\r'])
+        {
+            return Err(OAuthError::Exchange(format!(
+                "{call}: Bitbucket answered {} without a user name",
+                status.as_u16()
+            )));
+        }
+        Ok(name.to_owned())
+    }
+
+    async fn data_center_permissions(
+        &self,
+        server: &str,
+        token: &Zeroizing<String>,
+    ) -> Result<Vec<(String, Role)>, OAuthError> {
+        let client = self.client(token)?;
+        let mut out = Vec::new();
+        for word in crate::model::people::DATA_CENTER_PERMISSIONS {
+            let values = client
+                .list(
+                    &format!("{}/rest/api/latest/repos?permission={word}", self.site()),
+                    Paging::DataCenter,
+                )
+                .await?;
+            if let Some(role) = crate::model::people::data_center_role(word) {
+                out.extend(data_center_permissions_of(server, role, &values));
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The repositories of one of Data Center's `GET /rest/api/latest/repos?permission=…` lists,
+/// each as its project's slug (`PROJECT/repo` in lower case) and its key
+/// (`bitbucket-dc:SERVER/ID`), with `role`; an entry lacking them gives nothing.
+pub fn data_center_permissions_of(
+    server: &str,
+    role: Role,
+    values: &[serde_json::Value],
+) -> Vec<(String, Role)> {
+    let mut out = Vec::new();
+    for v in values {
+        if let (Some(project), Some(slug)) = (v["project"]["key"].as_str(), v["slug"].as_str()) {
+            out.push((format!("{project}/{slug}").to_ascii_lowercase(), role));
+        }
+        if let Some(id) = v["id"].as_u64() {
+            out.push((crate::bitbucket::data_center::key(server, id), role));
+        }
+    }
+    out
 }
 
 /// The permissions in a list of Cloud's `repository_permission` entries; an entry without a
@@ -332,6 +518,7 @@ mod tests {
             secret: Zeroizing::new("s3cret".into()),
             site: "https://bitbucket.org/".into(),
             api: "https://api.bitbucket.org/2.0".into(),
+            provider: Provider::Cloud,
         };
         let u = c.authorize_url(
             "st",
@@ -343,5 +530,45 @@ mod tests {
         assert!(u.contains("redirect_uri=https%3A%2F%2Fci.example%2Flogin%2Fbitbucket%2Fcallback"));
         assert!(!u.contains("s3cret") && !u.contains("verifier"));
         assert!(!format!("{c:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn data_center_logins_go_to_its_oauth_provider_with_a_scope() {
+        let c = Consumer {
+            key: "k".into(),
+            secret: Zeroizing::new("s3cret".into()),
+            site: "https://bb.example.com/".into(),
+            api: String::new(),
+            provider: Provider::DataCenter {
+                server: "bb.example.com".into(),
+            },
+        };
+        let u = c.authorize_url("st", "verifier", "https://ci.example/cb");
+        assert!(
+            u.starts_with("https://bb.example.com/rest/oauth2/latest/authorize?client_id=k&response_type=code&state=st&code_challenge="),
+            "{u}"
+        );
+        assert!(u.ends_with("&scope=REPO_READ"), "{u}");
+        assert!(!u.contains("s3cret") && !u.contains("verifier"));
+    }
+
+    #[test]
+    fn data_center_repositories_read_as_slug_and_key() {
+        let v: Vec<serde_json::Value> = serde_json::from_str(
+            r#"[{"slug":"widget","id":84,"name":"Widget","project":{"key":"ACME","id":1}},
+                {"slug":"x"},
+                {"name":"no slug nor id"}]"#,
+        )
+        .expect("json");
+        assert_eq!(
+            data_center_permissions_of("bb.example.com:7990", Role::Write, &v),
+            [
+                ("acme/widget".to_owned(), Role::Write),
+                (
+                    "bitbucket-dc:bb.example.com:7990/84".to_owned(),
+                    Role::Write
+                )
+            ]
+        );
     }
 }
