@@ -75,7 +75,9 @@ fn setup() -> Setup {
     let file = dir.path().join("oauth-consumer");
     std::fs::write(&file, format!("{KEY}:{SECRET}\n")).expect("write");
     std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    // The stand-in's hosts: a pipeline triggered through the API is compiled from a clone.
     let c = Coordinator::builder()
+        .vcs_hosts(&rig)
         .args(&[
             "--bitbucket-oauth-file",
             file.to_str().expect("utf8"),
@@ -625,4 +627,220 @@ fn a_persons_keys_are_read_from_their_bitbucket_account() {
         key: p.key.clone(),
     };
     assert_eq!(s.post(&forged, "/me/ssh-keys/bitbucket", &[]).0, 403);
+}
+
+impl Setup {
+    /// `p` makes a personal API token on their page: its value, shown once.
+    fn personal_token(&self, p: &Person) -> String {
+        let (st, _, body) = self.post(p, "/me/tokens", &[("name", "ssh script")]);
+        assert_eq!(st, 200, "{body}");
+        let re = regex::Regex::new(r#"<code id="new-token">([^<]+)</code>"#).expect("regex");
+        re.captures(&body).expect("the new token")[1].to_owned()
+    }
+
+    /// An API v2 call with `token`: status and JSON body.
+    fn api(
+        &self,
+        method: &str,
+        path: &str,
+        token: &str,
+        body: Option<serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
+        let url = format!("{}/api/v2{path}", self.base());
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        self.rt.block_on(async {
+            let mut r = http().request(method, url).header("Circle-Token", token);
+            if let Some(b) = body {
+                r = r.json(&b);
+            }
+            let r = r.send().await.expect("API call");
+            let st = r.status().as_u16();
+            (st, r.json().await.unwrap_or(serde_json::Value::Null))
+        })
+    }
+}
+
+/// API v2's `POST /workflow/{id}/rerun` with `enable_ssh` and a personal token reruns the
+/// chosen jobs with SSH through the same door as the job page's button: only the caller's
+/// keys get in, the user key is held as the rule says (and the answer says so per job), a
+/// reader, a project token and an operator token are refused, a person without a key gets
+/// 409, every rerun is audited, and no token reaches the coordinator's log.
+#[test]
+fn a_personal_token_reruns_a_workflow_job_with_ssh() {
+    let s = setup();
+    let owner = s.login("owner");
+    let other = s.login("other");
+    let reader = s.login("reader");
+    s.add_key(&owner);
+    s.add_key(&other);
+    let (owner_t, other_t, reader_t) = (
+        s.personal_token(&owner),
+        s.personal_token(&other),
+        s.personal_token(&reader),
+    );
+    let project_t = s.c.cli(&[
+        "api-token",
+        "new",
+        "--project",
+        "acme/widget",
+        "--scope",
+        "trigger",
+        "nightly",
+    ]);
+    let operator_t = s.c.cli(&["operator", "new", "ops"]);
+
+    let out =
+        s.c.cli(&["trigger", "--project", "acme/widget", "--ref", "main"]);
+    let number = out
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or_else(|| panic!("{out}"))
+        .to_owned();
+    let (st, pipeline) = s.api(
+        "GET",
+        &format!("/project/bb/acme/widget/pipeline/{number}"),
+        &other_t,
+        None,
+    );
+    assert_eq!(st, 200, "{pipeline}");
+    let pid = pipeline["id"].as_str().expect("pipeline id").to_owned();
+    let mut workflow = String::new();
+    let mut first = serde_json::Value::Null;
+    let mut seen = serde_json::Value::Null;
+    let ran = poll(Duration::from_secs(120), Duration::from_millis(500), || {
+        let (_, ws) = s.api("GET", &format!("/pipeline/{pid}/workflow"), &other_t, None);
+        seen = ws.clone();
+        let w = ws["items"][0]["id"].as_str()?;
+        workflow = w.to_owned();
+        let (_, jobs) = s.api("GET", &format!("/workflow/{w}/job"), &other_t, None);
+        first = jobs["items"][0].clone();
+        (first["status"] == "success").then_some(())
+    });
+    assert!(
+        ran.is_some(),
+        "the first run: {seen} {first}\ncoordinator log:\n{}\nagent log:\n{}",
+        s.c.log_text(),
+        s.agent.log_text()
+    );
+    let job_uuid = first["id"].as_str().expect("job id").to_owned();
+    let rerun = format!("/workflow/{workflow}/rerun");
+    let ssh_body = serde_json::json!({"enable_ssh": true, "jobs": [job_uuid]});
+
+    // Refused: a project token (no person's keys), an operator token (no keys either), a
+    // reader, and requests CircleCI refuses too.
+    let (st, body) = s.api("POST", &rerun, &project_t, Some(ssh_body.clone()));
+    assert_eq!(st, 403, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("project token")),
+        "{body}"
+    );
+    let (st, body) = s.api("POST", &rerun, &operator_t, Some(ssh_body.clone()));
+    assert_eq!(st, 400, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("personal token")),
+        "{body}"
+    );
+    let (st, body) = s.api("POST", &rerun, &reader_t, Some(ssh_body.clone()));
+    assert_eq!(st, 403, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("write permission")),
+        "{body}"
+    );
+    for bad in [
+        serde_json::json!({"enable_ssh": true, "from_failed": true}),
+        serde_json::json!({"enable_ssh": true}),
+        serde_json::json!({"enable_ssh": true, "jobs": ["00000000-0000-0000-0000-000000000000"]}),
+    ] {
+        let (st, body) = s.api("POST", &rerun, &other_t, Some(bad.clone()));
+        assert_eq!(st, 400, "{bad}: {body}");
+    }
+
+    // Another writer: the rerun runs without the user key, and the answer and the page say
+    // so; only their key gets in.
+    let (st, body) = s.api("POST", &rerun, &other_t, Some(ssh_body.clone()));
+    assert_eq!(st, 202, "{body}");
+    assert_eq!(body["workflow_id"], workflow.as_str(), "{body}");
+    let done = &body["jobs"][0];
+    assert_eq!(done["id"], job_uuid.as_str(), "{body}");
+    assert_eq!(done["user_key"], "without", "{body}");
+    assert!(
+        done["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("rerun with SSH without the project's user key")),
+        "{body}"
+    );
+    let job = done["job_number"].to_string();
+    assert_ne!(job, first["job_number"].to_string(), "a new job: {body}");
+    let page = s.get(&other.cookie, &format!("/jobs/{job}")).1;
+    assert!(
+        page.contains("asked by other: without the project&#39;s user key"),
+        "{page}"
+    );
+    s.held(&other, &job);
+    assert_eq!(
+        s.ssh(&owner.key, &job, "true").0,
+        Some(255),
+        "another's key"
+    );
+    let (code, out) = s.ssh(&other.key, &job, KEYS_IN_JOB);
+    assert_eq!(code, Some(0));
+    assert_eq!(out.trim(), "id_bosun_deploy", "{out}");
+    s.released(&other, &job);
+
+    // The key's owner gets the user key (not run: what it holds is what this checks).
+    let (st, body) = s.api("POST", &rerun, &owner_t, Some(ssh_body.clone()));
+    assert_eq!(st, 202, "{body}");
+    assert_eq!(body["jobs"][0]["user_key"], "with", "{body}");
+    s.c.cli(&["cancel", &body["jobs"][0]["job_number"].to_string()]);
+
+    // Without a stored key: 409, saying what to do.
+    let me = s.get(&other.cookie, "/me").1;
+    let re = regex::Regex::new(r#"data-key="([0-9]+)""#).expect("regex");
+    let key_id = re.captures(&me).expect("a listed key")[1].to_owned();
+    assert_eq!(
+        s.post(&other, &format!("/me/ssh-keys/{key_id}/delete"), &[])
+            .0,
+        303
+    );
+    let (st, body) = s.api("POST", &rerun, &other_t, Some(ssh_body));
+    assert_eq!(st, 409, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("no SSH key")),
+        "{body}"
+    );
+
+    // Audited, by the person, as through API v2.
+    let audit = s.c.cli(&["audit", "--json"]);
+    let rows: Vec<serde_json::Value> = audit
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .filter(|e: &serde_json::Value| {
+            e["action"] == "rerun-ssh"
+                && e["detail"]
+                    .as_str()
+                    .is_some_and(|d| d.starts_with("API v2"))
+        })
+        .collect();
+    let by = |who: &str| {
+        rows.iter()
+            .filter(|e| e["actor"] == format!("person:{who}"))
+            .count()
+    };
+    assert_eq!((by("other"), by("owner"), rows.len()), (1, 1, 2), "{audit}");
+
+    // No token value in the coordinator's log or the audit log.
+    let log = s.c.log_text();
+    assert!(log.contains("rerun with SSH"), "{log}");
+    for t in [&owner_t, &other_t, &reader_t, &project_t, &operator_t] {
+        let t = t.trim();
+        assert!(!log.contains(t) && !audit.contains(t), "a token in the log");
+    }
 }

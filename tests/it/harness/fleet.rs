@@ -70,6 +70,11 @@ impl Coordinator {
     }
 
     /// Kills the server (SIGKILL, as a crash would); its data directory stays.
+    /// What it logged so far (its stderr).
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(super::coordinator_log(&self.data)).unwrap_or_default()
+    }
+
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

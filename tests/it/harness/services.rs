@@ -43,21 +43,30 @@ pub fn add_stand_in_project(data: &Path, rig: &super::Rig, slug: &str, extra: &[
 /// `host:port` it printed (`listening on http://ADDR`, or `https://` with `--tls-cert`; port 0
 /// picks a free one).
 pub fn spawn_coordinator(data: &Path, listen: &str, extra: &[&str]) -> (Child, String) {
-    let mut child = Command::new(super::bosun_bin())
+    let to_file = std::env::var_os("BOSUN_TEST_COORDINATOR_LOG").is_none();
+    let mut cmd = Command::new(super::bosun_bin());
+    if to_file && std::env::var_os("BOSUN_LOG").is_none() {
+        // What a test reads of the log (no secret in it, for one) includes its info lines.
+        cmd.env("BOSUN_LOG", "bosun=info");
+    }
+    let mut child = cmd
         .args(["coordinator", "serve", "--listen", listen])
         .args(extra)
         .arg("--data")
         .arg(data)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        // BOSUN_TEST_COORDINATOR_LOG=1 shows the coordinator's log (with BOSUN_LOG's filter).
-        .stderr(
-            if std::env::var_os("BOSUN_TEST_COORDINATOR_LOG").is_some() {
-                Stdio::inherit()
-            } else {
-                Stdio::null()
-            },
-        )
+        // BOSUN_TEST_COORDINATOR_LOG=1 shows the coordinator's log (with BOSUN_LOG's filter);
+        // else it goes to DATA.log, next to the data directory (`coordinator_log`).
+        .stderr(if !to_file {
+            Stdio::inherit()
+        } else {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(coordinator_log(data))
+                .map_or_else(|_| Stdio::null(), Stdio::from)
+        })
         .spawn()
         .expect("coordinator");
     let stdout = child.stdout.take().expect("stdout");
@@ -68,6 +77,11 @@ pub fn spawn_coordinator(data: &Path, listen: &str, extra: &[&str]) -> (Child, S
     let addr = line.trim().rsplit("://").next().unwrap_or("").to_owned();
     assert!(addr.contains(':'), "unexpected first line: {line}");
     (child, addr)
+}
+
+/// Where [`spawn_coordinator`] writes the log of a coordinator serving `data`.
+pub fn coordinator_log(data: &Path) -> std::path::PathBuf {
+    data.with_extension("log")
 }
 
 /// `bosun coordinator ARGS… --data DATA`, panicking on failure; trimmed stdout.

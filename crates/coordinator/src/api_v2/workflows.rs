@@ -5,12 +5,13 @@
 //! one-workflow pipeline is the same thing, and a rerun keeps the workflow's id (CircleCI makes
 //! a new workflow). `docs/api-v2.md` says so.
 
-use super::auth::caller;
+use super::auth::{caller, Caller};
 use super::{db, pipeline_of_workflow, shapes, V2Error, V2Result};
 use crate::audit::{self, AuditAction, Event};
 use crate::bitbucket::status::statuses;
 use crate::model::people::Action;
 use crate::model::JobKind;
+use crate::people::ssh::{self as person_ssh, RerunError, Via};
 use crate::AppState;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -140,7 +141,8 @@ pub async fn cancel(
     Ok(accepted())
 }
 
-/// `POST /workflow/{id}/rerun`'s body; only a rerun from the failed jobs is served.
+/// `POST /workflow/{id}/rerun`'s body: a rerun from the failed jobs, or (with a personal
+/// token) chosen jobs rerun with SSH.
 #[derive(Deserialize, Default)]
 struct RerunBody {
     #[serde(default)]
@@ -167,10 +169,14 @@ pub async fn rerun(
         serde_json::from_slice(&body)
             .map_err(|e| V2Error::bad(format!("Invalid JSON body: {e}")))?
     };
-    if !b.from_failed || !b.jobs.is_empty() || b.sparse_tree || b.enable_ssh {
+    if b.enable_ssh {
+        return rerun_ssh(&state, &who, &raw, b).await;
+    }
+    if !b.from_failed || !b.jobs.is_empty() || b.sparse_tree {
         return Err(V2Error::bad(
             "Only a rerun from failed is served here: send {\"from_failed\": true} \
-             (`bosun coordinator rerun JOB --ssh` reruns one job with SSH)",
+             (with a personal token, {\"enable_ssh\": true, \"jobs\": [JOB_ID]} reruns jobs \
+             with SSH)",
         ));
     }
     let (id, url, slug, actor) = (
@@ -197,3 +203,95 @@ pub async fn rerun(
     )
         .into_response())
 }
+
+/// `enable_ssh: true`: the listed jobs (CircleCI's `jobs`, workflow job ids) rerun with SSH,
+/// each letting in exactly the calling person's stored keys and holding the project's user
+/// key only as `model::ssh_policy::decide` says (through `people::ssh::rerun_with_ssh`, the
+/// same door as the job page's button). The answer says, per job, what it holds.
+async fn rerun_ssh(state: &Arc<AppState>, who: &Caller, raw: &str, b: RerunBody) -> V2Result {
+    let person =
+        match who {
+            Caller::Person(p) => p.clone(),
+            // A rerun with SSH lets in a person's keys: an operator or project token has none.
+            Caller::Operator(_) => return Err(V2Error::bad(
+                "enable_ssh needs a personal token (made on your page, /me): an operator token \
+                 carries nobody's SSH keys; on the host, `bosun coordinator rerun JOB --ssh \
+                 --ssh-key FILE` reruns a job with SSH",
+            )),
+            Caller::Project(_) => return Err(V2Error::forbidden(
+                "Permission denied: a project token may not rerun with SSH (it carries nobody's \
+                 SSH keys); use your personal token, made on your page (/me)",
+            )),
+        };
+    if b.from_failed || b.jobs.is_empty() {
+        return Err(V2Error::bad(
+            "enable_ssh needs `jobs` (the workflow's job ids to rerun with SSH) and not \
+             `from_failed`, as on CircleCI",
+        ));
+    }
+    if b.jobs.len() > MAX_SSH_JOBS {
+        return Err(V2Error::bad(format!(
+            "jobs: at most {MAX_SSH_JOBS} jobs rerun with SSH at once"
+        )));
+    }
+    let (p, _) = pipeline_of_workflow(state, who, raw, Action::RerunWithSsh).await?;
+    let w = p
+        .workflows
+        .iter()
+        .find(|w| w.uuid.eq_ignore_ascii_case(raw))
+        .ok_or_else(|| V2Error::not_found("Workflow"))?;
+    // Every id checked before anything is rerun.
+    let mut chosen: Vec<(String, i64)> = Vec::new();
+    for (i, asked) in b.jobs.iter().enumerate() {
+        let asked = asked.trim().to_ascii_lowercase();
+        let j = w
+            .jobs
+            .iter()
+            .find(|j| shapes::workflow_job_uuid(j.id) == asked)
+            .ok_or_else(|| {
+                V2Error::bad(format!(
+                    "jobs[{i}]: no such job in this workflow (ids are those of \
+                     GET /workflow/{{id}}/job)"
+                ))
+            })?;
+        let id = j
+            .job_id
+            .filter(|_| j.kind != JobKind::Approval)
+            .ok_or_else(|| {
+                V2Error::bad(format!(
+                    "jobs[{i}]: `{}` has not run, or is an approval: nothing to rerun with SSH",
+                    crate::printable(&j.name)
+                ))
+            })?;
+        if !chosen.iter().any(|(u, _)| *u == asked) {
+            chosen.push((asked, id));
+        }
+    }
+    let mut done = Vec::new();
+    for (uuid, id) in chosen {
+        let r = person_ssh::rerun_with_ssh(state, &person, id, Via::ApiV2)
+            .await
+            .map_err(|e| match e {
+                RerunError::NotFound(_) => V2Error::not_found("Job"),
+                RerunError::Refused(m) => V2Error::forbidden(&format!("Permission denied: {m}")),
+                e @ RerunError::NoKeys => V2Error(StatusCode::CONFLICT, format!("Not rerun: {e}")),
+                RerunError::Coord(e) => e.into(),
+            })?;
+        done.push(json!({
+            "id": uuid,
+            "rerun_of": id,
+            "job_number": r.job,
+            "user_key": r.user_key.as_str(),
+            "message": format!("rerun with SSH {}", r.said),
+        }));
+    }
+    super::changed(state);
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"workflow_id": raw.to_ascii_lowercase(), "jobs": done})),
+    )
+        .into_response())
+}
+
+/// Jobs one request may rerun with SSH (a workflow's jobs fit well under it).
+const MAX_SSH_JOBS: usize = 100;

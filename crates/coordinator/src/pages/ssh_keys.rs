@@ -188,7 +188,7 @@ pub async fn rerun(
         .get(axum::http::header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|a| a.contains("application/json"));
-    match person_ssh::rerun_with_ssh(&state, &viewer, id).await {
+    match person_ssh::rerun_with_ssh(&state, &viewer.person, id, person_ssh::Via::JobPage).await {
         Ok(r) if json => axum::Json(serde_json::json!({
             "job_id": r.job,
             "user_key": r.user_key.as_str(),

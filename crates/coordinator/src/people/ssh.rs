@@ -3,12 +3,12 @@
 //! lets in exactly their stored keys, and holds the project's user key only as
 //! `model::ssh_policy::decide` says.
 
-use super::{refresh_permissions, Viewer};
+use super::Viewer;
 use crate::audit::{Actor, AuditAction, Event};
 use crate::error::CoordError;
 use crate::model::people::Action;
 use crate::model::ssh_policy::{self as policy, SshAsker, UserKey};
-use crate::store::{Backend, PersonKey, Resource};
+use crate::store::{Backend, Person, PersonKey, Resource};
 use crate::AppState;
 
 /// A pasted key at most this long (an RSA 16384 key is under 3 KiB as one line).
@@ -77,19 +77,38 @@ pub struct Rerun {
     pub said: String,
 }
 
-/// `viewer` reruns job `id` with SSH: their permission read again from Bitbucket now, the
-/// project's rule applied, their stored keys let in.
+/// Where a rerun with SSH was asked for, as the audit log says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    /// The job page's button (a session).
+    JobPage,
+    /// API v2's `POST /workflow/{id}/rerun` with `enable_ssh` (a personal token).
+    ApiV2,
+}
+
+impl Via {
+    fn as_str(self) -> &'static str {
+        match self {
+            Via::JobPage => "from the job page",
+            Via::ApiV2 => "API v2",
+        }
+    }
+}
+
+/// `person` reruns job `id` with SSH: their permission read again from Bitbucket now, the
+/// project's rule applied, their stored keys let in. The one door for a person's rerun with
+/// SSH, whether asked from the job page or with their personal token.
 pub async fn rerun_with_ssh(
     state: &AppState,
-    viewer: &Viewer,
+    person: &Person,
     id: i64,
+    via: Via,
 ) -> Result<Rerun, RerunError> {
-    refresh_permissions(state, &viewer.person, true).await?;
-    let asking = super::Asking::Person(viewer.clone());
-    let may = super::may_on(state, &asking, Resource::Job(id), Action::RerunWithSsh)
+    // A sensitive action: `may` reads their permissions from Bitbucket again first.
+    let may = super::tokens::may(state, person, Resource::Job(id), Action::RerunWithSsh)
         .await?
         .ok_or(RerunError::NotFound(id))?;
-    let person = viewer.person.clone();
+    let person = person.clone();
     let pid = person.id;
     let (facts, keys) = state
         .db(move |s: &dyn Backend| Ok((s.user_key_facts(id)?, s.person_ssh_keys(pid)?)))
@@ -113,7 +132,8 @@ pub async fn rerun_with_ssh(
             let mut e = Event::new(Actor::Person(by), AuditAction::RerunWithSsh)
                 .target(format!("job {id}"))
                 .detail(format!(
-                    "from the job page: job {job}, user key {}",
+                    "{}: job {job}, user key {}",
+                    via.as_str(),
                     user_key.as_str()
                 ));
             e.project = s.job(id)?.map(|j| j.project);

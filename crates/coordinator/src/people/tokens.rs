@@ -104,7 +104,8 @@ pub async fn person_of(state: &AppState, token: &str) -> crate::Result<Option<Pe
     Ok(Some(person))
 }
 
-/// May `person`, through their token, do `action` with the project `of` names? `None` when
+/// May `person` (through their token, or asking for a rerun with SSH on a page) do `action`
+/// with the project `of` names? `None` when
 /// there is no such project. A sensitive action reads their permissions from Bitbucket
 /// again first, whatever their age (a permission taken away stops it at once).
 pub async fn may(
