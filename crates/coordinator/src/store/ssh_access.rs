@@ -1,14 +1,14 @@
 //! Who may SSH into a rerun, the stored part ([`SshAccessStore`]): each person's SSH public
 //! keys (added on their page), whose a project's user key is and its `--ssh-policy`, and on
 //! a rerun with SSH who asked and whether it holds the user key. What those allow is
-//! `model::ssh_policy`'s.
+//! `model::ssh_policy`'s. One implementation for SQLite and PostgreSQL ([`SqlStore`]).
 
+use super::db::{params, Lock, OptionalExtension, Row, SqlStore};
 use super::pipelines::resolve_project;
 use super::ssh::Queued;
-use super::{now_ms, Result, Store};
+use super::{now_ms, Result};
 use crate::error::CoordError;
 use crate::model::ssh_policy::{SshPolicy, UserKey, UserKeyFacts};
-use rusqlite::{params, OptionalExtension};
 
 /// One of a person's SSH public keys.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,7 +73,25 @@ pub trait SshAccessStore: Send + Sync {
     fn ssh_grant(&self, id: i64) -> Result<Option<SshGrant>>;
 }
 
-fn key_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<PersonKey> {
+/// A job queued again with what a rerun adds: each backend's own queueing of a job
+/// (`store/ssh.rs`, `store/pg/ssh.rs`).
+pub(in crate::store) trait RerunQueued {
+    fn rerun_queued(&self, id: i64, extra: Queued) -> Result<i64>;
+}
+
+impl RerunQueued for super::Store {
+    fn rerun_queued(&self, id: i64, extra: Queued) -> Result<i64> {
+        super::Store::rerun_queued(self, id, extra)
+    }
+}
+
+impl RerunQueued for super::pg::PgStore {
+    fn rerun_queued(&self, id: i64, extra: Queued) -> Result<i64> {
+        super::pg::PgStore::rerun_queued(self, id, extra)
+    }
+}
+
+fn key_row(r: &dyn Row) -> super::db::Result<PersonKey> {
     Ok(PersonKey {
         id: r.get(0)?,
         key: r.get(1)?,
@@ -84,31 +102,32 @@ fn key_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<PersonKey> {
 }
 
 /// A stored policy word; one this side does not know reads as the stricter `refuse`.
-pub(crate) fn policy_of(word: &str) -> SshPolicy {
+fn policy_of(word: &str) -> SshPolicy {
     word.parse().unwrap_or(SshPolicy::Refuse)
 }
 
-pub(crate) fn duplicate(fingerprint: &str) -> CoordError {
+fn duplicate(fingerprint: &str) -> CoordError {
     CoordError::Invalid(format!("you have the key {fingerprint} already"))
 }
 
-pub(crate) fn too_many() -> CoordError {
+fn too_many() -> CoordError {
     CoordError::Invalid(format!(
         "at most {MAX_PERSON_KEYS} SSH keys per person: remove one first"
     ))
 }
 
-impl SshAccessStore for Store {
+impl<S: SqlStore + RerunQueued> SshAccessStore for S {
     fn person_ssh_keys(&self, person: i64) -> Result<Vec<PersonKey>> {
-        let conn = self.conn();
-        let mut st = conn.prepare(
-            "SELECT id, key, fingerprint, from_bitbucket, added FROM person_ssh_keys \
-             WHERE person_id = ?1 ORDER BY id",
-        )?;
-        let rows = st
-            .query_map([person], key_row)?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
-        Ok(rows)
+        self.read(|conn| {
+            let mut st = conn.prepare(
+                "SELECT id, key, fingerprint, from_bitbucket, added FROM person_ssh_keys \
+                 WHERE person_id = ?1 ORDER BY id",
+            )?;
+            let rows = st
+                .query_map(params![person], key_row)?
+                .collect::<super::db::Result<Vec<_>>>()?;
+            Ok(rows)
+        })
     }
 
     fn add_person_ssh_key(
@@ -118,28 +137,27 @@ impl SshAccessStore for Store {
         fingerprint: &str,
         from_bitbucket: bool,
     ) -> Result<PersonKey> {
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let (count, has): (i64, bool) = tx.query_row(
-            "SELECT COUNT(*), COALESCE(SUM(CASE WHEN fingerprint = ?2 THEN 1 ELSE 0 END), 0) > 0 \
-             FROM person_ssh_keys WHERE person_id = ?1",
-            params![person, fingerprint],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )?;
-        if has {
-            return Err(duplicate(fingerprint));
-        }
-        if count as usize >= MAX_PERSON_KEYS {
-            return Err(too_many());
-        }
         let added = now_ms();
-        tx.execute(
-            "INSERT INTO person_ssh_keys(person_id, key, fingerprint, from_bitbucket, added) \
-             VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![person, key, fingerprint, from_bitbucket, added],
-        )?;
-        let id = tx.last_insert_rowid();
-        tx.commit()?;
+        let id = self.transaction(Lock::Writer, |tx| {
+            let (count, has): (i64, bool) = tx.query_row(
+                "SELECT COUNT(*), COALESCE(SUM(CASE WHEN fingerprint = ?2 THEN 1 ELSE 0 END), 0) > 0 \
+                 FROM person_ssh_keys WHERE person_id = ?1",
+                params![person, fingerprint],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
+            if has {
+                return Err(duplicate(fingerprint));
+            }
+            if count as usize >= MAX_PERSON_KEYS {
+                return Err(too_many());
+            }
+            Ok(tx.query_row(
+                "INSERT INTO person_ssh_keys(person_id, key, fingerprint, from_bitbucket, added) \
+                 VALUES (?1, ?2, ?3, ?4, ?5) RETURNING id",
+                params![person, key, fingerprint, from_bitbucket, added],
+                |r| r.get::<_, i64>(0),
+            )?)
+        })?;
         Ok(PersonKey {
             id,
             key: key.to_owned(),
@@ -150,78 +168,82 @@ impl SshAccessStore for Store {
     }
 
     fn replace_bitbucket_ssh_keys(&self, person: i64, keys: &[(String, String)]) -> Result<usize> {
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        tx.execute(
-            "DELETE FROM person_ssh_keys WHERE person_id = ?1 AND from_bitbucket = 1",
-            [person],
-        )?;
-        let mut count: i64 = tx.query_row(
-            "SELECT COUNT(*) FROM person_ssh_keys WHERE person_id = ?1",
-            [person],
-            |r| r.get(0),
-        )?;
-        let mut kept = 0;
         let added = now_ms();
-        for (key, fingerprint) in keys {
-            if count as usize >= MAX_PERSON_KEYS {
-                break;
-            }
-            let n = tx.execute(
-                "INSERT INTO person_ssh_keys(person_id, key, fingerprint, from_bitbucket, added) \
-                 VALUES (?1, ?2, ?3, 1, ?4) ON CONFLICT (person_id, fingerprint) DO NOTHING",
-                params![person, key, fingerprint, added],
+        self.transaction(Lock::Writer, |tx| {
+            tx.execute(
+                "DELETE FROM person_ssh_keys WHERE person_id = ?1 AND from_bitbucket = 1",
+                params![person],
             )?;
-            count += n as i64;
-            kept += n;
-        }
-        tx.commit()?;
-        Ok(kept)
+            let mut count: i64 = tx.query_row(
+                "SELECT COUNT(*) FROM person_ssh_keys WHERE person_id = ?1",
+                params![person],
+                |r| r.get(0),
+            )?;
+            let mut kept = 0;
+            for (key, fingerprint) in keys {
+                if count as usize >= MAX_PERSON_KEYS {
+                    break;
+                }
+                let n = tx.execute(
+                    "INSERT INTO person_ssh_keys(person_id, key, fingerprint, from_bitbucket, added) \
+                     VALUES (?1, ?2, ?3, 1, ?4) ON CONFLICT (person_id, fingerprint) DO NOTHING",
+                    params![person, key, fingerprint, added],
+                )?;
+                count += n as i64;
+                kept += n;
+            }
+            Ok(kept)
+        })
     }
 
     fn remove_person_ssh_key(&self, person: i64, id: i64) -> Result<bool> {
-        Ok(self.conn().execute(
-            "DELETE FROM person_ssh_keys WHERE person_id = ?1 AND id = ?2",
-            params![person, id],
-        )? > 0)
+        self.conn(|conn| {
+            Ok(conn.execute(
+                "DELETE FROM person_ssh_keys WHERE person_id = ?1 AND id = ?2",
+                params![person, id],
+            )? > 0)
+        })
     }
 
     fn set_user_key_owner(&self, project: &str, owner: Option<&str>) -> Result<()> {
-        let conn = self.conn();
-        let pid = resolve_project(&conn, project)?;
-        conn.execute(
-            "UPDATE projects SET user_key_owner = ?2 WHERE id = ?1",
-            params![pid, owner],
-        )?;
-        Ok(())
+        self.conn(|conn| {
+            let pid = resolve_project(conn, project)?;
+            conn.execute(
+                "UPDATE projects SET user_key_owner = ?2 WHERE id = ?1",
+                params![pid, owner],
+            )?;
+            Ok(())
+        })
     }
 
     fn set_ssh_policy(&self, project: &str, policy: SshPolicy) -> Result<()> {
-        let conn = self.conn();
-        let pid = resolve_project(&conn, project)?;
-        conn.execute(
-            "UPDATE projects SET ssh_policy = ?2 WHERE id = ?1",
-            params![pid, policy.as_str()],
-        )?;
-        Ok(())
+        self.conn(|conn| {
+            let pid = resolve_project(conn, project)?;
+            conn.execute(
+                "UPDATE projects SET ssh_policy = ?2 WHERE id = ?1",
+                params![pid, policy.as_str()],
+            )?;
+            Ok(())
+        })
     }
 
     fn user_key_facts(&self, id: i64) -> Result<Option<UserKeyFacts>> {
-        let conn = self.conn();
-        Ok(conn
-            .query_row(
-                "SELECT p.user_key IS NOT NULL, p.user_key_owner, p.ssh_policy FROM jobs j \
-                 JOIN projects p ON p.id = j.project_id WHERE j.id = ?1",
-                [id],
-                |r| {
-                    Ok(UserKeyFacts {
-                        given: r.get(0)?,
-                        owner: r.get(1)?,
-                        policy: policy_of(&r.get::<_, String>(2)?),
-                    })
-                },
-            )
-            .optional()?)
+        self.read(|conn| {
+            Ok(conn
+                .query_row(
+                    "SELECT p.user_key IS NOT NULL, p.user_key_owner, p.ssh_policy FROM jobs j \
+                     JOIN projects p ON p.id = j.project_id WHERE j.id = ?1",
+                    params![id],
+                    |r| {
+                        Ok(UserKeyFacts {
+                            given: r.get(0)?,
+                            owner: r.get(1)?,
+                            policy: policy_of(&r.get::<_, String>(2)?),
+                        })
+                    },
+                )
+                .optional()?)
+        })
     }
 
     fn rerun_with_ssh(
@@ -243,21 +265,22 @@ impl SshAccessStore for Store {
     }
 
     fn ssh_grant(&self, id: i64) -> Result<Option<SshGrant>> {
-        let conn = self.conn();
-        Ok(conn
-            .query_row(
-                "SELECT j.ssh_by, j.ssh_user_key, p.user_key_owner FROM jobs j \
-                 JOIN projects p ON p.id = j.project_id \
-                 WHERE j.id = ?1 AND j.ssh_user_key IS NOT NULL",
-                [id],
-                |r| {
-                    Ok(SshGrant {
-                        by: r.get(0)?,
-                        user_key: UserKey::from_stored(&r.get::<_, String>(1)?),
-                        owner: r.get(2)?,
-                    })
-                },
-            )
-            .optional()?)
+        self.read(|conn| {
+            Ok(conn
+                .query_row(
+                    "SELECT j.ssh_by, j.ssh_user_key, p.user_key_owner FROM jobs j \
+                     JOIN projects p ON p.id = j.project_id \
+                     WHERE j.id = ?1 AND j.ssh_user_key IS NOT NULL",
+                    params![id],
+                    |r| {
+                        Ok(SshGrant {
+                            by: r.get(0)?,
+                            user_key: UserKey::from_stored(&r.get::<_, String>(1)?),
+                            owner: r.get(2)?,
+                        })
+                    },
+                )
+                .optional()?)
+        })
     }
 }

@@ -39,7 +39,6 @@ mod people;
 mod schema;
 pub(crate) mod sql;
 mod ssh;
-mod ssh_access;
 mod times;
 mod watch;
 
