@@ -55,6 +55,7 @@ mod scale_live;
 mod scale_pg;
 mod schedules;
 mod service_containers;
+mod settings_web;
 mod setup_workflows;
 mod sftp;
 mod ssh_coordinator;

@@ -607,7 +607,8 @@ async fn every_web_route_is_guarded_as_its_table_says() {
             .path
             .replace("{id}", id)
             .replace("{*path}", "x.txt")
-            .replace("{*slug}", "acme/widget")
+            .replace("{workspace}", "acme")
+            .replace("{repo}", "widget")
             .replace("{name}", "x");
         let m = route.method;
         match route.guard {
@@ -662,6 +663,32 @@ async fn every_web_route_is_guarded_as_its_table_says() {
                     let refused = st == 303 || (st == 404 && body.contains("<h1>Not found.</h1>"));
                     assert!(!refused, "{m} {path} as {who:?}: {st} {body}");
                 }
+            }
+            // A project's settings: admin on its repository (or the whole coordinator).
+            Guard::Settings => {
+                let (st, loc, body) = ask(m, path.clone(), Who::Nobody).await;
+                assert_eq!(st, 303, "{m} {path} as nobody: {body}");
+                assert!(
+                    loc.as_deref()
+                        .is_some_and(|l| l.starts_with("/login?return_to=")),
+                    "{m} {path}: {loc:?}"
+                );
+                let (st, _, body) = ask(m, path.clone(), Who::Session(&stranger)).await;
+                assert_eq!(st, 404, "{m} {path} as a stranger: {body}");
+                assert!(!body.contains("acme/widget"), "{body}");
+                // A reader (and a writer: tests/it/settings_web.rs) is told what it needs.
+                let (st, _, body) = ask(m, path.clone(), Who::Session(&reader)).await;
+                assert_eq!(st, 403, "{m} {path} as a reader: {body}");
+                assert!(body.contains("needs admin permission"), "{body}");
+                // Past the guard: an operator's token reads the page; its forms need a
+                // person's session and CSRF token (and this body is JSON, not a form).
+                let (st, _, body) = ask(m, path.clone(), Who::Operator(&operator)).await;
+                let passed = if m == "GET" {
+                    st == 200
+                } else {
+                    st == 401 || st == 415
+                };
+                assert!(passed, "{m} {path} as an operator: {st} {body}");
             }
             Guard::List => {
                 for (who, sees) in [

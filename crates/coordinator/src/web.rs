@@ -36,8 +36,15 @@ pub enum Guard {
     Job,
     /// `{id}` (or `{id}.json`) is a pipeline: its project must be readable.
     Pipeline,
-    /// `{slug}` is a project: it must be readable.
+    /// `{workspace}/{repo}` is a project: it must be readable.
     Project,
+    /// `{workspace}/{repo}` is a project whose settings the route shows or changes: a person
+    /// logged in with admin permission on its repository, or a coordinator admin (or an
+    /// operator, whose token sees the page without its forms). Nobody logged in is sent to
+    /// log in; someone who may not read the project is told "Not found"; a reader or writer
+    /// gets 403 saying what it needs. The forms' handlers ask Bitbucket again before each
+    /// change.
+    Settings,
     /// A list: it shows only the projects the asker may read ([`people::Readable`]).
     List,
     /// A person's own things (their API tokens): a logged-in person.
@@ -117,9 +124,33 @@ fn routes() -> Vec<(Route, Handler)> {
         r("GET", "/badge/{*path}", Badge, get(pages::badge::badge)),
         r(
             "GET",
-            "/projects/{*slug}",
+            "/projects/{workspace}/{repo}",
             Project,
             get(pages::badge::project_page),
+        ),
+        r(
+            "GET",
+            "/projects/{workspace}/{repo}/settings",
+            Settings,
+            get(pages::settings::page),
+        ),
+        r(
+            "POST",
+            "/projects/{workspace}/{repo}/settings",
+            Settings,
+            post(pages::settings::switches),
+        ),
+        r(
+            "POST",
+            "/projects/{workspace}/{repo}/settings/env",
+            Settings,
+            post(pages::settings::set_var),
+        ),
+        r(
+            "POST",
+            "/projects/{workspace}/{repo}/settings/env/{name}/delete",
+            Settings,
+            post(pages::settings::delete_var),
         ),
         r("GET", "/login", Public, get(pages::people::login_page)),
         r(
@@ -235,6 +266,7 @@ async fn guard(
             .find(|(k, _)| *k == name)
             .map(|(_, v)| v.to_owned())
     };
+    let project = || Some(format!("{}/{}", param("workspace")?, param("repo")?));
     let resource = match g.guard {
         Guard::Public | Guard::Badge => return next.run(req).await,
         Guard::Person | Guard::Admin => {
@@ -272,10 +304,16 @@ async fn guard(
             Some(id) => Some(Resource::Pipeline(id)),
             None => return next.run(req).await,
         },
-        Guard::Project => match param("slug") {
+        Guard::Project => match project() {
             Some(slug) => Some(Resource::Project(slug)),
             None => return next.run(req).await,
         },
+        Guard::Settings => {
+            let Some(slug) = project() else {
+                return next.run(req).await;
+            };
+            return settings_guard(&g.state, slug, req, next).await;
+        }
     };
     let asking = match people::asking(&g.state, req.headers()).await {
         Ok(Some(a)) => a,
@@ -307,6 +345,54 @@ async fn guard(
         },
     }
     next.run(req).await
+}
+
+/// The [`Guard::Settings`] of project `slug`.
+async fn settings_guard(
+    state: &AppState,
+    slug: String,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    use crate::model::people::Action;
+    use crate::store::Resource;
+    let asking = match people::asking(state, req.headers()).await {
+        Ok(Some(a)) => a,
+        Ok(None) => return refused(None, req.uri()),
+        Err(e) => {
+            tracing::error!("{e}");
+            return json_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+        }
+    };
+    // Nobody logged in may change anything, public project or not: log in first.
+    if matches!(asking, people::Asking::Anonymous) {
+        return refused(Some(&asking), req.uri());
+    }
+    let project = || Resource::Project(slug.clone());
+    match people::may_on(state, &asking, project(), Action::Read).await {
+        // No such project: the handler's own 404.
+        Ok(None) => return next.run(req).await,
+        Ok(Some(false)) => return refused(Some(&asking), req.uri()),
+        Ok(Some(true)) => {}
+        Err(e) => {
+            tracing::error!("{e}");
+            return json_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+        }
+    }
+    match (
+        people::may_on(state, &asking, project(), Action::Settings).await,
+        &asking,
+    ) {
+        (Ok(Some(true)), _) => next.run(req).await,
+        (Ok(_), people::Asking::Person(v)) => {
+            pages::forbidden(&pages::settings::needs_admin(v, &slug))
+        }
+        (Ok(_), _) => refused(Some(&asking), req.uri()),
+        (Err(e), _) => {
+            tracing::error!("{e}");
+            json_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+        }
+    }
 }
 
 /// Escape text for HTML element content and quoted attribute values.

@@ -10,6 +10,7 @@ pub mod contexts;
 pub mod expression;
 pub mod notify;
 pub mod people;
+pub mod project_settings;
 pub mod schedule;
 pub mod ssh_policy;
 pub mod tokens;

@@ -166,8 +166,10 @@ pub(crate) fn svg(slug: &str, branch: &str, status: BadgeStatus, style: BadgeSty
 /// `project badge-token`, and kept only as a digest).
 pub(crate) async fn project_page(
     State(state): State<Arc<AppState>>,
-    Path(slug): Path<String>,
+    Path((workspace, repo)): Path<(String, String)>,
+    headers: HeaderMap,
 ) -> Response {
+    let slug = format!("{workspace}/{repo}");
     let found = state
         .db(move |s| {
             let Some(p) = s.badge_project(&slug)? else {
@@ -186,8 +188,12 @@ pub(crate) async fn project_page(
         }
     };
     let snippet = markdown(&state.public_url, &p.slug, p.public, "TOKEN");
+    let viewer = crate::people::viewer(&state, &headers)
+        .await
+        .unwrap_or_default();
+    let settings = super::settings::link_for(&state, viewer.as_ref(), &p.slug).await;
     let main = format!(
-        "<h1>{}</h1><h2>Status badge</h2><p>Badges are {}. Paste this into the README:</p>\
+        "<h1>{}</h1>{settings}<h2>Status badge</h2><p>Badges are {}. Paste this into the README:</p>\
          <pre class=\"badge-snippet\">{}</pre>",
         esc(&p.slug),
         if p.public {

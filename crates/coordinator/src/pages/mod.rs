@@ -17,6 +17,7 @@ mod log;
 pub mod people;
 pub mod pipelines;
 pub mod results;
+pub mod settings;
 pub mod ssh;
 pub mod ssh_keys;
 pub mod tokens;
@@ -177,6 +178,11 @@ fn error_page(status: StatusCode, text: &str) -> Response {
 /// read them).
 pub fn not_found() -> Response {
     error_page(StatusCode::NOT_FOUND, "Not found.")
+}
+
+/// A 403 saying why (to someone who may read what they asked to change).
+pub fn forbidden(text: &str) -> Response {
+    error_page(StatusCode::FORBIDDEN, text)
 }
 
 fn internal(e: CoordError) -> Response {

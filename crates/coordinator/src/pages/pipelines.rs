@@ -138,10 +138,13 @@ pub(crate) async fn page(
         Ok(v) => v,
         Err(e) => return json_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     };
-    render(&p, viewer.as_ref()).into_response()
+    let settings = super::settings::link_for(&state, viewer.as_ref(), &p.project).await;
+    render(&p, viewer.as_ref(), &settings).into_response()
 }
 
-fn render(p: &PipelineRow, viewer: Option<&crate::people::Viewer>) -> Html<String> {
+/// The pipeline's page; `settings` is the link to its project's settings page for a viewer
+/// who may use it (else empty).
+fn render(p: &PipelineRow, viewer: Option<&crate::people::Viewer>, settings: &str) -> Html<String> {
     let mut main = format!(
         "<section id=\"pipeline\" data-id=\"{}\" data-status=\"{}\"{}>\
          <h1>{}#{} <small>{}</small></h1>\
@@ -169,6 +172,7 @@ fn render(p: &PipelineRow, viewer: Option<&crate::people::Viewer>) -> Html<Strin
             ""
         }
     );
+    main.push_str(settings);
     if let Some(err) = &p.error {
         main.push_str(&format!(
             "<h2>The pipeline did not run</h2><pre id=\"pipeline-error\">{}</pre>",

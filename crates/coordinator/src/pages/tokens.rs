@@ -92,7 +92,7 @@ const FOREIGN_FORM: &str = "This form did not come from this site (its CSRF toke
      wrong): reload the page and try again.";
 
 /// The viewer behind a form, its CSRF token checked; else the answer to give.
-async fn form_viewer(
+pub(super) async fn form_viewer(
     state: &AppState,
     headers: &HeaderMap,
     csrf: Option<&str>,

@@ -65,6 +65,7 @@ pub mod pg;
 mod pipeline_actions;
 mod pipeline_store;
 pub mod pipelines;
+mod project_settings;
 mod project_store;
 mod queue_store;
 mod schedule_store;
@@ -83,6 +84,7 @@ pub use people_store::{PeopleStore, Person, ProjectAccess, Resource};
 pub use pg::PgStore;
 pub use pipeline_actions::parse_pipeline_ref;
 pub use pipeline_store::{PipelineStore, StatusOutbox};
+pub use project_settings::{ProjectSettingsStore, ProjectVar};
 pub use project_store::{AccessStore, ProjectStore};
 pub use queue_store::QueueStore;
 pub use schedule_store::ScheduleStore;
@@ -110,6 +112,7 @@ pub trait Backend:
     + PipelineStore
     + StatusOutbox
     + ProjectStore
+    + ProjectSettingsStore
     + AccessStore
     + BlobIndex
     + ContextStore
@@ -131,6 +134,7 @@ impl<T> Backend for T where
         + PipelineStore
         + StatusOutbox
         + ProjectStore
+        + ProjectSettingsStore
         + AccessStore
         + BlobIndex
         + ContextStore

@@ -948,5 +948,6 @@ both!(
 );
 
 mod notify_and_people;
+mod project_settings;
 mod ssh_access;
 mod tokens_and_audit;
