@@ -4,7 +4,8 @@
 //! and the next job's claim (what an agent is handed) carries it, secret, to the same
 //! bytes; a writer and a reader are refused and change nothing; a missing, wrong or
 //! another person's CSRF token is refused; admin taken away upstream stops the next change
-//! at once; and the value is never in a page, the audit log or the coordinator's log.
+//! at once; and the value is never in a page, the audit log or the coordinator's log. And
+//! end to end: a variable set on the page reaches a job a real `bosun agent` runs in Docker.
 
 use crate::coordinator_rig::*;
 use crate::harness::{chromium, with_browser};
@@ -343,4 +344,106 @@ async fn an_admin_sets_variables_and_switches_on_the_page_and_nobody_else_can() 
         assert!(!audit.contains(v), "{v} in the audit log: {audit}");
         assert!(!log.contains(v), "{v} in the coordinator's log:\n{log}");
     }
+}
+
+/// End to end with real parts: the variable an admin sets on the page reaches a job a real
+/// `bosun agent` runs in Docker (the Bitbucket stand-in serving git and the webhook), as a
+/// secret: masked where the job prints it, the same bytes where it transforms them.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_variable_set_on_the_page_reaches_a_job_a_real_agent_runs() {
+    use crate::harness::bitbucket::*;
+    use crate::harness::bitbucket_api::{Account, BitbucketApi};
+    use std::os::unix::fs::PermissionsExt;
+    // Printed backwards by the job: not the secret itself, so not masked, yet it shows the
+    // job got exactly these bytes.
+    const SECRET_VALUE: &str = "from-the-page \"q\" & 7e3d";
+    let api = BitbucketApi::start("Bearer not-used-here", None);
+    api.oauth(
+        "consumer-key",
+        "consumer-s3cret-9f",
+        vec![Account {
+            uuid: "{acct-ada}".into(),
+            nickname: "ada".into(),
+            token: "bb-access-ada-Zq9".into(),
+            permissions: vec![(
+                "acme/widget".into(),
+                "{repo-acme/widget}".into(),
+                "admin".into(),
+            )],
+        }],
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("oauth-consumer");
+    std::fs::write(&file, "consumer-key:consumer-s3cret-9f\n").expect("write");
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let cloud = api.cloud_api();
+    let img = crate::harness::image("base");
+    let config = format!(
+        r#"version: 2.1
+jobs:
+  build:
+    docker: [{{image: {img}}}]
+    steps:
+      - run: |
+          echo "raw=$WEB_VAR"
+          echo "rev=$(printf %s "${{WEB_VAR:-none}}" | rev)"
+workflows:
+  main:
+    jobs: [build]
+"#
+    );
+    let s = setup_serving(
+        &config,
+        &["--uuid", UUID],
+        &[
+            "--bitbucket-oauth-file",
+            file.to_str().expect("utf8"),
+            "--bitbucket-oauth-url",
+            &api.base,
+            "--bitbucket-api",
+            &cloud,
+        ],
+        &[],
+        |c, rig| vec![c.agent(rig, "agent-a").labels(&["agent-a"]).start()],
+    );
+    let base = format!("http://{}", s.addr);
+    let ada = login_http(&base, &api, "ada").await;
+    let csrf = csrf_of(&base, &ada).await;
+    let (st, body) = post(
+        &base,
+        "/projects/acme/widget/settings/env",
+        &ada,
+        &[
+            ("csrf", &csrf),
+            ("name", "WEB_VAR"),
+            ("value", SECRET_VALUE),
+        ],
+    )
+    .await;
+    assert_eq!(st, 303, "{body}");
+
+    let sha = s.repo.head();
+    let body = push_payload("acme/widget", "branch", "main", &sha, "config");
+    let (code, answer) = deliver(&s.addr, "repo:push", "{s-1}", &body, SECRET).await;
+    assert_eq!(code, 202, "{answer}");
+    let id = answer["pipelines"][0]["id"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("no pipeline: {answer}"));
+    let p = wait_pipeline(
+        &s.data,
+        id,
+        &["success", "failed"],
+        Duration::from_secs(240),
+    );
+    let log = String::from_utf8_lossy(
+        &store(&s.data)
+            .log_from(job_id(&p, "build"), 0)
+            .expect("log"),
+    )
+    .into_owned();
+    assert_eq!(p.status.as_str(), "success", "{p:#?}\n{log}");
+    assert!(log.contains("raw=********"), "masked: {log}");
+    let reversed: String = SECRET_VALUE.chars().rev().collect();
+    assert!(log.contains(&format!("rev={reversed}")), "{log}");
+    assert!(!log.contains(SECRET_VALUE), "{log}");
 }
