@@ -104,7 +104,7 @@ pub struct People {
     refreshing: Mutex<std::collections::HashSet<i64>>,
     /// Signs the token login form's CSRF field for its cookie (made at start; a restart
     /// only asks a form shown before it to be reloaded).
-    form_key: ring::hmac::Key,
+    form_key: Option<ring::hmac::Key>,
     /// Failed token logins per client address (IPv6 by its /64).
     failures: Mutex<HashMap<IpAddr, rules::Failures>>,
 }
@@ -162,10 +162,9 @@ fn cookie_header(headers: &HeaderMap) -> String {
 impl People {
     pub fn new(settings: Settings) -> People {
         let rng = ring::rand::SystemRandom::new();
-        // Without randomness no form key: a key of zeros would be guessable, so every form
-        // is then refused (the OAuth login needs randomness as much).
-        let form_key = ring::hmac::Key::generate(ring::hmac::HMAC_SHA256, &rng)
-            .unwrap_or_else(|_| ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &[]));
+        // Without randomness no form key (a fixed one would be known to everyone): the
+        // token form is then neither shown nor taken.
+        let form_key = ring::hmac::Key::generate(ring::hmac::HMAC_SHA256, &rng).ok();
         People {
             settings,
             pending: Mutex::new(HashMap::new()),
@@ -184,14 +183,11 @@ impl People {
             .is_some_and(|c| matches!(c.provider, oauth::Provider::DataCenter { .. }))
     }
 
-    fn form_csrf(&self, cookie: &str) -> String {
-        crate::text::hex(
-            ring::hmac::sign(
-                &self.form_key,
-                format!("bosun login form:{cookie}").as_bytes(),
-            )
-            .as_ref(),
-        )
+    fn form_csrf(&self, cookie: &str) -> Option<String> {
+        let key = self.form_key.as_ref()?;
+        Some(crate::text::hex(
+            ring::hmac::sign(key, format!("bosun login form:{cookie}").as_bytes()).as_ref(),
+        ))
     }
 
     /// A new token login form: its cookie (when it was made, and 128 random bits, in hex)
@@ -201,8 +197,11 @@ impl People {
     pub fn login_form(&self) -> Result<LoginForm, LoginError> {
         let made = u64::try_from(crate::store::now_ms()).unwrap_or(0);
         let cookie = format!("{made:016x}{}", random_hex(16)?);
+        let csrf = self.form_csrf(&cookie).ok_or_else(|| {
+            CoordError::Invalid("no randomness for the login form's key at start".to_owned())
+        })?;
         Ok(LoginForm {
-            csrf: self.form_csrf(&cookie),
+            csrf,
             set_cookie: rules::cookie(
                 LOGIN_FORM_COOKIE,
                 &cookie,
@@ -225,9 +224,12 @@ impl People {
             .unwrap_or(0);
         let age = crate::store::now_ms().saturating_sub(made);
         let fresh = (0..i64::try_from(LOGIN_WITHIN.as_millis()).unwrap_or(i64::MAX)).contains(&age);
-        fresh
-            && csrf
-                .is_some_and(|c| constant_time_eq(c.as_bytes(), self.form_csrf(cookie).as_bytes()))
+        match (csrf, self.form_csrf(cookie)) {
+            (Some(given), Some(want)) => {
+                fresh && constant_time_eq(given.as_bytes(), want.as_bytes())
+            }
+            _ => false,
+        }
     }
 
     fn failures(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, rules::Failures>> {
@@ -828,5 +830,67 @@ mod tests {
         assert!(constant_time_eq(b"abc", b"abc"));
         assert!(!constant_time_eq(b"abc", b"abd"));
         assert!(!constant_time_eq(b"abc", b"ab"));
+    }
+
+    fn people() -> People {
+        People::new(Settings {
+            consumer: None,
+            session_lifetime: Duration::from_secs(3600),
+            secure_cookies: false,
+            public_url: "http://ci.example".into(),
+            permissions_refresh: Duration::from_secs(300),
+        })
+    }
+
+    fn with_cookie(pair: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(
+            axum::http::header::COOKIE,
+            axum::http::HeaderValue::from_str(pair).expect("header"),
+        );
+        h
+    }
+
+    #[test]
+    fn the_token_form_is_taken_only_with_its_own_fresh_cookie() {
+        let p = people();
+        let form = p.login_form().expect("form");
+        let pair = form.set_cookie.split(';').next().expect("pair").to_owned();
+        assert!(pair.starts_with("bosun_login_form="));
+        assert!(form.set_cookie.contains("HttpOnly") && form.set_cookie.contains("SameSite=Lax"));
+        assert!(p.login_form_ok(&with_cookie(&pair), Some(&form.csrf)));
+        // No cookie, another form's cookie, no field, a field for another cookie.
+        assert!(!p.login_form_ok(&HeaderMap::new(), Some(&form.csrf)));
+        let other = p.login_form().expect("form");
+        let other_pair = other.set_cookie.split(';').next().expect("pair").to_owned();
+        assert!(!p.login_form_ok(&with_cookie(&other_pair), Some(&form.csrf)));
+        assert!(!p.login_form_ok(&with_cookie(&pair), None));
+        // Two cookies of the name (one planted by a sibling site): neither counts.
+        assert!(!p.login_form_ok(
+            &with_cookie(&format!("{pair}; {other_pair}")),
+            Some(&form.csrf)
+        ));
+        // Another server's key (a restart): refused.
+        assert!(!people().login_form_ok(&with_cookie(&pair), Some(&form.csrf)));
+        // Signed, but made longer ago than a login may take: refused.
+        let made = u64::try_from(crate::store::now_ms()).expect("now")
+            - u64::try_from(LOGIN_WITHIN.as_millis()).expect("ms")
+            - 1_000;
+        let old = format!("{made:016x}{}", "ab".repeat(16));
+        let field = p.form_csrf(&old).expect("key");
+        assert!(!p.login_form_ok(
+            &with_cookie(&format!("{LOGIN_FORM_COOKIE}={old}")),
+            Some(&field)
+        ));
+        let now = format!(
+            "{:016x}{}",
+            u64::try_from(crate::store::now_ms()).expect("now"),
+            "ab".repeat(16)
+        );
+        let field = p.form_csrf(&now).expect("key");
+        assert!(p.login_form_ok(
+            &with_cookie(&format!("{LOGIN_FORM_COOKIE}={now}")),
+            Some(&field)
+        ));
     }
 }

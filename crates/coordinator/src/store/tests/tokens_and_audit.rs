@@ -147,11 +147,20 @@ both!(
         assert_eq!(left, [5_000, 4_000]);
         // The cut-off itself stays: only rows written before it go.
         assert_eq!(s.prune_audit(4_000, 10).expect("prune"), 0);
-        // Many rows: the door's loop takes them all, batch after batch.
+        // Many rows: batch after batch until a batch comes back short (as `audit::prune`
+        // goes), each statement bounded.
         for i in 0..2_500 {
             s.record_audit(10 + i, &row(i)).expect("record");
         }
-        assert_eq!(crate::audit::prune(s, 4_000).expect("prune all"), 2_500);
+        let mut batches = Vec::new();
+        loop {
+            let n = s.prune_audit(4_000, 1_000).expect("prune");
+            batches.push(n);
+            if n < 1_000 {
+                break;
+            }
+        }
+        assert_eq!(batches, [1_000, 1_000, 500]);
         assert_eq!(s.audit_log(None, 10_000).expect("rows").len(), 2);
     }
 );
