@@ -462,6 +462,30 @@ async fn data_center_people_log_in_with_an_http_access_token() {
     let (st, body) = cancel(&base, &t.pipeline, &writer).await;
     assert!((200..300).contains(&st), "{st} {body}");
 
+    // "Read my keys from Bitbucket" reads them with the kept token, as its user.
+    t.api.set_account_ssh_keys(
+        "writer",
+        &[(
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKqP3Cr632C2dNhhgKVcon4ldUSAeKiku2yP9O9/bDtY",
+            "laptop",
+        )],
+    );
+    let csrf = csrf_of(&base, &writer).await;
+    let r = http()
+        .post(format!("{base}/me/ssh-keys/bitbucket"))
+        .header("cookie", format!("bosun_session={writer}"))
+        .form(&[("csrf", csrf.as_str())])
+        .send()
+        .await
+        .expect("import");
+    assert_eq!(r.status().as_u16(), 303, "{:?}", r.text().await);
+    assert!(t
+        .api
+        .requests()
+        .iter()
+        .any(|r| r.call() == "GET /rest/ssh/latest/keys"
+            && r.header("authorization") == Some(bearer.as_str())));
+
     // A wrong token: refused, saying why, never echoing it; no session.
     let (cookie, csrf) = token_form(&base).await;
     let wrong = "NjQ2MDk0NzE3MzY0OuWRONGwrongWRONGwrongWRONG";
