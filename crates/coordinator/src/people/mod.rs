@@ -5,7 +5,12 @@
 //!   Bitbucket Cloud or Data Center ([`oauth`], one per coordinator) with a random `state` and a PKCE verifier, both kept here in
 //!   memory for ten minutes and bound to the browser by a short-lived cookie holding the
 //!   state; the code is exchanged on the server, the account and its repository permissions
-//!   read with the token, the token dropped.
+//!   read with the token, the token dropped. On Data Center also [`token_login`]: an HTTP
+//!   access token pasted in a form bound to the browser by its own cookie (login CSRF),
+//!   failed tries limited per client address; the same `open_login` after either.
+//! - **The kept credential** (an OAuth refresh token, or the pasted HTTP access token,
+//!   sealed by the store) reads the permissions again without the person
+//!   ([`refresh_permissions`]); a pasted token Data Center refuses is forgotten.
 //! - **Sessions**: a random 256-bit id in an `HttpOnly`, `SameSite=Lax` cookie (`Secure`
 //!   behind TLS); the store keeps only its SHA-256 with an expiry. Every login makes a new
 //!   id and ends the session the browser came with (no fixation); logout ends it on the

@@ -9,7 +9,10 @@
 //! flow at `{server}/rest/oauth2/latest/authorize` and `…/token` (the client's id and secret
 //! in the form body, never in a URL); the person is `GET /plugins/servlet/applinks/whoami`
 //! (their user name) then `GET /rest/api/latest/users?filter=NAME`, their permissions
-//! `GET /rest/api/latest/repos?permission=REPO_READ|REPO_WRITE|REPO_ADMIN`, every page.
+//! `GET /rest/api/latest/repos?permission=REPO_READ|REPO_WRITE|REPO_ADMIN`, every page. A
+//! Data Center HTTP access token pasted at login names its user in the `X-AUSERNAME`
+//! header of a REST answer ([`Consumer::access_token_account`]) and is then used as the
+//! access token is.
 
 use crate::bitbucket::rest::client::Paging;
 use crate::bitbucket::rest::{Client, Credentials, RestError};
