@@ -95,7 +95,7 @@ pub(crate) fn http() -> reqwest::Client {
 }
 
 /// The browser's session cookie: its value, and that it is HttpOnly and SameSite=Lax.
-fn session_cookie(b: &mut Browser, base: &str) -> Option<String> {
+pub(crate) fn session_cookie(b: &mut Browser, base: &str) -> Option<String> {
     let c = b.call("Network.getCookies", json!({"urls": [base]}), true);
     let c = c["cookies"]
         .as_array()
@@ -556,6 +556,8 @@ async fn every_web_route_is_guarded_as_its_table_says() {
         "/login",
         "/login/bitbucket",
         "/login/bitbucket/callback",
+        // The token login form: its own cookie-bound CSRF field, before any session.
+        "/login/bitbucket/token",
         "/logout",
         "/me",
         // A person's own SSH keys: their session and CSRF token decide.

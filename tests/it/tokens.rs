@@ -503,3 +503,78 @@ async fn project_tokens_are_read_only_or_trigger_only_on_every_route() {
         assert!(!audit.contains(token.as_str()), "{audit}");
     }
 }
+
+/// The audit log pruned: on the host at once (`audit prune`, itself recorded with how many
+/// rows went), and by the server by `--audit-retention` (at its start, then hourly);
+/// `forever` keeps every row.
+#[test]
+fn the_audit_log_is_pruned_on_the_host_and_by_the_server() {
+    let audit = |data: &std::path::Path| -> Vec<Value> {
+        cli(data, &["audit", "--json"])
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("a JSON line"))
+            .collect()
+    };
+    let mut s = fresh(&["--audit-retention", "forever"]);
+    let dir = s._dir.take();
+    let data = s.data.clone();
+    cli(&data, &["operator", "new", "ops"]);
+    // Kept for ever: the project's addition and the token, whatever their age.
+    std::thread::sleep(Duration::from_millis(300));
+    let rows = audit(&data);
+    let n = rows.len();
+    assert!(n >= 2 && rows[0]["action"] == "token-made", "{rows:?}");
+    drop(s);
+
+    // On the host: everything older than 100ms goes, and the prune says so.
+    let out = cli(&data, &["audit", "prune", "--older-than", "100ms"]);
+    assert!(
+        out.contains(&format!("removed {n} audit log rows written before")),
+        "{out}"
+    );
+    let rows = audit(&data);
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0]["action"], "audit-pruned");
+    assert!(
+        rows[0]["actor"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("host:")),
+        "{rows:?}"
+    );
+    assert_eq!(rows[0]["detail"], format!("{n} removed, on the host"));
+    // `forever` removes nothing, so prune refuses it, naming the flag.
+    let out = std::process::Command::new(BIN)
+        .args([
+            "coordinator",
+            "audit",
+            "prune",
+            "--older-than",
+            "forever",
+            "--data",
+        ])
+        .arg(&data)
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--older-than"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // The server with a retention prunes at its start.
+    cli(&data, &["operator", "new", "ops2"]);
+    std::thread::sleep(Duration::from_millis(300));
+    let server = start(&data, &["--audit-retention", "200ms"]);
+    let started = std::time::Instant::now();
+    while !audit(&data).is_empty() {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "rows past the retention still there: {:?}",
+            audit(&data)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    drop(server);
+    drop(dir);
+}

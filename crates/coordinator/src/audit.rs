@@ -30,3 +30,59 @@ pub fn host() -> Actor {
         .unwrap_or_else(|| "unknown".to_owned());
     Actor::Host(user)
 }
+
+/// Delete every row written before `cut_off` (ms), [`crate::model::audit::PRUNE_BATCH`] at
+/// a time (each its own statement, so other writers get in between): how many went.
+pub fn prune(s: &dyn Backend, cut_off: i64) -> crate::Result<u64> {
+    let batch = crate::model::audit::PRUNE_BATCH;
+    let mut total = 0u64;
+    loop {
+        let n = s.prune_audit(cut_off, batch)?;
+        total += n;
+        if n < u64::from(batch) {
+            return Ok(total);
+        }
+    }
+}
+
+/// How often the server prunes the audit log (`serve --audit-retention`).
+const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Prune rows older than `retention` now and every [`SWEEP_EVERY`] until the server stops;
+/// one batch per store call, so a large backlog never holds the writer for long.
+pub fn spawn_sweeper(state: std::sync::Arc<AppState>, retention: crate::model::audit::Retention) {
+    if retention == crate::model::audit::Retention::Forever {
+        return;
+    }
+    tokio::spawn(async move {
+        loop {
+            if let Some(cut_off) = crate::model::audit::cut_off(crate::store::now_ms(), retention) {
+                match sweep(&state, cut_off).await {
+                    Ok(0) => {}
+                    Ok(n) => {
+                        tracing::info!(rows = n, "audit log: rows past --audit-retention removed")
+                    }
+                    Err(e) => tracing::warn!("audit log: pruning failed (tried again later): {e}"),
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(SWEEP_EVERY) => {}
+                _ = state.shutdown.cancelled() => return,
+            }
+        }
+    });
+}
+
+async fn sweep(state: &AppState, cut_off: i64) -> crate::Result<u64> {
+    let batch = crate::model::audit::PRUNE_BATCH;
+    let mut total = 0u64;
+    loop {
+        let n = state
+            .db(move |s: &dyn Backend| s.prune_audit(cut_off, batch))
+            .await?;
+        total += n;
+        if n < u64::from(batch) || state.shutdown.is_cancelled() {
+            return Ok(total);
+        }
+    }
+}

@@ -5,11 +5,16 @@
 use super::audit::{host, AuditAction, Event};
 use super::Result;
 use super::{cli_api, cli_notify, cli_people, cli_pipelines, Command, DataArg, ProjectCommand};
+use crate::model::audit::Retention;
 
 #[derive(clap::Args, Debug)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub struct AuditArgs {
+    #[command(subcommand)]
+    pub command: Option<AuditCommand>,
+    /// Needed unless a subcommand is given (which takes its own).
     #[command(flatten)]
-    pub data: DataArg,
+    pub data: Option<DataArg>,
     /// One JSON object a line (`id`, `at`, `at_ms`, `actor`, `action`, `project`,
     /// `target`, `detail`), for a log shipper or `jq`.
     #[arg(long)]
@@ -19,11 +24,67 @@ pub struct AuditArgs {
     pub limit: Option<u32>,
 }
 
+#[derive(clap::Subcommand, Debug)]
+pub enum AuditCommand {
+    /// Remove the rows older than DURATION now (`serve --audit-retention` does it every
+    /// hour); the removal is itself recorded, with how many rows went.
+    Prune {
+        #[command(flatten)]
+        data: DataArg,
+        /// Rows written longer ago than this go (90d, 12h, 30m).
+        #[arg(long, value_name = "DURATION", value_parser = parse_older_than)]
+        older_than: Retention,
+    },
+}
+
+/// `--older-than`: a duration (`forever` would remove nothing, so it is refused).
+fn parse_older_than(s: &str) -> std::result::Result<Retention, String> {
+    match s.parse::<Retention>()? {
+        Retention::Forever => Err(format!(
+            "`{}`: prune takes a duration such as 90d; rows are never removed by `forever`",
+            crate::printable(s)
+        )),
+        r => Ok(r),
+    }
+}
+
+/// `audit prune`: delete the rows older than `older_than`, then record that it was done
+/// (after, so the new row is not among those removed).
+pub fn prune(data: &DataArg, older_than: Retention, print: &mut dyn FnMut(String)) -> Result<()> {
+    let store = data.open()?;
+    let cut_off = crate::model::audit::cut_off(crate::store::now_ms(), older_than);
+    let removed = match cut_off {
+        Some(at) => crate::audit::prune(&*store, at)?,
+        None => 0,
+    };
+    let before = cut_off
+        .map(bosun_protocol::time::iso_utc)
+        .unwrap_or_else(|| "the epoch".to_owned());
+    crate::audit::record(
+        &*store,
+        Event::new(host(), AuditAction::Pruned)
+            .target(format!("rows before {before}"))
+            .detail(format!("{removed} removed, on the host")),
+    )?;
+    print(format!(
+        "removed {removed} audit log rows written before {before}"
+    ));
+    Ok(())
+}
+
 /// Rows read from the store at a time.
 const PAGE: u32 = 500;
 
 pub fn audit(a: AuditArgs, print: &mut dyn FnMut(String)) -> Result<()> {
-    let store = a.data.open()?;
+    if let Some(AuditCommand::Prune { data, older_than }) = &a.command {
+        return prune(data, *older_than, print);
+    }
+    let Some(data) = &a.data else {
+        return Err(crate::CoordError::Invalid(
+            "audit: --data DIR is needed (or BOSUN_COORDINATOR_DATA)".to_owned(),
+        ));
+    };
+    let store = data.open()?;
     let mut left = a.limit.unwrap_or(u32::MAX);
     let mut before = None;
     while left > 0 {
@@ -55,7 +116,8 @@ pub fn audit(a: AuditArgs, print: &mut dyn FnMut(String)) -> Result<()> {
 }
 
 /// What a host command records once it succeeded, and the store to record it in; `None`
-/// for a command that only reads (or is not audited: agents, schedules, contexts).
+/// for a command that only reads (or is not audited: agents, schedules, contexts), and
+/// for `audit prune`, which records itself with the number of rows it removed.
 pub fn event_of(cmd: &Command) -> Option<(DataArg, Event)> {
     use AuditAction::*;
     let ev = |a| Event::new(host(), a).detail("on the host");
@@ -218,5 +280,55 @@ mod tests {
         assert_eq!(event(&["jobs"]), None);
         assert_eq!(event(&["person", "ls"]), None);
         assert_eq!(event(&["audit", "--json"]), None);
+        assert_eq!(event(&["audit", "prune", "--older-than", "30d"]), None);
+    }
+
+    #[test]
+    fn audit_prune_takes_a_duration_and_its_own_data_dir() {
+        let cli = Cli::try_parse_from([
+            "coordinator",
+            "audit",
+            "prune",
+            "--older-than",
+            "90d",
+            "--data",
+            "/d",
+        ])
+        .expect("parses");
+        let Command::Audit(a) = cli.command else {
+            panic!("audit")
+        };
+        match a.command {
+            Some(AuditCommand::Prune { data, older_than }) => {
+                assert_eq!(data.data, std::path::PathBuf::from("/d"));
+                assert_eq!(
+                    older_than,
+                    Retention::For(std::time::Duration::from_secs(90 * 86_400))
+                );
+            }
+            None => panic!("no prune"),
+        }
+        for bad in ["forever", "0", "soon"] {
+            let e = Cli::try_parse_from([
+                "coordinator",
+                "audit",
+                "prune",
+                "--older-than",
+                bad,
+                "--data",
+                "/d",
+            ])
+            .expect_err(bad)
+            .to_string();
+            assert!(e.contains("--older-than"), "{e}");
+        }
+        // The log itself still reads as before.
+        let cli = Cli::try_parse_from(["coordinator", "audit", "--json", "--data", "/d"])
+            .expect("parses");
+        let Command::Audit(a) = cli.command else {
+            panic!("audit")
+        };
+        assert!(a.json && a.command.is_none());
+        assert!(a.data.is_some());
     }
 }

@@ -165,7 +165,8 @@ pub enum Command {
     Person(cli_people::PersonCommand),
     /// The audit log, newest first: who logged in or out, triggered, reran, approved,
     /// canceled, changed settings, made or revoked a token, granted or revoked admin
-    /// (`--json`: JSON lines; docs/people.md).
+    /// (`--json`: JSON lines; docs/people.md); `audit prune --older-than DURATION` removes
+    /// older rows.
     Audit(cli_audit::AuditArgs),
     /// Move this coordinator's store from SQLite into PostgreSQL (`--from sqlite:DIR --to
     /// postgres://…`), and with `--blobs-to s3://…` its blobs and finished logs into a

@@ -281,6 +281,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         .clone()
         .spawn_sweeper(store.clone(), state.shutdown.clone());
     tokio::spawn(reap_leases(state.clone()));
+    crate::audit::spawn_sweeper(state.clone(), args.audit_retention);
     pipelines::spawn(
         state.clone(),
         pipelines::RunnerSettings {

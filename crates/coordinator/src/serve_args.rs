@@ -162,6 +162,11 @@ pub struct ServeArgs {
     /// whatever their age. A permission taken away on Bitbucket applies within this.
     #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_ttl)]
     pub permissions_refresh: Duration,
+    /// How long the audit log keeps a row: older rows are removed at start and every hour
+    /// (`forever` or `0`: every row is kept). `bosun coordinator audit prune --older-than`
+    /// removes older rows at once.
+    #[arg(long, value_name = "DURATION", default_value = crate::model::audit::DEFAULT_RETENTION)]
+    pub audit_retention: crate::model::audit::Retention,
     /// Serve `/metrics` to anyone who reaches it (a scraper without a token). Without it,
     /// `/metrics` needs an operator token (`Authorization: Bearer`) or a coordinator
     /// admin's session. The metrics are counts only, naming no project.

@@ -192,6 +192,7 @@ pub async fn serve(
             let service = Counted {
                 inner: hyper_util::service::TowerToHyperService::new(app),
                 conn: counted,
+                peer: peer.ip(),
             };
             match tls {
                 None => serve_connection(stream, peer, service, limits, stop, over_cap).await,
@@ -333,7 +334,13 @@ fn peek(stream: &tokio::net::TcpStream, buf: &mut [u8]) -> std::io::Result<usize
 struct Counted {
     inner: hyper_util::service::TowerToHyperService<axum::Router>,
     conn: Arc<Connection>,
+    peer: std::net::IpAddr,
 }
+
+/// The address a request's connection comes from (a request extension), for what is
+/// counted per client, such as failed logins. Behind a reverse proxy it is the proxy's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientAddr(pub std::net::IpAddr);
 
 impl hyper::service::Service<axum::http::Request<hyper::body::Incoming>> for Counted {
     type Response = axum::http::Response<CountedBody>;
@@ -345,7 +352,8 @@ impl hyper::service::Service<axum::http::Request<hyper::body::Incoming>> for Cou
         >,
     >;
 
-    fn call(&self, req: axum::http::Request<hyper::body::Incoming>) -> Self::Future {
+    fn call(&self, mut req: axum::http::Request<hyper::body::Incoming>) -> Self::Future {
+        req.extensions_mut().insert(ClientAddr(self.peer));
         let in_request = self.conn.request();
         let response = self.inner.call(req);
         Box::pin(async move {

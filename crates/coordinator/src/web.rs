@@ -165,6 +165,13 @@ fn routes() -> Vec<(Route, Handler)> {
             Public,
             get(pages::people::login_callback),
         ),
+        // Its own CSRF defence (a cookie set with the form, before any session).
+        r(
+            "POST",
+            "/login/bitbucket/token",
+            Public,
+            post(pages::people::token_login),
+        ),
         r("POST", "/logout", Public, post(pages::people::logout)),
         r("GET", "/me", Public, get(pages::people::me)),
         // A person's own keys: their session and CSRF token decide; nothing of a project.

@@ -108,6 +108,9 @@ pub struct OAuth {
     /// Each account's SSH keys (by nickname): `(key, label)`, as `GET /2.0/users/{uuid}/
     /// ssh-keys` answers them to the account's own token.
     pub ssh_keys: std::collections::HashMap<String, Vec<(String, String)>>,
+    /// Data Center HTTP access tokens (personal: token → the nickname it acts as), taken as
+    /// `Authorization: Bearer` on `/rest` only, as Data Center takes them.
+    pub http_tokens: std::collections::HashMap<String, String>,
 }
 
 #[derive(Default)]
@@ -193,6 +196,23 @@ impl BitbucketApi {
                 a.permissions.push((full_name.into(), uuid, p.into()));
             }
         }
+    }
+
+    /// A Data Center HTTP access token `token` made by `nickname` (Manage account → HTTP
+    /// access tokens).
+    pub fn http_access_token(&self, nickname: &str, token: &str) {
+        let mut s = self.state.lock().expect("lock");
+        s.oauth.http_tokens.insert(token.into(), nickname.into());
+    }
+
+    /// Revoke an HTTP access token (it is refused with 401 from then on).
+    pub fn revoke_http_access_token(&self, token: &str) {
+        self.state
+            .lock()
+            .expect("lock")
+            .oauth
+            .http_tokens
+            .remove(token);
     }
 
     /// The SSH keys on an account's Bitbucket profile, `(public line, label)`.
@@ -721,10 +741,18 @@ fn oauth_answer(
         .header("authorization")
         .and_then(|h| h.strip_prefix("Bearer "))
         .unwrap_or("");
+    // An HTTP access token acts as its user on `/rest` (and `/scm`) only; elsewhere Data
+    // Center (8.9.22, 8.19.12, 9.3.2 and later) sends it to the login page.
+    let http_token_of = o.http_tokens.get(bearer).cloned();
     let account = o
         .accounts
         .iter()
-        .find(|a| !bearer.is_empty() && a.token == bearer)
+        .find(|a| {
+            !bearer.is_empty()
+                && (a.token == bearer
+                    || (path.starts_with("/rest/")
+                        && http_token_of.as_deref() == Some(a.nickname.as_str())))
+        })
         .cloned();
     let unauthorized = json(
         401,
@@ -813,6 +841,29 @@ fn oauth_answer(
             Some(json(200, token_of(&o.accounts[who])))
         }
         // ---- Data Center: who the token is, the user, the repositories by permission ----
+        ("GET", "/plugins/servlet/applinks/whoami") if http_token_of.is_some() => {
+            Some((302, format!("Location: {base}/login\r\n"), String::new()))
+        }
+        // Every authenticated REST answer names its user in `X-AUSERNAME`; a bearer token
+        // Data Center does not take is a 401, no credentials an anonymous answer.
+        ("GET", "/rest/api/latest/application-properties") => {
+            let props = serde_json::json!({"version": "8.19.12", "buildNumber": "8019012",
+                "buildDate": "1733000000000", "displayName": "Bitbucket"});
+            Some(match (&account, req.header("authorization")) {
+                (Some(a), _) => (
+                    200,
+                    format!("X-AUSERNAME: {}\r\nX-AUSERID: {}\r\n", a.nickname, a.uuid),
+                    props.to_string(),
+                ),
+                (None, Some(_)) => json(
+                    401,
+                    serde_json::json!({"errors": [{"context": null, "exceptionName":
+                        "com.atlassian.bitbucket.auth.IncorrectPasswordAuthenticationException",
+                        "message": "Authentication failed. Please check your credentials and try again."}]}),
+                ),
+                (None, None) => (200, String::new(), props.to_string()),
+            })
+        }
         ("GET", "/plugins/servlet/applinks/whoami") => Some(match account {
             Some(a) => (200, String::new(), a.nickname),
             None => (401, String::new(), String::new()),

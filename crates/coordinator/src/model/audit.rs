@@ -22,6 +22,8 @@ pub enum AuditAction {
     TokenRevoked,
     GrantAdmin,
     RevokeAdmin,
+    /// Rows older than a cut-off removed on the host (`audit prune`).
+    Pruned,
 }
 
 impl AuditAction {
@@ -38,6 +40,7 @@ impl AuditAction {
         AuditAction::TokenRevoked,
         AuditAction::GrantAdmin,
         AuditAction::RevokeAdmin,
+        AuditAction::Pruned,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -54,6 +57,7 @@ impl AuditAction {
             AuditAction::TokenRevoked => "token-revoked",
             AuditAction::GrantAdmin => "grant-admin",
             AuditAction::RevokeAdmin => "revoke-admin",
+            AuditAction::Pruned => "audit-pruned",
         }
     }
 }
@@ -248,6 +252,53 @@ pub fn json_line(r: &AuditRow) -> String {
     .to_string()
 }
 
+/// How long rows are kept: `serve --audit-retention` and `audit prune --older-than`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retention {
+    /// Every row, for ever (`0` or `forever`).
+    Forever,
+    /// Rows younger than this.
+    For(std::time::Duration),
+}
+
+/// The server's retention when none is given: a year, long enough for a yearly access
+/// review, short enough that the log does not grow without end.
+pub const DEFAULT_RETENTION: &str = "365d";
+
+impl FromStr for Retention {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Retention, String> {
+        match s.trim() {
+            "0" | "forever" => Ok(Retention::Forever),
+            t => bosun_config::parse_duration(t)
+                .filter(|d| !d.is_zero())
+                .map(Retention::For)
+                .ok_or_else(|| {
+                    format!(
+                        "`{}`: expected a duration such as 90d, 12h or 30m, or `forever` (or 0) \
+                         to keep every row",
+                        crate::text::printable(s)
+                    )
+                }),
+        }
+    }
+}
+
+/// Rows written before this instant (ms) go: `now` less the retention, or `None` (nothing
+/// goes) when rows are kept for ever or the retention reaches back before the epoch.
+pub fn cut_off(now_ms: i64, retention: Retention) -> Option<i64> {
+    let Retention::For(d) = retention else {
+        return None;
+    };
+    let keep = i64::try_from(d.as_millis()).ok()?;
+    let at = now_ms.checked_sub(keep)?;
+    (at > 0).then_some(at)
+}
+
+/// Rows deleted per statement when pruning: small enough that one delete holds the
+/// writer only briefly, so logins and triggers recording rows meanwhile are not held up.
+pub const PRUNE_BATCH: u32 = 1_000;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -318,5 +369,49 @@ mod tests {
         assert_eq!(v["target"], "pipeline 3\nx");
         assert_eq!(v["at_ms"], 1_796_601_600_000i64);
         assert!(v["at"].as_str().is_some_and(|t| t.ends_with('Z')), "{v}");
+    }
+
+    #[test]
+    fn retention_reads_durations_and_forever() {
+        use std::time::Duration;
+        assert_eq!(
+            "365d".parse::<Retention>(),
+            Ok(Retention::For(Duration::from_secs(365 * 86_400)))
+        );
+        assert_eq!(
+            "12h".parse::<Retention>(),
+            Ok(Retention::For(Duration::from_secs(12 * 3_600)))
+        );
+        assert_eq!("forever".parse::<Retention>(), Ok(Retention::Forever));
+        assert_eq!("0".parse::<Retention>(), Ok(Retention::Forever));
+        for bad in ["", "-5d", "1y", "0s", "soon\n"] {
+            let e = bad.parse::<Retention>().expect_err(bad);
+            assert!(e.contains("forever") && !e.contains('\n'), "{e}");
+        }
+        assert!(DEFAULT_RETENTION.parse::<Retention>().is_ok());
+    }
+
+    #[test]
+    fn the_cut_off_is_now_less_the_retention_and_never_before_the_epoch() {
+        use std::time::Duration;
+        let day = 86_400_000i64;
+        let now = 1_796_601_600_000;
+        let year = Retention::For(Duration::from_secs(365 * 86_400));
+        assert_eq!(cut_off(now, year), Some(now - 365 * day));
+        assert_eq!(
+            cut_off(now, Retention::For(Duration::from_millis(1))),
+            Some(now - 1)
+        );
+        assert_eq!(cut_off(now, Retention::Forever), None);
+        // A retention longer than the clock has run keeps everything.
+        assert_eq!(
+            cut_off(now, Retention::For(Duration::from_secs(100 * 365 * 86_400))),
+            None
+        );
+        assert_eq!(cut_off(i64::MIN, year), None);
+        assert_eq!(
+            cut_off(now, Retention::For(Duration::from_secs(u64::MAX))),
+            None
+        );
     }
 }

@@ -72,6 +72,99 @@ pub fn data_center_person(server: &str, id: u64) -> String {
     format!("dc:{}/{id}", server.to_ascii_lowercase())
 }
 
+/// What Bosun keeps of a person's login to read their permissions again without them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CredentialKind {
+    /// The OAuth refresh token Bitbucket gave at login (Cloud, or Data Center's provider):
+    /// swapped for a short-lived access token at each read.
+    RefreshToken,
+    /// A Data Center HTTP access token the person pasted at login: used as it is, until
+    /// Data Center refuses it (revoked, expired).
+    HttpAccessToken,
+}
+
+impl CredentialKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CredentialKind::RefreshToken => "refresh-token",
+            CredentialKind::HttpAccessToken => "http-access-token",
+        }
+    }
+}
+
+impl FromStr for CredentialKind {
+    type Err = UnknownWord;
+    fn from_str(s: &str) -> Result<CredentialKind, UnknownWord> {
+        match s {
+            "refresh-token" => Ok(CredentialKind::RefreshToken),
+            "http-access-token" => Ok(CredentialKind::HttpAccessToken),
+            _ => Err(UnknownWord {
+                what: "Bitbucket credential",
+                word: s.to_owned(),
+            }),
+        }
+    }
+}
+
+/// A person's kept credential (the store keeps it sealed; it never reaches a log).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credential {
+    pub kind: CredentialKind,
+    pub secret: zeroize::Zeroizing<String>,
+}
+
+impl fmt::Debug for Credential {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credential")
+            .field("kind", &self.kind)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The longest HTTP access token a login form takes (Data Center's are 44 characters).
+pub const MAX_ACCESS_TOKEN: usize = 256;
+
+/// Whether a pasted HTTP access token is worth sending to Data Center: 20 to
+/// [`MAX_ACCESS_TOKEN`] visible ASCII characters, none that a header could not carry. What
+/// is not is refused without asking (and counts as a failed attempt).
+pub fn access_token_shape_ok(token: &str) -> bool {
+    (20..=MAX_ACCESS_TOKEN).contains(&token.len()) && token.bytes().all(|b| b.is_ascii_graphic())
+}
+
+/// Failed token logins one client address may make in [`FAILED_LOGIN_WINDOW_MS`].
+pub const FAILED_LOGINS: u32 = 10;
+/// The window failed token logins are counted in.
+pub const FAILED_LOGIN_WINDOW_MS: i64 = 10 * 60 * 1000;
+
+/// An address's failed token logins: how many since `since` (ms).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Failures {
+    pub count: u32,
+    pub since: i64,
+}
+
+/// When an address that failed so may try again: `None` (now), or the instant (ms) its
+/// window ends. A window that ended counts nothing.
+pub fn may_try_login(f: Option<Failures>, now: i64) -> Option<i64> {
+    let f = f?;
+    let ends = f.since.saturating_add(FAILED_LOGIN_WINDOW_MS);
+    (now < ends && f.count >= FAILED_LOGINS).then_some(ends)
+}
+
+/// The count after one more failure at `now` (a window that ended starts again).
+pub fn one_more_failure(f: Option<Failures>, now: i64) -> Failures {
+    match f {
+        Some(f) if now < f.since.saturating_add(FAILED_LOGIN_WINDOW_MS) => Failures {
+            count: f.count.saturating_add(1),
+            since: f.since,
+        },
+        _ => Failures {
+            count: 1,
+            since: now,
+        },
+    }
+}
+
 /// Something a person asks to do with a project.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Action {
@@ -352,5 +445,69 @@ mod tests {
         assert_eq!(cookie_value("s=abc0; s=def1", "s"), None);
         assert_eq!(cookie_value("s=<script>", "s"), None);
         assert_eq!(cookie_value("ss=ab", "s"), None);
+    }
+
+    #[test]
+    fn credential_kinds_read_as_they_are_written_and_never_print_their_secret() {
+        for k in [
+            CredentialKind::RefreshToken,
+            CredentialKind::HttpAccessToken,
+        ] {
+            assert_eq!(k.as_str().parse::<CredentialKind>(), Ok(k));
+        }
+        assert!("password".parse::<CredentialKind>().is_err());
+        let c = Credential {
+            kind: CredentialKind::HttpAccessToken,
+            secret: zeroize::Zeroizing::new("NjQ2MDk0NzE3MzY0OkSECRET".into()),
+        };
+        assert!(!format!("{c:?}").contains("SECRET"));
+    }
+
+    #[test]
+    fn a_pasted_token_is_sent_only_when_it_looks_like_one() {
+        assert!(access_token_shape_ok(
+            "NjQ2MDk0NzE3MzY0OuPQHk2vEEsW+qaDfrLBQbHUtvHX"
+        ));
+        for bad in [
+            "",
+            "short",
+            "has a space in the middle of it ok",
+            "line\nbreak-0123456789abcdef",
+            "caf\u{e9}-0123456789abcdefghij",
+        ] {
+            assert!(!access_token_shape_ok(bad), "{bad:?}");
+        }
+        assert!(!access_token_shape_ok(&"x".repeat(MAX_ACCESS_TOKEN + 1)));
+        assert!(access_token_shape_ok(&"x".repeat(MAX_ACCESS_TOKEN)));
+    }
+
+    #[test]
+    fn failed_token_logins_are_limited_per_window() {
+        let t0 = 1_000_000;
+        let mut f = None;
+        for i in 0..FAILED_LOGINS {
+            assert_eq!(may_try_login(f, t0 + i64::from(i)), None, "try {i}");
+            f = Some(one_more_failure(f, t0 + i64::from(i)));
+        }
+        let ends = t0 + FAILED_LOGIN_WINDOW_MS;
+        assert_eq!(may_try_login(f, t0 + 100), Some(ends));
+        assert_eq!(may_try_login(f, ends - 1), Some(ends));
+        // The window over: tries again, and the next failure starts a new window.
+        assert_eq!(may_try_login(f, ends), None);
+        let again = one_more_failure(f, ends + 5);
+        assert_eq!(
+            again,
+            Failures {
+                count: 1,
+                since: ends + 5
+            }
+        );
+        assert_eq!(may_try_login(None, t0), None);
+        // Counts never wrap.
+        let many = Failures {
+            count: u32::MAX,
+            since: t0,
+        };
+        assert_eq!(one_more_failure(Some(many), t0).count, u32::MAX);
     }
 }

@@ -1,6 +1,8 @@
 //! The pages of logging in and out: `GET /login` (the "Log in with Bitbucket" page),
 //! `GET /login/bitbucket` (starts the OAuth flow), `GET /login/bitbucket/callback` (where
-//! Bitbucket sends the browser back), `POST /logout` (a form carrying the CSRF token) and
+//! Bitbucket sends the browser back), `POST /login/bitbucket/token` (a Data Center HTTP
+//! access token pasted in the login page's form), `POST /logout` (a form carrying the CSRF
+//! token) and
 //! `GET /me` (who you are). The rules are in [`crate::people`].
 
 use super::{error_page, esc, internal, shell};
@@ -50,11 +52,30 @@ pub async fn login_page(
     Query(q): Query<ReturnQuery>,
     headers: HeaderMap,
 ) -> Response {
-    let viewer = match people::viewer(&state, &headers).await {
+    login_page_saying(&state, q.return_to.as_deref(), &headers, None).await
+}
+
+/// The login page, with `said` (why the last try failed: never quoting what was pasted)
+/// above the ways to log in, and a new token login form with its cookie.
+async fn login_page_saying(
+    state: &AppState,
+    return_to: Option<&str>,
+    headers: &HeaderMap,
+    said: Option<(StatusCode, String)>,
+) -> Response {
+    let viewer = match people::viewer(state, headers).await {
         Ok(v) => v,
         Err(e) => return internal(e),
     };
     let mut m = String::from("<h1>Log in</h1>");
+    let status = match &said {
+        Some((status, why)) => {
+            let _ = write!(m, "<p class=\"error\" id=\"login-error\">{}</p>", esc(why));
+            *status
+        }
+        None => StatusCode::OK,
+    };
+    let mut form_cookie = None;
     if let Some(v) = &viewer {
         let _ = write!(
             m,
@@ -65,7 +86,7 @@ pub async fn login_page(
     }
     if state.people.enabled() {
         // Logged in already: logging in again (as someone else) ends this session.
-        let back = crate::model::people::safe_return_to(q.return_to.as_deref());
+        let back = crate::model::people::safe_return_to(return_to);
         let _ =
             write!(
             m,
@@ -74,13 +95,107 @@ pub async fn login_page(
             esc(&super::url_encode(&back)),
             if viewer.is_some() { " as someone else" } else { "" }
         );
+        if state.people.offers_access_tokens() {
+            let form = match state.people.login_form() {
+                Ok(f) => f,
+                Err(e) => return error_page(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+            };
+            // A password field: the browser neither shows nor keeps what is pasted, and it
+            // goes in the POST body only, never in a URL.
+            let _ = write!(
+                m,
+                "<h2>Or with a Bitbucket HTTP access token</h2>\
+                 <p>Make one in Bitbucket under <em>Manage account → HTTP access tokens</em> \
+                 with <strong>Repository read</strong> permission, and paste it here once. \
+                 Bosun keeps it sealed to read your repository permissions again, until it \
+                 expires or you revoke it.</p>\
+                 <form method=\"post\" action=\"/login/bitbucket/token\" id=\"token-login\">\
+                 <input type=\"hidden\" name=\"csrf\" value=\"{}\">\
+                 <input type=\"hidden\" name=\"return_to\" value=\"{}\">\
+                 <label>HTTP access token <input type=\"password\" name=\"token\" \
+                 id=\"access-token\" autocomplete=\"off\" required maxlength=\"{}\"></label> \
+                 <button type=\"submit\" id=\"login-token\">Log in with a Bitbucket HTTP \
+                 access token</button></form>",
+                esc(&form.csrf),
+                esc(&back),
+                crate::model::people::MAX_ACCESS_TOKEN,
+            );
+            form_cookie = Some(form.set_cookie);
+        }
     } else {
         m.push_str(
             "<p>Logging in with Bitbucket is not set up on this coordinator \
              (<code>serve --bitbucket-oauth-file</code>).</p>",
         );
     }
-    shell("Log in · bosun", "", &m).into_response()
+    let mut resp = (status, shell("Log in · bosun", "", &m)).into_response();
+    let h = resp.headers_mut();
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if let Some(c) = form_cookie.and_then(|c| HeaderValue::from_str(&c).ok()) {
+        h.append(header::SET_COOKIE, c);
+    }
+    resp
+}
+
+/// The token login form's fields. `Debug` is not derived: the token must never be printed.
+#[derive(Deserialize)]
+pub struct TokenForm {
+    #[serde(default)]
+    csrf: Option<String>,
+    #[serde(default)]
+    return_to: Option<String>,
+    #[serde(default)]
+    token: String,
+}
+
+/// `POST /login/bitbucket/token` (form fields `csrf`, `token`, `return_to`): log in with a
+/// Data Center HTTP access token. A refusal shows the login page again with why (never
+/// the token) and a fresh form.
+pub async fn token_login(
+    State(state): State<Arc<AppState>>,
+    client: Option<axum::Extension<crate::server::ClientAddr>>,
+    headers: HeaderMap,
+    Form(f): Form<TokenForm>,
+) -> Response {
+    // Without the connection's address (a request not through the server's loop), every
+    // such request shares one count.
+    let addr = client
+        .map(|c| c.0 .0)
+        .unwrap_or(std::net::IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED));
+    let TokenForm {
+        csrf,
+        return_to,
+        token,
+    } = f;
+    let result = people::token_login(
+        &state,
+        &headers,
+        addr,
+        zeroize::Zeroizing::new(token),
+        csrf.as_deref(),
+        return_to.as_deref(),
+    )
+    .await;
+    match result {
+        Ok(done) => see_other(&done.return_to, &done.set_cookies),
+        Err(e) => {
+            let status = match e {
+                LoginError::TooManyAttempts { .. } => StatusCode::TOO_MANY_REQUESTS,
+                LoginError::FormExpired | LoginError::TokenRefused => StatusCode::FORBIDDEN,
+                LoginError::NotConfigured | LoginError::NotDataCenter => StatusCode::NOT_FOUND,
+                LoginError::OAuth(_) => StatusCode::BAD_GATEWAY,
+                _ => StatusCode::INTERNAL_SERVER_ERROR,
+            };
+            tracing::warn!(%addr, "login with an HTTP access token: {e}");
+            login_page_saying(
+                &state,
+                return_to.as_deref(),
+                &headers,
+                Some((status, format!("Not logged in: {e}"))),
+            )
+            .await
+        }
+    }
 }
 
 /// `GET /login/bitbucket`: off to Bitbucket, with the login cookie.
@@ -128,8 +243,12 @@ pub async fn login_callback(
         Ok(done) => see_other(&done.return_to, &done.set_cookies),
         Err(e) => {
             let status = match e {
-                LoginError::BadState | LoginError::Refused(_) => StatusCode::FORBIDDEN,
-                LoginError::NotConfigured => StatusCode::NOT_FOUND,
+                LoginError::BadState
+                | LoginError::Refused(_)
+                | LoginError::FormExpired
+                | LoginError::TokenRefused => StatusCode::FORBIDDEN,
+                LoginError::TooManyAttempts { .. } => StatusCode::TOO_MANY_REQUESTS,
+                LoginError::NotConfigured | LoginError::NotDataCenter => StatusCode::NOT_FOUND,
                 LoginError::OAuth(_) => StatusCode::BAD_GATEWAY,
                 LoginError::Coord(_) => StatusCode::INTERNAL_SERVER_ERROR,
             };

@@ -9,7 +9,10 @@
 //! flow at `{server}/rest/oauth2/latest/authorize` and `…/token` (the client's id and secret
 //! in the form body, never in a URL); the person is `GET /plugins/servlet/applinks/whoami`
 //! (their user name) then `GET /rest/api/latest/users?filter=NAME`, their permissions
-//! `GET /rest/api/latest/repos?permission=REPO_READ|REPO_WRITE|REPO_ADMIN`, every page.
+//! `GET /rest/api/latest/repos?permission=REPO_READ|REPO_WRITE|REPO_ADMIN`, every page. A
+//! Data Center HTTP access token pasted at login names its user in the `X-AUSERNAME`
+//! header of a REST answer ([`Consumer::access_token_account`]) and is then used as the
+//! access token is.
 
 use crate::bitbucket::rest::client::Paging;
 use crate::bitbucket::rest::{Client, Credentials, RestError};
@@ -71,6 +74,17 @@ pub enum OAuthError {
         call: &'static str,
         what: &'static str,
     },
+}
+
+impl OAuthError {
+    /// The HTTP status Bitbucket refused a REST call with (401: the token is not, or no
+    /// longer, accepted).
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            OAuthError::Rest(e) => e.status(),
+            _ => None,
+        }
+    }
 }
 
 /// The consumer file: `KEY:SECRET` on one line.
@@ -338,13 +352,92 @@ impl Consumer {
         token: &Zeroizing<String>,
     ) -> Result<Account, OAuthError> {
         let name = self.whoami(token).await?;
+        self.data_center_user(server, token, &name).await
+    }
+
+    /// The Data Center user a pasted HTTP access token acts as: its name from the
+    /// `X-AUSERNAME` header Data Center puts on an authenticated REST answer (here the
+    /// small `GET /rest/api/latest/application-properties`), then the user as the OAuth
+    /// login reads it. Not `whoami`: since Data Center 8.9.22, 8.19.12 and 9.3.2 an access
+    /// token is taken only under `/rest` and `/scm`, elsewhere it is sent to the login page.
+    /// A token Data Center does not accept is a 401 refusal ([`OAuthError::status`]).
+    pub async fn access_token_account(
+        &self,
+        token: &Zeroizing<String>,
+    ) -> Result<Account, OAuthError> {
+        let Provider::DataCenter { server } = &self.provider else {
+            return Err(OAuthError::Exchange(
+                "HTTP access tokens are Bitbucket Data Center's (serve --bitbucket-dc-url)"
+                    .to_owned(),
+            ));
+        };
+        let name = self.token_user_name(token).await?;
+        self.data_center_user(server, token, &name).await
+    }
+
+    async fn token_user_name(&self, token: &Zeroizing<String>) -> Result<String, OAuthError> {
+        let call = "GET /rest/api/latest/application-properties";
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("bosun/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| OAuthError::Exchange(e.without_url().to_string()))?;
+        let resp = http
+            .get(format!(
+                "{}/rest/api/latest/application-properties",
+                self.site()
+            ))
+            .bearer_auth(token.as_str())
+            .header("accept", "application/json")
+            .send()
+            .await
+            .map_err(|e| OAuthError::Exchange(format!("{call}: {}", e.without_url())))?;
+        let status = resp.status().as_u16();
+        let name = resp
+            .headers()
+            .get("x-ausername")
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.trim().to_owned());
+        let refused = |message: &str| {
+            OAuthError::Rest(RestError::Refused {
+                call: call.to_owned(),
+                status,
+                message: message.to_owned(),
+            })
+        };
+        if status == 401 || status == 403 {
+            return Err(refused(
+                "the token is not accepted (wrong, revoked or expired)",
+            ));
+        }
+        if !(200..300).contains(&status) {
+            return Err(refused("no answer about the token"));
+        }
+        match name {
+            Some(n) if !n.is_empty() && n.len() <= 255 && !n.contains(['\n', '\r']) => Ok(n),
+            // Answered, but to nobody: an anonymous request (the token was not taken).
+            _ => Err(OAuthError::Rest(RestError::Refused {
+                call: call.to_owned(),
+                status: 401,
+                message: "Data Center names no user for the token (no X-AUSERNAME)".to_owned(),
+            })),
+        }
+    }
+
+    async fn data_center_user(
+        &self,
+        server: &str,
+        token: &Zeroizing<String>,
+        name: &str,
+    ) -> Result<Account, OAuthError> {
         let values = self
             .client(token)?
             .list(
                 &format!(
                     "{}/rest/api/latest/users?filter={}",
                     self.site(),
-                    form_encode(&name)
+                    form_encode(name)
                 ),
                 Paging::DataCenter,
             )
@@ -359,7 +452,7 @@ impl Consumer {
             .find(|u| {
                 u["name"]
                     .as_str()
-                    .is_some_and(|n| n.eq_ignore_ascii_case(&name))
+                    .is_some_and(|n| n.eq_ignore_ascii_case(name))
             })
             .ok_or(shape("the user `whoami` names"))?;
         let id = user["id"].as_u64().ok_or(shape("`id`"))?;

@@ -171,8 +171,9 @@ pub enum ImportError {
     Coord(#[from] CoordError),
 }
 
-/// Read `viewer`'s SSH keys from their Bitbucket Cloud account (`GET /2.0/users/{uuid}/
-/// ssh-keys`, with an access token from their refresh token) and keep them in place of the
+/// Read `viewer`'s SSH keys from their Bitbucket account (Cloud's `GET /2.0/users/{uuid}/
+/// ssh-keys`, Data Center's `GET /rest/ssh/latest/keys`, with an access token from their
+/// kept credential) and keep them in place of the
 /// ones read before; keys added on the page stay. Bosun's own user keys on the account are
 /// left out, and so is anything that is not one public key. How many are kept.
 pub async fn import_from_bitbucket(
@@ -186,19 +187,16 @@ pub async fn import_from_bitbucket(
         .clone()
         .ok_or(ImportError::NotConfigured)?;
     let pid = viewer.person.id;
-    let refresh = state
-        .db(move |s: &dyn Backend| s.refresh_token(pid))
+    let (kind, access) = super::bitbucket_access(state, &consumer, pid)
         .await?
-        .ok_or_else(|| ImportError::Bitbucket("no refresh token kept".to_owned()))?;
-    let tokens = consumer
-        .refresh(&refresh)
-        .await
-        .map_err(|e| ImportError::Bitbucket(e.to_string()))?;
-    let listed = consumer
-        .ssh_keys(&tokens.access, &viewer.person.uuid)
-        .await
-        .map_err(|e| ImportError::Bitbucket(e.to_string()))?;
-    let new_refresh = tokens.refresh.clone();
+        .map_err(ImportError::Bitbucket)?;
+    let listed = match consumer.ssh_keys(&access, &viewer.person.uuid).await {
+        Ok(l) => l,
+        Err(e) => {
+            super::forget_refused(state, pid, kind, &e).await?;
+            return Err(ImportError::Bitbucket(e.to_string()));
+        }
+    };
     let mut keys: Vec<(String, String)> = Vec::new();
     for (text, label) in listed {
         if label.starts_with(BOSUN_USER_KEY_LABEL) {
@@ -211,12 +209,7 @@ pub async fn import_from_bitbucket(
         }
     }
     let kept = state
-        .db(move |s: &dyn Backend| {
-            if let Some(r) = new_refresh {
-                s.set_refresh_token(pid, Some(r.as_str()))?;
-            }
-            s.replace_bitbucket_ssh_keys(pid, &keys)
-        })
+        .db(move |s: &dyn Backend| s.replace_bitbucket_ssh_keys(pid, &keys))
         .await?;
     Ok(kept)
 }

@@ -12,10 +12,17 @@ pub trait AuditStore: Send + Sync {
     fn record_audit(&self, at: i64, e: &Event) -> Result<i64>;
     /// Rows older than row `before` (all when `None`), newest first, at most `limit`.
     fn audit_log(&self, before: Option<i64>, limit: u32) -> Result<Vec<AuditRow>>;
+    /// Delete at most `batch` of the oldest rows written before `cut_off` (ms): how many
+    /// went. A caller deletes again until fewer than `batch` go, so that no one statement
+    /// holds the writer long (`model::audit::PRUNE_BATCH`).
+    fn prune_audit(&self, cut_off: i64, batch: u32) -> Result<u64>;
 }
 
 const INSERT: &str = "INSERT INTO audit_log(at, actor, action, project, target, detail) \
      VALUES (?1, ?2, ?3, ?4, ?5, ?6) RETURNING id";
+// By id, the order rows were written in, within the rows the `at` index finds.
+const PRUNE: &str = "DELETE FROM audit_log WHERE id IN \
+     (SELECT id FROM audit_log WHERE at < ?1 ORDER BY id LIMIT ?2)";
 const PAGE: &str = "SELECT id, at, actor, action, project, target, detail \
      FROM audit_log WHERE id < ?1 ORDER BY id DESC LIMIT ?2";
 
@@ -55,5 +62,9 @@ impl<S: SqlStore> AuditStore for S {
                 .collect::<super::db::Result<Vec<_>>>()?;
             Ok(rows)
         })
+    }
+
+    fn prune_audit(&self, cut_off: i64, batch: u32) -> Result<u64> {
+        self.conn(|conn| Ok(conn.execute(PRUNE, params![cut_off, i64::from(batch)])? as u64))
     }
 }

@@ -6,7 +6,7 @@
 use super::pipelines::resolve_project;
 use super::{now_ms, Result, Store};
 use crate::error::CoordError;
-use crate::model::people::Role;
+use crate::model::people::{Credential, CredentialKind, Role};
 use rusqlite::{params, OptionalExtension};
 
 /// A person as the rules need them.
@@ -52,10 +52,11 @@ pub trait PeopleStore: Send + Sync {
     /// lower case, or `{UUID}`s), read from Bitbucket at `at` (ms).
     fn store_permissions(&self, person: i64, permissions: &[(String, Role)], at: i64)
         -> Result<()>;
-    /// Keep `person`'s Bitbucket refresh token (sealed), or forget it (`None`).
-    fn set_refresh_token(&self, person: i64, token: Option<&str>) -> Result<()>;
-    /// `person`'s Bitbucket refresh token, if one is kept.
-    fn refresh_token(&self, person: i64) -> Result<Option<zeroize::Zeroizing<String>>>;
+    /// Keep `person`'s Bitbucket credential (sealed, in a place that names its kind), or
+    /// forget it (`None`).
+    fn set_credential(&self, person: i64, credential: Option<&Credential>) -> Result<()>;
+    /// `person`'s Bitbucket credential, if one is kept.
+    fn credential(&self, person: i64) -> Result<Option<Credential>>;
     /// The repository permissions stored for `person`.
     fn person_permissions(&self, person: i64) -> Result<Vec<(String, Role)>>;
     /// The project a job, a pipeline or a name (slug, old slug, UUID) belongs to, with
@@ -83,9 +84,14 @@ pub struct ProjectAccess {
     pub public: bool,
 }
 
-/// Where a person's refresh token is sealed (a sealed value opens only in its place).
-fn refresh_place(person: i64) -> String {
-    format!("person{person}/refresh_token")
+/// Where a person's credential is sealed: a sealed value opens only in its place, so a
+/// credential whose kind was changed in the database does not open at all. A refresh
+/// token's place is the one it had before there were other kinds.
+pub(crate) fn credential_place(person: i64, kind: CredentialKind) -> String {
+    match kind {
+        CredentialKind::RefreshToken => format!("person{person}/refresh_token"),
+        CredentialKind::HttpAccessToken => format!("person{person}/http_access_token"),
+    }
 }
 
 const COLUMNS: &str =
@@ -227,30 +233,45 @@ impl PeopleStore for Store {
         Ok(())
     }
 
-    fn set_refresh_token(&self, person: i64, token: Option<&str>) -> Result<()> {
-        let sealed = token
-            .map(|t| self.secrets.seal(&refresh_place(person), t))
-            .transpose()?;
+    fn set_credential(&self, person: i64, credential: Option<&Credential>) -> Result<()> {
+        let (kind, sealed) = match credential {
+            Some(c) => (
+                c.kind,
+                Some(
+                    self.secrets
+                        .seal(&credential_place(person, c.kind), &c.secret)?,
+                ),
+            ),
+            None => (CredentialKind::RefreshToken, None),
+        };
         self.conn().execute(
-            "UPDATE people SET refresh_token = ?2 WHERE id = ?1",
-            params![person, sealed],
+            "UPDATE people SET refresh_token = ?2, credential_kind = ?3 WHERE id = ?1",
+            params![person, sealed, kind.as_str()],
         )?;
         Ok(())
     }
 
-    fn refresh_token(&self, person: i64) -> Result<Option<zeroize::Zeroizing<String>>> {
-        let sealed: Option<String> = self
+    fn credential(&self, person: i64) -> Result<Option<Credential>> {
+        let row: Option<(Option<String>, String)> = self
             .conn()
             .query_row(
-                "SELECT refresh_token FROM people WHERE id = ?1",
+                "SELECT refresh_token, credential_kind FROM people WHERE id = ?1",
                 [person],
-                |r| r.get(0),
+                |r| Ok((r.get(0)?, r.get(1)?)),
             )
-            .optional()?
-            .flatten();
-        sealed
-            .map(|s| self.secrets.open(&refresh_place(person), &s))
-            .transpose()
+            .optional()?;
+        let Some((Some(sealed), kind)) = row else {
+            return Ok(None);
+        };
+        let kind: CredentialKind = kind
+            .parse()
+            .map_err(|e: crate::model::UnknownWord| CoordError::Invalid(e.to_string()))?;
+        Ok(Some(Credential {
+            kind,
+            secret: self
+                .secrets
+                .open(&credential_place(person, kind), &sealed)?,
+        }))
     }
 
     fn person_permissions(&self, person: i64) -> Result<Vec<(String, Role)>> {

@@ -485,6 +485,13 @@ ALTER TABLE projects ADD COLUMN ssh_policy TEXT NOT NULL DEFAULT 'without-user-k
 ALTER TABLE jobs ADD COLUMN ssh_by TEXT;
 ALTER TABLE jobs ADD COLUMN ssh_user_key TEXT;   -- with | without | none (model::ssh_policy)
 "#,
+    // 18: what kind of credential a person's kept one is (an OAuth refresh token, or a
+    // Data Center HTTP access token pasted at login), and the audit log found by age, which
+    // its pruning deletes by.
+    r#"
+ALTER TABLE people ADD COLUMN credential_kind TEXT NOT NULL DEFAULT 'refresh-token';
+CREATE INDEX audit_log_at ON audit_log(at);
+"#,
 ];
 
 /// Before migration 2: copy each job's log out of the `job_logs` blobs into its file.

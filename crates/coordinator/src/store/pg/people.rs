@@ -4,13 +4,9 @@ use super::pipelines::resolve_project;
 use super::sql::{self, params, OptionalExtension, Row, TransactionBehavior};
 use super::PgStore;
 use crate::error::CoordError;
-use crate::model::people::Role;
+use crate::model::people::{Credential, CredentialKind, Role};
+use crate::store::people_store::credential_place;
 use crate::store::{now_ms, PeopleStore, Person, ProjectAccess, Resource, Result};
-
-/// Where a person's refresh token is sealed (a sealed value opens only in its place).
-fn refresh_place(person: i64) -> String {
-    format!("person{person}/refresh_token")
-}
 
 const COLUMNS: &str =
     "id, bitbucket_uuid, nickname, display_name, admin, permissions_fetched FROM people";
@@ -151,30 +147,45 @@ impl PeopleStore for PgStore {
         Ok(())
     }
 
-    fn set_refresh_token(&self, person: i64, token: Option<&str>) -> Result<()> {
-        let sealed = token
-            .map(|t| self.secrets.seal(&refresh_place(person), t))
-            .transpose()?;
+    fn set_credential(&self, person: i64, credential: Option<&Credential>) -> Result<()> {
+        let (kind, sealed) = match credential {
+            Some(c) => (
+                c.kind,
+                Some(
+                    self.secrets
+                        .seal(&credential_place(person, c.kind), &c.secret)?,
+                ),
+            ),
+            None => (CredentialKind::RefreshToken, None),
+        };
         self.conn()?.execute(
-            "UPDATE people SET refresh_token = ?2 WHERE id = ?1",
-            params![person, sealed],
+            "UPDATE people SET refresh_token = ?2, credential_kind = ?3 WHERE id = ?1",
+            params![person, sealed, kind.as_str()],
         )?;
         Ok(())
     }
 
-    fn refresh_token(&self, person: i64) -> Result<Option<zeroize::Zeroizing<String>>> {
-        let sealed: Option<String> = self
+    fn credential(&self, person: i64) -> Result<Option<Credential>> {
+        let row: Option<(Option<String>, String)> = self
             .conn()?
             .query_row(
-                "SELECT refresh_token FROM people WHERE id = ?1",
+                "SELECT refresh_token, credential_kind FROM people WHERE id = ?1",
                 [person],
-                |r| r.get(0),
+                |r| Ok((r.get(0)?, r.get(1)?)),
             )
-            .optional()?
-            .flatten();
-        sealed
-            .map(|s| self.secrets.open(&refresh_place(person), &s))
-            .transpose()
+            .optional()?;
+        let Some((Some(sealed), kind)) = row else {
+            return Ok(None);
+        };
+        let kind: CredentialKind = kind
+            .parse()
+            .map_err(|e: crate::model::UnknownWord| CoordError::Invalid(e.to_string()))?;
+        Ok(Some(Credential {
+            kind,
+            secret: self
+                .secrets
+                .open(&credential_place(person, kind), &sealed)?,
+        }))
     }
 
     fn person_permissions(&self, person: i64) -> Result<Vec<(String, Role)>> {

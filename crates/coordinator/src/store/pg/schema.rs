@@ -526,6 +526,12 @@ CREATE TABLE log_times (
 );
 ALTER TABLE jobs ADD COLUMN log_followed_until BIGINT NOT NULL DEFAULT 0;
 "#,
+    // 12: a person's kept credential's kind and the audit log by age (SQLite's migration
+    // 18).
+    r#"
+ALTER TABLE people ADD COLUMN credential_kind TEXT NOT NULL DEFAULT 'refresh-token';
+CREATE INDEX audit_log_at ON audit_log(at);
+"#,
 ];
 
 /// Apply the migrations this database has not had yet.

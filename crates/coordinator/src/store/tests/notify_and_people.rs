@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::model::notify::TargetKind;
-use crate::model::people::Role;
+use crate::model::people::{Credential, CredentialKind, Role};
 use crate::model::JobKind;
 use crate::store::pipelines::{
     NewPipeline, NewWorkflow, NewWorkflowJob, StatusBody, StatusChange, Statuses,
@@ -456,18 +456,21 @@ both!(people_sessions_permissions_and_public_projects, |_d, s| {
             .permissions_fetched,
         Some(2_000)
     );
-    assert_eq!(s.refresh_token(bob.id).expect("token"), None);
-    s.set_refresh_token(bob.id, Some("rt-secret"))
-        .expect("token");
-    assert_eq!(
-        s.refresh_token(bob.id)
-            .expect("token")
-            .as_deref()
-            .map(String::as_str),
-        Some("rt-secret")
-    );
-    s.set_refresh_token(bob.id, None).expect("forget");
-    assert_eq!(s.refresh_token(bob.id).expect("token"), None);
+    // The kept credential: sealed in a place naming its kind, read back with it.
+    assert_eq!(s.credential(bob.id).expect("credential"), None);
+    for (kind, secret) in [
+        (CredentialKind::RefreshToken, "rt-secret"),
+        (CredentialKind::HttpAccessToken, "NjQ2MDk0NzE3MzY0Ok-dc-pat"),
+    ] {
+        let c = Credential {
+            kind,
+            secret: zeroize::Zeroizing::new(secret.into()),
+        };
+        s.set_credential(bob.id, Some(&c)).expect("credential");
+        assert_eq!(s.credential(bob.id).expect("credential"), Some(c));
+    }
+    s.set_credential(bob.id, None).expect("forget");
+    assert_eq!(s.credential(bob.id).expect("credential"), None);
 
     // A project's access by job, pipeline and name; public or not.
     let id = job(s);

@@ -116,3 +116,51 @@ both!(the_audit_log_appends_and_pages_newest_first, |_d, s| {
         .expect("before the first")
         .is_empty());
 });
+
+both!(
+    the_audit_log_is_pruned_by_age_in_bounded_batches,
+    |_d, s| {
+        let row = |i: i64| {
+            Event::new(Actor::Person("ann".into()), AuditAction::Login).target(format!("row {i}"))
+        };
+        // Written out of time order (a clock stepped back): age decides, not the id.
+        for at in [1_000, 2_000, 3_000, 500, 4_000, 5_000] {
+            s.record_audit(at, &row(at)).expect("record");
+        }
+        // At most `batch` rows a statement, the oldest first.
+        assert_eq!(s.prune_audit(3_500, 2).expect("prune"), 2);
+        let left: Vec<i64> = s
+            .audit_log(None, 10)
+            .expect("rows")
+            .iter()
+            .map(|r| r.at)
+            .collect();
+        assert_eq!(left, [5_000, 4_000, 500, 3_000]);
+        assert_eq!(s.prune_audit(3_500, 2).expect("prune"), 2);
+        assert_eq!(s.prune_audit(3_500, 2).expect("prune"), 0);
+        let left: Vec<i64> = s
+            .audit_log(None, 10)
+            .expect("rows")
+            .iter()
+            .map(|r| r.at)
+            .collect();
+        assert_eq!(left, [5_000, 4_000]);
+        // The cut-off itself stays: only rows written before it go.
+        assert_eq!(s.prune_audit(4_000, 10).expect("prune"), 0);
+        // Many rows: batch after batch until a batch comes back short (as `audit::prune`
+        // goes), each statement bounded.
+        for i in 0..2_500 {
+            s.record_audit(10 + i, &row(i)).expect("record");
+        }
+        let mut batches = Vec::new();
+        loop {
+            let n = s.prune_audit(4_000, 1_000).expect("prune");
+            batches.push(n);
+            if n < 1_000 {
+                break;
+            }
+        }
+        assert_eq!(batches, [1_000, 1_000, 500]);
+        assert_eq!(s.audit_log(None, 10_000).expect("rows").len(), 2);
+    }
+);
