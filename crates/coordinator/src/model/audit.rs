@@ -22,6 +22,8 @@ pub enum AuditAction {
     TokenRevoked,
     GrantAdmin,
     RevokeAdmin,
+    /// Someone put in security groups or taken out of them (a person's or an operator's).
+    Groups,
 }
 
 impl AuditAction {
@@ -38,6 +40,7 @@ impl AuditAction {
         AuditAction::TokenRevoked,
         AuditAction::GrantAdmin,
         AuditAction::RevokeAdmin,
+        AuditAction::Groups,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -54,6 +57,7 @@ impl AuditAction {
             AuditAction::TokenRevoked => "token-revoked",
             AuditAction::GrantAdmin => "grant-admin",
             AuditAction::RevokeAdmin => "revoke-admin",
+            AuditAction::Groups => "groups",
         }
     }
 }

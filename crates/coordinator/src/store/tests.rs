@@ -947,6 +947,7 @@ both!(
     }
 );
 
+mod groups;
 mod notify_and_people;
 mod ssh_access;
 mod tokens_and_audit;

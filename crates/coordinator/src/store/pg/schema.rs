@@ -526,6 +526,16 @@ CREATE TABLE log_times (
 );
 ALTER TABLE jobs ADD COLUMN log_followed_until BIGINT NOT NULL DEFAULT 0;
 "#,
+    // 12: security groups of people (SQLite's migration 18).
+    r#"
+CREATE TABLE person_groups (
+    person_id BIGINT NOT NULL REFERENCES people(id),
+    grp TEXT NOT NULL,
+    PRIMARY KEY (person_id, grp)
+);
+ALTER TABLE pipelines ADD COLUMN triggered_by TEXT;
+ALTER TABLE workflow_jobs ADD COLUMN approved_by_person TEXT;
+"#,
 ];
 
 /// Apply the migrations this database has not had yet.
