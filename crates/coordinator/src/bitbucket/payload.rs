@@ -41,20 +41,24 @@ impl Actor {
             .filter(|s| !s.is_empty())
     }
 
-    /// The account as people are kept by it (`people.bitbucket_uuid`): a braced UUID only,
-    /// so that no other word can name someone.
+    /// The account as people are kept by it (`people.bitbucket_uuid`): a braced word only,
+    /// so that no other kind of identity (a Data Center person's) can be named here.
     pub fn account(&self) -> Option<String> {
         self.uuid.clone().filter(|u| is_account_uuid(u))
     }
 }
 
-/// `{` hex digits and dashes `}`, as Bitbucket Cloud writes an account's UUID.
+/// A braced word, as Bitbucket Cloud writes an account's UUID (`{…}`): never a Data Center
+/// person's `dc:SERVER/ID`, nor a word with spaces, braces or control characters inside.
 fn is_account_uuid(u: &str) -> bool {
-    u.len() <= 64
+    u.len() <= 100
         && u.strip_prefix('{')
             .and_then(|r| r.strip_suffix('}'))
             .is_some_and(|inner| {
-                !inner.is_empty() && inner.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-')
+                !inner.is_empty()
+                    && !inner
+                        .chars()
+                        .any(|c| c.is_whitespace() || c.is_control() || c == '{' || c == '}')
             })
 }
 
@@ -299,7 +303,7 @@ mod tests {
     }
 
     #[test]
-    fn an_actor_is_an_account_only_by_a_braced_uuid() {
+    fn an_actor_is_an_account_only_by_a_braced_word() {
         let actor = |uuid: Option<&str>| Actor {
             uuid: uuid.map(str::to_owned),
             ..Actor::default()
