@@ -178,5 +178,20 @@ both!(
         let (st, why) = status(&p, "ship");
         assert_eq!(st, "unauthorized", "{p:#?}");
         assert!(why.contains("ann, who triggered the pipeline"), "{why}");
+
+        // A rerun runs for the person who reruns it; an operator's rerun leaves that as it
+        // was.
+        s.cancel_pipeline(id, &STATUSES).expect("cancel");
+        s.rerun_failed(id, None, &STATUSES).expect("operator rerun");
+        let p = s.pipeline(id).expect("read").expect("pipeline");
+        assert_eq!(p.triggered_by.as_deref(), Some("{acct-ann}"));
+        assert_eq!(status(&p, "ship").0, "unauthorized", "{p:#?}");
+        s.cancel_pipeline(id, &STATUSES).expect("cancel");
+        s.add_person_group(bob.id, "release").expect("bob joins");
+        s.rerun_failed(id, Some("{acct-bob}"), &STATUSES)
+            .expect("bob reruns");
+        let p = s.pipeline(id).expect("read").expect("pipeline");
+        assert_eq!(p.triggered_by.as_deref(), Some("{acct-bob}"));
+        assert_eq!(status(&p, "ship").0, "queued", "{p:#?}");
     }
 );
