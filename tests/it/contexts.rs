@@ -63,12 +63,12 @@ workflows:
     )
 }
 
-fn rev(s: &str) -> String {
+pub(crate) fn rev(s: &str) -> String {
     s.chars().rev().collect()
 }
 
 /// `bosun coordinator context env set NAME KEY` with the value on stdin.
-fn set_var(data: &std::path::Path, context: &str, key: &str, value: &str) {
+pub(crate) fn set_var(data: &std::path::Path, context: &str, key: &str, value: &str) {
     let mut child = Command::new(harness::bosun_bin())
         .args([
             "coordinator",
@@ -99,13 +99,13 @@ fn set_var(data: &std::path::Path, context: &str, key: &str, value: &str) {
     );
 }
 
-fn pipeline_id(answer: &serde_json::Value) -> i64 {
+pub(crate) fn pipeline_id(answer: &serde_json::Value) -> i64 {
     answer["pipelines"][0]["id"]
         .as_i64()
         .unwrap_or_else(|| panic!("no pipeline: {answer}"))
 }
 
-fn wait_jobs(
+pub(crate) fn wait_jobs(
     data: &std::path::Path,
     id: i64,
     want: &[(&str, &str)],
@@ -125,7 +125,7 @@ fn wait_jobs(
     }
 }
 
-fn log_of(
+pub(crate) fn log_of(
     data: &std::path::Path,
     p: &bosun::coordinator::store::pipelines::PipelineRow,
     job: &str,
@@ -133,7 +133,7 @@ fn log_of(
     String::from_utf8_lossy(&store(data).log_from(job_id(p, job), 0).expect("log")).into_owned()
 }
 
-fn reason(p: &bosun::coordinator::store::pipelines::PipelineRow, job: &str) -> String {
+pub(crate) fn reason(p: &bosun::coordinator::store::pipelines::PipelineRow, job: &str) -> String {
     p.workflows
         .iter()
         .flat_map(|w| &w.jobs)

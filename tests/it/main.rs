@@ -26,6 +26,7 @@ mod config_compat;
 mod config_corpus;
 mod config_orbs;
 mod config_props;
+mod context_groups;
 mod contexts;
 mod coordinator;
 mod coordinator_connections;

@@ -306,6 +306,7 @@ fn a_sqlite_coordinator_moves_to_postgres_and_s3_with_the_same_pages_and_open_se
                 pr_fork: false,
                 restricted: false,
                 username: Some("alice".into()),
+                triggered_by: Some("{acct-alice}".into()),
                 commit_subject: Some("Add the <widget>".into()),
                 schedule_name: String::new(),
                 schedule_id: String::new(),

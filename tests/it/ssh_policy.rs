@@ -37,13 +37,14 @@ struct Setup {
     port: u16,
 }
 
-/// The pages as people use them: logging in against the stand-in, GETs and form POSTs.
-struct Web {
+/// The pages as people use them: logging in against the stand-in, GETs and form POSTs,
+/// personal tokens and API v2 calls with them (also used by `context_groups.rs`).
+pub(crate) struct Web {
     base: String,
     /// Where people's key pairs are made.
     dir: PathBuf,
-    api: BitbucketApi,
-    rt: tokio::runtime::Runtime,
+    pub(crate) api: BitbucketApi,
+    pub(crate) rt: tokio::runtime::Runtime,
 }
 
 fn setup() -> Setup {
@@ -131,15 +132,15 @@ fn http() -> reqwest::Client {
 }
 
 /// A person logged in: their session cookie and CSRF token.
-struct Person {
-    cookie: String,
-    csrf: String,
+pub(crate) struct Person {
+    pub(crate) cookie: String,
+    pub(crate) csrf: String,
     /// Their key pair (`id_NAME`, `id_NAME.pub`).
     key: PathBuf,
 }
 
 impl Web {
-    fn new(c: &Coordinator, api: BitbucketApi) -> Web {
+    pub(crate) fn new(c: &Coordinator, api: BitbucketApi) -> Web {
         Web {
             base: c.url(),
             dir: c.dir().to_owned(),
@@ -148,12 +149,12 @@ impl Web {
         }
     }
 
-    fn base(&self) -> String {
+    pub(crate) fn base(&self) -> String {
         self.base.clone()
     }
 
     /// Log in as `who` over HTTP, following the redirects a browser would.
-    fn login(&self, who: &str) -> Person {
+    pub(crate) fn login(&self, who: &str) -> Person {
         self.api.sign_in(Some(who));
         let base = self.base();
         let cookie = self.rt.block_on(async {
@@ -201,7 +202,7 @@ impl Web {
         Person { cookie, csrf, key }
     }
 
-    fn get(&self, cookie: &str, path: &str) -> (u16, String) {
+    pub(crate) fn get(&self, cookie: &str, path: &str) -> (u16, String) {
         let url = format!("{}{path}", self.base());
         self.rt.block_on(async {
             let r = http()
@@ -216,7 +217,12 @@ impl Web {
     }
 
     /// A form POST as `p`: (status, Location, body).
-    fn post(&self, p: &Person, path: &str, fields: &[(&str, &str)]) -> (u16, String, String) {
+    pub(crate) fn post(
+        &self,
+        p: &Person,
+        path: &str,
+        fields: &[(&str, &str)],
+    ) -> (u16, String, String) {
         let url = format!("{}{path}", self.base());
         let mut form: Vec<(String, String)> = vec![("csrf".into(), p.csrf.clone())];
         form.extend(fields.iter().map(|(k, v)| (k.to_string(), v.to_string())));
@@ -629,9 +635,9 @@ fn a_persons_keys_are_read_from_their_bitbucket_account() {
     assert_eq!(s.post(&forged, "/me/ssh-keys/bitbucket", &[]).0, 403);
 }
 
-impl Setup {
+impl Web {
     /// `p` makes a personal API token on their page: its value, shown once.
-    fn personal_token(&self, p: &Person) -> String {
+    pub(crate) fn personal_token(&self, p: &Person) -> String {
         let (st, _, body) = self.post(p, "/me/tokens", &[("name", "ssh script")]);
         assert_eq!(st, 200, "{body}");
         let re = regex::Regex::new(r#"<code id="new-token">([^<]+)</code>"#).expect("regex");
@@ -639,7 +645,7 @@ impl Setup {
     }
 
     /// An API v2 call with `token`: status and JSON body.
-    fn api(
+    pub(crate) fn api(
         &self,
         method: &str,
         path: &str,

@@ -183,6 +183,18 @@ pub fn event_of(cmd: &Command) -> Option<(DataArg, Event)> {
         Command::Person(cli_people::PersonCommand::Revoke { data, name, .. }) => {
             Some((data.clone(), ev(RevokeAdmin).target(name.clone())))
         }
+        Command::Person(cli_people::PersonCommand::Groups {
+            data,
+            name,
+            add,
+            remove,
+        }) => groups(data, format!("person {name}"), add, remove),
+        Command::Operator(cli_pipelines::OperatorCommand::Groups {
+            data,
+            name,
+            add,
+            remove,
+        }) => groups(data, format!("operator {name}"), add, remove),
         Command::Project(p) => match p {
             ProjectCommand::Set(a) => settings(&a.data, &a.slug, "project set"),
             ProjectCommand::Keygen(a) => settings(&a.data, &a.slug, "deploy key made"),
@@ -221,6 +233,27 @@ pub fn event_of(cmd: &Command) -> Option<(DataArg, Event)> {
         },
         _ => None,
     }
+}
+
+/// A change of someone's security groups (nothing when only listed): what was added and
+/// removed, in the detail.
+fn groups(
+    data: &DataArg,
+    target: String,
+    add: &[String],
+    remove: &[String],
+) -> Option<(DataArg, Event)> {
+    if add.is_empty() && remove.is_empty() {
+        return None;
+    }
+    let mut what: Vec<String> = add.iter().map(|g| format!("+{g}")).collect();
+    what.extend(remove.iter().map(|g| format!("-{g}")));
+    Some((
+        data.clone(),
+        Event::new(host(), AuditAction::Groups)
+            .target(target)
+            .detail(format!("{}, on the host", what.join(" "))),
+    ))
 }
 
 #[cfg(test)]
@@ -276,7 +309,25 @@ mod tests {
         );
         let e = event(&["operator", "revoke", "ops"]).expect("audited");
         assert_eq!(e.action, AuditAction::TokenRevoked);
+        let e = event(&[
+            "person", "groups", "ann", "--add", "release", "--remove", "dev",
+        ])
+        .expect("audited");
+        assert_eq!(
+            (e.action, e.target.as_deref(), e.detail.as_str()),
+            (
+                AuditAction::Groups,
+                Some("person ann"),
+                "+release -dev, on the host"
+            )
+        );
+        let e = event(&["operator", "groups", "ops", "--remove", "release"]).expect("audited");
+        assert_eq!(
+            (e.action, e.target.as_deref()),
+            (AuditAction::Groups, Some("operator ops"))
+        );
         // Reads are not.
+        assert_eq!(event(&["person", "groups", "ann"]), None);
         assert_eq!(event(&["jobs"]), None);
         assert_eq!(event(&["person", "ls"]), None);
         assert_eq!(event(&["audit", "--json"]), None);

@@ -194,6 +194,7 @@ pub fn approve(a: ApproveArgs, print: &mut dyn FnMut(String)) -> Result<()> {
     let by =
         a.by.or_else(|| std::env::var("USER").ok())
             .unwrap_or_else(|| "cli".into());
+    let by = crate::model::contexts::Principal::Operator(by);
     let wf = store.approve(id, &a.job, &by, &statuses(CLI_PUBLIC_URL))?;
     print(format!(
         "approved {} in workflow {wf} of pipeline {id}",
@@ -249,7 +250,7 @@ pub fn cancel(a: PipelineRefArgs, print: &mut dyn FnMut(String)) -> Result<()> {
 pub fn rerun(a: PipelineRefArgs, print: &mut dyn FnMut(String)) -> Result<()> {
     let store = a.data.open()?;
     let id = store.pipeline_id(&a.pipeline)?;
-    let n = store.rerun_failed(id, &statuses(CLI_PUBLIC_URL))?;
+    let n = store.rerun_failed(id, None, &statuses(CLI_PUBLIC_URL))?;
     print(format!("pipeline {id}: {n} job(s) run again"));
     Ok(())
 }

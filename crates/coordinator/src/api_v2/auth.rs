@@ -5,6 +5,7 @@
 
 use super::V2Error;
 use crate::audit::Actor;
+use crate::model::contexts::Principal;
 use crate::model::people::Action;
 use crate::model::tokens::{project_token_allows, ProjectScope};
 use crate::store::api_v2::ProjectToken;
@@ -41,6 +42,29 @@ impl Caller {
             Caller::Operator(n) => n.clone(),
             Caller::Project(t) => format!("project-token:{}", t.name),
             Caller::Person(p) => p.nickname.clone(),
+        }
+    }
+
+    /// Who it approves as, for security groups (`Forbidden` for a project token, which never
+    /// approves).
+    pub fn principal(&self) -> Result<Principal, V2Error> {
+        match self {
+            Caller::Operator(n) => Ok(Principal::Operator(n.clone())),
+            Caller::Person(p) => Ok(Principal::Person {
+                account: p.uuid.clone(),
+                nickname: p.nickname.clone(),
+            }),
+            Caller::Project(_) => Err(V2Error::forbidden(
+                "Permission denied: a project token may not approve",
+            )),
+        }
+    }
+
+    /// The Bitbucket account of a person's token, whom what it triggers or reruns runs for.
+    pub fn person_account(&self) -> Option<String> {
+        match self {
+            Caller::Person(p) => Some(p.uuid.clone()),
+            _ => None,
         }
     }
 

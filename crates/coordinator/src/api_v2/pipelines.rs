@@ -252,6 +252,7 @@ pub async fn trigger(
     let who = caller(&state, &headers).await?;
     let p = project(&state, &who, &vcs, &org, &repo, Action::Trigger).await?;
     let by = who.name();
+    let triggered_by = who.person_account();
     let actor = who.actor();
     let b: TriggerBody = if body.iter().all(u8::is_ascii_whitespace) {
         TriggerBody::default()
@@ -280,6 +281,7 @@ pub async fn trigger(
             event: "api".into(),
             event_action: "api".into(),
             username: Some(by),
+            triggered_by,
             ..Default::default()
         })?;
         let row = s

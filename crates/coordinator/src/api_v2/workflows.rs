@@ -82,7 +82,7 @@ pub async fn approve(
 ) -> V2Result {
     let who = caller(&state, &headers).await?;
     let (p, _) = pipeline_of_workflow(&state, &who, &raw, Action::Approve).await?;
-    let by = who.name();
+    let by = who.principal()?;
     let actor = who.actor();
     let w = p
         .workflows
@@ -179,14 +179,15 @@ pub async fn rerun(
              with SSH)",
         ));
     }
-    let (id, url, slug, actor) = (
+    let (id, url, slug, actor, by) = (
         p.id,
         state.public_url.clone(),
         p.project.clone(),
         who.actor(),
+        who.person_account(),
     );
     db(&state, move |s| {
-        s.rerun_failed(id, &statuses(&url))?;
+        s.rerun_failed(id, by.as_deref(), &statuses(&url))?;
         audit::record(
             s,
             Event::new(actor, AuditAction::Rerun)

@@ -112,6 +112,9 @@ pub struct User {
     pub name: String,
     #[serde(default)]
     pub display_name: String,
+    /// The user's number on its server (a renamed user keeps it).
+    #[serde(default)]
+    pub id: Option<u64>,
 }
 
 impl User {
@@ -120,6 +123,12 @@ impl User {
             .into_iter()
             .find(|s| !s.is_empty())
             .cloned()
+    }
+
+    /// The user as Bosun's people are kept (`model::people::data_center_person`), on the
+    /// server of the project the delivery was verified for.
+    fn account(&self, server: Option<&str>) -> Option<String> {
+        Some(crate::model::people::data_center_person(server?, self.id?))
     }
 }
 
@@ -274,7 +283,7 @@ pub fn intake(
     };
     if event == PUSH {
         let p: RefsChanged = serde_json::from_slice(body).map_err(json)?;
-        return Ok(Some(Intake::Push(push(p))));
+        return Ok(Some(Intake::Push(push(p, server))));
     }
     let action = match event {
         "pr:opened" => PullRequestAction::Opened,
@@ -288,7 +297,7 @@ pub fn intake(
     Ok(Some(Intake::PullRequest(pull_request(p, action, server))))
 }
 
-fn push(p: RefsChanged) -> PushIntake {
+fn push(p: RefsChanged, server: Option<&str>) -> PushIntake {
     // The head commit's message, where the server sends it (`toCommit`, `commits`); without
     // it `[ci skip]` cannot be seen in the payload.
     let message = |hash: &str| {
@@ -326,6 +335,7 @@ fn push(p: RefsChanged) -> PushIntake {
         .collect();
     PushIntake {
         actor: p.actor.login(),
+        account: p.actor.account(server),
         changes,
     }
 }
@@ -367,6 +377,7 @@ fn pull_request(
         url,
         action,
         actor: p.actor.login(),
+        account: p.actor.account(server),
     }
 }
 
@@ -422,6 +433,21 @@ mod tests {
             panic!("not a push")
         };
         assert_eq!(p.actor.as_deref(), Some("admin"));
+        // Without the project's server the user's id names nobody; with it, the person as
+        // a Data Center login keeps them.
+        assert_eq!(p.account, None);
+        let Some(Intake::Push(p)) = intake(
+            PUSH,
+            REFS_CHANGED.as_bytes(),
+            Some("bitbucket.example.com:7990"),
+        )
+        .expect("parses") else {
+            panic!("not a push")
+        };
+        assert_eq!(
+            p.account.as_deref(),
+            Some("dc:bitbucket.example.com:7990/1")
+        );
         assert_eq!(p.changes.len(), 3);
         let master = p.changes[0].as_ref().expect("master");
         assert_eq!(

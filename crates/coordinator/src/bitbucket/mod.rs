@@ -318,6 +318,7 @@ async fn decide_push(
             event: "push".into(),
             event_action: "push".into(),
             username: p.actor.clone(),
+            triggered_by: p.account.clone(),
             commit_subject: subject,
             ..Default::default()
         };
@@ -404,6 +405,7 @@ async fn decide_pull_request(
         pr_fork: fork,
         restricted: crate::model::forks::restricted(fork, project.fork_secrets),
         username: pr.actor.clone(),
+        triggered_by: pr.account.clone(),
         commit_subject: Some(pr.title.clone()),
         params: Vec::new(),
         ..Default::default()

@@ -28,6 +28,9 @@ pub struct Actor {
     pub display_name: String,
     #[serde(default)]
     pub nickname: Option<String>,
+    /// The account's UUID (`{…}`): who the person is among Bosun's people.
+    #[serde(default)]
+    pub uuid: Option<String>,
 }
 
 impl Actor {
@@ -37,6 +40,26 @@ impl Actor {
             .or_else(|| Some(self.display_name.clone()))
             .filter(|s| !s.is_empty())
     }
+
+    /// The account as people are kept by it (`people.bitbucket_uuid`): a braced word only,
+    /// so that no other kind of identity (a Data Center person's) can be named here.
+    pub fn account(&self) -> Option<String> {
+        self.uuid.clone().filter(|u| is_account_uuid(u))
+    }
+}
+
+/// A braced word, as Bitbucket Cloud writes an account's UUID (`{…}`): never a Data Center
+/// person's `dc:SERVER/ID`, nor a word with spaces, braces or control characters inside.
+fn is_account_uuid(u: &str) -> bool {
+    u.len() <= 100
+        && u.strip_prefix('{')
+            .and_then(|r| r.strip_suffix('}'))
+            .is_some_and(|inner| {
+                !inner.is_empty()
+                    && !inner
+                        .chars()
+                        .any(|c| c.is_whitespace() || c.is_control() || c == '{' || c == '}')
+            })
 }
 
 /// `repo:push`.
@@ -148,6 +171,9 @@ pub enum Intake {
 #[derive(Debug, Clone)]
 pub struct PushIntake {
     pub actor: Option<String>,
+    /// Who pushed, as Bosun's people are kept (Cloud's `actor.uuid`; Data Center's
+    /// `dc:SERVER/ID` from `actor.id`), when the payload says it.
+    pub account: Option<String>,
     /// One per pushed ref; `None`: the ref was deleted.
     pub changes: Vec<Option<RefChange>>,
 }
@@ -204,12 +230,15 @@ pub struct PullRequestIntake {
     pub url: Option<String>,
     pub action: PullRequestAction,
     pub actor: Option<String>,
+    /// Who did it, as [`PushIntake::account`].
+    pub account: Option<String>,
 }
 
 impl PushEvent {
     pub fn intake(self) -> PushIntake {
         PushIntake {
             actor: self.actor.login(),
+            account: self.actor.account(),
             changes: self
                 .push
                 .changes
@@ -245,6 +274,7 @@ impl PullRequestEvent {
             source_hash: pr.source.commit.hash,
             action,
             actor: self.actor.login(),
+            account: self.actor.account(),
         }
     }
 }
@@ -273,13 +303,38 @@ mod tests {
     }
 
     #[test]
+    fn an_actor_is_an_account_only_by_a_braced_word() {
+        let actor = |uuid: Option<&str>| Actor {
+            uuid: uuid.map(str::to_owned),
+            ..Actor::default()
+        };
+        assert_eq!(
+            actor(Some("{5c1c7b2e-4a8f-4f7e-9b1d-2d6c0d9e7a11}"))
+                .account()
+                .as_deref(),
+            Some("{5c1c7b2e-4a8f-4f7e-9b1d-2d6c0d9e7a11}")
+        );
+        for bad in [
+            None,
+            Some(""),
+            Some("{}"),
+            Some("ann"),
+            Some("dc:bb/1"),
+            Some("{a} "),
+        ] {
+            assert_eq!(actor(bad).account(), None, "{bad:?}");
+        }
+    }
+
+    #[test]
     fn a_real_shaped_push_parses() {
-        let body = r#"{"actor":{"display_name":"A","nickname":"a"},
+        let body = r#"{"actor":{"display_name":"A","nickname":"a","uuid":"{0a1b}","type":"user"},
           "repository":{"uuid":"{1}","full_name":"acme/widget","name":"widget","mainbranch":{"name":"main"}},
           "push":{"changes":[{"new":{"type":"branch","name":"main","target":{"type":"commit","hash":"abc","message":"m"}},
                              "old":null,"created":true,"closed":false,"forced":false,"truncated":false,"commits":[]},
                             {"new":null,"closed":true}]}}"#;
         let p: PushEvent = serde_json::from_str(body).expect("parses");
+        assert_eq!(p.actor.account().as_deref(), Some("{0a1b}"));
         assert_eq!(p.push.changes.len(), 2);
         assert!(p.push.changes[1].new.is_none());
         assert_eq!(

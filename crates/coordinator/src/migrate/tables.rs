@@ -53,6 +53,7 @@ pub const TABLES: &[&str] = &[
     "people",
     "sessions",
     "person_permissions",
+    "person_groups",
     "person_ssh_keys",
     "personal_tokens",
     "audit_log",

@@ -3,6 +3,7 @@
 //! returns in order (statuses, the `jobs` rows agents claim, the commit-status outbox) in one
 //! transaction; nothing here reads or writes anything.
 
+use super::contexts::{Member, RunsFor};
 use super::JobKind;
 use bosun_config::{readiness, Readiness, RequiredStatus};
 use bosun_protocol::{JobState, PipelineState, WorkflowJobStatus, WorkflowState};
@@ -195,17 +196,14 @@ pub fn pipeline_state(wfs: &[WorkflowState]) -> Option<PipelineState> {
     })
 }
 
-/// The jobs whose contexts are to be authorized before they may start, each with who it
-/// runs for: a waiting build job that names contexts (`contexts[i]`, by the job's index),
-/// run for the operator who approved an approval job it requires (`approved_by[i]`), if
-/// any. A restricted build (a forked pull request's without the project's secrets) gets no
-/// context, so none needs one.
-pub fn to_authorize<'a>(
+/// The waiting build jobs that name contexts (`contexts[i]`, by the job's index): those
+/// authorized before they may start. A restricted build (a forked pull request's without
+/// the project's secrets) gets no context, so none needs one.
+pub fn naming_contexts(
     jobs: &[WorkflowJob],
     contexts: &[Vec<String>],
-    approved_by: &'a [Option<String>],
     restricted: bool,
-) -> Vec<(usize, Option<&'a str>)> {
+) -> Vec<usize> {
     if restricted {
         return Vec::new();
     }
@@ -215,16 +213,79 @@ pub fn to_authorize<'a>(
                 && jobs[i].kind == JobKind::Build
                 && contexts.get(i).is_some_and(|c| !c.is_empty())
         })
+        .collect()
+}
+
+/// The jobs of [`naming_contexts`], each with who it runs for, as CircleCI decides it: the
+/// approvers of every approval job upstream of it (`approvers[k]`: who approved job `k`),
+/// else whoever triggered (or reran) the pipeline (`trigger`: a Bosun person), else
+/// nobody. Only approval jobs approve: a build job's row never names an approver.
+pub fn to_authorize(
+    jobs: &[WorkflowJob],
+    contexts: &[Vec<String>],
+    approvers: &[Option<Member>],
+    trigger: Option<&Member>,
+    restricted: bool,
+) -> Vec<(usize, RunsFor)> {
+    naming_contexts(jobs, contexts, restricted)
+        .into_iter()
         .map(|i| {
-            let approver = jobs[i].requires.iter().find_map(|(name, _)| {
-                let k = jobs.iter().position(|j| &j.name == name)?;
-                (jobs[k].kind == JobKind::Approval)
-                    .then(|| approved_by.get(k)?.as_deref())
-                    .flatten()
-            });
-            (i, approver)
+            let approved: Vec<Member> = upstream(jobs, i)
+                .into_iter()
+                .filter(|&k| jobs[k].kind == JobKind::Approval)
+                .filter_map(|k| approvers.get(k).cloned().flatten())
+                .collect();
+            let runs_for = if !approved.is_empty() {
+                RunsFor::Approvers(approved)
+            } else if let Some(t) = trigger {
+                RunsFor::Trigger(t.clone())
+            } else {
+                RunsFor::Nobody
+            };
+            (i, runs_for)
         })
         .collect()
+}
+
+/// The jobs upstream of job `of`: those it requires, directly or through others, by index
+/// (each once; a name no job has is skipped).
+pub fn upstream(jobs: &[WorkflowJob], of: usize) -> Vec<usize> {
+    let names: Vec<&str> = jobs.iter().map(|j| j.name.as_str()).collect();
+    let mut seen = vec![false; jobs.len()];
+    let mut todo = vec![of];
+    let mut out = Vec::new();
+    while let Some(i) = todo.pop() {
+        for (name, _) in &jobs[i].requires {
+            if let Some(k) = names.iter().position(|n| n == name) {
+                if !seen[k] && k != of {
+                    seen[k] = true;
+                    out.push(k);
+                    todo.push(k);
+                }
+            }
+        }
+    }
+    out.sort_unstable();
+    out
+}
+
+/// The jobs downstream of the job named `from`: those that require it, directly or through
+/// others, by index; `requires[i]` names what job `i` (named `names[i]`) requires.
+pub fn downstream(names: &[String], requires: &[Vec<String>], from: &str) -> Vec<usize> {
+    let mut seen = vec![false; names.len()];
+    let mut todo = vec![from.to_owned()];
+    let mut out = Vec::new();
+    while let Some(name) = todo.pop() {
+        for (i, r) in requires.iter().enumerate() {
+            if !seen[i] && names[i] != from && r.contains(&name) {
+                seen[i] = true;
+                out.push(i);
+                todo.push(names[i].clone());
+            }
+        }
+    }
+    out.sort_unstable();
+    out
 }
 
 /// Whether a pipeline in state `p` has ended.
@@ -457,8 +518,15 @@ mod tests {
         assert!(!pipeline_final(PipelineState::OnHold));
     }
 
+    fn member(name: &str) -> Member {
+        Member {
+            name: name.to_owned(),
+            groups: vec!["release".to_owned()],
+        }
+    }
+
     #[test]
-    fn a_waiting_build_naming_contexts_is_authorized_for_the_approver_in_front_of_it() {
+    fn a_job_runs_for_the_approvers_upstream_else_for_who_triggered_the_pipeline() {
         let mut hold = job("hold", JobKind::Approval, &[]);
         hold.status = W::Success;
         let jobs = vec![
@@ -466,30 +534,95 @@ mod tests {
             build("deploy", &["hold"]),
             build("lint", &[]),
             build("test", &[]),
+            // Behind `deploy`, so behind the approval too.
+            build("smoke", &["deploy"]),
         ];
         let ctx = |c: &[&str]| c.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        let contexts = vec![ctx(&[]), ctx(&["prod"]), ctx(&["ci"]), ctx(&[])];
-        let approved_by = vec![Some("ana".to_owned()), None, None, None];
-        // `test` names no context; `lint` has no approval in front of it.
+        let contexts = vec![
+            ctx(&[]),
+            ctx(&["prod"]),
+            ctx(&["ci"]),
+            ctx(&[]),
+            ctx(&["prod"]),
+        ];
+        let approvers = vec![Some(member("ana")), None, None, None, None];
+        let ana = || RunsFor::Approvers(vec![member("ana")]);
+        // `test` names no context; `lint` has no approval upstream and nobody triggered it.
         assert_eq!(
-            to_authorize(&jobs, &contexts, &approved_by, false),
-            vec![(1, Some("ana")), (2, None)]
+            to_authorize(&jobs, &contexts, &approvers, None, false),
+            vec![(1, ana()), (2, RunsFor::Nobody), (4, ana())]
+        );
+        // A person who triggered the pipeline: jobs without an approval upstream run for
+        // them; the approver still counts over them where there is one.
+        let pusher = member("pia");
+        assert_eq!(
+            to_authorize(&jobs, &contexts, &approvers, Some(&pusher), false),
+            vec![
+                (1, ana()),
+                (2, RunsFor::Trigger(pusher.clone())),
+                (4, ana())
+            ]
         );
         // A restricted build gets no context, so none is authorized.
-        assert!(to_authorize(&jobs, &contexts, &approved_by, true).is_empty());
+        assert!(to_authorize(&jobs, &contexts, &approvers, Some(&pusher), true).is_empty());
         // Only a waiting build job: a running one was authorized when it started.
         let mut started = jobs.clone();
         started[1].status = W::Running;
         assert_eq!(
-            to_authorize(&started, &contexts, &approved_by, false),
-            vec![(2, None)]
+            to_authorize(&started, &contexts, &approvers, None, false),
+            vec![(2, RunsFor::Nobody), (4, ana())]
         );
-        // A build job in front is not an approver, whoever it names.
-        let mut not_approval = jobs;
+        // A build job in front is not an approver, whoever its row names.
+        let mut not_approval = jobs.clone();
         not_approval[0].kind = JobKind::Build;
         assert_eq!(
-            to_authorize(&not_approval, &contexts, &approved_by, false),
-            vec![(1, None), (2, None)]
+            to_authorize(&not_approval, &contexts, &approvers, Some(&pusher), false),
+            vec![
+                (1, RunsFor::Trigger(pusher.clone())),
+                (2, RunsFor::Trigger(pusher.clone())),
+                (4, RunsFor::Trigger(pusher.clone()))
+            ]
         );
+        // Two approvals upstream: the job runs for both approvers.
+        let mut two = jobs;
+        let mut hold2 = job("hold2", JobKind::Approval, &["deploy"]);
+        hold2.status = W::Success;
+        two.push(hold2);
+        two[4]
+            .requires
+            .push(("hold2".into(), vec![RequiredStatus::Success]));
+        let mut contexts = contexts;
+        contexts.push(ctx(&[]));
+        let mut approvers = approvers;
+        approvers.push(Some(member("bo")));
+        assert_eq!(
+            to_authorize(&two, &contexts, &approvers, None, false)[2],
+            (4, RunsFor::Approvers(vec![member("ana"), member("bo")]))
+        );
+    }
+
+    #[test]
+    fn upstream_and_downstream_follow_requires_through_other_jobs_and_cycles_end() {
+        let jobs = vec![
+            build("a", &[]),
+            build("b", &["a"]),
+            build("c", &["b", "missing"]),
+            build("d", &[]),
+        ];
+        assert_eq!(upstream(&jobs, 2), vec![0, 1]);
+        assert!(upstream(&jobs, 3).is_empty());
+        let names: Vec<String> = jobs.iter().map(|j| j.name.clone()).collect();
+        let requires: Vec<Vec<String>> = jobs
+            .iter()
+            .map(|j| j.requires.iter().map(|(n, _)| n.clone()).collect())
+            .collect();
+        assert_eq!(downstream(&names, &requires, "a"), vec![1, 2]);
+        assert!(downstream(&names, &requires, "c").is_empty());
+        // A cycle (refused by the compiler, but a stored row is not trusted) ends.
+        let cyclic = vec![build("x", &["y"]), build("y", &["x"])];
+        assert_eq!(upstream(&cyclic, 0), vec![1]);
+        let n = vec!["x".to_owned(), "y".to_owned()];
+        let r = vec![vec!["y".to_owned()], vec!["x".to_owned()]];
+        assert_eq!(downstream(&n, &r, "x"), vec![1]);
     }
 }

@@ -24,6 +24,8 @@ pub enum AuditAction {
     RevokeAdmin,
     /// Rows older than a cut-off removed on the host (`audit prune`).
     Pruned,
+    /// Someone put in security groups or taken out of them (a person's or an operator's).
+    Groups,
 }
 
 impl AuditAction {
@@ -41,6 +43,7 @@ impl AuditAction {
         AuditAction::GrantAdmin,
         AuditAction::RevokeAdmin,
         AuditAction::Pruned,
+        AuditAction::Groups,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -58,6 +61,7 @@ impl AuditAction {
             AuditAction::GrantAdmin => "grant-admin",
             AuditAction::RevokeAdmin => "revoke-admin",
             AuditAction::Pruned => "audit-pruned",
+            AuditAction::Groups => "groups",
         }
     }
 }

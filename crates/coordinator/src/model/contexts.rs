@@ -1,8 +1,9 @@
 //! Contexts, pure: what a restriction is, whether a job may use its contexts (CircleCI's
 //! three kinds: a project, a security group, an expression over the pipeline's values),
-//! whether an operator may approve the jobs behind an approval, and how a job's variables
+//! whether someone may approve the jobs behind an approval, and how a job's variables
 //! are layered (a later context over an earlier one, every context over the project's
-//! variables). The store loads the rows and applies what these say.
+//! variables). Who a job runs for is `model::advance::to_authorize`'s. The store loads the
+//! rows and applies what these say.
 
 use super::expression::{self, Facts};
 use std::fmt;
@@ -13,7 +14,8 @@ use std::str::FromStr;
 pub enum RestrictionKind {
     /// Only jobs of one project (the value is its slug, as `project add` named it).
     Project,
-    /// Only jobs an operator of the group runs (approves).
+    /// Only jobs run for a member of the group (a person or an operator): who triggered the
+    /// pipeline, or who approved the approval jobs upstream of the job.
     Group,
     /// Only pipelines the expression holds for.
     Expression,
@@ -116,13 +118,86 @@ pub struct ContextFacts {
     pub restrictions: Vec<Restriction>,
 }
 
-/// Who a job runs for, as far as group restrictions go: the operator who approved the
-/// approval job in front of it, and the groups that operator belongs to.
+/// Who approves an approval job or triggers a pipeline, as groups know them: an operator by
+/// name (`operator groups`), or a person by their Bitbucket account (`people.bitbucket_uuid`:
+/// Cloud's `{UUID}`, Data Center's `dc:SERVER/ID`) with the nickname shown for them. Kept
+/// apart so that a person whose nickname is an operator's name never gets that operator's
+/// groups.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Principal {
+    Operator(String),
+    Person { account: String, nickname: String },
+}
+
+impl Principal {
+    /// The name shown for them (`approved_by`, reasons).
+    pub fn name(&self) -> &str {
+        match self {
+            Principal::Operator(n) => n,
+            Principal::Person { nickname, .. } => nickname,
+        }
+    }
+
+    /// The Bitbucket account of a person; `None` for an operator.
+    pub fn account(&self) -> Option<&str> {
+        match self {
+            Principal::Operator(_) => None,
+            Principal::Person { account, .. } => Some(account),
+        }
+    }
+}
+
+/// Someone a job can run for, as group restrictions see them: the name said in reasons and
+/// the groups they are in, read when the job is authorized (so taking someone out of a
+/// group counts for every job authorized after it).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Actor {
-    pub name: Option<String>,
+pub struct Member {
+    pub name: String,
     pub groups: Vec<String>,
 }
+
+impl Member {
+    fn in_any(&self, groups: &[&str]) -> bool {
+        self.groups.iter().any(|g| groups.contains(&g.as_str()))
+    }
+}
+
+/// Who a job runs for, as CircleCI decides it: whoever approved the approval jobs upstream
+/// of it, else whoever triggered its pipeline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunsFor {
+    /// The approvers of the approval jobs upstream of it: each must be a member.
+    Approvers(Vec<Member>),
+    /// The person who triggered the pipeline (a push or pull request of a Bosun person, a
+    /// trigger with their personal token) or reran it.
+    Trigger(Member),
+    /// Nobody a group can hold: a push by someone who never logged in, a trigger on the
+    /// host or with an operator or project token, a schedule.
+    Nobody,
+}
+
+impl RunsFor {
+    /// Whether the job runs for members of one of `groups`; `Err`: who does not.
+    fn member_of(&self, groups: &[&str]) -> Result<(), String> {
+        match self {
+            RunsFor::Approvers(ms) => match ms.iter().find(|m| !m.in_any(groups)) {
+                None if !ms.is_empty() => Ok(()),
+                None => Err(NOBODY.to_owned()),
+                Some(m) => Err(format!("{}, who approved the job, is not a member", m.name)),
+            },
+            RunsFor::Trigger(m) if m.in_any(groups) => Ok(()),
+            RunsFor::Trigger(m) => Err(format!(
+                "{}, who triggered the pipeline, is not a member (or put an approval job in \
+                 front of it, approved by a member)",
+                m.name
+            )),
+            RunsFor::Nobody => Err(NOBODY.to_owned()),
+        }
+    }
+}
+
+const NOBODY: &str = "nobody of it triggered the pipeline or approved the job (a Bosun person \
+                      of the group pushes or triggers it, or put an approval job in front of it)";
 
 /// Whether a job naming `wanted` (in the config's order) may run with them: `Ok` with the
 /// contexts in that order, or the reason it is `unauthorized`. `found` are the contexts that
@@ -132,7 +207,7 @@ pub fn authorize(
     found: &[ContextFacts],
     project: &str,
     facts: &Facts,
-    actor: &Actor,
+    runs_for: &RunsFor,
 ) -> Result<Vec<ContextFacts>, String> {
     let mut out = Vec::with_capacity(wanted.len());
     for name in wanted {
@@ -159,19 +234,26 @@ pub fn authorize(
             let holds = |r: &&Restriction| {
                 expression::parse(&r.value).is_ok_and(|e| expression::eval(&e, facts))
             };
+            let mut who = String::new();
             let unmet: Vec<&Restriction> = match kind {
                 RestrictionKind::Expression => {
                     of_kind.iter().copied().filter(|r| !holds(r)).collect()
                 }
-                _ => {
-                    let met = of_kind.iter().any(|r| match kind {
-                        RestrictionKind::Project => r.value == project,
-                        _ => actor.groups.contains(&r.value),
-                    });
-                    if met {
+                RestrictionKind::Project => {
+                    if of_kind.iter().any(|r| r.value == project) {
                         Vec::new()
                     } else {
                         of_kind.clone()
+                    }
+                }
+                RestrictionKind::Group => {
+                    let groups: Vec<&str> = of_kind.iter().map(|r| r.value.as_str()).collect();
+                    match runs_for.member_of(&groups) {
+                        Ok(()) => Vec::new(),
+                        Err(w) => {
+                            who = w;
+                            of_kind.clone()
+                        }
                     }
                 }
             };
@@ -182,17 +264,10 @@ pub fn authorize(
                         "context {name} is restricted to project {}; this is {project}",
                         values.join(" or ")
                     ),
-                    RestrictionKind::Group => match &actor.name {
-                        Some(who) => format!(
-                            "context {name} is restricted to group {}; {who} is not a member",
-                            values.join(" or ")
-                        ),
-                        None => format!(
-                            "context {name} is restricted to group {}; nobody of it approved \
-                             the job (put an approval job in front of it)",
-                            values.join(" or ")
-                        ),
-                    },
+                    RestrictionKind::Group => format!(
+                        "context {name} is restricted to group {}; {who}",
+                        values.join(" or ")
+                    ),
                     RestrictionKind::Expression => format!(
                         "context {name}: the pipeline does not meet its restriction {}",
                         values.join(" and ")
@@ -205,10 +280,14 @@ pub fn authorize(
     Ok(out)
 }
 
-/// Whether operator `actor` may approve an approval job whose dependants use `contexts`
-/// (CircleCI: an approval in front of a job with a group-restricted context may be approved
-/// only by a member of the group). `Err`: the reason for the 403.
-pub fn may_approve(approval: &str, contexts: &[ContextFacts], actor: &Actor) -> Result<(), String> {
+/// Whether `approver` may approve an approval job whose dependants (every job downstream of
+/// it) use `contexts` (CircleCI: an approval in front of a job with a group-restricted
+/// context may be approved only by a member of the group). `Err`: the reason for the 403.
+pub fn may_approve(
+    approval: &str,
+    contexts: &[ContextFacts],
+    approver: &Member,
+) -> Result<(), String> {
     for c in contexts {
         let groups: Vec<&str> = c
             .restrictions
@@ -216,7 +295,7 @@ pub fn may_approve(approval: &str, contexts: &[ContextFacts], actor: &Actor) -> 
             .filter(|r| r.kind == RestrictionKind::Group)
             .map(|r| r.value.as_str())
             .collect();
-        if groups.is_empty() || groups.iter().any(|g| actor.groups.iter().any(|a| a == g)) {
+        if groups.is_empty() || approver.in_any(&groups) {
             continue;
         }
         return Err(format!(
@@ -224,7 +303,7 @@ pub fn may_approve(approval: &str, contexts: &[ContextFacts], actor: &Actor) -> 
              group {}, and {who} is not a member",
             c.name,
             groups.join(" or "),
-            who = actor.name.as_deref().unwrap_or("this operator"),
+            who = approver.name,
         ));
     }
     Ok(())
@@ -289,7 +368,7 @@ mod tests {
             ],
         );
         let found = vec![deploy.clone(), ctx("plain", &[])];
-        let none = Actor::default();
+        let none = RunsFor::Nobody;
         let ok = authorize(
             &names(&["plain", "deploy"]),
             &found,
@@ -329,28 +408,81 @@ mod tests {
         assert!(e.contains("context nope does not exist"), "{e}");
     }
 
+    fn member(name: &str, groups: &[&str]) -> Member {
+        Member {
+            name: name.into(),
+            groups: names(groups),
+        }
+    }
+
     #[test]
-    fn a_group_restriction_needs_an_approver_of_the_group() {
-        let found = vec![ctx("prod", &[(RestrictionKind::Group, "release")])];
+    fn a_group_restriction_needs_the_job_to_run_for_members_only() {
+        let found = vec![ctx(
+            "prod",
+            &[
+                (RestrictionKind::Group, "release"),
+                (RestrictionKind::Group, "ops"),
+            ],
+        )];
         let f = on("main");
-        let ann = Actor {
-            name: Some("ann".into()),
-            groups: names(&["release"]),
-        };
-        let bob = Actor {
-            name: Some("bob".into()),
-            groups: names(&["dev"]),
-        };
-        assert!(authorize(&names(&["prod"]), &found, "a/b", &f, &ann).is_ok());
-        let e = authorize(&names(&["prod"]), &found, "a/b", &f, &bob).expect_err("bob");
-        assert!(e.contains("bob is not a member"), "{e}");
-        let e =
-            authorize(&names(&["prod"]), &found, "a/b", &f, &Actor::default()).expect_err("nobody");
-        assert!(e.contains("approval job"), "{e}");
+        let ann = member("ann", &["dev", "release"]);
+        let bob = member("bob", &["dev"]);
+        let ops = member("olga", &["ops"]);
+        let prod = names(&["prod"]);
+        let run = |who: RunsFor| authorize(&prod, &found, "a/b", &f, &who);
+        // An approver of the group, or a member who triggered it: given. One of the
+        // context's groups is enough.
+        assert!(run(RunsFor::Approvers(vec![ann.clone()])).is_ok());
+        assert!(run(RunsFor::Trigger(ann.clone())).is_ok());
+        assert!(run(RunsFor::Trigger(ops.clone())).is_ok());
+        // Every approver upstream must be a member.
+        assert!(run(RunsFor::Approvers(vec![ann.clone(), ops.clone()])).is_ok());
+        let e = run(RunsFor::Approvers(vec![ann.clone(), bob.clone()])).expect_err("bob");
+        assert!(
+            e.contains(
+                "restricted to group release or ops; bob, who approved the job, is not a member"
+            ),
+            "{e}"
+        );
+        let e = run(RunsFor::Trigger(bob.clone())).expect_err("bob pushed");
+        assert!(
+            e.contains("bob, who triggered the pipeline, is not a member"),
+            "{e}"
+        );
+        // Nobody of it: neither a trigger by a person nor an approval.
+        for nobody in [RunsFor::Nobody, RunsFor::Approvers(Vec::new())] {
+            let e = run(nobody).expect_err("nobody");
+            assert!(
+                e.contains("nobody of it") && e.contains("approval job"),
+                "{e}"
+            );
+        }
+        // A group name is matched whole, not as a prefix or ignoring case.
+        assert!(run(RunsFor::Trigger(member("eve", &["releases", "Release"]))).is_err());
+        // A context without a group restriction is given whoever the job runs for.
+        let open = vec![ctx("open", &[])];
+        assert!(authorize(&names(&["open"]), &open, "a/b", &f, &RunsFor::Nobody).is_ok());
+        // Approving: only a member may approve in front of a group-restricted context.
         assert!(may_approve("hold", &found, &ann).is_ok());
+        assert!(may_approve("hold", &found, &ops).is_ok());
         let e = may_approve("hold", &found, &bob).expect_err("bob");
-        assert!(e.contains("bob may not approve hold"), "{e}");
-        assert!(may_approve("hold", &[ctx("open", &[])], &bob).is_ok());
+        assert!(
+            e.contains("bob may not approve hold") && e.contains("group release or ops"),
+            "{e}"
+        );
+        assert!(may_approve("hold", &open, &bob).is_ok());
+    }
+
+    #[test]
+    fn a_person_and_an_operator_of_the_same_name_are_told_apart() {
+        let op = Principal::Operator("ann".into());
+        let person = Principal::Person {
+            account: "{acct-ann}".into(),
+            nickname: "ann".into(),
+        };
+        assert_eq!((op.name(), person.name()), ("ann", "ann"));
+        assert_ne!(op, person);
+        assert_eq!((op.account(), person.account()), (None, Some("{acct-ann}")));
     }
 
     #[test]

@@ -233,6 +233,7 @@ mod tests {
             pr_number: None,
             pr_fork: false,
             restricted: false,
+            triggered_by: None,
             created: 1_764_578_000_000,
             workflows: vec![crate::store::pipelines::WorkflowRow {
                 id: 1,

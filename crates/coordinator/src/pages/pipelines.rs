@@ -10,6 +10,7 @@
 use super::{esc, shell};
 use crate::audit::{Actor, AuditAction, Event};
 use crate::bitbucket::status::statuses;
+use crate::model::contexts::Principal;
 use crate::model::people::Action;
 use crate::model::JobKind;
 use crate::store::pipelines::{PipelineRow, WorkflowRow};
@@ -328,13 +329,14 @@ fn workflow_graph(w: &WorkflowRow) -> String {
 
 /// Who acts on pipeline `id`: the operator behind the request's bearer token, or the person
 /// logged in whose repository permission allows `action` (their session cookie and the
-/// CSRF token in `X-Bosun-CSRF`); else the 401 or 403 to answer.
+/// CSRF token in `X-Bosun-CSRF`); else the 401 or 403 to answer. With who they are in the
+/// audit log, who they are to security groups.
 async fn operator(
     state: &Arc<AppState>,
     headers: &HeaderMap,
     id: i64,
     action: crate::model::people::Action,
-) -> Result<Actor, Response> {
+) -> Result<(Actor, Principal), Response> {
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -346,7 +348,7 @@ async fn operator(
         return person(state, headers, id, action).await;
     }
     match state.db(move |s| s.operator(&token)).await {
-        Ok(Some(name)) => Ok(Actor::Operator(name)),
+        Ok(Some(name)) => Ok((Actor::Operator(name.clone()), Principal::Operator(name))),
         Ok(None) => Err(json_error(
             StatusCode::UNAUTHORIZED,
             "operator token unknown or revoked",
@@ -361,7 +363,7 @@ async fn person(
     headers: &HeaderMap,
     id: i64,
     action: crate::model::people::Action,
-) -> Result<Actor, Response> {
+) -> Result<(Actor, Principal), Response> {
     use crate::people;
     let viewer = match people::viewer(state, headers).await {
         Ok(Some(v)) => v,
@@ -392,7 +394,13 @@ async fn person(
         return Err(json_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()));
     }
     match people::may(state, &viewer, &project, action).await {
-        Ok(true) => Ok(Actor::Person(viewer.person.nickname)),
+        Ok(true) => Ok((
+            Actor::Person(viewer.person.nickname.clone()),
+            Principal::Person {
+                account: viewer.person.uuid,
+                nickname: viewer.person.nickname,
+            },
+        )),
         Ok(false) => Err(json_error(
             StatusCode::FORBIDDEN,
             format!(
@@ -420,7 +428,7 @@ pub(crate) async fn approve(
     let Some((id, false)) = parse_id(&raw) else {
         return json_error(StatusCode::NOT_FOUND, format!("no pipeline {raw}"));
     };
-    let who = match operator(&state, &headers, id, Action::Approve).await {
+    let (who, by) = match operator(&state, &headers, id, Action::Approve).await {
         Ok(w) => w,
         Err(r) => return r,
     };
@@ -430,7 +438,6 @@ pub(crate) async fn approve(
     };
     let url = state.public_url.clone();
     let job = b.job.clone();
-    let by = who.name().to_owned();
     done(
         &state,
         state
@@ -452,7 +459,7 @@ pub(crate) async fn cancel(
     let Some((id, false)) = parse_id(&raw) else {
         return json_error(StatusCode::NOT_FOUND, format!("no pipeline {raw}"));
     };
-    let who = match operator(&state, &headers, id, Action::Cancel).await {
+    let (who, _) = match operator(&state, &headers, id, Action::Cancel).await {
         Ok(w) => w,
         Err(r) => return r,
     };
@@ -477,7 +484,7 @@ pub(crate) async fn rerun(
     let Some((id, false)) = parse_id(&raw) else {
         return json_error(StatusCode::NOT_FOUND, format!("no pipeline {raw}"));
     };
-    let who = match operator(&state, &headers, id, Action::Rerun).await {
+    let (who, by) = match operator(&state, &headers, id, Action::Rerun).await {
         Ok(w) => w,
         Err(r) => return r,
     };
@@ -486,7 +493,7 @@ pub(crate) async fn rerun(
         &state,
         state
             .db(move |s| {
-                let n = s.rerun_failed(id, &statuses(&url))?;
+                let n = s.rerun_failed(id, by.account(), &statuses(&url))?;
                 audited(s, who, AuditAction::Rerun, id, "")?;
                 Ok(n)
             })

@@ -1,4 +1,4 @@
-//! Contexts and operator groups behind one trait, in types that say nothing of the database:
+//! Contexts and the security groups of operators and people behind one trait, in types that say nothing of the database:
 //! what the CLI's `context` commands, the approvals and (later) CircleCI's `/api/v2/context`
 //! endpoints call. Variable values cross it in the clear one way only (set); they are sealed
 //! inside the implementation and never listed. A context is named by its name or its id
@@ -37,4 +37,11 @@ pub trait ContextStore: Send + Sync {
     fn remove_operator_group(&self, operator: &str, group: &str) -> Result<bool>;
     /// The groups of an operator, sorted.
     fn operator_groups(&self, operator: &str) -> Result<Vec<String>>;
+    /// Put person `person` (their id) in group `group`: whether they were not in it yet.
+    /// `Invalid` for a group that is not a name.
+    fn add_person_group(&self, person: i64, group: &str) -> Result<bool>;
+    /// Take a person out of a group: whether they were in it.
+    fn remove_person_group(&self, person: i64, group: &str) -> Result<bool>;
+    /// The groups of a person (their id), sorted.
+    fn person_groups(&self, person: i64) -> Result<Vec<String>>;
 }

@@ -1,6 +1,6 @@
 //! Contexts as the store keeps them: the contexts, their variables (values sealed with the
 //! store's key, place `c<uuid>/env/<name>`), their restrictions, and the groups operators
-//! belong to. What they mean (who may use a context, in which order variables win) is
+//! and people belong to. What they mean (who may use a context, in which order variables win) is
 //! `model::contexts`; this file only reads and writes rows. Reached through
 //! [`super::ContextStore`].
 
@@ -8,7 +8,7 @@ use super::db::{params, parse_col, Db, Lock, OptionalExtension, SqlStore};
 use super::pipelines::uuid_v4;
 use super::*;
 use crate::model::contexts::{
-    check_context_name, check_restriction, check_variable_name, ContextFacts, Restriction,
+    check_context_name, check_restriction, check_variable_name, ContextFacts, Member, Restriction,
     RestrictionKind,
 };
 
@@ -149,6 +149,76 @@ pub(super) fn groups_of(conn: &dyn Db, name: &str) -> Result<Vec<String>> {
         .query_map([name], |r| r.get(0))?
         .collect::<super::db::Result<Vec<_>>>()?;
     Ok(rows)
+}
+
+/// The person of Bitbucket account `account` as groups see them (their nickname and their
+/// groups, read now); `None` when no person has that account (they never logged in).
+fn person_member(conn: &dyn Db, account: &str) -> Result<Option<Member>> {
+    let person: Option<(i64, String)> = conn
+        .query_row(
+            "SELECT id, nickname FROM people WHERE bitbucket_uuid = ?1",
+            [account],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    let Some((id, nickname)) = person else {
+        return Ok(None);
+    };
+    Ok(Some(Member {
+        name: nickname,
+        groups: person_groups_of(conn, id)?,
+    }))
+}
+
+fn person_groups_of(conn: &dyn Db, person: i64) -> Result<Vec<String>> {
+    let mut st = conn.prepare("SELECT grp FROM person_groups WHERE person_id = ?1 ORDER BY grp")?;
+    let rows = st
+        .query_map([person], |r| r.get(0))?
+        .collect::<super::db::Result<Vec<_>>>()?;
+    Ok(rows)
+}
+
+/// Who approved an approval job, as groups see them, from its row: the person of account
+/// `person` when a person approved (a person who is gone is in no group), else operator
+/// `name`.
+pub(super) fn approver_member(conn: &dyn Db, name: &str, person: Option<&str>) -> Result<Member> {
+    Ok(match person {
+        Some(account) => person_member(conn, account)?.unwrap_or_else(|| Member {
+            name: name.to_owned(),
+            groups: Vec::new(),
+        }),
+        None => Member {
+            name: name.to_owned(),
+            groups: groups_of(conn, name)?,
+        },
+    })
+}
+
+/// Who triggered pipeline `pipeline` as groups see them: the Bosun person of the account
+/// it records, if there is one.
+pub(super) fn trigger_member(conn: &dyn Db, pipeline: i64) -> Result<Option<Member>> {
+    let account: Option<String> = conn.query_row(
+        "SELECT triggered_by FROM pipelines WHERE id = ?1",
+        [pipeline],
+        |r| r.get(0),
+    )?;
+    match account {
+        Some(a) => person_member(conn, &a),
+        None => Ok(None),
+    }
+}
+
+fn check_group(group: &str) -> Result<()> {
+    check_restriction(&Restriction {
+        kind: RestrictionKind::Group,
+        value: group.to_owned(),
+    })
+    .map_err(|_| {
+        CoordError::Invalid(format!(
+            "--group `{}`: expected a name of 1 to 200 printable characters",
+            crate::text::printable(group)
+        ))
+    })
 }
 
 /// The variables of the contexts `ids` (UUIDs, in order), opened; a context deleted since
@@ -406,16 +476,7 @@ impl<S: SqlStore> ContextStore for S {
     }
 
     fn add_operator_group(&self, operator: &str, group: &str) -> Result<()> {
-        check_restriction(&Restriction {
-            kind: RestrictionKind::Group,
-            value: group.to_owned(),
-        })
-        .map_err(|_| {
-            CoordError::Invalid(format!(
-                "--group `{}`: expected a name of 1 to 200 printable characters",
-                crate::text::printable(group)
-            ))
-        })?;
+        check_group(group)?;
         self.conn(|conn| {
             conn.execute(
                 "INSERT OR IGNORE INTO operator_groups(operator, grp) VALUES (?1, ?2)",
@@ -437,6 +498,29 @@ impl<S: SqlStore> ContextStore for S {
     fn operator_groups(&self, operator: &str) -> Result<Vec<String>> {
         self.read(|conn| groups_of(conn, operator))
     }
+
+    fn add_person_group(&self, person: i64, group: &str) -> Result<bool> {
+        check_group(group)?;
+        self.conn(|conn| {
+            Ok(conn.execute(
+                "INSERT INTO person_groups(person_id, grp) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+                params![person, group],
+            )? > 0)
+        })
+    }
+
+    fn remove_person_group(&self, person: i64, group: &str) -> Result<bool> {
+        self.conn(|conn| {
+            Ok(conn.execute(
+                "DELETE FROM person_groups WHERE person_id = ?1 AND grp = ?2",
+                params![person, group],
+            )? > 0)
+        })
+    }
+
+    fn person_groups(&self, person: i64) -> Result<Vec<String>> {
+        self.read(|conn| person_groups_of(conn, person))
+    }
 }
 
 /// The ids of the contexts named `names` that exist, in order.
@@ -455,15 +539,15 @@ pub(super) fn ids_by_name(conn: &dyn Db, names: &[String]) -> Result<Vec<String>
 
 /// Whether a job of pipeline `pipeline` naming contexts `wanted` may run with them, as
 /// `model::contexts::authorize` decides from the rows: `Ok(Ok(ids))`, or `Ok(Err(reason))`
-/// for an `unauthorized` job. `approver`: the operator who approved the approval job in
-/// front of it.
+/// for an `unauthorized` job. `runs_for`: who the job runs for
+/// (`model::advance::to_authorize`).
 pub(super) fn authorize_job(
     conn: &dyn Db,
     pipeline: i64,
     wanted: &[String],
-    approver: Option<&str>,
+    runs_for: &crate::model::contexts::RunsFor,
 ) -> Result<std::result::Result<Vec<String>, String>> {
-    use crate::model::contexts::{authorize, Actor};
+    use crate::model::contexts::authorize;
     use crate::model::expression::{Facts, Value, Var};
     type Row = (
         String,
@@ -531,41 +615,45 @@ pub(super) fn authorize_job(
         // A pipeline's jobs are queued without SSH; a rerun with SSH is a job of its own.
         .set(Var::JobSshEnabled, Value::Bool(false));
     let found = facts_by_name(conn, wanted)?;
-    let actor = match approver {
-        Some(who) => Actor {
-            name: Some(who.to_owned()),
-            groups: groups_of(conn, who)?,
-        },
-        None => Actor::default(),
-    };
-    Ok(authorize(wanted, &found, &slug, &facts, &actor)
+    Ok(authorize(wanted, &found, &slug, &facts, runs_for)
         .map(|cs| cs.into_iter().map(|c| c.id).collect()))
 }
 
-/// Whether operator `by` may approve approval job `approval` (workflow job row `wjid`): the
-/// jobs that require it and use a group-restricted context need a member of the group
-/// (`model::contexts::may_approve`). `Forbidden` with the reason otherwise.
-pub(super) fn check_approver(conn: &dyn Db, wjid: i64, approval: &str, by: &str) -> Result<()> {
-    use crate::model::contexts::{may_approve, Actor};
-    let siblings: Vec<(String, String)> = {
+/// Whether `by` may approve approval job `approval` (workflow job row `wjid`): the jobs
+/// downstream of it that use a group-restricted context need a member of the group
+/// (`model::contexts::may_approve`), their groups read now. `Forbidden` with the reason
+/// otherwise.
+pub(super) fn check_approver(
+    conn: &dyn Db,
+    wjid: i64,
+    approval: &str,
+    by: &crate::model::contexts::Principal,
+) -> Result<()> {
+    use crate::model::contexts::may_approve;
+    let jobs: Vec<(String, String, String)> = {
         let mut st = conn.prepare(
-            "SELECT requires, contexts FROM workflow_jobs \
-             WHERE workflow_id = (SELECT workflow_id FROM workflow_jobs WHERE id = ?1) AND id != ?1",
+            "SELECT name, requires, contexts FROM workflow_jobs \
+             WHERE workflow_id = (SELECT workflow_id FROM workflow_jobs WHERE id = ?1) ORDER BY position",
         )?;
-        st.query_map([wjid], |r| Ok((r.get(0)?, r.get(1)?)))?
+        st.query_map([wjid], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
             .collect::<super::db::Result<Vec<_>>>()?
     };
+    let job_names: Vec<String> = jobs.iter().map(|(n, _, _)| n.clone()).collect();
+    let requires: Vec<Vec<String>> = jobs
+        .iter()
+        .map(|(_, r, _)| {
+            super::pipelines::requires_from_json(r)
+                .into_iter()
+                .map(|(n, _)| n)
+                .collect()
+        })
+        .collect();
     let mut names: Vec<String> = Vec::new();
-    for (requires, contexts) in siblings {
-        let behind = super::pipelines::requires_from_json(&requires)
-            .iter()
-            .any(|(n, _)| n == approval);
-        if behind {
-            let cs: Vec<String> = serde_json::from_str(&contexts).unwrap_or_default();
-            for c in cs {
-                if !names.contains(&c) {
-                    names.push(c);
-                }
+    for i in crate::model::advance::downstream(&job_names, &requires, approval) {
+        let cs: Vec<String> = serde_json::from_str(&jobs[i].2).unwrap_or_default();
+        for c in cs {
+            if !names.contains(&c) {
+                names.push(c);
             }
         }
     }
@@ -573,9 +661,6 @@ pub(super) fn check_approver(conn: &dyn Db, wjid: i64, approval: &str, by: &str)
         return Ok(());
     }
     let contexts = facts_by_name(conn, &names)?;
-    let actor = Actor {
-        name: Some(by.to_owned()),
-        groups: groups_of(conn, by)?,
-    };
-    may_approve(approval, &contexts, &actor).map_err(CoordError::Forbidden)
+    let member = approver_member(conn, by.name(), by.account())?;
+    may_approve(approval, &contexts, &member).map_err(CoordError::Forbidden)
 }

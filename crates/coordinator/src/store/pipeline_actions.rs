@@ -8,6 +8,7 @@ use super::pipelines::{
     Statuses, WorkflowJobRow, WorkflowRow,
 };
 use super::*;
+use crate::model::contexts::Principal;
 use bosun_protocol::{PipelineState, WorkflowJobStatus};
 
 /// Which pipeline: its id, or `project#number` / a slug and number.
@@ -46,7 +47,7 @@ pub(super) fn approve(
     s: &impl SqlStore,
     id: i64,
     job: &str,
-    by: &str,
+    by: &Principal,
     statuses: &Statuses<'_>,
 ) -> Result<String> {
     s.transaction(Lock::Writer, |tx| {
@@ -81,8 +82,9 @@ pub(super) fn approve(
         }
         super::contexts::check_approver(tx, wjid, job, by)?;
         tx.execute(
-            "UPDATE workflow_jobs SET status = 'success', approved_by = ?2, reason = ?3 WHERE id = ?1",
-            params![wjid, by, format!("approved by {by}")],
+            "UPDATE workflow_jobs SET status = 'success', approved_by = ?2, approved_by_person = ?3, \
+             reason = ?4 WHERE id = ?1",
+            params![wjid, by.name(), by.account(), format!("approved by {}", by.name())],
         )?;
         let pid: i64 = tx.query_row(
             "SELECT project_id FROM pipelines WHERE id = ?1",
@@ -144,8 +146,15 @@ pub(super) fn cancel_pipeline(s: &impl SqlStore, id: i64, statuses: &Statuses<'_
 }
 
 /// Rerun the workflows of pipeline `id` from their failed jobs: jobs that did not
-/// succeed (and those they blocked) wait again; successful ones stay.
-pub(super) fn rerun_failed(s: &impl SqlStore, id: i64, statuses: &Statuses<'_>) -> Result<usize> {
+/// succeed (and those they blocked) wait again; successful ones stay. `by`: the Bitbucket
+/// account of the person who reruns it, whom its jobs now run for (as CircleCI runs a rerun
+/// for who asked); an operator's rerun leaves that as it was.
+pub(super) fn rerun_failed(
+    s: &impl SqlStore,
+    id: i64,
+    by: Option<&str>,
+    statuses: &Statuses<'_>,
+) -> Result<usize> {
     s.transaction(Lock::Writer, |tx| {
         let status: PipelineState =
             tx.query_row("SELECT status FROM pipelines WHERE id = ?1", [id], |r| {
@@ -157,8 +166,8 @@ pub(super) fn rerun_failed(s: &impl SqlStore, id: i64, statuses: &Statuses<'_>) 
             )));
         }
         let n = tx.execute(
-            "UPDATE workflow_jobs SET status = 'waiting', job_id = NULL, reason = NULL, approved_by = NULL \
-             WHERE status IN ('failed', 'canceled', 'timedout', 'infrastructure_fail', 'blocked', 'unauthorized') \
+            "UPDATE workflow_jobs SET status = 'waiting', job_id = NULL, reason = NULL, approved_by = NULL, \
+             approved_by_person = NULL WHERE status IN ('failed', 'canceled', 'timedout', 'infrastructure_fail', 'blocked', 'unauthorized') \
              AND workflow_id IN (SELECT id FROM workflows WHERE pipeline_id = ?1)",
             [id],
         )?;
@@ -167,8 +176,9 @@ pub(super) fn rerun_failed(s: &impl SqlStore, id: i64, statuses: &Statuses<'_>) 
             [id],
         )?;
         tx.execute(
-            "UPDATE pipelines SET status = 'running', finished = NULL WHERE id = ?1",
-            [id],
+            "UPDATE pipelines SET status = 'running', finished = NULL, \
+             triggered_by = COALESCE(?2, triggered_by) WHERE id = ?1",
+            params![id, by],
         )?;
         advance_in(tx, id, statuses)?;
         Ok(n)
@@ -201,8 +211,8 @@ pub fn pipeline(s: &impl SqlStore, id: i64) -> Result<Option<PipelineRow>> {
         let row = conn
             .query_row(
                 "SELECT p.id, p.number, p.uuid, pr.slug, p.git_ref, p.branch, p.tag, p.revision, \
-                 p.trigger_source, p.event, p.status, p.error, p.pr_number, p.pr_fork, p.restricted, p.created \
-                 FROM pipelines p JOIN projects pr ON pr.id = p.project_id WHERE p.id = ?1",
+                 p.trigger_source, p.event, p.status, p.error, p.pr_number, p.pr_fork, p.restricted, p.created, \
+                 p.triggered_by FROM pipelines p JOIN projects pr ON pr.id = p.project_id WHERE p.id = ?1",
                 [id],
                 |r| {
                     Ok(PipelineRow {
@@ -222,6 +232,7 @@ pub fn pipeline(s: &impl SqlStore, id: i64) -> Result<Option<PipelineRow>> {
                         pr_fork: r.get(13)?,
                         restricted: r.get(14)?,
                         created: r.get(15)?,
+                        triggered_by: r.get(16)?,
                         workflows: Vec::new(),
                     })
                 },

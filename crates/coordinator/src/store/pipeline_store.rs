@@ -7,6 +7,7 @@ use super::pipelines::{
     NewPipeline, NewWorkflow, OutgoingStatus, PipelineRow, PipelineToFetch, Statuses,
 };
 use super::{pipeline_actions, pipelines, Result, Store};
+use crate::model::contexts::Principal;
 use std::time::Duration;
 
 pub trait PipelineStore: Send + Sync {
@@ -27,11 +28,20 @@ pub trait PipelineStore: Send + Sync {
     /// Pipeline id of `project#number`, or `id` itself.
     fn pipeline_id(&self, reference: &str) -> Result<i64>;
     /// Approve approval job `job` of pipeline `id` as `by`: the workflow it was in.
-    fn approve(&self, id: i64, job: &str, by: &str, statuses: &Statuses<'_>) -> Result<String>;
+    /// `Forbidden` when a job downstream uses a context restricted to groups `by` is not in.
+    fn approve(
+        &self,
+        id: i64,
+        job: &str,
+        by: &Principal,
+        statuses: &Statuses<'_>,
+    ) -> Result<String>;
     /// Cancel pipeline `id`.
     fn cancel_pipeline(&self, id: i64, statuses: &Statuses<'_>) -> Result<()>;
     /// Rerun pipeline `id`'s workflows from their failed jobs: how many jobs wait again.
-    fn rerun_failed(&self, id: i64, statuses: &Statuses<'_>) -> Result<usize>;
+    /// `by`: the Bitbucket account of the person who reruns it (its jobs run for them),
+    /// `None` for an operator.
+    fn rerun_failed(&self, id: i64, by: Option<&str>, statuses: &Statuses<'_>) -> Result<usize>;
     /// Pipelines newest first (of one project when given).
     fn list_pipelines(&self, project: Option<&str>, limit: u32) -> Result<Vec<PipelineRow>>;
     fn pipeline(&self, id: i64) -> Result<Option<PipelineRow>>;
@@ -64,14 +74,20 @@ impl<S: SqlStore> PipelineStore for S {
     fn pipeline_id(&self, reference: &str) -> Result<i64> {
         pipeline_actions::pipeline_id(self, reference)
     }
-    fn approve(&self, id: i64, job: &str, by: &str, statuses: &Statuses<'_>) -> Result<String> {
+    fn approve(
+        &self,
+        id: i64,
+        job: &str,
+        by: &Principal,
+        statuses: &Statuses<'_>,
+    ) -> Result<String> {
         pipeline_actions::approve(self, id, job, by, statuses)
     }
     fn cancel_pipeline(&self, id: i64, statuses: &Statuses<'_>) -> Result<()> {
         pipeline_actions::cancel_pipeline(self, id, statuses)
     }
-    fn rerun_failed(&self, id: i64, statuses: &Statuses<'_>) -> Result<usize> {
-        pipeline_actions::rerun_failed(self, id, statuses)
+    fn rerun_failed(&self, id: i64, by: Option<&str>, statuses: &Statuses<'_>) -> Result<usize> {
+        pipeline_actions::rerun_failed(self, id, by, statuses)
     }
     fn list_pipelines(&self, project: Option<&str>, limit: u32) -> Result<Vec<PipelineRow>> {
         pipeline_actions::list_pipelines(self, project, limit)

@@ -34,6 +34,10 @@ pub struct NewPipeline {
     /// no user key).
     pub restricted: bool,
     pub username: Option<String>,
+    /// The Bitbucket account of the person who triggered it (`people.bitbucket_uuid`: the
+    /// actor of a push or pull request, the owner of a personal token), whether or not they
+    /// ever logged in; `None` for the host's CLI, operator and project tokens, schedules.
+    pub triggered_by: Option<String>,
     pub commit_subject: Option<String>,
     /// `pipeline.schedule.name` and `.id` of a scheduled pipeline (empty otherwise).
     pub schedule_name: String,
@@ -115,6 +119,9 @@ pub struct PipelineRow {
     pub pr_number: Option<u64>,
     pub pr_fork: bool,
     pub restricted: bool,
+    /// The Bitbucket account of the person its jobs run for when no approval is upstream:
+    /// who triggered it, or who last reran it ([`NewPipeline::triggered_by`]).
+    pub triggered_by: Option<String>,
     pub created: i64,
     pub workflows: Vec<WorkflowRow>,
 }
@@ -264,9 +271,9 @@ pub(super) fn insert_pipeline(tx: &dyn Db, p: &NewPipeline) -> Result<(i64, i64)
         "INSERT INTO pipelines(project_id, number, uuid, git_ref, branch, tag, commit_sha, \
              base_revision, trigger_source, event, event_action, params, pr_number, pr_url, \
              pr_fork, restricted, username, commit_subject, status, created, schedule_name, \
-             schedule_id, scheduled_workflow) \
+             schedule_id, scheduled_workflow, triggered_by) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, \
-             ?18, 'created', ?19, ?20, ?21, ?22) RETURNING id",
+             ?18, 'created', ?19, ?20, ?21, ?22, ?23) RETURNING id",
         params![
             pid,
             number,
@@ -290,6 +297,7 @@ pub(super) fn insert_pipeline(tx: &dyn Db, p: &NewPipeline) -> Result<(i64, i64)
             (!p.schedule_name.is_empty()).then_some(&p.schedule_name),
             (!p.schedule_id.is_empty()).then_some(&p.schedule_id),
             p.scheduled_workflow,
+            p.triggered_by,
         ],
         |r| r.get(0),
     )?;
@@ -506,8 +514,9 @@ pub(crate) fn uuid_v4() -> Result<String> {
     ))
 }
 
-/// A workflow job's contexts and who approved it, beside its row.
-type JobExtra = (Vec<String>, Option<String>);
+/// A workflow job's contexts and who approved it (the name shown, and the person's account
+/// when a person did), beside its row.
+type JobExtra = (Vec<String>, Option<String>, Option<String>);
 
 /// A workflow job as the store applies transitions to it (and posts its statuses).
 pub(super) struct Live {
@@ -539,11 +548,11 @@ pub(super) fn advance_in(tx: &dyn Db, id: i64, statuses: &Statuses<'_>) -> Resul
     let mut changed = false;
     let mut wf_states = Vec::new();
     for (wid, wname) in &workflows {
-        type Row = ((Live, advance::WorkflowJob), (Vec<String>, Option<String>));
+        type Row = ((Live, advance::WorkflowJob), JobExtra);
         let rows: Vec<Row> = {
             let mut st = tx.prepare(
                 "SELECT wj.id, wj.name, wj.kind, wj.requires, wj.serial_group, wj.status, wj.job_id, j.status, \
-                 wj.contexts, wj.approved_by \
+                 wj.contexts, wj.approved_by, wj.approved_by_person \
                  FROM workflow_jobs wj LEFT JOIN jobs j ON j.id = wj.job_id \
                  WHERE wj.workflow_id = ?1 ORDER BY wj.position",
             )?;
@@ -567,19 +576,34 @@ pub(super) fn advance_in(tx: &dyn Db, id: i64, statuses: &Statuses<'_>) -> Resul
                 let contexts: Vec<String> =
                     serde_json::from_str(&r.get::<_, String>(8)?).unwrap_or_default();
                 let approved_by: Option<String> = r.get(9)?;
-                Ok(((live, job), (contexts, approved_by)))
+                let approved_by_person: Option<String> = r.get(10)?;
+                Ok(((live, job), (contexts, approved_by, approved_by_person)))
             })?
             .collect::<super::db::Result<Vec<_>>>()?
         };
         let (rows, extra): (Vec<_>, Vec<JobExtra>) = rows.into_iter().unzip();
         let (mut jobs, mut facts): (Vec<Live>, Vec<advance::WorkflowJob>) =
             rows.into_iter().unzip();
-        // A job that names contexts is authorized before it can start.
-        let (contexts, approved_by): (Vec<Vec<String>>, Vec<Option<String>>) =
-            extra.into_iter().unzip();
-        for (i, approver) in advance::to_authorize(&facts, &contexts, &approved_by, restricted) {
-            let verdict = super::contexts::authorize_job(tx, id, &contexts[i], approver)?;
-            facts[i].denied = verdict.err();
+        // A job that names contexts is authorized before it can start, for whoever it runs
+        // for; their groups are read now, so a change of membership counts for every job
+        // authorized after it.
+        let contexts: Vec<Vec<String>> = extra.iter().map(|(c, _, _)| c.clone()).collect();
+        if !advance::naming_contexts(&facts, &contexts, restricted).is_empty() {
+            let approvers = extra
+                .iter()
+                .map(|(_, name, person)| {
+                    name.as_deref()
+                        .map(|n| super::contexts::approver_member(tx, n, person.as_deref()))
+                        .transpose()
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let trigger = super::contexts::trigger_member(tx, id)?;
+            for (i, runs_for) in
+                advance::to_authorize(&facts, &contexts, &approvers, trigger.as_ref(), restricted)
+            {
+                let verdict = super::contexts::authorize_job(tx, id, &contexts[i], &runs_for)?;
+                facts[i].denied = verdict.err();
+            }
         }
         let transitions = advance::advance(&facts);
         changed |= !transitions.is_empty();

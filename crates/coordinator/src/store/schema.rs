@@ -492,6 +492,20 @@ ALTER TABLE jobs ADD COLUMN ssh_user_key TEXT;   -- with | without | none (model
 ALTER TABLE people ADD COLUMN credential_kind TEXT NOT NULL DEFAULT 'refresh-token';
 CREATE INDEX audit_log_at ON audit_log(at);
 "#,
+    // 19: security groups of people (issue 30): the groups each person is in (as operators'
+    // are in `operator_groups`), who triggered a pipeline (a person's Bitbucket account, as
+    // `people.bitbucket_uuid` holds it: a push, a pull request or a trigger of theirs; the
+    // last rerun by a person), and which person approved an approval job (an operator's
+    // approval leaves it NULL), so that a job's group-restricted contexts follow them.
+    r#"
+CREATE TABLE person_groups (
+    person_id INTEGER NOT NULL REFERENCES people(id),
+    grp TEXT NOT NULL,
+    PRIMARY KEY (person_id, grp)
+);
+ALTER TABLE pipelines ADD COLUMN triggered_by TEXT;
+ALTER TABLE workflow_jobs ADD COLUMN approved_by_person TEXT;
+"#,
 ];
 
 /// Before migration 2: copy each job's log out of the `job_logs` blobs into its file.

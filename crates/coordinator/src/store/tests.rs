@@ -947,6 +947,7 @@ both!(
     }
 );
 
+mod groups;
 mod notify_and_people;
 mod project_settings;
 mod ssh_access;

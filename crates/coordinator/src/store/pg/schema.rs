@@ -532,6 +532,16 @@ ALTER TABLE jobs ADD COLUMN log_followed_until BIGINT NOT NULL DEFAULT 0;
 ALTER TABLE people ADD COLUMN credential_kind TEXT NOT NULL DEFAULT 'refresh-token';
 CREATE INDEX audit_log_at ON audit_log(at);
 "#,
+    // 13: security groups of people (SQLite's migration 19).
+    r#"
+CREATE TABLE person_groups (
+    person_id BIGINT NOT NULL REFERENCES people(id),
+    grp TEXT NOT NULL,
+    PRIMARY KEY (person_id, grp)
+);
+ALTER TABLE pipelines ADD COLUMN triggered_by TEXT;
+ALTER TABLE workflow_jobs ADD COLUMN approved_by_person TEXT;
+"#,
 ];
 
 /// Apply the migrations this database has not had yet.
