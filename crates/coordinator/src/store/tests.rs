@@ -947,6 +947,8 @@ both!(
     }
 );
 
+mod blob_index;
+mod intake;
 mod notify_and_people;
 mod ssh_access;
 mod tokens_and_audit;

@@ -257,11 +257,15 @@ impl PgStore {
     pub(super) fn add_test_results(&self, scope: &JobScope, t: &WireTestResults) -> Result<()> {
         let mut conn = self.conn()?;
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        // The stored counts are named by their table: PostgreSQL refuses a bare `tests`
+        // there as ambiguous (it could be `excluded`'s).
         tx.execute(
             "INSERT INTO test_results(job_id, tests, failures, errors, skipped) \
              VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT(job_id) DO UPDATE SET \
-             tests = tests + excluded.tests, failures = failures + excluded.failures, \
-             errors = errors + excluded.errors, skipped = skipped + excluded.skipped",
+             tests = test_results.tests + excluded.tests, \
+             failures = test_results.failures + excluded.failures, \
+             errors = test_results.errors + excluded.errors, \
+             skipped = test_results.skipped + excluded.skipped",
             params![
                 scope.job_id,
                 to_i64(t.tests),
