@@ -27,7 +27,6 @@
 use super::*;
 
 mod access;
-mod api_v2;
 mod blobs;
 mod intake;
 mod jobs;
