@@ -27,11 +27,11 @@
 use super::*;
 
 mod access;
-mod blobs;
 mod intake;
 mod jobs;
 mod lease;
 mod logs;
+use super::blobs;
 use super::contexts;
 use super::pipelines;
 mod people;
@@ -50,14 +50,11 @@ pub use watch::PgChangeFeed;
 
 use sql::{params, Connection, OptionalExtension, Row, Transaction, TransactionBehavior};
 
-use super::blob_index::BlobIndex;
-use super::blobs::{JobResults, JobScope, OverQuota};
 use super::log_store::LogStore;
 use super::pipeline_store::StatusOutbox;
 use super::pipelines::OutgoingStatus;
 use super::project_store::{AccessStore, ProjectStore};
 use super::queue_store::QueueStore;
-use bosun_protocol::{WireCache, WireLayer, WireTestResults};
 use std::collections::HashMap;
 
 /// Connections a coordinator keeps to the database at most (its blocking threads wait for
@@ -535,56 +532,9 @@ impl AccessStore for PgStore {
     }
 }
 
-impl BlobIndex for PgStore {
-    fn job_scope(
-        &self,
-        id: i64,
-        agent_id: &str,
-        attempt: Option<u32>,
-    ) -> Result<std::result::Result<JobScope, Lease>> {
-        PgStore::job_scope(self, id, agent_id, attempt)
-    }
-    fn blob_usage(&self, project_id: i64) -> Result<u64> {
-        PgStore::blob_usage(self, project_id)
-    }
-    fn project_blob(&self, project_id: i64, sha256: &str) -> Result<Option<u64>> {
-        PgStore::project_blob(self, project_id, sha256)
-    }
-    fn check_quota(&self, scope: &JobScope, size: u64, quota: u64) -> Result<Option<OverQuota>> {
-        PgStore::check_quota(self, scope, size, quota)
-    }
-    fn add_blob_ref(
-        &self,
-        scope: &JobScope,
-        sha256: &str,
-        size: u64,
-        quota: u64,
-    ) -> Result<std::result::Result<(), OverQuota>> {
-        PgStore::add_blob_ref(self, scope, sha256, size, quota)
-    }
-    fn add_layer(&self, scope: &JobScope, sha256: &str) -> Result<bool> {
-        PgStore::add_layer(self, scope, sha256)
-    }
-    fn layers(&self, scope: &JobScope) -> Result<Vec<WireLayer>> {
-        PgStore::layers(self, scope)
-    }
-    fn find_cache(&self, project_id: i64, prefix: &str) -> Result<Option<WireCache>> {
-        PgStore::find_cache(self, project_id, prefix)
-    }
-    fn save_cache(&self, scope: &JobScope, key: &str, sha256: &str) -> Result<Option<bool>> {
-        PgStore::save_cache(self, scope, key, sha256)
-    }
-    fn add_artifact(&self, scope: &JobScope, path: &str, sha256: &str) -> Result<bool> {
-        PgStore::add_artifact(self, scope, path, sha256)
-    }
-    fn add_test_results(&self, scope: &JobScope, t: &WireTestResults) -> Result<()> {
-        PgStore::add_test_results(self, scope, t)
-    }
-    fn job_results(&self, id: i64) -> Result<JobResults> {
-        PgStore::job_results(self, id)
-    }
-    fn artifact(&self, id: i64, path: &str) -> Result<Option<(String, u64)>> {
-        PgStore::artifact(self, id, path)
+impl super::blobs::LeaseCheck for PgStore {
+    fn lease_now(&self, id: i64, agent_id: &str, attempt: Option<u32>) -> Result<Lease> {
+        PgStore::lease_state(&self.conn()?, id, agent_id, attempt)
     }
 }
 
