@@ -37,7 +37,7 @@ use super::pipelines;
 mod people;
 mod schema;
 pub(crate) mod sql;
-mod ssh;
+use super::ssh;
 mod times;
 mod watch;
 
@@ -311,10 +311,10 @@ impl QueueStore for PgStore {
         PgStore::enqueue(self, j)
     }
     fn enqueue_ssh(&self, j: &NewJob, ssh_keys: &[String]) -> Result<i64> {
-        PgStore::enqueue_ssh(self, j, ssh_keys)
+        super::ssh::enqueue_ssh(self, j, ssh_keys)
     }
     fn rerun(&self, id: i64, ssh_keys: &[String]) -> Result<i64> {
-        PgStore::rerun(self, id, ssh_keys)
+        super::ssh::rerun(self, id, ssh_keys)
     }
     fn claim(&self, agent_id: &str, lease: Duration) -> Result<Option<WireJob>> {
         PgStore::claim(self, agent_id, lease)
@@ -529,6 +529,12 @@ impl AccessStore for PgStore {
     }
     fn revoke_operator_tokens(&self, name: &str) -> Result<usize> {
         PgStore::revoke_operator_tokens(self, name)
+    }
+}
+
+impl super::ssh::EnqueueWith for PgStore {
+    fn enqueue_with(&self, j: &NewJob, extra: &super::ssh::Queued) -> Result<i64> {
+        PgStore::enqueue_with(self, j, extra)
     }
 }
 
