@@ -4,7 +4,8 @@
 //!
 //! Most areas are not here: their code is written once for both databases over
 //! [`super::db::Db`], which [`sql::Connection`] implements over the `postgres` client
-//! (pipelines, contexts, schedules, notifications, badges, follow, wait reasons; see
+//! (pipelines, contexts, schedules, notifications, badges, follow, wait reasons, API v2,
+//! the Bitbucket intake, the blobs index, SSH into jobs; see
 //! [`super::db::SqlStore`]). The areas still here (`jobs.rs`, `lease.rs`, … beside their
 //! SQLite namesakes) are in PostgreSQL's dialect through [`sql`], which gives the client
 //! rusqlite's shape. The rules are not here: `model/` and the pure parts of the SQLite
@@ -27,7 +28,6 @@
 use super::*;
 
 mod access;
-mod intake;
 mod jobs;
 mod lease;
 mod logs;
@@ -51,8 +51,6 @@ pub use watch::PgChangeFeed;
 use sql::{params, Connection, OptionalExtension, Row, Transaction, TransactionBehavior};
 
 use super::log_store::LogStore;
-use super::pipeline_store::StatusOutbox;
-use super::pipelines::OutgoingStatus;
 use super::project_store::{AccessStore, ProjectStore};
 use super::queue_store::QueueStore;
 use std::collections::HashMap;
@@ -425,21 +423,6 @@ impl LogStore for PgStore {
     }
     fn follow_log(&self, id: i64, secs: u64) -> Result<()> {
         PgStore::follow_log(self, id, secs)
-    }
-}
-
-impl StatusOutbox for PgStore {
-    fn due_statuses(&self, limit: u32) -> Result<Vec<OutgoingStatus>> {
-        PgStore::due_statuses(self, limit)
-    }
-    fn status_sent(&self, id: i64) -> Result<()> {
-        PgStore::status_sent(self, id)
-    }
-    fn status_failed(&self, id: i64, error: &str, retry_in: Duration, give_up: bool) -> Result<()> {
-        PgStore::status_failed(self, id, error, retry_in, give_up)
-    }
-    fn record_public_url(&self, url: &str) -> Result<()> {
-        super::pipelines::record_public_url(self, url)
     }
 }
 
