@@ -391,10 +391,10 @@ impl LogStore for PgStore {
         PgStore::append_events(self, id, agent_id, attempt, first_seq, events)
     }
     fn log_from(&self, id: i64, from: u64) -> Result<Vec<u8>> {
-        PgStore::log_from(self, id, from)
+        super::logs::log_from(self, id, from)
     }
     fn log_piece(&self, id: i64, from: u64, max: u64) -> Result<Option<(Vec<u8>, u64)>> {
-        PgStore::log_piece(self, id, from, max)
+        super::logs::log_piece(self, id, from, max)
     }
     fn read_log(&self, id: i64, from: u64, end: u64) -> Result<Vec<u8>> {
         PgStore::read_log(self, id, from, end)
@@ -403,7 +403,7 @@ impl LogStore for PgStore {
         PgStore::newlines_before(self, id, points)
     }
     fn events_from(&self, id: i64, from: u64) -> Result<Vec<(u64, JobEvent)>> {
-        PgStore::events_from(self, id, from)
+        super::logs::events_from(self, id, from)
     }
     fn log_times(&self, id: i64) -> Result<LogTimes> {
         PgStore::log_times(self, id)
