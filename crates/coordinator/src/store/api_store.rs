@@ -1,14 +1,14 @@
 //! What CircleCI's API v2 (`crate::api_v2`) asks of the store beside the pipeline, queue and
 //! blob traits, in types that say nothing of the database: project tokens (read-only or
 //! trigger-only, one project), lookups by the UUIDs the API hands out, pages of a project's pipelines, and the
-//! config each pipeline was compiled from. [`Store`] (SQLite) implements it; another
-//! database goes beside it.
+//! config each pipeline was compiled from. Implemented once for SQLite and PostgreSQL, in
+//! `api_v2.rs`.
 
 use super::api_v2::{
     ApiProject, Continuation, ContinuationTarget, ContinueRefusal, PipelineConfig, PipelineDetails,
     ProjectToken,
 };
-use super::{Result, Store};
+use super::Result;
 use crate::model::tokens::ProjectScope;
 
 pub trait ApiStore: Send + Sync {
@@ -64,67 +64,4 @@ pub trait ApiStore: Send + Sync {
         key: &str,
         c: &Continuation<'_>,
     ) -> Result<std::result::Result<i64, ContinueRefusal>>;
-}
-
-impl ApiStore for Store {
-    fn create_project_token(
-        &self,
-        project: &str,
-        name: &str,
-        scope: ProjectScope,
-    ) -> Result<String> {
-        Store::create_project_token(self, project, name, scope)
-    }
-    fn project_token(&self, token: &str) -> Result<Option<ProjectToken>> {
-        Store::project_token(self, token)
-    }
-    fn revoke_project_tokens(&self, name: &str) -> Result<usize> {
-        Store::revoke_project_tokens(self, name)
-    }
-    fn api_project(&self, project: &str) -> Result<Option<ApiProject>> {
-        Store::api_project(self, project)
-    }
-    fn pipeline_by_uuid(&self, uuid: &str) -> Result<Option<i64>> {
-        Store::pipeline_by_uuid(self, uuid)
-    }
-    fn workflow_pipeline(&self, uuid: &str) -> Result<Option<i64>> {
-        Store::workflow_pipeline(self, uuid)
-    }
-    fn pipeline_page(
-        &self,
-        project: &str,
-        branch: Option<&str>,
-        before: Option<i64>,
-        limit: u32,
-    ) -> Result<Vec<i64>> {
-        Store::pipeline_page(self, project, branch, before, limit)
-    }
-    fn pipeline_details(&self, id: i64) -> Result<Option<PipelineDetails>> {
-        Store::pipeline_details(self, id)
-    }
-    fn record_pipeline_config(&self, id: i64, source: &str, compiled: &str) -> Result<()> {
-        Store::record_pipeline_config(self, id, source, compiled)
-    }
-    fn pipeline_config(&self, id: i64) -> Result<Option<PipelineConfig>> {
-        Store::pipeline_config(self, id)
-    }
-    fn job_pipeline(&self, job: i64) -> Result<Option<i64>> {
-        Store::job_pipeline(self, job)
-    }
-    fn create_continuation(&self, id: i64) -> Result<()> {
-        Store::create_continuation(self, id)
-    }
-    fn continuation(
-        &self,
-        key: &str,
-    ) -> Result<std::result::Result<ContinuationTarget, ContinueRefusal>> {
-        Store::continuation(self, key)
-    }
-    fn continue_pipeline(
-        &self,
-        key: &str,
-        c: &Continuation<'_>,
-    ) -> Result<std::result::Result<i64, ContinueRefusal>> {
-        Store::continue_pipeline(self, key, c)
-    }
 }

@@ -2,13 +2,13 @@
 //! names them (workspace layers, caches, artifacts, test results), in types that say nothing
 //! of the database. The bytes themselves are not the store's: they are files kept by the
 //! coordinator's blob module, which calls this trait once a blob is whole and checked.
-//! [`Store`] (SQLite) is one implementation; another database goes beside it.
+//! Implemented once for SQLite and PostgreSQL, in `blobs.rs`.
 //!
 //! Everything an agent reaches goes through a [`JobScope`], made only for the agent that
 //! holds the job's lease ([`BlobIndex::job_scope`]).
 
 use super::blobs::{JobResults, JobScope, OverQuota};
-use super::{Lease, Result, Store};
+use super::{Lease, Result};
 use bosun_protocol::{WireCache, WireLayer, WireTestResults};
 
 pub trait BlobIndex: Send + Sync {
@@ -53,57 +53,4 @@ pub trait BlobIndex: Send + Sync {
     fn job_results(&self, id: i64) -> Result<JobResults>;
     /// The blob and size of job `id`'s artifact `path`.
     fn artifact(&self, id: i64, path: &str) -> Result<Option<(String, u64)>>;
-}
-
-impl BlobIndex for Store {
-    fn job_scope(
-        &self,
-        id: i64,
-        agent_id: &str,
-        attempt: Option<u32>,
-    ) -> Result<std::result::Result<JobScope, Lease>> {
-        Store::job_scope(self, id, agent_id, attempt)
-    }
-    fn blob_usage(&self, project_id: i64) -> Result<u64> {
-        Store::blob_usage(self, project_id)
-    }
-    fn project_blob(&self, project_id: i64, sha256: &str) -> Result<Option<u64>> {
-        Store::project_blob(self, project_id, sha256)
-    }
-    fn check_quota(&self, scope: &JobScope, size: u64, quota: u64) -> Result<Option<OverQuota>> {
-        Store::check_quota(self, scope, size, quota)
-    }
-    fn add_blob_ref(
-        &self,
-        scope: &JobScope,
-        sha256: &str,
-        size: u64,
-        quota: u64,
-    ) -> Result<std::result::Result<(), OverQuota>> {
-        Store::add_blob_ref(self, scope, sha256, size, quota)
-    }
-    fn add_layer(&self, scope: &JobScope, sha256: &str) -> Result<bool> {
-        Store::add_layer(self, scope, sha256)
-    }
-    fn layers(&self, scope: &JobScope) -> Result<Vec<WireLayer>> {
-        Store::layers(self, scope)
-    }
-    fn find_cache(&self, project_id: i64, prefix: &str) -> Result<Option<WireCache>> {
-        Store::find_cache(self, project_id, prefix)
-    }
-    fn save_cache(&self, scope: &JobScope, key: &str, sha256: &str) -> Result<Option<bool>> {
-        Store::save_cache(self, scope, key, sha256)
-    }
-    fn add_artifact(&self, scope: &JobScope, path: &str, sha256: &str) -> Result<bool> {
-        Store::add_artifact(self, scope, path, sha256)
-    }
-    fn add_test_results(&self, scope: &JobScope, t: &WireTestResults) -> Result<()> {
-        Store::add_test_results(self, scope, t)
-    }
-    fn job_results(&self, id: i64) -> Result<JobResults> {
-        Store::job_results(self, id)
-    }
-    fn artifact(&self, id: i64, path: &str) -> Result<Option<(String, u64)>> {
-        Store::artifact(self, id, path)
-    }
 }

@@ -87,10 +87,10 @@ impl LogStore for Store {
         Store::append_events(self, id, agent_id, attempt, first_seq, events)
     }
     fn log_from(&self, id: i64, from: u64) -> Result<Vec<u8>> {
-        Store::log_from(self, id, from)
+        super::logs::log_from(self, id, from)
     }
     fn log_piece(&self, id: i64, from: u64, max: u64) -> Result<Option<(Vec<u8>, u64)>> {
-        Store::log_piece(self, id, from, max)
+        super::logs::log_piece(self, id, from, max)
     }
     fn read_log(&self, id: i64, from: u64, end: u64) -> Result<Vec<u8>> {
         Store::read_log(self, id, from, end)
@@ -99,7 +99,7 @@ impl LogStore for Store {
         Store::newlines_before(self, id, points)
     }
     fn events_from(&self, id: i64, from: u64) -> Result<Vec<(u64, JobEvent)>> {
-        Store::events_from(self, id, from)
+        super::logs::events_from(self, id, from)
     }
     fn log_times(&self, id: i64) -> Result<LogTimes> {
         Store::log_times(self, id)

@@ -1,37 +1,22 @@
-//! Reading job logs and events (the pages, live streams and the CLI).
+//! Reading job logs and events (the pages, live streams and the CLI). Where a log's bytes
+//! lie is each backend's own (SQLite: a file beside the database; PostgreSQL: chunks,
+//! `pg/logs.rs`), read through [`LogStore::read_log`]; the committed length and the events
+//! are rows, read once for both ([`SqlStore`]).
 
+use super::db::{params, OptionalExtension, SqlStore};
+use super::log_store::LogStore;
 use super::*;
 
 impl Store {
-    /// Committed log bytes from `from` to the end.
+    /// Committed log bytes from `from` to the end, without the trait in scope (tests and
+    /// benches read a store they opened so).
     pub fn log_from(&self, id: i64, from: u64) -> Result<Vec<u8>> {
-        let end: Option<i64> = self
-            .reader()?
-            .query_row("SELECT log_bytes FROM jobs WHERE id = ?1", [id], |r| {
-                r.get(0)
-            })
-            .optional()?;
-        let Some(end) = end else {
-            return Ok(Vec::new());
-        };
-        self.read_log(id, from, end as u64)
+        log_from(self, id, from)
     }
 
-    /// At most `max` committed log bytes from `from`, and the committed length (`None`: no
-    /// such job). Pages and live streams read big logs this way, piece by piece.
-    pub(super) fn log_piece(&self, id: i64, from: u64, max: u64) -> Result<Option<(Vec<u8>, u64)>> {
-        let end: Option<i64> = self
-            .reader()?
-            .query_row("SELECT log_bytes FROM jobs WHERE id = ?1", [id], |r| {
-                r.get(0)
-            })
-            .optional()?;
-        let Some(end) = end else {
-            return Ok(None);
-        };
-        let end = end as u64;
-        let upto = end.min(from.saturating_add(max));
-        Ok(Some((self.read_log(id, from, upto)?, end)))
+    /// Events from sequence number `from`, as [`Store::log_from`] is read.
+    pub fn events_from(&self, id: i64, from: u64) -> Result<Vec<(u64, JobEvent)>> {
+        events_from(self, id, from)
     }
 
     /// Bytes `from..end` of a job's log file (fewer if the file is shorter), `end` being at
@@ -124,26 +109,59 @@ impl Store {
             }
         }
     }
+}
 
-    /// Events from sequence number `from`.
-    pub fn events_from(&self, id: i64, from: u64) -> Result<Vec<(u64, JobEvent)>> {
-        let conn = self.reader()?;
-        let mut st = conn.prepare(
+/// Committed log bytes from `from` to the end.
+pub(super) fn log_from(s: &(impl SqlStore + LogStore), id: i64, from: u64) -> Result<Vec<u8>> {
+    let Some(end) = log_bytes(s, id)? else {
+        return Ok(Vec::new());
+    };
+    s.read_log(id, from, end)
+}
+
+/// At most `max` committed log bytes from `from`, and the committed length (`None`: no
+/// such job). Pages and live streams read big logs this way, piece by piece.
+pub(super) fn log_piece(
+    s: &(impl SqlStore + LogStore),
+    id: i64,
+    from: u64,
+    max: u64,
+) -> Result<Option<(Vec<u8>, u64)>> {
+    let Some(end) = log_bytes(s, id)? else {
+        return Ok(None);
+    };
+    let upto = end.min(from.saturating_add(max));
+    Ok(Some((s.read_log(id, from, upto)?, end)))
+}
+
+/// The committed length of job `id`'s log (`None`: no such job).
+fn log_bytes(s: &impl SqlStore, id: i64) -> Result<Option<u64>> {
+    s.read(|conn| {
+        let end: Option<i64> = conn
+            .query_row("SELECT log_bytes FROM jobs WHERE id = ?1", [id], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        Ok(end.map(|n| n as u64))
+    })
+}
+
+/// Events from sequence number `from`.
+pub(super) fn events_from(s: &impl SqlStore, id: i64, from: u64) -> Result<Vec<(u64, JobEvent)>> {
+    let rows = s.read(|conn| {
+        Ok(conn.query_map(
             "SELECT seq, json FROM job_events WHERE job_id = ?1 AND seq >= ?2 ORDER BY seq",
-        )?;
-        let rows = st
-            .query_map(params![id, from as i64], |r| {
-                Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
-            })?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
-        let mut out = Vec::with_capacity(rows.len());
-        for (seq, json) in rows {
-            // Events were validated on the way in; one that no longer parses (an older
-            // schema) is skipped rather than breaking the page.
-            if let Ok(ev) = serde_json::from_str(&json) {
-                out.push((seq as u64, ev));
-            }
+            params![id, from as i64],
+            |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)),
+        )?)
+    })?;
+    let mut out = Vec::with_capacity(rows.len());
+    for (seq, json) in rows {
+        // Events were validated on the way in; one that no longer parses (an older
+        // schema) is skipped rather than breaking the page.
+        if let Ok(ev) = serde_json::from_str(&json) {
+            out.push((seq as u64, ev));
         }
-        Ok(out)
     }
+    Ok(out)
 }

@@ -6,7 +6,7 @@ use super::db::SqlStore;
 use super::pipelines::{
     NewPipeline, NewWorkflow, OutgoingStatus, PipelineRow, PipelineToFetch, Statuses,
 };
-use super::{pipeline_actions, pipelines, Result, Store};
+use super::{intake, pipeline_actions, pipelines, Result, Store};
 use crate::model::contexts::Principal;
 use std::time::Duration;
 
@@ -110,15 +110,17 @@ pub trait StatusOutbox: Send + Sync {
     fn record_public_url(&self, url: &str) -> Result<()>;
 }
 
-impl StatusOutbox for Store {
+/// One implementation for both databases ([`SqlStore`]): the code is in `intake.rs` and
+/// `pipelines.rs`.
+impl<S: SqlStore> StatusOutbox for S {
     fn due_statuses(&self, limit: u32) -> Result<Vec<OutgoingStatus>> {
-        Store::due_statuses(self, limit)
+        intake::due_statuses(self, limit)
     }
     fn status_sent(&self, id: i64) -> Result<()> {
-        Store::status_sent(self, id)
+        intake::status_sent(self, id)
     }
     fn status_failed(&self, id: i64, error: &str, retry_in: Duration, give_up: bool) -> Result<()> {
-        Store::status_failed(self, id, error, retry_in, give_up)
+        intake::status_failed(self, id, error, retry_in, give_up)
     }
     fn record_public_url(&self, url: &str) -> Result<()> {
         pipelines::record_public_url(self, url)

@@ -148,6 +148,44 @@ pub struct WorkflowJobRow {
     pub approved_by: Option<String>,
 }
 
+/// Add workflow `w` (running) and its jobs to pipeline `pipeline`; `continued`: a
+/// continuation added it (its jobs get the continued config).
+pub(super) fn insert_workflow(
+    tx: &dyn Db,
+    pipeline: i64,
+    w: &NewWorkflow,
+    now: i64,
+    continued: bool,
+) -> Result<()> {
+    let wid: i64 = tx.query_row(
+        "INSERT INTO workflows(pipeline_id, uuid, name, status, created, continued) \
+         VALUES (?1, ?2, ?3, 'running', ?4, ?5) RETURNING id",
+        params![pipeline, uuid_v4()?, w.name, now, continued],
+        |r| r.get(0),
+    )?;
+    for (i, j) in w.jobs.iter().enumerate() {
+        tx.execute(
+            "INSERT INTO workflow_jobs(workflow_id, position, name, kind, requires, \
+             serial_group, resource_class, status, reason, contexts) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            params![
+                wid,
+                i as i64,
+                j.name,
+                j.kind.as_str(),
+                requires_json(&j.requires),
+                j.serial_group,
+                j.resource_class,
+                j.status.as_str(),
+                j.reason,
+                // A continued job's contexts are authorized as any job's.
+                serde_json::to_string(&j.contexts).unwrap_or_else(|_| "[]".into())
+            ],
+        )?;
+    }
+    Ok(())
+}
+
 pub(super) fn requires_json(r: &[(String, Vec<RequiredStatus>)]) -> String {
     let v: Vec<(String, Vec<&str>)> = r
         .iter()
@@ -431,31 +469,7 @@ pub(super) fn pipeline_compiled(
             return Ok(());
         }
         for w in workflows {
-            let wid: i64 = tx.query_row(
-                "INSERT INTO workflows(pipeline_id, uuid, name, status, created) \
-                 VALUES (?1, ?2, ?3, 'running', ?4) RETURNING id",
-                params![id, uuid_v4()?, w.name, now],
-                |r| r.get(0),
-            )?;
-            for (i, j) in w.jobs.iter().enumerate() {
-                tx.execute(
-                    "INSERT INTO workflow_jobs(workflow_id, position, name, kind, requires, \
-                     serial_group, resource_class, status, reason, contexts) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-                    params![
-                        wid,
-                        i as i64,
-                        j.name,
-                        j.kind.as_str(),
-                        requires_json(&j.requires),
-                        j.serial_group,
-                        j.resource_class,
-                        j.status.as_str(),
-                        j.reason,
-                        serde_json::to_string(&j.contexts).unwrap_or_else(|_| "[]".into())
-                    ],
-                )?;
-            }
+            insert_workflow(tx, id, w, now, false)?;
         }
         Ok(())
         })

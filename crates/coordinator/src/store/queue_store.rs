@@ -71,10 +71,10 @@ impl QueueStore for Store {
         Store::enqueue(self, j)
     }
     fn enqueue_ssh(&self, j: &NewJob, ssh_keys: &[String]) -> Result<i64> {
-        Store::enqueue_ssh(self, j, ssh_keys)
+        super::ssh::enqueue_ssh(self, j, ssh_keys)
     }
     fn rerun(&self, id: i64, ssh_keys: &[String]) -> Result<i64> {
-        Store::rerun(self, id, ssh_keys)
+        super::ssh::rerun(self, id, ssh_keys)
     }
     fn claim(&self, agent_id: &str, lease: Duration) -> Result<Option<WireJob>> {
         Store::claim(self, agent_id, lease)

@@ -1,7 +1,12 @@
 //! SSH into jobs, the coordinator's part: jobs queued with public keys (`enqueue --ssh-key`),
 //! reruns (`rerun JOB --ssh`, CircleCI's "Rerun job with SSH"), the keys travelling in the
 //! claim, and the access each heartbeat reports (shown on the job page).
+//!
+//! Written once for SQLite and PostgreSQL ([`SqlStore`], [`Db`]): queueing a job is each
+//! backend's own ([`EnqueueWith`]), and the JSON of a held job's state is spelled in each
+//! database's dialect where it is read.
 
+use super::db::{params, Db, OptionalExtension, SqlStore};
 use super::*;
 
 /// What a queued job may carry besides a [`NewJob`].
@@ -26,37 +31,58 @@ pub(super) struct Queued {
 /// Longest host name an agent may report (DNS allows 253).
 const MAX_HOST: usize = 255;
 
-impl Store {
-    /// Queue `j`, letting `ssh_keys` (`authorized_keys` lines, checked by the caller) SSH into
-    /// it while it runs and while it is held after its last step.
-    pub(super) fn enqueue_ssh(&self, j: &NewJob, ssh_keys: &[String]) -> Result<i64> {
-        self.enqueue_with(
-            j,
-            &Queued {
-                ssh_keys: ssh_keys.to_vec(),
-                ..Queued::default()
-            },
-        )
-    }
+/// Each backend's own queueing of a job (`Store::enqueue_with` in `jobs.rs`,
+/// `PgStore::enqueue_with` in `pg/jobs.rs`, beside their claims' SQL): what SSH adds to a
+/// queued job and a rerun is written once over it.
+pub(in crate::store) trait EnqueueWith {
+    fn enqueue_with(&self, j: &NewJob, extra: &Queued) -> Result<i64>;
+}
 
-    /// Queue job `id` again: the same project, commit (the one its agent checked out, when it
-    /// said), job, pipeline, pull request, placement and limits; with `ssh_keys` let in (none:
-    /// a plain rerun). Returns the new job's id.
-    pub(super) fn rerun(&self, id: i64, ssh_keys: &[String]) -> Result<i64> {
-        self.rerun_queued(
-            id,
-            Queued {
-                ssh_keys: ssh_keys.to_vec(),
-                ..Queued::default()
-            },
-        )
+impl EnqueueWith for Store {
+    fn enqueue_with(&self, j: &NewJob, extra: &Queued) -> Result<i64> {
+        Store::enqueue_with(self, j, extra)
     }
+}
 
-    /// Queue job `id` again as [`Self::rerun`] does, with `extra`'s keys, asker and user key
-    /// (its rerun and pipeline number are the old job's).
-    pub(in crate::store) fn rerun_queued(&self, id: i64, extra: Queued) -> Result<i64> {
-        let old = self
-            .reader()?
+/// Queue `j`, letting `ssh_keys` (`authorized_keys` lines, checked by the caller) SSH into
+/// it while it runs and while it is held after its last step.
+pub(super) fn enqueue_ssh(s: &impl EnqueueWith, j: &NewJob, ssh_keys: &[String]) -> Result<i64> {
+    s.enqueue_with(
+        j,
+        &Queued {
+            ssh_keys: ssh_keys.to_vec(),
+            ..Queued::default()
+        },
+    )
+}
+
+/// Queue job `id` again: the same project, commit (the one its agent checked out, when it
+/// said), job, pipeline, pull request, placement and limits; with `ssh_keys` let in (none:
+/// a plain rerun). Returns the new job's id.
+pub(super) fn rerun(
+    s: &(impl SqlStore + EnqueueWith),
+    id: i64,
+    ssh_keys: &[String],
+) -> Result<i64> {
+    rerun_queued(
+        s,
+        id,
+        Queued {
+            ssh_keys: ssh_keys.to_vec(),
+            ..Queued::default()
+        },
+    )
+}
+
+/// Queue job `id` again as [`rerun`] does, with `extra`'s keys, asker and user key (its
+/// rerun and pipeline number are the old job's).
+pub(in crate::store) fn rerun_queued(
+    s: &(impl SqlStore + EnqueueWith),
+    id: i64,
+    extra: Queued,
+) -> Result<i64> {
+    let old = s.read(|conn| {
+        Ok(conn
             .query_row(
                 "SELECT p.slug, j.git_ref, COALESCE(j.resolved_sha, j.commit_sha), j.job_name, \
                  j.resource_class, j.labels, j.max_attempts, j.pr_number, j.pr_url, j.pr_fork, \
@@ -86,24 +112,24 @@ impl Store {
                     ))
                 },
             )
-            .optional()?;
-        let Some((job, pipeline, restricted)) = old else {
-            return Err(CoordError::NotFound(format!("no job {id}")));
-        };
-        self.enqueue_with(
-            &job,
-            &Queued {
-                rerun_of: Some(id),
-                pipeline_number: Some(pipeline),
-                restricted,
-                ..extra
-            },
-        )
-    }
+            .optional()?)
+    })?;
+    let Some((job, pipeline, restricted)) = old else {
+        return Err(CoordError::NotFound(format!("no job {id}")));
+    };
+    s.enqueue_with(
+        &job,
+        &Queued {
+            rerun_of: Some(id),
+            pipeline_number: Some(pipeline),
+            restricted,
+            ..extra
+        },
+    )
 }
 
 /// The keys let into job `id`, for its claim.
-pub(super) fn job_ssh_keys(conn: &Connection, id: i64) -> Result<Vec<String>> {
+pub(super) fn job_ssh_keys(conn: &dyn Db, id: i64) -> Result<Vec<String>> {
     let json: Option<String> =
         conn.query_row("SELECT ssh_keys FROM jobs WHERE id = ?1", [id], |r| {
             r.get(0)
@@ -115,7 +141,7 @@ pub(super) fn job_ssh_keys(conn: &Connection, id: i64) -> Result<Vec<String>> {
 
 /// Record what a heartbeat says of a job's SSH access (agent-written: shown on the page, so
 /// anything odd is dropped rather than stored; and only for a job queued with SSH keys).
-pub(super) fn record_state(conn: &Connection, id: i64, state: Option<&WireSshState>) -> Result<()> {
+pub(super) fn record_state(conn: &dyn Db, id: i64, state: Option<&WireSshState>) -> Result<()> {
     let state = state.filter(|s| {
         let clean = |t: &str, max: usize| {
             !t.is_empty() && t.len() <= max && !t.chars().any(crate::text::is_unsafe_char)
@@ -139,7 +165,7 @@ pub(super) fn record_state(conn: &Connection, id: i64, state: Option<&WireSshSta
 /// what it says and answer `true`. `false` when the job is not this agent's, not finished,
 /// was not queued with SSH keys, or is not held (the agent should let it go).
 pub(super) fn record_hold(
-    conn: &Connection,
+    conn: &dyn Db,
     id: i64,
     agent_id: &str,
     state: Option<&WireSshState>,
@@ -163,7 +189,7 @@ pub(super) fn record_hold(
 }
 
 /// Whether someone asked to end the hold of (cancel) job `id`.
-pub(super) fn release_requested(conn: &Connection, id: i64) -> Result<bool> {
+pub(super) fn release_requested(conn: &dyn Db, id: i64) -> Result<bool> {
     Ok(conn.query_row(
         "SELECT cancel_requested FROM jobs WHERE id = ?1",
         [id],
@@ -174,23 +200,34 @@ pub(super) fn release_requested(conn: &Connection, id: i64) -> Result<bool> {
 /// Finished jobs of `agent_id` shown as held that its heartbeat no longer lists: their hold
 /// is over, so the page stops saying "held until".
 pub(super) fn end_holds_not_reported(
-    conn: &Connection,
+    conn: &dyn Db,
     agent_id: &str,
     reported: &[&str],
 ) -> Result<()> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT id FROM jobs INDEXED BY jobs_ssh_state WHERE agent_id = ?1 \
-         AND ssh_state IS NOT NULL AND status NOT IN ('queued', 'running') \
-         AND json_extract(ssh_state, '$.held_until_ms') IS NOT NULL",
+    // The JSON functions are each database's own: SQLite's `json_*` (and its index on
+    // `ssh_state`), PostgreSQL's `jsonb` operators.
+    let held: Vec<i64> = conn.query_map(
+        conn.pick(
+            "SELECT id FROM jobs INDEXED BY jobs_ssh_state WHERE agent_id = ?1 \
+             AND ssh_state IS NOT NULL AND status NOT IN ('queued', 'running') \
+             AND json_extract(ssh_state, '$.held_until_ms') IS NOT NULL",
+            "SELECT id FROM jobs WHERE agent_id = ?1 \
+             AND ssh_state IS NOT NULL AND status NOT IN ('queued', 'running') \
+             AND (ssh_state::jsonb ->> 'held_until_ms') IS NOT NULL",
+        ),
+        [agent_id],
+        |r| r.get(0),
     )?;
-    let held = stmt
-        .query_map([agent_id], |r| r.get::<_, i64>(0))?
-        .collect::<std::result::Result<Vec<_>, _>>()?;
     for id in held {
         if !reported.contains(&id.to_string().as_str()) {
             conn.execute(
-                "UPDATE jobs SET ssh_state = json_remove(json_set(ssh_state, '$.sessions', 0), '$.held_until_ms') \
-                 WHERE id = ?1",
+                conn.pick(
+                    "UPDATE jobs SET ssh_state = \
+                     json_remove(json_set(ssh_state, '$.sessions', 0), '$.held_until_ms') \
+                     WHERE id = ?1",
+                    "UPDATE jobs SET ssh_state = ((ssh_state::jsonb || '{\"sessions\":0}'::jsonb) \
+                     - 'held_until_ms')::text WHERE id = ?1",
+                ),
                 [id],
             )?;
         }
@@ -199,11 +236,15 @@ pub(super) fn end_holds_not_reported(
 }
 
 /// Whether job `id` is finished but still held for SSH by its agent.
-pub(super) fn is_held(conn: &Connection, id: i64) -> Result<bool> {
+pub(super) fn is_held(conn: &dyn Db, id: i64) -> Result<bool> {
     Ok(conn
         .query_row(
-            "SELECT status NOT IN ('queued', 'running') \
-             AND json_extract(ssh_state, '$.held_until_ms') IS NOT NULL FROM jobs WHERE id = ?1",
+            conn.pick(
+                "SELECT status NOT IN ('queued', 'running') \
+                 AND json_extract(ssh_state, '$.held_until_ms') IS NOT NULL FROM jobs WHERE id = ?1",
+                "SELECT status NOT IN ('queued', 'running') \
+                 AND (ssh_state::jsonb ->> 'held_until_ms') IS NOT NULL FROM jobs WHERE id = ?1",
+            ),
             [id],
             |r| r.get::<_, Option<bool>>(0),
         )

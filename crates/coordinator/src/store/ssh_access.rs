@@ -5,7 +5,7 @@
 
 use super::db::{params, Lock, OptionalExtension, Row, SqlStore};
 use super::pipelines::resolve_project;
-use super::ssh::Queued;
+use super::ssh::{EnqueueWith, Queued};
 use super::{now_ms, Result};
 use crate::error::CoordError;
 use crate::model::ssh_policy::{SshPolicy, UserKey, UserKeyFacts};
@@ -73,24 +73,6 @@ pub trait SshAccessStore: Send + Sync {
     fn ssh_grant(&self, id: i64) -> Result<Option<SshGrant>>;
 }
 
-/// A job queued again with what a rerun adds: each backend's own queueing of a job
-/// (`store/ssh.rs`, `store/pg/ssh.rs`).
-pub(in crate::store) trait RerunQueued {
-    fn rerun_queued(&self, id: i64, extra: Queued) -> Result<i64>;
-}
-
-impl RerunQueued for super::Store {
-    fn rerun_queued(&self, id: i64, extra: Queued) -> Result<i64> {
-        super::Store::rerun_queued(self, id, extra)
-    }
-}
-
-impl RerunQueued for super::pg::PgStore {
-    fn rerun_queued(&self, id: i64, extra: Queued) -> Result<i64> {
-        super::pg::PgStore::rerun_queued(self, id, extra)
-    }
-}
-
 fn key_row(r: &dyn Row) -> super::db::Result<PersonKey> {
     Ok(PersonKey {
         id: r.get(0)?,
@@ -116,7 +98,7 @@ fn too_many() -> CoordError {
     ))
 }
 
-impl<S: SqlStore + RerunQueued> SshAccessStore for S {
+impl<S: SqlStore + EnqueueWith> SshAccessStore for S {
     fn person_ssh_keys(&self, person: i64) -> Result<Vec<PersonKey>> {
         self.read(|conn| {
             let mut st = conn.prepare(
@@ -253,7 +235,8 @@ impl<S: SqlStore + RerunQueued> SshAccessStore for S {
         by: &str,
         user_key: UserKey,
     ) -> Result<i64> {
-        self.rerun_queued(
+        super::ssh::rerun_queued(
+            self,
             id,
             Queued {
                 ssh_keys: ssh_keys.to_vec(),

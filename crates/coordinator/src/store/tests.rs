@@ -947,7 +947,9 @@ both!(
     }
 );
 
+mod blob_index;
 mod groups;
+mod intake;
 mod notify_and_people;
 mod project_settings;
 mod ssh_access;

@@ -11,37 +11,6 @@ use super::*;
 const PIECE: u64 = 4 << 20;
 
 impl PgStore {
-    /// Committed log bytes from `from` to the end.
-    pub fn log_from(&self, id: i64, from: u64) -> Result<Vec<u8>> {
-        let end: Option<i64> = self
-            .reader()?
-            .query_row("SELECT log_bytes FROM jobs WHERE id = ?1", [id], |r| {
-                r.get(0)
-            })
-            .optional()?;
-        let Some(end) = end else {
-            return Ok(Vec::new());
-        };
-        self.read_log(id, from, end as u64)
-    }
-
-    /// At most `max` committed log bytes from `from`, and the committed length (`None`: no
-    /// such job). Pages and live streams read big logs this way, piece by piece.
-    pub(super) fn log_piece(&self, id: i64, from: u64, max: u64) -> Result<Option<(Vec<u8>, u64)>> {
-        let end: Option<i64> = self
-            .reader()?
-            .query_row("SELECT log_bytes FROM jobs WHERE id = ?1", [id], |r| {
-                r.get(0)
-            })
-            .optional()?;
-        let Some(end) = end else {
-            return Ok(None);
-        };
-        let end = end as u64;
-        let upto = end.min(from.saturating_add(max));
-        Ok(Some((self.read_log(id, from, upto)?, end)))
-    }
-
     /// Bytes `from..end` of a job's running log (fewer if its chunks end sooner, or none
     /// once they moved into the object store), `end` being at most the committed length
     /// the caller read.
@@ -192,28 +161,6 @@ impl PgStore {
         }
         for &i in &order[next..] {
             out[i] = count;
-        }
-        Ok(out)
-    }
-
-    /// Events from sequence number `from`.
-    pub fn events_from(&self, id: i64, from: u64) -> Result<Vec<(u64, JobEvent)>> {
-        let conn = self.reader()?;
-        let mut st = conn.prepare(
-            "SELECT seq, json FROM job_events WHERE job_id = ?1 AND seq >= ?2 ORDER BY seq",
-        )?;
-        let rows = st
-            .query_map(params![id, from as i64], |r| {
-                Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
-            })?
-            .collect::<sql::Result<Vec<_>>>()?;
-        let mut out = Vec::with_capacity(rows.len());
-        for (seq, json) in rows {
-            // Events were validated on the way in; one that no longer parses (an older
-            // schema) is skipped rather than breaking the page.
-            if let Ok(ev) = serde_json::from_str(&json) {
-                out.push((seq as u64, ev));
-            }
         }
         Ok(out)
     }

@@ -4,7 +4,8 @@
 //!
 //! Most areas are not here: their code is written once for both databases over
 //! [`super::db::Db`], which [`sql::Connection`] implements over the `postgres` client
-//! (pipelines, contexts, schedules, notifications, badges, follow, wait reasons; see
+//! (pipelines, contexts, schedules, notifications, badges, follow, wait reasons, API v2,
+//! the Bitbucket intake, the blobs index, SSH into jobs; see
 //! [`super::db::SqlStore`]). The areas still here (`jobs.rs`, `lease.rs`, … beside their
 //! SQLite namesakes) are in PostgreSQL's dialect through [`sql`], which gives the client
 //! rusqlite's shape. The rules are not here: `model/` and the pure parts of the SQLite
@@ -27,18 +28,16 @@
 use super::*;
 
 mod access;
-mod api_v2;
-mod blobs;
-mod intake;
 mod jobs;
 mod lease;
 mod logs;
+use super::blobs;
 use super::contexts;
 use super::pipelines;
 mod people;
 mod schema;
 pub(crate) mod sql;
-mod ssh;
+use super::ssh;
 mod times;
 mod watch;
 
@@ -51,14 +50,9 @@ pub use watch::PgChangeFeed;
 
 use sql::{params, Connection, OptionalExtension, Row, Transaction, TransactionBehavior};
 
-use super::blob_index::BlobIndex;
-use super::blobs::{JobResults, JobScope, OverQuota};
 use super::log_store::LogStore;
-use super::pipeline_store::StatusOutbox;
-use super::pipelines::OutgoingStatus;
 use super::project_store::{AccessStore, ProjectStore};
 use super::queue_store::QueueStore;
-use bosun_protocol::{WireCache, WireLayer, WireTestResults};
 use std::collections::HashMap;
 
 /// Connections a coordinator keeps to the database at most (its blocking threads wait for
@@ -315,10 +309,10 @@ impl QueueStore for PgStore {
         PgStore::enqueue(self, j)
     }
     fn enqueue_ssh(&self, j: &NewJob, ssh_keys: &[String]) -> Result<i64> {
-        PgStore::enqueue_ssh(self, j, ssh_keys)
+        super::ssh::enqueue_ssh(self, j, ssh_keys)
     }
     fn rerun(&self, id: i64, ssh_keys: &[String]) -> Result<i64> {
-        PgStore::rerun(self, id, ssh_keys)
+        super::ssh::rerun(self, id, ssh_keys)
     }
     fn claim(&self, agent_id: &str, lease: Duration) -> Result<Option<WireJob>> {
         PgStore::claim(self, agent_id, lease)
@@ -397,10 +391,10 @@ impl LogStore for PgStore {
         PgStore::append_events(self, id, agent_id, attempt, first_seq, events)
     }
     fn log_from(&self, id: i64, from: u64) -> Result<Vec<u8>> {
-        PgStore::log_from(self, id, from)
+        super::logs::log_from(self, id, from)
     }
     fn log_piece(&self, id: i64, from: u64, max: u64) -> Result<Option<(Vec<u8>, u64)>> {
-        PgStore::log_piece(self, id, from, max)
+        super::logs::log_piece(self, id, from, max)
     }
     fn read_log(&self, id: i64, from: u64, end: u64) -> Result<Vec<u8>> {
         PgStore::read_log(self, id, from, end)
@@ -409,7 +403,7 @@ impl LogStore for PgStore {
         PgStore::newlines_before(self, id, points)
     }
     fn events_from(&self, id: i64, from: u64) -> Result<Vec<(u64, JobEvent)>> {
-        PgStore::events_from(self, id, from)
+        super::logs::events_from(self, id, from)
     }
     fn log_times(&self, id: i64) -> Result<LogTimes> {
         PgStore::log_times(self, id)
@@ -429,21 +423,6 @@ impl LogStore for PgStore {
     }
     fn follow_log(&self, id: i64, secs: u64) -> Result<()> {
         PgStore::follow_log(self, id, secs)
-    }
-}
-
-impl StatusOutbox for PgStore {
-    fn due_statuses(&self, limit: u32) -> Result<Vec<OutgoingStatus>> {
-        PgStore::due_statuses(self, limit)
-    }
-    fn status_sent(&self, id: i64) -> Result<()> {
-        PgStore::status_sent(self, id)
-    }
-    fn status_failed(&self, id: i64, error: &str, retry_in: Duration, give_up: bool) -> Result<()> {
-        PgStore::status_failed(self, id, error, retry_in, give_up)
-    }
-    fn record_public_url(&self, url: &str) -> Result<()> {
-        super::pipelines::record_public_url(self, url)
     }
 }
 
@@ -536,56 +515,15 @@ impl AccessStore for PgStore {
     }
 }
 
-impl BlobIndex for PgStore {
-    fn job_scope(
-        &self,
-        id: i64,
-        agent_id: &str,
-        attempt: Option<u32>,
-    ) -> Result<std::result::Result<JobScope, Lease>> {
-        PgStore::job_scope(self, id, agent_id, attempt)
+impl super::ssh::EnqueueWith for PgStore {
+    fn enqueue_with(&self, j: &NewJob, extra: &super::ssh::Queued) -> Result<i64> {
+        PgStore::enqueue_with(self, j, extra)
     }
-    fn blob_usage(&self, project_id: i64) -> Result<u64> {
-        PgStore::blob_usage(self, project_id)
-    }
-    fn project_blob(&self, project_id: i64, sha256: &str) -> Result<Option<u64>> {
-        PgStore::project_blob(self, project_id, sha256)
-    }
-    fn check_quota(&self, scope: &JobScope, size: u64, quota: u64) -> Result<Option<OverQuota>> {
-        PgStore::check_quota(self, scope, size, quota)
-    }
-    fn add_blob_ref(
-        &self,
-        scope: &JobScope,
-        sha256: &str,
-        size: u64,
-        quota: u64,
-    ) -> Result<std::result::Result<(), OverQuota>> {
-        PgStore::add_blob_ref(self, scope, sha256, size, quota)
-    }
-    fn add_layer(&self, scope: &JobScope, sha256: &str) -> Result<bool> {
-        PgStore::add_layer(self, scope, sha256)
-    }
-    fn layers(&self, scope: &JobScope) -> Result<Vec<WireLayer>> {
-        PgStore::layers(self, scope)
-    }
-    fn find_cache(&self, project_id: i64, prefix: &str) -> Result<Option<WireCache>> {
-        PgStore::find_cache(self, project_id, prefix)
-    }
-    fn save_cache(&self, scope: &JobScope, key: &str, sha256: &str) -> Result<Option<bool>> {
-        PgStore::save_cache(self, scope, key, sha256)
-    }
-    fn add_artifact(&self, scope: &JobScope, path: &str, sha256: &str) -> Result<bool> {
-        PgStore::add_artifact(self, scope, path, sha256)
-    }
-    fn add_test_results(&self, scope: &JobScope, t: &WireTestResults) -> Result<()> {
-        PgStore::add_test_results(self, scope, t)
-    }
-    fn job_results(&self, id: i64) -> Result<JobResults> {
-        PgStore::job_results(self, id)
-    }
-    fn artifact(&self, id: i64, path: &str) -> Result<Option<(String, u64)>> {
-        PgStore::artifact(self, id, path)
+}
+
+impl super::blobs::LeaseCheck for PgStore {
+    fn lease_now(&self, id: i64, agent_id: &str, attempt: Option<u32>) -> Result<Lease> {
+        PgStore::lease_state(&self.conn()?, id, agent_id, attempt)
     }
 }
 
