@@ -47,6 +47,11 @@ struct Setup {
 }
 
 fn setup(extra: &[&str]) -> Setup {
+    setup_with(extra, true)
+}
+
+/// `setup`, with or without the application link's OAuth client (`--bitbucket-oauth-file`).
+fn setup_with(extra: &[&str], oauth_client: bool) -> Setup {
     use std::os::unix::fs::PermissionsExt;
     let api = BitbucketApi::start("Bearer not-used-here", None);
     api.oauth(
@@ -62,12 +67,10 @@ fn setup(extra: &[&str]) -> Setup {
     let file = dir.path().join("dc-oauth-client");
     std::fs::write(&file, format!("{CLIENT_ID}:{CLIENT_SECRET}\n")).expect("write");
     std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).expect("chmod");
-    let mut args = vec![
-        "--bitbucket-oauth-file",
-        file.to_str().expect("utf8"),
-        "--bitbucket-dc-url",
-        &api.base,
-    ];
+    let mut args = vec!["--bitbucket-dc-url", &api.base];
+    if oauth_client {
+        args.extend(["--bitbucket-oauth-file", file.to_str().expect("utf8")]);
+    }
     args.extend_from_slice(extra);
     let s = fresh_with(&args, true);
     let key = dir.path().join("deploy_key");
@@ -607,6 +610,53 @@ async fn data_center_people_log_in_with_an_http_access_token() {
         "{audit}"
     );
     assert!(!audit.contains(WRITER_TOKEN) && !audit.contains(READER_TOKEN));
+}
+
+/// A Data Center coordinator without an application link (no `--bitbucket-oauth-file`):
+/// the login page offers only the token form, the OAuth way says why it is not there, and
+/// a pasted token logs its user in with their permissions; no OAuth endpoint is asked.
+#[tokio::test]
+async fn a_data_center_coordinator_without_an_application_link_takes_access_tokens() {
+    let t = setup_with(&[], false);
+    let base = t.s.base.clone();
+    t.api.http_access_token("writer", WRITER_TOKEN);
+
+    let page = http()
+        .get(format!("{base}/login"))
+        .send()
+        .await
+        .expect("login page")
+        .text()
+        .await
+        .expect("text");
+    assert!(!page.contains("id=\"login-bitbucket\""), "{page}");
+    assert!(
+        page.contains("<h2>Log in with a Bitbucket HTTP access token</h2>"),
+        "{page}"
+    );
+    let r = http()
+        .get(format!("{base}/login/bitbucket?return_to=/me"))
+        .send()
+        .await
+        .expect("the OAuth way");
+    assert_eq!(r.status(), 404);
+    let said = r.text().await.expect("text");
+    assert!(said.contains("HTTP access tokens only"), "{said}");
+
+    let (cookie, csrf) = token_form(&base).await;
+    let (st, session, page) = post_token(&base, &cookie, &csrf, WRITER_TOKEN).await;
+    assert_eq!(st, 303, "{page}");
+    let writer = session.expect("a session after login");
+    assert_eq!(status(&base, &format!("/jobs/{}", t.job), &writer).await, 200);
+    let (st, body) = cancel(&base, &t.pipeline, &writer).await;
+    assert!((200..300).contains(&st), "{st} {body}");
+    assert!(
+        !t.api
+            .requests()
+            .iter()
+            .any(|r| r.path.starts_with("/rest/oauth2") || r.path.contains("applinks")),
+        "no OAuth call without an OAuth client"
+    );
 }
 
 /// A Data Center URL that is not one is refused at start, naming the setting.

@@ -230,9 +230,11 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         db.record_public_url(&public_url)?;
         db.record_online_window(Duration::from_secs(args.lease_secs.max(1)) * 2)
     })?;
-    let consumer = match &args.bitbucket_oauth_file {
-        Some(f) => Some(oauth_consumer(f, &args)?),
-        None => None,
+    let consumer = match (&args.bitbucket_oauth_file, &args.bitbucket_dc_url) {
+        (Some(f), _) => Some(oauth_consumer(Some(oauth_client(f)?), &args)?),
+        // Data Center without an application link: people paste HTTP access tokens.
+        (None, Some(_)) => Some(oauth_consumer(None, &args)?),
+        (None, None) => None,
     };
     let people = people::People::new(people::Settings {
         consumer,
@@ -333,9 +335,9 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     server::serve(listener, app, limits, tls, state.shutdown.clone()).await
 }
 
-/// The OAuth consumer of `--bitbucket-oauth-file`: `KEY:SECRET`, in a file only its owner
+/// The OAuth client of `--bitbucket-oauth-file`: `KEY:SECRET`, in a file only its owner
 /// may read (the error never quotes it).
-fn oauth_consumer(file: &Path, args: &ServeArgs) -> Result<people::oauth::Consumer> {
+fn oauth_client(file: &Path) -> Result<people::oauth::Client> {
     let meta = std::fs::metadata(file).map_err(|source| CoordError::Io {
         path: file.to_path_buf(),
         source,
@@ -353,10 +355,18 @@ fn oauth_consumer(file: &Path, args: &ServeArgs) -> Result<people::oauth::Consum
             file.display()
         ))
     })?;
+    Ok(people::oauth::Client { key, secret })
+}
+
+/// Where people log in: Bitbucket Cloud, or the Data Center of `--bitbucket-dc-url`, with
+/// the OAuth client if there is one.
+fn oauth_consumer(
+    client: Option<people::oauth::Client>,
+    args: &ServeArgs,
+) -> Result<people::oauth::Consumer> {
     Ok(match &args.bitbucket_dc_url {
         Some(url) => people::oauth::Consumer {
-            key,
-            secret,
+            client,
             site: url.trim().trim_end_matches('/').to_owned(),
             api: String::new(),
             provider: people::oauth::Provider::DataCenter {
@@ -370,8 +380,7 @@ fn oauth_consumer(file: &Path, args: &ServeArgs) -> Result<people::oauth::Consum
             },
         },
         None => people::oauth::Consumer {
-            key,
-            secret,
+            client,
             site: args.bitbucket_oauth_url.trim_end_matches('/').to_owned(),
             api: args.bitbucket_api.trim_end_matches('/').to_owned(),
             provider: people::oauth::Provider::Cloud,

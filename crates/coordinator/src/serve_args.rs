@@ -145,8 +145,10 @@ pub struct ServeArgs {
     pub bitbucket_oauth_file: Option<PathBuf>,
     /// People log in with this Bitbucket Data Center (its base URL, such as
     /// https://bitbucket.example.com) instead of Bitbucket Cloud: its OAuth 2.0 provider
-    /// and REST API (`--bitbucket-oauth-url` and `--bitbucket-api` are then unused).
-    #[arg(long, value_name = "URL", requires = "bitbucket_oauth_file")]
+    /// (with `--bitbucket-oauth-file`) and HTTP access tokens pasted on the login page
+    /// (with or without it), and its REST API (`--bitbucket-oauth-url` and
+    /// `--bitbucket-api` are then unused).
+    #[arg(long, value_name = "URL")]
     pub bitbucket_dc_url: Option<String>,
     /// Bitbucket Cloud's site, where its OAuth endpoints are (`/site/oauth2/…`).
     #[arg(long, value_name = "URL", default_value = people::oauth::CLOUD_SITE)]

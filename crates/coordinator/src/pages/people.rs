@@ -87,14 +87,15 @@ async fn login_page_saying(
     if state.people.enabled() {
         // Logged in already: logging in again (as someone else) ends this session.
         let back = crate::model::people::safe_return_to(return_to);
-        let _ =
-            write!(
-            m,
-            "<p><a id=\"login-bitbucket\" class=\"button\" href=\"/login/bitbucket?return_to={}\">\
-             Log in with Bitbucket{}</a></p>",
-            esc(&super::url_encode(&back)),
-            if viewer.is_some() { " as someone else" } else { "" }
-        );
+        if state.people.offers_oauth() {
+            let _ = write!(
+                m,
+                "<p><a id=\"login-bitbucket\" class=\"button\" href=\"/login/bitbucket?return_to={}\">\
+                 Log in with Bitbucket{}</a></p>",
+                esc(&super::url_encode(&back)),
+                if viewer.is_some() { " as someone else" } else { "" }
+            );
+        }
         if state.people.offers_access_tokens() {
             let form = match state.people.login_form() {
                 Ok(f) => f,
@@ -104,7 +105,7 @@ async fn login_page_saying(
             // goes in the POST body only, never in a URL.
             let _ = write!(
                 m,
-                "<h2>Or with a Bitbucket HTTP access token</h2>\
+                "<h2>{}</h2>\
                  <p>Make one in Bitbucket under <em>Manage account → HTTP access tokens</em> \
                  with <strong>Repository read</strong> permission, and paste it here once. \
                  Bosun keeps it sealed to read your repository permissions again, until it \
@@ -116,6 +117,11 @@ async fn login_page_saying(
                  id=\"access-token\" autocomplete=\"off\" required maxlength=\"{}\"></label> \
                  <button type=\"submit\" id=\"login-token\">Log in with a Bitbucket HTTP \
                  access token</button></form>",
+                if state.people.offers_oauth() {
+                    "Or with a Bitbucket HTTP access token"
+                } else {
+                    "Log in with a Bitbucket HTTP access token"
+                },
                 esc(&form.csrf),
                 esc(&back),
                 crate::model::people::MAX_ACCESS_TOKEN,
@@ -125,7 +131,8 @@ async fn login_page_saying(
     } else {
         m.push_str(
             "<p>Logging in with Bitbucket is not set up on this coordinator \
-             (<code>serve --bitbucket-oauth-file</code>).</p>",
+             (<code>serve --bitbucket-oauth-file</code>, or <code>--bitbucket-dc-url</code> \
+             for Bitbucket Data Center).</p>",
         );
     }
     let mut resp = (status, shell("Log in · bosun", "", &m)).into_response();
@@ -182,7 +189,9 @@ pub async fn token_login(
             let status = match e {
                 LoginError::TooManyAttempts { .. } => StatusCode::TOO_MANY_REQUESTS,
                 LoginError::FormExpired | LoginError::TokenRefused => StatusCode::FORBIDDEN,
-                LoginError::NotConfigured | LoginError::NotDataCenter => StatusCode::NOT_FOUND,
+                LoginError::NotConfigured | LoginError::NotDataCenter | LoginError::TokensOnly => {
+                    StatusCode::NOT_FOUND
+                }
                 LoginError::OAuth(_) => StatusCode::BAD_GATEWAY,
                 _ => StatusCode::INTERNAL_SERVER_ERROR,
             };
@@ -205,10 +214,9 @@ pub async fn login_start(
 ) -> Response {
     match state.people.begin(q.return_to.as_deref()) {
         Ok(b) => see_other(&b.location, &[b.set_cookie]),
-        Err(LoginError::NotConfigured) => error_page(
-            StatusCode::NOT_FOUND,
-            &LoginError::NotConfigured.to_string(),
-        ),
+        Err(e @ (LoginError::NotConfigured | LoginError::TokensOnly)) => {
+            error_page(StatusCode::NOT_FOUND, &e.to_string())
+        }
         Err(e) => error_page(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
     }
 }
@@ -248,7 +256,9 @@ pub async fn login_callback(
                 | LoginError::FormExpired
                 | LoginError::TokenRefused => StatusCode::FORBIDDEN,
                 LoginError::TooManyAttempts { .. } => StatusCode::TOO_MANY_REQUESTS,
-                LoginError::NotConfigured | LoginError::NotDataCenter => StatusCode::NOT_FOUND,
+                LoginError::NotConfigured | LoginError::NotDataCenter | LoginError::TokensOnly => {
+                    StatusCode::NOT_FOUND
+                }
                 LoginError::OAuth(_) => StatusCode::BAD_GATEWAY,
                 LoginError::Coord(_) => StatusCode::INTERNAL_SERVER_ERROR,
             };

@@ -83,6 +83,8 @@ pub enum LoginError {
     Refused(String),
     #[error("logging in with an HTTP access token is Bitbucket Data Center's, and this coordinator logs in with Bitbucket Cloud")]
     NotDataCenter,
+    #[error("this coordinator takes Bitbucket Data Center HTTP access tokens only (no OAuth client is set up: serve --bitbucket-oauth-file): paste one on the login page")]
+    TokensOnly,
     #[error("this form did not come from this browser, or is older than 10 minutes: reload the page and paste the token again")]
     FormExpired,
     #[error("Bitbucket Data Center did not accept this HTTP access token: check that it was copied whole, has not expired or been revoked, and is your own (Manage account → HTTP access tokens, with Repository read permission)")]
@@ -284,6 +286,14 @@ impl People {
         self.settings.consumer.is_some()
     }
 
+    /// Whether people log in through Bitbucket's OAuth (an OAuth client is set up).
+    pub fn offers_oauth(&self) -> bool {
+        self.settings
+            .consumer
+            .as_ref()
+            .is_some_and(|c| c.client.is_some())
+    }
+
     /// Start a login: a new `state` and PKCE verifier, remembered for [`LOGIN_WITHIN`].
     pub fn begin(&self, return_to: Option<&str>) -> Result<Begun, LoginError> {
         let consumer = self
@@ -293,7 +303,9 @@ impl People {
             .ok_or(LoginError::NotConfigured)?;
         let state = random_hex(32)?;
         let verifier = Zeroizing::new(random_hex(48)?);
-        let location = consumer.authorize_url(&state, &verifier, &self.redirect_uri());
+        let location = consumer
+            .authorize_url(&state, &verifier, &self.redirect_uri())
+            .ok_or(LoginError::TokensOnly)?;
         {
             let mut p = self.pending();
             p.retain(|_, v| v.made.elapsed() < LOGIN_WITHIN);

@@ -38,12 +38,20 @@ pub enum Provider {
     DataCenter { server: String },
 }
 
-/// An OAuth consumer of Bitbucket (Cloud's consumer, or Data Center's incoming application
-/// link) and where Bitbucket is.
+/// The OAuth client's credentials (`--bitbucket-oauth-file`): Cloud's consumer, or Data
+/// Center's incoming application link.
 #[derive(Clone)]
-pub struct Consumer {
+pub struct Client {
     pub key: String,
     pub secret: Zeroizing<String>,
+}
+
+/// How Bosun reaches Bitbucket for people: where it is, and the OAuth client if there is
+/// one. A Data Center coordinator may have none: its people then log in with HTTP access
+/// tokens only.
+#[derive(Clone)]
+pub struct Consumer {
+    pub client: Option<Client>,
     /// `https://bitbucket.org`, or the Data Center's base URL (tests: their recorder).
     pub site: String,
     /// `https://api.bitbucket.org/2.0` (Cloud only).
@@ -54,7 +62,7 @@ pub struct Consumer {
 impl std::fmt::Debug for Consumer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Consumer")
-            .field("key", &self.key)
+            .field("key", &self.client.as_ref().map(|c| c.key.as_str()))
             .field("site", &self.site)
             .field("api", &self.api)
             .field("provider", &self.provider)
@@ -134,8 +142,14 @@ impl Consumer {
         self.site.trim_end_matches('/')
     }
 
-    /// Where the browser goes to log in.
-    pub fn authorize_url(&self, state: &str, verifier: &str, redirect_uri: &str) -> String {
+    /// Where the browser goes to log in (`None` without an OAuth client).
+    pub fn authorize_url(
+        &self,
+        state: &str,
+        verifier: &str,
+        redirect_uri: &str,
+    ) -> Option<String> {
+        let client = self.client.as_ref()?;
         let (path, scope) = match self.provider {
             Provider::Cloud => ("/site/oauth2/authorize", String::new()),
             Provider::DataCenter { .. } => (
@@ -143,15 +157,15 @@ impl Consumer {
                 format!("&scope={DATA_CENTER_SCOPE}"),
             ),
         };
-        format!(
+        Some(format!(
             "{}{path}?client_id={}&response_type=code&state={}\
              &code_challenge={}&code_challenge_method=S256&redirect_uri={}{scope}",
             self.site(),
-            form_encode(&self.key),
+            form_encode(&client.key),
             form_encode(state),
             pkce_challenge(verifier),
             form_encode(redirect_uri),
-        )
+        ))
     }
 
     /// Swap `code` for an access token and a refresh token (server side; the consumer's
@@ -182,6 +196,12 @@ impl Consumer {
     }
 
     async fn token(&self, body: &str) -> Result<Tokens, OAuthError> {
+        let Some(client) = self.client.as_ref() else {
+            return Err(OAuthError::Exchange(
+                "no OAuth client is set up on this coordinator (serve --bitbucket-oauth-file)"
+                    .to_owned(),
+            ));
+        };
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
             .redirect(reqwest::redirect::Policy::none())
@@ -192,15 +212,15 @@ impl Consumer {
         let (req, body) = match self.provider {
             Provider::Cloud => (
                 http.post(format!("{}/site/oauth2/access_token", self.site()))
-                    .basic_auth(&self.key, Some(self.secret.as_str())),
+                    .basic_auth(&client.key, Some(client.secret.as_str())),
                 Zeroizing::new(body.to_owned()),
             ),
             Provider::DataCenter { .. } => (
                 http.post(format!("{}/rest/oauth2/latest/token", self.site())),
                 Zeroizing::new(format!(
                     "{body}&client_id={}&client_secret={}",
-                    form_encode(&self.key),
-                    form_encode(&self.secret)
+                    form_encode(&client.key),
+                    form_encode(&client.secret)
                 )),
             ),
         };
@@ -607,17 +627,21 @@ mod tests {
     #[test]
     fn the_authorize_url_carries_state_and_challenge_never_the_secret() {
         let c = Consumer {
-            key: "k".into(),
-            secret: Zeroizing::new("s3cret".into()),
+            client: Some(Client {
+                key: "k".into(),
+                secret: Zeroizing::new("s3cret".into()),
+            }),
             site: "https://bitbucket.org/".into(),
             api: "https://api.bitbucket.org/2.0".into(),
             provider: Provider::Cloud,
         };
-        let u = c.authorize_url(
-            "st",
-            "verifier",
-            "https://ci.example/login/bitbucket/callback",
-        );
+        let u = c
+            .authorize_url(
+                "st",
+                "verifier",
+                "https://ci.example/login/bitbucket/callback",
+            )
+            .expect("a client");
         assert!(u.starts_with("https://bitbucket.org/site/oauth2/authorize?client_id=k&response_type=code&state=st&code_challenge="), "{u}");
         assert!(u.contains("code_challenge_method=S256"));
         assert!(u.contains("redirect_uri=https%3A%2F%2Fci.example%2Flogin%2Fbitbucket%2Fcallback"));
@@ -628,21 +652,38 @@ mod tests {
     #[test]
     fn data_center_logins_go_to_its_oauth_provider_with_a_scope() {
         let c = Consumer {
-            key: "k".into(),
-            secret: Zeroizing::new("s3cret".into()),
+            client: Some(Client {
+                key: "k".into(),
+                secret: Zeroizing::new("s3cret".into()),
+            }),
             site: "https://bb.example.com/".into(),
             api: String::new(),
             provider: Provider::DataCenter {
                 server: "bb.example.com".into(),
             },
         };
-        let u = c.authorize_url("st", "verifier", "https://ci.example/cb");
+        let u = c
+            .authorize_url("st", "verifier", "https://ci.example/cb")
+            .expect("a client");
         assert!(
             u.starts_with("https://bb.example.com/rest/oauth2/latest/authorize?client_id=k&response_type=code&state=st&code_challenge="),
             "{u}"
         );
         assert!(u.ends_with("&scope=REPO_READ"), "{u}");
         assert!(!u.contains("s3cret") && !u.contains("verifier"));
+    }
+
+    #[test]
+    fn without_an_oauth_client_there_is_no_authorize_url() {
+        let c = Consumer {
+            client: None,
+            site: "https://bb.example.com".into(),
+            api: String::new(),
+            provider: Provider::DataCenter {
+                server: "bb.example.com".into(),
+            },
+        };
+        assert_eq!(c.authorize_url("st", "verifier", "https://ci.example/cb"), None);
     }
 
     #[test]
