@@ -64,3 +64,4 @@ mod steps;
 mod systemd;
 mod tokens;
 mod warm;
+mod work_dirs;
