@@ -9,12 +9,17 @@
 //!     the checkout on its blocking thread included).
 //! (c) warm job (the cache kept, 5 new commits pushed before each run) against the cold job
 //!     (target ≤ 0.35) and against `git fetch` in a kept clone + the same `docker run`.
+//! (d) the agent's own peak RSS (VmHWM) during a cold job: a `bosun coordinator` and a fresh
+//!     `bosun agent` each run (empty cache directory, no ready container), the same job
+//!     committed as the repository's `.circleci/config.yml` and enqueued, so the agent
+//!     fetches the repository cold to read the config and checks it out; its idle VmRSS
+//!     before the job too. (Part d adds one commit, the config, to `main`.)
 //!
 //! The repository: `BOSUN_BENCH_REPO`, a git directory with history (e.g. a bare clone of
 //! tokio-rs/tokio; its branch `main` is made from its `HEAD` if missing), else one made by
 //! benches/gen-repo.sh with BOSUN_BENCH_FILES (1000) files and BOSUN_BENCH_COMMITS (3000)
 //! commits. BOSUN_BENCH_RUNS (default 5; (a) runs twice as many pairs). BOSUN_BENCH_PARTS
-//! (default `abc`): which of the three to run (without (b) the warm job's ratio to the cold
+//! (default `abcd`): which of the four to run (without (b) the warm job's ratio to the cold
 //! one is not shown); with BOSUN_BENCH_STDERR and `BOSUN_LOG=bosun_core=debug,bosun_git=debug`
 //! the jobs' timestamped traces go to that file, each run after a `== part run` line.
 //! BOSUN_BENCH_BASELINE_BIN: another build of `bosun` whose warm job alternates with this
@@ -27,7 +32,7 @@ mod common;
 #[path = "../tests/it/harness/mod.rs"]
 mod harness;
 
-use common::{env_num, measure, ms};
+use common::{env_num, measure, ms, proc_status_kib};
 
 use harness::{ensure_images, image, Project, Rig};
 use std::path::{Path, PathBuf};
@@ -144,7 +149,7 @@ fn main() {
         return;
     }
     let runs = env_num("BOSUN_BENCH_RUNS", 5).max(1);
-    let parts = std::env::var("BOSUN_BENCH_PARTS").unwrap_or_else(|_| "abc".to_owned());
+    let parts = std::env::var("BOSUN_BENCH_PARTS").unwrap_or_else(|_| "abcd".to_owned());
     ensure_images();
     let img = image("base");
     let scratch = tempfile::tempdir().expect("tempdir");
@@ -303,6 +308,9 @@ fn main() {
         line("ratio bosun/by hand (target <= 1.0)", ratios, "");
         line("peak RSS of bosun execute", rss, "MiB");
     }
+    if parts.contains('d') {
+        agent_cold(&rig, &bare, s, runs, &img);
+    }
     if !parts.contains('c') {
         return;
     }
@@ -397,4 +405,110 @@ fn main() {
         line("baseline build's warm job", base_ms, "ms");
         line("this / baseline build", vs_base, "");
     }
+}
+
+/// (d): a coordinator with the repository as project `acme/bench` and, each run, a fresh agent
+/// (its own cache directory: the checkout is cold) that runs the job `build` from the
+/// repository's own config; the agent's VmRSS idle before the job and its VmHWM after it.
+fn agent_cold(rig: &Rig, bare: &Path, s: &Path, runs: usize, img: &str) {
+    use bosun::coordinator::store::{parse_job_id, Store};
+    // The job's config committed to `main` (the coordinator reads it at the commit).
+    let work = s.join("agent-config-clone");
+    harness::run(
+        rig.git(None)
+            .args(["clone", "-q", "--branch", "main"])
+            .arg(bare)
+            .arg(&work),
+    );
+    std::fs::create_dir_all(work.join(".circleci")).expect("mkdir");
+    std::fs::write(
+        work.join(".circleci/config.yml"),
+        format!("version: 2.1\njobs:\n  build:\n    docker:\n      - image: {img}\n        user: circleci\n    steps: [checkout, {{run: 'true'}}]\n"),
+    )
+    .expect("config");
+    for args in [
+        &["add", "-A"][..],
+        &["commit", "-q", "-m", "bench: the job's config"],
+        &["push", "-q", "origin", "HEAD:main"],
+    ] {
+        harness::run(rig.git(None).arg("-C").arg(&work).args(args));
+    }
+    let data = s.join("agent-coordinator");
+    let (child, addr) = harness::spawn_coordinator(&data, "127.0.0.1:0", &[]);
+    let _coordinator = harness::KillOnDrop(child);
+    let token = harness::add_stand_in_project(&data, rig, "acme/bench", &[]);
+    let store = Store::open(&data).expect("store");
+    let (mut idle, mut peak, mut wall) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..runs {
+        mark("d", i);
+        let root = s.join(format!("agent-{i}"));
+        std::fs::create_dir_all(&root).expect("agent dir");
+        let token_file = root.join("registration-token");
+        std::fs::write(&token_file, format!("{token}\n")).expect("token");
+        let mut toml =
+            harness::agent_toml(&format!("http://{addr}"), &token_file, "bench", &root, rig);
+        toml.push_str(&format!(
+            "cache_dir = {:?}\nready_containers = 0\nssh_gateway_listen = \"off\"\n",
+            root.join("cache")
+        ));
+        let config = root.join("agent.toml");
+        std::fs::write(&config, toml).expect("agent config");
+        let log = match std::env::var_os("BOSUN_BENCH_STDERR") {
+            Some(f) => PathBuf::from(f),
+            None => root.join("agent.log"),
+        };
+        let agent = harness::KillOnDrop(harness::spawn_agent(&config, &log, &[]));
+        let pid = agent.0.id();
+        // Registered and idle (its first claim waiting).
+        std::thread::sleep(std::time::Duration::from_secs(3));
+        idle.push(proc_status_kib(pid, "VmRSS") as f64 / 1024.0);
+        let t = std::time::Instant::now();
+        let id = parse_job_id(&harness::coordinator_cli(
+            &data,
+            &[
+                "enqueue",
+                "--project",
+                "acme/bench",
+                "--ref",
+                "main",
+                "--job",
+                "build",
+            ],
+        ))
+        .expect("job id");
+        loop {
+            let row = store.job(id).expect("job").expect("row");
+            if row.is_final() {
+                assert_eq!(
+                    row.status.to_string(),
+                    "success",
+                    "job {id}: {}",
+                    String::from_utf8_lossy(&store.log_from(id, 0).expect("log"))
+                );
+                break;
+            }
+            assert!(
+                t.elapsed() < std::time::Duration::from_secs(600),
+                "job {id} never ended"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        wall.push(ms(t.elapsed()));
+        peak.push(proc_status_kib(pid, "VmHWM") as f64 / 1024.0);
+        drop(agent);
+        harness::cleanup_killed_agent(
+            &serde_json::from_str::<serde_json::Value>(
+                &std::fs::read_to_string(root.join("state/agent.json")).unwrap_or_default(),
+            )
+            .ok()
+            .and_then(|v| v["agent_id"].as_str().map(str::to_owned))
+            .unwrap_or_default(),
+        );
+    }
+    println!(
+        "(d) bosun agent, a cold job (checkout + true) from the repository's config, {runs} runs:"
+    );
+    line("enqueue → job final", wall, "ms");
+    line("agent VmRSS idle before the job", idle, "MiB");
+    line("agent peak RSS (VmHWM) after the job", peak, "MiB");
 }
