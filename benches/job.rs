@@ -9,12 +9,22 @@
 //!     the checkout on its blocking thread included).
 //! (c) warm job (the cache kept, 5 new commits pushed before each run) against the cold job
 //!     (target ≤ 0.35) and against `git fetch` in a kept clone + the same `docker run`.
+//! (d) the agent's own peak RSS (VmHWM) during a cold job: a `bosun coordinator` and a fresh
+//!     `bosun agent` each run (empty cache directory, no ready container), the same job
+//!     committed as the repository's `.circleci/config.yml` and enqueued, so the agent
+//!     fetches the repository cold to read the config and checks it out; its idle VmRSS
+//!     before the job too. (Part d adds one commit, the config, to `main`.)
+//! (e) (with d; not in the default parts) does the ready-container pool pay for a job with a
+//!     checkout? The same job, warm cache, `ready_containers = 1`, enqueue → final, by an
+//!     agent on the local engine (the checkout mounted, the container made fresh) against one
+//!     reaching the same engine through a TCP front (a "remote" engine: a ready container
+//!     taken, the checkout uploaded as a tar stream); on this repository and on a one-file one.
 //!
 //! The repository: `BOSUN_BENCH_REPO`, a git directory with history (e.g. a bare clone of
 //! tokio-rs/tokio; its branch `main` is made from its `HEAD` if missing), else one made by
 //! benches/gen-repo.sh with BOSUN_BENCH_FILES (1000) files and BOSUN_BENCH_COMMITS (3000)
 //! commits. BOSUN_BENCH_RUNS (default 5; (a) runs twice as many pairs). BOSUN_BENCH_PARTS
-//! (default `abc`): which of the three to run (without (b) the warm job's ratio to the cold
+//! (default `abcd`): which of the four to run (without (b) the warm job's ratio to the cold
 //! one is not shown); with BOSUN_BENCH_STDERR and `BOSUN_LOG=bosun_core=debug,bosun_git=debug`
 //! the jobs' timestamped traces go to that file, each run after a `== part run` line.
 //! BOSUN_BENCH_BASELINE_BIN: another build of `bosun` whose warm job alternates with this
@@ -27,7 +37,7 @@ mod common;
 #[path = "../tests/it/harness/mod.rs"]
 mod harness;
 
-use common::{env_num, measure, ms};
+use common::{env_num, measure, ms, proc_status_kib};
 
 use harness::{ensure_images, image, Project, Rig};
 use std::path::{Path, PathBuf};
@@ -144,7 +154,7 @@ fn main() {
         return;
     }
     let runs = env_num("BOSUN_BENCH_RUNS", 5).max(1);
-    let parts = std::env::var("BOSUN_BENCH_PARTS").unwrap_or_else(|_| "abc".to_owned());
+    let parts = std::env::var("BOSUN_BENCH_PARTS").unwrap_or_else(|_| "abcd".to_owned());
     ensure_images();
     let img = image("base");
     let scratch = tempfile::tempdir().expect("tempdir");
@@ -303,6 +313,9 @@ fn main() {
         line("ratio bosun/by hand (target <= 1.0)", ratios, "");
         line("peak RSS of bosun execute", rss, "MiB");
     }
+    if parts.contains('d') {
+        agent_cold(&rig, &bare, s, runs, &img, parts.contains('e'));
+    }
     if !parts.contains('c') {
         return;
     }
@@ -397,4 +410,227 @@ fn main() {
         line("baseline build's warm job", base_ms, "ms");
         line("this / baseline build", vs_base, "");
     }
+}
+
+/// (d): a coordinator with the repository as project `acme/bench` and, each run, a fresh agent
+/// (its own cache directory: the checkout is cold) that runs the job `build` from the
+/// repository's own config; the agent's VmRSS idle before the job and its VmHWM after it.
+fn agent_cold(rig: &Rig, bare: &Path, s: &Path, runs: usize, img: &str, pool_part: bool) {
+    use bosun::coordinator::store::{parse_job_id, Store};
+    // The job's config committed to `main` (the coordinator reads it at the commit).
+    let work = s.join("agent-config-clone");
+    harness::run(
+        rig.git(None)
+            .args(["clone", "-q", "--branch", "main"])
+            .arg(bare)
+            .arg(&work),
+    );
+    std::fs::create_dir_all(work.join(".circleci")).expect("mkdir");
+    std::fs::write(
+        work.join(".circleci/config.yml"),
+        format!("version: 2.1\njobs:\n  build:\n    docker:\n      - image: {img}\n        user: circleci\n    steps: [checkout, {{run: 'true'}}]\n"),
+    )
+    .expect("config");
+    for args in [
+        &["add", "-A"][..],
+        &["commit", "-q", "-m", "bench: the job's config"],
+        &["push", "-q", "origin", "HEAD:main"],
+    ] {
+        harness::run(rig.git(None).arg("-C").arg(&work).args(args));
+    }
+    let data = s.join("agent-coordinator");
+    let (child, addr) = harness::spawn_coordinator(&data, "127.0.0.1:0", &[]);
+    let _coordinator = harness::KillOnDrop(child);
+    let token = harness::add_stand_in_project(&data, rig, "acme/bench", &[]);
+    let store = Store::open(&data).expect("store");
+    let (mut idle, mut peak, mut wall) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..runs {
+        mark("d", i);
+        let root = s.join(format!("agent-{i}"));
+        std::fs::create_dir_all(&root).expect("agent dir");
+        let token_file = root.join("registration-token");
+        std::fs::write(&token_file, format!("{token}\n")).expect("token");
+        let mut toml =
+            harness::agent_toml(&format!("http://{addr}"), &token_file, "bench", &root, rig);
+        toml.push_str(&format!(
+            "cache_dir = {:?}\nready_containers = 0\nssh_gateway_listen = \"off\"\n",
+            root.join("cache")
+        ));
+        let config = root.join("agent.toml");
+        std::fs::write(&config, toml).expect("agent config");
+        let log = match std::env::var_os("BOSUN_BENCH_STDERR") {
+            Some(f) => PathBuf::from(f),
+            None => root.join("agent.log"),
+        };
+        let agent = harness::KillOnDrop(harness::spawn_agent(&config, &log, &[]));
+        let pid = agent.0.id();
+        // Registered and idle (its first claim waiting).
+        std::thread::sleep(std::time::Duration::from_secs(3));
+        idle.push(proc_status_kib(pid, "VmRSS") as f64 / 1024.0);
+        let t = std::time::Instant::now();
+        let id = parse_job_id(&harness::coordinator_cli(
+            &data,
+            &[
+                "enqueue",
+                "--project",
+                "acme/bench",
+                "--ref",
+                "main",
+                "--job",
+                "build",
+            ],
+        ))
+        .expect("job id");
+        loop {
+            let row = store.job(id).expect("job").expect("row");
+            if row.is_final() {
+                assert_eq!(
+                    row.status.to_string(),
+                    "success",
+                    "job {id}: {}",
+                    String::from_utf8_lossy(&store.log_from(id, 0).expect("log"))
+                );
+                break;
+            }
+            assert!(
+                t.elapsed() < std::time::Duration::from_secs(600),
+                "job {id} never ended"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        wall.push(ms(t.elapsed()));
+        peak.push(proc_status_kib(pid, "VmHWM") as f64 / 1024.0);
+        drop(agent);
+        harness::cleanup_killed_agent(
+            &serde_json::from_str::<serde_json::Value>(
+                &std::fs::read_to_string(root.join("state/agent.json")).unwrap_or_default(),
+            )
+            .ok()
+            .and_then(|v| v["agent_id"].as_str().map(str::to_owned))
+            .unwrap_or_default(),
+        );
+    }
+    println!(
+        "(d) bosun agent, a cold job (checkout + true) from the repository's config, {runs} runs:"
+    );
+    line("enqueue → job final", wall, "ms");
+    line("agent VmRSS idle before the job", idle, "MiB");
+    line("agent peak RSS (VmHWM) after the job", peak, "MiB");
+    if !pool_part {
+        return;
+    }
+    // (e) a one-file repository beside this one.
+    rig.create_repo("acme/small");
+    let small = rig.work_repo("acme/small");
+    small.write(
+        ".circleci/config.yml",
+        &format!("version: 2.1\njobs:\n  build:\n    docker:\n      - image: {img}\n        user: circleci\n    steps: [checkout, {{run: 'true'}}]\n"),
+    );
+    small.commit("config");
+    small.push("HEAD:refs/heads/main");
+    let small_token = harness::add_stand_in_project(&data, rig, "acme/small", &[]);
+    let tcp_port = tcp_engine_front();
+    println!("(e) ready pool + tar upload (engine over TCP) against fresh container + mount (local), warm cache, {runs} jobs a block, 2 blocks each:");
+    for (slug, token) in [("acme/bench", &token), ("acme/small", &small_token)] {
+        let (mut local_ms, mut pool_ms) = (Vec::new(), Vec::new());
+        for block in 0..4 {
+            let remote = block % 2 == 1;
+            let root = s.join(format!("pool-{}-{block}", slug.replace('/', "-")));
+            std::fs::create_dir_all(&root).expect("agent dir");
+            let token_file = root.join("registration-token");
+            std::fs::write(&token_file, format!("{token}\n")).expect("token");
+            let mut toml =
+                harness::agent_toml(&format!("http://{addr}"), &token_file, "bench", &root, rig);
+            toml.push_str(&format!(
+                "cache_dir = {:?}\nready_containers = 1\nssh_gateway_listen = \"off\"\n",
+                s.join(format!("pool-cache-{}-{remote}", slug.replace('/', "-")))
+            ));
+            if remote {
+                toml.push_str(&format!("docker_host = \"tcp://127.0.0.1:{tcp_port}\"\n"));
+            }
+            let config = root.join("agent.toml");
+            std::fs::write(&config, toml).expect("agent config");
+            let agent =
+                harness::KillOnDrop(harness::spawn_agent(&config, &root.join("agent.log"), &[]));
+            // The first job of a block warms the cache (and is not counted).
+            for i in 0..=runs {
+                std::thread::sleep(std::time::Duration::from_secs(3)); // the pool refills
+                let t = std::time::Instant::now();
+                let id = parse_job_id(&harness::coordinator_cli(
+                    &data,
+                    &[
+                        "enqueue",
+                        "--project",
+                        slug,
+                        "--ref",
+                        "main",
+                        "--job",
+                        "build",
+                    ],
+                ))
+                .expect("job id");
+                loop {
+                    let row = store.job(id).expect("job").expect("row");
+                    if row.is_final() {
+                        assert_eq!(row.status.to_string(), "success", "job {id}");
+                        break;
+                    }
+                    assert!(t.elapsed() < std::time::Duration::from_secs(600));
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                if i > 0 {
+                    let log =
+                        String::from_utf8_lossy(&store.log_from(id, 0).expect("log")).into_owned();
+                    let mounted = log.contains(": in place (");
+                    assert_eq!(mounted, !remote, "job {id} of block {block}:\n{log}");
+                    if remote {
+                        pool_ms.push(ms(t.elapsed()));
+                    } else {
+                        local_ms.push(ms(t.elapsed()));
+                    }
+                }
+            }
+            drop(agent);
+            harness::cleanup_killed_agent(
+                &serde_json::from_str::<serde_json::Value>(
+                    &std::fs::read_to_string(root.join("state/agent.json")).unwrap_or_default(),
+                )
+                .ok()
+                .and_then(|v| v["agent_id"].as_str().map(str::to_owned))
+                .unwrap_or_default(),
+            );
+        }
+        println!("  {slug}:");
+        let ratio = stats(pool_ms.clone()).0 / stats(local_ms.clone()).0;
+        line("fresh container + mounted checkout (local)", local_ms, "ms");
+        line("ready container + tar upload (TCP)", pool_ms, "ms");
+        line("median ratio pool / mount", vec![ratio], "");
+    }
+}
+
+/// A TCP front for the engine's unix socket (a "remote" engine to the agent); its port.
+fn tcp_engine_front() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(tcp) = conn else { break };
+            let Ok(unix) = std::os::unix::net::UnixStream::connect("/var/run/docker.sock") else {
+                continue;
+            };
+            let (Ok(mut tcp_r), Ok(mut unix_r)) = (tcp.try_clone(), unix.try_clone()) else {
+                continue;
+            };
+            let (mut tcp_w, mut unix_w) = (tcp, unix);
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut tcp_r, &mut unix_w);
+                let _ = unix_w.shutdown(std::net::Shutdown::Write);
+            });
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut unix_r, &mut tcp_w);
+                let _ = tcp_w.shutdown(std::net::Shutdown::Write);
+            });
+        }
+    });
+    port
 }

@@ -66,3 +66,4 @@ mod steps;
 mod systemd;
 mod tokens;
 mod warm;
+mod work_dirs;

@@ -304,6 +304,9 @@ impl Executor for Metered {
     async fn create(&self, spec: &ContainerSpec) -> Result<String, ExecutorError> {
         self.count(self.inner.create(spec).await)
     }
+    fn shares_host_paths(&self) -> bool {
+        self.inner.shares_host_paths()
+    }
     async fn start(&self, container: &str) -> Result<Attached, ExecutorError> {
         self.count(self.inner.start(container).await)
     }

@@ -166,6 +166,19 @@ pub fn output(cmd: &mut Command) -> Output {
         .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"))
 }
 
+/// The names in `dir`, sorted (none when it does not exist).
+pub fn dir_entries(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
 /// `docker ARGS...`, panicking on failure; returns trimmed stdout.
 pub fn docker(args: &[&str]) -> String {
     run(Command::new("docker").args(args)).trim().to_string()

@@ -165,26 +165,7 @@ impl Project {
 
     /// Start `bosun execute` in the background, reading its stdout as it comes.
     pub fn spawn(&self, args: &[&str]) -> Running {
-        let mut c = self.command(args);
-        c.stdout(Stdio::piped()).stderr(Stdio::piped());
-        let mut child = c.spawn().expect("spawn bosun");
-        let stdout = child.stdout.take().expect("stdout");
-        let lines = Arc::new(Mutex::new(String::new()));
-        let sink = Arc::clone(&lines);
-        let reader = std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if let Ok(mut s) = sink.lock() {
-                    s.push_str(&line);
-                    s.push('\n');
-                }
-            }
-        });
-        Running {
-            child,
-            lines,
-            reader: Some(reader),
-        }
+        spawn_running(self.command(args))
     }
 
     /// Containers (any state) labelled with this project's job id.
@@ -219,6 +200,29 @@ impl Project {
 impl Drop for Project {
     fn drop(&mut self) {
         super::cleanup_label("bosun.job", &self.job_id);
+    }
+}
+
+/// Start `c` (a `bosun` command) in the background, reading its stdout as it comes.
+pub fn spawn_running(mut c: Command) -> Running {
+    c.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = c.spawn().expect("spawn bosun");
+    let stdout = child.stdout.take().expect("stdout");
+    let lines = Arc::new(Mutex::new(String::new()));
+    let sink = Arc::clone(&lines);
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if let Ok(mut s) = sink.lock() {
+                s.push_str(&line);
+                s.push('\n');
+            }
+        }
+    });
+    Running {
+        child,
+        lines,
+        reader: Some(reader),
     }
 }
 

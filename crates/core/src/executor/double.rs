@@ -209,6 +209,11 @@ fn out(b: &[u8]) -> Result<Output, ExecutorError> {
 
 #[async_trait::async_trait]
 impl Executor for Recording {
+    /// The double's containers see none of this host's files: every job takes the tar
+    /// stream, as against a remote engine.
+    fn shares_host_paths(&self) -> bool {
+        false
+    }
     async fn image_info(
         &self,
         image: &str,

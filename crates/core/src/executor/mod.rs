@@ -265,10 +265,9 @@ pub trait Executor: Send + Sync + 'static {
     async fn create(&self, spec: &ContainerSpec) -> Result<String, ExecutorError>;
     /// Whether a directory on this process's host can be mounted into a container (the
     /// engine runs on this host: `ContainerSpec::work_tree` may be used). False for a remote
-    /// engine, whose files arrive through [`Executor::upload_tar`].
-    fn shares_host_paths(&self) -> bool {
-        false
-    }
+    /// engine, whose files arrive through [`Executor::upload_tar`]. No default: a wrapper
+    /// that forgot to pass it on would silently give its jobs the tar stream.
+    fn shares_host_paths(&self) -> bool;
     /// Start it, attached to its main process's stdin and output (attached before the start,
     /// so no output is missed). The primary's main process tells the job what it is (user,
     /// home…) and takes files, without the cost of extra processes.

@@ -548,10 +548,15 @@ async fn start_docker(
     });
     let user = parse_banner(&banner)?;
     let image_user = plan.user.as_deref().or(info.user.as_deref());
-    work_tree::learn_home(&plan.image, image_user, &user.home);
-    if tree.is_some() {
-        if let (Some(dir), Some(id)) = (homes_dir(spec), info.id.as_deref()) {
-            work_tree::store_home(&dir, id, image_user.unwrap_or("root"), &user.home);
+    // Only a home the image gave is kept for later jobs: one the job's own `environment:`
+    // set is the job's, and would misplace another job's mount (`HOME=/usr/bin` with a
+    // working directory of `~` would hide the next job's `/usr/bin`).
+    if job_home(plan).is_none() {
+        work_tree::learn_home(home_key(&plan.image, &info), image_user, &user.home);
+        if tree.is_some() {
+            if let (Some(dir), Some(id)) = (homes_dir(spec), info.id.as_deref()) {
+                work_tree::store_home(&dir, id, image_user.unwrap_or("root"), &user.home);
+            }
         }
     }
     if let Some((t, target)) = tree.take() {
@@ -631,13 +636,18 @@ async fn mounted_work_tree(
         return None;
     }
     let user = plan.user.as_deref().or(info.user.as_deref());
+    let key = home_key(&plan.image, info);
     let stored = || {
         let dir = homes_dir(spec)?;
         let home = work_tree::stored_home(&dir, info.id.as_deref()?, user.unwrap_or("root"))?;
-        work_tree::learn_home(&plan.image, user, &home);
+        work_tree::learn_home(key, user, &home);
         Some(home)
     };
-    let home = match work_tree::predict_home(&plan.image, user, &info.env).or_else(stored) {
+    let predicted = job_home(plan)
+        .map(str::to_owned)
+        .or_else(|| work_tree::predict_home(key, user, &info.env))
+        .or_else(stored);
+    let home = match predicted {
         Some(h) => h,
         None => {
             let mut labels = resources.labels(&Role::Primary);
@@ -647,7 +657,7 @@ async fn mounted_work_tree(
             let home = work_tree::probe_home(executor, &plan.image, user.unwrap_or("root"), labels)
                 .await?;
             tracing::debug!(ms = millis(t.elapsed()), %home, "home probed");
-            work_tree::learn_home(&plan.image, user, &home);
+            work_tree::learn_home(key, user, &home);
             if let (Some(dir), Some(id)) = (homes_dir(spec), info.id.as_deref()) {
                 work_tree::store_home(&dir, id, user.unwrap_or("root"), &home);
             }
@@ -674,6 +684,23 @@ async fn mounted_work_tree(
             None
         }
     }
+}
+
+/// The `HOME` the job's own image `environment:` gives its primary container: the home its
+/// main process announces, whatever the image says, and the job's alone (never kept for
+/// another job).
+fn job_home(plan: &crate::config::JobPlan) -> Option<&str> {
+    plan.image_environment
+        .iter()
+        .rev()
+        .find(|(k, _)| k == "HOME")
+        .map(|(_, v)| v.as_str())
+}
+
+/// What homes learned in this process are kept by: the engine's image id where it is known
+/// (it names the image's content; a name may be re-pulled or re-tagged), else the name.
+fn home_key<'a>(image: &'a str, info: &'a crate::executor::ImageInfo) -> &'a str {
+    info.id.as_deref().unwrap_or(image)
 }
 
 /// Where homes learned from images are kept across processes: beside the mirrors, in the

@@ -241,8 +241,10 @@ pub fn can_chown() -> bool {
     })
 }
 
-/// `$HOME` of `user` in `image` as earlier containers of this process announced it: where
-/// `~` is before a container exists (the mount's place must be named when it is created).
+/// `$HOME` of `user` in `image` (the engine's image id where known) as earlier containers of
+/// this process announced it: where `~` is before a container exists (the mount's place must
+/// be named when it is created). Only homes the image gave are learned, never one a job's
+/// `environment:` set.
 static HOMES: OnceLock<Mutex<Vec<Home>>> = OnceLock::new();
 
 /// `((image, user), home)`.
