@@ -337,7 +337,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
 
 /// The OAuth client of `--bitbucket-oauth-file`: `KEY:SECRET`, in a file only its owner
 /// may read (the error never quotes it).
-fn oauth_client(file: &Path) -> Result<people::oauth::Client> {
+fn oauth_client(file: &Path) -> Result<people::oauth::OAuthClient> {
     let meta = std::fs::metadata(file).map_err(|source| CoordError::Io {
         path: file.to_path_buf(),
         source,
@@ -355,13 +355,13 @@ fn oauth_client(file: &Path) -> Result<people::oauth::Client> {
             file.display()
         ))
     })?;
-    Ok(people::oauth::Client { key, secret })
+    Ok(people::oauth::OAuthClient { key, secret })
 }
 
 /// Where people log in: Bitbucket Cloud, or the Data Center of `--bitbucket-dc-url`, with
 /// the OAuth client if there is one.
 fn oauth_consumer(
-    client: Option<people::oauth::Client>,
+    client: Option<people::oauth::OAuthClient>,
     args: &ServeArgs,
 ) -> Result<people::oauth::Consumer> {
     Ok(match &args.bitbucket_dc_url {

@@ -41,7 +41,7 @@ pub enum Provider {
 /// The OAuth client's credentials (`--bitbucket-oauth-file`): Cloud's consumer, or Data
 /// Center's incoming application link.
 #[derive(Clone)]
-pub struct Client {
+pub struct OAuthClient {
     pub key: String,
     pub secret: Zeroizing<String>,
 }
@@ -51,7 +51,7 @@ pub struct Client {
 /// tokens only.
 #[derive(Clone)]
 pub struct Consumer {
-    pub client: Option<Client>,
+    pub client: Option<OAuthClient>,
     /// `https://bitbucket.org`, or the Data Center's base URL (tests: their recorder).
     pub site: String,
     /// `https://api.bitbucket.org/2.0` (Cloud only).
@@ -627,7 +627,7 @@ mod tests {
     #[test]
     fn the_authorize_url_carries_state_and_challenge_never_the_secret() {
         let c = Consumer {
-            client: Some(Client {
+            client: Some(OAuthClient {
                 key: "k".into(),
                 secret: Zeroizing::new("s3cret".into()),
             }),
@@ -652,7 +652,7 @@ mod tests {
     #[test]
     fn data_center_logins_go_to_its_oauth_provider_with_a_scope() {
         let c = Consumer {
-            client: Some(Client {
+            client: Some(OAuthClient {
                 key: "k".into(),
                 secret: Zeroizing::new("s3cret".into()),
             }),

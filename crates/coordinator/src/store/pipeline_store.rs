@@ -6,7 +6,7 @@ use super::db::SqlStore;
 use super::pipelines::{
     NewPipeline, NewWorkflow, OutgoingStatus, PipelineRow, PipelineToFetch, Statuses,
 };
-use super::{intake, pipeline_actions, pipelines, Result, Store};
+use super::{intake, pipeline_actions, pipelines, Result};
 use crate::model::contexts::Principal;
 use std::time::Duration;
 
