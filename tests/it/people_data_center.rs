@@ -647,7 +647,10 @@ async fn a_data_center_coordinator_without_an_application_link_takes_access_toke
     let (st, session, page) = post_token(&base, &cookie, &csrf, WRITER_TOKEN).await;
     assert_eq!(st, 303, "{page}");
     let writer = session.expect("a session after login");
-    assert_eq!(status(&base, &format!("/jobs/{}", t.job), &writer).await, 200);
+    assert_eq!(
+        status(&base, &format!("/jobs/{}", t.job), &writer).await,
+        200
+    );
     let (st, body) = cancel(&base, &t.pipeline, &writer).await;
     assert!((200..300).contains(&st), "{st} {body}");
     assert!(

@@ -143,12 +143,7 @@ impl Consumer {
     }
 
     /// Where the browser goes to log in (`None` without an OAuth client).
-    pub fn authorize_url(
-        &self,
-        state: &str,
-        verifier: &str,
-        redirect_uri: &str,
-    ) -> Option<String> {
+    pub fn authorize_url(&self, state: &str, verifier: &str, redirect_uri: &str) -> Option<String> {
         let client = self.client.as_ref()?;
         let (path, scope) = match self.provider {
             Provider::Cloud => ("/site/oauth2/authorize", String::new()),
@@ -683,7 +678,10 @@ mod tests {
                 server: "bb.example.com".into(),
             },
         };
-        assert_eq!(c.authorize_url("st", "verifier", "https://ci.example/cb"), None);
+        assert_eq!(
+            c.authorize_url("st", "verifier", "https://ci.example/cb"),
+            None
+        );
     }
 
     #[test]
