@@ -166,6 +166,33 @@ fn shell(title: &str, body_attrs: &str, main: &str) -> Html<String> {
     ))
 }
 
+#[derive(Deserialize)]
+pub struct CsrfForm {
+    #[serde(default)]
+    pub(crate) csrf: Option<String>,
+}
+
+pub(crate) const FOREIGN_FORM: &str =
+    "This form did not come from this site (its CSRF token is missing or \
+     wrong): reload the page and try again.";
+
+/// The viewer behind a form, its CSRF token checked; else the answer to give.
+pub(crate) async fn form_viewer(
+    state: &AppState,
+    headers: &HeaderMap,
+    csrf: Option<&str>,
+) -> Result<crate::people::Viewer, Response> {
+    let viewer = match crate::people::viewer(state, headers).await {
+        Ok(Some(v)) => v,
+        Ok(None) => return Err(error_page(StatusCode::UNAUTHORIZED, "Log in first.")),
+        Err(e) => return Err(internal(e)),
+    };
+    if !crate::people::csrf_ok(&viewer, csrf) {
+        return Err(error_page(StatusCode::FORBIDDEN, FOREIGN_FORM));
+    }
+    Ok(viewer)
+}
+
 fn error_page(status: StatusCode, text: &str) -> Response {
     (
         status,

@@ -277,17 +277,11 @@ pub async fn login_callback(
     }
 }
 
-#[derive(Deserialize)]
-pub struct CsrfForm {
-    #[serde(default)]
-    csrf: Option<String>,
-}
-
 /// `POST /logout` (form field `csrf`).
 pub async fn logout(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
-    Form(f): Form<CsrfForm>,
+    Form(f): Form<super::CsrfForm>,
 ) -> Response {
     let viewer = match people::viewer(&state, &headers).await {
         Ok(Some(v)) => v,
@@ -295,10 +289,7 @@ pub async fn logout(
         Err(e) => return internal(e),
     };
     if !people::csrf_ok(&viewer, f.csrf.as_deref()) {
-        return error_page(
-            StatusCode::FORBIDDEN,
-            "This form did not come from this site (its CSRF token is missing or wrong): reload the page and try again.",
-        );
+        return error_page(StatusCode::FORBIDDEN, super::FOREIGN_FORM);
     }
     if let Err(e) = people::logout(&state, &viewer).await {
         return internal(e);

@@ -183,7 +183,7 @@ async fn acting(
     repo: &str,
     csrf: Option<&str>,
 ) -> Result<(Viewer, String), Response> {
-    let viewer = super::tokens::form_viewer(state, headers, csrf).await?;
+    let viewer = super::form_viewer(state, headers, csrf).await?;
     let name = format!("{workspace}/{repo}");
     let n = name.clone();
     let slug = match state
@@ -350,18 +350,12 @@ pub(crate) async fn set_var(
     }
 }
 
-#[derive(Deserialize)]
-pub struct CsrfForm {
-    #[serde(default)]
-    csrf: Option<String>,
-}
-
 /// `POST /projects/{workspace}/{repo}/settings/env/{name}/delete` (field `csrf`).
 pub(crate) async fn delete_var(
     State(state): State<Arc<AppState>>,
     Path((workspace, repo, name)): Path<(String, String, String)>,
     headers: HeaderMap,
-    Form(f): Form<CsrfForm>,
+    Form(f): Form<super::CsrfForm>,
 ) -> Response {
     let (viewer, slug) = match acting(&state, &headers, &workspace, &repo, f.csrf.as_deref()).await
     {

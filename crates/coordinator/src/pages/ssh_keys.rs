@@ -7,7 +7,6 @@ use super::people::see_other;
 use super::{error_page, esc, internal, iso_utc};
 use crate::model::ssh_policy::{self as policy, UserKey};
 use crate::people::ssh::{self as person_ssh, RerunError};
-use crate::people::{self, Viewer};
 use crate::store::{Backend, PersonKey, SshGrant};
 use crate::AppState;
 use axum::extract::{Form, Path, State};
@@ -64,9 +63,9 @@ pub fn section(keys: &[PersonKey], csrf: &str) -> String {
 pub async fn import(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
-    Form(f): Form<CsrfOnly>,
+    Form(f): Form<super::CsrfForm>,
 ) -> Response {
-    let viewer = match acting(&state, &headers, f.csrf.as_deref()).await {
+    let viewer = match super::form_viewer(&state, &headers, f.csrf.as_deref()).await {
         Ok(v) => v,
         Err(r) => return r,
     };
@@ -75,31 +74,6 @@ pub async fn import(
         Err(person_ssh::ImportError::Coord(e)) => internal(e),
         Err(e) => error_page(StatusCode::BAD_GATEWAY, &format!("Keys not read: {e}")),
     }
-}
-
-/// The person behind the request, with a CSRF token that is theirs; else the answer.
-async fn acting(
-    state: &AppState,
-    headers: &HeaderMap,
-    csrf: Option<&str>,
-) -> Result<Viewer, Response> {
-    let viewer = match people::viewer(state, headers).await {
-        Ok(Some(v)) => v,
-        Ok(None) => {
-            return Err(error_page(
-                StatusCode::UNAUTHORIZED,
-                "Log in with Bitbucket first (/login).",
-            ))
-        }
-        Err(e) => return Err(internal(e)),
-    };
-    if !people::csrf_ok(&viewer, csrf) {
-        return Err(error_page(
-            StatusCode::FORBIDDEN,
-            "This form did not come from this site (its CSRF token is missing or wrong): reload the page and try again.",
-        ));
-    }
-    Ok(viewer)
 }
 
 #[derive(Deserialize)]
@@ -116,7 +90,7 @@ pub async fn add(
     headers: HeaderMap,
     Form(f): Form<AddKey>,
 ) -> Response {
-    let viewer = match acting(&state, &headers, f.csrf.as_deref()).await {
+    let viewer = match super::form_viewer(&state, &headers, f.csrf.as_deref()).await {
         Ok(v) => v,
         Err(r) => return r,
     };
@@ -137,20 +111,14 @@ pub async fn add(
     }
 }
 
-#[derive(Deserialize)]
-pub struct CsrfOnly {
-    #[serde(default)]
-    csrf: Option<String>,
-}
-
 /// `POST /me/ssh-keys/{key}/delete`.
 pub async fn remove(
     State(state): State<Arc<AppState>>,
     Path(raw): Path<String>,
     headers: HeaderMap,
-    Form(f): Form<CsrfOnly>,
+    Form(f): Form<super::CsrfForm>,
 ) -> Response {
-    let viewer = match acting(&state, &headers, f.csrf.as_deref()).await {
+    let viewer = match super::form_viewer(&state, &headers, f.csrf.as_deref()).await {
         Ok(v) => v,
         Err(r) => return r,
     };
@@ -174,12 +142,12 @@ pub async fn rerun(
     State(state): State<Arc<AppState>>,
     Path(raw): Path<String>,
     headers: HeaderMap,
-    Form(f): Form<CsrfOnly>,
+    Form(f): Form<super::CsrfForm>,
 ) -> Response {
     let Some(id) = crate::store::parse_job_id(&raw) else {
         return error_page(StatusCode::NOT_FOUND, "No such job.");
     };
-    let viewer = match acting(&state, &headers, f.csrf.as_deref()).await {
+    let viewer = match super::form_viewer(&state, &headers, f.csrf.as_deref()).await {
         Ok(v) => v,
         Err(r) => return r,
     };

@@ -82,32 +82,6 @@ pub struct MakeForm {
     name: String,
 }
 
-#[derive(Deserialize)]
-pub struct CsrfForm {
-    #[serde(default)]
-    csrf: Option<String>,
-}
-
-const FOREIGN_FORM: &str = "This form did not come from this site (its CSRF token is missing or \
-     wrong): reload the page and try again.";
-
-/// The viewer behind a form, its CSRF token checked; else the answer to give.
-pub(super) async fn form_viewer(
-    state: &AppState,
-    headers: &HeaderMap,
-    csrf: Option<&str>,
-) -> Result<Viewer, Response> {
-    let viewer = match people::viewer(state, headers).await {
-        Ok(Some(v)) => v,
-        Ok(None) => return Err(error_page(StatusCode::UNAUTHORIZED, "Log in first.")),
-        Err(e) => return Err(internal(e)),
-    };
-    if !people::csrf_ok(&viewer, csrf) {
-        return Err(error_page(StatusCode::FORBIDDEN, FOREIGN_FORM));
-    }
-    Ok(viewer)
-}
-
 fn no_store(mut r: Response) -> Response {
     r.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
@@ -120,7 +94,7 @@ pub async fn make(
     headers: HeaderMap,
     Form(f): Form<MakeForm>,
 ) -> Response {
-    let viewer = match form_viewer(&state, &headers, f.csrf.as_deref()).await {
+    let viewer = match super::form_viewer(&state, &headers, f.csrf.as_deref()).await {
         Ok(v) => v,
         Err(r) => return r,
     };
@@ -147,9 +121,9 @@ pub async fn revoke(
     State(state): State<Arc<AppState>>,
     Path(raw): Path<String>,
     headers: HeaderMap,
-    Form(f): Form<CsrfForm>,
+    Form(f): Form<super::CsrfForm>,
 ) -> Response {
-    let viewer = match form_viewer(&state, &headers, f.csrf.as_deref()).await {
+    let viewer = match super::form_viewer(&state, &headers, f.csrf.as_deref()).await {
         Ok(v) => v,
         Err(r) => return r,
     };
