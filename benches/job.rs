@@ -15,10 +15,12 @@
 //!     fetches the repository cold to read the config and checks it out; its idle VmRSS
 //!     before the job too. (Part d adds one commit, the config, to `main`.)
 //! (e) (with d; not in the default parts) does the ready-container pool pay for a job with a
-//!     checkout? The same job, warm cache, `ready_containers = 1`, enqueue → final, by an
-//!     agent on the local engine (the checkout mounted, the container made fresh) against one
-//!     reaching the same engine through a TCP front (a "remote" engine: a ready container
-//!     taken, the checkout uploaded as a tar stream); on this repository and on a one-file one.
+//!     checkout? The same job, warm cache, enqueue → final, three ways: an agent on the local
+//!     engine with `ready_containers = 1` (a ready container taken, its own directory mounted),
+//!     the same with `ready_containers = 0` (the container made fresh, the checkout mounted),
+//!     and one reaching the same engine through a TCP front (a "remote" engine: a ready
+//!     container taken, the checkout uploaded as a tar stream); on this repository and on a
+//!     one-file one. Blocks of the three ways alternate.
 //!
 //! The repository: `BOSUN_BENCH_REPO`, a git directory with history (e.g. a bare clone of
 //! tokio-rs/tokio; its branch `main` is made from its `HEAD` if missing), else one made by
@@ -530,11 +532,12 @@ fn agent_cold(rig: &Rig, bare: &Path, s: &Path, runs: usize, img: &str, pool_par
     small.push("HEAD:refs/heads/main");
     let small_token = harness::add_stand_in_project(&data, rig, "acme/small", &[]);
     let tcp_port = tcp_engine_front();
-    println!("(e) ready pool + tar upload (engine over TCP) against fresh container + mount (local), warm cache, {runs} jobs a block, 2 blocks each:");
+    println!("(e) ready container + mount (local) against fresh container + mount (local) and ready container + tar upload (engine over TCP), warm cache, {runs} jobs a block, 2 blocks each:");
     for (slug, token) in [("acme/bench", &token), ("acme/small", &small_token)] {
-        let (mut local_ms, mut pool_ms) = (Vec::new(), Vec::new());
-        for block in 0..4 {
-            let remote = block % 2 == 1;
+        let (mut ready_ms, mut local_ms, mut pool_ms) = (Vec::new(), Vec::new(), Vec::new());
+        for block in 0..6 {
+            let remote = block % 3 == 2;
+            let fresh = block % 3 == 1;
             let root = s.join(format!("pool-{}-{block}", slug.replace('/', "-")));
             std::fs::create_dir_all(&root).expect("agent dir");
             let token_file = root.join("registration-token");
@@ -542,16 +545,21 @@ fn agent_cold(rig: &Rig, bare: &Path, s: &Path, runs: usize, img: &str, pool_par
             let mut toml =
                 harness::agent_toml(&format!("http://{addr}"), &token_file, "bench", &root, rig);
             toml.push_str(&format!(
-                "cache_dir = {:?}\nready_containers = 1\nssh_gateway_listen = \"off\"\n",
-                s.join(format!("pool-cache-{}-{remote}", slug.replace('/', "-")))
+                "cache_dir = {:?}\nready_containers = {}\nssh_gateway_listen = \"off\"\n",
+                s.join(format!("pool-cache-{}-{remote}", slug.replace('/', "-"))),
+                u8::from(!fresh),
             ));
             if remote {
                 toml.push_str(&format!("docker_host = \"tcp://127.0.0.1:{tcp_port}\"\n"));
             }
             let config = root.join("agent.toml");
             std::fs::write(&config, toml).expect("agent config");
-            let agent =
-                harness::KillOnDrop(harness::spawn_agent(&config, &root.join("agent.log"), &[]));
+            // The lifecycle's debug lines say whether each job took a ready container.
+            let agent = harness::KillOnDrop(harness::spawn_agent(
+                &config,
+                &root.join("agent.log"),
+                &[("BOSUN_LOG", "info,bosun_core::job::lifecycle=debug")],
+            ));
             // The first job of a block warms the cache (and is not counted).
             for i in 0..=runs {
                 std::thread::sleep(std::time::Duration::from_secs(3)); // the pool refills
@@ -585,12 +593,27 @@ fn agent_cold(rig: &Rig, bare: &Path, s: &Path, runs: usize, img: &str, pool_par
                     assert_eq!(mounted, !remote, "job {id} of block {block}:\n{log}");
                     if remote {
                         pool_ms.push(ms(t.elapsed()));
-                    } else {
+                    } else if fresh {
                         local_ms.push(ms(t.elapsed()));
+                    } else {
+                        ready_ms.push(ms(t.elapsed()));
                     }
                 }
             }
             drop(agent);
+            let took = std::fs::read_to_string(root.join("agent.log"))
+                .unwrap_or_default()
+                .matches("took a ready container")
+                .count();
+            // Every counted job of a pooled block took one (the first, warming, could not).
+            assert!(
+                fresh || took >= runs,
+                "block {block}: {took} of {runs} jobs took a ready container"
+            );
+            assert!(
+                !fresh || took == 0,
+                "block {block}: no pool, yet {took} taken"
+            );
             harness::cleanup_killed_agent(
                 &serde_json::from_str::<serde_json::Value>(
                     &std::fs::read_to_string(root.join("state/agent.json")).unwrap_or_default(),
@@ -601,10 +624,16 @@ fn agent_cold(rig: &Rig, bare: &Path, s: &Path, runs: usize, img: &str, pool_par
             );
         }
         println!("  {slug}:");
-        let ratio = stats(pool_ms.clone()).0 / stats(local_ms.clone()).0;
+        let median = |v: &Vec<f64>| stats(v.clone()).0;
+        let (to_fresh, to_tar) = (
+            median(&ready_ms) / median(&local_ms),
+            median(&ready_ms) / median(&pool_ms),
+        );
+        line("ready container + mounted checkout (local)", ready_ms, "ms");
         line("fresh container + mounted checkout (local)", local_ms, "ms");
         line("ready container + tar upload (TCP)", pool_ms, "ms");
-        line("median ratio pool / mount", vec![ratio], "");
+        line("median ratio ready+mount / fresh+mount", vec![to_fresh], "");
+        line("median ratio ready+mount / ready+tar", vec![to_tar], "");
     }
 }
 

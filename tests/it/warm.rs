@@ -332,3 +332,166 @@ fn a_ready_container_is_taken_over_like_a_fresh_one_used_once_expired_and_swept(
         !exists(&orphan)
     });
 }
+
+/// The mounts of a container, as `(host path, container path, read-write)`.
+fn mounts_of(container: &str) -> Vec<(String, String, bool)> {
+    harness::docker(&[
+        "inspect",
+        "-f",
+        "{{range .Mounts}}{{.Source}} {{.Destination}} {{.RW}}\n{{end}}",
+        container,
+    ])
+    .lines()
+    .filter_map(|l| {
+        let mut f = l.split_whitespace();
+        Some((
+            f.next()?.to_owned(),
+            f.next()?.to_owned(),
+            f.next()? == "true",
+        ))
+    })
+    .collect()
+}
+
+/// Every path under `dir`, relative to it.
+fn tree_of(dir: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).expect("read_dir").flatten() {
+            let p = e.path();
+            out.push(p.strip_prefix(dir).expect("under").display().to_string());
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                todo.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Where the ready container mounts its working directory, and the mounted executable.
+fn ready_dirs(container: &str) -> (PathBuf, PathBuf) {
+    let mounts = mounts_of(container);
+    let find = |dest: &dyn Fn(&str) -> bool| {
+        mounts
+            .iter()
+            .find(|(_, d, _)| dest(d))
+            .map(|(s, _, _)| PathBuf::from(s))
+            .unwrap_or_else(|| panic!("mounts of {container}: {mounts:?}"))
+    };
+    (
+        find(&|d: &str| d.ends_with("/project")),
+        find(&|d: &str| d.starts_with("/.bosun-runtime")),
+    )
+}
+
+/// A job whose checkout is mounted (the engine is local) takes a ready container too: the
+/// pool makes it with an empty working directory and a copy of the in-job executable of its
+/// own, mounted where a fresh container's would be. The job checks out into that directory
+/// without a copy and sees what it sees in a fresh container; the directory goes with the job,
+/// the next ready container has another, empty one, and a killed agent's is swept.
+#[test]
+fn a_checkout_job_takes_a_ready_container_with_an_empty_directory_of_its_own() {
+    let look = r#"echo "mount $(awk -v d="$PWD" '$5 == d {print "yes"}' /proc/self/mountinfo | head -n1)"
+            echo "tree $(git rev-parse HEAD) changed=$(git status --porcelain | wc -l)"
+            ls -A | sed 's/^/file /'
+            touch .git/bosun-shared-objects/x 2>/dev/null && echo "objects writable" || echo "objects read-only"
+            touch this-job-was-here"#;
+    let s = Setup::new(
+        &format!(
+            "version: 2.1\njobs:\n  build:\n    docker: [{{image: {img}}}]\n    steps:\n      - checkout\n      - run:\n          name: probe\n          command: |\n            {PROBE}\n            {look}\n",
+            img = image("base")
+        ),
+        "heartbeat_secs = 1\nready_containers = 1\nready_idle_secs = 120",
+    );
+    let agent = s.agent();
+    // 1. A fresh container, its checkout mounted.
+    let job1 = s.enqueue();
+    assert_eq!(
+        s.wait_final(&job1, Duration::from_secs(120)),
+        "success",
+        "{}",
+        s.log(&job1)
+    );
+    let agent_id = s.agent_id();
+    let fresh = s.log(&job1);
+    assert!(fresh.contains("mount yes"), "{fresh}");
+    assert!(fresh.contains("objects read-only"), "{fresh}");
+    // 2. The ready container comes with an empty directory of its own, and its own copy of
+    // the in-job executable.
+    wait_until("a ready container", Duration::from_secs(30), || {
+        pool_containers(&agent_id).len() == 1
+    });
+    let ready = pool_containers(&agent_id).remove(0);
+    let (dir, runtime) = ready_dirs(&ready);
+    let name = dir
+        .file_name()
+        .expect("name")
+        .to_string_lossy()
+        .into_owned();
+    assert!(name.starts_with("ready-"), "{}", dir.display());
+    assert_eq!(
+        tree_of(&dir),
+        vec![".git".to_owned(), ".git/bosun-shared-objects".to_owned()],
+        "nothing but the shared objects' mount point before a job takes it"
+    );
+    assert!(runtime.exists(), "{}", runtime.display());
+    // 3. The next job takes it and sees what the fresh one saw; nothing of job 1 is there.
+    let job2 = s.enqueue();
+    assert_eq!(
+        s.wait_final(&job2, Duration::from_secs(120)),
+        "success",
+        "{}",
+        s.log(&job2)
+    );
+    let taken = s.log(&job2);
+    let host2 = taken
+        .lines()
+        .find_map(|l| l.strip_prefix("host "))
+        .expect("host line")
+        .trim()
+        .to_owned();
+    assert!(
+        ready.starts_with(&host2),
+        "job 2 ran in the ready container {ready} (its hostname {host2})"
+    );
+    let seen = |log: &str| {
+        log.lines()
+            .filter(|l| {
+                [
+                    "user ", "env ", "pid1 ", "perm ", "mount ", "tree ", "file ", "objects ",
+                ]
+                .iter()
+                .any(|p| l.starts_with(p))
+            })
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    let (a, b) = (seen(&fresh), seen(&taken));
+    assert!(a.iter().any(|l| l.starts_with("file ")), "{fresh}");
+    assert_eq!(a, b, "fresh:\n{fresh}\ntaken over:\n{taken}");
+    // 4. Its directories went with it; the next ready container has others.
+    wait_until(
+        "the used container and its directories removed",
+        Duration::from_secs(10),
+        || !exists(&ready) && !dir.exists() && !runtime.exists(),
+    );
+    wait_until("a new ready container", Duration::from_secs(30), || {
+        pool_containers(&agent_id).len() == 1
+    });
+    let orphan = pool_containers(&agent_id).remove(0);
+    let (dir2, runtime2) = ready_dirs(&orphan);
+    assert_ne!(dir2, dir);
+    assert_eq!(
+        tree_of(&dir2),
+        vec![".git".to_owned(), ".git/bosun-shared-objects".to_owned()]
+    );
+    // 5. A killed agent's ready container and its directories are swept at its next start.
+    drop(agent); // SIGKILL
+    assert!(exists(&orphan) && dir2.exists() && runtime2.exists());
+    let _agent = s.agent();
+    wait_until("the orphan swept", Duration::from_secs(30), || {
+        !exists(&orphan) && !dir2.exists() && !runtime2.exists()
+    });
+}

@@ -3,6 +3,10 @@
 //! advance, so the next job using the same image and user starts without waiting for the
 //! engine ([`bosun_core::job::ready`] is the job's side of the seam).
 //!
+//! A job whose checkout is mounted (a local engine) gets a ready container too: the pool
+//! makes it with an empty working directory of its own, mounted where the job's would be
+//! ([`bosun_core::job::ready::prepare`]), and the directory goes with the container.
+//!
 //! A ready container belongs to the pool (labels `bosun.agent=<agent>`, `bosun.kind=pool`:
 //! the start-up sweep removes those a killed agent left) until a job takes it; from then on it
 //! is the job's and its resource guard removes it at the end. The pool never sees it again: a
@@ -125,13 +129,13 @@ impl Pool {
                     (LABEL_AGENT.to_owned(), pool.agent_id.clone()),
                     (LABEL_KIND.to_owned(), KIND_POOL.to_owned()),
                 ];
-                let made = ready::prepare(pool.executor.as_ref(), &spec).await;
+                let made = ready::prepare(pool.executor.as_ref(), &spec, &pool.agent_id).await;
                 // Decided under the lock, done after it; the spec stays in `making` until
                 // a container the pool will not keep is gone, so that a stop waits for it.
                 let leftover = {
                     let mut st = pool.state();
                     match made {
-                        Ok(container) if st.closed => Some(container.id),
+                        Ok(container) if st.closed => Some(container),
                         Ok(container) => {
                             tracing::debug!(id = %container.id, image = %key.image, "a container is ready for the next job");
                             st.making.retain(|k| k != &key);
@@ -152,9 +156,11 @@ impl Pool {
                         }
                     }
                 };
-                if let Some(id) = leftover {
-                    tracing::debug!(%id, "the pool closed while this container was made: removing it");
-                    pool.remove(&id).await;
+                if let Some(container) = leftover {
+                    tracing::debug!(id = %container.id, "the pool closed while this container was made: removing it");
+                    pool.remove(&container.id).await;
+                    // Its working directory (if any) goes after the container that mounts it.
+                    drop(container);
                     pool.state().making.retain(|k| k != &key);
                 }
                 pool.settled.notify_waiters();
@@ -217,9 +223,11 @@ impl ReadySource for Pool {
             }
             // Its main process is gone (killed from outside): remove it, try another.
             tracing::warn!(id = %slot.container.id, "a ready container died while waiting; removing it");
-            let (executor, id) = (Arc::clone(&self.executor), slot.container.id.clone());
+            let executor = Arc::clone(&self.executor);
             tokio::spawn(async move {
-                let _ = executor.remove(&id).await;
+                let _ = executor.remove(&slot.container.id).await;
+                // Its working directory (if any) goes after the container that mounts it.
+                drop(slot);
             });
         }
         None

@@ -447,44 +447,44 @@ async fn start_docker(
             .steps
             .iter()
             .any(|s| matches!(s.kind, StepKind::Checkout { .. }));
-    let (mut info, mut tree) = (None, None);
+    let (mut info, mut target) = (None, None);
     if wants_tree {
         let i = inspect_images(executor.as_ref(), spec, sink.as_ref()).await?;
         tracing::debug!(ms = millis(t.elapsed()), "images inspected");
-        tree = mounted_work_tree(executor.as_ref(), spec, &i, resources).await;
+        target = work_tree_target(executor.as_ref(), spec, &i, resources).await;
         info = Some(i);
     }
-    if let Some((t, target)) = &tree {
-        cspec.work_tree = Some((t.path().display().to_string(), target.clone()));
+    // The spec names where the working directory is mounted; its host side is the
+    // container's own (a ready container's came with it, a fresh one's is made below).
+    cspec.work_tree = target.clone().map(|t| (String::new(), t));
+    // On a local engine the in-job executable is the main process from its start, mounted
+    // from a copy of the container's own (made with a ready container, or below).
+    let shell_entrypoint = cspec.entrypoint.clone();
+    if executor.shares_host_paths() {
+        cspec.runtime = Some(String::new());
+        cspec.entrypoint = Some(mounted_main_process());
     }
-    // A ready container only for a job that owns nothing else on the engine (no
-    // services beside it, no engine proxy, no directory of its own): then the spec alone
-    // says what it is.
-    let poolable = plan.services.is_empty() && engine.is_none() && tree.is_none();
+    // A ready container only for a job that owns nothing else on the engine (no services
+    // beside it, no engine proxy): then the spec alone says what it is.
+    let poolable = plan.services.is_empty() && engine.is_none();
     let ready_source = spec.context.ready.as_ref().filter(|_| poolable);
-    // No ready container to take: on a local engine the in-job executable is the main
-    // process from its start, mounted from the job's own copy (a ready container's main
-    // process started before its job, so its start costs the job nothing).
-    if ready_source.is_none() && executor.shares_host_paths() {
-        match work_tree::runtime_copy(&spec.context.agent_id, &spec.id) {
-            Ok((dir, file)) => {
-                tracing::debug!(ms = millis(t.elapsed()), "in-job executable copied");
-                resources.track_work_tree(Arc::new(dir));
-                cspec.runtime = Some(file.display().to_string());
-                cspec.entrypoint = Some(mounted_main_process());
-            }
-            Err(e) => {
-                tracing::debug!(
-                    "no copy of the in-job executable to mount ({e}): the shell main process"
-                );
-            }
-        }
-    }
-    let mounted_runtime = cspec.runtime.is_some();
-    let (info, id, main, banner) = match ready_source.and_then(|r| r.take(&cspec)) {
+    // What the next job may find ready: this spec as it stands, before the fresh
+    // container's own directory and executable are added to it.
+    let pool_spec = cspec.clone();
+    let mut tree: Option<(Arc<WorkTree>, String)> = None;
+    let taken = ready_source.and_then(|r| r.take(&cspec));
+    let (info, id, main, banner) = match taken {
         Some(r) => {
             resources.track(role, &r.id);
             tracing::debug!(ms = millis(t.elapsed()), "took a ready container");
+            if let Some(dir) = r.runtime {
+                resources.track_work_tree(Arc::new(dir));
+            }
+            if let (Some(t), Some(target)) = (r.work_tree, target) {
+                let t = Arc::new(t);
+                resources.track_work_tree(Arc::clone(&t));
+                tree = Some((t, target));
+            }
             let info = match info {
                 Some(i) => i,
                 None => inspect_images(executor.as_ref(), spec, sink.as_ref()).await?,
@@ -492,6 +492,29 @@ async fn start_docker(
             (info, r.id, r.main, r.banner)
         }
         None => {
+            cspec.work_tree = None;
+            if let Some(target) = target {
+                if let Some(t) = new_work_tree(spec, resources) {
+                    cspec.work_tree = Some((t.path().display().to_string(), target.clone()));
+                    tree = Some((t, target));
+                }
+            }
+            if cspec.runtime.is_some() {
+                match work_tree::runtime_copy(&spec.context.agent_id, &spec.id) {
+                    Ok((dir, file)) => {
+                        tracing::debug!(ms = millis(t.elapsed()), "in-job executable copied");
+                        resources.track_work_tree(Arc::new(dir));
+                        cspec.runtime = Some(file.display().to_string());
+                    }
+                    Err(e) => {
+                        tracing::debug!(
+                            "no copy of the in-job executable to mount ({e}): the shell main process"
+                        );
+                        cspec.runtime = None;
+                        cspec.entrypoint = shell_entrypoint;
+                    }
+                }
+            }
             // A job with services inspects every image before it creates anything (a
             // missing service image fails it with nothing made).
             let info = match info {
@@ -538,8 +561,9 @@ async fn start_docker(
         }
     };
     if let Some(r) = ready_source {
-        r.used(&cspec);
+        r.used(&pool_spec);
     }
+    let mounted_runtime = cspec.runtime.is_some();
     sink.emit(&Event::ContainerStarted {
         role: ContainerRole::Primary,
         name: "primary".to_owned(),
@@ -615,17 +639,16 @@ async fn start_docker(
     })
 }
 
-/// The job's working directory prepared on the host, and where it is mounted, when its
-/// checkout can go there without a copy: the engine is on this host, the agent may give
-/// files to the job's user, and every `checkout` step writes to the working directory, whose
-/// place is known before the container exists ([`work_tree::predict_home`]). Made and handed
-/// to the job's resources here; `None` means the tar stream.
-async fn mounted_work_tree(
+/// Where the job's working directory is mounted, when its checkout can go there without a
+/// copy: the engine is on this host, the agent may give files to the job's user, and every
+/// `checkout` step writes to the working directory, whose place is known before the
+/// container exists ([`work_tree::predict_home`]). `None` means the tar stream.
+async fn work_tree_target(
     executor: &dyn Executor,
     spec: &JobSpec,
     info: &crate::executor::ImageInfo,
     resources: &Resources,
-) -> Option<(Arc<WorkTree>, String)> {
+) -> Option<String> {
     let plan = &spec.plan;
     let mut checkouts = plan.steps.iter().filter_map(|s| match &s.kind {
         StepKind::Checkout { path } => Some(path.as_deref()),
@@ -671,11 +694,17 @@ async fn mounted_work_tree(
     if !all_there || !workdir.starts_with('/') || workdir.trim_end_matches('/').is_empty() {
         return None;
     }
+    Some(workdir)
+}
+
+/// The job's own empty working directory on the host, handed to its resources; `None` (the
+/// checkout is copied in) when it cannot be made.
+fn new_work_tree(spec: &JobSpec, resources: &Resources) -> Option<Arc<WorkTree>> {
     match WorkTree::create(&spec.context.agent_id, &spec.id) {
         Ok(t) => {
             let t = Arc::new(t);
             resources.track_work_tree(Arc::clone(&t));
-            Some((t, workdir))
+            Some(t)
         }
         Err(e) => {
             tracing::warn!(

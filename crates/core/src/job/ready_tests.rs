@@ -70,7 +70,9 @@ async fn a_job_takes_a_ready_container_over_exactly_where_it_would_create_one() 
     let mut pool_spec = crate::job::ready::pool_key(&fresh_spec);
     pool_spec.labels = vec![("bosun.kind".into(), "pool".into())];
     let double = Recording::new(Script::default());
-    let ready = prepare(double.as_ref(), &pool_spec).await.expect("ready");
+    let ready = prepare(double.as_ref(), &pool_spec, "agent-1")
+        .await
+        .expect("ready");
     let ready_id = ready.id.clone();
     let source = Arc::new(One::default());
     *source.held.lock().unwrap() = Some((crate::job::ready::pool_key(&pool_spec), ready));
@@ -126,4 +128,56 @@ async fn a_job_with_services_never_asks_for_a_ready_container() {
     assert_eq!(o.status, JobStatus::Success);
     assert!(source.asked.lock().unwrap().is_empty());
     assert!(source.used.lock().unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_ready_container_for_a_mounted_checkout_comes_with_directories_of_its_own() {
+    use crate::executor::double::Op;
+    let agent = format!("ready-dirs-{}", std::process::id());
+    let key = ContainerSpec {
+        image: "img".into(),
+        work_tree: Some((String::new(), "/home/circleci/project".into())),
+        runtime: Some(String::new()),
+        stdin: true,
+        ..Default::default()
+    };
+    let double = Recording::new(Script::default());
+    let ready = prepare(double.as_ref(), &key, &agent).await.expect("ready");
+    let made = double.spec_of(&ready.id).expect("created");
+    let (host, target) = made.work_tree.clone().expect("a working directory");
+    assert_eq!(target, "/home/circleci/project");
+    let root = crate::job::work_tree::root(&agent);
+    let tree = ready.work_tree.as_ref().expect("handed over");
+    assert_eq!(std::path::Path::new(&host), tree.path());
+    assert!(tree.path().starts_with(&root) && tree.path().is_dir());
+    assert_eq!(
+        std::fs::read_dir(tree.path()).expect("dir").count(),
+        0,
+        "empty"
+    );
+    let runtime = std::path::PathBuf::from(made.runtime.clone().expect("a runtime copy"));
+    assert!(runtime.starts_with(&root) && runtime.is_file());
+    // Matched by where things are mounted, not by the host paths.
+    assert_eq!(crate::job::ready::pool_key(&made), key);
+    // A second one has directories of its own.
+    let other = prepare(double.as_ref(), &key, &agent).await.expect("ready");
+    let other_spec = double.spec_of(&other.id).expect("created");
+    assert_ne!(other_spec.work_tree, made.work_tree);
+    assert_ne!(other_spec.runtime, made.runtime);
+    // Dropped (the pool removed it unused): the directories go too.
+    let tree_path = tree.path().to_owned();
+    drop(ready);
+    assert!(!tree_path.exists() && !runtime.exists());
+    drop(other);
+
+    // A create that fails leaves no directory behind.
+    let failing = Recording::new(Script {
+        fail: vec![(Op::Create, 0)],
+        ..Script::default()
+    });
+    assert!(prepare(failing.as_ref(), &key, &agent).await.is_err());
+    let left: Vec<_> = std::fs::read_dir(&root)
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "left behind: {left:?}");
 }
