@@ -495,3 +495,51 @@ fn a_checkout_job_takes_a_ready_container_with_an_empty_directory_of_its_own() {
         !exists(&orphan) && !dir2.exists() && !runtime2.exists()
     });
 }
+
+/// An agent stopped (SIGTERM) just after a job ends, while its pool makes the next ready
+/// container with its directories, leaves neither the container nor the directories: the
+/// stop waits for the making and removes what it made.
+#[test]
+fn a_stop_while_the_pool_refills_leaves_no_container_and_no_directory() {
+    let s = Setup::new(
+        &format!(
+            "version: 2.1\njobs:\n  build:\n    docker: [{{image: {img}}}]\n    steps:\n      - checkout\n      - run: ls .circleci\n",
+            img = image("base")
+        ),
+        "heartbeat_secs = 1\nready_containers = 1\nready_idle_secs = 120",
+    );
+    for delay_ms in [0, 200] {
+        let mut agent = s.agent();
+        let job = s.enqueue();
+        assert_eq!(
+            s.wait_final(&job, Duration::from_secs(120)),
+            "success",
+            "{}",
+            s.log(&job)
+        );
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        let pid = i32::try_from(agent.0.id()).expect("pid");
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+        let t0 = Instant::now();
+        while agent.0.try_wait().expect("wait").is_none() {
+            assert!(
+                t0.elapsed() < Duration::from_secs(30),
+                "still running 30 s after SIGTERM:\n{}",
+                s.agent_log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let agent_id = s.agent_id();
+        assert_eq!(
+            harness::containers_labelled("bosun.agent", &agent_id),
+            Vec::<String>::new(),
+            "left after a stop {delay_ms} ms after the job:\n{}",
+            s.agent_log()
+        );
+        let root = s.dir.path().join("work/bosun-work").join(&agent_id);
+        let left: Vec<_> = std::fs::read_dir(&root)
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        assert!(left.is_empty(), "directories left: {left:?}");
+    }
+}

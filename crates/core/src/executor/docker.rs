@@ -23,17 +23,50 @@ pub struct DockerExecutor {
     docker: Docker,
     /// The engine's CPU count, asked once (the cap of a CPU limit).
     cpus: tokio::sync::OnceCell<i64>,
-    /// Reached through a unix socket: the engine runs on this host and can mount its paths.
+    /// The engine sees this process's files at the same paths, so it can mount them
+    /// ([`engine_shares_paths`]).
     local: bool,
 }
 
-/// Whether `DOCKER_HOST` (unset: the default socket) names an engine on this host. A
-/// `tcp://`, `ssh://` or `http(s)://` engine may be anywhere: its containers cannot see our
-/// files.
-fn is_local(host: Option<&str>) -> bool {
+/// The engine's socket on this host, when `DOCKER_HOST` (unset: the default socket) names
+/// one. A `tcp://`, `ssh://` or `http(s)://` engine may be anywhere: its containers cannot
+/// see our files.
+fn local_socket(host: Option<&str>) -> Option<std::path::PathBuf> {
     match host.map(str::trim) {
-        None | Some("") => true,
-        Some(h) => h.starts_with("unix://") || h.starts_with('/'),
+        None | Some("") => Some("/var/run/docker.sock".into()),
+        Some(h) if h.starts_with("unix://") => Some(h.trim_start_matches("unix://").into()),
+        Some(h) if h.starts_with('/') => Some(h.into()),
+        Some(_) => None,
+    }
+}
+
+/// Whether the engine behind the unix socket `socket` sees this process's files where this
+/// process sees them. A socket on this host does not say so: an agent in a container with the
+/// host's socket mounted talks to an engine whose paths are the host's, and a directory it
+/// asked to mount would be an empty one the engine made (the job's checkout lost, its main
+/// process not found). So the engine's process must be in this process's PID namespace
+/// (its peer credentials name a PID here; one outside it reads as 0), and, where this process
+/// may look through that process's root (`/proc/PID/root`: root may), the temporary
+/// directory, where job directories are made, must be the same directory there.
+fn engine_shares_paths(socket: &std::path::Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(stream) = std::os::unix::net::UnixStream::connect(socket) else {
+        return false;
+    };
+    let pid =
+        match nix::sys::socket::getsockopt(&stream, nix::sys::socket::sockopt::PeerCredentials) {
+            Ok(cred) if cred.pid() > 0 => cred.pid(),
+            _ => return false,
+        };
+    let here = std::env::temp_dir();
+    let there = std::path::Path::new(&format!("/proc/{pid}/root"))
+        .join(here.strip_prefix("/").unwrap_or(&here));
+    match (std::fs::metadata(&here), std::fs::metadata(&there)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        // Not ours to look through (a non-root agent): the shared PID namespace is the
+        // evidence there is.
+        (Ok(_), Err(e)) if e.kind() == std::io::ErrorKind::PermissionDenied => true,
+        _ => false,
     }
 }
 
@@ -43,7 +76,12 @@ impl DockerExecutor {
     /// newer one, and we use nothing newer than 1.41.
     pub async fn connect() -> Result<Self, ExecutorError> {
         let host = std::env::var("DOCKER_HOST").ok();
-        let local = is_local(host.as_deref());
+        let local = local_socket(host.as_deref()).is_some_and(|s| engine_shares_paths(&s));
+        if !local {
+            tracing::debug!(
+                "the engine does not see this host's paths: files go in as tar streams"
+            );
+        }
         let docker = Docker::connect_with_defaults().map_err(|e| ExecutorError::Connect {
             host: host.clone(),
             source: Box::new(e),
