@@ -278,7 +278,9 @@ fn main() {
     ];
     let name = format!("bosun-bench-restore-{}", std::process::id());
     run(Command::new("docker")
-        .args(["run", "-d", "--name", &name, "-u", "circleci", "-w", WORKDIR])
+        .args([
+            "run", "-d", "--name", &name, "-u", "circleci", "-w", WORKDIR,
+        ])
         .arg("-v")
         .arg(format!("{}:{WORKDIR}", mount.display()))
         .args([&img, "sleep", "infinity"])
