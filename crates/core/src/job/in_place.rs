@@ -96,6 +96,11 @@ fn failed<'a>(rel: &'a Path, what: &'static str) -> impl FnOnce(Errno) -> InPlac
 /// top itself only as a directory, which is left as it is), and only directories, regular
 /// files, symbolic links and hard links.
 fn check(m: &Mounted, blob: &Path, prefix: &str) -> Result<(), InPlaceError> {
+    if plain(Path::new(&m.workdir)).as_os_str().is_empty() {
+        return Err(InPlaceError::NotHere(
+            "the working directory is /".to_owned(),
+        ));
+    }
     let mut a = tar::Archive::new(std::fs::File::open(blob)?);
     for entry in a.entries_with_seek()? {
         let entry = entry?;
@@ -147,7 +152,12 @@ struct Writer<'a> {
     last: Option<(PathBuf, OwnedFd)>,
     /// (device, inode) of each file written: the only ones a hard link may name.
     created: HashSet<(u64, u64)>,
+    /// A small file's bytes on their way.
+    buf: Vec<u8>,
 }
+
+/// Files up to this size are read and written; larger ones copied in the kernel.
+const SMALL: u64 = 256 * 1024;
 
 impl Writer<'_> {
     fn owner(&self) -> (Option<Uid>, Option<Gid>) {
@@ -226,6 +236,7 @@ impl Writer<'_> {
         rel: &Path,
         entry: &mut tar::Entry<'_, R>,
         prefix: &str,
+        blob: &std::fs::File,
     ) -> Result<(), InPlaceError> {
         let kind = entry.header().entry_type();
         // Permission bits only: no set-user-ID, set-group-ID or sticky bit.
@@ -270,8 +281,29 @@ impl Writer<'_> {
                             | ResolveFlag::RESOLVE_NO_XDEV,
                     );
                 let fd = openat2(dir.as_fd(), name, how).map_err(failed(rel, "create"))?;
-                let mut file = std::fs::File::from(fd);
-                std::io::copy(entry, &mut file)?;
+                let file = std::fs::File::from(fd);
+                let len = entry.size();
+                if len <= SMALL {
+                    // Read and written: cheaper than setting up a copy in the kernel.
+                    self.buf.clear();
+                    std::io::Read::read_to_end(
+                        &mut std::io::Read::take(&mut *entry, len),
+                        &mut self.buf,
+                    )?;
+                    if self.buf.len() as u64 != len {
+                        return Err(failed(rel, "copy: the blob ends early")(Errno::EIO));
+                    }
+                    std::io::Write::write_all(&mut &file, &self.buf)?;
+                } else {
+                    // Straight from the blob's file: std copies a file's range with
+                    // `copy_file_range`, in the kernel.
+                    use std::io::{Read, Seek};
+                    let mut from = blob;
+                    from.seek(std::io::SeekFrom::Start(entry.raw_file_position()))?;
+                    if std::io::copy(&mut from.take(len), &mut &file)? != len {
+                        return Err(failed(rel, "copy: the blob ends early")(Errno::EIO));
+                    }
+                }
                 fchown(file.as_fd(), u, g).map_err(failed(rel, "chown"))?;
                 fchmod(file.as_fd(), mode).map_err(failed(rel, "chmod"))?;
                 let t = TimeSpec::new(mtime, 0);
@@ -338,15 +370,18 @@ pub fn extract(m: &Mounted, blob: &Path, prefix: &str) -> Result<usize, InPlaceE
         root: root.into(),
         last: None,
         created: HashSet::new(),
+        buf: Vec::new(),
     };
+    let data = std::fs::File::open(blob)?;
+    // Headers only: each file's bytes are copied from `data` at their offset.
     let mut a = tar::Archive::new(std::io::BufReader::new(std::fs::File::open(blob)?));
     let mut n = 0;
-    for entry in a.entries()? {
+    for entry in a.entries_with_seek()? {
         let mut entry = entry?;
         let name = entry.path()?.into_owned();
         let rel = host_rel(m, prefix, &name)
             .ok_or_else(|| InPlaceError::NotHere(name.display().to_string()))?;
-        w.entry(&rel, &mut entry, prefix)?;
+        w.entry(&rel, &mut entry, prefix, &data)?;
         n += 1;
     }
     Ok(n)
