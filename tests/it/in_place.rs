@@ -206,3 +206,51 @@ fn a_background_step_swapping_directories_for_links_gets_nothing_written_on_the_
     assert_untouched(&victim, &out.stdout);
     p.assert_no_container_left();
 }
+
+/// The read-only shared objects (hard links to the mirror's packs on the host) are never
+/// written in place, wherever the job moved them: a cache holding `g/bosun-shared-objects/…`
+/// restored after the job renamed `.git` to `g` goes to the engine. (The engine itself then
+/// writes there: it mounts the read-only directory again at its configured path for the
+/// archive API, where the renamed one no longer is: entries the job sees in its read-only
+/// directory. Read, not tested: the engine unlinks a file in the way rather than writing
+/// through it, and a hard link in a stored cache names an entry of the same cache, so the
+/// mirror's files themselves should not be reached that way.)
+#[test]
+fn the_shared_objects_are_never_written_in_place_even_after_the_job_renames_git() {
+    ensure_images();
+    let p = Project::new(&format!(
+        r#"version: 2.1
+jobs:
+  plant:
+    docker: [{{image: {img}, user: circleci}}]
+    working_directory: /home/circleci/elsewhere
+    steps:
+      - run: |
+          mkdir -p /home/circleci/project/g/bosun-shared-objects
+          echo evil > /home/circleci/project/g/bosun-shared-objects/planted
+      - save_cache: {{key: g-v1, paths: [/home/circleci/project/g]}}
+  use:
+    docker: [{{image: {img}, user: circleci}}]
+    steps:
+      - checkout
+      - run: mv .git g && ls g/bosun-shared-objects
+      - restore_cache: {{keys: [g-v1]}}
+      - run:
+          when: always
+          command: |
+            ls -la g/bosun-shared-objects
+workflows:
+  main:
+    jobs: [plant, {{use: {{requires: [plant]}}}}]
+"#,
+        img = image("base")
+    ));
+    let out = p.execute(&["--workflow", "main", "--json"]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    assert!(
+        out.stdout.contains("restored g-v1") && !out.stdout.contains(", in place"),
+        "the cache went in place:\n{}",
+        out.stdout
+    );
+    p.assert_no_container_left();
+}
