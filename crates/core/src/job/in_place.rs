@@ -1,6 +1,7 @@
 //! A cache or a workspace layer written straight into the job's mounted working directory
-//! (`work_tree`) on the host, instead of through the engine's archive API: 0.34–0.49 of the
-//! archive API's time for a `node_modules`-like tree (benches/restore.rs, docs/benchmarks.md).
+//! (`work_tree`) on the host, instead of through the engine's archive API, which takes about
+//! twice as long for many small files and four times for large ones (benches/restore.rs;
+//! the figures in docs/benchmarks.md).
 //!
 //! The agent is root on the host, and the job owns that directory: it may have planted
 //! symbolic links (`ln -s /etc x`) or hard links anywhere in it, and a background step may
