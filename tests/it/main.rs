@@ -37,6 +37,7 @@ mod engine_proxy;
 mod execute;
 mod follow;
 mod host_escapes;
+mod in_place;
 mod migrate;
 mod mirror;
 mod notify;

@@ -25,6 +25,9 @@ pub struct Ctx<'a> {
     pub job_id: &'a str,
     pub job_name: &'a str,
     pub say: &'a (dyn Fn(String) + Send + Sync),
+    /// The working directory mounted from the host (a local engine): caches and workspace
+    /// layers that go inside it are written there, not through the engine.
+    pub mounted: Option<super::in_place::Mounted>,
 }
 
 impl Ctx<'_> {
@@ -79,8 +82,31 @@ impl Ctx<'_> {
         Ok(None)
     }
 
-    async fn upload_blob(&self, blob: &BlobId, prefix: &str) -> Result<(), String> {
+    /// Extract a stored blob with its entries under `prefix` (relative to `/`): in place when
+    /// they all go inside the mounted working directory (`Ok(true)`), else, or if that stops
+    /// part-way, through the engine's archive API.
+    async fn upload_blob(&self, blob: &BlobId, prefix: &str) -> Result<bool, String> {
         let path = self.store.blob_path(blob);
+        if let Some(m) = self.mounted.clone() {
+            let (blob_path, at) = (path.clone(), prefix.to_owned());
+            let t = std::time::Instant::now();
+            match tokio::task::spawn_blocking(move || super::in_place::extract(&m, &blob_path, &at))
+                .await
+            {
+                Ok(Ok(entries)) => {
+                    tracing::debug!(
+                        entries,
+                        ms = t.elapsed().as_millis() as u64,
+                        "blob written in place"
+                    );
+                    return Ok(true);
+                }
+                Ok(Err(e)) => {
+                    tracing::debug!("blob through the archive API, not in place: {e}")
+                }
+                Err(e) => tracing::warn!("blob through the archive API, not in place: {e}"),
+            }
+        }
         // Rewrite entry names under `prefix` (relative to `/`) while streaming.
         let prefix = prefix.trim_matches('/').to_owned();
         let (stream, producer) = super::archive::streamed(move |out| {
@@ -91,7 +117,7 @@ impl Ctx<'_> {
         let uploaded = self.executor.upload_tar(self.container, "/", stream).await;
         let produced = producer.await.map_err(|e| e.to_string())?;
         uploaded.map_err(|e| e.to_string())?;
-        produced.map(|_| ()).map_err(|e| e.to_string())
+        produced.map(|_| false).map_err(|e| e.to_string())
     }
 
     fn render_key(&self, tpl: &str, checksums: &[(String, String)]) -> Result<String, String> {
@@ -254,11 +280,12 @@ impl Ctx<'_> {
         for tpl in key_tpls {
             let key = self.render_key(tpl, &self.checksums_for(tpl).await?)?;
             if let Some(entry) = self.lookup_cache(&key).await? {
-                self.upload_blob(&entry.blob, "").await?;
+                let in_place = self.upload_blob(&entry.blob, "").await?;
                 (self.say)(format!(
-                    "Found a cache for key {key}: restored {} ({:.1} MB)",
+                    "Found a cache for key {key}: restored {} ({:.1} MB){}",
                     entry.key,
-                    entry.size as f64 / 1e6
+                    entry.size as f64 / 1e6,
+                    if in_place { ", in place" } else { "" }
                 ));
                 return Ok(());
             }
@@ -340,6 +367,7 @@ impl Ctx<'_> {
             return Err("there is no workspace to attach: no earlier job persisted one".to_owned());
         }
         let mut fetched = 0u64;
+        let mut in_place = true;
         for layer in &layers {
             if let Some(r) = remote {
                 // A layer this agent has (it persisted it, or attached it before) is not
@@ -353,7 +381,7 @@ impl Ctx<'_> {
                     fetched += layer.size;
                 }
             }
-            self.upload_blob(&layer.blob, &at_abs).await?;
+            in_place &= self.upload_blob(&layer.blob, &at_abs).await?;
         }
         if fetched > 0 {
             (self.say)(format!(
@@ -362,13 +390,14 @@ impl Ctx<'_> {
             ));
         }
         (self.say)(format!(
-            "Attached {} workspace layer(s) at {at_abs} (from {})",
+            "Attached {} workspace layer(s) at {at_abs} (from {}){}",
             layers.len(),
             layers
                 .iter()
                 .map(|l| l.job.as_str())
                 .collect::<Vec<_>>()
-                .join(", ")
+                .join(", "),
+            if in_place { ", in place" } else { "" }
         ));
         Ok(())
     }

@@ -30,6 +30,7 @@ mod builtin;
 pub mod context;
 mod environment;
 mod extra_keys;
+pub mod in_place;
 pub use bosun_protocol::identity;
 pub mod lifecycle;
 pub mod limits;

@@ -292,6 +292,14 @@ async fn builtin_step(
         job_id: &spec.id,
         job_name: &spec.plan.name,
         say,
+        mounted: ctx.work_tree.as_ref().and_then(|t| {
+            Some(super::in_place::Mounted {
+                host: t.path().to_path_buf(),
+                workdir: ctx.workdir.clone(),
+                uid: u32::try_from(ctx.user.uid).ok()?,
+                gid: u32::try_from(ctx.user.gid).ok()?,
+            })
+        }),
     };
     match kind {
         StepKind::SaveCache { key, paths, .. } => b.save_cache(key, paths).await,
