@@ -485,3 +485,62 @@ fn a_killed_runs_directories_are_swept_by_a_later_run_once_its_containers_are_go
         "removed once the job's containers are gone"
     );
 }
+
+/// A job with steps before its `checkout`, with `steps` (YAML list items) and `look` after it.
+fn job_with_steps_before_checkout(before: &str, look: &str) -> String {
+    let indent = |text: &str| {
+        text.lines()
+            .map(|l| format!("            {l}\n"))
+            .collect::<String>()
+    };
+    format!(
+        "version: 2.1\njobs:\n  build:\n    docker:\n      - image: {img}\n        user: root\n    steps:\n      - run:\n          name: plant\n          command: |\n{before}      - checkout\n      - run:\n          name: look\n          command: |\n{look}",
+        img = image("base"),
+        before = indent(before),
+        look = indent(look),
+    )
+}
+
+/// The checkout is written into the mounted working directory on the host by the agent, as
+/// root. A step before it may have planted a link there (`.git` → a host directory: the
+/// link is read on the host) or moved `.git` away and made a writable
+/// `.git/bosun-shared-objects` of its own (the mirror's packs would be hard-linked into it):
+/// then the checkout goes in through the engine, which sees the container's view. Nothing
+/// reaches the host directory, no pack is shared where the job can write, and the job still
+/// gets its checkout.
+#[test]
+fn steps_before_the_checkout_cannot_redirect_its_writes_on_the_host() {
+    ensure_images();
+    let host = tempfile::tempdir().expect("a host directory");
+    let victim = host.path().display().to_string();
+    let look = "test -f .circleci/config.yml && echo checked-out\necho \"shared $(find .git/bosun-shared-objects -type f 2>/dev/null | wc -l)\"";
+    for (what, plant) in [
+        (
+            "a link to a host directory",
+            format!("mv .git .git-away\nln -s {victim} .git\nln -s {victim} .circleci"),
+        ),
+        (
+            "a writable shared objects directory",
+            "mv .git .git-away\nmkdir -p .git/bosun-shared-objects\nchmod 777 .git/bosun-shared-objects".to_owned(),
+        ),
+    ] {
+        let p = Project::new(&job_with_steps_before_checkout(&plant, look));
+        let out = p.execute(&["--json"]);
+        let text = out.output();
+        assert_eq!(out.code, 0, "{what}: {}\n{}", out.stdout, out.stderr);
+        assert!(text.contains("checked-out"), "{what}: {text}");
+        assert!(
+            !out.stdout.contains(": in place ("),
+            "{what}: the checkout was written on the host: {}",
+            out.stdout
+        );
+        assert!(text.contains("shared 0"), "{what}: {text}");
+        let left: Vec<_> = std::fs::read_dir(host.path())
+            .expect("host dir")
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        assert!(left.is_empty(), "{what}: written on the host: {left:?}");
+        p.assert_no_container_left();
+    }
+}

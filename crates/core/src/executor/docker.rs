@@ -289,10 +289,10 @@ impl Executor for DockerExecutor {
                 let shared = super::SHARED_OBJECTS;
                 let (h, c) = (h.trim_end_matches('/'), c.trim_end_matches('/'));
                 // The engine mounts in order of depth: the tree, then its shared objects
-                // read-only over themselves.
+                // read-only inside it, from beside it on the host.
                 [
                     format!("{h}:{c}:rw"),
-                    format!("{h}/{shared}:{c}/{shared}:ro"),
+                    format!("{}:{c}/{shared}:ro", super::shared_objects_source(h)),
                 ]
             }))
             .collect();

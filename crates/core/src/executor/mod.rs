@@ -25,6 +25,16 @@ pub const LABEL_KIND: &str = "bosun.kind";
 /// ([`ContainerSpec::work_tree`]; what goes there: `job::work_tree`).
 pub const SHARED_OBJECTS: &str = ".git/bosun-shared-objects";
 
+/// Where the shared objects of a mounted working directory at `tree` (a host path) are on
+/// the host: beside it (`<tree>.objects`), never inside it. The engine resolves a mount's
+/// host path again whenever it sets the container's mounts up (at its start, and for every
+/// archive request), so a host path running through the job's own directory would follow
+/// whatever link the job planted there (`.git` → anywhere on the host): the engine would
+/// make directories there, or mount another job's objects into this job's view.
+pub fn shared_objects_source(tree: &str) -> String {
+    format!("{}.objects", tree.trim_end_matches('/'))
+}
+
 /// An engine error's cause, kept as a chain but without naming the engine client's types.
 pub type Cause = Box<dyn std::error::Error + Send + Sync>;
 
@@ -160,8 +170,8 @@ pub struct ContainerSpec {
     pub binds: Vec<(String, String)>,
     /// The job's working directory prepared on the host (a local engine only; see
     /// `job::work_tree`): `(host directory, container directory)`, mounted read-write, and
-    /// its shared objects (`job::work_tree::SHARED_OBJECTS` under both) read-only over
-    /// themselves.
+    /// its shared objects ([`shared_objects_source`] on the host) read-only at
+    /// [`SHARED_OBJECTS`] below the container directory.
     pub work_tree: Option<(String, String)>,
     /// The in-job executable on the host (a local engine), mounted read-only at
     /// `bosun_circleci::main_process::MOUNTED_PATH`: the container's main process from its start.

@@ -700,7 +700,7 @@ async fn work_tree_target(
 /// The job's own empty working directory on the host, handed to its resources; `None` (the
 /// checkout is copied in) when it cannot be made.
 fn new_work_tree(spec: &JobSpec, resources: &Resources) -> Option<Arc<WorkTree>> {
-    match WorkTree::create(&spec.context.agent_id, &spec.id) {
+    match WorkTree::create_mounted(&spec.context.agent_id, &spec.id) {
         Ok(t) => {
             let t = Arc::new(t);
             resources.track_work_tree(Arc::clone(&t));

@@ -79,8 +79,8 @@ pub async fn prepare(
     let work_tree = match &spec.work_tree {
         None => None,
         Some((_, target)) => {
-            let tree =
-                WorkTree::create(agent_id, &name).map_err(|e| failed("a working directory", e))?;
+            let tree = WorkTree::create_mounted(agent_id, &name)
+                .map_err(|e| failed("a working directory", e))?;
             spec.work_tree = Some((tree.path().display().to_string(), target.clone()));
             Some(tree)
         }

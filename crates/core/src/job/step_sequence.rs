@@ -383,7 +383,20 @@ async fn checkout_step(
         Some(Prefetched { dir, outcome }) => {
             let dest = checkout_dest(path, &ctx.workdir, &ctx.user.home);
             let src = dir.path().join("repo");
-            if let Some(tree) = ctx.work_tree.as_ref().filter(|_| dest == ctx.workdir) {
+            // Written on the host only while no step of the job has run a command (none
+            // could have planted a link, and none runs beside the writes) and the directory
+            // is as it was made; else through the engine, in the container's own view.
+            let no_code_yet = !spec.plan.steps[..i.min(spec.plan.steps.len())]
+                .iter()
+                .any(|s| matches!(s.kind, StepKind::Run(_)));
+            let on_host = ctx
+                .work_tree
+                .as_ref()
+                .filter(|t| dest == ctx.workdir && no_code_yet && t.pristine());
+            if ctx.work_tree.is_some() && dest == ctx.workdir && on_host.is_none() {
+                tracing::debug!("the working directory is not as it was made, or a step ran before: the checkout goes in through the engine");
+            }
+            if let Some(tree) = on_host {
                 let (tree, uid, gid) = (Arc::clone(tree), ctx.user.uid, ctx.user.gid);
                 // The fetched tree is this job's alone (no other job of a workflow holds
                 // it, no other `checkout` step reads it): moved into place, not copied.
@@ -400,13 +413,17 @@ async fn checkout_step(
                         u32::try_from(gid).map_err(std::io::Error::other)?,
                     );
                     if movable {
-                        if let Some(f) =
-                            super::work_tree::fill_by_move(&src, tree.path(), uid, gid)?
-                        {
+                        if let Some(f) = super::work_tree::fill_by_move(
+                            &src,
+                            tree.path(),
+                            &tree.shared_objects(),
+                            uid,
+                            gid,
+                        )? {
                             return Ok(f);
                         }
                     }
-                    super::work_tree::fill(&src, tree.path(), uid, gid)
+                    super::work_tree::fill(&src, tree.path(), &tree.shared_objects(), uid, gid)
                 })
                 .await;
                 tracing::debug!(

@@ -96,13 +96,82 @@ impl WorkTree {
         })
     }
 
+    /// [`WorkTree::create`] for a working directory to be mounted: its shared objects'
+    /// directory made beside it ([`WorkTree::shared_objects`]), and in it the mount point
+    /// the engine mounts them read-only at.
+    pub fn create_mounted(agent_id: &str, name: &str) -> std::io::Result<WorkTree> {
+        let tree = WorkTree::create(agent_id, name)?;
+        let shared = tree.shared_objects();
+        if shared.exists() {
+            remove_tree(&shared)?;
+        }
+        std::fs::create_dir(&shared)?;
+        let mount_point = tree.path.join(SHARED_OBJECTS);
+        std::fs::create_dir_all(&mount_point)?;
+        for d in [shared, tree.path.join(".git"), mount_point] {
+            std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755))?;
+        }
+        Ok(tree)
+    }
+
+    /// Whether the directory still holds only what it was made with: `.git`, a directory
+    /// and no link, holding only the shared objects' mount point, an empty directory (and
+    /// `.ssh` with files only, when it is the home the job's setup wrote to). A job
+    /// whose steps ran before the checkout may have planted links in it (`.git` → a host
+    /// directory, which the agent, root on the host, would write through): then the checkout
+    /// goes in through the engine, which sees the container's view. Nothing here follows a
+    /// link.
+    pub fn pristine(&self) -> bool {
+        let only = |dir: &Path, name: Option<&str>| -> bool {
+            let Ok(entries) = std::fs::read_dir(dir) else {
+                return false;
+            };
+            let names: Vec<_> = entries.flatten().map(|e| e.file_name()).collect();
+            match name {
+                Some(n) => names.len() == 1 && names[0] == n,
+                None => names.is_empty(),
+            }
+        };
+        let is_dir = |p: &Path| std::fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_dir());
+        // With the working directory at `~`, the job's setup put `~/.ssh` there: files, no
+        // link, no directory.
+        let ssh = self.path.join(".ssh");
+        let ssh_ok = || {
+            std::fs::read_dir(&ssh).is_ok_and(|d| {
+                d.flatten().all(|e| {
+                    std::fs::symlink_metadata(e.path()).is_ok_and(|m| m.file_type().is_file())
+                })
+            })
+        };
+        let top_ok = std::fs::read_dir(&self.path).is_ok_and(|d| {
+            d.flatten().all(|e| {
+                e.file_name() == ".git" || (e.file_name() == ".ssh" && is_dir(&ssh) && ssh_ok())
+            })
+        });
+        let git = self.path.join(".git");
+        let mount_point = self.path.join(SHARED_OBJECTS);
+        top_ok
+            && is_dir(&git)
+            && only(
+                &git,
+                Path::new(SHARED_OBJECTS)
+                    .file_name()
+                    .and_then(|n| n.to_str()),
+            )
+            && is_dir(&mount_point)
+            && only(&mount_point, None)
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }
 
-    /// The host directory of the read-only shared objects.
+    /// The host directory of the read-only shared objects: beside the working directory,
+    /// not in it ([`crate::executor::shared_objects_source`] says why).
     pub fn shared_objects(&self) -> PathBuf {
-        self.path.join(SHARED_OBJECTS)
+        let mut p = self.path.clone().into_os_string();
+        p.push(".objects");
+        PathBuf::from(p)
     }
 
     /// Remove the directory and everything in it (until it is gone: a failed removal may be
@@ -112,6 +181,7 @@ impl WorkTree {
             return Ok(());
         }
         remove_tree(&self.path)?;
+        remove_tree(&self.shared_objects())?;
         self.removed
             .store(true, std::sync::atomic::Ordering::SeqCst);
         // The agent's directory and `bosun-work` go too once no job is left in them, so a
@@ -205,6 +275,7 @@ pub async fn sweep_stale(
         let name = e.file_name().to_string_lossy().into_owned();
         let job = name
             .strip_suffix(RUNTIME_SUFFIX)
+            .or_else(|| name.strip_suffix(".objects"))
             .unwrap_or(&name)
             .to_owned();
         let live = executor
@@ -420,12 +491,11 @@ pub fn own_top(dir: &Path, uid: u32, gid: u32) -> std::io::Result<()> {
 /// `dest`, owned by `uid:gid`: the tree and `.git` copied, `.git/objects`' packs and loose
 /// objects hard-linked under [`SHARED_OBJECTS`] (owned by the agent, read-only to the job)
 /// and named as the repository's alternate. `dest` may already hold what the job wrote.
-pub fn fill(src: &Path, dest: &Path, uid: u32, gid: u32) -> std::io::Result<Filled> {
+pub fn fill(src: &Path, dest: &Path, shared: &Path, uid: u32, gid: u32) -> std::io::Result<Filled> {
     let mut filled = Filled::default();
-    let shared = dest.join(SHARED_OBJECTS);
-    std::fs::create_dir_all(&shared)?;
-    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o755))?;
-    copy_dir(src, dest, Path::new(""), &shared, uid, gid, &mut filled)?;
+    std::fs::create_dir_all(shared)?;
+    std::fs::set_permissions(shared, std::fs::Permissions::from_mode(0o755))?;
+    copy_dir(src, dest, Path::new(""), shared, uid, gid, &mut filled)?;
     let info = dest.join(".git/objects/info");
     if dest.join(".git/objects").is_dir() {
         std::fs::create_dir_all(&info)?;
@@ -448,6 +518,7 @@ pub fn fill(src: &Path, dest: &Path, uid: u32, gid: u32) -> std::io::Result<Fill
 pub fn fill_by_move(
     src: &Path,
     dest: &Path,
+    shared: &Path,
     uid: u32,
     gid: u32,
 ) -> std::io::Result<Option<Filled>> {
@@ -470,9 +541,8 @@ pub fn fill_by_move(
         by_move: true,
         ..Filled::default()
     };
-    let shared = dest.join(SHARED_OBJECTS);
-    std::fs::create_dir_all(&shared)?;
-    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o755))?;
+    std::fs::create_dir_all(shared)?;
+    std::fs::set_permissions(shared, std::fs::Permissions::from_mode(0o755))?;
     // The objects first, out of `src`, so that the walk below never meets a mirror inode.
     let objects = src.join(".git/objects");
     if let Ok(entries) = std::fs::read_dir(&objects) {
@@ -516,7 +586,8 @@ pub fn fill_by_move(
         }
     }
     std::fs::set_permissions(dest, std::fs::Permissions::from_mode(mode))?;
-    own_moved(dest, &shared, uid, gid, &mut filled)?;
+    // The mount point stays the agent's (the engine mounts over it).
+    own_moved(dest, &dest.join(SHARED_OBJECTS), uid, gid, &mut filled)?;
     let info = dest.join(".git/objects/info");
     if dest.join(".git/objects").is_dir() {
         std::fs::create_dir_all(&info)?;
@@ -679,9 +750,11 @@ mod tests {
         let d = dest.path();
         let uid = nix::unistd::geteuid().as_raw();
         let gid = nix::unistd::getegid().as_raw();
-        let filled = fill(s, d, uid, gid).expect("fill");
+        let objects = tempfile::tempdir().expect("objects");
+        let o = objects.path();
+        let filled = fill(s, d, o, uid, gid).expect("fill");
         assert_eq!(filled.shared, 4 + 3);
-        let shared_pack = d.join(SHARED_OBJECTS).join("pack/pack-1.pack");
+        let shared_pack = o.join("pack/pack-1.pack");
         assert_eq!(
             std::fs::metadata(&shared_pack).expect("pack").ino(),
             std::fs::metadata(s.join(".git/objects/pack/pack-1.pack"))
@@ -689,11 +762,7 @@ mod tests {
                 .ino(),
             "the pack is the same file (a link, no copy)"
         );
-        assert!(d
-            .join(SHARED_OBJECTS)
-            .join("ab")
-            .join("c".repeat(38))
-            .exists());
+        assert!(o.join("ab").join("c".repeat(38)).exists());
         assert!(
             !d.join(".git/objects/pack/pack-1.pack").exists(),
             "no link to the mirror outside the read-only directory"
@@ -734,7 +803,7 @@ mod tests {
         let mut files = Vec::new();
         walk(d, &mut files);
         for f in files {
-            if !f.starts_with(d.join(SHARED_OBJECTS)) {
+            {
                 assert_eq!(
                     std::fs::metadata(&f).expect("meta").nlink(),
                     1,
@@ -789,14 +858,15 @@ mod tests {
                 nix::unistd::getegid().as_raw(),
             )
         };
-        let filled = fill_by_move(&src, &dest, uid, gid)
+        let objects = base.path().join("dest.objects");
+        let filled = fill_by_move(&src, &dest, &objects, uid, gid)
             .expect("move")
             .expect("same file system, empty destination");
         assert_eq!(
             (filled.shared, filled.copied, filled.moved),
             (4, 3, 13 + 21)
         );
-        let shared_pack = dest.join(SHARED_OBJECTS).join("pack/pack-1.pack");
+        let shared_pack = objects.join("pack/pack-1.pack");
         let meta = std::fs::metadata(&shared_pack).expect("shared pack");
         assert_eq!(
             meta.ino(),
@@ -823,7 +893,9 @@ mod tests {
         // A destination that already holds something is not moved into.
         let again = base.path().join("again");
         std::fs::create_dir_all(again.join(".git")).expect("mkdir");
-        assert!(fill_by_move(&again, &dest, uid, gid).expect("ok").is_none());
+        assert!(fill_by_move(&again, &dest, &objects, uid, gid)
+            .expect("ok")
+            .is_none());
     }
 
     #[test]
