@@ -544,3 +544,32 @@ fn steps_before_the_checkout_cannot_redirect_its_writes_on_the_host() {
         p.assert_no_container_left();
     }
 }
+
+/// When people may SSH into the job, a command of theirs could run beside the agent writing
+/// the checkout on the host (and plant a link in its way): the container is paused while
+/// the directory is checked and written, and runs again after.
+#[test]
+fn the_container_is_paused_while_the_checkout_is_written_when_ssh_is_open() {
+    ensure_images();
+    let p = Project::new(&format!(
+        "version: 2.1\njobs:\n{}",
+        job_with_checkout(
+            "build",
+            "        user: circleci",
+            "",
+            "test -f .circleci/config.yml && echo checked-out"
+        )
+    ));
+    let since = now();
+    // No session: the job is held no longer than `--ssh-wait` after its last step.
+    let crate::ssh_gateway::Gateway { run, .. } =
+        crate::ssh_gateway::start(&p, &["--ssh-wait", "1s"]);
+    let out = run.finish(Duration::from_secs(120));
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    assert!(out.stdout.contains(": in place ("), "{}", out.stdout);
+    assert!(out.stdout.contains("checked-out"), "{}", out.stdout);
+    let events = job_events(&p.job_id, since, &["event=pause", "event=unpause"]);
+    let actions: Vec<&str> = events.iter().map(|(_, a, _)| a.as_str()).collect();
+    assert_eq!(actions, ["pause", "unpause"], "{events:?}");
+    p.assert_no_container_left();
+}

@@ -342,6 +342,12 @@ impl Executor for Metered {
     async fn remove(&self, container: &str) -> Result<(), ExecutorError> {
         self.count(self.inner.remove(container).await)
     }
+    async fn pause(&self, container: &str) -> Result<(), ExecutorError> {
+        self.count(self.inner.pause(container).await)
+    }
+    async fn unpause(&self, container: &str) -> Result<(), ExecutorError> {
+        self.count(self.inner.unpause(container).await)
+    }
     async fn create_network(
         &self,
         name: &str,

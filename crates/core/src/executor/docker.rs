@@ -557,6 +557,20 @@ impl Executor for DockerExecutor {
         }
     }
 
+    async fn pause(&self, container: &str) -> Result<(), ExecutorError> {
+        self.docker
+            .pause_container(container)
+            .await
+            .map_err(Self::engine(container, "pause"))
+    }
+
+    async fn unpause(&self, container: &str) -> Result<(), ExecutorError> {
+        self.docker
+            .unpause_container(container)
+            .await
+            .map_err(Self::engine(container, "unpause"))
+    }
+
     async fn create_network(
         &self,
         name: &str,

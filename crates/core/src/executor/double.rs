@@ -49,6 +49,8 @@ pub enum Call {
         tty: Option<TtySize>,
     },
     Remove(String),
+    Pause(String),
+    Unpause(String),
     CreateNetwork(String),
     RemoveNetwork(String),
     RemoveVolume(String),
@@ -510,6 +512,14 @@ impl Executor for Recording {
             t.cancel();
         }
         Ok(())
+    }
+
+    async fn pause(&self, container: &str) -> Result<(), ExecutorError> {
+        self.enter(None, Call::Pause(container.to_owned()))
+    }
+
+    async fn unpause(&self, container: &str) -> Result<(), ExecutorError> {
+        self.enter(None, Call::Unpause(container.to_owned()))
     }
 
     async fn create_network(

@@ -312,6 +312,11 @@ pub trait Executor: Send + Sync + 'static {
     ) -> Result<Interactive, ExecutorError>;
     /// Remove a container (stopping it first); one already gone is not an error.
     async fn remove(&self, container: &str) -> Result<(), ExecutorError>;
+    /// Freeze every process in the container (the engine's `pause`) until
+    /// [`Executor::unpause`]: nothing in it runs meanwhile, an `exec` started in it included.
+    async fn pause(&self, container: &str) -> Result<(), ExecutorError>;
+    /// Let a paused container's processes run again.
+    async fn unpause(&self, container: &str) -> Result<(), ExecutorError>;
     /// Create a network carrying `labels`; its id.
     async fn create_network(
         &self,

@@ -386,15 +386,40 @@ async fn checkout_step(
             // Written on the host only while no step of the job has run a command (none
             // could have planted a link, and none runs beside the writes) and the directory
             // is as it was made; else through the engine, in the container's own view.
+            // A person may SSH into the job meanwhile: the container is paused while the
+            // directory is checked and written, so that no command of theirs runs beside.
             let no_code_yet = !spec.plan.steps[..i.min(spec.plan.steps.len())]
                 .iter()
                 .any(|s| matches!(s.kind, StepKind::Run(_)));
-            let on_host = ctx
+            let candidate = ctx
                 .work_tree
                 .as_ref()
-                .filter(|t| dest == ctx.workdir && no_code_yet && t.pristine());
+                .filter(|_| dest == ctx.workdir && no_code_yet);
+            let paused = match candidate {
+                Some(_) if spec.context.registry.ssh_for(&spec.id).is_some() => {
+                    match executor.pause(&ctx.container).await {
+                        Ok(()) => Some(true),
+                        Err(e) => {
+                            tracing::debug!("could not pause the container for the checkout: {e}");
+                            Some(false)
+                        }
+                    }
+                }
+                _ => None,
+            };
+            let on_host = candidate.filter(|t| paused != Some(false) && t.pristine());
             if ctx.work_tree.is_some() && dest == ctx.workdir && on_host.is_none() {
                 tracing::debug!("the working directory is not as it was made, or a step ran before: the checkout goes in through the engine");
+            }
+            let unpause = || async {
+                if paused == Some(true) {
+                    if let Err(e) = executor.unpause(&ctx.container).await {
+                        tracing::warn!("could not unpause the container after the checkout: {e}");
+                    }
+                }
+            };
+            if on_host.is_none() {
+                unpause().await;
             }
             if let Some(tree) = on_host {
                 let (tree, uid, gid) = (Arc::clone(tree), ctx.user.uid, ctx.user.gid);
@@ -426,6 +451,7 @@ async fn checkout_step(
                     super::work_tree::fill(&src, tree.path(), &tree.shared_objects(), uid, gid)
                 })
                 .await;
+                unpause().await;
                 tracing::debug!(
                     ms = millis(t0.elapsed()),
                     "checkout written into the working directory"
