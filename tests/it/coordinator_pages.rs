@@ -369,6 +369,13 @@ async fn followers_do_not_slow_an_agents_log_appends() {
         }
     }
     let others = followers(&s.base, &watched, FOLLOWERS).await;
+    // What those followers cost with no append at all: each looks at its job once a second
+    // (changes another process made are not notified), so a phase that a loaded machine
+    // makes longer costs that much more, appends or not.
+    let idle_for = Duration::from_secs(2);
+    let c0 = cpu_ticks(s.child.id());
+    tokio::time::sleep(idle_for).await;
+    let idle_rate = (cpu_ticks(s.child.id()) - c0) as f64 / idle_for.as_secs_f64();
 
     // Followers of this job: each append reaches them all, without holding the writer up.
     let same = followers(&s.base, &busy, FOLLOWERS).await;
@@ -392,9 +399,11 @@ async fn followers_do_not_slow_an_agents_log_appends() {
     // in a full suite run the other tests' load once made it 120 against 74. Before one
     // notifier per job, followers of another job cost several times the appends' own CPU:
     // twice is still far below that.
+    let idle_share = (idle_rate * beside.as_secs_f64()).ceil() as u64;
     assert!(
-        cpu_beside <= cpu_alone * 2 + 10,
-        "followers of another job cost the coordinator CPU: {cpu_beside} ticks vs {cpu_alone}"
+        cpu_beside <= cpu_alone * 2 + 10 + idle_share,
+        "followers of another job cost the coordinator CPU: {cpu_beside} ticks vs {cpu_alone} \
+         ({idle_share} of them their once-a-second look, {idle_rate:.1} ticks/s idle)"
     );
     // Wall-clock ratios, so loose: the suite runs tests side by side on two cores (3.7x was
     // seen for this job's followers, 3.3x for another job's, under that load; the CPU
