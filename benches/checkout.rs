@@ -16,17 +16,11 @@ mod common;
 #[path = "../tests/it/harness/mod.rs"]
 mod harness;
 
-use common::{env_num, measure, ms};
+use common::{env_num, measure, ms, stats};
 
 use harness::Rig;
 use std::path::Path;
 use std::process::Command;
-
-/// Median, min and max.
-fn stats(mut v: Vec<f64>) -> (f64, f64, f64) {
-    v.sort_by(f64::total_cmp);
-    (v[v.len() / 2], v[0], v[v.len() - 1])
-}
 
 struct Bench<'a> {
     rig: &'a Rig,

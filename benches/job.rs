@@ -39,7 +39,7 @@ mod common;
 #[path = "../tests/it/harness/mod.rs"]
 mod harness;
 
-use common::{env_num, measure, ms, proc_status_kib};
+use common::{env_num, line, measure, ms, proc_status_kib, stats};
 
 use harness::{ensure_images, image, Project, Rig};
 use std::path::{Path, PathBuf};
@@ -61,17 +61,6 @@ fn mark(part: &str, run: usize) {
             let _ = writeln!(f, "== {part} {run} {:.6}", now.as_secs_f64());
         }
     }
-}
-
-/// Median, min and max.
-fn stats(mut v: Vec<f64>) -> (f64, f64, f64) {
-    v.sort_by(f64::total_cmp);
-    (v[v.len() / 2], v[0], v[v.len() - 1])
-}
-
-fn line(name: &str, v: Vec<f64>, unit: &str) {
-    let (m, lo, hi) = stats(v);
-    println!("    {name:<52} {m:>9.2} {unit}  ({lo:.2}–{hi:.2})");
 }
 
 struct Bench<'a> {

@@ -38,7 +38,7 @@ mod common;
 #[path = "../tests/it/harness/mod.rs"]
 mod harness;
 
-use common::{env_num, ms};
+use common::{env_num, line, ms};
 
 use bosun::executor::docker::DockerExecutor;
 use bosun::executor::Executor;
@@ -219,17 +219,6 @@ fn blob_stream(
 fn run(cmd: &mut Command) {
     let st = cmd.status().expect("spawn");
     assert!(st.success(), "{cmd:?}");
-}
-
-/// Median, min and max.
-fn stats(mut v: Vec<f64>) -> (f64, f64, f64) {
-    v.sort_by(f64::total_cmp);
-    (v[v.len() / 2], v[0], v[v.len() - 1])
-}
-
-fn line(name: &str, v: Vec<f64>, unit: &str) {
-    let (m, lo, hi) = stats(v);
-    println!("    {name:<52} {m:>9.2} {unit}  ({lo:.2}–{hi:.2})");
 }
 
 /// `docker rm -f` on drop.

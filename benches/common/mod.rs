@@ -7,6 +7,18 @@ use std::os::unix::process::ExitStatusExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// Median, min and max of a run's figures.
+pub fn stats(mut v: Vec<f64>) -> (f64, f64, f64) {
+    v.sort_by(f64::total_cmp);
+    (v[v.len() / 2], v[0], v[v.len() - 1])
+}
+
+/// One result line: its name, the median and the range.
+pub fn line(name: &str, v: Vec<f64>, unit: &str) {
+    let (m, lo, hi) = stats(v);
+    println!("    {name:<52} {m:>9.2} {unit}  ({lo:.2}–{hi:.2})");
+}
+
 /// A count from the environment variable `name`, or `default` when unset or not a number.
 pub fn env_num(name: &str, default: usize) -> usize {
     std::env::var(name)

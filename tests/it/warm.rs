@@ -99,6 +99,18 @@ impl Setup {
         }
     }
 
+    /// Enqueue the job and wait until it succeeds; its log.
+    fn succeeds(&self) -> String {
+        let job = self.enqueue();
+        assert_eq!(
+            self.wait_final(&job, Duration::from_secs(120)),
+            "success",
+            "{}",
+            self.log(&job)
+        );
+        self.log(&job)
+    }
+
     fn wait_log(&self, job: &str, text: &str, timeout: Duration) {
         let t0 = Instant::now();
         while !self.log(job).contains(text) {
@@ -137,6 +149,15 @@ fn pool_containers(agent_id: &str) -> Vec<String> {
             out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "pool"
         })
         .collect()
+}
+
+/// The hostname a probe printed (`host …`): the container's short id.
+fn host_of(log: &str) -> String {
+    log.lines()
+        .find_map(|l| l.strip_prefix("host "))
+        .expect("host line")
+        .trim()
+        .to_owned()
 }
 
 fn exists(container: &str) -> bool {
@@ -258,34 +279,15 @@ fn a_ready_container_is_taken_over_like_a_fresh_one_used_once_expired_and_swept(
     );
     let agent = s.agent();
     // 1. A fresh container: nothing was ready before the first job.
-    let job1 = s.enqueue();
-    assert_eq!(
-        s.wait_final(&job1, Duration::from_secs(120)),
-        "success",
-        "{}",
-        s.log(&job1)
-    );
+    let fresh = s.succeeds();
     let agent_id = s.agent_id();
-    let fresh = s.log(&job1);
     // 2. After it, one container waits, labelled as the pool's.
     wait_until("a ready container", Duration::from_secs(30), || {
         pool_containers(&agent_id).len() == 1
     });
     let ready = pool_containers(&agent_id).remove(0);
-    let job2 = s.enqueue();
-    assert_eq!(
-        s.wait_final(&job2, Duration::from_secs(120)),
-        "success",
-        "{}",
-        s.log(&job2)
-    );
-    let taken = s.log(&job2);
-    let host2 = taken
-        .lines()
-        .find_map(|l| l.strip_prefix("host "))
-        .expect("host line")
-        .trim()
-        .to_owned();
+    let taken = s.succeeds();
+    let host2 = host_of(&taken);
     assert!(
         ready.starts_with(&host2),
         "job 2 ran in the ready container {ready} (its hostname {host2})"
@@ -407,15 +409,8 @@ fn a_checkout_job_takes_a_ready_container_with_an_empty_directory_of_its_own() {
     );
     let agent = s.agent();
     // 1. A fresh container, its checkout mounted.
-    let job1 = s.enqueue();
-    assert_eq!(
-        s.wait_final(&job1, Duration::from_secs(120)),
-        "success",
-        "{}",
-        s.log(&job1)
-    );
+    let fresh = s.succeeds();
     let agent_id = s.agent_id();
-    let fresh = s.log(&job1);
     assert!(fresh.contains("mount yes"), "{fresh}");
     assert!(fresh.contains("objects read-only"), "{fresh}");
     // 2. The ready container comes with an empty directory of its own, and its own copy of
@@ -438,20 +433,8 @@ fn a_checkout_job_takes_a_ready_container_with_an_empty_directory_of_its_own() {
     );
     assert!(runtime.exists(), "{}", runtime.display());
     // 3. The next job takes it and sees what the fresh one saw; nothing of job 1 is there.
-    let job2 = s.enqueue();
-    assert_eq!(
-        s.wait_final(&job2, Duration::from_secs(120)),
-        "success",
-        "{}",
-        s.log(&job2)
-    );
-    let taken = s.log(&job2);
-    let host2 = taken
-        .lines()
-        .find_map(|l| l.strip_prefix("host "))
-        .expect("host line")
-        .trim()
-        .to_owned();
+    let taken = s.succeeds();
+    let host2 = host_of(&taken);
     assert!(
         ready.starts_with(&host2),
         "job 2 ran in the ready container {ready} (its hostname {host2})"
