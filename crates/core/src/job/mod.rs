@@ -22,7 +22,8 @@
 //!   stop); `step_transport`: the agent's end of the in-container step runner's wire;
 //!   `builtin` / `extra_keys`: the steps the agent carries out itself; [`archive`]: the one
 //!   tar writer; [`work_tree`]: the working directory prepared on the host and mounted (the
-//!   checkout without a copy, on a local engine).
+//!   checkout without a copy, on a local engine), `mounted`: where it is mounted, decided
+//!   before the container exists; `in_place`: caches and workspace layers written into it.
 
 pub mod archive;
 mod bootstrap;
@@ -35,6 +36,7 @@ pub use bosun_protocol::identity;
 pub mod lifecycle;
 pub mod limits;
 mod machine;
+mod mounted;
 mod pull;
 pub mod ready;
 pub mod registry;
