@@ -399,9 +399,13 @@ async fn followers_do_not_slow_an_agents_log_appends() {
     // in a full suite run the other tests' load once made it 120 against 74. Before one
     // notifier per job, followers of another job cost several times the appends' own CPU:
     // twice is still far below that.
+    // Three times, not two: in full-suite runs on two cores the phase with 50 open streams
+    // beside took twice as long as the one without and cost up to 2.5 times its CPU (231
+    // against 92 ticks); a follower woken per append re-queried its job each time, which
+    // cost many times more.
     let idle_share = (idle_rate * beside.as_secs_f64()).ceil() as u64;
     assert!(
-        cpu_beside <= cpu_alone * 2 + 10 + idle_share,
+        cpu_beside <= cpu_alone * 3 + 10 + idle_share,
         "followers of another job cost the coordinator CPU: {cpu_beside} ticks vs {cpu_alone} \
          ({idle_share} of them their once-a-second look, {idle_rate:.1} ticks/s idle)"
     );
